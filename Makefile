@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - builds the environment, then runs the main job (the `smoke` pipeline) on the default faces
+#   make test   - builds the environment, then runs ruff and the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.m2u-installed
+FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned to the CPU build when no NVIDIA driver is present: an unpinned torch
+# pulls a multi-GB CUDA build. With a GPU, pip picks the default (CUDA) build of the same range.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
+	else $(BIN)/pip install -q "torch==2.13.0"; fi
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),--faces $(FACES)) -o runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check masking datasets training pipelines tests benchmarks
+
+# pytest is called through its own script, not `python -m pytest`: the latter puts the repository root on
+# sys.path, where the folder datasets/ would shadow HuggingFace's `datasets`.
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs out

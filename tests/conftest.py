@@ -1,0 +1,50 @@
+"""Shared fixtures: where the read-only shared data lives, and skips when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("M2U_SHARED", REPO_ROOT.parent / "shared"))
+CELEBA_DIR = SHARED / "faces" / "celeba"
+EXTRAS_DIR = SHARED / "faces" / "extras"
+MASKTHEFACE_TEMPLATES = SHARED / "mask-templates" / "maskthefacE"
+
+# Tests run on a shared 2-core machine: keep torch from oversubscribing it.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def celeba_dir() -> Path:
+    return _require(CELEBA_DIR)
+
+
+@pytest.fixture(scope="session")
+def extras_dir() -> Path:
+    return _require(EXTRAS_DIR)
+
+
+@pytest.fixture(scope="session")
+def masktheface_templates_dir() -> Path:
+    return _require(MASKTHEFACE_TEMPLATES)
+
+
+@pytest.fixture(scope="session")
+def celeba_first(celeba_dir: Path):
+    """The first n CelebA files sorted by name (the issues' protocol subsets)."""
+    files = sorted(p for p in celeba_dir.iterdir() if p.suffix.lower() == ".jpg")
+
+    def first(n: int) -> list[Path]:
+        return files[:n]
+
+    return first
