@@ -1,0 +1,184 @@
+"""Face detection (dlib HOG or CNN/mmod) and 68-point landmarks, with models loaded once per process."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import dlib
+import numpy as np
+
+DetectorModel = Literal["hog", "cnn"]
+DETECTOR_MODELS: tuple[str, ...] = ("hog", "cnn")
+N_LANDMARKS = 68
+
+
+class ModelFileError(RuntimeError):
+    """A dlib model file (from the face-recognition-models package) is missing."""
+
+
+def _models_dir() -> Path:
+    # face_recognition_models' own __init__ imports pkg_resources, which newer setuptools no longer ships:
+    # locate its data folder without importing it.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError(
+            "package face-recognition-models is not installed (pip install face-recognition-models)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def model_path(name: str) -> Path:
+    path = _models_dir() / name
+    if not path.is_file():
+        raise ModelFileError(f"dlib model file not found: {path}")
+    return path
+
+
+# One instance of each model per process: loading the 68-point predictor takes ~0.1 s and 100 MB.
+@functools.cache
+def _hog_detector():
+    return dlib.get_frontal_face_detector()
+
+
+@functools.cache
+def _cnn_detector():
+    return dlib.cnn_face_detection_model_v1(str(model_path("mmod_human_face_detector.dat")))
+
+
+@functools.cache
+def _shape_predictor():
+    return dlib.shape_predictor(str(model_path("shape_predictor_68_face_landmarks.dat")))
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How faces are found.
+
+    Detection runs a ladder of passes and stops at the first that finds a face: HOG at `upsample`, HOG again with
+    the lower `retry_threshold`, HOG with more upsampling up to `max_upsample`, then optionally the CNN. Measured on
+    the first 500 CelebA files: HOG at upsample 0 finds 483 at ~97 images/s, MaskTheFace's upsample 1 only 478 at
+    ~36 images/s; the low-threshold retry recovers 8 of the remaining 17 at ~6 ms each, the CNN 15 at ~350 ms each.
+    """
+
+    model: DetectorModel = "hog"
+    # Times the image is doubled before detection: 0 finds faces down to ~80 px, each step halves that.
+    upsample: int = 0
+    # When nothing is found, retry with more upsampling up to this (small faces in large photos).
+    max_upsample: int = 1
+    # dlib's HOG score threshold for the first pass, and the lower one for the retry pass (HOG only).
+    hog_threshold: float = 0.0
+    retry_threshold: float = -0.4
+    # When HOG finds nothing at all, try the CNN (mmod) detector at `upsample`: slow on CPU (~0.35 s at 178x218).
+    cnn_fallback: bool = False
+    # Images whose longer side exceeds this are downscaled for detection only; landmarks are still fitted on the
+    # full-resolution image. Keeps a 8000x8000 photo at well under a second.
+    max_side: int = 1600
+
+    def __post_init__(self) -> None:
+        if self.model not in DETECTOR_MODELS:
+            raise ValueError(f"unknown detector model {self.model!r}; choose one of {DETECTOR_MODELS}")
+        if not 0 <= self.upsample <= 4 or not 0 <= self.max_upsample <= 4:
+            raise ValueError(
+                f"upsample and max_upsample must be in 0..4, got {self.upsample}, {self.max_upsample}"
+            )
+        if self.max_side < 64:
+            raise ValueError(f"max_side must be at least 64, got {self.max_side}")
+
+    def passes(self) -> list[tuple[str, int, float]]:
+        """The detection ladder as (model, upsample, threshold) tuples, tried in order."""
+        more = range(self.upsample + 1, self.max_upsample + 1)
+        if self.model == "cnn":
+            return [("cnn", u, 0.0) for u in (self.upsample, *more)]
+        ladder = [("hog", self.upsample, self.hog_threshold)]
+        if self.retry_threshold < self.hog_threshold:
+            ladder.append(("hog", self.upsample, self.retry_threshold))
+        ladder += [("hog", u, self.hog_threshold) for u in more]
+        if self.cnn_fallback:
+            ladder.append(("cnn", self.upsample, 0.0))
+        return ladder
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face: box (left, top, right, bottom) and 68 landmarks (float32, image pixels)."""
+
+    box: tuple[int, int, int, int]
+    landmarks: np.ndarray
+    score: float
+    detector: str = "hog"
+
+    def __post_init__(self) -> None:
+        if self.landmarks.shape != (N_LANDMARKS, 2):
+            raise ValueError(f"landmarks must have shape (68, 2), got {self.landmarks.shape}")
+
+    @classmethod
+    def from_landmarks(cls, landmarks: np.ndarray, score: float = 1.0) -> Face:
+        """A Face from landmarks alone (e.g. transformed into an aligned crop): the box is their bounding box."""
+        points = np.asarray(landmarks, dtype=np.float32)
+        left, top = np.floor(points.min(axis=0)).astype(int)
+        right, bottom = np.ceil(points.max(axis=0)).astype(int)
+        return cls((int(left), int(top), int(right), int(bottom)), points, float(score), "landmarks")
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
+    return np.ascontiguousarray(image)
+
+
+class FaceDetector:
+    """Finds every face in an RGB image and fits 68 landmarks to each.
+
+    Cheap to construct and safe to pickle (for worker processes): the dlib models live in a per-process cache.
+    """
+
+    def __init__(self, config: DetectorConfig | None = None):
+        self.config = config or DetectorConfig()
+
+    @staticmethod
+    def _boxes(
+        small: np.ndarray, model: str, upsample: int, threshold: float
+    ) -> list[tuple[dlib.rectangle, float]]:
+        if model == "hog":
+            rects, scores, _ = _hog_detector().run(small, upsample, threshold)
+            return list(zip(rects, scores))
+        return [(d.rect, float(d.confidence)) for d in _cnn_detector()(small, upsample)]
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces sorted by box area, largest first (ties broken by position for determinism)."""
+        image = _as_rgb_uint8(image)
+        height, width = image.shape[:2]
+        scale = min(1.0, self.config.max_side / max(height, width))
+        small = image
+        if scale < 1.0:
+            small = cv2.resize(
+                image,
+                (max(1, round(width * scale)), max(1, round(height * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
+        found, model = [], self.config.model
+        for model, upsample, threshold in self.config.passes():
+            found = self._boxes(small, model, upsample, threshold)
+            if found:
+                break
+        predictor = _shape_predictor()
+        faces = []
+        for rect, score in found:
+            box = dlib.rectangle(
+                round(rect.left() / scale),
+                round(rect.top() / scale),
+                round(rect.right() / scale),
+                round(rect.bottom() / scale),
+            )
+            shape = predictor(image, box)
+            points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+            faces.append(
+                Face((box.left(), box.top(), box.right(), box.bottom()), points, float(score), model)
+            )
+        faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
+        return faces
