@@ -1,0 +1,115 @@
+"""ONNX export of M-Seg and the CARU2-Net generator, checked against PyTorch with onnxruntime.
+
+The exported graphs keep the models' conventions: inputs in [-1, 1] (see `m2u.training.imagespace`);
+M-Seg: `image` (B, 3, H, W) -> `mask_logits` (B, 1, H, W); generator: `masked` (B, 3, H, W) and `mask`
+(B, 1, H, W) -> `output` (B, 3, H, W) in [-1, 1]. Batch, height and width are dynamic axes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["ExportConfig", "ExportResult", "model_io_names", "example_inputs", "export_onnx", "onnx_parity"]
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export settings."""
+
+    image_size: int = 256  # the paper's resolution, used for the example inputs that trace the graph
+    opset: int = 17
+    dynamic_axes: bool = True
+    atol: float = 1e-4  # max |onnxruntime - torch| accepted by the parity check
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    input_names: list[str]
+    output_names: list[str]
+    max_abs_diff: float
+
+
+def model_io_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """ONNX input and output names, from the model's forward signature: one image input is M-Seg, two
+    (masked, mask) are the generator."""
+    params = [
+        p
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.default is inspect.Parameter.empty
+    ]
+    if len(params) == 1:
+        return ["image"], ["mask_logits"]
+    if len(params) == 2:
+        return ["masked", "mask"], ["output"]
+    raise ValueError(
+        f"cannot export {type(model).__name__}: forward takes {len(params)} inputs, expected 1 (M-Seg) or 2 (generator)"
+    )
+
+
+def example_inputs(
+    model: nn.Module, image_size: int, batch: int = 1, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the right shapes: images in [-1, 1], masks in {0, 1}."""
+    names, _ = model_io_names(model)
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, image_size, image_size, generator=gen) * 2 - 1
+    if names == ["image"]:
+        return (image,)
+    mask = (torch.rand(batch, 1, image_size, image_size, generator=gen) > 0.5).float()
+    return (image, mask)
+
+
+def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Max absolute difference between onnxruntime's and PyTorch's outputs on `inputs`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+    (ort_out,) = session.run(None, feed)
+    with torch.no_grad():
+        torch_out = model(*inputs)
+    return float(np.max(np.abs(ort_out - torch_out.numpy())))
+
+
+def export_onnx(model: nn.Module, path: str | Path, config: ExportConfig | None = None) -> ExportResult:
+    """Export `model` (M-Seg or generator) to ONNX at `path` and check it with onnxruntime; raises
+    RuntimeError when the outputs differ by more than `config.atol`."""
+    config = config or ExportConfig()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    input_names, output_names = model_io_names(model)
+    inputs = example_inputs(model, config.image_size)
+    dynamic = None
+    if config.dynamic_axes:
+        dynamic = {name: {0: "batch", 2: "height", 3: "width"} for name in input_names + output_names}
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            inputs,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=config.opset,
+            dynamo=False,
+        )
+    # Check on a different batch and size from the tracing inputs, so the dynamic axes are exercised too.
+    check_size = config.image_size if not config.dynamic_axes else max(32, config.image_size // 2)
+    check_inputs = example_inputs(model, check_size, batch=2, seed=1)
+    diff = onnx_parity(model, path, check_inputs)
+    if not diff <= config.atol:
+        raise RuntimeError(
+            f"ONNX export of {type(model).__name__} differs from PyTorch by {diff:.3g} > {config.atol}"
+        )
+    return ExportResult(path=path, input_names=input_names, output_names=output_names, max_abs_diff=diff)

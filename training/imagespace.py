@@ -1,0 +1,25 @@
+"""The one place for image-range facts: the loader gives [0, 1], the models take and give [-1, 1]."""
+
+from __future__ import annotations
+
+import torch
+
+
+def to_model_range(x01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] (loader) -> [-1, 1] (model input / tanh output)."""
+    return x01 * 2.0 - 1.0
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped: a tanh output never leaves the range, other tensors might."""
+    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def composite(output: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Keep the visible pixels of the input and take the generator's pixels only under the mask.
+
+    `output` and `masked` must be in the same range; `mask` is (B, 1, H, W) with 1 where the face mask is.
+    """
+    if mask.shape[1] != 1 or mask.shape[-2:] != output.shape[-2:]:
+        raise ValueError(f"mask must be (B, 1, H, W) matching the image, got {tuple(mask.shape)}")
+    return output * mask + masked * (1.0 - mask)
