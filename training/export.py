@@ -7,7 +7,6 @@ M-Seg: `image` (B, 3, H, W) -> `mask_logits` (B, 1, H, W); generator: `masked` (
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from m2u.training.models import CARU2Net, MSeg
 
 __all__ = ["ExportConfig", "ExportResult", "model_io_names", "example_inputs", "export_onnx", "onnx_parity"]
 
@@ -38,20 +39,14 @@ class ExportResult:
 
 
 def model_io_names(model: nn.Module) -> tuple[list[str], list[str]]:
-    """ONNX input and output names, from the model's forward signature: one image input is M-Seg, two
-    (masked, mask) are the generator."""
-    params = [
-        p
-        for p in inspect.signature(model.forward).parameters.values()
-        if p.default is inspect.Parameter.empty
-    ]
-    if len(params) == 1:
+    """ONNX input and output names: M-Seg takes the image; the generator the masked image and, when it is
+    segmentation-guided, the mask."""
+    if isinstance(model, MSeg):
         return ["image"], ["mask_logits"]
-    if len(params) == 2:
-        return ["masked", "mask"], ["output"]
-    raise ValueError(
-        f"cannot export {type(model).__name__}: forward takes {len(params)} inputs, expected 1 (M-Seg) or 2 (generator)"
-    )
+    if isinstance(model, CARU2Net):
+        inputs = ["masked", "mask"] if model.config.segmentation_guidance else ["masked"]
+        return inputs, ["output"]
+    raise ValueError(f"cannot export {type(model).__name__}: expected an M-Seg or CARU2-Net model")
 
 
 def example_inputs(
@@ -61,7 +56,7 @@ def example_inputs(
     names, _ = model_io_names(model)
     gen = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 3, image_size, image_size, generator=gen) * 2 - 1
-    if names == ["image"]:
+    if len(names) == 1:
         return (image,)
     mask = (torch.rand(batch, 1, image_size, image_size, generator=gen) > 0.5).float()
     return (image, mask)
@@ -94,6 +89,7 @@ def export_onnx(model: nn.Module, path: str | Path, config: ExportConfig | None 
     with warnings.catch_warnings():
         # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             inputs,

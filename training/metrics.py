@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2u.training.ssim import psnr, ssim
+from m2u.training.ssim import SSIM_WINDOW_SIZE, psnr, ssim, ssim_map
 
 __all__ = [
     "MetricUnavailable",
@@ -49,10 +49,6 @@ __all__ = [
     "MetricSuite",
     "to_uint8_images",
 ]
-
-
-# Half the SSIM window (11): the border scikit-image leaves out of the mean of a full-size SSIM map.
-SSIM_BORDER = 11 // 2
 
 
 class MetricUnavailable(RuntimeError):
@@ -98,19 +94,15 @@ def l1_error(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB per image, (B,) (computed by `m2u.training.ssim.psnr`, one image at a time)."""
+    """PSNR in dB per image, (B,) (`m2u.training.ssim.psnr`)."""
     _check_pair(x, y)
-    return torch.stack(
-        [torch.as_tensor(psnr(x[i : i + 1], y[i : i + 1], data_range=data_range)) for i in range(len(x))]
-    )
+    return psnr(x, y, data_range=data_range, reduction="none")
 
 
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """SSIM per image, (B,) (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03)."""
+    """SSIM per image, (B,) (`m2u.training.ssim.ssim`: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03)."""
     _check_pair(x, y)
-    return torch.stack(
-        [torch.as_tensor(ssim(x[i : i + 1], y[i : i + 1], data_range=data_range)) for i in range(len(x))]
-    )
+    return ssim(x, y, data_range=data_range, reduction="none")
 
 
 def _mask_fraction(mask: torch.Tensor) -> torch.Tensor:
@@ -142,29 +134,18 @@ def masked_psnr(
 def masked_ssim(
     x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, data_range: float = 1.0
 ) -> torch.Tensor:
-    """The SSIM map averaged over the masked pixels per image, (B,); NaN where the mask is empty."""
+    """The SSIM map averaged over the masked pixels per image, (B,); NaN where the mask is empty.
+
+    The map covers the positions where the 11x11 window fits (as the whole-image SSIM), so the mask is cropped
+    by half a window on each side to line up with it."""
     _check_pair(x, y)
     _check_mask(mask, x)
-    values = []
-    for i in range(len(x)):
-        _, ssim_map = ssim(x[i : i + 1], y[i : i + 1], data_range=data_range, full=True)
-        ssim_map = ssim_map.mean(dim=1, keepdim=True)  # average the channels, as skimage does
-        weight, ssim_map = _same_size_mask(mask[i : i + 1], ssim_map)
-        total = weight.sum()
-        values.append((ssim_map * weight).sum() / total if total > 0 else torch.tensor(float("nan")))
-    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values])
-
-
-def _same_size_mask(mask: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop the mask (and a full-size map) to the region the whole-image SSIM averages over."""
-    dh = mask.shape[-2] - target.shape[-2]
-    dw = mask.shape[-1] - target.shape[-1]
-    if dh == 0 and dw == 0:
-        # A full-size map: like scikit-image, leave out the border where the window hangs over the edge.
-        b = SSIM_BORDER
-        return mask[..., b:-b, b:-b], target[..., b:-b, b:-b]
-    top, left = dh // 2, dw // 2  # a 'valid' map is smaller than the image by the window
-    return mask[..., top : top + target.shape[-2], left : left + target.shape[-1]], target
+    per_pixel = ssim_map(x, y, data_range=data_range).mean(dim=1, keepdim=True)  # channels averaged
+    border = (SSIM_WINDOW_SIZE - 1) // 2
+    weight = mask[..., border : border + per_pixel.shape[-2], border : border + per_pixel.shape[-1]]
+    count = weight.flatten(1).sum(dim=1)
+    val = (per_pixel * weight).flatten(1).sum(dim=1) / count.clamp_min(1)
+    return torch.where(count > 0, val, torch.full_like(val, float("nan")))
 
 
 # ---------------------------------------------------------------------------------------------------- LPIPS
