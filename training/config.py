@@ -1,0 +1,122 @@
+"""Training configuration dataclasses; defaults are the paper's (section 4.1) unless noted."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from m2u.training.losses import DEFAULT_PERCEPTUAL_LAYERS, IMAGENET_BACKBONE
+from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MASK_SOURCES = ("mseg", "gt")
+
+
+@dataclass
+class OptimizerConfig:
+    learning_rate: float = 1e-3  # Adam, paper 4.1
+    betas: tuple[float, float] = (0.9, 0.999)  # not stated in the paper: PyTorch's Adam defaults
+    milestones: tuple[int, ...] = (50_000, 75_000, 90_000)  # iterations
+    decay: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.milestones = tuple(int(m) for m in self.milestones)
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+
+
+@dataclass
+class RunConfig:
+    """What every trainer shares: data, schedule, logging, checkpoints, devices and precision."""
+
+    data: str = ""  # dataset folder OUT (m2u-make-dataset layout)
+    out: str = ""  # run folder
+    batch_size: int = 8
+    epochs: int = 100
+    max_steps: int | None = None  # stop earlier than `epochs` (counts optimiser steps)
+    max_seconds: float | None = None  # wall-clock budget; stops at the next step boundary, checkpoint written
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    val_every: int = 1000  # steps; 0 disables periodic validation
+    val_batches: int | None = 50  # per validation; None = the whole split
+    grid_every: int = 1000  # steps; PNG grids (masked | mask | output | ground truth)
+    checkpoint_every: int = 1000  # steps
+    log_every: int = 50  # steps
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a grad scaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the trained networks
+    resume: bool = False
+    progress: bool = True
+    evaluate_test: bool = True  # evaluate the test split at the end
+
+    def __post_init__(self) -> None:
+        if isinstance(self.optimizer, dict):
+            self.optimizer = OptimizerConfig(**self.optimizer)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        for name in ("checkpoint_every", "log_every", "grid_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+
+@dataclass
+class MSegTrainConfig(RunConfig):
+    model: MSegConfig = field(default_factory=MSegConfig)
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.model, dict):
+            self.model = MSegConfig(**self.model)
+
+
+@dataclass
+class GanTrainConfig(RunConfig):
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    adversarial_weight: float = 1.0  # paper eq. 1
+    reconstruction_weight: float = 100.0
+    perceptual_weight: float = 10.0
+    perceptual_layers: tuple[str, ...] = DEFAULT_PERCEPTUAL_LAYERS
+    vgg_weights: str = (
+        IMAGENET_BACKBONE  # "imagenet" (torch hub cache), a file path, or "random" (tests only)
+    )
+    mask_source: str = "mseg"  # "mseg": the frozen M-Seg's prediction feeds G; "gt": the dataset's mask
+    mseg_checkpoint: str | None = None  # an M-Seg model file (save_model); required with mask_source="mseg"
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.generator, dict):
+            self.generator = GeneratorConfig(**self.generator)
+        if isinstance(self.discriminator, dict):
+            self.discriminator = DiscriminatorConfig(**self.discriminator)
+        self.perceptual_layers = tuple(self.perceptual_layers)
+        if self.mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
+        if self.mask_source == "mseg" and not self.mseg_checkpoint:
+            raise ValueError(
+                "mask_source 'mseg' needs an M-Seg checkpoint (--mseg PATH), or use --mask-source gt"
+            )
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict (e.g. JSON), refusing unknown keys with a clear message."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} options: {unknown}")
+    return cls(**values)

@@ -1,0 +1,72 @@
+"""Where the trainers get batches from.
+
+A data source gives, for a split and an epoch, an iterable of batch dicts (`masked`, `unmasked` float32
+(B, 3, H, W) in [0, 1], `mask` float32 (B, 1, H, W) in {0, 1}, `key` list of str). The order must be a
+function of (split, epoch, rank) only: `--resume` re-creates the epoch and skips the batches already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+BATCH_FIELDS = ("masked", "unmasked", "mask")
+
+
+class DataSource(Protocol):
+    def batches(self, split: str, epoch: int) -> Iterable[dict]: ...
+
+
+def check_batch(batch: dict) -> None:
+    """Clear errors for a batch that breaks the loader contract."""
+    for name in BATCH_FIELDS:
+        if name not in batch:
+            raise ValueError(f"batch lacks {name!r}; got fields {sorted(batch)}")
+    masked, unmasked, mask = batch["masked"], batch["unmasked"], batch["mask"]
+    if masked.dim() != 4 or masked.shape[1] != 3 or masked.shape != unmasked.shape:
+        raise ValueError(
+            f"masked/unmasked must be (B, 3, H, W) alike, got {tuple(masked.shape)}, {tuple(unmasked.shape)}"
+        )
+    if mask.shape != (masked.shape[0], 1, *masked.shape[-2:]):
+        raise ValueError(f"mask must be (B, 1, H, W), got {tuple(mask.shape)}")
+
+
+@dataclass
+class TensorDataSource:
+    """Samples held in memory (tests, tiny runs): split -> {"masked", "unmasked", "mask"} tensors with N rows.
+
+    Training batches are reshuffled per epoch from (seed, epoch); each rank takes every world_size-th sample
+    and incomplete batches are dropped, so every rank runs the same number of steps.
+    """
+
+    splits: dict[str, dict[str, torch.Tensor]]
+    batch_size: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def batches(self, split: str, epoch: int) -> Iterator[dict]:
+        if split not in self.splits:
+            return iter(())
+        tensors = self.splits[split]
+        count = tensors["masked"].shape[0]
+        if split == "train":
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(count, generator=generator)
+        else:
+            order = torch.arange(count)
+        order = order[self.rank :: self.world_size]
+        drop_last = split == "train"
+        return self._iterate(tensors, order, split, drop_last)
+
+    def _iterate(self, tensors: dict, order: torch.Tensor, split: str, drop_last: bool) -> Iterator[dict]:
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            if drop_last and len(index) < self.batch_size:
+                return
+            batch = {name: tensors[name][index] for name in BATCH_FIELDS}
+            batch["key"] = [f"{split}-{int(i):06d}" for i in index]
+            yield batch
