@@ -1,0 +1,77 @@
+"""Image encoding for shard members and decoding in the loader (OpenCV: faster than PIL for both)."""
+
+from __future__ import annotations
+
+import enum
+
+import cv2
+import numpy as np
+
+
+class ImageFormat(enum.StrEnum):
+    """How the masked/unmasked members are stored; the mask is always PNG (exact 0/255)."""
+
+    PNG = "png"  # lossless
+    WEBP = "webp"  # lossless WebP
+    JPG = "jpg"  # lossy; `quality` applies
+
+    @property
+    def lossless(self) -> bool:
+        return self is not ImageFormat.JPG
+
+
+DEFAULT_JPEG_QUALITY = 95
+# OpenCV's PNG default (level 1) favours speed; decode speed barely depends on the level.
+PNG_COMPRESSION = 3
+# OpenCV switches WebP to lossless mode for quality values above 100.
+_WEBP_LOSSLESS_QUALITY = 101
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
+
+
+def encode_image(image: np.ndarray, fmt: ImageFormat | str, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """Encode a uint8 RGB image as ``fmt``; deterministic for a given OpenCV build."""
+    _check_rgb(image)
+    fmt = ImageFormat(fmt)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if fmt is ImageFormat.PNG:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+    elif fmt is ImageFormat.WEBP:
+        params = [cv2.IMWRITE_WEBP_QUALITY, _WEBP_LOSSLESS_QUALITY]
+    else:
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    ok, buf = cv2.imencode(f".{fmt.value}", bgr, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {image.shape} image as {fmt.value}")
+    return buf.tobytes()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """Encode a single-channel uint8 mask (0/255) as PNG."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"expected a uint8 (H, W) mask, got {mask.dtype} {mask.shape}")
+    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the mask")
+    return buf.tobytes()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode PNG/JPEG/WebP bytes to a uint8 RGB array."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("could not decode image bytes")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """Decode a mask PNG to uint8 (H, W)."""
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError("could not decode mask bytes")
+    return mask

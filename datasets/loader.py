@@ -1,0 +1,328 @@
+"""The streaming loader: paired shards → batches of float tensors, exact per epoch across workers and ranks.
+
+``make_loader(source, split="train", config=LoaderConfig())`` accepts a dataset folder written by
+``m2u-make-dataset`` (or the synthetic writer), a glob, a brace pattern such as
+``"data/train-{000000..000009}.tar"``, a URL webdataset can open (``http://``, ``pipe:``...), or a list of those.
+Each batch is a dict::
+
+    masked    float32 (B, 3, H, W) in [0, 1]
+    unmasked  float32 (B, 3, H, W) in [0, 1]
+    mask      float32 (B, 1, H, W) in {0, 1}
+    key       list[str]
+
+Every epoch yields every sample of the split exactly once across all DataLoader workers and DDP ranks:
+
+* the shard list is shuffled with (seed, epoch) — the same permutation on every rank — then either each global
+  worker (rank × workers + worker) takes every N-th shard (``split_by="shard"``, the default when there are at
+  least as many shards as global workers), or each global worker reads all shards and keeps every N-th sample
+  (``split_by="sample"``: exact for any shard count, costs N reads of the tar bytes, used for small sets);
+* a seeded shuffle buffer (raw bytes, before decoding) reorders samples within each worker;
+* a horizontal flip is drawn per (seed, epoch, key) and applied to the three members together.
+
+Ranks can get different numbers of batches in an epoch (the shard or sample count need not divide evenly):
+for DDP training without a collective per step that is harmless; otherwise make the shard count a multiple of
+world_size × num_workers. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
+
+The loader re-iterates with a new epoch number each time it is iterated (``for batch in loader``), so shuffles
+differ between epochs; call ``loader.set_epoch(e)`` to choose the epoch explicitly (e.g. when resuming).
+
+Opening the shards with HuggingFace ``datasets`` (no m2u code needed)::
+
+    import datasets
+    ds = datasets.load_dataset("webdataset", data_files={"train": "OUT/train/*.tar"}, split="train")
+    ds[0]["masked.png"], ds[0]["mask.png"], ds[0]["json"]["landmarks"]   # PIL images and the parsed metadata
+
+(members are grouped by key as webdataset does; with ``--image-format jpg`` the columns are ``masked.jpg`` and
+``unmasked.jpg``; ``streaming=True`` reads the tars lazily.)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from m2u.datasets.codecs import ImageFormat, decode_image, decode_mask
+from m2u.datasets.layout import (
+    MANIFEST_NAME,
+    MASK_FIELD,
+    MASKED_FIELD,
+    SPLITS,
+    UNMASKED_FIELD,
+    Status,
+    read_manifest,
+    split_shards,
+    validate_split,
+)
+from m2u.datasets.splits import unit_hash
+
+SPLIT_BY_CHOICES = ("auto", "shard", "sample")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 8  # paper, section 4.1
+    num_workers: int = 2
+    shuffle_buffer: int = 1000  # samples held per worker; 0 keeps the stored order
+    shuffle_shards: bool = True
+    hflip_prob: float = 0.5  # the same flip for masked, unmasked and mask
+    seed: int = 0
+    drop_last: bool = False  # per worker: a worker's last partial batch
+    split_by: str = "auto"  # "shard", "sample" or "auto" (see the module docstring)
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    # None: taken from torch.distributed when initialised, else from RANK / WORLD_SIZE, else 0 / 1.
+    rank: int | None = None
+    world_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+        if self.split_by not in SPLIT_BY_CHOICES:
+            raise ValueError(f"split_by must be one of {SPLIT_BY_CHOICES}, got {self.split_by!r}")
+
+    @classmethod
+    def for_evaluation(cls, **overrides: Any) -> LoaderConfig:
+        """Exact, reproducible epochs: stored order, no shuffling, no augmentation."""
+        base = cls(shuffle_buffer=0, shuffle_shards=False, hflip_prob=0.0)
+        return replace(base, **overrides)
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text or text.startswith("pipe:")
+
+
+def resolve_shards(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str | None = None
+) -> list[str]:
+    """Turn a dataset folder, glob, brace pattern, URL or list of those into a list of shard paths/URLs."""
+    if isinstance(source, (list, tuple)):
+        shards = [s for item in source for s in resolve_shards(item, None)]
+    else:
+        text = os.fspath(source)
+        path = Path(text)
+        if not _is_url(text) and path.is_dir():
+            if split is not None and (path / validate_split(split)).is_dir():
+                shards = [str(p) for p in split_shards(path, split)]
+            elif split is not None and (path / MANIFEST_NAME).is_file():
+                shards = []  # a dataset folder whose split is empty
+            else:
+                shards = sorted(str(p) for p in path.glob("*.tar"))
+        elif not _is_url(text) and any(ch in text for ch in "*?["):
+            shards = sorted(glob.glob(text))
+        else:
+            from webdataset.shardlists import expand_urls
+
+            shards = expand_urls(text)
+    if not shards:
+        where = f" for split {split!r}" if split else ""
+        raise FileNotFoundError(f"no shards found{where} in {source!r}")
+    return shards
+
+
+def _dist_info(config: LoaderConfig) -> tuple[int, int]:
+    if config.rank is not None or config.world_size is not None:
+        rank, world = config.rank or 0, config.world_size or 1
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world})")
+    return rank, world
+
+
+def _iter_raw_samples(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Yield raw samples (``__key__`` plus field → bytes) from shards, one shard after another."""
+    from webdataset.tariterators import tarfile_samples
+
+    yield from tarfile_samples([{"url": url} for url in shards])
+
+
+def _image_field(sample: dict[str, Any], prefix: str) -> bytes:
+    for fmt in ImageFormat:
+        field = f"{prefix}.{fmt.value}"
+        if field in sample:
+            return sample[field]
+    raise KeyError(
+        f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no {prefix}.<png|jpg|webp>"
+    )
+
+
+class PairedShardDataset(IterableDataset):
+    """An IterableDataset of batches over paired shards; see the module docstring for the epoch guarantees."""
+
+    def __init__(self, shards: Sequence[str], config: LoaderConfig = LoaderConfig()):
+        super().__init__()
+        if not shards:
+            raise ValueError("PairedShardDataset needs at least one shard")
+        self.shards = list(shards)
+        self.config = config
+        self.epoch = 0
+        self._rank_world: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def bind_distributed(self) -> None:
+        """Read rank and world size now, in the main process: DataLoader workers do not see torch.distributed's
+        state, so a dataset used with workers under DDP must be bound before iterating (PairedLoader does it)."""
+        self._rank_world = _dist_info(self.config)
+
+    def _layout(self) -> tuple[int, int, str]:
+        """(this worker's global id, number of global workers, split mode)."""
+        rank, world = self._rank_world or _dist_info(self.config)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        total = world * workers
+        mode = self.config.split_by
+        if mode == "auto":
+            mode = "shard" if len(self.shards) >= total else "sample"
+        return rank * workers + worker, total, mode
+
+    def _epoch_shards(self) -> list[str]:
+        shards = list(self.shards)
+        if self.config.shuffle_shards:
+            # Same seed on every rank and worker: they all agree on the permutation before splitting it.
+            random.Random(f"{self.config.seed}/{self.epoch}/shards").shuffle(shards)
+        return shards
+
+    def _my_raw_samples(self) -> Iterator[dict[str, Any]]:
+        gid, total, mode = self._layout()
+        shards = self._epoch_shards()
+        if mode == "shard":
+            yield from _iter_raw_samples(shards[gid::total])
+        else:
+            for index, sample in enumerate(_iter_raw_samples(shards)):
+                if index % total == gid:
+                    yield sample
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        size = self.config.shuffle_buffer
+        if size <= 1:
+            yield from samples
+            return
+        gid, _, _ = self._layout()
+        rng = random.Random(f"{self.config.seed}/{self.epoch}/{gid}/buffer")
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            if len(buffer) < size:
+                buffer.append(sample)
+                continue
+            index = rng.randrange(size)
+            yield buffer[index]
+            buffer[index] = sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decode(self, sample: dict[str, Any]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        key = sample["__key__"]
+        masked = decode_image(_image_field(sample, MASKED_FIELD))
+        unmasked = decode_image(_image_field(sample, UNMASKED_FIELD))
+        if MASK_FIELD not in sample:
+            raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
+        mask = decode_mask(sample[MASK_FIELD])
+        if masked.shape != unmasked.shape or masked.shape[:2] != mask.shape:
+            raise ValueError(
+                f"sample {key!r}: members differ in size {masked.shape} {unmasked.shape} {mask.shape}"
+            )
+        p = self.config.hflip_prob
+        if p > 0 and unit_hash("hflip", self.config.seed, self.epoch, key) < p:
+            masked, unmasked, mask = masked[:, ::-1], unmasked[:, ::-1], mask[:, ::-1]
+        return key, masked, unmasked, mask
+
+    @staticmethod
+    def _collate(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        def images(index: int) -> torch.Tensor:
+            stacked = np.stack([item[index] for item in items])  # (B, H, W, 3) uint8
+            return torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0)
+
+        masks = np.stack([item[3] for item in items])[:, None]  # (B, 1, H, W)
+        return {
+            "masked": images(1),
+            "unmasked": images(2),
+            "mask": torch.from_numpy(masks > 127).float(),
+            "key": [item[0] for item in items],
+        }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if get_worker_info() is not None:
+            cv2.setNumThreads(1)  # one decode thread per worker: workers are the parallelism
+        batch: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        for sample in self._shuffled(self._my_raw_samples()):
+            batch.append(self._decode(sample))
+            if len(batch) == self.config.batch_size:
+                yield self._collate(batch)
+                batch = []
+        if batch and not self.config.drop_last:
+            yield self._collate(batch)
+
+
+def count_samples(source: str | os.PathLike[str], split: str) -> int:
+    """Number of written samples of ``split`` in a dataset folder, from its manifest."""
+    manifest = read_manifest(source)
+    validate_split(split)
+    return int(((manifest["split"] == split) & (manifest["status"] == Status.OK.value)).sum())
+
+
+class PairedLoader:
+    """Iterable over batches (see the module docstring); each ``iter()`` starts the next epoch."""
+
+    def __init__(self, dataset: PairedShardDataset, config: LoaderConfig):
+        self.dataset = dataset
+        self.config = config
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.set_epoch(self.epoch)
+        self.dataset.bind_distributed()
+        self.epoch += 1
+        workers = self.config.num_workers
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,  # the dataset batches inside each worker
+            num_workers=workers,
+            pin_memory=self.config.pin_memory,
+            prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
+            persistent_workers=False,  # workers must see the new epoch number
+        )
+        return iter(loader)
+
+
+def make_loader(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    split: str | None = "train",
+    config: LoaderConfig = LoaderConfig(),
+) -> PairedLoader:
+    """A loader over the ``split`` shards of a dataset folder (``split`` is ignored for globs, URLs and lists)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
+    return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
+
+
+__all__ = [
+    "LoaderConfig",
+    "PairedLoader",
+    "PairedShardDataset",
+    "count_samples",
+    "make_loader",
+    "resolve_shards",
+]

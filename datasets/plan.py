@@ -1,0 +1,117 @@
+"""Planning: which sample goes to which split and shard, decided before any image is processed.
+
+Every planned sample (one per input file and mask variant) gets a key, a split (hash of the key or identity),
+a seed (hash of the global seed and key) and a shard. Within a split, samples are ordered by a seeded hash of
+their key and cut into shards of ``shard_size`` planned samples; a shard's content therefore depends only on
+the inputs and arguments, which is what makes resumed and uninterrupted runs byte-identical. Samples that fail
+later (no face, unreadable file) keep their slot and are simply absent from the tar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from m2u.datasets.layout import DEFAULT_SPLIT_FRACTIONS, SPLITS, validate_key
+from m2u.datasets.splits import SplitBy, assign_split, derive_seed, shuffle_rank
+
+DEFAULT_SHARD_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One discovered input file."""
+
+    base_key: str  # the sample key of variant 0 (see variant_key)
+    source: str  # path or URL as it will be recorded in the manifest
+    identity: str = ""  # "" when unknown
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    key: str
+    base_key: str
+    source: str
+    identity: str
+    variant: int
+    split: str
+    seed: int
+    shard_index: int
+
+    @property
+    def shard_id(self) -> tuple[str, int]:
+        return (self.split, self.shard_index)
+
+
+def variant_key(base_key: str, variant: int, variants: int) -> str:
+    """With one variant the key is the input's key; with K > 1 each masked version gets ``<key>-m<k>``."""
+    return base_key if variants == 1 else f"{base_key}-m{variant}"
+
+
+def plan_samples(
+    items: Sequence[InputItem],
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    split_by: SplitBy | str = SplitBy.SAMPLE,
+    variants: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> list[PlannedSample]:
+    """Plan every sample; the result is sorted by (split order, shard, position in shard)."""
+    split_by = SplitBy(split_by)
+    if variants < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    seen: dict[str, str] = {}
+    missing_identity = []
+    for item in items:
+        validate_key(item.base_key)
+        if item.base_key in seen:
+            raise ValueError(
+                f"two inputs map to the same sample key {item.base_key!r}: {seen[item.base_key]} and "
+                f"{item.source}; rename one of them or pass the folders separately"
+            )
+        seen[item.base_key] = item.source
+        if split_by is SplitBy.IDENTITY and not item.identity:
+            missing_identity.append(item.source)
+    if missing_identity:
+        raise ValueError(
+            f"--split-by identity: {len(missing_identity)} input(s) have no identity, e.g. {missing_identity[0]}; "
+            "give an identity file or a filename pattern that matches every input"
+        )
+
+    per_split: dict[str, list[tuple[float, str, InputItem, int]]] = {split: [] for split in SPLITS}
+    for item in items:
+        # Variants of one input share its split, so no face leaks between splits.
+        group = item.identity if split_by is SplitBy.IDENTITY else item.base_key
+        split = assign_split(group, seed, fractions)
+        for variant in range(variants):
+            key = variant_key(item.base_key, variant, variants)
+            per_split[split].append((shuffle_rank(seed, key), key, item, variant))
+
+    plan: list[PlannedSample] = []
+    for split in SPLITS:
+        ordered = sorted(per_split[split], key=lambda entry: (entry[0], entry[1]))
+        for position, (_, key, item, variant) in enumerate(ordered):
+            plan.append(
+                PlannedSample(
+                    key=key,
+                    base_key=item.base_key,
+                    source=item.source,
+                    identity=item.identity,
+                    variant=variant,
+                    split=split,
+                    seed=derive_seed(seed, key),
+                    shard_index=position // shard_size,
+                )
+            )
+    return plan
+
+
+def group_by_shard(plan: Sequence[PlannedSample]) -> dict[tuple[str, int], list[PlannedSample]]:
+    """Planned samples per (split, shard index), in plan order."""
+    shards: dict[tuple[str, int], list[PlannedSample]] = {}
+    for sample in plan:
+        shards.setdefault(sample.shard_id, []).append(sample)
+    return shards

@@ -1,0 +1,103 @@
+"""Turning one finished sample into shard members, and writing the dataset-level files (stats.json).
+
+Shared by the real build and the synthetic writer, so both produce the same on-disk layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m2u.datasets.codecs import ImageFormat, encode_image, encode_mask
+from m2u.datasets.layout import (
+    MASK_FIELD,
+    MASKED_FIELD,
+    META_FIELD,
+    SPLITS,
+    STATS_NAME,
+    UNMASKED_FIELD,
+    Status,
+)
+
+LANDMARK_DECIMALS = 3  # JSON floats are rounded so the metadata bytes are stable
+
+
+def dumps_json(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces): the same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def round_array(array: np.ndarray, decimals: int = LANDMARK_DECIMALS) -> list:
+    return np.round(np.asarray(array, dtype=np.float64), decimals).tolist()
+
+
+def sample_members(
+    *,
+    masked: np.ndarray,
+    unmasked: np.ndarray,
+    mask: np.ndarray,
+    meta: Mapping[str, Any],
+    image_format: ImageFormat | str,
+    quality: int,
+) -> dict[str, bytes]:
+    """The tar members of one sample (field name → bytes). ``mask`` is uint8 (H, W) with values 0/255."""
+    if masked.shape != unmasked.shape or masked.shape[:2] != mask.shape:
+        raise ValueError(f"pair members differ in size: {masked.shape}, {unmasked.shape}, {mask.shape}")
+    if not np.isin(mask, (0, 255)).all():
+        raise ValueError("mask values must be 0 or 255")
+    fmt = ImageFormat(image_format)
+    return {
+        f"{MASKED_FIELD}.{fmt.value}": encode_image(masked, fmt, quality),
+        f"{UNMASKED_FIELD}.{fmt.value}": encode_image(unmasked, fmt, quality),
+        MASK_FIELD: encode_mask(mask),
+        META_FIELD: dumps_json(dict(meta)),
+    }
+
+
+def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts per split and status, and per split of written (ok) samples."""
+    by_split: dict[str, dict[str, int]] = {split: {s.value: 0 for s in Status} for split in SPLITS}
+    totals = {s.value: 0 for s in Status}
+    for row in rows:
+        by_split[row["split"]][row["status"]] += 1
+        totals[row["status"]] += 1
+    return {
+        "samples": {split: by_split[split][Status.OK.value] for split in SPLITS},
+        "by_split_and_status": by_split,
+        "by_status": totals,
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for name in (
+        "m2u",
+        "numpy",
+        "opencv-python-headless",
+        "pillow",
+        "dlib-bin",
+        "webdataset",
+        "pyarrow",
+        "torch",
+    ):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_stats(out_dir: str | os.PathLike[str], stats: Mapping[str, Any]) -> Path:
+    """Write ``stats.json`` atomically (human-readable, indented)."""
+    path = Path(out_dir) / STATS_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from m2u.datasets.layout import read_manifest
+from m2u.datasets.loader import LoaderConfig, count_samples, make_loader, resolve_shards
+
+
+def _train_keys(dataset_dir):
+    manifest = read_manifest(dataset_dir)
+    return sorted(manifest.loc[manifest["split"] == "train", "key"])
+
+
+def _epoch_keys(loader):
+    keys = []
+    for batch in loader:
+        keys.extend(batch["key"])
+    return keys
+
+
+def test_batches_have_the_documented_types(synthetic_dataset):
+    loader = make_loader(synthetic_dataset, "val", LoaderConfig(batch_size=3, num_workers=0))
+    batch = next(iter(loader))
+    assert batch["masked"].shape == (3, 3, 32, 32) and batch["unmasked"].shape == (3, 3, 32, 32)
+    assert batch["mask"].shape == (3, 1, 32, 32)
+    assert batch["masked"].dtype == batch["mask"].dtype == torch.float32
+    assert 0 <= batch["masked"].min() and batch["masked"].max() <= 1
+    assert set(batch["mask"].unique().tolist()) == {0.0, 1.0}
+    assert isinstance(batch["key"], list) and len(batch["key"]) == 3
+    outside = batch["mask"].expand_as(batch["masked"]) == 0
+    assert torch.equal(batch["masked"][outside], batch["unmasked"][outside])
+
+
+@pytest.mark.parametrize("split_by", ["shard", "sample"])
+def test_every_sample_exactly_once_per_epoch_with_workers(synthetic_dataset, split_by):
+    config = LoaderConfig(batch_size=4, num_workers=2, shuffle_buffer=5, split_by=split_by)
+    loader = make_loader(synthetic_dataset, "train", config)
+    first, second = _epoch_keys(loader), _epoch_keys(loader)
+    assert sorted(first) == sorted(second) == _train_keys(synthetic_dataset)
+    assert first != second  # a new epoch reshuffles
+    assert count_samples(synthetic_dataset, "train") == len(first)
+
+
+def test_evaluation_mode_is_exact_and_repeatable(synthetic_dataset):
+    loader = make_loader(synthetic_dataset, "train", LoaderConfig.for_evaluation(batch_size=5, num_workers=0))
+    first = _epoch_keys(loader)
+    assert first == _epoch_keys(loader)
+    assert sorted(first) == _train_keys(synthetic_dataset)
+
+
+def test_flip_is_the_same_for_the_three_members(synthetic_dataset):
+    plain = make_loader(synthetic_dataset, "test", LoaderConfig.for_evaluation(batch_size=64, num_workers=0))
+    flipped = make_loader(
+        synthetic_dataset, "test", LoaderConfig.for_evaluation(batch_size=64, num_workers=0, hflip_prob=1.0)
+    )
+    a, b = next(iter(plain)), next(iter(flipped))
+    assert a["key"] == b["key"]
+    for name in ("masked", "unmasked", "mask"):
+        assert torch.equal(a[name].flip(-1), b[name])
+    assert not torch.equal(a["masked"], b["masked"])
+
+
+def test_sources_globs_lists_and_errors(synthetic_dataset):
+    from_folder = resolve_shards(synthetic_dataset, "train")
+    assert resolve_shards(str(synthetic_dataset / "train" / "*.tar")) == from_folder
+    assert resolve_shards([str(p) for p in from_folder]) == from_folder
+    braces = str(synthetic_dataset / "train" / "train-{000000..000001}.tar")
+    assert resolve_shards(braces) == from_folder[:2]
+    with pytest.raises(FileNotFoundError, match="no shards"):
+        resolve_shards(synthetic_dataset / "nothing-here" / "*.tar")
+    with pytest.raises(ValueError, match="unknown split"):
+        make_loader(synthetic_dataset, "dev")
+
+
+_DDP_SCRIPT = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from m2u.datasets.loader import LoaderConfig, make_loader
+
+
+def run(rank, world, init_file, dataset_dir, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
+    try:
+        loader = make_loader(dataset_dir, "train", LoaderConfig(batch_size=2, num_workers=2, shuffle_buffer=4))
+        keys = [key for batch in loader for key in batch["key"]]
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(keys, f)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(2, sys.argv[1], sys.argv[2], sys.argv[3]), nprocs=2, join=True)
+"""
+
+
+def test_two_ranks_two_workers_every_training_sample_once(synthetic_dataset, tmp_path):
+    # A script file, not a test function: spawned processes must be able to import the worker function.
+    script = tmp_path / "ddp_epoch.py"
+    script.write_text(_DDP_SCRIPT)
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "init"), str(synthetic_dataset), str(tmp_path)],
+        check=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(per_rank)
+    assert sorted(per_rank[0] + per_rank[1]) == _train_keys(synthetic_dataset)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from m2u.datasets.codecs import decode_image, decode_mask
+from m2u.datasets.layout import MANIFEST_COLUMNS, SPLITS, read_manifest, split_shards
+from m2u.datasets.synthetic import make_synthetic_sample, write_synthetic_dataset
+
+
+def test_layout_manifest_and_stats(synthetic_dataset):
+    manifest = read_manifest(synthetic_dataset)
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert len(manifest) == 40 and manifest["key"].is_unique
+    assert set(manifest["status"]) == {"ok"}
+    stats = json.loads((synthetic_dataset / "stats.json").read_text())
+    for split in SPLITS:
+        shards = split_shards(synthetic_dataset, split)
+        assert shards, split
+        in_manifest = manifest[manifest["split"] == split]
+        assert stats["counts"]["samples"][split] == len(in_manifest)
+        assert {f"{split}/{p.name}" for p in shards} == set(in_manifest["shard"])
+
+
+def test_shards_read_by_plain_webdataset_with_pixel_identical_outside_mask(synthetic_dataset):
+    shards = [str(p) for s in SPLITS for p in split_shards(synthetic_dataset, s)]
+    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+    keys = []
+    for sample in dataset:
+        keys.append(sample["__key__"])
+        masked = decode_image(sample["masked.png"])
+        unmasked = decode_image(sample["unmasked.png"])
+        mask = decode_mask(sample["mask.png"])
+        meta = json.loads(sample["json"])
+        assert masked.shape == (32, 32, 3) and mask.shape == (32, 32)
+        assert set(np.unique(mask)) <= {0, 255} and mask.any()
+        outside = mask == 0
+        assert np.array_equal(masked[outside], unmasked[outside])
+        assert not np.array_equal(masked[~outside], unmasked[~outside])
+        assert meta["key"] == sample["__key__"] and len(meta["landmarks"]) == 68
+    assert sorted(keys) == sorted(read_manifest(synthetic_dataset)["key"])
+
+
+def test_same_arguments_give_identical_bytes(tmp_path):
+    a = write_synthetic_dataset(tmp_path / "a", 12, size=24, seed=5, shard_size=3, image_format="webp")
+    b = write_synthetic_dataset(tmp_path / "b", 12, size=24, seed=5, shard_size=3, image_format="webp")
+    files_a = sorted(
+        p.relative_to(a.out_dir) for p in a.out_dir.rglob("*") if p.is_file() and p.name != "stats.json"
+    )
+    files_b = sorted(
+        p.relative_to(b.out_dir) for p in b.out_dir.rglob("*") if p.is_file() and p.name != "stats.json"
+    )
+    assert files_a == files_b and len(files_a) > 3
+    for rel in files_a:
+        assert (a.out_dir / rel).read_bytes() == (b.out_dir / rel).read_bytes(), rel
+    other = make_synthetic_sample(24, 1)
+    assert not np.array_equal(other.unmasked, make_synthetic_sample(24, 2).unmasked)
+
+
+def test_refuses_non_empty_folder_without_overwrite(tmp_path):
+    write_synthetic_dataset(tmp_path, 3, size=16)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_synthetic_dataset(tmp_path, 3, size=16)
+    info = write_synthetic_dataset(tmp_path, 5, size=16, overwrite=True)
+    assert sum(info.counts.values()) == 5
+    assert pq.read_table(tmp_path / "manifest.parquet").num_rows == 5
