@@ -11,6 +11,7 @@ is never computed with random or substitute weights.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import warnings
@@ -541,19 +542,36 @@ class IdentityEmbedder:
             self._encoder.compute_face_descriptor(np.ascontiguousarray(image), shape), np.float64
         )
 
-    def compare(self, outputs: np.ndarray, targets: np.ndarray) -> IdentityResult:
+    def reference(self, targets: np.ndarray) -> list[tuple[object, np.ndarray] | None]:
+        """Face box and descriptor of each ground-truth image (None where no face or landmarks are found);
+        computed once and shared by every method compared against the same images."""
+        refs: list[tuple[object, np.ndarray] | None] = []
+        for gt in targets:
+            box = self.face_box(gt)
+            embedding = self.embed(gt, box) if box is not None else None
+            refs.append((box, embedding) if embedding is not None else None)
+        return refs
+
+    def compare(
+        self,
+        outputs: np.ndarray,
+        targets: np.ndarray,
+        reference: list[tuple[object, np.ndarray] | None] | None = None,
+    ) -> IdentityResult:
         """outputs, targets: (B, H, W, 3) uint8 RGB. The face box is found on the ground truth and reused for
         the output, so both are embedded from the same region."""
-        cos = np.full(len(targets), np.nan)
-        dist = np.full(len(targets), np.nan)
+        refs = reference if reference is not None else self.reference(targets)
+        if len(refs) != len(outputs):
+            raise ValueError(f"{len(outputs)} outputs but {len(refs)} reference faces")
+        cos = np.full(len(outputs), np.nan)
+        dist = np.full(len(outputs), np.nan)
         no_face = 0
-        for i, (out, gt) in enumerate(zip(outputs, targets, strict=True)):
-            box = self.face_box(gt)
-            e_gt = self.embed(gt, box) if box is not None else None
-            e_out = self.embed(out, box) if e_gt is not None else None
-            if e_gt is None or e_out is None:
+        for i, (out, ref) in enumerate(zip(outputs, refs, strict=True)):
+            e_out = self.embed(out, ref[0]) if ref is not None else None
+            if ref is None or e_out is None:
                 no_face += 1
                 continue
+            e_gt = ref[1]
             cos[i] = float(e_gt @ e_out / (np.linalg.norm(e_gt) * np.linalg.norm(e_out) + 1e-12))
             dist[i] = float(np.linalg.norm(e_gt - e_out))
         return IdentityResult(cosine=cos, distance=dist, no_face=no_face)
@@ -641,6 +659,8 @@ class MetricSuite:
         if self.fid_features is not None:
             self.fid_features.to(self.device).eval()
         self._methods: dict[str, _MethodAccumulator] = {}
+        self._reference_cache: tuple[str, list] | None = None
+        self._feature_cache: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @torch.no_grad()
     def update(self, method: str, pred01: torch.Tensor, target01: torch.Tensor, mask: torch.Tensor) -> None:
@@ -666,21 +686,39 @@ class MetricSuite:
             acc.add("lpips_masked", self.lpips.masked(p, t, m))
         if self.fid_features is not None:
             p, t, m = pred.to(self.device), target.to(self.device), mask.to(self.device)
+            real, real_masked = self._real_features(t, m)
             acc.fid_fake.update(self.fid_features(p))
-            acc.fid_real.update(self.fid_features(t))
+            acc.fid_real.update(real)
             # Masked-region FID: everything outside the mask blanked, so only the region's content differs.
             acc.fid_fake_masked.update(self.fid_features(p * m))
-            acc.fid_real_masked.update(self.fid_features(t * m))
+            acc.fid_real_masked.update(real_masked)
         if self.identity is not None:
             out_u8, gt_u8 = to_uint8_images(pred), to_uint8_images(target)
-            whole = self.identity.compare(out_u8, gt_u8)
+            refs = self._identity_reference(gt_u8)
+            whole = self.identity.compare(out_u8, gt_u8, refs)
             # Masked-region identity: the ground truth with only the masked region taken from the prediction.
-            region = self.identity.compare(to_uint8_images(target * (1 - mask) + pred * mask), gt_u8)
+            region = self.identity.compare(to_uint8_images(target * (1 - mask) + pred * mask), gt_u8, refs)
             acc.add("identity_cosine", whole.cosine)
             acc.add("identity_distance", whole.distance)
             acc.add("identity_cosine_masked", region.cosine)
             acc.add("identity_distance_masked", region.distance)
             acc.counts["identity_no_face"] += whole.no_face
+
+    def _real_features(self, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The ground truth's features are the same for every method of a batch: compute them once.
+        digest = hashlib.sha1(target.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes()).hexdigest()
+        if self._feature_cache is None or self._feature_cache[0] != digest:
+            assert self.fid_features is not None
+            self._feature_cache = (digest, (self.fid_features(target), self.fid_features(target * mask)))
+        return self._feature_cache[1]
+
+    def _identity_reference(self, gt_u8: np.ndarray) -> list:
+        # Every method of a batch is compared with the same ground truth: embed it once.
+        digest = hashlib.sha1(gt_u8.tobytes()).hexdigest()
+        if self._reference_cache is None or self._reference_cache[0] != digest:
+            assert self.identity is not None
+            self._reference_cache = (digest, self.identity.reference(gt_u8))
+        return self._reference_cache[1]
 
     def methods(self) -> list[str]:
         return list(self._methods)
