@@ -55,9 +55,15 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch
     c2 = (SSIM_K2 * data_range) ** 2
     mu_x = _filter(x, kernel)
     mu_y = _filter(y, kernel)
-    var_x = _filter(x * x, kernel) - mu_x * mu_x
-    var_y = _filter(y * y, kernel) - mu_y * mu_y
-    cov_xy = _filter(x * y, kernel) - mu_x * mu_y
+    # (Co)variances from images centred on their own means: the same values, without the float32
+    # cancellation of E[x^2] - E[x]^2 on bright flat regions.
+    xc = x - x.mean(dim=(2, 3), keepdim=True)
+    yc = y - y.mean(dim=(2, 3), keepdim=True)
+    mu_xc = _filter(xc, kernel)
+    mu_yc = _filter(yc, kernel)
+    var_x = _filter(xc * xc, kernel) - mu_xc * mu_xc
+    var_y = _filter(yc * yc, kernel) - mu_yc * mu_yc
+    cov_xy = _filter(xc * yc, kernel) - mu_xc * mu_yc
     numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
     denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
     return numerator / denominator

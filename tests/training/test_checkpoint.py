@@ -1,0 +1,74 @@
+"""Model files rebuild the right class from their metadata; training state loads with weights_only."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from m2u.training.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_training_state,
+    read_model_metadata,
+    save_model,
+    save_training_state,
+)
+from m2u.training.models import (
+    CARU2Net,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    MSeg,
+    MSegConfig,
+    PatchDiscriminator,
+)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: CARU2Net(GeneratorConfig(width_multiplier=0.125, stages=3, channel_attention=False)),
+        lambda: PatchDiscriminator(DiscriminatorConfig(channels=(3, 4, 8, 8, 8, 1))),
+        lambda: MSeg(MSegConfig(base_channels=4, levels=3)),
+    ],
+)
+def test_save_load_model_round_trip(tmp_path, model):
+    torch.manual_seed(0)
+    original = model()
+    x = torch.rand(2, 3, 32, 32)  # batch 2: CARU-7 pools 32 px down to 1x1, where BN needs > 1 value
+    args = (x, torch.ones(2, 1, 32, 32)) if isinstance(original, CARU2Net) else (x,)
+    original.train()(*args)  # moves BN statistics and spectral-norm vectors away from their initial values
+    path = save_model(tmp_path / "model.safetensors", original)
+    loaded = load_model(path)
+    assert type(loaded) is type(original) and loaded.config == original.config
+    assert not loaded.training
+    original.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(*args), original(*args))
+    assert read_model_metadata(path)[0] == type(original).__name__
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_model_refuses_foreign_files(tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(1)}, str(plain))
+    with pytest.raises(CheckpointError, match="metadata"):
+        load_model(plain)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError):
+        load_model(garbage)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_training_state_refuses_arbitrary_pickles(tmp_path):
+    path = save_training_state(tmp_path / "state.pt", {"step": 3, "weights": torch.ones(2)})
+    assert load_training_state(path)["step"] == 3
+
+    # Any class outside torch's allow-list stands for an arbitrary pickle here.
+    torch.save({"object": datetime.date(2020, 1, 1)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_training_state(tmp_path / "evil.pt")
