@@ -1,0 +1,119 @@
+"""Face alignment: one similarity transform per face, shared by every member of a pair and by inference.
+
+Template (in units of the crop side ``size``; image x to the right, y down):
+
+    left eye centre  (0.375, 0.38)    mean of landmarks 36-41 (the eye on the image's left)
+    right eye centre (0.625, 0.38)    mean of landmarks 42-47
+    mouth centre     (0.500, 0.635)   mean of landmarks 48-67
+
+so the inter-ocular distance is a quarter of the crop. The proportions come from dlib landmarks measured on 60
+CelebA photos (eye-to-mouth ≈ 1.02 × inter-ocular distance, eyes-to-chin ≈ 1.79 ×, jaw width ≈ 2.27 ×): the chin
+lands near 0.83 of the crop and the jaw spans about 0.22–0.78, leaving forehead and a margin around the jaw,
+close to CelebA's own framing. The transform (rotation, uniform scale, translation; no shear, no reflection) is
+the least-squares fit of those three points to the template. Pixels outside the source image are filled by
+replicating its border.
+
+``align_face`` returns the crop and the 2×3 matrix mapping source pixels to crop pixels; ``paste_face`` uses its
+inverse to put an (edited) crop back into the source image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from m2u.masking.geometry import LEFT_EYE, MOUTH, RIGHT_EYE
+
+# Template points as fractions of the crop side: left eye, right eye, mouth centre.
+ALIGN_TEMPLATE = np.array([[0.375, 0.38], [0.625, 0.38], [0.5, 0.635]], dtype=np.float64)
+# Below this scale the source is first shrunk with area averaging: warpAffine alone would alias.
+_PRESHRINK_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    image: np.ndarray  # uint8 (size, size, 3)
+    matrix: np.ndarray  # float64 (2, 3): source pixel (x, y, 1) -> crop pixel
+    landmarks: np.ndarray  # float32 (68, 2) in crop pixels
+
+
+def anchor_points(landmarks: np.ndarray) -> np.ndarray:
+    """The three points the transform is fitted on: eye centres and mouth centre, (3, 2) float64."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (68, 2) or not np.isfinite(points).all():
+        raise ValueError(f"expected finite 68-point landmarks of shape (68, 2), got {points.shape}")
+    return np.stack([points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0), points[MOUTH].mean(0)])
+
+
+def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (x' = a x - b y + tx, y' = b x + a y + ty) mapping src points onto dst."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    rows = []
+    for (x, y), (u, v) in zip(src, dst):
+        rows.append(([x, -y, 1.0, 0.0], u))
+        rows.append(([y, x, 0.0, 1.0], v))
+    design = np.array([r[0] for r in rows])
+    target = np.array([r[1] for r in rows])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(design, target, rcond=None)
+    if a * a + b * b < 1e-12:
+        raise ValueError("degenerate landmarks: the alignment transform has zero scale")
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points, np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def alignment_matrix(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The 2×3 matrix taking source pixels to the ``size``×``size`` aligned crop."""
+    if size < 8:
+        raise ValueError(f"crop size must be >= 8, got {size}")
+    return similarity_matrix(anchor_points(landmarks), ALIGN_TEMPLATE * size)
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> AlignedFace:
+    """Crop ``image`` (uint8 H×W×3) to an aligned ``size``×``size`` face; see the module docstring."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
+    matrix = alignment_matrix(landmarks, size)
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    source, warp = image, matrix
+    if scale < _PRESHRINK_BELOW:
+        height, width = image.shape[:2]
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        source = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        # Shrunk pixel (x', y') came from (x' * width/new_w, y' * height/new_h): fold that into the warp.
+        warp = matrix @ np.array([[width / new_w, 0.0, 0.0], [0.0, height / new_h, 0.0], [0.0, 0.0, 1.0]])
+    crop = cv2.warpAffine(source, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    aligned_landmarks = transform_points(matrix, landmarks).astype(np.float32)
+    return AlignedFace(image=crop, matrix=matrix, landmarks=aligned_landmarks)
+
+
+def paste_face(
+    original: np.ndarray, crop: np.ndarray, matrix: np.ndarray, region: np.ndarray | None = None
+) -> np.ndarray:
+    """Put ``crop`` (from ``align_face`` with ``matrix``) back into a copy of ``original``.
+
+    ``region`` (uint8 or bool, crop-sized) limits the pasted pixels, e.g. to the mask; by default the whole crop
+    is pasted. Edges are blended over one pixel by the warped coverage, so no seam of border pixels appears.
+    """
+    height, width = original.shape[:2]
+    size = crop.shape[0]
+    if crop.shape[:2] != (size, size):
+        raise ValueError(f"crop must be square, got {crop.shape}")
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    warped = cv2.warpAffine(
+        crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    coverage = (
+        np.ones((size, size), np.float32) if region is None else (np.asarray(region) > 0).astype(np.float32)
+    )
+    # Zero the border so the warped coverage fades out at the crop's edge instead of replicating outwards.
+    weight = cv2.warpAffine(coverage, inverse, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    weight = np.clip(weight, 0.0, 1.0)[..., None]
+    blended = original.astype(np.float32) * (1.0 - weight) + warped.astype(np.float32) * weight
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
