@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -70,3 +71,53 @@ class TensorDataSource:
             batch = {name: tensors[name][index] for name in BATCH_FIELDS}
             batch["key"] = [f"{split}-{int(i):06d}" for i in index]
             yield batch
+
+
+class ShardDataSource:
+    """The dataset folder's shards through `m2u.datasets.make_loader`.
+
+    Training epochs are shuffled and flipped from (seed, epoch), the same on every run; val/test are read in
+    stored order without augmentation. Each rank reads its own part of the shards; the trainer keeps ranks in
+    step when their batch counts differ. A split without shards yields nothing (train: an error).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        from m2u.datasets.layout import MANIFEST_NAME
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {self.root} (build it with m2u-make-dataset)")
+        if not (self.root / MANIFEST_NAME).is_file() and not (self.root / "train").is_dir():
+            raise FileNotFoundError(
+                f"{self.root} does not look like an m2u dataset (no {MANIFEST_NAME}, no train/)"
+            )
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.rank, self.world_size = rank, world_size
+
+    def batches(self, split: str, epoch: int) -> Iterable[dict]:
+        from m2u.datasets.loader import LoaderConfig, make_loader
+
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+        config = LoaderConfig(**common) if split == "train" else LoaderConfig.for_evaluation(**common)
+        try:
+            loader = make_loader(self.root, split, config)
+        except FileNotFoundError:
+            if split == "train":
+                raise
+            return iter(())
+        loader.set_epoch(epoch)
+        return iter(loader)

@@ -32,7 +32,7 @@ from m2u.training.checkpoint import (
     unwrap_model,
 )
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
-from m2u.training.data import DataSource, check_batch
+from m2u.training.data import DataSource, ShardDataSource, check_batch
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.losses import (
     VGGPerceptualLoss,
@@ -712,8 +712,6 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
     seed_everything(config.seed)
     task = task_class(config, device, dist)  # type: ignore[arg-type]
     if data is None:
-        from m2u.training.data import ShardDataSource  # type: ignore[attr-defined]
-
         data = ShardDataSource(
             config.data, config.batch_size, config.seed, config.num_workers, dist.rank, dist.world_size
         )
