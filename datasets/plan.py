@@ -88,7 +88,8 @@ def plan_samples(
         split = assign_split(group, seed, fractions)
         for variant in range(variants):
             key = variant_key(item.base_key, variant, variants)
-            per_split[split].append((shuffle_rank(seed, key), key, item, variant))
+            # Ranked by the input's key so an input's variants sit side by side (mostly in one shard).
+            per_split[split].append((shuffle_rank(seed, item.base_key), key, item, variant))
 
     plan: list[PlannedSample] = []
     for split in SPLITS:

@@ -270,3 +270,15 @@ def write_synthetic_dataset(
 
 
 __all__ = ["SyntheticDatasetInfo", "make_synthetic_sample", "write_synthetic_dataset"]
+
+
+def synthetic_masker(
+    image: np.ndarray, face: Any, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A stand-in for the masking engine with the build's masker signature: the synthetic polygon/ellipse mask
+    drawn from ``face.landmarks``. Lets the build run (in tests, or before the engine exists) without templates."""
+    sample = draw_mask(
+        SyntheticFace(image=image, landmarks=np.asarray(face.landmarks, np.float32)),
+        np.random.default_rng(seed),
+    )
+    return sample.masked, sample.mask, sample.mask_meta

@@ -1,0 +1,131 @@
+"""``m2u-make-dataset``: a thin Click layer over ``m2u.datasets.build.build_dataset``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from m2u.datasets.build import BuildConfig, BuildError, build_dataset
+from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
+from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS
+from m2u.datasets.plan import DEFAULT_SHARD_SIZE
+from m2u.datasets.splits import SplitBy, parse_fractions
+
+# Shorthand options → m2u.masking.MaskConfig field names.
+MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern"}
+
+
+def _parse_value(text: str) -> Any:
+    """KEY=VALUE values: JSON when it parses (numbers, booleans, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    result = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        key, value = pair.split("=", 1)
+        result[key.strip().replace("-", "_")] = _parse_value(value)
+    return result
+
+
+def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float, float]:
+    try:
+        return parse_fractions(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder."
+)
+@click.option(
+    "--size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Side of the aligned square crop."
+)
+@click.option(
+    "--split",
+    default=",".join(str(f) for f in DEFAULT_SPLIT_FRACTIONS),
+    show_default=True,
+    callback=_fractions,
+    help="Train,val,test fractions.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the splits and of every sample's mask.")
+@click.option(
+    "--split-by",
+    type=click.Choice([s.value for s in SplitBy]),
+    default=SplitBy.SAMPLE.value,
+    show_default=True,
+    help="Hash each sample, or each identity (no identity in two splits).",
+)
+@click.option(
+    "--identity-file", type=click.Path(dir_okay=False, exists=True), help="CelebA-style '<file> <id>' file."
+)
+@click.option("--identity-pattern", help="File-name pattern with {identity}, e.g. '{identity}_{id}.jpg'.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use the first N inputs (sorted by path).")
+@click.option(
+    "--variants", default=1, show_default=True, type=click.IntRange(min=1), help="Masked versions per face."
+)
+@click.option("--mask-type", help="Mask type passed to the masking engine.")
+@click.option("--mask-color", help="Mask colour passed to the masking engine.")
+@click.option("--mask-pattern", help="Mask pattern passed to the masking engine.")
+@click.option(
+    "--mask-option", multiple=True, metavar="KEY=VALUE", help="Any other MaskConfig field (repeatable)."
+)
+@click.option(
+    "--detector-option", multiple=True, metavar="KEY=VALUE", help="A DetectorConfig field (repeatable)."
+)
+@click.option("--workers", default=BuildConfig().workers, show_default=True, type=click.IntRange(min=1))
+@click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--image-format",
+    type=click.Choice([f.value for f in ImageFormat]),
+    default=BuildConfig().image_format.value,
+    show_default=True,
+    help="Masked/unmasked format: jpg (lossy, fastest), png or webp (lossless).",
+)
+@click.option("--quality", default=DEFAULT_JPEG_QUALITY, show_default=True, type=click.IntRange(1, 100))
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset in OUT instead of resuming it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> None:
+    """Build paired masked/unmasked WebDataset shards, a Parquet manifest and stats.json from face photos.
+
+    INPUT is a folder (searched recursively), a glob, an image, or a list file (.txt, .csv or .parquet with a
+    path column). Rerunning with the same arguments resumes an interrupted build.
+    """
+    mask_options = _key_values(options.pop("mask_option"), "--mask-option")
+    for option, field_name in MASK_SHORTHANDS.items():
+        value = options.pop(option)
+        if value is not None:
+            mask_options[field_name] = value
+    detector_options = _key_values(options.pop("detector_option"), "--detector-option")
+    try:
+        config = BuildConfig(
+            **options, mask_options=mask_options, detector_options=detector_options, progress=not quiet
+        )
+        result = build_dataset(list(inputs), out_dir, config)
+    except (BuildError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    stats = result.stats
+    samples = stats["counts"]["samples"]
+    statuses = stats["counts"]["by_status"]
+    click.echo(
+        f"{out_dir}: train {samples['train']}, val {samples['val']}, test {samples['test']} pairs; "
+        f"{statuses['no_face']} without a face, {statuses['error']} errors; "
+        f"{stats['timings']['total_s']:.1f} s ({stats['timings']['pairs_per_s']:.1f} pairs/s)"
+    )
+    if statuses["ok"] == 0:
+        click.echo("no pair was written: see the reason column of manifest.parquet", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
