@@ -91,6 +91,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @click.option("--no-identity", is_flag=True)
 @click.option("--grid-rows", default=8, show_default=True, type=click.IntRange(min=0))
 @click.option("--latency-repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--skip-paper-size-cost", is_flag=True, help="Do not count MACs at 256x256 (one slow forward pass)."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_main(**kw) -> None:
@@ -124,6 +127,7 @@ def eval_main(**kw) -> None:
             metrics=metrics,
             grid_rows=kw["grid_rows"],
             latency_repeats=kw["latency_repeats"],
+            paper_size_cost=not kw["skip_paper_size_cost"],
             device=kw["device"],
             progress=not kw["quiet"],
         )

@@ -1,0 +1,195 @@
+"""m2u-eval end to end on a tiny synthetic split with checkpoints trained in the tests, and m2u-export."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from skimage.metrics import peak_signal_noise_ratio
+
+from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
+from m2u.training import metrics as M
+from m2u.training.checkpoint import load_model
+from m2u.training.eval_cli import eval_main, export_main
+from m2u.training.evaluate import EvaluateConfig, evaluate
+from m2u.training.flops import count_params
+
+ALL_ROWS = {"m2u_raw", "m2u_composite", "masked_input", "telea", "navier_stokes"}
+
+
+class _TinyFeatures(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _quiet(**overrides) -> EvaluateConfig:
+    return EvaluateConfig(progress=False, latency_warmup=1, latency_repeats=2, **overrides)
+
+
+def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkpoints, tmp_path):
+    mseg_path, gen_path = tiny_checkpoints
+    torch.manual_seed(0)
+    suite = M.MetricSuite(
+        M.MetricsConfig(),
+        lpips=M.LPIPS(M.build_lpips_trunk("alex", width_divisor=16)),
+        fid_features=_TinyFeatures(),
+    )
+    report = evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, _quiet(grid_rows=3), metric_suite=suite)
+    n_test = count_samples(tiny_dataset, "test")
+    assert report["n_samples"] == n_test > 0
+    assert set(report["rows"]) == ALL_ROWS
+    for name, row in report["rows"].items():
+        assert row["n_images"] == n_test, name
+        for key in (
+            "psnr",
+            "ssim",
+            "l1",
+            "lpips",
+            "fid",
+            "psnr_masked",
+            "ssim_masked",
+            "l1_masked",
+            "lpips_masked",
+            "fid_masked",
+        ):
+            assert isinstance(row[key], float) and np.isfinite(row[key]), (name, key)
+        # dlib cannot find faces in 32 px cartoons: every one is counted, none silently dropped.
+        assert row["n_identity_no_face"] + int(row["identity_cosine"] is not None) >= 1
+    assert "identity" not in report["unavailable"]
+
+    # The masked-input row is the plain PSNR of masked vs unmasked images: recompute it independently.
+    batches = list(
+        make_loader(tiny_dataset, "test", LoaderConfig.for_evaluation(batch_size=64, num_workers=0))
+    )
+    masked = torch.cat([b["masked"] for b in batches]).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    truth = torch.cat([b["unmasked"] for b in batches]).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    expected = np.mean([peak_signal_noise_ratio(t, m, data_range=1.0) for t, m in zip(truth, masked)])
+    assert abs(report["rows"]["masked_input"]["psnr"] - expected) < 1e-3
+
+    assert report["mask_quality"]["iou"] > 0.5  # M-Seg was trained for a few steps in the fixture
+    complexity = report["complexity"]
+    assert complexity["generator_params"] == count_params(load_model(gen_path))
+    assert complexity["generator_gmacs_256"] > complexity["generator_gmacs_32"] > 0
+    assert report["latency"]["cpu"]["median_s"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["rows"].keys() == ALL_ROWS
+    md = (tmp_path / "metrics.md").read_text()
+    assert all(f"| {name} |" in md for name in ALL_ROWS)
+    assert "| m2u_composite | n/a" not in md
+    grid = cv2.imread(str(tmp_path / "grid.png"))
+    assert grid.shape[1] == 4 * 32 + 5 * 2 and grid.shape[0] == 18 + 3 * (32 + 2) + 2
+    page = (tmp_path / "index.html").read_text()
+    assert '<img src="grid.png"' in page and "<td>navier_stokes</td>" in page
+
+
+def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tiny_checkpoints, tmp_path):
+    mseg_path, gen_path = tiny_checkpoints
+    suite = M.MetricSuite(M.MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    config = _quiet(
+        max_samples=4,
+        grid_rows=0,
+        baseline_mask="ground_truth",
+        baselines=("masked_input", "telea"),
+        paper_size_cost=False,
+    )
+    report = evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config, metric_suite=suite)
+    assert report["n_samples"] == 4
+    assert set(report["rows"]) == {"m2u_raw", "m2u_composite", "masked_input", "telea"}
+    rows = report["rows"]
+    # Inpainting from the surrounding skin beats leaving the mask's colour in place.
+    assert rows["telea"]["l1_masked"] < rows["masked_input"]["l1_masked"]
+    # Outside the mask the baselines keep the input, so the whole-image error is the masked error diluted.
+    assert rows["telea"]["l1"] < rows["telea"]["l1_masked"]
+    assert report["unavailable"] == {"lpips": "disabled", "fid": "disabled", "identity": "disabled"}
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_eval_cli_reports_unavailable_metrics_and_bad_checkpoints(tiny_dataset, tiny_checkpoints, tmp_path):
+    mseg_path, gen_path = tiny_checkpoints
+    runner = CliRunner()
+    common = [
+        "--data",
+        str(tiny_dataset),
+        "--split",
+        "test",
+        "--max-samples",
+        "3",
+        "--quiet",
+        "--latency-repeats",
+        "1",
+    ]
+    common += ["--skip-paper-size-cost"]
+    result = runner.invoke(
+        eval_main,
+        [
+            *common,
+            "--mseg",
+            str(mseg_path),
+            "--generator",
+            str(gen_path),
+            "-o",
+            str(tmp_path / "r"),
+            "--no-download",
+            "--no-identity",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "metrics.md").read_text()
+    assert "## Unavailable metrics" in md and "**lpips**" in md and "**fid**" in md
+    row = next(line for line in md.splitlines() if line.startswith("| telea |"))
+    assert row.count("n/a") == 6  # LPIPS, FID, identity; whole image and mask region: never faked
+    swapped = runner.invoke(
+        eval_main,
+        [*common, "--mseg", str(gen_path), "--generator", str(mseg_path), "-o", str(tmp_path / "s")],
+    )
+    assert swapped.exit_code == 1
+    assert "not an M-Seg model" in swapped.output
+
+
+def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
+    mseg_path, gen_path = tiny_checkpoints
+    runner = CliRunner()
+    result = runner.invoke(
+        export_main,
+        [
+            "onnx",
+            "--mseg",
+            str(mseg_path),
+            "--generator",
+            str(gen_path),
+            "-o",
+            str(tmp_path),
+            "--image-size",
+            "32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "export.json").read_text())
+    assert set(summary) == {"mseg", "generator"}
+    assert summary["generator"]["inputs"] == ["masked", "mask"]
+    for entry in summary.values():
+        assert entry["max_abs_diff_vs_torch"] <= 1e-4
+    assert (tmp_path / "mseg.onnx").stat().st_size > 0
+    nothing = runner.invoke(export_main, ["onnx", "-o", str(tmp_path / "x")])
+    assert nothing.exit_code == 2 and "--mseg and/or --generator" in nothing.output
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(baselines=("gimp",)), dict(baseline_mask="mine"), dict(mask_threshold=1.5)]
+)
+def test_evaluate_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        EvaluateConfig(**bad)
