@@ -40,7 +40,7 @@ class TensorDataSource:
     """Samples held in memory (tests, tiny runs): split -> {"masked", "unmasked", "mask"} tensors with N rows.
 
     Training batches are reshuffled per epoch from (seed, epoch); each rank takes every world_size-th sample
-    and incomplete batches are dropped, so every rank runs the same number of steps.
+    and incomplete training batches are dropped, so every rank runs the same number of steps.
     """
 
     splits: dict[str, dict[str, torch.Tensor]]
@@ -112,7 +112,11 @@ class ShardDataSource:
             "rank": self.rank,
             "world_size": self.world_size,
         }
-        config = LoaderConfig(**common) if split == "train" else LoaderConfig.for_evaluation(**common)
+        # Training drops each worker's last partial batch: a batch of one breaks BatchNorm at small sizes.
+        if split == "train":
+            config = LoaderConfig(drop_last=True, **common)
+        else:
+            config = LoaderConfig.for_evaluation(**common)
         try:
             loader = make_loader(self.root, split, config)
         except FileNotFoundError:

@@ -637,7 +637,8 @@ class Trainer:
                     break
                 if produced == 0 and self.batch_in_epoch == 0:
                     raise RuntimeError(
-                        f"the training split of {config.data or 'the data source'} gave no batch"
+                        f"the training split of {config.data or 'the data source'} gave no batch "
+                        f"(fewer samples per loader worker than --batch-size {config.batch_size}?)"
                     )
                 self.epoch += 1
                 self.batch_in_epoch = 0

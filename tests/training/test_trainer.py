@@ -1,0 +1,227 @@
+"""The training loop: exact resume, NaN stop, precision/memory-format options, CLI, DDP."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from m2u.training.checkpoint import load_model, load_training_state
+from m2u.training.cli import train_main
+from m2u.training.config import MSegTrainConfig, OptimizerConfig
+from m2u.training.data import TensorDataSource
+from m2u.training.models import MSegConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+import training_ddp_worker  # noqa: E402
+
+from m2u.training.trainer import (  # noqa: E402
+    DistributedContext,
+    GanTask,
+    NonFiniteLossError,
+    seed_everything,
+    train_gan,
+    train_mseg,
+)
+
+TINY_MSEG = MSegConfig(base_channels=4, levels=3)
+QUIET = {"progress": False, "val_every": 0, "log_every": 1, "num_workers": 0}
+_tensors = training_ddp_worker.tensors
+_gan_config = training_ddp_worker.tiny_gan_config
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, dict):
+            if not _states_equal(x, y):
+                return False
+        elif isinstance(x, torch.Tensor):
+            if not torch.equal(x, y):
+                return False
+        elif isinstance(x, list | tuple):
+            if len(x) != len(y) or not all(_states_equal({0: p}, {0: q}) for p, q in zip(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
+    # Through the real shard loader (shuffled, flipped per epoch) on a synthetic dataset; 5 steps cross an
+    # epoch boundary (train split: 3 batches of 2 + 1 partial at 32 px, 12 samples).
+    from m2u.datasets import write_synthetic_dataset
+
+    data_dir = tmp_path / "data"
+    write_synthetic_dataset(data_dir, 12, size=32, seed=1, split=(0.6, 0.2, 0.2))
+    common = {"data": str(data_dir), "optimizer": OptimizerConfig(milestones=(3,))}
+    straight = train_gan(_gan_config(tmp_path / "straight", max_steps=5, **common))
+    train_gan(_gan_config(tmp_path / "resumed", max_steps=2, **common))
+    resumed = train_gan(_gan_config(tmp_path / "resumed", max_steps=5, resume=True, **common))
+    assert straight["steps"] == resumed["steps"] == 5 and straight["epoch"] >= 1
+    a = load_training_state(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_training_state(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] and a["batch_in_epoch"] == b["batch_in_epoch"]
+    for part in ("networks", "optimizers", "schedulers"):
+        assert _states_equal(a[part], b[part]), part
+    assert a["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # decayed at step 3
+    # The resumed run continued from step 2: its log holds the resume event.
+    events = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" and e["step"] == 2 for e in events)
+
+
+def test_resume_on_tensors_is_exact_and_refuses_to_overwrite(tmp_path):
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=5, **config), data)
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=4, **config), data)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=5, **config), data)
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=5, resume=True, **config), data)
+    a = load_training_state(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = load_training_state(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert _states_equal(a["networks"], b["networks"]) and _states_equal(a["optimizers"], b["optimizers"])
+    # The exported model file holds the same weights as the training state.
+    model = load_model(tmp_path / "b" / "mseg.safetensors")
+    assert _states_equal(model.state_dict(), b["networks"]["mseg"])
+
+
+class _PoisonedSource:
+    """Clean batches, then NaN inputs from batch `poison_at` on."""
+
+    def __init__(self, poison_at: int) -> None:
+        self.poison_at = poison_at
+        self.tensors = _tensors(2)
+
+    def batches(self, split: str, epoch: int):
+        for index in range(6 if split == "train" else 1):
+            batch = {name: value.clone() for name, value in self.tensors.items()}
+            if split == "train" and index >= self.poison_at:
+                batch["masked"][:] = float("nan")
+            yield batch
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = MSegTrainConfig(out=str(tmp_path), model=TINY_MSEG, batch_size=2, checkpoint_every=2, **QUIET)
+    with pytest.raises(NonFiniteLossError, match=r"step 3.*last good checkpoint.*step 2"):
+        train_mseg(config, _PoisonedSource(poison_at=2))
+    state = load_training_state(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 2
+    weights = state["networks"]["mseg"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert _states_equal(load_model(tmp_path / "mseg.safetensors").state_dict(), weights)
+    assert not (tmp_path / "metrics.json").exists()
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "non_finite_loss"
+
+
+def test_bf16_autocast_and_channels_last_train_the_gan(tmp_path):
+    data = TensorDataSource({"train": _tensors(4), "val": _tensors(2, seed=1)}, batch_size=2)
+    results = train_gan(_gan_config(tmp_path, max_steps=2, precision="bf16", channels_last=True), data)
+    assert results["steps"] == 2
+    assert 0 < results["val"]["psnr"] < 100 and -1 <= results["val"]["ssim"] <= 1
+    # The composite keeps visible pixels: it is never worse than the raw output outside the mask.
+    assert results["val"]["psnr"] >= results["val"]["psnr_raw_output"] - 1e-6
+    grids = sorted((tmp_path / "grids").glob("*.png"))
+    assert grids, "a final grid is written"
+    from PIL import Image
+
+    assert Image.open(grids[-1]).size == (4 * 32, 2 * 32)  # masked | mask | output | ground truth, 2 rows
+
+
+def test_gan_with_mseg_masks_and_wall_clock_budget(tmp_path):
+    data = TensorDataSource({"train": _tensors(4), "val": _tensors(2, seed=1)}, batch_size=2)
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, max_steps=1, **QUIET), data)
+    results = train_gan(
+        _gan_config(
+            tmp_path / "gan", mask_source="mseg", mseg_checkpoint=str(tmp_path / "mseg" / "mseg.safetensors"),
+            max_seconds=0.0, perceptual_weight=0.0, vgg_weights="imagenet",  # weight 0: VGG never loaded
+        ),
+        data,
+    )  # fmt: skip
+    assert results["stop_reason"] == "max_seconds" and results["steps"] == 1
+    assert "mseg_dice" in results["val"]
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_on_cpu(tmp_path):
+    data = TensorDataSource({"train": _tensors(4)}, batch_size=2)
+    config = MSegTrainConfig(out=str(tmp_path), model=TINY_MSEG, max_steps=2, compile=True, **QUIET)
+    results = train_mseg(config, data)
+    assert results["steps"] == 2
+    assert load_model(tmp_path / "mseg.safetensors").config == TINY_MSEG
+
+
+def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
+    from m2u.datasets import write_synthetic_dataset
+
+    data_dir = tmp_path / "data"
+    write_synthetic_dataset(data_dir, 12, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    runner = CliRunner()
+    common = [
+        "--data",
+        str(data_dir),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
+    result = runner.invoke(
+        train_main,
+        ["mseg", *common, "--out", str(tmp_path / "mseg"), "--base-channels", "4", "--levels", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    mseg_results = json.loads((tmp_path / "mseg" / "metrics.json").read_text())
+    assert set(mseg_results["test"]) == {"dice", "pixel_accuracy"}
+    gan_args = [
+        "gan", *common, "--out", str(tmp_path / "gan"), "--mseg", str(tmp_path / "mseg" / "mseg.safetensors"),
+        "--width-multiplier", "0.125", "--stages", "3", "--no-channel-attention",
+    ]  # fmt: skip
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    refused = runner.invoke(train_main, gan_args)
+    assert refused.exit_code != 0 and "--vgg-weights" in refused.output
+    assert not (tmp_path / "gan" / "checkpoints").exists()
+    result = runner.invoke(train_main, [*gan_args, "--vgg-weights", "random"])
+    assert result.exit_code == 0, result.output
+    generator = load_model(tmp_path / "gan" / "generator.safetensors")
+    assert generator.config.stages == 3 and not generator.config.channel_attention
+    log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
+    assert {"val", "test"} <= {record.get("split") for record in log}
+    assert any((tmp_path / "gan" / "tensorboard").iterdir())
+    missing = runner.invoke(train_main, ["gan", *common, "--out", str(tmp_path / "x")])
+    assert missing.exit_code != 0 and "--mseg" in missing.output
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
+    mp.spawn(
+        training_ddp_worker.ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    # Training moved the weights away from rank 0's initialisation (the exported files are rank 0's).
+    seed_everything(0)
+    initial = GanTask(
+        _gan_config(tmp_path / "unused", max_steps=1), torch.device("cpu"), DistributedContext()
+    ).networks["generator"]
+    assert any(not torch.equal(v, rank0[f"generator.{k}"]) for k, v in initial.named_parameters())
+    assert (tmp_path / "run" / "generator.safetensors").exists()
