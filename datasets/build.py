@@ -60,9 +60,9 @@ STATE_DIR = ".m2u-build"
 LOCK_NAME = ".m2u-build.lock"
 BUILD_STATE_NAME = "build.json"
 _OWN_ENTRIES = frozenset({*SPLITS, MANIFEST_NAME, STATS_NAME, STATE_DIR, LOCK_NAME})
-_TASK_CHUNK = (
-    4  # inputs per worker round trip: small enough to balance the tail, large enough to amortise IPC
-)
+# Inputs per worker round trip: small enough to balance the tail, large enough to amortise IPC.
+_TASK_CHUNK = 4
+MASK_ENGINES = ("m2u", "synthetic")
 
 
 class BuildError(RuntimeError):
@@ -85,6 +85,9 @@ class BuildConfig:
     identity_pattern: str | None = None
     limit: int | None = None
     variants: int = 1
+    # "m2u": the masking engine (m2u.masking.apply_mask); "synthetic": the procedural stand-in of
+    # m2u.datasets.synthetic (no templates needed: CI and smoke runs).
+    mask_engine: str = "m2u"
     # Keyword arguments of m2u.masking.MaskConfig (mask type, colour, pattern...).
     mask_options: dict[str, Any] = field(default_factory=dict)
     # Keyword arguments of m2u.masking.DetectorConfig (upsample, thresholds...).
@@ -110,6 +113,8 @@ class BuildConfig:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.shard_size < 1:
             raise ValueError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.mask_engine not in MASK_ENGINES:
+            raise ValueError(f"unknown mask engine {self.mask_engine!r}; choose one of {MASK_ENGINES}")
 
     def output_arguments(self) -> dict[str, Any]:
         """The arguments that decide the output bytes (workers and progress do not)."""
@@ -128,8 +133,15 @@ class BuildConfig:
 Masker = Callable[[np.ndarray, Any, int], tuple[np.ndarray, np.ndarray, dict[str, Any]]]
 
 
-def engine_masker(mask_options: dict[str, Any]) -> Masker:
-    """The masking engine (m2u.masking.apply_mask) configured with ``mask_options``."""
+def make_masker(config: BuildConfig) -> Masker:
+    """The masker ``config.mask_engine`` names, configured with ``config.mask_options``."""
+    if config.mask_engine == "synthetic":
+        from m2u.datasets.synthetic import synthetic_masker
+
+        if config.mask_options:
+            raise BuildError("the synthetic mask engine takes no mask options")
+        return synthetic_masker
+    mask_options = config.mask_options
     try:
         from m2u.masking import MaskConfig, apply_mask
     except ImportError as exc:
@@ -157,7 +169,7 @@ class _WorkerState:
 _STATE: _WorkerState | None = None
 
 
-def _init_worker(config: BuildConfig, masker: Masker | None, lock_fd: int | None) -> None:
+def _init_worker(config: BuildConfig, lock_fd: int | None) -> None:
     """Per process: load the detector models once; drop the inherited lock descriptor (only the parent holds it)."""
     global _STATE
     if lock_fd is not None:
@@ -169,7 +181,7 @@ def _init_worker(config: BuildConfig, masker: Masker | None, lock_fd: int | None
 
     cv2.setNumThreads(1)
     detector = FaceDetector(DetectorConfig(**config.detector_options))
-    _STATE = _WorkerState(config, masker or engine_masker(config.mask_options), detector)
+    _STATE = _WorkerState(config, make_masker(config), detector)
 
 
 def _row(planned: PlannedSample, **values: Any) -> dict[str, Any]:
@@ -370,11 +382,9 @@ def build_dataset(
     inputs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     config: BuildConfig = BuildConfig(),
-    *,
-    masker: Masker | None = None,
 ) -> BuildResult:
-    """Build (or resume) the dataset in ``out_dir``; see the module docstring. ``masker`` replaces the masking
-    engine (tests); it must be picklable when ``config.workers > 1``."""
+    """Build (or resume) the dataset in ``out_dir`` from ``inputs`` (folders, globs, images, list files);
+    see the module docstring. Raises BuildError (or BuildLockedError) with a message for the user."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -399,8 +409,7 @@ def build_dataset(
         )
         fingerprint = _plan_fingerprint(config, plan)
         resumed = _prepare_out_dir(out, config, fingerprint)
-        if masker is None:
-            engine_masker(config.mask_options)  # fail early, in the parent, on bad mask options
+        make_masker(config)  # fail early, in the parent, on a missing engine or bad mask options
         planned_at = time.perf_counter()
 
         expected: dict[tuple[str, int], int] = {}
@@ -440,15 +449,13 @@ def build_dataset(
         workers = min(config.workers, max(1, len(tasks)))
         try:
             if workers == 1:
-                _init_worker(config, masker, None)
+                _init_worker(config, None)
                 for task in tasks:
                     collect(process_input(task))
             else:
                 method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
                 context = mp.get_context(method)
-                with context.Pool(
-                    workers, initializer=_init_worker, initargs=(config, masker, lock_fd)
-                ) as pool:
+                with context.Pool(workers, initializer=_init_worker, initargs=(config, lock_fd)) as pool:
                     for results in pool.imap_unordered(_process_task, tasks, chunksize=_TASK_CHUNK):
                         collect(results)
         finally:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from m2u.datasets.build import BuildConfig, BuildError, build_dataset
+from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS
 from m2u.datasets.plan import DEFAULT_SHARD_SIZE
@@ -73,6 +73,13 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option("--limit", type=click.IntRange(min=1), help="Use the first N inputs (sorted by path).")
 @click.option(
     "--variants", default=1, show_default=True, type=click.IntRange(min=1), help="Masked versions per face."
+)
+@click.option(
+    "--mask-engine",
+    type=click.Choice(MASK_ENGINES),
+    default="m2u",
+    show_default=True,
+    help="m2u: the masking engine; synthetic: a procedural stand-in for tests and smoke runs.",
 )
 @click.option("--mask-type", help="Mask type passed to the masking engine.")
 @click.option("--mask-color", help="Mask colour passed to the masking engine.")

@@ -120,7 +120,7 @@ def resolve_shards(
             if split is not None and (path / validate_split(split)).is_dir():
                 shards = [str(p) for p in split_shards(path, split)]
             elif split is not None and (path / MANIFEST_NAME).is_file():
-                shards = []  # a dataset folder whose split is empty
+                raise FileNotFoundError(f"split {split!r} of the dataset {text} has no samples")
             else:
                 shards = sorted(str(p) for p in path.glob("*.tar"))
         elif not _is_url(text) and any(ch in text for ch in "*?["):

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import webdataset as wds
+from click.testing import CliRunner
+
+from m2u.datasets.build import STATE_DIR, BuildConfig, BuildError, BuildLockedError, build_dataset, build_lock
+from m2u.datasets.cli import main as cli_main
+from m2u.datasets.codecs import decode_image, decode_mask
+from m2u.datasets.layout import MANIFEST_COLUMNS, SPLITS, read_manifest, split_shards
+from m2u.datasets.loader import LoaderConfig, make_loader
+
+
+def _faceless_folder(root: Path) -> Path:
+    folder = root / "photos"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"noise_{i}.png"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "sub" / "flat.png"), np.full((40, 40, 3), 128, np.uint8))
+    (folder / "broken.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _config(**overrides) -> BuildConfig:
+    defaults = dict(mask_engine="synthetic", workers=1, progress=False, size=64, shard_size=4)
+    defaults.update(overrides)
+    return BuildConfig(**defaults)
+
+
+def test_every_input_is_in_the_manifest_even_without_a_face(tmp_path):
+    out = tmp_path / "out"
+    result = build_dataset([_faceless_folder(tmp_path)], out, _config())
+    manifest = read_manifest(out).set_index("key")
+    assert tuple(read_manifest(out).columns) == MANIFEST_COLUMNS
+    assert sorted(manifest.index) == ["broken", "noise_0", "noise_1", "noise_2", "sub__flat"]
+    assert manifest.loc["broken", "status"] == "error" and manifest.loc["broken", "reason"]
+    assert (manifest.drop("broken")["status"] == "no_face").all()
+    assert manifest.loc["noise_0", "width"] == 48 and len(manifest.loc["noise_0", "source_sha256"]) == 64
+    assert (manifest["shard"] == "").all()
+    assert not any(split_shards(out, s) for s in SPLITS)
+    assert result.stats["counts"]["by_status"] == {"ok": 0, "no_face": 4, "error": 1}
+    assert json.loads((out / "stats.json").read_text())["arguments"]["seed"] == 0
+
+
+def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config())
+    with pytest.raises(BuildError, match=r"different arguments \(seed\).*--overwrite"):
+        build_dataset([photos], out, _config(seed=1))
+    result = build_dataset([photos], out, _config(seed=1, overwrite=True))
+    assert result.stats["arguments"]["seed"] == 1
+    assert not result.stats["resumed"]
+    assert build_dataset([photos], out, _config(seed=1)).stats["resumed"]
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with build_lock(out):
+        with pytest.raises(
+            BuildLockedError, match=f"another m2u-make-dataset run is writing .*pid {os.getpid()}"
+        ):
+            build_dataset([_faceless_folder(tmp_path)], out, _config())
+
+
+def test_cli_reports_clear_errors(tmp_path):
+    photos = _faceless_folder(tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    runner = CliRunner()
+    result = runner.invoke(
+        cli_main, [str(photos), "-o", str(foreign), "--mask-engine", "synthetic", "--quiet"]
+    )
+    assert result.exit_code == 1 and "already holds other files" in result.output
+    result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "o"), "--split", "0.5,0.5"])
+    assert result.exit_code == 2 and "expected 3 split fractions" in result.output
+    args = [str(photos), "-o", str(tmp_path / "o"), "--mask-engine", "synthetic", "--quiet", "--workers", "1"]
+    result = runner.invoke(cli_main, args)
+    assert result.exit_code == 1 and "4 without a face, 1 errors" in result.output
+
+
+# --- on real faces (../shared) -------------------------------------------------------------------------------
+
+
+def _list_file(tmp_path: Path, files: list[Path]) -> Path:
+    path = tmp_path / "inputs.txt"
+    path.write_text("".join(f"{f}\n" for f in files))
+    return path
+
+
+def _dataset_files(out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("stats.json", ".m2u-build.lock")
+    }
+
+
+@pytest.mark.shared
+def test_celeba_subset_pairs_are_aligned_and_readable(celeba_first, tmp_path):
+    files = celeba_first(16)
+    out = tmp_path / "out"
+    config = _config(
+        workers=2, image_format="png", identity_pattern="{identity}_{id}.jpg", split_by="identity"
+    )
+    build_dataset([_list_file(tmp_path, files)], out, config)
+    manifest = read_manifest(out)
+    assert sorted(manifest["source"]) == sorted(str(f) for f in files)
+    assert manifest.groupby("identity")["split"].nunique().max() == 1
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) >= 14
+    shards = [str(p) for s in SPLITS for p in split_shards(out, s)]
+    seen = []
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        masked, unmasked = decode_image(sample["masked.png"]), decode_image(sample["unmasked.png"])
+        mask = decode_mask(sample["mask.png"])
+        meta = json.loads(sample["json"])
+        assert masked.shape == unmasked.shape == (64, 64, 3) and 0.05 < (mask > 0).mean() < 0.7
+        assert np.array_equal(masked[mask == 0], unmasked[mask == 0])
+        assert len(meta["landmarks"]) == 68 and len(meta["align_matrix"]) == 2
+        row = ok[ok["key"] == sample["__key__"]].iloc[0]
+        assert meta["source"] == row["source"] and meta["seed"] == row["seed"]
+        assert row["shard"] == sample["__url__"][len(str(out)) + 1 :]
+        seen.append(sample["__key__"])
+    assert sorted(seen) == sorted(ok["key"])
+    present = [split for split in SPLITS if split_shards(out, split)]
+    config = LoaderConfig.for_evaluation(num_workers=0)
+    loaded = [k for split in present for batch in make_loader(out, split, config) for k in batch["key"]]
+    assert sorted(loaded) == sorted(seen)
+
+
+@pytest.mark.shared
+def test_jpeg_pairs_differ_only_near_the_mask(celeba_first, tmp_path):
+    out = tmp_path / "out"
+    build_dataset(
+        [_list_file(tmp_path, celeba_first(4))], out, _config(size=128, image_format="jpg", quality=95)
+    )
+    shards = [str(p) for s in SPLITS for p in split_shards(out, s)]
+    count = 0
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        masked = decode_image(sample["masked.jpg"]).astype(int)
+        unmasked = decode_image(sample["unmasked.jpg"]).astype(int)
+        mask = decode_mask(sample["mask.png"])
+        # JPEG codes 16x16 blocks (4:2:0) independently: only blocks touching the mask (plus chroma smoothing)
+        near = cv2.dilate(mask, np.ones((49, 49), np.uint8)) > 0
+        assert np.array_equal(masked[~near], unmasked[~near])
+        assert np.abs(masked - unmasked)[mask == 0].mean() < 2.0
+        count += 1
+    assert count >= 3
+
+
+_KILL_ARGS = ["--mask-engine", "synthetic", "--workers", "1", "--size", "96", "--shard-size", "2", "--quiet"]
+
+
+@pytest.mark.shared
+@pytest.mark.slow  # four processes that each load the dlib models: ~20 s
+def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(celeba_first, tmp_path):
+    inputs = _list_file(tmp_path, celeba_first(24))
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    command = [sys.executable, "-m", "m2u.datasets.cli", str(inputs)]
+    subprocess.run([*command, "-o", str(reference), *_KILL_ARGS], check=True, cwd=tmp_path, timeout=300)
+
+    process = subprocess.Popen([*command, "-o", str(killed), *_KILL_ARGS], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((killed / STATE_DIR).glob("*.parquet"))) < 3:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (killed / "manifest.parquet").exists(), "the run finished before it could be killed"
+
+    subprocess.run([*command, "-o", str(killed), *_KILL_ARGS], check=True, cwd=tmp_path, timeout=300)
+    assert not list(killed.rglob("*.tmp"))
+    assert json.loads((killed / "stats.json").read_text())["resumed"]
+    assert _dataset_files(killed) == _dataset_files(reference)
+    # and a second full run with the same seed is byte-identical too (determinism)
+    again = tmp_path / "again"
+    subprocess.run(
+        [*command, "-o", str(again), *_KILL_ARGS, "--workers", "2"], check=True, cwd=tmp_path, timeout=300
+    )
+    assert _dataset_files(again) == _dataset_files(reference)
