@@ -4,7 +4,8 @@ Public surface (imported lazily: torch loads only when a name is used)::
 
     CARU2Net(GeneratorConfig), MSeg(MSegConfig), PatchDiscriminator(DiscriminatorConfig)
     to_model_range(x01), from_model_range(x), composite(output, masked, mask)
-    ssim(x, y, data_range=1.0), ssim_map(x, y, data_range=1.0), psnr(x, y, data_range=1.0)
+    ssim_map(x, y, data_range=1.0), psnr(x, y, data_range=1.0)
+    (the function ssim lives at m2u.training.ssim.ssim: the package attribute `ssim` is that module)
     save_model(path, model), load_model(path, map_location="cpu")
     count_params(model), count_macs(model, input_shapes), count_flops(model, input_shapes)
     train_mseg(MSegTrainConfig, data=None), train_gan(GanTrainConfig, data=None)
@@ -27,7 +28,6 @@ _EXPORTS = {
     "to_model_range": "imagespace",
     "from_model_range": "imagespace",
     "composite": "imagespace",
-    "ssim": "ssim",
     "ssim_map": "ssim",
     "psnr": "ssim",
     "save_model": "checkpoint",
