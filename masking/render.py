@@ -1,0 +1,323 @@
+"""apply_mask: put a template on a face (mesh warp, colour, pattern, lighting, alpha compositing, straps)."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from m2u.masking.appearance import PATTERNS, color_to_hex, parse_color, pattern_texture
+from m2u.masking.detect import Face
+from m2u.masking.geometry import (
+    EYES,
+    MOUTH,
+    NOSTRILS,
+    MaskingError,
+    Mesh,
+    PlacementConfig,
+    build_mesh,
+    face_frame,
+)
+from m2u.masking.templates import COLORS, MASK_TYPES, Strap, Template, get_template, load_template_pack
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """What mask to draw and how. `mask_type` is one of MASK_TYPES, a template of `pack`, or "random" (a real mask
+    chosen with the seed). `color` is a name from COLORS, #rrggbb, "random" or None (the template's own colours);
+    `pattern` one of PATTERNS, an image file, "random" or None. Weights blend them into the fabric (0..1)."""
+
+    mask_type: str = "surgical"
+    color: str | None = None
+    color_weight: float = 0.5
+    pattern: str | None = None
+    pattern_weight: float = 0.5
+    # How strongly the face's own shading (brightness and its gradient under the mask) is carried onto the mask.
+    lighting: float = 0.7
+    straps: bool = True  # ear loops / head straps
+    pack: str | None = None  # a MaskTheFace-style masks.cfg (or its folder) to take templates from
+    # A pixel belongs to the binary mask when the composited mask covers at least this fraction of it.
+    coverage_threshold: float = 0.5
+    # Refuse (MaskingError) results whose mask misses the mouth or nostrils, covers an eye or falls apart.
+    verify: bool = True
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("color_weight", "pattern_weight", "lighting"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {value}")
+        if not 0.0 < self.coverage_threshold < 1.0:
+            raise ValueError(f"coverage_threshold must be within (0, 1), got {self.coverage_threshold}")
+        if self.color not in (None, RANDOM):
+            parse_color(self.color)
+        if self.pattern not in (None, RANDOM, *PATTERNS) and not os.path.isfile(self.pattern):
+            raise ValueError(f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
+        if self.pack is None and self.mask_type not in (*MASK_TYPES, RANDOM):
+            raise ValueError(f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)} or random")
+
+
+@dataclass
+class MaskResult:
+    image: np.ndarray  # uint8 RGB, same shape as the input
+    mask: np.ndarray  # uint8 (H, W), 255 where the mask covers the pixel
+    meta: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _premultiplied_texture(
+    template: Template, width_px: float, color: tuple | None, color_weight: float, pattern: str | None, pattern_weight: float
+) -> np.ndarray:
+    """The template coloured and patterned at the pyramid level for a mask `width_px` wide: premultiplied RGBA."""
+    key = (id(template), width_px, color, color_weight, pattern, pattern_weight)
+    cached = _TEXTURES.get(key)
+    if cached is not None:
+        _TEXTURES.move_to_end(key)
+        return cached
+    rgb, shade, tint, alpha = template.level(width_px)
+    fabric = rgb
+    tint3 = tint[..., None]
+    if color is not None:
+        fabric = fabric * (1.0 - color_weight * tint3) + np.asarray(color, np.float32) * (color_weight * tint3)
+    if pattern is not None:
+        texture, multiply = pattern_texture(pattern, rgb.shape[1], rgb.shape[0])
+        if multiply:
+            fabric = fabric * (1.0 - pattern_weight * tint3 + pattern_weight * tint3 * texture)
+        else:
+            fabric = fabric * (1.0 - pattern_weight * tint3) + texture * (pattern_weight * tint3)
+    shaded = np.clip(fabric * shade[..., None], 0.0, 1.0)
+    texture = np.ascontiguousarray(np.dstack([shaded * alpha[..., None], alpha]), dtype=np.float32)
+    _TEXTURES[key] = texture
+    if len(_TEXTURES) > 64:
+        _TEXTURES.popitem(last=False)
+    return texture
+
+
+_TEXTURES: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+
+def _grid_point(grid: np.ndarray, u: float, v: float) -> np.ndarray:
+    """Bilinear interpolation of the mesh at texture coordinates (u, v)."""
+    rows, cols = grid.shape[:2]
+    x, y = u * (cols - 1), v * (rows - 1)
+    c0, r0 = min(int(x), cols - 2), min(int(y), rows - 2)
+    fx, fy = x - c0, y - r0
+    top = grid[r0, c0] * (1 - fx) + grid[r0, c0 + 1] * fx
+    bottom = grid[r0 + 1, c0] * (1 - fx) + grid[r0 + 1, c0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _triangles(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image-space triangles (n, 3, 2), their image→texture affine maps (n, 2, 3) and which are on the border."""
+    rows, cols = grid.shape[:2]
+    tu = np.linspace(0.0, tex_w, cols) - 0.5
+    tv = np.linspace(0.0, tex_h, rows) - 0.5
+    tex = np.stack(np.meshgrid(tu, tv), axis=-1)
+
+    def corners(g):
+        p00, p01, p10, p11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
+        return np.concatenate([np.stack([p00, p01, p11], -2), np.stack([p00, p11, p10], -2)], axis=1).reshape(-1, 3, 2)
+
+    img_tris, tex_tris = corners(grid), corners(tex)
+    src = np.concatenate([img_tris.transpose(0, 2, 1), np.ones((len(img_tris), 1, 3))], axis=1)
+    affine = tex_tris.transpose(0, 2, 1) @ np.linalg.inv(src)
+    r = np.arange(rows - 1)[:, None].repeat(2 * (cols - 1), axis=1)
+    c = np.tile(np.concatenate([np.arange(cols - 1), np.arange(cols - 1)]), (rows - 1, 1))
+    border = ((r == 0) | (r == rows - 2) | (c == 0) | (c == cols - 2)).reshape(-1)
+    return img_tris, affine, border
+
+
+def _warp(texture: np.ndarray, grid: np.ndarray, origin: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-affine warp of a texture onto the mesh inside a box: (premultiplied RGBA, u per pixel)."""
+    tex_h, tex_w = texture.shape[:2]
+    tris, affine, border = _triangles(grid - origin, tex_w, tex_h)
+    tid = np.full(shape, -1, np.int32)
+    fixed = np.round(tris * 16).astype(np.int32)
+    # Border triangles also claim a 1-2 px rim outside the mesh, so the texture's own soft edge is sampled there.
+    for k in np.flatnonzero(border):
+        cv2.polylines(tid, [fixed[k]], True, int(k), 3, cv2.LINE_8, 4)
+    for k in range(len(fixed)):
+        cv2.fillConvexPoly(tid, fixed[k], int(k), cv2.LINE_8, 4)
+    inside = tid >= 0
+    m = affine[np.maximum(tid, 0)]
+    ys, xs = np.indices(shape, dtype=np.float32)
+    map_x = np.where(inside, m[..., 0, 0] * xs + m[..., 0, 1] * ys + m[..., 0, 2], -100.0).astype(np.float32)
+    map_y = np.where(inside, m[..., 1, 0] * xs + m[..., 1, 1] * ys + m[..., 1, 2], -100.0).astype(np.float32)
+    warped = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped, (map_x + 0.5) / tex_w
+
+
+def _strap_polylines(
+    template: Template, mesh: Mesh, landmarks: np.ndarray
+) -> list[tuple[np.ndarray, float, tuple[float, float, float]]]:
+    """Image-space polylines (points, width px, rgb) for the template's straps on the visible sides."""
+    frame = face_frame(landmarks)
+    lm = frame.to_frame(landmarks)
+    alpha = template.alpha
+    out = []
+    for strap in template.straps:
+        row = alpha[min(int(strap.v * alpha.shape[0]), alpha.shape[0] - 1)]
+        covered = np.flatnonzero(row > 0.5)
+        if covered.size == 0:
+            continue
+        # Start a little inside the mask's edge on that row so the strap joins the mask.
+        u_sides = ((covered[0] + 0.5) / alpha.shape[1] + 0.015, (covered[-1] + 0.5) / alpha.shape[1] - 0.015)
+        for side, (u, ear_index, sign) in enumerate(((u_sides[0], strap.ear_landmark, -1.0), (u_sides[1], 16 - strap.ear_landmark, 1.0))):
+            # A strap on the side the face turns away from is hidden behind the cheek.
+            if (side == 0 and mesh.yaw < -0.4) or (side == 1 and mesh.yaw > 0.4):
+                continue
+            start = frame.to_frame(_grid_point(mesh.grid, u, strap.v))
+            end = lm[ear_index] + np.array([sign * strap.ear_offset[0], strap.ear_offset[1]])
+            length = float(np.hypot(*(end - start)))
+            control = 0.5 * (start + end) + np.array([0.0, strap.bow * length])
+            t = np.linspace(0.0, 1.0, 12)[:, None]
+            curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+            out.append((frame.to_image(curve), strap.width * frame.scale, strap.rgb))
+    return out
+
+
+def _shape_lut(u: np.ndarray, yaw: float) -> np.ndarray:
+    """Brightness of a mask wrapped round the face like a cylinder, seen under yaw: the far side darkens."""
+    theta = (u - 0.5) * 1.8 + 0.8 * yaw
+    return (0.80 + 0.20 * np.cos(theta)).astype(np.float32)
+
+
+def _lighting(region: np.ndarray, coverage: np.ndarray, strength: float, eye_distance: float) -> np.ndarray:
+    """Per-pixel gain carrying the face's brightness and its low-frequency gradient onto the mask."""
+    luminance = region.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+    h, w = luminance.shape
+    # Heavy blur via a small image: only the light's direction matters, not the mouth or nostrils below.
+    factor = max(1.0, eye_distance / 6.0)
+    small = cv2.resize(luminance, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 2.5)
+    smooth = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    weights = coverage > 0.5
+    mean = float(smooth[weights].mean()) if weights.any() else float(smooth.mean())
+    local = np.clip(smooth / max(mean, 1e-3), 0.7, 1.3) ** strength
+    overall = float(np.clip((mean / 0.5) ** (0.5 * strength), 0.55, 1.1))
+    return (local * overall).astype(np.float32)
+
+
+def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple | None, str | None]:
+    pack_names = load_template_pack(config.pack).names if config.pack else ()
+    if config.mask_type == RANDOM:
+        choices = pack_names or MASK_TYPES
+        mask_type = str(choices[int(rng.integers(len(choices)))])
+    else:
+        mask_type = config.mask_type
+    color_name = config.color
+    if color_name == RANDOM:
+        names = sorted(COLORS)
+        color_name = names[int(rng.integers(len(names)))]
+    pattern = config.pattern
+    if pattern == RANDOM:
+        pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    return mask_type, None if color_name is None else parse_color(color_name), pattern
+
+
+def _verify(mask: np.ndarray, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    h, w = mask.shape
+    pts = np.round(landmarks).astype(int)
+    visible = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+    covered = np.zeros(len(pts), bool)
+    covered[visible] = mask[pts[visible, 1], pts[visible, 0]] > 0
+    idx = np.arange(len(pts))
+    must = np.r_[idx[NOSTRILS], idx[MOUTH]]
+    missed = [int(i) for i in must if visible[i] and not covered[i]]
+    if missed:
+        raise MaskingError(f"mask misses nose/mouth landmarks {missed}")
+    on_eyes = [int(i) for i in idx[EYES] if covered[i]]
+    if on_eyes:
+        raise MaskingError(f"mask covers eye landmarks {on_eyes}")
+    x0, y0, x1, y1 = box
+    count, _ = cv2.connectedComponents(mask[y0:y1, x0:x1], connectivity=8)
+    if count - 1 != 1:
+        raise MaskingError(f"mask is {count - 1} separate pieces, not one")
+
+
+def apply_mask(
+    image: np.ndarray, face: Face | np.ndarray, config: MaskConfig = MaskConfig(), seed: int = 0
+) -> MaskResult:
+    """Put a mask on one face. Works from the 68 landmarks alone (a Face or a (68, 2) array), so it runs equally
+    on full photos and on aligned crops. Pure: the same inputs and seed give byte-identical outputs.
+    Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
+    landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    mask_type, color, pattern = _resolve(config, rng)
+    mesh = build_mesh(landmarks, config.placement)
+    if config.pack:
+        template = load_template_pack(config.pack).get(mask_type, mesh.pose)
+    else:
+        template = get_template(mask_type)
+
+    height, width = image.shape[:2]
+    straps = _strap_polylines(template, mesh, landmarks) if config.straps else []
+    points = np.vstack([mesh.grid.reshape(-1, 2), *[p for p, _, _ in straps]])
+    pad = 4 + max([w for _, w, _ in straps], default=0.0)
+    x0, y0 = np.floor(points.min(axis=0) - pad).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0) + pad).astype(int) + 1
+    x0, y0, x1, y1 = max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise MaskingError("the mask falls outside the image")
+    origin = np.array([x0, y0], np.float64)
+    shape = (y1 - y0, x1 - x0)
+
+    mid = mesh.grid[mesh.grid.shape[0] // 2]
+    mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
+    texture = _premultiplied_texture(template, mask_width, color, config.color_weight, pattern, config.pattern_weight)
+    body, u = _warp(texture, mesh.grid, origin, shape)
+    body_rgb, body_alpha = body[..., :3] * _shape_lut(u, mesh.yaw)[..., None], body[..., 3]
+
+    strap_rgb = np.zeros((*shape, 3), np.float32)
+    strap_alpha = np.zeros(shape, np.float32)
+    for curve, strap_width, rgb in straps:
+        canvas = np.zeros(shape, np.uint8)
+        pts = np.round((curve - origin) * 16).astype(np.int32)
+        cv2.polylines(canvas, [pts], False, 255, max(2, round(strap_width)), cv2.LINE_AA, 4)
+        a = canvas.astype(np.float32) / 255.0
+        strap_rgb = strap_rgb * (1 - a[..., None]) + np.asarray(rgb, np.float32) * a[..., None]
+        strap_alpha = strap_alpha + a * (1 - strap_alpha)
+
+    # Mask body over straps, both premultiplied; then the face's light on both.
+    alpha = body_alpha + strap_alpha * (1.0 - body_alpha)
+    colour = body_rgb + strap_rgb * (1.0 - body_alpha)[..., None]
+    region = image[y0:y1, x0:x1]
+    if config.lighting > 0:
+        colour = colour * _lighting(region, alpha, config.lighting, mesh.eye_distance)[..., None]
+    blended = region.astype(np.float32) * (1.0 - alpha[..., None]) + np.clip(colour, 0.0, 1.0) * 255.0
+    out = image.copy()
+    out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[y0:y1, x0:x1] = np.where(alpha >= config.coverage_threshold, 255, 0).astype(np.uint8)
+    if config.verify:
+        _verify(mask, landmarks, (x0, y0, x1, y1))
+
+    meta = {
+        "type": mask_type,
+        "template_source": template.source if not config.pack else str(config.pack),
+        "template": template.name,
+        "color": None if color is None else color_to_hex(color),
+        "color_weight": config.color_weight,
+        "pattern": pattern,
+        "pattern_weight": config.pattern_weight,
+        "anchors": {k: [round(x, 2), round(y, 2)] for k, (x, y) in mesh.anchors.items()},
+        "landmarks": np.round(landmarks, 2).tolist(),
+        "pose": mesh.pose,
+        "yaw": round(mesh.yaw, 3),
+        "roll_degrees": round(mesh.roll_degrees, 2),
+        "fallback": mesh.fallback,
+        "mask_pixels": int(np.count_nonzero(mask)),
+        "seed": int(seed),
+        "placement": asdict(config.placement),
+    }
+    return MaskResult(out, mask, meta)
