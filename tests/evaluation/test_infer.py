@@ -1,0 +1,120 @@
+"""m2u-unmask: feathered paste-back geometry, per-file statuses for bad input, and real photos (shared)."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from m2u.datasets.align import align_face
+from m2u.datasets.synthetic import make_synthetic_sample
+from m2u.training.eval_cli import unmask_main
+from m2u.training.infer import UnmaskConfig, Unmasker, feather_weight, paste_feathered, unmask_files
+
+CROP = 64
+
+
+def test_feather_weight_is_soft_inside_and_zero_at_the_crop_border():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[30:60, 10:54] = 255
+    weight = feather_weight(mask, dilate_px=2, feather_px=4)
+    assert weight.dtype == np.float32 and weight.min() >= 0 and weight.max() <= 1
+    assert weight[45, 32] == pytest.approx(1.0)
+    assert weight[5, 32] == 0.0  # far from the mask
+    assert weight[63].max() == 0.0 and weight[:, 0].max() == 0.0  # crop border: no seam in the photo
+    edge = weight[30 - 2 - 2 : 30, 32]
+    assert 0 < edge.min() and edge.max() < 1  # a soft edge, not a step
+    hard = feather_weight(mask, dilate_px=0, feather_px=0)
+    assert set(np.unique(hard)) == {0.0, 1.0}
+
+
+def test_paste_back_inverts_the_alignment():
+    sample = make_synthetic_sample(160, seed=3)
+    photo = np.pad(sample.unmasked, ((20, 30), (40, 10), (0, 0)), mode="edge")
+    landmarks = sample.landmarks + np.array([40, 20], np.float32)
+    aligned = align_face(photo, landmarks, CROP)
+    centre = np.zeros((CROP, CROP), np.uint8)
+    centre[16:48, 16:48] = 255
+    weight = feather_weight(centre, 0, 2)
+    # The unchanged crop pasted back reproduces the photo up to resampling blur.
+    same = paste_feathered(photo, aligned.image, aligned.matrix, weight)
+    changed = np.abs(same.astype(int) - photo.astype(int))
+    assert changed.mean() < 1.0
+    # A black crop darkens only the region the weight covers; far pixels stay byte-identical.
+    black = paste_feathered(photo, np.zeros_like(aligned.image), aligned.matrix, weight)
+    alpha = cv2.warpAffine(weight, cv2.invertAffineTransform(aligned.matrix), photo.shape[1::-1])
+    assert np.array_equal(black[alpha == 0], photo[alpha == 0])
+    assert (black[alpha > 0.99].astype(int) <= 3).all()  # 1% of the photo left at most
+
+
+def test_unmask_reports_every_bad_input(tmp_path, tiny_checkpoints):
+    mseg_path, gen_path = tiny_checkpoints
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "noise.png"), rng.integers(0, 256, (120, 90, 3), dtype=np.uint8))
+    (folder / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image, not picked up from a folder")
+    result = CliRunner().invoke(
+        unmask_main,
+        [
+            str(folder),
+            str(tmp_path / "missing.jpg"),
+            "--mseg",
+            str(mseg_path),
+            "--generator",
+            str(gen_path),
+            "-o",
+            str(tmp_path / "out"),
+            "--size",
+            str(CROP),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out" / "report.csv") as handle:
+        rows = {row["input"].split("/")[-1]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"noise.png", "truncated.jpg", "empty.png", "missing.jpg"}
+    assert rows["noise.png"]["status"] == "no_face" and rows["noise.png"]["width"] == "90"
+    assert rows["truncated.jpg"]["status"] == "unreadable" and rows["truncated.jpg"]["reason"]
+    assert rows["empty.png"]["status"] == "unreadable" and "empty" in rows["empty.png"]["reason"]
+    assert rows["missing.jpg"]["status"] == "missing"
+    assert "4 files" in result.output
+    assert not list((tmp_path / "out").glob("*.png"))  # nothing written for files without a restored face
+
+
+@pytest.mark.shared
+def test_unmask_real_photos_with_several_faces_and_sizes(extras_dir, tiny_checkpoints, tmp_path):
+    from m2u.masking import read_image
+
+    mseg_path, gen_path = tiny_checkpoints
+    photos = [
+        extras_dir / "dlib-examples" / "2008_001322.jpg",  # several faces, 500x375
+        extras_dir / "dlib-examples" / "Tom_Cruise_avp_2014_4.jpg",  # one face, 565x800
+        extras_dir / "dlib-johns" / "John_Salley__000179_02159509.jpg",  # 150x150
+    ]
+    config = UnmaskConfig(crop_size=CROP, keep_crops=True, progress=False, device="cpu")
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    results = unmask_files([str(p) for p in photos], mseg_path, gen_path, tmp_path, config, unmasker=unmasker)
+    assert [r.status for r in results] == ["ok"] * 3, [(r.input, r.reason) for r in results]
+    assert results[0].faces >= 2
+    for photo, r in zip(photos, results):
+        original = read_image(photo)
+        restored = cv2.cvtColor(cv2.imread(r.output), cv2.COLOR_BGR2RGB)
+        assert restored.shape == original.shape
+        assert len(list((tmp_path / "crops").glob(f"{photo.stem}_face*_restored.png"))) == r.faces
+    # Only the faces' mask regions change; the rest of the photo is byte-identical.
+    image = read_image(photos[0])
+    result, faces = unmasker.unmask_image(image)
+    touched = np.zeros(image.shape[:2], np.float32)
+    for face in faces:
+        weight = feather_weight(face.mask, round(config.dilate * CROP), max(1, round(config.feather * CROP)))
+        touched += cv2.warpAffine(weight, cv2.invertAffineTransform(face.matrix), image.shape[1::-1])
+    assert np.array_equal(result[touched == 0], image[touched == 0])
+    assert (result[touched > 0.5] != image[touched > 0.5]).any()
+    crop = cv2.imread(str(next((tmp_path / "crops").glob("*_input.png"))))
+    assert crop.shape == (CROP, CROP, 3)
