@@ -1,0 +1,143 @@
+"""Evaluation-side benchmark: what m2u-eval / m2u-unmask cost per image at the paper's size (256x256).
+
+    .venv/bin/python benchmarks/evaluation.py            # full run (~2-4 min on 2 CPU cores)
+    .venv/bin/python benchmarks/evaluation.py --quick    # tiny smoke run at 64 px, not for the record
+
+Writes benchmarks/results/evaluation.json:
+- the two-stage model (M-Seg + CARU2-Net + composite, paper-size default configs, untrained weights: the cost does
+  not depend on them) at batch 1: median seconds in PyTorch and in onnxruntime (the `m2u-export onnx` files),
+  and the largest |onnxruntime - torch| difference;
+- the cost per image of each metric and baseline in m2u-eval: PSNR+SSIM (both variants), LPIPS-AlexNet (random
+  weights here, same cost as the published ones), dlib identity (detector + 2 embeddings), OpenCV Telea and
+  Navier-Stokes inpainting on a synthetic masked face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from m2u.datasets.synthetic import make_synthetic_sample
+from m2u.training import metrics as M
+from m2u.training.baselines import run_baseline
+from m2u.training.evaluate import restore_batch
+from m2u.training.export import ExportConfig, export_onnx
+from m2u.training.flops import count_macs, count_params
+from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+
+RESULTS = Path(__file__).resolve().parent / "results" / "evaluation.json"
+
+
+def _median_seconds(function, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="64 px, small models, 1 repeat (smoke run)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    size = 64 if args.quick else 256
+    repeats = 1 if args.quick else args.repeats
+    mseg = MSeg(MSegConfig(base_channels=4, levels=3) if args.quick else MSegConfig()).eval()
+    generator = CARU2Net(GeneratorConfig(width_multiplier=0.125) if args.quick else GeneratorConfig()).eval()
+
+    sample = make_synthetic_sample(size, seed=0)
+    to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    masked, truth = to_tensor(sample.masked), to_tensor(sample.unmasked)
+    mask = torch.from_numpy(sample.mask > 127)[None, None].float()
+
+    result: dict[str, Any] = {
+        "image_size": size,
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "mseg_params": count_params(mseg),
+        "generator_params": count_params(generator),
+        "mseg_gmacs": count_macs(mseg, [(1, 3, size, size)]) / 1e9,
+        "generator_gmacs": count_macs(generator, [(1, 3, size, size), (1, 1, size, size)]) / 1e9,
+        "macs_note": "multiply-accumulates; FLOPs = 2 x MACs",
+    }
+    result["two_stage_torch_s"] = _median_seconds(lambda: restore_batch(mseg, generator, masked), repeats)
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = ExportConfig(image_size=size)
+        m_res = export_onnx(mseg, Path(tmp) / "mseg.onnx", config)
+        g_res = export_onnx(generator, Path(tmp) / "generator.onnx", config)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        ms = ort.InferenceSession(str(m_res.path), options, providers=["CPUExecutionProvider"])
+        gs = ort.InferenceSession(str(g_res.path), options, providers=["CPUExecutionProvider"])
+        x = (masked * 2 - 1).numpy()
+
+        def run_onnx() -> None:
+            (logits,) = ms.run(None, {"image": x})
+            pred = (1 / (1 + np.exp(-logits)) >= 0.5).astype(np.float32)
+            gs.run(None, {"masked": x, "mask": pred})
+
+        result["two_stage_onnxruntime_s"] = _median_seconds(run_onnx, repeats)
+        result["onnx_max_abs_diff"] = {"mseg": m_res.max_abs_diff, "generator": g_res.max_abs_diff}
+
+    per_image: dict[str, float] = {}
+    per_image["psnr_ssim_l1_both_variants"] = _median_seconds(
+        lambda: (
+            M.psnr_per_image(masked, truth),
+            M.ssim_per_image(masked, truth),
+            M.masked_psnr(masked, truth, mask),
+            M.masked_ssim(masked, truth, mask),
+            M.l1_error(masked, truth),
+            M.masked_l1(masked, truth, mask),
+        ),
+        repeats,
+    )
+    lpips = M.LPIPS(M.build_lpips_trunk("alex"))
+    with torch.no_grad():
+        per_image["lpips_alex_both_variants"] = _median_seconds(
+            lambda: (lpips(masked, truth), lpips.masked(masked, truth, mask)), repeats
+        )
+    try:
+        embedder = M.IdentityEmbedder()
+        out_u8, gt_u8 = M.to_uint8_images(masked), M.to_uint8_images(truth)
+        per_image["identity_dlib"] = _median_seconds(lambda: embedder.compare(out_u8, gt_u8), repeats)
+    except M.MetricUnavailable as exc:
+        result["identity_unavailable"] = exc.reason
+    for name in ("telea", "navier_stokes"):
+        per_image[f"baseline_{name}"] = _median_seconds(lambda n=name: run_baseline(n, masked, mask), repeats)
+    result["per_image_s"] = per_image
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
