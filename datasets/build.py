@@ -88,8 +88,9 @@ class BuildConfig:
     # "m2u": the masking engine (m2u.masking.apply_mask); "synthetic": the procedural stand-in of
     # m2u.datasets.synthetic (no templates needed: CI and smoke runs).
     mask_engine: str = "m2u"
-    # Keyword arguments of m2u.masking.MaskConfig (mask type, colour, pattern...).
-    mask_options: dict[str, Any] = field(default_factory=dict)
+    # Keyword arguments of m2u.masking.MaskConfig (mask type, colour, pattern...). The paper's dataset mixes mask
+    # types ("surgical, cloth, KN95 ... different shapes, colors"): a random type per sample by default.
+    mask_options: dict[str, Any] = field(default_factory=lambda: {"mask_type": "random"})
     # Keyword arguments of m2u.masking.DetectorConfig (upsample, thresholds...).
     detector_options: dict[str, Any] = field(default_factory=dict)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -138,12 +139,12 @@ def make_masker(config: BuildConfig) -> Masker:
     if config.mask_engine == "synthetic":
         from m2u.datasets.synthetic import synthetic_masker
 
-        if config.mask_options:
+        if config.mask_options not in ({}, BuildConfig().mask_options):
             raise BuildError("the synthetic mask engine takes no mask options")
         return synthetic_masker
     mask_options = config.mask_options
     try:
-        from m2u.masking import MaskConfig, apply_mask
+        from m2u.masking.render import MaskConfig, apply_mask
     except ImportError as exc:
         raise BuildError(f"the masking engine is not available (m2u.masking.apply_mask): {exc}") from exc
     known = {f.name for f in dataclasses.fields(MaskConfig)}

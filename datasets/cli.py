@@ -108,7 +108,7 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     INPUT is a folder (searched recursively), a glob, an image, or a list file (.txt, .csv or .parquet with a
     path column). Rerunning with the same arguments resumes an interrupted build.
     """
-    mask_options = _key_values(options.pop("mask_option"), "--mask-option")
+    mask_options = {**BuildConfig().mask_options, **_key_values(options.pop("mask_option"), "--mask-option")}
     for option, field_name in MASK_SHORTHANDS.items():
         value = options.pop(option)
         if value is not None:
