@@ -243,3 +243,38 @@ def test_identity_similarity_on_a_real_face(extras_dir):
     degraded = embedder.compare(blanked[None], a[None])
     assert degraded.no_face == 0
     assert degraded.distance[0] > 0.05 and degraded.cosine[0] < same.cosine[0]
+
+
+def test_fid_inception_is_loaded_through_torchmetrics_with_the_path_option(monkeypatch, tmp_path):
+    """The real loading path is wired as torchmetrics expects: name, 2048 pool features, weights path, and
+    uint8 input. A stand-in module records the call (the real weights cannot be fetched here)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class RecordingInception(nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            calls.update(name=name, features_list=features_list, path=feature_extractor_weights_path)
+
+        def forward(self, x):
+            calls["dtype"] = x.dtype
+            return x.float().mean(dim=(2, 3))
+
+    fake = types.ModuleType("torchmetrics.image.fid")
+    fake.NoTrainInceptionV3 = RecordingInception
+    for name in ("torchmetrics", "torchmetrics.image"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", fake)
+    weights = tmp_path / "pt_inception-2015-12-05.pth"
+    weights.write_bytes(b"x")
+    net = M.load_fid_inception(M.FIDConfig(weights_path=str(weights)))
+    feats = net(torch.full((2, 3, 8, 8), 0.5))
+    assert calls == {
+        "name": "inception-v3-compat",
+        "features_list": ["2048"],
+        "path": str(weights),
+        "dtype": torch.uint8,
+    }
+    assert torch.allclose(feats, torch.full((2, 3), 128.0))  # 0.5 -> 128 on the uint8 scale
