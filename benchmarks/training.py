@@ -1,0 +1,176 @@
+"""Training-side benchmark: CARU2-Net size and cost, forward latency, G+D training throughput.
+
+    .venv/bin/python benchmarks/training.py                  # full run (~6-8 min on 2 CPU cores)
+    .venv/bin/python benchmarks/training.py --quick          # tiny smoke run, not for the record
+
+Writes benchmarks/results/training.json:
+- parameters of G, D, M-Seg; multiply-accumulates (MACs; FLOPs = 2 x MACs) of G at 1x4x256x256 and of D;
+- generator forward latency at 256x256, batch 1 (median), in fp32, bf16 autocast and channels_last,
+  with ratios to fp32;
+- a full GAN training step (D update, then G with LSGAN + reconstruction + VGG19 perceptual) in images/s at
+  64, 128 and 256 (the 256 case is 1 measured step: ~45 s each on 2 cores), and at 64 the bf16 and
+  channels_last ratios. The perceptual VGG19 has random weights here (no ImageNet file is reachable on this
+  machine): same cost as the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2u.training.config import GanTrainConfig
+from m2u.training.flops import count_macs, count_params
+from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, PatchDiscriminator
+from m2u.training.trainer import DistributedContext, GanTask, seed_everything
+
+RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
+
+
+def _median_seconds(function, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_latency(size: int, repeats: int, mode: str, generator_config: GeneratorConfig) -> float:
+    seed_everything(0)
+    model = CARU2Net(generator_config).eval()
+    masked, mask = torch.rand(1, 3, size, size) * 2 - 1, torch.ones(1, 1, size, size)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16")
+    if mode == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        masked = masked.contiguous(memory_format=torch.channels_last)
+        mask = mask.contiguous(memory_format=torch.channels_last)
+
+    def run() -> None:
+        with torch.no_grad(), autocast:
+            model(masked, mask)
+
+    return _median_seconds(run, repeats)
+
+
+def train_throughput(
+    size: int, batch_size: int, steps: int, mode: str, generator_config: GeneratorConfig
+) -> dict[str, float]:
+    seed_everything(0)
+    with tempfile.TemporaryDirectory() as out:
+        config = GanTrainConfig(
+            out=out,
+            batch_size=batch_size,
+            generator=generator_config,
+            mask_source="gt",
+            vgg_weights="random",
+            precision="bf16" if mode == "bf16" else "fp32",
+            channels_last=mode == "channels_last",
+        )
+        task = GanTask(config, torch.device("cpu"), DistributedContext())
+        unmasked = torch.rand(batch_size, 3, size, size)
+        mask = torch.zeros(batch_size, 1, size, size)
+        mask[:, :, size // 2 :] = 1
+        batch = {"masked": unmasked * (1 - mask) + 0.5 * mask, "unmasked": unmasked, "mask": mask}
+        seconds = _median_seconds(lambda: task.train_step(batch, 0), repeats=steps)
+    return {"seconds_per_step": round(seconds, 3), "images_per_second": round(batch_size / seconds, 3)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sizes", default="64,128,256")
+    parser.add_argument(
+        "--steps", type=int, default=2, help="measured training steps (after 1 warm-up) below 256"
+    )
+    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny widths and sizes: a smoke test, not a result"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    generator_config = GeneratorConfig(width_multiplier=0.125) if args.quick else GeneratorConfig()
+    sizes = [32] if args.quick else [int(s) for s in args.sizes.split(",")]
+    latency_size = 32 if args.quick else 256
+    batch_size = 2 if args.quick else args.batch_size
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "generator_config": generator_config.to_dict(),
+        "params": {
+            "generator": count_params(CARU2Net(generator_config)),
+            "discriminator": count_params(PatchDiscriminator()),
+            "mseg": count_params(MSeg()),
+        },
+    }
+    g_macs = count_macs(
+        CARU2Net(generator_config), [(1, 3, latency_size, latency_size), (1, 1, latency_size, latency_size)]
+    )
+    d_macs = count_macs(PatchDiscriminator(), [(1, 3, latency_size, latency_size)])
+    results["cost"] = {
+        "input": f"1x4x{latency_size}x{latency_size}",
+        "convention": "MACs (multiply-accumulates, as thop/fvcore and the paper's 42.53 'GFLOPs'); FLOPs = 2 x MACs",
+        "generator_gmacs": round(g_macs / 1e9, 3),
+        "generator_gflops_2x": round(2 * g_macs / 1e9, 3),
+        "discriminator_gmacs": round(d_macs / 1e9, 3),
+    }
+    print(json.dumps(results, indent=2), flush=True)
+
+    latency = {}
+    for mode in ("fp32", "bf16", "channels_last"):
+        latency[mode] = round(forward_latency(latency_size, args.latency_repeats, mode, generator_config), 4)
+        print(f"forward {latency_size}^2 batch 1 {mode}: {latency[mode]} s", flush=True)
+    results["forward_latency_s"] = {
+        "size": latency_size,
+        "batch": 1,
+        **latency,
+        "bf16_speedup": round(latency["fp32"] / latency["bf16"], 3),
+        "channels_last_speedup": round(latency["fp32"] / latency["channels_last"], 3),
+    }
+
+    throughput: dict[str, Any] = {}
+    for size in sizes:
+        steps = 1 if size >= 256 else args.steps
+        throughput[str(size)] = {"batch": batch_size, "measured_steps": steps}
+        throughput[str(size)].update(train_throughput(size, batch_size, steps, "fp32", generator_config))
+        print(f"train step {size}^2 batch {batch_size} fp32: {throughput[str(size)]}", flush=True)
+    compare_size = sizes[0]
+    for mode in ("bf16", "channels_last"):
+        measured = train_throughput(compare_size, batch_size, args.steps, mode, generator_config)
+        fp32 = throughput[str(compare_size)]["seconds_per_step"]
+        throughput[f"{compare_size}_{mode}"] = {
+            **measured,
+            "speedup_vs_fp32": round(fp32 / measured["seconds_per_step"], 3),
+        }
+        print(f"train step {compare_size}^2 {mode}: {throughput[f'{compare_size}_{mode}']}", flush=True)
+    results["gan_train_step"] = throughput
+    results["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The benchmark scripts run end to end on tiny inputs (the real runs are not CI: see benchmarks/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"m2u_bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_celeba_cpu_run_on_a_tiny_synthetic_dataset(tmp_path):
+    from m2u.datasets import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 16, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    script = _load("celeba_cpu_run")
+    report = script.main(
+        [
+            "--data", str(data), "--out", str(tmp_path / "run"), "--budget-minutes", "0.3",
+            "--eval-reserve-minutes", "0.1", "--width-multiplier", "0.125", "--mseg-base-channels", "4",
+            "--batch-size", "2", "--num-workers", "0", "--val-every", "5",
+        ]
+    )  # fmt: skip
+    written = json.loads((tmp_path / "run" / "celeba_cpu_run.json").read_text())
+    assert written["test"] == report["test"]
+    test = report["test"]
+    assert test["samples"] == 4
+    assert report["mseg_training"]["stop_reason"] == report["gan_training"]["stop_reason"] == "max_seconds"
+    assert set(test["psnr"]) == {
+        "m2unet_composite", "generator_raw", "masked_input", "telea_predicted_mask", "telea_ground_truth_mask",
+    }  # fmt: skip
+    assert 0 <= test["mseg"]["dice"] <= 1 and 0 <= test["mseg"]["pixel_accuracy"] <= 1
+    assert test["targets"]["composite_beats_masked_input_psnr"] == (
+        test["psnr"]["m2unet_composite"] > test["psnr"]["masked_input"]
+    )
+    assert (tmp_path / "run" / "gan" / "generator.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_training_benchmark_quick_mode(tmp_path):
+    script = _load("training")
+    out = tmp_path / "training.json"
+    results = script.main(["--quick", "--steps", "1", "--latency-repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert results["params"]["discriminator"] == 2_764_737
+    assert results["forward_latency_s"]["fp32"] > 0
+    assert results["gan_train_step"]["32"]["images_per_second"] > 0
+    assert "MACs" in results["cost"]["convention"]
