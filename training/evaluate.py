@@ -8,11 +8,12 @@ Rows of the report, all on the same samples:
   input itself.
 Metrics are computed against the unmasked ground truth, on the whole image and on the ground-truth mask region.
 Outputs in REPORT/: metrics.json, metrics.md, grid.png (masked | predicted mask | output | ground truth),
-index.html (the grid and the table).
+index.html (the grid and the table), per_sample.csv (every per-image value, by sample key).
 """
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import platform
@@ -259,6 +260,7 @@ def evaluate(
         expected = min(expected, config.max_samples) if expected is not None else config.max_samples
 
     mask_quality = _MaskQuality()
+    keys: list[str] = []
     grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     seen = 0
     image_size: int | None = None
@@ -276,6 +278,7 @@ def evaluate(
             truth = batch["unmasked"][:take]
             true_mask = batch["mask"][:take]
             image_size = int(masked.shape[-1])
+            keys += list(batch["key"][:take])
             pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), config.mask_threshold)
             pred_mask, raw, comp = pred_mask.cpu(), raw.cpu(), comp.cpu()
             mask_quality.update(pred_mask, true_mask)
@@ -340,7 +343,21 @@ def evaluate(
         grid = _grid(grid_rows)
         cv2.imwrite(str(out_dir / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     write_report(report, out_dir)
+    _write_per_sample(out_dir / "per_sample.csv", keys, suite)
     return report
+
+
+def _write_per_sample(path: Path, keys: list[str], suite: MetricSuite) -> None:
+    """One row per sample: every per-image metric of every method (to find the failures behind a mean)."""
+    columns: list[tuple[str, str]] = []
+    for method in suite.methods():
+        columns += [(method, name) for name in suite.per_image(method)]
+    values = {method: suite.per_image(method) for method in suite.methods()}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key"] + [f"{method}.{name}" for method, name in columns])
+        for i, key in enumerate(keys):
+            writer.writerow([key] + [f"{values[m][n][i]:.6g}" for m, n in columns])
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -723,6 +723,10 @@ class MetricSuite:
     def methods(self) -> list[str]:
         return list(self._methods)
 
+    def per_image(self, method: str) -> dict[str, list[float]]:
+        """Every per-image value of one method, in update order (NaN where not computable)."""
+        return {name: list(values) for name, values in self._methods[method].values.items()}
+
     def summary(self) -> dict[str, dict[str, float | int | None]]:
         """Per method: the mean of every per-image metric (NaN entries such as empty masks or faces not found
         are left out and counted), FID over the whole set, and the counts."""

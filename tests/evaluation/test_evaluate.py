@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import cv2
@@ -91,6 +92,11 @@ def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkp
     assert "| m2u_composite | n/a" not in md
     grid = cv2.imread(str(tmp_path / "grid.png"))
     assert grid.shape[1] == 4 * 32 + 5 * 2 and grid.shape[0] == 18 + 3 * (32 + 2) + 2
+    with open(tmp_path / "per_sample.csv") as handle:
+        per_sample = list(csv.DictReader(handle))
+    assert [r["key"] for r in per_sample] == [k for b in batches for k in b["key"]]
+    mean_psnr = np.mean([float(r["masked_input.psnr"]) for r in per_sample])
+    assert abs(mean_psnr - report["rows"]["masked_input"]["psnr"]) < 1e-3
     page = (tmp_path / "index.html").read_text()
     assert '<img src="grid.png"' in page and "<td>navier_stokes</td>" in page
 
