@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -592,13 +593,6 @@ class MetricsConfig:
     enable_identity: bool = True
 
 
-def _try(loader: Callable[[], object]) -> tuple[object | None, str | None]:
-    try:
-        return loader(), None
-    except MetricUnavailable as exc:
-        return None, exc.reason
-
-
 class _MethodAccumulator:
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {}
@@ -632,28 +626,15 @@ class MetricSuite:
         self.config = config or MetricsConfig()
         self.device = torch.device(device)
         self.unavailable: dict[str, str] = {}
-        self.lpips = lpips
-        if self.lpips is None and self.config.enable_lpips:
-            self.lpips, reason = _try(lambda: load_lpips(self.config.lpips))  # type: ignore[assignment]
-            if reason:
-                self.unavailable["lpips"] = reason
-        self.fid_features = fid_features
-        if self.fid_features is None and self.config.enable_fid:
-            self.fid_features, reason = _try(lambda: load_fid_inception(self.config.fid))  # type: ignore[assignment]
-            if reason:
-                self.unavailable["fid"] = reason
-        self.identity = identity
-        if self.identity is None and self.config.enable_identity:
-            self.identity, reason = _try(lambda: IdentityEmbedder(self.config.identity))  # type: ignore[assignment]
-            if reason:
-                self.unavailable["identity"] = reason
-        for name, enabled in (
-            ("lpips", self.config.enable_lpips),
-            ("fid", self.config.enable_fid),
-            ("identity", self.config.enable_identity),
-        ):
-            if not enabled and getattr(self, "fid_features" if name == "fid" else name) is None:
-                self.unavailable.setdefault(name, "disabled")
+        self.lpips = self._network(
+            "lpips", lpips, self.config.enable_lpips, lambda: load_lpips(self.config.lpips)
+        )
+        self.fid_features = self._network(
+            "fid", fid_features, self.config.enable_fid, lambda: load_fid_inception(self.config.fid)
+        )
+        self.identity = self._network(
+            "identity", identity, self.config.enable_identity, lambda: IdentityEmbedder(self.config.identity)
+        )
         if self.lpips is not None:
             self.lpips.to(self.device)
         if self.fid_features is not None:
@@ -661,6 +642,19 @@ class MetricSuite:
         self._methods: dict[str, _MethodAccumulator] = {}
         self._reference_cache: tuple[str, list] | None = None
         self._feature_cache: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _network(self, name: str, given, enabled: bool, load: Callable[[], Any]):
+        """A network passed in, else loaded when enabled; when it cannot be had, the reason is recorded."""
+        if given is not None:
+            return given
+        if not enabled:
+            self.unavailable[name] = "disabled"
+            return None
+        try:
+            return load()
+        except MetricUnavailable as exc:
+            self.unavailable[name] = exc.reason
+            return None
 
     @torch.no_grad()
     def update(self, method: str, pred01: torch.Tensor, target01: torch.Tensor, mask: torch.Tensor) -> None:
