@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        # The machine is shared: a load above the core count slows every figure below.
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "generator_config": generator_config.to_dict(),
         "params": {
             "generator": count_params(CARU2Net(generator_config)),
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["gan_train_step"] = throughput
     results["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
 
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
