@@ -611,7 +611,8 @@ class Trainer:
                     assert batch is not None
                     check_batch(batch)
                     produced += 1
-                    if self._grid_batch is None:
+                    if self._grid_batch is None and self.dist.is_main:
+                        # A fixed validation batch shows progress on the same faces (else the first train batch).
                         self._grid_batch = self._first_batch("val") or batch
                     metrics = self.task.train_step(batch, self.step)
                     self.step += 1
