@@ -81,38 +81,42 @@ _DDP_SCRIPT = """
 import json, os, sys
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from m2u.datasets.loader import LoaderConfig, make_loader
 
-
-def run(rank, world, init_file, dataset_dir, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
-    try:
-        loader = make_loader(dataset_dir, "train", LoaderConfig(batch_size=2, num_workers=2, shuffle_buffer=4))
-        keys = [key for batch in loader for key in batch["key"]]
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(keys, f)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    mp.spawn(run, args=(2, sys.argv[1], sys.argv[2], sys.argv[3]), nprocs=2, join=True)
+rank, world, init_file, dataset_dir, out_dir = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3], sys.argv[4]
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
+try:
+    loader = make_loader(dataset_dir, "train", LoaderConfig(batch_size=2, num_workers=2, shuffle_buffer=4))
+    keys = [key for batch in loader for key in batch["key"]]
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(keys, f)
+    dist.barrier()
+finally:
+    dist.destroy_process_group()
 """
 
 
 def test_two_ranks_two_workers_every_training_sample_once(synthetic_dataset, tmp_path):
-    # A script file, not a test function: spawned processes must be able to import the worker function.
+    # One fresh interpreter per rank, as torchrun starts them (mp.spawn children would also spawn, not fork,
+    # their DataLoader workers: correct but many seconds slower).
     script = tmp_path / "ddp_epoch.py"
     script.write_text(_DDP_SCRIPT)
-    subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "init"), str(synthetic_dataset), str(tmp_path)],
-        check=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    ranks = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(rank),
+                str(tmp_path / "init"),
+                str(synthetic_dataset),
+                str(tmp_path),
+            ],
+            cwd=tmp_path,
+        )
+        for rank in range(2)
+    ]
+    assert [process.wait(timeout=120) for process in ranks] == [0, 0]
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(per_rank)
     assert sorted(per_rank[0] + per_rank[1]) == _train_keys(synthetic_dataset)
