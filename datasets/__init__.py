@@ -1,11 +1,18 @@
 """m2u.datasets: paired masked/unmasked face datasets as WebDataset shards, and the streaming loader.
 
-Public surface (imported lazily: torch and OpenCV load only when used)::
+Public surface (imported lazily: torch, OpenCV and dlib load only when used)::
 
-    make_loader(source, split="train", config=LoaderConfig()) -> PairedLoader
-    LoaderConfig, PairedLoader, PairedShardDataset, resolve_shards, count_samples
-    write_synthetic_dataset(out_dir, n_samples, size=64, seed=0, ...)
-    read_manifest(path), SPLITS, Status, MANIFEST_SCHEMA
+    build_dataset(inputs, out_dir, config=BuildConfig()) -> BuildResult      # what m2u-make-dataset runs
+    BuildConfig, BuildError, BuildLockedError
+    make_loader(source, split="train", config=LoaderConfig()) -> PairedLoader  # batches of float tensors
+    LoaderConfig, PairedLoader, PairedShardDataset, to_float_batch, resolve_shards, count_samples
+    align_face(image, landmarks68, size) -> AlignedFace(image, matrix, landmarks); paste_face(original, crop, matrix)
+    discover_inputs(inputs, identity_file=None, identity_pattern=None, limit=None) -> list[InputItem]
+    write_synthetic_dataset(out_dir, n_samples, size=64, seed=0, ...), make_synthetic_sample(size, seed)
+    read_manifest(path), SPLITS, Status, MANIFEST_SCHEMA, DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS
+
+Layout, keys and the manifest: m2u.datasets.layout. Epoch guarantees of the loader and how to open the shards
+with HuggingFace ``datasets.load_dataset("webdataset", ...)``: m2u.datasets.loader.
 """
 
 from __future__ import annotations
@@ -14,6 +21,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "build_dataset": "build",
+    "BuildConfig": "build",
+    "BuildError": "build",
+    "BuildLockedError": "build",
+    "BuildResult": "build",
+    "align_face": "align",
+    "paste_face": "align",
+    "AlignedFace": "align",
+    "discover_inputs": "sources",
+    "to_float_batch": "loader",
     "make_loader": "loader",
     "LoaderConfig": "loader",
     "PairedLoader": "loader",

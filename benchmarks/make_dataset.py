@@ -1,0 +1,187 @@
+"""m2u-make-dataset benchmark: pairs/s with 1 and 2 workers, peak memory, and where the time goes.
+
+    .venv/bin/python benchmarks/make_dataset.py            # 1,000-photo subset, 1 and 2 workers (~2 min)
+    .venv/bin/python benchmarks/make_dataset.py --full     # plus the whole 12,000 with 2 workers (~4-5 min)
+    .venv/bin/python benchmarks/make_dataset.py --quick    # 100 photos, smoke run, not for the record
+
+Needs ../shared/faces/celeba. Each build runs as its own `m2u-make-dataset` process (default arguments: 256 px,
+JPEG q95, random mask types) so its peak memory (largest resident set among the main process and its workers) is
+measured cleanly. Also times each stage per photo in one process (read + SHA-256, detection + landmarks,
+alignment, masking, encoding) and the HOG detector alone at upsample 0 on the full image versus downscaled
+images (CelebA faces are ~90 px wide; HOG's window is 80 px). Writes benchmarks/results/make_dataset.json;
+ratios are against the same run's 1-worker figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "make_dataset.json"
+CELEBA = (
+    Path(os.environ.get("M2U_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "faces" / "celeba"
+)
+TARGET_12000_S = 180.0  # issue 3: the paper's 12,000 photos in at most 3 minutes on 2 cores
+
+
+def _run_build(out: Path, limit: int | None, workers: int) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "m2u.datasets.cli",
+        str(CELEBA),
+        "-o",
+        str(out),
+        "--workers",
+        str(workers),
+    ]
+    command += ["--quiet", "--overwrite"] + (["--limit", str(limit)] if limit else [])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=out.parent)
+    wall = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    stats = json.loads((out / "stats.json").read_text())
+    return {
+        "photos": stats["inputs"],
+        "workers": workers,
+        "wall_s": round(wall, 1),
+        "process_s": stats["timings"]["process_s"],
+        "pairs_per_s": round(stats["planned_samples"] / wall, 1),
+        "counts": stats["counts"]["by_status"],
+        "samples": stats["counts"]["samples"],
+        # ru_maxrss of children is the largest single process so far (KiB on Linux); a later run only raises it.
+        "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
+    }
+
+
+def _stage_times(files: list[Path]) -> dict[str, Any]:
+    import hashlib
+
+    from m2u.datasets.align import align_face
+    from m2u.datasets.build import BuildConfig, make_masker
+    from m2u.datasets.codecs import encode_image, encode_mask
+    from m2u.masking import DetectorConfig, Face, FaceDetector, read_image
+
+    config = BuildConfig()
+    detector, masker = FaceDetector(DetectorConfig()), make_masker(config)
+    detector.detect(read_image(files[0]))  # load the models outside the timings
+    totals = dict.fromkeys(("read", "detect", "align", "mask", "encode"), 0.0)
+    masked_ok = 0
+    for index, path in enumerate(files):
+        t0 = time.perf_counter()
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        image = read_image(path)
+        t1 = time.perf_counter()
+        faces = detector.detect(image)
+        t2 = time.perf_counter()
+        totals["read"] += t1 - t0
+        totals["detect"] += t2 - t1
+        if not faces:
+            continue
+        aligned = align_face(image, faces[0].landmarks, config.size)
+        t3 = time.perf_counter()
+        totals["align"] += t3 - t2
+        try:
+            masked, mask, _ = masker(aligned.image, Face.from_landmarks(aligned.landmarks), index)
+        except Exception:  # noqa: BLE001 - refused placements cost time too; counted, not encoded
+            totals["mask"] += time.perf_counter() - t3
+            continue
+        t4 = time.perf_counter()
+        encode_image(masked, config.image_format, config.quality)
+        encode_image(aligned.image, config.image_format, config.quality)
+        encode_mask(mask)
+        totals["encode"] += time.perf_counter() - t4
+        totals["mask"] += t4 - t3
+        masked_ok += 1
+    per_photo_ms = {stage: round(1000 * seconds / len(files), 2) for stage, seconds in totals.items()}
+    return {
+        "photos": len(files),
+        "masked": masked_ok,
+        "ms_per_photo": per_photo_ms,
+        "total_ms_per_photo": round(sum(per_photo_ms.values()), 2),
+    }
+
+
+def _hog_scales(files: list[Path]) -> dict[str, Any]:
+    import cv2
+    import dlib
+
+    from m2u.masking import read_image
+
+    hog = dlib.get_frontal_face_detector()
+    images = [read_image(f) for f in files]
+    out = {}
+    for scale, upsample in ((1.0, 0), (0.75, 0), (0.5, 0), (1.0, 1)):
+        start, found = time.perf_counter(), 0
+        for image in images:
+            small = (
+                image
+                if scale == 1.0
+                else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            )
+            found += bool(hog(small, upsample))
+        out[f"scale_{scale}_upsample_{upsample}"] = {
+            "ms_per_image": round(1000 * (time.perf_counter() - start) / len(images), 2),
+            "found_fraction": round(found / len(images), 3),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--full", action="store_true", help="also build all 12,000 photos with 2 workers")
+    parser.add_argument("--subset", type=int, default=1000)
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not CELEBA.is_dir():
+        sys.exit(f"needs the CelebA photos at {CELEBA}")
+    subset = 100 if args.quick else args.subset
+    files = sorted(p for p in CELEBA.iterdir() if p.suffix.lower() == ".jpg")
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "stages_one_process": _stage_times(files[: min(200, subset)]),
+        "hog_detector": _hog_scales(files[: min(200, subset)]),
+    }
+    print(json.dumps(results, indent=1), flush=True)
+    with tempfile.TemporaryDirectory(prefix="m2u-make-dataset-bench-") as tmp:
+        runs = {}
+        for workers in (1, 2):
+            runs[f"subset_workers_{workers}"] = _run_build(Path(tmp) / f"w{workers}", subset, workers)
+            print(json.dumps(runs[f"subset_workers_{workers}"]), flush=True)
+        runs["subset_speedup_2_vs_1"] = round(
+            runs["subset_workers_2"]["pairs_per_s"] / runs["subset_workers_1"]["pairs_per_s"], 2
+        )
+        if args.full:
+            full = _run_build(Path(tmp) / "full", None, 2)
+            full["meets_target_180_s"] = full["wall_s"] <= TARGET_12000_S
+            runs["full_12000_workers_2"] = full
+            print(json.dumps(full), flush=True)
+        results["builds"] = runs
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
