@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import webdataset as wds
 
@@ -14,9 +17,10 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def celeba_dataset(celeba_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("celeba") / "ds"
-    config = BuildConfig(workers=2, progress=False, identity_pattern="{identity}_{id}.jpg")
-    result = build_dataset([celeba_dir], out, config)
+    # M2U_CELEBA_DATASET: a folder already built with the default arguments (e.g. by
+    # `benchmarks/make_dataset.py --full --keep DIR`): the build then only resumes, i.e. re-checks and merges.
+    out = Path(os.environ.get("M2U_CELEBA_DATASET") or tmp_path_factory.mktemp("celeba") / "ds")
+    result = build_dataset([celeba_dir], out, BuildConfig(workers=2, progress=False))
     return out, result.stats
 
 
