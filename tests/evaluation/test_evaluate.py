@@ -166,31 +166,23 @@ def test_eval_cli_reports_unavailable_metrics_and_bad_checkpoints(tiny_dataset, 
 
 
 def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
-    mseg_path, gen_path = tiny_checkpoints
+    mseg_path, _ = tiny_checkpoints  # the generator's export is checked in test_baselines_export.py
     runner = CliRunner()
     result = runner.invoke(
-        export_main,
-        [
-            "onnx",
-            "--mseg",
-            str(mseg_path),
-            "--generator",
-            str(gen_path),
-            "-o",
-            str(tmp_path),
-            "--image-size",
-            "32",
-        ],
+        export_main, ["onnx", "--mseg", str(mseg_path), "-o", str(tmp_path), "--image-size", "32"]
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "export.json").read_text())
-    assert set(summary) == {"mseg", "generator"}
-    assert summary["generator"]["inputs"] == ["masked", "mask"]
-    for entry in summary.values():
-        assert entry["max_abs_diff_vs_torch"] <= 1e-4
+    assert set(summary) == {"mseg"}
+    assert summary["mseg"]["inputs"] == ["image"] and summary["mseg"]["outputs"] == ["mask_logits"]
+    assert summary["mseg"]["max_abs_diff_vs_torch"] <= 1e-4
     assert (tmp_path / "mseg.onnx").stat().st_size > 0
     nothing = runner.invoke(export_main, ["onnx", "-o", str(tmp_path / "x")])
     assert nothing.exit_code == 2 and "--mseg and/or --generator" in nothing.output
+    not_a_model = tmp_path / "junk.safetensors"
+    not_a_model.write_bytes(b"junk")
+    bad = runner.invoke(export_main, ["onnx", "--mseg", str(not_a_model), "-o", str(tmp_path / "y")])
+    assert bad.exit_code == 1 and "not a readable safetensors model file" in bad.output
 
 
 @pytest.mark.parametrize(
