@@ -161,7 +161,10 @@ def eval_main(**kw) -> None:
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
 )
 @click.option(
-    "--size", default=None, type=click.IntRange(min=16), help="Aligned crop size (default: 256, the paper's)."
+    "--size",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Aligned crop size: the --size the models were trained on (default: 256, the paper's).",
 )
 @click.option(
     "--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True)
