@@ -55,7 +55,9 @@ def _procedural(name: str, width: int, height: int) -> np.ndarray:
         colour = np.array((0.45, 0.55, 0.45), np.float32)
     elif name == "camo":
         rng = np.random.default_rng(11)  # fixed: a pattern is a template detail, not per-face randomness
-        noise = cv2.resize(rng.standard_normal((12, 18)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+        noise = cv2.resize(
+            rng.standard_normal((12, 18)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC
+        )
         ink = np.clip((noise - 0.2) * 4.0, 0.0, 1.0)
         colour = np.array((0.35, 0.42, 0.25), np.float32)
     elif name == "floral":

@@ -59,12 +59,19 @@ class PlacementConfig:
     bridge_fraction: float = 0.42  # top centre between landmark 27 (0) and the nose tip 30 (1)
     eye_clearance: float = 0.16  # minimum gap between the lowest eyelid landmark and the mask's top edge
     top_drop: float = 0.06  # how much lower than the bridge the top edge meets the cheeks
+    # Minimum distance from the jaw contour out past the nose and mouth (turned faces put far-side jaw landmarks
+    # on top of the mouth; the contour is pushed out until the mask covers nose and mouth with this margin).
+    feature_clearance: float = 0.15
     cols: int = 17  # mesh columns (odd: the middle column is the face's midline)
     rows: int = 9
     min_eye_distance_px: float = 6.0  # smaller faces cannot be masked meaningfully
-    min_cell_area_ratio: float = 0.02  # a cell smaller than this fraction of the median cell has collapsed
-    area_range: tuple[float, float] = (0.7, 4.5)  # patch area / iod², a frontal adult face is about 2
-    aspect_range: tuple[float, float] = (0.6, 3.5)  # patch width / height in the face frame
+    min_cell_area_ratio: float = 0.01  # a cell smaller than this fraction of the median cell has collapsed
+    # Patch area over the area of the face outline (jaw + brows): 0.57..0.92 on CelebA-500 and the extras.
+    area_range: tuple[float, float] = (0.4, 1.1)
+    aspect_range: tuple[float, float] = (
+        0.8,
+        2.5,
+    )  # patch width / height in the face frame: 1.11..1.80 measured
 
 
 @dataclass(frozen=True)
@@ -125,24 +132,51 @@ def _resample(polyline: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.interp(t, cum, polyline[:, k]) for k in range(2)], axis=-1)
 
 
-def _crossing(polyline: np.ndarray, y: float) -> tuple[int, np.ndarray]:
-    """First point where a polyline (going down the jaw) reaches height y: (segment index, point)."""
-    for i in range(len(polyline) - 1):
-        y0, y1 = polyline[i, 1], polyline[i + 1, 1]
+def _point_at(polyline: np.ndarray, s: float) -> np.ndarray:
+    """The point at fractional index s along a polyline."""
+    i = min(int(np.floor(s)), len(polyline) - 2)
+    return polyline[i] + (s - i) * (polyline[i + 1] - polyline[i])
+
+
+def _between(polyline: np.ndarray, s0: float, s1: float) -> np.ndarray:
+    """The part of a polyline from fractional index s0 to s1 (either direction), ends interpolated."""
+    lo, hi = min(s0, s1), max(s0, s1)
+    inner = [polyline[i] for i in range(int(np.floor(lo)) + 1, int(np.ceil(hi)))]
+    part = np.array([_point_at(polyline, lo), *inner, _point_at(polyline, hi)])
+    return part if s0 <= s1 else part[::-1]
+
+
+def _height_index(polyline: np.ndarray, y: float, s_from: float, s_to: float) -> float:
+    """Fractional index where the polyline, walked from s_from towards s_to, first reaches height y (or s_from if it
+    starts below y, s_to if it never gets there)."""
+    step = 1 if s_to > s_from else -1
+    s = s_from
+    while (s_to - s) * step > 0:
+        nxt = s + step
+        y0, y1 = _point_at(polyline, s)[1], _point_at(polyline, nxt)[1]
         if y0 >= y:
-            return i, polyline[i].copy()
+            return s
         if y0 < y <= y1:
-            t = (y - y0) / (y1 - y0)
-            return i, polyline[i] + t * (polyline[i + 1] - polyline[i])
-    return len(polyline) - 2, polyline[-1].copy()
+            return s + step * (y - y0) / (y1 - y0)
+        s = nxt
+    return s_to
 
 
-def _side_curve(jaw_half: np.ndarray, top_y: float, corner_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Along one half of the jaw (ordered from the ear down to the chin): the point at top_y, and the curve from
-    there to the corner landmark."""
-    i, start = _crossing(jaw_half[: corner_index + 1], top_y)
-    curve = np.vstack([start[None], jaw_half[i + 1 : corner_index + 1]])
-    return start, curve
+def _ray_index(polyline: np.ndarray, origin: np.ndarray, direction: np.ndarray, fallback: float) -> float:
+    """Fractional index where a ray from origin first meets the polyline (fallback if it misses)."""
+    best_t, best_s = np.inf, fallback
+    for i in range(len(polyline) - 1):
+        p, q = polyline[i], polyline[i + 1]
+        edge = q - p
+        denom = direction[0] * (-edge[1]) + direction[1] * edge[0]
+        if abs(denom) < 1e-12:
+            continue
+        rel = p - origin
+        t = (rel[0] * (-edge[1]) + rel[1] * edge[0]) / denom
+        w = (direction[0] * rel[1] - direction[1] * rel[0]) / denom
+        if t > 0 and 0 <= w <= 1 and t < best_t:
+            best_t, best_s = t, i + w
+    return best_s
 
 
 def _smooth_jaw(jaw: np.ndarray) -> np.ndarray:
@@ -152,6 +186,23 @@ def _smooth_jaw(jaw: np.ndarray) -> np.ndarray:
     smooth = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)], axis=-1)
     smooth[:, 0] = np.maximum.accumulate(smooth[:, 0])
     return smooth
+
+
+def _clear_features(jaw: np.ndarray, features: np.ndarray, clearance: float) -> np.ndarray:
+    """Push jaw points 1-15 outward (radially from the features' centre) until each lies at least `clearance`
+    beyond the features' supporting line in its direction: the contour then encloses nose and mouth."""
+    centre = features.mean(axis=0)
+    out = jaw.copy()
+    for j in range(1, 16):
+        offset = jaw[j] - centre
+        radius = float(np.hypot(*offset))
+        if radius < 1e-9:
+            continue
+        direction = offset / radius
+        needed = float(np.max((features - centre) @ direction)) + clearance
+        if radius < needed:
+            out[j] = centre + direction * needed
+    return out
 
 
 def _coons(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -172,26 +223,39 @@ def cell_areas(grid: np.ndarray) -> np.ndarray:
     p00, p01, p10, p11 = grid[:-1, :-1], grid[:-1, 1:], grid[1:, :-1], grid[1:, 1:]
 
     def tri(a, b, c):
-        return 0.5 * ((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+        return 0.5 * (
+            (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1])
+            - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
+        )
 
     return np.stack([tri(p00, p01, p11), tri(p00, p11, p10)], axis=-1)
 
 
-def check_mesh(frame_grid: np.ndarray, config: PlacementConfig) -> str | None:
+def face_outline_area(lm_frame: np.ndarray) -> float:
+    """Area of the polygon jaw (0-16) plus the outer brow ends (26, 24, 19, 17), in face-frame units."""
+    outline = np.vstack([lm_frame[JAW], lm_frame[[26, 24, 19, 17]]])
+    x, y = outline[:, 0], outline[:, 1]
+    return float(0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def check_mesh(frame_grid: np.ndarray, face_area: float, config: PlacementConfig) -> str | None:
     """The reason a face-frame mesh is degenerate, or None when it is fine."""
     if not np.all(np.isfinite(frame_grid)):
         return "non-finite mesh coordinates"
     areas = cell_areas(frame_grid)
-    # In the face frame (y down, x left to right) a well-formed grid has positive triangle areas.
-    if np.any(areas <= 0):
-        return f"fold-over: {int(np.sum(areas <= 0))} mesh triangles flipped"
     median = float(np.median(areas))
-    if float(areas.min()) < config.min_cell_area_ratio * median:
+    # Where the jaw runs straight through a corner (d or f) the corner cell is a thin sliver; slivers far below a
+    # pixel are harmless, a triangle flipped by a real fraction of a cell is a fold-over.
+    flipped = areas < -config.min_cell_area_ratio * median
+    if np.any(flipped):
+        return f"fold-over: {int(np.sum(flipped))} mesh triangles flipped"
+    cells = areas.sum(axis=-1)
+    if float(cells.min()) < config.min_cell_area_ratio * 2 * median:
         return "collapsed anchors: mesh cells of near-zero area"
-    total = float(areas.sum())
+    ratio = float(areas.sum()) / max(face_area, 1e-9)
     lo, hi = config.area_range
-    if not lo <= total <= hi:
-        return f"implausible mask area {total:.2f} (expected {lo}..{hi} in eye-distance units squared)"
+    if not lo <= ratio <= hi:
+        return f"implausible mask area: {ratio:.2f} of the face outline (expected {lo}..{hi})"
     width = float(frame_grid[..., 0].max() - frame_grid[..., 0].min())
     height = float(frame_grid[..., 1].max() - frame_grid[..., 1].min())
     aspect = width / max(height, 1e-9)
@@ -201,30 +265,57 @@ def check_mesh(frame_grid: np.ndarray, config: PlacementConfig) -> str | None:
     return None
 
 
-def _frame_mesh(lm: np.ndarray, jaw: np.ndarray, config: PlacementConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _frame_mesh(
+    lm: np.ndarray, jaw: np.ndarray, config: PlacementConfig, ray_corners: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The Coons-patch grid in face-frame coordinates for a (possibly smoothed) jaw contour."""
     nose_tip = lm[NOSE_TIP]
     jaw = nose_tip + (jaw - nose_tip) * (1.0 + config.jaw_margin)
+    jaw = _clear_features(jaw, np.vstack([lm[NOSTRILS], lm[MOUTH]]), config.feature_clearance)
     b = lm[NOSE_BRIDGE_TOP] + config.bridge_fraction * (nose_tip - lm[NOSE_BRIDGE_TOP])
     left_eye_low = float(lm[LEFT_EYE][:, 1].max()) + config.eye_clearance
     right_eye_low = float(lm[RIGHT_EYE][:, 1].max()) + config.eye_clearance
     b[1] = max(b[1], min(left_eye_low, right_eye_low))
     # Under each eye the top edge keeps its clearance; it meets the jaw a little lower still.
-    q_left = np.array([lm[LEFT_EYE][:, 0].mean(), max(b[1] + config.top_drop, left_eye_low)])
-    q_right = np.array([lm[RIGHT_EYE][:, 0].mean(), max(b[1] + config.top_drop, right_eye_low)])
-    a, left_side = _side_curve(jaw[: CHIN + 1], q_left[1] + config.top_drop, JAW_CORNER_LEFT)
-    c, right_side = _side_curve(jaw[::-1][: CHIN + 1], q_right[1] + config.top_drop, 16 - JAW_CORNER_RIGHT)
+    q_left_y = max(b[1] + config.top_drop, left_eye_low)
+    q_right_y = max(b[1] + config.top_drop, right_eye_low)
+    s_a = _height_index(jaw, q_left_y + config.top_drop, 0.0, float(CHIN))
+    s_c = _height_index(jaw, q_right_y + config.top_drop, 16.0, float(CHIN))
+    s_d, s_f = float(JAW_CORNER_LEFT), float(JAW_CORNER_RIGHT)
+    if ray_corners:
+        # Corners where diagonal rays from the mouth centre meet the jaw: on a turned face the far side's jaw
+        # landmarks bunch up, and the fixed landmark corners leave near-flat cells there.
+        mouth = lm[MOUTH].mean(axis=0)
+        s_d = _ray_index(jaw, mouth, np.array([-1.0, 1.0]), s_d)
+        s_f = _ray_index(jaw, mouth, np.array([1.0, 1.0]), s_f)
+    s_d = float(np.clip(s_d, s_a + 0.5, CHIN - 0.5))
+    s_f = float(np.clip(s_f, CHIN + 0.5, s_c - 0.5))
+    a, c, d, e, f = (_point_at(jaw, s) for s in (s_a, s_c, s_d, float(CHIN), s_f))
+    # The points under the eyes stay between the jaw and the bridge, so the top edge never doubles back.
+    q_left = np.array(
+        [
+            np.clip(lm[LEFT_EYE][:, 0].mean(), a[0] + 0.25 * (b[0] - a[0]), b[0] - 0.25 * (b[0] - a[0])),
+            q_left_y,
+        ]
+    )
+    q_right = np.array(
+        [
+            np.clip(lm[RIGHT_EYE][:, 0].mean(), b[0] + 0.25 * (c[0] - b[0]), c[0] - 0.25 * (c[0] - b[0])),
+            q_right_y,
+        ]
+    )
     half = config.cols // 2 + 1
     # Each half resampled separately, so column `cols // 2` lies on the bridge / the chin.
-    top = np.vstack([_resample(np.array([a, q_left, b]), half), _resample(np.array([b, q_right, c]), half)[1:]])
-    bottom_left = jaw[JAW_CORNER_LEFT : CHIN + 1]
-    bottom_right = jaw[CHIN : JAW_CORNER_RIGHT + 1]
-    bottom = np.vstack([_resample(bottom_left, half), _resample(bottom_right, half)[1:]])
-    left = _resample(left_side, config.rows)
-    right = _resample(right_side, config.rows)
+    top = np.vstack(
+        [_resample(np.array([a, q_left, b]), half), _resample(np.array([b, q_right, c]), half)[1:]]
+    )
+    bottom = np.vstack(
+        [_resample(_between(jaw, s_d, CHIN), half), _resample(_between(jaw, CHIN, s_f), half)[1:]]
+    )
+    left = _resample(_between(jaw, s_a, s_d), config.rows)
+    right = _resample(_between(jaw, s_c, s_f), config.rows)
     grid = _coons(top, bottom, left, right)
-    anchors = {"a": a, "b": b, "c": c, "d": jaw[JAW_CORNER_LEFT], "e": jaw[CHIN], "f": jaw[JAW_CORNER_RIGHT]}
-    return grid, anchors
+    return grid, {"a": a, "b": b, "c": c, "d": d, "e": e, "f": f}
 
 
 def estimate_yaw(lm_frame: np.ndarray) -> float:
@@ -246,12 +337,19 @@ def build_mesh(landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(
         raise MaskingError("landmarks contain NaN or infinite values")
     frame = face_frame(landmarks)
     if frame.scale < config.min_eye_distance_px:
-        raise MaskingError(f"face too small: eye distance {frame.scale:.1f} px < {config.min_eye_distance_px} px")
+        raise MaskingError(
+            f"face too small: eye distance {frame.scale:.1f} px < {config.min_eye_distance_px} px"
+        )
     lm = frame.to_frame(landmarks)
-    reason = None
-    for fallback, jaw in ((None, lm[JAW]), ("smoothed_jaw", _smooth_jaw(lm[JAW]))):
-        grid, anchors = _frame_mesh(lm, jaw, config)
-        reason = check_mesh(grid, config)
+    reason, face_area = None, face_outline_area(lm)
+    attempts = (
+        (None, lm[JAW], False),
+        ("ray_corners", lm[JAW], True),
+        ("smoothed_jaw", _smooth_jaw(lm[JAW]), True),
+    )
+    for fallback, jaw, ray_corners in attempts:
+        grid, anchors = _frame_mesh(lm, jaw, config, ray_corners)
+        reason = check_mesh(grid, face_area, config)
         if reason is None:
             break
     else:

@@ -60,7 +60,9 @@ class MaskConfig:
         if self.pattern not in (None, RANDOM, *PATTERNS) and not os.path.isfile(self.pattern):
             raise ValueError(f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
         if self.pack is None and self.mask_type not in (*MASK_TYPES, RANDOM):
-            raise ValueError(f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)} or random")
+            raise ValueError(
+                f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)} or random"
+            )
 
 
 @dataclass
@@ -74,7 +76,12 @@ class MaskResult:
 
 
 def _premultiplied_texture(
-    template: Template, width_px: float, color: tuple | None, color_weight: float, pattern: str | None, pattern_weight: float
+    template: Template,
+    width_px: float,
+    color: tuple | None,
+    color_weight: float,
+    pattern: str | None,
+    pattern_weight: float,
 ) -> np.ndarray:
     """The template coloured and patterned at the pyramid level for a mask `width_px` wide: premultiplied RGBA."""
     key = (id(template), width_px, color, color_weight, pattern, pattern_weight)
@@ -86,7 +93,9 @@ def _premultiplied_texture(
     fabric = rgb
     tint3 = tint[..., None]
     if color is not None:
-        fabric = fabric * (1.0 - color_weight * tint3) + np.asarray(color, np.float32) * (color_weight * tint3)
+        fabric = fabric * (1.0 - color_weight * tint3) + np.asarray(color, np.float32) * (
+            color_weight * tint3
+        )
     if pattern is not None:
         texture, multiply = pattern_texture(pattern, rgb.shape[1], rgb.shape[0])
         if multiply:
@@ -115,8 +124,9 @@ def _grid_point(grid: np.ndarray, u: float, v: float) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def _triangles(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image-space triangles (n, 3, 2), their image→texture affine maps (n, 2, 3) and which are on the border."""
+def _triangles(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, ...]:
+    """Image-space triangles (n, 3, 2), their image→texture affine maps (n, 2, 3), which are on the border and
+    which have an area."""
     rows, cols = grid.shape[:2]
     tu = np.linspace(0.0, tex_w, cols) - 0.5
     tv = np.linspace(0.0, tex_h, rows) - 0.5
@@ -124,27 +134,35 @@ def _triangles(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np
 
     def corners(g):
         p00, p01, p10, p11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
-        return np.concatenate([np.stack([p00, p01, p11], -2), np.stack([p00, p11, p10], -2)], axis=1).reshape(-1, 3, 2)
+        return np.concatenate([np.stack([p00, p01, p11], -2), np.stack([p00, p11, p10], -2)], axis=1).reshape(
+            -1, 3, 2
+        )
 
     img_tris, tex_tris = corners(grid), corners(tex)
     src = np.concatenate([img_tris.transpose(0, 2, 1), np.ones((len(img_tris), 1, 3))], axis=1)
+    # Zero-area slivers (allowed at straight corners, see geometry.check_mesh) cover no pixel: give them an
+    # identity system so the batch inverse stays defined, and never rasterise them.
+    degenerate = np.abs(np.linalg.det(src)) < 1e-6
+    src[degenerate] = np.eye(3)
     affine = tex_tris.transpose(0, 2, 1) @ np.linalg.inv(src)
     r = np.arange(rows - 1)[:, None].repeat(2 * (cols - 1), axis=1)
     c = np.tile(np.concatenate([np.arange(cols - 1), np.arange(cols - 1)]), (rows - 1, 1))
     border = ((r == 0) | (r == rows - 2) | (c == 0) | (c == cols - 2)).reshape(-1)
-    return img_tris, affine, border
+    return img_tris, affine, border & ~degenerate, ~degenerate
 
 
-def _warp(texture: np.ndarray, grid: np.ndarray, origin: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _warp(
+    texture: np.ndarray, grid: np.ndarray, origin: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Piecewise-affine warp of a texture onto the mesh inside a box: (premultiplied RGBA, u per pixel)."""
     tex_h, tex_w = texture.shape[:2]
-    tris, affine, border = _triangles(grid - origin, tex_w, tex_h)
+    tris, affine, border, valid = _triangles(grid - origin, tex_w, tex_h)
     tid = np.full(shape, -1, np.int32)
     fixed = np.round(tris * 16).astype(np.int32)
     # Border triangles also claim a 1-2 px rim outside the mesh, so the texture's own soft edge is sampled there.
     for k in np.flatnonzero(border):
         cv2.polylines(tid, [fixed[k]], True, int(k), 3, cv2.LINE_8, 4)
-    for k in range(len(fixed)):
+    for k in np.flatnonzero(valid):
         cv2.fillConvexPoly(tid, fixed[k], int(k), cv2.LINE_8, 4)
     inside = tid >= 0
     m = affine[np.maximum(tid, 0)]
@@ -168,9 +186,11 @@ def _strap_polylines(
         covered = np.flatnonzero(row > 0.5)
         if covered.size == 0:
             continue
-        # Start a little inside the mask's edge on that row so the strap joins the mask.
-        u_sides = ((covered[0] + 0.5) / alpha.shape[1] + 0.015, (covered[-1] + 0.5) / alpha.shape[1] - 0.015)
-        for side, (u, ear_index, sign) in enumerate(((u_sides[0], strap.ear_landmark, -1.0), (u_sides[1], 16 - strap.ear_landmark, 1.0))):
+        # Start well inside the mask's edge on that row (the body hides it) so the strap always joins the mask.
+        u_sides = ((covered[0] + 0.5) / alpha.shape[1] + 0.05, (covered[-1] + 0.5) / alpha.shape[1] - 0.05)
+        for side, (u, ear_index, sign) in enumerate(
+            ((u_sides[0], strap.ear_landmark, -1.0), (u_sides[1], 16 - strap.ear_landmark, 1.0))
+        ):
             # A strap on the side the face turns away from is hidden behind the cheek.
             if (side == 0 and mesh.yaw < -0.4) or (side == 1 and mesh.yaw > 0.4):
                 continue
@@ -182,6 +202,36 @@ def _strap_polylines(
             curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
             out.append((frame.to_image(curve), strap.width * frame.scale, strap.rgb))
     return out
+
+
+def _drop_detached(
+    strap_rgb: np.ndarray,
+    strap_alpha: np.ndarray,
+    body_rgb: np.ndarray,
+    body_alpha: np.ndarray,
+    threshold: float,
+) -> tuple[np.ndarray, ...]:
+    """Remove what is not attached to the mask's main body: strap stretches that re-emerge from under the mask's
+    edge, and sub-pixel specks where a sharp template corner is sampled (they would be separate mask pieces)."""
+    coverage = body_alpha + strap_alpha * (1.0 - body_alpha)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (coverage >= threshold).astype(np.uint8), connectivity=8
+    )
+    if count <= 2:
+        return strap_rgb, strap_alpha, body_rgb, body_alpha
+    areas = stats[:, cv2.CC_STAT_AREA]
+    main = 1 + int(np.argmax(areas[1:]))
+    # Only strap-only pieces and specks go; a real second piece of the body stays, and verification refuses it.
+    body_labels = np.unique(labels[(body_alpha >= threshold) & (labels > 0)])
+    removable = [
+        k for k in range(1, count) if k != main and (k not in body_labels or areas[k] < 0.01 * areas[main])
+    ]
+    if not removable:
+        return strap_rgb, strap_alpha, body_rgb, body_alpha
+    detached = np.isin(labels, removable).astype(np.uint8)
+    # Their soft rims go too (one pixel around), so nothing faint is left floating.
+    keep = 1.0 - cv2.dilate(detached, np.ones((3, 3), np.uint8)).astype(np.float32) * (labels != main)
+    return strap_rgb * keep[..., None], strap_alpha * keep, body_rgb * keep[..., None], body_alpha * keep
 
 
 def _shape_lut(u: np.ndarray, yaw: float) -> np.ndarray:
@@ -196,7 +246,9 @@ def _lighting(region: np.ndarray, coverage: np.ndarray, strength: float, eye_dis
     h, w = luminance.shape
     # Heavy blur via a small image: only the light's direction matters, not the mouth or nostrils below.
     factor = max(1.0, eye_distance / 6.0)
-    small = cv2.resize(luminance, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        luminance, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA
+    )
     small = cv2.GaussianBlur(small, (0, 0), 2.5)
     smooth = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     weights = coverage > 0.5
@@ -274,7 +326,9 @@ def apply_mask(
 
     mid = mesh.grid[mesh.grid.shape[0] // 2]
     mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
-    texture = _premultiplied_texture(template, mask_width, color, config.color_weight, pattern, config.pattern_weight)
+    texture = _premultiplied_texture(
+        template, mask_width, color, config.color_weight, pattern, config.pattern_weight
+    )
     body, u = _warp(texture, mesh.grid, origin, shape)
     body_rgb, body_alpha = body[..., :3] * _shape_lut(u, mesh.yaw)[..., None], body[..., 3]
 
@@ -288,6 +342,9 @@ def apply_mask(
         strap_rgb = strap_rgb * (1 - a[..., None]) + np.asarray(rgb, np.float32) * a[..., None]
         strap_alpha = strap_alpha + a * (1 - strap_alpha)
 
+    strap_rgb, strap_alpha, body_rgb, body_alpha = _drop_detached(
+        strap_rgb, strap_alpha, body_rgb, body_alpha, config.coverage_threshold
+    )
     # Mask body over straps, both premultiplied; then the face's light on both.
     alpha = body_alpha + strap_alpha * (1.0 - body_alpha)
     colour = body_rgb + strap_rgb * (1.0 - body_alpha)[..., None]

@@ -92,9 +92,15 @@ def _fill(polygons: list[np.ndarray], width: int = TEXTURE_WIDTH, height: int = 
 def _stroke(polylines: list[np.ndarray], thickness_px: float, closed: bool = False) -> np.ndarray:
     s = _SUPERSAMPLE
     canvas = np.zeros((TEXTURE_HEIGHT * s, TEXTURE_WIDTH * s), np.uint8)
-    pts = [np.round(np.asarray(p) * [TEXTURE_WIDTH * s * 16, TEXTURE_HEIGHT * s * 16]).astype(np.int32) for p in polylines]
+    pts = [
+        np.round(np.asarray(p) * [TEXTURE_WIDTH * s * 16, TEXTURE_HEIGHT * s * 16]).astype(np.int32)
+        for p in polylines
+    ]
     cv2.polylines(canvas, pts, closed, 255, max(1, round(thickness_px * s)), lineType=cv2.LINE_AA, shift=4)
-    return cv2.resize(canvas, (TEXTURE_WIDTH, TEXTURE_HEIGHT), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return (
+        cv2.resize(canvas, (TEXTURE_WIDTH, TEXTURE_HEIGHT), interpolation=cv2.INTER_AREA).astype(np.float32)
+        / 255.0
+    )
 
 
 def _blur(x: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -112,7 +118,12 @@ def _rounded_rect(u0: float, v0: float, u1: float, v1: float, r: float, n: int =
     """Rounded rectangle outline; r in u units (v radius scaled by the texture aspect so corners stay round)."""
     rv = r * TEXTURE_WIDTH / TEXTURE_HEIGHT
     pts = []
-    for cu, cv, a0 in ((u1 - r, v0 + rv, -90), (u1 - r, v1 - rv, 0), (u0 + r, v1 - rv, 90), (u0 + r, v0 + rv, 180)):
+    for cu, cv, a0 in (
+        (u1 - r, v0 + rv, -90),
+        (u1 - r, v1 - rv, 0),
+        (u0 + r, v1 - rv, 90),
+        (u0 + r, v0 + rv, 180),
+    ):
         for t in np.linspace(np.radians(a0), np.radians(a0 + 90), n):
             pts.append((cu + r * np.cos(t), cv + rv * np.sin(t)))
     return np.array(pts)
@@ -127,7 +138,11 @@ def _pleat_relief(v_rel: np.ndarray, fold_width: float) -> np.ndarray:
     """Relief of one pleat at signed distance v_rel (v units) from its fold line: a lit ridge above the fold, a sharp
     shadow just under it fading downward."""
     ridge = 0.10 * np.exp(-(((v_rel + 0.6 * fold_width) / (0.5 * fold_width)) ** 2))
-    shadow = -0.28 * np.exp(-np.maximum(v_rel, 0.0) / (0.35 * fold_width)) * _smoothstep(v_rel / (0.08 * fold_width) + 1)
+    shadow = (
+        -0.28
+        * np.exp(-np.maximum(v_rel, 0.0) / (0.35 * fold_width))
+        * _smoothstep(v_rel / (0.08 * fold_width) + 1)
+    )
     return ridge + np.where(v_rel > -0.08 * fold_width, shadow, 0.0)
 
 
@@ -143,14 +158,18 @@ def _surgical(name: str, rgb: tuple[float, float, float]) -> Template:
     hem = 0.055
     inner = np.minimum.reduce([v - 0.01, 0.985 - v, (u - 0.005) * 1.5, (0.995 - u) * 1.5])
     shade += 0.05 * (inner < hem)
-    seam = _stroke([_rounded_rect(0.005 + hem / 1.5, 0.01 + hem, 0.995 - hem / 1.5, 0.985 - hem, 0.02)], 1.6, closed=True)
+    seam = _stroke(
+        [_rounded_rect(0.005 + hem / 1.5, 0.01 + hem, 0.995 - hem / 1.5, 0.985 - hem, 0.02)], 1.6, closed=True
+    )
     shade -= 0.12 * seam
     # Nose wire under the top hem.
     wire = _fill([_rounded_rect(0.37, 0.022, 0.63, 0.048, 0.01)])
     shade += 0.05 * wire - 0.10 * _stroke([_rounded_rect(0.37, 0.022, 0.63, 0.048, 0.01)], 1.2, closed=True)
     shade *= _grain(1, 0.7, 0.018)
     base = np.broadcast_to(np.array(rgb, np.float32), (*u.shape, 3)).copy()
-    loop = Strap(v=0.12, ear_landmark=1, ear_offset=(0.05, 0.0), width=0.035, rgb=tuple(0.96 * np.array(rgb) + 0.04))
+    loop = Strap(
+        v=0.12, ear_landmark=1, ear_offset=(0.05, 0.0), width=0.035, rgb=tuple(0.96 * np.array(rgb) + 0.04)
+    )
     loop_low = Strap(v=0.86, ear_landmark=2, ear_offset=(0.04, 0.05), width=0.035, rgb=loop.rgb, bow=-0.08)
     return Template(name, base, _blur(shade, 0.6), np.ones_like(u), alpha, (loop, loop_low))
 
@@ -161,8 +180,13 @@ def _n95() -> Template:
     # A moulded cup: a superellipse outline, slightly narrower at the top (over the nose).
     t = np.linspace(0, 2 * np.pi, 240, endpoint=False)
     ru = 0.49 * (1 - 0.10 * np.clip(-np.sin(t), 0, 1))
-    outline = np.stack([cu + ru * np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.75,
-                        cv_ + 0.485 * np.sign(np.sin(t)) * np.abs(np.sin(t)) ** 0.85], axis=-1)
+    outline = np.stack(
+        [
+            cu + ru * np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.75,
+            cv_ + 0.485 * np.sign(np.sin(t)) * np.abs(np.sin(t)) ** 0.85,
+        ],
+        axis=-1,
+    )
     alpha = _fill([outline])
     r = np.sqrt(((u - cu) / 0.49) ** 2 + ((v - cv_) / 0.485) ** 2)
     shade = 1.06 - 0.22 * r**2  # convex dome
@@ -187,7 +211,7 @@ def _n95() -> Template:
     strap_rgb = (0.93, 0.92, 0.86)
     straps = (
         Strap(v=0.3, ear_landmark=1, ear_offset=(0.12, -0.05), width=0.06, rgb=strap_rgb, bow=0.02),
-        Strap(v=0.78, ear_landmark=4, ear_offset=(0.12, 0.12), width=0.06, rgb=strap_rgb, bow=0.02),
+        Strap(v=0.78, ear_landmark=4, ear_offset=(0.3, 0.12), width=0.06, rgb=strap_rgb, bow=0.02),
     )
     return Template("n95", rgb, _blur(shade, 0.6), tint, alpha, straps)
 
@@ -195,23 +219,41 @@ def _n95() -> Template:
 def _kn95() -> Template:
     u, v = _uv()
     # Folded flat: two panels meeting in a vertical seam, a peak over the nose, a point under the chin.
-    outline = np.array([(0.01, 0.16), (0.25, 0.045), (0.5, 0.0), (0.75, 0.045), (0.99, 0.16), (0.99, 0.58),
-                        (0.85, 0.80), (0.62, 0.96), (0.5, 1.0), (0.38, 0.96), (0.15, 0.80), (0.01, 0.58)])
+    outline = np.array(
+        [
+            (0.01, 0.16),
+            (0.25, 0.045),
+            (0.5, 0.0),
+            (0.75, 0.045),
+            (0.99, 0.16),
+            (0.99, 0.58),
+            (0.85, 0.80),
+            (0.62, 0.96),
+            (0.5, 1.0),
+            (0.38, 0.96),
+            (0.15, 0.80),
+            (0.01, 0.58),
+        ]
+    )
     alpha = _fill([outline])
-    shade = np.where(u < 0.5, 0.93 + 0.1 * u, 1.05 - 0.06 * (u - 0.5))  # two facets catch the light differently
-    shade = shade - 0.12 * np.exp(-((u - 0.5) / 0.012) ** 2) + 0.06 * np.exp(-((u - 0.52) / 0.01) ** 2)
+    shade = np.where(
+        u < 0.5, 0.93 + 0.1 * u, 1.05 - 0.06 * (u - 0.5)
+    )  # two facets catch the light differently
+    shade = shade - 0.12 * np.exp(-(((u - 0.5) / 0.012) ** 2)) + 0.06 * np.exp(-(((u - 0.52) / 0.01) ** 2))
     inset = (outline - [0.5, 0.5]) * 0.94 + [0.5, 0.5]
     band = alpha - _fill([inset])
     shade -= 0.05 * band
     # Heat-seal dots along the edge band.
     dots = np.zeros((TEXTURE_HEIGHT, TEXTURE_WIDTH), np.uint8)
-    edge = np.vstack([(outline - [0.5, 0.5]) * 0.97 + [0.5, 0.5], outline[:1] * 0 + ((outline[0] - 0.5) * 0.97 + 0.5)])
+    edge = np.vstack(
+        [(outline - [0.5, 0.5]) * 0.97 + [0.5, 0.5], outline[:1] * 0 + ((outline[0] - 0.5) * 0.97 + 0.5)]
+    )
     for p0, p1 in zip(edge[:-1], edge[1:]):
         n = max(2, int(np.hypot(*(p1 - p0) * [TEXTURE_WIDTH, TEXTURE_HEIGHT]) / 9))
         for q in np.linspace(p0, p1, n, endpoint=False):
             cv2.circle(dots, (int(q[0] * TEXTURE_WIDTH), int(q[1] * TEXTURE_HEIGHT)), 2, 255, -1, cv2.LINE_AA)
     shade -= 0.15 * dots.astype(np.float32) / 255.0
-    seam = np.exp(-((u - 0.5) / 0.006) ** 2)
+    seam = np.exp(-(((u - 0.5) / 0.006) ** 2))
     shade -= 0.05 * seam
     shade *= _grain(3, 0.8, 0.02)
     rgb = np.broadcast_to(np.array((0.96, 0.96, 0.95), np.float32), (*u.shape, 3)).copy()
@@ -226,10 +268,22 @@ def _kn95() -> Template:
 def _cloth() -> Template:
     u, v = _uv()
     # Contoured cloth mask: a curved centre seam, top edge rising over the nose, rounded under the chin.
-    left = [(0.5, 0.0), (0.3, 0.05), (0.1, 0.12), (0.01, 0.18), (0.005, 0.55), (0.05, 0.78), (0.2, 0.92), (0.38, 0.98), (0.5, 1.0)]
+    left = [
+        (0.5, 0.0),
+        (0.3, 0.05),
+        (0.1, 0.12),
+        (0.01, 0.18),
+        (0.005, 0.55),
+        (0.05, 0.78),
+        (0.2, 0.92),
+        (0.38, 0.98),
+        (0.5, 1.0),
+    ]
     outline = np.array(left + [(1 - x, y) for x, y in reversed(left[1:-1])])
     alpha = _fill([_chaikin(outline, 3)])
-    weave = 1.0 + 0.035 * np.sin(2 * np.pi * u * TEXTURE_WIDTH / 5.0) * np.sin(2 * np.pi * v * TEXTURE_HEIGHT / 5.0)
+    weave = 1.0 + 0.035 * np.sin(2 * np.pi * u * TEXTURE_WIDTH / 5.0) * np.sin(
+        2 * np.pi * v * TEXTURE_HEIGHT / 5.0
+    )
     shade = weave * (1.04 - 0.16 * (2 * u - 1) ** 2)
     seam_curve = np.stack([0.5 + 0.012 * np.sin(np.linspace(0, np.pi, 40)), np.linspace(0, 1, 40)], axis=-1)
     shade -= 0.18 * _stroke([seam_curve], 2.0) - 0.05 * _stroke([seam_curve + [0.01, 0]], 2.0)
@@ -261,7 +315,9 @@ def _chaikin(points: np.ndarray, iterations: int) -> np.ndarray:
 def _gas() -> Template:
     u, v = _uv()
     # Half-face respirator: a rubber face piece with two round filter cartridges and a central exhalation valve.
-    piece = np.array([(0.5, 0.0), (0.3, 0.06), (0.14, 0.2), (0.08, 0.45), (0.14, 0.72), (0.3, 0.92), (0.5, 1.0)])
+    piece = np.array(
+        [(0.5, 0.0), (0.3, 0.06), (0.14, 0.2), (0.08, 0.45), (0.14, 0.72), (0.3, 0.92), (0.5, 1.0)]
+    )
     piece = np.vstack([piece, [(1 - x, y) for x, y in reversed(piece[1:-1])]])
     piece = _chaikin(piece, 3)
     body = _fill([piece])
@@ -293,7 +349,7 @@ def _gas() -> Template:
     strap_rgb = (0.1, 0.1, 0.11)
     straps = (
         Strap(v=0.2, ear_landmark=1, ear_offset=(0.12, -0.05), width=0.09, rgb=strap_rgb, bow=0.02),
-        Strap(v=0.5, ear_landmark=4, ear_offset=(0.12, 0.12), width=0.09, rgb=strap_rgb, bow=0.02),
+        Strap(v=0.5, ear_landmark=4, ear_offset=(0.3, 0.12), width=0.09, rgb=strap_rgb, bow=0.02),
     )
     return Template("gas", rgb.astype(np.float32), _blur(shade, 0.6).astype(np.float32), tint, alpha, straps)
 
@@ -369,7 +425,11 @@ def template_from_image(name: str, rgba: np.ndarray, anchors: dict[str, tuple[fl
         src = np.array([anchors[k] for k in quad], np.float32)
         dst = np.array([(0, 0), (half, 0), (half, TEXTURE_HEIGHT), (0, TEXTURE_HEIGHT)], np.float32)
         h = cv2.getPerspectiveTransform(src, dst)
-        out.append(cv2.warpPerspective(premul, h, (half, TEXTURE_HEIGHT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT))
+        out.append(
+            cv2.warpPerspective(
+                premul, h, (half, TEXTURE_HEIGHT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT
+            )
+        )
     tex = np.hstack(out)
     a = np.clip(tex[..., 3], 0.0, 1.0)
     rgb = np.where(a[..., None] > 1e-4, tex[..., :3] / np.maximum(a[..., None], 1e-4), 0.0)
