@@ -1,6 +1,25 @@
 """m2u.masking: read images, find faces and landmarks, put a realistic mask on each face."""
 
 from m2u.masking.detect import DetectorConfig, Face, FaceDetector
+from m2u.masking.geometry import MaskingError, PlacementConfig
 from m2u.masking.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from m2u.masking.render import MaskConfig, MaskResult, apply_mask
+from m2u.masking.templates import COLORS, MASK_TYPES, TemplatePackError, load_template_pack
 
-__all__ = ["DetectorConfig", "Face", "FaceDetector", "IMAGE_SUFFIXES", "ImageReadError", "read_image"]
+__all__ = [
+    "COLORS",
+    "DetectorConfig",
+    "Face",
+    "FaceDetector",
+    "IMAGE_SUFFIXES",
+    "ImageReadError",
+    "MASK_TYPES",
+    "MaskConfig",
+    "MaskResult",
+    "MaskingError",
+    "PlacementConfig",
+    "TemplatePackError",
+    "apply_mask",
+    "load_template_pack",
+    "read_image",
+]

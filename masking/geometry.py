@@ -341,19 +341,24 @@ def build_mesh(landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(
             f"face too small: eye distance {frame.scale:.1f} px < {config.min_eye_distance_px} px"
         )
     lm = frame.to_frame(landmarks)
-    reason, face_area = None, face_outline_area(lm)
+    face_area = face_outline_area(lm)
+    # First the plain construction; then corners found by rays from the mouth (turned faces); then also a
+    # smoothed, monotonic jaw (noisy landmarks). The first that passes the checks is used and recorded.
     attempts = (
         (None, lm[JAW], False),
         ("ray_corners", lm[JAW], True),
         ("smoothed_jaw", _smooth_jaw(lm[JAW]), True),
     )
-    for fallback, jaw, ray_corners in attempts:
+    reasons = []
+    for attempt, jaw, ray_corners in attempts:
         grid, anchors = _frame_mesh(lm, jaw, config, ray_corners)
         reason = check_mesh(grid, face_area, config)
         if reason is None:
+            fallback = attempt
             break
+        reasons.append(reason)
     else:
-        raise MaskingError(reason)
+        raise MaskingError(reasons[0])
     roll = float(np.degrees(np.arctan2(frame.ex[1], frame.ex[0])))
     return Mesh(
         grid=frame.to_image(grid),

@@ -22,7 +22,7 @@ from m2u.masking.geometry import (
     build_mesh,
     face_frame,
 )
-from m2u.masking.templates import COLORS, MASK_TYPES, Strap, Template, get_template, load_template_pack
+from m2u.masking.templates import COLORS, MASK_TYPES, Template, get_template, load_template_pack
 
 RANDOM = "random"
 
