@@ -78,6 +78,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        # Other jobs on a shared machine slow every figure down: the load when the run started says how much.
+        "load_average_1_5_15_at_start": list(os.getloadavg()),
         "mseg_params": count_params(mseg),
         "generator_params": count_params(generator),
         "mseg_gmacs": count_macs(mseg, [(1, 3, size, size)]) / 1e9,
@@ -132,6 +134,7 @@ def main() -> None:
     for name in ("telea", "navier_stokes"):
         per_image[f"baseline_{name}"] = _median_seconds(lambda n=name: run_baseline(n, masked, mask), repeats)
     result["per_image_s"] = per_image
+    result["load_average_1_5_15_at_end"] = list(os.getloadavg())
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
