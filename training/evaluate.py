@@ -397,6 +397,14 @@ def _table_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+_DEFINITIONS = """Definitions: images in [0, 1]; PSNR in dB and SSIM (Gaussian window 11, σ 1.5) and L1 averaged per image;
+LPIPS v0.1; FID on Inception pool features over the whole split; ID cos = cosine similarity of dlib face
+embeddings of output and ground truth (faces found on the ground truth; the others are counted, not averaged).
+Mask-region variants (▣): PSNR / L1 over the masked pixels, SSIM and LPIPS maps averaged over them, FID of the
+images with everything outside the mask set to 0, identity of the ground truth with only the masked region
+replaced by the output."""
+
+
 def _gmacs(complexity: dict[str, Any], model: str, size: int) -> str:
     value = complexity.get(f"{model}_gmacs_{size}")
     return "not measured" if value is None else f"{value:.3f}"
@@ -423,6 +431,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
     lines += [
         "",
         f"Paper (Table 1, CelebA 256×256): PSNR {PAPER_TABLE1['psnr']}, SSIM {PAPER_TABLE1['ssim']}.",
+        "",
+        _DEFINITIONS,
     ]
     if report["unavailable"]:
         lines += ["", "## Unavailable metrics", ""]
