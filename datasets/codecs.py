@@ -61,12 +61,12 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG/WebP bytes to a uint8 RGB array."""
+def decode_image(data: bytes, rgb: bool = True) -> np.ndarray:
+    """Decode PNG/JPEG/WebP bytes to a uint8 RGB array (BGR, OpenCV's order, with ``rgb=False``)."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("could not decode image bytes")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if rgb else bgr
 
 
 def decode_mask(data: bytes) -> np.ndarray:

@@ -235,8 +235,9 @@ class PairedShardDataset(IterableDataset):
 
     def _decode(self, sample: dict[str, Any]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         key = sample["__key__"]
-        masked = decode_image(_image_field(sample, MASKED_FIELD))
-        unmasked = decode_image(_image_field(sample, UNMASKED_FIELD))
+        # BGR as OpenCV decodes it: _collate reverses the channels in the copy it makes anyway.
+        masked = decode_image(_image_field(sample, MASKED_FIELD), rgb=False)
+        unmasked = decode_image(_image_field(sample, UNMASKED_FIELD), rgb=False)
         if MASK_FIELD not in sample:
             raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
         mask = decode_mask(sample[MASK_FIELD])
@@ -260,7 +261,8 @@ class PairedShardDataset(IterableDataset):
         def stacked(index: int, channels: int) -> torch.Tensor:
             out = np.empty((len(items), channels, height, width), np.uint8)  # C order: contiguous NCHW
             for row, item in enumerate(items):
-                out[row] = item[index].transpose(2, 0, 1) if channels == 3 else item[index][None] > 127
+                # BGR HWC -> RGB CHW in one copy
+                out[row] = item[index].transpose(2, 0, 1)[::-1] if channels == 3 else item[index][None] > 127
             return torch.from_numpy(out)
 
         return {
