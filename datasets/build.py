@@ -288,7 +288,9 @@ def _process_task(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 def build_lock(out_dir: Path) -> Iterator[int]:
     """Hold an exclusive flock on OUT/.m2u-build.lock for the duration of a build."""
     path = out_dir / LOCK_NAME
+    existed = path.exists()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    locked = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -299,10 +301,14 @@ def build_lock(out_dir: Path) -> Iterator[int]:
             raise BuildLockedError(
                 f"another m2u-make-dataset run is writing {out_dir}{holder}; wait for it to finish or use another -o"
             ) from None
+        locked = True
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield fd
     finally:
+        # A run refused before it wrote anything (e.g. OUT holds other files) leaves no lock file behind.
+        if locked and not existed and not _state_dir(out_dir).exists():
+            path.unlink(missing_ok=True)
         os.close(fd)
 
 

@@ -85,6 +85,7 @@ def test_cli_reports_clear_errors(tmp_path):
         cli_main, [str(photos), "-o", str(foreign), "--mask-engine", "synthetic", "--quiet"]
     )
     assert result.exit_code == 1 and "already holds other files" in result.output
+    assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "o"), "--split", "0.5,0.5"])
     assert result.exit_code == 2 and "expected 3 split fractions" in result.output
     args = [str(photos), "-o", str(tmp_path / "o"), "--mask-engine", "synthetic", "--quiet", "--workers", "1"]
