@@ -60,6 +60,8 @@ def _run_build(out: Path, limit: int | None, workers: int) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "process_s": stats["timings"]["process_s"],
         "pairs_per_s": round(stats["planned_samples"] / wall, 1),
+        "cpu_s": stats["timings"].get("cpu_s"),
+        "pairs_per_cpu_s": stats["timings"].get("pairs_per_cpu_s"),
         "counts": stats["counts"]["by_status"],
         "samples": stats["counts"]["samples"],
         # ru_maxrss of children is the largest single process so far (KiB on Linux); a later run only raises it.

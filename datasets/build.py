@@ -284,6 +284,16 @@ def _process_task(samples: Sequence[PlannedSample]) -> list[SampleResult]:
     return process_input(samples)
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 @contextlib.contextmanager
 def build_lock(out_dir: Path) -> Iterator[int]:
     """Hold an exclusive flock on OUT/.m2u-build.lock for the duration of a build."""
@@ -397,6 +407,7 @@ def build_dataset(
     from tqdm import tqdm
 
     started = time.perf_counter()
+    cpu_started = _cpu_seconds()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out) as lock_fd:
@@ -470,6 +481,7 @@ def build_dataset(
         if pending:
             raise BuildError(f"internal error: {len(pending)} shard(s) incomplete after processing")
         processed_at = time.perf_counter()
+        cpu_used = _cpu_seconds() - cpu_started  # workers are reaped by now: their time is in RUSAGE_CHILDREN
 
         tables = [
             pq.read_table(_shard_rows_path(out, *sid), schema=MANIFEST_SCHEMA) for sid in sorted(expected)
@@ -492,6 +504,9 @@ def build_dataset(
                 "process_s": round(processed_at - planned_at, 3),
                 "total_s": round(total_s, 3),
                 "pairs_per_s": round(todo_samples / max(processed_at - planned_at, 1e-9), 2),
+                # CPU seconds of this process and its workers: unlike wall time, barely affected by other load.
+                "cpu_s": round(cpu_used, 2),
+                "pairs_per_cpu_s": round(todo_samples / max(cpu_used, 1e-9), 2),
             },
             "arguments": {
                 **config.output_arguments(),
