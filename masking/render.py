@@ -84,12 +84,12 @@ def _premultiplied_texture(
     pattern_weight: float,
 ) -> np.ndarray:
     """The template coloured and patterned at the pyramid level for a mask `width_px` wide: premultiplied RGBA."""
-    key = (id(template), width_px, color, color_weight, pattern, pattern_weight)
+    rgb, shade, tint, alpha = template.level(width_px)
+    key = (id(template), rgb.shape, color, color_weight, pattern, pattern_weight)
     cached = _TEXTURES.get(key)
     if cached is not None:
         _TEXTURES.move_to_end(key)
         return cached
-    rgb, shade, tint, alpha = template.level(width_px)
     fabric = rgb
     tint3 = tint[..., None]
     if color is not None:
@@ -124,53 +124,82 @@ def _grid_point(grid: np.ndarray, u: float, v: float) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def _triangles(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, ...]:
-    """Image-space triangles (n, 3, 2), their image→texture affine maps (n, 2, 3), which are on the border and
-    which have an area."""
-    rows, cols = grid.shape[:2]
-    tu = np.linspace(0.0, tex_w, cols) - 0.5
-    tv = np.linspace(0.0, tex_h, rows) - 0.5
-    tex = np.stack(np.meshgrid(tu, tv), axis=-1)
-
-    def corners(g):
-        p00, p01, p10, p11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
-        return np.concatenate([np.stack([p00, p01, p11], -2), np.stack([p00, p11, p10], -2)], axis=1).reshape(
-            -1, 3, 2
-        )
-
-    img_tris, tex_tris = corners(grid), corners(tex)
-    src = np.concatenate([img_tris.transpose(0, 2, 1), np.ones((len(img_tris), 1, 3))], axis=1)
-    # Zero-area slivers (allowed at straight corners, see geometry.check_mesh) cover no pixel: give them an
-    # identity system so the batch inverse stays defined, and never rasterise them.
-    degenerate = np.abs(np.linalg.det(src)) < 1e-6
-    src[degenerate] = np.eye(3)
-    affine = tex_tris.transpose(0, 2, 1) @ np.linalg.inv(src)
-    r = np.arange(rows - 1)[:, None].repeat(2 * (cols - 1), axis=1)
-    c = np.tile(np.concatenate([np.arange(cols - 1), np.arange(cols - 1)]), (rows - 1, 1))
-    border = ((r == 0) | (r == rows - 2) | (c == 0) | (c == cols - 2)).reshape(-1)
-    return img_tris, affine, border & ~degenerate, ~degenerate
+def _band_index(grid: np.ndarray, shape: tuple[int, int], fixed: np.ndarray) -> np.ndarray:
+    """For every pixel, the index of the mesh row band (between grid rows r and r+1) covering it, or -1. The outer
+    edges are drawn 3 px thick first, so a 1-2 px rim outside the mesh belongs to the nearest band: there the
+    texture's own soft edge is sampled instead of being cut at the mesh boundary."""
+    index = np.full(shape, -1, np.int32)
+    last = len(grid) - 2
+    cv2.polylines(index, [fixed[0]], False, 0, 3, cv2.LINE_8, 4)
+    cv2.polylines(index, [fixed[-1]], False, last, 3, cv2.LINE_8, 4)
+    for r in range(last + 1):
+        sides = [np.array([fixed[r, 0], fixed[r + 1, 0]]), np.array([fixed[r, -1], fixed[r + 1, -1]])]
+        cv2.polylines(index, sides, False, r, 3, cv2.LINE_8, 4)
+    for r in range(last + 1):
+        cv2.fillPoly(index, [np.vstack([fixed[r], fixed[r + 1, ::-1]])], r, cv2.LINE_8, 4)
+    return index
 
 
 def _warp(
     texture: np.ndarray, grid: np.ndarray, origin: np.ndarray, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Piecewise-affine warp of a texture onto the mesh inside a box: (premultiplied RGBA, u per pixel)."""
+    """Piecewise-affine warp of a texture onto the mesh inside a box: (premultiplied RGBA, u per pixel; u < 0
+    outside the mesh).
+
+    Each mesh cell is split along its p00-p11 diagonal into two triangles, each mapped by its own affine map. A
+    pixel's cell comes from two rasterised band indices (row bands, column bands): a few dozen polygon fills
+    instead of one per triangle; the per-pixel work is done on covered pixels only."""
     tex_h, tex_w = texture.shape[:2]
-    tris, affine, border, valid = _triangles(grid - origin, tex_w, tex_h)
-    tid = np.full(shape, -1, np.int32)
-    fixed = np.round(tris * 16).astype(np.int32)
-    # Border triangles also claim a 1-2 px rim outside the mesh, so the texture's own soft edge is sampled there.
-    for k in np.flatnonzero(border):
-        cv2.polylines(tid, [fixed[k]], True, int(k), 3, cv2.LINE_8, 4)
-    for k in np.flatnonzero(valid):
-        cv2.fillConvexPoly(tid, fixed[k], int(k), cv2.LINE_8, 4)
-    inside = tid >= 0
-    m = affine[np.maximum(tid, 0)]
-    ys, xs = np.indices(shape, dtype=np.float32)
-    map_x = np.where(inside, m[..., 0, 0] * xs + m[..., 0, 1] * ys + m[..., 0, 2], -100.0).astype(np.float32)
-    map_y = np.where(inside, m[..., 1, 0] * xs + m[..., 1, 1] * ys + m[..., 1, 2], -100.0).astype(np.float32)
-    warped = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return warped, (map_x + 0.5) / tex_w
+    # Only the mesh's own box (straps may make the caller's box much larger).
+    lo = np.maximum(np.floor(grid.min(axis=(0, 1)) - origin - 3), 0).astype(int)
+    hi = np.minimum(np.ceil(grid.max(axis=(0, 1)) - origin + 4), (shape[1], shape[0])).astype(int)
+    sub = (int(hi[1] - lo[1]), int(hi[0] - lo[0]))
+    local = grid - origin - lo
+    fixed = np.round(local * 16).astype(np.int32)
+    row = _band_index(local, sub, fixed)
+    col = _band_index(local.transpose(1, 0, 2), sub, np.ascontiguousarray(fixed.transpose(1, 0, 2)))
+    ys, xs = np.nonzero((row >= 0) & (col >= 0))
+    r, c = row[ys, xs], col[ys, xs]
+    xs, ys = xs.astype(np.float32), ys.astype(np.float32)
+    p00, p11, p01 = local[r, c], local[r + 1, c + 1], local[r, c + 1]
+    diagonal = p11 - p00
+    side = diagonal[:, 0] * (ys - p00[:, 1]) - diagonal[:, 1] * (xs - p00[:, 0])
+    side01 = diagonal[:, 0] * (p01[:, 1] - p00[:, 1]) - diagonal[:, 1] * (p01[:, 0] - p00[:, 0])
+    lower = ((side * side01) < 0).astype(np.intp)  # 0: triangle (p00, p01, p11), 1: (p00, p11, p10)
+    m = _cell_affines(local, tex_w, tex_h)[r, c, lower]
+    map_x = np.full(sub, -100.0, np.float32)
+    map_y = np.full(sub, -100.0, np.float32)
+    iy, ix = ys.astype(np.intp), xs.astype(np.intp)
+    map_x[iy, ix] = m[:, 0, 0] * xs + m[:, 0, 1] * ys + m[:, 0, 2]
+    map_y[iy, ix] = m[:, 1, 0] * xs + m[:, 1, 1] * ys + m[:, 1, 2]
+    warped = np.zeros((*shape, 4), np.float32)
+    u = np.full(shape, -1.0, np.float32)
+    box = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    warped[box] = cv2.remap(
+        texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    u[box] = (map_x + 0.5) / tex_w
+    return warped, u
+
+
+def _cell_affines(grid: np.ndarray, tex_w: int, tex_h: int) -> np.ndarray:
+    """Image→texture affine maps of both triangles of every cell: (rows-1, cols-1, 2, 2, 3). Zero-area slivers
+    (allowed at straight corners, see geometry.check_mesh) get an identity system so the batch inverse is defined;
+    they cover no pixel centre."""
+    rows, cols = grid.shape[:2]
+    tu = np.linspace(0.0, tex_w, cols) - 0.5
+    tv = np.linspace(0.0, tex_h, rows) - 0.5
+    tex = np.stack(np.meshgrid(tu, tv), axis=-1)
+
+    def triangles(g: np.ndarray) -> np.ndarray:
+        p00, p01, p10, p11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
+        return np.stack([np.stack([p00, p01, p11], -2), np.stack([p00, p11, p10], -2)], axis=2)
+
+    img, tx = triangles(grid), triangles(tex)  # (rows-1, cols-1, 2, 3, 2)
+    src = np.concatenate([np.swapaxes(img, -1, -2), np.ones((*img.shape[:3], 1, 3))], axis=-2)
+    degenerate = np.abs(np.linalg.det(src)) < 1e-6
+    src[degenerate] = np.eye(3)
+    return (np.swapaxes(tx, -1, -2) @ np.linalg.inv(src)).astype(np.float32)
 
 
 def _strap_polylines(
@@ -334,11 +363,13 @@ def apply_mask(
 
     strap_rgb = np.zeros((*shape, 3), np.float32)
     strap_alpha = np.zeros(shape, np.float32)
-    for curve, strap_width, rgb in straps:
+    for rgb in dict.fromkeys(rgb for _, _, rgb in straps):  # one canvas per strap colour
         canvas = np.zeros(shape, np.uint8)
-        pts = np.round((curve - origin) * 16).astype(np.int32)
-        cv2.polylines(canvas, [pts], False, 255, max(2, round(strap_width)), cv2.LINE_AA, 4)
-        a = canvas.astype(np.float32) / 255.0
+        for curve, strap_width, strap_rgb_ in straps:
+            if strap_rgb_ == rgb:
+                pts = np.round((curve - origin) * 16).astype(np.int32)
+                cv2.polylines(canvas, [pts], False, 255, max(2, round(strap_width)), cv2.LINE_AA, 4)
+        a = canvas.astype(np.float32) * np.float32(1 / 255)
         strap_rgb = strap_rgb * (1 - a[..., None]) + np.asarray(rgb, np.float32) * a[..., None]
         strap_alpha = strap_alpha + a * (1 - strap_alpha)
 
