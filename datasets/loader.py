@@ -30,10 +30,18 @@ Opening the shards with HuggingFace ``datasets`` (no m2u code needed)::
 
     import datasets
     ds = datasets.load_dataset("webdataset", data_files={"train": "OUT/train/*.tar"}, split="train")
-    ds[0]["masked.png"], ds[0]["mask.png"], ds[0]["json"]["landmarks"]   # PIL images and the parsed metadata
+    example = ds[0]
+    example["__key__"], example["masked.jpg"], example["unmasked.jpg"]   # PIL images (default --image-format jpg)
+    example["mask.png"]                                                 # PIL image, single channel, 0/255
+    example["json"]["landmarks"]                                        # the parsed metadata
 
-(members are grouped by key as webdataset does; with ``--image-format jpg`` the columns are ``masked.jpg`` and
-``unmasked.jpg``; ``streaming=True`` reads the tars lazily.)
+Members are grouped by key as webdataset does; with ``--image-format png`` (or ``webp``) the image columns are
+``masked.png`` and ``unmasked.png``. ``data_files`` takes one entry per split (``"validation": "OUT/val/*.tar"``);
+``streaming=True`` reads the tars lazily. Plain webdataset works too:
+``webdataset.WebDataset(sorted(glob.glob("OUT/train/*.tar")), shardshuffle=False).decode("rgb")``.
+
+Workers send uint8 batches (a quarter of float32's bytes through shared memory); the float conversion happens in
+the process that iterates the loader, on ``LoaderConfig.device`` when set.
 """
 
 from __future__ import annotations
