@@ -198,26 +198,30 @@ class _MaskQuality:
         return {"iou": mean(self.iou), "dice": mean(self.dice), "pixel_accuracy": mean(self.accuracy)}
 
 
+def _fit_label(label: str, width: int) -> tuple[str, float]:
+    """The largest font scale (0.3-0.5) at which `label` fits `width` pixels, shortening it if needed."""
+    for scale in (0.5, 0.45, 0.4, 0.35, 0.3):
+        if cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width:
+            return label, scale
+    while len(label) > 1 and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.3, 1)[0][0] > width:
+        label = label[:-1]
+    return label, 0.3
+
+
 def _grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """One row per sample: masked | predicted mask | output | ground truth, with a header line (RGB uint8)."""
+    """One row per sample: masked | predicted mask | output | ground truth, under a header (RGB uint8).
+    A dark background so that a white (all-mask) prediction still shows its extent."""
     size = rows[0][0].shape[0]
     pad = 2
-    labels = ("masked", "predicted mask", "output", "ground truth")
     header_h = 18
     width = 4 * size + 5 * pad
-    canvas = np.full((header_h + len(rows) * (size + pad) + pad, width, 3), 255, np.uint8)
-    scale = 0.35 if size < 96 else 0.5
-    for c, label in enumerate(labels):
+    canvas = np.full((header_h + len(rows) * (size + pad) + pad, width, 3), 48, np.uint8)
+    labels = [_fit_label(label, size) for label in ("masked", "predicted mask", "output", "ground truth")]
+    scale = min(s for _, s in labels)  # one font size for the whole header
+    for c, (text, _) in enumerate(labels):
         x0 = pad + c * (size + pad)
         cv2.putText(
-            canvas,
-            label[: max(4, size // 7)],
-            (x0, header_h - 5),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
+            canvas, text, (x0, header_h - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
         )
     for r, images in enumerate(rows):
         y0 = header_h + pad + r * (size + pad)
