@@ -192,3 +192,26 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(celeba_first, tmp
         [*command, "-o", str(again), *_KILL_ARGS, "--workers", "2"], check=True, cwd=tmp_path, timeout=300
     )
     assert _dataset_files(again) == _dataset_files(reference)
+
+
+@pytest.mark.shared
+def test_real_masking_engine_pairs_are_deterministic_and_exact_outside_the_mask(celeba_first, tmp_path):
+    inputs = _list_file(tmp_path, celeba_first(5))
+    config = _config(mask_engine="m2u", size=96, image_format="png", variants=2)
+    first = build_dataset([inputs], tmp_path / "first", config)
+    second = build_dataset([inputs], tmp_path / "second", config)
+    assert _dataset_files(tmp_path / "first") == _dataset_files(tmp_path / "second")
+    manifest = read_manifest(tmp_path / "first")
+    assert len(manifest) == 10 and set(manifest["variant"]) == {0, 1}
+    assert first.stats["counts"]["by_status"]["ok"] >= 7, manifest[["key", "status", "reason"]]
+    shards = [str(p) for s in SPLITS for p in split_shards(tmp_path / "first", s)]
+    masks_by_input: dict[str, list[np.ndarray]] = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        masked, unmasked = decode_image(sample["masked.png"]), decode_image(sample["unmasked.png"])
+        mask = decode_mask(sample["mask.png"])
+        assert np.array_equal(masked[mask == 0], unmasked[mask == 0])
+        assert (masked[mask > 0] != unmasked[mask > 0]).any()
+        masks_by_input.setdefault(json.loads(sample["json"])["source"], []).append(mask)
+    # the two variants of a face are different masks on the same aligned crop
+    assert any(len(m) == 2 and not np.array_equal(*m) for m in masks_by_input.values())
+    assert second.stats["counts"] == first.stats["counts"]
