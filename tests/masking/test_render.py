@@ -1,0 +1,170 @@
+"""apply_mask on synthetic faces: geometry, determinism, degenerate input, appearance."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from m2u.masking import MASK_TYPES, MaskConfig, MaskingError, apply_mask
+from m2u.masking.geometry import EYES, MOUTH, NOSTRILS, build_mesh
+
+
+def _assert_geometry(result, landmarks):
+    pts = np.round(landmarks).astype(int)
+    covered = result.mask[pts[:, 1], pts[:, 0]] > 0
+    assert covered[NOSTRILS].all() and covered[MOUTH].all()
+    assert not covered[EYES].any()
+    count, _ = cv2.connectedComponents(result.mask, connectivity=8)
+    assert count - 1 == 1
+
+
+@pytest.mark.parametrize("mask_type", MASK_TYPES)
+def test_every_type_covers_nose_and_mouth_not_eyes(mask_type, synthetic_landmarks, skin_image):
+    landmarks = synthetic_landmarks()
+    result = apply_mask(skin_image, landmarks, MaskConfig(mask_type=mask_type, verify=False), seed=1)
+    assert result.image.shape == skin_image.shape and result.image.dtype == np.uint8
+    assert result.mask.shape == skin_image.shape[:2] and set(np.unique(result.mask)) <= {0, 255}
+    _assert_geometry(result, landmarks)
+    # The image changes exactly where the mask is (and only faintly at its soft rim).
+    changed = np.abs(result.image.astype(int) - skin_image.astype(int)).max(axis=2) > 8
+    assert changed[result.mask > 0].mean() > 0.9
+    assert (changed & (cv2.dilate(result.mask, np.ones((5, 5), np.uint8)) == 0)).sum() == 0
+    json.dumps(result.meta)  # JSON-serialisable
+    assert result.meta["type"] == mask_type and len(result.meta["landmarks"]) == 68
+
+
+@pytest.mark.parametrize("roll, yaw", [(30.0, 0.0), (-25.0, 0.0), (0.0, 0.5), (0.0, -0.6), (15.0, 0.4)])
+def test_rolled_and_turned_faces(roll, yaw, synthetic_landmarks, skin_image):
+    landmarks = synthetic_landmarks(roll_degrees=roll, yaw=yaw)
+    result = apply_mask(skin_image, landmarks, MaskConfig(verify=False), seed=0)
+    _assert_geometry(result, landmarks)
+    expected_pose = "front" if abs(yaw) < 0.3 else ("right" if yaw > 0 else "left")
+    assert result.meta["pose"] == expected_pose
+
+
+def test_same_seed_is_byte_identical_and_random_uses_the_seed(synthetic_landmarks, skin_image):
+    landmarks = synthetic_landmarks()
+    config = MaskConfig(mask_type="random", color="random", pattern="random")
+    a = apply_mask(skin_image, landmarks, config, seed=7)
+    b = apply_mask(skin_image, landmarks, config, seed=7)
+    assert (
+        a.image.tobytes() == b.image.tobytes() and a.mask.tobytes() == b.mask.tobytes() and a.meta == b.meta
+    )
+    picks = {
+        (r.meta["type"], r.meta["color"], r.meta["pattern"])
+        for r in (apply_mask(skin_image, landmarks, config, seed=s) for s in range(12))
+    }
+    assert len(picks) > 3
+    assert {t for t, _, _ in picks} <= set(MASK_TYPES)
+
+
+def test_works_on_an_aligned_crop_from_landmarks_alone(synthetic_landmarks, skin_image):
+    # The dataset builder passes a bare (68, 2) array for a 256x256 aligned crop: no detector box needed.
+    landmarks = synthetic_landmarks(center=(128, 100), eye_distance=70)
+    result = apply_mask(skin_image, np.asarray(landmarks, np.float64), MaskConfig(), seed=3)
+    assert result.mask.any()
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda lm: np.full_like(lm, 50.0), "collapsed"),
+        (lambda lm: lm * 0.05, "too small"),
+        (lambda lm: np.where(np.arange(68)[:, None] == 30, np.nan, lm), "NaN"),
+    ],
+)
+def test_degenerate_landmarks_raise_with_a_reason(damage, reason, synthetic_landmarks, skin_image):
+    with pytest.raises(MaskingError, match=reason):
+        apply_mask(skin_image, damage(synthetic_landmarks()), MaskConfig(), seed=0)
+
+
+def test_folded_jaw_is_refused_or_repaired_never_broken(synthetic_landmarks, skin_image):
+    landmarks = synthetic_landmarks()
+    # Swap the two halves of the jaw: the contour crosses itself, as a failed landmark fit can.
+    folded = landmarks.copy()
+    folded[0:8], folded[9:17] = landmarks[9:17][::-1].copy(), landmarks[0:8][::-1].copy()
+    try:
+        result = apply_mask(skin_image, folded, MaskConfig(), seed=0)
+    except MaskingError as exc:
+        assert exc.reason
+    else:
+        assert result.meta["fallback"] is not None
+        _assert_geometry(result, folded)
+
+
+def test_mesh_has_no_fold_overs_and_records_anchors(synthetic_landmarks):
+    from m2u.masking.geometry import cell_areas
+
+    mesh = build_mesh(synthetic_landmarks(yaw=0.4))
+    frame_areas = cell_areas(mesh.grid)
+    assert (frame_areas > 0).all() or (frame_areas < 0).all()
+    assert set(mesh.anchors) == set("abcdef")
+    # b (top centre) lies between the eyes' bottom and the nose tip.
+    lm = synthetic_landmarks(yaw=0.4)
+    assert lm[EYES][:, 1].max() < mesh.anchors["b"][1] < lm[30, 1]
+
+
+def test_alpha_blended_edges_have_no_halo(synthetic_landmarks):
+    # A dark mask on a mid-grey photo: additive compositing (MaskTheFace) leaves edge pixels brighter than both.
+    grey = np.full((256, 256, 3), 120, np.uint8)
+    result = apply_mask(
+        grey,
+        synthetic_landmarks(),
+        MaskConfig(mask_type="cloth", color="black", color_weight=1.0, lighting=0.0, straps=False),
+        seed=0,
+    )
+    assert result.image.max() <= 120
+    rim = (cv2.dilate(result.mask, np.ones((3, 3), np.uint8)) > 0) & (result.mask == 0)
+    assert rim.any() and (result.image[rim] <= 120).all()
+
+
+def test_default_colours_are_not_tinted_blue(synthetic_landmarks, skin_image):
+    for mask_type in ("surgical", "n95", "kn95"):
+        result = apply_mask(skin_image, synthetic_landmarks(), MaskConfig(mask_type=mask_type), seed=0)
+        r, g, b = result.image[result.mask > 0].reshape(-1, 3).mean(axis=0)
+        assert b - r < 10, (mask_type, r, g, b)
+
+
+def test_colour_and_pattern_weights_change_the_fabric(synthetic_landmarks, skin_image):
+    lm = synthetic_landmarks()
+    plain = apply_mask(skin_image, lm, MaskConfig(mask_type="cloth"), seed=0)
+    red = apply_mask(skin_image, lm, MaskConfig(mask_type="cloth", color="#ff0000", color_weight=1.0), seed=0)
+    half = apply_mask(
+        skin_image, lm, MaskConfig(mask_type="cloth", color="#ff0000", color_weight=0.5), seed=0
+    )
+    inside = plain.mask > 0
+    reds = [img.image[inside][:, 0].astype(float).mean() for img in (plain, half, red)]
+    assert reds[0] < reds[1] < reds[2]
+    striped = apply_mask(
+        skin_image,
+        lm,
+        MaskConfig(mask_type="cloth", color="white", color_weight=1.0, pattern="stripes", pattern_weight=1.0),
+        seed=0,
+    )
+    white = apply_mask(skin_image, lm, MaskConfig(mask_type="cloth", color="white", color_weight=1.0), seed=0)
+    assert striped.image[inside].std() > white.image[inside].std() + 5
+
+
+def test_lighting_follows_the_photo(synthetic_landmarks):
+    lm = synthetic_landmarks()
+    bright = np.full((256, 256, 3), 220, np.uint8)
+    dark = np.full((256, 256, 3), 50, np.uint8)
+    config = MaskConfig(mask_type="surgical")
+    on_bright = apply_mask(bright, lm, config, seed=0)
+    on_dark = apply_mask(dark, lm, config, seed=0)
+    inside = on_bright.mask > 0
+    assert on_dark.image[inside].mean() < on_bright.image[inside].mean() - 20
+
+
+def test_bad_config_and_image_are_clear_errors(synthetic_landmarks):
+    with pytest.raises(ValueError, match="unknown mask type"):
+        MaskConfig(mask_type="balaclava")
+    with pytest.raises(ValueError, match="colour"):
+        MaskConfig(color="not-a-colour")
+    with pytest.raises(ValueError, match="color_weight"):
+        MaskConfig(color_weight=1.5)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        apply_mask(np.zeros((64, 64), np.uint8), synthetic_landmarks(), MaskConfig(), seed=0)
