@@ -1,0 +1,91 @@
+"""m2u-mask end to end: outputs, report.csv for every input, exit codes, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from m2u.masking.cli import discover, main
+
+
+def _report(out):
+    with (out / "report.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bad_and_faceless_inputs_get_rows_and_exit_0(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "text.png").write_text("hello")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(src / "sub" / "blank.png")
+    (src / "notes.txt").write_text("not an image suffix: not an input")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = {r["path"].split("/")[-1]: r for r in _report(out)}
+    assert set(rows) == {"empty.jpg", "text.png", "blank.png"}
+    assert rows["empty.jpg"]["status"] == "error" and "empty" in rows["empty.jpg"]["reason"]
+    assert rows["text.png"]["status"] == "error" and rows["text.png"]["reason"]
+    assert rows["blank.png"]["status"] == "no_face"
+    assert "3 inputs" in result.output
+
+
+def test_nothing_readable_exits_1(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    result = CliRunner().invoke(main, [str(tmp_path / "a.jpg"), "-o", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 1
+    assert _report(tmp_path / "out")[0]["status"] == "error"
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    result = CliRunner().invoke(main, [str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o"), "--mask-type", "balaclava"])
+    assert result.exit_code == 2 and "unknown mask type" in result.output
+
+
+def test_discover_keeps_subfolders_and_deduplicates_names(tmp_path):
+    for rel in ("a/x.jpg", "b/x.jpg", "a/y.PNG", "a/z.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = discover((str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "x.jpg")))
+    stems = [s.as_posix() for _, s in found]
+    assert stems == ["x", "y", "x-2", "x-3"]
+
+
+@pytest.mark.shared
+def test_masks_real_faces_deterministically_with_two_workers(tmp_path, celeba_first):
+    src = tmp_path / "in"
+    src.mkdir()
+    for path in celeba_first(4):
+        shutil.copy(path, src / path.name)
+    (src / "broken.jpg").write_bytes(celeba_first(1)[0].read_bytes()[:500])
+    runs = []
+    for name, workers in (("one", "1"), ("two", "2")):
+        out = tmp_path / name
+        result = CliRunner().invoke(main, [str(src), "-o", str(out), "--seed", "5", "--workers", workers, "--mask-type", "random", "--quiet"])
+        assert result.exit_code == 0, result.output
+        runs.append(out)
+    rows = _report(runs[0])
+    assert len(rows) == 5 and sum(r["status"] == "ok" for r in rows) >= 3
+    assert [r["status"] for r in rows if r["path"].endswith("broken.jpg")] == ["error"]
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        stem = row["path"].split("/")[-1].rsplit(".", 1)[0]
+        files = [f"{stem}_random.jpg", f"{stem}_random_mask.png", f"{stem}_random.json"]
+        for f in files:
+            # Worker count changes nothing: per-face seeds come from the file name, not the schedule.
+            assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes()
+        mask = np.asarray(Image.open(runs[0] / files[1]))
+        photo = Image.open(row["path"])
+        assert mask.shape == (photo.height, photo.width) and set(np.unique(mask)) == {0, 255}
+        meta = json.loads((runs[0] / files[2]).read_text())
+        face = meta["faces"][0]
+        assert {"type", "color", "pattern", "anchors", "landmarks", "pose", "seed"} <= set(face)
