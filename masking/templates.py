@@ -443,6 +443,7 @@ class TemplatePack:
 
     path: Path
     templates: dict[str, Template]
+    skipped: tuple[str, ...] = ()  # sections without a template image (MaskTheFace's "empty", "inpaint")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -470,10 +471,14 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         parser.read(cfg_file, encoding="utf-8")
     except configparser.Error as exc:
         raise TemplatePackError(f"{cfg_file}: not a valid masks.cfg ({exc})") from exc
-    templates = {}
+    templates, skipped = {}, []
     for section in parser.sections():
         where = f"{cfg_file} [{section}]"
         entries = parser[section]
+        if not entries:
+            # MaskTheFace lists pseudo-types ("empty", "inpaint") as bare sections: they are not templates.
+            skipped.append(section)
+            continue
         if "template" not in entries:
             raise TemplatePackError(f"{where}: missing 'template'")
         missing = [k for k in ANCHOR_NAMES if f"mask_{k}" not in entries]
@@ -488,7 +493,7 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         templates[section] = template_from_image(section, rgba, anchors)
     if not templates:
         raise TemplatePackError(f"{cfg_file}: no templates")
-    return TemplatePack(cfg_file, templates)
+    return TemplatePack(cfg_file, templates, tuple(skipped))
 
 
 def load_template_pack(path: str | os.PathLike) -> TemplatePack:

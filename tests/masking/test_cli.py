@@ -46,7 +46,9 @@ def test_nothing_readable_exits_1(tmp_path):
 
 def test_bad_options_are_usage_errors(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
-    result = CliRunner().invoke(main, [str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o"), "--mask-type", "balaclava"])
+    result = CliRunner().invoke(
+        main, [str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o"), "--mask-type", "balaclava"]
+    )
     assert result.exit_code == 2 and "unknown mask type" in result.output
 
 
@@ -69,7 +71,21 @@ def test_masks_real_faces_deterministically_with_two_workers(tmp_path, celeba_fi
     runs = []
     for name, workers in (("one", "1"), ("two", "2")):
         out = tmp_path / name
-        result = CliRunner().invoke(main, [str(src), "-o", str(out), "--seed", "5", "--workers", workers, "--mask-type", "random", "--quiet"])
+        result = CliRunner().invoke(
+            main,
+            [
+                str(src),
+                "-o",
+                str(out),
+                "--seed",
+                "5",
+                "--workers",
+                workers,
+                "--mask-type",
+                "random",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
         runs.append(out)
     rows = _report(runs[0])

@@ -1,0 +1,125 @@
+"""Checks on the shared photos and template pack (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from m2u.masking import (
+    IMAGE_SUFFIXES,
+    MASK_TYPES,
+    DetectorConfig,
+    FaceDetector,
+    MaskConfig,
+    MaskingError,
+    TemplatePackError,
+    apply_mask,
+    load_template_pack,
+    read_image,
+)
+from m2u.masking.geometry import EYES, MOUTH, NOSTRILS, build_mesh, cell_areas
+
+pytestmark = pytest.mark.shared
+
+
+def test_detector_finds_one_face_with_landmarks_inside_its_box(celeba_first):
+    detector = FaceDetector()
+    found = 0
+    for path in celeba_first(10):
+        image = read_image(path)
+        faces = detector.detect(image)
+        if not faces:
+            continue
+        found += 1
+        face = faces[0]
+        assert face.landmarks.shape == (68, 2) and face.landmarks.dtype == np.float32
+        left, top, right, bottom = face.box
+        inside = (face.landmarks[:, 0] > left - 15) & (face.landmarks[:, 0] < right + 15)
+        inside &= (face.landmarks[:, 1] > top - 15) & (face.landmarks[:, 1] < bottom + 15)
+        assert inside.mean() > 0.9
+    assert found >= 9
+
+
+def test_cnn_detector_and_large_image_downscaling(celeba_first):
+    image = read_image(celeba_first(1)[0])
+    hog = FaceDetector().detect(image)[0]
+    cnn = FaceDetector(DetectorConfig(model="cnn")).detect(image)
+    assert len(cnn) == 1 and cnn[0].detector == "cnn"
+    assert np.abs(cnn[0].landmarks - hog.landmarks).mean() < 5
+    # A 4x upscale goes past max_side: detection runs downscaled, landmarks still land on the full image.
+    big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    faces = FaceDetector(DetectorConfig(max_side=400)).detect(big)
+    assert len(faces) == 1
+    assert np.abs(faces[0].landmarks / 4 - hog.landmarks).mean() < 3
+
+
+def test_masktheface_pack_loads_and_places(masktheface_templates_dir, celeba_first):
+    pack = load_template_pack(masktheface_templates_dir)
+    assert {"surgical", "N95", "KN95", "cloth", "gas"} <= set(pack.names)
+    assert "empty" in pack.skipped and "surgical_left" in pack.templates
+    image = read_image(celeba_first(1)[0])
+    face = FaceDetector().detect(image)[0]
+    result = apply_mask(
+        image, face, MaskConfig(mask_type="surgical", pack=str(masktheface_templates_dir)), seed=0
+    )
+    assert result.meta["template"].startswith("surgical") and result.mask.any()
+    with pytest.raises(ValueError, match="not in pack"):
+        apply_mask(
+            image, face, MaskConfig(mask_type="balaclava", pack=str(masktheface_templates_dir)), seed=0
+        )
+
+
+def test_pack_errors_name_the_section(tmp_path):
+    (tmp_path / "masks.cfg").write_text("[m]\ntemplate: m.png\nmask_a: 1, 2\n")
+    with pytest.raises(TemplatePackError, match=r"\[m\].*mask_b"):
+        load_template_pack(tmp_path)
+
+
+def _faces(paths: list[Path]):
+    detector = FaceDetector()
+    for path in paths:
+        image = read_image(path)
+        for index, face in enumerate(detector.detect(image)):
+            yield path, index, image, face
+
+
+def _check_geometry(paths: list[Path], min_masked: float) -> None:
+    """Every masked face: nose and mouth landmarks in the mask, eyes out, one piece, no flipped mesh cell."""
+    attempted = masked = 0
+    problems = []
+    for path, index, image, face in _faces(paths):
+        mask_type = MASK_TYPES[(attempted) % len(MASK_TYPES)]
+        attempted += 1
+        try:
+            result = apply_mask(image, face, MaskConfig(mask_type=mask_type, verify=False), seed=index)
+        except MaskingError:
+            continue  # refused with a reason: not a broken image
+        masked += 1
+        pts = np.round(face.landmarks).astype(int)
+        h, w = result.mask.shape
+        visible = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+        covered = np.zeros(68, bool)
+        covered[visible] = result.mask[pts[visible, 1], pts[visible, 0]] > 0
+        must = np.r_[np.arange(68)[NOSTRILS], np.arange(68)[MOUTH]]
+        count, _ = cv2.connectedComponents(result.mask, connectivity=8)
+        areas = cell_areas(build_mesh(face.landmarks).grid)
+        # Orientation is that of the majority; sub-pixel slivers at straight corners are allowed by design.
+        median = float(np.median(areas))
+        flipped = bool((areas * np.sign(median) < -0.01 * abs(median)).any())
+        if not covered[must][visible[must]].all() or covered[EYES].any() or count - 1 != 1 or flipped:
+            problems.append(f"{path.name}#{index} {mask_type}")
+    assert not problems, problems
+    assert masked >= min_masked * attempted
+
+
+def test_geometry_on_60_celeba_faces(celeba_first):
+    _check_geometry(celeba_first(60), 0.97)
+
+
+@pytest.mark.slow
+def test_geometry_on_500_celeba_and_all_extras(celeba_first, extras_dir):
+    extras = sorted(p for p in extras_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    _check_geometry(celeba_first(500) + extras, 0.97)
