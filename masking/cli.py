@@ -21,7 +21,7 @@ from m2u.masking.appearance import PATTERNS
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.geometry import MaskingError
 from m2u.masking.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageReadError, read_image
-from m2u.masking.render import MaskConfig, apply_mask
+from m2u.masking.render import MaskConfig, apply_mask, warm_templates
 from m2u.masking.templates import MASK_TYPES
 
 REPORT_FIELDS = ("path", "status", "faces", "reason")
@@ -143,7 +143,11 @@ def run(
     files: list[tuple[Path, Path]], job: Job, workers: int, progress: bool = True
 ) -> list[dict[str, str | int]]:
     """Process every file (in order of the list) with `workers` processes; returns the report rows."""
+    global _DETECTOR
     tasks = [(job, file, stem) for file, stem in files]
+    # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
+    _DETECTOR = FaceDetector(job.detector_config).load_models()
+    warm_templates(job.mask_config)
     bar = tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr)
     rows = []
     if workers <= 1:

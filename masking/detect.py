@@ -140,6 +140,17 @@ class FaceDetector:
     def __init__(self, config: DetectorConfig | None = None):
         self.config = config or DetectorConfig()
 
+    def load_models(self) -> FaceDetector:
+        """Load the models this configuration can use now (e.g. in a parent process before forking workers, which
+        then share them instead of each loading its own)."""
+        models = {model for model, _, _ in self.config.passes()}
+        if "hog" in models:
+            _hog_detector()
+        if "cnn" in models:
+            _cnn_detector()
+        _shape_predictor()
+        return self
+
     @staticmethod
     def _boxes(
         small: np.ndarray, model: str, upsample: int, threshold: float

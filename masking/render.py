@@ -304,6 +304,15 @@ def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple |
     return mask_type, None if color_name is None else parse_color(color_name), pattern
 
 
+def warm_templates(config: MaskConfig) -> None:
+    """Draw (or load) every template `config` can pick, so the first faces do not pay for it."""
+    if config.pack:
+        load_template_pack(config.pack)
+        return
+    for mask_type in MASK_TYPES if config.mask_type == RANDOM else (config.mask_type,):
+        get_template(mask_type)
+
+
 def _verify(mask: np.ndarray, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> None:
     h, w = mask.shape
     pts = np.round(landmarks).astype(int)

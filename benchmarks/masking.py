@@ -1,0 +1,169 @@
+"""Masking throughput on the first 500 CelebA files: m2u-mask with 1 worker and with all cores, peak memory, and
+apply_mask alone on 256x256 aligned crops. Prints the figures and writes benchmarks/results/masking.json.
+
+    .venv/bin/python benchmarks/masking.py [--files 500] [--shared ../shared]
+
+The MaskTheFace figure (~28 images/s on one core, HOG upsample 1, single process) is a reference quoted from the
+issue, measured earlier on this machine: it is not re-run here, so ratios against it are indicative only. The
+same-run comparison is 1 worker vs all workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MASKTHEFACE_IMAGES_PER_S_PER_CORE = 28.0  # quoted in issue 2, not measured by this script
+MASKTHEFACE_MASKED_OF_500 = 478
+
+
+def _run_cli(files: list[Path], workers: int, seed: int) -> dict:
+    """Run m2u-mask in a child process on a folder of links to the files; wall time, peak RSS, report counts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "in", Path(tmp) / "out"
+        src.mkdir()
+        for f in files:
+            (src / f.name).symlink_to(f.resolve())
+        cmd = [
+            sys.executable,
+            "-c",
+            "from m2u.masking.cli import main; main()",
+            str(src),
+            "-o",
+            str(out),
+            "--workers",
+            str(workers),
+            "--seed",
+            str(seed),
+            "--quiet",
+        ]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, _, rusage = os.wait4(proc.pid, 0)  # this child's usage, including its waited-for pool workers
+        wall = time.perf_counter() - start
+        stderr = proc.stderr.read()
+        proc.wait()
+        with (out / "report.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        outputs = sum(1 for _ in out.rglob("*") if _.is_file())
+    statuses = {s: sum(r["status"] == s for r in rows) for s in ("ok", "no_face", "error")}
+    return {
+        "workers": workers,
+        "wall_s_including_startup": round(wall, 2),
+        "images_per_s": round(len(files) / wall, 2),
+        "peak_rss_mib_largest_process": round(rusage.ru_maxrss / 1024, 1),
+        "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 2),
+        "report_rows": len(rows),
+        "statuses": statuses,
+        "faces_masked": sum(int(r["faces"]) for r in rows),
+        "masked_fraction": round(statuses["ok"] / len(files), 4),
+        "files_written": outputs,
+        "summary_line": stderr.strip().splitlines()[-1] if stderr.strip() else "",
+    }
+
+
+def _apply_mask_speed(files: list[Path], n: int) -> dict:
+    """Mean ms per apply_mask call on 256x256 crops (landmarks moved into the crop), every mask type in turn."""
+    import cv2
+
+    from m2u.masking import MASK_TYPES, FaceDetector, MaskConfig, MaskingError, apply_mask, read_image
+
+    cv2.setNumThreads(1)
+    detector, crops = FaceDetector(), []
+    for path in files:
+        image = read_image(path)
+        faces = detector.detect(image)
+        if not faces:
+            continue
+        lm = faces[0].landmarks
+        centre = (lm.min(axis=0) + lm.max(axis=0)) / 2
+        scale = 256 / (1.6 * float(np.max(lm.max(axis=0) - lm.min(axis=0))))
+        m = np.array([[scale, 0, 128 - scale * centre[0]], [0, scale, 128 - scale * centre[1]]], np.float32)
+        crops.append((cv2.warpAffine(image, m, (256, 256)), lm @ m[:, :2].T + m[:, 2]))
+        if len(crops) == n:
+            break
+    configs = [MaskConfig(mask_type=t) for t in MASK_TYPES]
+    for c in configs:  # templates are drawn once per process: keep that out of the timing
+        apply_mask(*crops[0], c, 0)
+    refused, start_wall, start_cpu = 0, time.perf_counter(), time.process_time()
+    for i, (crop, lm) in enumerate(crops):
+        try:
+            apply_mask(crop, lm, configs[i % len(configs)], i)
+        except MaskingError:
+            refused += 1
+    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    return {
+        "calls": len(crops),
+        "refused": refused,
+        "ms_per_call_wall": round(1000 * wall / len(crops), 2),
+        "ms_per_call_cpu": round(1000 * cpu / len(crops), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=500)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "masking.json")
+    args = parser.parse_args()
+    celeba = args.shared / "faces" / "celeba"
+    files = sorted(p for p in celeba.iterdir() if p.suffix.lower() == ".jpg")[: args.files]
+    if not files:
+        sys.exit(f"no CelebA files in {celeba}")
+    cores = os.cpu_count() or 1
+    one = _run_cli(files, 1, seed=0)
+    print(
+        f"1 worker:  {one['images_per_s']} images/s, masked {one['statuses']['ok']}/{len(files)}, "
+        f"peak {one['peak_rss_mib_largest_process']} MiB"
+    )
+    many = _run_cli(files, cores, seed=0)
+    print(
+        f"{cores} workers: {many['images_per_s']} images/s, masked {many['statuses']['ok']}/{len(files)}, "
+        f"peak {many['peak_rss_mib_largest_process']} MiB"
+    )
+    speed = _apply_mask_speed(files[:120], 100)
+    print(
+        f"apply_mask at 256x256: {speed['ms_per_call_wall']} ms/call wall, {speed['ms_per_call_cpu']} ms CPU"
+    )
+    load = os.getloadavg()
+    result = {
+        "files": len(files),
+        "cores": cores,
+        "machine": platform.platform(),
+        "load_average_at_end": [round(x, 2) for x in load],
+        "one_worker": one,
+        "all_workers": many,
+        "speedup_all_vs_one_worker": round(many["images_per_s"] / one["images_per_s"], 2),
+        "apply_mask_256": speed,
+        "masktheface_reference": {
+            "note": "quoted from issue 2 (measured earlier on this machine), not re-run by this script",
+            "images_per_s_per_core": MASKTHEFACE_IMAGES_PER_S_PER_CORE,
+            "masked_of_500": MASKTHEFACE_MASKED_OF_500,
+            "outputs_per_image": "masked image only (no binary mask, no metadata, no report)",
+        },
+        "one_worker_vs_masktheface_per_core": round(
+            one["images_per_s"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
+        ),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(
+        f"speed-up {cores} vs 1 worker: {result['speedup_all_vs_one_worker']}x; 1 worker vs MaskTheFace's quoted "
+        f"28 images/s per core: {result['one_worker_vs_masktheface_per_core']}x (load average {load[0]:.1f})"
+    )
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
