@@ -408,6 +408,7 @@ def build_dataset(
 
     started = time.perf_counter()
     cpu_started = _cpu_seconds()
+    make_masker(config)  # fail early, before touching OUT, on a missing engine or bad mask options
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out) as lock_fd:
@@ -427,7 +428,6 @@ def build_dataset(
         )
         fingerprint = _plan_fingerprint(config, plan)
         resumed = _prepare_out_dir(out, config, fingerprint)
-        make_masker(config)  # fail early, in the parent, on a missing engine or bad mask options
         planned_at = time.perf_counter()
 
         expected: dict[tuple[str, int], int] = {}

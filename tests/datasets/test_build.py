@@ -88,6 +88,12 @@ def test_cli_reports_clear_errors(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "o"), "--split", "0.5,0.5"])
     assert result.exit_code == 2 and "expected 3 split fractions" in result.output
+    result = runner.invoke(
+        cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-type", "nonsense", "--quiet"]
+    )
+    assert result.exit_code == 1 and "unknown mask type 'nonsense'" in result.output
+    result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-option", "colour=red"])
+    assert result.exit_code == 1 and "unknown mask option(s) ['colour']" in result.output
     args = [str(photos), "-o", str(tmp_path / "o"), "--mask-engine", "synthetic", "--quiet", "--workers", "1"]
     result = runner.invoke(cli_main, args)
     assert result.exit_code == 1 and "4 without a face, 1 errors" in result.output
