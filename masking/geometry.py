@@ -75,26 +75,6 @@ class PlacementConfig:
 
 
 @dataclass(frozen=True)
-class Mesh:
-    """Image-space grid (rows, cols, 2) for texture coordinates u = col/(cols-1), v = row/(rows-1)."""
-
-    grid: np.ndarray
-    anchors: dict[str, tuple[float, float]]
-    yaw: float  # -1 (turned to its left, we see the right cheek) .. +1; 0 = frontal
-    roll_degrees: float
-    eye_distance: float
-    fallback: str | None  # None, or the fallback that produced a valid mesh
-
-    @property
-    def pose(self) -> str:
-        if self.yaw < -0.25:
-            return "left"
-        if self.yaw > 0.25:
-            return "right"
-        return "front"
-
-
-@dataclass(frozen=True)
 class FaceFrame:
     origin: np.ndarray
     ex: np.ndarray
@@ -108,6 +88,27 @@ class FaceFrame:
     def to_image(self, points: np.ndarray) -> np.ndarray:
         p = np.asarray(points, dtype=np.float64)
         return self.origin + self.scale * (p[..., :1] * self.ex + p[..., 1:2] * self.ey)
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """Image-space grid (rows, cols, 2) for texture coordinates u = col/(cols-1), v = row/(rows-1)."""
+
+    grid: np.ndarray
+    anchors: dict[str, tuple[float, float]]
+    yaw: float  # -1 (turned to its left, we see the right cheek) .. +1; 0 = frontal
+    roll_degrees: float
+    eye_distance: float
+    fallback: str | None  # None, or the fallback that produced a valid mesh
+    frame: FaceFrame
+
+    @property
+    def pose(self) -> str:
+        if self.yaw < -0.25:
+            return "left"
+        if self.yaw > 0.25:
+            return "right"
+        return "front"
 
 
 def face_frame(landmarks: np.ndarray) -> FaceFrame:
@@ -192,16 +193,12 @@ def _clear_features(jaw: np.ndarray, features: np.ndarray, clearance: float) -> 
     """Push jaw points 1-15 outward (radially from the features' centre) until each lies at least `clearance`
     beyond the features' supporting line in its direction: the contour then encloses nose and mouth."""
     centre = features.mean(axis=0)
+    offset = jaw[1:16] - centre
+    radius = np.maximum(np.hypot(offset[:, 0], offset[:, 1]), 1e-9)
+    direction = offset / radius[:, None]
+    needed = ((features - centre) @ direction.T).max(axis=0) + clearance
     out = jaw.copy()
-    for j in range(1, 16):
-        offset = jaw[j] - centre
-        radius = float(np.hypot(*offset))
-        if radius < 1e-9:
-            continue
-        direction = offset / radius
-        needed = float(np.max((features - centre) @ direction)) + clearance
-        if radius < needed:
-            out[j] = centre + direction * needed
+    out[1:16] = np.where((radius < needed)[:, None], centre + direction * needed[:, None], jaw[1:16])
     return out
 
 
@@ -367,4 +364,5 @@ def build_mesh(landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(
         roll_degrees=roll,
         eye_distance=frame.scale,
         fallback=fallback,
+        frame=frame,
     )

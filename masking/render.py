@@ -20,7 +20,6 @@ from m2u.masking.geometry import (
     Mesh,
     PlacementConfig,
     build_mesh,
-    face_frame,
 )
 from m2u.masking.templates import COLORS, MASK_TYPES, Template, get_template, load_template_pack
 
@@ -206,7 +205,7 @@ def _strap_polylines(
     template: Template, mesh: Mesh, landmarks: np.ndarray
 ) -> list[tuple[np.ndarray, float, tuple[float, float, float]]]:
     """Image-space polylines (points, width px, rgb) for the template's straps on the visible sides."""
-    frame = face_frame(landmarks)
+    frame = mesh.frame
     lm = frame.to_frame(landmarks)
     alpha = template.alpha
     out = []
