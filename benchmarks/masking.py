@@ -64,6 +64,9 @@ def _run_cli(files: list[Path], workers: int, seed: int) -> dict:
         "images_per_s": round(len(files) / wall, 2),
         "peak_rss_mib_largest_process": round(rusage.ru_maxrss / 1024, 1),
         "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 2),
+        # Load-independent: what one core needs per image (start-up included), and the rate that implies.
+        "cpu_ms_per_image": round(1000 * (rusage.ru_utime + rusage.ru_stime) / len(files), 2),
+        "images_per_cpu_second": round(len(files) / max(rusage.ru_utime + rusage.ru_stime, 1e-9), 2),
         "report_rows": len(rows),
         "statuses": statuses,
         "faces_masked": sum(int(r["faces"]) for r in rows),

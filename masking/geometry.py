@@ -18,9 +18,13 @@ the face's midline: the mesh follows yaw), giving a grid of `rows × cols` point
 (u, v) ∈ [0, 1]² to the image. a..f are the six anchors at u ∈ {0, 0.5, 1}, v ∈ {0, 1}, matching the a-f points
 of MaskTheFace-style template packs.
 
+Before that, jaw points 1-15 are pushed out until the contour clears the nostrils and mouth by
+`feature_clearance` (on turned faces the far side's jaw landmarks sit on the mouth).
+
 A mesh is degenerate when a cell flips orientation (fold-over), collapses (area near zero), or the whole patch has
-an implausible area or aspect for the face; `build_mesh` then retries with a smoothed, monotonic jaw contour and
-finally raises MaskingError with the reason.
+an implausible area (relative to the face outline) or aspect; `build_mesh` then retries with the corners d and f
+where diagonal rays from the mouth centre meet the jaw, then also with a smoothed, monotonic jaw contour, and
+finally raises MaskingError with the reason. The attempt used is recorded as `Mesh.fallback`.
 """
 
 from __future__ import annotations
@@ -96,7 +100,8 @@ class Mesh:
 
     grid: np.ndarray
     anchors: dict[str, tuple[float, float]]
-    yaw: float  # -1 (turned to its left, we see the right cheek) .. +1; 0 = frontal
+    # -1..1, 0 frontal; > 0 when the nose is nearer the image-right jaw edge (the face turned towards image right).
+    yaw: float
     roll_degrees: float
     eye_distance: float
     fallback: str | None  # None, or the fallback that produced a valid mesh

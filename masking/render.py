@@ -153,7 +153,7 @@ def _warp(
     lo = np.maximum(np.floor(grid.min(axis=(0, 1)) - origin - 3), 0).astype(int)
     hi = np.minimum(np.ceil(grid.max(axis=(0, 1)) - origin + 4), (shape[1], shape[0])).astype(int)
     sub = (int(hi[1] - lo[1]), int(hi[0] - lo[0]))
-    local = grid - origin - lo
+    local = (grid - origin - lo).astype(np.float32)
     fixed = np.round(local * 16).astype(np.int32)
     row = _band_index(local, sub, fixed)
     col = _band_index(local.transpose(1, 0, 2), sub, np.ascontiguousarray(fixed.transpose(1, 0, 2)))
@@ -165,7 +165,7 @@ def _warp(
     side = diagonal[:, 0] * (ys - p00[:, 1]) - diagonal[:, 1] * (xs - p00[:, 0])
     side01 = diagonal[:, 0] * (p01[:, 1] - p00[:, 1]) - diagonal[:, 1] * (p01[:, 0] - p00[:, 0])
     lower = ((side * side01) < 0).astype(np.intp)  # 0: triangle (p00, p01, p11), 1: (p00, p11, p10)
-    m = _cell_affines(local, tex_w, tex_h)[r, c, lower]
+    m = _cell_affines(local.astype(np.float64), tex_w, tex_h)[r, c, lower]
     map_x = np.full(sub, -100.0, np.float32)
     map_y = np.full(sub, -100.0, np.float32)
     iy, ix = ys.astype(np.intp), xs.astype(np.intp)
