@@ -19,7 +19,15 @@ from m2u.training.eval_cli import eval_main, export_main
 from m2u.training.evaluate import EvaluateConfig, evaluate
 from m2u.training.flops import count_params
 
-ALL_ROWS = {"m2u_raw", "m2u_composite", "masked_input", "telea", "navier_stokes"}
+ALL_ROWS = {
+    "m2u_raw",
+    "m2u_composite",
+    "masked_input",
+    "telea",
+    "navier_stokes",
+    "telea_gt_mask",
+    "navier_stokes_gt_mask",
+}
 
 
 class _TinyFeatures(torch.nn.Module):
@@ -113,12 +121,12 @@ def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tin
     )
     report = evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config, metric_suite=suite)
     assert report["n_samples"] == 4
-    assert set(report["rows"]) == {"m2u_raw", "m2u_composite", "masked_input", "telea"}
+    assert set(report["rows"]) == {"m2u_raw", "m2u_composite", "masked_input", "telea_gt_mask"}
     rows = report["rows"]
     # Inpainting from the surrounding skin beats leaving the mask's colour in place.
-    assert rows["telea"]["l1_masked"] < rows["masked_input"]["l1_masked"]
+    assert rows["telea_gt_mask"]["l1_masked"] < rows["masked_input"]["l1_masked"]
     # Outside the mask the baselines keep the input, so the whole-image error is the masked error diluted.
-    assert rows["telea"]["l1"] < rows["telea"]["l1_masked"]
+    assert rows["telea_gt_mask"]["l1"] < rows["telea_gt_mask"]["l1_masked"]
     assert report["unavailable"] == {"lpips": "disabled", "fid": "disabled", "identity": "disabled"}
     assert not (tmp_path / "grid.png").exists()
 
