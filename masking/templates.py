@@ -210,8 +210,8 @@ def _n95() -> Template:
     shade -= 0.2 * _stroke([valve_outline], 1.8, closed=True)
     strap_rgb = (0.93, 0.92, 0.86)
     straps = (
-        Strap(v=0.3, ear_landmark=1, ear_offset=(0.12, -0.05), width=0.06, rgb=strap_rgb, bow=0.02),
-        Strap(v=0.78, ear_landmark=4, ear_offset=(0.3, 0.12), width=0.06, rgb=strap_rgb, bow=0.02),
+        Strap(v=0.25, ear_landmark=0, ear_offset=(0.06, -0.12), width=0.05, rgb=strap_rgb, bow=0.06),
+        Strap(v=0.75, ear_landmark=2, ear_offset=(0.12, 0.2), width=0.05, rgb=strap_rgb, bow=0.1),
     )
     return Template("n95", rgb, _blur(shade, 0.6), tint, alpha, straps)
 
@@ -348,8 +348,8 @@ def _gas() -> Template:
     shade *= _grain(5, 1.0, 0.02)
     strap_rgb = (0.1, 0.1, 0.11)
     straps = (
-        Strap(v=0.2, ear_landmark=1, ear_offset=(0.12, -0.05), width=0.09, rgb=strap_rgb, bow=0.02),
-        Strap(v=0.5, ear_landmark=4, ear_offset=(0.3, 0.12), width=0.09, rgb=strap_rgb, bow=0.02),
+        Strap(v=0.2, ear_landmark=0, ear_offset=(0.06, -0.12), width=0.08, rgb=strap_rgb, bow=0.06),
+        Strap(v=0.6, ear_landmark=2, ear_offset=(0.12, 0.2), width=0.08, rgb=strap_rgb, bow=0.1),
     )
     return Template("gas", rgb.astype(np.float32), _blur(shade, 0.6).astype(np.float32), tint, alpha, straps)
 
