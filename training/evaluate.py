@@ -97,9 +97,16 @@ class EvaluateConfig:
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; an explicit CUDA device that is not there is a clear error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return resolved
 
 
 def load_two_stage(

@@ -199,3 +199,14 @@ def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
 def test_evaluate_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         EvaluateConfig(**bad)
+
+
+def test_device_errors_are_clear():
+    from m2u.training.evaluate import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
