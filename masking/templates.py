@@ -168,9 +168,9 @@ def _surgical(name: str, rgb: tuple[float, float, float]) -> Template:
     shade *= _grain(1, 0.7, 0.018)
     base = np.broadcast_to(np.array(rgb, np.float32), (*u.shape, 3)).copy()
     loop = Strap(
-        v=0.12, ear_landmark=1, ear_offset=(0.05, 0.0), width=0.035, rgb=tuple(0.96 * np.array(rgb) + 0.04)
+        v=0.12, ear_landmark=0, ear_offset=(0.1, 0.02), width=0.035, rgb=tuple(0.96 * np.array(rgb) + 0.04)
     )
-    loop_low = Strap(v=0.86, ear_landmark=2, ear_offset=(0.04, 0.05), width=0.035, rgb=loop.rgb, bow=-0.08)
+    loop_low = Strap(v=0.86, ear_landmark=2, ear_offset=(0.16, 0.0), width=0.035, rgb=loop.rgb, bow=-0.08)
     return Template(name, base, _blur(shade, 0.6), np.ones_like(u), alpha, (loop, loop_low))
 
 
