@@ -280,10 +280,6 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
     return results
 
 
-def _process_task(samples: Sequence[PlannedSample]) -> list[SampleResult]:
-    return process_input(samples)
-
-
 def _cpu_seconds() -> float:
     import resource
 
@@ -474,7 +470,7 @@ def build_dataset(
                 method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
                 context = mp.get_context(method)
                 with context.Pool(workers, initializer=_init_worker, initargs=(config, lock_fd)) as pool:
-                    for results in pool.imap_unordered(_process_task, tasks, chunksize=_TASK_CHUNK):
+                    for results in pool.imap_unordered(process_input, tasks, chunksize=_TASK_CHUNK):
                         collect(results)
         finally:
             bar.close()
