@@ -4,7 +4,8 @@ Keys: a folder's files are keyed by their path relative to the folder, a glob's 
 glob's fixed leading directory, a list file's by their path relative to the list file's folder (or by file name
 when elsewhere). The key is that relative path without its extension, lower-cased, with "/" turned into "__" and
 any character outside ``[a-z0-9_-]`` into "-" (``10009_082483.jpg`` → ``10009_082483``); over-long keys are cut
-and suffixed with a hash. Two inputs with the same key are refused with both paths named.
+and suffixed with a hash. Inputs whose keys would collide ("a b.jpg" and "a-b.jpg", or two names of only
+non-ASCII letters) each get a hash of their relative path appended, so every input keeps a distinct key.
 
 Identities come from, in order: an ``identity`` column of a CSV/Parquet list, an identity file (CelebA's
 ``identity_CelebA.txt``: "<file name> <identity>" per line), or a file-name pattern such as
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
-from m2u.masking import IMAGE_SUFFIXES
+from m2u.masking import IMAGE_SUFFIXES, is_image_entry
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
 PATH_COLUMNS = ("path", "file", "filename", "source", "image")
@@ -43,6 +44,34 @@ def make_key(relative: str) -> str:
     if not key[0].isalnum():
         key = f"x{key}"[:MAX_KEY_LENGTH]
     return key
+
+
+def _with_digest(key: str, text: str) -> str:
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{key[: MAX_KEY_LENGTH - 13].rstrip('_-')}-{digest}"
+
+
+def _disambiguate(entries: list[tuple[str, str]]) -> list[str]:
+    """Keys for (relative path, source) pairs: ``make_key`` where it is unique; where several inputs share it
+    ("a b.jpg" and "a-b.jpg", or names the sanitising empties), each of them gets a hash of its relative path
+    (of its full source path when the relative paths are equal too), so no input is lost to a collision."""
+    keys = [make_key(relative) for relative, _ in entries]
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    relatives: dict[str, int] = {}
+    for relative, _ in entries:
+        relatives[relative] = relatives.get(relative, 0) + 1
+    taken = {key for key in keys if counts[key] == 1}
+    result = []
+    for key, (relative, source) in zip(keys, entries, strict=True):
+        if counts[key] > 1:
+            key = _with_digest(key, relative if relatives[relative] == 1 else source)
+            if key in taken:  # a file literally named like another's disambiguated key
+                key = _with_digest(key, source)
+            taken.add(key)
+        result.append(key)
+    return result
 
 
 def identity_pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -84,9 +113,7 @@ def _folder_entries(folder: Path) -> list[tuple[Path, str, str]]:
     return [
         (p, p.relative_to(folder).as_posix(), "")
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
-        and _is_image(p)
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if is_image_entry(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
 
 
@@ -97,7 +124,7 @@ def _glob_entries(pattern: str) -> list[tuple[Path, str, str]]:
     return [
         (Path(p), Path(p).relative_to(base).as_posix(), "")
         for p in sorted(glob.glob(pattern, recursive=True))
-        if Path(p).is_file() and _is_image(Path(p))
+        if is_image_entry(Path(p))
     ]
 
 
@@ -184,14 +211,16 @@ def discover_inputs(
     for path, relative, identity in entries:
         unique.setdefault(os.path.abspath(path), (path, relative, identity))
     items = []
-    for source in sorted(unique):
+    sources = sorted(unique)
+    keys = _disambiguate([(unique[source][1], source) for source in sources])
+    for source, key in zip(sources, keys, strict=True):
         path, relative, identity = unique[source]
         if not identity and path.name in by_name:
             identity = by_name[path.name]
         if not identity and pattern is not None:
             match = pattern.fullmatch(path.name)
             identity = match.group("identity") if match else ""
-        items.append(InputItem(base_key=make_key(relative), source=source, identity=identity))
+        items.append(InputItem(base_key=key, source=source, identity=identity))
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be >= 1, got {limit}")

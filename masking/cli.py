@@ -20,7 +20,7 @@ from tqdm import tqdm
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.geometry import MaskingError
-from m2u.masking.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageReadError, read_image
+from m2u.masking.imageio import DEFAULT_MAX_PIXELS, ImageReadError, is_image_entry, read_image
 from m2u.masking.render import MaskConfig, apply_mask, warm_templates
 from m2u.masking.templates import MASK_TYPES
 
@@ -35,9 +35,7 @@ def discover(inputs: tuple[str, ...]) -> list[tuple[Path, Path]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for file in sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            ):
+            for file in sorted(p for p in path.rglob("*") if is_image_entry(p)):
                 found.append((file, file.relative_to(path).with_suffix("")))
         else:
             # Explicit files are taken whatever their suffix: a bad one gets its own row in the report.

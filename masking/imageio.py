@@ -22,6 +22,12 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
+def is_image_entry(path: Path) -> bool:
+    """Whether a folder scan takes `path` as an input: an image suffix and not a folder. Broken or looping
+    symbolic links are taken too, so they get a row with a reason instead of vanishing from the counts."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
+
+
 class ImageReadError(Exception):
     """An input file that cannot be turned into an RGB image; `.reason` says why in plain words."""
 

@@ -169,13 +169,13 @@ class Unmasker:
 
 def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:
     """Files as given, folders expanded (recursively, sorted) to their image files."""
-    from m2u.masking import IMAGE_SUFFIXES
+    from m2u.masking.imageio import is_image_entry
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(p for p in path.rglob("*") if is_image_entry(p))
         else:
             paths.append(path)  # missing or unreadable files get their own row in the report
     return paths
@@ -222,7 +222,7 @@ def unmask_files(
         start = time.perf_counter()
         row = FileResult(input=str(path), status="ok")
         try:
-            if not path.exists():
+            if not path.exists() and not path.is_symlink():
                 row.status, row.reason = "missing", "no such file"
             else:
                 image = read_image(path)
@@ -245,7 +245,7 @@ def unmask_files(
                             _write_rgb(Path(f"{stem}_restored.png"), face.restored)
         except ImageReadError as exc:
             row.status, row.reason = "unreadable", exc.reason
-        except (ValueError, OSError, cv2.error) as exc:  # e.g. degenerate landmarks: report, keep going
+        except Exception as exc:  # noqa: BLE001 - degenerate landmarks, a bug or an exotic file: report, keep going
             row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
         row.seconds = round(time.perf_counter() - start, 4)
         results.append(row)
