@@ -377,12 +377,21 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
 def _write_shard(out_dir: Path, split: str, index: int, results: Sequence[SampleResult]) -> None:
     """Write one shard's tar (if it has any sample) and then its rows, the commit marker."""
     written = [(row, members) for row, members in results if members is not None]
-    if written:
-        with ShardWriter(out_dir / split / shard_name(split, index)) as writer:
-            for row, members in written:
-                writer.write(row["key"], members)
-    table = manifest_table(row for row, _ in results)
-    write_parquet_atomic(table, _shard_rows_path(out_dir, split, index))
+    target = out_dir / split / shard_name(split, index)
+    try:
+        if written:
+            with ShardWriter(target) as writer:
+                for row, members in written:
+                    writer.write(row["key"], members)
+        table = manifest_table(row for row, _ in results)
+        write_parquet_atomic(table, _shard_rows_path(out_dir, split, index))
+    except OSError as exc:
+        # A full disk or a quota: the shard is not committed (no marker), its temporary file is gone or is
+        # deleted by the rerun, which then writes this shard again.
+        raise BuildError(
+            f"cannot write shard {target}: {exc.strerror or exc}; nothing partial was kept under a final "
+            "name; free some space and rerun the same command to resume"
+        ) from exc
 
 
 @dataclass(frozen=True)

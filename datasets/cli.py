@@ -121,6 +121,8 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
         result = build_dataset(list(inputs), out_dir, config)
     except (BuildError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
+        raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None
     stats = result.stats
     samples = stats["counts"]["samples"]
     statuses = stats["counts"]["by_status"]

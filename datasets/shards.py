@@ -8,6 +8,7 @@ renamed only once it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -96,14 +97,18 @@ class ShardWriter:
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        if self._tar is not None:
-            try:
-                self._tar.close()
-            finally:
+        """Drop the temporary file. Closing may fail again (a full disk fails the closing blocks too): the file
+        is removed regardless, and the original error is the one the caller sees."""
+        try:
+            if self._tar is not None:
+                with contextlib.suppress(OSError):
+                    self._tar.close()
                 assert self._file is not None
-                self._file.close()
+                with contextlib.suppress(OSError):
+                    self._file.close()
                 self._tar = self._file = None
-        self._tmp.unlink(missing_ok=True)
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

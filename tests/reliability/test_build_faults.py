@@ -1,0 +1,178 @@
+"""m2u-make-dataset under faults: SIGKILL at random moments then a rerun gives the bytes of an uninterrupted run;
+a full disk gives a clear error and never a shard that looks complete but is not."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from m2u.datasets import shards as shards_module
+from m2u.datasets.build import STATE_DIR, BuildConfig, BuildError, build_dataset
+from m2u.datasets.cli import main as make_dataset_main
+from m2u.datasets.layout import SPLITS, split_shards
+
+from .conftest import CELEBA_DIR
+
+BUILD_ARGS = ["--mask-engine", "synthetic", "--size", "64", "--shard-size", "2", "--quiet"]
+CONFIG = BuildConfig(
+    mask_engine="synthetic", size=64, shard_size=2, workers=1, progress=False
+)  # = BUILD_ARGS
+
+
+def _inputs(tmp_path: Path, count: int) -> Path:
+    """A list file of `count` photos: CelebA faces when ../shared is present (shards get written), else noise
+    images (every sample is a manifest-only no_face row; the kill points then hit the commit markers only)."""
+    if CELEBA_DIR.is_dir():
+        files = sorted(p for p in CELEBA_DIR.iterdir() if p.suffix == ".jpg")[:count]
+    else:
+        folder = tmp_path / "noise"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(count):
+            files.append(folder / f"noise_{i:03d}.png")
+            cv2.imwrite(str(files[-1]), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    return listing
+
+
+def _dataset_bytes(out: Path) -> dict[str, bytes]:
+    """Everything a build leaves, except what records timings or a process id."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("stats.json", ".m2u-build.lock")
+    }
+
+
+def _command(listing: Path, out: Path, workers: int) -> list[str]:
+    cli = [sys.executable, "-m", "m2u.datasets.cli", str(listing), "-o", str(out), *BUILD_ARGS]
+    return [*cli, "--workers", str(workers)]
+
+
+def _assert_no_complete_looking_partial_shard(out: Path) -> None:
+    """Every shard under its final name reads to its end-of-archive marker."""
+    for split in SPLITS:
+        for shard in split_shards(out, split):
+            data = shard.read_bytes()
+            assert len(data) % 512 == 0 and data.endswith(b"\0" * 1024), f"{shard} is cut short"
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                assert all(member.size > 0 for member in tar.getmembers())
+
+
+def _kill_and_resume(tmp_path: Path, inputs: int, kills: int, seed: int) -> None:
+    listing = _inputs(tmp_path, inputs)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    started = time.monotonic()
+    build_dataset([listing], reference, CONFIG)  # in-process: the same bytes as the CLI, without its start-up
+    # A killed run also spends a few seconds importing and loading the detector: kill points span all of it.
+    window_s = time.monotonic() - started + 3.0
+
+    rng = random.Random(seed)
+    interrupted = 0
+    for attempt in range(kills):
+        workers = 1 + attempt % 2  # with a worker pool too: the whole process group is killed
+        process = subprocess.Popen(
+            _command(listing, killed, workers), start_new_session=True, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.2, window_s))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            interrupted += 1
+        process.wait(timeout=60)
+        _assert_no_complete_looking_partial_shard(killed)
+
+    assert interrupted >= 1, "every run finished before its kill: nothing was tested"
+    build_dataset([listing], killed, CONFIG)
+    assert not list(killed.rglob("*.tmp")), "stray temporary files after the resumed run"
+    assert _dataset_bytes(killed) == _dataset_bytes(reference)
+
+
+def test_two_sigkills_then_a_rerun_equal_an_uninterrupted_run(tmp_path):
+    _kill_and_resume(tmp_path, inputs=6, kills=2, seed=1)
+
+
+@pytest.mark.slow
+def test_ten_sigkills_then_a_rerun_equal_an_uninterrupted_run(tmp_path):
+    _kill_and_resume(tmp_path, inputs=24, kills=10, seed=2)
+
+
+class _FullDisk(io.RawIOBase):
+    """A writable file that fails with ENOSPC once `budget` bytes have been written."""
+
+    def __init__(self, path: Path, budget: int):
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._left = budget
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        super().close()  # flushes through self.flush() while the real file is still open
+        self._file.close()
+
+
+@pytest.mark.parametrize("budget", [0, 700, 5000])
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(tmp_path, monkeypatch, budget):
+    listing = _inputs(tmp_path, 6)
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    config = CONFIG
+    build_dataset([listing], reference, config)
+    has_shards = any(split_shards(reference, s) for s in SPLITS)
+
+    real_open = open
+    monkeypatch.setattr(
+        shards_module,
+        "open",
+        lambda path, mode="r", *a, **k: (
+            _FullDisk(Path(path), budget) if "w" in mode else real_open(path, mode)
+        ),
+        raising=False,
+    )
+    result = CliRunner().invoke(
+        make_dataset_main, [str(listing), "-o", str(out), *BUILD_ARGS, "--workers", "1"]
+    )
+    if has_shards:
+        assert result.exit_code == 1, result.output
+        assert "No space left on device" in result.output and "rerun" in result.output
+        assert "Traceback" not in result.output
+        assert not list(out.rglob("*.tmp")), "the failed shard's temporary file is removed"
+        assert not (out / "manifest.parquet").exists()
+        _assert_no_complete_looking_partial_shard(out)
+        committed = {p.stem for p in (out / STATE_DIR).glob("*.parquet")}
+        finished = {p.stem for s in SPLITS for p in split_shards(out, s)}
+        assert finished <= committed, "a shard under its final name without its commit marker"
+        with pytest.raises(BuildError, match="No space left"):
+            build_dataset([listing], out, config)
+    monkeypatch.undo()
+    build_dataset([listing], out, config)  # space again: the rerun resumes
+    assert _dataset_bytes(out) == _dataset_bytes(reference)
