@@ -6,6 +6,7 @@ Public surface (imported lazily: torch, OpenCV and dlib load only when used)::
     BuildConfig, BuildError, BuildLockedError
     make_loader(source, split="train", config=LoaderConfig()) -> PairedLoader  # batches of float tensors
     LoaderConfig, PairedLoader, PairedShardDataset, to_float_batch, resolve_shards, count_samples
+    ShardError  # a truncated or corrupt shard (LoaderConfig.on_error="raise"); on_error="skip" counts instead
     align_face(image, landmarks68, size) -> AlignedFace(image, matrix, landmarks); paste_face(original, crop, matrix)
     discover_inputs(inputs, identity_file=None, identity_pattern=None, limit=None) -> list[InputItem]
     write_synthetic_dataset(out_dir, n_samples, size=64, seed=0, ...), make_synthetic_sample(size, seed)
@@ -37,6 +38,7 @@ _EXPORTS = {
     "PairedShardDataset": "loader",
     "resolve_shards": "loader",
     "count_samples": "loader",
+    "ShardError": "loader",
     "write_synthetic_dataset": "synthetic",
     "make_synthetic_sample": "synthetic",
     "read_manifest": "layout",

@@ -49,6 +49,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,6 +75,16 @@ from m2u.datasets.layout import (
 from m2u.datasets.splits import unit_hash
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
+ON_ERROR_CHOICES = ("raise", "skip")
+SKIPPED_FIELD = "skipped"  # raw-batch field: what a worker left out since its previous batch
+# A tar archive ends with two zero blocks (tarfile and GNU tar then pad to whole records): without them a shard
+# was cut short, even when it was cut exactly between two members and every member left reads fine.
+_TAR_BLOCK = 512
+_TAR_END = b"\0" * (2 * _TAR_BLOCK)
+
+
+class ShardError(RuntimeError):
+    """A truncated or corrupt shard or sample; the message names the shard (and the sample)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,9 @@ class LoaderConfig:
     # None: taken from torch.distributed when initialised, else from RANK / WORLD_SIZE, else 0 / 1.
     rank: int | None = None
     world_size: int | None = None
+    # A truncated or corrupt shard or sample: "raise" stops with a ShardError naming it; "skip" leaves out the
+    # rest of that shard (or that sample), warns, and counts it in ``PairedLoader.skipped`` for the epoch.
+    on_error: str = "raise"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -105,6 +119,8 @@ class LoaderConfig:
             raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
         if self.split_by not in SPLIT_BY_CHOICES:
             raise ValueError(f"split_by must be one of {SPLIT_BY_CHOICES}, got {self.split_by!r}")
+        if self.on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {self.on_error!r}")
 
     @classmethod
     def for_evaluation(cls, **overrides: Any) -> LoaderConfig:
@@ -164,6 +180,29 @@ def _iter_raw_samples(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
     yield from tarfile_samples([{"url": url} for url in shards])
 
 
+def check_shard_complete(path: str) -> None:
+    """Raise ShardError unless the local tar ``path`` ends with its end-of-archive blocks."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - len(_TAR_END)))
+            tail = handle.read()
+    except OSError as exc:
+        raise ShardError(f"shard {path} cannot be read: {exc.strerror or exc}") from exc
+    if size % _TAR_BLOCK or tail != _TAR_END:
+        raise ShardError(
+            f"shard {path} is truncated ({size} bytes, no end-of-archive marker); rebuild it (rerun "
+            "m2u-make-dataset) or pass LoaderConfig(on_error='skip') to leave it out"
+        )
+
+
+def shard_sample_counts(dataset_dir: str | os.PathLike[str], split: str) -> dict[str, int]:
+    """Samples per shard of ``split`` according to the dataset's manifest (shard path → count)."""
+    manifest = read_manifest(dataset_dir)
+    written = manifest[(manifest["split"] == split) & (manifest["status"] == Status.OK.value)]
+    return {str(Path(dataset_dir) / shard): int(n) for shard, n in written.groupby("shard").size().items()}
+
+
 def _image_field(sample: dict[str, Any], prefix: str) -> bytes:
     for fmt in ImageFormat:
         field = f"{prefix}.{fmt.value}"
@@ -178,14 +217,23 @@ class PairedShardDataset(IterableDataset):
     """An IterableDataset of raw uint8 batches over paired shards (see ``_collate``; ``to_float_batch`` gives the
     documented float batch, as PairedLoader does); see the module docstring for the epoch guarantees."""
 
-    def __init__(self, shards: Sequence[str], config: LoaderConfig = LoaderConfig()):
+    def __init__(
+        self,
+        shards: Sequence[str],
+        config: LoaderConfig = LoaderConfig(),
+        expected_counts: dict[str, int] | None = None,
+    ):
+        """``expected_counts`` (shard → samples, e.g. from ``shard_sample_counts``): a shard that yields any other
+        number of samples is an error, so a damaged shard never silently shortens an epoch."""
         super().__init__()
         if not shards:
             raise ValueError("PairedShardDataset needs at least one shard")
         self.shards = list(shards)
         self.config = config
+        self.expected_counts = dict(expected_counts or {})
         self.epoch = 0
         self._rank_world: tuple[int, int] | None = None
+        self._skipped: list[str] = []  # what this iterator left out since its last batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -213,15 +261,47 @@ class PairedShardDataset(IterableDataset):
             random.Random(f"{self.config.seed}/{self.epoch}/shards").shuffle(shards)
         return shards
 
+    def _fail(self, message: str, error: BaseException | None = None, report: bool = True) -> None:
+        """Raise ShardError(message), or under on_error="skip" warn and count it."""
+        if self.config.on_error == "raise":
+            raise ShardError(message) from error
+        if report:
+            warnings.warn(f"skipped: {message}", RuntimeWarning, stacklevel=2)
+            self._skipped.append(message)
+
+    def _read_shard(self, url: str, report: bool) -> Iterator[dict[str, Any]]:
+        """The raw samples of one shard, checked: complete archive, readable members, the expected count."""
+        count = 0
+        try:
+            if not _is_url(url):
+                check_shard_complete(url)
+            for sample in _iter_raw_samples([url]):
+                count += 1
+                yield sample
+        except ShardError as exc:
+            self._fail(str(exc), exc, report)
+            return
+        except Exception as exc:  # noqa: BLE001 - tarfile, gzip and I/O errors all mean a damaged shard
+            self._fail(f"shard {url} is corrupt or truncated after {count} samples: {exc}", exc, report)
+            return
+        expected = self.expected_counts.get(url)
+        if expected is not None and count != expected:
+            self._fail(f"shard {url} holds {count} samples, the manifest lists {expected}", None, report)
+
     def _my_raw_samples(self) -> Iterator[dict[str, Any]]:
         gid, total, mode = self._layout()
         shards = self._epoch_shards()
         if mode == "shard":
-            yield from _iter_raw_samples(shards[gid::total])
+            for url in shards[gid::total]:
+                yield from self._read_shard(url, report=True)
         else:
-            for index, sample in enumerate(_iter_raw_samples(shards)):
-                if index % total == gid:
-                    yield sample
+            index = 0
+            for url in shards:
+                # Every worker reads every shard here: only worker 0 reports a damaged shard, once.
+                for sample in self._read_shard(url, report=gid == 0):
+                    if index % total == gid:
+                        yield sample
+                    index += 1
 
     def _shuffled(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         size = self.config.shuffle_buffer
@@ -240,6 +320,17 @@ class PairedShardDataset(IterableDataset):
             buffer[index] = sample
         rng.shuffle(buffer)
         yield from buffer
+
+    def _decode_checked(
+        self, sample: dict[str, Any]
+    ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
+        """``_decode`` with a damaged sample turned into a ShardError naming it (or None when skipping)."""
+        try:
+            return self._decode(sample)
+        except Exception as exc:  # noqa: BLE001 - a missing member, undecodable bytes, mismatched sizes
+            key, url = sample.get("__key__"), sample.get("__url__")
+            self._fail(f"sample {key!r} in shard {url} is unreadable: {exc}", exc)
+            return None
 
     def _decode(self, sample: dict[str, Any]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         key = sample["__key__"]
@@ -283,14 +374,25 @@ class PairedShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if get_worker_info() is not None:
             cv2.setNumThreads(1)  # one decode thread per worker: workers are the parallelism
+        self._skipped = []
         batch: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         for sample in self._shuffled(self._my_raw_samples()):
-            batch.append(self._decode(sample))
+            item = self._decode_checked(sample)
+            if item is not None:
+                batch.append(item)
             if len(batch) == self.config.batch_size:
-                yield self._collate(batch)
+                yield self._with_skips(self._collate(batch))
                 batch = []
         if batch and not self.config.drop_last:
-            yield self._collate(batch)
+            yield self._with_skips(self._collate(batch))
+        if self._skipped:  # no batch left to carry them: a batch-less record (PairedLoader drops it)
+            yield self._with_skips({"key": []})
+
+    def _with_skips(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Attach what was skipped since the last batch, so the iterating process can count it across workers."""
+        batch[SKIPPED_FIELD] = self._skipped
+        self._skipped = []
+        return batch
 
 
 def to_float_batch(raw: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
@@ -325,6 +427,8 @@ class PairedLoader:
         self.dataset = dataset
         self.config = config
         self.epoch = 0
+        # Under on_error="skip": what the current (last) epoch left out, one message per shard or sample.
+        self.skipped: list[str] = []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -342,8 +446,15 @@ class PairedLoader:
             prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
             persistent_workers=False,  # workers must see the new epoch number
         )
+        self.skipped = []
+        return self._batches(loader)
+
+    def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         device = self.config.device
-        return (to_float_batch(raw, device) for raw in loader)
+        for raw in loader:
+            self.skipped.extend(raw.pop(SKIPPED_FIELD, []))
+            if raw["key"]:
+                yield to_float_batch(raw, device)
 
 
 def make_loader(
@@ -354,15 +465,24 @@ def make_loader(
     """A loader over the ``split`` shards of a dataset folder (``split`` is ignored for globs, URLs and lists)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
-    return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
+    shards = resolve_shards(source, split)
+    expected = None
+    if split is not None and not isinstance(source, (list, tuple)):
+        folder = Path(os.fspath(source))
+        if not _is_url(str(folder)) and (folder / MANIFEST_NAME).is_file():
+            expected = shard_sample_counts(folder, split)
+    return PairedLoader(PairedShardDataset(shards, config, expected), config)
 
 
 __all__ = [
     "LoaderConfig",
     "PairedLoader",
     "PairedShardDataset",
+    "ShardError",
+    "check_shard_complete",
     "count_samples",
     "make_loader",
     "resolve_shards",
+    "shard_sample_counts",
     "to_float_batch",
 ]

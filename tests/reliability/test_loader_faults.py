@@ -1,0 +1,121 @@
+"""The loader meets damaged shards: by default a ShardError naming the shard (and sample); with
+on_error="skip" the damage is left out, warned about and counted; never a silently short epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from m2u.datasets.layout import split_shards
+from m2u.datasets.loader import LoaderConfig, ShardError, make_loader
+from m2u.datasets.synthetic import write_synthetic_dataset
+
+SAMPLES_PER_SHARD = 4
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("loader-faults") / "ds"
+    write_synthetic_dataset(out, 40, size=32, seed=0, shard_size=SAMPLES_PER_SHARD)
+    return out
+
+
+@pytest.fixture
+def dataset(pristine, tmp_path) -> Path:
+    copy = tmp_path / "ds"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _keys(dataset: Path, workers: int = 0, **overrides) -> tuple[list[str], list[str]]:
+    loader = make_loader(dataset, "train", LoaderConfig.for_evaluation(num_workers=workers, **overrides))
+    keys = [key for batch in loader for key in batch["key"]]
+    return keys, loader.skipped
+
+
+def _member_offsets(data: bytes) -> list[tuple[str, int]]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [(m.name, m.offset) for m in tar.getmembers()]
+
+
+def _damage(shard: Path, how: str) -> None:
+    data = shard.read_bytes()
+    members = _member_offsets(data)
+    if how == "cut-between-samples":  # every remaining member reads fine: only the missing end marker tells
+        shard.write_bytes(data[: members[4][1]])
+    elif how == "cut-inside-a-member":
+        shard.write_bytes(data[: members[5][1] + 700])
+    elif how == "garbage-image":  # a valid tar whose second sample's image bytes are garbage
+        name, offset = next((n, o) for n, o in members[4:] if ".masked." in n)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            size = tar.getmember(name).size
+        start = offset + 512 + 16
+        shard.write_bytes(data[:start] + b"\x5a" * (size - 32) + data[start + size - 32 :])
+    elif how == "empty-file":
+        shard.write_bytes(b"")
+    else:
+        raise AssertionError(how)
+
+
+DAMAGES = ["cut-between-samples", "cut-inside-a-member", "garbage-image", "empty-file"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_shard_is_an_error_naming_it(dataset, how):
+    clean, _ = _keys(dataset)
+    shard = split_shards(dataset, "train")[1]
+    _damage(shard, how)
+    with pytest.raises(ShardError, match=str(shard)):
+        _keys(dataset)
+    assert clean, "the undamaged dataset reads"
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_mode_leaves_out_and_counts_the_damage(pristine, dataset, how, workers):
+    clean, skipped = _keys(pristine)
+    assert skipped == []
+    shard = split_shards(dataset, "train")[1]
+    _damage(shard, how)
+    # (warnings raised in worker processes do not reach pytest.warns)
+    with pytest.warns(RuntimeWarning, match="skipped") if workers == 0 else contextlib.nullcontext():
+        keys, skipped = _keys(dataset, workers=workers, on_error="skip")
+    assert len(skipped) == 1 and str(shard) in skipped[0], skipped
+    assert set(keys) < set(clean) and len(keys) == len(set(keys))
+    lost = len(clean) - len(keys)
+    if how == "garbage-image":
+        assert lost == 1 and "sample" in skipped[0]  # just the one sample
+    else:
+        assert 1 <= lost <= SAMPLES_PER_SHARD  # the rest of that shard, nothing else
+
+
+def test_a_shard_with_fewer_samples_than_the_manifest_is_not_a_short_epoch(dataset):
+    """A well-formed tar that lost a sample (rewritten without it): only the manifest can tell."""
+    shard = split_shards(dataset, "train")[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first_key = members[0][0].name.split(".", 1)[0]
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for member, data in members:
+            if not member.name.startswith(first_key + "."):
+                tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(ShardError, match=r"holds 3 samples, the manifest lists 4"):
+        _keys(dataset)
+    # a glob has no manifest to compare with: the well-formed shard is read as it is
+    keys, _ = _keys_from_glob(dataset)
+    assert first_key not in keys
+
+
+def _keys_from_glob(dataset: Path) -> tuple[list[str], list[str]]:
+    loader = make_loader(str(dataset / "train" / "*.tar"), None, LoaderConfig.for_evaluation(num_workers=0))
+    return [k for batch in loader for k in batch["key"]], loader.skipped
+
+
+def test_on_error_is_validated():
+    with pytest.raises(ValueError, match="on_error"):
+        LoaderConfig(on_error="ignore")
