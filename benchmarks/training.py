@@ -1,16 +1,16 @@
 """Training-side benchmark: CARU2-Net size and cost, forward latency, G+D training throughput.
 
-    .venv/bin/python benchmarks/training.py                  # full run (~6-8 min on 2 CPU cores)
+    .venv/bin/python benchmarks/training.py                  # full run (~10-15 min on 2 shared CPU cores)
     .venv/bin/python benchmarks/training.py --quick          # tiny smoke run, not for the record
 
 Writes benchmarks/results/training.json:
 - parameters of G, D, M-Seg; multiply-accumulates (MACs; FLOPs = 2 x MACs) of G at 1x4x256x256 and of D;
-- generator forward latency at 256x256, batch 1 (median), in fp32, bf16 autocast and channels_last,
-  with ratios to fp32;
+- generator forward latency at 256x256, batch 1 (median), in fp32 and channels_last; bf16 autocast against
+  fp32 at 64x64 (without AVX512-BF16/AMX, as here, CPU bf16 is ~100x slower than fp32);
 - a full GAN training step (D update, then G with LSGAN + reconstruction + VGG19 perceptual) in images/s at
-  64, 128 and 256 (the 256 case is 1 measured step: ~45 s each on 2 cores), and at 64 the bf16 and
-  channels_last ratios. The perceptual VGG19 has random weights here (no ImageNet file is reachable on this
-  machine): same cost as the real one.
+  64, 128 and 256 (the 256 case is 1 measured step after 1 warm-up), and at 64 the channels_last ratio (and
+  bf16 with --bf16-train). The perceptual VGG19 has random weights here (no ImageNet file is reachable on
+  this machine): same cost as the real one.
 """
 
 from __future__ import annotations
@@ -45,6 +45,14 @@ def _median_seconds(function, repeats: int, warmup: int = 1) -> float:
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def forward_latency(size: int, repeats: int, mode: str, generator_config: GeneratorConfig) -> float:
@@ -97,7 +105,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--steps", type=int, default=2, help="measured training steps (after 1 warm-up) below 256"
     )
-    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--latency-repeats", type=int, default=3)
+    parser.add_argument(
+        "--bf16-train",
+        action="store_true",
+        help="also time a bf16 training step (very slow without native bf16)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="tiny widths and sizes: a smoke test, not a result"
     )
@@ -138,17 +151,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(json.dumps(results, indent=2), flush=True)
 
-    latency = {}
-    for mode in ("fp32", "bf16", "channels_last"):
+    # fp32 and channels_last at the paper's size. bf16 at 64 only: CPUs without AVX512-BF16/AMX (this one)
+    # run bf16 convolutions on a slow reference path (~100x fp32), which at 256 would take minutes per forward.
+    latency: dict[str, Any] = {"size": latency_size, "batch": 1}
+    for mode in ("fp32", "channels_last"):
         latency[mode] = round(forward_latency(latency_size, args.latency_repeats, mode, generator_config), 4)
         print(f"forward {latency_size}^2 batch 1 {mode}: {latency[mode]} s", flush=True)
-    results["forward_latency_s"] = {
-        "size": latency_size,
-        "batch": 1,
-        **latency,
-        "bf16_speedup": round(latency["fp32"] / latency["bf16"], 3),
-        "channels_last_speedup": round(latency["fp32"] / latency["channels_last"], 3),
-    }
+    latency["channels_last_speedup"] = round(latency["fp32"] / latency["channels_last"], 3)
+    bf16_size = sizes[0]
+    small_fp32 = forward_latency(bf16_size, args.latency_repeats, "fp32", generator_config)
+    small_bf16 = forward_latency(bf16_size, 2, "bf16", generator_config)
+    latency[f"fp32_at_{bf16_size}"] = round(small_fp32, 4)
+    latency[f"bf16_at_{bf16_size}"] = round(small_bf16, 4)
+    latency[f"bf16_speedup_at_{bf16_size}"] = round(small_fp32 / small_bf16, 3)
+    latency["cpu_bf16_native"] = _cpu_has_native_bf16()
+    print(f"forward {bf16_size}^2 batch 1 fp32 {small_fp32:.4f} s, bf16 {small_bf16:.4f} s", flush=True)
+    results["forward_latency_s"] = latency
 
     throughput: dict[str, Any] = {}
     for size in sizes:
@@ -157,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         throughput[str(size)].update(train_throughput(size, batch_size, steps, "fp32", generator_config))
         print(f"train step {size}^2 batch {batch_size} fp32: {throughput[str(size)]}", flush=True)
     compare_size = sizes[0]
-    for mode in ("bf16", "channels_last"):
+    for mode in ("channels_last", "bf16") if args.bf16_train else ("channels_last",):
         measured = train_throughput(compare_size, batch_size, args.steps, mode, generator_config)
         fp32 = throughput[str(compare_size)]["seconds_per_step"]
         throughput[f"{compare_size}_{mode}"] = {

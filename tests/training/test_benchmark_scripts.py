@@ -55,6 +55,6 @@ def test_training_benchmark_quick_mode(tmp_path):
     results = script.main(["--quick", "--steps", "1", "--latency-repeats", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))  # tuples come back as lists
     assert results["params"]["discriminator"] == 2_764_737
-    assert results["forward_latency_s"]["fp32"] > 0
+    assert results["forward_latency_s"]["fp32"] > 0 and results["forward_latency_s"]["bf16_at_32"] > 0
     assert results["gan_train_step"]["32"]["images_per_second"] > 0
     assert "MACs" in results["cost"]["convention"]
