@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),--faces $(FACES)) -o runs/demo
+	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),--faces $(FACES),--demo-faces) -o runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check masking datasets training pipelines tests benchmarks
