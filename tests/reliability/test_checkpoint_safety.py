@@ -27,7 +27,6 @@ from m2u.training.checkpoint import (
     load_model,
     load_training_state,
     save_model,
-    save_training_state,
 )
 from m2u.training.models import MSeg, MSegConfig
 
