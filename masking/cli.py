@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -49,6 +50,18 @@ def discover(inputs: tuple[str, ...]) -> list[tuple[Path, Path]]:
         used.add(candidate)
         unique.append((file, candidate))
     return unique
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a hidden temporary name, then rename: a killed run never leaves a truncated output under its
+    real name (an interrupted file simply does not exist yet)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def face_seed(seed: int, stem: Path, index: int) -> int:
@@ -114,8 +127,8 @@ def process_file(job: Job, file: Path, stem: Path) -> dict[str, str | int]:
     if not (ok and ok_mask):
         row.update(status="error", reason="could not encode the outputs")
         return row
-    Path(f"{base}.jpg").write_bytes(jpeg.tobytes())
-    Path(f"{base}_mask.png").write_bytes(png.tobytes())
+    write_atomic(Path(f"{base}.jpg"), jpeg.tobytes())
+    write_atomic(Path(f"{base}_mask.png"), png.tobytes())
     info = {
         "input": str(file),
         "width": image.shape[1],
@@ -123,7 +136,7 @@ def process_file(job: Job, file: Path, stem: Path) -> dict[str, str | int]:
         "faces": metas,
         "failed": failures,
     }
-    Path(f"{base}.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+    write_atomic(Path(f"{base}.json"), json.dumps(info, indent=1, sort_keys=True).encode())
     row["status"] = "ok"
     return row
 
@@ -163,10 +176,11 @@ def run(
 
 
 def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=REPORT_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, target: Path, seed: int) -> None:

@@ -141,3 +141,27 @@ def test_unreadable_permissions_give_a_reason(corpus):
         pytest.skip("running as root: a chmod 000 file is still readable, so there is no failure to observe")
     with pytest.raises(ImageReadError, match="ermission"):
         read_image(corpus.folder / UNREADABLE_NAME)
+
+
+def test_m2u_mask_never_leaves_a_partial_output_under_its_name(corpus, tmp_path, monkeypatch):
+    """A crash between writing an output and naming it (here: the rename fails) leaves neither the output nor
+    its temporary file, and the input's row says what happened."""
+    import m2u.masking.cli as mask_cli
+
+    faces = sorted(corpus.names("face"))
+    if not faces:
+        pytest.skip("shared data not available: no face photo to mask")
+
+    def failing_replace(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mask_cli.os, "replace", failing_replace)
+    out = tmp_path / "masked"
+    rows = mask_cli.run(
+        [(corpus.folder / faces[0], Path(Path(faces[0]).stem))],
+        mask_cli.Job(out, mask_cli.MaskConfig(), mask_cli.DetectorConfig(), 0, 10**8),
+        workers=1,
+        progress=False,
+    )
+    assert rows[0]["status"] == "error" and "No space left" in str(rows[0]["reason"])
+    assert not [p for p in out.rglob("*") if p.is_file()], "nothing partial, no temporary file"
