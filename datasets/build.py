@@ -210,10 +210,20 @@ SampleResult = tuple[dict[str, Any], dict[str, bytes] | None]
 
 
 def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
-    """All variants of one input → (manifest row, tar members or None) per planned sample."""
+    """All variants of one input → (manifest row, tar members or None) per planned sample. Never raises for a
+    bad input: anything unforeseen becomes an error row naming the exception, and the build goes on."""
+    try:
+        return _process_input(samples)
+    except Exception as exc:  # noqa: BLE001 - one exotic file must not stop a 12,000-photo build
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+        return [(_row(s, reason=reason), None) for s in samples]
+
+
+def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
     from m2u.masking import Face, ImageReadError, read_image
 
-    assert _STATE is not None, "process_input needs _init_worker first"
+    if _STATE is None:
+        raise RuntimeError("process_input needs _init_worker first")
     config, masker = _STATE.config, _STATE.masker
     source = samples[0].source
     try:

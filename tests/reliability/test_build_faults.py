@@ -176,3 +176,32 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(tmp_path, monk
     monkeypatch.undo()
     build_dataset([listing], out, config)  # space again: the rerun resumes
     assert _dataset_bytes(out) == _dataset_bytes(reference)
+
+
+def test_an_unforeseen_failure_on_one_input_is_an_error_row_not_a_crash(tmp_path, monkeypatch):
+    import m2u.datasets.build as build_module
+
+    listing = _inputs(tmp_path, 4)
+    poisoned = listing.read_text().splitlines()[1]
+    real_read = build_module.Path.read_bytes
+
+    def read_bytes(self):
+        if str(self) == poisoned:
+            raise MemoryError("simulated")  # not an OSError: nothing on the way expects it
+        return real_read(self)
+
+    monkeypatch.setattr(build_module.Path, "read_bytes", read_bytes)
+    out = tmp_path / "out"
+    result = build_dataset([listing], out, CONFIG)
+    rows = {row["source"]: row for row in read_manifest_rows(out)}
+    assert len(rows) == 4 and sum(result.stats["counts"]["by_status"].values()) == 4
+    assert (
+        rows[poisoned]["status"] == "error"
+        and "unexpected MemoryError: simulated" in rows[poisoned]["reason"]
+    )
+
+
+def read_manifest_rows(out: Path) -> list[dict]:
+    from m2u.datasets.layout import read_manifest
+
+    return read_manifest(out).to_dict("records")
