@@ -221,3 +221,16 @@ def test_a_killed_training_run_resumes_to_the_weights_of_a_straight_run(tmp_path
     assert resumed["step"] == straight["step"] == steps
     for name, tensor in straight["networks"]["mseg"].items():
         assert torch.equal(tensor, resumed["networks"]["mseg"][name]), name
+
+
+@pytest.mark.xfail(
+    strict=True, reason="atomic_write's mkstemp file keeps mode 0600 through the rename, whatever the umask"
+)
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """A model shared on a multi-user machine must be readable as the umask says, like any other file."""
+    previous = os.umask(0o022)
+    try:
+        model = save_model(tmp_path / "mseg.safetensors", MSeg(TINY_MSEG))
+    finally:
+        os.umask(previous)
+    assert model.stat().st_mode & 0o777 == 0o644
