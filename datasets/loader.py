@@ -23,6 +23,12 @@ Ranks can get different numbers of batches in an epoch (the shard or sample coun
 for DDP training without a collective per step that is harmless; otherwise make the shard count a multiple of
 world_size × num_workers. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
 
+Damaged shards never shorten an epoch silently: a local shard without its end-of-archive blocks (cut short, even
+exactly between two members), an unreadable tar, a sample with a missing or undecodable member, or (for a dataset
+folder, whose manifest says how many samples each shard holds) a shard with another sample count raise
+``ShardError`` naming the shard and sample. ``LoaderConfig(on_error="skip")`` instead leaves out the rest of that
+shard (or that one sample), warns, and lists it in ``PairedLoader.skipped`` for the epoch (across workers).
+
 The loader re-iterates with a new epoch number each time it is iterated (``for batch in loader``), so shuffles
 differ between epochs; call ``loader.set_epoch(e)`` to choose the epoch explicitly (e.g. when resuming).
 
