@@ -27,6 +27,7 @@ from m2u.training.checkpoint import (
     load_model,
     load_training_state,
     save_model,
+    save_training_state,
 )
 from m2u.training.models import MSeg, MSegConfig
 
@@ -234,3 +235,25 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert model.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    import m2u.training.checkpoint as checkpoint_module
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_training_state(path, {"step": 1, "weights": torch.ones(8)})
+    real_save = torch.save
+
+    def full_disk(obj, target):
+        real_save(obj, target)  # the bytes land in the temporary file, then the disk is "full"
+        with open(target, "r+b") as handle:
+            handle.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_training_state(path, {"step": 2, "weights": torch.zeros(8)})
+    monkeypatch.undo()
+    state = load_training_state(path)
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(8))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"], "no temporary file left behind"
