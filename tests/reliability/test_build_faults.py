@@ -205,3 +205,25 @@ def read_manifest_rows(out: Path) -> list[dict]:
     from m2u.datasets.layout import read_manifest
 
     return read_manifest(out).to_dict("records")
+
+
+def test_a_full_disk_while_writing_the_manifest_is_a_clear_error_and_resumes(tmp_path, monkeypatch):
+    import m2u.datasets.build as build_module
+
+    listing = _inputs(tmp_path, 4)
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    build_dataset([listing], reference, CONFIG)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "manifest.parquet.tmp")
+
+    monkeypatch.setattr(build_module, "write_manifest", full_disk)
+    result = CliRunner().invoke(
+        make_dataset_main, [str(listing), "-o", str(out), *BUILD_ARGS, "--workers", "1"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "No space left on device" in result.output and "rerun" in result.output
+    assert not (out / "manifest.parquet").exists()
+    monkeypatch.undo()
+    assert build_dataset([listing], out, CONFIG).stats["resumed"]
+    assert _dataset_bytes(out) == _dataset_bytes(reference)

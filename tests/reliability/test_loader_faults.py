@@ -76,15 +76,16 @@ def test_a_damaged_shard_is_an_error_naming_it(dataset, how):
 
 
 @pytest.mark.parametrize("how", DAMAGES)
-@pytest.mark.parametrize("workers", [0, 2])
-def test_skip_mode_leaves_out_and_counts_the_damage(pristine, dataset, how, workers):
+@pytest.mark.parametrize(("workers", "split_by"), [(0, "auto"), (2, "shard"), (2, "sample")])
+def test_skip_mode_leaves_out_and_counts_the_damage(pristine, dataset, how, workers, split_by):
     clean, skipped = _keys(pristine)
     assert skipped == []
     shard = split_shards(dataset, "train")[1]
     _damage(shard, how)
-    # (warnings raised in worker processes do not reach pytest.warns)
+    # (warnings raised in worker processes do not reach pytest.warns; with split_by="sample" every worker reads
+    # every shard, and the damage must still be counted once)
     with pytest.warns(RuntimeWarning, match="skipped") if workers == 0 else contextlib.nullcontext():
-        keys, skipped = _keys(dataset, workers=workers, on_error="skip")
+        keys, skipped = _keys(dataset, workers=workers, on_error="skip", split_by=split_by)
     assert len(skipped) == 1 and str(shard) in skipped[0], skipped
     assert set(keys) < set(clean) and len(keys) == len(set(keys))
     lost = len(clean) - len(keys)
