@@ -14,8 +14,9 @@ CELEBA_DIR = SHARED / "faces" / "celeba"
 EXTRAS_DIR = SHARED / "faces" / "extras"
 MASKTHEFACE_TEMPLATES = SHARED / "mask-templates" / "maskthefacE"
 
-# Tests run on a shared 2-core machine: keep torch from oversubscribing it.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the tests' networks are tiny, and on a loaded 2-core machine OpenMP's spinning threads
+# made them up to 20x slower (a 64 px generator step: 0.6 s with one thread, up to 21 s with two).
+torch.set_num_threads(1)
 
 
 def _require(path: Path) -> Path:

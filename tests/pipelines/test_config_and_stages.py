@@ -1,0 +1,137 @@
+"""Configuration tree, presets, overrides and the stage cache (no training: fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from m2u.pipelines.cli import main
+from m2u.pipelines.config import PRESETS, ConfigError, apply_overrides, load_config
+from m2u.pipelines.stages import run_stage
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_loads_and_validates(preset):
+    config = load_config(preset)
+    assert config.dataset.size in (64, 128, 256)
+    assert config.gan.optimizer.learning_rate == pytest.approx(1e-3)  # the paper's, kept by every preset
+
+
+def test_paper_preset_keeps_the_paper_protocol():
+    config = load_config("paper")
+    assert (config.dataset.limit, config.dataset.size) == (12000, 256)
+    assert tuple(config.dataset.split) == (0.7, 0.15, 0.15)
+    assert (config.gan.batch_size, config.gan.epochs) == (8, 100)
+    assert config.gan.optimizer.milestones == (50_000, 75_000, 90_000)
+    assert (
+        config.gan.adversarial_weight,
+        config.gan.reconstruction_weight,
+        config.gan.perceptual_weight,
+    ) == (
+        1.0,
+        100.0,
+        10.0,
+    )
+
+
+def test_unknown_option_is_refused_with_its_path():
+    with pytest.raises(ConfigError, match=r"gan\.generator\.widht"):
+        apply_overrides(load_config("smoke"), {"gan": {"generator": {"widht": 2}}})
+
+
+def test_invalid_value_reports_the_stage():
+    with pytest.raises(ConfigError, match="gan"):
+        apply_overrides(load_config("smoke"), {"gan": {"precision": "fp8"}})
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_config_files_in_every_format_override_the_preset(tmp_path, suffix):
+    path = tmp_path / f"config{suffix}"
+    if suffix == ".yaml":
+        path.write_text("gan:\n  max_steps: 7\ndataset:\n  size: 96\n")
+    elif suffix == ".toml":
+        path.write_text("[gan]\nmax_steps = 7\n[dataset]\nsize = 96\n")
+    else:
+        path.write_text(json.dumps({"gan": {"max_steps": 7}, "dataset": {"size": 96}}))
+    config = load_config("smoke", path, {"mseg": {"max_steps": 2}})
+    assert (config.gan.max_steps, config.dataset.size, config.mseg.max_steps) == (7, 96, 2)
+    assert config.dataset.limit == 40  # from the preset, untouched
+
+
+def test_cli_set_and_print_config(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--preset",
+            "smoke",
+            "--faces",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "run"),
+            "--set",
+            "gan.generator.width_multiplier=0.5",
+            "--set",
+            "dataset.limit=3",
+            "--print-config",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "width_multiplier: 0.5" in result.output and "limit: 3" in result.output
+    bad = CliRunner().invoke(main, ["run", "--preset", "smoke", "-o", str(tmp_path), "--set", "nope.x=1"])
+    assert bad.exit_code != 0 and "unknown option 'nope'" in bad.output
+
+
+def test_missing_faces_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--faces", str(tmp_path / "absent"), "-o", str(tmp_path / "run")]
+    )
+    assert result.exit_code != 0
+    assert "face inputs not found" in result.output
+
+
+class Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return {"calls": self.calls}
+
+
+def test_stage_skips_same_config_and_reruns_changed(tmp_path):
+    action = Counter()
+    stage_dir, records = tmp_path / "s", tmp_path / "records"
+    first = run_stage("s", stage_dir, records, {"a": 1}, ["up"], action, log=lambda _: None)
+    again = run_stage("s", stage_dir, records, {"a": 1}, ["up"], action, log=lambda _: None)
+    assert (first.skipped, again.skipped, action.calls) == (False, True, 1)
+    assert again.fingerprint == first.fingerprint and again.result == {"calls": 1}
+    changed_upstream = run_stage("s", stage_dir, records, {"a": 1}, ["other"], action, log=lambda _: None)
+    assert not changed_upstream.skipped and action.calls == 2
+    changed_config = run_stage("s", stage_dir, records, {"a": 2}, ["other"], action, log=lambda _: None)
+    assert not changed_config.skipped and action.calls == 3
+
+
+def test_stage_wipes_partial_output_of_another_config_but_resumes_its_own(tmp_path):
+    stage_dir, records = tmp_path / "s", tmp_path / "records"
+    seen = []
+
+    def crash():
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "partial").write_text("x")
+        raise KeyboardInterrupt  # a kill midway
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("s", stage_dir, records, {"a": 1}, [], crash, log=lambda _: None)
+
+    def look():
+        seen.append((stage_dir / "partial").exists())
+        return {}
+
+    run_stage("s", stage_dir, records, {"a": 1}, [], look, log=lambda _: None)  # same config: resume
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("s", stage_dir, records, {"a": 2}, [], crash, log=lambda _: None)
+    run_stage("s", stage_dir, records, {"a": 3}, [], look, log=lambda _: None)  # another config: wiped first
+    assert seen == [True, False]

@@ -1,0 +1,123 @@
+"""The smoke preset end to end: every stage, then a rerun that does nothing, then one changed option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from m2u.pipelines.ablate import VARIANTS, run_ablation
+from m2u.pipelines.cli import main
+from m2u.pipelines.config import load_config
+from m2u.pipelines.demo_faces import write_demo_faces
+
+# The smoke preset, cut further so the whole chain costs well under a minute of CPU.
+TINY = {
+    "dataset": {"limit": 16},
+    "mseg": {"max_steps": 2},
+    "gan": {"max_steps": 2},
+    "evaluation": {"max_samples": 3, "latency_repeats": 1, "metrics": {"enable_identity": False}},
+}
+
+
+def _as_sets(tree: dict, prefix: str = "") -> list[str]:
+    """The same overrides as command-line --set options."""
+    sets: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            sets += _as_sets(value, f"{prefix}{key}.")
+        else:
+            sets.append(f"--set={prefix}{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return sets
+
+
+TINY_SETS = _as_sets(TINY)
+
+
+@pytest.fixture(scope="module")
+def face_inputs(tmp_path_factory):
+    from pathlib import Path
+
+    celeba = Path(__file__).resolve().parents[2].parent / "shared" / "faces" / "celeba"
+    if celeba.is_dir():
+        return str(celeba)
+    return str(write_demo_faces(tmp_path_factory.mktemp("demo"), count=16)[0].parent)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, face_inputs):
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    result = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--faces", face_inputs, "-o", str(run), *TINY_SETS]
+    )
+    assert result.exit_code == 0, result.output
+    return run, result.output
+
+
+def test_smoke_preset_runs_every_stage(smoke_run):
+    run, output = smoke_run
+    for stage in ("dataset", "mseg", "gan", "evaluation"):
+        assert f"[{stage}] running" in output
+        record = json.loads((run / "stages" / f"{stage}.json").read_text())
+        assert len(record["fingerprint"]) == 64
+    assert (run / "mseg" / "mseg.safetensors").is_file()
+    assert (run / "gan" / "generator.safetensors").is_file()
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert {"m2u_composite", "masked_input", "telea"} <= set(metrics["rows"])
+    assert (run / "evaluation" / "metrics.md").is_file()
+    assert json.loads((run / "config.json").read_text())["dataset"]["limit"] == 16
+    assert "torch" in json.loads((run / "versions.json").read_text())
+    assert {p.name for p in (run / "plots").glob("*.png")} >= {"mseg_train.png", "gan_train.png"}
+
+
+def test_rerun_does_nothing_and_says_so(smoke_run, face_inputs):
+    run, _ = smoke_run
+    before = (run / "gan" / "generator.safetensors").stat().st_mtime_ns
+    result = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--faces", face_inputs, "-o", str(run), *TINY_SETS]
+    )
+    assert result.exit_code == 0, result.output
+    assert "nothing to do: every stage is up to date" in result.output
+    assert "running" not in result.output
+    assert (run / "gan" / "generator.safetensors").stat().st_mtime_ns == before
+
+
+def test_changing_one_option_reruns_only_later_stages(smoke_run, face_inputs):
+    run, _ = smoke_run
+    mseg_record = (run / "stages" / "mseg.json").read_text()
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--preset",
+            "smoke",
+            "--faces",
+            face_inputs,
+            "-o",
+            str(run),
+            *TINY_SETS,
+            "--set=gan.max_steps=3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "[dataset] up to date" in result.output and "[mseg] up to date" in result.output
+    assert "[gan] running" in result.output and "[evaluation] running" in result.output
+    assert (run / "stages" / "mseg.json").read_text() == mseg_record
+    assert json.loads((run / "stages" / "gan.json").read_text())["config"]["max_steps"] == 3
+
+
+@pytest.mark.slow
+def test_ablation_shares_data_and_mseg_and_writes_the_table(smoke_run, face_inputs):
+    run, _ = smoke_run
+    config = load_config("smoke", extra={**TINY, "faces": [face_inputs]})
+    chosen = (VARIANTS[0], VARIANTS[-1])  # no segmentation/attention, and the full model
+    logged: list[str] = []
+    table = run_ablation(config, run, variants=chosen, echo=logged.append)
+    assert not any(line.startswith("[mseg] running") for line in logged)  # shared, not retrained
+    assert set(table["variants"]) == {v.name for v in chosen}
+    for row in table["variants"].values():
+        assert row["retrained"] and row["metrics"]["psnr"] > 0
+    markdown = (run / "ablation.md").read_text()
+    assert VARIANTS[0].label in markdown and VARIANTS[-1].label in markdown
+    assert json.loads((run / "ablation.json").read_text())["row"] == "m2u_composite"
