@@ -13,6 +13,7 @@ from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS
 from m2u.datasets.plan import DEFAULT_SHARD_SIZE
 from m2u.datasets.splits import SplitBy, parse_fractions
+from m2u.masking.imageio import describe_ignored_files
 
 # Shorthand options → m2u.masking.MaskConfig field names.
 MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern"}
@@ -124,6 +125,9 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
         raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None
     stats = result.stats
+    ignored = describe_ignored_files(inputs)
+    if ignored:
+        click.echo(ignored, err=True)
     samples = stats["counts"]["samples"]
     statuses = stats["counts"]["by_status"]
     click.echo(

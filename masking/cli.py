@@ -21,7 +21,13 @@ from tqdm import tqdm
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.geometry import MaskingError
-from m2u.masking.imageio import DEFAULT_MAX_PIXELS, ImageReadError, is_image_entry, read_image
+from m2u.masking.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    describe_ignored_files,
+    is_image_entry,
+    read_image,
+)
 from m2u.masking.render import MaskConfig, apply_mask, warm_templates
 from m2u.masking.templates import MASK_TYPES
 
@@ -300,6 +306,9 @@ def main(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     files = discover(inputs)
+    ignored = describe_ignored_files(inputs)
+    if ignored:
+        click.echo(ignored, err=True)
     if not files:
         raise click.UsageError("no image files found in the inputs")
     if contact_sheet is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,27 @@ def is_image_entry(path: Path) -> bool:
     """Whether a folder scan takes `path` as an input: an image suffix and not a folder. Broken or looping
     symbolic links are taken too, so they get a row with a reason instead of vanishing from the counts."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
+
+
+def describe_ignored_files(inputs: Iterable[str | os.PathLike]) -> str:
+    """A sentence naming the files that folder scans of `inputs` pass over (no image suffix), counted by suffix,
+    so a user sees why fewer rows than files came out; "" when there are none."""
+    by_suffix: dict[str, int] = {}
+    for item in inputs:
+        folder = Path(item)
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            if not path.is_dir() and not is_image_entry(path):
+                suffix = path.suffix.lower() or "(none)"
+                by_suffix[suffix] = by_suffix.get(suffix, 0) + 1
+    if not by_suffix:
+        return ""
+    total = sum(by_suffix.values())
+    listed = ", ".join(
+        f"{suffix} {n}" for suffix, n in sorted(by_suffix.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    return f"{total} file(s) in the input folders have no image suffix and were not read ({listed})"
 
 
 class ImageReadError(Exception):

@@ -202,6 +202,11 @@ def unmask_main(**kw) -> None:
         if r.status != "ok":
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    from m2u.masking.imageio import describe_ignored_files
+
+    ignored = describe_ignored_files(kw["inputs"])
+    if ignored:
+        click.echo(ignored, err=True)
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
 
 

@@ -52,6 +52,7 @@ def test_m2u_mask_accounts_for_every_input(corpus, tmp_path):
     assert sum(counts.values()) == total
     assert f"{total} inputs: {counts['ok']} masked" in result.output
     assert f"{counts['no_face']} without a face, {counts['error']} errors" in result.output
+    assert "1 file(s) in the input folders have no image suffix and were not read (.txt 1)" in result.output
     # outputs exist for the masked inputs and for nothing else
     written = {p.name for p in out.rglob("*.jpg")}
     assert written == {f"{Path(n).stem}_surgical.jpg" for n, r in rows.items() if r["status"] == "ok"}
@@ -81,6 +82,7 @@ def test_m2u_make_dataset_accounts_for_every_input(corpus, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["inputs"] == len(corpus.expected) == sum(stats["counts"]["by_status"].values())
     assert stats["counts"]["by_status"]["ok"] == len(corpus.names("face"))
+    assert "1 file(s) in the input folders have no image suffix and were not read (.txt 1)" in result.output
     stored = sorted(
         member.split(".", 1)[0]
         for split in SPLITS
@@ -111,6 +113,7 @@ def test_m2u_unmask_accounts_for_every_input(corpus, tiny_models, tmp_path):
     rows = _read_csv(out / "report.csv", "input")
     _check_rows(corpus, rows, UNMASK_STATUSES)
     assert f"{len(corpus.expected)} files" in result.output
+    assert "1 file(s) in the input folders have no image suffix and were not read (.txt 1)" in result.output
     assert {p.name for p in out.glob("*.png")} == {
         Path(r["output"]).name for r in rows.values() if r["status"] == "ok"
     }
