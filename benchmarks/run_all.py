@@ -1,0 +1,103 @@
+"""Run every benchmark, then print one summary table of their headline figures (`make bench`).
+
+    .venv/bin/python benchmarks/run_all.py            # the record runs (tens of minutes on 2 CPU cores)
+    .venv/bin/python benchmarks/run_all.py --quick    # each script's smoke mode (not for the record)
+    .venv/bin/python benchmarks/run_all.py --summary  # only the table, from the JSON already in results/
+
+Each script writes benchmarks/results/<name>.json; the table is written to benchmarks/results/summary.md.
+The fixed-budget CelebA training run (benchmarks/celeba_cpu_run.py, ~30 min) is not included: run it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+# script -> the figures worth a row: (label, path of keys in its JSON)
+HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "masking": [
+        ("images/s, 1 worker", ("one_worker", "images_per_s")),
+        ("images/s, all workers", ("all_workers", "images_per_s")),
+        ("images per CPU-second", ("one_worker", "images_per_cpu_second")),
+        ("masked fraction", ("one_worker", "masked_fraction")),
+        ("peak RSS MiB", ("one_worker", "peak_rss_mib_largest_process")),
+    ],
+    "make_dataset": [
+        ("pairs/s, 1,000 photos, 1 worker", ("builds", "subset_workers_1", "pairs_per_s")),
+        ("pairs/s, 1,000 photos, 2 workers", ("builds", "subset_workers_2", "pairs_per_s")),
+        ("2 vs 1 workers", ("builds", "subset_speedup_2_vs_1")),
+        ("12,000 photos, wall s", ("builds", "full_12000_workers_2", "wall_s")),
+        ("12,000 photos, pairs per CPU-s", ("builds", "full_12000_workers_2", "pairs_per_cpu_s")),
+    ],
+    "loader": [
+        ("JPEG samples per worker CPU-s", ("formats", "jpg", "worker_only_samples_per_cpu_s")),
+        ("JPEG samples/s, 1 worker", ("formats", "jpg", "workers_1", "samples_per_s")),
+        ("PNG samples per worker CPU-s", ("formats", "png", "worker_only_samples_per_cpu_s")),
+    ],
+    "training": [
+        ("generator params", ("params", "generator")),
+        ("generator GMACs at 256", ("cost", "generator_gmacs")),
+        ("forward s, 256, batch 1", ("forward_latency_s", "fp32")),
+        ("channels_last speed-up", ("forward_latency_s", "channels_last_speedup")),
+        ("G+D train images/s at 128", ("gan_train_step", "128", "images_per_second")),
+    ],
+    "evaluation": [],
+}
+
+
+def _dig(data: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def summary() -> str:
+    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    for name, rows in HEADLINES.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            lines.append(f"| {name} | (no results yet) | |")
+            continue
+        data = json.loads(path.read_text())
+        for label, keys in rows:
+            value = _dig(data, keys)
+            lines.append(f"| {name} | {label} | {value if value is not None else 'n/a'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="each script's smoke mode")
+    parser.add_argument("--summary", action="store_true", help="only print the table")
+    args = parser.parse_args()
+    failed = []
+    if not args.summary:
+        for name in HEADLINES:
+            command = [sys.executable, str(HERE / f"{name}.py")]
+            if args.quick and name != "masking":
+                command.append("--quick")
+            if args.quick and name == "masking":
+                command += ["--files", "50"]
+            print(f"== {' '.join(command[1:])}", flush=True)
+            if subprocess.run(command).returncode != 0:
+                failed.append(name)
+    table = summary()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "summary.md").write_text(table)
+    print(table)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
