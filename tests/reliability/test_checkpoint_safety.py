@@ -32,9 +32,6 @@ from m2u.training.checkpoint import (
 from m2u.training.models import MSeg, MSegConfig
 
 TINY_MSEG = MSegConfig(base_channels=4, levels=3)
-_CONFIG_NOT_CHECKED = pytest.mark.xfail(
-    raises=TypeError, strict=True, reason="load_model raises TypeError, not CheckpointError, for a bad config"
-)
 
 
 class _RunsCode:
@@ -130,7 +127,7 @@ def _crafted_model_file(path: Path, class_name: str, config: object) -> Path:
         # A known class with a config it does not take: refused, but today with a TypeError instead of a
         # CheckpointError (training/checkpoint.py passes the JSON to the config class unchecked).
         *[
-            pytest.param("MSeg", config, marks=_CONFIG_NOT_CHECKED)
+            ("MSeg", config)
             for config in (
                 {"base_channels": 4, "levels": 3, "__class__": "os.system"},
                 {"base_channels": 4, "levels": 3, "unexpected": 1},
@@ -224,9 +221,6 @@ def test_a_killed_training_run_resumes_to_the_weights_of_a_straight_run(tmp_path
         assert torch.equal(tensor, resumed["networks"]["mseg"][name]), name
 
 
-@pytest.mark.xfail(
-    strict=True, reason="atomic_write's mkstemp file keeps mode 0600 through the rename, whatever the umask"
-)
 def test_saved_files_get_the_usual_permissions(tmp_path):
     """A model shared on a multi-user machine must be readable as the umask says, like any other file."""
     previous = os.umask(0o022)
@@ -259,9 +253,6 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, 
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"], "no temporary file left behind"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the trainer does not remove temporary files a killed write left behind"
-)
 def test_resume_removes_the_temporary_files_of_a_killed_checkpoint_write(tmp_path):
     from m2u.training.config import MSegTrainConfig
     from m2u.training.data import TensorDataSource
