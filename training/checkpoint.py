@@ -57,14 +57,30 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+# A write in progress is a hidden ".<name>.XXXX.tmp" beside its target; remove_stale_temp_files clears leftovers.
+TEMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that killed atomic_write calls left in `folder`; returns what was removed."""
+    stale = sorted(Path(folder).glob(f".*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(temp_path) for a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(temp)
+        # mkstemp (and safetensors) create files 0600; the saved file gets the mode the umask gives any other.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -109,7 +125,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if class_name not in MODEL_CLASSES:
         raise CheckpointError(f"{path} holds an unknown model class {class_name!r}")
     model_class, config_class = MODEL_CLASSES[class_name]
-    model = model_class(config_class(**config_dict))
+    try:
+        model = model_class(config_class(**config_dict))
+    except (TypeError, ValueError) as error:  # not a mapping, unknown or invalid fields
+        raise CheckpointError(f"{path} holds an invalid {class_name} config: {error}") from error
     tensors: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)

@@ -27,6 +27,7 @@ from m2u.training.checkpoint import (
     atomic_write,
     load_model,
     load_training_state,
+    remove_stale_temp_files,
     save_model,
     save_training_state,
     unwrap_model,
@@ -574,6 +575,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         config = self.config
         self._prepare_run_folder()
+        if (
+            self.dist.rank == 0
+        ):  # what a write killed midway left behind (the files it meant to replace are intact)
+            for folder in (self.out, self.checkpoint_path.parent):
+                for stale in remove_stale_temp_files(folder):
+                    self._log({"event": "removed_stale_temp_file", "path": str(stale)})
         if config.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             self._log({"event": "resume", "step": self.step, "epoch": self.epoch})
