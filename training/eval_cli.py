@@ -20,25 +20,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*_USER_ERRORS, CheckpointError)
 
 
+def _MODEL_FILES(function):  # noqa: N802 (a decorator used like the click options beside it)
+    """The two model files every two-stage command takes."""
+    model_file = click.Path(exists=True, dir_okay=False)
+    function = click.option(
+        "--generator", "generator_path", required=True, type=model_file, help="CARU2-Net model file."
+    )(function)
+    return click.option("--mseg", "mseg_path", required=True, type=model_file, help="M-Seg model file.")(
+        function
+    )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data", required=True, type=click.Path(exists=True), help="Dataset folder (m2u-make-dataset output)."
 )
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
-@click.option(
-    "--mseg",
-    "mseg_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="M-Seg model file.",
-)
-@click.option(
-    "--generator",
-    "generator_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="CARU2-Net model file.",
-)
+@_MODEL_FILES
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder."
 )
@@ -143,20 +141,7 @@ def eval_main(**kw) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "--mseg",
-    "mseg_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="M-Seg model file.",
-)
-@click.option(
-    "--generator",
-    "generator_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="CARU2-Net model file.",
-)
+@_MODEL_FILES
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
 )
