@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from m2u.pipelines.config import PipelineConfig
-from m2u.pipelines.run import STAGES, run_pipeline
+from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_pipeline
+from m2u.pipelines.stages import RECORD_SUFFIX
 
 COMPOSITE_ROW = "m2u_composite"  # m2u.training.evaluate's row for G(x)·m + x·(1−m)
 TABLE_METRICS = (
@@ -57,13 +58,18 @@ def variant_config(config: PipelineConfig, variant: Variant) -> PipelineConfig:
 
 
 def _link_shared_stages(run: Path, variant_dir: Path) -> None:
-    # Each variant's run folder points at the shared dataset and M-Seg stages, so their fingerprints (and the
-    # cached results) are reused instead of being rebuilt six times.
-    variant_dir.mkdir(parents=True, exist_ok=True)
+    # Each variant's run folder links the shared dataset and M-Seg stages and their records, so their
+    # fingerprints (and cached results) are reused instead of being rebuilt six times.
+    records = variant_dir / STAGE_RECORDS
+    records.mkdir(parents=True, exist_ok=True)
     for stage in STAGES[:2]:
         link = variant_dir / stage
-        if not link.exists():
+        if not link.is_symlink():
             link.symlink_to(Path("..") / ".." / stage, target_is_directory=True)
+        record = records / f"{stage}{RECORD_SUFFIX}"
+        if not record.is_symlink():
+            record.unlink(missing_ok=True)
+            record.symlink_to(Path("..") / ".." / ".." / STAGE_RECORDS / f"{stage}{RECORD_SUFFIX}")
 
 
 def run_ablation(

@@ -114,7 +114,7 @@ def test_ablation_shares_data_and_mseg_and_writes_the_table(smoke_run, face_inpu
     chosen = (VARIANTS[0], VARIANTS[-1])  # no segmentation/attention, and the full model
     logged: list[str] = []
     table = run_ablation(config, run, variants=chosen, echo=logged.append)
-    assert not any(line.startswith("[mseg] running") for line in logged)  # shared, not retrained
+    assert not any(line.startswith("[mseg] running") for line in logged), logged  # shared, not retrained
     assert set(table["variants"]) == {v.name for v in chosen}
     for row in table["variants"].values():
         assert row["retrained"] and row["metrics"]["psnr"] > 0
