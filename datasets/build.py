@@ -54,7 +54,7 @@ from m2u.datasets.plan import DEFAULT_SHARD_SIZE, InputItem, PlannedSample, plan
 from m2u.datasets.shards import ShardWriter, remove_stray_temp_files
 from m2u.datasets.sources import discover_inputs
 from m2u.datasets.splits import SplitBy, parse_fractions
-from m2u.datasets.writer import count_rows, library_versions, round_array, sample_members, write_stats
+from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
 
 STATE_DIR = ".m2u-build"
 LOCK_NAME = ".m2u-build.lock"
@@ -264,18 +264,7 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
         covered = (mask > 0) | (masked != aligned.image).any(axis=-1)
         mask = np.where(covered, 255, 0).astype(np.uint8)
         mask_type = str(mask_meta.get("type", ""))
-        meta = {
-            "key": planned.key,
-            "source": planned.source,
-            "identity": planned.identity,
-            "split": planned.split,
-            "seed": planned.seed,
-            "variant": planned.variant,
-            "size": config.size,
-            "landmarks": round_array(aligned.landmarks),
-            "align_matrix": round_array(aligned.matrix, 6),
-            "mask": mask_meta,
-        }
+        meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
         members = sample_members(
             masked=masked,
             unmasked=aligned.image,

@@ -33,7 +33,7 @@ from m2u.datasets.layout import (
 from m2u.datasets.plan import InputItem, group_by_shard, plan_samples
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.splits import parse_fractions
-from m2u.datasets.writer import count_rows, library_versions, round_array, sample_members, write_stats
+from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
 
 SYNTHETIC_SOURCE_PREFIX = "synthetic://"
 MASK_TYPES = ("synthetic-polygon", "synthetic-ellipse")
@@ -204,18 +204,8 @@ def write_synthetic_dataset(
         with ShardWriter(path) as writer:
             for planned in samples:
                 sample = make_synthetic_sample(size, planned.seed)
-                meta = {
-                    "key": planned.key,
-                    "source": planned.source,
-                    "identity": planned.identity,
-                    "split": planned.split,
-                    "seed": planned.seed,
-                    "variant": planned.variant,
-                    "size": size,
-                    "landmarks": round_array(sample.landmarks),
-                    "align_matrix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
-                    "mask": sample.mask_meta,
-                }
+                # Synthetic faces are drawn already aligned: the identity transform.
+                meta = sample_metadata(planned, size, sample.landmarks, np.eye(2, 3), sample.mask_meta)
                 writer.write(
                     planned.key,
                     sample_members(

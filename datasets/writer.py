@@ -36,6 +36,24 @@ def round_array(array: np.ndarray, decimals: int = LANDMARK_DECIMALS) -> list:
     return np.round(np.asarray(array, dtype=np.float64), decimals).tolist()
 
 
+def sample_metadata(
+    planned: Any, size: int, landmarks: np.ndarray, align_matrix: np.ndarray, mask_meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The `<key>.json` member: where the sample came from, its landmarks after alignment, and the mask's meta."""
+    return {
+        "key": planned.key,
+        "source": planned.source,
+        "identity": planned.identity,
+        "split": planned.split,
+        "seed": planned.seed,
+        "variant": planned.variant,
+        "size": size,
+        "landmarks": round_array(landmarks),
+        "align_matrix": round_array(align_matrix, 6),
+        "mask": mask_meta,
+    }
+
+
 def sample_members(
     *,
     masked: np.ndarray,
