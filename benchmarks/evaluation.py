@@ -18,10 +18,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +34,10 @@ from m2u.training.export import ExportConfig, export_onnx
 from m2u.training.flops import count_macs, count_params
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/timing.py
+from timing import median_seconds  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "evaluation.json"
-
-
-def _median_seconds(function, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -86,7 +76,7 @@ def main() -> None:
         "generator_gmacs": count_macs(generator, [(1, 3, size, size), (1, 1, size, size)]) / 1e9,
         "macs_note": "multiply-accumulates; FLOPs = 2 x MACs",
     }
-    result["two_stage_torch_s"] = _median_seconds(lambda: restore_batch(mseg, generator, masked), repeats)
+    result["two_stage_torch_s"] = median_seconds(lambda: restore_batch(mseg, generator, masked), repeats)
 
     import onnxruntime as ort
 
@@ -105,11 +95,11 @@ def main() -> None:
             pred = (1 / (1 + np.exp(-logits)) >= 0.5).astype(np.float32)
             gs.run(None, {"masked": x, "mask": pred})
 
-        result["two_stage_onnxruntime_s"] = _median_seconds(run_onnx, repeats)
+        result["two_stage_onnxruntime_s"] = median_seconds(run_onnx, repeats)
         result["onnx_max_abs_diff"] = {"mseg": m_res.max_abs_diff, "generator": g_res.max_abs_diff}
 
     per_image: dict[str, float] = {}
-    per_image["psnr_ssim_l1_both_variants"] = _median_seconds(
+    per_image["psnr_ssim_l1_both_variants"] = median_seconds(
         lambda: (
             M.psnr_per_image(masked, truth),
             M.ssim_per_image(masked, truth),
@@ -122,17 +112,17 @@ def main() -> None:
     )
     lpips = M.LPIPS(M.build_lpips_trunk("alex"))
     with torch.no_grad():
-        per_image["lpips_alex_both_variants"] = _median_seconds(
+        per_image["lpips_alex_both_variants"] = median_seconds(
             lambda: (lpips(masked, truth), lpips.masked(masked, truth, mask)), repeats
         )
     try:
         embedder = M.IdentityEmbedder()
         out_u8, gt_u8 = M.to_uint8_images(masked), M.to_uint8_images(truth)
-        per_image["identity_dlib"] = _median_seconds(lambda: embedder.compare(out_u8, gt_u8), repeats)
+        per_image["identity_dlib"] = median_seconds(lambda: embedder.compare(out_u8, gt_u8), repeats)
     except M.MetricUnavailable as exc:
         result["identity_unavailable"] = exc.reason
     for name in ("telea", "navier_stokes"):
-        per_image[f"baseline_{name}"] = _median_seconds(lambda n=name: run_baseline(n, masked, mask), repeats)
+        per_image[f"baseline_{name}"] = median_seconds(lambda n=name: run_baseline(n, masked, mask), repeats)
     result["per_image_s"] = per_image
     result["load_average_1_5_15_at_end"] = list(os.getloadavg())
 

@@ -19,10 +19,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +31,10 @@ from m2u.training.flops import count_macs, count_params
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, PatchDiscriminator
 from m2u.training.trainer import DistributedContext, GanTask, seed_everything
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/timing.py
+from timing import median_seconds  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
-
-
-def _median_seconds(function, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -69,7 +59,7 @@ def forward_latency(size: int, repeats: int, mode: str, generator_config: Genera
         with torch.no_grad(), autocast:
             model(masked, mask)
 
-    return _median_seconds(run, repeats)
+    return median_seconds(run, repeats)
 
 
 def train_throughput(
@@ -91,7 +81,7 @@ def train_throughput(
         mask = torch.zeros(batch_size, 1, size, size)
         mask[:, :, size // 2 :] = 1
         batch = {"masked": unmasked * (1 - mask) + 0.5 * mask, "unmasked": unmasked, "mask": mask}
-        seconds = _median_seconds(lambda: task.train_step(batch, 0), repeats=steps)
+        seconds = median_seconds(lambda: task.train_step(batch, 0), repeats=steps)
     return {"seconds_per_step": round(seconds, 3), "images_per_second": round(batch_size / seconds, 3)}
 
 
