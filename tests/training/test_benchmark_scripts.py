@@ -46,6 +46,12 @@ def test_celeba_cpu_run_on_a_tiny_synthetic_dataset(tmp_path):
         test["psnr"]["m2unet_composite"] > test["psnr"]["masked_input"]
     )
     assert (tmp_path / "run" / "gan" / "generator.safetensors").exists()
+    # Evaluating the finished run again (here on its first test sample) adds to the same JSON, no training.
+    again = script.main(
+        ["--data", str(data), "--out", str(tmp_path / "run"), "--evaluate-only", "--max-test-samples", "1"]
+    )
+    assert again["test_1"]["samples"] == 1 and again["test"] == report["test"]
+    assert json.loads((tmp_path / "run" / "celeba_cpu_run.json").read_text())["test_1"] == again["test_1"]
 
 
 @pytest.mark.slow
