@@ -1,10 +1,11 @@
 """Building a paired dataset: detect → align → mask → encode, in a worker pool, with resume and a lock.
 
-Per input: the file's SHA-256, ``m2u.masking.read_image``, ``FaceDetector.detect`` (the largest face is used),
-``align_face`` to ``size``×``size``, then for each of the K variants ``apply_mask`` on the *aligned crop* with
-the sample's own seed (from the global seed and the key). The stored mask is the masking engine's mask united
-with every pixel the engine changed, so outside the mask the masked and unmasked images are the same pixels by
-construction (byte-exact after a lossless format; within JPEG tolerance with ``--image-format jpg``).
+Per input: the file's SHA-256, ``m2u.masking.read_image``, ``FaceDetector.detect(largest_only=True)`` (the
+largest face is used; ``n_faces`` in the manifest counts the faces of the detection pass that found it, a cheap
+reduced-scale pass first), ``align_face`` to ``size``×``size``, then for each of the K variants ``apply_mask``
+on the *aligned crop* with the sample's own seed (from the global seed and the key). The stored mask is the
+masking engine's mask united with every pixel the engine changed, so outside the mask the masked and unmasked
+images are the same pixels by construction (byte-exact after a lossless format; within JPEG tolerance with ``--image-format jpg``).
 
 Work and writing: workers process inputs in plan order (``imap_unordered``, small chunks, so the pool stays
 balanced to the last input); the main process collects results per shard and writes a shard as soon as all of its
@@ -237,7 +238,7 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
     height, width = image.shape[:2]
     common = {"source_sha256": digest, "width": width, "height": height}
     try:
-        faces = _STATE.detector.detect(image)
+        faces = _STATE.detector.detect(image, largest_only=True)
     except Exception as exc:  # noqa: BLE001 - one bad photo must not stop a 12,000-photo build
         return [(_row(s, **common, reason=f"detection failed: {exc}"), None) for s in samples]
     if not faces:

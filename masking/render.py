@@ -147,30 +147,31 @@ def _warp(
 
     Each mesh cell is split along its p00-p11 diagonal into two triangles, each mapped by its own affine map. A
     pixel's cell comes from two rasterised band indices (row bands, column bands): a few dozen polygon fills
-    instead of one per triangle; the per-pixel work is done on covered pixels only."""
+    instead of one per triangle. The per-pixel work is a handful of dense operations over the mesh's box with
+    small lookup tables (one row per triangle), not per-pixel gathers of mesh points."""
     tex_h, tex_w = texture.shape[:2]
+    rows, cols = grid.shape[:2]
     # Only the mesh's own box (straps may make the caller's box much larger).
     lo = np.maximum(np.floor(grid.min(axis=(0, 1)) - origin - 3), 0).astype(int)
     hi = np.minimum(np.ceil(grid.max(axis=(0, 1)) - origin + 4), (shape[1], shape[0])).astype(int)
     sub = (int(hi[1] - lo[1]), int(hi[0] - lo[0]))
-    local = (grid - origin - lo).astype(np.float32)
+    local = grid - origin - lo
     fixed = np.round(local * 16).astype(np.int32)
     row = _band_index(local, sub, fixed)
     col = _band_index(local.transpose(1, 0, 2), sub, np.ascontiguousarray(fixed.transpose(1, 0, 2)))
-    ys, xs = np.nonzero((row >= 0) & (col >= 0))
-    r, c = row[ys, xs], col[ys, xs]
-    xs, ys = xs.astype(np.float32), ys.astype(np.float32)
-    p00, p11, p01 = local[r, c], local[r + 1, c + 1], local[r, c + 1]
-    diagonal = p11 - p00
-    side = diagonal[:, 0] * (ys - p00[:, 1]) - diagonal[:, 1] * (xs - p00[:, 0])
-    side01 = diagonal[:, 0] * (p01[:, 1] - p00[:, 1]) - diagonal[:, 1] * (p01[:, 0] - p00[:, 0])
-    lower = ((side * side01) < 0).astype(np.intp)  # 0: triangle (p00, p01, p11), 1: (p00, p11, p10)
-    m = _cell_affines(local.astype(np.float64), tex_w, tex_h)[r, c, lower]
-    map_x = np.full(sub, -100.0, np.float32)
-    map_y = np.full(sub, -100.0, np.float32)
-    iy, ix = ys.astype(np.intp), xs.astype(np.intp)
-    map_x[iy, ix] = m[:, 0, 0] * xs + m[:, 0, 1] * ys + m[:, 0, 2]
-    map_y[iy, ix] = m[:, 1, 0] * xs + m[:, 1, 1] * ys + m[:, 1, 2]
+    inside = (row >= 0) & (col >= 0)
+    cell = np.where(inside, row * (cols - 1) + col, 0)
+    diagonal, affines = _cell_tables(local, tex_w, tex_h)
+    ys = np.arange(sub[0], dtype=np.float32)[:, None]
+    xs = np.arange(sub[1], dtype=np.float32)[None, :]
+    # Which triangle of its cell a pixel is in: the side of the cell's p00-p11 diagonal (oriented so that < 0
+    # is the triangle p00-p11-p10).
+    side = diagonal[0].take(cell) * xs + diagonal[1].take(cell) * ys + diagonal[2].take(cell)
+    triangle = 2 * cell + (side < 0)
+    map_x = affines[0].take(triangle) * xs + affines[1].take(triangle) * ys + affines[2].take(triangle)
+    map_y = affines[3].take(triangle) * xs + affines[4].take(triangle) * ys + affines[5].take(triangle)
+    map_x[~inside] = -100.0
+    map_y[~inside] = -100.0
     warped = np.zeros((*shape, 4), np.float32)
     u = np.full(shape, -1.0, np.float32)
     box = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))
@@ -181,24 +182,49 @@ def _warp(
     return warped, u
 
 
-def _cell_affines(grid: np.ndarray, tex_w: int, tex_h: int) -> np.ndarray:
-    """Image→texture affine maps of both triangles of every cell: (rows-1, cols-1, 2, 2, 3). Zero-area slivers
-    (allowed at straight corners, see geometry.check_mesh) get an identity system so the batch inverse is defined;
-    they cover no pixel centre."""
+def _cell_tables(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell, the line through its p00-p11 diagonal as (a, b, c) with a·x + b·y + c < 0 on the p10 side:
+    (3, cells). Per triangle (cell-major, the p00-p01-p11 triangle first), its image→texture affine map
+    (m00, m01, m02, m10, m11, m12): (6, 2·cells). Zero-area slivers (allowed at straight corners, see
+    geometry.check_mesh) cover no pixel centre; their map is the constant first texture corner."""
     rows, cols = grid.shape[:2]
     tu = np.linspace(0.0, tex_w, cols) - 0.5
     tv = np.linspace(0.0, tex_h, rows) - 0.5
     tex = np.stack(np.meshgrid(tu, tv), axis=-1)
 
-    def triangles(g: np.ndarray) -> np.ndarray:
+    def triangles(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p00, p01, p10, p11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
-        return np.stack([np.stack([p00, p01, p11], -2), np.stack([p00, p11, p10], -2)], axis=2)
+        # (cells, 2 triangles, 2) for each of the three corners: (p00, p01, p11) and (p00, p11, p10).
+        return (
+            np.stack([p00, p00], axis=2).reshape(-1, 2, 2),
+            np.stack([p01, p11], axis=2).reshape(-1, 2, 2),
+            np.stack([p11, p10], axis=2).reshape(-1, 2, 2),
+        )
 
-    img, tx = triangles(grid), triangles(tex)  # (rows-1, cols-1, 2, 3, 2)
-    src = np.concatenate([np.swapaxes(img, -1, -2), np.ones((*img.shape[:3], 1, 3))], axis=-2)
-    degenerate = np.abs(np.linalg.det(src)) < 1e-6
-    src[degenerate] = np.eye(3)
-    return (np.swapaxes(tx, -1, -2) @ np.linalg.inv(src)).astype(np.float32)
+    (p0, p1, p2), (t0, t1, t2) = triangles(grid), triangles(tex)
+    e1, e2 = p1 - p0, p2 - p0
+    f1, f2 = t1 - t0, t2 - t0
+    det = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+    degenerate = np.abs(det) < 1e-9
+    inv_det = np.where(degenerate, 0.0, 1.0 / np.where(degenerate, 1.0, det))
+    # A = F · E⁻¹ with E = [e1 e2], F = [f1 f2] (columns); then b = t0 − A · p0.
+    inv = np.stack([e2[..., 1], -e2[..., 0], -e1[..., 1], e1[..., 0]], axis=-1) * inv_det[..., None]
+    a00 = f1[..., 0] * inv[..., 0] + f2[..., 0] * inv[..., 2]
+    a01 = f1[..., 0] * inv[..., 1] + f2[..., 0] * inv[..., 3]
+    a10 = f1[..., 1] * inv[..., 0] + f2[..., 1] * inv[..., 2]
+    a11 = f1[..., 1] * inv[..., 1] + f2[..., 1] * inv[..., 3]
+    b0 = t0[..., 0] - a00 * p0[..., 0] - a01 * p0[..., 1]
+    b1 = t0[..., 1] - a10 * p0[..., 0] - a11 * p0[..., 1]
+    affines = np.stack([a00, a01, b0, a10, a11, b1]).reshape(6, -1).astype(np.float32)
+
+    p00, p01, p11 = grid[:-1, :-1].reshape(-1, 2), grid[:-1, 1:].reshape(-1, 2), grid[1:, 1:].reshape(-1, 2)
+    d = p11 - p00
+    a, b = -d[:, 1], d[:, 0]
+    c = -(a * p00[:, 0] + b * p00[:, 1])
+    # Orient the line so that p01 lies on its non-negative side.
+    orientation = np.where(a * p01[:, 0] + b * p01[:, 1] + c < 0, -1.0, 1.0)
+    diagonal = (np.stack([a, b, c]) * orientation).astype(np.float32)
+    return diagonal, affines
 
 
 def _strap_polylines(
@@ -270,14 +296,16 @@ def _shape_lut(u: np.ndarray, yaw: float) -> np.ndarray:
 
 def _lighting(region: np.ndarray, coverage: np.ndarray, strength: float, eye_distance: float) -> np.ndarray:
     """Per-pixel gain carrying the face's brightness and its low-frequency gradient onto the mask."""
-    luminance = region.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
-    h, w = luminance.shape
-    # Heavy blur via a small image: only the light's direction matters, not the mouth or nostrils below.
+    h, w = region.shape[:2]
+    # Heavy blur via a small image: only the light's direction matters, not the mouth or nostrils below (so
+    # 8-bit luminance is precise enough).
     factor = max(1.0, eye_distance / 6.0)
     small = cv2.resize(
-        luminance, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA
+        cv2.cvtColor(np.ascontiguousarray(region), cv2.COLOR_RGB2GRAY),
+        (max(1, round(w / factor)), max(1, round(h / factor))),
+        interpolation=cv2.INTER_AREA,
     )
-    small = cv2.GaussianBlur(small, (0, 0), 2.5)
+    small = cv2.GaussianBlur(small.astype(np.float32) * np.float32(1 / 255), (0, 0), 2.5)
     smooth = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     weights = coverage > 0.5
     mean = float(smooth[weights].mean()) if weights.any() else float(smooth.mean())
@@ -367,7 +395,8 @@ def apply_mask(
         template, mask_width, color, config.color_weight, pattern, config.pattern_weight
     )
     body, u = _warp(texture, mesh.grid, origin, shape)
-    body_rgb, body_alpha = body[..., :3] * _shape_lut(u, mesh.yaw)[..., None], body[..., 3]
+    body_rgb, body_alpha = body[..., :3], body[..., 3]
+    body_rgb *= _shape_lut(u, mesh.yaw)[..., None]
 
     strap_rgb = np.zeros((*shape, 3), np.float32)
     strap_alpha = np.zeros(shape, np.float32)
@@ -378,23 +407,33 @@ def apply_mask(
                 pts = np.round((curve - origin) * 16).astype(np.int32)
                 cv2.polylines(canvas, [pts], False, 255, max(2, round(strap_width)), cv2.LINE_AA, 4)
         a = canvas.astype(np.float32) * np.float32(1 / 255)
-        strap_rgb = strap_rgb * (1 - a[..., None]) + np.asarray(rgb, np.float32) * a[..., None]
-        strap_alpha = strap_alpha + a * (1 - strap_alpha)
+        # Over what is there: rgb·a + below·(1 − a), premultiplied.
+        strap_rgb *= (1 - a)[..., None]
+        strap_rgb += np.asarray(rgb, np.float32) * a[..., None]
+        strap_alpha += a * (1 - strap_alpha)
 
     strap_rgb, strap_alpha, body_rgb, body_alpha = _drop_detached(
         strap_rgb, strap_alpha, body_rgb, body_alpha, config.coverage_threshold
     )
     # Mask body over straps, both premultiplied; then the face's light on both.
-    alpha = body_alpha + strap_alpha * (1.0 - body_alpha)
-    colour = body_rgb + strap_rgb * (1.0 - body_alpha)[..., None]
+    below = 1.0 - body_alpha
+    alpha = body_alpha + strap_alpha * below
+    strap_rgb *= below[..., None]
+    colour = body_rgb
+    colour += strap_rgb
     region = image[y0:y1, x0:x1]
     if config.lighting > 0:
-        colour = colour * _lighting(region, alpha, config.lighting, mesh.eye_distance)[..., None]
-    blended = region.astype(np.float32) * (1.0 - alpha[..., None]) + np.clip(colour, 0.0, 1.0) * 255.0
+        colour *= _lighting(region, alpha, config.lighting, mesh.eye_distance)[..., None]
+    np.clip(colour, 0.0, 1.0, out=colour)
+    colour *= 255.0
+    colour += 0.5  # rounds in the uint8 conversion below
+    blended = region.astype(np.float32)
+    blended *= (1.0 - alpha)[..., None]
+    blended += colour
     out = image.copy()
-    out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    out[y0:y1, x0:x1] = np.clip(blended, 0, 255).astype(np.uint8)
     mask = np.zeros((height, width), np.uint8)
-    mask[y0:y1, x0:x1] = np.where(alpha >= config.coverage_threshold, 255, 0).astype(np.uint8)
+    mask[y0:y1, x0:x1] = (alpha >= config.coverage_threshold).view(np.uint8) * np.uint8(255)
     if config.verify:
         _verify(mask, landmarks, (x0, y0, x1, y1))
 
