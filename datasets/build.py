@@ -23,7 +23,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -476,9 +475,9 @@ def build_dataset(
                 for task in tasks:
                     collect(process_input(task))
             else:
-                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-                context = mp.get_context(method)
-                with context.Pool(workers, initializer=_init_worker, initargs=(config, lock_fd)) as pool:
+                from m2u.masking.parallel import worker_pool
+
+                with worker_pool(workers, _init_worker, (config, lock_fd)) as pool:
                     for results in pool.imap_unordered(process_input, tasks, chunksize=_TASK_CHUNK):
                         collect(results)
         finally:

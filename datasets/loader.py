@@ -79,6 +79,7 @@ from m2u.datasets.layout import (
     validate_split,
 )
 from m2u.datasets.splits import unit_hash
+from m2u.masking.parallel import stop_opencv_threads
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -444,6 +445,9 @@ class PairedLoader:
         self.dataset.bind_distributed()
         self.epoch += 1
         workers = self.config.num_workers
+        if workers > 0:
+            # The workers are forked below and set OpenCV's thread count: safe only with no pool running here.
+            stop_opencv_threads()
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # the dataset batches inside each worker

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from m2u.masking.imageio import (
     is_image_entry,
     read_image,
 )
+from m2u.masking.parallel import worker_pool
 from m2u.masking.render import MaskConfig, apply_mask, warm_templates
 from m2u.masking.templates import MASK_TYPES
 
@@ -173,7 +173,7 @@ def run(
             rows.append(_run_one(task))
             bar.update()
     else:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        with worker_pool(workers, _init_worker) as pool:
             for row in pool.imap(_run_one, tasks, chunksize=4):
                 rows.append(row)
                 bar.update()
