@@ -156,7 +156,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="64 samples, 1 repeat (smoke run)")
-    parser.add_argument("--samples", type=int, default=400, help="photos to build the test set from")
+    parser.add_argument("--samples", type=int, default=800, help="photos to build the test set from")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="epochs per measurement (the best is kept)")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS)

@@ -353,23 +353,34 @@ class PairedShardDataset(IterableDataset):
             )
         p = self.config.hflip_prob
         if p > 0 and unit_hash("hflip", self.config.seed, self.epoch, key) < p:
-            masked, unmasked, mask = masked[:, ::-1], unmasked[:, ::-1], mask[:, ::-1]
+            masked, unmasked, mask = cv2.flip(masked, 1), cv2.flip(unmasked, 1), cv2.flip(mask, 1)
         return key, masked, unmasked, mask
 
     @staticmethod
     def _collate(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
         """A raw batch: contiguous uint8 tensors, images (B, 3, H, W) 0..255, mask (B, 1, H, W) 0/1. Workers send
-        uint8 (a quarter of float32's bytes through shared memory) already in channel-first order (the one copy
-        np.stack makes does the transposition and the flip); ``to_float_batch`` converts in the receiving process."""
+        uint8 (a quarter of float32's bytes through shared memory) already in channel-first order;
+        ``to_float_batch`` converts in the receiving process."""
 
         height, width = items[0][3].shape
 
+        in_worker = get_worker_info() is not None
+
         def stacked(index: int, channels: int) -> torch.Tensor:
-            out = np.empty((len(items), channels, height, width), np.uint8)  # C order: contiguous NCHW
+            batch = torch.empty((len(items), channels, height, width), dtype=torch.uint8)  # contiguous NCHW
+            if in_worker:
+                # Filled in shared memory from the start: the worker queue would otherwise copy the batch there.
+                batch.share_memory_()
+            out = batch.numpy()
             for row, item in enumerate(items):
-                # BGR HWC -> RGB CHW in one copy
-                out[row] = item[index].transpose(2, 0, 1)[::-1] if channels == 3 else item[index][None] > 127
-            return torch.from_numpy(out)
+                if channels == 3:
+                    # BGR HWC -> RGB CHW: OpenCV's vectorised de-interleave, then plane copies (a strided numpy
+                    # transpose copy cost a fifth of a worker's time).
+                    blue, green, red = cv2.split(item[index])
+                    out[row, 0], out[row, 1], out[row, 2] = red, green, blue
+                else:
+                    np.greater(item[index], 127, out=out[row, 0].view(np.bool_))
+            return batch
 
         return {
             "masked": stacked(1, 3),
