@@ -1,14 +1,16 @@
 """Masking throughput on the first 500 CelebA files: m2u-mask with 1 worker and with all cores, peak memory, and
 apply_mask alone on 256x256 aligned crops. Prints the figures and writes benchmarks/results/masking.json.
 
-    .venv/bin/python benchmarks/masking.py [--files 500] [--shared ../shared]
+    .venv/bin/python benchmarks/masking.py [--files 500] [--repeats 3] [--shared ../shared]
 
 Baselines: MaskTheFace's figure quoted in the issue (~28 images/s on one core, HOG upsample 1, single process,
 measured earlier on this machine), and a same-run baseline: MaskTheFace's per-image procedure re-implemented here
 for timing only (grey HOG detection at upsample 1, 68 landmarks, six anchors, the RGBA template read from disk for
 every face, a homography warp of the whole image, pixels pasted where alpha > 0, the JPEG written; one process).
-It needs MaskTheFace's template pack (`../shared/mask-templates/maskthefacE`) and is skipped without it. Its
-timing leaves out process start-up; the m2u-mask figures include it.
+It needs MaskTheFace's template pack (`../shared/mask-templates/maskthefacE`) and is skipped without it. Both
+tools run as processes of their own (start-up and model loading included), in interleaved rounds whose
+within-round ratios are reported as medians; steady-state CPU ms per image (after a warm-up, in this process) are
+reported for both as well.
 """
 
 from __future__ import annotations
@@ -125,11 +127,9 @@ def _masktheface_style_pass(files: list[Path], pack: Path, out_dir: Path, warm_u
     return {"images_masked": int(masked), "wall_s": wall, "cpu_s": cpu}
 
 
-def _masktheface_style_baseline(files: list[Path], pack: Path) -> dict | None:
+def _masktheface_style_process(files: list[Path], pack: Path) -> dict:
     """The baseline as a process of its own over the files (imports and model loading included, like the
-    m2u-mask runs), and its steady-state rate in this process."""
-    if not (pack / "masks.cfg").is_file():
-        return None
+    m2u-mask runs)."""
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "files.json"
         listing.write_text(json.dumps([str(f) for f in files]))
@@ -140,18 +140,19 @@ def _masktheface_style_baseline(files: list[Path], pack: Path) -> dict | None:
         wall = time.perf_counter() - start
         masked = json.loads(proc.stdout.read())["images_masked"]
         proc.wait()
-        steady = _masktheface_style_pass(files, pack, Path(tmp), warm_up=True)
     cpu = rusage.ru_utime + rusage.ru_stime
     return {
-        "procedure": "MaskTheFace-style, re-implemented for timing (see the module docstring)",
         "images_masked": masked,
-        "process": {
-            "wall_s_including_startup": round(wall, 2),
-            "images_per_s": round(len(files) / wall, 2),
-            "images_per_cpu_second": round(len(files) / max(cpu, 1e-9), 2),
-        },
-        "steady_state_cpu_ms_per_image": round(1000 * steady["cpu_s"] / len(files), 2),
+        "wall_s_including_startup": round(wall, 2),
+        "images_per_s": round(len(files) / wall, 2),
+        "images_per_cpu_second": round(len(files) / max(cpu, 1e-9), 2),
     }
+
+
+def _masktheface_style_steady_ms(files: list[Path], pack: Path) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        steady = _masktheface_style_pass(files, pack, Path(tmp), warm_up=True)
+    return round(1000 * steady["cpu_s"] / len(files), 2)
 
 
 def _m2u_steady_state_cpu_ms(files: list[Path]) -> float:
@@ -215,6 +216,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "masking.json")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians are reported)")
     parser.add_argument("--baseline-process", nargs=2, metavar=("FILES_JSON", "PACK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_process:  # the child process of _masktheface_style_baseline
@@ -228,28 +230,52 @@ def main() -> None:
     if not files:
         sys.exit(f"no CelebA files in {celeba}")
     cores = os.cpu_count() or 1
-    one = _run_cli(files, 1, seed=0)
-    print(
-        f"1 worker:  {one['images_per_s']} images/s ({one['images_per_cpu_second']} per CPU-second), "
-        f"masked {one['statuses']['ok']}/{len(files)}, peak {one['peak_rss_mib_largest_process']} MiB"
-    )
-    many = _run_cli(files, cores, seed=0)
-    print(
-        f"{cores} workers: {many['images_per_s']} images/s, masked {many['statuses']['ok']}/{len(files)}, "
-        f"peak {many['peak_rss_mib_largest_process']} MiB"
-    )
+    pack = args.shared / "mask-templates" / "maskthefacE"
+    has_baseline = (pack / "masks.cfg").is_file()
+    # Interleaved rounds: this shared machine's speed drifts by tens of percent between minutes, so each ratio
+    # is taken within a round and the median over rounds is reported.
+    rounds = []
+    for index in range(args.repeats):
+        one = _run_cli(files, 1, seed=0)
+        many = _run_cli(files, cores, seed=0)
+        base = _masktheface_style_process(files, pack) if has_baseline else None
+        rounds.append({"one_worker": one, "all_workers": many, "masktheface_style_process": base})
+        print(
+            f"round {index + 1}: 1 worker {one['images_per_s']} images/s ({one['images_per_cpu_second']} per "
+            f"CPU-second), {cores} workers {many['images_per_s']} images/s"
+            + (f"; MaskTheFace-style process {base['images_per_s']} images/s" if base else ""),
+            flush=True,
+        )
+    one, many = rounds[-1]["one_worker"], rounds[-1]["all_workers"]
+    baseline = None
+    if has_baseline:
+        baseline = {
+            "procedure": "MaskTheFace-style, re-implemented for timing (see the module docstring)",
+            "images_masked": rounds[-1]["masktheface_style_process"]["images_masked"],
+            "process_rounds": [r["masktheface_style_process"] for r in rounds],
+            "steady_state_cpu_ms_per_image": _masktheface_style_steady_ms(files, pack),
+        }
+    steady_ms = _m2u_steady_state_cpu_ms(files)
     speed = _apply_mask_speed(files[:120], 100)
     print(
-        f"apply_mask at 256x256: {speed['ms_per_call_wall']} ms/call wall, {speed['ms_per_call_cpu']} ms CPU"
+        f"apply_mask at 256x256: {speed['ms_per_call_wall']} ms/call wall, {speed['ms_per_call_cpu']} ms CPU; "
+        f"steady state per image: m2u-mask {steady_ms} CPU ms"
+        + (f", MaskTheFace-style {baseline['steady_state_cpu_ms_per_image']}" if baseline else "")
     )
-    baseline = _masktheface_style_baseline(files, args.shared / "mask-templates" / "maskthefacE")
-    steady_ms = _m2u_steady_state_cpu_ms(files)
+
+    def median(values: list[float]) -> float:
+        return round(float(np.median(values)), 2)
+
+    medians = {
+        "one_worker_images_per_s": median([r["one_worker"]["images_per_s"] for r in rounds]),
+        "one_worker_images_per_cpu_second": median(
+            [r["one_worker"]["images_per_cpu_second"] for r in rounds]
+        ),
+        "all_workers_images_per_s": median([r["all_workers"]["images_per_s"] for r in rounds]),
+    }
     if baseline:
-        print(
-            f"MaskTheFace-style baseline (same run, own process): {baseline['process']['images_per_s']} images/s, "
-            f"{baseline['process']['images_per_cpu_second']} per CPU-second, masked "
-            f"{baseline['images_masked']}/{len(files)}; steady state {baseline['steady_state_cpu_ms_per_image']} "
-            f"CPU ms/image (m2u-mask: {steady_ms})"
+        medians["masktheface_style_process_images_per_s"] = median(
+            [r["masktheface_style_process"]["images_per_s"] for r in rounds]
         )
     load = os.getloadavg()
     result = {
@@ -259,7 +285,9 @@ def main() -> None:
         "load_average_at_end": [round(x, 2) for x in load],
         "one_worker": one,
         "all_workers": many,
-        "speedup_all_vs_one_worker": round(many["images_per_s"] / one["images_per_s"], 2),
+        "speedup_all_vs_one_worker": round(
+            medians["all_workers_images_per_s"] / medians["one_worker_images_per_s"], 2
+        ),
         "apply_mask_256": speed,
         "masktheface_reference": {
             "note": "quoted from issue 2 (measured earlier on this machine), not re-run by this script",
@@ -268,27 +296,57 @@ def main() -> None:
             "outputs_per_image": "masked image only (no binary mask, no metadata, no report)",
         },
         "masktheface_style_baseline_same_run": baseline,
-        # Same-run ratios (the baseline is one process, like MaskTheFace): per CPU-second is the load-independent one.
         "m2u_steady_state_cpu_ms_per_image": steady_ms,
+        "rounds": [
+            {
+                "one_worker_images_per_s": r["one_worker"]["images_per_s"],
+                "one_worker_images_per_cpu_second": r["one_worker"]["images_per_cpu_second"],
+                "all_workers_images_per_s": r["all_workers"]["images_per_s"],
+                "masktheface_style_process_images_per_s": (r["masktheface_style_process"] or {}).get(
+                    "images_per_s"
+                ),
+            }
+            for r in rounds
+        ],
+        "medians": medians,
+        # Ratios within each round, then the median: the baseline is one process, like MaskTheFace.
         "vs_same_run_baseline": None
         if baseline is None
         else {
-            "one_worker_per_cpu_second": round(
-                one["images_per_cpu_second"] / baseline["process"]["images_per_cpu_second"], 2
+            "one_worker_wall": median(
+                [
+                    r["one_worker"]["images_per_s"] / r["masktheface_style_process"]["images_per_s"]
+                    for r in rounds
+                ]
             ),
-            "one_worker_wall": round(one["images_per_s"] / baseline["process"]["images_per_s"], 2),
-            "all_workers_wall": round(many["images_per_s"] / baseline["process"]["images_per_s"], 2),
+            "one_worker_per_cpu_second": median(
+                [
+                    r["one_worker"]["images_per_cpu_second"]
+                    / r["masktheface_style_process"]["images_per_cpu_second"]
+                    for r in rounds
+                ]
+            ),
+            "all_workers_wall": median(
+                [
+                    r["all_workers"]["images_per_s"] / r["masktheface_style_process"]["images_per_s"]
+                    for r in rounds
+                ]
+            ),
             "steady_state_per_image_cpu": round(baseline["steady_state_cpu_ms_per_image"] / steady_ms, 2),
         },
+        "all_workers_vs_masktheface_quoted": round(
+            medians["all_workers_images_per_s"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
+        ),
         "one_worker_vs_masktheface_per_core": round(
-            one["images_per_s"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
+            medians["one_worker_images_per_s"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
         ),
         "per_cpu_second_vs_masktheface_per_core": round(
-            one["images_per_cpu_second"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
+            medians["one_worker_images_per_cpu_second"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
         ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    print(f"medians over {len(rounds)} rounds: {medians}")
     print(
         f"speed-up {cores} vs 1 worker: {result['speedup_all_vs_one_worker']}x; 1 worker vs MaskTheFace's quoted "
         f"28 images/s per core: {result['one_worker_vs_masktheface_per_core']}x wall, "
