@@ -150,7 +150,7 @@ def _warp(
     instead of one per triangle. The per-pixel work is a handful of dense operations over the mesh's box with
     small lookup tables (one row per triangle), not per-pixel gathers of mesh points."""
     tex_h, tex_w = texture.shape[:2]
-    rows, cols = grid.shape[:2]
+    cols = grid.shape[1]
     # Only the mesh's own box (straps may make the caller's box much larger).
     lo = np.maximum(np.floor(grid.min(axis=(0, 1)) - origin - 3), 0).astype(int)
     hi = np.minimum(np.ceil(grid.max(axis=(0, 1)) - origin + 4), (shape[1], shape[0])).astype(int)
