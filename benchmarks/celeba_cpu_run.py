@@ -107,19 +107,24 @@ def evaluate_test_split(
     return report
 
 
-def _evaluate_again(args: argparse.Namespace) -> dict[str, Any]:
-    path = args.out / "celeba_cpu_run.json"
-    if not path.is_file():
-        sys.exit(f"--evaluate-only needs a finished run in {args.out} (no {path.name})")
-    report = json.loads(path.read_text())
-    started = time.monotonic()
-    test = evaluate_test_split(
+def _evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
+    """evaluate_test_split on the two models the run in --out wrote."""
+    return evaluate_test_split(
         args.data,
         args.out / "mseg" / "mseg.safetensors",
         args.out / "gan" / "generator.safetensors",
         args.batch_size,
         args.max_test_samples or None,
     )
+
+
+def _evaluate_again(args: argparse.Namespace) -> dict[str, Any]:
+    path = args.out / "celeba_cpu_run.json"
+    if not path.is_file():
+        sys.exit(f"--evaluate-only needs a finished run in {args.out} (no {path.name})")
+    report = json.loads(path.read_text())
+    started = time.monotonic()
+    test = _evaluate_run(args)
     test["evaluation_seconds"] = round(time.monotonic() - started, 1)
     report[f"test_{args.max_test_samples or 'all'}"] = test
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -211,13 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     )
     evaluation_started = time.monotonic()
-    test = evaluate_test_split(
-        args.data,
-        args.out / "mseg" / "mseg.safetensors",
-        args.out / "gan" / "generator.safetensors",
-        args.batch_size,
-        args.max_test_samples or None,
-    )
+    test = _evaluate_run(args)
     report = {
         "command": " ".join(["benchmarks/celeba_cpu_run.py", *(argv if argv is not None else sys.argv[1:])]),
         "settings": {
