@@ -49,3 +49,18 @@ def celeba_first(celeba_dir: Path):
         return files[:n]
 
     return first
+
+
+def _dataset_snapshot(out: Path) -> dict[str, bytes]:
+    """Every file a dataset build leaves, by relative path, except what records timings or a process id."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("stats.json", ".m2u-build.lock")
+    }
+
+
+@pytest.fixture(scope="session")
+def dataset_snapshot():
+    """A function: dataset folder -> {relative path: bytes}, for byte-identity checks between builds."""
+    return _dataset_snapshot

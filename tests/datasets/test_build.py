@@ -108,14 +108,6 @@ def _list_file(tmp_path: Path, files: list[Path]) -> Path:
     return path
 
 
-def _dataset_files(out: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("stats.json", ".m2u-build.lock")
-    }
-
-
 @pytest.mark.shared
 def test_celeba_subset_pairs_are_aligned_and_readable(celeba_first, tmp_path):
     files = celeba_first(16)
@@ -174,7 +166,7 @@ _KILL_ARGS = ["--mask-engine", "synthetic", "--workers", "1", "--size", "96", "-
 
 @pytest.mark.shared
 @pytest.mark.slow  # four processes that each load the dlib models: ~20 s
-def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(celeba_first, tmp_path):
+def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(celeba_first, tmp_path, dataset_snapshot):
     inputs = _list_file(tmp_path, celeba_first(24))
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     command = [sys.executable, "-m", "m2u.datasets.cli", str(inputs)]
@@ -191,22 +183,24 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(celeba_first, tmp
     subprocess.run([*command, "-o", str(killed), *_KILL_ARGS], check=True, cwd=tmp_path, timeout=300)
     assert not list(killed.rglob("*.tmp"))
     assert json.loads((killed / "stats.json").read_text())["resumed"]
-    assert _dataset_files(killed) == _dataset_files(reference)
+    assert dataset_snapshot(killed) == dataset_snapshot(reference)
     # and a second full run with the same seed is byte-identical too (determinism)
     again = tmp_path / "again"
     subprocess.run(
         [*command, "-o", str(again), *_KILL_ARGS, "--workers", "2"], check=True, cwd=tmp_path, timeout=300
     )
-    assert _dataset_files(again) == _dataset_files(reference)
+    assert dataset_snapshot(again) == dataset_snapshot(reference)
 
 
 @pytest.mark.shared
-def test_real_masking_engine_pairs_are_deterministic_and_exact_outside_the_mask(celeba_first, tmp_path):
+def test_real_masking_engine_pairs_are_deterministic_and_exact_outside_the_mask(
+    celeba_first, tmp_path, dataset_snapshot
+):
     inputs = _list_file(tmp_path, celeba_first(5))
     config = _config(mask_engine="m2u", size=96, image_format="png", variants=2)
     first = build_dataset([inputs], tmp_path / "first", config)
     second = build_dataset([inputs], tmp_path / "second", config)
-    assert _dataset_files(tmp_path / "first") == _dataset_files(tmp_path / "second")
+    assert dataset_snapshot(tmp_path / "first") == dataset_snapshot(tmp_path / "second")
     manifest = read_manifest(tmp_path / "first")
     assert len(manifest) == 10 and set(manifest["variant"]) == {0, 1}
     assert first.stats["counts"]["by_status"]["ok"] >= 7, manifest[["key", "status", "reason"]]

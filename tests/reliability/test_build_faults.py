@@ -50,15 +50,6 @@ def _inputs(tmp_path: Path, count: int) -> Path:
     return listing
 
 
-def _dataset_bytes(out: Path) -> dict[str, bytes]:
-    """Everything a build leaves, except what records timings or a process id."""
-    return {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("stats.json", ".m2u-build.lock")
-    }
-
-
 def _command(listing: Path, out: Path, workers: int) -> list[str]:
     cli = [sys.executable, "-m", "m2u.datasets.cli", str(listing), "-o", str(out), *BUILD_ARGS]
     return [*cli, "--workers", str(workers)]
@@ -74,7 +65,7 @@ def _assert_no_complete_looking_partial_shard(out: Path) -> None:
                 assert all(member.size > 0 for member in tar.getmembers())
 
 
-def _kill_and_resume(tmp_path: Path, inputs: int, kills: int, seed: int) -> None:
+def _kill_and_resume(tmp_path: Path, dataset_snapshot, inputs: int, kills: int, seed: int) -> None:
     listing = _inputs(tmp_path, inputs)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     started = time.monotonic()
@@ -99,16 +90,16 @@ def _kill_and_resume(tmp_path: Path, inputs: int, kills: int, seed: int) -> None
     assert interrupted >= 1, "every run finished before its kill: nothing was tested"
     build_dataset([listing], killed, CONFIG)
     assert not list(killed.rglob("*.tmp")), "stray temporary files after the resumed run"
-    assert _dataset_bytes(killed) == _dataset_bytes(reference)
+    assert dataset_snapshot(killed) == dataset_snapshot(reference)
 
 
-def test_two_sigkills_then_a_rerun_equal_an_uninterrupted_run(tmp_path):
-    _kill_and_resume(tmp_path, inputs=6, kills=2, seed=1)
+def test_two_sigkills_then_a_rerun_equal_an_uninterrupted_run(tmp_path, dataset_snapshot):
+    _kill_and_resume(tmp_path, dataset_snapshot, inputs=6, kills=2, seed=1)
 
 
 @pytest.mark.slow
-def test_ten_sigkills_then_a_rerun_equal_an_uninterrupted_run(tmp_path):
-    _kill_and_resume(tmp_path, inputs=24, kills=10, seed=2)
+def test_ten_sigkills_then_a_rerun_equal_an_uninterrupted_run(tmp_path, dataset_snapshot):
+    _kill_and_resume(tmp_path, dataset_snapshot, inputs=24, kills=10, seed=2)
 
 
 class _FullDisk(io.RawIOBase):
@@ -142,7 +133,9 @@ class _FullDisk(io.RawIOBase):
 
 
 @pytest.mark.parametrize("budget", [0, 700, 5000])
-def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(tmp_path, monkeypatch, budget):
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(
+    tmp_path, monkeypatch, budget, dataset_snapshot
+):
     listing = _inputs(tmp_path, 6)
     reference, out = tmp_path / "reference", tmp_path / "out"
     config = CONFIG
@@ -175,7 +168,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(tmp_path, monk
             build_dataset([listing], out, config)
     monkeypatch.undo()
     build_dataset([listing], out, config)  # space again: the rerun resumes
-    assert _dataset_bytes(out) == _dataset_bytes(reference)
+    assert dataset_snapshot(out) == dataset_snapshot(reference)
 
 
 def test_an_unforeseen_failure_on_one_input_is_an_error_row_not_a_crash(tmp_path, monkeypatch):
@@ -207,7 +200,9 @@ def read_manifest_rows(out: Path) -> list[dict]:
     return read_manifest(out).to_dict("records")
 
 
-def test_a_full_disk_while_writing_the_manifest_is_a_clear_error_and_resumes(tmp_path, monkeypatch):
+def test_a_full_disk_while_writing_the_manifest_is_a_clear_error_and_resumes(
+    tmp_path, monkeypatch, dataset_snapshot
+):
     import m2u.datasets.build as build_module
 
     listing = _inputs(tmp_path, 4)
@@ -226,4 +221,4 @@ def test_a_full_disk_while_writing_the_manifest_is_a_clear_error_and_resumes(tmp
     assert not (out / "manifest.parquet").exists()
     monkeypatch.undo()
     assert build_dataset([listing], out, CONFIG).stats["resumed"]
-    assert _dataset_bytes(out) == _dataset_bytes(reference)
+    assert dataset_snapshot(out) == dataset_snapshot(reference)
