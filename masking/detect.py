@@ -105,8 +105,8 @@ class DetectorConfig:
     # full-resolution image. Keeps a 8000x8000 photo at well under a second.
     max_side: int = 1600
     # `detect(..., largest_only=True)` first runs the first pass on a copy scaled by this (HOG there finds faces
-    # of at least ~80/coarse_scale px at a fraction of the cost: 2.4x faster on CelebA at 0.8), and runs the full
-    # ladder only when that finds nothing. 1 turns it off.
+    # of at least ~80/coarse_scale px at a fraction of the cost: benchmarks/make_dataset.py times HOG per scale),
+    # and runs the full ladder only when that finds nothing. 1 turns it off.
     coarse_scale: float = 0.8
 
     def __post_init__(self) -> None:

@@ -59,8 +59,8 @@ def test_cnn_detector_and_large_image_downscaling(celeba_first):
 def test_largest_only_tries_a_cheap_coarse_pass_and_falls_back_to_full_scale(celeba_first):
     detector = FaceDetector()
     # CelebA faces are large enough for the coarse pass: the same largest face, landmarks fitted at full scale.
-    # Its box comes from another pyramid scale, so single faces may move a few pixels (0.4 px on average over the
-    # first 300 files, one in eight of these by 5 px).
+    # Its box comes from another pyramid scale, so single faces may move a few pixels (one in eight of these by
+    # 5 px); typically they move by under a pixel.
     differences = []
     for path in celeba_first(8):
         image = read_image(path)
