@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -140,10 +141,14 @@ def _band_index(grid: np.ndarray, shape: tuple[int, int], fixed: np.ndarray) -> 
 
 
 def _warp(
-    texture: np.ndarray, grid: np.ndarray, origin: np.ndarray, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Piecewise-affine warp of a texture onto the mesh inside a box: (premultiplied RGBA, u per pixel; u < 0
-    outside the mesh).
+    texture: np.ndarray,
+    grid: np.ndarray,
+    origin: np.ndarray,
+    shape: tuple[int, int],
+    column_gain: np.ndarray | None = None,
+) -> np.ndarray:
+    """Piecewise-affine warp of a premultiplied RGBA texture onto the mesh inside a box (zero outside the mesh);
+    `column_gain` (one factor per texture column) scales the colour of each pixel by the column it samples.
 
     Each mesh cell is split along its p00-p11 diagonal into two triangles, each mapped by its own affine map. A
     pixel's cell comes from two rasterised band indices (row bands, column bands): a few dozen polygon fills
@@ -170,16 +175,18 @@ def _warp(
     triangle = 2 * cell + (side < 0)
     map_x = affines[0].take(triangle) * xs + affines[1].take(triangle) * ys + affines[2].take(triangle)
     map_y = affines[3].take(triangle) * xs + affines[4].take(triangle) * ys + affines[5].take(triangle)
-    map_x[~inside] = -100.0
-    map_y[~inside] = -100.0
-    warped = np.zeros((*shape, 4), np.float32)
-    u = np.full(shape, -1.0, np.float32)
-    box = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))
-    warped[box] = cv2.remap(
+    outside = ~inside
+    map_x[outside] = -100.0
+    map_y[outside] = -100.0
+    sampled = cv2.remap(
         texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
-    u[box] = (map_x + 0.5) / tex_w
-    return warped, u
+    if column_gain is not None:
+        nearest = np.clip(map_x + 0.5, 0, tex_w - 1).astype(np.int32)
+        sampled[..., :3] *= column_gain.take(nearest)[..., None]
+    warped = np.zeros((*shape, 4), np.float32)
+    warped[lo[1] : hi[1], lo[0] : hi[0]] = sampled
+    return warped
 
 
 def _cell_tables(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,21 +265,15 @@ def _strap_polylines(
     return out
 
 
-def _drop_detached(
-    strap_rgb: np.ndarray,
-    strap_alpha: np.ndarray,
-    body_rgb: np.ndarray,
-    body_alpha: np.ndarray,
-    threshold: float,
-) -> tuple[np.ndarray, ...]:
-    """Remove what is not attached to the mask's main body: strap stretches that re-emerge from under the mask's
-    edge, and sub-pixel specks where a sharp template corner is sampled (they would be separate mask pieces)."""
-    coverage = body_alpha + strap_alpha * (1.0 - body_alpha)
+def _detached(coverage: np.ndarray, body_alpha: np.ndarray, threshold: float) -> np.ndarray | None:
+    """A 0/1 factor removing what is not attached to the mask's main body (None when everything is attached):
+    strap stretches that re-emerge from under the mask's edge, and sub-pixel specks where a sharp template corner is
+    sampled (they would be separate mask pieces)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        (coverage >= threshold).astype(np.uint8), connectivity=8
+        (coverage >= threshold).view(np.uint8), connectivity=8
     )
     if count <= 2:
-        return strap_rgb, strap_alpha, body_rgb, body_alpha
+        return None
     areas = stats[:, cv2.CC_STAT_AREA]
     main = 1 + int(np.argmax(areas[1:]))
     # Only strap-only pieces and specks go; a real second piece of the body stays, and verification refuses it.
@@ -281,15 +282,16 @@ def _drop_detached(
         k for k in range(1, count) if k != main and (k not in body_labels or areas[k] < 0.01 * areas[main])
     ]
     if not removable:
-        return strap_rgb, strap_alpha, body_rgb, body_alpha
+        return None
     detached = np.isin(labels, removable).astype(np.uint8)
     # Their soft rims go too (one pixel around), so nothing faint is left floating.
-    keep = 1.0 - cv2.dilate(detached, np.ones((3, 3), np.uint8)).astype(np.float32) * (labels != main)
-    return strap_rgb * keep[..., None], strap_alpha * keep, body_rgb * keep[..., None], body_alpha * keep
+    return 1.0 - cv2.dilate(detached, np.ones((3, 3), np.uint8)).astype(np.float32) * (labels != main)
 
 
-def _shape_lut(u: np.ndarray, yaw: float) -> np.ndarray:
-    """Brightness of a mask wrapped round the face like a cylinder, seen under yaw: the far side darkens."""
+def _cylinder_gain(tex_w: int, yaw: float) -> np.ndarray:
+    """Brightness per texture column of a mask wrapped round the face like a cylinder, seen under yaw: the far
+    side darkens."""
+    u = (np.arange(tex_w, dtype=np.float32) + 0.5) / tex_w
     theta = (u - 0.5) * 1.8 + 0.8 * yaw
     return (0.80 + 0.20 * np.cos(theta)).astype(np.float32)
 
@@ -306,12 +308,17 @@ def _lighting(region: np.ndarray, coverage: np.ndarray, strength: float, eye_dis
         interpolation=cv2.INTER_AREA,
     )
     small = cv2.GaussianBlur(small.astype(np.float32) * np.float32(1 / 255), (0, 0), 2.5)
-    smooth = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    weights = coverage > 0.5
-    mean = float(smooth[weights].mean()) if weights.any() else float(smooth.mean())
-    local = np.clip(smooth / max(mean, 1e-3), 0.7, 1.3) ** strength
+    # The mean brightness under the mask, and the gain, are taken at the small scale too: the light is smooth.
+    weights = cv2.resize(coverage, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) > 0.5
+    mean = float(small[weights].mean()) if weights.any() else float(small.mean())
     overall = float(np.clip((mean / 0.5) ** (0.5 * strength), 0.55, 1.1))
-    return (local * overall).astype(np.float32)
+    gain = (np.clip(small / max(mean, 1e-3), 0.7, 1.3) ** strength * overall).astype(np.float32)
+    return cv2.resize(gain, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@functools.cache
+def _placement_meta(placement: PlacementConfig) -> dict[str, Any]:
+    return asdict(placement)
 
 
 def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple | None, str | None]:
@@ -394,44 +401,58 @@ def apply_mask(
     texture = _premultiplied_texture(
         template, mask_width, color, config.color_weight, pattern, config.pattern_weight
     )
-    body, u = _warp(texture, mesh.grid, origin, shape)
+    body = _warp(texture, mesh.grid, origin, shape, _cylinder_gain(texture.shape[1], mesh.yaw))
     body_rgb, body_alpha = body[..., :3], body[..., 3]
-    body_rgb *= _shape_lut(u, mesh.yaw)[..., None]
 
-    strap_rgb = np.zeros((*shape, 3), np.float32)
+    # Straps: one anti-aliased canvas per colour, composited over each other (premultiplied); with a single
+    # colour (every shipped template) the colour is a constant and only the coverage is an image.
     strap_alpha = np.zeros(shape, np.float32)
-    for rgb in dict.fromkeys(rgb for _, _, rgb in straps):  # one canvas per strap colour
+    strap_rgb: np.ndarray | None = None
+    colours = list(dict.fromkeys(rgb for _, _, rgb in straps))
+    for rgb in colours:
         canvas = np.zeros(shape, np.uint8)
         for curve, strap_width, strap_rgb_ in straps:
             if strap_rgb_ == rgb:
                 pts = np.round((curve - origin) * 16).astype(np.int32)
                 cv2.polylines(canvas, [pts], False, 255, max(2, round(strap_width)), cv2.LINE_AA, 4)
-        a = canvas.astype(np.float32) * np.float32(1 / 255)
-        # Over what is there: rgb·a + below·(1 − a), premultiplied.
+        a = canvas.astype(np.float32)
+        a *= np.float32(1 / 255)
+        if len(colours) == 1:
+            strap_alpha = a
+            break
+        # Over what is there: rgb·a + below·(1 − a).
+        strap_rgb = np.zeros((*shape, 3), np.float32) if strap_rgb is None else strap_rgb
         strap_rgb *= (1 - a)[..., None]
         strap_rgb += np.asarray(rgb, np.float32) * a[..., None]
         strap_alpha += a * (1 - strap_alpha)
 
-    strap_rgb, strap_alpha, body_rgb, body_alpha = _drop_detached(
-        strap_rgb, strap_alpha, body_rgb, body_alpha, config.coverage_threshold
-    )
-    # Mask body over straps, both premultiplied; then the face's light on both.
+    # Mask body over straps: coverage = body + straps where the body leaves room.
     below = 1.0 - body_alpha
-    alpha = body_alpha + strap_alpha * below
-    strap_rgb *= below[..., None]
+    strap_visible = strap_alpha * below
+    alpha = body_alpha + strap_visible
+    keep = _detached(alpha, body_alpha, config.coverage_threshold)
+    if keep is not None:
+        body_rgb *= keep[..., None]
+        body_alpha *= keep
+        strap_visible *= keep
+        alpha *= keep
     colour = body_rgb
-    colour += strap_rgb
+    if strap_rgb is not None:
+        strap_rgb *= (below * (1.0 if keep is None else keep))[..., None]
+        colour += strap_rgb
+    elif colours:
+        colour += np.asarray(colours[0], np.float32) * strap_visible[..., None]
     region = image[y0:y1, x0:x1]
+    # The face's light on mask and straps, in 8-bit units; then over the face. OpenCV's saturating add rounds to
+    # 8 bits and caps what the light made brighter than white (colour is never negative).
     if config.lighting > 0:
-        colour *= _lighting(region, alpha, config.lighting, mesh.eye_distance)[..., None]
-    np.clip(colour, 0.0, 1.0, out=colour)
-    colour *= 255.0
-    colour += 0.5  # rounds in the uint8 conversion below
-    blended = region.astype(np.float32)
-    blended *= (1.0 - alpha)[..., None]
-    blended += colour
+        colour *= (_lighting(region, alpha, config.lighting, mesh.eye_distance) * np.float32(255))[..., None]
+    else:
+        colour *= np.float32(255)
+    below_mask = region.astype(np.float32)
+    below_mask *= (1.0 - alpha)[..., None]
     out = image.copy()
-    out[y0:y1, x0:x1] = np.clip(blended, 0, 255).astype(np.uint8)
+    out[y0:y1, x0:x1] = cv2.add(below_mask, colour, dtype=cv2.CV_8U)
     mask = np.zeros((height, width), np.uint8)
     mask[y0:y1, x0:x1] = (alpha >= config.coverage_threshold).view(np.uint8) * np.uint8(255)
     if config.verify:
@@ -453,6 +474,6 @@ def apply_mask(
         "fallback": mesh.fallback,
         "mask_pixels": int(np.count_nonzero(mask)),
         "seed": int(seed),
-        "placement": asdict(config.placement),
+        "placement": _placement_meta(config.placement),
     }
     return MaskResult(out, mask, meta)

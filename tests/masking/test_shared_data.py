@@ -78,6 +78,24 @@ def test_largest_only_tries_a_cheap_coarse_pass_and_falls_back_to_full_scale(cel
         DetectorConfig(coarse_scale=0.1)
 
 
+def test_one_detector_run_serves_both_thresholds(celeba_first):
+    # The ladder reads its retry threshold off the first run: filtering a low-threshold run must give exactly what
+    # a run at the higher threshold returns (dlib keeps boxes in descending score order when suppressing).
+    detector = FaceDetector()
+    filtered_any = False
+    for path in celeba_first(40):
+        image = read_image(path)
+        low = detector._boxes(image, "hog", 0, -0.6)
+        for threshold in (0.0, -0.3):
+            direct = detector._boxes(image, "hog", 0, threshold)
+            kept = [(rect, score) for rect, score in low if score >= threshold]
+            filtered_any |= len(kept) < len(low)
+            assert [(tuple(map(int, (r.left(), r.top(), r.right(), r.bottom()))), s) for r, s in direct] == [
+                (tuple(map(int, (r.left(), r.top(), r.right(), r.bottom()))), s) for r, s in kept
+            ]
+    assert filtered_any  # the low threshold did add boxes that the filter removed
+
+
 def test_masktheface_pack_loads_and_places(masktheface_templates_dir, celeba_first):
     pack = load_template_pack(masktheface_templates_dir)
     assert {"surgical", "N95", "KN95", "cloth", "gas"} <= set(pack.names)
