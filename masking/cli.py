@@ -9,13 +9,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
@@ -166,20 +166,21 @@ def run(
     # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
     _DETECTOR = FaceDetector(job.detector_config).load_models()
     warm_templates(job.mask_config)
-    bar = tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr)
-    rows = []
     if workers <= 1:
         _init_worker()
-        for task in tasks:
-            rows.append(_run_one(task))
-            bar.update()
-    else:
-        with worker_pool(workers, _init_worker) as pool:
-            for row in pool.imap(_run_one, tasks, chunksize=4):
-                rows.append(row)
-                bar.update()
-    bar.close()
-    return rows
+        return _collect(map(_run_one, tasks), len(tasks), progress)
+    with worker_pool(workers, _init_worker) as pool:
+        return _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
+
+
+def _collect(rows: Iterator[dict], total: int, progress: bool) -> list[dict[str, str | int]]:
+    """The rows as a list, with a progress bar when asked for (tqdm is imported only then: a quiet run does not
+    pay for it)."""
+    if not progress:
+        return list(rows)
+    from tqdm import tqdm
+
+    return list(tqdm(rows, total=total, unit="img", file=sys.stderr))
 
 
 def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
