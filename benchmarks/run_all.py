@@ -21,9 +21,11 @@ RESULTS = HERE / "results"
 # script -> the figures worth a row: (label, path of keys in its JSON)
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "masking": [
-        ("images/s, 1 worker", ("one_worker", "images_per_s")),
-        ("images/s, all workers", ("all_workers", "images_per_s")),
-        ("images per CPU-second", ("one_worker", "images_per_cpu_second")),
+        ("images/s, 1 worker (median of rounds)", ("medians", "one_worker_images_per_s")),
+        ("images/s, all workers (median)", ("medians", "all_workers_images_per_s")),
+        ("images per CPU-second, 1 worker (median)", ("medians", "one_worker_images_per_cpu_second")),
+        ("detection alone, images/s (median)", ("medians", "detection_only_images_per_s")),
+        ("MaskTheFace-style, images/s (median)", ("medians", "masktheface_style_process_images_per_s")),
         ("masked fraction", ("one_worker", "masked_fraction")),
         ("peak RSS MiB", ("one_worker", "peak_rss_mib_largest_process")),
     ],

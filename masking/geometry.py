@@ -346,13 +346,10 @@ def build_mesh(landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(
     face_area = face_outline_area(lm)
     # First the plain construction; then corners found by rays from the mouth (turned faces); then also a
     # smoothed, monotonic jaw (noisy landmarks). The first that passes the checks is used and recorded.
-    attempts = (
-        (None, lm[JAW], False),
-        ("ray_corners", lm[JAW], True),
-        ("smoothed_jaw", _smooth_jaw(lm[JAW]), True),
-    )
+    attempts = ((None, False, False), ("ray_corners", True, False), ("smoothed_jaw", True, True))
     reasons = []
-    for attempt, jaw, ray_corners in attempts:
+    for attempt, ray_corners, smoothed in attempts:
+        jaw = _smooth_jaw(lm[JAW]) if smoothed else lm[JAW]
         grid, anchors = _frame_mesh(lm, jaw, config, ray_corners)
         reason = check_mesh(grid, face_area, config)
         if reason is None:
@@ -364,7 +361,7 @@ def build_mesh(landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(
     roll = float(np.degrees(np.arctan2(frame.ex[1], frame.ex[0])))
     return Mesh(
         grid=frame.to_image(grid),
-        anchors={k: tuple(float(x) for x in frame.to_image(v)) for k, v in anchors.items()},
+        anchors=dict(zip(anchors, map(tuple, frame.to_image(np.array(list(anchors.values()))).tolist()))),
         yaw=estimate_yaw(lm),
         roll_degrees=roll,
         eye_distance=frame.scale,
