@@ -29,6 +29,8 @@ finally raises MaskingError with the reason. The attempt used is recorded as `Me
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,24 +133,32 @@ def face_frame(landmarks: np.ndarray) -> FaceFrame:
 def _resample(polyline: np.ndarray, n: int) -> np.ndarray:
     """n points spaced evenly by arc length along a polyline (first and last kept)."""
     seg = np.hypot(*np.diff(polyline, axis=0).T)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    if cum[-1] <= 1e-9:
+    cum = np.empty(len(polyline))
+    cum[0] = 0.0
+    np.cumsum(seg, out=cum[1:])
+    length = cum[-1]
+    if length <= 1e-9:
         return np.repeat(polyline[:1], n, axis=0)
-    t = np.linspace(0.0, cum[-1], n)
-    return np.stack([np.interp(t, cum, polyline[:, k]) for k in range(2)], axis=-1)
+    # np.linspace(0, length, n), without its per-call overhead (this runs six times per face).
+    t = np.arange(n, dtype=np.float64) * (length / (n - 1))
+    t[-1] = length
+    out = np.empty((n, 2))
+    out[:, 0] = np.interp(t, cum, polyline[:, 0])
+    out[:, 1] = np.interp(t, cum, polyline[:, 1])
+    return out
 
 
 def _point_at(polyline: np.ndarray, s: float) -> np.ndarray:
     """The point at fractional index s along a polyline."""
-    i = min(int(np.floor(s)), len(polyline) - 2)
+    i = min(math.floor(s), len(polyline) - 2)
     return polyline[i] + (s - i) * (polyline[i + 1] - polyline[i])
 
 
 def _between(polyline: np.ndarray, s0: float, s1: float) -> np.ndarray:
     """The part of a polyline from fractional index s0 to s1 (either direction), ends interpolated."""
     lo, hi = min(s0, s1), max(s0, s1)
-    inner = [polyline[i] for i in range(int(np.floor(lo)) + 1, int(np.ceil(hi)))]
-    part = np.array([_point_at(polyline, lo), *inner, _point_at(polyline, hi)])
+    inner = polyline[math.floor(lo) + 1 : max(math.ceil(hi), math.floor(lo) + 1)]
+    part = np.concatenate([_point_at(polyline, lo)[None], inner, _point_at(polyline, hi)[None]])
     return part if s0 <= s1 else part[::-1]
 
 
@@ -207,11 +217,24 @@ def _clear_features(jaw: np.ndarray, features: np.ndarray, clearance: float) -> 
     return out
 
 
+@functools.cache
+def _unit_ramps(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """u (1, cols, 1) and v (rows, 1, 1), each evenly spaced over 0..1 (shared, read-only)."""
+    u, v = np.linspace(0.0, 1.0, cols)[None, :, None], np.linspace(0.0, 1.0, rows)[:, None, None]
+    u.flags.writeable = v.flags.writeable = False
+    return u, v
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of a small array without its per-call overhead (check_mesh runs for every face)."""
+    ordered = np.sort(values, axis=None)
+    middle = len(ordered) // 2
+    return float(ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2)
+
+
 def _coons(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Coons patch from four boundary curves: top/bottom (cols, 2) left→right, left/right (rows, 2) top→bottom."""
-    rows, cols = len(left), len(top)
-    u = np.linspace(0.0, 1.0, cols)[None, :, None]
-    v = np.linspace(0.0, 1.0, rows)[:, None, None]
+    u, v = _unit_ramps(len(left), len(top))
     ruled_v = (1 - v) * top[None] + v * bottom[None]
     ruled_u = (1 - u) * left[:, None] + u * right[:, None]
     corners = (
@@ -245,7 +268,7 @@ def check_mesh(frame_grid: np.ndarray, face_area: float, config: PlacementConfig
     if not np.all(np.isfinite(frame_grid)):
         return "non-finite mesh coordinates"
     areas = cell_areas(frame_grid)
-    median = float(np.median(areas))
+    median = _median(areas)
     # Where the jaw runs straight through a corner (d or f) the corner cell is a thin sliver; slivers far below a
     # pixel are harmless, a triangle flipped by a real fraction of a cell is a fold-over.
     flipped = areas < -config.min_cell_area_ratio * median

@@ -124,19 +124,21 @@ def _grid_point(grid: np.ndarray, u: float, v: float) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def _band_index(grid: np.ndarray, shape: tuple[int, int], fixed: np.ndarray) -> np.ndarray:
-    """For every pixel, the index of the mesh row band (between grid rows r and r+1) covering it, or -1. The outer
-    edges are drawn 3 px thick first, so a 1-2 px rim outside the mesh belongs to the nearest band: there the
-    texture's own soft edge is sampled instead of being cut at the mesh boundary."""
+def _band_index(shape: tuple[int, int], fixed: np.ndarray) -> np.ndarray:
+    """For every pixel, the index of the mesh row band (between grid rows r and r+1, given in 1/16 px fixed point)
+    covering it, or -1. The outer edges are drawn 3 px thick first, so a 1-2 px rim outside the mesh belongs to the
+    nearest band: there the texture's own soft edge is sampled instead of being cut at the mesh boundary."""
     index = np.full(shape, -1, np.int32)
-    last = len(grid) - 2
+    last = len(fixed) - 2
     cv2.polylines(index, [fixed[0]], False, 0, 3, cv2.LINE_8, 4)
     cv2.polylines(index, [fixed[-1]], False, last, 3, cv2.LINE_8, 4)
+    # Per band: its two side segments, and its outline (top row left to right, bottom row back).
+    sides = np.stack([fixed[:-1, [0, -1]], fixed[1:, [0, -1]]], axis=2)  # (bands, 2 sides, 2 ends, 2)
+    outlines = np.concatenate([fixed[:-1], fixed[1:, ::-1]], axis=1)
     for r in range(last + 1):
-        sides = [np.array([fixed[r, 0], fixed[r + 1, 0]]), np.array([fixed[r, -1], fixed[r + 1, -1]])]
-        cv2.polylines(index, sides, False, r, 3, cv2.LINE_8, 4)
+        cv2.polylines(index, list(sides[r]), False, r, 3, cv2.LINE_8, 4)
     for r in range(last + 1):
-        cv2.fillPoly(index, [np.vstack([fixed[r], fixed[r + 1, ::-1]])], r, cv2.LINE_8, 4)
+        cv2.fillPoly(index, [outlines[r]], r, cv2.LINE_8, 4)
     return index
 
 
@@ -162,8 +164,8 @@ def _warp(
     sub = (int(hi[1] - lo[1]), int(hi[0] - lo[0]))
     local = grid - origin - lo
     fixed = np.round(local * 16).astype(np.int32)
-    row = _band_index(local, sub, fixed)
-    col = _band_index(local.transpose(1, 0, 2), sub, np.ascontiguousarray(fixed.transpose(1, 0, 2)))
+    row = _band_index(sub, fixed)
+    col = _band_index(sub, np.ascontiguousarray(fixed.transpose(1, 0, 2)))
     inside = (row >= 0) & (col >= 0)
     cell = np.where(inside, row * (cols - 1) + col, 0)
     diagonal, affines = _cell_tables(local, tex_w, tex_h)
@@ -189,49 +191,63 @@ def _warp(
     return warped
 
 
+@functools.cache
+def _mesh_topology(rows: int, cols: int, tex_w: int, tex_h: int) -> tuple[np.ndarray, ...]:
+    """What a mesh's tables need besides its points: for each triangle (cell-major, p00-p01-p11 first, then
+    p00-p11-p10) the flat indices of its corners, and its texture corner t0 with edges t1 - t0, t2 - t0."""
+    flat = np.arange(rows * cols).reshape(rows, cols)
+    p00, p01, p10, p11 = (
+        flat[:-1, :-1].ravel(),
+        flat[:-1, 1:].ravel(),
+        flat[1:, :-1].ravel(),
+        flat[1:, 1:].ravel(),
+    )
+    corners = (
+        np.stack([p00, p00], 1).ravel(),
+        np.stack([p01, p11], 1).ravel(),
+        np.stack([p11, p10], 1).ravel(),
+    )
+    tu, tv = np.meshgrid(np.linspace(0.0, tex_w, cols) - 0.5, np.linspace(0.0, tex_h, rows) - 0.5)
+    tex = np.stack([tu.ravel(), tv.ravel()], axis=-1)
+    t0, t1, t2 = (tex[c] for c in corners)
+    return (*corners, p00, p01, p11, t0, t1 - t0, t2 - t0)
+
+
 def _cell_tables(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np.ndarray]:
     """Per cell, the line through its p00-p11 diagonal as (a, b, c) with a·x + b·y + c < 0 on the p10 side:
     (3, cells). Per triangle (cell-major, the p00-p01-p11 triangle first), its image→texture affine map
     (m00, m01, m02, m10, m11, m12): (6, 2·cells). Zero-area slivers (allowed at straight corners, see
     geometry.check_mesh) cover no pixel centre; their map is the constant first texture corner."""
     rows, cols = grid.shape[:2]
-    tu = np.linspace(0.0, tex_w, cols) - 0.5
-    tv = np.linspace(0.0, tex_h, rows) - 0.5
-    tex = np.stack(np.meshgrid(tu, tv), axis=-1)
-
-    def triangles(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        p00, p01, p10, p11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
-        # (cells, 2 triangles, 2) for each of the three corners: (p00, p01, p11) and (p00, p11, p10).
-        return (
-            np.stack([p00, p00], axis=2).reshape(-1, 2, 2),
-            np.stack([p01, p11], axis=2).reshape(-1, 2, 2),
-            np.stack([p11, p10], axis=2).reshape(-1, 2, 2),
-        )
-
-    (p0, p1, p2), (t0, t1, t2) = triangles(grid), triangles(tex)
-    e1, e2 = p1 - p0, p2 - p0
-    f1, f2 = t1 - t0, t2 - t0
-    det = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+    c0, c1, c2, q00, q01, q11, t0, f1, f2 = _mesh_topology(rows, cols, tex_w, tex_h)
+    points = grid.reshape(-1, 2)
+    p0 = points[c0]
+    e1, e2 = points[c1] - p0, points[c2] - p0
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     degenerate = np.abs(det) < 1e-9
     inv_det = np.where(degenerate, 0.0, 1.0 / np.where(degenerate, 1.0, det))
-    # A = F · E⁻¹ with E = [e1 e2], F = [f1 f2] (columns); then b = t0 − A · p0.
-    inv = np.stack([e2[..., 1], -e2[..., 0], -e1[..., 1], e1[..., 0]], axis=-1) * inv_det[..., None]
-    a00 = f1[..., 0] * inv[..., 0] + f2[..., 0] * inv[..., 2]
-    a01 = f1[..., 0] * inv[..., 1] + f2[..., 0] * inv[..., 3]
-    a10 = f1[..., 1] * inv[..., 0] + f2[..., 1] * inv[..., 2]
-    a11 = f1[..., 1] * inv[..., 1] + f2[..., 1] * inv[..., 3]
-    b0 = t0[..., 0] - a00 * p0[..., 0] - a01 * p0[..., 1]
-    b1 = t0[..., 1] - a10 * p0[..., 0] - a11 * p0[..., 1]
-    affines = np.stack([a00, a01, b0, a10, a11, b1]).reshape(6, -1).astype(np.float32)
+    # A = F · E⁻¹ with E = [e1 e2], F = [f1 f2] (columns), E⁻¹ = [[e2y, −e2x], [−e1y, e1x]] / det; b = t0 − A·p0.
+    i00, i01, i10, i11 = e2[:, 1] * inv_det, -e2[:, 0] * inv_det, -e1[:, 1] * inv_det, e1[:, 0] * inv_det
+    a00 = f1[:, 0] * i00 + f2[:, 0] * i10
+    a01 = f1[:, 0] * i01 + f2[:, 0] * i11
+    a10 = f1[:, 1] * i00 + f2[:, 1] * i10
+    a11 = f1[:, 1] * i01 + f2[:, 1] * i11
+    b0 = t0[:, 0] - a00 * p0[:, 0] - a01 * p0[:, 1]
+    b1 = t0[:, 1] - a10 * p0[:, 0] - a11 * p0[:, 1]
+    affines = np.array([a00, a01, b0, a10, a11, b1], np.float32)
 
-    p00, p01, p11 = grid[:-1, :-1].reshape(-1, 2), grid[:-1, 1:].reshape(-1, 2), grid[1:, 1:].reshape(-1, 2)
-    d = p11 - p00
-    a, b = -d[:, 1], d[:, 0]
+    p00, p01, p11 = points[q00], points[q01], points[q11]
+    a, b = p00[:, 1] - p11[:, 1], p11[:, 0] - p00[:, 0]
     c = -(a * p00[:, 0] + b * p00[:, 1])
     # Orient the line so that p01 lies on its non-negative side.
     orientation = np.where(a * p01[:, 0] + b * p01[:, 1] + c < 0, -1.0, 1.0)
-    diagonal = (np.stack([a, b, c]) * orientation).astype(np.float32)
+    diagonal = np.array([a * orientation, b * orientation, c * orientation], np.float32)
     return diagonal, affines
+
+
+# Quadratic Bézier basis at 12 points: a strap's curve is this (12, 3) times its (start, control, end) points.
+_STRAP_T = np.linspace(0.0, 1.0, 12)[:, None]
+_STRAP_BASIS = np.hstack([(1 - _STRAP_T) ** 2, 2 * (1 - _STRAP_T) * _STRAP_T, _STRAP_T**2])
 
 
 def _strap_polylines(
@@ -239,28 +255,20 @@ def _strap_polylines(
 ) -> list[tuple[np.ndarray, float, tuple[float, float, float]]]:
     """Image-space polylines (points, width px, rgb) for the template's straps on the visible sides."""
     frame = mesh.frame
-    lm = frame.to_frame(landmarks)
-    alpha = template.alpha
     out = []
-    for strap in template.straps:
-        row = alpha[min(int(strap.v * alpha.shape[0]), alpha.shape[0] - 1)]
-        covered = np.flatnonzero(row > 0.5)
-        if covered.size == 0:
+    for strap, ends in zip(template.straps, template.strap_ends):
+        if ends is None:
             continue
-        # Start well inside the mask's edge on that row (the body hides it) so the strap always joins the mask.
-        u_sides = ((covered[0] + 0.5) / alpha.shape[1] + 0.05, (covered[-1] + 0.5) / alpha.shape[1] - 0.05)
-        for side, (u, ear_index, sign) in enumerate(
-            ((u_sides[0], strap.ear_landmark, -1.0), (u_sides[1], 16 - strap.ear_landmark, 1.0))
-        ):
+        ears = frame.to_frame(landmarks[[strap.ear_landmark, 16 - strap.ear_landmark]])
+        for side, (u, ear, sign) in enumerate(((ends[0], ears[0], -1.0), (ends[1], ears[1], 1.0))):
             # A strap on the side the face turns away from is hidden behind the cheek.
             if (side == 0 and mesh.yaw < -0.4) or (side == 1 and mesh.yaw > 0.4):
                 continue
             start = frame.to_frame(_grid_point(mesh.grid, u, strap.v))
-            end = lm[ear_index] + np.array([sign * strap.ear_offset[0], strap.ear_offset[1]])
+            end = ear + np.array([sign * strap.ear_offset[0], strap.ear_offset[1]])
             length = float(np.hypot(*(end - start)))
             control = 0.5 * (start + end) + np.array([0.0, strap.bow * length])
-            t = np.linspace(0.0, 1.0, 12)[:, None]
-            curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+            curve = _STRAP_BASIS @ np.stack([start, control, end])
             out.append((frame.to_image(curve), strap.width * frame.scale, strap.rgb))
     return out
 

@@ -60,6 +60,21 @@ class Template:
     source: str = "procedural"
     _levels: list[tuple[np.ndarray, ...]] = field(default_factory=list, repr=False)
 
+    @functools.cached_property
+    def strap_ends(self) -> tuple[tuple[float, float] | None, ...]:
+        """Per strap, the texture u where it starts on the left and on the right of the mask: well inside the
+        mask's edge on the strap's row (the body hides the join, so a strap always joins the mask); None when the
+        row is empty."""
+        height, width = self.alpha.shape
+        ends: list[tuple[float, float] | None] = []
+        for strap in self.straps:
+            covered = np.flatnonzero(self.alpha[min(int(strap.v * height), height - 1)] > 0.5)
+            if covered.size == 0:
+                ends.append(None)
+                continue
+            ends.append(((covered[0] + 0.5) / width + 0.05, (covered[-1] + 0.5) / width - 0.05))
+        return tuple(ends)
+
     def level(self, width_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(rgb, shade, tint, alpha) at the smallest pyramid level still at least `width_px` wide."""
         if not self._levels:
