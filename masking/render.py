@@ -427,7 +427,7 @@ def apply_mask(
         a *= np.float32(1 / 255)
         if len(colours) == 1:
             strap_alpha = a
-            break
+            continue
         # Over what is there: rgb·a + below·(1 − a).
         strap_rgb = np.zeros((*shape, 3), np.float32) if strap_rgb is None else strap_rgb
         strap_rgb *= (1 - a)[..., None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -168,3 +169,34 @@ def test_bad_config_and_image_are_clear_errors(synthetic_landmarks):
         MaskConfig(color_weight=1.5)
     with pytest.raises(ValueError, match="uint8 RGB"):
         apply_mask(np.zeros((64, 64), np.uint8), synthetic_landmarks(), MaskConfig(), seed=0)
+
+
+def test_straps_of_two_colours_keep_their_colours_and_the_coverage(
+    synthetic_landmarks, skin_image, monkeypatch
+):
+    # Shipped templates give all their straps one colour (drawn as a coverage image and a constant); a pack or a
+    # custom template may not, and goes through the per-colour compositing instead: same coverage, own colours.
+    from m2u.masking import render
+    from m2u.masking.templates import get_template
+
+    base = get_template("surgical")
+    upper, lower = base.straps
+    red, blue = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9)
+    landmarks = synthetic_landmarks()
+    results = {}
+    for upper_rgb, lower_rgb in ((red, red), (red, blue), (blue, blue)):
+        template = dataclasses.replace(
+            base,
+            straps=(dataclasses.replace(upper, rgb=upper_rgb), dataclasses.replace(lower, rgb=lower_rgb)),
+        )
+        monkeypatch.setattr(render, "get_template", lambda _type, template=template: template)
+        results[upper_rgb, lower_rgb] = apply_mask(skin_image, landmarks, MaskConfig(lighting=0.0), seed=0)
+    mixed = results[red, blue]
+    assert all(np.array_equal(r.mask, mixed.mask) for r in results.values())
+    # Against all red, the two-colour mask differs on the lower loops, which are blue; against all blue, on the
+    # upper loops, which are red.
+    for same_as, colour_channel, other_channel in ((results[red, red], 2, 0), (results[blue, blue], 0, 2)):
+        differs = np.any(same_as.image != mixed.image, axis=-1)
+        assert differs.sum() > 50
+        pixels = mixed.image[differs].astype(int)
+        assert (pixels[:, colour_channel] - pixels[:, other_channel]).mean() > 40
