@@ -157,7 +157,7 @@ def _point_at(polyline: np.ndarray, s: float) -> np.ndarray:
 def _between(polyline: np.ndarray, s0: float, s1: float) -> np.ndarray:
     """The part of a polyline from fractional index s0 to s1 (either direction), ends interpolated."""
     lo, hi = min(s0, s1), max(s0, s1)
-    inner = polyline[math.floor(lo) + 1 : max(math.ceil(hi), math.floor(lo) + 1)]
+    inner = polyline[math.floor(lo) + 1 : math.ceil(hi)]
     part = np.concatenate([_point_at(polyline, lo)[None], inner, _point_at(polyline, hi)[None]])
     return part if s0 <= s1 else part[::-1]
 

@@ -114,7 +114,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                     )
                 img.load()
                 # A JPEG keeps its EXIF (orientation included) in info["exif"]: without it there is nothing to
-                # rotate, and parsing for it would cost a third of a small photo's decoding time.
+                # rotate, and looking for it costs about half as much as decoding a small photo.
                 if img.format not in ("JPEG", "MPO") or "exif" in img.info:
                     img = ImageOps.exif_transpose(img)
                 array = _to_rgb_array(img)

@@ -147,7 +147,7 @@ def _warp(
     grid: np.ndarray,
     origin: np.ndarray,
     shape: tuple[int, int],
-    column_gain: np.ndarray | None = None,
+    column_gain: np.ndarray,
 ) -> np.ndarray:
     """Piecewise-affine warp of a premultiplied RGBA texture onto the mesh inside a box (zero outside the mesh);
     `column_gain` (one factor per texture column) scales the colour of each pixel by the column it samples.
@@ -183,9 +183,8 @@ def _warp(
     sampled = cv2.remap(
         texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
-    if column_gain is not None:
-        nearest = np.clip(map_x + 0.5, 0, tex_w - 1).astype(np.int32)
-        sampled[..., :3] *= column_gain.take(nearest)[..., None]
+    nearest = np.clip(map_x + 0.5, 0, tex_w - 1).astype(np.int32)
+    sampled[..., :3] *= column_gain.take(nearest)[..., None]
     warped = np.zeros((*shape, 4), np.float32)
     warped[lo[1] : hi[1], lo[0] : hi[0]] = sampled
     return warped
@@ -325,8 +324,8 @@ def _lighting(region: np.ndarray, coverage: np.ndarray, strength: float, eye_dis
 
 
 @functools.cache
-def _placement_meta(placement: PlacementConfig) -> dict[str, Any]:
-    return asdict(placement)
+def _placement_fields(placement: PlacementConfig) -> tuple[tuple[str, Any], ...]:
+    return tuple(asdict(placement).items())
 
 
 def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple | None, str | None]:
@@ -441,7 +440,6 @@ def apply_mask(
     keep = _detached(alpha, body_alpha, config.coverage_threshold)
     if keep is not None:
         body_rgb *= keep[..., None]
-        body_alpha *= keep
         strap_visible *= keep
         alpha *= keep
     colour = body_rgb
@@ -482,6 +480,6 @@ def apply_mask(
         "fallback": mesh.fallback,
         "mask_pixels": int(np.count_nonzero(mask)),
         "seed": int(seed),
-        "placement": _placement_meta(config.placement),
+        "placement": dict(_placement_fields(config.placement)),  # a dict of its own for each result
     }
     return MaskResult(out, mask, meta)
