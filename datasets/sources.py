@@ -1,5 +1,8 @@
 """Finding the input photos: folders (recursive), globs, list files (text, CSV, Parquet), and their identities.
 
+Folder scans pass over hidden files and folders (a name starting with "."; notebooks' .ipynb_checkpoints copies
+would otherwise become duplicate photos); m2u-make-dataset says how many it passed over.
+
 Keys: a folder's files are keyed by their path relative to the folder, a glob's by their path relative to the
 glob's fixed leading directory, a list file's by their path relative to the list file's folder (or by file name
 when elsewhere). The key is that relative path without its extension, lower-cased, with "/" turned into "__" and
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
-from m2u.masking import IMAGE_SUFFIXES, is_image_entry
+from m2u.masking import IMAGE_SUFFIXES, is_hidden, is_image_entry
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
 PATH_COLUMNS = ("path", "file", "filename", "source", "image")
@@ -113,7 +116,7 @@ def _folder_entries(folder: Path) -> list[tuple[Path, str, str]]:
     return [
         (p, p.relative_to(folder).as_posix(), "")
         for p in sorted(folder.rglob("*"))
-        if is_image_entry(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if is_image_entry(p) and not is_hidden(p, folder)
     ]
 
 

@@ -2,7 +2,7 @@
 
 from m2u.masking.detect import DetectorConfig, Face, FaceDetector
 from m2u.masking.geometry import MaskingError, PlacementConfig
-from m2u.masking.imageio import IMAGE_SUFFIXES, ImageReadError, is_image_entry, read_image
+from m2u.masking.imageio import IMAGE_SUFFIXES, ImageReadError, is_hidden, is_image_entry, read_image
 from m2u.masking.render import MaskConfig, MaskResult, apply_mask
 from m2u.masking.templates import COLORS, MASK_TYPES, TemplatePackError, load_template_pack
 
@@ -20,6 +20,7 @@ __all__ = [
     "PlacementConfig",
     "TemplatePackError",
     "apply_mask",
+    "is_hidden",
     "is_image_entry",
     "load_template_pack",
     "read_image",

@@ -29,25 +29,45 @@ def is_image_entry(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
 
 
-def describe_ignored_files(inputs: Iterable[str | os.PathLike]) -> str:
-    """A sentence naming the files that folder scans of `inputs` pass over (no image suffix), counted by suffix,
-    so a user sees why fewer rows than files came out; "" when there are none."""
+def is_hidden(path: Path, folder: Path) -> bool:
+    """Whether `path` is hidden below `folder`: its name or a folder between starts with "." (the dataset builder's
+    folder scan passes over these, e.g. .ipynb_checkpoints)."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def describe_ignored_files(inputs: Iterable[str | os.PathLike], skip_hidden: bool = False) -> str:
+    """A sentence naming the files that folder scans of `inputs` pass over (no image suffix, counted by suffix;
+    with `skip_hidden` also hidden image files, see is_hidden), so a user sees why fewer rows than files came out;
+    "" when there are none."""
     by_suffix: dict[str, int] = {}
+    hidden = 0
     for item in inputs:
         folder = Path(item)
         if not folder.is_dir():
             continue
         for path in folder.rglob("*"):
-            if not path.is_dir() and not is_image_entry(path):
+            if path.is_dir():
+                continue
+            if not is_image_entry(path):
                 suffix = path.suffix.lower() or "(none)"
                 by_suffix[suffix] = by_suffix.get(suffix, 0) + 1
-    if not by_suffix:
-        return ""
-    total = sum(by_suffix.values())
-    listed = ", ".join(
-        f"{suffix} {n}" for suffix, n in sorted(by_suffix.items(), key=lambda kv: (-kv[1], kv[0]))
-    )
-    return f"{total} file(s) in the input folders have no image suffix and were not read ({listed})"
+            elif skip_hidden and is_hidden(path, folder):
+                hidden += 1
+    sentences = []
+    if by_suffix:
+        total = sum(by_suffix.values())
+        listed = ", ".join(
+            f"{suffix} {n}" for suffix, n in sorted(by_suffix.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        sentences.append(
+            f"{total} file(s) in the input folders have no image suffix and were not read ({listed})"
+        )
+    if hidden:
+        sentences.append(
+            f"{hidden} image file(s) in the input folders are hidden (a name or folder starting with '.') and "
+            "were not read"
+        )
+    return "; ".join(sentences)
 
 
 class ImageReadError(Exception):

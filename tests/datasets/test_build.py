@@ -94,9 +94,13 @@ def test_cli_reports_clear_errors(tmp_path):
     assert result.exit_code == 1 and "unknown mask type 'nonsense'" in result.output
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-option", "colour=red"])
     assert result.exit_code == 1 and "unknown mask option(s) ['colour']" in result.output
+    # A notebook's hidden checkpoint copy is passed over, and said to be.
+    (photos / ".ipynb_checkpoints").mkdir()
+    (photos / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"x")
     args = [str(photos), "-o", str(tmp_path / "o"), "--mask-engine", "synthetic", "--quiet", "--workers", "1"]
     result = runner.invoke(cli_main, args)
     assert result.exit_code == 1 and "4 without a face, 1 errors" in result.output
+    assert "1 image file(s) in the input folders are hidden" in result.output
 
 
 # --- on real faces (../shared) -------------------------------------------------------------------------------
