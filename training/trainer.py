@@ -671,6 +671,7 @@ class Trainer:
             "epoch": self.epoch,
             "stop_reason": stop_reason,
             "seconds": round(time.monotonic() - started, 3),
+            "world_size": self.dist.world_size,  # processes that trained (DDP ranks)
         }
         results["val"] = self.evaluate("val", config.val_batches)
         self._log({"split": "val", "step": self.step, **results["val"]})

@@ -225,3 +225,33 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     ).networks["generator"]
     assert any(not torch.equal(v, rank0[f"generator.{k}"]) for k, v in initial.named_parameters())
     assert (tmp_path / "run" / "generator.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_cli_on_two_cpu_processes(tmp_path):
+    # The README's torchrun command, on CPU (gloo) at a tiny size: ranks from torchrun's environment, one run.
+    import subprocess
+
+    from m2u.datasets import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 16, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "m2u.training.cli", "gan"]
+    command += ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--mask-source", "gt"]
+    command += ["--vgg-weights", "random", "--width-multiplier", "0.125", "--stages", "3", "--max-steps", "3"]
+    command += [
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--val-every",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3 and metrics["stop_reason"] == "max_steps"
+    assert (tmp_path / "run" / "generator.safetensors").exists()
