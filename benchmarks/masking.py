@@ -264,7 +264,7 @@ def main() -> None:
         files = [Path(f) for f in json.loads(Path(args.detection_process).read_text())]
         print(json.dumps(_detection_only_pass(files)))
         return
-    if args.baseline_process:  # the child process of _masktheface_style_baseline
+    if args.baseline_process:  # the child process of _masktheface_style_process
         listing, pack = args.baseline_process
         with tempfile.TemporaryDirectory() as tmp:
             files = [Path(f) for f in json.loads(Path(listing).read_text())]
