@@ -272,7 +272,7 @@ def _strap_polylines(
     return out
 
 
-def _detached(coverage: np.ndarray, body_alpha: np.ndarray, threshold: float) -> np.ndarray | None:
+def _keep_attached(coverage: np.ndarray, body_alpha: np.ndarray, threshold: float) -> np.ndarray | None:
     """A 0/1 factor removing what is not attached to the mask's main body (None when everything is attached):
     strap stretches that re-emerge from under the mask's edge, and sub-pixel specks where a sharp template corner is
     sampled (they would be separate mask pieces)."""
@@ -437,7 +437,7 @@ def apply_mask(
     below = 1.0 - body_alpha
     strap_visible = strap_alpha * below
     alpha = body_alpha + strap_visible
-    keep = _detached(alpha, body_alpha, config.coverage_threshold)
+    keep = _keep_attached(alpha, body_alpha, config.coverage_threshold)
     if keep is not None:
         body_rgb *= keep[..., None]
         strap_visible *= keep

@@ -117,6 +117,5 @@ def test_ignored_files_are_named_hidden_images_only_where_skipped(tmp_path):
     skipped = describe_ignored_files([tmp_path], skip_hidden=True)
     assert skipped.startswith(plain + "; 3 image file(s) in the input folders are hidden")
     assert describe_ignored_files([tmp_path / "sub"], skip_hidden=True).startswith("1 image file(s)")
-    assert (
-        describe_ignored_files([tmp_path / "a.jpg"], skip_hidden=True) == ""
-    )  # files, not folders: all read
+    # Files given one by one are all read, hidden or not: nothing to report.
+    assert describe_ignored_files([tmp_path / "a.jpg"], skip_hidden=True) == ""
