@@ -27,11 +27,22 @@ import numpy as np
 import torch
 
 from m2u.datasets.synthetic import make_synthetic_sample
-from m2u.training import metrics as M
-from m2u.training.baselines import run_baseline
-from m2u.training.evaluate import restore_batch
-from m2u.training.export import ExportConfig, export_onnx
+from m2u.training.evaluation.baselines import run_baseline
+from m2u.training.evaluation.identity import IdentityEmbedder
+from m2u.training.evaluation.lpips import LPIPS, build_lpips_trunk
+from m2u.training.evaluation.pixel import (
+    l1_error,
+    masked_l1,
+    masked_psnr,
+    masked_ssim,
+    psnr_per_image,
+    ssim_per_image,
+)
+from m2u.training.evaluation.weights import MetricUnavailable
 from m2u.training.flops import count_macs, count_params
+from m2u.training.imagespace import to_uint8_images
+from m2u.training.inference.export import ExportConfig, export_onnx
+from m2u.training.inference.restore import restore_batch
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/timing.py
@@ -101,25 +112,25 @@ def main() -> None:
     per_image: dict[str, float] = {}
     per_image["psnr_ssim_l1_both_variants"] = median_seconds(
         lambda: (
-            M.psnr_per_image(masked, truth),
-            M.ssim_per_image(masked, truth),
-            M.masked_psnr(masked, truth, mask),
-            M.masked_ssim(masked, truth, mask),
-            M.l1_error(masked, truth),
-            M.masked_l1(masked, truth, mask),
+            psnr_per_image(masked, truth),
+            ssim_per_image(masked, truth),
+            masked_psnr(masked, truth, mask),
+            masked_ssim(masked, truth, mask),
+            l1_error(masked, truth),
+            masked_l1(masked, truth, mask),
         ),
         repeats,
     )
-    lpips = M.LPIPS(M.build_lpips_trunk("alex"))
+    lpips = LPIPS(build_lpips_trunk("alex"))
     with torch.no_grad():
         per_image["lpips_alex_both_variants"] = median_seconds(
             lambda: (lpips(masked, truth), lpips.masked(masked, truth, mask)), repeats
         )
     try:
-        embedder = M.IdentityEmbedder()
-        out_u8, gt_u8 = M.to_uint8_images(masked), M.to_uint8_images(truth)
+        embedder = IdentityEmbedder()
+        out_u8, gt_u8 = to_uint8_images(masked), to_uint8_images(truth)
         per_image["identity_dlib"] = median_seconds(lambda: embedder.compare(out_u8, gt_u8), repeats)
-    except M.MetricUnavailable as exc:
+    except MetricUnavailable as exc:
         result["identity_unavailable"] = exc.reason
     for name in ("telea", "navier_stokes"):
         per_image[f"baseline_{name}"] = median_seconds(lambda n=name: run_baseline(n, masked, mask), repeats)

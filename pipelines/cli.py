@@ -85,7 +85,7 @@ def _prepare(config_file, preset, faces, demo_faces, run_dir, sets, print_config
     return config
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Raw faces → dataset → M-Seg → GAN → evaluation report, each stage cached and resumable."""
 

@@ -19,7 +19,7 @@ import yaml
 from m2u.datasets.build import BuildConfig
 from m2u.pipelines.stages import canonical_json
 from m2u.training.config import GanTrainConfig, MSegTrainConfig
-from m2u.training.evaluate import EvaluateConfig
+from m2u.training.evaluation.evaluate import EvaluateConfig
 
 # The generator's M-Seg checkpoint is the M-Seg stage's output, filled in when the GAN stage starts; until then
 # the config holds this placeholder (it is part of the fingerprint through the M-Seg stage's own fingerprint).

@@ -106,7 +106,7 @@ def run_pipeline(
 ) -> dict[str, StageOutcome]:
     """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
     from m2u.datasets.build import build_dataset
-    from m2u.training.evaluate import evaluate
+    from m2u.training.evaluation.evaluate import evaluate
     from m2u.training.trainer import train_gan, train_mseg
 
     if until not in STAGES:

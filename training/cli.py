@@ -113,7 +113,7 @@ def _run(train: Callable[[Any], dict], config: Any) -> None:
     click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def train_main() -> None:
     """Train M-Seg and the M2UNet GAN on shards written by m2u-make-dataset."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -23,3 +24,11 @@ def composite(output: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor) ->
     if mask.shape[1] != 1 or mask.shape[-2:] != output.shape[-2:]:
         raise ValueError(f"mask must be (B, 1, H, W) matching the image, got {tuple(mask.shape)}")
     return output * mask + masked * (1.0 - mask)
+
+
+def to_uint8_images(x01: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 RGB (rounded, clipped)."""
+    if x01.dim() != 4 or x01.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, H, W) images, got shape {tuple(x01.shape)}")
+    arr = (x01.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()

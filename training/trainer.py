@@ -34,6 +34,7 @@ from m2u.training.checkpoint import (
 )
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
 from m2u.training.data import DataSource, ShardDataSource, check_batch
+from m2u.training.device import resolve_device
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.losses import (
     VGGPerceptualLoss,
@@ -107,17 +108,6 @@ def init_distributed(device: torch.device) -> DistributedContext:
     return DistributedContext(
         torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
-    return device
 
 
 # --------------------------------------------------------------------------------------------- RNG state

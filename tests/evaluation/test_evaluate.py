@@ -13,11 +13,13 @@ from click.testing import CliRunner
 from skimage.metrics import peak_signal_noise_ratio
 
 from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
-from m2u.training import metrics as M
 from m2u.training.checkpoint import load_model
-from m2u.training.eval_cli import eval_main, export_main
-from m2u.training.evaluate import EvaluateConfig, evaluate
+from m2u.training.evaluation.cli import main as eval_main
+from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
+from m2u.training.evaluation.lpips import LPIPS, build_lpips_trunk
+from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
 from m2u.training.flops import count_params
+from m2u.training.inference.cli import export_main
 
 ALL_ROWS = {
     "m2u_raw",
@@ -52,9 +54,9 @@ def _quiet(**overrides) -> EvaluateConfig:
 def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkpoints, tmp_path):
     mseg_path, gen_path = tiny_checkpoints
     torch.manual_seed(0)
-    suite = M.MetricSuite(
-        M.MetricsConfig(),
-        lpips=M.LPIPS(M.build_lpips_trunk("alex", width_divisor=16)),
+    suite = MetricSuite(
+        MetricsConfig(),
+        lpips=LPIPS(build_lpips_trunk("alex", width_divisor=16)),
         fid_features=_TinyFeatures(),
     )
     report = evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, _quiet(grid_rows=3), metric_suite=suite)
@@ -111,7 +113,7 @@ def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkp
 
 def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tiny_checkpoints, tmp_path):
     mseg_path, gen_path = tiny_checkpoints
-    suite = M.MetricSuite(M.MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
     config = _quiet(
         max_samples=4,
         grid_rows=0,
@@ -202,10 +204,10 @@ def test_evaluate_config_rejects_bad_values(bad):
 
 
 def test_device_errors_are_clear():
-    from m2u.training.evaluate import resolve_device
+    from m2u.training.device import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(ValueError, match="is not a device"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):

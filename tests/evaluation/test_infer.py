@@ -11,8 +11,14 @@ from click.testing import CliRunner
 
 from m2u.datasets.align import align_face
 from m2u.datasets.synthetic import make_synthetic_sample
-from m2u.training.eval_cli import unmask_main
-from m2u.training.infer import UnmaskConfig, Unmasker, feather_weight, paste_feathered, unmask_files
+from m2u.training.inference.cli import unmask_main
+from m2u.training.inference.unmask import (
+    UnmaskConfig,
+    Unmasker,
+    feather_weight,
+    paste_feathered,
+    unmask_files,
+)
 
 CROP = 64
 

@@ -11,7 +11,19 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
-from m2u.training import metrics as M
+from m2u.training.evaluation.fid import FeatureStatistics, FIDConfig, frechet_distance, load_fid_inception
+from m2u.training.evaluation.identity import IdentityConfig, IdentityEmbedder
+from m2u.training.evaluation.lpips import LPIPS, LPIPSConfig, build_lpips_trunk, load_lpips
+from m2u.training.evaluation.pixel import (
+    l1_error,
+    masked_l1,
+    masked_psnr,
+    masked_ssim,
+    psnr_per_image,
+    ssim_per_image,
+)
+from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.training.evaluation.weights import MetricUnavailable
 
 
 def _pair(seed: int = 0, size: int = 48, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +39,8 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
 
 def test_psnr_and_ssim_match_scikit_image():
     x, y = _pair()
-    psnr = M.psnr_per_image(x, y)
-    ssim = M.ssim_per_image(x, y)
+    psnr = psnr_per_image(x, y)
+    ssim = ssim_per_image(x, y)
     for i in range(len(x)):
         ref_psnr = peak_signal_noise_ratio(_hwc(y[i]), _hwc(x[i]), data_range=1.0)
         ref_ssim = structural_similarity(
@@ -51,47 +63,45 @@ def test_masked_variants_by_hand_and_full_mask_equals_whole_image():
     region = mask.bool().expand_as(x)
     for i in range(3):
         diff = (x[i] - y[i])[region[i]]
-        assert abs(float(M.masked_l1(x, y, mask)[i]) - float(diff.abs().mean())) < 1e-6
-        assert (
-            abs(float(M.masked_psnr(x, y, mask)[i]) - float(10 * torch.log10(1 / diff.pow(2).mean()))) < 1e-4
-        )
+        assert abs(float(masked_l1(x, y, mask)[i]) - float(diff.abs().mean())) < 1e-6
+        assert abs(float(masked_psnr(x, y, mask)[i]) - float(10 * torch.log10(1 / diff.pow(2).mean()))) < 1e-4
     full = torch.ones(3, 1, 48, 48)
-    torch.testing.assert_close(M.masked_l1(x, y, full), M.l1_error(x, y))
-    torch.testing.assert_close(M.masked_psnr(x, y, full), M.psnr_per_image(x, y), atol=1e-3, rtol=0)
-    torch.testing.assert_close(M.masked_ssim(x, y, full), M.ssim_per_image(x, y).float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(masked_l1(x, y, full), l1_error(x, y))
+    torch.testing.assert_close(masked_psnr(x, y, full), psnr_per_image(x, y), atol=1e-3, rtol=0)
+    torch.testing.assert_close(masked_ssim(x, y, full), ssim_per_image(x, y).float(), atol=1e-4, rtol=0)
     # Changing only the inside of the mask leaves the outside-region error at exactly zero.
     changed_inside = y * (1 - mask) + x * mask
-    assert float(M.masked_l1(changed_inside, y, 1 - mask).max()) == 0.0
-    assert float(M.masked_l1(changed_inside, y, mask).min()) > 0.0
+    assert float(masked_l1(changed_inside, y, 1 - mask).max()) == 0.0
+    assert float(masked_l1(changed_inside, y, mask).min()) > 0.0
     empty = torch.zeros(3, 1, 48, 48)
-    assert torch.isnan(M.masked_l1(x, y, empty)).all()
-    assert torch.isnan(M.masked_ssim(x, y, empty)).all()
+    assert torch.isnan(masked_l1(x, y, empty)).all()
+    assert torch.isnan(masked_ssim(x, y, empty)).all()
 
 
 def test_bad_shapes_raise_clear_errors():
     x, y = _pair()
     with pytest.raises(ValueError, match="same shape"):
-        M.l1_error(x, y[:, :, :10])
+        l1_error(x, y[:, :, :10])
     with pytest.raises(ValueError, match="mask must be"):
-        M.masked_l1(x, y, torch.ones(3, 3, 48, 48))
+        masked_l1(x, y, torch.ones(3, 3, 48, 48))
 
 
 def test_lpips_trunks_have_torchvision_state_dict_keys():
-    alex = M.build_lpips_trunk("alex").state_dict()
+    alex = build_lpips_trunk("alex").state_dict()
     assert [k for k in alex if k.endswith("weight")] == [f"features.{i}.weight" for i in (0, 3, 6, 8, 10)]
     assert tuple(alex["features.0.weight"].shape) == (64, 3, 11, 11)
     assert tuple(alex["features.10.weight"].shape) == (256, 256, 3, 3)
-    vgg = M.build_lpips_trunk("vgg16").state_dict()
+    vgg = build_lpips_trunk("vgg16").state_dict()
     convs = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
     assert [k for k in vgg if k.endswith("weight")] == [f"features.{i}.weight" for i in convs]
     assert tuple(vgg["features.28.weight"].shape) == (512, 512, 3, 3)
-    heads = M.LPIPS(M.build_lpips_trunk("alex", width_divisor=16)).state_dict()
+    heads = LPIPS(build_lpips_trunk("alex", width_divisor=16)).state_dict()
     assert [k for k in heads if k.startswith("lin")] == [f"lin{k}.model.1.weight" for k in range(5)]
 
 
 def test_lpips_on_a_small_network_behaves_like_a_distance():
     torch.manual_seed(0)
-    lp = M.LPIPS(M.build_lpips_trunk("alex", width_divisor=16))
+    lp = LPIPS(build_lpips_trunk("alex", width_divisor=16))
     for head in lp.heads():  # LPIPS heads are non-negative weights
         head.model[1].weight.data.abs_()
     x, y = _pair(2, size=64)
@@ -109,14 +119,14 @@ def test_lpips_on_a_small_network_behaves_like_a_distance():
 
 def test_lpips_loads_weights_from_explicit_paths(tmp_path):
     torch.manual_seed(1)
-    trunk = M.build_lpips_trunk("alex")
+    trunk = build_lpips_trunk("alex")
     trunk_file = tmp_path / "alexnet.pth"
     # A torchvision-style file: features plus a classifier that the loader must ignore.
     torch.save({**trunk.state_dict(), "classifier.1.weight": torch.zeros(2, 2)}, trunk_file)
     head_file = tmp_path / "alex_heads.pth"
     heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(trunk.channels)}
     torch.save(heads, head_file)
-    lp = M.load_lpips(M.LPIPSConfig(net="alex", trunk_weights=str(trunk_file), head_weights=str(head_file)))
+    lp = load_lpips(LPIPSConfig(net="alex", trunk_weights=str(trunk_file), head_weights=str(head_file)))
     torch.testing.assert_close(lp.trunk.features[3].weight, trunk.features[3].weight)
     torch.testing.assert_close(lp.lin4.model[1].weight, heads["lin4.model.1.weight"])
     x, y = _pair(3, size=64, batch=1)
@@ -124,17 +134,17 @@ def test_lpips_loads_weights_from_explicit_paths(tmp_path):
 
 
 def test_lpips_reports_unavailable_instead_of_faking(tmp_path, monkeypatch):
-    with pytest.raises(M.MetricUnavailable, match="not found"):
-        M.load_lpips(M.LPIPSConfig(trunk_weights=str(tmp_path / "missing.pth")))
+    with pytest.raises(MetricUnavailable, match="not found"):
+        load_lpips(LPIPSConfig(trunk_weights=str(tmp_path / "missing.pth")))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(M.MetricUnavailable, match="downloads are disabled"):
-        M.load_lpips(M.LPIPSConfig(allow_download=False))
+    with pytest.raises(MetricUnavailable, match="downloads are disabled"):
+        load_lpips(LPIPSConfig(allow_download=False))
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, wrong)
-    with pytest.raises(M.MetricUnavailable, match="do not fit"):
-        M.load_lpips(M.LPIPSConfig(trunk_weights=str(wrong), head_weights=str(wrong)))
-    suite = M.MetricSuite(
-        M.MetricsConfig(lpips=M.LPIPSConfig(allow_download=False), enable_fid=False, enable_identity=False)
+    with pytest.raises(MetricUnavailable, match="do not fit"):
+        load_lpips(LPIPSConfig(trunk_weights=str(wrong), head_weights=str(wrong)))
+    suite = MetricSuite(
+        MetricsConfig(lpips=LPIPSConfig(allow_download=False), enable_fid=False, enable_identity=False)
     )
     assert "downloads are disabled" in suite.unavailable["lpips"]
     x, y = _pair()
@@ -144,25 +154,25 @@ def test_lpips_reports_unavailable_instead_of_faking(tmp_path, monkeypatch):
 
 def test_frechet_distance_matches_hand_computation():
     # 1-D Gaussians: (m1 - m2)^2 + (sqrt(v1) - sqrt(v2))^2
-    assert math.isclose(M.frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]), 4.0 + 1.0, rel_tol=1e-9)
+    assert math.isclose(frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]), 4.0 + 1.0, rel_tol=1e-9)
     # Diagonal covariances: the sum over dimensions of the 1-D formula.
     mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 1.0])
     expected = float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum())
-    assert math.isclose(M.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)), expected, rel_tol=1e-9)
+    assert math.isclose(frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)), expected, rel_tol=1e-9)
     # A general covariance against itself rotated: same spectrum, distance tr(S1)+tr(S2)-2tr((S1 S2)^1/2).
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4, 4))
     s1 = a @ a.T + np.eye(4)
-    assert abs(M.frechet_distance(mu1[:1].repeat(4), s1, mu1[:1].repeat(4), s1)) < 1e-8
+    assert abs(frechet_distance(mu1[:1].repeat(4), s1, mu1[:1].repeat(4), s1)) < 1e-8
     with pytest.raises(ValueError, match="mismatched"):
-        M.frechet_distance(mu1, np.eye(3), mu2[:2], np.eye(2))
+        frechet_distance(mu1, np.eye(3), mu2[:2], np.eye(2))
 
 
 def test_feature_statistics_match_numpy():
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(50, 6))
-    stats = M.FeatureStatistics()
+    stats = FeatureStatistics()
     stats.update(torch.from_numpy(feats[:20]))
     stats.update(feats[20:])
     mu, cov = stats.mean_cov()
@@ -186,7 +196,7 @@ class _TinyFeatures(nn.Module):
 
 def test_suite_fid_on_a_small_feature_network():
     features = _TinyFeatures()
-    suite = M.MetricSuite(M.MetricsConfig(enable_lpips=False, enable_identity=False), fid_features=features)
+    suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_identity=False), fid_features=features)
     gen = torch.Generator().manual_seed(5)
     real = torch.rand(40, 3, 32, 32, generator=gen)
     mask = torch.zeros(40, 1, 32, 32)
@@ -199,7 +209,7 @@ def test_suite_fid_on_a_small_feature_network():
     # Hand computation of the same number from the features.
     with torch.no_grad():
         f_fake, f_real = features(real * 0.5).double().numpy(), features(real).double().numpy()
-    expected = M.frechet_distance(
+    expected = frechet_distance(
         f_fake.mean(0), np.cov(f_fake, rowvar=False), f_real.mean(0), np.cov(f_real, rowvar=False)
     )
     assert math.isclose(out["darker"]["fid"], expected, rel_tol=1e-6, abs_tol=1e-9)
@@ -208,21 +218,21 @@ def test_suite_fid_on_a_small_feature_network():
 
 
 def test_fid_unavailable_without_library_or_weights(tmp_path):
-    with pytest.raises(M.MetricUnavailable):
-        M.load_fid_inception(M.FIDConfig(weights_path=str(tmp_path / "nope.pth")))
+    with pytest.raises(MetricUnavailable):
+        load_fid_inception(FIDConfig(weights_path=str(tmp_path / "nope.pth")))
 
 
 def test_identity_counts_images_without_a_face():
     try:
-        embedder = M.IdentityEmbedder(M.IdentityConfig(box="detect"))
-    except M.MetricUnavailable as exc:
+        embedder = IdentityEmbedder(IdentityConfig(box="detect"))
+    except MetricUnavailable as exc:
         pytest.skip(exc.reason)
     noise = np.random.default_rng(0).integers(0, 256, size=(2, 80, 80, 3), dtype=np.uint8)
     result = embedder.compare(noise, noise)
     assert result.no_face == 2
     assert np.isnan(result.cosine).all()
     with pytest.raises(ValueError, match="box"):
-        M.IdentityEmbedder(M.IdentityConfig(box="nose"))
+        IdentityEmbedder(IdentityConfig(box="nose"))
 
 
 @pytest.mark.shared
@@ -230,8 +240,8 @@ def test_identity_similarity_on_a_real_face(extras_dir):
     from m2u.masking import read_image
 
     try:
-        embedder = M.IdentityEmbedder()
-    except M.MetricUnavailable as exc:
+        embedder = IdentityEmbedder()
+    except MetricUnavailable as exc:
         pytest.skip(exc.reason)
     a = read_image(sorted((extras_dir / "dlib-johns").glob("John_Salley*.jpg"))[0])
     same = embedder.compare(a[None], a[None])
@@ -269,7 +279,7 @@ def test_fid_inception_is_loaded_through_torchmetrics_with_the_path_option(monke
     monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", fake)
     weights = tmp_path / "pt_inception-2015-12-05.pth"
     weights.write_bytes(b"x")
-    net = M.load_fid_inception(M.FIDConfig(weights_path=str(weights)))
+    net = load_fid_inception(FIDConfig(weights_path=str(weights)))
     feats = net(torch.full((2, 3, 8, 8), 0.5))
     assert calls == {
         "name": "inception-v3-compat",

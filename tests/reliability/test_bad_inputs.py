@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.layout import SPLITS, read_manifest, split_shards
 from m2u.masking.cli import main as mask_main
-from m2u.training.eval_cli import unmask_main
+from m2u.training.inference.cli import unmask_main
 
 # Per tool: the statuses each kind of input may get.
 MASK_STATUSES = {"unreadable": {"error"}, "no_face": {"no_face"}, "face": {"ok"}}

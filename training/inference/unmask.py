@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
-from m2u.training.evaluate import load_two_stage, resolve_device, restore_batch
-from m2u.training.metrics import to_uint8_images
+from m2u.training.device import resolve_device
+from m2u.training.imagespace import to_uint8_images
+from m2u.training.inference.restore import load_two_stage, restore_batch
 from m2u.training.models import CARU2Net, MSeg
 
 __all__ = [

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from m2u.training.metrics import to_uint8_images
+from m2u.training.imagespace import to_uint8_images
 
 __all__ = ["BaselineConfig", "BASELINES", "inpaint_opencv", "run_baseline"]
 

@@ -1,0 +1,117 @@
+"""m2u-unmask and m2u-export: thin Click layers over `m2u.training.inference`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from m2u.training.cliutil import model_file_options, user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@model_file_options
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
+)
+@click.option(
+    "--size",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Aligned crop size: the --size the models were trained on (default: 256, the paper's).",
+)
+@click.option(
+    "--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True)
+)
+@click.option(
+    "--feather", default=None, type=click.FloatRange(min=0), help="Feathered edge, fraction of the crop size."
+)
+@click.option(
+    "--keep-crops", is_flag=True, help="Also write the aligned crops (input, predicted mask, restored)."
+)
+@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn"]))
+@click.option("--device", default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def unmask_main(**kw) -> None:
+    """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
+    (one row per file: status and reason)."""
+    from m2u.training.inference.unmask import UnmaskConfig, unmask_files
+
+    overrides = {k: v for k, v in (("crop_size", kw["size"]), ("feather", kw["feather"])) if v is not None}
+    try:
+        config = UnmaskConfig(
+            mask_threshold=kw["threshold"],
+            keep_crops=kw["keep_crops"],
+            detector_model=kw["detector"],
+            device=kw["device"],
+            progress=not kw["quiet"],
+            **overrides,
+        )
+        results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+        if r.status != "ok":
+            click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
+    click.echo(f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    from m2u.masking.imageio import describe_ignored_files
+
+    ignored = describe_ignored_files(kw["inputs"])
+    if ignored:
+        click.echo(ignored, err=True)
+    click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def export_main() -> None:
+    """Export trained models."""
+
+
+@export_main.command("onnx")
+@click.option("--mseg", "mseg_path", type=click.Path(exists=True, dir_okay=False), help="M-Seg model file.")
+@click.option(
+    "--generator",
+    "generator_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CARU2-Net model file.",
+)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--image-size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Size of the tracing input.",
+)
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=11))
+@click.option("--atol", default=1e-4, show_default=True, type=float, help="Accepted |onnxruntime - torch|.")
+@click.option("--static-shape", is_flag=True, help="Fix batch, height and width to the tracing input.")
+def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol, static_shape) -> None:
+    """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime."""
+    from m2u.training.checkpoint import load_model
+    from m2u.training.inference.export import ExportConfig, export_onnx
+
+    if not mseg_path and not generator_path:
+        raise click.UsageError("give --mseg and/or --generator")
+    config = ExportConfig(image_size=image_size, opset=opset, atol=atol, dynamic_axes=not static_shape)
+    summary = {}
+    try:
+        for name, path in (("mseg", mseg_path), ("generator", generator_path)):
+            if not path:
+                continue
+            result = export_onnx(load_model(path), Path(out_dir) / f"{name}.onnx", config)
+            summary[name] = {
+                "source": str(path),
+                "onnx": str(result.path),
+                "inputs": result.input_names,
+                "outputs": result.output_names,
+                "max_abs_diff_vs_torch": result.max_abs_diff,
+            }
+            click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
+    except (*user_errors(), RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    (Path(out_dir) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
