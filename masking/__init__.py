@@ -1,27 +1,37 @@
-"""m2u.masking: read images, find faces and landmarks, put a realistic mask on each face."""
+"""m2u.masking: read images, find faces and landmarks, put a realistic mask on each face.
 
-from m2u.masking.detect import DetectorConfig, Face, FaceDetector
-from m2u.masking.geometry import MaskingError, PlacementConfig
-from m2u.masking.imageio import IMAGE_SUFFIXES, ImageReadError, is_hidden, is_image_entry, read_image
-from m2u.masking.render import MaskConfig, MaskResult, apply_mask
-from m2u.masking.templates import COLORS, MASK_TYPES, TemplatePackError, load_template_pack
+Public surface (imported lazily: OpenCV and dlib load only when a name is used)::
 
-__all__ = [
-    "COLORS",
-    "DetectorConfig",
-    "Face",
-    "FaceDetector",
-    "IMAGE_SUFFIXES",
-    "ImageReadError",
-    "MASK_TYPES",
-    "MaskConfig",
-    "MaskResult",
-    "MaskingError",
-    "PlacementConfig",
-    "TemplatePackError",
-    "apply_mask",
-    "is_hidden",
-    "is_image_entry",
-    "load_template_pack",
-    "read_image",
-]
+    read_image(path) -> uint8 RGB; ImageReadError; IMAGE_SUFFIXES, is_hidden, is_image_entry
+    FaceDetector(DetectorConfig).detect(image) -> list[Face]
+    apply_mask(image, face, MaskConfig, seed) -> MaskResult; MaskingError; PlacementConfig
+    load_template_pack(path), TemplatePackError, MASK_TYPES, COLORS
+"""
+
+from __future__ import annotations
+
+from m2u.masking.lazy import lazy_exports
+
+_EXPORTS = {
+    "COLORS": "templates",
+    "DetectorConfig": "detect",
+    "Face": "detect",
+    "FaceDetector": "detect",
+    "IMAGE_SUFFIXES": "imageio",
+    "ImageReadError": "imageio",
+    "MASK_TYPES": "templates",
+    "MaskConfig": "render",
+    "MaskResult": "render",
+    "MaskingError": "geometry",
+    "PlacementConfig": "geometry",
+    "TemplatePackError": "templates",
+    "apply_mask": "render",
+    "is_hidden": "imageio",
+    "is_image_entry": "imageio",
+    "load_template_pack": "templates",
+    "read_image": "imageio",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -67,3 +67,10 @@ def test_every_cli_answers_dash_h(command):
     out = subprocess.run([str(exe), *command[1:], "-h"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Usage:" in out.stdout
+
+
+def test_package_imports_stay_light():
+    # The packages resolve their names lazily: importing them loads none of the heavy libraries.
+    loaded = _modules_after_import("m2u.masking", "m2u.datasets", "m2u.training")
+    assert {"torch", "cv2", "dlib"} & loaded == set()
+    assert "m2u.masking.lazy" in loaded

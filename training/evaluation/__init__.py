@@ -11,35 +11,26 @@ Modules: pixel (PSNR / SSIM / L1), lpips, fid, identity, suite, baselines, evalu
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
+from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
+from m2u.training.evaluation.fid import FIDConfig
+from m2u.training.evaluation.identity import IdentityConfig
+from m2u.training.evaluation.lpips import LPIPSConfig
+from m2u.training.evaluation.report import write_report
+from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.training.evaluation.weights import MetricUnavailable
 
-_EXPORTS = {
-    "evaluate": "evaluate",
-    "EvaluateConfig": "evaluate",
-    "write_report": "report",
-    "MetricSuite": "suite",
-    "MetricsConfig": "suite",
-    "MetricUnavailable": "weights",
-    "LPIPSConfig": "lpips",
-    "FIDConfig": "fid",
-    "IdentityConfig": "identity",
-    "BaselineConfig": "baselines",
-    "run_baseline": "baselines",
-    "BASELINES": "baselines",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'm2u.training.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"m2u.training.evaluation.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "BASELINES",
+    "BaselineConfig",
+    "EvaluateConfig",
+    "FIDConfig",
+    "IdentityConfig",
+    "LPIPSConfig",
+    "MetricSuite",
+    "MetricUnavailable",
+    "MetricsConfig",
+    "evaluate",
+    "run_baseline",
+    "write_report",
+]

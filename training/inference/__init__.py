@@ -10,31 +10,17 @@ Public surface::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m2u.training.inference.export import ExportConfig, export_onnx
+from m2u.training.inference.restore import load_two_stage, restore_batch
+from m2u.training.inference.unmask import FileResult, UnmaskConfig, Unmasker, unmask_files
 
-_EXPORTS = {
-    "load_two_stage": "restore",
-    "restore_batch": "restore",
-    "Unmasker": "unmask",
-    "UnmaskConfig": "unmask",
-    "FileResult": "unmask",
-    "unmask_files": "unmask",
-    "ExportConfig": "export",
-    "export_onnx": "export",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'm2u.training.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"m2u.training.inference.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "ExportConfig",
+    "FileResult",
+    "UnmaskConfig",
+    "Unmasker",
+    "export_onnx",
+    "load_two_stage",
+    "restore_batch",
+    "unmask_files",
+]
