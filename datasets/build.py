@@ -55,6 +55,7 @@ from m2u.datasets.shards import ShardWriter, remove_stray_temp_files
 from m2u.datasets.sources import discover_inputs
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
+from m2u.masking.runtime import output_fields, runtime_field
 
 STATE_DIR = ".m2u-build"
 LOCK_NAME = ".m2u-build.lock"
@@ -93,14 +94,15 @@ class BuildConfig:
     mask_options: dict[str, Any] = field(default_factory=lambda: {"mask_type": "random"})
     # Keyword arguments of m2u.masking.DetectorConfig (upsample, thresholds...).
     detector_options: dict[str, Any] = field(default_factory=dict)
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Runtime settings (m2u.masking.runtime): how the build runs, never what it writes; no fingerprint holds them.
+    workers: int = runtime_field(default_factory=lambda: os.cpu_count() or 1)
     shard_size: int = DEFAULT_SHARD_SIZE
     # JPEG by default: ~15x faster to encode and ~3x faster to decode than PNG at 256 px (benchmarks/loader.py);
     # the pair then differs outside the mask only in JPEG blocks that touch it. png/webp are lossless.
     image_format: ImageFormat = ImageFormat.JPG
     quality: int = DEFAULT_JPEG_QUALITY
-    overwrite: bool = False
-    progress: bool = True
+    overwrite: bool = runtime_field(default=False)
+    progress: bool = runtime_field(default=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "split", parse_fractions(self.split))
@@ -118,12 +120,9 @@ class BuildConfig:
             raise ValueError(f"unknown mask engine {self.mask_engine!r}; choose one of {MASK_ENGINES}")
 
     def output_arguments(self) -> dict[str, Any]:
-        """The arguments that decide the output bytes (workers and progress do not)."""
-        skip = {"workers", "overwrite", "progress"}
+        """The arguments that decide the output bytes (the runtime fields, workers and progress, do not)."""
         out = {}
-        for f in dataclasses.fields(self):
-            if f.name in skip:
-                continue
+        for f in output_fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.value if hasattr(value, "value") else value
         out["split"] = list(self.split)
