@@ -1,6 +1,7 @@
 """Building a paired dataset: detect → align → mask → encode, in a worker pool, with resume and a lock.
 
-Per input: the file's SHA-256, ``m2u.masking.read_image``, ``FaceDetector.detect(largest_only=True)`` (the
+Per input: its bytes (read only once the open file is known to be a regular file), their SHA-256,
+``m2u.masking.imageio.decode_image``, ``FaceDetector.detect(largest_only=True)`` (the
 largest face is used; ``n_faces`` in the manifest counts the faces of the detection pass that found it, a cheap
 reduced-scale pass first), ``align_face`` to ``size``×``size``, then for each of the K variants ``apply_mask``
 on the *aligned crop* with the sample's own seed (from the global seed and the key). The stored mask is the
@@ -219,18 +220,21 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 
 
 def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
-    from m2u.masking import Face, ImageReadError, read_image
+    from m2u.masking import Face, ImageReadError
+    from m2u.masking.imageio import decode_image, read_input_bytes
 
     if _STATE is None:
         raise RuntimeError("process_input needs _init_worker first")
     config, masker = _STATE.config, _STATE.masker
     source = samples[0].source
     try:
-        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    except OSError as exc:
-        return [(_row(s, reason=f"cannot read file: {exc.strerror or exc}"), None) for s in samples]
+        # Checked on the open file before any byte is read: a FIFO or a device (/dev/zero) is an error row.
+        data = read_input_bytes(source)
+    except ImageReadError as exc:
+        return [(_row(s, reason=exc.reason), None) for s in samples]
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        image = read_image(source)
+        image = decode_image(data, source)
     except ImageReadError as exc:
         return [(_row(s, source_sha256=digest, reason=exc.reason), None) for s in samples]
     height, width = image.shape[:2]
@@ -420,6 +424,7 @@ def build_dataset(
             identity_file=config.identity_file,
             identity_pattern=config.identity_pattern,
             limit=config.limit,
+            exclude=[out],  # a dataset written inside an input folder is never read back as input
         )
         plan = plan_samples(
             items,
