@@ -262,12 +262,10 @@ def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
 
 
 def find_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | os.PathLike[str]) -> Discovery:
-    """The inputs of a run writing `out_dir` (which is never read as input); InputError when there are none."""
+    """The inputs of a run writing `out_dir` (which is never read as input); InputError when an argument names
+    nothing."""
     check_arguments(inputs)
-    found = discover(inputs, exclude=[out_dir])
-    if not found.entries:
-        raise InputError("no image files found in the inputs")
-    return found
+    return discover(inputs, exclude=[out_dir])
 
 
 def mask_files(
@@ -282,6 +280,8 @@ def mask_files(
     files = output_stems(found.entries)
     targets = [p for _, stem in files for p in output_paths(out, stem, config.mask.mask_type)]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
+    if not found.entries:
+        raise InputError("no image files found in the inputs")
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
     job = Job(out, config.mask, config.detector, config.seed, config.max_pixels)

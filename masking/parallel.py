@@ -5,9 +5,10 @@ child then changes OpenCV's thread count (which every m2u worker does, one proce
 the parent's pool. Stopping the pool in the parent before forking (thread count 1) avoids that; workers then
 inherit the single-threaded setting. Found with `m2u-mask --workers 2` after the templates were drawn in the parent.
 
-Ctrl-C: the terminal sends SIGINT to every process of the group. Workers ignore it, so none dies half-way through a
-task (a pool whose worker died mid-task can wait forever for that task's result); the parent alone gets the
-KeyboardInterrupt and leaving `worker_pool` terminates the workers, so the run stops within a second or two. What
+Ctrl-C: the terminal sends SIGINT to every process of the group. Workers ignore it, so none dies half-way through
+sending a result (a worker killed while it holds the pool's queue lock leaves the lock taken, and the parent's
+shutdown of the pool then waits for it forever); the parent alone gets the KeyboardInterrupt and leaving
+`worker_pool` terminates the workers, so the run stops within a second or two. What
 the tools committed before stays (m2u-make-dataset resumes from it).
 """
 

@@ -207,11 +207,11 @@ def unmask_files(
     # an input (m2u.masking.inputs); OUT itself is never read as input.
     found = discover(inputs, exclude=[out])
     paths = [e.path for e in found.entries]
-    if not paths:
-        raise ValueError("no input images found")
     planned: set[str] = set()
     targets = [out / f"{_unique_name(p.stem, planned)}.png" for p in paths]
     check_output_folder(out, found, [*targets, out / "report.csv"])
+    if not paths:
+        raise ValueError("no input images found")
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "m2u-unmask"):
         return _unmask_paths(
