@@ -45,6 +45,7 @@ from m2u.datasets.layout import (
     SPLITS,
     STATS_NAME,
     Status,
+    check_image_size,
     manifest_table,
     shard_name,
     shard_relpath,
@@ -53,9 +54,10 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.plan import DEFAULT_SHARD_SIZE, InputItem, PlannedSample, plan_samples
 from m2u.datasets.shards import ShardWriter, remove_stray_temp_files
-from m2u.datasets.sources import discover_inputs
+from m2u.datasets.sources import discover_inputs, identity_pattern_regex
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
+from m2u.masking.options import build_checked, check_types
 from m2u.masking.runtime import output_fields, runtime_field
 
 STATE_DIR = ".m2u-build"
@@ -109,8 +111,19 @@ class BuildConfig:
         object.__setattr__(self, "split", parse_fractions(self.split))
         object.__setattr__(self, "split_by", SplitBy(self.split_by))
         object.__setattr__(self, "image_format", ImageFormat(self.image_format))
-        if self.size < 16:
-            raise ValueError(f"--size must be >= 16, got {self.size}")
+        check_types(self)
+        check_image_size(self.size, "--size")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be within 1..100, got {self.quality}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.identity_pattern is not None:
+            identity_pattern_regex(self.identity_pattern)
+        # Checked here, before any work: a bad detector option used to fail in every worker's start-up, which a
+        # pool answers by starting another worker, forever.
+        from m2u.masking.detect import DetectorConfig
+
+        build_checked(DetectorConfig, self.detector_options, "--detector-option")
         if self.variants < 1:
             raise ValueError(f"--variants must be >= 1, got {self.variants}")
         if self.workers < 1:
@@ -353,6 +366,8 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new -o"
         )
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
+    if previous is not None and previous != fingerprint and not any(_state_dir(out_dir).glob("*.parquet")):
+        previous = None  # an earlier run that committed no shard (stopped or refused at once) binds nothing
     if config.overwrite:
         _clear_outputs(out_dir)
         previous = None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
+from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.evaluate import load_two_stage, resolve_device, restore_batch
 from m2u.training.metrics import to_uint8_images
 from m2u.training.models import CARU2Net, MSeg
@@ -51,8 +51,7 @@ class UnmaskConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.crop_size < 16:
-            raise ValueError(f"crop_size must be >= 16, got {self.crop_size}")
+        check_image_size(self.crop_size, "--size")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.dilate < 0 or self.feather < 0:
