@@ -280,15 +280,21 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
         covered = (mask > 0) | (masked != aligned.image).any(axis=-1)
         mask = np.where(covered, 255, 0).astype(np.uint8)
         mask_type = str(mask_meta.get("type", ""))
-        meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
-        members = sample_members(
-            masked=masked,
-            unmasked=aligned.image,
-            mask=mask,
-            meta=meta,
-            image_format=config.image_format,
-            quality=config.quality,
-        )
+        try:
+            meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
+            members = sample_members(
+                masked=masked,
+                unmasked=aligned.image,
+                mask=mask,
+                meta=meta,
+                image_format=config.image_format,
+                quality=config.quality,
+            )
+        except Exception as exc:  # noqa: BLE001 - one variant that cannot be encoded is that variant's row
+            results.append(
+                (_row(planned, **common, reason=f"encoding failed: {type(exc).__name__}: {exc}"), None)
+            )
+            continue
         shard = shard_relpath(planned.split, planned.shard_index)
         row = _row(planned, **common, status=Status.OK.value, mask_type=mask_type, shard=shard)
         results.append((row, members))
