@@ -201,7 +201,7 @@ def _m2u_steady_state_cpu_ms(files: list[Path]) -> float:
     import cv2
 
     from m2u.masking import DetectorConfig, MaskConfig
-    from m2u.masking.cli import Job, process_file
+    from m2u.masking.batch import Job, process_file
 
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:

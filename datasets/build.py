@@ -1,6 +1,7 @@
 """Building a paired dataset: detect → align → mask → encode, in a worker pool, with resume and a lock.
 
-Per input: the file's SHA-256, ``m2u.masking.read_image``, ``FaceDetector.detect(largest_only=True)`` (the
+Per input: its bytes (read only once the open file is known to be a regular file), their SHA-256,
+``m2u.masking.imageio.decode_image``, ``FaceDetector.detect(largest_only=True)`` (the
 largest face is used; ``n_faces`` in the manifest counts the faces of the detection pass that found it, a cheap
 reduced-scale pass first), ``align_face`` to ``size``×``size``, then for each of the K variants ``apply_mask``
 on the *aligned crop* with the sample's own seed (from the global seed and the key). The stored mask is the
@@ -44,6 +45,7 @@ from m2u.datasets.layout import (
     SPLITS,
     STATS_NAME,
     Status,
+    check_image_size,
     manifest_table,
     shard_name,
     shard_relpath,
@@ -52,9 +54,11 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.plan import DEFAULT_SHARD_SIZE, InputItem, PlannedSample, plan_samples
 from m2u.datasets.shards import ShardWriter, remove_stray_temp_files
-from m2u.datasets.sources import discover_inputs
+from m2u.datasets.sources import discover_inputs, identity_pattern_regex
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
+from m2u.masking.options import build_checked, check_types
+from m2u.masking.runtime import output_fields, runtime_field
 
 STATE_DIR = ".m2u-build"
 LOCK_NAME = ".m2u-build.lock"
@@ -93,21 +97,33 @@ class BuildConfig:
     mask_options: dict[str, Any] = field(default_factory=lambda: {"mask_type": "random"})
     # Keyword arguments of m2u.masking.DetectorConfig (upsample, thresholds...).
     detector_options: dict[str, Any] = field(default_factory=dict)
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Runtime settings (m2u.masking.runtime): how the build runs, never what it writes; no fingerprint holds them.
+    workers: int = runtime_field(default_factory=lambda: os.cpu_count() or 1)
     shard_size: int = DEFAULT_SHARD_SIZE
     # JPEG by default: ~15x faster to encode and ~3x faster to decode than PNG at 256 px (benchmarks/loader.py);
     # the pair then differs outside the mask only in JPEG blocks that touch it. png/webp are lossless.
     image_format: ImageFormat = ImageFormat.JPG
     quality: int = DEFAULT_JPEG_QUALITY
-    overwrite: bool = False
-    progress: bool = True
+    overwrite: bool = runtime_field(default=False)
+    progress: bool = runtime_field(default=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "split", parse_fractions(self.split))
         object.__setattr__(self, "split_by", SplitBy(self.split_by))
         object.__setattr__(self, "image_format", ImageFormat(self.image_format))
-        if self.size < 16:
-            raise ValueError(f"--size must be >= 16, got {self.size}")
+        check_types(self)
+        check_image_size(self.size, "--size")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be within 1..100, got {self.quality}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.identity_pattern is not None:
+            identity_pattern_regex(self.identity_pattern)
+        # Checked here, before any work: a bad detector option used to fail in every worker's start-up, which a
+        # pool answers by starting another worker, forever.
+        from m2u.masking.detect import DetectorConfig
+
+        build_checked(DetectorConfig, self.detector_options, "--detector-option")
         if self.variants < 1:
             raise ValueError(f"--variants must be >= 1, got {self.variants}")
         if self.workers < 1:
@@ -118,12 +134,9 @@ class BuildConfig:
             raise ValueError(f"unknown mask engine {self.mask_engine!r}; choose one of {MASK_ENGINES}")
 
     def output_arguments(self) -> dict[str, Any]:
-        """The arguments that decide the output bytes (workers and progress do not)."""
-        skip = {"workers", "overwrite", "progress"}
+        """The arguments that decide the output bytes (the runtime fields, workers and progress, do not)."""
         out = {}
-        for f in dataclasses.fields(self):
-            if f.name in skip:
-                continue
+        for f in output_fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.value if hasattr(value, "value") else value
         out["split"] = list(self.split)
@@ -220,18 +233,21 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 
 
 def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
-    from m2u.masking import Face, ImageReadError, read_image
+    from m2u.masking import Face, ImageReadError
+    from m2u.masking.imageio import decode_image, read_input_bytes
 
     if _STATE is None:
         raise RuntimeError("process_input needs _init_worker first")
     config, masker = _STATE.config, _STATE.masker
     source = samples[0].source
     try:
-        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    except OSError as exc:
-        return [(_row(s, reason=f"cannot read file: {exc.strerror or exc}"), None) for s in samples]
+        # Checked on the open file before any byte is read: a FIFO or a device (/dev/zero) is an error row.
+        data = read_input_bytes(source)
+    except ImageReadError as exc:
+        return [(_row(s, reason=exc.reason), None) for s in samples]
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        image = read_image(source)
+        image = decode_image(data, source)
     except ImageReadError as exc:
         return [(_row(s, source_sha256=digest, reason=exc.reason), None) for s in samples]
     height, width = image.shape[:2]
@@ -264,15 +280,21 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
         covered = (mask > 0) | (masked != aligned.image).any(axis=-1)
         mask = np.where(covered, 255, 0).astype(np.uint8)
         mask_type = str(mask_meta.get("type", ""))
-        meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
-        members = sample_members(
-            masked=masked,
-            unmasked=aligned.image,
-            mask=mask,
-            meta=meta,
-            image_format=config.image_format,
-            quality=config.quality,
-        )
+        try:
+            meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
+            members = sample_members(
+                masked=masked,
+                unmasked=aligned.image,
+                mask=mask,
+                meta=meta,
+                image_format=config.image_format,
+                quality=config.quality,
+            )
+        except Exception as exc:  # noqa: BLE001 - one variant that cannot be encoded is that variant's row
+            results.append(
+                (_row(planned, **common, reason=f"encoding failed: {type(exc).__name__}: {exc}"), None)
+            )
+            continue
         shard = shard_relpath(planned.split, planned.shard_index)
         row = _row(planned, **common, status=Status.OK.value, mask_type=mask_type, shard=shard)
         results.append((row, members))
@@ -350,6 +372,8 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new -o"
         )
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
+    if previous is not None and previous != fingerprint and not any(_state_dir(out_dir).glob("*.parquet")):
+        previous = None  # an earlier run that committed no shard (stopped or refused at once) binds nothing
     if config.overwrite:
         _clear_outputs(out_dir)
         previous = None
@@ -421,6 +445,7 @@ def build_dataset(
             identity_file=config.identity_file,
             identity_pattern=config.identity_pattern,
             limit=config.limit,
+            exclude=[out],  # a dataset written inside an input folder is never read back as input
         )
         plan = plan_samples(
             items,

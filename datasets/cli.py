@@ -125,7 +125,7 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
         raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None
     stats = result.stats
-    ignored = describe_ignored_files(inputs, skip_hidden=True)
+    ignored = describe_ignored_files(inputs, exclude=[out_dir])
     if ignored:
         click.echo(ignored, err=True)
     samples = stats["counts"]["samples"]

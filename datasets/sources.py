@@ -1,7 +1,6 @@
-"""Finding the input photos: folders (recursive), globs, list files (text, CSV, Parquet), and their identities.
-
-Folder scans pass over hidden files and folders (a name starting with "."; notebooks' .ipynb_checkpoints copies
-would otherwise become duplicate photos); m2u-make-dataset says how many it passed over.
+"""The dataset's inputs: keys and identities on top of ``m2u.masking.inputs.discover``, the one input discovery
+of every m2u tool (folders searched recursively, globs, list files (text, CSV, Parquet); hidden files and folders
+passed over and counted; m2u-make-dataset says how many it passed over).
 
 Keys: a folder's files are keyed by their path relative to the folder, a glob's by their path relative to the
 glob's fixed leading directory, a list file's by their path relative to the list file's folder (or by file name
@@ -17,8 +16,6 @@ Identities come from, in order: an ``identity`` column of a CSV/Parquet list, an
 
 from __future__ import annotations
 
-import csv
-import glob
 import hashlib
 import os
 import re
@@ -27,11 +24,9 @@ from pathlib import Path
 
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
-from m2u.masking import IMAGE_SUFFIXES, is_hidden, is_image_entry
+from m2u.masking.inputs import IMAGE_SUFFIXES, LIST_SUFFIXES, InputError, check_arguments, discover
 
-LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
-PATH_COLUMNS = ("path", "file", "filename", "source", "image")
-IDENTITY_COLUMN = "identity"
+__all__ = ["LIST_SUFFIXES", "discover_inputs", "identity_pattern_regex", "make_key", "read_identity_file"]
 
 
 def make_key(relative: str) -> str:
@@ -108,105 +103,34 @@ def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return mapping
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _folder_entries(folder: Path) -> list[tuple[Path, str, str]]:
-    return [
-        (p, p.relative_to(folder).as_posix(), "")
-        for p in sorted(folder.rglob("*"))
-        if is_image_entry(p) and not is_hidden(p, folder)
-    ]
-
-
-def _glob_entries(pattern: str) -> list[tuple[Path, str, str]]:
-    parts = Path(pattern).parts
-    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]]
-    base = Path(*fixed) if fixed else Path(".")
-    return [
-        (Path(p), Path(p).relative_to(base).as_posix(), "")
-        for p in sorted(glob.glob(pattern, recursive=True))
-        if is_image_entry(Path(p))
-    ]
-
-
-def _list_entries(list_file: Path) -> list[tuple[Path, str, str]]:
-    rows: list[tuple[str, str]] = []
-    suffix = list_file.suffix.lower()
-    if suffix in (".csv", ".parquet"):
-        if suffix == ".csv":
-            with open(list_file, newline="", encoding="utf-8") as f:
-                records = list(csv.DictReader(f))
-                columns = list(records[0]) if records else []
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(list_file)
-            columns, records = table.column_names, table.to_pylist()
-        lowered = {c.lower(): c for c in columns}
-        path_column = next((lowered[c] for c in PATH_COLUMNS if c in lowered), None)
-        if path_column is None:
-            raise ValueError(f"{list_file}: no path column; expected one of {', '.join(PATH_COLUMNS)}")
-        identity_column = lowered.get(IDENTITY_COLUMN)
-        for record in records:
-            identity = (
-                ""
-                if identity_column is None or record[identity_column] is None
-                else str(record[identity_column])
-            )
-            rows.append((str(record[path_column]), identity))
-    else:
-        for line in list_file.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                rows.append((line, ""))
-    root = list_file.parent.resolve()
-    entries = []
-    for text, identity in rows:
-        path = Path(text) if Path(text).is_absolute() else list_file.parent / text
-        try:
-            relative = path.resolve().relative_to(root).as_posix()
-        except ValueError:
-            relative = path.name
-        entries.append((path, relative, identity))
-    return entries
-
-
 def discover_inputs(
     inputs: Sequence[str | os.PathLike[str]],
     *,
     identity_file: str | os.PathLike[str] | None = None,
     identity_pattern: str | None = None,
     limit: int | None = None,
+    exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> list[InputItem]:
     """All input photos, sorted by source path, deduplicated, with keys and identities; ``limit`` keeps the first N.
 
-    Files named in list files are kept even when missing or unreadable: the build records them as errors.
+    Found by ``m2u.masking.inputs.discover`` (the rules of every m2u tool; nothing under an ``exclude`` folder).
+    Every entry is kept, also a missing, unreadable or non-regular one (a FIFO, a device): the build records it as
+    an error row, and reads it only after checking on the open file that it is a regular file.
     """
     if not inputs:
         raise ValueError("no inputs given")
-    entries: list[tuple[Path, str, str]] = []
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if path.is_dir():
-            found = _folder_entries(path)
-        elif glob.has_magic(text):
-            found = _glob_entries(text)
-        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            found = _list_entries(path)
-        elif path.is_file() and _is_image(path):
-            found = [(path, path.name, "")]
-        elif not path.exists():
-            raise FileNotFoundError(f"input {text!r} does not exist")
-        else:
-            raise ValueError(
-                f"input {text!r} is neither a folder, a glob, an image nor a list file ({', '.join(LIST_SUFFIXES)})"
-            )
-        if not found:
+    try:
+        check_arguments(inputs)
+    except InputError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    try:
+        found = discover(inputs, exclude=exclude)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+    for text, count in found.per_input.items():
+        if not count:
             raise ValueError(f"input {text!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        entries.extend(found)
+    entries = [(e.path, e.relative, e.identity) for e in found.entries]
 
     by_name = read_identity_file(identity_file) if identity_file else {}
     pattern = identity_pattern_regex(identity_pattern) if identity_pattern else None

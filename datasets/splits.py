@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Sequence
 
 from m2u.datasets.layout import DEFAULT_SPLIT_FRACTIONS, SPLITS
@@ -42,6 +43,8 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
         values = [float(v) for v in text]
     if len(values) != len(SPLITS):
         raise ValueError(f"expected {len(SPLITS)} split fractions (train,val,test), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"split fractions must be finite numbers, got {values}")
     if any(v < 0 for v in values):
         raise ValueError(f"split fractions must be non-negative, got {values}")
     total = sum(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -71,6 +72,36 @@ def _procedural(name: str, width: int, height: int) -> np.ndarray:
     return (1.0 - ink[..., None] * (1.0 - colour)).astype(np.float32)
 
 
+# A pattern image is tiled across the mask: a tile is a third of the mask's width and keeps the image's aspect,
+# so an image of 1x100000 px would make one tile 100000 times as tall as wide (18 GiB per face).
+PATTERN_MAX_SIDE = 4096
+PATTERN_MAX_ASPECT = 8.0
+
+
+def check_pattern_image(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of a pattern image file, read from its header; ValueError naming --pattern when it cannot
+    be a pattern (not an image, a side over PATTERN_MAX_SIDE, or sides more than PATTERN_MAX_ASPECT apart)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from m2u.masking.imageio import ImageReadError, open_regular
+
+    try:
+        with open_regular(path) as handle, Image.open(handle) as image:
+            width, height = image.size
+    except ImageReadError as exc:
+        raise ValueError(f"--pattern {path}: {exc.reason}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"--pattern {path} is not a readable image ({exc})") from None
+    if max(width, height) > PATTERN_MAX_SIDE or max(width, height) > PATTERN_MAX_ASPECT * max(
+        1, min(width, height)
+    ):
+        raise ValueError(
+            f"--pattern {path} is {width}x{height} px; a pattern image must be at most {PATTERN_MAX_SIDE} px per "
+            f"side with sides within 1:{PATTERN_MAX_ASPECT:g} of each other"
+        )
+    return width, height
+
+
 @functools.lru_cache(maxsize=64)
 def pattern_texture(pattern: str, width: int, height: int) -> tuple[np.ndarray, bool]:
     """(texture, multiply) at the given size: procedural patterns multiply the fabric colour, image files (tiled
@@ -82,10 +113,12 @@ def pattern_texture(pattern: str, width: int, height: int) -> tuple[np.ndarray, 
         raise ValueError(f"pattern {pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
     from m2u.masking.imageio import read_image  # local: keeps this module free of Pillow when unused
 
+    check_pattern_image(path)
     image = read_image(path).astype(np.float32) / 255.0
-    # Tile the image so one tile spans a third of the mask width, then crop to the texture.
+    # Tile the image so one tile spans a third of the mask width, then crop to the texture; a tile is never
+    # taller than the texture (the crop would throw the rest away).
     tile_w = max(1, width // 3)
-    tile_h = max(1, round(image.shape[0] * tile_w / image.shape[1]))
+    tile_h = min(max(1, height), max(1, round(image.shape[0] * tile_w / image.shape[1])))
     tile = cv2.resize(image, (tile_w, tile_h), interpolation=cv2.INTER_AREA)
     reps = (height // tile_h + 1, width // tile_w + 1, 1)
     return np.tile(tile, reps)[:height, :width].copy(), False

@@ -1,202 +1,35 @@
-"""m2u-mask: mask every face in files or folders; masked image, binary mask and metadata per input, report.csv."""
+"""m2u-mask: a thin Click layer over `m2u.masking.batch.mask_files` (masked image, binary mask and metadata per
+input, report.csv)."""
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import os
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import cv2
-import numpy as np
 
 from m2u.masking.appearance import PATTERNS
+from m2u.masking.batch import BatchConfig, find_inputs, mask_files
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
-from m2u.masking.geometry import MaskingError
-from m2u.masking.imageio import (
-    DEFAULT_MAX_PIXELS,
-    ImageReadError,
-    describe_ignored_files,
-    is_image_entry,
-    read_image,
-)
-from m2u.masking.parallel import worker_pool
-from m2u.masking.render import MaskConfig, apply_mask, warm_templates
+from m2u.masking.imageio import ImageReadError, read_image
+from m2u.masking.inputs import Discovery, InputError, OutputFolderError
+from m2u.masking.render import MaskConfig
 from m2u.masking.templates import MASK_TYPES
 
-REPORT_FIELDS = ("path", "status", "faces", "reason")
-JPEG_QUALITY = 95
+_MASK = MaskConfig()
+_DETECTOR = DetectorConfig()
+_BATCH = BatchConfig()
 
 
-def discover(inputs: tuple[str, ...]) -> list[tuple[Path, Path]]:
-    """(file, output stem relative to OUT) for every image file in the inputs, folders searched recursively.
-    Files in sub-folders keep their sub-folder in OUT, so equal names in different folders do not collide."""
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if is_image_entry(p)):
-                found.append((file, file.relative_to(path).with_suffix("")))
-        else:
-            # Explicit files are taken whatever their suffix: a bad one gets its own row in the report.
-            found.append((path, Path(path.stem)))
-    used: set[Path] = set()
-    unique = []
-    for file, stem in found:
-        candidate, n = stem, 2
-        while candidate in used:
-            candidate, n = stem.with_name(f"{stem.name}-{n}"), n + 1
-        used.add(candidate)
-        unique.append((file, candidate))
-    return unique
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a hidden temporary name, then rename: a killed run never leaves a truncated output under its
-    real name (an interrupted file simply does not exist yet)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def face_seed(seed: int, stem: Path, index: int) -> int:
-    """A per-face seed from the run seed and the file's output name: independent of worker scheduling."""
-    digest = hashlib.sha256(f"{seed}:{stem.as_posix()}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-@dataclass(frozen=True)
-class Job:
-    out_dir: Path
-    mask_config: MaskConfig
-    detector_config: DetectorConfig
-    seed: int
-    max_pixels: int
-
-
-_DETECTOR: FaceDetector | None = None
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would oversubscribe
-
-
-def process_file(job: Job, file: Path, stem: Path) -> dict[str, str | int]:
-    """Mask one file and write its outputs; returns its report row (never raises for bad input)."""
-    global _DETECTOR
-    # "read" is not a report column: it tells the exit code whether anything at all could be read.
-    row: dict[str, str | int] = {"path": str(file), "status": "error", "faces": 0, "reason": "", "read": 0}
-    try:
-        image = read_image(file, max_pixels=job.max_pixels)
-    except ImageReadError as exc:
-        row["reason"] = exc.reason
-        return row
-    row["read"] = 1
-    if _DETECTOR is None or _DETECTOR.config != job.detector_config:
-        _DETECTOR = FaceDetector(job.detector_config)
-    faces = _DETECTOR.detect(image)
-    if not faces:
-        row.update(status="no_face", reason="no face found")
-        return row
-    masked, union = image, np.zeros(image.shape[:2], np.uint8)
-    metas, failures = [], []
-    for index, face in enumerate(faces):
-        try:
-            result = apply_mask(masked, face, job.mask_config, face_seed(job.seed, stem, index))
-        except MaskingError as exc:
-            failures.append(f"face {index}: {exc.reason}")
-            continue
-        masked = result.image
-        np.maximum(union, result.mask, out=union)
-        metas.append({"face": index, "box": list(face.box), "score": face.score, **result.meta})
-    row["faces"] = len(metas)
-    row["reason"] = "; ".join(failures)
-    if not metas:
-        return row
-    base = job.out_dir / stem.parent / f"{stem.name}_{job.mask_config.mask_type}"
-    base.parent.mkdir(parents=True, exist_ok=True)
-    ok, jpeg = cv2.imencode(
-        ".jpg", cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    )
-    ok_mask, png = cv2.imencode(".png", union)
-    if not (ok and ok_mask):
-        row.update(status="error", reason="could not encode the outputs")
-        return row
-    write_atomic(Path(f"{base}.jpg"), jpeg.tobytes())
-    write_atomic(Path(f"{base}_mask.png"), png.tobytes())
-    info = {
-        "input": str(file),
-        "width": image.shape[1],
-        "height": image.shape[0],
-        "faces": metas,
-        "failed": failures,
-    }
-    # One line: json's C encoder (indent makes it fall back to pure Python, ~10x slower on the landmark lists).
-    write_atomic(Path(f"{base}.json"), json.dumps(info, sort_keys=True).encode() + b"\n")
-    row["status"] = "ok"
-    return row
-
-
-def _run_one(args: tuple[Job, Path, Path]) -> dict[str, str | int]:
-    job, file, stem = args
-    try:
-        return process_file(job, file, stem)
-    except Exception as exc:  # a bug or an exotic failure must not stop the other files
-        reason = f"unexpected {type(exc).__name__}: {exc}"
-        return {"path": str(file), "status": "error", "faces": 0, "reason": reason, "read": 0}
-
-
-def run(
-    files: list[tuple[Path, Path]], job: Job, workers: int, progress: bool = True
-) -> list[dict[str, str | int]]:
-    """Process every file (in order of the list) with `workers` processes; returns the report rows."""
-    global _DETECTOR
-    tasks = [(job, file, stem) for file, stem in files]
-    # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
-    _DETECTOR = FaceDetector(job.detector_config).load_models()
-    warm_templates(job.mask_config)
-    if workers <= 1:
-        _init_worker()
-        return _collect(map(_run_one, tasks), len(tasks), progress)
-    with worker_pool(workers, _init_worker) as pool:
-        return _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
-
-
-def _collect(rows: Iterator[dict], total: int, progress: bool) -> list[dict[str, str | int]]:
-    """The rows as a list, with a progress bar when asked for (tqdm is imported only then: a quiet run does not
-    pay for it)."""
-    if not progress:
-        return list(rows)
-    from tqdm import tqdm
-
-    return list(tqdm(rows, total=total, unit="img", file=sys.stderr))
-
-
-def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
-
-
-def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, target: Path, seed: int) -> None:
+def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, seed: int) -> None:
     from m2u.masking.sheet import render_contact_sheet
 
-    for file, _ in files:
+    for entry in found.entries:
+        if entry.problem:
+            continue
         try:
-            image = read_image(file)
+            image = read_image(entry.path)
         except ImageReadError:
             continue
         faces = FaceDetector(detector).detect(image)
@@ -204,15 +37,16 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
             sheet = render_contact_sheet(image, faces[0], seed=seed)
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-            click.echo(f"contact sheet of {file} written to {target}", err=True)
+            click.echo(f"contact sheet of {entry.path} written to {target}", err=True)
             return
     raise click.ClickException("no input image with a face for the contact sheet")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "-o",
+    "--out",
     "--output",
     "out_dir",
     required=True,
@@ -221,16 +55,18 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
 )
 @click.option(
     "--mask-type",
-    default="surgical",
+    default=_MASK.mask_type,
     show_default=True,
     help=f"One of {', '.join(MASK_TYPES)}, random, or a template of --pack.",
 )
 @click.option(
     "--color", default=None, help="Colour name or #rrggbb (or random); default: the template's own colours."
 )
-@click.option("--color-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--color-weight", default=_MASK.color_weight, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--pattern", default=None, help=f"One of {', '.join(PATTERNS)}, an image file, or random.")
-@click.option("--pattern-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--pattern-weight", default=_MASK.pattern_weight, show_default=True, type=click.FloatRange(0, 1)
+)
 @click.option(
     "--pack",
     default=None,
@@ -238,28 +74,36 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
     help="A MaskTheFace-style masks.cfg (or its folder).",
 )
 @click.option(
-    "--seed", default=0, show_default=True, type=int, help="Same seed and inputs: byte-identical outputs."
+    "--seed",
+    default=_BATCH.seed,
+    show_default=True,
+    type=int,
+    help="Same seed and inputs: byte-identical outputs.",
 )
 @click.option(
-    "--workers", default=1, show_default=True, type=click.IntRange(0), help="Processes; 0 = all cores."
+    "--workers",
+    default=_BATCH.workers,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Processes; 0 = all cores.",
 )
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(DETECTOR_MODELS))
+@click.option("--detector", default=_DETECTOR.model, show_default=True, type=click.Choice(DETECTOR_MODELS))
 @click.option(
     "--upsample",
-    default=0,
+    default=_DETECTOR.upsample,
     show_default=True,
     type=click.IntRange(0, 4),
     help="First detection pass upsampling.",
 )
 @click.option(
     "--cnn-fallback/--no-cnn-fallback",
-    default=False,
+    default=_DETECTOR.cnn_fallback,
     show_default=True,
     help="Try the CNN when HOG finds nothing.",
 )
 @click.option(
     "--max-pixels",
-    default=DEFAULT_MAX_PIXELS,
+    default=_BATCH.max_pixels,
     show_default=True,
     type=click.IntRange(1),
     help="Refuse larger images.",
@@ -289,10 +133,11 @@ def main(
     contact_sheet,
     quiet,
 ) -> None:
-    """Put masks on every face in INPUTS (image files or folders, searched recursively).
+    """Put masks on every face in INPUTS (image files, folders searched recursively, globs or list files).
 
     For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the
-    input) and OUT/name_<type>.json; OUT/report.csv has one row per input (status ok / no_face / error)."""
+    input) and OUT/name_<type>.json; OUT/report.csv has one row per input (status ok / no_face / error). OUT must
+    not be an input folder; files inside OUT are never read as inputs."""
     try:
         mask_config = MaskConfig(
             mask_type=mask_type,
@@ -305,32 +150,29 @@ def main(
         detector_config = DetectorConfig(
             model=detector, upsample=upsample, max_upsample=max(upsample, 1), cnn_fallback=cnn_fallback
         )
+        config = BatchConfig(
+            mask_config, detector_config, seed, max_pixels, workers=workers, progress=not quiet
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    files = discover(inputs)
-    ignored = describe_ignored_files(inputs)
-    if ignored:
-        click.echo(ignored, err=True)
-    if not files:
-        raise click.UsageError("no image files found in the inputs")
-    if contact_sheet is not None:
-        _contact_sheet(files, detector_config, contact_sheet, seed)
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
-    job = Job(out_dir, mask_config, detector_config, seed, max_pixels)
-    start = time.perf_counter()
-    rows = run(files, job, workers, progress=not quiet)
-    elapsed = time.perf_counter() - start
-    write_report(rows, out_dir / "report.csv")
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "no_face", "error")}
-    faces = sum(int(r["faces"]) for r in rows)
+    try:
+        if contact_sheet is not None:
+            _contact_sheet(find_inputs(inputs, out_dir), detector_config, contact_sheet, seed)
+            return
+        result = mask_files(inputs, out_dir, config)
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OutputFolderError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.skipped:
+        click.echo(result.skipped, err=True)
+    rows = len(result.rows)
     click.echo(
-        f"{len(rows)} inputs: {counts['ok']} masked ({faces} faces), {counts['no_face']} without a face, "
-        f"{counts['error']} errors; {len(rows) / max(elapsed, 1e-9):.1f} images/s with {workers} worker(s). "
-        f"Report: {out_dir / 'report.csv'}",
+        f"{rows} inputs: {result.count('ok')} masked ({result.faces} faces), {result.count('no_face')} without a "
+        f"face, {result.count('error')} errors; {rows / max(result.seconds, 1e-9):.1f} images/s with "
+        f"{result.workers} worker(s). Report: {result.report}",
         err=True,
     )
-    if not any(r["read"] for r in rows):
+    if not result.anything_read:
         click.echo("nothing could be read", err=True)
         sys.exit(1)

@@ -14,6 +14,8 @@ import cv2
 import dlib
 import numpy as np
 
+from m2u.masking.options import check_types
+
 DetectorModel = Literal["hog", "cnn"]
 DETECTOR_MODELS: tuple[str, ...] = ("hog", "cnn")
 N_LANDMARKS = 68
@@ -111,6 +113,7 @@ class DetectorConfig:
     coarse_scale: float = 0.8
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.model not in DETECTOR_MODELS:
             raise ValueError(f"unknown detector model {self.model!r}; choose one of {DETECTOR_MODELS}")
         if not 0 <= self.upsample <= 4 or not 0 <= self.max_upsample <= 4:

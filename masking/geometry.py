@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m2u.masking.options import check_types
+
 # Landmark indices of the dlib 68-point scheme.
 JAW = slice(0, 17)
 LEFT_EYE = slice(36, 42)
@@ -78,6 +80,9 @@ class PlacementConfig:
         0.8,
         2.5,
     )  # patch width / height in the face frame: 1.11..1.80 measured
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ downscaled copy (see `DetectorConfig.max_side`), landmarks are then fitted on th
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import stat
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# Files larger than this are refused before they are read into memory (a 100 MP 16-bit TIFF is ~600 MB).
+DEFAULT_MAX_FILE_BYTES = 2**30
 
 # File suffixes the CLI and dataset builders treat as images (lower case, with the dot).
 IMAGE_SUFFIXES = frozenset(
@@ -30,44 +35,19 @@ def is_image_entry(path: Path) -> bool:
 
 
 def is_hidden(path: Path, folder: Path) -> bool:
-    """Whether `path` is hidden below `folder`: its name or a folder between starts with "." (the dataset builder's
-    folder scan passes over these, e.g. .ipynb_checkpoints)."""
+    """Whether `path` is hidden below `folder`: its name or a folder between starts with "." (folder scans pass
+    over these, e.g. .ipynb_checkpoints; see m2u.masking.inputs)."""
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
-def describe_ignored_files(inputs: Iterable[str | os.PathLike], skip_hidden: bool = False) -> str:
-    """A sentence naming the files that folder scans of `inputs` pass over (no image suffix, counted by suffix;
-    with `skip_hidden` also hidden image files, see is_hidden), so a user sees why fewer rows than files came out;
-    "" when there are none."""
-    by_suffix: dict[str, int] = {}
-    hidden = 0
-    for item in inputs:
-        folder = Path(item)
-        if not folder.is_dir():
-            continue
-        for path in folder.rglob("*"):
-            if path.is_dir():
-                continue
-            if not is_image_entry(path):
-                suffix = path.suffix.lower() or "(none)"
-                by_suffix[suffix] = by_suffix.get(suffix, 0) + 1
-            elif skip_hidden and is_hidden(path, folder):
-                hidden += 1
-    sentences = []
-    if by_suffix:
-        total = sum(by_suffix.values())
-        listed = ", ".join(
-            f"{suffix} {n}" for suffix, n in sorted(by_suffix.items(), key=lambda kv: (-kv[1], kv[0]))
-        )
-        sentences.append(
-            f"{total} file(s) in the input folders have no image suffix and were not read ({listed})"
-        )
-    if hidden:
-        sentences.append(
-            f"{hidden} image file(s) in the input folders are hidden (a name or folder starting with '.') and "
-            "were not read"
-        )
-    return "; ".join(sentences)
+def describe_ignored_files(
+    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+) -> str:
+    """The sentence of `m2u.masking.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
+    over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
+    from m2u.masking.inputs import discover
+
+    return discover(inputs, exclude=exclude).describe_skipped()
 
 
 class ImageReadError(Exception):
@@ -77,6 +57,69 @@ class ImageReadError(Exception):
         self.reason = reason
         self.path = None if path is None else str(path)
         super().__init__(reason if path is None else f"{path}: {reason}")
+
+
+def probe(path: str | os.PathLike[str]) -> str:
+    """Why `path` cannot be read as an input file, from `stat` alone (nothing is opened); "" when it is a
+    readable regular file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link (its target does not exist)" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot open file ({exc.strerror or exc})"
+    return _mode_problem(info.st_mode) or ("" if os.access(path, os.R_OK) else "permission denied")
+
+
+def _mode_problem(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "not a regular file (a folder)"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a named pipe, FIFO): not read"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "not a regular file (a device file): not read"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket): not read"
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], max_bytes: int | None = None):
+    """Open `path` for binary reading only if it is a regular file (checked on the open descriptor, which a
+    FIFO or device cannot block: O_NONBLOCK); raises ImageReadError with the reason otherwise."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ImageReadError(f"cannot open file ({probe(path) or exc.strerror or exc})", path) from exc
+    try:
+        info = os.fstat(fd)
+        problem = _mode_problem(info.st_mode)
+        if problem:
+            raise ImageReadError(problem, path)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageReadError(
+                f"file too large: {info.st_size / 1e6:.1f} MB exceeds the limit of {max_bytes / 1e6:.1f} MB",
+                path,
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_input_bytes(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular input file (see open_regular): never blocks on a FIFO, never reads a device."""
+    with open_regular(path, max_bytes) as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise ImageReadError(f"cannot read file ({exc.strerror or exc})", path) from exc
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -109,22 +152,29 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3) with its EXIF orientation applied.
 
-    Raises ImageReadError for zero-byte, truncated, non-image or over-limit (`max_pixels`) files.
+    Raises ImageReadError for missing, non-regular (FIFO, device: never read), zero-byte, truncated, non-image or
+    over-limit (`max_pixels`) files.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(f"cannot open file ({exc.strerror or exc})", path) from exc
-    if not path.is_file():
-        raise ImageReadError("not a regular file", path)
-    if size == 0:
+    with open_regular(path) as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ImageReadError("empty file (0 bytes)", path)
+        return _decode(handle, path, max_pixels)
+
+
+def decode_image(data: bytes, path: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """`read_image` for bytes already read (e.g. by `read_input_bytes`, to hash and decode the same bytes)."""
+    if not data:
         raise ImageReadError("empty file (0 bytes)", path)
+    return _decode(io.BytesIO(data), path, max_pixels)
+
+
+def _decode(handle, path, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check replaces Pillow's decompression-bomb warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(handle) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageReadError(

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from m2u.masking.appearance import PATTERNS, color_to_hex, parse_color, pattern_texture
+from m2u.masking.appearance import PATTERNS, check_pattern_image, color_to_hex, parse_color, pattern_texture
 from m2u.masking.detect import Face
 from m2u.masking.geometry import (
     EYES,
@@ -22,6 +22,7 @@ from m2u.masking.geometry import (
     PlacementConfig,
     build_mesh,
 )
+from m2u.masking.options import check_types
 from m2u.masking.templates import COLORS, MASK_TYPES, Template, get_template, load_template_pack
 
 RANDOM = "random"
@@ -49,6 +50,7 @@ class MaskConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("color_weight", "pattern_weight", "lighting"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -59,6 +61,8 @@ class MaskConfig:
             parse_color(self.color)
         if self.pattern not in (None, RANDOM, *PATTERNS) and not os.path.isfile(self.pattern):
             raise ValueError(f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
+        if self.pattern not in (None, RANDOM, *PATTERNS):
+            check_pattern_image(self.pattern)  # before any work: its size decides the memory each face takes
         if self.pack is None and self.mask_type not in (*MASK_TYPES, RANDOM):
             raise ValueError(
                 f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)} or random"

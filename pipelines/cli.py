@@ -10,7 +10,14 @@ from typing import Any
 import click
 import yaml
 
-from m2u.pipelines.config import PRESETS, ConfigError, PipelineConfig, config_as_dict, load_config
+from m2u.pipelines.config import (
+    PRESETS,
+    ConfigError,
+    PipelineConfig,
+    config_as_dict,
+    load_config,
+    load_yaml,
+)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
@@ -24,7 +31,10 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = load_yaml(raw, f"--set {key.strip()}")
+        except ConfigError as error:
+            raise click.BadParameter(str(error), param_hint="--set") from None
     return tree
 
 

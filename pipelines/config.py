@@ -67,6 +67,21 @@ def apply_overrides(config: Any, overrides: dict[str, Any], where: str = "") -> 
         raise ConfigError(f"invalid value under {where or 'the top level'}: {error}") from error
 
 
+def load_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load`, with aliases refused (ConfigError naming `where` and the line): an alias repeats a value
+    without writing it out, so a few hundred bytes can expand into gigabytes ("billion laughs")."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(
+                    f"{where}, line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not accepted "
+                    "in m2u configurations; write the value out"
+                )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where} is not valid YAML: {error}") from error
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -75,7 +90,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
     try:
         if path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text, str(path)) or {}
         elif path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix == ".json":
@@ -93,7 +108,7 @@ def preset_overrides(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     text = resources.files("m2u.pipelines").joinpath("presets", f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return load_yaml(text, f"preset {name}") or {}
 
 
 def load_config(

@@ -2,6 +2,12 @@
 
 A stage's fingerprint is the SHA-256 of its configuration (canonical JSON) together with the fingerprints of the
 stages it reads from, so changing one option re-runs that stage and every stage after it, and nothing before it.
+Only what changes a stage's output is hashed: fields declared with ``m2u.masking.runtime.runtime_field`` (worker
+counts, progress bars, log cadence) are left out, so a finished run moved to another machine, or rerun with
+``--set gan.log_every=10``, is still finished.
+
+Finished or partial work is never deleted: when a stage has to run again under a new fingerprint, its folder and
+record are moved to ``RUN/stale/<stage>-<time>/`` (the log says where), for the user to delete when sure.
 """
 
 from __future__ import annotations
@@ -11,27 +17,31 @@ import enum
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2u.masking.runtime import output_fields
+
 # Records live beside the stage folders (RUN/stages/<name>.json), not inside them: a stage's own tool may insist
 # on an empty output folder. The .pending file is written when a stage starts: partial output left by a killed run
-# is resumed only if it was made by the same configuration; otherwise it is wiped before the stage starts again.
+# is resumed only if it was made by the same configuration; otherwise it is moved aside before the stage starts
+# again.
 RECORD_SUFFIX = ".json"
 PENDING_SUFFIX = ".pending"
+STALE_DIR = "stale"
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, outputs_only: bool = False) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        chosen = output_fields(value) if outputs_only else dataclasses.fields(value)
+        return {f.name: _jsonable(getattr(value, f.name), outputs_only) for f in chosen}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, outputs_only) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, outputs_only) for v in value]
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -39,13 +49,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace: the same configuration always hashes the same."""
-    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"))
+def canonical_json(value: Any, outputs_only: bool = False) -> str:
+    """JSON with sorted keys and no whitespace: the same configuration always hashes the same. With
+    `outputs_only`, dataclass fields marked as runtime settings are left out (see the module docstring)."""
+    return json.dumps(_jsonable(value, outputs_only), sort_keys=True, separators=(",", ":"))
 
 
 def fingerprint(config: Any, upstream: list[str]) -> str:
-    digest = hashlib.sha256(canonical_json(config).encode())
+    """The stage's identity: what decides its output (runtime settings excluded) and its upstream stages."""
+    digest = hashlib.sha256(canonical_json(config, outputs_only=True).encode())
     for parent in upstream:
         digest.update(parent.encode())
     return digest.hexdigest()
@@ -73,6 +85,24 @@ def read_record(record_path: Path) -> dict | None:
         return None
 
 
+def move_aside(name: str, stage_dir: Path, records_dir: Path, paths: list[Path]) -> Path | None:
+    """Move `paths` (the stage folder, its record) that exist into RUN/stale/<name>-<time>/; returns that folder,
+    None when there was nothing to move. Never deletes anything."""
+    present = [p for p in paths if p.exists() or p.is_symlink()]
+    if not present:
+        return None
+    stale_root = records_dir.parent / STALE_DIR
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = stale_root / f"{name}-{stamp}", 1
+    while target.exists():
+        n += 1
+        target = stale_root / f"{name}-{stamp}-{n}"
+    target.mkdir(parents=True)
+    for path in present:
+        os.replace(path, target / path.name)
+    return target
+
+
 def run_stage(
     name: str,
     stage_dir: Path,
@@ -97,9 +127,9 @@ def run_stage(
         return StageOutcome(name, key, True, 0.0, record.get("result", {}))
     pending = pending_file.read_text().strip() if pending_file.exists() else None
     if record is not None or (pending is not None and pending != key):
-        log(f"[{name}] configuration or inputs changed: clearing {stage_dir} and re-running")
-        record_path.unlink(missing_ok=True)
-        shutil.rmtree(stage_dir, ignore_errors=True)
+        moved = move_aside(name, stage_dir, records_dir, [stage_dir, record_path])
+        where = f": its earlier output is kept in {moved}" if moved else ""
+        log(f"[{name}] configuration or inputs changed, re-running{where}")
     elif pending == key:
         log(f"[{name}] resuming an interrupted run")
     _write_atomic(pending_file, key)

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from m2u.masking.runtime import runtime_field
 from m2u.training.losses import DEFAULT_PERCEPTUAL_LAYERS, IMAGENET_BACKBONE
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
 
@@ -42,15 +43,17 @@ class RunConfig:
     val_batches: int | None = 50  # per validation; None = the whole split
     grid_every: int = 1000  # steps; PNG grids (masked | mask | output | ground truth)
     checkpoint_every: int = 1000  # steps
-    log_every: int = 50  # steps
+    log_every: int = runtime_field(default=50)  # steps
     seed: int = 0
-    num_workers: int = 2
+    # Loader processes: they change the order batches arrive in, not what the run is; a finished run is not
+    # redone for another value (m2u.masking.runtime).
+    num_workers: int = runtime_field(default=2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a grad scaler)
     channels_last: bool = False
     compile: bool = False  # torch.compile the trained networks
-    resume: bool = False
-    progress: bool = True
+    resume: bool = runtime_field(default=False)
+    progress: bool = runtime_field(default=True)
     evaluate_test: bool = True  # evaluate the test split at the end
 
     def __post_init__(self) -> None:

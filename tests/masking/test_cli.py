@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from m2u.masking.cli import discover, main
+from m2u.masking.batch import output_stems
+from m2u.masking.cli import main
+from m2u.masking.inputs import discover
 
 
 def _report(out):
@@ -57,7 +59,7 @@ def test_discover_keeps_subfolders_and_deduplicates_names(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
     found = discover((str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "x.jpg")))
-    stems = [s.as_posix() for _, s in found]
+    stems = [s.as_posix() for _, s in output_stems(found.entries)]
     assert stems == ["x", "y", "x-2", "x-3"]
 
 

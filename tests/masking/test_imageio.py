@@ -108,14 +108,13 @@ def test_missing_file_and_folder(tmp_path):
         read_image(tmp_path)
 
 
-def test_ignored_files_are_named_hidden_images_only_where_skipped(tmp_path):
+def test_ignored_files_are_named_and_hidden_images_counted(tmp_path):
     for name in ("a.jpg", "notes.txt", ".b.jpg", ".cache/c.png", "sub/.d/e.jpg", "sub/f.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    plain = describe_ignored_files([tmp_path])
-    assert plain == "1 file(s) in the input folders have no image suffix and were not read (.txt 1)"
-    skipped = describe_ignored_files([tmp_path], skip_hidden=True)
+    skipped = describe_ignored_files([tmp_path])
+    plain = "1 file(s) in the input folders have no image suffix and were not read (.txt 1)"
     assert skipped.startswith(plain + "; 3 image file(s) in the input folders are hidden")
-    assert describe_ignored_files([tmp_path / "sub"], skip_hidden=True).startswith("1 image file(s)")
+    assert describe_ignored_files([tmp_path / "sub"]).startswith("1 image file(s)")
     # Files given one by one are all read, hidden or not: nothing to report.
-    assert describe_ignored_files([tmp_path / "a.jpg"], skip_hidden=True) == ""
+    assert describe_ignored_files([tmp_path / "a.jpg"]) == ""

@@ -149,7 +149,8 @@ def test_unreadable_permissions_give_a_reason(corpus):
 def test_m2u_mask_never_leaves_a_partial_output_under_its_name(corpus, tmp_path, monkeypatch):
     """A crash between writing an output and naming it (here: the rename fails) leaves neither the output nor
     its temporary file, and the input's row says what happened."""
-    import m2u.masking.cli as mask_cli
+    import m2u.masking.batch as mask_cli
+    from m2u.masking.inputs import InputEntry
 
     faces = sorted(corpus.names("face"))
     if not faces:
@@ -161,7 +162,7 @@ def test_m2u_mask_never_leaves_a_partial_output_under_its_name(corpus, tmp_path,
     monkeypatch.setattr(mask_cli.os, "replace", failing_replace)
     out = tmp_path / "masked"
     rows = mask_cli.run(
-        [(corpus.folder / faces[0], Path(Path(faces[0]).stem))],
+        [(InputEntry(corpus.folder / faces[0], faces[0], str(corpus.folder)), Path(Path(faces[0]).stem))],
         mask_cli.Job(out, mask_cli.MaskConfig(), mask_cli.DetectorConfig(), 0, 10**8),
         workers=1,
         progress=False,

@@ -108,3 +108,38 @@ def test_hostile_keys_read_back_intact_through_webdataset(tmp_path):
     read = list(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False))
     assert [s["__key__"] for s in read] == keys
     assert all(set(s) - {"__key__", "__url__", "__local_path__"} == set(members) for s in read)
+
+
+@pytest.mark.parametrize("variants", [2, 3, 12, 150])
+def test_variant_keys_stay_within_the_limit_and_distinct(variants):
+    from m2u.datasets.plan import InputItem, plan_samples
+
+    names = ["x" * 94 + ".jpg", "x" * 93 + "y.jpg", "y" * 78 + ".jpg", "short.jpg", *HOSTILE]
+    keys = sorted({make_key(name) for name in names})
+    plan = plan_samples([InputItem(key, f"/in/{key}") for key in keys], variants=variants)
+    planned = [s.key for s in plan]
+    assert len(planned) == len(set(planned)) == len(keys) * variants
+    for key in planned:
+        assert validate_key(key) and len(key) <= MAX_KEY_LENGTH
+
+
+def test_a_long_name_with_variants_builds(tmp_path):
+    """A 94-character file name with --variants 2 used to abort the whole build at planning."""
+    from click.testing import CliRunner
+
+    from m2u.datasets.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a" * 94 + ".png", "b.png"):
+        cv2.imwrite(str(folder / name), np.full((40, 40, 3), 99, np.uint8))
+    out = tmp_path / "ds"
+    args = [str(folder), "-o", str(out), "--mask-engine", "synthetic", "--size", "64", "--variants", "2"]
+    result = CliRunner().invoke(main, [*args, "--quiet", "--workers", "1"])
+    assert result.exit_code == 1 and "no pair was written" in result.output, (
+        result.output
+    )  # no faces: rows only
+    from m2u.datasets.layout import read_manifest
+
+    rows = read_manifest(out / "manifest.parquet")
+    assert len(rows) == 4 and rows["key"].str.len().max() <= MAX_KEY_LENGTH

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from m2u.masking.runtime import runtime_field
 from m2u.training.device import resolve_device
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
 from m2u.training.evaluation.report import (
@@ -61,7 +62,7 @@ class EvaluateConfig:
 
     split: str = "test"
     batch_size: int = 8  # the paper's batch size
-    num_workers: int = 0
+    num_workers: int = runtime_field(default=0)
     max_samples: int | None = None  # None: the whole split (exactly once)
     mask_threshold: float = 0.5
     baselines: tuple[str, ...] = ("masked_input", "telea", "navier_stokes")
@@ -74,7 +75,7 @@ class EvaluateConfig:
     latency_repeats: int = 10
     paper_size_cost: bool = True  # also count MACs at 256x256, the paper's size (one forward pass each)
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    progress: bool = True
+    progress: bool = runtime_field(default=True)
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
+from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
 from m2u.training.inference.restore import load_two_stage, restore_batch
@@ -52,8 +52,7 @@ class UnmaskConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.crop_size < 16:
-            raise ValueError(f"crop_size must be >= 16, got {self.crop_size}")
+        check_image_size(self.crop_size, "--size")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.dilate < 0 or self.feather < 0:
@@ -168,18 +167,12 @@ class Unmasker:
         return result, out
 
 
-def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to their image files."""
-    from m2u.masking.imageio import is_image_entry
+def expand_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | Path | None = None) -> list[Path]:
+    """The input files (m2u.masking.inputs.discover: folders recursive, globs, list files, hidden files passed
+    over); nothing inside `out_dir` is taken, so a rerun never reads its own outputs back."""
+    from m2u.masking.inputs import discover
 
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if is_image_entry(p))
-        else:
-            paths.append(path)  # missing or unreadable files get their own row in the report
-    return paths
+    return [e.path for e in discover(inputs, exclude=[] if out_dir is None else [out_dir]).entries]
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -206,17 +199,31 @@ def unmask_files(
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
     """Unmask every input photo into `out_dir` (PNG, same name stem) and write `out_dir/report.csv`."""
-    from m2u.masking import ImageReadError, read_image
+    from m2u.masking.inputs import check_output_folder, discover, output_lock
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.keep_crops:
-        (out / "crops").mkdir(exist_ok=True)
-    unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
-    paths = expand_inputs(inputs)
+    # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
+    # an input (m2u.masking.inputs); OUT itself is never read as input.
+    found = discover(inputs, exclude=[out])
+    paths = [e.path for e in found.entries]
+    planned: set[str] = set()
+    targets = [out / f"{_unique_name(p.stem, planned)}.png" for p in paths]
+    check_output_folder(out, found, [*targets, out / "report.csv"])
     if not paths:
         raise ValueError("no input images found")
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "m2u-unmask"):
+        return _unmask_paths(
+            paths, out, config, unmasker or Unmasker.from_files(mseg_path, generator_path, config)
+        )
+
+
+def _unmask_paths(paths: list[Path], out: Path, config: UnmaskConfig, unmasker: Unmasker) -> list[FileResult]:
+    from m2u.masking import ImageReadError, read_image
+
+    if config.keep_crops:
+        (out / "crops").mkdir(exist_ok=True)
     used: set[str] = set()
     results: list[FileResult] = []
     for path in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):

@@ -1,0 +1,299 @@
+"""Finding the input files of every m2u tool (m2u-mask, m2u-make-dataset, m2u-unmask): one set of rules.
+
+An input argument is
+- a folder: searched recursively for files with an image suffix (`IMAGE_SUFFIXES`); files and folders whose name
+  starts with "." are hidden and passed over (notebooks' .ipynb_checkpoints copies would otherwise be read twice),
+  and counted; files without an image suffix are passed over and counted by suffix;
+- a glob (``photos/*.jpg``, ``**`` recursive): its matches with an image suffix;
+- a list file (.txt/.lst: one path per line, "#" comments; .csv/.parquet: a path column and optionally an
+  ``identity`` column): every listed path, relative paths taken from the list file's folder;
+- any other file: taken whatever its suffix (the content decides; a bad one gets its own row).
+
+Every entry found is returned, including those that cannot be read: `InputEntry.problem` says why (missing, a
+broken or looping symbolic link, a folder, a FIFO, a device file or a socket, no read permission), found with
+`stat` alone — no byte of such a file is ever read, so a FIFO cannot hang a run and ``/dev/zero`` cannot fill the
+memory. Tools turn those entries into error rows. `open_regular` repeats the check on the open descriptor, so a
+file swapped for a FIFO after discovery is refused too.
+
+A tool's own output folder is passed as `exclude`: a rerun never reads its earlier outputs back as inputs
+(``m2u-mask photos -o photos/masked``). `check_output_folder` refuses an output folder that is an input folder
+or whose outputs would replace an input; `output_lock` keeps two runs from writing one output folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import glob
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m2u.masking.imageio import (
+    DEFAULT_MAX_FILE_BYTES,
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    is_hidden,
+    is_image_entry,
+    open_regular,
+    probe,
+    read_input_bytes,
+)
+
+LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
+PATH_COLUMNS = ("path", "file", "filename", "source", "image")
+IDENTITY_COLUMN = "identity"
+
+
+class InputError(ValueError):
+    """An input argument that cannot be used at all (not a file row: the run stops before any work)."""
+
+
+@dataclass(frozen=True)
+class InputEntry:
+    """One input file: `path` as found, `relative` its path below the folder, glob base or list file's folder
+    (posix; the file name for a file given directly), `origin` the argument it came from."""
+
+    path: Path
+    relative: str
+    origin: str
+    identity: str = ""
+    # Why it cannot be read, found without reading it; "" when it looks like a readable regular file.
+    problem: str = ""
+
+
+@dataclass
+class Discovery:
+    entries: list[InputEntry] = field(default_factory=list)
+    # Passed over in folder scans: hidden image files, files without an image suffix (by suffix), and files under
+    # an excluded folder (the tool's own output).
+    hidden: int = 0
+    no_image_suffix: dict[str, int] = field(default_factory=dict)
+    excluded: int = 0
+    folders: list[Path] = field(default_factory=list)  # the input folders, as given
+    per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
+
+    def describe_skipped(self) -> str:
+        """A sentence naming what the folder scans passed over, so a user sees why fewer rows than files came
+        out; "" when nothing was."""
+        sentences = []
+        if self.no_image_suffix:
+            total = sum(self.no_image_suffix.values())
+            listed = ", ".join(
+                f"{suffix} {n}"
+                for suffix, n in sorted(self.no_image_suffix.items(), key=lambda kv: (-kv[1], kv[0]))
+            )
+            sentences.append(
+                f"{total} file(s) in the input folders have no image suffix and were not read ({listed})"
+            )
+        if self.hidden:
+            sentences.append(
+                f"{self.hidden} image file(s) in the input folders are hidden (a name or folder starting with "
+                "'.') and were not read"
+            )
+        if self.excluded:
+            sentences.append(f"{self.excluded} file(s) inside the output folder were not read as inputs")
+        return "; ".join(sentences)
+
+
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        if exclude and _inside(_resolved(root_path), exclude):
+            found.excluded += len(files)
+            dirs[:] = []
+            continue
+        dirs.sort()
+        # Symbolic links to folders are listed in `dirs` and not followed (as rglob does not follow them);
+        # broken and looping links are in `files`, so they get a row with their problem.
+        for name in sorted(files):
+            path = root_path / name
+            if not is_image_entry(path):
+                suffix = path.suffix.lower() or "(none)"
+                found.no_image_suffix[suffix] = found.no_image_suffix.get(suffix, 0) + 1
+            elif is_hidden(path, folder):
+                found.hidden += 1
+            else:
+                entries.append(InputEntry(path, path.relative_to(folder).as_posix(), origin, "", probe(path)))
+    return sorted(entries, key=lambda e: e.relative)
+
+
+def _scan_glob(pattern: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
+    parts = Path(pattern).parts
+    fixed = list(parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
+    base = Path(*fixed) if fixed else Path(".")
+    entries = []
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(match)
+        if not is_image_entry(path):
+            continue
+        if exclude and _inside(_resolved(path), exclude):
+            found.excluded += 1
+            continue
+        entries.append(InputEntry(path, path.relative_to(base).as_posix(), pattern, "", probe(path)))
+    return entries
+
+
+def _list_rows(list_file: Path) -> list[tuple[str, str]]:
+    suffix = list_file.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        text = read_input_bytes(list_file).decode("utf-8")
+        return [(line.strip(), "") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if suffix == ".csv":
+        text = read_input_bytes(list_file).decode("utf-8")
+        records = list(csv.DictReader(io.StringIO(text, newline="")))
+        columns = list(records[0]) if records else []
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(list_file)
+        columns, records = table.column_names, table.to_pylist()
+    lowered = {c.lower(): c for c in columns}
+    path_column = next((lowered[c] for c in PATH_COLUMNS if c in lowered), None)
+    if path_column is None:
+        raise InputError(f"{list_file}: no path column; expected one of {', '.join(PATH_COLUMNS)}")
+    identity_column = lowered.get(IDENTITY_COLUMN)
+    rows = []
+    for record in records:
+        value = None if identity_column is None else record[identity_column]
+        rows.append((str(record[path_column]), "" if value is None else str(value)))
+    return rows
+
+
+def _scan_list(list_file: Path) -> list[InputEntry]:
+    root = list_file.parent.resolve()
+    entries = []
+    for text, identity in _list_rows(list_file):
+        path = Path(text) if Path(text).is_absolute() else list_file.parent / text
+        try:
+            relative = path.resolve().relative_to(root).as_posix()
+        except (ValueError, OSError, RuntimeError):
+            relative = path.name
+        entries.append(InputEntry(path, relative, str(list_file), identity, probe(path)))
+    return entries
+
+
+def is_list_file(path: Path) -> bool:
+    return path.suffix.lower() in LIST_SUFFIXES and path.is_file()
+
+
+def check_arguments(inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Raise InputError naming the first argument that names nothing: neither an existing path (a broken link
+    counts as existing: it gets a row) nor a glob."""
+    for item in inputs:
+        text = os.fspath(item)
+        if not os.path.lexists(text) and not glob.has_magic(text):
+            raise InputError(f"input {text!r} does not exist")
+
+
+def discover(
+    inputs: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str | os.PathLike[str]] = ()
+) -> Discovery:
+    """Every input entry of `inputs` (see the module docstring), in argument order, each argument's entries
+    sorted; nothing under an `exclude` folder is taken. Arguments that do not exist are entries with a problem
+    ("no such file"); a list file that cannot be parsed raises InputError."""
+    excluded = [_resolved(p) for p in exclude]
+    found = Discovery()
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            found.folders.append(path)
+            entries = _scan_folder(path, text, excluded, found)
+        elif glob.has_magic(text) and not path.exists():
+            entries = _scan_glob(text, excluded, found)
+        elif is_list_file(path):
+            try:
+                entries = _scan_list(path)
+            except ImageReadError as exc:
+                raise InputError(f"list file {text}: {exc.reason}") from exc
+            except (UnicodeDecodeError, csv.Error, OSError) as exc:
+                raise InputError(f"list file {text} cannot be read: {exc}") from exc
+        else:
+            entries = [InputEntry(path, path.name, text, "", probe(path))]
+        found.per_input[text] = found.per_input.get(text, 0) + len(entries)
+        found.entries.extend(entries)
+    return found
+
+
+class OutputFolderError(ValueError):
+    """An output folder a run must not write: an input folder, one whose outputs would replace inputs, or one
+    another run is writing."""
+
+
+def check_output_folder(
+    out_dir: str | os.PathLike[str],
+    found: Discovery,
+    outputs: Iterable[str | os.PathLike[str]] = (),
+    option: str = "-o/--out",
+) -> None:
+    """Refuse (OutputFolderError) an output folder that is one of the input folders, or `outputs` (the paths the
+    run will write) that would replace an input file. Inputs inside the output folder are excluded by
+    `discover(..., exclude=[out_dir])`, so an output folder inside an input folder is fine."""
+    out = _resolved(out_dir)
+    for folder in found.folders:
+        if _resolved(folder) == out:
+            raise OutputFolderError(
+                f"{option} {out_dir} is the input folder {folder}: outputs would be mixed with (and could "
+                "replace) the photos; choose another output folder"
+            )
+    inputs = {_resolved(e.path) for e in found.entries if not e.problem}
+    for target in outputs:
+        if _resolved(target) in inputs:
+            raise OutputFolderError(
+                f"{option} {out_dir}: the output {target} would replace an input file of the same name; "
+                "choose another output folder"
+            )
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
+    """Hold an exclusive flock on OUT/.<tool>.lock while a run writes OUT (the kernel releases it even after
+    SIGKILL): a second run on the same OUT is refused at once instead of interleaving its files and report."""
+    path = Path(out_dir) / f".{tool}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+            raise OutputFolderError(
+                f"another {tool} run is writing {out_dir}{holder}; wait for it to finish or choose another -o"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
+    "Discovery",
+    "IMAGE_SUFFIXES",
+    "InputEntry",
+    "InputError",
+    "LIST_SUFFIXES",
+    "OutputFolderError",
+    "check_arguments",
+    "check_output_folder",
+    "discover",
+    "open_regular",
+    "output_lock",
+    "probe",
+    "read_input_bytes",
+]

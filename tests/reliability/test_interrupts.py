@@ -1,0 +1,120 @@
+"""Ctrl-C with several workers stops a run within seconds and leaves it resumable: the terminal's SIGINT goes to
+the whole process group (workers too); the rerun then gives the bytes of an uninterrupted build."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from m2u.datasets.build import STATE_DIR, build_dataset
+
+from .conftest import CELEBA_DIR
+from .test_build_faults import BUILD_ARGS, CONFIG
+
+STOP_WITHIN_S = 10.0
+
+
+def _inputs(tmp_path: Path, count: int) -> Path:
+    """A list file of `count` photos: CelebA faces when ../shared is present, else noise pictures large enough to
+    keep the detector busy for a while (every input is then a no_face row)."""
+    if CELEBA_DIR.is_dir():
+        files = sorted(p for p in CELEBA_DIR.iterdir() if p.suffix == ".jpg")[:count]
+    else:
+        folder = tmp_path / "noise"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(count):
+            files.append(folder / f"noise_{i:03d}.png")
+            cv2.imwrite(str(files[-1]), rng.integers(0, 256, (360, 360, 3), dtype=np.uint8))
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    return listing
+
+
+def _group_gone(group: int, within_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ctrl_c_and_resume(tmp_path: Path, dataset_snapshot, inputs: int, tries: int, seed: int) -> None:
+    listing = _inputs(tmp_path, inputs)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    build_dataset([listing], reference, CONFIG)
+    rng = random.Random(seed)
+    stopped_mid_run = 0
+    for _ in range(tries):
+        command = [
+            sys.executable,
+            "-m",
+            "m2u.datasets.cli",
+            str(listing),
+            "-o",
+            str(interrupted),
+            *BUILD_ARGS,
+        ]
+        process = subprocess.Popen(
+            [*command, "--workers", "2"], start_new_session=True, stderr=subprocess.DEVNULL
+        )
+        # Wait until the build has planned (its state file exists: the workers start next), then a bit more.
+        deadline = time.monotonic() + 60
+        while not (interrupted / STATE_DIR / "build.json").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if process.poll() is not None:
+            continue
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        sent = time.monotonic()
+        try:
+            process.wait(timeout=STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"the run was still going {STOP_WITHIN_S:.0f} s after Ctrl-C")
+        stopped_mid_run += 1
+        assert time.monotonic() - sent < STOP_WITHIN_S
+        assert _group_gone(process.pid), "a worker outlived the interrupted run"
+    assert stopped_mid_run >= 1, "every run finished before its Ctrl-C: nothing was tested"
+    build_dataset([listing], interrupted, CONFIG)
+    assert dataset_snapshot(interrupted) == dataset_snapshot(reference)
+
+
+def _sigint_disposition(_: int) -> str:
+    return str(signal.getsignal(signal.SIGINT))
+
+
+def test_workers_leave_ctrl_c_to_the_parent():
+    """A worker killed by SIGINT while it holds the pool's queue lock (sending a result) leaves the lock taken:
+    the parent then waits for it forever when it shuts the pool down. Workers ignore SIGINT; the parent
+    terminates them."""
+    from m2u.masking.parallel import worker_pool
+
+    with worker_pool(2) as pool:
+        dispositions = set(pool.map(_sigint_disposition, range(8)))
+    assert dispositions == {str(signal.SIG_IGN)}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent's own is untouched
+
+
+def test_ctrl_c_with_two_workers_stops_and_resumes(tmp_path, dataset_snapshot):
+    _ctrl_c_and_resume(tmp_path, dataset_snapshot, inputs=40, tries=2, seed=3)
+
+
+@pytest.mark.slow
+def test_ctrl_c_seven_times_with_two_workers(tmp_path, dataset_snapshot):
+    _ctrl_c_and_resume(tmp_path, dataset_snapshot, inputs=120, tries=7, seed=4)

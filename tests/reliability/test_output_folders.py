@@ -1,0 +1,101 @@
+"""m2u-mask and m2u-unmask never overwrite an input: an output folder that is an input folder, or outputs that would
+take an input's name, are refused before anything is written; a rerun never reads its own outputs back; two runs
+cannot write one output folder at once."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from m2u.masking.cli import main as mask_main
+from m2u.masking.inputs import output_lock
+from m2u.training.inference.cli import unmask_main
+
+
+def _photos(folder: Path, names=("a.png", "b.png", "sub/c.png")) -> dict[Path, str]:
+    """Faceless pictures; returns each file's SHA-256, to prove later that none changed."""
+    for index, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 40, 3), 30 * index, np.uint8)).save(folder / name)
+    return _hashes(folder)
+
+
+def _hashes(folder: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _unmask(tiny_models, out: Path, *inputs: Path):
+    mseg, generator = tiny_models
+    args = ["--mseg", str(mseg), "--generator", str(generator), "-o", str(out), "--quiet", "--device", "cpu"]
+    return CliRunner().invoke(unmask_main, [*args, "--", *map(str, inputs)])
+
+
+def _mask(out: Path, *inputs: Path, extra=()):
+    return CliRunner().invoke(mask_main, [*map(str, inputs), "-o", str(out), "--quiet", *extra])
+
+
+@pytest.mark.parametrize("tool", ["m2u-mask", "m2u-unmask"])
+def test_the_input_folder_is_refused_as_output(tmp_path, tiny_models, tool):
+    folder = tmp_path / "photos"
+    before = _photos(folder)
+    for out in (folder, tmp_path / "." / "photos"):  # the same folder spelled another way too
+        result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
+        assert result.exit_code != 0
+        assert "-o" in result.output and "input folder" in result.output, result.output
+    assert _hashes(folder) == before, "nothing written, nothing changed"
+
+
+def test_m2u_unmask_refuses_an_output_that_would_replace_an_input(tmp_path, tiny_models):
+    folder = tmp_path / "photos"
+    before = _photos(folder)
+    # Files given one by one: their restorations would be photos/a.png and photos/b.png, the inputs themselves.
+    result = _unmask(tiny_models, folder, folder / "a.png", folder / "b.png")
+    assert result.exit_code != 0 and "would replace an input" in result.output, result.output
+    assert _hashes(folder) == before
+
+
+def test_m2u_mask_refuses_an_output_that_would_replace_an_input(tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    _photos(folder)
+    out.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(out / "a_surgical.jpg")  # a user's own file
+    before = _hashes(out)
+    result = _mask(out, folder / "a.png", out / "a_surgical.jpg")
+    assert result.exit_code != 0 and "would replace an input" in result.output, result.output
+    assert _hashes(out) == before
+
+
+@pytest.mark.parametrize("tool", ["m2u-mask", "m2u-unmask"])
+def test_a_rerun_never_reads_its_own_outputs(tmp_path, tiny_models, tool):
+    folder = tmp_path / "photos"
+    _photos(folder)
+    out = folder / "results"  # inside the input folder
+    column = "path" if tool == "m2u-mask" else "input"
+    reports = []
+    for _ in range(2):
+        result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
+        assert result.exit_code == 0, result.output
+        with (out / "report.csv").open(newline="") as handle:
+            reports.append(sorted(row[column] for row in csv.DictReader(handle)))
+    assert reports[0] == reports[1] == sorted(str(p) for p in folder.rglob("*.png") if out not in p.parents)
+
+
+@pytest.mark.parametrize("tool", ["m2u-mask", "m2u-unmask"])
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, tiny_models, tool):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    _photos(folder)
+    out.mkdir()
+    name = tool
+    with output_lock(out, name):  # as a run in progress holds it
+        result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
+    assert result.exit_code != 0 and f"another {tool} run is writing" in result.output, result.output
+    assert not (out / "report.csv").exists()
+    # Once the first run is over, the folder is free again.
+    result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
+    assert result.exit_code == 0, result.output
