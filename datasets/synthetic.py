@@ -33,7 +33,14 @@ from m2u.datasets.layout import (
 from m2u.datasets.plan import InputItem, group_by_shard, plan_samples
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.splits import parse_fractions
-from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
+from m2u.datasets.writer import (
+    count_rows,
+    library_versions,
+    manifest_row,
+    sample_members,
+    sample_metadata,
+    write_stats,
+)
 
 SYNTHETIC_SOURCE_PREFIX = "synthetic://"
 MASK_TYPES = ("synthetic-polygon", "synthetic-ellipse")
@@ -218,22 +225,15 @@ def write_synthetic_dataset(
                     ),
                 )
                 rows.append(
-                    {
-                        "key": planned.key,
-                        "split": planned.split,
-                        "shard": shard_relpath(split_name, index),
-                        "source": planned.source,
-                        "source_sha256": "",
-                        "identity": planned.identity,
-                        "status": Status.OK.value,
-                        "reason": "",
-                        "mask_type": sample.mask_meta["type"],
-                        "width": size,
-                        "height": size,
-                        "variant": planned.variant,
-                        "seed": planned.seed,
-                        "n_faces": 1,
-                    }
+                    manifest_row(
+                        planned,
+                        shard=shard_relpath(split_name, index),
+                        status=Status.OK.value,
+                        mask_type=sample.mask_meta["type"],
+                        width=size,
+                        height=size,
+                        n_faces=1,
+                    )
                 )
         shards[split_name].append(path)
     write_manifest(out, rows)

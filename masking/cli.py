@@ -19,6 +19,7 @@ import numpy as np
 
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
+from m2u.masking.fileio import atomic_write_bytes as write_atomic
 from m2u.masking.geometry import MaskingError
 from m2u.masking.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -56,18 +57,6 @@ def discover(inputs: tuple[str, ...]) -> list[tuple[Path, Path]]:
         used.add(candidate)
         unique.append((file, candidate))
     return unique
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a hidden temporary name, then rename: a killed run never leaves a truncated output under its
-    real name (an interrupted file simply does not exist yet)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def face_seed(seed: int, stem: Path, index: int) -> int:

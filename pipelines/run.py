@@ -19,13 +19,13 @@ import dataclasses
 import glob
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from m2u.masking.fileio import atomic_write_text
+from m2u.masking.fileio import library_versions as versions_of
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import StageOutcome, run_stage
@@ -51,17 +51,7 @@ class PipelineError(RuntimeError):
 
 
 def library_versions() -> dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "system": platform.system(),
-    }
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return versions_of(_VERSIONED, platform_info=True)
 
 
 def inputs_fingerprint(faces: list[str]) -> str:
@@ -121,8 +111,8 @@ def run_pipeline(
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(config_as_dict(config), indent=2))
-    (run / "versions.json").write_text(json.dumps(library_versions(), indent=2))
+    atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
+    atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))
     log = _Logger(run / "pipeline.log", echo)
     dirs = {name: run / name for name in STAGES}
     outcomes: dict[str, StageOutcome] = {}

@@ -10,13 +10,14 @@ import dataclasses
 import enum
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from m2u.masking.fileio import atomic_write_text as _write_atomic
 
 # Records live beside the stage folders (RUN/stages/<name>.json), not inside them: a stage's own tool may insist
 # on an empty output folder. The .pending file is written when a stage starts: partial output left by a killed run
@@ -58,12 +59,6 @@ class StageOutcome:
     skipped: bool
     seconds: float
     result: dict
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_record(record_path: Path) -> dict | None:
