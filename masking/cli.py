@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -202,6 +201,7 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
     "-o",
+    "--out",
     "--output",
     "out_dir",
     required=True,
@@ -210,19 +210,27 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
 )
 @click.option(
     "--mask-type",
-    default="surgical",
+    default=MaskConfig.mask_type,
     show_default=True,
     help=f"One of {', '.join(MASK_TYPES)}, random, or a template of --pack.",
 )
 @click.option(
-    "--color", default=None, help="Colour name or #rrggbb (or random); default: the template's own colours."
+    "--color",
+    default=MaskConfig.color,
+    help="Colour name or #rrggbb (or random); default: the template's own colours.",
 )
-@click.option("--color-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--pattern", default=None, help=f"One of {', '.join(PATTERNS)}, an image file, or random.")
-@click.option("--pattern-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--color-weight", default=MaskConfig.color_weight, show_default=True, type=click.FloatRange(0, 1)
+)
+@click.option(
+    "--pattern", default=MaskConfig.pattern, help=f"One of {', '.join(PATTERNS)}, an image file, or random."
+)
+@click.option(
+    "--pattern-weight", default=MaskConfig.pattern_weight, show_default=True, type=click.FloatRange(0, 1)
+)
 @click.option(
     "--pack",
-    default=None,
+    default=MaskConfig.pack,
     type=click.Path(exists=True),
     help="A MaskTheFace-style masks.cfg (or its folder).",
 )
@@ -230,19 +238,25 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
     "--seed", default=0, show_default=True, type=int, help="Same seed and inputs: byte-identical outputs."
 )
 @click.option(
-    "--workers", default=1, show_default=True, type=click.IntRange(0), help="Processes; 0 = all cores."
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Worker processes; 0 (or 1) = work in this process, no worker processes.",
 )
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(DETECTOR_MODELS))
+@click.option(
+    "--detector", default=DetectorConfig.model, show_default=True, type=click.Choice(DETECTOR_MODELS)
+)
 @click.option(
     "--upsample",
-    default=0,
+    default=DetectorConfig.upsample,
     show_default=True,
     type=click.IntRange(0, 4),
     help="First detection pass upsampling.",
 )
 @click.option(
     "--cnn-fallback/--no-cnn-fallback",
-    default=False,
+    default=DetectorConfig.cnn_fallback,
     show_default=True,
     help="Try the CNN when HOG finds nothing.",
 )
@@ -306,7 +320,7 @@ def main(
         _contact_sheet(files, detector_config, contact_sheet, seed)
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
+    workers = max(workers, 1)  # 0 and 1: in this process
     job = Job(out_dir, mask_config, detector_config, seed, max_pixels)
     start = time.perf_counter()
     rows = run(files, job, workers, progress=not quiet)

@@ -3,8 +3,7 @@
 A file is written under a hidden temporary name beside its target (``.<name>.XXXXXXXX.tmp``) and renamed to its
 real name only once complete: a killed run never leaves a truncated file under the real name (an interrupted
 file simply does not exist yet), and concurrent writers never see each other's half-written bytes. Leftovers of
-killed writers match ``*.tmp`` (``m2u.datasets.shards.remove_stray_temp_files``) and ``.*.tmp``
-(``m2u.training.checkpoint.remove_stale_temp_files``).
+killed writers match both ``*.tmp`` and ``.*.tmp`` (what the dataset build and the trainer clear at start-up).
 """
 
 from __future__ import annotations

@@ -66,9 +66,18 @@ def _run_options(function: Callable) -> Callable:
     options = [
         config_file_options,
         click.option(
-            "--data", type=click.Path(file_okay=False), help="Dataset folder (m2u-make-dataset); required."
+            "--data",
+            default=RunConfig.data,
+            type=click.Path(file_okay=False),
+            help="Dataset folder (m2u-make-dataset); required.",
         ),
-        click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder; required."),
+        click.option(
+            "-o",
+            "--out",
+            default=RunConfig.out,
+            type=click.Path(file_okay=False),
+            help="Run folder; required.",
+        ),
         click.option("--batch-size", default=RunConfig.batch_size, show_default=True, type=click.IntRange(1)),
         click.option("--epochs", default=RunConfig.epochs, show_default=True, type=click.IntRange(1)),
         click.option(
