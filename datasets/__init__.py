@@ -18,8 +18,7 @@ with HuggingFace ``datasets.load_dataset("webdataset", ...)``: m2u.datasets.load
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m2u.masking.lazy import lazy_exports
 
 _EXPORTS = {
     "build_dataset": "build",
@@ -52,14 +51,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'm2u.datasets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"m2u.datasets.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

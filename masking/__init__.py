@@ -1,27 +1,30 @@
-"""m2u.masking: read images, find faces and landmarks, put a realistic mask on each face."""
+"""m2u.masking: read images, find faces and landmarks, put a realistic mask on each face.
 
-from m2u.masking.detect import DetectorConfig, Face, FaceDetector
-from m2u.masking.geometry import MaskingError, PlacementConfig
-from m2u.masking.imageio import IMAGE_SUFFIXES, ImageReadError, is_hidden, is_image_entry, read_image
-from m2u.masking.render import MaskConfig, MaskResult, apply_mask
-from m2u.masking.templates import COLORS, MASK_TYPES, TemplatePackError, load_template_pack
+Names load lazily (m2u.masking.lazy): `import m2u.masking.fileio` from another package does not load dlib.
+"""
 
-__all__ = [
-    "COLORS",
-    "DetectorConfig",
-    "Face",
-    "FaceDetector",
-    "IMAGE_SUFFIXES",
-    "ImageReadError",
-    "MASK_TYPES",
-    "MaskConfig",
-    "MaskResult",
-    "MaskingError",
-    "PlacementConfig",
-    "TemplatePackError",
-    "apply_mask",
-    "is_hidden",
-    "is_image_entry",
-    "load_template_pack",
-    "read_image",
-]
+from m2u.masking.lazy import lazy_exports
+
+_EXPORTS = {
+    "DetectorConfig": "detect",
+    "Face": "detect",
+    "FaceDetector": "detect",
+    "MaskingError": "geometry",
+    "PlacementConfig": "geometry",
+    "IMAGE_SUFFIXES": "imageio",
+    "ImageReadError": "imageio",
+    "is_hidden": "imageio",
+    "is_image_entry": "imageio",
+    "read_image": "imageio",
+    "MaskConfig": "render",
+    "MaskResult": "render",
+    "apply_mask": "render",
+    "COLORS": "templates",
+    "MASK_TYPES": "templates",
+    "TemplatePackError": "templates",
+    "load_template_pack": "templates",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

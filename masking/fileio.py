@@ -41,6 +41,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     return path
 
 
+def remove_temp_files(
+    folder: str | os.PathLike[str], *, recursive: bool = False, hidden_only: bool = False
+) -> list[Path]:
+    """Delete the temporary files killed writers left in ``folder`` (``*.tmp``; ``.*.tmp`` with
+    ``hidden_only``; in every subfolder too with ``recursive``); returns what was removed, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = (".*" if hidden_only else "*") + TEMP_SUFFIX
+    removed = []
+    for path in sorted(folder.rglob(pattern) if recursive else folder.glob(pattern)):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return atomic_write(path, lambda temp: Path(temp).write_bytes(data))
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from m2u.masking.fileio import TEMP_SUFFIX, atomic_write
+from m2u.masking.fileio import atomic_write, remove_temp_files
 from m2u.training.models import (
     CARU2Net,
     DiscriminatorConfig,
@@ -62,10 +62,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete temporary files that killed atomic_write calls left in `folder`; returns what was removed."""
-    stale = sorted(Path(folder).glob(f".*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    return remove_temp_files(folder, hidden_only=True)
 
 
 def save_model(path: str | os.PathLike, model: nn.Module) -> Path:

@@ -10,8 +10,7 @@ Public surface::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m2u.masking.lazy import lazy_exports
 
 _EXPORTS = {
     "load_two_stage": "restore",
@@ -27,14 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'm2u.training.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"m2u.training.inference.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

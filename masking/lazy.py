@@ -1,0 +1,31 @@
+"""Lazy public surfaces: a package lists `name -> submodule` and imports the submodule on first use (PEP 562).
+
+`import m2u.training` then costs nothing until a name is used, and `from m2u.masking import apply_mask` loads
+only what apply_mask needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def lazy_exports(
+    package: str, exports: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__, __dir__ = lazy_exports(__name__, {"Name": "submodule", ...})` in a package's __init__."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        vars(sys.modules[package])[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
