@@ -183,7 +183,35 @@ def write_synthetic_dataset(
     started = time.perf_counter()
     fractions = parse_fractions(split)
     fmt = ImageFormat(image_format)
-    out = Path(out_dir)
+    out = _empty_out_dir(Path(out_dir), overwrite)
+    plan = plan_samples(_synthetic_items(n_samples), seed=seed, fractions=fractions, shard_size=shard_size)
+    rows, shards = _write_synthetic_shards(out, plan, size, fmt, quality)
+    write_manifest(out, rows)
+    counts = count_rows(rows)
+    arguments = {
+        "n_samples": n_samples,
+        "size": size,
+        "seed": seed,
+        "split": list(fractions),
+        "shard_size": shard_size,
+        "image_format": fmt.value,
+        "quality": quality,
+    }
+    write_stats(
+        out,
+        {
+            "generator": "m2u.datasets.synthetic",
+            "counts": counts,
+            "arguments": arguments,
+            "timings": {"total_s": round(time.perf_counter() - started, 3)},
+            "versions": library_versions(),
+        },
+    )
+    return SyntheticDatasetInfo(out_dir=out, counts=counts["samples"], shards=shards)
+
+
+def _empty_out_dir(out: Path, overwrite: bool) -> Path:
+    """`out`, created; a non-empty one only with `overwrite` (then its splits, manifest and stats are removed)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
@@ -194,8 +222,11 @@ def write_synthetic_dataset(
             elif target.exists():
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    items = [
+
+def _synthetic_items(n_samples: int) -> list[InputItem]:
+    return [
         InputItem(
             base_key=f"synth-{i:06d}",
             source=f"{SYNTHETIC_SOURCE_PREFIX}synth-{i:06d}",
@@ -203,7 +234,12 @@ def write_synthetic_dataset(
         )
         for i in range(n_samples)
     ]
-    plan = plan_samples(items, seed=seed, fractions=fractions, shard_size=shard_size)
+
+
+def _write_synthetic_shards(
+    out: Path, plan: list, size: int, fmt: ImageFormat, quality: int
+) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
+    """Every planned sample drawn and written to its shard; (manifest rows, shard paths per split)."""
     rows = []
     shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for (split_name, index), samples in group_by_shard(plan).items():
@@ -236,27 +272,7 @@ def write_synthetic_dataset(
                     )
                 )
         shards[split_name].append(path)
-    write_manifest(out, rows)
-    counts = count_rows(rows)
-    write_stats(
-        out,
-        {
-            "generator": "m2u.datasets.synthetic",
-            "counts": counts,
-            "arguments": {
-                "n_samples": n_samples,
-                "size": size,
-                "seed": seed,
-                "split": list(fractions),
-                "shard_size": shard_size,
-                "image_format": fmt.value,
-                "quality": quality,
-            },
-            "timings": {"total_s": round(time.perf_counter() - started, 3)},
-            "versions": library_versions(),
-        },
-    )
-    return SyntheticDatasetInfo(out_dir=out, counts=counts["samples"], shards=shards)
+    return rows, shards
 
 
 __all__ = ["SyntheticDatasetInfo", "make_synthetic_sample", "write_synthetic_dataset"]
