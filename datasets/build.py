@@ -57,6 +57,8 @@ from m2u.datasets.shards import ShardWriter, remove_stray_temp_files
 from m2u.datasets.sources import discover_inputs, identity_pattern_regex
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
+from m2u.datasets.writer import manifest_row as _row
+from m2u.masking.fileio import atomic_write_text
 from m2u.masking.options import build_checked, check_types
 from m2u.masking.runtime import output_fields, runtime_field
 
@@ -196,27 +198,6 @@ def _init_worker(config: BuildConfig, lock_fd: int | None) -> None:
     cv2.setNumThreads(1)
     detector = FaceDetector(DetectorConfig(**config.detector_options))
     _STATE = _WorkerState(config, make_masker(config), detector)
-
-
-def _row(planned: PlannedSample, **values: Any) -> dict[str, Any]:
-    row = {
-        "key": planned.key,
-        "split": planned.split,
-        "shard": "",
-        "source": planned.source,
-        "source_sha256": "",
-        "identity": planned.identity,
-        "status": Status.ERROR.value,
-        "reason": "",
-        "mask_type": "",
-        "width": 0,
-        "height": 0,
-        "variant": planned.variant,
-        "seed": planned.seed,
-        "n_faces": 0,
-    }
-    row.update(values)
-    return row
 
 
 SampleResult = tuple[dict[str, Any], dict[str, bytes] | None]
@@ -388,9 +369,7 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
     elif previous is None and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME)):
         raise BuildError(f"{out_dir} holds a dataset without build state; pass --overwrite to replace it")
     _state_dir(out_dir).mkdir(parents=True, exist_ok=True)
-    tmp = state_file.with_name(state_file.name + ".tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, state_file)
+    atomic_write_text(state_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
     removed = remove_stray_temp_files(out_dir)
     if removed and config.progress:
         print(f"removed {len(removed)} temporary file(s) left by an interrupted run", file=sys.stderr)

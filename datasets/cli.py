@@ -9,9 +9,7 @@ from typing import Any
 import click
 
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
-from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
-from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS
-from m2u.datasets.plan import DEFAULT_SHARD_SIZE
+from m2u.datasets.codecs import ImageFormat
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.masking.imageio import describe_ignored_files
 
@@ -49,21 +47,24 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder."
 )
-@click.option(
-    "--size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Side of the aligned square crop."
-)
+@click.option("--size", default=BuildConfig.size, show_default=True, help="Side of the aligned square crop.")
 @click.option(
     "--split",
-    default=",".join(str(f) for f in DEFAULT_SPLIT_FRACTIONS),
+    default=",".join(str(f) for f in BuildConfig.split),
     show_default=True,
     callback=_fractions,
     help="Train,val,test fractions.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the splits and of every sample's mask.")
+@click.option(
+    "--seed",
+    default=BuildConfig.seed,
+    show_default=True,
+    help="Seed of the splits and of every sample's mask.",
+)
 @click.option(
     "--split-by",
     type=click.Choice([s.value for s in SplitBy]),
-    default=SplitBy.SAMPLE.value,
+    default=SplitBy(BuildConfig.split_by).value,
     show_default=True,
     help="Hash each sample, or each identity (no identity in two splits).",
 )
@@ -73,12 +74,16 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option("--identity-pattern", help="File-name pattern with {identity}, e.g. '{identity}_{id}.jpg'.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use the first N inputs (sorted by path).")
 @click.option(
-    "--variants", default=1, show_default=True, type=click.IntRange(min=1), help="Masked versions per face."
+    "--variants",
+    default=BuildConfig.variants,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Masked versions per face.",
 )
 @click.option(
     "--mask-engine",
     type=click.Choice(MASK_ENGINES),
-    default="m2u",
+    default=BuildConfig.mask_engine,
     show_default=True,
     help="m2u: the masking engine; synthetic: a procedural stand-in for tests and smoke runs.",
 )
@@ -91,16 +96,22 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option(
     "--detector-option", multiple=True, metavar="KEY=VALUE", help="A DetectorConfig field (repeatable)."
 )
-@click.option("--workers", default=BuildConfig().workers, show_default=True, type=click.IntRange(min=1))
-@click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--workers",
+    default=BuildConfig().workers,
+    show_default="all cores",
+    type=click.IntRange(min=0),
+    help="Worker processes; 0 (or 1) = work in this process, no worker processes.",
+)
+@click.option("--shard-size", default=BuildConfig.shard_size, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--image-format",
     type=click.Choice([f.value for f in ImageFormat]),
-    default=BuildConfig().image_format.value,
+    default=ImageFormat(BuildConfig.image_format).value,
     show_default=True,
     help="Masked/unmasked format: jpg (lossy, fastest), png or webp (lossless).",
 )
-@click.option("--quality", default=DEFAULT_JPEG_QUALITY, show_default=True, type=click.IntRange(1, 100))
+@click.option("--quality", default=BuildConfig.quality, show_default=True, type=click.IntRange(1, 100))
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset in OUT instead of resuming it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> None:
@@ -115,6 +126,7 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
         if value is not None:
             mask_options[field_name] = value
     detector_options = _key_values(options.pop("detector_option"), "--detector-option")
+    options["workers"] = max(options["workers"], 1)  # 0 and 1: in this process
     try:
         config = BuildConfig(
             **options, mask_options=mask_options, detector_options=detector_options, progress=not quiet

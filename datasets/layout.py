@@ -25,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from m2u.masking.fileio import atomic_write
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Paper, section 4.1: "divided into 70% for training, 15% for validation, and 15% for testing".
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -156,10 +158,8 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Write a Parquet file under a temporary name, then rename it: readers never see a partial file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     # No statistics timestamps exist in Parquet; fixed compression keeps the bytes reproducible.
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True))
 
 
 def write_manifest(out_dir: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import TracebackType
 
 from m2u.datasets.layout import validate_key
+from m2u.masking.fileio import TEMP_SUFFIX, remove_temp_files
 
-TEMP_SUFFIX = ".tmp"
 # Fixed tar header fields: the bytes of a shard depend only on its samples.
 MEMBER_MTIME = 0
 MEMBER_MODE = 0o444
@@ -31,14 +31,7 @@ def temp_path(final_path: str | os.PathLike[str]) -> Path:
 
 def remove_stray_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete ``*.tmp`` files left in ``folder`` (recursively) by an interrupted run; return what was removed."""
-    removed = []
-    folder = Path(folder)
-    if folder.is_dir():
-        for path in sorted(folder.rglob(f"*{TEMP_SUFFIX}")):
-            if path.is_file():
-                path.unlink()
-                removed.append(path)
-    return removed
+    return remove_temp_files(folder, recursive=True)
 
 
 class ShardWriter:

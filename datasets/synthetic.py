@@ -33,7 +33,14 @@ from m2u.datasets.layout import (
 from m2u.datasets.plan import InputItem, group_by_shard, plan_samples
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.splits import parse_fractions
-from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
+from m2u.datasets.writer import (
+    count_rows,
+    library_versions,
+    manifest_row,
+    sample_members,
+    sample_metadata,
+    write_stats,
+)
 
 SYNTHETIC_SOURCE_PREFIX = "synthetic://"
 MASK_TYPES = ("synthetic-polygon", "synthetic-ellipse")
@@ -176,7 +183,35 @@ def write_synthetic_dataset(
     started = time.perf_counter()
     fractions = parse_fractions(split)
     fmt = ImageFormat(image_format)
-    out = Path(out_dir)
+    out = _empty_out_dir(Path(out_dir), overwrite)
+    plan = plan_samples(_synthetic_items(n_samples), seed=seed, fractions=fractions, shard_size=shard_size)
+    rows, shards = _write_synthetic_shards(out, plan, size, fmt, quality)
+    write_manifest(out, rows)
+    counts = count_rows(rows)
+    arguments = {
+        "n_samples": n_samples,
+        "size": size,
+        "seed": seed,
+        "split": list(fractions),
+        "shard_size": shard_size,
+        "image_format": fmt.value,
+        "quality": quality,
+    }
+    write_stats(
+        out,
+        {
+            "generator": "m2u.datasets.synthetic",
+            "counts": counts,
+            "arguments": arguments,
+            "timings": {"total_s": round(time.perf_counter() - started, 3)},
+            "versions": library_versions(),
+        },
+    )
+    return SyntheticDatasetInfo(out_dir=out, counts=counts["samples"], shards=shards)
+
+
+def _empty_out_dir(out: Path, overwrite: bool) -> Path:
+    """`out`, created; a non-empty one only with `overwrite` (then its splits, manifest and stats are removed)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
@@ -187,8 +222,11 @@ def write_synthetic_dataset(
             elif target.exists():
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    items = [
+
+def _synthetic_items(n_samples: int) -> list[InputItem]:
+    return [
         InputItem(
             base_key=f"synth-{i:06d}",
             source=f"{SYNTHETIC_SOURCE_PREFIX}synth-{i:06d}",
@@ -196,7 +234,12 @@ def write_synthetic_dataset(
         )
         for i in range(n_samples)
     ]
-    plan = plan_samples(items, seed=seed, fractions=fractions, shard_size=shard_size)
+
+
+def _write_synthetic_shards(
+    out: Path, plan: list, size: int, fmt: ImageFormat, quality: int
+) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
+    """Every planned sample drawn and written to its shard; (manifest rows, shard paths per split)."""
     rows = []
     shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for (split_name, index), samples in group_by_shard(plan).items():
@@ -218,45 +261,18 @@ def write_synthetic_dataset(
                     ),
                 )
                 rows.append(
-                    {
-                        "key": planned.key,
-                        "split": planned.split,
-                        "shard": shard_relpath(split_name, index),
-                        "source": planned.source,
-                        "source_sha256": "",
-                        "identity": planned.identity,
-                        "status": Status.OK.value,
-                        "reason": "",
-                        "mask_type": sample.mask_meta["type"],
-                        "width": size,
-                        "height": size,
-                        "variant": planned.variant,
-                        "seed": planned.seed,
-                        "n_faces": 1,
-                    }
+                    manifest_row(
+                        planned,
+                        shard=shard_relpath(split_name, index),
+                        status=Status.OK.value,
+                        mask_type=sample.mask_meta["type"],
+                        width=size,
+                        height=size,
+                        n_faces=1,
+                    )
                 )
         shards[split_name].append(path)
-    write_manifest(out, rows)
-    counts = count_rows(rows)
-    write_stats(
-        out,
-        {
-            "generator": "m2u.datasets.synthetic",
-            "counts": counts,
-            "arguments": {
-                "n_samples": n_samples,
-                "size": size,
-                "seed": seed,
-                "split": list(fractions),
-                "shard_size": shard_size,
-                "image_format": fmt.value,
-                "quality": quality,
-            },
-            "timings": {"total_s": round(time.perf_counter() - started, 3)},
-            "versions": library_versions(),
-        },
-    )
-    return SyntheticDatasetInfo(out_dir=out, counts=counts["samples"], shards=shards)
+    return rows, shards
 
 
 __all__ = ["SyntheticDatasetInfo", "make_synthetic_sample", "write_synthetic_dataset"]

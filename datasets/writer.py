@@ -23,6 +23,8 @@ from m2u.datasets.layout import (
     UNMASKED_FIELD,
     Status,
 )
+from m2u.masking.fileio import atomic_write_text
+from m2u.masking.fileio import library_versions as versions_of
 
 LANDMARK_DECIMALS = 3  # JSON floats are rounded so the metadata bytes are stable
 
@@ -52,6 +54,32 @@ def sample_metadata(
         "align_matrix": round_array(align_matrix, 6),
         "mask": mask_meta,
     }
+
+
+def manifest_row(planned: Any, **values: Any) -> dict[str, Any]:
+    """The manifest row of one planned sample (m2u.datasets.layout.MANIFEST_SCHEMA): an error row with empty
+    fields unless ``values`` say otherwise (``status``, ``reason``, ``shard``, ``width``, ...)."""
+    row = {
+        "key": planned.key,
+        "split": planned.split,
+        "shard": "",
+        "source": planned.source,
+        "source_sha256": "",
+        "identity": planned.identity,
+        "status": Status.ERROR.value,
+        "reason": "",
+        "mask_type": "",
+        "width": 0,
+        "height": 0,
+        "variant": planned.variant,
+        "seed": planned.seed,
+        "n_faces": 0,
+    }
+    unknown = set(values) - set(row)
+    if unknown:
+        raise ValueError(f"not manifest columns: {sorted(unknown)}")
+    row.update(values)
+    return row
 
 
 def sample_members(
@@ -91,31 +119,24 @@ def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
+# The libraries whose versions a dataset's stats.json records (m2u.masking.fileio.library_versions).
+VERSIONED_LIBRARIES = (
+    "m2u",
+    "numpy",
+    "opencv-python-headless",
+    "pillow",
+    "dlib-bin",
+    "webdataset",
+    "pyarrow",
+    "torch",
+)
 
-    versions = {}
-    for name in (
-        "m2u",
-        "numpy",
-        "opencv-python-headless",
-        "pillow",
-        "dlib-bin",
-        "webdataset",
-        "pyarrow",
-        "torch",
-    ):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return versions
+
+def library_versions() -> dict[str, str]:
+    return versions_of(VERSIONED_LIBRARIES)
 
 
 def write_stats(out_dir: str | os.PathLike[str], stats: Mapping[str, Any]) -> Path:
     """Write ``stats.json`` atomically (human-readable, indented)."""
     path = Path(out_dir) / STATS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")

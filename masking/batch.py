@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from m2u.masking.detect import DetectorConfig, FaceDetector
+from m2u.masking.fileio import atomic_write_bytes as write_atomic
 from m2u.masking.geometry import MaskingError
 from m2u.masking.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.masking.inputs import (
@@ -51,7 +52,7 @@ LOCK_TOOL = "m2u-mask"
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """What m2u-mask does to every input; `workers` 0 means one process per core."""
+    """What m2u-mask does to every input; `workers` 0 (or 1) means in this process, no worker processes."""
 
     mask: MaskConfig = field(default_factory=MaskConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -62,12 +63,12 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"--workers must be an integer >= 0 (0 = all cores), got {self.workers!r}")
+            raise ValueError(f"--workers must be an integer >= 0 (0 = in this process), got {self.workers!r}")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
             raise ValueError(f"--max-pixels must be an integer >= 1, got {self.max_pixels!r}")
 
     def resolved_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        return max(self.workers, 1)
 
 
 @dataclass
@@ -117,18 +118,6 @@ def output_paths(out_dir: Path, stem: Path, mask_type: str) -> list[Path]:
     """The three files an input with a face gets."""
     base = output_base(out_dir, stem, mask_type)
     return [Path(f"{base}.jpg"), Path(f"{base}_mask.png"), Path(f"{base}.json")]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a hidden temporary name, then rename: a killed run never leaves a truncated output under its
-    real name (an interrupted file simply does not exist yet)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def face_seed(seed: int, stem: Path, index: int) -> int:

@@ -60,16 +60,20 @@ def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, see
     help=f"One of {', '.join(MASK_TYPES)}, random, or a template of --pack.",
 )
 @click.option(
-    "--color", default=None, help="Colour name or #rrggbb (or random); default: the template's own colours."
+    "--color",
+    default=_MASK.color,
+    help="Colour name or #rrggbb (or random); default: the template's own colours.",
 )
 @click.option("--color-weight", default=_MASK.color_weight, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--pattern", default=None, help=f"One of {', '.join(PATTERNS)}, an image file, or random.")
+@click.option(
+    "--pattern", default=_MASK.pattern, help=f"One of {', '.join(PATTERNS)}, an image file, or random."
+)
 @click.option(
     "--pattern-weight", default=_MASK.pattern_weight, show_default=True, type=click.FloatRange(0, 1)
 )
 @click.option(
     "--pack",
-    default=None,
+    default=_MASK.pack,
     type=click.Path(exists=True),
     help="A MaskTheFace-style masks.cfg (or its folder).",
 )
@@ -85,7 +89,7 @@ def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, see
     default=_BATCH.workers,
     show_default=True,
     type=click.IntRange(0),
-    help="Processes; 0 = all cores.",
+    help="Worker processes; 0 (or 1) = work in this process, no worker processes.",
 )
 @click.option("--detector", default=_DETECTOR.model, show_default=True, type=click.Choice(DETECTOR_MODELS))
 @click.option(

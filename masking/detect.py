@@ -14,6 +14,7 @@ import cv2
 import dlib
 import numpy as np
 
+from m2u.masking.fileio import atomic_write
 from m2u.masking.options import check_types
 
 DetectorModel = Literal["hog", "cnn"]
@@ -62,14 +63,9 @@ def _hog_detector():
         except RuntimeError:  # damaged: rebuilt and rewritten below
             pass
     detector = dlib.get_frontal_face_detector()
-    temp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        detector.save(str(temp))
-        os.replace(temp, cached)  # complete or absent: concurrent processes never read half a file
-    except (OSError, RuntimeError):  # a read-only home: no cache, only a slower start
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
+    # Complete or absent: concurrent processes never read half a file. A read-only home: no cache, a slower start.
+    with contextlib.suppress(OSError, RuntimeError):
+        atomic_write(cached, detector.save)
     return detector
 
 

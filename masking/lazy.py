@@ -1,30 +1,31 @@
-"""Lazy package attributes: a package lists {name: submodule} and imports a submodule on first use.
+"""Lazy public surfaces: a package lists `name -> submodule` and imports the submodule on first use (PEP 562).
 
-Used by the packages whose submodules pull in heavy libraries (torch, OpenCV, dlib), so that importing a
-light part (a config dataclass) does not load them all."""
+`import m2u.training` then costs nothing until a name is used, and `from m2u.masking import apply_mask` loads
+only what apply_mask needs.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: dict[str, str]
+    package: str, exports: Mapping[str, str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """(__getattr__, __dir__) for `package`, resolving each exported name from `package.<submodule>`."""
-    namespace = importlib.import_module(package).__dict__
+    """`__getattr__, __dir__ = lazy_exports(__name__, {"Name": "submodule", ...})` in a package's __init__."""
 
-    def __getattr__(name: str) -> Any:  # noqa: N807 (the module protocol's name)
+    def __getattr__(name: str) -> Any:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(f"{package}.{module}"), name)
-        namespace[name] = value
+        vars(sys.modules[package])[name] = value
         return value
 
-    def __dir__() -> list[str]:  # noqa: N807
-        return sorted(set(namespace) | set(exports))
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
 
     return __getattr__, __dir__

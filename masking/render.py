@@ -378,45 +378,23 @@ def _verify(mask: np.ndarray, landmarks: np.ndarray, box: tuple[int, int, int, i
         raise MaskingError(f"mask is {count - 1} separate pieces, not one")
 
 
-def apply_mask(
-    image: np.ndarray, face: Face | np.ndarray, config: MaskConfig = MaskConfig(), seed: int = 0
-) -> MaskResult:
-    """Put a mask on one face. Works from the 68 landmarks alone (a Face or a (68, 2) array), so it runs equally
-    on full photos and on aligned crops. Pure: the same inputs and seed give byte-identical outputs.
-    Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
-    landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    mask_type, color, pattern = _resolve(config, rng)
-    mesh = build_mesh(landmarks, config.placement)
-    if config.pack:
-        template = load_template_pack(config.pack).get(mask_type, mesh.pose)
-    else:
-        template = get_template(mask_type)
-
-    height, width = image.shape[:2]
-    straps = _strap_polylines(template, mesh, landmarks) if config.straps else []
-    points = np.vstack([mesh.grid.reshape(-1, 2), *[p for p, _, _ in straps]])
-    pad = 4 + max([w for _, w, _ in straps], default=0.0)
+def _mask_box(points: np.ndarray, pad: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixel box (x0, y0, x1, y1) the mask and its straps can touch, clipped to the image."""
     x0, y0 = np.floor(points.min(axis=0) - pad).astype(int)
     x1, y1 = np.ceil(points.max(axis=0) + pad).astype(int) + 1
     x0, y0, x1, y1 = max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
     if x1 - x0 < 2 or y1 - y0 < 2:
         raise MaskingError("the mask falls outside the image")
-    origin = np.array([x0, y0], np.float64)
-    shape = (y1 - y0, x1 - x0)
+    return x0, y0, x1, y1
 
-    mid = mesh.grid[mesh.grid.shape[0] // 2]
-    mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
-    texture = _premultiplied_texture(
-        template, mask_width, color, config.color_weight, pattern, config.pattern_weight
-    )
-    body = _warp(texture, mesh.grid, origin, shape, _cylinder_gain(texture.shape[1], mesh.yaw))
-    body_rgb, body_alpha = body[..., :3], body[..., 3]
 
-    # Straps: one anti-aliased canvas per colour, composited over each other (premultiplied); with a single
-    # colour (every shipped template) the colour is a constant and only the coverage is an image.
+def _strap_layers(
+    straps: list, origin: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """(coverage, premultiplied colour or None, colours) of the straps in the box.
+
+    One anti-aliased canvas per colour, composited over each other (premultiplied); with a single colour (every
+    shipped template) the colour is a constant and only the coverage is an image (colour None)."""
     strap_alpha = np.zeros(shape, np.float32)
     strap_rgb: np.ndarray | None = None
     colours = list(dict.fromkeys(rgb for _, _, rgb in straps))
@@ -436,12 +414,22 @@ def apply_mask(
         strap_rgb *= (1 - a)[..., None]
         strap_rgb += np.asarray(rgb, np.float32) * a[..., None]
         strap_alpha += a * (1 - strap_alpha)
+    return strap_alpha, strap_rgb, colours
 
+
+def _body_over_straps(
+    body: np.ndarray,
+    straps: tuple[np.ndarray, np.ndarray | None, list],
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(premultiplied colour in [0, 1], coverage): the mask body over its straps, detached bits dropped."""
+    body_rgb, body_alpha = body[..., :3], body[..., 3]
+    strap_alpha, strap_rgb, colours = straps
     # Mask body over straps: coverage = body + straps where the body leaves room.
     below = 1.0 - body_alpha
     strap_visible = strap_alpha * below
     alpha = body_alpha + strap_visible
-    keep = _keep_attached(alpha, body_alpha, config.coverage_threshold)
+    keep = _keep_attached(alpha, body_alpha, threshold)
     if keep is not None:
         body_rgb *= keep[..., None]
         strap_visible *= keep
@@ -452,23 +440,46 @@ def apply_mask(
         colour += strap_rgb
     elif colours:
         colour += np.asarray(colours[0], np.float32) * strap_visible[..., None]
+    return colour, alpha
+
+
+def _paint(
+    image: np.ndarray,
+    box: tuple[int, int, int, int],
+    colour: np.ndarray,
+    alpha: np.ndarray,
+    config: MaskConfig,
+    eye_distance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(masked image, 0/255 mask): the lit mask composited over the face inside `box`."""
+    x0, y0, x1, y1 = box
     region = image[y0:y1, x0:x1]
     # The face's light on mask and straps, in 8-bit units; then over the face. OpenCV's saturating add rounds to
     # 8 bits and caps what the light made brighter than white (colour is never negative).
     if config.lighting > 0:
-        colour *= (_lighting(region, alpha, config.lighting, mesh.eye_distance) * np.float32(255))[..., None]
+        colour *= (_lighting(region, alpha, config.lighting, eye_distance) * np.float32(255))[..., None]
     else:
         colour *= np.float32(255)
     below_mask = region.astype(np.float32)
     below_mask *= (1.0 - alpha)[..., None]
     out = image.copy()
     out[y0:y1, x0:x1] = cv2.add(below_mask, colour, dtype=cv2.CV_8U)
-    mask = np.zeros((height, width), np.uint8)
+    mask = np.zeros(image.shape[:2], np.uint8)
     mask[y0:y1, x0:x1] = (alpha >= config.coverage_threshold).view(np.uint8) * np.uint8(255)
-    if config.verify:
-        _verify(mask, landmarks, (x0, y0, x1, y1))
+    return out, mask
 
-    meta = {
+
+def _result_meta(
+    config: MaskConfig,
+    seed: int,
+    resolved: tuple[str, tuple | None, str | None],
+    template: Any,
+    mesh: Any,
+    landmarks: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, Any]:
+    mask_type, color, pattern = resolved
+    return {
         "type": mask_type,
         "template_source": template.source if not config.pack else str(config.pack),
         "template": template.name,
@@ -486,4 +497,41 @@ def apply_mask(
         "seed": int(seed),
         "placement": dict(_placement_fields(config.placement)),  # a dict of its own for each result
     }
-    return MaskResult(out, mask, meta)
+
+
+def apply_mask(
+    image: np.ndarray, face: Face | np.ndarray, config: MaskConfig = MaskConfig(), seed: int = 0
+) -> MaskResult:
+    """Put a mask on one face. Works from the 68 landmarks alone (a Face or a (68, 2) array), so it runs equally
+    on full photos and on aligned crops. Pure: the same inputs and seed give byte-identical outputs.
+    Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
+    landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    resolved = mask_type, color, pattern = _resolve(config, rng)
+    mesh = build_mesh(landmarks, config.placement)
+    if config.pack:
+        template = load_template_pack(config.pack).get(mask_type, mesh.pose)
+    else:
+        template = get_template(mask_type)
+
+    height, width = image.shape[:2]
+    straps = _strap_polylines(template, mesh, landmarks) if config.straps else []
+    points = np.vstack([mesh.grid.reshape(-1, 2), *[p for p, _, _ in straps]])
+    box = _mask_box(points, 4 + max([w for _, w, _ in straps], default=0.0), width, height)
+    x0, y0, x1, y1 = box
+    origin = np.array([x0, y0], np.float64)
+    shape = (y1 - y0, x1 - x0)
+
+    mid = mesh.grid[mesh.grid.shape[0] // 2]
+    mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
+    texture = _premultiplied_texture(
+        template, mask_width, color, config.color_weight, pattern, config.pattern_weight
+    )
+    body = _warp(texture, mesh.grid, origin, shape, _cylinder_gain(texture.shape[1], mesh.yaw))
+    colour, alpha = _body_over_straps(body, _strap_layers(straps, origin, shape), config.coverage_threshold)
+    out, mask = _paint(image, box, colour, alpha, config, mesh.eye_distance)
+    if config.verify:
+        _verify(mask, landmarks, box)
+    return MaskResult(out, mask, _result_meta(config, seed, resolved, template, mesh, landmarks, mask))

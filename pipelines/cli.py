@@ -5,37 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
 
-from m2u.pipelines.config import (
-    PRESETS,
-    ConfigError,
-    PipelineConfig,
-    config_as_dict,
-    load_config,
-    load_yaml,
-)
-
-
-def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
-    """`--set gan.max_steps=10` → {"gan": {"max_steps": 10}}; values are parsed as YAML scalars."""
-    tree: dict[str, Any] = {}
-    for item in values:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        key, raw = item.split("=", 1)
-        node = tree
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        try:
-            node[leaf] = load_yaml(raw, f"--set {key.strip()}")
-        except ConfigError as error:
-            raise click.BadParameter(str(error), param_hint="--set") from None
-    return tree
+from m2u.pipelines.config import PRESETS, PipelineConfig, config_as_dict, load_config
+from m2u.training.configfile import ConfigError, parse_overrides
 
 
 def _resolve(
@@ -45,15 +20,15 @@ def _resolve(
     demo: Path | None,
     sets: tuple[str, ...],
 ) -> PipelineConfig:
-    extra = _parse_set(sets)
-    if faces:
-        extra["faces"] = list(faces)
-    if demo is not None:
-        from m2u.pipelines.demo_faces import write_demo_faces
-
-        write_demo_faces(demo)
-        extra["faces"] = [str(demo)]
     try:
+        extra = parse_overrides(sets)
+        if faces:
+            extra["faces"] = list(faces)
+        if demo is not None:
+            from m2u.pipelines.demo_faces import write_demo_faces
+
+            write_demo_faces(demo)
+            extra["faces"] = [str(demo)]
         return load_config(preset, config_file, extra)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error

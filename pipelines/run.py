@@ -19,13 +19,13 @@ import dataclasses
 import glob
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from m2u.masking.fileio import atomic_write_text
+from m2u.masking.fileio import library_versions as versions_of
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import StageOutcome, run_stage
@@ -51,17 +51,7 @@ class PipelineError(RuntimeError):
 
 
 def library_versions() -> dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "system": platform.system(),
-    }
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return versions_of(_VERSIONED, platform_info=True)
 
 
 def inputs_fingerprint(faces: list[str]) -> str:
@@ -96,19 +86,7 @@ def _stage_config(config: PipelineConfig, name: str) -> Any:
     return getattr(config, name)
 
 
-def run_pipeline(
-    config: PipelineConfig,
-    run_dir: str | Path,
-    *,
-    echo: Callable[[str], None] = print,
-    until: str = "evaluation",
-    metric_suite: Any = None,
-) -> dict[str, StageOutcome]:
-    """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
-    from m2u.datasets.build import build_dataset
-    from m2u.training.evaluation.evaluate import evaluate
-    from m2u.training.trainer import train_gan, train_mseg
-
+def _check_inputs(config: PipelineConfig, until: str) -> None:
     if until not in STAGES:
         raise PipelineError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     if not config.faces:
@@ -119,13 +97,14 @@ def run_pipeline(
     if missing:
         raise PipelineError(f"face inputs not found: {', '.join(missing)}")
 
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(config_as_dict(config), indent=2))
-    (run / "versions.json").write_text(json.dumps(library_versions(), indent=2))
-    log = _Logger(run / "pipeline.log", echo)
-    dirs = {name: run / name for name in STAGES}
-    outcomes: dict[str, StageOutcome] = {}
+
+def _stage_actions(
+    config: PipelineConfig, dirs: dict[str, Path], metric_suite: Any
+) -> dict[str, Callable[[], dict]]:
+    """What each stage runs: the library call with the stage's configuration and the run folder's paths."""
+    from m2u.datasets.build import build_dataset
+    from m2u.training.evaluation.evaluate import evaluate
+    from m2u.training.trainer import train_gan, train_mseg
 
     def dataset_action() -> dict:
         build = dataclasses.replace(config.dataset, overwrite=False)
@@ -157,12 +136,32 @@ def run_pipeline(
         )
         return {"rows": report.get("rows", {}), "n_samples": report.get("n_samples")}
 
-    actions = {
+    return {
         "dataset": dataset_action,
         "mseg": mseg_action,
         "gan": gan_action,
         "evaluation": evaluation_action,
     }
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    run_dir: str | Path,
+    *,
+    echo: Callable[[str], None] = print,
+    until: str = "evaluation",
+    metric_suite: Any = None,
+) -> dict[str, StageOutcome]:
+    """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
+    _check_inputs(config, until)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
+    atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))
+    log = _Logger(run / "pipeline.log", echo)
+    dirs = {name: run / name for name in STAGES}
+    actions = _stage_actions(config, dirs, metric_suite)
+    outcomes: dict[str, StageOutcome] = {}
     upstream = [inputs_fingerprint(config.faces)]
     for name in STAGES:
         outcome = run_stage(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2u.masking.fileio import atomic_write_text as _write_atomic
 from m2u.masking.runtime import output_fields
 
 # Records live beside the stage folders (RUN/stages/<name>.json), not inside them: a stage's own tool may insist
@@ -70,12 +71,6 @@ class StageOutcome:
     skipped: bool
     seconds: float
     result: dict
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_record(record_path: Path) -> dict | None:

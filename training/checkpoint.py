@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from m2u.masking.fileio import atomic_write, remove_temp_files
 from m2u.training.models import (
     CARU2Net,
     DiscriminatorConfig,
@@ -57,35 +56,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-# A write in progress is a hidden ".<name>.XXXX.tmp" beside its target; remove_stale_temp_files clears leftovers.
-TEMP_SUFFIX = ".tmp"
+# A write in progress is a hidden ".<name>.XXXX.tmp" beside its target (m2u.masking.fileio.atomic_write);
+# remove_stale_temp_files clears leftovers.
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete temporary files that killed atomic_write calls left in `folder`; returns what was removed."""
-    stale = sorted(Path(folder).glob(f".*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(temp_path) for a temporary file beside `path`, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        # mkstemp (and safetensors) create files 0600; the saved file gets the mode the umask gives any other.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return remove_temp_files(folder, hidden_only=True)
 
 
 def save_model(path: str | os.PathLike, model: nn.Module) -> Path:

@@ -2,7 +2,12 @@
 
 m2u-train mseg --data OUT --out RUN_MSEG
 m2u-train gan  --data OUT --mseg RUN_MSEG/mseg.safetensors --out RUN_GAN
+m2u-train gan  gan.yaml --set max_steps=100 --set generator.stages=3     (a config file and overrides)
 torchrun --nproc-per-node 2 -m m2u.training.cli gan ...     (DDP; gloo on CPU, NCCL on CUDA)
+
+Every option's default is its config dataclass's (MSegTrainConfig, GanTrainConfig); a config file (YAML, TOML or
+JSON) holds any of their fields, nested ones as mappings; options given on the command line override the file,
+and `--set` overrides both.
 """
 
 from __future__ import annotations
@@ -13,52 +18,119 @@ from typing import Any
 
 import click
 
-from m2u.training.config import MASK_SOURCES, PRECISIONS, GanTrainConfig, MSegTrainConfig, OptimizerConfig
-from m2u.training.losses import IMAGENET_BACKBONE
+from m2u.training.cliutil import ConfigBinding, config_file_options
+from m2u.training.config import (
+    MASK_SOURCES,
+    PRECISIONS,
+    GanTrainConfig,
+    MSegTrainConfig,
+    OptimizerConfig,
+    RunConfig,
+)
+from m2u.training.losses import GanLossConfig
+from m2u.training.models import GeneratorConfig, MSegConfig
 
-_defaults = GanTrainConfig(mask_source="gt")
-_optimizer_defaults = OptimizerConfig()
+_RUN_PATHS = {
+    "learning_rate": "optimizer.learning_rate",
+    "milestones": "optimizer.milestones",
+    "decay": "optimizer.decay",
+    "compile_": "compile",
+    "no_progress": "!progress",
+    "no_test": "!evaluate_test",
+}
+MSEG_BINDING = ConfigBinding(
+    MSegTrainConfig, {**_RUN_PATHS, "base_channels": "model.base_channels", "levels": "model.levels"}
+)
+GAN_BINDING = ConfigBinding(
+    GanTrainConfig,
+    {
+        **_RUN_PATHS,
+        "stages": "generator.stages",
+        "no_segmentation_guidance": "!generator.segmentation_guidance",
+        "no_channel_attention": "!generator.channel_attention",
+        "width_multiplier": "generator.width_multiplier",
+    },
+)
+
+
+def _milestones(ctx: click.Context, param: click.Parameter, value: str | tuple) -> tuple[int, ...]:
+    if isinstance(value, tuple):
+        return value
+    try:
+        return tuple(int(m) for m in value.split(",") if m.strip())
+    except ValueError as error:
+        raise click.BadParameter(f"comma-separated integers expected ({error})") from None
 
 
 def _run_options(function: Callable) -> Callable:
     options = [
+        config_file_options,
         click.option(
             "--data",
-            required=True,
+            default=RunConfig.data,
             type=click.Path(file_okay=False),
-            help="Dataset folder (m2u-make-dataset).",
+            help="Dataset folder (m2u-make-dataset); required.",
         ),
-        click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder."),
-        click.option("--batch-size", default=_defaults.batch_size, show_default=True, type=click.IntRange(1)),
-        click.option("--epochs", default=_defaults.epochs, show_default=True, type=click.IntRange(1)),
-        click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop after this many steps."),
-        click.option("--max-seconds", default=None, type=click.FloatRange(0), help="Wall-clock budget."),
-        click.option("--lr", default=_optimizer_defaults.learning_rate, show_default=True, type=float),
+        click.option(
+            "-o",
+            "--out",
+            default=RunConfig.out,
+            type=click.Path(file_okay=False),
+            help="Run folder; required.",
+        ),
+        click.option("--batch-size", default=RunConfig.batch_size, show_default=True, type=click.IntRange(1)),
+        click.option("--epochs", default=RunConfig.epochs, show_default=True, type=click.IntRange(1)),
+        click.option(
+            "--max-steps",
+            default=RunConfig.max_steps,
+            type=click.IntRange(1),
+            help="Stop after this many steps.",
+        ),
+        click.option(
+            "--max-seconds",
+            default=RunConfig.max_seconds,
+            type=click.FloatRange(0),
+            help="Wall-clock budget.",
+        ),
+        click.option(
+            "--lr", "learning_rate", default=OptimizerConfig.learning_rate, show_default=True, type=float
+        ),
         click.option(
             "--milestones",
-            default=",".join(str(m) for m in _optimizer_defaults.milestones),
+            default=",".join(str(m) for m in OptimizerConfig.milestones),
             show_default=True,
+            callback=_milestones,
             help="Iterations where the learning rate is multiplied by --lr-decay (comma-separated).",
         ),
-        click.option("--lr-decay", default=_optimizer_defaults.decay, show_default=True, type=float),
-        click.option("--val-every", default=_defaults.val_every, show_default=True, type=click.IntRange(0)),
+        click.option("--lr-decay", "decay", default=OptimizerConfig.decay, show_default=True, type=float),
+        click.option("--val-every", default=RunConfig.val_every, show_default=True, type=click.IntRange(0)),
         click.option(
-            "--val-batches", default=_defaults.val_batches, show_default=True, type=click.IntRange(1)
+            "--val-batches", default=RunConfig.val_batches, show_default=True, type=click.IntRange(1)
         ),
-        click.option("--grid-every", default=_defaults.grid_every, show_default=True, type=click.IntRange(1)),
+        click.option("--grid-every", default=RunConfig.grid_every, show_default=True, type=click.IntRange(1)),
         click.option(
             "--checkpoint-every",
-            default=_defaults.checkpoint_every,
+            default=RunConfig.checkpoint_every,
             show_default=True,
             type=click.IntRange(1),
         ),
-        click.option("--log-every", default=_defaults.log_every, show_default=True, type=click.IntRange(1)),
-        click.option("--seed", default=_defaults.seed, show_default=True, type=int),
+        click.option("--log-every", default=RunConfig.log_every, show_default=True, type=click.IntRange(1)),
+        click.option("--seed", default=RunConfig.seed, show_default=True, type=int),
         click.option(
-            "--num-workers", default=_defaults.num_workers, show_default=True, type=click.IntRange(0)
+            "--num-workers",
+            "--workers",
+            "num_workers",
+            default=RunConfig.num_workers,
+            show_default=True,
+            type=click.IntRange(0),
+            help="Data-loading worker processes; 0 = load in this process (no worker processes).",
         ),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+        click.option(
+            "--device", default=RunConfig.device, show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option(
+            "--precision", type=click.Choice(PRECISIONS), default=RunConfig.precision, show_default=True
+        ),
         click.option("--channels-last", is_flag=True, help="Channels-last memory format."),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the trained networks."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
@@ -70,29 +142,12 @@ def _run_options(function: Callable) -> Callable:
     return function
 
 
-def _run_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    try:
-        milestones = tuple(int(m) for m in options.pop("milestones").split(",") if m.strip())
-    except ValueError as error:
-        raise click.BadParameter(f"--milestones must be comma-separated integers ({error})") from None
-    optimizer = OptimizerConfig(
-        learning_rate=options.pop("lr"), milestones=milestones, decay=options.pop("lr_decay")
-    )
-    return {
-        "data": options.pop("data"),
-        "out": options.pop("out"),
-        "optimizer": optimizer,
-        "compile": options.pop("compile_"),
-        "progress": not options.pop("no_progress"),
-        "evaluate_test": not options.pop("no_test"),
-        **{name: options.pop(name) for name in list(options) if name in _RUN_FIELDS},
-    }
-
-
-_RUN_FIELDS = {
-    "batch_size", "epochs", "max_steps", "max_seconds", "val_every", "val_batches", "grid_every",
-    "checkpoint_every", "log_every", "seed", "num_workers", "device", "precision", "channels_last", "resume",
-}  # fmt: skip
+def _checked(config: RunConfig) -> RunConfig:
+    for name in ("data", "out"):
+        if not getattr(config, name):
+            flag = "--out/-o" if name == "out" else "--data"
+            raise click.UsageError(f"{flag} is required (or `{name}:` in the config file)")
+    return config
 
 
 def _run(train: Callable[[Any], dict], config: Any) -> None:
@@ -120,22 +175,27 @@ def train_main() -> None:
 
 @train_main.command("mseg")
 @_run_options
-@click.option("--base-channels", default=16, show_default=True, type=click.IntRange(1), help="M-Seg width.")
 @click.option(
-    "--levels", default=5, show_default=True, type=click.IntRange(2), help="M-Seg resolution levels."
+    "--base-channels",
+    default=MSegConfig.base_channels,
+    show_default=True,
+    type=click.IntRange(1),
+    help="M-Seg width.",
 )
-def mseg_command(base_channels: int, levels: int, **options: Any) -> None:
-    """Train the mask segmenter (BCE + Dice); reports Dice and pixel accuracy on val and test."""
-    from m2u.training.models import MSegConfig
+@click.option(
+    "--levels",
+    default=MSegConfig.levels,
+    show_default=True,
+    type=click.IntRange(2),
+    help="M-Seg resolution levels.",
+)
+def mseg_command(**options: Any) -> None:
+    """Train the mask segmenter (BCE + Dice); reports Dice and pixel accuracy on val and test.
+
+    CONFIG_FILE (optional): MSegTrainConfig fields in YAML, TOML or JSON."""
     from m2u.training.trainer import train_mseg
 
-    try:
-        config = MSegTrainConfig(
-            model=MSegConfig(base_channels=base_channels, levels=levels), **_run_kwargs(options)
-        )
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    _run(train_mseg, config)
+    _run(train_mseg, _checked(MSEG_BINDING.build(options)))
 
 
 @train_main.command("gan")
@@ -143,62 +203,65 @@ def mseg_command(base_channels: int, levels: int, **options: Any) -> None:
 @click.option(
     "--mseg", "mseg_checkpoint", type=click.Path(dir_okay=False), help="M-Seg model file (mseg.safetensors)."
 )
-@click.option("--mask-source", type=click.Choice(MASK_SOURCES), default="mseg", show_default=True)
 @click.option(
-    "--stages", type=click.Choice(["3", "5"]), default="5", show_default=True, help="Generator depth."
+    "--mask-source", type=click.Choice(MASK_SOURCES), default=GanTrainConfig.mask_source, show_default=True
+)
+@click.option(
+    "--stages",
+    type=click.Choice(["3", "5"]),
+    default=str(GeneratorConfig.stages),
+    show_default=True,
+    callback=lambda ctx, param, value: int(value),
+    help="Generator depth.",
 )
 @click.option(
     "--no-segmentation-guidance", is_flag=True, help="Ablation: the generator does not see the mask."
 )
 @click.option("--no-channel-attention", is_flag=True, help="Ablation: CAR layers without channel attention.")
-@click.option("--width-multiplier", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--adversarial-weight", default=_defaults.adversarial_weight, show_default=True, type=float)
 @click.option(
-    "--reconstruction-weight", default=_defaults.reconstruction_weight, show_default=True, type=float
+    "--width-multiplier",
+    default=GeneratorConfig.width_multiplier,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
 )
-@click.option("--perceptual-weight", default=_defaults.perceptual_weight, show_default=True, type=float)
+@click.option(
+    "--adversarial-weight",
+    default=GanLossConfig.adversarial_weight,
+    show_default=True,
+    type=click.FloatRange(0),
+)
+@click.option(
+    "--reconstruction-weight",
+    default=GanLossConfig.reconstruction_weight,
+    show_default=True,
+    type=click.FloatRange(0),
+)
+@click.option(
+    "--perceptual-weight",
+    default=GanLossConfig.perceptual_weight,
+    show_default=True,
+    type=click.FloatRange(0),
+)
+@click.option(
+    "--ssim-share",
+    default=GanLossConfig.ssim_share,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Reconstruction loss: (1 - share) * SmoothL1 + share * (1 - SSIM).",
+)
 @click.option(
     "--vgg-weights",
-    default=IMAGENET_BACKBONE,
+    default=GanLossConfig.vgg_weights,
     show_default=True,
     help="'imagenet' (torch hub cache), a vgg19 .pth/.safetensors path, or 'random' (tests only).",
 )
-def gan_command(
-    mseg_checkpoint: str | None,
-    mask_source: str,
-    stages: str,
-    no_segmentation_guidance: bool,
-    no_channel_attention: bool,
-    width_multiplier: float,
-    adversarial_weight: float,
-    reconstruction_weight: float,
-    perceptual_weight: float,
-    vgg_weights: str,
-    **options: Any,
-) -> None:
-    """Train the CARU2-Net generator and the discriminator, the mask from a frozen M-Seg (or the ground truth)."""
-    from m2u.training.models import GeneratorConfig
+def gan_command(**options: Any) -> None:
+    """Train the CARU2-Net generator and the discriminator, the mask from a frozen M-Seg (or the ground truth).
+
+    CONFIG_FILE (optional): GanTrainConfig fields in YAML, TOML or JSON."""
     from m2u.training.trainer import train_gan
 
-    try:
-        config = GanTrainConfig(
-            generator=GeneratorConfig(
-                stages=int(stages),
-                segmentation_guidance=not no_segmentation_guidance,
-                channel_attention=not no_channel_attention,
-                width_multiplier=width_multiplier,
-            ),
-            adversarial_weight=adversarial_weight,
-            reconstruction_weight=reconstruction_weight,
-            perceptual_weight=perceptual_weight,
-            vgg_weights=vgg_weights,
-            mask_source=mask_source,
-            mseg_checkpoint=mseg_checkpoint,
-            **_run_kwargs(options),
-        )
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    _run(train_gan, config)
+    _run(train_gan, _checked(GAN_BINDING.build(options)))
 
 
 if __name__ == "__main__":  # torchrun -m m2u.training.cli ...

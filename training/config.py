@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 from m2u.masking.runtime import runtime_field
-from m2u.training.losses import DEFAULT_PERCEPTUAL_LAYERS, IMAGENET_BACKBONE
+from m2u.training.losses import (
+    GanLossConfig,
+    SegmentationLossConfig,
+)
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -74,10 +76,10 @@ class RunConfig:
 
 
 @dataclass
-class MSegTrainConfig(RunConfig):
+class MSegTrainConfig(SegmentationLossConfig, RunConfig):
+    """M-Seg training: the run options, the loss weights (`SegmentationLossConfig`) and the network."""
+
     model: MSegConfig = field(default_factory=MSegConfig)
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
@@ -87,16 +89,11 @@ class MSegTrainConfig(RunConfig):
 
 
 @dataclass
-class GanTrainConfig(RunConfig):
+class GanTrainConfig(GanLossConfig, RunConfig):
+    """GAN training: the run options, the paper's loss weights (`GanLossConfig`) and the two networks."""
+
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    adversarial_weight: float = 1.0  # paper eq. 1
-    reconstruction_weight: float = 100.0
-    perceptual_weight: float = 10.0
-    perceptual_layers: tuple[str, ...] = DEFAULT_PERCEPTUAL_LAYERS
-    vgg_weights: str = (
-        IMAGENET_BACKBONE  # "imagenet" (torch hub cache), a file path, or "random" (tests only)
-    )
     mask_source: str = "mseg"  # "mseg": the frozen M-Seg's prediction feeds G; "gt": the dataset's mask
     mseg_checkpoint: str | None = None  # an M-Seg model file (save_model); required with mask_source="mseg"
     mask_threshold: float = 0.5
@@ -107,19 +104,9 @@ class GanTrainConfig(RunConfig):
             self.generator = GeneratorConfig(**self.generator)
         if isinstance(self.discriminator, dict):
             self.discriminator = DiscriminatorConfig(**self.discriminator)
-        self.perceptual_layers = tuple(self.perceptual_layers)
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_source == "mseg" and not self.mseg_checkpoint:
             raise ValueError(
                 "mask_source 'mseg' needs an M-Seg checkpoint (--mseg PATH), or use --mask-source gt"
             )
-
-
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build a config dataclass from a dict (e.g. JSON), refusing unknown keys with a clear message."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} options: {unknown}")
-    return cls(**values)

@@ -1,6 +1,9 @@
 """Losses of M2UNet (paper section 3.2, equations 1-5) and of M-Seg training.
 
-Choices where the paper is vague (documented here, configurable in `m2u.training.config`):
+The weights of every term live in one place each: `GanLossConfig` (the paper's eq. 1 weights and eq. 3's
+SmoothL1/SSIM split) and `SegmentationLossConfig`; the training configs inherit them, the losses read them.
+
+Choices where the paper is vague (documented here, configurable through those configs):
 - Reconstruction (eq. 3): SmoothL1 (beta 1) on the model range [-1, 1]; SSIM on [0, 1] with data_range 1.
 - Perceptual (eq. 4): VGG19 `features` activations relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (torchvision
   indices 1, 6, 11, 20, 29), unweighted sum of SmoothL1 distances; images mapped to [0, 1] then ImageNet-normalised.
@@ -10,7 +13,8 @@ Choices where the paper is vague (documented here, configurable in `m2u.training
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +38,43 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_BACKBONE = "random"
 IMAGENET_BACKBONE = "imagenet"
+
+
+@dataclass
+class GanLossConfig:
+    """The generator's objective (paper eq. 1, 3, 4): the weights the losses read, and the perceptual backbone."""
+
+    adversarial_weight: float = 1.0  # paper eq. 1
+    reconstruction_weight: float = 100.0  # paper eq. 1
+    perceptual_weight: float = 10.0  # paper eq. 1; 0 skips the VGG backbone entirely
+    ssim_share: float = 0.5  # paper eq. 3: (1 - share) * SmoothL1 + share * (1 - SSIM)
+    perceptual_layers: tuple[str, ...] = DEFAULT_PERCEPTUAL_LAYERS
+    # "imagenet" (torch hub cache), a file path, or "random" (tests only)
+    vgg_weights: str = IMAGENET_BACKBONE
+
+    def __post_init__(self) -> None:
+        self.perceptual_layers = tuple(self.perceptual_layers)
+        for name in ("adversarial_weight", "reconstruction_weight", "perceptual_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0.0 <= self.ssim_share <= 1.0:
+            raise ValueError("ssim_share must be within [0, 1]")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass
+class SegmentationLossConfig:
+    """M-Seg's objective: BCE-with-logits + soft Dice, each with its weight."""
+
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.bce_weight < 0 or self.dice_weight < 0:
+            raise ValueError("bce_weight and dice_weight must be >= 0")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # type: ignore[misc]
 
 
 class VGGWeightsUnavailable(RuntimeError):
@@ -153,8 +194,11 @@ def lsgan_generator_loss(fake_scores: torch.Tensor, real_label: float = REAL_LAB
     return (fake_scores - real_label).pow(2).mean()
 
 
-def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, ssim_share: float = 0.5) -> torch.Tensor:
-    """Paper eq. 3: 0.5 * SmoothL1(output, target) + 0.5 * (1 - SSIM(output, target)); [-1, 1] inputs."""
+def reconstruction_loss(
+    output: torch.Tensor, target: torch.Tensor, ssim_share: float = GanLossConfig.ssim_share
+) -> torch.Tensor:
+    """Paper eq. 3: (1 - s) * SmoothL1(output, target) + s * (1 - SSIM(output, target)), s = ssim_share (0.5 in
+    the paper, `GanLossConfig.ssim_share`); [-1, 1] inputs."""
     smooth_l1 = F.smooth_l1_loss(output, target)
     structural = 1.0 - ssim(from_model_range(output), from_model_range(target), data_range=1.0)
     return (1.0 - ssim_share) * smooth_l1 + ssim_share * structural
@@ -170,11 +214,28 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0
-) -> torch.Tensor:
-    """M-Seg objective: BCE-with-logits + soft Dice."""
+    logits: torch.Tensor, target: torch.Tensor, config: SegmentationLossConfig | None = None
+) -> dict[str, torch.Tensor]:
+    """M-Seg objective: bce_weight * BCE-with-logits + dice_weight * soft Dice.
+
+    Returns the weighted total (`loss`) and its two unweighted terms (`bce`, `dice_loss`)."""
+    config = config or SegmentationLossConfig()
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    return bce_weight * bce + dice_weight * dice_loss(logits, target)
+    soft_dice = dice_loss(logits, target)
+    return {
+        "loss": config.bce_weight * bce + config.dice_weight * soft_dice,
+        "bce": bce,
+        "dice_loss": soft_dice,
+    }
+
+
+def generator_loss(terms: Mapping[str, torch.Tensor], config: GanLossConfig) -> torch.Tensor:
+    """Paper eq. 1: the weighted sum of the generator's `adversarial`, `reconstruction` and `perceptual` terms."""
+    return (
+        config.adversarial_weight * terms["adversarial"]
+        + config.reconstruction_weight * terms["reconstruction"]
+        + config.perceptual_weight * terms["perceptual"]
+    )
 
 
 @torch.no_grad()

@@ -38,12 +38,13 @@ from m2u.training.device import resolve_device
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.losses import (
     VGGPerceptualLoss,
-    dice_loss,
     dice_score,
+    generator_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
     pixel_accuracy,
     reconstruction_loss,
+    segmentation_loss,
 )
 from m2u.training.models import CARU2Net, MSeg, PatchDiscriminator
 from m2u.training.ssim import psnr, ssim
@@ -291,18 +292,11 @@ class MSegTask(TrainingTask):
         target = self.to_device(batch["mask"])
         with self.autocast():
             logits = self.wrapped["mseg"](masked)
-        logits = logits.float()
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
-        soft_dice = dice_loss(logits, target)
-        loss = self.config.bce_weight * bce + self.config.dice_weight * soft_dice
-        self.check_finite(step, {"loss": loss})
-        self.optimise("mseg", loss)
+        terms = segmentation_loss(logits.float(), target, self.config)
+        self.check_finite(step, {"loss": terms["loss"]})
+        self.optimise("mseg", terms["loss"])
         self.end_step()
-        return {
-            "loss": float(loss.detach()),
-            "bce": float(bce.detach()),
-            "dice_loss": float(soft_dice.detach()),
-        }
+        return {name: float(value.detach()) for name, value in terms.items()}
 
     @torch.no_grad()
     def predict(self, masked01: torch.Tensor) -> torch.Tensor:
@@ -378,19 +372,16 @@ class GanTask(TrainingTask):
         self.check_finite(step, {"d_loss": d_loss})
         self.optimise("discriminator", d_loss)
 
-        # Generator step (eq. 1): 1 adversarial + 100 reconstruction + 10 perceptual (configurable).
+        # Generator step (eq. 1): the weighted sum with the paper's weights (GanLossConfig, configurable).
         with self.autocast():
             generated_scores = discriminator(fake)
             perceptual = self.perceptual(fake, real) if self.perceptual is not None else None
         fake32 = fake.float()
         adversarial = lsgan_generator_loss(generated_scores.float())
-        reconstruction = reconstruction_loss(fake32, real)
+        reconstruction = reconstruction_loss(fake32, real, self.config.ssim_share)
         perceptual = perceptual.float() if perceptual is not None else torch.zeros((), device=self.device)
-        g_loss = (
-            self.config.adversarial_weight * adversarial
-            + self.config.reconstruction_weight * reconstruction
-            + self.config.perceptual_weight * perceptual
-        )
+        terms = {"adversarial": adversarial, "reconstruction": reconstruction, "perceptual": perceptual}
+        g_loss = generator_loss(terms, self.config)
         self.check_finite(step, {"g_loss": g_loss})
         self.optimise("generator", g_loss)
         # The generator's backward also filled D's gradients: they are not D's objective, drop them.

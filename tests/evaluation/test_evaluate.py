@@ -175,6 +175,36 @@ def test_eval_cli_reports_unavailable_metrics_and_bad_checkpoints(tiny_dataset, 
     assert "not an M-Seg model" in swapped.output
 
 
+def test_eval_cli_takes_a_config_file_and_set_overrides_and_names_a_bad_key(
+    tiny_dataset, tiny_checkpoints, tmp_path
+):
+    mseg_path, gen_path = tiny_checkpoints
+    config_file = tmp_path / "eval.toml"
+    config_file.write_text(
+        'split = "test"\nmax_samples = 2\nprogress = false\nlatency_repeats = 1\npaper_size_cost = false\n'
+        'baseline_mask = "both"\ngrid_rows = 0\n'
+        "[metrics]\nenable_lpips = false\nenable_fid = false\nenable_identity = false\n"
+        "[baseline]\nradius = 5.0\n"
+    )
+    models = ["--mseg", str(mseg_path), "--generator", str(gen_path)]
+    runner = CliRunner()
+    out = tmp_path / "r"
+    args = [str(config_file), "--data", str(tiny_dataset), *models, "-o", str(out)]
+    # the file asks for both masks; an option on the command line wins, --set wins over both
+    result = runner.invoke(eval_main, [*args, "--baseline-mask", "predicted", "--set", "baseline.radius=2.5"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["n_samples"] == 2 and report["baseline_mask"] == "predicted"
+    assert report["config"]["baseline"]["radius"] == 2.5
+    assert "telea" in report["rows"] and "telea_gt_mask" not in report["rows"]
+    assert not (out / "grid.png").exists()  # grid_rows = 0 from the file
+    bad = runner.invoke(eval_main, [*args[:-1], str(tmp_path / "b"), "--set", "metrics.lpips.nett=vgg16"])
+    assert bad.exit_code == 2 and "'metrics.lpips.nett'" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "b").exists()
+    malformed = runner.invoke(eval_main, [*args[:-1], str(tmp_path / "c"), "--set", "grid_rows"])
+    assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
+
+
 def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
     mseg_path, _ = tiny_checkpoints  # the generator's export is checked in test_baselines_export.py
     runner = CliRunner()

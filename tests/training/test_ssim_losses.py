@@ -160,3 +160,36 @@ def test_perceptual_loss_without_weights_fails_clearly(tmp_path, monkeypatch):
         VGGPerceptualLoss(str(tmp_path / "missing.pth"))
     random_backbone = VGGPerceptualLoss("random", layers=("relu1_1", "relu2_1"))
     assert math.isfinite(random_backbone(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)).item())
+
+
+def test_the_paper_loss_weights_live_in_one_config_the_losses_read():
+    from m2u.training.config import GanTrainConfig, MSegTrainConfig
+    from m2u.training.losses import (
+        GanLossConfig,
+        SegmentationLossConfig,
+        generator_loss,
+        segmentation_loss,
+    )
+
+    paper = GanLossConfig()
+    assert (paper.adversarial_weight, paper.reconstruction_weight, paper.perceptual_weight) == (1, 100, 10)
+    assert paper.ssim_share == 0.5
+    assert isinstance(GanTrainConfig(mask_source="gt"), GanLossConfig)  # the trainer's config is that config
+    assert isinstance(MSegTrainConfig(), SegmentationLossConfig)
+    terms = {
+        "adversarial": torch.tensor(2.0),
+        "reconstruction": torch.tensor(3.0),
+        "perceptual": torch.tensor(5.0),
+    }
+    assert generator_loss(terms, paper).item() == pytest.approx(2 + 300 + 50)
+    custom = GanLossConfig(adversarial_weight=0.0, reconstruction_weight=1.0, perceptual_weight=2.0)
+    assert generator_loss(terms, custom).item() == pytest.approx(3 + 10)
+    with pytest.raises(ValueError, match="perceptual_weight"):
+        GanLossConfig(perceptual_weight=-1)
+
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    out = segmentation_loss(logits, target, SegmentationLossConfig(bce_weight=2.0, dice_weight=3.0))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert out["bce"].item() == pytest.approx(bce.item())
+    assert out["loss"].item() == pytest.approx(2 * bce.item() + 3 * out["dice_loss"].item())

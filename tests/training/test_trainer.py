@@ -255,3 +255,40 @@ def test_torchrun_launches_the_cli_on_two_cpu_processes(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3 and metrics["stop_reason"] == "max_steps"
     assert (tmp_path / "run" / "generator.safetensors").exists()
+
+
+def test_cli_takes_a_config_file_and_set_overrides_and_names_a_bad_key(tmp_path):
+    from m2u.datasets import write_synthetic_dataset
+
+    data_dir = tmp_path / "data"
+    write_synthetic_dataset(data_dir, 8, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    config_file = tmp_path / "mseg.yaml"
+    config_file.write_text(
+        f"data: {data_dir}\nbatch_size: 2\nmax_steps: 3\nnum_workers: 0\nprogress: false\nevaluate_test: false\n"
+        "model: {base_channels: 4, levels: 3}\noptimizer: {decay: 0.5}\n"
+    )
+    runner = CliRunner()
+    out = tmp_path / "run"
+    # precedence: file < options given on the command line < --set
+    args = ["mseg", str(config_file), "-o", str(out), "--max-steps", "2", "--set", "model.base_channels=2"]
+    result = runner.invoke(train_main, [*args, "--set", "seed=7"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["max_steps"] == 2 and saved["seed"] == 7 and saved["batch_size"] == 2
+    assert saved["model"]["base_channels"] == 2 and saved["model"]["levels"] == 3
+    assert saved["optimizer"]["decay"] == 0.5 and saved["optimizer"]["learning_rate"] == 1e-3
+    assert load_model(out / "mseg.safetensors").config.base_channels == 2
+
+    bad_set = runner.invoke(
+        train_main, ["mseg", str(config_file), "-o", str(tmp_path / "b"), "--set", "model.widht=3"]
+    )
+    assert bad_set.exit_code == 2 and "'model.widht'" in bad_set.output and "Traceback" not in bad_set.output
+    config_file.write_text(f"data: {data_dir}\nbatchsize: 2\n")
+    bad_file = runner.invoke(train_main, ["mseg", str(config_file), "-o", str(tmp_path / "c")])
+    assert bad_file.exit_code == 2 and "'batchsize'" in bad_file.output
+    config_file.write_text("base: &b 1\nseed: *b\n")
+    alias = runner.invoke(train_main, ["mseg", str(config_file), "-o", str(tmp_path / "d")])
+    assert alias.exit_code == 2 and "aliases" in alias.output
+    no_data = runner.invoke(train_main, ["mseg", "-o", str(tmp_path / "e")])
+    assert no_data.exit_code == 2 and "--data" in no_data.output
+    assert not any((tmp_path / name).exists() for name in "bcde")

@@ -1,4 +1,9 @@
-"""m2u-eval: a thin Click layer over `m2u.training.evaluation.evaluate`."""
+"""m2u-eval: a thin Click layer over `m2u.training.evaluation.evaluate`.
+
+m2u-eval [CONFIG_FILE] --data OUT --mseg M --generator G -o REPORT [--set metrics.enable_fid=false ...]
+CONFIG_FILE (YAML, TOML or JSON) holds EvaluateConfig fields (nested ones as mappings); options given on the
+command line override it, `--set` overrides both. Every option's default is EvaluateConfig's.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,66 @@ from pathlib import Path
 
 import click
 
-from m2u.training.cliutil import model_file_options, user_errors
+from m2u.training.cliutil import ConfigBinding, config_file_options, model_file_options, user_errors
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig
-from m2u.training.evaluation.fid import FIDConfig
+from m2u.training.evaluation.evaluate import BASELINE_MASKS, EvaluateConfig
 from m2u.training.evaluation.identity import IdentityConfig
 from m2u.training.evaluation.lpips import LPIPSConfig
-from m2u.training.evaluation.suite import MetricsConfig
+
+EVAL_BINDING = ConfigBinding(
+    EvaluateConfig,
+    {
+        "threshold": "mask_threshold",
+        "inpaint_radius": "baseline.radius",
+        "lpips_net": "metrics.lpips.net",
+        "lpips_trunk_weights": "metrics.lpips.trunk_weights",
+        "lpips_head_weights": "metrics.lpips.head_weights",
+        "no_download": "!metrics.lpips.allow_download",
+        "fid_weights": "metrics.fid.weights_path",
+        "identity_box": "metrics.identity.box",
+        "no_lpips": "!metrics.enable_lpips",
+        "no_fid": "!metrics.enable_fid",
+        "no_identity": "!metrics.enable_identity",
+        "skip_paper_size_cost": "!paper_size_cost",
+        "quiet": "!progress",
+    },
+    other=frozenset({"data", "mseg_path", "generator_path", "out_dir"}),
+)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@config_file_options
 @click.option(
     "--data", required=True, type=click.Path(exists=True), help="Dataset folder (m2u-make-dataset output)."
 )
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option(
+    "--split", default=EvaluateConfig.split, show_default=True, type=click.Choice(["train", "val", "test"])
+)
 @model_file_options
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder."
 )
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option(
-    "--max-samples", default=None, type=click.IntRange(min=1), help="Evaluate only the first N samples."
+    "--batch-size", default=EvaluateConfig.batch_size, show_default=True, type=click.IntRange(min=1)
+)
+@click.option(
+    "--num-workers",
+    "--workers",
+    "num_workers",
+    default=EvaluateConfig.num_workers,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Data-loading worker processes; 0 = load in this process (no worker processes).",
+)
+@click.option(
+    "--max-samples",
+    default=EvaluateConfig.max_samples,
+    type=click.IntRange(min=1),
+    help="Evaluate only the first N samples.",
 )
 @click.option(
     "--threshold",
-    default=0.5,
+    default=EvaluateConfig.mask_threshold,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="M-Seg mask threshold.",
@@ -39,14 +79,17 @@ from m2u.training.evaluation.suite import MetricsConfig
     "--baseline",
     "baselines",
     multiple=True,
+    default=EvaluateConfig.baselines,
+    show_default=True,
     type=click.Choice(sorted(BASELINES)),
-    help="Baselines to run (default: all).",
+    help="Baselines to run; repeatable.",
 )
 @click.option(
     "--baseline-mask",
-    default="predicted",
+    default=EvaluateConfig.baseline_mask,
     show_default=True,
-    type=click.Choice(["predicted", "ground_truth"]),
+    type=click.Choice(BASELINE_MASKS),
+    help="Masks the inpainting baselines get: M-Seg's prediction, the ground truth, or both (two rows each).",
 )
 @click.option("--inpaint-radius", default=BaselineConfig.radius, show_default=True, type=float)
 @click.option("--lpips-net", default=LPIPSConfig.net, show_default=True, type=click.Choice(["alex", "vgg16"]))
@@ -70,48 +113,24 @@ from m2u.training.evaluation.suite import MetricsConfig
 @click.option("--no-lpips", is_flag=True)
 @click.option("--no-fid", is_flag=True)
 @click.option("--no-identity", is_flag=True)
-@click.option("--grid-rows", default=8, show_default=True, type=click.IntRange(min=0))
-@click.option("--latency-repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--grid-rows", default=EvaluateConfig.grid_rows, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--latency-repeats", default=EvaluateConfig.latency_repeats, show_default=True, type=click.IntRange(min=1)
+)
 @click.option(
     "--skip-paper-size-cost", is_flag=True, help="Do not count MACs at 256x256 (one slow forward pass)."
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option(
+    "--device", default=EvaluateConfig.device, show_default=True, help="auto, cpu, cuda, cuda:1 ..."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(**kw) -> None:
     """Evaluate M-Seg + CARU2-Net on a dataset split, with OpenCV baselines; write REPORT/metrics.json,
     metrics.md, grid.png and index.html."""
-    from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
+    from m2u.training.evaluation.evaluate import evaluate
 
-    metrics = MetricsConfig(
-        lpips=LPIPSConfig(
-            net=kw["lpips_net"],
-            trunk_weights=kw["lpips_trunk_weights"],
-            head_weights=kw["lpips_head_weights"],
-            allow_download=not kw["no_download"],
-        ),
-        fid=FIDConfig(weights_path=kw["fid_weights"]),
-        identity=IdentityConfig(box=kw["identity_box"]),
-        enable_lpips=not kw["no_lpips"],
-        enable_fid=not kw["no_fid"],
-        enable_identity=not kw["no_identity"],
-    )
+    config = EVAL_BINDING.build(kw)
     try:
-        config = EvaluateConfig(
-            split=kw["split"],
-            batch_size=kw["batch_size"],
-            num_workers=kw["num_workers"],
-            max_samples=kw["max_samples"],
-            mask_threshold=kw["threshold"],
-            baselines=tuple(kw["baselines"]) or EvaluateConfig.baselines,
-            baseline=BaselineConfig(radius=kw["inpaint_radius"]),
-            baseline_mask=kw["baseline_mask"],
-            metrics=metrics,
-            grid_rows=kw["grid_rows"],
-            latency_repeats=kw["latency_repeats"],
-            paper_size_cost=not kw["skip_paper_size_cost"],
-            device=kw["device"],
-            progress=not kw["quiet"],
-        )
         report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc

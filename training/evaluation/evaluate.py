@@ -52,7 +52,6 @@ __all__ = [
     "write_report",
 ]
 
-MODEL_ROWS = ("m2u_raw", "m2u_composite")
 BASELINE_MASKS = ("predicted", "ground_truth", "both")
 
 

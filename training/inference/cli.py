@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from m2u.training.cliutil import model_file_options, user_errors
+from m2u.training.inference.export import ExportConfig
+from m2u.training.inference.unmask import UnmaskConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,28 +25,43 @@ from m2u.training.cliutil import model_file_options, user_errors
     help="Aligned crop size: the --size the models were trained on (default: 256, the paper's).",
 )
 @click.option(
-    "--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True)
+    "--threshold",
+    "mask_threshold",
+    default=UnmaskConfig.mask_threshold,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
 )
 @click.option(
-    "--feather", default=None, type=click.FloatRange(min=0), help="Feathered edge, fraction of the crop size."
+    "--feather",
+    default=UnmaskConfig.feather,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Feathered edge, fraction of the crop size.",
 )
 @click.option(
     "--keep-crops", is_flag=True, help="Also write the aligned crops (input, predicted mask, restored)."
 )
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn"]))
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--detector",
+    "detector_model",
+    default=UnmaskConfig.detector_model,
+    show_default=True,
+    type=click.Choice(["hog", "cnn"]),
+)
+@click.option("--device", default=UnmaskConfig.device, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
     (one row per file: status and reason)."""
-    from m2u.training.inference.unmask import UnmaskConfig, unmask_files
+    from m2u.training.inference.unmask import unmask_files
 
-    overrides = {k: v for k, v in (("crop_size", kw["size"]), ("feather", kw["feather"])) if v is not None}
+    overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
     try:
         config = UnmaskConfig(
-            mask_threshold=kw["threshold"],
+            mask_threshold=kw["mask_threshold"],
+            feather=kw["feather"],
             keep_crops=kw["keep_crops"],
-            detector_model=kw["detector"],
+            detector_model=kw["detector_model"],
             device=kw["device"],
             progress=not kw["quiet"],
             **overrides,
@@ -82,18 +99,20 @@ def export_main() -> None:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option(
     "--image-size",
-    default=256,
+    default=ExportConfig.image_size,
     show_default=True,
     type=click.IntRange(min=16),
     help="Size of the tracing input.",
 )
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=11))
-@click.option("--atol", default=1e-4, show_default=True, type=float, help="Accepted |onnxruntime - torch|.")
+@click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=11))
+@click.option(
+    "--atol", default=ExportConfig.atol, show_default=True, type=float, help="Accepted |onnxruntime - torch|."
+)
 @click.option("--static-shape", is_flag=True, help="Fix batch, height and width to the tracing input.")
 def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol, static_shape) -> None:
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime."""
     from m2u.training.checkpoint import load_model
-    from m2u.training.inference.export import ExportConfig, export_onnx
+    from m2u.training.inference.export import export_onnx
 
     if not mseg_path and not generator_path:
         raise click.UsageError("give --mseg and/or --generator")

@@ -7,6 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def encode_pyramid(h: torch.Tensor, encoders: nn.ModuleList) -> list[torch.Tensor]:
+    """The U-Net encoder path: each encoder on the previous level, 2x max-pooled (ceil) from the second level on;
+    returns every level's output (the skips, the deepest last)."""
+    skips = []
+    for index, encoder in enumerate(encoders):
+        if index > 0:
+            h = F.max_pool2d(h, 2, stride=2, ceil_mode=True)
+        h = encoder(h)
+        skips.append(h)
+    return skips
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-and-excitation channel attention: global average pool -> bottleneck MLP -> sigmoid gate."""
 
@@ -91,14 +103,8 @@ class CARU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_in = self.input_layer(x)
-        skips = []
-        h = x_in
-        for index, encoder in enumerate(self.encoders):
-            if index > 0:
-                h = F.max_pool2d(h, 2, stride=2, ceil_mode=True)
-            h = encoder(h)
-            skips.append(h)
-        h = self.centre(h)
+        skips = encode_pyramid(x_in, self.encoders)
+        h = self.centre(skips[-1])
         for index, decoder in enumerate(self.decoders):
             skip = skips[-1 - index]
             if h.shape[-2:] != skip.shape[-2:]:

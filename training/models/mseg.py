@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2u.training.models.blocks import encode_pyramid
+
 
 @dataclass
 class MSegConfig:
@@ -90,13 +92,8 @@ class MSeg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"M-Seg expects (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        skips = []
-        h = x
-        for index, encoder in enumerate(self.encoders):
-            if index > 0:
-                h = F.max_pool2d(h, 2, stride=2, ceil_mode=True)
-            h = encoder(h)
-            skips.append(h)
+        skips = encode_pyramid(x, self.encoders)
+        h = skips[-1]
         for index, decoder in enumerate(self.decoders):
             skip = skips[-2 - index]
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,45 @@
+"""The one atomic writer and the versions record (m2u.masking.fileio)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from m2u.masking.fileio import atomic_write, atomic_write_bytes, atomic_write_text, library_versions
+
+
+def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "out.json"  # the parent folder is created
+    atomic_write_text(target, "first")
+    atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_failing_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"finished work")
+    seen = []
+
+    def half_then_fail(temp: str) -> None:
+        seen.append(temp)
+        with open(temp, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"finished work"
+    assert os.path.basename(seen[0]).startswith(".out.bin.") and seen[0].endswith(".tmp")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_library_versions_records_missing_packages_instead_of_dropping_them():
+    versions = library_versions(["numpy", "no-such-package-m2u"], platform_info=True)
+    assert versions["no-such-package-m2u"] == "not installed"
+    assert versions["numpy"][0].isdigit()
+    assert {"python", "machine", "system"} <= set(versions)

@@ -1,0 +1,161 @@
+"""Config files and `--set KEY=VALUE` overrides for every command that takes a configuration dataclass.
+
+One syntax everywhere (m2u-train, m2u-eval, m2u-pipeline): a config file is a YAML (YAML aliases refused),
+TOML or JSON mapping of option names to values, nested dataclasses as nested mappings; `--set a.b=VALUE` sets
+one option by its dotted path, the value read as a YAML scalar (`10`, `0.5`, `true`, `null`, `[1, 2]`).
+Unknown keys are refused with an error that names the key (its dotted path) and the keys known there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the configuration dataclass."""
+
+
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, anchor: str, line: int):
+        super().__init__(f"line {line}: YAML aliases (*{anchor}) are not accepted; write the value out")
+        self.line = line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without anchors/aliases: a config is plain data (and alias bombs cannot expand)."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a .yaml/.yml, .toml or .json file; ConfigError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from error
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = _load_yaml(text) or {}
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: config files are {', '.join(CONFIG_SUFFIXES)}")
+    except _AliasRefused as error:
+        raise ConfigError(f"{path}, {error}") from error
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is not valid: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of option names to values")
+    return data
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["gan.max_steps=10", "seed=1"]` → {"gan": {"max_steps": 10}, "seed": 1}; values are YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or not all(parts):
+            raise ConfigError(
+                f"--set {item!r} is not KEY=VALUE (KEY a dotted option name, e.g. gan.max_steps=10)"
+            )
+        try:
+            value = _load_yaml(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: cannot read the value {raw!r} ({error})") from error
+        node = tree
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is already set to a value")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def merge_overrides(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nested mappings merged left to right (later layers win, key by key)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+                merged[key] = merge_overrides(merged[key], value)
+            else:
+                merged[key] = dict(value) if isinstance(value, Mapping) else value
+    return merged
+
+
+def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> set[str]:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown option {where + str(key)!r}; known here: {sorted(names)}")
+    return names
+
+
+def _nested_class(cls: type, name: str) -> type | None:
+    hint = typing.get_type_hints(cls).get(name)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def config_from_dict(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+    """Build the dataclass `cls` (nested dataclasses from nested mappings); unknown keys are refused.
+
+    A value the dataclass rejects (its own validation) fails with ConfigError naming where it was."""
+    _check_keys(cls, values, where)
+    kwargs = {}
+    for key, value in values.items():
+        nested = _nested_class(cls, key)
+        if nested is not None and isinstance(value, Mapping):
+            value = config_from_dict(nested, value, where=f"{where}{key}.")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"invalid value under {where.rstrip('.') or 'the top level'}: {error}") from error
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any], where: str = "") -> Any:
+    """A copy of the dataclass `config` with `overrides` applied (recursively), unknown keys refused.
+
+    dataclasses.replace re-runs each dataclass's own validation, so a bad value fails with that class's message.
+    """
+    _check_keys(type(config), overrides, where)
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            value = apply_overrides(current, value, where=f"{where}{key}.")
+        changes[key] = value
+    try:
+        return dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"invalid value under {where.rstrip('.') or 'the top level'}: {error}") from error
