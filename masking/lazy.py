@@ -1,6 +1,6 @@
 """Lazy public surfaces: a package lists `name -> submodule` and imports the submodule on first use (PEP 562).
 
-`import m2u.training` then costs nothing until a name is used, and `from m2u.masking import apply_mask` loads
+Importing a package then costs nothing until a name is used, and `from m2u.masking import apply_mask` loads
 only what apply_mask needs.
 """
 

@@ -1,0 +1,71 @@
+"""Config files and --set overrides (m2u.training.configfile): the one syntax of m2u-train, m2u-eval, m2u-pipeline."""
+
+from __future__ import annotations
+
+import pytest
+
+from m2u.training.config import GanTrainConfig, MSegTrainConfig
+from m2u.training.configfile import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    merge_overrides,
+    parse_overrides,
+    read_config_file,
+)
+
+
+def test_set_values_are_yaml_scalars_in_a_dotted_tree():
+    tree = parse_overrides(["gan.max_steps=10", "gan.generator.stages=3", "seed=1", "name=a=b", "flag=false"])
+    assert tree == {
+        "gan": {"max_steps": 10, "generator": {"stages": 3}},
+        "seed": 1,
+        "name": "a=b",
+        "flag": False,
+    }
+    for bad in ("max_steps", "=3", "gan..x=1"):
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
+            parse_overrides([bad])
+    with pytest.raises(ConfigError, match="gan is already set"):
+        parse_overrides(["gan=1", "gan.max_steps=2"])
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("c.yaml", "max_steps: 4\nmodel:\n  levels: 3\n"),
+        ("c.toml", "max_steps = 4\n[model]\nlevels = 3\n"),
+        ("c.json", '{"max_steps": 4, "model": {"levels": 3}}'),
+    ],
+)
+def test_the_three_file_formats_give_the_same_config(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    config = config_from_dict(MSegTrainConfig, read_config_file(path))
+    assert config.max_steps == 4 and config.model.levels == 3 and config.model.base_channels == 16
+
+
+def test_bad_files_and_keys_are_named(tmp_path):
+    aliased = tmp_path / "a.yaml"
+    aliased.write_text("base: &b {levels: 3}\nmodel: *b\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml.*aliases"):
+        read_config_file(aliased)
+    listed = tmp_path / "l.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_config_file(listed)
+    other = tmp_path / "c.ini"
+    other.write_text("x")
+    with pytest.raises(ConfigError, match=r"\.yaml, \.yml, \.toml, \.json"):
+        read_config_file(other)
+    with pytest.raises(ConfigError, match=r"'model\.widht'"):
+        config_from_dict(MSegTrainConfig, {"model": {"widht": 3}})
+    with pytest.raises(ConfigError, match="precision"):
+        config_from_dict(MSegTrainConfig, {"precision": "fp8"})
+    with pytest.raises(ConfigError, match=r"'generator\.stagez'"):
+        apply_overrides(GanTrainConfig(mask_source="gt"), {"generator": {"stagez": 3}})
+
+
+def test_layers_merge_key_by_key():
+    merged = merge_overrides({"a": 1, "m": {"x": 1, "y": 2}}, None, {"m": {"y": 3}}, {"b": 2})
+    assert merged == {"a": 1, "m": {"x": 1, "y": 3}, "b": 2}
