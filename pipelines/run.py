@@ -96,6 +96,23 @@ def _stage_config(config: PipelineConfig, name: str) -> Any:
     return getattr(config, name)
 
 
+def check_stage_weights(config: PipelineConfig, until: str) -> None:
+    """Pre-flight: every pretrained network a stage up to `until` needs, loaded before the first stage starts
+    (the GAN's VGG19 would otherwise be found missing only after M-Seg has trained). Evaluation metrics whose
+    weights are missing are reported as unavailable by that stage, not refused."""
+    from m2u.training.losses import RANDOM_BACKBONE, VGGPerceptualLoss, VGGWeightsUnavailable
+
+    gan = config.gan
+    if STAGES.index(until) < STAGES.index("gan") or gan.perceptual_weight <= 0:
+        return
+    if gan.vgg_weights == RANDOM_BACKBONE:
+        return
+    try:
+        VGGPerceptualLoss(gan.vgg_weights, gan.perceptual_layers)  # the same load the gan stage does
+    except VGGWeightsUnavailable as error:
+        raise PipelineError(f"the gan stage cannot run (checked before any stage started): {error}") from None
+
+
 def run_pipeline(
     config: PipelineConfig,
     run_dir: str | Path,
@@ -118,6 +135,7 @@ def run_pipeline(
     missing = [face for face in config.faces if not Path(face).exists() and not glob.glob(face)]
     if missing:
         raise PipelineError(f"face inputs not found: {', '.join(missing)}")
+    check_stage_weights(config, until)
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
