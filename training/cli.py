@@ -38,7 +38,7 @@ def _run_options(function: Callable) -> Callable:
             "--milestones",
             default=",".join(str(m) for m in _optimizer_defaults.milestones),
             show_default=True,
-            help="Iterations where the learning rate is multiplied by --lr-decay (comma-separated).",
+            help="Iterations (one process) where the LR is multiplied by --lr-decay (comma-separated); divided by the DDP world size.",
         ),
         click.option("--lr-decay", default=_optimizer_defaults.decay, show_default=True, type=float),
         click.option("--val-every", default=_defaults.val_every, show_default=True, type=click.IntRange(0)),
