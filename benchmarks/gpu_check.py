@@ -561,12 +561,9 @@ def run_children(names: list[str], plan: dict[str, Any], plan_path: Path, limit:
     return results
 
 
-def step_ddp(plan: dict[str, Any], plan_path: Path, limit: float, gpus: int) -> dict[str, Any]:
-    """The README's torchrun command on every visible GPU (2 CPU processes, gloo, in the dry run)."""
+def _ddp_command(plan: dict[str, Any], world: int, run_dir: Path) -> list[str]:
+    """The README's torchrun command, at the check's size."""
     work = Path(plan["work"])
-    world = 2 if plan["dry_run"] else max(1, gpus)
-    run_dir = work / "runs" / "ddp"
-    shutil.rmtree(run_dir, ignore_errors=True)
     torchrun = Path(sys.executable).with_name("torchrun")
     models = _model_configs(plan)
     command = [str(torchrun), "--standalone", "--nproc_per_node", str(world), "-m", "m2u.training.cli", "gan"]
@@ -594,6 +591,16 @@ def step_ddp(plan: dict[str, Any], plan_path: Path, limit: float, gpus: int) -> 
         command += ["--width-multiplier", str(models["generator"].width_multiplier), "--stages", "3"]
     else:
         command += ["--precision", "bf16", "--channels-last"]
+    return command
+
+
+def step_ddp(plan: dict[str, Any], plan_path: Path, limit: float, gpus: int) -> dict[str, Any]:
+    """The README's torchrun command on every visible GPU (2 CPU processes, gloo, in the dry run)."""
+    work = Path(plan["work"])
+    world = 2 if plan["dry_run"] else max(1, gpus)
+    run_dir = work / "runs" / "ddp"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = _ddp_command(plan, world, run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = time.monotonic()
     run = _run_limited(command, limit, work / "ddp.log", env)

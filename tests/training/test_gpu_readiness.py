@@ -106,7 +106,7 @@ def test_one_process_keeps_the_configured_milestones():
 
 
 # ------------------------------------------------------------------------------------------ D frozen in the G step
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step()`")
+@pytest.mark.filterwarnings("ignore:Seems like .optimizer.step")
 def test_generator_step_neither_computes_nor_keeps_discriminator_gradients(tmp_path):
     seed_everything(0)
     config = training_ddp_worker.tiny_gan_config(tmp_path)
