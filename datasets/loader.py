@@ -47,7 +47,8 @@ Members are grouped by key as webdataset does; with ``--image-format png`` (or `
 ``webdataset.WebDataset(sorted(glob.glob("OUT/train/*.tar")), shardshuffle=False).decode("rgb")``.
 
 Workers send uint8 batches (a quarter of float32's bytes through shared memory); the float conversion happens in
-the process that iterates the loader, on ``LoaderConfig.device`` when set.
+the process that iterates the loader, on ``LoaderConfig.device`` when set (or later, by the consumer, with
+``as_uint8=True``: the trainer's CUDA path). ``persistent_workers=True`` keeps the workers between epochs.
 """
 
 from __future__ import annotations
