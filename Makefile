@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.m2u-installed
 FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# On a CUDA machine: every GPU path of m2u in at most 8 minutes -> benchmarks/results/gpu_check.json (+ .md).
+# Without CUDA it says so and stops; `$(BIN)/python benchmarks/gpu_check.py --dry-run` runs it on CPU.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs out

@@ -47,7 +47,8 @@ Members are grouped by key as webdataset does; with ``--image-format png`` (or `
 ``webdataset.WebDataset(sorted(glob.glob("OUT/train/*.tar")), shardshuffle=False).decode("rgb")``.
 
 Workers send uint8 batches (a quarter of float32's bytes through shared memory); the float conversion happens in
-the process that iterates the loader, on ``LoaderConfig.device`` when set.
+the process that iterates the loader, on ``LoaderConfig.device`` when set (or later, by the consumer, with
+``as_uint8=True``: the trainer's CUDA path). ``persistent_workers=True`` keeps the workers between epochs.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class LoaderConfig:
     split_by: str = "auto"  # "shard", "sample" or "auto" (see the module docstring)
     pin_memory: bool = False
     prefetch_factor: int = 2
+    # Keep the workers alive between epochs (they read the epoch number from shared memory).
+    persistent_workers: bool = False
+    # Yield the raw uint8 batches (images 0..255, mask 0/1; see ``to_float_batch``) for conversion elsewhere,
+    # e.g. on the GPU after a pinned copy.
+    as_uint8: bool = False
     # Where batches are converted to float32 (e.g. "cuda"): uint8 is moved first, 4x fewer bytes.
     device: str | None = None
     # None: taken from torch.distributed when initialised, else from RANK / WORLD_SIZE, else 0 / 1.
@@ -238,12 +244,17 @@ class PairedShardDataset(IterableDataset):
         self.shards = list(shards)
         self.config = config
         self.expected_counts = dict(expected_counts or {})
-        self.epoch = 0
+        # Shared memory: persistent DataLoader workers see the epoch the main process sets.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rank_world: tuple[int, int] | None = None
         self._skipped: list[str] = []  # what this iterator left out since its last batch
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch[0] = int(epoch)
 
     def bind_distributed(self) -> None:
         """Read rank and world size now, in the main process: DataLoader workers do not see torch.distributed's
@@ -447,6 +458,7 @@ class PairedLoader:
         self.epoch = 0
         # Under on_error="skip": what the current (last) epoch left out, one message per shard or sample.
         self.skipped: list[str] = []
+        self._loader: DataLoader | None = None  # kept between epochs with persistent_workers
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -456,26 +468,28 @@ class PairedLoader:
         self.dataset.bind_distributed()
         self.epoch += 1
         workers = self.config.num_workers
-        if workers > 0:
-            # The workers are forked below and set OpenCV's thread count: safe only with no pool running here.
-            stop_opencv_threads()
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,  # the dataset batches inside each worker
-            num_workers=workers,
-            pin_memory=self.config.pin_memory,
-            prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
-            persistent_workers=False,  # workers must see the new epoch number
-        )
+        persistent = self.config.persistent_workers and workers > 0
+        if self._loader is None or not persistent:
+            if workers > 0:
+                # The workers are forked below and set OpenCV's thread count: safe only with no pool running here.
+                stop_opencv_threads()
+            self._loader = DataLoader(
+                self.dataset,
+                batch_size=None,  # the dataset batches inside each worker
+                num_workers=workers,
+                pin_memory=self.config.pin_memory,
+                prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
+                persistent_workers=persistent,
+            )
         self.skipped = []
-        return self._batches(loader)
+        return self._batches(self._loader)
 
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         device = self.config.device
         for raw in loader:
             self.skipped.extend(raw.pop(SKIPPED_FIELD, []))
             if raw["key"]:
-                yield to_float_batch(raw, device)
+                yield raw if self.config.as_uint8 else to_float_batch(raw, device)
 
 
 def make_loader(

@@ -86,6 +86,23 @@ def _stage_config(config: PipelineConfig, name: str) -> Any:
     return getattr(config, name)
 
 
+def check_stage_weights(config: PipelineConfig, until: str) -> None:
+    """Pre-flight: every pretrained network a stage up to `until` needs, loaded before the first stage starts
+    (the GAN's VGG19 would otherwise be found missing only after M-Seg has trained). Evaluation metrics whose
+    weights are missing are reported as unavailable by that stage, not refused."""
+    from m2u.training.losses import RANDOM_BACKBONE, VGGPerceptualLoss, VGGWeightsUnavailable
+
+    gan = config.gan
+    if STAGES.index(until) < STAGES.index("gan") or gan.perceptual_weight <= 0:
+        return
+    if gan.vgg_weights == RANDOM_BACKBONE:
+        return
+    try:
+        VGGPerceptualLoss(gan.vgg_weights, gan.perceptual_layers)  # the same load the gan stage does
+    except VGGWeightsUnavailable as error:
+        raise PipelineError(f"the gan stage cannot run (checked before any stage started): {error}") from None
+
+
 def _check_inputs(config: PipelineConfig, until: str) -> None:
     if until not in STAGES:
         raise PipelineError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
@@ -96,6 +113,7 @@ def _check_inputs(config: PipelineConfig, until: str) -> None:
     missing = [face for face in config.faces if not Path(face).exists() and not glob.glob(face)]
     if missing:
         raise PipelineError(f"face inputs not found: {', '.join(missing)}")
+    check_stage_weights(config, until)
 
 
 def _stage_actions(

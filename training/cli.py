@@ -100,7 +100,8 @@ def _run_options(function: Callable) -> Callable:
             default=",".join(str(m) for m in OptimizerConfig.milestones),
             show_default=True,
             callback=_milestones,
-            help="Iterations where the learning rate is multiplied by --lr-decay (comma-separated).",
+            help="Iterations (one process) where the LR is multiplied by --lr-decay (comma-separated); "
+            "divided by the DDP world size.",
         ),
         click.option("--lr-decay", "decay", default=OptimizerConfig.decay, show_default=True, type=float),
         click.option("--val-every", default=RunConfig.val_every, show_default=True, type=click.IntRange(0)),

@@ -20,7 +20,8 @@ MASK_SOURCES = ("mseg", "gt")
 class OptimizerConfig:
     learning_rate: float = 1e-3  # Adam, paper 4.1
     betas: tuple[float, float] = (0.9, 0.999)  # not stated in the paper: PyTorch's Adam defaults
-    milestones: tuple[int, ...] = (50_000, 75_000, 90_000)  # iterations
+    # Iterations of one process; under DDP the trainer divides them by the world size (same samples seen).
+    milestones: tuple[int, ...] = (50_000, 75_000, 90_000)
     decay: float = 0.1
 
     def __post_init__(self) -> None:

@@ -17,10 +17,20 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
+_KERNELS: dict[tuple[int, float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
 def _gaussian_kernel_1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+    """The normalised 1-D Gaussian window, built once per (size, sigma, dtype, device): no CPU build and
+    host-to-device copy at every call."""
+    key = (size, float(sigma), dtype, torch.device(device))
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+        weights = torch.exp(-(coords**2) / (2.0 * sigma**2))
+        kernel = (weights / weights.sum()).to(dtype=dtype, device=device)
+        _KERNELS[key] = kernel
+    return kernel
 
 
 def _filter(x: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:

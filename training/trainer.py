@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,9 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Host-side flags (batch left? time left? losses finite?) go through this CPU (gloo) group: under NCCL a flag
+    # on the GPU would make every step wait for the device. None: the default group (already gloo on CPU).
+    control_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -81,13 +86,26 @@ class DistributedContext:
             torch_dist.all_reduce(values, op=torch_dist.ReduceOp.SUM)
         return values
 
-    def all_true(self, flag: bool) -> bool:
-        """True only when the flag holds on every rank (keeps ranks in lock-step)."""
+    def all_true(self, *flags: bool) -> bool | tuple[bool, ...]:
+        """Each flag, True only when it holds on every rank (keeps ranks in lock-step); one collective for all."""
         if not self.enabled:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MIN)
-        return bool(value.item() > 0.5)
+            return flags[0] if len(flags) == 1 else flags
+        values = torch.tensor([1.0 if flag else 0.0 for flag in flags])
+        values = self.all_reduce_host(values, torch_dist.ReduceOp.MIN)
+        agreed = tuple(bool(value > 0.5) for value in values.tolist())
+        return agreed[0] if len(agreed) == 1 else agreed
+
+    def all_reduce_host(self, values: torch.Tensor, op: Any) -> torch.Tensor:
+        """All-reduce a small CPU tensor without touching the GPU (the control group; default group on gloo)."""
+        if not self.enabled:
+            return values
+        values = values.clone()
+        if self.control_group is None and _collective_device().type == "cuda":
+            on_device = values.to(_collective_device())
+            torch_dist.all_reduce(on_device, op=op)
+            return on_device.cpu()
+        torch_dist.all_reduce(values, op=op, group=self.control_group)
+        return values
 
 
 def _collective_device() -> torch.device:
@@ -100,15 +118,41 @@ def init_distributed(device: torch.device) -> DistributedContext:
     """Join the process group torchrun describes (WORLD_SIZE > 1), or use one already initialised (tests)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
-        return DistributedContext(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistributedContext()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch_dist.init_process_group(backend=backend)
-    return DistributedContext(
-        torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    )
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return DistributedContext()
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    # Every rank creates the group, in the same order: a collective call.
+    control = torch_dist.new_group(backend="gloo") if torch_dist.get_backend() == "nccl" else None
+    return DistributedContext(rank, world, local_rank, control)
+
+
+def bind_device(device: torch.device) -> None:
+    """Make `device` this process's current CUDA device (before NCCL starts): only an indexed CUDA device."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+def ddp_device_ids(device: torch.device) -> list[int] | None:
+    """DistributedDataParallel's device_ids: the one GPU of this rank, or None on CPU."""
+    if device.type != "cuda":
+        return None
+    if device.index is None:
+        raise ValueError("DDP on CUDA needs an indexed device (resolve_device gives cuda:LOCAL_RANK)")
+    return [device.index]
+
+
+def milestone_steps(milestones: Sequence[int], world_size: int) -> list[int]:
+    """LR milestones given in iterations of one process (the paper's 50k/75k/90k at batch 8), as optimiser steps
+    of a run on `world_size` ranks: a DDP step sees world_size x the batch, so each milestone falls at the same
+    number of samples seen (step >= milestone / world_size)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return [max(1, math.ceil(milestone / world_size)) for milestone in milestones]
 
 
 # --------------------------------------------------------------------------------------------- RNG state
@@ -155,6 +199,69 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --------------------------------------------------------------------------------------------- device-side bookkeeping
+class FiniteGuard:
+    """NaN/inf detection without a host sync per step.
+
+    `watch` records, on the device, the first step at which each loss was non-finite; `check` brings that to the
+    host once (the trainer calls it at every log line, before every checkpoint, evaluation and grid, and at the
+    end), agrees across DDP ranks, and raises NonFiniteLossError naming the step and the losses."""
+
+    def __init__(self, run_name: str) -> None:
+        self.run_name = run_name
+        self.first_bad: dict[str, torch.Tensor] = {}  # loss name -> int64 0-d tensor, -1 while finite
+
+    def watch(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            bad = ~torch.isfinite(value.detach()).all()
+            first = self.first_bad.get(name)
+            if first is None:
+                first = torch.full((), -1, dtype=torch.int64, device=value.device)
+            self.first_bad[name] = torch.where(bad & (first < 0), step + 1, first)
+
+    def check(self, dist: DistributedContext) -> None:
+        names = sorted(self.first_bad)
+        if not names and not dist.enabled:
+            return
+        never = torch.iinfo(torch.int64).max
+        local = (
+            [int(value) for value in torch.stack([self.first_bad[n] for n in names]).cpu()] if names else []
+        )
+        steps = torch.tensor([never if value < 0 else value for value in local] or [never], dtype=torch.int64)
+        steps = dist.all_reduce_host(steps, torch_dist.ReduceOp.MIN) if dist.enabled else steps
+        first = int(steps.min())
+        if first == never:
+            return
+        bad = [name for name, value in zip(names, steps.tolist()) if value == first]
+        raise NonFiniteLossError(
+            f"non-finite loss at step {first} of the {self.run_name} run: {', '.join(bad) or 'another rank'}"
+        )
+
+
+class RunningMeans:
+    """Loss terms summed on their device between two log lines: one host transfer per log interval."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """The means since the last reset (one device -> host copy), then reset."""
+        if not self.count:
+            return {}
+        names = list(self.sums)
+        totals = torch.stack([self.sums[name] for name in names]).cpu().tolist()
+        means = {name: total / self.count for name, total in zip(names, totals)}
+        self.sums, self.count = {}, 0
+        return means
+
+
 # --------------------------------------------------------------------------------------------- tasks
 class TrainingTask:
     """Networks, optimisers and the per-step logic; subclasses fill `networks`, `optimizers`, `schedulers`."""
@@ -173,6 +280,8 @@ class TrainingTask:
         self.wrapped: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.finite_guard = FiniteGuard(self.name)
+        self._compiled_frozen: dict[str, nn.Module] = {}
 
     # set-up helpers
     def add_network(self, name: str, module: nn.Module) -> None:
@@ -182,8 +291,7 @@ class TrainingTask:
         self.networks[name] = module
         wrapped: nn.Module = module
         if self.dist.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ddp_device_ids(self.device))
         if self.config.compile:
             wrapped = torch.compile(wrapped)  # type: ignore[assignment]
         self.wrapped[name] = wrapped
@@ -192,9 +300,30 @@ class TrainingTask:
             module.parameters(), lr=optimizer_config.learning_rate, betas=optimizer_config.betas
         )
         self.optimizers[name] = optimizer
+        milestones = milestone_steps(optimizer_config.milestones, self.dist.world_size)
         self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(optimizer_config.milestones), gamma=optimizer_config.decay
+            optimizer, milestones=milestones, gamma=optimizer_config.decay
         )
+
+    @contextlib.contextmanager
+    def frozen(self, name: str):
+        """The network `name` without gradients for its weights (requires_grad False), as a plain module (not the
+        DDP wrapper: a wrapped forward would wait for gradients that never come), compiled when asked for."""
+        module = self.networks[name]
+        flags = [parameter.requires_grad for parameter in module.parameters()]
+        module.requires_grad_(False)
+        try:
+            yield self._frozen_forward(name)
+        finally:
+            for parameter, flag in zip(module.parameters(), flags):
+                parameter.requires_grad_(flag)
+
+    def _frozen_forward(self, name: str) -> nn.Module:
+        if not self.config.compile:
+            return self.networks[name]
+        if name not in self._compiled_frozen:
+            self._compiled_frozen[name] = torch.compile(self.networks[name])  # type: ignore[assignment]
+        return self._compiled_frozen[name]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -208,10 +337,8 @@ class TrainingTask:
         return tensor
 
     def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> None:
-        finite = all(bool(torch.isfinite(value.detach()).all()) for value in losses.values())
-        if not self.dist.all_true(finite):
-            values = {name: float(value.detach()) for name, value in losses.items()}
-            raise NonFiniteLossError(f"non-finite loss at step {step + 1} of the {self.name} run: {values}")
+        """Record non-finite losses on the device (no host sync); `finite_guard.check` raises, once per log."""
+        self.finite_guard.watch(step, losses)
 
     def optimise(self, name: str, loss: torch.Tensor) -> None:
         optimizer = self.optimizers[name]
@@ -255,7 +382,8 @@ class TrainingTask:
         return [save_model(out_dir / f"{name}.safetensors", module) for name, module in self.networks.items()]
 
     # per task
-    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the loss terms as detached 0-d tensors on the device (no host sync)."""
         raise NotImplementedError
 
     def eval_batch(self, batch: dict) -> dict[str, tuple[float, int]]:
@@ -287,7 +415,7 @@ class MSegTask(TrainingTask):
         self.config: MSegTrainConfig = config
         self.add_network("mseg", MSeg(config.model))
 
-    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         masked = to_model_range(self.to_device(batch["masked"]))
         target = self.to_device(batch["mask"])
         with self.autocast():
@@ -296,7 +424,7 @@ class MSegTask(TrainingTask):
         self.check_finite(step, {"loss": terms["loss"]})
         self.optimise("mseg", terms["loss"])
         self.end_step()
-        return {name: float(value.detach()) for name, value in terms.items()}
+        return {name: value.detach() for name, value in terms.items()}
 
     @torch.no_grad()
     def predict(self, masked01: torch.Tensor) -> torch.Tensor:
@@ -321,7 +449,7 @@ class MSegTask(TrainingTask):
     @torch.no_grad()
     def grid(self, batch: dict) -> torch.Tensor:
         predicted = self.predict(batch["masked"]).cpu()
-        masked = batch["masked"]
+        masked = batch["masked"].cpu()
         return _grid_rows([masked, predicted, masked * (1 - predicted), batch["mask"]])
 
 
@@ -356,7 +484,7 @@ class GanTask(TrainingTask):
             return gt_mask
         return self.mseg.predict_mask(masked, self.config.mask_threshold)
 
-    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         masked = to_model_range(self.to_device(batch["masked"]))
         real = to_model_range(self.to_device(batch["unmasked"]))
         mask = self.mask_for(masked, self.to_device(batch["mask"]))
@@ -372,9 +500,10 @@ class GanTask(TrainingTask):
         self.check_finite(step, {"d_loss": d_loss})
         self.optimise("discriminator", d_loss)
 
-        # Generator step (eq. 1): the weighted sum with the paper's weights (GanLossConfig, configurable).
-        with self.autocast():
-            generated_scores = discriminator(fake)
+        # Generator step (eq. 1): the weighted sum with the paper's weights (GanLossConfig, configurable). D is
+        # frozen and called unwrapped: its gradients are neither computed nor all-reduced (DDP would wait for them).
+        with self.autocast(), self.frozen("discriminator") as frozen_discriminator:
+            generated_scores = frozen_discriminator(fake)
             perceptual = self.perceptual(fake, real) if self.perceptual is not None else None
         fake32 = fake.float()
         adversarial = lsgan_generator_loss(generated_scores.float())
@@ -383,18 +512,17 @@ class GanTask(TrainingTask):
         terms = {"adversarial": adversarial, "reconstruction": reconstruction, "perceptual": perceptual}
         g_loss = generator_loss(terms, self.config)
         self.check_finite(step, {"g_loss": g_loss})
-        self.optimise("generator", g_loss)
-        # The generator's backward also filled D's gradients: they are not D's objective, drop them.
-        self.optimizers["discriminator"].zero_grad(set_to_none=True)
+        with self.frozen("discriminator"):  # the backward runs through D: still no gradient for its weights
+            self.optimise("generator", g_loss)
         self.end_step()
         return {
-            "d_loss": float(d_loss.detach()),
-            "g_loss": float(g_loss.detach()),
-            "adversarial": float(adversarial.detach()),
-            "reconstruction": float(reconstruction.detach()),
-            "perceptual": float(perceptual.detach()),
-            "d_real": float(real_scores.detach().mean()),
-            "d_fake": float(fake_scores.detach().mean()),
+            "d_loss": d_loss.detach(),
+            "g_loss": g_loss.detach(),
+            "adversarial": adversarial.detach(),
+            "reconstruction": reconstruction.detach(),
+            "perceptual": perceptual.detach(),
+            "d_real": real_scores.detach().mean(),
+            "d_fake": fake_scores.detach().mean(),
         }
 
     @torch.no_grad()
@@ -454,6 +582,7 @@ class Trainer:
         self._pending_rng: dict[str, Any] | None = None
         self._writer = None
         self._grid_batch: dict | None = None
+        self._running = RunningMeans()
 
     # logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -528,7 +657,7 @@ class Trainer:
                 if max_batches is not None and index >= max_batches:
                     break
                 check_batch(batch)
-                for name, (total, count) in self.task.eval_batch(batch).items():
+                for name, (total, count) in self.task.eval_batch(self._on_device(batch)).items():
                     entry = sums.setdefault(name, [0.0, 0.0])
                     entry[0] += total
                     entry[1] += count
@@ -554,98 +683,125 @@ class Trainer:
             )
 
     def run(self) -> dict[str, Any]:
-        config = self.config
         self._prepare_run_folder()
-        if (
-            self.dist.rank == 0
-        ):  # what a write killed midway left behind (the files it meant to replace are intact)
-            for folder in (self.out, self.checkpoint_path.parent):
-                for stale in remove_stale_temp_files(folder):
-                    self._log({"event": "removed_stale_temp_file", "path": str(stale)})
-        if config.resume and self.checkpoint_path.exists():
-            self.load_checkpoint()
-            self._log({"event": "resume", "step": self.step, "epoch": self.epoch})
+        self._clean_and_resume()
         self._open_writer()
         started = time.monotonic()
-        total_steps = config.max_steps
-        progress = None
-        if config.progress and self.dist.is_main:
-            from tqdm import tqdm
-
-            progress = tqdm(
-                total=total_steps, initial=self.step, desc=f"m2u-train {self.task.name}", unit="step"
-            )
-        running: dict[str, list[float]] = {}
-        stop_reason = "epochs"
+        progress = self._open_progress()
         self.task.set_train(True)
         try:
-            while self.epoch < config.epochs:
-                if total_steps is not None and self.step >= total_steps:
-                    stop_reason = "max_steps"
-                    break
-                iterator = iter(self.data.batches("train", self.epoch))
-                for _ in range(self.batch_in_epoch):  # --resume: skip what this epoch already consumed
-                    next(iterator, None)
-                if self._pending_rng is not None:
-                    # Restored after the epoch's loader exists: creating it may draw from the global RNG.
-                    restore_rng_state(self._pending_rng)
-                    self._pending_rng = None
-                stopped = False
-                produced = 0
-                while True:
-                    batch = next(iterator, None)
-                    if not self.dist.all_true(batch is not None):
-                        break
-                    assert batch is not None
-                    check_batch(batch)
-                    produced += 1
-                    if self._grid_batch is None and self.dist.is_main:
-                        # A fixed validation batch shows progress on the same faces (else the first train batch).
-                        self._grid_batch = self._first_batch("val") or batch
-                    metrics = self.task.train_step(batch, self.step)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    for name, value in metrics.items():
-                        running.setdefault(name, []).append(value)
-                    if progress is not None:
-                        progress.update(1)
-                        progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if "loss" in k})
-                    self._after_step(running)
-                    if self.step % config.log_every == 0:
-                        running = {}
-                    out_of_time = (
-                        config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
-                    )
-                    if (total_steps is not None and self.step >= total_steps) or not self.dist.all_true(
-                        not out_of_time
-                    ):
-                        stop_reason = "max_steps" if not out_of_time else "max_seconds"
-                        stopped = True
-                        break
-                if stopped:
-                    break
-                if produced == 0 and self.batch_in_epoch == 0:
-                    raise RuntimeError(
-                        f"the training split of {config.data or 'the data source'} gave no batch "
-                        f"(fewer samples per loader worker than --batch-size {config.batch_size}?)"
-                    )
-                self.epoch += 1
-                self.batch_in_epoch = 0
+            stop_reason = self._train_epochs(started, progress)
+            self.task.finite_guard.check(self.dist)  # the steps since the last log line
         except NonFiniteLossError as error:
-            last = (
-                load_training_state(self.checkpoint_path)["step"] if self.checkpoint_path.exists() else None
-            )
-            message = (
-                f"{error}. Stopped; the last good checkpoint is {self.checkpoint_path} (step {last})"
-                if last is not None
-                else f"{error}. Stopped; no checkpoint had been written yet"
-            )
-            self._log({"event": "non_finite_loss", "step": self.step, "message": message})
-            raise NonFiniteLossError(message) from None
+            raise self._non_finite_stop(error) from None
         finally:
             if progress is not None:
                 progress.close()
         self.save_checkpoint()
+        return self._finish(stop_reason, started)
+
+    def _clean_and_resume(self) -> None:
+        if self.dist.rank == 0:
+            # What a write killed midway left behind (the files it meant to replace are intact).
+            for folder in (self.out, self.checkpoint_path.parent):
+                for stale in remove_stale_temp_files(folder):
+                    self._log({"event": "removed_stale_temp_file", "path": str(stale)})
+        if self.config.resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            self._log({"event": "resume", "step": self.step, "epoch": self.epoch})
+
+    def _open_progress(self) -> Any:
+        if not (self.config.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.config.max_steps, initial=self.step, desc=f"m2u-train {self.task.name}", unit="step"
+        )
+
+    def _train_epochs(self, started: float, progress: Any) -> str:
+        """Epochs until one of the limits; returns the stop reason (epochs, max_steps or max_seconds)."""
+        config = self.config
+        while self.epoch < config.epochs:
+            if config.max_steps is not None and self.step >= config.max_steps:
+                return "max_steps"
+            stop_reason = self._train_epoch(started, progress)
+            if stop_reason is not None:
+                return stop_reason
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        return "epochs"
+
+    def _epoch_batches(self) -> Any:
+        iterator = iter(self.data.batches("train", self.epoch))
+        for _ in range(self.batch_in_epoch):  # --resume: skip what this epoch already consumed
+            next(iterator, None)
+        if self._pending_rng is not None:
+            # Restored after the epoch's loader exists: creating it may draw from the global RNG.
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+        return iterator
+
+    def _train_epoch(self, started: float, progress: Any) -> str | None:
+        """The rest of the current epoch; a stop reason when a limit was reached, None at the epoch's end."""
+        config = self.config
+        iterator = self._epoch_batches()
+        produced = 0
+        out_of_time = False
+        while True:
+            batch = next(iterator, None)
+            # One host-side collective per step: ranks stop together (at an epoch's end or out of time).
+            have_batch, in_time = self.dist.all_true(batch is not None, not out_of_time)
+            if not in_time:
+                return "max_seconds"
+            if not have_batch:
+                break
+            check_batch(batch)
+            produced += 1
+            self._train_one(batch, progress)
+            if config.max_steps is not None and self.step >= config.max_steps:
+                return "max_steps"
+            out_of_time = config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
+        if produced == 0 and self.batch_in_epoch == 0:
+            raise RuntimeError(
+                f"the training split of {config.data or 'the data source'} gave no batch "
+                f"(fewer samples per loader worker than --batch-size {config.batch_size}?)"
+            )
+        return None
+
+    def _train_one(self, batch: dict, progress: Any) -> None:
+        if self._grid_batch is None and self.dist.is_main:
+            # A fixed validation batch shows progress on the same faces (else the first train batch).
+            self._grid_batch = self._on_device(self._first_batch("val") or batch)
+        metrics = self.task.train_step(self._on_device(batch), self.step)
+        self.step += 1
+        self.batch_in_epoch += 1
+        self._running.add(metrics)
+        if progress is not None:
+            progress.update(1)
+        self._after_step(progress)
+
+    def _on_device(self, batch: dict) -> dict:
+        """A loader's uint8 batch (the CUDA path: 4x fewer bytes to copy) as the float batch, on the task's
+        device; a float batch as it is (the task moves it)."""
+        if batch["masked"].dtype != torch.uint8:
+            return batch
+        from m2u.datasets.loader import to_float_batch
+
+        return to_float_batch(batch, self.task.device)
+
+    def _non_finite_stop(self, error: NonFiniteLossError) -> NonFiniteLossError:
+        last = load_training_state(self.checkpoint_path)["step"] if self.checkpoint_path.exists() else None
+        message = (
+            f"{error}. Stopped; the last good checkpoint is {self.checkpoint_path} (step {last})"
+            if last is not None
+            else f"{error}. Stopped; no checkpoint had been written yet"
+        )
+        self._log({"event": "non_finite_loss", "step": self.step, "message": message})
+        return NonFiniteLossError(message)
+
+    def _finish(self, stop_reason: str, started: float) -> dict[str, Any]:
+        """Final validation (and test), grid and metrics.json after the last checkpoint."""
         results: dict[str, Any] = {
             "task": self.task.name,
             "steps": self.step,
@@ -654,9 +810,9 @@ class Trainer:
             "seconds": round(time.monotonic() - started, 3),
             "world_size": self.dist.world_size,  # processes that trained (DDP ranks)
         }
-        results["val"] = self.evaluate("val", config.val_batches)
+        results["val"] = self.evaluate("val", self.config.val_batches)
         self._log({"split": "val", "step": self.step, **results["val"]})
-        if config.evaluate_test:
+        if self.config.evaluate_test:
             results["test"] = self.evaluate("test", None)
             self._log({"split": "test", "step": self.step, **results["test"]})
         self._save_grid()
@@ -670,24 +826,31 @@ class Trainer:
     def _first_batch(self, split: str) -> dict | None:
         return next(iter(self.data.batches(split, 0)), None)
 
-    def _after_step(self, running: dict[str, list[float]]) -> None:
+    def _after_step(self, progress: Any = None) -> None:
         config = self.config
-        if self.step % config.log_every == 0:
-            averaged = {name: float(np.mean(values)) for name, values in running.items()}
-            self._log(
-                {
-                    "split": "train",
-                    "step": self.step,
-                    "epoch": self.epoch,
-                    "lr": self.task.learning_rate(),
-                    **averaged,
-                }
-            )
-        if config.val_every and self.step % config.val_every == 0:
+        due_log = self.step % config.log_every == 0
+        due_val = bool(config.val_every) and self.step % config.val_every == 0
+        due_grid = self.step % config.grid_every == 0
+        due_checkpoint = self.step % config.checkpoint_every == 0
+        if due_log or due_val or due_grid or due_checkpoint:
+            # One host sync for the steps since the last one; nothing is logged or saved after a NaN.
+            self.task.finite_guard.check(self.dist)
+        if due_log:
+            averaged = self._running.means()
+            record = {
+                "split": "train",
+                "step": self.step,
+                "epoch": self.epoch,
+                "lr": self.task.learning_rate(),
+            }
+            self._log({**record, **averaged})
+            if progress is not None:
+                progress.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if "loss" in k})
+        if due_val:
             self._log({"split": "val", "step": self.step, **self.evaluate("val", config.val_batches)})
-        if self.step % config.grid_every == 0:
+        if due_grid:
             self._save_grid()
-        if self.step % config.checkpoint_every == 0:
+        if due_checkpoint:
             self.save_checkpoint()
 
 
@@ -695,17 +858,18 @@ class Trainer:
 def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource | None) -> dict[str, Any]:
     if not config.out:
         raise ValueError("a run folder (--out) is required")
-    device = resolve_device(config.device)
+    device = resolve_device(config.device)  # under torchrun: cuda:LOCAL_RANK
+    bind_device(device)  # before NCCL starts, so its communicator uses this rank's GPU
     dist = init_distributed(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
     seed_everything(config.seed)
     task = task_class(config, device, dist)  # type: ignore[arg-type]
     if data is None:
+        on_gpu = device.type == "cuda"  # pinned uint8 batches, converted on the GPU (_on_device)
         data = ShardDataSource(
-            config.data, config.batch_size, config.seed, config.num_workers, dist.rank, dist.world_size
-        )
+            config.data, config.batch_size, config.seed, config.num_workers, dist.rank, dist.world_size,
+            pin_memory=on_gpu, uint8=on_gpu,
+        )  # fmt: skip
     return Trainer(task, data, config, dist).run()
 
 
@@ -721,6 +885,11 @@ def train_gan(config: GanTrainConfig, data: DataSource | None = None) -> dict[st
 
 __all__ = [
     "DistributedContext",
+    "FiniteGuard",
+    "RunningMeans",
+    "bind_device",
+    "ddp_device_ids",
+    "milestone_steps",
     "GanTask",
     "MSegTask",
     "NonFiniteLossError",

@@ -218,6 +218,7 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+    assert rank0["schedule.milestones"].tolist() == [25_000, 37_500, 45_000]  # 50k/75k/90k on 2 ranks
     # Training moved the weights away from rank 0's initialisation (the exported files are rank 0's).
     seed_everything(0)
     initial = GanTask(

@@ -63,6 +63,8 @@ def ddp_worker(rank: int, world_size: int, init_file: str, out: str) -> None:
             for name, module in task.networks.items()
             for key, value in module.named_parameters()
         }
+        # The paper's LR milestones (iterations of one process) in steps of this world size: same samples seen.
+        parameters["schedule.milestones"] = torch.tensor(sorted(task.schedulers["generator"].milestones))
         torch.save(parameters, os.path.join(out, f"rank{rank}.pt"))
     finally:
         torch_dist.destroy_process_group()
