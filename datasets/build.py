@@ -220,7 +220,7 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 
 
 def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
-    from m2u.masking import Face, ImageReadError, read_image
+    from m2u.masking import Face, ImageReadError, MaskingError, read_image
 
     if _STATE is None:
         raise RuntimeError("process_input needs _init_worker first")
@@ -258,7 +258,10 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
             masked, mask, mask_meta = masker(aligned.image, crop_face, planned.seed)
         except Exception as exc:  # noqa: BLE001 - MaskingError and friends: recorded per variant
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            results.append((_row(planned, **common, reason=f"masking failed: {reason}"), None))
+            status = Status.REFUSED if isinstance(exc, MaskingError) else Status.ERROR
+            results.append(
+                (_row(planned, **common, status=status.value, reason=f"masking failed: {reason}"), None)
+            )
             continue
         # Every changed pixel is part of the mask; outside it the pair is identical by construction.
         covered = (mask > 0) | (masked != aligned.image).any(axis=-1)

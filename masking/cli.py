@@ -28,10 +28,13 @@ from m2u.masking.imageio import (
     read_image,
 )
 from m2u.masking.parallel import worker_pool
-from m2u.masking.render import MaskConfig, apply_mask, warm_templates
-from m2u.masking.templates import MASK_TYPES
+from m2u.masking.render import MaskConfig, apply_mask, inputs_per_config, parse_mask_code, warm_templates
+from m2u.masking.templates import ALL_TYPES, MASK_TYPES
 
-REPORT_FIELDS = ("path", "status", "faces", "reason")
+# status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
+# mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
+REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
+STATUSES = ("ok", "no_face", "refused", "error")
 JPEG_QUALITY = 95
 
 
@@ -119,10 +122,17 @@ def process_file(job: Job, file: Path, stem: Path) -> dict[str, str | int]:
             continue
         masked = result.image
         np.maximum(union, result.mask, out=union)
-        metas.append({"face": index, "box": list(face.box), "score": face.score, **result.meta})
+        metas.append({"face": index, "box": list(face.box), "score": face.score, **_detection(face)})
+        metas[-1].update(result.meta)
     row["faces"] = len(metas)
-    row["reason"] = "; ".join(failures)
+    low = [
+        f"face {m['face']} found by the low-threshold retry (score {m['score']:.3f})"
+        for m in metas
+        if m["retry"]
+    ]
+    row["reason"] = "; ".join(failures + low)
     if not metas:
+        row["status"] = "refused"  # faces were found; every mask was refused by the placement checks
         return row
     base = job.out_dir / stem.parent / f"{stem.name}_{job.mask_config.mask_type}"
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +156,12 @@ def process_file(job: Job, file: Path, stem: Path) -> dict[str, str | int]:
     write_atomic(Path(f"{base}.json"), json.dumps(info, sort_keys=True).encode() + b"\n")
     row["status"] = "ok"
     return row
+
+
+def _detection(face) -> dict[str, object]:
+    """How a face was found: whether only the low-threshold retry pass found it (false positives come from there:
+    filter them with --min-score)."""
+    return {"detector": face.detector, "retry": bool(face.retry)}
 
 
 def _run_one(args: tuple[Job, Path, Path]) -> dict[str, str | int]:
@@ -191,7 +207,9 @@ def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
     write_atomic(path, buffer.getvalue().encode())
 
 
-def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, target: Path, seed: int) -> None:
+def _contact_sheet(
+    files: list[tuple[Path, Path]], detector: DetectorConfig, target: Path, seed: int, pack: str | None
+) -> None:
     from m2u.masking.sheet import render_contact_sheet
 
     for file, _ in files:
@@ -201,12 +219,16 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
             continue
         faces = FaceDetector(detector).detect(image)
         if faces:
-            sheet = render_contact_sheet(image, faces[0], seed=seed)
+            sheet = render_contact_sheet(image, faces[0], seed=seed, pack=pack)
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
             click.echo(f"contact sheet of {file} written to {target}", err=True)
             return
     raise click.ClickException("no input image with a face for the contact sheet")
+
+
+_MASK = MaskConfig()
+_DETECT = DetectorConfig()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -221,21 +243,34 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
 )
 @click.option(
     "--mask-type",
-    default="surgical",
+    default=_MASK.mask_type,
     show_default=True,
-    help=f"One of {', '.join(MASK_TYPES)}, random, or a template of --pack.",
+    help=f"One of {', '.join(MASK_TYPES)} (any case: N95, KN95), random, {ALL_TYPES} (every type, one output "
+    "each), or a template of --pack.",
 )
 @click.option(
-    "--color", default=None, help="Colour name or #rrggbb (or random); default: the template's own colours."
+    "--color",
+    default=_MASK.color,
+    help="Colour name or #rrggbb (or random); default: the template's own colours.",
 )
-@click.option("--color-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--pattern", default=None, help=f"One of {', '.join(PATTERNS)}, an image file, or random.")
-@click.option("--pattern-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--color-weight", default=_MASK.color_weight, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--pattern", default=_MASK.pattern, help=f"One of {', '.join(PATTERNS)}, an image file, or random."
+)
+@click.option(
+    "--pattern-weight", default=_MASK.pattern_weight, show_default=True, type=click.FloatRange(0, 1)
+)
 @click.option(
     "--pack",
-    default=None,
+    default=_MASK.pack,
     type=click.Path(exists=True),
-    help="A MaskTheFace-style masks.cfg (or its folder).",
+    help="A MaskTheFace-style masks.cfg, its folder, or a MaskTheFace checkout (its masks/masks.cfg).",
+)
+@click.option(
+    "--code",
+    default=None,
+    help="MaskTheFace's --code: comma-separated type[-#rrggbb|-colour|-pattern or texture] entries, cycled "
+    "over the inputs (input i gets entry i mod N); replaces --mask-type/--color/--pattern.",
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Same seed and inputs: byte-identical outputs."
@@ -243,19 +278,26 @@ def _contact_sheet(files: list[tuple[Path, Path]], detector: DetectorConfig, tar
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(0), help="Processes; 0 = all cores."
 )
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(DETECTOR_MODELS))
+@click.option("--detector", default=_DETECT.model, show_default=True, type=click.Choice(DETECTOR_MODELS))
 @click.option(
     "--upsample",
-    default=0,
+    default=_DETECT.upsample,
     show_default=True,
     type=click.IntRange(0, 4),
     help="First detection pass upsampling.",
 )
 @click.option(
     "--cnn-fallback/--no-cnn-fallback",
-    default=False,
+    default=_DETECT.cnn_fallback,
     show_default=True,
     help="Try the CNN when HOG finds nothing.",
+)
+@click.option(
+    "--min-score",
+    default=_DETECT.min_score,
+    type=float,
+    help="Ignore detections scoring below this (HOG scores; the low-threshold retry accepts down to "
+    f"{_DETECT.retry_threshold}). Each face's score is in its JSON; retry finds are noted in report.csv.",
 )
 @click.option(
     "--max-pixels",
@@ -280,11 +322,13 @@ def main(
     pattern,
     pattern_weight,
     pack,
+    code,
     seed,
     workers,
     detector,
     upsample,
     cnn_fallback,
+    min_score,
     max_pixels,
     contact_sheet,
     quiet,
@@ -292,7 +336,8 @@ def main(
     """Put masks on every face in INPUTS (image files or folders, searched recursively).
 
     For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the
-    input) and OUT/name_<type>.json; OUT/report.csv has one row per input (status ok / no_face / error)."""
+    input) and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (status ok / no_face /
+    refused / error)."""
     try:
         mask_config = MaskConfig(
             mask_type=mask_type,
@@ -303,8 +348,13 @@ def main(
             pack=pack,
         )
         detector_config = DetectorConfig(
-            model=detector, upsample=upsample, max_upsample=max(upsample, 1), cnn_fallback=cnn_fallback
+            model=detector,
+            upsample=upsample,
+            max_upsample=max(upsample, 1),
+            cnn_fallback=cnn_fallback,
+            min_score=min_score,
         )
+        configs = parse_mask_code(code, mask_config) if code is not None else mask_config.expand()
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     files = discover(inputs)
@@ -314,21 +364,30 @@ def main(
     if not files:
         raise click.UsageError("no image files found in the inputs")
     if contact_sheet is not None:
-        _contact_sheet(files, detector_config, contact_sheet, seed)
+        _contact_sheet(files, detector_config, contact_sheet, seed, pack)
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    job = Job(out_dir, mask_config, detector_config, seed, max_pixels)
+    # "all": every input with every type; --code: the entries cycled over the inputs.
+    groups = (
+        inputs_per_config(configs, len(files))
+        if code is not None
+        else [(c, range(len(files))) for c in configs]
+    )
     start = time.perf_counter()
-    rows = run(files, job, workers, progress=not quiet)
+    rows = []
+    for config, indices in groups:
+        job = Job(out_dir, config, detector_config, seed, max_pixels)
+        done = run([files[i] for i in indices], job, workers, progress=not quiet)
+        rows += [{**row, "mask_type": config.mask_type} for row in done]
     elapsed = time.perf_counter() - start
     write_report(rows, out_dir / "report.csv")
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "no_face", "error")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     faces = sum(int(r["faces"]) for r in rows)
     click.echo(
         f"{len(rows)} inputs: {counts['ok']} masked ({faces} faces), {counts['no_face']} without a face, "
-        f"{counts['error']} errors; {len(rows) / max(elapsed, 1e-9):.1f} images/s with {workers} worker(s). "
-        f"Report: {out_dir / 'report.csv'}",
+        f"{counts['refused']} refused, {counts['error']} errors; {len(rows) / max(elapsed, 1e-9):.1f} images/s "
+        f"with {workers} worker(s). Report: {out_dir / 'report.csv'}",
         err=True,
     )
     if not any(r["read"] for r in rows):
