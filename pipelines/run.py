@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -147,6 +148,8 @@ def run_pipeline(
         return train_gan(cfg)
 
     def evaluation_action() -> dict:
+        # The training curves first, so the report can link to them.
+        curves = plot_training_curves({n: dirs[n] for n in ("mseg", "gan")}, run / "plots")
         report = evaluate(
             dirs["dataset"],
             dirs["mseg"] / MSEG_WEIGHTS,
@@ -154,6 +157,7 @@ def run_pipeline(
             dirs["evaluation"],
             config.evaluation,
             metric_suite=metric_suite,
+            links={path.stem: os.path.relpath(path, dirs["evaluation"]) for path in curves},
         )
         return {"rows": report.get("rows", {}), "n_samples": report.get("n_samples")}
 
