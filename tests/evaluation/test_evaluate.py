@@ -228,7 +228,7 @@ def test_device_errors_are_clear():
 
 
 def test_a_mask_covering_nearly_everything_is_a_visible_warning(tiny_dataset, tiny_checkpoints, tmp_path):
-    from m2u.training.evaluation import evaluate as evaluate_module
+    import m2u.training.evaluation.evaluate as evaluate_module
 
     mseg_path, gen_path = tiny_checkpoints
     real_restore = evaluate_module.restore_batch

@@ -165,26 +165,15 @@ def _group_tables(by_mask: dict[str, Any]) -> list[tuple[str, list[str], list[li
 
 def _cost_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     comp, size = report["complexity"], report["image_size"]
-    header = [
-        "model",
-        "params",
-        f"GMACs @ {size}²",
-        f"GMACs @ {PAPER_RESOLUTION}²",
-        f"ptflops GMACs @ {PAPER_RESOLUTION}²",
-    ]
-    rows = [
-        [
-            label,
-            f"{comp[f'{key}_params'] / 1e6:.3f} M",
-            _gmacs(comp, key, size),
-            _gmacs(comp, key, PAPER_RESOLUTION),
-            _gmacs(comp, key, PAPER_RESOLUTION, "_ptflops"),
-        ]
-        for label, key in (("M-Seg", "mseg"), ("CARU2-Net", "generator"))
-    ]
-    rows.append(
-        ["paper", f"{PAPER_TABLE1['generator_params_m']} M", "", str(PAPER_TABLE1["generator_gmacs_256"]), ""]
-    )
+    sizes = sorted({size, PAPER_RESOLUTION})
+    header = ["model", "params"]
+    header += [f"{counter} GMACs @ {s}²" for s in sizes for counter in ("m2u", "ptflops")]
+    rows = []
+    for label, key in (("M-Seg", "mseg"), ("CARU2-Net", "generator")):
+        values = [_gmacs(comp, key, s, counter) for s in sizes for counter in ("", "_ptflops")]
+        rows.append([label, f"{comp[f'{key}_params'] / 1e6:.3f} M", *values])
+    paper = [str(PAPER_TABLE1["generator_gmacs_256"]) if s == PAPER_RESOLUTION else "" for s in sizes]
+    rows.append(["paper", f"{PAPER_TABLE1['generator_params_m']} M", *(v for p in paper for v in (p, ""))])
     return header, rows
 
 
@@ -260,7 +249,7 @@ _CSS = (
     "body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:0.5em 0 1em}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
     "img{image-rendering:pixelated;max-width:100%}.warning{background:#fde2e1;border:2px solid #c0392b;"
-    "color:#7b241c;padding:0.8em;font-weight:bold}.tables{display:flex;gap:2em;flex-wrap:wrap}"
+    "color:#7b241c;padding:0.8em;font-weight:bold}.tables{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}"
 )
 
 
