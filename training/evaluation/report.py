@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 from m2u.training.evaluation.suite import MetricSuite
 
 __all__ = [
+    "column_header",
     "PAPER_TABLE1",
     "PAPER_RESOLUTION",
     "GT_MASK_SUFFIX",
@@ -44,6 +46,35 @@ def _fit_label(label: str, width: int) -> tuple[str, float]:
     return label, 0.3
 
 
+HEADER_HEIGHT = 18
+
+
+def _draw_labels(canvas: np.ndarray, labels: Sequence[str], column_width: int, pad: int) -> None:
+    """White labels in the top HEADER_HEIGHT rows of `canvas`, one per column (one font size for all)."""
+    fitted = [_fit_label(label, column_width) for label in labels]
+    scale = min(s for _, s in fitted)
+    for c, (text, _) in enumerate(fitted):
+        x0 = pad + c * (column_width + pad)
+        cv2.putText(
+            canvas,
+            text,
+            (x0, HEADER_HEIGHT - 5),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+
+
+def column_header(width: int, labels: Sequence[str]) -> np.ndarray:
+    """A dark HEADER_HEIGHT-row strip naming equal-width columns of an image `width` pixels wide (RGB uint8): the
+    training grids' column labels."""
+    strip = np.full((HEADER_HEIGHT, width, 3), 48, np.uint8)
+    _draw_labels(strip, labels, width // len(labels), 0)
+    return strip
+
+
 MIN_TILE = 128  # grid tiles are at least this many pixels wide (small images are enlarged, nearest neighbour)
 
 
@@ -56,16 +87,10 @@ def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         rows = [tuple(np.repeat(np.repeat(img, factor, 0), factor, 1) for img in row) for row in rows]
     size = rows[0][0].shape[0]
     pad = 2
-    header_h = 18
+    header_h = HEADER_HEIGHT
     width = 4 * size + 5 * pad
     canvas = np.full((header_h + len(rows) * (size + pad) + pad, width, 3), 48, np.uint8)
-    labels = [_fit_label(label, size) for label in ("masked", "predicted mask", "output", "ground truth")]
-    scale = min(s for _, s in labels)  # one font size for the whole header
-    for c, (text, _) in enumerate(labels):
-        x0 = pad + c * (size + pad)
-        cv2.putText(
-            canvas, text, (x0, header_h - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
-        )
+    _draw_labels(canvas, ("masked", "predicted mask", "output", "ground truth"), size, pad)
     for r, images in enumerate(rows):
         y0 = header_h + pad + r * (size + pad)
         for c, img in enumerate(images):
