@@ -166,3 +166,26 @@ def test_min_score_raises_every_pass_threshold():
     strict = DetectorConfig(min_score=-0.1)
     assert [t for _, _, t in strict.passes()] == [0.0, -0.1, 0.0]
     assert [t for _, _, t in DetectorConfig(min_score=0.2).passes()] == [0.2, 0.2]
+
+
+def test_low_threshold_finds_are_recorded_with_their_score_and_filtered_by_min_score(celeba_dir, tmp_path):
+    # A CelebA photo whose face only the low-threshold retry finds (score -0.20 with dlib's HOG).
+    photo = celeba_dir / "10071_119464.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not in the shared photos")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (row,) = _report(out)
+    face = json.loads((out / "10071_119464_surgical.json").read_text())["faces"][0]
+    assert face["retry"] is True and -0.4 <= face["score"] < 0
+    assert row["status"] == "ok" and f"low-threshold retry (score {face['score']:.3f})" in row["reason"]
+    # --min-score 0: the retry pass no longer accepts it; the upsampled pass finds it with a score above 0.
+    strict = tmp_path / "strict"
+    result = CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(strict), "--min-score", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    face = json.loads((strict / "10071_119464_surgical.json").read_text())["faces"][0]
+    assert face["retry"] is False and face["score"] >= 0
+    stricter = tmp_path / "stricter"
+    CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(stricter), "--min-score", "5", "--quiet"])
+    assert [r["status"] for r in _report(stricter)] == ["no_face"]
