@@ -57,6 +57,9 @@ MASK_META_SCHEMA: dict[str, str] = {
     "mask_pixels": "int",
     "seed": "int",
     "placement": "str",  # the placement configuration as canonical JSON, or "" for engines without one
+    # Fields an engine gives beyond this schema, as canonical JSON ("" when none): kept, not dropped, without
+    # breaking the schema; give a field its own typed entry here once it matters.
+    "extra": "str",
 }
 ANCHOR_KEYS = ("a", "b", "c", "d", "e", "f")
 # What a masking engine may leave out (its value then is this); every other field it must give.
@@ -82,6 +85,19 @@ def _points(value: Any, where: str) -> list[list[float]]:
     return round_array(array)
 
 
+def _plain(value: Any) -> Any:
+    """JSON-able copy (numpy scalars and arrays as Python numbers and lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _color_text(value: Any) -> str:
     if value is None:
         return ""
@@ -92,12 +108,14 @@ def _color_text(value: Any) -> str:
 
 
 def mask_metadata(mask_meta: Mapping[str, Any], landmarks: np.ndarray, seed: int) -> dict[str, Any]:
-    """A masking engine's meta brought to MASK_META_SCHEMA: every field present, one type each. Raises ValueError
-    for a field the schema does not know or a required one that is missing (nothing is dropped silently)."""
-    unknown = sorted(set(mask_meta) - set(MASK_META_SCHEMA))
-    if unknown:
-        raise ValueError(f"mask metadata has fields outside the sample schema: {', '.join(unknown)}")
-    given = {**_MASK_META_DEFAULTS, "landmarks": landmarks, "seed": seed, **mask_meta}
+    """A masking engine's meta brought to MASK_META_SCHEMA: every field present, one type each; fields outside
+    the schema go, as canonical JSON, into `extra`. Raises ValueError for a required field that is missing."""
+    if "extra" in mask_meta:
+        raise ValueError("mask metadata may not set 'extra' itself: it holds the fields outside the schema")
+    unknown = {k: v for k, v in mask_meta.items() if k not in MASK_META_SCHEMA}
+    known = {k: v for k, v in mask_meta.items() if k in MASK_META_SCHEMA}
+    extra = dumps_json(_plain(unknown)).decode("ascii") if unknown else ""
+    given = {**_MASK_META_DEFAULTS, "landmarks": landmarks, "seed": seed, **known, "extra": extra}
     given.setdefault("template", given.get("type", ""))
     given.setdefault("template_source", "")
     missing = [name for name in MASK_META_SCHEMA if name not in given]

@@ -163,15 +163,23 @@ def test_every_sample_json_has_the_same_fields_with_the_same_types(mixed_dataset
     assert not [path for path, kind in signature if kind in ("NoneType", "list<empty>")]
 
 
-def test_mask_metadata_fills_defaults_and_refuses_unknown_or_missing_fields():
+def test_mask_metadata_fills_defaults_keeps_extra_fields_and_refuses_missing_ones():
     landmarks = np.zeros((68, 2))
     anchors = {k: [1, 2] for k in "abcdef"}
     filled = mask_metadata({"type": "x", "anchors": anchors, "mask_pixels": 3, "color": None}, landmarks, 7)
     assert filled["color"] == "" and filled["fallback"] == "" and filled["seed"] == 7
     assert filled["anchors"]["a"] == [1.0, 2.0] and isinstance(filled["anchors"]["a"][0], float)
     assert isinstance(filled["yaw"], float) and filled["template"] == "x"
-    with pytest.raises(ValueError, match="outside the sample schema: extra"):
-        mask_metadata({"type": "x", "anchors": anchors, "mask_pixels": 3, "extra": 1}, landmarks, 0)
+    assert filled["extra"] == ""
+    # A field outside the schema is kept, as JSON text in `extra`: the schema itself does not change.
+    more = mask_metadata(
+        {"type": "x", "anchors": anchors, "mask_pixels": 3, "flip": np.bool_(True), "box": np.arange(2)},
+        landmarks,
+        0,
+    )
+    assert json.loads(more["extra"]) == {"box": [0, 1], "flip": True} and set(more) == set(MASK_META_SCHEMA)
+    with pytest.raises(ValueError, match="may not set 'extra'"):
+        mask_metadata({"type": "x", "anchors": anchors, "mask_pixels": 3, "extra": "{}"}, landmarks, 0)
     with pytest.raises(ValueError, match="lacks required field.*mask_pixels"):
         mask_metadata({"type": "x", "anchors": anchors}, landmarks, 0)
 

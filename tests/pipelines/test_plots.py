@@ -33,6 +33,8 @@ def test_panels_skip_timestamps_and_zero_terms_and_pair_train_with_val(tmp_path)
 
 
 def test_smoothing_follows_a_constant_and_damps_noise():
-    assert smoothed([2.0] * 5) == pytest.approx([2.0] * 5)  # bias-corrected: no pull towards zero at the start
+    assert smoothed([2.0] * 5) == pytest.approx(
+        [2.0] * 5
+    )  # bias-corrected: no pull towards zero at the start
     noisy = [1.0, -1.0] * 20
     assert max(abs(v) for v in smoothed(noisy)[10:]) < 0.2
