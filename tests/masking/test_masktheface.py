@@ -189,3 +189,21 @@ def test_low_threshold_finds_are_recorded_with_their_score_and_filtered_by_min_s
     stricter = tmp_path / "stricter"
     CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(stricter), "--min-score", "5", "--quiet"])
     assert [r["status"] for r in _report(stricter)] == ["no_face"]
+
+
+def test_the_readme_table1_recipe_builds_with_the_checkouts_templates(checkout, face_photo, tmp_path):
+    """README: `m2u-pipeline run --preset paper ... --set 'dataset.mask_options={mask_type: random, pack: ...}'`."""
+    import yaml
+
+    from m2u.datasets.build import make_masker
+    from m2u.masking.detect import FaceDetector
+    from m2u.masking.imageio import read_image
+    from m2u.pipelines.config import load_config
+
+    override = yaml.safe_load(f"{{mask_type: random, pack: {checkout}}}")
+    config = load_config("paper", extra={"dataset": {"mask_options": override}})
+    assert config.dataset.limit == 12000 and config.dataset.mask_options["pack"] == str(checkout)
+    masker = make_masker(config.dataset)
+    image = read_image(face_photo)
+    types = {masker(image, FaceDetector().detect(image)[0], seed)[2]["type"] for seed in range(12)}
+    assert types <= set(load_template_pack(checkout).names) and len(types) >= 3
