@@ -92,8 +92,10 @@ def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Pat
             axis.legend(fontsize=7)
         for axis in list(axes.flat)[len(panels) :]:
             axis.set_visible(False)
-        for axis in axes[-1]:
-            axis.set_xlabel("step")
+        for column in range(columns):  # "step" under the lowest panel of each column
+            shown = [axes[row, column] for row in range(rows) if row * columns + column < len(panels)]
+            if shown:
+                shown[-1].set_xlabel("step")
         figure.suptitle(stage)
         figure.tight_layout()
         path = out_dir / f"{stage}_train.png"
