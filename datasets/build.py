@@ -151,7 +151,12 @@ def make_masker(config: BuildConfig) -> Masker:
     unknown = sorted(set(mask_options) - known)
     if unknown:
         raise BuildError(f"unknown mask option(s) {unknown}; MaskConfig accepts {sorted(known)}")
-    config = MaskConfig(**mask_options)
+    try:
+        config = MaskConfig(**mask_options)
+    except ValueError as exc:
+        raise BuildError(f"mask options: {exc}") from None
+    if len(config.expand()) > 1:
+        raise BuildError("mask type 'all' is several masks per face: use --variants K with --mask-type random")
 
     def mask(image: np.ndarray, face: Any, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         result = apply_mask(image, face, config, seed)

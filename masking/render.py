@@ -99,6 +99,8 @@ def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskCon
     configs = []
     for entry in entries:
         mask_type, _, extra = entry.partition("-")
+        if mask_type.strip().lower() == ALL_TYPES:
+            raise ValueError(f"mask code entry {entry!r}: 'all' is not one mask; list the types instead")
         color, pattern = base.color, base.pattern
         if extra.startswith("#") or extra.lower() in COLORS:
             color = extra.lower()

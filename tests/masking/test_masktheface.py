@@ -88,6 +88,17 @@ def test_mask_code_entries_and_cycling(tmp_path):
         parse_mask_code("cloth, hat-#000000")
     with pytest.raises(ValueError, match="empty"):
         parse_mask_code(" , ")
+    with pytest.raises(ValueError, match="'all' is not one mask"):
+        parse_mask_code("cloth, all")
+
+
+def test_make_dataset_refuses_all_with_a_clear_message():
+    from m2u.datasets.build import BuildConfig, BuildError, make_masker
+
+    with pytest.raises(BuildError, match="--variants K with --mask-type random"):
+        make_masker(BuildConfig(mask_options={"mask_type": "all"}))
+    with pytest.raises(BuildError, match="mask options: unknown mask type 'hat'"):
+        make_masker(BuildConfig(mask_options={"mask_type": "hat"}))
 
 
 def test_m2u_mask_takes_the_checkout_and_masktheface_names(checkout, face_photo, tmp_path):
