@@ -156,7 +156,9 @@ def make_masker(config: BuildConfig) -> Masker:
     except ValueError as exc:
         raise BuildError(f"mask options: {exc}") from None
     if len(config.expand()) > 1:
-        raise BuildError("mask type 'all' is several masks per face: use --variants K with --mask-type random")
+        raise BuildError(
+            "mask type 'all' is several masks per face: use --variants K with --mask-type random"
+        )
 
     def mask(image: np.ndarray, face: Any, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         result = apply_mask(image, face, config, seed)
