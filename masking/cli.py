@@ -270,7 +270,8 @@ _DETECT = DetectorConfig()
     "--code",
     default=None,
     help="MaskTheFace's --code: comma-separated type[-#rrggbb|-colour|-pattern or texture] entries, cycled "
-    "over the inputs (input i gets entry i mod N); replaces --mask-type/--color/--pattern.",
+    "over the inputs (input i gets entry i mod N); replaces --mask-type, and an entry's colour or pattern "
+    "replaces --color or --pattern.",
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Same seed and inputs: byte-identical outputs."
