@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from m2u.training.config import GanTrainConfig
-from m2u.training.flops import count_macs, count_params
+from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, PatchDiscriminator
 from m2u.training.trainer import DistributedContext, GanTask, seed_everything
 
@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "generator_gflops_2x": round(2 * g_macs / 1e9, 3),
         "discriminator_gmacs": round(d_macs / 1e9, 3),
     }
+    # A counter the literature uses, beside ours (None when ptflops is not installed).
+    g_ptflops = ptflops_macs(
+        CARU2Net(generator_config), [(1, 3, latency_size, latency_size), (1, 1, latency_size, latency_size)]
+    )
+    results["cost"]["generator_ptflops_gmacs"] = None if g_ptflops is None else round(g_ptflops / 1e9, 3)
     print(json.dumps(results, indent=2), flush=True)
 
     # fp32 and channels_last at the paper's size. bf16 at 64 only: CPUs without AVX512-BF16/AMX (this one)

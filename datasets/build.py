@@ -166,7 +166,14 @@ def make_masker(config: BuildConfig) -> Masker:
     unknown = sorted(set(mask_options) - known)
     if unknown:
         raise BuildError(f"unknown mask option(s) {unknown}; MaskConfig accepts {sorted(known)}")
-    config = MaskConfig(**mask_options)
+    try:
+        config = MaskConfig(**mask_options)
+    except ValueError as exc:
+        raise BuildError(f"mask options: {exc}") from None
+    if len(config.expand()) > 1:
+        raise BuildError(
+            "mask type 'all' is several masks per face: use --variants K with --mask-type random"
+        )
 
     def mask(image: np.ndarray, face: Any, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         result = apply_mask(image, face, config, seed)
@@ -214,7 +221,7 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 
 
 def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
-    from m2u.masking import Face, ImageReadError
+    from m2u.masking import Face, ImageReadError, MaskingError
     from m2u.masking.imageio import decode_image, read_input_bytes
 
     if _STATE is None:
@@ -255,7 +262,10 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
             masked, mask, mask_meta = masker(aligned.image, crop_face, planned.seed)
         except Exception as exc:  # noqa: BLE001 - MaskingError and friends: recorded per variant
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            results.append((_row(planned, **common, reason=f"masking failed: {reason}"), None))
+            status = Status.REFUSED if isinstance(exc, MaskingError) else Status.ERROR
+            results.append(
+                (_row(planned, **common, status=status.value, reason=f"masking failed: {reason}"), None)
+            )
             continue
         # Every changed pixel is part of the mask; outside it the pair is identical by construction.
         covered = (mask > 0) | (masked != aligned.image).any(axis=-1)

@@ -14,7 +14,7 @@ from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.masking.imageio import describe_ignored_files
 
 # Shorthand options → m2u.masking.MaskConfig field names.
-MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern"}
+MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern", "pack": "pack"}
 
 
 def _parse_value(text: str) -> Any:
@@ -91,6 +91,11 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option("--mask-color", help="Mask colour passed to the masking engine.")
 @click.option("--mask-pattern", help="Mask pattern passed to the masking engine.")
 @click.option(
+    "--pack",
+    type=click.Path(exists=True),
+    help="Templates from a MaskTheFace-style masks.cfg, its folder, or a MaskTheFace checkout (like m2u-mask).",
+)
+@click.option(
     "--mask-option", multiple=True, metavar="KEY=VALUE", help="Any other MaskConfig field (repeatable)."
 )
 @click.option(
@@ -144,7 +149,8 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     statuses = stats["counts"]["by_status"]
     click.echo(
         f"{out_dir}: train {samples['train']}, val {samples['val']}, test {samples['test']} pairs; "
-        f"{statuses['no_face']} without a face, {statuses['error']} errors; "
+        f"{statuses['no_face']} without a face, {statuses.get('refused', 0)} refused by the masking checks, "
+        f"{statuses['error']} errors; "
         f"{stats['timings']['total_s']:.1f} s ({stats['timings']['pairs_per_s']:.1f} pairs/s)"
     )
     if statuses["ok"] == 0:

@@ -71,6 +71,9 @@ class Status(enum.StrEnum):
 
     OK = "ok"
     NO_FACE = "no_face"
+    # A face was found but the masking engine refused to place a mask on it (fold-over, mask off the mouth...):
+    # a property of the photo, not a failure of the build.
+    REFUSED = "refused"
     ERROR = "error"
 
 

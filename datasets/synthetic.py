@@ -142,7 +142,19 @@ def draw_mask(face: SyntheticFace, rng: np.random.Generator) -> SyntheticSample:
     covered = mask == 255
     masked = face.image.copy()
     masked[covered] = cover[covered]
-    meta = {"type": mask_type, "color": colour.tolist(), "pattern": "stripes" if stripes else "none"}
+    # The fields of the per-sample JSON's mask schema (m2u.datasets.writer.MASK_META_SCHEMA) this engine knows;
+    # its anchors are the outline points the polygon runs through (jaw ends, nose bridge, jaw corners, chin).
+    anchors = {name: lm[index].tolist() for name, index in zip("abcdef", (1, 28, 15, 4, 8, 12))}
+    meta = {
+        "type": mask_type,
+        "template_source": "synthetic",
+        "color": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colour)),
+        "color_weight": 1.0,
+        "pattern": "stripes" if stripes else "",
+        "pattern_weight": 0.25 if stripes else 0.0,
+        "anchors": anchors,
+        "mask_pixels": int(np.count_nonzero(mask)),
+    }
     return SyntheticSample(
         unmasked=face.image, masked=masked, mask=mask, landmarks=face.landmarks, mask_meta=meta
     )

@@ -38,21 +38,132 @@ def round_array(array: np.ndarray, decimals: int = LANDMARK_DECIMALS) -> list:
     return np.round(np.asarray(array, dtype=np.float64), decimals).tolist()
 
 
+# The `mask` object of every sample's JSON: each field always present with one JSON type (HuggingFace `datasets`
+# infers a dataset's schema from its first rows, so a field that is null there and a string later breaks
+# `load_dataset`). Strings are "" when a value does not apply (no colour, no pattern, no fallback); numbers
+# declared float are always written as floats; point lists hold [float, float] pairs.
+MASK_META_SCHEMA: dict[str, str] = {
+    "type": "str",
+    "template": "str",
+    "template_source": "str",
+    "color": "str",  # "#rrggbb", or "" when the template keeps its own colours
+    "color_weight": "float",
+    "pattern": "str",  # a pattern name or image file, or ""
+    "pattern_weight": "float",
+    "anchors": "anchors",  # {"a": [x, y], ..., "f": [x, y]}: the six MaskTheFace anchor points, crop pixels
+    "landmarks": "points",  # the 68 landmarks the mask was placed from, crop pixels
+    "pose": "str",  # "front", "left" or "right"
+    "yaw": "float",
+    "roll_degrees": "float",
+    "fallback": "str",  # the mesh fallback that produced the mask, or ""
+    "mask_pixels": "int",
+    "seed": "int",
+    "placement": "str",  # the placement configuration as canonical JSON, or "" for engines without one
+    # Fields an engine gives beyond this schema, as canonical JSON ("" when none): kept, not dropped, without
+    # breaking the schema; give a field its own typed entry here once it matters.
+    "extra": "str",
+}
+ANCHOR_KEYS = ("a", "b", "c", "d", "e", "f")
+# What a masking engine may leave out (its value then is this); every other field it must give.
+_MASK_META_DEFAULTS: dict[str, Any] = {
+    "color": "",
+    "color_weight": 0.0,
+    "pattern": "",
+    "pattern_weight": 0.0,
+    "pose": "front",
+    "yaw": 0.0,
+    "roll_degrees": 0.0,
+    "fallback": "",
+    "placement": "",
+}
+
+
+def _points(value: Any, where: str) -> list[list[float]]:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(
+            f"mask metadata field {where!r} must be a list of [x, y] points, got shape {array.shape}"
+        )
+    return round_array(array)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy (numpy scalars and arrays as Python numbers and lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _color_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    r, g, b = (int(c) for c in value)  # an (r, g, b) triple of 0..255
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def mask_metadata(mask_meta: Mapping[str, Any], landmarks: np.ndarray, seed: int) -> dict[str, Any]:
+    """A masking engine's meta brought to MASK_META_SCHEMA: every field present, one type each; fields outside
+    the schema go, as canonical JSON, into `extra`. Raises ValueError for a required field that is missing."""
+    if "extra" in mask_meta:
+        raise ValueError("mask metadata may not set 'extra' itself: it holds the fields outside the schema")
+    unknown = {k: v for k, v in mask_meta.items() if k not in MASK_META_SCHEMA}
+    known = {k: v for k, v in mask_meta.items() if k in MASK_META_SCHEMA}
+    extra = dumps_json(_plain(unknown)).decode("ascii") if unknown else ""
+    given = {**_MASK_META_DEFAULTS, "landmarks": landmarks, "seed": seed, **known, "extra": extra}
+    given.setdefault("template", given.get("type", ""))
+    given.setdefault("template_source", "")
+    missing = [name for name in MASK_META_SCHEMA if name not in given]
+    if missing:
+        raise ValueError(f"mask metadata lacks required field(s): {', '.join(missing)}")
+    out: dict[str, Any] = {}
+    for name, kind in MASK_META_SCHEMA.items():
+        value = given[name]
+        if kind == "str":
+            if name == "color":
+                value = _color_text(value)
+            elif name == "placement" and isinstance(value, Mapping):
+                value = dumps_json(dict(value)).decode("ascii")
+            out[name] = "" if value is None else str(value)
+        elif kind == "float":
+            out[name] = float(value)
+        elif kind == "int":
+            out[name] = int(value)
+        elif kind == "points":
+            out[name] = _points(value, name)
+        else:  # anchors
+            if set(value) != set(ANCHOR_KEYS):
+                raise ValueError(
+                    f"mask metadata 'anchors' must name {', '.join(ANCHOR_KEYS)}, got {sorted(value)}"
+                )
+            out[name] = {k: [round(float(c), LANDMARK_DECIMALS) for c in value[k]] for k in ANCHOR_KEYS}
+    return out
+
+
 def sample_metadata(
     planned: Any, size: int, landmarks: np.ndarray, align_matrix: np.ndarray, mask_meta: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The `<key>.json` member: where the sample came from, its landmarks after alignment, and the mask's meta."""
+    """The `<key>.json` member: where the sample came from, its landmarks after alignment, and the mask's meta
+    (in MASK_META_SCHEMA). The one builder of the per-sample JSON, used by the real build and the synthetic
+    writer alike; every field is always present with one type."""
     return {
-        "key": planned.key,
-        "source": planned.source,
-        "identity": planned.identity,
-        "split": planned.split,
-        "seed": planned.seed,
-        "variant": planned.variant,
-        "size": size,
-        "landmarks": round_array(landmarks),
+        "key": str(planned.key),
+        "source": str(planned.source),
+        "identity": str(planned.identity or ""),
+        "split": str(planned.split),
+        "seed": int(planned.seed),
+        "variant": int(planned.variant),
+        "size": int(size),
+        "landmarks": _points(landmarks, "landmarks"),
         "align_matrix": round_array(align_matrix, 6),
-        "mask": mask_meta,
+        "mask": mask_metadata(mask_meta, landmarks, int(planned.seed)),
     }
 
 

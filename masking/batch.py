@@ -1,7 +1,8 @@
 """Masking many files: the engine behind m2u-mask, as a library function (`mask_files`).
 
 For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the input)
-and OUT/name_<type>.json; OUT/report.csv has one row per input (status ok / no_face / error, with the reason).
+and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (status ok / no_face / refused /
+error, with the reason).
 Files in sub-folders keep their sub-folder in OUT, so equal names in different folders do not collide.
 
 Safety: inputs come from `m2u.masking.inputs.discover` with OUT excluded (a rerun never reads its own outputs
@@ -41,11 +42,14 @@ from m2u.masking.inputs import (
     output_lock,
 )
 from m2u.masking.parallel import worker_pool
-from m2u.masking.render import MaskConfig, apply_mask, warm_templates
+from m2u.masking.render import MaskConfig, apply_mask, inputs_per_config, parse_mask_code, warm_templates
 from m2u.masking.runtime import runtime_field
 
 REPORT_NAME = "report.csv"
-REPORT_FIELDS = ("path", "status", "faces", "reason")
+# status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
+# mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
+REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
+STATUSES = ("ok", "no_face", "refused", "error")
 JPEG_QUALITY = 95
 LOCK_TOOL = "m2u-mask"
 
@@ -55,6 +59,9 @@ class BatchConfig:
     """What m2u-mask does to every input; `workers` 0 (or 1) means in this process, no worker processes."""
 
     mask: MaskConfig = field(default_factory=MaskConfig)
+    # MaskTheFace's --code: type[-colour|-pattern] entries cycled over the inputs (input i gets entry i mod N);
+    # None: every input gets `mask` (each type of it for "all").
+    mask_code: str | None = None
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     seed: int = 0  # same seed and inputs: byte-identical outputs
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (an error row)
@@ -69,6 +76,20 @@ class BatchConfig:
 
     def resolved_workers(self) -> int:
         return max(self.workers, 1)
+
+    def mask_configs(self) -> tuple[MaskConfig, ...]:
+        """The single-type configurations of the run (ValueError naming a bad --code entry)."""
+        return (
+            parse_mask_code(self.mask_code, self.mask) if self.mask_code is not None else self.mask.expand()
+        )
+
+    def groups(self, n_inputs: int) -> list[tuple[MaskConfig, list[int]]]:
+        """(configuration, input indices): --code cycles its entries over the inputs; otherwise every input gets
+        every configuration ("all": each type)."""
+        configs = self.mask_configs()
+        if self.mask_code is not None:
+            return inputs_per_config(configs, n_inputs)
+        return [(c, list(range(n_inputs))) for c in configs]
 
 
 @dataclass
@@ -178,10 +199,17 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
             continue
         masked = result.image
         np.maximum(union, result.mask, out=union)
-        metas.append({"face": index, "box": list(face.box), "score": face.score, **result.meta})
+        metas.append({"face": index, "box": list(face.box), "score": face.score, **_detection(face)})
+        metas[-1].update(result.meta)
     row["faces"] = len(metas)
-    row["reason"] = "; ".join(failures)
+    low = [
+        f"face {m['face']} found by the low-threshold retry (score {m['score']:.3f})"
+        for m in metas
+        if m["retry"]
+    ]
+    row["reason"] = "; ".join(failures + low)
     if not metas:
+        row["status"] = "refused"  # faces were found; every mask was refused by the placement checks
         return row
     jpg, png, meta = output_paths(job.out_dir, stem, job.mask_config.mask_type)
     jpg.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +233,12 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
     write_atomic(meta, json.dumps(info, sort_keys=True).encode() + b"\n")
     row["status"] = "ok"
     return row
+
+
+def _detection(face) -> dict[str, object]:
+    """How a face was found: whether only the low-threshold retry pass found it (false positives come from there:
+    filter them with --min-score)."""
+    return {"detector": face.detector, "retry": bool(face.retry)}
 
 
 def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
@@ -267,16 +301,22 @@ def mask_files(
     out = Path(out_dir)
     found = find_inputs(inputs, out)
     files = output_stems(found.entries)
-    targets = [p for _, stem in files for p in output_paths(out, stem, config.mask.mask_type)]
+    groups = config.groups(len(files))
+    targets = [
+        p for mask, indices in groups for i in indices for p in output_paths(out, files[i][1], mask.mask_type)
+    ]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
     if not found.entries:
         raise InputError("no image files found in the inputs")
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
-    job = Job(out, config.mask, config.detector, config.seed, config.max_pixels)
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
-        rows = run(files, job, workers, progress=config.progress)
+        rows: list[dict[str, str | int]] = []
+        for mask, indices in groups:
+            job = Job(out, mask, config.detector, config.seed, config.max_pixels)
+            done = run([files[i] for i in indices], job, workers, progress=config.progress)
+            rows += [{**row, "mask_type": mask.mask_type} for row in done]
         seconds = time.perf_counter() - start
         write_report(rows, out / REPORT_NAME)
     return BatchResult(out, rows, workers, seconds, found.describe_skipped())

@@ -15,14 +15,16 @@ from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.imageio import ImageReadError, read_image
 from m2u.masking.inputs import Discovery, InputError, OutputFolderError
 from m2u.masking.render import MaskConfig
-from m2u.masking.templates import MASK_TYPES
+from m2u.masking.templates import ALL_TYPES, MASK_TYPES
 
 _MASK = MaskConfig()
 _DETECTOR = DetectorConfig()
 _BATCH = BatchConfig()
 
 
-def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, seed: int) -> None:
+def _contact_sheet(
+    found: Discovery, detector: DetectorConfig, target: Path, seed: int, pack: str | None
+) -> None:
     from m2u.masking.sheet import render_contact_sheet
 
     for entry in found.entries:
@@ -34,7 +36,7 @@ def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, see
             continue
         faces = FaceDetector(detector).detect(image)
         if faces:
-            sheet = render_contact_sheet(image, faces[0], seed=seed)
+            sheet = render_contact_sheet(image, faces[0], seed=seed, pack=pack)
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
             click.echo(f"contact sheet of {entry.path} written to {target}", err=True)
@@ -57,7 +59,8 @@ def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, see
     "--mask-type",
     default=_MASK.mask_type,
     show_default=True,
-    help=f"One of {', '.join(MASK_TYPES)}, random, or a template of --pack.",
+    help=f"One of {', '.join(MASK_TYPES)} (any case: N95, KN95), random, {ALL_TYPES} (every type, one output "
+    "each), or a template of --pack.",
 )
 @click.option(
     "--color",
@@ -75,7 +78,14 @@ def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, see
     "--pack",
     default=_MASK.pack,
     type=click.Path(exists=True),
-    help="A MaskTheFace-style masks.cfg (or its folder).",
+    help="A MaskTheFace-style masks.cfg, its folder, or a MaskTheFace checkout (its masks/masks.cfg).",
+)
+@click.option(
+    "--code",
+    default=_BATCH.mask_code,
+    help="MaskTheFace's --code: comma-separated type[-#rrggbb|-colour|-pattern or texture] entries, cycled "
+    "over the inputs (input i gets entry i mod N); replaces --mask-type, and an entry's colour or pattern "
+    "replaces --color or --pattern.",
 )
 @click.option(
     "--seed",
@@ -106,6 +116,13 @@ def _contact_sheet(found: Discovery, detector: DetectorConfig, target: Path, see
     help="Try the CNN when HOG finds nothing.",
 )
 @click.option(
+    "--min-score",
+    default=_DETECTOR.min_score,
+    type=float,
+    help="Ignore detections scoring below this (HOG scores; the low-threshold retry accepts down to "
+    f"{_DETECTOR.retry_threshold}). Each face's score is in its JSON; retry finds are noted in report.csv.",
+)
+@click.option(
     "--max-pixels",
     default=_BATCH.max_pixels,
     show_default=True,
@@ -128,11 +145,13 @@ def main(
     pattern,
     pattern_weight,
     pack,
+    code,
     seed,
     workers,
     detector,
     upsample,
     cnn_fallback,
+    min_score,
     max_pixels,
     contact_sheet,
     quiet,
@@ -140,8 +159,8 @@ def main(
     """Put masks on every face in INPUTS (image files, folders searched recursively, globs or list files).
 
     For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the
-    input) and OUT/name_<type>.json; OUT/report.csv has one row per input (status ok / no_face / error). OUT must
-    not be an input folder; files inside OUT are never read as inputs."""
+    input) and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (status ok / no_face /
+    refused / error). OUT must not be an input folder; files inside OUT are never read as inputs."""
     try:
         mask_config = MaskConfig(
             mask_type=mask_type,
@@ -152,16 +171,27 @@ def main(
             pack=pack,
         )
         detector_config = DetectorConfig(
-            model=detector, upsample=upsample, max_upsample=max(upsample, 1), cnn_fallback=cnn_fallback
+            model=detector,
+            upsample=upsample,
+            max_upsample=max(upsample, 1),
+            cnn_fallback=cnn_fallback,
+            min_score=min_score,
         )
         config = BatchConfig(
-            mask_config, detector_config, seed, max_pixels, workers=workers, progress=not quiet
+            mask_config,
+            code,
+            detector_config,
+            seed,
+            max_pixels,
+            workers=workers,
+            progress=not quiet,
         )
+        config.mask_configs()  # a bad --code entry is refused before any work
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
         if contact_sheet is not None:
-            _contact_sheet(find_inputs(inputs, out_dir), detector_config, contact_sheet, seed)
+            _contact_sheet(find_inputs(inputs, out_dir), detector_config, contact_sheet, seed, pack)
             return
         result = mask_files(inputs, out_dir, config)
     except InputError as exc:
@@ -173,7 +203,7 @@ def main(
     rows = len(result.rows)
     click.echo(
         f"{rows} inputs: {result.count('ok')} masked ({result.faces} faces), {result.count('no_face')} without a "
-        f"face, {result.count('error')} errors; {rows / max(result.seconds, 1e-9):.1f} images/s with "
+        f"face, {result.count('refused')} refused, {result.count('error')} errors; {rows / max(result.seconds, 1e-9):.1f} images/s with "
         f"{result.workers} worker(s). Report: {result.report}",
         err=True,
     )

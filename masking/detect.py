@@ -107,6 +107,11 @@ class DetectorConfig:
     # of at least ~80/coarse_scale px at a fraction of the cost: benchmarks/make_dataset.py times HOG per scale),
     # and runs the full ladder only when that finds nothing. 1 turns it off.
     coarse_scale: float = 0.8
+    # Detections scoring below this are not faces, in every pass (None: each pass's own threshold decides). The
+    # low-threshold retry finds a few real faces and some false positives (a dog gets a "face"); every face
+    # records its score and whether only the retry found it (`Face.retry`), so a run can be filtered afterwards
+    # or rerun with a minimum score.
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -124,14 +129,16 @@ class DetectorConfig:
     def passes(self) -> list[tuple[str, int, float]]:
         """The detection ladder as (model, upsample, threshold) tuples, tried in order."""
         more = range(self.upsample + 1, self.max_upsample + 1)
+        floor = -np.inf if self.min_score is None else self.min_score
         if self.model == "cnn":
-            return [("cnn", u, 0.0) for u in (self.upsample, *more)]
-        ladder = [("hog", self.upsample, self.hog_threshold)]
-        if self.retry_threshold < self.hog_threshold:
-            ladder.append(("hog", self.upsample, self.retry_threshold))
-        ladder += [("hog", u, self.hog_threshold) for u in more]
+            return [("cnn", u, max(0.0, floor)) for u in (self.upsample, *more)]
+        first = max(self.hog_threshold, floor)
+        ladder = [("hog", self.upsample, first)]
+        if max(self.retry_threshold, floor) < first:
+            ladder.append(("hog", self.upsample, max(self.retry_threshold, floor)))
+        ladder += [("hog", u, first) for u in more]
         if self.cnn_fallback:
-            ladder.append(("cnn", self.upsample, 0.0))
+            ladder.append(("cnn", self.upsample, max(0.0, floor)))
         return ladder
 
 
@@ -143,6 +150,7 @@ class Face:
     landmarks: np.ndarray
     score: float
     detector: str = "hog"
+    retry: bool = False  # found only by the low-threshold retry pass (where false positives come from)
 
     def __post_init__(self) -> None:
         if self.landmarks.shape != (N_LANDMARKS, 2):
@@ -212,7 +220,8 @@ class FaceDetector:
             lowest[key] = min(threshold, lowest.get(key, threshold))
         runs: dict[tuple, list[tuple[dlib.rectangle, float]]] = {}
         scaled: dict[float, np.ndarray] = {}
-        found, model, scale = [], self.config.model, full
+        found, model, scale, threshold = [], self.config.model, full, 0.0
+        first_threshold = ladder[0][3]
         for scale, model, upsample, threshold in ladder:
             key = (scale, model, upsample)
             if key not in runs:
@@ -241,8 +250,9 @@ class FaceDetector:
             )
             shape = predictor(image, box)
             points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+            retry = model == "hog" and threshold < first_threshold
             faces.append(
-                Face((box.left(), box.top(), box.right(), box.bottom()), points, float(score), model)
+                Face((box.left(), box.top(), box.right(), box.bottom()), points, float(score), model, retry)
             )
         faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
         return faces

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,16 +25,26 @@ from m2u.masking.geometry import (
     build_mesh,
 )
 from m2u.masking.options import check_types
-from m2u.masking.templates import COLORS, MASK_TYPES, Template, get_template, load_template_pack
+from m2u.masking.templates import (
+    ALL_TYPES,
+    COLORS,
+    MASK_TYPES,
+    Template,
+    canonical_mask_type,
+    get_template,
+    load_template_pack,
+)
 
 RANDOM = "random"
 
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """What mask to draw and how. `mask_type` is one of MASK_TYPES, a template of `pack`, or "random" (a real mask
-    chosen with the seed). `color` is a name from COLORS, #rrggbb, "random" or None (the template's own colours);
-    `pattern` one of PATTERNS, an image file, "random" or None. Weights blend them into the fabric (0..1)."""
+    """What mask to draw and how. `mask_type` is one of MASK_TYPES (any case: MaskTheFace's `N95`, `KN95`), a
+    template of `pack` (matched case-insensitively), "random" (a real mask chosen with the seed) or "all" (every
+    type: `expand()` gives one configuration per type; apply_mask takes only single types). `color` is a name from
+    COLORS, #rrggbb, "random" or None (the template's own colours); `pattern` one of PATTERNS, an image file,
+    "random" or None. Weights blend them into the fabric (0..1)."""
 
     mask_type: str = "surgical"
     color: str | None = None
@@ -63,10 +75,67 @@ class MaskConfig:
             raise ValueError(f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
         if self.pattern not in (None, RANDOM, *PATTERNS):
             check_pattern_image(self.pattern)  # before any work: its size decides the memory each face takes
-        if self.pack is None and self.mask_type not in (*MASK_TYPES, RANDOM):
+        object.__setattr__(self, "mask_type", canonical_mask_type(self.mask_type))
+        if self.pack is None and self.mask_type not in (*MASK_TYPES, RANDOM, ALL_TYPES):
             raise ValueError(
-                f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)} or random"
+                f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)}, random or all"
             )
+        if self.pack is not None and self.mask_type not in (RANDOM, ALL_TYPES):
+            object.__setattr__(self, "mask_type", load_template_pack(self.pack).resolve(self.mask_type))
+
+    def expand(self) -> tuple[MaskConfig, ...]:
+        """The single-type configurations this one stands for: one per type (of the pack, or MASK_TYPES) for
+        "all", else itself."""
+        if self.mask_type != ALL_TYPES:
+            return (self,)
+        types = load_template_pack(self.pack).names if self.pack else MASK_TYPES
+        return tuple(dataclasses.replace(self, mask_type=t) for t in types)
+
+
+def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskConfig, ...]:
+    """MaskTheFace's `--code`: comma-separated `type`, `type-#rrggbb` / `type-<colour name>` or
+    `type-<pattern or texture image>` entries, each a configuration of its own (the other fields from `base`).
+    A texture path that is not a file as given is also looked up relative to the MaskTheFace checkout holding
+    `base.pack` (its `--code` examples name `masks/textures/...`). ValueError names a bad entry."""
+    entries = [entry.strip() for entry in code.split(",") if entry.strip()]
+    if not entries:
+        raise ValueError("the mask code is empty: give entries like 'cloth-#e54294, N95, surgical_blue'")
+    configs = []
+    for entry in entries:
+        mask_type, _, extra = entry.partition("-")
+        if mask_type.strip().lower() == ALL_TYPES:
+            raise ValueError(f"mask code entry {entry!r}: 'all' is not one mask; list the types instead")
+        color, pattern = base.color, base.pattern
+        if extra.startswith("#") or extra.lower() in COLORS:
+            color = extra.lower()
+        elif extra:
+            pattern = _code_texture(extra, base.pack)
+        try:
+            configs.append(
+                dataclasses.replace(base, mask_type=mask_type.strip(), color=color, pattern=pattern)
+            )
+        except ValueError as exc:
+            raise ValueError(f"mask code entry {entry!r}: {exc}") from None
+    return tuple(configs)
+
+
+def _code_texture(text: str, pack: str | None) -> str:
+    if text in PATTERNS or os.path.isfile(text) or pack is None:
+        return text
+    cfg = load_template_pack(pack).path  # masks.cfg; a checkout's root is its parent's parent
+    for root in (cfg.parent, cfg.parent.parent):
+        if (root / text).is_file():
+            return str(root / text)
+    return text
+
+
+def inputs_per_config(configs: Sequence[MaskConfig], n_inputs: int) -> list[tuple[MaskConfig, list[int]]]:
+    """Configurations cycled over inputs 0..n-1 (MaskTheFace's `--code`: input i gets entry i mod len), as
+    (configuration, input indices) groups in the configurations' order; every input in exactly one group."""
+    if not configs:
+        raise ValueError("no mask configurations to cycle over")
+    groups = [(config, list(range(k, n_inputs, len(configs)))) for k, config in enumerate(configs)]
+    return [(config, indices) for config, indices in groups if indices]
 
 
 @dataclass
@@ -354,7 +423,7 @@ def warm_templates(config: MaskConfig) -> None:
     if config.pack:
         load_template_pack(config.pack)
         return
-    for mask_type in MASK_TYPES if config.mask_type == RANDOM else (config.mask_type,):
+    for mask_type in MASK_TYPES if config.mask_type in (RANDOM, ALL_TYPES) else (config.mask_type,):
         get_template(mask_type)
 
 
@@ -507,6 +576,8 @@ def apply_mask(
     Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
+    if config.mask_type == ALL_TYPES:
+        raise ValueError("mask type 'all' stands for several masks: apply each of MaskConfig.expand()")
     landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
     rng = np.random.default_rng(seed)
     resolved = mask_type, color, pattern = _resolve(config, rng)

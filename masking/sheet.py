@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
@@ -39,13 +41,29 @@ def _crop_box(face: Face, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return int(x0), int(y0), x1, y1
 
 
+def pack_variants(pack: str) -> tuple[tuple[str, MaskConfig], ...]:
+    """Every template of a MaskTheFace-style pack, then a few colours and patterns on its first template."""
+    plain = tuple((c.mask_type, c) for c in MaskConfig(mask_type="all", pack=pack).expand())
+    first = plain[0][1]
+    colours = tuple(
+        (f"{first.mask_type} {c}", dataclasses.replace(first, color=c, color_weight=0.8))
+        for c in ("pink", "black")
+    )
+    patterns = tuple(
+        (f"{first.mask_type} {p}", dataclasses.replace(first, pattern=p, pattern_weight=0.8))
+        for p in PATTERNS[:2]
+    )
+    return plain + colours + patterns
+
+
 def render_contact_sheet(
-    image: np.ndarray, face: Face, tile: int = 256, columns: int = 5, seed: int = 0
+    image: np.ndarray, face: Face, tile: int = 256, columns: int = 5, seed: int = 0, pack: str | None = None
 ) -> np.ndarray:
-    """RGB sheet of SHEET_VARIANTS on one face, each tile labelled (a failed variant shows its reason)."""
+    """RGB sheet of SHEET_VARIANTS (or, with `pack`, of the pack's templates: `pack_variants`) on one face, each
+    tile labelled (a failed variant shows its reason)."""
     x0, y0, x1, y1 = _crop_box(face, image.shape)
     tiles = []
-    for label, config in SHEET_VARIANTS:
+    for label, config in SHEET_VARIANTS if pack is None else pack_variants(pack):
         try:
             rendered = apply_mask(image, face, config, seed).image
             caption = label

@@ -30,6 +30,14 @@ _SUPERSAMPLE = 2  # outlines are drawn at twice the size and area-downsampled: a
 
 # Our own mask types (what `random` picks among). Presets are types with a fixed colour.
 MASK_TYPES: tuple[str, ...] = ("surgical", "surgical_blue", "surgical_green", "n95", "kn95", "cloth", "gas")
+# Mask type meaning "every type, one output each per face" (MaskTheFace's `--mask_type all`).
+ALL_TYPES = "all"
+
+
+def canonical_mask_type(name: str) -> str:
+    """One of MASK_TYPES for a name spelled in any case (MaskTheFace writes `N95`, `KN95`); other names as given."""
+    lowered = name.lower()
+    return lowered if lowered in MASK_TYPES or lowered == ALL_TYPES else name
 
 
 @dataclass(frozen=True)
@@ -420,10 +428,18 @@ class TemplatePackError(ValueError):
 
 
 def _pack_image(cfg_dir: Path, template_path: str) -> Path:
-    for candidate in (cfg_dir / template_path, cfg_dir / Path(template_path).name):
+    """The image a section's `template` names. MaskTheFace's own repository writes these paths relative to the
+    repository root (`masks/templates/surgical.png` in `masks/masks.cfg`); packs laid out flat keep the image next
+    to masks.cfg. Tried in that order: next to masks.cfg, relative to each of its two parent folders, then the
+    bare file name next to masks.cfg or in its `templates` folder."""
+    relative = Path(template_path)
+    candidates = [cfg_dir / relative, *(parent / relative for parent in list(cfg_dir.parents)[:2])]
+    candidates += [cfg_dir / relative.name, cfg_dir / "templates" / relative.name]
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise TemplatePackError(f"template image {template_path!r} not found next to {cfg_dir}")
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise TemplatePackError(f"template image {template_path!r} not found (tried {tried})")
 
 
 def template_from_image(name: str, rgba: np.ndarray, anchors: dict[str, tuple[float, float]]) -> Template:
@@ -465,9 +481,18 @@ class TemplatePack:
         """Base names (pose variants folded into their base)."""
         return tuple(n for n in self.templates if not n.endswith(POSE_SUFFIXES))
 
-    def get(self, name: str, pose: str = "front") -> Template:
-        if name not in self.templates:
+    def resolve(self, name: str) -> str:
+        """The pack's own spelling of a template name (matched case-insensitively: `n95` finds MaskTheFace's
+        `N95`); ValueError naming the pack's templates when it has none such."""
+        if name in self.names:
+            return name
+        matches = [n for n in self.names if n.lower() == name.lower()]
+        if len(matches) != 1:
             raise ValueError(f"template {name!r} is not in pack {self.path}; it has {', '.join(self.names)}")
+        return matches[0]
+
+    def get(self, name: str, pose: str = "front") -> Template:
+        name = self.resolve(name)
         return self.templates.get(f"{name}_{pose}", self.templates[name])
 
 
@@ -512,9 +537,13 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
 
 
 def load_template_pack(path: str | os.PathLike) -> TemplatePack:
-    """Load a MaskTheFace-style pack: a masks.cfg file, or a folder holding one. Cached per process."""
+    """Load a MaskTheFace-style pack: a masks.cfg file, a folder holding one, or a MaskTheFace checkout (its
+    unmodified `masks/masks.cfg`, whose template paths are relative to the checkout). Cached per process."""
     path = Path(path)
-    cfg_file = path / "masks.cfg" if path.is_dir() else path
+    cfg_file = path
+    if path.is_dir():
+        # A pack folder, or a MaskTheFace checkout (its pack lives in masks/masks.cfg).
+        cfg_file = next((c for c in (path / "masks.cfg", path / "masks" / "masks.cfg") if c.is_file()), path)
     if not cfg_file.is_file():
-        raise TemplatePackError(f"no masks.cfg at {path}")
+        raise TemplatePackError(f"no masks.cfg at {path} (nor at {path / 'masks' / 'masks.cfg'})")
     return _load_pack_cached(cfg_file.resolve(), cfg_file.stat().st_mtime)

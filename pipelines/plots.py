@@ -28,33 +28,78 @@ def read_log(path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     return series
 
 
+# Logged values that are not curves to look at: wall-clock stamps and durations.
+_NOT_CURVES = {"time", "seconds", "wall_s", "elapsed_s"}
+SMOOTHING = 0.9  # exponential moving average of the train curves (TensorBoard's default slider)
+
+
+def smoothed(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled towards zero."""
+    out, average = [], 0.0
+    for n, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**n))
+    return out
+
+
+def curve_panels(splits: dict[str, dict[str, list[tuple[int, float]]]]) -> dict[str, dict[str, list]]:
+    """{metric: {split: points}} for the metrics worth a panel: no timestamps, no all-zero terms (a loss term
+    switched off); a metric logged by train and val gets one panel with both."""
+    panels: dict[str, dict[str, list]] = defaultdict(dict)
+    for split, metrics in splits.items():
+        for name, points in metrics.items():
+            if name in _NOT_CURVES or not points or all(value == 0 for _, value in points):
+                continue
+            panels[name][split] = points
+    return dict(sorted(panels.items()))
+
+
 def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Path]:
-    """One PNG per stage and split (train losses, validation metrics); returns the files written."""
+    """One PNG per stage (`<stage>_train.png`): a panel per metric, train (raw, faint, and smoothed) and val on
+    the same axis, integer step ticks. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written: list[Path] = []
     for stage, stage_dir in stage_dirs.items():
         log = Path(stage_dir) / LOG_NAME
         if not log.exists():
             continue
-        for split, metrics in read_log(log).items():
-            if not metrics:
-                continue
-            out_dir.mkdir(parents=True, exist_ok=True)
-            figure, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.2 * len(metrics)), squeeze=False)
-            for axis, (name, points) in zip(axes[:, 0], sorted(metrics.items())):
+        panels = curve_panels(read_log(log))
+        if not panels:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        columns = 2 if len(panels) > 3 else 1
+        rows = -(-len(panels) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 2.4 * rows), squeeze=False)
+        for axis, (name, by_split) in zip(axes.flat, panels.items()):
+            for split, points in sorted(by_split.items(), key=lambda item: item[0] != "train"):
                 steps, values = zip(*points)
-                axis.plot(steps, values, marker="." if len(points) < 30 else None)
-                axis.set_ylabel(name)
-                axis.grid(alpha=0.3)
-            axes[-1, 0].set_xlabel("step")
-            figure.suptitle(f"{stage}: {split}")
-            figure.tight_layout()
-            path = out_dir / f"{stage}_{split}.png"
-            figure.savefig(path, dpi=90)
-            plt.close(figure)
-            written.append(path)
+                marker = "." if len(points) < 30 else None
+                if split == "train" and len(points) > 2:
+                    axis.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8)
+                    axis.plot(steps, smoothed(list(values)), color="C0", label="train (smoothed)")
+                else:
+                    axis.plot(
+                        steps, values, marker=marker, color="C0" if split == "train" else "C1", label=split
+                    )
+            axis.set_title(name, fontsize=9)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
+        for axis in list(axes.flat)[len(panels) :]:
+            axis.set_visible(False)
+        for column in range(columns):  # "step" under the lowest panel of each column
+            shown = [axes[row, column] for row in range(rows) if row * columns + column < len(panels)]
+            if shown:
+                shown[-1].set_xlabel("step")
+        figure.suptitle(stage)
+        figure.tight_layout()
+        path = out_dir / f"{stage}_train.png"
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        written.append(path)
     return written

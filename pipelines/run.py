@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,8 @@ def _stage_actions(
         return train_gan(cfg)
 
     def evaluation_action() -> dict:
+        # The training curves first, so the report can link to them.
+        curves = plot_training_curves({n: dirs[n] for n in ("mseg", "gan")}, dirs["evaluation"].parent / "plots")
         report = evaluate(
             dirs["dataset"],
             dirs["mseg"] / MSEG_WEIGHTS,
@@ -151,6 +154,7 @@ def _stage_actions(
             dirs["evaluation"],
             config.evaluation,
             metric_suite=metric_suite,
+            links={path.stem: os.path.relpath(path, dirs["evaluation"]) for path in curves},
         )
         return {"rows": report.get("rows", {}), "n_samples": report.get("n_samples")}
 

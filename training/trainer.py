@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -398,6 +399,9 @@ class TrainingTask:
         """(3, rows*H, 4*W) in [0, 1]."""
         raise NotImplementedError
 
+    # What the grid's columns show, left to right (written above them in the saved PNG).
+    grid_columns: tuple[str, ...] = ()
+
 
 def _grid_rows(columns: list[torch.Tensor], rows: int = 4) -> torch.Tensor:
     """Stack [B, C, H, W] columns (C = 1 or 3, [0, 1]) side by side, the first `rows` samples top to bottom."""
@@ -445,6 +449,8 @@ class MSegTask(TrainingTask):
             "dice": (float(dice_score(predicted, target).sum()), count),
             "pixel_accuracy": (float(pixel_accuracy(predicted, target).sum()), count),
         }
+
+    grid_columns = ("masked", "predicted mask", "masked x (1 - pred)", "true mask")
 
     @torch.no_grad()
     def grid(self, batch: dict) -> torch.Tensor:
@@ -556,6 +562,8 @@ class GanTask(TrainingTask):
             metrics["mseg_dice"] = (float(dice_score(mask, gt_mask).sum()), count)
         return metrics
 
+    grid_columns = ("masked", "mask", "output", "ground truth")
+
     @torch.no_grad()
     def grid(self, batch: dict) -> torch.Tensor:
         output01, _, mask, masked01 = self.generate(batch)
@@ -615,6 +623,10 @@ class Trainer:
         image = self.task.grid(self._grid_batch)
         self.task.set_train(True)
         array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        if self.task.grid_columns:
+            from m2u.training.evaluation.report import column_header
+
+            array = np.vstack([column_header(array.shape[1], self.task.grid_columns), array])
         path = self.out / "grids" / f"step-{self.step:07d}.png"
         atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
         if self._writer is not None:
@@ -714,6 +726,15 @@ class Trainer:
         if not (self.config.progress and self.dist.is_main):
             return None
         from tqdm import tqdm
+
+        if self.config.compile:
+            # torch.compile is lazy: the first steps compile the networks, silently, for up to minutes.
+            print(
+                f"m2u-train {self.task.name}: --compile: compiling the networks during the first steps "
+                "(the progress bar waits for it)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         return tqdm(
             total=self.config.max_steps, initial=self.step, desc=f"m2u-train {self.task.name}", unit="step"

@@ -50,7 +50,7 @@ def test_every_input_is_in_the_manifest_even_without_a_face(tmp_path):
     assert manifest.loc["noise_0", "width"] == 48 and len(manifest.loc["noise_0", "source_sha256"]) == 64
     assert (manifest["shard"] == "").all()
     assert not any(split_shards(out, s) for s in SPLITS)
-    assert result.stats["counts"]["by_status"] == {"ok": 0, "no_face": 4, "error": 1}
+    assert result.stats["counts"]["by_status"] == {"ok": 0, "no_face": 4, "refused": 0, "error": 1}
     assert json.loads((out / "stats.json").read_text())["arguments"]["seed"] == 0
 
 
@@ -99,7 +99,10 @@ def test_cli_reports_clear_errors(tmp_path):
     (photos / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"x")
     args = [str(photos), "-o", str(tmp_path / "o"), "--mask-engine", "synthetic", "--quiet", "--workers", "1"]
     result = runner.invoke(cli_main, args)
-    assert result.exit_code == 1 and "4 without a face, 1 errors" in result.output
+    assert (
+        result.exit_code == 1
+        and "4 without a face, 0 refused by the masking checks, 1 errors" in result.output
+    )
     assert "1 image file(s) in the input folders are hidden" in result.output
 
 

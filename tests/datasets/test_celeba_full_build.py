@@ -34,7 +34,7 @@ def test_every_photo_in_the_manifest_and_splits_near_70_15_15(celeba_dataset, ce
     assert manifest.groupby("source")["split"].nunique().max() == 1
     ok = manifest[manifest["status"] == "ok"]
     assert len(ok) >= 0.9 * len(manifest), stats["counts"]
-    assert set(manifest["status"]) <= {"ok", "no_face", "error"}
+    assert set(manifest["status"]) <= {"ok", "no_face", "refused", "error"}
     assert (manifest.loc[manifest["status"] != "ok", "reason"] != "").all()
 
 

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from skimage.metrics import peak_signal_noise_ratio
 
+from m2u.datasets.layout import read_manifest
 from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
 from m2u.training.checkpoint import load_model
 from m2u.training.evaluation.cli import main as eval_main
@@ -101,7 +102,8 @@ def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkp
     assert all(f"| {name} |" in md for name in ALL_ROWS)
     assert "| m2u_composite | n/a" not in md
     grid = cv2.imread(str(tmp_path / "grid.png"))
-    assert grid.shape[1] == 4 * 32 + 5 * 2 and grid.shape[0] == 18 + 3 * (32 + 2) + 2
+    # 32 px samples are shown as 128 px tiles (4x, nearest neighbour).
+    assert grid.shape[1] == 4 * 128 + 5 * 2 and grid.shape[0] == 18 + 3 * (128 + 2) + 2
     with open(tmp_path / "per_sample.csv") as handle:
         per_sample = list(csv.DictReader(handle))
     assert [r["key"] for r in per_sample] == [k for b in batches for k in b["key"]]
@@ -109,6 +111,17 @@ def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkp
     assert abs(mean_psnr - report["rows"]["masked_input"]["psnr"]) < 1e-3
     page = (tmp_path / "index.html").read_text()
     assert '<img src="grid.png"' in page and "<td>navier_stokes</td>" in page
+    mq = report["mask_quality"]
+    assert f"Dice {mq['dice']:.4f}" in page and "Cost and latency" in page and "ms over 2 runs" in page
+    # The per-mask-type table: from each sample's JSON, in metrics.json and on the page.
+    by_type = json.loads((tmp_path / "metrics.json").read_text())["by_mask"]["type"]
+    assert set(by_type) == {"synthetic-polygon", "synthetic-ellipse"}
+    assert sum(row["n"] for row in by_type.values()) == n_test
+    composite = {r["key"]: float(r["m2u_composite.psnr"]) for r in per_sample}
+    manifest = read_manifest(tiny_dataset).set_index("key")
+    polygon = [v for k, v in composite.items() if manifest.loc[k, "mask_type"] == "synthetic-polygon"]
+    assert abs(by_type["synthetic-polygon"]["psnr"] - np.mean(polygon)) < 1e-3  # the CSV has 6 digits
+    assert "<td>synthetic-ellipse</td>" in page and "stripes" in page
 
 
 def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tiny_checkpoints, tmp_path):
@@ -242,3 +255,28 @@ def test_device_errors_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_a_mask_covering_nearly_everything_is_a_visible_warning(tiny_dataset, tiny_checkpoints, tmp_path):
+    import m2u.training.evaluation.evaluate as evaluate_module
+
+    mseg_path, gen_path = tiny_checkpoints
+    real_restore = evaluate_module.restore_batch
+
+    def everything(*args, **kwargs):
+        pred, raw, comp = real_restore(*args, **kwargs)
+        return torch.ones_like(pred), raw, comp
+
+    suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    config = _quiet(max_samples=4, grid_rows=1, baselines=("masked_input",), paper_size_cost=False)
+    import unittest.mock
+
+    with unittest.mock.patch.object(evaluate_module, "restore_batch", everything):
+        report = evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config, metric_suite=suite)
+    assert report["mask_quality"]["predicted_coverage"] == 1.0
+    assert "covers nearly everything" in report["mask_quality"]["warning"]
+    assert (
+        '<p class="warning">Warning: M-Seg&#x27;s mask covers nearly everything'
+        in (tmp_path / "index.html").read_text()
+    )
+    assert "**Warning: M-Seg's mask covers nearly everything" in (tmp_path / "metrics.md").read_text()

@@ -69,6 +69,12 @@ def test_smoke_preset_runs_every_stage(smoke_run):
     assert json.loads((run / "config.json").read_text())["dataset"]["limit"] == 16
     assert "torch" in json.loads((run / "versions.json").read_text())
     assert {p.name for p in (run / "plots").glob("*.png")} >= {"mseg_train.png", "gan_train.png"}
+    # The report links to the curves (relative to the report folder) and lists them in metrics.json.
+    assert metrics["links"] == {
+        "mseg_train": "../plots/mseg_train.png",
+        "gan_train": "../plots/gan_train.png",
+    }
+    assert '<a href="../plots/gan_train.png">gan_train</a>' in (run / "evaluation" / "index.html").read_text()
 
 
 def test_rerun_does_nothing_and_says_so(smoke_run, face_inputs):

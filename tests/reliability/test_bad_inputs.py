@@ -48,10 +48,13 @@ def test_m2u_mask_accounts_for_every_input(corpus, tmp_path):
     rows = _read_csv(out / "report.csv", "path")
     _check_rows(corpus, rows, MASK_STATUSES)
     total = len(corpus.expected)
-    counts = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "no_face", "error")}
+    counts = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "no_face", "refused", "error")}
     assert sum(counts.values()) == total
     assert f"{total} inputs: {counts['ok']} masked" in result.output
-    assert f"{counts['no_face']} without a face, {counts['error']} errors" in result.output
+    assert (
+        f"{counts['no_face']} without a face, {counts['refused']} refused, {counts['error']} errors"
+        in result.output
+    )
     assert "1 file(s) in the input folders have no image suffix and were not read (.txt 1)" in result.output
     # outputs exist for the masked inputs and for nothing else
     written = {p.name for p in out.rglob("*.jpg")}

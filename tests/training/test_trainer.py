@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -134,7 +135,11 @@ def test_bf16_autocast_and_channels_last_train_the_gan(tmp_path):
     assert grids, "a final grid is written"
     from PIL import Image
 
-    assert Image.open(grids[-1]).size == (4 * 32, 2 * 32)  # masked | mask | output | ground truth, 2 rows
+    grid = Image.open(grids[-1])
+    # A labelled header (masked | mask | output | ground truth) over 2 rows of 32 px samples.
+    assert grid.size == (4 * 32, 18 + 2 * 32)
+    header = np.asarray(grid.convert("L"))[:18]
+    assert (header > 200).sum() > 20 and (header == 48).mean() > 0.5  # white text on the dark strip
 
 
 def test_gan_with_mseg_masks_and_wall_clock_budget(tmp_path):

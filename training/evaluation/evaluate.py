@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from m2u.masking.runtime import runtime_field
 from m2u.training.device import resolve_device
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
+from m2u.training.evaluation.groups import group_means, sample_mask_attributes
 from m2u.training.evaluation.report import (
     GT_MASK_SUFFIX,
     PAPER_RESOLUTION,
@@ -39,7 +41,7 @@ from m2u.training.evaluation.report import (
     write_report,
 )
 from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
-from m2u.training.flops import count_macs, count_params
+from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.imagespace import to_uint8_images
 from m2u.training.inference.restore import load_two_stage, restore_batch
 
@@ -52,6 +54,7 @@ __all__ = [
     "write_report",
 ]
 
+GROUPED_ROW = "m2u_composite"  # the row the per-mask-type tables break down (what m2u-unmask shows)
 BASELINE_MASKS = ("predicted", "ground_truth", "both")
 
 
@@ -128,11 +131,16 @@ def model_complexity(mseg: nn.Module, generator: nn.Module, sizes: tuple[int, ..
     out: dict[str, Any] = {
         "mseg_params": count_params(mseg),
         "generator_params": count_params(generator),
-        "macs_note": "multiply-accumulates (thop/fvcore convention, the paper's 'GFLOPs'); FLOPs = 2 x MACs",
+        "macs_note": "multiply-accumulates (thop/fvcore convention, the paper's 'GFLOPs'); FLOPs = 2 x MACs; "
+        "ptflops (pytorch backend) also counts bias, normalisation and activation operations",
     }
     for size in sorted(set(sizes)):
-        out[f"mseg_gmacs_{size}"] = count_macs(mseg, [(1, 3, size, size)]) / 1e9
-        out[f"generator_gmacs_{size}"] = count_macs(generator, [(1, 3, size, size), (1, 1, size, size)]) / 1e9
+        shapes = {"mseg": [(1, 3, size, size)], "generator": [(1, 3, size, size), (1, 1, size, size)]}
+        for name, model in (("mseg", mseg), ("generator", generator)):
+            out[f"{name}_gmacs_{size}"] = count_macs(model, shapes[name]) / 1e9
+            # The same pass through ptflops (None when it is not installed): a common counter beside ours.
+            common = ptflops_macs(model, shapes[name])
+            out[f"{name}_ptflops_gmacs_{size}"] = None if common is None else common / 1e9
     return out
 
 
@@ -147,13 +155,21 @@ def _baseline_runs(
     return [(name, predicted), (name + GT_MASK_SUFFIX, truth)]
 
 
+# M-Seg's predicted mask covering more than this fraction of the image on average, or less than the low one, is
+# almost surely broken (a constant output), whatever its Dice says: the report shows a warning.
+COVERAGE_WARNING = (0.02, 0.9)
+
+
 class _MaskQuality:
-    """M-Seg's predicted mask against the ground truth: IoU, Dice and pixel accuracy, averaged per image."""
+    """M-Seg's predicted mask against the ground truth: IoU, Dice and pixel accuracy averaged per image, and how
+    much of the image each covers."""
 
     def __init__(self) -> None:
         self.iou: list[float] = []
         self.dice: list[float] = []
         self.accuracy: list[float] = []
+        self.coverage: list[float] = []
+        self.true_coverage: list[float] = []
 
     def update(self, pred: torch.Tensor, truth: torch.Tensor) -> None:
         p, t = pred.flatten(1).bool().cpu(), truth.flatten(1).bool().cpu()
@@ -164,10 +180,130 @@ class _MaskQuality:
         self.iou += torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).tolist()
         self.dice += torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total)).tolist()
         self.accuracy += (p == t).double().mean(1).tolist()
+        self.coverage += p.double().mean(1).tolist()
+        self.true_coverage += t.double().mean(1).tolist()
 
-    def summary(self) -> dict[str, float | None]:
+    def summary(self) -> dict[str, float | str | None]:
         mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
-        return {"iou": mean(self.iou), "dice": mean(self.dice), "pixel_accuracy": mean(self.accuracy)}
+        out: dict[str, float | str | None] = {
+            "iou": mean(self.iou),
+            "dice": mean(self.dice),
+            "pixel_accuracy": mean(self.accuracy),
+            "predicted_coverage": mean(self.coverage),
+            "true_coverage": mean(self.true_coverage),
+            "warning": "",
+        }
+        coverage = out["predicted_coverage"]
+        low, high = COVERAGE_WARNING
+        if isinstance(coverage, float) and not low <= coverage <= high:
+            what = "nearly everything" if coverage > high else "nearly nothing"
+            out["warning"] = (
+                f"M-Seg's mask covers {what} ({coverage:.1%} of each image on average; the ground truth "
+                f"{out['true_coverage']:.1%}): the restored images are not trustworthy"
+            )
+        return out
+
+
+@dataclass
+class _Samples:
+    """What the pass over the split collects besides the metric suite."""
+
+    mask_quality: _MaskQuality = field(default_factory=_MaskQuality)
+    keys: list[str] = field(default_factory=list)
+    grid_rows: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    image_size: int | None = None
+
+    @property
+    def seen(self) -> int:
+        return len(self.keys)
+
+
+def _say(config: EvaluateConfig, message: str) -> None:
+    """What a long phase is doing (stderr, when progress is on): set-up and cost measuring print nothing else."""
+    if config.progress:
+        print(f"m2u-eval: {message}", file=sys.stderr, flush=True)
+
+
+def _expected_count(data: str | Path, config: EvaluateConfig) -> int | None:
+    from m2u.datasets.loader import count_samples
+
+    try:
+        expected: int | None = count_samples(data, config.split)
+    except Exception:  # a glob or URL source has no manifest: the bar runs without a total
+        expected = None
+    if config.max_samples is not None:
+        expected = min(expected, config.max_samples) if expected is not None else config.max_samples
+    return expected
+
+
+def _update_batch(
+    state: _Samples, batch: dict, take: int, models: tuple[nn.Module, nn.Module], suite: MetricSuite, config
+) -> None:
+    """One batch: restore it, score the model rows and baselines, keep grid rows."""
+    mseg, generator = models
+    device = next(mseg.parameters()).device
+    masked, truth, true_mask = batch["masked"][:take], batch["unmasked"][:take], batch["mask"][:take]
+    state.image_size = int(masked.shape[-1])
+    state.keys += list(batch["key"][:take])
+    pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), config.mask_threshold)
+    pred_mask, raw, comp = pred_mask.cpu(), raw.cpu(), comp.cpu()
+    state.mask_quality.update(pred_mask, true_mask)
+    suite.update("m2u_raw", raw, truth, true_mask)
+    suite.update("m2u_composite", comp, truth, true_mask)
+    for name in config.baselines:
+        for row_name, region in _baseline_runs(name, config.baseline_mask, pred_mask, true_mask):
+            suite.update(row_name, run_baseline(name, masked, region, config.baseline), truth, true_mask)
+    need = config.grid_rows - len(state.grid_rows)
+    if need > 0:
+        columns = (masked[:need], pred_mask[:need].repeat(1, 3, 1, 1), comp[:need], truth[:need])
+        state.grid_rows += list(zip(*(to_uint8_images(c) for c in columns), strict=True))
+
+
+@torch.no_grad()
+def _score_split(data, models, suite: MetricSuite, config: EvaluateConfig) -> _Samples:
+    """One pass over the split (exactly once, up to max_samples)."""
+    from m2u.datasets.loader import LoaderConfig, make_loader
+
+    loader = make_loader(
+        data,
+        config.split,
+        LoaderConfig.for_evaluation(batch_size=config.batch_size, num_workers=config.num_workers),
+    )
+    state = _Samples()
+    bar = tqdm(
+        total=_expected_count(data, config),
+        unit="img",
+        desc=f"eval {config.split}",
+        disable=not config.progress,
+    )
+    for batch in loader:
+        left = len(batch["key"]) if config.max_samples is None else config.max_samples - state.seen
+        if left <= 0:
+            break
+        take = min(len(batch["key"]), left)
+        _update_batch(state, batch, take, models, suite, config)
+        bar.update(take)
+    bar.close()
+    if state.seen == 0:
+        raise ValueError(f"split {config.split!r} of {data} has no samples to evaluate")
+    return state
+
+
+def _cost(models: tuple[nn.Module, nn.Module], image_size: int, config: EvaluateConfig) -> dict[str, Any]:
+    """Parameters, MACs (ours and, when installed, a common counter's) and latency on CPU (and CUDA)."""
+    mseg, generator = models
+    cost_sizes = (image_size, PAPER_RESOLUTION) if config.paper_size_cost else (image_size,)
+    _say(
+        config,
+        f"counting MACs at {', '.join(f'{s}x{s}' for s in sorted(set(cost_sizes)))} and timing latency",
+    )
+    complexity = model_complexity(mseg, generator, cost_sizes)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    latency = {
+        d.type: measure_latency(mseg, generator, image_size, d, config.latency_warmup, config.latency_repeats)
+        for d in devices
+    }
+    return {"complexity": complexity, "latency": latency}
 
 
 def evaluate(
@@ -178,101 +314,57 @@ def evaluate(
     config: EvaluateConfig | None = None,
     *,
     metric_suite: MetricSuite | None = None,
+    links: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write the report; returns what metrics.json holds.
 
-    `metric_suite` lets callers (tests) pass a suite built with their own small networks."""
-    from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
-
+    `metric_suite` lets callers (tests) pass a suite built with their own small networks; `links` (title: path
+    relative to `out_dir`, e.g. the training curves) are listed in index.html."""
     config = config or EvaluateConfig()
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mseg, generator = load_two_stage(mseg_path, generator_path, device)
+    _say(config, f"loading the models on {device}")
+    models = load_two_stage(mseg_path, generator_path, device)
+    if metric_suite is None:
+        _say(config, "loading the metric networks (LPIPS, FID Inception, dlib face embeddings)")
     suite = metric_suite or MetricSuite(config.metrics, device=device)
-    loader = make_loader(
-        data,
-        config.split,
-        LoaderConfig.for_evaluation(batch_size=config.batch_size, num_workers=config.num_workers),
-    )
-    try:
-        expected = count_samples(data, config.split)
-    except Exception:  # a glob or URL source has no manifest: the bar runs without a total
-        expected = None
-    if config.max_samples is not None:
-        expected = min(expected, config.max_samples) if expected is not None else config.max_samples
+    state = _score_split(data, models, suite, config)
+    assert state.image_size is not None
+    report = _report(data, (mseg_path, generator_path), models, suite, state, config)
+    report.update(_cost(models, state.image_size, config))
+    report["links"] = dict(links or {})
+    if state.grid_rows:
+        grid = sample_grid(state.grid_rows)
+        cv2.imwrite(str(out_dir / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_report(report, out_dir)
+    write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
+    return report
 
-    mask_quality = _MaskQuality()
-    keys: list[str] = []
-    grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    seen = 0
-    image_size: int | None = None
-    bar = tqdm(total=expected, unit="img", desc=f"eval {config.split}", disable=not config.progress)
-    with torch.no_grad():
-        for batch in loader:
-            if config.max_samples is not None and seen >= config.max_samples:
-                break
-            take = (
-                len(batch["key"])
-                if config.max_samples is None
-                else min(len(batch["key"]), config.max_samples - seen)
-            )
-            masked = batch["masked"][:take]
-            truth = batch["unmasked"][:take]
-            true_mask = batch["mask"][:take]
-            image_size = int(masked.shape[-1])
-            keys += list(batch["key"][:take])
-            pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), config.mask_threshold)
-            pred_mask, raw, comp = pred_mask.cpu(), raw.cpu(), comp.cpu()
-            mask_quality.update(pred_mask, true_mask)
-            suite.update("m2u_raw", raw, truth, true_mask)
-            suite.update("m2u_composite", comp, truth, true_mask)
-            for name in config.baselines:
-                for row_name, region in _baseline_runs(name, config.baseline_mask, pred_mask, true_mask):
-                    output = run_baseline(name, masked, region, config.baseline)
-                    suite.update(row_name, output, truth, true_mask)
-            if len(grid_rows) < config.grid_rows:
-                need = config.grid_rows - len(grid_rows)
-                mask_rgb = pred_mask[:need].repeat(1, 3, 1, 1)
-                for row in zip(
-                    to_uint8_images(masked[:need]),
-                    to_uint8_images(mask_rgb),
-                    to_uint8_images(comp[:need]),
-                    to_uint8_images(truth[:need]),
-                    strict=True,
-                ):
-                    grid_rows.append(row)
-            seen += take
-            bar.update(take)
-    bar.close()
-    if seen == 0:
-        raise ValueError(f"split {config.split!r} of {data} has no samples to evaluate")
-    assert image_size is not None
 
-    cost_sizes = (image_size, PAPER_RESOLUTION) if config.paper_size_cost else (image_size,)
-    complexity = model_complexity(mseg, generator, cost_sizes)
-    latency = {
-        "cpu": measure_latency(
-            mseg, generator, image_size, torch.device("cpu"), config.latency_warmup, config.latency_repeats
-        )
+def _report(
+    data, paths, models, suite: MetricSuite, state: _Samples, config: EvaluateConfig
+) -> dict[str, Any]:
+    """metrics.json's content but cost: rows, mask quality, the per-mask tables, provenance."""
+    mseg, generator = models
+    attributes = sample_mask_attributes(data, config.split, state.keys)
+    by_mask = {
+        "method": GROUPED_ROW,
+        "source": "per-sample JSON (mask.type, mask.color, mask.pattern)" if attributes else "unavailable",
+        **group_means(state.keys, suite.per_image(GROUPED_ROW), attributes),
     }
-    if torch.cuda.is_available():
-        latency["cuda"] = measure_latency(
-            mseg, generator, image_size, torch.device("cuda"), config.latency_warmup, config.latency_repeats
-        )
-    report: dict[str, Any] = {
+    return {
         "data": str(data),
         "split": config.split,
-        "n_samples": seen,
-        "image_size": image_size,
-        "checkpoints": {"mseg": str(mseg_path), "generator": str(generator_path)},
+        "n_samples": state.seen,
+        "image_size": state.image_size,
+        "checkpoints": {"mseg": str(paths[0]), "generator": str(paths[1])},
         "mask_threshold": config.mask_threshold,
         "baseline_mask": config.baseline_mask,
         "rows": suite.summary(),
         "unavailable": dict(suite.unavailable),
-        "mask_quality": mask_quality.summary(),
-        "complexity": complexity,
-        "latency": latency,
+        "mask_quality": state.mask_quality.summary(),
+        "by_mask": by_mask,
         "paper_table1": PAPER_TABLE1,
         "config": {
             "generator": generator.config.to_dict(),
@@ -281,9 +373,3 @@ def evaluate(
         },
         "torch": torch.__version__,
     }
-    if grid_rows:
-        grid = sample_grid(grid_rows)
-        cv2.imwrite(str(out_dir / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    write_report(report, out_dir)
-    write_per_sample(out_dir / "per_sample.csv", keys, suite)
-    return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 from m2u.training.evaluation.suite import MetricSuite
 
 __all__ = [
+    "column_header",
     "PAPER_TABLE1",
     "PAPER_RESOLUTION",
     "GT_MASK_SUFFIX",
@@ -44,21 +46,51 @@ def _fit_label(label: str, width: int) -> tuple[str, float]:
     return label, 0.3
 
 
+HEADER_HEIGHT = 18
+
+
+def _draw_labels(canvas: np.ndarray, labels: Sequence[str], column_width: int, pad: int) -> None:
+    """White labels in the top HEADER_HEIGHT rows of `canvas`, one per column (one font size for all)."""
+    fitted = [_fit_label(label, column_width) for label in labels]
+    scale = min(s for _, s in fitted)
+    for c, (text, _) in enumerate(fitted):
+        x0 = pad + c * (column_width + pad)
+        cv2.putText(
+            canvas,
+            text,
+            (x0, HEADER_HEIGHT - 5),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+
+
+def column_header(width: int, labels: Sequence[str]) -> np.ndarray:
+    """A dark HEADER_HEIGHT-row strip naming equal-width columns of an image `width` pixels wide (RGB uint8): the
+    training grids' column labels."""
+    strip = np.full((HEADER_HEIGHT, width, 3), 48, np.uint8)
+    _draw_labels(strip, labels, width // len(labels), 0)
+    return strip
+
+
+MIN_TILE = 128  # grid tiles are at least this many pixels wide (small images are enlarged, nearest neighbour)
+
+
 def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
     """One row per sample: masked | predicted mask | output | ground truth, under a header (RGB uint8).
-    A dark background so that a white (all-mask) prediction still shows its extent."""
+    A dark background so that a white (all-mask) prediction still shows its extent. Tiles are at least MIN_TILE
+    pixels (an integer enlargement of smaller images, so their pixels stay visible as they are)."""
+    factor = max(1, -(-MIN_TILE // rows[0][0].shape[0]))
+    if factor > 1:
+        rows = [tuple(np.repeat(np.repeat(img, factor, 0), factor, 1) for img in row) for row in rows]
     size = rows[0][0].shape[0]
     pad = 2
-    header_h = 18
+    header_h = HEADER_HEIGHT
     width = 4 * size + 5 * pad
     canvas = np.full((header_h + len(rows) * (size + pad) + pad, width, 3), 48, np.uint8)
-    labels = [_fit_label(label, size) for label in ("masked", "predicted mask", "output", "ground truth")]
-    scale = min(s for _, s in labels)  # one font size for the whole header
-    for c, (text, _) in enumerate(labels):
-        x0 = pad + c * (size + pad)
-        cv2.putText(
-            canvas, text, (x0, header_h - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
-        )
+    _draw_labels(canvas, ("masked", "predicted mask", "output", "ground truth"), size, pad)
     for r, images in enumerate(rows):
         y0 = header_h + pad + r * (size + pad)
         for c, img in enumerate(images):
@@ -122,30 +154,87 @@ images with everything outside the mask set to 0, identity of the ground truth w
 replaced by the output."""
 
 
-def _gmacs(complexity: dict[str, Any], model: str, size: int) -> str:
-    value = complexity.get(f"{model}_gmacs_{size}")
+def _gmacs(complexity: dict[str, Any], model: str, size: int, counter: str = "") -> str:
+    value = complexity.get(f"{model}{counter}_gmacs_{size}")
     return "not measured" if value is None else f"{value:.3f}"
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
-    """metrics.json, metrics.md and index.html from a report dict."""
-    out_dir = Path(out_dir)
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    header = ["method"] + [title for _, title, _ in _COLUMNS]
-    rows = _table_rows(report)
-    comp = report["complexity"]
+def _fmt(value: Any, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _group_tables(by_mask: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) per grouping of the per-mask-type breakdown."""
+    tables = []
+    for field, title in (("type", "mask type"), ("color", "colour"), ("pattern", "pattern")):
+        groups = by_mask.get(field) or {}
+        if not groups:
+            continue
+        header = [title, "n", "PSNR ↑", "SSIM ↑", "PSNR▣ ↑", "SSIM▣ ↑"]
+        rows = [
+            [value, str(row["n"])]
+            + [
+                _fmt(row.get(k), f)
+                for k, f in (
+                    ("psnr", "{:.2f}"),
+                    ("ssim", "{:.4f}"),
+                    ("psnr_masked", "{:.2f}"),
+                    ("ssim_masked", "{:.4f}"),
+                )
+            ]
+            for value, row in groups.items()
+        ]
+        tables.append((title, header, rows))
+    return tables
+
+
+def _cost_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    comp, size = report["complexity"], report["image_size"]
+    sizes = sorted({size, PAPER_RESOLUTION})
+    header = ["model", "params"]
+    header += [f"{counter} GMACs @ {s}²" for s in sizes for counter in ("m2u", "ptflops")]
+    rows = []
+    for label, key in (("M-Seg", "mseg"), ("CARU2-Net", "generator")):
+        values = [_gmacs(comp, key, s, counter) for s in sizes for counter in ("", "_ptflops")]
+        rows.append([label, f"{comp[f'{key}_params'] / 1e6:.3f} M", *values])
+    paper = [str(PAPER_TABLE1["generator_gmacs_256"]) if s == PAPER_RESOLUTION else "" for s in sizes]
+    rows.append(["paper", f"{PAPER_TABLE1['generator_params_m']} M", *(v for p in paper for v in (p, ""))])
+    return header, rows
+
+
+def _latency_lines(report: dict[str, Any]) -> list[str]:
+    return [
+        f"Latency ({name}, {lat['device_name']}, {lat['torch_threads']} threads, batch 1, {lat['image_size']}²): "
+        f"median {lat['median_s'] * 1000:.1f} ms over {lat['repeats']} runs (M-Seg + generator + composite); "
+        f"paper: {PAPER_TABLE1['inference_s']} s on an RTX 3090 at 256²."
+        for name, lat in report["latency"].items()
+    ]
+
+
+def _mask_quality_line(mq: dict[str, Any]) -> str:
+    coverage = mq.get("predicted_coverage")
+    line = f"IoU {_fmt(mq['iou'], '{:.4f}')}, Dice {_fmt(mq['dice'], '{:.4f}')}, pixel accuracy {_fmt(mq['pixel_accuracy'], '{:.4f}')}"
+    if coverage is not None:
+        line += f"; the predicted mask covers {coverage:.1%} of an image on average (ground truth {mq['true_coverage']:.1%})"
+    return line + "."
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def _markdown(report: dict[str, Any]) -> str:
     size = report["image_size"]
+    header = ["method"] + [title for _, title, _ in _COLUMNS]
     lines = [
         f"# m2u-eval: {report['data']} ({report['split']}, {report['n_samples']} images, {size}×{size})",
         "",
         "▣ = on the ground-truth mask region only. Baselines inpaint under M-Seg's predicted mask, "
         f"rows ending in `{GT_MASK_SUFFIX}` under the ground-truth mask (--baseline-mask {report['baseline_mask']}).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += [
+        *_md_table(header, _table_rows(report)),
         "",
         f"Paper (Table 1, CelebA 256×256): PSNR {PAPER_TABLE1['psnr']}, SSIM {PAPER_TABLE1['ssim']}.",
         "",
@@ -154,63 +243,93 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
     if report["unavailable"]:
         lines += ["", "## Unavailable metrics", ""]
         lines += [f"- **{name}**: {reason}" for name, reason in report["unavailable"].items()]
-    counts = {m: {k: v for k, v in r.items() if k.startswith("n_")} for m, r in report["rows"].items()}
-    first = next(iter(counts.values()), {})
+    first = next(iter(report["rows"].values()), {})
     if first.get("n_identity_no_face"):
         lines += [
             "",
             f"Identity: no face found on {first['n_identity_no_face']} of {first['n_images']} ground-truth images (left out of the mean).",
         ]
     mq = report["mask_quality"]
+    lines += ["", "## M-Seg mask vs ground truth", "", _mask_quality_line(mq)]
+    if mq.get("warning"):
+        lines += ["", f"**Warning: {mq['warning']}.**"]
+    by_mask = report.get("by_mask", {})
+    for title, head, rows in _group_tables(by_mask):
+        lines += ["", f"## By {title} ({by_mask.get('method')})", "", *_md_table(head, rows)]
+    cost_header, cost_rows = _cost_rows(report)
     lines += [
-        "",
-        "## M-Seg mask vs ground truth",
-        "",
-        f"IoU {mq['iou']:.4f}, Dice {mq['dice']:.4f}, pixel accuracy {mq['pixel_accuracy']:.4f}.",
         "",
         "## Cost",
         "",
-        "| model | params | GMACs @ " + f"{size}² | GMACs @ {PAPER_RESOLUTION}² |",
-        "|---|---|---|---|",
-        f"| M-Seg | {comp['mseg_params'] / 1e6:.3f} M | {_gmacs(comp, 'mseg', size)} | {_gmacs(comp, 'mseg', PAPER_RESOLUTION)} |",
-        f"| CARU2-Net | {comp['generator_params'] / 1e6:.3f} M | {_gmacs(comp, 'generator', size)} | "
-        f"{_gmacs(comp, 'generator', PAPER_RESOLUTION)} |",
-        f"| paper | {PAPER_TABLE1['generator_params_m']} M | | {PAPER_TABLE1['generator_gmacs_256']} |",
+        *_md_table(cost_header, cost_rows),
         "",
-        comp["macs_note"] + ".",
+        report["complexity"]["macs_note"] + ".",
         "",
     ]
-    for name, lat in report["latency"].items():
-        lines.append(
-            f"- Latency ({name}, {lat['device_name']}, {lat['torch_threads']} threads, batch 1, {lat['image_size']}²): "
-            f"median {lat['median_s'] * 1000:.1f} ms over {lat['repeats']} runs (M-Seg + generator + composite); "
-            f"paper: {PAPER_TABLE1['inference_s']} s on an RTX 3090 at 256²."
-        )
-    (out_dir / "metrics.md").write_text("\n".join(lines) + "\n")
+    lines += [f"- {line}" for line in _latency_lines(report)]
+    return "\n".join(lines) + "\n"
 
+
+_CSS = (
+    "body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:0.5em 0 1em}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "img{image-rendering:pixelated;max-width:100%}.warning{background:#fde2e1;border:2px solid #c0392b;"
+    "color:#7b241c;padding:0.8em;font-weight:bold}.tables{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}"
+)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
     esc = html.escape
-    table = "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
-    table += (
-        "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-        + "</tbody></table>"
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(report: dict[str, Any], out_dir: Path) -> str:
+    esc = html.escape
+    mq = report["mask_quality"]
+    parts = [
+        f"<h1>m2u-eval: {esc(str(report['data']))} ({esc(report['split'])}, {report['n_samples']} images, "
+        f"{report['image_size']}×{report['image_size']})</h1>",
+        f'<p class="warning">Warning: {esc(mq["warning"])}.</p>' if mq.get("warning") else "",
+        '<p>&#9635; = on the ground-truth mask region only. Full numbers: <a href="metrics.json">metrics.json</a>, '
+        '<a href="metrics.md">metrics.md</a>, <a href="per_sample.csv">per_sample.csv</a>.</p>',
+        _html_table(["method"] + [t for _, t, _ in _COLUMNS], _table_rows(report)),
+        f"<p>Paper (Table 1, CelebA 256×256): PSNR {PAPER_TABLE1['psnr']}, SSIM {PAPER_TABLE1['ssim']}.</p>",
+        "<h2>M-Seg mask vs ground truth</h2>",
+        f"<p>{esc(_mask_quality_line(mq))}</p>",
+    ]
+    if report["unavailable"]:
+        items = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in report["unavailable"].items())
+        parts.append(f"<h2>Unavailable metrics</h2><ul>{items}</ul>")
+    groups = _group_tables(report.get("by_mask", {}))
+    if groups:
+        parts.append(f'<h2>By mask ({esc(str(report["by_mask"].get("method")))})</h2><div class="tables">')
+        parts += [_html_table(head, rows) for _, head, rows in groups]
+        parts.append("</div>")
+    cost_header, cost_rows = _cost_rows(report)
+    parts += ["<h2>Cost and latency</h2>", _html_table(cost_header, cost_rows)]
+    parts += [f"<p>{esc(report['complexity']['macs_note'])}.</p>"]
+    parts += [f"<p>{esc(line)}</p>" for line in _latency_lines(report)]
+    links = report.get("links") or {}
+    if links:
+        items = "".join(f'<li><a href="{esc(path)}">{esc(title)}</a></li>' for title, path in links.items())
+        parts.append(f"<h2>Training curves</h2><ul>{items}</ul>")
+    if (out_dir / "grid.png").exists():
+        parts += [
+            "<h2>Samples</h2><p>masked | predicted mask | output (composited) | ground truth</p>",
+            '<img src="grid.png" alt="masked | predicted mask | output | ground truth">',
+        ]
+    body = "\n".join(p for p in parts if p)
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>m2u-eval report</title>'
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
-    unavailable = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in report["unavailable"].items())
-    grid = (
-        '<img src="grid.png" alt="masked | predicted mask | output | ground truth">'
-        if (out_dir / "grid.png").exists()
-        else ""
-    )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>m2u-eval report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}img{{image-rendering:pixelated;max-width:100%}}</style>
-</head><body>
-<h1>m2u-eval: {esc(str(report["data"]))} ({esc(report["split"])}, {report["n_samples"]} images)</h1>
-<p>&#9635; = on the ground-truth mask region only. Full numbers: <a href="metrics.json">metrics.json</a>, <a href="metrics.md">metrics.md</a>.</p>
-{table}
-{"<h2>Unavailable metrics</h2><ul>" + unavailable + "</ul>" if unavailable else ""}
-<h2>Samples</h2>
-<p>masked | predicted mask | output (composited) | ground truth</p>
-{grid}
-</body></html>
-"""
-    (out_dir / "index.html").write_text(page)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
+    """metrics.json, metrics.md and index.html from a report dict."""
+    out_dir = Path(out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    (out_dir / "metrics.md").write_text(_markdown(report))
+    (out_dir / "index.html").write_text(_html(report, out_dir))

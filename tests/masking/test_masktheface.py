@@ -1,0 +1,220 @@
+"""MaskTheFace users: its repository layout, its names (N95, KN95, all), its --code, and --contact-sheet --pack.
+
+The pack tests arrange a copy of ../shared/mask-templates/maskthefacE like MaskTheFace's own repository
+(masks/masks.cfg, masks/templates/*.png, template paths relative to the repository root) in tmp_path at test time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from m2u.masking import cli as mask_cli
+from m2u.masking.detect import DetectorConfig
+from m2u.masking.geometry import MaskingError
+from m2u.masking.render import MaskConfig, inputs_per_config, parse_mask_code
+from m2u.masking.sheet import pack_variants
+from m2u.masking.templates import MASK_TYPES, load_template_pack
+
+
+@pytest.fixture
+def checkout(masktheface_templates_dir: Path, tmp_path: Path) -> Path:
+    """A MaskTheFace checkout as its repository lays it out, with one texture of our own (a generated check)."""
+    root = tmp_path / "MaskTheFace"
+    (root / "masks" / "templates").mkdir(parents=True)
+    shutil.copy(masktheface_templates_dir / "masks.cfg", root / "masks" / "masks.cfg")
+    for png in masktheface_templates_dir.glob("*.png"):
+        shutil.copy(png, root / "masks" / "templates" / png.name)
+    check = ((np.indices((64, 64)).sum(0) // 8) % 2 * 200 + 30).astype(np.uint8)
+    (root / "masks" / "textures" / "check").mkdir(parents=True)
+    cv2.imwrite(str(root / "masks" / "textures" / "check" / "check_1.png"), np.dstack([check] * 3))
+    return root
+
+
+@pytest.fixture
+def face_photo(celeba_first, tmp_path: Path) -> Path:
+    target = tmp_path / "in" / "face.jpg"
+    target.parent.mkdir()
+    shutil.copy(celeba_first(1)[0], target)
+    return target
+
+
+def _report(out: Path) -> list[dict[str, str]]:
+    with (out / "report.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_unmodified_repository_layout_loads_from_root_folder_or_file(checkout):
+    cfg_text = (checkout / "masks" / "masks.cfg").read_text()
+    assert "template:   masks/templates/surgical.png" in cfg_text  # paths relative to the repository root
+    packs = [load_template_pack(p) for p in (checkout, checkout / "masks", checkout / "masks" / "masks.cfg")]
+    assert {"surgical", "N95", "KN95", "cloth", "gas"} <= set(packs[0].names)
+    assert all(p.names == packs[0].names for p in packs)
+    # Case-insensitive: our spelling finds MaskTheFace's.
+    assert packs[0].resolve("n95") == "N95" and packs[0].resolve("KN95") == "KN95"
+
+
+def test_masktheface_names_without_a_pack():
+    assert MaskConfig(mask_type="N95").mask_type == "n95"
+    assert MaskConfig(mask_type="KN95").mask_type == "kn95"
+    assert [c.mask_type for c in MaskConfig(mask_type="all").expand()] == list(MASK_TYPES)
+    with pytest.raises(ValueError, match="unknown mask type 'balaclava'"):
+        MaskConfig(mask_type="balaclava")
+
+
+def test_mask_code_entries_and_cycling(tmp_path):
+    configs = parse_mask_code(
+        "cloth-#e54294, N95, surgical_blue, cloth-dots, gas-red", MaskConfig(color_weight=0.7)
+    )
+    assert [(c.mask_type, c.color, c.pattern) for c in configs] == [
+        ("cloth", "#e54294", None),
+        ("n95", None, None),
+        ("surgical_blue", None, None),
+        ("cloth", None, "dots"),
+        ("gas", "red", None),
+    ]
+    assert all(c.color_weight == 0.7 for c in configs)
+    groups = inputs_per_config(configs[:3], 7)
+    assert [indices for _, indices in groups] == [[0, 3, 6], [1, 4], [2, 5]]
+    with pytest.raises(ValueError, match="mask code entry 'hat-#000000'"):
+        parse_mask_code("cloth, hat-#000000")
+    with pytest.raises(ValueError, match="empty"):
+        parse_mask_code(" , ")
+    with pytest.raises(ValueError, match="'all' is not one mask"):
+        parse_mask_code("cloth, all")
+
+
+def test_make_dataset_refuses_all_with_a_clear_message():
+    from m2u.datasets.build import BuildConfig, BuildError, make_masker
+
+    with pytest.raises(BuildError, match="--variants K with --mask-type random"):
+        make_masker(BuildConfig(mask_options={"mask_type": "all"}))
+    with pytest.raises(BuildError, match="mask options: unknown mask type 'hat'"):
+        make_masker(BuildConfig(mask_options={"mask_type": "hat"}))
+
+
+def test_m2u_mask_takes_the_checkout_and_masktheface_names(checkout, face_photo, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        mask_cli.main,
+        [str(face_photo), "-o", str(out), "--pack", str(checkout), "--mask-type", "N95", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in _report(out)] == ["ok"]
+    meta = json.loads((out / "face_N95.json").read_text())
+    assert meta["faces"][0]["type"] == "N95" and meta["faces"][0]["template"].startswith("N95")
+
+
+def test_all_gives_every_type_of_the_pack_per_face(checkout, face_photo, tmp_path):
+    out = tmp_path / "out"
+    args = [str(face_photo), "-o", str(out), "--pack", str(checkout), "--mask-type", "all", "--quiet"]
+    result = CliRunner().invoke(mask_cli.main, args)
+    assert result.exit_code == 0, result.output
+    names = load_template_pack(checkout).names
+    rows = _report(out)
+    assert sorted(r["mask_type"] for r in rows) == sorted(names)
+    written = {p.name for p in out.glob("*.jpg")}
+    ok = {r["mask_type"] for r in rows if r["status"] == "ok"}
+    assert written == {f"face_{t}.jpg" for t in ok} and len(ok) >= len(names) - 1
+
+
+def test_code_cycles_over_the_inputs_with_checkout_textures(checkout, face_photo, tmp_path):
+    for k in range(1, 4):
+        shutil.copy(face_photo, face_photo.with_name(f"face{k}.jpg"))
+    code = "cloth-#e54294, N95, surgical_blue, cloth-masks/textures/check/check_1.png"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        mask_cli.main,
+        [str(face_photo.parent), "-o", str(out), "--pack", str(checkout), "--code", code, "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    by_file = {Path(r["path"]).name: r for r in _report(out)}
+    expected = {"face.jpg": "cloth", "face1.jpg": "N95", "face2.jpg": "surgical_blue", "face3.jpg": "cloth"}
+    assert {name: row["mask_type"] for name, row in by_file.items()} == expected
+    first = json.loads((out / "face_cloth.json").read_text())["faces"][0]
+    last = json.loads((out / "face3_cloth.json").read_text())["faces"][0]
+    assert first["color"] == "#e54294" and first["pattern"] is None
+    assert last["pattern"] == str(checkout / "masks/textures/check/check_1.png")
+
+
+def test_contact_sheet_honours_pack(checkout, face_photo, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    result = CliRunner().invoke(
+        mask_cli.main,
+        [str(face_photo), "-o", str(tmp_path / "o"), "--pack", str(checkout), "--contact-sheet", str(sheet)],
+    )
+    assert result.exit_code == 0, result.output
+    image = cv2.imread(str(sheet))
+    variants = pack_variants(str(checkout))
+    assert [label for label, _ in variants[:3]] == list(load_template_pack(checkout).names[:3])
+    assert image.shape[:2] == (256 * math.ceil(len(variants) / 5), 256 * 5)
+
+
+def test_refusals_are_their_own_status(face_photo, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise MaskingError("fold-over: 3 mesh triangles flipped")
+
+    monkeypatch.setattr(mask_cli, "apply_mask", refuse)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(mask_cli.main, [str(face_photo), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (row,) = _report(out)
+    assert row["status"] == "refused" and "fold-over" in row["reason"]
+    assert "1 refused, 0 errors" in result.output
+
+
+def test_min_score_raises_every_pass_threshold():
+    plain = DetectorConfig()
+    assert [t for _, _, t in plain.passes()] == [0.0, -0.4, 0.0]
+    strict = DetectorConfig(min_score=-0.1)
+    assert [t for _, _, t in strict.passes()] == [0.0, -0.1, 0.0]
+    assert [t for _, _, t in DetectorConfig(min_score=0.2).passes()] == [0.2, 0.2]
+
+
+def test_low_threshold_finds_are_recorded_with_their_score_and_filtered_by_min_score(celeba_dir, tmp_path):
+    # A CelebA photo whose face only the low-threshold retry finds (score -0.20 with dlib's HOG).
+    photo = celeba_dir / "10071_119464.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not in the shared photos")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (row,) = _report(out)
+    face = json.loads((out / "10071_119464_surgical.json").read_text())["faces"][0]
+    assert face["retry"] is True and -0.4 <= face["score"] < 0
+    assert row["status"] == "ok" and f"low-threshold retry (score {face['score']:.3f})" in row["reason"]
+    # --min-score 0: the retry pass no longer accepts it; the upsampled pass finds it with a score above 0.
+    strict = tmp_path / "strict"
+    result = CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(strict), "--min-score", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    face = json.loads((strict / "10071_119464_surgical.json").read_text())["faces"][0]
+    assert face["retry"] is False and face["score"] >= 0
+    stricter = tmp_path / "stricter"
+    CliRunner().invoke(mask_cli.main, [str(photo), "-o", str(stricter), "--min-score", "5", "--quiet"])
+    assert [r["status"] for r in _report(stricter)] == ["no_face"]
+
+
+def test_the_readme_table1_recipe_builds_with_the_checkouts_templates(checkout, face_photo, tmp_path):
+    """README: `m2u-pipeline run --preset paper ... --set 'dataset.mask_options={mask_type: random, pack: ...}'`."""
+    import yaml
+
+    from m2u.datasets.build import make_masker
+    from m2u.masking.detect import FaceDetector
+    from m2u.masking.imageio import read_image
+    from m2u.pipelines.config import load_config
+
+    override = yaml.safe_load(f"{{mask_type: random, pack: {checkout}}}")
+    config = load_config("paper", extra={"dataset": {"mask_options": override}})
+    assert config.dataset.limit == 12000 and config.dataset.mask_options["pack"] == str(checkout)
+    masker = make_masker(config.dataset)
+    image = read_image(face_photo)
+    types = {masker(image, FaceDetector().detect(image)[0], seed)[2]["type"] for seed in range(12)}
+    assert types <= set(load_template_pack(checkout).names) and len(types) >= 3
