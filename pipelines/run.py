@@ -122,7 +122,7 @@ def _stage_actions(
 ) -> dict[str, Callable[[], dict]]:
     """What each stage runs: the library call with the stage's configuration and the run folder's paths."""
     from m2u.datasets.build import build_dataset
-    from m2u.training.evaluation.evaluate import evaluate
+    from m2u.training.evaluation.evaluator import evaluate
     from m2u.training.trainer import train_gan, train_mseg
 
     def dataset_action() -> dict:

@@ -16,7 +16,7 @@ from m2u.datasets.layout import read_manifest
 from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
 from m2u.training.checkpoint import load_model
 from m2u.training.evaluation.cli import main as eval_main
-from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
+from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
 from m2u.training.evaluation.lpips import LPIPS, build_lpips_trunk
 from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
 from m2u.training.flops import count_params
@@ -258,7 +258,7 @@ def test_device_errors_are_clear():
 
 
 def test_a_mask_covering_nearly_everything_is_a_visible_warning(tiny_dataset, tiny_checkpoints, tmp_path):
-    import m2u.training.evaluation.evaluate as evaluate_module
+    import m2u.training.evaluation.evaluator as evaluate_module
 
     mseg_path, gen_path = tiny_checkpoints
     real_restore = evaluate_module.restore_batch

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import m2u.training.evaluation.evaluate as evaluate_module
-from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
+import m2u.training.evaluation.evaluator as evaluate_module
+from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
 from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from m2u.masking import batch as mask_batch
 from m2u.masking import cli as mask_cli
 from m2u.masking.detect import DetectorConfig
 from m2u.masking.geometry import MaskingError
@@ -162,7 +163,7 @@ def test_refusals_are_their_own_status(face_photo, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise MaskingError("fold-over: 3 mesh triangles flipped")
 
-    monkeypatch.setattr(mask_cli, "apply_mask", refuse)
+    monkeypatch.setattr(mask_batch, "apply_mask", refuse)
     out = tmp_path / "out"
     result = CliRunner().invoke(mask_cli.main, [str(face_photo), "-o", str(out), "--quiet"])
     assert result.exit_code == 0, result.output

@@ -6,13 +6,13 @@ Public surface::
     EvaluateConfig, write_report(report, out_dir)
     MetricSuite, MetricsConfig, MetricUnavailable, LPIPSConfig, FIDConfig, IdentityConfig
     BaselineConfig, run_baseline(name, masked01, mask, config), BASELINES
-Modules: pixel (PSNR / SSIM / L1), lpips, fid, identity, suite, baselines, evaluate, report.
+Modules: pixel (PSNR / SSIM / L1), lpips, fid, identity, suite, groups, baselines, evaluator (evaluate), report.
 """
 
 from __future__ import annotations
 
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
-from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
+from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
 from m2u.training.evaluation.fid import FIDConfig
 from m2u.training.evaluation.identity import IdentityConfig
 from m2u.training.evaluation.lpips import LPIPSConfig

@@ -1,4 +1,4 @@
-"""m2u-eval: a thin Click layer over `m2u.training.evaluation.evaluate`.
+"""m2u-eval: a thin Click layer over `m2u.training.evaluation.evaluator`.
 
 m2u-eval [CONFIG_FILE] --data OUT --mseg M --generator G -o REPORT [--set metrics.enable_fid=false ...]
 CONFIG_FILE (YAML, TOML or JSON) holds EvaluateConfig fields (nested ones as mappings); options given on the
@@ -13,7 +13,7 @@ import click
 
 from m2u.training.cliutil import ConfigBinding, config_file_options, model_file_options, user_errors
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig
-from m2u.training.evaluation.evaluate import BASELINE_MASKS, EvaluateConfig
+from m2u.training.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig
 from m2u.training.evaluation.identity import IdentityConfig
 from m2u.training.evaluation.lpips import LPIPSConfig
 
@@ -127,7 +127,7 @@ EVAL_BINDING = ConfigBinding(
 def main(**kw) -> None:
     """Evaluate M-Seg + CARU2-Net on a dataset split, with OpenCV baselines; write REPORT/metrics.json,
     metrics.md, grid.png and index.html."""
-    from m2u.training.evaluation.evaluate import evaluate
+    from m2u.training.evaluation.evaluator import evaluate
 
     config = EVAL_BINDING.build(kw)
     try:
