@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from m2u.training.losses import DEFAULT_PERCEPTUAL_LAYERS, IMAGENET_BACKBONE
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
+from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MASK_SOURCES = ("mseg", "gt")
@@ -52,6 +54,7 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     evaluate_test: bool = True  # evaluate the test split at the end
+    recipe: str = ""  # the command (or recipe) that trained the run: model files record it as provenance
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
@@ -75,7 +78,7 @@ class MSegTrainConfig(RunConfig):
     model: MSegConfig = field(default_factory=MSegConfig)
     bce_weight: float = 1.0
     dice_weight: float = 1.0
-    threshold: float = 0.5
+    threshold: float = DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,7 +99,7 @@ class GanTrainConfig(RunConfig):
     )
     mask_source: str = "mseg"  # "mseg": the frozen M-Seg's prediction feeds G; "gt": the dataset's mask
     mseg_checkpoint: str | None = None  # an M-Seg model file (save_model); required with mask_source="mseg"
-    mask_threshold: float = 0.5
+    mask_threshold: float | None = None  # None: the M-Seg file's own threshold
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,3 +123,43 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} options: {unknown}")
     return cls(**values)
+
+
+RUN_CONFIG_NAME = "config.json"  # in the run folder: the config the run was started (or last resumed) with
+
+# The fields of each training config that make the network's architecture: a resumed run must keep them.
+ARCHITECTURE_FIELDS: dict[str, tuple[str, ...]] = {
+    "MSegTrainConfig": ("model",),
+    "GanTrainConfig": ("generator", "discriminator"),
+}
+
+
+def architecture(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """{field: config as a dict} for the architecture fields of a training config."""
+    names = ARCHITECTURE_FIELDS.get(type(config).__name__, ())
+    return {name: json.loads(json.dumps(asdict(getattr(config, name)))) for name in names}
+
+
+def read_run_config(cls: type, out: str | Path) -> Any | None:
+    """The config a run folder was trained with (RUN/config.json), or None when there is none."""
+    path = Path(out) / RUN_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        return config_from_dict(cls, values)
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a readable {cls.__name__} (the run's saved config): {error}"
+        ) from None
+
+
+def architecture_conflicts(saved: RunConfig, requested: RunConfig) -> list[str]:
+    """'field.sub: saved -> requested' for every architecture value the requested config changes."""
+    conflicts = []
+    before, after = architecture(saved), architecture(requested)
+    for name, values in before.items():
+        for key, value in values.items():
+            if after[name].get(key) != value:
+                conflicts.append(f"{name}.{key} {value} -> {after[name].get(key)}")
+    return conflicts

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from m2u.training.cliutil import model_file_options, user_errors
+from m2u.training.cliutil import model_file_options, model_warnings, user_errors
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig
 from m2u.training.evaluation.fid import FIDConfig
 from m2u.training.evaluation.identity import IdentityConfig
@@ -30,10 +30,9 @@ from m2u.training.evaluation.suite import MetricsConfig
 )
 @click.option(
     "--threshold",
-    default=0.5,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="M-Seg mask threshold.",
+    help="M-Seg mask threshold (default: the one the M-Seg file records).",
 )
 @click.option(
     "--baseline",
@@ -79,7 +78,7 @@ from m2u.training.evaluation.suite import MetricsConfig
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(**kw) -> None:
     """Evaluate M-Seg + CARU2-Net on a dataset split, with OpenCV baselines; write REPORT/metrics.json,
-    metrics.md, grid.png and index.html."""
+    metrics.md, grid.png and index.html. Without --mseg/--generator: the model shipped with m2u."""
     from m2u.training.evaluation.evaluate import EvaluateConfig, evaluate
 
     metrics = MetricsConfig(
@@ -112,7 +111,8 @@ def main(**kw) -> None:
             device=kw["device"],
             progress=not kw["quiet"],
         )
-        report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
+        with model_warnings():
+            report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     out = Path(kw["out_dir"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from m2u.training.evaluation.report import (
 from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
 from m2u.training.flops import count_macs, count_params
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.inference.restore import load_two_stage, restore_batch
+from m2u.training.inference.restore import ModelUsageWarning, load_two_stage, model_usage, restore_batch
 
 __all__ = [
     "EvaluateConfig",
@@ -63,7 +64,7 @@ class EvaluateConfig:
     batch_size: int = 8  # the paper's batch size
     num_workers: int = 0
     max_samples: int | None = None  # None: the whole split (exactly once)
-    mask_threshold: float = 0.5
+    mask_threshold: float | None = None  # None: the threshold the M-Seg file records
     baselines: tuple[str, ...] = ("masked_input", "telea", "navier_stokes")
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     # Masks the inpainting baselines get: "predicted" (what our model sees), "ground_truth", or "both".
@@ -84,7 +85,7 @@ class EvaluateConfig:
             raise ValueError(f"baseline_mask must be one of {BASELINE_MASKS}, got {self.baseline_mask!r}")
         if self.batch_size < 1 or (self.max_samples is not None and self.max_samples < 1):
             raise ValueError("batch_size and max_samples must be >= 1")
-        if not 0.0 < self.mask_threshold < 1.0:
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
 
 
@@ -170,10 +171,22 @@ class _MaskQuality:
         return {"iou": mean(self.iou), "dice": mean(self.dice), "pixel_accuracy": mean(self.accuracy)}
 
 
+def _resize_batch(
+    masked: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Members of another size brought to the model's: images by area (shrinking) or bilinear, masks nearest."""
+    import torch.nn.functional as F
+
+    mode = "area" if masked.shape[-1] > size else "bilinear"
+    extra = {} if mode == "area" else {"align_corners": False}
+    resize = lambda x: F.interpolate(x, size=(size, size), mode=mode, **extra).clamp(0, 1)  # noqa: E731
+    return resize(masked), resize(truth), F.interpolate(mask, size=(size, size), mode="nearest")
+
+
 def evaluate(
     data: str | Path,
-    mseg_path: str | Path,
-    generator_path: str | Path,
+    mseg_path: str | Path | None,
+    generator_path: str | Path | None,
     out_dir: str | Path,
     config: EvaluateConfig | None = None,
     *,
@@ -181,7 +194,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation and write the report; returns what metrics.json holds.
 
-    `metric_suite` lets callers (tests) pass a suite built with their own small networks."""
+    `metric_suite` lets callers (tests) pass a suite built with their own small networks. With neither model
+    path, the model shipped with m2u. The models run at the size their files record: a dataset of another
+    size is resized to it (with a warning)."""
     from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
 
     config = config or EvaluateConfig()
@@ -189,6 +204,8 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mseg, generator = load_two_stage(mseg_path, generator_path, device)
+    usage = model_usage(mseg, generator, None, config.mask_threshold)
+    resized_from: int | None = None
     suite = metric_suite or MetricSuite(config.metrics, device=device)
     loader = make_loader(
         data,
@@ -220,9 +237,20 @@ def evaluate(
             masked = batch["masked"][:take]
             truth = batch["unmasked"][:take]
             true_mask = batch["mask"][:take]
+            if usage.trained_size is not None and masked.shape[-1] != usage.trained_size:
+                if resized_from is None:
+                    resized_from = int(masked.shape[-1])
+                    warnings.warn(
+                        f"{data} holds {resized_from}x{resized_from} samples, the models were trained at "
+                        f"{usage.trained_size}x{usage.trained_size}: the samples are resized to the models' "
+                        "size, and every figure is at that size",
+                        ModelUsageWarning,
+                        stacklevel=2,
+                    )
+                masked, truth, true_mask = _resize_batch(masked, truth, true_mask, usage.trained_size)
             image_size = int(masked.shape[-1])
             keys += list(batch["key"][:take])
-            pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), config.mask_threshold)
+            pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), usage.threshold)
             pred_mask, raw, comp = pred_mask.cpu(), raw.cpu(), comp.cpu()
             mask_quality.update(pred_mask, true_mask)
             suite.update("m2u_raw", raw, truth, true_mask)
@@ -265,8 +293,13 @@ def evaluate(
         "split": config.split,
         "n_samples": seen,
         "image_size": image_size,
-        "checkpoints": {"mseg": str(mseg_path), "generator": str(generator_path)},
-        "mask_threshold": config.mask_threshold,
+        "checkpoints": {
+            "mseg": str(mseg_path) if mseg_path else "shipped",
+            "generator": str(generator_path) if generator_path else "shipped",
+        },
+        "resized_from": resized_from,
+        "model_info": {"mseg": asdict(mseg.info), "generator": asdict(generator.info)},
+        "mask_threshold": usage.threshold,
         "baseline_mask": config.baseline_mask,
         "rows": suite.summary(),
         "unavailable": dict(suite.unavailable),

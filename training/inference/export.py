@@ -17,7 +17,15 @@ from torch import nn
 
 from m2u.training.models import CARU2Net, MSeg
 
-__all__ = ["ExportConfig", "ExportResult", "model_io_names", "example_inputs", "export_onnx", "onnx_parity"]
+__all__ = [
+    "ExportConfig",
+    "ExportResult",
+    "model_io_names",
+    "example_inputs",
+    "export_onnx",
+    "export_size",
+    "onnx_parity",
+]
 
 
 @dataclass
@@ -28,6 +36,32 @@ class ExportConfig:
     opset: int = 17
     dynamic_axes: bool = True
     atol: float = 1e-4  # max |onnxruntime - torch| accepted by the parity check
+
+
+def export_size(model: nn.Module, image_size: int | None, static_shape: bool = False) -> int:
+    """The tracing size: the model file's training size unless given. A given size that differs is honoured
+    with a warning (a static-shape graph at another size is a model that only runs at that size)."""
+    from m2u.training.inference.restore import ModelUsageWarning
+
+    trained = getattr(getattr(model, "info", None), "crop_size", None)
+    if image_size is None:
+        if trained is None:
+            warnings.warn(
+                f"the model file does not record its training size: tracing at {ExportConfig.image_size}",
+                ModelUsageWarning,
+                stacklevel=2,
+            )
+            return ExportConfig.image_size
+        return int(trained)
+    if trained is not None and image_size != trained:
+        shape = "a static graph for" if static_shape else "traced at"
+        warnings.warn(
+            f"--image-size {image_size} ({shape} that size) differs from the {trained}x{trained} the model was "
+            "trained at: honoured",
+            ModelUsageWarning,
+            stacklevel=2,
+        )
+    return int(image_size)
 
 
 @dataclass
