@@ -155,6 +155,12 @@ def current_model_info(
     )
 
 
+def read_run_config_dict(run: str | os.PathLike) -> dict:
+    """A run folder's saved config (RUN/config.json) as a plain dict ({} when there is none)."""
+    path = Path(run) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def save_model(
     path: str | os.PathLike, model: nn.Module, info: ModelInfo | None = None, dtype: str = "fp32"
 ) -> Path:

@@ -62,8 +62,16 @@ def _run_options(function: Callable) -> Callable:
         click.option(
             "--num-workers", default=_defaults.num_workers, show_default=True, type=click.IntRange(0)
         ),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+        click.option(
+            "--device", default=_defaults.device, show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default=_defaults.precision,
+            show_default=True,
+            help="auto: bf16 autocast where the CPU/GPU has native bf16 (checked at start-up), else fp32.",
+        ),
         click.option("--channels-last", is_flag=True, help="Channels-last memory format."),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the trained networks."),
         click.option(

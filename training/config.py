@@ -11,7 +11,7 @@ from m2u.training.losses import DEFAULT_PERCEPTUAL_LAYERS, IMAGENET_BACKBONE
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
 from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MASK_SOURCES = ("mseg", "gt")
 
 
@@ -48,7 +48,9 @@ class RunConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a grad scaler)
+    # auto (bf16 where the hardware has it natively, else fp32: m2u.training.device.resolve_precision) | fp32 |
+    # bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a grad scaler)
+    precision: str = "auto"
     channels_last: bool = False
     compile: bool = False  # torch.compile the trained networks
     resume: bool = False

@@ -42,7 +42,7 @@ from m2u.training.config import (
     read_run_config,
 )
 from m2u.training.data import DataSource, ShardDataSource, check_batch
-from m2u.training.device import resolve_device
+from m2u.training.device import resolve_device, resolve_precision
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.losses import (
     VGGPerceptualLoss,
@@ -172,10 +172,11 @@ class TrainingTask:
         self.config = config
         self.device = device
         self.dist = dist
-        if config.precision == "fp16" and device.type != "cuda":
+        self.precision = resolve_precision(config.precision, device)  # "auto": the hardware decides
+        if self.precision == "fp16" and device.type != "cuda":
             raise ValueError("fp16 autocast needs CUDA; on CPU use --precision bf16 or fp32")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.networks: dict[str, nn.Module] = {}
         self.wrapped: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -271,6 +272,7 @@ class TrainingTask:
             "steps": step,
             "task": self.name,
             "recipe": self.config.recipe,
+            "precision": self.precision,
         }
         return current_model_info(self.crop_size, provenance=provenance)
 

@@ -26,7 +26,7 @@ from m2u.training.checkpoint import (
     save_model,
 )
 from m2u.training.cli import train_main
-from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+from m2u.training.models import MSeg, MSegConfig
 from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
 
 SIZE = 64
@@ -57,7 +57,11 @@ def run64(dataset64, tmp_path_factory) -> dict[str, Path]:
     _train(["gan", "--data", str(dataset64), "--out", str(root / "gan"), "--max-steps", "2",
             "--mseg", str(root / "mseg" / "mseg.safetensors"), "--width-multiplier", "0.125",
             "--perceptual-weight", "0", *FAST])  # fmt: skip
-    return {"root": root, "mseg": root / "mseg" / "mseg.safetensors", "gen": root / "gan" / "generator.safetensors"}
+    return {
+        "root": root,
+        "mseg": root / "mseg" / "mseg.safetensors",
+        "gen": root / "gan" / "generator.safetensors",
+    }
 
 
 def test_model_files_record_size_threshold_alignment_and_provenance(run64, dataset64):
@@ -131,7 +135,7 @@ def test_resume_with_another_architecture_is_one_line_and_writes_nothing(run64):
 def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, dataset64, tmp_path):
     from m2u.training.evaluation.cli import main as eval_main
     from m2u.training.inference.cli import export_main
-    from m2u.training.inference.unmask import Unmasker, UnmaskConfig
+    from m2u.training.inference.unmask import UnmaskConfig, Unmasker
 
     unmasker = Unmasker.from_files(run64["mseg"], run64["gen"], UnmaskConfig(progress=False, device="cpu"))
     assert unmasker.usage.crop_size == SIZE and unmasker.usage.threshold == 0.4
@@ -152,7 +156,9 @@ def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, da
     result = CliRunner().invoke(eval_main, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["image_size"] == SIZE and metrics["mask_threshold"] == 0.4 and metrics["resized_from"] is None
+    assert (
+        metrics["image_size"] == SIZE and metrics["mask_threshold"] == 0.4 and metrics["resized_from"] is None
+    )
 
 
 def test_explicit_options_that_contradict_the_file_are_honoured_with_a_warning(run64, tmp_path):
