@@ -234,10 +234,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "m2u_version": m2u_version(),
             "data": {
                 "faces": str(args.faces),
-                "photos": stats.get("inputs", stats.get("n_inputs", args.limit or None)),
+                "photos": stats.get("inputs"),
                 "split_by": "identity",
                 "size": args.size,
-                "samples": stats.get("samples", {}),
+                "samples": stats.get("counts", {}).get("samples", {}),
             },
             "training": {
                 name: {

@@ -33,6 +33,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def release_targets(rows: dict[str, Any], quality: dict[str, Any]) -> dict[str, bool]:
+    """The release's targets, each met or not, from the measured rows and M-Seg's Dice."""
+    ours, telea = rows.get("m2u_composite", {}), rows.get("telea", {})
+
+    def better(name: str, higher: bool) -> bool:
+        a, b = ours.get(name), telea.get(name)
+        return a is not None and b is not None and (a > b if higher else a < b)
+
+    psnr_gain = (ours.get("psnr") or 0) - (telea.get("psnr") or float("inf"))
+    return {
+        "PSNR >= Telea + 5 dB": psnr_gain >= 5.0,
+        "Dice >= 0.98": (quality.get("dice") or 0) >= 0.98,
+        "SSIM above Telea": better("ssim", True),
+        "L1 below Telea": better("l1", False),
+    }
+
+
 def render_model_card(card: dict[str, Any]) -> str:
     data, training, evaluation = card["data"], card["training"], card["evaluation"]
     gan_config = training["gan"].get("config", {})
@@ -79,6 +96,8 @@ def render_model_card(card: dict[str, Any]) -> str:
     telea, ours = rows.get("telea", {}), rows.get("m2u_composite", {})
     if telea.get("psnr") is not None and ours.get("psnr") is not None:
         lines.append(f"Composite PSNR over Telea: {ours['psnr'] - telea['psnr']:+.2f} dB.")
+    lines += ["", "Release targets (issue 17): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in
+              release_targets(rows, quality).items()) + "."]  # fmt: skip
     latency = evaluation.get("latency", {})
     if latency:
         lines.append(
