@@ -186,3 +186,23 @@ def test_eval_without_model_options_uses_the_shipped_model(shipped, tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["checkpoints"] == {"mseg": "shipped", "generator": "shipped"}
     assert metrics["image_size"] == SIZE and metrics["model_info"]["generator"]["crop_size"] == SIZE
+
+
+def test_demo_page_shows_the_shipped_model_against_telea(shipped, tmp_path):
+    from m2u.pipelines.demo import main as demo_main
+
+    result = CliRunner().invoke(demo_main, ["-o", str(tmp_path / "demo"), "--count", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert report["crop_size"] == SIZE and set(report["rows"]) == {"m2unet", "telea", "masked_input"}
+    grid = cv2.imread(str(tmp_path / "demo" / "demo.png"))
+    assert grid.shape == (SIZE * report["faces"], SIZE * 4, 3)
+    assert "predicted mask" in (tmp_path / "demo" / "index.html").read_text()
+
+
+def test_demo_check_says_when_no_model_ships(tmp_path, monkeypatch):
+    from m2u.pipelines.demo import main as demo_main
+
+    monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", tmp_path / "empty")
+    result = CliRunner().invoke(demo_main, ["--check"])
+    assert result.exit_code == 1 and "no pretrained weights" in result.output
