@@ -234,6 +234,8 @@ def build_model(class_name: str, config: Any, source: str = "the config") -> nn.
     try:
         if isinstance(config, dict):
             config = config_class(**config)
+        elif not isinstance(config, config_class):
+            raise TypeError(f"a {class_name} config must be a mapping, not {type(config).__name__}")
         with torch.device("meta"):
             return model_class(config)
     except (TypeError, ValueError) as error:  # not a mapping, unknown or invalid fields

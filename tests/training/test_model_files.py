@@ -197,3 +197,17 @@ def test_training_refuses_a_model_larger_than_memory_before_allocating(dataset64
     assert result.exit_code != 0 and "memory" in result.output, result.output
     assert time.monotonic() - started < 10
     assert not (tmp_path / "run").exists()  # no state written for a refused run
+
+
+def test_resume_with_no_other_option_continues_an_interrupted_run(dataset64, tmp_path):
+    out = tmp_path / "gan"
+    # --max-seconds 0: the run stops (as if interrupted) after its first step, checkpoint written.
+    first = _train(["gan", "--data", str(dataset64), "--out", str(out), "--mask-source", "gt",
+                    "--width-multiplier", "0.125", "--stages", "3", "--perceptual-weight", "0",
+                    "--max-seconds", "0", *FAST])  # fmt: skip
+    assert first["steps"] == 1 and first["stop_reason"] == "max_seconds"
+    second = _train(["gan", "--out", str(out), "--resume"])
+    assert second["steps"] == 2  # continued from step 1, with the run's own data, widths and depth
+    generator = load_model(out / "generator.safetensors")
+    assert generator.config.width_multiplier == 0.125 and generator.config.stages == 3
+    assert read_model_info(out / "generator.safetensors").provenance["steps"] == 2
