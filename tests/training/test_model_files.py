@@ -211,3 +211,14 @@ def test_resume_with_no_other_option_continues_an_interrupted_run(dataset64, tmp
     generator = load_model(out / "generator.safetensors")
     assert generator.config.width_multiplier == 0.125 and generator.config.stages == 3
     assert read_model_info(out / "generator.safetensors").provenance["steps"] == 2
+
+
+def test_library_resume_with_another_architecture_is_refused_before_building(run64):
+    from m2u.training.config import MSegTrainConfig, read_run_config
+    from m2u.training.trainer import train_mseg
+
+    saved = read_run_config(MSegTrainConfig, run64["root"] / "mseg")
+    saved.model = MSegConfig(base_channels=8, levels=3)
+    saved.resume = True
+    with pytest.raises(CheckpointError, match=r"model.base_channels 4 -> 8"):
+        train_mseg(saved)
