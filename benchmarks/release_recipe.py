@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--max-test-samples", type=int, default=0, help="0: the whole test split")
-    parser.add_argument("--identity", action="store_true", help="also the identity cosine (dlib, slow)")
+    parser.add_argument(
+        "--no-identity", dest="identity", action="store_false", help="skip the identity cosine (dlib)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-package-bytes", type=int, default=15_000_000)

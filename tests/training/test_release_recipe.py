@@ -37,7 +37,7 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     args = ["--faces", str(faces), "--work", str(tmp_path / "work"), "--package", str(package), "--size", "64",
             "--limit", limit, "--workers", "1", "--batch-size", "2", "--mseg-steps", "2", "--mseg-base-channels", "4",
             "--gan-steps", "3", "--width-multiplier", "0.125", "--val-every", "1000", "--checkpoint-every", "1",
-            "--threads", "1", "--max-test-samples", "4", "--precision", "fp32"]  # fmt: skip
+            "--threads", "1", "--max-test-samples", "4", "--precision", "fp32", "--no-identity"]  # fmt: skip
     recipe = _recipe()
     recipe.main([*args, "--stop-after", "mseg"])
     assert (tmp_path / "work" / "mseg" / "mseg.safetensors").is_file()
