@@ -14,6 +14,13 @@ in 946 steps; the generator at width x0.25 takes about 2.5 s a G+D step and was 
 5 min: under 2 hours in all. The generator is narrower than the paper's (x0.25): say so wherever its figures
 appear (the model card does). Change --gan-steps / --width-multiplier / --size after the coordinator's sweep.
 
+A short sweep on one shared dataset (each piece trains and evaluates on 500 test samples, no package written):
+
+    .venv/bin/python benchmarks/release_recipe.py --work runs/sweep/data-only --data runs/sweep/celeba128 --stop-after dataset
+    for w in 0.25 0.375 0.5; do .venv/bin/python benchmarks/release_recipe.py --work runs/sweep/w$w \
+        --data runs/sweep/celeba128 --width-multiplier $w --mseg-steps 800 --gan-steps 400 \
+        --max-test-samples 500 --no-identity --stop-after evaluate; done
+
 Outputs: WORK/data (dataset), WORK/mseg, WORK/gan (runs), WORK/eval (m2u-eval report), WORK/release.json (the
 measured figures) and PACKAGE/ (default training/pretrained/m2unet-celeba-128): mseg.safetensors,
 generator.safetensors (fp16), card.json, MODEL_CARD.md.
@@ -186,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--faces", type=Path, default=REPO.parent / "shared" / "faces" / "celeba")
     parser.add_argument("--work", type=Path, required=True, help="work folder (resumable)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="dataset folder (default WORK/data; share one across a sweep)"
+    )
     parser.add_argument("--package", default=str(REPO / "training" / "pretrained" / "m2unet-celeba-128"))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--limit", type=int, default=0, help="use the first N photos (0: all)")
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    data = work / "data"
+    data = args.data or work / "data"
     stats = build_dataset(args, data)
     report: dict[str, Any] = {"command": args.command}
     if args.stop_after == "dataset":

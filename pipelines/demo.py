@@ -52,6 +52,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     import cv2
     import torch
 
+    from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
     from m2u.training.evaluation.baselines import run_baseline
     from m2u.training.inference.restore import model_usage, restore_batch
     from m2u.training.pretrained import DEFAULT_MODEL, load_pretrained
@@ -59,7 +60,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
 
     name = model or DEFAULT_MODEL
     mseg, generator = load_pretrained(name)
-    usage = model_usage(mseg, generator)
+    usage = model_usage(mseg, generator, fallback_size=DEFAULT_IMAGE_SIZE)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = _faces(count, usage.crop_size, out / "faces")

@@ -48,7 +48,7 @@ def load_two_stage(
 
 @dataclass
 class ModelUsage:
-    crop_size: int  # the aligned crop side to run the models at
+    crop_size: int | None  # the aligned crop side to run the models at (None: the caller's data decides)
     threshold: float  # M-Seg's mask threshold
     trained_size: int | None  # what the files record (None: files from before m2u recorded it)
 
@@ -66,7 +66,8 @@ def model_usage(
 ) -> ModelUsage:
     """The crop size and threshold to use the pair with: the files' unless given. A given value that differs
     from the files' is honoured with a ModelUsageWarning; files that record no size use `fallback_size`
-    (the dataset's default), also with a warning."""
+    (the dataset's default), also with a warning, or, without a fallback, leave the size to the caller's data
+    (crop_size None)."""
     from m2u.datasets.align import ALIGNMENT_VERSION
 
     sizes = {name: _info(m).crop_size for name, m in (("M-Seg", mseg), ("generator", generator))}
@@ -80,10 +81,8 @@ def model_usage(
         )
     trained = sizes["generator"] or sizes["M-Seg"]
     if crop_size is None:
-        if trained is None:
-            from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
-
-            crop_size = fallback_size or DEFAULT_IMAGE_SIZE
+        if trained is None and fallback_size is not None:
+            crop_size = fallback_size
             warnings.warn(
                 f"the model files do not record their training size: using {crop_size} (pass --size to choose)",
                 ModelUsageWarning,
@@ -116,7 +115,11 @@ def model_usage(
                 ModelUsageWarning,
                 stacklevel=2,
             )
-    return ModelUsage(crop_size=int(crop_size), threshold=float(threshold), trained_size=trained)
+    return ModelUsage(
+        crop_size=None if crop_size is None else int(crop_size),
+        threshold=float(threshold),
+        trained_size=trained,
+    )
 
 
 @torch.no_grad()
