@@ -11,6 +11,14 @@ Writes benchmarks/results/training.json:
   64, 128 and 256 (the 256 case is 1 measured step after 1 warm-up), and at 64 the channels_last ratio (and
   bf16 with --bf16-train). The perceptual VGG19 has random weights here (no ImageNet file is reachable on
   this machine): same cost as the real one.
+- `training_options`: the G+D step (the release recipe's: generator width x0.25, no perceptual term, batch 8)
+  at 128x128 for each speed option, as ratios against fp32 measured in the same run, in interleaved rounds:
+  channels_last, bf16 autocast (where the CPU has native bf16, or with --bf16-train), bf16 + channels_last,
+  torch.compile, and one intra-op thread instead of --threads; with what `--precision auto` resolves to on this
+  machine (m2u.training.device.resolve_precision). Only this part: --options-only.
+
+Full run of the options part, on otherwise idle cores (~10 min):
+    .venv/bin/python benchmarks/training.py --options-only --options-rounds 5 --out benchmarks/results/training_options.json
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any
 import torch
 
 from m2u.training.config import GanTrainConfig
+from m2u.training.device import cpu_native_bf16, resolve_precision
 from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, PatchDiscriminator
 from m2u.training.trainer import DistributedContext, GanTask, seed_everything
@@ -37,12 +46,81 @@ from timing import median_seconds  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+OPTIONS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile", "one_thread")
+
+
+def _option_task(option: str, out: str, batch_size: int, generator_config: GeneratorConfig) -> GanTask:
+    config = GanTrainConfig(
+        out=out,
+        batch_size=batch_size,
+        generator=generator_config,
+        mask_source="gt",
+        vgg_weights="random",
+        perceptual_weight=0.0,  # as the release recipe trains
+        precision="bf16" if option.startswith("bf16") else "fp32",
+        channels_last=option.endswith("channels_last"),
+        compile=option == "compile",
+    )
+    return GanTask(config, torch.device("cpu"), DistributedContext())
+
+
+def training_options(
+    size: int,
+    batch_size: int,
+    rounds: int,
+    threads: int,
+    generator_config: GeneratorConfig,
+    with_bf16: bool,
+    chosen: tuple[str, ...] = OPTIONS,
+) -> dict[str, Any]:
+    """Seconds per G+D step for each option (median over interleaved rounds) and its speed-up over fp32."""
+    import time
+
+    options = ["fp32", *(o for o in chosen if o != "fp32" and (with_bf16 or not o.startswith("bf16")))]
+    unmasked = torch.rand(batch_size, 3, size, size)
+    mask = torch.zeros(batch_size, 1, size, size)
+    mask[:, :, size // 2 :] = 1
+    batch = {"masked": unmasked * (1 - mask) + 0.5 * mask, "unmasked": unmasked, "mask": mask}
+    times: dict[str, list[float]] = {o: [] for o in options}
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as out:
+        tasks = {}
+        for option in options:
+            seed_everything(0)
+            try:
+                tasks[option] = _option_task(option, out, batch_size, generator_config)
+                torch.set_num_threads(1 if option == "one_thread" else threads)
+                tasks[option].train_step(batch, 0)  # warm-up (and torch.compile's compilation)
+            except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile
+                errors[option] = f"{type(error).__name__}: {str(error)[:200]}"
+                tasks.pop(option, None)
+            finally:
+                torch.set_num_threads(threads)
+        for _ in range(rounds):
+            for option, task in tasks.items():
+                torch.set_num_threads(1 if option == "one_thread" else threads)
+                start = time.perf_counter()
+                task.train_step(batch, 0)
+                times[option].append(time.perf_counter() - start)
+                torch.set_num_threads(threads)
+    import statistics
+
+    result: dict[str, Any] = {"size": size, "batch": batch_size, "rounds": rounds, "threads": threads}
+    fp32 = statistics.median(times["fp32"]) if times["fp32"] else None
+    for option in options:
+        if option in errors:
+            result[option] = {"error": errors[option]}
+            continue
+        median = statistics.median(times[option])
+        result[option] = {
+            "seconds_per_step": round(median, 4),
+            "speedup_vs_fp32": round(fp32 / median, 3) if fp32 else None,
+        }
+    if not with_bf16 and "bf16" in chosen:
+        result["bf16"] = {"skipped": "no native bf16 on this CPU (pass --bf16-train to time it anyway)"}
+    result["cpu_native_bf16"] = cpu_native_bf16()
+    result["precision_auto_resolves_to"] = resolve_precision("auto", torch.device("cpu"))
+    return result
 
 
 def forward_latency(size: int, repeats: int, mode: str, generator_config: GeneratorConfig) -> float:
@@ -105,8 +183,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--quick", action="store_true", help="tiny widths and sizes: a smoke test, not a result"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--options-size", type=int, default=128, help="size of the speed-option comparison")
+    parser.add_argument(
+        "--options-width", type=float, default=0.25, help="generator width of that comparison"
+    )
+    parser.add_argument("--options-rounds", type=int, default=3, help="interleaved rounds of that comparison")
+    parser.add_argument("--options-only", action="store_true", help="only the speed-option comparison")
+    parser.add_argument(
+        "--options", default=",".join(OPTIONS), help=f"options compared (of {','.join(OPTIONS)})"
+    )
     args = parser.parse_args(argv)
+    args.options = tuple(o for o in args.options.split(",") if o)
+    unknown = sorted(set(args.options) - set(OPTIONS))
+    if unknown:
+        parser.error(f"--options: unknown {unknown}; choose from {','.join(OPTIONS)}")
     torch.set_num_threads(args.threads)
+    if args.options_only:
+        return _options_main(args, argv)
 
     generator_config = GeneratorConfig(width_multiplier=0.125) if args.quick else GeneratorConfig()
     sizes = [32] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -159,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     latency[f"fp32_at_{bf16_size}"] = round(small_fp32, 4)
     latency[f"bf16_at_{bf16_size}"] = round(small_bf16, 4)
     latency[f"bf16_speedup_at_{bf16_size}"] = round(small_fp32 / small_bf16, 3)
-    latency["cpu_bf16_native"] = _cpu_has_native_bf16()
+    latency["cpu_bf16_native"] = cpu_native_bf16()
     print(f"forward {bf16_size}^2 batch 1 fp32 {small_fp32:.4f} s, bf16 {small_bf16:.4f} s", flush=True)
     results["forward_latency_s"] = latency
 
@@ -179,9 +272,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         print(f"train step {compare_size}^2 {mode}: {throughput[f'{compare_size}_{mode}']}", flush=True)
     results["gan_train_step"] = throughput
+    if args.options:
+        with_bf16 = cpu_native_bf16() or args.bf16_train
+        options_size = 32 if args.quick else args.options_size
+        options_width = 0.125 if args.quick else args.options_width
+        results["training_options"] = training_options(
+            options_size, batch_size, args.options_rounds, args.threads,
+            GeneratorConfig(width_multiplier=options_width), with_bf16, args.options,
+        )  # fmt: skip
+        print(f"training options: {results['training_options']}", flush=True)
     results["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
 
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return results
+
+
+def _options_main(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    size = 32 if args.quick else args.options_size
+    width = 0.125 if args.quick else args.options_width
+    batch = 2 if args.quick else args.batch_size
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "generator_width_multiplier": width,
+    }
+    with_bf16 = cpu_native_bf16() or args.bf16_train
+    results["training_options"] = training_options(
+        size,
+        batch,
+        args.options_rounds,
+        args.threads,
+        GeneratorConfig(width_multiplier=width),
+        with_bf16,
+        args.options,
+    )
+    results["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    print(json.dumps(results["training_options"], indent=2), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

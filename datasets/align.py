@@ -30,6 +30,19 @@ from m2u.masking.geometry import LEFT_EYE, MOUTH, RIGHT_EYE
 ALIGN_TEMPLATE = np.array([[0.375, 0.38], [0.625, 0.38], [0.5, 0.635]], dtype=np.float64)
 # Below this scale the source is first shrunk with area averaging: warpAffine alone would alias.
 _PRESHRINK_BELOW = 0.5
+# Bumped whenever the crop a face gets changes (template, anchors, fill): model files record it (alignment()),
+# so a model is used on crops aligned the way it was trained.
+ALIGNMENT_VERSION = 1
+
+
+def alignment() -> dict:
+    """The alignment's version and parameters, as recorded in model files and compared at inference."""
+    return {
+        "version": ALIGNMENT_VERSION,
+        "template": ALIGN_TEMPLATE.round(6).tolist(),
+        "anchors": "left eye 36-41, right eye 42-47, mouth 48-67 (dlib 68-point means)",
+        "transform": "similarity (least squares), border replicated",
+    }
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,9 @@ def _stage_actions(
 
     def evaluation_action() -> dict:
         # The training curves first, so the report can link to them.
-        curves = plot_training_curves({n: dirs[n] for n in ("mseg", "gan")}, dirs["evaluation"].parent / "plots")
+        curves = plot_training_curves(
+            {n: dirs[n] for n in ("mseg", "gan")}, dirs["evaluation"].parent / "plots"
+        )
         report = evaluate(
             dirs["dataset"],
             dirs["mseg"] / MSEG_WEIGHTS,

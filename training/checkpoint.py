@@ -1,7 +1,13 @@
 """Model files and training-state files; nothing here unpickles arbitrary objects.
 
 - Model files (`save_model` / `load_model`): safetensors weights; the model's class name and its config (JSON)
-  live in the safetensors metadata, so `load_model` rebuilds the right class without pickle.
+  live in the safetensors metadata, so `load_model` rebuilds the right class without pickle. The metadata also
+  holds a `ModelInfo` (JSON): how the model must be used (training crop size, input normalisation, M-Seg's
+  threshold, the dataset's alignment) and where it came from (m2u version, data, steps, recipe). `load_model`
+  attaches it to the model as `model.info`; `read_model_info` reads it without loading any weight.
+- Before any weight is allocated, `load_model` builds the model on the meta device and compares every tensor
+  shape with the file's: a config that does not match its weights (or one asking for a model far larger than
+  its file) is one CheckpointError sentence, not a RuntimeError or gigabytes allocated.
 - Training state (`save_training_state` / `load_training_state`): a dict of tensors, numbers, strings, lists and
   dicts written with `torch.save` and read back with `torch.load(weights_only=True)`.
 Both are written to a temporary file in the same folder and renamed into place, so a crash never leaves a
@@ -12,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,7 @@ from m2u.training.models import (
     MSegConfig,
     PatchDiscriminator,
 )
+from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
 
 MODEL_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
     "CARU2Net": (CARU2Net, GeneratorConfig),
@@ -38,7 +47,9 @@ MODEL_CLASSES: dict[str, tuple[type[nn.Module], type]] = {
 METADATA_CLASS_KEY = "m2u_model_class"
 METADATA_CONFIG_KEY = "m2u_model_config"
 METADATA_FORMAT_KEY = "m2u_format"
+METADATA_INFO_KEY = "m2u_model_info"
 FORMAT_VERSION = "1"
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class CheckpointError(RuntimeError):
@@ -65,25 +76,100 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     return remove_temp_files(folder, hidden_only=True)
 
 
-def save_model(path: str | os.PathLike, model: nn.Module) -> Path:
-    """Save weights (safetensors) with the class name and config JSON in the file's metadata."""
+def m2u_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("m2u")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class ModelInfo:
+    """How a model file is to be used, and where it came from (stored in its metadata as JSON).
+
+    Files written before this record existed read back with every field None/empty: the users of a model
+    then fall back to their own defaults (and say so where it matters)."""
+
+    crop_size: int | None = None  # the aligned crop side the model was trained on (the dataset's --size)
+    normalisation: str | None = None  # the input range the model takes (m2u.training.imagespace)
+    mask_threshold: float | None = None  # M-Seg only: mask = sigmoid(logits) >= mask_threshold
+    alignment: dict | None = None  # m2u.datasets.align.alignment() of the code that built the dataset
+    m2u_version: str | None = None
+    provenance: dict = field(default_factory=dict)  # data, steps, recipe, ...
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ModelInfo:
+        if not text:
+            return cls()
+        values = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def threshold(self) -> float:
+        """M-Seg's threshold: the file's, else the one default (m2u.training.models.mseg)."""
+        return DEFAULT_MASK_THRESHOLD if self.mask_threshold is None else float(self.mask_threshold)
+
+
+def current_model_info(
+    crop_size: int | None, mask_threshold: float | None = None, provenance: dict | None = None
+) -> ModelInfo:
+    """A ModelInfo for a model trained now, by this code, on crops of `crop_size`."""
+    from m2u.datasets.align import alignment
+    from m2u.training.imagespace import INPUT_NORMALISATION
+
+    return ModelInfo(
+        crop_size=crop_size,
+        normalisation=INPUT_NORMALISATION,
+        mask_threshold=mask_threshold,
+        alignment=alignment(),
+        m2u_version=m2u_version(),
+        provenance=dict(provenance or {}),
+    )
+
+
+def read_run_config_dict(run: str | os.PathLike) -> dict:
+    """A run folder's saved config (RUN/config.json) as a plain dict ({} when there is none)."""
+    path = Path(run) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_model(
+    path: str | os.PathLike, model: nn.Module, info: ModelInfo | None = None, dtype: str = "fp32"
+) -> Path:
+    """Save weights (safetensors) with the class name, config JSON and ModelInfo in the file's metadata.
+
+    dtype "fp16" halves the file (floating-point tensors only; load_model reads them back into fp32)."""
     model = unwrap_model(model)
     class_name = type(model).__name__
     if class_name not in MODEL_CLASSES:
         raise TypeError(f"save_model knows {sorted(MODEL_CLASSES)}, not {class_name}")
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}")
+    info = info if info is not None else getattr(model, "info", None) or ModelInfo()
     config = model.config.to_dict()  # type: ignore[attr-defined]
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+
+    def stored(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(WEIGHT_DTYPES[dtype])
+        return t.contiguous().clone()
+
+    tensors = {name: stored(t) for name, t in model.state_dict().items()}
     metadata = {
         METADATA_CLASS_KEY: class_name,
         METADATA_CONFIG_KEY: json.dumps(config, sort_keys=True),
         METADATA_FORMAT_KEY: FORMAT_VERSION,
+        METADATA_INFO_KEY: info.to_json(),
     }
     return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
 
 
-def read_model_metadata(path: str | os.PathLike) -> tuple[str, dict]:
-    """(class name, config dict) stored in a model file."""
-    path = Path(path)
+def _read_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     try:
@@ -93,28 +179,94 @@ def read_model_metadata(path: str | os.PathLike) -> tuple[str, dict]:
         raise CheckpointError(f"{path} is not a readable safetensors model file: {error}") from error
     if METADATA_CLASS_KEY not in metadata or METADATA_CONFIG_KEY not in metadata:
         raise CheckpointError(f"{path} has no m2u model metadata (was it written by m2u's save_model?)")
-    return metadata[METADATA_CLASS_KEY], json.loads(metadata[METADATA_CONFIG_KEY])
+    return metadata
+
+
+def read_model_metadata(path: str | os.PathLike) -> tuple[str, dict]:
+    """(class name, config dict) stored in a model file."""
+    path = Path(path)
+    metadata = _read_metadata(path)
+    try:
+        config = json.loads(metadata[METADATA_CONFIG_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} holds an unreadable model config: {error}") from error
+    return metadata[METADATA_CLASS_KEY], config
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """The ModelInfo a model file records (an empty one for files written before it existed)."""
+    path = Path(path)
+    try:
+        return ModelInfo.from_json(_read_metadata(path).get(METADATA_INFO_KEY))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise CheckpointError(f"{path} holds an unreadable model info record: {error}") from error
+
+
+def build_model(class_name: str, config: Any, source: str = "the config") -> nn.Module:
+    """The model of `class_name` for `config` (a dict or the config dataclass), on the meta device: no
+    memory is allocated; `materialise` or load weights into it next."""
+    if class_name not in MODEL_CLASSES:
+        raise CheckpointError(f"{source} holds an unknown model class {class_name!r}")
+    model_class, config_class = MODEL_CLASSES[class_name]
+    try:
+        if isinstance(config, dict):
+            config = config_class(**config)
+        elif not isinstance(config, config_class):
+            raise TypeError(f"a {class_name} config must be a mapping, not {type(config).__name__}")
+        with torch.device("meta"):
+            return model_class(config)
+    except (TypeError, ValueError) as error:  # not a mapping, unknown or invalid fields
+        raise CheckpointError(f"{source} holds an invalid {class_name} config: {error}") from error
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes the model's parameters and buffers take in fp32 (works on the meta device)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * 4 for t in tensors if t.is_floating_point())
+
+
+def _check_shapes(path: Path, class_name: str, model: nn.Module, handle: Any) -> None:
+    """One sentence when the file's tensors do not fit the model its config describes."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+    if missing or unexpected or wrong:
+        detail = []
+        if wrong:
+            k = wrong[0]
+            detail.append(
+                f"{len(wrong)} tensors of another shape (e.g. {k}: file {stored[k]}, config {expected[k]})"
+            )
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"{path}: the {class_name} config in its metadata does not match its weights: "
+            + ", ".join(detail)
+        )
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model class named in the file from its stored config and load the weights (eval mode)."""
+    """Rebuild the model class named in the file from its stored config and load the weights (eval mode).
+
+    The returned model carries the file's ModelInfo as `model.info` (M-Seg also its threshold)."""
+    path = Path(path)
     class_name, config_dict = read_model_metadata(path)
-    if class_name not in MODEL_CLASSES:
-        raise CheckpointError(f"{path} holds an unknown model class {class_name!r}")
-    model_class, config_class = MODEL_CLASSES[class_name]
-    try:
-        model = model_class(config_class(**config_dict))
-    except (TypeError, ValueError) as error:  # not a mapping, unknown or invalid fields
-        raise CheckpointError(f"{path} holds an invalid {class_name} config: {error}") from error
-    tensors: dict[str, torch.Tensor] = {}
+    info = read_model_info(path)
+    model = build_model(class_name, config_dict, str(path))
     with safe_open(str(path), framework="pt", device="cpu") as handle:
-        for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-            tensors[key] = handle.get_tensor(key)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit {class_name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        _check_shapes(path, class_name, model, handle)  # before a single weight is allocated
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    model = model.to_empty(device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.load_state_dict(tensors, strict=True)  # copies (and casts fp16 files) into the fp32 model
+    model.info = info  # type: ignore[assignment]
+    if isinstance(model, MSeg):
+        model.threshold = info.threshold()
     return model.to(map_location).eval()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +22,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def model_file_options(function):
-    """The two model files every two-stage command takes."""
+    """The two model files every two-stage command takes; neither given: the model shipped with m2u."""
     model_file = click.Path(exists=True, dir_okay=False)
     function = click.option(
-        "--generator", "generator_path", required=True, type=model_file, help="CARU2-Net model file."
+        "--generator",
+        "generator_path",
+        default=None,
+        type=model_file,
+        help="CARU2-Net model file (default: the model shipped with m2u).",
     )(function)
-    return click.option("--mseg", "mseg_path", required=True, type=model_file, help="M-Seg model file.")(
-        function
-    )
+    return click.option(
+        "--mseg",
+        "mseg_path",
+        default=None,
+        type=model_file,
+        help="M-Seg model file (default: the model shipped with m2u).",
+    )(function)
 
 
 def config_file_options(function):
@@ -104,3 +114,26 @@ class ConfigBinding:
             return config_from_dict(self.cls, values)
         except ConfigError as error:
             raise click.UsageError(str(error)) from None
+
+
+@contextlib.contextmanager
+def model_warnings() -> Iterator[None]:
+    """Show the warnings model files give (an option contradicting a file, a resized dataset) as one
+    'warning: ...' line each on stderr, as they happen."""
+    from m2u.training.inference.restore import ModelUsageWarning
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, ModelUsageWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ModelUsageWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from m2u.masking.runtime import runtime_field
+from m2u.training.configfile import config_from_dict
 from m2u.training.losses import (
     GanLossConfig,
     SegmentationLossConfig,
 )
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
+from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MASK_SOURCES = ("mseg", "gt")
 
 
@@ -52,12 +56,15 @@ class RunConfig:
     # redone for another value (m2u.masking.runtime).
     num_workers: int = runtime_field(default=2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a grad scaler)
+    # auto (bf16 where the hardware has it natively, else fp32: m2u.training.device.resolve_precision) | fp32 |
+    # bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a grad scaler)
+    precision: str = "auto"
     channels_last: bool = False
     compile: bool = False  # torch.compile the trained networks
     resume: bool = runtime_field(default=False)
     progress: bool = runtime_field(default=True)
     evaluate_test: bool = True  # evaluate the test split at the end
+    recipe: str = ""  # the command (or recipe) that trained the run: model files record it as provenance
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
@@ -81,7 +88,7 @@ class MSegTrainConfig(SegmentationLossConfig, RunConfig):
     """M-Seg training: the run options, the loss weights (`SegmentationLossConfig`) and the network."""
 
     model: MSegConfig = field(default_factory=MSegConfig)
-    threshold: float = 0.5
+    threshold: float = DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,7 +104,7 @@ class GanTrainConfig(GanLossConfig, RunConfig):
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     mask_source: str = "mseg"  # "mseg": the frozen M-Seg's prediction feeds G; "gt": the dataset's mask
     mseg_checkpoint: str | None = None  # an M-Seg model file (save_model); required with mask_source="mseg"
-    mask_threshold: float = 0.5
+    mask_threshold: float | None = None  # None: the M-Seg file's own threshold
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,3 +118,43 @@ class GanTrainConfig(GanLossConfig, RunConfig):
             raise ValueError(
                 "mask_source 'mseg' needs an M-Seg checkpoint (--mseg PATH), or use --mask-source gt"
             )
+
+
+RUN_CONFIG_NAME = "config.json"  # in the run folder: the config the run was started (or last resumed) with
+
+# The fields of each training config that make the network's architecture: a resumed run must keep them.
+ARCHITECTURE_FIELDS: dict[str, tuple[str, ...]] = {
+    "MSegTrainConfig": ("model",),
+    "GanTrainConfig": ("generator", "discriminator"),
+}
+
+
+def architecture(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """{field: config as a dict} for the architecture fields of a training config."""
+    names = ARCHITECTURE_FIELDS.get(type(config).__name__, ())
+    return {name: json.loads(json.dumps(asdict(getattr(config, name)))) for name in names}
+
+
+def read_run_config(cls: type, out: str | Path) -> Any | None:
+    """The config a run folder was trained with (RUN/config.json), or None when there is none."""
+    path = Path(out) / RUN_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        return config_from_dict(cls, values)
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a readable {cls.__name__} (the run's saved config): {error}"
+        ) from None
+
+
+def architecture_conflicts(saved: RunConfig, requested: RunConfig) -> list[str]:
+    """'field.sub: saved -> requested' for every architecture value the requested config changes."""
+    conflicts = []
+    before, after = architecture(saved), architecture(requested)
+    for name, values in before.items():
+        for key, value in values.items():
+            if after[name].get(key) != value:
+                conflicts.append(f"{name}.{key} {value} -> {after[name].get(key)}")
+    return conflicts

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# What model files record as their input normalisation (the inverse of from_model_range).
+INPUT_NORMALISATION = "RGB in [0, 1] -> [-1, 1] (x * 2 - 1); outputs tanh [-1, 1]"
+
 
 def to_model_range(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] (loader) -> [-1, 1] (model input / tanh output)."""

@@ -27,7 +27,9 @@ from torch import nn
 
 from m2u.training.checkpoint import (
     CheckpointError,
+    ModelInfo,
     atomic_write,
+    current_model_info,
     load_model,
     load_training_state,
     remove_stale_temp_files,
@@ -35,9 +37,15 @@ from m2u.training.checkpoint import (
     save_training_state,
     unwrap_model,
 )
-from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
+from m2u.training.config import (
+    GanTrainConfig,
+    MSegTrainConfig,
+    RunConfig,
+    architecture_conflicts,
+    read_run_config,
+)
 from m2u.training.data import DataSource, ShardDataSource, check_batch
-from m2u.training.device import resolve_device
+from m2u.training.device import resolve_device, resolve_precision
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.losses import (
     VGGPerceptualLoss,
@@ -273,16 +281,18 @@ class TrainingTask:
         self.config = config
         self.device = device
         self.dist = dist
-        if config.precision == "fp16" and device.type != "cuda":
+        self.precision = resolve_precision(config.precision, device)  # "auto": the hardware decides
+        if self.precision == "fp16" and device.type != "cuda":
             raise ValueError("fp16 autocast needs CUDA; on CPU use --precision bf16 or fp32")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.networks: dict[str, nn.Module] = {}
         self.wrapped: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.finite_guard = FiniteGuard(self.name)
         self._compiled_frozen: dict[str, nn.Module] = {}
+        self.crop_size: int | None = None  # the side of the training crops (model files record it)
 
     # set-up helpers
     def add_network(self, name: str, module: nn.Module) -> None:
@@ -366,6 +376,7 @@ class TrainingTask:
             "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
+            "crop_size": self.crop_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -377,10 +388,30 @@ class TrainingTask:
             scheduler.load_state_dict(state["schedulers"][name])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        self.crop_size = state.get("crop_size", self.crop_size)
 
-    def export_models(self, out_dir: Path) -> list[Path]:
-        """Write each network as `<name>.safetensors` (weights + config) for evaluation and inference."""
-        return [save_model(out_dir / f"{name}.safetensors", module) for name, module in self.networks.items()]
+    def observe_batch(self, batch: dict) -> None:
+        """Remember the training crop size (called by train_step on every batch: a cheap shape read)."""
+        self.crop_size = int(batch["masked"].shape[-1])
+
+    def model_info(self, name: str, step: int) -> ModelInfo:
+        """What `<name>.safetensors` records about how to use it and where it came from."""
+        provenance = {
+            "data": self.config.data,
+            "steps": step,
+            "task": self.name,
+            "recipe": self.config.recipe,
+            "precision": self.precision,
+        }
+        return current_model_info(self.crop_size, provenance=provenance)
+
+    def export_models(self, out_dir: Path, step: int | None = None) -> list[Path]:
+        """Write each network as `<name>.safetensors` (weights, config and ModelInfo) for evaluation and
+        inference."""
+        return [
+            save_model(out_dir / f"{name}.safetensors", module, self.model_info(name, step or 0))
+            for name, module in self.networks.items()
+        ]
 
     # per task
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -419,7 +450,13 @@ class MSegTask(TrainingTask):
         self.config: MSegTrainConfig = config
         self.add_network("mseg", MSeg(config.model))
 
+    def model_info(self, name: str, step: int) -> ModelInfo:
+        info = super().model_info(name, step)
+        info.mask_threshold = self.config.threshold
+        return info
+
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        self.observe_batch(batch)
         masked = to_model_range(self.to_device(batch["masked"]))
         target = self.to_device(batch["mask"])
         with self.autocast():
@@ -490,7 +527,16 @@ class GanTask(TrainingTask):
             return gt_mask
         return self.mseg.predict_mask(masked, self.config.mask_threshold)
 
+    def model_info(self, name: str, step: int) -> ModelInfo:
+        info = super().model_info(name, step)
+        info.provenance["mask_source"] = self.config.mask_source
+        if self.mseg is not None:
+            info.provenance["mseg"] = self.config.mseg_checkpoint
+            info.provenance["mask_threshold"] = self.mseg.threshold
+        return info
+
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        self.observe_batch(batch)
         masked = to_model_range(self.to_device(batch["masked"]))
         real = to_model_range(self.to_device(batch["unmasked"]))
         mask = self.mask_for(masked, self.to_device(batch["mask"]))
@@ -647,7 +693,7 @@ class Trainer:
             **self.task.state_dict(),
         }
         save_training_state(self.checkpoint_path, state)
-        self.task.export_models(self.out)
+        self.task.export_models(self.out, self.step)
 
     def load_checkpoint(self) -> None:
         state = load_training_state(self.checkpoint_path)
@@ -876,9 +922,50 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------------------------- entry points
+def check_resume(config: RunConfig) -> None:
+    """--resume keeps the run's architecture: a config that changes it is one CheckpointError sentence, raised
+    before anything is built or written (the run folder stays as it is)."""
+    if not config.resume or not (Path(config.out) / CHECKPOINT_DIR / LAST_CHECKPOINT).exists():
+        return
+    saved = read_run_config(type(config), config.out)
+    if saved is None:
+        return
+    conflicts = architecture_conflicts(saved, config)
+    if conflicts:
+        raise CheckpointError(
+            f"--resume: the run in {config.out} was trained with another architecture ({'; '.join(conflicts)}); "
+            "drop the architecture options (--resume reads them from the run) or choose another --out"
+        )
+
+
+def check_model_sizes(config: RunConfig) -> None:
+    """Refuse, before allocating, networks whose training state (weights, gradients, Adam's two moments)
+    would not fit in this machine's memory."""
+    from m2u.training.checkpoint import build_model, parameter_bytes
+
+    networks = {"MSegTrainConfig": [("MSeg", "model")], "GanTrainConfig": [("CARU2Net", "generator"),
+                ("PatchDiscriminator", "discriminator")]}.get(type(config).__name__, [])  # fmt: skip
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    for class_name, field_name in networks:
+        model = build_model(class_name, getattr(config, field_name), f"the {field_name} config")
+        needed = 4 * parameter_bytes(model)
+        if needed > available:
+            parameters = sum(p.numel() for p in model.parameters())
+            raise ValueError(
+                f"the {field_name} config ({getattr(config, field_name)}) gives {parameters / 1e6:.0f} M "
+                f"parameters, {needed / 2**30:.1f} GiB to train before any activation: more than this "
+                f"machine's {available / 2**30:.1f} GiB of memory"
+            )
+
+
 def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource | None) -> dict[str, Any]:
     if not config.out:
         raise ValueError("a run folder (--out) is required")
+    check_resume(config)
+    check_model_sizes(config)
     device = resolve_device(config.device)  # under torchrun: cuda:LOCAL_RANK
     bind_device(device)  # before NCCL starts, so its communicator uses this rank's GPU
     dist = init_distributed(device)

@@ -64,3 +64,27 @@ def test_training_benchmark_quick_mode(tmp_path):
     assert results["forward_latency_s"]["fp32"] > 0 and results["forward_latency_s"]["bf16_at_32"] > 0
     assert results["gan_train_step"]["32"]["images_per_second"] > 0
     assert "MACs" in results["cost"]["convention"]
+
+
+def test_training_options_benchmark_tiny(tmp_path):
+    script = _load("training")
+    out = tmp_path / "options.json"
+    results = script.main(["--quick", "--options-only", "--options", "channels_last,bf16,one_thread",
+                           "--options-rounds", "1", "--threads", "1", "--out", str(out)])  # fmt: skip
+    options = results["training_options"]
+    assert options["fp32"]["speedup_vs_fp32"] == 1.0
+    assert options["channels_last"]["seconds_per_step"] > 0 and options["one_thread"]["speedup_vs_fp32"] > 0
+    from m2u.training.device import cpu_native_bf16
+
+    assert options["cpu_native_bf16"] == cpu_native_bf16()
+    assert ("seconds_per_step" in options["bf16"]) == cpu_native_bf16()  # timed only where native
+    assert options["precision_auto_resolves_to"] == ("bf16" if cpu_native_bf16() else "fp32")
+    assert json.loads(out.read_text())["training_options"] == json.loads(json.dumps(options))
+
+
+def test_cpu_native_bf16_reads_the_flags():
+    from m2u.training.device import cpu_native_bf16
+
+    assert cpu_native_bf16("flags\t\t: fpu sse avx512f avx512_bf16\n") is True
+    assert cpu_native_bf16("flags\t\t: fpu sse amx_bf16 amx_tile\n") is True
+    assert cpu_native_bf16("flags\t\t: fpu sse avx2 avx512f\n") is False

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import click
 
-from m2u.training.cliutil import ConfigBinding, config_file_options, model_file_options, user_errors
+from m2u.training.cliutil import (
+    ConfigBinding,
+    config_file_options,
+    model_file_options,
+    model_warnings,
+    user_errors,
+)
 from m2u.training.evaluation.baselines import BASELINES, BaselineConfig
 from m2u.training.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig
 from m2u.training.evaluation.identity import IdentityConfig
@@ -71,9 +77,8 @@ EVAL_BINDING = ConfigBinding(
 @click.option(
     "--threshold",
     default=EvaluateConfig.mask_threshold,
-    show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="M-Seg mask threshold.",
+    help="M-Seg mask threshold (default: the one the M-Seg file records).",
 )
 @click.option(
     "--baseline",
@@ -126,12 +131,13 @@ EVAL_BINDING = ConfigBinding(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def main(**kw) -> None:
     """Evaluate M-Seg + CARU2-Net on a dataset split, with OpenCV baselines; write REPORT/metrics.json,
-    metrics.md, grid.png and index.html."""
+    metrics.md, grid.png and index.html. Without --mseg/--generator: the model shipped with m2u."""
     from m2u.training.evaluation.evaluator import evaluate
 
     config = EVAL_BINDING.build(kw)
     try:
-        report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
+        with model_warnings():
+            report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     out = Path(kw["out_dir"])

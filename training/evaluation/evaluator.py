@@ -18,6 +18,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from m2u.training.evaluation.report import (
 from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
 from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.inference.restore import load_two_stage, restore_batch
+from m2u.training.inference.restore import ModelUsageWarning, load_two_stage, model_usage, restore_batch
 
 __all__ = [
     "EvaluateConfig",
@@ -66,7 +67,7 @@ class EvaluateConfig:
     batch_size: int = 8  # the paper's batch size
     num_workers: int = runtime_field(default=0)
     max_samples: int | None = None  # None: the whole split (exactly once)
-    mask_threshold: float = 0.5
+    mask_threshold: float | None = None  # None: the threshold the M-Seg file records
     baselines: tuple[str, ...] = ("masked_input", "telea", "navier_stokes")
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     # Masks the inpainting baselines get: "predicted" (what our model sees), "ground_truth", or "both".
@@ -87,7 +88,7 @@ class EvaluateConfig:
             raise ValueError(f"baseline_mask must be one of {BASELINE_MASKS}, got {self.baseline_mask!r}")
         if self.batch_size < 1 or (self.max_samples is not None and self.max_samples < 1):
             raise ValueError("batch_size and max_samples must be >= 1")
-        if not 0.0 < self.mask_threshold < 1.0:
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
 
 
@@ -212,6 +213,8 @@ class _Samples:
     keys: list[str] = field(default_factory=list)
     grid_rows: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     image_size: int | None = None
+    usage: Any = None  # ModelUsage: the models' size and threshold
+    resized_from: int | None = None  # the dataset's size when it differs from the models'
 
     @property
     def seen(self) -> int:
@@ -243,9 +246,20 @@ def _update_batch(
     mseg, generator = models
     device = next(mseg.parameters()).device
     masked, truth, true_mask = batch["masked"][:take], batch["unmasked"][:take], batch["mask"][:take]
+    size = state.usage.trained_size
+    if size is not None and masked.shape[-1] != size:
+        if state.resized_from is None:
+            state.resized_from = int(masked.shape[-1])
+            warnings.warn(
+                f"the dataset holds {state.resized_from}x{state.resized_from} samples, the models were trained at "
+                f"{size}x{size}: the samples are resized to the models' size, and every figure is at that size",
+                ModelUsageWarning,
+                stacklevel=2,
+            )
+        masked, truth, true_mask = _resize_batch(masked, truth, true_mask, size)
     state.image_size = int(masked.shape[-1])
     state.keys += list(batch["key"][:take])
-    pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), config.mask_threshold)
+    pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), state.usage.threshold)
     pred_mask, raw, comp = pred_mask.cpu(), raw.cpu(), comp.cpu()
     state.mask_quality.update(pred_mask, true_mask)
     suite.update("m2u_raw", raw, truth, true_mask)
@@ -260,7 +274,7 @@ def _update_batch(
 
 
 @torch.no_grad()
-def _score_split(data, models, suite: MetricSuite, config: EvaluateConfig) -> _Samples:
+def _score_split(data, models, usage, suite: MetricSuite, config: EvaluateConfig) -> _Samples:
     """One pass over the split (exactly once, up to max_samples)."""
     from m2u.datasets.loader import LoaderConfig, make_loader
 
@@ -269,7 +283,7 @@ def _score_split(data, models, suite: MetricSuite, config: EvaluateConfig) -> _S
         config.split,
         LoaderConfig.for_evaluation(batch_size=config.batch_size, num_workers=config.num_workers),
     )
-    state = _Samples()
+    state = _Samples(usage=usage)
     bar = tqdm(
         total=_expected_count(data, config),
         unit="img",
@@ -306,10 +320,22 @@ def _cost(models: tuple[nn.Module, nn.Module], image_size: int, config: Evaluate
     return {"complexity": complexity, "latency": latency}
 
 
+def _resize_batch(
+    masked: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Members of another size brought to the model's: images by area (shrinking) or bilinear, masks nearest."""
+    import torch.nn.functional as F
+
+    mode = "area" if masked.shape[-1] > size else "bilinear"
+    extra = {} if mode == "area" else {"align_corners": False}
+    resize = lambda x: F.interpolate(x, size=(size, size), mode=mode, **extra).clamp(0, 1)  # noqa: E731
+    return resize(masked), resize(truth), F.interpolate(mask, size=(size, size), mode="nearest")
+
+
 def evaluate(
     data: str | Path,
-    mseg_path: str | Path,
-    generator_path: str | Path,
+    mseg_path: str | Path | None,
+    generator_path: str | Path | None,
     out_dir: str | Path,
     config: EvaluateConfig | None = None,
     *,
@@ -319,17 +345,20 @@ def evaluate(
     """Run the evaluation and write the report; returns what metrics.json holds.
 
     `metric_suite` lets callers (tests) pass a suite built with their own small networks; `links` (title: path
-    relative to `out_dir`, e.g. the training curves) are listed in index.html."""
+    relative to `out_dir`, e.g. the training curves) are listed in index.html. With neither model path, the
+    model shipped with m2u. The models run at the size their files record: a dataset of another size is
+    resized to it (with a warning)."""
     config = config or EvaluateConfig()
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _say(config, f"loading the models on {device}")
     models = load_two_stage(mseg_path, generator_path, device)
+    usage = model_usage(*models, None, config.mask_threshold)
     if metric_suite is None:
         _say(config, "loading the metric networks (LPIPS, FID Inception, dlib face embeddings)")
     suite = metric_suite or MetricSuite(config.metrics, device=device)
-    state = _score_split(data, models, suite, config)
+    state = _score_split(data, models, usage, suite, config)
     assert state.image_size is not None
     report = _report(data, (mseg_path, generator_path), models, suite, state, config)
     report.update(_cost(models, state.image_size, config))
@@ -358,8 +387,13 @@ def _report(
         "split": config.split,
         "n_samples": state.seen,
         "image_size": state.image_size,
-        "checkpoints": {"mseg": str(paths[0]), "generator": str(paths[1])},
-        "mask_threshold": config.mask_threshold,
+        "checkpoints": {
+            "mseg": str(paths[0]) if paths[0] else "shipped",
+            "generator": str(paths[1]) if paths[1] else "shipped",
+        },
+        "resized_from": state.resized_from,
+        "model_info": {"mseg": asdict(mseg.info), "generator": asdict(generator.info)},
+        "mask_threshold": state.usage.threshold,
         "baseline_mask": config.baseline_mask,
         "rows": suite.summary(),
         "unavailable": dict(suite.unavailable),

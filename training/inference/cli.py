@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from m2u.training.cliutil import model_file_options, user_errors
+from m2u.training.cliutil import model_file_options, model_warnings, user_errors
 from m2u.training.inference.export import ExportConfig
 from m2u.training.inference.unmask import UnmaskConfig
 
@@ -22,14 +22,14 @@ from m2u.training.inference.unmask import UnmaskConfig
     "--size",
     default=None,
     type=click.IntRange(min=16),
-    help="Aligned crop size: the --size the models were trained on (default: 256, the paper's).",
+    help="Aligned crop size (default: the size the model files record; another is honoured with a warning).",
 )
 @click.option(
     "--threshold",
     "mask_threshold",
     default=UnmaskConfig.mask_threshold,
-    show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="M-Seg mask threshold (default: the one the M-Seg file records).",
 )
 @click.option(
     "--feather",
@@ -52,7 +52,7 @@ from m2u.training.inference.unmask import UnmaskConfig
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
-    (one row per file: status and reason)."""
+    (one row per file: status and reason). Without --mseg/--generator: the model shipped with m2u."""
     from m2u.training.inference.unmask import unmask_files
 
     overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
@@ -66,7 +66,8 @@ def unmask_main(**kw) -> None:
             progress=not kw["quiet"],
             **overrides,
         )
-        results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
+        with model_warnings():
+            results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     counts: dict[str, int] = {}
@@ -100,9 +101,8 @@ def export_main() -> None:
 @click.option(
     "--image-size",
     default=ExportConfig.image_size,
-    show_default=True,
     type=click.IntRange(min=16),
-    help="Size of the tracing input.",
+    help="Size of the tracing input (default: the size the model file records).",
 )
 @click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=11))
 @click.option(
@@ -111,24 +111,31 @@ def export_main() -> None:
 @click.option("--static-shape", is_flag=True, help="Fix batch, height and width to the tracing input.")
 def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol, static_shape) -> None:
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime."""
+    from dataclasses import asdict
+
     from m2u.training.checkpoint import load_model
-    from m2u.training.inference.export import export_onnx
+    from m2u.training.inference.export import export_onnx, export_size
 
     if not mseg_path and not generator_path:
         raise click.UsageError("give --mseg and/or --generator")
-    config = ExportConfig(image_size=image_size, opset=opset, atol=atol, dynamic_axes=not static_shape)
     summary = {}
     try:
         for name, path in (("mseg", mseg_path), ("generator", generator_path)):
             if not path:
                 continue
-            result = export_onnx(load_model(path), Path(out_dir) / f"{name}.onnx", config)
+            model = load_model(path)
+            with model_warnings():
+                size = export_size(model, image_size, static_shape)
+            config = ExportConfig(image_size=size, opset=opset, atol=atol, dynamic_axes=not static_shape)
+            result = export_onnx(model, Path(out_dir) / f"{name}.onnx", config)
             summary[name] = {
                 "source": str(path),
                 "onnx": str(result.path),
                 "inputs": result.input_names,
                 "outputs": result.output_names,
                 "max_abs_diff_vs_torch": result.max_abs_diff,
+                "image_size": size,
+                "model_info": asdict(model.info),
             }
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
     except (*user_errors(), RuntimeError) as exc:

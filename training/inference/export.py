@@ -7,6 +7,7 @@ M-Seg: `image` (B, 3, H, W) -> `mask_logits` (B, 1, H, W); generator: `masked` (
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,19 +16,56 @@ import numpy as np
 import torch
 from torch import nn
 
+from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
 from m2u.training.models import CARU2Net, MSeg
 
-__all__ = ["ExportConfig", "ExportResult", "model_io_names", "example_inputs", "export_onnx", "onnx_parity"]
+__all__ = [
+    "ExportConfig",
+    "ExportResult",
+    "model_io_names",
+    "example_inputs",
+    "export_onnx",
+    "export_size",
+    "onnx_parity",
+]
 
 
 @dataclass
 class ExportConfig:
     """ONNX export settings."""
 
-    image_size: int = 256  # the paper's resolution, used for the example inputs that trace the graph
+    # The example inputs' size that traces the graph; None: the size the model file records (else the
+    # dataset default, DEFAULT_IMAGE_SIZE).
+    image_size: int | None = None
     opset: int = 17
     dynamic_axes: bool = True
     atol: float = 1e-4  # max |onnxruntime - torch| accepted by the parity check
+
+
+def export_size(model: nn.Module, image_size: int | None, static_shape: bool = False) -> int:
+    """The tracing size: the model file's training size unless given. A given size that differs is honoured
+    with a warning (a static-shape graph at another size is a model that only runs at that size)."""
+    from m2u.training.inference.restore import ModelUsageWarning
+
+    trained = getattr(getattr(model, "info", None), "crop_size", None)
+    if image_size is None:
+        if trained is None:
+            warnings.warn(
+                f"the model file does not record its training size: tracing at {DEFAULT_IMAGE_SIZE}",
+                ModelUsageWarning,
+                stacklevel=2,
+            )
+            return DEFAULT_IMAGE_SIZE
+        return int(trained)
+    if trained is not None and image_size != trained:
+        shape = "a static graph for" if static_shape else "traced at"
+        warnings.warn(
+            f"--image-size {image_size} ({shape} that size) differs from the {trained}x{trained} the model was "
+            "trained at: honoured",
+            ModelUsageWarning,
+            stacklevel=2,
+        )
+    return int(image_size)
 
 
 @dataclass
@@ -82,6 +120,8 @@ def export_onnx(model: nn.Module, path: str | Path, config: ExportConfig | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     input_names, output_names = model_io_names(model)
+    if config.image_size is None:
+        config = dataclasses.replace(config, image_size=export_size(model, None, not config.dynamic_axes))
     inputs = example_inputs(model, config.image_size)
     dynamic = None
     if config.dynamic_axes:

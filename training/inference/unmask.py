@@ -22,7 +22,7 @@ from tqdm import tqdm
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.inference.restore import load_two_stage, restore_batch
+from m2u.training.inference.restore import load_two_stage, model_usage, restore_batch
 from m2u.training.models import CARU2Net, MSeg
 
 __all__ = [
@@ -40,8 +40,8 @@ __all__ = [
 class UnmaskConfig:
     """How photos are unmasked."""
 
-    crop_size: int = DEFAULT_IMAGE_SIZE  # the aligned crop the models see (the dataset's size)
-    mask_threshold: float = 0.5
+    crop_size: int | None = None  # the aligned crop the models see; None: the size the model files record
+    mask_threshold: float | None = None  # None: the threshold the M-Seg file records
     dilate: float = (
         0.02  # grow the predicted mask by this fraction of the crop before pasting (hides its rim)
     )
@@ -52,8 +52,9 @@ class UnmaskConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_image_size(self.crop_size, "--size")
-        if not 0.0 < self.mask_threshold < 1.0:
+        if self.crop_size is not None:
+            check_image_size(self.crop_size, "--size")
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.dilate < 0 or self.feather < 0:
             raise ValueError("dilate and feather must be >= 0")
@@ -127,12 +128,20 @@ class Unmasker:
         self.device = next(generator.parameters()).device
         self.mseg = mseg.eval()
         self.generator = generator.eval()
+        # Crop size and threshold from the model files unless the config names them (then with a warning).
+        self.usage = model_usage(
+            mseg, generator, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
+        )
         self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
 
     @classmethod
     def from_files(
-        cls, mseg_path: str | Path, generator_path: str | Path, config: UnmaskConfig | None = None
+        cls,
+        mseg_path: str | Path | None,
+        generator_path: str | Path | None,
+        config: UnmaskConfig | None = None,
     ) -> Unmasker:
+        """The pair of model files, or (both None) the model shipped with m2u."""
         config = config or UnmaskConfig()
         mseg, generator = load_two_stage(mseg_path, generator_path, resolve_device(config.device))
         return cls(mseg, generator, config)
@@ -141,7 +150,7 @@ class Unmasker:
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.config.mask_threshold)
+        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.threshold)
         masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
         return masks, to_uint8_images(comp.cpu())
 
@@ -152,7 +161,7 @@ class Unmasker:
         faces = self.detector.detect(image)
         if not faces:
             return image.copy(), []
-        size = self.config.crop_size
+        size = self.usage.crop_size
         aligned = [align_face(image, face.landmarks, size) for face in faces]
         masks, restored = self.restore_crops([a.image for a in aligned])
         dilate_px = round(self.config.dilate * size)
@@ -191,8 +200,8 @@ def _write_rgb(path: Path, image: np.ndarray) -> None:
 
 def unmask_files(
     inputs: list[str] | tuple[str, ...],
-    mseg_path: str | Path,
-    generator_path: str | Path,
+    mseg_path: str | Path | None,
+    generator_path: str | Path | None,
     out_dir: str | Path,
     config: UnmaskConfig | None = None,
     *,

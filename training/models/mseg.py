@@ -16,6 +16,10 @@ from torch import nn
 
 from m2u.training.models.blocks import encode_pyramid
 
+# The one default of M-Seg's threshold (mask = sigmoid(logits) >= threshold). A trained M-Seg file records the
+# threshold it was trained and validated with (checkpoint.ModelInfo); everything that binarises reads that.
+DEFAULT_MASK_THRESHOLD = 0.5
+
 
 @dataclass
 class MSegConfig:
@@ -77,6 +81,7 @@ class MSeg(nn.Module):
     def __init__(self, config: MSegConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or MSegConfig()
+        self.threshold = DEFAULT_MASK_THRESHOLD  # load_model sets the file's
         widths = [config.base_channels * 2**level for level in range(config.levels)]
         self.encoders = nn.ModuleList()
         previous = config.in_channels
@@ -101,6 +106,7 @@ class MSeg(nn.Module):
         return self.head(h)
 
     @torch.no_grad()
-    def predict_mask(self, x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-        """Binary mask, float {0, 1}, (B, 1, H, W): sigmoid(logits) >= threshold."""
+    def predict_mask(self, x: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """Binary mask, float {0, 1}, (B, 1, H, W): sigmoid(logits) >= threshold (default: this model's)."""
+        threshold = self.threshold if threshold is None else threshold
         return (torch.sigmoid(self.forward(x)) >= threshold).to(x.dtype)

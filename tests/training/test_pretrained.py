@@ -1,0 +1,208 @@
+"""The shipped model: loaded by name; m2u-unmask and m2u-eval use it when no model file is given; a clear error
+while no weights ship. The tests write a tiny model into a temporary pretrained folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import m2u.training.pretrained as pretrained
+from m2u.training.checkpoint import current_model_info, read_model_info, save_model
+from m2u.training.inference.cli import unmask_main
+from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+from m2u.training.pretrained.card import render_model_card, write_model_card
+
+SIZE = 64
+# As tests/conftest.py finds the shared data (read at run time; the test falls back to the embedded default).
+CELEBA_DIR = (
+    Path(os.environ.get("M2U_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+    / "faces"
+    / "celeba"
+)
+
+
+def _write_tiny_shipped_model(root: Path) -> Path:
+    """A tiny M-Seg that marks the whole crop as mask (its head bias is large) and a random tiny generator,
+    saved as fp16 with their ModelInfo, as the release recipe writes them."""
+    torch.manual_seed(0)
+    mseg = MSeg(MSegConfig(base_channels=4, levels=3))
+    with torch.no_grad():
+        mseg.head.bias.fill_(20.0)
+    generator = CARU2Net(GeneratorConfig(width_multiplier=0.125))
+    folder = root / pretrained.DEFAULT_MODEL
+    save_model(folder / pretrained.MSEG_FILE, mseg, current_model_info(SIZE, 0.5), dtype="fp16")
+    save_model(folder / pretrained.GENERATOR_FILE, generator, current_model_info(SIZE), dtype="fp16")
+    return folder
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", tmp_path / "pretrained")
+    return _write_tiny_shipped_model(tmp_path / "pretrained")
+
+
+def _covers(box, mask: np.ndarray) -> bool:
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = box
+    return bool(len(xs)) and x0 <= xs.mean() <= x1 and y0 <= ys.mean() <= y1
+
+
+def _masked_photo(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A real photo with a mask put on: a CelebA photo when ../shared is there, the embedded default otherwise.
+    Returns (photo file, image, the region that must be restored). When the detector cannot find the masked
+    face (the embedded portrait), the unmasked photo is used and the region is the face's (the tiny M-Seg
+    marks its whole crop)."""
+    from m2u.masking import DetectorConfig, FaceDetector, apply_mask, read_image
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    candidates = sorted(CELEBA_DIR.glob("*.jpg"))[:6] if CELEBA_DIR.is_dir() else []
+    candidates = candidates or write_demo_faces(folder / "demo", count=2)
+    detector = FaceDetector(DetectorConfig())
+    for path in candidates:
+        image = read_image(path)
+        faces = detector.detect(image)
+        if not faces:
+            continue
+        result = apply_mask(image, faces[0], seed=0)
+        if any(_covers(face.box, result.mask) for face in detector.detect(result.image)):
+            target = folder / f"masked_{path.stem}.png"
+            cv2.imwrite(str(target), cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR))
+            return target, result.image, result.mask > 0
+    path = candidates[0]
+    image = read_image(path)
+    x0, y0, x1, y1 = detector.detect(image)[0].box
+    region = np.zeros(image.shape[:2], bool)
+    region[y0:y1, x0:x1] = True
+    return path, image, region
+
+
+def test_no_shipped_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", tmp_path / "empty")
+    with pytest.raises(pretrained.PretrainedUnavailable, match="no pretrained weights"):
+        pretrained.load_pretrained()
+    photo = tmp_path / "x.png"
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    result = CliRunner().invoke(unmask_main, [str(photo), "-o", str(tmp_path / "out"), "-q"])
+    assert result.exit_code != 0 and "no pretrained weights" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_load_pretrained_returns_the_ready_two_stage_model(shipped):
+    mseg, generator = pretrained.load_pretrained()
+    assert isinstance(mseg, MSeg) and isinstance(generator, CARU2Net)
+    assert not mseg.training and generator.info.crop_size == SIZE
+    assert next(generator.parameters()).dtype == torch.float32  # fp16 file, fp32 model
+    assert pretrained.available_models() == [pretrained.DEFAULT_MODEL]
+
+
+def test_unmask_without_model_options_restores_a_real_photo_with_the_shipped_model(shipped, tmp_path):
+    photo, masked, region = _masked_photo(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(unmask_main, [str(photo), "-o", str(out), "-q", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output  # size and threshold came from the files
+    with open(out / "report.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["status"] == "ok", row
+    restored = cv2.cvtColor(cv2.imread(row["output"]), cv2.COLOR_BGR2RGB)
+    assert restored.shape == masked.shape
+    # The restored region differs from the masked input ...
+    changed = np.abs(restored.astype(int) - masked.astype(int)).max(axis=2) > 0
+    assert changed[region].mean() > 0.5
+    # ... and the rest of the photo is unchanged: away from the face crop every pixel is the input's.
+    from m2u.datasets.align import align_face
+    from m2u.masking import DetectorConfig, FaceDetector
+
+    footprint = np.zeros(masked.shape[:2], np.float32)
+    for face in FaceDetector(DetectorConfig()).detect(masked):
+        matrix = align_face(masked, face.landmarks, SIZE).matrix
+        footprint += cv2.warpAffine(
+            np.ones((SIZE, SIZE), np.float32), cv2.invertAffineTransform(matrix), masked.shape[1::-1]
+        )
+    outside = footprint == 0
+    assert outside.any()
+    assert np.array_equal(restored[outside], masked[outside])
+
+
+def test_model_card_is_generated_from_the_measured_figures(tmp_path):
+    card = {
+        "name": "m2unet-test",
+        "recipe_command": "benchmarks/release_recipe.py --work runs/x",
+        "m2u_version": "0.1.0",
+        "data": {"faces": "celeba", "photos": 12, "split_by": "identity", "size": 64, "samples": {"test": 3}},
+        "training": {
+            "mseg": {"steps": 5, "seconds": 1.0},
+            "gan": {"steps": 7, "seconds": 2.0, "config": {"generator": {"width_multiplier": 0.25}}},
+        },  # fmt: skip
+        "evaluation": {
+            "split": "test",
+            "samples": 3,
+            "mask_quality": {"dice": 0.9812},
+            "rows": {
+                "m2u_composite": {"psnr": 27.5, "ssim": 0.91, "l1": 0.012},
+                "telea": {"psnr": 22.25, "ssim": 0.86, "l1": 0.02},
+            },
+        },  # fmt: skip
+        "files": {"mseg.safetensors": 1_000_000},
+    }
+    path = write_model_card(tmp_path, card)
+    text = path.read_text()
+    assert text == render_model_card(card)
+    assert "+5.25 dB" in text and "0.9812" in text and "x0.25" in text and "64x64" in text
+    assert "non-commercial" in text and "300-W" in text
+    assert json.loads((tmp_path / "card.json").read_text()) == card
+
+
+def test_package_data_includes_the_pretrained_folder():
+    setup = (Path(__file__).resolve().parents[2] / "setup.cfg").read_text()
+    assert "m2u.training.pretrained = training/pretrained" in setup
+    assert "m2u.training.pretrained = */*.safetensors" in setup
+
+
+def test_shipped_files_record_how_to_use_them(shipped):
+    info = read_model_info(shipped / pretrained.MSEG_FILE)
+    assert info.crop_size == SIZE and info.mask_threshold == 0.5
+
+
+def test_eval_without_model_options_uses_the_shipped_model(shipped, tmp_path):
+    from m2u.datasets.synthetic import write_synthetic_dataset
+    from m2u.training.evaluation.cli import main as eval_main
+
+    data = tmp_path / "ds"
+    write_synthetic_dataset(data, 12, size=SIZE, seed=0)
+    report = tmp_path / "report"
+    args = ["--data", str(data), "-o", str(report), "--split", "train", "--no-lpips", "--no-fid", "--no-identity",
+            "--skip-paper-size-cost", "--latency-repeats", "1", "--grid-rows", "0", "-q"]  # fmt: skip
+    result = CliRunner().invoke(eval_main, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["checkpoints"] == {"mseg": "shipped", "generator": "shipped"}
+    assert metrics["image_size"] == SIZE and metrics["model_info"]["generator"]["crop_size"] == SIZE
+
+
+def test_demo_page_shows_the_shipped_model_against_telea(shipped, tmp_path):
+    from m2u.pipelines.demo import main as demo_main
+
+    result = CliRunner().invoke(demo_main, ["-o", str(tmp_path / "demo"), "--count", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert report["crop_size"] == SIZE and set(report["rows"]) == {"m2unet", "telea", "masked_input"}
+    grid = cv2.imread(str(tmp_path / "demo" / "demo.png"))
+    assert grid.shape == (SIZE * report["faces"], SIZE * 4, 3)
+    assert "predicted mask" in (tmp_path / "demo" / "index.html").read_text()
+
+
+def test_demo_check_says_when_no_model_ships(tmp_path, monkeypatch):
+    from m2u.pipelines.demo import main as demo_main
+
+    monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", tmp_path / "empty")
+    result = CliRunner().invoke(demo_main, ["--check"])
+    assert result.exit_code == 1 and "no pretrained weights" in result.output

@@ -1,0 +1,67 @@
+"""The release recipe end to end at a tiny size: a few photos, a few steps, in two pieces (--stop-after, then
+the same command again), writing the fp16 package folder and its model card."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import m2u.training.pretrained as pretrained
+from m2u.training.checkpoint import read_model_info
+from m2u.training.pretrained import GENERATOR_FILE, MSEG_FILE, load_pretrained
+
+REPO = Path(__file__).resolve().parents[2]
+CELEBA_DIR = Path(os.environ.get("M2U_SHARED", REPO.parent / "shared")) / "faces" / "celeba"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("release_recipe", REPO / "benchmarks" / "release_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
+    if CELEBA_DIR.is_dir():
+        faces, limit = CELEBA_DIR, "60"
+    else:
+        from m2u.pipelines.demo_faces import write_demo_faces
+
+        faces, limit = tmp_path / "faces", "0"
+        write_demo_faces(faces, count=40)
+    package = tmp_path / "pretrained" / "m2unet-tiny"
+    args = ["--faces", str(faces), "--work", str(tmp_path / "work"), "--package", str(package), "--size", "64",
+            "--limit", limit, "--workers", "1", "--batch-size", "2", "--mseg-steps", "2", "--mseg-base-channels", "4",
+            "--gan-steps", "3", "--width-multiplier", "0.125", "--val-every", "1000", "--checkpoint-every", "1",
+            "--threads", "1", "--max-test-samples", "4", "--precision", "fp32", "--no-identity"]  # fmt: skip
+    recipe = _recipe()
+    recipe.main([*args, "--stop-after", "mseg"])
+    assert (tmp_path / "work" / "mseg" / "mseg.safetensors").is_file()
+    assert not (tmp_path / "work" / "gan").exists()
+    mseg_mtime = (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns
+    report = recipe.main(args)  # the second piece: M-Seg is done, the GAN, evaluation and package follow
+    assert (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns == mseg_mtime
+    assert report["training"]["mseg"]["steps"] == 2 and report["training"]["gan"]["steps"] == 3
+    files = {p.name for p in package.iterdir()}
+    assert files == {MSEG_FILE, GENERATOR_FILE, "card.json", "MODEL_CARD.md"}
+    assert sum(p.stat().st_size for p in package.iterdir()) < 15_000_000
+    info = read_model_info(package / GENERATOR_FILE)
+    assert info.crop_size == 64 and info.provenance["recipe"].startswith("benchmarks/release_recipe.py")
+    card = json.loads((package / "card.json").read_text())
+    text = (package / "MODEL_CARD.md").read_text()
+    assert card["evaluation"]["rows"]["telea"]["psnr"] is not None
+    assert f"{card['evaluation']['rows']['m2u_composite']['psnr']:.2f}" in text
+    assert "identity" in text and "non-commercial" in text
+    monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", package.parent)
+    mseg, generator = load_pretrained("m2unet-tiny")
+    assert generator.config.width_multiplier == 0.125
+
+
+def test_recipe_help_lists_the_budget(capsys):
+    with pytest.raises(SystemExit):
+        _recipe().main(["--help"])
+    assert "2 hours" in capsys.readouterr().out

@@ -1,0 +1,117 @@
+"""The model card of a shipped model, generated from its measured figures (`card.json`) and nothing else.
+
+`write_model_card(folder, card)` writes `folder/card.json` (the dict as given) and `folder/MODEL_CARD.md`;
+`render_model_card(card)` is the Markdown. The card dict (written by benchmarks/release_recipe.py):
+
+    name, recipe_command, data {faces, photos, split_by, size, samples {train, val, test}},
+    training {mseg {steps, seconds, config}, gan {steps, seconds, config}},
+    evaluation {split, samples, rows {method: {psnr, ssim, l1, ...}}, mask_quality {dice, ...}},
+    files {name: bytes}, m2u_version
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LICENCE = (
+    "The weights derive from CelebA (Liu et al., 2015), whose photos are available for non-commercial research "
+    "purposes only, and from the masks placed with dlib's 68-point landmark model, trained on the iBUG 300-W "
+    "dataset, whose licence excludes commercial use. Use these weights for non-commercial research only. The m2u "
+    "code itself is MIT-licensed."
+)
+ROWS = (
+    ("m2u_composite", "M2UNet (composite)"),
+    ("telea", "Telea (predicted mask)"),
+    ("navier_stokes", "Navier-Stokes (predicted mask)"),
+    ("masked_input", "masked input"),
+)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def release_targets(rows: dict[str, Any], quality: dict[str, Any]) -> dict[str, bool]:
+    """The release's targets, each met or not, from the measured rows and M-Seg's Dice."""
+    ours, telea = rows.get("m2u_composite", {}), rows.get("telea", {})
+
+    def better(name: str, higher: bool) -> bool:
+        a, b = ours.get(name), telea.get(name)
+        return a is not None and b is not None and (a > b if higher else a < b)
+
+    psnr_gain = (ours.get("psnr") or 0) - (telea.get("psnr") or float("inf"))
+    return {
+        "PSNR >= Telea + 5 dB": psnr_gain >= 5.0,
+        "Dice >= 0.98": (quality.get("dice") or 0) >= 0.98,
+        "SSIM above Telea": better("ssim", True),
+        "L1 below Telea": better("l1", False),
+    }
+
+
+def render_model_card(card: dict[str, Any]) -> str:
+    data, training, evaluation = card["data"], card["training"], card["evaluation"]
+    gan_config = training["gan"].get("config", {})
+    width = gan_config.get("generator", {}).get("width_multiplier")
+    size = data["size"]
+    rows = evaluation.get("rows", {})
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"M2UNet face unmasking (M-Seg + CARU2-Net generator) trained by m2u {card.get('m2u_version', '')} on "
+        f"{data['photos']} photos of {data['faces']} at {size}x{size}, generator width x{width} of the paper's "
+        f"(the paper's figures are for width x1 at 256x256).",
+        "",
+        "**What it is:** a restorer for synthetic face masks (m2u's templates) on aligned, CelebA-like frontal "
+        f"faces, run at {size}x{size} on the aligned crop. **What it is not:** a model of real masks in the wild, "
+        "of profile faces, or of faces unlike CelebA's; the paper's resolution.",
+        "",
+        "## Recipe",
+        "",
+        "```",
+        card["recipe_command"],
+        "```",
+        "",
+        f"- data: {data['faces']} ({data['photos']} photos), split by {data['split_by']} (test identities unseen), "
+        f"samples {data.get('samples', {})}",
+        f"- M-Seg: {training['mseg']['steps']} steps, {_fmt(training['mseg'].get('seconds'), 0)} s",
+        f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s",
+        f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in card.get('files', {}).items())} (fp16)",
+        "",
+        f"## Figures ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples, {size}x{size})",
+        "",
+        "| method | PSNR (dB) | SSIM | L1 | identity cosine |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in ROWS:
+        row = rows.get(key)
+        if row:
+            lines.append(
+                f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'))} | {_fmt(row.get('l1'), 4)} "
+                f"| {_fmt(row.get('identity_cosine'))} |"
+            )
+    quality = evaluation.get("mask_quality", {})
+    lines += ["", f"M-Seg Dice {_fmt(quality.get('dice'), 4)}, IoU {_fmt(quality.get('iou'), 4)}."]
+    telea, ours = rows.get("telea", {}), rows.get("m2u_composite", {})
+    if telea.get("psnr") is not None and ours.get("psnr") is not None:
+        lines.append(f"Composite PSNR over Telea: {ours['psnr'] - telea['psnr']:+.2f} dB.")
+    lines += ["", "Release targets (issue 17): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in
+              release_targets(rows, quality).items()) + "."]  # fmt: skip
+    latency = evaluation.get("latency", {})
+    if latency:
+        lines.append(
+            "Latency per face: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items()) + "."
+        )
+    lines += ["", "## Licence", "", LICENCE, ""]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
+    """Write card.json and MODEL_CARD.md into `folder`; returns the card's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    path = folder / "MODEL_CARD.md"
+    path.write_text(render_model_card(card))
+    return path
