@@ -386,6 +386,10 @@ def apply_mask(
     Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
+    if isinstance(face, Face) and face.problem:
+        raise MaskingError(
+            face.problem
+        )  # e.g. the detector found it upside down: its landmarks are not usable
     landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
     rng = np.random.default_rng(seed)
     mask_type, color, pattern = _resolve(config, rng)
