@@ -21,6 +21,11 @@ of MaskTheFace-style template packs.
 Before that, jaw points 1-15 are pushed out until the contour clears the nostrils and mouth by
 `feature_clearance` (on turned faces the far side's jaw landmarks sit on the mouth).
 
+First of all the face's proportions must fit a template (`PLAUSIBLE_PROPORTIONS`: brows above the eyes, nose tip,
+mouth and chin below them in that order, jaw and mouth corners left to right, ranges measured on 529 faces); an
+implausible face (upside-down or mirrored labelling, landmarks fitted to something else) is refused with the
+measure that failed.
+
 A mesh is degenerate when a cell flips orientation (fold-over), collapses (area near zero), or the whole patch has
 an implausible area (relative to the face outline) or aspect; `build_mesh` then retries with the corners d and f
 where diagonal rays from the mouth centre meet the jaw, then also with a smoothed, monotonic jaw contour, and
