@@ -250,6 +250,8 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
         ]
     face = faces[0]  # largest
     common["n_faces"] = len(faces)
+    if face.problem:  # found, but the masking cannot be placed right on it (e.g. upside down): recorded
+        return [(_row(s, **common, reason=f"masking failed: {face.problem}"), None) for s in samples]
     try:
         aligned = align_face(image, face.landmarks, config.size)
         crop_face = Face.from_landmarks(aligned.landmarks, score=face.score)

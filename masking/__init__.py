@@ -6,6 +6,8 @@ Public surface (imported lazily: OpenCV and dlib load only when a name is used):
     FaceDetector(DetectorConfig).detect(image) -> list[Face]
     apply_mask(image, face, MaskConfig, seed) -> MaskResult; MaskingError; PlacementConfig
     load_template_pack(path), TemplatePackError, MASK_TYPES, COLORS
+    mask_files(inputs, out_dir, BatchConfig) -> BatchResult     # what m2u-mask runs
+    discover(inputs, exclude=...) -> Discovery(entries: list[InputEntry]); OutputFolderError
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from __future__ import annotations
 from m2u.masking.lazy import lazy_exports
 
 _EXPORTS = {
+    "BatchConfig": "batch",
+    "BatchResult": "batch",
+    "mask_files": "batch",
+    "Discovery": "inputs",
+    "InputEntry": "inputs",
+    "OutputFolderError": "inputs",
+    "discover": "inputs",
     "COLORS": "templates",
     "DetectorConfig": "detect",
     "Face": "detect",

@@ -21,6 +21,11 @@ of MaskTheFace-style template packs.
 Before that, jaw points 1-15 are pushed out until the contour clears the nostrils and mouth by
 `feature_clearance` (on turned faces the far side's jaw landmarks sit on the mouth).
 
+First of all the face's proportions must fit a template (`PLAUSIBLE_PROPORTIONS`: brows above the eyes, nose tip,
+mouth and chin below them in that order, jaw and mouth corners left to right, ranges measured on 529 faces); an
+implausible face (upside-down or mirrored labelling, landmarks fitted to something else) is refused with the
+measure that failed.
+
 A mesh is degenerate when a cell flips orientation (fold-over), collapses (area near zero), or the whole patch has
 an implausible area (relative to the face outline) or aspect; `build_mesh` then retries with the corners d and f
 where diagonal rays from the mouth centre meet the jaw, then also with a smoothed, monotonic jaw contour, and
@@ -46,6 +51,8 @@ NOSE_BRIDGE_TOP = 27
 NOSE_TIP = 30
 NOSTRILS = slice(31, 36)
 MOUTH = slice(48, 68)
+MOUTH_LEFT, MOUTH_RIGHT = 48, 54
+BROWS = slice(17, 27)
 CHIN = 8
 JAW_CORNER_LEFT = 4
 JAW_CORNER_RIGHT = 12
@@ -348,6 +355,49 @@ def _frame_mesh(
     return grid, {"a": a, "b": b, "c": c, "d": d, "e": e, "f": f}
 
 
+# Landmark proportions a template can be placed on, in the face frame (y towards the chin, unit = inter-ocular
+# distance): (what, landmarks measured, lowest, highest). Measured on 529 faces (the first 400 CelebA photos and
+# the extras): brows - eyes -0.56..-0.16, nose tip - eyes 0.04..0.96, mouth - nose tip 0.25..0.96, chin - mouth
+# 0.41..1.25, jaw width 1.90..3.18, mouth width 0.63..1.23; the ranges leave a wide margin around those. A face
+# outside them (features in the wrong order: upside-down or mirrored labelling, landmarks fitted to something
+# else) would get a mask in the wrong place, so it is refused with the reason.
+PLAUSIBLE_PROPORTIONS = (
+    ("the brows above the eyes", "brows - eyes", -1.2, -0.05),
+    ("the nose tip below the eyes", "nose tip - eyes", -0.1, 1.8),
+    ("the mouth below the nose tip", "mouth - nose tip", 0.05, 1.8),
+    ("the chin below the mouth", "chin - mouth", 0.15, 2.5),
+    ("the jaw wider than the eyes, left to right", "jaw width", 1.0, 5.0),
+    ("the mouth corners left to right", "mouth width", 0.25, 2.5),
+)
+
+
+def landmark_proportions(lm_frame: np.ndarray) -> dict[str, float]:
+    """The measures PLAUSIBLE_PROPORTIONS bounds, from landmarks in the face frame."""
+    eyes = lm_frame[EYES, 1].mean()
+    mouth = lm_frame[MOUTH, 1].mean()
+    return {
+        "brows - eyes": float(lm_frame[BROWS, 1].mean() - eyes),
+        "nose tip - eyes": float(lm_frame[NOSE_TIP, 1] - eyes),
+        "mouth - nose tip": float(mouth - lm_frame[NOSE_TIP, 1]),
+        "chin - mouth": float(lm_frame[CHIN, 1] - mouth),
+        "jaw width": float(lm_frame[16, 0] - lm_frame[0, 0]),
+        "mouth width": float(lm_frame[MOUTH_RIGHT, 0] - lm_frame[MOUTH_LEFT, 0]),
+    }
+
+
+def check_landmark_geometry(lm_frame: np.ndarray) -> str | None:
+    """None when the face's proportions fit a mask template (see PLAUSIBLE_PROPORTIONS), else the reason."""
+    measured = landmark_proportions(lm_frame)
+    for expectation, name, low, high in PLAUSIBLE_PROPORTIONS:
+        value = measured[name]
+        if not low <= value <= high:
+            return (
+                f"implausible landmark geometry for the template: expected {expectation} ({name} = {value:.2f} "
+                f"eye distances, plausible {low:g}..{high:g}); the face may be upside down or its landmarks wrong"
+            )
+    return None
+
+
 def estimate_yaw(lm_frame: np.ndarray) -> float:
     """-1..1 from how far the nose tip sits from the middle of the jaw (0 frontal, sign = side it turned to)."""
     left = lm_frame[NOSE_TIP, 0] - lm_frame[2, 0]
@@ -371,6 +421,9 @@ def build_mesh(landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(
             f"face too small: eye distance {frame.scale:.1f} px < {config.min_eye_distance_px} px"
         )
     lm = frame.to_frame(landmarks)
+    implausible = check_landmark_geometry(lm)
+    if implausible:
+        raise MaskingError(implausible)
     face_area = face_outline_area(lm)
     # First the plain construction; then corners found by rays from the mouth (turned faces); then also a
     # smoothed, monotonic jaw (noisy landmarks). The first that passes the checks is used and recorded.

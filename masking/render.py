@@ -578,6 +578,10 @@ def apply_mask(
         raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
     if config.mask_type == ALL_TYPES:
         raise ValueError("mask type 'all' stands for several masks: apply each of MaskConfig.expand()")
+    if isinstance(face, Face) and face.problem:
+        raise MaskingError(
+            face.problem
+        )  # e.g. the detector found it upside down: its landmarks are not usable
     landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
     rng = np.random.default_rng(seed)
     resolved = mask_type, color, pattern = _resolve(config, rng)

@@ -135,7 +135,9 @@ def build_corpus(folder: Path, with_faces: bool = True) -> Corpus:
         # Stored lying on its side with an EXIF tag saying so: read upright, the face must be found.
         rotated = face.transpose(Image.Transpose.ROTATE_90)
         tag = Image.Exif()
-        tag[0x0112] = 8  # display rotated 90° clockwise, undoing ROTATE_90 (counter-clockwise)
+        # 6: "rotate 90° clockwise to display", undoing ROTATE_90 (counter-clockwise). (This was 8, which rotates
+        # counter-clockwise once more: the photo was read upside down and masked on the forehead as "ok".)
+        tag[0x0112] = 6
         put("face-exif-rotated.jpg", _encoded(rotated, "JPEG", quality=95, exif=tag), "face")
         width = sum(f.width for f in faces) + 40 * (len(faces) + 1)
         canvas = Image.new("RGB", (width, max(f.height for f in faces) + 80), (235, 235, 235))

@@ -172,18 +172,18 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(
 
 
 def test_an_unforeseen_failure_on_one_input_is_an_error_row_not_a_crash(tmp_path, monkeypatch):
-    import m2u.datasets.build as build_module
+    import m2u.masking.imageio as imageio
 
     listing = _inputs(tmp_path, 4)
     poisoned = listing.read_text().splitlines()[1]
-    real_read = build_module.Path.read_bytes
+    real_read = imageio.read_input_bytes
 
-    def read_bytes(self):
-        if str(self) == poisoned:
+    def read_input_bytes(path, *args, **kwargs):
+        if str(path) == poisoned:
             raise MemoryError("simulated")  # not an OSError: nothing on the way expects it
-        return real_read(self)
+        return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(build_module.Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(imageio, "read_input_bytes", read_input_bytes)
     out = tmp_path / "out"
     result = build_dataset([listing], out, CONFIG)
     rows = {row["source"]: row for row in read_manifest_rows(out)}

@@ -216,26 +216,28 @@ def unmask_files(
     # an input (m2u.masking.inputs); OUT itself is never read as input.
     found = discover(inputs, exclude=[out])
     paths = [e.path for e in found.entries]
+    # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
+    # below sees every file the run can write.
     planned: set[str] = set()
-    targets = [out / f"{_unique_name(p.stem, planned)}.png" for p in paths]
-    check_output_folder(out, found, [*targets, out / "report.csv"])
+    names = [_unique_name(p.stem, planned) for p in paths]
+    check_output_folder(out, found, [*(out / f"{name}.png" for name in names), out / "report.csv"])
     if not paths:
         raise ValueError("no input images found")
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "m2u-unmask"):
-        return _unmask_paths(
-            paths, out, config, unmasker or Unmasker.from_files(mseg_path, generator_path, config)
-        )
+        unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
+        return _unmask_paths(list(zip(paths, names, strict=True)), out, config, unmasker)
 
 
-def _unmask_paths(paths: list[Path], out: Path, config: UnmaskConfig, unmasker: Unmasker) -> list[FileResult]:
+def _unmask_paths(
+    paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
+) -> list[FileResult]:
     from m2u.masking import ImageReadError, read_image
 
     if config.keep_crops:
         (out / "crops").mkdir(exist_ok=True)
-    used: set[str] = set()
     results: list[FileResult] = []
-    for path in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):
+    for path, name in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):
         start = time.perf_counter()
         row = FileResult(input=str(path), status="ok")
         try:
@@ -249,7 +251,6 @@ def _unmask_paths(paths: list[Path], out: Path, config: UnmaskConfig, unmasker: 
                 if not faces:
                     row.status, row.reason = "no_face", "no face found by the detector"
                 else:
-                    name = _unique_name(path.stem, used)
                     target = out / f"{name}.png"
                     _write_rgb(target, result)
                     row.output = str(target)
