@@ -121,5 +121,5 @@ def test_m2u_mask_never_keeps_an_upside_down_face_as_ok(tmp_path):
     for name in names:
         assert rows[name]["status"] == "ok", rows[name]  # the upright photo still gets its mask
         turned = rows[f"turned-{name}"]
-        assert turned["status"] == "error" and "upside down" in turned["reason"], turned
+        assert turned["status"] == "refused" and "upside down" in turned["reason"], turned
         assert not (out / f"turned-{name[:-4]}_surgical.jpg").exists()
