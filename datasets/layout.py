@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ DEFAULT_IMAGE_SIZE = 256
 MANIFEST_NAME = "manifest.parquet"
 STATS_NAME = "stats.json"
 SHARD_SUFFIX = ".tar"
+# Build state: per-shard commit markers and the build's fingerprint, and the lock a run holds (m2u.datasets.locks).
+STATE_DIR = ".m2u-build"
+LOCK_NAME = ".m2u-build.lock"
+# Beside each shard, "<split>-NNNNNN_stats.json": its counts, status, size, SHA-256 and timings (as img2dataset).
+SHARD_STATS_SUFFIX = "_stats.json"
 SHARD_INDEX_DIGITS = 6
 
 # Tar member field names (the part after the key's dot). Image fields take the image format's extension.
@@ -56,26 +62,90 @@ class Status(enum.StrEnum):
     ERROR = "error"
 
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        # Shard path relative to OUT ("train/train-000000.tar"); empty when the sample was not written.
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("source_sha256", pa.string(), nullable=False),
-        pa.field("identity", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("mask_type", pa.string(), nullable=False),
-        # Size of the source image in pixels (0 when it could not be read).
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("variant", pa.int32(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("n_faces", pa.int32(), nullable=False),
-    ]
+# The columns of the Parquet files, their types and meanings: the one place these facts live. The README's
+# schema table is generated from it (tests/datasets/test_manifests.py checks they agree) and every column's meaning
+# travels with the files as Parquet field metadata. (name, type, nullable, meaning, files that have it)
+_MANIFEST = "manifest"
+_SPLIT = "split"
+COLUMNS: tuple[tuple[str, pa.DataType, bool, str, tuple[str, ...]], ...] = (
+    (
+        "key",
+        pa.string(),
+        False,
+        "sample key, `[a-z0-9][a-z0-9_-]*`; the tar members' name prefix",
+        (_MANIFEST, _SPLIT),
+    ),
+    ("split", pa.string(), False, "`train`, `val` or `test`", (_MANIFEST,)),
+    (
+        "shard",
+        pa.string(),
+        True,
+        "shard path relative to OUT (`train/train-000000.tar`); null when the sample was not written",
+        (_MANIFEST, _SPLIT),
+    ),
+    ("source", pa.string(), False, "the input file as given (absolute path)", (_MANIFEST, _SPLIT)),
+    (
+        "source_sha256",
+        pa.string(),
+        True,
+        "SHA-256 of the input file; null when it could not be read",
+        (_MANIFEST,),
+    ),
+    ("identity", pa.string(), True, "the person's identity; null when unknown", (_MANIFEST, _SPLIT)),
+    ("status", pa.string(), False, "`ok`, `no_face` or `error`", (_MANIFEST,)),
+    ("reason", pa.string(), True, "why the sample was not written; null when `ok`", (_MANIFEST,)),
+    (
+        "mask_type",
+        pa.string(),
+        True,
+        "the mask drawn (surgical, cloth, ...); null when none was",
+        (_MANIFEST, _SPLIT),
+    ),
+    (
+        "width",
+        pa.int32(),
+        True,
+        "width of the input image in pixels; null when it could not be read",
+        (_MANIFEST,),
+    ),
+    (
+        "height",
+        pa.int32(),
+        True,
+        "height of the input image in pixels; null when it could not be read",
+        (_MANIFEST,),
+    ),
+    ("variant", pa.int32(), False, "mask variant of the input, 0 to `--variants` - 1", (_MANIFEST, _SPLIT)),
+    ("seed", pa.int64(), False, "the sample's own seed (from `--seed` and the key)", (_MANIFEST, _SPLIT)),
+    (
+        "n_faces",
+        pa.int32(),
+        True,
+        "faces found by the detection pass that found one (0: none); null when detection did not run",
+        (_MANIFEST,),
+    ),
 )
+SCHEMA_VERSION = "2"
+
+
+def _schema(table: str) -> pa.Schema:
+    fields = [
+        pa.field(name, dtype, nullable=nullable, metadata={"description": meaning})
+        for name, dtype, nullable, meaning, tables in COLUMNS
+        if table in tables
+    ]
+    what = {
+        _MANIFEST: "one row per planned sample (every input file, failures included)",
+        _SPLIT: "the written samples of one split, in shard order",
+    }[table]
+    return pa.schema(
+        fields, metadata={"m2u.table": table, "m2u.schema_version": SCHEMA_VERSION, "m2u.description": what}
+    )
+
+
+MANIFEST_SCHEMA = _schema(_MANIFEST)
+# train.parquet, val.parquet, test.parquet: the samples of each split with their shard and key.
+SPLIT_SCHEMA = _schema(_SPLIT)
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
 
 
@@ -109,6 +179,16 @@ def shard_relpath(split: str, index: int) -> str:
     return f"{split}/{shard_name(split, index)}"
 
 
+def shard_stats_relpath(split: str, index: int) -> str:
+    """The per-shard stats file beside the shard, relative to the dataset folder."""
+    return f"{split}/{shard_name(split, index).removesuffix(SHARD_SUFFIX)}{SHARD_STATS_SUFFIX}"
+
+
+def split_manifest_name(split: str) -> str:
+    """``train.parquet``, ``val.parquet``, ``test.parquet``: the written samples of one split."""
+    return f"{validate_split(split)}.parquet"
+
+
 def split_shards(out_dir: str | os.PathLike[str], split: str) -> list[Path]:
     """The finished shards of one split, sorted by name (temporary files excluded)."""
     folder = Path(out_dir) / validate_split(split)
@@ -118,9 +198,10 @@ def split_shards(out_dir: str | os.PathLike[str], split: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
-def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Build the manifest table from row dicts: checks columns and types, sorts by key (deterministic)."""
-    rows = sorted(rows, key=lambda row: row["key"])
+def manifest_table(rows: Iterable[Mapping[str, Any]], sort: bool = True) -> pa.Table:
+    """Build the manifest table from row dicts: checks columns and types, sorts by key (deterministic) unless
+    ``sort=False``. Missing values are None (nulls in Parquet), never empty strings."""
+    rows = sorted(rows, key=lambda row: row["key"]) if sort else list(rows)
     columns: dict[str, list[Any]] = {name: [] for name in MANIFEST_COLUMNS}
     for row in rows:
         missing = set(MANIFEST_COLUMNS) - set(row)
@@ -130,20 +211,43 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         if Status(status).value != status:  # raises for unknown statuses
             raise ValueError(f"manifest row {row['key']!r}: bad status {status!r}")
         for name in MANIFEST_COLUMNS:
-            columns[name].append(row[name])
+            value = row[name]
+            columns[name].append(None if value == "" else value)
     keys = columns["key"]
     if len(set(keys)) != len(keys):
         raise ValueError("manifest rows have duplicate keys")
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
 
+def split_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """A per-split manifest from manifest rows of one split, in the given (shard) order; only written samples."""
+    names = SPLIT_SCHEMA.names
+    written = [row for row in rows if row["status"] == Status.OK.value]
+    return pa.Table.from_pydict({name: [row[name] for row in written] for name in names}, schema=SPLIT_SCHEMA)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` under a temporary name unique to this writer, flush it, then rename it to ``path``: readers
+    and concurrent writers of the same file never see a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Write a Parquet file under a temporary name, then rename it: readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    sink = pa.BufferOutputStream()
     # No statistics timestamps exist in Parquet; fixed compression keeps the bytes reproducible.
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
-    os.replace(tmp, path)
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def write_manifest(out_dir: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:

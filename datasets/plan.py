@@ -9,10 +9,11 @@ later (no face, unreadable file) keep their slot and are simply absent from the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from m2u.datasets.layout import DEFAULT_SPLIT_FRACTIONS, SPLITS, validate_key
+from m2u.datasets.layout import DEFAULT_SPLIT_FRACTIONS, MAX_KEY_LENGTH, SPLITS, validate_key
 from m2u.datasets.splits import SplitBy, assign_split, derive_seed, shuffle_rank
 
 DEFAULT_SHARD_SIZE = 1000
@@ -44,8 +45,17 @@ class PlannedSample:
 
 
 def variant_key(base_key: str, variant: int, variants: int) -> str:
-    """With one variant the key is the input's key; with K > 1 each masked version gets ``<key>-m<k>``."""
-    return base_key if variants == 1 else f"{base_key}-m{variant}"
+    """With one variant the key is the input's key; with K > 1 each masked version gets ``<key>-m<k>``. A base
+    key too long for the suffix is cut and given a hash of the whole base key first, so the result stays within
+    the key limit and distinct base keys keep distinct keys."""
+    if variants == 1:
+        return base_key
+    suffix = f"-m{variant}"
+    if len(base_key) + len(suffix) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(base_key.encode("utf-8")).hexdigest()[:12]
+        keep = MAX_KEY_LENGTH - len(suffix) - len(digest) - 1
+        base_key = f"{base_key[:keep].rstrip('_-')}-{digest}"
+    return f"{base_key}{suffix}"
 
 
 def plan_samples(
@@ -82,12 +92,18 @@ def plan_samples(
         )
 
     per_split: dict[str, list[tuple[float, str, InputItem, int]]] = {split: [] for split in SPLITS}
+    keys: dict[str, str] = {}
     for item in items:
         # Variants of one input share its split, so no face leaks between splits.
         group = item.identity if split_by is SplitBy.IDENTITY else item.base_key
         split = assign_split(group, seed, fractions)
         for variant in range(variants):
-            key = variant_key(item.base_key, variant, variants)
+            key = validate_key(variant_key(item.base_key, variant, variants))
+            if keys.setdefault(key, item.source) != item.source:
+                raise ValueError(
+                    f"two inputs map to the same sample key {key!r}: {keys[key]} and {item.source}; "
+                    "rename one of them"
+                )
             # Ranked by the input's key so an input's variants sit side by side (mostly in one shard).
             per_split[split].append((shuffle_rank(seed, item.base_key), key, item, variant))
 

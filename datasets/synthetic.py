@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,13 @@ from m2u.datasets.layout import (
     Status,
     shard_name,
     shard_relpath,
-    write_manifest,
+    split_manifest_name,
 )
+from m2u.datasets.manifest import write_manifests_from_rows, write_shard_stats
 from m2u.datasets.plan import InputItem, group_by_shard, plan_samples
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.splits import parse_fractions
+from m2u.datasets.work import ShardOutput
 from m2u.datasets.writer import count_rows, library_versions, sample_members, sample_metadata, write_stats
 
 SYNTHETIC_SOURCE_PREFIX = "synthetic://"
@@ -180,7 +183,7 @@ def write_synthetic_dataset(
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-        for name in (*SPLITS, MANIFEST_NAME, STATS_NAME):
+        for name in (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -200,7 +203,9 @@ def write_synthetic_dataset(
     rows = []
     shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for (split_name, index), samples in group_by_shard(plan).items():
+        shard_started = time.perf_counter()
         path = out / split_name / shard_name(split_name, index)
+        shard_rows = []
         with ShardWriter(path) as writer:
             for planned in samples:
                 sample = make_synthetic_sample(size, planned.seed)
@@ -217,26 +222,21 @@ def write_synthetic_dataset(
                         quality=quality,
                     ),
                 )
-                rows.append(
-                    {
-                        "key": planned.key,
-                        "split": planned.split,
-                        "shard": shard_relpath(split_name, index),
-                        "source": planned.source,
-                        "source_sha256": "",
-                        "identity": planned.identity,
-                        "status": Status.OK.value,
-                        "reason": "",
-                        "mask_type": sample.mask_meta["type"],
-                        "width": size,
-                        "height": size,
-                        "variant": planned.variant,
-                        "seed": planned.seed,
-                        "n_faces": 1,
-                    }
-                )
+                shard_rows.append(_synthetic_row(planned, shard_relpath(split_name, index), sample, size))
+        output = ShardOutput(
+            split=split_name,
+            index=index,
+            rows=shard_rows,
+            bytes=writer.size,
+            sha256=writer.sha256,
+            process_s=round(time.perf_counter() - shard_started, 3),
+            write_s=0.0,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        write_shard_stats(out, output, len(samples))
+        rows.extend(shard_rows)
         shards[split_name].append(path)
-    write_manifest(out, rows)
+    write_manifests_from_rows(out, rows)
     counts = count_rows(rows)
     write_stats(
         out,
@@ -257,6 +257,25 @@ def write_synthetic_dataset(
         },
     )
     return SyntheticDatasetInfo(out_dir=out, counts=counts["samples"], shards=shards)
+
+
+def _synthetic_row(planned: Any, shard: str, sample: SyntheticSample, size: int) -> dict[str, Any]:
+    return {
+        "key": planned.key,
+        "split": planned.split,
+        "shard": shard,
+        "source": planned.source,
+        "source_sha256": None,
+        "identity": planned.identity,
+        "status": Status.OK.value,
+        "reason": None,
+        "mask_type": sample.mask_meta["type"],
+        "width": size,
+        "height": size,
+        "variant": planned.variant,
+        "seed": planned.seed,
+        "n_faces": 1,
+    }
 
 
 __all__ = ["SyntheticDatasetInfo", "make_synthetic_sample", "write_synthetic_dataset"]

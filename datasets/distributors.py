@@ -1,0 +1,278 @@
+"""Where the shard tasks run: the swappable task runner of the build (plan → shard tasks → commit → stats).
+
+A distributor takes the build's ``BuildJob`` and its ``ShardTask`` list and yields one ``ShardOutput`` per task,
+in any order, while reporting per-shard progress; the driver commits each output as it arrives. It never commits
+anything itself, so however it runs a task (and however often) the bytes are those of ``build_shard``.
+
+* ``MultiprocessingDistributor`` (``--distributor multiprocessing``, the default): a process pool on this machine,
+  largest shards first; with one worker, the tasks run in this process. A worker process that dies (killed, out
+  of memory) breaks the pool: the pool is started again and the uncommitted shards are resubmitted, a few times.
+* ``RayDistributor`` (``--distributor ray``): one Ray task per shard (``num_cpus=1``), retried by Ray when its
+  worker or node dies (``max_retries``), on the cluster ``--ray-address`` names (``auto``: the running cluster) or
+  on a local Ray instance with ``--workers`` CPUs. Workers write the shards: OUT must be a folder every node
+  mounts (the same path); the driver checks each shard it commits.
+
+Progress is reported as (shard, samples done in it, counts per status) and the latest report of a shard wins, so a
+retried task that starts again from zero never counts a sample twice.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from m2u.datasets.config import BuildConfig, BuildError
+from m2u.datasets.work import BuildJob, Progress, ShardOutput, ShardTask, build_shard, init_worker
+
+# progress(shard id, samples done in that shard, counts per status)
+ShardProgress = Callable[[tuple[str, int], int, dict[str, int]], None]
+_REPORT_EVERY_S = 0.25
+_POLL_S = 0.25
+
+
+class Distributor(Protocol):
+    def run(
+        self,
+        job: BuildJob,
+        tasks: Sequence[ShardTask],
+        progress: ShardProgress,
+        inherited_fds: Sequence[int] = (),
+    ) -> Iterator[ShardOutput]: ...
+
+
+def make_distributor(config: BuildConfig) -> Distributor:
+    if config.distributor == "ray":
+        return RayDistributor(config.ray_address, config.workers)
+    return MultiprocessingDistributor(config.workers)
+
+
+def _largest_first(tasks: Sequence[ShardTask]) -> list[ShardTask]:
+    return sorted(tasks, key=lambda t: (-len(t.samples), t.sort_key()))
+
+
+def throttled(send: Callable[[int, dict[str, int]], None], total: int) -> Progress:
+    """A progress callback that passes on at most one report per quarter second (and always the last one)."""
+    last = 0.0
+
+    def report(done: int, counts: dict[str, int]) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done >= total or now - last >= _REPORT_EVERY_S:
+            last = now
+            send(done, counts)
+
+    return report
+
+
+# --- multiprocessing ------------------------------------------------------------------------------------------
+
+_QUEUE: Any = None
+
+
+def _mp_init(config: BuildConfig, inherited_fds: Sequence[int], queue: Any) -> None:
+    global _QUEUE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the pool
+    _QUEUE = queue
+    init_worker(config, inherited_fds)
+
+
+def _mp_task(job: BuildJob, task: ShardTask) -> ShardOutput:
+    def send(done: int, counts: dict[str, int]) -> None:
+        _QUEUE.put((task.shard_id, done, counts))
+
+    return build_shard(job, task, throttled(send, len(task.samples)))
+
+
+class MultiprocessingDistributor:
+    """Shard tasks in a process pool on this machine (see the module docstring)."""
+
+    def __init__(self, workers: int, max_restarts: int = 3):
+        self.workers = workers
+        self.max_restarts = max_restarts
+
+    def run(
+        self,
+        job: BuildJob,
+        tasks: Sequence[ShardTask],
+        progress: ShardProgress,
+        inherited_fds: Sequence[int] = (),
+    ) -> Iterator[ShardOutput]:
+        ordered = _largest_first(tasks)
+        workers = min(self.workers, len(ordered))
+        if workers <= 1:
+            for task in ordered:
+                report = throttled(lambda d, c, sid=task.shard_id: progress(sid, d, c), len(task.samples))
+                yield build_shard(job, task, report)
+            return
+        pending = {task.shard_id: task for task in ordered}
+        restarts = 0
+        while pending:
+            try:
+                for output in self._pool_round(job, list(pending.values()), progress, workers, inherited_fds):
+                    del pending[(output.split, output.index)]
+                    yield output
+            except cf.process.BrokenProcessPool as exc:
+                restarts += 1
+                if restarts > self.max_restarts:
+                    raise BuildError(
+                        f"worker processes died {restarts} times ({exc}); {len(pending)} shard(s) are not built "
+                        "yet; rerun the same command to resume"
+                    ) from exc
+
+    def _pool_round(
+        self,
+        job: BuildJob,
+        tasks: list[ShardTask],
+        progress: ShardProgress,
+        workers: int,
+        inherited_fds: Sequence[int],
+    ) -> Iterator[ShardOutput]:
+        from m2u.masking.parallel import stop_opencv_threads
+
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        queue = context.SimpleQueue()
+        stop_opencv_threads()  # forking while OpenCV's pool runs can hang the children (m2u.masking.parallel)
+        executor = cf.ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_mp_init,
+            initargs=(job.config, tuple(inherited_fds), queue),
+        )
+        finished = False
+        try:
+            futures = {executor.submit(_mp_task, job, task) for task in tasks}
+            while futures:
+                done, futures = cf.wait(futures, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
+                while not queue.empty():
+                    progress(*queue.get())
+                for future in done:
+                    yield future.result()
+            finished = True
+        finally:
+            _stop(executor, finished)
+
+
+def _stop(executor: cf.ProcessPoolExecutor, graceful: bool) -> None:
+    """Shut the pool down; unless it finished, terminate its workers instead of waiting for their tasks."""
+    if graceful:
+        executor.shutdown(wait=True)
+        return
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(5)
+
+
+# --- Ray ------------------------------------------------------------------------------------------------------
+
+
+class _ProgressBoard:
+    """A Ray actor holding the latest progress report of each running shard until the driver takes them."""
+
+    def __init__(self) -> None:
+        self.reports: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
+
+    def report(self, shard_id: tuple[str, int], done: int, counts: dict[str, int]) -> None:
+        self.reports[tuple(shard_id)] = (done, counts)
+
+    def take(self) -> list[tuple[tuple[str, int], int, dict[str, int]]]:
+        reports, self.reports = self.reports, {}
+        return [(sid, done, counts) for sid, (done, counts) in reports.items()]
+
+
+def _ray_task(job: BuildJob, task: ShardTask, board: Any) -> ShardOutput:
+    def send(done: int, counts: dict[str, int]) -> None:
+        board.report.remote(task.shard_id, done, counts)
+
+    return build_shard(job, task, throttled(send, len(task.samples)))
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise BuildError(
+            f"--distributor ray needs Ray: pip install 'm2u[ray]' (or pip install ray) ({exc})"
+        ) from None
+    return ray
+
+
+class RayDistributor:
+    """One Ray task per shard (see the module docstring)."""
+
+    def __init__(self, address: str | None, workers: int, max_retries: int = 3):
+        self.address = address
+        self.workers = workers
+        self.max_retries = max_retries
+
+    def _connect(self, ray: Any) -> bool:
+        """Attach to (or start) Ray unless this process already did; True when this call started it."""
+        if ray.is_initialized():
+            return False
+        options = {"include_dashboard": False, "logging_level": logging.WARNING}
+        try:
+            if self.address:
+                ray.init(address=self.address, **options)
+            else:
+                ray.init(num_cpus=self.workers, **options)
+        except ConnectionError as exc:
+            raise BuildError(
+                f"--ray-address {self.address}: no Ray cluster there ({exc}); start one with `ray start --head`"
+                " or leave --ray-address out for a local Ray instance"
+            ) from None
+        return True
+
+    def run(
+        self,
+        job: BuildJob,
+        tasks: Sequence[ShardTask],
+        progress: ShardProgress,
+        inherited_fds: Sequence[int] = (),
+    ) -> Iterator[ShardOutput]:
+        ray = import_ray()
+        started = self._connect(ray)
+        board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_ray_task)
+        job_ref = ray.put(job)
+        refs = {remote.remote(job_ref, task, board): task for task in _largest_first(tasks)}
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=_POLL_S)
+                for sid, done, counts in ray.get(board.take.remote()):
+                    progress(tuple(sid), done, counts)
+                for ref in ready:
+                    task = refs.pop(ref)
+                    yield self._result(ray, ref, task)
+        finally:
+            for ref in refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            with contextlib.suppress(Exception):
+                ray.kill(board)
+            if started:
+                ray.shutdown()
+
+    def _result(self, ray: Any, ref: Any, task: ShardTask) -> ShardOutput:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BuildError):
+                raise BuildError(str(cause)) from None
+            raise BuildError(f"the Ray task building {task.relpath} failed: {cause or exc}") from None
+        except ray.exceptions.RayError as exc:  # the worker or its node died more often than max_retries
+            raise BuildError(
+                f"the Ray task building {task.relpath} was lost {self.max_retries + 1} times ({type(exc).__name__});"
+                " rerun the same command to resume"
+            ) from None
