@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
-from m2u.datasets.config import DISTRIBUTORS, parse_partition
 from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
+from m2u.datasets.config import DISTRIBUTORS, parse_partition
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS
 from m2u.datasets.plan import DEFAULT_SHARD_SIZE
 from m2u.datasets.splits import SplitBy, parse_fractions
