@@ -6,7 +6,8 @@ anything itself, so however it runs a task (and however often) the bytes are tho
 
 * ``MultiprocessingDistributor`` (``--distributor multiprocessing``, the default): a process pool on this machine,
   largest shards first; with one worker, the tasks run in this process. A worker process that dies (killed, out
-  of memory) breaks the pool: the pool is started again and the uncommitted shards are resubmitted, a few times.
+  of memory) breaks the pool: the pool is started again and the uncommitted shards are resubmitted; a shard whose
+  worker died more than ``max_retries`` times stops the build (a rerun resumes it).
 * ``RayDistributor`` (``--distributor ray``): one Ray task per shard (``num_cpus=1``), retried by Ray when its
   worker or node dies (``max_retries``), on the cluster ``--ray-address`` names (``auto``: the running cluster) or
   on a local Ray instance with ``--workers`` CPUs. Workers write the shards: OUT must be a folder every node
@@ -22,6 +23,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -83,18 +85,21 @@ def _mp_init(config: BuildConfig, inherited_fds: Sequence[int], queue: Any) -> N
 
 
 def _mp_task(job: BuildJob, task: ShardTask) -> ShardOutput:
-    def send(done: int, counts: dict[str, int]) -> None:
-        _QUEUE.put((task.shard_id, done, counts))
+    pid = os.getpid()
 
+    def send(done: int, counts: dict[str, int]) -> None:
+        _QUEUE.put((pid, task.shard_id, done, counts))
+
+    send(0, {})  # "this worker started this shard": tells the driver whose worker died, if one does
     return build_shard(job, task, throttled(send, len(task.samples)))
 
 
 class MultiprocessingDistributor:
     """Shard tasks in a process pool on this machine (see the module docstring)."""
 
-    def __init__(self, workers: int, max_restarts: int = 3):
+    def __init__(self, workers: int, max_retries: int = 3):
         self.workers = workers
-        self.max_restarts = max_restarts
+        self.max_retries = max_retries
 
     def run(
         self,
@@ -111,19 +116,21 @@ class MultiprocessingDistributor:
                 yield build_shard(job, task, report)
             return
         pending = {task.shard_id: task for task in ordered}
-        restarts = 0
+        deaths: dict[tuple[str, int], int] = {}
         while pending:
             try:
                 for output in self._pool_round(job, list(pending.values()), progress, workers, inherited_fds):
                     del pending[(output.split, output.index)]
                     yield output
-            except cf.process.BrokenProcessPool as exc:
-                restarts += 1
-                if restarts > self.max_restarts:
-                    raise BuildError(
-                        f"worker processes died {restarts} times ({exc}); {len(pending)} shard(s) are not built "
-                        "yet; rerun the same command to resume"
-                    ) from exc
+            except _WorkerDied as died:
+                for shard_id in died.shards:
+                    deaths[shard_id] = deaths.get(shard_id, 0) + 1
+                    if deaths[shard_id] > self.max_retries:
+                        raise BuildError(
+                            f"the worker process building {pending[shard_id].relpath} died "
+                            f"{deaths[shard_id]} times (exit code {died.exit_codes}); {len(pending)} shard(s) are "
+                            "not built yet; rerun the same command to resume"
+                        ) from None
 
     def _pool_round(
         self,
@@ -133,6 +140,7 @@ class MultiprocessingDistributor:
         workers: int,
         inherited_fds: Sequence[int],
     ) -> Iterator[ShardOutput]:
+        """One pool's life: until every task is done, or a worker dies (raises _WorkerDied naming its shard)."""
         from m2u.masking.parallel import stop_opencv_threads
 
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -145,18 +153,45 @@ class MultiprocessingDistributor:
             initializer=_mp_init,
             initargs=(job.config, tuple(inherited_fds), queue),
         )
+        running: dict[int, tuple[str, int]] = {}  # worker pid -> the shard it works on
         finished = False
         try:
             futures = {executor.submit(_mp_task, job, task) for task in tasks}
             while futures:
                 done, futures = cf.wait(futures, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
                 while not queue.empty():
-                    progress(*queue.get())
+                    pid, shard_id, samples_done, counts = queue.get()
+                    running[pid] = shard_id
+                    progress(shard_id, samples_done, counts)
                 for future in done:
-                    yield future.result()
+                    try:
+                        yield future.result()
+                    except cf.process.BrokenProcessPool:
+                        raise _WorkerDied.find(executor, running) from None
             finished = True
         finally:
             _stop(executor, finished)
+
+
+class _WorkerDied(Exception):
+    """A worker process of the pool died; ``shards`` are the ones whose worker died (all running ones when the
+    culprit cannot be told from the workers the pool terminated after it)."""
+
+    def __init__(self, shards: list[tuple[str, int]], exit_codes: list[int | None]):
+        super().__init__(shards)
+        self.shards, self.exit_codes = shards, exit_codes
+
+    @classmethod
+    def find(cls, executor: cf.ProcessPoolExecutor, running: dict[int, tuple[str, int]]) -> _WorkerDied:
+        processes = dict(getattr(executor, "_processes", None) or {})
+        for process in processes.values():
+            with contextlib.suppress(Exception):
+                process.join(2)
+        codes = {pid: process.exitcode for pid, process in processes.items()}
+        # The pool terminates (SIGTERM) its other workers once one died: the culprit exited otherwise.
+        culprits = [pid for pid, code in codes.items() if code not in (None, 0, -signal.SIGTERM)]
+        shards = [running[pid] for pid in culprits if pid in running] or list(running.values())
+        return cls(shards, [codes[pid] for pid in culprits])
 
 
 def _stop(executor: cf.ProcessPoolExecutor, graceful: bool) -> None:

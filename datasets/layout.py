@@ -184,6 +184,22 @@ def shard_stats_relpath(split: str, index: int) -> str:
     return f"{split}/{shard_name(split, index).removesuffix(SHARD_SUFFIX)}{SHARD_STATS_SUFFIX}"
 
 
+def stats_path_of(shard_path: str | os.PathLike[str]) -> Path:
+    """The stats JSON beside a shard (``train/train-000003.tar`` → ``train/train-000003_stats.json``)."""
+    path = Path(shard_path)
+    return path.with_name(path.name.removesuffix(SHARD_SUFFIX) + SHARD_STATS_SUFFIX)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def split_manifest_name(split: str) -> str:
     """``train.parquet``, ``val.parquet``, ``test.parquet``: the written samples of one split."""
     return f"{validate_split(split)}.parquet"

@@ -13,7 +13,6 @@ order); the column meanings travel with them as Parquet field metadata (``m2u.da
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -39,12 +38,12 @@ from m2u.datasets.layout import (
     write_manifest,
     write_parquet_atomic,
 )
+from m2u.datasets.shards import file_digest
 from m2u.datasets.work import ShardOutput, ShardTask
 
 # Schema metadata of a commit marker: the committed tar's size and SHA-256 ("" when the shard has no tar).
 BYTES_KEY = b"m2u.shard_bytes"
 SHA256_KEY = b"m2u.shard_sha256"
-_HASH_CHUNK = 1 << 20
 
 
 def marker_path(out_dir: Path, split: str, index: int) -> Path:
@@ -95,16 +94,6 @@ def commit_shard(out_dir: Path, output: ShardOutput, planned: int) -> dict[str, 
     marker = marker_path(out_dir, output.split, output.index)
     write_parquet_atomic(table.replace_schema_metadata(metadata), marker)
     return stats
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    """(size in bytes, SHA-256 hex) of a file."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def check_committed(out_dir: Path, task: ShardTask) -> str | None:

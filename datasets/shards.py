@@ -59,6 +59,19 @@ def _final_name(temp_name: str) -> str:
     return _WRITER_TAG.sub("", temp_name.removesuffix(TEMP_SUFFIX))
 
 
+_HASH_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a file."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 class _HashingFile(io.RawIOBase):
     """A write-only file that counts and hashes what passes through it (the shard's size and SHA-256)."""
 
