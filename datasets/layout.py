@@ -3,10 +3,13 @@
 A dataset folder ``OUT`` holds::
 
     OUT/train/train-000000.tar ...   WebDataset shards, one folder per split
+    OUT/train/train-000000_stats.json  per shard: counts, status, size and SHA-256, timings
     OUT/val/val-000000.tar ...
     OUT/test/test-000000.tar ...
     OUT/manifest.parquet             one row per planned sample (every input file, failures included)
+    OUT/train.parquet, val.parquet, test.parquet   the written samples of each split, with shard and key
     OUT/stats.json                   counts per split and status, timings, arguments, library versions
+    OUT/.m2u-build/                  build state: the fingerprint, one commit marker per shard, partition locks
 
 Each sample in a shard is four tar members sharing a key: ``<key>.masked.<ext>``, ``<key>.unmasked.<ext>``,
 ``<key>.mask.png`` (single channel, 0/255) and ``<key>.json``. Failed inputs never enter a shard (HuggingFace
@@ -126,6 +129,16 @@ COLUMNS: tuple[tuple[str, pa.DataType, bool, str, tuple[str, ...]], ...] = (
     ),
 )
 SCHEMA_VERSION = "2"
+
+
+def schema_markdown() -> str:
+    """The README's table of the Parquet columns (tests/datasets/test_manifests.py keeps the README in step)."""
+    lines = ["| column | type | in | meaning |", "|---|---|---|---|"]
+    for name, dtype, nullable, meaning, tables in COLUMNS:
+        kind = f"{dtype}{'' if nullable else ', never null'}"
+        where = ", ".join("manifest" if t == _MANIFEST else "split" for t in tables)
+        lines.append(f"| `{name}` | {kind} | {where} | {meaning} |")
+    return "\n".join(lines)
 
 
 def _schema(table: str) -> pa.Schema:

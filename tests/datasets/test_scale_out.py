@@ -52,7 +52,17 @@ def local_ray():
 
 
 def _cli(faces: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "m2u.datasets.cli", str(faces), "-o", str(out), *CLI_ARGS, "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "m2u.datasets.cli",
+        str(faces),
+        "-o",
+        str(out),
+        *CLI_ARGS,
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_two_worker_processes_give_the_same_bytes(faces, reference, tmp_path, dataset_snapshot):
@@ -80,7 +90,9 @@ def test_ray_tasks_killed_mid_shard_are_retried_and_change_nothing(
     tasks = plan_build([faces], CONFIG).tasks
     for task in tasks[2:]:  # the hook spares shards whose marker exists: only the first two are killed
         (kills / f"{task.split}-{task.index:06d}.killed").touch()
-    monkeypatch.setenv(FAULT_ENV, str(kills))  # a first attempt exits its Ray worker half-way through the shard
+    monkeypatch.setenv(
+        FAULT_ENV, str(kills)
+    )  # a first attempt exits its Ray worker half-way through the shard
     out = tmp_path / "out"
     build_dataset([faces], out, dataclasses.replace(CONFIG, distributor="ray", workers=2))
     assert len(list(kills.iterdir())) == len(tasks), "the first two shards' first attempts were killed"
@@ -100,7 +112,9 @@ def test_a_killed_worker_process_is_replaced_and_its_shard_rebuilt(
     assert dataset_snapshot(out) == reference and not list(out.rglob("*.tmp"))
 
 
-def test_concurrent_partitions_then_finalize_give_the_same_bytes(faces, reference, tmp_path, dataset_snapshot):
+def test_concurrent_partitions_then_finalize_give_the_same_bytes(
+    faces, reference, tmp_path, dataset_snapshot
+):
     out = tmp_path / "out"
     runs = [subprocess.Popen(_cli(faces, out, "--partition", f"{i}/3", "--workers", "1")) for i in range(3)]
     assert [run.wait(timeout=300) for run in runs] == [0, 0, 0]
@@ -148,9 +162,13 @@ def test_a_killed_partition_resumes(faces, reference, tmp_path, dataset_snapshot
     mine = {f"{t.split}-{t.index:06d}" for t in plan.tasks_of((0, 2))}
     killed = False
     for _attempt in range(3):
-        process = subprocess.Popen(_cli(faces, out, "--partition", "0/2", "--workers", "1"), start_new_session=True)
+        process = subprocess.Popen(
+            _cli(faces, out, "--partition", "0/2", "--workers", "1"), start_new_session=True
+        )
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not {p.stem for p in (out / STATE_DIR).glob("*.parquet")} & mine:
+        while (
+            time.monotonic() < deadline and not {p.stem for p in (out / STATE_DIR).glob("*.parquet")} & mine
+        ):
             time.sleep(0.01)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
