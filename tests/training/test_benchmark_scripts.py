@@ -64,3 +64,22 @@ def test_training_benchmark_quick_mode(tmp_path):
     assert results["forward_latency_s"]["fp32"] > 0 and results["forward_latency_s"]["bf16_at_32"] > 0
     assert results["gan_train_step"]["32"]["images_per_second"] > 0
     assert "MACs" in results["cost"]["convention"]
+
+
+@pytest.mark.slow  # two CLI builds, one starting a local Ray: ~35 s on this machine
+def test_make_dataset_ray_overhead_at_a_tiny_size(tmp_path):
+    """The Ray-against-multiprocessing comparison of benchmarks/make_dataset.py on 6 embedded demo faces."""
+    pytest.importorskip("ray")
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    faces = tmp_path / "faces"
+    write_demo_faces(faces, count=6)
+    script = _load("make_dataset")
+    out = tmp_path / "make_dataset.json"
+    args = ["--ray-overhead-only", "--faces", str(faces), "--subset", "6", "--ray-shard-size", "2"]
+    report = script.main([*args, "--ray-rounds", "1", "--workers", "2", "-o", str(out)])
+    comparison = json.loads(out.read_text())["ray_vs_multiprocessing"]
+    assert comparison == report["ray_vs_multiprocessing"]
+    mp, ray = comparison["runs"]["multiprocessing"][0], comparison["runs"]["ray"][0]
+    assert mp["photos"] == ray["photos"] == 6 and mp["counts"] == ray["counts"]
+    assert comparison["ray_overhead_ratio_median"] == round(ray["wall_s"] / mp["wall_s"], 3)
