@@ -24,9 +24,11 @@ for DDP training without a collective per step that is harmless; otherwise make 
 world_size × num_workers. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
 
 Damaged shards never shorten an epoch silently: a local shard without its end-of-archive blocks (cut short, even
-exactly between two members), an unreadable tar, a sample with a missing or undecodable member, or (for a dataset
-folder, whose manifest says how many samples each shard holds) a shard with another sample count raise
-``ShardError`` naming the shard and sample. ``LoaderConfig(on_error="skip")`` instead leaves out the rest of that
+exactly between two members), an unreadable tar, a sample with a missing or undecodable member or of another size
+than the dataset's, or (for a dataset folder, whose manifest lists its shards and how many samples each holds) a
+missing shard or a shard with another sample count raise ``ShardError`` naming the shard and sample. With
+``LoaderConfig(verify=True)`` (set by ``for_evaluation()``) every listed shard is also checked against the size and
+SHA-256 recorded when it was built, before the first batch. ``LoaderConfig(on_error="skip")`` instead leaves out the rest of that
 shard (or that one sample), warns, and lists it in ``PairedLoader.skipped`` for the epoch (across workers).
 
 The loader re-iterates with a new epoch number each time it is iterated (``for batch in loader``), so shuffles
