@@ -247,6 +247,7 @@ class RayDistributor:
     """One Ray task per shard (see the module docstring)."""
 
     def __init__(self, address: str | None, workers: int, max_retries: int = 3):
+        import_ray()  # a missing Ray is said before anything is written
         self.address = address
         self.workers = workers
         self.max_retries = max_retries

@@ -37,3 +37,28 @@ def test_the_cli_offers_the_scale_out_options():
         assert option in result.output
     bad = CliRunner().invoke(cli_main, ["x", "-o", "y", "--partition", "3/2"])
     assert bad.exit_code == 2 and "--partition" in bad.output
+
+
+def test_ray_missing_or_unreachable_is_one_clear_sentence(tmp_path, monkeypatch, demo_faces):
+    faces = demo_faces(4)
+    args = [
+        str(faces),
+        "-o",
+        str(tmp_path / "out"),
+        "--mask-engine",
+        "synthetic",
+        "--quiet",
+        "--distributor",
+        "ray",
+    ]
+    with monkeypatch.context() as patch:
+        patch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
+        result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 1 and "pip install 'm2u[ray]'" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    ray = __import__("pytest").importorskip("ray")
+    if ray.is_initialized():
+        return
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = CliRunner().invoke(cli_main, [*args, "--ray-address", "auto"])  # no cluster runs here
+    assert result.exit_code == 1 and "--ray-address auto: no Ray cluster there" in result.output
