@@ -30,7 +30,15 @@ from typing import Any
 
 from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
-from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME, SPLITS, STATE_DIR, STATS_NAME, split_manifest_name
+from m2u.datasets.layout import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SPLITS,
+    STATE_DIR,
+    STATS_NAME,
+    Status,
+    split_manifest_name,
+)
 from m2u.datasets.locks import build_lock
 from m2u.datasets.manifest import check_committed, commit_shard, marker_path, uncommit, write_manifests
 from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_samples
@@ -197,6 +205,8 @@ def _run_tasks(
     """Step 2 and 3: run the shard tasks and commit each as it finishes; returns the status counts built."""
     from m2u.datasets.progress import BuildProgress
 
+    if not tasks:  # everything is committed (a finalising run): no pool, no Ray
+        return {status.value: 0 for status in Status}
     job = BuildJob(config, os.fspath(out_dir.resolve()), os.getpid(), os.environ.get(FAULT_ENV))
     planned = {t.shard_id: len(t.samples) for t in tasks}
     progress = BuildProgress(sum(planned.values()), enabled=config.progress)

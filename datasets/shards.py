@@ -108,6 +108,7 @@ class ShardWriter:
         self._hashing: _HashingFile | None = None
         self._tar: tarfile.TarFile | None = None
         self._keys: set[str] = set()
+        self._discard = False
         # After close(): the finished file's size in bytes and SHA-256 (hex), as recorded at commit time.
         self.size: int | None = None
         self.sha256: str | None = None
@@ -173,10 +174,14 @@ class ShardWriter:
         finally:
             self._tmp.unlink(missing_ok=True)
 
+    def discard(self) -> None:
+        """Leave the block without a shard: the temporary file is removed and nothing gets the final name."""
+        self._discard = True
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
+        if exc_type is None and not self._discard:
             self.close()
         else:
             self.abort()

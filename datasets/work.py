@@ -266,61 +266,54 @@ def _maybe_die(job: BuildJob, task: ShardTask) -> None:
 
 
 def build_shard(job: BuildJob, task: ShardTask, progress: Progress | None = None) -> ShardOutput:
-    """Process one shard's samples and write its tar; see the module docstring."""
+    """Process one shard's samples and write its tar as they come (plan order); see the module docstring."""
     ensure_worker(job.config)
     started = time.perf_counter()
-    results: list[SampleResult] = []
+    target = Path(job.out_dir) / task.split / shard_name(task.split, task.index)
+    rows: list[dict[str, Any]] = []
     counts = {status.value: 0 for status in Status}
     groups = _inputs_of(task)
-    for number, group in enumerate(groups):
-        if number == len(groups) // 2:
-            _maybe_die(job, task)
-        for row, members in process_input(group):
-            results.append((row, members))
-            counts[row["status"]] += 1
-        if progress is not None:
-            progress(len(results), dict(counts))
-    processed = time.perf_counter()
-    rows, size, sha256 = _write_tar(Path(job.out_dir), task, results)
-    import socket
-
-    return ShardOutput(
-        split=task.split,
-        index=task.index,
-        rows=rows,
-        bytes=size,
-        sha256=sha256,
-        process_s=round(processed - started, 3),
-        write_s=round(time.perf_counter() - processed, 3),
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-    )
-
-
-def _write_tar(
-    out_dir: Path, task: ShardTask, results: list[SampleResult]
-) -> tuple[list[dict[str, Any]], int | None, str | None]:
-    """Write the shard's ok samples; a sample the tar refuses becomes an error row. Returns (rows, size, sha256)."""
-    rows = [row for row, _ in results]
-    if not any(members is not None for _, members in results):
-        return rows, None, None
-    target = out_dir / task.split / shard_name(task.split, task.index)
     try:
         with ShardWriter(target) as writer:
-            for position, (row, members) in enumerate(results):
-                if members is None:
-                    continue
-                try:
-                    writer.write(row["key"], members)
-                except ValueError as exc:
-                    rows[position] = {**row, "status": Status.ERROR.value, "shard": None, "reason": str(exc)}
+            for number, group in enumerate(groups):
+                if number == len(groups) // 2:
+                    _maybe_die(job, task)
+                for row, members in process_input(group):
+                    rows.append(_written(writer, row, members))
+                    counts[rows[-1]["status"]] += 1
+                if progress is not None:
+                    progress(len(rows), dict(counts))
+            closing = time.perf_counter()
+            if writer.count == 0:
+                writer.discard()  # no sample to write: no tar at all
     except OSError as exc:
-        # A full disk or a quota: the shard is not committed, its temporary file is removed (or by the rerun,
+        # A full disk or a quota: the shard is not committed and its temporary file is removed (or by the rerun,
         # which writes this shard again).
         raise BuildError(
             f"cannot write shard {target}: {exc.strerror or exc}; nothing partial was kept under a final "
             "name; free some space and rerun the same command to resume"
         ) from exc
-    if writer.count == 0:  # every sample refused: no empty tar under a final name
-        target.unlink(missing_ok=True)
-        return rows, None, None
-    return rows, writer.size, writer.sha256
+    import socket
+
+    written = writer.count > 0
+    return ShardOutput(
+        split=task.split,
+        index=task.index,
+        rows=rows,
+        bytes=writer.size if written else None,
+        sha256=writer.sha256 if written else None,
+        process_s=round(closing - started, 3),
+        write_s=round(time.perf_counter() - closing, 3),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+def _written(writer: ShardWriter, row: dict[str, Any], members: dict[str, bytes] | None) -> dict[str, Any]:
+    """Add the sample to the tar when it has members; one the tar refuses becomes an error row."""
+    if members is None:
+        return row
+    try:
+        writer.write(row["key"], members)
+    except ValueError as exc:
+        return {**row, "status": Status.ERROR.value, "shard": None, "reason": str(exc)}
+    return row
