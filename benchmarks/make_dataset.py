@@ -16,7 +16,8 @@ ratios are against the same run's 1-worker figure.
 ``--distributor ray`` (a local Ray instance with the same number of CPUs, started by that build, so its start-up is
 included) and with multiprocessing, both with ``--ray-shard-size`` photos per shard so that both have as many
 tasks; rounds alternate the two; the overhead is Ray's wall time over multiprocessing's within each round
-(median over rounds). Needs idle cores for a figure worth recording.
+(median over rounds). Needs idle cores for a figure worth recording. ``--ray-overhead-only`` writes
+benchmarks/results/make_dataset_ray.json (the other figures in make_dataset.json stay as they are).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "make_dataset.json"
+RAY_RESULTS = RESULTS.with_name("make_dataset_ray.json")
 CELEBA = (
     Path(os.environ.get("M2U_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "faces" / "celeba"
 )
@@ -191,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true", help="also build all 12,000 photos with 2 workers")
     parser.add_argument("--subset", type=int, default=1000)
-    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "-o", "--out", type=Path, help=f"default {RESULTS} ({RAY_RESULTS.name} with --ray-overhead-only)"
+    )
     parser.add_argument("--keep", type=Path, help="build the full dataset here and keep it (with --full)")
     parser.add_argument(
         "--ray", action="store_true", help="also measure Ray's overhead against multiprocessing"
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=2, help="workers (Ray CPUs) of the Ray comparison")
     parser.add_argument("--faces", type=Path, default=CELEBA, help="photo folder (default: ../shared CelebA)")
     args = parser.parse_args(argv)
+    args.out = args.out or (RAY_RESULTS if args.ray_overhead_only else RESULTS)
     if not args.faces.is_dir():
         sys.exit(f"needs the photos at {args.faces}")
     subset = 100 if args.quick else args.subset

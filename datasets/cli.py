@@ -99,7 +99,13 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option(
     "--detector-option", multiple=True, metavar="KEY=VALUE", help="A DetectorConfig field (repeatable)."
 )
-@click.option("--workers", default=BuildConfig().workers, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--workers",
+    default=BuildConfig().workers,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes, each building one shard at a time (give at least as many shards); the CPUs of a local Ray.",
+)
 @click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--image-format",

@@ -285,8 +285,9 @@ class RayDistributor:
         try:
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=_POLL_S)
-                for sid, done, counts in ray.get(board.take.remote()):
-                    progress(tuple(sid), done, counts)
+                with contextlib.suppress(ray.exceptions.RayError):  # progress only: the results still count
+                    for sid, done, counts in ray.get(board.take.remote()):
+                        progress(tuple(sid), done, counts)
                 for ref in ready:
                     task = refs.pop(ref)
                     yield self._result(ray, ref, task)
