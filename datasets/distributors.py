@@ -123,6 +123,11 @@ class MultiprocessingDistributor:
                     del pending[(output.split, output.index)]
                     yield output
             except _WorkerDied as died:
+                # The shards whose worker died go last, so the others are built while they are retried.
+                pending = {
+                    **{k: t for k, t in pending.items() if k not in died.shards},
+                    **{k: t for k, t in pending.items() if k in died.shards},
+                }
                 for shard_id in died.shards:
                     deaths[shard_id] = deaths.get(shard_id, 0) + 1
                     if deaths[shard_id] > self.max_retries:

@@ -246,3 +246,40 @@ def test_split_manifests_and_shard_stats(faces, tmp_path):
     # missing values are nulls, never empty strings (no identity was given, every sample is ok)
     assert manifest["reason"].isna().all() and manifest["identity"].isna().all()
     assert not (manifest.select_dtypes(exclude="number") == "").any().any()
+
+
+def test_a_shard_that_keeps_killing_its_worker_stops_the_build_clearly(faces, tmp_path, monkeypatch):
+    import m2u.datasets.work as work
+
+    plan = plan_build([faces], CONFIG)
+    poison = plan.tasks[0].samples[0].source
+    driver, real = os.getpid(), work.process_input
+
+    def process_input(
+        samples,
+    ):  # inherited by the forked workers: the poisoned photo kills its worker every time
+        if samples[0].source == poison and os.getpid() != driver:
+            os._exit(9)
+        return real(samples)
+
+    monkeypatch.setattr(work, "process_input", process_input)
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match=rf"building {plan.tasks[0].relpath} died 4 times.*rerun"):
+        build_dataset([faces], out, dataclasses.replace(CONFIG, workers=2))
+    committed = {p.stem for p in (out / STATE_DIR).glob("*.parquet")}
+    assert f"{plan.tasks[0].split}-{plan.tasks[0].index:06d}" not in committed
+    assert len(committed) >= 1, "the other shards were built and committed meanwhile"
+    monkeypatch.undo()
+    assert build_dataset([faces], out, CONFIG).stats["shards_built"] == len(plan.tasks) - len(committed)
+
+
+def test_progress_takes_the_latest_report_of_each_shard():
+    from m2u.datasets.progress import BuildProgress
+
+    progress = BuildProgress(10, enabled=False)
+    progress.update(("train", 0), 4, {"ok": 3, "no_face": 1, "error": 0})
+    progress.update(("train", 1), 2, {"ok": 2, "no_face": 0, "error": 0})
+    progress.update(("train", 0), 1, {"ok": 1, "no_face": 0, "error": 0})  # a retried task starts again
+    assert progress.counts() == {"ok": 3, "no_face": 0, "error": 0}
+    assert progress._bar.n == 3
+    progress.close()
