@@ -104,7 +104,7 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     default=BuildConfig().workers,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Processes, each building one shard at a time (give at least as many shards); the CPUs of a local Ray.",
+    help="Worker processes (one shard, or part of one, at a time); with --distributor ray, the CPUs of a local Ray.",
 )
 @click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option(

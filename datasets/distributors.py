@@ -5,7 +5,9 @@ in any order, while reporting per-shard progress; the driver commits each output
 anything itself, so however it runs a task (and however often) the bytes are those of ``build_shard``.
 
 * ``MultiprocessingDistributor`` (``--distributor multiprocessing``, the default): a process pool on this machine,
-  largest shards first; with one worker, the tasks run in this process. A worker process that dies (killed, out
+  largest shards first; with one worker, the tasks run in this process. With fewer than two shards per worker,
+  each shard is built in parts of consecutive inputs (``build_shard(part=...)``), which the driver joins into the
+  bytes one task would have written (``m2u.datasets.shards.assemble_shard``), so every worker has work to the end. A worker process that dies (killed, out
   of memory) breaks the pool: the pool is started again and the uncommitted shards are resubmitted; a shard whose
   worker died more than ``max_retries`` times stops the build (a rerun resumes it).
 * ``RayDistributor`` (``--distributor ray``): one Ray task per shard (``num_cpus=1``), retried by Ray when its
@@ -27,9 +29,11 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from m2u.datasets.config import BuildConfig, BuildError
+from m2u.datasets.layout import shard_name
 from m2u.datasets.work import BuildJob, Progress, ShardOutput, ShardTask, build_shard, init_worker
 
 # progress(shard id, samples done in that shard, counts per status)
@@ -84,14 +88,34 @@ def _mp_init(config: BuildConfig, inherited_fds: Sequence[int], queue: Any) -> N
     init_worker(config, inherited_fds)
 
 
-def _mp_task(job: BuildJob, task: ShardTask) -> ShardOutput:
+# A unit of work of the pool: part i of n of a shard (n = 1: the whole shard).
+_Item = tuple[ShardTask, int, int]
+
+
+def _item_key(item: _Item) -> tuple[tuple[str, int], int]:
+    return (item[0].shard_id, item[1])
+
+
+def _mp_task(job: BuildJob, item: _Item) -> ShardOutput:
+    task, part, parts = item
     pid = os.getpid()
+    # Progress is reported per part: the latest report of each part wins.
+    key = task.shard_id if parts == 1 else (task.shard_id, part)
 
     def send(done: int, counts: dict[str, int]) -> None:
-        _QUEUE.put((pid, task.shard_id, done, counts))
+        _QUEUE.put((pid, _item_key(item), key, done, counts))
 
-    send(0, {})  # "this worker started this shard": tells the driver whose worker died, if one does
-    return build_shard(job, task, throttled(send, len(task.samples)))
+    send(0, {})  # "this worker started this item": tells the driver whose worker died, if one does
+    return build_shard(job, task, throttled(send, len(task.samples)), part=(part, parts))
+
+
+def split_into_parts(tasks: Sequence[ShardTask], workers: int) -> list[_Item]:
+    """Whole shards when there are at least two per worker; else each shard in parts of consecutive inputs, so
+    that every worker has work to the end (the parts are joined into the same bytes, see assemble_shard)."""
+    if len(tasks) >= 2 * workers:
+        return [(task, 0, 1) for task in tasks]
+    parts = -(-2 * workers // max(len(tasks), 1))
+    return [(task, part, parts) for task in tasks for part in range(parts)]
 
 
 class MultiprocessingDistributor:
@@ -109,43 +133,50 @@ class MultiprocessingDistributor:
         inherited_fds: Sequence[int] = (),
     ) -> Iterator[ShardOutput]:
         ordered = _largest_first(tasks)
-        workers = min(self.workers, len(ordered))
+        workers = min(self.workers, sum(len(t.samples) for t in ordered))
         if workers <= 1:
             for task in ordered:
                 report = throttled(lambda d, c, sid=task.shard_id: progress(sid, d, c), len(task.samples))
                 yield build_shard(job, task, report)
             return
-        pending = {task.shard_id: task for task in ordered}
-        deaths: dict[tuple[str, int], int] = {}
+        pending = {_item_key(item): item for item in split_into_parts(ordered, workers)}
+        assembling: dict[tuple[str, int], dict[int, ShardOutput]] = {}
+        deaths: dict[tuple[tuple[str, int], int], int] = {}
         while pending:
             try:
                 for output in self._pool_round(job, list(pending.values()), progress, workers, inherited_fds):
-                    del pending[(output.split, output.index)]
-                    yield output
+                    del pending[((output.split, output.index), output.part)]
+                    if output.parts == 1:
+                        yield output
+                        continue
+                    parts = assembling.setdefault((output.split, output.index), {})
+                    parts[output.part] = output
+                    if len(parts) == output.parts:
+                        yield _assemble(job, [parts[i] for i in range(output.parts)])
             except _WorkerDied as died:
-                # The shards whose worker died go last, so the others are built while they are retried.
+                # The items whose worker died go last, so the others are built while they are retried.
                 pending = {
-                    **{k: t for k, t in pending.items() if k not in died.shards},
-                    **{k: t for k, t in pending.items() if k in died.shards},
+                    **{k: t for k, t in pending.items() if k not in died.items},
+                    **{k: t for k, t in pending.items() if k in died.items},
                 }
-                for shard_id in died.shards:
-                    deaths[shard_id] = deaths.get(shard_id, 0) + 1
-                    if deaths[shard_id] > self.max_retries:
+                for key in died.items:
+                    deaths[key] = deaths.get(key, 0) + 1
+                    if deaths[key] > self.max_retries:
                         raise BuildError(
-                            f"the worker process building {pending[shard_id].relpath} died "
-                            f"{deaths[shard_id]} times (exit code {died.exit_codes}); {len(pending)} shard(s) are "
+                            f"the worker process building {pending[key][0].relpath} died "
+                            f"{deaths[key]} times (exit code {died.exit_codes}); {len(pending)} task(s) are "
                             "not built yet; rerun the same command to resume"
                         ) from None
 
     def _pool_round(
         self,
         job: BuildJob,
-        tasks: list[ShardTask],
+        items: list[_Item],
         progress: ShardProgress,
         workers: int,
         inherited_fds: Sequence[int],
     ) -> Iterator[ShardOutput]:
-        """One pool's life: until every task is done, or a worker dies (raises _WorkerDied naming its shard)."""
+        """One pool's life: until every item is done, or a worker dies (raises _WorkerDied naming its item)."""
         from m2u.masking.parallel import stop_opencv_threads
 
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -158,16 +189,16 @@ class MultiprocessingDistributor:
             initializer=_mp_init,
             initargs=(job.config, tuple(inherited_fds), queue),
         )
-        running: dict[int, tuple[str, int]] = {}  # worker pid -> the shard it works on
+        running: dict[int, Any] = {}  # worker pid -> the item it works on
         finished = False
         try:
-            futures = {executor.submit(_mp_task, job, task) for task in tasks}
+            futures = {executor.submit(_mp_task, job, item) for item in items}
             while futures:
                 done, futures = cf.wait(futures, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
                 while not queue.empty():
-                    pid, shard_id, samples_done, counts = queue.get()
-                    running[pid] = shard_id
-                    progress(shard_id, samples_done, counts)
+                    pid, item_key, progress_key, samples_done, counts = queue.get()
+                    running[pid] = item_key
+                    progress(progress_key, samples_done, counts)
                 for future in done:
                     try:
                         yield future.result()
@@ -178,16 +209,37 @@ class MultiprocessingDistributor:
             _stop(executor, finished)
 
 
+def _assemble(job: BuildJob, parts: list[ShardOutput]) -> ShardOutput:
+    """The shard of these parts (in order): their rows, and their member bytes joined into the shard's tar."""
+    from m2u.datasets.shards import assemble_shard
+
+    first = parts[0]
+    files = [Path(p.part_file) for p in parts if p.part_file is not None]
+    target = Path(job.out_dir) / first.split / shard_name(first.split, first.index)
+    started = time.perf_counter()
+    size, sha256 = assemble_shard(target, files) if files else (None, None)
+    return ShardOutput(
+        split=first.split,
+        index=first.index,
+        rows=[row for part in parts for row in part.rows],
+        bytes=size,
+        sha256=sha256,
+        process_s=round(sum(p.process_s for p in parts), 3),
+        write_s=round(sum(p.write_s for p in parts) + time.perf_counter() - started, 3),
+        worker=",".join(sorted({p.worker for p in parts})),
+    )
+
+
 class _WorkerDied(Exception):
-    """A worker process of the pool died; ``shards`` are the ones whose worker died (all running ones when the
+    """A worker process of the pool died; ``items`` are the ones whose worker died (all running ones when the
     culprit cannot be told from the workers the pool terminated after it)."""
 
-    def __init__(self, shards: list[tuple[str, int]], exit_codes: list[int | None]):
-        super().__init__(shards)
-        self.shards, self.exit_codes = shards, exit_codes
+    def __init__(self, items: list[Any], exit_codes: list[int | None]):
+        super().__init__(items)
+        self.items, self.exit_codes = items, exit_codes
 
     @classmethod
-    def find(cls, executor: cf.ProcessPoolExecutor, running: dict[int, tuple[str, int]]) -> _WorkerDied:
+    def find(cls, executor: cf.ProcessPoolExecutor, running: dict[int, Any]) -> _WorkerDied:
         processes = dict(getattr(executor, "_processes", None) or {})
         for process in processes.values():
             with contextlib.suppress(Exception):
@@ -195,8 +247,8 @@ class _WorkerDied(Exception):
         codes = {pid: process.exitcode for pid, process in processes.items()}
         # The pool terminates (SIGTERM) its other workers once one died: the culprit exited otherwise.
         culprits = [pid for pid, code in codes.items() if code not in (None, 0, -signal.SIGTERM)]
-        shards = [running[pid] for pid in culprits if pid in running] or list(running.values())
-        return cls(shards, [codes[pid] for pid in culprits])
+        items = [running[pid] for pid in culprits if pid in running] or list(running.values())
+        return cls(items, [codes[pid] for pid in culprits])
 
 
 def _stop(executor: cf.ProcessPoolExecutor, graceful: bool) -> None:

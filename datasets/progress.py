@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any
+
 from m2u.datasets.layout import Status
 
 
@@ -10,13 +13,16 @@ class BuildProgress:
         from tqdm import tqdm
 
         self._bar = tqdm(total=total, unit="pair", disable=not enabled, desc="m2u-make-dataset")
-        self._done: dict[tuple[str, int], int] = {}
-        self._counts: dict[tuple[str, int], dict[str, int]] = {}
+        self._done: dict[Any, int] = {}
+        self._counts: dict[Any, dict[str, int]] = {}
 
-    def update(self, shard_id: tuple[str, int], done: int, counts: dict[str, int]) -> None:
-        """Shard ``shard_id`` has ``done`` samples processed with these counts (a retried shard starts again)."""
-        self._done[shard_id] = done
-        self._counts[shard_id] = dict(counts)
+    def update(self, key: Hashable, done: int, counts: dict[str, int]) -> None:
+        """Shard ``key`` (or part ``(shard, i)`` of it) has ``done`` samples processed with these counts (a retried
+        one starts again). A report for a whole shard replaces those of its parts."""
+        for part in [k for k in self._done if isinstance(k[0], tuple) and k[0] == key]:
+            del self._done[part], self._counts[part]
+        self._done[key] = done
+        self._counts[key] = dict(counts)
         self._bar.n = sum(self._done.values())
         self._bar.set_postfix(self.counts(), refresh=False)
         self._bar.refresh()

@@ -101,9 +101,14 @@ class ShardWriter:
     exception the temporary file is removed and ``path`` is left untouched.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], part: bool = False):
+        """``part=True``: write only the members of some consecutive samples of the shard at ``path`` (no
+        end-of-archive), into ``self.part_path`` (a temporary name of ``path``), which stays there on close:
+        ``assemble_shard`` joins the parts of a shard into the same bytes one writer would have written."""
         self.path = Path(path)
         self._tmp = temp_path(self.path)
+        self.part = part
+        self.part_path = self._tmp if part else None
         self._file: io.BufferedWriter | None = None
         self._hashing: _HashingFile | None = None
         self._tar: tarfile.TarFile | None = None
@@ -152,13 +157,15 @@ class ShardWriter:
     def close(self) -> None:
         """Finish the tar, flush it to disk and rename it to its final name."""
         assert self._tar is not None and self._file is not None and self._hashing is not None
-        self._tar.close()
+        if not self.part:
+            self._tar.close()  # the end-of-archive blocks (tarfile's, as _end_of_archive writes them)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self.size, self.sha256 = self._hashing.size, self._hashing.digest.hexdigest()
         self._tar = self._file = self._hashing = None
-        os.replace(self._tmp, self.path)
+        if not self.part:
+            os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         """Drop the temporary file. Closing may fail again (a full disk fails the closing blocks too): the file
@@ -185,3 +192,33 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _end_of_archive(size: int) -> bytes:
+    """What ``tarfile.TarFile.close`` appends to ``size`` bytes of members: two zero blocks, then zeros up to a
+    whole record."""
+    end = 2 * tarfile.BLOCKSIZE
+    return b"\0" * (end + (-(size + end)) % tarfile.RECORDSIZE)
+
+
+def assemble_shard(path: str | os.PathLike[str], parts: list[Path]) -> tuple[int, str]:
+    """Join part files (``ShardWriter(part=True)``, in sample order) into the shard at ``path``: temporary name,
+    fsync, rename, as ShardWriter does; the parts are removed. Returns the shard's (size, SHA-256)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as raw:
+            out = _HashingFile(raw)
+            for part in parts:
+                with open(part, "rb") as handle:
+                    while chunk := handle.read(_HASH_CHUNK):
+                        out.write(chunk)
+            out.write(_end_of_archive(out.size))
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return out.size, out.digest.hexdigest()

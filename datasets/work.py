@@ -96,6 +96,11 @@ class ShardOutput:
     process_s: float
     write_s: float
     worker: str  # host:pid that ran it
+    # A part of a shard (build_shard(..., part=(i, n))): its member bytes are in part_file (None when it wrote no
+    # sample) until m2u.datasets.distributors joins the n parts into the shard.
+    part: int = 0
+    parts: int = 1
+    part_file: str | None = None
 
 
 def make_masker(config: BuildConfig) -> Masker:
@@ -265,16 +270,21 @@ def _maybe_die(job: BuildJob, task: ShardTask) -> None:
     os._exit(70)
 
 
-def build_shard(job: BuildJob, task: ShardTask, progress: Progress | None = None) -> ShardOutput:
-    """Process one shard's samples and write its tar as they come (plan order); see the module docstring."""
+def build_shard(
+    job: BuildJob, task: ShardTask, progress: Progress | None = None, part: tuple[int, int] = (0, 1)
+) -> ShardOutput:
+    """Process one shard's samples and write its tar as they come (plan order); see the module docstring. With
+    ``part=(i, n)``, only the i-th of n runs of consecutive inputs, into a part file (``ShardOutput.part_file``)."""
     ensure_worker(job.config)
     started = time.perf_counter()
     target = Path(job.out_dir) / task.split / shard_name(task.split, task.index)
     rows: list[dict[str, Any]] = []
     counts = {status.value: 0 for status in Status}
     groups = _inputs_of(task)
+    index, parts = part
+    groups = groups[index * len(groups) // parts : (index + 1) * len(groups) // parts]
     try:
-        with ShardWriter(target) as writer:
+        with ShardWriter(target, part=parts > 1) as writer:
             for number, group in enumerate(groups):
                 if number == len(groups) // 2:
                     _maybe_die(job, task)
@@ -300,11 +310,14 @@ def build_shard(job: BuildJob, task: ShardTask, progress: Progress | None = None
         split=task.split,
         index=task.index,
         rows=rows,
-        bytes=writer.size if written else None,
-        sha256=writer.sha256 if written else None,
+        bytes=writer.size if written and parts == 1 else None,
+        sha256=writer.sha256 if written and parts == 1 else None,
         process_s=round(closing - started, 3),
         write_s=round(time.perf_counter() - closing, 3),
         worker=f"{socket.gethostname()}:{os.getpid()}",
+        part=index,
+        parts=parts,
+        part_file=str(writer.part_path) if written and parts > 1 else None,
     )
 
 

@@ -283,3 +283,36 @@ def test_progress_takes_the_latest_report_of_each_shard():
     assert progress.counts() == {"ok": 3, "no_face": 0, "error": 0}
     assert progress._bar.n == 3
     progress.close()
+
+
+def test_fewer_shards_than_workers_are_built_in_parts_with_the_same_bytes(
+    faces, tmp_path, dataset_snapshot, monkeypatch
+):
+    from m2u.datasets.distributors import split_into_parts
+
+    config = dataclasses.replace(CONFIG, shard_size=16)  # three shards (train, val, test) for two workers
+    build_dataset([faces], tmp_path / "one", config)
+    plan = plan_build([faces], config)
+    items = split_into_parts(plan.tasks, 2)
+    assert len(plan.tasks) < 4 and len(items) > len(plan.tasks), "the shards are split into parts"
+    kills = tmp_path / "kills"
+    kills.mkdir()
+    monkeypatch.setenv(FAULT_ENV, str(kills))  # a part's first attempt of each shard kills its worker
+    stats = build_dataset([faces], tmp_path / "two", dataclasses.replace(config, workers=2)).stats
+    assert len(list(kills.iterdir())) == len(plan.tasks)
+    assert dataset_snapshot(tmp_path / "two") == dataset_snapshot(tmp_path / "one")
+    assert stats["counts"]["by_status"]["ok"] == FACES and not list((tmp_path / "two").rglob("*.tmp"))
+    workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "two").rglob("*_stats.json")}
+    assert any("," in w for w in workers), "a shard's parts were built by both workers"
+
+
+def test_progress_of_parts_is_replaced_by_the_shard_s_commit():
+    from m2u.datasets.progress import BuildProgress
+
+    progress = BuildProgress(8, enabled=False)
+    progress.update((("train", 0), 0), 3, {"ok": 3, "no_face": 0, "error": 0})
+    progress.update((("train", 0), 1), 2, {"ok": 1, "no_face": 1, "error": 0})
+    assert progress._bar.n == 5
+    progress.update(("train", 0), 8, {"ok": 7, "no_face": 1, "error": 0})
+    assert progress._bar.n == 8 and progress.counts() == {"ok": 7, "no_face": 1, "error": 0}
+    progress.close()
