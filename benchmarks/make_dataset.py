@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/make_dataset.py            # 1,000-photo subset, 1 and 2 workers (~2 min)
     .venv/bin/python benchmarks/make_dataset.py --full     # plus the whole 12,000 with 2 workers (~4-5 min)
     .venv/bin/python benchmarks/make_dataset.py --quick    # 100 photos, smoke run, not for the record
+    .venv/bin/python benchmarks/make_dataset.py --ray-overhead-only   # Ray against multiprocessing, 1,000 photos
 
 Needs ../shared/faces/celeba. Each build runs as its own `m2u-make-dataset` process (default arguments: 256 px,
 JPEG q95, random mask types) so its peak memory (largest resident set among the main process and its workers) is
@@ -10,6 +11,13 @@ measured cleanly. Also times each stage per photo in one process (read + SHA-256
 alignment, masking, encoding) and the HOG detector alone at upsample 0 on the full image versus downscaled
 images (CelebA faces are ~90 px wide; HOG's window is 80 px). Writes benchmarks/results/make_dataset.json;
 ratios are against the same run's 1-worker figure.
+
+``--ray`` (or ``--ray-overhead-only``, which skips everything else) also builds the subset with
+``--distributor ray`` (a local Ray instance with the same number of CPUs, started by that build, so its start-up is
+included) and with multiprocessing, both with ``--ray-shard-size`` photos per shard so that both have as many
+tasks; rounds alternate the two; the overhead is Ray's wall time over multiprocessing's within each round
+(median over rounds). Needs idle cores for a figure worth recording. ``--ray-overhead-only`` writes
+benchmarks/results/make_dataset_ray.json (the other figures in make_dataset.json stay as they are).
 """
 
 from __future__ import annotations
@@ -29,24 +37,27 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "make_dataset.json"
+RAY_RESULTS = RESULTS.with_name("make_dataset_ray.json")
 CELEBA = (
     Path(os.environ.get("M2U_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "faces" / "celeba"
 )
 TARGET_12000_S = 180.0  # issue 3: the paper's 12,000 photos in at most 3 minutes on 2 cores
 
 
-def _run_build(out: Path, limit: int | None, workers: int) -> dict[str, Any]:
+def _run_build(
+    out: Path, limit: int | None, workers: int, extra: list[str] | None = None, faces: Path = CELEBA
+) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
         "m2u.datasets.cli",
-        str(CELEBA),
+        str(faces),
         "-o",
         str(out),
         "--workers",
         str(workers),
     ]
-    command += ["--quiet", "--overwrite"] + (["--limit", str(limit)] if limit else [])
+    command += ["--quiet", "--overwrite"] + (["--limit", str(limit)] if limit else []) + (extra or [])
     out.parent.mkdir(parents=True, exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
@@ -142,40 +153,99 @@ def _hog_scales(files: list[Path]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def ray_overhead(
+    tmp: Path, subset: int, workers: int, shard_size: int, rounds: int, faces: Path = CELEBA
+) -> dict[str, Any]:
+    """Ray against multiprocessing on the same photos, same shards, alternating within each round."""
+    extra = ["--shard-size", str(shard_size)]
+    runs: dict[str, list[dict[str, Any]]] = {"multiprocessing": [], "ray": []}
+    for index in range(rounds):
+        order = ("multiprocessing", "ray") if index % 2 == 0 else ("ray", "multiprocessing")
+        for distributor in order:
+            out = tmp / f"{distributor}-{index}"
+            run = _run_build(out, subset, workers, [*extra, "--distributor", distributor], faces)
+            runs[distributor].append(run)
+            print(json.dumps({"distributor": distributor, "round": index, **run}), flush=True)
+    ratios = [
+        ray["wall_s"] / mp["wall_s"] for mp, ray in zip(runs["multiprocessing"], runs["ray"], strict=True)
+    ]
+    return {
+        "photos": runs["ray"][0]["photos"],
+        "workers": workers,
+        "shard_size": shard_size,
+        "rounds": rounds,
+        "runs": runs,
+        "ray_wall_over_multiprocessing_per_round": [round(r, 3) for r in ratios],
+        "ray_overhead_ratio_median": round(float(np.median(ratios)), 3),
+        "ray_overhead_s_median": round(
+            float(
+                np.median([r["wall_s"] - m["wall_s"] for m, r in zip(runs["multiprocessing"], runs["ray"])])
+            ),
+            1,
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true", help="also build all 12,000 photos with 2 workers")
     parser.add_argument("--subset", type=int, default=1000)
-    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "-o", "--out", type=Path, help=f"default {RESULTS} ({RAY_RESULTS.name} with --ray-overhead-only)"
+    )
     parser.add_argument("--keep", type=Path, help="build the full dataset here and keep it (with --full)")
-    args = parser.parse_args()
-    if not CELEBA.is_dir():
-        sys.exit(f"needs the CelebA photos at {CELEBA}")
+    parser.add_argument(
+        "--ray", action="store_true", help="also measure Ray's overhead against multiprocessing"
+    )
+    parser.add_argument("--ray-overhead-only", action="store_true", help="only measure Ray's overhead")
+    parser.add_argument(
+        "--ray-shard-size", type=int, default=100, help="photos per shard in the Ray comparison"
+    )
+    parser.add_argument("--ray-rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="workers (Ray CPUs) of the Ray comparison")
+    parser.add_argument("--faces", type=Path, default=CELEBA, help="photo folder (default: ../shared CelebA)")
+    args = parser.parse_args(argv)
+    args.out = args.out or (RAY_RESULTS if args.ray_overhead_only else RESULTS)
+    if not args.faces.is_dir():
+        sys.exit(f"needs the photos at {args.faces}")
     subset = 100 if args.quick else args.subset
-    files = sorted(p for p in CELEBA.iterdir() if p.suffix.lower() == ".jpg")
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg(),
-        },
-        "stages_one_process": _stage_times(files[: min(200, subset)]),
-        "hog_detector": _hog_scales(files[: min(200, subset)]),
+        }
     }
+    if args.ray or args.ray_overhead_only:
+        with tempfile.TemporaryDirectory(prefix="m2u-make-dataset-ray-") as tmp:
+            results["ray_vs_multiprocessing"] = ray_overhead(
+                Path(tmp), subset, args.workers, args.ray_shard_size, args.ray_rounds, args.faces
+            )
+        if args.ray_overhead_only:
+            results["machine"]["load_avg_at_end"] = os.getloadavg()
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {args.out}")
+            return results
+    files = sorted(p for p in args.faces.iterdir() if p.suffix.lower() == ".jpg")
+    results["stages_one_process"] = _stage_times(files[: min(200, subset)])
+    results["hog_detector"] = _hog_scales(files[: min(200, subset)])
     print(json.dumps(results, indent=1), flush=True)
     with tempfile.TemporaryDirectory(prefix="m2u-make-dataset-bench-") as tmp:
         runs = {}
         for workers in (1, 2):
-            runs[f"subset_workers_{workers}"] = _run_build(Path(tmp) / f"w{workers}", subset, workers)
+            runs[f"subset_workers_{workers}"] = _run_build(
+                Path(tmp) / f"w{workers}", subset, workers, faces=args.faces
+            )
             print(json.dumps(runs[f"subset_workers_{workers}"]), flush=True)
         runs["subset_speedup_2_vs_1"] = round(
             runs["subset_workers_2"]["pairs_per_s"] / runs["subset_workers_1"]["pairs_per_s"], 2
         )
         if args.full:
-            full = _run_build(args.keep or Path(tmp) / "full", None, 2)
+            full = _run_build(args.keep or Path(tmp) / "full", None, 2, faces=args.faces)
             full["meets_target_180_s"] = full["wall_s"] <= TARGET_12000_S
             runs["full_12000_workers_2"] = full
             print(json.dumps(full), flush=True)
@@ -184,6 +254,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
+    return results
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import click
 
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat
+from m2u.datasets.config import DISTRIBUTORS, parse_partition
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.masking.imageio import describe_ignored_files
 
@@ -33,6 +34,13 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         result[key.strip().replace("-", "_")] = _parse_value(value)
     return result
+
+
+def _partition(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    try:
+        return parse_partition(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float, float]:
@@ -106,7 +114,8 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     default=BuildConfig().workers,
     show_default="all cores",
     type=click.IntRange(min=0),
-    help="Worker processes; 0 (or 1) = work in this process, no worker processes.",
+    help="Worker processes (one shard, or part of one, at a time); 0 (or 1) = work in this process, no worker "
+    "processes; with --distributor ray, the CPUs of a local Ray.",
 )
 @click.option("--shard-size", default=BuildConfig.shard_size, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -117,6 +126,29 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     help="Masked/unmasked format: jpg (lossy, fastest), png or webp (lossless).",
 )
 @click.option("--quality", default=BuildConfig.quality, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--distributor",
+    type=click.Choice(DISTRIBUTORS),
+    default=BuildConfig.distributor,
+    show_default=True,
+    help="Where the shard tasks run: this machine's processes, or a Ray cluster (pip install 'm2u[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=BuildConfig.ray_address,
+    help="With --distributor ray: 'auto' (the cluster `ray start` runs) or ray://HOST:PORT; default: a local Ray.",
+)
+@click.option(
+    "--partition",
+    callback=_partition,
+    metavar="I/N",
+    help="Build only partition I of N (0-based) of the shards into a shared OUT, e.g. one Slurm array task each.",
+)
+@click.option(
+    "--finalize",
+    is_flag=True,
+    help="Only write the manifests and stats.json once every partition is done (refused while shards are missing).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset in OUT instead of resuming it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> None:
@@ -145,6 +177,15 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     ignored = describe_ignored_files(inputs, exclude=[out_dir])
     if ignored:
         click.echo(ignored, err=True)
+    if stats["partition"] is not None:
+        built = stats["built_by_status"]
+        click.echo(
+            f"{out_dir}: partition {stats['partition']}: {stats['shards_built']} shard(s) built "
+            f"({built['ok']} pairs, {built['no_face']} without a face, {built['error']} errors), "
+            f"{stats['shards_kept']} already committed; once every partition is done, run the same command "
+            "with --finalize instead of --partition"
+        )
+        return
     samples = stats["counts"]["samples"]
     statuses = stats["counts"]["by_status"]
     click.echo(

@@ -3,10 +3,13 @@
 A dataset folder ``OUT`` holds::
 
     OUT/train/train-000000.tar ...   WebDataset shards, one folder per split
+    OUT/train/train-000000_stats.json  per shard: counts, status, size and SHA-256, timings
     OUT/val/val-000000.tar ...
     OUT/test/test-000000.tar ...
     OUT/manifest.parquet             one row per planned sample (every input file, failures included)
+    OUT/train.parquet, val.parquet, test.parquet   the written samples of each split, with shard and key
     OUT/stats.json                   counts per split and status, timings, arguments, library versions
+    OUT/.m2u-build/                  build state: the fingerprint, one commit marker per shard, partition locks
 
 Each sample in a shard is four tar members sharing a key: ``<key>.masked.<ext>``, ``<key>.unmasked.<ext>``,
 ``<key>.mask.png`` (single channel, 0/255) and ``<key>.json``. Failed inputs never enter a shard (HuggingFace
@@ -52,6 +55,11 @@ def check_image_size(size: object, option: str = "--size") -> int:
 MANIFEST_NAME = "manifest.parquet"
 STATS_NAME = "stats.json"
 SHARD_SUFFIX = ".tar"
+# Build state: per-shard commit markers and the build's fingerprint, and the lock a run holds (m2u.datasets.locks).
+STATE_DIR = ".m2u-build"
+LOCK_NAME = ".m2u-build.lock"
+# Beside each shard, "<split>-NNNNNN_stats.json": its counts, status, size, SHA-256 and timings (as img2dataset).
+SHARD_STATS_SUFFIX = "_stats.json"
 SHARD_INDEX_DIGITS = 6
 
 # Tar member field names (the part after the key's dot). Image fields take the image format's extension.
@@ -77,26 +85,100 @@ class Status(enum.StrEnum):
     ERROR = "error"
 
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        # Shard path relative to OUT ("train/train-000000.tar"); empty when the sample was not written.
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("source_sha256", pa.string(), nullable=False),
-        pa.field("identity", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("mask_type", pa.string(), nullable=False),
-        # Size of the source image in pixels (0 when it could not be read).
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("variant", pa.int32(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("n_faces", pa.int32(), nullable=False),
-    ]
+# The columns of the Parquet files, their types and meanings: the one place these facts live. The README's
+# schema table is generated from it (tests/datasets/test_manifests.py checks they agree) and every column's meaning
+# travels with the files as Parquet field metadata. (name, type, nullable, meaning, files that have it)
+_MANIFEST = "manifest"
+_SPLIT = "split"
+COLUMNS: tuple[tuple[str, pa.DataType, bool, str, tuple[str, ...]], ...] = (
+    (
+        "key",
+        pa.string(),
+        False,
+        "sample key, `[a-z0-9][a-z0-9_-]*`; the tar members' name prefix",
+        (_MANIFEST, _SPLIT),
+    ),
+    ("split", pa.string(), False, "`train`, `val` or `test`", (_MANIFEST,)),
+    (
+        "shard",
+        pa.string(),
+        True,
+        "shard path relative to OUT (`train/train-000000.tar`); null when the sample was not written",
+        (_MANIFEST, _SPLIT),
+    ),
+    ("source", pa.string(), False, "the input file as given (absolute path)", (_MANIFEST, _SPLIT)),
+    (
+        "source_sha256",
+        pa.string(),
+        True,
+        "SHA-256 of the input file; null when it could not be read",
+        (_MANIFEST,),
+    ),
+    ("identity", pa.string(), True, "the person's identity; null when unknown", (_MANIFEST, _SPLIT)),
+    ("status", pa.string(), False, "`ok`, `no_face` or `error`", (_MANIFEST,)),
+    ("reason", pa.string(), True, "why the sample was not written; null when `ok`", (_MANIFEST,)),
+    (
+        "mask_type",
+        pa.string(),
+        True,
+        "the mask drawn (surgical, cloth, ...); null when none was",
+        (_MANIFEST, _SPLIT),
+    ),
+    (
+        "width",
+        pa.int32(),
+        True,
+        "width of the input image in pixels; null when it could not be read",
+        (_MANIFEST,),
+    ),
+    (
+        "height",
+        pa.int32(),
+        True,
+        "height of the input image in pixels; null when it could not be read",
+        (_MANIFEST,),
+    ),
+    ("variant", pa.int32(), False, "mask variant of the input, 0 to `--variants` - 1", (_MANIFEST, _SPLIT)),
+    ("seed", pa.int64(), False, "the sample's own seed (from `--seed` and the key)", (_MANIFEST, _SPLIT)),
+    (
+        "n_faces",
+        pa.int32(),
+        True,
+        "faces found by the detection pass that found one (0: none); null when detection did not run",
+        (_MANIFEST,),
+    ),
 )
+SCHEMA_VERSION = "2"
+
+
+def schema_markdown() -> str:
+    """The README's table of the Parquet columns (tests/datasets/test_manifests.py keeps the README in step)."""
+    lines = ["| column | type | in | meaning |", "|---|---|---|---|"]
+    for name, dtype, nullable, meaning, tables in COLUMNS:
+        kind = f"{dtype}{'' if nullable else ', never null'}"
+        where = ", ".join("manifest" if t == _MANIFEST else "split" for t in tables)
+        lines.append(f"| `{name}` | {kind} | {where} | {meaning} |")
+    return "\n".join(lines)
+
+
+def _schema(table: str) -> pa.Schema:
+    fields = [
+        pa.field(name, dtype, nullable=nullable, metadata={"description": meaning})
+        for name, dtype, nullable, meaning, tables in COLUMNS
+        if table in tables
+    ]
+    what = {
+        _MANIFEST: "one row per planned sample (every input file, failures included)",
+        _SPLIT: "the written samples of one split, in shard order",
+    }[table]
+    return pa.schema(
+        fields, metadata={"m2u.table": table, "m2u.schema_version": SCHEMA_VERSION, "m2u.description": what}
+    )
+
+
+MANIFEST_SCHEMA = _schema(_MANIFEST)
+# train.parquet, val.parquet, test.parquet: the samples of each split with their shard and key.
+SPLIT_SCHEMA = _schema(_SPLIT)
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
 
 
@@ -130,6 +212,32 @@ def shard_relpath(split: str, index: int) -> str:
     return f"{split}/{shard_name(split, index)}"
 
 
+def shard_stats_relpath(split: str, index: int) -> str:
+    """The per-shard stats file beside the shard, relative to the dataset folder."""
+    return f"{split}/{shard_name(split, index).removesuffix(SHARD_SUFFIX)}{SHARD_STATS_SUFFIX}"
+
+
+def stats_path_of(shard_path: str | os.PathLike[str]) -> Path:
+    """The stats JSON beside a shard (``train/train-000003.tar`` → ``train/train-000003_stats.json``)."""
+    path = Path(shard_path)
+    return path.with_name(path.name.removesuffix(SHARD_SUFFIX) + SHARD_STATS_SUFFIX)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def split_manifest_name(split: str) -> str:
+    """``train.parquet``, ``val.parquet``, ``test.parquet``: the written samples of one split."""
+    return f"{validate_split(split)}.parquet"
+
+
 def split_shards(out_dir: str | os.PathLike[str], split: str) -> list[Path]:
     """The finished shards of one split, sorted by name (temporary files excluded)."""
     folder = Path(out_dir) / validate_split(split)
@@ -139,9 +247,10 @@ def split_shards(out_dir: str | os.PathLike[str], split: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
-def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Build the manifest table from row dicts: checks columns and types, sorts by key (deterministic)."""
-    rows = sorted(rows, key=lambda row: row["key"])
+def manifest_table(rows: Iterable[Mapping[str, Any]], sort: bool = True) -> pa.Table:
+    """Build the manifest table from row dicts: checks columns and types, sorts by key (deterministic) unless
+    ``sort=False``. Missing values are None (nulls in Parquet), never empty strings."""
+    rows = sorted(rows, key=lambda row: row["key"]) if sort else list(rows)
     columns: dict[str, list[Any]] = {name: [] for name in MANIFEST_COLUMNS}
     for row in rows:
         missing = set(MANIFEST_COLUMNS) - set(row)
@@ -151,18 +260,28 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         if Status(status).value != status:  # raises for unknown statuses
             raise ValueError(f"manifest row {row['key']!r}: bad status {status!r}")
         for name in MANIFEST_COLUMNS:
-            columns[name].append(row[name])
+            value = row[name]
+            columns[name].append(None if value == "" else value)
     keys = columns["key"]
     if len(set(keys)) != len(keys):
         raise ValueError("manifest rows have duplicate keys")
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
 
+def split_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """A per-split manifest from manifest rows of one split, in the given (shard) order; only written samples."""
+    names = SPLIT_SCHEMA.names
+    written = [row for row in rows if row["status"] == Status.OK.value]
+    return pa.Table.from_pydict({name: [row[name] for row in written] for name in names}, schema=SPLIT_SCHEMA)
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Write a Parquet file under a temporary name, then rename it: readers never see a partial file."""
     path = Path(path)
     # No statistics timestamps exist in Parquet; fixed compression keeps the bytes reproducible.
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True))
+    atomic_write(
+        path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True), durable=True
+    )
 
 
 def write_manifest(out_dir: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:

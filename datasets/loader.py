@@ -24,9 +24,11 @@ for DDP training without a collective per step that is harmless; otherwise make 
 world_size × num_workers. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
 
 Damaged shards never shorten an epoch silently: a local shard without its end-of-archive blocks (cut short, even
-exactly between two members), an unreadable tar, a sample with a missing or undecodable member, or (for a dataset
-folder, whose manifest says how many samples each shard holds) a shard with another sample count raise
-``ShardError`` naming the shard and sample. ``LoaderConfig(on_error="skip")`` instead leaves out the rest of that
+exactly between two members), an unreadable tar, a sample with a missing or undecodable member or of another size
+than the dataset's, or (for a dataset folder, whose manifest lists its shards and how many samples each holds) a
+missing shard or a shard with another sample count raise ``ShardError`` naming the shard and sample. With
+``LoaderConfig(verify=True)`` (set by ``for_evaluation()``) every listed shard is also checked against the size and
+SHA-256 recorded when it was built, before the first batch. ``LoaderConfig(on_error="skip")`` instead leaves out the rest of that
 shard (or that one sample), warns, and lists it in ``PairedLoader.skipped`` for the epoch (across workers).
 
 The loader re-iterates with a new epoch number each time it is iterated (``for batch in loader``), so shuffles
@@ -73,12 +75,16 @@ from m2u.datasets.layout import (
     MASK_FIELD,
     MASKED_FIELD,
     SPLITS,
+    STATS_NAME,
     UNMASKED_FIELD,
     Status,
+    read_json,
     read_manifest,
     split_shards,
+    stats_path_of,
     validate_split,
 )
+from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
 from m2u.masking.parallel import stop_opencv_threads
 
@@ -120,6 +126,9 @@ class LoaderConfig:
     # A truncated or corrupt shard or sample: "raise" stops with a ShardError naming it; "skip" leaves out the
     # rest of that shard (or that sample), warns, and counts it in ``PairedLoader.skipped`` for the epoch.
     on_error: str = "raise"
+    # For a dataset folder: before the first batch, check that every shard its manifest lists is there with the
+    # size and SHA-256 recorded when it was committed (reads every shard once more). for_evaluation() turns it on.
+    verify: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -137,8 +146,10 @@ class LoaderConfig:
 
     @classmethod
     def for_evaluation(cls, **overrides: Any) -> LoaderConfig:
-        """Exact, reproducible epochs: stored order, no shuffling, no augmentation."""
-        base = cls(shuffle_buffer=0, shuffle_shards=False, hflip_prob=0.0)
+        """Exact, reproducible epochs: stored order, no shuffling, no augmentation, every shard verified against
+        the manifest (a split whose shards do not hold what it says is refused, or with on_error="skip" left out
+        and counted)."""
+        base = cls(shuffle_buffer=0, shuffle_shards=False, hflip_prob=0.0, verify=True)
         return replace(base, **overrides)
 
 
@@ -210,10 +221,39 @@ def check_shard_complete(path: str) -> None:
 
 
 def shard_sample_counts(dataset_dir: str | os.PathLike[str], split: str) -> dict[str, int]:
-    """Samples per shard of ``split`` according to the dataset's manifest (shard path → count)."""
+    """Samples per shard of ``split`` according to the dataset's manifest (shard path → count), sorted by path."""
     manifest = read_manifest(dataset_dir)
     written = manifest[(manifest["split"] == split) & (manifest["status"] == Status.OK.value)]
-    return {str(Path(dataset_dir) / shard): int(n) for shard, n in written.groupby("shard").size().items()}
+    counts = {str(Path(dataset_dir) / shard): int(n) for shard, n in written.groupby("shard").size().items()}
+    return dict(sorted(counts.items()))
+
+
+def verify_shards(shards: Sequence[str]) -> dict[str, str]:
+    """What is wrong with each listed shard of a dataset folder (shard → problem): missing, or not the size and
+    SHA-256 its stats JSON recorded at commit time (a shard without a stats JSON, from an older build, is checked
+    for presence only)."""
+    problems = {}
+    for url in shards:
+        path = Path(url)
+        if not path.is_file():
+            problems[url] = f"shard {url} is listed in the manifest but missing"
+            continue
+        stats = read_json(stats_path_of(path))
+        if not stats or stats.get("sha256") is None:
+            continue
+        size = path.stat().st_size
+        if size != stats.get("bytes"):
+            problems[url] = f"shard {url} has {size} bytes, {stats.get('bytes')} were committed"
+        elif file_digest(path)[1] != stats["sha256"]:
+            problems[url] = f"shard {url} does not hold what was committed (SHA-256 differs)"
+    return problems
+
+
+def dataset_image_size(dataset_dir: str | os.PathLike[str]) -> int | None:
+    """The side of the dataset's samples, from its stats.json (None when it does not say)."""
+    stats = read_json(Path(dataset_dir) / STATS_NAME) or {}
+    size = stats.get("arguments", {}).get("size")
+    return int(size) if isinstance(size, int) else None
 
 
 def _image_field(sample: dict[str, Any], prefix: str) -> bytes:
@@ -235,6 +275,9 @@ class PairedShardDataset(IterableDataset):
         shards: Sequence[str],
         config: LoaderConfig = LoaderConfig(),
         expected_counts: dict[str, int] | None = None,
+        *,
+        image_size: int | None = None,
+        excluded: Sequence[str] = (),
     ):
         """``expected_counts`` (shard → samples, e.g. from ``shard_sample_counts``): a shard that yields any other
         number of samples is an error, so a damaged shard never silently shortens an epoch."""
@@ -246,6 +289,11 @@ class PairedShardDataset(IterableDataset):
         self.expected_counts = dict(expected_counts or {})
         # Shared memory: persistent DataLoader workers see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        # Every sample must be image_size x image_size (None: the size of the first sample each worker reads).
+        self.image_size = image_size
+        # Shards left out before reading (verification under on_error="skip"): reported in every epoch's skipped.
+        self.excluded = list(excluded)
+        self._size: int | None = image_size
         self._rank_world: tuple[int, int] | None = None
         self._skipped: list[str] = []  # what this iterator left out since its last batch
 
@@ -361,6 +409,13 @@ class PairedShardDataset(IterableDataset):
         if masked.shape != unmasked.shape or masked.shape[:2] != mask.shape:
             raise ValueError(
                 f"sample {key!r}: members differ in size {masked.shape} {unmasked.shape} {mask.shape}"
+            )
+        if self._size is None:
+            self._size = masked.shape[0]
+        if masked.shape[:2] != (self._size, self._size):
+            raise ValueError(
+                f"sample {key!r} is {masked.shape[1]}x{masked.shape[0]}, the dataset's samples are "
+                f"{self._size}x{self._size}"
             )
         p = self.config.hflip_prob
         if p > 0 and unit_hash("hflip", self.config.seed, self.epoch, key) < p:
@@ -481,7 +536,7 @@ class PairedLoader:
                 prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
                 persistent_workers=persistent,
             )
-        self.skipped = []
+        self.skipped = list(self.dataset.excluded)
         return self._batches(self._loader)
 
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
@@ -497,16 +552,37 @@ def make_loader(
     split: str | None = "train",
     config: LoaderConfig = LoaderConfig(),
 ) -> PairedLoader:
-    """A loader over the ``split`` shards of a dataset folder (``split`` is ignored for globs, URLs and lists)."""
+    """A loader over the ``split`` shards of a dataset folder (``split`` is ignored for globs, URLs and lists).
+
+    For a dataset folder, the shards are the ones its manifest lists: one that is missing is an error (or, with
+    ``on_error="skip"``, left out and counted), never a silently shorter epoch; with ``config.verify`` every shard
+    is checked against its committed size and SHA-256 first."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
-    shards = resolve_shards(source, split)
-    expected = None
-    if split is not None and not isinstance(source, (list, tuple)):
-        folder = Path(os.fspath(source))
-        if not _is_url(str(folder)) and (folder / MANIFEST_NAME).is_file():
-            expected = shard_sample_counts(folder, split)
-    return PairedLoader(PairedShardDataset(shards, config, expected), config)
+    folder = None if isinstance(source, (list, tuple)) else Path(os.fspath(source))
+    if split is None or folder is None or _is_url(str(folder)) or not (folder / MANIFEST_NAME).is_file():
+        return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
+    expected = shard_sample_counts(folder, split)
+    if not expected:
+        raise FileNotFoundError(f"split {split!r} of the dataset {folder} has no samples")
+    shards, excluded = list(expected), []
+    if config.verify:
+        problems = verify_shards(shards)
+        excluded = list(problems.values())
+        if excluded and config.on_error == "raise":
+            raise ShardError(
+                f"split {split!r} of {folder} does not hold what its manifest says: {'; '.join(excluded)}; rebuild "
+                "it (rerun m2u-make-dataset with the same arguments) or pass LoaderConfig(on_error='skip')"
+            )
+        for message in excluded:
+            warnings.warn(f"skipped: {message}", RuntimeWarning, stacklevel=2)
+        shards = [url for url in shards if url not in problems]
+        if not shards:
+            raise ShardError(f"split {split!r} of {folder}: no shard is intact ({'; '.join(excluded)})")
+    dataset = PairedShardDataset(
+        shards, config, expected, image_size=dataset_image_size(folder), excluded=excluded
+    )
+    return PairedLoader(dataset, config)
 
 
 __all__ = [
@@ -519,5 +595,6 @@ __all__ = [
     "make_loader",
     "resolve_shards",
     "shard_sample_counts",
+    "verify_shards",
     "to_float_batch",
 ]

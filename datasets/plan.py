@@ -92,12 +92,18 @@ def plan_samples(
         )
 
     per_split: dict[str, list[tuple[float, str, InputItem, int]]] = {split: [] for split in SPLITS}
+    keys: dict[str, str] = {}
     for item in items:
         # Variants of one input share its split, so no face leaks between splits.
         group = item.identity if split_by is SplitBy.IDENTITY else item.base_key
         split = assign_split(group, seed, fractions)
         for variant in range(variants):
             key = validate_key(variant_key(item.base_key, variant, variants))
+            if keys.setdefault(key, item.source) != item.source:
+                raise ValueError(
+                    f"two inputs map to the same sample key {key!r}: {keys[key]} and {item.source}; "
+                    "rename one of them"
+                )
             # Ranked by the input's key so an input's variants sit side by side (mostly in one shard).
             per_split[split].append((shuffle_rank(seed, item.base_key), key, item, variant))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,13 @@ from m2u.datasets.layout import (
     Status,
     shard_name,
     shard_relpath,
-    write_manifest,
+    split_manifest_name,
 )
+from m2u.datasets.manifest import write_manifests_from_rows, write_shard_stats
 from m2u.datasets.plan import InputItem, group_by_shard, plan_samples
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.splits import parse_fractions
+from m2u.datasets.work import ShardOutput
 from m2u.datasets.writer import (
     count_rows,
     library_versions,
@@ -198,7 +201,7 @@ def write_synthetic_dataset(
     out = _empty_out_dir(Path(out_dir), overwrite)
     plan = plan_samples(_synthetic_items(n_samples), seed=seed, fractions=fractions, shard_size=shard_size)
     rows, shards = _write_synthetic_shards(out, plan, size, fmt, quality)
-    write_manifest(out, rows)
+    write_manifests_from_rows(out, rows)
     counts = count_rows(rows)
     arguments = {
         "n_samples": n_samples,
@@ -227,7 +230,7 @@ def _empty_out_dir(out: Path, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-        for name in (*SPLITS, MANIFEST_NAME, STATS_NAME):
+        for name in (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -255,7 +258,9 @@ def _write_synthetic_shards(
     rows = []
     shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for (split_name, index), samples in group_by_shard(plan).items():
+        shard_started = time.perf_counter()
         path = out / split_name / shard_name(split_name, index)
+        shard_rows = []
         with ShardWriter(path) as writer:
             for planned in samples:
                 sample = make_synthetic_sample(size, planned.seed)
@@ -272,7 +277,7 @@ def _write_synthetic_shards(
                         quality=quality,
                     ),
                 )
-                rows.append(
+                shard_rows.append(
                     manifest_row(
                         planned,
                         shard=shard_relpath(split_name, index),
@@ -283,6 +288,18 @@ def _write_synthetic_shards(
                         n_faces=1,
                     )
                 )
+        output = ShardOutput(
+            split=split_name,
+            index=index,
+            rows=shard_rows,
+            bytes=writer.size,
+            sha256=writer.sha256,
+            process_s=round(time.perf_counter() - shard_started, 3),
+            write_s=0.0,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        write_shard_stats(out, output, len(samples))
+        rows.extend(shard_rows)
         shards[split_name].append(path)
     return rows, shards
 

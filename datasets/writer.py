@@ -168,23 +168,23 @@ def sample_metadata(
 
 
 def manifest_row(planned: Any, **values: Any) -> dict[str, Any]:
-    """The manifest row of one planned sample (m2u.datasets.layout.MANIFEST_SCHEMA): an error row with empty
-    fields unless ``values`` say otherwise (``status``, ``reason``, ``shard``, ``width``, ...)."""
+    """The manifest row of one planned sample (m2u.datasets.layout.MANIFEST_SCHEMA): an error row whose unknown
+    values are nulls unless ``values`` say otherwise (``status``, ``reason``, ``shard``, ``width``, ...)."""
     row = {
         "key": planned.key,
         "split": planned.split,
-        "shard": "",
+        "shard": None,
         "source": planned.source,
-        "source_sha256": "",
-        "identity": planned.identity,
+        "source_sha256": None,
+        "identity": planned.identity or None,
         "status": Status.ERROR.value,
-        "reason": "",
-        "mask_type": "",
-        "width": 0,
-        "height": 0,
+        "reason": None,
+        "mask_type": None,
+        "width": None,
+        "height": None,
         "variant": planned.variant,
         "seed": planned.seed,
-        "n_faces": 0,
+        "n_faces": None,
     }
     unknown = set(values) - set(row)
     if unknown:

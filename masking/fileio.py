@@ -18,8 +18,11 @@ from pathlib import Path
 TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], durable: bool = False) -> Path:
     """Call ``write(temp_path)`` for a hidden temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary name is unique to this writer (concurrent writers of one file never share it). ``durable``
+    also flushes the file to disk before the rename, for commit records that must survive a power loss.
 
     The parent folder is created when missing. On any exception (KeyboardInterrupt included) the temporary file
     is removed, ``path`` is left as it was and the exception propagates. The file gets the mode the umask gives
@@ -31,6 +34,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     os.close(fd)
     try:
         write(temp)
+        if durable:
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)
@@ -58,12 +64,14 @@ def remove_temp_files(
     return removed
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    return atomic_write(path, lambda temp: Path(temp).write_bytes(data))
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = False) -> Path:
+    return atomic_write(path, lambda temp: Path(temp).write_bytes(data), durable)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    return atomic_write(path, lambda temp: Path(temp).write_text(text, encoding=encoding))
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, encoding: str = "utf-8", durable: bool = False
+) -> Path:
+    return atomic_write(path, lambda temp: Path(temp).write_text(text, encoding=encoding), durable)
 
 
 def library_versions(packages: Iterable[str], platform_info: bool = False) -> dict[str, str]:

@@ -52,11 +52,12 @@ def celeba_first(celeba_dir: Path):
 
 
 def _dataset_snapshot(out: Path) -> dict[str, bytes]:
-    """Every file a dataset build leaves, by relative path, except what records timings or a process id."""
+    """Every file a dataset build leaves, by relative path, except what records timings or a process id (stats.json,
+    the per-shard ``*_stats.json``, the lock files)."""
     return {
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("stats.json", ".m2u-build.lock")
+        if p.is_file() and p.name != "stats.json" and not p.name.endswith(("_stats.json", ".lock"))
     }
 
 

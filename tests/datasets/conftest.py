@@ -15,3 +15,21 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "ds"
     write_synthetic_dataset(out, 40, size=32, seed=0, shard_size=4)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_faces(tmp_path_factory: pytest.TempPathFactory):
+    """A function n -> a list file of n embedded demo faces (pipelines/demo_faces.py; no ../shared needed)."""
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    root = tmp_path_factory.mktemp("demo-faces")
+
+    def listing(count: int) -> Path:
+        folder = root / f"faces-{count}"
+        path = root / f"faces-{count}.txt"
+        if not path.exists():
+            files = write_demo_faces(folder, count=count)
+            path.write_text("".join(f"{f}\n" for f in files))
+        return path
+
+    return listing

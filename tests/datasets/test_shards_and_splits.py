@@ -36,17 +36,40 @@ def test_shard_writer_leaves_nothing_on_error(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(final) as writer:
             writer.write("k", {"json": b"{}"})
-            assert temp_path(final).exists() and not final.exists()
+            assert [p.name for p in tmp_path.iterdir()] == [writer._tmp.name] and not final.exists()
             raise RuntimeError("boom")
-    assert not final.exists() and not temp_path(final).exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_temporary_names_are_unique_per_writer(tmp_path):
+    final = tmp_path / "train-000000.tar"
+    assert temp_path(final) != temp_path(final) and temp_path(final).name.startswith(final.name + ".")
+    with ShardWriter(final) as one, ShardWriter(final) as two:  # two attempts at one shard at once
+        one.write("a", {"json": b"1"})
+        two.write("a", {"json": b"1"})
+    assert final.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+    assert one.sha256 == two.sha256 and one.size == two.size == final.stat().st_size
+
+
+def test_a_refused_sample_leaves_nothing_in_the_tar(tmp_path):
+    with ShardWriter(tmp_path / "a.tar") as writer:
+        writer.write("a", {"json": b"1"})
+        with pytest.raises(ValueError, match="invalid field name"):
+            writer.write("b", {"json": b"2", "Bad": b"3"})
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        assert tar.getnames() == ["a.json"]
 
 
 def test_stray_temp_files_are_removed(tmp_path):
     (tmp_path / "train").mkdir()
     stray = tmp_path / "train" / "train-000001.tar.tmp"
     stray.write_bytes(b"partial")
+    other = tmp_path / "train" / "train-000002.tar.123-0a1b2c3d.tmp"
+    other.write_bytes(b"partial")
     kept = tmp_path / "train" / "train-000000.tar"
     kept.write_bytes(b"done")
+    # only the named shards' temporary files (a partition's own), then all of them
+    assert remove_stray_temp_files(tmp_path, {"train-000002.tar"}) == [other]
     assert remove_stray_temp_files(tmp_path) == [stray]
     assert kept.exists() and not stray.exists()
 

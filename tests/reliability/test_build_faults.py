@@ -203,7 +203,7 @@ def read_manifest_rows(out: Path) -> list[dict]:
 def test_a_full_disk_while_writing_the_manifest_is_a_clear_error_and_resumes(
     tmp_path, monkeypatch, dataset_snapshot
 ):
-    import m2u.datasets.build as build_module
+    import m2u.datasets.manifest as manifest_module
 
     listing = _inputs(tmp_path, 4)
     reference, out = tmp_path / "reference", tmp_path / "out"
@@ -212,7 +212,7 @@ def test_a_full_disk_while_writing_the_manifest_is_a_clear_error_and_resumes(
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "manifest.parquet.tmp")
 
-    monkeypatch.setattr(build_module, "write_manifest", full_disk)
+    monkeypatch.setattr(manifest_module, "write_manifest", full_disk)
     result = CliRunner().invoke(
         make_dataset_main, [str(listing), "-o", str(out), *BUILD_ARGS, "--workers", "1"]
     )

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -86,7 +87,7 @@ def test_m2u_make_dataset_gives_special_files_error_rows(tmp_path):
     rows = {Path(r["source"]).name: r for r in read_manifest(out / "manifest.parquet").to_dict("records")}
     for name, word in expected.items():
         assert rows[name]["status"] == "error" and word in rows[name]["reason"], rows[name]
-        assert rows[name]["source_sha256"] == ""  # never read, so never hashed
+        assert pd.isna(rows[name]["source_sha256"])  # never read, so never hashed (a null)
     if DEVICE.exists():
         assert rows["zero"]["status"] == "error" and "device" in rows["zero"]["reason"]
     assert rows["plain.png"]["status"] == "no_face"

@@ -88,3 +88,22 @@ def test_cpu_native_bf16_reads_the_flags():
     assert cpu_native_bf16("flags\t\t: fpu sse avx512f avx512_bf16\n") is True
     assert cpu_native_bf16("flags\t\t: fpu sse amx_bf16 amx_tile\n") is True
     assert cpu_native_bf16("flags\t\t: fpu sse avx2 avx512f\n") is False
+
+
+@pytest.mark.slow  # two CLI builds, one starting a local Ray: ~35 s on this machine
+def test_make_dataset_ray_overhead_at_a_tiny_size(tmp_path):
+    """The Ray-against-multiprocessing comparison of benchmarks/make_dataset.py on 6 embedded demo faces."""
+    pytest.importorskip("ray")
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    faces = tmp_path / "faces"
+    write_demo_faces(faces, count=6)
+    script = _load("make_dataset")
+    out = tmp_path / "make_dataset.json"
+    args = ["--ray-overhead-only", "--faces", str(faces), "--subset", "6", "--ray-shard-size", "2"]
+    report = script.main([*args, "--ray-rounds", "1", "--workers", "2", "-o", str(out)])
+    comparison = json.loads(out.read_text())["ray_vs_multiprocessing"]
+    assert comparison == report["ray_vs_multiprocessing"]
+    mp, ray = comparison["runs"]["multiprocessing"][0], comparison["runs"]["ray"][0]
+    assert mp["photos"] == ray["photos"] == 6 and mp["counts"] == ray["counts"]
+    assert comparison["ray_overhead_ratio_median"] == round(ray["wall_s"] / mp["wall_s"], 3)
