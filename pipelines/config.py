@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from m2u.datasets.build import BuildConfig
+from m2u.masking.imageio import ImageReadError, read_input_bytes
 from m2u.pipelines.stages import canonical_json
 from m2u.training.config import GanTrainConfig, MSegTrainConfig
 from m2u.training.evaluate import EvaluateConfig
@@ -25,6 +26,7 @@ from m2u.training.evaluate import EvaluateConfig
 # the config holds this placeholder (it is part of the fingerprint through the M-Seg stage's own fingerprint).
 MSEG_FROM_PIPELINE = "<m-seg stage output>"
 PRESETS = ("paper", "cpu-small", "smoke")
+CONFIG_MAX_BYTES = 1_000_000  # a configuration is a few kB; anything this large is not one
 
 
 def _default_gan() -> GanTrainConfig:
@@ -85,9 +87,11 @@ def load_yaml(text: str, where: str) -> Any:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+        text = read_input_bytes(path, max_bytes=CONFIG_MAX_BYTES).decode("utf-8")  # never blocks on a FIFO
+    except ImageReadError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.reason}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {error}") from error
     try:
         if path.suffix in (".yaml", ".yml"):
             data = load_yaml(text, str(path)) or {}
