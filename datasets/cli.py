@@ -13,6 +13,7 @@ from m2u.datasets.codecs import ImageFormat
 from m2u.datasets.config import DISTRIBUTORS, parse_partition
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.masking.imageio import describe_ignored_files
+from m2u.masking.parallel import WorkerStartError
 
 # Shorthand options → m2u.masking.MaskConfig field names.
 MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern", "pack": "pack"}
@@ -169,7 +170,7 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
             **options, mask_options=mask_options, detector_options=detector_options, progress=not quiet
         )
         result = build_dataset(list(inputs), out_dir, config)
-    except (BuildError, ValueError, FileNotFoundError) as exc:
+    except (BuildError, ValueError, FileNotFoundError, WorkerStartError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
         raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
+from m2u.masking.imageio import ImageReadError, read_input_bytes
 from m2u.masking.inputs import IMAGE_SUFFIXES, LIST_SUFFIXES, InputError, check_arguments, discover
 
 __all__ = ["LIST_SUFFIXES", "discover_inputs", "identity_pattern_regex", "make_key", "read_identity_file"]
@@ -91,15 +92,18 @@ def identity_pattern_regex(pattern: str) -> re.Pattern[str]:
 def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """CelebA-style identity file: "<file name> <identity>" per line → {file name: identity}."""
     mapping = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = line.split()
-            if len(fields) < 2:
-                raise ValueError(f"{path}:{number}: expected '<file name> <identity>', got {line!r}")
-            mapping[fields[0]] = fields[1]
+    try:
+        text = read_input_bytes(path).decode("utf-8")  # a regular file only: a FIFO would block the build
+    except ImageReadError as exc:
+        raise ValueError(f"--identity-file {path}: {exc.reason}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise ValueError(f"{path}:{number}: expected '<file name> <identity>', got {line!r}")
+        mapping[fields[0]] = fields[1]
     return mapping
 
 

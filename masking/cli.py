@@ -14,6 +14,7 @@ from m2u.masking.batch import BatchConfig, find_inputs, mask_files
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.imageio import ImageReadError, read_image
 from m2u.masking.inputs import Discovery, InputError, OutputFolderError
+from m2u.masking.parallel import WorkerStartError
 from m2u.masking.render import MaskConfig
 from m2u.masking.templates import ALL_TYPES, MASK_TYPES
 
@@ -196,7 +197,7 @@ def main(
         result = mask_files(inputs, out_dir, config)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
-    except OutputFolderError as exc:
+    except (OutputFolderError, WorkerStartError) as exc:
         raise click.ClickException(str(exc)) from None
     if result.skipped:
         click.echo(result.skipped, err=True)

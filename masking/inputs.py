@@ -103,6 +103,13 @@ def _inside(path: Path, folders: Sequence[Path]) -> bool:
     return any(path == folder or folder in path.parents for folder in folders)
 
 
+def _below(base: str | os.PathLike[str], exclude: Sequence[Path]) -> list[Path]:
+    """The folders of `exclude` strictly inside `base`: an output folder above an input folder (``-o .``) does not
+    hide the inputs, and one equal to an input folder is refused by check_output_folder."""
+    root = _resolved(base)
+    return [folder for folder in exclude if root in folder.parents]
+
+
 def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path))
 
@@ -130,10 +137,15 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
     return sorted(entries, key=lambda e: e.relative)
 
 
-def _scan_glob(pattern: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
+def _glob_base(pattern: str) -> Path:
+    """The fixed leading folder of a glob (``photos/2024`` for ``photos/2024/*.jpg``)."""
     parts = Path(pattern).parts
     fixed = list(parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
-    base = Path(*fixed) if fixed else Path(".")
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _scan_glob(pattern: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
+    base = _glob_base(pattern)
     entries = []
     for match in sorted(glob.glob(pattern, recursive=True)):
         path = Path(match)
@@ -211,9 +223,9 @@ def discover(
         path = Path(text)
         if path.is_dir():
             found.folders.append(path)
-            entries = _scan_folder(path, text, excluded, found)
+            entries = _scan_folder(path, text, _below(path, excluded), found)
         elif glob.has_magic(text) and not path.exists():
-            entries = _scan_glob(text, excluded, found)
+            entries = _scan_glob(text, _below(_glob_base(text), excluded), found)
         elif is_list_file(path):
             try:
                 entries = _scan_list(path)

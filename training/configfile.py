@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+CONFIG_MAX_BYTES = 1_000_000  # a configuration is a few kB; anything this large is not one
 
 
 class ConfigError(ValueError):
@@ -47,11 +48,13 @@ def _load_yaml(text: str) -> Any:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a .yaml/.yml, .toml or .json file; ConfigError naming the file when it is not one."""
+    from m2u.masking.imageio import ImageReadError, read_input_bytes
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from error
+        text = read_input_bytes(path, max_bytes=CONFIG_MAX_BYTES).decode("utf-8")  # never blocks on a FIFO
+    except ImageReadError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.reason}") from error
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file {path} is not UTF-8 text") from error
     try:

@@ -136,3 +136,22 @@ def test_pipeline_overrides_are_checked_like_the_tools_options():
             load_config("smoke", None, bad)
     with pytest.raises(ConfigError, match="--detector-option"):
         load_config("smoke", None, {"dataset": {"detector_options": {"upsample": 9}}})
+
+
+def _failing_start(*_):
+    raise ValueError("a detector option this version cannot use")
+
+
+def test_a_worker_that_cannot_start_stops_the_run_instead_of_being_replaced_forever(
+    photos, tmp_path, monkeypatch
+):
+    """Whatever makes a worker's start-up fail (an option no check foresaw, a missing model file), a pool would
+    replace the worker with another that fails the same way, forever; the run stops with the worker's error."""
+    import m2u.datasets.build as build_module
+    from m2u.masking.parallel import WorkerStartError, worker_pool
+
+    with pytest.raises(WorkerStartError, match="cannot use"), worker_pool(2, _failing_start) as pool:
+        pool.map(abs, range(8))
+    monkeypatch.setattr(build_module, "_init_worker", _failing_start)
+    result = _make_dataset(photos, tmp_path / "ds", "--workers", "2")
+    assert result.exit_code == 1 and "could not start" in result.output and "cannot use" in result.output

@@ -99,3 +99,12 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, tiny_models
     # Once the first run is over, the folder is free again.
     result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
     assert result.exit_code == 0, result.output
+
+
+def test_an_output_folder_above_the_input_folder_still_sees_the_inputs(tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    _photos(folder)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # `m2u-mask photos -o .`, twice: the outputs land beside photos/, never inside it
+        result = _mask(Path("."), Path("photos"))
+        assert result.exit_code == 0 and "3 inputs" in result.output, result.output

@@ -113,3 +113,15 @@ def test_m2u_unmask_gives_special_files_rows(tmp_path, tiny_models):
     rows = _rows(out / "report.csv", "input")
     for name, word in expected.items():
         assert rows[name]["status"] == "unreadable" and word in rows[name]["reason"], rows[name]
+
+
+def test_an_identity_file_or_config_file_that_is_a_fifo_is_refused_at_once(tmp_path):
+    from m2u.datasets.sources import read_identity_file
+    from m2u.pipelines.config import ConfigError, read_config_file
+
+    os.mkfifo(tmp_path / "ids.txt")
+    os.mkfifo(tmp_path / "config.yaml")
+    with pytest.raises(ValueError, match="--identity-file.*FIFO"):
+        read_identity_file(tmp_path / "ids.txt")
+    with pytest.raises(ConfigError, match="FIFO"):
+        read_config_file(tmp_path / "config.yaml")

@@ -78,7 +78,7 @@ def unmask_main(**kw) -> None:
     click.echo(f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     from m2u.masking.imageio import describe_ignored_files
 
-    ignored = describe_ignored_files(kw["inputs"])
+    ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])
     if ignored:
         click.echo(ignored, err=True)
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
