@@ -79,13 +79,19 @@ def throttled(send: Callable[[int, dict[str, int]], None], total: int) -> Progre
 # --- multiprocessing ------------------------------------------------------------------------------------------
 
 _QUEUE: Any = None
+_START_ERROR = "start-error"
 
 
 def _mp_init(config: BuildConfig, inherited_fds: Sequence[int], queue: Any) -> None:
     global _QUEUE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the pool
     _QUEUE = queue
-    init_worker(config, inherited_fds)
+    try:
+        init_worker(config, inherited_fds)
+    except Exception as exc:
+        # Told to the driver, which stops the run: a pool would replace this worker with one failing the same way.
+        queue.put((_START_ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
 
 
 # A unit of work of the pool: part i of n of a shard (n = 1: the whole shard).
@@ -196,7 +202,10 @@ class MultiprocessingDistributor:
             while futures:
                 done, futures = cf.wait(futures, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
                 while not queue.empty():
-                    pid, item_key, progress_key, samples_done, counts = queue.get()
+                    message = queue.get()
+                    if message[0] == _START_ERROR:
+                        raise BuildError(f"a worker process could not start: {message[1]}")
+                    pid, item_key, progress_key, samples_done, counts = message
                     running[pid] = item_key
                     progress(progress_key, samples_done, counts)
                 for future in done:

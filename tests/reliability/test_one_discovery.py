@@ -14,7 +14,7 @@ from PIL import Image
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.layout import read_manifest
 from m2u.masking.cli import main as mask_main
-from m2u.training.eval_cli import unmask_main
+from m2u.training.inference.cli import unmask_main
 
 
 def _inputs(tmp_path: Path) -> tuple[list[str], set[str]]:

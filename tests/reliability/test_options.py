@@ -147,11 +147,11 @@ def test_a_worker_that_cannot_start_stops_the_run_instead_of_being_replaced_fore
 ):
     """Whatever makes a worker's start-up fail (an option no check foresaw, a missing model file), a pool would
     replace the worker with another that fails the same way, forever; the run stops with the worker's error."""
-    import m2u.datasets.build as build_module
+    import m2u.datasets.distributors as distributors
     from m2u.masking.parallel import WorkerStartError, worker_pool
 
     with pytest.raises(WorkerStartError, match="cannot use"), worker_pool(2, _failing_start) as pool:
         pool.map(abs, range(8))
-    monkeypatch.setattr(build_module, "_init_worker", _failing_start)
+    monkeypatch.setattr(distributors, "init_worker", _failing_start)
     result = _make_dataset(photos, tmp_path / "ds", "--workers", "2")
     assert result.exit_code == 1 and "could not start" in result.output and "cannot use" in result.output
