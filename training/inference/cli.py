@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from m2u.training.cliutil import model_file_options, user_errors
+from m2u.training.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +24,10 @@ from m2u.training.cliutil import model_file_options, user_errors
     help="Aligned crop size: the --size the models were trained on (default: 256, the paper's).",
 )
 @click.option(
-    "--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True)
+    "--threshold",
+    default=UnmaskConfig.mask_threshold,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
 )
 @click.option(
     "--feather", default=None, type=click.FloatRange(min=0), help="Feathered edge, fraction of the crop size."
@@ -31,13 +35,35 @@ from m2u.training.cliutil import model_file_options, user_errors
 @click.option(
     "--keep-crops", is_flag=True, help="Also write the aligned crops (input, predicted mask, restored)."
 )
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn"]))
+@click.option(
+    "--detector",
+    default=UnmaskConfig.detector_model,
+    show_default=True,
+    type=click.Choice(DETECTORS),
+    help="masked: the masked-face cascade (HOG, then HOG lower threshold / upsampled, then the CNN); "
+    "hog / cnn: dlib's plain detector ladder.",
+)
+@click.option(
+    "--alignment",
+    default=UnmaskConfig.alignment,
+    show_default=True,
+    type=click.Choice(ALIGNMENTS),
+    help="visible: eyes + a mouth centre estimated from eyes, brows and nose bridge; landmarks: the 68-point "
+    "mouth (guessed under a mask).",
+)
+@click.option(
+    "--aligned",
+    is_flag=True,
+    default=UnmaskConfig.aligned,
+    help="Inputs are aligned face crops already: no detection, each restored whole (resized to --size if needed).",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
-    (one row per file: status and reason)."""
-    from m2u.training.inference.unmask import UnmaskConfig, unmask_files
+    (one row per file: status and reason) and OUT/faces.jsonl (one line per face: detector, score, box,
+    alignment source, mask fraction)."""
+    from m2u.training.inference.unmask import summarize, unmask_files
 
     overrides = {k: v for k, v in (("crop_size", kw["size"]), ("feather", kw["feather"])) if v is not None}
     try:
@@ -45,6 +71,8 @@ def unmask_main(**kw) -> None:
             mask_threshold=kw["threshold"],
             keep_crops=kw["keep_crops"],
             detector_model=kw["detector"],
+            alignment=kw["alignment"],
+            aligned=kw["aligned"],
             device=kw["device"],
             progress=not kw["quiet"],
             **overrides,
@@ -52,12 +80,10 @@ def unmask_main(**kw) -> None:
         results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
-    counts: dict[str, int] = {}
     for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
         if r.status != "ok":
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
-    click.echo(f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
     from m2u.masking.imageio import describe_ignored_files
 
     ignored = describe_ignored_files(kw["inputs"])
