@@ -1,19 +1,23 @@
 """Finding faces that wear a mask, and the alignment anchors a mask does not hide.
 
-dlib's detectors were trained on uncovered faces: on photos masked by this package, HOG at upsample 0 misses about
-one face in five. `MaskedFaceDetector` runs a cascade of dlib passes, cheapest first, and stops at the first pass
-that finds a face; the passes and their order were chosen on a measured evaluation set (`benchmarks/unmask.py`:
-CelebA photos of the identity-disjoint test split masked by `m2u-mask --mask-type random` with every colour and
-pattern; the figures are in benchmarks/results/unmask.json and the README).
+dlib's detectors were trained on uncovered faces: on photos masked by this package, its frontal HOG at upsample 0
+misses half the faces and its CNN one in five. `MaskedFaceDetector` runs a cascade of passes, cheapest first, and
+stops at the first pass that finds a face: dlib's frontal HOG, a HOG detector trained on masked faces with dlib's
+own trainer (`MASKED_HOG_MODEL`, made by benchmarks/train_masked_detector.py from training-split photos), each at
+lower thresholds and more upsampling, then dlib's CNN. The passes were chosen on a measured evaluation set
+(`benchmarks/unmask.py`: CelebA photos of the identity-disjoint test split masked by `m2u-mask --mask-type random`
+with every colour and pattern; the figures are in benchmarks/results/unmask.json and the README).
 
 The 68-point predictor still runs on every face, but under a mask its mouth and jaw points are guesses.
 `visible_anchor_points` gives the alignment's three anchors (eye centres, mouth centre) from what stays visible:
-the mouth centre is predicted from the eyes, brows and nose bridge by `expected_mouth`.
+the mouth centre is placed from the eye centres by `expected_mouth` (a relation fitted on unmasked faces).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import dlib
@@ -21,6 +25,7 @@ import numpy as np
 
 from m2u.masking.detect import (
     Face,
+    ModelFileError,
     _as_rgb_uint8,
     _cnn_detector,
     _hog_detector,
@@ -37,15 +42,27 @@ __all__ = [
     "visible_anchor_points",
 ]
 
-BROWS = slice(17, 27)
-# Landmark 27 is the top of the nose bridge (between the eyes), 28 the next point down: both above any mask's
-# top edge in m2u-mask's placement (it keeps the mask below the eyes, from about landmark 29 down).
-BRIDGE = (27, 28)
+# dlib HOG filter trained on masked faces (benchmarks/train_masked_detector.py, C=15: 1,482 faces of 1,500 CelebA
+# photos of the training split, masked by m2u-mask with every type, colour and pattern). Shipped with the package
+# (~45 KB text); nothing is downloaded.
+MASKED_HOG_MODEL = Path(__file__).resolve().parent / "models" / "masked_face_hog.svm"
+
+
+MODELS: tuple[str, ...] = ("hog", "mhog", "cnn")
+
+
+@functools.cache
+def _masked_hog_detector():
+    if not MASKED_HOG_MODEL.is_file():
+        raise ModelFileError(f"masked-face detector model not found: {MASKED_HOG_MODEL} (a broken install?)")
+    return dlib.fhog_object_detector(str(MASKED_HOG_MODEL))
 
 
 @dataclass(frozen=True)
 class Pass:
-    """One detection pass: dlib `model` ("hog" or "cnn") at `upsample`, accepting scores >= `threshold`."""
+    """One detection pass: `model` at `upsample`, accepting scores >= `threshold`. Models: "hog" (dlib's frontal
+    face HOG detector), "mhog" (the HOG detector trained on masked faces, MASKED_HOG_MODEL), "cnn" (dlib's mmod CNN
+    from face-recognition-models)."""
 
     model: str
     upsample: int
@@ -58,12 +75,17 @@ class Pass:
         return name if self.threshold == 0.0 else f"{name}@{self.threshold:g}"
 
 
-# The default cascade. Chosen on benchmarks/unmask.py's evaluation set (see the module docstring); each pass runs
-# only on images the passes before it found nothing in.
+# The default cascade, chosen on 295 masked faces of benchmarks/unmask.py's evaluation set (offset 0): dlib's
+# frontal HOG alone finds 49.8% of them, the CNN at upsample 1 81.0% at ~0.7 CPU-s per face; the masked-face HOG at
+# upsample 0 alone 95%+. The passes at upsample 1 and the CNN only run when nothing was found at upsample 0 (small
+# faces in large photos). The figures on a held-out set (other photos) are in benchmarks/results/unmask.json.
 MASKED_CASCADE: tuple[Pass, ...] = (
     Pass("hog", 0),
+    Pass("mhog", 0),
     Pass("hog", 0, -0.4),
-    Pass("hog", 1, -0.4),
+    Pass("mhog", 0, -0.2),
+    Pass("hog", 1),
+    Pass("mhog", 1),
     Pass("cnn", 1),
 )
 
@@ -81,8 +103,8 @@ class MaskedDetectorConfig:
         if not self.passes:
             raise ValueError("the cascade needs at least one pass")
         for p in self.passes:
-            if p.model not in ("hog", "cnn") or not 0 <= p.upsample <= 4:
-                raise ValueError(f"bad detection pass {p}: model hog|cnn, upsample 0..4")
+            if p.model not in MODELS or not 0 <= p.upsample <= 4:
+                raise ValueError(f"bad detection pass {p}: model one of {', '.join(MODELS)}, upsample 0..4")
         if self.max_side < 64:
             raise ValueError(f"max_side must be at least 64, got {self.max_side}")
 
@@ -97,8 +119,9 @@ def _run_pass(
     image: np.ndarray, model: str, upsample: int, threshold: float, cnn_max_pixels: int
 ) -> list[tuple[Box, float]]:
     """(box (left, top, right, bottom) in `image` pixels, score) for one detector run."""
-    if model == "hog":
-        rects, scores, _ = _hog_detector().run(image, upsample, threshold)
+    if model in ("hog", "mhog"):
+        detector = _hog_detector() if model == "hog" else _masked_hog_detector()
+        rects, scores, _ = detector.run(image, upsample, threshold)
         return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
     height, width = image.shape[:2]
     factor = 1.0
@@ -138,6 +161,8 @@ class MaskedFaceDetector:
         models = {p.model for p in self.config.passes}
         if "hog" in models:
             _hog_detector()
+        if "mhog" in models:
+            _masked_hog_detector()
         if "cnn" in models:
             _cnn_detector()
         _shape_predictor()
@@ -197,32 +222,20 @@ def _eye_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 # Mouth centre (mean of landmarks 48-67) in the eye frame (origin at the eye midpoint, x along the eyes, y down,
-# unit = inter-ocular distance) as a linear function of [1, brows mean x, y, landmark 27 x, y, landmark 28 x, y]
-# in the same frame. Fitted by least squares (numpy.linalg.lstsq) on dlib's 68 landmarks of 991 unmasked CelebA
-# photos of the training split (hash split by identity, seed 0; every 8th photo of the split, HOG at upsample 0);
-# on the 30% held out: mean error 0.084, 95th percentile 0.19 inter-ocular distances (a constant offset: 0.114,
-# 0.27). Rows: mouth x, mouth y.
-_MOUTH_COEFFS = np.array(
-    [
-        [-0.0469, -1.8751, -0.0556, -0.5500, -0.1453, 1.2087, 0.1486],
-        [0.5598, -0.1621, -0.9117, 0.5776, -0.7979, -0.3634, 1.5305],
-    ]
-)
+# unit = inter-ocular distance): the mean over dlib's 68 landmarks of 991 unmasked CelebA photos of the training
+# split (hash split by identity, seed 0; every 8th photo, HOG at upsample 0), i.e. the least-squares fit of a constant.
+# Fits that also use the brows and the nose bridge (points 27, 28) predict better on unmasked faces (held-out error
+# 0.084 against 0.114 inter-ocular distances), but on masked faces the predictor's nose-bridge points drift with the
+# mask: measured on 147 masked faces (benchmarks/unmask.py's set, 256 px crops), the mouth point is off by 6.9 px on
+# average with this constant, 9.4 px with the bridge fit and 9.6 px with the 68-point mouth itself.
+_MOUTH_IN_EYE_FRAME = (-0.0023, 1.1213)
 
 
 def expected_mouth(landmarks: np.ndarray) -> np.ndarray:
-    """Where the mouth centre should be, from the eyes, brows and nose bridge only ((2,) float64, image pixels)."""
-    points = np.asarray(landmarks, np.float64)
-    mid, ux, uy, iod = _eye_frame(points)
-
-    def to_frame(q: np.ndarray) -> np.ndarray:
-        d = np.asarray(q) - mid
-        return np.array([d @ ux, d @ uy]) / iod
-
-    features = np.concatenate(
-        [[1.0], to_frame(points[BROWS].mean(0)), to_frame(points[BRIDGE[0]]), to_frame(points[BRIDGE[1]])]
-    )
-    fx, fy = _MOUTH_COEFFS @ features
+    """Where the mouth centre should be, from the two eye centres only ((2,) float64, image pixels): what a mask
+    never hides."""
+    mid, ux, uy, iod = _eye_frame(np.asarray(landmarks, np.float64))
+    fx, fy = _MOUTH_IN_EYE_FRAME
     return mid + iod * (fx * ux + fy * uy)
 
 

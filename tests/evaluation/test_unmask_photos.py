@@ -175,8 +175,9 @@ def test_expected_mouth_follows_rotation_scale_and_translation():
     assert np.allclose(moved, base @ rot.T + shift, atol=1e-6)
     # The mouth points themselves play no part: moving them leaves the estimate where it was.
     hidden = landmarks.copy()
-    hidden[48:68] += 30.0
-    hidden[0:17] -= 12.0
+    hidden[48:68] += 30.0  # mouth
+    hidden[0:17] -= 12.0  # jaw
+    hidden[29:36] += 7.0  # lower nose
     assert np.allclose(expected_mouth(hidden), base)
     anchors = visible_anchor_points(landmarks)
     assert np.allclose(anchors[2], base) and anchors.shape == (3, 2)
@@ -212,12 +213,18 @@ def test_expected_mouth_is_close_on_unmasked_celeba_photos(celeba_first):
             iod = np.hypot(*(lm[42:48].mean(0) - lm[36:42].mean(0)))
             errors.append(np.hypot(*(expected_mouth(lm) - mouth_centre(lm))) / iod)
     assert len(errors) >= 15
-    assert np.mean(errors) < 0.15  # held-out fit error: 0.084 inter-ocular distances
+    assert np.mean(errors) < 0.2  # held-out error of the fit: 0.114 inter-ocular distances
 
 
 # CelebA photos of the identity-disjoint test split (hash split by identity, seed 0) that plain HOG at upsample 0
-# misses once masked by the engine with the given type and seed (found with benchmarks/unmask.py's evaluation set).
-HOG_MISSES: list[tuple[str, str, int]] = []
+# misses once masked by the engine with the given type and seed (JPEG quality 95, as m2u-mask writes them); the
+# cascade finds each with its masked-face HOG pass.
+HOG_MISSES: list[tuple[str, str, int]] = [
+    ("10064_138452.jpg", "gas", 0),
+    ("10064_138452.jpg", "cloth", 0),
+    ("10127_084616.jpg", "gas", 0),
+    ("1015_059655.jpg", "kn95", 0),
+]
 
 
 @pytest.mark.shared
@@ -225,8 +232,6 @@ def test_cascade_finds_masked_faces_that_plain_hog_misses(celeba_dir):
     from m2u.masking import DetectorConfig, FaceDetector, MaskConfig, apply_mask, read_image
     from m2u.masking.masked_faces import MaskedFaceDetector
 
-    if not HOG_MISSES:
-        pytest.skip("no photos listed")
     plain = FaceDetector(DetectorConfig(max_upsample=0, retry_threshold=0.0))
     cascade = MaskedFaceDetector()
     plain_found = cascade_found = 0
@@ -237,6 +242,14 @@ def test_cascade_finds_masked_faces_that_plain_hog_misses(celeba_dir):
         ok, jpeg = cv2.imencode(".jpg", masked[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
         masked = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1].copy()
         plain_found += bool(plain.detect(masked))
-        cascade_found += bool(cascade.detect(masked))
-    assert plain_found < len(HOG_MISSES)
+        found = cascade.detect(masked)
+        cascade_found += bool(found) and _iou(found[0].box, face.box) >= 0.3
+    assert plain_found == 0
     assert cascade_found == len(HOG_MISSES)
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union else 0.0

@@ -48,7 +48,7 @@ from m2u.training.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
     default=UnmaskConfig.alignment,
     show_default=True,
     type=click.Choice(ALIGNMENTS),
-    help="visible: eyes + a mouth centre estimated from eyes, brows and nose bridge; landmarks: the 68-point "
+    help="visible: eye centres + a mouth centre placed from them (fitted on unmasked faces); landmarks: the 68-point "
     "mouth (guessed under a mask).",
 )
 @click.option(

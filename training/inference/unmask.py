@@ -3,7 +3,7 @@
 For each photo: read it (`m2u.masking.read_image`), find every face, masked or not (the cascade of
 `m2u.masking.masked_faces.MaskedFaceDetector`, or plain dlib HOG / CNN), align each with the dataset's transform
 (`m2u.datasets.align.align_face`) placed from what a mask does not hide (eye centres, and a mouth centre estimated
-from eyes, brows and nose bridge: `visible_anchor_points`), predict the mask with M-Seg, restore with the
+from the eye centres: `visible_anchor_points`), predict the mask with M-Seg, restore with the
 generator, composite (generator pixels only under the predicted mask), and paste the restored mask region back into
 the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and only
 each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
@@ -64,7 +64,7 @@ class UnmaskConfig:
     # "masked": the masked-face cascade (m2u.masking.masked_faces.MASKED_CASCADE); "hog" / "cnn": one dlib pass
     # ladder as m2u-mask uses (DetectorConfig).
     detector_model: str = "masked"
-    # "visible": eye centres + a mouth centre estimated from eyes, brows and nose bridge (what a mask leaves
+    # "visible": eye centres + a mouth centre placed from the eye centres (what a mask leaves
     # visible); "landmarks": the 68-point predictor's mouth points (guessed under a mask), as the dataset aligns.
     alignment: str = "visible"
     # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection.
