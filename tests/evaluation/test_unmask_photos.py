@@ -253,3 +253,32 @@ def _iou(a, b) -> float:
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
     return ix * iy / union if union else 0.0
+
+
+@pytest.mark.shared
+def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, tiny_checkpoints, tmp_path):
+    from m2u.masking import FaceDetector, MaskConfig, apply_mask, read_image
+
+    mseg_path, gen_path = tiny_checkpoints
+    name, mask_type, seed = HOG_MISSES[0]
+    image = read_image(celeba_dir / name)
+    masked = apply_mask(
+        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type), seed=seed
+    ).image
+    photo = tmp_path / "masked.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+        + ["--size", str(CROP), "--quiet", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 files: 1 ok; 1 faces restored (1 mhog0/visible)" in result.output
+    with open(out / "report.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["faces"] == "1"
+    (face,) = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
+    assert face["detector"] == "mhog0" and face["alignment"] == "visible" and face["input"] == str(photo)
+    assert 0.0 <= face["mask_fraction"] <= 1.0 and len(face["box"]) == 4
+    assert cv2.imread(str(out / "masked.png")).shape == masked.shape
