@@ -240,7 +240,7 @@ def expected_mouth(landmarks: np.ndarray) -> np.ndarray:
 
 
 def visible_anchor_points(landmarks: np.ndarray) -> np.ndarray:
-    """The alignment's anchors (left eye centre, right eye centre, mouth centre) as `m2u.datasets.align`'s
+    """The alignment's anchors (left eye centre, right eye centre, mouth centre) as the dataset alignment's
     `anchor_points` defines them, with the mouth centre from `expected_mouth` instead of the hidden mouth points."""
     points = np.asarray(landmarks, np.float64)
     if points.shape != (68, 2) or not np.isfinite(points).all():
