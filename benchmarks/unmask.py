@@ -11,8 +11,8 @@ with `--pattern random` (so every type, colour and pattern occurs). Ground truth
 68 landmarks m2u-mask placed the mask from (detected on the unmasked photo), from m2u-mask's JSON.
 
 Detection: each dlib detector (HOG at upsample 0/1/2, the CNN (mmod) at upsample 0/1) runs once per image at a low
-threshold; single passes at a given threshold and cascades (a pass runs only when the passes before it found
-nothing) are read off those runs, with the CPU time (time.process_time) of the runs a cascade needed. A face counts
+threshold; single passes at a given threshold and cascades (a stage of passes, detections merged, runs only when
+the stages before it found nothing) are read off those runs, with the CPU time (time.process_time) of the runs a cascade needed. A face counts
 as found when a detection overlaps its box with IoU >= 0.3. False positives: detections that match no face on the
 masked photos, and every detection on photos without faces (scikit-image's sample images without people, blurred
 noise textures, the dlib example photo of dogs). The shipped cascade (`MASKED_CASCADE`) is then run for real
@@ -56,32 +56,40 @@ RUNS = {
     "cnn1": ("cnn", 1),
 }
 LOW_THRESHOLD = -1.0
-# Single passes and cascades read off the runs: name -> [(run, threshold), ...] tried in order. "hog" is dlib's
+# Single passes and cascades read off the runs: name -> stages, each a list of (run, threshold); the first stage
+# with any detection gives the result, its passes' detections merged (as MaskedFaceDetector does). "hog" is dlib's
 # frontal detector, "mhog" the masked-face HOG (MASKED_HOG_MODEL), "cnn" dlib's mmod CNN.
-CANDIDATES: dict[str, list[tuple[str, float]]] = {
-    "hog upsample 0": [("hog0", 0.0)],
-    "hog upsample 1": [("hog1", 0.0)],
-    "hog upsample 2": [("hog2", 0.0)],
-    "hog upsample 0, threshold -0.4": [("hog0", -0.4)],
-    "hog upsample 1, threshold -0.8": [("hog1", -0.8)],
-    "cnn upsample 0": [("cnn0", 0.0)],
-    "cnn upsample 1": [("cnn1", 0.0)],
-    "mhog upsample 0": [("mhog0", 0.0)],
-    "mhog upsample 0, threshold -0.2": [("mhog0", -0.2)],
-    "mhog upsample 1": [("mhog1", 0.0)],
-    "m2u-mask ladder (hog0, hog0@-0.4, hog1)": [("hog0", 0.0), ("hog0", -0.4), ("hog1", 0.0)],
-    "m2u-mask ladder + cnn0": [("hog0", 0.0), ("hog0", -0.4), ("hog1", 0.0), ("cnn0", 0.0)],
-    "hog0 -> cnn1": [("hog0", 0.0), ("cnn1", 0.0)],
-    "hog0, hog0@-0.4, hog1@-0.4, cnn1": [("hog0", 0.0), ("hog0", -0.4), ("hog1", -0.4), ("cnn1", 0.0)],
-    "hog0, mhog0": [("hog0", 0.0), ("mhog0", 0.0)],
-    "shipped: hog0, mhog0, hog0@-0.4, mhog0@-0.2, hog1, mhog1, cnn1": [
-        ("hog0", 0.0),
-        ("mhog0", 0.0),
-        ("hog0", -0.4),
-        ("mhog0", -0.2),
-        ("hog1", 0.0),
-        ("mhog1", 0.0),
-        ("cnn1", 0.0),
+CANDIDATES: dict[str, list[list[tuple[str, float]]]] = {
+    "hog upsample 0": [[("hog0", 0.0)]],
+    "hog upsample 1": [[("hog1", 0.0)]],
+    "hog upsample 2": [[("hog2", 0.0)]],
+    "hog upsample 0, threshold -0.4": [[("hog0", -0.4)]],
+    "hog upsample 1, threshold -0.8": [[("hog1", -0.8)]],
+    "cnn upsample 0": [[("cnn0", 0.0)]],
+    "cnn upsample 1": [[("cnn1", 0.0)]],
+    "mhog upsample 0": [[("mhog0", 0.0)]],
+    "mhog upsample 0, threshold -0.2": [[("mhog0", -0.2)]],
+    "mhog upsample 1": [[("mhog1", 0.0)]],
+    "m2u-mask ladder: hog0 > hog0@-0.4 > hog1": [[("hog0", 0.0)], [("hog0", -0.4)], [("hog1", 0.0)]],
+    "m2u-mask ladder > cnn0": [[("hog0", 0.0)], [("hog0", -0.4)], [("hog1", 0.0)], [("cnn0", 0.0)]],
+    "hog0 > cnn1": [[("hog0", 0.0)], [("cnn1", 0.0)]],
+    "hog0 > hog0@-0.4 > hog1@-0.4 > cnn1": [
+        [("hog0", 0.0)],
+        [("hog0", -0.4)],
+        [("hog1", -0.4)],
+        [("cnn1", 0.0)],
+    ],
+    "hog0+mhog0": [[("hog0", 0.0), ("mhog0", 0.0)]],
+    "hog0+mhog0 > hog1+mhog1 > cnn1": [
+        [("hog0", 0.0), ("mhog0", 0.0)],
+        [("hog1", 0.0), ("mhog1", 0.0)],
+        [("cnn1", 0.0)],
+    ],
+    "shipped: hog0+mhog0 > hog0@-0.4+mhog0@-0.2 > hog1+mhog1 > cnn1": [
+        [("hog0", 0.0), ("mhog0", 0.0)],
+        [("hog0", -0.4), ("mhog0", -0.2)],
+        [("hog1", 0.0), ("mhog1", 0.0)],
+        [("cnn1", 0.0)],
     ],
 }
 FACELESS_SKIMAGE = (
@@ -184,16 +192,20 @@ def iou(a, b) -> float:
     return ix * iy / union if union > 0 else 0.0
 
 
-def cascade(runs: dict, passes: list[tuple[str, float]]) -> tuple[list, float]:
-    """The boxes of the first pass that finds any, and the CPU time of the runs needed to get there."""
+def cascade(runs: dict, stages: list[list[tuple[str, float]]]) -> tuple[list, float]:
+    """The merged boxes of the first stage that finds any, and the CPU time of the runs needed to get there."""
+    from m2u.masking.masked_faces import merge_detections
+
     seconds, done = 0.0, set()
-    for name, threshold in passes:
-        boxes, scores, t = runs[name]
-        if name not in done:
-            seconds, done = seconds + t, done | {name}
-        found = [b for b, s in zip(boxes, scores) if s >= threshold]
+    for stage in stages:
+        found = []
+        for name, threshold in stage:
+            boxes, scores, t = runs[name]
+            if name not in done:
+                seconds, done = seconds + t, done | {name}
+            found += [(b, s, name) for b, s in zip(boxes, scores) if s >= threshold]
         if found:
-            return found, seconds
+            return [b for b, _, _ in merge_detections(found)], seconds
     return [], seconds
 
 
@@ -390,7 +402,7 @@ def main() -> None:
         },
         "mask_types": dict(sorted(Counter(r["type"] for r in records).items())),
         "candidates": candidates,
-        "shipped_cascade": {"passes": [p.label for p in MASKED_CASCADE], **shipped},
+        "shipped_cascade": {"stages": [[p.label for p in stage] for stage in MASKED_CASCADE], **shipped},
         "alignment_error_crop_px": {"crop": CROP, **alignment},
         "pipeline": pipeline,
         "machine": {"python": platform.python_version(), "processor": platform.machine()},

@@ -75,24 +75,25 @@ class Pass:
         return name if self.threshold == 0.0 else f"{name}@{self.threshold:g}"
 
 
-# The default cascade, chosen on 295 masked faces of benchmarks/unmask.py's evaluation set (offset 0): dlib's
+# The default cascade (stages of passes), chosen on 295 masked faces of benchmarks/unmask.py's evaluation set (offset 0): dlib's
 # frontal HOG alone finds 49.8% of them, the CNN at upsample 1 81.0% at ~0.7 CPU-s per face; the masked-face HOG at
-# upsample 0 alone 95%+. The passes at upsample 1 and the CNN only run when nothing was found at upsample 0 (small
+# upsample 0 alone 95%+. The stages at upsample 1 and the CNN only run when nothing was found at upsample 0 (small
 # faces in large photos). The figures on a held-out set (other photos) are in benchmarks/results/unmask.json.
-MASKED_CASCADE: tuple[Pass, ...] = (
-    Pass("hog", 0),
-    Pass("mhog", 0),
-    Pass("hog", 0, -0.4),
-    Pass("mhog", 0, -0.2),
-    Pass("hog", 1),
-    Pass("mhog", 1),
-    Pass("cnn", 1),
+MASKED_CASCADE: tuple[tuple[Pass, ...], ...] = (
+    (Pass("hog", 0), Pass("mhog", 0)),
+    (Pass("hog", 0, -0.4), Pass("mhog", 0, -0.2)),
+    (Pass("hog", 1), Pass("mhog", 1)),
+    (Pass("cnn", 1),),
 )
+# Boxes of one stage that overlap more than this (intersection over union) are one face: the higher score is kept.
+MERGE_IOU = 0.3
 
 
 @dataclass(frozen=True)
 class MaskedDetectorConfig:
-    passes: tuple[Pass, ...] = MASKED_CASCADE
+    # Stages tried in order until one finds a face; within a stage the passes' detections are merged, so a photo
+    # with masked and unmasked faces gets both kinds from the first stage.
+    stages: tuple[tuple[Pass, ...], ...] = MASKED_CASCADE
     # Images whose longer side exceeds this are downscaled for detection only (landmarks use the full image).
     max_side: int = 1600
     # A CNN pass sees at most this many pixels (after upsampling): the CNN at upsample 1 on a 1600 px photo would
@@ -100,13 +101,33 @@ class MaskedDetectorConfig:
     cnn_max_pixels: int = 1_000_000
 
     def __post_init__(self) -> None:
-        if not self.passes:
-            raise ValueError("the cascade needs at least one pass")
+        if not self.stages or not all(self.stages):
+            raise ValueError("the cascade needs at least one stage, each with at least one pass")
         for p in self.passes:
             if p.model not in MODELS or not 0 <= p.upsample <= 4:
                 raise ValueError(f"bad detection pass {p}: model one of {', '.join(MODELS)}, upsample 0..4")
         if self.max_side < 64:
             raise ValueError(f"max_side must be at least 64, got {self.max_side}")
+
+    @property
+    def passes(self) -> tuple[Pass, ...]:
+        return tuple(p for stage in self.stages for p in stage)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def merge_detections(found: list[tuple[tuple, float, str]], min_iou: float = MERGE_IOU) -> list[tuple]:
+    """(box, score, label) from several passes, one per face: greedy by score, overlapping boxes dropped."""
+    kept: list[tuple] = []
+    for item in sorted(found, key=lambda f: -f[1]):
+        if all(_iou(item[0], k[0]) <= min_iou for k in kept):
+            kept.append(item)
+    return kept
 
 
 # The CNN's filters need an image at least this large (after upsampling) or dlib raises; its smallest face is
@@ -150,7 +171,7 @@ def _run_pass(
 
 
 class MaskedFaceDetector:
-    """Every face in an RGB image, masked or not: the cascade's first pass that finds any, 68 landmarks each.
+    """Every face in an RGB image, masked or not: the cascade's first stage that finds any, 68 landmarks each.
 
     `Face.detector` names the pass (`Pass.label`). Cheap to construct; models are shared per process."""
 
@@ -187,24 +208,24 @@ class MaskedFaceDetector:
             key = (p.model, p.upsample)
             lowest[key] = min(p.threshold, lowest.get(key, p.threshold))
         runs: dict[tuple[str, int], list[tuple[Box, float]]] = {}
-        found: list[tuple[Box, float]] = []
-        used = self.config.passes[0]
-        for p in self.config.passes:
-            key = (p.model, p.upsample)
-            if key not in runs:
-                runs[key] = _run_pass(small, p.model, p.upsample, lowest[key], self.config.cnn_max_pixels)
-            found = [(rect, score) for rect, score in runs[key] if score >= p.threshold]
+        found: list[tuple[Box, float, str]] = []
+        for stage in self.config.stages:
+            for p in stage:
+                key = (p.model, p.upsample)
+                if key not in runs:
+                    runs[key] = _run_pass(small, p.model, p.upsample, lowest[key], self.config.cnn_max_pixels)
+                found += [(rect, score, p.label) for rect, score in runs[key] if score >= p.threshold]
             if found:
-                used = p
+                found = merge_detections(found)
                 break
         predictor = _shape_predictor()
         faces = []
-        for rect, score in found:
+        for rect, score, label in found:
             box = dlib.rectangle(*(round(v / scale) for v in rect))
             shape = predictor(image, box)
             points = np.array([(q.x, q.y) for q in shape.parts()], dtype=np.float32)
             faces.append(
-                Face((box.left(), box.top(), box.right(), box.bottom()), points, float(score), used.label)
+                Face((box.left(), box.top(), box.right(), box.bottom()), points, float(score), label)
             )
         faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
         return faces
