@@ -282,3 +282,20 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     assert face["detector"] == "mhog0" and face["alignment"] == "visible" and face["input"] == str(photo)
     assert 0.0 <= face["mask_fraction"] <= 1.0 and len(face["box"]) == 4
     assert cv2.imread(str(out / "masked.png")).shape == masked.shape
+
+
+def test_a_stage_merges_its_passes_into_one_detection_per_face():
+    from m2u.masking.masked_faces import MASKED_CASCADE, MaskedDetectorConfig, Pass, merge_detections
+
+    found = [
+        ((10, 10, 90, 90), 0.4, "hog0"),
+        ((14, 12, 92, 95), 0.9, "mhog0"),  # the same face, higher score: kept
+        ((200, 20, 280, 100), 0.1, "hog0"),  # another face
+    ]
+    kept = merge_detections(found)
+    assert [k[2] for k in kept] == ["mhog0", "hog0"] and kept[1][0] == (200, 20, 280, 100)
+    assert MaskedDetectorConfig().passes[:2] == MASKED_CASCADE[0]
+    with pytest.raises(ValueError, match="bad detection pass"):
+        MaskedDetectorConfig(stages=((Pass("sift", 0),),))
+    with pytest.raises(ValueError, match="at least one"):
+        MaskedDetectorConfig(stages=((),))
