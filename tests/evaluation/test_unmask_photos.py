@@ -299,3 +299,31 @@ def test_a_stage_merges_its_passes_into_one_detection_per_face():
         MaskedDetectorConfig(stages=((Pass("sift", 0),),))
     with pytest.raises(ValueError, match="at least one"):
         MaskedDetectorConfig(stages=((),))
+
+
+def test_a_large_photo_with_24_faces_costs_one_copy_of_the_photo(tiny_checkpoints):
+    # The whole per-photo path after detection (alignment, models, paste-back) on 12 MP with 24 faces of ~400 px:
+    # memory stays near the one result copy of the photo (no per-face full-size warps or float images).
+    mseg_path, gen_path = tiny_checkpoints
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    photo, landmarks = _photo_with_faces(4000, 3000, 24, face_px=400)
+    unmasker.detector = _Detector(landmarks)
+    tracemalloc.start()
+    start = time.process_time()
+    result, faces = unmasker.unmask_image(photo)
+    seconds = time.process_time() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(faces) == 24
+    assert peak < 1.5 * photo.nbytes  # the photo is 36 MB; one float32 copy alone would be 144 MB
+    assert seconds < 10
+    print(f"12 MP, 24 faces: {seconds:.2f} CPU s, peak {peak / 2**20:.1f} MiB traced")
+    # Everything outside the faces' regions is untouched (the exact per-pixel check is the test above).
+    far = np.ones(photo.shape[:2], bool)
+    for lm in landmarks:
+        x0, y0 = np.floor(lm.min(0)).astype(int) - 200
+        x1, y1 = np.ceil(lm.max(0)).astype(int) + 200
+        far[max(0, y0) : y1, max(0, x0) : x1] = False
+    assert far.any() and np.array_equal(result[far], photo[far])
