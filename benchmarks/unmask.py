@@ -363,10 +363,20 @@ def main() -> None:
         shipped = score_detections(images, records, detect)
         passes_used = Counter(f.detector for faces in detected.values() for f in faces)
         shipped["faces_by_pass"] = dict(sorted(passes_used.items()))
-        shipped["detections_on_faceless_images"] = sum(len(detector.detect(img)) for _, img, _ in negatives)
+        per_image = {name: len(detector.detect(img)) for name, img, _ in negatives}
+        shipped["detections_on_faceless_images"] = sum(per_image.values())
+        shipped["faceless_images_with_detections"] = {k: v for k, v in per_image.items() if v}
+        from m2u.masking import FaceDetector
+
         extras = sorted((args.shared / "faces" / "extras" / "dlib-examples").glob("*.jpg"))
+        plain = FaceDetector()  # m2u-mask's detector, for comparison (no ground truth on these photos)
         shipped["faces_on_dlib_example_photos"] = {
-            p.name: len(detector.detect(read_image(p))) for p in extras if p.name != "dogs.jpg"
+            p.name: {
+                "shipped": len(detector.detect(read_image(p))),
+                "m2u-mask ladder": len(plain.detect(read_image(p))),
+            }
+            for p in extras
+            if p.name != "dogs.jpg"
         }
         matches = []
         for r in records:
