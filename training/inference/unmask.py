@@ -94,9 +94,8 @@ class FaceRestoration:
     restored: np.ndarray
     matrix: np.ndarray
     mask_fraction: float
-    detector: str = (
-        ""  # the detection pass that found it ("hog0", "cnn1", ...), "aligned-input" with --aligned
-    )
+    # The detection pass that found it ("hog0", "mhog0", "cnn1", ...; "none" for an aligned input).
+    detector: str = ""
     score: float = 0.0
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # in the photo's pixels
     alignment: str = ""  # visible | landmarks | aligned-input | aligned-input-resized
