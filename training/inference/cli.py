@@ -40,8 +40,8 @@ from m2u.training.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
     default=UnmaskConfig.detector_model,
     show_default=True,
     type=click.Choice(DETECTORS),
-    help="masked: the masked-face cascade (HOG, then HOG lower threshold / upsampled, then the CNN); "
-    "hog / cnn: dlib's plain detector ladder.",
+    help="masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
+    "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
 )
 @click.option(
     "--alignment",
