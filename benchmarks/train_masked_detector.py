@@ -9,7 +9,7 @@ shared), every k-th in name order, in three groups masked by `m2u-mask --mask-ty
 templates' own colours, `--color random` and `--pattern random`. Boxes: the ones m2u-mask records per face (dlib's
 frontal HOG detector on the unmasked photo), so the new detector's boxes follow the same convention. dlib's
 structural-SVM trainer (`dlib.train_simple_object_detector`, 80x80 window, left-right flips, the given C) learns
-one HOG filter; the result is a ~45 KB text file.
+one HOG filter; the result is a ~45 KB file in dlib's serialised format.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ __all__ = [
 
 # dlib HOG filter trained on masked faces (benchmarks/train_masked_detector.py, C=15: 1,482 faces of 1,500 CelebA
 # photos of the training split, masked by m2u-mask with every type, colour and pattern). Shipped with the package
-# (~45 KB text); nothing is downloaded.
+# (~45 KB, dlib's serialised format); nothing is downloaded.
 MASKED_HOG_MODEL = Path(__file__).resolve().parent / "models" / "masked_face_hog.svm"
 
 
