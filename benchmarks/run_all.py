@@ -49,6 +49,14 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("G+D train images/s at 128", ("gan_train_step", "128", "images_per_second")),
     ],
     "evaluation": [],
+    "unmask": [
+        ("masked faces found, shipped cascade", ("shipped_cascade", "rate")),
+        ("worst mask type", ("shipped_cascade", "worst_mask_type_rate")),
+        ("detections on faceless images", ("shipped_cascade", "detections_on_faceless_images")),
+        ("detection CPU ms per face", ("shipped_cascade", "cpu_ms_per_face")),
+        ("mouth offset px, 256 crop (mean)", ("alignment_error_crop_px", "visible", "mouth_px_mean")),
+        ("m2u-unmask faces per CPU-s", ("pipeline", "faces_per_cpu_s")),
+    ],
 }
 
 

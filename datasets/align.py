@@ -81,26 +81,52 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def alignment_matrix(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """The 2×3 matrix taking source pixels to the ``size``×``size`` aligned crop."""
+def alignment_matrix(landmarks: np.ndarray, size: int, anchors: np.ndarray | None = None) -> np.ndarray:
+    """The 2×3 matrix taking source pixels to the ``size``×``size`` aligned crop. ``anchors`` (3, 2) replaces the
+    three points ``anchor_points`` takes from the landmarks (e.g. a mouth centre estimated from visible points)."""
     if size < 8:
         raise ValueError(f"crop size must be >= 8, got {size}")
-    return similarity_matrix(anchor_points(landmarks), ALIGN_TEMPLATE * size)
+    points = anchor_points(landmarks) if anchors is None else np.asarray(anchors, np.float64)
+    if points.shape != (3, 2) or not np.isfinite(points).all():
+        raise ValueError(f"anchors must be 3 finite points (3, 2), got {points.shape}")
+    return similarity_matrix(points, ALIGN_TEMPLATE * size)
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> AlignedFace:
-    """Crop ``image`` (uint8 H×W×3) to an aligned ``size``×``size`` face; see the module docstring."""
+def source_region(matrix: np.ndarray, size: int, shape: tuple[int, ...], margin: int = 2) -> tuple[int, ...]:
+    """(x0, y0, x1, y1): the part of a source image of ``shape`` that the ``size``×``size`` crop of ``matrix``
+    covers, grown by ``margin`` pixels and clipped to the image (empty when the crop lies outside it)."""
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    corners = transform_points(inverse, np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64))
+    height, width = shape[:2]
+    x0, y0 = np.floor(corners.min(0)).astype(int) - margin
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + margin + 1
+    x0, x1 = int(np.clip(x0, 0, width)), int(np.clip(x1, 0, width))
+    y0, y1 = int(np.clip(y0, 0, height)), int(np.clip(y1, 0, height))
+    return x0, y0, max(x0, x1), max(y0, y1)
+
+
+def align_face(
+    image: np.ndarray, landmarks: np.ndarray, size: int, anchors: np.ndarray | None = None
+) -> AlignedFace:
+    """Crop ``image`` (uint8 H×W×3) to an aligned ``size``×``size`` face; see the module docstring. ``anchors``:
+    as in ``alignment_matrix``."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
-    matrix = alignment_matrix(landmarks, size)
+    matrix = alignment_matrix(landmarks, size, anchors)
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     source, warp = image, matrix
     if scale < _PRESHRINK_BELOW:
-        height, width = image.shape[:2]
+        # Only the region the crop covers is shrunk (not the whole photo once per face: a large group photo would
+        # cost a full-image resize per face). The crop's border pixels still replicate the image's own border.
+        x0, y0, x1, y1 = source_region(matrix, size, image.shape, margin=max(2, round(2 / scale)))
+        if x1 - x0 < 1 or y1 - y0 < 1:  # the crop lies wholly outside the image: border pixels only
+            x0, y0, x1, y1 = 0, 0, image.shape[1], image.shape[0]
+        region = image[y0:y1, x0:x1]
+        height, width = region.shape[:2]
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        source = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        # Shrunk pixel (x', y') came from (x' * width/new_w, y' * height/new_h): fold that into the warp.
-        warp = matrix @ np.array([[width / new_w, 0.0, 0.0], [0.0, height / new_h, 0.0], [0.0, 0.0, 1.0]])
+        source = cv2.resize(region, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        # Shrunk pixel (x', y') came from (x0 + x' * width/new_w, y0 + y' * height/new_h): fold that into the warp.
+        warp = matrix @ np.array([[width / new_w, 0.0, x0], [0.0, height / new_h, y0], [0.0, 0.0, 1.0]])
     crop = cv2.warpAffine(source, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     aligned_landmarks = transform_points(matrix, landmarks).astype(np.float32)
     return AlignedFace(image=crop, matrix=matrix, landmarks=aligned_landmarks)

@@ -9,7 +9,7 @@ import click
 
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
 from m2u.training.inference.export import ExportConfig
-from m2u.training.inference.unmask import UnmaskConfig
+from m2u.training.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,14 +46,31 @@ from m2u.training.inference.unmask import UnmaskConfig
     "detector_model",
     default=UnmaskConfig.detector_model,
     show_default=True,
-    type=click.Choice(["hog", "cnn"]),
+    type=click.Choice(DETECTORS),
+    help="masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
+    "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
+)
+@click.option(
+    "--alignment",
+    default=UnmaskConfig.alignment,
+    show_default=True,
+    type=click.Choice(ALIGNMENTS),
+    help="visible: eye centres + a mouth centre placed from them (fitted on unmasked faces); landmarks: the 68-point "
+    "mouth (guessed under a mask).",
+)
+@click.option(
+    "--aligned",
+    is_flag=True,
+    default=UnmaskConfig.aligned,
+    help="Inputs are aligned face crops already: no detection, each restored whole (resized to --size if needed).",
 )
 @click.option("--device", default=UnmaskConfig.device, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
-    (one row per file: status and reason). Without --mseg/--generator: the model shipped with m2u."""
-    from m2u.training.inference.unmask import unmask_files
+    (one row per file: status and reason) and OUT/faces.jsonl (one line per face: detector, score, box,
+    alignment source, mask fraction). Without --mseg/--generator: the model shipped with m2u."""
+    from m2u.training.inference.unmask import summarize, unmask_files
 
     overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
     try:
@@ -62,6 +79,8 @@ def unmask_main(**kw) -> None:
             feather=kw["feather"],
             keep_crops=kw["keep_crops"],
             detector_model=kw["detector_model"],
+            alignment=kw["alignment"],
+            aligned=kw["aligned"],
             device=kw["device"],
             progress=not kw["quiet"],
             **overrides,
@@ -70,12 +89,10 @@ def unmask_main(**kw) -> None:
             results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
-    counts: dict[str, int] = {}
     for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
         if r.status != "ok":
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
-    click.echo(f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
     from m2u.masking.imageio import describe_ignored_files
 
     ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])

@@ -1,15 +1,22 @@
 """`m2u-unmask`: restore every masked face in arbitrary photos.
 
-For each photo: read it (`m2u.masking.read_image`), detect every face (`m2u.masking.FaceDetector`), align each
-with the dataset's transform (`m2u.datasets.align.align_face`), predict the mask with M-Seg, restore with the
-generator, composite (generator pixels only under the predicted mask), and paste the restored mask region back
-into the photo with a feathered edge. Every input file gets one row in `report.csv`: status `ok`, `no_face`,
-`unreadable`, `missing` or `error`, with the reason.
+For each photo: read it (`m2u.masking.read_image`), find every face, masked or not (the cascade of
+`m2u.masking.masked_faces.MaskedFaceDetector`, or plain dlib HOG / CNN), align each with the dataset's transform
+(`m2u.datasets.align.align_face`) placed from what a mask does not hide (eye centres, and a mouth centre estimated
+from the eye centres: `visible_anchor_points`), predict the mask with M-Seg, restore with the
+generator, composite (generator pixels only under the predicted mask), and paste the restored mask region back into
+the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and only
+each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
+crops already: no detection, each resized to the model's size when it is not that size.
+
+Every input file gets one row in `report.csv`: status `ok`, `no_face`, `unreadable`, `missing` or `error`, with the
+reason; `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask fraction).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,8 +39,15 @@ __all__ = [
     "Unmasker",
     "expand_inputs",
     "feather_weight",
+    "paste_feathered",
+    "paste_region",
+    "summarize",
     "unmask_files",
 ]
+
+
+DETECTORS: tuple[str, ...] = ("masked", "hog", "cnn")
+ALIGNMENTS: tuple[str, ...] = ("visible", "landmarks")
 
 
 @dataclass
@@ -47,7 +61,14 @@ class UnmaskConfig:
     )
     feather: float = 0.03  # width of the soft edge of the pasted region, fraction of the crop
     keep_crops: bool = False  # also write each aligned crop, its predicted mask and its restoration
-    detector_model: str = "hog"
+    # "masked": the masked-face cascade (m2u.masking.masked_faces.MASKED_CASCADE); "hog" / "cnn": one dlib pass
+    # ladder as m2u-mask uses (DetectorConfig).
+    detector_model: str = "masked"
+    # "visible": eye centres + a mouth centre placed from the eye centres (what a mask leaves
+    # visible); "landmarks": the 68-point predictor's mouth points (guessed under a mask), as the dataset aligns.
+    alignment: str = "visible"
+    # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection.
+    aligned: bool = False
     device: str = "auto"
     progress: bool = True
 
@@ -58,6 +79,10 @@ class UnmaskConfig:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.dilate < 0 or self.feather < 0:
             raise ValueError("dilate and feather must be >= 0")
+        if self.detector_model not in DETECTORS:
+            raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector_model!r}")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
 
 
 @dataclass
@@ -69,6 +94,22 @@ class FaceRestoration:
     restored: np.ndarray
     matrix: np.ndarray
     mask_fraction: float
+    # The detection pass that found it ("hog0", "mhog0", "cnn1", ...; "none" for an aligned input).
+    detector: str = ""
+    score: float = 0.0
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # in the photo's pixels
+    alignment: str = ""  # visible | landmarks | aligned-input | aligned-input-resized
+    weight: np.ndarray | None = None  # crop-space paste weight (feathered, dilated mask)
+
+    def record(self) -> dict:
+        """The face's line in faces.jsonl (without the input's name)."""
+        return {
+            "detector": self.detector,
+            "score": round(self.score, 4),
+            "box": [int(v) for v in self.box],
+            "alignment": self.alignment,
+            "mask_fraction": round(self.mask_fraction, 4),
+        }
 
 
 @dataclass
@@ -103,19 +144,60 @@ def feather_weight(mask: np.ndarray, dilate_px: int, feather_px: int) -> np.ndar
     return np.clip(weight, 0.0, 1.0)
 
 
+def paste_region(
+    photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, weight: np.ndarray
+) -> tuple[int, int, int, int]:
+    """Blend `crop` into `photo` IN PLACE through the inverse of the alignment `matrix`, by `weight` (crop-space).
+
+    Only the photo's bounding region of the weight's support is warped (bicubic for the image, so a crop smaller
+    than the face is upsampled smoothly; bilinear for the weight), and only pixels whose warped weight is above
+    zero change: every other pixel keeps its exact input value. Returns the region (x0, y0, x1, y1) touched."""
+    ys, xs = np.nonzero(weight > 0)
+    if len(xs) == 0:
+        return (0, 0, 0, 0)
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    corners = np.array(
+        [
+            [xs.min(), ys.min()],
+            [xs.max() + 1, ys.min()],
+            [xs.min(), ys.max() + 1],
+            [xs.max() + 1, ys.max() + 1],
+        ],
+        np.float64,
+    )
+    corners = corners @ inverse[:, :2].T + inverse[:, 2]
+    height, width = photo.shape[:2]
+    x0, y0 = (int(np.clip(v, 0, lim)) for v, lim in zip(np.floor(corners.min(0)) - 2, (width, height)))
+    x1, y1 = (int(np.clip(v, 0, lim)) for v, lim in zip(np.ceil(corners.max(0)) + 3, (width, height)))
+    if x1 <= x0 or y1 <= y0:
+        return (0, 0, 0, 0)
+    # The same inverse warp, expressed for the region's own pixel grid.
+    local = inverse.copy()
+    local[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(crop, local, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(weight.astype(np.float32), local, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    alpha = np.clip(alpha, 0.0, 1.0)
+    region = photo[y0:y1, x0:x1]
+    a = alpha[..., None]
+    blended = np.clip(np.rint(region.astype(np.float32) * (1.0 - a) + warped.astype(np.float32) * a), 0, 255)
+    inside = alpha > 0
+    region[inside] = blended.astype(np.uint8)[inside]
+    return (x0, y0, x1, y1)
+
+
 def paste_feathered(
     photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, weight: np.ndarray
 ) -> np.ndarray:
-    """Blend `crop` back into `photo` through the inverse of the alignment `matrix`, by `weight`."""
-    height, width = photo.shape[:2]
-    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
-    warped = cv2.warpAffine(
-        crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    alpha = cv2.warpAffine(weight, inverse, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    alpha = np.clip(alpha, 0.0, 1.0)[..., None]
-    blended = photo.astype(np.float32) * (1.0 - alpha) + warped.astype(np.float32) * alpha
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    """A copy of `photo` with `crop` blended in by `weight` (see `paste_region`)."""
+    out = photo.copy()
+    paste_region(out, crop, matrix, weight)
+    return out
+
+
+def _resize_matrix(width: int, height: int, size: int) -> np.ndarray:
+    """The 2x3 matrix that maps an input of width x height onto the size x size crop (a plain resize)."""
+    return np.array([[size / width, 0.0, 0.0], [0.0, size / height, 0.0]])
 
 
 class Unmasker:
@@ -123,6 +205,7 @@ class Unmasker:
 
     def __init__(self, mseg: MSeg, generator: CARU2Net, config: UnmaskConfig | None = None):
         from m2u.masking import DetectorConfig, FaceDetector
+        from m2u.masking.masked_faces import MaskedFaceDetector
 
         self.config = config or UnmaskConfig()
         self.device = next(generator.parameters()).device
@@ -132,7 +215,10 @@ class Unmasker:
         self.usage = model_usage(
             mseg, generator, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
-        self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
+        if self.config.detector_model == "masked":
+            self.detector = MaskedFaceDetector()
+        else:
+            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
 
     @classmethod
     def from_files(
@@ -154,26 +240,67 @@ class Unmasker:
         masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
         return masks, to_uint8_images(comp.cpu())
 
+    def paste_weight(self, mask: np.ndarray) -> np.ndarray:
+        """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
+        size = self.usage.crop_size
+        dilate_px = round(self.config.dilate * size)
+        feather_px = max(1, round(self.config.feather * size)) if self.config.feather > 0 else 0
+        return feather_weight(mask, dilate_px, feather_px)
+
+    def _restore_into(
+        self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
+    ) -> tuple[np.ndarray, list[FaceRestoration]]:
+        masks, restored = self.restore_crops(crops)
+        result = image.copy()
+        out: list[FaceRestoration] = []
+        for crop, matrix, mask, comp, info in zip(crops, matrices, masks, restored, meta, strict=True):
+            weight = self.paste_weight(mask)
+            # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
+            paste_region(result, comp, matrix, weight)
+            out.append(
+                FaceRestoration(crop, mask, comp, matrix, float((mask > 0).mean()), weight=weight, **info)
+            )
+        return result, out
+
     def unmask_image(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
         """Every face of `image` (uint8 RGB) restored and pasted back; the faces in detection order."""
         from m2u.datasets.align import align_face
+        from m2u.masking.masked_faces import visible_anchor_points
 
+        if self.config.aligned:
+            return self.unmask_aligned(image)
         faces = self.detector.detect(image)
         if not faces:
             return image.copy(), []
         size = self.usage.crop_size
-        aligned = [align_face(image, face.landmarks, size) for face in faces]
-        masks, restored = self.restore_crops([a.image for a in aligned])
-        dilate_px = round(self.config.dilate * size)
-        feather_px = max(1, round(self.config.feather * size)) if self.config.feather > 0 else 0
-        result = image.copy()
-        out: list[FaceRestoration] = []
-        for a, mask, comp in zip(aligned, masks, restored, strict=True):
-            weight = feather_weight(mask, dilate_px, feather_px)
-            # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
-            result = paste_feathered(result, comp, a.matrix, weight)
-            out.append(FaceRestoration(a.image, mask, comp, a.matrix, float((mask > 0).mean())))
-        return result, out
+        visible = self.config.alignment == "visible"
+        aligned = [
+            align_face(
+                image, face.landmarks, size, visible_anchor_points(face.landmarks) if visible else None
+            )
+            for face in faces
+        ]
+        meta = [
+            {"detector": f.detector, "score": f.score, "box": f.box, "alignment": self.config.alignment}
+            for f in faces
+        ]
+        return self._restore_into(image, [a.image for a in aligned], [a.matrix for a in aligned], meta)
+
+    def unmask_aligned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
+        """`image` is one aligned face crop: restored as a whole (resized to the model's size when it is not that
+        size, and the restoration pasted back at the input's own size)."""
+        size = self.usage.crop_size
+        height, width = image.shape[:2]
+        if (height, width) == (size, size):
+            crop, source = image, "aligned-input"
+        else:
+            shrink = height * width > size * size
+            crop = cv2.resize(
+                image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+            )
+            source = "aligned-input-resized"
+        meta = [{"detector": "none", "score": 0.0, "box": (0, 0, width, height), "alignment": source}]
+        return self._restore_into(image, [crop], [_resize_matrix(width, height, size)], meta)
 
 
 def expand_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | Path | None = None) -> list[Path]:
@@ -237,6 +364,7 @@ def _unmask_paths(
     if config.keep_crops:
         (out / "crops").mkdir(exist_ok=True)
     results: list[FileResult] = []
+    face_lines: list[dict] = []
     for path, name in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):
         start = time.perf_counter()
         row = FileResult(input=str(path), status="ok")
@@ -255,6 +383,16 @@ def _unmask_paths(
                     _write_rgb(target, result)
                     row.output = str(target)
                     row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
+                    if any(f.alignment == "aligned-input-resized" for f in faces):
+                        size = unmasker.usage.crop_size
+                        row.reason = (
+                            f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
+                            "(restoration pasted back at the input's size)"
+                        )
+                    face_lines += [
+                        {"input": str(path), "output": str(target), "face": k, **f.record()}
+                        for k, f in enumerate(faces)
+                    ]
                     if config.keep_crops:
                         for k, face in enumerate(faces):
                             stem = out / "crops" / f"{name}_face{k}"
@@ -272,4 +410,25 @@ def _unmask_paths(
         writer.writeheader()
         for row in results:
             writer.writerow(row.__dict__)
+    with open(out / "faces.jsonl", "w") as handle:
+        for line in face_lines:
+            handle.write(json.dumps(line) + "\n")
     return results
+
+
+def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) -> str:
+    """One line: files by status, faces restored, and faces by detection pass and alignment source."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    line = f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    line += f"; {sum(r.faces for r in results)} faces restored"
+    if faces_jsonl is not None and Path(faces_jsonl).is_file():
+        by: dict[str, int] = {}
+        for text in Path(faces_jsonl).read_text().splitlines():
+            face = json.loads(text)
+            key = f"{face['detector']}/{face['alignment']}"
+            by[key] = by.get(key, 0) + 1
+        if by:
+            line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")"
+    return line

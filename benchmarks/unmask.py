@@ -1,0 +1,426 @@
+"""Finding and aligning masked faces for m2u-unmask: detection rate per mask type, false positives, alignment error
+and per-face time. Prints the figures and writes benchmarks/results/unmask.json.
+
+    .venv/bin/python benchmarks/unmask.py [--faces 300] [--shared ../shared]
+    .venv/bin/python benchmarks/unmask.py --quick      # 24 photos, a smoke run, not for the record
+
+The evaluation set: CelebA photos (`{identity}_{imageid}.jpg`) whose identity falls in the test split of the hash
+split by identity with seed 0 (`m2u.datasets.splits.assign_split`), every k-th of them in name order, in three equal
+groups masked by `m2u-mask --mask-type random --seed 0` with the templates' own colours, with `--color random`, and
+with `--pattern random` (so every type, colour and pattern occurs). Ground truth per masked face: its box and the
+68 landmarks m2u-mask placed the mask from (detected on the unmasked photo), from m2u-mask's JSON.
+
+Detection: each dlib detector (HOG at upsample 0/1/2, the CNN (mmod) at upsample 0/1) runs once per image at a low
+threshold; single passes at a given threshold and cascades (a stage of passes, detections merged, runs only when
+the stages before it found nothing) are read off those runs, with the CPU time (time.process_time) of the runs a cascade needed. A face counts
+as found when a detection overlaps its box with IoU >= 0.3. False positives: detections that match no face on the
+masked photos, and every detection on photos without faces (scikit-image's sample images without people, blurred
+noise textures, the dlib example photo of dogs). The shipped cascade (`MASKED_CASCADE`) is then run for real
+(`MaskedFaceDetector`, 68 landmarks included) for its own rate, per-face CPU time and the faces it reports on the
+group photos of ../shared/faces/extras/dlib-examples (no ground truth there: counts only).
+
+Alignment: for every face the shipped cascade finds, the crop transform from the masked photo's landmarks (as
+m2u-unmask computes it: "visible" = eye centres and the mouth centre placed from them by expected_mouth;
+"landmarks" = the 68-point mouth) against the transform from the unmasked original's landmarks: the offset of the
+true eye centres and mouth centre between the two crops, in pixels of a 256 px crop (mean and 95th percentile).
+
+Throughput: m2u-unmask's whole per-face path (detection, alignment, M-Seg and CARU2-Net at their default sizes with
+untrained weights, paste-back) on a few masked photos, CPU time per face on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CROP = 256
+IOU_MATCH = 0.3
+RUNS = {
+    "hog0": ("hog", 0),
+    "hog1": ("hog", 1),
+    "hog2": ("hog", 2),
+    "mhog0": ("mhog", 0),
+    "mhog1": ("mhog", 1),
+    "cnn0": ("cnn", 0),
+    "cnn1": ("cnn", 1),
+}
+LOW_THRESHOLD = -1.0
+# Single passes and cascades read off the runs: name -> stages, each a list of (run, threshold); the first stage
+# with any detection gives the result, its passes' detections merged (as MaskedFaceDetector does). "hog" is dlib's
+# frontal detector, "mhog" the masked-face HOG (MASKED_HOG_MODEL), "cnn" dlib's mmod CNN.
+CANDIDATES: dict[str, list[list[tuple[str, float]]]] = {
+    "hog upsample 0": [[("hog0", 0.0)]],
+    "hog upsample 1": [[("hog1", 0.0)]],
+    "hog upsample 2": [[("hog2", 0.0)]],
+    "hog upsample 0, threshold -0.4": [[("hog0", -0.4)]],
+    "hog upsample 1, threshold -0.8": [[("hog1", -0.8)]],
+    "cnn upsample 0": [[("cnn0", 0.0)]],
+    "cnn upsample 1": [[("cnn1", 0.0)]],
+    "mhog upsample 0": [[("mhog0", 0.0)]],
+    "mhog upsample 0, threshold -0.2": [[("mhog0", -0.2)]],
+    "mhog upsample 1": [[("mhog1", 0.0)]],
+    "m2u-mask ladder: hog0 > hog0@-0.4 > hog1": [[("hog0", 0.0)], [("hog0", -0.4)], [("hog1", 0.0)]],
+    "m2u-mask ladder > cnn0": [[("hog0", 0.0)], [("hog0", -0.4)], [("hog1", 0.0)], [("cnn0", 0.0)]],
+    "hog0 > cnn1": [[("hog0", 0.0)], [("cnn1", 0.0)]],
+    "hog0 > hog0@-0.4 > hog1@-0.4 > cnn1": [
+        [("hog0", 0.0)],
+        [("hog0", -0.4)],
+        [("hog1", -0.4)],
+        [("cnn1", 0.0)],
+    ],
+    "hog0+mhog0": [[("hog0", 0.0), ("mhog0", 0.0)]],
+    "hog0+mhog0 > hog1+mhog1 > cnn1": [
+        [("hog0", 0.0), ("mhog0", 0.0)],
+        [("hog1", 0.0), ("mhog1", 0.0)],
+        [("cnn1", 0.0)],
+    ],
+    "shipped: hog0+mhog0 > hog0@-0.4+mhog0@-0.2 > hog1+mhog1 > cnn1": [
+        [("hog0", 0.0), ("mhog0", 0.0)],
+        [("hog0", -0.4), ("mhog0", -0.2)],
+        [("hog1", 0.0), ("mhog1", 0.0)],
+        [("cnn1", 0.0)],
+    ],
+}
+FACELESS_SKIMAGE = (
+    "brick", "grass", "gravel", "moon", "page", "text", "horse", "hubble_deep_field", "immunohistochemistry",
+    "retina", "coins", "clock", "logo", "checkerboard", "colorwheel", "chelsea", "coffee", "rocket",
+    "cell", "binary_blobs", "shepp_logan_phantom", "microaneurysms",
+)  # fmt: skip
+
+
+def split_photos(celeba: Path, n: int, split: str = "test", offset: int = 0) -> list[Path]:
+    """Every k-th CelebA photo (name order) whose identity is in `split` of the hash split by identity, seed 0."""
+    from m2u.datasets.splits import assign_split
+
+    files = sorted(p for p in celeba.glob("*.jpg") if assign_split(p.name.split("_")[0], 0) == split)
+    step = max(1, len(files) // n)
+    return files[offset % step :: step][:n]
+
+
+def build_eval_set(photos: list[Path], out: Path, seed: int = 0) -> list[dict]:
+    """Mask the photos with m2u-mask (three groups: own colours, random colour, random pattern); one record per
+    masked face: masked file, original, box, type, colour, pattern, the original's landmarks."""
+    variants = {
+        "own colours": [],
+        "random colour": ["--color", "random"],
+        "random pattern": ["--pattern", "random"],
+    }
+    records = []
+    for g, (group, extra) in enumerate(variants.items()):
+        src = out / f"src{g}"
+        src.mkdir(parents=True)
+        for photo in photos[g :: len(variants)]:
+            (src / photo.name).symlink_to(photo.resolve())
+        command = [sys.executable, "-c", "from m2u.masking.cli import main; main()", str(src), "-o"]
+        command += [str(out / f"masked{g}"), "--mask-type", "random", "--seed", str(seed), "--quiet", *extra]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"m2u-mask failed on {src}: {done.stderr.strip()}")
+        for meta in sorted((out / f"masked{g}").glob("*.json")):
+            info = json.loads(meta.read_text())
+            for face in info["faces"]:
+                records.append(
+                    {
+                        "masked": str(meta.with_suffix(".jpg")),
+                        "original": info["input"],
+                        "group": group,
+                        "box": face["box"],
+                        "type": face["type"],
+                        "color": face["color"],
+                        "pattern": face["pattern"],
+                        "landmarks": face["landmarks"],
+                    }
+                )
+    return records
+
+
+def faceless_images() -> list[tuple[str, np.ndarray]]:
+    import cv2
+    import skimage.data
+
+    images = []
+    for name in FACELESS_SKIMAGE:
+        a = np.asarray(getattr(skimage.data, name)())
+        if a.dtype != np.uint8:
+            a = (255 * (a.astype(float) - a.min()) / max(1e-9, float(np.ptp(a.astype(float))))).astype(
+                np.uint8
+            )
+        if a.ndim == 2:
+            a = np.stack([a] * 3, -1)
+        images.append((name, np.ascontiguousarray(a[..., :3])))
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        noise = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+        images.append((f"blurred noise sigma {1 + k}", cv2.GaussianBlur(noise, (0, 0), 1 + k)))
+    return images
+
+
+class LazyRuns(dict):
+    """name -> (boxes, scores, CPU seconds) of one detector run at LOW_THRESHOLD (the CNN: every detection), run
+    the first time a candidate needs it (the CNN runs cost ~0.1-0.7 s per photo here)."""
+
+    def __init__(self, image: np.ndarray):
+        super().__init__()
+        self.image = image
+
+    def __missing__(self, name: str):
+        from m2u.masking.masked_faces import MaskedDetectorConfig, _run_pass
+
+        model, upsample = RUNS[name]
+        start = time.process_time()
+        cap = MaskedDetectorConfig().cnn_max_pixels  # as the shipped detector runs the CNN
+        found = _run_pass(self.image, model, upsample, LOW_THRESHOLD, cnn_max_pixels=cap)
+        self[name] = ([b for b, _ in found], [s for _, s in found], time.process_time() - start)
+        return self[name]
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def cascade(runs: dict, stages: list[list[tuple[str, float]]]) -> tuple[list, float]:
+    """The merged boxes of the first stage that finds any, and the CPU time of the runs needed to get there."""
+    from m2u.masking.masked_faces import merge_detections
+
+    seconds, done = 0.0, set()
+    for stage in stages:
+        found = []
+        for name, threshold in stage:
+            boxes, scores, t = runs[name]
+            if name not in done:
+                seconds, done = seconds + t, done | {name}
+            found += [(b, s, name) for b, s in zip(boxes, scores) if s >= threshold]
+        if found:
+            return [b for b, _, _ in merge_detections(found)], seconds
+    return [], seconds
+
+
+def score_detections(images: list[dict], records: list[dict], detect) -> dict:
+    """detect(image record) -> (boxes, CPU s). Found per mask type / group, unmatched detections, time per face."""
+    by_file: dict[str, list[dict]] = {}
+    for r in records:
+        by_file.setdefault(r["masked"], []).append(r)
+    found, total, found_g, total_g = Counter(), Counter(), Counter(), Counter()
+    unmatched, seconds = 0, 0.0
+    for item in images:
+        boxes, t = detect(item)
+        seconds += t
+        faces = by_file[item["masked"]]
+        for face in faces:
+            hit = any(iou(b, face["box"]) >= IOU_MATCH for b in boxes)
+            total[face["type"]] += 1
+            total_g[face["group"]] += 1
+            found[face["type"]] += hit
+            found_g[face["group"]] += hit
+        unmatched += sum(not any(iou(b, f["box"]) >= IOU_MATCH for f in faces) for b in boxes)
+    n = sum(total.values())
+    return {
+        "found": sum(found.values()),
+        "faces": n,
+        "rate": round(sum(found.values()) / n, 4),
+        "rate_per_mask_type": {k: round(found[k] / total[k], 4) for k in sorted(total)},
+        "found_per_mask_type": {k: f"{found[k]}/{total[k]}" for k in sorted(total)},
+        "found_per_group": {k: f"{found_g[k]}/{total_g[k]}" for k in sorted(total_g)},
+        "worst_mask_type_rate": round(min(found[k] / total[k] for k in total), 4),
+        "unmatched_detections_on_masked_photos": unmatched,
+        "cpu_ms_per_face": round(1000 * seconds / n, 2),
+    }
+
+
+def alignment_errors(matches: list[tuple[dict, np.ndarray]]) -> dict:
+    """Offsets of the true eye and mouth centres between the crop from the masked photo and from the original."""
+    from m2u.datasets.align import alignment_matrix, anchor_points, transform_points
+    from m2u.masking.masked_faces import visible_anchor_points
+
+    out = {}
+    for source in ("visible", "landmarks"):
+        eyes, mouths = [], []
+        for record, masked_landmarks in matches:
+            truth = np.asarray(record["landmarks"], np.float64)
+            reference = alignment_matrix(truth, CROP)
+            anchors = visible_anchor_points(masked_landmarks) if source == "visible" else None
+            matrix = alignment_matrix(masked_landmarks, CROP, anchors)
+            points = anchor_points(truth)
+            offset = np.hypot(*(transform_points(matrix, points) - transform_points(reference, points)).T)
+            eyes += list(offset[:2])
+            mouths.append(offset[2])
+        out[source] = {
+            "faces": len(mouths),
+            "eye_px_mean": round(float(np.mean(eyes)), 2),
+            "eye_px_p95": round(float(np.percentile(eyes, 95)), 2),
+            "mouth_px_mean": round(float(np.mean(mouths)), 2),
+            "mouth_px_p95": round(float(np.percentile(mouths, 95)), 2),
+        }
+    return out
+
+
+def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
+    """m2u-unmask's per-face path with default-size models (untrained: the speed does not depend on weights)."""
+    import torch
+
+    from m2u.masking import read_image
+    from m2u.training.inference.unmask import UnmaskConfig, Unmasker
+    from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+
+    torch.manual_seed(0)
+    unmasker = Unmasker(MSeg(MSegConfig()), CARU2Net(GeneratorConfig()), UnmaskConfig(device="cpu"))
+    unmasker.unmask_image(read_image(files[0]))  # warm-up: models loaded, first-call allocations
+    faces, seconds = 0, 0.0
+    for path in files[1 : n + 1]:
+        image = read_image(path)
+        start = time.process_time()
+        _, restored = unmasker.unmask_image(image)
+        seconds += time.process_time() - start
+        faces += len(restored)
+    return {
+        "photos": n,
+        "faces": faces,
+        "cpu_s_per_face": round(seconds / max(faces, 1), 3),
+        "faces_per_cpu_s": round(faces / max(seconds, 1e-9), 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--faces", type=int, default=300, help="photos of the test split to mask")
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=3,
+        help="start of the every-k-th selection (0: the set the cascade was tuned on)",
+    )
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--quick", action="store_true", help="24 photos; a smoke run, not for the record")
+    parser.add_argument("--pipeline-photos", type=int, default=8)
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS / "unmask.json")
+    args = parser.parse_args()
+    n = 24 if args.quick else args.faces
+    import cv2
+
+    from m2u.masking import read_image
+    from m2u.masking.masked_faces import MASKED_CASCADE, MaskedFaceDetector
+
+    cv2.setNumThreads(1)
+    photos = split_photos(args.shared / "faces" / "celeba", n, offset=args.offset)
+    if not photos:
+        raise SystemExit(f"no CelebA photos under {args.shared / 'faces' / 'celeba'} (give --shared)")
+    with tempfile.TemporaryDirectory() as tmp:
+        records = build_eval_set(photos, Path(tmp))
+        files = sorted({r["masked"] for r in records})
+        images = [{"masked": f, "runs": LazyRuns(read_image(f))} for f in files]
+        print(
+            f"{len(records)} masked faces in {len(files)} photos of {len(photos)} test-split photos",
+            flush=True,
+        )
+        negatives = [(name, image, LazyRuns(image)) for name, image in faceless_images()]
+        dogs = args.shared / "faces" / "extras" / "dlib-examples" / "dogs.jpg"
+        if dogs.is_file():
+            image = read_image(dogs)
+            negatives.append(("dlib example dogs.jpg", image, LazyRuns(image)))
+        candidates = {}
+        for name, passes in CANDIDATES.items():
+            result = score_detections(images, records, lambda item, p=passes: cascade(item["runs"], p))
+            result["detections_on_faceless_images"] = sum(
+                len(cascade(runs, passes)[0]) for _, _, runs in negatives
+            )
+            candidates[name] = result
+            print(
+                f"{name:48s} {result['found']}/{result['faces']} ({result['rate']:.1%}), worst type "
+                f"{result['worst_mask_type_rate']:.1%}, false positives {result['unmatched_detections_on_masked_photos']}"
+                f" on masked + {result['detections_on_faceless_images']} on faceless, "
+                f"{result['cpu_ms_per_face']:.1f} CPU ms/face",
+                flush=True,
+            )
+        # The shipped cascade for real: MaskedFaceDetector with 68 landmarks, and the alignment it leads to.
+        detector = MaskedFaceDetector().load_models()
+        detected: dict[str, list] = {}
+
+        def detect(item):
+            image = read_image(item["masked"])
+            start = time.process_time()
+            faces = detector.detect(image)
+            seconds = time.process_time() - start
+            detected[item["masked"]] = faces
+            return [f.box for f in faces], seconds
+
+        shipped = score_detections(images, records, detect)
+        passes_used = Counter(f.detector for faces in detected.values() for f in faces)
+        shipped["faces_by_pass"] = dict(sorted(passes_used.items()))
+        per_image = {name: len(detector.detect(img)) for name, img, _ in negatives}
+        shipped["detections_on_faceless_images"] = sum(per_image.values())
+        shipped["faceless_images_with_detections"] = {k: v for k, v in per_image.items() if v}
+        from m2u.masking import FaceDetector
+
+        extras = sorted((args.shared / "faces" / "extras" / "dlib-examples").glob("*.jpg"))
+        plain = FaceDetector()  # m2u-mask's detector, for comparison (no ground truth on these photos)
+        shipped["faces_on_dlib_example_photos"] = {
+            p.name: {
+                "shipped": len(detector.detect(read_image(p))),
+                "m2u-mask ladder": len(plain.detect(read_image(p))),
+            }
+            for p in extras
+            if p.name != "dogs.jpg"
+        }
+        matches = []
+        for r in records:
+            best = max(detected[r["masked"]], key=lambda f: iou(f.box, r["box"]), default=None)
+            if best is not None and iou(best.box, r["box"]) >= IOU_MATCH:
+                matches.append((r, best.landmarks.astype(np.float64)))
+        alignment = alignment_errors(matches)
+        print(
+            f"shipped cascade: {shipped['found']}/{shipped['faces']} ({shipped['rate']:.1%}), per type "
+            f"{shipped['found_per_mask_type']}, {shipped['cpu_ms_per_face']:.1f} CPU ms/face, "
+            f"{shipped['detections_on_faceless_images']} detections on {len(negatives)} faceless images"
+        )
+        for source, e in alignment.items():
+            print(
+                f"alignment {source}: eyes {e['eye_px_mean']:.2f} px mean / {e['eye_px_p95']:.2f} p95, mouth "
+                f"{e['mouth_px_mean']:.2f} / {e['mouth_px_p95']:.2f} ({CROP} px crop, {e['faces']} faces)"
+            )
+        pipeline = pipeline_seconds_per_face(files, min(args.pipeline_photos, len(files) - 1))
+        print(
+            f"pipeline: {pipeline['cpu_s_per_face']:.3f} CPU s per face ({pipeline['faces_per_cpu_s']:.2f}/s)"
+        )
+    result = {
+        "protocol": {
+            "photos": len(photos),
+            "offset": args.offset,
+            "masked_faces": len(records),
+            "masked_photos": len(files),
+            "split": "test split of the hash split by identity, seed 0",
+            "mask": "m2u-mask --mask-type random --seed 0; thirds: own colours, --color random, --pattern random",
+            "match": f"IoU >= {IOU_MATCH} with the masked face's box",
+            "faceless_images": [name for name, _, _ in negatives],
+            "quick": args.quick,
+        },
+        "mask_types": dict(sorted(Counter(r["type"] for r in records).items())),
+        "candidates": candidates,
+        "shipped_cascade": {"stages": [[p.label for p in stage] for stage in MASKED_CASCADE], **shipped},
+        "alignment_error_crop_px": {"crop": CROP, **alignment},
+        "pipeline": pipeline,
+        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Finding faces that wear a mask, and the alignment anchors a mask does not hide.
+
+dlib's detectors were trained on uncovered faces: on photos masked by this package, its frontal HOG at upsample 0
+misses half the faces and its CNN one in five. `MaskedFaceDetector` runs a cascade of passes, cheapest first, and
+stops at the first pass that finds a face: dlib's frontal HOG, a HOG detector trained on masked faces with dlib's
+own trainer (`MASKED_HOG_MODEL`, made by benchmarks/train_masked_detector.py from training-split photos), each at
+lower thresholds and more upsampling, then dlib's CNN. The passes were chosen on a measured evaluation set
+(`benchmarks/unmask.py`: CelebA photos of the identity-disjoint test split masked by `m2u-mask --mask-type random`
+with every colour and pattern; the figures are in benchmarks/results/unmask.json and the README).
+
+The 68-point predictor still runs on every face, but under a mask its mouth and jaw points are guesses.
+`visible_anchor_points` gives the alignment's three anchors (eye centres, mouth centre) from what stays visible:
+the mouth centre is placed from the eye centres by `expected_mouth` (a relation fitted on unmasked faces).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+from m2u.masking.detect import (
+    Face,
+    ModelFileError,
+    _as_rgb_uint8,
+    _cnn_detector,
+    _hog_detector,
+    _shape_predictor,
+)
+from m2u.masking.geometry import LEFT_EYE, MOUTH, RIGHT_EYE
+
+__all__ = [
+    "MASKED_CASCADE",
+    "MaskedDetectorConfig",
+    "MaskedFaceDetector",
+    "Pass",
+    "expected_mouth",
+    "visible_anchor_points",
+]
+
+# dlib HOG filter trained on masked faces (benchmarks/train_masked_detector.py, C=15: 1,482 faces of 1,500 CelebA
+# photos of the training split, masked by m2u-mask with every type, colour and pattern). Shipped with the package
+# (~45 KB, dlib's serialised format); nothing is downloaded.
+MASKED_HOG_MODEL = Path(__file__).resolve().parent / "models" / "masked_face_hog.svm"
+
+
+MODELS: tuple[str, ...] = ("hog", "mhog", "cnn")
+
+
+@functools.cache
+def _masked_hog_detector():
+    if not MASKED_HOG_MODEL.is_file():
+        raise ModelFileError(f"masked-face detector model not found: {MASKED_HOG_MODEL} (a broken install?)")
+    return dlib.fhog_object_detector(str(MASKED_HOG_MODEL))
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One detection pass: `model` at `upsample`, accepting scores >= `threshold`. Models: "hog" (dlib's frontal
+    face HOG detector), "mhog" (the HOG detector trained on masked faces, MASKED_HOG_MODEL), "cnn" (dlib's mmod CNN
+    from face-recognition-models)."""
+
+    model: str
+    upsample: int
+    threshold: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """E.g. "hog1" or "hog0@-0.4": the detector name written to the report."""
+        name = f"{self.model}{self.upsample}"
+        return name if self.threshold == 0.0 else f"{name}@{self.threshold:g}"
+
+
+# The default cascade (stages of passes), chosen on the 295 masked faces of benchmarks/unmask.py's evaluation set at
+# --offset 0: dlib's frontal HOG alone finds 49.8% of them, its CNN at upsample 1 81.0% at ~0.7 CPU-s per face, the
+# masked-face HOG at upsample 0 alone 97.3%; the lower-threshold stage brought the cascade to 99.3%. The stages at
+# upsample 1 and the CNN only run when nothing was found at upsample 0 (small faces in large photos). The figures on
+# held-out photos (--offset 3) are in benchmarks/results/unmask.json.
+MASKED_CASCADE: tuple[tuple[Pass, ...], ...] = (
+    (Pass("hog", 0), Pass("mhog", 0)),
+    (Pass("hog", 0, -0.4), Pass("mhog", 0, -0.2)),
+    (Pass("hog", 1), Pass("mhog", 1)),
+    (Pass("cnn", 1),),
+)
+# Boxes of one stage that overlap more than this (intersection over union) are one face: the higher score is kept.
+MERGE_IOU = 0.3
+
+
+@dataclass(frozen=True)
+class MaskedDetectorConfig:
+    # Stages tried in order until one finds a face; within a stage the passes' detections are merged, so a photo
+    # with masked and unmasked faces gets both kinds from the first stage.
+    stages: tuple[tuple[Pass, ...], ...] = MASKED_CASCADE
+    # Images whose longer side exceeds this are downscaled for detection only (landmarks use the full image).
+    max_side: int = 1600
+    # A CNN pass sees at most this many pixels (after upsampling): the CNN at upsample 1 on a 1600 px photo would
+    # take minutes on a CPU; a face that needs upsampling there is small, and the HOG passes before it cover it.
+    cnn_max_pixels: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not self.stages or not all(self.stages):
+            raise ValueError("the cascade needs at least one stage, each with at least one pass")
+        for p in self.passes:
+            if p.model not in MODELS or not 0 <= p.upsample <= 4:
+                raise ValueError(f"bad detection pass {p}: model one of {', '.join(MODELS)}, upsample 0..4")
+        if self.max_side < 64:
+            raise ValueError(f"max_side must be at least 64, got {self.max_side}")
+
+    @property
+    def passes(self) -> tuple[Pass, ...]:
+        return tuple(p for stage in self.stages for p in stage)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def merge_detections(found: list[tuple[tuple, float, str]], min_iou: float = MERGE_IOU) -> list[tuple]:
+    """(box, score, label) from several passes, one per face: greedy by score, overlapping boxes dropped."""
+    kept: list[tuple] = []
+    for item in sorted(found, key=lambda f: -f[1]):
+        if all(_iou(item[0], k[0]) <= min_iou for k in kept):
+            kept.append(item)
+    return kept
+
+
+# The CNN's filters need an image at least this large (after upsampling) or dlib raises; its smallest face is
+# about 80 px at the pass's scale anyway.
+_CNN_MIN_SIDE = 80
+Box = tuple[float, float, float, float]
+
+
+def _run_pass(
+    image: np.ndarray, model: str, upsample: int, threshold: float, cnn_max_pixels: int
+) -> list[tuple[Box, float]]:
+    """(box (left, top, right, bottom) in `image` pixels, score) for one detector run."""
+    if model in ("hog", "mhog"):
+        detector = _hog_detector() if model == "hog" else _masked_hog_detector()
+        rects, scores, _ = detector.run(image, upsample, threshold)
+        return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
+    height, width = image.shape[:2]
+    factor = 1.0
+    if height * width * 4**upsample > cnn_max_pixels:
+        # The CNN's cost grows with the pixels it sees: above the cap, one resized copy at the largest
+        # magnification under the cap replaces dlib's upsampling.
+        factor = float(np.sqrt(cnn_max_pixels / (height * width)))
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+        image, upsample = cv2.resize(image, size, interpolation=interpolation), 0
+    if min(image.shape[:2]) * 2**upsample < _CNN_MIN_SIDE:
+        return []
+    return [
+        (
+            (
+                d.rect.left() / factor,
+                d.rect.top() / factor,
+                d.rect.right() / factor,
+                d.rect.bottom() / factor,
+            ),
+            float(d.confidence),
+        )
+        for d in _cnn_detector()(image, upsample)
+        if d.confidence >= threshold
+    ]
+
+
+class MaskedFaceDetector:
+    """Every face in an RGB image, masked or not: the cascade's first stage that finds any, 68 landmarks each.
+
+    `Face.detector` names the pass (`Pass.label`). Cheap to construct; models are shared per process."""
+
+    def __init__(self, config: MaskedDetectorConfig | None = None):
+        self.config = config or MaskedDetectorConfig()
+
+    def load_models(self) -> MaskedFaceDetector:
+        models = {p.model for p in self.config.passes}
+        if "hog" in models:
+            _hog_detector()
+        if "mhog" in models:
+            _masked_hog_detector()
+        if "cnn" in models:
+            _cnn_detector()
+        _shape_predictor()
+        return self
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces sorted by box area, largest first (ties by position)."""
+        image = _as_rgb_uint8(image)
+        height, width = image.shape[:2]
+        scale = min(1.0, self.config.max_side / max(height, width))
+        small = (
+            image
+            if scale == 1.0
+            else cv2.resize(
+                image, (max(1, round(width * scale)), max(1, round(height * scale))), cv2.INTER_AREA
+            )
+        )
+        # Passes that differ only in threshold share one detector run at the lowest of their thresholds (dlib keeps
+        # boxes in descending score order through its non-maximum suppression, so filtering is the same as a run).
+        lowest: dict[tuple[str, int], float] = {}
+        for p in self.config.passes:
+            key = (p.model, p.upsample)
+            lowest[key] = min(p.threshold, lowest.get(key, p.threshold))
+        runs: dict[tuple[str, int], list[tuple[Box, float]]] = {}
+        found: list[tuple[Box, float, str]] = []
+        for stage in self.config.stages:
+            for p in stage:
+                key = (p.model, p.upsample)
+                if key not in runs:
+                    runs[key] = _run_pass(small, p.model, p.upsample, lowest[key], self.config.cnn_max_pixels)
+                found += [(rect, score, p.label) for rect, score in runs[key] if score >= p.threshold]
+            if found:
+                found = merge_detections(found)
+                break
+        predictor = _shape_predictor()
+        faces = []
+        for rect, score, label in found:
+            box = dlib.rectangle(*(round(v / scale) for v in rect))
+            shape = predictor(image, box)
+            points = np.array([(q.x, q.y) for q in shape.parts()], dtype=np.float32)
+            faces.append(
+                Face((box.left(), box.top(), box.right(), box.bottom()), points, float(score), label)
+            )
+        faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
+        return faces
+
+
+def _eye_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(eye midpoint, unit x along the eyes, unit y perpendicular (down in an upright face), inter-ocular distance)."""
+    left, right = landmarks[LEFT_EYE].mean(0), landmarks[RIGHT_EYE].mean(0)
+    axis = right - left
+    iod = float(np.hypot(*axis))
+    if iod < 1e-6:
+        raise ValueError("degenerate landmarks: the eye centres coincide")
+    ux = axis / iod
+    return (left + right) / 2.0, ux, np.array([-ux[1], ux[0]]), iod
+
+
+# Mouth centre (mean of landmarks 48-67) in the eye frame (origin at the eye midpoint, x along the eyes, y down,
+# unit = inter-ocular distance): the mean over dlib's 68 landmarks of 991 unmasked CelebA photos of the training
+# split (hash split by identity, seed 0; every 8th photo, HOG at upsample 0), i.e. the least-squares fit of a constant.
+# Fits that also use the brows and the nose bridge (points 27, 28) predict better on unmasked faces (held-out error
+# 0.084 against 0.114 inter-ocular distances), but on masked faces the predictor's nose-bridge points drift with the
+# mask: measured on 147 masked faces (benchmarks/unmask.py's set, 256 px crops), the mouth point is off by 6.9 px on
+# average with this constant, 9.4 px with the bridge fit and 9.6 px with the 68-point mouth itself.
+_MOUTH_IN_EYE_FRAME = (-0.0023, 1.1213)
+
+
+def expected_mouth(landmarks: np.ndarray) -> np.ndarray:
+    """Where the mouth centre should be, from the two eye centres only ((2,) float64, image pixels): what a mask
+    never hides."""
+    mid, ux, uy, iod = _eye_frame(np.asarray(landmarks, np.float64))
+    fx, fy = _MOUTH_IN_EYE_FRAME
+    return mid + iod * (fx * ux + fy * uy)
+
+
+def visible_anchor_points(landmarks: np.ndarray) -> np.ndarray:
+    """The alignment's anchors (left eye centre, right eye centre, mouth centre) as the dataset alignment's
+    `anchor_points` defines them, with the mouth centre from `expected_mouth` instead of the hidden mouth points."""
+    points = np.asarray(landmarks, np.float64)
+    if points.shape != (68, 2) or not np.isfinite(points).all():
+        raise ValueError(f"expected finite 68-point landmarks of shape (68, 2), got {points.shape}")
+    return np.stack([points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0), expected_mouth(points)])
+
+
+def mouth_centre(landmarks: np.ndarray) -> np.ndarray:
+    """The mouth centre as the 68 points give it (the mean of 48-67)."""
+    return np.asarray(landmarks, np.float64)[MOUTH].mean(0)
