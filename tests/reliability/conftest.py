@@ -171,3 +171,24 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         folder / "generator.safetensors", CARU2Net(GeneratorConfig(width_multiplier=0.125, stages=3))
     )
     return mseg, generator
+
+
+def photo_list(tmp_path: Path, count: int, noise_side: int = 40) -> Path:
+    """A list file of `count` photos: CelebA faces when ../shared is present (shards get written), else noise
+    pictures of `noise_side` pixels (every input is then a manifest-only no_face row; larger noise keeps the
+    detector busy for longer)."""
+    import cv2
+
+    if CELEBA_DIR.is_dir():
+        files = sorted(p for p in CELEBA_DIR.iterdir() if p.suffix == ".jpg")[:count]
+    else:
+        folder = tmp_path / "noise"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(count):
+            files.append(folder / f"noise_{i:03d}.png")
+            cv2.imwrite(str(files[-1]), rng.integers(0, 256, (noise_side, noise_side, 3), dtype=np.uint8))
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    return listing

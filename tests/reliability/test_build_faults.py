@@ -14,8 +14,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -24,7 +22,7 @@ from m2u.datasets.build import STATE_DIR, BuildConfig, BuildError, build_dataset
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.layout import SPLITS, split_shards
 
-from .conftest import CELEBA_DIR
+from .conftest import photo_list
 
 BUILD_ARGS = ["--mask-engine", "synthetic", "--size", "64", "--shard-size", "2", "--quiet"]
 CONFIG = BuildConfig(
@@ -33,21 +31,7 @@ CONFIG = BuildConfig(
 
 
 def _inputs(tmp_path: Path, count: int) -> Path:
-    """A list file of `count` photos: CelebA faces when ../shared is present (shards get written), else noise
-    images (every sample is a manifest-only no_face row; the kill points then hit the commit markers only)."""
-    if CELEBA_DIR.is_dir():
-        files = sorted(p for p in CELEBA_DIR.iterdir() if p.suffix == ".jpg")[:count]
-    else:
-        folder = tmp_path / "noise"
-        folder.mkdir()
-        rng = np.random.default_rng(0)
-        files = []
-        for i in range(count):
-            files.append(folder / f"noise_{i:03d}.png")
-            cv2.imwrite(str(files[-1]), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    listing = tmp_path / "inputs.txt"
-    listing.write_text("".join(f"{f}\n" for f in files))
-    return listing
+    return photo_list(tmp_path, count, noise_side=40)
 
 
 def _command(listing: Path, out: Path, workers: int) -> list[str]:

@@ -11,34 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from m2u.datasets.build import STATE_DIR, build_dataset
 
-from .conftest import CELEBA_DIR
+from .conftest import photo_list
 from .test_build_faults import BUILD_ARGS, CONFIG
 
 STOP_WITHIN_S = 10.0
 
 
 def _inputs(tmp_path: Path, count: int) -> Path:
-    """A list file of `count` photos: CelebA faces when ../shared is present, else noise pictures large enough to
-    keep the detector busy for a while (every input is then a no_face row)."""
-    if CELEBA_DIR.is_dir():
-        files = sorted(p for p in CELEBA_DIR.iterdir() if p.suffix == ".jpg")[:count]
-    else:
-        folder = tmp_path / "noise"
-        folder.mkdir()
-        rng = np.random.default_rng(0)
-        files = []
-        for i in range(count):
-            files.append(folder / f"noise_{i:03d}.png")
-            cv2.imwrite(str(files[-1]), rng.integers(0, 256, (360, 360, 3), dtype=np.uint8))
-    listing = tmp_path / "inputs.txt"
-    listing.write_text("".join(f"{f}\n" for f in files))
-    return listing
+    return photo_list(tmp_path, count, noise_side=360)
 
 
 def _group_gone(group: int, within_s: float = 3.0) -> bool:
