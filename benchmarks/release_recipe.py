@@ -149,6 +149,63 @@ def evaluate_stage(args: argparse.Namespace, data: Path, mseg: Path, generator: 
     return evaluate(data, mseg, generator, out, config)
 
 
+def _median_seconds(run, repeats: int = 10) -> float:
+    import statistics
+
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[str, Any]:
+    """Seconds per face (batch 1, M-Seg + generator at `size`) on this CPU: fp32, bf16 autocast where the CPU
+    has native bf16, and onnxruntime; a setting that cannot run records why."""
+    import tempfile
+
+    import numpy as np
+
+    from m2u.training.checkpoint import load_model
+    from m2u.training.device import cpu_native_bf16
+    from m2u.training.inference.export import ExportConfig, export_onnx
+    from m2u.training.inference.restore import restore_batch
+
+    mseg, generator = load_model(mseg_path).eval(), load_model(generator_path).eval()
+    image = torch.rand(1, 3, size, size)
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "size": size}
+    with torch.no_grad():
+        out["cpu fp32"] = _median_seconds(lambda: restore_batch(mseg, generator, image))
+        if cpu_native_bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out["cpu bf16"] = _median_seconds(lambda: restore_batch(mseg, generator, image))
+        else:
+            out["cpu bf16"] = "not measured: this CPU has no native bf16"
+    try:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as folder:
+            sessions = []
+            for name, model in (("mseg", mseg), ("generator", generator)):
+                path = export_onnx(model, Path(folder) / f"{name}.onnx", ExportConfig(image_size=size)).path
+                sessions.append(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+            x = image.numpy() * 2 - 1
+            mseg_input = sessions[0].get_inputs()[0].name
+            generator_inputs = [i.name for i in sessions[1].get_inputs()]
+
+            def run() -> None:
+                logits = sessions[0].run(None, {mseg_input: x})[0]
+                mask = (1 / (1 + np.exp(-logits)) >= mseg.threshold).astype(np.float32)
+                sessions[1].run(None, dict(zip(generator_inputs, (x, mask), strict=True)))
+
+            out["onnxruntime"] = _median_seconds(run)
+    except Exception as exc:  # noqa: BLE001 - the figure is optional: say why it is missing
+        out["onnxruntime"] = f"not measured: {type(exc).__name__}: {exc}"
+    return out
+
+
 def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
     from m2u.training.checkpoint import load_model, save_model
     from m2u.training.pretrained import GENERATOR_FILE, MSEG_FILE
@@ -164,7 +221,7 @@ def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
         path = save_model(package / name, load_model(source), dtype="fp16")
         files[name] = path.stat().st_size
     evaluation = report["evaluation"]
-    latency = evaluation.get("latency", {}).get("cpu", {})
+    latency = measure_latencies(package / MSEG_FILE, package / GENERATOR_FILE, report["data"]["size"])
     card = {
         "name": package.name,
         "recipe_command": args.command,
@@ -176,7 +233,8 @@ def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
             "samples": evaluation.get("n_samples"),
             "rows": evaluation.get("rows", {}),
             "mask_quality": evaluation.get("mask_quality", {}),
-            "latency": {"cpu fp32": latency["median_s"]} if "median_s" in latency else {},
+            "by_mask": evaluation.get("by_mask", {}),
+            "latency": latency,
         },
         "files": files,
     }

@@ -5,7 +5,8 @@
 
     name, recipe_command, data {faces, photos, split_by, size, samples {train, val, test}},
     training {mseg {steps, seconds, config}, gan {steps, seconds, config}},
-    evaluation {split, samples, rows {method: {psnr, ssim, l1, ...}}, mask_quality {dice, ...}},
+    evaluation {split, samples, rows {method: {psnr, ssim, l1, ...}}, mask_quality {dice, ...},
+                by_mask {type: {name: {n, psnr, ssim}}, ...}, latency {setting: seconds}},
     files {name: bytes}, m2u_version
 """
 
@@ -91,6 +92,14 @@ def render_model_card(card: dict[str, Any]) -> str:
                 f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'))} | {_fmt(row.get('l1'), 4)} "
                 f"| {_fmt(row.get('identity_cosine'))} |"
             )
+    by_type = evaluation.get("by_mask", {}).get("type", {})
+    if by_type:
+        lines += ["", "Per mask type (M2UNet composite):", "", "| mask type | samples | PSNR (dB) | SSIM |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {name} | {row.get('n')} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'))} |"
+            for name, row in by_type.items()
+        ]
     quality = evaluation.get("mask_quality", {})
     lines += ["", f"M-Seg Dice {_fmt(quality.get('dice'), 4)}, IoU {_fmt(quality.get('iou'), 4)}."]
     telea, ours = rows.get("telea", {}), rows.get("m2u_composite", {})
@@ -98,10 +107,14 @@ def render_model_card(card: dict[str, Any]) -> str:
         lines.append(f"Composite PSNR over Telea: {ours['psnr'] - telea['psnr']:+.2f} dB.")
     lines += ["", "Release targets (issue 17): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in
               release_targets(rows, quality).items()) + "."]  # fmt: skip
-    latency = evaluation.get("latency", {})
+    latency = {k: v for k, v in evaluation.get("latency", {}).items() if k not in ("threads", "size")}
     if latency:
+        shown = [f"{k} {v * 1000:.0f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in latency.items()]
+        threads = evaluation["latency"].get("threads")
         lines.append(
-            "Latency per face: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items()) + "."
+            f"Latency per face (batch 1, M-Seg + generator, {threads or '?'} CPU threads, measured by the recipe): "
+            + ", ".join(shown)
+            + "."
         )
     lines += ["", "## Licence", "", LICENCE, ""]
     return "\n".join(lines)
