@@ -198,24 +198,36 @@ class MultiprocessingDistributor:
         running: dict[int, Any] = {}  # worker pid -> the item it works on
         finished = False
         try:
-            futures = {executor.submit(_mp_task, job, item) for item in items}
+            try:
+                futures = {executor.submit(_mp_task, job, item) for item in items}
+            except cf.process.BrokenProcessPool:  # broken while the items were submitted
+                _drain(queue, running, progress)
+                raise _WorkerDied.find(executor, running) from None
             while futures:
                 done, futures = cf.wait(futures, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
-                while not queue.empty():
-                    message = queue.get()
-                    if message[0] == _START_ERROR:
-                        raise BuildError(f"a worker process could not start: {message[1]}")
-                    pid, item_key, progress_key, samples_done, counts = message
-                    running[pid] = item_key
-                    progress(progress_key, samples_done, counts)
+                _drain(queue, running, progress)
                 for future in done:
                     try:
                         yield future.result()
                     except cf.process.BrokenProcessPool:
+                        # A worker that could not start said why before it died: that stops the build.
+                        _drain(queue, running, progress)
                         raise _WorkerDied.find(executor, running) from None
             finished = True
         finally:
             _stop(executor, finished)
+
+
+def _drain(queue: Any, running: dict[int, Any], progress: ShardProgress) -> None:
+    """Read the workers' messages: progress reports (which also tell whose worker runs what), and a worker's
+    start-up failure, which stops the build (a pool would replace that worker with one failing the same way)."""
+    while not queue.empty():
+        message = queue.get()
+        if message[0] == _START_ERROR:
+            raise BuildError(f"a worker process could not start: {message[1]}")
+        pid, item_key, progress_key, samples_done, counts = message
+        running[pid] = item_key
+        progress(progress_key, samples_done, counts)
 
 
 def _assemble(job: BuildJob, parts: list[ShardOutput]) -> ShardOutput:
