@@ -3,6 +3,8 @@
 #                 (runs/demo/index.html); while no model ships, it says so and runs `make smoke` instead
 #   make smoke  - the `smoke` pipeline (every stage, minutes) on the default faces, into runs/smoke
 #   make test   - builds the environment, then runs ruff and the test suite
+#   make test-eval - FID/LPIPS against torchmetrics, torch-fidelity and lpips, in a second environment
+#   make clean  - removes the environments and build files (never runs/ or out/: results stay)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP   = $(VENV)/.m2u-installed
 FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo smoke test test-slow lint bench gpu-check clean
+.PHONY: setup demo smoke test test-slow test-eval lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -49,6 +51,23 @@ test: lint
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
+# FID and LPIPS through torchmetrics / torch-fidelity / lpips next to m2u's own figures. Those libraries need
+# torchvision, which PyPI builds only for a matching torch: a second environment holds such a pair (on x86_64
+# here a CUDA build that runs on the CPU, about 5.5 GB; pip takes it from this machine's disk where it lies).
+EVAL_VENV  ?= .venv-eval
+EVAL_TORCH ?= torch==2.14.1 torchvision==0.29.1
+EVAL_STAMP  = $(EVAL_VENV)/.m2u-installed
+
+$(EVAL_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/pip install -q --upgrade pip
+	$(EVAL_VENV)/bin/pip install -q $(EVAL_TORCH)
+	$(EVAL_VENV)/bin/pip install -q -e ".[eval,test]"
+	touch $@
+
+test-eval: $(EVAL_STAMP)
+	$(EVAL_VENV)/bin/pytest tests/evaluation/test_metric_libraries.py tests/evaluation/test_standard_metrics.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
@@ -58,4 +77,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs out
+	rm -rf $(VENV) $(EVAL_VENV) build *.egg-info
