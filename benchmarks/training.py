@@ -6,7 +6,7 @@
 Writes benchmarks/results/training.json:
 - parameters of G, D, M-Seg; multiply-accumulates (MACs; FLOPs = 2 x MACs) of G at 1x4x256x256 and of D;
 - generator forward latency at 256x256, batch 1 (median), in fp32 and channels_last; bf16 autocast against
-  fp32 at 64x64 (without AVX512-BF16/AMX, as here, CPU bf16 is ~100x slower than fp32);
+  fp32 at 64x64 (on CPUs without AVX512-BF16/AMX, bf16 was measured ~100x slower than fp32);
 - a full GAN training step (D update, then G with LSGAN + reconstruction + VGG19 perceptual) in images/s at
   64, 128 and 256 (the 256 case is 1 measured step after 1 warm-up), and at 64 the channels_last ratio (and
   bf16 with --bf16-train). The perceptual VGG19 has random weights here (no ImageNet file is reachable on
