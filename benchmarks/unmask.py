@@ -26,6 +26,11 @@ true eye centres and mouth centre between the two crops, in pixels of a 256 px c
 
 Throughput: m2u-unmask's whole per-face path (detection, alignment, M-Seg and CARU2-Net at their default sizes with
 untrained weights, paste-back) on a few masked photos, CPU time per face on this machine.
+
+Orientation (`--orientation-only` runs only this, into the JSON's "orientation" key at --offset 0, the selection the
+margin was chosen on, or "orientation_held_out" otherwise): the shipped cascade on every masked photo as it is and
+turned 180 degrees; faces refused as upside down (Face.problem) upright are false refusals, faces found turned and
+not refused would be restored upside down; every unrefused detection on the turned photos is counted as well.
 """
 
 from __future__ import annotations
@@ -268,6 +273,59 @@ def alignment_errors(matches: list[tuple[dict, np.ndarray]]) -> dict:
     return out
 
 
+def _turned_box(box, width: int, height: int) -> tuple:
+    left, top, right, bottom = box
+    return (width - 1 - right, height - 1 - bottom, width - 1 - left, height - 1 - top)
+
+
+def orientation_figures(detector, files: list[str], records: list[dict]) -> dict:
+    """The upside-down check on masked faces: on the masked photos as they are (faces refused there are false
+    refusals) and turned 180 degrees (faces the cascade still finds there, and how many of them the check refuses;
+    the rest would be restored upside down). Also the score margins (turned minus as found) of the matched faces."""
+    from m2u.masking import read_image
+
+    by_file: dict[str, list[dict]] = {}
+    for r in records:
+        by_file.setdefault(r["masked"], []).append(r)
+    counts = Counter()
+    margins: dict[str, list[float]] = {"upright": [], "turned": []}
+    for name in files:
+        image = read_image(name)
+        height, width = image.shape[:2]
+        for view in ("upright", "turned"):
+            shown = image if view == "upright" else np.ascontiguousarray(image[::-1, ::-1])
+            faces = detector.detect(shown)
+            # Every detection the check lets through, matched to a face or not (turned: each would be restored).
+            counts[f"{view}_detections_restored"] += sum(not f.problem for f in faces)
+            for r in by_file[name]:
+                box = r["box"] if view == "upright" else _turned_box(r["box"], width, height)
+                counts[f"{view}_faces"] += 1
+                best = max(faces, key=lambda f: iou(f.box, box), default=None)
+                if best is None or iou(best.box, box) < IOU_MATCH:
+                    continue
+                counts[f"{view}_found"] += 1
+                counts[f"{view}_refused"] += bool(best.problem)
+                as_found, turned = detector.orientation_scores(shown, best.box)
+                margins[view].append(round(turned - as_found, 3))
+
+    def quantiles(values: list[float]) -> dict:
+        if not values:
+            return {}
+        q = np.quantile(values, [0.0, 0.05, 0.5, 0.95, 1.0])
+        return dict(zip(("min", "p5", "median", "p95", "max"), (round(float(v), 3) for v in q)))
+
+    return {
+        "margin_used": detector.config.upside_down_margin,
+        **{k: counts[k] for k in sorted(counts)},
+        "false_refusal_rate_upright": round(counts["upright_refused"] / max(1, counts["upright_found"]), 4),
+        "refusal_rate_turned": round(counts["turned_refused"] / max(1, counts["turned_found"]), 4),
+        "restored_upside_down": counts["turned_found"] - counts["turned_refused"],
+        "turned_photos": len(files),
+        "margin_quantiles": {view: quantiles(v) for view, v in margins.items()},
+        "margins": margins,
+    }
+
+
 def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
     """m2u-unmask's per-face path with default-size models (untrained: the speed does not depend on weights)."""
     import torch
@@ -309,6 +367,12 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--quick", action="store_true", help="24 photos; a smoke run, not for the record")
     parser.add_argument("--pipeline-photos", type=int, default=8)
+    parser.add_argument(
+        "--orientation-only",
+        action="store_true",
+        help="only the upside-down check (photos as they are and turned 180 degrees), into the JSON's "
+        "'orientation' (offset 0) or 'orientation_held_out' key; the rest of the JSON is kept",
+    )
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "unmask.json")
     args = parser.parse_args()
     n = 24 if args.quick else args.faces
@@ -329,6 +393,15 @@ def main() -> None:
             f"{len(records)} masked faces in {len(files)} photos of {len(photos)} test-split photos",
             flush=True,
         )
+        if args.orientation_only:
+            figures = orientation_figures(MaskedFaceDetector().load_models(), files, records)
+            figures["protocol"] = {"photos": len(photos), "offset": args.offset, "quick": args.quick}
+            key = "orientation" if args.offset == 0 else "orientation_held_out"
+            merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+            merged[key] = figures
+            _write_json(args.out, merged)
+            print(json.dumps({k: v for k, v in figures.items() if k != "margins"}, indent=1))
+            return
         negatives = [(name, image, LazyRuns(image)) for name, image in faceless_images()]
         dogs = args.shared / "faces" / "extras" / "dlib-examples" / "dogs.jpg"
         if dogs.is_file():
@@ -394,6 +467,12 @@ def main() -> None:
                 f"alignment {source}: eyes {e['eye_px_mean']:.2f} px mean / {e['eye_px_p95']:.2f} p95, mouth "
                 f"{e['mouth_px_mean']:.2f} / {e['mouth_px_p95']:.2f} ({CROP} px crop, {e['faces']} faces)"
             )
+        orientation = orientation_figures(detector, files, records)
+        orientation["protocol"] = {"photos": len(photos), "offset": args.offset, "quick": args.quick}
+        print(
+            f"upside-down check: {orientation['upright_refused']}/{orientation['upright_found']} upright faces "
+            f"refused, {orientation['turned_refused']}/{orientation['turned_found']} found turned 180 degrees refused"
+        )
         pipeline = pipeline_seconds_per_face(files, min(args.pipeline_photos, len(files) - 1))
         print(
             f"pipeline: {pipeline['cpu_s_per_face']:.3f} CPU s per face ({pipeline['faces_per_cpu_s']:.2f}/s)"
@@ -415,11 +494,21 @@ def main() -> None:
         "shipped_cascade": {"stages": [[p.label for p in stage] for stage in MASKED_CASCADE], **shipped},
         "alignment_error_crop_px": {"crop": CROP, **alignment},
         "pipeline": pipeline,
+        "orientation" if args.offset == 0 else "orientation_held_out": orientation,
         "machine": {"python": platform.python_version(), "processor": platform.machine()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {args.out}")
+    # The orientation figures of the other selection (see --orientation-only) are kept from the previous file.
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for key in ("orientation", "orientation_held_out"):
+        if key in previous and key not in result:
+            result[key] = previous[key]
+    _write_json(args.out, result)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

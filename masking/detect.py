@@ -185,16 +185,48 @@ _ORIENTATION_SIDE = 160
 _NO_FACE_SCORE = -9.0
 
 
-def _centre_score(crop: np.ndarray) -> float:
-    """HOG's best score among detections centred within 35% of the crop side from its centre."""
+def _centre_score(crop: np.ndarray, detector) -> float:
+    """A HOG detector's best score among detections centred within 35% of the crop side from its centre."""
     side = crop.shape[0]
-    rects, scores, _ = _hog_detector().run(crop, 0, -3.0)
+    rects, scores, _ = detector.run(crop, 0, -3.0)
     best = _NO_FACE_SCORE
     for rect, score in zip(rects, scores):
         cx, cy = (rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2
         if abs(cx - side / 2) < 0.35 * side and abs(cy - side / 2) < 0.35 * side:
             best = max(best, float(score))
     return best
+
+
+def orientation_scores(
+    image: np.ndarray, box: tuple[int, int, int, int], detectors: tuple = ()
+) -> tuple[float, float]:
+    """The best score of `detectors` (HOG detectors; default dlib's frontal one) for a face at the centre of a
+    square crop around `box`, as found and turned 180° (-9 where none finds one)."""
+    detectors = detectors or (_hog_detector(),)
+    left, top, right, bottom = box
+    side = max(right - left, bottom - top, 1) * _ORIENTATION_GROW
+    scale = _ORIENTATION_SIDE / side
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    matrix = np.array(
+        [[scale, 0, _ORIENTATION_SIDE / 2 - scale * cx], [0, scale, _ORIENTATION_SIDE / 2 - scale * cy]]
+    )
+    size = (_ORIENTATION_SIDE, _ORIENTATION_SIDE)
+    crop = cv2.warpAffine(image, matrix, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    turned = np.ascontiguousarray(crop[::-1, ::-1])
+    return (
+        max(_centre_score(crop, d) for d in detectors),
+        max(_centre_score(turned, d) for d in detectors),
+    )
+
+
+def upside_down_problem(as_found: float, turned: float, margin: float) -> str:
+    """The reason to refuse a face whose crop scores at least `margin` higher turned 180° ("" otherwise)."""
+    if turned - as_found < margin:
+        return ""
+    return (
+        f"the face looks upside down (the detector scores it {turned:.2f} turned 180 degrees against "
+        f"{as_found:.2f} as found): its landmarks cannot be trusted"
+    )
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -235,25 +267,10 @@ class FaceDetector:
     def orientation_scores(self, image: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float]:
         """HOG's best score for a face at the centre of a square crop around `box`, as found and turned 180°
         (-9 where it finds none)."""
-        left, top, right, bottom = box
-        side = max(right - left, bottom - top, 1) * _ORIENTATION_GROW
-        scale = _ORIENTATION_SIDE / side
-        cx, cy = (left + right) / 2, (top + bottom) / 2
-        matrix = np.array(
-            [[scale, 0, _ORIENTATION_SIDE / 2 - scale * cx], [0, scale, _ORIENTATION_SIDE / 2 - scale * cy]]
-        )
-        size = (_ORIENTATION_SIDE, _ORIENTATION_SIDE)
-        crop = cv2.warpAffine(image, matrix, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        return _centre_score(crop), _centre_score(np.ascontiguousarray(crop[::-1, ::-1]))
+        return orientation_scores(image, box)
 
     def _orientation_problem(self, image: np.ndarray, box: tuple[int, int, int, int]) -> str:
-        as_found, turned = self.orientation_scores(image, box)
-        if turned - as_found < self.config.upside_down_margin:
-            return ""
-        return (
-            f"the face looks upside down (the detector scores it {turned:.2f} turned 180 degrees against "
-            f"{as_found:.2f} as found): its landmarks cannot be trusted"
-        )
+        return upside_down_problem(*self.orientation_scores(image, box), self.config.upside_down_margin)
 
     def detect(self, image: np.ndarray, largest_only: bool = False) -> list[Face]:
         """Faces sorted by box area, largest first (ties broken by position for determinism).

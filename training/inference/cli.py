@@ -90,7 +90,7 @@ def unmask_main(**kw) -> None:
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     for r in results:
-        if r.status != "ok":
+        if r.status != "ok" or r.refused_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
     from m2u.masking.imageio import describe_ignored_files

@@ -9,8 +9,11 @@ the photo at its own resolution with a feathered edge: only pixels under the war
 each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size.
 
-Every input file gets one row in `report.csv`: status `ok`, `no_face`, `unreadable`, `missing` or `error`, with the
-reason; `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask fraction).
+Every input file gets one row in `report.csv`: status `ok`, `no_face`, `refused`, `unreadable`, `missing` or
+`error`, with the reason; `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask
+fraction). A face the detector marks as unusable (`Face.problem`: it looks upside down, so its landmarks would place
+the alignment on the wrong features) is left as it is and listed with `"restored": false` and the problem; a photo
+whose every face is refused gets status `refused` and no output.
 """
 
 from __future__ import annotations
@@ -117,10 +120,11 @@ class FileResult:
     """One row of report.csv."""
 
     input: str
-    status: str  # ok | no_face | unreadable | missing | error
+    status: str  # ok | no_face | refused | unreadable | missing | error
     reason: str = ""
     output: str = ""
-    faces: int = 0
+    faces: int = 0  # restored
+    refused_faces: int = 0  # found but left as they are (Face.problem)
     mask_fractions: str = ""  # per face: the share of the crop M-Seg marked as mask
     width: int = 0
     height: int = 0
@@ -262,14 +266,21 @@ class Unmasker:
             )
         return result, out
 
+    def detect(self, image: np.ndarray) -> list:
+        """Every face the detector finds in `image` (uint8 RGB), usable or not (`Face.problem`)."""
+        return self.detector.detect(image)
+
     def unmask_image(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
-        """Every face of `image` (uint8 RGB) restored and pasted back; the faces in detection order."""
+        """Every usable face of `image` (uint8 RGB) restored and pasted back; the faces in detection order."""
+        if self.config.aligned:
+            return self.unmask_aligned(image)
+        return self.unmask_faces(image, [f for f in self.detect(image) if not f.problem])
+
+    def unmask_faces(self, image: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceRestoration]]:
+        """`faces` (m2u.masking Face objects of `image`) restored and pasted back, in their order."""
         from m2u.datasets.align import align_face
         from m2u.masking.masked_faces import visible_anchor_points
 
-        if self.config.aligned:
-            return self.unmask_aligned(image)
-        faces = self.detector.detect(image)
         if not faces:
             return image.copy(), []
         size = self.usage.crop_size
@@ -374,10 +385,32 @@ def _unmask_paths(
             else:
                 image = read_image(path)
                 row.height, row.width = image.shape[:2]
-                result, faces = unmasker.unmask_image(image)
-                row.faces = len(faces)
+                refused = []
+                if config.aligned:
+                    result, faces = unmasker.unmask_aligned(image)
+                else:
+                    found = unmasker.detect(image)
+                    refused = [f for f in found if f.problem]
+                    result, faces = unmasker.unmask_faces(image, [f for f in found if not f.problem])
+                row.faces, row.refused_faces = len(faces), len(refused)
+                face_lines += [
+                    {
+                        "input": str(path),
+                        "output": "",
+                        "face": k,
+                        "detector": f.detector,
+                        "score": round(f.score, 4),
+                        "box": [int(v) for v in f.box],
+                        "restored": False,
+                        "problem": f.problem,
+                    }
+                    for k, f in enumerate(refused, start=len(faces))
+                ]
+                if refused:
+                    row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
                 if not faces:
-                    row.status, row.reason = "no_face", "no face found by the detector"
+                    row.status = "refused" if refused else "no_face"
+                    row.reason = row.reason or "no face found by the detector"
                 else:
                     target = out / f"{name}.png"
                     _write_rgb(target, result)
@@ -385,12 +418,12 @@ def _unmask_paths(
                     row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
                     if any(f.alignment == "aligned-input-resized" for f in faces):
                         size = unmasker.usage.crop_size
-                        row.reason = (
+                        row.reason = (  # aligned inputs are never refused: nothing else to say
                             f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
                             "(restoration pasted back at the input's size)"
                         )
                     face_lines += [
-                        {"input": str(path), "output": str(target), "face": k, **f.record()}
+                        {"input": str(path), "output": str(target), "face": k, **f.record(), "restored": True}
                         for k, f in enumerate(faces)
                     ]
                     if config.keep_crops:
@@ -423,10 +456,15 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
         counts[r.status] = counts.get(r.status, 0) + 1
     line = f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     line += f"; {sum(r.faces for r in results)} faces restored"
+    refused = sum(r.refused_faces for r in results)
+    if refused:
+        line += f", {refused} left as they are (see faces.jsonl)"
     if faces_jsonl is not None and Path(faces_jsonl).is_file():
         by: dict[str, int] = {}
         for text in Path(faces_jsonl).read_text().splitlines():
             face = json.loads(text)
+            if not face.get("restored", True):
+                continue
             key = f"{face['detector']}/{face['alignment']}"
             by[key] = by.get(key, 0) + 1
         if by:
