@@ -272,9 +272,16 @@ class Unmasker:
 
     def unmask_image(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
         """Every usable face of `image` (uint8 RGB) restored and pasted back; the faces in detection order."""
+        result, restored, _ = self.unmask_with_refusals(image)
+        return result, restored
+
+    def unmask_with_refusals(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration], list]:
+        """As `unmask_image`, plus the faces found but left as they are (their `Face.problem` says why)."""
         if self.config.aligned:
-            return self.unmask_aligned(image)
-        return self.unmask_faces(image, [f for f in self.detect(image) if not f.problem])
+            return (*self.unmask_aligned(image), [])
+        found = self.detect(image)
+        refused = [f for f in found if f.problem]
+        return (*self.unmask_faces(image, [f for f in found if not f.problem]), refused)
 
     def unmask_faces(self, image: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceRestoration]]:
         """`faces` (m2u.masking Face objects of `image`) restored and pasted back, in their order."""
@@ -385,27 +392,8 @@ def _unmask_paths(
             else:
                 image = read_image(path)
                 row.height, row.width = image.shape[:2]
-                refused = []
-                if config.aligned:
-                    result, faces = unmasker.unmask_aligned(image)
-                else:
-                    found = unmasker.detect(image)
-                    refused = [f for f in found if f.problem]
-                    result, faces = unmasker.unmask_faces(image, [f for f in found if not f.problem])
+                result, faces, refused = unmasker.unmask_with_refusals(image)
                 row.faces, row.refused_faces = len(faces), len(refused)
-                face_lines += [
-                    {
-                        "input": str(path),
-                        "output": "",
-                        "face": k,
-                        "detector": f.detector,
-                        "score": round(f.score, 4),
-                        "box": [int(v) for v in f.box],
-                        "restored": False,
-                        "problem": f.problem,
-                    }
-                    for k, f in enumerate(refused, start=len(faces))
-                ]
                 if refused:
                     row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
                 if not faces:
@@ -426,12 +414,16 @@ def _unmask_paths(
                         {"input": str(path), "output": str(target), "face": k, **f.record(), "restored": True}
                         for k, f in enumerate(faces)
                     ]
-                    if config.keep_crops:
-                        for k, face in enumerate(faces):
-                            stem = out / "crops" / f"{name}_face{k}"
-                            _write_rgb(Path(f"{stem}_input.png"), face.crop)
-                            cv2.imwrite(f"{stem}_mask.png", face.mask)
-                            _write_rgb(Path(f"{stem}_restored.png"), face.restored)
+                face_lines += [
+                    {"input": str(path), "output": row.output, "face": k, **_refused_record(f)}
+                    for k, f in enumerate(refused, start=len(faces))
+                ]
+                if faces and config.keep_crops:
+                    for k, face in enumerate(faces):
+                        stem = out / "crops" / f"{name}_face{k}"
+                        _write_rgb(Path(f"{stem}_input.png"), face.crop)
+                        cv2.imwrite(f"{stem}_mask.png", face.mask)
+                        _write_rgb(Path(f"{stem}_restored.png"), face.restored)
         except ImageReadError as exc:
             row.status, row.reason = "unreadable", exc.reason
         except Exception as exc:  # noqa: BLE001 - degenerate landmarks, a bug or an exotic file: report, keep going
@@ -447,6 +439,17 @@ def _unmask_paths(
         for line in face_lines:
             handle.write(json.dumps(line) + "\n")
     return results
+
+
+def _refused_record(face) -> dict:
+    """A refused face's line in faces.jsonl (without the input's name): where it is and why it was left."""
+    return {
+        "detector": face.detector,
+        "score": round(face.score, 4),
+        "box": [int(v) for v in face.box],
+        "restored": False,
+        "problem": face.problem,
+    }
 
 
 def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) -> str:
