@@ -121,6 +121,9 @@ class MaskedDetectorConfig:
                 raise ValueError(f"bad detection pass {p}: model one of {', '.join(MODELS)}, upsample 0..4")
         if self.max_side < 64:
             raise ValueError(f"max_side must be at least 64, got {self.max_side}")
+        if not np.isfinite(self.upside_down_margin):
+            # NaN would compare false against every score difference and refuse every face.
+            raise ValueError(f"upside_down_margin must be a finite number, got {self.upside_down_margin}")
 
     @property
     def passes(self) -> tuple[Pass, ...]:

@@ -371,6 +371,8 @@ def test_a_stage_merges_its_passes_into_one_detection_per_face():
         MaskedDetectorConfig(stages=((Pass("sift", 0),),))
     with pytest.raises(ValueError, match="at least one"):
         MaskedDetectorConfig(stages=((),))
+    with pytest.raises(ValueError, match="upside_down_margin must be a finite number"):
+        MaskedDetectorConfig(upside_down_margin=float("nan"))
 
 
 def test_a_large_photo_with_24_faces_costs_one_copy_of_the_photo(tiny_checkpoints):
