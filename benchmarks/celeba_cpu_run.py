@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
+from m2u.evaluation.baselines import run_baseline
 from m2u.training.checkpoint import load_model
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, OptimizerConfig
 from m2u.training.data import ShardDataSource
-from m2u.training.evaluation.baselines import run_baseline
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.losses import dice_score, pixel_accuracy
 from m2u.training.models import GeneratorConfig, MSegConfig

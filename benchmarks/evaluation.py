@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from m2u.datasets.synthetic import make_synthetic_sample
-from m2u.training.evaluation.baselines import run_baseline
-from m2u.training.evaluation.identity import IdentityEmbedder
-from m2u.training.evaluation.lpips import LPIPS, build_lpips_trunk
-from m2u.training.evaluation.pixel import (
+from m2u.evaluation.baselines import run_baseline
+from m2u.evaluation.identity import IdentityEmbedder
+from m2u.evaluation.lpips import LPIPS, build_lpips_trunk
+from m2u.evaluation.pixel import (
     l1_error,
     masked_l1,
     masked_psnr,
@@ -38,11 +38,11 @@ from m2u.training.evaluation.pixel import (
     psnr_per_image,
     ssim_per_image,
 )
-from m2u.training.evaluation.weights import MetricUnavailable
+from m2u.evaluation.weights import MetricUnavailable
+from m2u.inference.export import ExportConfig, export_onnx
+from m2u.inference.restore import restore_batch
 from m2u.training.flops import count_macs, count_params
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.inference.export import ExportConfig, export_onnx
-from m2u.training.inference.restore import restore_batch
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/timing.py

@@ -22,7 +22,7 @@ A short sweep on one shared dataset (each piece trains and evaluates on 500 test
         --max-test-samples 500 --no-identity --stop-after evaluate; done
 
 Outputs: WORK/data (dataset), WORK/mseg, WORK/gan (runs), WORK/eval (m2u-eval report), WORK/release.json (the
-measured figures) and PACKAGE/ (default training/pretrained/m2unet-celeba-128): mseg.safetensors,
+measured figures) and PACKAGE/ (default inference/pretrained/m2unet-celeba-128): mseg.safetensors,
 generator.safetensors (fp16), card.json, MODEL_CARD.md.
 """
 
@@ -130,8 +130,8 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
 
 
 def evaluate_stage(args: argparse.Namespace, data: Path, mseg: Path, generator: Path, out: Path) -> dict:
-    from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
-    from m2u.training.evaluation.suite import MetricsConfig
+    from m2u.evaluation.evaluator import EvaluateConfig, evaluate
+    from m2u.evaluation.suite import MetricsConfig
 
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
@@ -168,10 +168,10 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
 
     import numpy as np
 
+    from m2u.inference.export import ExportConfig, export_onnx
+    from m2u.inference.restore import restore_batch
     from m2u.training.checkpoint import load_model
     from m2u.training.device import cpu_native_bf16
-    from m2u.training.inference.export import ExportConfig, export_onnx
-    from m2u.training.inference.restore import restore_batch
 
     mseg, generator = load_model(mseg_path).eval(), load_model(generator_path).eval()
     image = torch.rand(1, 3, size, size)
@@ -207,9 +207,9 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
 
 
 def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+    from m2u.inference.pretrained.card import write_model_card
     from m2u.training.checkpoint import load_model, save_model
-    from m2u.training.pretrained import GENERATOR_FILE, MSEG_FILE
-    from m2u.training.pretrained.card import write_model_card
 
     package = Path(args.package)
     package.mkdir(parents=True, exist_ok=True)

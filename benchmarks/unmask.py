@@ -330,8 +330,8 @@ def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
     """m2u-unmask's per-face path with default-size models (untrained: the speed does not depend on weights)."""
     import torch
 
+    from m2u.inference.unmask import UnmaskConfig, Unmasker
     from m2u.masking import read_image
-    from m2u.training.inference.unmask import UnmaskConfig, Unmasker
     from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
     torch.manual_seed(0)

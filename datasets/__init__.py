@@ -20,7 +20,7 @@ with HuggingFace ``datasets.load_dataset("webdataset", ...)``: m2u.datasets.load
 
 from __future__ import annotations
 
-from m2u.masking.lazy import lazy_exports
+from m2u.core.lazy import lazy_exports
 
 _EXPORTS = {
     "build_dataset": "build",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2u.core.fileio import atomic_write_text
 from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -46,7 +47,6 @@ from m2u.datasets.shards import remove_stray_temp_files
 from m2u.datasets.sources import discover_inputs
 from m2u.datasets.work import FAULT_ENV, BuildJob, ShardTask, make_masker, process_input
 from m2u.datasets.writer import count_rows, library_versions, write_stats
-from m2u.masking.fileio import atomic_write_text
 
 BUILD_STATE_NAME = "build.json"
 _OWN_ENTRIES = frozenset(

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
+from m2u.core.imageio import describe_ignored_files
+from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat
 from m2u.datasets.config import DISTRIBUTORS, parse_partition
 from m2u.datasets.splits import SplitBy, parse_fractions
-from m2u.masking.imageio import describe_ignored_files
-from m2u.masking.parallel import WorkerStartError
 
 # Shorthand options → m2u.masking.MaskConfig field names.
 MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern", "pack": "pack"}

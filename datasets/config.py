@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from m2u.core.checks import build_checked, check_types
+from m2u.core.runtime import output_fields, runtime_field
 from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS, check_image_size
 from m2u.datasets.plan import DEFAULT_SHARD_SIZE
 from m2u.datasets.sources import identity_pattern_regex
 from m2u.datasets.splits import SplitBy, parse_fractions
-from m2u.masking.options import build_checked, check_types
-from m2u.masking.runtime import output_fields, runtime_field
 
 MASK_ENGINES = ("m2u", "synthetic")
 DISTRIBUTORS = ("multiprocessing", "ray")
@@ -63,7 +63,7 @@ class BuildConfig:
     # Keyword arguments of m2u.masking.DetectorConfig (upsample, thresholds...).
     detector_options: dict[str, Any] = field(default_factory=dict)
     # Processes on this machine (multiprocessing), or the CPUs of the local Ray instance (ray without an address).
-    # Runtime settings (m2u.masking.runtime) decide how and where the work runs, never the bytes written: no
+    # Runtime settings (m2u.core.runtime) decide how and where the work runs, never the bytes written: no
     # fingerprint holds them.
     workers: int = runtime_field(default_factory=lambda: os.cpu_count() or 1)
     shard_size: int = DEFAULT_SHARD_SIZE

@@ -183,12 +183,12 @@ class MultiprocessingDistributor:
         inherited_fds: Sequence[int],
     ) -> Iterator[ShardOutput]:
         """One pool's life: until every item is done, or a worker dies (raises _WorkerDied naming its item)."""
-        from m2u.masking.parallel import stop_opencv_threads
+        from m2u.core.parallel import stop_opencv_threads
 
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         queue = context.SimpleQueue()
-        stop_opencv_threads()  # forking while OpenCV's pool runs can hang the children (m2u.masking.parallel)
+        stop_opencv_threads()  # forking while OpenCV's pool runs can hang the children (m2u.core.parallel)
         executor = cf.ProcessPoolExecutor(
             workers,
             mp_context=context,

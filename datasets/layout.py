@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from m2u.masking.fileio import atomic_write
+from m2u.core.fileio import atomic_write
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Paper, section 4.1: "divided into 70% for training, 15% for validation, and 15% for testing".

@@ -69,6 +69,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from m2u.core.parallel import stop_opencv_threads
 from m2u.datasets.codecs import ImageFormat, decode_image, decode_mask
 from m2u.datasets.layout import (
     MANIFEST_NAME,
@@ -86,7 +87,6 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
-from m2u.masking.parallel import stop_opencv_threads
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
 ON_ERROR_CHOICES = ("raise", "skip")

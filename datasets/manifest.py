@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from m2u.core.fileio import atomic_write_text
 from m2u.datasets.layout import (
     MANIFEST_SCHEMA,
     SPLITS,
@@ -39,7 +40,6 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.shards import file_digest
 from m2u.datasets.work import ShardOutput, ShardTask
-from m2u.masking.fileio import atomic_write_text
 
 # Schema metadata of a commit marker: the committed tar's size and SHA-256 ("" when the shard has no tar).
 BYTES_KEY = b"m2u.shard_bytes"

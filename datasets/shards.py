@@ -20,8 +20,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 
+from m2u.core.fileio import TEMP_SUFFIX
 from m2u.datasets.layout import validate_key
-from m2u.masking.fileio import TEMP_SUFFIX
 
 # Fixed tar header fields: the bytes of a shard depend only on its samples.
 MEMBER_MTIME = 0

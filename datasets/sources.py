@@ -1,4 +1,4 @@
-"""The dataset's inputs: keys and identities on top of ``m2u.masking.inputs.discover``, the one input discovery
+"""The dataset's inputs: keys and identities on top of ``m2u.core.inputs.discover``, the one input discovery
 of every m2u tool (folders searched recursively, globs, list files (text, CSV, Parquet); hidden files and folders
 passed over and counted; m2u-make-dataset says how many it passed over).
 
@@ -22,10 +22,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from m2u.core.imageio import ImageReadError, read_input_bytes
+from m2u.core.inputs import IMAGE_SUFFIXES, LIST_SUFFIXES, InputError, check_arguments, discover
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
-from m2u.masking.imageio import ImageReadError, read_input_bytes
-from m2u.masking.inputs import IMAGE_SUFFIXES, LIST_SUFFIXES, InputError, check_arguments, discover
 
 __all__ = ["LIST_SUFFIXES", "discover_inputs", "identity_pattern_regex", "make_key", "read_identity_file"]
 
@@ -117,7 +117,7 @@ def discover_inputs(
 ) -> list[InputItem]:
     """All input photos, sorted by source path, deduplicated, with keys and identities; ``limit`` keeps the first N.
 
-    Found by ``m2u.masking.inputs.discover`` (the rules of every m2u tool; nothing under an ``exclude`` folder).
+    Found by ``m2u.core.inputs.discover`` (the rules of every m2u tool; nothing under an ``exclude`` folder).
     Every entry is kept, also a missing, unreadable or non-regular one (a FIFO, a device): the build records it as
     an error row, and reads it only after checking on the open file that it is a regular file.
     """

@@ -179,8 +179,8 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 
 
 def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
+    from m2u.core.imageio import decode_image, read_input_bytes
     from m2u.masking import Face, ImageReadError, MaskingError
-    from m2u.masking.imageio import decode_image, read_input_bytes
 
     if _STATE is None:
         raise RuntimeError("process_input needs init_worker first")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import library_versions as versions_of
 from m2u.datasets.codecs import ImageFormat, encode_image, encode_mask
 from m2u.datasets.layout import (
     MASK_FIELD,
@@ -23,8 +25,6 @@ from m2u.datasets.layout import (
     UNMASKED_FIELD,
     Status,
 )
-from m2u.masking.fileio import atomic_write_text
-from m2u.masking.fileio import library_versions as versions_of
 
 LANDMARK_DECIMALS = 3  # JSON floats are rounded so the metadata bytes are stable
 
@@ -230,7 +230,7 @@ def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-# The libraries whose versions a dataset's stats.json records (m2u.masking.fileio.library_versions).
+# The libraries whose versions a dataset's stats.json records (m2u.core.fileio.library_versions).
 VERSIONED_LIBRARIES = (
     "m2u",
     "numpy",

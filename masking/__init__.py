@@ -2,32 +2,26 @@
 
 Public surface (imported lazily: OpenCV and dlib load only when a name is used)::
 
-    read_image(path) -> uint8 RGB; ImageReadError; IMAGE_SUFFIXES, is_hidden, is_image_entry
+    read_image(path) -> uint8 RGB; ImageReadError   (re-exported from m2u.core.imageio)
     FaceDetector(DetectorConfig).detect(image) -> list[Face]
     apply_mask(image, face, MaskConfig, seed) -> MaskResult; MaskingError; PlacementConfig
     load_template_pack(path), TemplatePackError, MASK_TYPES, COLORS
     mask_files(inputs, out_dir, BatchConfig) -> BatchResult     # what m2u-mask runs
-    discover(inputs, exclude=...) -> Discovery(entries: list[InputEntry]); OutputFolderError
 """
 
 from __future__ import annotations
 
-from m2u.masking.lazy import lazy_exports
+from m2u.core.lazy import lazy_exports
 
 _EXPORTS = {
     "BatchConfig": "batch",
     "BatchResult": "batch",
     "mask_files": "batch",
-    "Discovery": "inputs",
-    "InputEntry": "inputs",
-    "OutputFolderError": "inputs",
-    "discover": "inputs",
     "COLORS": "templates",
     "DetectorConfig": "detect",
     "Face": "detect",
     "FaceDetector": "detect",
-    "IMAGE_SUFFIXES": "imageio",
-    "ImageReadError": "imageio",
+    "ImageReadError": "m2u.core.imageio",
     "MASK_TYPES": "templates",
     "MaskConfig": "render",
     "MaskResult": "render",
@@ -35,10 +29,8 @@ _EXPORTS = {
     "PlacementConfig": "geometry",
     "TemplatePackError": "templates",
     "apply_mask": "render",
-    "is_hidden": "imageio",
-    "is_image_entry": "imageio",
     "load_template_pack": "templates",
-    "read_image": "imageio",
+    "read_image": "m2u.core.imageio",
 }
 
 __all__ = sorted(_EXPORTS)

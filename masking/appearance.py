@@ -83,7 +83,7 @@ def check_pattern_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     be a pattern (not an image, a side over PATTERN_MAX_SIDE, or sides more than PATTERN_MAX_ASPECT apart)."""
     from PIL import Image, UnidentifiedImageError
 
-    from m2u.masking.imageio import ImageReadError, open_regular
+    from m2u.core.imageio import ImageReadError, open_regular
 
     try:
         with open_regular(path) as handle, Image.open(handle) as image:
@@ -111,7 +111,7 @@ def pattern_texture(pattern: str, width: int, height: int) -> tuple[np.ndarray, 
     path = Path(pattern)
     if not path.is_file():
         raise ValueError(f"pattern {pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
-    from m2u.masking.imageio import read_image  # local: keeps this module free of Pillow when unused
+    from m2u.core.imageio import read_image  # local: keeps this module free of Pillow when unused
 
     check_pattern_image(path)
     image = read_image(path).astype(np.float32) / 255.0

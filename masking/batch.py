@@ -5,7 +5,7 @@ and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (st
 error, with the reason).
 Files in sub-folders keep their sub-folder in OUT, so equal names in different folders do not collide.
 
-Safety: inputs come from `m2u.masking.inputs.discover` with OUT excluded (a rerun never reads its own outputs
+Safety: inputs come from `m2u.core.inputs.discover` with OUT excluded (a rerun never reads its own outputs
 back); an OUT that is an input folder, or whose outputs would replace an input, is refused before anything is
 written; OUT is locked while a run writes it, so two runs cannot interleave their files and report.csv. Every
 output is written under a temporary name and renamed. Entries that are not regular files (FIFOs, devices,
@@ -28,11 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from m2u.masking.detect import DetectorConfig, FaceDetector
-from m2u.masking.fileio import atomic_write_bytes as write_atomic
-from m2u.masking.geometry import MaskingError
-from m2u.masking.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from m2u.masking.inputs import (
+from m2u.core.fileio import atomic_write_bytes as write_atomic
+from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from m2u.core.inputs import (
     Discovery,
     InputEntry,
     InputError,
@@ -41,9 +39,11 @@ from m2u.masking.inputs import (
     discover,
     output_lock,
 )
-from m2u.masking.parallel import worker_pool
+from m2u.core.parallel import worker_pool
+from m2u.core.runtime import runtime_field
+from m2u.masking.detect import DetectorConfig, FaceDetector
+from m2u.masking.geometry import MaskingError
 from m2u.masking.render import MaskConfig, apply_mask, inputs_per_config, parse_mask_code, warm_templates
-from m2u.masking.runtime import runtime_field
 
 REPORT_NAME = "report.csv"
 # status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,

@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 import cv2
 
+from m2u.core.imageio import ImageReadError, read_image
+from m2u.core.inputs import Discovery, InputError, OutputFolderError
+from m2u.core.parallel import WorkerStartError
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.batch import BatchConfig, find_inputs, mask_files
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
-from m2u.masking.imageio import ImageReadError, read_image
-from m2u.masking.inputs import Discovery, InputError, OutputFolderError
-from m2u.masking.parallel import WorkerStartError
 from m2u.masking.render import MaskConfig
 from m2u.masking.templates import ALL_TYPES, MASK_TYPES
 

@@ -14,8 +14,8 @@ import cv2
 import dlib
 import numpy as np
 
-from m2u.masking.fileio import atomic_write
-from m2u.masking.options import check_types
+from m2u.core.checks import check_types
+from m2u.core.fileio import atomic_write
 
 DetectorModel = Literal["hog", "cnn"]
 DETECTOR_MODELS: tuple[str, ...] = ("hog", "cnn")

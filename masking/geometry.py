@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2u.masking.options import check_types
+from m2u.core.checks import check_types
 
 # Landmark indices of the dlib 68-point scheme.
 JAW = slice(0, 17)

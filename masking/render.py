@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from m2u.core.checks import check_types
 from m2u.masking.appearance import PATTERNS, check_pattern_image, color_to_hex, parse_color, pattern_texture
 from m2u.masking.detect import Face
 from m2u.masking.geometry import (
@@ -24,7 +25,6 @@ from m2u.masking.geometry import (
     PlacementConfig,
     build_mesh,
 )
-from m2u.masking.options import check_types
 from m2u.masking.templates import (
     ALL_TYPES,
     COLORS,

@@ -17,7 +17,7 @@ from m2u.pipelines.config import PipelineConfig
 from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_pipeline
 from m2u.pipelines.stages import RECORD_SUFFIX
 
-COMPOSITE_ROW = "m2u_composite"  # m2u.training.evaluation.evaluator's row for G(x)·m + x·(1−m)
+COMPOSITE_ROW = "m2u_composite"  # m2u.evaluation.evaluator's row for G(x)·m + x·(1−m)
 TABLE_METRICS = (
     ("psnr", "PSNR ↑"),
     ("ssim", "SSIM ↑"),

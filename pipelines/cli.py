@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import yaml
 
+from m2u.core.configfile import ConfigError, parse_overrides
 from m2u.pipelines.config import PRESETS, PipelineConfig, config_as_dict, load_config
-from m2u.training.configfile import ConfigError, parse_overrides
 
 
 def _resolve(

@@ -12,11 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from m2u.core.configfile import ConfigError, apply_overrides, read_config_file
 from m2u.datasets.build import BuildConfig
+from m2u.evaluation.evaluator import EvaluateConfig
 from m2u.pipelines.stages import canonical_json
 from m2u.training.config import GanTrainConfig, MSegTrainConfig
-from m2u.training.configfile import ConfigError, apply_overrides, read_config_file
-from m2u.training.evaluation.evaluator import EvaluateConfig
 
 # The generator's M-Seg checkpoint is the M-Seg stage's output, filled in when the GAN stage starts; until then
 # the config holds this placeholder (it is part of the fingerprint through the M-Seg stage's own fingerprint).

@@ -53,9 +53,9 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     import torch
 
     from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
-    from m2u.training.evaluation.baselines import run_baseline
-    from m2u.training.inference.restore import model_usage, restore_batch
-    from m2u.training.pretrained import DEFAULT_MODEL, load_pretrained
+    from m2u.evaluation.baselines import run_baseline
+    from m2u.inference.pretrained import DEFAULT_MODEL, load_pretrained
+    from m2u.inference.restore import model_usage, restore_batch
     from m2u.training.ssim import psnr, ssim
 
     name = model or DEFAULT_MODEL
@@ -125,7 +125,7 @@ figures.</p>
 )
 def main(out_dir: str, count: int, check: bool) -> None:
     """The shipped model on the embedded default faces: OUT/index.html (masked | mask | restored | original)."""
-    from m2u.training.pretrained import PretrainedUnavailable, pretrained_paths
+    from m2u.inference.pretrained import PretrainedUnavailable, pretrained_paths
 
     try:
         pretrained_paths()

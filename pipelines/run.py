@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from m2u.masking.fileio import atomic_write_text
-from m2u.masking.fileio import library_versions as versions_of
+from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import library_versions as versions_of
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import StageOutcome, run_stage
@@ -122,7 +122,7 @@ def _stage_actions(
 ) -> dict[str, Callable[[], dict]]:
     """What each stage runs: the library call with the stage's configuration and the run folder's paths."""
     from m2u.datasets.build import build_dataset
-    from m2u.training.evaluation.evaluator import evaluate
+    from m2u.evaluation.evaluator import evaluate
     from m2u.training.trainer import train_gan, train_mseg
 
     def dataset_action() -> dict:

@@ -2,7 +2,7 @@
 
 A stage's fingerprint is the SHA-256 of its configuration (canonical JSON) together with the fingerprints of the
 stages it reads from, so changing one option re-runs that stage and every stage after it, and nothing before it.
-Only what changes a stage's output is hashed: fields declared with ``m2u.masking.runtime.runtime_field`` (worker
+Only what changes a stage's output is hashed: fields declared with ``m2u.core.runtime.runtime_field`` (worker
 counts, progress bars, log cadence) are left out, so a finished run moved to another machine, or rerun with
 ``--set gan.log_every=10``, is still finished.
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2u.masking.fileio import atomic_write_text as _write_atomic
-from m2u.masking.runtime import output_fields
+from m2u.core.fileio import atomic_write_text as _write_atomic
+from m2u.core.runtime import output_fields
 
 # Records live beside the stage folders (RUN/stages/<name>.json), not inside them: a stage's own tool may insist
 # on an empty output folder. The .pending file is written when a stage starts: partial output left by a killed run

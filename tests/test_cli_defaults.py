@@ -14,16 +14,16 @@ import pytest
 
 from m2u.datasets.build import BuildConfig
 from m2u.datasets.cli import main as make_dataset_main
+from m2u.evaluation.cli import EVAL_BINDING
+from m2u.evaluation.cli import main as eval_main
+from m2u.inference.cli import export_main, unmask_main
+from m2u.inference.export import ExportConfig
+from m2u.inference.unmask import UnmaskConfig
 from m2u.masking.cli import main as mask_main
 from m2u.masking.detect import DetectorConfig
 from m2u.masking.render import MaskConfig
 from m2u.training.cli import GAN_BINDING, MSEG_BINDING, train_main
 from m2u.training.cliutil import ConfigBinding
-from m2u.training.evaluation.cli import EVAL_BINDING
-from m2u.training.evaluation.cli import main as eval_main
-from m2u.training.inference.cli import export_main, unmask_main
-from m2u.training.inference.export import ExportConfig
-from m2u.training.inference.unmask import UnmaskConfig
 
 _NOT_OPTIONS = {"config_file", "sets", "help"}
 

@@ -15,7 +15,7 @@ Public surface (imported lazily: torch loads only when a name is used)::
 
 from __future__ import annotations
 
-from m2u.masking.lazy import lazy_exports
+from m2u.core.lazy import lazy_exports
 
 _EXPORTS = {
     "CARU2Net": "models",

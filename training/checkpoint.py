@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from m2u.masking.fileio import atomic_write, remove_temp_files
+from m2u.core.fileio import atomic_write, remove_temp_files
 from m2u.training.models import (
     CARU2Net,
     DiscriminatorConfig,
@@ -52,6 +52,10 @@ FORMAT_VERSION = "1"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
+class ModelUsageWarning(UserWarning):
+    """An explicit option contradicts what a model file records (honoured), or a file records nothing."""
+
+
 class CheckpointError(RuntimeError):
     """A model or training-state file that cannot be used (missing, wrong kind, or corrupt)."""
 
@@ -67,7 +71,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-# A write in progress is a hidden ".<name>.XXXX.tmp" beside its target (m2u.masking.fileio.atomic_write);
+# A write in progress is a hidden ".<name>.XXXX.tmp" beside its target (m2u.core.fileio.atomic_write);
 # remove_stale_temp_files clears leftovers.
 
 

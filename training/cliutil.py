@@ -41,7 +41,7 @@ def model_file_options(function):
 
 
 def config_file_options(function):
-    """`[CONFIG_FILE]` and `--set KEY=VALUE` (m2u.training.configfile), as m2u-pipeline takes them."""
+    """`[CONFIG_FILE]` and `--set KEY=VALUE` (m2u.core.configfile), as m2u-pipeline takes them."""
     function = click.option(
         "--set",
         "sets",
@@ -97,7 +97,7 @@ class ConfigBinding:
 
     def build(self, params: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> Any:
         """The config from `base` (fixed values), CONFIG_FILE, the given options and --set; one clear error."""
-        from m2u.training.configfile import (
+        from m2u.core.configfile import (
             ConfigError,
             config_from_dict,
             merge_overrides,
@@ -120,7 +120,7 @@ class ConfigBinding:
 def model_warnings() -> Iterator[None]:
     """Show the warnings model files give (an option contradicting a file, a resized dataset) as one
     'warning: ...' line each on stderr, as they happen."""
-    from m2u.training.inference.restore import ModelUsageWarning
+    from m2u.training.checkpoint import ModelUsageWarning
 
     previous = warnings.showwarning
 

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m2u.masking.runtime import runtime_field
-from m2u.training.configfile import config_from_dict
+from m2u.core.configfile import config_from_dict
+from m2u.core.runtime import runtime_field
 from m2u.training.losses import (
     GanLossConfig,
     SegmentationLossConfig,
@@ -53,7 +53,7 @@ class RunConfig:
     log_every: int = runtime_field(default=50)  # steps
     seed: int = 0
     # Loader processes: they change the order batches arrive in, not what the run is; a finished run is not
-    # redone for another value (m2u.masking.runtime).
+    # redone for another value (m2u.core.runtime).
     num_workers: int = runtime_field(default=2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto (bf16 where the hardware has it natively, else fp32: m2u.training.device.resolve_precision) | fp32 |

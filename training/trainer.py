@@ -670,7 +670,7 @@ class Trainer:
         self.task.set_train(True)
         array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         if self.task.grid_columns:
-            from m2u.training.evaluation.report import column_header
+            from m2u.core.drawing import column_header
 
             array = np.vstack([column_header(array.shape[1], self.task.grid_columns), array])
         path = self.out / "grids" / f"step-{self.step:07d}.png"

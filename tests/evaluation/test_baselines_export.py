@@ -7,8 +7,8 @@ import onnx
 import pytest
 import torch
 
-from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, inpaint_opencv, run_baseline
-from m2u.training.inference.export import ExportConfig, export_onnx, onnx_parity
+from m2u.evaluation.baselines import BASELINES, BaselineConfig, inpaint_opencv, run_baseline
+from m2u.inference.export import ExportConfig, export_onnx, onnx_parity
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
 

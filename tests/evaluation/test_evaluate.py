@@ -14,13 +14,13 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from m2u.datasets.layout import read_manifest
 from m2u.datasets.loader import LoaderConfig, count_samples, make_loader
+from m2u.evaluation.cli import main as eval_main
+from m2u.evaluation.evaluator import EvaluateConfig, evaluate
+from m2u.evaluation.lpips import LPIPS, build_lpips_trunk
+from m2u.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.inference.cli import export_main
 from m2u.training.checkpoint import load_model
-from m2u.training.evaluation.cli import main as eval_main
-from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
-from m2u.training.evaluation.lpips import LPIPS, build_lpips_trunk
-from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
 from m2u.training.flops import count_params
-from m2u.training.inference.cli import export_main
 
 ALL_ROWS = {
     "m2u_raw",
@@ -258,7 +258,7 @@ def test_device_errors_are_clear():
 
 
 def test_a_mask_covering_nearly_everything_is_a_visible_warning(tiny_dataset, tiny_checkpoints, tmp_path):
-    import m2u.training.evaluation.evaluator as evaluate_module
+    import m2u.evaluation.evaluator as evaluate_module
 
     mseg_path, gen_path = tiny_checkpoints
     real_restore = evaluate_module.restore_batch

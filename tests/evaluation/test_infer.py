@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from m2u.datasets.align import align_face
 from m2u.datasets.synthetic import make_synthetic_sample
-from m2u.training.inference.cli import unmask_main
-from m2u.training.inference.unmask import (
+from m2u.inference.cli import unmask_main
+from m2u.inference.unmask import (
     UnmaskConfig,
     Unmasker,
     feather_weight,

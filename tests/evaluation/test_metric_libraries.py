@@ -65,8 +65,8 @@ def _image_sets(n: int, size: int = 48, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 def _m2u_fid(weights, feature_dim: int, real_u8: torch.Tensor, fake_u8: torch.Tensor) -> float:
-    from m2u.training.evaluation.fid import FIDConfig
-    from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
+    from m2u.evaluation.fid import FIDConfig
+    from m2u.evaluation.suite import MetricsConfig, MetricSuite
 
     config = MetricsConfig(
         enable_lpips=False,
@@ -115,7 +115,7 @@ def test_m2u_lpips_equals_the_lpips_package_with_torchvisions_alexnet(tmp_path):
     import lpips
     import torchvision
 
-    from m2u.training.evaluation.lpips import LPIPSConfig, load_lpips
+    from m2u.evaluation.lpips import LPIPSConfig, load_lpips
 
     torch.manual_seed(0)
     alexnet = torchvision.models.alexnet(weights=None)  # torchvision's own trunk, seeded, not downloaded
@@ -150,7 +150,7 @@ def test_m2u_eval_reports_fid_from_the_weights_path(
     "unavailable", and the README's provenance of it is what the report records."""
     import json
 
-    from m2u.training.evaluation.cli import main as eval_main
+    from m2u.evaluation.cli import main as eval_main
 
     mseg_path, gen_path = tiny_checkpoints
     out = tmp_path / "report"

@@ -11,10 +11,10 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
-from m2u.training.evaluation.fid import FeatureStatistics, FIDConfig, frechet_distance, load_fid_inception
-from m2u.training.evaluation.identity import IdentityConfig, IdentityEmbedder
-from m2u.training.evaluation.lpips import LPIPS, LPIPSConfig, build_lpips_trunk, load_lpips
-from m2u.training.evaluation.pixel import (
+from m2u.evaluation.fid import FeatureStatistics, FIDConfig, frechet_distance, load_fid_inception
+from m2u.evaluation.identity import IdentityConfig, IdentityEmbedder
+from m2u.evaluation.lpips import LPIPS, LPIPSConfig, build_lpips_trunk, load_lpips
+from m2u.evaluation.pixel import (
     l1_error,
     masked_l1,
     masked_psnr,
@@ -22,8 +22,8 @@ from m2u.training.evaluation.pixel import (
     psnr_per_image,
     ssim_per_image,
 )
-from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
-from m2u.training.evaluation.weights import MetricUnavailable
+from m2u.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.evaluation.weights import MetricUnavailable
 
 
 def _pair(seed: int = 0, size: int = 48, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

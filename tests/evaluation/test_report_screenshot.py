@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import m2u.training.evaluation.evaluator as evaluate_module
-from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
-from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
+import m2u.evaluation.evaluator as evaluate_module
+from m2u.evaluation.evaluator import EvaluateConfig, evaluate
+from m2u.evaluation.suite import MetricsConfig, MetricSuite
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 WIDTH, HEIGHT = 1280, 2600

@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
-from m2u.training.evaluation.lpips import LPIPS, _lpips_package_heads, build_lpips_trunk
-from m2u.training.evaluation.pixel import psnr_per_image, ssim_per_image
-from m2u.training.evaluation.weights import load_state_dict_file
+from m2u.evaluation.lpips import LPIPS, _lpips_package_heads, build_lpips_trunk
+from m2u.evaluation.pixel import psnr_per_image, ssim_per_image
+from m2u.evaluation.weights import load_state_dict_file
 from m2u.training.flops import count_macs, ptflops_macs
 from m2u.training.models import MSeg, MSegConfig
 

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from m2u.datasets.align import align_face, alignment_matrix
 from m2u.datasets.synthetic import make_synthetic_sample
+from m2u.inference.cli import unmask_main
+from m2u.inference.unmask import UnmaskConfig, Unmasker, paste_region, summarize, unmask_files
 from m2u.masking.detect import Face
 from m2u.masking.masked_faces import expected_mouth, mouth_centre, visible_anchor_points
-from m2u.training.inference.cli import unmask_main
-from m2u.training.inference.unmask import UnmaskConfig, Unmasker, paste_region, summarize, unmask_files
 
 CROP = 32  # the tiny checkpoints' size (tests/evaluation/conftest.py)
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from m2u.core.inputs import discover
 from m2u.masking.batch import output_stems
 from m2u.masking.cli import main
-from m2u.masking.inputs import discover
 
 
 def _report(out):

@@ -1,4 +1,4 @@
-"""The one atomic writer and the versions record (m2u.masking.fileio)."""
+"""The one atomic writer and the versions record (m2u.core.fileio)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from m2u.masking.fileio import atomic_write, atomic_write_bytes, atomic_write_text, library_versions
+from m2u.core.fileio import atomic_write, atomic_write_bytes, atomic_write_text, library_versions
 
 
 def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from m2u.core.imageio import describe_ignored_files
 from m2u.masking import ImageReadError, read_image
-from m2u.masking.imageio import describe_ignored_files
 
 
 @pytest.fixture()

@@ -207,9 +207,9 @@ def test_the_readme_table1_recipe_builds_with_the_checkouts_templates(checkout, 
     """README: `m2u-pipeline run --preset paper ... --set 'dataset.mask_options={mask_type: random, pack: ...}'`."""
     import yaml
 
+    from m2u.core.imageio import read_image
     from m2u.datasets.build import make_masker
     from m2u.masking.detect import FaceDetector
-    from m2u.masking.imageio import read_image
     from m2u.pipelines.config import load_config
 
     override = yaml.safe_load(f"{{mask_type: random, pack: {checkout}}}")

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from m2u.core.imageio import IMAGE_SUFFIXES
 from m2u.masking import (
-    IMAGE_SUFFIXES,
     MASK_TYPES,
     DetectorConfig,
     FaceDetector,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2u.masking import IMAGE_SUFFIXES
+from m2u.core.imageio import IMAGE_SUFFIXES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("M2U_SHARED", REPO_ROOT.parent / "shared"))

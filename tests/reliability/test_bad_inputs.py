@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.layout import SPLITS, read_manifest, split_shards
+from m2u.inference.cli import unmask_main
 from m2u.masking.cli import main as mask_main
-from m2u.training.inference.cli import unmask_main
 
 # Per tool: the statuses each kind of input may get.
 MASK_STATUSES = {"unreadable": {"error"}, "no_face": {"no_face"}, "face": {"ok"}}
@@ -153,7 +153,7 @@ def test_m2u_mask_never_leaves_a_partial_output_under_its_name(corpus, tmp_path,
     """A crash between writing an output and naming it (here: the rename fails) leaves neither the output nor
     its temporary file, and the input's row says what happened."""
     import m2u.masking.batch as mask_cli
-    from m2u.masking.inputs import InputEntry
+    from m2u.core.inputs import InputEntry
 
     faces = sorted(corpus.names("face"))
     if not faces:

@@ -156,7 +156,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(
 
 
 def test_an_unforeseen_failure_on_one_input_is_an_error_row_not_a_crash(tmp_path, monkeypatch):
-    import m2u.masking.imageio as imageio
+    import m2u.core.imageio as imageio
 
     listing = _inputs(tmp_path, 4)
     poisoned = listing.read_text().splitlines()[1]

@@ -92,7 +92,7 @@ def test_resume_refuses_a_code_running_checkpoint(tmp_path):
 
 
 def test_unmask_refuses_a_code_running_model_file(tmp_path):
-    from m2u.training.inference.cli import unmask_main
+    from m2u.inference.cli import unmask_main
 
     marker = tmp_path / "pwned"
     evil = _malicious(tmp_path / "generator.safetensors", marker)

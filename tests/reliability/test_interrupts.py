@@ -87,7 +87,7 @@ def test_workers_leave_ctrl_c_to_the_parent():
     """A worker killed by SIGINT while it holds the pool's queue lock (sending a result) leaves the lock taken:
     the parent then waits for it forever when it shuts the pool down. Workers ignore SIGINT; the parent
     terminates them."""
-    from m2u.masking.parallel import worker_pool
+    from m2u.core.parallel import worker_pool
 
     with worker_pool(2) as pool:
         dispositions = set(pool.map(_sigint_disposition, range(8)))

@@ -1,4 +1,4 @@
-"""m2u-mask, m2u-make-dataset and m2u-unmask find the same inputs by the same rules (m2u.masking.inputs): folders
+"""m2u-mask, m2u-make-dataset and m2u-unmask find the same inputs by the same rules (m2u.core.inputs): folders
 searched recursively, globs, list files, hidden files passed over and counted, files without an image suffix
 counted, every entry a row."""
 
@@ -13,8 +13,8 @@ from PIL import Image
 
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.layout import read_manifest
+from m2u.inference.cli import unmask_main
 from m2u.masking.cli import main as mask_main
-from m2u.training.inference.cli import unmask_main
 
 
 def _inputs(tmp_path: Path) -> tuple[list[str], set[str]]:

@@ -11,10 +11,10 @@ from PIL import Image
 from m2u.datasets.build import STATE_DIR, BuildConfig
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.splits import parse_fractions
+from m2u.inference.unmask import UnmaskConfig
 from m2u.masking import DetectorConfig, MaskConfig
 from m2u.masking.cli import main as mask_main
 from m2u.pipelines.config import ConfigError, load_config, read_config_file
-from m2u.training.inference.unmask import UnmaskConfig
 
 pytestmark = pytest.mark.timeout(120)  # a regression (a pool re-spawning failing workers) hangs, then fails
 
@@ -148,7 +148,7 @@ def test_a_worker_that_cannot_start_stops_the_run_instead_of_being_replaced_fore
     """Whatever makes a worker's start-up fail (an option no check foresaw, a missing model file), a pool would
     replace the worker with another that fails the same way, forever; the run stops with the worker's error."""
     import m2u.datasets.distributors as distributors
-    from m2u.masking.parallel import WorkerStartError, worker_pool
+    from m2u.core.parallel import WorkerStartError, worker_pool
 
     with pytest.raises(WorkerStartError, match="cannot use"), worker_pool(2, _failing_start) as pool:
         pool.map(abs, range(8))

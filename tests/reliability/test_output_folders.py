@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from m2u.core.inputs import output_lock
+from m2u.inference.cli import unmask_main
 from m2u.masking.cli import main as mask_main
-from m2u.masking.inputs import output_lock
-from m2u.training.inference.cli import unmask_main
 
 
 def _photos(folder: Path, names=("a.png", "b.png", "sub/c.png")) -> dict[Path, str]:

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from m2u.masking.runtime import is_runtime_field
+from m2u.core.runtime import is_runtime_field
 from m2u.pipelines.config import apply_overrides, load_config
 from m2u.pipelines.run import _stage_config
 from m2u.pipelines.stages import STALE_DIR, fingerprint, run_stage

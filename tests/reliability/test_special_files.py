@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from m2u.core.imageio import ImageReadError, read_image, read_input_bytes
+from m2u.core.inputs import discover, probe
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.layout import read_manifest
+from m2u.inference.cli import unmask_main
 from m2u.masking.cli import main as mask_main
-from m2u.masking.imageio import ImageReadError, read_image, read_input_bytes
-from m2u.masking.inputs import discover, probe
-from m2u.training.inference.cli import unmask_main
 
 pytestmark = [
     pytest.mark.timeout(120),

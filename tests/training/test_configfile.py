@@ -1,11 +1,10 @@
-"""Config files and --set overrides (m2u.training.configfile): the one syntax of m2u-train, m2u-eval, m2u-pipeline."""
+"""Config files and --set overrides (m2u.core.configfile): the one syntax of m2u-train, m2u-eval, m2u-pipeline."""
 
 from __future__ import annotations
 
 import pytest
 
-from m2u.training.config import GanTrainConfig, MSegTrainConfig
-from m2u.training.configfile import (
+from m2u.core.configfile import (
     ConfigError,
     apply_overrides,
     config_from_dict,
@@ -13,6 +12,7 @@ from m2u.training.configfile import (
     parse_overrides,
     read_config_file,
 )
+from m2u.training.config import GanTrainConfig, MSegTrainConfig
 
 
 def test_set_values_are_yaml_scalars_in_a_dotted_tree():

@@ -133,9 +133,9 @@ def test_resume_with_another_architecture_is_one_line_and_writes_nothing(run64):
 
 
 def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, dataset64, tmp_path):
-    from m2u.training.evaluation.cli import main as eval_main
-    from m2u.training.inference.cli import export_main
-    from m2u.training.inference.unmask import UnmaskConfig, Unmasker
+    from m2u.evaluation.cli import main as eval_main
+    from m2u.inference.cli import export_main
+    from m2u.inference.unmask import UnmaskConfig, Unmasker
 
     unmasker = Unmasker.from_files(run64["mseg"], run64["gen"], UnmaskConfig(progress=False, device="cpu"))
     assert unmasker.usage.crop_size == SIZE and unmasker.usage.threshold == 0.4
@@ -162,7 +162,7 @@ def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, da
 
 
 def test_explicit_options_that_contradict_the_file_are_honoured_with_a_warning(run64, tmp_path):
-    from m2u.training.inference.restore import ModelUsageWarning, load_two_stage, model_usage
+    from m2u.inference.restore import ModelUsageWarning, load_two_stage, model_usage
 
     mseg, gen = load_two_stage(run64["mseg"], run64["gen"])
     with pytest.warns(ModelUsageWarning, match="--size 96"):
@@ -173,7 +173,7 @@ def test_explicit_options_that_contradict_the_file_are_honoured_with_a_warning(r
 
 
 def test_eval_on_a_dataset_of_another_size_resizes_to_the_models_and_says_so(run64, tmp_path):
-    from m2u.training.evaluation.cli import main as eval_main
+    from m2u.evaluation.cli import main as eval_main
 
     data = tmp_path / "ds32"
     write_synthetic_dataset(data, 12, size=32, seed=1)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import m2u.training.pretrained as pretrained
+import m2u.inference.pretrained as pretrained
+from m2u.inference.cli import unmask_main
+from m2u.inference.pretrained.card import render_model_card, write_model_card
 from m2u.training.checkpoint import current_model_info, read_model_info, save_model
-from m2u.training.inference.cli import unmask_main
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
-from m2u.training.pretrained.card import render_model_card, write_model_card
 
 SIZE = 64
 # As tests/conftest.py finds the shared data (read at run time; the test falls back to the embedded default).
@@ -163,8 +163,8 @@ def test_model_card_is_generated_from_the_measured_figures(tmp_path):
 
 def test_package_data_includes_the_pretrained_folder():
     setup = (Path(__file__).resolve().parents[2] / "setup.cfg").read_text()
-    assert "m2u.training.pretrained = training/pretrained" in setup
-    assert "m2u.training.pretrained = */*.safetensors" in setup
+    assert "m2u.inference.pretrained = inference/pretrained" in setup
+    assert "m2u.inference.pretrained = */*.safetensors" in setup
 
 
 def test_shipped_files_record_how_to_use_them(shipped):
@@ -174,7 +174,7 @@ def test_shipped_files_record_how_to_use_them(shipped):
 
 def test_eval_without_model_options_uses_the_shipped_model(shipped, tmp_path):
     from m2u.datasets.synthetic import write_synthetic_dataset
-    from m2u.training.evaluation.cli import main as eval_main
+    from m2u.evaluation.cli import main as eval_main
 
     data = tmp_path / "ds"
     write_synthetic_dataset(data, 12, size=SIZE, seed=0)

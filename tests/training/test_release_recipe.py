@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import m2u.training.pretrained as pretrained
+import m2u.inference.pretrained as pretrained
+from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, load_pretrained
 from m2u.training.checkpoint import read_model_info
-from m2u.training.pretrained import GENERATOR_FILE, MSEG_FILE, load_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 CELEBA_DIR = Path(os.environ.get("M2U_SHARED", REPO.parent / "shared")) / "faces" / "celeba"

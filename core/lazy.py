@@ -21,7 +21,9 @@ def lazy_exports(
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        # A dotted name is an absolute module (a re-export from a lower package); a plain one is a submodule.
+        target = module if "." in module else f"{package}.{module}"
+        value = getattr(importlib.import_module(target), name)
         vars(sys.modules[package])[name] = value
         return value
 

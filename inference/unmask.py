@@ -30,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
+from m2u.inference.restore import load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.inference.restore import load_two_stage, model_usage, restore_batch
 from m2u.training.models import CARU2Net, MSeg
 
 __all__ = [
@@ -322,9 +322,9 @@ class Unmasker:
 
 
 def expand_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | Path | None = None) -> list[Path]:
-    """The input files (m2u.masking.inputs.discover: folders recursive, globs, list files, hidden files passed
+    """The input files (m2u.core.inputs.discover: folders recursive, globs, list files, hidden files passed
     over); nothing inside `out_dir` is taken, so a rerun never reads its own outputs back."""
-    from m2u.masking.inputs import discover
+    from m2u.core.inputs import discover
 
     return [e.path for e in discover(inputs, exclude=[] if out_dir is None else [out_dir]).entries]
 
@@ -353,12 +353,12 @@ def unmask_files(
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
     """Unmask every input photo into `out_dir` (PNG, same name stem) and write `out_dir/report.csv`."""
-    from m2u.masking.inputs import check_output_folder, discover, output_lock
+    from m2u.core.inputs import check_output_folder, discover, output_lock
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
     # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
-    # an input (m2u.masking.inputs); OUT itself is never read as input.
+    # an input (m2u.core.inputs); OUT itself is never read as input.
     found = discover(inputs, exclude=[out])
     paths = [e.path for e in found.entries]
     # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check

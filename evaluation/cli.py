@@ -1,4 +1,4 @@
-"""m2u-eval: a thin Click layer over `m2u.training.evaluation.evaluator`.
+"""m2u-eval: a thin Click layer over `m2u.evaluation.evaluator`.
 
 m2u-eval [CONFIG_FILE] --data OUT --mseg M --generator G -o REPORT [--set metrics.enable_fid=false ...]
 CONFIG_FILE (YAML, TOML or JSON) holds EvaluateConfig fields (nested ones as mappings); options given on the
@@ -11,6 +11,10 @@ from pathlib import Path
 
 import click
 
+from m2u.evaluation.baselines import BASELINES, BaselineConfig
+from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig
+from m2u.evaluation.identity import IdentityConfig
+from m2u.evaluation.lpips import LPIPSConfig
 from m2u.training.cliutil import (
     ConfigBinding,
     config_file_options,
@@ -18,10 +22,6 @@ from m2u.training.cliutil import (
     model_warnings,
     user_errors,
 )
-from m2u.training.evaluation.baselines import BASELINES, BaselineConfig
-from m2u.training.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig
-from m2u.training.evaluation.identity import IdentityConfig
-from m2u.training.evaluation.lpips import LPIPSConfig
 
 EVAL_BINDING = ConfigBinding(
     EvaluateConfig,
@@ -132,7 +132,7 @@ EVAL_BINDING = ConfigBinding(
 def main(**kw) -> None:
     """Evaluate M-Seg + CARU2-Net on a dataset split, with OpenCV baselines; write REPORT/metrics.json,
     metrics.md, grid.png and index.html. Without --mseg/--generator: the model shipped with m2u."""
-    from m2u.training.evaluation.evaluator import evaluate
+    from m2u.evaluation.evaluator import evaluate
 
     config = EVAL_BINDING.build(kw)
     try:

@@ -45,7 +45,7 @@ class ExportConfig:
 def export_size(model: nn.Module, image_size: int | None, static_shape: bool = False) -> int:
     """The tracing size: the model file's training size unless given. A given size that differs is honoured
     with a warning (a static-shape graph at another size is a model that only runs at that size)."""
-    from m2u.training.inference.restore import ModelUsageWarning
+    from m2u.inference.restore import ModelUsageWarning
 
     trained = getattr(getattr(model, "info", None), "crop_size", None)
     if image_size is None:

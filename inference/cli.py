@@ -1,4 +1,4 @@
-"""m2u-unmask and m2u-export: thin Click layers over `m2u.training.inference`."""
+"""m2u-unmask and m2u-export: thin Click layers over `m2u.inference`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+from m2u.inference.export import ExportConfig
+from m2u.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
-from m2u.training.inference.export import ExportConfig
-from m2u.training.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,7 +70,7 @@ def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
     (one row per file: status and reason) and OUT/faces.jsonl (one line per face: detector, score, box,
     alignment source, mask fraction). Without --mseg/--generator: the model shipped with m2u."""
-    from m2u.training.inference.unmask import summarize, unmask_files
+    from m2u.inference.unmask import summarize, unmask_files
 
     overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
     try:
@@ -93,7 +93,7 @@ def unmask_main(**kw) -> None:
         if r.status != "ok" or r.refused_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
-    from m2u.masking.imageio import describe_ignored_files
+    from m2u.core.imageio import describe_ignored_files
 
     ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])
     if ignored:
@@ -130,8 +130,8 @@ def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol,
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime."""
     from dataclasses import asdict
 
+    from m2u.inference.export import export_onnx, export_size
     from m2u.training.checkpoint import load_model
-    from m2u.training.inference.export import export_onnx, export_size
 
     if not mseg_path and not generator_path:
         raise click.UsageError("give --mseg and/or --generator")

@@ -1,4 +1,4 @@
-"""m2u.training.evaluation: metrics by kind, baselines, `evaluate` and its report. Uses inference.
+"""m2u.evaluation: metrics by kind, baselines, `evaluate` and its report. Uses inference.
 
 Public surface::
 
@@ -11,14 +11,14 @@ Modules: pixel (PSNR / SSIM / L1), lpips, fid, identity, suite, groups, baseline
 
 from __future__ import annotations
 
-from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
-from m2u.training.evaluation.evaluator import EvaluateConfig, evaluate
-from m2u.training.evaluation.fid import FIDConfig
-from m2u.training.evaluation.identity import IdentityConfig
-from m2u.training.evaluation.lpips import LPIPSConfig
-from m2u.training.evaluation.report import write_report
-from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
-from m2u.training.evaluation.weights import MetricUnavailable
+from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
+from m2u.evaluation.evaluator import EvaluateConfig, evaluate
+from m2u.evaluation.fid import FIDConfig
+from m2u.evaluation.identity import IdentityConfig
+from m2u.evaluation.lpips import LPIPSConfig
+from m2u.evaluation.report import write_report
+from m2u.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.evaluation.weights import MetricUnavailable
 
 __all__ = [
     "BASELINES",

@@ -3,7 +3,7 @@
 Rows of the report, all on the same samples:
 - `m2u_raw`: the generator's output G(x, m) as is;
 - `m2u_composite`: G(x, m)·m + x·(1 − m) with M-Seg's predicted mask m (what `m2u-unmask` shows);
-- baselines (`m2u.training.evaluation.baselines`): OpenCV Telea and Navier–Stokes inpainting of the same masked input
+- baselines (`m2u.evaluation.baselines`): OpenCV Telea and Navier–Stokes inpainting of the same masked input
   under the same predicted mask, and by default also under the ground-truth mask (rows `<name>_gt_mask`: what
   a classical method achieves with a perfect mask, which separates its weakness from M-Seg's), and the masked
   input itself.
@@ -29,11 +29,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from m2u.masking.runtime import runtime_field
-from m2u.training.device import resolve_device
-from m2u.training.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
-from m2u.training.evaluation.groups import group_means, sample_mask_attributes
-from m2u.training.evaluation.report import (
+from m2u.core.runtime import runtime_field
+from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
+from m2u.evaluation.groups import group_means, sample_mask_attributes
+from m2u.evaluation.report import (
     GT_MASK_SUFFIX,
     PAPER_RESOLUTION,
     PAPER_TABLE1,
@@ -41,10 +40,11 @@ from m2u.training.evaluation.report import (
     write_per_sample,
     write_report,
 )
-from m2u.training.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.evaluation.suite import MetricsConfig, MetricSuite
+from m2u.inference.restore import ModelUsageWarning, load_two_stage, model_usage, restore_batch
+from m2u.training.device import resolve_device
 from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.inference.restore import ModelUsageWarning, load_two_stage, model_usage, restore_batch
 
 __all__ = [
     "EvaluateConfig",

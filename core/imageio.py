@@ -36,16 +36,16 @@ def is_image_entry(path: Path) -> bool:
 
 def is_hidden(path: Path, folder: Path) -> bool:
     """Whether `path` is hidden below `folder`: its name or a folder between starts with "." (folder scans pass
-    over these, e.g. .ipynb_checkpoints; see m2u.masking.inputs)."""
+    over these, e.g. .ipynb_checkpoints; see m2u.core.inputs)."""
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def describe_ignored_files(
     inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
 ) -> str:
-    """The sentence of `m2u.masking.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
+    """The sentence of `m2u.core.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
     over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
-    from m2u.masking.inputs import discover
+    from m2u.core.inputs import discover
 
     return discover(inputs, exclude=exclude).describe_skipped()
 

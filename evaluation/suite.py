@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from m2u.training.evaluation.fid import FeatureStatistics, FIDConfig, frechet_distance, load_fid_inception
-from m2u.training.evaluation.identity import IdentityConfig, IdentityEmbedder
-from m2u.training.evaluation.lpips import LPIPS, LPIPSConfig, load_lpips
-from m2u.training.evaluation.pixel import (
+from m2u.evaluation.fid import FeatureStatistics, FIDConfig, frechet_distance, load_fid_inception
+from m2u.evaluation.identity import IdentityConfig, IdentityEmbedder
+from m2u.evaluation.lpips import LPIPS, LPIPSConfig, load_lpips
+from m2u.evaluation.pixel import (
     check_mask,
     check_pair,
     l1_error,
@@ -25,7 +25,7 @@ from m2u.training.evaluation.pixel import (
     psnr_per_image,
     ssim_per_image,
 )
-from m2u.training.evaluation.weights import MetricUnavailable
+from m2u.evaluation.weights import MetricUnavailable
 from m2u.training.imagespace import to_uint8_images
 
 __all__ = ["MetricsConfig", "MetricSuite"]

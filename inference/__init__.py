@@ -1,4 +1,4 @@
-"""m2u.training.inference: the two-stage restorer, unmasking photos, and export. Never imports evaluation.
+"""m2u.inference: the two-stage restorer, unmasking photos, and export. Never imports evaluation.
 
 Public surface::
 
@@ -10,9 +10,9 @@ Public surface::
 
 from __future__ import annotations
 
-from m2u.training.inference.export import ExportConfig, export_onnx
-from m2u.training.inference.restore import load_two_stage, restore_batch
-from m2u.training.inference.unmask import FileResult, UnmaskConfig, Unmasker, unmask_files
+from m2u.inference.export import ExportConfig, export_onnx
+from m2u.inference.restore import load_two_stage, restore_batch
+from m2u.inference.unmask import FileResult, UnmaskConfig, Unmasker, unmask_files
 
 __all__ = [
     "ExportConfig",

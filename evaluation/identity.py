@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m2u.training.evaluation.weights import MetricUnavailable
+from m2u.evaluation.weights import MetricUnavailable
 
 __all__ = ["IdentityConfig", "IdentityResult", "IdentityEmbedder"]
 

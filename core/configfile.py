@@ -48,7 +48,7 @@ def _load_yaml(text: str) -> Any:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a .yaml/.yml, .toml or .json file; ConfigError naming the file when it is not one."""
-    from m2u.masking.imageio import ImageReadError, read_input_bytes
+    from m2u.core.imageio import ImageReadError, read_input_bytes
 
     path = Path(path)
     try:

@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from m2u.training.evaluation.weights import MetricUnavailable
+from m2u.evaluation.weights import MetricUnavailable
 
 __all__ = ["FIDConfig", "FeatureStatistics", "frechet_distance", "load_fid_inception"]
 

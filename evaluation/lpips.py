@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2u.training.evaluation.pixel import check_mask, check_pair
-from m2u.training.evaluation.weights import MetricUnavailable, hub_state_dict, load_state_dict_file
+from m2u.evaluation.pixel import check_mask, check_pair
+from m2u.evaluation.weights import MetricUnavailable, hub_state_dict, load_state_dict_file
 
 __all__ = ["LPIPSConfig", "LPIPS", "LPIPSTrunk", "build_lpips_trunk", "load_lpips"]
 

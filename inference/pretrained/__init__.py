@@ -1,6 +1,6 @@
 """The models that ship with m2u, loaded by name.
 
-    from m2u.training.pretrained import load_pretrained
+    from m2u.inference.pretrained import load_pretrained
     mseg, generator = load_pretrained()                 # the default model, ready (eval mode)
     mseg, generator = load_pretrained("m2unet-celeba-128", device="cpu")
 
@@ -75,7 +75,7 @@ def pretrained_paths(name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
 def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu"):
     """The shipped two-stage model, ready to use: (MSeg, CARU2Net) in eval mode on `device`, each carrying
     its file's ModelInfo as `.info` (crop size, threshold, alignment, provenance)."""
-    from m2u.training.inference.restore import load_two_stage
+    from m2u.inference.restore import load_two_stage
 
     mseg_path, generator_path = pretrained_paths(name)
     return load_two_stage(mseg_path, generator_path, device)

@@ -2,7 +2,7 @@
 
 How a pair of model files is used comes from the files (`checkpoint.ModelInfo`): `model_usage` gives the crop
 size and M-Seg's threshold, honouring an explicit value that contradicts the files with a warning. With no
-model files at all, `load_two_stage` loads the model that ships with m2u (`m2u.training.pretrained`).
+model files at all, `load_two_stage` loads the model that ships with m2u (`m2u.inference.pretrained`).
 """
 
 from __future__ import annotations
@@ -13,24 +13,20 @@ from pathlib import Path
 
 import torch
 
-from m2u.training.checkpoint import ModelInfo, load_model
+from m2u.training.checkpoint import ModelInfo, ModelUsageWarning, load_model
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.models import CARU2Net, MSeg
 
 __all__ = ["ModelUsageWarning", "ModelUsage", "load_two_stage", "model_usage", "restore_batch"]
 
 
-class ModelUsageWarning(UserWarning):
-    """An explicit option contradicts what a model file records (honoured), or a file records nothing."""
-
-
 def load_two_stage(
     mseg_path: str | Path | None, generator_path: str | Path | None, device: torch.device | str = "cpu"
 ) -> tuple[MSeg, CARU2Net]:
     """Load and type-check the two checkpoints (a swapped pair gets a clear error). Neither path given: the
-    model shipped with m2u (`m2u.training.pretrained.DEFAULT_MODEL`)."""
+    model shipped with m2u (`m2u.inference.pretrained.DEFAULT_MODEL`)."""
     if mseg_path is None and generator_path is None:
-        from m2u.training.pretrained import pretrained_paths
+        from m2u.inference.pretrained import pretrained_paths
 
         mseg_path, generator_path = pretrained_paths()
     elif mseg_path is None or generator_path is None:
