@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -71,6 +72,46 @@ def _matches(value: Any, hint: Any) -> bool:
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True  # a type this check does not know: the class's own validation decides
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _accepts(hint: Any, kind: type) -> bool:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_accepts(a, kind) for a in get_args(hint))
+    return hint is kind
+
+
+def number_from_text(value: Any, hint: Any) -> Any:
+    """`value` with numbers written as text read as numbers where `hint` wants one: YAML 1.1 (PyYAML) reads
+    ``1e3`` and ``5e-1`` as strings, which a numeric field must still take (``1e3`` for an integer field only
+    when it is a whole number). Anything else is returned as it is, for the type check to judge."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        number = float(value)
+        if _accepts(hint, float):
+            return number
+        if _accepts(hint, int) and number.is_integer():
+            return int(number)
+        return value
+    if isinstance(value, list | tuple) and get_origin(hint) is tuple:
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return type(value)(number_from_text(v, args[0]) for v in value)
+        if len(args) == len(value):
+            return type(value)(number_from_text(v, a) for v, a in zip(value, args, strict=True))
+    return value
+
+
+def field_problem(cls: type, name: str, value: Any) -> str:
+    """What is wrong with `value` for the field `name` of the dataclass `cls` ("" when it fits its type)."""
+    hint = _hints(cls).get(name, Any)
+    return "" if _matches(value, hint) else f"must be {_describe(hint)}, got {value!r}"
+
+
+def field_hint(cls: type, name: str) -> Any:
+    return _hints(cls).get(name, Any)
 
 
 def check_types(config: Any, prefix: str = "") -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from m2u.core.checks import field_hint, field_problem, number_from_text
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 CONFIG_MAX_BYTES = 1_000_000  # a configuration is a few kB; anything this large is not one
 
@@ -125,8 +127,20 @@ def _nested_class(cls: type, name: str) -> type | None:
     return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
+def _checked(cls: type, key: str, value: Any, where: str) -> Any:
+    """`value` for the field `key` of `cls`, numbers written as text read as numbers (YAML 1.1), refused with
+    ConfigError naming the key when it does not fit the field's type (NaN and infinities included): the one
+    check every value meets, whichever way it came (option, config file, --set, preset, saved run config)."""
+    value = number_from_text(value, field_hint(cls, key))
+    problem = field_problem(cls, key, value)
+    if problem:
+        raise ConfigError(f"{where}{key} {problem}")
+    return value
+
+
 def config_from_dict(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
-    """Build the dataclass `cls` (nested dataclasses from nested mappings); unknown keys are refused.
+    """Build the dataclass `cls` (nested dataclasses from nested mappings); unknown keys are refused, and every
+    value is type-checked first (see _checked).
 
     A value the dataclass rejects (its own validation) fails with ConfigError naming where it was."""
     _check_keys(cls, values, where)
@@ -135,6 +149,8 @@ def config_from_dict(cls: type, values: Mapping[str, Any], where: str = "") -> A
         nested = _nested_class(cls, key)
         if nested is not None and isinstance(value, Mapping):
             value = config_from_dict(nested, value, where=f"{where}{key}.")
+        else:
+            value = _checked(cls, key, value, where)
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -155,6 +171,8 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any], where: str = "") 
         current = getattr(config, key)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             value = apply_overrides(current, value, where=f"{where}{key}.")
+        else:
+            value = _checked(type(config), key, value, where)
         changes[key] = value
     try:
         return dataclasses.replace(config, **changes)

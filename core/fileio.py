@@ -1,49 +1,153 @@
-"""The one atomic writer of m2u (every package writes finished files through it) and the library versions record.
+"""The one writer of m2u's output files (every package writes finished files through it) and the library versions
+record.
 
-A file is written under a hidden temporary name beside its target (``.<name>.XXXXXXXX.tmp``) and renamed to its
-real name only once complete: a killed run never leaves a truncated file under the real name (an interrupted
-file simply does not exist yet), and concurrent writers never see each other's half-written bytes. Leftovers of
-killed writers match both ``*.tmp`` and ``.*.tmp`` (what the dataset build and the trainer clear at start-up).
+A file is written under a hidden temporary name beside its target (``.<name>.XXXXXXXX.tmp``, created with
+O_EXCL, so never through a link) and renamed to its real name only once complete: a killed run or a full disk
+never leaves a truncated file under the real name (an interrupted file simply does not exist yet), and
+concurrent writers never see each other's half-written bytes. Leftovers of killed writers match both ``*.tmp``
+and ``.*.tmp`` (what the dataset build and the trainer clear at start-up).
+
+Only what is ours is replaced. Each folder m2u writes into keeps a record, ``.m2u-written``, of the names m2u
+wrote there (one per line, appended); a name about to be replaced must be a regular file listed in that record.
+A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
+person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
+The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
+followed. The record file itself is opened without following links.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
+RECORD_NAME = ".m2u-written"  # the names m2u wrote in a folder: the files it may replace there
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# Folder -> (the record's size when read, the names in it): a rerun replacing many files reads the record once.
+_RECORDS: dict[str, tuple[int, frozenset[str]]] = {}
+
+
+class OutputRefusedError(ValueError):
+    """An output name m2u must not write: a symbolic link, not a regular file, or a file m2u did not write."""
+
+
+def _read_record(folder: Path) -> frozenset[str]:
+    path = folder / RECORD_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputRefusedError(f"{path} is a symbolic link; m2u does not write through links") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputRefusedError(f"{path} is not a regular file")
+        key = str(folder.resolve())
+        cached = _RECORDS.get(key)
+        if cached is not None and cached[0] == info.st_size:
+            return cached[1]
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            names = frozenset(handle.read().decode("utf-8", "replace").splitlines())
+        _RECORDS[key] = (info.st_size, names)
+        return names
+    finally:
+        os.close(fd)
+
+
+def _record(folder: Path, name: str) -> None:
+    """Append `name` to the folder's record (one O_APPEND write: concurrent writers do not interleave)."""
+    if name in _read_record(folder):
+        return
+    fd = os.open(folder / RECORD_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+    try:
+        os.write(fd, f"{name}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def replace_problem(path: str | os.PathLike[str]) -> str:
+    """Why m2u must not write `path` ("" when it may): a link, not a regular file, or a file it did not write."""
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return ""
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link; m2u does not write through links (remove the link or choose another output)"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} exists and is not a regular file"
+    if path.name not in _read_record(path.parent):
+        return (
+            f"{path} exists and was not written by m2u (it is not in {path.parent / RECORD_NAME}); "
+            "move it away or choose another output"
+        )
+    return ""
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise OutputRefusedError when `path` may not be written (see replace_problem)."""
+    problem = replace_problem(path)
+    if problem:
+        raise OutputRefusedError(problem)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], durable: bool = False) -> Path:
     """Call ``write(temp_path)`` for a hidden temporary file beside ``path``, then rename it to ``path``.
 
-    The temporary name is unique to this writer (concurrent writers of one file never share it). ``durable``
-    also flushes the file to disk before the rename, for commit records that must survive a power loss.
+    ``path`` must be new or a regular file m2u wrote there before (OutputRefusedError otherwise, checked before
+    anything is written). The temporary name is unique to this writer (concurrent writers of one file never
+    share it). ``durable`` also flushes the file to disk before the rename, for commit records that must survive
+    a power loss.
 
-    The parent folder is created when missing. On any exception (KeyboardInterrupt included) the temporary file
-    is removed, ``path`` is left as it was and the exception propagates. The file gets the mode the umask gives
-    any new file (mkstemp alone would leave it 0600).
+    The parent folder is created when missing. On any exception (KeyboardInterrupt and a full disk included) the
+    temporary file is removed, ``path`` is left as it was and the exception propagates. The file gets the mode
+    the umask gives any new file (mkstemp alone would leave it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(temp)
+        if os.path.islink(temp) or not os.path.isfile(temp):
+            raise OutputRefusedError(f"the temporary file for {path} was replaced while it was written")
         if durable:
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
+        commit(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def open_new(path: str | os.PathLike[str], mode: int = 0o644):
+    """A new file at `path` opened for binary writing: created with O_EXCL (never an existing file, never
+    through a link), for writers that stream into their own temporary file and then `commit` it."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode), "wb")
+
+
+def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Rename the finished temporary file `temp` to `path` if `path` may be replaced (checked again here: a link
+    planted while the file was written is refused), recording the name as m2u's. For writers that stream into
+    their own temporary file (the dataset shards); everything else uses atomic_write."""
+    path = Path(path)
+    check_writable(path)
+    _record(path.parent, path.name)
+    os.replace(temp, path)
     return path
 
 

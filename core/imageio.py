@@ -202,3 +202,19 @@ def _decode(handle, path, max_pixels: int) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(f"unexpected decoded shape {array.shape}", path)
     return array
+
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray, rgb: bool = True) -> Path:
+    """Encode `image` (RGB, or single-channel) in the format of `path`'s suffix and write it through
+    m2u.core.fileio.atomic_write: complete or not at all (cv2.imwrite alone returns False on a full disk and
+    leaves a truncated file), never through a link, never over a file m2u did not write."""
+    import cv2
+
+    from m2u.core.fileio import atomic_write_bytes
+
+    path = Path(path)
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb and image.ndim == 3 else image
+    ok, encoded = cv2.imencode(path.suffix or ".png", pixels)
+    if not ok:
+        raise OSError(f"cannot encode {path} as {path.suffix or '.png'}")
+    return atomic_write_bytes(path, encoded.tobytes())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import glob
 import io
 import os
@@ -32,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m2u.core.fileio import RECORD_NAME, replace_problem
 from m2u.core.imageio import (
     DEFAULT_MAX_FILE_BYTES,
     IMAGE_SUFFIXES,
@@ -127,6 +127,8 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
         # broken and looping links are in `files`, so they get a row with their problem.
         for name in sorted(files):
             path = root_path / name
+            if name == RECORD_NAME:
+                continue  # m2u's own record of what it wrote there (m2u.core.fileio), never an input
             if not is_image_entry(path):
                 suffix = path.suffix.lower() or "(none)"
                 found.no_image_suffix[suffix] = found.no_image_suffix.get(suffix, 0) + 1
@@ -268,29 +270,62 @@ def check_output_folder(
                 f"{option} {out_dir}: the output {target} would replace an input file of the same name; "
                 "choose another output folder"
             )
+        # A link planted at an output's name, or another file there that m2u did not write: refused before any
+        # work (m2u.core.fileio refuses it again at the write).
+        problem = replace_problem(target)
+        if problem:
+            raise OutputFolderError(f"{option} {out_dir}: {problem}")
+
+
+def lock_problem(path: Path) -> str:
+    """Why the lock file `path` must not be opened ("" when it may): a lock is never opened through a link (a
+    link planted at OUT/.<tool>.lock would let the lock's writes land in the link's target)."""
+    if os.path.islink(path):
+        return f"{path} is a symbolic link; m2u does not open its lock files through links (remove the link)"
+    if os.path.lexists(path) and not os.path.isfile(path):
+        return f"{path} exists and is not a regular file"
+    return ""
+
+
+def open_lock_file(path: str | os.PathLike[str]) -> int:
+    """A descriptor of the lock file `path` (created when missing) for flock, never opened through a link; for
+    locks filelock cannot take (the dataset build's shared partition locks). OutputFolderError otherwise."""
+    path = Path(path)
+    problem = lock_problem(path)
+    if problem:
+        raise OutputFolderError(problem)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise OutputFolderError(
+            f"cannot open the lock {path}: {lock_problem(path) or exc.strerror or exc}"
+        ) from None
 
 
 @contextlib.contextmanager
 def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
-    """Hold an exclusive flock on OUT/.<tool>.lock while a run writes OUT (the kernel releases it even after
-    SIGKILL): a second run on the same OUT is refused at once instead of interleaving its files and report."""
+    """Hold an exclusive lock on OUT/.<tool>.lock while a run writes OUT (filelock's flock, opened with
+    O_NOFOLLOW and never truncated; the kernel releases it even after SIGKILL): a second run on the same OUT is
+    refused at once instead of interleaving its files and report."""
+    import filelock
+
     path = Path(out_dir) / f".{tool}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    problem = lock_problem(path)
+    if problem:
+        raise OutputFolderError(problem)
+    lock = filelock.UnixFileLock(str(path), timeout=0)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = ""
-            with contextlib.suppress(OSError, ValueError):
-                holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-            raise OutputFolderError(
-                f"another {tool} run is writing {out_dir}{holder}; wait for it to finish or choose another -o"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        lock.acquire()
+    except filelock.Timeout:
+        raise OutputFolderError(
+            f"another {tool} run is writing {out_dir}; wait for it to finish or choose another -o"
+        ) from None
+    except OSError as exc:
+        raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
+    try:
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 __all__ = [
@@ -304,6 +339,7 @@ __all__ = [
     "check_arguments",
     "check_output_folder",
     "discover",
+    "open_lock_file",
     "open_regular",
     "output_lock",
     "probe",

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from multiprocessing.pool import Pool
 from typing import Any
@@ -43,9 +45,29 @@ class WorkerStartError(RuntimeError):
 _START_FAILURE: str | None = None
 
 
-def _start_worker(initializer: Callable[..., None] | None, *initargs: Any) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def become_worker(parent_pid: int | None = None) -> None:
+    """Signal settings of a worker process (every m2u pool calls this first in each worker): Ctrl-C is the
+    parent's (it terminates the pool), SIGTERM kills (the parent's m2u.core.guard handler, inherited through fork,
+    would unwind a worker half-way through a result), and the worker dies with its parent (Linux
+    PR_SET_PDEATHSIG), so a parent killed even by SIGKILL leaves no worker holding memory. `parent_pid`: exit at
+    once when the parent is already gone (it died between fork and here)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _start_worker(parent_pid: int, initializer: Callable[..., None] | None, *initargs: Any) -> None:
     global _START_FAILURE
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
+    become_worker(parent_pid)
     if initializer is None:
         return
     try:
@@ -96,7 +118,7 @@ def worker_pool(
     previous = stop_opencv_threads()
     try:
         with multiprocessing.get_context(method).Pool(
-            workers, _start_worker, (initializer, *initargs)
+            workers, _start_worker, (os.getpid(), initializer, *initargs)
         ) as pool:
             yield _GuardedPool(pool)
     finally:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import RECORD_NAME, atomic_write_text
 from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -50,7 +50,15 @@ from m2u.datasets.writer import count_rows, library_versions, write_stats
 
 BUILD_STATE_NAME = "build.json"
 _OWN_ENTRIES = frozenset(
-    {*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME, STATE_DIR, LOCK_NAME}
+    {
+        *SPLITS,
+        *(split_manifest_name(s) for s in SPLITS),
+        MANIFEST_NAME,
+        STATS_NAME,
+        STATE_DIR,
+        LOCK_NAME,
+        RECORD_NAME,
+    }
 )
 
 __all__ = [
@@ -133,7 +141,7 @@ def plan_build(
 def _clear_outputs(out_dir: Path) -> None:
     import shutil
 
-    for name in _OWN_ENTRIES - {LOCK_NAME}:
+    for name in _OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}:
         target = out_dir / name
         if target.is_dir():
             shutil.rmtree(target)

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from m2u.core.guard import guard_command
 from m2u.core.imageio import describe_ignored_files
 from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
@@ -198,6 +199,10 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     if statuses["ok"] == 0:
         click.echo("no pair was written: see the reason column of manifest.parquet", err=True)
         sys.exit(1)
+
+
+# SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
+guard_command(main)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from m2u.core.parallel import become_worker
 from m2u.datasets.config import BuildConfig, BuildError
 from m2u.datasets.layout import shard_name
 from m2u.datasets.work import BuildJob, Progress, ShardOutput, ShardTask, build_shard, init_worker
@@ -84,7 +85,7 @@ _START_ERROR = "start-error"
 
 def _mp_init(config: BuildConfig, inherited_fds: Sequence[int], queue: Any) -> None:
     global _QUEUE
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the pool
+    become_worker()  # Ctrl-C is the driver's (it stops the pool); SIGTERM kills; dies with the driver
     _QUEUE = queue
     try:
         init_worker(config, inherited_fds)

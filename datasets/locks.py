@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from m2u.core.inputs import open_lock_file
 from m2u.datasets.config import BuildLockedError
 from m2u.datasets.layout import LOCK_NAME, STATE_DIR
 
@@ -49,7 +50,7 @@ def running_partitions(out_dir: Path, except_count: int | None = None) -> list[s
         if match is None or (except_count is not None and int(match.group(2)) == except_count):
             continue
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 if _flock(fd, fcntl.LOCK_SH):
                     continue
@@ -64,7 +65,7 @@ def build_lock(out_dir: Path, partition: tuple[int, int] | None = None) -> Itera
     """Hold the locks of a whole run (``partition=None``) or of one partition; yields the held descriptors."""
     path = out_dir / LOCK_NAME
     existed = path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock_file(path)
     held = [fd]
     locked = False
     try:
@@ -101,7 +102,7 @@ def _partition_lock(out_dir: Path, partition: tuple[int, int]) -> int:
     state = out_dir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     # Checking for other partition counts and taking this partition's lock is one step for every partition run.
-    gate = os.open(state / "partitions.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    gate = open_lock_file(state / "partitions.lock")
     try:
         fcntl.flock(gate, fcntl.LOCK_EX)
         others = running_partitions(out_dir, except_count=count)
@@ -110,7 +111,7 @@ def _partition_lock(out_dir: Path, partition: tuple[int, int]) -> int:
                 f"partition run(s) {', '.join(others)} of another partition count are writing {out_dir}; "
                 f"every partition run of one build must use the same N (here {count})"
             )
-        fd = os.open(state / f"partition-{index}-of-{count}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(state / f"partition-{index}-of-{count}.lock")
         if not _flock(fd, fcntl.LOCK_EX):
             holder = _holder(fd)
             os.close(fd)

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from m2u.core.fileio import TEMP_SUFFIX
+from m2u.core.fileio import TEMP_SUFFIX, commit, open_new
 from m2u.datasets.layout import validate_key
 
 # Fixed tar header fields: the bytes of a shard depend only on its samples.
@@ -120,7 +120,7 @@ class ShardWriter:
 
     def __enter__(self) -> ShardWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._file = open_new(self._tmp)  # closed in close()/abort()
         self._hashing = _HashingFile(self._file)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.GNU_FORMAT)
         return self
@@ -165,7 +165,7 @@ class ShardWriter:
         self.size, self.sha256 = self._hashing.size, self._hashing.digest.hexdigest()
         self._tar = self._file = self._hashing = None
         if not self.part:
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
 
     def abort(self) -> None:
         """Drop the temporary file. Closing may fail again (a full disk fails the closing blocks too): the file
@@ -207,7 +207,7 @@ def assemble_shard(path: str | os.PathLike[str], parts: list[Path]) -> tuple[int
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as raw:
+        with open_new(tmp) as raw:
             out = _HashingFile(raw)
             for part in parts:
                 with open(part, "rb") as handle:
@@ -216,7 +216,7 @@ def assemble_shard(path: str | os.PathLike[str], parts: list[Path]) -> tuple[int
             out.write(_end_of_archive(out.size))
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     for part in parts:

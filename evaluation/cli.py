@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from m2u.core.guard import guard_command
 from m2u.evaluation.baselines import BASELINES, BaselineConfig
 from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig
 from m2u.evaluation.identity import IdentityConfig
@@ -145,3 +146,7 @@ def main(**kw) -> None:
     click.echo(f"report: {out / 'index.html'}")
     for name, reason in report["unavailable"].items():
         click.echo(f"unavailable: {name}: {reason}", err=True)
+
+
+# SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
+guard_command(main)

@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from m2u.core.imageio import write_image
 from m2u.core.runtime import runtime_field
 from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
 from m2u.evaluation.groups import group_means, sample_mask_attributes
@@ -365,7 +365,7 @@ def evaluate(
     report["links"] = dict(links or {})
     if state.grid_rows:
         grid = sample_grid(state.grid_rows)
-        cv2.imwrite(str(out_dir / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        write_image(out_dir / "grid.png", grid)
     write_report(report, out_dir)
     write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from m2u.core.drawing import HEADER_HEIGHT, column_header, draw_labels
+from m2u.core.fileio import atomic_write_text
 from m2u.evaluation.suite import MetricSuite
 
 __all__ = [
@@ -65,11 +67,12 @@ def write_per_sample(path: Path, keys: list[str], suite: MetricSuite) -> None:
     for method in suite.methods():
         columns += [(method, name) for name in suite.per_image(method)]
     values = {method: suite.per_image(method) for method in suite.methods()}
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["key"] + [f"{method}.{name}" for method, name in columns])
-        for i, key in enumerate(keys):
-            writer.writerow([key] + [f"{values[m][n][i]:.6g}" for m, n in columns])
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["key"] + [f"{method}.{name}" for method, name in columns])
+    for i, key in enumerate(keys):
+        writer.writerow([key] + [f"{values[m][n][i]:.6g}" for m, n in columns])
+    atomic_write_text(path, buffer.getvalue())
 
 
 # (key in a row, column title, format) — the table's columns, whole image first, then the mask region.
@@ -290,6 +293,8 @@ def _html(report: dict[str, Any], out_dir: Path) -> str:
 def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
     """metrics.json, metrics.md and index.html from a report dict."""
     out_dir = Path(out_dir)
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    (out_dir / "metrics.md").write_text(_markdown(report))
-    (out_dir / "index.html").write_text(_html(report, out_dir))
+    atomic_write_text(
+        out_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
+    )
+    atomic_write_text(out_dir / "metrics.md", _markdown(report))
+    atomic_write_text(out_dir / "index.html", _html(report, out_dir))

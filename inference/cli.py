@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from m2u.core.fileio import atomic_write_text
+from m2u.core.guard import guard_command
 from m2u.inference.export import ExportConfig
 from m2u.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
@@ -157,4 +159,9 @@ def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol,
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
     except (*user_errors(), RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
-    (Path(out_dir) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / "export.json", json.dumps(summary, indent=2) + "\n")
+
+
+# SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
+guard_command(unmask_main)
+guard_command(export_main)

@@ -19,6 +19,7 @@ whose every face is refused gets status `refused` and no output.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import dataclass, fields
@@ -29,6 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m2u.core.fileio import atomic_write_text
+from m2u.core.guard import stops_the_run
+from m2u.core.imageio import write_image
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.restore import load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
@@ -339,8 +343,7 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
+    write_image(path, image)  # whole or not at all, never through a link or over a stranger's file
 
 
 def unmask_files(
@@ -365,7 +368,9 @@ def unmask_files(
     # below sees every file the run can write.
     planned: set[str] = set()
     names = [_unique_name(p.stem, planned) for p in paths]
-    check_output_folder(out, found, [*(out / f"{name}.png" for name in names), out / "report.csv"])
+    check_output_folder(
+        out, found, [*(out / f"{name}.png" for name in names), out / "report.csv", out / "faces.jsonl"]
+    )
     if not paths:
         raise ValueError("no input images found")
     out.mkdir(parents=True, exist_ok=True)
@@ -422,22 +427,23 @@ def _unmask_paths(
                     for k, face in enumerate(faces):
                         stem = out / "crops" / f"{name}_face{k}"
                         _write_rgb(Path(f"{stem}_input.png"), face.crop)
-                        cv2.imwrite(f"{stem}_mask.png", face.mask)
+                        write_image(Path(f"{stem}_mask.png"), face.mask, rgb=False)
                         _write_rgb(Path(f"{stem}_restored.png"), face.restored)
         except ImageReadError as exc:
             row.status, row.reason = "unreadable", exc.reason
         except Exception as exc:  # noqa: BLE001 - degenerate landmarks, a bug or an exotic file: report, keep going
+            if stops_the_run(exc):
+                raise  # a full disk or read-only folder: every later file would fail the same way
             row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
         row.seconds = round(time.perf_counter() - start, 4)
         results.append(row)
-    with open(out / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(FileResult)])
-        writer.writeheader()
-        for row in results:
-            writer.writerow(row.__dict__)
-    with open(out / "faces.jsonl", "w") as handle:
-        for line in face_lines:
-            handle.write(json.dumps(line) + "\n")
+    report = io.StringIO(newline="")
+    writer = csv.DictWriter(report, fieldnames=[f.name for f in fields(FileResult)])
+    writer.writeheader()
+    for row in results:
+        writer.writerow(row.__dict__)
+    atomic_write_text(out / "report.csv", report.getvalue())
+    atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
     return results
 
 

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from m2u.core.fileio import atomic_write_bytes as write_atomic
+from m2u.core.guard import stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
@@ -246,6 +247,8 @@ def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
     try:
         return process_file(job, file, stem, problem)
     except Exception as exc:  # a bug or an exotic failure must not stop the other files
+        if stops_the_run(exc):
+            raise  # a full disk or a read-only folder: every later file would fail the same way
         reason = f"unexpected {type(exc).__name__}: {exc}"
         return {"path": str(file), "status": "error", "faces": 0, "reason": reason, "read": 0}
 

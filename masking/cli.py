@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-import cv2
 
+from m2u.core.guard import guard_command
 from m2u.core.imageio import ImageReadError, read_image
 from m2u.core.inputs import Discovery, InputError, OutputFolderError
 from m2u.core.parallel import WorkerStartError
@@ -26,8 +26,11 @@ _BATCH = BatchConfig()
 def _contact_sheet(
     found: Discovery, detector: DetectorConfig, target: Path, seed: int, pack: str | None
 ) -> None:
+    from m2u.core.fileio import check_writable
+    from m2u.core.imageio import write_image
     from m2u.masking.sheet import render_contact_sheet
 
+    check_writable(target)  # before any work: never an input, a link, or another file m2u did not write
     for entry in found.entries:
         if entry.problem:
             continue
@@ -38,8 +41,7 @@ def _contact_sheet(
         faces = FaceDetector(detector).detect(image)
         if faces:
             sheet = render_contact_sheet(image, faces[0], seed=seed, pack=pack)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+            write_image(target, sheet)
             click.echo(f"contact sheet of {entry.path} written to {target}", err=True)
             return
     raise click.ClickException("no input image with a face for the contact sheet")
@@ -211,3 +213,7 @@ def main(
     if not result.anything_read:
         click.echo("nothing could be read", err=True)
         sys.exit(1)
+
+
+# SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
+guard_command(main)

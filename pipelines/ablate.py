@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2u.core.fileio import atomic_write_text
 from m2u.pipelines.config import PipelineConfig
 from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_pipeline
 from m2u.pipelines.stages import RECORD_SUFFIX
@@ -93,8 +94,8 @@ def run_ablation(
             "retrained": not outcomes["gan"].skipped,
         }
     table = {"split": config.evaluation.split, "row": COMPOSITE_ROW, "variants": rows}
-    (run / "ablation.json").write_text(json.dumps(table, indent=2))
-    (run / "ablation.md").write_text(ablation_markdown(table))
+    atomic_write_text(run / "ablation.json", json.dumps(table, indent=2))
+    atomic_write_text(run / "ablation.md", ablation_markdown(table))
     return table
 
 

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from m2u.core.configfile import ConfigError, parse_overrides
+from m2u.core.guard import guard_command
 from m2u.pipelines.config import PRESETS, PipelineConfig, config_as_dict, load_config
 
 
@@ -122,6 +123,10 @@ def ablate(config_file, preset, faces, demo_faces, run_dir, sets, print_config) 
     except PipelineError as error:
         raise click.ClickException(str(error)) from error
     click.echo((Path(run_dir) / "ablation.md").read_text())
+
+
+# SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
+guard_command(main)
 
 
 if __name__ == "__main__":

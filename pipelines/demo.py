@@ -21,6 +21,9 @@ from typing import Any
 import click
 import numpy as np
 
+from m2u.core.fileio import atomic_write_text
+from m2u.core.imageio import write_image
+
 __all__ = ["run_demo"]
 
 
@@ -49,7 +52,6 @@ def _faces(count: int, size: int, folder: Path) -> list[tuple[np.ndarray, np.nda
 def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> dict[str, Any]:
     """Write OUT/index.html, OUT/demo.png and OUT/demo.json; returns the metrics. Raises
     PretrainedUnavailable when no model ships."""
-    import cv2
     import torch
 
     from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
@@ -87,7 +89,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
 
     columns = [u8(masked), u8(predicted.repeat(1, 3, 1, 1)), u8(restored), u8(original)]
     grid = np.concatenate([np.concatenate(list(row), axis=1) for row in zip(*columns)], axis=0)
-    cv2.imwrite(str(out / "demo.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_image(out / "demo.png", grid)
     info = generator.info
     report = {
         "model": name,
@@ -97,7 +99,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
         "rows": rows,
         "provenance": info.provenance,
     }
-    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "demo.json", json.dumps(report, indent=2) + "\n")
     table = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v['psnr']:.2f}</td><td>{v['ssim']:.3f}</td><td>{v['l1']:.4f}</td></tr>"
         for k, v in rows.items()
@@ -111,7 +113,7 @@ masked by m2u's engine. Columns: masked | predicted mask | restored | original. 
 figures.</p>
 <img src="demo.png" alt="masked | predicted mask | restored | original">
 """
-    (out / "index.html").write_text(page)
+    atomic_write_text(out / "index.html", page)
     return report
 
 

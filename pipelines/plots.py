@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from m2u.core.fileio import atomic_write
 from m2u.training.trainer import LOG_NAME
 
 _BOOKKEEPING = {"step", "epoch", "split", "event", "lr", "seconds", "samples"}
@@ -99,7 +100,7 @@ def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Pat
         figure.suptitle(stage)
         figure.tight_layout()
         path = out_dir / f"{stage}_train.png"
-        figure.savefig(path, dpi=90)
+        atomic_write(path, lambda temp, figure=figure: figure.savefig(temp, dpi=90, format="png"))
         plt.close(figure)
         written.append(path)
     return written

@@ -257,13 +257,19 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Rebuild the model class named in the file from its stored config and load the weights (eval mode).
 
     The returned model carries the file's ModelInfo as `model.info` (M-Seg also its threshold)."""
+    from m2u.training import modelcheck  # every model file is checked before use (see there)
+
     path = Path(path)
+    modelcheck.refuse_training_state(path, CheckpointError)
     class_name, config_dict = read_model_metadata(path)
     info = read_model_info(path)
+    modelcheck.check_info(path, info, CheckpointError)
     model = build_model(class_name, config_dict, str(path))
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         _check_shapes(path, class_name, model, handle)  # before a single weight is allocated
+        modelcheck.check_dtypes(path, model, handle, CheckpointError)
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    modelcheck.check_weights(path, tensors, CheckpointError)
     model = model.to_empty(device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

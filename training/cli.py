@@ -22,6 +22,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from m2u.core.guard import guard_command
 from m2u.training.cliutil import ConfigBinding, config_file_options
 from m2u.training.config import (
     MASK_SOURCES,
@@ -398,6 +399,10 @@ def gan_command(**options: Any) -> None:
     from m2u.training.trainer import train_gan
 
     _run(train_gan, _resolve(GAN_BINDING, options))
+
+
+# SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
+guard_command(train_main)
 
 
 if __name__ == "__main__":  # torchrun -m m2u.training.cli ...

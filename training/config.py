@@ -31,8 +31,8 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self.milestones = tuple(int(m) for m in self.milestones)
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
+        if not 0 < self.learning_rate < float("inf"):  # NaN fails too
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
 
 
 @dataclass
@@ -94,6 +94,9 @@ class MSegTrainConfig(SegmentationLossConfig, RunConfig):
         super().__post_init__()
         if isinstance(self.model, dict):
             self.model = MSegConfig(**self.model)
+        # NaN fails both comparisons too: an M-Seg whose mask is always empty is never trained.
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
 
 @dataclass
@@ -112,6 +115,8 @@ class GanTrainConfig(GanLossConfig, RunConfig):
             self.generator = GeneratorConfig(**self.generator)
         if isinstance(self.discriminator, dict):
             self.discriminator = DiscriminatorConfig(**self.discriminator)
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_source == "mseg" and not self.mseg_checkpoint:

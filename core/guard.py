@@ -1,0 +1,94 @@
+"""What every m2u command does around its work, so each guarantee holds for all seven CLIs at once.
+
+- SIGTERM (``kill``, a batch scheduler, ``timeout``) ends a run the way Ctrl-C does: `Terminated` is raised in
+  the main thread, every ``with`` block unwinds (worker pools terminate their workers, temporary files are
+  removed, locks released) and the command exits with 143. Worker processes set themselves to die with their
+  parent (m2u.core.parallel.become_worker), so even a SIGKILL of the parent leaves no worker behind.
+- Failures of the machine or the file system (a full disk, a read-only or unwritable folder) and refused
+  outputs (m2u.core.fileio.OutputRefusedError: a link or a file m2u did not write at an output's name) end in
+  one line naming the file, not a traceback. Outputs are written whole or not at all (m2u.core.fileio), so the
+  line can say that nothing half-written was left.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from m2u.core.fileio import OutputRefusedError
+
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C (every handler of KeyboardInterrupt treats it as a stop)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def stops_the_run(error: BaseException) -> bool:
+    """Whether `error` is a failure every later file would meet too (a full disk, a read-only file system), so a
+    per-file loop must stop instead of recording it on each row."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file-system failure: the file, what went wrong, and that no output was left half-written."""
+    where = f"{error.filename}: " if error.filename else ""
+    what = _HINTS.get(error.errno or 0) or error.strerror or str(error)
+    return (
+        f"{where}{what} ({type(error).__name__}); outputs are written whole or not at all, so nothing "
+        "half-written was left; rerun once this is fixed"
+    )
+
+
+def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+        try:
+            return callback(*args, **kwargs)
+        except Terminated:
+            click.echo(
+                "stopped by SIGTERM: finished outputs were kept, nothing half-written was left", err=True
+            )
+            sys.exit(TERMINATED_EXIT_CODE)
+        except OutputRefusedError as error:
+            raise click.ClickException(str(error)) from None
+        except OSError as error:
+            raise click.ClickException(describe_os_error(error)) from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+    return run
+
+
+def guard_command(command: click.Command) -> click.Command:
+    """Wrap the callback of `command` and of every subcommand of a group with the guarantees above; returns it."""
+    if command.callback is not None and not getattr(command.callback, "_m2u_guarded", False):
+        command.callback = _guarded(command.callback)
+        command.callback._m2u_guarded = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            guard_command(sub)
+    return command
