@@ -207,7 +207,7 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
 
 
 def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
-    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, write_checksums
     from m2u.inference.pretrained.card import write_model_card
     from m2u.training.checkpoint import load_model, save_model
 
@@ -220,6 +220,7 @@ def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
     ):
         path = save_model(package / name, load_model(source), dtype="fp16")
         files[name] = path.stat().st_size
+    write_checksums(package)  # verified whenever the shipped model loads
     evaluation = report["evaluation"]
     latency = measure_latencies(package / MSEG_FILE, package / GENERATOR_FILE, report["data"]["size"])
     card = {

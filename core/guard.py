@@ -27,6 +27,21 @@ from m2u.core.fileio import OutputRefusedError
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 
 
+class UserError(Exception):
+    """An error whose message tells the user all there is to say (a damaged shard, a dataset without its
+    manifest): every command prints it as one line."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` as one line; an error re-raised from a DataLoader worker carries the worker's whole
+    traceback in its message, whose last line is the original error."""
+    text = str(error).strip()
+    if "Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: unwinds like Ctrl-C (every handler of KeyboardInterrupt treats it as a stop)."""
 
@@ -72,8 +87,8 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
                 "stopped by SIGTERM: finished outputs were kept, nothing half-written was left", err=True
             )
             sys.exit(TERMINATED_EXIT_CODE)
-        except OutputRefusedError as error:
-            raise click.ClickException(str(error)) from None
+        except (OutputRefusedError, UserError) as error:
+            raise click.ClickException(one_line(error)) from None
         except OSError as error:
             raise click.ClickException(describe_os_error(error)) from None
         finally:

@@ -218,3 +218,22 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray, rgb: bool = Tru
     if not ok:
         raise OSError(f"cannot encode {path} as {path.suffix or '.png'}")
     return atomic_write_bytes(path, encoded.tobytes())
+
+
+def header_problem(source: str | os.PathLike[str] | bytes, max_side: int) -> str:
+    """Why the image in `source` (a path or the encoded bytes) must not be decoded, read from its header alone
+    ("" when it may): a side over `max_side` pixels, or no image header Pillow knows. A size read from a file is
+    capped before anything is allocated from it (a 581 kB PNG can declare 12000x12000 RGBA: 576 MB decoded)."""
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open_regular(source)
+        with handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(handle) as img:  # lazy: reads the header only
+                width, height = img.size
+    except ImageReadError as exc:
+        return exc.reason
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+        return f"not a readable image ({type(exc).__name__})"
+    if width > max_side or height > max_side:
+        return f"{width}x{height} pixels exceeds the limit of {max_side} pixels per side"
+    return ""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2u.core.checks import build_checked, check_types
+from m2u.core.guard import UserError
 from m2u.core.runtime import output_fields, runtime_field
 from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_FRACTIONS, check_image_size
@@ -19,7 +20,7 @@ MASK_ENGINES = ("m2u", "synthetic")
 DISTRIBUTORS = ("multiprocessing", "ray")
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """A build that cannot start or finish; the message says what to do."""
 
 

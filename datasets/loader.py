@@ -69,6 +69,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from m2u.core.guard import UserError
 from m2u.core.parallel import stop_opencv_threads
 from m2u.datasets.codecs import ImageFormat, decode_image, decode_mask
 from m2u.datasets.layout import (
@@ -97,7 +98,7 @@ _TAR_BLOCK = 512
 _TAR_END = b"\0" * (2 * _TAR_BLOCK)
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A truncated or corrupt shard or sample; the message names the shard (and the sample)."""
 
 
@@ -228,10 +229,11 @@ def shard_sample_counts(dataset_dir: str | os.PathLike[str], split: str) -> dict
     return dict(sorted(counts.items()))
 
 
-def verify_shards(shards: Sequence[str]) -> dict[str, str]:
-    """What is wrong with each listed shard of a dataset folder (shard → problem): missing, or not the size and
-    SHA-256 its stats JSON recorded at commit time (a shard without a stats JSON, from an older build, is checked
-    for presence only)."""
+def verify_shards(shards: Sequence[str], digest: bool = True) -> dict[str, str]:
+    """What is wrong with each listed shard of a dataset folder (shard → problem): missing, without the stats
+    JSON its build committed beside it (deleted), or not the size (and, with ``digest``, the SHA-256) that stats
+    JSON and the build's commit marker record (an edited stats JSON disagrees with the marker). The size checks
+    cost a stat per shard, so every loader of a dataset folder runs them; ``digest`` re-reads every shard."""
     problems = {}
     for url in shards:
         path = Path(url)
@@ -239,14 +241,58 @@ def verify_shards(shards: Sequence[str]) -> dict[str, str]:
             problems[url] = f"shard {url} is listed in the manifest but missing"
             continue
         stats = read_json(stats_path_of(path))
-        if not stats or stats.get("sha256") is None:
+        if not isinstance(stats, dict) or stats.get("sha256") is None:
+            problems[url] = (
+                f"shard {url} has no readable stats record ({stats_path_of(path).name}, written when the shard "
+                "was committed): it was deleted or damaged"
+            )
+            continue
+        committed = _committed_record(path)
+        if committed is not None and committed != (stats.get("bytes"), stats["sha256"]):
+            problems[url] = (
+                f"the stats record of shard {url} differs from the build's commit record: it was edited"
+            )
             continue
         size = path.stat().st_size
         if size != stats.get("bytes"):
             problems[url] = f"shard {url} has {size} bytes, {stats.get('bytes')} were committed"
-        elif file_digest(path)[1] != stats["sha256"]:
+        elif digest and file_digest(path)[1] != stats["sha256"]:
             problems[url] = f"shard {url} does not hold what was committed (SHA-256 differs)"
     return problems
+
+
+def _committed_record(shard: Path) -> tuple[int, str] | None:
+    """(bytes, SHA-256) the build's commit marker (OUT/.m2u-build/<split>-NNNNNN.parquet) records for `shard`;
+    None when there is no marker (a dataset copied without its build state)."""
+    import pyarrow.parquet as pq
+
+    from m2u.datasets.layout import SHARD_SUFFIX, STATE_DIR
+
+    marker = shard.parent.parent / STATE_DIR / shard.name.replace(SHARD_SUFFIX, ".parquet")
+    try:
+        metadata = pq.read_schema(marker).metadata or {}
+        return int(metadata[b"m2u.shard_bytes"]), metadata[b"m2u.shard_sha256"].decode()
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_dataset_record(folder: Path) -> None:
+    """A dataset folder m2u built is read only through its manifest, the record of what it holds: one without
+    manifest.parquet (deleted, or a --partition build not finalised yet) is refused rather than read as whatever
+    shards are left. A folder of shards m2u did not build (no build state, no stats.json) is read as it is."""
+    from m2u.datasets.layout import STATE_DIR, STATS_NAME
+
+    if (folder / MANIFEST_NAME).is_file():
+        return
+    if (folder / STATE_DIR).is_dir() or (folder / STATS_NAME).is_file():
+        unfinished = (folder / STATE_DIR).is_dir() and not (folder / STATS_NAME).is_file()
+        why = (
+            "its build is not finalised (a --partition build: run the last partition, or rerun without "
+            "--partition, to write it)"
+            if unfinished
+            else "it was deleted: rebuild it (rerun m2u-make-dataset with the same arguments)"
+        )
+        raise ShardError(f"the dataset {folder} has no {MANIFEST_NAME}, the record of what it holds; {why}")
 
 
 def dataset_image_size(dataset_dir: str | os.PathLike[str]) -> int | None:
@@ -560,25 +606,27 @@ def make_loader(
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
     folder = None if isinstance(source, (list, tuple)) else Path(os.fspath(source))
+    if folder is not None and not _is_url(str(folder)) and folder.is_dir():
+        check_dataset_record(folder)
     if split is None or folder is None or _is_url(str(folder)) or not (folder / MANIFEST_NAME).is_file():
         return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
     expected = shard_sample_counts(folder, split)
     if not expected:
         raise FileNotFoundError(f"split {split!r} of the dataset {folder} has no samples")
     shards, excluded = list(expected), []
-    if config.verify:
-        problems = verify_shards(shards)
-        excluded = list(problems.values())
-        if excluded and config.on_error == "raise":
-            raise ShardError(
-                f"split {split!r} of {folder} does not hold what its manifest says: {'; '.join(excluded)}; rebuild "
-                "it (rerun m2u-make-dataset with the same arguments) or pass LoaderConfig(on_error='skip')"
-            )
-        for message in excluded:
-            warnings.warn(f"skipped: {message}", RuntimeWarning, stacklevel=2)
-        shards = [url for url in shards if url not in problems]
-        if not shards:
-            raise ShardError(f"split {split!r} of {folder}: no shard is intact ({'; '.join(excluded)})")
+    # The record is always checked (a stat per shard); the SHA-256 of every shard only with config.verify.
+    problems = verify_shards(shards, digest=config.verify)
+    excluded = list(problems.values())
+    if excluded and config.on_error == "raise":
+        raise ShardError(
+            f"split {split!r} of {folder} does not hold what its manifest says: {'; '.join(excluded)}; rebuild "
+            "it (rerun m2u-make-dataset with the same arguments) or pass LoaderConfig(on_error='skip')"
+        )
+    for message in excluded:
+        warnings.warn(f"skipped: {message}", RuntimeWarning, stacklevel=2)
+    shards = [url for url in shards if url not in problems]
+    if not shards:
+        raise ShardError(f"split {split!r} of {folder}: no shard is intact ({'; '.join(excluded)})")
     dataset = PairedShardDataset(
         shards, config, expected, image_size=dataset_image_size(folder), excluded=excluded
     )
@@ -590,6 +638,7 @@ __all__ = [
     "PairedLoader",
     "PairedShardDataset",
     "ShardError",
+    "check_dataset_record",
     "check_shard_complete",
     "count_samples",
     "make_loader",

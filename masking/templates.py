@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.imageio import header_problem
+
 TEXTURE_WIDTH = 768
 TEXTURE_HEIGHT = 512
 _SUPERSAMPLE = 2  # outlines are drawn at twice the size and area-downsampled: anti-aliased edges
@@ -423,6 +425,10 @@ ANCHOR_NAMES = ("a", "b", "c", "d", "e", "f")
 POSE_SUFFIXES = ("_left", "_right")
 
 
+# MaskTheFace's templates are under 1,500 pixels a side; a template is scaled down to the face anyway.
+MAX_TEMPLATE_SIDE = 4096
+
+
 class TemplatePackError(ValueError):
     """A masks.cfg pack that cannot be loaded; the message says which section and why."""
 
@@ -526,6 +532,9 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
             raise TemplatePackError(f"{where}: missing anchors {', '.join('mask_' + k for k in missing)}")
         anchors = {k: _parse_point(entries[f"mask_{k}"], where) for k in ANCHOR_NAMES}
         image_path = _pack_image(cfg_file.parent, entries["template"])
+        problem = header_problem(image_path, MAX_TEMPLATE_SIDE)  # from the header, before decoding
+        if problem:
+            raise TemplatePackError(f"{where}: {image_path}: {problem}")
         rgba = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
         if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4:
             raise TemplatePackError(f"{where}: {image_path} is not an RGBA image")

@@ -27,6 +27,7 @@ from typing import Any
 
 from m2u.core.fileio import atomic_write_text
 from m2u.core.fileio import library_versions as versions_of
+from m2u.core.guard import UserError
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import StageOutcome, run_stage
@@ -47,7 +48,7 @@ _VERSIONED = (
 )
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A stage could not run (missing inputs, a stage failed); the message says which and why."""
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from m2u.core.fileio import atomic_write, remove_temp_files
+from m2u.core.guard import UserError
 from m2u.training.models import (
     CARU2Net,
     DiscriminatorConfig,
@@ -56,7 +57,7 @@ class ModelUsageWarning(UserWarning):
     """An explicit option contradicts what a model file records (honoured), or a file records nothing."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A model or training-state file that cannot be used (missing, wrong kind, or corrupt)."""
 
 
@@ -139,7 +140,15 @@ def current_model_info(
 def read_run_config_dict(run: str | os.PathLike) -> dict:
     """A run folder's saved config (RUN/config.json) as a plain dict ({} when there is none)."""
     path = Path(run) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} (the run's saved config) cannot be read: {error}") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} (the run's saved config) does not hold a mapping of options")
+    return values
 
 
 def save_model(

@@ -5,28 +5,35 @@
     mseg, generator = load_pretrained("m2unet-celeba-128", device="cpu")
 
 Each model is one folder in this package, `<name>/` with `mseg.safetensors`, `generator.safetensors` (fp16;
-`load_model` reads them back in fp32), `MODEL_CARD.md` and `card.json` (the measured figures the card is made
-from). `m2u-unmask` and `m2u-eval` use DEFAULT_MODEL when no model file is given. The weights are written by
+`load_model` reads them back in fp32), `MODEL_CARD.md`, `card.json` (the measured figures the card is made
+from) and `checksums.json` (the SHA-256 of each weight file, verified every time the model loads: a flipped
+byte in the weights is refused instead of restoring faces badly). `m2u-unmask` and `m2u-eval` use DEFAULT_MODEL when no model file is given. The weights are written by
 the release recipe (benchmarks/release_recipe.py); until they are committed, loading says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 
+from m2u.core.fileio import atomic_write_text
 from m2u.training.checkpoint import CheckpointError
 
 __all__ = [
     "DEFAULT_MODEL",
     "MSEG_FILE",
     "GENERATOR_FILE",
+    "PretrainedDamaged",
     "PretrainedUnavailable",
     "available_models",
     "load_pretrained",
     "pretrained_dir",
     "pretrained_paths",
+    "verify_checksums",
+    "write_checksums",
 ]
 
 DEFAULT_MODEL = "m2unet-celeba-128"
@@ -34,12 +41,48 @@ MSEG_FILE = "mseg.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "card.json"
+CHECKSUMS_FILE = "checksums.json"
 # Where the model folders live: this package's folder (tests point it elsewhere with monkeypatch).
 PRETRAINED_ROOT = Path(__file__).resolve().parent
 
 
 class PretrainedUnavailable(CheckpointError):
     """The named model's weights are not in this installation."""
+
+
+class PretrainedDamaged(CheckpointError):
+    """A shipped weight file whose bytes differ from the checksum shipped with it."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> Path:
+    """Write `folder/checksums.json`: the SHA-256 of its two weight files (the release recipe calls this)."""
+    sums = {name: file_sha256(folder / name) for name in (MSEG_FILE, GENERATOR_FILE)}
+    return atomic_write_text(folder / CHECKSUMS_FILE, json.dumps(sums, indent=2, sort_keys=True) + "\n")
+
+
+def verify_checksums(folder: Path) -> None:
+    """PretrainedDamaged unless each weight file in `folder` has the SHA-256 its checksums.json records."""
+    record = folder / CHECKSUMS_FILE
+    try:
+        sums = json.loads(record.read_text())
+    except (OSError, ValueError) as error:
+        raise PretrainedDamaged(
+            f"{record} is missing or unreadable ({error}): the shipped weights cannot be verified; reinstall m2u"
+        ) from None
+    for name in (MSEG_FILE, GENERATOR_FILE):
+        if not isinstance(sums, dict) or sums.get(name) != file_sha256(folder / name):
+            raise PretrainedDamaged(
+                f"{folder / name} does not match its SHA-256 in {record}: the shipped weights are damaged; "
+                "reinstall m2u (or pass your own --mseg and --generator)"
+            )
 
 
 def pretrained_dir(name: str = DEFAULT_MODEL) -> Path:
@@ -69,6 +112,7 @@ def pretrained_paths(name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
             f"{GENERATOR_FILE}){hint}: pass --mseg and --generator model files, or train them with "
             "benchmarks/release_recipe.py"
         )
+    verify_checksums(folder)
     return paths
 
 

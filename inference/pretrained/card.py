@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from m2u.core.fileio import atomic_write_text
+
 LICENCE = (
     "The weights derive from CelebA (Liu et al., 2015), whose photos are available for non-commercial research "
     "purposes only, and from the masks placed with dlib's 68-point landmark model, trained on the iBUG 300-W "
@@ -124,7 +126,7 @@ def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
     """Write card.json and MODEL_CARD.md into `folder`; returns the card's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
     path = folder / "MODEL_CARD.md"
-    path.write_text(render_model_card(card))
+    atomic_write_text(path, render_model_card(card))
     return path

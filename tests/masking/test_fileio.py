@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from m2u.core.fileio import atomic_write, atomic_write_bytes, atomic_write_text, library_versions
+from m2u.core.fileio import RECORD_NAME, atomic_write, atomic_write_bytes, atomic_write_text, library_versions
 
 
 def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):
@@ -14,7 +14,7 @@ def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):
     atomic_write_text(target, "first")
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [RECORD_NAME, "out.json"]
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
