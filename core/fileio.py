@@ -146,8 +146,10 @@ def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     their own temporary file (the dataset shards); everything else uses atomic_write."""
     path = Path(path)
     check_writable(path)
-    _record(path.parent, path.name)
     os.replace(temp, path)
+    # Recorded after the rename: a run killed in between leaves a file a rerun refuses (safe, and said), never a
+    # record naming a file that does not exist, which a later run would take for its own.
+    _record(path.parent, path.name)
     return path
 
 

@@ -114,15 +114,17 @@ def plan_build(
     inputs: Sequence[str | os.PathLike[str]],
     config: BuildConfig,
     out_dir: str | os.PathLike[str] | None = None,
+    exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> BuildPlan:
-    """Discover the inputs and plan every sample and shard (step 1)."""
+    """Discover the inputs (nothing under `out_dir` or an `exclude` folder) and plan every sample and shard
+    (step 1)."""
     items = discover_inputs(
         inputs,
         identity_file=config.identity_file,
         identity_pattern=config.identity_pattern,
         limit=config.limit,
         # A dataset written inside an input folder is never read back as input.
-        exclude=[out_dir] if out_dir is not None else [],
+        exclude=[*([out_dir] if out_dir is not None else []), *exclude],
     )
     samples = plan_samples(
         items,
@@ -251,6 +253,7 @@ def build_dataset(
     out_dir: str | os.PathLike[str],
     config: BuildConfig = BuildConfig(),
     distributor: Distributor | None = None,
+    exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> BuildResult:
     """Build (or resume, or finalise) the dataset in ``out_dir`` from ``inputs`` (folders, globs, images, list
     files); see the module docstring. Raises BuildError (or BuildLockedError) with a message for the user."""
@@ -260,7 +263,7 @@ def build_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, config.partition) as fds:
-        plan = plan_build(inputs, config, out)
+        plan = plan_build(inputs, config, out, exclude)
         resumed = _prepare_out_dir(out, config, plan.fingerprint(config))
         todo, damaged = _shards_to_build(out, plan.tasks_of(config.partition), config)
         if config.finalize and todo:

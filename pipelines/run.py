@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +56,18 @@ def library_versions() -> dict[str, str]:
     return versions_of(_VERSIONED, platform_info=True)
 
 
-def inputs_fingerprint(faces: list[str]) -> str:
-    """Names and sizes of every file under the inputs: cheap, and changes when the face set changes."""
+def inputs_fingerprint(faces: list[str], exclude: Sequence[str | Path] = ()) -> str:
+    """Names and sizes of the face files the dataset stage reads (m2u.core.inputs.discover, nothing under an
+    `exclude` folder: a run folder inside the faces folder never counts its own outputs as inputs): cheap, and
+    changes when the face set changes."""
+    from m2u.core.inputs import discover
+
     digest = hashlib.sha256()
     for entry in faces:
-        root = Path(entry)
-        digest.update(str(root).encode())
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
-        elif root.is_file():
-            digest.update(f"{root.stat().st_size}".encode())
+        digest.update(str(entry).encode())
+        for found in discover([entry], exclude=exclude).entries:
+            size = found.path.stat().st_size if not found.problem else -1
+            digest.update(f"{found.relative}\0{size}\n".encode())
     return digest.hexdigest()
 
 
@@ -128,7 +129,8 @@ def _stage_actions(
 
     def dataset_action() -> dict:
         build = dataclasses.replace(config.dataset, overwrite=False)
-        result = build_dataset(config.faces, dirs["dataset"], build)
+        # The run folder may lie inside a faces folder: none of its files is a face.
+        result = build_dataset(config.faces, dirs["dataset"], build, exclude=[dirs["dataset"].parent])
         return {"counts": result.stats.get("counts", {})}
 
     def mseg_action() -> dict:
@@ -187,7 +189,7 @@ def run_pipeline(
     dirs = {name: run / name for name in STAGES}
     actions = _stage_actions(config, dirs, metric_suite)
     outcomes: dict[str, StageOutcome] = {}
-    upstream = [inputs_fingerprint(config.faces)]
+    upstream = [inputs_fingerprint(config.faces, exclude=[run])]
     for name in STAGES:
         outcome = run_stage(
             name, dirs[name], run / STAGE_RECORDS, _stage_config(config, name), upstream, actions[name], log

@@ -151,7 +151,7 @@ def test_unreadable_permissions_give_a_reason(corpus):
 
 def test_m2u_mask_never_leaves_a_partial_output_under_its_name(corpus, tmp_path, monkeypatch):
     """A crash between writing an output and naming it (here: the rename fails) leaves neither the output nor
-    its temporary file, and the input's row says what happened."""
+    its temporary file; a full disk stops the run instead of failing every later file the same way."""
     import m2u.masking.batch as mask_cli
     from m2u.core.inputs import InputEntry
 
@@ -162,13 +162,16 @@ def test_m2u_mask_never_leaves_a_partial_output_under_its_name(corpus, tmp_path,
     def failing_replace(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mask_cli.os, "replace", failing_replace)
+    import m2u.core.fileio as fileio
+
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
     out = tmp_path / "masked"
-    rows = mask_cli.run(
-        [(InputEntry(corpus.folder / faces[0], faces[0], str(corpus.folder)), Path(Path(faces[0]).stem))],
-        mask_cli.Job(out, mask_cli.MaskConfig(), mask_cli.DetectorConfig(), 0, 10**8),
-        workers=1,
-        progress=False,
-    )
-    assert rows[0]["status"] == "error" and "No space left" in str(rows[0]["reason"])
+    # A full disk stops the run (every later file would fail the same way; the CLI says it in one line).
+    with pytest.raises(OSError, match="No space left"):
+        mask_cli.run(
+            [(InputEntry(corpus.folder / faces[0], faces[0], str(corpus.folder)), Path(Path(faces[0]).stem))],
+            mask_cli.Job(out, mask_cli.MaskConfig(), mask_cli.DetectorConfig(), 0, 10**8),
+            workers=1,
+            progress=False,
+        )
     assert not [p for p in out.rglob("*") if p.is_file()], "nothing partial, no temporary file"

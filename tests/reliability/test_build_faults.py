@@ -126,15 +126,8 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_shard(
     build_dataset([listing], reference, config)
     has_shards = any(split_shards(reference, s) for s in SPLITS)
 
-    real_open = open
-    monkeypatch.setattr(
-        shards_module,
-        "open",
-        lambda path, mode="r", *a, **k: (
-            _FullDisk(Path(path), budget) if "w" in mode else real_open(path, mode)
-        ),
-        raising=False,
-    )
+    # Shards are written through m2u.core.fileio.open_new (O_EXCL, never through a link).
+    monkeypatch.setattr(shards_module, "open_new", lambda path: _FullDisk(Path(path), budget))
     result = CliRunner().invoke(
         make_dataset_main, [str(listing), "-o", str(out), *BUILD_ARGS, "--workers", "1"]
     )
