@@ -272,7 +272,13 @@ def build_dataset(
                 "run their partitions again, or run without --finalize to build them here"
             )
         planned_at = time.perf_counter()
-        built = _run_tasks(out, config, distributor, todo, fds)
+        try:
+            built = _run_tasks(out, config, distributor, todo, fds)
+        except BaseException:
+            # Stopped (SIGTERM, Ctrl-C, a full disk): the pool's workers are gone, so their unfinished shards'
+            # temporary files are removed now; committed shards stay for the rerun to resume from.
+            remove_stray_temp_files(out, {Path(t.relpath).name for t in todo})
+            raise
         processed_at = time.perf_counter()
         remove_stray_temp_files(out, {Path(t.relpath).name for t in todo})  # left by killed attempts
         timings = _timings(started, planned_at, processed_at, cpu_started, todo, config)

@@ -61,8 +61,20 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _check_header(data: bytes) -> None:
+    """A shard member's size is read from its header and capped before it is decoded: an aligned pair is never
+    larger than the largest --size (a crafted member declaring 60000x60000 would take 10 GB)."""
+    from m2u.core.imageio import header_problem
+    from m2u.datasets.layout import MAX_IMAGE_SIZE
+
+    problem = header_problem(bytes(data), MAX_IMAGE_SIZE)
+    if problem:
+        raise ValueError(f"image member: {problem}")
+
+
 def decode_image(data: bytes, rgb: bool = True) -> np.ndarray:
     """Decode PNG/JPEG/WebP bytes to a uint8 RGB array (BGR, OpenCV's order, with ``rgb=False``)."""
+    _check_header(data)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("could not decode image bytes")
@@ -71,6 +83,7 @@ def decode_image(data: bytes, rgb: bool = True) -> np.ndarray:
 
 def decode_mask(data: bytes) -> np.ndarray:
     """Decode a mask PNG to uint8 (H, W)."""
+    _check_header(data)
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise ValueError("could not decode mask bytes")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from m2u.core.fileio import atomic_write, check_writable
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
 from m2u.training.models import CARU2Net, MSeg
 
@@ -126,26 +127,35 @@ def export_onnx(model: nn.Module, path: str | Path, config: ExportConfig | None 
     dynamic = None
     if config.dynamic_axes:
         dynamic = {name: {0: "batch", 2: "height", 3: "width"} for name in input_names + output_names}
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            model,
-            inputs,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic,
-            opset_version=config.opset,
-            dynamo=False,
-        )
-    # Check on a different batch and size from the tracing inputs, so the dynamic axes are exercised too.
     check_size = config.image_size if not config.dynamic_axes else max(32, config.image_size // 2)
     check_inputs = example_inputs(model, check_size, batch=2, seed=1)
-    diff = onnx_parity(model, path, check_inputs)
-    if not diff <= config.atol:
-        raise RuntimeError(
-            f"ONNX export of {type(model).__name__} differs from PyTorch by {diff:.3g} > {config.atol}"
-        )
+    diffs: list[float] = []
+
+    def write_checked(temp: str) -> None:
+        """Export into the writer's temporary file and check it there: a file that fails the parity check, or a
+        full disk, never appears under `path` (m2u.core.fileio)."""
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model,
+                inputs,
+                temp,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic,
+                opset_version=config.opset,
+                dynamo=False,
+            )
+        # Checked on a different batch and size from the tracing inputs, so the dynamic axes are exercised too.
+        diffs.append(onnx_parity(model, temp, check_inputs))
+        if not diffs[0] <= config.atol:
+            raise RuntimeError(
+                f"ONNX export of {type(model).__name__} differs from PyTorch by {diffs[0]:.3g} > {config.atol}"
+            )
+
+    check_writable(path)  # before the export: never through a link, never over a file m2u did not write
+    atomic_write(path, write_checked)
+    diff = diffs[0]
     return ExportResult(path=path, input_names=input_names, output_names=output_names, max_abs_diff=diff)

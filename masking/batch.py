@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from m2u.core.fileio import atomic_write_bytes as write_atomic
+from m2u.core.fileio import remove_temp_files
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
@@ -316,10 +317,15 @@ def mask_files(
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
-        for mask, indices in groups:
-            job = Job(out, mask, config.detector, config.seed, config.max_pixels)
-            done = run([files[i] for i in indices], job, workers, progress=config.progress)
-            rows += [{**row, "mask_type": mask.mask_type} for row in done]
+        try:
+            for mask, indices in groups:
+                job = Job(out, mask, config.detector, config.seed, config.max_pixels)
+                done = run([files[i] for i in indices], job, workers, progress=config.progress)
+                rows += [{**row, "mask_type": mask.mask_type} for row in done]
+        except BaseException:
+            # Stopped (SIGTERM, Ctrl-C, a full disk): the workers are gone; what they were writing is removed.
+            remove_temp_files(out, recursive=True, hidden_only=True)
+            raise
         seconds = time.perf_counter() - start
         write_report(rows, out / REPORT_NAME)
     return BatchResult(out, rows, workers, seconds, found.describe_skipped())
