@@ -425,6 +425,28 @@ def test_training_and_evaluation_refuse_a_dataset_that_is_not_what_its_record_sa
     assert str(shard.parent.parent) in output or "manifest" in output or "stats" in output
 
 
+def test_an_edited_stats_record_disagrees_with_the_commit_marker(tmp_path):
+    from m2u.datasets.build import build_dataset
+    from m2u.datasets.config import BuildConfig
+    from m2u.datasets.layout import SPLITS, split_shards, stats_path_of
+    from m2u.datasets.loader import LoaderConfig, ShardError, make_loader
+
+    from .conftest import photo_list
+
+    data = tmp_path / "data"
+    config = BuildConfig(mask_engine="synthetic", size=64, shard_size=2, workers=1, progress=False)
+    build_dataset([photo_list(tmp_path, 8)], data, config)
+    split = next((s for s in SPLITS if split_shards(data, s)), None)
+    if split is None:
+        pytest.skip("no shard was written (shared faces absent)")
+    path = stats_path_of(split_shards(data, split)[0])
+    stats = json.loads(path.read_text())
+    stats["bytes"] += 512  # as if the shard had one more member
+    path.write_text(json.dumps(stats))
+    with pytest.raises(ShardError, match="edited"):
+        make_loader(data, split, LoaderConfig(num_workers=0, batch_size=2))
+
+
 # --- 6. stops and full disks ---------------------------------------------------------------------------------
 
 
