@@ -140,6 +140,22 @@ def open_new(path: str | os.PathLike[str], mode: int = 0o644):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode), "wb")
 
 
+def open_append(path: str | os.PathLike[str], encoding: str = "utf-8"):
+    """`path` opened for appending text (a log): created when missing and recorded as m2u's, never opened
+    through a link (O_NOFOLLOW), and an existing file only when m2u wrote it (OutputRefusedError otherwise)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputRefusedError(f"{path} is a symbolic link; m2u does not write through links") from None
+        raise
+    _record(path.parent, path.name)
+    return os.fdopen(fd, "a", encoding=encoding)
+
+
 def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Rename the finished temporary file `temp` to `path` if `path` may be replaced (checked again here: a link
     planted while the file was written is refused), recording the name as m2u's. For writers that stream into

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.imageio import write_image
+
 
 def write_demo_faces(out_dir: str | Path, count: int = 40, seed: int = 0) -> list[Path]:
     from skimage import data
@@ -34,6 +36,6 @@ def write_demo_faces(out_dir: str | Path, count: int = 40, seed: int = 0) -> lis
         image = np.clip(image.astype(np.float32) * rng.uniform(0.75, 1.2), 0, 255).astype(np.uint8)
         # Names follow CelebA's {identity}_{imageid}.jpg so identity splits work on the demo too.
         path = out / f"{index % 8:04d}_{index:06d}.jpg"
-        cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+        write_image(path, np.ascontiguousarray(image))
         written.append(path)
     return written

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import atomic_write_text, open_append
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError
 from m2u.pipelines.config import PipelineConfig, config_as_dict
@@ -78,7 +78,7 @@ class _Logger:
 
     def __call__(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with self.path.open("a") as handle:
+        with open_append(self.path) as handle:  # never through a link (m2u.core.fileio)
             handle.write(f"{stamp} {message}\n")
         self.echo(message)
 

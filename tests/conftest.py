@@ -58,7 +58,8 @@ def _dataset_snapshot(out: Path) -> dict[str, bytes]:
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in sorted(out.rglob("*"))
         if p.is_file()
-        and p.name not in ("stats.json", ".m2u-written")  # the writer's record lists names in the order written
+        and p.name
+        not in ("stats.json", ".m2u-written")  # the writer's record lists names in the order written
         and not p.name.endswith(("_stats.json", ".lock"))
     }
 

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from m2u.core.fileio import open_append
 from m2u.training.checkpoint import (
     CheckpointError,
     ModelInfo,
@@ -643,7 +644,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         record = {"time": round(time.time(), 3), **record}
-        with open(self.out / LOG_NAME, "a", encoding="utf-8") as handle:
+        with open_append(self.out / LOG_NAME) as handle:  # never through a link (m2u.core.fileio)
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         if self._writer is not None:
             split = record.get("split", "train")

@@ -88,6 +88,19 @@ def test_the_writer_refuses_links_and_files_it_did_not_write_and_replaces_its_ow
     atomic_write_text(out / "ours.txt", "second")  # a rerun replaces what m2u wrote
     assert (out / "ours.txt").read_text() == "second"
     assert (out / RECORD_NAME).read_text().splitlines() == ["ours.txt"]
+    # Logs are appended the same way: never through a link, never to a file m2u did not write.
+    from m2u.core.fileio import open_append
+
+    (out / "log.jsonl").symlink_to(victim)
+    with pytest.raises(OutputRefusedError, match="symbolic link"):
+        open_append(out / "log.jsonl")
+    with pytest.raises(OutputRefusedError, match="not written by m2u"):
+        open_append(out / "theirs.txt")
+    with open_append(out / "pipeline.log") as handle:
+        handle.write("one\n")
+    with open_append(out / "pipeline.log") as handle:
+        handle.write("two\n")
+    assert (out / "pipeline.log").read_text() == "one\ntwo\n"
     # The record itself is never followed through a link.
     other = tmp_path / "other"
     other.mkdir()
