@@ -52,11 +52,13 @@ def _read_record(folder: Path) -> frozenset[str]:
         if not stat.S_ISREG(info.st_mode):
             raise OutputRefusedError(f"{path} is not a regular file")
         key = str(folder.resolve())
-        cached = _RECORDS.get(key)
-        if cached is not None and cached[0] == info.st_size:
-            return cached[1]
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            names = frozenset(handle.read().decode("utf-8", "replace").splitlines())
+        size, names = _RECORDS.get(key, (0, frozenset()))
+        if size == info.st_size:
+            return names
+        # The record only grows (appends): read what was added since; anything else is read again whole.
+        start = size if size < info.st_size else 0
+        added = os.pread(fd, info.st_size - start, start).decode("utf-8", "replace").splitlines()
+        names = (names if start else frozenset()) | frozenset(added)
         _RECORDS[key] = (info.st_size, names)
         return names
     finally:
