@@ -48,6 +48,22 @@ _START_FAILURE: str | None = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def _find_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the parent at import: a forked child must not dlopen (the loader's lock may
+    have been held by another of the parent's threads at the fork, e.g. Ray's, and the child would wait forever)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
 def become_worker(parent_pid: int | None = None) -> None:
     """Signal settings of a worker process (every m2u pool calls this first in each worker): Ctrl-C is the
     parent's (it terminates the pool), SIGTERM kills (the parent's m2u.core.guard handler, inherited through fork,
@@ -56,11 +72,8 @@ def become_worker(parent_pid: int | None = None) -> None:
     once when the parent is already gone (it died between fork and here)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
 
