@@ -47,7 +47,7 @@ def test_temporary_names_are_unique_per_writer(tmp_path):
     with ShardWriter(final) as one, ShardWriter(final) as two:  # two attempts at one shard at once
         one.write("a", {"json": b"1"})
         two.write("a", {"json": b"1"})
-    assert final.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+    assert final.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [".m2u-written", final.name]
     assert one.sha256 == two.sha256 and one.size == two.size == final.stat().st_size
 
 

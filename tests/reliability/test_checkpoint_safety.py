@@ -250,7 +250,9 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, 
     monkeypatch.undo()
     state = load_training_state(path)
     assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(8))
-    assert sorted(p.name for p in path.parent.iterdir()) == [".m2u-written", "last.pt"], "no temporary file left"
+    assert sorted(p.name for p in path.parent.iterdir()) == [".m2u-written", "last.pt"], (
+        "no temporary file left"
+    )
 
 
 def test_resume_removes_the_temporary_files_of_a_killed_checkpoint_write(tmp_path):

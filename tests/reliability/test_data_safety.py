@@ -489,7 +489,9 @@ def _alive(pid: int) -> bool:
 def test_sigterm_to_a_tool_takes_its_workers_with_it(tool, tmp_path):
     faces = tmp_path / "in"
     copies = _faces(faces, 2)
-    for i in range(30):  # enough work for the workers to be busy when SIGTERM comes
+    for i in range(
+        30 if tool == "m2u-make-dataset" else 150
+    ):  # the workers must still be busy at the SIGTERM
         shutil.copy(copies[i % 2], faces / f"x{i:02d}.jpg")
     args = {
         "m2u-make-dataset": [
@@ -515,7 +517,7 @@ def test_sigterm_to_a_tool_takes_its_workers_with_it(tool, tmp_path):
     if len(workers) < 2:
         process.kill()
         pytest.skip(f"{tool} finished or never started two workers")
-    time.sleep(1.0)
+    time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr

@@ -106,7 +106,8 @@ def test_a_shard_with_fewer_samples_than_the_manifest_is_not_a_short_epoch(datas
         for member, data in members:
             if not member.name.startswith(first_key + "."):
                 tar.addfile(member, io.BytesIO(data))
-    with pytest.raises(ShardError, match=r"holds 3 samples, the manifest lists 4"):
+    # Its size already disagrees with the stats record committed with it (checked by every loader of a folder).
+    with pytest.raises(ShardError, match=r"holds 3 samples, the manifest lists 4|bytes, \d+ were committed"):
         _keys(dataset, verify=False)
     with pytest.raises(ShardError, match="does not hold what its manifest says"):
         _keys(dataset)  # the exact mode refuses the split before reading it

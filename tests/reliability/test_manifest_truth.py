@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from m2u.datasets.build import BuildConfig, build_dataset
-from m2u.datasets.layout import MAX_KEY_LENGTH, SPLITS, read_manifest, split_shards
+from m2u.datasets.layout import MAX_KEY_LENGTH, SPLITS, read_manifest, split_shards, stats_path_of
 from m2u.datasets.loader import LoaderConfig, ShardError, make_loader
+from m2u.datasets.shards import file_digest
 from m2u.datasets.synthetic import make_synthetic_sample, write_synthetic_dataset
 from m2u.datasets.writer import sample_members
 
@@ -88,9 +89,8 @@ def test_the_exact_mode_refuses_a_split_with_a_deleted_shard(synthetic):
     with pytest.raises(ShardError, match=f"{gone}.*listed in the manifest but missing"):
         _loader_keys(synthetic)
     # training's loader (no verification) meets it too: never a silently short epoch
-    loader = make_loader(synthetic, "train", LoaderConfig(num_workers=0, batch_size=4))
     with pytest.raises(ShardError, match=str(gone)):
-        list(loader)
+        list(make_loader(synthetic, "train", LoaderConfig(num_workers=0, batch_size=4)))
     with pytest.warns(RuntimeWarning, match="skipped"):
         keys, skipped = _loader_keys(synthetic, on_error="skip")
     assert len(skipped) == 1 and str(gone) in skipped[0]
@@ -127,6 +127,11 @@ def _replace_sample_size(shard: Path, size: int) -> str:
                 data = small[field]
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+    # As a writer bug would leave it: the stats record matches the bytes (only the sample's size is wrong).
+    stats_file = stats_path_of(shard)
+    stats = json.loads(stats_file.read_text())
+    stats["bytes"], stats["sha256"] = file_digest(shard)
+    stats_file.write_text(json.dumps(stats))
     return key
 
 

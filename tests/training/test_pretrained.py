@@ -40,6 +40,7 @@ def _write_tiny_shipped_model(root: Path) -> Path:
     folder = root / pretrained.DEFAULT_MODEL
     save_model(folder / pretrained.MSEG_FILE, mseg, current_model_info(SIZE, 0.5), dtype="fp16")
     save_model(folder / pretrained.GENERATOR_FILE, generator, current_model_info(SIZE), dtype="fp16")
+    pretrained.write_checksums(folder)  # as the release recipe does: verified on every load
     return folder
 
 

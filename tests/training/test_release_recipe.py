@@ -47,7 +47,14 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     assert (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns == mseg_mtime
     assert report["training"]["mseg"]["steps"] == 2 and report["training"]["gan"]["steps"] == 3
     files = {p.name for p in package.iterdir()}
-    assert files == {MSEG_FILE, GENERATOR_FILE, "card.json", "MODEL_CARD.md"}
+    assert files == {
+        MSEG_FILE,
+        GENERATOR_FILE,
+        "card.json",
+        "MODEL_CARD.md",
+        "checksums.json",
+        ".m2u-written",
+    }
     assert sum(p.stat().st_size for p in package.iterdir()) < 15_000_000
     info = read_model_info(package / GENERATOR_FILE)
     assert info.crop_size == 64 and info.provenance["recipe"].startswith("benchmarks/release_recipe.py")
