@@ -6,7 +6,7 @@ In order: a training checkpoint (RUN/last.pt, torch's zip) given as a model file
 size within the dataset's limits before anything is allocated from it, threshold in (0, 1)); the stored dtypes
 (a floating-point weight stored as integers was cast and lost its values); then, once read, non-finite weights
 and weights no training produces (a flipped exponent bit makes a value like 1e30). Bytes flipped without any of
-these symptoms are caught only by a checksum: the shipped model carries one (m2u.inference.pretrained).
+these symptoms are caught only by a checksum: the shipped model carries one (its checksums.json).
 """
 
 from __future__ import annotations
