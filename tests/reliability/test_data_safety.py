@@ -584,6 +584,19 @@ def test_a_full_disk_leaves_every_output_complete_or_absent_and_says_so_in_one_l
     with pytest.raises(OSError, match="No space"):
         save_training_state(tmp_path / "run" / "last.pt", {"step": 1})
     assert not (tmp_path / "run" / "last.pt").exists()
+    from m2u.datasets import write_synthetic_dataset
+    from m2u.training.cli import train_main
+
+    data = tmp_path / "data"
+    monkeypatch.undo()
+    write_synthetic_dataset(data, 12, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    _full_disk_on_replace(monkeypatch)
+    code, output = _invoke(
+        train_main,
+        ["mseg", "--data", str(data), "-o", str(tmp_path / "t"), "--max-steps", "1", "--device", "cpu"]
+        + ["--base-channels", "4", "--levels", "2", "--workers", "0", "--no-progress", "--no-test"],
+    )
+    assert code != 0 and "disk is full" in _one_line_error(output)
 
 
 def test_a_read_only_folder_and_a_corrupt_resume_config_are_one_line(tmp_path, monkeypatch):
