@@ -26,6 +26,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from m2u.core.fileio import open_append
+from m2u.core.guard import UserError
 from m2u.training.checkpoint import (
     CheckpointError,
     ModelInfo,
@@ -66,6 +67,10 @@ LAST_CHECKPOINT = "last.pt"
 LOG_NAME = "log.jsonl"
 METRICS_NAME = "metrics.json"
 STATE_FORMAT = 1
+
+
+class EmptySplitError(UserError, RuntimeError):
+    """The training split gave no batch: the user's data or --batch-size, said in one line (m2u.core.guard)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -831,7 +836,7 @@ class Trainer:
                 return "max_steps"
             out_of_time = config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
         if produced == 0 and self.batch_in_epoch == 0:
-            raise RuntimeError(
+            raise EmptySplitError(
                 f"the training split of {config.data or 'the data source'} gave no batch "
                 f"(fewer samples per loader worker than --batch-size {config.batch_size}?)"
             )
