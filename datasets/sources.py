@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m2u.core.imageio import ImageReadError, read_input_bytes
-from m2u.core.inputs import IMAGE_SUFFIXES, LIST_SUFFIXES, InputError, check_arguments, discover
+from m2u.core.inputs import (
+    LIST_SUFFIXES,
+    InputError,
+    check_arguments,
+    discover,
+    no_images_error,
+)
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
 
@@ -131,9 +137,8 @@ def discover_inputs(
         found = discover(inputs, exclude=exclude)
     except InputError as exc:
         raise ValueError(str(exc)) from None
-    for text, count in found.per_input.items():
-        if not count:
-            raise ValueError(f"input {text!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not found.entries:
+        raise ValueError(str(no_images_error(found)))
     entries = [(e.path, e.relative, e.identity) for e in found.entries]
 
     by_name = read_identity_file(identity_file) if identity_file else {}

@@ -87,6 +87,30 @@ def model_io_names(model: nn.Module) -> tuple[list[str], list[str]]:
     raise ValueError(f"cannot export {type(model).__name__}: expected an M-Seg or CARU2-Net model")
 
 
+# What each ONNX tensor holds (export.json states it beside the names and shapes).
+TENSOR_RANGES = {
+    "image": "float32 RGB in [-1, 1] (pixel / 127.5 - 1)",
+    "masked": "float32 RGB in [-1, 1] (pixel / 127.5 - 1), the masked face",
+    "mask": "float32 in {0, 1}, 1 where the mask is",
+    "mask_logits": "float32 logits; mask = sigmoid(logits) >= the M-Seg threshold",
+    "output": "float32 RGB in [-1, 1] (tanh); pixel = (x + 1) * 127.5",
+}
+
+
+def tensor_descriptions(model: nn.Module, image_size: int, dynamic: bool) -> dict[str, list[dict]]:
+    """{"inputs": [...], "outputs": [...]}: each ONNX tensor's name, shape (NCHW; "batch", "height" and "width"
+    where the axes are dynamic) and value range."""
+    input_names, output_names = model_io_names(model)
+
+    def describe(name: str) -> dict:
+        channels = 3 if name in ("image", "masked", "output") else 1
+        side: int | str = image_size
+        shape = ["batch", channels, "height", "width"] if dynamic else [1, channels, side, side]
+        return {"name": name, "shape": shape, "range": TENSOR_RANGES[name]}
+
+    return {"inputs": [describe(n) for n in input_names], "outputs": [describe(n) for n in output_names]}
+
+
 def example_inputs(
     model: nn.Module, image_size: int, batch: int = 1, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:

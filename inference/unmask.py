@@ -74,8 +74,15 @@ class UnmaskConfig:
     aligned: bool = False
     device: str = "auto"
     progress: bool = True
+    # The restored photo's format: "same" (the input's own: PNG stays lossless, JPEG stays JPEG), "png", "jpg".
+    output_format: str = "same"
+    limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.crop_size is not None:
             check_image_size(self.crop_size, "--size")
         if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
@@ -86,6 +93,28 @@ class UnmaskConfig:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector_model!r}")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
+
+
+OUTPUT_FORMATS = ("same", "png", "jpg")
+
+# "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
+_SAME_SUFFIXES = {
+    ".jpg": ".jpg",
+    ".jpeg": ".jpg",
+    ".png": ".png",
+    ".webp": ".webp",
+    ".bmp": ".bmp",
+    ".tif": ".tif",
+    ".tiff": ".tif",
+}
+_WRITE_PARAMS = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+
+
+def output_suffix(path: Path, output_format: str) -> str:
+    """The suffix of the restored photo of `path`: its own for "same" (lossless inputs stay lossless)."""
+    if output_format == "same":
+        return _SAME_SUFFIXES.get(path.suffix.lower(), ".png")
+    return "." + output_format
 
 
 @dataclass
@@ -339,7 +368,8 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    params = _WRITE_PARAMS.get(path.suffix.lower(), [])
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"cannot write {path}")
 
 
@@ -352,22 +382,25 @@ def unmask_files(
     *,
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
-    """Unmask every input photo into `out_dir` (PNG, same name stem) and write `out_dir/report.csv`."""
-    from m2u.core.inputs import check_output_folder, discover, output_lock
+    """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
+    `out_dir/report.csv`."""
+    from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
     # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
     # an input (m2u.core.inputs); OUT itself is never read as input.
     found = discover(inputs, exclude=[out])
+    if config.limit is not None:
+        del found.entries[config.limit :]
     paths = [e.path for e in found.entries]
     # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
     # below sees every file the run can write.
     planned: set[str] = set()
-    names = [_unique_name(p.stem, planned) for p in paths]
-    check_output_folder(out, found, [*(out / f"{name}.png" for name in names), out / "report.csv"])
+    names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
+    check_output_folder(out, found, [*(out / name for name in names), out / "report.csv"])
     if not paths:
-        raise ValueError("no input images found")
+        raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "m2u-unmask"):
         unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
@@ -400,7 +433,7 @@ def _unmask_paths(
                     row.status = "refused" if refused else "no_face"
                     row.reason = row.reason or "no face found by the detector"
                 else:
-                    target = out / f"{name}.png"
+                    target = out / name
                     _write_rgb(target, result)
                     row.output = str(target)
                     row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
@@ -420,7 +453,7 @@ def _unmask_paths(
                 ]
                 if faces and config.keep_crops:
                     for k, face in enumerate(faces):
-                        stem = out / "crops" / f"{name}_face{k}"
+                        stem = out / "crops" / f"{Path(name).stem}_face{k}"
                         _write_rgb(Path(f"{stem}_input.png"), face.crop)
                         cv2.imwrite(f"{stem}_mask.png", face.mask)
                         _write_rgb(Path(f"{stem}_restored.png"), face.restored)

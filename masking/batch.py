@@ -33,10 +33,10 @@ from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
-    InputError,
     check_arguments,
     check_output_folder,
     discover,
+    no_images_error,
     output_lock,
 )
 from m2u.core.parallel import worker_pool
@@ -67,8 +67,11 @@ class BatchConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (an error row)
     workers: int = runtime_field(default=1)
     progress: bool = runtime_field(default=True)
+    limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"--workers must be an integer >= 0 (0 = in this process), got {self.workers!r}")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
@@ -300,6 +303,8 @@ def mask_files(
     run is writing it) before any output is written."""
     out = Path(out_dir)
     found = find_inputs(inputs, out)
+    if config.limit is not None:
+        del found.entries[config.limit :]
     files = output_stems(found.entries)
     groups = config.groups(len(files))
     targets = [
@@ -307,7 +312,7 @@ def mask_files(
     ]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
     if not found.entries:
-        raise InputError("no image files found in the inputs")
+        raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
     with output_lock(out, LOCK_TOOL):
