@@ -66,8 +66,10 @@ def inputs_argument(function: Callable) -> Callable:
     return click.argument("inputs", nargs=-1, type=click.Path())(function)
 
 
-def out_option(help: str, required: bool = True, dest: str = "out_dir") -> Callable:
-    return _option("-o", "--out", dest, required=required, type=click.Path(file_okay=False), help=help)
+def out_option(help: str, required: bool = True, dest: str = "out_dir", default: str | None = None) -> Callable:
+    return _option(
+        "-o", "--out", dest, default=default, required=required, type=click.Path(file_okay=False), help=help
+    )
 
 
 def size_option(default: int | None, help: str) -> Callable:

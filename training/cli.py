@@ -87,7 +87,7 @@ def _run_options(function: Callable) -> Callable:
             help="Dataset folder or fsspec URL (m2u-make-dataset's -o); required, except with --resume of a saved "
             "run.",
         ),
-        out_option("Run folder; required.", required=False, dest="out"),
+        out_option("Run folder; required.", required=False, dest="out", default=RunConfig.out),
         click.option("--batch-size", default=RunConfig.batch_size, show_default=True, type=click.IntRange(1)),
         click.option("--epochs", default=RunConfig.epochs, show_default=True, type=click.IntRange(1)),
         click.option(
