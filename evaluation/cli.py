@@ -83,14 +83,14 @@ EVAL_BINDING = ConfigBinding(
     help="M-Seg mask threshold (default: the one the M-Seg file records).",
 )
 @click.option(
-    "--baseline",
-    "baselines",
+    "--baselines",
     multiple=True,
     default=EvaluateConfig.baselines,
     show_default=True,
     type=click.Choice(sorted(BASELINES)),
-    help="Baselines to run; repeatable.",
+    help="Baselines to run; repeatable (--baselines telea --baselines navier_stokes).",
 )
+@alias_option("--baseline", target="baselines", multiple=True, type=click.Choice(sorted(BASELINES)))
 @click.option(
     "--baseline-mask",
     default=EvaluateConfig.baseline_mask,

@@ -58,6 +58,7 @@ OLD_SPELLINGS = (
     "--mask-pattern",
     "--max-samples",
     "--faces",
+    "--baseline",
 )
 
 
@@ -93,7 +94,9 @@ def test_every_command_spells_the_shared_options_the_family_way(name):
         assert "inputs" not in positional
 
 
-@pytest.mark.parametrize("concept", ["quiet", "progress", "min_score", "config", "sets", "print_config", "workers"])
+@pytest.mark.parametrize(
+    "concept", ["quiet", "progress", "min_score", "config", "sets", "print_config", "workers"]
+)
 def test_a_shared_option_means_the_same_everywhere(concept):
     helps = {}
     for name, command in COMMANDS.items():
@@ -142,7 +145,10 @@ def test_a_missing_input_is_a_usage_error_in_every_tool(tmp_path):
     missing = str(tmp_path / "no-such-folder")
     runs = {
         "m2u-mask": (mask_main, [missing, "-o", str(tmp_path / "m")]),
-        "m2u-make-dataset": (make_dataset_main, [missing, "-o", str(tmp_path / "d"), "--mask-engine", "synthetic"]),
+        "m2u-make-dataset": (
+            make_dataset_main,
+            [missing, "-o", str(tmp_path / "d"), "--mask-engine", "synthetic"],
+        ),
         "m2u-unmask": (unmask_main, [missing, "-o", str(tmp_path / "u")]),
     }
     for name, (command, args) in runs.items():

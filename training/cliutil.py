@@ -206,6 +206,8 @@ class ConfigBinding:
             _pop_path(fields_tree, path)
             result[_long_name(param)] = (not value) if negated and isinstance(value, bool) else value
         for key, value in fields_tree.items():
+            if key in result:  # an option named like a field group would make the file ambiguous
+                raise ValueError(f"config key {key!r} is both an option and a group of {self.cls.__name__}")
             result[key] = value
         return result
 
