@@ -218,8 +218,8 @@ def export_onnx_cmd(**kw) -> None:
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
     except Refused:
         raise
-    except RuntimeError as exc:  # the exported graph disagrees with PyTorch: the export ran and failed
-        raise click.ClickException(str(exc)) from exc
     except user_errors() as exc:
         raise Refused(str(exc)) from exc
+    except RuntimeError as exc:  # the exported graph disagrees with PyTorch: the export ran and failed
+        raise click.ClickException(str(exc)) from exc
     (Path(out_dir) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")

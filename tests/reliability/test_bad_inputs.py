@@ -70,7 +70,6 @@ def test_m2u_make_dataset_accounts_for_every_input(corpus, tmp_path):
     out = tmp_path / "dataset"
     args = [str(corpus.folder), "-o", str(out), "--mask-engine", "synthetic", "--workers", "1"]
     result = CliRunner().invoke(make_dataset_main, [*args, "--size", "64", "--shard-size", "4", "--quiet"])
-    has_faces = bool(corpus.names("face"))
     assert result.exit_code == 1, result.output  # unreadable inputs (and, without faces, no pair)
     manifest = read_manifest(out)
     rows = {Path(row["source"]).name: row for row in manifest.to_dict("records")}
