@@ -87,6 +87,7 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
+from m2u.datasets.storage import is_url, local_dataset
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -151,6 +152,11 @@ class LoaderConfig:
         and counted)."""
         base = cls(shuffle_buffer=0, shuffle_shards=False, hflip_prob=0.0, verify=True)
         return replace(base, **overrides)
+
+
+def is_dataset_url(text: str) -> bool:
+    """A URL naming a dataset folder (s3://bucket/prefix), not shards (a .tar URL or brace pattern of them)."""
+    return is_url(text) and not text.startswith("pipe:") and ".tar" not in text and "{" not in text
 
 
 def _is_url(text: str) -> bool:
@@ -559,6 +565,8 @@ def make_loader(
     is checked against its committed size and SHA-256 first."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
+    if not isinstance(source, (list, tuple)) and is_dataset_url(os.fspath(source)):
+        source = local_dataset(source)  # a dataset folder at a URL (s3://bucket/prefix): its local copy
     folder = None if isinstance(source, (list, tuple)) else Path(os.fspath(source))
     if split is None or folder is None or _is_url(str(folder)) or not (folder / MANIFEST_NAME).is_file():
         return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)

@@ -95,7 +95,7 @@ def fetch(url: str, local: Path | None = None, *, require_manifest: bool = True)
         if target.is_file() and target.stat().st_size == size:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
+        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # DDP ranks may fetch at once
         fs.get_file(f"{root}/{relative}", str(partial))
         os.replace(partial, target)
     return local

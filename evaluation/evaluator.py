@@ -348,7 +348,10 @@ def evaluate(
     relative to `out_dir`, e.g. the training curves) are listed in index.html. With neither model path, the
     model shipped with m2u. The models run at the size their files record: a dataset of another size is
     resized to it (with a warning)."""
+    from m2u.datasets.storage import local_dataset
+
     config = config or EvaluateConfig()
+    data = local_dataset(data)  # a dataset URL (s3://...): its local copy, fetched before any model loads
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

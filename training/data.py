@@ -97,8 +97,9 @@ class ShardDataSource:
         """`pin_memory` (for a GPU): pinned batches and workers kept between epochs; `uint8`: the loader's raw
         uint8 batches, for the trainer to convert on its device (4x fewer bytes to copy)."""
         from m2u.datasets.layout import MANIFEST_NAME
+        from m2u.datasets.storage import local_dataset
 
-        self.root = Path(root)
+        self.root = Path(local_dataset(root))  # a dataset URL (s3://...): its local copy
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {self.root} (build it with m2u-make-dataset)")
         if not (self.root / MANIFEST_NAME).is_file() and not (self.root / "train").is_dir():
