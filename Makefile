@@ -38,10 +38,10 @@ demo: $(STAMP)
 	fi
 
 smoke: $(STAMP)
-	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),--faces $(FACES),--demo-faces) -o runs/smoke
+	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),$(FACES),--demo-faces) -o runs/smoke
 
 lint: $(STAMP)
-	$(BIN)/ruff check core masking datasets training inference evaluation pipelines tests benchmarks
+	$(BIN)/ruff check core masking datasets training inference evaluation pipelines tests benchmarks hubconf.py
 
 # pytest is called through its own script, not `python -m pytest`: the latter puts the repository root on
 # sys.path, where the folder datasets/ would shadow HuggingFace's `datasets`.
