@@ -23,7 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q "torch==2.13.0"; fi
-	$(BIN)/pip install -q -e ".[test]"
+	# setuptools says "Editable installation. Please be careful with folders..." on every editable install: the
+	# m2u.* mapping (setup.cfg) is what keeps the folders from shadowing anything, so the note is silenced.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[test]"
 	# The LPIPS v0.1 heads (the lpips package's weight files; m2u reads them without importing the package,
 	# whose torchvision requirement would replace the CPU torch).
 	$(BIN)/pip install -q --no-deps "lpips>=0.1.4"
