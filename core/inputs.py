@@ -120,7 +120,7 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path))
 
 
-MASK_FILE_SUFFIX = "_mask.png"  # m2u.masking.batch writes NAME_mask.png and NAME.json beside the masked photo
+MASK_FILE_SUFFIX = "_mask.png"  # m2u-mask writes NAME_mask.png and NAME.json beside the masked photo
 
 
 def is_mask_file(path: Path) -> bool:

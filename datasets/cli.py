@@ -29,7 +29,7 @@ from m2u.core.imageio import describe_ignored_files
 from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat
-from m2u.datasets.config import DISTRIBUTORS, parse_partition
+from m2u.datasets.config import DISTRIBUTORS, BuildWriteError, parse_partition
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.datasets.storage import build_at_url, is_url
 
@@ -198,6 +198,8 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
             result = build_at_url(out_dir, lambda local: build_dataset(list(inputs), local, config))
         else:
             result = build_dataset(list(inputs), out_dir, config)
+    except BuildWriteError as exc:  # the run started and could not write (a full disk): exit 1
+        raise click.ClickException(str(exc)) from None
     except WorkerStartError as exc:
         raise click.ClickException(str(exc)) from None
     except (BuildError, ValueError, FileNotFoundError) as exc:

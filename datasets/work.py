@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from m2u.datasets.align import align_face
-from m2u.datasets.config import BuildConfig, BuildError
+from m2u.datasets.config import BuildConfig, BuildError, BuildWriteError
 from m2u.datasets.layout import SPLITS, Status, shard_name, shard_relpath, shard_stats_relpath
 from m2u.datasets.plan import PlannedSample
 from m2u.datasets.shards import ShardWriter
@@ -301,7 +301,7 @@ def build_shard(
     except OSError as exc:
         # A full disk or a quota: the shard is not committed and its temporary file is removed (or by the rerun,
         # which writes this shard again).
-        raise BuildError(
+        raise BuildWriteError(
             f"cannot write shard {target}: {exc.strerror or exc}; nothing partial was kept under a final "
             "name; free some space and rerun the same command to resume"
         ) from exc

@@ -84,16 +84,16 @@ def test_cli_reports_clear_errors(tmp_path):
     result = runner.invoke(
         cli_main, [str(photos), "-o", str(foreign), "--mask-engine", "synthetic", "--quiet"]
     )
-    assert result.exit_code == 1 and "already holds other files" in result.output
+    assert result.exit_code == 2 and "already holds other files" in result.output
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "o"), "--split", "0.5,0.5"])
     assert result.exit_code == 2 and "expected 3 split fractions" in result.output
     result = runner.invoke(
         cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-type", "nonsense", "--quiet"]
     )
-    assert result.exit_code == 1 and "unknown mask type 'nonsense'" in result.output
+    assert result.exit_code == 2 and "unknown mask type 'nonsense'" in result.output
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-option", "colour=red"])
-    assert result.exit_code == 1 and "unknown mask option(s) ['colour']" in result.output
+    assert result.exit_code == 2 and "unknown mask option(s) ['colour']" in result.output
     # A notebook's hidden checkpoint copy is passed over, and said to be.
     (photos / ".ipynb_checkpoints").mkdir()
     (photos / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"x")

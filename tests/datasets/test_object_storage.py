@@ -78,7 +78,7 @@ def _remote_snapshot(fs, prefix: str) -> dict[str, bytes]:
 
 def test_make_dataset_to_s3_writes_the_bytes_of_a_local_build_and_resumes(s3, tmp_path, dataset_snapshot):
     faces = _faces(tmp_path)
-    options = ["--mask-engine", "synthetic", "--size", "64", "--shard-size", "4", "--workers", "1", "-q"]
+    options = ["--mask-engine", "synthetic", "--size", "64", "--shard-size", "5", "--workers", "1", "-q"]
     local = CliRunner().invoke(make_dataset_main, [str(faces), "-o", str(tmp_path / "local"), *options])
     assert local.exit_code == 0, local.output
     url = f"s3://{BUCKET}/datasets/demo"
