@@ -12,7 +12,6 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +37,6 @@ def is_hidden(path: Path, folder: Path) -> bool:
     """Whether `path` is hidden below `folder`: its name or a folder between starts with "." (folder scans pass
     over these, e.g. .ipynb_checkpoints; see m2u.core.inputs)."""
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
-
-
-def describe_ignored_files(
-    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
-) -> str:
-    """The sentence of `m2u.core.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
-    over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
-    from m2u.core.inputs import discover
-
-    return discover(inputs, exclude=exclude).describe_skipped()
 
 
 class ImageReadError(Exception):

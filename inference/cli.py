@@ -93,7 +93,7 @@ def unmask_main(**kw) -> None:
         if r.status != "ok" or r.refused_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
-    from m2u.core.imageio import describe_ignored_files
+    from m2u.core.inputs import describe_ignored_files
 
     ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])
     if ignored:

@@ -13,11 +13,19 @@ from pathlib import Path
 
 import torch
 
+from m2u.inference.pretrained import DEFAULT_MODEL, pretrained_paths
 from m2u.training.checkpoint import ModelInfo, ModelUsageWarning, load_model
 from m2u.training.imagespace import composite, from_model_range, to_model_range
 from m2u.training.models import CARU2Net, MSeg
 
-__all__ = ["ModelUsageWarning", "ModelUsage", "load_two_stage", "model_usage", "restore_batch"]
+__all__ = [
+    "ModelUsageWarning",
+    "ModelUsage",
+    "load_pretrained",
+    "load_two_stage",
+    "model_usage",
+    "restore_batch",
+]
 
 
 def load_two_stage(
@@ -26,8 +34,6 @@ def load_two_stage(
     """Load and type-check the two checkpoints (a swapped pair gets a clear error). Neither path given: the
     model shipped with m2u (`m2u.inference.pretrained.DEFAULT_MODEL`)."""
     if mseg_path is None and generator_path is None:
-        from m2u.inference.pretrained import pretrained_paths
-
         mseg_path, generator_path = pretrained_paths()
     elif mseg_path is None or generator_path is None:
         raise ValueError("give --mseg and --generator together (or neither, for the model shipped with m2u)")
@@ -40,6 +46,13 @@ def load_two_stage(
             f"--generator {generator_path} holds a {type(generator).__name__}, not a CARU2-Net generator"
         )
     return mseg.eval(), generator.eval()
+
+
+def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> tuple[MSeg, CARU2Net]:
+    """The shipped two-stage model, ready to use: (MSeg, CARU2Net) in eval mode on `device`, each carrying
+    its file's ModelInfo as `.info` (crop size, threshold, alignment, provenance)."""
+    mseg_path, generator_path = pretrained_paths(name)
+    return load_two_stage(mseg_path, generator_path, device)
 
 
 @dataclass

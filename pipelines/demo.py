@@ -54,8 +54,8 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
 
     from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
     from m2u.evaluation.baselines import run_baseline
-    from m2u.inference.pretrained import DEFAULT_MODEL, load_pretrained
-    from m2u.inference.restore import model_usage, restore_batch
+    from m2u.inference.pretrained import DEFAULT_MODEL
+    from m2u.inference.restore import load_pretrained, model_usage, restore_batch
     from m2u.training.ssim import psnr, ssim
 
     name = model or DEFAULT_MODEL

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from m2u.training.trainer import LOG_NAME
+from m2u.training.runlog import LOG_NAME
 
 _BOOKKEEPING = {"step", "epoch", "split", "event", "lr", "seconds", "samples"}
 

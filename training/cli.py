@@ -280,8 +280,9 @@ def _recipe() -> str:
 
 def _run(train: Callable[[Any], dict], config: Any) -> None:
     from m2u.training.checkpoint import CheckpointError
+    from m2u.training.distributed import is_main_process
+    from m2u.training.guards import NonFiniteLossError
     from m2u.training.losses import VGGWeightsUnavailable
-    from m2u.training.trainer import NonFiniteLossError
 
     try:
         results = train(config)
@@ -294,7 +295,8 @@ def _run(train: Callable[[Any], dict], config: Any) -> None:
         ValueError,
     ) as error:
         raise click.ClickException(str(error)) from None
-    click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
+    if is_main_process():  # under torchrun every rank returns the results: one copy is printed
+        click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import m2u.inference.pretrained as pretrained
-from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, load_pretrained
+from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+from m2u.inference.restore import load_pretrained
 from m2u.training.checkpoint import read_model_info
 
 REPO = Path(__file__).resolve().parents[2]

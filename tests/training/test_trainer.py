@@ -21,14 +21,11 @@ from m2u.training.models import MSegConfig
 sys.path.insert(0, str(Path(__file__).parent))
 import training_ddp_worker  # noqa: E402
 
-from m2u.training.trainer import (  # noqa: E402
-    DistributedContext,
-    GanTask,
-    NonFiniteLossError,
-    seed_everything,
-    train_gan,
-    train_mseg,
-)
+from m2u.training.distributed import DistributedContext  # noqa: E402
+from m2u.training.gan_task import GanTask  # noqa: E402
+from m2u.training.guards import NonFiniteLossError  # noqa: E402
+from m2u.training.rng import seed_everything  # noqa: E402
+from m2u.training.trainer import train_gan, train_mseg  # noqa: E402
 
 TINY_MSEG = MSegConfig(base_channels=4, levels=3)
 QUIET = {"progress": False, "val_every": 0, "log_every": 1, "num_workers": 0}
@@ -84,7 +81,7 @@ def test_resume_on_tensors_is_exact_and_refuses_to_overwrite(tmp_path):
     config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
     train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=5, **config), data)
     train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=4, **config), data)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="already holds a run"):
         train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=5, **config), data)
     train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=5, resume=True, **config), data)
     a = load_training_state(tmp_path / "a" / "checkpoints" / "last.pt")
