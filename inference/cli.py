@@ -140,9 +140,9 @@ def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol,
         for name, path in (("mseg", mseg_path), ("generator", generator_path)):
             if not path:
                 continue
-            model = load_model(path)
+            model, info = load_model(path)
             with model_warnings():
-                size = export_size(model, image_size, static_shape)
+                size = export_size(info, image_size, static_shape)
             config = ExportConfig(image_size=size, opset=opset, atol=atol, dynamic_axes=not static_shape)
             result = export_onnx(model, Path(out_dir) / f"{name}.onnx", config)
             summary[name] = {
@@ -152,7 +152,7 @@ def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol,
                 "outputs": result.output_names,
                 "max_abs_diff_vs_torch": result.max_abs_diff,
                 "image_size": size,
-                "model_info": asdict(model.info),
+                "model_info": asdict(info),
             }
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
     except (*user_errors(), RuntimeError) as exc:

@@ -30,10 +30,10 @@ import torch
 from tqdm import tqdm
 
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
-from m2u.inference.restore import load_two_stage, model_usage, restore_batch
+from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.models import CARU2Net, MSeg
+from m2u.training.models.mseg import check_mask_threshold
 
 __all__ = [
     "UnmaskConfig",
@@ -77,9 +77,8 @@ class UnmaskConfig:
 
     def __post_init__(self) -> None:
         if self.crop_size is not None:
-            check_image_size(self.crop_size, "--size")
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+            check_image_size(self.crop_size, "crop_size")
+        check_mask_threshold(self.mask_threshold)
         if self.dilate < 0 or self.feather < 0:
             raise ValueError("dilate and feather must be >= 0")
         if self.detector_model not in DETECTORS:
@@ -207,17 +206,17 @@ def _resize_matrix(width: int, height: int, size: int) -> np.ndarray:
 class Unmasker:
     """The detection → alignment → M-Seg → generator → paste-back pipeline for one photo at a time."""
 
-    def __init__(self, mseg: MSeg, generator: CARU2Net, config: UnmaskConfig | None = None):
+    def __init__(self, models: TwoStageModel, config: UnmaskConfig | None = None):
         from m2u.masking import DetectorConfig, FaceDetector
         from m2u.masking.masked_faces import MaskedFaceDetector
 
         self.config = config or UnmaskConfig()
-        self.device = next(generator.parameters()).device
-        self.mseg = mseg.eval()
-        self.generator = generator.eval()
+        self.device = next(models.generator.parameters()).device
+        self.mseg = models.mseg.eval()
+        self.generator = models.generator.eval()
         # Crop size and threshold from the model files unless the config names them (then with a warning).
         self.usage = model_usage(
-            mseg, generator, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
+            models, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
         if self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
@@ -233,14 +232,13 @@ class Unmasker:
     ) -> Unmasker:
         """The pair of model files, or (both None) the model shipped with m2u."""
         config = config or UnmaskConfig()
-        mseg, generator = load_two_stage(mseg_path, generator_path, resolve_device(config.device))
-        return cls(mseg, generator, config)
+        return cls(load_two_stage(mseg_path, generator_path, resolve_device(config.device)), config)
 
     @torch.no_grad()
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.threshold)
+        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
         masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
         return masks, to_uint8_images(comp.cpu())
 

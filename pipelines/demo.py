@@ -59,8 +59,9 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     from m2u.training.ssim import psnr, ssim
 
     name = model or DEFAULT_MODEL
-    mseg, generator = load_pretrained(name)
-    usage = model_usage(mseg, generator, fallback_size=DEFAULT_IMAGE_SIZE)
+    models = load_pretrained(name)
+    mseg, generator = models.mseg, models.generator
+    usage = model_usage(models, fallback_size=DEFAULT_IMAGE_SIZE)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = _faces(count, usage.crop_size, out / "faces")
@@ -69,7 +70,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     to01 = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     original, masked = to01([s[0] for s in samples]), to01([s[1] for s in samples])
     with torch.no_grad():
-        predicted, _, restored = restore_batch(mseg, generator, masked, usage.threshold)
+        predicted, _, restored = restore_batch(mseg, generator, masked, usage.mask_threshold)
     telea = run_baseline("telea", masked, predicted)
     rows = {}
     for label, images in (("m2unet", restored), ("telea", telea), ("masked_input", masked)):
@@ -88,7 +89,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     columns = [u8(masked), u8(predicted.repeat(1, 3, 1, 1)), u8(restored), u8(original)]
     grid = np.concatenate([np.concatenate(list(row), axis=1) for row in zip(*columns)], axis=0)
     cv2.imwrite(str(out / "demo.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    info = generator.info
+    info = models.generator_info
     report = {
         "model": name,
         "crop_size": usage.crop_size,

@@ -322,7 +322,8 @@ def train_main() -> None:
 )
 @click.option(
     "--threshold",
-    default=MSegTrainConfig.threshold,
+    "mask_threshold",
+    default=MSegTrainConfig.mask_threshold,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Mask threshold for validation; recorded in mseg.safetensors, which its users read.",

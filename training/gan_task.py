@@ -35,30 +35,34 @@ class GanTask(TrainingTask):
         if config.perceptual_weight > 0:
             self.perceptual = VGGPerceptualLoss(config.vgg_weights, config.perceptual_layers).to(device)
         self.mseg: MSeg | None = None
+        self.mask_threshold: float | None = None  # the frozen M-Seg's: the config's, else its file's
         if config.mask_source == "mseg":
             assert config.mseg_checkpoint is not None  # checked by the config
-            model = load_model(config.mseg_checkpoint, map_location=device)
+            model, info = load_model(config.mseg_checkpoint, map_location=device)
             if not isinstance(model, MSeg):
                 raise CheckpointError(
                     f"{config.mseg_checkpoint} holds a {type(model).__name__}, not an M-Seg model"
                 )
             self.mseg = model.eval().requires_grad_(False)
+            self.mask_threshold = (
+                info.mask_threshold_or_default() if config.mask_threshold is None else config.mask_threshold
+            )
         self.add_network("generator", CARU2Net(config.generator))
         self.add_network("discriminator", PatchDiscriminator(config.discriminator))
 
     @torch.no_grad()
     def mask_for(self, masked: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
         """The mask fed to the generator and used for compositing: the frozen M-Seg's, or the dataset's."""
-        if self.mseg is None:
+        if self.mseg is None or self.mask_threshold is None:
             return gt_mask
-        return self.mseg.predict_mask(masked, self.config.mask_threshold)
+        return self.mseg.predict_mask(masked, self.mask_threshold)
 
     def model_info(self, name: str, step: int) -> ModelInfo:
         info = super().model_info(name, step)
         info.provenance["mask_source"] = self.config.mask_source
         if self.mseg is not None:
             info.provenance["mseg"] = self.config.mseg_checkpoint
-            info.provenance["mask_threshold"] = self.mseg.threshold
+            info.provenance["mask_threshold"] = self.mask_threshold
         return info
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ class MSegTask(TrainingTask):
 
     def model_info(self, name: str, step: int) -> ModelInfo:
         info = super().model_info(name, step)
-        info.mask_threshold = self.config.threshold
+        info.mask_threshold = self.config.mask_threshold
         return info
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ class MSegTask(TrainingTask):
         model = unwrap_model(self.networks["mseg"])
         with self.autocast():
             logits = model(to_model_range(self.to_device(masked01)))
-        return (torch.sigmoid(logits.float()) >= self.config.threshold).float()
+        return (torch.sigmoid(logits.float()) >= self.config.mask_threshold).float()
 
     def eval_metric_names(self) -> tuple[str, ...]:
         return ("dice", "pixel_accuracy")

@@ -97,9 +97,10 @@ def test_no_shipped_weights_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_load_pretrained_returns_the_ready_two_stage_model(shipped):
-    mseg, generator = load_pretrained()
+    models = load_pretrained()
+    mseg, generator = models.mseg, models.generator
     assert isinstance(mseg, MSeg) and isinstance(generator, CARU2Net)
-    assert not mseg.training and generator.info.crop_size == SIZE
+    assert not mseg.training and models.generator_info.crop_size == SIZE
     assert next(generator.parameters()).dtype == torch.float32  # fp16 file, fp32 model
     assert pretrained.available_models() == [pretrained.DEFAULT_MODEL]
 

@@ -88,7 +88,7 @@ def test_resume_on_tensors_is_exact_and_refuses_to_overwrite(tmp_path):
     b = load_training_state(tmp_path / "b" / "checkpoints" / "last.pt")
     assert _states_equal(a["networks"], b["networks"]) and _states_equal(a["optimizers"], b["optimizers"])
     # The exported model file holds the same weights as the training state.
-    model = load_model(tmp_path / "b" / "mseg.safetensors")
+    model = load_model(tmp_path / "b" / "mseg.safetensors").module
     assert _states_equal(model.state_dict(), b["networks"]["mseg"])
 
 
@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert state["step"] == 2
     weights = state["networks"]["mseg"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-    assert _states_equal(load_model(tmp_path / "mseg.safetensors").state_dict(), weights)
+    assert _states_equal(load_model(tmp_path / "mseg.safetensors").module.state_dict(), weights)
     assert not (tmp_path / "metrics.json").exists()
     events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "non_finite_loss"
@@ -159,7 +159,7 @@ def test_torch_compile_trains_on_cpu(tmp_path):
     config = MSegTrainConfig(out=str(tmp_path), model=TINY_MSEG, max_steps=2, compile=True, **QUIET)
     results = train_mseg(config, data)
     assert results["steps"] == 2
-    assert load_model(tmp_path / "mseg.safetensors").config == TINY_MSEG
+    assert load_model(tmp_path / "mseg.safetensors").module.config == TINY_MSEG
 
 
 def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
@@ -201,7 +201,7 @@ def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert not (tmp_path / "gan" / "checkpoints").exists()
     result = runner.invoke(train_main, [*gan_args, "--vgg-weights", "random"])
     assert result.exit_code == 0, result.output
-    generator = load_model(tmp_path / "gan" / "generator.safetensors")
+    generator = load_model(tmp_path / "gan" / "generator.safetensors").module
     assert generator.config.stages == 3 and not generator.config.channel_attention
     log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
     assert {"val", "test"} <= {record.get("split") for record in log}
@@ -280,7 +280,7 @@ def test_cli_takes_a_config_file_and_set_overrides_and_names_a_bad_key(tmp_path)
     assert saved["max_steps"] == 2 and saved["seed"] == 7 and saved["batch_size"] == 2
     assert saved["model"]["base_channels"] == 2 and saved["model"]["levels"] == 3
     assert saved["optimizer"]["decay"] == 0.5 and saved["optimizer"]["learning_rate"] == 1e-3
-    assert load_model(out / "mseg.safetensors").config.base_channels == 2
+    assert load_model(out / "mseg.safetensors").module.config.base_channels == 2
 
     bad_set = runner.invoke(
         train_main, ["mseg", str(config_file), "-o", str(tmp_path / "b"), "--set", "model.widht=3"]
