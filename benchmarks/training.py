@@ -43,7 +43,7 @@ from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, PatchDiscrimina
 from m2u.training.rng import seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/timing.py
-from timing import median_seconds  # noqa: E402
+from timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 

@@ -212,7 +212,7 @@ class _Samples:
 
     mask_quality: _MaskQuality = field(default_factory=_MaskQuality)
     keys: list[str] = field(default_factory=list)
-    grid_rows: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     image_size: int | None = None
     usage: Any = None  # ModelUsage: the models' size and threshold
     resized_from: int | None = None  # the dataset's size when it differs from the models'
@@ -233,7 +233,7 @@ def _expected_count(data: str | Path, config: EvaluateConfig) -> int | None:
 
     try:
         expected: int | None = count_samples(data, config.split)
-    except Exception:  # a glob or URL source has no manifest: the bar runs without a total
+    except Exception:  # noqa: BLE001 - a glob or URL source has no manifest: the bar runs without a total
         expected = None
     if config.max_samples is not None:
         expected = min(expected, config.max_samples) if expected is not None else config.max_samples

@@ -136,6 +136,7 @@ def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol,
     if not mseg_path and not generator_path:
         raise click.UsageError("give --mseg and/or --generator")
     summary = {}
+    reported: tuple[type[BaseException], ...] = (*user_errors(), RuntimeError)
     try:
         for name, path in (("mseg", mseg_path), ("generator", generator_path)):
             if not path:
@@ -155,6 +156,6 @@ def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol,
                 "model_info": asdict(info),
             }
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
-    except (*user_errors(), RuntimeError) as exc:
+    except reported as exc:
         raise click.ClickException(str(exc)) from exc
     (Path(out_dir) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")

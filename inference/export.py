@@ -124,9 +124,13 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     input_names, output_names = model_io_names(model)
-    if config.image_size is None:
-        config = dataclasses.replace(config, image_size=export_size(info, None, not config.dynamic_axes))
-    inputs = example_inputs(model, config.image_size)
+    size = (
+        config.image_size
+        if config.image_size is not None
+        else export_size(info, None, not config.dynamic_axes)
+    )
+    config = dataclasses.replace(config, image_size=size)
+    inputs = example_inputs(model, size)
     dynamic = None
     if config.dynamic_axes:
         dynamic = {name: {0: "batch", 2: "height", 3: "width"} for name in input_names + output_names}
@@ -145,7 +149,7 @@ def export_onnx(
             dynamo=False,
         )
     # Check on a different batch and size from the tracing inputs, so the dynamic axes are exercised too.
-    check_size = config.image_size if not config.dynamic_axes else max(32, config.image_size // 2)
+    check_size = size if not config.dynamic_axes else max(32, size // 2)
     check_inputs = example_inputs(model, check_size, batch=2, seed=1)
     diff = onnx_parity(model, path, check_inputs)
     if not diff <= config.atol:

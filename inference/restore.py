@@ -73,6 +73,12 @@ class ModelUsage:
     mask_threshold: float  # M-Seg's mask threshold
     trained_size: int | None  # what the files record (None: files from before m2u recorded it)
 
+    def require_crop_size(self) -> int:
+        """The crop size, where one must be known (the caller gave model_usage a fallback size)."""
+        if self.crop_size is None:
+            raise ValueError("the model files record no crop size and none was given")
+        return self.crop_size
+
 
 def _crop_size(
     models: TwoStageModel, crop_size: int | None, fallback_size: int | None

@@ -221,7 +221,7 @@ class Unmasker:
         if self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
         else:
-            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
+            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))
 
     @classmethod
     def from_files(
@@ -244,7 +244,7 @@ class Unmasker:
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
         """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         dilate_px = round(self.config.dilate * size)
         feather_px = max(1, round(self.config.feather * size)) if self.config.feather > 0 else 0
         return feather_weight(mask, dilate_px, feather_px)
@@ -288,7 +288,7 @@ class Unmasker:
 
         if not faces:
             return image.copy(), []
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         visible = self.config.alignment == "visible"
         aligned = [
             align_face(
@@ -305,7 +305,7 @@ class Unmasker:
     def unmask_aligned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
         """`image` is one aligned face crop: restored as a whole (resized to the model's size when it is not that
         size, and the restoration pasted back at the input's own size)."""
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         height, width = image.shape[:2]
         if (height, width) == (size, size):
             crop, source = image, "aligned-input"
@@ -403,7 +403,7 @@ def _unmask_paths(
                     row.output = str(target)
                     row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
                     if any(f.alignment == "aligned-input-resized" for f in faces):
-                        size = unmasker.usage.crop_size
+                        size = unmasker.usage.require_crop_size()
                         row.reason = (  # aligned inputs are never refused: nothing else to say
                             f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
                             "(restoration pasted back at the input's size)"

@@ -245,7 +245,7 @@ def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
     job, file, stem, problem = args
     try:
         return process_file(job, file, stem, problem)
-    except Exception as exc:  # a bug or an exotic failure must not stop the other files
+    except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure must not stop the other files
         reason = f"unexpected {type(exc).__name__}: {exc}"
         return {"path": str(file), "status": "error", "faces": 0, "reason": reason, "read": 0}
 

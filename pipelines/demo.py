@@ -64,7 +64,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     usage = model_usage(models, fallback_size=DEFAULT_IMAGE_SIZE)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = _faces(count, usage.crop_size, out / "faces")
+    samples = _faces(count, usage.require_crop_size(), out / "faces")
     if not samples:
         raise RuntimeError("no embedded face could be detected and masked")
     to01 = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # noqa: E731

@@ -63,12 +63,13 @@ class CheckpointError(RuntimeError):
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under DistributedDataParallel and torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch.compile's OptimizedModule
-        else:
+        inner = (
+            getattr(model, "module", None) if isinstance(model, nn.parallel.DistributedDataParallel) else None
+        )
+        inner = inner if inner is not None else getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 # A write in progress is a hidden ".<name>.XXXX.tmp" beside its target (m2u.core.fileio.atomic_write);
@@ -150,12 +151,12 @@ def save_model(
     dtype "fp16" halves the file (floating-point tensors only; load_model reads them back into fp32)."""
     model = unwrap_model(model)
     class_name = type(model).__name__
-    if class_name not in MODEL_CLASSES:
+    if not isinstance(model, CARU2Net | PatchDiscriminator | MSeg):
         raise TypeError(f"save_model knows {sorted(MODEL_CLASSES)}, not {class_name}")
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}")
     info = info if info is not None else ModelInfo()
-    config = model.config.to_dict()  # type: ignore[attr-defined]
+    config = model.config.to_dict()
 
     def stored(t: torch.Tensor) -> torch.Tensor:
         t = t.detach().to("cpu")

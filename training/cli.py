@@ -274,10 +274,6 @@ def _build_config(ctx: click.Context, cls: type, kwargs: dict[str, Any]) -> Any:
         raise click.UsageError(str(error)) from None
 
 
-def _recipe() -> str:
-    return " ".join(["m2u-train", *sys.argv[1:]])
-
-
 def _run(train: Callable[[Any], dict], config: Any) -> None:
     from m2u.training.checkpoint import CheckpointError
     from m2u.training.distributed import is_main_process

@@ -141,7 +141,7 @@ class ShardDataSource:
     def _make_loader(self, split: str) -> Any:
         from m2u.datasets.loader import LoaderConfig, make_loader
 
-        common = {
+        common: dict[str, Any] = {
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "seed": self.seed,

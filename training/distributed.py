@@ -36,14 +36,13 @@ class DistributedContext:
             torch_dist.all_reduce(values, op=torch_dist.ReduceOp.SUM)
         return values
 
-    def all_true(self, *flags: bool) -> bool | tuple[bool, ...]:
+    def all_true(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag, True only when it holds on every rank (keeps ranks in lock-step); one collective for all."""
         if not self.enabled:
-            return flags[0] if len(flags) == 1 else flags
+            return flags
         values = torch.tensor([1.0 if flag else 0.0 for flag in flags])
         values = self.all_reduce_host(values, torch_dist.ReduceOp.MIN)
-        agreed = tuple(bool(value > 0.5) for value in values.tolist())
-        return agreed[0] if len(agreed) == 1 else agreed
+        return tuple(bool(value > 0.5) for value in values.tolist())
 
     def all_reduce_host(self, values: torch.Tensor, op: Any) -> torch.Tensor:
         """All-reduce a small CPU tensor without touching the GPU (the control group; default group on gloo)."""

@@ -180,7 +180,7 @@ class Trainer:
             have_batch, in_time = self.dist.all_true(batch is not None, not out_of_time)
             if not in_time:
                 return "max_seconds"
-            if not have_batch:
+            if batch is None or not have_batch:
                 break
             check_batch(batch)
             produced += 1

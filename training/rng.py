@@ -11,12 +11,12 @@ import torch
 
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG the run touches, as tensors and plain values (loadable with weights_only=True)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
             "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "position": int(position),
             "has_gauss": int(has_gauss),
             "cached": float(cached),

@@ -84,7 +84,8 @@ class TrainingTask:
     def add_network(self, name: str, module: nn.Module) -> None:
         module = module.to(self.device)
         if self.config.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's type stubs do not list it.
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.networks[name] = module
         wrapped: nn.Module = module
         if self.dist.enabled:

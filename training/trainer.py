@@ -58,7 +58,7 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
     dist = init_distributed(device)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
     seed_everything(config.seed)
-    task = task_class(config, device, dist)  # type: ignore[arg-type]
+    task = task_class(config, device, dist)
     if data is None:
         on_gpu = device.type == "cuda"  # pinned uint8 batches, converted on the GPU (_on_device)
         data = ShardDataSource(

@@ -19,13 +19,13 @@ from m2u.training.data import TensorDataSource
 from m2u.training.models import MSegConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-import training_ddp_worker  # noqa: E402
+import training_ddp_worker
 
-from m2u.training.distributed import DistributedContext  # noqa: E402
-from m2u.training.gan_task import GanTask  # noqa: E402
-from m2u.training.guards import NonFiniteLossError  # noqa: E402
-from m2u.training.rng import seed_everything  # noqa: E402
-from m2u.training.trainer import train_gan, train_mseg  # noqa: E402
+from m2u.training.distributed import DistributedContext
+from m2u.training.gan_task import GanTask
+from m2u.training.guards import NonFiniteLossError
+from m2u.training.rng import seed_everything
+from m2u.training.trainer import train_gan, train_mseg
 
 TINY_MSEG = MSegConfig(base_channels=4, levels=3)
 QUIET = {"progress": False, "val_every": 0, "log_every": 1, "num_workers": 0}
@@ -207,7 +207,7 @@ def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert {"val", "test"} <= {record.get("split") for record in log}
     assert any((tmp_path / "gan" / "tensorboard").iterdir())
     missing = runner.invoke(train_main, ["gan", *common, "--out", str(tmp_path / "x")])
-    assert missing.exit_code != 0 and "--mseg" in missing.output
+    assert missing.exit_code != 0 and "mseg_checkpoint" in missing.output and "--mseg" in missing.output
 
 
 @pytest.mark.slow
