@@ -9,8 +9,8 @@ the photo at its own resolution with a feathered edge: only pixels under the war
 each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size.
 
-Every input file gets one row in `report.csv`: status `ok`, `no_face`, `refused`, `unreadable`, `missing` or
-`error`, with the reason; `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask
+Every input file gets one row in `report.csv`: status `ok`, `no_face`, `refused` or `error` (m2u.core.outcome, the
+vocabulary m2u-mask and m2u-make-dataset use too), with the reason (unreadable, no such file, ...); `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask
 fraction). A face the detector marks as unusable (`Face.problem`: it looks upside down, so its landmarks would place
 the alignment on the wrong features) is left as it is and listed with `"restored": false` and the problem; a photo
 whose every face is refused gets status `refused` and no output.
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m2u.core.outcome import Status
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
@@ -119,7 +120,7 @@ class FileResult:
     """One row of report.csv."""
 
     input: str
-    status: str  # ok | no_face | refused | unreadable | missing | error
+    status: str  # m2u.core.outcome.Status: ok | no_face | refused | error (the reason says which error)
     reason: str = ""
     output: str = ""
     faces: int = 0  # restored
@@ -386,7 +387,7 @@ def _unmask_paths(
         row = FileResult(input=str(path), status="ok")
         try:
             if not path.exists() and not path.is_symlink():
-                row.status, row.reason = "missing", "no such file"
+                row.status, row.reason = Status.ERROR, "no such file"
             else:
                 image = read_image(path)
                 row.height, row.width = image.shape[:2]
@@ -395,7 +396,7 @@ def _unmask_paths(
                 if refused:
                     row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
                 if not faces:
-                    row.status = "refused" if refused else "no_face"
+                    row.status = Status.REFUSED if refused else Status.NO_FACE
                     row.reason = row.reason or "no face found by the detector"
                 else:
                     target = out / f"{name}.png"
@@ -423,9 +424,9 @@ def _unmask_paths(
                         cv2.imwrite(f"{stem}_mask.png", face.mask)
                         _write_rgb(Path(f"{stem}_restored.png"), face.restored)
         except ImageReadError as exc:
-            row.status, row.reason = "unreadable", exc.reason
+            row.status, row.reason = Status.ERROR, exc.reason
         except Exception as exc:  # noqa: BLE001 - degenerate landmarks, a bug or an exotic file: report, keep going
-            row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
+            row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
         row.seconds = round(time.perf_counter() - start, 4)
         results.append(row)
     with open(out / "report.csv", "w", newline="") as handle:

@@ -86,9 +86,9 @@ def test_unmask_reports_every_bad_input(tmp_path, tiny_checkpoints):
         rows = {row["input"].split("/")[-1]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"noise.png", "truncated.jpg", "empty.png", "missing.jpg"}
     assert rows["noise.png"]["status"] == "no_face" and rows["noise.png"]["width"] == "90"
-    assert rows["truncated.jpg"]["status"] == "unreadable" and rows["truncated.jpg"]["reason"]
-    assert rows["empty.png"]["status"] == "unreadable" and "empty" in rows["empty.png"]["reason"]
-    assert rows["missing.jpg"]["status"] == "missing"
+    assert rows["truncated.jpg"]["status"] == "error" and rows["truncated.jpg"]["reason"]
+    assert rows["empty.png"]["status"] == "error" and "empty" in rows["empty.png"]["reason"]
+    assert rows["missing.jpg"]["status"] == "error" and rows["missing.jpg"]["reason"] == "no such file"
     assert "4 files" in result.output
     assert not list((tmp_path / "out").glob("*.png"))  # nothing written for files without a restored face
 
