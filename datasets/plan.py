@@ -66,21 +66,8 @@ def variant_key(base_key: str, variant: int, variants: int) -> str:
     return f"{head}-{digest}{suffix}"
 
 
-def plan_samples(
-    items: Sequence[InputItem],
-    *,
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    split_by: SplitBy | str = SplitBy.SAMPLE,
-    variants: int = 1,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-) -> list[PlannedSample]:
-    """Plan every sample; the result is sorted by (split order, shard, position in shard)."""
-    split_by = SplitBy(split_by)
-    if variants < 1:
-        raise ValueError(f"variants must be >= 1, got {variants}")
-    if shard_size < 1:
-        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+def _check_inputs(items: Sequence[InputItem], split_by: SplitBy) -> None:
+    """Every key valid and used once; with split_by identity, every input has one."""
     seen: dict[str, str] = {}
     missing_identity = []
     for item in items:
@@ -99,6 +86,23 @@ def plan_samples(
             "give an identity file or a filename pattern that matches every input"
         )
 
+
+def plan_samples(
+    items: Sequence[InputItem],
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    split_by: SplitBy | str = SplitBy.SAMPLE,
+    variants: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> list[PlannedSample]:
+    """Plan every sample; the result is sorted by (split order, shard, position in shard)."""
+    split_by = SplitBy(split_by)
+    if variants < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    _check_inputs(items, split_by)
     per_split: dict[str, list[tuple[float, str, InputItem, int]]] = {split: [] for split in SPLITS}
     keys: dict[str, str] = {}
     for item in items:

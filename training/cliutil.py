@@ -117,8 +117,8 @@ class ConfigBinding:
             raise click.UsageError(f"{error}{self.flags_named(ctx, str(error))}") from None
 
     def flags_named(self, ctx: click.Context, message: str) -> str:
-        """" (on the command line: --mseg)" for the config fields a library message names: library errors
-        speak of settings, the user of a command types options."""
+        """The suffix " (on the command line: --mseg, ...)" for the config fields a library message names: library
+        errors speak of settings, the user of a command types options."""
         flags = []
         for param in ctx.command.params:
             if not isinstance(param, click.Option) or param.name is None:
