@@ -76,3 +76,19 @@ def test_the_loop_knows_tasks_only_through_the_protocol_and_imports_no_reporting
     assert "m2u.training.task" in imported
     assert not {"m2u.training.mseg_task", "m2u.training.gan_task", "m2u.training.losses"} & imported
     assert not [m for m in imported if m.startswith(("m2u.evaluation", "m2u.inference", "m2u.pipelines"))]
+
+
+def test_shard_source_epoch_length_is_an_upper_bound_from_the_manifest(tmp_path):
+    from m2u.datasets.loader import count_samples
+    from m2u.datasets.synthetic import write_synthetic_dataset
+    from m2u.training.data import ShardDataSource
+
+    write_synthetic_dataset(tmp_path / "ds", 40, size=32, seed=0, shard_size=4)
+    source = ShardDataSource(str(tmp_path / "ds"), batch_size=4, num_workers=0)
+    planned = source.steps_per_epoch("train")
+    assert planned == count_samples(tmp_path / "ds", "train") // 4 > 0
+    assert 0 < sum(1 for _ in source.batches("train", 0)) <= planned
+    assert (
+        ShardDataSource(str(tmp_path / "ds"), batch_size=4, world_size=2).steps_per_epoch("train")
+        == planned // 2
+    )
