@@ -12,7 +12,7 @@ STAMP   = $(VENV)/.m2u-installed
 FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo smoke test test-slow test-eval lint bench gpu-check clean
+.PHONY: setup demo smoke test test-slow test-eval lint typecheck bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -42,8 +42,17 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),$(FACES),--demo-faces) -o runs/smoke
 
-lint: $(STAMP)
-	$(BIN)/ruff check core masking datasets training inference evaluation pipelines tests benchmarks hubconf.py
+PACKAGES = core masking datasets training inference evaluation pipelines
+
+lint: $(STAMP) typecheck
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks hubconf.py
+	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks hubconf.py
+
+# mypy over the library as the m2u.* packages setup.cfg installs (configured in pyproject.toml).
+typecheck: $(STAMP)
+	mkdir -p build/typecheck/m2u
+	for p in $(PACKAGES); do ln -sfn ../../../$$p build/typecheck/m2u/$$p; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p m2u
 
 # pytest is called through its own script, not `python -m pytest`: the latter puts the repository root on
 # sys.path, where the folder datasets/ would shadow HuggingFace's `datasets`.

@@ -174,14 +174,15 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
     from m2u.training.checkpoint import load_model
     from m2u.training.device import cpu_native_bf16
 
-    mseg, generator = load_model(mseg_path).eval(), load_model(generator_path).eval()
+    (mseg, mseg_info), (generator, _) = load_model(mseg_path), load_model(generator_path)
+    threshold = mseg_info.mask_threshold_or_default()
     image = torch.rand(1, 3, size, size)
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "size": size}
     with torch.no_grad():
-        out["cpu fp32"] = _median_seconds(lambda: restore_batch(mseg, generator, image))
+        out["cpu fp32"] = _median_seconds(lambda: restore_batch(mseg, generator, image, threshold))
         if cpu_native_bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                out["cpu bf16"] = _median_seconds(lambda: restore_batch(mseg, generator, image))
+                out["cpu bf16"] = _median_seconds(lambda: restore_batch(mseg, generator, image, threshold))
         else:
             out["cpu bf16"] = "not measured: this CPU has no native bf16"
     try:
@@ -198,7 +199,7 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
 
             def run() -> None:
                 logits = sessions[0].run(None, {mseg_input: x})[0]
-                mask = (1 / (1 + np.exp(-logits)) >= mseg.threshold).astype(np.float32)
+                mask = (1 / (1 + np.exp(-logits)) >= threshold).astype(np.float32)
                 sessions[1].run(None, dict(zip(generator_inputs, (x, mask), strict=True)))
 
             out["onnxruntime"] = _median_seconds(run)
@@ -242,7 +243,7 @@ def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
         (MSEG_FILE, report["files"]["mseg"]),
         (GENERATOR_FILE, report["files"]["generator"]),
     ):
-        path = save_model(package / name, load_model(source), dtype="fp16")
+        path = save_model(package / name, *load_model(source), dtype="fp16")
         files[name] = path.stat().st_size
     evaluation = report["evaluation"]
     latency = measure_latencies(package / MSEG_FILE, package / GENERATOR_FILE, report["data"]["size"])

@@ -66,7 +66,9 @@ def inputs_argument(function: Callable) -> Callable:
     return click.argument("inputs", nargs=-1, type=click.Path())(function)
 
 
-def out_option(help: str, required: bool = True, dest: str = "out_dir", default: str | None = None) -> Callable:
+def out_option(
+    help: str, required: bool = True, dest: str = "out_dir", default: str | None = None
+) -> Callable:
     return _option(
         "-o", "--out", dest, default=default, required=required, type=click.Path(file_okay=False), help=help
     )

@@ -319,6 +319,14 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
         os.close(fd)
 
 
+def describe_ignored_files(
+    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+) -> str:
+    """The sentence of `m2u.core.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
+    over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
+    return discover(inputs, exclude=exclude).describe_skipped()
+
+
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "Discovery",
@@ -329,6 +337,7 @@ __all__ = [
     "OutputFolderError",
     "check_arguments",
     "check_output_folder",
+    "describe_ignored_files",
     "discover",
     "no_images_error",
     "open_regular",

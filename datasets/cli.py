@@ -25,7 +25,7 @@ from m2u.core.cli import (
     size_option,
     workers_option,
 )
-from m2u.core.imageio import describe_ignored_files
+from m2u.core.inputs import describe_ignored_files
 from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat

@@ -21,10 +21,13 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME
 
 CACHE_ENV = "M2U_CACHE"
+
+T = TypeVar("T")
 
 
 class StorageError(ValueError):
@@ -43,7 +46,7 @@ def cache_folder(url: str) -> Path:
     return root / "datasets" / digest
 
 
-def _filesystem(url: str):  # noqa: ANN202 - fsspec's AbstractFileSystem
+def _filesystem(url: str):
     try:
         import fsspec
     except ImportError as error:  # pragma: no cover - fsspec comes with the install
@@ -57,7 +60,7 @@ def _filesystem(url: str):  # noqa: ANN202 - fsspec's AbstractFileSystem
     return fs, root
 
 
-def _remote_sizes(fs, root: str) -> dict[str, int]:  # noqa: ANN001
+def _remote_sizes(fs, root: str) -> dict[str, int]:
     """Relative path -> size of every file under `root` (none when it does not exist)."""
     try:
         found = fs.find(root, detail=True)
@@ -153,7 +156,7 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
         )
 
 
-def build_at_url(url: str, build: Callable[[str], object]) -> object:
+def build_at_url(url: str, build: Callable[[str], T]) -> T:
     """Run `build(local_folder)` for a dataset that lives at `url`: fetch what is there, build or resume
     locally, upload what changed. The result of `build` is returned."""
     local = cache_folder(url)

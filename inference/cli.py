@@ -121,18 +121,19 @@ def unmask_main(**kw) -> None:
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    refused: tuple[type[BaseException], ...] = (OutputFolderError, *user_errors())
     try:
         with model_warnings():
             results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
-    except (OutputFolderError, *user_errors()) as exc:
+    except refused as exc:
         raise Refused(str(exc)) from exc
     for r in results:
         if r.status != "ok" or r.refused_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
-    from m2u.core.imageio import describe_ignored_files
+    from m2u.core.inputs import describe_ignored_files
 
     ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])
     if ignored:
@@ -192,17 +193,17 @@ def export_onnx_cmd(**kw) -> None:
         for name, path in (("mseg", mseg_path), ("generator", generator_path)):
             if not path:
                 continue
-            model = load_model(path)
+            model, info = load_model(path)
             cls, wanted = kinds[name]
             if not isinstance(model, cls):
                 raise Refused(
                     f"--{name} {path} holds a {type(model).__name__}, not {wanted}; give it as "
                     f"--{'generator' if name == 'mseg' else 'mseg'}"
                 )
-            models[name] = (path, model)
-        for name, (path, model) in models.items():
+            models[name] = (path, model, info)
+        for name, (path, model, info) in models.items():
             with model_warnings():
-                size = export_size(model, kw["size"], static_shape)
+                size = export_size(info, kw["size"], static_shape)
             config = ExportConfig(
                 image_size=size, opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
             )
@@ -213,7 +214,7 @@ def export_onnx_cmd(**kw) -> None:
                 **tensor_descriptions(model, size, not static_shape),
                 "max_abs_diff_vs_torch": result.max_abs_diff,
                 "image_size": size,
-                "model_info": asdict(model.info),
+                "model_info": asdict(info),
             }
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
     except Refused:

@@ -39,6 +39,7 @@ from m2u.core.inputs import (
     no_images_error,
     output_lock,
 )
+from m2u.core.outcome import Outcome, Status
 from m2u.core.parallel import worker_pool
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import DetectorConfig, FaceDetector
@@ -49,7 +50,7 @@ REPORT_NAME = "report.csv"
 # status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
 # mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
 REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
-STATUSES = ("ok", "no_face", "refused", "error")
+STATUSES = tuple(Status)
 JPEG_QUALITY = 95
 LOCK_TOOL = "m2u-mask"
 
@@ -190,7 +191,7 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
         _DETECTOR = FaceDetector(job.detector_config)
     faces = _DETECTOR.detect(image)
     if not faces:
-        row.update(status="no_face", reason="no face found")
+        row.update(Outcome(Status.NO_FACE, "no face found").fields())
         return row
     masked, union = image, np.zeros(image.shape[:2], np.uint8)
     metas, failures = [], []
@@ -212,7 +213,9 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
     ]
     row["reason"] = "; ".join(failures + low)
     if not metas:
-        row["status"] = "refused"  # faces were found; every mask was refused by the placement checks
+        row["status"] = (
+            Status.REFUSED.value
+        )  # faces were found; every mask was refused by the placement checks
         return row
     jpg, png, meta = output_paths(job.out_dir, stem, job.mask_config.mask_type)
     jpg.parent.mkdir(parents=True, exist_ok=True)
@@ -248,9 +251,9 @@ def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
     job, file, stem, problem = args
     try:
         return process_file(job, file, stem, problem)
-    except Exception as exc:  # a bug or an exotic failure must not stop the other files
-        reason = f"unexpected {type(exc).__name__}: {exc}"
-        return {"path": str(file), "status": "error", "faces": 0, "reason": reason, "read": 0}
+    except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure must not stop the other files
+        outcome = Outcome(Status.ERROR, f"unexpected {type(exc).__name__}: {exc}")
+        return {"path": str(file), **outcome.fields(), "faces": 0, "read": 0}
 
 
 def run(

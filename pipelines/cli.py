@@ -67,9 +67,13 @@ def _prepare(kw: dict) -> PipelineConfig | None:
     apply_aliases(kw)
     inputs = list(kw["inputs"])
     config_file = kw["config_file"]
-    if config_file is None and len(inputs) == 1 and Path(inputs[0]).suffix in CONFIG_SUFFIXES:
-        if Path(inputs[0]).is_file():
-            config_file, inputs = inputs[0], []
+    if (
+        config_file is None
+        and len(inputs) == 1
+        and Path(inputs[0]).suffix in CONFIG_SUFFIXES
+        and Path(inputs[0]).is_file()
+    ):
+        config_file, inputs = inputs[0], []
     demo = Path(kw["run_dir"]) / "demo-faces" if kw["demo_faces"] else None
     config = _resolve(config_file, kw["preset"], tuple(inputs), demo, kw["sets"])
     if kw["print_config"]:

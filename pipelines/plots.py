@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from m2u.training.trainer import LOG_NAME
+from m2u.training.runlog import LOG_NAME
 
 _BOOKKEEPING = {"step", "epoch", "split", "event", "lr", "seconds", "samples"}
 
@@ -65,7 +65,7 @@ def split_color(split: str) -> str:
     return f"C{3 + sum(map(ord, split)) % 7}"
 
 
-def draw_panel(axis, by_split: dict[str, list]) -> None:  # noqa: ANN001 - a matplotlib Axes
+def draw_panel(axis, by_split: dict[str, list]) -> None:
     """One metric's curves: train raw (faint) and smoothed, every other split as measured; each split in its own
     colour and labelled in the legend."""
     for split, points in sorted(by_split.items(), key=lambda item: item[0] != "train"):

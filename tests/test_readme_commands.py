@@ -70,7 +70,9 @@ def test_a_readme_command_parses_as_written(line, tmp_path, monkeypatch):
         pytest.skip(f"an elided command: {line}")
     _placeholders(args, tmp_path)
     command = COMMANDS[name]
-    if isinstance(command, click.Group):  # m2u-train mseg, m2u-export onnx, m2u-pipeline run (no group options)
+    if isinstance(
+        command, click.Group
+    ):  # m2u-train mseg, m2u-export onnx, m2u-pipeline run (no group options)
         name, *args = args
         command = command.commands[name]
     try:

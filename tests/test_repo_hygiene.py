@@ -48,7 +48,10 @@ def test_ruff_does_not_take_an_output_folder_for_a_module(tmp_path):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_x.py").write_text("import numpy\nimport onnx\nimport pytest\n\nimport m2u\n")
     done = subprocess.run(
-        [str(ruff), "check", "--no-cache", "--select", "I", "tests"], cwd=tmp_path, capture_output=True, text=True
+        [str(ruff), "check", "--no-cache", "--select", "I", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout
 

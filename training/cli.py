@@ -78,7 +78,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | tuple) 
 
 
 def _run_options(function: Callable) -> Callable:
-    options = [
+    options: list[Callable[[Callable], Callable]] = [
         config_file_options,
         click.option(
             "--data",
@@ -220,8 +220,9 @@ def _recipe() -> str:
 
 def _run(train: Callable[[Any], dict], config: Any) -> None:
     from m2u.training.checkpoint import CheckpointError
+    from m2u.training.distributed import is_main_process
+    from m2u.training.guards import NonFiniteLossError
     from m2u.training.losses import VGGWeightsUnavailable
-    from m2u.training.trainer import NonFiniteLossError
 
     try:
         results = train(config)
@@ -229,7 +230,8 @@ def _run(train: Callable[[Any], dict], config: Any) -> None:
         raise click.ClickException(str(error)) from None
     except (VGGWeightsUnavailable, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
         raise Refused(str(error)) from None
-    click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
+    if is_main_process():  # under torchrun every rank returns the results: one copy is printed
+        click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -255,7 +257,8 @@ def train_main() -> None:
 )
 @click.option(
     "--threshold",
-    default=MSegTrainConfig.threshold,
+    "mask_threshold",
+    default=MSegTrainConfig.mask_threshold,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Mask threshold for validation; recorded in mseg.safetensors, which its users read.",

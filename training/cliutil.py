@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -181,8 +182,22 @@ class ConfigBinding:
                     params[name] = value
             values = _merge(base or {}, from_file, self.given(ctx, params), from_sets)
             return config_from_dict(self.cls, values)
-        except (ConfigError, ValueError) as error:
+        except ConfigError as error:
+            raise click.UsageError(f"{error}{self.flags_named(ctx, str(error))}") from None
+        except ValueError as error:
             raise click.UsageError(str(error)) from None
+
+    def flags_named(self, ctx: click.Context, message: str) -> str:
+        """The suffix " (on the command line: --mseg, ...)" for the config fields a library message names: library
+        errors speak of settings, the user of a command types options."""
+        flags = []
+        for param in ctx.command.params:
+            if not isinstance(param, click.Option) or param.name is None:
+                continue
+            field_path = self.path_of(param.name)[0]
+            if re.search(rf"\b{re.escape(field_path.rsplit('.', 1)[-1])}\b", message):
+                flags.append(max(param.opts, key=len))
+        return f" (on the command line: {', '.join(flags)})" if flags else ""
 
     def as_options(self, command: click.Command, config: Any, others: Mapping[str, Any]) -> dict[str, Any]:
         """`config` as a config file: every option by its key (options first, in --help order), then the fields
@@ -231,7 +246,7 @@ def model_warnings() -> Iterator[None]:
 
     previous = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ModelUsageWarning):
             click.echo(f"warning: {message}", err=True)
         else:

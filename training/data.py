@@ -23,6 +23,10 @@ class DataSource(Protocol):
     def batches(self, split: str, epoch: int) -> Iterable[dict]: ...
 
 
+# A source may also say how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
+# progress bar's total and ETA); the trainer works without it.
+
+
 def check_batch(batch: dict) -> None:
     """Clear errors for a batch that breaks the loader contract."""
     for name in BATCH_FIELDS:
@@ -64,6 +68,11 @@ class TensorDataSource:
         order = order[self.rank :: self.world_size]
         drop_last = split == "train"
         return self._iterate(tensors, order, split, drop_last)
+
+    def steps_per_epoch(self, split: str) -> int:
+        """Full batches of the rank with the fewest samples (the trainer keeps ranks in step)."""
+        count = self.splits[split]["masked"].shape[0] if split in self.splits else 0
+        return count // self.world_size // self.batch_size
 
     def _iterate(self, tensors: dict, order: torch.Tensor, split: str, drop_last: bool) -> Iterator[dict]:
         for start in range(0, len(order), self.batch_size):
@@ -120,10 +129,20 @@ class ShardDataSource:
         loader.set_epoch(epoch)
         return iter(loader)
 
+    def steps_per_epoch(self, split: str) -> int | None:
+        """From the manifest's sample count: an upper bound, as each loader worker drops its last partial
+        training batch (an epoch may end a few steps earlier); None without a readable manifest."""
+        from m2u.datasets.loader import count_samples
+
+        try:
+            return count_samples(self.root, split) // (self.world_size * self.batch_size)
+        except (OSError, ValueError, KeyError):
+            return None
+
     def _make_loader(self, split: str) -> Any:
         from m2u.datasets.loader import LoaderConfig, make_loader
 
-        common = {
+        common: dict[str, Any] = {
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "seed": self.seed,

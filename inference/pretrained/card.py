@@ -54,7 +54,16 @@ def release_targets(rows: dict[str, Any], quality: dict[str, Any]) -> dict[str, 
 # HuggingFace model-card metadata (https://huggingface.co/docs/hub/model-cards): the weights' licence is not one of
 # the Hub's identifiers, so "other" with its name, as the Hub's convention asks.
 LICENSE_NAME = "celeba-and-ibug-300w-non-commercial-research"
-TAGS = ("face-unmasking", "face-inpainting", "image-to-image", "gan", "m2unet", "pytorch", "safetensors", "onnx")
+TAGS = (
+    "face-unmasking",
+    "face-inpainting",
+    "image-to-image",
+    "gan",
+    "m2unet",
+    "pytorch",
+    "safetensors",
+    "onnx",
+)
 METRICS = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("l1", "L1"), ("identity_cosine", "identity cosine"))
 
 
@@ -139,6 +148,14 @@ def _render_body(card: dict[str, Any]) -> str:
         "| method | PSNR (dB) | SSIM | L1 | identity cosine |",
         "|---|---|---|---|---|",
     ]
+    lines += _figures(rows, evaluation)
+    lines += ["", "## Licence", "", LICENCE, ""]
+    return "\n".join(lines)
+
+
+def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """The table rows, the per-mask-type table, M-Seg's quality, the release targets and the latency."""
+    lines: list[str] = []
     for key, label in ROWS:
         row = rows.get(key)
         if row:
@@ -170,8 +187,7 @@ def _render_body(card: dict[str, Any]) -> str:
             + ", ".join(shown)
             + "."
         )
-    lines += ["", "## Licence", "", LICENCE, ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:

@@ -68,11 +68,11 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
 def test_a_second_concurrent_run_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with build_lock(out):
-        with pytest.raises(
-            BuildLockedError, match=f"another m2u-make-dataset run is writing .*pid {os.getpid()}"
-        ):
-            build_dataset([_faceless_folder(tmp_path)], out, _config())
+    with (
+        build_lock(out),
+        pytest.raises(BuildLockedError, match=f"another m2u-make-dataset run is writing .*pid {os.getpid()}"),
+    ):
+        build_dataset([_faceless_folder(tmp_path)], out, _config())
 
 
 def test_cli_reports_clear_errors(tmp_path):

@@ -87,9 +87,10 @@ def test_make_dataset_to_s3_writes_the_bytes_of_a_local_build_and_resumes(s3, tm
     expected = dataset_snapshot(tmp_path / "local")
     assert any(name.endswith(".tar") for name in expected) and "manifest.parquet" in expected
     assert _remote_snapshot(s3, "datasets/demo") == expected
-    assert json.loads(s3.cat(f"{BUCKET}/datasets/demo/stats.json"))["counts"] == json.loads(
-        (tmp_path / "local" / "stats.json").read_text()
-    )["counts"]
+    assert (
+        json.loads(s3.cat(f"{BUCKET}/datasets/demo/stats.json"))["counts"]
+        == json.loads((tmp_path / "local" / "stats.json").read_text())["counts"]
+    )
 
     # Resumable from the bucket alone: with the local copy gone, a rerun fetches the build and rebuilds nothing.
     import shutil
@@ -122,7 +123,15 @@ def test_loader_and_m2u_eval_read_data_from_s3(s3, tmp_path):
         tmp_path / "generator.safetensors", CARU2Net(GeneratorConfig(width_multiplier=0.125, stages=3))
     )
     args = ["--data", url, "--mseg", str(mseg), "--generator", str(generator), "-o", str(tmp_path / "report")]
-    args += ["--no-lpips", "--no-fid", "--no-identity", "--skip-paper-size-cost", "--latency-repeats", "1", "-q"]
+    args += [
+        "--no-lpips",
+        "--no-fid",
+        "--no-identity",
+        "--skip-paper-size-cost",
+        "--latency-repeats",
+        "1",
+        "-q",
+    ]
     result = CliRunner().invoke(eval_main, [*args, "--device", "cpu", "--grid-rows", "0"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())

@@ -94,7 +94,7 @@ def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkp
 
     assert report["mask_quality"]["iou"] > 0.5  # M-Seg was trained for a few steps in the fixture
     complexity = report["complexity"]
-    assert complexity["generator_params"] == count_params(load_model(gen_path))
+    assert complexity["generator_params"] == count_params(load_model(gen_path).module)
     assert complexity["generator_gmacs_256"] > complexity["generator_gmacs_32"] > 0
     assert report["latency"]["cpu"]["median_s"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["rows"].keys() == ALL_ROWS

@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from m2u.pipelines.plots import curve_panels, plot_training_curves, read_log, smoothed
-from m2u.training.trainer import LOG_NAME
+from m2u.training.runlog import LOG_NAME
 
 
 def _log(folder, records):

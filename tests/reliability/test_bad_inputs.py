@@ -18,7 +18,7 @@ from m2u.masking.cli import main as mask_main
 # Per tool: the statuses each kind of input may get.
 MASK_STATUSES = {"unreadable": {"error"}, "no_face": {"no_face"}, "face": {"ok"}}
 DATASET_STATUSES = MASK_STATUSES
-UNMASK_STATUSES = {"unreadable": {"unreadable", "missing"}, "no_face": {"no_face"}, "face": {"ok"}}
+UNMASK_STATUSES = MASK_STATUSES  # one status vocabulary (m2u.core.outcome)
 
 
 def _check_rows(corpus, rows: dict[str, dict[str, str]], allowed: dict[str, set[str]]) -> None:

@@ -112,7 +112,7 @@ def test_m2u_unmask_gives_special_files_rows(tmp_path, tiny_models):
     assert result.exit_code == 1, result.output  # unreadable special files: exit code 1
     rows = _rows(out / "report.csv", "input")
     for name, word in expected.items():
-        assert rows[name]["status"] == "unreadable" and word in rows[name]["reason"], rows[name]
+        assert rows[name]["status"] == "error" and word in rows[name]["reason"], rows[name]
 
 
 def test_an_identity_file_or_config_file_that_is_a_fifo_is_refused_at_once(tmp_path):

@@ -32,7 +32,7 @@ def test_feather_weight_is_soft_inside_and_zero_at_the_crop_border():
     assert weight[5, 32] == 0.0  # far from the mask
     assert weight[63].max() == 0.0 and weight[:, 0].max() == 0.0  # crop border: no seam in the photo
     edge = weight[30 - 2 - 2 : 30, 32]
-    assert 0 < edge.min() and edge.max() < 1  # a soft edge, not a step
+    assert edge.min() > 0 and edge.max() < 1  # a soft edge, not a step
     hard = feather_weight(mask, dilate_px=0, feather_px=0)
     assert set(np.unique(hard)) == {0.0, 1.0}
 
@@ -77,8 +77,8 @@ def test_unmask_reports_every_bad_input(tmp_path, tiny_checkpoints):
         rows = {row["input"].split("/")[-1]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"noise.png", "truncated.jpg", "empty.png"}
     assert rows["noise.png"]["status"] == "no_face" and rows["noise.png"]["width"] == "90"
-    assert rows["truncated.jpg"]["status"] == "unreadable" and rows["truncated.jpg"]["reason"]
-    assert rows["empty.png"]["status"] == "unreadable" and "empty" in rows["empty.png"]["reason"]
+    assert rows["truncated.jpg"]["status"] == "error" and rows["truncated.jpg"]["reason"]
+    assert rows["empty.png"]["status"] == "error" and "empty" in rows["empty.png"]["reason"]
     assert "3 files" in result.output
     assert not list((tmp_path / "out").glob("*.png"))  # nothing written for files without a restored face
 
