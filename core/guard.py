@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from m2u.core.cli import Refused
 from m2u.core.fileio import OutputRefusedError
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
@@ -87,7 +88,9 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
                 "stopped by SIGTERM: finished outputs were kept, nothing half-written was left", err=True
             )
             sys.exit(TERMINATED_EXIT_CODE)
-        except (OutputRefusedError, UserError) as error:
+        except OutputRefusedError as error:
+            raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)
+        except UserError as error:
             raise click.ClickException(one_line(error)) from None
         except OSError as error:
             raise click.ClickException(describe_os_error(error)) from None

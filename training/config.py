@@ -14,7 +14,7 @@ from m2u.training.losses import (
     SegmentationLossConfig,
 )
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
-from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
+from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD, check_mask_threshold
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MASK_SOURCES = ("mseg", "gt")
@@ -88,15 +88,15 @@ class MSegTrainConfig(SegmentationLossConfig, RunConfig):
     """M-Seg training: the run options, the loss weights (`SegmentationLossConfig`) and the network."""
 
     model: MSegConfig = field(default_factory=MSegConfig)
-    threshold: float = DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
+    mask_threshold: float = (
+        DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.model, dict):
             self.model = MSegConfig(**self.model)
-        # NaN fails both comparisons too: an M-Seg whose mask is always empty is never trained.
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        check_mask_threshold(self.mask_threshold)
 
 
 @dataclass
@@ -115,14 +115,13 @@ class GanTrainConfig(GanLossConfig, RunConfig):
             self.generator = GeneratorConfig(**self.generator)
         if isinstance(self.discriminator, dict):
             self.discriminator = DiscriminatorConfig(**self.discriminator)
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_source == "mseg" and not self.mseg_checkpoint:
             raise ValueError(
-                "mask_source 'mseg' needs an M-Seg checkpoint (--mseg PATH), or use --mask-source gt"
+                "mask_source 'mseg' needs an M-Seg model file (mseg_checkpoint), or use mask_source 'gt'"
             )
+        check_mask_threshold(self.mask_threshold)
 
 
 RUN_CONFIG_NAME = "config.json"  # in the run folder: the config the run was started (or last resumed) with

@@ -166,7 +166,7 @@ def test_every_writing_tool_refuses_a_link_or_a_stranger_at_an_output_name(tmp_p
     (p,) = _faces(u, 1)
     p.with_suffix(".png").write_bytes(kept)  # another photo that happens to be called p.png
     models = ["--mseg", str(mseg), "--generator", str(generator)]
-    code, output = _invoke(unmask_main, [str(p), "-o", str(u), *models])
+    code, output = _invoke(unmask_main, [str(p), "-o", str(u), "--format", "png", *models])
     assert code != 0 and "not written by m2u" in _one_line_error(output)
     assert p.with_suffix(".png").read_bytes() == kept
 
@@ -226,9 +226,7 @@ def test_sizes_read_from_files_are_capped_before_anything_is_allocated(tmp_path,
     from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, save_model
 
     mseg, generator = tiny_models
-    model = load_model(generator)
-    model.info = ModelInfo(crop_size=6000)
-    huge = save_model(tmp_path / "huge.safetensors", model)
+    huge = save_model(tmp_path / "huge.safetensors", load_model(generator).module, ModelInfo(crop_size=6000))
     with pytest.raises(CheckpointError, match="crop_size 6000"):
         load_model(huge)
     (face,) = _faces(tmp_path / "in", 1)
@@ -265,8 +263,8 @@ def test_sizes_read_from_files_are_capped_before_anything_is_allocated(tmp_path,
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("threshold", ".nan", "threshold"),
-        ("threshold", "1.5", "threshold must be in"),
+        ("mask_threshold", ".nan", "mask_threshold"),
+        ("mask_threshold", "1.5", "mask_threshold must be in"),
         ("optimizer.learning_rate", ".inf", "optimizer.learning_rate"),
         ("batch_size", "2.7", "batch_size must be an integer"),
         ("seed", "2001-12-14", "seed must be an integer"),
@@ -304,10 +302,10 @@ def test_numbers_written_as_yaml_1_1_strings_are_read_as_numbers():
     config = config_from_dict(
         MSegTrainConfig,
         parse_overrides(
-            ["max_seconds=1e3", "threshold=5e-1", "max_steps=1e3", "optimizer.learning_rate=2e-4"]
+            ["max_seconds=1e3", "mask_threshold=5e-1", "max_steps=1e3", "optimizer.learning_rate=2e-4"]
         ),
     )
-    assert config.max_seconds == 1000.0 and config.threshold == 0.5 and config.max_steps == 1000
+    assert config.max_seconds == 1000.0 and config.mask_threshold == 0.5 and config.max_steps == 1000
     assert isinstance(config.max_steps, int) and config.optimizer.learning_rate == 2e-4
 
 
@@ -356,9 +354,11 @@ def test_damaged_model_files_are_refused_in_one_sentence(tmp_path, tiny_models):
             "no training produces",
         ),
     }
-    model = load_model(mseg)
-    model.info = ModelInfo(mask_threshold=1.5)
-    cases["threshold"] = (save_model(tmp_path / "thr.safetensors", model), "threshold 1.5")
+    model = load_model(mseg).module
+    cases["threshold"] = (
+        save_model(tmp_path / "thr.safetensors", model, ModelInfo(mask_threshold=1.5)),
+        "threshold 1.5",
+    )
     state = tmp_path / "last.pt"
     save_training_state(state, {"step": 1})
     cases["training checkpoint"] = (state, "training checkpoint")
@@ -382,7 +382,7 @@ def test_the_shipped_weights_are_verified_against_their_checksums(tmp_path, monk
     data[-100_000:] = bytes(255 - v for v in data[-100_000:])  # 100 kB flipped
     (copy / pretrained.MSEG_FILE).write_bytes(bytes(data))
     with pytest.raises(pretrained.PretrainedDamaged, match="SHA-256"):
-        pretrained.load_pretrained()
+        pretrained.pretrained_paths()
 
 
 # --- 5. the manifest is the record ---------------------------------------------------------------------------
