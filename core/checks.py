@@ -7,6 +7,7 @@ their values; tuples have their length and element types.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 import types
@@ -72,6 +73,9 @@ def _matches(value: Any, hint: Any) -> bool:
         return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
     if origin in (list, dict) or hint in (list, dict):
         return isinstance(value, origin or hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        # A dataclass that converts a written value to its Enum (ImageFormat("jpg")) takes the value too.
+        return isinstance(value, hint) or value in {member.value for member in hint}
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True  # a type this check does not know: the class's own validation decides

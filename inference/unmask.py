@@ -400,7 +400,9 @@ def unmask_files(
     # below sees every file the run can write.
     planned: set[str] = set()
     names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
-    check_output_folder(out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"])
+    check_output_folder(
+        out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"]
+    )
     if not paths:
         raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,9 @@ from torch import nn
 
 from m2u.core.fileio import atomic_write, remove_temp_files
 from m2u.core.guard import UserError
+
+# Every model file is checked before use (see there).
+from m2u.training.modelcheck import check_dtypes, check_info, check_weights, refuse_training_state
 from m2u.training.models import (
     CARU2Net,
     DiscriminatorConfig,
@@ -274,19 +277,17 @@ class LoadedModel(NamedTuple):
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model class named in the file from its stored config and load the weights (eval mode);
     `module, info = load_model(path)`."""
-    from m2u.training import modelcheck  # every model file is checked before use (see there)
-
     path = Path(path)
-    modelcheck.refuse_training_state(path, CheckpointError)
+    refuse_training_state(path, CheckpointError)
     class_name, config_dict = read_model_metadata(path)
     info = read_model_info(path)
-    modelcheck.check_info(path, info, CheckpointError)
+    check_info(path, info, CheckpointError)
     model = build_model(class_name, config_dict, str(path))
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         _check_shapes(path, class_name, model, handle)  # before a single weight is allocated
-        modelcheck.check_dtypes(path, model, handle, CheckpointError)
+        check_dtypes(path, model, handle, CheckpointError)
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    modelcheck.check_weights(path, tensors, CheckpointError)
+    check_weights(path, tensors, CheckpointError)
     model = model.to_empty(device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
