@@ -118,7 +118,11 @@ class _Conv(nn.Module):
         if params.size != weight_size + out or affine.size != 2 * out:
             raise ValueError("dlib ResNet layer sizes do not match the architecture")
         self.conv = nn.Conv2d(
-            in_channels, out, (rows, cols), (spec["stride_y"], spec["stride_x"]), (spec["pad_y"], spec["pad_x"])
+            in_channels,
+            out,
+            (rows, cols),
+            (spec["stride_y"], spec["stride_x"]),
+            (spec["pad_y"], spec["pad_x"]),
         )
         self.conv.weight.data = torch.from_numpy(params[:weight_size].reshape(out, in_channels, rows, cols))
         self.conv.bias.data = torch.from_numpy(params[weight_size:])

@@ -102,7 +102,10 @@ def test_suite_identity_figures_equal_the_per_image_dlib_path(faces):
     for name, pred in methods.items():
         values = suite.per_image(name)
         region = target * (1 - mask) + pred.clamp(0, 1) * mask
-        for variant, images in (("", to_uint8_images(pred.clamp(0, 1))), ("_masked", to_uint8_images(region))):
+        for variant, images in (
+            ("", to_uint8_images(pred.clamp(0, 1))),
+            ("_masked", to_uint8_images(region)),
+        ):
             cos, dist, no_face = _per_image_dlib(images, gt_u8)
             got_cos = np.asarray(values[f"identity_cosine{variant}"])
             got_dist = np.asarray(values[f"identity_distance{variant}"])
