@@ -10,6 +10,8 @@ Each batch is a dict::
     mask      float32 (B, 1, H, W) in {0, 1}
     key       list[str]
 
+(``LoaderConfig(members=("masked", "mask"))``: only those members, the others not decoded.)
+
 Every epoch yields every sample of the split exactly once across all DataLoader workers and DDP ranks:
 
 * the shard list is shuffled with (seed, epoch) — the same permutation on every rank — then either each global
@@ -90,6 +92,7 @@ from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
+BATCH_MEMBERS = ("masked", "unmasked", "mask")
 ON_ERROR_CHOICES = ("raise", "skip")
 SKIPPED_FIELD = "skipped"  # raw-batch field: what a worker left out since its previous batch
 # A tar archive ends with two zero blocks (tarfile and GNU tar then pad to whole records): without them a shard
@@ -130,6 +133,9 @@ class LoaderConfig:
     # For a dataset folder: before the first batch, check that every shard its manifest lists is there with the
     # size and SHA-256 recorded when it was committed (reads every shard once more). for_evaluation() turns it on.
     verify: bool = False
+    # The batch members decoded and returned: M-Seg training needs only ("masked", "mask"), and a member not asked
+    # for is never decoded (its bytes are still read: they sit in the same tar).
+    members: tuple[str, ...] = ("masked", "unmasked", "mask")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -142,6 +148,8 @@ class LoaderConfig:
             raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
         if self.split_by not in SPLIT_BY_CHOICES:
             raise ValueError(f"split_by must be one of {SPLIT_BY_CHOICES}, got {self.split_by!r}")
+        if not self.members or any(m not in BATCH_MEMBERS for m in self.members):
+            raise ValueError(f"members must be a non-empty subset of {BATCH_MEMBERS}, got {self.members!r}")
         if self.on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {self.on_error!r}")
 
@@ -360,8 +368,9 @@ class _BatchBuffer:
     would otherwise copy the batch there) and written in channel-first order with the flip applied in the same copy;
     ``to_float_batch`` converts in the receiving process."""
 
-    def __init__(self, capacity: int, size: int | None):
+    def __init__(self, capacity: int, size: int | None, members: tuple[str, ...] = BATCH_MEMBERS):
         self.capacity = capacity
+        self.members = members
         self.scratch = _Scratch()
         self._size: int | None = None
         self._tensors: dict[str, torch.Tensor] = {}
@@ -379,25 +388,31 @@ class _BatchBuffer:
             self.scratch = _Scratch(np.empty((size, size, 3), np.uint8), np.empty((size, size, 3), np.uint8))
             self._flipped = np.empty((size, size, 3), np.uint8)
         in_worker = get_worker_info() is not None
-        for name, channels in (("masked", 3), ("unmasked", 3), ("mask", 1)):
+        for name in self.members:
+            channels = 1 if name == "mask" else 3
             tensor = torch.empty((self.capacity, channels, size, size), dtype=torch.uint8)
             self._tensors[name] = tensor.share_memory_() if in_worker else tensor
 
-    def put(self, key: str, masked: np.ndarray, unmasked: np.ndarray, mask: np.ndarray, flip: bool) -> None:
-        """Copy one decoded sample (BGR images, 0/255 mask) into the next row."""
-        size = mask.shape[0]
+    def put(self, key: str, images: dict[str, np.ndarray], flip: bool) -> None:
+        """Copy one decoded sample (BGR images, 0/255 mask; the batch's members) into the next row."""
+        size = next(iter(images.values())).shape[0]
         if not self._tensors or self._size != size:
             self._allocate(size)
         row = len(self._keys)
-        for name, image in (("masked", masked), ("unmasked", unmasked)):
+        for name in ("masked", "unmasked"):
+            if name not in images:
+                continue
+            image = images[name]
             if flip:
                 image = cv2.flip(image, 1, dst=self._flipped)
             planes = self._tensors[name][row].numpy()
             # BGR HWC -> RGB CHW: OpenCV's de-interleave writes the three planes in place (a strided numpy
             # transpose copy cost a fifth of a worker's time).
             cv2.split(image, [planes[2], planes[1], planes[0]])
-        source = mask[:, ::-1] if flip else mask
-        np.greater(source, 127, out=self._tensors["mask"][row, 0].numpy().view(np.bool_))
+        if "mask" in images:
+            mask = images["mask"]
+            source = mask[:, ::-1] if flip else mask
+            np.greater(source, 127, out=self._tensors["mask"][row, 0].numpy().view(np.bool_))
         self._keys.append(key)
 
     def take(self) -> dict[str, Any]:
@@ -544,28 +559,38 @@ class PairedShardDataset(IterableDataset):
 
     def _decode(self, sample: dict[str, Any], batch: _BatchBuffer) -> None:
         key = sample["__key__"]
-        scratch = batch.scratch
+        scratch, wanted = batch.scratch, self.config.members
         # Decoded into reused buffers (no fresh image per member), in OpenCV's BGR order: the copy into the batch's
-        # channel planes below reverses the channels anyway.
-        masked = decode_image(_image_field(sample, MASKED_FIELD), rgb=False, buffer=scratch.masked)
-        unmasked = decode_image(_image_field(sample, UNMASKED_FIELD), rgb=False, buffer=scratch.unmasked)
-        if MASK_FIELD not in sample:
-            raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
-        mask = decode_mask(sample[MASK_FIELD])
-        if masked.shape != unmasked.shape or masked.shape[:2] != mask.shape:
+        # channel planes reverses the channels anyway. Every member asked for is decoded and checked; the sizes
+        # of the others are not known without decoding them, so they are not checked.
+        images = {}
+        for name, field, buffer in (
+            ("masked", MASKED_FIELD, scratch.masked),
+            ("unmasked", UNMASKED_FIELD, scratch.unmasked),
+        ):
+            if name in wanted:
+                images[name] = decode_image(_image_field(sample, field), rgb=False, buffer=buffer)
+        if "mask" in wanted:
+            if MASK_FIELD not in sample:
+                raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
+            images["mask"] = decode_mask(sample[MASK_FIELD])
+        shapes = {name: image.shape[:2] for name, image in images.items()}
+        channels = {image.shape[2] for image in images.values() if image.ndim == 3}
+        if len(set(shapes.values())) > 1 or len(channels) > 1:
             raise ValueError(
-                f"sample {key!r}: members differ in size {masked.shape} {unmasked.shape} {mask.shape}"
+                f"sample {key!r}: members differ in size "
+                + " ".join(str(images[n].shape) for n in BATCH_MEMBERS if n in images)
             )
+        height, width = next(iter(shapes.values()))
         if self._size is None:
-            self._size = masked.shape[0]
-        if masked.shape[:2] != (self._size, self._size):
+            self._size = height
+        if (height, width) != (self._size, self._size):
             raise ValueError(
-                f"sample {key!r} is {masked.shape[1]}x{masked.shape[0]}, the dataset's samples are "
-                f"{self._size}x{self._size}"
+                f"sample {key!r} is {width}x{height}, the dataset's samples are {self._size}x{self._size}"
             )
         p = self.config.hflip_prob
         flip = p > 0 and unit_hash("hflip", self.config.seed, self._iter_epoch, key) < p
-        batch.put(key, masked, unmasked, mask, flip)
+        batch.put(key, images, flip)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if get_worker_info() is not None:
@@ -573,7 +598,7 @@ class PairedShardDataset(IterableDataset):
         self._skipped = []
         self._iter_epoch = self.epoch  # read from shared memory once per epoch, not per sample
         size = self.config.batch_size
-        batch = _BatchBuffer(size, self._size)
+        batch = _BatchBuffer(size, self._size, self.config.members)
         for sample in self._shuffled(self._my_raw_samples()):
             self._decode_into(sample, batch)
             if len(batch) == size:
@@ -600,12 +625,13 @@ def to_float_batch(raw: dict[str, Any], device: torch.device | str | None = None
             tensor = tensor.to(device, non_blocking=non_blocking)
         return tensor.to(torch.float32).mul_(scale)
 
-    return {
-        "masked": convert(raw["masked"], 1.0 / 255.0),
-        "unmasked": convert(raw["unmasked"], 1.0 / 255.0),
-        "mask": convert(raw["mask"], 1.0),
-        "key": raw["key"],
+    out = {
+        name: convert(raw[name], 1.0 if name == "mask" else 1.0 / 255.0)
+        for name in BATCH_MEMBERS
+        if name in raw
     }
+    out["key"] = raw["key"]
+    return out
 
 
 def count_samples(source: str | os.PathLike[str], split: str) -> int:

@@ -101,3 +101,30 @@ def test_batches_equal_a_plain_decode_with_flips(jpeg_dataset):
             assert np.array_equal(batch["mask"][row, 0].numpy(), mask[:, ::-1] if flip else mask)
             rows, flips = rows + 1, flips + flip
     assert rows == len(raw) and 0 < flips < rows
+
+
+def test_members_not_asked_for_are_not_decoded(jpeg_dataset, monkeypatch):
+    from m2u.datasets import loader as loader_module
+
+    decoded: list[int] = []
+    real = loader_module.decode_image
+
+    def counting(data, rgb=True, buffer=None):
+        decoded.append(len(data))
+        return real(data, rgb, buffer)
+
+    monkeypatch.setattr(loader_module, "decode_image", counting)
+    both = LoaderConfig(batch_size=4, num_workers=0, shuffle_buffer=0, hflip_prob=0.0)
+    full = list(make_loader(jpeg_dataset, "train", both))
+    n_full = len(decoded)
+    decoded.clear()
+    only = LoaderConfig(
+        batch_size=4, num_workers=0, shuffle_buffer=0, hflip_prob=0.0, members=("masked", "mask")
+    )
+    part = list(make_loader(jpeg_dataset, "train", only))
+    assert len(decoded) * 2 == n_full  # one image member per sample instead of two
+    for a, b in zip(full, part, strict=True):
+        assert set(b) == {"masked", "mask", "key"} and a["key"] == b["key"]
+        assert torch.equal(a["masked"], b["masked"]) and torch.equal(a["mask"], b["mask"])
+    with pytest.raises(ValueError, match="members"):
+        LoaderConfig(members=("masked", "depth"))
