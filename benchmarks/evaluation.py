@@ -8,7 +8,8 @@ Writes benchmarks/results/evaluation.json:
   not depend on them) at batch 1: median seconds in PyTorch and in onnxruntime (the `m2u-export onnx` files),
   and the largest |onnxruntime - torch| difference;
 - the cost per image of each metric and baseline in m2u-eval: PSNR+SSIM (both variants), LPIPS-AlexNet (random
-  weights here, same cost as the published ones), dlib identity (detector + 2 embeddings), OpenCV Telea and
+  weights here, same cost as the published ones), identity (HOG detector + 2 embeddings by dlib's ResNet run in
+  PyTorch, one image: the batched figure is below), OpenCV Telea and
   Navier-Stokes inpainting on a synthetic masked face;
 - `identity_in_m2u_eval` (issue 28): what the identity metric adds to MetricSuite for a batch of 8 CelebA faces at
   128x128 (m2u-eval's evaluation size for the shipped model) scored for 7 methods, as m2u-eval's rows are, in
@@ -214,7 +215,7 @@ def main() -> None:
     try:
         embedder = IdentityEmbedder()
         out_u8, gt_u8 = to_uint8_images(masked), to_uint8_images(truth)
-        per_image["identity_dlib"] = median_seconds(lambda: embedder.compare(out_u8, gt_u8), repeats)
+        per_image["identity"] = median_seconds(lambda: embedder.compare(out_u8, gt_u8), repeats)
     except MetricUnavailable as exc:
         result["identity_unavailable"] = exc.reason
     for name in ("telea", "navier_stokes"):
