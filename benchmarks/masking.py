@@ -11,6 +11,9 @@ tools run as processes of their own (start-up and model loading included), in in
 within-round ratios are reported as medians; steady-state CPU ms per image (after a warm-up, in this process) are
 reported for both as well.
 
+`--variants-only`: `--mask-type all` against one run per type on the same files (CPU-seconds, interleaved rounds),
+into the JSON's "variants" key.
+
 A third process per round does only m2u's own detection (imports, model loading, reading, the HOG ladder and 68
 landmarks; nothing masked or written): the ceiling that dlib's models leave for m2u-mask on this machine.
 
@@ -182,6 +185,26 @@ def _peer_comparison(files: list[Path], peer: Path, python: str, repeats: int, m
         "ratio_per_cpu_second": ratio("images_per_cpu_second"),
         "ratio_wall": ratio("images_per_s"),
         "target_ratio_per_core": TARGET_RATIO_PER_CORE,
+    }
+
+
+def _variants_comparison(files: list[Path], repeats: int) -> dict:
+    """`m2u-mask --mask-type all` (each photo detected once for every type) against one run per type (what "all"
+    cost before issue 28: every type re-read and re-detected every photo), CPU-seconds, interleaved rounds."""
+    from m2u.masking import MASK_TYPES
+
+    rounds = []
+    for _ in range(repeats):
+        together = _run_cli(files, 1, seed=0, mask_type="all")
+        apart = [_run_cli(files, 1, seed=0, mask_type=t) for t in MASK_TYPES]
+        rounds.append((together["cpu_s"], sum(r["cpu_s"] for r in apart), together["image_files_written"]))
+    return {
+        "files": len(files),
+        "types": list(MASK_TYPES),
+        "all_cpu_s": [r[0] for r in rounds],
+        "one_run_per_type_cpu_s": [r[1] for r in rounds],
+        "image_files_written_by_all": rounds[-1][2],
+        "speedup": round(float(np.median([b / a for a, b, _ in rounds])), 2),
     }
 
 
@@ -366,6 +389,11 @@ def main() -> None:
         "--peer-only", action="store_true", help="only the --peer comparison (JSON key 'peer')"
     )
     parser.add_argument("--mask-type", default="surgical", help="the mask type both tools use for --peer")
+    parser.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="only --mask-type all against one run per type (JSON key 'variants')",
+    )
     args = parser.parse_args()
     if args.detection_process:  # the child process of _detection_only_process
         files = [Path(f) for f in json.loads(Path(args.detection_process).read_text())]
@@ -381,6 +409,13 @@ def main() -> None:
     files = sorted(p for p in celeba.iterdir() if p.suffix.lower() == ".jpg")[: args.files]
     if not files:
         sys.exit(f"no CelebA files in {celeba}")
+    if args.variants_only:
+        variants = _variants_comparison(files, args.repeats)
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged["variants"] = variants
+        args.out.write_text(json.dumps(merged, indent=2))
+        print(f"--mask-type all against one run per type: x{variants['speedup']} ({variants})")
+        return
     peer = None
     if args.peer:
         peer = _peer_comparison(files, args.peer.resolve(), args.peer_python, args.repeats, args.mask_type)
