@@ -337,12 +337,15 @@ def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
     """m2u-unmask's per-face path with default-size models (untrained: the speed does not depend on weights)."""
     import torch
 
+    from m2u.inference.restore import TwoStageModel
     from m2u.inference.unmask import UnmaskConfig, Unmasker
     from m2u.masking import read_image
     from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
     torch.manual_seed(0)
-    unmasker = Unmasker(MSeg(MSegConfig()), CARU2Net(GeneratorConfig()), UnmaskConfig(device="cpu"))
+    unmasker = Unmasker(
+        TwoStageModel(MSeg(MSegConfig()), CARU2Net(GeneratorConfig())), UnmaskConfig(device="cpu")
+    )
     unmasker.unmask_image(read_image(files[0]))  # warm-up: models loaded, first-call allocations
     faces, seconds = 0, 0.0
     for path in files[1 : n + 1]:
@@ -398,7 +401,7 @@ def many_faces_figures(rounds: int = 3, faces: int = 16) -> dict:
     }
     unmaskers = {}
     for name, config in setups.items():
-        unmaskers[name] = Unmasker(*models, config)
+        unmaskers[name] = Unmasker(models, config)
         unmaskers[name].detector = _Known()
         unmaskers[name].unmask_image(photo)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in setups}
@@ -407,7 +410,8 @@ def many_faces_figures(rounds: int = 3, faces: int = 16) -> dict:
             start = time.process_time()
             unmasker.unmask_image(photo)
             times[name].append((time.process_time() - start) / faces)
-    mseg, generator = models
+    mseg, generator = models.mseg, models.generator
+    threshold = unmaskers["default"].usage.mask_threshold
     size = unmaskers["default"].usage.crop_size
     bf16 = {}
     for batch in (1, 2, 4, 8, 16):
@@ -416,7 +420,7 @@ def many_faces_figures(rounds: int = 3, faces: int = 16) -> dict:
         def run(enabled: bool, x=x) -> float:
             start = time.process_time()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-                restore_batch(mseg, generator, x)
+                restore_batch(mseg, generator, x, threshold)
             return time.process_time() - start
 
         run(False), run(True)
