@@ -244,7 +244,7 @@ def _plain_tar_members(path: str) -> list[tuple[str, int, int]] | None:
     """(name, data offset, size) of a local tar's members when every header is a plain ustar/GNU header with its
     name in the name field (regular files, or members webdataset skips); None otherwise (long names, pax headers,
     a bad checksum: webdataset's tarfile reader then reads the shard and reports what it finds)."""
-    members = []
+    members: list[tuple[str, int, int]] = []
     try:
         with open(path, "rb") as handle:
             offset = 0
@@ -424,7 +424,9 @@ class _BatchBuffer:
     def take(self) -> dict[str, Any]:
         """The filled rows as a batch; the next sample starts a new one."""
         n = len(self._keys)
-        batch = {name: t if n == self.capacity else t[:n] for name, t in self._tensors.items()}
+        batch: dict[str, Any] = {
+            name: t if n == self.capacity else t[:n] for name, t in self._tensors.items()
+        }
         batch["key"] = self._keys
         self._keys, self._tensors = [], {}  # the next batch is allocated by its first sample
         return batch

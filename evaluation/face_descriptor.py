@@ -117,15 +117,17 @@ class _Conv(nn.Module):
         weight_size = out * in_channels * rows * cols
         if params.size != weight_size + out or affine.size != 2 * out:
             raise ValueError("dlib ResNet layer sizes do not match the architecture")
-        self.conv = nn.Conv2d(
+        self.conv = nn.Conv2d(  # weights and bias replaced below by the file's
             in_channels,
             out,
             (rows, cols),
             (spec["stride_y"], spec["stride_x"]),
             (spec["pad_y"], spec["pad_x"]),
         )
-        self.conv.weight.data = torch.from_numpy(params[:weight_size].reshape(out, in_channels, rows, cols))
-        self.conv.bias.data = torch.from_numpy(params[weight_size:])
+        self.conv.weight = nn.Parameter(
+            torch.from_numpy(params[:weight_size].reshape(out, in_channels, rows, cols)), requires_grad=False
+        )
+        self.conv.bias = nn.Parameter(torch.from_numpy(params[weight_size:]), requires_grad=False)
         self.register_buffer("gamma", torch.from_numpy(affine[:out]).view(1, out, 1, 1))
         self.register_buffer("beta", torch.from_numpy(affine[out:]).view(1, out, 1, 1))
 
@@ -176,7 +178,9 @@ class DlibFaceNet(nn.Module):
         if inputs != channels or weights.fc.size != inputs * outputs:
             raise ValueError("dlib ResNet fc layer does not match the architecture")
         # dlib's fc computes x @ W with W stored (inputs, outputs), row-major.
+        self.fc: torch.Tensor
         self.register_buffer("fc", torch.from_numpy(weights.fc.reshape(inputs, outputs)))
+        self.means: torch.Tensor
         self.register_buffer("means", torch.tensor(weights.means, dtype=torch.float32).view(1, 3, 1, 1))
 
     @torch.no_grad()

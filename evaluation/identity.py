@@ -113,6 +113,7 @@ class IdentityEmbedder:
         if not images:
             return np.zeros((0, 128))
         if self._net is None:
+            assert self._encoder is not None  # engine "dlib"
             return np.stack(
                 [
                     np.asarray(self._encoder.compute_face_descriptor(np.ascontiguousarray(im), s), np.float64)
