@@ -319,6 +319,7 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
     data = _data_source(args)
     mseg_config = MSegTrainConfig(model=models["mseg"], **_common(args, work / "mseg", mseg_seconds))
     mseg = _training_figures(train_mseg(mseg_config, data), data)
+    data.close()
     log(f"M-Seg: {mseg['steps']} steps, {mseg['steps_per_second']} steps/s, data wait {mseg['data_wait_share']}")
     left = seconds - mseg["seconds"]
     data = _data_source(args)
@@ -331,6 +332,7 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
         **_common(args, work / "gan", left),
     )
     gan = _training_figures(train_gan(gan_config, data), data)
+    data.close()
     log(f"GAN: {gan['steps']} steps, {gan['steps_per_second']} steps/s, data wait {gan['data_wait_share']}")
     return {"mseg": mseg, "gan": gan, "workers": args.workers, "batch_size": args.batch_size,
             "models": {k: str(v) for k, v in models.items()}}  # fmt: skip
@@ -341,9 +343,9 @@ def evaluate_pack(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     shipped 128 model on the same pairs downscaled to 128 (the new model's composite downscaled likewise)."""
     import torch
 
+    from m2u.datasets.facepack import FacePack
     from m2u.evaluation.evaluator import EvaluateConfig, evaluate
     from m2u.evaluation.suite import MetricsConfig
-    from m2u.datasets.facepack import FacePack
 
     test = FacePack(args.kit / "pack").test_dataset
     device = "cpu" if args.rehearsal or not torch.cuda.is_available() else "cuda"
@@ -376,7 +378,8 @@ def compare_with_shipped(test: Path, mseg: Path, generator: Path, device: str, a
     new = load_model(mseg, device).eval(), load_model(generator, device).eval()
     shipped = load_pretrained(SHIPPED_MODEL, device=device)
     sums: dict[str, list[float]] = {}
-    loader = make_loader(test, "test", LoaderConfig.for_evaluation(batch_size=16, num_workers=0, as_uint8=True))
+    batch_size = min(16, args.max_test_samples or 16)
+    loader = make_loader(test, "test", LoaderConfig.for_evaluation(batch_size=batch_size, num_workers=0, as_uint8=True))
     seen = 0
     with torch.no_grad():
         for raw in loader:
@@ -566,7 +569,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--work", type=Path, default=None, help="scratch folder (default: /tmp/m2u-device-run)")
     r.add_argument("--budget", type=float, default=540.0, help="wall-clock seconds for the whole run")
     r.add_argument("--check-seconds", type=float, default=100.0, help="GPU check budget (0: skip it)")
-    r.add_argument("--check-steps", default="env,train-mseg,train-gan,latency")
+    r.add_argument("--check-steps", default="env,dataset,train-mseg,train-gan,latency")
     r.add_argument("--eval-seconds", type=float, default=60.0, help="kept for evaluation")
     r.add_argument("--package-seconds", type=float, default=20.0, help="kept for packaging")
     r.add_argument("--mseg-share", type=float, default=0.2, help="share of the training time for M-Seg")

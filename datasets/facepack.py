@@ -159,7 +159,7 @@ def write_face_pack(
     splits: dict[str, Any] = {}
     for split in TRAIN_SPLITS:
         offsets, landmarks, keys, seeds = [0], [], [], []
-        skipped = []
+        skipped, used = [], 0
         with open(_jpg_path(temp, split), "wb") as blob:
             for key, data, meta in _split_samples(dataset, split):
                 points = np.asarray(meta.get("landmarks"), np.float32)
@@ -167,7 +167,9 @@ def write_face_pack(
                     skipped.append(f"{key}: no 68 landmarks in its JSON")
                     continue
                 encoded, scale = _reencode(data, size, config.store_size, config.quality)
-                if offsets[-1] + len(encoded) > budgets[split]:
+                # The face's JPEG and its index entry (landmarks, offset, seed, key) count against the budget.
+                used += len(encoded) + points.nbytes + 16 + len(key)
+                if used > budgets[split]:
                     break
                 blob.write(encoded)
                 offsets.append(offsets[-1] + len(encoded))
@@ -178,7 +180,7 @@ def write_face_pack(
             _index_path(temp, split),
             offsets=np.asarray(offsets, np.int64),
             landmarks=np.asarray(landmarks, np.float32).reshape(-1, 68, 2),
-            keys=np.asarray(keys),
+            keys=np.asarray(keys, dtype=bytes),
             seeds=np.asarray(seeds, np.int64),
         )
         count = len(keys)
@@ -245,7 +247,7 @@ class FacePack:
         return len(self.index(split)["keys"]) if _index_path(self.root, split).is_file() else 0
 
     def key(self, split: str, index: int) -> str:
-        return str(self.index(split)["keys"][index])
+        return self.index(split)["keys"][index].decode()
 
     def face(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 RGB image, float64 (68, 2) landmarks), both at the training size."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 SPLIT_IDS = {"train": 0, "val": 1}
 MAX_ATTEMPTS = 8
@@ -75,16 +75,18 @@ class RenderedPairs(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_masker": None}  # closures do not pickle: each worker makes its own
 
-    def render(self, index: int) -> dict[str, Any]:
-        """The sample as HWC numpy arrays (masked, unmasked uint8 RGB; mask uint8 0/255) plus its key/attempts."""
+    def render(self, index: int, epoch: int | None = None) -> dict[str, Any]:
+        """The sample as HWC numpy arrays (masked, unmasked uint8 RGB; mask uint8 0/255) plus its key/attempts;
+        ``epoch`` (default: the dataset's) is the epoch it is rendered for."""
         from m2u.datasets.work import pair_mask
         from m2u.masking import MaskingError
 
+        epoch = self.epoch if epoch is None else epoch
         image, landmarks = self.pack.face(self.split, index)
         masker = self._get_masker()
         reasons = []
         for attempt in range(self.max_attempts):
-            sequence = sample_seed(self.seed, self.split, self.epoch, index, attempt)
+            sequence = sample_seed(self.seed, self.split, epoch, index, attempt)
             mask_seed, flip_draw = sequence.generate_state(2)
             try:
                 masked, mask, _ = masker(image, landmarks, int(mask_seed))
@@ -99,7 +101,7 @@ class RenderedPairs(Dataset):
                 "masked": np.ascontiguousarray(masked),
                 "unmasked": np.ascontiguousarray(unmasked),
                 "mask": np.ascontiguousarray(mask),
-                "key": f"{self.pack.key(self.split, index)}-e{self.epoch}",
+                "key": f"{self.pack.key(self.split, index)}-e{epoch}",
                 "attempts": attempt + 1,
             }
         raise MaskingError(
@@ -107,8 +109,10 @@ class RenderedPairs(Dataset):
             f"in a row: {'; '.join(sorted(set(reasons)))}"
         )
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.render(index)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``index`` or ``(epoch, index)`` (what EpochOrder yields: one set of workers serves every epoch)."""
+        epoch, index = item if isinstance(item, tuple) else (None, item)
+        sample = self.render(index, epoch)
         return {
             "masked": torch.from_numpy(sample["masked"]).permute(2, 0, 1),
             "unmasked": torch.from_numpy(sample["unmasked"]).permute(2, 0, 1),
@@ -131,8 +135,21 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def _worker_init(_: int) -> None:
     import cv2
 
-    cv2.setNumThreads(1)  # the workers are the parallelism
-    torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # the workers are the parallelism (safe here: the workers are spawned, not forked)
+
+
+class EpochOrder(Sampler):
+    """(epoch, index) items of one split in the data source's order for the epoch last set: the DataLoader
+    draws from it in the main process, so persistent workers render every epoch without being restarted."""
+
+    def __init__(self, source: OnTheFlyDataSource, split: str, count: int) -> None:
+        self.source, self.split, self.count, self.epoch = source, split, count, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in self.source.order(self.split, self.epoch, self.count))
+
+    def __len__(self) -> int:
+        return len(range(self.source.rank, self.count, self.source.world_size))
 
 
 @dataclass
@@ -154,11 +171,7 @@ class OnTheFlyDataSource:
     train_batches: int = 0
     refused_renders: int = 0
     _test: Any = field(default=None, repr=False)
-
-    def dataset(self, split: str, epoch: int) -> RenderedPairs:
-        return RenderedPairs(
-            self.pack, split, self.seed, epoch if split == "train" else 0, mask_options=self.mask_options
-        )
+    _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def order(self, split: str, epoch: int, count: int) -> list[int]:
         if split == "train":
@@ -173,23 +186,40 @@ class OnTheFlyDataSource:
             return self._test_batches()
         if split not in SPLIT_IDS:
             return iter(())
-        dataset = self.dataset(split, epoch)
-        if len(dataset) == 0:
+        if split not in self._loaders:
+            self._loaders[split] = self._make_loader(split)
+        loader = self._loaders[split]
+        if loader is None:
             if split == "train":
                 raise RuntimeError(f"face pack {self.pack} has no training faces")
             return iter(())
-        loader = DataLoader(
+        loader.sampler.epoch = epoch if split == "train" else 0  # val: always the same renders
+        return self._timed(iter(loader)) if split == "train" else iter(loader)
+
+    def _make_loader(self, split: str) -> DataLoader | None:
+        dataset = RenderedPairs(self.pack, split, self.seed, mask_options=self.mask_options)
+        if len(dataset) == 0:
+            return None
+        workers = self.num_workers
+        # Spawned workers, kept for the whole run: a forked worker inherits OpenCV's and OpenMP's thread pools
+        # mid-state from a parent that used them, and hung in its first cv2 call (seen in the CPU rehearsal).
+        return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=self.order(split, epoch, len(dataset)),
-            num_workers=self.num_workers,
+            sampler=EpochOrder(self, split, len(dataset)),
+            num_workers=workers,
             collate_fn=_collate,
             pin_memory=self.pin_memory,
             drop_last=split == "train",
-            worker_init_fn=_worker_init if self.num_workers else None,
-            prefetch_factor=4 if self.num_workers else None,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=workers > 0,
+            multiprocessing_context="spawn" if workers else None,
         )
-        return self._timed(iter(loader)) if split == "train" else iter(loader)
+
+    def close(self) -> None:
+        """Stop the render workers (they otherwise live as long as this source)."""
+        self._loaders.clear()
 
     def _timed(self, iterator: Iterator[dict]) -> Iterator[dict]:
         while True:
