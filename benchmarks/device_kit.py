@@ -356,6 +356,9 @@ def evaluate_pack(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         baseline_mask="predicted",
         metrics=MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False),
         paper_size_cost=False,
+        # The report's latency is timed on the CPU too: a few repeats (gpu_check's latency step times the GPU).
+        latency_warmup=1,
+        latency_repeats=3,
         progress=False,
         device=device,
     )
