@@ -137,7 +137,9 @@ def print_sizes(report: dict[str, Any]) -> None:
         print(f"  pack {split}: {info['faces']} faces, {info['bytes_per_face']} bytes per face (JPEG "
               f"q{pack['quality']} at {pack['store_size']}px, trained at {pack['size']}px)")  # fmt: skip
     if pack.get("test"):
-        print(f"  pack test: {pack['test']['samples']} pre-rendered pairs, {pack['test']['bytes'] / 2**20:.2f} MiB")
+        print(
+            f"  pack test: {pack['test']['samples']} pre-rendered pairs, {pack['test']['bytes'] / 2**20:.2f} MiB"
+        )
 
 
 def prepare(args: argparse.Namespace) -> int:
@@ -196,7 +198,9 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
     sample = RenderedPairs(pack, "train", seed=args.seed).render(0)  # the masking engine runs here
     cuda = torch.cuda.is_available()
     if not cuda and not args.rehearsal:
-        raise SystemExit("device-kit: no CUDA device (torch.cuda.is_available() is False); --rehearsal runs on CPU")
+        raise SystemExit(
+            "device-kit: no CUDA device (torch.cuda.is_available() is False); --rehearsal runs on CPU"
+        )
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -243,7 +247,9 @@ def _models(args: argparse.Namespace) -> dict[str, Any]:
             "discriminator": DiscriminatorConfig(channels=(3, 8, 16, 16, 16, 1)),
         }
     return {
-        "mseg": MSegConfig(base_channels=args.mseg_base_channels) if args.mseg_base_channels else MSegConfig(),
+        "mseg": MSegConfig(base_channels=args.mseg_base_channels)
+        if args.mseg_base_channels
+        else MSegConfig(),
         "generator": GeneratorConfig(width_multiplier=args.width_multiplier),
         "discriminator": DiscriminatorConfig(),
     }
@@ -321,7 +327,9 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
     mseg_config = MSegTrainConfig(model=models["mseg"], **_common(args, work / "mseg", mseg_seconds))
     mseg = _training_figures(train_mseg(mseg_config, data), data)
     data.close()
-    log(f"M-Seg: {mseg['steps']} steps, {mseg['steps_per_second']} steps/s, data wait {mseg['data_wait_share']}")
+    log(
+        f"M-Seg: {mseg['steps']} steps, {mseg['steps_per_second']} steps/s, data wait {mseg['data_wait_share']}"
+    )
     left = seconds - mseg["seconds"]
     data = _data_source(args)
     gan_config = GanTrainConfig(
@@ -367,7 +375,9 @@ def evaluate_pack(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"at_256": report, "versus_shipped_128": compare_with_shipped(test, mseg, generator, device, args)}
 
 
-def compare_with_shipped(test: Path, mseg: Path, generator: Path, device: str, args: argparse.Namespace) -> dict:
+def compare_with_shipped(
+    test: Path, mseg: Path, generator: Path, device: str, args: argparse.Namespace
+) -> dict:
     """PSNR/SSIM of the composites on the same test pairs: the new model at 256 (scored at 256 and downscaled
     to 128) and the shipped 128 model on the pairs downscaled to 128 (area averaging; masks by majority)."""
     import torch
@@ -375,24 +385,29 @@ def compare_with_shipped(test: Path, mseg: Path, generator: Path, device: str, a
 
     from m2u.datasets.loader import LoaderConfig, make_loader, to_float_batch
     from m2u.evaluation.pixel import psnr_per_image, ssim_per_image
-    from m2u.inference.pretrained import load_pretrained
-    from m2u.inference.restore import restore_batch
-    from m2u.training.checkpoint import load_model
+    from m2u.inference.restore import load_pretrained, load_two_stage, model_usage, restore_batch
 
-    new = load_model(mseg, device).eval(), load_model(generator, device).eval()
+    new = load_two_stage(mseg, generator, device)
     shipped = load_pretrained(SHIPPED_MODEL, device=device)
+
+    def restored(models: Any, masked: torch.Tensor) -> torch.Tensor:
+        threshold = model_usage(models).mask_threshold
+        return restore_batch(models.mseg, models.generator, masked, threshold)[2]
+
     sums: dict[str, list[float]] = {}
     batch_size = min(16, args.max_test_samples or 16)
-    loader = make_loader(test, "test", LoaderConfig.for_evaluation(batch_size=batch_size, num_workers=0, as_uint8=True))
+    loader = make_loader(
+        test, "test", LoaderConfig.for_evaluation(batch_size=batch_size, num_workers=0, as_uint8=True)
+    )
     seen = 0
     with torch.no_grad():
         for raw in loader:
             batch = to_float_batch(raw, device)
             masked, truth = batch["masked"], batch["unmasked"]
-            _, _, ours = restore_batch(*new, masked)
+            ours = restored(new, masked)
             small = F.interpolate(masked, size=128, mode="area")
             truth_small = F.interpolate(truth, size=128, mode="area")
-            _, _, theirs = restore_batch(*shipped, small)
+            theirs = restored(shipped, small)
             rows = {
                 "new_256_at_256": (ours, truth),
                 "new_256_at_128": (F.interpolate(ours, size=128, mode="area"), truth_small),
@@ -475,7 +490,11 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(work)  # scratch of an earlier run on this machine: the outputs are in OUT
     work.mkdir(parents=True)
     phases = Phases()
-    report: dict[str, Any] = {"command": args.command, "budget_seconds": args.budget, "phases": phases.seconds}
+    report: dict[str, Any] = {
+        "command": args.command,
+        "budget_seconds": args.budget,
+        "phases": phases.seconds,
+    }
 
     def save() -> None:
         report["wall_seconds"] = round(phases.elapsed(), 1)
@@ -549,7 +568,9 @@ def link_site(site: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("prepare", help="wheels + face pack into the kit folder; prints the kit's size")
     p.add_argument("--faces", type=Path, default=REPO.parent / "shared" / "faces" / "celeba")
@@ -577,7 +598,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--eval-seconds", type=float, default=60.0, help="kept for evaluation")
     r.add_argument("--package-seconds", type=float, default=20.0, help="kept for packaging")
     r.add_argument("--mseg-share", type=float, default=0.2, help="share of the training time for M-Seg")
-    r.add_argument("--max-steps", type=int, default=0, help="also stop each network at N steps (0: clock only)")
+    r.add_argument(
+        "--max-steps", type=int, default=0, help="also stop each network at N steps (0: clock only)"
+    )
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="render workers")
     r.add_argument("--width-multiplier", type=float, default=1.0)

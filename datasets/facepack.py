@@ -136,7 +136,10 @@ def _copy_test_split(dataset: Path, out: Path, shards: int) -> dict[str, Any]:
 
 
 def write_face_pack(
-    dataset: str | Path, out: str | Path, config: PackConfig = PackConfig(), log: Callable[[str], None] = print
+    dataset: str | Path,
+    out: str | Path,
+    config: PackConfig = PackConfig(),
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Cut a face pack from the dataset folder ``dataset`` into ``out`` (which must not exist yet: a pack is never
     overwritten); returns pack.json's content."""
@@ -215,7 +218,9 @@ class FacePack:
         self.root = Path(root)
         path = self.root / PACK_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{self.root} is not a face pack (no {PACK_NAME}; make one with `make device-kit`)")
+            raise FileNotFoundError(
+                f"{self.root} is not a face pack (no {PACK_NAME}; make one with `make device-kit`)"
+            )
         self.info = json.loads(path.read_text())
         if self.info.get("format") != PACK_FORMAT:
             raise ValueError(f"{path}: pack format {self.info.get('format')!r}, this m2u reads {PACK_FORMAT}")

@@ -58,7 +58,7 @@ class RenderedPairs(Dataset):
         self.split, self.seed, self.epoch, self.flip = split, seed, epoch, flip
         self.mask_options = mask_options
         self.max_attempts = max_attempts
-        self._masker = None
+        self._masker: Any = None  # made on first use, in each worker (closures do not pickle)
 
     def __len__(self) -> int:
         return self.pack.count(self.split)
@@ -68,8 +68,8 @@ class RenderedPairs(Dataset):
             from m2u.datasets.config import BuildConfig
             from m2u.datasets.work import make_masker
 
-            options = {} if self.mask_options is None else {"mask_options": self.mask_options}
-            self._masker = make_masker(BuildConfig(**options))
+            config = BuildConfig() if self.mask_options is None else BuildConfig(mask_options=self.mask_options)
+            self._masker = make_masker(config)
         return self._masker
 
     def __getstate__(self) -> dict[str, Any]:
@@ -240,7 +240,9 @@ class OnTheFlyDataSource:
         if not folder.is_dir():
             return iter(())
         if self._test is None:
-            self._test = ShardDataSource(str(folder), self.batch_size, self.seed, 0, self.rank, self.world_size)
+            self._test = ShardDataSource(
+                str(folder), self.batch_size, self.seed, 0, self.rank, self.world_size
+            )
         return iter(self._test.batches("test", 0))
 
 

@@ -42,7 +42,9 @@ def test_kit_wheels_cover_every_requirement_the_device_lacks():
     # face-recognition-models holds dlib's detector/identity model files: the device run needs neither (the pack
     # carries landmarks; the identity metric is computed here afterwards).
     assert (required & DEVICE_LACKS) - {"face-recognition-models"} <= carried
-    assert all("==" in pin for pin in device_kit.DEVICE_WHEELS)  # one version of each: pip --no-index is exact
+    assert all(
+        "==" in pin for pin in device_kit.DEVICE_WHEELS
+    )  # one version of each: pip --no-index is exact
 
 
 def test_link_site_gives_every_m2u_package(tmp_path):
@@ -77,7 +79,9 @@ def _run(command: list[str], env: dict[str, str], timeout: int = 900) -> subproc
 def test_rehearsal_runs_the_device_command_end_to_end(tmp_path):
     wheels_here = KIT / "wheels-here"
     if not (KIT / "pack" / "pack.json").is_file() or not (wheels_here / "requirements.txt").is_file():
-        pytest.skip("the device kit is not prepared here (.kit/pack, .kit/wheels-here): run `make device-kit`")
+        pytest.skip(
+            "the device kit is not prepared here (.kit/pack, .kit/wheels-here): run `make device-kit`"
+        )
     # No network and no other package source than the kit: pip's configured indexes and find-links are dropped.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")

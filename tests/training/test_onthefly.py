@@ -28,7 +28,9 @@ def source_dataset(tmp_path_factory, celeba_dir) -> Path:
 @pytest.fixture(scope="module")
 def pack(source_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pack") / "pack"
-    write_face_pack(source_dataset, out, PackConfig(store_size=48, max_bytes=2**20, test_shards=1), log=lambda _: None)
+    write_face_pack(
+        source_dataset, out, PackConfig(store_size=48, max_bytes=2**20, test_shards=1), log=lambda _: None
+    )
     return out
 
 
@@ -41,7 +43,7 @@ def test_pack_holds_the_training_faces_and_a_readable_test_split(pack, source_da
     assert train["faces"] == faces.count("train") > 10 and train["bytes_per_face"] > 0
     image, landmarks = faces.face("train", 0)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and landmarks.shape == (68, 2)
-    assert 0 < landmarks.min() and landmarks.max() < 64  # scaled back to the training size
+    assert landmarks.min() > 0 and landmarks.max() < 64  # scaled back to the training size
     # The test split is an ordinary dataset folder: the evaluator's loader reads every pair its manifest lists.
     test_count = count_samples(faces.test_dataset, "test")
     assert test_count == faces.info["test"]["samples"] > 0
@@ -83,7 +85,11 @@ def test_data_source_batches_do_not_depend_on_the_worker_count(pack):
     a, b = first_batch(0), first_batch(1)
     assert a["key"] == b["key"]
     assert torch.equal(a["masked"], b["masked"]) and torch.equal(a["mask"], b["mask"])
-    assert a["masked"].dtype == torch.uint8 and a["mask"].shape == (4, 1, 64, 64) and set(a["mask"].unique().tolist()) <= {0, 1}
+    assert (
+        a["masked"].dtype == torch.uint8
+        and a["mask"].shape == (4, 1, 64, 64)
+        and set(a["mask"].unique().tolist()) <= {0, 1}
+    )
     source = OnTheFlyDataSource(str(pack), batch_size=4, seed=1, num_workers=0)
     batches = list(source.batches("train", 0))
     assert source.train_batches == len(batches) == FacePack(pack).count("train") // 4
@@ -91,7 +97,9 @@ def test_data_source_batches_do_not_depend_on_the_worker_count(pack):
     val = [batch["key"] for batch in source.batches("val", 5)]
     assert val == [batch["key"] for batch in source.batches("val", 0)]  # a fixed validation set
     test = list(source.batches("test", 0))
-    assert test and test[0]["masked"].dtype == torch.float32  # the pre-rendered pairs, through the shard loader
+    assert (
+        test and test[0]["masked"].dtype == torch.float32
+    )  # the pre-rendered pairs, through the shard loader
 
 
 def test_training_runs_on_the_data_source(pack, tmp_path):
