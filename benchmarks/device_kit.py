@@ -586,6 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("size", help="print the kit's size")
     s.add_argument("--kit", type=Path, default=KIT)
+    s.add_argument("--write-results", action="store_true", help="also write benchmarks/results/device_kit.json")
     l_ = sub.add_parser("link", help="link the m2u packages into a site folder (device_run.sh)")
     l_.add_argument("site", type=Path)
     r = sub.add_parser("run", help="the device run (device_run.sh calls it after installing the wheels)")
@@ -628,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "size":
         report = kit_sizes(args.kit)
         print_sizes(report)
+        if args.write_results:
+            report["pack"].pop("source", None)  # a local path
+            (REPO / "benchmarks" / "results" / "device_kit.json").write_text(json.dumps(report, indent=2) + "\n")
         return 0 if report["fits"] else 1
     if args.verb == "link":
         link_site(args.site)
