@@ -443,7 +443,7 @@ def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, A
     files = {}
     for name, source in ((MSEG_FILE, work / "mseg" / "mseg.safetensors"),
                          (GENERATOR_FILE, work / "gan" / "generator.safetensors")):  # fmt: skip
-        files[name] = save_model(folder / name, load_model(source), dtype="fp16").stat().st_size
+        files[name] = save_model(folder / name, *load_model(source), dtype="fp16").stat().st_size
     evaluation = report["evaluation"]["at_256"]
     pack = report["preflight"]["pack"]
     card = {
@@ -586,7 +586,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("size", help="print the kit's size")
     s.add_argument("--kit", type=Path, default=KIT)
-    s.add_argument("--write-results", action="store_true", help="also write benchmarks/results/device_kit.json")
+    s.add_argument(
+        "--write-results", action="store_true", help="also write benchmarks/results/device_kit.json"
+    )
     l_ = sub.add_parser("link", help="link the m2u packages into a site folder (device_run.sh)")
     l_.add_argument("site", type=Path)
     r = sub.add_parser("run", help="the device run (device_run.sh calls it after installing the wheels)")
@@ -618,7 +620,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.verb == "run":
         args.tiny = args.rehearsal
-        args.command = shlex.join(["benchmarks/device_run.sh", *(argv if argv is not None else sys.argv[2:])])
+        args.command = shlex.join(
+            ["benchmarks/device_run.sh", *(argv[1:] if argv is not None else sys.argv[2:])]
+        )
     return args
 
 
@@ -631,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         print_sizes(report)
         if args.write_results:
             report["pack"].pop("source", None)  # a local path
-            (REPO / "benchmarks" / "results" / "device_kit.json").write_text(json.dumps(report, indent=2) + "\n")
+            (REPO / "benchmarks" / "results" / "device_kit.json").write_text(
+                json.dumps(report, indent=2) + "\n"
+            )
         return 0 if report["fits"] else 1
     if args.verb == "link":
         link_site(args.site)

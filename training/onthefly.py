@@ -68,7 +68,9 @@ class RenderedPairs(Dataset):
             from m2u.datasets.config import BuildConfig
             from m2u.datasets.work import make_masker
 
-            config = BuildConfig() if self.mask_options is None else BuildConfig(mask_options=self.mask_options)
+            config = (
+                BuildConfig() if self.mask_options is None else BuildConfig(mask_options=self.mask_options)
+            )
             self._masker = make_masker(config)
         return self._masker
 
