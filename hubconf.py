@@ -21,6 +21,7 @@ def m2unet(device: str = "cpu", **options):
 
 def m2unet_models(device: str = "cpu"):
     """The shipped networks alone, in eval mode: (M-Seg, CARU2-Net generator), for aligned crops in [-1, 1]."""
-    from m2u.inference.pretrained import load_pretrained
+    from m2u.inference.restore import load_pretrained
 
-    return load_pretrained(device=device)
+    models = load_pretrained(device=device)
+    return models.mseg, models.generator
