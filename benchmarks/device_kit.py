@@ -45,6 +45,7 @@ HEADROOM = 2 * 2**20
 # OpenCV, Pillow, pyarrow, pandas, scikit-image, safetensors, onnx...). dlib: m2u.masking imports it (the
 # renderer shares the Face type with the detector); no model file is needed, landmarks come with the pack, so
 # face-recognition-models (a 100 MB sdist) stays behind and the identity metric is left for this machine.
+# simplejpeg (not in the image either) stays behind too: m2u.datasets.codecs falls back to OpenCV, same pixels.
 DEVICE_WHEELS = ("dlib-bin==20.0.1.post1", "webdataset==1.0.2", "braceexpand==0.1.7")
 DEVICE_PYTHON = "3.12"
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
