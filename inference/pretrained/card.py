@@ -116,8 +116,36 @@ def render_model_card(card: dict[str, Any]) -> str:
             + ", ".join(shown)
             + "."
         )
+    lines += _real_photo_lines(card.get("real_photos"))
     lines += ["", "## Licence", "", LICENCE, ""]
     return "\n".join(lines)
+
+
+def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
+    """The real-photo section: figures of benchmarks/real_mask_seg.py on labelled real masked crops."""
+    if not real:
+        return []
+    return [
+        "",
+        "## Real masked photos",
+        "",
+        f"On {real.get('photos')} real masked face crops with hand-drawn mask labels ({real.get('data')}), through "
+        "`m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, generator, paste-back; "
+        "`benchmarks/real_mask_seg.py`):",
+        "",
+        "| faces found | Dice where found | Dice over all | remnants where found | remnants over all |",
+        "|---|---|---|---|---|",
+        f"| {real.get('faces_found')} of {real.get('photos')} | {_fmt(real.get('dice_where_found'))} | "
+        f"{_fmt(real.get('dice_all'))} | {_pct(real.get('remnants_where_found'))} | {_pct(real.get('remnants_all'))} |",
+        "",
+        "Dice: M-Seg's mask warped back to the photo against the label, per photo (0 where no face was found); "
+        "remnants: the share of label pixels the output leaves unchanged. The contact sheet (photo | predicted mask "
+        "| restored) is written by the benchmark (`--sheet`) and not shipped: the photos are for research use only.",
+    ]
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
