@@ -233,6 +233,8 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
 def _real_photo_figures(args: argparse.Namespace, package: Path) -> dict[str, Any] | None:
     """benchmarks/real_mask_seg.py on --real-mask-seg with the packaged model (None when that folder is absent);
     its photo | mask | restored sheet goes to WORK/real-photos.png (research photos: never into the package)."""
+    if args.real_mask_seg is None:
+        return None
     if not (Path(args.real_mask_seg) / "image").is_dir():
         print(
             f"no labelled real masks at {args.real_mask_seg}: the card gets no real-photo section", flush=True
@@ -326,8 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-package-bytes", type=int, default=15_000_000)
     parser.add_argument(
         "--real-mask-seg",
-        default=str(REPO.parent / "shared" / "faces" / "real-mask-seg"),
-        help="labelled real masked crops (image/, mask/) for the card's real-photo section; skipped when absent",
+        default=None,
+        help="labelled real masked crops (image/, mask/; e.g. ../shared/faces/real-mask-seg) for the card's "
+        "real-photo section (benchmarks/real_mask_seg.py)",
     )
     parser.add_argument("--stop-after", choices=STAGES, default="package", help="run in pieces")
     parser.add_argument(
