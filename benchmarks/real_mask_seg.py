@@ -9,7 +9,8 @@ Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/N
 paste-back); each restored face's M-Seg mask is warped back to the photo (inverse of its alignment) and the faces
 are united. Figures: faces found; Dice per photo averaged where a face was found and over all photos (a photo with
 no face found scores 0); remnants: the share of label pixels the output leaves exactly unchanged (pooled), where
-found and over all. `--sheet` writes photo | predicted mask | restored rows (real photos: never commit it).
+found and over all. `--whole-crop` skips detection (each crop resized to the model's size is the face): M-Seg
+alone on real masks, apart from the detector. `--sheet` writes photo | predicted mask | restored rows (real photos: never commit it).
 """
 
 from __future__ import annotations
@@ -81,11 +82,14 @@ def evaluate(
         if label.shape != image.shape[:2]:
             label = cv2.resize(label, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         label = label > 127
-        found = _detections(unmasker, image, path.name, cache)
-        if cache_path:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache))
-        result, faces = unmasker.unmask_faces(image, [f for f in found if not f.problem])
+        if unmasker.config.aligned:
+            result, faces = unmasker.unmask_aligned(image)
+        else:
+            found = _detections(unmasker, image, path.name, cache)
+            if cache_path:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                cache_path.write_text(json.dumps(cache))
+            result, faces = unmasker.unmask_faces(image, [f for f in found if not f.problem])
         predicted = photo_mask(image.shape[:2], faces)
         unchanged = ~np.any(result != image, axis=2)
         rows.append(
@@ -144,6 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--whole-crop",
+        action="store_true",
+        help="no detection: each crop is taken as the face (resized to the model's size), to measure M-Seg alone",
+    )
+    parser.add_argument(
         "--detections",
         type=Path,
         default=None,
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if not (args.data / "image").is_dir():
         raise SystemExit(f"{args.data}/image not found: the labelled real masks are not on this machine")
-    config = UnmaskConfig(device="cpu", progress=False)
+    config = UnmaskConfig(device="cpu", progress=False, aligned=args.whole_crop)
     if args.model is None:
         unmasker = Unmasker.from_files(None, None, config)
     else:
@@ -164,6 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     figures = {
         "model": str(args.model or "shipped default"),
+        "mode": "whole crop as the face (no detection)"
+        if args.whole_crop
+        else "m2u-unmask pipeline (detection)",
         "data": str(args.data),
         **summarize(rows),
         "seconds": round(time.perf_counter() - started, 1),
