@@ -117,6 +117,17 @@ def _unfinished(results: dict[str, Any], steps: int, name: str) -> bool:
     return False
 
 
+def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
+    """For a generator kept from --init-from (no run folder): its architecture, read from the model file."""
+    if "kept" not in results:
+        return {}
+    import dataclasses
+
+    from m2u.training.checkpoint import load_model
+
+    return {"generator": dataclasses.asdict(load_model(results["kept"]).config), "kept_from": results["kept"]}
+
+
 def train_mseg_stage(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any]:
     from m2u.training.config import MSegTrainConfig
     from m2u.training.models import MSegConfig
@@ -138,6 +149,11 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
     from m2u.training.models import GeneratorConfig
     from m2u.training.trainer import train_gan
 
+    if args.gan_steps == 0:
+        # Fine-tuning M-Seg alone: the generator of --init-from is kept as it is.
+        if not args.init_from:
+            raise SystemExit("--gan-steps 0 keeps the generator of --init-from: give --init-from")
+        return {"steps": 0, "seconds": 0.0, "kept": str(Path(args.init_from) / GENERATOR_FILE)}
     done = _finished(run, args.gan_steps)
     if done:
         return done
@@ -311,7 +327,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mseg-steps", type=int, default=1500)
     parser.add_argument("--mseg-base-channels", type=int, default=8)
-    parser.add_argument("--gan-steps", type=int, default=2200)
+    parser.add_argument(
+        "--gan-steps", type=int, default=2200, help="0 with --init-from: keep that package's generator"
+    )
     parser.add_argument("--width-multiplier", type=float, default=0.25)
     parser.add_argument("--perceptual-weight", type=float, default=0.0, help="VGG19 term (needs weights)")
     parser.add_argument("--vgg-weights", default="imagenet")
@@ -367,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gan_results = train_gan_stage(args, data, mseg_path, work / "gan")
     if args.stop_after == "gan" or _unfinished(gan_results, args.gan_steps, "the generator"):
         return report
-    generator_path = work / "gan" / "generator.safetensors"
+    generator_path = Path(gan_results.get("kept", work / "gan" / "generator.safetensors"))
     evaluation = evaluate_stage(args, data, mseg_path, generator_path, work / "eval")
     from m2u.training.checkpoint import m2u_version, read_run_config_dict
 
@@ -386,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "steps": results["steps"],
                     "seconds": results.get("seconds"),
                     "val": results.get("val"),
-                    "config": read_run_config_dict(work / name),
+                    "config": read_run_config_dict(work / name) or _kept_config(results),
                 }
                 for name, results in (("mseg", mseg_results), ("gan", gan_results))
             },

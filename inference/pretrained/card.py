@@ -76,8 +76,10 @@ def render_model_card(card: dict[str, Any]) -> str:
         "",
         f"- data: {data['faces']} ({data['photos']} photos), split by {data['split_by']} (test identities unseen), "
         f"samples {data.get('samples', {})}",
-        f"- M-Seg: {training['mseg']['steps']} steps, {_fmt(training['mseg'].get('seconds'), 0)} s",
-        f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s",
+        f"- M-Seg: {training['mseg']['steps']} steps, {_fmt(training['mseg'].get('seconds'), 0)} s"
+        + _tuning(training["mseg"].get("config", {})),
+        f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s"
+        + _tuning(training["gan"].get("config", {})),
         f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in card.get('files', {}).items())} (fp16)",
         "",
         f"## Figures ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples, {size}x{size})",
@@ -119,6 +121,18 @@ def render_model_card(card: dict[str, Any]) -> str:
     lines += _real_photo_lines(card.get("real_photos"))
     lines += ["", "## Licence", "", LICENCE, ""]
     return "\n".join(lines)
+
+
+def _tuning(config: dict[str, Any]) -> str:
+    """', fine-tuned from X, with camera augmentation' for a fine-tuned run ('' for one trained from scratch)."""
+    parts = []
+    if config.get("kept_from"):
+        parts.append(f"kept as it is from {config['kept_from']}")
+    for name, path in config.get("init_weights", {}).items():
+        parts.append(f"{name} fine-tuned from {path}")
+    if config.get("augment", {}).get("enabled"):
+        parts.append("trained through m2u.datasets.augment (tight crops, scale jitter, camera effects)")
+    return "".join(f", {p}" for p in parts)
 
 
 def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
