@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--model", type=Path, default=None, help="a model package folder (default: the shipped one)"
     )
+    parser.add_argument("--mseg", type=Path, default=None, help="an M-Seg file instead of the package's")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument(
         "--sheet", type=Path, default=None, help="photo | mask | restored PNG (do not commit)"
@@ -163,16 +164,19 @@ def main(argv: list[str] | None = None) -> dict:
     if not (args.data / "image").is_dir():
         raise SystemExit(f"{args.data}/image not found: the labelled real masks are not on this machine")
     config = UnmaskConfig(device="cpu", progress=False, aligned=args.whole_crop)
-    if args.model is None:
+    if args.model is None and args.mseg is None:
         unmasker = Unmasker.from_files(None, None, config)
     else:
-        unmasker = Unmasker.from_files(args.model / MSEG_FILE, args.model / GENERATOR_FILE, config)
+        from m2u.inference.pretrained import pretrained_dir
+
+        package = args.model or pretrained_dir()
+        unmasker = Unmasker.from_files(args.mseg or package / MSEG_FILE, package / GENERATOR_FILE, config)
     started = time.perf_counter()
     rows, tiles = evaluate(
         unmasker, args.data, args.limit, args.sheet_rows if args.sheet else 0, args.detections
     )
     figures = {
-        "model": str(args.model or "shipped default"),
+        "model": str(args.model or "shipped default") + (f" with M-Seg {args.mseg}" if args.mseg else ""),
         "mode": "whole crop as the face (no detection)"
         if args.whole_crop
         else "m2u-unmask pipeline (detection)",

@@ -143,9 +143,13 @@ def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
         "",
         "## Real masked photos",
         "",
-        f"On {real.get('photos')} real masked face crops with hand-drawn mask labels ({real.get('data')}), through "
-        "`m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, generator, paste-back; "
-        "`benchmarks/real_mask_seg.py`):",
+        f"On {real.get('photos')} real masked face crops with hand-drawn mask labels ({real.get('data')}), "
+        + (
+            "each crop taken as the face (resized to the model's size, no detection: M-Seg alone; "
+            if real.get("mode", "").startswith("whole crop")
+            else "through `m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, generator, paste-back; "
+        )
+        + "`benchmarks/real_mask_seg.py`):",
         "",
         "| faces found | Dice where found | Dice over all | remnants where found | remnants over all |",
         "|---|---|---|---|---|",
