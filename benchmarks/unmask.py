@@ -330,12 +330,15 @@ def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
     """m2u-unmask's per-face path with default-size models (untrained: the speed does not depend on weights)."""
     import torch
 
+    from m2u.inference.restore import TwoStageModel
     from m2u.inference.unmask import UnmaskConfig, Unmasker
     from m2u.masking import read_image
     from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
     torch.manual_seed(0)
-    unmasker = Unmasker(MSeg(MSegConfig()), CARU2Net(GeneratorConfig()), UnmaskConfig(device="cpu"))
+    unmasker = Unmasker(
+        TwoStageModel(MSeg(MSegConfig()), CARU2Net(GeneratorConfig())), UnmaskConfig(device="cpu")
+    )
     unmasker.unmask_image(read_image(files[0]))  # warm-up: models loaded, first-call allocations
     faces, seconds = 0, 0.0
     for path in files[1 : n + 1]:

@@ -87,6 +87,7 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
+from m2u.datasets.storage import is_url, local_dataset
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -153,6 +154,11 @@ class LoaderConfig:
         return replace(base, **overrides)
 
 
+def is_dataset_url(text: str) -> bool:
+    """A URL naming a dataset folder (s3://bucket/prefix), not shards (a .tar URL or brace pattern of them)."""
+    return is_url(text) and not text.startswith("pipe:") and ".tar" not in text and "{" not in text
+
+
 def _is_url(text: str) -> bool:
     return "://" in text or text.startswith("pipe:")
 
@@ -161,7 +167,7 @@ def resolve_shards(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str | None = None
 ) -> list[str]:
     """Turn a dataset folder, glob, brace pattern, URL or list of those into a list of shard paths/URLs."""
-    if isinstance(source, (list, tuple)):
+    if not isinstance(source, str | os.PathLike):  # a list or tuple of sources
         shards = [s for item in source for s in resolve_shards(item, None)]
     else:
         text = os.fspath(source)
@@ -310,7 +316,10 @@ class PairedShardDataset(IterableDataset):
         self._rank_world = _dist_info(self.config)
 
     def _layout(self) -> tuple[int, int, str]:
-        """(this worker's global id, number of global workers, split mode)."""
+        """(this worker's global id, number of global workers, split mode). Hand-written rather than webdataset's
+        split_by_node / split_by_worker: those split only the shard list (fewer shards than workers leaves some
+        idle and ranks uneven; tests/datasets/test_loader_split.py) and read the rank from the process group,
+        which DataLoader workers do not have."""
         rank, world = self._rank_world or _dist_info(self.config)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -559,7 +568,9 @@ def make_loader(
     is checked against its committed size and SHA-256 first."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
-    folder = None if isinstance(source, (list, tuple)) else Path(os.fspath(source))
+    if isinstance(source, str | os.PathLike) and is_dataset_url(os.fspath(source)):
+        source = local_dataset(source)  # a dataset folder at a URL (s3://bucket/prefix): its local copy
+    folder = Path(os.fspath(source)) if isinstance(source, str | os.PathLike) else None
     if split is None or folder is None or _is_url(str(folder)) or not (folder / MANIFEST_NAME).is_file():
         return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
     expected = shard_sample_counts(folder, split)

@@ -9,8 +9,8 @@ the photo at its own resolution with a feathered edge: only pixels under the war
 each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size.
 
-Every input file gets one row in `report.csv`: status `ok`, `no_face`, `refused`, `unreadable`, `missing` or
-`error`, with the reason; `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask
+Every input file gets one row in `report.csv`: status `ok`, `no_face`, `refused` or `error` (m2u.core.outcome, the
+vocabulary m2u-mask and m2u-make-dataset use too), with the reason (unreadable, no such file, ...); `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask
 fraction). A face the detector marks as unusable (`Face.problem`: it looks upside down, so its landmarks would place
 the alignment on the wrong features) is left as it is and listed with `"restored": false` and the problem; a photo
 whose every face is refused gets status `refused` and no output.
@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m2u.core.outcome import Status
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
-from m2u.inference.restore import load_two_stage, model_usage, restore_batch
+from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.models import CARU2Net, MSeg
+from m2u.training.models.mseg import check_mask_threshold
 
 __all__ = [
     "UnmaskConfig",
@@ -74,18 +75,46 @@ class UnmaskConfig:
     aligned: bool = False
     device: str = "auto"
     progress: bool = True
+    # The restored photo's format: "same" (the input's own: PNG stays lossless, JPEG stays JPEG), "png", "jpg".
+    output_format: str = "same"
+    limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.crop_size is not None:
-            check_image_size(self.crop_size, "--size")
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+            check_image_size(self.crop_size, "crop_size")
+        check_mask_threshold(self.mask_threshold)
         if self.dilate < 0 or self.feather < 0:
             raise ValueError("dilate and feather must be >= 0")
         if self.detector_model not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector_model!r}")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
+
+
+OUTPUT_FORMATS = ("same", "png", "jpg")
+
+# "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
+_SAME_SUFFIXES = {
+    ".jpg": ".jpg",
+    ".jpeg": ".jpg",
+    ".png": ".png",
+    ".webp": ".webp",
+    ".bmp": ".bmp",
+    ".tif": ".tif",
+    ".tiff": ".tif",
+}
+_WRITE_PARAMS = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+
+
+def output_suffix(path: Path, output_format: str) -> str:
+    """The suffix of the restored photo of `path`: its own for "same" (lossless inputs stay lossless)."""
+    if output_format == "same":
+        return _SAME_SUFFIXES.get(path.suffix.lower(), ".png")
+    return "." + output_format
 
 
 @dataclass
@@ -120,7 +149,7 @@ class FileResult:
     """One row of report.csv."""
 
     input: str
-    status: str  # ok | no_face | refused | unreadable | missing | error
+    status: str  # m2u.core.outcome.Status: ok | no_face | refused | error (the reason says which error)
     reason: str = ""
     output: str = ""
     faces: int = 0  # restored
@@ -207,22 +236,22 @@ def _resize_matrix(width: int, height: int, size: int) -> np.ndarray:
 class Unmasker:
     """The detection → alignment → M-Seg → generator → paste-back pipeline for one photo at a time."""
 
-    def __init__(self, mseg: MSeg, generator: CARU2Net, config: UnmaskConfig | None = None):
+    def __init__(self, models: TwoStageModel, config: UnmaskConfig | None = None):
         from m2u.masking import DetectorConfig, FaceDetector
         from m2u.masking.masked_faces import MaskedFaceDetector
 
         self.config = config or UnmaskConfig()
-        self.device = next(generator.parameters()).device
-        self.mseg = mseg.eval()
-        self.generator = generator.eval()
+        self.device = next(models.generator.parameters()).device
+        self.mseg = models.mseg.eval()
+        self.generator = models.generator.eval()
         # Crop size and threshold from the model files unless the config names them (then with a warning).
         self.usage = model_usage(
-            mseg, generator, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
+            models, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
         if self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
         else:
-            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
+            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))
 
     @classmethod
     def from_files(
@@ -233,20 +262,19 @@ class Unmasker:
     ) -> Unmasker:
         """The pair of model files, or (both None) the model shipped with m2u."""
         config = config or UnmaskConfig()
-        mseg, generator = load_two_stage(mseg_path, generator_path, resolve_device(config.device))
-        return cls(mseg, generator, config)
+        return cls(load_two_stage(mseg_path, generator_path, resolve_device(config.device)), config)
 
     @torch.no_grad()
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.threshold)
+        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
         masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
         return masks, to_uint8_images(comp.cpu())
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
         """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         dilate_px = round(self.config.dilate * size)
         feather_px = max(1, round(self.config.feather * size)) if self.config.feather > 0 else 0
         return feather_weight(mask, dilate_px, feather_px)
@@ -290,7 +318,7 @@ class Unmasker:
 
         if not faces:
             return image.copy(), []
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         visible = self.config.alignment == "visible"
         aligned = [
             align_face(
@@ -307,7 +335,7 @@ class Unmasker:
     def unmask_aligned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
         """`image` is one aligned face crop: restored as a whole (resized to the model's size when it is not that
         size, and the restoration pasted back at the input's own size)."""
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         height, width = image.shape[:2]
         if (height, width) == (size, size):
             crop, source = image, "aligned-input"
@@ -339,7 +367,8 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    params = _WRITE_PARAMS.get(path.suffix.lower(), [])
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"cannot write {path}")
 
 
@@ -352,22 +381,25 @@ def unmask_files(
     *,
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
-    """Unmask every input photo into `out_dir` (PNG, same name stem) and write `out_dir/report.csv`."""
-    from m2u.core.inputs import check_output_folder, discover, output_lock
+    """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
+    `out_dir/report.csv`."""
+    from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
     # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
     # an input (m2u.core.inputs); OUT itself is never read as input.
     found = discover(inputs, exclude=[out])
+    if config.limit is not None:
+        del found.entries[config.limit :]
     paths = [e.path for e in found.entries]
     # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
     # below sees every file the run can write.
     planned: set[str] = set()
-    names = [_unique_name(p.stem, planned) for p in paths]
-    check_output_folder(out, found, [*(out / f"{name}.png" for name in names), out / "report.csv"])
+    names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
+    check_output_folder(out, found, [*(out / name for name in names), out / "report.csv"])
     if not paths:
-        raise ValueError("no input images found")
+        raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "m2u-unmask"):
         unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
@@ -388,7 +420,7 @@ def _unmask_paths(
         row = FileResult(input=str(path), status="ok")
         try:
             if not path.exists() and not path.is_symlink():
-                row.status, row.reason = "missing", "no such file"
+                row.status, row.reason = Status.ERROR, "no such file"
             else:
                 image = read_image(path)
                 row.height, row.width = image.shape[:2]
@@ -397,15 +429,15 @@ def _unmask_paths(
                 if refused:
                     row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
                 if not faces:
-                    row.status = "refused" if refused else "no_face"
+                    row.status = Status.REFUSED if refused else Status.NO_FACE
                     row.reason = row.reason or "no face found by the detector"
                 else:
-                    target = out / f"{name}.png"
+                    target = out / name
                     _write_rgb(target, result)
                     row.output = str(target)
                     row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
                     if any(f.alignment == "aligned-input-resized" for f in faces):
-                        size = unmasker.usage.crop_size
+                        size = unmasker.usage.require_crop_size()
                         row.reason = (  # aligned inputs are never refused: nothing else to say
                             f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
                             "(restoration pasted back at the input's size)"
@@ -420,14 +452,14 @@ def _unmask_paths(
                 ]
                 if faces and config.keep_crops:
                     for k, face in enumerate(faces):
-                        stem = out / "crops" / f"{name}_face{k}"
+                        stem = out / "crops" / f"{Path(name).stem}_face{k}"
                         _write_rgb(Path(f"{stem}_input.png"), face.crop)
                         cv2.imwrite(f"{stem}_mask.png", face.mask)
                         _write_rgb(Path(f"{stem}_restored.png"), face.restored)
         except ImageReadError as exc:
-            row.status, row.reason = "unreadable", exc.reason
+            row.status, row.reason = Status.ERROR, exc.reason
         except Exception as exc:  # noqa: BLE001 - degenerate landmarks, a bug or an exotic file: report, keep going
-            row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
+            row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
         row.seconds = round(time.perf_counter() - start, 4)
         results.append(row)
     with open(out / "report.csv", "w", newline="") as handle:

@@ -33,12 +33,13 @@ from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
-    InputError,
     check_arguments,
     check_output_folder,
     discover,
+    no_images_error,
     output_lock,
 )
+from m2u.core.outcome import Outcome, Status
 from m2u.core.parallel import worker_pool
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import DetectorConfig, FaceDetector
@@ -49,7 +50,7 @@ REPORT_NAME = "report.csv"
 # status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
 # mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
 REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
-STATUSES = ("ok", "no_face", "refused", "error")
+STATUSES = tuple(Status)
 JPEG_QUALITY = 95
 LOCK_TOOL = "m2u-mask"
 
@@ -67,8 +68,11 @@ class BatchConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (an error row)
     workers: int = runtime_field(default=1)
     progress: bool = runtime_field(default=True)
+    limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"--workers must be an integer >= 0 (0 = in this process), got {self.workers!r}")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
@@ -187,7 +191,7 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
         _DETECTOR = FaceDetector(job.detector_config)
     faces = _DETECTOR.detect(image)
     if not faces:
-        row.update(status="no_face", reason="no face found")
+        row.update(Outcome(Status.NO_FACE, "no face found").fields())
         return row
     masked, union = image, np.zeros(image.shape[:2], np.uint8)
     metas, failures = [], []
@@ -209,7 +213,9 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
     ]
     row["reason"] = "; ".join(failures + low)
     if not metas:
-        row["status"] = "refused"  # faces were found; every mask was refused by the placement checks
+        row["status"] = (
+            Status.REFUSED.value
+        )  # faces were found; every mask was refused by the placement checks
         return row
     jpg, png, meta = output_paths(job.out_dir, stem, job.mask_config.mask_type)
     jpg.parent.mkdir(parents=True, exist_ok=True)
@@ -245,9 +251,9 @@ def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
     job, file, stem, problem = args
     try:
         return process_file(job, file, stem, problem)
-    except Exception as exc:  # a bug or an exotic failure must not stop the other files
-        reason = f"unexpected {type(exc).__name__}: {exc}"
-        return {"path": str(file), "status": "error", "faces": 0, "reason": reason, "read": 0}
+    except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure must not stop the other files
+        outcome = Outcome(Status.ERROR, f"unexpected {type(exc).__name__}: {exc}")
+        return {"path": str(file), **outcome.fields(), "faces": 0, "read": 0}
 
 
 def run(
@@ -300,6 +306,8 @@ def mask_files(
     run is writing it) before any output is written."""
     out = Path(out_dir)
     found = find_inputs(inputs, out)
+    if config.limit is not None:
+        del found.entries[config.limit :]
     files = output_stems(found.entries)
     groups = config.groups(len(files))
     targets = [
@@ -307,7 +315,7 @@ def mask_files(
     ]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
     if not found.entries:
-        raise InputError("no image files found in the inputs")
+        raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
     with output_lock(out, LOCK_TOOL):

@@ -38,7 +38,7 @@ def test_init_weights_starts_from_the_file_and_refuses_a_misfit(tmp_path):
     # No steps at a learning rate of ~0: the weights stay the file's (a fresh start would differ from them).
     tuned = _run(tmp_path / "tuned", init_weights={"mseg": str(first)}, optimizer={"learning_rate": 1e-12})
     fresh = _run(tmp_path / "fresh", seed=5, optimizer={"learning_rate": 1e-12})
-    start, after, other = (load_model(p).state_dict() for p in (first, tuned, fresh))
+    start, after, other = (load_model(p)[0].state_dict() for p in (first, tuned, fresh))
     key = next(k for k in start if k.endswith("weight"))
     assert torch.allclose(after[key].float(), start[key].float(), atol=1e-6)
     assert not torch.allclose(other[key].float(), start[key].float(), atol=1e-6)
@@ -54,9 +54,9 @@ def test_init_weights_starts_from_the_file_and_refuses_a_misfit(tmp_path):
 
 def test_augmented_training_is_reproducible_and_differs_from_plain(tmp_path):
     augment = AugmentConfig(enabled=True, crop=1.0, noise=1.0)
-    a = load_model(_run(tmp_path / "a", augment=augment)).state_dict()
-    b = load_model(_run(tmp_path / "b", augment=augment)).state_dict()
-    plain = load_model(_run(tmp_path / "plain")).state_dict()
+    a = load_model(_run(tmp_path / "a", augment=augment))[0].state_dict()
+    b = load_model(_run(tmp_path / "b", augment=augment))[0].state_dict()
+    plain = load_model(_run(tmp_path / "plain"))[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], plain[k]) for k in a)
     # The option round-trips through the run's saved config (a dict in config.json).

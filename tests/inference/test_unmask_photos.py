@@ -353,7 +353,9 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     (face,) = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
     assert face["detector"] == "mhog0" and face["alignment"] == "visible" and face["input"] == str(photo)
     assert 0.0 <= face["mask_fraction"] <= 1.0 and len(face["box"]) == 4
-    assert cv2.imread(str(out / "masked.png")).shape == masked.shape
+    assert (
+        cv2.imread(str(out / "masked.jpg")).shape == masked.shape
+    )  # a JPEG photo gives a JPEG (--format same)
 
 
 def test_a_stage_merges_its_passes_into_one_detection_per_face():
