@@ -122,7 +122,9 @@ def _photometric(
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     ok, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok, "OpenCV failed to encode a JPEG in memory"
-    return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    assert decoded is not None, "OpenCV failed to decode its own JPEG"
+    return np.ascontiguousarray(decoded[..., ::-1])
 
 
 def augment_pair(

@@ -595,6 +595,12 @@ def _result_meta(
     }
 
 
+def _dyed(rgb: tuple[float, float, float], color: tuple, weight: float) -> tuple[float, float, float]:
+    """A strap colour dyed with the fabric colour by `weight`."""
+    r, g, b = (float(weight * c + (1 - weight) * x) for c, x in zip(color, rgb, strict=True))
+    return (r, g, b)
+
+
 def apply_mask(
     image: np.ndarray, face: Face | np.ndarray, config: MaskConfig = MaskConfig(), seed: int = 0
 ) -> MaskResult:
@@ -625,8 +631,7 @@ def apply_mask(
         straps = _strap_polylines(template, mesh, landmarks, finish.hair if finish else (0.0, 0.0))
         if finish is not None and color is not None:
             # Real loops are dyed with the fabric (black masks have black loops).
-            straps = [(p, w, tuple(float(c) for c in color_weight * np.asarray(color) + (1 - color_weight) * np.asarray(rgb)))
-                      for p, w, rgb in straps]  # fmt: skip
+            straps = [(p, w, _dyed(rgb, color, color_weight)) for p, w, rgb in straps]
     points = np.vstack([mesh.grid.reshape(-1, 2), *[p for p, _, _ in straps]])
     box = _mask_box(points, 4 + max([w for _, w, _ in straps], default=0.0), width, height)
     x0, y0, x1, y1 = box
