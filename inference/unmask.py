@@ -52,6 +52,10 @@ __all__ = [
 
 DETECTORS: tuple[str, ...] = ("masked", "hog", "cnn")
 ALIGNMENTS: tuple[str, ...] = ("visible", "landmarks")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+# bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
+# (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
+BF16_MIN_BATCH = 4
 
 
 @dataclass
@@ -74,6 +78,12 @@ class UnmaskConfig:
     # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection.
     aligned: bool = False
     device: str = "auto"
+    # The faces of a photo go through M-Seg and the generator together, up to this many per forward pass.
+    max_batch: int = 16
+    # "auto": bf16 autocast on a CPU with native bf16 (m2u.training.device.cpu_native_bf16) for passes of at least
+    # BF16_MIN_BATCH faces, where it measured faster; fp32 otherwise (and on CUDA). bf16 changes restored pixels by
+    # a few levels at most, so with "auto" a face's restoration can differ slightly with its photo's face count.
+    precision: str = "auto"
     progress: bool = True
     # The restored photo's format: "same" (the input's own: PNG stays lossless, JPEG stays JPEG), "png", "jpg".
     output_format: str = "same"
@@ -91,6 +101,10 @@ class UnmaskConfig:
             raise ValueError("dilate and feather must be >= 0")
         if self.detector_model not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector_model!r}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
 
@@ -132,6 +146,7 @@ class FaceRestoration:
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # in the photo's pixels
     alignment: str = ""  # visible | landmarks | aligned-input | aligned-input-resized
     weight: np.ndarray | None = None  # crop-space paste weight (feathered, dilated mask)
+    precision: str = "fp32"  # of the forward pass that restored it (fp32 | bf16)
 
     def record(self) -> dict:
         """The face's line in faces.jsonl (without the input's name)."""
@@ -141,6 +156,7 @@ class FaceRestoration:
             "box": [int(v) for v in self.box],
             "alignment": self.alignment,
             "mask_fraction": round(self.mask_fraction, 4),
+            "precision": self.precision,
         }
 
 
@@ -264,13 +280,36 @@ class Unmasker:
         config = config or UnmaskConfig()
         return cls(load_two_stage(mseg_path, generator_path, resolve_device(config.device)), config)
 
-    @torch.no_grad()
+    def pass_precision(self, faces: int) -> str:
+        """The precision a forward pass of `faces` faces runs in (see UnmaskConfig.precision)."""
+        if self.config.precision != "auto":
+            return self.config.precision
+        from m2u.training.device import cpu_native_bf16
+
+        native = self.device.type == "cpu" and cpu_native_bf16()
+        return "bf16" if native and faces >= BF16_MIN_BATCH else "fp32"
+
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
-        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
-        masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
-        return masks, to_uint8_images(comp.cpu())
+        masks, composites, _ = self.restore_passes(crops)
+        return masks, composites
+
+    @torch.no_grad()
+    def restore_passes(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """`restore_crops` plus each crop's precision: the crops go through the models together, in forward passes
+        of up to `max_batch` faces."""
+        masks, composites, precisions = [], [], []
+        step = self.config.max_batch
+        for start in range(0, len(crops), step):
+            chunk = crops[start : start + step]
+            precision = self.pass_precision(len(chunk))
+            batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
+            masks.append((mask[:, 0].float().cpu().numpy() > 0.5).astype(np.uint8) * 255)
+            composites.append(to_uint8_images(comp.float().cpu()))
+            precisions += [precision] * len(chunk)
+        return np.concatenate(masks), np.concatenate(composites), precisions
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
         """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
@@ -282,15 +321,26 @@ class Unmasker:
     def _restore_into(
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
     ) -> tuple[np.ndarray, list[FaceRestoration]]:
-        masks, restored = self.restore_crops(crops)
+        masks, restored, precisions = self.restore_passes(crops)
         result = image.copy()
         out: list[FaceRestoration] = []
-        for crop, matrix, mask, comp, info in zip(crops, matrices, masks, restored, meta, strict=True):
+        for crop, matrix, mask, comp, info, precision in zip(
+            crops, matrices, masks, restored, meta, precisions, strict=True
+        ):
             weight = self.paste_weight(mask)
             # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
             paste_region(result, comp, matrix, weight)
             out.append(
-                FaceRestoration(crop, mask, comp, matrix, float((mask > 0).mean()), weight=weight, **info)
+                FaceRestoration(
+                    crop,
+                    mask,
+                    comp,
+                    matrix,
+                    float((mask > 0).mean()),
+                    weight=weight,
+                    precision=precision,
+                    **info,
+                )
             )
         return result, out
 

@@ -170,6 +170,14 @@ def _init_worker() -> None:
 def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[str, str | int]:
     """Mask one file and write its outputs; returns its report row (never raises for bad input). A `problem`
     found at discovery (a FIFO, a device, a broken link) is the row's reason and the file is never opened."""
+    return process_file_variants(job, (job.mask_config,), file, stem, problem)[0]
+
+
+def process_file_variants(
+    job: Job, masks: tuple[MaskConfig, ...], file: Path, stem: Path, problem: str = ""
+) -> list[dict[str, str | int]]:
+    """`process_file` for several mask configurations of one file (`--mask-type all`): the file is read and its
+    faces found once, then each configuration masks them from the same image; one report row per configuration."""
     global _DETECTOR
     # "read" is not a report column: it tells the exit code whether anything at all could be read.
     row: dict[str, str | int] = {
@@ -180,24 +188,31 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
         "read": 0,
     }
     if problem:
-        return row
+        return [dict(row) for _ in masks]
     try:
         image = read_image(file, max_pixels=job.max_pixels)
     except ImageReadError as exc:
         row["reason"] = exc.reason
-        return row
+        return [dict(row) for _ in masks]
     row["read"] = 1
     if _DETECTOR is None or _DETECTOR.config != job.detector_config:
         _DETECTOR = FaceDetector(job.detector_config)
     faces = _DETECTOR.detect(image)
     if not faces:
         row.update(Outcome(Status.NO_FACE, "no face found").fields())
-        return row
+        return [dict(row) for _ in masks]
+    return [_mask_and_write(job, mask, image, faces, file, stem, dict(row)) for mask in masks]
+
+
+def _mask_and_write(
+    job: Job, mask_config: MaskConfig, image: np.ndarray, faces: list, file: Path, stem: Path, row: dict
+) -> dict[str, str | int]:
+    """Mask every face of `image` with one configuration and write its three outputs; fills in `row`."""
     masked, union = image, np.zeros(image.shape[:2], np.uint8)
     metas, failures = [], []
     for index, face in enumerate(faces):
         try:
-            result = apply_mask(masked, face, job.mask_config, face_seed(job.seed, stem, index))
+            result = apply_mask(masked, face, mask_config, face_seed(job.seed, stem, index))
         except MaskingError as exc:
             failures.append(f"face {index}: {exc.reason}")
             continue
@@ -217,7 +232,7 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
             Status.REFUSED.value
         )  # faces were found; every mask was refused by the placement checks
         return row
-    jpg, png, meta = output_paths(job.out_dir, stem, job.mask_config.mask_type)
+    jpg, png, meta = output_paths(job.out_dir, stem, mask_config.mask_type)
     jpg.parent.mkdir(parents=True, exist_ok=True)
     ok, jpeg = cv2.imencode(
         ".jpg", cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
@@ -247,32 +262,42 @@ def _detection(face) -> dict[str, object]:
     return {"detector": face.detector, "retry": bool(face.retry)}
 
 
-def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
-    job, file, stem, problem = args
+def _run_one(args: tuple[Job, tuple[MaskConfig, ...], Path, Path, str]) -> list[dict[str, str | int]]:
+    job, masks, file, stem, problem = args
     try:
-        return process_file(job, file, stem, problem)
+        return process_file_variants(job, masks, file, stem, problem)
     except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure must not stop the other files
         outcome = Outcome(Status.ERROR, f"unexpected {type(exc).__name__}: {exc}")
-        return {"path": str(file), **outcome.fields(), "faces": 0, "read": 0}
+        return [{"path": str(file), **outcome.fields(), "faces": 0, "read": 0} for _ in masks]
 
 
 def run(
-    files: list[tuple[InputEntry, Path]], job: Job, workers: int, progress: bool = True
+    files: list[tuple[InputEntry, Path]],
+    job: Job,
+    workers: int,
+    progress: bool = True,
+    masks: tuple[MaskConfig, ...] | None = None,
 ) -> list[dict[str, str | int]]:
-    """Process every entry (in order of the list) with `workers` processes; returns the report rows."""
+    """Process every entry (in order of the list) with `workers` processes; returns the report rows. With `masks`
+    (several configurations for every file) each file is read and detected once, and the rows come back grouped by
+    configuration, in the order of `masks`."""
     global _DETECTOR
-    tasks = [(job, entry.path, stem, entry.problem) for entry, stem in files]
+    masks = masks or (job.mask_config,)
+    tasks = [(job, masks, entry.path, stem, entry.problem) for entry, stem in files]
     # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
     _DETECTOR = FaceDetector(job.detector_config).load_models()
-    warm_templates(job.mask_config)
+    for mask in masks:
+        warm_templates(mask)
     if workers <= 1:
         _init_worker()
-        return _collect(map(_run_one, tasks), len(tasks), progress)
-    with worker_pool(workers, _init_worker) as pool:
-        return _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
+        per_file = _collect(map(_run_one, tasks), len(tasks), progress)
+    else:
+        with worker_pool(workers, _init_worker) as pool:
+            per_file = _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
+    return [rows[k] for k in range(len(masks)) for rows in per_file]
 
 
-def _collect(rows: Iterator[dict], total: int, progress: bool) -> list[dict[str, str | int]]:
+def _collect(rows: Iterator, total: int, progress: bool) -> list:
     """The rows as a list, with a progress bar when asked for (tqdm is imported only then: a quiet run does not
     pay for it)."""
     if not progress:
@@ -321,10 +346,17 @@ def mask_files(
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
-        for mask, indices in groups:
-            job = Job(out, mask, config.detector, config.seed, config.max_pixels)
-            done = run([files[i] for i in indices], job, workers, progress=config.progress)
-            rows += [{**row, "mask_type": mask.mask_type} for row in done]
+        if config.mask_code is None and len(groups) > 1:
+            # Every file gets every configuration ("all"): read and detect each file once for all of them.
+            masks = tuple(mask for mask, _ in groups)
+            job = Job(out, masks[0], config.detector, config.seed, config.max_pixels)
+            done = run(files, job, workers, progress=config.progress, masks=masks)
+            rows += [{**row, "mask_type": masks[k // len(files)].mask_type} for k, row in enumerate(done)]
+        else:
+            for mask, indices in groups:
+                job = Job(out, mask, config.detector, config.seed, config.max_pixels)
+                done = run([files[i] for i in indices], job, workers, progress=config.progress)
+                rows += [{**row, "mask_type": mask.mask_type} for row in done]
         seconds = time.perf_counter() - start
         write_report(rows, out / REPORT_NAME)
     return BatchResult(out, rows, workers, seconds, found.describe_skipped())
