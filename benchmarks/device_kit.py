@@ -435,7 +435,7 @@ def compare_with_shipped(
 
 def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, Any]) -> dict[str, Any]:
     """fp16 weights + model card into OUT/m2unet-celeba-256 (the shipped package's layout)."""
-    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, write_checksums
     from m2u.inference.pretrained.card import write_model_card
     from m2u.training.checkpoint import load_model, m2u_version, read_run_config_dict, save_model
 
@@ -474,6 +474,7 @@ def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, A
         "files": files,
     }
     write_model_card(folder, card)
+    write_checksums(folder)  # verified whenever the shipped model loads
     return {"folder": str(folder), "files": files}
 
 
