@@ -47,8 +47,22 @@ from m2u.training.cliutil import model_file_options, model_warnings, user_errors
     default=UnmaskConfig.detector_model,
     show_default=True,
     type=click.Choice(DETECTORS),
-    help="masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
+    help="blazeface: MediaPipe's BlazeFace (short and full range), then the masked cascade where it finds nothing; "
+    "masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
     "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
+)
+@click.option(
+    "--min-score",
+    default=UnmaskConfig.min_score,
+    type=float,
+    help="Leave faces the detector scores below this as they are (recorded in faces.jsonl). Scores are the "
+    "detector's: BlazeFace a probability (it keeps >= 0.5), HOG a margin, the CNN a confidence.",
+)
+@click.option(
+    "--all-faces",
+    is_flag=True,
+    help="Restore every face found, even where M-Seg finds no mask on it (default: such faces are left as they "
+    "are, with the reason in faces.jsonl).",
 )
 @click.option(
     "--alignment",
@@ -79,6 +93,8 @@ def unmask_main(**kw) -> None:
             feather=kw["feather"],
             keep_crops=kw["keep_crops"],
             detector_model=kw["detector_model"],
+            min_score=kw["min_score"],
+            masked_only=not kw["all_faces"],
             alignment=kw["alignment"],
             aligned=kw["aligned"],
             device=kw["device"],

@@ -1,19 +1,22 @@
-"""`m2u-unmask`: restore every masked face in arbitrary photos.
+"""`m2u-unmask`: restore every masked face in arbitrary photos, and leave everything else exactly as it is.
 
-For each photo: read it (`m2u.masking.read_image`), find every face, masked or not (the cascade of
-`m2u.masking.masked_faces.MaskedFaceDetector`, or plain dlib HOG / CNN), align each with the dataset's transform
-(`m2u.datasets.align.align_face`) placed from what a mask does not hide (eye centres, and a mouth centre estimated
-from the eye centres: `visible_anchor_points`), predict the mask with M-Seg, restore with the
-generator, composite (generator pixels only under the predicted mask), and paste the restored mask region back into
-the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and only
-each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
+For each photo: read it (`m2u.masking.read_image`), find every face, masked or not (by default MediaPipe's BlazeFace
+then the dlib masked-face cascade where it finds nothing: `m2u.masking.masked_faces.RealFaceDetector`; or that
+cascade alone, or plain dlib HOG / CNN), align each with the dataset's transform (`m2u.datasets.align.align_face`)
+placed from what a mask does not hide (eye centres, and a mouth centre estimated from the eye centres:
+`visible_anchor_points`), predict the mask with M-Seg, and decide from that mask whether the face wears one
+(`MaskedFaceRule`: it covers the mouth, not the eyes, and a real share of the face). Faces that do are restored with
+the generator, composited (generator pixels only under the predicted mask), and the restored mask region pasted back
+into the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and
+only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size.
 
-Every input file gets one row in `report.csv`: status `ok`, `no_face`, `refused`, `unreadable`, `missing` or
-`error`, with the reason; `faces.jsonl` has one line per face (input, detector, score, box, alignment source, mask
-fraction). A face the detector marks as unusable (`Face.problem`: it looks upside down, so its landmarks would place
-the alignment on the wrong features) is left as it is and listed with `"restored": false` and the problem; a photo
-whose every face is refused gets status `refused` and no output.
+Every input file gets one row in `report.csv`: status `ok`, `no_face`, `not_masked` (faces found, none wears a
+mask), `refused`, `unreadable`, `missing` or `error`, with the reason; `faces.jsonl` has one line per face (input,
+detector, score, box, alignment source, mask fraction, mouth and eye coverage, `restored`). A face left as it is
+(no mask found on it; the detector marks it unusable (`Face.problem`: it looks upside down, so its landmarks would
+place the alignment on the wrong features); or it scores below `min_score`) keeps every pixel and is listed with
+`"restored": false` and the `problem`; a photo with nothing restored gets no output.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
@@ -49,8 +52,78 @@ __all__ = [
 ]
 
 
-DETECTORS: tuple[str, ...] = ("masked", "hog", "cnn")
+DETECTORS: tuple[str, ...] = ("blazeface", "masked", "hog", "cnn")
 ALIGNMENTS: tuple[str, ...] = ("visible", "landmarks")
+
+
+def _region(centre: tuple[float, float], half_width: float, half_height: float) -> tuple[float, ...]:
+    return (centre[0] - half_width, centre[0] + half_width, centre[1] - half_height, centre[1] + half_height)
+
+
+@dataclass(frozen=True)
+class MaskedFaceRule:
+    """Which found faces wear a mask (restored) and which are left exactly as they are, from M-Seg's mask in the
+    aligned crop: a face mask covers the mouth and not the eyes, and covers a real share of the face. An unmasked
+    face gets at most a sliver from M-Seg (lips, a beard's edge); a detection that is no face (a shoulder patch, a
+    cup) gets no mask shaped like one. Regions are fractions of the crop (x0, x1, y0, y1), placed from the
+    alignment template (m2u.datasets.align.ALIGN_TEMPLATE: eyes at y 0.38, mouth at 0.635).
+
+    Thresholds chosen on benchmarks/real_masks.py's tuning sets (see THRESHOLDS_TUNED_ON) with the model that
+    shipped then (m2unet-celeba-128); a retrained M-Seg should be rechecked with that script."""
+
+    # M-Seg's mask must cover at least this share of the whole crop ...
+    min_mask_fraction: float = 0.10
+    # ... at least this share of the region round the expected mouth centre ...
+    min_mouth_coverage: float = 0.5
+    # ... and at most this share of the band round the eyes.
+    max_eye_coverage: float = 0.25
+    mouth_region: tuple[float, ...] = _region((0.5, 0.635), 0.15, 0.08)
+    eye_region: tuple[float, ...] = _region((0.5, 0.38), 0.25, 0.07)
+
+    def __post_init__(self) -> None:
+        for name in ("min_mask_fraction", "min_mouth_coverage", "max_eye_coverage"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
+
+    @staticmethod
+    def coverage(mask: np.ndarray, region: tuple[float, ...]) -> float:
+        """The share of `region` (crop fractions) that `mask` (2-D, > 0 = mask) covers."""
+        height, width = mask.shape[:2]
+        x0, x1, y0, y1 = region
+        part = mask[round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)]
+        return float((part > 0).mean()) if part.size else 0.0
+
+    def evidence(self, mask: np.ndarray) -> dict[str, float]:
+        """The figures the rule reads (written to faces.jsonl)."""
+        return {
+            "mask_fraction": round(float((mask > 0).mean()), 4),
+            "mouth_coverage": round(self.coverage(mask, self.mouth_region), 4),
+            "eye_coverage": round(self.coverage(mask, self.eye_region), 4),
+        }
+
+    def not_masked_reason(self, mask: np.ndarray) -> str:
+        """Why the face counts as wearing no mask ("" when it does)."""
+        e = self.evidence(mask)
+        if e["mouth_coverage"] < self.min_mouth_coverage:
+            return (
+                f"not masked: M-Seg marks {e['mouth_coverage']:.0%} of the mouth region "
+                f"(a mask covers at least {self.min_mouth_coverage:.0%})"
+            )
+        if e["mask_fraction"] < self.min_mask_fraction:
+            return (
+                f"not masked: M-Seg marks {e['mask_fraction']:.1%} of the face crop "
+                f"(a mask covers at least {self.min_mask_fraction:.0%})"
+            )
+        if e["eye_coverage"] > self.max_eye_coverage:
+            return (
+                f"not a masked face: M-Seg marks {e['eye_coverage']:.0%} of the eye band "
+                f"(a mask leaves the eyes free: at most {self.max_eye_coverage:.0%})"
+            )
+        return ""
+
+
+# What MaskedFaceRule's defaults were chosen on (written to faces.jsonl's rule record and the README).
+THRESHOLDS_TUNED_ON = "see benchmarks/results/real_masks.json"
 
 
 @dataclass
@@ -64,9 +137,16 @@ class UnmaskConfig:
     )
     feather: float = 0.03  # width of the soft edge of the pasted region, fraction of the crop
     keep_crops: bool = False  # also write each aligned crop, its predicted mask and its restoration
-    # "masked": the masked-face cascade (m2u.masking.masked_faces.MASKED_CASCADE); "hog" / "cnn": one dlib pass
-    # ladder as m2u-mask uses (DetectorConfig).
-    detector_model: str = "masked"
+    # "blazeface": MediaPipe's BlazeFace, then the dlib masked-face cascade where it finds nothing
+    # (m2u.masking.masked_faces.RealFaceDetector); "masked": that dlib cascade alone (MASKED_CASCADE); "hog" /
+    # "cnn": one dlib pass ladder as m2u-mask uses (DetectorConfig).
+    detector_model: str = "blazeface"
+    # Faces the detector scores below this are left as they are (recorded), as m2u-mask's --min-score ignores
+    # them. Scores are the detector's own: BlazeFace a probability, dlib's HOG a margin, its CNN a confidence.
+    min_score: float | None = None
+    # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
+    masked_only: bool = True
+    rule: MaskedFaceRule = field(default_factory=MaskedFaceRule)
     # "visible": eye centres + a mouth centre placed from the eye centres (what a mask leaves
     # visible); "landmarks": the 68-point predictor's mouth points (guessed under a mask), as the dataset aligns.
     alignment: str = "visible"
@@ -103,6 +183,10 @@ class FaceRestoration:
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # in the photo's pixels
     alignment: str = ""  # visible | landmarks | aligned-input | aligned-input-resized
     weight: np.ndarray | None = None  # crop-space paste weight (feathered, dilated mask)
+    # What MaskedFaceRule read off the mask (mask fraction, mouth and eye coverage).
+    evidence: dict = field(default_factory=dict)
+    # Why the face was left as it is ("" when restored): the masked-face rule's reason.
+    problem: str = ""
 
     def record(self) -> dict:
         """The face's line in faces.jsonl (without the input's name)."""
@@ -112,6 +196,9 @@ class FaceRestoration:
             "box": [int(v) for v in self.box],
             "alignment": self.alignment,
             "mask_fraction": round(self.mask_fraction, 4),
+            **self.evidence,
+            "restored": not self.problem,
+            **({"problem": self.problem} if self.problem else {}),
         }
 
 
@@ -120,11 +207,11 @@ class FileResult:
     """One row of report.csv."""
 
     input: str
-    status: str  # ok | no_face | refused | unreadable | missing | error
+    status: str  # ok | no_face | not_masked | refused | unreadable | missing | error
     reason: str = ""
     output: str = ""
     faces: int = 0  # restored
-    refused_faces: int = 0  # found but left as they are (Face.problem)
+    refused_faces: int = 0  # found but left as they are (not masked, upside down, below --min-score)
     mask_fractions: str = ""  # per face: the share of the crop M-Seg marked as mask
     width: int = 0
     height: int = 0
@@ -209,7 +296,7 @@ class Unmasker:
 
     def __init__(self, mseg: MSeg, generator: CARU2Net, config: UnmaskConfig | None = None):
         from m2u.masking import DetectorConfig, FaceDetector
-        from m2u.masking.masked_faces import MaskedFaceDetector
+        from m2u.masking.masked_faces import MaskedFaceDetector, RealFaceDetector
 
         self.config = config or UnmaskConfig()
         self.device = next(generator.parameters()).device
@@ -219,7 +306,9 @@ class Unmasker:
         self.usage = model_usage(
             mseg, generator, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
-        if self.config.detector_model == "masked":
+        if self.config.detector_model == "blazeface":
+            self.detector = RealFaceDetector()
+        elif self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
         else:
             self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
@@ -253,18 +342,24 @@ class Unmasker:
 
     def _restore_into(
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
-    ) -> tuple[np.ndarray, list[FaceRestoration]]:
+    ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
+        """(the photo with the masked faces pasted back, those faces, the faces left as they are: `not_masked`)."""
         masks, restored = self.restore_crops(crops)
         result = image.copy()
         out: list[FaceRestoration] = []
+        left: list[FaceRestoration] = []
         for crop, matrix, mask, comp, info in zip(crops, matrices, masks, restored, meta, strict=True):
-            weight = self.paste_weight(mask)
+            face = FaceRestoration(crop, mask, comp, matrix, float((mask > 0).mean()), **info)
+            face.evidence = self.config.rule.evidence(mask)
+            face.problem = self.config.rule.not_masked_reason(mask) if self.config.masked_only else ""
+            if face.problem:
+                left.append(face)  # not one pixel of the photo changes for it
+                continue
+            face.weight = self.paste_weight(mask)
             # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
-            paste_region(result, comp, matrix, weight)
-            out.append(
-                FaceRestoration(crop, mask, comp, matrix, float((mask > 0).mean()), weight=weight, **info)
-            )
-        return result, out
+            paste_region(result, comp, matrix, face.weight)
+            out.append(face)
+        return result, out, left
 
     def detect(self, image: np.ndarray) -> list:
         """Every face the detector finds in `image` (uint8 RGB), usable or not (`Face.problem`)."""
@@ -276,20 +371,39 @@ class Unmasker:
         return result, restored
 
     def unmask_with_refusals(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration], list]:
-        """As `unmask_image`, plus the faces found but left as they are (their `Face.problem` says why)."""
+        """As `unmask_image`, plus the faces found but left exactly as they are, each with its `problem`: the
+        detector's (m2u.masking Face: it looks upside down), a score below `min_score` (Face), or the masked-face
+        rule's (FaceRestoration: no mask found on it)."""
         if self.config.aligned:
-            return (*self.unmask_aligned(image), [])
+            result, restored, left = self._unmask_aligned(image)
+            return result, restored, left
         found = self.detect(image)
+        floor = self.config.min_score
+        if floor is not None:
+            found = [
+                f
+                if f.problem or f.score >= floor
+                else replace(f, problem=f"detector score {f.score:.3f} below --min-score {floor:g}")
+                for f in found
+            ]
         refused = [f for f in found if f.problem]
-        return (*self.unmask_faces(image, [f for f in found if not f.problem]), refused)
+        result, restored, left = self._unmask_faces(image, [f for f in found if not f.problem])
+        return result, restored, refused + left
 
     def unmask_faces(self, image: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceRestoration]]:
-        """`faces` (m2u.masking Face objects of `image`) restored and pasted back, in their order."""
+        """`faces` (m2u.masking Face objects of `image`) restored and pasted back, in their order; faces the
+        masked-face rule finds no mask on are left out (and as they are)."""
+        result, restored, _ = self._unmask_faces(image, faces)
+        return result, restored
+
+    def _unmask_faces(
+        self, image: np.ndarray, faces: list
+    ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
         from m2u.datasets.align import align_face
         from m2u.masking.masked_faces import visible_anchor_points
 
         if not faces:
-            return image.copy(), []
+            return image.copy(), [], []
         size = self.usage.crop_size
         visible = self.config.alignment == "visible"
         aligned = [
@@ -306,7 +420,14 @@ class Unmasker:
 
     def unmask_aligned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
         """`image` is one aligned face crop: restored as a whole (resized to the model's size when it is not that
-        size, and the restoration pasted back at the input's own size)."""
+        size, and the restoration pasted back at the input's own size), unless the masked-face rule finds no mask
+        on it (then nothing is restored and the image comes back unchanged)."""
+        result, restored, _ = self._unmask_aligned(image)
+        return result, restored
+
+    def _unmask_aligned(
+        self, image: np.ndarray
+    ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
         size = self.usage.crop_size
         height, width = image.shape[:2]
         if (height, width) == (size, size):
@@ -397,7 +518,7 @@ def _unmask_paths(
                 if refused:
                     row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
                 if not faces:
-                    row.status = "refused" if refused else "no_face"
+                    row.status = _status_without_faces(refused)
                     row.reason = row.reason or "no face found by the detector"
                 else:
                     target = out / f"{name}.png"
@@ -411,7 +532,7 @@ def _unmask_paths(
                             "(restoration pasted back at the input's size)"
                         )
                     face_lines += [
-                        {"input": str(path), "output": str(target), "face": k, **f.record(), "restored": True}
+                        {"input": str(path), "output": str(target), "face": k, **f.record()}
                         for k, f in enumerate(faces)
                     ]
                 face_lines += [
@@ -441,8 +562,18 @@ def _unmask_paths(
     return results
 
 
+def _status_without_faces(left: list) -> str:
+    """report.csv's status of a photo where nothing was restored: `not_masked` when the masked-face rule left a
+    face (it wears no mask, or is no face), `refused` when only the detector's checks did, else `no_face`."""
+    if any(isinstance(f, FaceRestoration) for f in left):
+        return "not_masked"
+    return "refused" if left else "no_face"
+
+
 def _refused_record(face) -> dict:
-    """A refused face's line in faces.jsonl (without the input's name): where it is and why it was left."""
+    """A face's line in faces.jsonl when it was left as it is (without the input's name): where, and why."""
+    if isinstance(face, FaceRestoration):
+        return face.record()
     return {
         "detector": face.detector,
         "score": round(face.score, 4),

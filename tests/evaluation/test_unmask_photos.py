@@ -62,7 +62,7 @@ def test_pixels_outside_the_predicted_mask_are_bit_identical(tiny_checkpoints):
     mseg_path, gen_path = tiny_checkpoints
     photo, landmarks = _photo_with_faces(700, 420, 6)
     unmasker = Unmasker.from_files(
-        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     )
     unmasker.detector = _Detector(landmarks)
     result, faces = unmasker.unmask_image(photo)
@@ -129,7 +129,7 @@ def test_aligned_inputs_are_all_restored_and_resizes_are_reported(tmp_path, tiny
     result = CliRunner().invoke(
         unmask_main,
         [str(folder), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu"],
+        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu", "--all-faces"],
     )
     assert result.exit_code == 0, result.output
     assert "4 files: 4 ok" in result.output
@@ -147,7 +147,7 @@ def test_aligned_inputs_are_all_restored_and_resizes_are_reported(tmp_path, tiny
 
 def test_aligned_input_keeps_pixels_outside_the_mask(tiny_checkpoints):
     mseg_path, gen_path = tiny_checkpoints
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, aligned=True)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, aligned=True, masked_only=False)
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     image = make_synthetic_sample(96, seed=5).masked
     result, faces = unmasker.unmask_image(image)
@@ -161,7 +161,7 @@ def test_a_faceless_photo_gives_no_face_and_no_output_image(tmp_path, tiny_check
     rng = np.random.default_rng(1)
     photo = tmp_path / "texture.png"
     cv2.imwrite(str(photo), cv2.GaussianBlur(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8), (0, 0), 2))
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)  # the default masked-face cascade
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)  # the default detector
     results = unmask_files([str(photo)], mseg_path, gen_path, tmp_path / "out", config)
     assert [r.status for r in results] == ["no_face"] and results[0].output == ""
     assert not list((tmp_path / "out").glob("*.png"))
@@ -188,7 +188,7 @@ def test_faces_marked_unusable_are_left_as_they_are_and_recorded(tmp_path, tiny_
     inputs.mkdir()
     cv2.imwrite(str(inputs / "two.png"), photo[..., ::-1])
     cv2.imwrite(str(inputs / "lone.png"), lone[..., ::-1])
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     unmasker.detector = _ShapeDetector({photo.shape: [good, bad], lone.shape: [bad]})
     out = tmp_path / "out"
@@ -343,7 +343,7 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     result = CliRunner().invoke(
         unmask_main,
         [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--quiet", "--device", "cpu"],
+        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
     )
     assert result.exit_code == 0, result.output
     assert "1 files: 1 ok; 1 faces restored (1 mhog0/visible)" in result.output
@@ -380,7 +380,7 @@ def test_a_large_photo_with_24_faces_costs_one_copy_of_the_photo(tiny_checkpoint
     # memory stays near the one result copy of the photo (no per-face full-size warps or float images).
     mseg_path, gen_path = tiny_checkpoints
     unmasker = Unmasker.from_files(
-        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     )
     photo, landmarks = _photo_with_faces(4000, 3000, 24, face_px=400)
     unmasker.detector = _Detector(landmarks)
