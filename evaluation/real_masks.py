@@ -8,7 +8,8 @@ remnant share: the label pixels m2u-unmask left exactly unchanged in its output 
 with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
 
 Writes OUT/real_masks.csv (one row per photo), OUT/summary.json and OUT/index.html, a contact sheet of
-photo (boxes: green restored, orange left as it is) | predicted mask | restored | label, at thumbnail size.
+photo (boxes: green restored, orange left as it is, grey judged no face) | predicted mask | restored | label, at
+thumbnail size.
 """
 
 from __future__ import annotations
@@ -50,9 +51,16 @@ class PhotoScore:
     photo: str
     status: str  # ok | no_face | no_masked_face | no_label | unreadable | error
     reason: str = ""
-    faces_found: int = 0
+    faces_found: int = (
+        0  # restored + left as they are (detections m2u-unmask judged to be no face not counted)
+    )
     faces_restored: int = 0
     faces_left: int = 0
+    not_faces: int = 0  # uncertain detections without a mask: no face
+    # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
+    # probability and the share of the mouth region M-Seg marks (m2u.inference.unmask.MaskedFaceRule).
+    mask_probability: float | None = None
+    mseg_mouth_coverage: float | None = None
     mask_fraction: float = 0.0  # share of the photo under the predicted mask
     label: str = ""
     dice: float | None = None
@@ -123,10 +131,11 @@ def _fit(image: np.ndarray, side: int) -> np.ndarray:
     return canvas
 
 
-def _with_boxes(image: np.ndarray, restored: list, left: list) -> np.ndarray:
+def _with_boxes(image: np.ndarray, restored: list, left: list, not_faces: list) -> np.ndarray:
     out = image.copy()
     thickness = max(2, round(max(image.shape[:2]) / 200))
-    for boxes, colour in (([f.box for f in restored], (0, 200, 0)), ([f.box for f in left], (255, 140, 0))):
+    kinds = ((restored, (0, 200, 0)), (left, (255, 140, 0)), (not_faces, (150, 150, 150)))
+    for boxes, colour in (([f.box for f in faces], colour) for faces, colour in kinds):
         for left_x, top, right, bottom in boxes:
             cv2.rectangle(out, (int(left_x), int(top)), (int(right), int(bottom)), colour, thickness)
     return out
@@ -139,6 +148,11 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(np.median(present)), 4) if present else None
 
 
 def summarize_scores(rows: list[PhotoScore]) -> dict:
@@ -159,6 +173,7 @@ def summarize_scores(rows: list[PhotoScore]) -> dict:
         "faces_found": sum(r.faces_found for r in readable),
         "faces_restored": sum(r.faces_restored for r in readable),
         "faces_left": sum(r.faces_left for r in readable),
+        "detections_judged_no_face": sum(r.not_faces for r in readable),
         "mean_mask_fraction_where_restored": _mean([r.mask_fraction for r in restored]),
         "labelled_photos": len(labelled),
         "dice_where_restored": _mean([r.dice for r in labelled_found]),
@@ -167,6 +182,8 @@ def summarize_scores(rows: list[PhotoScore]) -> dict:
         "dice_all_labelled": _mean([r.dice for r in labelled]),
         "iou_all_labelled": _mean([r.iou for r in labelled]),
         "remnant_all_labelled": _mean([r.remnant for r in labelled]),
+        "median_mask_probability": _median([r.mask_probability for r in readable]),
+        "median_mseg_mouth_coverage": _median([r.mseg_mouth_coverage for r in readable]),
         "statuses": {s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})},
     }
 
@@ -207,12 +224,24 @@ def evaluate_real_masks(
             try:
                 image = read_image(path)
                 result, restored, left = unmasker.unmask_with_refusals(image)
-                row.faces_restored, row.faces_left = len(restored), len(left)
+                not_faces = [f for f in left if f.problem.startswith("no face")]
+                left = [f for f in left if not f.problem.startswith("no face")]
+                row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
                 row.faces_found = len(restored) + len(left)
+                judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
+                if judged:
+                    best = max(judged, key=lambda f: f.evidence["mask_probability"]).evidence
+                    row.mask_probability = best["mask_probability"]
+                    row.mseg_mouth_coverage = best["mouth_coverage"]
                 if left:
                     row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"
                 if not row.faces_found:
-                    row.status, row.reason = "no_face", "no face found by the detector"
+                    row.status = "no_face"
+                    row.reason = (
+                        f"{len(not_faces)} uncertain detection(s) with no mask on them: no face"
+                        if not_faces
+                        else "no face found by the detector"
+                    )
                 elif not restored:
                     row.status = "no_masked_face"
                 predicted = photo_mask(image.shape[:2], restored)
@@ -231,7 +260,7 @@ def evaluate_real_masks(
                         label_image = label
                 if config.sheet_rows is None or len(sheet) < config.sheet_rows:
                     cells = [
-                        _fit(_with_boxes(image, restored, left), config.thumb),
+                        _fit(_with_boxes(image, restored, left, not_faces), config.thumb),
                         _fit((predicted * 255).astype(np.uint8), config.thumb),
                         _fit(result, config.thumb),
                     ]
@@ -278,8 +307,8 @@ def _sheet_html(summary: dict, sheet: list[tuple[PhotoScore, list[str]]], labell
     return f"""<!doctype html><meta charset="utf-8"><title>m2u-eval real-masks</title>
 <h1>m2u-eval real-masks</h1>
 <p>{html.escape(keys)}</p>
-<p>Boxes on the photo: green restored, orange left as it is (see the reason). Predicted mask: M-Seg's, mapped back
-to the photo.</p>
+<p>Boxes on the photo: green restored, orange left as it is (see the reason), grey an uncertain detection judged no
+face. Predicted mask: M-Seg's, mapped back to the photo (restored faces only).</p>
 <table border="1" cellpadding="2"><tr><th>name</th>{"".join(f"<th>{h}</th>" for h in heads)}</tr>
 {"".join(lines)}
 </table>

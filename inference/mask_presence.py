@@ -1,10 +1,10 @@
 """Does an aligned face crop show a face wearing a mask? A small CNN that says so, for m2u-unmask's decision.
 
 M-Seg cannot answer it: it was trained only on masked faces, and on unmasked CelebA faces the shipped M-Seg marks
-the lower face as "mask" (median 97 % of the mouth region, measured by benchmarks/real_masks.py's tuning run). This
+the lower face as "mask" (benchmarks/results/real_masks.json: median_mseg_mouth_coverage on unmasked CelebA). This
 classifier sees both kinds: m2u-mask's masked CelebA faces against the same faces unmasked, plus crops of faceless
 images as "no masked face", at 64x64 from the dataset alignment with jitter, blur, noise, JPEG and lighting
-(benchmarks/train_mask_classifier.py makes it). Its weights ship with the package (`MASK_CLASSIFIER`, ~100 KB).
+(benchmarks/train_mask_classifier.py makes it). Its weights ship with the package (`MASK_CLASSIFIER`, ~60 KB).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ INPUT_SIZE = 64
 class MaskPresenceNet(nn.Module):
     """Four strided 3x3 conv blocks (64 -> 4 px), global average pooling, one logit: masked face or not."""
 
-    def __init__(self, width: int = 24):
+    def __init__(self, width: int = 16):
         super().__init__()
         layers: list[nn.Module] = []
         channels = 3

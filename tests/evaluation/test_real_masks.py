@@ -64,6 +64,7 @@ def test_real_face_detector_gives_faces_with_landmarks_and_falls_back_to_dlib(mo
     assert (160 < eyes[:, 0]).all() and (eyes[:, 0] < 280).all() and (80 < eyes[:, 1]).all()
 
     calls = []
+    dlib_face = Face.from_landmarks(faces[0].landmarks, score=0.3)
 
     class _Fallback:
         def __init__(self, config):
@@ -71,11 +72,13 @@ def test_real_face_detector_gives_faces_with_landmarks_and_falls_back_to_dlib(mo
 
         def detect(self, image):
             calls.append(image.shape)
-            return ["dlib face"]
+            return [dlib_face]
 
     monkeypatch.setattr("m2u.masking.blazeface.blazeface_detect", lambda *a, **k: [])
     monkeypatch.setattr(masked_faces, "MaskedFaceDetector", _Fallback)
-    assert RealFaceDetector().detect(_astronaut()) == ["dlib face"] and calls == [(512, 512, 3)]
+    (fallback,) = RealFaceDetector().detect(_astronaut())
+    assert calls == [(512, 512, 3)] and fallback.box == dlib_face.box
+    assert fallback.retry  # the fallback's faces are uncertain: faces only where a mask is found on them
     assert RealFaceDetector(RealFaceDetectorConfig(fallback=None)).detect(_astronaut()) == []
 
 
@@ -102,19 +105,32 @@ def _crop_mask(size: int, y0: float, y1: float, x0: float = 0.2, x1: float = 0.8
     return mask
 
 
-def test_the_rule_restores_a_mask_over_mouth_and_nose_and_says_why_it_leaves_the_rest():
+def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
     rule = MaskedFaceRule()
-    assert rule.not_masked_reason(_crop_mask(128, 0.5, 0.95)) == ""  # nose to chin: a face mask
-    assert rule.not_masked_reason(np.zeros((128, 128), np.uint8)).startswith("not masked: M-Seg marks 0%")
-    lips = _crop_mask(128, 0.6, 0.68, 0.42, 0.58)  # a sliver on the lips, as M-Seg gives some unmasked faces
-    assert "mouth region" in rule.not_masked_reason(lips)
-    everything = np.full((128, 128), 255, np.uint8)  # a patch that is no face: the mask covers the eyes too
-    assert rule.not_masked_reason(everything).startswith("not a masked face")
-    evidence = rule.evidence(_crop_mask(100, 0.5, 1.0))
+    lower = _crop_mask(128, 0.5, 0.95)  # nose to chin
+    assert rule.not_masked_reason(lower, 0.9) == ""
+    assert rule.not_masked_reason(lower, 0.1) == "not masked: the mask classifier gives 0.10 (below 0.5)"
+    # M-Seg marking the lower face of a bare face is what the classifier is there for; a masked-looking face with
+    # no mask from M-Seg has nothing to restore.
+    assert rule.not_masked_reason(np.zeros((128, 128), np.uint8), 0.9).startswith(
+        "not masked: M-Seg marks 0.0%"
+    )
+    assert rule.not_masked_reason(lower, 0.2, uncertain=True).startswith("no face: an uncertain detection")
+    evidence = rule.evidence(_crop_mask(100, 0.5, 1.0), 0.75)
     assert evidence["eye_coverage"] == 0.0 and evidence["mouth_coverage"] == 1.0
-    assert evidence["mask_fraction"] == pytest.approx(0.3, abs=0.01)
-    with pytest.raises(ValueError, match="min_mouth_coverage"):
-        MaskedFaceRule(min_mouth_coverage=1.5)
+    assert evidence["mask_fraction"] == pytest.approx(0.3, abs=0.01) and evidence["mask_probability"] == 0.75
+    with pytest.raises(ValueError, match="min_mask_probability"):
+        MaskedFaceRule(min_mask_probability=1.5)
+
+
+def test_the_shipped_mask_classifier_tells_masked_from_bare_synthetic_faces():
+    from m2u.inference.mask_presence import mask_probabilities
+
+    samples = [make_synthetic_sample(128, seed=seed) for seed in range(6)]
+    p_masked = mask_probabilities([s.masked for s in samples])
+    p_bare = mask_probabilities([s.unmasked for s in samples])
+    assert p_masked.shape == (6,) and ((0 <= p_masked) & (p_masked <= 1)).all()
+    assert p_masked.mean() > p_bare.mean() + 0.3, (p_masked, p_bare)
 
 
 def _photo_with_faces(n: int, face_px: int = 120):
@@ -156,7 +172,20 @@ def _steer_masks(unmasker: Unmasker, masks: list[np.ndarray]) -> None:
     unmasker.restore_crops = restore_crops
 
 
-def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(tmp_path, tiny_checkpoints):
+def _steer_probabilities(monkeypatch, values: list[float]) -> None:
+    """The mask classifier's answers replaced by `values`, in order of the crops given to it."""
+
+    def probabilities(crops):
+        chosen = values[: len(crops)]
+        del values[: len(crops)]
+        return np.array(chosen)
+
+    monkeypatch.setattr("m2u.inference.mask_presence.mask_probabilities", probabilities)
+
+
+def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
     mseg_path, gen_path = tiny_checkpoints
     photo, (masked, bare) = _photo_with_faces(2)
     lone = photo[:, :130].copy()
@@ -169,10 +198,9 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(tmp_
     lone_face = Face.from_landmarks(masked.landmarks)
     unmasker.detector = _Detector({photo.shape: [masked, bare], lone.shape: [lone_face]})
     # Inputs are taken in name order: lone.png (its face without a mask), then two.png (masked, bare).
-    _steer_masks(
-        unmasker,
-        [np.zeros((CROP, CROP), np.uint8), _crop_mask(CROP, 0.5, 0.95), np.zeros((CROP, CROP), np.uint8)],
-    )
+    lower = _crop_mask(CROP, 0.5, 0.95)
+    _steer_masks(unmasker, [lower, lower, lower])  # M-Seg marks every lower face, as the shipped one does
+    _steer_probabilities(monkeypatch, [0.05, 0.95, 0.1])
     out = tmp_path / "out"
     results = {
         Path(r.input).name: r for r in unmask_files([str(inputs)], None, None, out, config, unmasker=unmasker)
@@ -192,7 +220,9 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(tmp_
     lines = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
     left_lines = [x for x in lines if not x["restored"]]
     assert len(left_lines) == 2 and all(x["problem"].startswith("not masked") for x in left_lines)
-    assert all({"mouth_coverage", "eye_coverage", "mask_fraction"} <= set(x) for x in lines)
+    assert all(
+        {"mask_probability", "mouth_coverage", "eye_coverage", "mask_fraction"} <= set(x) for x in lines
+    )
     with open(out / "report.csv") as handle:
         assert {r["status"] for r in csv.DictReader(handle)} == {"not_masked", "ok"}
 
@@ -290,3 +320,31 @@ def test_real_masks_command_runs_unmask_and_writes_its_report(tmp_path, tiny_che
     summary = json.loads((out / "summary.json").read_text())
     assert summary["photos_with_face_found"] == 1 and summary["faces_found"] == 1
     assert (out / "index.html").is_file() and "found" in result.output
+
+
+def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, tiny_checkpoints, monkeypatch):
+    import dataclasses
+
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (face, _) = _photo_with_faces(2)
+    unsure = dataclasses.replace(face, retry=True)
+    config = UnmaskConfig(
+        crop_size=CROP, device="cpu", progress=False, masked_only=False
+    )  # even with --all-faces
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({photo.shape: [unsure]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)] * 2)
+    _steer_probabilities(monkeypatch, [0.2, 0.8])
+    path = tmp_path / "p.png"
+    cv2.imwrite(str(path), photo[..., ::-1])
+    (row,) = unmask_files([str(path)], None, None, tmp_path / "a", config, unmasker=unmasker)
+    assert (row.status, row.faces, row.refused_faces) == (
+        "no_face",
+        0,
+        1,
+    ) and "uncertain detection" in row.reason
+    (line,) = [json.loads(t) for t in (tmp_path / "a" / "faces.jsonl").read_text().splitlines()]
+    assert not line["restored"] and line["problem"].startswith("no face") and line["mask_probability"] == 0.2
+    # The same detection with a mask found on it is restored.
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and not left and not np.array_equal(result, photo)
