@@ -1,7 +1,7 @@
 """Lazy public surfaces: a package lists `name -> submodule` and imports the submodule on first use (PEP 562).
 
-Importing a package then costs nothing until a name is used, and `from m2u.masking import apply_mask` loads
-only what apply_mask needs.
+Importing a package then costs nothing until a name is used, and `from <package> import name` loads
+only the submodule that defines the name.
 """
 
 from __future__ import annotations
