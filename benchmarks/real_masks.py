@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument(
         "--skip-detection", action="store_true", help="only the evaluations (segmentation, decision)"
     )
+    parser.add_argument("--skip-evaluation", action="store_true", help="only the detection figures")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -197,6 +198,11 @@ def main() -> None:
             print(f"dlib masked cascade: {detection['dlib masked-face cascade alone']}", flush=True)
         result["detection"] = detection
 
+    if args.skip_evaluation:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu"))
     # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
     # crops in training, so its gate is measured on real-masked instead).
