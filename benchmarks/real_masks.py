@@ -14,7 +14,8 @@ alone (minutes on the large photos).
 
 Segmentation (item 2): `m2u-eval real-masks` (m2u.evaluation.real_masks) with the shipped model on
 real-mask-seg against its labels: Dice, IoU and the remnant share where a face is restored and over all photos, with
-every face found restored (M-Seg's own figure: "real_mask_seg_labelled_every_face") and with the decision.
+every face found restored (M-Seg's own figure: "real_mask_seg_labelled_every_face"; the decision's classifier was
+trained on these crops, so its gate is measured on real-masked instead).
 
 The decision (item 5): the same evaluation without labels, counting faces restored and left as they are, on CelebA
 photos of the test split of the identity split (every k-th, offset 0: `--celeba` of them), on every photo of
@@ -127,7 +128,8 @@ def main() -> None:
     parser.add_argument("--skip-evaluation", action="store_true", help="only the detection figures")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    # One thread: on a shared machine torch's worker threads spin against each other (tests/evaluation/conftest.py).
+    torch.set_num_threads(1)
     cv2.setNumThreads(1)
     faces = args.shared / "faces"
     real_dir, seg_dir, label_dir = (
@@ -137,7 +139,7 @@ def main() -> None:
     )
     if not real_dir.is_dir() or not seg_dir.is_dir():
         raise SystemExit(f"no real masked photos under {faces} (give --shared)")
-    result: dict = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result: dict = {}
     start = time.perf_counter()
 
     if not args.skip_detection:
@@ -180,17 +182,16 @@ def main() -> None:
                     f"faceless {figures['faceless_detections']} on {figures['faceless_images']}",
                     flush=True,
                 )
-        detector = RealFaceDetector().load_models()
-        t0 = time.process_time()
-        figures = detection_figures(sets, lambda image: [f.box for f in detector.detect(image)])
-        figures["cpu_seconds_per_image"] = round(
-            (time.process_time() - t0) / (len(sets["real"]) + len(sets["seg"]) + len(negatives)), 4
-        )
-        detection["RealFaceDetector, every detection (sure and uncertain; the dlib fallback included)"] = (
-            figures
-        )
-        print(f"shipped RealFaceDetector: {figures}", flush=True)
         if args.with_dlib:
+            detector = RealFaceDetector().load_models()
+            t0 = time.process_time()
+            figures = detection_figures(sets, lambda image: [f.box for f in detector.detect(image)])
+            count = len(sets["real"]) + len(sets["seg"]) + len(negatives)
+            figures["cpu_seconds_per_image"] = round((time.process_time() - t0) / count, 4)
+            detection[
+                "RealFaceDetector, every detection (sure and uncertain; the dlib fallback included)"
+            ] = figures
+            print(f"shipped RealFaceDetector: {figures}", flush=True)
             masked = MaskedFaceDetector().load_models()
             detection["dlib masked-face cascade alone"] = detection_figures(
                 sets, lambda image: [f.box for f in masked.detect(image)]
@@ -199,9 +200,7 @@ def main() -> None:
         result["detection"] = detection
 
     if args.skip_evaluation:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        _write_merged(args.out, result)
         return
     unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu"))
     # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
@@ -224,7 +223,6 @@ def main() -> None:
             )
         runs_of = {
             "real_mask_seg_labelled_every_face": ([str(seg_dir)], label_dir),
-            "real_mask_seg_labelled": ([str(seg_dir)], label_dir),
             "real_masked": ([str(real_dir)], None),
             "celeba_unmasked": ([str(celeba_list)], None),
             "extras_unmasked": ([str(faces / "extras")], None),
@@ -253,9 +251,16 @@ def main() -> None:
         "machine": platform.platform(),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    _write_merged(args.out, result)
+
+
+def _write_merged(path: Path, result: dict) -> None:
+    """The figures of this run over those already in `path` (a --skip-detection run keeps the detection figures)."""
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

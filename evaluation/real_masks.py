@@ -230,8 +230,8 @@ def evaluate_real_masks(
                 row.faces_found = len(restored) + len(left)
                 judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
                 if judged:
-                    best = max(judged, key=lambda f: f.evidence["mask_probability"]).evidence
-                    row.mask_probability = best["mask_probability"]
+                    best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
+                    row.mask_probability = best.get("mask_probability")  # not asked with --all-faces
                     row.mseg_mouth_coverage = best["mouth_coverage"]
                 if left:
                     row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"

@@ -24,7 +24,6 @@ import dlib
 import numpy as np
 
 from m2u.masking.detect import (
-    _NO_FACE_SCORE,
     Face,
     ModelFileError,
     _as_rgb_uint8,
@@ -243,8 +242,7 @@ class MaskedFaceDetector:
             points = np.array([(q.x, q.y) for q in shape.parts()], dtype=np.float32)
             corners = (box.left(), box.top(), box.right(), box.bottom())
             problem = self._orientation_problem(image, corners) if self.config.orientation_check else ""
-            uncertain = score < self.config.sure_score
-            faces.append(Face(corners, points, float(score), label, retry=uncertain, problem=problem))
+            faces.append(Face(corners, points, float(score), label, problem=problem))
         faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
         return faces
 
@@ -348,6 +346,7 @@ class RealFaceDetectorConfig:
     dlib_box: tuple[float, float, float, float] = (0.030, 0.029, 0.962, 0.968)
     orientation_check: bool = True
     upside_down_margin: float = 0.0
+    upside_down_min_turned: float = 0.0
 
     def __post_init__(self) -> None:
         from m2u.masking.blazeface import BLAZEFACE_MODELS
@@ -429,8 +428,10 @@ class RealFaceDetector:
                 as_found, turned = orientation_scores(
                     image, corners, (_hog_detector(), _masked_hog_detector())
                 )
-                # HOG missing the face both ways (-9, -9) is no evidence: BlazeFace finds masked faces HOG cannot.
-                if turned > _NO_FACE_SCORE:
+                # HOG weak both ways is no evidence: BlazeFace finds masked faces HOG barely sees (on real-mask-seg
+                # crops HOG scored many of them about -1.2 as found and -1.1 turned), so the turned face must be a
+                # confident HOG detection too.
+                if turned >= self.config.upside_down_min_turned:
                     problem = upside_down_problem(as_found, turned, self.config.upside_down_margin)
             uncertain = score < self.config.sure_score
             faces.append(Face(corners, points, float(score), label, retry=uncertain, problem=problem))

@@ -108,11 +108,11 @@ def _crop_mask(size: int, y0: float, y1: float, x0: float = 0.2, x1: float = 0.8
 def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
     rule = MaskedFaceRule()
     lower = _crop_mask(128, 0.5, 0.95)  # nose to chin
-    assert rule.not_masked_reason(lower, 0.9) == ""
-    assert rule.not_masked_reason(lower, 0.1) == "not masked: the mask classifier gives 0.10 (below 0.5)"
+    assert rule.not_masked_reason(lower, 0.99) == ""
+    assert rule.not_masked_reason(lower, 0.1) == "not masked: the mask classifier gives 0.10 (below 0.95)"
     # M-Seg marking the lower face of a bare face is what the classifier is there for; a masked-looking face with
     # no mask from M-Seg has nothing to restore.
-    assert rule.not_masked_reason(np.zeros((128, 128), np.uint8), 0.9).startswith(
+    assert rule.not_masked_reason(np.zeros((128, 128), np.uint8), 0.99).startswith(
         "not masked: M-Seg marks 0.0%"
     )
     assert rule.not_masked_reason(lower, 0.2, uncertain=True).startswith("no face: an uncertain detection")
@@ -158,18 +158,15 @@ class _Detector:
 
 
 def _steer_masks(unmasker: Unmasker, masks: list[np.ndarray]) -> None:
-    """M-Seg's masks replaced by `masks`, in order of the faces given to it (the generator still runs)."""
-    original = unmasker.restore_crops
+    """M-Seg's masks for the decision replaced by `masks`, in order of the faces given to it (the generator still
+    runs on the faces kept, and they are pasted back by these masks)."""
 
-    def restore_crops(crops):
-        _, composites = original(crops)
+    def predict_masks(crops):
         chosen = masks[: len(crops)]
         del masks[: len(crops)]
-        return np.stack(
-            [cv2.resize(m, (CROP, CROP), interpolation=cv2.INTER_NEAREST) for m in chosen]
-        ), composites
+        return np.stack([cv2.resize(m, (CROP, CROP), interpolation=cv2.INTER_NEAREST) for m in chosen])
 
-    unmasker.restore_crops = restore_crops
+    unmasker.predict_masks = predict_masks
 
 
 def _steer_probabilities(monkeypatch, values: list[float]) -> None:
@@ -334,7 +331,7 @@ def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, t
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     unmasker.detector = _Detector({photo.shape: [unsure]})
     _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)] * 2)
-    _steer_probabilities(monkeypatch, [0.2, 0.8])
+    _steer_probabilities(monkeypatch, [0.2, 0.99])
     path = tmp_path / "p.png"
     cv2.imwrite(str(path), photo[..., ::-1])
     (row,) = unmask_files([str(path)], None, None, tmp_path / "a", config, unmasker=unmasker)

@@ -165,7 +165,9 @@ def test_a_faceless_photo_gives_no_face_and_no_output_image(tmp_path, tiny_check
     results = unmask_files([str(photo)], mseg_path, gen_path, tmp_path / "out", config)
     assert [r.status for r in results] == ["no_face"] and results[0].output == ""
     assert not list((tmp_path / "out").glob("*.png"))
-    assert (tmp_path / "out" / "faces.jsonl").read_text() == ""
+    # BlazeFace may see an uncertain "face" in the texture: it is recorded as no face, and nothing is restored.
+    lines = [json.loads(t) for t in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
+    assert all(not x["restored"] and x["problem"].startswith("no face") for x in lines)
 
 
 class _ShapeDetector:
