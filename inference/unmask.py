@@ -381,8 +381,10 @@ class Unmasker:
             if masks is not None:
                 face.mask = masks[k]
                 face.evidence = rule.evidence(masks[k], p)
-                if self.config.masked_only or uncertain:
-                    # An uncertain detection is restored only as a masked face, even with --all-faces.
+                if self.config.masked_only:
+                    face.problem = rule.not_masked_reason(masks[k], p, uncertain)
+                elif uncertain and p < rule.min_face_probability:
+                    # With --all-faces too, an uncertain detection is a face only where the classifier says so.
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
             faces.append(face)
         kept = [f for f in faces if not f.problem]
