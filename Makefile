@@ -12,7 +12,7 @@ STAMP   = $(VENV)/.m2u-installed
 FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo smoke test test-slow test-eval lint bench gpu-check clean
+.PHONY: setup demo smoke test test-slow test-eval lint typecheck bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q "torch==2.13.0"; fi
-	$(BIN)/pip install -q -e ".[test]"
+	# setuptools says "Editable installation. Please be careful with folders..." on every editable install: the
+	# m2u.* mapping (setup.cfg) is what keeps the folders from shadowing anything, so the note is silenced.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[test]"
 	# The LPIPS v0.1 heads (the lpips package's weight files; m2u reads them without importing the package,
 	# whose torchvision requirement would replace the CPU torch).
 	$(BIN)/pip install -q --no-deps "lpips>=0.1.4"
@@ -41,10 +43,19 @@ demo: $(STAMP)
 	fi
 
 smoke: $(STAMP)
-	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),--faces $(FACES),--demo-faces) -o runs/smoke
+	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),$(FACES),--demo-faces) -o runs/smoke
 
-lint: $(STAMP)
-	$(BIN)/ruff check core masking datasets training inference evaluation pipelines tests benchmarks
+PACKAGES = core masking datasets training inference evaluation pipelines
+
+lint: $(STAMP) typecheck
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks hubconf.py
+	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks hubconf.py
+
+# mypy over the library as the m2u.* packages setup.cfg installs (configured in pyproject.toml).
+typecheck: $(STAMP)
+	mkdir -p build/typecheck/m2u
+	for p in $(PACKAGES); do ln -sfn ../../../$$p build/typecheck/m2u/$$p; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p m2u
 
 # pytest is called through its own script, not `python -m pytest`: the latter puts the repository root on
 # sys.path, where the folder datasets/ would shadow HuggingFace's `datasets`.

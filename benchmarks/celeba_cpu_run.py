@@ -65,8 +65,8 @@ def evaluate_test_split(
     data: str, mseg_path: Path, generator_path: Path, batch_size: int, max_samples: int | None = None
 ) -> dict[str, Any]:
     """The metrics above over the test split in stored order (the first `max_samples` when given)."""
-    mseg = load_model(mseg_path).eval()
-    generator = load_model(generator_path).eval()
+    mseg, mseg_info = load_model(mseg_path)
+    generator = load_model(generator_path).module
     sums = _Sums()
     source = ShardDataSource(data, batch_size, num_workers=0)
     for batch in source.batches("test", 0):
@@ -76,7 +76,7 @@ def evaluate_test_split(
             batch = {name: value[: max_samples - sums.count] for name, value in batch.items()}
         masked01, target, gt_mask = batch["masked"], batch["unmasked"], batch["mask"]
         masked = to_model_range(masked01)
-        mask = mseg.predict_mask(masked)
+        mask = mseg.predict_mask(masked, mseg_info.mask_threshold_or_default())
         output01 = from_model_range(generator(masked, mask))
         candidates = {
             "m2unet_composite": composite(output01, masked01, mask),

@@ -262,7 +262,10 @@ def train_setting(plan: dict[str, Any], task_name: str, setting: dict[str, Any])
     import torch
 
     from m2u.training.device import resolve_device
-    from m2u.training.trainer import DistributedContext, GanTask, MSegTask, bind_device, seed_everything
+    from m2u.training.distributed import DistributedContext, bind_device
+    from m2u.training.gan_task import GanTask
+    from m2u.training.mseg_task import MSegTask
+    from m2u.training.rng import seed_everything
 
     if setting["precision"] == "fp16" and plan["device"] != "cuda":
         return {"ok": True, "skipped": "fp16 autocast needs CUDA"}
@@ -354,8 +357,9 @@ def step_latency(plan: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from m2u.training.device import resolve_device
+    from m2u.training.distributed import bind_device
     from m2u.training.models import CARU2Net, MSeg
-    from m2u.training.trainer import bind_device, seed_everything
+    from m2u.training.rng import seed_everything
 
     device = resolve_device(plan["device"])
     bind_device(device)
@@ -385,7 +389,9 @@ def step_loader(plan: dict[str, Any]) -> dict[str, Any]:
     """The shard loader into the device: pinned memory, workers kept between epochs, uint8 converted there."""
     from m2u.datasets.loader import LoaderConfig, make_loader, to_float_batch
     from m2u.training.device import resolve_device
-    from m2u.training.trainer import DistributedContext, GanTask, bind_device, seed_everything
+    from m2u.training.distributed import DistributedContext, bind_device
+    from m2u.training.gan_task import GanTask
+    from m2u.training.rng import seed_everything
 
     device = resolve_device(plan["device"])
     bind_device(device)
@@ -443,8 +449,8 @@ def step_ddp_nccl_one_rank(plan: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.distributed as torch_dist
 
+    from m2u.training.distributed import ddp_device_ids
     from m2u.training.models import MSeg
-    from m2u.training.trainer import ddp_device_ids
 
     device = torch.device("cuda", 0)
     torch.cuda.set_device(device)

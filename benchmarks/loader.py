@@ -8,6 +8,11 @@ well, so they are only the fallback) in PNG, then transcodes its shards to JPEG 
 one epoch of `make_loader` (batch 8, shuffle buffer, flips: the training configuration) with 1 worker and with
 2 workers (wall clock), the same pipeline in-process in samples per CPU-second (what a worker does with a core
 to itself; wall-clock figures on a shared, loaded machine understate it), and the bare decode rate.
+
+Baseline in the same run (issue 28): plain `webdataset` on the same shards, as its documentation reads them
+(`WebDataset(shards).shuffle(256).decode("rgb8").to_tuple(masked, unmasked, mask).batched(8)`: PIL decoding,
+numpy batches, no flips), timed per CPU-second in rounds interleaved with m2u's worker; the ratio is the median
+of the within-round ratios, so the load of a shared machine cancels out.
 Writes benchmarks/results/loader.json.
 """
 
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +31,7 @@ from typing import Any
 
 import torch
 
+from m2u.datasets import codecs
 from m2u.datasets.build import BuildConfig, build_dataset
 from m2u.datasets.codecs import ImageFormat, decode_image, decode_mask, encode_image
 from m2u.datasets.layout import MASK_FIELD, MASKED_FIELD, UNMASKED_FIELD, split_shards
@@ -36,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
 CELEBA = (
     Path(os.environ.get("M2U_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "faces" / "celeba"
 )
-TARGET_PER_WORKER = 400.0  # samples/s per worker at 256x256 (issue 3)
+TARGET_PER_WORKER = 800.0  # samples/s per worker at 256x256 (issue 28; issue 3 asked for 400)
 
 
 def _make_png_dataset(out: Path, n: int, size: int) -> str:
@@ -140,15 +147,36 @@ def _cpu_rate(dataset: Path, repeats: int) -> dict[str, float]:
     return {"samples_per_cpu_s": round(best, 1), "cpu_share_of_wall": round(cpu / max(wall, 1e-9), 2)}
 
 
-def _worker_cpu_rate(dataset: Path, repeats: int) -> float:
-    """What a DataLoader worker itself does (raw uint8 batches, no float conversion), per CPU-second."""
+def _per_cpu_second(iterate) -> float:
+    start = time.process_time()
+    count = iterate()
+    return count / max(time.process_time() - start, 1e-9)
+
+
+def _worker_vs_webdataset(dataset: Path, fmt: ImageFormat, repeats: int) -> dict[str, float]:
+    """What a DataLoader worker itself does (raw uint8 batches, no float conversion), per CPU-second, and plain
+    webdataset on the same shards, in interleaved rounds."""
+    import webdataset as wds
+
     raw = make_loader(dataset, "train", LoaderConfig(batch_size=8, num_workers=0, shuffle_buffer=256)).dataset
-    best = 0.0
+    shards = [str(p) for p in split_shards(dataset, "train")]
+    members = (f"{MASKED_FIELD}.{fmt.value}", f"{UNMASKED_FIELD}.{fmt.value}", MASK_FIELD)
+    plain = (
+        wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+        .shuffle(256)
+        .decode("rgb8")
+        .to_tuple(*members)
+        .batched(8)
+    )
+    ours, theirs = [], []
     for _ in range(repeats):
-        start = time.process_time()
-        count = sum(len(batch["key"]) for batch in raw)
-        best = max(best, count / max(time.process_time() - start, 1e-9))
-    return round(best, 1)
+        ours.append(_per_cpu_second(lambda: sum(len(batch["key"]) for batch in raw)))
+        theirs.append(_per_cpu_second(lambda: sum(len(batch[0]) for batch in plain)))
+    return {
+        "m2u_worker_samples_per_cpu_s": round(max(ours), 1),
+        "webdataset_samples_per_cpu_s": round(max(theirs), 1),
+        "m2u_over_webdataset": round(statistics.median(a / b for a, b in zip(ours, theirs, strict=True)), 2),
+    }
 
 
 def main() -> None:
@@ -171,6 +199,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "load_avg_at_start": os.getloadavg(),
+            "jpeg_decoder": "simplejpeg" if codecs.simplejpeg is not None else "opencv",
         },
         "size": args.size,
         "target_samples_per_s_per_worker": TARGET_PER_WORKER,
@@ -188,9 +217,12 @@ def main() -> None:
         for fmt, folder in datasets.items():
             shards = [str(p) for p in split_shards(folder, "train")]
             size_bytes = sum(Path(s).stat().st_size for s in shards)
+            versus = _worker_vs_webdataset(folder, fmt, args.repeats + 1)
             entry = {
                 "in_process_cpu": _cpu_rate(folder, args.repeats + 1),
-                "worker_only_samples_per_cpu_s": _worker_cpu_rate(folder, args.repeats + 1),
+                "worker_only_samples_per_cpu_s": versus["m2u_worker_samples_per_cpu_s"],
+                "plain_webdataset_samples_per_cpu_s": versus["webdataset_samples_per_cpu_s"],
+                "ratio_vs_plain_webdataset": versus["m2u_over_webdataset"],
                 "decode_only_samples_per_s": round(_decode_only(shards, fmt), 1),
                 "bytes_per_sample": None,
                 "workers_1": _epoch_rate(folder, 1, args.repeats),

@@ -3,17 +3,38 @@ apply_mask alone on 256x256 aligned crops. Prints the figures and writes benchma
 
     .venv/bin/python benchmarks/masking.py [--files 500] [--repeats 3] [--shared ../shared]
 
-Baselines: MaskTheFace's figure quoted in the issue (~28 images/s on one core, HOG upsample 1, single process,
-measured earlier on this machine), and a same-run baseline: MaskTheFace's per-image procedure re-implemented here
-for timing only (grey HOG detection at upsample 1, 68 landmarks, six anchors, the RGBA template read from disk for
+Baselines: MaskTheFace itself with `--peer` (below), and a same-run stand-in that needs no checkout: MaskTheFace's
+per-image procedure re-implemented here for timing only (grey HOG detection at upsample 1, 68 landmarks, six anchors, the RGBA template read from disk for
 every face, a homography warp of the whole image, pixels pasted where alpha > 0, the JPEG written; one process).
 It needs MaskTheFace's template pack (`../shared/mask-templates/maskthefacE`) and is skipped without it. Both
 tools run as processes of their own (start-up and model loading included), in interleaved rounds whose
 within-round ratios are reported as medians; steady-state CPU ms per image (after a warm-up, in this process) are
 reported for both as well.
 
+`--variants-only`: `--mask-type all` against one run per type on the same files (CPU-seconds, interleaved rounds),
+into the JSON's "variants" key.
+
 A third process per round does only m2u's own detection (imports, model loading, reading, the HOG ladder and 68
 landmarks; nothing masked or written): the ceiling that dlib's models leave for m2u-mask on this machine.
+
+MaskTheFace itself (issue 28): `--peer PATH` runs a MaskTheFace checkout given by the user (never vendored or
+downloaded by m2u) in the same run, `mask_the_face.py --path IN --mask_type surgical` in the checkout's folder, in
+rounds interleaved with `m2u-mask --mask-type surgical --workers 1` on the same files; each tool's images per
+second and per CPU-second (its process and children, start-up included), outputs, and silent drops (inputs that
+got no output and no line saying why: MaskTheFace writes nothing for a photo without a face; m2u-mask lists every
+input in report.csv) go into the JSON's "peer" key, with the within-round ratios' medians. `--peer-only` runs just
+that comparison (the rest of the JSON is kept). Setting up a checkout with pip (its requirements.txt pins 2020
+versions that no longer install; these are the packages it imports):
+
+    git clone https://github.com/aqeelanwar/MaskTheFace ../MaskTheFace
+    python3 -m venv ../MaskTheFace/.venv
+    ../MaskTheFace/.venv/bin/pip install dlib-bin face-recognition-models opencv-python-headless dotmap imutils \
+        tqdm requests Pillow numpy click
+    ../MaskTheFace/.venv/bin/pip install --no-deps face-recognition   # its dlib requirement would build dlib
+    mkdir -p ../MaskTheFace/dlib_models    # it downloads the 68-point model there otherwise
+    ln -s "$(.venv/bin/python -c 'from m2u.masking.detect import model_path as p; \
+        print(p("shape_predictor_68_face_landmarks.dat"))')" ../MaskTheFace/dlib_models/
+    .venv/bin/python benchmarks/masking.py --peer ../MaskTheFace --peer-python ../MaskTheFace/.venv/bin/python
 """
 
 from __future__ import annotations
@@ -32,11 +53,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MASKTHEFACE_IMAGES_PER_S_PER_CORE = 28.0  # quoted in issue 2, not measured by this script
-MASKTHEFACE_MASKED_OF_500 = 478
+TARGET_RATIO_PER_CORE = 3.0  # issue 28: m2u-mask at least 3x MaskTheFace per core, measured with --peer
 
 
-def _run_cli(files: list[Path], workers: int, seed: int) -> dict:
+def _run_cli(files: list[Path], workers: int, seed: int, mask_type: str | None = None) -> dict:
     """Run m2u-mask in a child process on a folder of links to the files; wall time, peak RSS, report counts."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
@@ -55,6 +75,7 @@ def _run_cli(files: list[Path], workers: int, seed: int) -> dict:
             "--seed",
             str(seed),
             "--quiet",
+            *(["--mask-type", mask_type] if mask_type else []),
         ]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,6 +86,7 @@ def _run_cli(files: list[Path], workers: int, seed: int) -> dict:
         with (out / "report.csv").open() as handle:
             rows = list(csv.DictReader(handle))
         outputs = sum(1 for _ in out.rglob("*") if _.is_file())
+        image_outputs = sum(1 for _ in out.rglob("*.jpg")) + sum(1 for _ in out.rglob("*.png"))
     statuses = {s: sum(r["status"] == s for r in rows) for s in ("ok", "no_face", "error")}
     return {
         "workers": workers,
@@ -80,7 +102,109 @@ def _run_cli(files: list[Path], workers: int, seed: int) -> dict:
         "faces_masked": sum(int(r["faces"]) for r in rows),
         "masked_fraction": round(statuses["ok"] / len(files), 4),
         "files_written": outputs,
+        "image_files_written": image_outputs,
+        # Inputs with neither an output nor a report row saying why (m2u-mask reports every input).
+        "silent_drops": len({f.name for f in files} - {Path(r["path"]).name for r in rows}),
         "summary_line": stderr.strip().splitlines()[-1] if stderr.strip() else "",
+    }
+
+
+def _run_peer(peer: Path, python: str, files: list[Path], mask_type: str) -> dict:
+    """MaskTheFace's own script over a folder of links to the files, in its checkout's folder (it reads
+    masks/masks.cfg and dlib_models/ relative to it): wall and CPU time (the process and its children), its outputs
+    (IN_masked/<stem>_<mask type>.<ext>) and the inputs that got none."""
+    script = peer / "mask_the_face.py"
+    if not script.is_file():
+        raise SystemExit(f"--peer {peer}: no mask_the_face.py there (give a MaskTheFace checkout)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for f in files:
+            (src / f.name).symlink_to(f.resolve())
+        cmd = [python, str(script), "--path", str(src), "--mask_type", mask_type]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=peer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        stderr = proc.stderr.read()
+        proc.stdout.read()
+        written = sorted(p.name for p in (Path(tmp) / "in_masked").glob("*") if p.is_file())
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"MaskTheFace exited with {code}: {stderr.strip()[-2000:]}")
+    served = {f.name for f in files if any(w.startswith(f"{f.stem}_{mask_type}.") for w in written)}
+    cpu = rusage.ru_utime + rusage.ru_stime
+    return {
+        "wall_s_including_startup": round(wall, 2),
+        "images_per_s": round(len(files) / wall, 2),
+        "cpu_s": round(cpu, 2),
+        "images_per_cpu_second": round(len(files) / max(cpu, 1e-9), 2),
+        "outputs": len(written),
+        "inputs_with_output": len(served),
+        # MaskTheFace reports nothing about a photo it writes no output for.
+        "silent_drops": len(files) - len(served),
+    }
+
+
+def _peer_comparison(files: list[Path], peer: Path, python: str, repeats: int, mask_type: str) -> dict:
+    """m2u-mask (one worker) and MaskTheFace in interleaved rounds on the same files and mask type."""
+    rounds = []
+    for index in range(repeats):
+        ours = _run_cli(files, 1, seed=0, mask_type=mask_type)
+        theirs = _run_peer(peer, python, files, mask_type)
+        rounds.append({"m2u": ours, "masktheface": theirs})
+        print(
+            f"peer round {index + 1}: m2u-mask {ours['images_per_cpu_second']} images per CPU-second, MaskTheFace "
+            f"{theirs['images_per_cpu_second']}",
+            flush=True,
+        )
+
+    def ratio(key: str) -> float:
+        return round(float(np.median([r["m2u"][key] / r["masktheface"][key] for r in rounds])), 2)
+
+    last = rounds[-1]
+    return {
+        "peer": str(peer),
+        "peer_python": python,
+        "files": len(files),
+        "mask_type": mask_type,
+        "rounds": rounds,
+        "m2u": {
+            "masked_inputs": last["m2u"]["statuses"]["ok"],
+            "faces_masked": last["m2u"]["faces_masked"],
+            "image_files_written": last["m2u"]["image_files_written"],
+            "silent_drops": last["m2u"]["silent_drops"],
+            "statuses": last["m2u"]["statuses"],
+        },
+        "masktheface": {
+            "inputs_with_output": last["masktheface"]["inputs_with_output"],
+            "outputs": last["masktheface"]["outputs"],
+            "silent_drops": last["masktheface"]["silent_drops"],
+        },
+        # Medians of the within-round ratios (m2u over MaskTheFace): per core (CPU-seconds) and wall clock.
+        "ratio_per_cpu_second": ratio("images_per_cpu_second"),
+        "ratio_wall": ratio("images_per_s"),
+        "target_ratio_per_core": TARGET_RATIO_PER_CORE,
+    }
+
+
+def _variants_comparison(files: list[Path], repeats: int) -> dict:
+    """`m2u-mask --mask-type all` (each photo detected once for every type) against one run per type (what "all"
+    cost before issue 28: every type re-read and re-detected every photo), CPU-seconds, interleaved rounds."""
+    from m2u.masking import MASK_TYPES
+
+    rounds = []
+    for _ in range(repeats):
+        together = _run_cli(files, 1, seed=0, mask_type="all")
+        apart = [_run_cli(files, 1, seed=0, mask_type=t) for t in MASK_TYPES]
+        rounds.append((together["cpu_s"], sum(r["cpu_s"] for r in apart), together["image_files_written"]))
+    return {
+        "files": len(files),
+        "types": list(MASK_TYPES),
+        "all_cpu_s": [r[0] for r in rounds],
+        "one_run_per_type_cpu_s": [r[1] for r in rounds],
+        "image_files_written_by_all": rounds[-1][2],
+        "speedup": round(float(np.median([b / a for a, b, _ in rounds])), 2),
     }
 
 
@@ -259,6 +383,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians are reported)")
     parser.add_argument("--baseline-process", nargs=2, metavar=("FILES_JSON", "PACK"), help=argparse.SUPPRESS)
     parser.add_argument("--detection-process", metavar="FILES_JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", type=Path, help="a MaskTheFace checkout to run in the same run (see above)")
+    parser.add_argument("--peer-python", default=sys.executable, help="the interpreter MaskTheFace runs with")
+    parser.add_argument(
+        "--peer-only", action="store_true", help="only the --peer comparison (JSON key 'peer')"
+    )
+    parser.add_argument("--mask-type", default="surgical", help="the mask type both tools use for --peer")
+    parser.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="only --mask-type all against one run per type (JSON key 'variants')",
+    )
     args = parser.parse_args()
     if args.detection_process:  # the child process of _detection_only_process
         files = [Path(f) for f in json.loads(Path(args.detection_process).read_text())]
@@ -274,6 +409,31 @@ def main() -> None:
     files = sorted(p for p in celeba.iterdir() if p.suffix.lower() == ".jpg")[: args.files]
     if not files:
         sys.exit(f"no CelebA files in {celeba}")
+    if args.variants_only:
+        variants = _variants_comparison(files, args.repeats)
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged["variants"] = variants
+        args.out.write_text(json.dumps(merged, indent=2))
+        print(f"--mask-type all against one run per type: x{variants['speedup']} ({variants})")
+        return
+    peer = None
+    if args.peer:
+        peer = _peer_comparison(files, args.peer.resolve(), args.peer_python, args.repeats, args.mask_type)
+        print(
+            f"against MaskTheFace ({peer['files']} files, {args.mask_type}): x{peer['ratio_per_cpu_second']} per "
+            f"CPU-second, x{peer['ratio_wall']} wall; silent drops m2u {peer['m2u']['silent_drops']}, "
+            f"MaskTheFace {peer['masktheface']['silent_drops']}",
+            flush=True,
+        )
+    if args.peer_only:
+        if peer is None:
+            sys.exit("--peer-only needs --peer PATH")
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged["peer"] = peer
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=2))
+        print(f"written {args.out}")
+        return
     cores = os.cpu_count() or 1
     pack = args.shared / "mask-templates" / "maskthefacE"
     has_baseline = (pack / "masks.cfg").is_file()
@@ -344,18 +504,14 @@ def main() -> None:
             medians["all_workers_images_per_s"] / medians["one_worker_images_per_s"], 2
         ),
         "apply_mask_256": speed,
-        "masktheface_reference": {
-            "note": "quoted from issue 2 (measured earlier on this machine), not re-run by this script",
-            "images_per_s_per_core": MASKTHEFACE_IMAGES_PER_S_PER_CORE,
-            "masked_of_500": MASKTHEFACE_MASKED_OF_500,
-            "outputs_per_image": "masked image only (no binary mask, no metadata, no report)",
-        },
         "masktheface_style_baseline_same_run": baseline,
         # The ceiling m2u-mask cannot pass with dlib's HOG and 68-point models: the same process with nothing
         # but reading, detection and landmarks (start-up and model loading included).
         "detection_only_process": rounds[-1]["detection_only_process"],
-        "target_images_per_s_per_core": 3 * MASKTHEFACE_IMAGES_PER_S_PER_CORE,
+        "target_ratio_vs_masktheface_per_core": TARGET_RATIO_PER_CORE,
         "m2u_steady_state_cpu_ms_per_image": steady_ms,
+        # MaskTheFace itself, when --peer gave a checkout (None: not measured in this run).
+        "peer": peer,
         "rounds": [
             {
                 "one_worker_images_per_s": r["one_worker"]["images_per_s"],
@@ -394,30 +550,18 @@ def main() -> None:
             ),
             "steady_state_per_image_cpu": round(baseline["steady_state_cpu_ms_per_image"] / steady_ms, 2),
         },
-        "all_workers_vs_masktheface_quoted": round(
-            medians["all_workers_images_per_s"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
-        ),
-        "one_worker_vs_masktheface_per_core": round(
-            medians["one_worker_images_per_s"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
-        ),
-        "per_cpu_second_vs_masktheface_per_core": round(
-            medians["one_worker_images_per_cpu_second"] / MASKTHEFACE_IMAGES_PER_S_PER_CORE, 2
-        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"medians over {len(rounds)} rounds: {medians}")
     print(
-        f"speed-up {cores} vs 1 worker: {result['speedup_all_vs_one_worker']}x; 1 worker vs MaskTheFace's quoted "
-        f"28 images/s per core: {result['one_worker_vs_masktheface_per_core']}x wall, "
-        f"{result['per_cpu_second_vs_masktheface_per_core']}x per CPU-second (load average {load[0]:.1f})"
+        f"speed-up {cores} vs 1 worker: {result['speedup_all_vs_one_worker']}x (load average {load[0]:.1f})"
     )
     if baseline:
         print(f"against the same-run MaskTheFace-style baseline: {result['vs_same_run_baseline']}")
     print(
         f"detection alone (read, HOG ladder, 68 landmarks, start-up included): "
-        f"{medians['detection_only_images_per_s']} images/s; the target is "
-        f"{result['target_images_per_s_per_core']:.0f} images/s per core"
+        f"{medians['detection_only_images_per_s']} images/s"
     )
     print(f"written {args.out}")
 

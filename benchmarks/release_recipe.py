@@ -22,8 +22,9 @@ A short sweep on one shared dataset (each piece trains and evaluates on 500 test
         --max-test-samples 500 --no-identity --stop-after evaluate; done
 
 Outputs: WORK/data (dataset), WORK/mseg, WORK/gan (runs), WORK/eval (m2u-eval report), WORK/release.json (the
-measured figures) and PACKAGE/ (default inference/pretrained/m2unet-celeba-128): mseg.safetensors,
-generator.safetensors (fp16), card.json, MODEL_CARD.md.
+measured figures) and PACKAGE/ (default WORK/package): mseg.safetensors, generator.safetensors (fp16), card.json,
+MODEL_CARD.md. The model shipped with m2u (inference/pretrained/m2unet-celeba-128) is replaced only with
+--install, which copies PACKAGE/ there once it is complete.
 """
 
 from __future__ import annotations
@@ -173,14 +174,15 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
     from m2u.training.checkpoint import load_model
     from m2u.training.device import cpu_native_bf16
 
-    mseg, generator = load_model(mseg_path).eval(), load_model(generator_path).eval()
+    (mseg, mseg_info), (generator, _) = load_model(mseg_path), load_model(generator_path)
+    threshold = mseg_info.mask_threshold_or_default()
     image = torch.rand(1, 3, size, size)
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "size": size}
     with torch.no_grad():
-        out["cpu fp32"] = _median_seconds(lambda: restore_batch(mseg, generator, image))
+        out["cpu fp32"] = _median_seconds(lambda: restore_batch(mseg, generator, image, threshold))
         if cpu_native_bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                out["cpu bf16"] = _median_seconds(lambda: restore_batch(mseg, generator, image))
+                out["cpu bf16"] = _median_seconds(lambda: restore_batch(mseg, generator, image, threshold))
         else:
             out["cpu bf16"] = "not measured: this CPU has no native bf16"
     try:
@@ -197,7 +199,7 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
 
             def run() -> None:
                 logits = sessions[0].run(None, {mseg_input: x})[0]
-                mask = (1 / (1 + np.exp(-logits)) >= mseg.threshold).astype(np.float32)
+                mask = (1 / (1 + np.exp(-logits)) >= threshold).astype(np.float32)
                 sessions[1].run(None, dict(zip(generator_inputs, (x, mask), strict=True)))
 
             out["onnxruntime"] = _median_seconds(run)
@@ -206,19 +208,42 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
     return out
 
 
+def package_folder(args: argparse.Namespace) -> Path:
+    """Where the package is written: --package, else WORK/package (never the shipped model: see --install)."""
+    return Path(args.package) if args.package else Path(args.work) / "package"
+
+
+def install_package(package: Path, target: Path) -> Path:
+    """Copy a complete package's files over the shipped model's (each file replaced atomically)."""
+    import shutil
+
+    from m2u.inference.pretrained import CARD_FILE, CARD_JSON, GENERATOR_FILE, MSEG_FILE
+
+    names = (MSEG_FILE, GENERATOR_FILE, CARD_JSON, CARD_FILE)
+    missing = [n for n in names if not (package / n).is_file()]
+    if missing:
+        raise SystemExit(f"--install: {package} is not a complete package (missing {', '.join(missing)})")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        temporary = target / f".{name}.installing"
+        shutil.copyfile(package / name, temporary)
+        temporary.replace(target / name)
+    return target
+
+
 def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
     from m2u.inference.pretrained.card import write_model_card
     from m2u.training.checkpoint import load_model, save_model
 
-    package = Path(args.package)
+    package = package_folder(args)
     package.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, source in (
         (MSEG_FILE, report["files"]["mseg"]),
         (GENERATOR_FILE, report["files"]["generator"]),
     ):
-        path = save_model(package / name, load_model(source), dtype="fp16")
+        path = save_model(package / name, *load_model(source), dtype="fp16")
         files[name] = path.stat().st_size
     evaluation = report["evaluation"]
     latency = measure_latencies(package / MSEG_FILE, package / GENERATOR_FILE, report["data"]["size"])
@@ -254,7 +279,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--data", type=Path, default=None, help="dataset folder (default WORK/data; share one across a sweep)"
     )
-    parser.add_argument("--package", default=str(REPO / "training" / "pretrained" / "m2unet-celeba-128"))
+    parser.add_argument("--package", default=None, help="package folder (default: WORK/package)")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="replace the model shipped with m2u (inference/pretrained/m2unet-celeba-128) with the package",
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--limit", type=int, default=0, help="use the first N photos (0: all)")
     parser.add_argument("--workers", type=int, default=2)
@@ -328,6 +358,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     package = package_stage(args, report)
     print(f"wrote {package} (card: {package / 'MODEL_CARD.md'})")
+    if args.install:
+        from m2u.inference.pretrained import pretrained_dir
+
+        print(f"installed as the shipped model: {install_package(package, pretrained_dir())}")
     return report
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,11 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("images/s, all workers (median)", ("medians", "all_workers_images_per_s")),
         ("images per CPU-second, 1 worker (median)", ("medians", "one_worker_images_per_cpu_second")),
         ("detection alone, images/s (median)", ("medians", "detection_only_images_per_s")),
-        ("MaskTheFace-style, images/s (median)", ("medians", "masktheface_style_process_images_per_s")),
+        (
+            "MaskTheFace-style stand-in, images/s (median)",
+            ("medians", "masktheface_style_process_images_per_s"),
+        ),
+        ("vs MaskTheFace (--peer), per CPU-second", ("peer", "ratio_per_cpu_second")),
         ("masked fraction", ("one_worker", "masked_fraction")),
         ("peak RSS MiB", ("one_worker", "peak_rss_mib_largest_process")),
     ],
@@ -39,6 +44,7 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "loader": [
         ("JPEG samples per worker CPU-s", ("formats", "jpg", "worker_only_samples_per_cpu_s")),
         ("JPEG samples/s, 1 worker", ("formats", "jpg", "workers_1", "samples_per_s")),
+        ("JPEG vs plain webdataset, per CPU-s", ("formats", "jpg", "ratio_vs_plain_webdataset")),
         ("PNG samples per worker CPU-s", ("formats", "png", "worker_only_samples_per_cpu_s")),
     ],
     "training": [
@@ -48,7 +54,11 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("channels_last speed-up", ("forward_latency_s", "channels_last_speedup")),
         ("G+D train images/s at 128", ("gan_train_step", "128", "images_per_second")),
     ],
-    "evaluation": [],
+    "evaluation": [
+        ("identity / other metrics (target <= 1)", ("identity_in_m2u_eval", "identity_over_other_metrics")),
+        ("identity / other metrics before", ("identity_in_m2u_eval", "identity_over_other_metrics_before")),
+        ("identity speed-up vs dlib descriptor", ("identity_in_m2u_eval", "speedup_vs_dlib_descriptor")),
+    ],
     "unmask": [
         ("masked faces found, shipped cascade", ("shipped_cascade", "rate")),
         ("worst mask type", ("shipped_cascade", "worst_mask_type_rate")),
@@ -56,6 +66,8 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("detection CPU ms per face", ("shipped_cascade", "cpu_ms_per_face")),
         ("mouth offset px, 256 crop (mean)", ("alignment_error_crop_px", "visible", "mouth_px_mean")),
         ("m2u-unmask faces per CPU-s", ("pipeline", "faces_per_cpu_s")),
+        ("16-face photo, CPU ms per face (default)", ("many_faces", "cpu_ms_per_face", "default")),
+        ("16-face photo, default vs one face per pass", ("many_faces", "default_vs_one_face_per_pass")),
     ],
 }
 
@@ -68,8 +80,22 @@ def _dig(data: object, path: tuple[str, ...]) -> object:
     return data
 
 
+def cpu_description() -> str:
+    """The CPU's model and the flags the figures depend on (vector width, native bf16), from /proc/cpuinfo."""
+    model, flags = "unknown CPU", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    relevant = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(relevant) or 'none of avx/amx/fma'}"
+
+
 def summary() -> str:
-    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    lines = [f"CPU: {cpu_description()}", "", "| benchmark | figure | value |", "|---|---|---|"]
     for name, rows in HEADLINES.items():
         path = RESULTS / f"{name}.json"
         if not path.exists():

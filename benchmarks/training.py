@@ -36,12 +36,14 @@ import torch
 
 from m2u.training.config import GanTrainConfig
 from m2u.training.device import cpu_native_bf16, resolve_precision
+from m2u.training.distributed import DistributedContext
 from m2u.training.flops import count_macs, count_params, ptflops_macs
+from m2u.training.gan_task import GanTask
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, PatchDiscriminator
-from m2u.training.trainer import DistributedContext, GanTask, seed_everything
+from m2u.training.rng import seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/timing.py
-from timing import median_seconds  # noqa: E402
+from timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 

@@ -28,6 +28,13 @@ true eye centres and mouth centre between the two crops, in pixels of a 256 px c
 Throughput: m2u-unmask's whole per-face path (detection, alignment, M-Seg and CARU2-Net at their default sizes with
 untrained weights, paste-back) on a few masked photos, CPU time per face on this machine.
 
+Many faces (`--many-faces-only` runs only this, into the JSON's "many_faces" key): the shipped model on a photo of
+16 synthetic faces at known places (detection left out: its per-face cost is the cascade's figure above), one intra-op
+thread, CPU time per face in interleaved rounds for one face per forward pass in fp32, all the photo's faces in one
+fp32 pass (m2u-unmask before issue 28), and m2u-unmask's default (passes of up to 16, `precision="auto"`); and
+bf16 autocast against fp32 for M-Seg + generator at batch 1, 2, 4, 8 and 16 (the measurement behind
+`BF16_MIN_BATCH`), with the CPU's flags.
+
 Orientation (`--orientation-only` runs only this, into the JSON's "orientation" key at --offset 0, the selection the
 margin was chosen on, or "orientation_held_out" otherwise): the shipped cascade on every masked photo as it is and
 turned 180 degrees; faces refused as upside down (Face.problem) upright are false refusals, faces found turned and
@@ -381,12 +388,15 @@ def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
     """m2u-unmask's per-face path with default-size models (untrained: the speed does not depend on weights)."""
     import torch
 
+    from m2u.inference.restore import TwoStageModel
     from m2u.inference.unmask import UnmaskConfig, Unmasker
     from m2u.masking import read_image
     from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
     torch.manual_seed(0)
-    unmasker = Unmasker(MSeg(MSegConfig()), CARU2Net(GeneratorConfig()), UnmaskConfig(device="cpu"))
+    unmasker = Unmasker(
+        TwoStageModel(MSeg(MSegConfig()), CARU2Net(GeneratorConfig())), UnmaskConfig(device="cpu")
+    )
     unmasker.unmask_image(read_image(files[0]))  # warm-up: models loaded, first-call allocations
     faces, seconds = 0, 0.0
     for path in files[1 : n + 1]:
@@ -401,6 +411,97 @@ def pipeline_seconds_per_face(files: list[str], n: int) -> dict:
         "cpu_s_per_face": round(seconds / max(faces, 1), 3),
         "faces_per_cpu_s": round(faces / max(seconds, 1e-9), 3),
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def many_faces_figures(rounds: int = 3, faces: int = 16) -> dict:
+    """Per-face CPU time of m2u-unmask's path after detection on a photo of `faces` faces (see the docstring)."""
+    import statistics
+
+    import cv2
+    import torch
+
+    from m2u.datasets.synthetic import make_synthetic_sample
+    from m2u.inference.restore import load_two_stage, restore_batch
+    from m2u.inference.unmask import BF16_MIN_BATCH, UnmaskConfig, Unmasker
+    from m2u.masking.detect import Face
+    from m2u.training.device import cpu_native_bf16
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    side, cols = 180, 4
+    photo = cv2.GaussianBlur(
+        rng.integers(0, 256, (side * (faces // cols + 1), side * cols, 3), dtype=np.uint8), (0, 0), 3
+    )
+    found = []
+    for k in range(faces):
+        sample = make_synthetic_sample(160, seed=k)
+        x, y = 10 + (k % cols) * side, 10 + (k // cols) * side
+        photo[y : y + 160, x : x + 160] = sample.masked
+        found.append(Face.from_landmarks(sample.landmarks + np.array([x, y], np.float32)))
+
+    class _Known:
+        def detect(self, image):
+            return list(found)
+
+    models = load_two_stage(None, None, "cpu")
+    setups = {
+        "one_face_per_pass_fp32": UnmaskConfig(device="cpu", max_batch=1, precision="fp32", progress=False),
+        "one_pass_fp32": UnmaskConfig(device="cpu", max_batch=faces, precision="fp32", progress=False),
+        "default": UnmaskConfig(device="cpu", progress=False),
+    }
+    unmaskers = {}
+    for name, config in setups.items():
+        unmaskers[name] = Unmasker(models, config)
+        unmaskers[name].detector = _Known()
+        unmaskers[name].unmask_image(photo)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, unmasker in unmaskers.items():
+            start = time.process_time()
+            unmasker.unmask_image(photo)
+            times[name].append((time.process_time() - start) / faces)
+    mseg, generator = models.mseg, models.generator
+    threshold = unmaskers["default"].usage.mask_threshold
+    size = unmaskers["default"].usage.crop_size
+    bf16 = {}
+    for batch in (1, 2, 4, 8, 16):
+        x = torch.rand(batch, 3, size, size)
+
+        def run(enabled: bool, x=x) -> float:
+            start = time.process_time()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                restore_batch(mseg, generator, x, threshold)
+            return time.process_time() - start
+
+        run(False), run(True)
+        pairs = [(run(False), run(True)) for _ in range(rounds)]
+        bf16[str(batch)] = {
+            "fp32_ms_per_face": round(1000 * statistics.median(a for a, _ in pairs) / batch, 1),
+            "bf16_ms_per_face": round(1000 * statistics.median(b for _, b in pairs) / batch, 1),
+            "bf16_speedup": round(statistics.median(a / b for a, b in pairs), 2),
+        }
+    ratio = lambda a, b: round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)  # noqa: E731
+    flags = set()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {
+        "faces": faces,
+        "crop": size,
+        "model": "shipped",
+        "rounds": rounds,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_native_bf16(),
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))),
+        "default_precision_at_16": unmaskers["default"].pass_precision(min(faces, 16)),
+        "bf16_min_batch": BF16_MIN_BATCH,
+        "cpu_ms_per_face": {k: round(1000 * statistics.median(v), 1) for k, v in times.items()},
+        "default_vs_one_face_per_pass": ratio(times["one_face_per_pass_fp32"], times["default"]),
+        "default_vs_one_fp32_pass": ratio(times["one_pass_fp32"], times["default"]),
+        "bf16_vs_fp32": bf16,
     }
 
 
@@ -424,8 +525,20 @@ def main() -> None:
         help="only the upside-down check (photos as they are and turned 180 degrees), into the JSON's "
         "'orientation' (offset 0) or 'orientation_held_out' key; the rest of the JSON is kept",
     )
+    parser.add_argument(
+        "--many-faces-only",
+        action="store_true",
+        help="only the many-faces timing (batched passes, bf16), into the JSON's 'many_faces' key",
+    )
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "unmask.json")
     args = parser.parse_args()
+    if args.many_faces_only:
+        figures = many_faces_figures(rounds=1 if args.quick else 3)
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged["many_faces"] = figures
+        _write_json(args.out, merged)
+        print(json.dumps(figures, indent=1))
+        return
     n = 24 if args.quick else args.faces
     import cv2
 
@@ -550,7 +663,7 @@ def main() -> None:
     }
     # The orientation figures of the other selection (see --orientation-only) are kept from the previous file.
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    for key in ("orientation", "orientation_held_out"):
+    for key in ("orientation", "orientation_held_out", "many_faces"):
         if key in previous and key not in result:
             result[key] = previous[key]
     _write_json(args.out, result)

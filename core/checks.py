@@ -7,16 +7,19 @@ their values; tuples have their length and element types.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+_HINTS: dict[type, dict[str, Any]] = {}
 
-@functools.cache
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """typing.get_type_hints, once per class (it evaluates every annotation)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _describe(hint: Any) -> str:

@@ -12,7 +12,6 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +37,6 @@ def is_hidden(path: Path, folder: Path) -> bool:
     """Whether `path` is hidden below `folder`: its name or a folder between starts with "." (folder scans pass
     over these, e.g. .ipynb_checkpoints; see m2u.core.inputs)."""
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
-
-
-def describe_ignored_files(
-    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
-) -> str:
-    """The sentence of `m2u.core.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
-    over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
-    from m2u.core.inputs import discover
-
-    return discover(inputs, exclude=exclude).describe_skipped()
 
 
 class ImageReadError(Exception):
@@ -129,7 +118,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         return np.array(img)  # one copy, straight from Pillow's buffer
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling, so scale ourselves.
-        grey = np.asarray(img).astype(np.uint32)
+        grey: np.ndarray = np.asarray(img).astype(np.uint32)
         if mode == "I" and grey.max(initial=0) > 65535:
             grey = grey >> 16
         grey8 = (grey >> 8).astype(np.uint8) if grey.max(initial=0) > 255 else grey.astype(np.uint8)
@@ -185,9 +174,10 @@ def _decode(handle, path, max_pixels: int) -> np.ndarray:
                 img.load()
                 # A JPEG keeps its EXIF (orientation included) in info["exif"]: without it there is nothing to
                 # rotate, and looking for it costs about half as much as decoding a small photo.
+                upright: Image.Image = img
                 if img.format not in ("JPEG", "MPO") or "exif" in img.info:
-                    img = ImageOps.exif_transpose(img)
-                array = _to_rgb_array(img)
+                    upright = ImageOps.exif_transpose(img)
+                array = _to_rgb_array(upright)
     except ImageReadError:
         raise
     except UnidentifiedImageError as exc:

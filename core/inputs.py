@@ -73,6 +73,7 @@ class Discovery:
     hidden: int = 0
     no_image_suffix: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
+    mask_files: int = 0  # m2u-mask's ground-truth masks (NAME_mask.png beside NAME.json): not photos
     folders: list[Path] = field(default_factory=list)  # the input folders, as given
     per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
 
@@ -94,6 +95,11 @@ class Discovery:
                 f"{self.hidden} image file(s) in the input folders are hidden (a name or folder starting with "
                 "'.') and were not read"
             )
+        if self.mask_files:
+            sentences.append(
+                f"{self.mask_files} mask file(s) written by m2u-mask (NAME_mask.png beside NAME.json) were not "
+                "read as photos"
+            )
         if self.excluded:
             sentences.append(f"{self.excluded} file(s) inside the output folder were not read as inputs")
         return "; ".join(sentences)
@@ -114,6 +120,18 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path))
 
 
+MASK_FILE_SUFFIX = "_mask.png"  # m2u-mask writes NAME_mask.png and NAME.json beside the masked photo
+
+
+def is_mask_file(path: Path) -> bool:
+    """An m2u-mask ground-truth mask: NAME_mask.png with NAME.json (its metadata) beside it. Folder scans pass
+    these over (counted), so m2u-mask's output folder can be given as it is to m2u-unmask or m2u-make-dataset."""
+    name = path.name
+    if not name.endswith(MASK_FILE_SUFFIX):
+        return False
+    return path.with_name(name[: -len(MASK_FILE_SUFFIX)] + ".json").is_file()
+
+
 def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
     entries = []
     for root, dirs, files in os.walk(folder):
@@ -132,6 +150,8 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
                 found.no_image_suffix[suffix] = found.no_image_suffix.get(suffix, 0) + 1
             elif is_hidden(path, folder):
                 found.hidden += 1
+            elif is_mask_file(path):
+                found.mask_files += 1
             else:
                 entries.append(InputEntry(path, path.relative_to(folder).as_posix(), origin, "", probe(path)))
     return sorted(entries, key=lambda e: e.relative)
@@ -240,6 +260,12 @@ def discover(
     return found
 
 
+def no_images_error(found: Discovery) -> InputError:
+    """The one error every tool gives when its inputs hold no image file, saying what was passed over."""
+    said = found.describe_skipped()
+    return InputError("no image files found in the inputs" + (f" ({said})" if said else ""))
+
+
 class OutputFolderError(ValueError):
     """An output folder a run must not write: an input folder, one whose outputs would replace inputs, or one
     another run is writing."""
@@ -293,6 +319,14 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
         os.close(fd)
 
 
+def describe_ignored_files(
+    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+) -> str:
+    """The sentence of `m2u.core.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
+    over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
+    return discover(inputs, exclude=exclude).describe_skipped()
+
+
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "Discovery",
@@ -303,7 +337,9 @@ __all__ = [
     "OutputFolderError",
     "check_arguments",
     "check_output_folder",
+    "describe_ignored_files",
     "discover",
+    "no_images_error",
     "open_regular",
     "output_lock",
     "probe",

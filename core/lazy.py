@@ -2,6 +2,10 @@
 
 Importing a package then costs nothing until a name is used, and `from <package> import name` loads
 only the submodule that defines the name.
+
+Hand-written rather than `lazy_loader.attach` (installed with scikit-image): lazy_loader resolves a name only
+in a submodule of the package itself, and m2u's packages also re-export a name from a package below them
+(the masking package's `read_image` is `m2u.core.imageio.read_image`). tests/core/test_lazy.py shows both.
 """
 
 from __future__ import annotations

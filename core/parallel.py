@@ -50,7 +50,7 @@ def _start_worker(initializer: Callable[..., None] | None, *initargs: Any) -> No
         return
     try:
         initializer(*initargs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure, reported by the first task
         # Kept, not raised: a worker that exits is replaced by a new one, which fails the same way, forever, while
         # the caller waits for results. Its first task reports the failure to the caller instead.
         _START_FAILURE = f"{type(exc).__name__}: {exc}"

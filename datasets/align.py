@@ -61,19 +61,15 @@ def anchor_points(landmarks: np.ndarray) -> np.ndarray:
 
 
 def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (x' = a x - b y + tx, y' = b x + a y + ty) mapping src points onto dst."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    rows = []
-    for (x, y), (u, v) in zip(src, dst):
-        rows.append(([x, -y, 1.0, 0.0], u))
-        rows.append(([y, x, 0.0, 1.0], v))
-    design = np.array([r[0] for r in rows])
-    target = np.array([r[1] for r in rows])
-    (a, b, tx, ty), *_ = np.linalg.lstsq(design, target, rcond=None)
-    if a * a + b * b < 1e-12:
+    """Least-squares similarity (x' = a x - b y + tx, y' = b x + a y + ty) mapping src points onto dst, as a
+    2x3 matrix: scikit-image's SimilarityTransform estimate (Umeyama), the same least-squares solution as the
+    linear fit m2u used before (tests/datasets/test_align.py checks that the crops are unchanged)."""
+    from skimage.transform import SimilarityTransform
+
+    transform = SimilarityTransform.from_estimate(np.asarray(src, np.float64), np.asarray(dst, np.float64))
+    if not transform or transform.scale < 1e-6:
         raise ValueError("degenerate landmarks: the alignment transform has zero scale")
-    return np.array([[a, -b, tx], [b, a, ty]])
+    return np.asarray(transform.params[:2], dtype=np.float64)
 
 
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

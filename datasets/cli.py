@@ -8,12 +8,30 @@ from typing import Any
 
 import click
 
-from m2u.core.imageio import describe_ignored_files
+from m2u.core.cli import (
+    CONTEXT_SETTINGS,
+    EXIT_SOME_FAILED,
+    Refused,
+    alias_option,
+    apply_aliases,
+    color_option,
+    inputs_argument,
+    limit_option,
+    min_score_option,
+    out_option,
+    progress_of,
+    progress_options,
+    seed_option,
+    size_option,
+    workers_option,
+)
+from m2u.core.inputs import describe_ignored_files
 from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat
-from m2u.datasets.config import DISTRIBUTORS, parse_partition
+from m2u.datasets.config import DISTRIBUTORS, BuildWriteError, parse_partition
 from m2u.datasets.splits import SplitBy, parse_fractions
+from m2u.datasets.storage import build_at_url, is_url
 
 # Shorthand options → m2u.masking.MaskConfig field names.
 MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern", "pack": "pack"}
@@ -51,12 +69,10 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder."
-)
-@click.option("--size", default=BuildConfig.size, show_default=True, help="Side of the aligned square crop.")
+@click.command(context_settings=CONTEXT_SETTINGS)
+@inputs_argument
+@out_option("Dataset folder, or an fsspec URL (s3://bucket/prefix, gs://...; built locally, then uploaded).")
+@size_option(BuildConfig.size, "Side of the aligned square crop.")
 @click.option(
     "--split",
     default=",".join(str(f) for f in BuildConfig.split),
@@ -64,12 +80,7 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     callback=_fractions,
     help="Train,val,test fractions.",
 )
-@click.option(
-    "--seed",
-    default=BuildConfig.seed,
-    show_default=True,
-    help="Seed of the splits and of every sample's mask.",
-)
+@seed_option(BuildConfig.seed, "Seed of the splits and of every sample's mask.")
 @click.option(
     "--split-by",
     type=click.Choice([s.value for s in SplitBy]),
@@ -81,7 +92,7 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     "--identity-file", type=click.Path(dir_okay=False, exists=True), help="CelebA-style '<file> <id>' file."
 )
 @click.option("--identity-pattern", help="File-name pattern with {identity}, e.g. '{identity}_{id}.jpg'.")
-@click.option("--limit", type=click.IntRange(min=1), help="Use the first N inputs (sorted by path).")
+@limit_option()
 @click.option(
     "--variants",
     default=BuildConfig.variants,
@@ -97,8 +108,10 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     help="m2u: the masking engine; synthetic: a procedural stand-in for tests and smoke runs.",
 )
 @click.option("--mask-type", help="Mask type passed to the masking engine.")
-@click.option("--mask-color", help="Mask colour passed to the masking engine.")
-@click.option("--mask-pattern", help="Mask pattern passed to the masking engine.")
+@color_option(None, "Mask colour: a name or #rrggbb (or random); default: the template's own colours.")
+@click.option("--pattern", help="Mask pattern passed to the masking engine (as m2u-mask's --pattern).")
+@alias_option("--mask-color", target="color")
+@alias_option("--mask-pattern", target="pattern")
 @click.option(
     "--pack",
     type=click.Path(exists=True),
@@ -110,11 +123,10 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option(
     "--detector-option", multiple=True, metavar="KEY=VALUE", help="A DetectorConfig field (repeatable)."
 )
-@click.option(
-    "--workers",
-    default=BuildConfig().workers,
+@min_score_option(None)
+@workers_option(
+    BuildConfig().workers,
     show_default="all cores",
-    type=click.IntRange(min=0),
     help="Worker processes (one shard, or part of one, at a time); 0 (or 1) = work in this process, no worker "
     "processes; with --distributor ray, the CPUs of a local Ray.",
 )
@@ -151,31 +163,51 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     help="Only write the manifests and stats.json once every partition is done (refused while shards are missing).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset in OUT instead of resuming it.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> None:
+@progress_options
+def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
     """Build paired masked/unmasked WebDataset shards, a Parquet manifest and stats.json from face photos.
 
     INPUT is a folder (searched recursively), a glob, an image, or a list file (.txt, .csv or .parquet with a
-    path column). Rerunning with the same arguments resumes an interrupted build.
+    path column). Rerunning with the same arguments resumes an interrupted build. OUT may be an fsspec URL
+    (s3://bucket/prefix): the same files as a local build are written there, and a rerun resumes it.
+
+    Exit code: 0 done (faces not found are counted, not failures); 1 some inputs could not be read or no pair
+    was written; 2 usage error or refused.
     """
+    apply_aliases(options)
+    progress = progress_of(options)
+    options.pop("progress")
+    if not inputs:
+        raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
+    options["mask_color"], options["mask_pattern"] = options.pop("color"), options.pop("pattern")
     mask_options = {**BuildConfig().mask_options, **_key_values(options.pop("mask_option"), "--mask-option")}
     for option, field_name in MASK_SHORTHANDS.items():
         value = options.pop(option)
         if value is not None:
             mask_options[field_name] = value
     detector_options = _key_values(options.pop("detector_option"), "--detector-option")
+    min_score = options.pop("min_score")
+    if min_score is not None:
+        detector_options["min_score"] = min_score
     options["workers"] = max(options["workers"], 1)  # 0 and 1: in this process
     try:
         config = BuildConfig(
-            **options, mask_options=mask_options, detector_options=detector_options, progress=not quiet
+            **options, mask_options=mask_options, detector_options=detector_options, progress=progress
         )
-        result = build_dataset(list(inputs), out_dir, config)
-    except (BuildError, ValueError, FileNotFoundError, WorkerStartError) as exc:
+        if is_url(out_dir):
+            result = build_at_url(out_dir, lambda local: build_dataset(list(inputs), local, config))
+        else:
+            result = build_dataset(list(inputs), out_dir, config)
+    except BuildWriteError as exc:  # the run started and could not write (a full disk): exit 1
         raise click.ClickException(str(exc)) from None
+    except WorkerStartError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (BuildError, ValueError, FileNotFoundError) as exc:
+        raise Refused(str(exc)) from None
     except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
         raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None
     stats = result.stats
-    ignored = describe_ignored_files(inputs, exclude=[out_dir])
+    ignored = describe_ignored_files(inputs, exclude=[] if is_url(out_dir) else [out_dir])
     if ignored:
         click.echo(ignored, err=True)
     if stats["partition"] is not None:
@@ -197,7 +229,8 @@ def main(inputs: tuple[str, ...], out_dir: str, quiet: bool, **options: Any) -> 
     )
     if statuses["ok"] == 0:
         click.echo("no pair was written: see the reason column of manifest.parquet", err=True)
-        sys.exit(1)
+    if statuses["ok"] == 0 or statuses["error"]:
+        sys.exit(EXIT_SOME_FAILED)
 
 
 if __name__ == "__main__":

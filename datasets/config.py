@@ -23,6 +23,10 @@ class BuildError(RuntimeError):
     """A build that cannot start or finish; the message says what to do."""
 
 
+class BuildWriteError(BuildError):
+    """The build ran and could not write its output (a full disk, a quota): exit code 1, not a refusal."""
+
+
 class BuildLockedError(BuildError):
     pass
 

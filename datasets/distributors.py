@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -142,7 +143,7 @@ class MultiprocessingDistributor:
         workers = min(self.workers, sum(len(t.samples) for t in ordered))
         if workers <= 1:
             for task in ordered:
-                report = throttled(lambda d, c, sid=task.shard_id: progress(sid, d, c), len(task.samples))
+                report = throttled(functools.partial(progress, task.shard_id), len(task.samples))
                 yield build_shard(job, task, report)
             return
         pending = {_item_key(item): item for item in split_into_parts(ordered, workers)}
@@ -297,7 +298,8 @@ class _ProgressBoard:
         self.reports: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
 
     def report(self, shard_id: tuple[str, int], done: int, counts: dict[str, int]) -> None:
-        self.reports[tuple(shard_id)] = (done, counts)
+        split, index = shard_id  # a list after Ray serialised it: a tuple key again
+        self.reports[(split, index)] = (done, counts)
 
     def take(self) -> list[tuple[tuple[str, int], int, dict[str, int]]]:
         reports, self.reports = self.reports, {}

@@ -18,7 +18,6 @@ Each sample in a shard is four tar members sharing a key: ``<key>.masked.<ext>``
 
 from __future__ import annotations
 
-import enum
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from m2u.core import outcome
 from m2u.core.fileio import atomic_write
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -74,15 +74,8 @@ KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MAX_KEY_LENGTH = 80  # keeps "<key>.unmasked.webp" inside a plain ustar name field (100 bytes)
 
 
-class Status(enum.StrEnum):
-    """Outcome of one planned sample, as recorded in the manifest."""
-
-    OK = "ok"
-    NO_FACE = "no_face"
-    # A face was found but the masking engine refused to place a mask on it (fold-over, mask off the mouth...):
-    # a property of the photo, not a failure of the build.
-    REFUSED = "refused"
-    ERROR = "error"
+# The outcome of one planned sample, as recorded in the manifest: the status vocabulary all per-file tools share.
+Status = outcome.Status
 
 
 # The columns of the Parquet files, their types and meanings: the one place these facts live. The README's

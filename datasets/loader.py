@@ -10,6 +10,8 @@ Each batch is a dict::
     mask      float32 (B, 1, H, W) in {0, 1}
     key       list[str]
 
+(``LoaderConfig(members=("masked", "mask"))``: only those members, the others not decoded.)
+
 Every epoch yields every sample of the split exactly once across all DataLoader workers and DDP ranks:
 
 * the shard list is shuffled with (seed, epoch) — the same permutation on every rank — then either each global
@@ -58,6 +60,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -87,8 +90,10 @@ from m2u.datasets.layout import (
 )
 from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
+from m2u.datasets.storage import is_url, local_dataset
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
+BATCH_MEMBERS = ("masked", "unmasked", "mask")
 ON_ERROR_CHOICES = ("raise", "skip")
 SKIPPED_FIELD = "skipped"  # raw-batch field: what a worker left out since its previous batch
 # A tar archive ends with two zero blocks (tarfile and GNU tar then pad to whole records): without them a shard
@@ -129,6 +134,9 @@ class LoaderConfig:
     # For a dataset folder: before the first batch, check that every shard its manifest lists is there with the
     # size and SHA-256 recorded when it was committed (reads every shard once more). for_evaluation() turns it on.
     verify: bool = False
+    # The batch members decoded and returned: M-Seg training needs only ("masked", "mask"), and a member not asked
+    # for is never decoded (its bytes are still read: they sit in the same tar).
+    members: tuple[str, ...] = ("masked", "unmasked", "mask")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -141,6 +149,8 @@ class LoaderConfig:
             raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
         if self.split_by not in SPLIT_BY_CHOICES:
             raise ValueError(f"split_by must be one of {SPLIT_BY_CHOICES}, got {self.split_by!r}")
+        if not self.members or any(m not in BATCH_MEMBERS for m in self.members):
+            raise ValueError(f"members must be a non-empty subset of {BATCH_MEMBERS}, got {self.members!r}")
         if self.on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {self.on_error!r}")
 
@@ -153,6 +163,11 @@ class LoaderConfig:
         return replace(base, **overrides)
 
 
+def is_dataset_url(text: str) -> bool:
+    """A URL naming a dataset folder (s3://bucket/prefix), not shards (a .tar URL or brace pattern of them)."""
+    return is_url(text) and not text.startswith("pipe:") and ".tar" not in text and "{" not in text
+
+
 def _is_url(text: str) -> bool:
     return "://" in text or text.startswith("pipe:")
 
@@ -161,7 +176,7 @@ def resolve_shards(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str | None = None
 ) -> list[str]:
     """Turn a dataset folder, glob, brace pattern, URL or list of those into a list of shard paths/URLs."""
-    if isinstance(source, (list, tuple)):
+    if not isinstance(source, str | os.PathLike):  # a list or tuple of sources
         shards = [s for item in source for s in resolve_shards(item, None)]
     else:
         text = os.fspath(source)
@@ -198,10 +213,89 @@ def _dist_info(config: LoaderConfig) -> tuple[int, int]:
 
 
 def _iter_raw_samples(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Yield raw samples (``__key__`` plus field → bytes) from shards, one shard after another."""
+    """Yield raw samples (``__key__`` plus field → bytes) from shards, one shard after another: local shards of
+    plain members (what m2u writes) through ``_local_tar_samples``, anything else through webdataset."""
     from webdataset.tariterators import tarfile_samples
 
-    yield from tarfile_samples([{"url": url} for url in shards])
+    for url in shards:
+        members = None if _is_url(url) else _plain_tar_members(url)
+        if members is None:
+            yield from tarfile_samples([{"url": url}])
+        else:
+            yield from _local_tar_samples(url, members)
+
+
+_TAR_REGULAR = (b"0", b"\0")
+_TAR_SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"7")  # links, devices, directories, FIFOs: not samples
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
+_KEY_AND_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+
+
+def _tar_header_checksum_ok(header: bytes) -> bool:
+    try:
+        recorded = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return False
+    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    return recorded == unsigned
+
+
+def _plain_tar_members(path: str) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, size) of a local tar's members when every header is a plain ustar/GNU header with its
+    name in the name field (regular files, or members webdataset skips); None otherwise (long names, pax headers,
+    a bad checksum: webdataset's tarfile reader then reads the shard and reports what it finds)."""
+    members: list[tuple[str, int, int]] = []
+    try:
+        with open(path, "rb") as handle:
+            offset = 0
+            while True:
+                header = handle.read(_TAR_BLOCK)
+                if len(header) < _TAR_BLOCK or header == b"\0" * _TAR_BLOCK:
+                    return members
+                kind = header[156:157]
+                if not _tar_header_checksum_ok(header) or header[345:500].strip(b"\0"):
+                    return None
+                if kind not in _TAR_REGULAR and kind not in _TAR_SKIPPED:
+                    return None
+                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+                offset += _TAR_BLOCK
+                if kind in _TAR_REGULAR and not name.endswith("/"):
+                    members.append((name, offset, size))
+                offset += -(-size // _TAR_BLOCK) * _TAR_BLOCK
+                handle.seek(offset)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _local_tar_samples(url: str, members: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+    """The samples webdataset's ``tarfile_samples`` yields for this shard (members grouped by key, consecutive,
+    field names lower-cased, meta members skipped, a duplicate field an error), read without tarfile's per-member
+    overhead: a third of a loader worker's time went to it."""
+    current: dict[str, Any] | None = None
+    with open(url, "rb") as handle:
+        for name, offset, size in members:
+            if _META_MEMBER.match(name) or (
+                "/" not in name and name.startswith("__") and name.endswith("__")
+            ):
+                continue
+            match = _KEY_AND_FIELD.match(name)
+            if match is None:
+                continue
+            key, field = match.group(1), match.group(2).lower()
+            if current is None or key != current["__key__"]:
+                if current is not None and len(current) > 2:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            if field in current:
+                raise ValueError(f"{name}: duplicate file name in tar file {field} {current.keys()}")
+            handle.seek(offset)
+            data = handle.read(size)
+            if len(data) != size:
+                raise ValueError(f"unexpected end of data in member {name}")
+            current[field] = data
+    if current is not None and len(current) > 2:
+        yield current
 
 
 def check_shard_complete(path: str) -> None:
@@ -266,8 +360,80 @@ def _image_field(sample: dict[str, Any], prefix: str) -> bytes:
     )
 
 
+@dataclass
+class _Scratch:
+    """Reused decode buffers of one worker (JPEG members are decoded straight into them)."""
+
+    masked: np.ndarray | None = None
+    unmasked: np.ndarray | None = None
+
+
+class _BatchBuffer:
+    """A raw batch filled row by row as samples are decoded: contiguous uint8 tensors, images (B, 3, H, W) 0..255,
+    mask (B, 1, H, W) 0/1, allocated once per batch (in shared memory inside a DataLoader worker: the worker queue
+    would otherwise copy the batch there) and written in channel-first order with the flip applied in the same copy;
+    ``to_float_batch`` converts in the receiving process."""
+
+    def __init__(self, capacity: int, size: int | None, members: tuple[str, ...] = BATCH_MEMBERS):
+        self.capacity = capacity
+        self.members = members
+        self.scratch = _Scratch()
+        self._size: int | None = None
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._keys: list[str] = []
+        self._flipped: np.ndarray | None = None
+        if size is not None:
+            self._allocate(size)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _allocate(self, size: int) -> None:
+        if self._size != size:
+            self._size = size
+            self.scratch = _Scratch(np.empty((size, size, 3), np.uint8), np.empty((size, size, 3), np.uint8))
+            self._flipped = np.empty((size, size, 3), np.uint8)
+        in_worker = get_worker_info() is not None
+        for name in self.members:
+            channels = 1 if name == "mask" else 3
+            tensor = torch.empty((self.capacity, channels, size, size), dtype=torch.uint8)
+            self._tensors[name] = tensor.share_memory_() if in_worker else tensor
+
+    def put(self, key: str, images: dict[str, np.ndarray], flip: bool) -> None:
+        """Copy one decoded sample (BGR images, 0/255 mask; the batch's members) into the next row."""
+        size = next(iter(images.values())).shape[0]
+        if not self._tensors or self._size != size:
+            self._allocate(size)
+        row = len(self._keys)
+        for name in ("masked", "unmasked"):
+            if name not in images:
+                continue
+            image = images[name]
+            if flip:
+                image = cv2.flip(image, 1, dst=self._flipped)
+            planes = self._tensors[name][row].numpy()
+            # BGR HWC -> RGB CHW: OpenCV's de-interleave writes the three planes in place (a strided numpy
+            # transpose copy cost a fifth of a worker's time).
+            cv2.split(image, [planes[2], planes[1], planes[0]])
+        if "mask" in images:
+            mask = images["mask"]
+            source = mask[:, ::-1] if flip else mask
+            np.greater(source, 127, out=self._tensors["mask"][row, 0].numpy().view(np.bool_))
+        self._keys.append(key)
+
+    def take(self) -> dict[str, Any]:
+        """The filled rows as a batch; the next sample starts a new one."""
+        n = len(self._keys)
+        batch: dict[str, Any] = {
+            name: t if n == self.capacity else t[:n] for name, t in self._tensors.items()
+        }
+        batch["key"] = self._keys
+        self._keys, self._tensors = [], {}  # the next batch is allocated by its first sample
+        return batch
+
+
 class PairedShardDataset(IterableDataset):
-    """An IterableDataset of raw uint8 batches over paired shards (see ``_collate``; ``to_float_batch`` gives the
+    """An IterableDataset of raw uint8 batches over paired shards (see ``_BatchBuffer``; ``to_float_batch`` gives the
     documented float batch, as PairedLoader does); see the module docstring for the epoch guarantees."""
 
     def __init__(
@@ -296,6 +462,7 @@ class PairedShardDataset(IterableDataset):
         self._size: int | None = image_size
         self._rank_world: tuple[int, int] | None = None
         self._skipped: list[str] = []  # what this iterator left out since its last batch
+        self._iter_epoch = 0
 
     @property
     def epoch(self) -> int:
@@ -310,7 +477,10 @@ class PairedShardDataset(IterableDataset):
         self._rank_world = _dist_info(self.config)
 
     def _layout(self) -> tuple[int, int, str]:
-        """(this worker's global id, number of global workers, split mode)."""
+        """(this worker's global id, number of global workers, split mode). Hand-written rather than webdataset's
+        split_by_node / split_by_worker: those split only the shard list (fewer shards than workers leaves some
+        idle and ranks uneven; tests/datasets/test_loader_split.py) and read the rank from the process group,
+        which DataLoader workers do not have."""
         rank, world = self._rank_world or _dist_info(self.config)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -387,88 +557,65 @@ class PairedShardDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def _decode_checked(
-        self, sample: dict[str, Any]
-    ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
-        """``_decode`` with a damaged sample turned into a ShardError naming it (or None when skipping)."""
+    def _decode_into(self, sample: dict[str, Any], batch: _BatchBuffer) -> bool:
+        """Decode ``sample`` into the batch's next row; False (the row left free) when it is damaged and skipped,
+        a ShardError naming it under on_error="raise"."""
         try:
-            return self._decode(sample)
+            self._decode(sample, batch)
+            return True
         except Exception as exc:  # noqa: BLE001 - a missing member, undecodable bytes, mismatched sizes
             key, url = sample.get("__key__"), sample.get("__url__")
             self._fail(f"sample {key!r} in shard {url} is unreadable: {exc}", exc)
-            return None
+            return False
 
-    def _decode(self, sample: dict[str, Any]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(self, sample: dict[str, Any], batch: _BatchBuffer) -> None:
         key = sample["__key__"]
-        # BGR as OpenCV decodes it: _collate reverses the channels in the copy it makes anyway.
-        masked = decode_image(_image_field(sample, MASKED_FIELD), rgb=False)
-        unmasked = decode_image(_image_field(sample, UNMASKED_FIELD), rgb=False)
-        if MASK_FIELD not in sample:
-            raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
-        mask = decode_mask(sample[MASK_FIELD])
-        if masked.shape != unmasked.shape or masked.shape[:2] != mask.shape:
+        scratch, wanted = batch.scratch, self.config.members
+        # Decoded into reused buffers (no fresh image per member), in OpenCV's BGR order: the copy into the batch's
+        # channel planes reverses the channels anyway. Every member asked for is decoded and checked; the sizes
+        # of the others are not known without decoding them, so they are not checked.
+        images = {}
+        for name, field, buffer in (
+            ("masked", MASKED_FIELD, scratch.masked),
+            ("unmasked", UNMASKED_FIELD, scratch.unmasked),
+        ):
+            if name in wanted:
+                images[name] = decode_image(_image_field(sample, field), rgb=False, buffer=buffer)
+        if "mask" in wanted:
+            if MASK_FIELD not in sample:
+                raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
+            images["mask"] = decode_mask(sample[MASK_FIELD])
+        shapes = {name: image.shape[:2] for name, image in images.items()}
+        channels = {image.shape[2] for image in images.values() if image.ndim == 3}
+        if len(set(shapes.values())) > 1 or len(channels) > 1:
             raise ValueError(
-                f"sample {key!r}: members differ in size {masked.shape} {unmasked.shape} {mask.shape}"
+                f"sample {key!r}: members differ in size "
+                + " ".join(str(images[n].shape) for n in BATCH_MEMBERS if n in images)
             )
+        height, width = next(iter(shapes.values()))
         if self._size is None:
-            self._size = masked.shape[0]
-        if masked.shape[:2] != (self._size, self._size):
+            self._size = height
+        if (height, width) != (self._size, self._size):
             raise ValueError(
-                f"sample {key!r} is {masked.shape[1]}x{masked.shape[0]}, the dataset's samples are "
-                f"{self._size}x{self._size}"
+                f"sample {key!r} is {width}x{height}, the dataset's samples are {self._size}x{self._size}"
             )
         p = self.config.hflip_prob
-        if p > 0 and unit_hash("hflip", self.config.seed, self.epoch, key) < p:
-            masked, unmasked, mask = cv2.flip(masked, 1), cv2.flip(unmasked, 1), cv2.flip(mask, 1)
-        return key, masked, unmasked, mask
-
-    @staticmethod
-    def _collate(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
-        """A raw batch: contiguous uint8 tensors, images (B, 3, H, W) 0..255, mask (B, 1, H, W) 0/1. Workers send
-        uint8 (a quarter of float32's bytes through shared memory) already in channel-first order;
-        ``to_float_batch`` converts in the receiving process."""
-
-        height, width = items[0][3].shape
-
-        in_worker = get_worker_info() is not None
-
-        def stacked(index: int, channels: int) -> torch.Tensor:
-            batch = torch.empty((len(items), channels, height, width), dtype=torch.uint8)  # contiguous NCHW
-            if in_worker:
-                # Filled in shared memory from the start: the worker queue would otherwise copy the batch there.
-                batch.share_memory_()
-            out = batch.numpy()
-            for row, item in enumerate(items):
-                if channels == 3:
-                    # BGR HWC -> RGB CHW: OpenCV's vectorised de-interleave, then plane copies (a strided numpy
-                    # transpose copy cost a fifth of a worker's time).
-                    blue, green, red = cv2.split(item[index])
-                    out[row, 0], out[row, 1], out[row, 2] = red, green, blue
-                else:
-                    np.greater(item[index], 127, out=out[row, 0].view(np.bool_))
-            return batch
-
-        return {
-            "masked": stacked(1, 3),
-            "unmasked": stacked(2, 3),
-            "mask": stacked(3, 1),
-            "key": [item[0] for item in items],
-        }
+        flip = p > 0 and unit_hash("hflip", self.config.seed, self._iter_epoch, key) < p
+        batch.put(key, images, flip)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if get_worker_info() is not None:
             cv2.setNumThreads(1)  # one decode thread per worker: workers are the parallelism
         self._skipped = []
-        batch: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._iter_epoch = self.epoch  # read from shared memory once per epoch, not per sample
+        size = self.config.batch_size
+        batch = _BatchBuffer(size, self._size, self.config.members)
         for sample in self._shuffled(self._my_raw_samples()):
-            item = self._decode_checked(sample)
-            if item is not None:
-                batch.append(item)
-            if len(batch) == self.config.batch_size:
-                yield self._with_skips(self._collate(batch))
-                batch = []
-        if batch and not self.config.drop_last:
-            yield self._with_skips(self._collate(batch))
+            self._decode_into(sample, batch)
+            if len(batch) == size:
+                yield self._with_skips(batch.take())
+        if len(batch) and not self.config.drop_last:
+            yield self._with_skips(batch.take())
         if self._skipped:  # no batch left to carry them: a batch-less record (PairedLoader drops it)
             yield self._with_skips({"key": []})
 
@@ -489,12 +636,13 @@ def to_float_batch(raw: dict[str, Any], device: torch.device | str | None = None
             tensor = tensor.to(device, non_blocking=non_blocking)
         return tensor.to(torch.float32).mul_(scale)
 
-    return {
-        "masked": convert(raw["masked"], 1.0 / 255.0),
-        "unmasked": convert(raw["unmasked"], 1.0 / 255.0),
-        "mask": convert(raw["mask"], 1.0),
-        "key": raw["key"],
+    out = {
+        name: convert(raw[name], 1.0 if name == "mask" else 1.0 / 255.0)
+        for name in BATCH_MEMBERS
+        if name in raw
     }
+    out["key"] = raw["key"]
+    return out
 
 
 def count_samples(source: str | os.PathLike[str], split: str) -> int:
@@ -559,7 +707,9 @@ def make_loader(
     is checked against its committed size and SHA-256 first."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
-    folder = None if isinstance(source, (list, tuple)) else Path(os.fspath(source))
+    if isinstance(source, str | os.PathLike) and is_dataset_url(os.fspath(source)):
+        source = local_dataset(source)  # a dataset folder at a URL (s3://bucket/prefix): its local copy
+    folder = Path(os.fspath(source)) if isinstance(source, str | os.PathLike) else None
     if split is None or folder is None or _is_url(str(folder)) or not (folder / MANIFEST_NAME).is_file():
         return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
     expected = shard_sample_counts(folder, split)

@@ -38,8 +38,8 @@ from m2u.datasets.layout import (
     write_manifest,
     write_parquet_atomic,
 )
+from m2u.datasets.plan import ShardOutput, ShardTask
 from m2u.datasets.shards import file_digest
-from m2u.datasets.work import ShardOutput, ShardTask
 
 # Schema metadata of a commit marker: the committed tar's size and SHA-256 ("" when the shard has no tar).
 BYTES_KEY = b"m2u.shard_bytes"

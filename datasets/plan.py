@@ -12,8 +12,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from m2u.datasets.layout import DEFAULT_SPLIT_FRACTIONS, MAX_KEY_LENGTH, SPLITS, validate_key
+from m2u.datasets.layout import (
+    DEFAULT_SPLIT_FRACTIONS,
+    MAX_KEY_LENGTH,
+    SPLITS,
+    shard_relpath,
+    shard_stats_relpath,
+    validate_key,
+)
 from m2u.datasets.splits import SplitBy, assign_split, derive_seed, shuffle_rank
 
 DEFAULT_SHARD_SIZE = 1000
@@ -58,21 +66,8 @@ def variant_key(base_key: str, variant: int, variants: int) -> str:
     return f"{head}-{digest}{suffix}"
 
 
-def plan_samples(
-    items: Sequence[InputItem],
-    *,
-    seed: int = 0,
-    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    split_by: SplitBy | str = SplitBy.SAMPLE,
-    variants: int = 1,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-) -> list[PlannedSample]:
-    """Plan every sample; the result is sorted by (split order, shard, position in shard)."""
-    split_by = SplitBy(split_by)
-    if variants < 1:
-        raise ValueError(f"variants must be >= 1, got {variants}")
-    if shard_size < 1:
-        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+def _check_inputs(items: Sequence[InputItem], split_by: SplitBy) -> None:
+    """Every key valid and used once; with split_by identity, every input has one."""
     seen: dict[str, str] = {}
     missing_identity = []
     for item in items:
@@ -91,6 +86,23 @@ def plan_samples(
             "give an identity file or a filename pattern that matches every input"
         )
 
+
+def plan_samples(
+    items: Sequence[InputItem],
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    split_by: SplitBy | str = SplitBy.SAMPLE,
+    variants: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> list[PlannedSample]:
+    """Plan every sample; the result is sorted by (split order, shard, position in shard)."""
+    split_by = SplitBy(split_by)
+    if variants < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    _check_inputs(items, split_by)
     per_split: dict[str, list[tuple[float, str, InputItem, int]]] = {split: [] for split in SPLITS}
     keys: dict[str, str] = {}
     for item in items:
@@ -132,3 +144,47 @@ def group_by_shard(plan: Sequence[PlannedSample]) -> dict[tuple[str, int], list[
     for sample in plan:
         shards.setdefault(sample.shard_id, []).append(sample)
     return shards
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: the planned samples of one shard, in plan order."""
+
+    split: str
+    index: int
+    samples: tuple[PlannedSample, ...]
+
+    @property
+    def shard_id(self) -> tuple[str, int]:
+        return (self.split, self.index)
+
+    @property
+    def relpath(self) -> str:
+        return shard_relpath(self.split, self.index)
+
+    @property
+    def stats_relpath(self) -> str:
+        return shard_stats_relpath(self.split, self.index)
+
+    def sort_key(self) -> tuple[int, int]:
+        return (SPLITS.index(self.split), self.index)
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What a shard task returns: the manifest rows in plan order, the written tar's size and SHA-256 (None when
+    no sample was written), and timings."""
+
+    split: str
+    index: int
+    rows: list[dict[str, Any]]
+    bytes: int | None
+    sha256: str | None
+    process_s: float
+    write_s: float
+    worker: str  # host:pid that ran it
+    # A part of a shard (build_shard(..., part=(i, n))): its member bytes are in part_file (None when it wrote no
+    # sample) until m2u.datasets.distributors joins the n parts into the shard.
+    part: int = 0
+    parts: int = 1
+    part_file: str | None = None

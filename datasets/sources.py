@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m2u.core.imageio import ImageReadError, read_input_bytes
-from m2u.core.inputs import IMAGE_SUFFIXES, LIST_SUFFIXES, InputError, check_arguments, discover
+from m2u.core.inputs import (
+    IMAGE_SUFFIXES,
+    LIST_SUFFIXES,
+    InputError,
+    check_arguments,
+    discover,
+    no_images_error,
+)
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
 
@@ -131,8 +138,10 @@ def discover_inputs(
         found = discover(inputs, exclude=exclude)
     except InputError as exc:
         raise ValueError(str(exc)) from None
+    if not found.entries:
+        raise ValueError(str(no_images_error(found)))  # the words of every m2u tool
     for text, count in found.per_input.items():
-        if not count:
+        if not count:  # one argument of several holds nothing: a dataset is not built without it
             raise ValueError(f"input {text!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     entries = [(e.path, e.relative, e.identity) for e in found.entries]
 

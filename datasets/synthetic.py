@@ -32,10 +32,9 @@ from m2u.datasets.layout import (
     split_manifest_name,
 )
 from m2u.datasets.manifest import write_manifests_from_rows, write_shard_stats
-from m2u.datasets.plan import InputItem, group_by_shard, plan_samples
+from m2u.datasets.plan import InputItem, ShardOutput, group_by_shard, plan_samples
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.splits import parse_fractions
-from m2u.datasets.work import ShardOutput
 from m2u.datasets.writer import (
     count_rows,
     library_versions,

@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from m2u.datasets.align import align_face
-from m2u.datasets.config import BuildConfig, BuildError
-from m2u.datasets.layout import SPLITS, Status, shard_name, shard_relpath, shard_stats_relpath
-from m2u.datasets.plan import PlannedSample
+from m2u.datasets.config import BuildConfig, BuildError, BuildWriteError
+from m2u.datasets.layout import Status, shard_name, shard_relpath
+
+# ShardTask and ShardOutput live with the plan (manifest and synthetic use them without the work itself).
+from m2u.datasets.plan import PlannedSample, ShardOutput, ShardTask
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.writer import manifest_row as _row
 from m2u.datasets.writer import sample_members, sample_metadata
@@ -50,30 +52,6 @@ Progress = Callable[[int, dict[str, int]], None]
 
 
 @dataclass(frozen=True)
-class ShardTask:
-    """One unit of work: the planned samples of one shard, in plan order."""
-
-    split: str
-    index: int
-    samples: tuple[PlannedSample, ...]
-
-    @property
-    def shard_id(self) -> tuple[str, int]:
-        return (self.split, self.index)
-
-    @property
-    def relpath(self) -> str:
-        return shard_relpath(self.split, self.index)
-
-    @property
-    def stats_relpath(self) -> str:
-        return shard_stats_relpath(self.split, self.index)
-
-    def sort_key(self) -> tuple[int, int]:
-        return (SPLITS.index(self.split), self.index)
-
-
-@dataclass(frozen=True)
 class BuildJob:
     """What every shard task of one build shares: the arguments, OUT (a path every worker can write) and the
     driver's pid (work in the driver itself is never fault-injected)."""
@@ -82,26 +60,6 @@ class BuildJob:
     out_dir: str
     driver_pid: int
     fault_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class ShardOutput:
-    """What a shard task returns: the manifest rows in plan order, the written tar's size and SHA-256 (None when
-    no sample was written), and timings."""
-
-    split: str
-    index: int
-    rows: list[dict[str, Any]]
-    bytes: int | None
-    sha256: str | None
-    process_s: float
-    write_s: float
-    worker: str  # host:pid that ran it
-    # A part of a shard (build_shard(..., part=(i, n))): its member bytes are in part_file (None when it wrote no
-    # sample) until m2u.datasets.distributors joins the n parts into the shard.
-    part: int = 0
-    parts: int = 1
-    part_file: str | None = None
 
 
 def make_masker(config: BuildConfig) -> Masker:
@@ -301,7 +259,7 @@ def build_shard(
     except OSError as exc:
         # A full disk or a quota: the shard is not committed and its temporary file is removed (or by the rerun,
         # which writes this shard again).
-        raise BuildError(
+        raise BuildWriteError(
             f"cannot write shard {target}: {exc.strerror or exc}; nothing partial was kept under a final "
             "name; free some space and rerun the same command to resume"
         ) from exc

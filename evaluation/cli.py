@@ -1,8 +1,9 @@
 """m2u-eval: a thin Click layer over `m2u.evaluation.evaluator` and `m2u.evaluation.real_masks`.
 
-m2u-eval [CONFIG_FILE] --data OUT --mseg M --generator G -o REPORT [--set metrics.enable_fid=false ...]
-CONFIG_FILE (YAML, TOML or JSON) holds EvaluateConfig fields (nested ones as mappings); options given on the
-command line override it, `--set` overrides both. Every option's default is EvaluateConfig's.
+m2u-eval [-c CONFIG_FILE] --data OUT --mseg M --generator G -o REPORT [--set fid=false ...]
+A config file (YAML, TOML or JSON) holds the options by their long names and any other EvaluateConfig field by
+its (dotted) field name; options given on the command line override it, `--set` overrides both. Every option's
+default is EvaluateConfig's.
 
 m2u-eval real-masks PHOTOS... [--labels LABELS] -o REPORT: m2u-unmask on real masked photos, scored against binary
 label images of the masks where given (`real_masks_main`).
@@ -13,9 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
+from m2u.core.cli import (
+    CONTEXT_SETTINGS,
+    Refused,
+    alias_option,
+    apply_aliases,
+    device_option,
+    limit_option,
+    min_score_option,
+    out_option,
+    progress_options,
+    workers_option,
+)
+from m2u.datasets.storage import check_dataset
 from m2u.evaluation.baselines import BASELINES, BaselineConfig
-from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig
+from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig, MetricsConfig
 from m2u.evaluation.identity import IdentityConfig
 from m2u.evaluation.lpips import LPIPSConfig
 from m2u.evaluation.real_masks import RealMaskConfig
@@ -36,49 +51,37 @@ EVAL_BINDING = ConfigBinding(
         "lpips_net": "metrics.lpips.net",
         "lpips_trunk_weights": "metrics.lpips.trunk_weights",
         "lpips_head_weights": "metrics.lpips.head_weights",
-        "no_download": "!metrics.lpips.allow_download",
+        "download": "metrics.lpips.allow_download",
         "fid_weights": "metrics.fid.weights_path",
         "identity_box": "metrics.identity.box",
-        "no_lpips": "!metrics.enable_lpips",
-        "no_fid": "!metrics.enable_fid",
-        "no_identity": "!metrics.enable_identity",
-        "skip_paper_size_cost": "!paper_size_cost",
-        "quiet": "!progress",
+        "lpips": "metrics.enable_lpips",
+        "fid": "metrics.enable_fid",
+        "identity": "metrics.enable_identity",
+        "workers": "num_workers",
+        "limit": "max_samples",
     },
     other=frozenset({"data", "mseg_path", "generator_path", "out_dir"}),
 )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @config_file_options
-@click.option(
-    "--data", required=True, type=click.Path(exists=True), help="Dataset folder (m2u-make-dataset output)."
-)
+@click.option("--data", help="Dataset folder or fsspec URL (m2u-make-dataset's -o); required.")
 @click.option(
     "--split", default=EvaluateConfig.split, show_default=True, type=click.Choice(["train", "val", "test"])
 )
 @model_file_options
-@click.option(
-    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder."
-)
+@out_option("Report folder; required.", required=False)
 @click.option(
     "--batch-size", default=EvaluateConfig.batch_size, show_default=True, type=click.IntRange(min=1)
 )
-@click.option(
-    "--num-workers",
-    "--workers",
-    "num_workers",
-    default=EvaluateConfig.num_workers,
-    show_default=True,
-    type=click.IntRange(min=0),
+@workers_option(
+    EvaluateConfig.num_workers,
     help="Data-loading worker processes; 0 = load in this process (no worker processes).",
 )
-@click.option(
-    "--max-samples",
-    default=EvaluateConfig.max_samples,
-    type=click.IntRange(min=1),
-    help="Evaluate only the first N samples.",
-)
+@alias_option("--num-workers", target="workers", type=click.IntRange(min=0))
+@limit_option("Evaluate only the first N samples of the split.")
+@alias_option("--max-samples", target="limit", type=click.IntRange(min=1))
 @click.option(
     "--threshold",
     default=EvaluateConfig.mask_threshold,
@@ -86,14 +89,14 @@ EVAL_BINDING = ConfigBinding(
     help="M-Seg mask threshold (default: the one the M-Seg file records).",
 )
 @click.option(
-    "--baseline",
-    "baselines",
+    "--baselines",
     multiple=True,
     default=EvaluateConfig.baselines,
     show_default=True,
     type=click.Choice(sorted(BASELINES)),
-    help="Baselines to run; repeatable.",
+    help="Baselines to run; repeatable (--baselines telea --baselines navier_stokes).",
 )
+@alias_option("--baseline", target="baselines", multiple=True, type=click.Choice(sorted(BASELINES)))
 @click.option(
     "--baseline-mask",
     default=EvaluateConfig.baseline_mask,
@@ -116,36 +119,61 @@ EVAL_BINDING = ConfigBinding(
     type=click.Path(exists=True, dir_okay=False),
     help="FID Inception weights (pt_inception-2015-12-05).",
 )
-@click.option("--no-download", is_flag=True, help="Use only local / cached weights.")
+@click.option(
+    "--download/--no-download",
+    default=LPIPSConfig.allow_download,
+    show_default=True,
+    help="--no-download: use only local / cached weights.",
+)
 @click.option(
     "--identity-box", default=IdentityConfig.box, show_default=True, type=click.Choice(["detect", "frame"])
 )
-@click.option("--no-lpips", is_flag=True)
-@click.option("--no-fid", is_flag=True)
-@click.option("--no-identity", is_flag=True)
+@click.option("--lpips/--no-lpips", default=MetricsConfig.enable_lpips, show_default=True)
+@click.option("--fid/--no-fid", default=MetricsConfig.enable_fid, show_default=True)
+@click.option("--identity/--no-identity", default=MetricsConfig.enable_identity, show_default=True)
 @click.option("--grid-rows", default=EvaluateConfig.grid_rows, show_default=True, type=click.IntRange(min=0))
 @click.option(
     "--latency-repeats", default=EvaluateConfig.latency_repeats, show_default=True, type=click.IntRange(min=1)
 )
 @click.option(
-    "--skip-paper-size-cost", is_flag=True, help="Do not count MACs at 256x256 (one slow forward pass)."
+    "--paper-size-cost/--skip-paper-size-cost",
+    default=EvaluateConfig.paper_size_cost,
+    show_default=True,
+    help="Count MACs at 256x256 (one slow forward pass).",
 )
-@click.option(
-    "--device", default=EvaluateConfig.device, show_default=True, help="auto, cpu, cuda, cuda:1 ..."
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@device_option(EvaluateConfig.device)
+@progress_options
 def main(**kw) -> None:
     """Evaluate M-Seg + CARU2-Net on a dataset split, with OpenCV baselines; write REPORT/metrics.json,
     metrics.md, grid.png and index.html. Without --mseg/--generator: the model shipped with m2u.
-    `m2u-eval real-masks -h`: the same model on real masked photos, against label images of the masks."""
+
+    A config file (-c, configs/eval.yaml) holds the options by their long names (data, out, batch_size,
+    lpips_net, ...); --print-config prints the resolved one. `m2u-eval real-masks -h`: the same model on real
+    masked photos, against label images of the masks."""
     from m2u.evaluation.evaluator import evaluate
 
+    ctx = click.get_current_context()
+    apply_aliases(kw, ctx)
+    if kw.pop("quiet"):
+        kw["progress"] = False
+        ctx.set_parameter_source("progress", ParameterSource.COMMANDLINE)
     config = EVAL_BINDING.build(kw)
+    if kw["print_config"]:
+        EVAL_BINDING.print_config(ctx.command, config, kw)
+        return
+    for name, flag in (("data", "--data"), ("out_dir", "-o/--out")):
+        if not kw[name]:
+            raise click.UsageError(f"{flag} is required (or its key in the config file)")
+    # The data first: a wrong --data is one line, before any model loads or weights are looked for.
+    try:
+        check_dataset(kw["data"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         with model_warnings():
             report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Refused(str(exc)) from exc
     out = Path(kw["out_dir"])
     click.echo((out / "metrics.md").read_text())
     click.echo(f"report: {out / 'index.html'}")
@@ -181,7 +209,7 @@ def main(**kw) -> None:
     type=click.Choice(DETECTORS),
     help="As m2u-unmask's --detector.",
 )
-@click.option("--min-score", default=UnmaskConfig.min_score, type=float, help="As m2u-unmask's --min-score.")
+@min_score_option(UnmaskConfig.min_score)
 @click.option(
     "--all-faces", is_flag=True, help="As m2u-unmask's --all-faces: restore faces found without a mask."
 )

@@ -41,10 +41,11 @@ from m2u.evaluation.report import (
     write_report,
 )
 from m2u.evaluation.suite import MetricsConfig, MetricSuite
-from m2u.inference.restore import ModelUsageWarning, load_two_stage, model_usage, restore_batch
+from m2u.inference.restore import ModelUsageWarning, TwoStageModel, load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.imagespace import to_uint8_images
+from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD, check_mask_threshold
 
 __all__ = [
     "EvaluateConfig",
@@ -88,8 +89,7 @@ class EvaluateConfig:
             raise ValueError(f"baseline_mask must be one of {BASELINE_MASKS}, got {self.baseline_mask!r}")
         if self.batch_size < 1 or (self.max_samples is not None and self.max_samples < 1):
             raise ValueError("batch_size and max_samples must be >= 1")
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        check_mask_threshold(self.mask_threshold)
 
 
 def _sync(device: torch.device) -> None:
@@ -108,7 +108,8 @@ def measure_latency(
     for i in range(warmup + repeats):
         _sync(device)
         start = time.perf_counter()
-        restore_batch(mseg, generator, image)  # type: ignore[arg-type]
+        # Any threshold: the latency does not depend on it.
+        restore_batch(mseg, generator, image, DEFAULT_MASK_THRESHOLD)  # type: ignore[arg-type]
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -211,7 +212,7 @@ class _Samples:
 
     mask_quality: _MaskQuality = field(default_factory=_MaskQuality)
     keys: list[str] = field(default_factory=list)
-    grid_rows: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     image_size: int | None = None
     usage: Any = None  # ModelUsage: the models' size and threshold
     resized_from: int | None = None  # the dataset's size when it differs from the models'
@@ -232,7 +233,7 @@ def _expected_count(data: str | Path, config: EvaluateConfig) -> int | None:
 
     try:
         expected: int | None = count_samples(data, config.split)
-    except Exception:  # a glob or URL source has no manifest: the bar runs without a total
+    except Exception:  # noqa: BLE001 - a glob or URL source has no manifest: the bar runs without a total
         expected = None
     if config.max_samples is not None:
         expected = min(expected, config.max_samples) if expected is not None else config.max_samples
@@ -240,10 +241,10 @@ def _expected_count(data: str | Path, config: EvaluateConfig) -> int | None:
 
 
 def _update_batch(
-    state: _Samples, batch: dict, take: int, models: tuple[nn.Module, nn.Module], suite: MetricSuite, config
+    state: _Samples, batch: dict, take: int, models: TwoStageModel, suite: MetricSuite, config
 ) -> None:
     """One batch: restore it, score the model rows and baselines, keep grid rows."""
-    mseg, generator = models
+    mseg, generator = models.mseg, models.generator
     device = next(mseg.parameters()).device
     masked, truth, true_mask = batch["masked"][:take], batch["unmasked"][:take], batch["mask"][:take]
     size = state.usage.trained_size
@@ -259,7 +260,7 @@ def _update_batch(
         masked, truth, true_mask = _resize_batch(masked, truth, true_mask, size)
     state.image_size = int(masked.shape[-1])
     state.keys += list(batch["key"][:take])
-    pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), state.usage.threshold)
+    pred_mask, raw, comp = restore_batch(mseg, generator, masked.to(device), state.usage.mask_threshold)
     pred_mask, raw, comp = pred_mask.cpu(), raw.cpu(), comp.cpu()
     state.mask_quality.update(pred_mask, true_mask)
     suite.update("m2u_raw", raw, truth, true_mask)
@@ -303,9 +304,9 @@ def _score_split(data, models, usage, suite: MetricSuite, config: EvaluateConfig
     return state
 
 
-def _cost(models: tuple[nn.Module, nn.Module], image_size: int, config: EvaluateConfig) -> dict[str, Any]:
+def _cost(models: TwoStageModel, image_size: int, config: EvaluateConfig) -> dict[str, Any]:
     """Parameters, MACs (ours and, when installed, a common counter's) and latency on CPU (and CUDA)."""
-    mseg, generator = models
+    mseg, generator = models.mseg, models.generator
     cost_sizes = (image_size, PAPER_RESOLUTION) if config.paper_size_cost else (image_size,)
     _say(
         config,
@@ -348,13 +349,16 @@ def evaluate(
     relative to `out_dir`, e.g. the training curves) are listed in index.html. With neither model path, the
     model shipped with m2u. The models run at the size their files record: a dataset of another size is
     resized to it (with a warning)."""
+    from m2u.datasets.storage import local_dataset
+
     config = config or EvaluateConfig()
+    data = local_dataset(data)  # a dataset URL (s3://...): its local copy, fetched before any model loads
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _say(config, f"loading the models on {device}")
     models = load_two_stage(mseg_path, generator_path, device)
-    usage = model_usage(*models, None, config.mask_threshold)
+    usage = model_usage(models, None, config.mask_threshold)
     if metric_suite is None:
         _say(config, "loading the metric networks (LPIPS, FID Inception, dlib face embeddings)")
     suite = metric_suite or MetricSuite(config.metrics, device=device)
@@ -375,7 +379,7 @@ def _report(
     data, paths, models, suite: MetricSuite, state: _Samples, config: EvaluateConfig
 ) -> dict[str, Any]:
     """metrics.json's content but cost: rows, mask quality, the per-mask tables, provenance."""
-    mseg, generator = models
+    mseg, generator = models.mseg, models.generator
     attributes = sample_mask_attributes(data, config.split, state.keys)
     by_mask = {
         "method": GROUPED_ROW,
@@ -392,8 +396,8 @@ def _report(
             "generator": str(paths[1]) if paths[1] else "shipped",
         },
         "resized_from": state.resized_from,
-        "model_info": {"mseg": asdict(mseg.info), "generator": asdict(generator.info)},
-        "mask_threshold": state.usage.threshold,
+        "model_info": {"mseg": asdict(models.mseg_info), "generator": asdict(models.generator_info)},
+        "mask_threshold": state.usage.mask_threshold,
         "baseline_mask": config.baseline_mask,
         "rows": suite.summary(),
         "unavailable": dict(suite.unavailable),

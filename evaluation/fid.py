@@ -58,7 +58,7 @@ class FeatureStatistics:
         )
         if f.ndim != 2:
             raise ValueError(f"features must be (N, D), got shape {f.shape}")
-        if self._sum is None:
+        if self._sum is None or self._outer is None:
             self._sum = np.zeros(f.shape[1])
             self._outer = np.zeros((f.shape[1], f.shape[1]))
         self._sum += f.sum(axis=0)

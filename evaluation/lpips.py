@@ -127,6 +127,8 @@ class LPIPS(nn.Module):
     def __init__(self, trunk: LPIPSTrunk):
         super().__init__()
         self.trunk = trunk
+        self.shift: torch.Tensor
+        self.scale: torch.Tensor
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         for k, channels in enumerate(trunk.channels):

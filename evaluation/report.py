@@ -38,13 +38,20 @@ GT_MASK_SUFFIX = "_gt_mask"
 MIN_TILE = 128  # grid tiles are at least this many pixels wide (small images are enlarged, nearest neighbour)
 
 
+def _enlarged(
+    row: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], factor: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    masked, mask, output, truth = (np.repeat(np.repeat(img, factor, 0), factor, 1) for img in row)
+    return masked, mask, output, truth
+
+
 def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
     """One row per sample: masked | predicted mask | output | ground truth, under a header (RGB uint8).
     A dark background so that a white (all-mask) prediction still shows its extent. Tiles are at least MIN_TILE
     pixels (an integer enlargement of smaller images, so their pixels stay visible as they are)."""
     factor = max(1, -(-MIN_TILE // rows[0][0].shape[0]))
     if factor > 1:
-        rows = [tuple(np.repeat(np.repeat(img, factor, 0), factor, 1) for img in row) for row in rows]
+        rows = [_enlarged(row, factor) for row in rows]
     size = rows[0][0].shape[0]
     pad = 2
     header_h = HEADER_HEIGHT
@@ -203,7 +210,7 @@ def _markdown(report: dict[str, Any]) -> str:
     if report["unavailable"]:
         lines += ["", "## Unavailable metrics", ""]
         lines += [f"- **{name}**: {reason}" for name, reason in report["unavailable"].items()]
-    first = next(iter(report["rows"].values()), {})
+    first: dict[str, Any] = next(iter(report["rows"].values()), {})
     if first.get("n_identity_no_face"):
         lines += [
             "",

@@ -91,6 +91,7 @@ class MetricSuite:
             self.fid_features.to(self.device).eval()
         self._methods: dict[str, _MethodAccumulator] = {}
         self._reference_cache: tuple[str, list] | None = None
+        self._identity_queue: list[tuple[_MethodAccumulator, np.ndarray, np.ndarray]] = []
         self._feature_cache: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _network(self, name: str, given, enabled: bool, load: Callable[[], Any]):
@@ -137,16 +138,10 @@ class MetricSuite:
             acc.fid_fake_masked.update(self.fid_features(p * m))
             acc.fid_real_masked.update(real_masked)
         if self.identity is not None:
-            out_u8, gt_u8 = to_uint8_images(pred), to_uint8_images(target)
-            refs = self._identity_reference(gt_u8)
-            whole = self.identity.compare(out_u8, gt_u8, refs)
+            gt_u8 = to_uint8_images(target)
             # Masked-region identity: the ground truth with only the masked region taken from the prediction.
-            region = self.identity.compare(to_uint8_images(target * (1 - mask) + pred * mask), gt_u8, refs)
-            acc.add("identity_cosine", whole.cosine)
-            acc.add("identity_distance", whole.distance)
-            acc.add("identity_cosine_masked", region.cosine)
-            acc.add("identity_distance_masked", region.distance)
-            acc.counts["identity_no_face"] += whole.no_face
+            region = to_uint8_images(target * (1 - mask) + pred * mask)
+            self._queue_identity(acc, to_uint8_images(pred), region, gt_u8)
 
     def _real_features(self, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The ground truth's features are the same for every method of a batch: compute them once.
@@ -156,24 +151,44 @@ class MetricSuite:
             self._feature_cache = (digest, (self.fid_features(target), self.fid_features(target * mask)))
         return self._feature_cache[1]
 
-    def _identity_reference(self, gt_u8: np.ndarray) -> list:
-        # Every method of a batch is compared with the same ground truth: embed it once.
+    def _queue_identity(self, acc: _MethodAccumulator, whole: np.ndarray, region: np.ndarray, gt_u8) -> None:
+        # Every method of a batch is compared with the same ground truth: its faces are detected and embedded
+        # once, and the outputs of all the methods and both variants wait here to be embedded in one batch
+        # (`_flush_identity`: when the ground truth changes, or before the values are read).
         digest = hashlib.sha1(gt_u8.tobytes()).hexdigest()
         if self._reference_cache is None or self._reference_cache[0] != digest:
+            self._flush_identity()
             assert self.identity is not None
             self._reference_cache = (digest, self.identity.reference(gt_u8))
-        return self._reference_cache[1]
+        self._identity_queue.append((acc, whole, region))
+
+    def _flush_identity(self) -> None:
+        if not self._identity_queue:
+            return
+        assert self.identity is not None and self._reference_cache is not None
+        queue, self._identity_queue = self._identity_queue, []
+        sets = [images for _, whole, region in queue for images in (whole, region)]
+        results = self.identity.compare_many(sets, self._reference_cache[1])
+        for k, (acc, _, _) in enumerate(queue):
+            whole, region = results[2 * k], results[2 * k + 1]
+            acc.add("identity_cosine", whole.cosine)
+            acc.add("identity_distance", whole.distance)
+            acc.add("identity_cosine_masked", region.cosine)
+            acc.add("identity_distance_masked", region.distance)
+            acc.counts["identity_no_face"] += whole.no_face
 
     def methods(self) -> list[str]:
         return list(self._methods)
 
     def per_image(self, method: str) -> dict[str, list[float]]:
         """Every per-image value of one method, in update order (NaN where not computable)."""
+        self._flush_identity()
         return {name: list(values) for name, values in self._methods[method].values.items()}
 
     def summary(self) -> dict[str, dict[str, float | int | None]]:
         """Per method: the mean of every per-image metric (NaN entries such as empty masks or faces not found
         are left out and counted), FID over the whole set, and the counts."""
+        self._flush_identity()
         out: dict[str, dict[str, float | int | None]] = {}
         for method, acc in self._methods.items():
             row: dict[str, float | int | None] = {}

@@ -2,7 +2,7 @@
 
 Public surface::
 
-    load_two_stage(mseg_path, generator_path, device) -> (MSeg, CARU2Net)
+    load_two_stage(mseg_path, generator_path, device) -> (MSeg, CARU2Net); load_pretrained(name) (the shipped one)
     restore_batch(mseg, generator, masked01, threshold) -> (mask, raw, composite)
     Unmasker, UnmaskConfig, FileResult, unmask_files(inputs, mseg_path, generator_path, out_dir, config)
     ExportConfig, export_onnx(model, path, config)
@@ -11,7 +11,7 @@ Public surface::
 from __future__ import annotations
 
 from m2u.inference.export import ExportConfig, export_onnx
-from m2u.inference.restore import load_two_stage, restore_batch
+from m2u.inference.restore import load_pretrained, load_two_stage, restore_batch
 from m2u.inference.unmask import FileResult, UnmaskConfig, Unmasker, unmask_files
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "UnmaskConfig",
     "Unmasker",
     "export_onnx",
+    "load_pretrained",
     "load_two_stage",
     "restore_batch",
     "unmask_files",

@@ -3,27 +3,48 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
+from m2u.core.cli import (
+    CONTEXT_SETTINGS,
+    EXIT_SOME_FAILED,
+    Refused,
+    alias_option,
+    apply_aliases,
+    device_option,
+    inputs_argument,
+    limit_option,
+    min_score_option,
+    out_option,
+    progress_of,
+    progress_options,
+    size_option,
+)
 from m2u.inference.export import ExportConfig
-from m2u.inference.unmask import ALIGNMENTS, DETECTORS, UnmaskConfig
+from m2u.inference.unmask import ALIGNMENTS, DETECTORS, OUTPUT_FORMATS, UnmaskConfig
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.command(context_settings=CONTEXT_SETTINGS)
+@inputs_argument
 @model_file_options
-@click.option(
-    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
+@out_option("Output folder.")
+@size_option(
+    UnmaskConfig.crop_size,
+    "Aligned crop size (default: the size the model files record; another is honoured with a warning).",
 )
 @click.option(
-    "--size",
-    default=None,
-    type=click.IntRange(min=16),
-    help="Aligned crop size (default: the size the model files record; another is honoured with a warning).",
+    "--format",
+    "output_format",
+    default=UnmaskConfig.output_format,
+    show_default=True,
+    type=click.Choice(OUTPUT_FORMATS),
+    help="Restored photos' format: same = the input's own (a PNG stays lossless PNG, a JPEG stays JPEG), png, jpg.",
 )
+@limit_option()
 @click.option(
     "--threshold",
     "mask_threshold",
@@ -51,18 +72,12 @@ from m2u.training.cliutil import model_file_options, model_warnings, user_errors
     "masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
     "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
 )
-@click.option(
-    "--min-score",
-    default=UnmaskConfig.min_score,
-    type=float,
-    help="Leave faces the detector scores below this as they are (recorded in faces.jsonl). Scores are the "
-    "detector's: BlazeFace a probability (it keeps >= 0.5), HOG a margin, the CNN a confidence.",
-)
+@min_score_option(UnmaskConfig.min_score)
 @click.option(
     "--all-faces",
     is_flag=True,
-    help="Restore every face found, even where M-Seg finds no mask on it (default: such faces are left as they "
-    "are, with the reason in faces.jsonl).",
+    help="Restore every face found, even where no mask is found on it (default: such faces are left exactly as "
+    "they are, with the reason in faces.jsonl).",
 )
 @click.option(
     "--alignment",
@@ -78,14 +93,26 @@ from m2u.training.cliutil import model_file_options, model_warnings, user_errors
     default=UnmaskConfig.aligned,
     help="Inputs are aligned face crops already: no detection, each restored whole (resized to --size if needed).",
 )
-@click.option("--device", default=UnmaskConfig.device, show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@device_option(UnmaskConfig.device)
+@progress_options
 def unmask_main(**kw) -> None:
-    """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.png plus OUT/report.csv
+    """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.<format> plus OUT/report.csv
     (one row per file: status and reason) and OUT/faces.jsonl (one line per face: detector, score, box,
-    alignment source, mask fraction). Without --mseg/--generator: the model shipped with m2u."""
+    alignment source, mask fraction). Without --mseg/--generator: the model shipped with m2u. m2u-mask's mask
+    files (NAME_mask.png beside NAME.json) are passed over and counted.
+
+    Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
+    processed; 2 usage error or refused."""
+    from m2u.core.inputs import InputError, OutputFolderError, check_arguments
     from m2u.inference.unmask import summarize, unmask_files
 
+    kw["progress"] = progress_of(kw)
+    if not kw["inputs"]:
+        raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
+    try:
+        check_arguments(kw["inputs"])  # a path that names nothing: a usage error before any model loads
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
     overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
     try:
         config = UnmaskConfig(
@@ -98,23 +125,33 @@ def unmask_main(**kw) -> None:
             alignment=kw["alignment"],
             aligned=kw["aligned"],
             device=kw["device"],
-            progress=not kw["quiet"],
+            progress=kw["progress"],
+            output_format=kw["output_format"],
+            limit=kw["limit"],
             **overrides,
         )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    refused: tuple[type[BaseException], ...] = (OutputFolderError, *user_errors())
+    try:
         with model_warnings():
             results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    except refused as exc:
+        raise Refused(str(exc)) from exc
     for r in results:
         if r.status != "ok" or r.refused_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
-    from m2u.core.imageio import describe_ignored_files
+    from m2u.core.inputs import describe_ignored_files
 
     ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])
     if ignored:
         click.echo(ignored, err=True)
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
+    if any(r.status in ("unreadable", "missing", "error") for r in results):
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,54 +160,78 @@ def export_main() -> None:
 
 
 @export_main.command("onnx")
-@click.option("--mseg", "mseg_path", type=click.Path(exists=True, dir_okay=False), help="M-Seg model file.")
+@click.option(
+    "--mseg",
+    "mseg_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="M-Seg model file (default, with no --generator either: the model shipped with m2u).",
+)
 @click.option(
     "--generator",
     "generator_path",
     type=click.Path(exists=True, dir_okay=False),
-    help="CARU2-Net model file.",
+    help="CARU2-Net model file (default, with no --mseg either: the model shipped with m2u).",
 )
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--image-size",
-    default=ExportConfig.image_size,
-    type=click.IntRange(min=16),
-    help="Size of the tracing input (default: the size the model file records).",
-)
+@out_option("Output folder: mseg.onnx, generator.onnx and export.json.")
+@size_option(ExportConfig.image_size, "Size of the tracing input (default: the size the model file records).")
+@alias_option("--image-size", target="size", type=click.IntRange(min=16))
 @click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=11))
 @click.option(
     "--atol", default=ExportConfig.atol, show_default=True, type=float, help="Accepted |onnxruntime - torch|."
 )
 @click.option("--static-shape", is_flag=True, help="Fix batch, height and width to the tracing input.")
-def export_onnx_cmd(mseg_path, generator_path, out_dir, image_size, opset, atol, static_shape) -> None:
-    """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime."""
+def export_onnx_cmd(**kw) -> None:
+    """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime, and
+    OUT/export.json (each file's inputs and outputs: names, shapes, value ranges). Without --mseg/--generator:
+    the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused."""
     from dataclasses import asdict
 
-    from m2u.inference.export import export_onnx, export_size
+    from m2u.inference.export import export_onnx, export_size, tensor_descriptions
     from m2u.training.checkpoint import load_model
+    from m2u.training.models import CARU2Net, MSeg
 
+    apply_aliases(kw)
+    mseg_path, generator_path, out_dir = kw["mseg_path"], kw["generator_path"], kw["out_dir"]
+    static_shape = kw["static_shape"]
     if not mseg_path and not generator_path:
-        raise click.UsageError("give --mseg and/or --generator")
+        from m2u.inference.pretrained import pretrained_paths
+
+        mseg_path, generator_path = (str(p) for p in pretrained_paths())
     summary = {}
+    kinds = {"mseg": (MSeg, "an M-Seg model"), "generator": (CARU2Net, "a CARU2-Net generator")}
     try:
+        models = {}
         for name, path in (("mseg", mseg_path), ("generator", generator_path)):
             if not path:
                 continue
-            model = load_model(path)
+            model, info = load_model(path)
+            cls, wanted = kinds[name]
+            if not isinstance(model, cls):
+                raise Refused(
+                    f"--{name} {path} holds a {type(model).__name__}, not {wanted}; give it as "
+                    f"--{'generator' if name == 'mseg' else 'mseg'}"
+                )
+            models[name] = (path, model, info)
+        for name, (path, model, info) in models.items():
             with model_warnings():
-                size = export_size(model, image_size, static_shape)
-            config = ExportConfig(image_size=size, opset=opset, atol=atol, dynamic_axes=not static_shape)
+                size = export_size(info, kw["size"], static_shape)
+            config = ExportConfig(
+                image_size=size, opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
+            )
             result = export_onnx(model, Path(out_dir) / f"{name}.onnx", config)
             summary[name] = {
                 "source": str(path),
                 "onnx": str(result.path),
-                "inputs": result.input_names,
-                "outputs": result.output_names,
+                **tensor_descriptions(model, size, not static_shape),
                 "max_abs_diff_vs_torch": result.max_abs_diff,
                 "image_size": size,
-                "model_info": asdict(model.info),
+                "model_info": asdict(info),
             }
             click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
-    except (*user_errors(), RuntimeError) as exc:
+    except Refused:
+        raise
+    except user_errors() as exc:
+        raise Refused(str(exc)) from exc
+    except RuntimeError as exc:  # the exported graph disagrees with PyTorch: the export ran and failed
         raise click.ClickException(str(exc)) from exc
     (Path(out_dir) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")

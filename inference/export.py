@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
+from m2u.training.checkpoint import ModelInfo
 from m2u.training.models import CARU2Net, MSeg
 
 __all__ = [
@@ -42,12 +43,12 @@ class ExportConfig:
     atol: float = 1e-4  # max |onnxruntime - torch| accepted by the parity check
 
 
-def export_size(model: nn.Module, image_size: int | None, static_shape: bool = False) -> int:
-    """The tracing size: the model file's training size unless given. A given size that differs is honoured
-    with a warning (a static-shape graph at another size is a model that only runs at that size)."""
+def export_size(info: ModelInfo | None, image_size: int | None, static_shape: bool = False) -> int:
+    """The tracing size: the model file's training size (`info`, from `load_model`) unless given. A given size
+    that differs is honoured with a warning (a static-shape graph at another size only runs at that size)."""
     from m2u.inference.restore import ModelUsageWarning
 
-    trained = getattr(getattr(model, "info", None), "crop_size", None)
+    trained = info.crop_size if info is not None else None
     if image_size is None:
         if trained is None:
             warnings.warn(
@@ -60,7 +61,7 @@ def export_size(model: nn.Module, image_size: int | None, static_shape: bool = F
     if trained is not None and image_size != trained:
         shape = "a static graph for" if static_shape else "traced at"
         warnings.warn(
-            f"--image-size {image_size} ({shape} that size) differs from the {trained}x{trained} the model was "
+            f"image size {image_size} ({shape} that size) differs from the {trained}x{trained} the model was "
             "trained at: honoured",
             ModelUsageWarning,
             stacklevel=2,
@@ -85,6 +86,30 @@ def model_io_names(model: nn.Module) -> tuple[list[str], list[str]]:
         inputs = ["masked", "mask"] if model.config.segmentation_guidance else ["masked"]
         return inputs, ["output"]
     raise ValueError(f"cannot export {type(model).__name__}: expected an M-Seg or CARU2-Net model")
+
+
+# What each ONNX tensor holds (export.json states it beside the names and shapes).
+TENSOR_RANGES = {
+    "image": "float32 RGB in [-1, 1] (pixel / 127.5 - 1)",
+    "masked": "float32 RGB in [-1, 1] (pixel / 127.5 - 1), the masked face",
+    "mask": "float32 in {0, 1}, 1 where the mask is",
+    "mask_logits": "float32 logits; mask = sigmoid(logits) >= the M-Seg threshold",
+    "output": "float32 RGB in [-1, 1] (tanh); pixel = (x + 1) * 127.5",
+}
+
+
+def tensor_descriptions(model: nn.Module, image_size: int, dynamic: bool) -> dict[str, list[dict]]:
+    """{"inputs": [...], "outputs": [...]}: each ONNX tensor's name, shape (NCHW; "batch", "height" and "width"
+    where the axes are dynamic) and value range."""
+    input_names, output_names = model_io_names(model)
+
+    def describe(name: str) -> dict:
+        channels = 3 if name in ("image", "masked", "output") else 1
+        side: int | str = image_size
+        shape = ["batch", channels, "height", "width"] if dynamic else [1, channels, side, side]
+        return {"name": name, "shape": shape, "range": TENSOR_RANGES[name]}
+
+    return {"inputs": [describe(n) for n in input_names], "outputs": [describe(n) for n in output_names]}
 
 
 def example_inputs(
@@ -112,17 +137,24 @@ def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: tuple[torch.Ten
     return float(np.max(np.abs(ort_out - torch_out.numpy())))
 
 
-def export_onnx(model: nn.Module, path: str | Path, config: ExportConfig | None = None) -> ExportResult:
+def export_onnx(
+    model: nn.Module, path: str | Path, config: ExportConfig | None = None, info: ModelInfo | None = None
+) -> ExportResult:
     """Export `model` (M-Seg or generator) to ONNX at `path` and check it with onnxruntime; raises
-    RuntimeError when the outputs differ by more than `config.atol`."""
+    RuntimeError when the outputs differ by more than `config.atol`. Without `config.image_size`, the size
+    `info` (the model file's record) gives."""
     config = config or ExportConfig()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     input_names, output_names = model_io_names(model)
-    if config.image_size is None:
-        config = dataclasses.replace(config, image_size=export_size(model, None, not config.dynamic_axes))
-    inputs = example_inputs(model, config.image_size)
+    size = (
+        config.image_size
+        if config.image_size is not None
+        else export_size(info, None, not config.dynamic_axes)
+    )
+    config = dataclasses.replace(config, image_size=size)
+    inputs = example_inputs(model, size)
     dynamic = None
     if config.dynamic_axes:
         dynamic = {name: {0: "batch", 2: "height", 3: "width"} for name in input_names + output_names}
@@ -141,8 +173,9 @@ def export_onnx(model: nn.Module, path: str | Path, config: ExportConfig | None 
             dynamo=False,
         )
     # Check on a different batch and size from the tracing inputs, so the dynamic axes are exercised too.
-    check_size = config.image_size if not config.dynamic_axes else max(32, config.image_size // 2)
-    check_inputs = example_inputs(model, check_size, batch=2, seed=1)
+    check_size = size if not config.dynamic_axes else max(32, size // 2)
+    # A static graph takes exactly the tracing shape (batch 1): it is checked at that shape.
+    check_inputs = example_inputs(model, check_size, batch=2 if config.dynamic_axes else 1, seed=1)
     diff = onnx_parity(model, path, check_inputs)
     if not diff <= config.atol:
         raise RuntimeError(

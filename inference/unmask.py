@@ -12,11 +12,12 @@ only each face's bounding region of the photo is warped (bicubic). With `aligned
 crops already: no detection, each resized to the model's size when it is not that size.
 
 Every input file gets one row in `report.csv`: status `ok`, `no_face`, `not_masked` (faces found, none wears a
-mask), `refused`, `unreadable`, `missing` or `error`, with the reason; `faces.jsonl` has one line per face (input,
-detector, score, box, alignment source, mask fraction, mouth and eye coverage, `restored`). A face left as it is
-(no mask found on it; the detector marks it unusable (`Face.problem`: it looks upside down, so its landmarks would
-place the alignment on the wrong features); or it scores below `min_score`) keeps every pixel and is listed with
-`"restored": false` and the `problem`; a photo with nothing restored gets no output.
+mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
+(unreadable, no such file, ...); `faces.jsonl` has one line per face (input, detector, score, box, alignment source,
+mask fraction, the masked-face rule's evidence, `restored`). A face left as it is (no mask found on it; the detector
+marks it unusable (`Face.problem`: it looks upside down, so its landmarks would place the alignment on the wrong
+features); or it scores below `min_score`) keeps every pixel and is listed with `"restored": false` and the
+`problem`; a photo with nothing restored gets no output.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m2u.core.outcome import Status
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
-from m2u.inference.restore import load_two_stage, model_usage, restore_batch
+from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
-from m2u.training.models import CARU2Net, MSeg
+from m2u.training.models.mseg import check_mask_threshold
 
 __all__ = [
     "UnmaskConfig",
@@ -54,6 +56,10 @@ __all__ = [
 
 DETECTORS: tuple[str, ...] = ("blazeface", "masked", "hog", "cnn")
 ALIGNMENTS: tuple[str, ...] = ("visible", "landmarks")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+# bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
+# (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
+BF16_MIN_BATCH = 4
 
 
 def _region(centre: tuple[float, float], half_width: float, half_height: float) -> tuple[float, ...]:
@@ -167,19 +173,57 @@ class UnmaskConfig:
     # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection.
     aligned: bool = False
     device: str = "auto"
+    # The faces of a photo go through M-Seg and the generator together, up to this many per forward pass.
+    max_batch: int = 16
+    # "auto": bf16 autocast on a CPU with native bf16 (m2u.training.device.cpu_native_bf16) for passes of at least
+    # BF16_MIN_BATCH faces, where it measured faster; fp32 otherwise (and on CUDA). bf16 changes restored pixels by
+    # a few levels at most, so with "auto" a face's restoration can differ slightly with its photo's face count.
+    precision: str = "auto"
     progress: bool = True
+    # The restored photo's format: "same" (the input's own: PNG stays lossless, JPEG stays JPEG), "png", "jpg".
+    output_format: str = "same"
+    limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.crop_size is not None:
-            check_image_size(self.crop_size, "--size")
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+            check_image_size(self.crop_size, "crop_size")
+        check_mask_threshold(self.mask_threshold)
         if self.dilate < 0 or self.feather < 0:
             raise ValueError("dilate and feather must be >= 0")
         if self.detector_model not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector_model!r}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
+
+
+OUTPUT_FORMATS = ("same", "png", "jpg")
+
+# "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
+_SAME_SUFFIXES = {
+    ".jpg": ".jpg",
+    ".jpeg": ".jpg",
+    ".png": ".png",
+    ".webp": ".webp",
+    ".bmp": ".bmp",
+    ".tif": ".tif",
+    ".tiff": ".tif",
+}
+_WRITE_PARAMS = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+
+
+def output_suffix(path: Path, output_format: str) -> str:
+    """The suffix of the restored photo of `path`: its own for "same" (lossless inputs stay lossless)."""
+    if output_format == "same":
+        return _SAME_SUFFIXES.get(path.suffix.lower(), ".png")
+    return "." + output_format
 
 
 @dataclass
@@ -197,6 +241,7 @@ class FaceRestoration:
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # in the photo's pixels
     alignment: str = ""  # visible | landmarks | aligned-input | aligned-input-resized
     weight: np.ndarray | None = None  # crop-space paste weight (feathered, dilated mask)
+    precision: str = "fp32"  # of the forward pass that restored it (fp32 | bf16)
     # What MaskedFaceRule read off the mask (mask fraction, mouth and eye coverage).
     evidence: dict = field(default_factory=dict)
     # Why the face was left as it is ("" when restored): the masked-face rule's reason.
@@ -210,6 +255,7 @@ class FaceRestoration:
             "box": [int(v) for v in self.box],
             "alignment": self.alignment,
             "mask_fraction": round(self.mask_fraction, 4),
+            "precision": self.precision,
             **self.evidence,
             "restored": not self.problem,
             **({"problem": self.problem} if self.problem else {}),
@@ -221,7 +267,7 @@ class FileResult:
     """One row of report.csv."""
 
     input: str
-    status: str  # ok | no_face | not_masked | refused | unreadable | missing | error
+    status: str  # m2u.core.outcome.Status: ok | no_face | not_masked | refused | error (the reason says which error)
     reason: str = ""
     output: str = ""
     faces: int = 0  # restored
@@ -308,24 +354,24 @@ def _resize_matrix(width: int, height: int, size: int) -> np.ndarray:
 class Unmasker:
     """The detection → alignment → M-Seg → generator → paste-back pipeline for one photo at a time."""
 
-    def __init__(self, mseg: MSeg, generator: CARU2Net, config: UnmaskConfig | None = None):
+    def __init__(self, models: TwoStageModel, config: UnmaskConfig | None = None):
         from m2u.masking import DetectorConfig, FaceDetector
         from m2u.masking.masked_faces import MaskedFaceDetector, RealFaceDetector
 
         self.config = config or UnmaskConfig()
-        self.device = next(generator.parameters()).device
-        self.mseg = mseg.eval()
-        self.generator = generator.eval()
+        self.device = next(models.generator.parameters()).device
+        self.mseg = models.mseg.eval()
+        self.generator = models.generator.eval()
         # Crop size and threshold from the model files unless the config names them (then with a warning).
         self.usage = model_usage(
-            mseg, generator, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
+            models, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
         if self.config.detector_model == "blazeface":
             self.detector = RealFaceDetector()
         elif self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
         else:
-            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))  # type: ignore[arg-type]
+            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))
 
     @classmethod
     def from_files(
@@ -336,16 +382,38 @@ class Unmasker:
     ) -> Unmasker:
         """The pair of model files, or (both None) the model shipped with m2u."""
         config = config or UnmaskConfig()
-        mseg, generator = load_two_stage(mseg_path, generator_path, resolve_device(config.device))
-        return cls(mseg, generator, config)
+        return cls(load_two_stage(mseg_path, generator_path, resolve_device(config.device)), config)
 
-    @torch.no_grad()
+    def pass_precision(self, faces: int) -> str:
+        """The precision a forward pass of `faces` faces runs in (see UnmaskConfig.precision)."""
+        if self.config.precision != "auto":
+            return self.config.precision
+        from m2u.training.device import cpu_native_bf16
+
+        native = self.device.type == "cpu" and cpu_native_bf16()
+        return "bf16" if native and faces >= BF16_MIN_BATCH else "fp32"
+
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
-        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.threshold)
-        masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
-        return masks, to_uint8_images(comp.cpu())
+        masks, composites, _ = self.restore_passes(crops)
+        return masks, composites
+
+    @torch.no_grad()
+    def restore_passes(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """`restore_crops` plus each crop's precision: the crops go through the models together, in forward passes
+        of up to `max_batch` faces."""
+        masks, composites, precisions = [], [], []
+        step = self.config.max_batch
+        for start in range(0, len(crops), step):
+            chunk = crops[start : start + step]
+            precision = self.pass_precision(len(chunk))
+            batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
+            masks.append((mask[:, 0].float().cpu().numpy() > 0.5).astype(np.uint8) * 255)
+            composites.append(to_uint8_images(comp.float().cpu()))
+            precisions += [precision] * len(chunk)
+        return np.concatenate(masks), np.concatenate(composites), precisions
 
     @torch.no_grad()
     def predict_masks(self, crops: list[np.ndarray]) -> np.ndarray:
@@ -354,12 +422,12 @@ class Unmasker:
         from m2u.training.imagespace import to_model_range
 
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask = self.mseg.predict_mask(to_model_range(batch), threshold=self.usage.threshold)
+        mask = self.mseg.predict_mask(to_model_range(batch), threshold=self.usage.mask_threshold)
         return (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
         """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         dilate_px = round(self.config.dilate * size)
         feather_px = max(1, round(self.config.feather * size)) if self.config.feather > 0 else 0
         return feather_weight(mask, dilate_px, feather_px)
@@ -389,12 +457,12 @@ class Unmasker:
             faces.append(face)
         kept = [f for f in faces if not f.problem]
         if kept:
-            # The generator runs only on the faces to restore.
-            kept_masks, composites = self.restore_crops([f.crop for f in kept])
-            for face, mask, comp in zip(kept, kept_masks, composites, strict=True):
+            # The generator runs only on the faces to restore (in passes of up to max_batch faces).
+            kept_masks, composites, precisions = self.restore_passes([f.crop for f in kept])
+            for face, mask, comp, precision in zip(kept, kept_masks, composites, precisions, strict=True):
                 # The decision's mask where it was read (the same M-Seg on the same crop), else the restorer's.
                 face.mask = mask if face.mask is None else face.mask
-                face.restored = comp
+                face.restored, face.precision = comp, precision
         result = image.copy()
         for face in faces:
             face.mask_fraction = float((face.mask > 0).mean())
@@ -451,7 +519,7 @@ class Unmasker:
 
         if not faces:
             return image.copy(), [], []
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         visible = self.config.alignment == "visible"
         aligned = [
             align_face(
@@ -481,7 +549,7 @@ class Unmasker:
     def _unmask_aligned(
         self, image: np.ndarray
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
-        size = self.usage.crop_size
+        size = self.usage.require_crop_size()
         height, width = image.shape[:2]
         if (height, width) == (size, size):
             crop, source = image, "aligned-input"
@@ -513,7 +581,8 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    params = _WRITE_PARAMS.get(path.suffix.lower(), [])
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"cannot write {path}")
 
 
@@ -526,22 +595,25 @@ def unmask_files(
     *,
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
-    """Unmask every input photo into `out_dir` (PNG, same name stem) and write `out_dir/report.csv`."""
-    from m2u.core.inputs import check_output_folder, discover, output_lock
+    """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
+    `out_dir/report.csv`."""
+    from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
     # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
     # an input (m2u.core.inputs); OUT itself is never read as input.
     found = discover(inputs, exclude=[out])
+    if config.limit is not None:
+        del found.entries[config.limit :]
     paths = [e.path for e in found.entries]
     # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
     # below sees every file the run can write.
     planned: set[str] = set()
-    names = [_unique_name(p.stem, planned) for p in paths]
-    check_output_folder(out, found, [*(out / f"{name}.png" for name in names), out / "report.csv"])
+    names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
+    check_output_folder(out, found, [*(out / name for name in names), out / "report.csv"])
     if not paths:
-        raise ValueError("no input images found")
+        raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "m2u-unmask"):
         unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
@@ -562,7 +634,7 @@ def _unmask_paths(
         row = FileResult(input=str(path), status="ok")
         try:
             if not path.exists() and not path.is_symlink():
-                row.status, row.reason = "missing", "no such file"
+                row.status, row.reason = Status.ERROR, "no such file"
             else:
                 image = read_image(path)
                 row.height, row.width = image.shape[:2]
@@ -574,12 +646,12 @@ def _unmask_paths(
                     row.status = _status_without_faces(refused)
                     row.reason = row.reason or "no face found by the detector"
                 else:
-                    target = out / f"{name}.png"
+                    target = out / name
                     _write_rgb(target, result)
                     row.output = str(target)
                     row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
                     if any(f.alignment == "aligned-input-resized" for f in faces):
-                        size = unmasker.usage.crop_size
+                        size = unmasker.usage.require_crop_size()
                         row.reason = (  # aligned inputs are never refused: nothing else to say
                             f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
                             "(restoration pasted back at the input's size)"
@@ -594,14 +666,14 @@ def _unmask_paths(
                 ]
                 if faces and config.keep_crops:
                     for k, face in enumerate(faces):
-                        stem = out / "crops" / f"{name}_face{k}"
+                        stem = out / "crops" / f"{Path(name).stem}_face{k}"
                         _write_rgb(Path(f"{stem}_input.png"), face.crop)
                         cv2.imwrite(f"{stem}_mask.png", face.mask)
                         _write_rgb(Path(f"{stem}_restored.png"), face.restored)
         except ImageReadError as exc:
-            row.status, row.reason = "unreadable", exc.reason
+            row.status, row.reason = Status.ERROR, exc.reason
         except Exception as exc:  # noqa: BLE001 - degenerate landmarks, a bug or an exotic file: report, keep going
-            row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
+            row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
         row.seconds = round(time.perf_counter() - start, 4)
         results.append(row)
     with open(out / "report.csv", "w", newline="") as handle:
@@ -620,8 +692,8 @@ def _status_without_faces(left: list) -> str:
     face that wears no mask, `refused` when the detector's checks left faces (upside down, below --min-score),
     else `no_face` (nothing found, or only uncertain detections without a mask: no faces)."""
     if any(isinstance(f, FaceRestoration) and f.problem.startswith("not masked") for f in left):
-        return "not_masked"
-    return "refused" if any(not isinstance(f, FaceRestoration) for f in left) else "no_face"
+        return Status.NOT_MASKED
+    return Status.REFUSED if any(not isinstance(f, FaceRestoration) for f in left) else Status.NO_FACE
 
 
 def _refused_record(face) -> dict:

@@ -27,7 +27,8 @@ def parse_color(text: str) -> tuple[float, float, float]:
     digits = match.group(1)
     if len(digits) == 3:
         digits = "".join(c * 2 for c in digits)
-    return tuple(int(digits[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
+    red, green, blue = (int(digits[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
+    return red, green, blue
 
 
 def color_to_hex(rgb: tuple[float, float, float]) -> str:

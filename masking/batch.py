@@ -33,12 +33,13 @@ from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
-    InputError,
     check_arguments,
     check_output_folder,
     discover,
+    no_images_error,
     output_lock,
 )
+from m2u.core.outcome import Outcome, Status
 from m2u.core.parallel import worker_pool
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import DetectorConfig, FaceDetector
@@ -49,7 +50,7 @@ REPORT_NAME = "report.csv"
 # status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
 # mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
 REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
-STATUSES = ("ok", "no_face", "refused", "error")
+STATUSES = tuple(Status)
 JPEG_QUALITY = 95
 LOCK_TOOL = "m2u-mask"
 
@@ -67,8 +68,11 @@ class BatchConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (an error row)
     workers: int = runtime_field(default=1)
     progress: bool = runtime_field(default=True)
+    limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"--workers must be an integer >= 0 (0 = in this process), got {self.workers!r}")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
@@ -166,6 +170,14 @@ def _init_worker() -> None:
 def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[str, str | int]:
     """Mask one file and write its outputs; returns its report row (never raises for bad input). A `problem`
     found at discovery (a FIFO, a device, a broken link) is the row's reason and the file is never opened."""
+    return process_file_variants(job, (job.mask_config,), file, stem, problem)[0]
+
+
+def process_file_variants(
+    job: Job, masks: tuple[MaskConfig, ...], file: Path, stem: Path, problem: str = ""
+) -> list[dict[str, str | int]]:
+    """`process_file` for several mask configurations of one file (`--mask-type all`): the file is read and its
+    faces found once, then each configuration masks them from the same image; one report row per configuration."""
     global _DETECTOR
     # "read" is not a report column: it tells the exit code whether anything at all could be read.
     row: dict[str, str | int] = {
@@ -176,24 +188,31 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
         "read": 0,
     }
     if problem:
-        return row
+        return [dict(row) for _ in masks]
     try:
         image = read_image(file, max_pixels=job.max_pixels)
     except ImageReadError as exc:
         row["reason"] = exc.reason
-        return row
+        return [dict(row) for _ in masks]
     row["read"] = 1
     if _DETECTOR is None or _DETECTOR.config != job.detector_config:
         _DETECTOR = FaceDetector(job.detector_config)
     faces = _DETECTOR.detect(image)
     if not faces:
-        row.update(status="no_face", reason="no face found")
-        return row
+        row.update(Outcome(Status.NO_FACE, "no face found").fields())
+        return [dict(row) for _ in masks]
+    return [_mask_and_write(job, mask, image, faces, file, stem, dict(row)) for mask in masks]
+
+
+def _mask_and_write(
+    job: Job, mask_config: MaskConfig, image: np.ndarray, faces: list, file: Path, stem: Path, row: dict
+) -> dict[str, str | int]:
+    """Mask every face of `image` with one configuration and write its three outputs; fills in `row`."""
     masked, union = image, np.zeros(image.shape[:2], np.uint8)
     metas, failures = [], []
     for index, face in enumerate(faces):
         try:
-            result = apply_mask(masked, face, job.mask_config, face_seed(job.seed, stem, index))
+            result = apply_mask(masked, face, mask_config, face_seed(job.seed, stem, index))
         except MaskingError as exc:
             failures.append(f"face {index}: {exc.reason}")
             continue
@@ -209,9 +228,11 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
     ]
     row["reason"] = "; ".join(failures + low)
     if not metas:
-        row["status"] = "refused"  # faces were found; every mask was refused by the placement checks
+        row["status"] = (
+            Status.REFUSED.value
+        )  # faces were found; every mask was refused by the placement checks
         return row
-    jpg, png, meta = output_paths(job.out_dir, stem, job.mask_config.mask_type)
+    jpg, png, meta = output_paths(job.out_dir, stem, mask_config.mask_type)
     jpg.parent.mkdir(parents=True, exist_ok=True)
     ok, jpeg = cv2.imencode(
         ".jpg", cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
@@ -241,32 +262,42 @@ def _detection(face) -> dict[str, object]:
     return {"detector": face.detector, "retry": bool(face.retry)}
 
 
-def _run_one(args: tuple[Job, Path, Path, str]) -> dict[str, str | int]:
-    job, file, stem, problem = args
+def _run_one(args: tuple[Job, tuple[MaskConfig, ...], Path, Path, str]) -> list[dict[str, str | int]]:
+    job, masks, file, stem, problem = args
     try:
-        return process_file(job, file, stem, problem)
-    except Exception as exc:  # a bug or an exotic failure must not stop the other files
-        reason = f"unexpected {type(exc).__name__}: {exc}"
-        return {"path": str(file), "status": "error", "faces": 0, "reason": reason, "read": 0}
+        return process_file_variants(job, masks, file, stem, problem)
+    except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure must not stop the other files
+        outcome = Outcome(Status.ERROR, f"unexpected {type(exc).__name__}: {exc}")
+        return [{"path": str(file), **outcome.fields(), "faces": 0, "read": 0} for _ in masks]
 
 
 def run(
-    files: list[tuple[InputEntry, Path]], job: Job, workers: int, progress: bool = True
+    files: list[tuple[InputEntry, Path]],
+    job: Job,
+    workers: int,
+    progress: bool = True,
+    masks: tuple[MaskConfig, ...] | None = None,
 ) -> list[dict[str, str | int]]:
-    """Process every entry (in order of the list) with `workers` processes; returns the report rows."""
+    """Process every entry (in order of the list) with `workers` processes; returns the report rows. With `masks`
+    (several configurations for every file) each file is read and detected once, and the rows come back grouped by
+    configuration, in the order of `masks`."""
     global _DETECTOR
-    tasks = [(job, entry.path, stem, entry.problem) for entry, stem in files]
+    masks = masks or (job.mask_config,)
+    tasks = [(job, masks, entry.path, stem, entry.problem) for entry, stem in files]
     # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
     _DETECTOR = FaceDetector(job.detector_config).load_models()
-    warm_templates(job.mask_config)
+    for mask in masks:
+        warm_templates(mask)
     if workers <= 1:
         _init_worker()
-        return _collect(map(_run_one, tasks), len(tasks), progress)
-    with worker_pool(workers, _init_worker) as pool:
-        return _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
+        per_file = _collect(map(_run_one, tasks), len(tasks), progress)
+    else:
+        with worker_pool(workers, _init_worker) as pool:
+            per_file = _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
+    return [rows[k] for k in range(len(masks)) for rows in per_file]
 
 
-def _collect(rows: Iterator[dict], total: int, progress: bool) -> list[dict[str, str | int]]:
+def _collect(rows: Iterator, total: int, progress: bool) -> list:
     """The rows as a list, with a progress bar when asked for (tqdm is imported only then: a quiet run does not
     pay for it)."""
     if not progress:
@@ -300,6 +331,8 @@ def mask_files(
     run is writing it) before any output is written."""
     out = Path(out_dir)
     found = find_inputs(inputs, out)
+    if config.limit is not None:
+        del found.entries[config.limit :]
     files = output_stems(found.entries)
     groups = config.groups(len(files))
     targets = [
@@ -307,16 +340,23 @@ def mask_files(
     ]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
     if not found.entries:
-        raise InputError("no image files found in the inputs")
+        raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
-        for mask, indices in groups:
-            job = Job(out, mask, config.detector, config.seed, config.max_pixels)
-            done = run([files[i] for i in indices], job, workers, progress=config.progress)
-            rows += [{**row, "mask_type": mask.mask_type} for row in done]
+        if config.mask_code is None and len(groups) > 1:
+            # Every file gets every configuration ("all"): read and detect each file once for all of them.
+            masks = tuple(mask for mask, _ in groups)
+            job = Job(out, masks[0], config.detector, config.seed, config.max_pixels)
+            done = run(files, job, workers, progress=config.progress, masks=masks)
+            rows += [{**row, "mask_type": masks[k // len(files)].mask_type} for k, row in enumerate(done)]
+        else:
+            for mask, indices in groups:
+                job = Job(out, mask, config.detector, config.seed, config.max_pixels)
+                done = run([files[i] for i in indices], job, workers, progress=config.progress)
+                rows += [{**row, "mask_type": mask.mask_type} for row in done]
         seconds = time.perf_counter() - start
         write_report(rows, out / REPORT_NAME)
     return BatchResult(out, rows, workers, seconds, found.describe_skipped())

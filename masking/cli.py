@@ -9,6 +9,22 @@ from pathlib import Path
 import click
 import cv2
 
+from m2u.core.cli import (
+    CONTEXT_SETTINGS,
+    EXIT_SOME_FAILED,
+    Refused,
+    alias_option,
+    apply_aliases,
+    color_option,
+    inputs_argument,
+    limit_option,
+    min_score_option,
+    out_option,
+    progress_of,
+    progress_options,
+    seed_option,
+    workers_option,
+)
 from m2u.core.imageio import ImageReadError, read_image
 from m2u.core.inputs import Discovery, InputError, OutputFolderError
 from m2u.core.parallel import WorkerStartError
@@ -45,17 +61,10 @@ def _contact_sheet(
     raise click.ClickException("no input image with a face for the contact sheet")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "-o",
-    "--out",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder.",
-)
+@click.command(context_settings=CONTEXT_SETTINGS)
+@inputs_argument
+@out_option("Output folder.")
+@alias_option("--output", target="out_dir", type=click.Path(file_okay=False))
 @click.option(
     "--mask-type",
     default=_MASK.mask_type,
@@ -63,11 +72,7 @@ def _contact_sheet(
     help=f"One of {', '.join(MASK_TYPES)} (any case: N95, KN95), random, {ALL_TYPES} (every type, one output "
     "each), or a template of --pack.",
 )
-@click.option(
-    "--color",
-    default=_MASK.color,
-    help="Colour name or #rrggbb (or random); default: the template's own colours.",
-)
+@color_option(_MASK.color, "Mask colour: a name or #rrggbb (or random); default: the template's own colours.")
 @click.option("--color-weight", default=_MASK.color_weight, show_default=True, type=click.FloatRange(0, 1))
 @click.option(
     "--pattern", default=_MASK.pattern, help=f"One of {', '.join(PATTERNS)}, an image file, or random."
@@ -88,20 +93,9 @@ def _contact_sheet(
     "over the inputs (input i gets entry i mod N); replaces --mask-type, and an entry's colour or pattern "
     "replaces --color or --pattern.",
 )
-@click.option(
-    "--seed",
-    default=_BATCH.seed,
-    show_default=True,
-    type=int,
-    help="Same seed and inputs: byte-identical outputs.",
-)
-@click.option(
-    "--workers",
-    default=_BATCH.workers,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Worker processes; 0 (or 1) = work in this process, no worker processes.",
-)
+@seed_option(_BATCH.seed, "Same seed and inputs: byte-identical outputs.")
+@workers_option(_BATCH.workers)
+@limit_option()
 @click.option("--detector", default=_DETECTOR.model, show_default=True, type=click.Choice(DETECTOR_MODELS))
 @click.option(
     "--upsample",
@@ -116,13 +110,7 @@ def _contact_sheet(
     show_default=True,
     help="Try the CNN when HOG finds nothing.",
 )
-@click.option(
-    "--min-score",
-    default=_DETECTOR.min_score,
-    type=float,
-    help="Ignore detections scoring below this (HOG scores; the low-threshold retry accepts down to "
-    f"{_DETECTOR.retry_threshold}). Each face's score is in its JSON; retry finds are noted in report.csv.",
-)
+@min_score_option(_DETECTOR.min_score)
 @click.option(
     "--max-pixels",
     default=_BATCH.max_pixels,
@@ -136,8 +124,25 @@ def _contact_sheet(
     default=None,
     help="Only render a PNG of all mask types and presets on the first face found.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(
+@progress_options
+def main(**kw) -> None:
+    """Put masks on every face in INPUTS (image files, folders searched recursively, globs or list files).
+
+    For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the
+    input) and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (status ok / no_face /
+    refused / error). OUT must not be an input folder; files inside OUT are never read as inputs, and m2u-unmask
+    and m2u-make-dataset pass over (and count) the mask files when given OUT.
+
+    Exit code: 0 done (inputs without a face are counted, not failures); 1 some inputs could not be read or
+    processed; 2 usage error or refused."""
+    apply_aliases(kw)
+    kw["progress"] = progress_of(kw)
+    if not kw["inputs"]:
+        raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
+    _mask(**kw)
+
+
+def _mask(
     inputs,
     out_dir,
     mask_type,
@@ -155,13 +160,10 @@ def main(
     min_score,
     max_pixels,
     contact_sheet,
-    quiet,
+    limit,
+    progress,
 ) -> None:
-    """Put masks on every face in INPUTS (image files, folders searched recursively, globs or list files).
-
-    For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the
-    input) and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (status ok / no_face /
-    refused / error). OUT must not be an input folder; files inside OUT are never read as inputs."""
+    out_dir = Path(out_dir)
     try:
         mask_config = MaskConfig(
             mask_type=mask_type,
@@ -185,7 +187,8 @@ def main(
             seed,
             max_pixels,
             workers=workers,
-            progress=not quiet,
+            progress=progress,
+            limit=limit,
         )
         config.mask_configs()  # a bad --code entry is refused before any work
     except ValueError as exc:
@@ -197,7 +200,9 @@ def main(
         result = mask_files(inputs, out_dir, config)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
-    except (OutputFolderError, WorkerStartError) as exc:
+    except OutputFolderError as exc:
+        raise Refused(str(exc)) from None
+    except WorkerStartError as exc:
         raise click.ClickException(str(exc)) from None
     if result.skipped:
         click.echo(result.skipped, err=True)
@@ -210,4 +215,5 @@ def main(
     )
     if not result.anything_read:
         click.echo("nothing could be read", err=True)
-        sys.exit(1)
+    if not result.anything_read or result.count("error"):
+        sys.exit(EXIT_SOME_FAILED)

@@ -71,9 +71,11 @@ class MaskConfig:
             raise ValueError(f"coverage_threshold must be within (0, 1), got {self.coverage_threshold}")
         if self.color not in (None, RANDOM):
             parse_color(self.color)
-        if self.pattern not in (None, RANDOM, *PATTERNS) and not os.path.isfile(self.pattern):
-            raise ValueError(f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}")
-        if self.pattern not in (None, RANDOM, *PATTERNS):
+        if self.pattern is not None and self.pattern not in (RANDOM, *PATTERNS):
+            if not os.path.isfile(self.pattern):
+                raise ValueError(
+                    f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}"
+                )
             check_pattern_image(self.pattern)  # before any work: its size decides the memory each face takes
         object.__setattr__(self, "mask_type", canonical_mask_type(self.mask_type))
         if self.pack is None and self.mask_type not in (*MASK_TYPES, RANDOM, ALL_TYPES):

@@ -66,7 +66,9 @@ class Template:
     straps: tuple[Strap, ...] = ()
     # Images of a pack keep their own colours: no relief is added and the user colour tints the whole mask.
     source: str = "procedural"
-    _levels: list[tuple[np.ndarray, ...]] = field(default_factory=list, repr=False)
+    _levels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list, repr=False
+    )
 
     @functools.cached_property
     def strap_ends(self) -> tuple[tuple[float, float] | None, ...]:
@@ -89,7 +91,8 @@ class Template:
             level = (self.rgb, self.shade, self.tint, self.alpha)
             self._levels.append(level)
             while level[0].shape[1] >= 64:
-                level = tuple(cv2.pyrDown(x) for x in level)
+                rgb, shade, tint, alpha = (cv2.pyrDown(x) for x in level)
+                level = (rgb, shade, tint, alpha)
                 self._levels.append(level)
         for level in reversed(self._levels):
             if level[0].shape[1] >= width_px:

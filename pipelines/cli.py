@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 import yaml
 
-from m2u.core.configfile import ConfigError, parse_overrides
+from m2u.core.cli import (
+    CONTEXT_SETTINGS,
+    alias_option,
+    apply_aliases,
+    config_options,
+    inputs_argument,
+    out_option,
+)
+from m2u.core.configfile import CONFIG_SUFFIXES, ConfigError, parse_overrides
 from m2u.pipelines.config import PRESETS, PipelineConfig, config_as_dict, load_config
 
 
@@ -36,41 +44,45 @@ def _resolve(
 
 def _common(function):
     options = [
-        click.argument("config_file", required=False, type=click.Path(exists=True, dir_okay=False)),
+        inputs_argument,
+        config_options,
         click.option("--preset", type=click.Choice(PRESETS), help="Start from a named preset."),
-        click.option("--faces", multiple=True, help="Face inputs (folders, globs, list files); repeatable."),
+        alias_option("--faces", target="inputs", multiple=True),
         click.option(
             "--demo-faces",
             is_flag=True,
             help="Use the embedded demo portrait variants (a fresh clone without CelebA).",
         ),
-        click.option(
-            "-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder."
-        ),
-        click.option(
-            "--set",
-            "sets",
-            multiple=True,
-            metavar="STAGE.OPTION=VALUE",
-            help="Override one option, e.g. --set gan.max_steps=100; repeatable.",
-        ),
-        click.option("--print-config", is_flag=True, help="Print the resolved configuration and exit."),
+        out_option("Run folder.", dest="run_dir"),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def _prepare(config_file, preset, faces, demo_faces, run_dir, sets, print_config) -> PipelineConfig | None:
-    demo = Path(run_dir) / "demo-faces" if demo_faces else None
-    config = _resolve(config_file, preset, faces, demo, sets)
-    if print_config:
-        click.echo(yaml.safe_dump(config_as_dict(config), sort_keys=False))
+def _prepare(kw: dict) -> PipelineConfig | None:
+    """The run's configuration from the options; None after --print-config. INPUTS are the faces (--faces, the
+    previous spelling, still works); a lone INPUT that is a config file (.yaml, .toml, .json) is taken as
+    --config, as the previous release's positional CONFIG_FILE was."""
+    apply_aliases(kw)
+    inputs = list(kw["inputs"])
+    config_file = kw["config_file"]
+    if (
+        config_file is None
+        and len(inputs) == 1
+        and Path(inputs[0]).suffix in CONFIG_SUFFIXES
+        and Path(inputs[0]).is_file()
+    ):
+        config_file, inputs = inputs[0], []
+    demo = Path(kw["run_dir"]) / "demo-faces" if kw["demo_faces"] else None
+    config = _resolve(config_file, kw["preset"], tuple(inputs), demo, kw["sets"])
+    if kw["print_config"]:
+        click.echo(yaml.safe_dump(config_as_dict(config), sort_keys=False), nl=False)
         return None
     return config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT_SETTINGS)
 def main() -> None:
     """Raw faces → dataset → M-Seg → GAN → evaluation report, each stage cached and resumable."""
 
@@ -84,17 +96,21 @@ def main() -> None:
     show_default=True,
     help="Stop after this stage.",
 )
-def run(config_file, preset, faces, demo_faces, run_dir, sets, print_config, until) -> None:
-    """Run every stage (skipping those already done with the same configuration)."""
+def run(until, **kw) -> None:
+    """Run every stage (skipping those already done with the same configuration) on the face photos INPUTS.
+
+    A config file (-c, e.g. configs/pipeline.yaml) holds each stage's options under its name (dataset, mseg, gan,
+    evaluation) and the inputs as `faces`; --print-config prints the resolved one."""
     from m2u.pipelines.run import PipelineError, run_pipeline
 
-    config = _prepare(config_file, preset, faces, demo_faces, run_dir, sets, print_config)
+    run_dir = kw["run_dir"]
+    config = _prepare(kw)
     if config is None:
         return
     try:
         outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until)
     except PipelineError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(str(error)) from error  # a stage ran and failed: exit 1
     evaluation = outcomes.get("evaluation")
     if evaluation is not None:
         click.echo(f"report: {Path(run_dir) / 'evaluation' / 'metrics.md'}")
@@ -109,18 +125,19 @@ def run(config_file, preset, faces, demo_faces, run_dir, sets, print_config, unt
 
 @main.command()
 @_common
-def ablate(config_file, preset, faces, demo_faces, run_dir, sets, print_config) -> None:
+def ablate(**kw) -> None:
     """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json."""
     from m2u.pipelines.ablate import run_ablation
     from m2u.pipelines.run import PipelineError
 
-    config = _prepare(config_file, preset, faces, demo_faces, run_dir, sets, print_config)
+    run_dir = kw["run_dir"]
+    config = _prepare(kw)
     if config is None:
         return
     try:
         run_ablation(config, run_dir, echo=click.echo)
     except PipelineError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(str(error)) from error  # a stage ran and failed: exit 1
     click.echo((Path(run_dir) / "ablation.md").read_text())
 
 

@@ -50,49 +50,62 @@ def _faces(count: int, size: int, folder: Path) -> list[tuple[np.ndarray, np.nda
     return samples
 
 
+def _scores(images: Any, original: Any) -> dict[str, float]:
+    """PSNR, SSIM and L1 of (B, 3, H, W) images in [0, 1] against the originals."""
+    from m2u.training.ssim import psnr, ssim
+
+    return {
+        "psnr": float(psnr(images, original)),
+        "ssim": float(ssim(images, original)),
+        "l1": float((images - original).abs().mean()),
+    }
+
+
+def _write_grid(path: Path, columns: list[Any]) -> None:
+    """(B, 3, H, W) tensors in [0, 1] side by side, one sample per row, as a PNG."""
+    import cv2
+
+    tiles = [(x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for x in columns]
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in zip(*tiles)], axis=0)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
 def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> dict[str, Any]:
     """Write OUT/index.html, OUT/demo.png and OUT/demo.json; returns the metrics. Raises
     PretrainedUnavailable when no model ships."""
-    import cv2
     import torch
 
     from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
     from m2u.evaluation.baselines import run_baseline
-    from m2u.inference.pretrained import DEFAULT_MODEL, load_pretrained
-    from m2u.inference.restore import model_usage, restore_batch
-    from m2u.training.ssim import psnr, ssim
+    from m2u.inference.pretrained import DEFAULT_MODEL
+    from m2u.inference.restore import load_pretrained, model_usage, restore_batch
 
     name = model or DEFAULT_MODEL
-    mseg, generator = load_pretrained(name)
-    usage = model_usage(mseg, generator, fallback_size=DEFAULT_IMAGE_SIZE)
+    models = load_pretrained(name)
+    mseg, generator = models.mseg, models.generator
+    usage = model_usage(models, fallback_size=DEFAULT_IMAGE_SIZE)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = _faces(count, usage.crop_size, out / "faces")
+    samples = _faces(count, usage.require_crop_size(), out / "faces")
     if not samples:
         raise RuntimeError("no embedded face could be detected and masked")
     to01 = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     original, masked = to01([s[0] for s in samples]), to01([s[1] for s in samples])
     with torch.no_grad():
-        predicted, _, restored = restore_batch(mseg, generator, masked, usage.threshold)
-    telea = run_baseline("telea", masked, predicted)
-    rows = {}
-    for label, images in (("m2unet", restored), ("telea", telea), ("masked_input", masked)):
-        rows[label] = {
-            "psnr": float(psnr(images, original)),
-            "ssim": float(ssim(images, original)),
-            "l1": float((images - original).abs().mean()),
-        }
+        predicted, _, restored = restore_batch(mseg, generator, masked, usage.mask_threshold)
+    rows = {
+        label: _scores(images, original)
+        for label, images in (
+            ("m2unet", restored),
+            ("telea", run_baseline("telea", masked, predicted)),
+            ("masked_input", masked),
+        )
+    }
     truth = torch.from_numpy(np.stack([s[2] for s in samples])).float()[:, None]
     intersection = (predicted * truth).sum(dim=(1, 2, 3))
     dice = (2 * intersection / (predicted.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).clamp_min(1)).mean()
-
-    def u8(x: torch.Tensor) -> np.ndarray:
-        return (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-    columns = [u8(masked), u8(predicted.repeat(1, 3, 1, 1)), u8(restored), u8(original)]
-    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in zip(*columns)], axis=0)
-    cv2.imwrite(str(out / "demo.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    info = generator.info
+    _write_grid(out / "demo.png", [masked, predicted.repeat(1, 3, 1, 1), restored, original])
+    info = models.generator_info
     report = {
         "model": name,
         "crop_size": usage.crop_size,

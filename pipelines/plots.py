@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from m2u.training.trainer import LOG_NAME
+from m2u.training.runlog import LOG_NAME
 
 _BOOKKEEPING = {"step", "epoch", "split", "event", "lr", "seconds", "samples"}
 
@@ -54,6 +54,31 @@ def curve_panels(splits: dict[str, dict[str, list[tuple[int, float]]]]) -> dict[
     return dict(sorted(panels.items()))
 
 
+# One colour per split, the same in every panel and stage (matplotlib's default cycle, colour-blind distinct).
+SPLIT_COLORS = {"train": "C0", "val": "C1", "test": "C2"}
+
+
+def split_color(split: str) -> str:
+    """The split's colour; a split not named above gets the next colours of the cycle, never a taken one."""
+    if split in SPLIT_COLORS:
+        return SPLIT_COLORS[split]
+    return f"C{3 + sum(map(ord, split)) % 7}"
+
+
+def draw_panel(axis, by_split: dict[str, list]) -> None:
+    """One metric's curves: train raw (faint) and smoothed, every other split as measured; each split in its own
+    colour and labelled in the legend."""
+    for split, points in sorted(by_split.items(), key=lambda item: item[0] != "train"):
+        steps, values = zip(*points)
+        marker = "." if len(points) < 30 else None
+        color = split_color(split)
+        if split == "train" and len(points) > 2:
+            axis.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+            axis.plot(steps, smoothed(list(values)), color=color, label="train (smoothed)")
+        else:
+            axis.plot(steps, values, marker=marker, color=color, label=split)
+
+
 def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Path]:
     """One PNG per stage (`<stage>_train.png`): a panel per metric, train (raw, faint, and smoothed) and val on
     the same axis, integer step ticks. Returns the files written."""
@@ -76,16 +101,7 @@ def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Pat
         rows = -(-len(panels) // columns)
         figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 2.4 * rows), squeeze=False)
         for axis, (name, by_split) in zip(axes.flat, panels.items()):
-            for split, points in sorted(by_split.items(), key=lambda item: item[0] != "train"):
-                steps, values = zip(*points)
-                marker = "." if len(points) < 30 else None
-                if split == "train" and len(points) > 2:
-                    axis.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8)
-                    axis.plot(steps, smoothed(list(values)), color="C0", label="train (smoothed)")
-                else:
-                    axis.plot(
-                        steps, values, marker=marker, color="C0" if split == "train" else "C1", label=split
-                    )
+            draw_panel(axis, by_split)
             axis.set_title(name, fontsize=9)
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.grid(alpha=0.3)

@@ -65,3 +65,55 @@ def _dataset_snapshot(out: Path) -> dict[str, bytes]:
 def dataset_snapshot():
     """A function: dataset folder -> {relative path: bytes}, for byte-identity checks between builds."""
     return _dataset_snapshot
+
+
+# The tiny two-stage model the evaluation and inference tests share: a synthetic dataset and M-Seg / generator
+# files trained here for a few steps (small widths, 32 px), so every test runs in seconds on a CPU.
+TINY_IMAGE_SIZE = 32
+TINY_SAMPLES = 40
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from m2u.datasets.synthetic import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(out, TINY_SAMPLES, size=TINY_IMAGE_SIZE, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """(mseg.safetensors, generator.safetensors), each trained briefly on the tiny train split."""
+    return _train_tiny_checkpoints(tiny_dataset, tmp_path_factory.mktemp("checkpoints"))
+
+
+def _train_tiny_checkpoints(tiny_dataset: Path, out: Path) -> tuple[Path, Path]:
+    import torch.nn.functional as F
+
+    from m2u.datasets.loader import LoaderConfig, make_loader
+    from m2u.training.checkpoint import save_model
+    from m2u.training.imagespace import to_model_range
+    from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+
+    torch.manual_seed(0)
+    batches = list(
+        make_loader(tiny_dataset, "train", LoaderConfig.for_evaluation(batch_size=8, num_workers=0))
+    )
+    mseg = MSeg(MSegConfig(base_channels=8, levels=3))
+    generator = CARU2Net(GeneratorConfig(width_multiplier=0.125))
+    opt_m = torch.optim.Adam(mseg.parameters(), lr=1e-2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    for step in range(30):
+        batch = batches[step % len(batches)]
+        x = to_model_range(batch["masked"])
+        loss_m = F.binary_cross_entropy_with_logits(mseg(x), batch["mask"])
+        opt_m.zero_grad()
+        loss_m.backward()
+        opt_m.step()
+        if step < 8:
+            loss_g = F.l1_loss(generator(x, batch["mask"]), to_model_range(batch["unmasked"]))
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+    return save_model(out / "mseg.safetensors", mseg), save_model(out / "generator.safetensors", generator)

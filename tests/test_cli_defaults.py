@@ -25,7 +25,7 @@ from m2u.masking.render import MaskConfig
 from m2u.training.cli import GAN_BINDING, MSEG_BINDING, train_main
 from m2u.training.cliutil import ConfigBinding
 
-_NOT_OPTIONS = {"config_file", "sets", "help"}
+_NOT_OPTIONS = {"config_file", "legacy_config_file", "sets", "print_config", "quiet", "help"}
 
 
 def field_default(cls: type, path: str):
@@ -52,7 +52,13 @@ def processed_default(command: click.Command, param: click.Parameter):
 
 
 def _params(command: click.Command) -> list[click.Parameter]:
-    return [p for p in command.params if p.name not in _NOT_OPTIONS and isinstance(p, click.Option)]
+    from m2u.core.cli import is_alias
+
+    return [
+        p
+        for p in command.params
+        if p.name not in _NOT_OPTIONS and isinstance(p, click.Option) and not is_alias(p)
+    ]
 
 
 # Commands that build their config through a ConfigBinding: EVERY option is a config field or declared other.
@@ -86,7 +92,7 @@ BY_NAME = {
     "m2u-mask": (mask_main, [(MaskConfig, {}), (DetectorConfig, {"detector": "model"})]),
     "m2u-make-dataset": (make_dataset_main, [(BuildConfig, {})]),
     "m2u-unmask": (unmask_main, [(UnmaskConfig, {})]),
-    "m2u-export onnx": (export_main.commands["onnx"], [(ExportConfig, {})]),
+    "m2u-export onnx": (export_main.commands["onnx"], [(ExportConfig, {"size": "image_size"})]),
 }
 
 

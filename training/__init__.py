@@ -44,7 +44,7 @@ _EXPORTS = {
     "ShardDataSource": "data",
     "train_mseg": "trainer",
     "train_gan": "trainer",
-    "NonFiniteLossError": "trainer",
+    "NonFiniteLossError": "guards",
 }
 
 __all__ = sorted(_EXPORTS)

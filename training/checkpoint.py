@@ -4,7 +4,7 @@
   live in the safetensors metadata, so `load_model` rebuilds the right class without pickle. The metadata also
   holds a `ModelInfo` (JSON): how the model must be used (training crop size, input normalisation, M-Seg's
   threshold, the dataset's alignment) and where it came from (m2u version, data, steps, recipe). `load_model`
-  attaches it to the model as `model.info`; `read_model_info` reads it without loading any weight.
+  returns it beside the module (`LoadedModel(module, info)`); `read_model_info` reads it without any weight.
 - Before any weight is allocated, `load_model` builds the model on the meta device and compares every tensor
   shape with the file's: a config that does not match its weights (or one asking for a model far larger than
   its file) is one CheckpointError sentence, not a RuntimeError or gigabytes allocated.
@@ -21,7 +21,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -63,12 +63,13 @@ class CheckpointError(RuntimeError):
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under DistributedDataParallel and torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch.compile's OptimizedModule
-        else:
+        inner = (
+            getattr(model, "module", None) if isinstance(model, nn.parallel.DistributedDataParallel) else None
+        )
+        inner = inner if inner is not None else getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 # A write in progress is a hidden ".<name>.XXXX.tmp" beside its target (m2u.core.fileio.atomic_write);
@@ -114,8 +115,8 @@ class ModelInfo:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def threshold(self) -> float:
-        """M-Seg's threshold: the file's, else the one default (m2u.training.models.mseg)."""
+    def mask_threshold_or_default(self) -> float:
+        """M-Seg's mask threshold: the file's, else the one default (m2u.training.models.mseg)."""
         return DEFAULT_MASK_THRESHOLD if self.mask_threshold is None else float(self.mask_threshold)
 
 
@@ -150,12 +151,12 @@ def save_model(
     dtype "fp16" halves the file (floating-point tensors only; load_model reads them back into fp32)."""
     model = unwrap_model(model)
     class_name = type(model).__name__
-    if class_name not in MODEL_CLASSES:
+    if not isinstance(model, CARU2Net | PatchDiscriminator | MSeg):
         raise TypeError(f"save_model knows {sorted(MODEL_CLASSES)}, not {class_name}")
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}")
-    info = info if info is not None else getattr(model, "info", None) or ModelInfo()
-    config = model.config.to_dict()  # type: ignore[attr-defined]
+    info = info if info is not None else ModelInfo()
+    config = model.config.to_dict()
 
     def stored(t: torch.Tensor) -> torch.Tensor:
         t = t.detach().to("cpu")
@@ -253,10 +254,17 @@ def _check_shapes(path: Path, class_name: str, model: nn.Module, handle: Any) ->
         )
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model class named in the file from its stored config and load the weights (eval mode).
+class LoadedModel(NamedTuple):
+    """A model file, loaded: the module (eval mode) and how it is to be used (crop size, M-Seg's mask
+    threshold, input normalisation, alignment, provenance)."""
 
-    The returned model carries the file's ModelInfo as `model.info` (M-Seg also its threshold)."""
+    module: nn.Module
+    info: ModelInfo
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model class named in the file from its stored config and load the weights (eval mode);
+    `module, info = load_model(path)`."""
     path = Path(path)
     class_name, config_dict = read_model_metadata(path)
     info = read_model_info(path)
@@ -268,10 +276,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.load_state_dict(tensors, strict=True)  # copies (and casts fp16 files) into the fp32 model
-    model.info = info  # type: ignore[assignment]
-    if isinstance(model, MSeg):
-        model.threshold = info.threshold()
-    return model.to(map_location).eval()
+    return LoadedModel(model.to(map_location).eval(), info)
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -2,13 +2,14 @@
 
 m2u-train mseg --data OUT --out RUN_MSEG
 m2u-train gan  --data OUT --mseg RUN_MSEG/mseg.safetensors --out RUN_GAN
-m2u-train gan  gan.yaml --set max_steps=100 --set generator.stages=3     (a config file and overrides)
+m2u-train gan  -c configs/gan.yaml --set max_steps=100 --set stages=3   (a config file and overrides)
+m2u-train gan  -c configs/gan.yaml --print-config                       (the resolved config, as a config file)
 m2u-train gan  --out RUN_GAN --resume [--max-steps N]          (the run's saved config; architecture kept)
 torchrun --nproc-per-node 2 -m m2u.training.cli gan ...     (DDP; gloo on CPU, NCCL on CUDA)
 
 Every option's default is its config dataclass's (MSegTrainConfig, GanTrainConfig); a config file (YAML, TOML or
-JSON) holds any of their fields, nested ones as mappings; options given on the command line override the file,
-and `--set` overrides both.
+JSON) holds options by their long names (batch_size, lr, mseg, stages) and any other field by its (nested) field
+name; options given on the command line override the file, and `--set` overrides both.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
+from m2u.core.cli import (
+    CONTEXT_SETTINGS,
+    Refused,
+    alias_option,
+    apply_aliases,
+    device_option,
+    out_option,
+    progress_options,
+    seed_option,
+    workers_option,
+)
 from m2u.training.cliutil import ConfigBinding, config_file_options
 from m2u.training.config import (
     MASK_SOURCES,
@@ -39,8 +50,8 @@ _RUN_PATHS = {
     "milestones": "optimizer.milestones",
     "decay": "optimizer.decay",
     "compile_": "compile",
-    "no_progress": "!progress",
-    "no_test": "!evaluate_test",
+    "test": "evaluate_test",
+    "workers": "num_workers",
 }
 MSEG_BINDING = ConfigBinding(
     MSegTrainConfig, {**_RUN_PATHS, "base_channels": "model.base_channels", "levels": "model.levels"}
@@ -50,8 +61,8 @@ GAN_BINDING = ConfigBinding(
     {
         **_RUN_PATHS,
         "stages": "generator.stages",
-        "no_segmentation_guidance": "!generator.segmentation_guidance",
-        "no_channel_attention": "!generator.channel_attention",
+        "segmentation_guidance": "generator.segmentation_guidance",
+        "channel_attention": "generator.channel_attention",
         "width_multiplier": "generator.width_multiplier",
     },
 )
@@ -67,21 +78,16 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | tuple) 
 
 
 def _run_options(function: Callable) -> Callable:
-    options = [
+    options: list[Callable[[Callable], Callable]] = [
         config_file_options,
         click.option(
             "--data",
             default=RunConfig.data,
             type=click.Path(file_okay=False),
-            help="Dataset folder (m2u-make-dataset); required, except with --resume of a saved run.",
+            help="Dataset folder or fsspec URL (m2u-make-dataset's -o); required, except with --resume of a saved "
+            "run.",
         ),
-        click.option(
-            "-o",
-            "--out",
-            default=RunConfig.out,
-            type=click.Path(file_okay=False),
-            help="Run folder; required.",
-        ),
+        out_option("Run folder; required.", required=False, dest="out", default=RunConfig.out),
         click.option("--batch-size", default=RunConfig.batch_size, show_default=True, type=click.IntRange(1)),
         click.option("--epochs", default=RunConfig.epochs, show_default=True, type=click.IntRange(1)),
         click.option(
@@ -120,19 +126,13 @@ def _run_options(function: Callable) -> Callable:
             type=click.IntRange(1),
         ),
         click.option("--log-every", default=RunConfig.log_every, show_default=True, type=click.IntRange(1)),
-        click.option("--seed", default=RunConfig.seed, show_default=True, type=int),
-        click.option(
-            "--num-workers",
-            "--workers",
-            "num_workers",
-            default=RunConfig.num_workers,
-            show_default=True,
-            type=click.IntRange(0),
+        seed_option(RunConfig.seed),
+        workers_option(
+            RunConfig.num_workers,
             help="Data-loading worker processes; 0 = load in this process (no worker processes).",
         ),
-        click.option(
-            "--device", default=RunConfig.device, show_default=True, help="auto, cpu, cuda or cuda:N."
-        ),
+        alias_option("--num-workers", target="workers", type=click.IntRange(0)),
+        device_option(RunConfig.device),
         click.option(
             "--precision",
             type=click.Choice(PRECISIONS),
@@ -148,8 +148,13 @@ def _run_options(function: Callable) -> Callable:
             help="Continue the run in --out from its last checkpoint, with its saved config (RUN/config.json); "
             "options given now override it, except architecture options, which must match.",
         ),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
-        click.option("--no-test", is_flag=True, help="Skip the test-split evaluation at the end."),
+        progress_options,
+        click.option(
+            "--test/--no-test",
+            default=RunConfig.evaluate_test,
+            show_default=True,
+            help="Evaluate the test split at the end.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -166,18 +171,30 @@ def _checked(config: RunConfig) -> RunConfig:
     return config
 
 
-def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig:
-    """The config to train with: a new run from the options (and CONFIG_FILE, --set). --resume of a run with a
-    saved config (RUN/config.json): that config, with what this command line gives applied over it, so
+def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | None:
+    """The config to train with: a new run from the options (and the config file, --set). --resume of a run
+    with a saved config (RUN/config.json): that config, with what this command line gives applied over it, so
     `--resume` alone continues the run as it was started; an architecture option that differs from the run's
-    is refused by the trainer before anything is built (one sentence)."""
+    is refused before anything is built (one sentence). The run's config.json then records this merged
+    configuration, and its recipe keeps the command that started the run. None after --print-config."""
     from m2u.training.checkpoint import read_run_config_dict
 
+    ctx = click.get_current_context()
+    apply_aliases(options, ctx)
+    if options.pop("quiet", False):
+        options["progress"] = False
+        ctx.set_parameter_source("progress", click.core.ParameterSource.COMMANDLINE)
     base = read_run_config_dict(options["out"]) if options.get("resume") and options.get("out") else {}
     config = binding.build(options, base=base or None)
     if base:
         _refuse_architecture_changes(binding, config)
-    return _checked(dataclasses.replace(config, recipe=_recipe()))
+    if options.get("print_config"):
+        binding.print_config(ctx.command, config, {})
+        return None
+    recipe = _recipe()
+    if base and base.get("recipe") and options.get("resume"):
+        recipe = f"{base['recipe']} (resumed: {recipe})"
+    return _checked(dataclasses.replace(config, recipe=recipe))
 
 
 def _refuse_architecture_changes(binding: ConfigBinding, config: RunConfig) -> None:
@@ -201,103 +218,23 @@ def _recipe() -> str:
     return " ".join(["m2u-train", *sys.argv[1:]])
 
 
-# CLI parameters that are not named as their config field: parameter -> field.
-_PARAMETER_FIELDS = {
-    "lr": "optimizer",
-    "milestones": "optimizer",
-    "lr_decay": "optimizer",
-    "compile_": "compile",
-    "no_progress": "progress",
-    "no_test": "evaluate_test",
-}
-# Architecture parameters: parameter -> (config field, sub-field). --resume refuses a value that differs.
-_ARCHITECTURE_PARAMETERS = {
-    "base_channels": ("model", "base_channels"),
-    "levels": ("model", "levels"),
-    "stages": ("generator", "stages"),
-    "no_segmentation_guidance": ("generator", "segmentation_guidance"),
-    "no_channel_attention": ("generator", "channel_attention"),
-    "width_multiplier": ("generator", "width_multiplier"),
-}
-
-
-def _explicit_parameters(ctx: click.Context) -> list[str]:
-    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return [name for name in ctx.params if ctx.get_parameter_source(name) in sources]
-
-
-def _option_name(ctx: click.Context, parameter: str) -> str:
-    for param in ctx.command.params:
-        if param.name == parameter and param.opts:
-            return max(param.opts, key=len)
-    return parameter
-
-
-def _build_config(ctx: click.Context, cls: type, kwargs: dict[str, Any]) -> Any:
-    """The config to train with. A new run: cls(**kwargs) (from the options). --resume of a run with a saved
-    config (RUN/config.json): the saved config, with the options given on this command line applied over it;
-    an architecture option that differs from the run's is one UsageError sentence."""
-    from dataclasses import fields
-
-    from m2u.training.config import read_run_config
-
-    try:
-        saved = read_run_config(cls, kwargs["out"]) if kwargs.get("resume") else None
-        if saved is None:
-            if not kwargs.get("data"):
-                raise click.UsageError(
-                    "--data is required (it may be left out only with --resume of a saved run)"
-                )
-            return cls(**kwargs)
-        values = {f.name: getattr(saved, f.name) for f in fields(saved)}
-        conflicts = []
-        for parameter in _explicit_parameters(ctx):
-            if parameter in _ARCHITECTURE_PARAMETERS:
-                field_name, sub = _ARCHITECTURE_PARAMETERS[parameter]
-                have, want = getattr(values[field_name], sub), getattr(kwargs[field_name], sub)
-                if have != want:
-                    conflicts.append(
-                        f"{_option_name(ctx, parameter)} (the run has {field_name}.{sub}={have})"
-                    )
-            else:
-                name = _PARAMETER_FIELDS.get(parameter, parameter)
-                if name in values and name in kwargs:
-                    values[name] = kwargs[name]
-        if conflicts:
-            raise click.UsageError(
-                f"--resume: {', '.join(conflicts)} would change the architecture of the run in {kwargs['out']}; "
-                "drop the option (--resume reads it from the run) or choose another --out"
-            )
-        values["resume"] = True
-        return cls(**values)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-
-
-def _recipe() -> str:
-    return " ".join(["m2u-train", *sys.argv[1:]])
-
-
 def _run(train: Callable[[Any], dict], config: Any) -> None:
     from m2u.training.checkpoint import CheckpointError
+    from m2u.training.distributed import is_main_process
+    from m2u.training.guards import NonFiniteLossError
     from m2u.training.losses import VGGWeightsUnavailable
-    from m2u.training.trainer import NonFiniteLossError
 
     try:
         results = train(config)
-    except (
-        VGGWeightsUnavailable,
-        NonFiniteLossError,
-        CheckpointError,
-        FileExistsError,
-        FileNotFoundError,
-        ValueError,
-    ) as error:
+    except NonFiniteLossError as error:  # the run started and failed
         raise click.ClickException(str(error)) from None
-    click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
+    except (VGGWeightsUnavailable, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
+        raise Refused(str(error)) from None
+    if is_main_process():  # under torchrun every rank returns the results: one copy is printed
+        click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT_SETTINGS)
 def train_main() -> None:
     """Train M-Seg and the M2UNet GAN on shards written by m2u-make-dataset."""
 
@@ -320,7 +257,8 @@ def train_main() -> None:
 )
 @click.option(
     "--threshold",
-    default=MSegTrainConfig.threshold,
+    "mask_threshold",
+    default=MSegTrainConfig.mask_threshold,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Mask threshold for validation; recorded in mseg.safetensors, which its users read.",
@@ -328,10 +266,13 @@ def train_main() -> None:
 def mseg_command(**options: Any) -> None:
     """Train the mask segmenter (BCE + Dice); reports Dice and pixel accuracy on val and test.
 
-    CONFIG_FILE (optional): MSegTrainConfig fields in YAML, TOML or JSON."""
+    -c/--config FILE (optional): options by their long names, other MSegTrainConfig fields by name
+    (configs/mseg.yaml)."""
     from m2u.training.trainer import train_mseg
 
-    _run(train_mseg, _resolve(MSEG_BINDING, options))
+    config = _resolve(MSEG_BINDING, options)
+    if config is not None:
+        _run(train_mseg, config)
 
 
 @train_main.command("gan")
@@ -351,9 +292,17 @@ def mseg_command(**options: Any) -> None:
     help="Generator depth.",
 )
 @click.option(
-    "--no-segmentation-guidance", is_flag=True, help="Ablation: the generator does not see the mask."
+    "--segmentation-guidance/--no-segmentation-guidance",
+    default=GeneratorConfig.segmentation_guidance,
+    show_default=True,
+    help="Ablation (--no-...): the generator does not see the mask.",
 )
-@click.option("--no-channel-attention", is_flag=True, help="Ablation: CAR layers without channel attention.")
+@click.option(
+    "--channel-attention/--no-channel-attention",
+    default=GeneratorConfig.channel_attention,
+    show_default=True,
+    help="Ablation (--no-...): CAR layers without channel attention.",
+)
 @click.option(
     "--width-multiplier",
     default=GeneratorConfig.width_multiplier,
@@ -394,10 +343,13 @@ def mseg_command(**options: Any) -> None:
 def gan_command(**options: Any) -> None:
     """Train the CARU2-Net generator and the discriminator, the mask from a frozen M-Seg (or the ground truth).
 
-    CONFIG_FILE (optional): GanTrainConfig fields in YAML, TOML or JSON."""
+    -c/--config FILE (optional): options by their long names, other GanTrainConfig fields by name
+    (configs/gan.yaml)."""
     from m2u.training.trainer import train_gan
 
-    _run(train_gan, _resolve(GAN_BINDING, options))
+    config = _resolve(GAN_BINDING, options)
+    if config is not None:
+        _run(train_gan, config)
 
 
 if __name__ == "__main__":  # torchrun -m m2u.training.cli ...

@@ -14,7 +14,7 @@ from m2u.training.losses import (
     SegmentationLossConfig,
 )
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
-from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD
+from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD, check_mask_threshold
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MASK_SOURCES = ("mseg", "gt")
@@ -88,12 +88,15 @@ class MSegTrainConfig(SegmentationLossConfig, RunConfig):
     """M-Seg training: the run options, the loss weights (`SegmentationLossConfig`) and the network."""
 
     model: MSegConfig = field(default_factory=MSegConfig)
-    threshold: float = DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
+    mask_threshold: float = (
+        DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.model, dict):
             self.model = MSegConfig(**self.model)
+        check_mask_threshold(self.mask_threshold)
 
 
 @dataclass
@@ -116,8 +119,9 @@ class GanTrainConfig(GanLossConfig, RunConfig):
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_source == "mseg" and not self.mseg_checkpoint:
             raise ValueError(
-                "mask_source 'mseg' needs an M-Seg checkpoint (--mseg PATH), or use --mask-source gt"
+                "mask_source 'mseg' needs an M-Seg model file (mseg_checkpoint), or use mask_source 'gt'"
             )
+        check_mask_threshold(self.mask_threshold)
 
 
 RUN_CONFIG_NAME = "config.json"  # in the run folder: the config the run was started (or last resumed) with

@@ -23,6 +23,10 @@ class DataSource(Protocol):
     def batches(self, split: str, epoch: int) -> Iterable[dict]: ...
 
 
+# A source may also say how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
+# progress bar's total and ETA); the trainer works without it.
+
+
 def check_batch(batch: dict) -> None:
     """Clear errors for a batch that breaks the loader contract."""
     for name in BATCH_FIELDS:
@@ -65,6 +69,11 @@ class TensorDataSource:
         drop_last = split == "train"
         return self._iterate(tensors, order, split, drop_last)
 
+    def steps_per_epoch(self, split: str) -> int:
+        """Full batches of the rank with the fewest samples (the trainer keeps ranks in step)."""
+        count = self.splits[split]["masked"].shape[0] if split in self.splits else 0
+        return count // self.world_size // self.batch_size
+
     def _iterate(self, tensors: dict, order: torch.Tensor, split: str, drop_last: bool) -> Iterator[dict]:
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
@@ -97,8 +106,9 @@ class ShardDataSource:
         """`pin_memory` (for a GPU): pinned batches and workers kept between epochs; `uint8`: the loader's raw
         uint8 batches, for the trainer to convert on its device (4x fewer bytes to copy)."""
         from m2u.datasets.layout import MANIFEST_NAME
+        from m2u.datasets.storage import local_dataset
 
-        self.root = Path(root)
+        self.root = Path(local_dataset(root))  # a dataset URL (s3://...): its local copy
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {self.root} (build it with m2u-make-dataset)")
         if not (self.root / MANIFEST_NAME).is_file() and not (self.root / "train").is_dir():
@@ -119,10 +129,20 @@ class ShardDataSource:
         loader.set_epoch(epoch)
         return iter(loader)
 
+    def steps_per_epoch(self, split: str) -> int | None:
+        """From the manifest's sample count: an upper bound, as each loader worker drops its last partial
+        training batch (an epoch may end a few steps earlier); None without a readable manifest."""
+        from m2u.datasets.loader import count_samples
+
+        try:
+            return count_samples(self.root, split) // (self.world_size * self.batch_size)
+        except (OSError, ValueError, KeyError):
+            return None
+
     def _make_loader(self, split: str) -> Any:
         from m2u.datasets.loader import LoaderConfig, make_loader
 
-        common = {
+        common: dict[str, Any] = {
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "seed": self.seed,

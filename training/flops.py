@@ -55,7 +55,7 @@ def ptflops_macs(model: nn.Module, input_shapes: Sequence[Sequence[int]]) -> int
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
 
-    def inputs(_: tuple) -> dict[str, torch.Tensor]:
+    def inputs(_: tuple) -> dict[str, list[torch.Tensor]]:
         return {"args": [torch.zeros(tuple(s), device=device, dtype=dtype) for s in input_shapes]}
 
     was_training = model.training

@@ -154,6 +154,8 @@ class VGGPerceptualLoss(nn.Module):
             self.features.load_state_dict({key: wanted[key] for key in own})
         self.features.requires_grad_(False)
         self.features.eval()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -1,6 +1,6 @@
 """The models that ship with m2u, loaded by name.
 
-    from m2u.inference.pretrained import load_pretrained
+    from m2u.inference import load_pretrained           # (m2u.inference.restore; this package only finds files)
     mseg, generator = load_pretrained()                 # the default model, ready (eval mode)
     mseg, generator = load_pretrained("m2unet-celeba-128", device="cpu")
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from m2u.training.checkpoint import CheckpointError
 
 __all__ = [
@@ -24,7 +22,6 @@ __all__ = [
     "GENERATOR_FILE",
     "PretrainedUnavailable",
     "available_models",
-    "load_pretrained",
     "pretrained_dir",
     "pretrained_paths",
 ]
@@ -70,12 +67,3 @@ def pretrained_paths(name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
             "benchmarks/release_recipe.py"
         )
     return paths
-
-
-def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu"):
-    """The shipped two-stage model, ready to use: (MSeg, CARU2Net) in eval mode on `device`, each carrying
-    its file's ModelInfo as `.info` (crop size, threshold, alignment, provenance)."""
-    from m2u.inference.restore import load_two_stage
-
-    mseg_path, generator_path = pretrained_paths(name)
-    return load_two_stage(mseg_path, generator_path, device)

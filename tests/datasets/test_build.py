@@ -68,11 +68,11 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
 def test_a_second_concurrent_run_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with build_lock(out):
-        with pytest.raises(
-            BuildLockedError, match=f"another m2u-make-dataset run is writing .*pid {os.getpid()}"
-        ):
-            build_dataset([_faceless_folder(tmp_path)], out, _config())
+    with (
+        build_lock(out),
+        pytest.raises(BuildLockedError, match=f"another m2u-make-dataset run is writing .*pid {os.getpid()}"),
+    ):
+        build_dataset([_faceless_folder(tmp_path)], out, _config())
 
 
 def test_cli_reports_clear_errors(tmp_path):
@@ -84,16 +84,16 @@ def test_cli_reports_clear_errors(tmp_path):
     result = runner.invoke(
         cli_main, [str(photos), "-o", str(foreign), "--mask-engine", "synthetic", "--quiet"]
     )
-    assert result.exit_code == 1 and "already holds other files" in result.output
+    assert result.exit_code == 2 and "already holds other files" in result.output
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "o"), "--split", "0.5,0.5"])
     assert result.exit_code == 2 and "expected 3 split fractions" in result.output
     result = runner.invoke(
         cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-type", "nonsense", "--quiet"]
     )
-    assert result.exit_code == 1 and "unknown mask type 'nonsense'" in result.output
+    assert result.exit_code == 2 and "unknown mask type 'nonsense'" in result.output
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-option", "colour=red"])
-    assert result.exit_code == 1 and "unknown mask option(s) ['colour']" in result.output
+    assert result.exit_code == 2 and "unknown mask option(s) ['colour']" in result.output
     # A notebook's hidden checkpoint copy is passed over, and said to be.
     (photos / ".ipynb_checkpoints").mkdir()
     (photos / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"x")

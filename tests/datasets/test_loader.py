@@ -29,7 +29,7 @@ def test_batches_have_the_documented_types(synthetic_dataset):
     assert batch["masked"].shape == (3, 3, 32, 32) and batch["unmasked"].shape == (3, 3, 32, 32)
     assert batch["mask"].shape == (3, 1, 32, 32)
     assert batch["masked"].dtype == batch["mask"].dtype == torch.float32
-    assert 0 <= batch["masked"].min() and batch["masked"].max() <= 1
+    assert batch["masked"].min() >= 0 and batch["masked"].max() <= 1
     assert set(batch["mask"].unique().tolist()) == {0.0, 1.0}
     assert isinstance(batch["key"], list) and len(batch["key"]) == 3
     outside = batch["mask"].expand_as(batch["masked"]) == 0

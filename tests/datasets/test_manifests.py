@@ -54,11 +54,11 @@ def test_ray_missing_or_unreachable_is_one_clear_sentence(tmp_path, monkeypatch,
     with monkeypatch.context() as patch:
         patch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
         result = CliRunner().invoke(cli_main, args)
-    assert result.exit_code == 1 and "pip install 'm2u[ray]'" in result.output
+    assert result.exit_code == 2 and "pip install 'm2u[ray]'" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     ray = __import__("pytest").importorskip("ray")
     if ray.is_initialized():
         return
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     result = CliRunner().invoke(cli_main, [*args, "--ray-address", "auto"])  # no cluster runs here
-    assert result.exit_code == 1 and "--ray-address auto: no Ray cluster there" in result.output
+    assert result.exit_code == 2 and "--ray-address auto: no Ray cluster there" in result.output

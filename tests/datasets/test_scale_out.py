@@ -206,9 +206,8 @@ def test_partition_locks(faces, tmp_path):
         with pytest.raises(BuildLockedError, match="another partition count"):
             build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(1, 2)))
         build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(1, 3)))  # runs alongside
-    with build_lock(out):
-        with pytest.raises(BuildLockedError, match="a run without --partition"):
-            build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(2, 3)))
+    with build_lock(out), pytest.raises(BuildLockedError, match="a run without --partition"):
+        build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(2, 3)))
 
 
 def test_partition_options_are_checked():

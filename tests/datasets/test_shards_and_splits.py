@@ -33,11 +33,10 @@ def test_shard_writer_is_byte_deterministic_and_readable(tmp_path):
 
 def test_shard_writer_leaves_nothing_on_error(tmp_path):
     final = tmp_path / "train-000000.tar"
-    with pytest.raises(RuntimeError):
-        with ShardWriter(final) as writer:
-            writer.write("k", {"json": b"{}"})
-            assert [p.name for p in tmp_path.iterdir()] == [writer._tmp.name] and not final.exists()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), ShardWriter(final) as writer:
+        writer.write("k", {"json": b"{}"})
+        assert [p.name for p in tmp_path.iterdir()] == [writer._tmp.name] and not final.exists()
+        raise RuntimeError("boom")
     assert not list(tmp_path.iterdir())
 
 
@@ -78,9 +77,8 @@ def test_stray_temp_files_are_removed(tmp_path):
 def test_bad_keys_are_refused(key, tmp_path):
     with pytest.raises(ValueError, match="invalid sample key"):
         validate_key(key)
-    with pytest.raises(ValueError):
-        with ShardWriter(tmp_path / "s.tar") as writer:
-            writer.write(key, {"json": b"{}"})
+    with pytest.raises(ValueError), ShardWriter(tmp_path / "s.tar") as writer:
+        writer.write(key, {"json": b"{}"})
 
 
 def test_shard_names():

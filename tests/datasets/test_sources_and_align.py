@@ -61,8 +61,12 @@ def test_bad_inputs_have_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         discover_inputs([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no images"):
+    with pytest.raises(ValueError, match="no image files found in the inputs"):
         discover_inputs([tmp_path / "empty"])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="holds no images"):
+        discover_inputs([tmp_path / "full", tmp_path / "empty"])
     (tmp_path / "bad.csv").write_text("name,other\nx,y\n")
     with pytest.raises(ValueError, match="no path column"):
         discover_inputs([tmp_path / "bad.csv"])

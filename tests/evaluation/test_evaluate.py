@@ -94,7 +94,7 @@ def test_evaluate_writes_every_row_metric_and_artefact(tiny_dataset, tiny_checkp
 
     assert report["mask_quality"]["iou"] > 0.5  # M-Seg was trained for a few steps in the fixture
     complexity = report["complexity"]
-    assert complexity["generator_params"] == count_params(load_model(gen_path))
+    assert complexity["generator_params"] == count_params(load_model(gen_path).module)
     assert complexity["generator_gmacs_256"] > complexity["generator_gmacs_32"] > 0
     assert report["latency"]["cpu"]["median_s"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["rows"].keys() == ALL_ROWS
@@ -184,7 +184,7 @@ def test_eval_cli_reports_unavailable_metrics_and_bad_checkpoints(tiny_dataset, 
         eval_main,
         [*common, "--mseg", str(gen_path), "--generator", str(mseg_path), "-o", str(tmp_path / "s")],
     )
-    assert swapped.exit_code == 1
+    assert swapped.exit_code == 2  # refused: a model file of the wrong kind
     assert "not an M-Seg model" in swapped.output
 
 
@@ -227,15 +227,32 @@ def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "export.json").read_text())
     assert set(summary) == {"mseg"}
-    assert summary["mseg"]["inputs"] == ["image"] and summary["mseg"]["outputs"] == ["mask_logits"]
+    (image,) = summary["mseg"]["inputs"]
+    (logits,) = summary["mseg"]["outputs"]
+    assert image["name"] == "image" and image["shape"] == ["batch", 3, "height", "width"]
+    assert "[-1, 1]" in image["range"] and logits["name"] == "mask_logits" and "sigmoid" in logits["range"]
     assert summary["mseg"]["max_abs_diff_vs_torch"] <= 1e-4
     assert (tmp_path / "mseg.onnx").stat().st_size > 0
-    nothing = runner.invoke(export_main, ["onnx", "-o", str(tmp_path / "x")])
-    assert nothing.exit_code == 2 and "--mseg and/or --generator" in nothing.output
+    static = runner.invoke(
+        export_main,
+        ["onnx", "--mseg", str(mseg_path), "-o", str(tmp_path / "s"), "--size", "32", "--static-shape"],
+    )
+    assert static.exit_code == 0, static.output
+    assert json.loads((tmp_path / "s" / "export.json").read_text())["mseg"]["inputs"][0]["shape"] == [
+        1,
+        3,
+        32,
+        32,
+    ]
+    # A generator given as --mseg is refused (exit 2) before anything is written.
+    _, gen_path = tiny_checkpoints
+    wrong = runner.invoke(export_main, ["onnx", "--mseg", str(gen_path), "-o", str(tmp_path / "w")])
+    assert wrong.exit_code == 2 and "not an M-Seg model" in wrong.output and "--generator" in wrong.output
+    assert not (tmp_path / "w").exists()
     not_a_model = tmp_path / "junk.safetensors"
     not_a_model.write_bytes(b"junk")
     bad = runner.invoke(export_main, ["onnx", "--mseg", str(not_a_model), "-o", str(tmp_path / "y")])
-    assert bad.exit_code == 1 and "not a readable safetensors model file" in bad.output
+    assert bad.exit_code == 2 and "not a readable safetensors model file" in bad.output
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 def _require_torchvision():
     try:
         import torchvision  # noqa: F401
-    except Exception as exc:  # not installed, or installed beside a torch it does not match
+    except Exception as exc:  # noqa: BLE001 - not installed, or installed beside a torch it does not match
         pytest.skip(f"torchvision cannot be imported here ({type(exc).__name__}); run `make test-eval`")
 
 

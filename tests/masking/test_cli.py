@@ -21,7 +21,7 @@ def _report(out):
         return list(csv.DictReader(handle))
 
 
-def test_bad_and_faceless_inputs_get_rows_and_exit_0(tmp_path):
+def test_bad_and_faceless_inputs_get_rows_and_exit_1(tmp_path):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
     (src / "empty.jpg").write_bytes(b"")
@@ -30,7 +30,7 @@ def test_bad_and_faceless_inputs_get_rows_and_exit_0(tmp_path):
     (src / "notes.txt").write_text("not an image suffix: not an input")
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # two unreadable inputs: the run went on, and says so
     rows = {r["path"].split("/")[-1]: r for r in _report(out)}
     assert set(rows) == {"empty.jpg", "text.png", "blank.png"}
     assert rows["empty.jpg"]["status"] == "error" and "empty" in rows["empty.jpg"]["reason"]
@@ -88,7 +88,7 @@ def test_masks_real_faces_deterministically_with_two_workers(tmp_path, celeba_fi
                 "--quiet",
             ],
         )
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # broken.jpg is an error row
         runs.append(out)
     rows = _report(runs[0])
     assert len(rows) == 5 and sum(r["status"] == "ok" for r in rows) >= 3

@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from m2u.pipelines.plots import curve_panels, plot_training_curves, read_log, smoothed
-from m2u.training.trainer import LOG_NAME
+from m2u.training.runlog import LOG_NAME
 
 
 def _log(folder, records):
@@ -38,3 +38,24 @@ def test_smoothing_follows_a_constant_and_damps_noise():
     )  # bias-corrected: no pull towards zero at the start
     noisy = [1.0, -1.0] * 20
     assert max(abs(v) for v in smoothed(noisy)[10:]) < 0.2
+
+
+def test_each_split_has_its_own_colour_and_label():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from m2u.pipelines.plots import draw_panel
+
+    figure, axis = plt.subplots()
+    points = [(s, 1.0 / s) for s in range(1, 11)]
+    draw_panel(axis, {"train": points, "val": points[::3], "test": points[-1:]})
+    labelled = {
+        line.get_label(): line.get_color()
+        for line in axis.get_lines()
+        if not line.get_label().startswith("_")
+    }
+    plt.close(figure)
+    assert set(labelled) == {"train (smoothed)", "val", "test"}
+    assert len(set(labelled.values())) == 3  # val and test no longer share a colour

@@ -199,7 +199,11 @@ def test_a_sample_the_tar_refuses_becomes_its_row(tmp_path, monkeypatch):
     assert rows.loc[refused[0], "status"] == "error" and "simulated refusal" in rows.loc[refused[0], "reason"]
     assert rows["shard"].isna()[refused[0]] and rows["shard"].drop(refused[0]).notna().all()
     assert stats["counts"]["by_status"] == {"ok": 3, "no_face": 0, "refused": 0, "error": 1}
-    written = [k for s in SPLITS for p in split_shards(out, s) for k in tarfile.open(p).getnames()]
+    written = []
+    for split in SPLITS:
+        for path in split_shards(out, split):
+            with tarfile.open(path) as tar:
+                written += tar.getnames()
     assert not any(name.startswith(refused[0] + ".") for name in written)
     assert json.loads((out / "stats.json").read_text())["counts"]["by_status"]["ok"] == 3
 

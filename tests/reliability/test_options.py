@@ -67,7 +67,7 @@ def test_a_build_that_committed_nothing_does_not_bind_the_next(photos, tmp_path)
     for committed in (out / STATE_DIR).glob("*.parquet"):
         committed.unlink()
     rerun = _make_dataset(photos, out, "--seed", "2")
-    assert rerun.exit_code == 1 and "different arguments" not in rerun.output, rerun.output
+    assert rerun.exit_code == 2 and "different arguments" not in rerun.output, rerun.output  # refused
 
 
 @pytest.mark.parametrize(
@@ -154,4 +154,4 @@ def test_a_worker_that_cannot_start_stops_the_run_instead_of_being_replaced_fore
         pool.map(abs, range(8))
     monkeypatch.setattr(distributors, "init_worker", _failing_start)
     result = _make_dataset(photos, tmp_path / "ds", "--workers", "2")
-    assert result.exit_code == 1 and "could not start" in result.output and "cannot use" in result.output
+    assert result.exit_code == 2 and "could not start" in result.output and "cannot use" in result.output

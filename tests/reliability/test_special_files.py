@@ -97,7 +97,7 @@ def test_m2u_mask_gives_special_files_error_rows(tmp_path):
     folder, expected = _special_folder(tmp_path)
     out = tmp_path / "masked"
     result = CliRunner().invoke(mask_main, [str(folder), "-o", str(out), "--workers", "2", "--quiet"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # special files are error rows: exit code 1
     rows = _rows(out / "report.csv", "path")
     for name, word in expected.items():
         assert rows[name]["status"] == "error" and word in rows[name]["reason"], rows[name]
@@ -109,10 +109,10 @@ def test_m2u_unmask_gives_special_files_rows(tmp_path, tiny_models):
     mseg, generator = tiny_models
     args = ["--mseg", str(mseg), "--generator", str(generator), "-o", str(out), "--quiet", "--device", "cpu"]
     result = CliRunner().invoke(unmask_main, [*args, "--", str(folder)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # unreadable special files: exit code 1
     rows = _rows(out / "report.csv", "input")
     for name, word in expected.items():
-        assert rows[name]["status"] == "unreadable" and word in rows[name]["reason"], rows[name]
+        assert rows[name]["status"] == "error" and word in rows[name]["reason"], rows[name]
 
 
 def test_an_identity_file_or_config_file_that_is_a_fifo_is_refused_at_once(tmp_path):

@@ -41,7 +41,7 @@ def test_save_load_model_round_trip(tmp_path, model):
     args = (x, torch.ones(2, 1, 32, 32)) if isinstance(original, CARU2Net) else (x,)
     original.train()(*args)  # moves BN statistics and spectral-norm vectors away from their initial values
     path = save_model(tmp_path / "model.safetensors", original)
-    loaded = load_model(path)
+    loaded = load_model(path).module
     assert type(loaded) is type(original) and loaded.config == original.config
     assert not loaded.training
     original.eval()

@@ -17,21 +17,14 @@ from m2u.training.device import resolve_device
 from m2u.training.models import MSegConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-import training_ddp_worker  # noqa: E402
+import training_ddp_worker
 
-from m2u.training.trainer import (  # noqa: E402
-    DistributedContext,
-    FiniteGuard,
-    GanTask,
-    MSegTask,
-    NonFiniteLossError,
-    RunningMeans,
-    bind_device,
-    ddp_device_ids,
-    milestone_steps,
-    seed_everything,
-    train_mseg,
-)
+from m2u.training.distributed import DistributedContext, bind_device, ddp_device_ids, milestone_steps
+from m2u.training.gan_task import GanTask
+from m2u.training.guards import FiniteGuard, NonFiniteLossError, RunningMeans
+from m2u.training.mseg_task import MSegTask
+from m2u.training.rng import seed_everything
+from m2u.training.trainer import train_mseg
 
 TINY_MSEG = MSegConfig(base_channels=4, levels=3)
 QUIET = {"progress": False, "val_every": 0, "num_workers": 0, "evaluate_test": False}

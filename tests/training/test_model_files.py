@@ -73,8 +73,9 @@ def test_model_files_record_size_threshold_alignment_and_provenance(run64, datas
     assert gen_info.provenance["steps"] == 2 and gen_info.provenance["data"] == str(dataset64)
     assert gen_info.provenance["recipe"].startswith("m2u-train ")
     assert gen_info.provenance["mask_threshold"] == 0.4  # the M-Seg the GAN was trained with
-    mseg = load_model(run64["mseg"])
-    assert mseg.threshold == 0.4 and mseg.info == mseg_info
+    mseg, info = load_model(run64["mseg"])
+    assert isinstance(mseg, MSeg) and info == mseg_info and info.mask_threshold_or_default() == 0.4
+    assert not hasattr(mseg, "threshold") and not hasattr(mseg, "info")  # facts beside the module, not on it
 
 
 def test_fp16_files_load_back_into_fp32_models(tmp_path):
@@ -83,7 +84,7 @@ def test_fp16_files_load_back_into_fp32_models(tmp_path):
     full = save_model(tmp_path / "a.safetensors", model)
     half = save_model(tmp_path / "b.safetensors", model, current_model_info(64, 0.5), dtype="fp16")
     assert half.stat().st_size < 0.6 * full.stat().st_size
-    loaded = load_model(half)
+    loaded = load_model(half).module
     assert next(loaded.parameters()).dtype == torch.float32
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -108,14 +109,14 @@ def test_config_that_does_not_fit_its_weights_is_one_sentence_before_allocating(
 def test_old_files_without_info_fall_back_to_the_one_default(tmp_path):
     model = MSeg(MSegConfig(base_channels=4, levels=3))
     path = save_model(tmp_path / "m.safetensors", model, ModelInfo())
-    assert load_model(path).threshold == DEFAULT_MASK_THRESHOLD
+    assert load_model(path).info.mask_threshold_or_default() == DEFAULT_MASK_THRESHOLD
 
 
 def test_resume_alone_continues_a_run_with_non_default_widths(run64):
     out = run64["root"] / "gan"
     results = _train(["gan", "--out", str(out), "--resume", "--max-steps", "3", *FAST])
     assert results["steps"] == 3
-    assert load_model(run64["gen"]).config.width_multiplier == 0.125
+    assert load_model(run64["gen"]).module.config.width_multiplier == 0.125
     saved = json.loads((out / "config.json").read_text())
     assert saved["max_steps"] == 3 and saved["generator"]["width_multiplier"] == 0.125
 
@@ -138,7 +139,7 @@ def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, da
     from m2u.inference.unmask import UnmaskConfig, Unmasker
 
     unmasker = Unmasker.from_files(run64["mseg"], run64["gen"], UnmaskConfig(progress=False, device="cpu"))
-    assert unmasker.usage.crop_size == SIZE and unmasker.usage.threshold == 0.4
+    assert unmasker.usage.crop_size == SIZE and unmasker.usage.mask_threshold == 0.4
     masks, restored = unmasker.restore_crops([np.zeros((SIZE, SIZE, 3), np.uint8)])
     assert restored.shape == (1, SIZE, SIZE, 3)
 
@@ -164,12 +165,15 @@ def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, da
 def test_explicit_options_that_contradict_the_file_are_honoured_with_a_warning(run64, tmp_path):
     from m2u.inference.restore import ModelUsageWarning, load_two_stage, model_usage
 
-    mseg, gen = load_two_stage(run64["mseg"], run64["gen"])
-    with pytest.warns(ModelUsageWarning, match="--size 96"):
-        usage = model_usage(mseg, gen, crop_size=96)
+    models = load_two_stage(run64["mseg"], run64["gen"])
+    with pytest.warns(ModelUsageWarning, match="crop size 96"):
+        usage = model_usage(models, crop_size=96)
     assert usage.crop_size == 96
-    with pytest.warns(ModelUsageWarning, match="--threshold 0.6"):
-        assert model_usage(mseg, gen, threshold=0.6).threshold == 0.6
+    with pytest.warns(ModelUsageWarning, match="mask threshold 0.6") as caught:
+        assert model_usage(models, mask_threshold=0.6).mask_threshold == 0.6
+    assert not [w for w in caught if "--" in str(w.message)]  # library messages name no CLI flag
+    with pytest.raises(ValueError, match=r"mask_threshold must be in \(0, 1\)"):
+        model_usage(models, mask_threshold=1.5)
 
 
 def test_eval_on_a_dataset_of_another_size_resizes_to_the_models_and_says_so(run64, tmp_path):
@@ -208,7 +212,7 @@ def test_resume_with_no_other_option_continues_an_interrupted_run(dataset64, tmp
     assert first["steps"] == 1 and first["stop_reason"] == "max_seconds"
     second = _train(["gan", "--out", str(out), "--resume"])
     assert second["steps"] == 2  # continued from step 1, with the run's own data, widths and depth
-    generator = load_model(out / "generator.safetensors")
+    generator = load_model(out / "generator.safetensors").module
     assert generator.config.width_multiplier == 0.125 and generator.config.stages == 3
     assert read_model_info(out / "generator.safetensors").provenance["steps"] == 2
 

@@ -91,7 +91,7 @@ def test_mseg_shapes_and_binary_prediction():
     x = torch.rand(2, 3, 48, 40) * 2 - 1
     logits = model(x)
     assert logits.shape == (2, 1, 48, 40)
-    mask = model.predict_mask(x)
+    mask = model.predict_mask(x, 0.5)
     assert mask.shape == (2, 1, 48, 40)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(mask, (torch.sigmoid(logits) >= 0.5).float())

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import m2u.inference.pretrained as pretrained
-from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, load_pretrained
+from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+from m2u.inference.restore import load_pretrained
 from m2u.training.checkpoint import read_model_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     assert f"{card['evaluation']['rows']['m2u_composite']['psnr']:.2f}" in text
     assert "identity" in text and "non-commercial" in text
     monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", package.parent)
-    mseg, generator = load_pretrained("m2unet-tiny")
+    generator = load_pretrained("m2unet-tiny").generator
     assert generator.config.width_multiplier == 0.125
 
 

@@ -19,16 +19,13 @@ from m2u.training.data import TensorDataSource
 from m2u.training.models import MSegConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-import training_ddp_worker  # noqa: E402
+import training_ddp_worker
 
-from m2u.training.trainer import (  # noqa: E402
-    DistributedContext,
-    GanTask,
-    NonFiniteLossError,
-    seed_everything,
-    train_gan,
-    train_mseg,
-)
+from m2u.training.distributed import DistributedContext
+from m2u.training.gan_task import GanTask
+from m2u.training.guards import NonFiniteLossError
+from m2u.training.rng import seed_everything
+from m2u.training.trainer import train_gan, train_mseg
 
 TINY_MSEG = MSegConfig(base_channels=4, levels=3)
 QUIET = {"progress": False, "val_every": 0, "log_every": 1, "num_workers": 0}
@@ -84,14 +81,14 @@ def test_resume_on_tensors_is_exact_and_refuses_to_overwrite(tmp_path):
     config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
     train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=5, **config), data)
     train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=4, **config), data)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="already holds a run"):
         train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=5, **config), data)
     train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=5, resume=True, **config), data)
     a = load_training_state(tmp_path / "a" / "checkpoints" / "last.pt")
     b = load_training_state(tmp_path / "b" / "checkpoints" / "last.pt")
     assert _states_equal(a["networks"], b["networks"]) and _states_equal(a["optimizers"], b["optimizers"])
     # The exported model file holds the same weights as the training state.
-    model = load_model(tmp_path / "b" / "mseg.safetensors")
+    model = load_model(tmp_path / "b" / "mseg.safetensors").module
     assert _states_equal(model.state_dict(), b["networks"]["mseg"])
 
 
@@ -118,7 +115,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert state["step"] == 2
     weights = state["networks"]["mseg"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-    assert _states_equal(load_model(tmp_path / "mseg.safetensors").state_dict(), weights)
+    assert _states_equal(load_model(tmp_path / "mseg.safetensors").module.state_dict(), weights)
     assert not (tmp_path / "metrics.json").exists()
     events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "non_finite_loss"
@@ -162,7 +159,7 @@ def test_torch_compile_trains_on_cpu(tmp_path):
     config = MSegTrainConfig(out=str(tmp_path), model=TINY_MSEG, max_steps=2, compile=True, **QUIET)
     results = train_mseg(config, data)
     assert results["steps"] == 2
-    assert load_model(tmp_path / "mseg.safetensors").config == TINY_MSEG
+    assert load_model(tmp_path / "mseg.safetensors").module.config == TINY_MSEG
 
 
 def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
@@ -204,13 +201,13 @@ def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert not (tmp_path / "gan" / "checkpoints").exists()
     result = runner.invoke(train_main, [*gan_args, "--vgg-weights", "random"])
     assert result.exit_code == 0, result.output
-    generator = load_model(tmp_path / "gan" / "generator.safetensors")
+    generator = load_model(tmp_path / "gan" / "generator.safetensors").module
     assert generator.config.stages == 3 and not generator.config.channel_attention
     log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
     assert {"val", "test"} <= {record.get("split") for record in log}
     assert any((tmp_path / "gan" / "tensorboard").iterdir())
     missing = runner.invoke(train_main, ["gan", *common, "--out", str(tmp_path / "x")])
-    assert missing.exit_code != 0 and "--mseg" in missing.output
+    assert missing.exit_code != 0 and "mseg_checkpoint" in missing.output and "--mseg" in missing.output
 
 
 @pytest.mark.slow
@@ -283,7 +280,7 @@ def test_cli_takes_a_config_file_and_set_overrides_and_names_a_bad_key(tmp_path)
     assert saved["max_steps"] == 2 and saved["seed"] == 7 and saved["batch_size"] == 2
     assert saved["model"]["base_channels"] == 2 and saved["model"]["levels"] == 3
     assert saved["optimizer"]["decay"] == 0.5 and saved["optimizer"]["learning_rate"] == 1e-3
-    assert load_model(out / "mseg.safetensors").config.base_channels == 2
+    assert load_model(out / "mseg.safetensors").module.config.base_channels == 2
 
     bad_set = runner.invoke(
         train_main, ["mseg", str(config_file), "-o", str(tmp_path / "b"), "--set", "model.widht=3"]

@@ -11,8 +11,11 @@ import torch.distributed as torch_dist
 
 from m2u.training.config import GanTrainConfig
 from m2u.training.data import TensorDataSource
+from m2u.training.distributed import DistributedContext
+from m2u.training.gan_task import GanTask
+from m2u.training.loop import Trainer
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig
-from m2u.training.trainer import DistributedContext, GanTask, Trainer, seed_everything
+from m2u.training.rng import seed_everything
 
 
 def tiny_gan_config(out: Path, **overrides) -> GanTrainConfig:

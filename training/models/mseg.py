@@ -21,6 +21,12 @@ from m2u.training.models.blocks import encode_pyramid
 DEFAULT_MASK_THRESHOLD = 0.5
 
 
+def check_mask_threshold(value: float | None) -> None:
+    """The one check of a mask threshold (None: "the file's"): a probability strictly between 0 and 1."""
+    if value is not None and not 0.0 < value < 1.0:
+        raise ValueError(f"mask_threshold must be in (0, 1), got {value}")
+
+
 @dataclass
 class MSegConfig:
     in_channels: int = 3
@@ -81,7 +87,6 @@ class MSeg(nn.Module):
     def __init__(self, config: MSegConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or MSegConfig()
-        self.threshold = DEFAULT_MASK_THRESHOLD  # load_model sets the file's
         widths = [config.base_channels * 2**level for level in range(config.levels)]
         self.encoders = nn.ModuleList()
         previous = config.in_channels
@@ -106,7 +111,7 @@ class MSeg(nn.Module):
         return self.head(h)
 
     @torch.no_grad()
-    def predict_mask(self, x: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """Binary mask, float {0, 1}, (B, 1, H, W): sigmoid(logits) >= threshold (default: this model's)."""
-        threshold = self.threshold if threshold is None else threshold
-        return (torch.sigmoid(self.forward(x)) >= threshold).to(x.dtype)
+    def predict_mask(self, x: torch.Tensor, mask_threshold: float) -> torch.Tensor:
+        """Binary mask, float {0, 1}, (B, 1, H, W): sigmoid(logits) >= mask_threshold (a model file records its
+        own: `LoadedModel.info.mask_threshold_or_default()`)."""
+        return (torch.sigmoid(self.forward(x)) >= mask_threshold).to(x.dtype)

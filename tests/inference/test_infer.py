@@ -32,7 +32,7 @@ def test_feather_weight_is_soft_inside_and_zero_at_the_crop_border():
     assert weight[5, 32] == 0.0  # far from the mask
     assert weight[63].max() == 0.0 and weight[:, 0].max() == 0.0  # crop border: no seam in the photo
     edge = weight[30 - 2 - 2 : 30, 32]
-    assert 0 < edge.min() and edge.max() < 1  # a soft edge, not a step
+    assert edge.min() > 0 and edge.max() < 1  # a soft edge, not a step
     hard = feather_weight(mask, dilate_px=0, feather_px=0)
     assert set(np.unique(hard)) == {0.0, 1.0}
 
@@ -65,31 +65,21 @@ def test_unmask_reports_every_bad_input(tmp_path, tiny_checkpoints):
     (folder / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0not really a jpeg")
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.txt").write_text("not an image, not picked up from a folder")
-    result = CliRunner().invoke(
-        unmask_main,
-        [
-            str(folder),
-            str(tmp_path / "missing.jpg"),
-            "--mseg",
-            str(mseg_path),
-            "--generator",
-            str(gen_path),
-            "-o",
-            str(tmp_path / "out"),
-            "--size",
-            str(CROP),
-            "--quiet",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    options = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(tmp_path / "out")]
+    options += ["--size", str(CROP), "--quiet"]
+    # An argument that names nothing is a usage error (exit 2), as in m2u-mask, before anything is written.
+    missing = CliRunner().invoke(unmask_main, [str(folder), str(tmp_path / "missing.jpg"), *options])
+    assert missing.exit_code == 2 and "missing.jpg' does not exist" in missing.output, missing.output
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(unmask_main, [str(folder), *options])
+    assert result.exit_code == 1, result.output  # unreadable files: their rows, and exit code 1
     with open(tmp_path / "out" / "report.csv") as handle:
         rows = {row["input"].split("/")[-1]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"noise.png", "truncated.jpg", "empty.png", "missing.jpg"}
+    assert set(rows) == {"noise.png", "truncated.jpg", "empty.png"}
     assert rows["noise.png"]["status"] == "no_face" and rows["noise.png"]["width"] == "90"
-    assert rows["truncated.jpg"]["status"] == "unreadable" and rows["truncated.jpg"]["reason"]
-    assert rows["empty.png"]["status"] == "unreadable" and "empty" in rows["empty.png"]["reason"]
-    assert rows["missing.jpg"]["status"] == "missing"
-    assert "4 files" in result.output
+    assert rows["truncated.jpg"]["status"] == "error" and rows["truncated.jpg"]["reason"]
+    assert rows["empty.png"]["status"] == "error" and "empty" in rows["empty.png"]["reason"]
+    assert "3 files" in result.output
     assert not list((tmp_path / "out").glob("*.png"))  # nothing written for files without a restored face
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2u.core.imageio import describe_ignored_files
+from m2u.core.inputs import describe_ignored_files
 from m2u.masking import ImageReadError, read_image
 
 

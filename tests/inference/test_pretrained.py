@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import m2u.inference.pretrained as pretrained
 from m2u.inference.cli import unmask_main
 from m2u.inference.pretrained.card import render_model_card, write_model_card
+from m2u.inference.restore import load_pretrained
 from m2u.training.checkpoint import current_model_info, read_model_info, save_model
 from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
 
@@ -87,7 +88,7 @@ def _masked_photo(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 def test_no_shipped_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", tmp_path / "empty")
     with pytest.raises(pretrained.PretrainedUnavailable, match="no pretrained weights"):
-        pretrained.load_pretrained()
+        load_pretrained()
     photo = tmp_path / "x.png"
     cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
     result = CliRunner().invoke(unmask_main, [str(photo), "-o", str(tmp_path / "out"), "-q"])
@@ -96,9 +97,10 @@ def test_no_shipped_weights_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_load_pretrained_returns_the_ready_two_stage_model(shipped):
-    mseg, generator = pretrained.load_pretrained()
+    models = load_pretrained()
+    mseg, generator = models.mseg, models.generator
     assert isinstance(mseg, MSeg) and isinstance(generator, CARU2Net)
-    assert not mseg.training and generator.info.crop_size == SIZE
+    assert not mseg.training and models.generator_info.crop_size == SIZE
     assert next(generator.parameters()).dtype == torch.float32  # fp16 file, fp32 model
     assert pretrained.available_models() == [pretrained.DEFAULT_MODEL]
 

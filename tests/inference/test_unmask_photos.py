@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from m2u.datasets.align import align_face, alignment_matrix
@@ -355,7 +356,9 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     (face,) = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
     assert face["detector"] == "mhog0" and face["alignment"] == "visible" and face["input"] == str(photo)
     assert 0.0 <= face["mask_fraction"] <= 1.0 and len(face["box"]) == 4
-    assert cv2.imread(str(out / "masked.png")).shape == masked.shape
+    assert (
+        cv2.imread(str(out / "masked.jpg")).shape == masked.shape
+    )  # a JPEG photo gives a JPEG (--format same)
 
 
 def test_a_stage_merges_its_passes_into_one_detection_per_face():
@@ -403,3 +406,45 @@ def test_a_large_photo_with_24_faces_costs_one_copy_of_the_photo(tiny_checkpoint
         x1, y1 = np.ceil(lm.max(0)).astype(int) + 200
         far[max(0, y0) : y1, max(0, x0) : x1] = False
     assert far.any() and np.array_equal(result[far], photo[far])
+
+
+def test_faces_of_a_photo_go_through_the_models_in_batches(tiny_checkpoints, monkeypatch):
+    """A photo with 10 faces: M-Seg and the generator run once per pass of up to max_batch faces; with "auto",
+    bf16 only on a CPU with native bf16 and only for passes of at least BF16_MIN_BATCH faces; bf16 restores the
+    same faces to within a few grey levels."""
+    import m2u.training.device as device
+    from m2u.inference import unmask as unmask_module
+
+    mseg_path, gen_path = tiny_checkpoints
+    photo, landmarks = _photo_with_faces(900, 400, 10)
+
+    def run(native: bool, **config):
+        monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: native)
+        unmasker = Unmasker.from_files(
+            mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, **config)
+        )
+        unmasker.detector = _Detector(landmarks)
+        calls = []
+        forward = unmasker.generator.forward
+        monkeypatch.setattr(
+            unmasker.generator,
+            "forward",
+            lambda x, m: (calls.append((len(x), torch.is_autocast_enabled("cpu"))), forward(x, m))[1],
+        )
+        result, faces = unmasker.unmask_image(photo)
+        assert len(faces) == 10
+        return result, faces, calls
+
+    _, faces32, calls = run(False, max_batch=4)
+    assert calls == [(4, False), (4, False), (2, False)]  # no native bf16: fp32 throughout
+    assert {f.record()["precision"] for f in faces32} == {"fp32"}
+    _, faces16, calls = run(True, max_batch=4)
+    assert calls == [(4, True), (4, True), (2, False)]  # a pass of 2 faces is faster in fp32
+    assert [f.precision for f in faces16] == ["bf16"] * 8 + ["fp32"] * 2
+    for a, b in zip(faces32, faces16, strict=True):
+        assert np.abs(a.restored.astype(int) - b.restored.astype(int)).mean() < 4
+    _, _, calls = run(False, precision="fp32")
+    assert calls == [(10, False)]  # one pass for the whole photo
+    assert unmask_module.BF16_MIN_BATCH == 4
+    with pytest.raises(ValueError, match="precision"):
+        UnmaskConfig(precision="fp16")

@@ -1,0 +1,179 @@
+"""The option family every m2u command shares: one name, one meaning, one help text per concept.
+
+Each CLI (m2u-mask, m2u-make-dataset, m2u-train, m2u-eval, m2u-unmask, m2u-export, m2u-pipeline) takes its
+options for the shared concepts from here, so `--workers` or `-q/--quiet` cannot drift apart between tools.
+tests/test_cli_family.py reads every command's Click options and checks them against `FAMILY`.
+
+Exit codes, the same in every command: 0 done; 1 the command ran but some inputs failed (unreadable, broken:
+each has its row in the command's report); 2 usage error or refused (bad option, missing input path, no image
+found, an output folder that would mix with or replace inputs).
+
+Old spellings stay for one release as hidden aliases (`alias_option`), listed in CHANGELOG.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+# The family: concept -> (option strings, help text a command may extend). The test checks that a command
+# offering the concept spells it this way.
+FAMILY: dict[str, tuple[str, ...]] = {
+    "out": ("-o", "--out"),
+    "size": ("--size",),
+    "workers": ("--workers",),
+    "seed": ("--seed",),
+    "quiet": ("-q", "--quiet"),
+    "progress": ("--progress", "--no-progress"),
+    "min_score": ("--min-score",),
+    "color": ("--color",),
+    "limit": ("--limit",),
+    "device": ("--device",),
+    "config": ("-c", "--config"),
+    "sets": ("--set",),
+    "print_config": ("--print-config",),
+}
+
+MIN_SCORE_HELP = (
+    "Ignore face detections scoring below this (the detector's own score: dlib HOG's margin, the CNN's confidence, "
+    "BlazeFace's probability; default: the detector's own threshold)."
+)
+WORKERS_HELP = "Worker processes; 0 (or 1) = work in this process, no worker processes."
+LIMIT_HELP = "Use only the first N inputs (in the order they are found)."
+
+
+class Refused(click.ClickException):
+    """The command refuses to run (an output folder that would mix with inputs, a model file of the wrong kind):
+    exit code 2, like a usage error, with one line saying why."""
+
+    exit_code = EXIT_USAGE
+
+
+def _option(*decls: str, **attrs: Any) -> Callable:
+    return click.option(*decls, **attrs)
+
+
+def inputs_argument(function: Callable) -> Callable:
+    """INPUTS: image files, folders (searched recursively), globs or list files."""
+    return click.argument("inputs", nargs=-1, type=click.Path())(function)
+
+
+def out_option(
+    help: str, required: bool = True, dest: str = "out_dir", default: str | None = None
+) -> Callable:
+    return _option(
+        "-o", "--out", dest, default=default, required=required, type=click.Path(file_okay=False), help=help
+    )
+
+
+def size_option(default: int | None, help: str) -> Callable:
+    return _option(
+        "--size", default=default, show_default=default is not None, type=click.IntRange(16), help=help
+    )
+
+
+def workers_option(default: int, help: str = WORKERS_HELP, dest: str = "workers", **attrs: Any) -> Callable:
+    attrs.setdefault("show_default", True)
+    return _option("--workers", dest, default=default, type=click.IntRange(0), help=help, **attrs)
+
+
+def seed_option(default: int, help: str = "Random seed: same seed and inputs, same outputs.") -> Callable:
+    return _option("--seed", default=default, show_default=True, type=int, help=help)
+
+
+def min_score_option(default: float | None) -> Callable:
+    return _option("--min-score", default=default, type=float, help=MIN_SCORE_HELP)
+
+
+def color_option(default: str | None, help: str) -> Callable:
+    return _option("--color", default=default, help=help)
+
+
+def limit_option(help: str = LIMIT_HELP, dest: str = "limit") -> Callable:
+    return _option("--limit", dest, default=None, type=click.IntRange(min=1), help=help)
+
+
+def device_option(default: str) -> Callable:
+    return _option("--device", default=default, show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+def progress_options(function: Callable) -> Callable:
+    """`--progress/--no-progress` (a progress bar on stderr, default on) and `-q/--quiet` (the same as
+    --no-progress: no progress bar; the summary and errors are still printed). `progress_of` combines them."""
+    function = _option("-q", "--quiet", is_flag=True, help="No progress bar (same as --no-progress).")(
+        function
+    )
+    return _option(
+        "--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr."
+    )(function)
+
+
+def progress_of(params: MutableMapping[str, Any]) -> bool:
+    """Pops `quiet` from a command's parameters: the progress setting both options give."""
+    quiet = params.pop("quiet", False)
+    return bool(params["progress"]) and not quiet
+
+
+def config_options(function: Callable) -> Callable:
+    """`-c/--config FILE`, `--set KEY=VALUE` and `--print-config` (m2u.core.configfile)."""
+    function = _option(
+        "--print-config",
+        is_flag=True,
+        help="Print the resolved configuration as a config file (it reproduces this run) and exit.",
+    )(function)
+    function = _option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="OPTION=VALUE",
+        help="Set one option by its config name (e.g. --set batch_size=4; nested groups dotted); "
+        "repeatable; applied after the config file and the other options.",
+    )(function)
+    return _option(
+        "-c",
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Config file (YAML, TOML or JSON): keys are the long option names (--batch-size: batch_size), "
+        "nested groups as mappings; options given on the command line override it.",
+    )(function)
+
+
+_ALIAS_PREFIX = "alias__"
+
+
+def alias_option(*old: str, target: str, **attrs: Any) -> Callable:
+    """A hidden old spelling of the option whose parameter is `target`; `apply_aliases` moves its value there.
+
+    (Click cannot hide one spelling of an option, so the old one is its own hidden option.)"""
+    slug = old[-1].lstrip("-").replace("-", "_")
+    attrs.setdefault("default", None)
+    return _option(*old, f"{_ALIAS_PREFIX}{target}__{slug}", hidden=True, **attrs)
+
+
+def apply_aliases(params: MutableMapping[str, Any], ctx: click.Context | None = None) -> None:
+    """Moves the values given through hidden old spellings onto their option (popped from `params`); the
+    option then counts as given on the command line."""
+    ctx = ctx or click.get_current_context()
+    for name in [n for n in params if n.startswith(_ALIAS_PREFIX)]:
+        value = params.pop(name)
+        target = name[len(_ALIAS_PREFIX) :].split("__")[0]
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT) or value in (None, ()):
+            continue
+        if isinstance(value, tuple) and isinstance(params.get(target), tuple):
+            value = params[target] + value
+        params[target] = value
+        ctx.set_parameter_source(target, ParameterSource.COMMANDLINE)
+
+
+def is_alias(param: click.Parameter) -> bool:
+    return bool(param.name and param.name.startswith(_ALIAS_PREFIX))

@@ -1,0 +1,130 @@
+"""The loader's faster paths (issue 28) read exactly what the plain ones read: simplejpeg decodes the same pixels as
+OpenCV, the local tar reader yields the samples webdataset yields, and the batches equal a plain decode."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from m2u.datasets import codecs
+from m2u.datasets.layout import split_shards
+from m2u.datasets.loader import (
+    LoaderConfig,
+    _iter_raw_samples,
+    _plain_tar_members,
+    make_loader,
+)
+from m2u.datasets.splits import unit_hash
+from m2u.datasets.synthetic import write_synthetic_dataset
+
+
+def _webdataset_samples(url: str) -> list[dict]:
+    from webdataset.tariterators import tarfile_samples
+
+    return list(tarfile_samples([{"url": url}]))
+
+
+@pytest.fixture(scope="module")
+def jpeg_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("jpg")
+    write_synthetic_dataset(out, 24, size=64, shard_size=8, image_format="jpg")
+    return out
+
+
+def test_jpeg_decoder_gives_opencvs_pixels(jpeg_dataset):
+    if codecs.simplejpeg is None:
+        pytest.skip("simplejpeg not installed")
+    buffer = np.empty((64, 64, 3), np.uint8)
+    shard = str(split_shards(jpeg_dataset, "train")[0])
+    for sample in _iter_raw_samples([shard]):
+        data = sample["masked.jpg"]
+        reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(codecs.decode_image(data, rgb=False, buffer=buffer), reference)
+        assert np.array_equal(codecs.decode_image(data), reference[:, :, ::-1])
+    # A damaged JPEG still goes to OpenCV, which says it cannot decode it.
+    with pytest.raises(ValueError, match="could not decode"):
+        codecs.decode_image(b"\xff\xd8" + b"\x00" * 64)
+
+
+def test_local_tar_reader_yields_what_webdataset_yields(jpeg_dataset):
+    for shard in split_shards(jpeg_dataset, "train"):
+        assert _plain_tar_members(str(shard)) is not None  # m2u's own shards take the fast path
+        assert list(_iter_raw_samples([str(shard)])) == _webdataset_samples(str(shard))
+
+
+def test_tar_with_long_names_or_pax_headers_falls_back_to_webdataset(tmp_path):
+    path = tmp_path / "odd.tar"
+    long_key = "k" * 120  # longer than a ustar name field: GNU long-name member
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, payload in ((f"{long_key}.txt", b"a"), (f"{long_key}.JSON", b"{}"), ("b.txt", b"b")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    assert _plain_tar_members(str(path)) is None
+    samples = list(_iter_raw_samples([str(path)]))
+    assert samples == _webdataset_samples(str(path))
+    assert samples[0]["__key__"] == long_key and set(samples[0]) >= {"txt", "json"}
+
+
+def test_duplicate_member_is_an_error_as_in_webdataset(tmp_path):
+    path = tmp_path / "dup.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("a.txt", "a.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ValueError, match="duplicate"):
+        list(_iter_raw_samples([str(path)]))
+
+
+def test_batches_equal_a_plain_decode_with_flips(jpeg_dataset):
+    """Every batch row is the OpenCV decode of its sample, RGB channel-first, flipped where (seed, epoch, key)
+    says; the mask is the PNG above 127."""
+    config = LoaderConfig(batch_size=5, num_workers=0, shuffle_buffer=7, hflip_prob=0.5, seed=3)
+    dataset = make_loader(jpeg_dataset, "train", config).dataset
+    raw = {s["__key__"]: s for s in _iter_raw_samples([str(p) for p in split_shards(jpeg_dataset, "train")])}
+    rows, flips = 0, 0
+    for batch in dataset:
+        assert batch["masked"].is_contiguous() and batch["masked"].dtype == torch.uint8
+        for row, key in enumerate(batch["key"]):
+            flip = unit_hash("hflip", 3, dataset.epoch, key) < 0.5
+            for field, member in (("masked", "masked.jpg"), ("unmasked", "unmasked.jpg")):
+                image = cv2.imdecode(np.frombuffer(raw[key][member], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+                image = image[:, ::-1] if flip else image
+                assert np.array_equal(batch[field][row].numpy(), image.transpose(2, 0, 1))
+            mask = cv2.imdecode(np.frombuffer(raw[key]["mask.png"], np.uint8), cv2.IMREAD_GRAYSCALE) > 127
+            assert np.array_equal(batch["mask"][row, 0].numpy(), mask[:, ::-1] if flip else mask)
+            rows, flips = rows + 1, flips + flip
+    assert rows == len(raw) and 0 < flips < rows
+
+
+def test_members_not_asked_for_are_not_decoded(jpeg_dataset, monkeypatch):
+    from m2u.datasets import loader as loader_module
+
+    decoded: list[int] = []
+    real = loader_module.decode_image
+
+    def counting(data, rgb=True, buffer=None):
+        decoded.append(len(data))
+        return real(data, rgb, buffer)
+
+    monkeypatch.setattr(loader_module, "decode_image", counting)
+    both = LoaderConfig(batch_size=4, num_workers=0, shuffle_buffer=0, hflip_prob=0.0)
+    full = list(make_loader(jpeg_dataset, "train", both))
+    n_full = len(decoded)
+    decoded.clear()
+    only = LoaderConfig(
+        batch_size=4, num_workers=0, shuffle_buffer=0, hflip_prob=0.0, members=("masked", "mask")
+    )
+    part = list(make_loader(jpeg_dataset, "train", only))
+    assert len(decoded) * 2 == n_full  # one image member per sample instead of two
+    for a, b in zip(full, part, strict=True):
+        assert set(b) == {"masked", "mask", "key"} and a["key"] == b["key"]
+        assert torch.equal(a["masked"], b["masked"]) and torch.equal(a["mask"], b["mask"])
+    with pytest.raises(ValueError, match="members"):
+        LoaderConfig(members=("masked", "depth"))

@@ -1,0 +1,189 @@
+"""One family of options across the seven m2u commands, read from the Click command objects (not a grep): the same
+concept has the same spelling and help everywhere, old spellings are hidden aliases listed in CHANGELOG.md and
+still work, and the exit codes agree (0 done, 1 some inputs failed, 2 usage or refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from m2u.core.cli import FAMILY, is_alias
+from m2u.datasets.cli import main as make_dataset_main
+from m2u.evaluation.cli import main as eval_main
+from m2u.inference.cli import export_main, unmask_main
+from m2u.masking.cli import main as mask_main
+from m2u.pipelines.cli import main as pipeline_main
+from m2u.training.cli import train_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+COMMANDS: dict[str, click.Command] = {
+    "m2u-mask": mask_main,
+    "m2u-make-dataset": make_dataset_main,
+    "m2u-train mseg": train_main.commands["mseg"],
+    "m2u-train gan": train_main.commands["gan"],
+    "m2u-eval": eval_main,
+    "m2u-unmask": unmask_main,
+    "m2u-export onnx": export_main.commands["onnx"],
+    "m2u-pipeline run": pipeline_main.commands["run"],
+    "m2u-pipeline ablate": pipeline_main.commands["ablate"],
+}
+TRAIN = ("m2u-train mseg", "m2u-train gan")
+# Which command offers which concept (the others must not spell it another way either).
+OFFERS: dict[str, tuple[str, ...]] = {
+    "out": tuple(COMMANDS),
+    "size": ("m2u-make-dataset", "m2u-unmask", "m2u-export onnx"),
+    "workers": ("m2u-mask", "m2u-make-dataset", *TRAIN, "m2u-eval"),
+    "seed": ("m2u-mask", "m2u-make-dataset", *TRAIN),
+    "quiet": ("m2u-mask", "m2u-make-dataset", *TRAIN, "m2u-eval", "m2u-unmask"),
+    "progress": ("m2u-mask", "m2u-make-dataset", *TRAIN, "m2u-eval", "m2u-unmask"),
+    "min_score": ("m2u-mask", "m2u-make-dataset"),  # m2u-unmask: checked where it has one
+    "color": ("m2u-mask", "m2u-make-dataset"),
+    "limit": ("m2u-mask", "m2u-make-dataset", "m2u-eval", "m2u-unmask"),
+    "device": (*TRAIN, "m2u-eval", "m2u-unmask"),
+    "config": (*TRAIN, "m2u-eval", "m2u-pipeline run", "m2u-pipeline ablate"),
+    "sets": (*TRAIN, "m2u-eval", "m2u-pipeline run", "m2u-pipeline ablate"),
+    "print_config": (*TRAIN, "m2u-eval", "m2u-pipeline run", "m2u-pipeline ablate"),
+}
+INPUTS = ("m2u-mask", "m2u-make-dataset", "m2u-unmask", "m2u-pipeline run", "m2u-pipeline ablate")
+# Spellings of the previous release: each must be a hidden alias now (or gone), never a visible option.
+OLD_SPELLINGS = (
+    "--output",
+    "--num-workers",
+    "--image-size",
+    "--mask-color",
+    "--mask-pattern",
+    "--max-samples",
+    "--faces",
+    "--baseline",
+)
+
+
+def _visible(command: click.Command) -> list[click.Option]:
+    return [p for p in command.params if isinstance(p, click.Option) and not p.hidden and not is_alias(p)]
+
+
+def _spellings(option: click.Option) -> set[str]:
+    return set(option.opts) | set(option.secondary_opts)
+
+
+def _offered(command: click.Command, concept: str) -> list[click.Option]:
+    family = set(FAMILY[concept])
+    return [p for p in _visible(command) if _spellings(p) & family]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_spells_the_shared_options_the_family_way(name):
+    command = COMMANDS[name]
+    for concept, spelling in FAMILY.items():
+        found = _offered(command, concept)
+        if name in OFFERS[concept]:
+            assert len(found) == 1, (name, concept, [p.opts for p in found])
+        if found:
+            (option,) = found
+            assert sorted(_spellings(option)) == sorted(spelling), (name, concept, option.opts)
+    for option in _visible(command):
+        assert not _spellings(option) & set(OLD_SPELLINGS), (name, option.opts)
+    positional = [p.name for p in command.params if isinstance(p, click.Argument)]
+    if name in INPUTS:
+        assert positional[0] == "inputs", (name, positional)
+    else:
+        assert "inputs" not in positional
+
+
+@pytest.mark.parametrize(
+    "concept", ["quiet", "progress", "min_score", "config", "sets", "print_config", "workers"]
+)
+def test_a_shared_option_means_the_same_everywhere(concept):
+    helps = {}
+    for name, command in COMMANDS.items():
+        for option in _offered(command, concept):
+            helps[name] = (option.help or "", option.is_flag, option.type.name)
+    if concept == "min_score":
+        unmask_min = _offered(unmask_main, "min_score")
+        if unmask_min:  # the real-masks work adds it to m2u-unmask: same meaning as m2u-mask's
+            helps["m2u-unmask"] = (unmask_min[0].help or "", unmask_min[0].is_flag, unmask_min[0].type.name)
+    assert len(helps) >= 2, concept
+    kinds = {(flag, kind) for _, flag, kind in helps.values()}
+    assert len(kinds) == 1, (concept, helps)
+    if concept != "workers":  # workers says what a worker is in each tool; 0 = in this process everywhere
+        assert len({h for h, _, _ in helps.values()}) == 1, (concept, helps)
+    else:
+        assert all("0" in h and "in this process" in h for h, _, _ in helps.values()), helps
+
+
+def test_old_spellings_are_hidden_aliases_listed_in_the_changelog():
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    aliases = {opt for command in COMMANDS.values() for p in command.params if is_alias(p) for opt in p.opts}
+    assert set(OLD_SPELLINGS) <= aliases
+    for spelling in aliases | set(OLD_SPELLINGS):
+        assert f"`{spelling}`" in changelog, spelling
+    for command in COMMANDS.values():
+        for param in command.params:
+            if is_alias(param):
+                assert param.hidden, param.opts
+
+
+def _print_config(command: click.Command, *args: str) -> str:
+    result = CliRunner().invoke(command, [*args, "--print-config"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_old_spellings_still_work():
+    assert "workers: 3" in _print_config(train_main, "mseg", "--num-workers", "3")
+    assert "test: false" in _print_config(train_main, "mseg", "--no-test")
+    printed = _print_config(eval_main, "--max-samples", "5", "--skip-paper-size-cost", "--num-workers", "0")
+    assert "limit: 5" in printed and "paper_size_cost: false" in printed and "workers: 0" in printed
+    assert "progress: false" in _print_config(eval_main, "-q")
+
+
+def test_a_missing_input_is_a_usage_error_in_every_tool(tmp_path):
+    missing = str(tmp_path / "no-such-folder")
+    runs = {
+        "m2u-mask": (mask_main, [missing, "-o", str(tmp_path / "m")]),
+        "m2u-make-dataset": (
+            make_dataset_main,
+            [missing, "-o", str(tmp_path / "d"), "--mask-engine", "synthetic"],
+        ),
+        "m2u-unmask": (unmask_main, [missing, "-o", str(tmp_path / "u")]),
+    }
+    for name, (command, args) in runs.items():
+        result = CliRunner().invoke(command, [*args, "-q"])
+        assert result.exit_code == 2, (name, result.output)
+        assert "does not exist" in result.output, (name, result.output)
+        assert not (tmp_path / args[2]).exists() or name == "m2u-make-dataset", name
+
+
+def test_an_empty_folder_is_one_message_and_exit_2_in_every_tool(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photo here")
+    runs = {
+        "m2u-mask": (mask_main, [str(empty), "-o", str(tmp_path / "m")]),
+        "m2u-make-dataset": (
+            make_dataset_main,
+            [str(empty), "-o", str(tmp_path / "d"), "--mask-engine", "synthetic"],
+        ),
+        "m2u-unmask": (unmask_main, [str(empty), "-o", str(tmp_path / "u")]),
+    }
+    for name, (command, args) in runs.items():
+        result = CliRunner().invoke(command, [*args, "-q"])
+        assert result.exit_code == 2, (name, result.output)
+        assert "no image files found in the inputs (1 file(s) in the input folders have no image suffix" in (
+            result.output.replace("\n", " ")
+        ), (name, result.output)
+
+
+def test_eval_checks_data_before_loading_any_model(tmp_path):
+    # No model file exists at these paths' defaults either: the --data error must come first.
+    result = CliRunner().invoke(eval_main, ["--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--data" in result.output and "does not exist" in result.output
+    not_a_dataset = tmp_path / "folder"
+    not_a_dataset.mkdir()
+    result = CliRunner().invoke(eval_main, ["--data", str(not_a_dataset), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "is not a dataset" in result.output
+    assert not (tmp_path / "r").exists()

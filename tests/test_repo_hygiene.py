@@ -1,0 +1,94 @@
+"""Working in the repository root as the README shows leaves it clean: every folder its commands create is ignored
+by git, ruff never takes a user's output folder (onnx/) for a module, and installing gives no setuptools warnings."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Options whose value is a folder (or file) a command creates.
+_OUTPUT_OPTIONS = r"(?:-o|--out|--work|--contact-sheet|--package)"
+
+
+def readme_outputs() -> set[str]:
+    """The top-level names the README's shell commands write into, relative to where they run."""
+    readme = (REPO / "README.md").read_text()
+    outputs = set()
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for target in re.findall(_OUTPUT_OPTIONS + r"\s+(\S+)", block):
+            if target.startswith(("/", "..", "$", "s3://", "OUT", "REPORT", "RUN")) or "://" in target:
+                continue
+            outputs.add(target.split("/")[0])
+    return outputs
+
+
+def test_git_ignores_every_folder_the_readme_commands_create():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = readme_outputs()
+    assert {"runs", "data", "reports", "onnx", "masked", "out"} <= outputs  # the parser sees the commands
+    for name in sorted(outputs):
+        done = subprocess.run(["git", "check-ignore", "-q", f"{name}/x"], cwd=REPO)
+        assert done.returncode == 0, f"{name}/ (written by a README command) is not ignored by git"
+
+
+def test_ruff_does_not_take_an_output_folder_for_a_module(tmp_path):
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed beside this Python")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "onnx").mkdir()  # what `m2u-export onnx -o onnx/` leaves
+    (tmp_path / "onnx" / "export.json").write_text("{}")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("import numpy\nimport onnx\nimport pytest\n\nimport m2u\n")
+    done = subprocess.run(
+        [str(ruff), "check", "--no-cache", "--select", "I", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout
+
+
+def test_every_folder_setuptools_installs_is_a_listed_package():
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    options = parser["options"]
+    listed = set(options["packages"].split())
+    mapping = dict(line.split(" = ") for line in options["package_dir"].strip().splitlines())
+    for package, folder in mapping.items():
+        for sub in (REPO / folder).iterdir():
+            data = [p for p in sub.iterdir()] if sub.is_dir() and sub.name.isidentifier() else []
+            if sub.name.startswith(("_", ".")) or not data:
+                continue
+            assert f"{package}.{sub.name}" in listed, f"{folder}/{sub.name} is installed but not listed"
+
+
+@pytest.mark.slow
+def test_building_the_package_gives_no_setuptools_warning(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Warning" not in done.stdout + done.stderr.replace("WARNING: Location", ""), done.stderr[-3000:]

@@ -1,0 +1,146 @@
+"""The M2UNet GAN task (the paper's objective, eqs. 1-5): CARU2-Net generator and patch discriminator, LSGAN +
+reconstruction (L1 + SSIM) + VGG perceptual loss; the mask from a frozen M-Seg or from the dataset."""
+
+from __future__ import annotations
+
+import torch
+
+from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, unwrap_model
+from m2u.training.config import GanTrainConfig
+from m2u.training.distributed import DistributedContext
+from m2u.training.imagespace import composite, from_model_range, to_model_range
+from m2u.training.losses import (
+    VGGPerceptualLoss,
+    dice_score,
+    generator_loss,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+    reconstruction_loss,
+)
+from m2u.training.models import CARU2Net, MSeg, PatchDiscriminator
+from m2u.training.ssim import psnr, ssim
+from m2u.training.task import TrainingTask, grid_rows
+
+
+class GanTask(TrainingTask):
+    """The M2UNet GAN: CARU2-Net generator and patch discriminator, LSGAN + reconstruction + perceptual."""
+
+    name = "gan"
+
+    def __init__(self, config: GanTrainConfig, device: torch.device, dist: DistributedContext) -> None:
+        super().__init__(config, device, dist)
+        self.config: GanTrainConfig = config
+        # The perceptual backbone first: a missing VGG stops the run before anything is built or written.
+        self.perceptual: VGGPerceptualLoss | None = None
+        if config.perceptual_weight > 0:
+            self.perceptual = VGGPerceptualLoss(config.vgg_weights, config.perceptual_layers).to(device)
+        self.mseg: MSeg | None = None
+        self.mask_threshold: float | None = None  # the frozen M-Seg's: the config's, else its file's
+        if config.mask_source == "mseg":
+            assert config.mseg_checkpoint is not None  # checked by the config
+            model, info = load_model(config.mseg_checkpoint, map_location=device)
+            if not isinstance(model, MSeg):
+                raise CheckpointError(
+                    f"{config.mseg_checkpoint} holds a {type(model).__name__}, not an M-Seg model"
+                )
+            self.mseg = model.eval().requires_grad_(False)
+            self.mask_threshold = (
+                info.mask_threshold_or_default() if config.mask_threshold is None else config.mask_threshold
+            )
+        self.add_network("generator", CARU2Net(config.generator))
+        self.add_network("discriminator", PatchDiscriminator(config.discriminator))
+
+    @torch.no_grad()
+    def mask_for(self, masked: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
+        """The mask fed to the generator and used for compositing: the frozen M-Seg's, or the dataset's."""
+        if self.mseg is None or self.mask_threshold is None:
+            return gt_mask
+        return self.mseg.predict_mask(masked, self.mask_threshold)
+
+    def model_info(self, name: str, step: int) -> ModelInfo:
+        info = super().model_info(name, step)
+        info.provenance["mask_source"] = self.config.mask_source
+        if self.mseg is not None:
+            info.provenance["mseg"] = self.config.mseg_checkpoint
+            info.provenance["mask_threshold"] = self.mask_threshold
+        return info
+
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        self.observe_batch(batch)
+        masked = to_model_range(self.to_device(batch["masked"]))
+        real = to_model_range(self.to_device(batch["unmasked"]))
+        mask = self.mask_for(masked, self.to_device(batch["mask"]))
+        generator, discriminator = self.wrapped["generator"], self.wrapped["discriminator"]
+
+        # Discriminator step (eq. 5): real and fake in one forward (no normalisation layers in D, so this
+        # equals two forwards, with one spectral-norm power iteration and one DDP synchronisation).
+        with self.autocast():
+            fake = generator(masked, mask)
+            scores = discriminator(torch.cat([real, fake.detach()], dim=0))
+        real_scores, fake_scores = scores.float().chunk(2, dim=0)
+        d_loss = lsgan_discriminator_loss(real_scores, fake_scores)
+        self.check_finite(step, {"d_loss": d_loss})
+        self.optimise("discriminator", d_loss)
+
+        # Generator step (eq. 1): the weighted sum with the paper's weights (GanLossConfig, configurable). D is
+        # frozen and called unwrapped: its gradients are neither computed nor all-reduced (DDP would wait for them).
+        with self.autocast(), self.frozen("discriminator") as frozen_discriminator:
+            generated_scores = frozen_discriminator(fake)
+            perceptual = self.perceptual(fake, real) if self.perceptual is not None else None
+        fake32 = fake.float()
+        adversarial = lsgan_generator_loss(generated_scores.float())
+        reconstruction = reconstruction_loss(fake32, real, self.config.ssim_share)
+        perceptual = perceptual.float() if perceptual is not None else torch.zeros((), device=self.device)
+        terms = {"adversarial": adversarial, "reconstruction": reconstruction, "perceptual": perceptual}
+        g_loss = generator_loss(terms, self.config)
+        self.check_finite(step, {"g_loss": g_loss})
+        with self.frozen("discriminator"):  # the backward runs through D: still no gradient for its weights
+            self.optimise("generator", g_loss)
+        self.end_step()
+        return {
+            "d_loss": d_loss.detach(),
+            "g_loss": g_loss.detach(),
+            "adversarial": adversarial.detach(),
+            "reconstruction": reconstruction.detach(),
+            "perceptual": perceptual.detach(),
+            "d_real": real_scores.detach().mean(),
+            "d_fake": fake_scores.detach().mean(),
+        }
+
+    @torch.no_grad()
+    def generate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(output01, composite01, mask, masked01) for a batch, generator in its current mode."""
+        masked01 = self.to_device(batch["masked"])
+        masked = to_model_range(masked01)
+        mask = self.mask_for(masked, self.to_device(batch["mask"]))
+        with self.autocast():
+            output = unwrap_model(self.networks["generator"])(masked, mask)
+        output01 = from_model_range(output.float())
+        return output01, composite(output01, masked01, mask), mask, masked01
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        names = ("psnr", "ssim", "psnr_raw_output", "psnr_masked_input")
+        return (*names, "mseg_dice") if self.mseg is not None else names
+
+    @torch.no_grad()
+    def eval_batch(self, batch: dict) -> dict[str, tuple[float, int]]:
+        output01, composite01, mask, masked01 = self.generate(batch)
+        target = self.to_device(batch["unmasked"])
+        count = target.shape[0]
+        metrics = {
+            "psnr": (float(psnr(composite01, target, reduction="none").sum()), count),
+            "ssim": (float(ssim(composite01, target, reduction="none").sum()), count),
+            "psnr_raw_output": (float(psnr(output01, target, reduction="none").sum()), count),
+            "psnr_masked_input": (float(psnr(masked01, target, reduction="none").sum()), count),
+        }
+        if self.mseg is not None:
+            gt_mask = self.to_device(batch["mask"])
+            metrics["mseg_dice"] = (float(dice_score(mask, gt_mask).sum()), count)
+        return metrics
+
+    grid_columns = ("masked", "mask", "output", "ground truth")
+
+    @torch.no_grad()
+    def grid(self, batch: dict) -> torch.Tensor:
+        output01, _, mask, masked01 = self.generate(batch)
+        return grid_rows([masked01, mask, output01, batch["unmasked"]])

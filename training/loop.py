@@ -1,0 +1,272 @@
+"""The training loop: one for M-Seg and the M2UNet GAN, knowing only the task protocol (`m2u.training.task`).
+
+The loop owns what both tasks share: step/epoch bookkeeping, exact resume (the task's state, every RNG and the
+position in the epoch, `run_state`), validation every N steps, the run log (`runlog`), checkpoints, the NaN/inf
+stop (`guards`), the wall-clock budget and keeping DDP ranks in step (`distributed`). A task owns the networks
+and what one step, one evaluation and one grid do.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2u.core.fileio import atomic_write
+from m2u.training.checkpoint import remove_stale_temp_files
+from m2u.training.config import RunConfig
+from m2u.training.data import DataSource, check_batch
+from m2u.training.distributed import DistributedContext, collective_device
+from m2u.training.guards import NonFiniteLossError, RunningMeans
+from m2u.training.rng import restore_rng_state
+from m2u.training.run_state import (
+    LoopPosition,
+    checkpoint_step,
+    last_checkpoint_path,
+    read_checkpoint,
+    write_checkpoint,
+)
+from m2u.training.runlog import RunLog, open_progress
+from m2u.training.task import Task
+
+
+def planned_steps(config: RunConfig, data: DataSource) -> int | None:
+    """The steps this run will take, for the progress bar's total and ETA: max_steps, or fewer when the source
+    knows its epoch length (`steps_per_epoch`) and the epochs end first; None when nothing bounds it."""
+    steps_per_epoch = getattr(data, "steps_per_epoch", None)
+    per_epoch = steps_per_epoch("train") if callable(steps_per_epoch) else None
+    by_epochs = per_epoch * config.epochs if per_epoch is not None else None
+    bounds = [n for n in (config.max_steps, by_epochs) if n is not None]
+    return min(bounds) if bounds else None
+
+
+class Trainer:
+    """Runs a task over a data source; see the module docstring."""
+
+    def __init__(self, task: Task, data: DataSource, config: RunConfig, dist: DistributedContext) -> None:
+        self.task, self.data, self.config, self.dist = task, data, config, dist
+        self.out = Path(config.out)
+        self.checkpoint_path = last_checkpoint_path(self.out)
+        self.position = LoopPosition()
+        self.runlog = RunLog(self.out, task.name, dist.is_main)
+        self._pending_rng: dict[str, Any] | None = None
+        self._grid_batch: dict | None = None
+        self._running = RunningMeans()
+
+    # The position's fields, as the loop and its tests read them.
+    @property
+    def step(self) -> int:
+        return self.position.step
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            write_checkpoint(self.checkpoint_path, self.task, self.position, self.config)
+
+    def load_checkpoint(self) -> None:
+        self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task)
+
+    def _save_grid(self) -> None:
+        if not self.dist.is_main or self._grid_batch is None:
+            return
+        self.task.set_train(False)
+        image = self.task.grid(self._grid_batch)
+        self.task.set_train(True)
+        self.runlog.save_grid(image, self.task.grid_columns, self.step)
+
+    @torch.no_grad()
+    def evaluate(self, split: str, max_batches: int | None) -> dict[str, float]:
+        self.task.set_train(False)
+        sums: dict[str, list[float]] = {}
+        try:
+            for index, batch in enumerate(self.data.batches(split, 0)):
+                if max_batches is not None and index >= max_batches:
+                    break
+                check_batch(batch)
+                for name, (total, count) in self.task.eval_batch(self._on_device(batch)).items():
+                    entry = sums.setdefault(name, [0.0, 0.0])
+                    entry[0] += total
+                    entry[1] += count
+        finally:
+            self.task.set_train(True)
+        # Every rank reduces the same names in the same order; a rank without batches sends zeros.
+        names = sorted(set(sums) | set(self.task.eval_metric_names()))
+        values = torch.tensor([sums.get(name, [0.0, 0.0]) for name in names], dtype=torch.float64)
+        values = self.dist.all_reduce_sum(values.to(collective_device())).cpu()
+        return {name: total / count for name, (total, count) in zip(names, values.tolist()) if count > 0}
+
+    def _prepare_run_folder(self) -> None:
+        if self.checkpoint_path.exists() and not self.config.resume:
+            raise FileExistsError(
+                f"{self.out} already holds a run ({self.checkpoint_path}): resume it or choose another run folder"
+            )
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(
+                self.out / "config.json", lambda temp: Path(temp).write_text(self.config.to_json() + "\n")
+            )
+
+    def run(self) -> dict[str, Any]:
+        self._prepare_run_folder()
+        self._clean_and_resume()
+        self.runlog.open_tensorboard()
+        started = time.monotonic()
+        progress = self._open_progress()
+        self.task.set_train(True)
+        try:
+            stop_reason = self._train_epochs(started, progress)
+            self.task.finite_guard.check(self.dist)  # the steps since the last log line
+        except NonFiniteLossError as error:
+            raise self._non_finite_stop(error) from None
+        finally:
+            if progress is not None:
+                progress.close()
+        self.save_checkpoint()
+        return self._finish(stop_reason, started)
+
+    def _clean_and_resume(self) -> None:
+        if self.dist.is_main:
+            # What a write killed midway left behind (the files it meant to replace are intact).
+            for folder in (self.out, self.checkpoint_path.parent):
+                for stale in remove_stale_temp_files(folder):
+                    self.runlog.log({"event": "removed_stale_temp_file", "path": str(stale)})
+        if self.config.resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            self.runlog.log({"event": "resume", "step": self.step, "epoch": self.epoch})
+
+    def _open_progress(self) -> Any:
+        if not (self.config.progress and self.dist.is_main):
+            return None
+        total = planned_steps(self.config, self.data)
+        return open_progress(self.task.name, total, self.step, compile_note=self.config.compile)
+
+    def _train_epochs(self, started: float, progress: Any) -> str:
+        """Epochs until one of the limits; returns the stop reason (epochs, max_steps or max_seconds)."""
+        config, position = self.config, self.position
+        while position.epoch < config.epochs:
+            if config.max_steps is not None and position.step >= config.max_steps:
+                return "max_steps"
+            stop_reason = self._train_epoch(started, progress)
+            if stop_reason is not None:
+                return stop_reason
+            position.epoch += 1
+            position.batch_in_epoch = 0
+        return "epochs"
+
+    def _epoch_batches(self) -> Any:
+        iterator = iter(self.data.batches("train", self.epoch))
+        for _ in range(self.position.batch_in_epoch):  # resuming: skip what this epoch already consumed
+            next(iterator, None)
+        if self._pending_rng is not None:
+            # Restored after the epoch's loader exists: creating it may draw from the global RNG.
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+        return iterator
+
+    def _train_epoch(self, started: float, progress: Any) -> str | None:
+        """The rest of the current epoch; a stop reason when a limit was reached, None at the epoch's end."""
+        config = self.config
+        iterator = self._epoch_batches()
+        produced = 0
+        out_of_time = False
+        while True:
+            batch = next(iterator, None)
+            # One host-side collective per step: ranks stop together (at an epoch's end or out of time).
+            have_batch, in_time = self.dist.all_true(batch is not None, not out_of_time)
+            if not in_time:
+                return "max_seconds"
+            if batch is None or not have_batch:
+                break
+            check_batch(batch)
+            produced += 1
+            self._train_one(batch, progress)
+            if config.max_steps is not None and self.step >= config.max_steps:
+                return "max_steps"
+            out_of_time = config.max_seconds is not None and time.monotonic() - started >= config.max_seconds
+        if produced == 0 and self.position.batch_in_epoch == 0:
+            raise RuntimeError(
+                f"the training split of {config.data or 'the data source'} gave no batch "
+                f"(fewer samples per loader worker than the batch size {config.batch_size}?)"
+            )
+        return None
+
+    def _train_one(self, batch: dict, progress: Any) -> None:
+        if self._grid_batch is None and self.dist.is_main:
+            # A fixed validation batch shows progress on the same faces (else the first train batch).
+            self._grid_batch = self._on_device(self._first_batch("val") or batch)
+        metrics = self.task.train_step(self._on_device(batch), self.step)
+        self.position.step += 1
+        self.position.batch_in_epoch += 1
+        self._running.add(metrics)
+        if progress is not None:
+            progress.update(1)
+        self._after_step(progress)
+
+    def _on_device(self, batch: dict) -> dict:
+        """A loader's uint8 batch (the CUDA path: 4x fewer bytes to copy) as the float batch, on the task's
+        device; a float batch as it is (the task moves it)."""
+        if batch["masked"].dtype != torch.uint8:
+            return batch
+        from m2u.datasets.loader import to_float_batch
+
+        return to_float_batch(batch, self.task.device)
+
+    def _non_finite_stop(self, error: NonFiniteLossError) -> NonFiniteLossError:
+        last = checkpoint_step(self.checkpoint_path)
+        message = (
+            f"{error}. Stopped; the last good checkpoint is {self.checkpoint_path} (step {last})"
+            if last is not None
+            else f"{error}. Stopped; no checkpoint had been written yet"
+        )
+        self.runlog.log({"event": "non_finite_loss", "step": self.step, "message": message})
+        return NonFiniteLossError(message)
+
+    def _finish(self, stop_reason: str, started: float) -> dict[str, Any]:
+        """Final validation (and test), grid and metrics.json after the last checkpoint."""
+        results: dict[str, Any] = {
+            "task": self.task.name,
+            "steps": self.step,
+            "epoch": self.epoch,
+            "stop_reason": stop_reason,
+            "seconds": round(time.monotonic() - started, 3),
+            "world_size": self.dist.world_size,  # processes that trained (DDP ranks)
+        }
+        results["val"] = self.evaluate("val", self.config.val_batches)
+        self.runlog.log({"split": "val", "step": self.step, **results["val"]})
+        if self.config.evaluate_test:
+            results["test"] = self.evaluate("test", None)
+            self.runlog.log({"split": "test", "step": self.step, **results["test"]})
+        self._save_grid()
+        self.runlog.write_metrics(results)
+        self.runlog.close()
+        return results
+
+    def _first_batch(self, split: str) -> dict | None:
+        return next(iter(self.data.batches(split, 0)), None)
+
+    def _after_step(self, progress: Any = None) -> None:
+        config, step = self.config, self.step
+        due_log = step % config.log_every == 0
+        due_val = bool(config.val_every) and step % config.val_every == 0
+        due_grid = step % config.grid_every == 0
+        due_checkpoint = step % config.checkpoint_every == 0
+        if due_log or due_val or due_grid or due_checkpoint:
+            # One host sync for the steps since the last one; nothing is logged or saved after a NaN.
+            self.task.finite_guard.check(self.dist)
+        if due_log:
+            averaged = self._running.means()
+            record = {"split": "train", "step": step, "epoch": self.epoch, "lr": self.task.learning_rate()}
+            self.runlog.log({**record, **averaged})
+            if progress is not None:
+                progress.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if "loss" in k})
+        if due_val:
+            self.runlog.log({"split": "val", "step": step, **self.evaluate("val", config.val_batches)})
+        if due_grid:
+            self._save_grid()
+        if due_checkpoint:
+            self.save_checkpoint()

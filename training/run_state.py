@@ -1,0 +1,77 @@
+"""The training-state checkpoint of a run (RUN/checkpoints/last.pt): where the loop stands, every RNG, the
+task's networks, optimisers, schedulers and grad scaler. Written atomically by rank 0 with the model files
+beside it; read back for an exact --resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m2u.training.checkpoint import CheckpointError, load_training_state, save_training_state
+from m2u.training.config import RunConfig, architecture_conflicts, read_run_config
+from m2u.training.rng import capture_rng_state
+from m2u.training.task import Task
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+STATE_FORMAT = 1
+
+
+def last_checkpoint_path(out: str | Path) -> Path:
+    return Path(out) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+@dataclass
+class LoopPosition:
+    """Where the loop stands: optimiser steps done, the epoch, and the batches of that epoch consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def write_checkpoint(path: Path, task: Task, position: LoopPosition, config: RunConfig) -> None:
+    """The training state to `path`, then the task's model files into the run folder (path's grandparent)."""
+    state = {
+        "format": STATE_FORMAT,
+        "task": task.name,
+        "step": position.step,
+        "epoch": position.epoch,
+        "batch_in_epoch": position.batch_in_epoch,
+        "rng": capture_rng_state(),
+        "config": config.to_json(),
+        **task.state_dict(),
+    }
+    save_training_state(path, state)
+    task.export_models(path.parent.parent, position.step)
+
+
+def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any]]:
+    """Load the state at `path` into `task`; (the loop's position, the RNG state to restore when it resumes)."""
+    state = load_training_state(path)
+    if state.get("task") != task.name:
+        raise CheckpointError(f"{path} is a {state.get('task')!r} run, not {task.name!r}")
+    task.load_state_dict(state)
+    return LoopPosition(state["step"], state["epoch"], state["batch_in_epoch"]), state["rng"]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint at `path`, None when there is none."""
+    return load_training_state(path)["step"] if path.exists() else None
+
+
+def check_resume(config: RunConfig) -> None:
+    """Resuming keeps the run's architecture: a config that changes it is one CheckpointError sentence, raised
+    before anything is built or written (the run folder stays as it is)."""
+    if not config.resume or not last_checkpoint_path(config.out).exists():
+        return
+    saved = read_run_config(type(config), config.out)
+    if saved is None:
+        return
+    conflicts = architecture_conflicts(saved, config)
+    if conflicts:
+        raise CheckpointError(
+            f"resume: the run in {config.out} was trained with another architecture ({'; '.join(conflicts)}); "
+            "leave the architecture as the run has it (resuming reads it from the run) or choose another run folder"
+        )

@@ -1,0 +1,94 @@
+"""What a run writes for people to read: the JSONL log, TensorBoard scalars, PNG grids, metrics.json and the
+progress bar. Only rank 0 writes; every method is a no-op on the other ranks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from m2u.core.fileio import atomic_write
+
+LOG_NAME = "log.jsonl"
+METRICS_NAME = "metrics.json"
+GRID_DIR = "grids"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+class RunLog:
+    """RUN/log.jsonl (one JSON record per line), RUN/tensorboard, RUN/grids/step-NNNNNNN.png, RUN/metrics.json."""
+
+    def __init__(self, out: Path, task_name: str, is_main: bool) -> None:
+        self.out, self.task_name, self.is_main = out, task_name, is_main
+        self._writer: Any = None
+
+    def open_tensorboard(self) -> None:
+        if not self.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but the JSONL log does not need it
+            return
+        self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.out / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._writer is not None:
+            split = record.get("split", "train")
+            for name, value in record.items():
+                if isinstance(value, float | int) and name not in ("step", "epoch", "time"):
+                    self._writer.add_scalar(f"{self.task_name}/{split}/{name}", value, record.get("step", 0))
+
+    def save_grid(self, image: torch.Tensor, columns: tuple[str, ...], step: int) -> None:
+        """`image` (3, H, W) in [0, 1] as RUN/grids/step-NNNNNNN.png, with the column names above it."""
+        if not self.is_main:
+            return
+        from PIL import Image
+
+        array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        if columns:
+            from m2u.core.drawing import column_header
+
+            array = np.vstack([column_header(array.shape[1], columns), array])
+        path = self.out / GRID_DIR / f"step-{step:07d}.png"
+        atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
+        if self._writer is not None:
+            self._writer.add_image(f"{self.task_name}/grid", image, step)
+
+    def write_metrics(self, results: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        text = json.dumps(results, indent=2, sort_keys=True, default=_finite_or_none)
+        atomic_write(self.out / METRICS_NAME, lambda temp: Path(temp).write_text(text + "\n"))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def open_progress(task_name: str, total: int | None, initial: int, compile_note: bool) -> Any:
+    """The step progress bar: with a total (the run's planned steps) tqdm shows the rate and the ETA."""
+    from tqdm import tqdm
+
+    if compile_note:
+        # torch.compile is lazy: the first steps compile the networks, silently, for up to minutes.
+        print(
+            f"m2u-train {task_name}: --compile: compiling the networks during the first steps "
+            "(the progress bar waits for it)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return tqdm(total=total, initial=initial, desc=f"m2u-train {task_name}", unit="step")

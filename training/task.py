@@ -1,0 +1,227 @@
+"""What a training task is: the protocol the loop (`m2u.training.loop`) knows, and the base that both tasks
+share (networks with their optimisers and LR schedules, mixed precision, DDP wrapping, state, model export).
+
+A task owns its networks and what one step, one evaluation batch and one picture grid do; the loop owns
+everything else. The paper's two tasks live in `mseg_task` (M-Seg) and `gan_task` (the M2UNet GAN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from m2u.training.checkpoint import ModelInfo, current_model_info, save_model, unwrap_model
+from m2u.training.config import RunConfig
+from m2u.training.device import resolve_precision
+from m2u.training.distributed import DistributedContext, ddp_device_ids, milestone_steps
+from m2u.training.guards import FiniteGuard
+
+
+class Task(Protocol):
+    """All the loop calls on a task."""
+
+    name: str
+    device: torch.device
+    finite_guard: FiniteGuard
+    grid_columns: tuple[str, ...]  # what the grid's columns show, left to right
+
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step; the loss terms as detached 0-d tensors on the device (no host sync)."""
+        ...
+
+    def eval_batch(self, batch: dict) -> dict[str, tuple[float, int]]:
+        """Sums and counts per metric, so ranks and batches can be added up."""
+        ...
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """Every name eval_batch can return (DDP reductions need the same list on every rank)."""
+        ...
+
+    def grid(self, batch: dict) -> torch.Tensor:
+        """(3, rows*H, columns*W) in [0, 1]."""
+        ...
+
+    def set_train(self, mode: bool) -> None: ...
+
+    def learning_rate(self) -> float: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def export_models(self, out_dir: Path, step: int | None = None) -> list[Path]: ...
+
+
+class TrainingTask:
+    """The shared half of a Task: networks, optimisers, AMP and state; subclasses add their networks
+    (`add_network`) and write `train_step`, `eval_batch`, `eval_metric_names` and `grid`."""
+
+    name = "task"
+
+    def __init__(self, config: RunConfig, device: torch.device, dist: DistributedContext) -> None:
+        self.config = config
+        self.device = device
+        self.dist = dist
+        self.precision = resolve_precision(config.precision, device)  # "auto": the hardware decides
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ValueError("fp16 autocast needs CUDA; on CPU use --precision bf16 or fp32")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.networks: dict[str, nn.Module] = {}
+        self.wrapped: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.finite_guard = FiniteGuard(self.name)
+        self._compiled_frozen: dict[str, nn.Module] = {}
+        self.crop_size: int | None = None  # the side of the training crops (model files record it)
+
+    # set-up helpers
+    def add_network(self, name: str, module: nn.Module) -> None:
+        module = module.to(self.device)
+        if self.config.channels_last:
+            # Module.to takes memory_format at run time; torch's type stubs do not list it.
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.networks[name] = module
+        wrapped: nn.Module = module
+        if self.dist.enabled:
+            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ddp_device_ids(self.device))
+        if self.config.compile:
+            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+        self.wrapped[name] = wrapped
+        optimizer_config = self.config.optimizer
+        optimizer = torch.optim.Adam(
+            module.parameters(), lr=optimizer_config.learning_rate, betas=optimizer_config.betas
+        )
+        self.optimizers[name] = optimizer
+        milestones = milestone_steps(optimizer_config.milestones, self.dist.world_size)
+        self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=milestones, gamma=optimizer_config.decay
+        )
+
+    @contextlib.contextmanager
+    def frozen(self, name: str) -> Iterator[nn.Module]:
+        """The network `name` without gradients for its weights (requires_grad False), as a plain module (not the
+        DDP wrapper: a wrapped forward would wait for gradients that never come), compiled when asked for."""
+        module = self.networks[name]
+        flags = [parameter.requires_grad for parameter in module.parameters()]
+        module.requires_grad_(False)
+        try:
+            yield self._frozen_forward(name)
+        finally:
+            for parameter, flag in zip(module.parameters(), flags):
+                parameter.requires_grad_(flag)
+
+    def _frozen_forward(self, name: str) -> nn.Module:
+        if not self.config.compile:
+            return self.networks[name]
+        if name not in self._compiled_frozen:
+            self._compiled_frozen[name] = torch.compile(self.networks[name])  # type: ignore[assignment]
+        return self._compiled_frozen[name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """Record non-finite losses on the device (no host sync); `finite_guard.check` raises, once per log."""
+        self.finite_guard.watch(step, losses)
+
+    def optimise(self, name: str, loss: torch.Tensor) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+
+    def end_step(self) -> None:
+        self.scaler.update()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def set_train(self, mode: bool) -> None:
+        for module in self.networks.values():
+            module.train(mode)
+
+    def learning_rate(self) -> float:
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    # state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "networks": {name: unwrap_model(m).state_dict() for name, m in self.networks.items()},
+            "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "crop_size": self.crop_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, module in self.networks.items():
+            unwrap_model(module).load_state_dict(state["networks"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.crop_size = state.get("crop_size", self.crop_size)
+
+    def observe_batch(self, batch: dict) -> None:
+        """Remember the training crop size (called by train_step on every batch: a cheap shape read)."""
+        self.crop_size = int(batch["masked"].shape[-1])
+
+    def model_info(self, name: str, step: int) -> ModelInfo:
+        """What `<name>.safetensors` records about how to use it and where it came from."""
+        provenance = {
+            "data": self.config.data,
+            "steps": step,
+            "task": self.name,
+            "recipe": self.config.recipe,
+            "precision": self.precision,
+        }
+        return current_model_info(self.crop_size, provenance=provenance)
+
+    def export_models(self, out_dir: Path, step: int | None = None) -> list[Path]:
+        """Write each network as `<name>.safetensors` (weights, config and ModelInfo) for evaluation and
+        inference."""
+        return [
+            save_model(out_dir / f"{name}.safetensors", module, self.model_info(name, step or 0))
+            for name, module in self.networks.items()
+        ]
+
+    # per task
+    def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the loss terms as detached 0-d tensors on the device (no host sync)."""
+        raise NotImplementedError
+
+    def eval_batch(self, batch: dict) -> dict[str, tuple[float, int]]:
+        """Sums and counts per metric, so ranks and batches can be added up."""
+        raise NotImplementedError
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """Every name eval_batch can return (DDP reductions need the same list on every rank)."""
+        raise NotImplementedError
+
+    def grid(self, batch: dict) -> torch.Tensor:
+        """(3, rows*H, 4*W) in [0, 1]."""
+        raise NotImplementedError
+
+    # What the grid's columns show, left to right (written above them in the saved PNG).
+    grid_columns: tuple[str, ...] = ()
+
+
+def grid_rows(columns: list[torch.Tensor], rows: int = 4) -> torch.Tensor:
+    """Stack [B, C, H, W] columns (C = 1 or 3, [0, 1]) side by side, the first `rows` samples top to bottom."""
+    tiles = [column[:rows].detach().float().cpu().expand(-1, 3, -1, -1) for column in columns]
+    return torch.cat([torch.cat(list(row), dim=2) for row in zip(*tiles)], dim=1)
