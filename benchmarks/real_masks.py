@@ -126,6 +126,9 @@ def main() -> None:
         "--skip-detection", action="store_true", help="only the evaluations (segmentation, decision)"
     )
     parser.add_argument("--skip-evaluation", action="store_true", help="only the detection figures")
+    parser.add_argument(
+        "--only", help="only this evaluation (e.g. faceless); the others are kept from the JSON"
+    )
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
     # One thread: on a shared machine torch's worker threads spin against each other (tests/evaluation/conftest.py).
@@ -229,6 +232,8 @@ def main() -> None:
             "faceless": ([str(faceless_dir)], None),
         }
         for name, (inputs, labels) in runs_of.items():
+            if args.only and name != args.only:
+                continue
             out = SHEETS / name
             if out.exists():
                 import shutil
@@ -240,6 +245,8 @@ def main() -> None:
             summary["seconds"] = round(time.perf_counter() - t0, 1)
             evaluations[name] = summary
             print(f"{name}: {json.dumps(summary)}", flush=True)
+    if args.only and args.out.is_file():
+        evaluations = {**json.loads(args.out.read_text()).get("evaluations", {}), **evaluations}
     result["evaluations"] = evaluations
     rule = MaskedFaceRule()
     result["decision_rule"] = {k: getattr(rule, k) for k in rule.__dataclass_fields__}

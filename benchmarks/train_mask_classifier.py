@@ -1,4 +1,4 @@
-"""Train the masked-face classifier that m2u-unmask's decision ships (inference/models/mask_presence.safetensors).
+"""Train the masked-face classifier that m2u-unmask's decision ships (inference/mask_presence.safetensors).
 
     .venv/bin/python benchmarks/train_mask_classifier.py [--photos 1200] [--epochs 8] [--shared ../shared]
 

@@ -19,7 +19,7 @@ from torch import nn
 
 __all__ = ["MASK_CLASSIFIER", "MaskPresenceNet", "load_mask_classifier", "mask_probabilities"]
 
-MASK_CLASSIFIER = Path(__file__).resolve().parent / "models" / "mask_presence.safetensors"
+MASK_CLASSIFIER = Path(__file__).resolve().parent / "mask_presence.safetensors"
 INPUT_SIZE = 64
 
 

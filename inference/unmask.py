@@ -422,7 +422,7 @@ class Unmasker:
         from m2u.training.imagespace import to_model_range
 
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask = self.mseg.predict_mask(to_model_range(batch), threshold=self.usage.mask_threshold)
+        mask = self.mseg.predict_mask(to_model_range(batch), self.usage.mask_threshold)
         return (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
@@ -501,6 +501,14 @@ class Unmasker:
                 else replace(f, problem=f"detector score {f.score:.3f} below --min-score {floor:g}")
                 for f in found
             ]
+        # An uncertain detection the detector also refuses (upside down, low score) is no face: it is never shown
+        # to the classifier that could make it one.
+        found = [
+            replace(f, problem=f"no face: an uncertain detection; {f.problem}")
+            if f.problem and f.retry
+            else f
+            for f in found
+        ]
         refused = [f for f in found if f.problem]
         result, restored, left = self._unmask_faces(image, [f for f in found if not f.problem])
         return result, restored, refused + left
@@ -693,7 +701,10 @@ def _status_without_faces(left: list) -> str:
     else `no_face` (nothing found, or only uncertain detections without a mask: no faces)."""
     if any(isinstance(f, FaceRestoration) and f.problem.startswith("not masked") for f in left):
         return Status.NOT_MASKED
-    return Status.REFUSED if any(not isinstance(f, FaceRestoration) for f in left) else Status.NO_FACE
+    detector_refused = [
+        f for f in left if not isinstance(f, FaceRestoration) and not f.problem.startswith("no face")
+    ]
+    return Status.REFUSED if detector_refused else Status.NO_FACE
 
 
 def _refused_record(face) -> dict:
