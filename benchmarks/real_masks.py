@@ -208,8 +208,8 @@ def main() -> None:
     unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu"))
     # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
     # crops in training, so its gate is measured on real-masked instead).
-    every_face = Unmasker(
-        unmasker.mseg, unmasker.generator, UnmaskConfig(progress=False, device="cpu", masked_only=False)
+    every_face = Unmasker.from_files(
+        None, None, UnmaskConfig(progress=False, device="cpu", masked_only=False)
     )
     config = RealMaskConfig(thumb=160)
     evaluations = {}
