@@ -4,6 +4,7 @@
 #   make smoke  - the `smoke` pipeline (every stage, minutes) on the default faces, into runs/smoke
 #   make test   - builds the environment, then runs ruff and the test suite
 #   make test-eval - FID/LPIPS against torchmetrics, torch-fidelity and lpips, in a second environment
+#   make device-kit - wheels + face pack for a lent GPU machine into .kit/ (prints its size)
 #   make clean  - removes the environments and build files (never runs/ or out/: results stay)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ STAMP   = $(VENV)/.m2u-installed
 FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo smoke test test-slow test-eval lint typecheck bench gpu-check clean
+.PHONY: setup demo smoke test test-slow test-eval lint typecheck bench gpu-check device-kit clean
 
 setup: $(STAMP)
 
@@ -89,6 +90,12 @@ bench: $(STAMP)
 # Without CUDA it says so and stops; `$(BIN)/python benchmarks/gpu_check.py --dry-run` runs it on CPU.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
+
+# The kit for a lent GPU machine with no network (issue 27): the wheels its image lacks and a face pack cut to
+# fit the 64 MiB upload, into .kit/ (git-ignored). Prints the kit's size. There: `bash benchmarks/device_run.sh`
+# with .kit carried (README, "Running on a GPU").
+device-kit: $(STAMP)
+	$(BIN)/python benchmarks/device_kit.py prepare $(if $(FACES),--faces $(FACES))
 
 clean:
 	rm -rf $(VENV) $(EVAL_VENV) build *.egg-info

@@ -840,7 +840,7 @@ def run_steps(
         else:
             groups.append([name])
     if "dataset" not in chosen and not (Path(plan["work"]) / "data").is_dir() and set(chosen) - {"env"}:
-        groups.insert(1 if chosen and chosen[0] == "env" else 0, ["dataset"])
+        groups.insert(1 if groups and groups[0] == ["env"] else 0, ["dataset"])
     for group in groups:
         if group[0].startswith("compile-") and not plan["with_compile"]:
             skipped = {

@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("dataset", "mseg", "gan", "evaluate", "package")
 
@@ -72,6 +74,7 @@ def _finished(run: Path, steps: int) -> dict[str, Any] | None:
 
 
 def _common(args: argparse.Namespace, data: Path, run: Path, steps: int) -> dict[str, Any]:
+    from m2u.datasets.augment import AugmentConfig
     from m2u.training.config import OptimizerConfig
 
     milestones = tuple(sorted({max(1, round(steps * f)) for f in (0.75, 0.9)}))
@@ -94,6 +97,38 @@ def _common(args: argparse.Namespace, data: Path, run: Path, steps: int) -> dict
         "progress": sys.stderr.isatty(),
         "evaluate_test": False,  # the evaluate stage does it once, with the baselines
         "recipe": args.command,
+        "max_seconds": args.max_seconds,
+        "augment": AugmentConfig(enabled=args.augment),
+    }
+
+
+def _init_weights(args: argparse.Namespace, files: dict[str, str]) -> dict[str, str]:
+    """--init-from PACKAGE: the networks start from that model package's files (fine-tuning)."""
+    if not args.init_from:
+        return {}
+    return {name: str(Path(args.init_from) / file) for name, file in files.items()}
+
+
+def _unfinished(results: dict[str, Any], steps: int, name: str) -> bool:
+    """True (and says so) when a training piece stopped before its steps (--max-seconds): run again to go on."""
+    done = int(results.get("steps", 0))
+    if done < steps:
+        print(f"{name}: {done} of {steps} steps; run the same command again to continue", flush=True)
+        return True
+    return False
+
+
+def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
+    """For a generator kept from --init-from (no run folder): its architecture, read from the model file."""
+    if "kept" not in results:
+        return {}
+    import dataclasses
+
+    from m2u.training.checkpoint import load_model
+
+    return {
+        "generator": dataclasses.asdict(load_model(results["kept"])[0].config),
+        "kept_from": results["kept"],
     }
 
 
@@ -106,7 +141,9 @@ def train_mseg_stage(args: argparse.Namespace, data: Path, run: Path) -> dict[st
     if done:
         return done
     config = MSegTrainConfig(
-        model=MSegConfig(base_channels=args.mseg_base_channels), **_common(args, data, run, args.mseg_steps)
+        model=MSegConfig(base_channels=args.mseg_base_channels),
+        init_weights=_init_weights(args, {"mseg": MSEG_FILE}),
+        **_common(args, data, run, args.mseg_steps),
     )
     return train_mseg(config)
 
@@ -116,6 +153,11 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
     from m2u.training.models import GeneratorConfig
     from m2u.training.trainer import train_gan
 
+    if args.gan_steps == 0:
+        # Fine-tuning M-Seg alone: the generator of --init-from is kept as it is.
+        if not args.init_from:
+            raise SystemExit("--gan-steps 0 keeps the generator of --init-from: give --init-from")
+        return {"steps": 0, "seconds": 0.0, "kept": str(Path(args.init_from) / GENERATOR_FILE)}
     done = _finished(run, args.gan_steps)
     if done:
         return done
@@ -125,6 +167,7 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
         mseg_checkpoint=str(mseg),
         perceptual_weight=args.perceptual_weight,
         vgg_weights=args.vgg_weights,
+        init_weights=_init_weights(args, {"generator": GENERATOR_FILE}),
         **_common(args, data, run, args.gan_steps),
     )
     return train_gan(config)
@@ -208,6 +251,29 @@ def measure_latencies(mseg_path: Path, generator_path: Path, size: int) -> dict[
     return out
 
 
+def _real_photo_figures(args: argparse.Namespace, package: Path) -> dict[str, Any] | None:
+    """benchmarks/real_mask_seg.py on --real-mask-seg with the packaged model (None when that folder is absent);
+    its photo | mask | restored sheet goes to WORK/real-photos.png (research photos: never into the package)."""
+    if args.real_mask_seg is None:
+        return None
+    if not (Path(args.real_mask_seg) / "image").is_dir():
+        print(
+            f"no labelled real masks at {args.real_mask_seg}: the card gets no real-photo section", flush=True
+        )
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_mask_seg", REPO / "benchmarks" / "real_mask_seg.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    figures = module.main(
+        ["--data", str(args.real_mask_seg), "--model", str(package), "--sheet", str(args.work / "real-photos.png"),
+         "--json", str(args.work / "real_mask_seg.json"), "--threads", str(args.threads),
+         "--detections", str(args.work / "real_detections.json")]
+    )  # fmt: skip
+    return {k: v for k, v in figures.items() if k not in ("rows", "model")}
+
+
 def package_folder(args: argparse.Namespace) -> Path:
     """Where the package is written: --package, else WORK/package (never the shipped model: see --install)."""
     return Path(args.package) if args.package else Path(args.work) / "package"
@@ -263,6 +329,9 @@ def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
         },
         "files": files,
     }
+    real = _real_photo_figures(args, package)
+    if real:
+        card["real_photos"] = real
     total = sum(files.values())
     if total > args.max_package_bytes:
         raise SystemExit(f"the package would hold {total / 1e6:.1f} MB, over --max-package-bytes")
@@ -291,7 +360,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mseg-steps", type=int, default=1500)
     parser.add_argument("--mseg-base-channels", type=int, default=8)
-    parser.add_argument("--gan-steps", type=int, default=2200)
+    parser.add_argument(
+        "--gan-steps", type=int, default=2200, help="0 with --init-from: keep that package's generator"
+    )
     parser.add_argument("--width-multiplier", type=float, default=0.25)
     parser.add_argument("--perceptual-weight", type=float, default=0.0, help="VGG19 term (needs weights)")
     parser.add_argument("--vgg-weights", default="imagenet")
@@ -306,7 +377,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-package-bytes", type=int, default=15_000_000)
+    parser.add_argument(
+        "--real-mask-seg",
+        default=None,
+        help="labelled real masked crops (image/, mask/; e.g. ../shared/faces/real-mask-seg) for the card's "
+        "real-photo section (benchmarks/real_mask_seg.py)",
+    )
     parser.add_argument("--stop-after", choices=STAGES, default="package", help="run in pieces")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tune: start M-Seg and the generator from this model package folder",
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="train through m2u.datasets.augment (tight crops, camera effects)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop each training piece after this long (resume later)",
+    )
     args = parser.parse_args(argv)
     args.command = shlex.join(["benchmarks/release_recipe.py", *(argv if argv is not None else sys.argv[1:])])
     torch.set_num_threads(args.threads)
@@ -319,13 +412,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.stop_after == "dataset":
         return report
     mseg_results = train_mseg_stage(args, data, work / "mseg")
-    if args.stop_after == "mseg":
+    if args.stop_after == "mseg" or _unfinished(mseg_results, args.mseg_steps, "M-Seg"):
         return report
     mseg_path = work / "mseg" / "mseg.safetensors"
     gan_results = train_gan_stage(args, data, mseg_path, work / "gan")
-    if args.stop_after == "gan":
+    if args.stop_after == "gan" or _unfinished(gan_results, args.gan_steps, "the generator"):
         return report
-    generator_path = work / "gan" / "generator.safetensors"
+    generator_path = Path(gan_results.get("kept", work / "gan" / "generator.safetensors"))
     evaluation = evaluate_stage(args, data, mseg_path, generator_path, work / "eval")
     from m2u.training.checkpoint import m2u_version, read_run_config_dict
 
@@ -344,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "steps": results["steps"],
                     "seconds": results.get("seconds"),
                     "val": results.get("val"),
-                    "config": read_run_config_dict(work / name),
+                    "config": read_run_config_dict(work / name) or _kept_config(results),
                 }
                 for name, results in (("mseg", mseg_results), ("gan", gan_results))
             },

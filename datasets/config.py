@@ -62,8 +62,11 @@ class BuildConfig:
     # m2u.datasets.synthetic (no templates needed: CI and smoke runs).
     mask_engine: str = "m2u"
     # Keyword arguments of m2u.masking.MaskConfig (mask type, colour, pattern...). The paper's dataset mixes mask
-    # types ("surgical, cloth, KN95 ... different shapes, colors"): a random type per sample by default.
-    mask_options: dict[str, Any] = field(default_factory=lambda: {"mask_type": "random"})
+    # types ("surgical, cloth, KN95 ... different shapes, colors"): a random type per sample by default, in the real
+    # colour mix (dark masks first) with an occasional print and the real-mask finish (m2u.masking.realism).
+    mask_options: dict[str, Any] = field(
+        default_factory=lambda: {"mask_type": "random", "color": "random", "pattern": "random"}
+    )
     # Keyword arguments of m2u.masking.DetectorConfig (upsample, thresholds...).
     detector_options: dict[str, Any] = field(default_factory=dict)
     # Processes on this machine (multiprocessing), or the CPUs of the local Ray instance (ray without an address).

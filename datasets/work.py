@@ -95,6 +95,13 @@ def make_masker(config: BuildConfig) -> Masker:
     return mask
 
 
+def pair_mask(masked: np.ndarray, unmasked: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The stored mask (0/255) of a rendered pair: the engine's mask united with every pixel it changed, so
+    outside the mask the pair is identical by construction (also used by the trainer's on-the-fly pairs)."""
+    covered = (mask > 0) | (masked != unmasked).any(axis=-1)
+    return np.where(covered, 255, 0).astype(np.uint8)
+
+
 @dataclass
 class _WorkerState:
     config: BuildConfig
@@ -185,9 +192,7 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
                 (_row(planned, **common, status=status.value, reason=f"masking failed: {reason}"), None)
             )
             continue
-        # Every changed pixel is part of the mask; outside it the pair is identical by construction.
-        covered = (mask > 0) | (masked != aligned.image).any(axis=-1)
-        mask = np.where(covered, 255, 0).astype(np.uint8)
+        mask = pair_mask(masked, aligned.image, mask)
         mask_type = str(mask_meta.get("type", "")) or None
         try:
             meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)

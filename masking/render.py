@@ -25,6 +25,15 @@ from m2u.masking.geometry import (
     PlacementConfig,
     build_mesh,
 )
+from m2u.masking.realism import (
+    REAL_PATTERN_SHARE,
+    Finish,
+    cut_strap,
+    draw_finish,
+    finish_texture,
+    real_color,
+    real_type,
+)
 from m2u.masking.templates import (
     ALL_TYPES,
     COLORS,
@@ -54,6 +63,10 @@ class MaskConfig:
     # How strongly the face's own shading (brightness and its gradient under the mask) is carried onto the mask.
     lighting: float = 0.7
     straps: bool = True  # ear loops / head straps
+    # Real-mask variety (m2u.masking.realism), 0..1: fabric grain and weave, creases, side light, the nose's shadow,
+    # nose wires, valves, loops hidden by hair, and the real colour mix for color="random" (dark masks first). 0
+    # draws exactly the clean templates of earlier versions.
+    realism: float = 1.0
     pack: str | None = None  # a MaskTheFace-style masks.cfg (or its folder) to take templates from
     # A pixel belongs to the binary mask when the composited mask covers at least this fraction of it.
     coverage_threshold: float = 0.5
@@ -63,7 +76,7 @@ class MaskConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("color_weight", "pattern_weight", "lighting"):
+        for name in ("color_weight", "pattern_weight", "lighting", "realism"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
@@ -325,9 +338,10 @@ _STRAP_BASIS = np.hstack([(1 - _STRAP_T) ** 2, 2 * (1 - _STRAP_T) * _STRAP_T, _S
 
 
 def _strap_polylines(
-    template: Template, mesh: Mesh, landmarks: np.ndarray
+    template: Template, mesh: Mesh, landmarks: np.ndarray, hidden: tuple[float, float] = (0.0, 0.0)
 ) -> list[tuple[np.ndarray, float, tuple[float, float, float]]]:
-    """Image-space polylines (points, width px, rgb) for the template's straps on the visible sides."""
+    """Image-space polylines (points, width px, rgb) for the template's straps on the visible sides; `hidden`: per
+    side, the share of each strap near the ear that hair covers (not drawn)."""
     frame = mesh.frame
     out = []
     for strap, ends in zip(template.straps, template.strap_ends):
@@ -342,7 +356,7 @@ def _strap_polylines(
             end = ear + np.array([sign * strap.ear_offset[0], strap.ear_offset[1]])
             length = float(np.hypot(*(end - start)))
             control = 0.5 * (start + end) + np.array([0.0, strap.bow * length])
-            curve = _STRAP_BASIS @ np.stack([start, control, end])
+            curve = cut_strap(_STRAP_BASIS @ np.stack([start, control, end]), hidden[side])
             out.append((frame.to_image(curve), strap.width * frame.scale, strap.rgb))
     return out
 
@@ -403,21 +417,29 @@ def _placement_fields(placement: PlacementConfig) -> tuple[tuple[str, Any], ...]
     return tuple(asdict(placement).items())
 
 
-def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple | None, str | None]:
+def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple | None, str | None, float]:
+    """(mask type, colour or None, pattern or None, colour weight) for one face, drawn from `rng` where random."""
     pack_names = load_template_pack(config.pack).names if config.pack else ()
-    if config.mask_type == RANDOM:
+    if config.mask_type == RANDOM and not pack_names and config.realism > 0:
+        mask_type = real_type(rng)
+    elif config.mask_type == RANDOM:
         choices = pack_names or MASK_TYPES
         mask_type = str(choices[int(rng.integers(len(choices)))])
     else:
         mask_type = config.mask_type
-    color_name = config.color
-    if color_name == RANDOM:
+    color_name, color_weight = config.color, config.color_weight
+    if color_name == RANDOM and config.realism > 0:
+        color_name, color_weight = real_color(rng)
+    elif color_name == RANDOM:
         names = sorted(COLORS)
         color_name = names[int(rng.integers(len(names)))]
     pattern = config.pattern
     if pattern == RANDOM:
-        pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    return mask_type, None if color_name is None else parse_color(color_name), pattern
+        printed = config.realism == 0 or rng.random() < REAL_PATTERN_SHARE
+        pick = PATTERNS[int(rng.integers(len(PATTERNS)))]
+        pattern = pick if printed else None
+    color = None if color_name is None else parse_color(color_name)
+    return mask_type, color, pattern, color_weight
 
 
 def warm_templates(config: MaskConfig) -> None:
@@ -543,19 +565,20 @@ def _paint(
 def _result_meta(
     config: MaskConfig,
     seed: int,
-    resolved: tuple[str, tuple | None, str | None],
+    resolved: tuple[str, tuple | None, str | None, float],
     template: Any,
     mesh: Any,
     landmarks: np.ndarray,
     mask: np.ndarray,
+    finish: Finish | None,
 ) -> dict[str, Any]:
-    mask_type, color, pattern = resolved
+    mask_type, color, pattern, color_weight = resolved
     return {
         "type": mask_type,
         "template_source": template.source if not config.pack else str(config.pack),
         "template": template.name,
         "color": None if color is None else color_to_hex(color),
-        "color_weight": config.color_weight,
+        "color_weight": color_weight,
         "pattern": pattern,
         "pattern_weight": config.pattern_weight,
         "anchors": {k: [round(x, 2), round(y, 2)] for k, (x, y) in mesh.anchors.items()},
@@ -567,7 +590,15 @@ def _result_meta(
         "mask_pixels": int(np.count_nonzero(mask)),
         "seed": int(seed),
         "placement": dict(_placement_fields(config.placement)),  # a dict of its own for each result
+        "realism": config.realism,
+        "finish": None if finish is None else finish.record(),
     }
+
+
+def _dyed(rgb: tuple[float, float, float], color: tuple, weight: float) -> tuple[float, float, float]:
+    """A strap colour dyed with the fabric colour by `weight`."""
+    r, g, b = (float(weight * c + (1 - weight) * x) for c, x in zip(color, rgb, strict=True))
+    return (r, g, b)
 
 
 def apply_mask(
@@ -586,7 +617,8 @@ def apply_mask(
         )  # e.g. the detector found it upside down: its landmarks are not usable
     landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    resolved = mask_type, color, pattern = _resolve(config, rng)
+    resolved = mask_type, color, pattern, color_weight = _resolve(config, rng)
+    finish = draw_finish(rng, mask_type, config.realism, not config.pack) if config.realism > 0 else None
     mesh = build_mesh(landmarks, config.placement)
     if config.pack:
         template = load_template_pack(config.pack).get(mask_type, mesh.pose)
@@ -594,7 +626,12 @@ def apply_mask(
         template = get_template(mask_type)
 
     height, width = image.shape[:2]
-    straps = _strap_polylines(template, mesh, landmarks) if config.straps else []
+    straps = []
+    if config.straps:
+        straps = _strap_polylines(template, mesh, landmarks, finish.hair if finish else (0.0, 0.0))
+        if finish is not None and color is not None:
+            # Real loops are dyed with the fabric (black masks have black loops).
+            straps = [(p, w, _dyed(rgb, color, color_weight)) for p, w, rgb in straps]
     points = np.vstack([mesh.grid.reshape(-1, 2), *[p for p, _, _ in straps]])
     box = _mask_box(points, 4 + max([w for _, w, _ in straps], default=0.0), width, height)
     x0, y0, x1, y1 = box
@@ -604,11 +641,14 @@ def apply_mask(
     mid = mesh.grid[mesh.grid.shape[0] // 2]
     mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
     texture = _premultiplied_texture(
-        template, mask_width, color, config.color_weight, pattern, config.pattern_weight
+        template, mask_width, color, color_weight, pattern, config.pattern_weight
     )
+    if finish is not None:
+        texture = finish_texture(texture, finish)  # a new array: the cached texture stays clean
     body = _warp(texture, mesh.grid, origin, shape, _cylinder_gain(texture.shape[1], mesh.yaw))
     colour, alpha = _body_over_straps(body, _strap_layers(straps, origin, shape), config.coverage_threshold)
     out, mask = _paint(image, box, colour, alpha, config, mesh.eye_distance)
     if config.verify:
         _verify(mask, landmarks, box)
-    return MaskResult(out, mask, _result_meta(config, seed, resolved, template, mesh, landmarks, mask))
+    meta = _result_meta(config, seed, resolved, template, mesh, landmarks, mask, finish)
+    return MaskResult(out, mask, meta)

@@ -9,6 +9,7 @@ from typing import Any
 
 from m2u.core.configfile import config_from_dict
 from m2u.core.runtime import runtime_field
+from m2u.datasets.augment import AugmentConfig
 from m2u.training.losses import (
     GanLossConfig,
     SegmentationLossConfig,
@@ -65,10 +66,18 @@ class RunConfig:
     progress: bool = runtime_field(default=True)
     evaluate_test: bool = True  # evaluate the test split at the end
     recipe: str = ""  # the command (or recipe) that trained the run: model files record it as provenance
+    # Training pairs through m2u.datasets.augment (tight crops, scale jitter, noise, blur, JPEG, colour, low light):
+    # for real photos. Off by default (the paper trains on the aligned synthetic pairs as they are).
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Fine-tuning: {network name ("mseg", "generator", "discriminator"): model file} loaded before the first step
+    # (a resumed run takes its checkpoint instead). The architecture must match the file's.
+    init_weights: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
             self.optimizer = OptimizerConfig(**self.optimizer)
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1 or self.epochs < 1:

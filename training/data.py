@@ -163,3 +163,51 @@ class ShardDataSource:
             if split == "train":
                 raise
             return None
+
+
+class AugmentedSource:
+    """A data source whose training batches go through `m2u.datasets.augment.augment_pair` (val/test untouched).
+
+    Each batch's draws come from (seed, epoch, batch number, rank): the same on every run, so `--resume` (which
+    re-creates the epoch and skips the consumed batches) sees exactly the batches an uninterrupted run would.
+    Batches of floats in [0, 1] and the loader's raw uint8 batches both work; they come back in the same form.
+    """
+
+    def __init__(self, source: DataSource, config: Any, seed: int = 0, rank: int = 0) -> None:
+        self.source, self.config, self.seed, self.rank = source, config, seed, rank
+
+    def batches(self, split: str, epoch: int) -> Iterable[dict]:
+        batches = self.source.batches(split, epoch)
+        if split != "train":
+            return batches
+        return (self._augment(batch, epoch, index) for index, batch in enumerate(batches))
+
+    def _augment(self, batch: dict, epoch: int, index: int) -> dict:
+        import numpy as np
+
+        from m2u.datasets.augment import augment_pair
+
+        rng = np.random.default_rng([self.seed, epoch, index, self.rank, 23])
+        as_uint8 = batch["masked"].dtype == torch.uint8
+
+        def to_numpy(images: torch.Tensor) -> np.ndarray:
+            if not as_uint8:
+                images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+            return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+        def to_tensor(images: list) -> torch.Tensor:
+            out = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+            return out if as_uint8 else out.float().div_(255)
+
+        masked, unmasked = to_numpy(batch["masked"]), to_numpy(batch["unmasked"])
+        masks = batch["mask"][:, 0].numpy().astype(np.uint8)
+        triples = [
+            augment_pair(m, u, k, rng, self.config) for m, u, k in zip(masked, unmasked, masks, strict=True)
+        ]
+        mask = torch.from_numpy(np.stack([t[2] for t in triples]))[:, None].to(batch["mask"].dtype)
+        return {
+            **batch,
+            "masked": to_tensor([t[0] for t in triples]),
+            "unmasked": to_tensor([t[1] for t in triples]),
+            "mask": mask,
+        }

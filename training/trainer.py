@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from m2u.training.checkpoint import CheckpointError, load_model
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
-from m2u.training.data import DataSource, ShardDataSource
+from m2u.training.data import AugmentedSource, DataSource, ShardDataSource
 from m2u.training.device import resolve_device
 from m2u.training.distributed import bind_device, init_distributed
 from m2u.training.gan_task import GanTask
@@ -59,13 +60,28 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
     seed_everything(config.seed)
     task = task_class(config, device, dist)
+    load_initial_weights(task, config.init_weights)
     if data is None:
         on_gpu = device.type == "cuda"  # pinned uint8 batches, converted on the GPU (_on_device)
         data = ShardDataSource(
             config.data, config.batch_size, config.seed, config.num_workers, dist.rank, dist.world_size,
             pin_memory=on_gpu, uint8=on_gpu,
         )  # fmt: skip
+    if config.augment.enabled:
+        data = AugmentedSource(data, config.augment, config.seed, dist.rank)
     return Trainer(task, data, config, dist).run()
+
+
+def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
+    """Fine-tuning: each named network starts from a model file's weights (save_model / a shipped package)."""
+    for name, path in files.items():
+        if name not in task.networks:
+            raise ValueError(f"init_weights names {name!r}; this run trains {', '.join(task.networks)}")
+        model, _ = load_model(path, map_location="cpu")
+        try:
+            task.networks[name].load_state_dict(model.state_dict())
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit the {name} network of this run: {exc}") from None
 
 
 def train_mseg(config: MSegTrainConfig, data: DataSource | None = None) -> dict[str, Any]:

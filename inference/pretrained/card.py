@@ -139,8 +139,10 @@ def _render_body(card: dict[str, Any]) -> str:
         "",
         f"- data: {data['faces']} ({data['photos']} photos), split by {data['split_by']} (test identities unseen), "
         f"samples {data.get('samples', {})}",
-        f"- M-Seg: {training['mseg']['steps']} steps, {_fmt(training['mseg'].get('seconds'), 0)} s",
-        f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s",
+        f"- M-Seg: {training['mseg']['steps']} steps, {_fmt(training['mseg'].get('seconds'), 0)} s"
+        + _tuning(training["mseg"].get("config", {})),
+        f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s"
+        + _tuning(training["gan"].get("config", {})),
         f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in card.get('files', {}).items())} (fp16)",
         "",
         f"## Figures ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples, {size}x{size})",
@@ -149,6 +151,7 @@ def _render_body(card: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += _figures(rows, evaluation)
+    lines += _real_photo_lines(card.get("real_photos"))
     lines += ["", "## Licence", "", LICENCE, ""]
     return "\n".join(lines)
 
@@ -188,6 +191,49 @@ def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
             + "."
         )
     return lines
+
+
+def _tuning(config: dict[str, Any]) -> str:
+    """', fine-tuned from X, with camera augmentation' for a fine-tuned run ('' for one trained from scratch)."""
+    parts = []
+    if config.get("kept_from"):
+        parts.append(f"kept as it is from {config['kept_from']}")
+    for name, path in config.get("init_weights", {}).items():
+        parts.append(f"{name} fine-tuned from {path}")
+    if config.get("augment", {}).get("enabled"):
+        parts.append("trained through m2u.datasets.augment (tight crops, scale jitter, camera effects)")
+    return "".join(f", {p}" for p in parts)
+
+
+def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
+    """The real-photo section: figures of benchmarks/real_mask_seg.py on labelled real masked crops."""
+    if not real:
+        return []
+    return [
+        "",
+        "## Real masked photos",
+        "",
+        f"On {real.get('photos')} real masked face crops with hand-drawn mask labels ({real.get('data')}), "
+        + (
+            "each crop taken as the face (resized to the model's size, no detection: M-Seg alone; "
+            if real.get("mode", "").startswith("whole crop")
+            else "through `m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, generator, paste-back; "
+        )
+        + "`benchmarks/real_mask_seg.py`):",
+        "",
+        "| faces found | Dice where found | Dice over all | remnants where found | remnants over all |",
+        "|---|---|---|---|---|",
+        f"| {real.get('faces_found')} of {real.get('photos')} | {_fmt(real.get('dice_where_found'))} | "
+        f"{_fmt(real.get('dice_all'))} | {_pct(real.get('remnants_where_found'))} | {_pct(real.get('remnants_all'))} |",
+        "",
+        "Dice: M-Seg's mask warped back to the photo against the label, per photo (0 where no face was found); "
+        "remnants: the share of label pixels the output leaves unchanged. The contact sheet (photo | predicted mask "
+        "| restored) is written by the benchmark (`--sheet`) and not shipped: the photos are for research use only.",
+    ]
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:

@@ -208,3 +208,38 @@ def test_demo_check_says_when_no_model_ships(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", tmp_path / "empty")
     result = CliRunner().invoke(demo_main, ["--check"])
     assert result.exit_code == 1 and "no pretrained weights" in result.output
+
+
+def test_model_card_of_a_fine_tuned_model_has_its_real_photo_section(tmp_path):
+    card = {
+        "name": "m2unet-test-real",
+        "recipe_command": "benchmarks/release_recipe.py --work runs/x --init-from P --augment --gan-steps 0",
+        "data": {"faces": "celeba", "photos": 12, "split_by": "identity", "size": 64, "samples": {"test": 3}},
+        "training": {
+            "mseg": {
+                "steps": 5,
+                "seconds": 1.0,
+                "config": {"init_weights": {"mseg": "P/mseg.safetensors"}, "augment": {"enabled": True}},
+            },
+            "gan": {
+                "steps": 0,
+                "seconds": 0.0,
+                "config": {"generator": {"width_multiplier": 0.25}, "kept_from": "P/generator.safetensors"},
+            },
+        },  # fmt: skip
+        "evaluation": {"split": "test", "samples": 3, "mask_quality": {"dice": 0.98}, "rows": {}},
+        "real_photos": {
+            "photos": 102,
+            "faces_found": 47,
+            "dice_where_found": 0.8123,
+            "dice_all": 0.3741,
+            "remnants_where_found": 0.0712,
+            "remnants_all": None,
+            "data": "real-mask-seg",
+        },  # fmt: skip
+    }
+    text = render_model_card(card)
+    assert "## Real masked photos" in text and "47 of 102" in text and "0.812" in text and "7.1 %" in text
+    assert "mseg fine-tuned from P/mseg.safetensors" in text and "kept as it is from P/generator" in text
+    assert "m2u.datasets.augment" in text
+    assert "## Real masked photos" not in render_model_card({**card, "real_photos": None})

@@ -1,0 +1,201 @@
+"""M-Seg on real masks, mapped back to the photo, against hand-drawn labels (issue 23, item 2).
+
+    .venv/bin/python benchmarks/real_mask_seg.py                         # the shipped model
+    .venv/bin/python benchmarks/real_mask_seg.py --model inference/pretrained/m2unet-celeba-128-real \
+        --sheet runs/real-sheet.png --json benchmarks/results/real_mask_seg_real.json
+
+Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/NAME.jpg thresholded at 127):
+`m2u-unmask`'s pipeline as it is (the masked-face cascade, visible-feature alignment, M-Seg, generator, feathered
+paste-back); each restored face's M-Seg mask is warped back to the photo (inverse of its alignment) and the faces
+are united. Figures: faces found; Dice per photo averaged where a face was found and over all photos (a photo with
+no face found scores 0); remnants: the share of label pixels the output leaves exactly unchanged (pooled), where
+found and over all. `--whole-crop` skips detection (each crop resized to the model's size is the face): M-Seg
+alone on real masks, apart from the detector. `--sheet` writes photo | predicted mask | restored rows (real photos: never commit it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "faces" / "real-mask-seg"
+
+
+def photo_mask(shape: tuple[int, int], faces) -> np.ndarray:
+    """The union of the faces' crop-space M-Seg masks warped back onto the photo (bool (H, W))."""
+    height, width = shape
+    out = np.zeros((height, width), bool)
+    for face in faces:
+        back = cv2.warpAffine(
+            face.mask, face.matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        )
+        out |= back >= 128
+    return out
+
+
+def dice(predicted: np.ndarray, label: np.ndarray) -> float:
+    total = predicted.sum() + label.sum()
+    return 1.0 if total == 0 else float(2 * (predicted & label).sum() / total)
+
+
+def _detections(unmasker, image: np.ndarray, name: str, cache: dict) -> list:
+    """The photo's faces from the cache (detection does not depend on the model: the cascade's dlib CNN pass takes
+    ~20 s a photo on a busy 2-core machine), else detected and added to it."""
+    from m2u.masking import Face
+
+    if name not in cache:
+        cache[name] = [
+            {"box": [int(v) for v in f.box], "landmarks": f.landmarks.tolist(), "score": float(f.score),
+             "detector": f.detector, "retry": bool(f.retry), "problem": f.problem}
+            for f in unmasker.detect(image)
+        ]  # fmt: skip
+    return [
+        Face(
+            tuple(f["box"]),
+            np.asarray(f["landmarks"], np.float32),
+            f["score"],
+            f["detector"],
+            f["retry"],
+            f["problem"],
+        )
+        for f in cache[name]
+    ]
+
+
+def evaluate(
+    unmasker, data: Path, limit: int | None = None, sheet_rows: int = 0, cache_path: Path | None = None
+):
+    from m2u.core.imageio import read_image
+
+    rows, tiles = [], []
+    cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+    images = sorted((data / "image").glob("*.jpg"))[:limit]
+    for path in images:
+        image = read_image(path)
+        label = cv2.imread(str(data / "mask" / path.name), cv2.IMREAD_GRAYSCALE)
+        if label.shape != image.shape[:2]:
+            label = cv2.resize(label, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        label = label > 127
+        if unmasker.config.aligned:
+            result, faces = unmasker.unmask_aligned(image)
+        else:
+            found = _detections(unmasker, image, path.name, cache)
+            if cache_path:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                cache_path.write_text(json.dumps(cache))
+            result, faces = unmasker.unmask_faces(image, [f for f in found if not f.problem])
+        predicted = photo_mask(image.shape[:2], faces)
+        unchanged = ~np.any(result != image, axis=2)
+        rows.append(
+            {
+                "name": path.name,
+                "found": bool(faces),
+                "faces": len(faces),
+                "dice": dice(predicted, label),
+                "label_pixels": int(label.sum()),
+                "remnant_pixels": int((unchanged & label).sum()),
+            }
+        )
+        if len(tiles) < sheet_rows:
+            size = 128
+            tile = [cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA) for x in (image, result)]
+            pred = cv2.resize(predicted.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_NEAREST)
+            tiles.append(np.hstack([tile[0], np.dstack([pred] * 3), tile[1]]))
+    return rows, tiles
+
+
+def summarize(rows: list[dict]) -> dict:
+    found = [r for r in rows if r["found"]]
+
+    def remnants(subset: list[dict]) -> float | None:
+        label = sum(r["label_pixels"] for r in subset)
+        return round(sum(r["remnant_pixels"] for r in subset) / label, 4) if label else None
+
+    return {
+        "photos": len(rows),
+        "faces_found": len(found),
+        "dice_where_found": round(float(np.mean([r["dice"] for r in found])), 4) if found else None,
+        "dice_all": round(float(np.mean([r["dice"] for r in rows])), 4) if rows else None,
+        "remnants_where_found": remnants(found),
+        "remnants_all": remnants(rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+    from m2u.inference.unmask import UnmaskConfig, Unmasker
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a model package folder (default: the shipped one)"
+    )
+    parser.add_argument("--mseg", type=Path, default=None, help="an M-Seg file instead of the package's")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument(
+        "--sheet", type=Path, default=None, help="photo | mask | restored PNG (do not commit)"
+    )
+    parser.add_argument("--sheet-rows", type=int, default=12)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--whole-crop",
+        action="store_true",
+        help="no detection: each crop is taken as the face (resized to the model's size), to measure M-Seg alone",
+    )
+    parser.add_argument(
+        "--detections",
+        type=Path,
+        default=None,
+        help="a JSON cache of the cascade's faces per photo (reused, extended)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not (args.data / "image").is_dir():
+        raise SystemExit(f"{args.data}/image not found: the labelled real masks are not on this machine")
+    config = UnmaskConfig(device="cpu", progress=False, aligned=args.whole_crop)
+    if args.model is None and args.mseg is None:
+        unmasker = Unmasker.from_files(None, None, config)
+    else:
+        from m2u.inference.pretrained import pretrained_dir
+
+        package = args.model or pretrained_dir()
+        unmasker = Unmasker.from_files(args.mseg or package / MSEG_FILE, package / GENERATOR_FILE, config)
+    started = time.perf_counter()
+    rows, tiles = evaluate(
+        unmasker, args.data, args.limit, args.sheet_rows if args.sheet else 0, args.detections
+    )
+    figures = {
+        "model": str(args.model or "shipped default") + (f" with M-Seg {args.mseg}" if args.mseg else ""),
+        "mode": "whole crop as the face (no detection)"
+        if args.whole_crop
+        else "m2u-unmask pipeline (detection)",
+        "data": str(args.data),
+        **summarize(rows),
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    print(json.dumps({k: v for k, v in figures.items() if k != "rows"}, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if args.sheet and tiles:
+        from PIL import Image
+
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.vstack(tiles)).save(args.sheet)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

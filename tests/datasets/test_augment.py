@@ -1,0 +1,110 @@
+"""Pair augmentation for real photos (m2u.datasets.augment) and its training source (AugmentedSource)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from m2u.datasets.augment import AugmentConfig, augment_pair
+from m2u.training.data import AugmentedSource, TensorDataSource
+
+
+def _pair(size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    unmasked = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    unmasked = np.ascontiguousarray(np.sort(unmasked, axis=0))  # some structure
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 2 :, size // 4 : 3 * size // 4] = 1
+    masked = unmasked.copy()
+    masked[mask > 0] = (20, 20, 24)
+    return masked, unmasked, mask
+
+
+ONLY = {name: 0.0 for name in ("crop", "color", "low_light", "blur", "noise", "jpeg")}
+
+
+@pytest.mark.parametrize("name", ["color", "low_light", "blur", "noise"])
+def test_each_photometric_change_is_identical_on_both_images_outside_the_mask(name):
+    masked, unmasked, mask = _pair()
+    config = AugmentConfig(
+        enabled=True, **{**ONLY, name: 1.0}, scale=(1.0, 1.0), shift=0.0, rotate=0.0, blur_sigma=(4.0, 5.0)
+    )  # blur sigma 1.0-1.25 px at this 32 px size
+    a = augment_pair(masked, unmasked, mask, np.random.default_rng(1), config)
+    b = augment_pair(masked, unmasked, mask, np.random.default_rng(1), config)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))  # seeded
+    out_masked, out_unmasked, out_mask = a
+    assert np.array_equal(out_mask, mask)  # no warp drawn: the mask as it was
+    assert not np.array_equal(out_unmasked, unmasked)  # the change happened
+    # Blur spreads the mask's colour by its radius; elsewhere the two images stay equal pixel for pixel.
+    import cv2
+
+    near = cv2.dilate(mask, np.ones((15, 15), np.uint8)) > 0 if name == "blur" else mask > 0
+    assert np.array_equal(out_masked[~near], out_unmasked[~near])
+
+
+def test_jpeg_and_warps_keep_shapes_and_move_the_mask_with_the_images():
+    masked, unmasked, mask = _pair(48)
+    config = AugmentConfig(enabled=True, **{**ONLY, "crop": 1.0, "jpeg": 1.0})
+    out_masked, out_unmasked, out_mask = augment_pair(
+        masked, unmasked, mask, np.random.default_rng(3), config
+    )
+    assert out_masked.shape == masked.shape and out_mask.shape == mask.shape and out_mask.dtype == np.uint8
+    assert set(np.unique(out_mask)) <= {0, 1}
+    assert not np.array_equal(out_mask, mask)  # a crop moved it
+    # Where the warped mask says "mask", the masked image shows the mask's dark colour (up to JPEG and edges).
+    import cv2
+
+    core = cv2.erode(out_mask, np.ones((5, 5), np.uint8)) > 0
+    assert core.any() and out_masked[core].mean() < 60 and out_unmasked[core].mean() > 60
+
+
+def test_forehead_and_chin_crops_both_happen():
+    masked, unmasked, mask = _pair(64)
+    config = AugmentConfig(enabled=True, **{**ONLY, "crop": 1.0}, scale=(1.0, 1.0), shift=0.0, rotate=0.0)
+    tops = set()
+    for seed in range(20):
+        _, _, out_mask = augment_pair(masked, unmasked, mask, np.random.default_rng(seed), config)
+        # The mask fills the bottom half: a forehead cut pushes it off the bottom (more mask rows), a chin cut keeps
+        # its top row but zooms about the top.
+        tops.add(int(np.flatnonzero(out_mask.any(axis=1))[0]) < 32)
+    assert tops == {True, False}
+
+
+def test_bad_ranges_are_clear_errors():
+    with pytest.raises(ValueError, match="probability"):
+        AugmentConfig(noise=1.5)
+    with pytest.raises(ValueError, match="range"):
+        AugmentConfig(jpeg_quality=(90, 20))
+
+
+def test_augmented_source_changes_only_training_batches_and_is_seeded():
+    samples = [_pair(16, seed) for seed in range(8)]
+
+    def tensor(i):
+        return torch.from_numpy(np.stack([s[i] for s in samples])).float()
+
+    splits = {
+        split: {
+            "masked": tensor(0).permute(0, 3, 1, 2) / 255,
+            "unmasked": tensor(1).permute(0, 3, 1, 2) / 255,
+            "mask": tensor(2)[:, None],
+        }
+        for split in ("train", "val")
+    }
+    source = TensorDataSource(splits, batch_size=4)
+    config = AugmentConfig(enabled=True, **{**ONLY, "noise": 1.0, "crop": 1.0})
+    augmented = AugmentedSource(source, config, seed=0)
+    first = list(augmented.batches("train", 0))
+    again = list(augmented.batches("train", 0))
+    plain = list(source.batches("train", 0))
+    assert len(first) == len(plain) == 2
+    for a, b, p in zip(first, again, plain, strict=True):
+        assert torch.equal(a["masked"], b["masked"]) and torch.equal(a["mask"], b["mask"])
+        assert a["key"] == p["key"] and not torch.equal(a["masked"], p["masked"])
+        assert a["masked"].dtype == torch.float32 and a["masked"].min() >= 0 and a["masked"].max() <= 1
+        assert set(torch.unique(a["mask"]).tolist()) <= {0.0, 1.0}
+    other_epoch = list(augmented.batches("train", 1))
+    assert not torch.equal(other_epoch[0]["masked"], first[0]["masked"])
+    for a, p in zip(augmented.batches("val", 0), source.batches("val", 0), strict=True):
+        assert torch.equal(a["masked"], p["masked"])

@@ -1,0 +1,50 @@
+"""benchmarks/real_mask_seg.py's measures: the mask mapped back to the photo, Dice, and the summary."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("real_mask_seg", REPO / "benchmarks" / "real_mask_seg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crop_mask_goes_back_to_the_photo_through_the_inverse_alignment():
+    bench = _module()
+    crop = np.zeros((16, 16), np.uint8)
+    crop[8:, :] = 255  # the lower half of the crop
+    # The crop is the photo's 32x32 box at (10, 20), scaled by 1/2.
+    matrix = np.array([[0.5, 0.0, -5.0], [0.0, 0.5, -10.0]])
+    mask = bench.photo_mask((64, 64), [SimpleNamespace(mask=crop, matrix=matrix)])
+    ys, xs = np.nonzero(mask)
+    # Photo rows 36..51 and columns 10..41 (crop rows 8..15, columns 0..15), up to the half pixel at each edge.
+    assert abs(ys.min() - 36) <= 1 and ys.max() == 51 and abs(xs.min() - 10) <= 1 and abs(xs.max() - 41) <= 1
+    assert mask[40:50, 15:35].all() and not mask[:30].any()
+    assert not bench.photo_mask((64, 64), []).any()
+
+
+def test_dice_and_summary_count_unfound_photos_as_zero():
+    bench = _module()
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    assert bench.dice(a, a) == 1.0 and bench.dice(a, ~a) == 0.0 and bench.dice(a & False, a & False) == 1.0
+    rows = [
+        {"found": True, "dice": 0.9, "label_pixels": 100, "remnant_pixels": 10},
+        {"found": False, "dice": 0.0, "label_pixels": 100, "remnant_pixels": 100},
+    ]
+    summary = bench.summarize(rows)
+    assert summary["faces_found"] == 1 and summary["dice_where_found"] == pytest.approx(0.9)
+    assert summary["dice_all"] == pytest.approx(0.45)
+    assert summary["remnants_where_found"] == pytest.approx(0.1) and summary["remnants_all"] == pytest.approx(
+        0.55
+    )

@@ -1,0 +1,129 @@
+"""The device kit (issue 27).
+
+The rehearsal (slow): benchmarks/device_run.sh, the command a lent GPU machine runs, end to end on this CPU in a
+fresh virtual environment with no network: its packages are an image like the device's (this environment's
+site-packages without what the device lacks: m2u itself, dlib, webdataset, braceexpand, face-recognition-models,
+linked, torch included, so nothing is downloaded or rebuilt) plus only what the kit carries, installed by the script
+with pip --no-index. Skips, saying why, when `make device-kit` has not prepared .kit here.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KIT = Path(os.environ.get("M2U_KIT") or REPO / ".kit")  # another prepared kit: M2U_KIT
+sys.path.insert(0, str(REPO / "benchmarks"))
+import device_kit  # noqa: E402
+
+# What the device image lacks of this environment (KINDS.md's package list against setup.cfg), plus m2u itself.
+DEVICE_LACKS = {"m2u", "dlib-bin", "webdataset", "braceexpand", "face-recognition-models"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_kit_wheels_cover_every_requirement_the_device_lacks():
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    required = {_name(line) for line in parser["options"]["install_requires"].splitlines() if line.strip()}
+    carried = {_name(pin) for pin in device_kit.DEVICE_WHEELS}
+    # face-recognition-models holds dlib's detector/identity model files: the device run needs neither (the pack
+    # carries landmarks; the identity metric is computed here afterwards).
+    assert (required & DEVICE_LACKS) - {"face-recognition-models"} <= carried
+    assert all(
+        "==" in pin for pin in device_kit.DEVICE_WHEELS
+    )  # one version of each: pip --no-index is exact
+
+
+def test_link_site_gives_every_m2u_package(tmp_path):
+    device_kit.link_site(tmp_path)
+    linked = {p.name for p in (tmp_path / "m2u").iterdir()}
+    assert {"core", "masking", "datasets", "training", "inference", "evaluation", "pipelines"} <= linked
+    assert (tmp_path / "m2u" / "training" / "models").is_dir()  # subpackages come with their parent
+
+
+def _device_image(folder: Path) -> Path:
+    """This environment's site-packages as links, without the distributions the device lacks."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    excluded: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        if _name(dist.metadata["Name"]) not in DEVICE_LACKS:
+            continue
+        # Its files' top-level names (packages, modules, extension files, its .dist-info folder).
+        excluded |= {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+    folder.mkdir()
+    for entry in site.iterdir():
+        if entry.name in excluded or entry.suffix == ".pth" or entry.name.startswith("__editable__"):
+            continue
+        (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+def _run(command: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_the_device_command_end_to_end(tmp_path):
+    wheels_here = KIT / "wheels-here"
+    if not (KIT / "pack" / "pack.json").is_file() or not (wheels_here / "requirements.txt").is_file():
+        pytest.skip(
+            "the device kit is not prepared here (.kit/pack, .kit/wheels-here): run `make device-kit`"
+        )
+    # No network and no other package source than the kit: pip's configured indexes and find-links are dropped.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    venv = tmp_path / "venv"
+    base_python = Path(sys.base_prefix) / "bin" / "python{}.{}".format(*sys.version_info[:2])
+    subprocess.run([str(base_python), "-m", "venv", str(venv)], check=True, env=env)
+    python = venv / "bin" / "python"
+    image = _device_image(tmp_path / "image")
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env)
+    (Path(purelib.stdout.strip()) / "device_image.pth").write_text(f"{image}\n")
+    missing = _run([str(python), "-c", "import torch, cv2, numpy\n"
+                    "for name in ('m2u', 'dlib', 'webdataset'):\n"
+                    "    try:\n        __import__(name)\n    except ImportError:\n        print('lacks', name)"], env)  # fmt: skip
+    assert missing.returncode == 0, missing.stderr[-2000:]
+    assert missing.stdout.split() == ["lacks", "m2u", "lacks", "dlib", "lacks", "webdataset"]
+
+    out = tmp_path / "out"
+    env.update(PYTHON=str(python), OUT=str(out), M2U_SITE=str(tmp_path / "site"), M2U_WHEELS=str(wheels_here))
+    command = ["bash", "benchmarks/device_run.sh", "--rehearsal", "--budget", "240", "--check-seconds", "90",
+               "--check-steps", "env,train-gan", "--eval-seconds", "60", "--package-seconds", "30",
+               "--workers", "1", "--batch-size", "2", "--max-steps", "3", "--val-batches", "1",
+               "--max-test-samples", "8", "--work", str(tmp_path / "work")]  # fmt: skip
+    done = _run(command, env)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+
+    # What comes back from a device: at most 8 plain files, at most 2 folders down, each under 16 MiB.
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files)
+    assert all(p.stat().st_size < 16 * 2**20 for p in files)
+    names = {p.relative_to(out).as_posix() for p in files}
+    package = device_kit.PACKAGE_NAME
+    assert {"device_run.json", "gpu_check.json", "log.txt", f"{package}/generator.safetensors",
+            f"{package}/mseg.safetensors", f"{package}/MODEL_CARD.md", f"{package}/card.json"} <= names  # fmt: skip
+    report = json.loads((out / "device_run.json").read_text())
+    assert "error" not in report
+    assert set(report["phases"]) == {"preflight", "gpu_check", "training", "evaluation", "package"}
+    assert report["preflight"]["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    for network in ("mseg", "gan"):
+        figures = report["training"][network]
+        # The clock or --max-steps stops each network; the wait share is a share of its training time.
+        assert 1 <= figures["steps"] <= 3 and 0 <= figures["data_wait_share"] <= 1, figures
+    comparison = report["evaluation"]["versus_shipped_128"]
+    assert comparison["new_256_at_256"]["samples"] == 8 and comparison["shipped_128_at_128"]["psnr"] > 0
+    assert json.loads((out / "gpu_check.json").read_text())["gpu_found"] is False
+    assert "device_run: wheels installed" in (out / "log.txt").read_text()

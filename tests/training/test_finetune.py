@@ -1,0 +1,65 @@
+"""Fine-tuning (init_weights) and training through the pair augmentation (augment), at tiny sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2u.datasets.augment import AugmentConfig
+from m2u.training.checkpoint import CheckpointError, load_model
+from m2u.training.config import MSegTrainConfig
+from m2u.training.data import TensorDataSource
+from m2u.training.models import MSegConfig
+from m2u.training.trainer import train_mseg
+
+TINY = MSegConfig(base_channels=4, levels=3)
+QUIET = {"progress": False, "val_every": 0, "log_every": 1, "num_workers": 0, "evaluate_test": False}
+
+
+def _data(count: int = 4, size: int = 32) -> TensorDataSource:
+    generator = torch.Generator().manual_seed(0)
+    unmasked = torch.rand(count, 3, size, size, generator=generator)
+    mask = torch.zeros(count, 1, size, size)
+    mask[:, :, size // 2 :] = 1
+    masked = unmasked * (1 - mask) + 0.1 * mask
+    return TensorDataSource({"train": {"masked": masked, "unmasked": unmasked, "mask": mask}}, batch_size=2)
+
+
+def _run(out: Path, **changes) -> Path:
+    config = MSegTrainConfig(out=str(out), model=TINY, batch_size=2, max_steps=2, **QUIET, **changes)
+    train_mseg(config, _data())
+    return out / "mseg.safetensors"
+
+
+def test_init_weights_starts_from_the_file_and_refuses_a_misfit(tmp_path):
+    first = _run(tmp_path / "first")
+    # No steps at a learning rate of ~0: the weights stay the file's (a fresh start would differ from them).
+    tuned = _run(tmp_path / "tuned", init_weights={"mseg": str(first)}, optimizer={"learning_rate": 1e-12})
+    fresh = _run(tmp_path / "fresh", seed=5, optimizer={"learning_rate": 1e-12})
+    start, after, other = (load_model(p)[0].state_dict() for p in (first, tuned, fresh))
+    key = next(k for k in start if k.endswith("weight"))
+    assert torch.allclose(after[key].float(), start[key].float(), atol=1e-6)
+    assert not torch.allclose(other[key].float(), start[key].float(), atol=1e-6)
+    with pytest.raises(ValueError, match="generator"):
+        _run(tmp_path / "bad-name", init_weights={"generator": str(first)})
+    wider = MSegTrainConfig(
+        out=str(tmp_path / "wider"), model=MSegConfig(base_channels=8, levels=3), batch_size=2, max_steps=1,
+        init_weights={"mseg": str(first)}, **QUIET,
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="does not fit"):
+        train_mseg(wider, _data())
+
+
+def test_augmented_training_is_reproducible_and_differs_from_plain(tmp_path):
+    augment = AugmentConfig(enabled=True, crop=1.0, noise=1.0)
+    a = load_model(_run(tmp_path / "a", augment=augment))[0].state_dict()
+    b = load_model(_run(tmp_path / "b", augment=augment))[0].state_dict()
+    plain = load_model(_run(tmp_path / "plain"))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    # The option round-trips through the run's saved config (a dict in config.json).
+    assert MSegTrainConfig(augment={"enabled": True, "noise": 0.5}).augment == AugmentConfig(
+        enabled=True, noise=0.5
+    )
