@@ -291,7 +291,7 @@ def test_cascade_finds_masked_faces_that_plain_hog_misses(celeba_dir):
     for name, mask_type, seed in HOG_MISSES:
         image = read_image(celeba_dir / name)
         face = FaceDetector().detect(image)[0]
-        masked = apply_mask(image, face, MaskConfig(mask_type=mask_type), seed=seed).image
+        masked = apply_mask(image, face, MaskConfig(mask_type=mask_type, realism=0.0), seed=seed).image
         ok, jpeg = cv2.imencode(".jpg", masked[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
         masked = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1].copy()
         plain_found += bool(plain.detect(masked))
@@ -310,7 +310,7 @@ def test_masked_faces_are_scored_upright_as_found_and_upside_down_turned(celeba_
     for name, mask_type, seed in HOG_MISSES:
         image = read_image(celeba_dir / name)
         masked = apply_mask(
-            image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type), seed=seed
+            image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
         ).image
         (face,) = cascade.detect(masked)
         assert face.problem == ""  # upright: restored
@@ -338,7 +338,7 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     name, mask_type, seed = HOG_MISSES[0]
     image = read_image(celeba_dir / name)
     masked = apply_mask(
-        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type), seed=seed
+        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
     ).image
     photo = tmp_path / "masked.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
