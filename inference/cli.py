@@ -17,6 +17,7 @@ from m2u.core.cli import (
     device_option,
     inputs_argument,
     limit_option,
+    min_score_option,
     out_option,
     progress_of,
     progress_options,
@@ -69,8 +70,16 @@ from m2u.training.cliutil import model_file_options, model_warnings, user_errors
     default=UnmaskConfig.detector_model,
     show_default=True,
     type=click.Choice(DETECTORS),
-    help="masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
+    help="blazeface: MediaPipe's BlazeFace (short and full range), then the masked cascade where it finds nothing; "
+    "masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
     "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
+)
+@min_score_option(UnmaskConfig.min_score)
+@click.option(
+    "--all-faces",
+    is_flag=True,
+    help="Restore every face found, even where no mask is found on it (default: such faces are left exactly as "
+    "they are, with the reason in faces.jsonl).",
 )
 @click.option(
     "--alignment",
@@ -113,6 +122,8 @@ def unmask_main(**kw) -> None:
             feather=kw["feather"],
             keep_crops=kw["keep_crops"],
             detector_model=kw["detector_model"],
+            min_score=kw["min_score"],
+            masked_only=not kw["all_faces"],
             alignment=kw["alignment"],
             aligned=kw["aligned"],
             device=kw["device"],

@@ -52,7 +52,8 @@ REPORT_NAME = "report.csv"
 # status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
 # mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
 REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
-STATUSES = tuple(Status)
+# Every status but NOT_MASKED, which only m2u-unmask gives (faces found, none wears a mask).
+STATUSES = tuple(s for s in Status if s is not Status.NOT_MASKED)
 JPEG_QUALITY = 95
 LOCK_TOOL = "m2u-mask"
 

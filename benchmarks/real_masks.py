@@ -1,0 +1,274 @@
+"""Real masks (issue 23): faces found, M-Seg's Dice against hand-drawn labels, and the masked-face decision, on the
+shared folders. Prints the figures and writes benchmarks/results/real_masks.json; the contact sheets go to
+runs/real_masks/ (they show the shared photos: never committed).
+
+    .venv/bin/python benchmarks/real_masks.py [--shared ../shared] [--celeba 200] [--with-dlib]
+
+Detection (item 1), per detector: photos of ../shared/faces/real-masked with at least one face found (no boxes are
+labelled there: the contact sheet shows what was found), tight crops of real-mask-seg/image whose face is found (a
+detection box holding the centre of the labelled mask), and detections on faceless images (benchmarks/unmask.py's
+`faceless_images`, 57 images made without downloading, plus dlib's example photo of dogs). The BlazeFace passes run
+once per image at a low threshold and every candidate is read off those runs; the shipped detector
+(`RealFaceDetector`, with its dlib fallback) then runs for real. `--with-dlib` adds the dlib masked-face cascade
+alone (minutes on the large photos).
+
+Segmentation (item 2): `m2u-eval real-masks` (m2u.evaluation.real_masks) with the shipped model on
+real-mask-seg against its labels: Dice, IoU and the remnant share where a face is restored and over all photos, with
+every face found restored (M-Seg's own figure: "real_mask_seg_labelled_every_face"; the decision's classifier was
+trained on these crops, so its gate is measured on real-masked instead).
+
+The decision (item 5): the same evaluation without labels, counting faces restored and left as they are, on CelebA
+photos of the test split of the identity split (every k-th, offset 0: `--celeba` of them), on every photo of
+../shared/faces/extras, on the faceless images and on real-masked. The decision's thresholds were chosen on other
+photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+RESULTS = REPO / "benchmarks" / "results"
+SHEETS = REPO / "runs" / "real_masks"
+LOW = 0.2  # every BlazeFace run keeps scores down to this; candidates filter higher
+
+
+def blaze_runs(image: np.ndarray) -> dict:
+    from m2u.masking.blazeface import blazeface_detect
+
+    return {
+        (model, pad): [(d.box, d.score) for d in blazeface_detect(image, model, LOW, pad=pad)]
+        for model in ("short", "full")
+        for pad in (0.0, 0.25, 0.5)
+    }
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def read_off(runs: dict, stages: list[list[tuple[str, float, float]]], min_side: float) -> list:
+    """The boxes of the first stage with any detection (model, pad, threshold passes, merged by IoU 0.3)."""
+    for stage in stages:
+        boxes = []
+        for model, pad, threshold in stage:
+            for box, score in runs[(model, pad)]:
+                if (
+                    score >= threshold
+                    and box[2] - box[0] >= min_side
+                    and all(_iou(box, b) <= 0.3 for b in boxes)
+                ):
+                    boxes.append(box)
+        if boxes:
+            return boxes
+    return []
+
+
+def label_centre(path: Path) -> tuple[float, float] | None:
+    import cv2
+
+    label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    ys, xs = np.nonzero(label >= 127)
+    return (float(xs.mean()), float(ys.mean())) if len(xs) else None
+
+
+def detection_figures(sets: dict, detect) -> dict:
+    """detect(image) -> boxes. Found rates on real-masked and real-mask-seg, detections on faceless images."""
+    real = [bool(detect(image)) for image in sets["real"]]
+    seg = [
+        centre is not None
+        and any(x0 <= centre[0] <= x1 and y0 <= centre[1] <= y1 for x0, y0, x1, y1 in detect(i))
+        for i, centre in zip(sets["seg"], sets["seg_centres"])
+    ]
+    faceless = {name: len(detect(image)) for name, image in zip(sets["faceless_names"], sets["faceless"])}
+    return {
+        "real_masked_found": f"{sum(real)}/{len(real)}",
+        "real_masked_rate": round(sum(real) / len(real), 4),
+        "real_mask_seg_found": f"{sum(seg)}/{len(seg)}",
+        "real_mask_seg_rate": round(sum(seg) / len(seg), 4),
+        "faceless_detections": sum(faceless.values()),
+        "faceless_images": len(faceless),
+        "faceless_images_with_detections": {k: v for k, v in faceless.items() if v},
+    }
+
+
+def main() -> None:
+    import cv2
+    import torch
+    from unmask import faceless_images, split_photos  # benchmarks/unmask.py
+
+    from m2u.evaluation.real_masks import RealMaskConfig, evaluate_real_masks
+    from m2u.inference.unmask import MaskedFaceRule, UnmaskConfig, Unmasker
+    from m2u.masking import read_image
+    from m2u.masking.masked_faces import BLAZE_CASCADE, MaskedFaceDetector, RealFaceDetector
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--celeba", type=int, default=200)
+    parser.add_argument(
+        "--with-dlib", action="store_true", help="also the dlib masked-face cascade alone (slow)"
+    )
+    parser.add_argument(
+        "--skip-detection", action="store_true", help="only the evaluations (segmentation, decision)"
+    )
+    parser.add_argument("--skip-evaluation", action="store_true", help="only the detection figures")
+    parser.add_argument(
+        "--only", help="only this evaluation (e.g. faceless); the others are kept from the JSON"
+    )
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
+    args = parser.parse_args()
+    # One thread: on a shared machine torch's worker threads spin against each other (tests/evaluation/conftest.py).
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    faces = args.shared / "faces"
+    real_dir, seg_dir, label_dir = (
+        faces / "real-masked",
+        faces / "real-mask-seg" / "image",
+        faces / "real-mask-seg" / "mask",
+    )
+    if not real_dir.is_dir() or not seg_dir.is_dir():
+        raise SystemExit(f"no real masked photos under {faces} (give --shared)")
+    result: dict = {}
+    start = time.perf_counter()
+
+    if not args.skip_detection:
+        seg_files = sorted(seg_dir.iterdir())
+        negatives = faceless_images()
+        dogs = faces / "extras" / "dlib-examples" / "dogs.jpg"
+        if dogs.is_file():
+            negatives.append(("dlib example dogs.jpg", read_image(dogs)))
+        sets = {
+            "real": [read_image(p) for p in sorted(real_dir.iterdir())],
+            "seg": [read_image(p) for p in seg_files],
+            "seg_centres": [label_centre(label_dir / p.name) for p in seg_files],
+            "faceless": [image for _, image in negatives],
+            "faceless_names": [name for name, _ in negatives],
+        }
+        runs = {id(image): blaze_runs(image) for key in ("real", "seg", "faceless") for image in sets[key]}
+        print(f"BlazeFace runs: {time.perf_counter() - start:.0f} s", flush=True)
+        every = [(m, p) for p in (0.0, 0.25, 0.5) for m in ("full", "short")]
+        candidates = {
+            "blaze full": [[("full", 0.0, 0.5)]],
+            "blaze short": [[("short", 0.0, 0.5)]],
+            "blaze full + short": [[("full", 0.0, 0.5), ("short", 0.0, 0.5)]],
+            "blaze full + short, pads 0/0.25": [[(m, p, 0.5) for m, p in every[:4]]],
+            "blaze full + short, pads 0/0.25/0.5": [[(m, p, 0.5) for m, p in every]],
+            "blaze full + short, pads 0/0.25/0.5, at 0.6": [[(m, p, 0.6) for m, p in every]],
+            "blaze full + short, pads 0/0.25/0.5, at 0.7 (the sure score)": [[(m, p, 0.7) for m, p in every]],
+        }
+        shipped = [[(p.model, p.pad, p.threshold) for p in stage] for stage in BLAZE_CASCADE]
+        candidates["shipped BlazeFace stages (no fallback)"] = shipped
+        detection = {}
+        for name, stages in candidates.items():
+            for min_side in (0, 24):
+                label = name if not min_side else f"{name}, boxes >= {min_side} px"
+                figures = detection_figures(
+                    sets, lambda image, s=stages, m=min_side: read_off(runs[id(image)], s, m)
+                )
+                detection[label] = figures
+                print(
+                    f"{label:60s} real {figures['real_masked_found']}, seg {figures['real_mask_seg_found']}, "
+                    f"faceless {figures['faceless_detections']} on {figures['faceless_images']}",
+                    flush=True,
+                )
+        if args.with_dlib:
+            detector = RealFaceDetector().load_models()
+            t0 = time.process_time()
+            figures = detection_figures(sets, lambda image: [f.box for f in detector.detect(image)])
+            count = len(sets["real"]) + len(sets["seg"]) + len(negatives)
+            figures["cpu_seconds_per_image"] = round((time.process_time() - t0) / count, 4)
+            detection[
+                "RealFaceDetector, every detection (sure and uncertain; the dlib fallback included)"
+            ] = figures
+            print(f"shipped RealFaceDetector: {figures}", flush=True)
+            masked = MaskedFaceDetector().load_models()
+            detection["dlib masked-face cascade alone"] = detection_figures(
+                sets, lambda image: [f.box for f in masked.detect(image)]
+            )
+            print(f"dlib masked cascade: {detection['dlib masked-face cascade alone']}", flush=True)
+        result["detection"] = detection
+
+    if args.skip_evaluation:
+        _write_merged(args.out, result)
+        return
+    unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu"))
+    # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
+    # crops in training, so its gate is measured on real-masked instead).
+    every_face = Unmasker.from_files(
+        None, None, UnmaskConfig(progress=False, device="cpu", masked_only=False)
+    )
+    config = RealMaskConfig(thumb=160)
+    evaluations = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        celeba = split_photos(faces / "celeba", args.celeba, "test", 0)
+        celeba_list = Path(tmp) / "celeba.txt"
+        celeba_list.write_text("".join(f"{p}\n" for p in celeba))
+        faceless_dir = Path(tmp) / "faceless"
+        faceless_dir.mkdir()
+        for k, (name, image) in enumerate(faceless_images()):
+            cv2.imwrite(
+                str(faceless_dir / f"{k:02d}_{name.replace(' ', '_')}.png"),
+                cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+            )
+        runs_of = {
+            "real_mask_seg_labelled_every_face": ([str(seg_dir)], label_dir),
+            "real_masked": ([str(real_dir)], None),
+            "celeba_unmasked": ([str(celeba_list)], None),
+            "extras_unmasked": ([str(faces / "extras")], None),
+            "faceless": ([str(faceless_dir)], None),
+        }
+        for name, (inputs, labels) in runs_of.items():
+            if args.only and name != args.only:
+                continue
+            out = SHEETS / name
+            if out.exists():
+                import shutil
+
+                shutil.rmtree(out)  # the benchmark's own output folder from an earlier run
+            t0 = time.perf_counter()
+            chosen = every_face if name.endswith("every_face") else unmasker
+            summary = evaluate_real_masks(inputs, out, chosen, labels, config)
+            summary["seconds"] = round(time.perf_counter() - t0, 1)
+            evaluations[name] = summary
+            print(f"{name}: {json.dumps(summary)}", flush=True)
+    if args.only and args.out.is_file():
+        evaluations = {**json.loads(args.out.read_text()).get("evaluations", {}), **evaluations}
+    result["evaluations"] = evaluations
+    rule = MaskedFaceRule()
+    result["decision_rule"] = {k: getattr(rule, k) for k in rule.__dataclass_fields__}
+    result["protocol"] = {
+        "celeba_photos": args.celeba,
+        "celeba_selection": "test split of the identity hash split (seed 0), every k-th in name order, offset 0",
+        "model": "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
+        "sheets": str(SHEETS.relative_to(REPO)),
+        "machine": platform.platform(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    _write_merged(args.out, result)
+
+
+def _write_merged(path: Path, result: dict) -> None:
+    """The figures of this run over those already in `path` (a --skip-detection run keeps the detection figures)."""
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Train the masked-face classifier that m2u-unmask's decision ships (inference/mask_presence.safetensors).
+
+    .venv/bin/python benchmarks/train_mask_classifier.py [--photos 1200] [--epochs 8] [--shared ../shared]
+
+Training data: CelebA photos of the TRAIN split of the hash split by identity with seed 0 (benchmarks/real_masks.py
+measures on test-split photos), masked by `m2u-mask --mask-type random --seed 2` in three groups (the templates' own
+colours, `--color random`, `--pattern random`: benchmarks/unmask.py's build_eval_set). Each face gives a positive
+(the masked photo) and a negative (the same photo unmasked), both aligned at 64 px by the dataset alignment from
+visible points (eye centres and the mouth placed from them, as m2u-unmask aligns), with the anchors jittered
+(rotation, scale, shift: detectors on masked faces place them less well), and photometric augmentation (brightness,
+contrast, colour cast, blur, noise, JPEG, greyscale, mirror). Further negatives (`negative_crops`): crops of the same
+photos away from the face and synthetic textures (a detection that is no face must not count as a masked face).
+Real masks: the 102 tight crops of ../shared/faces/real-mask-seg (MFSD, MIT), found and aligned as m2u-unmask does,
+8 augmented crops each, as positives: trained on synthetic masks alone the classifier missed a quarter of the real
+masked photos (black, patterned and high-reaching masks, tight crops). benchmarks/real_masks.py measures the decision
+on the 300 photos of real-masked, which the classifier never sees. Training photos are cut close round the face half
+the time (tight crops). The last 10 % of the CelebA photos (and of the other negatives) are held out; the script
+prints their accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def tight_crop(image, landmarks, rng):
+    """Half the time, the photo cut close round the face (at the forehead, the chin, the cheeks) as the tight crops
+    of real photos are: the alignment then fills the crop's border with the photo's replicated edge."""
+    if rng.random() < 0.5:
+        return image, landmarks
+    (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
+    w, h = x1 - x0, y1 - y0
+    top = int(max(0, y0 - rng.uniform(-0.05, 0.3) * h))
+    bottom = int(min(image.shape[0], y1 + rng.uniform(-0.1, 0.2) * h))
+    left = int(max(0, x0 - rng.uniform(-0.05, 0.3) * w))
+    right = int(min(image.shape[1], x1 + rng.uniform(-0.05, 0.3) * w))
+    if bottom - top < 16 or right - left < 16:
+        return image, landmarks
+    return np.ascontiguousarray(image[top:bottom, left:right]), landmarks - np.array([left, top], np.float32)
+
+
+def jittered_crop(image, landmarks, rng, size: int = 64, strength: float = 1.0) -> np.ndarray:
+    from m2u.datasets.align import align_face
+    from m2u.masking.masked_faces import visible_anchor_points
+
+    if strength >= 1.0:
+        image, landmarks = tight_crop(image, landmarks, rng)
+    anchors = visible_anchor_points(landmarks)
+    centre = anchors.mean(0)
+    angle = np.deg2rad(rng.normal(0, 5) * strength)
+    scale = np.exp(rng.normal(0, 0.06) * strength)
+    shift = rng.normal(0, 0.04, 2) * strength * np.linalg.norm(anchors[1] - anchors[0]) * 2.5
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * scale
+    moved = (anchors - centre) @ rot.T + centre + shift
+    return align_face(image, landmarks, size, moved).image
+
+
+def photometric(crop: np.ndarray, rng) -> np.ndarray:
+    out = crop.astype(np.float32)
+    out = out * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)  # exposure
+    out = (out - out.mean()) * rng.uniform(0.7, 1.3) + out.mean()  # contrast
+    out = out * rng.uniform(0.85, 1.15, 3)  # colour cast
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.5))
+    if rng.random() < 0.3:
+        out = out + rng.normal(0, rng.uniform(2, 10), out.shape)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < 0.15:
+        out = np.repeat(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    if rng.random() < 0.4:
+        ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
+        out = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def negative_crops(n: int, photos: list[Path], rng) -> list[np.ndarray]:
+    """Things a detector may take for a face that are none: crops of CelebA photos away from the face (hair,
+    background, shoulders, half a face) and synthetic textures (gratings, checkerboards, rectangles, multi-scale
+    noise, drawn with other seeds than the faceless images benchmarks/real_masks.py counts detections on, and none of
+    scikit-image's photos: those are the benchmark's)."""
+    from unmask import synthetic_textures  # benchmarks/unmask.py
+
+    from m2u.masking import read_image
+
+    crops = []
+    for _ in range(n // 2):
+        image = read_image(photos[int(rng.integers(len(photos)))])
+        height, width = image.shape[:2]
+        side = int(rng.integers(20, min(height, width) // 2))
+        # Corners and edges of an aligned CelebA photo: the face sits in the middle.
+        y = int(rng.choice([0, height - side, int(rng.integers(0, height - side + 1))]))
+        x = (
+            int(rng.choice([0, width - side]))
+            if y not in (0, height - side)
+            else int(rng.integers(0, width - side + 1))
+        )
+        crops.append(cv2.resize(image[y : y + side, x : x + side], (64, 64), interpolation=cv2.INTER_AREA))
+    textures = []
+    for seed in range(1000, 1000 + max(1, n // 80)):
+        textures += [image for _, image in synthetic_textures(np.random.default_rng(seed))]
+    while len(crops) < n:
+        image = textures[int(rng.integers(len(textures)))]
+        height, width = image.shape[:2]
+        side = int(rng.integers(24, min(height, width)))
+        y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        crops.append(cv2.resize(image[y : y + side, x : x + side], (64, 64), interpolation=cv2.INTER_AREA))
+    return crops
+
+
+def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
+    """Faces really wearing masks (the 102 tight crops of real-mask-seg), found and aligned as m2u-unmask does
+    (RealFaceDetector, every detection), each in `variants` augmented crops: synthetic masks alone leave black,
+    patterned and high-reaching real masks unrecognised."""
+    from m2u.masking import read_image
+    from m2u.masking.masked_faces import RealFaceDetector
+
+    if variants <= 0 or not folder.is_dir():
+        return []
+    detector = RealFaceDetector()
+    crops = []
+    for path in sorted(folder.iterdir()):
+        image = read_image(path)
+        for face in detector.detect(image)[:1]:
+            for _ in range(variants):
+                crops.append(photometric(jittered_crop(image, face.landmarks, rng, strength=0.7), rng))
+    return crops
+
+
+def main() -> None:
+    import torch
+    from safetensors.torch import save_file
+    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
+
+    from m2u.inference.mask_presence import MASK_CLASSIFIER, MaskPresenceNet, to_input
+    from m2u.masking import read_image
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--photos", type=int, default=1200)
+    parser.add_argument("--textures", type=int, default=1200)
+    parser.add_argument("--variants", type=int, default=3, help="Augmented crops per face and class.")
+    parser.add_argument(
+        "--real-variants", type=int, default=8, help="Augmented crops per real-mask-seg face."
+    )
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument(
+        "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
+    )
+    parser.add_argument("-o", "--out", type=Path, default=MASK_CLASSIFIER)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(2)
+    photos = split_photos(args.shared / "faces" / "celeba", args.photos, "train")
+    if not photos:
+        raise SystemExit(f"no CelebA photos under {args.shared / 'faces' / 'celeba'} (give --shared)")
+    start = time.perf_counter()
+    held_out = {p.name for p in photos[int(0.9 * len(photos)) :]}
+    train, test = ([], []), ([], [])  # (crops, labels)
+    if args.cache and args.cache.is_file():
+        cached = np.load(args.cache)
+        train = (list(cached["train_x"]), list(cached["train_y"]))
+        test = (list(cached["test_x"]), list(cached["test_y"]))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            records = build_eval_set(photos, Path(tmp), seed=2)
+            for r in records:
+                landmarks = np.asarray(r["landmarks"], np.float32)
+                split = test if Path(r["original"]).name in held_out else train
+                for label, path in ((1, r["masked"]), (0, r["original"])):
+                    image = read_image(path)
+                    for _ in range(args.variants if split is train else 1):
+                        crop = jittered_crop(image, landmarks, rng, strength=1.0 if split is train else 0.5)
+                        split[0].append(photometric(crop, rng) if split is train else crop)
+                        split[1].append(label)
+        if args.cache:
+            np.savez(
+                args.cache,
+                train_x=np.stack(train[0]),
+                train_y=np.array(train[1]),
+                test_x=np.stack(test[0]),
+                test_y=np.array(test[1]),
+            )
+    real = real_positives(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng)
+    train[0].extend(real)
+    train[1].extend([1] * len(real))
+    textures = negative_crops(args.textures, photos, rng)
+    cut = int(0.9 * len(textures))
+    train[0].extend(photometric(t, rng) for t in textures[:cut])
+    train[1].extend([0] * cut)
+    test[0].extend(textures[cut:])
+    test[1].extend([0] * (len(textures) - cut))
+    print(
+        f"data: {len(train[1])} training crops ({sum(train[1])} masked), {len(test[1])} held out, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    x, y = to_input(train[0]), torch.tensor(train[1], dtype=torch.float32)
+    net = MaskPresenceNet()
+    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    steps = args.epochs * ((len(y) + 63) // 64)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for epoch in range(args.epochs):
+        net.train()
+        order = torch.randperm(len(y))
+        total = 0.0
+        for k in range(0, len(y), 64):
+            batch = order[k : k + 64]
+            loss = loss_fn(net(x[batch]), y[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+        net.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(net(to_input(test[0]))).numpy()
+        labels = np.array(test[1])
+        accuracy = float(((p >= 0.5) == labels).mean())
+        print(
+            f"epoch {epoch + 1}: loss {total / len(y):.4f}, held-out accuracy {accuracy:.4f} "
+            f"(masked found {float((p[labels == 1] >= 0.5).mean()):.4f}, "
+            f"unmasked/faceless kept {float((p[labels == 0] < 0.5).mean()):.4f})",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(args.out))
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) in {time.perf_counter() - start:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

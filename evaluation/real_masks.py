@@ -1,0 +1,315 @@
+"""m2u-eval real-masks: how m2u-unmask does on photos of people really wearing masks.
+
+No ground-truth unmasked face exists for a real masked photo, so what can be measured is what m2u-unmask finds and
+touches: for each photo, the faces found (restored, or left as they are with the reason), M-Seg's predicted mask
+mapped back to the photo, and, where a binary label image of the mask is given (same name stem in the labels folder;
+JPEG labels are thresholded at `label_threshold`), Dice and IoU of the predicted mask against the label and the
+remnant share: the label pixels m2u-unmask left exactly unchanged in its output (mask left in the photo). A photo
+with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
+
+Writes OUT/real_masks.csv (one row per photo), OUT/summary.json and OUT/index.html, a contact sheet of
+photo (boxes: green restored, orange left as it is, grey judged no face) | predicted mask | restored | label, at
+thumbnail size.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["RealMaskConfig", "PhotoScore", "evaluate_real_masks", "mask_scores", "photo_mask"]
+
+LABEL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class RealMaskConfig:
+    # The MFSD labels are JPEG: grey values round the edge, so a label pixel is one >= this.
+    label_threshold: int = 127
+    # Side of a contact-sheet cell (the photo scaled to fit it).
+    thumb: int = 192
+    # Rows on the contact sheet (every photo is in the CSV); None: every photo.
+    sheet_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_threshold < 255:
+            raise ValueError(f"label_threshold must be in 0..254, got {self.label_threshold}")
+        if self.thumb < 16:
+            raise ValueError(f"thumb must be at least 16, got {self.thumb}")
+
+
+@dataclass
+class PhotoScore:
+    """One row of real_masks.csv."""
+
+    photo: str
+    status: str  # ok | no_face | no_masked_face | no_label | unreadable | error
+    reason: str = ""
+    faces_found: int = (
+        0  # restored + left as they are (detections m2u-unmask judged to be no face not counted)
+    )
+    faces_restored: int = 0
+    faces_left: int = 0
+    not_faces: int = 0  # uncertain detections without a mask: no face
+    # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
+    # probability and the share of the mouth region M-Seg marks (m2u.inference.unmask.MaskedFaceRule).
+    mask_probability: float | None = None
+    mseg_mouth_coverage: float | None = None
+    mask_fraction: float = 0.0  # share of the photo under the predicted mask
+    label: str = ""
+    dice: float | None = None
+    iou: float | None = None
+    remnant: float | None = None  # share of label pixels left unchanged in the output
+
+
+def photo_mask(shape: tuple[int, int], faces: list) -> np.ndarray:
+    """The union of the faces' predicted crop masks (FaceRestoration.mask, .matrix) mapped back to a photo of
+    `shape` (height, width): bool."""
+    height, width = shape
+    union = np.zeros((height, width), bool)
+    for face in faces:
+        inverse = cv2.invertAffineTransform(np.asarray(face.matrix, np.float64))
+        warped = cv2.warpAffine(
+            face.mask.astype(np.float32) / 255.0,
+            inverse,
+            (width, height),
+            flags=cv2.INTER_LINEAR,
+            borderValue=0.0,
+        )
+        union |= warped >= 0.5
+    return union
+
+
+def mask_scores(
+    predicted: np.ndarray, label: np.ndarray, unchanged: np.ndarray
+) -> tuple[float, float, float]:
+    """(Dice, IoU, remnant share) of a bool predicted mask against a bool label; `unchanged` marks the pixels the
+    output kept exactly. An empty label with an empty prediction scores 1, 1, 0."""
+    inter = float(np.logical_and(predicted, label).sum())
+    total = float(predicted.sum() + label.sum())
+    union = float(np.logical_or(predicted, label).sum())
+    dice = 2 * inter / total if total else 1.0
+    iou = inter / union if union else 1.0
+    remnant = float(np.logical_and(label, unchanged).sum()) / float(label.sum()) if label.any() else 0.0
+    return dice, iou, remnant
+
+
+def _find_label(labels: Path, stem: str) -> Path | None:
+    for suffix in LABEL_SUFFIXES:
+        for candidate in (labels / f"{stem}{suffix}", labels / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_label(path: Path, shape: tuple[int, int], threshold: int) -> np.ndarray:
+    from m2u.masking import read_image
+
+    grey = read_image(path).max(axis=2)
+    if grey.shape != shape:
+        # A label at another resolution than its photo: resized to it (nearest keeps it binary after thresholding).
+        grey = cv2.resize(grey, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return grey >= threshold
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if small.ndim == 2:
+        small = np.stack([small] * 3, -1)
+    canvas = np.full((side, side, 3), 32, np.uint8)
+    y, x = (side - size[1]) // 2, (side - size[0]) // 2
+    canvas[y : y + size[1], x : x + size[0]] = small
+    return canvas
+
+
+def _with_boxes(image: np.ndarray, restored: list, left: list, not_faces: list) -> np.ndarray:
+    out = image.copy()
+    thickness = max(2, round(max(image.shape[:2]) / 200))
+    kinds = ((restored, (0, 200, 0)), (left, (255, 140, 0)), (not_faces, (150, 150, 150)))
+    for boxes, colour in (([f.box for f in faces], colour) for faces, colour in kinds):
+        for left_x, top, right, bottom in boxes:
+            cv2.rectangle(out, (int(left_x), int(top)), (int(right), int(bottom)), colour, thickness)
+    return out
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(np.median(present)), 4) if present else None
+
+
+def summarize_scores(rows: list[PhotoScore]) -> dict:
+    """The figures over all photos: faces found, Dice/IoU where found and over all labelled photos (0 where no
+    face was restored), remnant share, mean mask fraction."""
+    readable = [r for r in rows if r.status not in ("unreadable", "error")]
+    found = [r for r in readable if r.faces_found]
+    restored = [r for r in readable if r.faces_restored]
+    labelled = [r for r in readable if r.dice is not None]
+    labelled_found = [r for r in labelled if r.faces_restored]
+    return {
+        "photos": len(rows),
+        "readable": len(readable),
+        "photos_with_face_found": len(found),
+        "found_rate": round(len(found) / len(readable), 4) if readable else None,
+        "photos_with_face_restored": len(restored),
+        "restored_rate": round(len(restored) / len(readable), 4) if readable else None,
+        "faces_found": sum(r.faces_found for r in readable),
+        "faces_restored": sum(r.faces_restored for r in readable),
+        "faces_left": sum(r.faces_left for r in readable),
+        "detections_judged_no_face": sum(r.not_faces for r in readable),
+        "mean_mask_fraction_where_restored": _mean([r.mask_fraction for r in restored]),
+        "labelled_photos": len(labelled),
+        "dice_where_restored": _mean([r.dice for r in labelled_found]),
+        "iou_where_restored": _mean([r.iou for r in labelled_found]),
+        "remnant_where_restored": _mean([r.remnant for r in labelled_found]),
+        "dice_all_labelled": _mean([r.dice for r in labelled]),
+        "iou_all_labelled": _mean([r.iou for r in labelled]),
+        "remnant_all_labelled": _mean([r.remnant for r in labelled]),
+        "median_mask_probability": _median([r.mask_probability for r in readable]),
+        "median_mseg_mouth_coverage": _median([r.mseg_mouth_coverage for r in readable]),
+        "statuses": {s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})},
+    }
+
+
+def evaluate_real_masks(
+    photos: list[str] | tuple[str, ...],
+    out_dir: str | Path,
+    unmasker,
+    labels_dir: str | Path | None = None,
+    config: RealMaskConfig | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run `unmasker` (an m2u.inference.Unmasker: detection, the masked-face decision, M-Seg, generator, as
+    m2u-unmask runs them) on every photo of `photos` (files, folders, globs) and score it; with `labels_dir`, against
+    the label of the same stem. Returns the summary (also in OUT/summary.json)."""
+    from tqdm import tqdm
+
+    from m2u.core.inputs import check_output_folder, discover, output_lock
+    from m2u.masking import ImageReadError, read_image
+
+    config = config or RealMaskConfig()
+    out = Path(out_dir)
+    found = discover(photos, exclude=[out])
+    paths = [e.path for e in found.entries]
+    check_output_folder(out, found, [out / "real_masks.csv", out / "summary.json", out / "index.html"])
+    if not paths:
+        raise ValueError("no input images found")
+    labels = None if labels_dir is None else Path(labels_dir)
+    if labels is not None and not labels.is_dir():
+        raise ValueError(f"labels folder not found: {labels}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[PhotoScore] = []
+    sheet: list[tuple[PhotoScore, list[str]]] = []
+    with output_lock(out, "m2u-eval-real-masks"):
+        (out / "sheet").mkdir(exist_ok=True)
+        for index, path in enumerate(tqdm(paths, unit="photo", desc="real masks", disable=not progress)):
+            row = PhotoScore(photo=str(path), status="ok")
+            try:
+                image = read_image(path)
+                result, restored, left = unmasker.unmask_with_refusals(image)
+                not_faces = [f for f in left if f.problem.startswith("no face")]
+                left = [f for f in left if not f.problem.startswith("no face")]
+                row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
+                row.faces_found = len(restored) + len(left)
+                judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
+                if judged:
+                    best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
+                    row.mask_probability = best.get("mask_probability")  # not asked with --all-faces
+                    row.mseg_mouth_coverage = best["mouth_coverage"]
+                if left:
+                    row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"
+                if not row.faces_found:
+                    row.status = "no_face"
+                    row.reason = (
+                        f"{len(not_faces)} uncertain detection(s) with no mask on them: no face"
+                        if not_faces
+                        else "no face found by the detector"
+                    )
+                elif not restored:
+                    row.status = "no_masked_face"
+                predicted = photo_mask(image.shape[:2], restored)
+                row.mask_fraction = round(float(predicted.mean()), 4)
+                label_image = None
+                if labels is not None:
+                    label_path = _find_label(labels, path.stem)
+                    if label_path is None:
+                        row.status, row.reason = "no_label", f"no label named {path.stem}.* in {labels}"
+                    else:
+                        row.label = str(label_path)
+                        label = _read_label(label_path, image.shape[:2], config.label_threshold)
+                        unchanged = (result == image).all(axis=2)
+                        dice, iou, remnant = mask_scores(predicted, label, unchanged)
+                        row.dice, row.iou, row.remnant = round(dice, 4), round(iou, 4), round(remnant, 4)
+                        label_image = label
+                if config.sheet_rows is None or len(sheet) < config.sheet_rows:
+                    cells = [
+                        _fit(_with_boxes(image, restored, left, not_faces), config.thumb),
+                        _fit((predicted * 255).astype(np.uint8), config.thumb),
+                        _fit(result, config.thumb),
+                    ]
+                    if label_image is not None:
+                        cells.append(_fit((label_image * 255).astype(np.uint8), config.thumb))
+                    names = []
+                    for kind, cell in zip(("photo", "predicted", "restored", "label"), cells):
+                        name = f"sheet/{index:05d}_{kind}.png"
+                        _write_png(out / name, cell)
+                        names.append(name)
+                    sheet.append((row, names))
+            except ImageReadError as exc:
+                row.status, row.reason = "unreadable", exc.reason
+            except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
+                row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+        with open(out / "real_masks.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(PhotoScore)])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+        summary = summarize_scores(rows)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "index.html").write_text(_sheet_html(summary, sheet, labels is not None))
+    return summary
+
+
+def _sheet_html(summary: dict, sheet: list[tuple[PhotoScore, list[str]]], labelled: bool) -> str:
+    heads = ["photo", "predicted mask", "restored"] + (["label"] if labelled else []) + ["figures"]
+    lines = []
+    for row, names in sheet:
+        figures = f"{html.escape(row.status)}<br>found {row.faces_found}, restored {row.faces_restored}"
+        if row.dice is not None:
+            figures += f"<br>Dice {row.dice:.3f}<br>IoU {row.iou:.3f}<br>remnant {row.remnant:.3f}"
+        if row.reason:
+            figures += f"<br><small>{html.escape(row.reason)}</small>"
+        cells = "".join(f'<td><img src="{html.escape(n)}" loading="lazy"></td>' for n in names)
+        if labelled and len(names) == 3:
+            cells += "<td></td>"
+        lines.append(
+            f"<tr><td><small>{html.escape(Path(row.photo).name)}</small></td>{cells}<td>{figures}</td></tr>"
+        )
+    keys = ", ".join(f"{k}: {v}" for k, v in summary.items() if k != "statuses")
+    return f"""<!doctype html><meta charset="utf-8"><title>m2u-eval real-masks</title>
+<h1>m2u-eval real-masks</h1>
+<p>{html.escape(keys)}</p>
+<p>Boxes on the photo: green restored, orange left as it is (see the reason), grey an uncertain detection judged no
+face. Predicted mask: M-Seg's, mapped back to the photo (restored faces only).</p>
+<table border="1" cellpadding="2"><tr><th>name</th>{"".join(f"<th>{h}</th>" for h in heads)}</tr>
+{"".join(lines)}
+</table>
+"""

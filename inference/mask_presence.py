@@ -1,0 +1,85 @@
+"""Does an aligned face crop show a face wearing a mask? A small CNN that says so, for m2u-unmask's decision.
+
+M-Seg cannot answer it: it was trained only on masked faces, and on unmasked CelebA faces the shipped M-Seg marks
+the lower face as "mask" (benchmarks/results/real_masks.json: median_mseg_mouth_coverage on unmasked CelebA). This
+classifier sees both kinds: m2u-mask's masked CelebA faces against the same faces unmasked, plus crops of faceless
+images as "no masked face", at 64x64 from the dataset alignment with jitter, blur, noise, JPEG and lighting
+(benchmarks/train_mask_classifier.py makes it). Its weights ship with the package (`MASK_CLASSIFIER`, ~60 KB).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["MASK_CLASSIFIER", "MaskPresenceNet", "load_mask_classifier", "mask_probabilities"]
+
+MASK_CLASSIFIER = Path(__file__).resolve().parent / "mask_presence.safetensors"
+INPUT_SIZE = 64
+
+
+class MaskPresenceNet(nn.Module):
+    """Four strided 3x3 conv blocks (64 -> 4 px), global average pooling, one logit: masked face or not."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for k, out in enumerate((width, 2 * width, 4 * width, 4 * width)):
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=2 if k else 1, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(out, out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 64, 64) in [-1, 1] -> (B,) logits."""
+        return self.head(self.features(x).mean(dim=(2, 3)))[:, 0]
+
+
+def to_input(crops: list[np.ndarray]) -> torch.Tensor:
+    """Aligned uint8 RGB crops (any size, the dataset alignment) -> the network's (B, 3, 64, 64) in [-1, 1]."""
+    small = [
+        c
+        if c.shape[:2] == (INPUT_SIZE, INPUT_SIZE)
+        else cv2.resize(
+            c,
+            (INPUT_SIZE, INPUT_SIZE),
+            interpolation=cv2.INTER_AREA if c.shape[0] > INPUT_SIZE else cv2.INTER_LINEAR,
+        )
+        for c in crops
+    ]
+    return torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@functools.cache
+def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
+    """The shipped classifier (or the one at `path`), on the CPU, in eval mode; loaded once per process."""
+    from safetensors.torch import load_file
+
+    file = Path(path) if path else MASK_CLASSIFIER
+    if not file.is_file():
+        raise FileNotFoundError(f"mask classifier weights not found: {file} (a broken install?)")
+    net = MaskPresenceNet()
+    net.load_state_dict(load_file(str(file)))
+    return net.eval()
+
+
+@torch.no_grad()
+def mask_probabilities(crops: list[np.ndarray], net: MaskPresenceNet | None = None) -> np.ndarray:
+    """P(masked face) for each aligned crop, (N,) float."""
+    if not crops:
+        return np.zeros(0)
+    net = net or load_mask_classifier()
+    return torch.sigmoid(net(to_input(crops))).numpy().astype(np.float64)

@@ -1,0 +1,348 @@
+"""Real masks (issue 23): the BlazeFace detector and the --detector choice, the masked-face rule that leaves faces
+without a mask exactly as they are (with the reason), --min-score, and `m2u-eval real-masks` against label images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from m2u.datasets.synthetic import make_synthetic_sample
+from m2u.evaluation.cli import real_masks_main
+from m2u.evaluation.real_masks import RealMaskConfig, evaluate_real_masks, mask_scores, photo_mask
+from m2u.inference.unmask import (
+    DETECTORS,
+    FaceRestoration,
+    MaskedFaceRule,
+    UnmaskConfig,
+    Unmasker,
+    unmask_files,
+)
+from m2u.masking.detect import Face
+
+CROP = 32  # the tiny checkpoints' size (tests/evaluation/conftest.py)
+
+
+def _astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+# --- the detector ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["short", "full"])
+def test_blazeface_finds_the_astronaut_face_with_its_eyes_above_the_mouth(model):
+    from m2u.masking.blazeface import blazeface_detect
+
+    found = blazeface_detect(_astronaut(), model)
+    assert len(found) == 1 and found[0].score > 0.8
+    left, top, right, bottom = found[0].box
+    assert 160 < left < 200 and 60 < top < 100 and 260 < right < 290 and 160 < bottom < 190
+    eyes, mouth = found[0].keypoints[:2], found[0].keypoints[3]
+    assert eyes[0, 0] < eyes[1, 0]  # keypoint 0 is the eye on the image's left
+    assert (eyes[:, 1] < mouth[1]).all()
+    # A tight crop of the face, letterboxed with a border, is still found; a flat image gives nothing.
+    crop = _astronaut()[70:190, 165:285]
+    assert blazeface_detect(crop, model, pad=0.25)
+    assert blazeface_detect(np.full((200, 300, 3), 128, np.uint8), model) == []
+
+
+def test_real_face_detector_gives_faces_with_landmarks_and_falls_back_to_dlib(monkeypatch):
+    from m2u.masking import masked_faces
+    from m2u.masking.masked_faces import RealFaceDetector, RealFaceDetectorConfig
+
+    faces = RealFaceDetector().detect(_astronaut())
+    assert len(faces) == 1 and faces[0].detector.startswith("blaze-") and not faces[0].problem
+    eyes = faces[0].landmarks[36:48]
+    assert (eyes[:, 0] > 160).all() and (eyes[:, 0] < 280).all() and (eyes[:, 1] > 80).all()
+
+    calls = []
+    dlib_face = Face.from_landmarks(faces[0].landmarks, score=0.3)
+
+    class _Fallback:
+        def __init__(self, config):
+            pass
+
+        def detect(self, image):
+            calls.append(image.shape)
+            return [dlib_face]
+
+    monkeypatch.setattr("m2u.masking.blazeface.blazeface_detect", lambda *a, **k: [])
+    monkeypatch.setattr(masked_faces, "MaskedFaceDetector", _Fallback)
+    (fallback,) = RealFaceDetector().detect(_astronaut())
+    assert calls == [(512, 512, 3)] and fallback.box == dlib_face.box
+    assert fallback.retry  # the fallback's faces are uncertain: faces only where a mask is found on them
+    assert RealFaceDetector(RealFaceDetectorConfig(fallback=None)).detect(_astronaut()) == []
+
+
+def test_detector_choice_is_checked_and_offered_on_the_command_line():
+    from m2u.inference.cli import unmask_main
+
+    assert UnmaskConfig().detector_model == "blazeface" and "blazeface" in DETECTORS
+    with pytest.raises(ValueError, match="detector must be one of"):
+        UnmaskConfig(detector_model="yolo")
+    result = CliRunner().invoke(unmask_main, ["x.jpg", "-o", "out", "--detector", "yolo"])
+    assert result.exit_code == 2 and "blazeface" in result.output
+    from m2u.masking.masked_faces import BlazePass, RealFaceDetectorConfig
+
+    with pytest.raises(ValueError, match="bad BlazeFace pass"):
+        RealFaceDetectorConfig(blaze_stages=((BlazePass("medium"),),))
+
+
+# --- the masked-face rule ------------------------------------------------------------------------------------------
+
+
+def _crop_mask(size: int, y0: float, y1: float, x0: float = 0.2, x1: float = 0.8) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[round(y0 * size) : round(y1 * size), round(x0 * size) : round(x1 * size)] = 255
+    return mask
+
+
+def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
+    rule = MaskedFaceRule()
+    lower = _crop_mask(128, 0.5, 0.95)  # nose to chin
+    assert rule.not_masked_reason(lower, 0.99) == ""
+    assert rule.not_masked_reason(lower, 0.1) == "not masked: the mask classifier gives 0.10 (below 0.95)"
+    # M-Seg marking the lower face of a bare face is what the classifier is there for; a masked-looking face with
+    # no mask from M-Seg has nothing to restore.
+    assert rule.not_masked_reason(np.zeros((128, 128), np.uint8), 0.99).startswith(
+        "not masked: M-Seg marks 0.0%"
+    )
+    assert rule.not_masked_reason(lower, 0.2, uncertain=True).startswith("no face: an uncertain detection")
+    evidence = rule.evidence(_crop_mask(100, 0.5, 1.0), 0.75)
+    assert evidence["eye_coverage"] == 0.0 and evidence["mouth_coverage"] == 1.0
+    assert evidence["mask_fraction"] == pytest.approx(0.3, abs=0.01) and evidence["mask_probability"] == 0.75
+    with pytest.raises(ValueError, match="min_mask_probability"):
+        MaskedFaceRule(min_mask_probability=1.5)
+
+
+def test_the_shipped_mask_classifier_tells_masked_from_bare_synthetic_faces():
+    from m2u.inference.mask_presence import mask_probabilities
+
+    samples = [make_synthetic_sample(128, seed=seed) for seed in range(6)]
+    p_masked = mask_probabilities([s.masked for s in samples])
+    p_bare = mask_probabilities([s.unmasked for s in samples])
+    assert p_masked.shape == (6,) and ((p_masked >= 0) & (p_masked <= 1)).all()
+    assert p_masked.mean() > p_bare.mean() + 0.3, (p_masked, p_bare)
+
+
+def _photo_with_faces(n: int, face_px: int = 120):
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(
+        rng.integers(0, 256, (face_px + 10, n * (face_px + 10), 3), dtype=np.uint8), (0, 0), 3
+    )
+    faces = []
+    for k in range(n):
+        sample = make_synthetic_sample(face_px, seed=k)
+        x = 5 + k * (face_px + 10)
+        photo[5 : 5 + face_px, x : x + face_px] = sample.masked
+        faces.append(
+            Face.from_landmarks(sample.landmarks + np.array([x, 5], np.float32), score=0.9 - 0.5 * k)
+        )
+    return photo, faces
+
+
+class _Detector:
+    def __init__(self, faces_by_shape):
+        self.faces_by_shape = faces_by_shape
+
+    def detect(self, image):
+        return list(self.faces_by_shape[image.shape])
+
+
+def _steer_masks(unmasker: Unmasker, masks: list[np.ndarray]) -> None:
+    """M-Seg's masks for the decision replaced by `masks`, in order of the faces given to it (the generator still
+    runs on the faces kept, and they are pasted back by these masks)."""
+
+    def predict_masks(crops):
+        chosen = masks[: len(crops)]
+        del masks[: len(crops)]
+        return np.stack([cv2.resize(m, (CROP, CROP), interpolation=cv2.INTER_NEAREST) for m in chosen])
+
+    unmasker.predict_masks = predict_masks
+
+
+def _steer_probabilities(monkeypatch, values: list[float]) -> None:
+    """The mask classifier's answers replaced by `values`, in order of the crops given to it."""
+
+    def probabilities(crops):
+        chosen = values[: len(crops)]
+        del values[: len(crops)]
+        return np.array(chosen)
+
+    monkeypatch.setattr("m2u.inference.mask_presence.mask_probabilities", probabilities)
+
+
+def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (masked, bare) = _photo_with_faces(2)
+    lone = photo[:, :130].copy()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "two.png"), photo[..., ::-1])
+    cv2.imwrite(str(inputs / "lone.png"), lone[..., ::-1])
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    lone_face = Face.from_landmarks(masked.landmarks)
+    unmasker.detector = _Detector({photo.shape: [masked, bare], lone.shape: [lone_face]})
+    # Inputs are taken in name order: lone.png (its face without a mask), then two.png (masked, bare).
+    lower = _crop_mask(CROP, 0.5, 0.95)
+    _steer_masks(unmasker, [lower, lower, lower])  # M-Seg marks every lower face, as the shipped one does
+    _steer_probabilities(monkeypatch, [0.05, 0.95, 0.1])
+    out = tmp_path / "out"
+    results = {
+        Path(r.input).name: r for r in unmask_files([str(inputs)], None, None, out, config, unmasker=unmasker)
+    }
+    assert (results["lone.png"].status, results["lone.png"].faces, results["lone.png"].refused_faces) == (
+        "not_masked",
+        0,
+        1,
+    )
+    assert "not masked" in results["lone.png"].reason and not (out / "lone.png").exists()
+    two = results["two.png"]
+    assert (two.status, two.faces, two.refused_faces) == ("ok", 1, 1)
+    restored = cv2.imread(str(out / "two.png"))[..., ::-1]
+    left, top, right, bottom = bare.box
+    assert np.array_equal(restored[top:bottom, left:right], photo[top:bottom, left:right])  # untouched
+    assert not np.array_equal(restored[:, :130], photo[:, :130])  # the masked face was restored
+    lines = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
+    left_lines = [x for x in lines if not x["restored"]]
+    assert len(left_lines) == 2 and all(x["problem"].startswith("not masked") for x in left_lines)
+    assert all(
+        {"mask_probability", "mouth_coverage", "eye_coverage", "mask_fraction"} <= set(x) for x in lines
+    )
+    with open(out / "report.csv") as handle:
+        assert {r["status"] for r in csv.DictReader(handle)} == {"not_masked", "ok"}
+
+
+def test_min_score_leaves_low_scoring_faces_as_they_are(tiny_checkpoints):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, faces = _photo_with_faces(2)  # scores 0.9 and 0.4
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, min_score=0.5, masked_only=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({photo.shape: faces})
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert [f.score for f in restored] == [pytest.approx(0.9)]
+    assert len(left) == 1 and left[0].problem == "detector score 0.400 below --min-score 0.5"
+    left_x, top, right, bottom = faces[1].box
+    assert np.array_equal(result[top:bottom, left_x:right], photo[top:bottom, left_x:right])
+
+
+# --- m2u-eval real-masks -------------------------------------------------------------------------------------------
+
+
+def test_mask_scores_against_a_label():
+    label = np.zeros((10, 10), bool)
+    label[2:6, 2:6] = True  # 16 pixels
+    predicted = np.zeros((10, 10), bool)
+    predicted[4:8, 2:6] = True  # 8 of them shared
+    unchanged = np.ones((10, 10), bool)
+    unchanged[2:4, 2:6] = False  # 8 label pixels were changed
+    dice, iou, remnant = mask_scores(predicted, label, unchanged)
+    assert dice == pytest.approx(0.5) and iou == pytest.approx(8 / 24) and remnant == pytest.approx(0.5)
+
+
+class _FakeUnmasker:
+    """Restores one face per photo whose crop is the photo itself: its mask is the lower half."""
+
+    def unmask_with_refusals(self, image):
+        height, width = image.shape[:2]
+        mask = np.zeros((height, width), np.uint8)
+        mask[height // 2 :] = 255
+        result = image.copy()
+        result[height // 2 :] = 0
+        matrix = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        face = FaceRestoration(
+            image, mask, result, matrix, 0.5, "fake", 0.9, (0, 0, width, height), "aligned-input"
+        )
+        return result, [face], []
+
+
+def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(tmp_path):
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    photos.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(photos / f"{name}.png"), rng.integers(1, 255, (40, 30, 3), dtype=np.uint8))
+    label = np.zeros((40, 30), np.uint8)
+    label[20:] = 200  # exactly the fake's mask, on a label with soft grey values
+    cv2.imwrite(str(labels / "a.png"), label)
+    label[:10] = 255  # 10 more rows: Dice 2*20/(20+30) = 0.8
+    cv2.imwrite(str(labels / "b.jpg"), label)
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "report"
+    summary = evaluate_real_masks([str(photos)], out, _FakeUnmasker(), labels, RealMaskConfig(thumb=32))
+    with open(out / "real_masks.csv") as handle:
+        rows = {Path(r["photo"]).name: r for r in csv.DictReader(handle)}
+    assert float(rows["a.png"]["dice"]) == 1.0 and float(rows["a.png"]["remnant"]) == 0.0
+    assert float(rows["b.png"]["dice"]) == pytest.approx(0.8, abs=0.01)
+    assert float(rows["b.png"]["remnant"]) == pytest.approx(1 / 3, abs=0.01)  # the top rows were left
+    assert rows["c.png"]["status"] == "no_label" and rows["broken.jpg"]["status"] == "unreadable"
+    assert summary["labelled_photos"] == 2 and summary["photos_with_face_found"] == 3
+    assert summary["dice_all_labelled"] == pytest.approx(0.9, abs=0.01)
+    page = (out / "index.html").read_text()
+    assert page.count("<tr>") == 4 and "label" in page  # header + three readable photos
+    assert len(list((out / "sheet").glob("*_label.png"))) == 2
+    # Without labels: faces found and mask fraction, no Dice.
+    plain = evaluate_real_masks([str(photos)], tmp_path / "plain", _FakeUnmasker())
+    assert plain["labelled_photos"] == 0 and plain["mean_mask_fraction_where_restored"] == 0.5
+
+
+def test_photo_mask_maps_crop_masks_back_through_the_alignment():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[10:] = 255
+    face = FaceRestoration(None, mask, None, np.array([[0.5, 0, 0], [0, 0.5, 0]]), 0.5)  # a 2x shrink
+    back = photo_mask((40, 40), [face])
+    assert back[25:38, 2:38].all() and not back[:15].any()
+
+
+def test_real_masks_command_runs_unmask_and_writes_its_report(tmp_path, tiny_checkpoints):
+    mseg_path, gen_path = tiny_checkpoints
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "face.png"), cv2.cvtColor(_astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "report"
+    args = [str(photos), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out), "-q"]
+    result = CliRunner().invoke(real_masks_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["photos_with_face_found"] == 1 and summary["faces_found"] == 1
+    assert (out / "index.html").is_file() and "found" in result.output
+
+
+def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, tiny_checkpoints, monkeypatch):
+    import dataclasses
+
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (face, _) = _photo_with_faces(2)
+    unsure = dataclasses.replace(face, retry=True)
+    config = UnmaskConfig(
+        crop_size=CROP, device="cpu", progress=False, masked_only=False
+    )  # even with --all-faces
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({photo.shape: [unsure]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)] * 2)
+    _steer_probabilities(monkeypatch, [0.2, 0.99])
+    path = tmp_path / "p.png"
+    cv2.imwrite(str(path), photo[..., ::-1])
+    (row,) = unmask_files([str(path)], None, None, tmp_path / "a", config, unmasker=unmasker)
+    assert (row.status, row.faces, row.refused_faces) == (
+        "no_face",
+        0,
+        1,
+    ) and "uncertain detection" in row.reason
+    (line,) = [json.loads(t) for t in (tmp_path / "a" / "faces.jsonl").read_text().splitlines()]
+    assert not line["restored"] and line["problem"].startswith("no face") and line["mask_probability"] == 0.2
+    # The same detection with a mask found on it is restored.
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and not left and not np.array_equal(result, photo)
