@@ -76,6 +76,8 @@ MAX_KEY_LENGTH = 80  # keeps "<key>.unmasked.webp" inside a plain ustar name fie
 
 # The outcome of one planned sample, as recorded in the manifest: the status vocabulary all per-file tools share.
 Status = outcome.Status
+# The statuses a manifest uses (NOT_MASKED is m2u-unmask's alone): the per-split and total counts hold these.
+MANIFEST_STATUSES = tuple(s for s in Status if s is not Status.NOT_MASKED)
 
 
 # The columns of the Parquet files, their types and meanings: the one place these facts live. The README's

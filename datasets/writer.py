@@ -17,6 +17,7 @@ from m2u.core.fileio import atomic_write_text
 from m2u.core.fileio import library_versions as versions_of
 from m2u.datasets.codecs import ImageFormat, encode_image, encode_mask
 from m2u.datasets.layout import (
+    MANIFEST_STATUSES,
     MASK_FIELD,
     MASKED_FIELD,
     META_FIELD,
@@ -218,8 +219,8 @@ def sample_members(
 
 def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts per split and status, and per split of written (ok) samples."""
-    by_split: dict[str, dict[str, int]] = {split: {s.value: 0 for s in Status} for split in SPLITS}
-    totals = {s.value: 0 for s in Status}
+    by_split: dict[str, dict[str, int]] = {split: {s.value: 0 for s in MANIFEST_STATUSES} for split in SPLITS}
+    totals = {s.value: 0 for s in MANIFEST_STATUSES}
     for row in rows:
         by_split[row["split"]][row["status"]] += 1
         totals[row["status"]] += 1

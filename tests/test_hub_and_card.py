@@ -30,7 +30,7 @@ def test_torch_hub_load_returns_the_ready_model():
     _shipped_or_skip()
     from m2u.inference.unmask import Unmasker
 
-    unmasker = torch.hub.load(str(REPO), "m2unet", source="local", aligned=True)
+    unmasker = torch.hub.load(str(REPO), "m2unet", source="local", aligned=True, masked_only=False)
     assert isinstance(unmasker, Unmasker) and not unmasker.generator.training
     size = unmasker.usage.crop_size
     crop = np.random.default_rng(0).integers(0, 255, (size, size, 3), np.uint8)

@@ -72,7 +72,7 @@ def _remote_snapshot(fs, prefix: str) -> dict[str, bytes]:
     return {
         path[len(root) + 1 :]: fs.cat(path)
         for path in sorted(fs.find(root))
-        if not path.endswith(("stats.json", ".lock"))
+        if not path.endswith(("stats.json", ".lock", "/.m2u-written"))
     }
 
 

@@ -73,7 +73,17 @@ def test_m2u_unmask_keeps_each_photos_format_unless_asked(tmp_path, tiny_models)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(photos / "two.png")
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(photos / "three.gif")
     mseg, generator = tiny_models
-    models = ["--mseg", str(mseg), "--generator", str(generator), "--device", "cpu", "-q", "--aligned"]
+    models = [
+        "--mseg",
+        str(mseg),
+        "--generator",
+        str(generator),
+        "--device",
+        "cpu",
+        "-q",
+        "--aligned",
+        "--all-faces",
+    ]
     same = CliRunner().invoke(unmask_main, [str(photos), "-o", str(tmp_path / "same"), *models])
     assert same.exit_code == 0, same.output
     written = {p.name for p in (tmp_path / "same").iterdir() if p.suffix in (".jpg", ".png")}
@@ -127,7 +137,7 @@ def test_release_recipe_installs_only_when_asked(tmp_path):
     with pytest.raises(SystemExit, match="not a complete package"):
         recipe.install_package(package, shipped)
     assert (shipped / "mseg.safetensors").read_bytes() == b"old"
-    for name in ("mseg.safetensors", "generator.safetensors", "card.json", "MODEL_CARD.md"):
+    for name in ("mseg.safetensors", "generator.safetensors", "card.json", "MODEL_CARD.md", "checksums.json"):
         (package / name).write_bytes(name.encode())
     recipe.install_package(package, shipped)
     assert (shipped / "mseg.safetensors").read_bytes() == b"mseg.safetensors"
