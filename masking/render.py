@@ -41,8 +41,8 @@ from m2u.masking.templates import (
     Template,
     canonical_mask_type,
     get_template,
-    load_template_pack,
 )
+from m2u.masking.templates_pack import load_template_pack
 
 RANDOM = "random"
 
