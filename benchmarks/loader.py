@@ -35,9 +35,10 @@ from m2u.datasets import codecs
 from m2u.datasets.build import BuildConfig, build_dataset
 from m2u.datasets.codecs import ImageFormat, decode_image, decode_mask, encode_image
 from m2u.datasets.layout import MASK_FIELD, MASKED_FIELD, UNMASKED_FIELD, split_shards
-from m2u.datasets.loader import LoaderConfig, _iter_raw_samples, make_loader
+from m2u.datasets.loader import LoaderConfig, make_loader
 from m2u.datasets.shards import ShardWriter
 from m2u.datasets.synthetic import write_synthetic_dataset
+from m2u.datasets.tarread import iter_raw_samples
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
 CELEBA = (
@@ -78,7 +79,7 @@ def _transcode(src: Path, dst: Path, fmt: ImageFormat, limit: int) -> int:
     for shard in split_shards(src, "train"):
         out_path = dst / "train" / shard.name
         with ShardWriter(out_path) as writer:
-            for sample in _iter_raw_samples([str(shard)]):
+            for sample in iter_raw_samples([str(shard)]):
                 if count >= limit:
                     break
                 fields = {
@@ -99,7 +100,7 @@ def _transcode(src: Path, dst: Path, fmt: ImageFormat, limit: int) -> int:
 
 
 def _decode_only(shards: list[str], fmt: ImageFormat) -> float:
-    samples = list(_iter_raw_samples(shards))
+    samples = list(iter_raw_samples(shards))
     start = time.perf_counter()
     for sample in samples:
         decode_image(sample[f"{MASKED_FIELD}.{fmt.value}"])

@@ -143,7 +143,7 @@ def write_face_pack(
 ) -> dict[str, Any]:
     """Cut a face pack from the dataset folder ``dataset`` into ``out`` (which must not exist yet: a pack is never
     overwritten); returns pack.json's content."""
-    from m2u.datasets.loader import dataset_image_size
+    from m2u.datasets.shardcheck import dataset_image_size
 
     dataset, out = Path(dataset), Path(out)
     if out.exists():

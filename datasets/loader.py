@@ -57,10 +57,8 @@ the process that iterates the loader, on ``LoaderConfig.device`` when set (or la
 
 from __future__ import annotations
 
-import glob
 import os
 import random
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -68,43 +66,33 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from m2u.core.guard import UserError
 from m2u.core.parallel import stop_opencv_threads
-from m2u.datasets.codecs import ImageFormat, decode_image, decode_mask
-from m2u.datasets.layout import (
-    MANIFEST_NAME,
-    MASK_FIELD,
-    MASKED_FIELD,
-    SPLITS,
-    STATS_NAME,
-    UNMASKED_FIELD,
-    Status,
-    read_json,
-    read_manifest,
-    split_shards,
-    stats_path_of,
-    validate_split,
+from m2u.datasets.batches import BATCH_MEMBERS, BatchBuffer, image_field, to_float_batch
+from m2u.datasets.codecs import decode_image, decode_mask
+from m2u.datasets.layout import MANIFEST_NAME, MASK_FIELD, MASKED_FIELD, SPLITS, UNMASKED_FIELD
+
+# Re-exported: the loader's public names (m2u.datasets.loader.ShardError, ...) stay where users import them.
+from m2u.datasets.shardcheck import (
+    ShardError,
+    check_dataset_record,
+    check_shard_complete,
+    count_samples,
+    dataset_image_size,
+    is_dataset_url,
+    resolve_shards,
+    shard_sample_counts,
+    verify_shards,
 )
-from m2u.datasets.shards import file_digest
 from m2u.datasets.splits import unit_hash
-from m2u.datasets.storage import is_url, local_dataset
+from m2u.datasets.storage import local_dataset
+from m2u.datasets.tarread import is_stream_url, iter_raw_samples
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
-BATCH_MEMBERS = ("masked", "unmasked", "mask")
 ON_ERROR_CHOICES = ("raise", "skip")
 SKIPPED_FIELD = "skipped"  # raw-batch field: what a worker left out since its previous batch
-# A tar archive ends with two zero blocks (tarfile and GNU tar then pad to whole records): without them a shard
-# was cut short, even when it was cut exactly between two members and every member left reads fine.
-_TAR_BLOCK = 512
-_TAR_END = b"\0" * (2 * _TAR_BLOCK)
-
-
-class ShardError(UserError, RuntimeError):
-    """A truncated or corrupt shard or sample; the message names the shard (and the sample)."""
 
 
 @dataclass(frozen=True)
@@ -164,43 +152,6 @@ class LoaderConfig:
         return replace(base, **overrides)
 
 
-def is_dataset_url(text: str) -> bool:
-    """A URL naming a dataset folder (s3://bucket/prefix), not shards (a .tar URL or brace pattern of them)."""
-    return is_url(text) and not text.startswith("pipe:") and ".tar" not in text and "{" not in text
-
-
-def _is_url(text: str) -> bool:
-    return "://" in text or text.startswith("pipe:")
-
-
-def resolve_shards(
-    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str | None = None
-) -> list[str]:
-    """Turn a dataset folder, glob, brace pattern, URL or list of those into a list of shard paths/URLs."""
-    if not isinstance(source, str | os.PathLike):  # a list or tuple of sources
-        shards = [s for item in source for s in resolve_shards(item, None)]
-    else:
-        text = os.fspath(source)
-        path = Path(text)
-        if not _is_url(text) and path.is_dir():
-            if split is not None and (path / validate_split(split)).is_dir():
-                shards = [str(p) for p in split_shards(path, split)]
-            elif split is not None and (path / MANIFEST_NAME).is_file():
-                raise FileNotFoundError(f"split {split!r} of the dataset {text} has no samples")
-            else:
-                shards = sorted(str(p) for p in path.glob("*.tar"))
-        elif not _is_url(text) and any(ch in text for ch in "*?["):
-            shards = sorted(glob.glob(text))
-        else:
-            from webdataset.shardlists import expand_urls
-
-            shards = expand_urls(text)
-    if not shards:
-        where = f" for split {split!r}" if split else ""
-        raise FileNotFoundError(f"no shards found{where} in {source!r}")
-    return shards
-
-
 def _dist_info(config: LoaderConfig) -> tuple[int, int]:
     if config.rank is not None or config.world_size is not None:
         rank, world = config.rank or 0, config.world_size or 1
@@ -213,273 +164,8 @@ def _dist_info(config: LoaderConfig) -> tuple[int, int]:
     return rank, world
 
 
-def _iter_raw_samples(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Yield raw samples (``__key__`` plus field → bytes) from shards, one shard after another: local shards of
-    plain members (what m2u writes) through ``_local_tar_samples``, anything else through webdataset."""
-    from webdataset.tariterators import tarfile_samples
-
-    for url in shards:
-        members = None if _is_url(url) else _plain_tar_members(url)
-        if members is None:
-            yield from tarfile_samples([{"url": url}])
-        else:
-            yield from _local_tar_samples(url, members)
-
-
-_TAR_REGULAR = (b"0", b"\0")
-_TAR_SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"7")  # links, devices, directories, FIFOs: not samples
-_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
-_KEY_AND_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
-
-
-def _tar_header_checksum_ok(header: bytes) -> bool:
-    try:
-        recorded = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        return False
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    return recorded == unsigned
-
-
-def _plain_tar_members(path: str) -> list[tuple[str, int, int]] | None:
-    """(name, data offset, size) of a local tar's members when every header is a plain ustar/GNU header with its
-    name in the name field (regular files, or members webdataset skips); None otherwise (long names, pax headers,
-    a bad checksum: webdataset's tarfile reader then reads the shard and reports what it finds)."""
-    members: list[tuple[str, int, int]] = []
-    try:
-        with open(path, "rb") as handle:
-            offset = 0
-            while True:
-                header = handle.read(_TAR_BLOCK)
-                if len(header) < _TAR_BLOCK or header == b"\0" * _TAR_BLOCK:
-                    return members
-                kind = header[156:157]
-                if not _tar_header_checksum_ok(header) or header[345:500].strip(b"\0"):
-                    return None
-                if kind not in _TAR_REGULAR and kind not in _TAR_SKIPPED:
-                    return None
-                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-                name = header[:100].split(b"\0", 1)[0].decode("utf-8")
-                offset += _TAR_BLOCK
-                if kind in _TAR_REGULAR and not name.endswith("/"):
-                    members.append((name, offset, size))
-                offset += -(-size // _TAR_BLOCK) * _TAR_BLOCK
-                handle.seek(offset)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def _local_tar_samples(url: str, members: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
-    """The samples webdataset's ``tarfile_samples`` yields for this shard (members grouped by key, consecutive,
-    field names lower-cased, meta members skipped, a duplicate field an error), read without tarfile's per-member
-    overhead: a third of a loader worker's time went to it."""
-    current: dict[str, Any] | None = None
-    with open(url, "rb") as handle:
-        for name, offset, size in members:
-            if _META_MEMBER.match(name) or (
-                "/" not in name and name.startswith("__") and name.endswith("__")
-            ):
-                continue
-            match = _KEY_AND_FIELD.match(name)
-            if match is None:
-                continue
-            key, field = match.group(1), match.group(2).lower()
-            if current is None or key != current["__key__"]:
-                if current is not None and len(current) > 2:
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            if field in current:
-                raise ValueError(f"{name}: duplicate file name in tar file {field} {current.keys()}")
-            handle.seek(offset)
-            data = handle.read(size)
-            if len(data) != size:
-                raise ValueError(f"unexpected end of data in member {name}")
-            current[field] = data
-    if current is not None and len(current) > 2:
-        yield current
-
-
-def check_shard_complete(path: str) -> None:
-    """Raise ShardError unless the local tar ``path`` ends with its end-of-archive blocks."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            handle.seek(max(0, size - len(_TAR_END)))
-            tail = handle.read()
-    except OSError as exc:
-        raise ShardError(f"shard {path} cannot be read: {exc.strerror or exc}") from exc
-    if size % _TAR_BLOCK or tail != _TAR_END:
-        raise ShardError(
-            f"shard {path} is truncated ({size} bytes, no end-of-archive marker); rebuild it (rerun "
-            "m2u-make-dataset) or pass LoaderConfig(on_error='skip') to leave it out"
-        )
-
-
-def shard_sample_counts(dataset_dir: str | os.PathLike[str], split: str) -> dict[str, int]:
-    """Samples per shard of ``split`` according to the dataset's manifest (shard path → count), sorted by path."""
-    manifest = read_manifest(dataset_dir)
-    written = manifest[(manifest["split"] == split) & (manifest["status"] == Status.OK.value)]
-    counts = {str(Path(dataset_dir) / shard): int(n) for shard, n in written.groupby("shard").size().items()}
-    return dict(sorted(counts.items()))
-
-
-def verify_shards(shards: Sequence[str], digest: bool = True) -> dict[str, str]:
-    """What is wrong with each listed shard of a dataset folder (shard → problem): missing, without the stats
-    JSON its build committed beside it (deleted), or not the size (and, with ``digest``, the SHA-256) that stats
-    JSON and the build's commit marker record (an edited stats JSON disagrees with the marker). The size checks
-    cost a stat per shard, so every loader of a dataset folder runs them; ``digest`` re-reads every shard."""
-    problems = {}
-    for url in shards:
-        path = Path(url)
-        if not path.is_file():
-            problems[url] = f"shard {url} is listed in the manifest but missing"
-            continue
-        stats = read_json(stats_path_of(path))
-        if not isinstance(stats, dict) or stats.get("sha256") is None:
-            problems[url] = (
-                f"shard {url} has no readable stats record ({stats_path_of(path).name}, written when the shard "
-                "was committed): it was deleted or damaged"
-            )
-            continue
-        committed = _committed_record(path)
-        if committed is not None and committed != (stats.get("bytes"), stats["sha256"]):
-            problems[url] = (
-                f"the stats record of shard {url} differs from the build's commit record: it was edited"
-            )
-            continue
-        size = path.stat().st_size
-        if size != stats.get("bytes"):
-            problems[url] = f"shard {url} has {size} bytes, {stats.get('bytes')} were committed"
-        elif digest and file_digest(path)[1] != stats["sha256"]:
-            problems[url] = f"shard {url} does not hold what was committed (SHA-256 differs)"
-    return problems
-
-
-def _committed_record(shard: Path) -> tuple[int, str] | None:
-    """(bytes, SHA-256) the build's commit marker (OUT/.m2u-build/<split>-NNNNNN.parquet) records for `shard`;
-    None when there is no marker (a dataset copied without its build state)."""
-    import pyarrow.parquet as pq
-
-    from m2u.datasets.layout import SHARD_SUFFIX, STATE_DIR
-
-    marker = shard.parent.parent / STATE_DIR / shard.name.replace(SHARD_SUFFIX, ".parquet")
-    try:
-        metadata = pq.read_schema(marker).metadata or {}
-        return int(metadata[b"m2u.shard_bytes"]), metadata[b"m2u.shard_sha256"].decode()
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def check_dataset_record(folder: Path) -> None:
-    """A dataset folder m2u built is read only through its manifest, the record of what it holds: one without
-    manifest.parquet (deleted, or a --partition build not finalised yet) is refused rather than read as whatever
-    shards are left. A folder of shards m2u did not build (no build state, no stats.json) is read as it is."""
-    from m2u.datasets.layout import STATE_DIR, STATS_NAME
-
-    if (folder / MANIFEST_NAME).is_file():
-        return
-    if (folder / STATE_DIR).is_dir() or (folder / STATS_NAME).is_file():
-        unfinished = (folder / STATE_DIR).is_dir() and not (folder / STATS_NAME).is_file()
-        why = (
-            "its build is not finalised (a --partition build: run the last partition, or rerun without "
-            "--partition, to write it)"
-            if unfinished
-            else "it was deleted: rebuild it (rerun m2u-make-dataset with the same arguments)"
-        )
-        raise ShardError(f"the dataset {folder} has no {MANIFEST_NAME}, the record of what it holds; {why}")
-
-
-def dataset_image_size(dataset_dir: str | os.PathLike[str]) -> int | None:
-    """The side of the dataset's samples, from its stats.json (None when it does not say)."""
-    stats = read_json(Path(dataset_dir) / STATS_NAME) or {}
-    size = stats.get("arguments", {}).get("size")
-    return int(size) if isinstance(size, int) else None
-
-
-def _image_field(sample: dict[str, Any], prefix: str) -> bytes:
-    for fmt in ImageFormat:
-        field = f"{prefix}.{fmt.value}"
-        if field in sample:
-            return sample[field]
-    raise KeyError(
-        f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no {prefix}.<png|jpg|webp>"
-    )
-
-
-@dataclass
-class _Scratch:
-    """Reused decode buffers of one worker (JPEG members are decoded straight into them)."""
-
-    masked: np.ndarray | None = None
-    unmasked: np.ndarray | None = None
-
-
-class _BatchBuffer:
-    """A raw batch filled row by row as samples are decoded: contiguous uint8 tensors, images (B, 3, H, W) 0..255,
-    mask (B, 1, H, W) 0/1, allocated once per batch (in shared memory inside a DataLoader worker: the worker queue
-    would otherwise copy the batch there) and written in channel-first order with the flip applied in the same copy;
-    ``to_float_batch`` converts in the receiving process."""
-
-    def __init__(self, capacity: int, size: int | None, members: tuple[str, ...] = BATCH_MEMBERS):
-        self.capacity = capacity
-        self.members = members
-        self.scratch = _Scratch()
-        self._size: int | None = None
-        self._tensors: dict[str, torch.Tensor] = {}
-        self._keys: list[str] = []
-        self._flipped: np.ndarray | None = None
-        if size is not None:
-            self._allocate(size)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def _allocate(self, size: int) -> None:
-        if self._size != size:
-            self._size = size
-            self.scratch = _Scratch(np.empty((size, size, 3), np.uint8), np.empty((size, size, 3), np.uint8))
-            self._flipped = np.empty((size, size, 3), np.uint8)
-        in_worker = get_worker_info() is not None
-        for name in self.members:
-            channels = 1 if name == "mask" else 3
-            tensor = torch.empty((self.capacity, channels, size, size), dtype=torch.uint8)
-            self._tensors[name] = tensor.share_memory_() if in_worker else tensor
-
-    def put(self, key: str, images: dict[str, np.ndarray], flip: bool) -> None:
-        """Copy one decoded sample (BGR images, 0/255 mask; the batch's members) into the next row."""
-        size = next(iter(images.values())).shape[0]
-        if not self._tensors or self._size != size:
-            self._allocate(size)
-        row = len(self._keys)
-        for name in ("masked", "unmasked"):
-            if name not in images:
-                continue
-            image = images[name]
-            if flip:
-                image = cv2.flip(image, 1, dst=self._flipped)
-            planes = self._tensors[name][row].numpy()
-            # BGR HWC -> RGB CHW: OpenCV's de-interleave writes the three planes in place (a strided numpy
-            # transpose copy cost a fifth of a worker's time).
-            cv2.split(image, [planes[2], planes[1], planes[0]])
-        if "mask" in images:
-            mask = images["mask"]
-            source = mask[:, ::-1] if flip else mask
-            np.greater(source, 127, out=self._tensors["mask"][row, 0].numpy().view(np.bool_))
-        self._keys.append(key)
-
-    def take(self) -> dict[str, Any]:
-        """The filled rows as a batch; the next sample starts a new one."""
-        n = len(self._keys)
-        batch: dict[str, Any] = {
-            name: t if n == self.capacity else t[:n] for name, t in self._tensors.items()
-        }
-        batch["key"] = self._keys
-        self._keys, self._tensors = [], {}  # the next batch is allocated by its first sample
-        return batch
-
-
 class PairedShardDataset(IterableDataset):
-    """An IterableDataset of raw uint8 batches over paired shards (see ``_BatchBuffer``; ``to_float_batch`` gives the
+    """An IterableDataset of raw uint8 batches over paired shards (see ``BatchBuffer``; ``to_float_batch`` gives the
     documented float batch, as PairedLoader does); see the module docstring for the epoch guarantees."""
 
     def __init__(
@@ -555,9 +241,9 @@ class PairedShardDataset(IterableDataset):
         """The raw samples of one shard, checked: complete archive, readable members, the expected count."""
         count = 0
         try:
-            if not _is_url(url):
+            if not is_stream_url(url):
                 check_shard_complete(url)
-            for sample in _iter_raw_samples([url]):
+            for sample in iter_raw_samples([url]):
                 count += 1
                 yield sample
         except ShardError as exc:
@@ -603,7 +289,7 @@ class PairedShardDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def _decode_into(self, sample: dict[str, Any], batch: _BatchBuffer) -> bool:
+    def _decode_into(self, sample: dict[str, Any], batch: BatchBuffer) -> bool:
         """Decode ``sample`` into the batch's next row; False (the row left free) when it is damaged and skipped,
         a ShardError naming it under on_error="raise"."""
         try:
@@ -614,7 +300,7 @@ class PairedShardDataset(IterableDataset):
             self._fail(f"sample {key!r} in shard {url} is unreadable: {exc}", exc)
             return False
 
-    def _decode(self, sample: dict[str, Any], batch: _BatchBuffer) -> None:
+    def _decode(self, sample: dict[str, Any], batch: BatchBuffer) -> None:
         key = sample["__key__"]
         scratch, wanted = batch.scratch, self.config.members
         # Decoded into reused buffers (no fresh image per member), in OpenCV's BGR order: the copy into the batch's
@@ -626,7 +312,7 @@ class PairedShardDataset(IterableDataset):
             ("unmasked", UNMASKED_FIELD, scratch.unmasked),
         ):
             if name in wanted:
-                images[name] = decode_image(_image_field(sample, field), rgb=False, buffer=buffer)
+                images[name] = decode_image(image_field(sample, field), rgb=False, buffer=buffer)
         if "mask" in wanted:
             if MASK_FIELD not in sample:
                 raise KeyError(f"sample {key!r} in {sample.get('__url__')} has no {MASK_FIELD}")
@@ -655,7 +341,7 @@ class PairedShardDataset(IterableDataset):
         self._skipped = []
         self._iter_epoch = self.epoch  # read from shared memory once per epoch, not per sample
         size = self.config.batch_size
-        batch = _BatchBuffer(size, self._size, self.config.members)
+        batch = BatchBuffer(size, self._size, self.config.members)
         for sample in self._shuffled(self._my_raw_samples()):
             self._decode_into(sample, batch)
             if len(batch) == size:
@@ -670,32 +356,6 @@ class PairedShardDataset(IterableDataset):
         batch[SKIPPED_FIELD] = self._skipped
         self._skipped = []
         return batch
-
-
-def to_float_batch(raw: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
-    """A raw uint8 batch from PairedShardDataset → the documented float32 batch (optionally on ``device``:
-    moving uint8 first moves 4x fewer bytes)."""
-    non_blocking = device is not None and torch.device(device).type == "cuda"
-
-    def convert(tensor: torch.Tensor, scale: float) -> torch.Tensor:
-        if device is not None:
-            tensor = tensor.to(device, non_blocking=non_blocking)
-        return tensor.to(torch.float32).mul_(scale)
-
-    out = {
-        name: convert(raw[name], 1.0 if name == "mask" else 1.0 / 255.0)
-        for name in BATCH_MEMBERS
-        if name in raw
-    }
-    out["key"] = raw["key"]
-    return out
-
-
-def count_samples(source: str | os.PathLike[str], split: str) -> int:
-    """Number of written samples of ``split`` in a dataset folder, from its manifest."""
-    manifest = read_manifest(source)
-    validate_split(split)
-    return int(((manifest["split"] == split) & (manifest["status"] == Status.OK.value)).sum())
 
 
 class PairedLoader:
@@ -756,9 +416,14 @@ def make_loader(
     if isinstance(source, str | os.PathLike) and is_dataset_url(os.fspath(source)):
         source = local_dataset(source)  # a dataset folder at a URL (s3://bucket/prefix): its local copy
     folder = Path(os.fspath(source)) if isinstance(source, str | os.PathLike) else None
-    if folder is not None and not _is_url(str(folder)) and folder.is_dir():
+    if folder is not None and not is_stream_url(str(folder)) and folder.is_dir():
         check_dataset_record(folder)
-    if split is None or folder is None or _is_url(str(folder)) or not (folder / MANIFEST_NAME).is_file():
+    if (
+        split is None
+        or folder is None
+        or is_stream_url(str(folder))
+        or not (folder / MANIFEST_NAME).is_file()
+    ):
         return PairedLoader(PairedShardDataset(resolve_shards(source, split), config), config)
     expected = shard_sample_counts(folder, split)
     if not expected:
@@ -790,6 +455,8 @@ __all__ = [
     "ShardError",
     "check_dataset_record",
     "check_shard_complete",
+    "dataset_image_size",
+    "is_dataset_url",
     "count_samples",
     "make_loader",
     "resolve_shards",

@@ -27,9 +27,9 @@ _EXPORTS = {
     "MaskResult": "render",
     "MaskingError": "geometry",
     "PlacementConfig": "geometry",
-    "TemplatePackError": "templates",
+    "TemplatePackError": "templates_pack",
     "apply_mask": "render",
-    "load_template_pack": "templates",
+    "load_template_pack": "templates_pack",
     "read_image": "m2u.core.imageio",
 }
 

@@ -1,11 +1,10 @@
-"""apply_mask: put a template on a face (mesh warp, colour, pattern, lighting, alpha compositing, straps)."""
+"""apply_mask: put a template on a face (mesh and straps, compositing; the warp in warp, colour and light in shading)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 
 from m2u.core.checks import check_types
-from m2u.masking.appearance import PATTERNS, check_pattern_image, color_to_hex, parse_color, pattern_texture
+from m2u.masking.appearance import PATTERNS, check_pattern_image, color_to_hex, parse_color
 from m2u.masking.detect import Face
 from m2u.masking.geometry import (
     EYES,
@@ -34,6 +33,7 @@ from m2u.masking.realism import (
     real_color,
     real_type,
 )
+from m2u.masking.shading import cylinder_gain, lighting_gain, premultiplied_texture
 from m2u.masking.templates import (
     ALL_TYPES,
     COLORS,
@@ -41,8 +41,9 @@ from m2u.masking.templates import (
     Template,
     canonical_mask_type,
     get_template,
-    load_template_pack,
 )
+from m2u.masking.templates_pack import load_template_pack
+from m2u.masking.warp import grid_point, warp_texture
 
 RANDOM = "random"
 
@@ -163,175 +164,6 @@ class MaskResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _premultiplied_texture(
-    template: Template,
-    width_px: float,
-    color: tuple | None,
-    color_weight: float,
-    pattern: str | None,
-    pattern_weight: float,
-) -> np.ndarray:
-    """The template coloured and patterned at the pyramid level for a mask `width_px` wide: premultiplied RGBA."""
-    rgb, shade, tint, alpha = template.level(width_px)
-    key = (id(template), rgb.shape, color, color_weight, pattern, pattern_weight)
-    cached = _TEXTURES.get(key)
-    if cached is not None:
-        _TEXTURES.move_to_end(key)
-        return cached
-    fabric = rgb
-    tint3 = tint[..., None]
-    if color is not None:
-        fabric = fabric * (1.0 - color_weight * tint3) + np.asarray(color, np.float32) * (
-            color_weight * tint3
-        )
-    if pattern is not None:
-        texture, multiply = pattern_texture(pattern, rgb.shape[1], rgb.shape[0])
-        if multiply:
-            fabric = fabric * (1.0 - pattern_weight * tint3 + pattern_weight * tint3 * texture)
-        else:
-            fabric = fabric * (1.0 - pattern_weight * tint3) + texture * (pattern_weight * tint3)
-    shaded = np.clip(fabric * shade[..., None], 0.0, 1.0)
-    texture = np.ascontiguousarray(np.dstack([shaded * alpha[..., None], alpha]), dtype=np.float32)
-    _TEXTURES[key] = texture
-    if len(_TEXTURES) > 64:
-        _TEXTURES.popitem(last=False)
-    return texture
-
-
-_TEXTURES: OrderedDict[tuple, np.ndarray] = OrderedDict()
-
-
-def _grid_point(grid: np.ndarray, u: float, v: float) -> np.ndarray:
-    """Bilinear interpolation of the mesh at texture coordinates (u, v)."""
-    rows, cols = grid.shape[:2]
-    x, y = u * (cols - 1), v * (rows - 1)
-    c0, r0 = min(int(x), cols - 2), min(int(y), rows - 2)
-    fx, fy = x - c0, y - r0
-    top = grid[r0, c0] * (1 - fx) + grid[r0, c0 + 1] * fx
-    bottom = grid[r0 + 1, c0] * (1 - fx) + grid[r0 + 1, c0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
-def _band_index(shape: tuple[int, int], fixed: np.ndarray) -> np.ndarray:
-    """For every pixel, the index of the mesh row band (between grid rows r and r+1, given in 1/16 px fixed point)
-    covering it, or -1. The outer edges are drawn 3 px thick first, so a 1-2 px rim outside the mesh belongs to the
-    nearest band: there the texture's own soft edge is sampled instead of being cut at the mesh boundary."""
-    index = np.full(shape, -1, np.int32)
-    last = len(fixed) - 2
-    cv2.polylines(index, [fixed[0]], False, 0, 3, cv2.LINE_8, 4)
-    cv2.polylines(index, [fixed[-1]], False, last, 3, cv2.LINE_8, 4)
-    # Per band: its two side segments, and its outline (top row left to right, bottom row back).
-    sides = np.stack([fixed[:-1, [0, -1]], fixed[1:, [0, -1]]], axis=2)  # (bands, 2 sides, 2 ends, 2)
-    outlines = np.concatenate([fixed[:-1], fixed[1:, ::-1]], axis=1)
-    for r in range(last + 1):
-        cv2.polylines(index, list(sides[r]), False, r, 3, cv2.LINE_8, 4)
-    for r in range(last + 1):
-        cv2.fillPoly(index, [outlines[r]], r, cv2.LINE_8, 4)
-    return index
-
-
-def _warp(
-    texture: np.ndarray,
-    grid: np.ndarray,
-    origin: np.ndarray,
-    shape: tuple[int, int],
-    column_gain: np.ndarray,
-) -> np.ndarray:
-    """Piecewise-affine warp of a premultiplied RGBA texture onto the mesh inside a box (zero outside the mesh);
-    `column_gain` (one factor per texture column) scales the colour of each pixel by the column it samples.
-
-    Each mesh cell is split along its p00-p11 diagonal into two triangles, each mapped by its own affine map. A
-    pixel's cell comes from two rasterised band indices (row bands, column bands): a few dozen polygon fills
-    instead of one per triangle. The per-pixel work is a handful of dense operations over the mesh's box with
-    small lookup tables (one row per triangle), not per-pixel gathers of mesh points."""
-    tex_h, tex_w = texture.shape[:2]
-    cols = grid.shape[1]
-    # Only the mesh's own box (straps may make the caller's box much larger).
-    lo = np.maximum(np.floor(grid.min(axis=(0, 1)) - origin - 3), 0).astype(int)
-    hi = np.minimum(np.ceil(grid.max(axis=(0, 1)) - origin + 4), (shape[1], shape[0])).astype(int)
-    sub = (int(hi[1] - lo[1]), int(hi[0] - lo[0]))
-    local = grid - origin - lo
-    fixed = np.round(local * 16).astype(np.int32)
-    row = _band_index(sub, fixed)
-    col = _band_index(sub, np.ascontiguousarray(fixed.transpose(1, 0, 2)))
-    inside = (row >= 0) & (col >= 0)
-    cell = np.where(inside, row * (cols - 1) + col, 0)
-    diagonal, affines = _cell_tables(local, tex_w, tex_h)
-    ys = np.arange(sub[0], dtype=np.float32)[:, None]
-    xs = np.arange(sub[1], dtype=np.float32)[None, :]
-    # Which triangle of its cell a pixel is in: the side of the cell's p00-p11 diagonal (oriented so that < 0
-    # is the triangle p00-p11-p10).
-    side = diagonal[0].take(cell) * xs + diagonal[1].take(cell) * ys + diagonal[2].take(cell)
-    triangle = 2 * cell + (side < 0)
-    map_x = affines[0].take(triangle) * xs + affines[1].take(triangle) * ys + affines[2].take(triangle)
-    map_y = affines[3].take(triangle) * xs + affines[4].take(triangle) * ys + affines[5].take(triangle)
-    outside = ~inside
-    map_x[outside] = -100.0
-    map_y[outside] = -100.0
-    sampled = cv2.remap(
-        texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-    )
-    nearest = np.clip(map_x + 0.5, 0, tex_w - 1).astype(np.int32)
-    sampled[..., :3] *= column_gain.take(nearest)[..., None]
-    warped = np.zeros((*shape, 4), np.float32)
-    warped[lo[1] : hi[1], lo[0] : hi[0]] = sampled
-    return warped
-
-
-@functools.cache
-def _mesh_topology(rows: int, cols: int, tex_w: int, tex_h: int) -> tuple[np.ndarray, ...]:
-    """What a mesh's tables need besides its points: for each triangle (cell-major, p00-p01-p11 first, then
-    p00-p11-p10) the flat indices of its corners, and its texture corner t0 with edges t1 - t0, t2 - t0."""
-    flat = np.arange(rows * cols).reshape(rows, cols)
-    p00, p01, p10, p11 = (
-        flat[:-1, :-1].ravel(),
-        flat[:-1, 1:].ravel(),
-        flat[1:, :-1].ravel(),
-        flat[1:, 1:].ravel(),
-    )
-    corners = (
-        np.stack([p00, p00], 1).ravel(),
-        np.stack([p01, p11], 1).ravel(),
-        np.stack([p11, p10], 1).ravel(),
-    )
-    tu, tv = np.meshgrid(np.linspace(0.0, tex_w, cols) - 0.5, np.linspace(0.0, tex_h, rows) - 0.5)
-    tex = np.stack([tu.ravel(), tv.ravel()], axis=-1)
-    t0, t1, t2 = (tex[c] for c in corners)
-    return (*corners, p00, p01, p11, t0, t1 - t0, t2 - t0)
-
-
-def _cell_tables(grid: np.ndarray, tex_w: int, tex_h: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell, the line through its p00-p11 diagonal as (a, b, c) with a·x + b·y + c < 0 on the p10 side:
-    (3, cells). Per triangle (cell-major, the p00-p01-p11 triangle first), its image→texture affine map
-    (m00, m01, m02, m10, m11, m12): (6, 2·cells). Zero-area slivers (allowed at straight corners, see
-    geometry.check_mesh) cover no pixel centre; their map is the constant first texture corner."""
-    rows, cols = grid.shape[:2]
-    c0, c1, c2, q00, q01, q11, t0, f1, f2 = _mesh_topology(rows, cols, tex_w, tex_h)
-    points = grid.reshape(-1, 2)
-    p0 = points[c0]
-    e1, e2 = points[c1] - p0, points[c2] - p0
-    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    degenerate = np.abs(det) < 1e-9
-    inv_det = np.where(degenerate, 0.0, 1.0 / np.where(degenerate, 1.0, det))
-    # A = F · E⁻¹ with E = [e1 e2], F = [f1 f2] (columns), E⁻¹ = [[e2y, −e2x], [−e1y, e1x]] / det; b = t0 − A·p0.
-    i00, i01, i10, i11 = e2[:, 1] * inv_det, -e2[:, 0] * inv_det, -e1[:, 1] * inv_det, e1[:, 0] * inv_det
-    a00 = f1[:, 0] * i00 + f2[:, 0] * i10
-    a01 = f1[:, 0] * i01 + f2[:, 0] * i11
-    a10 = f1[:, 1] * i00 + f2[:, 1] * i10
-    a11 = f1[:, 1] * i01 + f2[:, 1] * i11
-    b0 = t0[:, 0] - a00 * p0[:, 0] - a01 * p0[:, 1]
-    b1 = t0[:, 1] - a10 * p0[:, 0] - a11 * p0[:, 1]
-    affines = np.array([a00, a01, b0, a10, a11, b1], np.float32)
-
-    p00, p01, p11 = points[q00], points[q01], points[q11]
-    a, b = p00[:, 1] - p11[:, 1], p11[:, 0] - p00[:, 0]
-    c = -(a * p00[:, 0] + b * p00[:, 1])
-    # Orient the line so that p01 lies on its non-negative side.
-    orientation = np.where(a * p01[:, 0] + b * p01[:, 1] + c < 0, -1.0, 1.0)
-    diagonal = np.array([a * orientation, b * orientation, c * orientation], np.float32)
-    return diagonal, affines
-
-
 # Quadratic Bézier basis at 12 points: a strap's curve is this (12, 3) times its (start, control, end) points.
 _STRAP_T = np.linspace(0.0, 1.0, 12)[:, None]
 _STRAP_BASIS = np.hstack([(1 - _STRAP_T) ** 2, 2 * (1 - _STRAP_T) * _STRAP_T, _STRAP_T**2])
@@ -352,7 +184,7 @@ def _strap_polylines(
             # A strap on the side the face turns away from is hidden behind the cheek.
             if (side == 0 and mesh.yaw < -0.4) or (side == 1 and mesh.yaw > 0.4):
                 continue
-            start = frame.to_frame(_grid_point(mesh.grid, u, strap.v))
+            start = frame.to_frame(grid_point(mesh.grid, u, strap.v))
             end = ear + np.array([sign * strap.ear_offset[0], strap.ear_offset[1]])
             length = float(np.hypot(*(end - start)))
             control = 0.5 * (start + end) + np.array([0.0, strap.bow * length])
@@ -382,34 +214,6 @@ def _keep_attached(coverage: np.ndarray, body_alpha: np.ndarray, threshold: floa
     detached = np.isin(labels, removable).astype(np.uint8)
     # Their soft rims go too (one pixel around), so nothing faint is left floating.
     return 1.0 - cv2.dilate(detached, np.ones((3, 3), np.uint8)).astype(np.float32) * (labels != main)
-
-
-def _cylinder_gain(tex_w: int, yaw: float) -> np.ndarray:
-    """Brightness per texture column of a mask wrapped round the face like a cylinder, seen under yaw: the far
-    side darkens."""
-    u = (np.arange(tex_w, dtype=np.float32) + 0.5) / tex_w
-    theta = (u - 0.5) * 1.8 + 0.8 * yaw
-    return (0.80 + 0.20 * np.cos(theta)).astype(np.float32)
-
-
-def _lighting(region: np.ndarray, coverage: np.ndarray, strength: float, eye_distance: float) -> np.ndarray:
-    """Per-pixel gain carrying the face's brightness and its low-frequency gradient onto the mask."""
-    h, w = region.shape[:2]
-    # Heavy blur via a small image: only the light's direction matters, not the mouth or nostrils below (so
-    # 8-bit luminance is precise enough).
-    factor = max(1.0, eye_distance / 6.0)
-    small = cv2.resize(
-        cv2.cvtColor(np.ascontiguousarray(region), cv2.COLOR_RGB2GRAY),
-        (max(1, round(w / factor)), max(1, round(h / factor))),
-        interpolation=cv2.INTER_AREA,
-    )
-    small = cv2.GaussianBlur(small.astype(np.float32) * np.float32(1 / 255), (0, 0), 2.5)
-    # The mean brightness under the mask, and the gain, are taken at the small scale too: the light is smooth.
-    weights = cv2.resize(coverage, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) > 0.5
-    mean = float(small[weights].mean()) if weights.any() else float(small.mean())
-    overall = float(np.clip((mean / 0.5) ** (0.5 * strength), 0.55, 1.1))
-    gain = (np.clip(small / max(mean, 1e-3), 0.7, 1.3) ** strength * overall).astype(np.float32)
-    return cv2.resize(gain, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 @functools.cache
@@ -550,7 +354,7 @@ def _paint(
     # The face's light on mask and straps, in 8-bit units; then over the face. OpenCV's saturating add rounds to
     # 8 bits and caps what the light made brighter than white (colour is never negative).
     if config.lighting > 0:
-        colour *= (_lighting(region, alpha, config.lighting, eye_distance) * np.float32(255))[..., None]
+        colour *= (lighting_gain(region, alpha, config.lighting, eye_distance) * np.float32(255))[..., None]
     else:
         colour *= np.float32(255)
     below_mask = region.astype(np.float32)
@@ -640,12 +444,10 @@ def apply_mask(
 
     mid = mesh.grid[mesh.grid.shape[0] // 2]
     mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
-    texture = _premultiplied_texture(
-        template, mask_width, color, color_weight, pattern, config.pattern_weight
-    )
+    texture = premultiplied_texture(template, mask_width, color, color_weight, pattern, config.pattern_weight)
     if finish is not None:
         texture = finish_texture(texture, finish)  # a new array: the cached texture stays clean
-    body = _warp(texture, mesh.grid, origin, shape, _cylinder_gain(texture.shape[1], mesh.yaw))
+    body = warp_texture(texture, mesh.grid, origin, shape, cylinder_gain(texture.shape[1], mesh.yaw))
     colour, alpha = _body_over_straps(body, _strap_layers(straps, origin, shape), config.coverage_threshold)
     out, mask = _paint(image, box, colour, alpha, config, mesh.eye_distance)
     if config.verify:

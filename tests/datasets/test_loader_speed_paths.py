@@ -13,14 +13,10 @@ import torch
 
 from m2u.datasets import codecs
 from m2u.datasets.layout import split_shards
-from m2u.datasets.loader import (
-    LoaderConfig,
-    _iter_raw_samples,
-    _plain_tar_members,
-    make_loader,
-)
+from m2u.datasets.loader import LoaderConfig, make_loader
 from m2u.datasets.splits import unit_hash
 from m2u.datasets.synthetic import write_synthetic_dataset
+from m2u.datasets.tarread import iter_raw_samples, plain_tar_members
 
 
 def _webdataset_samples(url: str) -> list[dict]:
@@ -41,7 +37,7 @@ def test_jpeg_decoder_gives_opencvs_pixels(jpeg_dataset):
         pytest.skip("simplejpeg not installed")
     buffer = np.empty((64, 64, 3), np.uint8)
     shard = str(split_shards(jpeg_dataset, "train")[0])
-    for sample in _iter_raw_samples([shard]):
+    for sample in iter_raw_samples([shard]):
         data = sample["masked.jpg"]
         reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert np.array_equal(codecs.decode_image(data, rgb=False, buffer=buffer), reference)
@@ -53,8 +49,8 @@ def test_jpeg_decoder_gives_opencvs_pixels(jpeg_dataset):
 
 def test_local_tar_reader_yields_what_webdataset_yields(jpeg_dataset):
     for shard in split_shards(jpeg_dataset, "train"):
-        assert _plain_tar_members(str(shard)) is not None  # m2u's own shards take the fast path
-        assert list(_iter_raw_samples([str(shard)])) == _webdataset_samples(str(shard))
+        assert plain_tar_members(str(shard)) is not None  # m2u's own shards take the fast path
+        assert list(iter_raw_samples([str(shard)])) == _webdataset_samples(str(shard))
 
 
 def test_tar_with_long_names_or_pax_headers_falls_back_to_webdataset(tmp_path):
@@ -65,8 +61,8 @@ def test_tar_with_long_names_or_pax_headers_falls_back_to_webdataset(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    assert _plain_tar_members(str(path)) is None
-    samples = list(_iter_raw_samples([str(path)]))
+    assert plain_tar_members(str(path)) is None
+    samples = list(iter_raw_samples([str(path)]))
     assert samples == _webdataset_samples(str(path))
     assert samples[0]["__key__"] == long_key and set(samples[0]) >= {"txt", "json"}
 
@@ -79,7 +75,7 @@ def test_duplicate_member_is_an_error_as_in_webdataset(tmp_path):
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(ValueError, match="duplicate"):
-        list(_iter_raw_samples([str(path)]))
+        list(iter_raw_samples([str(path)]))
 
 
 def test_batches_equal_a_plain_decode_with_flips(jpeg_dataset):
@@ -87,7 +83,7 @@ def test_batches_equal_a_plain_decode_with_flips(jpeg_dataset):
     says; the mask is the PNG above 127."""
     config = LoaderConfig(batch_size=5, num_workers=0, shuffle_buffer=7, hflip_prob=0.5, seed=3)
     dataset = make_loader(jpeg_dataset, "train", config).dataset
-    raw = {s["__key__"]: s for s in _iter_raw_samples([str(p) for p in split_shards(jpeg_dataset, "train")])}
+    raw = {s["__key__"]: s for s in iter_raw_samples([str(p) for p in split_shards(jpeg_dataset, "train")])}
     rows, flips = 0, 0
     for batch in dataset:
         assert batch["masked"].is_contiguous() and batch["masked"].dtype == torch.uint8

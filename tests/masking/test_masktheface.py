@@ -23,7 +23,8 @@ from m2u.masking.detect import DetectorConfig
 from m2u.masking.geometry import MaskingError
 from m2u.masking.render import MaskConfig, inputs_per_config, parse_mask_code
 from m2u.masking.sheet import pack_variants
-from m2u.masking.templates import MASK_TYPES, load_template_pack
+from m2u.masking.templates import MASK_TYPES
+from m2u.masking.templates_pack import load_template_pack
 
 
 @pytest.fixture

@@ -222,7 +222,7 @@ def test_sizes_read_from_files_are_capped_before_anything_is_allocated(tmp_path,
     from m2u.datasets.codecs import decode_image
     from m2u.inference.cli import export_main, unmask_main
     from m2u.masking.cli import main as mask
-    from m2u.masking.templates import TemplatePackError, load_template_pack
+    from m2u.masking.templates_pack import TemplatePackError, load_template_pack
     from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, save_model
 
     mseg, generator = tiny_models
