@@ -34,10 +34,10 @@ from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
     LOCK_NAME,
     MANIFEST_NAME,
+    MANIFEST_STATUSES,
     SPLITS,
     STATE_DIR,
     STATS_NAME,
-    Status,
     split_manifest_name,
 )
 from m2u.datasets.locks import build_lock
@@ -223,7 +223,7 @@ def _run_tasks(
     from m2u.datasets.progress import BuildProgress
 
     if not tasks:  # everything is committed (a finalising run): no pool, no Ray
-        return {status.value: 0 for status in Status}
+        return {status.value: 0 for status in MANIFEST_STATUSES}
     job = BuildJob(config, os.fspath(out_dir.resolve()), os.getpid(), os.environ.get(FAULT_ENV))
     planned = {t.shard_id: len(t.samples) for t in tasks}
     progress = BuildProgress(sum(planned.values()), enabled=config.progress)

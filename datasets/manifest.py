@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 from m2u.core.fileio import atomic_write_text
 from m2u.datasets.layout import (
     MANIFEST_SCHEMA,
+    MANIFEST_STATUSES,
     SPLITS,
     STATE_DIR,
-    Status,
     manifest_table,
     shard_name,
     shard_relpath,
@@ -52,7 +52,7 @@ def marker_path(out_dir: Path, split: str, index: int) -> Path:
 
 def shard_stats(output: ShardOutput, planned: int) -> dict[str, Any]:
     """The per-shard stats JSON: what was planned and written, the tar's size and checksum, timings."""
-    counts = {status.value: 0 for status in Status}
+    counts = {status.value: 0 for status in MANIFEST_STATUSES}
     for row in output.rows:
         counts[row["status"]] += 1
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from m2u.datasets.layout import Status
+from m2u.datasets.layout import MANIFEST_STATUSES
 
 
 class BuildProgress:
@@ -28,7 +28,7 @@ class BuildProgress:
         self._bar.refresh()
 
     def counts(self) -> dict[str, int]:
-        total = {status.value: 0 for status in Status}
+        total = {status.value: 0 for status in MANIFEST_STATUSES}
         for counts in self._counts.values():
             for status, n in counts.items():
                 total[status] += n

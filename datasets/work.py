@@ -31,7 +31,7 @@ import numpy as np
 
 from m2u.datasets.align import align_face
 from m2u.datasets.config import BuildConfig, BuildError, BuildWriteError
-from m2u.datasets.layout import Status, shard_name, shard_relpath
+from m2u.datasets.layout import MANIFEST_STATUSES, Status, shard_name, shard_relpath
 
 # ShardTask and ShardOutput live with the plan (manifest and synthetic use them without the work itself).
 from m2u.datasets.plan import PlannedSample, ShardOutput, ShardTask
@@ -244,7 +244,7 @@ def build_shard(
     started = time.perf_counter()
     target = Path(job.out_dir) / task.split / shard_name(task.split, task.index)
     rows: list[dict[str, Any]] = []
-    counts = {status.value: 0 for status in Status}
+    counts = {status.value: 0 for status in MANIFEST_STATUSES}
     groups = _inputs_of(task)
     index, parts = part
     groups = groups[index * len(groups) // parts : (index + 1) * len(groups) // parts]
