@@ -1,7 +1,7 @@
 """M-Seg on real masks, mapped back to the photo, against hand-drawn labels (issue 23, item 2).
 
     .venv/bin/python benchmarks/real_mask_seg.py                         # the shipped model
-    .venv/bin/python benchmarks/real_mask_seg.py --model inference/pretrained/m2unet-celeba-128-real \
+    .venv/bin/python benchmarks/real_mask_seg.py --model runs/real/package \
         --sheet runs/real-sheet.png --json benchmarks/results/real_mask_seg_real.json
 
 Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/NAME.jpg thresholded at 127):

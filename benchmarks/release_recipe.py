@@ -283,9 +283,10 @@ def install_package(package: Path, target: Path) -> Path:
     """Copy a complete package's files over the shipped model's (each file replaced atomically)."""
     import shutil
 
-    from m2u.inference.pretrained import CARD_FILE, CARD_JSON, GENERATOR_FILE, MSEG_FILE
+    from m2u.inference.pretrained import CARD_FILE, CARD_JSON, CHECKSUMS_FILE, GENERATOR_FILE, MSEG_FILE
 
-    names = (MSEG_FILE, GENERATOR_FILE, CARD_JSON, CARD_FILE)
+    # checksums.json travels with the weights: the shipped model is verified against it on every load.
+    names = (MSEG_FILE, GENERATOR_FILE, CARD_JSON, CARD_FILE, CHECKSUMS_FILE)
     missing = [n for n in names if not (package / n).is_file()]
     if missing:
         raise SystemExit(f"--install: {package} is not a complete package (missing {', '.join(missing)})")

@@ -1,4 +1,4 @@
-"""Train the masked-face classifier that m2u-unmask's decision ships (inference/mask_presence.safetensors).
+"""Train the masked-face classifier that m2u-unmask's decision ships (inference/pretrained/m2unet-celeba-128/mask_presence.safetensors).
 
     .venv/bin/python benchmarks/train_mask_classifier.py [--photos 1200] [--epochs 8] [--shared ../shared]
 
@@ -143,7 +143,7 @@ def main() -> None:
     from safetensors.torch import save_file
     from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
 
-    from m2u.inference.mask_presence import MASK_CLASSIFIER, MaskPresenceNet, to_input
+    from m2u.inference.mask_presence import MaskPresenceNet, to_input
     from m2u.masking import read_image
 
     parser = argparse.ArgumentParser(
@@ -161,7 +161,8 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
     )
-    parser.add_argument("-o", "--out", type=Path, default=MASK_CLASSIFIER)
+    # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
+    parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)

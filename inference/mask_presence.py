@@ -4,7 +4,7 @@ M-Seg cannot answer it: it was trained only on masked faces, and on unmasked Cel
 the lower face as "mask" (benchmarks/results/real_masks.json: median_mseg_mouth_coverage on unmasked CelebA). This
 classifier sees both kinds: m2u-mask's masked CelebA faces against the same faces unmasked, plus crops of faceless
 images as "no masked face", at 64x64 from the dataset alignment with jitter, blur, noise, JPEG and lighting
-(benchmarks/train_mask_classifier.py makes it). Its weights ship with the package (`MASK_CLASSIFIER`, ~60 KB).
+(benchmarks/train_mask_classifier.py makes it). Its weights ship beside the shipped model's (`MASK_CLASSIFIER`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import nn
 
 __all__ = ["MASK_CLASSIFIER", "MaskPresenceNet", "load_mask_classifier", "mask_probabilities"]
 
-MASK_CLASSIFIER = Path(__file__).resolve().parent / "mask_presence.safetensors"
+# It ships in the shipped model's folder: m2u keeps every weight file it ships in one place.
+MASK_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "m2unet-celeba-128" / "mask_presence.safetensors"
 INPUT_SIZE = 64
 
 

@@ -194,9 +194,7 @@ def blazeface_detect(
         # From the network's unit square back to image pixels.
         to_image = np.array([full, full], np.float64)
         shift = np.array([off_x, off_y], np.float64)
-        corners = box.reshape(2, 2) * to_image - shift
+        left, top, right, bottom = (float(v) for v in (box.reshape(2, 2) * to_image - shift).ravel())
         keypoints = pts * to_image - shift
-        found.append(
-            BlazeDetection(tuple(float(v) for v in corners.ravel()), keypoints.astype(np.float32), score)
-        )
+        found.append(BlazeDetection((left, top, right, bottom), keypoints.astype(np.float32), score))
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -80,6 +81,10 @@ def draw_panel(axis, by_split: dict[str, list]) -> None:
             axis.plot(steps, values, marker=marker, color=color, label=split)
 
 
+def _save_png(figure, temp: Path) -> None:
+    figure.savefig(temp, dpi=90, format="png")
+
+
 def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Path]:
     """One PNG per stage (`<stage>_train.png`): a panel per metric, train (raw, faint, and smoothed) and val on
     the same axis, integer step ticks. Returns the files written."""
@@ -116,7 +121,7 @@ def plot_training_curves(stage_dirs: dict[str, Path], out_dir: Path) -> list[Pat
         figure.suptitle(stage)
         figure.tight_layout()
         path = out_dir / f"{stage}_train.png"
-        atomic_write(path, lambda temp, figure=figure: figure.savefig(temp, dpi=90, format="png"))
+        atomic_write(path, functools.partial(_save_png, figure))
         plt.close(figure)
         written.append(path)
     return written
