@@ -146,8 +146,9 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
-def _mean(values: list[float]) -> float | None:
-    return round(float(np.mean(values)), 4) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(np.mean(present)), 4) if present else None
 
 
 def _median(values: list[float | None]) -> float | None:

@@ -20,7 +20,9 @@ from torch import nn
 __all__ = ["MASK_CLASSIFIER", "MaskPresenceNet", "load_mask_classifier", "mask_probabilities"]
 
 # It ships in the shipped model's folder: m2u keeps every weight file it ships in one place.
-MASK_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "m2unet-celeba-128" / "mask_presence.safetensors"
+MASK_CLASSIFIER = (
+    Path(__file__).resolve().parent / "pretrained" / "m2unet-celeba-128" / "mask_presence.safetensors"
+)
 INPUT_SIZE = 64
 
 

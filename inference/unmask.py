@@ -169,6 +169,7 @@ class Unmasker:
         self.usage = model_usage(
             models, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
+        self.detector: RealFaceDetector | MaskedFaceDetector | FaceDetector
         if self.config.detector_model == "blazeface":
             self.detector = RealFaceDetector()
         elif self.config.detector_model == "masked":
@@ -248,7 +249,8 @@ class Unmasker:
         faces: list[FaceRestoration] = []
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
             uncertain = info.pop("uncertain", False)
-            face = FaceRestoration(crop, None, None, matrix, 0.0, **info)
+            # mask and restored are filled in below (M-Seg's mask, the generator's composite).
+            face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
             if masks is not None:
                 face.mask = masks[k]
                 face.evidence = rule.evidence(masks[k], p)
