@@ -159,10 +159,9 @@ def write_face_pack(
     face_budget = config.max_bytes - test["bytes"]
     budgets = {"val": int(face_budget * config.val_fraction)}
     budgets["train"] = face_budget - budgets["val"]
-    splits = {
-        split: _pack_split(dataset, temp, split, size, config, budgets[split]) for split in TRAIN_SPLITS
-    }
-    for split, entry in splits.items():
+    splits: dict[str, Any] = {}
+    for split in TRAIN_SPLITS:
+        splits[split] = entry = _pack_split(dataset, temp, split, size, config, budgets[split])
         log(f"face pack {split}: {entry['faces']} faces, {entry['jpeg_bytes'] / 2**20:.1f} MiB of JPEG")
     info = {
         "format": PACK_FORMAT,
