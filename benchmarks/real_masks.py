@@ -110,7 +110,8 @@ def main() -> None:
     from unmask import faceless_images, split_photos  # benchmarks/unmask.py
 
     from m2u.evaluation.real_masks import RealMaskConfig, evaluate_real_masks
-    from m2u.inference.unmask import MaskedFaceRule, UnmaskConfig, Unmasker
+    from m2u.inference.masked_rule import MaskedFaceRule
+    from m2u.inference.unmask import UnmaskConfig, Unmasker
     from m2u.masking import read_image
     from m2u.masking.masked_faces import BLAZE_CASCADE, MaskedFaceDetector, RealFaceDetector
 

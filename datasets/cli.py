@@ -180,16 +180,7 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
     options.pop("progress")
     if not inputs:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
-    options["mask_color"], options["mask_pattern"] = options.pop("color"), options.pop("pattern")
-    mask_options = {**BuildConfig().mask_options, **_key_values(options.pop("mask_option"), "--mask-option")}
-    for option, field_name in MASK_SHORTHANDS.items():
-        value = options.pop(option)
-        if value is not None:
-            mask_options[field_name] = value
-    detector_options = _key_values(options.pop("detector_option"), "--detector-option")
-    min_score = options.pop("min_score")
-    if min_score is not None:
-        detector_options["min_score"] = min_score
+    mask_options, detector_options = _masking_options(options)
     options["workers"] = max(options["workers"], 1)  # 0 and 1: in this process
     try:
         config = BuildConfig(
@@ -207,10 +198,30 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
         raise Refused(str(exc)) from None
     except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
         raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None
-    stats = result.stats
     ignored = describe_ignored_files(inputs, exclude=[] if is_url(out_dir) else [out_dir])
     if ignored:
         click.echo(ignored, err=True)
+    _echo_summary(out_dir, result.stats)
+
+
+def _masking_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pop the mask and detector options out of the command's `options` (renaming --color and --pattern in
+    place): (mask_options over BuildConfig's, detector_options)."""
+    options["mask_color"], options["mask_pattern"] = options.pop("color"), options.pop("pattern")
+    mask_options = {**BuildConfig().mask_options, **_key_values(options.pop("mask_option"), "--mask-option")}
+    for option, field_name in MASK_SHORTHANDS.items():
+        value = options.pop(option)
+        if value is not None:
+            mask_options[field_name] = value
+    detector_options = _key_values(options.pop("detector_option"), "--detector-option")
+    min_score = options.pop("min_score")
+    if min_score is not None:
+        detector_options["min_score"] = min_score
+    return mask_options, detector_options
+
+
+def _echo_summary(out_dir: str, stats: dict[str, Any]) -> None:
+    """The build's one-line summary; exits EXIT_SOME_FAILED when no pair was written or some inputs failed."""
     if stats["partition"] is not None:
         built = stats["built_by_status"]
         click.echo(

@@ -161,40 +161,8 @@ def write_face_pack(
     budgets["train"] = face_budget - budgets["val"]
     splits: dict[str, Any] = {}
     for split in TRAIN_SPLITS:
-        offsets, landmarks, keys, seeds = [0], [], [], []
-        skipped, used = [], 0
-        with open(_jpg_path(temp, split), "wb") as blob:
-            for key, data, meta in _split_samples(dataset, split):
-                points = np.asarray(meta.get("landmarks"), np.float32)
-                if points.shape != (68, 2):
-                    skipped.append(f"{key}: no 68 landmarks in its JSON")
-                    continue
-                encoded, scale = _reencode(data, size, config.store_size, config.quality)
-                # The face's JPEG and its index entry (landmarks, offset, seed, key) count against the budget.
-                used += len(encoded) + points.nbytes + 16 + len(key)
-                if used > budgets[split]:
-                    break
-                blob.write(encoded)
-                offsets.append(offsets[-1] + len(encoded))
-                landmarks.append(points * scale)
-                keys.append(key)
-                seeds.append(int(meta.get("seed", 0)))
-        np.savez(
-            _index_path(temp, split),
-            offsets=np.asarray(offsets, np.int64),
-            landmarks=np.asarray(landmarks, np.float32).reshape(-1, 68, 2),
-            keys=np.asarray(keys, dtype=bytes),
-            seeds=np.asarray(seeds, np.int64),
-        )
-        count = len(keys)
-        splits[split] = {
-            "faces": count,
-            "jpeg_bytes": offsets[-1],
-            "bytes": _jpg_path(temp, split).stat().st_size + _index_path(temp, split).stat().st_size,
-            "bytes_per_face": round(offsets[-1] / count, 1) if count else None,
-            "skipped": skipped,
-        }
-        log(f"face pack {split}: {count} faces, {offsets[-1] / 2**20:.1f} MiB of JPEG")
+        splits[split] = entry = _pack_split(dataset, temp, split, size, config, budgets[split])
+        log(f"face pack {split}: {entry['faces']} faces, {entry['jpeg_bytes'] / 2**20:.1f} MiB of JPEG")
     info = {
         "format": PACK_FORMAT,
         "size": size,
@@ -208,6 +176,46 @@ def write_face_pack(
     atomic_write(temp / PACK_NAME, lambda path: Path(path).write_text(json.dumps(info, indent=2) + "\n"))
     temp.rename(out)
     return info
+
+
+def _pack_split(
+    dataset: Path, temp: Path, split: str, size: int, config: PackConfig, budget: int
+) -> dict[str, Any]:
+    """Re-encode the faces of one split of `dataset` into the pack folder `temp` (JPEG blob + index) until
+    `budget` bytes are used; returns the split's entry of pack.json."""
+    offsets, landmarks, keys, seeds = [0], [], [], []
+    skipped, used = [], 0
+    with open(_jpg_path(temp, split), "wb") as blob:
+        for key, data, meta in _split_samples(dataset, split):
+            points = np.asarray(meta.get("landmarks"), np.float32)
+            if points.shape != (68, 2):
+                skipped.append(f"{key}: no 68 landmarks in its JSON")
+                continue
+            encoded, scale = _reencode(data, size, config.store_size, config.quality)
+            # The face's JPEG and its index entry (landmarks, offset, seed, key) count against the budget.
+            used += len(encoded) + points.nbytes + 16 + len(key)
+            if used > budget:
+                break
+            blob.write(encoded)
+            offsets.append(offsets[-1] + len(encoded))
+            landmarks.append(points * scale)
+            keys.append(key)
+            seeds.append(int(meta.get("seed", 0)))
+    np.savez(
+        _index_path(temp, split),
+        offsets=np.asarray(offsets, np.int64),
+        landmarks=np.asarray(landmarks, np.float32).reshape(-1, 68, 2),
+        keys=np.asarray(keys, dtype=bytes),
+        seeds=np.asarray(seeds, np.int64),
+    )
+    count = len(keys)
+    return {
+        "faces": count,
+        "jpeg_bytes": offsets[-1],
+        "bytes": _jpg_path(temp, split).stat().st_size + _index_path(temp, split).stat().st_size,
+        "bytes_per_face": round(offsets[-1] / count, 1) if count else None,
+        "skipped": skipped,
+    }
 
 
 class FacePack:

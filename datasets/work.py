@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from m2u.datasets.align import align_face
+from m2u.datasets.align import AlignedFace, align_face
 from m2u.datasets.config import BuildConfig, BuildError, BuildWriteError
 from m2u.datasets.layout import MANIFEST_STATUSES, Status, shard_name, shard_relpath
 
@@ -145,11 +145,11 @@ def process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
 
 def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
     from m2u.core.imageio import decode_image, read_input_bytes
-    from m2u.masking import Face, ImageReadError, MaskingError
+    from m2u.masking import Face, ImageReadError
 
     if _STATE is None:
         raise RuntimeError("process_input needs init_worker first")
-    config, masker = _STATE.config, _STATE.masker
+    config = _STATE.config
     source = samples[0].source
     try:
         # Checked on the open file before any byte is read: a FIFO or a device (/dev/zero) is an error row.
@@ -181,38 +181,39 @@ def _process_input(samples: Sequence[PlannedSample]) -> list[SampleResult]:
     except (ValueError, RuntimeError) as exc:
         return [(_row(s, **common, reason=f"alignment failed: {exc}"), None) for s in samples]
 
-    results: list[SampleResult] = []
-    for planned in samples:
-        try:
-            masked, mask, mask_meta = masker(aligned.image, crop_face, planned.seed)
-        except Exception as exc:  # noqa: BLE001 - MaskingError and friends: recorded per variant
-            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            status = Status.REFUSED if isinstance(exc, MaskingError) else Status.ERROR
-            results.append(
-                (_row(planned, **common, status=status.value, reason=f"masking failed: {reason}"), None)
-            )
-            continue
-        mask = pair_mask(masked, aligned.image, mask)
-        mask_type = str(mask_meta.get("type", "")) or None
-        try:
-            meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
-            members = sample_members(
-                masked=masked,
-                unmasked=aligned.image,
-                mask=mask,
-                meta=meta,
-                image_format=config.image_format,
-                quality=config.quality,
-            )
-        except Exception as exc:  # noqa: BLE001 - one variant that cannot be encoded is that variant's row
-            results.append(
-                (_row(planned, **common, reason=f"encoding failed: {type(exc).__name__}: {exc}"), None)
-            )
-            continue
-        shard = shard_relpath(planned.split, planned.shard_index)
-        row = _row(planned, **common, status=Status.OK.value, mask_type=mask_type, shard=shard)
-        results.append((row, members))
-    return results
+    return [_mask_variant(_STATE, planned, aligned, crop_face, common) for planned in samples]
+
+
+def _mask_variant(
+    state: _WorkerState, planned: PlannedSample, aligned: AlignedFace, crop_face: Any, common: dict[str, Any]
+) -> SampleResult:
+    """One planned variant of an aligned face: masked and encoded into its tar members, or its error row."""
+    from m2u.masking import MaskingError
+
+    config, masker = state.config, state.masker
+    try:
+        masked, mask, mask_meta = masker(aligned.image, crop_face, planned.seed)
+    except Exception as exc:  # noqa: BLE001 - MaskingError and friends: recorded per variant
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        status = Status.REFUSED if isinstance(exc, MaskingError) else Status.ERROR
+        return (_row(planned, **common, status=status.value, reason=f"masking failed: {reason}"), None)
+    mask = pair_mask(masked, aligned.image, mask)
+    mask_type = str(mask_meta.get("type", "")) or None
+    try:
+        meta = sample_metadata(planned, config.size, aligned.landmarks, aligned.matrix, mask_meta)
+        members = sample_members(
+            masked=masked,
+            unmasked=aligned.image,
+            mask=mask,
+            meta=meta,
+            image_format=config.image_format,
+            quality=config.quality,
+        )
+    except Exception as exc:  # noqa: BLE001 - one variant that cannot be encoded is that variant's row
+        return (_row(planned, **common, reason=f"encoding failed: {type(exc).__name__}: {exc}"), None)
+    shard = shard_relpath(planned.split, planned.shard_index)
+    row = _row(planned, **common, status=Status.OK.value, mask_type=mask_type, shard=shard)
+    return (row, members)
 
 
 def _inputs_of(task: ShardTask) -> list[list[PlannedSample]]:

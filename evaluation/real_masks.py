@@ -58,7 +58,7 @@ class PhotoScore:
     faces_left: int = 0
     not_faces: int = 0  # uncertain detections without a mask: no face
     # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
-    # probability and the share of the mouth region M-Seg marks (m2u.inference.unmask.MaskedFaceRule).
+    # probability and the share of the mouth region M-Seg marks (m2u.inference.masked_rule.MaskedFaceRule).
     mask_probability: float | None = None
     mseg_mouth_coverage: float | None = None
     mask_fraction: float = 0.0  # share of the photo under the predicted mask
@@ -146,8 +146,9 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
-def _mean(values: list[float]) -> float | None:
-    return round(float(np.mean(values)), 4) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(np.mean(present)), 4) if present else None
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -202,7 +203,7 @@ def evaluate_real_masks(
     from tqdm import tqdm
 
     from m2u.core.inputs import check_output_folder, discover, output_lock
-    from m2u.masking import ImageReadError, read_image
+    from m2u.masking import ImageReadError
 
     config = config or RealMaskConfig()
     out = Path(out_dir)
@@ -222,69 +223,101 @@ def evaluate_real_masks(
         for index, path in enumerate(tqdm(paths, unit="photo", desc="real masks", disable=not progress)):
             row = PhotoScore(photo=str(path), status="ok")
             try:
-                image = read_image(path)
-                result, restored, left = unmasker.unmask_with_refusals(image)
-                not_faces = [f for f in left if f.problem.startswith("no face")]
-                left = [f for f in left if not f.problem.startswith("no face")]
-                row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
-                row.faces_found = len(restored) + len(left)
-                judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
-                if judged:
-                    best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
-                    row.mask_probability = best.get("mask_probability")  # not asked with --all-faces
-                    row.mseg_mouth_coverage = best["mouth_coverage"]
-                if left:
-                    row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"
-                if not row.faces_found:
-                    row.status = "no_face"
-                    row.reason = (
-                        f"{len(not_faces)} uncertain detection(s) with no mask on them: no face"
-                        if not_faces
-                        else "no face found by the detector"
-                    )
-                elif not restored:
-                    row.status = "no_masked_face"
-                predicted = photo_mask(image.shape[:2], restored)
-                row.mask_fraction = round(float(predicted.mean()), 4)
-                label_image = None
-                if labels is not None:
-                    label_path = _find_label(labels, path.stem)
-                    if label_path is None:
-                        row.status, row.reason = "no_label", f"no label named {path.stem}.* in {labels}"
-                    else:
-                        row.label = str(label_path)
-                        label = _read_label(label_path, image.shape[:2], config.label_threshold)
-                        unchanged = (result == image).all(axis=2)
-                        dice, iou, remnant = mask_scores(predicted, label, unchanged)
-                        row.dice, row.iou, row.remnant = round(dice, 4), round(iou, 4), round(remnant, 4)
-                        label_image = label
-                if config.sheet_rows is None or len(sheet) < config.sheet_rows:
-                    cells = [
-                        _fit(_with_boxes(image, restored, left, not_faces), config.thumb),
-                        _fit((predicted * 255).astype(np.uint8), config.thumb),
-                        _fit(result, config.thumb),
-                    ]
-                    if label_image is not None:
-                        cells.append(_fit((label_image * 255).astype(np.uint8), config.thumb))
-                    names = []
-                    for kind, cell in zip(("photo", "predicted", "restored", "label"), cells):
-                        name = f"sheet/{index:05d}_{kind}.png"
-                        _write_png(out / name, cell)
-                        names.append(name)
+                names = _score_photo(row, path, unmasker, labels, config, out, index, len(sheet))
+                if names:
                     sheet.append((row, names))
             except ImageReadError as exc:
                 row.status, row.reason = "unreadable", exc.reason
             except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
                 row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
             rows.append(row)
-        with open(out / "real_masks.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(PhotoScore)])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
-        summary = summarize_scores(rows)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "index.html").write_text(_sheet_html(summary, sheet, labels is not None))
+        return _write_outputs(out, rows, sheet, labels is not None)
+
+
+def _score_photo(
+    row: PhotoScore,
+    path: Path,
+    unmasker,
+    labels: Path | None,
+    config: RealMaskConfig,
+    out: Path,
+    index: int,
+    sheet_rows: int,
+) -> list[str]:
+    """Unmask one photo and fill in its `row` (faces, decision evidence, label scores); returns the contact sheet
+    cells written for it ([] once the sheet has `config.sheet_rows` rows)."""
+    from m2u.masking import read_image
+
+    image = read_image(path)
+    result, restored, left = unmasker.unmask_with_refusals(image)
+    not_faces = [f for f in left if f.problem.startswith("no face")]
+    left = [f for f in left if not f.problem.startswith("no face")]
+    _record_faces(row, restored, left, not_faces)
+    predicted = photo_mask(image.shape[:2], restored)
+    row.mask_fraction = round(float(predicted.mean()), 4)
+    label_image = None
+    if labels is not None:
+        label_path = _find_label(labels, path.stem)
+        if label_path is None:
+            row.status, row.reason = "no_label", f"no label named {path.stem}.* in {labels}"
+        else:
+            row.label = str(label_path)
+            label = _read_label(label_path, image.shape[:2], config.label_threshold)
+            unchanged = (result == image).all(axis=2)
+            dice, iou, remnant = mask_scores(predicted, label, unchanged)
+            row.dice, row.iou, row.remnant = round(dice, 4), round(iou, 4), round(remnant, 4)
+            label_image = label
+    if config.sheet_rows is not None and sheet_rows >= config.sheet_rows:
+        return []
+    cells = [
+        _fit(_with_boxes(image, restored, left, not_faces), config.thumb),
+        _fit((predicted * 255).astype(np.uint8), config.thumb),
+        _fit(result, config.thumb),
+    ]
+    if label_image is not None:
+        cells.append(_fit((label_image * 255).astype(np.uint8), config.thumb))
+    names = []
+    for kind, cell in zip(("photo", "predicted", "restored", "label"), cells):
+        name = f"sheet/{index:05d}_{kind}.png"
+        _write_png(out / name, cell)
+        names.append(name)
+    return names
+
+
+def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) -> None:
+    """The photo's face counts, the masked-face decision's evidence and its status into `row`."""
+    row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
+    row.faces_found = len(restored) + len(left)
+    judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
+    if judged:
+        best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
+        row.mask_probability = best.get("mask_probability")  # not asked with --all-faces
+        row.mseg_mouth_coverage = best["mouth_coverage"]
+    if left:
+        row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"
+    if not row.faces_found:
+        row.status = "no_face"
+        row.reason = (
+            f"{len(not_faces)} uncertain detection(s) with no mask on them: no face"
+            if not_faces
+            else "no face found by the detector"
+        )
+    elif not restored:
+        row.status = "no_masked_face"
+
+
+def _write_outputs(
+    out: Path, rows: list[PhotoScore], sheet: list[tuple[PhotoScore, list[str]]], labelled: bool
+) -> dict:
+    """real_masks.csv, summary.json and the contact sheet's index.html; returns the summary."""
+    with open(out / "real_masks.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(PhotoScore)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+    summary = summarize_scores(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "index.html").write_text(_sheet_html(summary, sheet, labelled))
     return summary
 
 

@@ -11,8 +11,9 @@ Public surface::
 from __future__ import annotations
 
 from m2u.inference.export import ExportConfig, export_onnx
+from m2u.inference.photos import FileResult, unmask_files
 from m2u.inference.restore import load_pretrained, load_two_stage, restore_batch
-from m2u.inference.unmask import FileResult, UnmaskConfig, Unmasker, unmask_files
+from m2u.inference.unmask import UnmaskConfig, Unmasker
 
 __all__ = [
     "ExportConfig",

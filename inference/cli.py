@@ -106,7 +106,7 @@ def unmask_main(**kw) -> None:
     Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
     processed; 2 usage error or refused."""
     from m2u.core.inputs import InputError, OutputFolderError, check_arguments
-    from m2u.inference.unmask import summarize, unmask_files
+    from m2u.inference.photos import summarize, unmask_files
 
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:

@@ -11,7 +11,7 @@ into the photo at its own resolution with a feathered edge: only pixels under th
 only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size.
 
-Every input file gets one row in `report.csv`: status `ok`, `no_face`, `not_masked` (faces found, none wears a
+Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
 (unreadable, no such file, ...); `faces.jsonl` has one line per face (input, detector, score, box, alignment source,
 mask fraction, the masked-face rule's evidence, `restored`). A face left as it is (no mask found on it; the detector
@@ -22,41 +22,32 @@ features); or it scores below `min_score`) keeps every pixel and is listed with 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from m2u.core.fileio import atomic_write_text
-from m2u.core.guard import stops_the_run
-from m2u.core.imageio import write_image
-from m2u.core.outcome import Status
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
+from m2u.inference.masked_rule import MaskedFaceRule
+from m2u.inference.paste import feather_weight, paste_feathered, paste_region, resize_matrix
 from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
 from m2u.training.models.mseg import check_mask_threshold
 
+# MaskedFaceRule and the paste functions live in masked_rule.py and paste.py; they stay importable from here.
+# The per-photo file loop and its reports (unmask_files, FileResult, summarize) are m2u.inference.photos.
 __all__ = [
-    "UnmaskConfig",
     "FaceRestoration",
-    "FileResult",
+    "MaskedFaceRule",
+    "UnmaskConfig",
     "Unmasker",
-    "expand_inputs",
     "feather_weight",
     "paste_feathered",
     "paste_region",
-    "summarize",
-    "unmask_files",
 ]
-
 
 DETECTORS: tuple[str, ...] = ("blazeface", "masked", "hog", "cnn")
 ALIGNMENTS: tuple[str, ...] = ("visible", "landmarks")
@@ -64,90 +55,6 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
 # (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
 BF16_MIN_BATCH = 4
-
-
-def _region(centre: tuple[float, float], half_width: float, half_height: float) -> tuple[float, ...]:
-    return (centre[0] - half_width, centre[0] + half_width, centre[1] - half_height, centre[1] + half_height)
-
-
-@dataclass(frozen=True)
-class MaskedFaceRule:
-    """Which found faces wear a mask (restored) and which are left exactly as they are.
-
-    The evidence: the mask classifier's probability on the aligned crop (m2u.inference.mask_presence: trained on
-    m2u-mask's masked faces against the same faces unmasked and against non-faces), and M-Seg's mask. M-Seg alone
-    cannot tell: trained only on masked faces, the shipped M-Seg marks the lower half of unmasked faces as mask too
-    (benchmarks/results/real_masks.json: median_mseg_mouth_coverage of the unmasked CelebA photos). A face is restored when the classifier gives at least
-    `min_mask_probability` and M-Seg marks at least `min_mask_fraction` of the crop. Detections the detector is
-    unsure of (`Face.retry`: BlazeFace below its sure score, the dlib fallback) are faces at all only when the
-    classifier gives at least `min_face_probability`: otherwise they are reported as no face.
-
-    Chosen on benchmarks/real_masks.py's tuning sets (THRESHOLDS_TUNED_ON) with the model that shipped then
-    (m2unet-celeba-128); a retrained M-Seg or classifier should be rechecked with that script. The mouth and eye
-    coverage of M-Seg's mask are recorded for each face (faces.jsonl) but decide nothing."""
-
-    min_mask_probability: float = 0.95
-    # An uncertain detection (`Face.retry`) is a face at all when the classifier gives at least this: a masked face,
-    # restored or not by `min_mask_probability`. Below it, no face (textures, a cat: the classifier saw non-faces).
-    min_face_probability: float = 0.5
-    min_mask_fraction: float = 0.02
-    mouth_region: tuple[float, ...] = _region((0.5, 0.635), 0.15, 0.08)
-    eye_region: tuple[float, ...] = _region((0.5, 0.38), 0.25, 0.07)
-
-    def __post_init__(self) -> None:
-        for name in ("min_mask_probability", "min_face_probability", "min_mask_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
-
-    @staticmethod
-    def coverage(mask: np.ndarray, region: tuple[float, ...]) -> float:
-        """The share of `region` (crop fractions) that `mask` (2-D, > 0 = mask) covers."""
-        height, width = mask.shape[:2]
-        x0, x1, y0, y1 = region
-        part = mask[round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)]
-        return float((part > 0).mean()) if part.size else 0.0
-
-    def evidence(self, mask: np.ndarray, probability: float) -> dict[str, float]:
-        """The figures the rule reads or records (written to faces.jsonl)."""
-        return {
-            "mask_probability": round(float(probability), 4),
-            "mask_fraction": round(float((mask > 0).mean()), 4),
-            "mouth_coverage": round(self.coverage(mask, self.mouth_region), 4),
-            "eye_coverage": round(self.coverage(mask, self.eye_region), 4),
-        }
-
-    def not_masked_reason(self, mask: np.ndarray, probability: float, uncertain: bool = False) -> str:
-        """Why the face is left as it is ("" when it is restored). `uncertain`: the detector was unsure it is a
-        face at all (the reason then starts with "no face")."""
-        if probability >= self.min_mask_probability:
-            fraction = float((mask > 0).mean())
-            if fraction >= self.min_mask_fraction:
-                return ""
-            return (
-                f"not masked: M-Seg marks {fraction:.1%} of the face crop as mask "
-                f"(at least {self.min_mask_fraction:.0%} to restore)"
-            )
-        if uncertain and probability < self.min_face_probability:
-            return (
-                f"no face: an uncertain detection with no mask on it (mask classifier {probability:.2f}, "
-                f"below {self.min_face_probability:g})"
-            )
-        return (
-            f"not masked: the mask classifier gives {probability:.2f} (below {self.min_mask_probability:g})"
-        )
-
-
-# What MaskedFaceRule's defaults were chosen on (benchmarks/real_masks.py's run of 2026-12-03, the tuning photos:
-# CelebA of the test split at offset 1, never the measured offset 0, and real-mask-seg's 102 crops). On the 200 bare
-# tuning faces the classifier reaches 0.5 on 5 (three-quarter and profile views, whose crops the visible-point
-# alignment places badly, and a hand before a mouth), 0.9 on 3, 0.95 on 1; on the real-mask-seg crops (in the
-# classifier's training, so optimistic) 95 of 102 reach 0.5, 86 reach 0.95. 0.95 puts "no bare face touched" first:
-# a face left as it is is recorded, a bare face repainted is damage. min_mask_fraction: below 2 % of the crop there
-# is nothing to restore.
-THRESHOLDS_TUNED_ON = (
-    "CelebA test-split photos at offset 1 (not the measured offset 0) and real-mask-seg's 102 crops; "
-    "benchmarks/results/real_masks.json holds the measured figures"
-)
 
 
 @dataclass
@@ -210,25 +117,6 @@ class UnmaskConfig:
 
 OUTPUT_FORMATS = ("same", "png", "jpg")
 
-# "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
-_SAME_SUFFIXES = {
-    ".jpg": ".jpg",
-    ".jpeg": ".jpg",
-    ".png": ".png",
-    ".webp": ".webp",
-    ".bmp": ".bmp",
-    ".tif": ".tif",
-    ".tiff": ".tif",
-}
-_WRITE_PARAMS = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
-
-
-def output_suffix(path: Path, output_format: str) -> str:
-    """The suffix of the restored photo of `path`: its own for "same" (lossless inputs stay lossless)."""
-    if output_format == "same":
-        return _SAME_SUFFIXES.get(path.suffix.lower(), ".png")
-    return "." + output_format
-
 
 @dataclass
 class FaceRestoration:
@@ -266,95 +154,6 @@ class FaceRestoration:
         }
 
 
-@dataclass
-class FileResult:
-    """One row of report.csv."""
-
-    input: str
-    status: str  # m2u.core.outcome.Status: ok | no_face | not_masked | refused | error (the reason says which error)
-    reason: str = ""
-    output: str = ""
-    faces: int = 0  # restored
-    refused_faces: int = 0  # found but left as they are (not masked, upside down, below --min-score)
-    mask_fractions: str = ""  # per face: the share of the crop M-Seg marked as mask
-    width: int = 0
-    height: int = 0
-    seconds: float = 0.0
-
-
-def feather_weight(mask: np.ndarray, dilate_px: int, feather_px: int) -> np.ndarray:
-    """Crop-space paste weight in [0, 1]: the mask grown by `dilate_px`, its edge softened over about
-    `feather_px`, and faded to 0 at the crop border so no crop edge shows in the photo."""
-    size = mask.shape[0]
-    region = (mask > 0).astype(np.uint8)
-    if dilate_px > 0:
-        region = cv2.dilate(region, np.ones((2 * dilate_px + 1,) * 2, np.uint8))
-    weight = region.astype(np.float32)
-    if feather_px > 0:
-        k = 2 * feather_px + 1
-        weight = cv2.GaussianBlur(weight, (k, k), sigmaX=feather_px / 2.0)
-        # The border fade: 0 at the edge, 1 from `feather_px` inwards.
-        ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / float(feather_px), 0.0, 1.0)
-        weight *= np.minimum.outer(ramp, ramp).astype(np.float32)
-    return np.clip(weight, 0.0, 1.0)
-
-
-def paste_region(
-    photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, weight: np.ndarray
-) -> tuple[int, int, int, int]:
-    """Blend `crop` into `photo` IN PLACE through the inverse of the alignment `matrix`, by `weight` (crop-space).
-
-    Only the photo's bounding region of the weight's support is warped (bicubic for the image, so a crop smaller
-    than the face is upsampled smoothly; bilinear for the weight), and only pixels whose warped weight is above
-    zero change: every other pixel keeps its exact input value. Returns the region (x0, y0, x1, y1) touched."""
-    ys, xs = np.nonzero(weight > 0)
-    if len(xs) == 0:
-        return (0, 0, 0, 0)
-    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
-    corners = np.array(
-        [
-            [xs.min(), ys.min()],
-            [xs.max() + 1, ys.min()],
-            [xs.min(), ys.max() + 1],
-            [xs.max() + 1, ys.max() + 1],
-        ],
-        np.float64,
-    )
-    corners = corners @ inverse[:, :2].T + inverse[:, 2]
-    height, width = photo.shape[:2]
-    x0, y0 = (int(np.clip(v, 0, lim)) for v, lim in zip(np.floor(corners.min(0)) - 2, (width, height)))
-    x1, y1 = (int(np.clip(v, 0, lim)) for v, lim in zip(np.ceil(corners.max(0)) + 3, (width, height)))
-    if x1 <= x0 or y1 <= y0:
-        return (0, 0, 0, 0)
-    # The same inverse warp, expressed for the region's own pixel grid.
-    local = inverse.copy()
-    local[:, 2] -= (x0, y0)
-    size = (x1 - x0, y1 - y0)
-    warped = cv2.warpAffine(crop, local, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(weight.astype(np.float32), local, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
-    alpha = np.clip(alpha, 0.0, 1.0)
-    region = photo[y0:y1, x0:x1]
-    a = alpha[..., None]
-    blended = np.clip(np.rint(region.astype(np.float32) * (1.0 - a) + warped.astype(np.float32) * a), 0, 255)
-    inside = alpha > 0
-    region[inside] = blended.astype(np.uint8)[inside]
-    return (x0, y0, x1, y1)
-
-
-def paste_feathered(
-    photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, weight: np.ndarray
-) -> np.ndarray:
-    """A copy of `photo` with `crop` blended in by `weight` (see `paste_region`)."""
-    out = photo.copy()
-    paste_region(out, crop, matrix, weight)
-    return out
-
-
-def _resize_matrix(width: int, height: int, size: int) -> np.ndarray:
-    """The 2x3 matrix that maps an input of width x height onto the size x size crop (a plain resize)."""
-    return np.array([[size / width, 0.0, 0.0], [0.0, size / height, 0.0]])
-
-
 class Unmasker:
     """The detection → alignment → M-Seg → generator → paste-back pipeline for one photo at a time."""
 
@@ -370,6 +169,7 @@ class Unmasker:
         self.usage = model_usage(
             models, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
+        self.detector: RealFaceDetector | MaskedFaceDetector | FaceDetector
         if self.config.detector_model == "blazeface":
             self.detector = RealFaceDetector()
         elif self.config.detector_model == "masked":
@@ -449,7 +249,8 @@ class Unmasker:
         faces: list[FaceRestoration] = []
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
             uncertain = info.pop("uncertain", False)
-            face = FaceRestoration(crop, None, None, matrix, 0.0, **info)
+            # mask and restored are filled in below (M-Seg's mask, the generator's composite).
+            face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
             if masks is not None:
                 face.mask = masks[k]
                 face.evidence = rule.evidence(masks[k], p)
@@ -572,178 +373,4 @@ class Unmasker:
             )
             source = "aligned-input-resized"
         meta = [{"detector": "none", "score": 0.0, "box": (0, 0, width, height), "alignment": source}]
-        return self._restore_into(image, [crop], [_resize_matrix(width, height, size)], meta)
-
-
-def expand_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | Path | None = None) -> list[Path]:
-    """The input files (m2u.core.inputs.discover: folders recursive, globs, list files, hidden files passed
-    over); nothing inside `out_dir` is taken, so a rerun never reads its own outputs back."""
-    from m2u.core.inputs import discover
-
-    return [e.path for e in discover(inputs, exclude=[] if out_dir is None else [out_dir]).entries]
-
-
-def _unique_name(stem: str, used: set[str]) -> str:
-    name, k = stem, 1
-    while name in used:
-        k += 1
-        name = f"{stem}-{k}"
-    used.add(name)
-    return name
-
-
-def _write_rgb(path: Path, image: np.ndarray) -> None:
-    # Whole or not at all, never through a link or over a stranger's file (m2u.core.fileio).
-    write_image(path, image, params=_WRITE_PARAMS.get(path.suffix.lower(), []))
-
-
-def unmask_files(
-    inputs: list[str] | tuple[str, ...],
-    mseg_path: str | Path | None,
-    generator_path: str | Path | None,
-    out_dir: str | Path,
-    config: UnmaskConfig | None = None,
-    *,
-    unmasker: Unmasker | None = None,
-) -> list[FileResult]:
-    """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
-    `out_dir/report.csv`."""
-    from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
-
-    config = config or UnmaskConfig()
-    out = Path(out_dir)
-    # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
-    # an input (m2u.core.inputs); OUT itself is never read as input.
-    found = discover(inputs, exclude=[out])
-    if config.limit is not None:
-        del found.entries[config.limit :]
-    paths = [e.path for e in found.entries]
-    # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
-    # below sees every file the run can write.
-    planned: set[str] = set()
-    names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
-    check_output_folder(
-        out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"]
-    )
-    if not paths:
-        raise no_images_error(found)
-    out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out, "m2u-unmask"):
-        unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
-        return _unmask_paths(list(zip(paths, names, strict=True)), out, config, unmasker)
-
-
-def _unmask_paths(
-    paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
-) -> list[FileResult]:
-    from m2u.masking import ImageReadError, read_image
-
-    if config.keep_crops:
-        (out / "crops").mkdir(exist_ok=True)
-    results: list[FileResult] = []
-    face_lines: list[dict] = []
-    for path, name in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):
-        start = time.perf_counter()
-        row = FileResult(input=str(path), status="ok")
-        try:
-            if not path.exists() and not path.is_symlink():
-                row.status, row.reason = Status.ERROR, "no such file"
-            else:
-                image = read_image(path)
-                row.height, row.width = image.shape[:2]
-                result, faces, refused = unmasker.unmask_with_refusals(image)
-                row.faces, row.refused_faces = len(faces), len(refused)
-                if refused:
-                    row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
-                if not faces:
-                    row.status = _status_without_faces(refused)
-                    row.reason = row.reason or "no face found by the detector"
-                else:
-                    target = out / name
-                    _write_rgb(target, result)
-                    row.output = str(target)
-                    row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
-                    if any(f.alignment == "aligned-input-resized" for f in faces):
-                        size = unmasker.usage.require_crop_size()
-                        row.reason = (  # aligned inputs are never refused: nothing else to say
-                            f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
-                            "(restoration pasted back at the input's size)"
-                        )
-                    face_lines += [
-                        {"input": str(path), "output": str(target), "face": k, **f.record()}
-                        for k, f in enumerate(faces)
-                    ]
-                face_lines += [
-                    {"input": str(path), "output": row.output, "face": k, **_refused_record(f)}
-                    for k, f in enumerate(refused, start=len(faces))
-                ]
-                if faces and config.keep_crops:
-                    for k, face in enumerate(faces):
-                        stem = out / "crops" / f"{Path(name).stem}_face{k}"
-                        _write_rgb(Path(f"{stem}_input.png"), face.crop)
-                        write_image(Path(f"{stem}_mask.png"), face.mask, rgb=False)
-                        _write_rgb(Path(f"{stem}_restored.png"), face.restored)
-        except ImageReadError as exc:
-            row.status, row.reason = Status.ERROR, exc.reason
-        except Exception as exc:
-            if stops_the_run(exc):
-                raise  # a full disk or read-only folder: every later file would fail the same way
-            row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
-        row.seconds = round(time.perf_counter() - start, 4)
-        results.append(row)
-    report = io.StringIO(newline="")
-    writer = csv.DictWriter(report, fieldnames=[f.name for f in fields(FileResult)])
-    writer.writeheader()
-    for row in results:
-        writer.writerow(row.__dict__)
-    atomic_write_text(out / "report.csv", report.getvalue())
-    atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
-    return results
-
-
-def _status_without_faces(left: list) -> str:
-    """report.csv's status of a photo where nothing was restored: `not_masked` when the masked-face rule left a
-    face that wears no mask, `refused` when the detector's checks left faces (upside down, below --min-score),
-    else `no_face` (nothing found, or only uncertain detections without a mask: no faces)."""
-    if any(isinstance(f, FaceRestoration) and f.problem.startswith("not masked") for f in left):
-        return Status.NOT_MASKED
-    detector_refused = [
-        f for f in left if not isinstance(f, FaceRestoration) and not f.problem.startswith("no face")
-    ]
-    return Status.REFUSED if detector_refused else Status.NO_FACE
-
-
-def _refused_record(face) -> dict:
-    """A face's line in faces.jsonl when it was left as it is (without the input's name): where, and why."""
-    if isinstance(face, FaceRestoration):
-        return face.record()
-    return {
-        "detector": face.detector,
-        "score": round(face.score, 4),
-        "box": [int(v) for v in face.box],
-        "restored": False,
-        "problem": face.problem,
-    }
-
-
-def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) -> str:
-    """One line: files by status, faces restored, and faces by detection pass and alignment source."""
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    line = f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    line += f"; {sum(r.faces for r in results)} faces restored"
-    refused = sum(r.refused_faces for r in results)
-    if refused:
-        line += f", {refused} left as they are (see faces.jsonl)"
-    if faces_jsonl is not None and Path(faces_jsonl).is_file():
-        by: dict[str, int] = {}
-        for text in Path(faces_jsonl).read_text().splitlines():
-            face = json.loads(text)
-            if not face.get("restored", True):
-                continue
-            key = f"{face['detector']}/{face['alignment']}"
-            by[key] = by.get(key, 0) + 1
-        if by:
-            line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")"
-    return line
+        return self._restore_into(image, [crop], [resize_matrix(width, height, size)], meta)

@@ -167,37 +167,34 @@ def _mask(
 ) -> None:
     out_dir = Path(out_dir)
     try:
-        mask_config = MaskConfig(
-            mask_type=mask_type,
-            color=color,
-            color_weight=color_weight,
-            pattern=pattern,
-            pattern_weight=pattern_weight,
-            pack=pack,
-        )
-        detector_config = DetectorConfig(
-            model=detector,
-            upsample=upsample,
-            max_upsample=max(upsample, 1),
-            cnn_fallback=cnn_fallback,
-            min_score=min_score,
-        )
-        config = BatchConfig(
-            mask_config,
+        config = _batch_config(
+            MaskConfig(
+                mask_type=mask_type,
+                color=color,
+                color_weight=color_weight,
+                pattern=pattern,
+                pattern_weight=pattern_weight,
+                pack=pack,
+            ),
+            DetectorConfig(
+                model=detector,
+                upsample=upsample,
+                max_upsample=max(upsample, 1),
+                cnn_fallback=cnn_fallback,
+                min_score=min_score,
+            ),
             code,
-            detector_config,
             seed,
             max_pixels,
             workers=workers,
             progress=progress,
             limit=limit,
         )
-        config.mask_configs()  # a bad --code entry is refused before any work
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
         if contact_sheet is not None:
-            _contact_sheet(find_inputs(inputs, out_dir), detector_config, contact_sheet, seed, pack)
+            _contact_sheet(find_inputs(inputs, out_dir), config.detector, contact_sheet, seed, pack)
             return
         result = mask_files(inputs, out_dir, config)
     except InputError as exc:
@@ -206,6 +203,21 @@ def _mask(
         raise Refused(str(exc)) from None
     except WorkerStartError as exc:
         raise click.ClickException(str(exc)) from None
+    _report(result)
+
+
+def _batch_config(
+    mask_config: MaskConfig, detector_config: DetectorConfig, code, seed, max_pixels, **runtime
+) -> BatchConfig:
+    """The run's BatchConfig; a bad --code entry is refused (ValueError) before any work."""
+    config = BatchConfig(mask_config, code, detector_config, seed, max_pixels, **runtime)
+    config.mask_configs()
+    return config
+
+
+def _report(result) -> None:
+    """The run's summary line on stderr; exits EXIT_SOME_FAILED when nothing could be read or some inputs
+    failed."""
     if result.skipped:
         click.echo(result.skipped, err=True)
     rows = len(result.rows)

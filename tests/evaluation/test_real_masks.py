@@ -15,14 +15,9 @@ from click.testing import CliRunner
 from m2u.datasets.synthetic import make_synthetic_sample
 from m2u.evaluation.cli import real_masks_main
 from m2u.evaluation.real_masks import RealMaskConfig, evaluate_real_masks, mask_scores, photo_mask
-from m2u.inference.unmask import (
-    DETECTORS,
-    FaceRestoration,
-    MaskedFaceRule,
-    UnmaskConfig,
-    Unmasker,
-    unmask_files,
-)
+from m2u.inference.masked_rule import MaskedFaceRule
+from m2u.inference.photos import unmask_files
+from m2u.inference.unmask import DETECTORS, FaceRestoration, UnmaskConfig, Unmasker
 from m2u.masking.detect import Face
 
 CROP = 32  # the tiny checkpoints' size (tests/evaluation/conftest.py)

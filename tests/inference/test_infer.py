@@ -12,13 +12,9 @@ from click.testing import CliRunner
 from m2u.datasets.align import align_face
 from m2u.datasets.synthetic import make_synthetic_sample
 from m2u.inference.cli import unmask_main
-from m2u.inference.unmask import (
-    UnmaskConfig,
-    Unmasker,
-    feather_weight,
-    paste_feathered,
-    unmask_files,
-)
+from m2u.inference.paste import feather_weight, paste_feathered
+from m2u.inference.photos import unmask_files
+from m2u.inference.unmask import UnmaskConfig, Unmasker
 
 CROP = 64
 

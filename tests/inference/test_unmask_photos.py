@@ -19,7 +19,9 @@ from click.testing import CliRunner
 from m2u.datasets.align import align_face, alignment_matrix
 from m2u.datasets.synthetic import make_synthetic_sample
 from m2u.inference.cli import unmask_main
-from m2u.inference.unmask import UnmaskConfig, Unmasker, paste_region, summarize, unmask_files
+from m2u.inference.paste import paste_region
+from m2u.inference.photos import summarize, unmask_files
+from m2u.inference.unmask import UnmaskConfig, Unmasker
 from m2u.masking.detect import Face
 from m2u.masking.masked_faces import expected_mouth, mouth_centre, visible_anchor_points
 

@@ -1,0 +1,82 @@
+"""Pasting a restored aligned crop back into its photo: the feathered crop-space weight and the inverse warp of
+only the region it touches (every other pixel keeps its exact input value)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["feather_weight", "paste_feathered", "paste_region", "resize_matrix"]
+
+
+def feather_weight(mask: np.ndarray, dilate_px: int, feather_px: int) -> np.ndarray:
+    """Crop-space paste weight in [0, 1]: the mask grown by `dilate_px`, its edge softened over about
+    `feather_px`, and faded to 0 at the crop border so no crop edge shows in the photo."""
+    size = mask.shape[0]
+    region = (mask > 0).astype(np.uint8)
+    if dilate_px > 0:
+        region = cv2.dilate(region, np.ones((2 * dilate_px + 1,) * 2, np.uint8))
+    weight = region.astype(np.float32)
+    if feather_px > 0:
+        k = 2 * feather_px + 1
+        weight = cv2.GaussianBlur(weight, (k, k), sigmaX=feather_px / 2.0)
+        # The border fade: 0 at the edge, 1 from `feather_px` inwards.
+        ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / float(feather_px), 0.0, 1.0)
+        weight *= np.minimum.outer(ramp, ramp).astype(np.float32)
+    return np.clip(weight, 0.0, 1.0)
+
+
+def paste_region(
+    photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, weight: np.ndarray
+) -> tuple[int, int, int, int]:
+    """Blend `crop` into `photo` IN PLACE through the inverse of the alignment `matrix`, by `weight` (crop-space).
+
+    Only the photo's bounding region of the weight's support is warped (bicubic for the image, so a crop smaller
+    than the face is upsampled smoothly; bilinear for the weight), and only pixels whose warped weight is above
+    zero change: every other pixel keeps its exact input value. Returns the region (x0, y0, x1, y1) touched."""
+    ys, xs = np.nonzero(weight > 0)
+    if len(xs) == 0:
+        return (0, 0, 0, 0)
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    corners = np.array(
+        [
+            [xs.min(), ys.min()],
+            [xs.max() + 1, ys.min()],
+            [xs.min(), ys.max() + 1],
+            [xs.max() + 1, ys.max() + 1],
+        ],
+        np.float64,
+    )
+    corners = corners @ inverse[:, :2].T + inverse[:, 2]
+    height, width = photo.shape[:2]
+    x0, y0 = (int(np.clip(v, 0, lim)) for v, lim in zip(np.floor(corners.min(0)) - 2, (width, height)))
+    x1, y1 = (int(np.clip(v, 0, lim)) for v, lim in zip(np.ceil(corners.max(0)) + 3, (width, height)))
+    if x1 <= x0 or y1 <= y0:
+        return (0, 0, 0, 0)
+    # The same inverse warp, expressed for the region's own pixel grid.
+    local = inverse.copy()
+    local[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(crop, local, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(weight.astype(np.float32), local, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    alpha = np.clip(alpha, 0.0, 1.0)
+    region = photo[y0:y1, x0:x1]
+    a = alpha[..., None]
+    blended = np.clip(np.rint(region.astype(np.float32) * (1.0 - a) + warped.astype(np.float32) * a), 0, 255)
+    inside = alpha > 0
+    region[inside] = blended.astype(np.uint8)[inside]
+    return (x0, y0, x1, y1)
+
+
+def paste_feathered(
+    photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """A copy of `photo` with `crop` blended in by `weight` (see `paste_region`)."""
+    out = photo.copy()
+    paste_region(out, crop, matrix, weight)
+    return out
+
+
+def resize_matrix(width: int, height: int, size: int) -> np.ndarray:
+    """The 2x3 matrix that maps an input of width x height onto the size x size crop (a plain resize)."""
+    return np.array([[size / width, 0.0, 0.0], [0.0, size / height, 0.0]])

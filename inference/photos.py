@@ -1,0 +1,254 @@
+"""The per-photo file loop of `m2u-unmask`: inputs found and named, each photo unmasked (m2u.inference.unmask
+`Unmasker`) and written, and the run's reports: `report.csv` (one `FileResult` row per input: ok, no_face,
+not_masked, refused or error, with the reason) and `faces.jsonl` (one line per face found, restored or not)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from m2u.core.fileio import atomic_write_text
+from m2u.core.guard import stops_the_run
+from m2u.core.imageio import write_image
+from m2u.core.outcome import Status
+from m2u.inference.unmask import FaceRestoration, UnmaskConfig, Unmasker
+
+__all__ = ["FileResult", "expand_inputs", "output_suffix", "summarize", "unmask_files"]
+
+
+# "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
+_SAME_SUFFIXES = {
+    ".jpg": ".jpg",
+    ".jpeg": ".jpg",
+    ".png": ".png",
+    ".webp": ".webp",
+    ".bmp": ".bmp",
+    ".tif": ".tif",
+    ".tiff": ".tif",
+}
+_WRITE_PARAMS = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+
+
+def output_suffix(path: Path, output_format: str) -> str:
+    """The suffix of the restored photo of `path`: its own for "same" (lossless inputs stay lossless)."""
+    if output_format == "same":
+        return _SAME_SUFFIXES.get(path.suffix.lower(), ".png")
+    return "." + output_format
+
+
+@dataclass
+class FileResult:
+    """One row of report.csv."""
+
+    input: str
+    status: str  # m2u.core.outcome.Status: ok | no_face | not_masked | refused | error (the reason says which error)
+    reason: str = ""
+    output: str = ""
+    faces: int = 0  # restored
+    refused_faces: int = 0  # found but left as they are (not masked, upside down, below --min-score)
+    mask_fractions: str = ""  # per face: the share of the crop M-Seg marked as mask
+    width: int = 0
+    height: int = 0
+    seconds: float = 0.0
+
+
+def expand_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | Path | None = None) -> list[Path]:
+    """The input files (m2u.core.inputs.discover: folders recursive, globs, list files, hidden files passed
+    over); nothing inside `out_dir` is taken, so a rerun never reads its own outputs back."""
+    from m2u.core.inputs import discover
+
+    return [e.path for e in discover(inputs, exclude=[] if out_dir is None else [out_dir]).entries]
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}"
+    used.add(name)
+    return name
+
+
+def _write_rgb(path: Path, image: np.ndarray) -> None:
+    # Whole or not at all, never through a link or over a stranger's file (m2u.core.fileio).
+    write_image(path, image, params=_WRITE_PARAMS.get(path.suffix.lower(), []))
+
+
+def unmask_files(
+    inputs: list[str] | tuple[str, ...],
+    mseg_path: str | Path | None,
+    generator_path: str | Path | None,
+    out_dir: str | Path,
+    config: UnmaskConfig | None = None,
+    *,
+    unmasker: Unmasker | None = None,
+) -> list[FileResult]:
+    """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
+    `out_dir/report.csv`."""
+    from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
+
+    config = config or UnmaskConfig()
+    out = Path(out_dir)
+    # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
+    # an input (m2u.core.inputs); OUT itself is never read as input.
+    found = discover(inputs, exclude=[out])
+    if config.limit is not None:
+        del found.entries[config.limit :]
+    paths = [e.path for e in found.entries]
+    # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
+    # below sees every file the run can write.
+    planned: set[str] = set()
+    names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
+    check_output_folder(
+        out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"]
+    )
+    if not paths:
+        raise no_images_error(found)
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "m2u-unmask"):
+        unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
+        return _unmask_paths(list(zip(paths, names, strict=True)), out, config, unmasker)
+
+
+def _unmask_paths(
+    paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
+) -> list[FileResult]:
+    from m2u.masking import ImageReadError
+
+    if config.keep_crops:
+        (out / "crops").mkdir(exist_ok=True)
+    results: list[FileResult] = []
+    face_lines: list[dict] = []
+    for path, name in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):
+        start = time.perf_counter()
+        row = FileResult(input=str(path), status="ok")
+        try:
+            face_lines += _unmask_one(path, name, out, config, unmasker, row)
+        except ImageReadError as exc:
+            row.status, row.reason = Status.ERROR, exc.reason
+        except Exception as exc:
+            if stops_the_run(exc):
+                raise  # a full disk or read-only folder: every later file would fail the same way
+            row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
+        row.seconds = round(time.perf_counter() - start, 4)
+        results.append(row)
+    _write_reports(out, results, face_lines)
+    return results
+
+
+def _unmask_one(
+    path: Path, name: str, out: Path, config: UnmaskConfig, unmasker: Unmasker, row: FileResult
+) -> list[dict]:
+    """Unmask one photo into `out / name`, filling in its report `row`; returns its faces.jsonl lines."""
+    from m2u.masking import read_image
+
+    if not path.exists() and not path.is_symlink():
+        row.status, row.reason = Status.ERROR, "no such file"
+        return []
+    image = read_image(path)
+    row.height, row.width = image.shape[:2]
+    result, faces, refused = unmasker.unmask_with_refusals(image)
+    row.faces, row.refused_faces = len(faces), len(refused)
+    if refused:
+        row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
+    lines: list[dict] = []
+    if not faces:
+        row.status = _status_without_faces(refused)
+        row.reason = row.reason or "no face found by the detector"
+    else:
+        target = out / name
+        _write_rgb(target, result)
+        row.output = str(target)
+        row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
+        if any(f.alignment == "aligned-input-resized" for f in faces):
+            size = unmasker.usage.require_crop_size()
+            row.reason = (  # aligned inputs are never refused: nothing else to say
+                f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
+                "(restoration pasted back at the input's size)"
+            )
+        lines += [
+            {"input": str(path), "output": str(target), "face": k, **f.record()} for k, f in enumerate(faces)
+        ]
+    lines += [
+        {"input": str(path), "output": row.output, "face": k, **_refused_record(f)}
+        for k, f in enumerate(refused, start=len(faces))
+    ]
+    if faces and config.keep_crops:
+        _write_crops(out / "crops", Path(name).stem, faces)
+    return lines
+
+
+def _write_crops(folder: Path, stem: str, faces: list[FaceRestoration]) -> None:
+    """Each restored face's aligned crop, predicted mask and restoration (--keep-crops)."""
+    for k, face in enumerate(faces):
+        base = folder / f"{stem}_face{k}"
+        _write_rgb(Path(f"{base}_input.png"), face.crop)
+        write_image(Path(f"{base}_mask.png"), face.mask, rgb=False)
+        _write_rgb(Path(f"{base}_restored.png"), face.restored)
+
+
+def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict]) -> None:
+    """report.csv (one row per input) and faces.jsonl (one line per face), each written whole."""
+    report = io.StringIO(newline="")
+    writer = csv.DictWriter(report, fieldnames=[f.name for f in fields(FileResult)])
+    writer.writeheader()
+    for row in results:
+        writer.writerow(row.__dict__)
+    atomic_write_text(out / "report.csv", report.getvalue())
+    atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
+
+
+def _status_without_faces(left: list) -> str:
+    """report.csv's status of a photo where nothing was restored: `not_masked` when the masked-face rule left a
+    face that wears no mask, `refused` when the detector's checks left faces (upside down, below --min-score),
+    else `no_face` (nothing found, or only uncertain detections without a mask: no faces)."""
+    if any(isinstance(f, FaceRestoration) and f.problem.startswith("not masked") for f in left):
+        return Status.NOT_MASKED
+    detector_refused = [
+        f for f in left if not isinstance(f, FaceRestoration) and not f.problem.startswith("no face")
+    ]
+    return Status.REFUSED if detector_refused else Status.NO_FACE
+
+
+def _refused_record(face) -> dict:
+    """A face's line in faces.jsonl when it was left as it is (without the input's name): where, and why."""
+    if isinstance(face, FaceRestoration):
+        return face.record()
+    return {
+        "detector": face.detector,
+        "score": round(face.score, 4),
+        "box": [int(v) for v in face.box],
+        "restored": False,
+        "problem": face.problem,
+    }
+
+
+def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) -> str:
+    """One line: files by status, faces restored, and faces by detection pass and alignment source."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    line = f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    line += f"; {sum(r.faces for r in results)} faces restored"
+    refused = sum(r.refused_faces for r in results)
+    if refused:
+        line += f", {refused} left as they are (see faces.jsonl)"
+    if faces_jsonl is not None and Path(faces_jsonl).is_file():
+        by: dict[str, int] = {}
+        for text in Path(faces_jsonl).read_text().splitlines():
+            face = json.loads(text)
+            if not face.get("restored", True):
+                continue
+            key = f"{face['detector']}/{face['alignment']}"
+            by[key] = by.get(key, 0) + 1
+        if by:
+            line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")"
+    return line
