@@ -19,6 +19,17 @@ MASKTHEFACE_TEMPLATES = SHARED / "mask-templates" / "maskthefacE"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def single_thread_torch():
+    """Each test starts with one intra-op thread, and a test that changes the count does not leak it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path}")
