@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import signal
 import sys
 import threading
@@ -87,7 +88,12 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(
                 "stopped by SIGTERM: finished outputs were kept, nothing half-written was left", err=True
             )
-            sys.exit(TERMINATED_EXIT_CODE)
+            # The run has unwound (temporary files removed, locks released, workers told to stop): leave now,
+            # without the interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe
+            # of a pool the stop already tore down and print a traceback (seen in CI: EBADF in _python_exit).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(TERMINATED_EXIT_CODE)
         except OutputRefusedError as error:
             raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)
         except UserError as error:
