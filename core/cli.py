@@ -94,6 +94,23 @@ def min_score_option(default: float | None) -> Callable:
     return _option("--min-score", default=default, type=float, help=MIN_SCORE_HELP)
 
 
+THRESHOLD_HELP = "M-Seg mask threshold (default: the one the M-Seg file records)."
+
+
+def threshold_option(
+    default: float | None, dest: str | None = None, help: str = THRESHOLD_HELP, show_default: bool = False
+) -> Callable:
+    """`--threshold`: M-Seg's mask threshold, strictly between 0 and 1 (one range for every command)."""
+    decls = ("--threshold", dest) if dest else ("--threshold",)
+    return _option(
+        *decls,
+        default=default,
+        show_default=show_default,
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help=help,
+    )
+
+
 def color_option(default: str | None, help: str) -> Callable:
     return _option("--color", default=default, help=help)
 

@@ -26,6 +26,7 @@ from m2u.core.cli import (
     min_score_option,
     out_option,
     progress_options,
+    threshold_option,
     workers_option,
 )
 from m2u.core.guard import guard_command
@@ -83,12 +84,7 @@ EVAL_BINDING = ConfigBinding(
 @alias_option("--num-workers", target="workers", type=click.IntRange(min=0))
 @limit_option("Evaluate only the first N samples of the split.")
 @alias_option("--max-samples", target="limit", type=click.IntRange(min=1))
-@click.option(
-    "--threshold",
-    default=EvaluateConfig.mask_threshold,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="M-Seg mask threshold (default: the one the M-Seg file records).",
-)
+@threshold_option(EvaluateConfig.mask_threshold)
 @click.option(
     "--baselines",
     multiple=True,

@@ -22,6 +22,7 @@ from m2u.core.cli import (
     progress_of,
     progress_options,
     size_option,
+    threshold_option,
 )
 from m2u.core.fileio import atomic_write_text
 from m2u.core.guard import guard_command
@@ -47,13 +48,7 @@ from m2u.training.cliutil import model_file_options, model_warnings, user_errors
     help="Restored photos' format: same = the input's own (a PNG stays lossless PNG, a JPEG stays JPEG), png, jpg.",
 )
 @limit_option()
-@click.option(
-    "--threshold",
-    "mask_threshold",
-    default=UnmaskConfig.mask_threshold,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="M-Seg mask threshold (default: the one the M-Seg file records).",
-)
+@threshold_option(UnmaskConfig.mask_threshold, "mask_threshold")
 @click.option(
     "--feather",
     default=UnmaskConfig.feather,

@@ -31,6 +31,7 @@ from m2u.core.cli import (
     out_option,
     progress_options,
     seed_option,
+    threshold_option,
     workers_option,
 )
 from m2u.core.guard import guard_command
@@ -256,13 +257,11 @@ def train_main() -> None:
     type=click.IntRange(2),
     help="M-Seg resolution levels.",
 )
-@click.option(
-    "--threshold",
+@threshold_option(
+    MSegTrainConfig.mask_threshold,
     "mask_threshold",
-    default=MSegTrainConfig.mask_threshold,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Mask threshold for validation; recorded in mseg.safetensors, which its users read.",
+    show_default=True,
 )
 def mseg_command(**options: Any) -> None:
     """Train the mask segmenter (BCE + Dice); reports Dice and pixel accuracy on val and test.
