@@ -436,7 +436,7 @@ def compare_with_shipped(
 def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, Any]) -> dict[str, Any]:
     """fp16 weights + model card into OUT/m2unet-celeba-256 (the shipped package's layout)."""
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, write_checksums
-    from m2u.inference.pretrained.card import write_model_card
+    from m2u.inference.pretrained.card import evaluation_section, write_model_card
     from m2u.training.checkpoint import load_model, m2u_version, read_run_config_dict, save_model
 
     folder = out / PACKAGE_NAME
@@ -463,14 +463,9 @@ def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, A
             name: {**report["training"][name], "config": read_run_config_dict(work / name)}
             for name in ("mseg", "gan")
         },
-        "evaluation": {
-            "split": "test",
-            "samples": evaluation.get("n_samples"),
-            "rows": evaluation.get("rows", {}),
-            "mask_quality": evaluation.get("mask_quality", {}),
-            "by_mask": evaluation.get("by_mask", {}),
-            "versus_shipped_128": report["evaluation"]["versus_shipped_128"],
-        },
+        "evaluation": evaluation_section(
+            evaluation, versus_shipped_128=report["evaluation"]["versus_shipped_128"]
+        ),
         "files": files,
     }
     write_model_card(folder, card)

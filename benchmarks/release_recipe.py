@@ -300,7 +300,7 @@ def install_package(package: Path, target: Path) -> Path:
 
 def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, write_checksums
-    from m2u.inference.pretrained.card import write_model_card
+    from m2u.inference.pretrained.card import evaluation_section, write_model_card
     from m2u.training.checkpoint import load_model, save_model
 
     package = package_folder(args)
@@ -321,14 +321,7 @@ def package_stage(args: argparse.Namespace, report: dict[str, Any]) -> Path:
         "m2u_version": report["m2u_version"],
         "data": report["data"],
         "training": report["training"],
-        "evaluation": {
-            "split": "test",
-            "samples": evaluation.get("n_samples"),
-            "rows": evaluation.get("rows", {}),
-            "mask_quality": evaluation.get("mask_quality", {}),
-            "by_mask": evaluation.get("by_mask", {}),
-            "latency": latency,
-        },
+        "evaluation": evaluation_section(evaluation, latency=latency),
         "files": files,
     }
     real = _real_photo_figures(args, package)

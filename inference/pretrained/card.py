@@ -36,6 +36,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def evaluation_section(metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The card's "evaluation" section from m2u-eval's metrics.json (test split), plus `extra` entries."""
+    return {
+        "split": "test",
+        "samples": metrics.get("n_samples"),
+        "rows": metrics.get("rows", {}),
+        "mask_quality": metrics.get("mask_quality", {}),
+        "by_mask": metrics.get("by_mask", {}),
+        **extra,
+    }
+
+
 def release_targets(rows: dict[str, Any], quality: dict[str, Any]) -> dict[str, bool]:
     """The release's targets, each met or not, from the measured rows and M-Seg's Dice."""
     ours, telea = rows.get("m2u_composite", {}), rows.get("telea", {})
