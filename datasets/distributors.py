@@ -4,12 +4,14 @@ A distributor takes the build's ``BuildJob`` and its ``ShardTask`` list and yiel
 in any order, while reporting per-shard progress; the driver commits each output as it arrives. It never commits
 anything itself, so however it runs a task (and however often) the bytes are those of ``build_shard``.
 
-* ``MultiprocessingDistributor`` (``--distributor multiprocessing``, the default): a process pool on this machine,
-  largest shards first; with one worker, the tasks run in this process. With fewer than two shards per worker,
-  each shard is built in parts of consecutive inputs (``build_shard(part=...)``), which the driver joins into the
-  bytes one task would have written (``m2u.datasets.shards.assemble_shard``), so every worker has work to the end. A worker process that dies (killed, out
-  of memory) breaks the pool: the pool is started again and the uncommitted shards are resubmitted; a shard whose
-  worker died more than ``max_retries`` times stops the build (a rerun resumes it).
+* ``MultiprocessingDistributor`` (``--distributor multiprocessing``, the default): the worker pool of every m2u
+  per-file job (``m2u.core.parallel.worker_pool``) on this machine, largest shards first; with one worker, the
+  tasks run in this process. With fewer than two shards per worker, each shard is built in parts of consecutive
+  inputs (``build_shard(part=...)``), which the driver joins into the bytes one task would have written
+  (``m2u.datasets.shards.assemble_shard``), so every worker has work to the end. A worker process that dies
+  (killed, out of memory) breaks the pool (``WorkerDied``): a fresh pool is started and the uncommitted shards are
+  resubmitted, those of the dead worker last; a shard whose worker died more than ``max_retries`` times stops the
+  build (a rerun resumes it).
 * ``RayDistributor`` (``--distributor ray``): one Ray task per shard (``num_cpus=1``), retried by Ray when its
   worker or node dies (``max_retries``), on the cluster ``--ray-address`` names (``auto``: the running cluster) or
   on a local Ray instance with ``--workers`` CPUs. Workers write the shards: OUT must be a folder every node
@@ -21,19 +23,15 @@ retried task that starts again from zero never counts a sample twice.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import functools
 import logging
-import multiprocessing
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from m2u.core.parallel import become_worker
+from m2u.core.parallel import WorkerDied, WorkerStartError, report, worker_pool
 from m2u.datasets.config import BuildConfig, BuildError
 from m2u.datasets.layout import shard_name
 from m2u.datasets.work import BuildJob, Progress, ShardOutput, ShardTask, build_shard, init_worker
@@ -80,21 +78,6 @@ def throttled(send: Callable[[int, dict[str, int]], None], total: int) -> Progre
 
 # --- multiprocessing ------------------------------------------------------------------------------------------
 
-_QUEUE: Any = None
-_START_ERROR = "start-error"
-
-
-def _mp_init(config: BuildConfig, inherited_fds: Sequence[int], queue: Any) -> None:
-    global _QUEUE
-    become_worker()  # Ctrl-C is the driver's (it stops the pool); SIGTERM kills; dies with the driver
-    _QUEUE = queue
-    try:
-        init_worker(config, inherited_fds)
-    except Exception as exc:
-        # Told to the driver, which stops the run: a pool would replace this worker with one failing the same way.
-        queue.put((_START_ERROR, f"{type(exc).__name__}: {exc}"))
-        raise
-
 
 # A unit of work of the pool: part i of n of a shard (n = 1: the whole shard).
 _Item = tuple[ShardTask, int, int]
@@ -106,28 +89,26 @@ def _item_key(item: _Item) -> tuple[tuple[str, int], int]:
 
 def _mp_task(job: BuildJob, item: _Item) -> ShardOutput:
     task, part, parts = item
-    pid = os.getpid()
     # Progress is reported per part: the latest report of each part wins.
     key = task.shard_id if parts == 1 else (task.shard_id, part)
 
     def send(done: int, counts: dict[str, int]) -> None:
-        _QUEUE.put((pid, _item_key(item), key, done, counts))
+        report((key, done, counts))
 
-    send(0, {})  # "this worker started this item": tells the driver whose worker died, if one does
     return build_shard(job, task, throttled(send, len(task.samples)), part=(part, parts))
 
 
 def split_into_parts(tasks: Sequence[ShardTask], workers: int) -> list[_Item]:
-    """Whole shards when there are at least two per worker; else each shard in parts of consecutive inputs, so
-    that every worker has work to the end (the parts are joined into the same bytes, see assemble_shard)."""
-    if len(tasks) >= 2 * workers:
+    """Whole shards when there are at least two per worker (or one worker: this process); else each shard in parts
+    of consecutive inputs, so that every worker has work to the end (joined into the same bytes: assemble_shard)."""
+    if workers <= 1 or len(tasks) >= 2 * workers:
         return [(task, 0, 1) for task in tasks]
     parts = -(-2 * workers // max(len(tasks), 1))
     return [(task, part, parts) for task in tasks for part in range(parts)]
 
 
 class MultiprocessingDistributor:
-    """Shard tasks in a process pool on this machine (see the module docstring)."""
+    """Shard tasks in m2u.core.parallel's worker pool on this machine (see the module docstring)."""
 
     def __init__(self, workers: int, max_retries: int = 3):
         self.workers = workers
@@ -142,17 +123,13 @@ class MultiprocessingDistributor:
     ) -> Iterator[ShardOutput]:
         ordered = _largest_first(tasks)
         workers = min(self.workers, sum(len(t.samples) for t in ordered))
-        if workers <= 1:
-            for task in ordered:
-                report = throttled(functools.partial(progress, task.shard_id), len(task.samples))
-                yield build_shard(job, task, report)
-            return
         pending = {_item_key(item): item for item in split_into_parts(ordered, workers)}
         assembling: dict[tuple[str, int], dict[int, ShardOutput]] = {}
         deaths: dict[tuple[tuple[str, int], int], int] = {}
         while pending:
+            items = list(pending.values())
             try:
-                for output in self._pool_round(job, list(pending.values()), progress, workers, inherited_fds):
+                for output in self._pool_round(job, items, progress, workers, inherited_fds):
                     del pending[((output.split, output.index), output.part)]
                     if output.parts == 1:
                         yield output
@@ -161,13 +138,14 @@ class MultiprocessingDistributor:
                     parts[output.part] = output
                     if len(parts) == output.parts:
                         yield _assemble(job, [parts[i] for i in range(output.parts)])
-            except _WorkerDied as died:
+            except WorkerDied as died:
+                killed = [_item_key(items[i]) for i in died.tasks]
                 # The items whose worker died go last, so the others are built while they are retried.
                 pending = {
-                    **{k: t for k, t in pending.items() if k not in died.items},
-                    **{k: t for k, t in pending.items() if k in died.items},
+                    **{k: t for k, t in pending.items() if k not in killed},
+                    **{k: t for k, t in pending.items() if k in killed},
                 }
-                for key in died.items:
+                for key in killed:
                     deaths[key] = deaths.get(key, 0) + 1
                     if deaths[key] > self.max_retries:
                         raise BuildError(
@@ -184,52 +162,19 @@ class MultiprocessingDistributor:
         workers: int,
         inherited_fds: Sequence[int],
     ) -> Iterator[ShardOutput]:
-        """One pool's life: until every item is done, or a worker dies (raises _WorkerDied naming its item)."""
-        from m2u.core.parallel import stop_opencv_threads
-
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        queue = context.SimpleQueue()
-        stop_opencv_threads()  # forking while OpenCV's pool runs can hang the children (m2u.core.parallel)
-        executor = cf.ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=_mp_init,
-            initargs=(job.config, tuple(inherited_fds), queue),
-        )
-        running: dict[int, Any] = {}  # worker pid -> the item it works on
-        finished = False
+        """One pool's life: until every item is done, or a worker dies (WorkerDied names its items)."""
+        # The driver's lock descriptors are closed in worker processes only (this process holds the locks).
+        initargs = (job.config, tuple(inherited_fds) if workers > 1 else ())
         try:
-            try:
-                futures = {executor.submit(_mp_task, job, item) for item in items}
-            except cf.process.BrokenProcessPool:  # broken while the items were submitted
-                _drain(queue, running, progress)
-                raise _WorkerDied.find(executor, running) from None
-            while futures:
-                done, futures = cf.wait(futures, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
-                _drain(queue, running, progress)
-                for future in done:
-                    try:
-                        yield future.result()
-                    except cf.process.BrokenProcessPool:
-                        # A worker that could not start said why before it died: that stops the build.
-                        _drain(queue, running, progress)
-                        raise _WorkerDied.find(executor, running) from None
-            finished = True
-        finally:
-            _stop(executor, finished)
-
-
-def _drain(queue: Any, running: dict[int, Any], progress: ShardProgress) -> None:
-    """Read the workers' messages: progress reports (which also tell whose worker runs what), and a worker's
-    start-up failure, which stops the build (a pool would replace that worker with one failing the same way)."""
-    while not queue.empty():
-        message = queue.get()
-        if message[0] == _START_ERROR:
-            raise BuildError(f"a worker process could not start: {message[1]}")
-        pid, item_key, progress_key, samples_done, counts = message
-        running[pid] = item_key
-        progress(progress_key, samples_done, counts)
+            with worker_pool(workers, init_worker, initargs) as pool:
+                yield from pool.imap(
+                    functools.partial(_mp_task, job),
+                    items,
+                    ordered=False,
+                    on_message=lambda message: progress(*message),
+                )
+        except WorkerStartError as exc:  # a pool would replace that worker with one failing the same way
+            raise BuildError(f"a worker process could not start: {exc}") from None
 
 
 def _assemble(job: BuildJob, parts: list[ShardOutput]) -> ShardOutput:
@@ -251,42 +196,6 @@ def _assemble(job: BuildJob, parts: list[ShardOutput]) -> ShardOutput:
         write_s=round(sum(p.write_s for p in parts) + time.perf_counter() - started, 3),
         worker=",".join(sorted({p.worker for p in parts})),
     )
-
-
-class _WorkerDied(Exception):
-    """A worker process of the pool died; ``items`` are the ones whose worker died (all running ones when the
-    culprit cannot be told from the workers the pool terminated after it)."""
-
-    def __init__(self, items: list[Any], exit_codes: list[int | None]):
-        super().__init__(items)
-        self.items, self.exit_codes = items, exit_codes
-
-    @classmethod
-    def find(cls, executor: cf.ProcessPoolExecutor, running: dict[int, Any]) -> _WorkerDied:
-        processes = dict(getattr(executor, "_processes", None) or {})
-        for process in processes.values():
-            with contextlib.suppress(Exception):
-                process.join(2)
-        codes = {pid: process.exitcode for pid, process in processes.items()}
-        # The pool terminates (SIGTERM) its other workers once one died: the culprit exited otherwise.
-        culprits = [pid for pid, code in codes.items() if code not in (None, 0, -signal.SIGTERM)]
-        items = [running[pid] for pid in culprits if pid in running] or list(running.values())
-        return cls(items, [codes[pid] for pid in culprits])
-
-
-def _stop(executor: cf.ProcessPoolExecutor, graceful: bool) -> None:
-    """Shut the pool down; unless it finished, terminate its workers instead of waiting for their tasks."""
-    if graceful:
-        executor.shutdown(wait=True)
-        return
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.terminate()
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.join(5)
 
 
 # --- Ray ------------------------------------------------------------------------------------------------------
@@ -319,7 +228,7 @@ def import_ray() -> Any:
         import ray
     except ImportError as exc:
         raise BuildError(
-            f"--distributor ray needs Ray: pip install 'm2u[ray]' (or pip install ray) ({exc})"
+            f"`distributor` ray needs Ray: pip install 'm2u[ray]' (or pip install ray) ({exc})"
         ) from None
     return ray
 
@@ -345,8 +254,8 @@ class RayDistributor:
                 ray.init(num_cpus=self.workers, **options)
         except ConnectionError as exc:
             raise BuildError(
-                f"--ray-address {self.address}: no Ray cluster there ({exc}); start one with `ray start --head`"
-                " or leave --ray-address out for a local Ray instance"
+                f"`ray_address` {self.address}: no Ray cluster there ({exc}); start one with 'ray start --head'"
+                " or leave `ray_address` out for a local Ray instance"
             ) from None
         return True
 

@@ -527,9 +527,9 @@ def test_a_worker_dies_with_its_parent_even_after_sigkill(tmp_path):
         "import os, time\n"
         "from m2u.core.parallel import worker_pool\n"
         "def task(_):\n    time.sleep(60)\n"
-        "with worker_pool(1) as pool:\n"
-        "    pool.map_async(task, [0])\n"
-        "    print(os.getpid(), flush=True)\n    time.sleep(60)\n"
+        "with worker_pool(2) as pool:\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    pool.map(task, [0])\n"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     process.stdout.readline()
