@@ -277,30 +277,31 @@ def check_output_folder(
     out_dir: str | os.PathLike[str],
     found: Discovery,
     outputs: Iterable[str | os.PathLike[str]] = (),
-    option: str = "-o/--out",
+    setting: str = "out_dir",
 ) -> None:
     """Refuse (OutputFolderError) an output folder that is one of the input folders, or `outputs` (the paths the
     run will write) that would replace an input file. Inputs inside the output folder are excluded by
-    `discover(..., exclude=[out_dir])`, so an output folder inside an input folder is fine."""
+    `discover(..., exclude=[out_dir])`, so an output folder inside an input folder is fine. The messages name
+    the output folder's `setting` in backticks (m2u.core.errors: a CLI says its flag)."""
     out = _resolved(out_dir)
     for folder in found.folders:
         if _resolved(folder) == out:
             raise OutputFolderError(
-                f"{option} {out_dir} is the input folder {folder}: outputs would be mixed with (and could "
+                f"`{setting}` {out_dir} is the input folder {folder}: outputs would be mixed with (and could "
                 "replace) the photos; choose another output folder"
             )
     inputs = {_resolved(e.path) for e in found.entries if not e.problem}
     for target in outputs:
         if _resolved(target) in inputs:
             raise OutputFolderError(
-                f"{option} {out_dir}: the output {target} would replace an input file of the same name; "
+                f"`{setting}` {out_dir}: the output {target} would replace an input file of the same name; "
                 "choose another output folder"
             )
         # A link planted at an output's name, or another file there that m2u did not write: refused before any
         # work (m2u.core.fileio refuses it again at the write).
         problem = replace_problem(target)
         if problem:
-            raise OutputFolderError(f"{option} {out_dir}: {problem}")
+            raise OutputFolderError(f"`{setting}` {out_dir}: {problem}")
 
 
 def lock_problem(path: Path) -> str:
@@ -344,7 +345,7 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         raise OutputFolderError(
-            f"another {tool} run is writing {out_dir}; wait for it to finish or choose another -o"
+            f"another {tool} run is writing {out_dir}; wait for it to finish or choose another `out_dir`"
         ) from None
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
@@ -354,12 +355,17 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
         lock.release()
 
 
-def describe_ignored_files(
-    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
-) -> str:
-    """The sentence of `m2u.core.inputs.Discovery.describe_skipped` for `inputs` (what folder scans pass
-    over: files without an image suffix, hidden image files, the output folder); "" when there is nothing."""
-    return discover(inputs, exclude=exclude).describe_skipped()
+def find_inputs(
+    inputs: Iterable[str | os.PathLike[str]] | Discovery, out_dir: str | os.PathLike[str] | None
+) -> Discovery:
+    """The one discovery of a per-file command (m2u-mask, m2u-unmask): the inputs of a run writing `out_dir`
+    (never read as input). InputError when an argument names nothing. A `Discovery` is returned as it is: a caller
+    that found the inputs already (to print `describe_skipped`, or for a contact sheet) never scans them twice."""
+    if isinstance(inputs, Discovery):
+        return inputs
+    inputs = list(inputs)
+    check_arguments(inputs)
+    return discover(inputs, exclude=[] if out_dir is None else [out_dir])
 
 
 __all__ = [
@@ -372,8 +378,8 @@ __all__ = [
     "OutputFolderError",
     "check_arguments",
     "check_output_folder",
-    "describe_ignored_files",
     "discover",
+    "find_inputs",
     "open_lock_file",
     "no_images_error",
     "open_regular",

@@ -44,7 +44,7 @@ from m2u.datasets.locks import build_lock
 from m2u.datasets.manifest import check_committed, commit_shard, marker_path, uncommit, write_manifests
 from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_samples
 from m2u.datasets.shards import remove_stray_temp_files
-from m2u.datasets.sources import discover_inputs
+from m2u.datasets.sources import find_dataset_inputs, input_items
 from m2u.datasets.work import FAULT_ENV, BuildJob, ShardTask, make_masker, process_input
 from m2u.datasets.writer import count_rows, library_versions, write_stats
 
@@ -82,6 +82,7 @@ class BuildPlan:
     items: list[InputItem]
     samples: list[PlannedSample]
     tasks: list[ShardTask]  # every shard of the plan, in (split, index) order
+    skipped: str = ""  # what the folder scans passed over (m2u.core.inputs.Discovery.describe_skipped)
 
     def fingerprint(self, config: BuildConfig) -> dict[str, Any]:
         """What a rerun must match to resume: the output arguments and the plan."""
@@ -108,6 +109,7 @@ class BuildPlan:
 class BuildResult:
     out_dir: Path
     stats: dict[str, Any]
+    skipped: str = ""  # what the input folders held that was not read, as a sentence ("" when nothing)
 
 
 def plan_build(
@@ -118,13 +120,13 @@ def plan_build(
 ) -> BuildPlan:
     """Discover the inputs (nothing under `out_dir` or an `exclude` folder) and plan every sample and shard
     (step 1)."""
-    items = discover_inputs(
-        inputs,
+    # The run's one discovery. A dataset written inside an input folder is never read back as input.
+    found = find_dataset_inputs(inputs, exclude=[*([out_dir] if out_dir is not None else []), *exclude])
+    items = input_items(
+        found,
         identity_file=config.identity_file,
         identity_pattern=config.identity_pattern,
         limit=config.limit,
-        # A dataset written inside an input folder is never read back as input.
-        exclude=[*([out_dir] if out_dir is not None else []), *exclude],
     )
     samples = plan_samples(
         items,
@@ -137,7 +139,7 @@ def plan_build(
     tasks = [
         ShardTask(split, index, tuple(group)) for (split, index), group in group_by_shard(samples).items()
     ]
-    return BuildPlan(items, samples, sorted(tasks, key=ShardTask.sort_key))
+    return BuildPlan(items, samples, sorted(tasks, key=ShardTask.sort_key), found.describe_skipped())
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -157,7 +159,7 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OWN_ENTRIES)
     if foreign and not state_file.exists():
         raise BuildError(
-            f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new -o"
+            f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new `out_dir`"
         )
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
     if previous is not None and previous != fingerprint and not any((out_dir / STATE_DIR).glob("*.parquet")):
@@ -172,9 +174,9 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             if previous["arguments"].get(k) != fingerprint["arguments"].get(k)
         )
         what = f"different arguments ({', '.join(changed)})" if changed else "a different set of inputs"
-        raise BuildError(f"{out_dir} holds a build made with {what}; pass --overwrite to replace it")
+        raise BuildError(f"{out_dir} holds a build made with {what}; use `overwrite` to replace it")
     elif previous is None and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME)):
-        raise BuildError(f"{out_dir} holds a dataset without build state; pass --overwrite to replace it")
+        raise BuildError(f"{out_dir} holds a dataset without build state; use `overwrite` to replace it")
     (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
     if previous is None:
         atomic_write_text(state_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
@@ -234,7 +236,7 @@ def _run_tasks(
             if output.sha256 and (not tar.is_file() or tar.stat().st_size != output.bytes):
                 raise BuildError(
                     f"the worker {output.worker} wrote {tar} where this process cannot see it: with Ray on several"
-                    " machines, -o must be a folder every node mounts under the same path"
+                    " machines, `out_dir` must be a folder every node mounts under the same path"
                 )
             try:
                 stats = commit_shard(out_dir, output, planned[shard_id])
@@ -268,8 +270,8 @@ def build_dataset(
         todo, damaged = _shards_to_build(out, plan.tasks_of(config.partition), config)
         if config.finalize and todo:
             raise BuildError(
-                f"--finalize: {len(todo)} shard(s) are not committed yet ({', '.join(t.relpath for t in todo[:5])}); "
-                "run their partitions again, or run without --finalize to build them here"
+                f"`finalize`: {len(todo)} shard(s) are not committed yet ({', '.join(t.relpath for t in todo[:5])}); "
+                "run their partitions again, or run without `finalize` to build them here"
             )
         planned_at = time.perf_counter()
         try:
@@ -287,7 +289,7 @@ def build_dataset(
             rows = write_manifests(out, plan.tasks).rows
             stats = _stats(plan, config, inputs, rows, stats, started)
             write_stats(out, stats)
-    return BuildResult(out_dir=out, stats=stats)
+    return BuildResult(out_dir=out, stats=stats, skipped=plan.skipped)
 
 
 def _cpu_seconds() -> float:

@@ -14,6 +14,7 @@ from m2u.core.cli import (
     Refused,
     alias_option,
     apply_aliases,
+    cli_message,
     color_option,
     inputs_argument,
     limit_option,
@@ -26,7 +27,6 @@ from m2u.core.cli import (
     workers_option,
 )
 from m2u.core.guard import guard_command
-from m2u.core.inputs import describe_ignored_files
 from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat
@@ -60,14 +60,14 @@ def _partition(ctx: click.Context, param: click.Parameter, value: str | None) ->
     try:
         return parse_partition(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(cli_message(exc)) from None
 
 
 def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float, float]:
     try:
         return parse_fractions(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(cli_message(exc)) from None
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -191,16 +191,15 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
         else:
             result = build_dataset(list(inputs), out_dir, config)
     except BuildWriteError as exc:  # the run started and could not write (a full disk): exit 1
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(cli_message(exc)) from None
     except WorkerStartError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(cli_message(exc)) from None
     except (BuildError, ValueError, FileNotFoundError) as exc:
-        raise Refused(str(exc)) from None
+        raise Refused(cli_message(exc)) from None
     except OSError as exc:  # e.g. a full disk while writing the manifest: say so instead of a traceback
         raise click.ClickException(f"{exc}; rerun the same command to resume once this is fixed") from None
-    ignored = describe_ignored_files(inputs, exclude=[] if is_url(out_dir) else [out_dir])
-    if ignored:
-        click.echo(ignored, err=True)
+    if result.skipped:  # the build's own discovery says what it passed over
+        click.echo(result.skipped, err=True)
     _echo_summary(out_dir, result.stats)
 
 

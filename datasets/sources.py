@@ -22,10 +22,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from m2u.core.errors import SettingError
 from m2u.core.imageio import ImageReadError, read_input_bytes
 from m2u.core.inputs import (
     IMAGE_SUFFIXES,
     LIST_SUFFIXES,
+    Discovery,
     InputError,
     check_arguments,
     discover,
@@ -34,7 +36,15 @@ from m2u.core.inputs import (
 from m2u.datasets.layout import MAX_KEY_LENGTH
 from m2u.datasets.plan import InputItem
 
-__all__ = ["LIST_SUFFIXES", "discover_inputs", "identity_pattern_regex", "make_key", "read_identity_file"]
+__all__ = [
+    "LIST_SUFFIXES",
+    "discover_inputs",
+    "find_dataset_inputs",
+    "identity_pattern_regex",
+    "input_items",
+    "make_key",
+    "read_identity_file",
+]
 
 
 def make_key(relative: str) -> str:
@@ -102,7 +112,7 @@ def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
     try:
         text = read_input_bytes(path).decode("utf-8")  # a regular file only: a FIFO would block the build
     except ImageReadError as exc:
-        raise ValueError(f"--identity-file {path}: {exc.reason}") from None
+        raise SettingError("identity_file", f"{path}: {exc.reason}") from None
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -122,12 +132,20 @@ def discover_inputs(
     limit: int | None = None,
     exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> list[InputItem]:
-    """All input photos, sorted by source path, deduplicated, with keys and identities; ``limit`` keeps the first N.
+    """All input photos, sorted by source path, deduplicated, with keys and identities; ``limit`` keeps the first N
+    (`find_dataset_inputs`, then `input_items`)."""
+    found = find_dataset_inputs(inputs, exclude=exclude)
+    return input_items(found, identity_file=identity_file, identity_pattern=identity_pattern, limit=limit)
 
-    Found by ``m2u.core.inputs.discover`` (the rules of every m2u tool; nothing under an ``exclude`` folder).
-    Every entry is kept, also a missing, unreadable or non-regular one (a FIFO, a device): the build records it as
-    an error row, and reads it only after checking on the open file that it is a regular file.
-    """
+
+def find_dataset_inputs(
+    inputs: Sequence[str | os.PathLike[str]], *, exclude: Sequence[str | os.PathLike[str]] = ()
+) -> Discovery:
+    """The build's one discovery: ``m2u.core.inputs.discover`` (the rules of every m2u tool; nothing under an
+    ``exclude`` folder). Every entry is kept, also a missing, unreadable or non-regular one (a FIFO, a device): the
+    build records it as an error row, and reads it only after checking on the open file that it is a regular file.
+    FileNotFoundError when an argument names nothing; ValueError when the inputs hold no image, or one argument
+    of several holds none (a dataset is not built without it)."""
     if not inputs:
         raise ValueError("no inputs given")
     try:
@@ -141,10 +159,21 @@ def discover_inputs(
     if not found.entries:
         raise ValueError(str(no_images_error(found)))  # the words of every m2u tool
     for text, count in found.per_input.items():
-        if not count:  # one argument of several holds nothing: a dataset is not built without it
+        if not count:
             raise ValueError(f"input {text!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    entries = [(e.path, e.relative, e.identity) for e in found.entries]
+    return found
 
+
+def input_items(
+    found: Discovery,
+    *,
+    identity_file: str | os.PathLike[str] | None = None,
+    identity_pattern: str | None = None,
+    limit: int | None = None,
+) -> list[InputItem]:
+    """The dataset's inputs of a discovery: sorted by source path, deduplicated, with keys and identities;
+    ``limit`` keeps the first N."""
+    entries = [(e.path, e.relative, e.identity) for e in found.entries]
     by_name = read_identity_file(identity_file) if identity_file else {}
     pattern = identity_pattern_regex(identity_pattern) if identity_pattern else None
     unique: dict[str, tuple[Path, str, str]] = {}
@@ -163,6 +192,6 @@ def discover_inputs(
         items.append(InputItem(base_key=key, source=source, identity=identity))
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
+            raise SettingError("limit", f"must be >= 1, got {limit}")
         items = items[:limit]
     return items

@@ -14,6 +14,7 @@ from m2u.core.cli import (
     Refused,
     alias_option,
     apply_aliases,
+    cli_message,
     device_option,
     inputs_argument,
     limit_option,
@@ -100,16 +101,17 @@ def unmask_main(**kw) -> None:
 
     Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
     processed; 2 usage error or refused."""
-    from m2u.core.inputs import InputError, OutputFolderError, check_arguments
+    from m2u.core.inputs import InputError, OutputFolderError, find_inputs
     from m2u.inference.photos import summarize, unmask_files
 
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
     try:
-        check_arguments(kw["inputs"])  # a path that names nothing: a usage error before any model loads
+        # The run's one discovery (a path that names nothing: a usage error before any model loads).
+        found = find_inputs(kw["inputs"], kw["out_dir"])
     except InputError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(cli_message(exc)) from None
     overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
     try:
         config = UnmaskConfig(
@@ -128,22 +130,20 @@ def unmask_main(**kw) -> None:
             **overrides,
         )
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(cli_message(exc)) from None
     refused: tuple[type[BaseException], ...] = (OutputFolderError, *user_errors())
     try:
         with model_warnings():
-            results = unmask_files(kw["inputs"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
+            results = unmask_files(found, kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except InputError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(cli_message(exc)) from None
     except refused as exc:
-        raise Refused(str(exc)) from exc
+        raise Refused(cli_message(exc)) from exc
     for r in results:
         if r.status != "ok" or r.refused_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
-    from m2u.core.inputs import describe_ignored_files
-
-    ignored = describe_ignored_files(kw["inputs"], exclude=[kw["out_dir"]])
+    ignored = found.describe_skipped()
     if ignored:
         click.echo(ignored, err=True)
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
@@ -228,9 +228,9 @@ def export_onnx_cmd(**kw) -> None:
     except Refused:
         raise
     except user_errors() as exc:
-        raise Refused(str(exc)) from exc
+        raise Refused(cli_message(exc)) from exc
     except RuntimeError as exc:  # the exported graph disagrees with PyTorch: the export ran and failed
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(cli_message(exc)) from exc
     atomic_write_text(Path(out_dir) / "export.json", json.dumps(summary, indent=2) + "\n")
 
 

@@ -5,6 +5,7 @@ not_masked, refused or error, with the reason) and `faces.jsonl` (one line per f
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
@@ -18,10 +19,12 @@ from tqdm import tqdm
 from m2u.core.fileio import atomic_write_text
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import write_image
+from m2u.core.inputs import Discovery
 from m2u.core.outcome import Status
+from m2u.core.parallel import worker_pool
 from m2u.inference.unmask import FaceRestoration, UnmaskConfig, Unmasker
 
-__all__ = ["FileResult", "expand_inputs", "output_suffix", "summarize", "unmask_files"]
+__all__ = ["FileResult", "output_suffix", "summarize", "unmask_files"]
 
 
 # "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
@@ -60,14 +63,6 @@ class FileResult:
     seconds: float = 0.0
 
 
-def expand_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | Path | None = None) -> list[Path]:
-    """The input files (m2u.core.inputs.discover: folders recursive, globs, list files, hidden files passed
-    over); nothing inside `out_dir` is taken, so a rerun never reads its own outputs back."""
-    from m2u.core.inputs import discover
-
-    return [e.path for e in discover(inputs, exclude=[] if out_dir is None else [out_dir]).entries]
-
-
 def _unique_name(stem: str, used: set[str]) -> str:
     name, k = stem, 1
     while name in used:
@@ -83,7 +78,7 @@ def _write_rgb(path: Path, image: np.ndarray) -> None:
 
 
 def unmask_files(
-    inputs: list[str] | tuple[str, ...],
+    inputs: list[str] | tuple[str, ...] | Discovery,
     mseg_path: str | Path | None,
     generator_path: str | Path | None,
     out_dir: str | Path,
@@ -92,17 +87,16 @@ def unmask_files(
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
     """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
-    `out_dir/report.csv`."""
+    `out_dir/report.csv`. `inputs`: the arguments, or their `m2u.core.inputs.find_inputs` result (then not
+    scanned again: m2u-unmask prints its `describe_skipped`)."""
     from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
     # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
     # an input (m2u.core.inputs); OUT itself is never read as input.
-    found = discover(inputs, exclude=[out])
-    if config.limit is not None:
-        del found.entries[config.limit :]
-    paths = [e.path for e in found.entries]
+    found = inputs if isinstance(inputs, Discovery) else discover(inputs, exclude=[out])
+    paths = [e.path for e in found.entries[: config.limit]]
     # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
     # below sees every file the run can write.
     planned: set[str] = set()
@@ -121,27 +115,43 @@ def unmask_files(
 def _unmask_paths(
     paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
 ) -> list[FileResult]:
-    from m2u.masking import ImageReadError
-
     if config.keep_crops:
         (out / "crops").mkdir(exist_ok=True)
     results: list[FileResult] = []
     face_lines: list[dict] = []
-    for path, name in tqdm(paths, unit="file", desc="unmask", disable=not config.progress):
-        start = time.perf_counter()
-        row = FileResult(input=str(path), status="ok")
-        try:
-            face_lines += _unmask_one(path, name, out, config, unmasker, row)
-        except ImageReadError as exc:
-            row.status, row.reason = Status.ERROR, exc.reason
-        except Exception as exc:
-            if stops_the_run(exc):
-                raise  # a full disk or read-only folder: every later file would fail the same way
-            row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
-        row.seconds = round(time.perf_counter() - start, 4)
-        results.append(row)
+    # The worker pool of every m2u per-file job, in this process: the models are loaded once here, and a
+    # photo's work is mostly PyTorch, which uses every core by itself.
+    with worker_pool(0) as pool:
+        rows = pool.imap(functools.partial(_unmask_row, out=out, config=config, unmasker=unmasker), paths)
+        for row, lines in tqdm(
+            rows, total=len(paths), unit="file", desc="unmask", disable=not config.progress
+        ):
+            results.append(row)
+            face_lines += lines
     _write_reports(out, results, face_lines)
     return results
+
+
+def _unmask_row(
+    item: tuple[Path, str], *, out: Path, config: UnmaskConfig, unmasker: Unmasker
+) -> tuple[FileResult, list[dict]]:
+    """One photo's report row and faces.jsonl lines; an unreadable photo or a failure of ours is an error row."""
+    from m2u.masking import ImageReadError
+
+    path, name = item
+    start = time.perf_counter()
+    row = FileResult(input=str(path), status="ok")
+    lines: list[dict] = []
+    try:
+        lines = _unmask_one(path, name, out, config, unmasker, row)
+    except ImageReadError as exc:
+        row.status, row.reason = Status.ERROR, exc.reason
+    except Exception as exc:
+        if stops_the_run(exc):
+            raise  # a full disk or read-only folder: every later file would fail the same way
+        row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
+    row.seconds = round(time.perf_counter() - start, 4)
+    return row, lines
 
 
 def _unmask_one(

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.errors import SettingError
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.fileio import remove_temp_files
 from m2u.core.guard import stops_the_run
@@ -35,9 +36,8 @@ from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
-    check_arguments,
     check_output_folder,
-    discover,
+    find_inputs,
     no_images_error,
     output_lock,
 )
@@ -75,11 +75,13 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+            raise SettingError("limit", f"must be >= 1, got {self.limit}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"--workers must be an integer >= 0 (0 = in this process), got {self.workers!r}")
+            raise SettingError(
+                "workers", f"must be an integer >= 0 (0 = in this process), got {self.workers!r}"
+            )
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
-            raise ValueError(f"--max-pixels must be an integer >= 1, got {self.max_pixels!r}")
+            raise SettingError("max_pixels", f"must be an integer >= 1, got {self.max_pixels!r}")
 
     def resolved_workers(self) -> int:
         return max(self.workers, 1)
@@ -293,12 +295,8 @@ def run(
     _DETECTOR = FaceDetector(job.detector_config).load_models()
     for mask in masks:
         warm_templates(mask)
-    if workers <= 1:
-        _init_worker()
-        per_file = _collect(map(_run_one, tasks), len(tasks), progress)
-    else:
-        with worker_pool(workers, _init_worker) as pool:
-            per_file = _collect(pool.imap(_run_one, tasks, chunksize=4), len(tasks), progress)
+    with worker_pool(workers, _init_worker) as pool:  # 0 or 1: in this process
+        per_file = _collect(pool.imap(_run_one, tasks), len(tasks), progress)
     return [rows[k] for k in range(len(masks)) for rows in per_file]
 
 
@@ -320,31 +318,25 @@ def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
     write_atomic(path, buffer.getvalue().encode())
 
 
-def find_inputs(inputs: list[str] | tuple[str, ...], out_dir: str | os.PathLike[str]) -> Discovery:
-    """The inputs of a run writing `out_dir` (which is never read as input); InputError when an argument names
-    nothing."""
-    check_arguments(inputs)
-    return discover(inputs, exclude=[out_dir])
-
-
 def mask_files(
-    inputs: list[str] | tuple[str, ...], out_dir: str | os.PathLike[str], config: BatchConfig = BatchConfig()
+    inputs: list[str] | tuple[str, ...] | Discovery,
+    out_dir: str | os.PathLike[str],
+    config: BatchConfig = BatchConfig(),
 ) -> BatchResult:
     """Mask every face of every input into `out_dir` and write `out_dir/report.csv` (see the module docstring).
 
+    `inputs`: the arguments, or their `m2u.core.inputs.find_inputs` result (then not scanned again).
     Raises InputError (no inputs), OutputFolderError (OUT is an input folder, would replace an input, or another
     run is writing it) before any output is written."""
     out = Path(out_dir)
     found = find_inputs(inputs, out)
-    if config.limit is not None:
-        del found.entries[config.limit :]
-    files = output_stems(found.entries)
+    files = output_stems(found.entries[: config.limit])
     groups = config.groups(len(files))
     targets = [
         p for mask, indices in groups for i in indices for p in output_paths(out, files[i][1], mask.mask_type)
     ]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
-    if not found.entries:
+    if not files:
         raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()

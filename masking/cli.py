@@ -14,6 +14,7 @@ from m2u.core.cli import (
     Refused,
     alias_option,
     apply_aliases,
+    cli_message,
     color_option,
     inputs_argument,
     limit_option,
@@ -26,10 +27,10 @@ from m2u.core.cli import (
 )
 from m2u.core.guard import guard_command
 from m2u.core.imageio import ImageReadError, read_image
-from m2u.core.inputs import Discovery, InputError, OutputFolderError
+from m2u.core.inputs import Discovery, InputError, OutputFolderError, find_inputs
 from m2u.core.parallel import WorkerStartError
 from m2u.masking.appearance import PATTERNS
-from m2u.masking.batch import BatchConfig, find_inputs, mask_files
+from m2u.masking.batch import BatchConfig, mask_files
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.render import MaskConfig
 from m2u.masking.templates import ALL_TYPES, MASK_TYPES
@@ -191,18 +192,18 @@ def _mask(
             limit=limit,
         )
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise click.BadParameter(cli_message(exc)) from exc
     try:
         if contact_sheet is not None:
             _contact_sheet(find_inputs(inputs, out_dir), config.detector, contact_sheet, seed, pack)
             return
         result = mask_files(inputs, out_dir, config)
     except InputError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(cli_message(exc)) from None
     except OutputFolderError as exc:
-        raise Refused(str(exc)) from None
+        raise Refused(cli_message(exc)) from None
     except WorkerStartError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(cli_message(exc)) from None
     _report(result)
 
 

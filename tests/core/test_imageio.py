@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2u.core.inputs import describe_ignored_files
+from m2u.core.inputs import discover
 from m2u.masking import ImageReadError, read_image
 
 
@@ -112,9 +112,9 @@ def test_ignored_files_are_named_and_hidden_images_counted(tmp_path):
     for name in ("a.jpg", "notes.txt", ".b.jpg", ".cache/c.png", "sub/.d/e.jpg", "sub/f.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    skipped = describe_ignored_files([tmp_path])
+    skipped = discover([tmp_path]).describe_skipped()
     plain = "1 file(s) in the input folders have no image suffix and were not read (.txt 1)"
     assert skipped.startswith(plain + "; 3 image file(s) in the input folders are hidden")
-    assert describe_ignored_files([tmp_path / "sub"]).startswith("1 image file(s)")
+    assert discover([tmp_path / "sub"]).describe_skipped().startswith("1 image file(s)")
     # Files given one by one are all read, hidden or not: nothing to report.
-    assert describe_ignored_files([tmp_path / "a.jpg"]) == ""
+    assert discover([tmp_path / "a.jpg"]).describe_skipped() == ""

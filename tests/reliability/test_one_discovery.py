@@ -1,66 +1,67 @@
-"""m2u-mask, m2u-make-dataset and m2u-unmask find the same inputs by the same rules (m2u.core.inputs): folders
-searched recursively, globs, list files, hidden files passed over and counted, files without an image suffix
-counted, every entry a row."""
+"""Each per-file command finds its inputs once: the folder is scanned one time, and what the scan passed over (a
+file without an image suffix) is still said, from that same scan."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import m2u.core.inputs as inputs
 from m2u.datasets.cli import main as make_dataset_main
-from m2u.datasets.layout import read_manifest
 from m2u.inference.cli import unmask_main
 from m2u.masking.cli import main as mask_main
 
-
-def _inputs(tmp_path: Path) -> tuple[list[str], set[str]]:
-    """Arguments of every kind, and the files they must give (absolute paths)."""
-    folder, other = tmp_path / "photos", tmp_path / "more"
-    wanted = []
-    for name in ("a.png", "sub/b.jpg", ".hidden/c.png", ".d.png", "notes.txt"):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((40, 40, 3), 80, np.uint8)).save(path, format="PNG")
-        if not any(part.startswith(".") for part in Path(name).parts) and path.suffix != ".txt":
-            wanted.append(path)
-    for name in ("g1.png", "g2.png", "listed.png"):
-        other.mkdir(exist_ok=True)
-        Image.fromarray(np.full((40, 40, 3), 20, np.uint8)).save(other / name)
-    wanted += [other / "g1.png", other / "g2.png", other / "listed.png", other / "missing.png"]
-    listing = tmp_path / "list.txt"
-    listing.write_text("# a comment\nmore/listed.png\nmore/missing.png\n")
-    arguments = [str(folder), str(other / "g*.png"), str(listing)]
-    return arguments, {str(p.resolve()) for p in wanted}
+SKIPPED = "1 file(s) in the input folders have no image suffix and were not read (.txt 1)"
 
 
-def _report(path: Path, column: str) -> set[str]:
-    with path.open(newline="") as handle:
-        return {str(Path(row[column]).resolve()) for row in csv.DictReader(handle)}
+@pytest.fixture
+def folder(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):  # small pictures without a face
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(photos / f"p{k}.png")
+    (photos / "notes.txt").write_text("not a photo")
+    return photos
 
 
-def test_the_three_tools_find_the_same_inputs(tmp_path, tiny_models):
-    arguments, wanted = _inputs(tmp_path)
-    skipped = "2 image file(s) in the input folders are hidden"
+@pytest.fixture
+def scans(monkeypatch):
+    """The folders the input discovery walks, one entry per walk."""
+    walked = []
+    real = inputs._scan_folder
 
-    masked = CliRunner().invoke(mask_main, [*arguments, "-o", str(tmp_path / "m"), "--quiet"])
-    assert masked.exit_code == 1, masked.output  # one unreadable input
-    assert _report(tmp_path / "m" / "report.csv", "path") == wanted
-    assert skipped in masked.output and "(.txt 1)" in masked.output
+    def counted(folder, *args, **kwargs):
+        walked.append(folder)
+        return real(folder, *args, **kwargs)
 
-    args = [*arguments, "-o", str(tmp_path / "d"), "--mask-engine", "synthetic", "--size", "64", "--quiet"]
-    built = CliRunner().invoke(make_dataset_main, args)
-    assert built.exit_code == 1, built.output  # no faces: rows only
-    sources = set(read_manifest(tmp_path / "d" / "manifest.parquet")["source"])
-    assert {str(Path(s).resolve()) for s in sources} == wanted
-    assert skipped in built.output
+    monkeypatch.setattr(inputs, "_scan_folder", counted)
+    return walked
 
+
+def _check(result, scans, folder):
+    assert scans == [folder], f"the input folder was scanned {len(scans)} times"
+    assert SKIPPED in result.output, result.output
+
+
+def test_m2u_mask_discovers_once(folder, scans, tmp_path):
+    result = CliRunner().invoke(mask_main, [str(folder), "-o", str(tmp_path / "out"), "--quiet"])
+    assert (tmp_path / "out" / "report.csv").is_file(), result.output
+    _check(result, scans, folder)
+
+
+def test_m2u_make_dataset_discovers_once(folder, scans, tmp_path):
+    args = [str(folder), "-o", str(tmp_path / "ds"), "--mask-engine", "synthetic", "--workers", "0", "--quiet"]
+    result = CliRunner().invoke(make_dataset_main, args)
+    assert (tmp_path / "ds" / "manifest.parquet").is_file(), result.output
+    _check(result, scans, folder)
+
+
+def test_m2u_unmask_discovers_once(folder, scans, tmp_path, tiny_models):
     mseg, generator = tiny_models
-    models = ["--mseg", str(mseg), "--generator", str(generator), "--device", "cpu", "--quiet"]
-    restored = CliRunner().invoke(unmask_main, [*models, "-o", str(tmp_path / "u"), "--", *arguments])
-    assert restored.exit_code == 1, restored.output
-    assert _report(tmp_path / "u" / "report.csv", "input") == wanted
-    assert skipped in restored.output
+    args = ["--mseg", str(mseg), "--generator", str(generator), "-o", str(tmp_path / "out"), "--quiet"]
+    result = CliRunner().invoke(unmask_main, [*args, "--device", "cpu", str(folder)])
+    assert (tmp_path / "out" / "report.csv").is_file(), result.output
+    _check(result, scans, folder)
