@@ -14,6 +14,8 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+from m2u.core.errors import SettingError
+
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
@@ -121,26 +123,27 @@ def field_hint(cls: type, name: str) -> Any:
     return _hints(cls).get(name, Any)
 
 
-def check_types(config: Any, prefix: str = "") -> None:
-    """Raise ValueError naming the first field of the dataclass instance `config` whose value does not fit its
-    type; `prefix` is put before the field name (e.g. "--detector-option ")."""
+def check_types(config: Any) -> None:
+    """Raise SettingError naming the first field of the dataclass instance `config` whose value does not fit its
+    type (the field name is the setting's configuration key)."""
     hints = _hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         hint = hints.get(f.name, Any)
         if not _matches(value, hint):
-            raise ValueError(f"{prefix}{f.name} must be {_describe(hint)}, got {value!r}")
+            raise SettingError(f.name, f"must be {_describe(hint)}, got {value!r}")
 
 
-def build_checked(cls: type, options: dict[str, Any], option: str) -> Any:
-    """`cls(**options)` with unknown keys and bad values refused in one sentence naming `option`."""
+def build_checked(cls: type, options: dict[str, Any], setting: str) -> Any:
+    """`cls(**options)` with unknown keys and bad values refused in one sentence (a SettingError) naming the
+    setting that holds `options` (e.g. ``detector_options``)."""
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(
-            f"{option}: unknown option(s) {', '.join(unknown)}; {cls.__name__} takes {', '.join(known)}"
+        raise SettingError(
+            setting, f"unknown option(s) {', '.join(unknown)}; {cls.__name__} takes {', '.join(known)}"
         )
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{option}: {exc}") from None
+        raise SettingError(setting, str(exc)) from None

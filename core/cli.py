@@ -13,6 +13,7 @@ Old spellings stay for one release as hidden aliases (`alias_option`), listed in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -194,3 +195,35 @@ def apply_aliases(params: MutableMapping[str, Any], ctx: click.Context | None = 
 
 def is_alias(param: click.Parameter) -> bool:
     return bool(param.name and param.name.startswith(_ALIAS_PREFIX))
+
+
+_SETTING_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def flag_of(setting: str, ctx: click.Context | None = None) -> str | None:
+    """The flag that sets the configuration key `setting` in the running command: the long option of the
+    parameter of that name (``mask_threshold`` → ``--threshold``; a repeatable ``--detector-option`` sets
+    ``detector_options``); None when the command has none."""
+    ctx = ctx or click.get_current_context(silent=True)
+    params = [] if ctx is None else [p for p in ctx.command.params if not is_alias(p)]
+    for param in params:
+        longs = [o for o in param.opts if o.startswith("--")] if isinstance(param, click.Option) else []
+        # A config key is the parameter's name or its longest long option without dashes (--batch-size:
+        # batch_size; m2u.training.cliutil).
+        keys = {param.name, *(o[2:].replace("-", "_") for o in longs)}
+        if longs and keys & {setting, setting.removesuffix("s")}:
+            return longs[0]
+    return None
+
+
+def cli_message(error: BaseException, ctx: click.Context | None = None) -> str:
+    """The message of a library error for a CLI user: a SettingError's setting (m2u.core.errors) becomes its flag
+    (the key spelled as one, ``identity_file`` → ``--identity-file``, where the command has no such option), and
+    so do the settings a message names in backticks that the command has options for; other text is kept."""
+    from m2u.core.errors import SettingError
+
+    text = str(error)
+    if isinstance(error, SettingError):
+        flag = flag_of(error.setting, ctx) or "--" + error.setting.replace("_", "-")
+        text = f"{flag}: {error.message}"
+    return _SETTING_MENTION.sub(lambda match: flag_of(match.group(1), ctx) or match.group(0), text)

@@ -86,17 +86,17 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         parts = key.split(".")
         if not sep or not key or not all(parts):
             raise ConfigError(
-                f"--set {item!r} is not KEY=VALUE (KEY a dotted option name, e.g. gan.max_steps=10)"
+                f"`sets` {item!r} is not KEY=VALUE (KEY a dotted option name, e.g. gan.max_steps=10)"
             )
         try:
             value = _load_yaml(raw)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {key}: cannot read the value {raw!r} ({error})") from error
+            raise ConfigError(f"`sets` {key}: cannot read the value {raw!r} ({error})") from error
         node = tree
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is already set to a value")
+                raise ConfigError(f"`sets` {key}: {'.'.join(parts[: depth + 1])} is already set to a value")
             node = child
         node[parts[-1]] = value
     return tree

@@ -23,7 +23,8 @@ from typing import Any
 
 import click
 
-from m2u.core.cli import Refused
+from m2u.core.cli import Refused, cli_message
+from m2u.core.errors import SettingError
 from m2u.core.fileio import OutputRefusedError
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
@@ -37,7 +38,7 @@ class UserError(Exception):
 def one_line(error: BaseException) -> str:
     """The message of `error` as one line; an error re-raised from a DataLoader worker carries the worker's whole
     traceback in its message, whose last line is the original error."""
-    text = str(error).strip()
+    text = cli_message(error).strip()  # settings named as the command's flags (m2u.core.errors)
     if "Traceback" in text:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
@@ -94,7 +95,7 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(TERMINATED_EXIT_CODE)
-        except OutputRefusedError as error:
+        except (OutputRefusedError, SettingError) as error:
             raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)
         except UserError as error:
             raise click.ClickException(one_line(error)) from None

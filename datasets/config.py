@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2u.core.checks import build_checked, check_types
+from m2u.core.errors import SettingError
 from m2u.core.guard import UserError
 from m2u.core.runtime import output_fields, runtime_field
 from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
@@ -39,11 +40,11 @@ def parse_partition(value: str | tuple[int, int] | None) -> tuple[int, int] | No
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
         if not match:
-            raise ValueError(f"--partition must look like I/N (e.g. 0/4), got {value!r}")
+            raise SettingError("partition", f"must look like I/N (e.g. 0/4), got {value!r}")
         value = (int(match.group(1)), int(match.group(2)))
     index, count = (int(v) for v in value)
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--partition {index}/{count}: I must be in 0..N-1 and N >= 1")
+        raise SettingError("partition", f"{index}/{count}: I must be in 0..N-1 and N >= 1")
     return (index, count)
 
 
@@ -97,36 +98,39 @@ class BuildConfig:
         object.__setattr__(self, "image_format", ImageFormat(self.image_format))
         object.__setattr__(self, "partition", parse_partition(self.partition))
         check_types(self)
-        check_image_size(self.size, "--size")
+        check_image_size(self.size, "size")
         if not 1 <= self.quality <= 100:
-            raise ValueError(f"--quality must be within 1..100, got {self.quality}")
+            raise SettingError("quality", f"must be within 1..100, got {self.quality}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+            raise SettingError("limit", f"must be >= 1, got {self.limit}")
         if self.identity_pattern is not None:
             identity_pattern_regex(self.identity_pattern)
         # Checked here, before any work: a bad detector option used to fail in every worker's start-up, which a
         # pool answers by starting another worker, forever.
         from m2u.masking.detect import DetectorConfig
 
-        build_checked(DetectorConfig, self.detector_options, "--detector-option")
+        build_checked(DetectorConfig, self.detector_options, "detector_options")
         if self.variants < 1:
-            raise ValueError(f"--variants must be >= 1, got {self.variants}")
+            raise SettingError("variants", f"must be >= 1, got {self.variants}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+            raise SettingError("workers", f"must be >= 1, got {self.workers}")
         if self.shard_size < 1:
-            raise ValueError(f"--shard-size must be >= 1, got {self.shard_size}")
+            raise SettingError("shard_size", f"must be >= 1, got {self.shard_size}")
         if self.mask_engine not in MASK_ENGINES:
-            raise ValueError(f"unknown mask engine {self.mask_engine!r}; choose one of {MASK_ENGINES}")
+            raise SettingError(
+                "mask_engine", f"unknown mask engine {self.mask_engine!r}; choose one of {MASK_ENGINES}"
+            )
         if self.distributor not in DISTRIBUTORS:
-            raise ValueError(
-                f"--distributor must be one of {', '.join(DISTRIBUTORS)}, got {self.distributor!r}"
+            raise SettingError(
+                "distributor", f"must be one of {', '.join(DISTRIBUTORS)}, got {self.distributor!r}"
             )
         if self.ray_address is not None and self.distributor != "ray":
-            raise ValueError("--ray-address needs --distributor ray")
+            raise SettingError("ray_address", "needs `distributor` ray")
         if self.partition is not None and (self.overwrite or self.finalize):
-            raise ValueError(
-                "--partition cannot be combined with --overwrite or --finalize: partitions share OUT; "
-                "finalize with a run without --partition"
+            raise SettingError(
+                "partition",
+                "cannot be combined with `overwrite` or `finalize`: partitions share OUT; "
+                "finalize with a run without `partition`",
             )
 
     def output_arguments(self) -> dict[str, Any]:

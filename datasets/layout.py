@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from m2u.core import outcome
+from m2u.core.errors import SettingError
 from m2u.core.fileio import atomic_write
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -42,12 +43,13 @@ MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 2048
 
 
-def check_image_size(size: object, option: str = "--size") -> int:
-    """`size` if it is an integer side within MIN_IMAGE_SIZE..MAX_IMAGE_SIZE, else ValueError naming `option`."""
+def check_image_size(size: object, setting: str = "size") -> int:
+    """`size` if it is an integer side within MIN_IMAGE_SIZE..MAX_IMAGE_SIZE, else SettingError naming `setting`."""
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
-        raise ValueError(
-            f"{option} must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (pixels per side of the "
-            f"aligned crop), got {size!r}"
+        raise SettingError(
+            setting,
+            f"must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (pixels per side of the "
+            f"aligned crop), got {size!r}",
         )
     return size
 

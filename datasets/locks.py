@@ -78,13 +78,13 @@ def build_lock(out_dir: Path, partition: tuple[int, int] | None = None) -> Itera
                     )
                 raise BuildLockedError(
                     f"another m2u-make-dataset run is writing {out_dir}{_holder(fd)}; wait for it to finish or "
-                    "use another -o"
+                    "use another `out_dir`"
                 )
             _mark(fd)
         else:
             if not _flock(fd, fcntl.LOCK_SH):
                 raise BuildLockedError(
-                    f"a run without --partition{_holder(fd)} is writing {out_dir}; wait for it to finish"
+                    f"a run without `partition`{_holder(fd)} is writing {out_dir}; wait for it to finish"
                 )
             held.append(_partition_lock(out_dir, partition))
         locked = True

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from m2u.core.errors import SettingError
 from m2u.datasets.layout import (
     DEFAULT_SPLIT_FRACTIONS,
     MAX_KEY_LENGTH,
@@ -81,9 +82,10 @@ def _check_inputs(items: Sequence[InputItem], split_by: SplitBy) -> None:
         if split_by is SplitBy.IDENTITY and not item.identity:
             missing_identity.append(item.source)
     if missing_identity:
-        raise ValueError(
-            f"--split-by identity: {len(missing_identity)} input(s) have no identity, e.g. {missing_identity[0]}; "
-            "give an identity file or a filename pattern that matches every input"
+        raise SettingError(
+            "split_by",
+            f"identity: {len(missing_identity)} input(s) have no identity, e.g. {missing_identity[0]}; "
+            "give an `identity_file` or an `identity_pattern` that matches every input",
         )
 
 

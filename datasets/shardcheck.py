@@ -142,8 +142,8 @@ def check_dataset_record(folder: Path) -> None:
     if (folder / STATE_DIR).is_dir() or (folder / STATS_NAME).is_file():
         unfinished = (folder / STATE_DIR).is_dir() and not (folder / STATS_NAME).is_file()
         why = (
-            "its build is not finalised (a --partition build: run the last partition, or rerun without "
-            "--partition, to write it)"
+            "its build is not finalised (a `partition` build: run the last partition, or rerun without "
+            "`partition`, to write it)"
             if unfinished
             else "it was deleted: rebuild it (rerun m2u-make-dataset with the same arguments)"
         )

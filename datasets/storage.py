@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from m2u.core.errors import SettingError
 from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME
 
 CACHE_ENV = "M2U_CACHE"
@@ -141,18 +142,20 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
         try:
             present = fs.exists(f"{root}/{MANIFEST_NAME}")
         except OSError as error:
-            raise StorageError(f"--data {text} cannot be read: {error}") from error
+            raise StorageError(f"`data` {text} cannot be read: {error}") from error
         if not present:
-            raise StorageError(f"--data {text} holds no dataset (no {MANIFEST_NAME})")
+            raise StorageError(f"`data` {text} holds no dataset (no {MANIFEST_NAME})")
         return
     path = Path(text)
     if not path.exists():
-        raise ValueError(f"--data {text} does not exist")
+        raise SettingError("data", f"{text} does not exist")
     if not path.is_dir():
-        raise ValueError(f"--data {text} is not a folder (a dataset is the folder m2u-make-dataset -o wrote)")
+        raise SettingError(
+            "data", f"{text} is not a folder (a dataset is the folder m2u-make-dataset -o wrote)"
+        )
     if not (path / MANIFEST_NAME).is_file():
-        raise ValueError(
-            f"--data {text} is not a dataset (no {MANIFEST_NAME}; build one with m2u-make-dataset)"
+        raise SettingError(
+            "data", f"{text} is not a dataset (no {MANIFEST_NAME}; build one with m2u-make-dataset)"
         )
 
 

@@ -85,7 +85,7 @@ def make_masker(config: BuildConfig) -> Masker:
         raise BuildError(f"mask options: {exc}") from None
     if len(mask_config.expand()) > 1:
         raise BuildError(
-            "mask type 'all' is several masks per face: use --variants K with --mask-type random"
+            "mask type 'all' is several masks per face: use `variants` K with `mask_type` random"
         )
 
     def mask(image: np.ndarray, face: Any, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

@@ -21,6 +21,7 @@ from m2u.core.cli import (
     Refused,
     alias_option,
     apply_aliases,
+    cli_message,
     device_option,
     limit_option,
     min_score_option,
@@ -165,12 +166,12 @@ def main(**kw) -> None:
     try:
         check_dataset(kw["data"])
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(cli_message(exc)) from None
     try:
         with model_warnings():
             report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except user_errors() as exc:
-        raise Refused(str(exc)) from exc
+        raise Refused(cli_message(exc)) from exc
     out = Path(kw["out_dir"])
     click.echo((out / "metrics.md").read_text())
     click.echo(f"report: {out / 'index.html'}")
@@ -242,7 +243,7 @@ def real_masks_main(**kw) -> None:
                 kw["photos"], kw["out_dir"], unmasker, kw["labels_dir"], config, progress=not kw["quiet"]
             )
     except user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(cli_message(exc)) from exc
     for key, value in summary.items():
         click.echo(f"{key}: {value}")
     click.echo(f"report: {Path(kw['out_dir']) / 'index.html'}")

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 
+from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.masked_rule import MaskedFaceRule
 from m2u.inference.paste import feather_weight, paste_feathered, paste_region, resize_matrix
@@ -99,7 +100,7 @@ class UnmaskConfig:
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+            raise SettingError("limit", f"must be >= 1, got {self.limit}")
         if self.crop_size is not None:
             check_image_size(self.crop_size, "crop_size")
         check_mask_threshold(self.mask_threshold)

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.errors import SettingError
 from m2u.masking.templates import COLORS, TEXTURE_HEIGHT, TEXTURE_WIDTH
 
 PATTERNS: tuple[str, ...] = ("stripes", "dots", "check", "camo", "floral")
@@ -90,15 +91,16 @@ def check_pattern_image(path: str | os.PathLike[str]) -> tuple[int, int]:
         with open_regular(path) as handle, Image.open(handle) as image:
             width, height = image.size
     except ImageReadError as exc:
-        raise ValueError(f"--pattern {path}: {exc.reason}") from None
+        raise SettingError("pattern", f"{path}: {exc.reason}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"--pattern {path} is not a readable image ({exc})") from None
+        raise SettingError("pattern", f"{path} is not a readable image ({exc})") from None
     if max(width, height) > PATTERN_MAX_SIDE or max(width, height) > PATTERN_MAX_ASPECT * max(
         1, min(width, height)
     ):
-        raise ValueError(
-            f"--pattern {path} is {width}x{height} px; a pattern image must be at most {PATTERN_MAX_SIDE} px per "
-            f"side with sides within 1:{PATTERN_MAX_ASPECT:g} of each other"
+        raise SettingError(
+            "pattern",
+            f"{path} is {width}x{height} px; a pattern image must be at most {PATTERN_MAX_SIDE} px per "
+            f"side with sides within 1:{PATTERN_MAX_ASPECT:g} of each other",
         )
     return width, height
 

@@ -13,6 +13,7 @@ from m2u.core.cli import (
     CONTEXT_SETTINGS,
     alias_option,
     apply_aliases,
+    cli_message,
     config_options,
     inputs_argument,
     out_option,
@@ -40,7 +41,7 @@ def _resolve(
             extra["faces"] = [str(demo)]
         return load_config(preset, config_file, extra)
     except ConfigError as error:
-        raise click.UsageError(str(error)) from error
+        raise click.UsageError(cli_message(error)) from error
 
 
 def _common(function):
@@ -111,7 +112,7 @@ def run(until, **kw) -> None:
     try:
         outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until)
     except PipelineError as error:
-        raise click.ClickException(str(error)) from error  # a stage ran and failed: exit 1
+        raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
     evaluation = outcomes.get("evaluation")
     if evaluation is not None:
         click.echo(f"report: {Path(run_dir) / 'evaluation' / 'metrics.md'}")
@@ -138,7 +139,7 @@ def ablate(**kw) -> None:
     try:
         run_ablation(config, run_dir, echo=click.echo)
     except PipelineError as error:
-        raise click.ClickException(str(error)) from error  # a stage ran and failed: exit 1
+        raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
     click.echo((Path(run_dir) / "ablation.md").read_text())
 
 

@@ -111,7 +111,7 @@ def _check_inputs(config: PipelineConfig, until: str) -> None:
         raise PipelineError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     if not config.faces:
         raise PipelineError(
-            "no face inputs: give --faces (a folder, glob or list file) or `faces:` in the config"
+            "no face inputs: give `faces` (a folder, glob or list file) on the command line or in the config"
         )
     missing = [face for face in config.faces if not Path(face).exists() and not glob.glob(face)]
     if missing:

@@ -27,6 +27,7 @@ from m2u.core.cli import (
     Refused,
     alias_option,
     apply_aliases,
+    cli_message,
     device_option,
     out_option,
     progress_options,
@@ -229,9 +230,9 @@ def _run(train: Callable[[Any], dict], config: Any) -> None:
     try:
         results = train(config)
     except NonFiniteLossError as error:  # the run started and failed
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(cli_message(error)) from None
     except (VGGWeightsUnavailable, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
-        raise Refused(str(error)) from None
+        raise Refused(cli_message(error)) from None
     if is_main_process():  # under torchrun every rank returns the results: one copy is printed
         click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 

@@ -12,6 +12,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from m2u.core.cli import cli_message
+
 # Errors a user can cause with bad arguments or files: shown as one clean line, not a traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, OSError)
 
@@ -183,9 +185,9 @@ class ConfigBinding:
             values = _merge(base or {}, from_file, self.given(ctx, params), from_sets)
             return config_from_dict(self.cls, values)
         except ConfigError as error:
-            raise click.UsageError(f"{error}{self.flags_named(ctx, str(error))}") from None
+            raise click.UsageError(f"{cli_message(error)}{self.flags_named(ctx, str(error))}") from None
         except ValueError as error:
-            raise click.UsageError(str(error)) from None
+            raise click.UsageError(cli_message(error)) from None
 
     def flags_named(self, ctx: click.Context, message: str) -> str:
         """The suffix " (on the command line: --mseg, ...)" for the config fields a library message names: library

@@ -7,6 +7,8 @@ import warnings
 
 import torch
 
+from m2u.core.errors import SettingError
+
 __all__ = ["cpu_native_bf16", "resolve_device", "resolve_precision"]
 
 
@@ -22,28 +24,28 @@ def resolve_device(name: str = "auto") -> torch.device:
 
     Under torchrun every rank takes the GPU of its LOCAL_RANK, whatever index was asked for (an explicit
     `cuda:0` would otherwise put every rank on GPU 0); a differing index is honoured only for one process.
-    A CUDA device that is not there, or a name torch does not know, is a ValueError naming the option."""
+    A CUDA device that is not there, or a name torch does not know, is a SettingError naming the setting."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+        raise SettingError("device", f"{name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asked for, but CUDA is not available here")
+        raise SettingError("device", f"{name!r} asked for, but CUDA is not available here")
     rank = _local_rank()
     if rank is not None:
         if device.index is not None and device.index != rank:
             warnings.warn(
-                f"--device {name} under torchrun: rank {rank} uses cuda:{rank} (one GPU per LOCAL_RANK)",
+                f"device {name} under torchrun: rank {rank} uses cuda:{rank} (one GPU per LOCAL_RANK)",
                 stacklevel=2,
             )
         return torch.device("cuda", rank)
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise SettingError("device", f"{name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return torch.device("cuda", index)
 
 

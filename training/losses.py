@@ -116,7 +116,7 @@ def load_vgg19_state_dict(weights: str) -> dict[str, torch.Tensor]:
             raise VGGWeightsUnavailable(
                 "the perceptual loss needs ImageNet VGG19 weights, which are not in the torch hub cache "
                 f"({cache}) and could not be downloaded ({type(error).__name__}: {error}). Put torchvision's "
-                "vgg19-dcbb9e9d.pth there, pass its path with --vgg-weights PATH, or set --perceptual-weight 0."
+                "vgg19-dcbb9e9d.pth there, pass its path with `vgg_weights` PATH, or set `perceptual_weight` 0."
             ) from error
     path = Path(os.path.expanduser(weights))
     if not path.is_file():

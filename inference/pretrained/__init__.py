@@ -78,7 +78,7 @@ def verify_checksums(folder: Path) -> None:
         if not isinstance(sums, dict) or sums.get(name) != file_sha256(folder / name):
             raise PretrainedDamaged(
                 f"{folder / name} does not match its SHA-256 in {record}: the shipped weights are damaged; "
-                "reinstall m2u (or pass your own --mseg and --generator)"
+                "reinstall m2u (or pass your own `mseg` and `generator`)"
             )
 
 
@@ -106,7 +106,7 @@ def pretrained_paths(name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
         hint = f" (this installation has: {', '.join(others)})" if others else ""
         raise PretrainedUnavailable(
             f"no pretrained weights for {name!r} ship with this m2u yet ({folder} has no {MSEG_FILE} and "
-            f"{GENERATOR_FILE}){hint}: pass --mseg and --generator model files, or train them with "
+            f"{GENERATOR_FILE}){hint}: pass `mseg` and `generator` model files, or train them with "
             "benchmarks/release_recipe.py"
         )
     verify_checksums(folder)

@@ -57,7 +57,7 @@ def test_every_input_is_in_the_manifest_even_without_a_face(tmp_path):
 def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
     photos, out = _faceless_folder(tmp_path), tmp_path / "out"
     build_dataset([photos], out, _config())
-    with pytest.raises(BuildError, match=r"different arguments \(seed\).*--overwrite"):
+    with pytest.raises(BuildError, match=r"different arguments \(seed\).*`overwrite`"):
         build_dataset([photos], out, _config(seed=1))
     result = build_dataset([photos], out, _config(seed=1, overwrite=True))
     assert result.stats["arguments"]["seed"] == 1

@@ -187,7 +187,7 @@ def test_a_killed_partition_resumes(faces, reference, tmp_path, dataset_snapshot
 def test_finalize_refuses_while_shards_are_missing(faces, tmp_path):
     out = tmp_path / "out"
     build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(0, 3)))
-    with pytest.raises(BuildError, match=r"--finalize: \d+ shard\(s\) are not committed yet"):
+    with pytest.raises(BuildError, match=r"`finalize`: \d+ shard\(s\) are not committed yet"):
         build_dataset([faces], out, dataclasses.replace(CONFIG, finalize=True))
     assert not (out / "manifest.parquet").exists()
     # a plain run builds what the other partitions did not, and finalises
@@ -206,7 +206,7 @@ def test_partition_locks(faces, tmp_path):
         with pytest.raises(BuildLockedError, match="another partition count"):
             build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(1, 2)))
         build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(1, 3)))  # runs alongside
-    with build_lock(out), pytest.raises(BuildLockedError, match="a run without --partition"):
+    with build_lock(out), pytest.raises(BuildLockedError, match="a run without `partition`"):
         build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(2, 3)))
 
 
@@ -215,9 +215,9 @@ def test_partition_options_are_checked():
         BuildConfig(partition="3")
     with pytest.raises(ValueError, match=r"0\.\.N-1"):
         BuildConfig(partition="3/3")
-    with pytest.raises(ValueError, match="--overwrite"):
+    with pytest.raises(ValueError, match="`overwrite`"):
         BuildConfig(partition=(0, 2), overwrite=True)
-    with pytest.raises(ValueError, match="--ray-address needs --distributor ray"):
+    with pytest.raises(ValueError, match="ray_address: needs `distributor` ray"):
         BuildConfig(ray_address="auto")
     assert BuildConfig(partition="1/4").partition == (1, 4)
 

@@ -97,7 +97,7 @@ def test_mask_code_entries_and_cycling(tmp_path):
 def test_make_dataset_refuses_all_with_a_clear_message():
     from m2u.datasets.build import BuildConfig, BuildError, make_masker
 
-    with pytest.raises(BuildError, match="--variants K with --mask-type random"):
+    with pytest.raises(BuildError, match="`variants` K with `mask_type` random"):
         make_masker(BuildConfig(mask_options={"mask_type": "all"}))
     with pytest.raises(BuildError, match="mask options: unknown mask type 'hat'"):
         make_masker(BuildConfig(mask_options={"mask_type": "hat"}))

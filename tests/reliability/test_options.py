@@ -134,7 +134,7 @@ def test_pipeline_overrides_are_checked_like_the_tools_options():
     for bad in ({"dataset": {"size": 60000}}, {"dataset": {"split": [float("nan"), 0.5, 0.5]}}):
         with pytest.raises(ConfigError, match="size|split"):
             load_config("smoke", None, bad)
-    with pytest.raises(ConfigError, match="--detector-option"):
+    with pytest.raises(ConfigError, match="detector_options"):
         load_config("smoke", None, {"dataset": {"detector_options": {"upsample": 9}}})
 
 

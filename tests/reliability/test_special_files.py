@@ -121,7 +121,7 @@ def test_an_identity_file_or_config_file_that_is_a_fifo_is_refused_at_once(tmp_p
 
     os.mkfifo(tmp_path / "ids.txt")
     os.mkfifo(tmp_path / "config.yaml")
-    with pytest.raises(ValueError, match="--identity-file.*FIFO"):
+    with pytest.raises(ValueError, match="identity_file: .*FIFO"):
         read_identity_file(tmp_path / "ids.txt")
     with pytest.raises(ConfigError, match="FIFO"):
         read_config_file(tmp_path / "config.yaml")

@@ -154,7 +154,7 @@ def test_perceptual_loss_without_weights_fails_clearly(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(VGGWeightsUnavailable, match="--vgg-weights"):
+    with pytest.raises(VGGWeightsUnavailable, match="`vgg_weights`"):
         VGGPerceptualLoss("imagenet")
     with pytest.raises(VGGWeightsUnavailable, match="not found"):
         VGGPerceptualLoss(str(tmp_path / "missing.pth"))
