@@ -49,7 +49,12 @@ def _raised_texts():
 
 def test_library_errors_name_no_cli_flag():
     flags = _m2u_flags()
-    assert {"--limit", "--detector-option", "--threshold", "--overwrite"} <= flags  # the scan sees the commands
+    assert {
+        "--limit",
+        "--detector-option",
+        "--threshold",
+        "--overwrite",
+    } <= flags  # the scan sees the commands
     texts = list(_raised_texts())
     assert len(texts) > 300, "the scan reads the library's raise statements"
     offending = [
@@ -77,7 +82,9 @@ def test_the_cli_says_the_flag_of_the_running_command():
     from m2u.inference.cli import unmask_main
 
     dataset, unmask = _context(make_dataset_main), _context(unmask_main)
-    assert cli_message(SettingError("limit", "must be >= 1, got 0"), dataset) == "--limit: must be >= 1, got 0"
+    assert (
+        cli_message(SettingError("limit", "must be >= 1, got 0"), dataset) == "--limit: must be >= 1, got 0"
+    )
     # a repeatable option that fills a dict setting, and a setting whose flag is spelled otherwise
     assert cli_message(SettingError("detector_options", "x"), dataset) == "--detector-option: x"
     assert cli_message(SettingError("mask_threshold", "x"), unmask) == "--threshold: x"
@@ -85,7 +92,10 @@ def test_the_cli_says_the_flag_of_the_running_command():
     assert cli_message(SettingError("max_pixels", "x"), unmask) == "--max-pixels: x"
     # settings a message mentions in backticks become the command's flags; other backticked words stay
     error = OutputFolderError("`out_dir` runs/x holds a build; use `overwrite` to replace it (`ray start`)")
-    assert cli_message(error, dataset) == "--out runs/x holds a build; use --overwrite to replace it (`ray start`)"
+    assert (
+        cli_message(error, dataset)
+        == "--out runs/x holds a build; use --overwrite to replace it (`ray start`)"
+    )
     assert cli_message(ValueError("plain text"), dataset) == "plain text"
 
 
@@ -95,7 +105,8 @@ def test_a_setting_error_reaches_the_user_as_the_flag(tmp_path):
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"")
     result = CliRunner().invoke(
-        make_dataset_main, [str(photo), "-o", str(tmp_path / "ds"), "--detector-option", "upsample=9", "--quiet"]
+        make_dataset_main,
+        [str(photo), "-o", str(tmp_path / "ds"), "--detector-option", "upsample=9", "--quiet"],
     )
     assert result.exit_code == 2, result.output
     assert "--detector-option: upsample" in result.output and "detector_options" not in result.output

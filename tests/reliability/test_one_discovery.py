@@ -53,7 +53,16 @@ def test_m2u_mask_discovers_once(folder, scans, tmp_path):
 
 
 def test_m2u_make_dataset_discovers_once(folder, scans, tmp_path):
-    args = [str(folder), "-o", str(tmp_path / "ds"), "--mask-engine", "synthetic", "--workers", "0", "--quiet"]
+    args = [
+        str(folder),
+        "-o",
+        str(tmp_path / "ds"),
+        "--mask-engine",
+        "synthetic",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     result = CliRunner().invoke(make_dataset_main, args)
     assert (tmp_path / "ds" / "manifest.parquet").is_file(), result.output
     _check(result, scans, folder)
