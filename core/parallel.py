@@ -142,7 +142,7 @@ def _run_task(function: Callable[[Any], Any], index: int, item: Any) -> Any:
 
 def _leading(finished: dict[int, Any], first: int) -> list[int]:
     """The indexes first, first + 1, ... that have finished (ordered results are handed over in that order)."""
-    indexes = []
+    indexes: list[int] = []
     while first + len(indexes) in finished:
         indexes.append(first + len(indexes))
     return indexes

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from m2u.core.errors import SettingError
 from m2u.datasets.align import AlignedFace, align_face
 from m2u.datasets.config import BuildConfig, BuildError, BuildWriteError
 from m2u.datasets.layout import MANIFEST_STATUSES, Status, shard_name, shard_relpath
@@ -81,6 +82,8 @@ def make_masker(config: BuildConfig) -> Masker:
         raise BuildError(f"unknown mask option(s) {unknown}; MaskConfig accepts {sorted(known)}")
     try:
         mask_config = MaskConfig(**mask_options)
+    except SettingError:
+        raise  # names its own setting (`pattern`, `color`): every command offers it under that name
     except ValueError as exc:
         raise BuildError(f"mask options: {exc}") from None
     if len(mask_config.expand()) > 1:
