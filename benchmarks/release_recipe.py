@@ -142,6 +142,7 @@ def train_mseg_stage(args: argparse.Namespace, data: Path, run: Path) -> dict[st
         return done
     config = MSegTrainConfig(
         model=MSegConfig(base_channels=args.mseg_base_channels),
+        bare_face_share=args.bare_face_share,
         init_weights=_init_weights(args, {"mseg": MSEG_FILE}),
         **_common(args, data, run, args.mseg_steps),
     )
@@ -355,6 +356,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mseg-steps", type=int, default=1500)
     parser.add_argument("--mseg-base-channels", type=int, default=8)
+    parser.add_argument(
+        "--bare-face-share",
+        type=float,
+        default=0.25,
+        help="M-Seg sees this share of samples as the bare face with an empty mask (m2u-unmask's decision)",
+    )
     parser.add_argument(
         "--gan-steps", type=int, default=2200, help="0 with --init-from: keep that package's generator"
     )

@@ -38,18 +38,25 @@ class AugmentConfig:
     noise_sigma: tuple[float, float] = (2.0, 9.0)  # 8-bit levels
     jpeg: float = 0.4
     jpeg_quality: tuple[int, int] = (25, 90)
+    # A photo that ends close round the face (the tight crops of real photos): aligned, the crop continues past the
+    # photo's edge in replicated border pixels (m2u.datasets.align). Share of samples, and per side the share of the
+    # crop's side beyond the photo's edge (each side cut with probability 3/4).
+    photo_edge: float = 0.35
+    photo_edge_cut: tuple[float, float] = (0.05, 0.3)
 
     def __post_init__(self) -> None:
-        for name in ("crop", "color", "low_light", "blur", "noise", "jpeg"):
+        for name in ("crop", "color", "low_light", "blur", "noise", "jpeg", "photo_edge"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} is a probability within 0..1, got {getattr(self, name)}")
-        for name in ("crop_cut", "scale", "blur_sigma", "noise_sigma", "jpeg_quality"):
+        for name in ("crop_cut", "scale", "blur_sigma", "noise_sigma", "jpeg_quality", "photo_edge_cut"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"augment.{name} must be a range (low, high) with 0 <= low <= high")
             object.__setattr__(self, name, (type(low)(low), type(high)(high)))
-        if self.scale[0] <= 0 or self.crop_cut[1] >= 0.5:
-            raise ValueError("augment.scale must be > 0 and augment.crop_cut below 0.5")
+        if self.scale[0] <= 0 or self.crop_cut[1] >= 0.5 or self.photo_edge_cut[1] >= 0.5:
+            raise ValueError(
+                "augment.scale must be > 0, augment.crop_cut and augment.photo_edge_cut below 0.5"
+            )
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -78,6 +85,29 @@ def _warp_matrix(rng: np.random.Generator, size: int, config: AugmentConfig) -> 
     jitter = np.vstack([cv2.getRotationMatrix2D((centre, centre), angle, scale), [0, 0, 1]])
     jitter[:2, 2] += shift
     return (jitter @ crop)[:2]
+
+
+def _photo_edge(
+    images: list[np.ndarray], rng: np.random.Generator, config: AugmentConfig
+) -> list[np.ndarray]:
+    """The photo's edge drawn into the crop: outside a window, every image of the list continues in its window's
+    replicated border pixels, as an aligned crop of a tight photo does."""
+    draws = rng.random(9)  # a fixed number of draws per sample
+    size = images[0].shape[0]
+    low, high = config.photo_edge_cut
+    cuts = [
+        round(size * (low + (high - low) * draws[1 + side])) if draws[5 + side] < 0.75 else 0
+        for side in range(4)
+    ]
+    if draws[0] >= config.photo_edge or not any(cuts):
+        return images
+    top, bottom, left, right = cuts
+    return [
+        cv2.copyMakeBorder(
+            image[top : size - bottom, left : size - right], top, bottom, left, right, cv2.BORDER_REPLICATE
+        )
+        for image in images
+    ]
 
 
 def _photometric(
@@ -148,5 +178,6 @@ def augment_pair(
 
         masked, unmasked = warp(masked, cv2.INTER_LINEAR), warp(unmasked, cv2.INTER_LINEAR)
         mask = warp(mask, cv2.INTER_NEAREST)
+    masked, unmasked, mask = _photo_edge([masked, unmasked, mask], rng, config)
     masked, unmasked = _photometric([masked, unmasked], rng, config)
     return masked, unmasked, mask

@@ -257,6 +257,14 @@ def train_main() -> None:
     type=click.IntRange(2),
     help="M-Seg resolution levels.",
 )
+@click.option(
+    "--bare-face-share",
+    default=MSegTrainConfig.bare_face_share,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Share of samples shown as the bare face with an empty mask (0: the paper; m2u's release uses 0.25, so "
+    "M-Seg's mask tells masked faces from bare ones).",
+)
 @threshold_option(
     MSegTrainConfig.mask_threshold,
     "mask_threshold",

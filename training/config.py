@@ -100,12 +100,18 @@ class MSegTrainConfig(SegmentationLossConfig, RunConfig):
     mask_threshold: float = (
         DEFAULT_MASK_THRESHOLD  # recorded in mseg.safetensors: its users read it from there
     )
+    # Share of training samples shown as the bare face (the pair's unmasked image) with an empty target. The paper
+    # trains on masked faces only (0.0); then M-Seg marks the lower half of any face as mask, so its mask cannot
+    # tell a masked face from a bare one. m2u-unmask's decision reads M-Seg's mask fraction as evidence of a mask.
+    bare_face_share: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.model, dict):
             self.model = MSegConfig(**self.model)
         check_mask_threshold(self.mask_threshold)
+        if not 0.0 <= self.bare_face_share < 1.0:
+            raise ValueError(f"bare_face_share must be within [0, 1), got {self.bare_face_share}")
 
 
 @dataclass

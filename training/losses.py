@@ -207,12 +207,19 @@ def reconstruction_loss(
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss per image, averaged: 1 - (2 |P.T| + eps) / (|P| + |T| + eps), P = sigmoid(logits)."""
+    """Soft Dice loss per image, averaged: 1 - (2 |P.T| + eps) / (|P| + |T| + eps), P = sigmoid(logits).
+
+    Images whose target is empty (bare faces: MSegTrainConfig.bare_face_share) are left out: their ratio only
+    reaches 0 when every probability is exactly 0, which would swamp the term; the BCE term covers them."""
     probabilities = torch.sigmoid(logits).flatten(1)
     target = target.flatten(1)
     intersection = (probabilities * target).sum(dim=1)
     total = probabilities.sum(dim=1) + target.sum(dim=1)
-    return (1.0 - (2.0 * intersection + eps) / (total + eps)).mean()
+    per_image = 1.0 - (2.0 * intersection + eps) / (total + eps)
+    has_mask = target.sum(dim=1) > 0
+    if bool(has_mask.all()):
+        return per_image.mean()
+    return (per_image * has_mask).sum() / has_mask.sum().clamp(min=1)
 
 
 def segmentation_loss(

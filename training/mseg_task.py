@@ -14,6 +14,18 @@ from m2u.training.models import MSeg
 from m2u.training.task import TrainingTask, grid_rows
 
 
+def with_bare_faces(
+    masked: torch.Tensor, unmasked: torch.Tensor, mask: torch.Tensor, config: MSegTrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """About `bare_face_share` of the samples replaced by their bare face with an empty target. The draw comes from
+    torch's global generator, which the trainer seeds and checkpoints (m2u.training.rng): resumed runs repeat it."""
+    bare = torch.rand(masked.shape[0]) < config.bare_face_share
+    if not bool(bare.any()):
+        return masked, mask
+    bare = bare.to(masked.device).view(-1, 1, 1, 1)
+    return torch.where(bare, unmasked, masked), torch.where(bare, torch.zeros_like(mask), mask)
+
+
 class MSegTask(TrainingTask):
     """M-Seg: masked face -> mask logits; BCE + soft Dice; Dice and pixel accuracy for evaluation."""
 
@@ -31,8 +43,10 @@ class MSegTask(TrainingTask):
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         self.observe_batch(batch)
-        masked = to_model_range(self.to_device(batch["masked"]))
-        target = self.to_device(batch["mask"])
+        masked, target = self.to_device(batch["masked"]), self.to_device(batch["mask"])
+        if self.config.bare_face_share > 0:
+            masked, target = with_bare_faces(masked, self.to_device(batch["unmasked"]), target, self.config)
+        masked = to_model_range(masked)
         with self.autocast():
             logits = self.wrapped["mseg"](masked)
         terms = segmentation_loss(logits.float(), target, self.config)

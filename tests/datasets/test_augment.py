@@ -21,7 +21,7 @@ def _pair(size=32, seed=0):
     return masked, unmasked, mask
 
 
-ONLY = {name: 0.0 for name in ("crop", "color", "low_light", "blur", "noise", "jpeg")}
+ONLY = {name: 0.0 for name in ("crop", "color", "low_light", "blur", "noise", "jpeg", "photo_edge")}
 
 
 @pytest.mark.parametrize("name", ["color", "low_light", "blur", "noise"])
@@ -69,6 +69,36 @@ def test_forehead_and_chin_crops_both_happen():
         # its top row but zooms about the top.
         tops.add(int(np.flatnonzero(out_mask.any(axis=1))[0]) < 32)
     assert tops == {True, False}
+
+
+def test_the_photo_edge_replicates_the_border_of_a_window_in_all_three_images_alike():
+    masked, unmasked, mask = _pair(64)
+    config = AugmentConfig(
+        enabled=True, **{**ONLY, "photo_edge": 1.0}, scale=(1.0, 1.0), shift=0.0, rotate=0.0
+    )
+    changed = 0
+    for seed in range(6):
+        out = augment_pair(masked, unmasked, mask, np.random.default_rng(seed), config)
+        again = augment_pair(masked, unmasked, mask, np.random.default_rng(seed), config)
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(out, again, strict=True))  # seeded
+        out_masked, out_unmasked, out_mask = out
+        # Outside the window each row (or column) repeats its edge pixel; inside, the pixels are the originals'.
+        rows = [r for r in range(64) if not np.array_equal(out_unmasked[r], unmasked[r])]
+        if not rows and np.array_equal(out_unmasked, unmasked):
+            continue
+        changed += 1
+        same = np.all(out_unmasked == unmasked, axis=2)
+        inner = np.argwhere(same)
+        top, left = inner.min(0)
+        bottom, right = inner.max(0)
+        assert np.array_equal(out_unmasked[:top], np.repeat(out_unmasked[top : top + 1], top, axis=0))
+        assert np.array_equal(
+            out_mask[bottom + 1 :], np.repeat(out_mask[bottom : bottom + 1], 63 - bottom, axis=0)
+        )
+        assert np.array_equal(out_masked[:, :left], np.repeat(out_masked[:, left : left + 1], left, axis=1))
+        # The pair still differs only where the (replicated) mask is.
+        assert np.array_equal(out_masked[out_mask == 0], out_unmasked[out_mask == 0])
+    assert changed >= 4
 
 
 def test_bad_ranges_are_clear_errors():

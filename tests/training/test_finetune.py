@@ -63,3 +63,30 @@ def test_augmented_training_is_reproducible_and_differs_from_plain(tmp_path):
     assert MSegTrainConfig(augment={"enabled": True, "noise": 0.5}).augment == AugmentConfig(
         enabled=True, noise=0.5
     )
+
+
+def test_bare_face_share_swaps_in_bare_faces_with_empty_masks_reproducibly():
+    from m2u.training.mseg_task import with_bare_faces
+
+    masked, unmasked = torch.zeros(64, 3, 4, 4), torch.ones(64, 3, 4, 4)
+    mask = torch.ones(64, 1, 4, 4)
+    config = MSegTrainConfig(bare_face_share=0.25)
+    torch.manual_seed(3)
+    images, targets = with_bare_faces(masked, unmasked, mask, config)
+    bare = images.flatten(1).amax(1) > 0
+    # The bare samples are exactly those whose target is empty; the others are untouched.
+    assert torch.equal(bare, targets.flatten(1).amax(1) == 0)
+    assert 4 <= int(bare.sum()) <= 32
+    torch.manual_seed(3)
+    again, _ = with_bare_faces(masked, unmasked, mask, config)
+    assert torch.equal(images, again)
+    with pytest.raises(ValueError, match="bare_face_share"):
+        MSegTrainConfig(bare_face_share=1.0)
+
+
+def test_bare_face_training_changes_the_run_and_stays_reproducible(tmp_path):
+    a = load_model(_run(tmp_path / "a", bare_face_share=0.5))[0].state_dict()
+    b = load_model(_run(tmp_path / "b", bare_face_share=0.5))[0].state_dict()
+    plain = load_model(_run(tmp_path / "plain"))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], plain[k]) for k in a)

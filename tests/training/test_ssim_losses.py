@@ -111,6 +111,10 @@ def test_dice_and_accuracy_hand_computed():
     assert dice_score(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 1.0
     # Soft Dice with logits 0 (p = 0.5 everywhere): 1 - (2 * 0.5 + 1) / (2 + 1 + 1) = 0.5
     assert dice_loss(torch.zeros(1, 1, 2, 2), target).item() == pytest.approx(0.5)
+    # An image with an empty target (a bare face) is left out of the Dice term: the mean is the other image's.
+    pair = torch.cat([target, torch.zeros_like(target)])
+    assert dice_loss(torch.zeros(2, 1, 2, 2), pair).item() == pytest.approx(0.5)
+    assert dice_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 0.0
 
 
 def test_vgg19_features_layout_matches_torchvision_keys():
