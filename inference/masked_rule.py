@@ -32,14 +32,26 @@ class MaskedFaceRule:
 
     min_mask_probability: float = 0.95
     # An uncertain detection (`Face.retry`) is a face at all when the classifier gives at least this: a masked face,
-    # restored or not by `min_mask_probability`. Below it, no face (textures, a cat: the classifier saw non-faces).
+    # restored or not by the routes below. Below it, no face (textures, a cat: the classifier saw non-faces).
     min_face_probability: float = 0.5
     min_mask_fraction: float = 0.02
+    # The M-Seg route: M-Seg covering at least `min_mouth_coverage` of the mouth region and marking at least
+    # `min_mouth_route_fraction` of the crop restores the face when the classifier gives at least
+    # `min_mouth_probability` (below `min_mask_probability`). Only an M-Seg trained with bare faces
+    # (MSegTrainConfig.bare_face_share) leaves a bare mouth unmarked. Off by default (min_mouth_probability 1):
+    # with such an M-Seg it restored 6 more of the 97 real-mask-seg faces but touched 3 of 200 bare CelebA tuning
+    # faces (dark lipstick, a turtleneck, a man speaking; benchmarks/tune_masked_rule.py), and the shipped M-Seg
+    # marks the lower half of bare faces.
+    min_mouth_coverage: float = 0.9
+    min_mouth_route_fraction: float = 0.1
+    min_mouth_probability: float = 1.0
     mouth_region: tuple[float, ...] = _region((0.5, 0.635), 0.15, 0.08)
     eye_region: tuple[float, ...] = _region((0.5, 0.38), 0.25, 0.07)
 
     def __post_init__(self) -> None:
-        for name in ("min_mask_probability", "min_face_probability", "min_mask_fraction"):
+        for name in self.__dataclass_fields__:
+            if not name.startswith("min_"):
+                continue
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
 
@@ -60,24 +72,44 @@ class MaskedFaceRule:
             "eye_coverage": round(self.coverage(mask, self.eye_region), 4),
         }
 
+    def restores(self, evidence: dict[str, float]) -> bool:
+        """Whether a face with this `evidence` (as `evidence` returns it) wears a mask to restore."""
+        fraction, probability = evidence["mask_fraction"], evidence["mask_probability"]
+        if probability >= self.min_mask_probability:
+            return fraction >= self.min_mask_fraction
+        return (
+            probability >= self.min_mouth_probability
+            and evidence["mouth_coverage"] >= self.min_mouth_coverage
+            and fraction >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
+        )
+
     def not_masked_reason(self, mask: np.ndarray, probability: float, uncertain: bool = False) -> str:
         """Why the face is left as it is ("" when it is restored). `uncertain`: the detector was unsure it is a
         face at all (the reason then starts with "no face")."""
-        if probability >= self.min_mask_probability:
-            fraction = float((mask > 0).mean())
-            if fraction >= self.min_mask_fraction:
-                return ""
-            return (
-                f"not masked: M-Seg marks {fraction:.1%} of the face crop as mask "
-                f"(at least {self.min_mask_fraction:.0%} to restore)"
-            )
+        evidence = self.evidence(mask, probability)
         if uncertain and probability < self.min_face_probability:
             return (
                 f"no face: an uncertain detection with no mask on it (mask classifier {probability:.2f}, "
                 f"below {self.min_face_probability:g})"
             )
+        if uncertain and evidence["mask_fraction"] < self.min_mask_fraction:
+            # M-Seg (trained with bare faces) finds no mask: no masked face, and the detector was unsure of a face.
+            return (
+                f"no face: an uncertain detection with no mask on it (M-Seg marks {evidence['mask_fraction']:.1%} "
+                f"of the crop)"
+            )
+        if self.restores(evidence):
+            return ""
+        fraction = evidence["mask_fraction"]
+        if fraction < self.min_mask_fraction:
+            return (
+                f"not masked: M-Seg marks {fraction:.1%} of the face crop as mask "
+                f"(at least {self.min_mask_fraction:.0%} to restore)"
+            )
         return (
-            f"not masked: the mask classifier gives {probability:.2f} (below {self.min_mask_probability:g})"
+            f"not masked: the mask classifier gives {probability:.2f} (below {self.min_mask_probability:g}) and "
+            f"M-Seg covers {evidence['mouth_coverage']:.0%} of the mouth and {fraction:.0%} of the crop (the "
+            f"M-Seg route needs {self.min_mouth_coverage:.0%} and {self.min_mouth_route_fraction:.0%})"
         )
 
 

@@ -101,10 +101,19 @@ def _crop_mask(size: int, y0: float, y1: float, x0: float = 0.2, x1: float = 0.8
 
 
 def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
-    rule = MaskedFaceRule()
+    rule = MaskedFaceRule(min_mouth_probability=0.5)
     lower = _crop_mask(128, 0.5, 0.95)  # nose to chin
     assert rule.not_masked_reason(lower, 0.99) == ""
-    assert rule.not_masked_reason(lower, 0.1) == "not masked: the mask classifier gives 0.10 (below 0.95)"
+    assert rule.not_masked_reason(lower, 0.1).startswith(
+        "not masked: the mask classifier gives 0.10 (below 0.95) and M-Seg covers 100% of the mouth"
+    )
+    # The M-Seg route: the mouth covered and the classifier at least min_mouth_probability.
+    assert rule.not_masked_reason(lower, 0.6) == ""
+    assert rule.not_masked_reason(_crop_mask(128, 0.3, 0.5), 0.6).startswith("not masked")  # mouth bare
+    assert rule.restores(rule.evidence(lower, 0.6)) and not rule.restores(rule.evidence(lower, 0.4))
+    # An uncertain detection M-Seg finds no mask on is no face, whatever the classifier says.
+    empty = np.zeros((128, 128), np.uint8)
+    assert rule.not_masked_reason(empty, 0.99, uncertain=True).startswith("no face: an uncertain detection")
     # M-Seg marking the lower face of a bare face is what the classifier is there for; a masked-looking face with
     # no mask from M-Seg has nothing to restore.
     assert rule.not_masked_reason(np.zeros((128, 128), np.uint8), 0.99).startswith(

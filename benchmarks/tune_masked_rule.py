@@ -1,0 +1,110 @@
+"""Choose MaskedFaceRule's thresholds for a model pair (issue 23, item 5): the decision's evidence on every face of
+the TUNING photos, and how many faces each candidate rule restores there. Prints the table and writes
+benchmarks/results/masked_rule_tuning.json.
+
+    .venv/bin/python benchmarks/tune_masked_rule.py [--mseg FILE --generator FILE] [--shared ../shared]
+
+Tuning photos (never the measured ones of benchmarks/real_masks.py): CelebA photos of the test split of the identity
+hash split at offset 1 (real_masks.py measures offset 0), bare faces that must be left as they are, and the 102
+labelled crops of real-mask-seg, masked faces that must be restored (M-Seg never trains on them). The evidence of a
+face is the mask classifier's probability, M-Seg's mask fraction on the aligned crop and its coverage of the mouth
+region (MaskedFaceRule.evidence); which faces a candidate rule restores is `MaskedFaceRule.restores` (the classifier
+route and the M-Seg route, see its docstring). Only the decision's evidence is computed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+RESULTS = REPO / "benchmarks" / "results"
+TUNED = ("min_mask_probability", "min_mouth_probability", "min_mouth_coverage", "min_mouth_route_fraction")
+
+
+def face_evidence(unmasker, photos: list[Path]) -> list[dict]:
+    """The decision's evidence of every face found in `photos` (one dict per face; `photo` names it)."""
+    from m2u.masking import read_image
+
+    faces = []
+    for path in photos:
+        _, restored, left = unmasker.unmask_with_refusals(read_image(path))
+        for face in (*restored, *left):
+            evidence = getattr(face, "evidence", None)
+            if evidence:
+                no_face = getattr(face, "problem", "").startswith("no face")
+                faces.append({"photo": path.name, "no_face": no_face, **evidence})
+    return faces
+
+
+def restored_count(faces: list[dict], rule) -> int:
+    """Faces `rule` (a MaskedFaceRule) restores, from their recorded evidence."""
+    return sum(1 for f in faces if not f["no_face"] and rule.restores(f))
+
+
+def main() -> None:
+    from unmask import split_photos
+
+    from m2u.inference.masked_rule import MaskedFaceRule
+    from m2u.inference.unmask import UnmaskConfig, Unmasker
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mseg", default=None, help="M-Seg model file (default: the shipped model's)")
+    parser.add_argument("--generator", default=None, help="generator model file (with --mseg)")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--celeba", type=int, default=200)
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS / "masked_rule_tuning.json")
+    args = parser.parse_args()
+    faces = args.shared / "faces"
+    if not (faces / "real-mask-seg" / "image").is_dir():
+        raise SystemExit(f"no real-mask-seg crops under {faces} (give --shared)")
+    # (Almost) nothing is restored, every face's evidence is recorded; the "no face" verdict on uncertain
+    # detections is the rule's own (it does not depend on the thresholds tuned here).
+    never = MaskedFaceRule(**dict.fromkeys(TUNED, 1.0))
+    config = UnmaskConfig(progress=False, device="cpu", rule=never)
+    unmasker = Unmasker.from_files(args.mseg, args.generator, config)
+    sets = {
+        "celeba_bare_offset1": face_evidence(
+            unmasker, split_photos(faces / "celeba", args.celeba, "test", 1)
+        ),
+        "real_mask_seg": face_evidence(unmasker, sorted((faces / "real-mask-seg" / "image").iterdir())),
+    }
+    table = []
+    grid = itertools.product((0.95, 0.9), (0.0, 0.05, 0.2, 0.5), (0.5, 0.7, 0.9), (0.05, 0.1, 0.15))
+    for probability, mouth_probability, mouth, fraction in grid:
+        rule = MaskedFaceRule(
+            min_mask_probability=probability,
+            min_mouth_probability=mouth_probability,
+            min_mouth_coverage=mouth,
+            min_mouth_route_fraction=fraction,
+        )
+        row = {name: getattr(rule, name) for name in TUNED}
+        for name, evidence in sets.items():
+            row[f"{name}_restored"] = restored_count(evidence, rule)
+            row[f"{name}_faces"] = sum(not f["no_face"] for f in evidence)
+        table.append(row)
+    for row in table:
+        print(
+            " ".join(f"{name}={row[name]:<5}" for name in TUNED),
+            f"bare restored {row['celeba_bare_offset1_restored']}/{row['celeba_bare_offset1_faces']}  "
+            f"real-mask-seg restored {row['real_mask_seg_restored']}/{row['real_mask_seg_faces']}",
+        )
+    result = {
+        "model": {"mseg": args.mseg or "shipped", "generator": args.generator or "shipped"},
+        "table": table,
+        "faces": sets,
+    }
+    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(json.dumps(result, indent=1) + "\n")
+    Path(handle.name).replace(args.out)
+
+
+if __name__ == "__main__":
+    main()
