@@ -103,6 +103,7 @@ def main() -> None:
     }
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:
         handle.write(json.dumps(result, indent=1) + "\n")
+    Path(handle.name).chmod(0o644)  # a results file, not a private one (NamedTemporaryFile makes 0600)
     Path(handle.name).replace(args.out)
 
 
