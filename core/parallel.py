@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -173,6 +174,10 @@ class InProcessPool:
         return list(self.imap(function, items))
 
 
+# How long a finished pool's workers get to take the shutdown and exit before they are killed.
+_CLOSE_WAIT_S = 30.0
+
+
 class ProcessPool:
     """N forked worker processes (see the module docstring); one imap at a time."""
 
@@ -249,18 +254,25 @@ class ProcessPool:
         return WorkerDied(tasks, sorted(left), [codes[pid] for pid in culprits])
 
     def close(self, graceful: bool) -> None:
-        """Shut the pool down; unless it finished, terminate its workers instead of waiting for their tasks."""
-        if graceful:
-            self._executor.shutdown(wait=True)
-            return
+        """Shut the pool down; unless it finished, terminate its workers instead of waiting for their tasks. No
+        worker outlives this: one that never took the shutdown (a child that hung right after the fork, on a lock
+        another of the parent's threads held, e.g. Ray's) is killed, or the interpreter's exit handler of
+        concurrent.futures would wait for it forever."""
         processes = list((getattr(self._executor, "_processes", None) or {}).values())
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=not graceful)
+        if not graceful:
+            for process in processes:
+                with contextlib.suppress(Exception):
+                    process.terminate()
+        deadline = time.monotonic() + (_CLOSE_WAIT_S if graceful else 5.0)
         for process in processes:
             with contextlib.suppress(Exception):
-                process.terminate()
+                process.join(max(0.0, deadline - time.monotonic()))
         for process in processes:
             with contextlib.suppress(Exception):
-                process.join(5)
+                if process.is_alive():
+                    process.kill()
+                    process.join(5)
 
 
 @contextlib.contextmanager

@@ -60,3 +60,26 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_error():
         pool.map(abs, range(4))
     with pytest.raises(ValueError, match="no model file here"), worker_pool(0, _cannot_start):
         pass  # in this process: the initializer's own error
+
+
+def _sleep_forever(_item):
+    import time as _time
+
+    _time.sleep(1000)
+
+
+def test_close_kills_a_worker_that_never_takes_the_shutdown(monkeypatch):
+    """A worker stuck for good (as a child hung right after the fork) must not outlive the pool: the interpreter's
+    exit handler of concurrent.futures would otherwise wait for it forever (CI hung at exit once)."""
+    import m2u.core.parallel as parallel
+
+    monkeypatch.setattr(parallel, "_CLOSE_WAIT_S", 0.5)
+    pool = parallel.ProcessPool(2, None, ())
+    pool._executor.submit(_sleep_forever, 0)
+    deadline = time.monotonic() + 20
+    while not pool._executor._processes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    processes = list(pool._executor._processes.values())
+    assert processes
+    pool.close(graceful=True)
+    assert not any(p.is_alive() for p in processes)
