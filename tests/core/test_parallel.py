@@ -82,4 +82,8 @@ def test_close_kills_a_worker_that_never_takes_the_shutdown(monkeypatch):
     processes = list(pool._executor._processes.values())
     assert processes
     pool.close(graceful=True)
+    # Reaped by close() or, racing with it, by the executor's own manager thread: give the exit a moment.
+    deadline = time.monotonic() + 10
+    while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not any(p.is_alive() for p in processes)
