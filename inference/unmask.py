@@ -176,7 +176,10 @@ class Unmasker:
         elif self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
         else:
-            self.detector = FaceDetector(DetectorConfig(model=self.config.detector_model))
+            # dlib's detector as asked for: no BlazeFace first pass ("blazeface" is the detector for that).
+            self.detector = FaceDetector(
+                DetectorConfig(model=self.config.detector_model, blazeface_first=False)
+            )
 
     @classmethod
     def from_files(

@@ -155,6 +155,11 @@ def _weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, min
     return kept
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
+
+
 def blazeface_detect(
     image: np.ndarray, name: str = "full", min_score: float = 0.5, pad: float = 0.0, min_iou: float = 0.3
 ) -> list[BlazeDetection]:
@@ -179,11 +184,14 @@ def blazeface_detect(
     x1, y1 = min(model.input_size, x0 + canvas_w), min(model.input_size, y0 + canvas_h)
     square[y0:y1, x0:x1] = small[: y1 - y0, : x1 - x0, :3].astype(np.float32) / 127.5 - 1.0
     raw, logits = _interpreter(name)(square)
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -80.0, 80.0)))
-    keep = scores >= min_score
-    if not keep.any():
+    # The sigmoid only where the logit can pass (a little below the threshold's logit, so rounding never loses
+    # one): most anchors are background, and m2u-mask runs this on every photo.
+    candidates = np.flatnonzero(logits >= _logit(min_score) - 1e-3)
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits[candidates].astype(np.float64), -80.0, 80.0)))
+    keep = candidates[scores >= min_score]
+    if not len(keep):
         return []
-    anchors, raw, scores = _anchors(name)[keep], raw[keep], scores[keep]
+    anchors, raw, scores = _anchors(name)[keep], raw[keep], scores[scores >= min_score]
     size = float(model.input_size)
     centre = raw[:, :2] / size + anchors
     half = raw[:, 2:4] / size / 2.0

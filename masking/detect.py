@@ -124,9 +124,38 @@ class DetectorConfig:
     orientation_check: bool = True
     upside_down_margin: float = 0.5
     orientation_trusted_score: float = 1.0
+    # BlazeFace first (m2u.masking.blazeface, MediaPipe's short-range network, ~2 ms on a CelebA photo against
+    # ~4 ms for HOG and ~1 ms more for HOG's orientation check): on photos whose longer side is at most
+    # `blazeface_max_side` (face crops such as CelebA's 178x218 or LFW's 250x250: on larger photos, group photos,
+    # its 128 px input misses faces HOG finds), its faces scoring at least `blazeface_threshold` get the 68
+    # landmarks on a dlib-style box derived from its eye and mouth keypoints. The photo goes to the ladder above,
+    # as if BlazeFace had not run, when it finds no such face, when a face is rolled by more than
+    # `blazeface_max_roll` degrees (an upside-down face keeps HOG's orientation check), or when the 68 points'
+    # eye and mouth centres miss BlazeFace's by more than `blazeface_max_keypoint_error` eye distances (a landmark
+    # fit that went wrong). benchmarks/masking_faces.py checks that this loses no face the ladder finds.
+    # Upside down, BlazeFace still finds some faces and labels them as if upright (and the 68 points agree with it):
+    # BlazeFace faces scoring below `blazeface_trusted_score` get HOG's orientation check (with `orientation_check`)
+    # like the ladder's low-scoring faces. On the first 500 CelebA photos turned 180 degrees the 32 such faces
+    # scored 0.70-0.84; 95% of the upright faces of the first 1000 score at least 0.85 and skip the check.
+    blazeface_first: bool = True
+    blazeface_max_side: int = 256
+    blazeface_threshold: float = 0.7
+    blazeface_trusted_score: float = 0.85
+    blazeface_max_roll: float = 45.0
+    blazeface_max_keypoint_error: float = 0.25
 
     def __post_init__(self) -> None:
         check_types(self)
+        if not 0 < self.blazeface_threshold < 1:
+            raise ValueError(f"blazeface_threshold must be in (0, 1), got {self.blazeface_threshold}")
+        if not 0 < self.blazeface_trusted_score <= 1:
+            raise ValueError(f"blazeface_trusted_score must be in (0, 1], got {self.blazeface_trusted_score}")
+        if not 0 < self.blazeface_max_roll < 90:
+            raise ValueError(f"blazeface_max_roll must be in (0, 90) degrees, got {self.blazeface_max_roll}")
+        if not self.blazeface_max_keypoint_error > 0:
+            raise ValueError(
+                f"blazeface_max_keypoint_error must be positive, got {self.blazeface_max_keypoint_error}"
+            )
         if self.model not in DETECTOR_MODELS:
             raise ValueError(f"unknown detector model {self.model!r}; choose one of {DETECTOR_MODELS}")
         if not 0 <= self.upsample <= 4 or not 0 <= self.max_upsample <= 4:
@@ -229,6 +258,50 @@ def upside_down_problem(as_found: float, turned: float, margin: float) -> str:
     )
 
 
+# BlazeFace's eye and mouth keypoints to the box dlib's HOG detector would give (the 68-point predictor was trained on
+# HOG's boxes): centre = eye midpoint + a * eye vector + b * (mouth - eye midpoint), side = g * |eye vector| +
+# h * |mouth - eye midpoint|; a square, like HOG's. Least squares over the 590 faces both found in CelebA files
+# 2000-2599 (benchmarks/masking_faces.py --fit; the files it checks, 0-999, are not among them): corners within 4-7%
+# of the box width on average, where BlazeFace's own box, scaled, is off by 4-9%.
+BLAZEFACE_TO_DLIB_BOX = (-0.033, 0.432, 0.005, 2.056)
+_BLAZEFACE_MODEL = "short"  # the short-range network: faces that fill much of the frame
+_EYE_CENTRES = (slice(36, 42), slice(42, 48))  # the eye on the image's left, then the one on its right
+_MOUTH = slice(48, 68)
+
+
+def blazeface_dlib_box(keypoints: np.ndarray) -> tuple[int, int, int, int]:
+    """The HOG-style box (left, top, right, bottom) for BlazeFace keypoints (see BLAZEFACE_TO_DLIB_BOX)."""
+    a, b, g, h = BLAZEFACE_TO_DLIB_BOX
+    mid = (keypoints[0] + keypoints[1]) / 2
+    eyes, down = keypoints[1] - keypoints[0], keypoints[3] - mid
+    cx, cy = mid + a * eyes + b * down
+    half = (g * np.hypot(*eyes) + h * np.hypot(*down)) / 2
+    return (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+
+
+def keypoint_agreement(keypoints: np.ndarray, landmarks: np.ndarray) -> float:
+    """How far the 68 points' eye centres and mouth centre lie from BlazeFace's eye and mouth keypoints: the largest
+    of the three distances, in eye distances (BlazeFace's)."""
+    ours = np.stack(
+        [landmarks[_EYE_CENTRES[0]].mean(0), landmarks[_EYE_CENTRES[1]].mean(0), landmarks[_MOUTH].mean(0)]
+    )
+    theirs = keypoints[[0, 1, 3]].astype(np.float64)
+    eye_distance = max(float(np.hypot(*(keypoints[1] - keypoints[0]))), 1e-6)
+    return float(np.hypot(*(ours - theirs).T).max() / eye_distance)
+
+
+def blazeface_roll(keypoints: np.ndarray) -> float:
+    """The face's roll in degrees from BlazeFace's keypoints (0: upright; +-180: upside down): the eye vector's angle,
+    and beyond 90 degrees when the mouth lies above the eyes in the face's own frame."""
+    eyes = keypoints[1] - keypoints[0]
+    down = keypoints[3] - (keypoints[0] + keypoints[1]) / 2
+    roll = float(np.degrees(np.arctan2(eyes[1], eyes[0])))
+    # Image y points down: the eye vector turned +90 degrees points from the eyes to the mouth on an upright face.
+    if float(down @ np.array([-eyes[1], eyes[0]])) <= 0:
+        roll = 180.0 - roll if roll >= 0 else -180.0 - roll
+    return roll
+
+
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
@@ -248,6 +321,10 @@ class FaceDetector:
         """Load the models this configuration can use now (e.g. in a parent process before forking workers, which
         then share them instead of each loading its own)."""
         models = {model for model, _, _ in self.config.passes()}
+        if self.config.blazeface_first:
+            from m2u.masking.blazeface import _interpreter
+
+            _interpreter(_BLAZEFACE_MODEL)
         if "hog" in models:
             _hog_detector()
         if "cnn" in models:
@@ -279,6 +356,10 @@ class FaceDetector:
         (it finds the larger faces), and the list holds the faces of whichever pass found any."""
         image = _as_rgb_uint8(image)
         height, width = image.shape[:2]
+        if self.config.blazeface_first and max(height, width) <= self.config.blazeface_max_side:
+            faces = self._blazeface_faces(image)
+            if faces:
+                return faces
         full = min(1.0, self.config.max_side / max(height, width))
         ladder = [(full, *step) for step in self.config.passes()]
         if largest_only and self.config.coarse_scale < 1.0:
@@ -329,5 +410,31 @@ class FaceDetector:
             )
             problem = self._orientation_problem(image, corners) if checked else ""
             faces.append(Face(corners, points, float(score), model, retry, problem))
-        faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
-        return faces
+        return _by_size(faces)
+
+    def _blazeface_faces(self, image: np.ndarray) -> list[Face]:
+        """The faces of the BlazeFace first pass (see DetectorConfig), or [] when the ladder must decide."""
+        from m2u.masking.blazeface import blazeface_detect
+
+        config = self.config
+        found = blazeface_detect(image, _BLAZEFACE_MODEL, config.blazeface_threshold)
+        if not found or any(abs(blazeface_roll(d.keypoints)) > config.blazeface_max_roll for d in found):
+            return []
+        predictor = _shape_predictor()
+        faces = []
+        for detection in found:
+            corners = blazeface_dlib_box(detection.keypoints)
+            shape = predictor(image, dlib.rectangle(*corners))
+            points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+            if keypoint_agreement(detection.keypoints, points) > config.blazeface_max_keypoint_error:
+                return []
+            checked = config.orientation_check and detection.score < config.blazeface_trusted_score
+            problem = self._orientation_problem(image, corners) if checked else ""
+            label = f"blaze-{_BLAZEFACE_MODEL}"
+            faces.append(Face(corners, points, float(detection.score), label, problem=problem))
+        return _by_size(faces)
+
+
+def _by_size(faces: list[Face]) -> list[Face]:
+    """Largest box first, ties broken by position (deterministic)."""
+    return sorted(faces, key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
