@@ -124,19 +124,18 @@ class DetectorConfig:
     orientation_check: bool = True
     upside_down_margin: float = 0.5
     orientation_trusted_score: float = 1.0
-    # BlazeFace first (m2u.masking.blazeface, MediaPipe's short-range network, ~2 ms on a CelebA photo against
-    # ~4 ms for HOG and ~1 ms more for HOG's orientation check): on photos whose longer side is at most
-    # `blazeface_max_side` (face crops such as CelebA's 178x218 or LFW's 250x250: on larger photos, group photos,
-    # its 128 px input misses faces HOG finds), its faces scoring at least `blazeface_threshold` get the 68
-    # landmarks on a dlib-style box derived from its eye and mouth keypoints. The photo goes to the ladder above,
-    # as if BlazeFace had not run, when it finds no such face, when a face is rolled by more than
-    # `blazeface_max_roll` degrees (an upside-down face keeps HOG's orientation check), or when the 68 points'
-    # eye and mouth centres miss BlazeFace's by more than `blazeface_max_keypoint_error` eye distances (a landmark
-    # fit that went wrong). benchmarks/masking_faces.py checks that this loses no face the ladder finds.
-    # Upside down, BlazeFace still finds some faces and labels them as if upright (and the 68 points agree with it):
-    # BlazeFace faces scoring below `blazeface_trusted_score` get HOG's orientation check (with `orientation_check`)
-    # like the ladder's low-scoring faces. On the first 500 CelebA photos turned 180 degrees the 32 such faces
-    # scored 0.70-0.84; 95% of the upright faces of the first 1000 score at least 0.85 and skip the check.
+    # BlazeFace first (with `model` "hog"; m2u.masking.blazeface, MediaPipe's short-range network): ~2 ms of CPU on
+    # a CelebA photo where HOG takes ~4 and its orientation check ~1 more. On photos whose longer side is at most
+    # `blazeface_max_side` (face crops: CelebA's 178x218, LFW's 250x250; on larger photos, group photos, its 128 px
+    # input misses faces HOG finds) its faces scoring at least `blazeface_threshold` get the 68 landmarks on a
+    # HOG-style box derived from its eye and mouth keypoints (BLAZEFACE_TO_DLIB_BOX). The photo goes to the ladder
+    # above, as if BlazeFace had not run, when it finds no such face, when a face is rolled by more than
+    # `blazeface_max_roll` degrees, or when the 68 points' eye and mouth centres miss BlazeFace's keypoints by more
+    # than `blazeface_max_keypoint_error` eye distances (a landmark fit gone wrong). Upside down, BlazeFace still
+    # finds some faces and labels them as if upright (and the 68 points agree): its faces scoring below
+    # `blazeface_trusted_score` get HOG's orientation check (with `orientation_check`). On the first 500 CelebA
+    # photos turned 180 degrees the 32 such faces scored 0.70-0.84, while 95% of the upright faces of the first 1000
+    # score at least 0.85. benchmarks/masking_faces.py checks that no face the ladder finds is lost.
     blazeface_first: bool = True
     blazeface_max_side: int = 256
     blazeface_threshold: float = 0.7
@@ -166,6 +165,11 @@ class DetectorConfig:
             raise ValueError(f"max_side must be at least 64, got {self.max_side}")
         if not 0.25 <= self.coarse_scale <= 1.0:
             raise ValueError(f"coarse_scale must be within 0.25..1, got {self.coarse_scale}")
+
+    def uses_blazeface(self, height: int, width: int) -> bool:
+        """Whether a photo of this size gets the BlazeFace first pass (with the HOG ladder: `model` "cnn" asks
+        for dlib's CNN and gets it)."""
+        return self.blazeface_first and self.model == "hog" and max(height, width) <= self.blazeface_max_side
 
     def passes(self) -> list[tuple[str, int, float]]:
         """The detection ladder as (model, upsample, threshold) tuples, tried in order."""
@@ -321,7 +325,7 @@ class FaceDetector:
         """Load the models this configuration can use now (e.g. in a parent process before forking workers, which
         then share them instead of each loading its own)."""
         models = {model for model, _, _ in self.config.passes()}
-        if self.config.blazeface_first:
+        if self.config.blazeface_first and self.config.model == "hog":
             from m2u.masking.blazeface import _interpreter
 
             _interpreter(_BLAZEFACE_MODEL)
@@ -356,7 +360,7 @@ class FaceDetector:
         (it finds the larger faces), and the list holds the faces of whichever pass found any."""
         image = _as_rgb_uint8(image)
         height, width = image.shape[:2]
-        if self.config.blazeface_first and max(height, width) <= self.config.blazeface_max_side:
+        if self.config.uses_blazeface(height, width):
             faces = self._blazeface_faces(image)
             if faces:
                 return faces

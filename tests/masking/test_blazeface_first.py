@@ -1,0 +1,98 @@
+"""The BlazeFace first pass of FaceDetector (DetectorConfig.blazeface_first): used on small photos, and the HOG
+ladder decides whenever BlazeFace finds nothing, the face is rolled, or the 68 points disagree with its keypoints.
+On a crop of scikit-image's astronaut (public domain, shipped with the package): runs without ../shared."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from m2u.masking import DetectorConfig, FaceDetector
+from m2u.masking.detect import blazeface_dlib_box, blazeface_roll, keypoint_agreement
+
+
+@pytest.fixture(scope="module")
+def small_portrait() -> np.ndarray:
+    """A 200x200 head-and-shoulders crop around the astronaut's face (BlazeFace's size range)."""
+    import skimage.data
+
+    image = skimage.data.astronaut()
+    (face,) = FaceDetector(DetectorConfig(blazeface_first=False)).detect(image)
+    left, top, right, bottom = face.box
+    cx, cy, half = (left + right) // 2, (top + bottom) // 2, right - left
+    crop = image[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half]
+    return np.ascontiguousarray(cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA))
+
+
+def test_a_small_photo_is_decided_by_blazeface_with_landmarks_where_hog_puts_them(small_portrait):
+    (face,) = FaceDetector().detect(small_portrait)
+    assert face.detector == "blaze-short" and 0.7 <= face.score <= 1 and face.problem == ""
+    (hog,) = FaceDetector(DetectorConfig(blazeface_first=False)).detect(small_portrait)
+    assert hog.detector == "hog"
+    eye_distance = np.hypot(*(hog.landmarks[42:48].mean(0) - hog.landmarks[36:42].mean(0)))
+    # The same face, the 68 points within a few percent of the eye distance of the ladder's.
+    assert np.hypot(*(face.landmarks - hog.landmarks).T).mean() < 0.1 * eye_distance
+
+
+def test_the_hog_ladder_decides_when_blazeface_finds_nothing(small_portrait, monkeypatch):
+    calls = []
+
+    def nothing(*args, **kwargs):
+        calls.append(args[1])
+        return []
+
+    monkeypatch.setattr("m2u.masking.blazeface.blazeface_detect", nothing)
+    (face,) = FaceDetector().detect(small_portrait)
+    assert calls == ["short"] and face.detector == "hog"
+
+
+def test_the_hog_ladder_decides_when_the_landmarks_disagree_with_the_keypoints(small_portrait):
+    strict = DetectorConfig(blazeface_max_keypoint_error=1e-6)
+    assert [f.detector for f in FaceDetector(strict).detect(small_portrait)] == ["hog"]
+
+
+def test_large_photos_and_the_cnn_model_skip_blazeface(small_portrait):
+    config = DetectorConfig()
+    assert config.uses_blazeface(218, 178) and not config.uses_blazeface(257, 100)
+    assert not DetectorConfig(model="cnn").uses_blazeface(218, 178)
+    assert not DetectorConfig(blazeface_first=False).uses_blazeface(218, 178)
+    big = cv2.resize(small_portrait, (400, 400), interpolation=cv2.INTER_LINEAR)
+    assert [f.detector for f in FaceDetector().detect(big)] == ["hog"]
+
+
+def test_roll_from_keypoints_tells_upright_from_upside_down():
+    # eyes, nose, mouth, ears of an upright face (image y down)
+    upright = np.array([[40, 50], [80, 50], [60, 70], [60, 90], [20, 55], [100, 55]], np.float32)
+    assert abs(blazeface_roll(upright)) < 1
+    turned = 200 - upright  # the photo turned 180 degrees
+    assert abs(abs(blazeface_roll(turned)) - 180) < 1
+    mouth_above = upright.copy()
+    mouth_above[3] = [60, 10]  # eyes left to right, but the mouth above them
+    assert abs(blazeface_roll(mouth_above)) > 90
+    left, top, right, bottom = blazeface_dlib_box(upright)
+    assert abs((right - left) - (bottom - top)) <= 1 and left < 40 and right > 80 and top < 50 and bottom > 90
+
+
+def test_keypoint_agreement_is_in_eye_distances():
+    keypoints = np.array([[40, 50], [80, 50], [60, 70], [60, 90], [20, 55], [100, 55]], np.float32)
+    landmarks = np.zeros((68, 2), np.float32)
+    landmarks[36:42], landmarks[42:48], landmarks[48:68] = (40, 50), (80, 50), (60, 90)
+    assert keypoint_agreement(keypoints, landmarks) == 0
+    landmarks[48:68] = (60, 100)  # the mouth 10 px (a quarter of the eye distance) off
+    assert keypoint_agreement(keypoints, landmarks) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("blazeface_threshold", 0.0),
+        ("blazeface_threshold", 1.0),
+        ("blazeface_trusted_score", 0.0),
+        ("blazeface_max_roll", 90.0),
+        ("blazeface_max_keypoint_error", 0.0),
+    ],
+)
+def test_bad_blazeface_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        DetectorConfig(**{field: value})
