@@ -23,8 +23,9 @@ rounds interleaved with `m2u-mask --mask-type surgical --workers 1` on the same 
 second and per CPU-second (its process and children, start-up included), outputs, and silent drops (inputs that
 got no output and no line saying why: MaskTheFace writes nothing for a photo without a face; m2u-mask lists every
 input in report.csv) go into the JSON's "peer" key, with the within-round ratios' medians. `--peer-only` runs just
-that comparison (the rest of the JSON is kept). Setting up a checkout with pip (its requirements.txt pins 2020
-versions that no longer install; these are the packages it imports):
+that comparison (the rest of the JSON is kept; `--peer-key` names the key it writes, e.g. `peer_1000_files`).
+Setting up a checkout with pip (its requirements.txt pins 2020 versions that no longer install; these are the
+packages it imports):
 
     git clone https://github.com/aqeelanwar/MaskTheFace ../MaskTheFace
     python3 -m venv ../MaskTheFace/.venv
@@ -392,6 +393,11 @@ def main() -> None:
     parser.add_argument(
         "--peer-only", action="store_true", help="only the --peer comparison (JSON key 'peer')"
     )
+    parser.add_argument(
+        "--peer-key",
+        default="peer",
+        help="the JSON key --peer-only writes (e.g. peer_1000_files for a run with --files 1000)",
+    )
     parser.add_argument("--mask-type", default="surgical", help="the mask type both tools use for --peer")
     parser.add_argument(
         "--variants-only",
@@ -433,7 +439,7 @@ def main() -> None:
         if peer is None:
             sys.exit("--peer-only needs --peer PATH")
         merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        merged["peer"] = peer
+        merged[args.peer_key] = peer
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(merged, indent=2))
         print(f"written {args.out}")
