@@ -20,8 +20,10 @@ class MaskedFaceRule:
 
     The evidence: the mask classifier's probability on the aligned crop (m2u.inference.mask_presence: trained on
     m2u-mask's masked faces against the same faces unmasked and against non-faces), and M-Seg's mask. M-Seg alone
-    cannot tell: trained only on masked faces, the shipped M-Seg marks the lower half of unmasked faces as mask too
-    (benchmarks/results/real_masks.json: median_mseg_mouth_coverage of the unmasked CelebA photos). A face is restored when the classifier gives at least
+    does not tell well enough: an M-Seg trained only on masked faces marks the lower half of unmasked faces as mask
+    too, and the shipped one (trained with bare faces) marks nothing on most bare faces (median mouth coverage 0 on
+    the unmasked CelebA photos of benchmarks/results/real_masks.json) but still marks some lower faces (the M-Seg
+    route below). A face is restored when the classifier gives at least
     `min_mask_probability` and M-Seg marks at least `min_mask_fraction` of the crop. Detections the detector is
     unsure of (`Face.retry`: BlazeFace below its sure score, the dlib fallback) are faces at all only when the
     classifier gives at least `min_face_probability`: otherwise they are reported as no face.
@@ -39,9 +41,9 @@ class MaskedFaceRule:
     # `min_mouth_route_fraction` of the crop restores the face when the classifier gives at least
     # `min_mouth_probability` (below `min_mask_probability`). Only an M-Seg trained with bare faces
     # (MSegTrainConfig.bare_face_share) leaves a bare mouth unmarked. Off by default (min_mouth_probability 1):
-    # with such an M-Seg it restored 6 more of the 97 real-mask-seg faces but touched 3 of 200 bare CelebA tuning
-    # faces (dark lipstick, a turtleneck, a man speaking; benchmarks/tune_masked_rule.py), and the shipped M-Seg
-    # marks the lower half of bare faces.
+    # with the first such M-Seg it restored 6 more of the 97 real-mask-seg faces but touched 3 of 200 bare CelebA
+    # tuning faces (dark lipstick, a turtleneck, a man speaking; benchmarks/tune_masked_rule.py); with the shipped
+    # soup M-Seg every route tabulated there touches 1-4 of the 200.
     min_mouth_coverage: float = 0.9
     min_mouth_route_fraction: float = 0.1
     min_mouth_probability: float = 1.0

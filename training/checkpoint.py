@@ -295,6 +295,28 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return LoadedModel(model.to(map_location).eval(), info)
 
 
+def average_models(paths: list[str | os.PathLike]) -> LoadedModel:
+    """The uniform weight average of model files of one architecture fine-tuned from a common start (a "model
+    soup", Wortsman et al. 2022): floating-point tensors, BatchNorm statistics included, are averaged; integer
+    buffers (batch counts) come from the first file, as do its ModelInfo."""
+    if not paths:
+        raise ValueError("average_models needs at least one model file")
+    first = load_model(paths[0])
+    reference = read_model_metadata(Path(paths[0]))
+    total = {key: value.detach().clone() for key, value in first.module.state_dict().items()}
+    for path in paths[1:]:
+        if read_model_metadata(Path(path)) != reference:
+            raise CheckpointError(f"{path}: not the architecture of {paths[0]}; only like models average")
+        for key, value in load_model(path).module.state_dict().items():
+            if value.is_floating_point():
+                total[key] += value
+    averaged = {
+        key: value / len(paths) if value.is_floating_point() else value for key, value in total.items()
+    }
+    first.module.load_state_dict(averaged, strict=True)
+    return first
+
+
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write a training-state dict (tensors and plain Python values only) atomically."""
     return atomic_write(path, lambda temp: torch.save(state, temp))

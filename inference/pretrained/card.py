@@ -4,10 +4,10 @@
 `render_model_card(card)` is the Markdown. The card dict (written by benchmarks/release_recipe.py):
 
     name, recipe_command, data {faces, photos, split_by, size, samples {train, val, test}},
-    training {mseg {steps, seconds, config}, gan {steps, seconds, config}},
+    training {mseg {steps, seconds, config}, [mseg-soup {steps, seconds, config}], gan {steps, seconds, config}},
     evaluation {split, samples, rows {method: {psnr, ssim, l1, ...}}, mask_quality {dice, ...},
                 by_mask {type: {name: {n, psnr, ssim}}, ...}, latency {setting: seconds}},
-    files {name: bytes}, m2u_version
+    files {name: bytes}, m2u_version, [also_evaluated {data, evaluation}], [real_photos {...}]
 """
 
 from __future__ import annotations
@@ -142,8 +142,9 @@ def _render_body(card: dict[str, Any]) -> str:
         f"(the paper's figures are for width x1 at 256x256).",
         "",
         "**What it is:** a restorer for synthetic face masks (m2u's templates) on aligned, CelebA-like frontal "
-        f"faces, run at {size}x{size} on the aligned crop. **What it is not:** a model of real masks in the wild, "
-        "of profile faces, or of faces unlike CelebA's; the paper's resolution.",
+        f"faces, run at {size}x{size} on the aligned crop{_real_mask_note(training)}. **What it is not:** a model "
+        "of real masks in the wild (real photos score well below synthetic ones: see the real-photo figures where "
+        "the card has them), of profile faces, or of faces unlike CelebA's; the paper's resolution.",
         "",
         "## Recipe",
         "",
@@ -155,6 +156,15 @@ def _render_body(card: dict[str, Any]) -> str:
         f"samples {data.get('samples', {})}",
         f"- M-Seg: {training['mseg']['steps']} steps, {_fmt(training['mseg'].get('seconds'), 0)} s"
         + _tuning(training["mseg"].get("config", {})),
+        *(
+            [
+                f"- M-Seg soup: a second run of {training['mseg-soup']['steps']} steps from the first (another seed, "
+                f"a lower learning rate), {_fmt(training['mseg-soup'].get('seconds'), 0)} s; the shipped M-Seg is "
+                "the average of the two runs' weights"
+            ]
+            if "mseg-soup" in training
+            else []
+        ),
         f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s"
         + _tuning(training["gan"].get("config", {})),
         f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in card.get('files', {}).items())} (fp16)",
@@ -165,6 +175,7 @@ def _render_body(card: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += _figures(rows, evaluation)
+    lines += _also_evaluated_lines(card.get("also_evaluated"))
     lines += _real_photo_lines(card.get("real_photos"))
     lines += ["", "## Licence", "", LICENCE, ""]
     return "\n".join(lines)
@@ -207,6 +218,47 @@ def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _real_mask_note(training: dict[str, Any]) -> str:
+    """Which networks saw camera augmentation (tight crops, camera effects) in training, as a clause."""
+    augmented = [
+        {"mseg": "M-Seg", "mseg-soup": "M-Seg", "gan": "the generator"}.get(name, name)
+        for name, run in training.items()
+        if run.get("config", {}).get("augment", {}).get("enabled")
+    ]
+    if not augmented:
+        return ""
+    return (
+        f"; {' and '.join(dict.fromkeys(augmented))} also trained through camera augmentation for real photos"
+    )
+
+
+def _also_evaluated_lines(also: dict[str, Any] | None) -> list[str]:
+    """The same model on a second dataset's test split (e.g. the template masks the previous model shipped on)."""
+    if not also:
+        return []
+    evaluation = also["evaluation"]
+    rows, quality = evaluation.get("rows", {}), evaluation.get("mask_quality", {})
+    lines = [
+        "",
+        f"### Also on {also['data']} ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples)",
+        "",
+        "| method | PSNR (dB) | SSIM | L1 | identity cosine |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in ROWS:
+        row = rows.get(key)
+        if row:
+            lines.append(
+                f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'))} | {_fmt(row.get('l1'), 4)} "
+                f"| {_fmt(row.get('identity_cosine'))} |"
+            )
+    lines += ["", f"M-Seg Dice {_fmt(quality.get('dice'), 4)}, IoU {_fmt(quality.get('iou'), 4)}."]
+    telea, ours = rows.get("telea", {}), rows.get("m2u_composite", {})
+    if telea.get("psnr") is not None and ours.get("psnr") is not None:
+        lines.append(f"Composite PSNR over Telea: {ours['psnr'] - telea['psnr']:+.2f} dB.")
+    return lines
+
+
 def _tuning(config: dict[str, Any]) -> str:
     """', fine-tuned from X, with camera augmentation' for a fine-tuned run ('' for one trained from scratch)."""
     parts = []
@@ -235,12 +287,13 @@ def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
         )
         + "`benchmarks/real_mask_seg.py`):",
         "",
-        "| faces found | Dice where found | Dice over all | remnants where found | remnants over all |",
+        "| photos restored (a face found and judged masked) | Dice where restored | Dice over all | remnants where "
+        "restored | remnants over all |",
         "|---|---|---|---|---|",
         f"| {real.get('faces_found')} of {real.get('photos')} | {_fmt(real.get('dice_where_found'))} | "
         f"{_fmt(real.get('dice_all'))} | {_pct(real.get('remnants_where_found'))} | {_pct(real.get('remnants_all'))} |",
         "",
-        "Dice: M-Seg's mask warped back to the photo against the label, per photo (0 where no face was found); "
+        "Dice: M-Seg's mask warped back to the photo against the label, per photo (0 where no face was restored); "
         "remnants: the share of label pixels the output leaves unchanged. The contact sheet (photo | predicted mask "
         "| restored) is written by the benchmark (`--sheet`) and not shipped: the photos are for research use only.",
     ]

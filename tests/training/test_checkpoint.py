@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from m2u.training.checkpoint import (
     CheckpointError,
+    average_models,
     load_model,
     load_training_state,
     read_model_metadata,
@@ -49,6 +50,26 @@ def test_save_load_model_round_trip(tmp_path, model):
         assert torch.equal(loaded(*args), original(*args))
     assert read_model_metadata(path)[0] == type(original).__name__
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_average_models_is_the_mean_of_like_models_and_refuses_unlike_ones(tmp_path):
+    paths = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = MSeg(MSegConfig(base_channels=4, levels=3))
+        model.train()(torch.rand(2, 3, 32, 32))  # BN statistics differ per model too
+        paths.append(save_model(tmp_path / f"m{seed}.safetensors", model))
+    states = [load_model(p).module.state_dict() for p in paths]
+    averaged = average_models(paths).module.state_dict()
+    for key, value in averaged.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
+        else:  # BN's batch count: the first file's
+            assert torch.equal(value, states[0][key])
+    assert any(not torch.equal(averaged[k], states[0][k]) for k in averaged if averaged[k].is_floating_point())
+    wider = save_model(tmp_path / "wider.safetensors", MSeg(MSegConfig(base_channels=8, levels=3)))
+    with pytest.raises(CheckpointError, match="only like models average"):
+        average_models([paths[0], wider])
 
 
 def test_load_model_refuses_foreign_files(tmp_path):

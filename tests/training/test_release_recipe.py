@@ -44,9 +44,12 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     assert (tmp_path / "work" / "mseg" / "mseg.safetensors").is_file()
     assert not (tmp_path / "work" / "gan").exists()
     mseg_mtime = (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns
-    report = recipe.main(args)  # the second piece: M-Seg is done, the GAN, evaluation and package follow
+    # The second piece: M-Seg is done; the soup's second run, the GAN, both evaluations and the package follow.
+    report = recipe.main([*args, "--mseg-soup-steps", "2", "--also-evaluate", str(tmp_path / "work" / "data")])
     assert (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns == mseg_mtime
     assert report["training"]["mseg"]["steps"] == 2 and report["training"]["gan"]["steps"] == 3
+    assert report["training"]["mseg-soup"]["steps"] == 2
+    assert report["files"]["mseg"].endswith("mseg-soup/soup.safetensors")
     files = {p.name for p in package.iterdir()}
     assert files == {
         MSEG_FILE,
@@ -64,6 +67,8 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     assert card["evaluation"]["rows"]["telea"]["psnr"] is not None
     assert f"{card['evaluation']['rows']['m2u_composite']['psnr']:.2f}" in text
     assert "identity" in text and "non-commercial" in text
+    assert "M-Seg soup" in text and "### Also on" in text
+    assert card["also_evaluated"]["evaluation"]["rows"]["telea"]["psnr"] is not None
     monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", package.parent)
     generator = load_pretrained("m2unet-tiny").generator
     assert generator.config.width_multiplier == 0.125
