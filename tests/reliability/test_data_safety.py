@@ -606,15 +606,15 @@ def test_a_read_only_folder_and_a_corrupt_resume_config_are_one_line(tmp_path, m
     (face,) = _faces(tmp_path / "in", 1)
     import m2u.core.fileio as fileio
 
-    real_mkstemp = fileio.tempfile.mkstemp
+    real_new_temp = fileio._new_temp
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
+    def read_only(path):  # creating the temporary file beside an output is where a read-only folder fails
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path.parent))
 
-    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(fileio, "_new_temp", read_only)
     code, output = _invoke(mask, [str(face), "-o", str(tmp_path / "ro"), "--quiet"])
     assert code != 0 and "read-only" in _one_line_error(output)
-    monkeypatch.setattr(fileio.tempfile, "mkstemp", real_mkstemp)
+    monkeypatch.setattr(fileio, "_new_temp", real_new_temp)
 
     run = tmp_path / "run"
     run.mkdir()
