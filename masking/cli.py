@@ -113,6 +113,12 @@ def _contact_sheet(
     show_default=True,
     help="Try the CNN when HOG finds nothing.",
 )
+@click.option(
+    "--blazeface/--no-blazeface",
+    default=_DETECTOR.blazeface_first,
+    show_default=True,
+    help="BlazeFace first on photos up to 256 px (HOG where it finds nothing); --no-blazeface: HOG alone.",
+)
 @min_score_option(_DETECTOR.min_score)
 @click.option(
     "--max-pixels",
@@ -160,6 +166,7 @@ def _mask(
     detector,
     upsample,
     cnn_fallback,
+    blazeface,
     min_score,
     max_pixels,
     contact_sheet,
@@ -183,6 +190,7 @@ def _mask(
                 max_upsample=max(upsample, 1),
                 cnn_fallback=cnn_fallback,
                 min_score=min_score,
+                blazeface_first=blazeface,
             ),
             code,
             seed,

@@ -96,3 +96,24 @@ def test_keypoint_agreement_is_in_eye_distances():
 def test_bad_blazeface_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         DetectorConfig(**{field: value})
+
+
+def test_m2u_mask_records_the_detector_and_no_blazeface_turns_the_first_pass_off(small_portrait, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from m2u.masking.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(small_portrait).save(folder / "face.png")
+    detectors = {}
+    for flag in ("--blazeface", "--no-blazeface"):
+        out = tmp_path / flag.strip("-")
+        result = CliRunner().invoke(main, [str(folder), "-o", str(out), "--quiet", flag])
+        assert result.exit_code == 0, result.output
+        (face,) = json.loads((out / "face_surgical.json").read_text())["faces"]
+        detectors[flag] = face["detector"]
+    assert detectors == {"--blazeface": "blaze-short", "--no-blazeface": "hog"}
