@@ -122,10 +122,10 @@ def test_unmask_without_model_options_restores_a_real_photo_with_the_shipped_mod
     assert changed[region].mean() > 0.5
     # ... and the rest of the photo is unchanged: away from the face crop every pixel is the input's.
     from m2u.datasets.align import align_face
-    from m2u.masking import DetectorConfig, FaceDetector
+    from m2u.masking.masked_faces import RealFaceDetector
 
     footprint = np.zeros(masked.shape[:2], np.float32)
-    for face in FaceDetector(DetectorConfig()).detect(masked):
+    for face in RealFaceDetector().detect(masked):  # m2u-unmask's default detector
         matrix = align_face(masked, face.landmarks, SIZE).matrix
         footprint += cv2.warpAffine(
             np.ones((SIZE, SIZE), np.float32), cv2.invertAffineTransform(matrix), masked.shape[1::-1]
