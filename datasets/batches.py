@@ -102,9 +102,17 @@ def to_float_batch(raw: dict[str, Any], device: torch.device | str | None = None
     moving uint8 first moves 4x fewer bytes)."""
     non_blocking = device is not None and torch.device(device).type == "cuda"
 
+    on_cpu = device is None or torch.device(device).type == "cpu"
+
     def convert(tensor: torch.Tensor, scale: float) -> torch.Tensor:
-        if device is not None:
-            tensor = tensor.to(device, non_blocking=non_blocking)
+        if on_cpu:
+            # One numpy pass on this thread: torch's version (two passes on its OpenMP pool) left the pool's threads
+            # spinning after each batch, taking the core a DataLoader worker decodes on (benchmarks/loader.py: one
+            # worker's wall-clock rate 440 -> 740 samples/s at 256x256 JPEG on two cores). Same float32 values.
+            out = np.empty(tuple(tensor.shape), np.float32)
+            np.multiply(tensor.numpy(), np.float32(scale), out=out)
+            return torch.from_numpy(out)
+        tensor = tensor.to(device, non_blocking=non_blocking)
         return tensor.to(torch.float32).mul_(scale)
 
     out = {

@@ -72,12 +72,36 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's or PNG's header without Pillow (None: let Pillow read the header). Opening
+    every member with Pillow just for its size cost 29 % of a loader worker's time at 256x256 JPEG."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":  # the PNG spec puts IHDR first, size big-endian
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if simplejpeg is not None and data[:2] == _JPEG_START:
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        except (ValueError, RuntimeError):
+            return None  # damaged: Pillow's reading says why
+        return width, height
+    return None
+
+
 def _check_header(data: bytes) -> None:
     """A shard member's size is read from its header and capped before it is decoded: an aligned pair is never
     larger than the largest --size (a crafted member declaring 60000x60000 would take 10 GB)."""
     from m2u.core.imageio import header_problem
     from m2u.datasets.layout import MAX_IMAGE_SIZE
 
+    size = _declared_size(data)
+    if size is not None:
+        if max(size) > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image member: {size[0]}x{size[1]} pixels exceeds the limit of {MAX_IMAGE_SIZE} pixels per side"
+            )
+        return
     problem = header_problem(bytes(data), MAX_IMAGE_SIZE)
     if problem:
         raise ValueError(f"image member: {problem}")

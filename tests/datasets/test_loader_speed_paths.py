@@ -124,3 +124,26 @@ def test_members_not_asked_for_are_not_decoded(jpeg_dataset, monkeypatch):
         assert torch.equal(a["masked"], b["masked"]) and torch.equal(a["mask"], b["mask"])
     with pytest.raises(ValueError, match="members"):
         LoaderConfig(members=("masked", "depth"))
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_member_size_read_without_pillow_is_pillows_and_capped(fmt, monkeypatch):
+    import m2u.core.imageio as imageio
+    from m2u.datasets.layout import MAX_IMAGE_SIZE
+
+    if fmt == "jpg" and codecs.simplejpeg is None:
+        pytest.skip("simplejpeg not installed")
+    from PIL import Image
+
+    small = cv2.imencode(f".{fmt}", np.zeros((30, 50, 3), np.uint8))[1].tobytes()
+    assert codecs._declared_size(small) == Image.open(io.BytesIO(small)).size == (50, 30)
+    big = cv2.imencode(f".{fmt}", np.zeros((8, MAX_IMAGE_SIZE + 1), np.uint8))[1].tobytes()
+    calls = []
+    monkeypatch.setattr(imageio, "header_problem", lambda *a: calls.append(a) or "")
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        codecs.decode_image(big)
+    assert codecs.decode_image(small).shape == (30, 50, 3) and not calls  # Pillow was not needed
+    # A damaged header goes to Pillow's reading, which says why.
+    with pytest.raises(ValueError):
+        codecs.decode_image(small[:2] + b"\x00" * 40)
+    assert calls

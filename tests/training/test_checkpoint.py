@@ -66,7 +66,9 @@ def test_average_models_is_the_mean_of_like_models_and_refuses_unlike_ones(tmp_p
             torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
         else:  # BN's batch count: the first file's
             assert torch.equal(value, states[0][key])
-    assert any(not torch.equal(averaged[k], states[0][k]) for k in averaged if averaged[k].is_floating_point())
+    assert any(
+        not torch.equal(averaged[k], states[0][k]) for k in averaged if averaged[k].is_floating_point()
+    )
     wider = save_model(tmp_path / "wider.safetensors", MSeg(MSegConfig(base_channels=8, levels=3)))
     with pytest.raises(CheckpointError, match="only like models average"):
         average_models([paths[0], wider])

@@ -45,7 +45,9 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     assert not (tmp_path / "work" / "gan").exists()
     mseg_mtime = (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns
     # The second piece: M-Seg is done; the soup's second run, the GAN, both evaluations and the package follow.
-    report = recipe.main([*args, "--mseg-soup-steps", "2", "--also-evaluate", str(tmp_path / "work" / "data")])
+    report = recipe.main(
+        [*args, "--mseg-soup-steps", "2", "--also-evaluate", str(tmp_path / "work" / "data")]
+    )
     assert (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns == mseg_mtime
     assert report["training"]["mseg"]["steps"] == 2 and report["training"]["gan"]["steps"] == 3
     assert report["training"]["mseg-soup"]["steps"] == 2
