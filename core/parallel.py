@@ -261,9 +261,12 @@ class ProcessPool:
         processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=False, cancel_futures=not graceful)
         if not graceful:
+            # SIGKILL runs no code in the worker. SIGTERM runs its Python handler, which until become_worker has reset
+            # it is the parent's (Ray's calls sys.exit): once in the suite, right after such a close, a forked copy
+            # of pytest printed a session summary of its own (an INTERNALERROR ending in Ray's handler).
             for process in processes:
                 with contextlib.suppress(Exception):
-                    process.terminate()
+                    process.kill()
         deadline = time.monotonic() + (_CLOSE_WAIT_S if graceful else 5.0)
         for process in processes:
             with contextlib.suppress(Exception):
