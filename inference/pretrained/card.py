@@ -171,8 +171,6 @@ def _render_body(card: dict[str, Any]) -> str:
         "",
         f"## Figures ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples, {size}x{size})",
         "",
-        "| method | PSNR (dB) | SSIM | L1 | identity cosine |",
-        "|---|---|---|---|---|",
     ]
     lines += _figures(rows, evaluation)
     lines += _also_evaluated_lines(card.get("also_evaluated"))
@@ -183,14 +181,7 @@ def _render_body(card: dict[str, Any]) -> str:
 
 def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
     """The table rows, the per-mask-type table, M-Seg's quality, the release targets and the latency."""
-    lines: list[str] = []
-    for key, label in ROWS:
-        row = rows.get(key)
-        if row:
-            lines.append(
-                f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'))} | {_fmt(row.get('l1'), 4)} "
-                f"| {_fmt(row.get('identity_cosine'))} |"
-            )
+    lines = _method_table(rows)
     by_type = evaluation.get("by_mask", {}).get("type", {})
     if by_type:
         lines += ["", "Per mask type (M2UNet composite):", "", "| mask type | samples | PSNR (dB) | SSIM |",
@@ -200,10 +191,7 @@ def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
             for name, row in by_type.items()
         ]
     quality = evaluation.get("mask_quality", {})
-    lines += ["", f"M-Seg Dice {_fmt(quality.get('dice'), 4)}, IoU {_fmt(quality.get('iou'), 4)}."]
-    telea, ours = rows.get("telea", {}), rows.get("m2u_composite", {})
-    if telea.get("psnr") is not None and ours.get("psnr") is not None:
-        lines.append(f"Composite PSNR over Telea: {ours['psnr'] - telea['psnr']:+.2f} dB.")
+    lines += _quality_lines(rows, quality)
     lines += ["", "Release targets (issue 17): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in
               release_targets(rows, quality).items()) + "."]  # fmt: skip
     latency = {k: v for k, v in evaluation.get("latency", {}).items() if k not in ("threads", "size")}
@@ -242,9 +230,13 @@ def _also_evaluated_lines(also: dict[str, Any] | None) -> list[str]:
         "",
         f"### Also on {also['data']} ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples)",
         "",
-        "| method | PSNR (dB) | SSIM | L1 | identity cosine |",
-        "|---|---|---|---|---|",
     ]
+    return lines + _method_table(rows) + _quality_lines(rows, quality)
+
+
+def _method_table(rows: dict[str, Any]) -> list[str]:
+    """The per-method table (composite, baselines) of one evaluation."""
+    lines = ["| method | PSNR (dB) | SSIM | L1 | identity cosine |", "|---|---|---|---|---|"]
     for key, label in ROWS:
         row = rows.get(key)
         if row:
@@ -252,7 +244,12 @@ def _also_evaluated_lines(also: dict[str, Any] | None) -> list[str]:
                 f"| {label} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('ssim'))} | {_fmt(row.get('l1'), 4)} "
                 f"| {_fmt(row.get('identity_cosine'))} |"
             )
-    lines += ["", f"M-Seg Dice {_fmt(quality.get('dice'), 4)}, IoU {_fmt(quality.get('iou'), 4)}."]
+    return lines
+
+
+def _quality_lines(rows: dict[str, Any], quality: dict[str, Any]) -> list[str]:
+    """M-Seg's Dice and IoU, and the composite's PSNR gain over Telea, of one evaluation."""
+    lines = ["", f"M-Seg Dice {_fmt(quality.get('dice'), 4)}, IoU {_fmt(quality.get('iou'), 4)}."]
     telea, ours = rows.get("telea", {}), rows.get("m2u_composite", {})
     if telea.get("psnr") is not None and ours.get("psnr") is not None:
         lines.append(f"Composite PSNR over Telea: {ours['psnr'] - telea['psnr']:+.2f} dB.")
