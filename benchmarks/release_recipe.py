@@ -187,8 +187,8 @@ def mseg_soup_stage(
         done = train_mseg(config)
         if _unfinished(done, args.mseg_soup_steps, "M-Seg (the soup's second run)"):
             return soup, done
-    if not soup.is_file():
-        save_model(soup, *average_models([first, run / MSEG_FILE]))
+    # Averaged on every call (two small files): a soup kept from before a continued run would be stale.
+    save_model(soup, *average_models([first, run / MSEG_FILE]))
     return soup, done
 
 
