@@ -422,6 +422,9 @@ class FaceDetector:
 
         config = self.config
         found = blazeface_detect(image, _BLAZEFACE_MODEL, config.blazeface_threshold)
+        # --min-score holds in every pass, by each detector's own score (here BlazeFace's probability): a minimum
+        # above every BlazeFace score leaves the photo to the ladder, where it reads as a HOG margin.
+        found = [d for d in found if config.min_score is None or d.score >= config.min_score]
         if not found or any(abs(blazeface_roll(d.keypoints)) > config.blazeface_max_roll for d in found):
             return []
         predictor = _shape_predictor()

@@ -117,3 +117,12 @@ def test_m2u_mask_records_the_detector_and_no_blazeface_turns_the_first_pass_off
         (face,) = json.loads((out / "face_surgical.json").read_text())["faces"]
         detectors[flag] = face["detector"]
     assert detectors == {"--blazeface": "blaze-short", "--no-blazeface": "hog"}
+
+
+def test_min_score_holds_in_the_blazeface_pass_by_its_own_score(small_portrait):
+    (face,) = FaceDetector().detect(small_portrait)
+    (kept,) = FaceDetector(DetectorConfig(min_score=face.score - 0.01)).detect(small_portrait)
+    assert kept.detector == "blaze-short"
+    # Above BlazeFace's score the photo goes to the ladder, where the minimum is a HOG margin.
+    (ladder,) = FaceDetector(DetectorConfig(min_score=min(face.score + 0.005, 0.999))).detect(small_portrait)
+    assert ladder.detector == "hog" and ladder.score >= min(face.score + 0.005, 0.999)
