@@ -130,8 +130,13 @@ def main() -> None:
     parser.add_argument(
         "--only", help="only this evaluation (e.g. faceless); the others are kept from the JSON"
     )
+    parser.add_argument(
+        "--classifier", type=Path, help="a mask classifier file to measure instead of the shipped one"
+    )
+    parser.add_argument("--sheets", type=Path, default=SHEETS, help="where the contact sheets go")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
+    use_classifier(args.classifier)
     # One thread: on a shared machine torch's worker threads spin against each other (tests/evaluation/conftest.py).
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -235,7 +240,7 @@ def main() -> None:
         for name, (inputs, labels) in runs_of.items():
             if args.only and name != args.only:
                 continue
-            out = SHEETS / name
+            out = args.sheets / name
             if out.exists():
                 import shutil
 
@@ -255,11 +260,26 @@ def main() -> None:
         "celeba_photos": args.celeba,
         "celeba_selection": "test split of the identity hash split (seed 0), every k-th in name order, offset 0",
         "model": "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
-        "sheets": str(SHEETS.relative_to(REPO)),
+        "mask_classifier": str(args.classifier) if args.classifier else "the shipped one (MASK_CLASSIFIER)",
+        "sheets": str(args.sheets.resolve().relative_to(REPO))
+        if args.sheets.resolve().is_relative_to(REPO)
+        else str(args.sheets),
         "machine": platform.platform(),
         "seconds": round(time.perf_counter() - start, 1),
     }
     _write_merged(args.out, result)
+
+
+def use_classifier(path: Path | None) -> None:
+    """Measure the mask classifier at `path` (a candidate) instead of the shipped file: load_mask_classifier reads
+    MASK_CLASSIFIER when it is first called."""
+    if path is None:
+        return
+    import m2u.inference.mask_presence as mask_presence
+
+    if not path.is_file():
+        raise SystemExit(f"no mask classifier file at {path}")
+    mask_presence.MASK_CLASSIFIER = path.resolve()
 
 
 def _write_merged(path: Path, result: dict) -> None:

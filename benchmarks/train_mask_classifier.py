@@ -138,6 +138,101 @@ def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
     return crops
 
 
+def realism_pairs(
+    data: Path, celeba: Path, limit: int | None, rng
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(masked photo, bare photo, 68 landmarks) of the TRAIN split of a dataset `m2u-make-dataset` built from CelebA
+    (its WebDataset shards: the realism engine's masks, split by identity). Its members are aligned by the dataset
+    alignment (the 68 points' mouth), not by the visible points m2u-unmask aligns with, so each masked member is
+    pasted back into its CelebA photo inside its mask (`paste_face`) and the pair is then cropped as every other
+    training face is (`jittered_crop`). Only identities of the train split of the benchmarks' split (`assign_split`,
+    seed 0) are read: the measured CelebA photos are of its test split."""
+    import json
+    import tarfile
+
+    from m2u.datasets.align import paste_face, transform_points
+    from m2u.datasets.splits import assign_split
+    from m2u.masking import read_image
+
+    shards = sorted((data / "train").glob("train-*.tar"))
+    if not shards:
+        raise SystemExit(f"no train shards under {data / 'train'}")
+    members: dict[str, dict] = {}
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                key, _, kind = info.name.partition(".")
+                handle = tar.extractfile(info)
+                if handle is not None:
+                    members.setdefault(key, {})[kind] = handle.read()
+    keys = sorted(k for k, m in members.items() if {"masked.jpg", "mask.png", "json"} <= m.keys())
+    rng.shuffle(keys)
+    pairs = []
+    for key in keys:
+        meta = json.loads(members[key]["json"])
+        if assign_split(meta["identity"], 0) != "train":
+            raise SystemExit(f"{key} is not of the train split of the benchmarks' identity split")
+        source = celeba / Path(meta["source"]).name
+        if not source.is_file():
+            continue
+        bare = read_image(source)
+        masked_crop = cv2.imdecode(np.frombuffer(members[key]["masked.jpg"], np.uint8), cv2.IMREAD_COLOR)
+        mask = cv2.imdecode(np.frombuffer(members[key]["mask.png"], np.uint8), cv2.IMREAD_GRAYSCALE)
+        matrix = np.asarray(meta["align_matrix"], np.float64)
+        # The mask's soft rim and the realism engine's shading just outside it come along.
+        region = cv2.dilate((mask > 127).astype(np.uint8), np.ones((5, 5), np.uint8))
+        masked = paste_face(bare, cv2.cvtColor(masked_crop, cv2.COLOR_BGR2RGB), matrix, region)
+        landmarks = transform_points(cv2.invertAffineTransform(matrix), meta["landmarks"]).astype(np.float32)
+        pairs.append((masked, bare, landmarks))
+        if limit is not None and len(pairs) >= limit:
+            break
+    return pairs
+
+
+def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
+    """A bare face with what a bare face may show round the mouth and that a mask-finder must not take for a mask:
+    dark lipstick, a beard, a high collar or scarf up to the chin (the bare faces the earlier candidates touched:
+    benchmarks/tune_masked_rule.py). The mouth stays visible in every one."""
+    out = image.astype(np.float32)
+    points = np.asarray(landmarks, np.float32)
+    kind = rng.integers(3)
+    layer = np.zeros(image.shape[:2], np.uint8)
+    if kind == 0:  # lipstick (dark red, plum, brown, black): the lips (48-59 outer, 60-67 inner left bare)
+        colour = np.array([rng.uniform(20, 160), rng.uniform(0, 40), rng.uniform(0, 90)])
+        cv2.fillPoly(layer, [points[48:60].astype(np.int32)], 1)
+        cv2.fillPoly(layer, [points[60:68].astype(np.int32)], 0)
+        alpha = rng.uniform(0.5, 0.9)
+    elif kind == 1:  # a beard: the lower jaw and the upper lip, the lips left out
+        top = (points[33][1] + points[51][1]) / 2
+        jaw = points[3:14]
+        polygon = np.concatenate([jaw, [[points[54][0] + 2, top], [points[48][0] - 2, top]]])
+        cv2.fillPoly(layer, [polygon.astype(np.int32)], 1)
+        cv2.fillPoly(layer, [points[48:60].astype(np.int32)], 0)
+        colour = rng.uniform(15, 60) * np.array([1.0, rng.uniform(0.75, 0.95), rng.uniform(0.55, 0.85)])
+        alpha = rng.uniform(0.4, 0.85)
+        noise = rng.normal(0, 25, image.shape[:2]).astype(np.float32)
+        out += (cv2.GaussianBlur(noise, (0, 0), 0.7) * layer)[..., None]
+    else:  # a collar or scarf: everything below the jaw line, up to the chin
+        jaw = points[0:17]
+        bottom = image.shape[0]
+        lift = rng.uniform(0.0, 0.12) * (points[8][1] - points[33][1])
+        polygon = np.concatenate(
+            [
+                [[0, jaw[0][1]]],
+                jaw - [0, lift] * (np.arange(17)[:, None] > 3) * (np.arange(17)[:, None] < 13),
+                [[image.shape[1], jaw[-1][1]], [image.shape[1], bottom], [0, bottom]],
+            ]
+        )
+        cv2.fillPoly(layer, [polygon.astype(np.int32)], 1)
+        cv2.fillPoly(layer, [points[48:60].astype(np.int32)], 0)
+        colour = rng.uniform(0, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 90, 3)
+        alpha = rng.uniform(0.85, 1.0)
+    soft = cv2.GaussianBlur(layer.astype(np.float32), (0, 0), 1.0)[..., None] * alpha
+    shade = out.mean(2, keepdims=True) / 128.0  # keep the face's own light and texture
+    out = out * (1 - soft) + colour * np.clip(shade, 0.3, 1.6) * soft
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def main() -> None:
     import torch
     from safetensors.torch import save_file
@@ -157,6 +252,18 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--realism",
+        type=Path,
+        help="a dataset m2u-make-dataset built from CelebA (split by identity, seed 0): its train pairs are added",
+    )
+    parser.add_argument("--realism-pairs", type=int, help="at most this many of its pairs (default: all)")
+    parser.add_argument(
+        "--hard-negatives",
+        type=float,
+        default=0.0,
+        help="share of the bare faces of --realism that give one more bare crop with lipstick, a beard or a collar",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
@@ -197,6 +304,20 @@ def main() -> None:
                 test_x=np.stack(test[0]),
                 test_y=np.array(test[1]),
             )
+    if args.realism:
+        pairs = realism_pairs(args.realism, args.shared / "faces" / "celeba", args.realism_pairs, rng)
+        cut = int(0.9 * len(pairs))
+        for k, (masked, bare, landmarks) in enumerate(pairs):
+            split = train if k < cut else test
+            strength = 1.0 if split is train else 0.5
+            faces = [(1, masked), (0, bare)]
+            if split is train and rng.random() < args.hard_negatives:
+                faces.append((0, hard_negative(bare, landmarks, rng)))
+            for label, image in faces:
+                crop = jittered_crop(image, landmarks, rng, strength=strength)
+                split[0].append(photometric(crop, rng) if split is train else crop)
+                split[1].append(label)
+        print(f"realism pairs: {cut} for training, {len(pairs) - cut} held out", flush=True)
     real = real_positives(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng)
     train[0].extend(real)
     train[1].extend([1] * len(real))

@@ -48,6 +48,7 @@ def restored_count(faces: list[dict], rule) -> int:
 
 
 def main() -> None:
+    from real_masks import use_classifier
     from unmask import split_photos
 
     from m2u.inference.masked_rule import MaskedFaceRule
@@ -58,10 +59,14 @@ def main() -> None:
     )
     parser.add_argument("--mseg", default=None, help="M-Seg model file (default: the shipped model's)")
     parser.add_argument("--generator", default=None, help="generator model file (with --mseg)")
+    parser.add_argument(
+        "--classifier", type=Path, help="a mask classifier file to tune for instead of the shipped one"
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--celeba", type=int, default=200)
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "masked_rule_tuning.json")
     args = parser.parse_args()
+    use_classifier(args.classifier)
     faces = args.shared / "faces"
     if not (faces / "real-mask-seg" / "image").is_dir():
         raise SystemExit(f"no real-mask-seg crops under {faces} (give --shared)")
@@ -97,7 +102,11 @@ def main() -> None:
             f"real-mask-seg restored {row['real_mask_seg_restored']}/{row['real_mask_seg_faces']}",
         )
     result = {
-        "model": {"mseg": args.mseg or "shipped", "generator": args.generator or "shipped"},
+        "model": {
+            "mseg": args.mseg or "shipped",
+            "generator": args.generator or "shipped",
+            "mask_classifier": str(args.classifier) if args.classifier else "shipped",
+        },
         "table": table,
         "faces": sets,
     }

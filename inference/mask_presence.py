@@ -81,8 +81,11 @@ def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
 
 @torch.no_grad()
 def mask_probabilities(crops: list[np.ndarray], net: MaskPresenceNet | None = None) -> np.ndarray:
-    """P(masked face) for each aligned crop, (N,) float."""
+    """P(masked face) for each aligned crop, (N,) float: the mean of the crop's and its mirror image's (a face and
+    its mirror image wear the same mask; the mean steadies the verdict on faces turned aside)."""
     if not crops:
         return np.zeros(0)
     net = net or load_mask_classifier()
-    return torch.sigmoid(net(to_input(crops))).numpy().astype(np.float64)
+    batch = to_input(crops)
+    both = torch.sigmoid(net(torch.cat([batch, batch.flip(3)])))
+    return both.view(2, len(crops)).mean(0).numpy().astype(np.float64)
