@@ -1,6 +1,7 @@
 """Train the masked-face classifier that m2u-unmask's decision ships (inference/pretrained/m2unet-celeba-128/mask_presence.safetensors).
 
     .venv/bin/python benchmarks/train_mask_classifier.py [--photos 1200] [--epochs 8] [--shared ../shared]
+        [--realism DATASET --hard-negatives 0.5 --real-variants 16]
 
 Training data: CelebA photos of the TRAIN split of the hash split by identity with seed 0 (benchmarks/real_masks.py
 measures on test-split photos), masked by `m2u-mask --mask-type random --seed 2` in three groups (the templates' own
@@ -11,11 +12,15 @@ visible points (eye centres and the mouth placed from them, as m2u-unmask aligns
 contrast, colour cast, blur, noise, JPEG, greyscale, mirror). Further negatives (`negative_crops`): crops of the same
 photos away from the face and synthetic textures (a detection that is no face must not count as a masked face).
 Real masks: the 102 tight crops of ../shared/faces/real-mask-seg (MFSD, MIT), found and aligned as m2u-unmask does,
-8 augmented crops each, as positives: trained on synthetic masks alone the classifier missed a quarter of the real
-masked photos (black, patterned and high-reaching masks, tight crops). benchmarks/real_masks.py measures the decision
-on the 300 photos of real-masked, which the classifier never sees. Training photos are cut close round the face half
-the time (tight crops). The last 10 % of the CelebA photos (and of the other negatives) are held out; the script
-prints their accuracy.
+`--real-variants` augmented crops each, as positives: trained on synthetic masks alone the classifier missed a
+quarter of the real masked photos (black, patterned and high-reaching masks, tight crops). `--realism`: a dataset
+`m2u-make-dataset` built from ../shared/faces/celeba with the realism engine (split by identity, seed 0; only its
+train split is read, `realism_pairs`): thousands more exact pairs of one face masked and bare, pasted back into the
+CelebA photo and cropped as above; `--hard-negatives`: that share of its bare faces gives one more bare crop with
+dark lipstick, a beard or a collar up to the chin (`hard_negative`: the bare faces a mask-finder takes for masked).
+benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
+Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
+of the realism pairs and the other negatives) are held out; the script prints their accuracy.
 """
 
 from __future__ import annotations

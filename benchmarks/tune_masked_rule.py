@@ -82,7 +82,9 @@ def main() -> None:
         "real_mask_seg": face_evidence(unmasker, sorted((faces / "real-mask-seg" / "image").iterdir())),
     }
     table = []
-    grid = itertools.product((0.95, 0.9), (0.0, 0.05, 0.2, 0.5), (0.5, 0.7, 0.9), (0.05, 0.1, 0.15))
+    grid = itertools.product(
+        (0.99, 0.98, 0.95, 0.9), (0.0, 0.05, 0.2, 0.5), (0.5, 0.7, 0.9), (0.05, 0.1, 0.15)
+    )
     for probability, mouth_probability, mouth, fraction in grid:
         rule = MaskedFaceRule(
             min_mask_probability=probability,

@@ -2,9 +2,11 @@
 
 M-Seg cannot answer it: it was trained only on masked faces, and on unmasked CelebA faces the shipped M-Seg marks
 the lower face as "mask" (benchmarks/results/real_masks.json: median_mseg_mouth_coverage on unmasked CelebA). This
-classifier sees both kinds: m2u-mask's masked CelebA faces against the same faces unmasked, plus crops of faceless
-images as "no masked face", at 64x64 from the dataset alignment with jitter, blur, noise, JPEG and lighting
-(benchmarks/train_mask_classifier.py makes it). Its weights ship beside the shipped model's (`MASK_CLASSIFIER`).
+classifier sees both kinds: m2u-mask's masked CelebA faces and the realism engine's (a dataset's train pairs) against
+the same faces unmasked, bare faces with dark lipstick, a beard or a collar, real masked crops (real-mask-seg), plus
+crops of faceless images as "no masked face", at 64x64 from the dataset alignment with jitter, blur, noise, JPEG and
+lighting (benchmarks/train_mask_classifier.py makes it). Its weights ship beside the shipped model's
+(`MASK_CLASSIFIER`).
 """
 
 from __future__ import annotations
