@@ -3,6 +3,16 @@
     .venv/bin/python benchmarks/train_mask_classifier.py [--photos 1200] [--epochs 8] [--shared ../shared]
         [--realism DATASET --hard-negatives 0.5 --real-variants 16]
 
+The shipped file (2026-12-04) is, byte for byte, what this makes (5.5 min on 2 cores; 27,759 training crops):
+
+    .venv/bin/python benchmarks/train_mask_classifier.py --realism runs/real2/data --hard-negatives 0.5 \
+        --real-variants 16 -o runs/mask_presence.safetensors
+
+where runs/real2/data was built by `m2u-make-dataset ../shared/faces/celeba -o runs/real2/data --size 128
+--split-by identity --identity-pattern '{identity}_{id}.jpg' --workers 2 --seed 0` on 2026-12-03 (train 8,318 pairs;
+later builds find faces with BlazeFace first and differ slightly). Then `benchmarks/tune_masked_rule.py --classifier
+FILE` on the tuning photos and `benchmarks/real_masks.py --classifier FILE` on the measured ones.
+
 Training data: CelebA photos of the TRAIN split of the hash split by identity with seed 0 (benchmarks/real_masks.py
 measures on test-split photos), masked by `m2u-mask --mask-type random --seed 2` in three groups (the templates' own
 colours, `--color random`, `--pattern random`: benchmarks/unmask.py's build_eval_set). Each face gives a positive
@@ -70,11 +80,26 @@ def jittered_crop(image, landmarks, rng, size: int = 64, strength: float = 1.0) 
     return align_face(image, landmarks, size, moved).image
 
 
+# The colour augmentation's strength (--colour-jitter), set once by main: every crop of a run gets the same.
+COLOUR_JITTER = 0.0
+
+
 def photometric(crop: np.ndarray, rng) -> np.ndarray:
     out = crop.astype(np.float32)
     out = out * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)  # exposure
     out = (out - out.mean()) * rng.uniform(0.7, 1.3) + out.mean()  # contrast
     out = out * rng.uniform(0.85, 1.15, 3)  # colour cast
+    if COLOUR_JITTER > 0:
+        # Real photos' white balance and saturation range far wider than CelebA's: a classifier trained without
+        # this gave ~0 to plainly masked faces in warm light that it found in greyscale.
+        grey = out.mean(2, keepdims=True)
+        out = grey + (out - grey) * rng.uniform(1 - COLOUR_JITTER, 1 + COLOUR_JITTER)  # saturation
+        out = out * rng.uniform(1 - COLOUR_JITTER / 2, 1 + COLOUR_JITTER / 2, 3)  # a stronger cast
+        if rng.random() < COLOUR_JITTER:
+            out = np.clip(out, 0, 255).astype(np.uint8)
+            hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.integers(-12, 13))) % 180
+            out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
     if rng.random() < 0.3:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.5))
     if rng.random() < 0.3:
@@ -264,6 +289,12 @@ def main() -> None:
     )
     parser.add_argument("--realism-pairs", type=int, help="at most this many of its pairs (default: all)")
     parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=0.0,
+        help="saturation (1 +- J), a further colour cast (1 +- J/2) and, with probability J, a hue shift",
+    )
+    parser.add_argument(
         "--hard-negatives",
         type=float,
         default=0.0,
@@ -276,6 +307,8 @@ def main() -> None:
     # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
     parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
+    global COLOUR_JITTER
+    COLOUR_JITTER = args.colour_jitter
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)

@@ -137,6 +137,17 @@ def test_the_shipped_mask_classifier_tells_masked_from_bare_synthetic_faces():
     assert p_masked.mean() > p_bare.mean() + 0.3, (p_masked, p_bare)
 
 
+def test_the_mask_classifier_gives_a_face_and_its_mirror_image_one_probability():
+    from m2u.inference.mask_presence import mask_probabilities
+
+    crops = [make_synthetic_sample(128, seed=seed).masked for seed in range(3)]
+    crops.append(np.ascontiguousarray(crops[0][:, ::-1]))
+    p = mask_probabilities(crops)
+    mirrored = mask_probabilities([np.ascontiguousarray(c[:, ::-1]) for c in crops])
+    np.testing.assert_allclose(p, mirrored, atol=1e-6)
+    assert p[0] == pytest.approx(p[3], abs=1e-6)
+
+
 def _photo_with_faces(n: int, face_px: int = 120):
     rng = np.random.default_rng(0)
     photo = cv2.GaussianBlur(
