@@ -1,4 +1,5 @@
-"""Decoding into batches: the reused uint8 batch buffer (flip applied in the copy) and its float32 conversion."""
+"""Decoding into batches: the reused uint8 batch buffer (flip applied in the copy), the ring of shared-memory
+batches a DataLoader worker reuses once the iterating process has converted them, and the float32 conversion."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from torch.utils.data import get_worker_info
 from m2u.datasets.codecs import ImageFormat
 
 BATCH_MEMBERS = ("masked", "unmasked", "mask")
+BUFFER_SLOT_FIELD = (
+    "buffer_slot"  # raw-batch field: the (worker, slot) of BufferRing the batch's memory belongs to
+)
 
 
 def image_field(sample: dict[str, Any], prefix: str) -> bytes:
@@ -33,16 +37,72 @@ class _Scratch:
     unmasked: np.ndarray | None = None
 
 
+class BufferRing:
+    """Shared-memory batches a DataLoader worker fills again once the iterating process has released them.
+
+    Why: a batch allocated fresh in shared memory for every send costs the kernel's page faults and zeroing of every
+    page, on both sides; at 256x256 that took a worker from 1,229 to 801 samples per CPU-second
+    (benchmarks/loader.py). ``in_use`` is a (workers, slots) uint8 tensor in shared memory, created by the iterating
+    process before the workers start: a worker marks a slot 1 when it fills it, the iterating process marks it 0 once
+    the batch's contents are copied out (``to_float_batch`` on the CPU). A worker that finds no free slot allocates
+    a fresh batch, as without a ring, so nothing ever waits on the consumer."""
+
+    def __init__(self, in_use: torch.Tensor):
+        self.in_use = in_use
+        self._slots: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def create(cls, workers: int, slots: int) -> BufferRing:
+        return cls(torch.zeros((workers, slots), dtype=torch.uint8).share_memory_())
+
+    def acquire(
+        self, worker: int, shapes: dict[str, tuple[int, ...]]
+    ) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """A free slot of ``worker`` (marked in use) with tensors of these shapes, or None when every slot is out."""
+        flags = self.in_use[worker]
+        free = (flags == 0).nonzero()
+        if not len(free):
+            return None
+        slot = int(free[0])
+        tensors = self._slots.get((worker, slot))
+        if tensors is None or {n: tuple(t.shape) for n, t in tensors.items()} != shapes:
+            tensors = {n: torch.empty(s, dtype=torch.uint8).share_memory_() for n, s in shapes.items()}
+            self._slots[(worker, slot)] = tensors
+        flags[slot] = 1
+        return slot, tensors
+
+    def release(self, worker: int, slot: int) -> None:
+        """The iterating process is done with this batch's memory: the worker may fill it again."""
+        self.in_use[worker, slot] = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"in_use": self.in_use}  # the slots' tensors belong to the process that filled them
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.in_use, self._slots = state["in_use"], {}
+
+
 class BatchBuffer:
     """A raw batch filled row by row as samples are decoded: contiguous uint8 tensors, images (B, 3, H, W) 0..255,
-    mask (B, 1, H, W) 0/1, allocated once per batch (in shared memory inside a DataLoader worker: the worker queue
-    would otherwise copy the batch there) and written in channel-first order with the flip applied in the same copy;
-    ``to_float_batch`` converts in the receiving process."""
+    mask (B, 1, H, W) 0/1, written in channel-first order with the flip applied in the same copy; ``to_float_batch``
+    converts in the receiving process. Inside a DataLoader worker the batch lives in shared memory (the worker queue
+    would otherwise copy it there): a slot of ``ring`` when one is free (its number is in ``slot``, to be released
+    by the receiving process), else allocated for this batch alone."""
 
-    def __init__(self, capacity: int, size: int | None, members: tuple[str, ...] = BATCH_MEMBERS):
+    def __init__(
+        self,
+        capacity: int,
+        size: int | None,
+        members: tuple[str, ...] = BATCH_MEMBERS,
+        ring: BufferRing | None = None,
+    ):
         self.capacity = capacity
         self.members = members
         self.scratch = _Scratch()
+        self.slot: tuple[int, int] | None = (
+            None  # (worker, slot) of the batch being filled, when from the ring
+        )
+        self._ring = ring
         self._size: int | None = None
         self._tensors: dict[str, torch.Tensor] = {}
         self._keys: list[str] = []
@@ -58,11 +118,20 @@ class BatchBuffer:
             self._size = size
             self.scratch = _Scratch(np.empty((size, size, 3), np.uint8), np.empty((size, size, 3), np.uint8))
             self._flipped = np.empty((size, size, 3), np.uint8)
-        in_worker = get_worker_info() is not None
-        for name in self.members:
-            channels = 1 if name == "mask" else 3
-            tensor = torch.empty((self.capacity, channels, size, size), dtype=torch.uint8)
-            self._tensors[name] = tensor.share_memory_() if in_worker else tensor
+        worker = get_worker_info()
+        shapes: dict[str, tuple[int, ...]] = {
+            n: (self.capacity, 1 if n == "mask" else 3, size, size) for n in self.members
+        }
+        if worker is not None and self._ring is not None:
+            taken = self._ring.acquire(worker.id, shapes)
+            if taken is not None:
+                slot, self._tensors = taken
+                self.slot = (worker.id, slot)
+                return
+        self.slot = None
+        for name, shape in shapes.items():
+            tensor = torch.empty(shape, dtype=torch.uint8)
+            self._tensors[name] = tensor.share_memory_() if worker is not None else tensor
 
     def put(self, key: str, images: dict[str, np.ndarray], flip: bool) -> None:
         """Copy one decoded sample (BGR images, 0/255 mask; the batch's members) into the next row."""
@@ -87,13 +156,16 @@ class BatchBuffer:
         self._keys.append(key)
 
     def take(self) -> dict[str, Any]:
-        """The filled rows as a batch; the next sample starts a new one."""
+        """The filled rows as a batch (with ``BUFFER_SLOT_FIELD`` when it is a ring slot); the next sample starts a
+        new one."""
         n = len(self._keys)
         batch: dict[str, Any] = {
             name: t if n == self.capacity else t[:n] for name, t in self._tensors.items()
         }
         batch["key"] = self._keys
-        self._keys, self._tensors = [], {}  # the next batch is allocated by its first sample
+        if self.slot is not None:
+            batch[BUFFER_SLOT_FIELD] = self.slot
+        self._keys, self._tensors, self.slot = [], {}, None  # the next batch is allocated by its first sample
         return batch
 
 

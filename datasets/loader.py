@@ -52,7 +52,10 @@ Members are grouped by key as webdataset does; with ``--image-format png`` (or `
 
 Workers send uint8 batches (a quarter of float32's bytes through shared memory); the float conversion happens in
 the process that iterates the loader, on ``LoaderConfig.device`` when set (or later, by the consumer, with
-``as_uint8=True``: the trainer's CUDA path). ``persistent_workers=True`` keeps the workers between epochs.
+``as_uint8=True``: the trainer's CUDA path). When the conversion happens here on the CPU, each worker refills a few
+shared-memory batches (``BufferRing``) once this process has converted them, rather than a fresh allocation per
+batch, whose page faults cost a third of a worker's time; a batch the consumer keeps is its float copy, never the
+refilled memory. ``persistent_workers=True`` keeps the workers between epochs.
 """
 
 from __future__ import annotations
@@ -70,7 +73,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from m2u.core.parallel import stop_opencv_threads
-from m2u.datasets.batches import BATCH_MEMBERS, BatchBuffer, image_field, to_float_batch
+from m2u.datasets.batches import (
+    BATCH_MEMBERS,
+    BUFFER_SLOT_FIELD,
+    BatchBuffer,
+    BufferRing,
+    image_field,
+    to_float_batch,
+)
 from m2u.datasets.codecs import decode_image, decode_mask
 from m2u.datasets.layout import MANIFEST_NAME, MASK_FIELD, MASKED_FIELD, SPLITS, UNMASKED_FIELD
 
@@ -195,6 +205,8 @@ class PairedShardDataset(IterableDataset):
         self._rank_world: tuple[int, int] | None = None
         self._skipped: list[str] = []  # what this iterator left out since its last batch
         self._iter_epoch = 0
+        # Set by PairedLoader before its workers start, when it copies every batch out as it converts it.
+        self.buffer_ring: BufferRing | None = None
 
     @property
     def epoch(self) -> int:
@@ -341,7 +353,7 @@ class PairedShardDataset(IterableDataset):
         self._skipped = []
         self._iter_epoch = self.epoch  # read from shared memory once per epoch, not per sample
         size = self.config.batch_size
-        batch = BatchBuffer(size, self._size, self.config.members)
+        batch = BatchBuffer(size, self._size, self.config.members, self.buffer_ring)
         for sample in self._shuffled(self._my_raw_samples()):
             self._decode_into(sample, batch)
             if len(batch) == size:
@@ -382,6 +394,17 @@ class PairedLoader:
             if workers > 0:
                 # The workers are forked below and set OpenCV's thread count: safe only with no pool running here.
                 stop_opencv_threads()
+            # Workers refill their shared-memory batches once they are converted here (BufferRing): only when this
+            # process copies every batch out on the CPU (not with as_uint8, whose batches the consumer keeps, nor with
+            # an accelerator copy that may still be reading the batch when to_float_batch returns).
+            converts_here = (
+                not self.config.as_uint8 and torch.device(self.config.device or "cpu").type == "cpu"
+            )
+            self.dataset.buffer_ring = (
+                BufferRing.create(workers, self.config.prefetch_factor + 2)
+                if workers > 0 and converts_here
+                else None
+            )
             self._loader = DataLoader(
                 self.dataset,
                 batch_size=None,  # the dataset batches inside each worker
@@ -397,8 +420,13 @@ class PairedLoader:
         device = self.config.device
         for raw in loader:
             self.skipped.extend(raw.pop(SKIPPED_FIELD, []))
-            if raw["key"]:
-                yield raw if self.config.as_uint8 else to_float_batch(raw, device)
+            if not raw["key"]:  # a batch-less record of skips (never a ring slot)
+                continue
+            slot, ring = raw.pop(BUFFER_SLOT_FIELD, None), self.dataset.buffer_ring
+            batch = raw if self.config.as_uint8 else to_float_batch(raw, device)
+            if slot is not None and ring is not None:  # copied out above: its worker may fill it again
+                ring.release(*slot)
+            yield batch
 
 
 def make_loader(

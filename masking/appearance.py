@@ -13,7 +13,22 @@ import numpy as np
 from m2u.core.errors import SettingError
 from m2u.masking.templates import COLORS, TEXTURE_HEIGHT, TEXTURE_WIDTH
 
-PATTERNS: tuple[str, ...] = ("stripes", "dots", "check", "camo", "floral")
+# "print": a bold multi-colour print drawn anew for every face (patchwork, blotches, motifs on a ground, bands),
+# opaque as printed cloth is; the face's draw is kept in the pattern's name, "print-<seed>" (m2u.masking.render).
+PRINT = "print"
+PATTERNS: tuple[str, ...] = ("stripes", "dots", "check", "camo", "floral", PRINT)
+_PRINT_NAME = re.compile(r"^print-(\d+)$")
+
+
+def print_pattern(rng: np.random.Generator) -> str:
+    """One face's multi-colour print, as the pattern name that redraws it."""
+    return f"{PRINT}-{int(rng.integers(2**31))}"
+
+
+def is_print(pattern: str | None) -> bool:
+    return pattern is not None and _PRINT_NAME.match(pattern) is not None
+
+
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 
@@ -105,10 +120,79 @@ def check_pattern_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     return width, height
 
 
+def _palette(rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` colours of a print: hues spread round the wheel from a random start, saturation and value drawn
+    per colour (prints mix strong and pale inks on light or dark grounds)."""
+    hues = (rng.uniform(0, 1) + np.arange(count) / count + rng.uniform(-0.08, 0.08, count)) % 1.0
+    hsv = np.stack([hues * 180, rng.uniform(0.25, 1.0, count) * 255, rng.uniform(0.15, 1.0, count) * 255], 1)
+    rgb = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
+    return rgb.astype(np.float32) / 255.0
+
+
+def _printed(seed: int, width: int, height: int) -> np.ndarray:
+    """A bold multi-colour print (H, W, 3) in 0..1 drawn from `seed`: real masks in photos carry patchwork, camouflage
+    and paisley blotches, scattered motifs (flags, dots, flowers) on a dark or light ground, and bands of colour,
+    which the five single-ink PATTERNS never show."""
+    rng = np.random.default_rng(seed)
+    palette = _palette(rng, int(rng.integers(2, 6)))
+    x, y = _uv(width, height)
+    scale = rng.uniform(25.0, 110.0)  # a print's feature size in base-texture pixels
+    style = ("patchwork", "blotches", "motifs", "bands")[int(rng.integers(4))]
+    if style == "patchwork":  # cells of colour round scattered centres (nearest centre wins)
+        count = max(4, int(TEXTURE_WIDTH * TEXTURE_HEIGHT / scale**2 / 2))
+        centres = rng.uniform(0, 1, (count, 2)) * (TEXTURE_WIDTH, TEXTURE_HEIGHT)
+        colours = rng.integers(len(palette), size=count)
+        # Nearest centre on a grid of 8-pixel steps, then enlarged: cells are far larger than 8 pixels.
+        gx, gy = _uv(max(1, width // 8), max(1, height // 8))
+        distance = (gx[..., None] - centres[:, 0]) ** 2 + (gy[..., None] - centres[:, 1]) ** 2
+        cells = colours[distance.argmin(-1)].astype(np.uint8)
+        out = palette[cv2.resize(cells, (width, height), interpolation=cv2.INTER_NEAREST)]
+    elif style == "blotches":  # smooth noise cut into the palette's bands (camouflage, paisley-like blotches)
+        cells = (max(2, int(TEXTURE_HEIGHT / scale)), max(2, int(TEXTURE_WIDTH / scale)))
+        noise = cv2.resize(
+            rng.standard_normal(cells).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC
+        )
+        cuts = np.quantile(noise, np.linspace(0, 1, len(palette) + 1)[1:-1])
+        out = palette[np.digitize(noise, cuts)]
+    elif style == "motifs":  # discs, rings and stars of the other colours scattered on the first (the ground)
+        out = np.empty((height, width, 3), np.float32)
+        out[:] = palette[0]
+        sx, sy = width / TEXTURE_WIDTH, height / TEXTURE_HEIGHT
+        for _ in range(int(rng.integers(6, 40))):
+            colour = tuple(float(c) for c in palette[1 + int(rng.integers(len(palette) - 1))])
+            centre = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))
+            radius = max(1, int(rng.uniform(0.3, 1.0) * scale * sx))
+            kind = int(rng.integers(3))
+            if kind == 0:
+                cv2.circle(out, centre, radius, colour, -1, cv2.LINE_AA)
+            elif kind == 1:
+                cv2.circle(out, centre, radius, colour, max(1, radius // 3), cv2.LINE_AA)
+            else:
+                angles = np.linspace(0, 2 * np.pi, 11)[:-1] + rng.uniform(0, np.pi)
+                radii = np.where(np.arange(10) % 2 == 0, radius, radius * 0.45)
+                star = np.stack(
+                    [centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles) * sy / sx], 1
+                )
+                cv2.fillPoly(out, [np.round(star).astype(np.int32)], colour, cv2.LINE_AA)
+    else:  # bands of colour at an angle, of varying widths
+        angle = rng.uniform(0, np.pi)
+        along = x * np.cos(angle) + y * np.sin(angle)
+        widths = rng.uniform(0.3, 1.0, 64) * scale
+        edges = np.cumsum(widths) - widths.sum() / 2
+        bands = np.digitize(along - along.mean(), edges)
+        out = palette[rng.integers(len(palette), size=len(edges) + 1)[bands]]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 @functools.lru_cache(maxsize=64)
 def pattern_texture(pattern: str, width: int, height: int) -> tuple[np.ndarray, bool]:
     """(texture, multiply) at the given size: procedural patterns multiply the fabric colour, image files (tiled
-    to the texture's scale) replace it."""
+    to the texture's scale) and prints ("print-<seed>") replace it."""
+    match = _PRINT_NAME.match(pattern)
+    if match:
+        return _printed(int(match.group(1)), width, height), False
+    if pattern == PRINT:
+        raise ValueError('"print" is drawn per face: pass "print-<seed>" here (print_pattern gives one)')
     if pattern in PATTERNS:
         return _procedural(pattern, width, height), True
     path = Path(pattern)

@@ -48,7 +48,12 @@ REAL_TYPE_MIX: tuple[tuple[str, float], ...] = (
     ("gas", 0.03),
 )
 # With realism on, `pattern="random"` prints a pattern on this share of masks (real masks are mostly plain).
-REAL_PATTERN_SHARE = 0.2
+REAL_PATTERN_SHARE = 0.3
+# Of those, this share is a bold multi-colour print (appearance.PRINT, drawn per face, at REAL_PRINT_WEIGHT); the
+# rest one of the single-ink patterns. Raised from none after M-Seg missed the printed masks of real photos
+# (patchwork, flags, paisley, camouflage; benchmarks/real_mask_seg.py).
+REAL_PRINT_SHARE = 0.6
+REAL_PRINT_WEIGHT = 0.95
 # Types whose front may carry an exhalation valve, and types that may have a nose wire added (surgical has its own).
 VALVE_TYPES = ("n95", "kn95", "cloth")
 WIRE_TYPES = ("kn95", "cloth")

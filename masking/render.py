@@ -13,7 +13,15 @@ import cv2
 import numpy as np
 
 from m2u.core.checks import check_types
-from m2u.masking.appearance import PATTERNS, check_pattern_image, color_to_hex, parse_color
+from m2u.masking.appearance import (
+    PATTERNS,
+    PRINT,
+    check_pattern_image,
+    color_to_hex,
+    is_print,
+    parse_color,
+    print_pattern,
+)
 from m2u.masking.detect import Face
 from m2u.masking.geometry import (
     EYES,
@@ -26,6 +34,8 @@ from m2u.masking.geometry import (
 )
 from m2u.masking.realism import (
     REAL_PATTERN_SHARE,
+    REAL_PRINT_SHARE,
+    REAL_PRINT_WEIGHT,
     Finish,
     cut_strap,
     draw_finish,
@@ -53,8 +63,9 @@ class MaskConfig:
     """What mask to draw and how. `mask_type` is one of MASK_TYPES (any case: MaskTheFace's `N95`, `KN95`), a
     template of `pack` (matched case-insensitively), "random" (a real mask chosen with the seed) or "all" (every
     type: `expand()` gives one configuration per type; apply_mask takes only single types). `color` is a name from
-    COLORS, #rrggbb, "random" or None (the template's own colours); `pattern` one of PATTERNS, an image file,
-    "random" or None. Weights blend them into the fabric (0..1)."""
+    COLORS, #rrggbb, "random" or None (the template's own colours); `pattern` one of PATTERNS ("print": a
+    multi-colour print drawn for each face; "print-<seed>" redraws one), an image file, "random" or None. Weights
+    blend them into the fabric (0..1)."""
 
     mask_type: str = "surgical"
     color: str | None = None
@@ -85,7 +96,11 @@ class MaskConfig:
             raise ValueError(f"coverage_threshold must be within (0, 1), got {self.coverage_threshold}")
         if self.color not in (None, RANDOM):
             parse_color(self.color)
-        if self.pattern is not None and self.pattern not in (RANDOM, *PATTERNS):
+        if (
+            self.pattern is not None
+            and self.pattern not in (RANDOM, *PATTERNS)
+            and not is_print(self.pattern)
+        ):
             if not os.path.isfile(self.pattern):
                 raise ValueError(
                     f"pattern {self.pattern!r} is neither a file nor one of {', '.join(PATTERNS)}"
@@ -221,8 +236,13 @@ def _placement_fields(placement: PlacementConfig) -> tuple[tuple[str, Any], ...]
     return tuple(asdict(placement).items())
 
 
-def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple | None, str | None, float]:
-    """(mask type, colour or None, pattern or None, colour weight) for one face, drawn from `rng` where random."""
+Resolved = tuple[str, tuple | None, str | None, float, float]
+_SINGLE_INK = tuple(p for p in PATTERNS if p != PRINT)  # the patterns of realism=0 (and of earlier versions)
+
+
+def _resolve(config: MaskConfig, rng: np.random.Generator) -> Resolved:
+    """(mask type, colour or None, pattern or None, colour weight, pattern weight) for one face, drawn from `rng`
+    where random ("print" becomes that face's "print-<seed>")."""
     pack_names = load_template_pack(config.pack).names if config.pack else ()
     if config.mask_type == RANDOM and not pack_names and config.realism > 0:
         mask_type = real_type(rng)
@@ -237,13 +257,20 @@ def _resolve(config: MaskConfig, rng: np.random.Generator) -> tuple[str, tuple |
     elif color_name == RANDOM:
         names = sorted(COLORS)
         color_name = names[int(rng.integers(len(names)))]
-    pattern = config.pattern
-    if pattern == RANDOM:
-        printed = config.realism == 0 or rng.random() < REAL_PATTERN_SHARE
-        pick = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    pattern, pattern_weight = config.pattern, config.pattern_weight
+    if pattern == RANDOM and config.realism == 0:
+        pattern = _SINGLE_INK[int(rng.integers(len(_SINGLE_INK)))]
+    elif pattern == RANDOM:
+        printed = rng.random() < REAL_PATTERN_SHARE
+        pick = _SINGLE_INK[int(rng.integers(len(_SINGLE_INK)))]
         pattern = pick if printed else None
+        if printed and rng.random() < REAL_PRINT_SHARE:
+            # Printed cloth is opaque: its inks replace the fabric's colour (the template's shading stays).
+            pattern, pattern_weight = print_pattern(rng), REAL_PRINT_WEIGHT
+    if pattern == PRINT:
+        pattern = print_pattern(rng)
     color = None if color_name is None else parse_color(color_name)
-    return mask_type, color, pattern, color_weight
+    return mask_type, color, pattern, color_weight, pattern_weight
 
 
 def warm_templates(config: MaskConfig) -> None:
@@ -369,14 +396,14 @@ def _paint(
 def _result_meta(
     config: MaskConfig,
     seed: int,
-    resolved: tuple[str, tuple | None, str | None, float],
+    resolved: Resolved,
     template: Any,
     mesh: Any,
     landmarks: np.ndarray,
     mask: np.ndarray,
     finish: Finish | None,
 ) -> dict[str, Any]:
-    mask_type, color, pattern, color_weight = resolved
+    mask_type, color, pattern, color_weight, pattern_weight = resolved
     return {
         "type": mask_type,
         "template_source": template.source if not config.pack else str(config.pack),
@@ -384,7 +411,7 @@ def _result_meta(
         "color": None if color is None else color_to_hex(color),
         "color_weight": color_weight,
         "pattern": pattern,
-        "pattern_weight": config.pattern_weight,
+        "pattern_weight": pattern_weight,
         "anchors": {k: [round(x, 2), round(y, 2)] for k, (x, y) in mesh.anchors.items()},
         "landmarks": np.round(landmarks, 2).tolist(),
         "pose": mesh.pose,
@@ -421,7 +448,7 @@ def apply_mask(
         )  # e.g. the detector found it upside down: its landmarks are not usable
     landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    resolved = mask_type, color, pattern, color_weight = _resolve(config, rng)
+    resolved = mask_type, color, pattern, color_weight, pattern_weight = _resolve(config, rng)
     finish = draw_finish(rng, mask_type, config.realism, not config.pack) if config.realism > 0 else None
     mesh = build_mesh(landmarks, config.placement)
     if config.pack:
@@ -444,7 +471,7 @@ def apply_mask(
 
     mid = mesh.grid[mesh.grid.shape[0] // 2]
     mask_width = float(np.hypot(*np.diff(mid, axis=0).T).sum())
-    texture = premultiplied_texture(template, mask_width, color, color_weight, pattern, config.pattern_weight)
+    texture = premultiplied_texture(template, mask_width, color, color_weight, pattern, pattern_weight)
     if finish is not None:
         texture = finish_texture(texture, finish)  # a new array: the cached texture stays clean
     body = warp_texture(texture, mesh.grid, origin, shape, cylinder_gain(texture.shape[1], mesh.yaw))

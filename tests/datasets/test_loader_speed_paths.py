@@ -147,3 +147,55 @@ def test_member_size_read_without_pillow_is_pillows_and_capped(fmt, monkeypatch)
     with pytest.raises(ValueError):
         codecs.decode_image(small[:2] + b"\x00" * 40)
     assert calls
+
+
+def test_buffer_ring_reuses_a_released_slot_and_never_waits():
+    from m2u.datasets.batches import BufferRing
+
+    ring = BufferRing.create(workers=2, slots=2)
+    shapes = {"masked": (2, 3, 4, 4), "mask": (2, 1, 4, 4)}
+    first_slot, first = ring.acquire(1, shapes)
+    second_slot, second = ring.acquire(1, shapes)
+    assert first_slot != second_slot and first["masked"].data_ptr() != second["masked"].data_ptr()
+    assert ring.acquire(1, shapes) is None  # every slot out: the caller allocates a batch of its own
+    assert ring.acquire(0, shapes) is not None  # another worker's slots are its own
+    ring.release(1, first_slot)
+    again_slot, again = ring.acquire(1, shapes)
+    assert again_slot == first_slot and again["masked"].data_ptr() == first["masked"].data_ptr()
+    ring.release(1, again_slot)
+    bigger = {"masked": (2, 3, 8, 8), "mask": (2, 1, 8, 8)}
+    _, resized = ring.acquire(1, bigger)  # another image size: the slot's tensors are made again
+    assert tuple(resized["masked"].shape) == (2, 3, 8, 8)
+
+
+def test_worker_batches_reuse_their_shared_memory_and_stay_exact(jpeg_dataset, monkeypatch):
+    """One worker refills a few shared-memory batches (released once converted); every batch kept by the consumer
+    equals the in-process loader's, so no refill ever reaches a batch the consumer holds."""
+    from m2u.datasets.batches import BufferRing
+
+    released: list[tuple[int, int]] = []
+    real_release = BufferRing.release
+
+    def record(self, worker, slot):
+        released.append((worker, slot))
+        real_release(self, worker, slot)
+
+    monkeypatch.setattr(BufferRing, "release", record)
+    config = LoaderConfig(batch_size=2, num_workers=0, shuffle_buffer=8, hflip_prob=0.5, prefetch_factor=2)
+    expected = list(make_loader(jpeg_dataset, "train", config))
+    loader = make_loader(jpeg_dataset, "train", LoaderConfig(**{**config.__dict__, "num_workers": 1}))
+    kept = list(loader)
+    assert [b["key"] for b in kept] == [b["key"] for b in expected]
+    for got, want in zip(kept, expected, strict=True):
+        for name in ("masked", "unmasked", "mask"):
+            assert torch.equal(got[name], want[name]), name
+    assert len(released) == len(kept) > len(set(released))  # every batch released, slots used again
+    assert len(set(released)) <= config.prefetch_factor + 2
+    # The trainer's path keeps the raw uint8 batches: no ring, nothing released.
+    released.clear()
+    raw = list(
+        make_loader(
+            jpeg_dataset, "train", LoaderConfig(**{**config.__dict__, "num_workers": 1, "as_uint8": True})
+        )
+    )
+    assert len(raw) == len(kept) and not released

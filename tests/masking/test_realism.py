@@ -130,3 +130,46 @@ def test_dark_loops_follow_a_dark_fabric(synthetic_landmarks, skin_image):
     loops[:, 70:186] = False
     assert loops.sum() > 10
     assert result.image[loops].mean() < 90
+
+
+def test_a_print_is_drawn_per_face_from_the_seed_and_leaves_the_mask_exact(synthetic_landmarks, skin_image):
+    from m2u.masking.appearance import pattern_texture
+
+    landmarks = synthetic_landmarks()
+    plain_config = MaskConfig(mask_type="cloth", realism=0.0)
+    printed_config = dataclasses.replace(plain_config, pattern="print", pattern_weight=1.0)
+    plain = apply_mask(skin_image, landmarks, plain_config, seed=3)
+    first = apply_mask(skin_image, landmarks, printed_config, seed=3)
+    again = apply_mask(skin_image, landmarks, printed_config, seed=3)
+    other = apply_mask(skin_image, landmarks, printed_config, seed=4)
+    assert first.image.tobytes() == again.image.tobytes() and first.meta == again.meta
+    assert first.meta["pattern"].startswith("print-") and first.meta["pattern"] != other.meta["pattern"]
+    assert first.mask.tobytes() == plain.mask.tobytes()  # the ground truth is the geometry's alone
+    inside = first.mask > 0
+    assert not np.array_equal(first.image[inside], other.image[inside])
+    # Several inks, not one colour multiplied: at least two clearly different colours fill the mask.
+    colours = np.unique((first.image[inside] // 48).reshape(-1, 3), axis=0, return_counts=True)[1]
+    assert (colours > 0.03 * inside.sum()).sum() >= 2
+    # Its name redraws it, as MaskConfig and the texture cache take it.
+    redrawn = apply_mask(
+        skin_image, landmarks, dataclasses.replace(printed_config, pattern=first.meta["pattern"]), seed=3
+    )
+    assert redrawn.mask.tobytes() == first.mask.tobytes()
+    texture, multiply = pattern_texture(first.meta["pattern"], 96, 64)
+    assert not multiply and texture.shape == (64, 96, 3)
+    with pytest.raises(ValueError, match="print"):
+        MaskConfig(pattern="print-x")
+
+
+def test_realistic_random_patterns_include_prints_and_realism_zero_keeps_the_single_inks(
+    synthetic_landmarks, skin_image
+):
+    landmarks = synthetic_landmarks()
+    seen = {"real": [], "clean": []}
+    for seed in range(40):
+        for name, realism in (("real", 1.0), ("clean", 0.0)):
+            config = MaskConfig(mask_type="cloth", pattern="random", realism=realism, verify=False)
+            seen[name].append(apply_mask(skin_image, landmarks, config, seed=seed).meta["pattern"])
+    prints = [p for p in seen["real"] if p and p.startswith("print-")]
+    assert 2 <= len(prints) and None in seen["real"]  # mostly plain, some printed, some of them prints
+    assert all(p in ("stripes", "dots", "check", "camo", "floral") for p in seen["clean"])
