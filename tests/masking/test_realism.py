@@ -171,5 +171,5 @@ def test_realistic_random_patterns_include_prints_and_realism_zero_keeps_the_sin
             config = MaskConfig(mask_type="cloth", pattern="random", realism=realism, verify=False)
             seen[name].append(apply_mask(skin_image, landmarks, config, seed=seed).meta["pattern"])
     prints = [p for p in seen["real"] if p and p.startswith("print-")]
-    assert 2 <= len(prints) and None in seen["real"]  # mostly plain, some printed, some of them prints
+    assert len(prints) >= 2 and None in seen["real"]  # mostly plain, some printed, some of them prints
     assert all(p in ("stripes", "dots", "check", "camo", "floral") for p in seen["clean"])
