@@ -212,7 +212,7 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
     # Inputs are taken in name order: lone.png (its face without a mask), then two.png (masked, bare).
     lower = _crop_mask(CROP, 0.5, 0.95)
     _steer_masks(unmasker, [lower, lower, lower])  # M-Seg marks every lower face, as the shipped one does
-    _steer_probabilities(monkeypatch, [0.05, 0.95, 0.1])
+    _steer_probabilities(monkeypatch, [0.05, 0.99, 0.1])
     out = tmp_path / "out"
     results = {
         Path(r.input).name: r for r in unmask_files([str(inputs)], None, None, out, config, unmasker=unmasker)
