@@ -84,7 +84,7 @@ def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
 @torch.no_grad()
 def mask_probabilities(crops: list[np.ndarray], net: MaskPresenceNet | None = None) -> np.ndarray:
     """P(masked face) for each aligned crop, (N,) float: the mean of the crop's and its mirror image's (a face and
-    its mirror image wear the same mask; the mean steadies the verdict on faces turned aside)."""
+    its mirror image wear the same mask, so the answer should not depend on which way the face turns)."""
     if not crops:
         return np.zeros(0)
     net = net or load_mask_classifier()
