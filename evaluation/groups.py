@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from m2u.masking.appearance import pattern_family
+
 __all__ = ["GROUP_FIELDS", "GROUP_METRICS", "group_means", "sample_mask_attributes"]
 
 GROUP_FIELDS = ("type", "color", "pattern")
@@ -40,6 +42,8 @@ def sample_mask_attributes(data: str | Path, split: str, keys: Iterable[str]) ->
                 handle = tar.extractfile(member)
                 mask = json.loads(handle.read()).get("mask", {}) if handle else {}
                 found[key] = {f: str(mask.get(f) or NONE_LABEL) for f in GROUP_FIELDS}
+                # Each face's print has a name of its own (its seed): they are one group.
+                found[key]["pattern"] = pattern_family(found[key]["pattern"])
     return found
 
 

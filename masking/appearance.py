@@ -29,6 +29,11 @@ def is_print(pattern: str | None) -> bool:
     return pattern is not None and _PRINT_NAME.match(pattern) is not None
 
 
+def pattern_family(pattern: str) -> str:
+    """The pattern a mask's recorded pattern belongs to: every face's own print ("print-<seed>") is a "print"."""
+    return PRINT if is_print(pattern) else pattern
+
+
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 

@@ -297,3 +297,26 @@ def test_a_mask_covering_nearly_everything_is_a_visible_warning(tiny_dataset, ti
         in (tmp_path / "index.html").read_text()
     )
     assert "**Warning: M-Seg's mask covers nearly everything" in (tmp_path / "metrics.md").read_text()
+
+
+def test_each_faces_own_print_is_grouped_as_one_print_pattern(tmp_path):
+    from m2u.datasets.layout import SHARD_INDEX_DIGITS, SHARD_SUFFIX
+    from m2u.datasets.shards import ShardWriter
+    from m2u.evaluation.groups import group_means, sample_mask_attributes
+
+    folder = tmp_path / "test"
+    folder.mkdir()
+    patterns = {"a": "print-5", "b": "print-912", "c": "dots", "d": ""}
+    with ShardWriter(folder / f"test-{0:0{SHARD_INDEX_DIGITS}d}{SHARD_SUFFIX}") as writer:
+        for key, pattern in patterns.items():
+            meta = {"mask": {"type": "cloth", "color": "#000000", "pattern": pattern}}
+            writer.write(key, {"json": json.dumps(meta).encode()})
+    attributes = sample_mask_attributes(tmp_path, "test", patterns)
+    assert {k: v["pattern"] for k, v in attributes.items()} == {
+        "a": "print",
+        "b": "print",
+        "c": "dots",
+        "d": "none",
+    }
+    table = group_means(list(patterns), {"psnr": [20.0, 30.0, 25.0, 10.0]}, attributes, ("psnr",))["pattern"]
+    assert table["print"] == {"n": 2, "psnr": 25.0}
