@@ -327,7 +327,14 @@ def install_package(package: Path, target: Path) -> Path:
     """Copy a complete package's files over the shipped model's (each file replaced atomically)."""
     import shutil
 
-    from m2u.inference.pretrained import CARD_FILE, CARD_JSON, CHECKSUMS_FILE, GENERATOR_FILE, MSEG_FILE
+    from m2u.inference.pretrained import (
+        CARD_FILE,
+        CARD_JSON,
+        CHECKSUMS_FILE,
+        GENERATOR_FILE,
+        MSEG_FILE,
+        checksum_record,
+    )
 
     # checksums.json travels with the weights: the shipped model is verified against it on every load.
     names = (MSEG_FILE, GENERATOR_FILE, CARD_JSON, CARD_FILE, CHECKSUMS_FILE)
@@ -337,7 +344,12 @@ def install_package(package: Path, target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
         temporary = target / f".{name}.installing"
-        shutil.copyfile(package / name, temporary)
+        if (
+            name == CHECKSUMS_FILE
+        ):  # made anew: the package's record lacks the classifier that ships beside it
+            temporary.write_text(checksum_record(target))
+        else:
+            shutil.copyfile(package / name, temporary)
         temporary.replace(target / name)
     return target
 

@@ -76,6 +76,10 @@ def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
     file = Path(path) if path else MASK_CLASSIFIER
     if not file.is_file():
         raise FileNotFoundError(f"mask classifier weights not found: {file} (a broken install?)")
+    if not path:  # the shipped file, checked against the model folder's checksums.json as its weights are
+        from m2u.inference.pretrained import verify_checksums
+
+        verify_checksums(file.parent, (file.name,))
     net = MaskPresenceNet()
     net.load_state_dict(load_file(str(file)))
     return net.eval()

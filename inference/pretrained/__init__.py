@@ -24,9 +24,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "MSEG_FILE",
     "GENERATOR_FILE",
+    "MASK_CLASSIFIER_FILE",
     "PretrainedDamaged",
     "PretrainedUnavailable",
     "available_models",
+    "checksum_record",
     "pretrained_dir",
     "pretrained_paths",
     "verify_checksums",
@@ -36,6 +38,9 @@ __all__ = [
 DEFAULT_MODEL = "m2unet-celeba-128"
 MSEG_FILE = "mseg.safetensors"
 GENERATOR_FILE = "generator.safetensors"
+MASK_CLASSIFIER_FILE = (
+    "mask_presence.safetensors"  # m2u.inference.mask_presence: which found faces wear a mask
+)
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "card.json"
 CHECKSUMS_FILE = "checksums.json"
@@ -60,13 +65,21 @@ def file_sha256(path: Path) -> str:
 
 
 def write_checksums(folder: Path) -> Path:
-    """Write `folder/checksums.json`: the SHA-256 of its two weight files (the release recipe calls this)."""
-    sums = {name: file_sha256(folder / name) for name in (MSEG_FILE, GENERATOR_FILE)}
-    return atomic_write_text(folder / CHECKSUMS_FILE, json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    """Write `folder/checksums.json`: the SHA-256 of its two weight files and of the mask classifier when the folder
+    has one (the release recipe calls this)."""
+    return atomic_write_text(folder / CHECKSUMS_FILE, checksum_record(folder))
 
 
-def verify_checksums(folder: Path) -> None:
-    """PretrainedDamaged unless each weight file in `folder` has the SHA-256 its checksums.json records."""
+def checksum_record(folder: Path) -> str:
+    """The text of `folder`'s checksums.json: the SHA-256 of each weight file it holds."""
+    names = [MSEG_FILE, GENERATOR_FILE] + [MASK_CLASSIFIER_FILE] * (folder / MASK_CLASSIFIER_FILE).is_file()
+    sums = {name: file_sha256(folder / name) for name in names}
+    return json.dumps(sums, indent=2, sort_keys=True) + "\n"
+
+
+def verify_checksums(folder: Path, names: tuple[str, ...] = (MSEG_FILE, GENERATOR_FILE)) -> None:
+    """PretrainedDamaged unless each of the weight files `names` in `folder` has the SHA-256 its checksums.json
+    records."""
     record = folder / CHECKSUMS_FILE
     try:
         sums = json.loads(record.read_text())
@@ -74,7 +87,7 @@ def verify_checksums(folder: Path) -> None:
         raise PretrainedDamaged(
             f"{record} is missing or unreadable ({error}): the shipped weights cannot be verified; reinstall m2u"
         ) from None
-    for name in (MSEG_FILE, GENERATOR_FILE):
+    for name in names:
         if not isinstance(sums, dict) or sums.get(name) != file_sha256(folder / name):
             raise PretrainedDamaged(
                 f"{folder / name} does not match its SHA-256 in {record}: the shipped weights are damaged; "

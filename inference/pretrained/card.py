@@ -167,7 +167,8 @@ def _render_body(card: dict[str, Any]) -> str:
         ),
         f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s"
         + _tuning(training["gan"].get("config", {})),
-        f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in card.get('files', {}).items())} (fp16)",
+        # Sorted: card.json is written with sorted keys, and the card must read the same from it as from memory.
+        f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in sorted(card.get('files', {}).items()))} (fp16)",
         "",
         f"## Figures ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples, {size}x{size})",
         "",

@@ -385,6 +385,28 @@ def test_the_shipped_weights_are_verified_against_their_checksums(tmp_path, monk
         pretrained.pretrained_paths()
 
 
+def test_the_shipped_mask_classifier_is_verified_against_the_checksums_too(tmp_path, monkeypatch):
+    import m2u.inference.mask_presence as presence
+    import m2u.inference.pretrained as pretrained
+
+    if not presence.MASK_CLASSIFIER.is_file():
+        pytest.skip("no shipped mask classifier in this installation")
+    copy = tmp_path / pretrained.DEFAULT_MODEL
+    shutil.copytree(presence.MASK_CLASSIFIER.parent, copy)
+    monkeypatch.setattr(presence, "MASK_CLASSIFIER", copy / pretrained.MASK_CLASSIFIER_FILE)
+    presence.load_mask_classifier.cache_clear()
+    try:
+        assert isinstance(presence.load_mask_classifier(), presence.MaskPresenceNet)  # intact: loads
+        presence.load_mask_classifier.cache_clear()
+        data = bytearray((copy / pretrained.MASK_CLASSIFIER_FILE).read_bytes())
+        data[-1000:] = bytes(255 - v for v in data[-1000:])
+        (copy / pretrained.MASK_CLASSIFIER_FILE).write_bytes(bytes(data))
+        with pytest.raises(pretrained.PretrainedDamaged, match="SHA-256"):
+            presence.load_mask_classifier()
+    finally:
+        presence.load_mask_classifier.cache_clear()  # the next caller loads the real file again
+
+
 # --- 5. the manifest is the record ---------------------------------------------------------------------------
 
 
