@@ -167,8 +167,7 @@ def _render_body(card: dict[str, Any]) -> str:
         ),
         f"- GAN: {training['gan']['steps']} steps, {_fmt(training['gan'].get('seconds'), 0)} s"
         + _tuning(training["gan"].get("config", {})),
-        # Sorted: card.json is written with sorted keys, and the card must read the same from it as from memory.
-        f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in sorted(card.get('files', {}).items()))} (fp16)",
+        f"- weights: {', '.join(f'{k} {v / 1e6:.2f} MB' for k, v in card.get('files', {}).items())} (fp16)",
         "",
         f"## Figures ({evaluation.get('split', 'test')} split, {evaluation.get('samples')} samples, {size}x{size})",
         "",
@@ -305,7 +304,9 @@ def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
     """Write card.json and MODEL_CARD.md into `folder`; returns the card's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(card, indent=2, sort_keys=True) + "\n"
+    atomic_write_text(folder / "card.json", text)
     path = folder / "MODEL_CARD.md"
-    atomic_write_text(path, render_model_card(card))
+    # Rendered from the card as stored (sorted keys), so rendering card.json later gives the same card.
+    atomic_write_text(path, render_model_card(json.loads(text)))
     return path

@@ -97,3 +97,21 @@ def test_mseg_shapes_and_binary_prediction():
     assert torch.equal(mask, (torch.sigmoid(logits) >= 0.5).float())
     with pytest.raises(ValueError, match="expects"):
         model(torch.rand(1, 4, 32, 32))
+
+
+def test_mirror_averaged_mask_follows_the_image_when_it_is_mirrored():
+    """A face and its mirror image wear the same mask: the mirror-averaged mask of the mirrored image is the mirrored
+    mask, exactly (an untrained network alone does not do this), and the inference path uses it by default."""
+    from m2u.inference.restore import restore_batch
+
+    torch.manual_seed(0)
+    model = MSeg(MSegConfig(base_channels=4)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    threshold = float(torch.sigmoid(model(x)).median())  # half the pixels on each side: differences show
+    plain, mirrored = model.predict_mask(x, threshold), model.predict_mask(x.flip(3), threshold)
+    assert not torch.equal(mirrored, plain.flip(3))
+    averaged = model.predict_mask(x, threshold, mirror=True)
+    assert torch.equal(model.predict_mask(x.flip(3), threshold, mirror=True), averaged.flip(3))
+    generator = CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval()
+    mask, _, _ = restore_batch(model, generator, (x + 1) / 2, threshold)
+    assert torch.equal(mask, model.predict_mask(x, threshold, mirror=True))

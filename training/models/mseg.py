@@ -111,7 +111,11 @@ class MSeg(nn.Module):
         return self.head(h)
 
     @torch.no_grad()
-    def predict_mask(self, x: torch.Tensor, mask_threshold: float) -> torch.Tensor:
+    def predict_mask(self, x: torch.Tensor, mask_threshold: float, mirror: bool = False) -> torch.Tensor:
         """Binary mask, float {0, 1}, (B, 1, H, W): sigmoid(logits) >= mask_threshold (a model file records its
-        own: `LoadedModel.info.mask_threshold_or_default()`)."""
-        return (torch.sigmoid(self.forward(x)) >= mask_threshold).to(x.dtype)
+        own: `LoadedModel.info.mask_threshold_or_default()`). `mirror`: the probability is the mean of the image's
+        and its mirror image's (mirrored back), as a face and its mirror image wear the same mask; twice the cost."""
+        probability = torch.sigmoid(self.forward(x))
+        if mirror:
+            probability = (probability + torch.sigmoid(self.forward(x.flip(3))).flip(3)) / 2
+        return (probability >= mask_threshold).to(x.dtype)
