@@ -137,7 +137,7 @@ def _palette(rng: np.random.Generator, count: int) -> np.ndarray:
 def _printed(seed: int, width: int, height: int) -> np.ndarray:
     """A bold multi-colour print (H, W, 3) in 0..1 drawn from `seed`: real masks in photos carry patchwork, camouflage
     and paisley blotches, scattered motifs (flags, dots, flowers) on a dark or light ground, and bands of colour,
-    which the five single-ink PATTERNS never show."""
+    which the five single-ink patterns never show."""
     rng = np.random.default_rng(seed)
     palette = _palette(rng, int(rng.integers(2, 6)))
     x, y = _uv(width, height)
