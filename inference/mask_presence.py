@@ -21,10 +21,17 @@ from torch import nn
 
 __all__ = ["MASK_CLASSIFIER", "MaskPresenceNet", "load_mask_classifier", "mask_probabilities"]
 
-# It ships in the shipped model's folder: m2u keeps every weight file it ships in one place.
-MASK_CLASSIFIER = (
-    Path(__file__).resolve().parent / "pretrained" / "m2unet-celeba-128" / "mask_presence.safetensors"
+from m2u.inference.pretrained import (
+    CHECKSUMS_FILE,
+    MASK_CLASSIFIER_FILE,
+    pretrained_dir,
+    verify_checksums,
 )
+
+# It ships in the shipped model's folder: m2u keeps every weight file it ships in one place. Benchmarks point this
+# at a candidate file to measure it instead (benchmarks/real_masks.py --classifier).
+MASK_CLASSIFIER = pretrained_dir() / MASK_CLASSIFIER_FILE
+_SHIPPED_CLASSIFIER = MASK_CLASSIFIER
 INPUT_SIZE = 64
 
 
@@ -76,9 +83,9 @@ def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
     file = Path(path) if path else MASK_CLASSIFIER
     if not file.is_file():
         raise FileNotFoundError(f"mask classifier weights not found: {file} (a broken install?)")
-    if not path:  # the shipped file, checked against the model folder's checksums.json as its weights are
-        from m2u.inference.pretrained import verify_checksums
-
+    # A file in a model folder (the shipped one above all) is checked against the folder's checksums.json, as its
+    # weights are; a candidate file elsewhere has no record to be checked against.
+    if file == _SHIPPED_CLASSIFIER or (file.parent / CHECKSUMS_FILE).is_file():
         verify_checksums(file.parent, (file.name,))
     net = MaskPresenceNet()
     net.load_state_dict(load_file(str(file)))

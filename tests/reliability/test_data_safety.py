@@ -407,6 +407,22 @@ def test_the_shipped_mask_classifier_is_verified_against_the_checksums_too(tmp_p
         presence.load_mask_classifier.cache_clear()  # the next caller loads the real file again
 
 
+def test_a_candidate_mask_classifier_outside_a_model_folder_loads_unchecked(tmp_path, monkeypatch):
+    """benchmarks/real_masks.py --classifier measures a candidate file from runs/: no checksums.json beside it."""
+    import m2u.inference.mask_presence as presence
+
+    if not presence.MASK_CLASSIFIER.is_file():
+        pytest.skip("no shipped mask classifier in this installation")
+    candidate = tmp_path / "candidate.safetensors"
+    shutil.copyfile(presence.MASK_CLASSIFIER, candidate)
+    monkeypatch.setattr(presence, "MASK_CLASSIFIER", candidate)
+    presence.load_mask_classifier.cache_clear()
+    try:
+        assert isinstance(presence.load_mask_classifier(), presence.MaskPresenceNet)
+    finally:
+        presence.load_mask_classifier.cache_clear()
+
+
 # --- 5. the manifest is the record ---------------------------------------------------------------------------
 
 
