@@ -26,6 +26,7 @@ photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -133,6 +134,12 @@ def main() -> None:
     parser.add_argument(
         "--classifier", type=Path, help="a mask classifier file to measure instead of the shipped one"
     )
+    parser.add_argument(
+        "--min-mask-probability",
+        type=float,
+        help="the decision's classifier threshold (default: MaskedFaceRule's), as chosen for --classifier on the "
+        "tuning photos (benchmarks/tune_masked_rule.py)",
+    )
     parser.add_argument("--sheets", type=Path, default=SHEETS, help="where the contact sheets go")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
@@ -211,7 +218,10 @@ def main() -> None:
     if args.skip_evaluation:
         _write_merged(args.out, result)
         return
-    unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu"))
+    rule = MaskedFaceRule()
+    if args.min_mask_probability is not None:
+        rule = dataclasses.replace(rule, min_mask_probability=args.min_mask_probability)
+    unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu", rule=rule))
     # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
     # crops in training, so its gate is measured on real-masked instead).
     every_face = Unmasker.from_files(
@@ -254,7 +264,6 @@ def main() -> None:
     if args.only and args.out.is_file():
         evaluations = {**json.loads(args.out.read_text()).get("evaluations", {}), **evaluations}
     result["evaluations"] = evaluations
-    rule = MaskedFaceRule()
     result["decision_rule"] = {k: getattr(rule, k) for k in rule.__dataclass_fields__}
     result["protocol"] = {
         "celeba_photos": args.celeba,

@@ -48,15 +48,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
+# How far into the face a tight crop may cut (--tight-depth): the share of the landmarks' height the bottom edge may
+# rise above the chin (the top edge goes a third as far below the brows). Set once by main.
+TIGHT_DEPTH = 0.1
+
+
 def tight_crop(image, landmarks, rng):
     """Half the time, the photo cut close round the face (at the forehead, the chin, the cheeks) as the tight crops
-    of real photos are: the alignment then fills the crop's border with the photo's replicated edge."""
+    of real photos are: the alignment then fills the crop's border with the photo's replicated edge. Real close-ups
+    cut deeper than the default TIGHT_DEPTH: at the brows and at the mouth (a quarter of the real masked photos the
+    2026-12-04 classifier skipped)."""
     if rng.random() < 0.5:
         return image, landmarks
     (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
     w, h = x1 - x0, y1 - y0
-    top = int(max(0, y0 - rng.uniform(-0.05, 0.3) * h))
-    bottom = int(min(image.shape[0], y1 + rng.uniform(-0.1, 0.2) * h))
+    top = int(max(0, y0 - rng.uniform(-max(0.05, TIGHT_DEPTH / 3), 0.3) * h))
+    bottom = int(min(image.shape[0], y1 + rng.uniform(-TIGHT_DEPTH, 0.2) * h))
     left = int(max(0, x0 - rng.uniform(-0.05, 0.3) * w))
     right = int(min(image.shape[1], x1 + rng.uniform(-0.05, 0.3) * w))
     if bottom - top < 16 or right - left < 16:
@@ -82,6 +89,11 @@ def jittered_crop(image, landmarks, rng, size: int = 64, strength: float = 1.0) 
 
 # The colour augmentation's strength (--colour-jitter), set once by main: every crop of a run gets the same.
 COLOUR_JITTER = 0.0
+# The share of crops turned grey (--greyscale) and of masked faces whose mask is repainted (--recolour), and whether
+# half the hard negatives' collars take those colours and prints (--painted-collars); set by main.
+GREYSCALE = 0.15
+RECOLOUR = 0.0
+PAINTED_COLLARS = False
 
 
 def photometric(crop: np.ndarray, rng) -> np.ndarray:
@@ -105,7 +117,7 @@ def photometric(crop: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.3:
         out = out + rng.normal(0, rng.uniform(2, 10), out.shape)
     out = np.clip(out, 0, 255).astype(np.uint8)
-    if rng.random() < 0.15:
+    if rng.random() < GREYSCALE:
         out = np.repeat(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     if rng.random() < 0.4:
         ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
@@ -113,6 +125,102 @@ def photometric(crop: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.5:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
+
+
+# Colours of real masks (RGB): black, navy and grey are the commonest, then white and the surgical blue.
+DARK_MASKS = ((22, 22, 24), (35, 38, 45), (25, 30, 62), (55, 55, 58), (90, 90, 95), (45, 40, 38))
+LIGHT_MASKS = (
+    (238, 238, 235),
+    (215, 220, 225),
+    (150, 195, 225),
+    (200, 215, 235),
+    (235, 215, 200),
+    (240, 200, 210),
+)
+
+
+def mask_colour(rng) -> np.ndarray:
+    """One mask colour (RGB float): dark, light, or any hue."""
+    kind = rng.random()
+    if kind < 0.45:
+        base = np.array(DARK_MASKS[int(rng.integers(len(DARK_MASKS)))], np.float32)
+        return base * rng.uniform(0.7, 1.3)
+    if kind < 0.75:
+        base = np.array(LIGHT_MASKS[int(rng.integers(len(LIGHT_MASKS)))], np.float32)
+        return np.clip(base * rng.uniform(0.85, 1.05), 0, 255)
+    hsv = np.array([[[rng.integers(180), rng.uniform(60, 255), rng.uniform(60, 250)]]], np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def print_texture(height: int, width: int, scale: float, rng) -> np.ndarray:
+    """A print-like colour field (float RGB): blotches (camouflage, tie-dye), dots, stripes or small figures (floral,
+    animal prints), in 2-4 random mask colours. Made here: no texture library draws cloth prints."""
+    palette = [mask_colour(rng) for _ in range(int(rng.integers(2, 5)))]
+    kind = int(rng.integers(4))
+    out = np.empty((height, width, 3), np.float32)
+    out[:] = palette[0]
+    if kind == 0:  # blotches: smooth noise cut into levels
+        noise = cv2.GaussianBlur(
+            rng.normal(0, 1, (height, width)).astype(np.float32), (0, 0), max(1.0, scale / 2)
+        )
+        levels = np.quantile(noise, np.linspace(0, 1, len(palette) + 1)[1:-1])
+        index = np.digitize(noise, levels)
+        out = np.asarray(palette, np.float32)[index]
+    elif kind == 1:  # dots on a grid, jittered
+        step = max(3, int(scale))
+        radius = max(1, int(step * rng.uniform(0.15, 0.4)))
+        for y in range(int(rng.integers(step)), height, step):
+            for x in range(int(rng.integers(step)), width, step):
+                centre = (
+                    x + int(rng.integers(-radius, radius + 1)),
+                    y + int(rng.integers(-radius, radius + 1)),
+                )
+                colour = palette[1 + int(rng.integers(len(palette) - 1))]
+                cv2.circle(out, centre, radius, tuple(float(c) for c in colour), -1)
+    elif kind == 2:  # stripes at any angle
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        angle = rng.uniform(0, np.pi)
+        phase = (xx * np.cos(angle) + yy * np.sin(angle)) / max(2.0, scale)
+        out = np.asarray(palette, np.float32)[np.floor(phase).astype(np.int64) % len(palette)]
+    else:  # small figures (petals, leaves, spots) scattered over the field
+        for _ in range(int(height * width / max(4.0, scale) ** 2 * rng.uniform(0.3, 1.0))):
+            centre = (int(rng.integers(width)), int(rng.integers(height)))
+            axes = (max(1, int(scale * rng.uniform(0.2, 0.6))), max(1, int(scale * rng.uniform(0.1, 0.4))))
+            colour = palette[1 + int(rng.integers(len(palette) - 1))]
+            cv2.ellipse(out, centre, axes, rng.uniform(0, 180), 0, 360, tuple(float(c) for c in colour), -1)
+    return out
+
+
+def recolour_mask(image: np.ndarray, mask: np.ndarray, rng) -> np.ndarray:
+    """`image` with its mask region (`mask`: image-sized, > 0.5 = mask, soft at the rim) repainted in another
+    colour (dark, light, any hue) or a print, keeping the mask's own light and folds: so the classifier learns a mask
+    by its shape and place on the face, not by the colours the synthetic masks happen to have (the classifier shipped
+    on 2026-12-04 scored plain black, white and printed real masks near 0 and some of them 0.97-1.00 in grey)."""
+    weight = np.clip(cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8), 0, 1)
+    inside = mask > 0.5
+    if inside.sum() < 16:
+        return image
+    out = image.astype(np.float32)
+    grey = out.mean(2)
+    shading = np.clip(grey / max(1.0, float(np.median(grey[inside]))), 0.3, 1.7)
+    shading = 1 + (shading - 1) * rng.uniform(0.3, 1.0)  # the template's own print shows less
+    ys, xs = np.nonzero(inside)
+    side = max(np.ptp(ys), np.ptp(xs)) + 1
+    if rng.random() < 0.3:
+        field = print_texture(*image.shape[:2], side / rng.uniform(4, 16), rng)
+    else:
+        field = np.broadcast_to(mask_colour(rng), out.shape)
+    painted = field * shading[..., None]
+    out = out * (1 - weight[..., None]) + painted * weight[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def maybe_recolour(image: np.ndarray, mask: np.ndarray | None, rng) -> np.ndarray:
+    """recolour_mask for a share RECOLOUR of the masked faces (no draw from `rng` when RECOLOUR is 0, so runs
+    without --recolour make the same file as before)."""
+    if mask is None or RECOLOUR <= 0 or rng.random() >= RECOLOUR:
+        return image
+    return recolour_mask(image, mask, rng)
 
 
 def negative_crops(n: int, photos: list[Path], rng) -> list[np.ndarray]:
@@ -149,6 +257,22 @@ def negative_crops(n: int, photos: list[Path], rng) -> list[np.ndarray]:
     return crops
 
 
+def print_negatives(n: int, rng) -> list[np.ndarray]:
+    """Faceless crops of the cloth --recolour paints masks with (plain mask colours with folds of light, prints):
+    with painted masks among the positives, a print or a black cloth without a face round it must still count as
+    no masked face (a candidate trained without these restored scikit-image's coins, a faceless image)."""
+    crops = []
+    for _ in range(n):
+        if rng.random() < 0.6:
+            field = print_texture(64, 64, rng.uniform(3, 20), rng)
+        else:
+            field = np.broadcast_to(mask_colour(rng), (64, 64, 3)).astype(np.float32)
+        folds = cv2.GaussianBlur(rng.normal(0, 1, (64, 64)).astype(np.float32), (0, 0), rng.uniform(2, 8))
+        shading = np.clip(1 + folds / (folds.std() + 1e-6) * rng.uniform(0.05, 0.3), 0.3, 1.7)
+        crops.append(np.clip(field * shading[..., None], 0, 255).astype(np.uint8))
+    return crops
+
+
 def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
     """Faces really wearing masks (the 102 tight crops of real-mask-seg), found and aligned as m2u-unmask does
     (RealFaceDetector, every detection), each in `variants` augmented crops: synthetic masks alone leave black,
@@ -162,16 +286,22 @@ def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
     crops = []
     for path in sorted(folder.iterdir()):
         image = read_image(path)
+        label = folder.parent / "mask" / path.name  # the hand-drawn mask (threshold at 127), for --recolour
+        mask = None
+        if RECOLOUR > 0 and label.is_file():
+            mask = (cv2.imread(str(label), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
+            mask = mask if mask.shape == image.shape[:2] else None
         for face in detector.detect(image)[:1]:
             for _ in range(variants):
-                crops.append(photometric(jittered_crop(image, face.landmarks, rng, strength=0.7), rng))
+                painted = maybe_recolour(image, mask, rng)
+                crops.append(photometric(jittered_crop(painted, face.landmarks, rng, strength=0.7), rng))
     return crops
 
 
 def realism_pairs(
     data: Path, celeba: Path, limit: int | None, rng
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(masked photo, bare photo, 68 landmarks) of the TRAIN split of a dataset `m2u-make-dataset` built from CelebA
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(masked photo, bare photo, 68 landmarks, the mask in the photo: float 0..1) of the TRAIN split of a dataset `m2u-make-dataset` built from CelebA
     (its WebDataset shards: the realism engine's masks, split by identity). Its members are aligned by the dataset
     alignment (the 68 points' mouth), not by the visible points m2u-unmask aligns with, so each masked member is
     pasted back into its CelebA photo inside its mask (`paste_face`) and the pair is then cropped as every other
@@ -212,8 +342,12 @@ def realism_pairs(
         # The mask's soft rim and the realism engine's shading just outside it come along.
         region = cv2.dilate((mask > 127).astype(np.uint8), np.ones((5, 5), np.uint8))
         masked = paste_face(bare, cv2.cvtColor(masked_crop, cv2.COLOR_BGR2RGB), matrix, region)
-        landmarks = transform_points(cv2.invertAffineTransform(matrix), meta["landmarks"]).astype(np.float32)
-        pairs.append((masked, bare, landmarks))
+        inverse = cv2.invertAffineTransform(matrix)
+        landmarks = transform_points(inverse, meta["landmarks"]).astype(np.float32)
+        photo_mask = cv2.warpAffine(
+            (mask > 127).astype(np.float32), inverse, bare.shape[1::-1], borderValue=0.0
+        )
+        pairs.append((masked, bare, landmarks, photo_mask))
         if limit is not None and len(pairs) >= limit:
             break
     return pairs
@@ -257,6 +391,15 @@ def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
         cv2.fillPoly(layer, [points[48:60].astype(np.int32)], 0)
         colour = rng.uniform(0, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 90, 3)
         alpha = rng.uniform(0.85, 1.0)
+        if PAINTED_COLLARS and rng.random() < 0.5:
+            # In the colours and prints --recolour paints masks with: cloth below the mouth must not pass for a
+            # mask by its colour or print, only a cover over the mouth and nose does.
+            side = float(np.ptp(points[:, 0])) + 1
+            colour = (
+                print_texture(*image.shape[:2], side / rng.uniform(4, 16), rng)
+                if rng.random() < 0.3
+                else mask_colour(rng)
+            )
     soft = cv2.GaussianBlur(layer.astype(np.float32), (0, 0), 1.0)[..., None] * alpha
     shade = out.mean(2, keepdims=True) / 128.0  # keep the face's own light and texture
     out = out * (1 - soft) + colour * np.clip(shade, 0.3, 1.6) * soft
@@ -300,6 +443,32 @@ def main() -> None:
         default=0.0,
         help="share of the bare faces of --realism that give one more bare crop with lipstick, a beard or a collar",
     )
+    parser.add_argument(
+        "--recolour",
+        type=float,
+        default=0.0,
+        help="share of the masked faces whose mask (its exact pixels) is repainted dark, light, any hue or a print",
+    )
+    parser.add_argument(
+        "--greyscale", type=float, default=0.15, help="share of the training crops turned grey"
+    )
+    parser.add_argument(
+        "--print-negatives",
+        type=int,
+        default=0,
+        help="faceless crops of painted mask cloth (plain colours, prints) as further negatives",
+    )
+    parser.add_argument(
+        "--painted-collars",
+        action="store_true",
+        help="half the hard negatives' collars and scarves in --recolour's mask colours and prints",
+    )
+    parser.add_argument(
+        "--tight-depth",
+        type=float,
+        default=0.1,
+        help="how far above the chin (share of the face's height) a tight crop may cut",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
@@ -307,8 +476,9 @@ def main() -> None:
     # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
     parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
-    global COLOUR_JITTER
-    COLOUR_JITTER = args.colour_jitter
+    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS
+    COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
+    TIGHT_DEPTH, PAINTED_COLLARS = args.tight_depth, args.painted_collars
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
@@ -328,10 +498,16 @@ def main() -> None:
             for r in records:
                 landmarks = np.asarray(r["landmarks"], np.float32)
                 split = test if Path(r["original"]).name in held_out else train
+                # m2u-mask's exact mask beside each masked photo (name_<type>_mask.png), for --recolour
+                mask_file = Path(r["masked"]).with_name(Path(r["masked"]).stem + "_mask.png")
+                mask = None
+                if RECOLOUR > 0 and split is train and mask_file.is_file():
+                    mask = (cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
                 for label, path in ((1, r["masked"]), (0, r["original"])):
                     image = read_image(path)
                     for _ in range(args.variants if split is train else 1):
-                        crop = jittered_crop(image, landmarks, rng, strength=1.0 if split is train else 0.5)
+                        painted = maybe_recolour(image, mask, rng) if label else image
+                        crop = jittered_crop(painted, landmarks, rng, strength=1.0 if split is train else 0.5)
                         split[0].append(photometric(crop, rng) if split is train else crop)
                         split[1].append(label)
         if args.cache:
@@ -345,10 +521,10 @@ def main() -> None:
     if args.realism:
         pairs = realism_pairs(args.realism, args.shared / "faces" / "celeba", args.realism_pairs, rng)
         cut = int(0.9 * len(pairs))
-        for k, (masked, bare, landmarks) in enumerate(pairs):
+        for k, (masked, bare, landmarks, mask) in enumerate(pairs):
             split = train if k < cut else test
             strength = 1.0 if split is train else 0.5
-            faces = [(1, masked), (0, bare)]
+            faces = [(1, maybe_recolour(masked, mask, rng) if split is train else masked), (0, bare)]
             if split is train and rng.random() < args.hard_negatives:
                 faces.append((0, hard_negative(bare, landmarks, rng)))
             for label, image in faces:
@@ -360,6 +536,10 @@ def main() -> None:
     train[0].extend(real)
     train[1].extend([1] * len(real))
     textures = negative_crops(args.textures, photos, rng)
+    if args.print_negatives:
+        textures += print_negatives(args.print_negatives, rng)
+        order = rng.permutation(len(textures))  # the held-out tenth takes some of each kind
+        textures = [textures[k] for k in order]
     cut = int(0.9 * len(textures))
     train[0].extend(photometric(t, rng) for t in textures[:cut])
     train[1].extend([0] * cut)
