@@ -3,10 +3,16 @@
     .venv/bin/python benchmarks/train_mask_classifier.py [--photos 1200] [--epochs 8] [--shared ../shared]
         [--realism DATASET --hard-negatives 0.5 --real-variants 16]
 
-The shipped file (2026-12-04) is, byte for byte, what this makes (5.5 min on 2 cores; 27,759 training crops):
+The shipped file (the second of 2026-12-04, sha256 4ace63b6...) is what this made (518 s on 2 cores shared with
+other work; 32,878 training crops; held-out accuracy 0.996; not yet rerun to check it comes out byte for byte):
 
-    .venv/bin/python benchmarks/train_mask_classifier.py --realism runs/real2/data --hard-negatives 0.5 \
-        --real-variants 16 -o runs/mask_presence.safetensors
+    .venv/bin/python benchmarks/train_mask_classifier.py --realism runs/real2/data --hard-negatives 1.0 \
+        --painted-collars --print-negatives 1500 --real-variants 16 --recolour 0.5 --tight-depth 0.45 \
+        --greyscale 0.3 -o runs/mask_presence.safetensors
+
+The one shipped before it (the first of 2026-12-04, sha256 4a4bcb60..., min_mask_probability 0.98) is, byte for byte,
+`--realism runs/real2/data --hard-negatives 0.5 --real-variants 16` (27,759 crops; the new flags' defaults draw
+nothing new, so that command still makes it).
 
 where runs/real2/data was built by `m2u-make-dataset ../shared/faces/celeba -o runs/real2/data --size 128
 --split-by identity --identity-pattern '{identity}_{id}.jpg' --workers 2 --seed 0` on 2026-12-03 (train 8,318 pairs;
@@ -28,6 +34,13 @@ quarter of the real masked photos (black, patterned and high-reaching masks, tig
 train split is read, `realism_pairs`): thousands more exact pairs of one face masked and bare, pasted back into the
 CelebA photo and cropped as above; `--hard-negatives`: that share of its bare faces gives one more bare crop with
 dark lipstick, a beard or a collar up to the chin (`hard_negative`: the bare faces a mask-finder takes for masked).
+Against the colour cue (the classifier of 2026-12-04 gave ~0 to plainly masked real faces that it found in grey):
+`--recolour` repaints that share of the masked faces inside their exact pixel mask (m2u-mask's mask file, the realism
+engine's mask, real-mask-seg's label) dark (black, navy, grey), light (white, surgical blue), any hue or with a print,
+keeping the mask's own light and folds (`recolour_mask`); `--painted-collars` gives half the hard negatives' collars
+those colours and prints (cloth below a bare mouth is no mask); `--print-negatives` adds faceless crops of that cloth;
+`--greyscale` sets the share of crops turned grey (0.15); `--tight-depth` lets tight crops cut further into the face
+(real close-ups end at the brows or the mouth).
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
 Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
 of the realism pairs and the other negatives) are held out; the script prints their accuracy.

@@ -4,8 +4,9 @@ M-Seg cannot answer it: it was trained only on masked faces, and on unmasked Cel
 the lower face as "mask" (benchmarks/results/real_masks.json: median_mseg_mouth_coverage on unmasked CelebA). This
 classifier sees both kinds: m2u-mask's masked CelebA faces and the realism engine's (a dataset's train pairs) against
 the same faces unmasked, bare faces with dark lipstick, a beard or a collar, real masked crops (real-mask-seg), plus
-crops of faceless images as "no masked face", at 64x64 from the dataset alignment with jitter, blur, noise, JPEG and
-lighting (benchmarks/train_mask_classifier.py makes it). Its weights ship beside the shipped model's
+crops of faceless images and of plain and printed cloth as "no masked face"; the masks of half the masked faces are
+repainted (dark, light, any hue, prints) so that their place on the face, not their colour, tells. At 64x64 from
+the dataset alignment with jitter, blur, noise, JPEG and lighting (benchmarks/train_mask_classifier.py makes it). Its weights ship beside the shipped model's
 (`MASK_CLASSIFIER`).
 """
 

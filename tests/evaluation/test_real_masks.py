@@ -105,7 +105,8 @@ def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
     lower = _crop_mask(128, 0.5, 0.95)  # nose to chin
     assert rule.not_masked_reason(lower, 0.99) == ""
     assert rule.not_masked_reason(lower, 0.1).startswith(
-        "not masked: the mask classifier gives 0.10 (below 0.98) and M-Seg covers 100% of the mouth"
+        f"not masked: the mask classifier gives 0.10 (below {rule.min_mask_probability:g}) and M-Seg covers 100% of "
+        "the mouth"
     )
     # The M-Seg route: the mouth covered and the classifier at least min_mouth_probability.
     assert rule.not_masked_reason(lower, 0.6) == ""
