@@ -193,6 +193,7 @@ def mseg_soup_stage(
 
 
 def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path) -> dict[str, Any]:
+    from m2u.datasets.augment import AugmentConfig
     from m2u.training.config import GanTrainConfig
     from m2u.training.models import GeneratorConfig
     from m2u.training.trainer import train_gan
@@ -212,7 +213,10 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
         perceptual_weight=args.perceptual_weight,
         vgg_weights=args.vgg_weights,
         init_weights=_init_weights(args, {"generator": GENERATOR_FILE}),
-        **_common(args, data, run, args.gan_steps),
+        **{
+            **_common(args, data, run, args.gan_steps, lr=args.gan_lr),
+            "augment": AugmentConfig(enabled=args.augment and args.gan_augment),
+        },
     )
     return train_gan(config)
 
@@ -445,6 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--perceptual-weight", type=float, default=0.0, help="VGG19 term (needs weights)")
     parser.add_argument("--vgg-weights", default="imagenet")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--gan-lr",
+        type=float,
+        default=None,
+        help="the generator's (and discriminator's) learning rate (default: --lr); lower when fine-tuning",
+    )
     parser.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has it natively), fp32")
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -473,6 +483,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="train through m2u.datasets.augment (tight crops, camera effects)",
     )
     parser.add_argument(
+        "--no-gan-augment",
+        dest="gan_augment",
+        action="store_false",
+        help="with --augment: the generator trains on the pairs as built (M-Seg still through the augmentation)",
+    )
+    parser.add_argument(
         "--max-seconds",
         type=float,
         default=None,
@@ -481,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.mseg_soup_lr is None:
         args.mseg_soup_lr = args.lr * 0.3
+    if args.gan_lr is None:
+        args.gan_lr = args.lr
     args.command = shlex.join(["benchmarks/release_recipe.py", *(argv if argv is not None else sys.argv[1:])])
     torch.set_num_threads(args.threads)
     work = args.work
