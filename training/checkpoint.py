@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from m2u.core.fileio import atomic_write, remove_temp_files
@@ -183,7 +183,20 @@ def save_model(
         METADATA_FORMAT_KEY: FORMAT_VERSION,
         METADATA_INFO_KEY: info.to_json(),
     }
-    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    payload = _with_sorted_header(save(tensors, metadata=metadata))
+    return atomic_write(path, lambda temp: Path(temp).write_bytes(payload))
+
+
+def _with_sorted_header(payload: bytes) -> bytes:
+    """`payload` (a safetensors file) with its JSON header's keys sorted, so that saving the same weights twice
+    gives the same bytes: safetensors serialises the metadata from a hash map whose order changes per process.
+    The tensor data is untouched (its offsets count from the end of the header); the header is space-padded to
+    8 bytes as safetensors writes it."""
+    length = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + payload[8 + length :]
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

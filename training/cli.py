@@ -103,7 +103,7 @@ def _run_options(function: Callable) -> Callable:
             "--max-seconds",
             default=RunConfig.max_seconds,
             type=click.FloatRange(0),
-            help="Wall-clock budget.",
+            help="Wall-clock budget of this process (a resumed run gets it anew).",
         ),
         click.option(
             "--lr", "learning_rate", default=OptimizerConfig.learning_rate, show_default=True, type=float

@@ -45,7 +45,9 @@ class RunConfig:
     batch_size: int = 8
     epochs: int = 100
     max_steps: int | None = None  # stop earlier than `epochs` (counts optimiser steps)
-    max_seconds: float | None = None  # wall-clock budget; stops at the next step boundary, checkpoint written
+    max_seconds: float | None = (
+        None  # this process's wall-clock budget; stops at a step boundary, checkpointed
+    )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     val_every: int = 1000  # steps; 0 disables periodic validation
     val_batches: int | None = 50  # per validation; None = the whole split

@@ -54,6 +54,7 @@ class Trainer:
         self._pending_rng: dict[str, Any] | None = None
         self._grid_batch: dict | None = None
         self._running = RunningMeans()
+        self._started: float | None = None  # time.monotonic() when this process began training
 
     # The position's fields, as the loop and its tests read them.
     @property
@@ -64,9 +65,16 @@ class Trainer:
     def epoch(self) -> int:
         return self.position.epoch
 
+    def training_seconds(self) -> float:
+        """The run's training time so far: this process's and, for a resumed run, its earlier processes'."""
+        now = 0.0 if self._started is None else time.monotonic() - self._started
+        return self.position.seconds_before + now
+
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
-            write_checkpoint(self.checkpoint_path, self.task, self.position, self.config)
+            write_checkpoint(
+                self.checkpoint_path, self.task, self.position, self.config, self.training_seconds()
+            )
 
     def load_checkpoint(self) -> None:
         self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task)
@@ -115,7 +123,7 @@ class Trainer:
         self._prepare_run_folder()
         self._clean_and_resume()
         self.runlog.open_tensorboard()
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         progress = self._open_progress()
         self.task.set_train(True)
         try:
@@ -233,7 +241,8 @@ class Trainer:
             "steps": self.step,
             "epoch": self.epoch,
             "stop_reason": stop_reason,
-            "seconds": round(time.monotonic() - started, 3),
+            "seconds": round(self.training_seconds(), 3),  # over every piece of a resumed run
+            "seconds_this_process": round(time.monotonic() - started, 3),
             "world_size": self.dist.world_size,  # processes that trained (DDP ranks)
         }
         results["val"] = self.evaluate("val", self.config.val_batches)

@@ -29,16 +29,22 @@ class LoopPosition:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    # Training seconds the run's earlier processes spent (a run resumed in pieces reports its whole time).
+    seconds_before: float = 0.0
 
 
-def write_checkpoint(path: Path, task: Task, position: LoopPosition, config: RunConfig) -> None:
-    """The training state to `path`, then the task's model files into the run folder (path's grandparent)."""
+def write_checkpoint(
+    path: Path, task: Task, position: LoopPosition, config: RunConfig, seconds: float = 0.0
+) -> None:
+    """The training state to `path`, then the task's model files into the run folder (path's grandparent).
+    `seconds`: the run's training time so far, over every process that trained it."""
     state = {
         "format": STATE_FORMAT,
         "task": task.name,
         "step": position.step,
         "epoch": position.epoch,
         "batch_in_epoch": position.batch_in_epoch,
+        "seconds": float(seconds),
         "rng": capture_rng_state(),
         "config": config.to_json(),
         **task.state_dict(),
@@ -53,7 +59,9 @@ def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any
     if state.get("task") != task.name:
         raise CheckpointError(f"{path} is a {state.get('task')!r} run, not {task.name!r}")
     task.load_state_dict(state)
-    return LoopPosition(state["step"], state["epoch"], state["batch_in_epoch"]), state["rng"]
+    # Checkpoints written before the time was recorded count as 0 s.
+    seconds = float(state.get("seconds", 0.0))
+    return LoopPosition(state["step"], state["epoch"], state["batch_in_epoch"], seconds), state["rng"]
 
 
 def checkpoint_step(path: Path) -> int | None:

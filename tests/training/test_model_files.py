@@ -91,6 +91,18 @@ def test_fp16_files_load_back_into_fp32_models(tmp_path):
         assert torch.allclose(model.eval()(x), loaded(x), atol=2e-2)
 
 
+def test_saving_the_same_weights_again_gives_the_same_bytes(tmp_path):
+    # safetensors writes its metadata in hash-map order, which changes from one save to the next.
+    model = MSeg(MSegConfig(base_channels=4, levels=3))
+    info = current_model_info(64, 0.5)
+    paths = [save_model(tmp_path / f"{k}.safetensors", model, info, dtype="fp16") for k in range(6)]
+    assert len({path.read_bytes() for path in paths}) == 1
+    loaded = load_model(paths[0])
+    assert loaded.info == info and torch.equal(
+        loaded.module.state_dict()["head.weight"].half(), model.state_dict()["head.weight"].half()
+    )
+
+
 def test_config_that_does_not_fit_its_weights_is_one_sentence_before_allocating(tmp_path):
     weights = MSeg(MSegConfig(base_channels=4, levels=3)).state_dict()
     path = tmp_path / "tampered.safetensors"

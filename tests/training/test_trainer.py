@@ -92,6 +92,24 @@ def test_resume_on_tensors_is_exact_and_refuses_to_overwrite(tmp_path):
     assert _states_equal(model.state_dict(), b["networks"]["mseg"])
 
 
+def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
+    from m2u.training.checkpoint import save_training_state
+
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    first = train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=2, **config), data)
+    checkpoint = tmp_path / "a" / "checkpoints" / "last.pt"
+    state = load_training_state(checkpoint)
+    assert state["seconds"] > 0 and first["seconds"] == pytest.approx(state["seconds"], abs=0.5)
+    # As if the first piece had trained for an hour: the second piece adds its own time to that.
+    save_training_state(checkpoint, {**state, "seconds": 3600.0})
+    resumed = train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=4, resume=True, **config), data)
+    assert resumed["steps"] == 4
+    assert resumed["seconds"] == pytest.approx(3600.0 + resumed["seconds_this_process"], abs=1e-2)
+    # The last checkpoint (written before the final validation) carries the sum on to a third piece.
+    assert 3600.0 < load_training_state(checkpoint)["seconds"] <= resumed["seconds"]
+
+
 class _PoisonedSource:
     """Clean batches, then NaN inputs from batch `poison_at` on."""
 
