@@ -33,7 +33,7 @@ from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.masked_rule import MaskedFaceRule
 from m2u.inference.paste import feather_weight, paste_feathered, paste_region, resize_matrix
-from m2u.inference.restore import MIRROR_MASKS, TwoStageModel, load_two_stage, model_usage, restore_batch
+from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, predict_masks, restore_batch
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
 from m2u.training.models.mseg import check_mask_threshold
@@ -230,7 +230,7 @@ class Unmasker:
         from m2u.training.imagespace import to_model_range
 
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask = self.mseg.predict_mask(to_model_range(batch), self.usage.mask_threshold, MIRROR_MASKS)
+        mask = predict_masks(self.mseg, to_model_range(batch), self.usage.mask_threshold)
         return (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:

@@ -113,5 +113,31 @@ def test_mirror_averaged_mask_follows_the_image_when_it_is_mirrored():
     averaged = model.predict_mask(x, threshold, mirror=True)
     assert torch.equal(model.predict_mask(x.flip(3), threshold, mirror=True), averaged.flip(3))
     generator = CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval()
-    mask, _, _ = restore_batch(model, generator, (x + 1) / 2, threshold)
+    mask, _, _ = restore_batch(model, generator, (x + 1) / 2, threshold, fill_holes=False)
     assert torch.equal(mask, model.predict_mask(x, threshold, mirror=True))
+
+
+def test_inference_masks_have_their_enclosed_holes_filled():
+    """A mask has no holes: what M-Seg leaves enclosed is marked; background reaching the crop's edge is not."""
+    from m2u.inference.restore import fill_mask_holes, restore_batch
+
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[0, 0, 3:12, 3:12] = 1
+    mask[0, 0, 5:9, 5:9] = 0  # a hole inside the mask
+    mask[1, 0, 3:12, 3:12] = 1
+    mask[1, 0, 5:9, 5:16] = 0  # a notch open to the right edge: not a hole
+    filled = fill_mask_holes(mask)
+    assert filled[0, 0, 3:12, 3:12].eq(1).all() and filled[0].sum() == 81
+    assert torch.equal(filled[1], mask[1]) and filled.dtype == mask.dtype
+    # The inference path fills by default.
+    torch.manual_seed(0)
+    model = MSeg(MSegConfig(base_channels=4)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    threshold = float(torch.sigmoid(model(x * 2 - 1)).median())
+    plain, _, _ = restore_batch(
+        model, CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval(), x, threshold, fill_holes=False
+    )
+    default, _, _ = restore_batch(
+        model, CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval(), x, threshold
+    )
+    assert not torch.equal(default, plain) and torch.equal(default, fill_mask_holes(plain))
