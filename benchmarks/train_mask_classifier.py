@@ -4,7 +4,8 @@
         [--realism DATASET --hard-negatives 0.5 --real-variants 16]
 
 The shipped file (the second of 2026-12-04, sha256 4ace63b6...) is what this made (518 s on 2 cores shared with
-other work; 32,878 training crops; held-out accuracy 0.996; not yet rerun to check it comes out byte for byte):
+other work; 32,878 training crops; held-out accuracy 0.996; rerun with --low-res in the script, at its default 0, it
+came out byte for byte, 348 s):
 
     .venv/bin/python benchmarks/train_mask_classifier.py --realism runs/real2/data --hard-negatives 1.0 \
         --painted-collars --print-negatives 1500 --real-variants 16 --recolour 0.5 --tight-depth 0.45 \
@@ -17,7 +18,9 @@ nothing new, so that command still makes it).
 where runs/real2/data was built by `m2u-make-dataset ../shared/faces/celeba -o runs/real2/data --size 128
 --split-by identity --identity-pattern '{identity}_{id}.jpg' --workers 2 --seed 0` on 2026-12-03 (train 8,318 pairs;
 later builds find faces with BlazeFace first and differ slightly). Then `benchmarks/tune_masked_rule.py --classifier
-FILE` on the tuning photos and `benchmarks/real_masks.py --classifier FILE` on the measured ones.
+FILE` on the tuning photos and `benchmarks/real_masks.py --classifier FILE` on the measured ones. The same command
+with `--low-res 0.3` made a candidate that was measured and not shipped (README, "The mask classifier shipped second
+on 2026-12-04").
 
 Training data: CelebA photos of the TRAIN split of the hash split by identity with seed 0 (benchmarks/real_masks.py
 measures on test-split photos), masked by `m2u-mask --mask-type random --seed 2` in three groups (the templates' own
