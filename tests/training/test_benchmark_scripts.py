@@ -107,3 +107,35 @@ def test_make_dataset_ray_overhead_at_a_tiny_size(tmp_path):
     mp, ray = comparison["runs"]["multiprocessing"][0], comparison["runs"]["ray"][0]
     assert mp["photos"] == ray["photos"] == 6 and mp["counts"] == ray["counts"]
     assert comparison["ray_overhead_ratio_median"] == round(ray["wall_s"] / mp["wall_s"], 3)
+
+
+def _high_frequency(image) -> float:
+    """Mean absolute Laplacian: what a small face, aligned up to 64 px, lacks."""
+    import cv2
+
+    return float(abs(cv2.Laplacian(image.astype("float32").mean(2), cv2.CV_32F)).mean())
+
+
+def test_the_mask_classifier_low_res_augmentation(monkeypatch):
+    """--low-res P: with P = 0 photometric draws nothing more (earlier commands make the same file); with P = 1 every
+    crop comes back at 64 px with far less fine detail, as a 12-40 px face aligned up to 64 px has."""
+    import numpy as np
+
+    script = _load("train_mask_classifier")
+    crop = np.random.default_rng(7).integers(0, 256, (64, 64, 3)).astype(np.uint8)  # all fine detail
+    monkeypatch.setattr(script, "LOW_RES", 0.0)
+    plain, after = [], []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        rng.random()  # stands for the coin P > 0 tosses first
+        plain.append(script.photometric(crop, rng))
+        after.append(rng.random())
+    # At a P > 0 that never comes up, the coin is the only draw more: at P = 0 there is none.
+    monkeypatch.setattr(script, "LOW_RES", 1e-12)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        assert np.array_equal(script.photometric(crop, rng), plain[seed]) and rng.random() == after[seed]
+    monkeypatch.setattr(script, "LOW_RES", 1.0)
+    small = [script.photometric(crop, np.random.default_rng(seed)) for seed in range(12)]
+    assert all(s.shape == crop.shape and s.dtype == np.uint8 for s in small)
+    assert np.mean([_high_frequency(s) for s in small]) < 0.5 * np.mean([_high_frequency(p) for p in plain])
