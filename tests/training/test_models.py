@@ -134,10 +134,7 @@ def test_inference_masks_have_their_enclosed_holes_filled():
     model = MSeg(MSegConfig(base_channels=4)).eval()
     x = torch.rand(2, 3, 32, 32)
     threshold = float(torch.sigmoid(model(x * 2 - 1)).median())
-    plain, _, _ = restore_batch(
-        model, CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval(), x, threshold, fill_holes=False
-    )
-    default, _, _ = restore_batch(
-        model, CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval(), x, threshold
-    )
+    generator = CARU2Net(GeneratorConfig(width_multiplier=0.125)).eval()
+    plain, _, _ = restore_batch(model, generator, x, threshold, fill_holes=False)
+    default, _, _ = restore_batch(model, generator, x, threshold)
     assert not torch.equal(default, plain) and torch.equal(default, fill_mask_holes(plain))
