@@ -260,8 +260,8 @@ class Unmasker:
                 face.evidence = rule.evidence(masks[k], p)
                 if self.config.masked_only:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
-                elif uncertain and p < rule.min_face_probability:
-                    # With --all-faces too, an uncertain detection is a face only where the classifier says so.
+                elif uncertain and not rule.uncertain_is_face(masks[k], p):
+                    # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
             faces.append(face)
         kept = [f for f in faces if not f.problem]

@@ -331,8 +331,9 @@ class RealFaceDetectorConfig:
     # BlazeFace stages tried in order until one finds a face (within a stage detections are merged).
     blaze_stages: tuple[tuple[BlazePass, ...], ...] = BLAZE_CASCADE
     # BlazeFace detections scoring below this are uncertain (`Face.retry` True): m2u-unmask counts them as faces only
-    # where its mask classifier finds a mask on them. Measured with benchmarks/real_masks.py on the 58 faceless
-    # images: every pass at 0.7 and above detects nothing there, at 0.5 26 "faces" (a cat, coins, a colour wheel);
+    # where its masked-face rule restores them (MaskedFaceRule.uncertain_is_face). Measured with
+    # benchmarks/real_masks.py on the 58 faceless images: every pass at 0.7 and above detects nothing there, at 0.5
+    # 26 "faces" (a cat, coins, a colour wheel);
     # real masked faces score lower than bare ones (at 0.7 alone 275 of the 300 real-masked photos, 82 of the 102
     # tight crops).
     sure_score: float = 0.7

@@ -121,6 +121,16 @@ def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
         "not masked: M-Seg marks 0.0%"
     )
     assert rule.not_masked_reason(lower, 0.2, uncertain=True).startswith("no face: an uncertain detection")
+    # An uncertain detection is a face only where the rule restores it: a mask M-Seg finds but the classifier and
+    # the M-Seg route do not accept (a texture such as scikit-image's coins) is no face, not a face "not masked".
+    strict = MaskedFaceRule()
+    assert strict.not_masked_reason(lower, 0.86, uncertain=True) == (
+        "no face: an uncertain detection with no mask to restore on it (mask classifier 0.86, below 0.95)"
+    )
+    assert not strict.uncertain_is_face(lower, 0.86) and strict.uncertain_is_face(lower, 0.99)
+    assert strict.not_masked_reason(lower, 0.86).startswith("not masked")  # a sure detection is a face
+    assert strict.not_masked_reason(lower, 0.99, uncertain=True) == ""
+    assert rule.uncertain_is_face(lower, 0.6)  # the M-Seg route restores it: a face
     evidence = rule.evidence(_crop_mask(100, 0.5, 1.0), 0.75)
     assert evidence["eye_coverage"] == 0.0 and evidence["mouth_coverage"] == 1.0
     assert evidence["mask_fraction"] == pytest.approx(0.3, abs=0.01) and evidence["mask_probability"] == 0.75
