@@ -123,7 +123,7 @@ def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
     assert rule.not_masked_reason(lower, 0.2, uncertain=True).startswith("no face: an uncertain detection")
     # An uncertain detection is a face only where the rule restores it: a mask M-Seg finds but the classifier and
     # the M-Seg route do not accept (a texture such as scikit-image's coins) is no face, not a face "not masked".
-    strict = MaskedFaceRule()
+    strict = MaskedFaceRule(min_mouth_probability=1.0)  # the classifier route alone
     assert strict.not_masked_reason(lower, 0.86, uncertain=True) == (
         "no face: an uncertain detection with no mask to restore on it (mask classifier 0.86, below 0.95)"
     )
@@ -131,6 +131,17 @@ def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
     assert strict.not_masked_reason(lower, 0.86).startswith("not masked")  # a sure detection is a face
     assert strict.not_masked_reason(lower, 0.99, uncertain=True) == ""
     assert rule.uncertain_is_face(lower, 0.6)  # the M-Seg route restores it: a face
+    # The route wants a mask's shape: M-Seg marking the eyes too (a texture, a face covered all over) is no mask.
+    tall = _crop_mask(128, 0.3, 0.95)  # brows to chin
+    assert rule.evidence(tall, 0.6)["eye_coverage"] == 1.0
+    assert not rule.restores(rule.evidence(tall, 0.6)) and rule.restores(rule.evidence(tall, 0.99))
+    assert "at most 20%" in rule.not_masked_reason(tall, 0.6)
+    # The shipped defaults: the route from the classifier's 0.7 up, below it only the classifier's own 0.95.
+    shipped = MaskedFaceRule()
+    assert shipped.restores(shipped.evidence(lower, 0.7))
+    assert not shipped.restores(shipped.evidence(lower, 0.69))
+    with pytest.raises(ValueError, match="max_mouth_route_eye_coverage"):
+        MaskedFaceRule(max_mouth_route_eye_coverage=-0.1)
     evidence = rule.evidence(_crop_mask(100, 0.5, 1.0), 0.75)
     assert evidence["eye_coverage"] == 0.0 and evidence["mouth_coverage"] == 1.0
     assert evidence["mask_fraction"] == pytest.approx(0.3, abs=0.01) and evidence["mask_probability"] == 0.75
