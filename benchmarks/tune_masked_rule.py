@@ -79,7 +79,8 @@ def main() -> None:
     faces = args.shared / "faces"
     if not (faces / "real-mask-seg" / "image").is_dir():
         raise SystemExit(f"no real-mask-seg crops under {faces} (give --shared)")
-    # Nothing is restored, every face's evidence is recorded (uncertain detections marked as such).
+    # (Almost) nothing is restored, every face's evidence is recorded, uncertain detections marked as such (one the
+    # classifier gives a probability rounding to 1.0 is restored and unmarked: every candidate restores it anyway).
     never = MaskedFaceRule(**dict.fromkeys(TUNED, 1.0))
     config = UnmaskConfig(progress=False, device="cpu", rule=never)
     unmasker = Unmasker.from_files(args.mseg, args.generator, config)

@@ -25,10 +25,10 @@ class MaskedFaceRule:
     the unmasked CelebA photos of benchmarks/results/real_masks.json) but still marks some lower faces (the M-Seg
     route below). A face is restored when the classifier gives at least `min_mask_probability` and M-Seg marks at
     least `min_mask_fraction` of the crop, or by the M-Seg route (a mask-shaped M-Seg mask and the classifier at
-    least `min_mouth_probability`). Detections the detector is
-    unsure of (`Face.retry`: BlazeFace below its sure score, the dlib fallback) are faces at all only when the rule
-    restores them: their mask is the only evidence of a face, so one that is not enough to restore is not enough
-    to call a face either (`uncertain_is_face`); the rest are reported as no face. (A separate, lower face gate,
+    least `min_mouth_probability`). Detections the detector is unsure of (`Face.retry`: BlazeFace below its sure
+    score, the dlib fallback) are faces at all only when the rule restores them: their mask is the only evidence of
+    a face, so one that is not enough to restore is not enough to call a face either (`uncertain_is_face`); the
+    rest are reported as no face. (A separate, lower face gate,
     0.5 until 2026-12-04, let scikit-image's coins (0.86) and the colour wheel (0.65) count as faces, each left
     "not masked".)
 
@@ -108,10 +108,10 @@ class MaskedFaceRule:
         """Why the face is left as it is ("" when it is restored). `uncertain`: the detector was unsure it is a
         face at all (the reason then starts with "no face")."""
         evidence = self.evidence(mask, probability)
-        if uncertain and not self.restores(evidence):
-            return self._no_face_reason(evidence)
         if self.restores(evidence):
             return ""
+        if uncertain:
+            return self._no_face_reason(evidence)
         fraction = evidence["mask_fraction"]
         if fraction < self.min_mask_fraction:
             return (
@@ -137,7 +137,7 @@ class MaskedFaceRule:
 # threshold that keeps every one of those crops with no bare face restored: "no bare face touched" comes first, a face
 # left as it is is recorded, a bare face repainted is damage. (The classifier shipped before it gave 0.94 to a bare
 # face M-Seg marks, and 0.98 was chosen for it.) min_mask_fraction: below 2 % of the crop there is nothing to restore.
-# The M-Seg route's min_mouth_probability, 0.7, is the first step of the table above that 0.65 (0 of 204 bare and 98
+# The M-Seg route's min_mouth_probability, 0.7, is the first step of the tuning grid above that 0.65 (0 of 204 bare and 98
 # of 103 real-mask-seg faces restored, as without the route; the measured real-masked photos gain 10 restored).
 THRESHOLDS_TUNED_ON = (
     "CelebA test-split photos at offset 1 (not the measured offset 0) and real-mask-seg's 102 crops; "
