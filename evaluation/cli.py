@@ -37,6 +37,7 @@ from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig, MetricsConf
 from m2u.evaluation.identity import IdentityConfig
 from m2u.evaluation.lpips import LPIPSConfig
 from m2u.evaluation.real_masks import RealMaskConfig
+from m2u.inference.cli import refine_config, refine_mask_option
 from m2u.inference.unmask import DETECTORS, UnmaskConfig
 from m2u.training.cliutil import (
     ConfigBinding,
@@ -211,6 +212,7 @@ def main(**kw) -> None:
 @click.option(
     "--all-faces", is_flag=True, help="As m2u-unmask's --all-faces: restore faces found without a mask."
 )
+@refine_mask_option()
 @click.option(
     "--thumb",
     default=RealMaskConfig.thumb,
@@ -233,6 +235,7 @@ def real_masks_main(**kw) -> None:
             detector_model=kw["detector_model"],
             min_score=kw["min_score"],
             masked_only=not kw["all_faces"],
+            refine=refine_config(kw["refine_mask"]),
             device=kw["device"],
             progress=False,
         )

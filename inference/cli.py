@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -28,8 +30,24 @@ from m2u.core.cli import (
 from m2u.core.fileio import atomic_write_text
 from m2u.core.guard import guard_command
 from m2u.inference.export import ExportConfig
+from m2u.inference.mask_refine import MaskRefineConfig
 from m2u.inference.unmask import ALIGNMENTS, DETECTORS, OUTPUT_FORMATS, UnmaskConfig
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
+
+
+def refine_mask_option() -> Callable:
+    """--refine-mask/--no-refine-mask (m2u-unmask, m2u-eval real-masks): GrabCut on M-Seg's mask or not."""
+    return click.option(
+        "--refine-mask/--no-refine-mask",
+        default=MaskRefineConfig.enabled,
+        show_default=True,
+        help="Refine M-Seg's mask by the crop's colours (OpenCV's GrabCut) before restoring, so less of the skin "
+        "around a real mask is repainted; the masked-face decision reads M-Seg's own mask either way.",
+    )
+
+
+def refine_config(enabled: bool) -> MaskRefineConfig:
+    return replace(MaskRefineConfig(), enabled=enabled)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -77,6 +95,7 @@ from m2u.training.cliutil import model_file_options, model_warnings, user_errors
     help="Restore every face found, even where no mask is found on it (default: such faces are left exactly as "
     "they are, with the reason in faces.jsonl).",
 )
+@refine_mask_option()
 @click.option(
     "--alignment",
     default=UnmaskConfig.alignment,
@@ -121,6 +140,7 @@ def unmask_main(**kw) -> None:
             detector_model=kw["detector_model"],
             min_score=kw["min_score"],
             masked_only=not kw["all_faces"],
+            refine=refine_config(kw["refine_mask"]),
             alignment=kw["alignment"],
             aligned=kw["aligned"],
             device=kw["device"],

@@ -31,6 +31,7 @@ import torch
 
 from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
+from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
 from m2u.inference.masked_rule import MaskedFaceRule
 from m2u.inference.paste import feather_weight, paste_feathered, paste_region, resize_matrix
 from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, predict_masks, restore_batch
@@ -79,6 +80,9 @@ class UnmaskConfig:
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
     rule: MaskedFaceRule = field(default_factory=MaskedFaceRule)
+    # The restored region: M-Seg's mask re-labelled by the crop's colours (m2u.inference.mask_refine); the rule
+    # decides on M-Seg's own mask.
+    refine: MaskRefineConfig = field(default_factory=MaskRefineConfig)
     # "visible": eye centres + a mouth centre placed from the eye centres (what a mask leaves
     # visible); "landmarks": the 68-point predictor's mouth points (guessed under a mask), as the dataset aligns.
     alignment: str = "visible"
@@ -272,14 +276,17 @@ class Unmasker:
                 # The decision's mask where it was read (the same M-Seg on the same crop), else the restorer's.
                 face.mask = mask if face.mask is None else face.mask
                 face.restored, face.precision = comp, precision
+        for face in kept:
+            if not face.evidence:
+                face.evidence = rule.evidence(face.mask, 1.0)
+                face.evidence.pop("mask_probability")  # not asked (--all-faces)
+            # The evidence is M-Seg's own mask; the region restored is the refined one.
+            face.mask = refine_mask(face.crop, face.mask, self.config.refine)
         result = image.copy()
         for face in faces:
             face.mask_fraction = float((face.mask > 0).mean())
             if face.problem:
                 continue  # not one pixel of the photo changes for it
-            if not face.evidence:
-                face.evidence = rule.evidence(face.mask, 1.0)
-                face.evidence.pop("mask_probability")  # not asked (--all-faces)
             face.weight = self.paste_weight(face.mask)
             # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
             paste_region(result, face.restored, face.matrix, face.weight)

@@ -280,7 +280,8 @@ def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
         + (
             "each crop taken as the face (resized to the model's size, no detection: M-Seg alone; "
             if real.get("mode", "").startswith("whole crop")
-            else "through `m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, generator, paste-back; "
+            else "through `m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, the masked-face decision, "
+            "generator, paste-back of M-Seg's mask refined by GrabCut; "
         )
         + "`benchmarks/real_mask_seg.py`):",
         "",
@@ -290,7 +291,7 @@ def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
         f"| {real.get('faces_found')} of {real.get('photos')} | {_fmt(real.get('dice_where_found'))} | "
         f"{_fmt(real.get('dice_all'))} | {_pct(real.get('remnants_where_found'))} | {_pct(real.get('remnants_all'))} |",
         "",
-        "Dice: M-Seg's mask warped back to the photo against the label, per photo (0 where no face was restored); "
+        "Dice: the restored region (M-Seg's mask, refined) warped back to the photo against the label, per photo (0 where no face was restored); "
         "remnants: the share of label pixels the output leaves unchanged. The contact sheet (photo | predicted mask "
         "| restored) is written by the benchmark (`--sheet`) and not shipped: the photos are for research use only.",
     ]
