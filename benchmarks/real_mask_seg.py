@@ -91,7 +91,7 @@ def evaluate(
             if cache_path:
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache))
-            result, faces = unmasker.unmask_faces(image, [f for f in found if not f.problem])
+            result, faces, _ = unmasker.unmask_found(image, found)
         predicted = photo_mask(image.shape[:2], faces)
         unchanged = ~np.any(result != image, axis=2)
         rows.append(

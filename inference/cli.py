@@ -97,6 +97,13 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
 )
 @refine_mask_option()
 @click.option(
+    "--whole-frame/--no-whole-frame",
+    default=UnmaskConfig.whole_frame,
+    show_default=True,
+    help="A photo in which no face is found is tried as one face crop (a tight crop cut at the forehead or chin), "
+    "restored only where the mask classifier and M-Seg's mask shape both say it is a masked face.",
+)
+@click.option(
     "--alignment",
     default=UnmaskConfig.alignment,
     show_default=True,
@@ -141,6 +148,7 @@ def unmask_main(**kw) -> None:
             min_score=kw["min_score"],
             masked_only=not kw["all_faces"],
             refine=refine_config(kw["refine_mask"]),
+            whole_frame=kw["whole_frame"],
             alignment=kw["alignment"],
             aligned=kw["aligned"],
             device=kw["device"],

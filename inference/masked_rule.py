@@ -91,6 +91,19 @@ class MaskedFaceRule:
             and fraction >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
         )
 
+    def frame_is_masked_face(self, evidence: dict[str, float]) -> bool:
+        """Whether a whole photo in which no face was found is one masked face (`UnmaskConfig.whole_frame`): the
+        weakest evidence of a face, so both routes' conditions at once: the classifier at `min_mask_probability` and
+        a mask-shaped M-Seg mask (the mouth covered, the eyes not). With either route alone 2 of the 57 faceless
+        images of benchmarks/real_masks.py were taken for masked faces (classifier 0.96 with M-Seg on 67 % of the
+        eye region; 0.74 with a mask-shaped M-Seg mask)."""
+        return (
+            evidence["mask_probability"] >= self.min_mask_probability
+            and evidence["mouth_coverage"] >= self.min_mouth_coverage
+            and evidence["eye_coverage"] <= self.max_mouth_route_eye_coverage
+            and evidence["mask_fraction"] >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
+        )
+
     def uncertain_is_face(self, mask: np.ndarray, probability: float) -> bool:
         """Whether an uncertain detection (`Face.retry`) is a face at all: only where the rule restores it."""
         return self.restores(self.evidence(mask, probability))

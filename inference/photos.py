@@ -172,12 +172,21 @@ def _unmask_one(
     lines: list[dict] = []
     if not faces:
         row.status = _status_without_faces(refused)
-        row.reason = row.reason or "no face found by the detector"
+        whole = (
+            " (nor is the whole photo, tried as one face crop, a masked face)"
+            if unmasker.config.whole_frame
+            else ""
+        )
+        row.reason = row.reason or f"no face found by the detector{whole}"
     else:
         target = out / name
         _write_rgb(target, result)
         row.output = str(target)
         row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
+        if any(f.alignment == "whole-frame" for f in faces):
+            row.reason = "no face found by the detector: the whole photo restored as one masked face crop" + (
+                f" ({row.reason})" if row.reason else ""
+            )
         if any(f.alignment == "aligned-input-resized" for f in faces):
             size = unmasker.usage.require_crop_size()
             row.reason = (  # aligned inputs are never refused: nothing else to say

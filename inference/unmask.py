@@ -9,7 +9,9 @@ placed from what a mask does not hide (eye centres, and a mouth centre estimated
 the generator, composited (generator pixels only under the predicted mask), and the restored mask region pasted back
 into the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and
 only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
-crops already: no detection, each resized to the model's size when it is not that size.
+crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
+found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
+stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -57,6 +59,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
 # (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
 BF16_MIN_BATCH = 4
+WHOLE_FRAME_NO_FACE = "no face: the whole photo tried as one face crop is not a masked face"
 
 
 @dataclass
@@ -77,6 +80,10 @@ class UnmaskConfig:
     # Faces the detector scores below this are left as they are (recorded), as m2u-mask's --min-score ignores
     # them. Scores are the detector's own: BlazeFace a probability, dlib's HOG a margin, its CNN a confidence.
     min_score: float | None = None
+    # A photo in which no face is found (none restored, none left "not masked", none refused by the detector) is
+    # tried as one face crop, as --aligned takes it (tight crops that cut the face at the forehead or chin are where
+    # the detectors fail), and restored only where MaskedFaceRule.frame_is_masked_face holds.
+    whole_frame: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
     rule: MaskedFaceRule = field(default_factory=MaskedFaceRule)
@@ -251,18 +258,25 @@ class Unmasker:
         from m2u.inference.mask_presence import mask_probabilities
 
         rule = self.config.rule
-        decide = self.config.masked_only or any(info.get("uncertain") for info in meta)
+        decide = self.config.masked_only or any(
+            info.get("uncertain") or info.get("whole_frame") for info in meta
+        )
         probabilities = mask_probabilities(crops) if decide else np.ones(len(crops))
         masks = self.predict_masks(crops) if decide else None
         faces: list[FaceRestoration] = []
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
             uncertain = info.pop("uncertain", False)
+            whole_frame = info.pop("whole_frame", False)
             # mask and restored are filled in below (M-Seg's mask, the generator's composite).
             face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
             if masks is not None:
                 face.mask = masks[k]
                 face.evidence = rule.evidence(masks[k], p)
-                if self.config.masked_only:
+                if whole_frame:
+                    # With --all-faces too: the frame is a face only where it is a masked one.
+                    if not rule.frame_is_masked_face(face.evidence):
+                        face.problem = WHOLE_FRAME_NO_FACE
+                elif self.config.masked_only:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
                 elif uncertain and not rule.uncertain_is_face(masks[k], p):
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
@@ -308,7 +322,11 @@ class Unmasker:
         if self.config.aligned:
             result, restored, left = self._unmask_aligned(image)
             return result, restored, left
-        found = self.detect(image)
+        return self.unmask_found(image, self.detect(image))
+
+    def unmask_found(self, image: np.ndarray, found: list) -> tuple[np.ndarray, list[FaceRestoration], list]:
+        """As `unmask_with_refusals` for the faces `found` in `image` by this unmasker's detector (m2u.masking Face
+        objects, refused ones included), e.g. detections cached by a benchmark."""
         floor = self.config.min_score
         if floor is not None:
             found = [
@@ -327,6 +345,14 @@ class Unmasker:
         ]
         refused = [f for f in found if f.problem]
         result, restored, left = self._unmask_faces(image, [f for f in found if not f.problem])
+        if (
+            self.config.whole_frame
+            and not restored
+            and all(f.problem.startswith("no face") for f in refused + left)
+        ):
+            framed, framed_restored, _ = self._unmask_whole_frame(image)
+            if framed_restored:
+                return framed, framed_restored, refused + left
         return result, restored, refused + left
 
     def unmask_faces(self, image: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceRestoration]]:
@@ -371,7 +397,7 @@ class Unmasker:
         return result, restored
 
     def _unmask_aligned(
-        self, image: np.ndarray
+        self, image: np.ndarray, whole_frame: bool = False
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
         size = self.usage.require_crop_size()
         height, width = image.shape[:2]
@@ -384,4 +410,12 @@ class Unmasker:
             )
             source = "aligned-input-resized"
         meta = [{"detector": "none", "score": 0.0, "box": (0, 0, width, height), "alignment": source}]
+        if whole_frame:
+            meta[0].update(detector="whole-frame", alignment="whole-frame", whole_frame=True)
         return self._restore_into(image, [crop], [resize_matrix(width, height, size)], meta)
+
+    def _unmask_whole_frame(
+        self, image: np.ndarray
+    ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
+        """The photo as one face crop (see UnmaskConfig.whole_frame)."""
+        return self._unmask_aligned(image, whole_frame=True)

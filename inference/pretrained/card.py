@@ -280,7 +280,8 @@ def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
         + (
             "each crop taken as the face (resized to the model's size, no detection: M-Seg alone; "
             if real.get("mode", "").startswith("whole crop")
-            else "through `m2u-unmask`'s own pipeline (masked-face cascade, alignment, M-Seg, the masked-face decision, "
+            else "through `m2u-unmask`'s own pipeline (masked-face cascade, the whole crop as the face where it finds "
+            "none, alignment, M-Seg, the masked-face decision, "
             "generator, paste-back of M-Seg's mask refined by GrabCut; "
         )
         + "`benchmarks/real_mask_seg.py`):",

@@ -364,8 +364,8 @@ def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, t
     photo, (face, _) = _photo_with_faces(2)
     unsure = dataclasses.replace(face, retry=True)
     config = UnmaskConfig(
-        crop_size=CROP, device="cpu", progress=False, masked_only=False
-    )  # even with --all-faces
+        crop_size=CROP, device="cpu", progress=False, masked_only=False, whole_frame=False
+    )  # even with --all-faces (the whole-frame fallback, tested below, would try the photo as one face)
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     unmasker.detector = _Detector({photo.shape: [unsure]})
     _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)] * 2)
@@ -383,3 +383,67 @@ def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, t
     # The same detection with a mask found on it is restored.
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert len(restored) == 1 and not left and not np.array_equal(result, photo)
+
+
+def test_the_whole_frame_needs_both_routes_of_the_rule():
+    rule = MaskedFaceRule()
+    lower = rule.evidence(_crop_mask(128, 0.5, 0.95), 0.99)
+    assert rule.frame_is_masked_face(lower)
+    assert not rule.frame_is_masked_face(
+        {**lower, "mask_probability": 0.9}
+    )  # the M-Seg route alone is not enough
+    assert not rule.frame_is_masked_face(rule.evidence(_crop_mask(128, 0.3, 0.95), 0.99))  # over the eyes
+    assert not rule.frame_is_masked_face(rule.evidence(_crop_mask(128, 0.2, 0.5), 0.99))  # the mouth bare
+
+
+def test_a_photo_with_no_face_found_is_tried_as_one_face_crop(tmp_path, tiny_checkpoints, monkeypatch):
+    import dataclasses
+
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (face, _) = _photo_with_faces(2)
+    unsure = dataclasses.replace(face, retry=True)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    lower = _crop_mask(CROP, 0.5, 0.95)
+
+    # Nothing found, or only an uncertain detection judged no face: the photo is tried whole, and restored where
+    # the classifier and M-Seg's mask shape both say masked face.
+    for found, probabilities in (([], [0.99]), ([unsure], [0.2, 0.99])):
+        unmasker.detector = _Detector({photo.shape: found})
+        _steer_masks(unmasker, [lower] * len(probabilities))
+        _steer_probabilities(monkeypatch, list(probabilities))
+        result, restored, left = unmasker.unmask_with_refusals(photo)
+        assert [(f.detector, f.alignment) for f in restored] == [("whole-frame", "whole-frame")]
+        assert len(left) == len(found) and not np.array_equal(result, photo)
+
+    # The classifier below min_mask_probability: nothing restored, the photo unchanged, reported as no face.
+    unmasker.detector = _Detector({photo.shape: []})
+    _steer_masks(unmasker, [lower])
+    _steer_probabilities(monkeypatch, [0.9])
+    path = tmp_path / "p.png"
+    cv2.imwrite(str(path), photo[..., ::-1])
+    (row,) = unmask_files([str(path)], None, None, tmp_path / "a", config, unmasker=unmasker)
+    assert (row.status, row.faces) == ("no_face", 0) and not (tmp_path / "a" / "p.png").exists()
+    assert "nor is the whole photo" in row.reason
+    _steer_masks(unmasker, [lower])
+    _steer_probabilities(monkeypatch, [0.99])
+    (row,) = unmask_files([str(path)], None, None, tmp_path / "b", config, unmasker=unmasker)
+    assert (row.status, row.faces) == ("ok", 1) and "whole photo restored" in row.reason
+    (line,) = [json.loads(t) for t in (tmp_path / "b" / "faces.jsonl").read_text().splitlines()]
+    assert line["detector"] == "whole-frame" and line["restored"]
+
+    # A face found and left "not masked" is a face: the photo is not tried whole (no second M-Seg pass asked).
+    unmasker.detector = _Detector({photo.shape: [face]})
+    _steer_masks(unmasker, [lower])
+    _steer_probabilities(monkeypatch, [0.1])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert not restored and [f.problem[:10] for f in left] == ["not masked"]
+    assert np.array_equal(result, photo)
+
+    # --no-whole-frame: never tried.
+    unmasker.config = dataclasses.replace(config, whole_frame=False)
+    unmasker.detector = _Detector({photo.shape: []})
+    _steer_masks(unmasker, [lower])
+    _steer_probabilities(monkeypatch, [0.99])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert not restored and not left and np.array_equal(result, photo)

@@ -101,8 +101,13 @@ def test_the_photo_changes_only_under_the_refined_mask_and_the_evidence_is_msegs
     )  # recorded from M-Seg's mask
 
 
-@pytest.mark.parametrize("flag, enabled", [([], True), (["--no-refine-mask"], False)])
-def test_unmask_cli_passes_the_refine_switch(tmp_path, monkeypatch, flag, enabled):
+@pytest.mark.parametrize(
+    "flag, enabled, whole_frame",
+    [([], True, True), (["--no-refine-mask"], False, True), (["--no-whole-frame"], True, False)],
+)
+def test_unmask_cli_passes_the_refine_and_whole_frame_switches(
+    tmp_path, monkeypatch, flag, enabled, whole_frame
+):
     from click.testing import CliRunner
 
     import m2u.inference.photos as photos
@@ -111,7 +116,7 @@ def test_unmask_cli_passes_the_refine_switch(tmp_path, monkeypatch, flag, enable
     seen = {}
 
     def fake_unmask_files(found, mseg, generator, out_dir, config):
-        seen["refine"] = config.refine
+        seen["refine"], seen["whole_frame"] = config.refine, config.whole_frame
         return []
 
     monkeypatch.setattr(photos, "unmask_files", fake_unmask_files)
@@ -119,4 +124,4 @@ def test_unmask_cli_passes_the_refine_switch(tmp_path, monkeypatch, flag, enable
     cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
     result = CliRunner().invoke(unmask_main, [str(photo), "-o", str(tmp_path / "out"), *flag])
     assert result.exit_code == 0, result.output
-    assert seen["refine"].enabled is enabled
+    assert seen["refine"].enabled is enabled and seen["whole_frame"] is whole_frame
