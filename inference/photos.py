@@ -172,12 +172,9 @@ def _unmask_one(
     lines: list[dict] = []
     if not faces:
         row.status = _status_without_faces(refused)
-        whole = (
-            " (nor is the whole photo, tried as one face crop, a masked face)"
-            if unmasker.config.whole_frame
-            else ""
-        )
-        row.reason = row.reason or f"no face found by the detector{whole}"
+        row.reason = row.reason or "no face found by the detector"
+        if row.status == Status.NO_FACE and unmasker.config.whole_frame and not unmasker.config.aligned:
+            row.reason += "; the whole photo, tried as one face crop, is not a masked face"
     else:
         target = out / name
         _write_rgb(target, result)
