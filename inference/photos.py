@@ -22,7 +22,7 @@ from m2u.core.imageio import write_image
 from m2u.core.inputs import Discovery
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
-from m2u.inference.unmask import FaceRestoration, UnmaskConfig, Unmasker
+from m2u.inference.unmask import WHOLE_FRAME_NOT_MASKED, FaceRestoration, UnmaskConfig, Unmasker
 
 __all__ = ["FileResult", "output_suffix", "summarize", "unmask_files"]
 
@@ -174,7 +174,7 @@ def _unmask_one(
         row.status = _status_without_faces(refused)
         row.reason = row.reason or "no face found by the detector"
         if row.status == Status.NO_FACE and unmasker.config.whole_frame and not unmasker.config.aligned:
-            row.reason += "; the whole photo, tried as one face crop, is not a masked face"
+            row.reason += f"; {WHOLE_FRAME_NOT_MASKED}"
     else:
         target = out / name
         _write_rgb(target, result)

@@ -59,7 +59,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
 # (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
 BF16_MIN_BATCH = 4
-WHOLE_FRAME_NO_FACE = "no face: the whole photo tried as one face crop is not a masked face"
+# Why a photo tried whole (UnmaskConfig.whole_frame) gets nothing restored (the face's problem, report.csv's reason).
+WHOLE_FRAME_NOT_MASKED = "the whole photo, tried as one face crop, is not a masked face"
 
 
 @dataclass
@@ -275,7 +276,7 @@ class Unmasker:
                 if whole_frame:
                     # With --all-faces too: the frame is a face only where it is a masked one.
                     if not rule.frame_is_masked_face(face.evidence):
-                        face.problem = WHOLE_FRAME_NO_FACE
+                        face.problem = f"no face: {WHOLE_FRAME_NOT_MASKED}"
                 elif self.config.masked_only:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
                 elif uncertain and not rule.uncertain_is_face(masks[k], p):
@@ -350,7 +351,7 @@ class Unmasker:
             and not restored
             and all(f.problem.startswith("no face") for f in refused + left)
         ):
-            framed, framed_restored, _ = self._unmask_whole_frame(image)
+            framed, framed_restored, _ = self._unmask_aligned(image, whole_frame=True)
             if framed_restored:
                 return framed, framed_restored, refused + left
         return result, restored, refused + left
@@ -413,9 +414,3 @@ class Unmasker:
         if whole_frame:
             meta[0].update(detector="whole-frame", alignment="whole-frame", whole_frame=True)
         return self._restore_into(image, [crop], [resize_matrix(width, height, size)], meta)
-
-    def _unmask_whole_frame(
-        self, image: np.ndarray
-    ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
-        """The photo as one face crop (see UnmaskConfig.whole_frame)."""
-        return self._unmask_aligned(image, whole_frame=True)
