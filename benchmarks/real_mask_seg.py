@@ -8,7 +8,7 @@ Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/N
 `m2u-unmask`'s pipeline as it is (the masked-face cascade, visible-feature alignment, M-Seg, generator, feathered
 paste-back); each restored face's M-Seg mask is warped back to the photo (inverse of its alignment) and the faces
 are united. Figures: faces found; Dice per photo averaged where a face was found and over all photos (a photo with
-no face found scores 0); remnants: the share of label pixels the output leaves exactly unchanged (pooled), where
+no face found scores 0); precision and recall per photo averaged where found; remnants: the share of label pixels the output leaves exactly unchanged (pooled), where
 found and over all. `--whole-crop` skips detection (each crop resized to the model's size is the face): M-Seg
 alone on real masks, apart from the detector. `--sheet` writes photo | predicted mask | restored rows (real photos: never commit it).
 `--refine-grid` also measures M-Seg's mask unrefined and under a grid of GrabCut seeds (m2u.inference.mask_refine),
@@ -100,6 +100,9 @@ def evaluate(
                 "found": bool(faces),
                 "faces": len(faces),
                 "dice": dice(predicted, label),
+                # Per photo: the share of the predicted region that is mask, and of the mask that is predicted.
+                "precision": float((predicted & label).sum() / max(predicted.sum(), 1)),
+                "recall": float((predicted & label).sum() / max(label.sum(), 1)),
                 "label_pixels": int(label.sum()),
                 "remnant_pixels": int((unchanged & label).sum()),
             }
@@ -124,6 +127,8 @@ def summarize(rows: list[dict]) -> dict:
         "faces_found": len(found),
         "dice_where_found": round(float(np.mean([r["dice"] for r in found])), 4) if found else None,
         "dice_all": round(float(np.mean([r["dice"] for r in rows])), 4) if rows else None,
+        "precision_where_found": round(float(np.mean([r["precision"] for r in found])), 4) if found else None,
+        "recall_where_found": round(float(np.mean([r["recall"] for r in found])), 4) if found else None,
         "remnants_where_found": remnants(found),
         "remnants_all": remnants(rows),
     }
@@ -153,7 +158,8 @@ def refine_grid(unmasker, data: Path, limit: int | None, cache_path: Path | None
             {
                 "refine": "off" if not setting.enabled else
                 f"sure_core {setting.sure_core}, sure_outside {setting.sure_outside}, {setting.iterations} iterations",
-                **{k: figures[k] for k in ("dice_where_found", "dice_all", "remnants_where_found", "remnants_all")},
+                **{k: figures[k] for k in ("faces_found", "dice_where_found", "dice_all", "precision_where_found",
+                                           "recall_where_found", "remnants_where_found", "remnants_all")},
                 "dice_all_even_half": round(float(np.mean([r["dice"] for r in rows[0::2]])), 4),
                 "dice_all_odd_half": round(float(np.mean([r["dice"] for r in rows[1::2]])), 4),
             }

@@ -1,8 +1,8 @@
 """Refining M-Seg's mask on a photo's aligned crop by the crop's own colours (OpenCV's GrabCut).
 
 On real photos M-Seg (trained on synthetic masks) marks too much more often than too little: the neck or a hand below
-the mask, a rim of cheek around it (benchmarks/real_mask_seg.py, precision 0.90 and recall 0.96 per photo on
-real-mask-seg before this step). GrabCut re-labels the uncertain rim from colour models of what is surely mask (M-Seg's
+the mask, a rim of cheek around it (benchmarks/real_mask_seg.py, precision 0.90 and recall 0.95 per photo on
+real-mask-seg with M-Seg's mask as it is). GrabCut re-labels the uncertain rim from colour models of what is surely mask (M-Seg's
 mask shrunk by `sure_core`) and surely not (what lies farther than `sure_outside` from it), with a smoothness term
 along the crop's edges; what M-Seg does not mark can be added only within that `sure_outside` band. The decision
 whether a face wears a mask (MaskedFaceRule) reads M-Seg's own mask; this refines only the region that is restored.
@@ -25,9 +25,9 @@ _MIN_PIXELS = 50
 class MaskRefineConfig:
     """GrabCut's seeds, as fractions of the crop side. Chosen on real-mask-seg's labels (the only labelled real masks
     m2u has) from the grid of benchmarks/real_mask_seg.py --refine-grid (its JSON's "refine_grid"), which also scores
-    the two halves of the crops (alternate names): with `sure_outside` 0.04 or 0.06 every core tried raised Dice on
-    both halves, 0.12 lowered it; 0.03 / 0.04 is the best over all and on one half, within 0.001 of the best on the
-    other."""
+    the two halves of the crops (alternate names): with `sure_core` 0.03-0.08 and `sure_outside` 0.04-0.06 every
+    setting raised Dice on both halves; a core or outer seed of 0.12 lowered it on one. 0.03 / 0.04 is the best over
+    all and on one half, within 0.002 of the best on the other."""
 
     enabled: bool = True
     sure_core: float = 0.03  # M-Seg's mask eroded by this much is surely mask
