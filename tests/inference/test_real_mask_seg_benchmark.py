@@ -39,8 +39,22 @@ def test_dice_and_summary_count_unfound_photos_as_zero():
     a[:2] = True
     assert bench.dice(a, a) == 1.0 and bench.dice(a, ~a) == 0.0 and bench.dice(a & False, a & False) == 1.0
     rows = [
-        {"found": True, "dice": 0.9, "label_pixels": 100, "remnant_pixels": 10},
-        {"found": False, "dice": 0.0, "label_pixels": 100, "remnant_pixels": 100},
+        {
+            "found": True,
+            "dice": 0.9,
+            "precision": 0.8,
+            "recall": 1.0,
+            "label_pixels": 100,
+            "remnant_pixels": 10,
+        },
+        {
+            "found": False,
+            "dice": 0.0,
+            "precision": 0.0,
+            "recall": 0.0,
+            "label_pixels": 100,
+            "remnant_pixels": 100,
+        },
     ]
     summary = bench.summarize(rows)
     assert summary["faces_found"] == 1 and summary["dice_where_found"] == pytest.approx(0.9)
@@ -48,3 +62,5 @@ def test_dice_and_summary_count_unfound_photos_as_zero():
     assert summary["remnants_where_found"] == pytest.approx(0.1) and summary["remnants_all"] == pytest.approx(
         0.55
     )
+    # Precision and recall are averaged where a face was found only.
+    assert summary["precision_where_found"] == pytest.approx(0.8) and summary["recall_where_found"] == 1.0
