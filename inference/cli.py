@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -47,7 +46,7 @@ def refine_mask_option() -> Callable:
 
 
 def refine_config(enabled: bool) -> MaskRefineConfig:
-    return replace(MaskRefineConfig(), enabled=enabled)
+    return MaskRefineConfig(enabled=enabled)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

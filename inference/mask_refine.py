@@ -1,10 +1,10 @@
 """Refining M-Seg's mask on a photo's aligned crop by the crop's own colours (OpenCV's GrabCut).
 
 On real photos M-Seg (trained on synthetic masks) marks too much more often than too little: the neck or a hand below
-the mask, a rim of cheek around it (benchmarks/real_mask_seg.py, precision 0.90 and recall 0.95 per photo on
-real-mask-seg with M-Seg's mask as it is). GrabCut re-labels the uncertain rim from colour models of what is surely mask (M-Seg's
-mask shrunk by `sure_core`) and surely not (what lies farther than `sure_outside` from it), with a smoothness term
-along the crop's edges; what M-Seg does not mark can be added only within that `sure_outside` band. The decision
+the mask, a rim of cheek around it (benchmarks/real_mask_seg.py on real-mask-seg, M-Seg's mask as it is: precision
+0.90 and recall 0.95 per photo). GrabCut re-labels the uncertain rim from colour models of what is surely mask
+(M-Seg's mask shrunk by `sure_core`) and surely not (what lies farther than `sure_outside` from it), with a smoothness
+term along the crop's edges; what M-Seg does not mark can be added only within that `sure_outside` band. The decision
 whether a face wears a mask (MaskedFaceRule) reads M-Seg's own mask; this refines only the region that is restored.
 """
 
