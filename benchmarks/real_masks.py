@@ -21,6 +21,10 @@ The decision (item 5): the same evaluation without labels, counting faces restor
 photos of the test split of the identity split (every k-th, offset 0: `--celeba` of them), on every photo of
 ../shared/faces/extras, on the faceless images and on real-masked. The decision's thresholds were chosen on other
 photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg).
+
+Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turned", "real_mask_seg_turned"): every
+face restored there is restored upside down (RealFaceDetectorConfig's orientation check and the decision should
+leave each one as it is).
 """
 
 from __future__ import annotations
@@ -129,7 +133,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-evaluation", action="store_true", help="only the detection figures")
     parser.add_argument(
-        "--only", help="only this evaluation (e.g. faceless); the others are kept from the JSON"
+        "--only",
+        help="only these evaluations, comma-separated (e.g. faceless,real_masked_turned); the others are kept "
+        "from the JSON",
     )
     parser.add_argument(
         "--classifier", type=Path, help="a mask classifier file to measure instead of the shipped one"
@@ -246,9 +252,15 @@ def main() -> None:
             "celeba_unmasked": ([str(celeba_list)], None),
             "extras_unmasked": ([str(faces / "extras")], None),
             "faceless": ([str(faceless_dir)], None),
+            "real_masked_turned": ([str(Path(tmp) / "real_masked_turned")], None),
+            "real_mask_seg_turned": ([str(Path(tmp) / "real_mask_seg_turned")], None),
         }
+        only = set(args.only.split(",")) if args.only else set(runs_of)
+        for name, source in (("real_masked_turned", real_dir), ("real_mask_seg_turned", seg_dir)):
+            if name in only:
+                _write_turned(source, Path(tmp) / name)
         for name, (inputs, labels) in runs_of.items():
-            if args.only and name != args.only:
+            if name not in only:
                 continue
             out = args.sheets / name
             if out.exists():
@@ -277,6 +289,20 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
     }
     _write_merged(args.out, result)
+
+
+def _write_turned(source: Path, target: Path) -> None:
+    """Every photo of `source` turned 180 degrees, as PNG in `target`: each face restored there is restored upside
+    down (the detector's orientation check and the decision should leave them all)."""
+    import cv2
+
+    from m2u.masking import read_image
+
+    target.mkdir()
+    for path in sorted(source.iterdir()):
+        image = read_image(path)
+        turned = cv2.cvtColor(np.ascontiguousarray(image[::-1, ::-1]), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(target / f"{path.stem}.png"), turned)
 
 
 def use_classifier(path: Path | None) -> None:

@@ -113,6 +113,32 @@ RECOLOUR = 0.0
 PAINTED_COLLARS = False
 # The share of training crops seen as a small face (--low-res), set by main.
 LOW_RES = 0.0
+# The share of masked faces that also give an upside-down negative (--upside-down), set by main.
+UPSIDE_DOWN = 0.0
+
+
+def upside_down_crop(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
+    """The face turned 180 degrees as m2u-unmask sees one its orientation check lets through: dlib's 68 points fitted
+    on the turned face's box (they come out upright-looking, on the wrong features), aligned from their eye centres.
+    No masked face: the mask sits above the "eyes" and hair or brows below them. The classifier of 2026-12-04 gave
+    the 35 such faces of real-masked turned 180 degrees that m2u-unmask restored 0.81-1.0."""
+    import dlib
+
+    from m2u.masking.detect import _shape_predictor
+
+    height, width = image.shape[:2]
+    turned = np.ascontiguousarray(image[::-1, ::-1])
+    points = np.array([width - 1, height - 1], np.float32) - landmarks
+    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    shape = _shape_predictor()(turned, dlib.rectangle(int(x0), int(y0), int(x1), int(y1)))
+    fitted = np.array([(q.x, q.y) for q in shape.parts()], np.float32)
+    return jittered_crop(turned, fitted, rng)
+
+
+def wants_upside_down(rng) -> bool:
+    """Whether this masked face also gives an upside-down negative (no draw at all when --upside-down is 0, so the
+    commands that made earlier files still make them)."""
+    return UPSIDE_DOWN > 0 and rng.random() < UPSIDE_DOWN
 
 
 def photometric(crop: np.ndarray, rng) -> np.ndarray:
@@ -327,6 +353,25 @@ def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
     return crops
 
 
+def real_upside_down(folder: Path, variants: int, rng) -> list[np.ndarray]:
+    """The real masked crops of `folder` turned 180 degrees, every face m2u-unmask's detector finds there (its
+    landmarks fitted as if upright), each in `variants` * --upside-down augmented crops: negatives."""
+    from m2u.masking import read_image
+    from m2u.masking.masked_faces import RealFaceDetector
+
+    count = int(round(variants * UPSIDE_DOWN))
+    if count <= 0 or not folder.is_dir():
+        return []
+    detector = RealFaceDetector()
+    crops = []
+    for path in sorted(folder.iterdir()):
+        turned = np.ascontiguousarray(read_image(path)[::-1, ::-1])
+        for face in detector.detect(turned):
+            for _ in range(count):
+                crops.append(photometric(jittered_crop(turned, face.landmarks, rng, strength=0.7), rng))
+    return crops
+
+
 def realism_pairs(
     data: Path, celeba: Path, limit: int | None, rng
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -504,6 +549,13 @@ def main() -> None:
         default=0.0,
         help="share of the training crops shrunk to a 12-40 px side and brought back to 64 px (small faces)",
     )
+    parser.add_argument(
+        "--upside-down",
+        type=float,
+        default=0.0,
+        help="share of the masked faces that also give an upside-down negative (the face turned 180 degrees, its "
+        "landmarks fitted as if upright), and of --real-variants given by each real-mask-seg crop turned",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
@@ -511,9 +563,10 @@ def main() -> None:
     # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
     parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
-    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES
+    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES, UPSIDE_DOWN
     COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
     TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES = args.tight_depth, args.painted_collars, args.low_res
+    UPSIDE_DOWN = args.upside_down
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
@@ -545,6 +598,9 @@ def main() -> None:
                         crop = jittered_crop(painted, landmarks, rng, strength=1.0 if split is train else 0.5)
                         split[0].append(photometric(crop, rng) if split is train else crop)
                         split[1].append(label)
+                    if label and split is train and wants_upside_down(rng):
+                        split[0].append(photometric(upside_down_crop(image, landmarks, rng), rng))
+                        split[1].append(0)
         if args.cache:
             np.savez(
                 args.cache,
@@ -562,6 +618,9 @@ def main() -> None:
             faces = [(1, maybe_recolour(masked, mask, rng) if split is train else masked), (0, bare)]
             if split is train and rng.random() < args.hard_negatives:
                 faces.append((0, hard_negative(bare, landmarks, rng)))
+            if split is train and wants_upside_down(rng):
+                split[0].append(photometric(upside_down_crop(faces[0][1], landmarks, rng), rng))
+                split[1].append(0)
             for label, image in faces:
                 crop = jittered_crop(image, landmarks, rng, strength=strength)
                 split[0].append(photometric(crop, rng) if split is train else crop)
@@ -570,6 +629,10 @@ def main() -> None:
     real = real_positives(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng)
     train[0].extend(real)
     train[1].extend([1] * len(real))
+    if UPSIDE_DOWN > 0:
+        turned = real_upside_down(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng)
+        train[0].extend(turned)
+        train[1].extend([0] * len(turned))
     textures = negative_crops(args.textures, photos, rng)
     if args.print_negatives:
         textures += print_negatives(args.print_negatives, rng)

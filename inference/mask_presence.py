@@ -8,6 +8,11 @@ crops of faceless images and of plain and printed cloth as "no masked face"; the
 repainted (dark, light, any hue, prints) so that their place on the face, not their colour, tells. At 64x64 from
 the dataset alignment with jitter, blur, noise, JPEG and lighting (benchmarks/train_mask_classifier.py makes it). Its weights ship beside the shipped model's
 (`MASK_CLASSIFIER`).
+
+A second net of the same shape answers the other question the decision needs: is the aligned crop a face turned 180
+degrees (`upside_down_probabilities`, `UPSIDE_DOWN_CLASSIFIER`)? On an upside-down face the 68 points come out
+upright-looking on the wrong features, and the mask classifier takes the result (the mask above the "eyes") for a
+masked face; the detectors' HOG orientation check barely sees masked faces (benchmarks/train_orientation_classifier.py).
 """
 
 from __future__ import annotations
@@ -20,11 +25,20 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MASK_CLASSIFIER", "MaskPresenceNet", "load_mask_classifier", "mask_probabilities"]
+__all__ = [
+    "MASK_CLASSIFIER",
+    "UPSIDE_DOWN_CLASSIFIER",
+    "MaskPresenceNet",
+    "load_mask_classifier",
+    "load_upside_down_classifier",
+    "mask_probabilities",
+    "upside_down_probabilities",
+]
 
 from m2u.inference.pretrained import (
     CHECKSUMS_FILE,
     MASK_CLASSIFIER_FILE,
+    UPSIDE_DOWN_FILE,
     pretrained_dir,
     verify_checksums,
 )
@@ -32,7 +46,8 @@ from m2u.inference.pretrained import (
 # It ships in the shipped model's folder: m2u keeps every weight file it ships in one place. Benchmarks point this
 # at a candidate file to measure it instead (benchmarks/real_masks.py --classifier).
 MASK_CLASSIFIER = pretrained_dir() / MASK_CLASSIFIER_FILE
-_SHIPPED_CLASSIFIER = MASK_CLASSIFIER
+UPSIDE_DOWN_CLASSIFIER = pretrained_dir() / UPSIDE_DOWN_FILE
+_SHIPPED = (MASK_CLASSIFIER, UPSIDE_DOWN_CLASSIFIER)
 INPUT_SIZE = 64
 
 
@@ -76,30 +91,51 @@ def to_input(crops: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-@functools.cache
-def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
-    """The shipped classifier (or the one at `path`), on the CPU, in eval mode; loaded once per process."""
+def _load(file: Path, what: str) -> MaskPresenceNet:
     from safetensors.torch import load_file
 
-    file = Path(path) if path else MASK_CLASSIFIER
     if not file.is_file():
-        raise FileNotFoundError(f"mask classifier weights not found: {file} (a broken install?)")
+        raise FileNotFoundError(f"{what} weights not found: {file} (a broken install?)")
     # A file in a model folder (the shipped one above all) is checked against the folder's checksums.json, as its
     # weights are; a candidate file elsewhere has no record to be checked against.
-    if file == _SHIPPED_CLASSIFIER or (file.parent / CHECKSUMS_FILE).is_file():
+    if file in _SHIPPED or (file.parent / CHECKSUMS_FILE).is_file():
         verify_checksums(file.parent, (file.name,))
     net = MaskPresenceNet()
     net.load_state_dict(load_file(str(file)))
     return net.eval()
 
 
+@functools.cache
+def load_mask_classifier(path: str | None = None) -> MaskPresenceNet:
+    """The shipped classifier (or the one at `path`), on the CPU, in eval mode; loaded once per process."""
+    return _load(Path(path) if path else MASK_CLASSIFIER, "mask classifier")
+
+
+@functools.cache
+def load_upside_down_classifier(path: str | None = None) -> MaskPresenceNet:
+    """The shipped upside-down classifier (or the one at `path`), as `load_mask_classifier`."""
+    return _load(Path(path) if path else UPSIDE_DOWN_CLASSIFIER, "upside-down classifier")
+
+
 @torch.no_grad()
+def _mirror_averaged(crops: list[np.ndarray], net: MaskPresenceNet) -> np.ndarray:
+    """The mean of the net's probability for each crop and for its mirror image, (N,) float."""
+    batch = to_input(crops)
+    both = torch.sigmoid(net(torch.cat([batch, batch.flip(3)])))
+    return both.view(2, len(crops)).mean(0).numpy().astype(np.float64)
+
+
 def mask_probabilities(crops: list[np.ndarray], net: MaskPresenceNet | None = None) -> np.ndarray:
     """P(masked face) for each aligned crop, (N,) float: the mean of the crop's and its mirror image's (a face and
     its mirror image wear the same mask, so the answer should not depend on which way the face turns)."""
     if not crops:
         return np.zeros(0)
-    net = net or load_mask_classifier()
-    batch = to_input(crops)
-    both = torch.sigmoid(net(torch.cat([batch, batch.flip(3)])))
-    return both.view(2, len(crops)).mean(0).numpy().astype(np.float64)
+    return _mirror_averaged(crops, net or load_mask_classifier())
+
+
+def upside_down_probabilities(crops: list[np.ndarray], net: MaskPresenceNet | None = None) -> np.ndarray:
+    """P(the face is turned 180 degrees, its landmarks fitted as if upright) for each aligned crop, (N,) float,
+    mirror-averaged as `mask_probabilities`."""
+    if not crops:
+        return np.zeros(0)
+    return _mirror_averaged(crops, net or load_upside_down_classifier())

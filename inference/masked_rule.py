@@ -52,6 +52,10 @@ class MaskedFaceRule:
     min_mouth_route_fraction: float = 0.1
     min_mouth_probability: float = 0.7
     max_mouth_route_eye_coverage: float = 0.2
+    # A face the upside-down classifier (m2u.inference.mask_presence.upside_down_probabilities) gives more than this
+    # is left as it is whatever its mask evidence: its landmarks sit on the wrong features and the crop would be
+    # restored upside down.
+    max_upside_down_probability: float = 0.5
     mouth_region: tuple[float, ...] = _region((0.5, 0.635), 0.15, 0.08)
     eye_region: tuple[float, ...] = _region((0.5, 0.38), 0.25, 0.07)
 
@@ -116,6 +120,15 @@ class MaskedFaceRule:
         else:
             found = f"mask classifier {probability:.2f}, below {self.min_mask_probability:g}"
         return f"no face: an uncertain detection with no mask to restore on it ({found})"
+
+    def upside_down_reason(self, probability: float) -> str:
+        """Why a face that looks turned 180 degrees is left as it is ("" when it does not)."""
+        if probability <= self.max_upside_down_probability:
+            return ""
+        return (
+            f"the face looks upside down (the upside-down classifier gives {probability:.2f}, above "
+            f"{self.max_upside_down_probability:g}): its landmarks cannot be trusted"
+        )
 
     def not_masked_reason(self, mask: np.ndarray, probability: float, uncertain: bool = False) -> str:
         """Why the face is left as it is ("" when it is restored). `uncertain`: the detector was unsure it is a

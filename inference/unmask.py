@@ -256,13 +256,21 @@ class Unmasker:
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
         """(the photo with the masked faces pasted back, those faces, the faces left as they are: `not_masked`)."""
-        from m2u.inference.mask_presence import mask_probabilities
+        from m2u.inference.mask_presence import mask_probabilities, upside_down_probabilities
 
         rule = self.config.rule
         decide = self.config.masked_only or any(
             info.get("uncertain") or info.get("whole_frame") for info in meta
         )
         probabilities = mask_probabilities(crops) if decide else np.ones(len(crops))
+        # Faces aligned from their landmarks (not a whole frame, not an aligned input) are also asked whether they
+        # are upside down, where the decision runs.
+        landmarked = [not info.get("whole_frame") and info.get("detector") != "none" for info in meta]
+        turned = (
+            upside_down_probabilities(crops)
+            if self.config.masked_only and any(landmarked)
+            else np.zeros(len(crops))
+        )
         masks = self.predict_masks(crops) if decide else None
         faces: list[FaceRestoration] = []
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
@@ -279,6 +287,9 @@ class Unmasker:
                         face.problem = f"no face: {WHOLE_FRAME_NOT_MASKED}"
                 elif self.config.masked_only:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
+                    if landmarked[k]:
+                        face.evidence["upside_down_probability"] = round(float(turned[k]), 4)
+                        face.problem = face.problem or rule.upside_down_reason(turned[k])
                 elif uncertain and not rule.uncertain_is_face(masks[k], p):
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)

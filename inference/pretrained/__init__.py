@@ -25,6 +25,7 @@ __all__ = [
     "MSEG_FILE",
     "GENERATOR_FILE",
     "MASK_CLASSIFIER_FILE",
+    "UPSIDE_DOWN_FILE",
     "PretrainedDamaged",
     "PretrainedUnavailable",
     "available_models",
@@ -40,6 +41,9 @@ MSEG_FILE = "mseg.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 MASK_CLASSIFIER_FILE = (
     "mask_presence.safetensors"  # m2u.inference.mask_presence: which found faces wear a mask
+)
+UPSIDE_DOWN_FILE = (
+    "upside_down.safetensors"  # m2u.inference.mask_presence: which aligned faces are turned 180°
 )
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "card.json"
@@ -65,14 +69,15 @@ def file_sha256(path: Path) -> str:
 
 
 def write_checksums(folder: Path) -> Path:
-    """Write `folder/checksums.json`: the SHA-256 of its two weight files and of the mask classifier when the folder
-    has one (the release recipe calls this)."""
+    """Write `folder/checksums.json`: the SHA-256 of its two weight files and of the mask and upside-down
+    classifiers where the folder has them (the release recipe calls this)."""
     return atomic_write_text(folder / CHECKSUMS_FILE, checksum_record(folder))
 
 
 def checksum_record(folder: Path) -> str:
     """The text of `folder`'s checksums.json: the SHA-256 of each weight file it holds."""
-    names = [MSEG_FILE, GENERATOR_FILE] + [MASK_CLASSIFIER_FILE] * (folder / MASK_CLASSIFIER_FILE).is_file()
+    names = [MSEG_FILE, GENERATOR_FILE]
+    names += [name for name in (MASK_CLASSIFIER_FILE, UPSIDE_DOWN_FILE) if (folder / name).is_file()]
     sums = {name: file_sha256(folder / name) for name in names}
     return json.dumps(sums, indent=2, sort_keys=True) + "\n"
 

@@ -261,6 +261,54 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
         assert {r["status"] for r in csv.DictReader(handle)} == {"not_masked", "ok"}
 
 
+def test_a_masked_face_that_looks_upside_down_keeps_every_pixel_with_its_reason(
+    tiny_checkpoints, monkeypatch
+):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first, second) = _photo_with_faces(2)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({photo.shape: [first, second]})
+    lower = _crop_mask(CROP, 0.5, 0.95)
+    _steer_masks(unmasker, [lower, lower])
+    _steer_probabilities(monkeypatch, [0.99, 0.99])  # both wear a mask by the mask classifier
+    turned = iter([np.array([0.2, 0.9])])
+    monkeypatch.setattr("m2u.inference.mask_presence.upside_down_probabilities", lambda crops: next(turned))
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and restored[0].evidence["upside_down_probability"] == 0.2
+    assert len(left) == 1 and left[0].problem.startswith("the face looks upside down")
+    assert "0.90" in left[0].problem and left[0].evidence["upside_down_probability"] == 0.9
+    x0, y0, x1, y1 = second.box
+    assert np.array_equal(result[y0:y1, x0:x1], photo[y0:y1, x0:x1])  # not one pixel of it changed
+    assert MaskedFaceRule().upside_down_reason(0.5) == "" and MaskedFaceRule().upside_down_reason(0.51)
+
+
+def test_the_shipped_upside_down_classifier_tells_a_real_face_from_the_same_face_turned():
+    """The astronaut's face aligned as found, and found again in the photo turned 180 degrees with its landmarks
+    fitted as if upright (dlib's predictor on the turned face's box, as the detectors do)."""
+    import dlib
+
+    from m2u.datasets.align import align_face
+    from m2u.inference.mask_presence import upside_down_probabilities
+    from m2u.masking.detect import _shape_predictor
+    from m2u.masking.masked_faces import RealFaceDetector, visible_anchor_points
+
+    real_photo = _astronaut()
+    face = RealFaceDetector().detect(real_photo)[0]
+    height, width = real_photo.shape[:2]
+    turned = np.ascontiguousarray(real_photo[::-1, ::-1])
+    x0, y0, x1, y1 = face.box
+    box = dlib.rectangle(width - 1 - x1, height - 1 - y1, width - 1 - x0, height - 1 - y0)
+    shape = _shape_predictor()(turned, box)
+    fitted = np.array([(q.x, q.y) for q in shape.parts()], np.float32)
+    crops = [
+        align_face(image, points, 128, visible_anchor_points(points)).image
+        for image, points in ((real_photo, face.landmarks), (turned, fitted))
+    ]
+    upright, upside_down = upside_down_probabilities(crops)
+    assert upright < 0.5 < upside_down, (upright, upside_down)
+
+
 def test_min_score_leaves_low_scoring_faces_as_they_are(tiny_checkpoints):
     mseg_path, gen_path = tiny_checkpoints
     photo, faces = _photo_with_faces(2)  # scores 0.9 and 0.4
