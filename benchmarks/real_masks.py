@@ -141,6 +141,11 @@ def main() -> None:
         "--classifier", type=Path, help="a mask classifier file to measure instead of the shipped one"
     )
     parser.add_argument(
+        "--upside-down-classifier",
+        type=Path,
+        help="an upside-down classifier file to measure instead of the shipped one",
+    )
+    parser.add_argument(
         "--min-mask-probability",
         type=float,
         help="the decision's classifier threshold (default: MaskedFaceRule's), as chosen for --classifier on the "
@@ -150,6 +155,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
     use_classifier(args.classifier)
+    use_classifier(args.upside_down_classifier, "UPSIDE_DOWN_CLASSIFIER")
     # One thread: on a shared machine torch's worker threads spin against each other (tests/evaluation/conftest.py).
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -282,6 +288,9 @@ def main() -> None:
         "celeba_selection": "test split of the identity hash split (seed 0), every k-th in name order, offset 0",
         "model": "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
         "mask_classifier": str(args.classifier) if args.classifier else "the shipped one (MASK_CLASSIFIER)",
+        "upside_down_classifier": str(args.upside_down_classifier)
+        if args.upside_down_classifier
+        else "the shipped one (UPSIDE_DOWN_CLASSIFIER)",
         "sheets": str(args.sheets.resolve().relative_to(REPO))
         if args.sheets.resolve().is_relative_to(REPO)
         else str(args.sheets),
@@ -305,16 +314,16 @@ def _write_turned(source: Path, target: Path) -> None:
         cv2.imwrite(str(target / f"{path.stem}.png"), turned)
 
 
-def use_classifier(path: Path | None) -> None:
-    """Measure the mask classifier at `path` (a candidate) instead of the shipped file: load_mask_classifier reads
-    MASK_CLASSIFIER when it is first called."""
+def use_classifier(path: Path | None, which: str = "MASK_CLASSIFIER") -> None:
+    """Measure the classifier at `path` (a candidate) instead of the shipped file: `which` names the module's path
+    (MASK_CLASSIFIER or UPSIDE_DOWN_CLASSIFIER), read when the net is first loaded."""
     if path is None:
         return
     import m2u.inference.mask_presence as mask_presence
 
     if not path.is_file():
-        raise SystemExit(f"no mask classifier file at {path}")
-    mask_presence.MASK_CLASSIFIER = path.resolve()
+        raise SystemExit(f"no classifier file at {path}")
+    setattr(mask_presence, which, path.resolve())
 
 
 def _write_merged(path: Path, result: dict) -> None:
