@@ -22,7 +22,10 @@ upright and turned (`--real-variants` crops each way). Photometric augmentation 
 benchmarks/real_masks.py measures the decision on real-masked upright and turned, which this net never sees.
 
 The shipped file (sha256 770c8159...) is what `--realism runs/real2/data` made on 2026-12-04 (20,212 crops, held-out
-accuracy 0.998, 187 s on 2 cores), runs/real2/data built as benchmarks/train_mask_classifier.py's docstring says.
+accuracy 0.998, 187 s on 2 cores), runs/real2/data built as benchmarks/train_mask_classifier.py's docstring says. It
+is not byte-reproducible here: a rerun of the same command (same data, 20,212 crops) trained other weights (held-out
+accuracy 0.995), which benchmarks/real_masks.py measured at 246 upright real-masked photos restored and 8 turned (the
+shipped file: 247 and 11).
 `--detected` (with `--realism-pairs 2000`) made the candidate the README measures and did not ship.
 """
 
