@@ -139,3 +139,37 @@ def test_the_mask_classifier_low_res_augmentation(monkeypatch):
     small = [script.photometric(crop, np.random.default_rng(seed)) for seed in range(12)]
     assert all(s.shape == crop.shape and s.dtype == np.uint8 for s in small)
     assert np.mean([_high_frequency(s) for s in small]) < 0.5 * np.mean([_high_frequency(p) for p in plain])
+
+
+def test_the_upside_down_crops_of_the_classifiers_training(monkeypatch):
+    """`upside_down_crop`: the face turned 180 degrees, its 68 points refitted as if upright, aligned at 64 px: not
+    the upright crop. `wants_upside_down` at --upside-down 0 draws nothing (the commands that made earlier files still make them)."""
+    import numpy as np
+
+    from m2u.datasets.synthetic import make_synthetic_sample
+
+    script = _load("train_mask_classifier")
+    sample = make_synthetic_sample(128, seed=3)
+    turned = script.upside_down_crop(sample.masked, sample.landmarks, np.random.default_rng(0))
+    upright = script.jittered_crop(sample.masked, sample.landmarks, np.random.default_rng(0))
+    assert turned.shape == upright.shape == (64, 64, 3) and turned.dtype == np.uint8
+    assert np.abs(turned.astype(int) - upright.astype(int)).mean() > 10
+    monkeypatch.setattr(script, "UPSIDE_DOWN", 0.0)
+    rng = np.random.default_rng(5)
+    assert not script.wants_upside_down(rng) and rng.random() == np.random.default_rng(5).random()
+    monkeypatch.setattr(script, "UPSIDE_DOWN", 1.0)
+    assert script.wants_upside_down(np.random.default_rng(5))
+
+
+def test_real_masks_writes_each_photo_turned(tmp_path):
+    import cv2
+    import numpy as np
+
+    script = _load("real_masks")
+    source = tmp_path / "in"
+    source.mkdir()
+    image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    cv2.imwrite(str(source / "a.png"), image)
+    script._write_turned(source, tmp_path / "turned")
+    back = cv2.imread(str(tmp_path / "turned" / "a.png"))
+    assert np.array_equal(back, image[::-1, ::-1])
