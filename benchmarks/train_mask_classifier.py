@@ -480,12 +480,56 @@ def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def main() -> None:
+def train_net(train: tuple[list, list], test: tuple[list, list], epochs: int, positives: str, negatives: str):
+    """A MaskPresenceNet trained on (crops, 0/1 labels) `train` (AdamW, one-cycle at 3e-3, batches of 64), printing
+    each epoch's loss and its held-out accuracy on `test` (labels 1 named `positives`, 0 `negatives`)."""
     import torch
-    from safetensors.torch import save_file
-    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
 
     from m2u.inference.mask_presence import MaskPresenceNet, to_input
+
+    x, y = to_input(train[0]), torch.tensor(train[1], dtype=torch.float32)
+    net = MaskPresenceNet()
+    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    steps = epochs * ((len(y) + 63) // 64)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(y))
+        total = 0.0
+        for k in range(0, len(y), 64):
+            batch = order[k : k + 64]
+            loss = loss_fn(net(x[batch]), y[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+        net.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(net(to_input(test[0]))).numpy()
+        labels = np.array(test[1])
+        accuracy = float(((p >= 0.5) == labels).mean())
+        print(
+            f"epoch {epoch + 1}: loss {total / len(y):.4f}, held-out accuracy {accuracy:.4f} "
+            f"({positives} found {float((p[labels == 1] >= 0.5).mean()):.4f}, "
+            f"{negatives} kept {float((p[labels == 0] < 0.5).mean()):.4f})",
+            flush=True,
+        )
+    return net
+
+
+def save_net(net, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
+
+
+def main() -> None:
+    import torch
+    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
+
     from m2u.masking import read_image
 
     parser = argparse.ArgumentParser(
@@ -647,37 +691,8 @@ def main() -> None:
         f"data: {len(train[1])} training crops ({sum(train[1])} masked), {len(test[1])} held out, "
         f"{time.perf_counter() - start:.0f} s"
     )
-    x, y = to_input(train[0]), torch.tensor(train[1], dtype=torch.float32)
-    net = MaskPresenceNet()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = args.epochs * ((len(y) + 63) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for epoch in range(args.epochs):
-        net.train()
-        order = torch.randperm(len(y))
-        total = 0.0
-        for k in range(0, len(y), 64):
-            batch = order[k : k + 64]
-            loss = loss_fn(net(x[batch]), y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(batch)
-        net.eval()
-        with torch.no_grad():
-            p = torch.sigmoid(net(to_input(test[0]))).numpy()
-        labels = np.array(test[1])
-        accuracy = float(((p >= 0.5) == labels).mean())
-        print(
-            f"epoch {epoch + 1}: loss {total / len(y):.4f}, held-out accuracy {accuracy:.4f} "
-            f"(masked found {float((p[labels == 1] >= 0.5).mean()):.4f}, "
-            f"unmasked/faceless kept {float((p[labels == 0] < 0.5).mean()):.4f})",
-            flush=True,
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(args.out))
+    net = train_net(train, test, args.epochs, positives="masked", negatives="unmasked/faceless")
+    save_net(net, args.out)
     print(
         f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) in {time.perf_counter() - start:.0f} s"
     )

@@ -65,11 +65,16 @@ def real_crops(folder: Path, variants: int, rng) -> tuple[list[np.ndarray], list
 
 def main() -> None:
     import torch
-    from safetensors.torch import save_file
-    from train_mask_classifier import jittered_crop, photometric, realism_pairs, upside_down_crop
+    from train_mask_classifier import (
+        jittered_crop,
+        photometric,
+        realism_pairs,
+        save_net,
+        train_net,
+        upside_down_crop,
+    )
     from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
 
-    from m2u.inference.mask_presence import MaskPresenceNet, to_input
     from m2u.masking import read_image
     from m2u.masking.masked_faces import RealFaceDetector, RealFaceDetectorConfig
 
@@ -147,36 +152,8 @@ def main() -> None:
         f"{time.perf_counter() - start:.0f} s",
         flush=True,
     )
-    x, y = to_input(train[0]), torch.tensor(train[1], dtype=torch.float32)
-    net = MaskPresenceNet()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = args.epochs * ((len(y) + 63) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for epoch in range(args.epochs):
-        net.train()
-        order = torch.randperm(len(y))
-        total = 0.0
-        for k in range(0, len(y), 64):
-            batch = order[k : k + 64]
-            loss = loss_fn(net(x[batch]), y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(batch)
-        net.eval()
-        with torch.no_grad():
-            p = torch.sigmoid(net(to_input(test[0]))).numpy()
-        truth = np.array(test[1])
-        print(
-            f"epoch {epoch + 1}: loss {total / len(y):.4f}, held-out accuracy "
-            f"{float(((p >= 0.5) == truth).mean()):.4f} (upright kept {float((p[truth == 0] < 0.5).mean()):.4f}, "
-            f"upside down found {float((p[truth == 1] >= 0.5).mean()):.4f})",
-            flush=True,
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(args.out))
+    net = train_net(train, test, args.epochs, positives="upside down", negatives="upright")
+    save_net(net, args.out)
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
 
 
