@@ -33,7 +33,9 @@ Many faces (`--many-faces-only` runs only this, into the JSON's "many_faces" key
 thread, CPU time per face in interleaved rounds for one face per forward pass in fp32, all the photo's faces in one
 fp32 pass (m2u-unmask before issue 28), and m2u-unmask's default (passes of up to 16, `precision="auto"`); and
 bf16 autocast against fp32 for M-Seg + generator at batch 1, 2, 4, 8 and 16 (the measurement behind
-`BF16_MIN_BATCH`), with the CPU's flags.
+`BF16_MIN_BATCH`), with the CPU's flags. The per-face time is the whole path's (the decision's classifiers, M-Seg,
+the generator, GrabCut's refinement of each restored face's mask, paste-back) divided by every face; "faces_restored"
+says how many of them each setup restored.
 
 Orientation (`--orientation-only` runs only this, into the JSON's "orientation" key at --offset 0, the selection the
 margin was chosen on, or "orientation_held_out" otherwise): the shipped cascade on every masked photo as it is and
@@ -454,11 +456,13 @@ def many_faces_figures(rounds: int = 3, faces: int = 16) -> dict:
         "one_pass_fp32": UnmaskConfig(device="cpu", max_batch=faces, precision="fp32", progress=False),
         "default": UnmaskConfig(device="cpu", progress=False),
     }
-    unmaskers = {}
+    unmaskers, restored = {}, {}
     for name, config in setups.items():
         unmaskers[name] = Unmasker(models, config)
         unmaskers[name].detector = _Known()
-        unmaskers[name].unmask_image(photo)  # warm-up
+        # Warm-up; and how many of the faces each setup restores (the decision may leave some: the generator and
+        # the mask refinement then skip them, while the time is still divided by every face).
+        restored[name] = len(unmaskers[name].unmask_image(photo)[1])
     times: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(rounds):
         for name, unmasker in unmaskers.items():
@@ -502,6 +506,7 @@ def many_faces_figures(rounds: int = 3, faces: int = 16) -> dict:
         "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))),
         "default_precision_at_16": unmaskers["default"].pass_precision(min(faces, 16)),
         "bf16_min_batch": BF16_MIN_BATCH,
+        "faces_restored": restored,
         "cpu_ms_per_face": {k: round(1000 * statistics.median(v), 1) for k, v in times.items()},
         "default_vs_one_face_per_pass": ratio(times["one_face_per_pass_fp32"], times["default"]),
         "default_vs_one_fp32_pass": ratio(times["one_pass_fp32"], times["default"]),
