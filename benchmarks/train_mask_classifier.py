@@ -526,9 +526,23 @@ def save_net(net, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
 
 
-def main() -> None:
+def training_photos(shared: Path, count: int, seed: int) -> tuple[np.random.Generator, list[Path], set[str]]:
+    """The run's generator (torch seeded alike, 2 threads), `count` CelebA photos of the TRAIN split of the identity
+    hash split (seed 0), and the names of the last tenth of them (held out)."""
     import torch
-    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
+    from unmask import split_photos  # benchmarks/unmask.py
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    photos = split_photos(shared / "faces" / "celeba", count, "train")
+    if not photos:
+        raise SystemExit(f"no CelebA photos under {shared / 'faces' / 'celeba'} (give --shared)")
+    return rng, photos, {p.name for p in photos[int(0.9 * len(photos)) :]}
+
+
+def main() -> None:
+    from unmask import build_eval_set  # benchmarks/unmask.py
 
     from m2u.masking import read_image
 
@@ -611,14 +625,8 @@ def main() -> None:
     COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
     TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES = args.tight_depth, args.painted_collars, args.low_res
     UPSIDE_DOWN = args.upside_down
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
-    photos = split_photos(args.shared / "faces" / "celeba", args.photos, "train")
-    if not photos:
-        raise SystemExit(f"no CelebA photos under {args.shared / 'faces' / 'celeba'} (give --shared)")
+    rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
-    held_out = {p.name for p in photos[int(0.9 * len(photos)) :]}
     train, test = ([], []), ([], [])  # (crops, labels)
     if args.cache and args.cache.is_file():
         cached = np.load(args.cache)

@@ -64,16 +64,16 @@ def real_crops(folder: Path, variants: int, rng) -> tuple[list[np.ndarray], list
 
 
 def main() -> None:
-    import torch
     from train_mask_classifier import (
         jittered_crop,
         photometric,
         realism_pairs,
         save_net,
         train_net,
+        training_photos,
         upside_down_crop,
     )
-    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
+    from unmask import build_eval_set  # benchmarks/unmask.py
 
     from m2u.masking import read_image
     from m2u.masking.masked_faces import RealFaceDetector, RealFaceDetectorConfig
@@ -97,14 +97,8 @@ def main() -> None:
     # Never the shipped file by default: copy a checked result there by hand.
     parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "upside_down.safetensors")
     args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
-    photos = split_photos(args.shared / "faces" / "celeba", args.photos, "train")
-    if not photos:
-        raise SystemExit(f"no CelebA photos under {args.shared / 'faces' / 'celeba'} (give --shared)")
+    rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
-    held_out = {p.name for p in photos[int(0.9 * len(photos)) :]}
     train: tuple[list, list] = ([], [])
     test: tuple[list, list] = ([], [])
 
