@@ -44,7 +44,10 @@ keeping the mask's own light and folds (`recolour_mask`); `--painted-collars` gi
 those colours and prints (cloth below a bare mouth is no mask); `--print-negatives` adds faceless crops of that cloth;
 `--greyscale` sets the share of crops turned grey (0.15); `--tight-depth` lets tight crops cut further into the face
 (real close-ups end at the brows or the mouth); `--low-res` sets the share of crops shrunk to a 12-40 px side and
-brought back to 64 px (small faces in full-body street photos, aligned up from a few dozen pixels; 0 by default).
+brought back to 64 px (small faces in full-body street photos, aligned up from a few dozen pixels; 0 by default);
+`--upside-down` gives that share of the masked faces (and of each real-mask-seg crop's variants, turned) one more
+negative: the face turned 180 degrees with its 68 points fitted as if upright (`upside_down_crop`; measured and not
+shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; README).
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
 Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
 of the realism pairs and the other negatives) are held out; the script prints their accuracy.

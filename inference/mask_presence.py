@@ -43,8 +43,8 @@ from m2u.inference.pretrained import (
     verify_checksums,
 )
 
-# It ships in the shipped model's folder: m2u keeps every weight file it ships in one place. Benchmarks point this
-# at a candidate file to measure it instead (benchmarks/real_masks.py --classifier).
+# They ship in the shipped model's folder: m2u keeps every weight file it ships in one place. Benchmarks point these
+# at a candidate file to measure it instead (benchmarks/real_masks.py --classifier, --upside-down-classifier).
 MASK_CLASSIFIER = pretrained_dir() / MASK_CLASSIFIER_FILE
 UPSIDE_DOWN_CLASSIFIER = pretrained_dir() / UPSIDE_DOWN_FILE
 _SHIPPED = (MASK_CLASSIFIER, UPSIDE_DOWN_CLASSIFIER)
