@@ -71,7 +71,7 @@ def _run_cli(files: list[Path], workers: int, seed: int, mask_type: str | None =
         cmd = [
             sys.executable,
             "-c",
-            "from m2u.masking.cli import main; main()",
+            "from m2u.masking.launch import main; main()",  # what the m2u-mask command runs
             str(src),
             "-o",
             str(out),

@@ -139,7 +139,7 @@ def build_eval_set(photos: list[Path], out: Path, seed: int = 0) -> list[dict]:
         src.mkdir(parents=True)
         for photo in photos[g :: len(variants)]:
             (src / photo.name).symlink_to(photo.resolve())
-        command = [sys.executable, "-c", "from m2u.masking.cli import main; main()", str(src), "-o"]
+        command = [sys.executable, "-c", "from m2u.masking.launch import main; main()", str(src), "-o"]
         command += [str(out / f"masked{g}"), "--mask-type", "random", "--seed", str(seed), "--quiet", *extra]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

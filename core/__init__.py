@@ -10,4 +10,5 @@ parallel    worker pools that stop cleanly, OpenCV threads in forked workers
 lazy        lazy public surfaces of package __init__ files
 drawing     text labels on image strips (contact sheets, grids)
 outcome     the status vocabulary (ok, no_face, refused, error) and reason of every per-file tool
+startup     what a console command settles before numpy loads (one BLAS thread per process)
 """

@@ -1,0 +1,56 @@
+"""One BLAS thread for the process-per-core commands: set before numpy loads, never over the user's choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_PROBE = """
+import json, os, sys
+{before}
+from m2u.core.startup import one_blas_thread
+took = one_blas_thread()
+print(json.dumps({{"took": took, "value": os.environ.get("OPENBLAS_NUM_THREADS")}}))
+"""
+
+
+def _probe(before: str = "", env_value: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if env_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = env_value
+    code = _PROBE.format(before=before)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_sets_one_thread_before_numpy_loads():
+    assert _probe() == {"took": True, "value": "1"}
+
+
+def test_keeps_the_users_own_setting():
+    assert _probe(env_value="4") == {"took": True, "value": "4"}
+
+
+def test_changes_nothing_once_numpy_is_loaded():
+    assert _probe(before="import numpy") == {"took": False, "value": None}
+
+
+@pytest.mark.parametrize("launcher", ["m2u.masking.launch", "m2u.datasets.launch"])
+def test_console_entries_set_it_before_their_cli_loads_numpy(launcher):
+    # The entry runs the Click command (here its --help, which exits); numpy must not have loaded before the
+    # setting, which one_blas_thread only makes while numpy is absent.
+    code = (
+        "import os, sys\n"
+        f"from {launcher} import main\n"
+        "assert 'numpy' not in sys.modules\n"
+        "sys.argv = ['cmd', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'), 'numpy' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "1 True"
