@@ -224,14 +224,12 @@ def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict])
 
 def _status_without_faces(left: list) -> str:
     """report.csv's status of a photo where nothing was restored: `not_masked` when the masked-face rule left a
-    face that wears no mask, `refused` when the detector's checks left faces (upside down, below --min-score),
-    else `no_face` (nothing found, or only uncertain detections without a mask: no faces)."""
+    face that wears no mask, `refused` when a face was left for any other reason (upside down by the detector's
+    check or the upside-down classifier, below --min-score), else `no_face` (nothing found, or only uncertain
+    detections without a mask: no faces)."""
     if any(isinstance(f, FaceRestoration) and f.problem.startswith("not masked") for f in left):
         return Status.NOT_MASKED
-    detector_refused = [
-        f for f in left if not isinstance(f, FaceRestoration) and not f.problem.startswith("no face")
-    ]
-    return Status.REFUSED if detector_refused else Status.NO_FACE
+    return Status.REFUSED if any(not f.problem.startswith("no face") for f in left) else Status.NO_FACE
 
 
 def _refused_record(face) -> dict:

@@ -276,6 +276,7 @@ class Unmasker:
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
             uncertain = info.pop("uncertain", False)
             whole_frame = info.pop("whole_frame", False)
+            detector_problem = info.pop("upside_down_detection", "")
             # mask and restored are filled in below (M-Seg's mask, the generator's composite).
             face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
             if masks is not None:
@@ -290,6 +291,10 @@ class Unmasker:
                     if landmarked[k]:
                         face.evidence["upside_down_probability"] = round(float(turned[k]), 4)
                         face.problem = face.problem or rule.upside_down_reason(turned[k])
+                    if detector_problem and (
+                        face.problem or not rule.overrules_upside_down_detection(face.evidence)
+                    ):
+                        face.problem = detector_problem
                 elif uncertain and not rule.uncertain_is_face(masks[k], p):
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)
@@ -355,8 +360,23 @@ class Unmasker:
             else f
             for f in found
         ]
-        refused = [f for f in found if f.problem]
-        result, restored, left = self._unmask_faces(image, [f for f in found if not f.problem])
+        # A face only the detector's orientation check refuses is shown to the decision, which restores it only
+        # when the mask classifier and the upside-down classifier both vouch for it (MaskedFaceRule.
+        # overrules_upside_down_detection); otherwise it keeps the detector's reason.
+        from m2u.masking.detect import is_upside_down_problem
+
+        doubted = {
+            id(f)
+            for f in found
+            if self.config.masked_only
+            and not f.retry
+            and is_upside_down_problem(f.problem)
+            and (floor is None or f.score >= floor)
+        }
+        refused = [f for f in found if f.problem and id(f) not in doubted]
+        result, restored, left = self._unmask_faces(
+            image, [f for f in found if not f.problem or id(f) in doubted]
+        )
         if (
             self.config.whole_frame
             and not restored
@@ -377,6 +397,7 @@ class Unmasker:
         self, image: np.ndarray, faces: list
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
         from m2u.datasets.align import align_face
+        from m2u.masking.detect import is_upside_down_problem
         from m2u.masking.masked_faces import visible_anchor_points
 
         if not faces:
@@ -396,6 +417,8 @@ class Unmasker:
                 "box": f.box,
                 "alignment": self.config.alignment,
                 "uncertain": f.retry,
+                # The detector's orientation refusal, which the decision may overrule (unmask_found).
+                "upside_down_detection": f.problem if is_upside_down_problem(f.problem) else "",
             }
             for f in faces
         ]

@@ -252,14 +252,22 @@ def orientation_scores(
     )
 
 
+_UPSIDE_DOWN = "the face looks upside down (the detector scores it"
+
+
 def upside_down_problem(as_found: float, turned: float, margin: float) -> str:
     """The reason to refuse a face whose crop scores at least `margin` higher turned 180° ("" otherwise)."""
     if turned - as_found < margin:
         return ""
     return (
-        f"the face looks upside down (the detector scores it {turned:.2f} turned 180 degrees against "
-        f"{as_found:.2f} as found): its landmarks cannot be trusted"
+        f"{_UPSIDE_DOWN} {turned:.2f} turned 180 degrees against {as_found:.2f} as found): its landmarks "
+        "cannot be trusted"
     )
+
+
+def is_upside_down_problem(problem: str) -> bool:
+    """Whether `problem` (a Face's) is the orientation check's refusal (`upside_down_problem`)."""
+    return problem.startswith(_UPSIDE_DOWN)
 
 
 # BlazeFace's eye and mouth keypoints to the box dlib's HOG detector would give (the 68-point predictor was trained on

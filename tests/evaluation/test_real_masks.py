@@ -283,6 +283,89 @@ def test_a_masked_face_that_looks_upside_down_keeps_every_pixel_with_its_reason(
     assert MaskedFaceRule().upside_down_reason(0.5) == "" and MaskedFaceRule().upside_down_reason(0.51)
 
 
+def _hog_doubted(face: Face, retry: bool = False) -> Face:
+    from dataclasses import replace
+
+    from m2u.masking.detect import upside_down_problem
+
+    return replace(face, retry=retry, problem=upside_down_problem(0.1, 0.6, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("mask_probability", "turned", "restored"),
+    [(0.99, 0.01, True), (0.99, 0.2, False), (0.9, 0.01, False)],
+)
+def test_a_face_the_detector_finds_upside_down_is_restored_only_when_both_classifiers_vouch(
+    tiny_checkpoints, monkeypatch, mask_probability, turned, restored
+):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first,) = _photo_with_faces(1)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    doubted = _hog_doubted(first)
+    unmasker.detector = _Detector({photo.shape: [doubted]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)])
+    _steer_probabilities(monkeypatch, [mask_probability])
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.array([turned])
+    )
+    result, kept, left = unmasker.unmask_with_refusals(photo)
+    if restored:
+        assert len(kept) == 1 and not left and not np.array_equal(result, photo)
+    else:
+        # Left with the detector's own reason, every pixel as it was, the decision's evidence recorded.
+        assert not kept and len(left) == 1 and left[0].problem == doubted.problem
+        assert left[0].evidence["upside_down_probability"] == turned
+        assert np.array_equal(result, photo)
+
+
+def test_the_detectors_upside_down_refusal_stands_for_uncertain_faces_and_all_faces(
+    tiny_checkpoints, monkeypatch
+):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first,) = _photo_with_faces(1)
+    _steer_probabilities(monkeypatch, [0.99, 0.99])
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+    )
+    # An uncertain detection the detector also refuses is no face (never shown to the classifier).
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    unmasker.detector = _Detector({photo.shape: [_hog_doubted(first, retry=True)]})
+    _, kept, left = unmasker.unmask_with_refusals(photo)
+    assert not kept and left[0].problem.startswith(
+        "no face: an uncertain detection; the face looks upside down"
+    )
+    # --all-faces asks no classifier: the detector's refusal stands.
+    every = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, every)
+    unmasker.detector = _Detector({photo.shape: [_hog_doubted(first)]})
+    _, kept, left = unmasker.unmask_with_refusals(photo)
+    assert not kept and left[0].problem.startswith("the face looks upside down (the detector")
+
+
+def test_a_photo_whose_only_face_the_upside_down_classifier_refuses_is_reported_refused(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first,) = _photo_with_faces(1)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "turned.png"), photo[..., ::-1])
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({photo.shape: [first]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)])
+    _steer_probabilities(monkeypatch, [0.99])
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.array([0.9])
+    )
+    (row,) = unmask_files([str(inputs)], None, None, tmp_path / "out", config, unmasker=unmasker)
+    assert (row.status, row.faces, row.refused_faces) == ("refused", 0, 1)
+    assert "upside-down classifier gives 0.90" in row.reason
+
+
 def test_the_shipped_upside_down_classifier_tells_a_real_face_from_the_same_face_turned():
     """The astronaut's face aligned as found, and found again in the photo turned 180 degrees with its landmarks
     fitted as if upright (dlib's predictor on the turned face's box, as the detectors do)."""
