@@ -1,6 +1,6 @@
 """m2u.inference: the two-stage restorer, unmasking photos, and export. Never imports evaluation.
 
-Public surface::
+Public surface (imported lazily: torch loads only when a name is used)::
 
     load_two_stage(mseg_path, generator_path, device) -> (MSeg, CARU2Net); load_pretrained(name) (the shipped one)
     restore_batch(mseg, generator, masked01, threshold) -> (mask, raw, composite)
@@ -10,19 +10,18 @@ Public surface::
 
 from __future__ import annotations
 
-from m2u.inference.export import ExportConfig, export_onnx
-from m2u.inference.photos import FileResult, unmask_files
-from m2u.inference.restore import load_pretrained, load_two_stage, restore_batch
-from m2u.inference.unmask import UnmaskConfig, Unmasker
+from m2u.core.lazy import lazy_exports
 
-__all__ = [
-    "ExportConfig",
-    "FileResult",
-    "UnmaskConfig",
-    "Unmasker",
-    "export_onnx",
-    "load_pretrained",
-    "load_two_stage",
-    "restore_batch",
-    "unmask_files",
-]
+_EXPORTS = {
+    "ExportConfig": "export",
+    "FileResult": "photos",
+    "UnmaskConfig": "unmask",
+    "Unmasker": "unmask",
+    "export_onnx": "export",
+    "load_pretrained": "restore",
+    "load_two_stage": "restore",
+    "restore_batch": "restore",
+    "unmask_files": "photos",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,16 +1,10 @@
-"""m2u-mask's console entry: one BLAS thread per process (see m2u.core.startup), then the Click command."""
+"""m2u-mask's console entry: one BLAS thread per process (m2u.core.startup), then the Click command."""
 
 from __future__ import annotations
 
-from m2u.core.startup import one_blas_thread
+from m2u.core.startup import entry_with_one_blas_thread
 
-
-def main() -> None:
-    one_blas_thread()
-    from m2u.masking.cli import main as command  # loads numpy: after the setting above
-
-    command()
-
+main = entry_with_one_blas_thread("m2u.masking.cli", "main")
 
 if __name__ == "__main__":
     main()

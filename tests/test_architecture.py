@@ -234,6 +234,6 @@ def test_every_cli_answers_dash_h(command):
 
 def test_package_imports_stay_light():
     # The packages resolve their names lazily: importing them loads none of the heavy libraries.
-    loaded = _modules_after_import("m2u.masking", "m2u.datasets", "m2u.training")
+    loaded = _modules_after_import("m2u.masking", "m2u.datasets", "m2u.training", "m2u.inference")
     assert {"torch", "cv2", "dlib"} & loaded == set()
     assert "m2u.core.lazy" in loaded

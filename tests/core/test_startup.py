@@ -39,13 +39,20 @@ def test_changes_nothing_once_numpy_is_loaded():
     assert _probe(before="import numpy") == {"took": False, "value": None}
 
 
-@pytest.mark.parametrize("launcher", ["m2u.masking.launch", "m2u.datasets.launch"])
-def test_console_entries_set_it_before_their_cli_loads_numpy(launcher):
+@pytest.mark.parametrize(
+    ("launcher", "entry"),
+    [
+        ("m2u.masking.launch", "main"),
+        ("m2u.datasets.launch", "main"),
+        ("m2u.inference.launch", "unmask_main"),
+    ],
+)
+def test_console_entries_set_it_before_their_cli_loads_numpy(launcher, entry):
     # The entry runs the Click command (here its --help, which exits); numpy must not have loaded before the
     # setting, which one_blas_thread only makes while numpy is absent.
     code = (
         "import os, sys\n"
-        f"from {launcher} import main\n"
+        f"from {launcher} import {entry} as main\n"
         "assert 'numpy' not in sys.modules\n"
         "sys.argv = ['cmd', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"

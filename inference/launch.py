@@ -1,0 +1,10 @@
+"""m2u-unmask's console entry: one BLAS thread per process (m2u.core.startup), then the Click command."""
+
+from __future__ import annotations
+
+from m2u.core.startup import entry_with_one_blas_thread
+
+unmask_main = entry_with_one_blas_thread("m2u.inference.cli", "unmask_main")
+
+if __name__ == "__main__":
+    unmask_main()
