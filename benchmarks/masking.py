@@ -24,6 +24,8 @@ second and per CPU-second (its process and children, start-up included), outputs
 got no output and no line saying why: MaskTheFace writes nothing for a photo without a face; m2u-mask lists every
 input in report.csv) go into the JSON's "peer" key, with the within-round ratios' medians. `--peer-only` runs just
 that comparison (the rest of the JSON is kept; `--peer-key` names the key it writes, e.g. `peer_1000_files`).
+`--blas-start-only` measures the console entry's one-BLAS-thread start (m2u.core.startup) against the bare Click
+command, interleaved, on `--files` photos (JSON key "blas_start").
 Setting up a checkout with pip (its requirements.txt pins 2020 versions that no longer install; these are the
 packages it imports):
 
@@ -49,6 +51,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +64,16 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO_PER_CORE = 3.0  # issue 28: m2u-mask at least 3x MaskTheFace per core, measured with --peer
 
 
-def _run_cli(files: list[Path], workers: int, seed: int, mask_type: str | None = None) -> dict:
-    """Run m2u-mask in a child process on a folder of links to the files; wall time, peak RSS, report counts."""
+def _run_cli(
+    files: list[Path],
+    workers: int,
+    seed: int,
+    mask_type: str | None = None,
+    entry: str = "m2u.masking.launch",
+) -> dict:
+    """Run m2u-mask in a child process on a folder of links to the files; wall time, peak RSS, report counts.
+    `entry`: the module whose `main` runs (the console entry by default; `m2u.masking.cli` is the Click command
+    without the one-BLAS-thread start)."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in", Path(tmp) / "out"
         src.mkdir()
@@ -71,7 +82,7 @@ def _run_cli(files: list[Path], workers: int, seed: int, mask_type: str | None =
         cmd = [
             sys.executable,
             "-c",
-            "from m2u.masking.launch import main; main()",  # what the m2u-mask command runs
+            f"from {entry} import main; main()",
             str(src),
             "-o",
             str(out),
@@ -148,6 +159,28 @@ def _run_peer(peer: Path, python: str, files: list[Path], mask_type: str) -> dic
         "inputs_with_output": len(served),
         # MaskTheFace reports nothing about a photo it writes no output for.
         "silent_drops": len(files) - len(served),
+    }
+
+
+def _blas_start_comparison(files: list[Path], repeats: int) -> dict:
+    """CPU time of m2u-mask through its console entry (one BLAS thread, m2u.core.startup) against the bare Click
+    command (numpy's OpenBLAS pool of one thread per core), in interleaved rounds on the same files."""
+    rounds = []
+    for _ in range(repeats):
+        rounds.append(
+            {
+                "console_entry_cpu_s": _run_cli(files, 1, seed=0)["cpu_s"],
+                "click_command_cpu_s": _run_cli(files, 1, seed=0, entry="m2u.masking.cli")["cpu_s"],
+            }
+        )
+    saved = [r["click_command_cpu_s"] - r["console_entry_cpu_s"] for r in rounds]
+    return {
+        "files": len(files),
+        "rounds": rounds,
+        "median_console_entry_cpu_s": round(statistics.median(r["console_entry_cpu_s"] for r in rounds), 3),
+        "median_click_command_cpu_s": round(statistics.median(r["click_command_cpu_s"] for r in rounds), 3),
+        "median_cpu_s_saved": round(statistics.median(saved), 3),
+        "rounds_faster": sum(x > 0 for x in saved),
     }
 
 
@@ -400,6 +433,11 @@ def main() -> None:
     )
     parser.add_argument("--mask-type", default="surgical", help="the mask type both tools use for --peer")
     parser.add_argument(
+        "--blas-start-only",
+        action="store_true",
+        help="only the console entry's one-BLAS-thread start against the bare Click command (JSON key 'blas_start')",
+    )
+    parser.add_argument(
         "--variants-only",
         action="store_true",
         help="only --mask-type all against one run per type (JSON key 'variants')",
@@ -419,6 +457,16 @@ def main() -> None:
     files = sorted(p for p in celeba.iterdir() if p.suffix.lower() == ".jpg")[: args.files]
     if not files:
         sys.exit(f"no CelebA files in {celeba}")
+    if args.blas_start_only:
+        start = _blas_start_comparison(files, args.repeats)
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged["blas_start"] = start
+        args.out.write_text(json.dumps(merged, indent=2))
+        print(
+            f"one BLAS thread: {start['median_console_entry_cpu_s']} against {start['median_click_command_cpu_s']} "
+            f"CPU-s on {start['files']} files ({start['rounds_faster']} of {args.repeats} rounds faster)"
+        )
+        return
     if args.variants_only:
         variants = _variants_comparison(files, args.repeats)
         merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
