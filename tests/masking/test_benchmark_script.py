@@ -33,3 +33,19 @@ def test_masking_benchmark_reports_every_process_and_the_detection_ceiling(
     assert result["target_ratio_vs_masktheface_per_core"] == 3
     assert result["masktheface_style_baseline_same_run"]["images_masked"] >= 5
     assert "detection alone" in done.stdout
+
+
+def test_blas_start_comparison_runs_both_entries_on_the_same_files(celeba_dir, tmp_path):
+    out = tmp_path / "masking.json"
+    out.write_text(json.dumps({"kept": 1}))  # the rest of the JSON is kept
+    shared = celeba_dir.parents[1]
+    command = [sys.executable, str(BENCHMARK), "--blas-start-only", "--files", "1", "--repeats", "2"]
+    done = subprocess.run(
+        [*command, "--shared", str(shared), "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    start = result["blas_start"]
+    assert result["kept"] == 1 and start["files"] == 1 and len(start["rounds"]) == 2
+    assert all(r["console_entry_cpu_s"] > 0 and r["click_command_cpu_s"] > 0 for r in start["rounds"])
+    assert 0 <= start["rounds_faster"] <= 2
