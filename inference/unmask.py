@@ -291,10 +291,11 @@ class Unmasker:
                     if landmarked[k]:
                         face.evidence["upside_down_probability"] = round(float(turned[k]), 4)
                         face.problem = face.problem or rule.upside_down_reason(turned[k])
-                    if detector_problem and (
-                        face.problem or not rule.overrules_upside_down_detection(face.evidence)
-                    ):
-                        face.problem = detector_problem
+                    if detector_problem:
+                        # Recorded either way: a restored face shows which refusal was overruled.
+                        face.evidence["detector_problem"] = detector_problem
+                        if face.problem or not rule.overrules_upside_down_detection(face.evidence):
+                            face.problem = detector_problem
                 elif uncertain and not rule.uncertain_is_face(masks[k], p):
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain)

@@ -312,6 +312,9 @@ def test_a_face_the_detector_finds_upside_down_is_restored_only_when_both_classi
     result, kept, left = unmasker.unmask_with_refusals(photo)
     if restored:
         assert len(kept) == 1 and not left and not np.array_equal(result, photo)
+        assert (
+            kept[0].record()["detector_problem"] == doubted.problem
+        )  # the overruled refusal, in faces.jsonl
     else:
         # Left with the detector's own reason, every pixel as it was, the decision's evidence recorded.
         assert not kept and len(left) == 1 and left[0].problem == doubted.problem
