@@ -276,7 +276,7 @@ class Unmasker:
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
             uncertain = info.pop("uncertain", False)
             whole_frame = info.pop("whole_frame", False)
-            detector_problem = info.pop("upside_down_detection", "")
+            detector_problem = info.pop("detector_problem", "")
             # mask and restored are filled in below (M-Seg's mask, the generator's composite).
             face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
             if masks is not None:
@@ -419,7 +419,7 @@ class Unmasker:
                 "alignment": self.config.alignment,
                 "uncertain": f.retry,
                 # The detector's orientation refusal, which the decision may overrule (unmask_found).
-                "upside_down_detection": f.problem if is_upside_down_problem(f.problem) else "",
+                "detector_problem": f.problem if is_upside_down_problem(f.problem) else "",
             }
             for f in faces
         ]
