@@ -1,4 +1,4 @@
-"""One BLAS thread for the process-per-core commands: set before numpy loads, never over the user's choice."""
+"""One BLAS thread for m2u-mask, m2u-make-dataset and m2u-unmask: set before numpy loads, never over the user's choice."""
 
 from __future__ import annotations
 
