@@ -175,15 +175,49 @@ def _init_worker() -> None:
 def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[str, str | int]:
     """Mask one file and write its outputs; returns its report row (never raises for bad input). A `problem`
     found at discovery (a FIFO, a device, a broken link) is the row's reason and the file is never opened."""
-    return process_file_variants(job, (job.mask_config,), file, stem, problem)[0]
+    return process_files(job, (job.mask_config,), [(file, stem, problem)])[0][0]
 
 
-def process_file_variants(
-    job: Job, masks: tuple[MaskConfig, ...], file: Path, stem: Path, problem: str = ""
-) -> list[dict[str, str | int]]:
-    """`process_file` for several mask configurations of one file (`--mask-type all`): the file is read and its
-    faces found once, then each configuration masks them from the same image; one report row per configuration."""
+# A group of photos (process_files): at most GROUP_FILES photos (a task's files) and, beyond its first photo,
+# GROUP_PIXELS decoded pixels (~24 MB of RGB). FaceDetector.detect_many's phases pay off more the longer each
+# runs: groups of 64 took ~3 % less CPU than groups of 16 on 200 CelebA photos (2026-12-04).
+GROUP_FILES = 64
+GROUP_PIXELS = 8_000_000
+
+
+def process_files(
+    job: Job, masks: tuple[MaskConfig, ...], items: list[tuple[Path, Path, str]]
+) -> list[list[dict[str, str | int]]]:
+    """`process_file` for several files (file, stem, problem) and several mask configurations (`--mask-type
+    all`): each file is read and its faces found once, then each configuration masks them from the same image;
+    per file, one report row per configuration. The files are taken in groups of up to GROUP_PIXELS: the group's
+    photos are read, then their faces found together (FaceDetector.detect_many: each model's work in one run),
+    then masked and written. A failure of ours is an error row for its file alone."""
     global _DETECTOR
+    if _DETECTOR is None or _DETECTOR.config != job.detector_config:
+        _DETECTOR = FaceDetector(job.detector_config)
+    rows: list[list[dict[str, str | int]]] = []
+    group: list[tuple[int, dict[str, str | int], np.ndarray]] = []
+    pixels = 0
+    for file, _, problem in items:
+        read = _guarded(file, masks, _read, job, masks, file, problem)
+        if isinstance(read, list):
+            rows.append(read)
+            continue
+        rows.append([])  # filled in when the group is masked
+        group.append((len(rows) - 1, *read))
+        pixels += read[1].shape[0] * read[1].shape[1]
+        if pixels >= GROUP_PIXELS:
+            _mask_group(job, masks, items, group, rows)
+            group, pixels = [], 0
+    _mask_group(job, masks, items, group, rows)
+    return rows
+
+
+def _read(
+    job: Job, masks: tuple[MaskConfig, ...], file: Path, problem: str
+) -> tuple[dict[str, str | int], np.ndarray] | list[dict[str, str | int]]:
+    """(row so far, image) of a readable file, else its finished rows (one per mask configuration)."""
     # "read" is not a report column: it tells the exit code whether anything at all could be read.
     row: dict[str, str | int] = {
         "path": str(file),
@@ -192,21 +226,69 @@ def process_file_variants(
         "reason": problem,
         "read": 0,
     }
-    if problem:
-        return [dict(row) for _ in masks]
+    if not problem:
+        try:
+            image = read_image(file, max_pixels=job.max_pixels)
+        except ImageReadError as exc:
+            row["reason"] = exc.reason
+        else:
+            row["read"] = 1
+            return row, image
+    return [dict(row) for _ in masks]
+
+
+def _mask_group(
+    job: Job,
+    masks: tuple[MaskConfig, ...],
+    items: list[tuple[Path, Path, str]],
+    group: list[tuple[int, dict[str, str | int], np.ndarray]],
+    rows: list[list[dict[str, str | int]]],
+) -> None:
+    """Find the faces of the group's photos together, then mask and write each; fills in their `rows`."""
+    if not group:
+        return
+    assert _DETECTOR is not None
     try:
-        image = read_image(file, max_pixels=job.max_pixels)
-    except ImageReadError as exc:
-        row["reason"] = exc.reason
-        return [dict(row) for _ in masks]
-    row["read"] = 1
-    if _DETECTOR is None or _DETECTOR.config != job.detector_config:
-        _DETECTOR = FaceDetector(job.detector_config)
-    faces = _DETECTOR.detect(image)
+        found = _DETECTOR.detect_many([image for _, _, image in group])
+    except Exception as exc:
+        if stops_the_run(exc):
+            raise
+        found = None  # one photo's failure: each is found on its own below, so the failure stays with it
+    for k, (index, row, image) in enumerate(group):
+        file, stem, _ = items[index]
+        faces = found[k] if found is not None else None
+        rows[index] = _guarded(file, masks, _mask_faces, job, masks, image, faces, file, stem, row)
+
+
+def _mask_faces(
+    job: Job,
+    masks: tuple[MaskConfig, ...],
+    image: np.ndarray,
+    faces: list | None,
+    file: Path,
+    stem: Path,
+    row: dict[str, str | int],
+) -> list[dict[str, str | int]]:
+    """The rows of one read photo: its `faces` (found here when None) masked with each configuration."""
+    if faces is None:
+        assert _DETECTOR is not None
+        faces = _DETECTOR.detect(image)
     if not faces:
         row.update(Outcome(Status.NO_FACE, "no face found").fields())
         return [dict(row) for _ in masks]
     return [_mask_and_write(job, mask, image, faces, file, stem, dict(row)) for mask in masks]
+
+
+def _guarded(file: Path, masks: tuple[MaskConfig, ...], work, *args):
+    """`work(*args)`, or error rows naming the exception (a failure of ours on one file does not stop the run,
+    unless every later file would fail the same way: a full disk, a read-only folder)."""
+    try:
+        return work(*args)
+    except Exception as exc:
+        if stops_the_run(exc):
+            raise
+        outcome = Outcome(Status.ERROR, f"unexpected {type(exc).__name__}: {exc}")
+        return [{"path": str(file), **outcome.fields(), "faces": 0, "read": 0} for _ in masks]
 
 
 def _mask_and_write(
@@ -267,15 +349,8 @@ def _detection(face) -> dict[str, object]:
     return {"detector": face.detector, "retry": bool(face.retry)}
 
 
-def _run_one(args: tuple[Job, tuple[MaskConfig, ...], Path, Path, str]) -> list[dict[str, str | int]]:
-    job, masks, file, stem, problem = args
-    try:
-        return process_file_variants(job, masks, file, stem, problem)
-    except Exception as exc:
-        if stops_the_run(exc):
-            raise  # a full disk or a read-only folder: every later file would fail the same way
-        outcome = Outcome(Status.ERROR, f"unexpected {type(exc).__name__}: {exc}")
-        return [{"path": str(file), **outcome.fields(), "faces": 0, "read": 0} for _ in masks]
+def _run_group(args: tuple[Job, tuple[MaskConfig, ...], list[tuple[Path, Path, str]]]) -> list[list[dict]]:
+    return process_files(*args)
 
 
 def run(
@@ -290,24 +365,38 @@ def run(
     configuration, in the order of `masks`."""
     global _DETECTOR
     masks = masks or (job.mask_config,)
-    tasks = [(job, masks, entry.path, stem, entry.problem) for entry, stem in files]
+    items = [(entry.path, stem, entry.problem) for entry, stem in files]
+    size = group_size(len(items), workers)
+    tasks = [(job, masks, items[i : i + size]) for i in range(0, len(items), size)]
     # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
     _DETECTOR = FaceDetector(job.detector_config).load_models()
     for mask in masks:
         warm_templates(mask)
     with worker_pool(workers, _init_worker) as pool:  # 0 or 1: in this process
-        per_file = _collect(pool.imap(_run_one, tasks), len(tasks), progress)
+        per_file = _collect(pool.imap(_run_group, tasks), len(items), progress)
     return [rows[k] for k in range(len(masks)) for rows in per_file]
 
 
-def _collect(rows: Iterator, total: int, progress: bool) -> list:
-    """The rows as a list, with a progress bar when asked for (tqdm is imported only then: a quiet run does not
-    pay for it)."""
+def group_size(files: int, workers: int) -> int:
+    """Files per task: up to GROUP_FILES, fewer when several workers share too few files for four tasks each."""
+    if workers <= 1:
+        return GROUP_FILES
+    return max(1, min(GROUP_FILES, files // (4 * workers)))
+
+
+def _collect(groups: Iterator[list], total: int, progress: bool) -> list:
+    """The per-file results of every group, in order, with a progress bar (per file) when asked for (tqdm is
+    imported only then: a quiet run does not pay for it)."""
     if not progress:
-        return list(rows)
+        return [result for group in groups for result in group]
     from tqdm import tqdm
 
-    return list(tqdm(rows, total=total, unit="img", file=sys.stderr))
+    results: list = []
+    with tqdm(total=total, unit="img", file=sys.stderr) as bar:
+        for group in groups:
+            results += group
+            bar.update(len(group))
+    return results
 
 
 def write_report(rows: list[dict[str, str | int]], path: Path) -> None:

@@ -31,13 +31,13 @@ def test_all_types_detect_once_and_match_one_run_per_type(celeba_first, tmp_path
     for photo in photos:
         (src / photo.name).symlink_to(photo)
     calls = []
-    detect = batch_module.FaceDetector.detect
+    detect_many = batch_module.FaceDetector.detect_many
 
-    def counting(self, image, *args, **kwargs):
-        calls.append(image.shape)
-        return detect(self, image, *args, **kwargs)
+    def counting(self, images, *args, **kwargs):
+        calls.extend(image.shape for image in images)
+        return detect_many(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(batch_module.FaceDetector, "detect", counting)
+    monkeypatch.setattr(batch_module.FaceDetector, "detect_many", counting)
     config = BatchConfig(mask=MaskConfig(mask_type="all"), workers=0, progress=False, seed=5)
     result = mask_files([str(src)], tmp_path / "all", config)
     assert len(calls) == len(photos)  # once per photo, not once per photo and type

@@ -1,0 +1,123 @@
+"""m2u-mask takes its photos in groups (issue 28): read, then faces found together (FaceDetector.detect_many), then
+masked and written. The faces, the outputs and the report do not depend on the grouping, and a failure of ours on
+one photo of a group is that photo's error row alone. On scikit-image's astronaut (public domain, shipped with the
+package): runs without ../shared."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from m2u.masking import DetectorConfig, FaceDetector, MaskConfig
+from m2u.masking import batch as batch_module
+from m2u.masking.batch import BatchConfig, group_size, mask_files
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    """Small portraits (BlazeFace's pass), a large one (the HOG ladder), a faceless one and a turned one."""
+    import skimage.data
+
+    image = skimage.data.astronaut()
+    (face,) = FaceDetector(DetectorConfig(blazeface_first=False)).detect(image)
+    left, top, right, bottom = face.box
+    cx, cy, half = (left + right) // 2, (top + bottom) // 2, right - left
+    crop = np.ascontiguousarray(image[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half])
+    small = cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA)
+    return {
+        "a_small": small,
+        "b_mirrored": np.ascontiguousarray(small[:, ::-1]),
+        "c_faceless": np.full((120, 160, 3), 90, np.uint8),
+        "d_large": cv2.resize(crop, (420, 420), interpolation=cv2.INTER_LINEAR),
+        "e_turned": np.ascontiguousarray(small[::-1, ::-1]),
+        "f_smaller": cv2.resize(crop, (150, 150), interpolation=cv2.INTER_AREA),
+    }
+
+
+def _same_faces(a, b) -> bool:
+    return len(a) == len(b) and all(
+        (f.box, f.score, f.detector, f.retry, f.problem) == (g.box, g.score, g.detector, g.retry, g.problem)
+        and np.array_equal(f.landmarks, g.landmarks)
+        for f, g in zip(a, b)
+    )
+
+
+def test_detect_many_finds_in_each_photo_what_it_finds_in_that_photo_alone(photos):
+    detector = FaceDetector()
+    images = list(photos.values())
+    together = detector.detect_many(images)
+    alone = [detector.detect_many([image])[0] for image in images]
+    assert [len(faces) for faces in together] == [len(faces) for faces in alone]
+    assert all(_same_faces(a, b) for a, b in zip(together, alone))
+    # The set covers both passes and a photo without a face.
+    detectors = {face.detector for faces in together for face in faces}
+    assert {"blaze-short", "hog"} <= detectors and together[2] == []
+    assert _same_faces(detector.detect(images[0]), together[0])
+
+
+def _folder(tmp_path, photos) -> str:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, image in photos.items():
+        cv2.imwrite(str(src / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return str(src)
+
+
+def _outputs(out) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != ".m2u-written"
+    }
+
+
+def test_outputs_do_not_depend_on_the_grouping(photos, tmp_path, monkeypatch):
+    src = _folder(tmp_path, photos)
+    config = BatchConfig(mask=MaskConfig(mask_type="surgical"), workers=0, progress=False, seed=3)
+    groups: list[int] = []
+    detect_many = FaceDetector.detect_many
+
+    def recording(self, images, *args, **kwargs):
+        groups.append(len(images))
+        return detect_many(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(FaceDetector, "detect_many", recording)
+    grouped = mask_files([src], tmp_path / "grouped", config)
+    assert groups == [len(photos)]  # every readable photo of one task in one group
+    groups.clear()
+    monkeypatch.setattr(batch_module, "GROUP_PIXELS", 1)  # each photo a group of its own
+    single = mask_files([src], tmp_path / "single", config)
+    assert groups == [1] * len(photos)
+    assert grouped.count("ok") >= 4 and grouped.count("no_face") >= 1 and grouped.count("error") == 0
+    assert grouped.rows == single.rows
+    assert _outputs(tmp_path / "grouped") == _outputs(tmp_path / "single")  # report.csv included
+
+
+def test_a_failure_in_one_photo_of_a_group_is_its_error_row_alone(photos, tmp_path, monkeypatch):
+    src = _folder(tmp_path, photos)
+    detect_many = FaceDetector.detect_many
+
+    def failing(self, images, *args, **kwargs):
+        if any(np.array_equal(image, photos["b_mirrored"]) for image in images):
+            raise RuntimeError("a bug of ours")
+        return detect_many(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(FaceDetector, "detect_many", failing)
+    config = BatchConfig(mask=MaskConfig(mask_type="surgical"), workers=0, progress=False)
+    result = mask_files([src], tmp_path / "out", config)
+    with open(result.report, newline="") as handle:
+        rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(handle)}
+    assert rows["b_mirrored.png"]["status"] == "error"
+    assert rows["b_mirrored.png"]["reason"] == "unexpected RuntimeError: a bug of ours"
+    assert {rows[f"{name}.png"]["status"] for name in ("a_small", "d_large", "f_smaller")} == {"ok"}
+    assert rows["c_faceless.png"]["status"] == "no_face"
+    assert (tmp_path / "out" / "a_small_surgical.jpg").is_file()
+    assert not (tmp_path / "out" / "b_mirrored_surgical.jpg").exists()
+
+
+def test_group_size_gives_every_worker_several_tasks():
+    assert group_size(1000, 1) == group_size(3, 0) == batch_module.GROUP_FILES == 64
+    assert group_size(1000, 2) == 64 and group_size(200, 2) == 25 and group_size(3, 2) == 1
