@@ -252,16 +252,16 @@ def test_a_shard_that_keeps_killing_its_worker_stops_the_build_clearly(faces, tm
 
     plan = plan_build([faces], CONFIG)
     poison = plan.tasks[0].samples[0].source
-    driver, real = os.getpid(), work.process_input
+    driver, real = os.getpid(), work.iter_inputs
 
-    def process_input(
-        samples,
+    def iter_inputs(
+        inputs,
     ):  # inherited by the forked workers: the poisoned photo kills its worker every time
-        if samples[0].source == poison and os.getpid() != driver:
+        if any(samples[0].source == poison for samples in inputs) and os.getpid() != driver:
             os._exit(9)
-        return real(samples)
+        return real(inputs)
 
-    monkeypatch.setattr(work, "process_input", process_input)
+    monkeypatch.setattr(work, "iter_inputs", iter_inputs)
     out = tmp_path / "out"
     with pytest.raises(BuildError, match=rf"building {plan.tasks[0].relpath} died 4 times.*rerun"):
         build_dataset([faces], out, dataclasses.replace(CONFIG, workers=2))
