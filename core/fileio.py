@@ -32,6 +32,13 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _RECORDS: dict[tuple[int, int], tuple[int, frozenset[str]]] = {}
 
 
+def cache_dir() -> Path:
+    """Where m2u keeps files it derives locally: $M2U_CACHE, else $XDG_CACHE_HOME/m2u, else ~/.cache/m2u."""
+    if os.environ.get("M2U_CACHE"):
+        return Path(os.environ["M2U_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m2u"
+
+
 class OutputRefusedError(ValueError):
     """An output name m2u must not write: a symbolic link, not a regular file, or a file m2u did not write."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import dlib
 import numpy as np
 
 from m2u.core.checks import check_types
-from m2u.core.fileio import atomic_write
+from m2u.core.fileio import atomic_write, cache_dir
 
 DetectorModel = Literal["hog", "cnn"]
 DETECTOR_MODELS: tuple[str, ...] = ("hog", "cnn")
@@ -43,13 +42,6 @@ def model_path(name: str) -> Path:
     if not path.is_file():
         raise ModelFileError(f"dlib model file not found: {path}")
     return path
-
-
-def cache_dir() -> Path:
-    """Where m2u keeps files it derives locally: $M2U_CACHE, else $XDG_CACHE_HOME/m2u, else ~/.cache/m2u."""
-    if os.environ.get("M2U_CACHE"):
-        return Path(os.environ["M2U_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m2u"
 
 
 # One instance of each model per process: loading the 68-point predictor takes ~0.8 s and 100 MB.
