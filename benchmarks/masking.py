@@ -110,6 +110,9 @@ def _run_cli(
         "images_per_s": round(len(files) / wall, 2),
         "peak_rss_mib_largest_process": round(rusage.ru_maxrss / 1024, 1),
         "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 2),
+        # The kernel's share (creating and renaming the output files, page faults) varies most between rounds.
+        "user_s": round(rusage.ru_utime, 2),
+        "system_s": round(rusage.ru_stime, 2),
         # Load-independent: what one core needs per image (start-up included), and the rate that implies.
         "cpu_ms_per_image": round(1000 * (rusage.ru_utime + rusage.ru_stime) / len(files), 2),
         "images_per_cpu_second": round(len(files) / max(rusage.ru_utime + rusage.ru_stime, 1e-9), 2),
@@ -154,6 +157,8 @@ def _run_peer(peer: Path, python: str, files: list[Path], mask_type: str) -> dic
         "wall_s_including_startup": round(wall, 2),
         "images_per_s": round(len(files) / wall, 2),
         "cpu_s": round(cpu, 2),
+        "user_s": round(rusage.ru_utime, 2),
+        "system_s": round(rusage.ru_stime, 2),
         "images_per_cpu_second": round(len(files) / max(cpu, 1e-9), 2),
         "outputs": len(written),
         "inputs_with_output": len(served),
