@@ -2,11 +2,11 @@
 
 Per input: the file's SHA-256, ``m2u.masking.read_image``, its faces found with the other inputs of its group
 (``FaceDetector.detect_many(largest_only=True)``: the largest face is used; ``n_faces`` in the manifest counts the
-faces of the detection pass that found it, a cheap reduced-scale pass first), ``align_face`` to ``size``×``size``, then for each of the K variants ``apply_mask``
-on the *aligned crop* with the sample's own seed (from the global seed and the key). The stored mask is the
-masking engine's mask united with every pixel the engine changed, so outside the mask the masked and unmasked
-images are the same pixels by construction (byte-exact after a lossless format; within JPEG tolerance with
-``--image-format jpg``).
+faces of the detection pass that found it, a cheap reduced-scale pass first), ``align_face`` to ``size``×``size``,
+then for each of the K variants ``apply_mask`` on the *aligned crop* with the sample's own seed (from the global
+seed and the key). The stored mask is the masking engine's mask united with every pixel the engine changed, so
+outside the mask the masked and unmasked images are the same pixels by construction (byte-exact after a lossless
+format; within JPEG tolerance with ``--image-format jpg``).
 
 ``build_shard`` processes the planned samples of one shard in plan order and writes the shard's tar (temporary
 name, fsync, rename): the bytes depend only on the plan, never on which process or machine ran the task or how

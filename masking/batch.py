@@ -190,9 +190,9 @@ def process_files(
 ) -> list[list[dict[str, str | int]]]:
     """`process_file` for several files (file, stem, problem) and several mask configurations (`--mask-type
     all`): each file is read and its faces found once, then each configuration masks them from the same image;
-    per file, one report row per configuration. The files are taken in groups of up to GROUP_PIXELS: the group's
-    photos are read, then their faces found together (FaceDetector.detect_many: each model's work in one run),
-    then masked and written. A failure of ours is an error row for its file alone."""
+    per file, one report row per configuration. The files are taken in groups (GROUP_FILES, GROUP_PIXELS): the
+    group's photos are read, then their faces found together (FaceDetector.detect_many: each model's work in one
+    run), then masked and written. A failure of ours is an error row for its file alone."""
     global _DETECTOR
     if _DETECTOR is None or _DETECTOR.config != job.detector_config:
         _DETECTOR = FaceDetector(job.detector_config)
@@ -207,7 +207,7 @@ def process_files(
         rows.append([])  # filled in when the group is masked
         group.append((len(rows) - 1, *read))
         pixels += read[1].shape[0] * read[1].shape[1]
-        if pixels >= GROUP_PIXELS:
+        if pixels >= GROUP_PIXELS or len(group) >= GROUP_FILES:
             _mask_group(job, masks, items, group, rows)
             group, pixels = [], 0
     _mask_group(job, masks, items, group, rows)
