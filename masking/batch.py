@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from m2u.core.inputs import (
     output_lock,
 )
 from m2u.core.outcome import Outcome, Status
-from m2u.core.parallel import worker_pool
+from m2u.core.parallel import report, worker_pool
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import DetectorConfig, FaceDetector
 from m2u.masking.geometry import MaskingError
@@ -186,7 +185,7 @@ GROUP_PIXELS = 8_000_000
 
 
 def process_files(
-    job: Job, masks: tuple[MaskConfig, ...], items: list[tuple[Path, Path, str]]
+    job: Job, masks: tuple[MaskConfig, ...], items: list[tuple[Path, Path, str]], progress: bool = False
 ) -> list[list[dict[str, str | int]]]:
     """`process_file` for several files (file, stem, problem) and several mask configurations (`--mask-type
     all`): each file is read and its faces found once, then each configuration masks them from the same image;
@@ -203,14 +202,16 @@ def process_files(
         read = _guarded(file, masks, _read, job, masks, file, problem)
         if isinstance(read, list):
             rows.append(read)
+            if progress:
+                report(1)
             continue
         rows.append([])  # filled in when the group is masked
         group.append((len(rows) - 1, *read))
         pixels += read[1].shape[0] * read[1].shape[1]
         if pixels >= GROUP_PIXELS or len(group) >= GROUP_FILES:
-            _mask_group(job, masks, items, group, rows)
+            _mask_group(job, masks, items, group, rows, progress)
             group, pixels = [], 0
-    _mask_group(job, masks, items, group, rows)
+    _mask_group(job, masks, items, group, rows, progress)
     return rows
 
 
@@ -243,6 +244,7 @@ def _mask_group(
     items: list[tuple[Path, Path, str]],
     group: list[tuple[int, dict[str, str | int], np.ndarray]],
     rows: list[list[dict[str, str | int]]],
+    progress: bool,
 ) -> None:
     """Find the faces of the group's photos together, then mask and write each; fills in their `rows`."""
     if not group:
@@ -258,6 +260,8 @@ def _mask_group(
         file, stem, _ = items[index]
         faces = found[k] if found is not None else None
         rows[index] = _guarded(file, masks, _mask_faces, job, masks, image, faces, file, stem, row)
+        if progress:
+            report(1)
 
 
 def _mask_faces(
@@ -349,7 +353,9 @@ def _detection(face) -> dict[str, object]:
     return {"detector": face.detector, "retry": bool(face.retry)}
 
 
-def _run_group(args: tuple[Job, tuple[MaskConfig, ...], list[tuple[Path, Path, str]]]) -> list[list[dict]]:
+def _run_group(
+    args: tuple[Job, tuple[MaskConfig, ...], list[tuple[Path, Path, str]], bool],
+) -> list[list[dict]]:
     return process_files(*args)
 
 
@@ -367,13 +373,13 @@ def run(
     masks = masks or (job.mask_config,)
     items = [(entry.path, stem, entry.problem) for entry, stem in files]
     size = group_size(len(items), workers)
-    tasks = [(job, masks, items[i : i + size]) for i in range(0, len(items), size)]
+    tasks = [(job, masks, items[i : i + size], progress) for i in range(0, len(items), size)]
     # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
     _DETECTOR = FaceDetector(job.detector_config).load_models()
     for mask in masks:
         warm_templates(mask)
     with worker_pool(workers, _init_worker) as pool:  # 0 or 1: in this process
-        per_file = _collect(pool.imap(_run_group, tasks), len(items), progress)
+        per_file = _collect(pool, tasks, len(items), progress)
     return [rows[k] for k in range(len(masks)) for rows in per_file]
 
 
@@ -384,19 +390,15 @@ def group_size(files: int, workers: int) -> int:
     return max(1, min(GROUP_FILES, files // (4 * workers)))
 
 
-def _collect(groups: Iterator[list], total: int, progress: bool) -> list:
-    """The per-file results of every group, in order, with a progress bar (per file) when asked for (tqdm is
+def _collect(pool, tasks: list, total: int, progress: bool) -> list:
+    """The per-file results of every task, in order, with a progress bar stepped as each file finishes (tqdm is
     imported only then: a quiet run does not pay for it)."""
     if not progress:
-        return [result for group in groups for result in group]
+        return [result for group in pool.imap(_run_group, tasks) for result in group]
     from tqdm import tqdm
 
-    results: list = []
     with tqdm(total=total, unit="img", file=sys.stderr) as bar:
-        for group in groups:
-            results += group
-            bar.update(len(group))
-    return results
+        return [result for group in pool.imap(_run_group, tasks, on_message=bar.update) for result in group]
 
 
 def write_report(rows: list[dict[str, str | int]], path: Path) -> None:

@@ -121,3 +121,41 @@ def test_a_failure_in_one_photo_of_a_group_is_its_error_row_alone(photos, tmp_pa
 def test_group_size_gives_every_worker_several_tasks():
     assert group_size(1000, 1) == group_size(3, 0) == batch_module.GROUP_FILES == 64
     assert group_size(1000, 2) == 64 and group_size(200, 2) == 25 and group_size(3, 2) == 1
+
+
+def test_progress_steps_file_by_file_within_a_group(photos, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from m2u.core.parallel import InProcessPool
+
+    src = Path(_folder(tmp_path, photos))
+    files = sorted(src.iterdir())
+    items = [(f, Path(f.stem), "") for f in files] + [(src / "missing.png", Path("missing"), "")]
+    job = batch_module.Job(tmp_path / "out", MaskConfig(mask_type="surgical"), DetectorConfig(), 0, 10**8)
+    messages: list[int] = []
+    steps_before: list[int] = []
+    mask_faces = batch_module._mask_faces
+
+    def counting(*args):
+        steps_before.append(len(messages))
+        return mask_faces(*args)
+
+    monkeypatch.setattr(batch_module, "_mask_faces", counting)
+    for progress, expected in ((True, [1] * len(items)), (False, [])):
+        messages.clear()
+        steps_before.clear()
+        task = (job, (job.mask_config,), items, progress)
+        (rows,) = InProcessPool().imap(batch_module._run_group, [task], on_message=messages.append)
+        assert messages == expected  # one step per file, the unreadable one included
+        assert len(rows) == len(items) and rows[-1][0]["status"] == "error"
+    assert steps_before == [0] * len(files)  # quiet: nothing sent
+    messages.clear()
+    steps_before.clear()
+    list(
+        InProcessPool().imap(
+            batch_module._run_group, [(job, (job.mask_config,), items[:-1], True)], on_message=messages.append
+        )
+    )
+    assert steps_before == list(
+        range(len(files))
+    )  # each file's step comes as it finishes, not with the group
