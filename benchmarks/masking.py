@@ -1,5 +1,6 @@
 """Masking throughput on the first 500 CelebA files: m2u-mask with 1 worker and with all cores, peak memory, and
-apply_mask alone on 256x256 aligned crops. Prints the figures and writes benchmarks/results/masking.json.
+apply_mask alone on 256x256 aligned crops. Prints the figures and writes them into benchmarks/results/masking.json
+(the keys the other modes below write are kept).
 
     .venv/bin/python benchmarks/masking.py [--files 500] [--repeats 3] [--shared ../shared]
 
