@@ -62,6 +62,22 @@ def celeba_first(celeba_dir: Path):
     return first
 
 
+@pytest.fixture
+def detect_many_groups(monkeypatch) -> list[int]:
+    """The number of images of each FaceDetector.detect_many call while the test runs (in this process)."""
+    from m2u.masking import FaceDetector
+
+    sizes: list[int] = []
+    detect_many = FaceDetector.detect_many
+
+    def recording(self, images, *args, **kwargs):
+        sizes.append(len(images))
+        return detect_many(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(FaceDetector, "detect_many", recording)
+    return sizes
+
+
 def _dataset_snapshot(out: Path) -> dict[str, bytes]:
     """Every file a dataset build leaves, by relative path, except what records timings or a process id (stats.json,
     the per-shard ``*_stats.json``, the lock files)."""

@@ -21,20 +21,10 @@ def faces(demo_faces):
     return demo_faces(12)
 
 
-def _group_sizes(monkeypatch) -> list[int]:
-    sizes: list[int] = []
-    detect_many = FaceDetector.detect_many
-
-    def recording(self, images, *args, **kwargs):
-        sizes.append(len(images))
-        return detect_many(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(FaceDetector, "detect_many", recording)
-    return sizes
-
-
-def test_the_bytes_do_not_depend_on_the_grouping(faces, tmp_path, monkeypatch, dataset_snapshot):
-    sizes = _group_sizes(monkeypatch)
+def test_the_bytes_do_not_depend_on_the_grouping(
+    faces, tmp_path, monkeypatch, dataset_snapshot, detect_many_groups
+):
+    sizes = detect_many_groups
     build_dataset([faces], tmp_path / "grouped", CONFIG)
     assert max(sizes) > 1  # a shard's inputs were found together
     grouped = dataset_snapshot(tmp_path / "grouped")
@@ -45,11 +35,10 @@ def test_the_bytes_do_not_depend_on_the_grouping(faces, tmp_path, monkeypatch, d
     assert dataset_snapshot(tmp_path / "single") == grouped
 
 
-def test_a_group_breaks_at_the_pixel_budget(faces, tmp_path, monkeypatch):
-    sizes = _group_sizes(monkeypatch)
+def test_a_group_breaks_at_the_pixel_budget(faces, tmp_path, monkeypatch, detect_many_groups):
     monkeypatch.setattr(work, "GROUP_PIXELS", 1)  # every decoded photo fills a group
     build_dataset([faces], tmp_path / "out", CONFIG)
-    assert set(sizes) == {1}
+    assert set(detect_many_groups) == {1}
 
 
 def test_a_failed_detection_is_its_photos_row_alone(faces, tmp_path, monkeypatch):

@@ -74,17 +74,10 @@ def _outputs(out) -> dict[str, bytes]:
     }
 
 
-def test_outputs_do_not_depend_on_the_grouping(photos, tmp_path, monkeypatch):
+def test_outputs_do_not_depend_on_the_grouping(photos, tmp_path, monkeypatch, detect_many_groups):
     src = _folder(tmp_path, photos)
     config = BatchConfig(mask=MaskConfig(mask_type="surgical"), workers=0, progress=False, seed=3)
-    groups: list[int] = []
-    detect_many = FaceDetector.detect_many
-
-    def recording(self, images, *args, **kwargs):
-        groups.append(len(images))
-        return detect_many(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(FaceDetector, "detect_many", recording)
+    groups = detect_many_groups
     grouped = mask_files([src], tmp_path / "grouped", config)
     assert groups == [len(photos)]  # every readable photo of one task in one group
     groups.clear()
