@@ -39,6 +39,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m2u"
 
 
+def write_cache_file(path: str | os.PathLike[str], write: Callable[[str], object]) -> bool:
+    """`atomic_write` of a file m2u derives and keeps in its cache folder (cache_dir); False when it cannot be
+    written (a read-only folder, or a file at that name m2u's record does not list): a cache is only a faster start,
+    so it never fails the command."""
+    try:
+        atomic_write(path, write)
+    except (OSError, OutputRefusedError):
+        return False
+    return True
+
+
 class OutputRefusedError(ValueError):
     """An output name m2u must not write: a symbolic link, not a regular file, or a file m2u did not write."""
 

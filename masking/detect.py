@@ -15,7 +15,7 @@ import dlib
 import numpy as np
 
 from m2u.core.checks import check_types
-from m2u.core.fileio import atomic_write, cache_dir
+from m2u.core.fileio import cache_dir, write_cache_file
 
 DetectorModel = Literal["hog", "cnn"]
 DETECTOR_MODELS: tuple[str, ...] = ("hog", "cnn")
@@ -57,8 +57,8 @@ def _hog_detector():
             pass
     detector = dlib.get_frontal_face_detector()
     # Complete or absent: concurrent processes never read half a file. A read-only home: no cache, a slower start.
-    with contextlib.suppress(OSError, RuntimeError):
-        atomic_write(cached, detector.save)
+    with contextlib.suppress(RuntimeError):  # dlib could not save it
+        write_cache_file(cached, detector.save)
     return detector
 
 

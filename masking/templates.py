@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from m2u.core.fileio import atomic_write, cache_dir
+from m2u.core.fileio import cache_dir, write_cache_file
 
 TEXTURE_WIDTH = 768
 TEXTURE_HEIGHT = 512
@@ -427,14 +427,13 @@ def get_template(name: str) -> Template:
         template = _BUILDERS[name]()
         for key in _ARRAYS:
             setattr(template, key, np.ascontiguousarray(getattr(template, key), dtype=np.float32))
-        # Complete or absent (concurrent processes never read half a file); a read-only cache: drawn every time.
-        with contextlib.suppress(OSError):
-            atomic_write(path, lambda temp: _write_cached(temp, template))
-            for stale in path.parent.glob(
-                f"template-{name}-*.npz"
-            ):  # drawn by an earlier version: never read
+        # Complete or absent: concurrent processes never read half a file.
+        if write_cache_file(path, lambda temp: _write_cached(temp, template)):
+            # Files drawn by an earlier version of this code or of numpy / OpenCV are never read again.
+            for stale in path.parent.glob(f"template-{name}-*.npz"):
                 if stale != path:
-                    stale.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
     return template
 
 

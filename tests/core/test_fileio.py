@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,19 @@ def test_library_versions_records_missing_packages_instead_of_dropping_them():
     assert versions["no-such-package-m2u"] == "not installed"
     assert versions["numpy"][0].isdigit()
     assert {"python", "machine", "system"} <= set(versions)
+
+
+def test_a_cache_file_that_cannot_be_written_is_false_not_an_error(tmp_path):
+    from m2u.core.fileio import write_cache_file
+
+    target = tmp_path / "cache" / "derived.bin"
+    assert write_cache_file(target, lambda temp: Path(temp).write_bytes(b"v1"))
+    assert write_cache_file(target, lambda temp: Path(temp).write_bytes(b"v2"))  # m2u's own: replaced
+    assert target.read_bytes() == b"v2"
+    foreign = tmp_path / "cache" / "someone-elses.bin"
+    foreign.write_bytes(b"theirs")
+    assert not write_cache_file(foreign, lambda temp: Path(temp).write_bytes(b"ours"))
+    assert foreign.read_bytes() == b"theirs"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    assert not write_cache_file(blocked / "derived.bin", lambda temp: Path(temp).write_bytes(b"x"))

@@ -78,3 +78,12 @@ def test_a_read_only_cache_folder_only_means_drawing_every_time(tmp_path, monkey
     finally:
         templates.get_template.cache_clear()
     assert template.alpha.shape == (templates.TEXTURE_HEIGHT, templates.TEXTURE_WIDTH)
+
+
+def test_a_damaged_file_m2u_did_not_write_is_left_and_the_template_drawn(cache):
+    path = templates.cached_template_path("surgical")
+    cache.mkdir(parents=True)
+    path.write_bytes(b"not a template")  # e.g. copied in by hand: not in the folder's record of m2u's files
+    template = templates.get_template("surgical")
+    assert template.alpha.shape == (templates.TEXTURE_HEIGHT, templates.TEXTURE_WIDTH)
+    assert path.read_bytes() == b"not a template"
