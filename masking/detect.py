@@ -364,8 +364,8 @@ class FaceDetector:
     def detect_many(self, images: Sequence[np.ndarray], largest_only: bool = False) -> list[list[Face]]:
         """`detect` of each image (the same faces), done in phases: BlazeFace on every image, then the 68 points of
         every face it found, then the checks. dlib's predictor is ~100 MB of trees: on 200 CelebA photos it fitted
-        a face in ~1.1 ms when the fits followed each other and ~1.9 ms with other work between them, which
-        evicts its trees from the CPU caches (measured 2026-12-04)."""
+        a face in ~1.0 ms when the fits followed each other and ~1.9 ms with other work between them, which
+        evicts its trees from the CPU caches (timed by hand, 2026-12-04)."""
         images = [_as_rgb_uint8(image) for image in images]
         found = [
             self._blazeface_detections(image) if self.config.uses_blazeface(*image.shape[:2]) else []
