@@ -25,6 +25,9 @@ second and per CPU-second (its process and children, start-up included), outputs
 got no output and no line saying why: MaskTheFace writes nothing for a photo without a face; m2u-mask lists every
 input in report.csv) go into the JSON's "peer" key, with the within-round ratios' medians. `--peer-only` runs just
 that comparison (the rest of the JSON is kept; `--peer-key` names the key it writes, e.g. `peer_1000_files`).
+Every round's outputs are kept until the last round ends, and an untimed warm-up run of each tool first caches its
+modules' bytecode (_run_folder, _child_env: on this machine's ext4 without a journal, files created right after many
+were deleted cost much more kernel time). Start it a minute or more after deleting many files.
 `--blas-start-only` measures the console entry's one-BLAS-thread start (m2u.core.startup) against the bare Click
 command, interleaved, on `--files` photos (JSON key "blas_start").
 Setting up a checkout with pip (its requirements.txt pins 2020 versions that no longer install; these are the
@@ -48,6 +51,7 @@ above (measured 2026-12-03 with dlib-bin 20.0.1, numpy 2.4, opencv-python-headle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -65,18 +69,54 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO_PER_CORE = 3.0  # issue 28: m2u-mask at least 3x MaskTheFace per core, measured with --peer
 
 
+def _child_env(scratch: Path | None) -> dict[str, str] | None:
+    """The environment of a measured child process. With `scratch`, Python's bytecode cache goes to a folder inside
+    it and is written even where PYTHONDONTWRITEBYTECODE is set (as on the machines m2u is developed on): every tool
+    measured then runs from compiled modules, as on any machine where it has run before (see _warm_up)."""
+    if scratch is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(scratch / "bytecode")
+    return env
+
+
+def _warm_up(
+    scratch: Path, files: list[Path], peer: Path | None = None, python: str = "", mask_type: str = ""
+) -> None:
+    """One untimed run of m2u-mask (and of MaskTheFace with `peer`) on two files: their modules' bytecode is then
+    cached for the measured rounds (_child_env)."""
+    _run_cli(files[:2], 1, seed=0, mask_type=mask_type or None, scratch=scratch)
+    if peer is not None:
+        _run_peer(peer, python, files[:2], mask_type, scratch=scratch)
+
+
+@contextlib.contextmanager
+def _run_folder(scratch: Path | None):
+    """A new folder for one measured run: inside `scratch` and kept (deleted with it after the last round), or a
+    temporary one deleted at once. Interleaved rounds keep theirs: on an ext4 file system without a journal (this
+    machine's) creating a file right after thousands were deleted costs more kernel time (the inode allocator
+    skips recently freed inodes), so deleting a round's outputs made the next run pay for the benchmark's own
+    clean-up, the tool writing more files paying more."""
+    if scratch is not None:
+        yield Path(tempfile.mkdtemp(dir=scratch))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
 def _run_cli(
     files: list[Path],
     workers: int,
     seed: int,
     mask_type: str | None = None,
     entry: str = "m2u.masking.launch",
+    scratch: Path | None = None,
 ) -> dict:
     """Run m2u-mask in a child process on a folder of links to the files; wall time, peak RSS, report counts.
     `entry`: the module whose `main` runs (the console entry by default; `m2u.masking.cli` is the Click command
-    without the one-BLAS-thread start)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "in", Path(tmp) / "out"
+    without the one-BLAS-thread start). `scratch`: see _run_folder."""
+    with _run_folder(scratch) as tmp:
+        src, out = tmp / "in", tmp / "out"
         src.mkdir()
         for f in files:
             (src / f.name).symlink_to(f.resolve())
@@ -95,7 +135,9 @@ def _run_cli(
             *(["--mask-type", mask_type] if mask_type else []),
         ]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(scratch)
+        )
         _, _, rusage = os.wait4(proc.pid, 0)  # this child's usage, including its waited-for pool workers
         wall = time.perf_counter() - start
         stderr = proc.stderr.read()
@@ -129,26 +171,30 @@ def _run_cli(
     }
 
 
-def _run_peer(peer: Path, python: str, files: list[Path], mask_type: str) -> dict:
+def _run_peer(
+    peer: Path, python: str, files: list[Path], mask_type: str, scratch: Path | None = None
+) -> dict:
     """MaskTheFace's own script over a folder of links to the files, in its checkout's folder (it reads
     masks/masks.cfg and dlib_models/ relative to it): wall and CPU time (the process and its children), its outputs
     (IN_masked/<stem>_<mask type>.<ext>) and the inputs that got none."""
     script = peer / "mask_the_face.py"
     if not script.is_file():
         raise SystemExit(f"--peer {peer}: no mask_the_face.py there (give a MaskTheFace checkout)")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "in"
+    with _run_folder(scratch) as tmp:
+        src = tmp / "in"
         src.mkdir()
         for f in files:
             (src / f.name).symlink_to(f.resolve())
         cmd = [python, str(script), "--path", str(src), "--mask_type", mask_type]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=peer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=peer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(scratch)
+        )
         _, status, rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         stderr = proc.stderr.read()
         proc.stdout.read()
-        written = sorted(p.name for p in (Path(tmp) / "in_masked").glob("*") if p.is_file())
+        written = sorted(p.name for p in (tmp / "in_masked").glob("*") if p.is_file())
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"MaskTheFace exited with {code}: {stderr.strip()[-2000:]}")
@@ -172,13 +218,17 @@ def _blas_start_comparison(files: list[Path], repeats: int) -> dict:
     """CPU time of m2u-mask through its console entry (one BLAS thread, m2u.core.startup) against the bare Click
     command (numpy's OpenBLAS pool of one thread per core), in interleaved rounds on the same files."""
     rounds = []
-    for _ in range(repeats):
-        rounds.append(
-            {
-                "console_entry_cpu_s": _run_cli(files, 1, seed=0)["cpu_s"],
-                "click_command_cpu_s": _run_cli(files, 1, seed=0, entry="m2u.masking.cli")["cpu_s"],
-            }
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        _warm_up(Path(scratch), files)
+        for _ in range(repeats):
+            rounds.append(
+                {
+                    "console_entry_cpu_s": _run_cli(files, 1, seed=0, scratch=Path(scratch))["cpu_s"],
+                    "click_command_cpu_s": _run_cli(
+                        files, 1, seed=0, entry="m2u.masking.cli", scratch=Path(scratch)
+                    )["cpu_s"],
+                }
+            )
     saved = [r["click_command_cpu_s"] - r["console_entry_cpu_s"] for r in rounds]
     return {
         "files": len(files),
@@ -192,16 +242,19 @@ def _blas_start_comparison(files: list[Path], repeats: int) -> dict:
 
 def _peer_comparison(files: list[Path], peer: Path, python: str, repeats: int, mask_type: str) -> dict:
     """m2u-mask (one worker) and MaskTheFace in interleaved rounds on the same files and mask type."""
+    load_at_start = os.getloadavg()
     rounds = []
-    for index in range(repeats):
-        ours = _run_cli(files, 1, seed=0, mask_type=mask_type)
-        theirs = _run_peer(peer, python, files, mask_type)
-        rounds.append({"m2u": ours, "masktheface": theirs})
-        print(
-            f"peer round {index + 1}: m2u-mask {ours['images_per_cpu_second']} images per CPU-second, MaskTheFace "
-            f"{theirs['images_per_cpu_second']}",
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        _warm_up(Path(scratch), files, peer, python, mask_type)
+        for index in range(repeats):
+            ours = _run_cli(files, 1, seed=0, mask_type=mask_type, scratch=Path(scratch))
+            theirs = _run_peer(peer, python, files, mask_type, scratch=Path(scratch))
+            rounds.append({"m2u": ours, "masktheface": theirs})
+            print(
+                f"peer round {index + 1}: m2u-mask {ours['images_per_cpu_second']} images per CPU-second, "
+                f"MaskTheFace {theirs['images_per_cpu_second']}",
+                flush=True,
+            )
 
     def ratio(key: str) -> float:
         return round(float(np.median([r["m2u"][key] / r["masktheface"][key] for r in rounds])), 2)
@@ -228,7 +281,15 @@ def _peer_comparison(files: list[Path], peer: Path, python: str, repeats: int, m
         # Medians of the within-round ratios (m2u over MaskTheFace): per core (CPU-seconds) and wall clock.
         "ratio_per_cpu_second": ratio("images_per_cpu_second"),
         "ratio_wall": ratio("images_per_s"),
+        # The same per core without the kernel's share (file creation varies most between rounds).
+        "ratio_user_time": round(
+            float(np.median([r["masktheface"]["user_s"] / r["m2u"]["user_s"] for r in rounds])), 2
+        ),
         "target_ratio_per_core": TARGET_RATIO_PER_CORE,
+        "machine": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "method": "outputs of every round kept until the last; bytecode cached for both tools by an untimed warm-up",
     }
 
 
@@ -238,10 +299,15 @@ def _variants_comparison(files: list[Path], repeats: int) -> dict:
     from m2u.masking import MASK_TYPES
 
     rounds = []
-    for _ in range(repeats):
-        together = _run_cli(files, 1, seed=0, mask_type="all")
-        apart = [_run_cli(files, 1, seed=0, mask_type=t) for t in MASK_TYPES]
-        rounds.append((together["cpu_s"], sum(r["cpu_s"] for r in apart), together["image_files_written"]))
+    with tempfile.TemporaryDirectory() as scratch_folder:
+        scratch = Path(scratch_folder)
+        _warm_up(scratch, files)
+        for _ in range(repeats):
+            together = _run_cli(files, 1, seed=0, mask_type="all", scratch=scratch)
+            apart = [_run_cli(files, 1, seed=0, mask_type=t, scratch=scratch) for t in MASK_TYPES]
+            rounds.append(
+                (together["cpu_s"], sum(r["cpu_s"] for r in apart), together["image_files_written"])
+            )
     return {
         "files": len(files),
         "types": list(MASK_TYPES),
@@ -506,26 +572,29 @@ def main() -> None:
     # Interleaved rounds: this shared machine's speed drifts by tens of percent between minutes, so each ratio
     # is taken within a round and the median over rounds is reported.
     rounds = []
-    for index in range(args.repeats):
-        one = _run_cli(files, 1, seed=0)
-        many = _run_cli(files, cores, seed=0)
-        base = _masktheface_style_process(files, pack) if has_baseline else None
-        detection = _detection_only_process(files)
-        rounds.append(
-            {
-                "one_worker": one,
-                "all_workers": many,
-                "masktheface_style_process": base,
-                "detection_only_process": detection,
-            }
-        )
-        print(
-            f"round {index + 1}: 1 worker {one['images_per_s']} images/s ({one['images_per_cpu_second']} per "
-            f"CPU-second), {cores} workers {many['images_per_s']} images/s"
-            + (f"; MaskTheFace-style process {base['images_per_s']} images/s" if base else "")
-            + f"; detection alone {detection['images_per_s']} images/s",
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory() as scratch_folder:
+        scratch = Path(scratch_folder)
+        _warm_up(scratch, files)
+        for index in range(args.repeats):
+            one = _run_cli(files, 1, seed=0, scratch=scratch)
+            many = _run_cli(files, cores, seed=0, scratch=scratch)
+            base = _masktheface_style_process(files, pack) if has_baseline else None
+            detection = _detection_only_process(files)
+            rounds.append(
+                {
+                    "one_worker": one,
+                    "all_workers": many,
+                    "masktheface_style_process": base,
+                    "detection_only_process": detection,
+                }
+            )
+            print(
+                f"round {index + 1}: 1 worker {one['images_per_s']} images/s ({one['images_per_cpu_second']} per "
+                f"CPU-second), {cores} workers {many['images_per_s']} images/s"
+                + (f"; MaskTheFace-style process {base['images_per_s']} images/s" if base else "")
+                + f"; detection alone {detection['images_per_s']} images/s",
+                flush=True,
+            )
     one, many = rounds[-1]["one_worker"], rounds[-1]["all_workers"]
     baseline = None
     if has_baseline:
