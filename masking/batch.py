@@ -431,6 +431,7 @@ def mask_files(
         raise no_images_error(found)
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
+    detector = config.detector.for_photos(len(files))
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
@@ -438,12 +439,12 @@ def mask_files(
             if config.mask_code is None and len(groups) > 1:
                 # Every file gets every configuration ("all"): read and detect each file once for all of them.
                 masks = tuple(mask for mask, _ in groups)
-                job = Job(out, masks[0], config.detector, config.seed, config.max_pixels)
+                job = Job(out, masks[0], detector, config.seed, config.max_pixels)
                 done = run(files, job, workers, progress=config.progress, masks=masks)
                 rows += [{**row, "mask_type": masks[k // len(files)].mask_type} for k, row in enumerate(done)]
             else:
                 for mask, indices in groups:
-                    job = Job(out, mask, config.detector, config.seed, config.max_pixels)
+                    job = Job(out, mask, detector, config.seed, config.max_pixels)
                     done = run([files[i] for i in indices], job, workers, progress=config.progress)
                     rows += [{**row, "mask_type": mask.mask_type} for row in done]
         except BaseException:

@@ -1,0 +1,154 @@
+"""dlib's 68-point predictor run from its converted model: dlib's own points, a cache converted once, dlib's own
+predictor wherever the conversion cannot be used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dlib
+import numpy as np
+import pytest
+from skimage import data
+
+from m2u.masking import detect as detect_module
+from m2u.masking import landmarks
+from m2u.masking.landmarks import LandmarkModel, cached_model, check_boxes, check_image, intensity
+
+DAT = "shape_predictor_68_face_landmarks.dat"
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return LandmarkModel.convert(detect_module.model_path(DAT))
+
+
+@pytest.fixture
+def cache(tmp_path):
+    cached_model.cache_clear()
+    yield tmp_path / "cache"
+    cached_model.cache_clear()
+
+
+def _dlib_points(image, box):
+    shape = detect_module._shape_predictor()(image, dlib.rectangle(*box))
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+def test_the_converted_model_gives_dlibs_own_points(arrays):
+    model = LandmarkModel(arrays)
+    assert arrays["leaves"].shape == (15, 500, 16, 136) and arrays["idx1"].shape == (15, 500, 15)
+    photo = np.ascontiguousarray(data.astronaut())
+    face = detect_module.FaceDetector().detect(photo)[0]
+    height, width = photo.shape[:2]
+    turned = np.ascontiguousarray(photo[::-1, ::-1])
+    x0, y0, x1, y1 = face.box
+    cases = [(photo, face.box), (turned, (width - 1 - x1, height - 1 - y1, width - 1 - x0, height - 1 - y0))]
+    cases += [(photo, (x0 - 40, y0 - 60, x1 + 10, y1 + 5)), (photo, (-30, -20, 150, 160))]  # partly outside
+    grid = check_image(seed=3)
+    cases += [(grid, box) for box in check_boxes(*grid.shape[:2])]
+    for image, box in cases:
+        ours = model.fit(intensity(image), box)
+        assert ours.dtype == np.float32 and ours.shape == (68, 2)
+        assert np.array_equal(ours, _dlib_points(image, box)), box
+
+
+def _source(tmp_path: Path) -> Path:
+    """A stand-in for dlib's file (the cache is named after its size and time)."""
+    path = tmp_path / DAT
+    path.write_bytes(b"dlib model stand-in")
+    return path
+
+
+def test_the_cache_is_written_once_and_loaded_without_converting(arrays, cache, tmp_path, monkeypatch):
+    source = _source(tmp_path)
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: arrays))
+    model = cached_model(str(source), str(cache), detect_module._shape_predictor)
+    assert model is not None and len(list(cache.glob("dlib-landmarks-*.npz"))) == 1
+    assert not list(cache.glob(".*.tmp"))  # written atomically
+
+    def never(dat):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(never))
+    cached_model.cache_clear()
+    loaded = cached_model(str(source), str(cache), detect_module._shape_predictor)
+    grey = intensity(check_image())
+    assert np.array_equal(loaded.fit(grey, (20, 30, 140, 150)), model.fit(grey, (20, 30, 140, 150)))
+
+
+def test_a_damaged_cache_is_converted_again(arrays, cache, tmp_path, monkeypatch):
+    source = _source(tmp_path)
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: arrays))
+    cached_model(str(source), str(cache), detect_module._shape_predictor)
+    (stored,) = cache.glob("dlib-landmarks-*.npz")
+    stored.write_bytes(b"damaged")
+    cached_model.cache_clear()
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is not None
+    assert stored.stat().st_size > 1_000_000  # rewritten whole
+
+
+def test_a_new_conversion_removes_the_stale_ones(arrays, cache, tmp_path, monkeypatch):
+    source = _source(tmp_path)
+    cache.mkdir(parents=True)
+    stale = cache / "dlib-landmarks-0-123-456.npz"  # another copy of dlib's file, an older format
+    stale.write_bytes(b"old conversion")
+    unrelated = cache / "template-surgical-0123.npz"
+    unrelated.write_bytes(b"a template")
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: arrays))
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is not None
+    assert not stale.exists() and unrelated.exists()
+    assert len(list(cache.glob("dlib-landmarks-*.npz"))) == 1
+
+
+def test_a_conversion_that_differs_from_dlib_is_never_used(arrays, cache, tmp_path, monkeypatch):
+    source = _source(tmp_path)
+    changed = dict(arrays, thresholds=arrays["thresholds"] + np.float32(7.0))  # a wrong conversion
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: changed))
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is None
+    assert list(cache.glob("*.differs")) and not list(cache.glob("*.npz"))
+    cached_model.cache_clear()
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: arrays))
+    # Remembered: the next process does not convert again, it uses dlib's own predictor.
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is None
+
+
+def test_an_unwritable_cache_folder_means_dlibs_own_predictor(cache, tmp_path, monkeypatch):
+    source = _source(tmp_path)
+
+    def never(dat):
+        raise AssertionError("converted although the result could not be kept")
+
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(never))
+    monkeypatch.setattr(landmarks.os, "access", lambda path, mode: False)
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is None
+
+
+def test_the_detectors_fit_gives_the_same_points_either_way(monkeypatch):
+    photo = np.ascontiguousarray(data.astronaut())
+    box = detect_module.FaceDetector().detect(photo)[0].box
+    detect_module.landmark_fit.cache_clear()
+    try:
+        with_dlib = detect_module.landmark_fit("dlib")(photo, [box, (0, 0, 120, 140)])
+        converted = detect_module.landmark_fit("converted")(photo, [box, (0, 0, 120, 140)])
+        assert detect_module.landmark_fit("auto") is detect_module.landmark_fit("dlib")
+        monkeypatch.setenv("M2U_DLIB_LANDMARKS", "1")  # dlib's own, whatever is asked
+        detect_module.landmark_fit.cache_clear()
+        forced = detect_module.landmark_fit("converted")(photo, [box, (0, 0, 120, 140)])
+    finally:
+        detect_module.landmark_fit.cache_clear()
+    assert len(with_dlib) == len(converted) == len(forced) == 2
+    assert np.array_equal(with_dlib, converted) and np.array_equal(with_dlib, forced)
+    assert with_dlib[0].dtype == converted[0].dtype == np.float32 and converted[0].shape == (68, 2)
+    assert detect_module.landmark_fit("converted")(photo, []) == []
+
+
+def test_auto_landmarks_are_chosen_by_the_runs_size():
+    config = detect_module.DetectorConfig()
+    assert config.landmarks == "auto"
+    below = detect_module.CONVERTED_LANDMARKS_BELOW
+    assert config.for_photos(below - 1).landmarks == "converted"
+    assert config.for_photos(below).landmarks == "dlib"
+    chosen = detect_module.DetectorConfig(landmarks="dlib")
+    assert chosen.for_photos(1) is chosen  # a choice made is kept
+    with pytest.raises(ValueError, match="landmarks: must be one of"):
+        detect_module.DetectorConfig(landmarks="numpy")
