@@ -76,21 +76,22 @@ def _shape_predictor():
 LandmarkFitter = Literal["auto", "dlib", "converted"]
 LANDMARK_FITTERS: tuple[str, ...] = ("auto", "dlib", "converted")
 # "auto" fits with the converted model in runs of fewer photos than this (DetectorConfig.for_photos): it saves ~0.43
-# CPU-seconds of dlib's load per process and costs ~2 ms more per face (3.1 against 1.05 ms, fits one after another).
-# m2u-mask on CelebA, interleaved runs by hand (2026-12-04): 200 photos 7.5 % less CPU, 400 photos 5 % more.
-CONVERTED_LANDMARKS_BELOW = 250
+# CPU-seconds of dlib's load per process and costs ~0.6 ms more per face in m2u-mask's flow (fitted in batches).
+# m2u-mask on CelebA against dlib's own, interleaved runs by hand (2026-12-05): 200 photos 16.5 % less CPU, 400
+# photos 3.8 % less, 1,000 photos 2.9 % more.
+CONVERTED_LANDMARKS_BELOW = 500
 Box = tuple[int, int, int, int]
-Fit = Callable[[np.ndarray, Sequence[Box]], list[np.ndarray]]
+Fit = Callable[[Sequence[tuple[np.ndarray, Sequence[Box]]]], list[list[np.ndarray]]]
 
 
 @functools.cache
 def landmark_fit(fitter: LandmarkFitter = "dlib") -> Fit:
-    """`fit(image, boxes)`: dlib's 68 points (float32 (68, 2), image pixels) for each box (left, top, right, bottom)
-    of an RGB uint8 image. "dlib" (and "auto", where no run size decides it): dlib's own predictor (its 100 MB model
-    parsed at ~0.5 CPU-seconds per process, then ~1 ms per face). "converted": the same points from a converted copy
-    of its model (m2u.masking.landmarks: loaded in ~0.05 s, ~3 ms per face; the photo's intensity image is made once
-    for all its boxes), or dlib's own where the conversion is unavailable or differs from dlib, or where
-    M2U_DLIB_LANDMARKS=1."""
+    """`fit([(image, boxes), ...])`: per RGB uint8 image, dlib's 68 points (float32 (68, 2), image pixels) for each
+    of its boxes (left, top, right, bottom). "dlib" (and "auto", where no run size decides it): dlib's own predictor
+    (its 100 MB model parsed at ~0.5 CPU-seconds per process, then ~1 ms per face). "converted": the same points from
+    a converted copy of its model (m2u.masking.landmarks: loaded in ~0.05 s; the faces of all the images given are
+    fitted in batches, ~1.1 ms per face, ~2.4 alone), or dlib's own where the conversion is unavailable or differs
+    from dlib, or where M2U_DLIB_LANDMARKS=1."""
     if fitter not in LANDMARK_FITTERS:
         raise ValueError(f"unknown landmark fitter {fitter!r}; choose one of {LANDMARK_FITTERS}")
     if fitter == "auto":
@@ -104,13 +105,20 @@ def landmark_fit(fitter: LandmarkFitter = "dlib") -> Fit:
         )
         if model is not None:
 
-            def fit_converted(image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
-                grey = intensity(image) if boxes else image
-                return [model.fit(grey, box) for box in boxes]
+            def fit_converted(items: Sequence[tuple[np.ndarray, Sequence[Box]]]) -> list[list[np.ndarray]]:
+                faces = [
+                    (grey, box)
+                    for image, boxes in items
+                    if boxes
+                    for grey in [intensity(image)]
+                    for box in boxes
+                ]
+                points = iter(model.fit_many(faces))
+                return [[next(points) for _ in boxes] for _, boxes in items]
 
             return fit_converted
     predictor = _shape_predictor()
-    return lambda image, boxes: [_landmarks(predictor, image, box) for box in boxes]
+    return lambda items: [[_landmarks(predictor, image, box) for box in boxes] for image, boxes in items]
 
 
 @dataclass(frozen=True)
@@ -177,9 +185,9 @@ class DetectorConfig:
     blazeface_max_roll: float = 45.0
     blazeface_max_keypoint_error: float = 0.25
     # How the 68 points are fitted (`landmark_fit`: the same points either way). dlib's own predictor costs ~0.5
-    # CPU-seconds to load and ~1 ms per face, the converted model ~0.05 s and ~3 ms: "auto" takes the converted one
-    # for runs of fewer than CONVERTED_LANDMARKS_BELOW photos (`for_photos`; m2u-mask), dlib's own otherwise. A
-    # runtime field: the same points either way, so no output fingerprint depends on it.
+    # CPU-seconds to load and ~1 ms per face, the converted model ~0.05 s and ~1.1-2.4 ms: "auto" takes the
+    # converted one for runs of fewer than CONVERTED_LANDMARKS_BELOW photos (`for_photos`; m2u-mask), dlib's own
+    # otherwise. A runtime field: the same points either way, so no output fingerprint depends on it.
     landmarks: LandmarkFitter = runtime_field(default="auto")
 
     def __post_init__(self) -> None:
@@ -424,10 +432,12 @@ class FaceDetector:
             for image in images
         ]
         fit = landmark_fit(self.config.landmarks)
-        fitted = [
-            fit(image, [blazeface_dlib_box(d.keypoints) for d in detections])
-            for image, detections in zip(images, found)
-        ]
+        fitted = fit(
+            [
+                (image, [blazeface_dlib_box(d.keypoints) for d in detections])
+                for image, detections in zip(images, found)
+            ]
+        )
         results = []
         for image, detections, points in zip(images, found, fitted):
             faces = self._blazeface_faces(image, detections, points) if detections else []
@@ -480,7 +490,7 @@ class FaceDetector:
         ]
         faces = []
         for (_, score), corners, points in zip(
-            found, boxes, landmark_fit(self.config.landmarks)(image, boxes)
+            found, boxes, landmark_fit(self.config.landmarks)([(image, boxes)])[0]
         ):
             retry = model == "hog" and threshold < first_threshold
             checked = self.config.orientation_check and (

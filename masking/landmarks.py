@@ -20,6 +20,7 @@ import functools
 import math
 import os
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -28,6 +29,7 @@ import numpy as np
 from m2u.core.fileio import write_cache_file
 
 FORMAT = 1  # of the cache file; a new one is converted when this changes
+FIT_BATCH = 16  # faces fitted together (LandmarkModel.fit_many)
 _ARRAYS = ("initial", "anchors", "deltas", "idx1", "idx2", "thresholds", "leaves")
 
 
@@ -149,53 +151,87 @@ class LandmarkModel:
     def convert(dat: Path) -> dict[str, np.ndarray]:
         return _parse(dat)
 
-    def _similarity(self, shape: np.ndarray) -> tuple[np.float32, np.float32, np.float32, np.float32]:
-        """The scale-rotation of dlib's find_tform_between_shapes (mean shape -> `shape`), in closed form for
-        2-D points (Umeyama's least squares: [[a, -b], [b, a]]), cast to float32 as dlib casts it."""
-        centred = shape.astype(np.float64)
-        centred -= centred.mean(axis=0)
+    def _similarity(self, shapes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per face of `shapes` (faces, 68, 2), the scale-rotation of dlib's find_tform_between_shapes (mean shape ->
+        the face's shape), in closed form for 2-D points (Umeyama's least squares: [[a, -b], [b, a]]), cast to
+        float32 as dlib casts it: (m00, m01, m10, m11), each (faces, 1)."""
+        centred = shapes.astype(np.float64)
+        centred -= centred.mean(axis=1, keepdims=True)
         ref = self._reference
-        a = float((ref[:, 0] * centred[:, 0] + ref[:, 1] * centred[:, 1]).sum()) / self._reference_power
-        b = float((ref[:, 0] * centred[:, 1] - ref[:, 1] * centred[:, 0]).sum()) / self._reference_power
-        return np.float32(a), np.float32(-b), np.float32(b), np.float32(a)
+        a = (ref[:, 0] * centred[..., 0] + ref[:, 1] * centred[..., 1]).sum(axis=1) / self._reference_power
+        b = (ref[:, 0] * centred[..., 1] - ref[:, 1] * centred[..., 0]).sum(axis=1) / self._reference_power
+        a, b = a.astype(np.float32)[:, None], b.astype(np.float32)[:, None]
+        return a, -b, b, a
 
     def fit(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """dlib's 68 points (float32 pixels, integral as dlib gives them) for `box` in a uint8 intensity image."""
-        left, top, right, bottom = (int(v) for v in box)
-        width, height = float(right - left), float(bottom - top)
-        rows, cols = grey.shape
-        pixels = grey.ravel()
-        shape = self.initial.copy()
-        stack = np.empty((self._trees + 1, shape.size), np.float32)
+        return self.fit_many([(grey, box)])[0]
+
+    def fit_many(self, faces: Sequence[tuple[np.ndarray, tuple[int, int, int, int]]]) -> list[np.ndarray]:
+        """`fit` of every (intensity image, box) pair, FIT_BATCH faces at a time, each batch one step at a time:
+        numpy's per-call cost (~20 operations in each of 15 levels) is paid once per batch, not once per face.
+        Measured on 256 CelebA and extras faces: 1.07 ms per face in batches of 16, 1.33 in batches of 64 (the
+        leaves gathered per level outgrow the CPU caches), 2.4 one face at a time."""
+        return [
+            points
+            for k in range(0, len(faces), FIT_BATCH)
+            for points in self._fit_batch(faces[k : k + FIT_BATCH])
+        ]
+
+    def _fit_batch(self, faces: Sequence[tuple[np.ndarray, tuple[int, int, int, int]]]) -> list[np.ndarray]:
+        if not faces:
+            return []
+        count = len(faces)
+        # One pixel buffer for every image (an image with several faces once), each face's start in it.
+        starts: dict[int, int] = {}
+        buffers = []
+        total = 0
+        for grey, _ in faces:
+            if id(grey) not in starts:
+                starts[id(grey)] = total
+                buffers.append(grey.ravel())
+                total += grey.size
+        pixels = np.concatenate(buffers) if len(buffers) > 1 else buffers[0]
+        start = np.array([starts[id(grey)] for grey, _ in faces], np.int64)[:, None]
+        rows = np.array([grey.shape[0] for grey, _ in faces], np.int64)[:, None]
+        cols = np.array([grey.shape[1] for grey, _ in faces], np.int64)[:, None]
+        boxes = np.array([[int(v) for v in box] for _, box in faces], np.int64)
+        left, top = boxes[:, :1], boxes[:, 1:2]
+        width = (boxes[:, 2:3] - left).astype(np.float64)
+        height = (boxes[:, 3:4] - top).astype(np.float64)
+        shapes = np.tile(self.initial, (count, 1))
+        stack = np.empty((self._trees + 1, count, shapes.shape[1]), np.float32)
         for anchors, dx, dy, idx1, idx2, thresholds, leaves in self._levels:
-            current = shape.reshape(-1, 2)
+            current = shapes.reshape(count, -1, 2)
             m00, m01, m10, m11 = self._similarity(current)
-            anchor = current[anchors]
+            anchor = current[:, anchors]
             # float32 as dlib multiplies its float matrix by each delta, then the anchor point; the box mapping
             # and the rounding to a pixel (floor(v + 0.5)) in double.
             x = m00 * dx
             x += m01 * dy
-            x += anchor[:, 0]
+            x += anchor[..., 0]
             y = m10 * dx
             y += m11 * dy
-            y += anchor[:, 1]
+            y += anchor[..., 1]
             px = np.floor(width * x.astype(np.float64) + (left + 0.5)).astype(np.int64)
             py = np.floor(height * y.astype(np.float64) + (top + 0.5)).astype(np.int64)
             inside = (px >= 0) & (px < cols) & (py >= 0) & (py < rows)
-            features = np.where(inside, pixels.take(np.where(inside, py * cols + px, 0)), 0).astype(
+            features = np.where(inside, pixels.take(np.where(inside, start + py * cols + px, 0)), 0).astype(
                 np.float32
             )
-            goes_left = (features.take(idx1) - features.take(idx2)) > thresholds
-            node = np.zeros(self._trees, np.int64)
+            goes_left = (features.take(idx1, axis=1) - features.take(idx2, axis=1)) > thresholds
+            node = np.zeros((count, self._trees), np.int64)
             for _ in range(self._depth):
-                node = 2 * node + 2 - goes_left.take(self._split_rows + node)
-            stack[0] = shape
-            stack[1:] = leaves.take(self._leaf_rows + node, axis=0)
-            shape = cv2.reduce(stack, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F)[0]
-        points = shape.reshape(-1, 2).astype(np.float64)
-        x = np.floor(width * points[:, 0] + (left + 0.5))
-        y = np.floor(height * points[:, 1] + (top + 0.5))
-        return np.stack([x, y], axis=1).astype(np.float32)
+                node = 2 * node + 2 - np.take_along_axis(goes_left, self._split_rows + node, axis=1)
+            stack[0] = shapes
+            stack[1:] = leaves.take((self._leaf_rows + node).T, axis=0)
+            # Each face's leaves added in tree order, in float32, as dlib adds them (OpenCV sums rows in order).
+            shapes = cv2.reduce(stack.reshape(self._trees + 1, -1), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F)[0]
+            shapes = shapes.reshape(count, -1)
+        points = shapes.reshape(count, -1, 2).astype(np.float64)
+        x = np.floor(width * points[..., 0] + (left + 0.5))
+        y = np.floor(height * points[..., 1] + (top + 0.5))
+        return list(np.stack([x, y], axis=2).astype(np.float32))
 
 
 def intensity(image: np.ndarray) -> np.ndarray:

@@ -46,10 +46,16 @@ def test_the_converted_model_gives_dlibs_own_points(arrays):
     cases += [(photo, (x0 - 40, y0 - 60, x1 + 10, y1 + 5)), (photo, (-30, -20, 150, 160))]  # partly outside
     grid = check_image(seed=3)
     cases += [(grid, box) for box in check_boxes(*grid.shape[:2])]
-    for image, box in cases:
+    theirs = [_dlib_points(image, box) for image, box in cases]
+    for (image, box), points in zip(cases, theirs, strict=True):
         ours = model.fit(intensity(image), box)
         assert ours.dtype == np.float32 and ours.shape == (68, 2)
-        assert np.array_equal(ours, _dlib_points(image, box)), box
+        assert np.array_equal(ours, points), box
+    # Fitted together (images of different sizes, several boxes on one image, more faces than one batch): the same.
+    greys = {id(image): intensity(image) for image, _ in cases}
+    together = model.fit_many([(greys[id(image)], box) for image, box in cases] * 2)
+    assert len(cases) * 2 > landmarks.FIT_BATCH
+    assert all(np.array_equal(a, b) for a, b in zip(together, theirs * 2, strict=True))
 
 
 def _source(tmp_path: Path) -> Path:
@@ -128,18 +134,18 @@ def test_the_detectors_fit_gives_the_same_points_either_way(monkeypatch):
     box = detect_module.FaceDetector().detect(photo)[0].box
     detect_module.landmark_fit.cache_clear()
     try:
-        with_dlib = detect_module.landmark_fit("dlib")(photo, [box, (0, 0, 120, 140)])
-        converted = detect_module.landmark_fit("converted")(photo, [box, (0, 0, 120, 140)])
+        with_dlib = detect_module.landmark_fit("dlib")([(photo, [box, (0, 0, 120, 140)])])[0]
+        converted = detect_module.landmark_fit("converted")([(photo, [box, (0, 0, 120, 140)])])[0]
         assert detect_module.landmark_fit("auto") is detect_module.landmark_fit("dlib")
         monkeypatch.setenv("M2U_DLIB_LANDMARKS", "1")  # dlib's own, whatever is asked
         detect_module.landmark_fit.cache_clear()
-        forced = detect_module.landmark_fit("converted")(photo, [box, (0, 0, 120, 140)])
+        forced = detect_module.landmark_fit("converted")([(photo, [box, (0, 0, 120, 140)])])[0]
     finally:
         detect_module.landmark_fit.cache_clear()
     assert len(with_dlib) == len(converted) == len(forced) == 2
     assert np.array_equal(with_dlib, converted) and np.array_equal(with_dlib, forced)
     assert with_dlib[0].dtype == converted[0].dtype == np.float32 and converted[0].shape == (68, 2)
-    assert detect_module.landmark_fit("converted")(photo, []) == []
+    assert detect_module.landmark_fit("converted")([(photo, []), (photo, [box])])[0] == []
 
 
 def test_auto_landmarks_are_chosen_by_the_runs_size():
