@@ -23,13 +23,16 @@ import cv2
 import dlib
 import numpy as np
 
+from m2u.core.runtime import runtime_field
 from m2u.masking.detect import (
+    LANDMARK_FITTERS,
     Face,
+    LandmarkFitter,
     ModelFileError,
     _as_rgb_uint8,
     _cnn_detector,
     _hog_detector,
-    _shape_predictor,
+    landmark_fit,
     orientation_scores,
     upside_down_problem,
 )
@@ -112,8 +115,14 @@ class MaskedDetectorConfig:
     # turned 180°, 163 are (101 at m2u-mask's margin of 0.5). The held-out figures are in the README.
     orientation_check: bool = True
     upside_down_margin: float = 0.0
+    # How the 68 points are fitted (m2u.masking.detect.landmark_fit: the same points either way). m2u-unmask's photos
+    # are few and its work per face (M-Seg, the generator) thousands of times the fit's, so the converted model's
+    # start (~0.05 CPU-seconds against dlib's ~0.5) wins at any number of photos.
+    landmarks: LandmarkFitter = runtime_field(default="converted")
 
     def __post_init__(self) -> None:
+        if self.landmarks not in LANDMARK_FITTERS:
+            raise ValueError(f"landmarks must be one of {LANDMARK_FITTERS}, got {self.landmarks!r}")
         if not self.stages or not all(self.stages):
             raise ValueError("the cascade needs at least one stage, each with at least one pass")
         for p in self.passes:
@@ -202,7 +211,7 @@ class MaskedFaceDetector:
             _masked_hog_detector()
         if "cnn" in models:
             _cnn_detector()
-        _shape_predictor()
+        landmark_fit(self.config.landmarks)
         return self
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -234,13 +243,10 @@ class MaskedFaceDetector:
             if found:
                 found = merge_detections(found)
                 break
-        predictor = _shape_predictor()
+        boxes = [tuple(round(v / scale) for v in rect) for rect, _, _ in found]
+        fitted = landmark_fit(self.config.landmarks)([(image, boxes)])[0]
         faces = []
-        for rect, score, label in found:
-            box = dlib.rectangle(*(round(v / scale) for v in rect))
-            shape = predictor(image, box)
-            points = np.array([(q.x, q.y) for q in shape.parts()], dtype=np.float32)
-            corners = (box.left(), box.top(), box.right(), box.bottom())
+        for (_, score, label), corners, points in zip(found, boxes, fitted, strict=True):
             problem = self._orientation_problem(image, corners) if self.config.orientation_check else ""
             faces.append(Face(corners, points, float(score), label, problem=problem))
         faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
@@ -348,9 +354,16 @@ class RealFaceDetectorConfig:
     orientation_check: bool = True
     upside_down_margin: float = 0.0
     upside_down_min_turned: float = 0.0
+    # How the 68 points are fitted (m2u.masking.detect.landmark_fit: the same points either way). m2u-unmask's photos
+    # are few and its work per face (M-Seg, the generator) thousands of times the fit's, so the converted model's
+    # start (~0.05 CPU-seconds against dlib's ~0.5) wins at any number of photos.
+    landmarks: LandmarkFitter = runtime_field(default="converted")
 
     def __post_init__(self) -> None:
         from m2u.masking.blazeface import BLAZEFACE_MODELS
+
+        if self.landmarks not in LANDMARK_FITTERS:
+            raise ValueError(f"landmarks must be one of {LANDMARK_FITTERS}, got {self.landmarks!r}")
 
         if not self.blaze_stages or not all(self.blaze_stages):
             raise ValueError("the BlazeFace cascade needs at least one stage, each with at least one pass")
@@ -386,7 +399,7 @@ class RealFaceDetector:
             _interpreter(p.model)
         if self._fallback is not None:
             self._fallback.load_models()
-        _shape_predictor()
+        landmark_fit(self.config.landmarks)
         return self
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -410,8 +423,7 @@ class RealFaceDetector:
             return [replace(f, retry=True) for f in self._fallback.detect(image)]
         height, width = image.shape[:2]
         fl, ft, fr, fb = self.config.dlib_box
-        predictor = _shape_predictor()
-        faces = []
+        placed = []
         for (x0, y0, x1, _bottom), score, label in found:
             side = x1 - x0
             corners = (
@@ -422,8 +434,10 @@ class RealFaceDetector:
             )
             if corners[2] <= corners[0] or corners[3] <= corners[1]:
                 continue  # a box outside the photo (BlazeFace's letterbox border): nothing to align
-            shape = predictor(image, dlib.rectangle(*corners))
-            points = np.array([(q.x, q.y) for q in shape.parts()], dtype=np.float32)
+            placed.append((corners, score, label))
+        fitted = landmark_fit(self.config.landmarks)([(image, [corners for corners, _, _ in placed])])[0]
+        faces = []
+        for (corners, score, label), points in zip(placed, fitted, strict=True):
             problem = ""
             if self.config.orientation_check:
                 as_found, turned = orientation_scores(

@@ -158,3 +158,27 @@ def test_auto_landmarks_are_chosen_by_the_runs_size():
     assert chosen.for_photos(1) is chosen  # a choice made is kept
     with pytest.raises(ValueError, match="landmarks: must be one of"):
         detect_module.DetectorConfig(landmarks="numpy")
+
+
+def test_m2u_unmasks_detectors_give_the_same_faces_with_either_fitter():
+    from m2u.masking.masked_faces import (
+        MaskedDetectorConfig,
+        MaskedFaceDetector,
+        RealFaceDetector,
+        RealFaceDetectorConfig,
+    )
+
+    photo = np.ascontiguousarray(data.astronaut())
+    assert RealFaceDetectorConfig().landmarks == MaskedDetectorConfig().landmarks == "converted"
+    for detector_type, config_type in (
+        (RealFaceDetector, RealFaceDetectorConfig),
+        (MaskedFaceDetector, MaskedDetectorConfig),
+    ):
+        faces = [
+            detector_type(config_type(landmarks=fitter)).detect(photo) for fitter in ("dlib", "converted")
+        ]
+        assert len(faces[0]) == len(faces[1]) >= 1
+        for a, b in zip(*faces, strict=True):
+            assert a.box == b.box and np.array_equal(a.landmarks, b.landmarks) and a.problem == b.problem
+    with pytest.raises(ValueError, match="landmarks must be one of"):
+        RealFaceDetectorConfig(landmarks="numpy")
