@@ -3,12 +3,12 @@
 Why by hand: dlib parses its 100 MB model file on every start (0.45-0.7 CPU-seconds, a quarter of m2u-mask's CPU on
 200 photos), and no library reads dlib's format. The model (an ensemble of regression trees, Kazemi & Sullivan
 2014: 15 cascade levels of 500 trees of depth 4, 500 pixel features per level, leaves of 136 floats) is converted
-once into a cache file (`LandmarkModel.convert`, ~7 s, 66 MB in m2u's cache folder) that loads in ~0.05 s; where that
-folder cannot be written, dlib's own predictor is used. Each step follows
-dlib's shape_predictor so that the floats come out the same: the similarity transform to the mean shape, the
-feature pixels rounded the way dlib rounds (intensity (r+g+b)//3), the split tests, and the leaves added in tree
-order in float32 (OpenCV's row reduction adds rows in order). A conversion is checked against dlib itself on a
-fixed set of boxes before its cache is written; where it disagrees, dlib's own predictor is used
+once into a cache file in m2u's cache folder (`LandmarkModel.convert`: ~6 s and a peak of ~0.65 GB once; 66 MB)
+that loads in ~0.05 s; where that folder cannot be written, dlib's own predictor is used. Each step follows dlib's
+shape_predictor so that the floats come out the same: the similarity transform to the mean shape, the feature
+pixels rounded the way dlib rounds (intensity (r+g+b)//3), the split tests, and the leaves added in tree order in
+float32 (OpenCV's row reduction adds rows in order). A conversion is checked against dlib itself on a fixed set of
+boxes before its cache is written; where it disagrees, dlib's own predictor is used
 (`m2u.masking.detect.landmark_fit`, which also says when each one is used: the converted model is cheaper to load,
 dlib's own cheaper per face).
 """
@@ -33,26 +33,37 @@ FIT_BATCH = 16  # faces fitted together (LandmarkModel.fit_many)
 _ARRAYS = ("initial", "anchors", "deltas", "idx1", "idx2", "thresholds", "leaves")
 
 
+_DECODE_CHUNK = 1 << 22  # tokens decoded at a time: the conversion's temporaries stay a few tens of MB
+
+
 def _tokens(data: bytes) -> np.ndarray:
     """Every integer of a dlib serialization, in order: dlib writes each integer as one byte (its size in bytes,
     its sign in bit 7) and that many little-endian bytes, and a float as two of them (mantissa, exponent). Where each
-    one starts is a chain through the sizes (a plain loop: ~3 s for the 100 MB model, once); decoding is vectorised."""
-    starts = array("q")
+    one starts is a chain through the sizes (a plain loop: ~3 s for the 100 MB model, once); decoding is vectorised,
+    a chunk of tokens at a time (the model has ~33 million)."""
+    if len(data) >= 2**31:
+        raise ValueError("dlib file too large")
+    starts = array("i")  # offsets fit in 32 bits (checked above): half the memory of 64-bit ones
     append, position, end = starts.append, 0, len(data)
     while position < end:
         append(position)
         position += 1 + (data[position] & 0x0F)
     if position != end:
         raise ValueError("truncated dlib file")
-    first = np.frombuffer(starts, np.int64)
+    first = np.frombuffer(starts, np.int32)
     raw = np.frombuffer(data, np.uint8)
-    heads = raw[first]
-    sizes = heads & 0x0F
-    values = np.zeros(len(first), np.int64)
-    for k in range(int(sizes.max())):
-        has = sizes > k
-        values[has] |= raw[first[has] + 1 + k].astype(np.int64) << (8 * k)
-    return np.where(heads & 0x80, -values, values)
+    values = np.empty(len(first), np.int64)
+    for chunk in range(0, len(first), _DECODE_CHUNK):
+        at = first[chunk : chunk + _DECODE_CHUNK].astype(np.int64)
+        heads = raw[at]
+        sizes = heads & 0x0F
+        part = np.zeros(len(at), np.int64)
+        for k in range(int(sizes.max(initial=0))):
+            has = sizes > k
+            part[has] |= raw[at[has] + 1 + k].astype(np.int64) << (8 * k)
+        np.negative(part, out=part, where=(heads & 0x80) != 0)
+        values[chunk : chunk + _DECODE_CHUNK] = part
+    return values
 
 
 class _Cursor:
