@@ -182,3 +182,16 @@ def test_m2u_unmasks_detectors_give_the_same_faces_with_either_fitter():
             assert a.box == b.box and np.array_equal(a.landmarks, b.landmarks) and a.problem == b.problem
     with pytest.raises(ValueError, match="landmarks must be one of"):
         RealFaceDetectorConfig(landmarks="numpy")
+
+
+def test_dlibs_integer_encoding_is_decoded_across_chunks(monkeypatch):
+    rng = np.random.default_rng(4)
+    numbers = [0, 1, -1, 255, -256, 2**40 + 3, -(2**53), *rng.integers(-(2**62), 2**62, 40).tolist()]
+    data = bytearray()
+    for n in numbers:
+        body = abs(n).to_bytes(8, "little").rstrip(b"\0")
+        data += bytes([len(body) | (0x80 if n < 0 else 0)]) + body
+    monkeypatch.setattr(landmarks, "_DECODE_CHUNK", 3)  # chunk edges inside the list
+    assert landmarks._tokens(bytes(data)).tolist() == numbers
+    with pytest.raises(ValueError, match="truncated"):
+        landmarks._tokens(bytes(data[:-1]))
