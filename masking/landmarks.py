@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import os
 from array import array
@@ -28,7 +29,7 @@ import numpy as np
 
 from m2u.core.fileio import write_cache_file
 
-FORMAT = 1  # of the cache file; a new one is converted when this changes
+FORMAT = 2  # of the cache file; a new one is converted when this changes
 FIT_BATCH = 16  # faces fitted together (LandmarkModel.fit_many)
 _ARRAYS = ("initial", "anchors", "deltas", "idx1", "idx2", "thresholds", "leaves")
 
@@ -271,13 +272,35 @@ def check_image(seed: int = 0) -> np.ndarray:
     return np.clip(image.astype(np.float32) + ramp, 0, 255).astype(np.uint8)
 
 
+def _source_digest(source: Path, cache: Path) -> str:
+    """The first 16 hex digits of the sha256 of dlib's model file, remembered in a small file of the cache named
+    after the model file's size and modification time: hashing its 100 MB costs ~0.12 CPU-seconds, reading the
+    remembered digest next to nothing. Copies of one model in several environments (each installed at its own time)
+    then share one conversion."""
+    info = source.stat()
+    note = cache / f"dlib-landmarks-source-{info.st_size}-{info.st_mtime_ns}.txt"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        remembered = note.read_text().strip()
+        if len(remembered) == 16 and all(c in "0123456789abcdef" for c in remembered):
+            return remembered
+    with source.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+    write_cache_file(note, lambda temp: Path(temp).write_text(digest + "\n"))
+    return digest
+
+
 @functools.cache
 def cached_model(dat: str, cache: str, dlib_predictor_factory) -> LandmarkModel | None:
     """The converted model for the dlib file `dat`, from the cache folder `cache` (converted and checked against
     dlib's own predictor on first use), or None where the conversion does not give dlib's points."""
-    source = Path(dat)
-    info = source.stat()
-    target = Path(cache) / f"dlib-landmarks-{FORMAT}-{info.st_size}-{info.st_mtime_ns}.npz"
+    source, folder = Path(dat), Path(cache)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK) and not any(folder.glob(f"dlib-landmarks-{FORMAT}-*.npz")):
+        return None  # converting on every start would cost more than dlib's own load
+    target = folder / f"dlib-landmarks-{FORMAT}-{_source_digest(source, folder)}.npz"
     refused = target.with_suffix(".differs")
     if refused.exists():
         return None
@@ -287,21 +310,17 @@ def cached_model(dat: str, cache: str, dlib_predictor_factory) -> LandmarkModel 
                 return LandmarkModel({name: stored[name] for name in _ARRAYS})
         except (OSError, ValueError, KeyError):
             pass  # damaged: converted again below
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    if not os.access(folder, os.W_OK):
         return None
-    if not os.access(target.parent, os.W_OK):
-        return None  # converting on every start would cost more than dlib's own load
     arrays = LandmarkModel.convert(source)
     model = LandmarkModel(arrays)
     if not _agrees_with_dlib(model, dlib_predictor_factory()):
         write_cache_file(refused, lambda temp: Path(temp).write_text("differs from dlib\n"))
         return None
     if write_cache_file(target, lambda temp: _save(temp, arrays)):
-        # Conversions of another copy of dlib's file, or in an older format, are never read again (66 MB each).
-        for stale in target.parent.glob("dlib-landmarks-*.npz"):
-            if stale != target:
+        # Conversions in an older format are never read again (66 MB each).
+        for stale in folder.glob("dlib-landmarks-*.npz"):
+            if not stale.name.startswith(f"dlib-landmarks-{FORMAT}-"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
     return model

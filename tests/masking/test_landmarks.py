@@ -82,6 +82,34 @@ def test_the_cache_is_written_once_and_loaded_without_converting(arrays, cache, 
     assert np.array_equal(loaded.fit(grey, (20, 30, 140, 150)), model.fit(grey, (20, 30, 140, 150)))
 
 
+def test_copies_of_one_model_share_one_conversion(arrays, cache, tmp_path, monkeypatch):
+    import os
+
+    first = _source(tmp_path)
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: arrays))
+    assert cached_model(str(first), str(cache), detect_module._shape_predictor) is not None
+    other_env = tmp_path / "other-venv"
+    other_env.mkdir()
+    second = other_env / DAT
+    second.write_bytes(first.read_bytes())  # the same model, installed at another time
+    os.utime(second, ns=(1_000_000_000, 1_000_000_000))
+
+    def never(dat):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(never))
+    cached_model.cache_clear()
+    assert cached_model(str(second), str(cache), detect_module._shape_predictor) is not None
+    assert len(list(cache.glob("dlib-landmarks-*.npz"))) == 1
+    # Each copy's digest is remembered under its own size and time: later starts do not read the 100 MB again.
+    assert len(list(cache.glob("dlib-landmarks-source-*.txt"))) == 2
+    monkeypatch.setattr(
+        landmarks.hashlib, "file_digest", lambda *a: (_ for _ in ()).throw(AssertionError("hashed"))
+    )
+    cached_model.cache_clear()
+    assert cached_model(str(second), str(cache), detect_module._shape_predictor) is not None
+
+
 def test_a_damaged_cache_is_converted_again(arrays, cache, tmp_path, monkeypatch):
     source = _source(tmp_path)
     monkeypatch.setattr(LandmarkModel, "convert", staticmethod(lambda dat: arrays))
