@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -147,3 +148,19 @@ def _train_tiny_checkpoints(tiny_dataset: Path, out: Path) -> tuple[Path, Path]:
             loss_g.backward()
             opt_g.step()
     return save_model(out / "mseg.safetensors", mseg), save_model(out / "generator.safetensors", generator)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """`load_benchmark(name)`: benchmarks/<name>.py as a module (the scripts are not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(
+            f"m2u_bench_{name}", REPO_ROOT / "benchmarks" / f"{name}.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

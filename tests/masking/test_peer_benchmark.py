@@ -3,15 +3,12 @@ outputs stay until the last round ends, and both tools run with their bytecode c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[2]
 
 # A checkout's entry point as the benchmark calls it (`mask_the_face.py --path IN --mask_type T`, in the checkout's
 # folder): it writes IN_masked/<stem>_<type>.jpg for every input but the first (a silent drop, as MaskTheFace does
@@ -38,14 +35,9 @@ with open(os.environ["FAKE_PEER_LOG"], "a") as log:
 """
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("m2u_bench_masking", REPO / "benchmarks" / "masking.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_peer_rounds_keep_their_outputs_until_the_end_and_run_from_cached_bytecode(tmp_path, monkeypatch):
+def test_peer_rounds_keep_their_outputs_until_the_end_and_run_from_cached_bytecode(
+    tmp_path, monkeypatch, load_benchmark
+):
     peer = tmp_path / "MaskTheFace"
     peer.mkdir()
     (peer / "mask_the_face.py").write_text(FAKE_PEER)
@@ -57,7 +49,9 @@ def test_peer_rounds_keep_their_outputs_until_the_end_and_run_from_cached_byteco
         photos.append(tmp_path / f"photo{k}.jpg")
         Image.fromarray(np.full((64, 64, 3), 40 * k, np.uint8)).save(photos[-1])
 
-    result = _benchmark()._peer_comparison(photos, peer, sys.executable, repeats=2, mask_type="surgical")
+    result = load_benchmark("masking")._peer_comparison(
+        photos, peer, sys.executable, repeats=2, mask_type="surgical"
+    )
 
     assert len(result["rounds"]) == 2
     assert all(r["m2u"]["report_rows"] == 3 and r["m2u"]["silent_drops"] == 0 for r in result["rounds"])

@@ -5,7 +5,6 @@ and the release recipe replaces the shipped model only with --install."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -120,15 +119,8 @@ def test_m2u_export_defaults_to_the_shipped_model(tmp_path):
     assert "[-1, 1]" in summary["generator"]["outputs"][0]["range"]
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("release_recipe", REPO / "benchmarks" / "release_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_release_recipe_installs_only_when_asked(tmp_path):
-    recipe = _recipe()
+def test_release_recipe_installs_only_when_asked(tmp_path, load_benchmark):
+    recipe = load_benchmark("release_recipe")
     package = tmp_path / "work" / "package"
     package.mkdir(parents=True)
     shipped = tmp_path / "shipped"

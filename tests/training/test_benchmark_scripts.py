@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"m2u_bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_celeba_cpu_run_on_a_tiny_synthetic_dataset(tmp_path):
+def test_celeba_cpu_run_on_a_tiny_synthetic_dataset(tmp_path, load_benchmark):
     from m2u.datasets import count_samples, write_synthetic_dataset
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, 16, size=32, seed=0, split=(0.5, 0.25, 0.25))
-    script = _load("celeba_cpu_run")
+    script = load_benchmark("celeba_cpu_run")
     report = script.main(
         [
             "--data", str(data), "--out", str(tmp_path / "run"), "--budget-minutes", "0.3",
@@ -55,8 +43,8 @@ def test_celeba_cpu_run_on_a_tiny_synthetic_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_benchmark_quick_mode(tmp_path):
-    script = _load("training")
+def test_training_benchmark_quick_mode(tmp_path, load_benchmark):
+    script = load_benchmark("training")
     out = tmp_path / "training.json"
     results = script.main(["--quick", "--steps", "1", "--latency-repeats", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))  # tuples come back as lists
@@ -66,8 +54,8 @@ def test_training_benchmark_quick_mode(tmp_path):
     assert "MACs" in results["cost"]["convention"]
 
 
-def test_training_options_benchmark_tiny(tmp_path):
-    script = _load("training")
+def test_training_options_benchmark_tiny(tmp_path, load_benchmark):
+    script = load_benchmark("training")
     out = tmp_path / "options.json"
     results = script.main(["--quick", "--options-only", "--options", "channels_last,bf16,one_thread",
                            "--options-rounds", "1", "--threads", "1", "--out", str(out)])  # fmt: skip
@@ -91,14 +79,14 @@ def test_cpu_native_bf16_reads_the_flags():
 
 
 @pytest.mark.slow  # two CLI builds, one starting a local Ray: ~35 s on this machine
-def test_make_dataset_ray_overhead_at_a_tiny_size(tmp_path):
+def test_make_dataset_ray_overhead_at_a_tiny_size(tmp_path, load_benchmark):
     """The Ray-against-multiprocessing comparison of benchmarks/make_dataset.py on 6 embedded demo faces."""
     pytest.importorskip("ray")
     from m2u.pipelines.demo_faces import write_demo_faces
 
     faces = tmp_path / "faces"
     write_demo_faces(faces, count=6)
-    script = _load("make_dataset")
+    script = load_benchmark("make_dataset")
     out = tmp_path / "make_dataset.json"
     args = ["--ray-overhead-only", "--faces", str(faces), "--subset", "6", "--ray-shard-size", "2"]
     report = script.main([*args, "--ray-rounds", "1", "--workers", "2", "-o", str(out)])
@@ -116,12 +104,12 @@ def _high_frequency(image) -> float:
     return float(abs(cv2.Laplacian(image.astype("float32").mean(2), cv2.CV_32F)).mean())
 
 
-def test_the_mask_classifier_low_res_augmentation(monkeypatch):
+def test_the_mask_classifier_low_res_augmentation(monkeypatch, load_benchmark):
     """--low-res P: with P = 0 photometric draws nothing more (earlier commands make the same file); with P = 1 every
     crop comes back at 64 px with far less fine detail, as a 12-40 px face aligned up to 64 px has."""
     import numpy as np
 
-    script = _load("train_mask_classifier")
+    script = load_benchmark("train_mask_classifier")
     crop = np.random.default_rng(7).integers(0, 256, (64, 64, 3)).astype(np.uint8)  # all fine detail
     monkeypatch.setattr(script, "LOW_RES", 0.0)
     plain, after = [], []
@@ -141,14 +129,14 @@ def test_the_mask_classifier_low_res_augmentation(monkeypatch):
     assert np.mean([_high_frequency(s) for s in small]) < 0.5 * np.mean([_high_frequency(p) for p in plain])
 
 
-def test_the_upside_down_crops_of_the_classifiers_training(monkeypatch):
+def test_the_upside_down_crops_of_the_classifiers_training(monkeypatch, load_benchmark):
     """`upside_down_crop`: the face turned 180 degrees, its 68 points refitted as if upright, aligned at 64 px: not
     the upright crop. `wants_upside_down` at --upside-down 0 draws nothing (the commands that made earlier files still make them)."""
     import numpy as np
 
     from m2u.datasets.synthetic import make_synthetic_sample
 
-    script = _load("train_mask_classifier")
+    script = load_benchmark("train_mask_classifier")
     sample = make_synthetic_sample(128, seed=3)
     turned = script.upside_down_crop(sample.masked, sample.landmarks, np.random.default_rng(0))
     upright = script.jittered_crop(sample.masked, sample.landmarks, np.random.default_rng(0))
@@ -161,11 +149,11 @@ def test_the_upside_down_crops_of_the_classifiers_training(monkeypatch):
     assert script.wants_upside_down(np.random.default_rng(5))
 
 
-def test_real_masks_writes_each_photo_turned(tmp_path):
+def test_real_masks_writes_each_photo_turned(tmp_path, load_benchmark):
     import cv2
     import numpy as np
 
-    script = _load("real_masks")
+    script = load_benchmark("real_masks")
     source = tmp_path / "in"
     source.mkdir()
     image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)

@@ -3,7 +3,6 @@ the same command again), writing the fp16 package folder and its model card."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -19,14 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 CELEBA_DIR = Path(os.environ.get("M2U_SHARED", REPO.parent / "shared")) / "faces" / "celeba"
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("release_recipe", REPO / "benchmarks" / "release_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
+def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch, load_benchmark):
     if CELEBA_DIR.is_dir():
         faces, limit = CELEBA_DIR, "60"
     else:
@@ -39,7 +31,7 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
             "--limit", limit, "--workers", "1", "--batch-size", "2", "--mseg-steps", "2", "--mseg-base-channels", "4",
             "--gan-steps", "3", "--width-multiplier", "0.125", "--val-every", "1000", "--checkpoint-every", "1",
             "--threads", "1", "--max-test-samples", "4", "--precision", "fp32", "--no-identity"]  # fmt: skip
-    recipe = _recipe()
+    recipe = load_benchmark("release_recipe")
     recipe.main([*args, "--stop-after", "mseg"])
     assert (tmp_path / "work" / "mseg" / "mseg.safetensors").is_file()
     assert not (tmp_path / "work" / "gan").exists()
@@ -82,7 +74,7 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch):
     assert generator.config.width_multiplier == 0.125
 
 
-def test_recipe_help_lists_the_budget(capsys):
+def test_recipe_help_lists_the_budget(capsys, load_benchmark):
     with pytest.raises(SystemExit):
-        _recipe().main(["--help"])
+        load_benchmark("release_recipe").main(["--help"])
     assert "2 hours" in capsys.readouterr().out
