@@ -97,11 +97,11 @@ def landmark_fit(fitter: LandmarkFitter = "dlib") -> Fit:
     if fitter == "auto":
         return landmark_fit("dlib")
     if fitter == "converted":
-        from m2u.masking.landmarks import cached_model, environment_disables_numpy, intensity
+        from m2u.masking.landmarks import cached_model, dlib_forced_by_environment, intensity
 
         dat = str(model_path("shape_predictor_68_face_landmarks.dat"))
         model = (
-            None if environment_disables_numpy() else cached_model(dat, str(cache_dir()), _shape_predictor)
+            None if dlib_forced_by_environment() else cached_model(dat, str(cache_dir()), _shape_predictor)
         )
         if model is not None:
 

@@ -344,6 +344,6 @@ def _agrees_with_dlib(model: LandmarkModel, predictor) -> bool:
     return True
 
 
-def environment_disables_numpy() -> bool:
+def dlib_forced_by_environment() -> bool:
     """M2U_DLIB_LANDMARKS=1 runs dlib's own predictor (for comparisons)."""
     return os.environ.get("M2U_DLIB_LANDMARKS", "") == "1"
