@@ -378,16 +378,21 @@ def _masktheface_style_process(files: list[Path], pack: Path) -> dict:
 
 def _detection_only_pass(files: list[Path]) -> dict:
     """m2u's own front end alone, in a fresh process: imports, model loading, then read and detect (the default
-    ladder, 68 landmarks) for every file; nothing masked or written. Its rate bounds m2u-mask's from above."""
+    detector, 68 landmarks fitted as m2u-mask fits them for this many photos, in its groups) for every file; nothing
+    masked or written. Its rate bounds m2u-mask's from above."""
     started = time.perf_counter()
     import cv2
 
-    from m2u.masking import FaceDetector, read_image
+    from m2u.masking import DetectorConfig, FaceDetector, read_image
+    from m2u.masking.batch import GROUP_FILES
 
     cv2.setNumThreads(1)
-    detector = FaceDetector().load_models()
+    detector = FaceDetector(DetectorConfig().for_photos(len(files))).load_models()
     loaded = time.perf_counter()
-    faces = sum(len(detector.detect(read_image(path))) for path in files)
+    faces = 0
+    for first in range(0, len(files), GROUP_FILES):
+        images = [read_image(path) for path in files[first : first + GROUP_FILES]]
+        faces += sum(len(found) for found in detector.detect_many(images))
     done = time.perf_counter()
     return {
         "faces": faces,
@@ -440,7 +445,8 @@ def _m2u_steady_state_cpu_ms(files: list[Path]) -> float:
 
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        job = Job(Path(tmp), MaskConfig(), DetectorConfig(), 0, 100_000_000)
+        # The detector m2u-mask runs for this many photos (its 68-point fitter is chosen by the run's size).
+        job = Job(Path(tmp), MaskConfig(), DetectorConfig().for_photos(len(files)), 0, 100_000_000)
         process_file(job, files[0], Path(files[0].stem))
         items = [(path, Path(path.stem), "") for path in files]
         start = time.process_time()
