@@ -32,8 +32,6 @@ from m2u.core.fileio import write_cache_file
 FORMAT = 2  # of the cache file; a new one is converted when this changes
 FIT_BATCH = 16  # faces fitted together (LandmarkModel.fit_many)
 _ARRAYS = ("initial", "anchors", "deltas", "idx1", "idx2", "thresholds", "leaves")
-
-
 _DECODE_CHUNK = 1 << 22  # tokens decoded at a time: the conversion's temporaries stay a few tens of MB
 
 
@@ -312,8 +310,13 @@ def cached_model(dat: str, cache: str, dlib_predictor_factory) -> LandmarkModel 
             pass  # damaged: converted again below
     if not os.access(folder, os.W_OK):
         return None
-    arrays = LandmarkModel.convert(source)
-    model = LandmarkModel(arrays)
+    try:
+        arrays = LandmarkModel.convert(source)
+        model = LandmarkModel(arrays)
+    except (ValueError, IndexError, KeyError):
+        # A file this parser does not read (another serialization version): dlib's own predictor, every time.
+        write_cache_file(refused, lambda temp: Path(temp).write_text("not converted\n"))
+        return None
     if not _agrees_with_dlib(model, dlib_predictor_factory()):
         write_cache_file(refused, lambda temp: Path(temp).write_text("differs from dlib\n"))
         return None

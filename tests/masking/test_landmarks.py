@@ -146,6 +146,19 @@ def test_a_conversion_that_differs_from_dlib_is_never_used(arrays, cache, tmp_pa
     assert cached_model(str(source), str(cache), detect_module._shape_predictor) is None
 
 
+def test_a_model_file_the_parser_cannot_read_means_dlibs_own_predictor(cache, tmp_path, monkeypatch):
+    source = _source(tmp_path)  # not a dlib serialization at all
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is None
+    assert list(cache.glob("*.differs")) and not list(cache.glob("*.npz"))
+
+    def never(dat):
+        raise AssertionError("tried again")
+
+    monkeypatch.setattr(LandmarkModel, "convert", staticmethod(never))
+    cached_model.cache_clear()
+    assert cached_model(str(source), str(cache), detect_module._shape_predictor) is None  # remembered
+
+
 def test_an_unwritable_cache_folder_means_dlibs_own_predictor(cache, tmp_path, monkeypatch):
     source = _source(tmp_path)
 
