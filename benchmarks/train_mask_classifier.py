@@ -48,6 +48,9 @@ brought back to 64 px (small faces in full-body street photos, aligned up from a
 `--upside-down` gives that share of the masked faces (and of each real-mask-seg crop's variants, turned) one more
 negative: the face turned 180 degrees with its 68 points fitted as if upright (`upside_down_crop`; measured and not
 shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; README).
+`--width`, `--label-smoothing` and `--mixup` change the net and its training (measured on 2026-12-05 against the
+classifier's instability on real close-ups, with `--training-set` keeping one set of crops for every setting: not
+shipped; README, "The sure-mask route").
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
 Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
 of the realism pairs and the other negatives) are held out; the script prints their accuracy.
@@ -483,15 +486,29 @@ def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def train_net(train: tuple[list, list], test: tuple[list, list], epochs: int, positives: str, negatives: str):
-    """A MaskPresenceNet trained on (crops, 0/1 labels) `train` (AdamW, one-cycle at 3e-3, batches of 64), printing
-    each epoch's loss and its held-out accuracy on `test` (labels 1 named `positives`, 0 `negatives`)."""
+def train_net(
+    train: tuple[list, list],
+    test: tuple[list, list],
+    epochs: int,
+    positives: str,
+    negatives: str,
+    width: int = 16,
+    label_smoothing: float = 0.0,
+    mixup: float = 0.0,
+):
+    """A MaskPresenceNet of `width` trained on (crops, 0/1 labels) `train` (AdamW, one-cycle at 3e-3, batches of 64),
+    printing each epoch's loss and its held-out accuracy on `test` (labels 1 named `positives`, 0 `negatives`).
+    `label_smoothing` pulls the targets that far towards 0.5 (to 1 - s/2 and s/2) and `mixup` > 0 blends each batch
+    with itself shuffled (weights from Beta(mixup, mixup)): both against the overconfidence that makes a small net
+    flip between 0 and 1 on crops unlike its training (a real close-up and its mirror image)."""
     import torch
 
     from m2u.inference.mask_presence import MaskPresenceNet, to_input
 
     x, y = to_input(train[0]), torch.tensor(train[1], dtype=torch.float32)
-    net = MaskPresenceNet()
+    y = y * (1 - label_smoothing) + label_smoothing / 2
+    net = MaskPresenceNet(width)
+    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
     optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * ((len(y) + 63) // 64)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
@@ -502,7 +519,13 @@ def train_net(train: tuple[list, list], test: tuple[list, list], epochs: int, po
         total = 0.0
         for k in range(0, len(y), 64):
             batch = order[k : k + 64]
-            loss = loss_fn(net(x[batch]), y[batch])
+            inputs, targets = x[batch], y[batch]
+            if beta is not None:
+                share = beta.sample((len(batch),))
+                other = torch.randperm(len(batch))
+                inputs = share.view(-1, 1, 1, 1) * inputs + (1 - share.view(-1, 1, 1, 1)) * inputs[other]
+                targets = share * targets + (1 - share) * targets[other]
+            loss = loss_fn(net(inputs), targets)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -559,6 +582,11 @@ def main() -> None:
         "--real-variants", type=int, default=8, help="Augmented crops per real-mask-seg face."
     )
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--width", type=int, default=16, help="the net's base width (MaskPresenceNet)")
+    parser.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="targets pulled that far towards 0.5"
+    )
+    parser.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta parameter (0: no mixup)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--realism",
@@ -621,6 +649,12 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
     )
+    parser.add_argument(
+        "--training-set",
+        type=Path,
+        help="every crop of the run (training and held out) in this .npz: written after building them, read "
+        "instead of building them when it exists (to compare training settings on the same crops)",
+    )
     # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
     parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
@@ -630,6 +664,15 @@ def main() -> None:
     UPSIDE_DOWN = args.upside_down
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
+    if args.training_set and args.training_set.is_file():
+        saved = np.load(args.training_set)
+        train_and_save(
+            (list(saved["train_x"]), list(saved["train_y"])),
+            (list(saved["test_x"]), list(saved["test_y"])),
+            args,
+            start,
+        )
+        return
     train, test = ([], []), ([], [])  # (crops, labels)
     if args.cache and args.cache.is_file():
         cached = np.load(args.cache)
@@ -702,7 +745,28 @@ def main() -> None:
         f"data: {len(train[1])} training crops ({sum(train[1])} masked), {len(test[1])} held out, "
         f"{time.perf_counter() - start:.0f} s"
     )
-    net = train_net(train, test, args.epochs, positives="masked", negatives="unmasked/faceless")
+    if args.training_set:
+        np.savez(
+            args.training_set,
+            train_x=np.stack(train[0]),
+            train_y=np.array(train[1]),
+            test_x=np.stack(test[0]),
+            test_y=np.array(test[1]),
+        )
+    train_and_save(train, test, args, start)
+
+
+def train_and_save(train: tuple[list, list], test: tuple[list, list], args, start: float) -> None:
+    net = train_net(
+        train,
+        test,
+        args.epochs,
+        positives="masked",
+        negatives="unmasked/faceless",
+        width=args.width,
+        label_smoothing=args.label_smoothing,
+        mixup=args.mixup,
+    )
     save_net(net, args.out)
     print(
         f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) in {time.perf_counter() - start:.0f} s"

@@ -100,8 +100,10 @@ def _load(file: Path, what: str) -> MaskPresenceNet:
     # weights are; a candidate file elsewhere has no record to be checked against.
     if file in _SHIPPED or (file.parent / CHECKSUMS_FILE).is_file():
         verify_checksums(file.parent, (file.name,))
-    net = MaskPresenceNet()
-    net.load_state_dict(load_file(str(file)))
+    weights = load_file(str(file))
+    # The base width is the first convolution's output channels (a wider net is a training option).
+    net = MaskPresenceNet(int(weights["features.0.weight"].shape[0]))
+    net.load_state_dict(weights)
     return net.eval()
 
 

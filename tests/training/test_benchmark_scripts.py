@@ -161,3 +161,32 @@ def test_real_masks_writes_each_photo_turned(tmp_path, load_benchmark):
     script._write_turned(source, tmp_path / "turned")
     back = cv2.imread(str(tmp_path / "turned" / "a.png"))
     assert np.array_equal(back, image[::-1, ::-1])
+
+
+def test_the_mask_classifier_training_options(load_benchmark, capsys):
+    """--width, --label-smoothing and --mixup reach the net: the width is the net's, and a net trained with label
+    smoothing 0.5 (every target 0.5... 0.75) cannot be as sure as one trained without it on the same crops."""
+    import numpy as np
+    import torch
+
+    script = load_benchmark("train_mask_classifier")
+    rng = np.random.default_rng(0)
+    dark = [np.clip(rng.normal(40, 10, (64, 64, 3)), 0, 255).astype(np.uint8) for _ in range(32)]
+    light = [np.clip(rng.normal(210, 10, (64, 64, 3)), 0, 255).astype(np.uint8) for _ in range(32)]
+    train = (dark + light, [1] * 32 + [0] * 32)
+    test = (dark[:4] + light[:4], [1] * 4 + [0] * 4)
+
+    def sureness(**options) -> float:
+        torch.manual_seed(0)
+        net = script.train_net(train, test, 40, "dark", "light", **options).eval()
+        from m2u.inference.mask_presence import to_input
+
+        with torch.no_grad():
+            p = torch.sigmoid(net(to_input(test[0]))).numpy()
+        assert net.features[0].out_channels == options.get("width", 16)
+        return float(np.abs(p - 0.5).mean())
+
+    plain = sureness(width=8)
+    assert sureness(width=8, label_smoothing=0.5) < plain
+    assert 0 < sureness(width=8, mixup=0.4) <= 0.5
+    assert "held-out accuracy" in capsys.readouterr().out
