@@ -7,9 +7,11 @@ benchmarks/results/masked_rule_tuning.json.
 Tuning photos (never the measured ones of benchmarks/real_masks.py): CelebA photos of the test split of the identity
 hash split at offset 1 (real_masks.py measures offset 0), bare faces that must be left as they are, and the 102
 labelled crops of real-mask-seg, masked faces that must be restored (M-Seg never trains on them). The evidence of a
-face is the mask classifier's probability, M-Seg's mask fraction on the aligned crop and its coverage of the mouth
-region (MaskedFaceRule.evidence); which faces a candidate rule restores is `MaskedFaceRule.restores` (the classifier
-route and the M-Seg route, see its docstring). Only the decision's evidence is computed here.
+face is the mask classifier's probability, M-Seg's mask fraction on the aligned crop, its coverage of the mouth
+and eye regions and how sure M-Seg is of its mask (MaskedFaceRule.evidence); which faces a candidate rule restores is
+`MaskedFaceRule.restores` (the classifier route and the M-Seg route, see its docstring). The grid varies the
+classifier and shape thresholds; a second table varies `min_mask_confidence` with the other defaults. Only the
+decision's evidence is computed here.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def main() -> None:
         raise SystemExit(f"no real-mask-seg crops under {faces} (give --shared)")
     # (Almost) nothing is restored, every face's evidence is recorded, uncertain detections marked as such (one the
     # classifier gives a probability rounding to 1.0 is restored and unmarked: every candidate restores it anyway).
-    never = MaskedFaceRule(**dict.fromkeys(TUNED, 1.0))
+    never = MaskedFaceRule(**dict.fromkeys(TUNED, 1.0), min_mask_confidence=1.0)
     config = UnmaskConfig(progress=False, device="cpu", rule=never)
     unmasker = Unmasker.from_files(args.mseg, args.generator, config)
     sets = {
@@ -113,6 +115,16 @@ def main() -> None:
             f"bare restored {row['celeba_bare_offset1_restored']}/{row['celeba_bare_offset1_faces']}  "
             f"real-mask-seg restored {row['real_mask_seg_restored']}/{row['real_mask_seg_faces']}",
         )
+    # The sure-mask route's confidence, the other thresholds at their defaults (MaskedFaceRule.min_mask_confidence;
+    # each face's mask_confidence is in `faces`).
+    confidence_table = []
+    for confidence in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        rule = MaskedFaceRule(min_mask_confidence=confidence)
+        row = {"min_mask_confidence": confidence}
+        for name, evidence in sets.items():
+            row[f"{name}_restored"] = restored_count(evidence, rule)
+        confidence_table.append(row)
+        print(f"min_mask_confidence={confidence:<4} with the other defaults: {row}")
     result = {
         "model": {
             "mseg": args.mseg or "shipped",
@@ -120,6 +132,7 @@ def main() -> None:
             "mask_classifier": str(args.classifier) if args.classifier else "shipped",
         },
         "table": table,
+        "confidence_table": confidence_table,
         "faces": sets,
     }
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:

@@ -24,8 +24,8 @@ class MaskedFaceRule:
     too, and the shipped one (trained with bare faces) marks nothing on most bare faces (median mouth coverage 0 on
     the unmasked CelebA photos of benchmarks/results/real_masks.json) but still marks some lower faces (the M-Seg
     route below). A face is restored when the classifier gives at least `min_mask_probability` and M-Seg marks at
-    least `min_mask_fraction` of the crop, or by the M-Seg route (a mask-shaped M-Seg mask and the classifier at
-    least `min_mouth_probability`). Detections the detector is unsure of (`Face.retry`: BlazeFace below its sure
+    least `min_mask_fraction` of the crop, or by the M-Seg route (a mask-shaped M-Seg mask, `mask_shaped`, and the
+    classifier at least `min_mouth_probability` or M-Seg sure of its mask: `min_mask_confidence`). Detections the detector is unsure of (`Face.retry`: BlazeFace below its sure
     score, the dlib fallback) are faces at all only when the rule restores them: their mask is the only evidence of
     a face, so one that is not enough to restore is not enough to call a face either (`uncertain_is_face`); the
     rest are reported as no face. (A separate, lower face gate,
@@ -52,6 +52,22 @@ class MaskedFaceRule:
     min_mouth_route_fraction: float = 0.1
     min_mouth_probability: float = 0.7
     max_mouth_route_eye_coverage: float = 0.2
+    # The sure-mask route: a mask-shaped M-Seg mask (the M-Seg route's shape) restores the face whatever the
+    # classifier says when M-Seg is sure of it: at least `min_mask_confidence` of the mask's pixels have M-Seg's
+    # probability at least `min_sure_pixel_probability` (`mask_confidence` in the evidence). The classifier is the weak
+    # link on real photos: on real close-ups unlike its training it flips between 0 and 1 under a mirror image or a
+    # 10 % zoom (measured on real-masked's faces it left), while M-Seg outlines those masks sure of nearly every
+    # pixel. Where M-Seg marks a bare lower face (a turtleneck to the chin, a thumb at the mouth: the tuning photos'
+    # two, 0.57 and 0.63) it is unsure of much of it. 0.8: above those with a margin (2026-12-05; MaskedFaceRule
+    # chosen on THRESHOLDS_TUNED_ON, measured in benchmarks/results/real_masks.json).
+    min_mask_confidence: float = 0.8
+    min_sure_pixel_probability: float = 0.9
+    # The sure-mask route's eye limit: masks that reach up to the lower lids (respirators, masks worn high, a
+    # profile) cover the lower part of `eye_region` (its band is a seventh of the crop high); M-Seg marking up to half
+    # of it is such a mask, not a mask over the eyes. Chosen by looking at the real-masked faces the route left at
+    # 0.2 (seven masks reaching the lids, 24-49 %; the README says so), checked against the tuning photos: no bare
+    # face there has a mask M-Seg is sure of at any eye coverage.
+    max_sure_route_eye_coverage: float = 0.5
     # A face the upside-down classifier (m2u.inference.mask_presence.upside_down_probabilities) gives more than this
     # is left as it is whatever its mask evidence: its landmarks sit on the wrong features and the crop would be
     # restored upside down.
@@ -82,25 +98,42 @@ class MaskedFaceRule:
         part = mask[round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)]
         return float((part > 0).mean()) if part.size else 0.0
 
-    def evidence(self, mask: np.ndarray, probability: float) -> dict[str, float]:
-        """The figures the rule reads or records (written to faces.jsonl)."""
-        return {
+    def evidence(
+        self, mask: np.ndarray, probability: float, mask_map: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """The figures the rule reads or records (written to faces.jsonl). `mask_map`: M-Seg's per-pixel
+        probabilities that `mask` was thresholded from; with it the evidence has `mask_confidence`."""
+        found = {
             "mask_probability": round(float(probability), 4),
             "mask_fraction": round(float((mask > 0).mean()), 4),
             "mouth_coverage": round(self.coverage(mask, self.mouth_region), 4),
             "eye_coverage": round(self.coverage(mask, self.eye_region), 4),
         }
+        if mask_map is not None:
+            inside = mask_map[mask > 0]
+            sure = float((inside >= self.min_sure_pixel_probability).mean()) if inside.size else 0.0
+            found["mask_confidence"] = round(sure, 4)
+        return found
+
+    def mask_shaped(self, evidence: dict[str, float], max_eye_coverage: float | None = None) -> bool:
+        """M-Seg's mask has a mask's shape: the mouth covered, the eyes not (at most `max_eye_coverage` of the eye
+        region, by default `max_mouth_route_eye_coverage`), enough of the crop."""
+        eyes = self.max_mouth_route_eye_coverage if max_eye_coverage is None else max_eye_coverage
+        return (
+            evidence["mouth_coverage"] >= self.min_mouth_coverage
+            and evidence["eye_coverage"] <= eyes
+            and evidence["mask_fraction"] >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
+        )
 
     def restores(self, evidence: dict[str, float]) -> bool:
         """Whether a face with this `evidence` (as `evidence` returns it) wears a mask to restore."""
         fraction, probability = evidence["mask_fraction"], evidence["mask_probability"]
         if probability >= self.min_mask_probability:
             return fraction >= self.min_mask_fraction
-        return (
-            probability >= self.min_mouth_probability
-            and evidence["mouth_coverage"] >= self.min_mouth_coverage
-            and evidence["eye_coverage"] <= self.max_mouth_route_eye_coverage
-            and fraction >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
+        if probability >= self.min_mouth_probability and self.mask_shaped(evidence):
+            return True
+        return evidence.get("mask_confidence", 0.0) >= self.min_mask_confidence and self.mask_shaped(
+            evidence, self.max_sure_route_eye_coverage
         )
 
     def frame_is_masked_face(self, evidence: dict[str, float]) -> bool:
@@ -109,16 +142,13 @@ class MaskedFaceRule:
         a mask-shaped M-Seg mask (the mouth covered, the eyes not). With either route alone 2 of the 57 faceless
         images of benchmarks/real_masks.py were taken for masked faces (classifier 0.96 with M-Seg on 67 % of the
         eye region; 0.74 with a mask-shaped M-Seg mask)."""
-        return (
-            evidence["mask_probability"] >= self.min_mask_probability
-            and evidence["mouth_coverage"] >= self.min_mouth_coverage
-            and evidence["eye_coverage"] <= self.max_mouth_route_eye_coverage
-            and evidence["mask_fraction"] >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
-        )
+        return evidence["mask_probability"] >= self.min_mask_probability and self.mask_shaped(evidence)
 
-    def uncertain_is_face(self, mask: np.ndarray, probability: float) -> bool:
+    def uncertain_is_face(
+        self, mask: np.ndarray, probability: float, mask_map: np.ndarray | None = None
+    ) -> bool:
         """Whether an uncertain detection (`Face.retry`) is a face at all: only where the rule restores it."""
-        return self.restores(self.evidence(mask, probability))
+        return self.restores(self.evidence(mask, probability, mask_map))
 
     def _no_face_reason(self, evidence: dict[str, float]) -> str:
         fraction, probability = evidence["mask_fraction"], evidence["mask_probability"]
@@ -147,15 +177,22 @@ class MaskedFaceRule:
             f"{self.max_upside_down_probability:g}): its landmarks cannot be trusted"
         )
 
-    def not_masked_reason(self, mask: np.ndarray, probability: float, uncertain: bool = False) -> str:
+    def not_masked_reason(
+        self,
+        mask: np.ndarray,
+        probability: float,
+        uncertain: bool = False,
+        mask_map: np.ndarray | None = None,
+    ) -> str:
         """Why the face is left as it is ("" when it is restored). `uncertain`: the detector was unsure it is a
-        face at all (the reason then starts with "no face")."""
-        evidence = self.evidence(mask, probability)
+        face at all (the reason then starts with "no face"). `mask_map`: as `evidence`."""
+        evidence = self.evidence(mask, probability, mask_map)
         if self.restores(evidence):
             return ""
         if uncertain:
             return self._no_face_reason(evidence)
         fraction = evidence["mask_fraction"]
+        sure = f": {evidence['mask_confidence']:.0%}" if "mask_confidence" in evidence else ""
         if fraction < self.min_mask_fraction:
             return (
                 f"not masked: M-Seg marks {fraction:.1%} of the face crop as mask "
@@ -166,7 +203,8 @@ class MaskedFaceRule:
             f"M-Seg covers {evidence['mouth_coverage']:.0%} of the mouth, {fraction:.0%} of the crop and "
             f"{evidence['eye_coverage']:.0%} of the eyes (the M-Seg route needs {self.min_mouth_coverage:.0%}, "
             f"{self.min_mouth_route_fraction:.0%} and at most {self.max_mouth_route_eye_coverage:.0%}, with the "
-            f"classifier at {self.min_mouth_probability:g})"
+            f"classifier at {self.min_mouth_probability:g}; or M-Seg sure of {self.min_mask_confidence:.0%} of its "
+            f"mask{sure} and at most {self.max_sure_route_eye_coverage:.0%} of the eyes)"
         )
 
 
@@ -182,6 +220,8 @@ class MaskedFaceRule:
 # face M-Seg marks, and 0.98 was chosen for it.) min_mask_fraction: below 2 % of the crop there is nothing to restore.
 # The M-Seg route's min_mouth_probability, 0.7, is the first step of the tuning grid above that 0.65 (0 of 204 bare and 98
 # of 103 real-mask-seg faces restored, as without the route; the measured real-masked photos gain 10 restored).
+# min_mask_confidence (2026-12-05): the bare tuning faces with a mask-shaped M-Seg mask have 0.57 and 0.63 of its
+# pixels at M-Seg's 0.9 (the tuning script's confidence_table: none restored from 0.7 up); 0.8 leaves a margin.
 THRESHOLDS_TUNED_ON = (
     "CelebA test-split photos at offset 1 (not the measured offset 0) and real-mask-seg's 102 crops; "
     "benchmarks/results/real_masks.json holds the measured figures"

@@ -30,6 +30,7 @@ __all__ = [
     "fill_mask_holes",
     "model_usage",
     "predict_masks",
+    "predict_masks_and_probabilities",
     "restore_batch",
 ]
 
@@ -188,8 +189,20 @@ def predict_masks(
 ) -> torch.Tensor:
     """M-Seg's binary masks (B, 1, H, W) for images `x` in the model range, as m2u-unmask and m2u-eval use them:
     `mirror` averaged (MSeg.predict_mask), their enclosed holes filled (`fill_holes`)."""
-    mask = mseg.predict_mask(x, mask_threshold, mirror)
-    return fill_mask_holes(mask) if fill_holes else mask
+    return predict_masks_and_probabilities(mseg, x, mask_threshold, mirror, fill_holes)[0]
+
+
+def predict_masks_and_probabilities(
+    mseg: MSeg,
+    x: torch.Tensor,
+    mask_threshold: float,
+    mirror: bool = MIRROR_MASKS,
+    fill_holes: bool = FILL_MASK_HOLES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict_masks` and the per-pixel probabilities they were thresholded from (B, 1, H, W), from one pass."""
+    probability = mseg.mask_probability(x, mirror)
+    mask = (probability >= mask_threshold).to(x.dtype)
+    return (fill_mask_holes(mask) if fill_holes else mask), probability
 
 
 @torch.no_grad()

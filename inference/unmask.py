@@ -36,7 +36,13 @@ from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
 from m2u.inference.masked_rule import MaskedFaceRule
 from m2u.inference.paste import feather_weight, paste_feathered, paste_region, resize_matrix
-from m2u.inference.restore import TwoStageModel, load_two_stage, model_usage, predict_masks, restore_batch
+from m2u.inference.restore import (
+    TwoStageModel,
+    load_two_stage,
+    model_usage,
+    predict_masks_and_probabilities,
+    restore_batch,
+)
 from m2u.training.device import resolve_device
 from m2u.training.imagespace import to_uint8_images
 from m2u.training.models.mseg import check_mask_threshold
@@ -235,15 +241,23 @@ class Unmasker:
             precisions += [precision] * len(chunk)
         return np.concatenate(masks), np.concatenate(composites), precisions
 
-    @torch.no_grad()
     def predict_masks(self, crops: list[np.ndarray]) -> np.ndarray:
-        """M-Seg alone on aligned uint8 crops -> masks uint8 0/255 (N, S, S): what the decision reads before the
-        generator runs (faces left as they are cost no generator pass)."""
+        """M-Seg alone on aligned uint8 crops -> masks uint8 0/255 (N, S, S)."""
+        return self.predict_masks_with_probabilities(crops)[0]
+
+    @torch.no_grad()
+    def predict_masks_with_probabilities(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """M-Seg alone on aligned uint8 crops -> (masks uint8 0/255 (N, S, S), M-Seg's per-pixel probabilities
+        (N, S, S) float32 from the same pass): what the decision reads before the generator runs (faces left as
+        they are cost no generator pass; the probabilities give the rule's mask confidence)."""
         from m2u.training.imagespace import to_model_range
 
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
-        mask = predict_masks(self.mseg, to_model_range(batch), self.usage.mask_threshold)
-        return (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
+        mask, probability = predict_masks_and_probabilities(
+            self.mseg, to_model_range(batch), self.usage.mask_threshold
+        )
+        masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
+        return masks, probability[:, 0].float().cpu().numpy()
 
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
         """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
@@ -271,7 +285,7 @@ class Unmasker:
             if self.config.masked_only and any(landmarked)
             else np.zeros(len(crops))
         )
-        masks = self.predict_masks(crops) if decide else None
+        masks, mask_maps = self.predict_masks_with_probabilities(crops) if decide else (None, None)
         faces: list[FaceRestoration] = []
         for k, (crop, matrix, p, info) in enumerate(zip(crops, matrices, probabilities, meta, strict=True)):
             uncertain = info.pop("uncertain", False)
@@ -279,15 +293,15 @@ class Unmasker:
             detector_problem = info.pop("detector_problem", "")
             # mask and restored are filled in below (M-Seg's mask, the generator's composite).
             face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
-            if masks is not None:
+            if masks is not None and mask_maps is not None:
                 face.mask = masks[k]
-                face.evidence = rule.evidence(masks[k], p)
+                face.evidence = rule.evidence(masks[k], p, mask_maps[k])
                 if whole_frame:
                     # With --all-faces too: the frame is a face only where it is a masked one.
                     if not rule.frame_is_masked_face(face.evidence):
                         face.problem = f"no face: {WHOLE_FRAME_NOT_MASKED}"
                 elif self.config.masked_only:
-                    face.problem = rule.not_masked_reason(masks[k], p, uncertain)
+                    face.problem = rule.not_masked_reason(masks[k], p, uncertain, mask_maps[k])
                     if landmarked[k]:
                         face.evidence["upside_down_probability"] = round(float(turned[k]), 4)
                         face.problem = face.problem or rule.upside_down_reason(turned[k])
@@ -296,9 +310,9 @@ class Unmasker:
                         face.evidence["detector_problem"] = detector_problem
                         if face.problem or not rule.overrules_upside_down_detection(face.evidence):
                             face.problem = detector_problem
-                elif uncertain and not rule.uncertain_is_face(masks[k], p):
+                elif uncertain and not rule.restores(face.evidence):
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
-                    face.problem = rule.not_masked_reason(masks[k], p, uncertain)
+                    face.problem = rule.not_masked_reason(masks[k], p, uncertain, mask_maps[k])
             faces.append(face)
         kept = [f for f in faces if not f.problem]
         if kept:

@@ -194,16 +194,20 @@ class _Detector:
         return list(self.faces_by_shape[image.shape])
 
 
-def _steer_masks(unmasker: Unmasker, masks: list[np.ndarray]) -> None:
+def _steer_masks(unmasker: Unmasker, masks: list[np.ndarray], sure: list[float] | None = None) -> None:
     """M-Seg's masks for the decision replaced by `masks`, in order of the faces given to it (the generator still
-    runs on the faces kept, and they are pasted back by these masks)."""
+    runs on the faces kept, and they are pasted back by these masks). M-Seg's per-pixel probabilities: `sure`
+    (one per mask) inside each mask, 0 outside; by default 0.6 (M-Seg unsure: its sure-mask route stays shut)."""
+    sure = list(sure) if sure is not None else [0.6] * len(masks)
 
-    def predict_masks(crops):
-        chosen = masks[: len(crops)]
-        del masks[: len(crops)]
-        return np.stack([cv2.resize(m, (CROP, CROP), interpolation=cv2.INTER_NEAREST) for m in chosen])
+    def predict_masks_with_probabilities(crops):
+        chosen, levels = masks[: len(crops)], sure[: len(crops)]
+        del masks[: len(crops)], sure[: len(crops)]
+        binary = np.stack([cv2.resize(m, (CROP, CROP), interpolation=cv2.INTER_NEAREST) for m in chosen])
+        maps = np.stack([(b > 0) * np.float32(level) for b, level in zip(binary, levels, strict=True)])
+        return binary, maps
 
-    unmasker.predict_masks = predict_masks
+    unmasker.predict_masks_with_probabilities = predict_masks_with_probabilities
 
 
 def _steer_probabilities(monkeypatch, values: list[float]) -> None:
@@ -581,3 +585,99 @@ def test_a_photo_with_no_face_found_is_tried_as_one_face_crop(tmp_path, tiny_che
     _steer_probabilities(monkeypatch, [0.99])
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert not restored and not left and np.array_equal(result, photo)
+
+
+def test_a_mask_classifier_of_another_width_loads_from_its_weights(tmp_path):
+    """The loader reads the base width off the first convolution: a wider candidate (train_mask_classifier.py
+    --width) loads and answers as the net that was saved."""
+    import torch
+    from safetensors.torch import save_file
+
+    from m2u.inference.mask_presence import MaskPresenceNet, load_mask_classifier, mask_probabilities
+
+    torch.manual_seed(0)
+    wide = MaskPresenceNet(24).eval()
+    file = tmp_path / "wide.safetensors"
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(file))
+    loaded = load_mask_classifier(str(file))
+    assert loaded.features[0].out_channels == 24
+    crops = [make_synthetic_sample(128, seed=seed).masked for seed in range(2)]
+    np.testing.assert_allclose(mask_probabilities(crops, loaded), mask_probabilities(crops, wide), atol=1e-6)
+
+
+def test_the_sure_mask_route_restores_a_mask_shaped_mask_m_seg_is_sure_of_whatever_the_classifier_says():
+    rule = MaskedFaceRule()
+    lower = _crop_mask(128, 0.5, 0.95)  # nose to chin: a mask's shape
+    sure_map = np.where(lower > 0, 0.97, 0.0).astype(np.float32)
+    unsure_map = np.where(lower > 0, 0.7, 0.0).astype(np.float32)
+    evidence = rule.evidence(lower, 0.05, sure_map)
+    assert evidence["mask_confidence"] == 1.0 and rule.restores(evidence)
+    assert rule.not_masked_reason(lower, 0.05, mask_map=sure_map) == ""
+    assert rule.evidence(lower, 0.05, unsure_map)["mask_confidence"] == 0.0
+    reason = rule.not_masked_reason(lower, 0.05, mask_map=unsure_map)
+    assert (
+        reason.startswith("not masked")
+        and "M-Seg sure of 80% of its mask: 0% and at most 50% of the eyes" in reason
+    )
+    assert "mask_confidence" not in rule.evidence(lower, 0.05)  # no map, no confidence: the route stays shut
+    assert not rule.restores(rule.evidence(lower, 0.05))
+    # Sure of 79 % of its pixels: below min_mask_confidence (0.8).
+    part = sure_map.copy()
+    rows = np.flatnonzero(lower.any(axis=1))
+    part[rows[: round(0.21 * len(rows)) + 1]] = np.where(
+        lower[rows[: round(0.21 * len(rows)) + 1]] > 0, 0.5, 0
+    )
+    assert rule.evidence(lower, 0.05, part)["mask_confidence"] < 0.8
+    assert not rule.restores(rule.evidence(lower, 0.05, part))
+    # The shape still rules: M-Seg sure of a mask over the eyes (a texture, a face covered all over) restores nothing.
+    tall = _crop_mask(128, 0.3, 0.95)
+    assert not rule.restores(rule.evidence(tall, 0.05, np.where(tall > 0, 0.99, 0.0).astype(np.float32)))
+    # A mask worn up to the lower lids covers the eye band's lower part: the sure route takes it (up to
+    # max_sure_route_eye_coverage), the classifier's M-Seg route does not (max_mouth_route_eye_coverage).
+    high = _crop_mask(128, 0.4, 0.95)
+    high_sure = rule.evidence(high, 0.75, np.where(high > 0, 0.99, 0.0).astype(np.float32))
+    assert 0.2 < high_sure["eye_coverage"] <= 0.5 and rule.restores(high_sure)
+    assert not rule.restores(rule.evidence(high, 0.75, np.where(high > 0, 0.6, 0.0).astype(np.float32)))
+    # An uncertain detection with a sure mask-shaped mask is a face (and restored).
+    assert rule.uncertain_is_face(lower, 0.05, sure_map) and not rule.uncertain_is_face(
+        lower, 0.05, unsure_map
+    )
+    with pytest.raises(ValueError, match="min_mask_confidence"):
+        MaskedFaceRule(min_mask_confidence=1.5)
+
+
+def test_m2u_unmask_restores_by_the_sure_mask_route_and_records_the_confidence(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first, second) = _photo_with_faces(2)
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({photo.shape: [first, second]})
+    lower = _crop_mask(CROP, 0.5, 0.95)
+    # Both faces: the classifier unsure (0.3); M-Seg sure of the first face's mask only.
+    _steer_masks(unmasker, [lower, lower], sure=[0.95, 0.6])
+    _steer_probabilities(monkeypatch, [0.3, 0.3])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and len(left) == 1
+    assert restored[0].evidence["mask_confidence"] == 1.0 and left[0].evidence["mask_confidence"] == 0.0
+    assert left[0].problem.startswith("not masked")
+    x0, y0, x1, y1 = left[0].box
+    assert np.array_equal(result[y0:y1, x0:x1], photo[y0:y1, x0:x1])
+    assert not np.array_equal(result, photo)
+
+
+def test_m_seg_probabilities_are_what_its_masks_are_thresholded_from():
+    import torch
+
+    from m2u.inference.restore import predict_masks, predict_masks_and_probabilities
+    from m2u.training.models.mseg import MSeg, MSegConfig
+
+    torch.manual_seed(0)
+    mseg = MSeg(MSegConfig(base_channels=4, levels=2, cbam_reduction=2)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    masks, probabilities = predict_masks_and_probabilities(mseg, x, 0.5, mirror=True, fill_holes=False)
+    assert torch.equal(masks, (probabilities >= 0.5).float())
+    assert torch.equal(masks, predict_masks(mseg, x, 0.5, mirror=True, fill_holes=False))
+    assert torch.equal(mseg.predict_mask(x, 0.5, mirror=True), masks)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()

@@ -115,7 +115,13 @@ class MSeg(nn.Module):
         """Binary mask, float {0, 1}, (B, 1, H, W): sigmoid(logits) >= mask_threshold (a model file records its
         own: `LoadedModel.info.mask_threshold_or_default()`). `mirror`: the probability is the mean of the image's
         and its mirror image's (mirrored back), as a face and its mirror image wear the same mask; twice the cost."""
+        return (self.mask_probability(x, mirror) >= mask_threshold).to(x.dtype)
+
+    @torch.no_grad()
+    def mask_probability(self, x: torch.Tensor, mirror: bool = False) -> torch.Tensor:
+        """Per-pixel P(mask), (B, 1, H, W): sigmoid(logits), with `mirror` the mean of the image's and its mirror
+        image's (mirrored back)."""
         probability = torch.sigmoid(self.forward(x))
         if mirror:
             probability = (probability + torch.sigmoid(self.forward(x.flip(3))).flip(3)) / 2
-        return (probability >= mask_threshold).to(x.dtype)
+        return probability
