@@ -58,9 +58,11 @@ class PhotoScore:
     faces_left: int = 0
     not_faces: int = 0  # uncertain detections without a mask: no face
     # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
-    # probability and the share of the mouth region M-Seg marks (m2u.inference.masked_rule.MaskedFaceRule).
+    # probability, the share of the mouth region M-Seg marks and the share of M-Seg's mask it is sure of
+    # (m2u.inference.masked_rule.MaskedFaceRule: the sure-mask route reads it).
     mask_probability: float | None = None
     mseg_mouth_coverage: float | None = None
+    mseg_mask_confidence: float | None = None
     mask_fraction: float = 0.0  # share of the photo under the predicted mask
     label: str = ""
     dice: float | None = None
@@ -293,6 +295,7 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
         best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
         row.mask_probability = best.get("mask_probability")  # not asked with --all-faces
         row.mseg_mouth_coverage = best["mouth_coverage"]
+        row.mseg_mask_confidence = best.get("mask_confidence")  # not read with --all-faces
     if left:
         row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"
     if not row.faces_found:

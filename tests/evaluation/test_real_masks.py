@@ -661,6 +661,12 @@ def test_m2u_unmask_restores_by_the_sure_mask_route_and_records_the_confidence(
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert len(restored) == 1 and len(left) == 1
     assert restored[0].evidence["mask_confidence"] == 1.0 and left[0].evidence["mask_confidence"] == 0.0
+    # m2u-eval's per-photo row carries the confidence of the face it reports.
+    from m2u.evaluation.real_masks import PhotoScore, _record_faces
+
+    row = PhotoScore(photo="p.png", status="ok")
+    _record_faces(row, restored, left, [])
+    assert row.mseg_mask_confidence == 1.0 and row.faces_restored == 1  # the first of equal probabilities
     assert left[0].problem.startswith("not masked")
     x0, y0, x1, y1 = left[0].box
     assert np.array_equal(result[y0:y1, x0:x1], photo[y0:y1, x0:x1])
