@@ -665,19 +665,11 @@ def main() -> None:
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
     if args.training_set and args.training_set.is_file():
-        saved = np.load(args.training_set)
-        train_and_save(
-            (list(saved["train_x"]), list(saved["train_y"])),
-            (list(saved["test_x"]), list(saved["test_y"])),
-            args,
-            start,
-        )
+        train_and_save(*load_crop_sets(args.training_set), args, start)
         return
     train, test = ([], []), ([], [])  # (crops, labels)
     if args.cache and args.cache.is_file():
-        cached = np.load(args.cache)
-        train = (list(cached["train_x"]), list(cached["train_y"]))
-        test = (list(cached["test_x"]), list(cached["test_y"]))
+        train, test = load_crop_sets(args.cache)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             records = build_eval_set(photos, Path(tmp), seed=2)
@@ -700,13 +692,7 @@ def main() -> None:
                         split[0].append(photometric(upside_down_crop(image, landmarks, rng), rng))
                         split[1].append(0)
         if args.cache:
-            np.savez(
-                args.cache,
-                train_x=np.stack(train[0]),
-                train_y=np.array(train[1]),
-                test_x=np.stack(test[0]),
-                test_y=np.array(test[1]),
-            )
+            save_crop_sets(args.cache, train, test)
     if args.realism:
         pairs = realism_pairs(args.realism, args.shared / "faces" / "celeba", args.realism_pairs, rng)
         cut = int(0.9 * len(pairs))
@@ -746,14 +732,25 @@ def main() -> None:
         f"{time.perf_counter() - start:.0f} s"
     )
     if args.training_set:
-        np.savez(
-            args.training_set,
-            train_x=np.stack(train[0]),
-            train_y=np.array(train[1]),
-            test_x=np.stack(test[0]),
-            test_y=np.array(test[1]),
-        )
+        save_crop_sets(args.training_set, train, test)
     train_and_save(train, test, args, start)
+
+
+def save_crop_sets(path: Path, train: tuple[list, list], test: tuple[list, list]) -> None:
+    """(crops, labels) for training and held out into one .npz (`load_crop_sets` reads it back)."""
+    np.savez(
+        path,
+        train_x=np.stack(train[0]),
+        train_y=np.array(train[1]),
+        test_x=np.stack(test[0]),
+        test_y=np.array(test[1]),
+    )
+
+
+def load_crop_sets(path: Path) -> tuple[tuple[list, list], tuple[list, list]]:
+    """What `save_crop_sets` wrote: ((crops, labels) for training, (crops, labels) held out)."""
+    saved = np.load(path)
+    return (list(saved["train_x"]), list(saved["train_y"])), (list(saved["test_x"]), list(saved["test_y"]))
 
 
 def train_and_save(train: tuple[list, list], test: tuple[list, list], args, start: float) -> None:

@@ -194,6 +194,17 @@ class _Detector:
         return list(self.faces_by_shape[image.shape])
 
 
+def _two_face_unmasker(tiny_checkpoints) -> tuple[np.ndarray, Unmasker]:
+    """A photo with two faces and an Unmasker (the tiny models, the default decision) whose detector finds both."""
+    mseg_path, gen_path = tiny_checkpoints
+    photo, faces = _photo_with_faces(2)
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    unmasker.detector = _Detector({photo.shape: list(faces)})
+    return photo, unmasker
+
+
 def _steer_masks(unmasker: Unmasker, masks: list[np.ndarray], sure: list[float] | None = None) -> None:
     """M-Seg's masks for the decision replaced by `masks`, in order of the faces given to it (the generator still
     runs on the faces kept, and they are pasted back by these masks). M-Seg's per-pixel probabilities: `sure`
@@ -268,11 +279,7 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
 def test_a_masked_face_that_looks_upside_down_keeps_every_pixel_with_its_reason(
     tiny_checkpoints, monkeypatch
 ):
-    mseg_path, gen_path = tiny_checkpoints
-    photo, (first, second) = _photo_with_faces(2)
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
-    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
-    unmasker.detector = _Detector({photo.shape: [first, second]})
+    photo, unmasker = _two_face_unmasker(tiny_checkpoints)
     lower = _crop_mask(CROP, 0.5, 0.95)
     _steer_masks(unmasker, [lower, lower])
     _steer_probabilities(monkeypatch, [0.99, 0.99])  # both wear a mask by the mask classifier
@@ -282,7 +289,7 @@ def test_a_masked_face_that_looks_upside_down_keeps_every_pixel_with_its_reason(
     assert len(restored) == 1 and restored[0].evidence["upside_down_probability"] == 0.2
     assert len(left) == 1 and left[0].problem.startswith("the face looks upside down")
     assert "0.90" in left[0].problem and left[0].evidence["upside_down_probability"] == 0.9
-    x0, y0, x1, y1 = second.box
+    x0, y0, x1, y1 = left[0].box  # the second face
     assert np.array_equal(result[y0:y1, x0:x1], photo[y0:y1, x0:x1])  # not one pixel of it changed
     assert MaskedFaceRule().upside_down_reason(0.5) == "" and MaskedFaceRule().upside_down_reason(0.51)
 
@@ -649,11 +656,7 @@ def test_the_sure_mask_route_restores_a_mask_shaped_mask_m_seg_is_sure_of_whatev
 def test_m2u_unmask_restores_by_the_sure_mask_route_and_records_the_confidence(
     tmp_path, tiny_checkpoints, monkeypatch
 ):
-    mseg_path, gen_path = tiny_checkpoints
-    photo, (first, second) = _photo_with_faces(2)
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
-    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
-    unmasker.detector = _Detector({photo.shape: [first, second]})
+    photo, unmasker = _two_face_unmasker(tiny_checkpoints)
     lower = _crop_mask(CROP, 0.5, 0.95)
     # Both faces: the classifier unsure (0.3); M-Seg sure of the first face's mask only.
     _steer_masks(unmasker, [lower, lower], sure=[0.95, 0.6])
