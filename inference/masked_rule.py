@@ -25,10 +25,10 @@ class MaskedFaceRule:
     the unmasked CelebA photos of benchmarks/results/real_masks.json) but still marks some lower faces (the M-Seg
     route below). A face is restored when the classifier gives at least `min_mask_probability` and M-Seg marks at
     least `min_mask_fraction` of the crop, or by the M-Seg route (a mask-shaped M-Seg mask, `mask_shaped`, and the
-    classifier at least `min_mouth_probability` or M-Seg sure of its mask: `min_mask_confidence`). Detections the detector is unsure of (`Face.retry`: BlazeFace below its sure
-    score, the dlib fallback) are faces at all only when the rule restores them: their mask is the only evidence of
-    a face, so one that is not enough to restore is not enough to call a face either (`uncertain_is_face`); the
-    rest are reported as no face. (A separate, lower face gate,
+    classifier at least `min_mouth_probability` or M-Seg sure of its mask: `min_mask_confidence`). Detections the
+    detector is unsure of (`Face.retry`: BlazeFace below its sure score, the dlib fallback) are faces at all only
+    when the rule restores them: their mask is the only evidence of a face, so one that is not enough to restore is
+    not enough to call a face either (`uncertain_is_face`); the rest are reported as no face. (A separate, lower face gate,
     0.5 until 2026-12-04, let scikit-image's coins (0.86) and the colour wheel (0.65) count as faces, each left
     "not masked".)
 
@@ -52,10 +52,10 @@ class MaskedFaceRule:
     min_mouth_route_fraction: float = 0.1
     min_mouth_probability: float = 0.7
     max_mouth_route_eye_coverage: float = 0.2
-    # The sure-mask route: a mask-shaped M-Seg mask (the M-Seg route's shape) restores the face whatever the
-    # classifier says when M-Seg is sure of it: at least `min_mask_confidence` of the mask's pixels have M-Seg's
-    # probability at least `min_sure_pixel_probability` (`mask_confidence` in the evidence). The classifier is the weak
-    # link on real photos: on real close-ups unlike its training it flips between 0 and 1 under a mirror image or a
+    # The sure-mask route: a mask-shaped M-Seg mask (the M-Seg route's shape, with its own eye limit below) restores
+    # the face whatever the classifier says when M-Seg is sure of it: at least `min_mask_confidence` of the mask's
+    # pixels have M-Seg's probability at least `min_sure_pixel_probability` (`mask_confidence` in the evidence). The
+    # classifier is the weak link on real photos: on real close-ups unlike its training it flips between 0 and 1 under a mirror image or a
     # 10 % zoom (measured on real-masked's faces it left), while M-Seg outlines those masks sure of nearly every
     # pixel. Where M-Seg marks a bare lower face (a turtleneck to the chin, a thumb at the mouth: the tuning photos'
     # two, 0.57 and 0.63) it is unsure of much of it. 0.8: above those with a margin (2026-12-05; MaskedFaceRule
