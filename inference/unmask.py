@@ -241,10 +241,6 @@ class Unmasker:
             precisions += [precision] * len(chunk)
         return np.concatenate(masks), np.concatenate(composites), precisions
 
-    def predict_masks(self, crops: list[np.ndarray]) -> np.ndarray:
-        """M-Seg alone on aligned uint8 crops -> masks uint8 0/255 (N, S, S)."""
-        return self.predict_masks_with_probabilities(crops)[0]
-
     @torch.no_grad()
     def predict_masks_with_probabilities(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """M-Seg alone on aligned uint8 crops -> (masks uint8 0/255 (N, S, S), M-Seg's per-pixel probabilities
