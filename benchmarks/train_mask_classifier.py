@@ -658,6 +658,9 @@ def main() -> None:
     # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
     parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
+    for given in (args.cache, args.training_set):
+        if given and given.suffix != ".npz":
+            parser.error(f"{given}: give a .npz file name (numpy adds the suffix to any other)")
     global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES, UPSIDE_DOWN
     COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
     TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES = args.tight_depth, args.painted_collars, args.low_res
@@ -665,6 +668,8 @@ def main() -> None:
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
     if args.training_set and args.training_set.is_file():
+        # Every crop comes from the file: the options that choose and draw the crops are not used.
+        print(f"crops read from {args.training_set} (not built)", flush=True)
         train_and_save(*load_crop_sets(args.training_set), args, start)
         return
     train, test = ([], []), ([], [])  # (crops, labels)
@@ -737,14 +742,21 @@ def main() -> None:
 
 
 def save_crop_sets(path: Path, train: tuple[list, list], test: tuple[list, list]) -> None:
-    """(crops, labels) for training and held out into one .npz (`load_crop_sets` reads it back)."""
-    np.savez(
-        path,
-        train_x=np.stack(train[0]),
-        train_y=np.array(train[1]),
-        test_x=np.stack(test[0]),
-        test_y=np.array(test[1]),
-    )
+    """(crops, labels) for training and held out into one .npz (`load_crop_sets` reads it back), written whole or
+    not at all: a run stopped while saving leaves no half file for the next run to read."""
+    from m2u.core.fileio import atomic_write
+
+    def write(temp: str) -> None:
+        with open(temp, "wb") as handle:  # a handle: np.savez would add ".npz" to the temporary name
+            np.savez(
+                handle,
+                train_x=np.stack(train[0]),
+                train_y=np.array(train[1]),
+                test_x=np.stack(test[0]),
+                test_y=np.array(test[1]),
+            )
+
+    atomic_write(path, write)
 
 
 def load_crop_sets(path: Path) -> tuple[tuple[list, list], tuple[list, list]]:
@@ -754,6 +766,7 @@ def load_crop_sets(path: Path) -> tuple[tuple[list, list], tuple[list, list]]:
 
 
 def train_and_save(train: tuple[list, list], test: tuple[list, list], args, start: float) -> None:
+    """Train the net the options ask for on `train` (checked on `test`) and write it to `args.out`."""
     net = train_net(
         train,
         test,

@@ -190,3 +190,31 @@ def test_the_mask_classifier_training_options(load_benchmark, capsys):
     assert sureness(width=8, label_smoothing=0.5) < plain
     assert 0 < sureness(width=8, mixup=0.4) <= 0.5
     assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_the_mask_classifier_crop_sets_round_trip_and_want_an_npz_name(
+    tmp_path, load_benchmark, monkeypatch, capsys
+):
+    """`save_crop_sets` writes the crops whole (no temporary left beside them) and `load_crop_sets` gives them back;
+    --training-set / --cache without the .npz suffix (numpy would add it, so the file would never be found again)
+    stop with a clear error before anything is built."""
+    import sys
+
+    import numpy as np
+    import pytest
+
+    script = load_benchmark("train_mask_classifier")
+    rng = np.random.default_rng(0)
+    train = (list(rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)), [1, 0, 1])
+    test = (list(rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)), [0, 1])
+    path = tmp_path / "crops.npz"
+    script.save_crop_sets(path, train, test)
+    assert {p.name for p in tmp_path.iterdir()} <= {"crops.npz", ".m2u-written"}  # m2u's record, no temporary
+    (train_x, train_y), (test_x, test_y) = script.load_crop_sets(path)
+    assert np.array_equal(np.stack(train_x), np.stack(train[0])) and list(train_y) == train[1]
+    assert np.array_equal(np.stack(test_x), np.stack(test[0])) and list(test_y) == test[1]
+    monkeypatch.setattr(sys, "argv", ["train_mask_classifier.py", "--training-set", str(tmp_path / "crops")])
+    with pytest.raises(SystemExit) as stopped:
+        script.main()
+    assert stopped.value.code == 2 and "give a .npz file name" in capsys.readouterr().err
+    assert not (tmp_path / "crops.npz.npz").exists()
