@@ -173,13 +173,17 @@ def _fit(paths: list[Path]) -> dict:
     from m2u.masking.detect import BLAZEFACE_TO_DLIB_BOX, blazeface_dlib_box
 
     ladder = FaceDetector(DetectorConfig(blazeface_first=False))
-    pairs = []
+    pairs, eye_pairs = [], []
     for _, image in _images(paths, False):
         found = blazeface_detect(image, "short", 0.5)
         for face in ladder.detect(image):
             best = max(found, key=lambda d: _iou(face.box, d.box), default=None)
             if best is not None and _iou(face.box, best.box) >= 0.3:
                 pairs.append((best.keypoints.astype(np.float64), np.asarray(face.box, np.float64)))
+                points = face.landmarks.astype(np.float64)
+                eye_pairs.append(
+                    (best.keypoints.astype(np.float64), points[36:42].mean(0), points[42:48].mean(0))
+                )
     mids = np.array([(k[0] + k[1]) / 2 for k, _ in pairs])
     eyes = np.array([k[1] - k[0] for k, _ in pairs])
     down = np.array([k[3] - (k[0] + k[1]) / 2 for k, _ in pairs])
@@ -195,11 +199,42 @@ def _fit(paths: list[Path]) -> dict:
     in_use = np.array([blazeface_dlib_box(k) for k, _ in pairs], np.float64)
     error = np.abs(in_use - boxes) / width
     print(f"fit on {len(pairs)} faces: {fitted} (in use: {BLAZEFACE_TO_DLIB_BOX})", flush=True)
+    eyes_fit = _fit_eyes(eye_pairs)
     return {
         "faces": len(pairs),
         "fitted": fitted,
         "in_use": BLAZEFACE_TO_DLIB_BOX,
         "corner_error_box_widths_mean_in_use": [round(float(x), 3) for x in error.mean(0)],
+        "eyes": eyes_fit,
+    }
+
+
+def _fit_eyes(eye_pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    """BLAZEFACE_TO_DLIB_EYES: the median offset of dlib's eye centres from BlazeFace's eye keypoints, in the
+    keypoints' eye frame, and how far the constants in use leave dlib's eye centres (eye distances)."""
+    from m2u.masking.detect import BLAZEFACE_TO_DLIB_EYES, blazeface_eye_centres
+
+    offsets, errors = [], []
+    for keypoints, left, right in eye_pairs:
+        axis = keypoints[1] - keypoints[0]
+        distance = float(np.hypot(*axis))
+        along = axis / distance
+        across = np.array([-along[1], along[0]])
+        dlib_eyes = np.stack([left, right])
+        offsets.append(
+            [[(e - k) @ along / distance, (e - k) @ across / distance] for e, k in zip(dlib_eyes, keypoints)]
+        )
+        errors.append(np.hypot(*(blazeface_eye_centres(keypoints) - dlib_eyes).T) / distance)
+    fitted = tuple(tuple(round(float(x), 3) for x in eye) for eye in np.median(np.array(offsets), axis=0))
+    errors_array = np.array(errors)
+    print(f"eye fit on {len(eye_pairs)} faces: {fitted} (in use: {BLAZEFACE_TO_DLIB_EYES})", flush=True)
+    return {
+        "faces": len(eye_pairs),
+        "fitted": fitted,
+        "in_use": BLAZEFACE_TO_DLIB_EYES,
+        "eye_error_eye_distances_median_in_use": [
+            round(float(x), 4) for x in np.median(errors_array, axis=0)
+        ],
     }
 
 

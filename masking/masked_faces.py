@@ -32,6 +32,7 @@ from m2u.masking.detect import (
     _as_rgb_uint8,
     _cnn_detector,
     _hog_detector,
+    blazeface_eye_centres,
     landmark_fit,
     orientation_scores,
     upside_down_problem,
@@ -146,13 +147,24 @@ def _iou(a: tuple, b: tuple) -> float:
     return ix * iy / union if union > 0 else 0.0
 
 
-def merge_detections(found: list[tuple[tuple, float, str]], min_iou: float = MERGE_IOU) -> list[tuple]:
-    """(box, score, label) from several passes, one per face: greedy by score, overlapping boxes dropped."""
+def merge_detections(found: list[tuple], min_iou: float = MERGE_IOU) -> list[tuple]:
+    """(box, score, label, ...) from several passes, one per face: greedy by score, overlapping boxes dropped (a
+    kept item keeps whatever it carries after its score)."""
     kept: list[tuple] = []
     for item in sorted(found, key=lambda f: -f[1]):
         if all(_iou(item[0], k[0]) <= min_iou for k in kept):
             kept.append(item)
     return kept
+
+
+def _pooled_keypoints(box: tuple, found: list[tuple]) -> np.ndarray:
+    """The score-weighted mean keypoints of every detection (box, score, label, keypoints) that overlaps `box` as
+    merge_detections counts one face: each pass (model, border) places them a little differently, and one pass's
+    eye keypoints can be off on a masked face."""
+    same = [item for item in found if _iou(item[0], box) > MERGE_IOU]
+    weights = np.array([item[1] for item in same], np.float64)
+    points = np.stack([np.asarray(item[3], np.float64) for item in same])
+    return (points * weights[:, None, None]).sum(0) / weights.sum()
 
 
 # The CNN's filters need an image at least this large (after upsampling) or dlib raises; its smallest face is
@@ -261,17 +273,6 @@ class MaskedFaceDetector:
         return upside_down_problem(*self.orientation_scores(image, box), self.config.upside_down_margin)
 
 
-def _eye_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(eye midpoint, unit x along the eyes, unit y perpendicular (down in an upright face), inter-ocular distance)."""
-    left, right = landmarks[LEFT_EYE].mean(0), landmarks[RIGHT_EYE].mean(0)
-    axis = right - left
-    iod = float(np.hypot(*axis))
-    if iod < 1e-6:
-        raise ValueError("degenerate landmarks: the eye centres coincide")
-    ux = axis / iod
-    return (left + right) / 2.0, ux, np.array([-ux[1], ux[0]]), iod
-
-
 # Mouth centre (mean of landmarks 48-67) in the eye frame (origin at the eye midpoint, x along the eyes, y down,
 # unit = inter-ocular distance): the mean over dlib's 68 landmarks of 991 unmasked CelebA photos of the training
 # split (hash split by identity, seed 0; every 8th photo, HOG at upsample 0), i.e. the least-squares fit of a constant.
@@ -282,21 +283,38 @@ def _eye_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 _MOUTH_IN_EYE_FRAME = (-0.0023, 1.1213)
 
 
+def _mouth_from_eyes(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The mouth centre placed from the two eye centres (_MOUTH_IN_EYE_FRAME): origin at the eye midpoint, x along
+    the eyes, y perpendicular (down in an upright face), unit the inter-ocular distance."""
+    axis = right - left
+    iod = float(np.hypot(*axis))
+    if iod < 1e-6:
+        raise ValueError("degenerate landmarks: the eye centres coincide")
+    ux = axis / iod
+    fx, fy = _MOUTH_IN_EYE_FRAME
+    return (left + right) / 2.0 + iod * (fx * ux + fy * np.array([-ux[1], ux[0]]))
+
+
 def expected_mouth(landmarks: np.ndarray) -> np.ndarray:
     """Where the mouth centre should be, from the two eye centres only ((2,) float64, image pixels): what a mask
     never hides."""
-    mid, ux, uy, iod = _eye_frame(np.asarray(landmarks, np.float64))
-    fx, fy = _MOUTH_IN_EYE_FRAME
-    return mid + iod * (fx * ux + fy * uy)
+    points = np.asarray(landmarks, np.float64)
+    return _mouth_from_eyes(points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0))
 
 
-def visible_anchor_points(landmarks: np.ndarray) -> np.ndarray:
+def visible_anchor_points(landmarks: np.ndarray, keypoints: np.ndarray | None = None) -> np.ndarray:
     """The alignment's anchors (left eye centre, right eye centre, mouth centre) as the dataset alignment's
-    `anchor_points` defines them, with the mouth centre from `expected_mouth` instead of the hidden mouth points."""
+    `anchor_points` defines them, with the mouth centre placed from the eye centres (`expected_mouth`) instead of the
+    hidden mouth points. With BlazeFace's `keypoints` the eye centres are its eye keypoints mapped to dlib's
+    (m2u.masking.detect.blazeface_eye_centres): m2u-unmask's second look at a face left on dlib's eye centres."""
     points = np.asarray(landmarks, np.float64)
     if points.shape != (68, 2) or not np.isfinite(points).all():
         raise ValueError(f"expected finite 68-point landmarks of shape (68, 2), got {points.shape}")
-    return np.stack([points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0), expected_mouth(points)])
+    if keypoints is None:
+        left, right = points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0)
+    else:
+        left, right = blazeface_eye_centres(keypoints)
+    return np.stack([left, right, _mouth_from_eyes(left, right)])
 
 
 def mouth_centre(landmarks: np.ndarray) -> np.ndarray:
@@ -407,15 +425,15 @@ class RealFaceDetector:
         from m2u.masking.blazeface import blazeface_detect
 
         image = _as_rgb_uint8(image)
-        found: list[tuple[Box, float, str]] = []
+        found: list[tuple] = []
         for stage in self.config.blaze_stages:
             for p in stage:
                 found += [
-                    (d.box, d.score, p.label)
+                    (d.box, d.score, p.label, d.keypoints)
                     for d in blazeface_detect(image, p.model, p.threshold, pad=p.pad)
                 ]
             if found:
-                found = merge_detections(found)
+                found = [(*kept[:3], _pooled_keypoints(kept[0], found)) for kept in merge_detections(found)]
                 break
         if not found:
             if self._fallback is None:
@@ -424,7 +442,7 @@ class RealFaceDetector:
         height, width = image.shape[:2]
         fl, ft, fr, fb = self.config.dlib_box
         placed = []
-        for (x0, y0, x1, _bottom), score, label in found:
+        for (x0, y0, x1, _bottom), score, label, keypoints in found:
             side = x1 - x0
             corners = (
                 int(round(max(0.0, x0 + fl * side))),
@@ -434,10 +452,10 @@ class RealFaceDetector:
             )
             if corners[2] <= corners[0] or corners[3] <= corners[1]:
                 continue  # a box outside the photo (BlazeFace's letterbox border): nothing to align
-            placed.append((corners, score, label))
-        fitted = landmark_fit(self.config.landmarks)([(image, [corners for corners, _, _ in placed])])[0]
+            placed.append((corners, score, label, keypoints))
+        fitted = landmark_fit(self.config.landmarks)([(image, [item[0] for item in placed])])[0]
         faces = []
-        for (corners, score, label), points in zip(placed, fitted, strict=True):
+        for (corners, score, label, keypoints), points in zip(placed, fitted, strict=True):
             problem = ""
             if self.config.orientation_check:
                 as_found, turned = orientation_scores(
@@ -449,6 +467,16 @@ class RealFaceDetector:
                 if turned >= self.config.upside_down_min_turned:
                     problem = upside_down_problem(as_found, turned, self.config.upside_down_margin)
             uncertain = score < self.config.sure_score
-            faces.append(Face(corners, points, float(score), label, retry=uncertain, problem=problem))
+            faces.append(
+                Face(
+                    corners,
+                    points,
+                    float(score),
+                    label,
+                    retry=uncertain,
+                    problem=problem,
+                    keypoints=keypoints,
+                )
+            )
         faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
         return faces

@@ -255,6 +255,59 @@ def test_align_face_shrinks_only_the_crop_region_of_a_large_photo():
     assert np.abs(aligned.image.astype(int) - reference.astype(int)).mean() < 2.0
 
 
+def test_blazeface_eyes_follow_rotation_scale_and_translation_and_replace_dlibs_eyes():
+    from m2u.masking.detect import blazeface_eye_centres
+
+    keypoints = np.array(
+        [[40.0, 50.0], [80.0, 52.0], [60.0, 70.0], [61.0, 90.0], [20.0, 60.0], [100.0, 62.0]]
+    )
+    base = blazeface_eye_centres(keypoints)
+    angle, scale, shift = np.deg2rad(-30.0), 0.6, np.array([-12.0, 33.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    assert np.allclose(blazeface_eye_centres(keypoints @ rot.T + shift), base @ rot.T + shift, atol=1e-6)
+    # The mapping to dlib's convention moves each eye by a few hundredths of an eye distance, not more.
+    assert np.all(np.hypot(*(base - keypoints[:2]).T) < 0.1 * 40.0)
+    landmarks = make_synthetic_sample(200, seed=2).landmarks.astype(np.float64)
+    anchors = visible_anchor_points(landmarks, keypoints)
+    assert np.allclose(anchors[:2], base)
+    # dlib's eye points play no part once BlazeFace's keypoints are given; the mouth is placed from the eyes used.
+    moved = landmarks.copy()
+    moved[36:48] += 9.0
+    assert np.allclose(visible_anchor_points(moved, keypoints), anchors)
+    as_dlib = landmarks.copy()
+    as_dlib[36:42] += base[0] - as_dlib[36:42].mean(0)
+    as_dlib[42:48] += base[1] - as_dlib[42:48].mean(0)
+    assert np.allclose(anchors[2], expected_mouth(as_dlib))
+    with pytest.raises(ValueError, match="keypoints"):
+        Face((0, 0, 10, 10), landmarks.astype(np.float32), 1.0, keypoints=keypoints[:3])
+
+
+@pytest.mark.shared
+def test_blazeface_eyes_land_on_dlibs_eyes_on_unmasked_celeba_photos(celeba_first):
+    """The fitted BLAZEFACE_TO_DLIB_EYES brings BlazeFace's eye keypoints closer to dlib's eye centres on faces where
+    dlib's fit is good (unmasked CelebA; not the fit's files 2000-2599), and the real-photo detector carries the
+    keypoints on each face it found."""
+    from m2u.masking import read_image
+    from m2u.masking.detect import blazeface_eye_centres
+    from m2u.masking.masked_faces import RealFaceDetector
+
+    detector = RealFaceDetector()
+    raw, mapped = [], []
+    for path in celeba_first(60)[::3]:
+        faces = detector.detect(read_image(path))
+        if not faces or faces[0].keypoints is None:
+            continue
+        face = faces[0]
+        dlib_eyes = np.stack([face.landmarks[36:42].mean(0), face.landmarks[42:48].mean(0)]).astype(
+            np.float64
+        )
+        iod = np.hypot(*(dlib_eyes[1] - dlib_eyes[0]))
+        raw.append(np.hypot(*(face.keypoints[:2] - dlib_eyes).T).mean() / iod)
+        mapped.append(np.hypot(*(blazeface_eye_centres(face.keypoints) - dlib_eyes).T).mean() / iod)
+    assert len(mapped) >= 15
+    assert np.median(mapped) < 0.1 and np.median(mapped) < np.median(raw)
+
+
 @pytest.mark.shared
 def test_expected_mouth_is_close_on_unmasked_celeba_photos(celeba_first):
     from m2u.masking import FaceDetector, read_image
@@ -359,6 +412,7 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["faces"] == "1"
     (face,) = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
     assert face["detector"] == "mhog0" and face["alignment"] == "visible" and face["input"] == str(photo)
+    assert face["eyes"] == "dlib"  # the dlib cascade gives no BlazeFace keypoints
     assert 0.0 <= face["mask_fraction"] <= 1.0 and len(face["box"]) == 4
     assert (
         cv2.imread(str(out / "masked.jpg")).shape == masked.shape
