@@ -54,9 +54,11 @@ def _detections(unmasker, image: np.ndarray, name: str, cache: dict) -> list:
     if name not in cache:
         cache[name] = [
             {"box": [int(v) for v in f.box], "landmarks": f.landmarks.tolist(), "score": float(f.score),
-             "detector": f.detector, "retry": bool(f.retry), "problem": f.problem}
+             "detector": f.detector, "retry": bool(f.retry), "problem": f.problem,
+             "keypoints": None if f.keypoints is None else np.asarray(f.keypoints, np.float64).tolist()}
             for f in unmasker.detect(image)
         ]  # fmt: skip
+    # A cache written before BlazeFace's keypoints were kept has none: those faces align on dlib's eyes.
     return [
         Face(
             tuple(f["box"]),
@@ -65,6 +67,7 @@ def _detections(unmasker, image: np.ndarray, name: str, cache: dict) -> list:
             f["detector"],
             f["retry"],
             f["problem"],
+            None if f.get("keypoints") is None else np.asarray(f["keypoints"], np.float32),
         )
         for f in cache[name]
     ]

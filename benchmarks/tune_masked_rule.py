@@ -84,7 +84,10 @@ def main() -> None:
     # (Almost) nothing is restored, every face's evidence is recorded, uncertain detections marked as such (one the
     # classifier gives a probability rounding to 1.0 is restored and unmarked: every candidate restores it anyway).
     never = MaskedFaceRule(**dict.fromkeys(TUNED, 1.0), min_mask_confidence=1.0)
-    config = UnmaskConfig(progress=False, device="cpu", rule=never)
+    # One look per face (dlib's eye centres): the tables weigh the rule's thresholds on one crop of each face. m2u-
+    # unmask's second look (on BlazeFace's eyes) applies the same rule to a second crop; what it adds on bare and
+    # masked photos is measured by benchmarks/real_masks.py.
+    config = UnmaskConfig(progress=False, device="cpu", rule=never, alignment="visible-dlib")
     unmasker = Unmasker.from_files(args.mseg, args.generator, config)
     sets = {
         "celeba_bare_offset1": face_evidence(

@@ -107,8 +107,9 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
     default=UnmaskConfig.alignment,
     show_default=True,
     type=click.Choice(ALIGNMENTS),
-    help="visible: eye centres + a mouth centre placed from them (fitted on unmasked faces); landmarks: the 68-point "
-    "mouth (guessed under a mask).",
+    help="visible: dlib's eye centres + a mouth centre placed from them (fitted on unmasked faces), and a face left "
+    "as not masked is looked at again aligned on BlazeFace's eye keypoints; visible-dlib: without that second look; "
+    "landmarks: the 68-point mouth (guessed under a mask).",
 )
 @click.option(
     "--aligned",

@@ -5,7 +5,8 @@ then the dlib masked-face cascade where it finds nothing: `m2u.masking.masked_fa
 cascade alone, or plain dlib HOG / CNN), align each with the dataset's transform (`m2u.datasets.align.align_face`)
 placed from what a mask does not hide (eye centres, and a mouth centre estimated from the eye centres:
 `visible_anchor_points`), predict the mask with M-Seg, and decide from that mask whether the face wears one
-(`MaskedFaceRule`: it covers the mouth, not the eyes, and a real share of the face). Faces that do are restored with
+(`MaskedFaceRule`: it covers the mouth, not the eyes, and a real share of the face; a face left on dlib's eye centres
+gets a second look aligned on BlazeFace's eye keypoints). Faces that do are restored with
 the generator, composited (generator pixels only under the predicted mask), and the restored mask region pasted back
 into the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and
 only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 DETECTORS: tuple[str, ...] = ("blazeface", "masked", "hog", "cnn")
-ALIGNMENTS: tuple[str, ...] = ("visible", "landmarks")
+ALIGNMENTS: tuple[str, ...] = ("visible", "visible-dlib", "landmarks")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
 # (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
@@ -97,8 +98,11 @@ class UnmaskConfig:
     # The restored region: M-Seg's mask re-labelled by the crop's colours (m2u.inference.mask_refine); the rule
     # decides on M-Seg's own mask.
     refine: MaskRefineConfig = field(default_factory=MaskRefineConfig)
-    # "visible": eye centres + a mouth centre placed from the eye centres (what a mask leaves
-    # visible); "landmarks": the 68-point predictor's mouth points (guessed under a mask), as the dataset aligns.
+    # "visible": eye centres + a mouth centre placed from the eye centres (what a mask leaves visible;
+    # `visible_anchor_points`), the eye centres dlib's, and a sure detection the decision leaves is looked at again
+    # aligned on BlazeFace's eye keypoints where BlazeFace found it (`_unmask_faces`); "visible-dlib": dlib's eye
+    # centres only, no second look (the default until 2026-12-05); "landmarks": the 68-point predictor's mouth points
+    # (guessed under a mask), as the dataset aligns.
     alignment: str = "visible"
     # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection.
     aligned: bool = False
@@ -150,7 +154,10 @@ class FaceRestoration:
     detector: str = ""
     score: float = 0.0
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # in the photo's pixels
-    alignment: str = ""  # visible | landmarks | aligned-input | aligned-input-resized
+    alignment: str = ""  # visible | visible-dlib | landmarks | aligned-input | aligned-input-resized
+    # Where the alignment's eye centres came from: "blazeface" (its eye keypoints) or "dlib" (the 68 points); "" for
+    # an aligned input or a whole frame.
+    eyes: str = ""
     weight: np.ndarray | None = None  # crop-space paste weight (feathered, dilated mask)
     precision: str = "fp32"  # of the forward pass that restored it (fp32 | bf16)
     # What MaskedFaceRule read off the mask (mask fraction, mouth and eye coverage).
@@ -165,6 +172,7 @@ class FaceRestoration:
             "score": round(self.score, 4),
             "box": [int(v) for v in self.box],
             "alignment": self.alignment,
+            **({"eyes": self.eyes} if self.eyes else {}),
             "mask_fraction": round(self.mask_fraction, 4),
             "precision": self.precision,
             **self.evidence,
@@ -266,6 +274,13 @@ class Unmasker:
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
         """(the photo with the masked faces pasted back, those faces, the faces left as they are: `not_masked`)."""
+        result, faces = self._restore_records(image, crops, matrices, meta)
+        return result, [f for f in faces if not f.problem], [f for f in faces if f.problem]
+
+    def _restore_records(
+        self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
+    ) -> tuple[np.ndarray, list[FaceRestoration]]:
+        """As `_restore_into`, with every face's record in the order of `crops` (`problem` "" where restored)."""
         from m2u.inference.mask_presence import mask_probabilities, upside_down_probabilities
 
         rule = self.config.rule
@@ -332,7 +347,7 @@ class Unmasker:
             face.weight = self.paste_weight(face.mask)
             # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
             paste_region(result, face.restored, face.matrix, face.weight)
-        return result, kept, [f for f in faces if f.problem]
+        return result, faces
 
     def detect(self, image: np.ndarray) -> list:
         """Every face the detector finds in `image` (uint8 RGB), usable or not (`Face.problem`)."""
@@ -407,17 +422,52 @@ class Unmasker:
     def _unmask_faces(
         self, image: np.ndarray, faces: list
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
+        if not faces:
+            return image.copy(), [], []
+        result, records = self._align_and_restore(image, faces, blaze_eyes=False)
+        restored = [r for r in records if not r.problem]
+        left = [r for r in records if r.problem]
+        if self.config.alignment != "visible" or not self.config.masked_only:
+            return result, restored, left
+        # The second look: a sure detection the decision leaves (not one the detector was unsure of, whose mask on
+        # its first look is all the evidence of a face, nor one its orientation check refused, which has its own
+        # route), aligned again on BlazeFace's eye keypoints where BlazeFace found it. On a masked face dlib's
+        # predictor, which fits all 68 points at once, can pull its eye points onto the mask, and the crop then
+        # shows no mask-shaped mask; BlazeFace's eye keypoints are right where dlib's are wrong, and sometimes wrong
+        # where dlib's are right (tight crops), so they are the second look, not the first (benchmarks/real_masks.py,
+        # README).
+        again = [
+            k
+            for k, (face, record) in enumerate(zip(faces, records, strict=True))
+            if record.problem and face.keypoints is not None and not face.retry and not face.problem
+        ]
+        if not again:
+            return result, restored, left
+        result, second = self._align_and_restore(result, [faces[k] for k in again], blaze_eyes=True)
+        for k, record in zip(again, second, strict=True):
+            if not record.problem:
+                records[k] = record
+        return result, [r for r in records if not r.problem], [r for r in records if r.problem]
+
+    def _align_and_restore(
+        self, image: np.ndarray, faces: list, blaze_eyes: bool
+    ) -> tuple[np.ndarray, list[FaceRestoration]]:
+        """`faces` aligned (on BlazeFace's eye keypoints with `blaze_eyes`), decided and restored into a copy of
+        `image`: (that copy, each face's record in the order of `faces`)."""
         from m2u.datasets.align import align_face
         from m2u.masking.detect import is_upside_down_problem
         from m2u.masking.masked_faces import visible_anchor_points
 
-        if not faces:
-            return image.copy(), [], []
         size = self.usage.require_crop_size()
-        visible = self.config.alignment == "visible"
+        alignment = self.config.alignment
         aligned = [
             align_face(
-                image, face.landmarks, size, visible_anchor_points(face.landmarks) if visible else None
+                image,
+                face.landmarks,
+                size,
+                None
+                if alignment == "landmarks"
+                else visible_anchor_points(face.landmarks, face.keypoints if blaze_eyes else None),
             )
             for face in faces
         ]
@@ -426,14 +476,15 @@ class Unmasker:
                 "detector": f.detector,
                 "score": f.score,
                 "box": f.box,
-                "alignment": self.config.alignment,
+                "alignment": alignment,
+                "eyes": "blazeface" if blaze_eyes else "dlib",
                 "uncertain": f.retry,
                 # The detector's orientation refusal, which the decision may overrule (unmask_found).
                 "detector_problem": f.problem if is_upside_down_problem(f.problem) else "",
             }
             for f in faces
         ]
-        return self._restore_into(image, [a.image for a in aligned], [a.matrix for a in aligned], meta)
+        return self._restore_records(image, [a.image for a in aligned], [a.matrix for a in aligned], meta)
 
     def unmask_aligned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration]]:
         """`image` is one aligned face crop: restored as a whole (resized to the model's size when it is not that

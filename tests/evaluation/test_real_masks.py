@@ -4,6 +4,7 @@ without a mask exactly as they are (with the reason), --min-score, and `m2u-eval
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def test_real_face_detector_gives_faces_with_landmarks_and_falls_back_to_dlib(mo
     assert len(faces) == 1 and faces[0].detector.startswith("blaze-") and not faces[0].problem
     eyes = faces[0].landmarks[36:48]
     assert (eyes[:, 0] > 160).all() and (eyes[:, 0] < 280).all() and (eyes[:, 1] > 80).all()
+    # BlazeFace's keypoints travel with the face (the alignment's eyes): its eyes near dlib's eye centres.
+    keypoints = faces[0].keypoints
+    assert keypoints is not None and keypoints.shape == (6, 2)
+    dlib_eyes = np.stack([eyes[:6].mean(0), eyes[6:].mean(0)])
+    assert np.hypot(*(keypoints[:2] - dlib_eyes).T).max() < 0.2 * np.hypot(*(dlib_eyes[1] - dlib_eyes[0]))
 
     calls = []
     dlib_face = Face.from_landmarks(faces[0].landmarks, score=0.3)
@@ -74,6 +80,7 @@ def test_real_face_detector_gives_faces_with_landmarks_and_falls_back_to_dlib(mo
     (fallback,) = RealFaceDetector().detect(_astronaut())
     assert calls == [(512, 512, 3)] and fallback.box == dlib_face.box
     assert fallback.retry  # the fallback's faces are uncertain: faces only where a mask is found on them
+    assert fallback.keypoints is None  # aligned on dlib's eye centres
     assert RealFaceDetector(RealFaceDetectorConfig(fallback=None)).detect(_astronaut()) == []
 
 
@@ -357,6 +364,52 @@ def test_the_detectors_upside_down_refusal_stands_for_uncertain_faces_and_all_fa
     unmasker.detector = _Detector({photo.shape: [_hog_doubted(first)]})
     _, kept, left = unmasker.unmask_with_refusals(photo)
     assert not kept and left[0].problem.startswith("the face looks upside down (the detector")
+
+
+def test_a_face_left_on_dlibs_eyes_gets_a_second_look_on_blazefaces_eyes(tiny_checkpoints, monkeypatch):
+    from m2u.datasets.align import alignment_matrix
+    from m2u.masking.masked_faces import visible_anchor_points
+
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first,) = _photo_with_faces(1)
+    eyes = np.stack([first.landmarks[36:42].mean(0), first.landmarks[42:48].mean(0)])
+    # BlazeFace's eyes a little higher than dlib's (as where a mask pulls dlib's eye points down).
+    keypoints = np.vstack([eyes - [0.0, 6.0], first.landmarks[[30, 62, 0, 16]]]).astype(np.float32)
+    lower, nothing = _crop_mask(CROP, 0.5, 0.95), np.zeros((CROP, CROP), np.uint8)
+
+    def unmask(alignment: str, face: Face, turned: list[float]):
+        config = UnmaskConfig(
+            crop_size=CROP, device="cpu", progress=False, alignment=alignment, whole_frame=False
+        )
+        unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+        unmasker.detector = _Detector({photo.shape: [face]})
+        # M-Seg marks nothing on the crop aligned on dlib's eyes, a mask on the one aligned on BlazeFace's.
+        _steer_masks(unmasker, [nothing, lower])
+        _steer_probabilities(monkeypatch, [0.99, 0.99])
+        answers = iter(turned)
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities",
+            lambda crops: np.full(len(crops), next(answers)),
+        )
+        return unmasker.unmask_with_refusals(photo)
+
+    blazed = dataclasses.replace(first, keypoints=keypoints)
+    result, restored, left = unmask("visible", blazed, [0.0, 0.0])
+    assert not left and restored[0].record()["eyes"] == "blazeface"
+    anchors = visible_anchor_points(first.landmarks, keypoints)
+    assert np.allclose(restored[0].matrix, alignment_matrix(first.landmarks, CROP, anchors))
+    assert not np.array_equal(result, photo)
+    # A face the upside-down classifier refuses on the second look keeps its first look's record.
+    result, restored, left = unmask("visible", blazed, [0.0, 0.9])
+    assert not restored and left[0].record()["eyes"] == "dlib" and left[0].problem.startswith("not masked")
+    assert np.array_equal(result, photo)
+    # No second look with --alignment visible-dlib, nor for a face without BlazeFace's keypoints, nor for an
+    # uncertain detection (its first look decides whether it is a face at all).
+    uncertain = dataclasses.replace(blazed, retry=True)
+    for alignment, face in (("visible-dlib", blazed), ("visible", first), ("visible", uncertain)):
+        result, restored, left = unmask(alignment, face, [0.0, 0.0])
+        assert not restored and np.array_equal(result, photo)
+        assert left[0].problem.startswith("no face" if face.retry else "not masked")
 
 
 def test_a_photo_whose_only_face_the_upside_down_classifier_refuses_is_reported_refused(

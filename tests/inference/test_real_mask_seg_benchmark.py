@@ -64,3 +64,27 @@ def test_dice_and_summary_count_unfound_photos_as_zero():
     )
     # Precision and recall are averaged where a face was found only.
     assert summary["precision_where_found"] == pytest.approx(0.8) and summary["recall_where_found"] == 1.0
+
+
+def test_cached_detections_keep_blazefaces_keypoints():
+    """The detection cache (a JSON file with --detections) carries each face's keypoints, so a cached run aligns
+    and takes the second look as m2u-unmask does; a cache written without them gives faces with none."""
+    import json
+
+    from m2u.datasets.synthetic import make_synthetic_sample
+    from m2u.masking import Face
+
+    bench = _module()
+    landmarks = make_synthetic_sample(64, seed=0).landmarks.astype(np.float32)
+    keypoints = np.arange(12, dtype=np.float32).reshape(6, 2)
+    found = Face((1, 2, 40, 41), landmarks, 0.9, "blaze-short", keypoints=keypoints)
+    unmasker = SimpleNamespace(detect=lambda image: [found])
+    cache: dict = {}
+    (first,) = bench._detections(unmasker, np.zeros((8, 8, 3), np.uint8), "a.jpg", cache)
+    cache = json.loads(json.dumps(cache))  # as --detections stores it
+    (again,) = bench._detections(None, None, "a.jpg", cache)
+    for face in (first, again):
+        assert np.array_equal(face.keypoints, keypoints) and face.box == found.box and face.score == found.score
+    del cache["a.jpg"][0]["keypoints"]
+    (old,) = bench._detections(None, None, "a.jpg", cache)
+    assert old.keypoints is None and np.array_equal(old.landmarks, landmarks)
