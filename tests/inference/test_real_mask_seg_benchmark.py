@@ -84,7 +84,9 @@ def test_cached_detections_keep_blazefaces_keypoints():
     cache = json.loads(json.dumps(cache))  # as --detections stores it
     (again,) = bench._detections(None, None, "a.jpg", cache)
     for face in (first, again):
-        assert np.array_equal(face.keypoints, keypoints) and face.box == found.box and face.score == found.score
+        assert (
+            np.array_equal(face.keypoints, keypoints) and face.box == found.box and face.score == found.score
+        )
     del cache["a.jpg"][0]["keypoints"]
     (old,) = bench._detections(None, None, "a.jpg", cache)
     assert old.keypoints is None and np.array_equal(old.landmarks, landmarks)
