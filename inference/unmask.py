@@ -447,6 +447,8 @@ class Unmasker:
         for k, record in zip(again, second, strict=True):
             if not record.problem:
                 records[k] = record
+            else:  # the first look's record stays, and says the second look left the face too
+                records[k].problem += f"; on a second look aligned on BlazeFace's eyes: {record.problem}"
         return result, [r for r in records if not r.problem], [r for r in records if r.problem]
 
     def _align_and_restore(

@@ -402,13 +402,14 @@ def test_a_face_left_on_dlibs_eyes_gets_a_second_look_on_blazefaces_eyes(tiny_ch
     # A face the upside-down classifier refuses on the second look keeps its first look's record.
     result, restored, left = unmask("visible", blazed, [0.0, 0.9])
     assert not restored and left[0].record()["eyes"] == "dlib" and left[0].problem.startswith("not masked")
+    assert "on a second look aligned on BlazeFace's eyes: the face looks upside down" in left[0].problem
     assert np.array_equal(result, photo)
     # No second look with --alignment visible-dlib, nor for a face without BlazeFace's keypoints, nor for an
     # uncertain detection (its first look decides whether it is a face at all).
     uncertain = dataclasses.replace(blazed, retry=True)
     for alignment, face in (("visible-dlib", blazed), ("visible", first), ("visible", uncertain)):
         result, restored, left = unmask(alignment, face, [0.0, 0.0])
-        assert not restored and np.array_equal(result, photo)
+        assert not restored and np.array_equal(result, photo) and "second look" not in left[0].problem
         assert left[0].problem.startswith("no face" if face.retry else "not masked")
 
 
