@@ -66,6 +66,12 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
 # (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
 BF16_MIN_BATCH = 4
+# The second look (Unmasker._unmask_faces) is taken where dlib's eye centres lie at least this far from BlazeFace's,
+# in eye distances (m2u.masking.detect.eye_disagreement): on unmasked CelebA faces of the tuning photos (test split,
+# offset 1), where dlib's fit is good, the median is 0.05 and 13 % of the faces are above 0.1; the masked faces an
+# ungated second look restored on real-masked were 0.24-2.8 apart, but for three at 0.05-0.08 (a second draw, not a
+# better crop). Measured by a probe (2026-12-05, README).
+SECOND_LOOK_MIN_EYE_SHIFT = 0.1
 # Why a photo tried whole (UnmaskConfig.whole_frame) gets nothing restored (the face's problem, report.csv's reason).
 WHOLE_FRAME_NOT_MASKED = "the whole photo, tried as one face crop, is not a masked face"
 
@@ -422,6 +428,8 @@ class Unmasker:
     def _unmask_faces(
         self, image: np.ndarray, faces: list
     ) -> tuple[np.ndarray, list[FaceRestoration], list[FaceRestoration]]:
+        from m2u.masking.detect import eye_disagreement
+
         if not faces:
             return image.copy(), [], []
         result, records = self._align_and_restore(image, faces, blaze_eyes=False)
@@ -435,11 +443,16 @@ class Unmasker:
         # predictor, which fits all 68 points at once, can pull its eye points onto the mask, and the crop then
         # shows no mask-shaped mask; BlazeFace's eye keypoints are right where dlib's are wrong, and sometimes wrong
         # where dlib's are right (tight crops), so they are the second look, not the first (benchmarks/real_masks.py,
-        # README).
+        # README). Only where the two disagree (SECOND_LOOK_MIN_EYE_SHIFT): where they agree the crop would be
+        # nearly the same, and deciding on it again would only give the classifiers another draw.
         again = [
             k
             for k, (face, record) in enumerate(zip(faces, records, strict=True))
-            if record.problem and face.keypoints is not None and not face.retry and not face.problem
+            if record.problem
+            and face.keypoints is not None
+            and not face.retry
+            and not face.problem
+            and eye_disagreement(face.keypoints, face.landmarks) > SECOND_LOOK_MIN_EYE_SHIFT
         ]
         if not again:
             return result, restored, left

@@ -367,6 +367,16 @@ def blazeface_eye_centres(keypoints: np.ndarray) -> np.ndarray:
     return eyes + distance * (offsets[:, :1] * along + offsets[:, 1:] * across)
 
 
+def eye_disagreement(keypoints: np.ndarray, landmarks: np.ndarray) -> float:
+    """How far the 68 points' eye centres lie from BlazeFace's (`blazeface_eye_centres`): the larger of the two
+    distances, in eye distances (BlazeFace's)."""
+    theirs = blazeface_eye_centres(keypoints)
+    points = np.asarray(landmarks, np.float64)
+    ours = np.stack([points[_EYE_CENTRES[0]].mean(0), points[_EYE_CENTRES[1]].mean(0)])
+    distance = max(float(np.hypot(*(theirs[1] - theirs[0]))), 1e-6)
+    return float(np.hypot(*(ours - theirs).T).max() / distance)
+
+
 def keypoint_agreement(keypoints: np.ndarray, landmarks: np.ndarray) -> float:
     """How far the 68 points' eye centres and mouth centre lie from BlazeFace's eye and mouth keypoints: the largest
     of the three distances, in eye distances (BlazeFace's)."""

@@ -256,7 +256,7 @@ def test_align_face_shrinks_only_the_crop_region_of_a_large_photo():
 
 
 def test_blazeface_eyes_follow_rotation_scale_and_translation_and_replace_dlibs_eyes():
-    from m2u.masking.detect import blazeface_eye_centres
+    from m2u.masking.detect import blazeface_eye_centres, eye_disagreement
 
     keypoints = np.array(
         [[40.0, 50.0], [80.0, 52.0], [60.0, 70.0], [61.0, 90.0], [20.0, 60.0], [100.0, 62.0]]
@@ -278,6 +278,10 @@ def test_blazeface_eyes_follow_rotation_scale_and_translation_and_replace_dlibs_
     as_dlib[36:42] += base[0] - as_dlib[36:42].mean(0)
     as_dlib[42:48] += base[1] - as_dlib[42:48].mean(0)
     assert np.allclose(anchors[2], expected_mouth(as_dlib))
+    # How far dlib's eyes lie from BlazeFace's, in eye distances: 0 where they are where BlazeFace's map to.
+    assert eye_disagreement(keypoints, as_dlib) < 1e-9
+    as_dlib[42:48] += [0.0, 4.0]  # the right eye 4 px lower: a tenth of the 40-px eye distance
+    assert abs(eye_disagreement(keypoints, as_dlib) - 0.1) < 0.005
     with pytest.raises(ValueError, match="keypoints"):
         Face((0, 0, 10, 10), landmarks.astype(np.float32), 1.0, keypoints=keypoints[:3])
 
