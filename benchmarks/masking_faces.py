@@ -171,6 +171,7 @@ def _fit(paths: list[Path]) -> dict:
     from m2u.masking import DetectorConfig, FaceDetector
     from m2u.masking.blazeface import blazeface_detect
     from m2u.masking.detect import BLAZEFACE_TO_DLIB_BOX, blazeface_dlib_box
+    from m2u.masking.geometry import LEFT_EYE, RIGHT_EYE
 
     ladder = FaceDetector(DetectorConfig(blazeface_first=False))
     pairs, eye_pairs = [], []
@@ -182,7 +183,7 @@ def _fit(paths: list[Path]) -> dict:
                 pairs.append((best.keypoints.astype(np.float64), np.asarray(face.box, np.float64)))
                 points = face.landmarks.astype(np.float64)
                 eye_pairs.append(
-                    (best.keypoints.astype(np.float64), points[36:42].mean(0), points[42:48].mean(0))
+                    (best.keypoints.astype(np.float64), points[LEFT_EYE].mean(0), points[RIGHT_EYE].mean(0))
                 )
     mids = np.array([(k[0] + k[1]) / 2 for k, _ in pairs])
     eyes = np.array([k[1] - k[0] for k, _ in pairs])

@@ -66,7 +66,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # bf16 autocast pays off on a CPU with native bf16 from this many faces per forward pass: benchmarks/unmask.py
 # (bf16_vs_fp32) measured the shipped model at 128² at x0.8 of fp32's speed for one face and x1.2-1.7 from four.
 BF16_MIN_BATCH = 4
-# The second look (Unmasker._unmask_faces) is taken where dlib's eye centres lie at least this far from BlazeFace's,
+# The second look (Unmasker._unmask_faces) is taken where dlib's eye centres lie more than this far from BlazeFace's,
 # in eye distances (m2u.masking.detect.eye_disagreement): on unmasked CelebA faces of the tuning photos (test split,
 # offset 1), where dlib's fit is good, the median is 0.05 and 13 % of the faces are above 0.1; the masked faces an
 # ungated second look restored on real-masked were 0.24-2.8 apart, but for three at 0.05-0.08 (a second draw, not a
