@@ -10,7 +10,8 @@ labelled crops of real-mask-seg, masked faces that must be restored (M-Seg never
 face is the mask classifier's probability, M-Seg's mask fraction on the aligned crop, its coverage of the mouth
 and eye regions and how sure M-Seg is of its mask (MaskedFaceRule.evidence); which faces a candidate rule restores is
 `MaskedFaceRule.restores` (the classifier route and the M-Seg route, see its docstring). The grid varies the
-classifier and shape thresholds; a second table varies `min_mask_confidence` with the other defaults. Only the
+classifier and shape thresholds; a second table varies `min_mask_confidence`, a third the sure-mask route's
+`min_sure_route_mouth_coverage`, each with the other defaults. Only the
 decision's evidence is computed here.
 """
 
@@ -128,6 +129,15 @@ def main() -> None:
             row[f"{name}_restored"] = restored_count(evidence, rule)
         confidence_table.append(row)
         print(f"min_mask_confidence={confidence:<4} with the other defaults: {row}")
+    # The sure-mask route's mouth limit, the other thresholds at their defaults (min_sure_route_mouth_coverage).
+    mouth_table = []
+    for mouth in (0.5, 0.6, 0.7, 0.8, 0.9):
+        rule = MaskedFaceRule(min_sure_route_mouth_coverage=mouth)
+        row = {"min_sure_route_mouth_coverage": mouth}
+        for name, evidence in sets.items():
+            row[f"{name}_restored"] = restored_count(evidence, rule)
+        mouth_table.append(row)
+        print(f"min_sure_route_mouth_coverage={mouth:<4} with the other defaults: {row}")
     result = {
         "model": {
             "mseg": args.mseg or "shipped",
@@ -136,6 +146,7 @@ def main() -> None:
         },
         "table": table,
         "confidence_table": confidence_table,
+        "sure_route_mouth_table": mouth_table,
         "faces": sets,
     }
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:

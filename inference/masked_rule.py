@@ -68,6 +68,12 @@ class MaskedFaceRule:
     # 0.2 (seven masks reaching the lids, 24-49 %; the README says so), checked against the tuning photos: no bare
     # face there has a mask M-Seg is sure of at any eye coverage.
     max_sure_route_eye_coverage: float = 0.5
+    # The sure-mask route's mouth limit: the mouth region is a fixed box of the template, and on a close-up aligned a
+    # little off (the crop's mouth box reaching the mask's lower edge or past its side) a mask M-Seg is sure of covers
+    # 75-85 % of it. Chosen by looking at the real-masked faces the route left at the M-Seg route's 0.9 (two white
+    # masks, sure at 0.85 and 0.90, mouth 0.84 and 0.78; the README says so), checked against the tuning photos: no
+    # bare face there has a mask M-Seg is sure of at any mouth coverage (tune_masked_rule.py's mouth table).
+    min_sure_route_mouth_coverage: float = 0.7
     # A face the upside-down classifier (m2u.inference.mask_presence.upside_down_probabilities) gives more than this
     # is left as it is whatever its mask evidence: its landmarks sit on the wrong features and the crop would be
     # restored upside down.
@@ -115,12 +121,19 @@ class MaskedFaceRule:
             found["mask_confidence"] = round(sure, 4)
         return found
 
-    def mask_shaped(self, evidence: dict[str, float], max_eye_coverage: float | None = None) -> bool:
-        """M-Seg's mask has a mask's shape: the mouth covered, the eyes not (at most `max_eye_coverage` of the eye
-        region, by default `max_mouth_route_eye_coverage`), enough of the crop."""
+    def mask_shaped(
+        self,
+        evidence: dict[str, float],
+        max_eye_coverage: float | None = None,
+        min_mouth_coverage: float | None = None,
+    ) -> bool:
+        """M-Seg's mask has a mask's shape: the mouth covered (at least `min_mouth_coverage` of the mouth region, by
+        default the M-Seg route's), the eyes not (at most `max_eye_coverage` of the eye region, by default
+        `max_mouth_route_eye_coverage`), enough of the crop."""
         eyes = self.max_mouth_route_eye_coverage if max_eye_coverage is None else max_eye_coverage
+        mouth = self.min_mouth_coverage if min_mouth_coverage is None else min_mouth_coverage
         return (
-            evidence["mouth_coverage"] >= self.min_mouth_coverage
+            evidence["mouth_coverage"] >= mouth
             and evidence["eye_coverage"] <= eyes
             and evidence["mask_fraction"] >= max(self.min_mask_fraction, self.min_mouth_route_fraction)
         )
@@ -133,7 +146,7 @@ class MaskedFaceRule:
         if probability >= self.min_mouth_probability and self.mask_shaped(evidence):
             return True
         return evidence.get("mask_confidence", 0.0) >= self.min_mask_confidence and self.mask_shaped(
-            evidence, self.max_sure_route_eye_coverage
+            evidence, self.max_sure_route_eye_coverage, self.min_sure_route_mouth_coverage
         )
 
     def frame_is_masked_face(self, evidence: dict[str, float]) -> bool:
@@ -204,7 +217,8 @@ class MaskedFaceRule:
             f"{evidence['eye_coverage']:.0%} of the eyes (the M-Seg route needs {self.min_mouth_coverage:.0%}, "
             f"{self.min_mouth_route_fraction:.0%} and at most {self.max_mouth_route_eye_coverage:.0%}, with the "
             f"classifier at {self.min_mouth_probability:g}; or M-Seg sure of {self.min_mask_confidence:.0%} of its "
-            f"mask{sure} and at most {self.max_sure_route_eye_coverage:.0%} of the eyes)"
+            f"mask{sure}, {self.min_sure_route_mouth_coverage:.0%} of the mouth and at most "
+            f"{self.max_sure_route_eye_coverage:.0%} of the eyes)"
         )
 
 

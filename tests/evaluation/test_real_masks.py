@@ -682,7 +682,7 @@ def test_the_sure_mask_route_restores_a_mask_shaped_mask_m_seg_is_sure_of_whatev
     reason = rule.not_masked_reason(lower, 0.05, mask_map=unsure_map)
     assert (
         reason.startswith("not masked")
-        and "M-Seg sure of 80% of its mask: 0% and at most 50% of the eyes" in reason
+        and "M-Seg sure of 80% of its mask: 0%, 70% of the mouth and at most 50% of the eyes" in reason
     )
     assert "mask_confidence" not in rule.evidence(lower, 0.05)  # no map, no confidence: the route stays shut
     assert not rule.restores(rule.evidence(lower, 0.05))
@@ -703,6 +703,16 @@ def test_the_sure_mask_route_restores_a_mask_shaped_mask_m_seg_is_sure_of_whatev
     high_sure = rule.evidence(high, 0.75, np.where(high > 0, 0.99, 0.0).astype(np.float32))
     assert 0.2 < high_sure["eye_coverage"] <= 0.5 and rule.restores(high_sure)
     assert not rule.restores(rule.evidence(high, 0.75, np.where(high > 0, 0.6, 0.0).astype(np.float32)))
+    # A mask ending above the mouth box's lower edge (a close-up aligned a little off) covers 75 % of the mouth: the
+    # sure route takes it from min_sure_route_mouth_coverage (0.7), the classifier's M-Seg route needs 0.9; half the
+    # mouth is not a mask's shape for either.
+    short = _crop_mask(128, 0.5, 0.675)
+    short_sure = rule.evidence(short, 0.75, np.where(short > 0, 0.99, 0.0).astype(np.float32))
+    assert 0.7 <= short_sure["mouth_coverage"] < 0.9 and rule.restores(short_sure)
+    assert not rule.restores(rule.evidence(short, 0.75, np.where(short > 0, 0.6, 0.0).astype(np.float32)))
+    half = _crop_mask(128, 0.45, 0.635)
+    half_sure = rule.evidence(half, 0.75, np.where(half > 0, 0.99, 0.0).astype(np.float32))
+    assert half_sure["mouth_coverage"] < 0.7 and not rule.restores(half_sure)
     # An uncertain detection with a sure mask-shaped mask is a face (and restored).
     assert rule.uncertain_is_face(lower, 0.05, sure_map) and not rule.uncertain_is_face(
         lower, 0.05, unsure_map
