@@ -138,6 +138,12 @@ def main() -> None:
         "from the JSON",
     )
     parser.add_argument(
+        "--model",
+        type=Path,
+        help="a model package folder (its mseg.safetensors and generator.safetensors) to measure instead of the "
+        "shipped model",
+    )
+    parser.add_argument(
         "--classifier", type=Path, help="a mask classifier file to measure instead of the shipped one"
     )
     parser.add_argument(
@@ -233,12 +239,13 @@ def main() -> None:
     rule = MaskedFaceRule()
     if args.min_mask_probability is not None:
         rule = dataclasses.replace(rule, min_mask_probability=args.min_mask_probability)
-    unmasker = Unmasker.from_files(None, None, UnmaskConfig(progress=False, device="cpu", rule=rule))
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+
+    files = (args.model / MSEG_FILE, args.model / GENERATOR_FILE) if args.model else (None, None)
+    unmasker = Unmasker.from_files(*files, UnmaskConfig(progress=False, device="cpu", rule=rule))
     # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
     # crops in training, so its gate is measured on real-masked instead).
-    every_face = Unmasker.from_files(
-        None, None, UnmaskConfig(progress=False, device="cpu", masked_only=False)
-    )
+    every_face = Unmasker.from_files(*files, UnmaskConfig(progress=False, device="cpu", masked_only=False))
     config = RealMaskConfig(thumb=160)
     evaluations = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,7 +293,9 @@ def main() -> None:
     result["protocol"] = {
         "celeba_photos": args.celeba,
         "celeba_selection": "test split of the identity hash split (seed 0), every k-th in name order, offset 0",
-        "model": "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
+        "model": str(args.model)
+        if args.model
+        else "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
         "mask_classifier": str(args.classifier) if args.classifier else "the shipped one (MASK_CLASSIFIER)",
         "upside_down_classifier": str(args.upside_down_classifier)
         if args.upside_down_classifier

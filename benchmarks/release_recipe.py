@@ -105,7 +105,7 @@ def _common(
         "evaluate_test": False,  # the evaluate stage does it once, with the baselines
         "recipe": args.command,
         "max_seconds": args.max_seconds,
-        "augment": AugmentConfig(enabled=args.augment),
+        "augment": AugmentConfig(enabled=args.augment, low_res=args.low_res),
     }
 
 
@@ -215,7 +215,7 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
         init_weights=_init_weights(args, {"generator": GENERATOR_FILE}),
         **{
             **_common(args, data, run, args.gan_steps, lr=args.gan_lr),
-            "augment": AugmentConfig(enabled=args.augment and args.gan_augment),
+            "augment": AugmentConfig(enabled=args.augment and args.gan_augment, low_res=args.low_res),
         },
     )
     return train_gan(config)
@@ -481,6 +481,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--augment",
         action="store_true",
         help="train through m2u.datasets.augment (tight crops, camera effects)",
+    )
+    parser.add_argument(
+        "--low-res",
+        type=float,
+        default=0.0,
+        help="with --augment: the share of samples seen at a few dozen pixels (small faces; AugmentConfig.low_res)",
     )
     parser.add_argument(
         "--no-gan-augment",

@@ -1,7 +1,7 @@
 """Augmentation of training pairs for real photos: geometry (tight crops, scale jitter) and photometry.
 
 Real masked faces arrive cut at the forehead or the chin, a little off the dataset's alignment (the detector sees
-only the eyes), and through real cameras: noise, blur, JPEG, colour casts, low light. `augment_pair` gives a
+only the eyes), and through real cameras: noise, blur, JPEG, colour casts, low light, few pixels (small faces). `augment_pair` gives a
 (masked, unmasked, mask) triple one draw of those. Every operation is applied *identically* to the two images of
 the pair (the same warp, the same colour transform, the same noise field, the same blur and JPEG quality) and the
 warp to the mask too (nearest neighbour): M-Seg learns to find the mask through the camera, and the generator learns
@@ -43,12 +43,26 @@ class AugmentConfig:
     # crop's side beyond the photo's edge (each side cut with probability 3/4).
     photo_edge: float = 0.35
     photo_edge_cut: tuple[float, float] = (0.05, 0.3)
+    # A small face in the photo (real-masked has faces 15-50 px wide): the aligned crop is an enlargement of a few
+    # dozen photo pixels. Share of samples seen at a side drawn from `low_res_side` (pixels, at a 128 crop) and
+    # enlarged back bilinearly, as the alignment's warp does; the mask stays the exact one. Off by default: at 0 no
+    # draw is taken, so augmented runs before it keep their batches.
+    low_res: float = 0.0
+    low_res_side: tuple[int, int] = (24, 96)
 
     def __post_init__(self) -> None:
-        for name in ("crop", "color", "low_light", "blur", "noise", "jpeg", "photo_edge"):
+        for name in ("crop", "color", "low_light", "blur", "noise", "jpeg", "photo_edge", "low_res"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} is a probability within 0..1, got {getattr(self, name)}")
-        for name in ("crop_cut", "scale", "blur_sigma", "noise_sigma", "jpeg_quality", "photo_edge_cut"):
+        for name in (
+            "crop_cut",
+            "scale",
+            "blur_sigma",
+            "noise_sigma",
+            "jpeg_quality",
+            "photo_edge_cut",
+            "low_res_side",
+        ):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"augment.{name} must be a range (low, high) with 0 <= low <= high")
@@ -57,6 +71,8 @@ class AugmentConfig:
             raise ValueError(
                 "augment.scale must be > 0, augment.crop_cut and augment.photo_edge_cut below 0.5"
             )
+        if self.low_res_side[0] < 4:
+            raise ValueError("augment.low_res_side must be at least 4 pixels")
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -149,6 +165,25 @@ def _photometric(
     return result
 
 
+def _low_res(images: list[np.ndarray], rng: np.random.Generator, config: AugmentConfig) -> list[np.ndarray]:
+    """Every image of the list seen at a few dozen pixels and enlarged back (one draw for all of them)."""
+    if config.low_res <= 0:
+        return images  # no draw: the batches of runs without it stay as they were
+    draws = rng.random(2)  # a fixed number of draws per sample
+    if draws[0] >= config.low_res:
+        return images
+    size = images[0].shape[0]
+    low, high = config.low_res_side
+    side = max(4, round((low + (high - low) * draws[1]) * size / 128.0))
+    if side >= size:
+        return images
+    # Area averaging down (a camera's pixels integrate the light), bilinear up (the alignment's warp).
+    return [
+        cv2.resize(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA), (size, size))
+        for image in images
+    ]
+
+
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     ok, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok, "OpenCV failed to encode a JPEG in memory"
@@ -180,4 +215,5 @@ def augment_pair(
         mask = warp(mask, cv2.INTER_NEAREST)
     masked, unmasked, mask = _photo_edge([masked, unmasked, mask], rng, config)
     masked, unmasked = _photometric([masked, unmasked], rng, config)
+    masked, unmasked = _low_res([masked, unmasked], rng, config)
     return masked, unmasked, mask

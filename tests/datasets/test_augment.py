@@ -21,10 +21,12 @@ def _pair(size=32, seed=0):
     return masked, unmasked, mask
 
 
-ONLY = {name: 0.0 for name in ("crop", "color", "low_light", "blur", "noise", "jpeg", "photo_edge")}
+ONLY = {
+    name: 0.0 for name in ("crop", "color", "low_light", "blur", "noise", "jpeg", "photo_edge", "low_res")
+}
 
 
-@pytest.mark.parametrize("name", ["color", "low_light", "blur", "noise"])
+@pytest.mark.parametrize("name", ["color", "low_light", "blur", "noise", "low_res"])
 def test_each_photometric_change_is_identical_on_both_images_outside_the_mask(name):
     masked, unmasked, mask = _pair()
     config = AugmentConfig(
@@ -39,8 +41,34 @@ def test_each_photometric_change_is_identical_on_both_images_outside_the_mask(na
     # Blur spreads the mask's colour by its radius; elsewhere the two images stay equal pixel for pixel.
     import cv2
 
-    near = cv2.dilate(mask, np.ones((15, 15), np.uint8)) > 0 if name == "blur" else mask > 0
+    spread = name in ("blur", "low_res")
+    near = cv2.dilate(mask, np.ones((15, 15), np.uint8)) > 0 if spread else mask > 0
     assert np.array_equal(out_masked[~near], out_unmasked[~near])
+
+
+def test_a_small_face_is_seen_at_few_pixels_with_its_exact_mask_and_costs_no_draw_when_off():
+    masked, unmasked, mask = _pair(128)
+    config = AugmentConfig(enabled=True, **{**ONLY, "low_res": 1.0}, scale=(1.0, 1.0), shift=0.0, rotate=0.0)
+    out_masked, out_unmasked, out_mask = augment_pair(
+        masked, unmasked, mask, np.random.default_rng(5), config
+    )
+    assert np.array_equal(out_mask, mask)  # the ground truth stays the exact mask
+
+    def detail(image):  # mean absolute difference between neighbouring rows and columns
+        image = image.astype(np.float32)
+        return np.abs(np.diff(image, axis=0)).mean() + np.abs(np.diff(image, axis=1)).mean()
+
+    assert detail(out_unmasked) < 0.8 * detail(unmasked) and detail(out_masked) < 0.8 * detail(masked)
+    # At 0 the step takes no draw, so runs without it keep their batches; on, a fixed two per sample.
+    off, on = np.random.default_rng(7), np.random.default_rng(7)
+    augment_pair(masked, unmasked, mask, off, AugmentConfig(enabled=True, **ONLY))
+    augment_pair(masked, unmasked, mask, on, AugmentConfig(enabled=True, **{**ONLY, "low_res": 0.5}))
+    off.random(2)
+    assert off.random() == on.random()
+    with pytest.raises(ValueError, match="low_res"):
+        AugmentConfig(low_res=1.5)
+    with pytest.raises(ValueError, match="low_res_side"):
+        AugmentConfig(low_res_side=(2, 8))
 
 
 def test_jpeg_and_warps_keep_shapes_and_move_the_mask_with_the_images():

@@ -40,12 +40,13 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch, load_be
     # The generator fine-tunes at its own learning rate, without the camera augmentation M-Seg trains through.
     report = recipe.main(
         [*args, "--mseg-soup-steps", "2", "--also-evaluate", str(tmp_path / "work" / "data"),
-         "--augment", "--no-gan-augment", "--gan-lr", "3e-4"]
+         "--augment", "--low-res", "0.25", "--no-gan-augment", "--gan-lr", "3e-4"]
     )  # fmt: skip
     gan_config = json.loads((tmp_path / "work" / "gan" / "config.json").read_text())
     soup_config = json.loads((tmp_path / "work" / "mseg-soup" / "config.json").read_text())
     assert gan_config["optimizer"]["learning_rate"] == 3e-4 and not gan_config["augment"]["enabled"]
     assert soup_config["augment"]["enabled"] and soup_config["optimizer"]["learning_rate"] == 1e-3 * 0.3
+    assert soup_config["augment"]["low_res"] == 0.25
     assert (tmp_path / "work" / "mseg" / "metrics.json").stat().st_mtime_ns == mseg_mtime
     assert report["training"]["mseg"]["steps"] == 2 and report["training"]["gan"]["steps"] == 3
     assert report["training"]["mseg-soup"]["steps"] == 2
