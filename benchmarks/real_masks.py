@@ -2,7 +2,7 @@
 shared folders. Prints the figures and writes benchmarks/results/real_masks.json; the contact sheets go to
 runs/real_masks/ (they show the shared photos: never committed).
 
-    .venv/bin/python benchmarks/real_masks.py [--shared ../shared] [--celeba 200] [--with-dlib]
+    .venv/bin/python benchmarks/real_masks.py [--shared ../shared] [--celeba 200] [--with-dlib] [--model FOLDER]
 
 Detection (item 1), per detector: photos of ../shared/faces/real-masked with at least one face found (no boxes are
 labelled there: the contact sheet shows what was found), tight crops of real-mask-seg/image whose face is found (a
