@@ -59,6 +59,22 @@ def restored_count(faces: list[dict], rule) -> int:
     return sum(1 for f in faces if rule.restores(f))
 
 
+def one_threshold_table(sets: dict, field: str, values: tuple[float, ...]) -> list[dict]:
+    """Faces restored in each set with MaskedFaceRule's `field` at each of `values`, the rest at their defaults."""
+    from m2u.inference.masked_rule import MaskedFaceRule
+
+    table = []
+    for value in values:
+        rule = MaskedFaceRule(**{field: value})
+        row = {
+            field: value,
+            **{f"{name}_restored": restored_count(evidence, rule) for name, evidence in sets.items()},
+        }
+        table.append(row)
+        print(f"{field}={value:<4} with the other defaults: {row}")
+    return table
+
+
 def main() -> None:
     from real_masks import use_classifier
     from unmask import split_photos
@@ -119,25 +135,10 @@ def main() -> None:
             f"bare restored {row['celeba_bare_offset1_restored']}/{row['celeba_bare_offset1_faces']}  "
             f"real-mask-seg restored {row['real_mask_seg_restored']}/{row['real_mask_seg_faces']}",
         )
-    # The sure-mask route's confidence, the other thresholds at their defaults (MaskedFaceRule.min_mask_confidence;
-    # each face's mask_confidence is in `faces`).
-    confidence_table = []
-    for confidence in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
-        rule = MaskedFaceRule(min_mask_confidence=confidence)
-        row = {"min_mask_confidence": confidence}
-        for name, evidence in sets.items():
-            row[f"{name}_restored"] = restored_count(evidence, rule)
-        confidence_table.append(row)
-        print(f"min_mask_confidence={confidence:<4} with the other defaults: {row}")
-    # The sure-mask route's mouth limit, the other thresholds at their defaults (min_sure_route_mouth_coverage).
-    mouth_table = []
-    for mouth in (0.5, 0.6, 0.7, 0.8, 0.9):
-        rule = MaskedFaceRule(min_sure_route_mouth_coverage=mouth)
-        row = {"min_sure_route_mouth_coverage": mouth}
-        for name, evidence in sets.items():
-            row[f"{name}_restored"] = restored_count(evidence, rule)
-        mouth_table.append(row)
-        print(f"min_sure_route_mouth_coverage={mouth:<4} with the other defaults: {row}")
+    # The sure-mask route's confidence and its mouth limit, each with the other thresholds at their defaults (each
+    # face's mask_confidence and mouth_coverage are in `faces`).
+    confidence_table = one_threshold_table(sets, "min_mask_confidence", (0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+    mouth_table = one_threshold_table(sets, "min_sure_route_mouth_coverage", (0.5, 0.6, 0.7, 0.8, 0.9))
     result = {
         "model": {
             "mseg": args.mseg or "shipped",

@@ -1,8 +1,8 @@
 """Augmentation of training pairs for real photos: geometry (tight crops, scale jitter) and photometry.
 
 Real masked faces arrive cut at the forehead or the chin, a little off the dataset's alignment (the detector sees
-only the eyes), and through real cameras: noise, blur, JPEG, colour casts, low light, few pixels (small faces). `augment_pair` gives a
-(masked, unmasked, mask) triple one draw of those. Every operation is applied *identically* to the two images of
+only the eyes), and through real cameras: noise, blur, JPEG, colour casts, low light, few pixels (small faces).
+`augment_pair` gives a (masked, unmasked, mask) triple one draw of those. Every operation is applied *identically* to the two images of
 the pair (the same warp, the same colour transform, the same noise field, the same blur and JPEG quality) and the
 warp to the mask too (nearest neighbour): M-Seg learns to find the mask through the camera, and the generator learns
 to restore a face in the photo's own look, not a clean face pasted into a noisy photo (the composite keeps the
