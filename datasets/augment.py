@@ -2,11 +2,11 @@
 
 Real masked faces arrive cut at the forehead or the chin, a little off the dataset's alignment (the detector sees
 only the eyes), and through real cameras: noise, blur, JPEG, colour casts, low light, few pixels (small faces).
-`augment_pair` gives a (masked, unmasked, mask) triple one draw of those. Every operation is applied *identically* to the two images of
-the pair (the same warp, the same colour transform, the same noise field, the same blur and JPEG quality) and the
-warp to the mask too (nearest neighbour): M-Seg learns to find the mask through the camera, and the generator learns
-to restore a face in the photo's own look, not a clean face pasted into a noisy photo (the composite keeps the
-photo's pixels outside the mask, so a clean restoration would show as a patch).
+`augment_pair` gives a (masked, unmasked, mask) triple one draw of those. Every operation is applied *identically*
+to the two images of the pair (the same warp, the same colour transform, the same noise field, the same blur and
+JPEG quality) and the warp to the mask too (nearest neighbour): M-Seg learns to find the mask through the camera,
+and the generator learns to restore a face in the photo's own look, not a clean face pasted into a noisy photo (the
+composite keeps the photo's pixels outside the mask, so a clean restoration would show as a patch).
 
 Pure function of the generator's draws: seeded per (seed, epoch, batch, rank) by the training source
 (m2u.training.data.AugmentedSource), so a resumed run sees the same batches.

@@ -72,7 +72,8 @@ class MaskedFaceRule:
     # little off (the crop's mouth box reaching the mask's lower edge or past its side) a mask M-Seg is sure of covers
     # 75-85 % of it. Chosen by looking at the real-masked faces the route left at the M-Seg route's 0.9 (two white
     # masks, sure at 0.85 and 0.90, mouth 0.84 and 0.78; the README says so), checked against the tuning photos: no
-    # bare face there has a mask M-Seg is sure of at any mouth coverage (benchmarks/tune_masked_rule.py's sure_route_mouth_table).
+    # bare face there has a mask M-Seg is sure of at any mouth coverage (benchmarks/tune_masked_rule.py's
+    # sure_route_mouth_table).
     min_sure_route_mouth_coverage: float = 0.7
     # A face the upside-down classifier (m2u.inference.mask_presence.upside_down_probabilities) gives more than this
     # is left as it is whatever its mask evidence: its landmarks sit on the wrong features and the crop would be
