@@ -48,7 +48,8 @@ brought back to 64 px (small faces in full-body street photos, aligned up from a
 `--upside-down` gives that share of the masked faces (and of each real-mask-seg crop's variants, turned) one more
 negative: the face turned 180 degrees with its 68 points fitted as if upright (`upside_down_crop`; measured and not
 shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; README).
-`--width`, `--label-smoothing` and `--mixup` change the net and its training (measured on 2026-12-05 against the
+`--pastel` draws that share of those colours pale (pink, peach, lavender, mint; measured and not shipped: README,
+"Two training probes"). `--width`, `--label-smoothing` and `--mixup` change the net and its training (measured on 2026-12-05 against the
 classifier's instability on real close-ups, with `--training-set` keeping one set of crops for every setting: not
 shipped; README, "The sure-mask route").
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
@@ -121,6 +122,8 @@ PAINTED_COLLARS = False
 LOW_RES = 0.0
 # The share of masked faces that also give an upside-down negative (--upside-down), set by main.
 UPSIDE_DOWN = 0.0
+# The share of mask colours (recoloured masks, painted collars, print palettes) drawn pastel (--pastel), set by main.
+PASTEL = 0.0
 
 
 def upside_down_crop(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
@@ -201,7 +204,12 @@ LIGHT_MASKS = (
 
 
 def mask_colour(rng) -> np.ndarray:
-    """One mask colour (RGB float): dark, light, or any hue."""
+    """One mask colour (RGB float): dark, light, any hue, or (a share PASTEL of draws) pastel."""
+    if PASTEL > 0 and rng.random() < PASTEL:
+        # Pale, little saturated: pink, peach, lavender, mint, sky. Near skin in hue and value (the shipped
+        # classifier gave pale pink surgical masks ~0 in colour and 0.99 in grey).
+        hsv = np.array([[[rng.integers(180), rng.uniform(25, 110), rng.uniform(185, 250)]]], np.uint8)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
     kind = rng.random()
     if kind < 0.45:
         base = np.array(DARK_MASKS[int(rng.integers(len(DARK_MASKS)))], np.float32)
@@ -645,6 +653,13 @@ def main() -> None:
         help="share of the masked faces that also give an upside-down negative (the face turned 180 degrees, its "
         "landmarks fitted as if upright), and of --real-variants given by each real-mask-seg crop turned",
     )
+    parser.add_argument(
+        "--pastel",
+        type=float,
+        default=0.0,
+        help="share of the mask colours drawn (--recolour, --painted-collars, prints) that are pastel: pale pink, "
+        "peach, lavender, mint (near skin; 0 draws nothing, so earlier commands make the same file)",
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
@@ -661,10 +676,10 @@ def main() -> None:
     for given in (args.cache, args.training_set):
         if given and given.suffix != ".npz":
             parser.error(f"{given}: give a .npz file name (numpy adds the suffix to any other)")
-    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES, UPSIDE_DOWN
+    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES, UPSIDE_DOWN, PASTEL
     COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
     TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES = args.tight_depth, args.painted_collars, args.low_res
-    UPSIDE_DOWN = args.upside_down
+    UPSIDE_DOWN, PASTEL = args.upside_down, args.pastel
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
     if args.training_set and args.training_set.is_file():

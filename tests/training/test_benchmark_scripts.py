@@ -218,3 +218,50 @@ def test_the_mask_classifier_crop_sets_round_trip_and_want_an_npz_name(
         script.main()
     assert stopped.value.code == 2 and "give a .npz file name" in capsys.readouterr().err
     assert not (tmp_path / "crops.npz.npz").exists()
+
+
+def test_the_orientation_training_headwear_covers_the_head_and_leaves_the_face(load_benchmark):
+    """`headwear` (--headwear): a cap, a surgical cap or a hood drawn from the 68 points: the same picture for the
+    same seed, cloth over the head, the mouth and nose untouched (only the face's own features may tell the net which
+    way up it is)."""
+    import numpy as np
+
+    from m2u.datasets.synthetic import make_synthetic_sample
+
+    script = load_benchmark("train_orientation_classifier")
+    sample = make_synthetic_sample(128, seed=3)
+    points = np.asarray(sample.landmarks)
+    x0, y0 = np.floor(points[31:36].min(0)).astype(int)  # from the nostrils ...
+    x1, y1 = np.ceil(points[48:68].max(0)).astype(int)  # ... to the lips
+    brow_top = int(points[17:27, 1].min())
+    covered = []
+    for seed in range(9):
+        drawn = script.headwear(sample.masked, points, np.random.default_rng(seed))
+        again = script.headwear(sample.masked, points, np.random.default_rng(seed))
+        assert drawn.shape == sample.masked.shape and drawn.dtype == np.uint8 and np.array_equal(drawn, again)
+        assert np.array_equal(drawn[y0 : y1 + 1, x0 : x1 + 1], sample.masked[y0 : y1 + 1, x0 : x1 + 1])
+        changed = np.abs(drawn.astype(int) - sample.masked.astype(int)).sum(2) > 0
+        covered.append(changed[:brow_top].mean())
+    assert min(covered) > 0.05
+
+
+def test_the_mask_classifier_pastel_colours(monkeypatch, load_benchmark):
+    """--pastel P: at P = 0 `mask_colour` draws as before (earlier commands make the same file); at P = 1 every colour
+    is pale and little saturated (pink, peach, lavender, mint: near skin)."""
+    import cv2
+    import numpy as np
+
+    script = load_benchmark("train_mask_classifier")
+    # At a P > 0 that never comes up, the coin is the only draw more: at P = 0 there is none.
+    monkeypatch.setattr(script, "PASTEL", 1e-12)
+    with_coin = [script.mask_colour(np.random.default_rng(seed)) for seed in range(20)]
+    monkeypatch.setattr(script, "PASTEL", 0.0)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        rng.random()  # stands for the coin
+        assert np.array_equal(script.mask_colour(rng), with_coin[seed])
+    monkeypatch.setattr(script, "PASTEL", 1.0)
+    pastel = np.array([script.mask_colour(np.random.default_rng(seed)) for seed in range(40)], np.float32)
+    hsv = cv2.cvtColor(np.clip(pastel, 0, 255).astype(np.uint8)[None], cv2.COLOR_RGB2HSV)[0]
+    assert (hsv[:, 2] >= 180).all() and (hsv[:, 1] <= 115).all()
+    assert len({int(h) // 30 for h in hsv[:, 0]}) >= 4  # every hue, not one pink
