@@ -49,9 +49,9 @@ brought back to 64 px (small faces in full-body street photos, aligned up from a
 negative: the face turned 180 degrees with its 68 points fitted as if upright (`upside_down_crop`; measured and not
 shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; README).
 `--pastel` draws that share of those colours pale (pink, peach, lavender, mint; measured and not shipped: README,
-"Two training probes"). `--width`, `--label-smoothing` and `--mixup` change the net and its training (measured on 2026-12-05 against the
-classifier's instability on real close-ups, with `--training-set` keeping one set of crops for every setting: not
-shipped; README, "The sure-mask route").
+"Two training probes"). `--width`, `--label-smoothing` and `--mixup` change the net and its training (measured on
+2026-12-05 against the classifier's instability on real close-ups, with `--training-set` keeping one set of crops for
+every setting: not shipped; README, "The sure-mask route").
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
 Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
 of the realism pairs and the other negatives) are held out; the script prints their accuracy.

@@ -80,7 +80,7 @@ def headwear(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
     layer = np.zeros((height, width), np.uint8)
     kind = int(rng.integers(3))  # 0 cap with a brim, 1 surgical cap / beanie, 2 hood
     if kind < 2:
-        # Down over the brows by up to a fifth of the eye gap, or up to half of it above them.
+        # The cap's edge: up to half the eye gap down over the brows (to the eyes: pulled low), or a fifth above.
         drop = rng.uniform(-0.5, 0.2) * eye_gap
         brows = points[17:27].copy()
         brows[:, 1] -= drop
