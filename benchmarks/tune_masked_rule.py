@@ -135,10 +135,11 @@ def main() -> None:
             f"bare restored {row['celeba_bare_offset1_restored']}/{row['celeba_bare_offset1_faces']}  "
             f"real-mask-seg restored {row['real_mask_seg_restored']}/{row['real_mask_seg_faces']}",
         )
-    # The sure-mask route's confidence and its mouth limit, each with the other thresholds at their defaults (each
-    # face's mask_confidence and mouth_coverage are in `faces`).
+    # The sure-mask route's confidence and its mouth limit, and the M-Seg route's classifier threshold at the steps
+    # the grid skips, each with the other thresholds at their defaults (each face's evidence is in `faces`).
     confidence_table = one_threshold_table(sets, "min_mask_confidence", (0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
     mouth_table = one_threshold_table(sets, "min_sure_route_mouth_coverage", (0.5, 0.6, 0.7, 0.8, 0.9))
+    route_table = one_threshold_table(sets, "min_mouth_probability", (0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
     result = {
         "model": {
             "mseg": args.mseg or "shipped",
@@ -148,6 +149,7 @@ def main() -> None:
         "table": table,
         "confidence_table": confidence_table,
         "sure_route_mouth_table": mouth_table,
+        "mseg_route_classifier_table": route_table,
         "faces": sets,
     }
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:

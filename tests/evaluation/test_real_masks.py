@@ -143,10 +143,10 @@ def test_the_rule_restores_masked_faces_and_says_why_it_leaves_the_rest():
     assert rule.evidence(tall, 0.6)["eye_coverage"] == 1.0
     assert not rule.restores(rule.evidence(tall, 0.6)) and rule.restores(rule.evidence(tall, 0.99))
     assert "at most 20%" in rule.not_masked_reason(tall, 0.6)
-    # The shipped defaults: the route from the classifier's 0.7 up, below it only the classifier's own 0.95.
+    # The shipped defaults: the route from the classifier's 0.8 up, below it only the classifier's own 0.95.
     shipped = MaskedFaceRule()
-    assert shipped.restores(shipped.evidence(lower, 0.7))
-    assert not shipped.restores(shipped.evidence(lower, 0.69))
+    assert shipped.restores(shipped.evidence(lower, 0.8))
+    assert not shipped.restores(shipped.evidence(lower, 0.79))
     with pytest.raises(ValueError, match="max_mouth_route_eye_coverage"):
         MaskedFaceRule(max_mouth_route_eye_coverage=-0.1)
     evidence = rule.evidence(_crop_mask(100, 0.5, 1.0), 0.75)

@@ -265,3 +265,29 @@ def test_the_mask_classifier_pastel_colours(monkeypatch, load_benchmark):
     hsv = cv2.cvtColor(np.clip(pastel, 0, 255).astype(np.uint8)[None], cv2.COLOR_RGB2HSV)[0]
     assert (hsv[:, 2] >= 180).all() and (hsv[:, 1] <= 115).all()
     assert len({int(h) // 30 for h in hsv[:, 0]}) >= 4  # every hue, not one pink
+
+
+def test_the_mask_classifier_collar_height(monkeypatch, load_benchmark):
+    """--collar-height H: a hard negative's collar rises up to H of the nose-to-chin height over the chin (a turtleneck
+    up to the lower lip covers more of the chin than one at the jaw line), and the lips stay bare at any height."""
+    import numpy as np
+
+    from m2u.datasets.synthetic import make_synthetic_sample
+
+    script = load_benchmark("train_mask_classifier")
+    sample = make_synthetic_sample(128, seed=3)
+    points = np.asarray(sample.landmarks)
+    seed = next(s for s in range(100) if np.random.default_rng(s).integers(3) == 2)  # the collar kind
+    x0, y0 = np.floor(points[60:68].min(0)).astype(int) + 1  # inside the inner lips
+    x1, y1 = np.ceil(points[60:68].max(0)).astype(int) - 1
+    chin = slice(int(points[57][1]) + 2, int(points[8][1]))  # below the lower lip, above the chin's point
+    columns = slice(int(points[6][0]), int(points[10][0]))
+    covered = {}
+    for height in (0.0, 0.6):
+        monkeypatch.setattr(script, "COLLAR_HEIGHT", height)
+        out = script.hard_negative(sample.unmasked, points, np.random.default_rng(seed))
+        assert np.array_equal(out[y0 : y1 + 1, x0 : x1 + 1], sample.unmasked[y0 : y1 + 1, x0 : x1 + 1])
+        covered[height] = (np.abs(out.astype(int) - sample.unmasked.astype(int)).sum(2) > 0)[
+            chin, columns
+        ].mean()
+    assert covered[0.6] > covered[0.0] + 0.2
