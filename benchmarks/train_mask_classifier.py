@@ -52,10 +52,11 @@ brought back to 64 px (small faces in full-body street photos, aligned up from a
 `--upside-down` gives that share of the masked faces (and of each real-mask-seg crop's variants, turned) one more
 negative: the face turned 180 degrees with its 68 points fitted as if upright (`upside_down_crop`; measured and not
 shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; README).
-`--pastel` draws that share of those colours pale (pink, peach, lavender, mint; measured and not shipped: README,
-"Two training probes"). `--width`, `--label-smoothing` and `--mixup` change the net and its training (measured on
-2026-12-05 against the classifier's instability on real close-ups, with `--training-set` keeping one set of crops for
-every setting: not shipped; README, "The sure-mask route").
+`--pastel` draws that share of those colours pale (pink, peach, lavender, mint) and `--collar-height` lets the hard
+negatives' collars rise that share of the nose-to-chin height over the chin (0.12 by default; the shipped file: 0.25
+and 0.35; README, "The mask classifier shipped on 2026-12-05"). `--width`, `--label-smoothing` and `--mixup` change
+the net and its training (measured on 2026-12-05 against the classifier's instability on real close-ups, with
+`--training-set` keeping one set of crops for every setting: not shipped; README, "The sure-mask route").
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
 Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
 of the realism pairs and the other negatives) are held out; the script prints their accuracy.
@@ -690,16 +691,8 @@ def main() -> None:
     for given in (args.cache, args.training_set):
         if given and given.suffix != ".npz":
             parser.error(f"{given}: give a .npz file name (numpy adds the suffix to any other)")
-    global \
-        COLOUR_JITTER, \
-        GREYSCALE, \
-        RECOLOUR, \
-        TIGHT_DEPTH, \
-        PAINTED_COLLARS, \
-        LOW_RES, \
-        UPSIDE_DOWN, \
-        PASTEL, \
-        COLLAR_HEIGHT
+    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES
+    global UPSIDE_DOWN, PASTEL, COLLAR_HEIGHT
     COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
     TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES = args.tight_depth, args.painted_collars, args.low_res
     UPSIDE_DOWN, PASTEL, COLLAR_HEIGHT = args.upside_down, args.pastel, args.collar_height
