@@ -11,9 +11,9 @@ held-out accuracy 0.994; rerun, it came out byte for byte, 596 s on a busier mac
         --greyscale 0.3 --pastel 0.25 --collar-height 0.35 -o runs/mask_presence.safetensors
 
 It was chosen among six retrains on the tuning photos (README, "The mask classifier shipped on 2026-12-05"): the
-others gave the tuning set's turtleneck or its thumb-at-the-mouth face 0.92-0.99. The one shipped before it (the
-second of 2026-12-04, sha256 4ace63b6...) is the same command without `--pastel` and `--collar-height` (byte for
-byte, checked then; the new flags' defaults draw nothing new).
+others gave the tuning set's turtleneck or its thumb-at-the-mouth face 0.92-0.99 (1-2 bare tuning faces restored
+each). The one shipped before it (the second of 2026-12-04, sha256 4ace63b6...) is the same command without
+`--pastel` and `--collar-height` (byte for byte, checked then; the new flags' defaults draw nothing new).
 
 The first of 2026-12-04 (sha256 4a4bcb60..., min_mask_probability 0.98) is, byte for byte,
 `--realism runs/real2/data --hard-negatives 0.5 --real-variants 16` (27,759 crops; the new flags' defaults draw
