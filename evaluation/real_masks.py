@@ -288,6 +288,8 @@ def _score_photo(
 
 def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) -> None:
     """The photo's face counts, the masked-face decision's evidence and its status into `row`."""
+    from m2u.inference.photos import left_faces_reason
+
     row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
     row.faces_found = len(restored) + len(left)
     judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
@@ -297,7 +299,7 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
         row.mseg_mouth_coverage = best["mouth_coverage"]
         row.mseg_mask_confidence = best.get("mask_confidence")  # not read with --all-faces
     if left:
-        row.reason = f"{len(left)} face(s) left as they are: {left[0].problem}"
+        row.reason = left_faces_reason(left)
     if not row.faces_found:
         row.status = "no_face"
         row.reason = (

@@ -10,6 +10,19 @@ import numpy as np
 __all__ = ["THRESHOLDS_TUNED_ON", "MaskedFaceRule"]
 
 
+def _shown(value: float, spec: str, *limits: float) -> str:
+    """`value` formatted by `spec` (".2f", ".0%", ".1%"), with as many more decimals as it takes (up to four more) for
+    the figure not to land on or across any of `limits` it is not equal to: a classifier's 0.9494 reads "0.9494
+    (below 0.95)", never "0.95 (below 0.95)"; M-Seg sure of 0.796 of its mask reads 79.6 %, not the 80 % it needs."""
+    places, kind = int(spec[1:-1]), spec[-1]
+    for extra in range(5):
+        shown = format(value, f".{places + extra}{kind}")
+        figure = float(shown.rstrip("%")) / (100 if kind == "%" else 1)
+        if all(value == limit or (value < limit) == (figure < limit) and figure != limit for limit in limits):
+            return shown
+    return shown
+
+
 def _region(centre: tuple[float, float], half_width: float, half_height: float) -> tuple[float, ...]:
     return (centre[0] - half_width, centre[0] + half_width, centre[1] - half_height, centre[1] + half_height)
 
@@ -170,9 +183,10 @@ class MaskedFaceRule:
         fraction, probability = evidence["mask_fraction"], evidence["mask_probability"]
         if fraction < self.min_mask_fraction:
             # M-Seg (trained with bare faces) finds no mask: no masked face, and the detector was unsure of a face.
-            found = f"M-Seg marks {fraction:.1%} of the crop"
+            found = f"M-Seg marks {_shown(fraction, '.1%', self.min_mask_fraction)} of the crop"
         else:
-            found = f"mask classifier {probability:.2f}, below {self.min_mask_probability:g}"
+            shown = _shown(probability, ".2f", self.min_mask_probability)
+            found = f"mask classifier {shown}, below {self.min_mask_probability:g}"
         return f"no face: an uncertain detection with no mask to restore on it ({found})"
 
     def overrules_upside_down_detection(self, evidence: dict[str, float]) -> bool:
@@ -189,7 +203,8 @@ class MaskedFaceRule:
         if probability <= self.max_upside_down_probability:
             return ""
         return (
-            f"the face looks upside down (the upside-down classifier gives {probability:.2f}, above "
+            "the face looks upside down (the upside-down classifier gives "
+            f"{_shown(probability, '.2f', self.max_upside_down_probability)}, above "
             f"{self.max_upside_down_probability:g}): its landmarks cannot be trusted"
         )
 
@@ -207,17 +222,34 @@ class MaskedFaceRule:
             return ""
         if uncertain:
             return self._no_face_reason(evidence)
-        fraction = evidence["mask_fraction"]
-        sure = f": {evidence['mask_confidence']:.0%}" if "mask_confidence" in evidence else ""
+        # The figures as the rule read them (evidence's), each shown so that rounding never puts it on or across a
+        # threshold it is compared with.
+        fraction, probability = evidence["mask_fraction"], evidence["mask_probability"]
+        sure = (
+            f": {_shown(evidence['mask_confidence'], '.0%', self.min_mask_confidence)}"
+            if "mask_confidence" in evidence
+            else ""
+        )
         if fraction < self.min_mask_fraction:
             return (
-                f"not masked: M-Seg marks {fraction:.1%} of the face crop as mask "
-                f"(at least {self.min_mask_fraction:.0%} to restore)"
+                f"not masked: M-Seg marks {_shown(fraction, '.1%', self.min_mask_fraction)} of the face crop as "
+                f"mask (at least {self.min_mask_fraction:.0%} to restore)"
             )
+        mouth = _shown(
+            evidence["mouth_coverage"], ".0%", self.min_mouth_coverage, self.min_sure_route_mouth_coverage
+        )
+        eyes = _shown(
+            evidence["eye_coverage"],
+            ".0%",
+            self.max_mouth_route_eye_coverage,
+            self.max_sure_route_eye_coverage,
+        )
+        classifier = _shown(probability, ".2f", self.min_mask_probability, self.min_mouth_probability)
         return (
-            f"not masked: the mask classifier gives {probability:.2f} (below {self.min_mask_probability:g}) and "
-            f"M-Seg covers {evidence['mouth_coverage']:.0%} of the mouth, {fraction:.0%} of the crop and "
-            f"{evidence['eye_coverage']:.0%} of the eyes (the M-Seg route needs {self.min_mouth_coverage:.0%}, "
+            f"not masked: the mask classifier gives {classifier} "
+            f"(below {self.min_mask_probability:g}) and M-Seg covers {mouth} of the mouth, "
+            f"{_shown(fraction, '.0%', self.min_mouth_route_fraction)} of the crop and "
+            f"{eyes} of the eyes (the M-Seg route needs {self.min_mouth_coverage:.0%}, "
             f"{self.min_mouth_route_fraction:.0%} and at most {self.max_mouth_route_eye_coverage:.0%}, with the "
             f"classifier at {self.min_mouth_probability:g}; or M-Seg sure of {self.min_mask_confidence:.0%} of its "
             f"mask{sure}, {self.min_sure_route_mouth_coverage:.0%} of the mouth and at most "

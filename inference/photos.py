@@ -24,7 +24,7 @@ from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
 from m2u.inference.unmask import WHOLE_FRAME_NOT_MASKED, FaceRestoration, UnmaskConfig, Unmasker
 
-__all__ = ["FileResult", "output_suffix", "summarize", "unmask_files"]
+__all__ = ["FileResult", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
 
 
 # "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
@@ -168,7 +168,7 @@ def _unmask_one(
     result, faces, refused = unmasker.unmask_with_refusals(image)
     row.faces, row.refused_faces = len(faces), len(refused)
     if refused:
-        row.reason = f"{len(refused)} face(s) left as they are: {refused[0].problem}"
+        row.reason = left_faces_reason(refused, "faces.jsonl")
     lines: list[dict] = []
     if not faces:
         row.status = _status_without_faces(refused)
@@ -222,14 +222,32 @@ def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict])
     atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
 
 
+def _left_rank(face) -> int:
+    """Which left face speaks for a photo (`_status_without_faces`' order): one the rule found not masked first,
+    then one left for another reason (upside down, below --min-score), last an uncertain detection judged no face."""
+    if isinstance(face, FaceRestoration) and face.problem.startswith("not masked"):
+        return 0
+    return 2 if face.problem.startswith("no face") else 1
+
+
+def left_faces_reason(left: list, where: str = "") -> str:
+    """A photo's one-line reason for the faces (and detections) left as they are: the reason of the one that gives
+    the photo its status (`_left_rank`), and how many more there are (`where`: what lists each one's reason)."""
+    first = min(left, key=_left_rank)
+    reason = f"{len(left)} face(s) left as they are: {first.problem}"
+    if len(left) > 1:
+        more = f", each with its reason in {where}" if where else ""
+        reason += f" (and {len(left) - 1} more{more})"
+    return reason
+
+
 def _status_without_faces(left: list) -> str:
     """report.csv's status of a photo where nothing was restored: `not_masked` when the masked-face rule left a
     face that wears no mask, `refused` when a face was left for any other reason (upside down by the detector's
     check or the upside-down classifier, below --min-score), else `no_face` (nothing found, or only uncertain
     detections without a mask: no faces)."""
-    if any(isinstance(f, FaceRestoration) and f.problem.startswith("not masked") for f in left):
-        return Status.NOT_MASKED
-    return Status.REFUSED if any(not f.problem.startswith("no face") for f in left) else Status.NO_FACE
+    rank = min(map(_left_rank, left), default=2)
+    return (Status.NOT_MASKED, Status.REFUSED, Status.NO_FACE)[rank]
 
 
 def _refused_record(face) -> dict:

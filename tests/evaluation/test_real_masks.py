@@ -758,3 +758,30 @@ def test_m_seg_probabilities_are_what_its_masks_are_thresholded_from():
     assert torch.equal(masks, predict_masks(mseg, x, 0.5, mirror=True, fill_holes=False))
     assert torch.equal(mseg.predict_mask(x, 0.5, mirror=True), masks)
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_the_rules_reasons_never_round_a_figure_onto_its_threshold():
+    """A figure below (or above) the threshold it is compared with is shown with as many decimals as it takes to
+    stay on its side: a classifier's 0.9494 is not "0.95 (below 0.95)", M-Seg sure of 79.6 % of its mask not "80 %"
+    where 80 % are needed, 1.96 % of the crop not "2.0 % (at least 2 %)", an upside-down 0.5004 not "0.50, above
+    0.5"; figures far from their thresholds keep their usual decimals."""
+    rule = MaskedFaceRule()
+    upper = _crop_mask(128, 0.1, 0.45)  # covers neither mouth route: the classifier decides
+    reason = rule.not_masked_reason(upper, 0.9494)
+    assert "the mask classifier gives 0.949 (below 0.95)" in reason
+    # 0.95 as the rule reads it (the evidence keeps four places): restored, no reason.
+    assert rule.not_masked_reason(upper, 0.94996) == ""
+    lower = _crop_mask(128, 0.5, 0.95)
+    sure_map = np.where(lower > 0, 0.97, 0.0).astype(np.float32)
+    sure_map[lower > 0] = np.where(np.arange(int((lower > 0).sum())) < 0.796 * (lower > 0).sum(), 0.97, 0.5)
+    confidence = rule.evidence(lower, 0.05, sure_map)["mask_confidence"]
+    assert 0.795 <= confidence < 0.8
+    assert f"M-Seg sure of 80% of its mask: {confidence:.1%}" in rule.not_masked_reason(
+        lower, 0.05, mask_map=sure_map
+    )
+    small = np.zeros((100, 100), np.uint8)
+    small[60:74, 30:44] = 255  # 196 pixels: 1.96 % of the crop
+    assert "M-Seg marks 1.96% of the face crop" in rule.not_masked_reason(small, 0.99)
+    assert "gives 0.5004, above 0.5" in rule.upside_down_reason(0.5004)
+    assert "gives 0.73, above 0.5" in rule.upside_down_reason(0.7311)
+    assert "the mask classifier gives 0.30 (below 0.95)" in rule.not_masked_reason(upper, 0.3)

@@ -513,3 +513,32 @@ def test_faces_of_a_photo_go_through_the_models_in_batches(tiny_checkpoints, mon
     assert unmask_module.BF16_MIN_BATCH == 4
     with pytest.raises(ValueError, match="precision"):
         UnmaskConfig(precision="fp16")
+
+
+def test_a_photos_reason_is_that_of_the_face_that_gives_it_its_status():
+    """report.csv's reason speaks for the face its status comes from (a face the rule found not masked, then one left
+    for another reason, last an uncertain detection judged no face), whatever order they were found in, and counts
+    the others."""
+    from m2u.inference.photos import _status_without_faces, left_faces_reason
+    from m2u.inference.unmask import FaceRestoration
+
+    no_face = Face.from_landmarks(make_synthetic_sample(128, seed=0).landmarks)
+    no_face = dataclasses.replace(
+        no_face, problem="no face: an uncertain detection with no mask to restore on it"
+    )
+    turned = dataclasses.replace(no_face, problem="the face looks upside down (a test)")
+    bare = FaceRestoration(
+        np.zeros((8, 8, 3), np.uint8), None, None, np.eye(3), 0.0, problem="not masked: a test"
+    )
+    assert _status_without_faces([no_face, turned]) == "refused"
+    reason = left_faces_reason([no_face, turned], "faces.jsonl")
+    assert reason == (
+        "2 face(s) left as they are: the face looks upside down (a test) "
+        "(and 1 more, each with its reason in faces.jsonl)"
+    )
+    assert _status_without_faces([turned, no_face, bare]) == "not_masked"
+    assert left_faces_reason([turned, no_face, bare]).startswith(
+        "3 face(s) left as they are: not masked: a test (and 2 more)"
+    )
+    assert left_faces_reason([no_face]) == f"1 face(s) left as they are: {no_face.problem}"
+    assert _status_without_faces([no_face]) == "no_face" and _status_without_faces([]) == "no_face"
