@@ -157,6 +157,11 @@ def main() -> None:
         help="the decision's classifier threshold (default: MaskedFaceRule's), as chosen for --classifier on the "
         "tuning photos (benchmarks/tune_masked_rule.py)",
     )
+    parser.add_argument(
+        "--min-mouth-probability",
+        type=float,
+        help="the M-Seg route's classifier threshold (default: MaskedFaceRule's), as --min-mask-probability",
+    )
     parser.add_argument("--sheets", type=Path, default=SHEETS, help="where the contact sheets go")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
@@ -237,8 +242,9 @@ def main() -> None:
         _write_merged(args.out, result)
         return
     rule = MaskedFaceRule()
-    if args.min_mask_probability is not None:
-        rule = dataclasses.replace(rule, min_mask_probability=args.min_mask_probability)
+    for field in ("min_mask_probability", "min_mouth_probability"):
+        if getattr(args, field) is not None:
+            rule = dataclasses.replace(rule, **{field: getattr(args, field)})
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
 
     files = (args.model / MSEG_FILE, args.model / GENERATOR_FILE) if args.model else (None, None)

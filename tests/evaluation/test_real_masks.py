@@ -760,6 +760,37 @@ def test_m_seg_probabilities_are_what_its_masks_are_thresholded_from():
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
 
 
+def test_an_ensemble_classifier_file_loads_and_answers_its_members_mean(tmp_path):
+    """An ensemble file (keys members.<k>.<net key>, benchmarks/pack_classifier_ensemble.py) loads as one classifier
+    whose probability is the mean of its members' (each mirror-averaged); a file whose members skip a number is
+    refused with a clear error."""
+    import torch
+    from safetensors.torch import save_file
+
+    from m2u.inference.mask_presence import (
+        MaskPresenceEnsemble,
+        MaskPresenceNet,
+        load_mask_classifier,
+        mask_probabilities,
+    )
+
+    torch.manual_seed(0)
+    members = [MaskPresenceNet(8).eval(), MaskPresenceNet(8).eval()]
+    state = MaskPresenceEnsemble(members).state_dict()
+    file = tmp_path / "ensemble.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+    loaded = load_mask_classifier(str(file))
+    assert isinstance(loaded, MaskPresenceEnsemble) and len(loaded.members) == 2
+    crops = [make_synthetic_sample(128, seed=seed).masked for seed in range(3)]
+    each = [mask_probabilities(crops, member) for member in members]
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # two different nets: the mean is not either one
+    np.testing.assert_allclose(mask_probabilities(crops, loaded), (each[0] + each[1]) / 2, atol=1e-6)
+    gap = {k.replace("members.1.", "members.2."): v.contiguous() for k, v in state.items()}
+    save_file(gap, str(tmp_path / "gap.safetensors"))
+    with pytest.raises(ValueError, match=r"numbered \[0, 2\]"):
+        load_mask_classifier(str(tmp_path / "gap.safetensors"))
+
+
 def test_the_rules_reasons_never_round_a_figure_onto_its_threshold():
     """A figure below (or above) the threshold it is compared with is shown with as many decimals as it takes to
     stay on its side: a classifier's 0.9494 is not "0.95 (below 0.95)", M-Seg sure of 79.6 % of its mask not "80 %"

@@ -291,3 +291,37 @@ def test_the_mask_classifier_collar_height(monkeypatch, load_benchmark):
             chin, columns
         ].mean()
     assert covered[0.6] > covered[0.0] + 0.2
+
+
+def test_pack_classifier_ensemble_packs_members_in_order_and_never_overwrites(tmp_path, load_benchmark):
+    """pack_classifier_ensemble.py: the packed file's members are the given nets, in order (an ensemble given is
+    unpacked into its nets); an existing output, a missing member and a single net are refused."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from m2u.inference.mask_presence import MaskPresenceNet, classifier_from_weights
+
+    script = load_benchmark("pack_classifier_ensemble")
+    files = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        file = tmp_path / f"seed{seed}.safetensors"
+        save_file({k: v.contiguous() for k, v in MaskPresenceNet(8).state_dict().items()}, str(file))
+        files.append(file)
+    pair = tmp_path / "pair.safetensors"
+    assert script.pack(files[:2], pair) == 2
+    assert script.pack([pair, files[2]], tmp_path / "three.safetensors") == 3
+    packed = load_file(str(tmp_path / "three.safetensors"))
+    for k, file in enumerate(files):
+        for key, value in load_file(str(file)).items():
+            assert torch.equal(packed[f"members.{k}.{key}"], value)
+    assert len(classifier_from_weights(packed).members) == 3
+    before = pair.read_bytes()
+    with pytest.raises(FileExistsError, match="exists"):
+        script.pack(files, pair)
+    assert pair.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="no classifier file"):
+        script.pack([files[0], tmp_path / "missing.safetensors"], tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="at least two"):
+        script.pack(files[:1], tmp_path / "one.safetensors")
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "one.safetensors").exists()
