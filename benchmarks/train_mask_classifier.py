@@ -4,7 +4,8 @@
         [--realism DATASET --hard-negatives 0.5 --real-variants 16]
 
 The shipped file (of 2026-12-05, sha256 e1ea161e...) is what this made (340 s on 2 cores; 32,980 training crops;
-held-out accuracy 0.994; rerun, it came out byte for byte, 596 s on a busier machine):
+held-out accuracy 0.994; rerun, it came out byte for byte, 596 s on a busier machine, and again after the flags
+became the `Augmentation` dataclass, 339 s):
 
     .venv/bin/python benchmarks/train_mask_classifier.py --realism runs/real2/data --hard-negatives 1.0 \
         --painted-collars --print-negatives 1500 --real-variants 16 --recolour 0.5 --tight-depth 0.45 \
@@ -68,6 +69,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -77,22 +79,47 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-# How far into the face a tight crop may cut (--tight-depth): the share of the landmarks' height the bottom edge may
-# rise above the chin (the top edge goes a third as far below the brows). Set once by main.
-TIGHT_DEPTH = 0.1
+@dataclass(frozen=True)
+class Augmentation:
+    """How the training crops are drawn: the command's augmentation flags, the same for every crop of a run. Each
+    default draws nothing the commands that made earlier files did not, so those commands still make them byte for
+    byte (train_orientation_classifier.py draws with the defaults)."""
+
+    # How far into the face a tight crop may cut (--tight-depth): the share of the landmarks' height the bottom edge
+    # may rise above the chin (the top edge goes a third as far below the brows).
+    tight_depth: float = 0.1
+    # The colour augmentation's strength (--colour-jitter).
+    colour_jitter: float = 0.0
+    # The share of crops turned grey (--greyscale) and of masked faces whose mask is repainted (--recolour), and
+    # whether half the hard negatives' collars take those colours and prints (--painted-collars).
+    greyscale: float = 0.15
+    recolour: float = 0.0
+    painted_collars: bool = False
+    # The share of training crops seen as a small face (--low-res).
+    low_res: float = 0.0
+    # The share of masked faces that also give an upside-down negative (--upside-down).
+    upside_down: float = 0.0
+    # The share of mask colours (recoloured masks, painted collars, print palettes) drawn pastel (--pastel).
+    pastel: float = 0.0
+    # How far a hard negative's collar may rise above the chin (--collar-height: a share of the nose-to-chin
+    # height; the lips stay bare).
+    collar_height: float = 0.12
 
 
-def tight_crop(image, landmarks, rng):
+DEFAULT_AUGMENTATION = Augmentation()
+
+
+def tight_crop(image, landmarks, rng, aug: Augmentation = DEFAULT_AUGMENTATION):
     """Half the time, the photo cut close round the face (at the forehead, the chin, the cheeks) as the tight crops
     of real photos are: the alignment then fills the crop's border with the photo's replicated edge. Real close-ups
-    cut deeper than the default TIGHT_DEPTH: at the brows and at the mouth (a quarter of the real masked photos the
+    cut deeper than the default `tight_depth`: at the brows and at the mouth (a quarter of the real masked photos the
     2026-12-04 classifier skipped)."""
     if rng.random() < 0.5:
         return image, landmarks
     (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
     w, h = x1 - x0, y1 - y0
-    top = int(max(0, y0 - rng.uniform(-max(0.05, TIGHT_DEPTH / 3), 0.3) * h))
-    bottom = int(min(image.shape[0], y1 + rng.uniform(-TIGHT_DEPTH, 0.2) * h))
+    top = int(max(0, y0 - rng.uniform(-max(0.05, aug.tight_depth / 3), 0.3) * h))
+    bottom = int(min(image.shape[0], y1 + rng.uniform(-aug.tight_depth, 0.2) * h))
     left = int(max(0, x0 - rng.uniform(-0.05, 0.3) * w))
     right = int(min(image.shape[1], x1 + rng.uniform(-0.05, 0.3) * w))
     if bottom - top < 16 or right - left < 16:
@@ -100,12 +127,14 @@ def tight_crop(image, landmarks, rng):
     return np.ascontiguousarray(image[top:bottom, left:right]), landmarks - np.array([left, top], np.float32)
 
 
-def jittered_crop(image, landmarks, rng, size: int = 64, strength: float = 1.0) -> np.ndarray:
+def jittered_crop(
+    image, landmarks, rng, size: int = 64, strength: float = 1.0, aug: Augmentation = DEFAULT_AUGMENTATION
+) -> np.ndarray:
     from m2u.datasets.align import align_face
     from m2u.masking.masked_faces import visible_anchor_points
 
     if strength >= 1.0:
-        image, landmarks = tight_crop(image, landmarks, rng)
+        image, landmarks = tight_crop(image, landmarks, rng, aug)
     anchors = visible_anchor_points(landmarks)
     centre = anchors.mean(0)
     angle = np.deg2rad(rng.normal(0, 5) * strength)
@@ -116,25 +145,9 @@ def jittered_crop(image, landmarks, rng, size: int = 64, strength: float = 1.0) 
     return align_face(image, landmarks, size, moved).image
 
 
-# The colour augmentation's strength (--colour-jitter), set once by main: every crop of a run gets the same.
-COLOUR_JITTER = 0.0
-# The share of crops turned grey (--greyscale) and of masked faces whose mask is repainted (--recolour), and whether
-# half the hard negatives' collars take those colours and prints (--painted-collars); set by main.
-GREYSCALE = 0.15
-RECOLOUR = 0.0
-PAINTED_COLLARS = False
-# The share of training crops seen as a small face (--low-res), set by main.
-LOW_RES = 0.0
-# The share of masked faces that also give an upside-down negative (--upside-down), set by main.
-UPSIDE_DOWN = 0.0
-# The share of mask colours (recoloured masks, painted collars, print palettes) drawn pastel (--pastel), set by main.
-PASTEL = 0.0
-# How far a hard negative's collar may rise above the chin (--collar-height: a share of the nose-to-chin height; the
-# lips stay bare), set by main.
-COLLAR_HEIGHT = 0.12
-
-
-def upside_down_crop(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
+def upside_down_crop(
+    image: np.ndarray, landmarks: np.ndarray, rng, aug: Augmentation = DEFAULT_AUGMENTATION
+) -> np.ndarray:
     """The face turned 180 degrees as m2u-unmask sees one its orientation check lets through: dlib's 68 points fitted
     on the turned face's box (they come out upright-looking, on the wrong features), aligned from their eye centres.
     No masked face: the mask sits above the "eyes" and hair or brows below them. The classifier of 2026-12-04 gave
@@ -149,35 +162,36 @@ def upside_down_crop(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarra
     (x0, y0), (x1, y1) = points.min(0), points.max(0)
     shape = _shape_predictor()(turned, dlib.rectangle(int(x0), int(y0), int(x1), int(y1)))
     fitted = np.array([(q.x, q.y) for q in shape.parts()], np.float32)
-    return jittered_crop(turned, fitted, rng)
+    return jittered_crop(turned, fitted, rng, aug=aug)
 
 
-def wants_upside_down(rng) -> bool:
+def wants_upside_down(rng, aug: Augmentation) -> bool:
     """Whether this masked face also gives an upside-down negative (no draw at all when --upside-down is 0, so the
     commands that made earlier files still make them)."""
-    return UPSIDE_DOWN > 0 and rng.random() < UPSIDE_DOWN
+    return aug.upside_down > 0 and rng.random() < aug.upside_down
 
 
-def photometric(crop: np.ndarray, rng) -> np.ndarray:
+def photometric(crop: np.ndarray, rng, aug: Augmentation = DEFAULT_AUGMENTATION) -> np.ndarray:
     out = crop.astype(np.float32)
     # A face 12-40 px wide in a full-body street photo reaches the classifier aligned up to 64 px, without the fine
-    # detail of CelebA's crops (the 2026-12-04 classifier gave such masked faces < 0.5). So a share LOW_RES of the
+    # detail of CelebA's crops (the 2026-12-04 classifier gave such masked faces < 0.5). So a share `low_res` of the
     # crops is shrunk to that side and, after the camera's noise and JPEG act at that size, brought back to 64 px by
-    # bilinear interpolation as the alignment does. No draw from `rng` when LOW_RES is 0 (earlier runs' files stay).
-    small = LOW_RES > 0 and rng.random() < LOW_RES
+    # bilinear interpolation as the alignment does. No draw from `rng` when `low_res` is 0 (earlier runs' files stay).
+    small = aug.low_res > 0 and rng.random() < aug.low_res
     if small:
         side = int(rng.integers(12, 41))
         out = cv2.resize(out, (side, side), interpolation=cv2.INTER_AREA)
     out = out * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)  # exposure
     out = (out - out.mean()) * rng.uniform(0.7, 1.3) + out.mean()  # contrast
     out = out * rng.uniform(0.85, 1.15, 3)  # colour cast
-    if COLOUR_JITTER > 0:
+    if aug.colour_jitter > 0:
         # Real photos' white balance and saturation range far wider than CelebA's: a classifier trained without
         # this gave ~0 to plainly masked faces in warm light that it found in greyscale.
         grey = out.mean(2, keepdims=True)
-        out = grey + (out - grey) * rng.uniform(1 - COLOUR_JITTER, 1 + COLOUR_JITTER)  # saturation
-        out = out * rng.uniform(1 - COLOUR_JITTER / 2, 1 + COLOUR_JITTER / 2, 3)  # a stronger cast
-        if rng.random() < COLOUR_JITTER:
+        jitter = aug.colour_jitter
+        out = grey + (out - grey) * rng.uniform(1 - jitter, 1 + jitter)  # saturation
+        out = out * rng.uniform(1 - jitter / 2, 1 + jitter / 2, 3)  # a stronger cast
+        if rng.random() < jitter:
             out = np.clip(out, 0, 255).astype(np.uint8)
             hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
             hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.integers(-12, 13))) % 180
@@ -187,7 +201,7 @@ def photometric(crop: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.3:
         out = out + rng.normal(0, rng.uniform(2, 10), out.shape)
     out = np.clip(out, 0, 255).astype(np.uint8)
-    if rng.random() < GREYSCALE:
+    if rng.random() < aug.greyscale:
         out = np.repeat(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     if rng.random() < 0.4:
         ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
@@ -211,9 +225,9 @@ LIGHT_MASKS = (
 )
 
 
-def mask_colour(rng) -> np.ndarray:
-    """One mask colour (RGB float): dark, light, any hue, or (a share PASTEL of draws) pastel."""
-    if PASTEL > 0 and rng.random() < PASTEL:
+def mask_colour(rng, aug: Augmentation = DEFAULT_AUGMENTATION) -> np.ndarray:
+    """One mask colour (RGB float): dark, light, any hue, or (a share `pastel` of draws) pastel."""
+    if aug.pastel > 0 and rng.random() < aug.pastel:
         # Pale, little saturated: pink, peach, lavender, mint, sky. Near skin in hue and value (the shipped
         # classifier gave pale pink surgical masks ~0 in colour and 0.99 in grey).
         hsv = np.array([[[rng.integers(180), rng.uniform(25, 110), rng.uniform(185, 250)]]], np.uint8)
@@ -229,10 +243,12 @@ def mask_colour(rng) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def print_texture(height: int, width: int, scale: float, rng) -> np.ndarray:
+def print_texture(
+    height: int, width: int, scale: float, rng, aug: Augmentation = DEFAULT_AUGMENTATION
+) -> np.ndarray:
     """A print-like colour field (float RGB): blotches (camouflage, tie-dye), dots, stripes or small figures (floral,
     animal prints), in 2-4 random mask colours. Made here: no texture library draws cloth prints."""
-    palette = [mask_colour(rng) for _ in range(int(rng.integers(2, 5)))]
+    palette = [mask_colour(rng, aug) for _ in range(int(rng.integers(2, 5)))]
     kind = int(rng.integers(4))
     out = np.empty((height, width, 3), np.float32)
     out[:] = palette[0]
@@ -268,7 +284,9 @@ def print_texture(height: int, width: int, scale: float, rng) -> np.ndarray:
     return out
 
 
-def recolour_mask(image: np.ndarray, mask: np.ndarray, rng) -> np.ndarray:
+def recolour_mask(
+    image: np.ndarray, mask: np.ndarray, rng, aug: Augmentation = DEFAULT_AUGMENTATION
+) -> np.ndarray:
     """`image` with its mask region (`mask`: image-sized, > 0.5 = mask, soft at the rim) repainted in another
     colour (dark, light, any hue) or a print, keeping the mask's own light and folds: so the classifier learns a mask
     by its shape and place on the face, not by the colours the synthetic masks happen to have (the classifier shipped
@@ -284,20 +302,20 @@ def recolour_mask(image: np.ndarray, mask: np.ndarray, rng) -> np.ndarray:
     ys, xs = np.nonzero(inside)
     side = max(np.ptp(ys), np.ptp(xs)) + 1
     if rng.random() < 0.3:
-        field = print_texture(*image.shape[:2], side / rng.uniform(4, 16), rng)
+        field = print_texture(*image.shape[:2], side / rng.uniform(4, 16), rng, aug)
     else:
-        field = np.broadcast_to(mask_colour(rng), out.shape)
+        field = np.broadcast_to(mask_colour(rng, aug), out.shape)
     painted = field * shading[..., None]
     out = out * (1 - weight[..., None]) + painted * weight[..., None]
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def maybe_recolour(image: np.ndarray, mask: np.ndarray | None, rng) -> np.ndarray:
-    """recolour_mask for a share RECOLOUR of the masked faces (no draw from `rng` when RECOLOUR is 0, so runs
-    without --recolour make the same file as before)."""
-    if mask is None or RECOLOUR <= 0 or rng.random() >= RECOLOUR:
+def maybe_recolour(image: np.ndarray, mask: np.ndarray | None, rng, aug: Augmentation) -> np.ndarray:
+    """recolour_mask for a share `recolour` of the masked faces (no draw from `rng` when it is 0, so runs without
+    --recolour make the same file as before)."""
+    if mask is None or aug.recolour <= 0 or rng.random() >= aug.recolour:
         return image
-    return recolour_mask(image, mask, rng)
+    return recolour_mask(image, mask, rng, aug)
 
 
 def negative_crops(n: int, photos: list[Path], rng) -> list[np.ndarray]:
@@ -334,23 +352,23 @@ def negative_crops(n: int, photos: list[Path], rng) -> list[np.ndarray]:
     return crops
 
 
-def print_negatives(n: int, rng) -> list[np.ndarray]:
+def print_negatives(n: int, rng, aug: Augmentation) -> list[np.ndarray]:
     """Faceless crops of the cloth --recolour paints masks with (plain mask colours with folds of light, prints):
     with painted masks among the positives, a print or a black cloth without a face round it must still count as
     no masked face (a candidate trained without these restored scikit-image's coins, a faceless image)."""
     crops = []
     for _ in range(n):
         if rng.random() < 0.6:
-            field = print_texture(64, 64, rng.uniform(3, 20), rng)
+            field = print_texture(64, 64, rng.uniform(3, 20), rng, aug)
         else:
-            field = np.broadcast_to(mask_colour(rng), (64, 64, 3)).astype(np.float32)
+            field = np.broadcast_to(mask_colour(rng, aug), (64, 64, 3)).astype(np.float32)
         folds = cv2.GaussianBlur(rng.normal(0, 1, (64, 64)).astype(np.float32), (0, 0), rng.uniform(2, 8))
         shading = np.clip(1 + folds / (folds.std() + 1e-6) * rng.uniform(0.05, 0.3), 0.3, 1.7)
         crops.append(np.clip(field * shading[..., None], 0, 255).astype(np.uint8))
     return crops
 
 
-def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
+def real_positives(folder: Path, variants: int, rng, aug: Augmentation) -> list[np.ndarray]:
     """Faces really wearing masks (the 102 tight crops of real-mask-seg), found and aligned as m2u-unmask does
     (RealFaceDetector, every detection), each in `variants` augmented crops: synthetic masks alone leave black,
     patterned and high-reaching real masks unrecognised."""
@@ -365,23 +383,24 @@ def real_positives(folder: Path, variants: int, rng) -> list[np.ndarray]:
         image = read_image(path)
         label = folder.parent / "mask" / path.name  # the hand-drawn mask (threshold at 127), for --recolour
         mask = None
-        if RECOLOUR > 0 and label.is_file():
+        if aug.recolour > 0 and label.is_file():
             mask = (cv2.imread(str(label), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
             mask = mask if mask.shape == image.shape[:2] else None
         for face in detector.detect(image)[:1]:
             for _ in range(variants):
-                painted = maybe_recolour(image, mask, rng)
-                crops.append(photometric(jittered_crop(painted, face.landmarks, rng, strength=0.7), rng))
+                painted = maybe_recolour(image, mask, rng, aug)
+                crop = jittered_crop(painted, face.landmarks, rng, strength=0.7, aug=aug)
+                crops.append(photometric(crop, rng, aug))
     return crops
 
 
-def real_upside_down(folder: Path, variants: int, rng) -> list[np.ndarray]:
+def real_upside_down(folder: Path, variants: int, rng, aug: Augmentation) -> list[np.ndarray]:
     """The real masked crops of `folder` turned 180 degrees, every face m2u-unmask's detector finds there (its
     landmarks fitted as if upright), each in `variants` * --upside-down augmented crops: negatives."""
     from m2u.masking import read_image
     from m2u.masking.masked_faces import RealFaceDetector
 
-    count = int(round(variants * UPSIDE_DOWN))
+    count = int(round(variants * aug.upside_down))
     if count <= 0 or not folder.is_dir():
         return []
     detector = RealFaceDetector()
@@ -390,7 +409,8 @@ def real_upside_down(folder: Path, variants: int, rng) -> list[np.ndarray]:
         turned = np.ascontiguousarray(read_image(path)[::-1, ::-1])
         for face in detector.detect(turned):
             for _ in range(count):
-                crops.append(photometric(jittered_crop(turned, face.landmarks, rng, strength=0.7), rng))
+                crop = jittered_crop(turned, face.landmarks, rng, strength=0.7, aug=aug)
+                crops.append(photometric(crop, rng, aug))
     return crops
 
 
@@ -449,7 +469,9 @@ def realism_pairs(
     return pairs
 
 
-def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
+def hard_negative(
+    image: np.ndarray, landmarks: np.ndarray, rng, aug: Augmentation = DEFAULT_AUGMENTATION
+) -> np.ndarray:
     """A bare face with what a bare face may show round the mouth and that a mask-finder must not take for a mask:
     dark lipstick, a beard, a high collar or scarf up to the chin (the bare faces the earlier candidates touched:
     benchmarks/tune_masked_rule.py). The mouth stays visible in every one."""
@@ -475,7 +497,7 @@ def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
     else:  # a collar or scarf: everything below the jaw line, up to the chin
         jaw = points[0:17]
         bottom = image.shape[0]
-        lift = rng.uniform(0.0, COLLAR_HEIGHT) * (points[8][1] - points[33][1])
+        lift = rng.uniform(0.0, aug.collar_height) * (points[8][1] - points[33][1])
         polygon = np.concatenate(
             [
                 [[0, jaw[0][1]]],
@@ -487,14 +509,14 @@ def hard_negative(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
         cv2.fillPoly(layer, [points[48:60].astype(np.int32)], 0)
         colour = rng.uniform(0, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 90, 3)
         alpha = rng.uniform(0.85, 1.0)
-        if PAINTED_COLLARS and rng.random() < 0.5:
+        if aug.painted_collars and rng.random() < 0.5:
             # In the colours and prints --recolour paints masks with: cloth below the mouth must not pass for a
             # mask by its colour or print, only a cover over the mouth and nose does.
             side = float(np.ptp(points[:, 0])) + 1
             colour = (
-                print_texture(*image.shape[:2], side / rng.uniform(4, 16), rng)
+                print_texture(*image.shape[:2], side / rng.uniform(4, 16), rng, aug)
                 if rng.random() < 0.3
-                else mask_colour(rng)
+                else mask_colour(rng, aug)
             )
     soft = cv2.GaussianBlur(layer.astype(np.float32), (0, 0), 1.0)[..., None] * alpha
     shade = out.mean(2, keepdims=True) / 128.0  # keep the face's own light and texture
@@ -613,7 +635,7 @@ def main() -> None:
     parser.add_argument(
         "--colour-jitter",
         type=float,
-        default=0.0,
+        default=DEFAULT_AUGMENTATION.colour_jitter,
         help="saturation (1 +- J), a further colour cast (1 +- J/2) and, with probability J, a hue shift",
     )
     parser.add_argument(
@@ -625,11 +647,14 @@ def main() -> None:
     parser.add_argument(
         "--recolour",
         type=float,
-        default=0.0,
+        default=DEFAULT_AUGMENTATION.recolour,
         help="share of the masked faces whose mask (its exact pixels) is repainted dark, light, any hue or a print",
     )
     parser.add_argument(
-        "--greyscale", type=float, default=0.15, help="share of the training crops turned grey"
+        "--greyscale",
+        type=float,
+        default=DEFAULT_AUGMENTATION.greyscale,
+        help="share of the training crops turned grey",
     )
     parser.add_argument(
         "--print-negatives",
@@ -645,33 +670,33 @@ def main() -> None:
     parser.add_argument(
         "--tight-depth",
         type=float,
-        default=0.1,
+        default=DEFAULT_AUGMENTATION.tight_depth,
         help="how far above the chin (share of the face's height) a tight crop may cut",
     )
     parser.add_argument(
         "--low-res",
         type=float,
-        default=0.0,
+        default=DEFAULT_AUGMENTATION.low_res,
         help="share of the training crops shrunk to a 12-40 px side and brought back to 64 px (small faces)",
     )
     parser.add_argument(
         "--upside-down",
         type=float,
-        default=0.0,
+        default=DEFAULT_AUGMENTATION.upside_down,
         help="share of the masked faces that also give an upside-down negative (the face turned 180 degrees, its "
         "landmarks fitted as if upright), and of --real-variants given by each real-mask-seg crop turned",
     )
     parser.add_argument(
         "--pastel",
         type=float,
-        default=0.0,
+        default=DEFAULT_AUGMENTATION.pastel,
         help="share of the mask colours drawn (--recolour, --painted-collars, prints) that are pastel: pale pink, "
         "peach, lavender, mint (near skin; 0 draws nothing, so earlier commands make the same file)",
     )
     parser.add_argument(
         "--collar-height",
         type=float,
-        default=0.12,
+        default=DEFAULT_AUGMENTATION.collar_height,
         help="how far a hard negative's collar may rise over the chin, as a share of the nose-to-chin height (a "
         "turtleneck or scarf up to the lower lip; the lips stay bare)",
     )
@@ -691,11 +716,17 @@ def main() -> None:
     for given in (args.cache, args.training_set):
         if given and given.suffix != ".npz":
             parser.error(f"{given}: give a .npz file name (numpy adds the suffix to any other)")
-    global COLOUR_JITTER, GREYSCALE, RECOLOUR, TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES
-    global UPSIDE_DOWN, PASTEL, COLLAR_HEIGHT
-    COLOUR_JITTER, GREYSCALE, RECOLOUR = args.colour_jitter, args.greyscale, args.recolour
-    TIGHT_DEPTH, PAINTED_COLLARS, LOW_RES = args.tight_depth, args.painted_collars, args.low_res
-    UPSIDE_DOWN, PASTEL, COLLAR_HEIGHT = args.upside_down, args.pastel, args.collar_height
+    aug = Augmentation(
+        tight_depth=args.tight_depth,
+        colour_jitter=args.colour_jitter,
+        greyscale=args.greyscale,
+        recolour=args.recolour,
+        painted_collars=args.painted_collars,
+        low_res=args.low_res,
+        upside_down=args.upside_down,
+        pastel=args.pastel,
+        collar_height=args.collar_height,
+    )
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
     if args.training_set and args.training_set.is_file():
@@ -715,17 +746,19 @@ def main() -> None:
                 # m2u-mask's exact mask beside each masked photo (name_<type>_mask.png), for --recolour
                 mask_file = Path(r["masked"]).with_name(Path(r["masked"]).stem + "_mask.png")
                 mask = None
-                if RECOLOUR > 0 and split is train and mask_file.is_file():
+                if aug.recolour > 0 and split is train and mask_file.is_file():
                     mask = (cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
                 for label, path in ((1, r["masked"]), (0, r["original"])):
                     image = read_image(path)
                     for _ in range(args.variants if split is train else 1):
-                        painted = maybe_recolour(image, mask, rng) if label else image
-                        crop = jittered_crop(painted, landmarks, rng, strength=1.0 if split is train else 0.5)
-                        split[0].append(photometric(crop, rng) if split is train else crop)
+                        painted = maybe_recolour(image, mask, rng, aug) if label else image
+                        strength = 1.0 if split is train else 0.5
+                        crop = jittered_crop(painted, landmarks, rng, strength=strength, aug=aug)
+                        split[0].append(photometric(crop, rng, aug) if split is train else crop)
                         split[1].append(label)
-                    if label and split is train and wants_upside_down(rng):
-                        split[0].append(photometric(upside_down_crop(image, landmarks, rng), rng))
+                    if label and split is train and wants_upside_down(rng, aug):
+                        turned = upside_down_crop(image, landmarks, rng, aug)
+                        split[0].append(photometric(turned, rng, aug))
                         split[1].append(0)
         if args.cache:
             save_crop_sets(args.cache, train, test)
@@ -735,31 +768,34 @@ def main() -> None:
         for k, (masked, bare, landmarks, mask) in enumerate(pairs):
             split = train if k < cut else test
             strength = 1.0 if split is train else 0.5
-            faces = [(1, maybe_recolour(masked, mask, rng) if split is train else masked), (0, bare)]
+            faces = [(1, maybe_recolour(masked, mask, rng, aug) if split is train else masked), (0, bare)]
             if split is train and rng.random() < args.hard_negatives:
-                faces.append((0, hard_negative(bare, landmarks, rng)))
-            if split is train and wants_upside_down(rng):
-                split[0].append(photometric(upside_down_crop(faces[0][1], landmarks, rng), rng))
+                faces.append((0, hard_negative(bare, landmarks, rng, aug)))
+            if split is train and wants_upside_down(rng, aug):
+                turned = upside_down_crop(faces[0][1], landmarks, rng, aug)
+                split[0].append(photometric(turned, rng, aug))
                 split[1].append(0)
             for label, image in faces:
-                crop = jittered_crop(image, landmarks, rng, strength=strength)
-                split[0].append(photometric(crop, rng) if split is train else crop)
+                crop = jittered_crop(image, landmarks, rng, strength=strength, aug=aug)
+                split[0].append(photometric(crop, rng, aug) if split is train else crop)
                 split[1].append(label)
         print(f"realism pairs: {cut} for training, {len(pairs) - cut} held out", flush=True)
-    real = real_positives(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng)
+    real = real_positives(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng, aug)
     train[0].extend(real)
     train[1].extend([1] * len(real))
-    if UPSIDE_DOWN > 0:
-        turned = real_upside_down(args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng)
+    if aug.upside_down > 0:
+        turned = real_upside_down(
+            args.shared / "faces" / "real-mask-seg" / "image", args.real_variants, rng, aug
+        )
         train[0].extend(turned)
         train[1].extend([0] * len(turned))
     textures = negative_crops(args.textures, photos, rng)
     if args.print_negatives:
-        textures += print_negatives(args.print_negatives, rng)
+        textures += print_negatives(args.print_negatives, rng, aug)
         order = rng.permutation(len(textures))  # the held-out tenth takes some of each kind
         textures = [textures[k] for k in order]
     cut = int(0.9 * len(textures))
-    train[0].extend(photometric(t, rng) for t in textures[:cut])
+    train[0].extend(photometric(t, rng, aug) for t in textures[:cut])
     train[1].extend([0] * cut)
     test[0].extend(textures[cut:])
     test[1].extend([0] * (len(textures) - cut))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,8 @@ def load_benchmark():
         )
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        # Registered as an import would be: dataclasses (with postponed annotations) look their module up there.
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         return module
 

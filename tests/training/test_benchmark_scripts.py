@@ -104,32 +104,34 @@ def _high_frequency(image) -> float:
     return float(abs(cv2.Laplacian(image.astype("float32").mean(2), cv2.CV_32F)).mean())
 
 
-def test_the_mask_classifier_low_res_augmentation(monkeypatch, load_benchmark):
+def test_the_mask_classifier_low_res_augmentation(load_benchmark):
     """--low-res P: with P = 0 photometric draws nothing more (earlier commands make the same file); with P = 1 every
     crop comes back at 64 px with far less fine detail, as a 12-40 px face aligned up to 64 px has."""
     import numpy as np
 
     script = load_benchmark("train_mask_classifier")
     crop = np.random.default_rng(7).integers(0, 256, (64, 64, 3)).astype(np.uint8)  # all fine detail
-    monkeypatch.setattr(script, "LOW_RES", 0.0)
+    plain_aug = script.Augmentation(low_res=0.0)
     plain, after = [], []
     for seed in range(12):
         rng = np.random.default_rng(seed)
         rng.random()  # stands for the coin P > 0 tosses first
-        plain.append(script.photometric(crop, rng))
+        plain.append(script.photometric(crop, rng, plain_aug))
         after.append(rng.random())
     # At a P > 0 that never comes up, the coin is the only draw more: at P = 0 there is none.
-    monkeypatch.setattr(script, "LOW_RES", 1e-12)
+    never = script.Augmentation(low_res=1e-12)
     for seed in range(12):
         rng = np.random.default_rng(seed)
-        assert np.array_equal(script.photometric(crop, rng), plain[seed]) and rng.random() == after[seed]
-    monkeypatch.setattr(script, "LOW_RES", 1.0)
-    small = [script.photometric(crop, np.random.default_rng(seed)) for seed in range(12)]
+        assert (
+            np.array_equal(script.photometric(crop, rng, never), plain[seed]) and rng.random() == after[seed]
+        )
+    always = script.Augmentation(low_res=1.0)
+    small = [script.photometric(crop, np.random.default_rng(seed), always) for seed in range(12)]
     assert all(s.shape == crop.shape and s.dtype == np.uint8 for s in small)
     assert np.mean([_high_frequency(s) for s in small]) < 0.5 * np.mean([_high_frequency(p) for p in plain])
 
 
-def test_the_upside_down_crops_of_the_classifiers_training(monkeypatch, load_benchmark):
+def test_the_upside_down_crops_of_the_classifiers_training(load_benchmark):
     """`upside_down_crop`: the face turned 180 degrees, its 68 points refitted as if upright, aligned at 64 px: not
     the upright crop. `wants_upside_down` at --upside-down 0 draws nothing (the commands that made earlier files still make them)."""
     import numpy as np
@@ -142,11 +144,10 @@ def test_the_upside_down_crops_of_the_classifiers_training(monkeypatch, load_ben
     upright = script.jittered_crop(sample.masked, sample.landmarks, np.random.default_rng(0))
     assert turned.shape == upright.shape == (64, 64, 3) and turned.dtype == np.uint8
     assert np.abs(turned.astype(int) - upright.astype(int)).mean() > 10
-    monkeypatch.setattr(script, "UPSIDE_DOWN", 0.0)
     rng = np.random.default_rng(5)
-    assert not script.wants_upside_down(rng) and rng.random() == np.random.default_rng(5).random()
-    monkeypatch.setattr(script, "UPSIDE_DOWN", 1.0)
-    assert script.wants_upside_down(np.random.default_rng(5))
+    off, on = script.Augmentation(upside_down=0.0), script.Augmentation(upside_down=1.0)
+    assert not script.wants_upside_down(rng, off) and rng.random() == np.random.default_rng(5).random()
+    assert script.wants_upside_down(np.random.default_rng(5), on)
 
 
 def test_real_masks_writes_each_photo_turned(tmp_path, load_benchmark):
@@ -245,7 +246,7 @@ def test_the_orientation_training_headwear_covers_the_head_and_leaves_the_face(l
     assert min(covered) > 0.05
 
 
-def test_the_mask_classifier_pastel_colours(monkeypatch, load_benchmark):
+def test_the_mask_classifier_pastel_colours(load_benchmark):
     """--pastel P: at P = 0 `mask_colour` draws as before (earlier commands make the same file); at P = 1 every colour
     is pale and little saturated (pink, peach, lavender, mint: near skin)."""
     import cv2
@@ -253,21 +254,21 @@ def test_the_mask_classifier_pastel_colours(monkeypatch, load_benchmark):
 
     script = load_benchmark("train_mask_classifier")
     # At a P > 0 that never comes up, the coin is the only draw more: at P = 0 there is none.
-    monkeypatch.setattr(script, "PASTEL", 1e-12)
-    with_coin = [script.mask_colour(np.random.default_rng(seed)) for seed in range(20)]
-    monkeypatch.setattr(script, "PASTEL", 0.0)
+    never, off, always = (script.Augmentation(pastel=p) for p in (1e-12, 0.0, 1.0))
+    with_coin = [script.mask_colour(np.random.default_rng(seed), never) for seed in range(20)]
     for seed in range(20):
         rng = np.random.default_rng(seed)
         rng.random()  # stands for the coin
-        assert np.array_equal(script.mask_colour(rng), with_coin[seed])
-    monkeypatch.setattr(script, "PASTEL", 1.0)
-    pastel = np.array([script.mask_colour(np.random.default_rng(seed)) for seed in range(40)], np.float32)
+        assert np.array_equal(script.mask_colour(rng, off), with_coin[seed])
+    pastel = np.array(
+        [script.mask_colour(np.random.default_rng(seed), always) for seed in range(40)], np.float32
+    )
     hsv = cv2.cvtColor(np.clip(pastel, 0, 255).astype(np.uint8)[None], cv2.COLOR_RGB2HSV)[0]
     assert (hsv[:, 2] >= 180).all() and (hsv[:, 1] <= 115).all()
     assert len({int(h) // 30 for h in hsv[:, 0]}) >= 4  # every hue, not one pink
 
 
-def test_the_mask_classifier_collar_height(monkeypatch, load_benchmark):
+def test_the_mask_classifier_collar_height(load_benchmark):
     """--collar-height H: a hard negative's collar rises up to H of the nose-to-chin height over the chin (a turtleneck
     up to the lower lip covers more of the chin than one at the jaw line), and the lips stay bare at any height."""
     import numpy as np
@@ -284,8 +285,8 @@ def test_the_mask_classifier_collar_height(monkeypatch, load_benchmark):
     columns = slice(int(points[6][0]), int(points[10][0]))
     covered = {}
     for height in (0.0, 0.6):
-        monkeypatch.setattr(script, "COLLAR_HEIGHT", height)
-        out = script.hard_negative(sample.unmasked, points, np.random.default_rng(seed))
+        aug = script.Augmentation(collar_height=height)
+        out = script.hard_negative(sample.unmasked, points, np.random.default_rng(seed), aug)
         assert np.array_equal(out[y0 : y1 + 1, x0 : x1 + 1], sample.unmasked[y0 : y1 + 1, x0 : x1 + 1])
         covered[height] = (np.abs(out.astype(int) - sample.unmasked.astype(int)).sum(2) > 0)[
             chin, columns
