@@ -21,6 +21,7 @@ from pathlib import Path
 
 def pack(members: list[Path], out: Path) -> int:
     """Write the ensemble of `members` (classifier files) to `out`; returns the number of nets packed."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     from m2u.inference.mask_presence import MaskPresenceEnsemble, classifier_from_weights
@@ -33,7 +34,11 @@ def pack(members: list[Path], out: Path) -> int:
     for member in members:
         if not member.is_file():
             raise FileNotFoundError(f"no classifier file at {member}")
-        net = classifier_from_weights(load_file(str(member)))
+        try:
+            net = classifier_from_weights(load_file(str(member)))
+        # Not a safetensors file, or the weights of another net (keys or shapes that do not fit): say which file.
+        except (SafetensorError, KeyError, RuntimeError, ValueError) as error:
+            raise ValueError(f"{member}: not a classifier file ({type(error).__name__}: {error})") from None
         nets.extend(net.members if isinstance(net, MaskPresenceEnsemble) else [net])
     if len(nets) < 2:
         raise ValueError("an ensemble needs at least two nets")

@@ -12,7 +12,7 @@ __all__ = ["THRESHOLDS_TUNED_ON", "MaskedFaceRule"]
 
 def _shown(value: float, spec: str, *limits: float) -> str:
     """`value` formatted by `spec` (".2f", ".0%", ".1%"), with as many more decimals as it takes (up to four more) for
-    the figure not to land on or across any of `limits` it is not equal to: a classifier's 0.9494 reads "0.9494
+    the figure not to land on or across any of `limits` it is not equal to: a classifier's 0.9494 reads "0.949
     (below 0.95)", never "0.95 (below 0.95)"; M-Seg sure of 0.796 of its mask reads 79.6 %, not the 80 % it needs."""
     places, kind = int(spec[1:-1]), spec[-1]
     for extra in range(5):

@@ -323,6 +323,10 @@ def test_pack_classifier_ensemble_packs_members_in_order_and_never_overwrites(tm
     assert pair.read_bytes() == before
     with pytest.raises(FileNotFoundError, match="no classifier file"):
         script.pack([files[0], tmp_path / "missing.safetensors"], tmp_path / "x.safetensors")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="broken.safetensors: not a classifier file"):
+        script.pack([files[0], broken], tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="at least two"):
         script.pack(files[:1], tmp_path / "one.safetensors")
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "one.safetensors").exists()
