@@ -225,8 +225,9 @@ def main(**kw) -> None:
 def real_masks_main(**kw) -> None:
     """Run m2u-unmask on the PHOTOS (files, folders, globs) and score what it finds and touches: faces found,
     mask fraction and, with --labels, Dice, IoU and remnant share (label pixels left unchanged) against each label.
-    Writes REPORT/real_masks.csv (one row per photo), REPORT/summary.json and REPORT/index.html (a contact sheet:
-    photo | predicted mask | restored | label)."""
+    Writes REPORT/real_masks.csv (one row per photo), REPORT/faces.jsonl (one line per face found: its evidence and,
+    if left, its reason), REPORT/summary.json and REPORT/index.html (a contact sheet: photo | predicted mask |
+    restored | label)."""
     from m2u.evaluation.real_masks import evaluate_real_masks
     from m2u.inference.unmask import Unmasker
 

@@ -7,9 +7,10 @@ JPEG labels are thresholded at `label_threshold`), Dice and IoU of the predicted
 remnant share: the label pixels m2u-unmask left exactly unchanged in its output (mask left in the photo). A photo
 with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
 
-Writes OUT/real_masks.csv (one row per photo), OUT/summary.json and OUT/index.html, a contact sheet of
-photo (boxes: green restored, orange left as it is, grey judged no face) | predicted mask | restored | label, at
-thumbnail size.
+Writes OUT/real_masks.csv (one row per photo), OUT/faces.jsonl (one line per face found: detector, box, the
+masked-face decision's evidence and, for a face left, its reason; as m2u-unmask writes it), OUT/summary.json and
+OUT/index.html, a contact sheet of photo (boxes: green restored, orange left as it is, grey judged no face) |
+predicted mask | restored | label, at thumbnail size.
 """
 
 from __future__ import annotations
@@ -211,7 +212,8 @@ def evaluate_real_masks(
     out = Path(out_dir)
     found = discover(photos, exclude=[out])
     paths = [e.path for e in found.entries]
-    check_output_folder(out, found, [out / "real_masks.csv", out / "summary.json", out / "index.html"])
+    written = ("real_masks.csv", "faces.jsonl", "summary.json", "index.html")
+    check_output_folder(out, found, [out / name for name in written])
     if not paths:
         raise ValueError("no input images found")
     labels = None if labels_dir is None else Path(labels_dir)
@@ -219,13 +221,14 @@ def evaluate_real_masks(
         raise ValueError(f"labels folder not found: {labels}")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[PhotoScore] = []
+    face_lines: list[dict] = []
     sheet: list[tuple[PhotoScore, list[str]]] = []
     with output_lock(out, "m2u-eval-real-masks"):
         (out / "sheet").mkdir(exist_ok=True)
         for index, path in enumerate(tqdm(paths, unit="photo", desc="real masks", disable=not progress)):
             row = PhotoScore(photo=str(path), status="ok")
             try:
-                names = _score_photo(row, path, unmasker, labels, config, out, index, len(sheet))
+                names = _score_photo(row, path, unmasker, labels, config, out, index, len(sheet), face_lines)
                 if names:
                     sheet.append((row, names))
             except ImageReadError as exc:
@@ -233,7 +236,7 @@ def evaluate_real_masks(
             except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
                 row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
             rows.append(row)
-        return _write_outputs(out, rows, sheet, labels is not None)
+        return _write_outputs(out, rows, face_lines, sheet, labels is not None)
 
 
 def _score_photo(
@@ -245,9 +248,11 @@ def _score_photo(
     out: Path,
     index: int,
     sheet_rows: int,
+    face_lines: list[dict],
 ) -> list[str]:
-    """Unmask one photo and fill in its `row` (faces, decision evidence, label scores); returns the contact sheet
-    cells written for it ([] once the sheet has `config.sheet_rows` rows)."""
+    """Unmask one photo and fill in its `row` (faces, decision evidence, label scores) and its faces' lines
+    (`face_lines`); returns the contact sheet cells written for it ([] once the sheet has `config.sheet_rows` rows)."""
+    from m2u.inference.photos import face_record
     from m2u.masking import read_image
 
     image = read_image(path)
@@ -255,6 +260,10 @@ def _score_photo(
     not_faces = [f for f in left if f.problem.startswith("no face")]
     left = [f for f in left if not f.problem.startswith("no face")]
     _record_faces(row, restored, left, not_faces)
+    face_lines += [
+        {"photo": str(path), "face": k, **face_record(face)}
+        for k, face in enumerate((*restored, *left, *not_faces))
+    ]
     predicted = photo_mask(image.shape[:2], restored)
     row.mask_fraction = round(float(predicted.mean()), 4)
     label_image = None
@@ -312,14 +321,19 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
 
 
 def _write_outputs(
-    out: Path, rows: list[PhotoScore], sheet: list[tuple[PhotoScore, list[str]]], labelled: bool
+    out: Path,
+    rows: list[PhotoScore],
+    face_lines: list[dict],
+    sheet: list[tuple[PhotoScore, list[str]]],
+    labelled: bool,
 ) -> dict:
-    """real_masks.csv, summary.json and the contact sheet's index.html; returns the summary."""
+    """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary."""
     with open(out / "real_masks.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(PhotoScore)])
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+    (out / "faces.jsonl").write_text("".join(json.dumps(line) + "\n" for line in face_lines))
     summary = summarize_scores(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "index.html").write_text(_sheet_html(summary, sheet, labelled))

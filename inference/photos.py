@@ -24,7 +24,7 @@ from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
 from m2u.inference.unmask import WHOLE_FRAME_NOT_MASKED, FaceRestoration, UnmaskConfig, Unmasker
 
-__all__ = ["FileResult", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
+__all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
 
 
 # "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
@@ -194,7 +194,7 @@ def _unmask_one(
             {"input": str(path), "output": str(target), "face": k, **f.record()} for k, f in enumerate(faces)
         ]
     lines += [
-        {"input": str(path), "output": row.output, "face": k, **_refused_record(f)}
+        {"input": str(path), "output": row.output, "face": k, **face_record(f)}
         for k, f in enumerate(refused, start=len(faces))
     ]
     if faces and config.keep_crops:
@@ -250,8 +250,9 @@ def _status_without_faces(left: list) -> str:
     return (Status.NOT_MASKED, Status.REFUSED, Status.NO_FACE)[rank]
 
 
-def _refused_record(face) -> dict:
-    """A face's line in faces.jsonl when it was left as it is (without the input's name): where, and why."""
+def face_record(face) -> dict:
+    """A face's line in faces.jsonl (without the input's name): a FaceRestoration's own record (evidence, reason),
+    or, for a detection left before alignment (a Face), where it was and why."""
     if isinstance(face, FaceRestoration):
         return face.record()
     return {

@@ -533,6 +533,10 @@ def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(t
     page = (out / "index.html").read_text()
     assert page.count("<tr>") == 4 and "label" in page  # header + three readable photos
     assert len(list((out / "sheet").glob("*_label.png"))) == 2
+    # One line per face found, named by its photo (the unreadable photo has none).
+    lines = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
+    assert sorted(Path(x["photo"]).name for x in lines) == ["a.png", "b.png", "c.png"]
+    assert all(x["restored"] and x["detector"] == "fake" and x["face"] == 0 for x in lines)
     # Without labels: faces found and mask fraction, no Dice.
     plain = evaluate_real_masks([str(photos)], tmp_path / "plain", _FakeUnmasker())
     assert plain["labelled_photos"] == 0 and plain["mean_mask_fraction_where_restored"] == 0.5
@@ -558,6 +562,11 @@ def test_real_masks_command_runs_unmask_and_writes_its_report(tmp_path, tiny_che
     summary = json.loads((out / "summary.json").read_text())
     assert summary["photos_with_face_found"] == 1 and summary["faces_found"] == 1
     assert (out / "index.html").is_file() and "found" in result.output
+    (line,) = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
+    assert line["photo"] == str(photos / "face.png") and {"mask_fraction", "mask_probability"} <= line.keys()
+    assert (
+        line["restored"] == (summary["faces_restored"] == 1) and bool(line.get("problem")) != line["restored"]
+    )
 
 
 def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, tiny_checkpoints, monkeypatch):
