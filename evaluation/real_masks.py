@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from m2u.core.fileio import atomic_write_text
+from m2u.core.imageio import write_image
 
 __all__ = ["RealMaskConfig", "PhotoScore", "evaluate_real_masks", "mask_scores", "photo_mask"]
 
@@ -142,11 +146,6 @@ def _with_boxes(image: np.ndarray, restored: list, left: list, not_faces: list) 
         for left_x, top, right, bottom in boxes:
             cv2.rectangle(out, (int(left_x), int(top)), (int(right), int(bottom)), colour, thickness)
     return out
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -290,7 +289,7 @@ def _score_photo(
     names = []
     for kind, cell in zip(("photo", "predicted", "restored", "label"), cells):
         name = f"sheet/{index:05d}_{kind}.png"
-        _write_png(out / name, cell)
+        write_image(out / name, cell)
         names.append(name)
     return names
 
@@ -328,15 +327,18 @@ def _write_outputs(
     labelled: bool,
 ) -> dict:
     """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary."""
-    with open(out / "real_masks.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(PhotoScore)])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
-    (out / "faces.jsonl").write_text("".join(json.dumps(line) + "\n" for line in face_lines))
+    # Written whole or not at all, through m2u.core.fileio (which refuses a link planted at an output's name and
+    # records what it wrote, so a later run may replace it), as m2u-unmask's and m2u-eval's reports are.
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(PhotoScore)])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+    atomic_write_text(out / "real_masks.csv", table.getvalue())
+    atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
     summary = summarize_scores(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "index.html").write_text(_sheet_html(summary, sheet, labelled))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "index.html", _sheet_html(summary, sheet, labelled))
     return summary
 
 

@@ -825,3 +825,25 @@ def test_the_rules_reasons_never_round_a_figure_onto_its_threshold():
     assert "gives 0.5004, above 0.5" in rule.upside_down_reason(0.5004)
     assert "gives 0.73, above 0.5" in rule.upside_down_reason(0.7311)
     assert "the mask classifier gives 0.30 (below 0.95)" in rule.not_masked_reason(upper, 0.3)
+
+
+def test_real_masks_evaluation_runs_again_into_its_own_report_and_never_over_a_users_file(tmp_path):
+    """Its reports and sheet go through m2u.core.fileio: a second run replaces what the first wrote (the first
+    run's files were once unrecorded, so the second was refused), while a file of the same name m2u did not write
+    is refused before any work, left as it was."""
+    from m2u.core.inputs import OutputFolderError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.full((40, 30, 3), 100, np.uint8))
+    out = tmp_path / "report"
+    first = evaluate_real_masks([str(photos)], out, _FakeUnmasker())
+    again = evaluate_real_masks([str(photos)], out, _FakeUnmasker())
+    assert first == again and len((out / "faces.jsonl").read_text().splitlines()) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "faces.jsonl").write_text("the user's own file\n")
+    with pytest.raises(OutputFolderError, match="was not written by m2u"):
+        evaluate_real_masks([str(photos)], other, _FakeUnmasker())
+    assert (other / "faces.jsonl").read_text() == "the user's own file\n"
+    assert not (other / "real_masks.csv").exists()
