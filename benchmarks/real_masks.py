@@ -22,9 +22,10 @@ photos of the test split of the identity split (every k-th, offset 0: `--celeba`
 ../shared/faces/extras, on the faceless images and on real-masked. The decision's thresholds were chosen on other
 photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg).
 
-Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turned", "real_mask_seg_turned"): every
-face restored there is restored upside down (RealFaceDetectorConfig's orientation check and the decision should
-leave each one as it is).
+Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turned", "real_mask_seg_turned"): a face
+restored in the photo as it is there is restored upside down (RealFaceDetectorConfig's orientation check and the
+decision should leave each one as it is); a photo whose faces all look upside down is tried again turned 180 degrees
+(UnmaskConfig.turn_upside_down), and the faces restored that way ("faces_restored_turned") are right side up.
 """
 
 from __future__ import annotations
@@ -316,8 +317,8 @@ def main() -> None:
 
 
 def _write_turned(source: Path, target: Path) -> None:
-    """Every photo of `source` turned 180 degrees, as PNG in `target`: each face restored there is restored upside
-    down (the detector's orientation check and the decision should leave them all)."""
+    """Every photo of `source` turned 180 degrees, as PNG in `target` (a face restored there as it is is restored
+    upside down; one restored by the turned try is right side up)."""
     import cv2
 
     from m2u.masking import read_image

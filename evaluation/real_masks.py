@@ -61,6 +61,9 @@ class PhotoScore:
     )
     faces_restored: int = 0
     faces_left: int = 0
+    # Of faces_restored, those restored in the photo turned 180 degrees (m2u-unmask's try of a photo whose faces all
+    # look upside down: UnmaskConfig.turn_upside_down), right side up.
+    faces_restored_turned: int = 0
     not_faces: int = 0  # uncertain detections without a mask: no face
     # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
     # probability, the share of the mouth region M-Seg marks and the share of M-Seg's mask it is sure of
@@ -175,6 +178,7 @@ def summarize_scores(rows: list[PhotoScore]) -> dict:
         "restored_rate": round(len(restored) / len(readable), 4) if readable else None,
         "faces_found": sum(r.faces_found for r in readable),
         "faces_restored": sum(r.faces_restored for r in readable),
+        "faces_restored_turned": sum(r.faces_restored_turned for r in readable),
         "faces_left": sum(r.faces_left for r in readable),
         "detections_judged_no_face": sum(r.not_faces for r in readable),
         "mean_mask_fraction_where_restored": _mean([r.mask_fraction for r in restored]),
@@ -300,6 +304,7 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
 
     row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
     row.faces_found = len(restored) + len(left)
+    row.faces_restored_turned = sum(bool(getattr(f, "turned", 0)) for f in restored)
     judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
     if judged:
         best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
@@ -308,6 +313,8 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
         row.mseg_mask_confidence = best.get("mask_confidence")  # not read with --all-faces
     if left:
         row.reason = left_faces_reason(left)
+    if row.faces_restored_turned:
+        row.reason = "restored in the photo turned 180 degrees" + (f"; {row.reason}" if row.reason else "")
     if not row.faces_found:
         row.status = "no_face"
         row.reason = (

@@ -200,10 +200,12 @@ class MaskedFaceRule:
 
     def upside_down_reason(self, probability: float) -> str:
         """Why a face that looks turned 180 degrees is left as it is ("" when it does not)."""
+        from m2u.masking.detect import LOOKS_UPSIDE_DOWN  # here: m2u.masking loads dlib
+
         if probability <= self.max_upside_down_probability:
             return ""
         return (
-            "the face looks upside down (the upside-down classifier gives "
+            f"{LOOKS_UPSIDE_DOWN} (the upside-down classifier gives "
             f"{_shown(probability, '.2f', self.max_upside_down_probability)}, above "
             f"{self.max_upside_down_probability:g}): its landmarks cannot be trusted"
         )

@@ -184,6 +184,11 @@ def _unmask_one(
             row.reason = "no face found by the detector: the whole photo restored as one masked face crop" + (
                 f" ({row.reason})" if row.reason else ""
             )
+        if any(f.turned for f in faces):
+            row.reason = (
+                "restored in the photo turned 180 degrees (as it is, every face found was left: one looked upside "
+                "down)" + (f"; {row.reason}" if row.reason else "")
+            )
         if any(f.alignment == "aligned-input-resized" for f in faces):
             size = unmasker.usage.require_crop_size()
             row.reason = (  # aligned inputs are never refused: nothing else to say

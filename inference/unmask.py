@@ -12,7 +12,9 @@ into the photo at its own resolution with a feathered edge: only pixels under th
 only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
-stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`).
+stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`). A photo in which nothing is restored and a
+face was left because it looks upside down is unmasked again turned 180 degrees, and what is restored there is turned
+back (`UnmaskConfig.turn_upside_down`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -98,6 +100,12 @@ class UnmaskConfig:
     # tried as one face crop, as --aligned takes it (tight crops that cut the face at the forehead or chin are where
     # the detectors fail), and restored only where MaskedFaceRule.frame_is_masked_face holds.
     whole_frame: bool = True
+    # A photo in which no face is restored and at least one is left because it looks upside down (the detector's
+    # orientation check or the upside-down classifier: a photo stored upside down, or a face that reads so) is
+    # unmasked again turned 180 degrees, and what is restored there is turned back into the photo (`turned`: 180).
+    # Only with masked_only (the decision vouches for each face there) and only faces detected there (no
+    # whole-frame crop: on an upright photo it would take the forehead for a mask). Measured in the README.
+    turn_upside_down: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
     rule: MaskedFaceRule = field(default_factory=MaskedFaceRule)
@@ -170,6 +178,9 @@ class FaceRestoration:
     evidence: dict = field(default_factory=dict)
     # Why the face was left as it is ("" when restored): the masked-face rule's reason.
     problem: str = ""
+    # 180 when the face was found and restored in the photo turned 180 degrees (UnmaskConfig.turn_upside_down);
+    # box and matrix are in the photo's own pixels either way.
+    turned: int = 0
 
     def record(self) -> dict:
         """The face's line in faces.jsonl (without the input's name)."""
@@ -184,6 +195,7 @@ class FaceRestoration:
             **self.evidence,
             "restored": not self.problem,
             **({"problem": self.problem} if self.problem else {}),
+            **({"turned": self.turned} if self.turned else {}),
         }
 
 
@@ -373,9 +385,12 @@ class Unmasker:
             return result, restored, left
         return self.unmask_found(image, self.detect(image))
 
-    def unmask_found(self, image: np.ndarray, found: list) -> tuple[np.ndarray, list[FaceRestoration], list]:
+    def unmask_found(
+        self, image: np.ndarray, found: list, as_turned: bool = False
+    ) -> tuple[np.ndarray, list[FaceRestoration], list]:
         """As `unmask_with_refusals` for the faces `found` in `image` by this unmasker's detector (m2u.masking Face
-        objects, refused ones included), e.g. detections cached by a benchmark."""
+        objects, refused ones included), e.g. detections cached by a benchmark. `as_turned`: `image` is a photo
+        turned 180 degrees by `_unmask_turned` (no whole-frame crop, no turning again)."""
         floor = self.config.min_score
         if floor is not None:
             found = [
@@ -395,7 +410,7 @@ class Unmasker:
         # A face only the detector's orientation check refuses is shown to the decision, which restores it only
         # when the mask classifier and the upside-down classifier both vouch for it (MaskedFaceRule.
         # overrules_upside_down_detection); otherwise it keeps the detector's reason.
-        from m2u.masking.detect import is_upside_down_problem
+        from m2u.masking.detect import LOOKS_UPSIDE_DOWN, is_upside_down_problem
 
         doubted = {
             id(f)
@@ -411,13 +426,39 @@ class Unmasker:
         )
         if (
             self.config.whole_frame
+            and not as_turned
             and not restored
             and all(f.problem.startswith("no face") for f in refused + left)
         ):
             framed, framed_restored, _ = self._unmask_aligned(image, whole_frame=True)
             if framed_restored:
                 return framed, framed_restored, refused + left
+        if (
+            self.config.turn_upside_down
+            and self.config.masked_only
+            and not as_turned
+            and not restored
+            and any(LOOKS_UPSIDE_DOWN in f.problem for f in refused + left)
+        ):
+            turned = self._unmask_turned(image)
+            if turned is not None:
+                return turned
         return result, restored, refused + left
+
+    def _unmask_turned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
+        """`image` unmasked turned 180 degrees, with its faces and result turned back; None when nothing is
+        restored that way. The faces left there are reported as found there (boxes in `image`'s pixels, their
+        reasons saying so)."""
+        height, width = image.shape[:2]
+        turned = np.ascontiguousarray(image[::-1, ::-1])
+        result, restored, left = self.unmask_found(turned, self.detect(turned), as_turned=True)
+        if not restored:
+            return None
+        return (
+            np.ascontiguousarray(result[::-1, ::-1]),
+            [_turned_back(f, width, height) for f in restored],
+            [_turned_back(f, width, height) for f in left],
+        )
 
     def unmask_faces(self, image: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceRestoration]]:
         """`faces` (m2u.masking Face objects of `image`) restored and pasted back, in their order; faces the
@@ -525,3 +566,29 @@ class Unmasker:
         if whole_frame:
             meta[0].update(detector="whole-frame", alignment="whole-frame", whole_frame=True)
         return self._restore_into(image, [crop], [resize_matrix(width, height, size)], meta)
+
+
+def _turned_back(face, width: int, height: int):
+    """A face found in a width x height photo turned 180 degrees (a FaceRestoration, or a detector's Face left
+    before alignment), described in the photo's own pixels: its box, and its crop matrix (photo -> crop) or its
+    points, turned back; a left face's reason says where it was looked at."""
+    # Pixel (x, y) of the photo is pixel (width - 1 - x, height - 1 - y) of the turned photo.
+    flip = np.array([[-1.0, 0.0, width - 1.0], [0.0, -1.0, height - 1.0]])
+    left, top, right, bottom = face.box
+    box = (width - 1 - right, height - 1 - bottom, width - 1 - left, height - 1 - top)
+    problem = f"in the photo turned 180 degrees: {face.problem}" if face.problem else ""
+    if isinstance(face, FaceRestoration):
+        matrix = np.asarray(face.matrix, np.float64)
+        back = np.hstack([matrix[:, :2] @ flip[:, :2], matrix[:, :2] @ flip[:, 2:] + matrix[:, 2:]])
+        return replace(face, box=box, matrix=back, problem=problem, turned=180)
+
+    def points(p):
+        return (
+            None
+            if p is None
+            else (flip[:, :2] @ np.asarray(p, np.float64).T + flip[:, 2:]).T.astype(np.float32)
+        )
+
+    return replace(
+        face, box=box, landmarks=points(face.landmarks), keypoints=points(face.keypoints), problem=problem
+    )

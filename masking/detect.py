@@ -309,7 +309,10 @@ def orientation_scores(
     )
 
 
-_UPSIDE_DOWN = "the face looks upside down (the detector scores it"
+# What every orientation refusal says (the detector's here, the upside-down classifier's in m2u.inference.masked_rule):
+# m2u.inference.unmask reads it to try a photo whose faces all look upside down turned 180 degrees.
+LOOKS_UPSIDE_DOWN = "the face looks upside down"
+_UPSIDE_DOWN = f"{LOOKS_UPSIDE_DOWN} (the detector scores it"
 
 
 def upside_down_problem(as_found: float, turned: float, margin: float) -> str:

@@ -194,11 +194,21 @@ def _photo_with_faces(n: int, face_px: int = 120):
 
 
 class _Detector:
-    def __init__(self, faces_by_shape):
-        self.faces_by_shape = faces_by_shape
+    """The faces listed for a photo's shape; in that photo turned 180 degrees (m2u-unmask's try of a photo whose
+    faces all look upside down), those listed in `turned` for it (none by default)."""
+
+    def __init__(self, faces_by_shape, turned=None):
+        self.faces_by_shape, self.turned = faces_by_shape, turned or {}
+        self.seen: dict[tuple, np.ndarray] = {}
+        self.calls = 0
 
     def detect(self, image):
-        return list(self.faces_by_shape[image.shape])
+        self.calls += 1
+        first = self.seen.setdefault(image.shape, image.copy())
+        if np.array_equal(first, image):
+            return list(self.faces_by_shape[image.shape])
+        assert np.array_equal(first[::-1, ::-1], image), "only the photo and the photo turned are shown"
+        return list(self.turned.get(image.shape, []))
 
 
 def _two_face_unmasker(tiny_checkpoints) -> tuple[np.ndarray, Unmasker]:
@@ -436,6 +446,116 @@ def test_a_photo_whose_only_face_the_upside_down_classifier_refuses_is_reported_
     (row,) = unmask_files([str(inputs)], None, None, tmp_path / "out", config, unmasker=unmasker)
     assert (row.status, row.faces, row.refused_faces) == ("refused", 0, 1)
     assert "upside-down classifier gives 0.90" in row.reason
+
+
+def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_back(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
+    from m2u.datasets.align import alignment_matrix
+    from m2u.masking.masked_faces import visible_anchor_points
+
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first,) = _photo_with_faces(1)
+    height, width = photo.shape[:2]
+    # The face as the detector finds it in the photo turned 180 degrees (upright there).
+    turned_points = np.array([width - 1, height - 1], np.float32) - first.landmarks
+    turned_face = Face.from_landmarks(turned_points, score=0.9)
+
+    def unmasker_for(config: UnmaskConfig, turned_faces: list[Face]) -> Unmasker:
+        unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+        unmasker.detector = _Detector({photo.shape: [first]}, {photo.shape: turned_faces})
+        lower = _crop_mask(CROP, 0.5, 0.95)
+        _steer_masks(unmasker, [lower, lower.copy()])
+        _steer_probabilities(monkeypatch, [0.99, 0.99])  # a mask by the classifier, as is and turned
+        answers = iter([0.9, 0.0])  # upside down as is, upright turned
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities",
+            lambda crops: np.full(len(crops), next(answers)),
+        )
+        return unmasker
+
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = unmasker_for(config, [turned_face])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 2 and not left and len(restored) == 1
+    face = restored[0]
+    assert face.turned == 180 and face.record()["turned"] == 180
+    # Box and crop matrix are in the photo's own pixels: the box is the face's, the matrix is the turned photo's
+    # alignment composed with the turn, so M-Seg's mask lands where the turned photo's mask lands, turned back.
+    assert np.abs(np.subtract(face.box, first.box)).max() <= 1
+    turned_matrix = alignment_matrix(turned_points, CROP, visible_anchor_points(turned_points))
+    in_turned = cv2.warpAffine(
+        face.mask.astype(np.float32) / 255.0,
+        cv2.invertAffineTransform(turned_matrix),
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+    )
+    mapped = photo_mask((height, width), [face])
+    assert mapped.any() and np.mean(mapped != (in_turned[::-1, ::-1] >= 0.5)) < 0.002
+    # Only the face changed: every changed pixel lies under its paste weight mapped back through that matrix.
+    changed = np.any(result != photo, axis=2)
+    weight = cv2.warpAffine(face.weight, cv2.invertAffineTransform(face.matrix), (width, height))
+    assert (
+        changed.any() and not changed[cv2.dilate((weight > 0).astype(np.uint8), np.ones((3, 3))) == 0].any()
+    )
+
+    # The file loop says so in report.csv and faces.jsonl.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "turned.png"), photo[..., ::-1])
+    unmasker = unmasker_for(config, [turned_face])
+    (row,) = unmask_files([str(inputs)], None, None, tmp_path / "out", config, unmasker=unmasker)
+    assert (row.status, row.faces, row.refused_faces) == ("ok", 1, 0)
+    assert row.reason.startswith("restored in the photo turned 180 degrees")
+    (line,) = [json.loads(t) for t in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
+    assert (
+        line["turned"] == 180 and line["restored"] and np.abs(np.subtract(line["box"], first.box)).max() <= 1
+    )
+    # m2u-eval real-masks counts them apart (on photos turned on purpose, a face restored as it is is upside down).
+    unmasker = unmasker_for(config, [turned_face])
+    summary = evaluate_real_masks(
+        [str(inputs)], tmp_path / "report", unmasker, None, RealMaskConfig(thumb=64)
+    )
+    assert (summary["faces_restored"], summary["faces_restored_turned"]) == (1, 1)
+    with open(tmp_path / "report" / "real_masks.csv") as handle:
+        (scored,) = csv.DictReader(handle)
+    assert scored["faces_restored_turned"] == "1" and scored["reason"].startswith(
+        "restored in the photo turned"
+    )
+
+    # Nothing found turned, --no-turn-upside-down, or --all-faces (no decision to vouch for faces found turned):
+    # the photo stays as it is, its face left with the upside-down reason.
+    for config, tries in (
+        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False), 2),
+        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False, turn_upside_down=False), 1),
+    ):
+        unmasker = unmasker_for(config, [] if tries == 2 else [turned_face])
+        result, restored, left = unmasker.unmask_with_refusals(photo)
+        assert unmasker.detector.calls == tries and not restored and np.array_equal(result, photo)
+        assert left[0].problem.startswith("the face looks upside down") and left[0].turned == 0
+    every = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, every)
+    unmasker.detector = _Detector({photo.shape: [_hog_doubted(first)]}, {photo.shape: [turned_face]})
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 1 and not restored and np.array_equal(result, photo)
+
+
+def test_faces_found_turned_and_left_are_reported_in_the_photos_own_pixels():
+    from m2u.inference.unmask import _turned_back
+
+    photo, (first,) = _photo_with_faces(1)
+    height, width = photo.shape[:2]
+    keypoints = first.landmarks[[36, 45, 30, 62, 0, 16]]
+    face = dataclasses.replace(first, keypoints=keypoints, problem="not masked: a test")
+    turned = np.array([width - 1, height - 1], np.float32)
+    once = _turned_back(face, width, height)
+    assert np.allclose(once.landmarks, turned - first.landmarks)
+    assert np.allclose(once.keypoints, turned - keypoints)
+    assert once.problem == "in the photo turned 180 degrees: not masked: a test"
+    left, top, right, bottom = first.box
+    assert once.box == (width - 1 - right, height - 1 - bottom, width - 1 - left, height - 1 - top)
+    twice = _turned_back(once, width, height)  # turning back twice is where it started
+    assert twice.box == first.box and np.allclose(twice.landmarks, first.landmarks)
 
 
 def test_the_shipped_upside_down_classifier_tells_a_real_face_from_the_same_face_turned():

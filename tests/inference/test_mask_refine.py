@@ -102,11 +102,16 @@ def test_the_photo_changes_only_under_the_refined_mask_and_the_evidence_is_msegs
 
 
 @pytest.mark.parametrize(
-    "flag, enabled, whole_frame",
-    [([], True, True), (["--no-refine-mask"], False, True), (["--no-whole-frame"], True, False)],
+    "flag, enabled, whole_frame, turn",
+    [
+        ([], True, True, True),
+        (["--no-refine-mask"], False, True, True),
+        (["--no-whole-frame"], True, False, True),
+        (["--no-turn-upside-down"], True, True, False),
+    ],
 )
-def test_unmask_cli_passes_the_refine_and_whole_frame_switches(
-    tmp_path, monkeypatch, flag, enabled, whole_frame
+def test_unmask_cli_passes_the_refine_whole_frame_and_turn_switches(
+    tmp_path, monkeypatch, flag, enabled, whole_frame, turn
 ):
     from click.testing import CliRunner
 
@@ -117,6 +122,7 @@ def test_unmask_cli_passes_the_refine_and_whole_frame_switches(
 
     def fake_unmask_files(found, mseg, generator, out_dir, config):
         seen["refine"], seen["whole_frame"] = config.refine, config.whole_frame
+        seen["turn"] = config.turn_upside_down
         return []
 
     monkeypatch.setattr(photos, "unmask_files", fake_unmask_files)
@@ -124,4 +130,4 @@ def test_unmask_cli_passes_the_refine_and_whole_frame_switches(
     cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
     result = CliRunner().invoke(unmask_main, [str(photo), "-o", str(tmp_path / "out"), *flag])
     assert result.exit_code == 0, result.output
-    assert seen["refine"].enabled is enabled and seen["whole_frame"] is whole_frame
+    assert seen["refine"].enabled is enabled and seen["whole_frame"] is whole_frame and seen["turn"] is turn
