@@ -12,9 +12,9 @@ into the photo at its own resolution with a feathered edge: only pixels under th
 only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
-stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`). A photo in which nothing is restored and a
-face was left because it looks upside down is unmasked again turned 180 degrees, and what is restored there is turned
-back (`UnmaskConfig.turn_upside_down`).
+stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`). A photo in which nothing is restored and a face
+is left as upside down, or no face is found at all, is unmasked again turned 180 degrees, and what is restored there
+is turned back (`UnmaskConfig.turn_upside_down`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -100,11 +100,12 @@ class UnmaskConfig:
     # tried as one face crop, as --aligned takes it (tight crops that cut the face at the forehead or chin are where
     # the detectors fail), and restored only where MaskedFaceRule.frame_is_masked_face holds.
     whole_frame: bool = True
-    # A photo in which no face is restored and at least one is left because it looks upside down (the detector's
-    # orientation check or the upside-down classifier: a photo stored upside down, or a face that reads so) is
-    # unmasked again turned 180 degrees, and what is restored there is turned back into the photo (`turned`: 180).
-    # Only with masked_only (the decision vouches for each face there) and only faces detected there (no
-    # whole-frame crop: on an upright photo it would take the forehead for a mask). Measured in the README.
+    # A photo in which nothing is restored and a face is left because it looks upside down (to the detector's
+    # orientation check or the upside-down classifier), or no face is found at all (nothing, or only detections
+    # judged no face), as in a photo stored upside down, is unmasked again turned 180 degrees, BlazeFace alone finding its faces there, and
+    # what is restored is turned back into the photo (FaceRestoration.turned: 180). Only with masked_only (the
+    # decision vouches for each face there) and only faces detected there (no whole-frame crop: on an upright photo
+    # it took a cap for a mask). Measured in the README ("The turned try").
     turn_upside_down: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
@@ -215,6 +216,7 @@ class Unmasker:
             models, self.config.crop_size, self.config.mask_threshold, DEFAULT_IMAGE_SIZE
         )
         self.detector: RealFaceDetector | MaskedFaceDetector | FaceDetector
+        self._blazeface_only: RealFaceDetector | None = None  # the turned try's detector (_detect_turned)
         if self.config.detector_model == "blazeface":
             self.detector = RealFaceDetector()
         elif self.config.detector_model == "masked":
@@ -438,12 +440,29 @@ class Unmasker:
             and self.config.masked_only
             and not as_turned
             and not restored
-            and any(LOOKS_UPSIDE_DOWN in f.problem for f in refused + left)
+            # A face left as upside down, or no face at all (nothing found, or only detections judged no face); a
+            # photo whose faces are all left as not masked (or below --min-score) was read the right way up.
+            and (
+                any(LOOKS_UPSIDE_DOWN in f.problem for f in refused + left)
+                or all(f.problem.startswith("no face") for f in refused + left)
+            )
         ):
             turned = self._unmask_turned(image)
             if turned is not None:
                 return turned
         return result, restored, refused + left
+
+    def _detect_turned(self, image: np.ndarray) -> list:
+        """The faces of a photo turned by the turned try: BlazeFace's passes alone where the detector is the default
+        one (every face the try restored in the measured turned photos was BlazeFace's, and the dlib cascade behind
+        it costs seconds on a large photo with no face), the detector itself otherwise."""
+        from m2u.masking.masked_faces import RealFaceDetector
+
+        if isinstance(self.detector, RealFaceDetector) and self.detector.config.fallback is not None:
+            if self._blazeface_only is None:
+                self._blazeface_only = RealFaceDetector(replace(self.detector.config, fallback=None))
+            return self._blazeface_only.detect(image)
+        return self.detector.detect(image)
 
     def _unmask_turned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
         """`image` unmasked turned 180 degrees, with its faces and result turned back; None when nothing is
@@ -451,7 +470,7 @@ class Unmasker:
         reasons saying so)."""
         height, width = image.shape[:2]
         turned = np.ascontiguousarray(image[::-1, ::-1])
-        result, restored, left = self.unmask_found(turned, self.detect(turned), as_turned=True)
+        result, restored, left = self.unmask_found(turned, self._detect_turned(turned), as_turned=True)
         if not restored:
             return None
         return (

@@ -461,13 +461,21 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
     turned_points = np.array([width - 1, height - 1], np.float32) - first.landmarks
     turned_face = Face.from_landmarks(turned_points, score=0.9)
 
-    def unmasker_for(config: UnmaskConfig, turned_faces: list[Face]) -> Unmasker:
+    def unmasker_for(
+        config: UnmaskConfig,
+        turned_faces: list[Face],
+        as_is: list[Face] | None = None,
+        masks: list[np.ndarray] | None = None,
+        answers: list[float] | None = None,
+    ) -> Unmasker:
         unmasker = Unmasker.from_files(mseg_path, gen_path, config)
-        unmasker.detector = _Detector({photo.shape: [first]}, {photo.shape: turned_faces})
+        unmasker.detector = _Detector(
+            {photo.shape: [first] if as_is is None else as_is}, {photo.shape: turned_faces}
+        )
         lower = _crop_mask(CROP, 0.5, 0.95)
-        _steer_masks(unmasker, [lower, lower.copy()])
+        _steer_masks(unmasker, masks or [lower, lower.copy()])
         _steer_probabilities(monkeypatch, [0.99, 0.99])  # a mask by the classifier, as is and turned
-        answers = iter([0.9, 0.0])  # upside down as is, upright turned
+        answers = iter(answers or [0.9, 0.0])  # upside down as is, upright turned
         monkeypatch.setattr(
             "m2u.inference.mask_presence.upside_down_probabilities",
             lambda crops: np.full(len(crops), next(answers)),
@@ -525,11 +533,11 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
 
     # Nothing found turned, --no-turn-upside-down, or --all-faces (no decision to vouch for faces found turned):
     # the photo stays as it is, its face left with the upside-down reason.
-    for config, tries in (
+    for chosen, tries in (
         (UnmaskConfig(crop_size=CROP, device="cpu", progress=False), 2),
         (UnmaskConfig(crop_size=CROP, device="cpu", progress=False, turn_upside_down=False), 1),
     ):
-        unmasker = unmasker_for(config, [] if tries == 2 else [turned_face])
+        unmasker = unmasker_for(chosen, [] if tries == 2 else [turned_face])
         result, restored, left = unmasker.unmask_with_refusals(photo)
         assert unmasker.detector.calls == tries and not restored and np.array_equal(result, photo)
         assert left[0].problem.startswith("the face looks upside down") and left[0].turned == 0
@@ -538,6 +546,34 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
     unmasker.detector = _Detector({photo.shape: [_hog_doubted(first)]}, {photo.shape: [turned_face]})
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert unmasker.detector.calls == 1 and not restored and np.array_equal(result, photo)
+
+    # A photo with no face found as it is is tried turned too (a face upside down is often not found at all)...
+    no_frame = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, whole_frame=False)
+    unmasker = unmasker_for(no_frame, [turned_face], as_is=[], answers=[0.0])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 2 and len(restored) == 1 and restored[0].turned == 180 and not left
+    # ... but not one whose faces are all left as not masked: that photo was read the right way up.
+    nothing = np.zeros((CROP, CROP), np.uint8)
+    default = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = unmasker_for(default, [turned_face], masks=[nothing], answers=[0.0])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 1 and not restored and left[0].problem.startswith("not masked")
+    assert np.array_equal(result, photo)
+
+
+def test_the_turned_try_asks_blazeface_alone(tiny_checkpoints, monkeypatch):
+    from m2u.masking.masked_faces import RealFaceDetector
+
+    mseg_path, gen_path = tiny_checkpoints
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, whole_frame=False)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    asked = []
+    monkeypatch.setattr(RealFaceDetector, "detect", lambda self, image: asked.append(self.config) or [])
+    photo, _ = _photo_with_faces(1)
+    unmasker.unmask_with_refusals(photo)
+    # As it is, the default detector (BlazeFace, then the dlib cascade); turned, BlazeFace's passes alone.
+    assert [c.fallback is None for c in asked] == [False, True]
+    assert dataclasses.replace(asked[1], fallback=asked[0].fallback) == asked[0]
 
 
 def test_faces_found_turned_and_left_are_reported_in_the_photos_own_pixels():
