@@ -24,8 +24,10 @@ photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg).
 
 Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turned", "real_mask_seg_turned"): a face
 restored in the photo as it is there is restored upside down (RealFaceDetectorConfig's orientation check and the
-decision should leave each one as it is); a photo whose faces all look upside down is tried again turned 180 degrees
-(UnmaskConfig.turn_upside_down), and the faces restored that way ("faces_restored_turned") are right side up.
+decision should leave each one as it is); a photo with nothing restored, a face left as upside down or no face at
+all, is tried again turned (UnmaskConfig.try_turned: 180 degrees, then 90 either way), and the faces restored
+that way ("faces_restored_turned") are right side up. "real_masked_sideways": real-masked turned 90 degrees
+clockwise, as a photo stored sideways.
 """
 
 from __future__ import annotations
@@ -163,6 +165,11 @@ def main() -> None:
         type=float,
         help="the M-Seg route's classifier threshold (default: MaskedFaceRule's), as --min-mask-probability",
     )
+    parser.add_argument(
+        "--no-try-turned",
+        action="store_true",
+        help="without m2u-unmask's turned try (UnmaskConfig.try_turned), to measure what it adds",
+    )
     parser.add_argument("--sheets", type=Path, default=SHEETS, help="where the contact sheets go")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
@@ -249,7 +256,9 @@ def main() -> None:
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
 
     files = (args.model / MSEG_FILE, args.model / GENERATOR_FILE) if args.model else (None, None)
-    unmasker = Unmasker.from_files(*files, UnmaskConfig(progress=False, device="cpu", rule=rule))
+    unmasker = Unmasker.from_files(
+        *files, UnmaskConfig(progress=False, device="cpu", rule=rule, try_turned=not args.no_try_turned)
+    )
     # M-Seg's own figure on the labelled crops: every face found restored (the decision's classifier saw these
     # crops in training, so its gate is measured on real-masked instead).
     every_face = Unmasker.from_files(*files, UnmaskConfig(progress=False, device="cpu", masked_only=False))
@@ -274,11 +283,16 @@ def main() -> None:
             "faceless": ([str(faceless_dir)], None),
             "real_masked_turned": ([str(Path(tmp) / "real_masked_turned")], None),
             "real_mask_seg_turned": ([str(Path(tmp) / "real_mask_seg_turned")], None),
+            "real_masked_sideways": ([str(Path(tmp) / "real_masked_sideways")], None),
         }
         only = set(args.only.split(",")) if args.only else set(runs_of)
-        for name, source in (("real_masked_turned", real_dir), ("real_mask_seg_turned", seg_dir)):
+        for name, source, quarter_turns in (
+            ("real_masked_turned", real_dir, 2),
+            ("real_mask_seg_turned", seg_dir, 2),
+            ("real_masked_sideways", real_dir, 3),
+        ):
             if name in only:
-                _write_turned(source, Path(tmp) / name)
+                _write_turned(source, Path(tmp) / name, quarter_turns)
         for name, (inputs, labels) in runs_of.items():
             if name not in only:
                 continue
@@ -298,6 +312,7 @@ def main() -> None:
     result["evaluations"] = evaluations
     result["decision_rule"] = {k: getattr(rule, k) for k in rule.__dataclass_fields__}
     result["protocol"] = {
+        "try_turned": not args.no_try_turned,
         "celeba_photos": args.celeba,
         "celeba_selection": "test split of the identity hash split (seed 0), every k-th in name order, offset 0",
         "model": str(args.model)
@@ -316,9 +331,9 @@ def main() -> None:
     _write_merged(args.out, result)
 
 
-def _write_turned(source: Path, target: Path) -> None:
-    """Every photo of `source` turned 180 degrees, as PNG in `target` (a face restored there as it is is restored
-    upside down; one restored by the turned try is right side up)."""
+def _write_turned(source: Path, target: Path, quarter_turns: int) -> None:
+    """Every photo of `source` turned `quarter_turns` times 90 degrees anticlockwise (np.rot90), as PNG in
+    `target`."""
     import cv2
 
     from m2u.masking import read_image
@@ -326,7 +341,7 @@ def _write_turned(source: Path, target: Path) -> None:
     target.mkdir()
     for path in sorted(source.iterdir()):
         image = read_image(path)
-        turned = cv2.cvtColor(np.ascontiguousarray(image[::-1, ::-1]), cv2.COLOR_RGB2BGR)
+        turned = cv2.cvtColor(np.ascontiguousarray(np.rot90(image, quarter_turns)), cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(target / f"{path.stem}.png"), turned)
 
 

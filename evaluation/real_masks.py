@@ -61,8 +61,8 @@ class PhotoScore:
     )
     faces_restored: int = 0
     faces_left: int = 0
-    # Of faces_restored, those restored in the photo turned 180 degrees (m2u-unmask's try of a photo whose faces all
-    # look upside down: UnmaskConfig.turn_upside_down), right side up.
+    # Of faces_restored, those restored in the photo turned (m2u-unmask's try of a photo stored upside down or
+    # sideways: UnmaskConfig.try_turned), right side up.
     faces_restored_turned: int = 0
     not_faces: int = 0  # uncertain detections without a mask: no face
     # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
@@ -314,7 +314,10 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
     if left:
         row.reason = left_faces_reason(left)
     if row.faces_restored_turned:
-        row.reason = "restored in the photo turned 180 degrees" + (f"; {row.reason}" if row.reason else "")
+        from m2u.inference.unmask import turn_words
+
+        turn = turn_words(next(f.turned for f in restored if getattr(f, "turned", 0)))
+        row.reason = f"restored in the photo turned {turn}" + (f"; {row.reason}" if row.reason else "")
     if not row.faces_found:
         row.status = "no_face"
         row.reason = (

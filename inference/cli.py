@@ -103,11 +103,12 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
     "restored only where the mask classifier and M-Seg's mask shape both say it is a masked face.",
 )
 @click.option(
-    "--turn-upside-down/--no-turn-upside-down",
-    default=UnmaskConfig.turn_upside_down,
+    "--try-turned/--no-try-turned",
+    default=UnmaskConfig.try_turned,
     show_default=True,
-    help="A photo in which no face is restored and one is left because it looks upside down is tried again "
-    "turned 180 degrees; faces restored there (by the same decision) are turned back into the photo.",
+    help="A photo in which nothing is restored, with a face left because it looks upside down or no face found at "
+    "all, is tried again turned (180 degrees, then 90 either way); faces restored there (by the same decision) are "
+    "turned back into the photo.",
 )
 @click.option(
     "--alignment",
@@ -156,7 +157,7 @@ def unmask_main(**kw) -> None:
             masked_only=not kw["all_faces"],
             refine=refine_config(kw["refine_mask"]),
             whole_frame=kw["whole_frame"],
-            turn_upside_down=kw["turn_upside_down"],
+            try_turned=kw["try_turned"],
             alignment=kw["alignment"],
             aligned=kw["aligned"],
             device=kw["device"],

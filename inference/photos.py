@@ -22,7 +22,13 @@ from m2u.core.imageio import write_image
 from m2u.core.inputs import Discovery
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
-from m2u.inference.unmask import WHOLE_FRAME_NOT_MASKED, FaceRestoration, UnmaskConfig, Unmasker
+from m2u.inference.unmask import (
+    WHOLE_FRAME_NOT_MASKED,
+    FaceRestoration,
+    UnmaskConfig,
+    Unmasker,
+    turn_words,
+)
 
 __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
 
@@ -186,8 +192,8 @@ def _unmask_one(
             )
         if any(f.turned for f in faces):
             row.reason = (
-                "restored in the photo turned 180 degrees (as it is, every face found was left: one looked upside "
-                "down)" + (f"; {row.reason}" if row.reason else "")
+                f"restored in the photo turned {turn_words(faces[0].turned)} (as it is, nothing was)"
+                + (f"; {row.reason}" if row.reason else "")
             )
         if any(f.alignment == "aligned-input-resized" for f in faces):
             size = unmasker.usage.require_crop_size()

@@ -14,7 +14,7 @@ crops already: no detection, each resized to the model's size when it is not tha
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
 stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`). A photo in which nothing is restored and a face
 is left as upside down, or no face is found at all, is unmasked again turned 180 degrees, and what is restored there
-is turned back (`UnmaskConfig.turn_upside_down`).
+is turned back (`UnmaskConfig.try_turned`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -102,11 +102,12 @@ class UnmaskConfig:
     whole_frame: bool = True
     # A photo in which nothing is restored and a face is left because it looks upside down (to the detector's
     # orientation check or the upside-down classifier), or no face is found at all (nothing, or only detections
-    # judged no face), as in a photo stored upside down, is unmasked again turned 180 degrees, BlazeFace alone finding its faces there, and
-    # what is restored is turned back into the photo (FaceRestoration.turned: 180). Only with masked_only (the
-    # decision vouches for each face there) and only faces detected there (no whole-frame crop: on an upright photo
-    # it took a cap for a mask). Measured in the README ("The turned try").
-    turn_upside_down: bool = True
+    # judged no face), as in a photo stored upside down or sideways, is unmasked again turned (TURNS: 180 degrees,
+    # then 90 either way, sideways with sure detections only) until a turn restores a face, BlazeFace alone finding
+    # the faces there, and what is restored is turned back into the photo (FaceRestoration.turned). Only with
+    # masked_only (the decision vouches for each face there) and only faces detected there (no whole-frame crop: on
+    # an upright photo it took a cap for a mask). Measured in the README ("The turned try").
+    try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
     rule: MaskedFaceRule = field(default_factory=MaskedFaceRule)
@@ -179,8 +180,8 @@ class FaceRestoration:
     evidence: dict = field(default_factory=dict)
     # Why the face was left as it is ("" when restored): the masked-face rule's reason.
     problem: str = ""
-    # 180 when the face was found and restored in the photo turned 180 degrees (UnmaskConfig.turn_upside_down);
-    # box and matrix are in the photo's own pixels either way.
+    # The turn of the photo in which the face was found and restored, in degrees anticlockwise (90, 180, 270;
+    # UnmaskConfig.try_turned), 0 as it is; box and matrix are in the photo's own pixels either way.
     turned: int = 0
 
     def record(self) -> dict:
@@ -436,7 +437,7 @@ class Unmasker:
             if framed_restored:
                 return framed, framed_restored, refused + left
         if (
-            self.config.turn_upside_down
+            self.config.try_turned
             and self.config.masked_only
             and not as_turned
             and not restored
@@ -447,9 +448,10 @@ class Unmasker:
                 or all(f.problem.startswith("no face") for f in refused + left)
             )
         ):
-            turned = self._unmask_turned(image)
-            if turned is not None:
-                return turned
+            for quarter_turns in TURNS:
+                turned = self._unmask_turned(image, quarter_turns)
+                if turned is not None:
+                    return turned
         return result, restored, refused + left
 
     def _detect_turned(self, image: np.ndarray) -> list:
@@ -464,19 +466,26 @@ class Unmasker:
             return self._blazeface_only.detect(image)
         return self.detector.detect(image)
 
-    def _unmask_turned(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
-        """`image` unmasked turned 180 degrees, with its faces and result turned back; None when nothing is
-        restored that way. The faces left there are reported as found there (boxes in `image`'s pixels, their
-        reasons saying so)."""
+    def _unmask_turned(
+        self, image: np.ndarray, quarter_turns: int
+    ) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
+        """`image` unmasked turned `quarter_turns` times 90 degrees anticlockwise, with its faces and result
+        turned back; None when nothing is restored that way. The faces left there are reported as found there
+        (boxes in `image`'s pixels, their reasons saying so)."""
         height, width = image.shape[:2]
-        turned = np.ascontiguousarray(image[::-1, ::-1])
-        result, restored, left = self.unmask_found(turned, self._detect_turned(turned), as_turned=True)
+        turned = np.ascontiguousarray(np.rot90(image, quarter_turns))
+        found = self._detect_turned(turned)
+        if quarter_turns % 2:
+            # Sideways, only sure detections: each extra view is another chance of a face in a faceless image (with
+            # uncertain ones too, 3 of the 57 faceless images had one restored; benchmarks/real_masks.py, README).
+            found = [f for f in found if not f.retry]
+        result, restored, left = self.unmask_found(turned, found, as_turned=True)
         if not restored:
             return None
         return (
-            np.ascontiguousarray(result[::-1, ::-1]),
-            [_turned_back(f, width, height) for f in restored],
-            [_turned_back(f, width, height) for f in left],
+            np.ascontiguousarray(np.rot90(result, -quarter_turns)),
+            [_turned_back(f, quarter_turns, width, height) for f in restored],
+            [_turned_back(f, quarter_turns, width, height) for f in left],
         )
 
     def unmask_faces(self, image: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceRestoration]]:
@@ -587,27 +596,49 @@ class Unmasker:
         return self._restore_into(image, [crop], [resize_matrix(width, height, size)], meta)
 
 
-def _turned_back(face, width: int, height: int):
-    """A face found in a width x height photo turned 180 degrees (a FaceRestoration, or a detector's Face left
-    before alignment), described in the photo's own pixels: its box, and its crop matrix (photo -> crop) or its
-    points, turned back; a left face's reason says where it was looked at."""
-    # Pixel (x, y) of the photo is pixel (width - 1 - x, height - 1 - y) of the turned photo.
-    flip = np.array([[-1.0, 0.0, width - 1.0], [0.0, -1.0, height - 1.0]])
-    left, top, right, bottom = face.box
-    box = (width - 1 - right, height - 1 - bottom, width - 1 - left, height - 1 - top)
-    problem = f"in the photo turned 180 degrees: {face.problem}" if face.problem else ""
-    if isinstance(face, FaceRestoration):
-        matrix = np.asarray(face.matrix, np.float64)
-        back = np.hstack([matrix[:, :2] @ flip[:, :2], matrix[:, :2] @ flip[:, 2:] + matrix[:, 2:]])
-        return replace(face, box=box, matrix=back, problem=problem, turned=180)
+# The turned try's turns, in quarter turns anticlockwise (np.rot90), in the order tried: upside down first (what the
+# orientation checks point to), then sideways either way.
+TURNS: tuple[int, ...] = (2, 1, 3)
+
+
+def turn_words(degrees: int) -> str:
+    """How a report names a turn of FaceRestoration.turned degrees anticlockwise."""
+    return {90: "90 degrees anticlockwise", 180: "180 degrees", 270: "90 degrees clockwise"}[degrees]
+
+
+def _turn_matrix(quarter_turns: int, width: int, height: int) -> np.ndarray:
+    """The 2x3 map of a width x height photo's pixels onto np.rot90(photo, quarter_turns)'s pixels."""
+    return {
+        1: np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, width - 1.0]]),
+        2: np.array([[-1.0, 0.0, width - 1.0], [0.0, -1.0, height - 1.0]]),
+        3: np.array([[0.0, -1.0, height - 1.0], [1.0, 0.0, 0.0]]),
+    }[quarter_turns % 4]
+
+
+def _turned_back(face, quarter_turns: int, width: int, height: int):
+    """A face found in a width x height photo turned `quarter_turns` times 90 degrees anticlockwise (a
+    FaceRestoration, or a detector's Face left before alignment), described in the photo's own pixels: its box, and
+    its crop matrix (photo -> crop) or its points, turned back; a left face's reason says where it was looked at."""
+    forward = _turn_matrix(quarter_turns, width, height)
+    back = cv2.invertAffineTransform(forward)
 
     def points(p):
         return (
             None
             if p is None
-            else (flip[:, :2] @ np.asarray(p, np.float64).T + flip[:, 2:]).T.astype(np.float32)
+            else (back[:, :2] @ np.asarray(p, np.float64).T + back[:, 2:]).T.astype(np.float32)
         )
 
+    left, top, right, bottom = face.box
+    corners = points([(left, top), (right, bottom)])
+    (x0, y0), (x1, y1) = np.rint(corners.min(axis=0)).astype(int), np.rint(corners.max(axis=0)).astype(int)
+    box = (int(x0), int(y0), int(x1), int(y1))
+    degrees = 90 * (quarter_turns % 4)
+    problem = f"in the photo turned {turn_words(degrees)}: {face.problem}" if face.problem else ""
+    if isinstance(face, FaceRestoration):
+        matrix = np.asarray(face.matrix, np.float64)
+        composed = np.hstack([matrix[:, :2] @ forward[:, :2], matrix[:, :2] @ forward[:, 2:] + matrix[:, 2:]])
+        return replace(face, box=box, matrix=composed, problem=problem, turned=degrees)
     return replace(
         face, box=box, landmarks=points(face.landmarks), keypoints=points(face.keypoints), problem=problem
     )

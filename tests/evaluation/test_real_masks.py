@@ -194,21 +194,24 @@ def _photo_with_faces(n: int, face_px: int = 120):
 
 
 class _Detector:
-    """The faces listed for a photo's shape; in that photo turned 180 degrees (m2u-unmask's try of a photo whose
-    faces all look upside down), those listed in `turned` for it (none by default)."""
+    """The faces listed for a photo's shape; in that photo turned k quarter turns anticlockwise (np.rot90: m2u-unmask's
+    turned try), those listed in `turned[k]` (none by default)."""
 
     def __init__(self, faces_by_shape, turned=None):
         self.faces_by_shape, self.turned = faces_by_shape, turned or {}
-        self.seen: dict[tuple, np.ndarray] = {}
+        self.seen: list[np.ndarray] = []
         self.calls = 0
 
     def detect(self, image):
         self.calls += 1
-        first = self.seen.setdefault(image.shape, image.copy())
-        if np.array_equal(first, image):
-            return list(self.faces_by_shape[image.shape])
-        assert np.array_equal(first[::-1, ::-1], image), "only the photo and the photo turned are shown"
-        return list(self.turned.get(image.shape, []))
+        for original in self.seen:
+            for k in (1, 2, 3):
+                rotated = np.rot90(original, k)
+                if rotated.shape == image.shape and np.array_equal(rotated, image):
+                    return list(self.turned.get(k, []))
+        if not any(o.shape == image.shape and np.array_equal(o, image) for o in self.seen):
+            self.seen.append(image.copy())
+        return list(self.faces_by_shape[image.shape])
 
 
 def _two_face_unmasker(tiny_checkpoints) -> tuple[np.ndarray, Unmasker]:
@@ -464,13 +467,14 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
     def unmasker_for(
         config: UnmaskConfig,
         turned_faces: list[Face],
+        quarter_turns: int = 2,
         as_is: list[Face] | None = None,
         masks: list[np.ndarray] | None = None,
         answers: list[float] | None = None,
     ) -> Unmasker:
         unmasker = Unmasker.from_files(mseg_path, gen_path, config)
         unmasker.detector = _Detector(
-            {photo.shape: [first] if as_is is None else as_is}, {photo.shape: turned_faces}
+            {photo.shape: [first] if as_is is None else as_is}, {quarter_turns: turned_faces}
         )
         lower = _crop_mask(CROP, 0.5, 0.95)
         _steer_masks(unmasker, masks or [lower, lower.copy()])
@@ -531,19 +535,19 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
         "restored in the photo turned"
     )
 
-    # Nothing found turned, --no-turn-upside-down, or --all-faces (no decision to vouch for faces found turned):
-    # the photo stays as it is, its face left with the upside-down reason.
+    # Nothing found turned (180 degrees, then 90 either way), --no-try-turned, or --all-faces (no decision to
+    # vouch for faces found turned): the photo stays as it is, its face left with the upside-down reason.
     for chosen, tries in (
-        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False), 2),
-        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False, turn_upside_down=False), 1),
+        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False), 4),
+        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False, try_turned=False), 1),
     ):
-        unmasker = unmasker_for(chosen, [] if tries == 2 else [turned_face])
+        unmasker = unmasker_for(chosen, [] if tries == 4 else [turned_face])
         result, restored, left = unmasker.unmask_with_refusals(photo)
         assert unmasker.detector.calls == tries and not restored and np.array_equal(result, photo)
         assert left[0].problem.startswith("the face looks upside down") and left[0].turned == 0
     every = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
     unmasker = Unmasker.from_files(mseg_path, gen_path, every)
-    unmasker.detector = _Detector({photo.shape: [_hog_doubted(first)]}, {photo.shape: [turned_face]})
+    unmasker.detector = _Detector({photo.shape: [_hog_doubted(first)]}, {2: [turned_face]})
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert unmasker.detector.calls == 1 and not restored and np.array_equal(result, photo)
 
@@ -552,6 +556,26 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
     unmasker = unmasker_for(no_frame, [turned_face], as_is=[], answers=[0.0])
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert unmasker.detector.calls == 2 and len(restored) == 1 and restored[0].turned == 180 and not left
+    # A photo stored sideways: nothing found as it is nor turned 180 degrees, the face found upright once the photo
+    # is turned 90 degrees anticlockwise, and restored there, its box and mask back in the photo's pixels.
+    sideways_points = np.stack([first.landmarks[:, 1], width - 1 - first.landmarks[:, 0]], axis=1)
+    sideways = Face.from_landmarks(sideways_points.astype(np.float32), score=0.9)
+    unmasker = unmasker_for(no_frame, [sideways], quarter_turns=1, as_is=[], answers=[0.0])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 3 and len(restored) == 1 and restored[0].turned == 90 and not left
+    assert np.abs(np.subtract(restored[0].box, first.box)).max() <= 1
+    weight = cv2.warpAffine(
+        restored[0].weight, cv2.invertAffineTransform(restored[0].matrix), (width, height)
+    )
+    changed = np.any(result != photo, axis=2)
+    assert (
+        changed.any() and not changed[cv2.dilate((weight > 0).astype(np.uint8), np.ones((3, 3))) == 0].any()
+    )
+    # Sideways, an uncertain detection is not asked (each extra view is another chance of a face in a faceless image).
+    unsure = dataclasses.replace(sideways, retry=True)
+    unmasker = unmasker_for(no_frame, [unsure], quarter_turns=1, as_is=[], answers=[0.0])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 4 and not restored and not left and np.array_equal(result, photo)
     # ... but not one whose faces are all left as not masked: that photo was read the right way up.
     nothing = np.zeros((CROP, CROP), np.uint8)
     default = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
@@ -572,26 +596,36 @@ def test_the_turned_try_asks_blazeface_alone(tiny_checkpoints, monkeypatch):
     photo, _ = _photo_with_faces(1)
     unmasker.unmask_with_refusals(photo)
     # As it is, the default detector (BlazeFace, then the dlib cascade); turned, BlazeFace's passes alone.
-    assert [c.fallback is None for c in asked] == [False, True]
+    assert [c.fallback is None for c in asked] == [False, True, True, True]  # as it is, 180, 90, 270 degrees
     assert dataclasses.replace(asked[1], fallback=asked[0].fallback) == asked[0]
 
 
-def test_faces_found_turned_and_left_are_reported_in_the_photos_own_pixels():
+@pytest.mark.parametrize("quarter_turns", [1, 2, 3])
+def test_faces_found_turned_and_left_are_reported_in_the_photos_own_pixels(quarter_turns):
     from m2u.inference.unmask import _turned_back
 
     photo, (first,) = _photo_with_faces(1)
+    photo = np.ascontiguousarray(photo[:, 20:])  # not square: a quarter turn swaps width and height
     height, width = photo.shape[:2]
-    keypoints = first.landmarks[[36, 45, 30, 62, 0, 16]]
-    face = dataclasses.replace(first, keypoints=keypoints, problem="not masked: a test")
-    turned = np.array([width - 1, height - 1], np.float32)
-    once = _turned_back(face, width, height)
-    assert np.allclose(once.landmarks, turned - first.landmarks)
-    assert np.allclose(once.keypoints, turned - keypoints)
-    assert once.problem == "in the photo turned 180 degrees: not masked: a test"
-    left, top, right, bottom = first.box
-    assert once.box == (width - 1 - right, height - 1 - bottom, width - 1 - left, height - 1 - top)
-    twice = _turned_back(once, width, height)  # turning back twice is where it started
-    assert twice.box == first.box and np.allclose(twice.landmarks, first.landmarks)
+    points = first.landmarks - np.array([20, 0], np.float32)
+    # Where each point's pixel lands in the photo turned by np.rot90, found by turning a marker image.
+    turned_points = []
+    for x, y in np.rint(points).astype(int):
+        marker = np.zeros((height, width), np.uint8)
+        marker[y, x] = 1
+        row, col = np.argwhere(np.rot90(marker, quarter_turns))[0]
+        turned_points.append((col, row))
+    found = Face.from_landmarks(np.array(turned_points, np.float32))
+    found = dataclasses.replace(
+        found, keypoints=found.landmarks[[36, 45, 30, 62, 0, 16]], problem="not masked: a test"
+    )
+    back = _turned_back(found, quarter_turns, width, height)
+    assert np.allclose(back.landmarks, np.rint(points)) and np.allclose(
+        back.keypoints, np.rint(points)[[36, 45, 30, 62, 0, 16]]
+    )
+    degrees = {1: "90 degrees anticlockwise", 2: "180 degrees", 3: "90 degrees clockwise"}[quarter_turns]
+    assert back.problem == f"in the photo turned {degrees}: not masked: a test"
+    assert back.box == Face.from_landmarks(np.rint(points).astype(np.float32)).box
 
 
 def test_the_shipped_upside_down_classifier_tells_a_real_face_from_the_same_face_turned():

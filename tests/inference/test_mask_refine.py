@@ -107,7 +107,7 @@ def test_the_photo_changes_only_under_the_refined_mask_and_the_evidence_is_msegs
         ([], True, True, True),
         (["--no-refine-mask"], False, True, True),
         (["--no-whole-frame"], True, False, True),
-        (["--no-turn-upside-down"], True, True, False),
+        (["--no-try-turned"], True, True, False),
     ],
 )
 def test_unmask_cli_passes_the_refine_whole_frame_and_turn_switches(
@@ -122,7 +122,7 @@ def test_unmask_cli_passes_the_refine_whole_frame_and_turn_switches(
 
     def fake_unmask_files(found, mseg, generator, out_dir, config):
         seen["refine"], seen["whole_frame"] = config.refine, config.whole_frame
-        seen["turn"] = config.turn_upside_down
+        seen["turn"] = config.try_turned
         return []
 
     monkeypatch.setattr(photos, "unmask_files", fake_unmask_files)

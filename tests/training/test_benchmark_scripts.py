@@ -159,9 +159,14 @@ def test_real_masks_writes_each_photo_turned(tmp_path, load_benchmark):
     source.mkdir()
     image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     cv2.imwrite(str(source / "a.png"), image)
-    script._write_turned(source, tmp_path / "turned")
+    script._write_turned(source, tmp_path / "turned", 2)
     back = cv2.imread(str(tmp_path / "turned" / "a.png"))
     assert np.array_equal(back, image[::-1, ::-1])
+    script._write_turned(
+        source, tmp_path / "sideways", 3
+    )  # 90 degrees clockwise: the top row becomes the right column
+    back = cv2.imread(str(tmp_path / "sideways" / "a.png"))
+    assert back.shape == (30, 20, 3) and np.array_equal(back[:, -1], image[0])
 
 
 def test_the_mask_classifier_training_options(load_benchmark, capsys):
