@@ -192,7 +192,7 @@ def _unmask_one(
             )
         if any(f.turned for f in faces):
             row.reason = (
-                f"restored in the photo turned {turn_words(faces[0].turned)} (as it is, nothing was)"
+                f"restored in the photo turned {turn_words(faces[0].turned)} (nothing was restored as it is)"
                 + (f"; {row.reason}" if row.reason else "")
             )
         if any(f.alignment == "aligned-input-resized" for f in faces):
