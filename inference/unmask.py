@@ -13,8 +13,8 @@ only each face's bounding region of the photo is warped (bicubic). With `aligned
 crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
 stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`). A photo in which nothing is restored and a face
-is left as upside down, or no face is found at all, is unmasked again turned 180 degrees, and what is restored there
-is turned back (`UnmaskConfig.try_turned`).
+is left as upside down, or no face is found at all, is unmasked again turned (180 degrees, then 90 either way), and
+what is restored there is turned back (`UnmaskConfig.try_turned`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -105,8 +105,10 @@ class UnmaskConfig:
     # judged no face), as in a photo stored upside down or sideways, is unmasked again turned (TURNS: 180 degrees,
     # then 90 either way, sideways with sure detections only) until a turn restores a face, BlazeFace alone finding
     # the faces there, and what is restored is turned back into the photo (FaceRestoration.turned). Only with
-    # masked_only (the decision vouches for each face there) and only faces detected there (no whole-frame crop: on
-    # an upright photo it took a cap for a mask). Measured in the README ("The turned try").
+    # masked_only (the decision vouches for each face there), with the default detector (blazeface: the dlib
+    # detectors alone would cost seconds per turn on a photo with no face, and were not measured turned), and only
+    # faces detected there (no whole-frame crop: on an upright photo it took a cap for a mask). Measured in the
+    # README ("The turned try").
     try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
@@ -393,7 +395,7 @@ class Unmasker:
     ) -> tuple[np.ndarray, list[FaceRestoration], list]:
         """As `unmask_with_refusals` for the faces `found` in `image` by this unmasker's detector (m2u.masking Face
         objects, refused ones included), e.g. detections cached by a benchmark. `as_turned`: `image` is a photo
-        turned 180 degrees by `_unmask_turned` (no whole-frame crop, no turning again)."""
+        turned by `_unmask_turned` (no whole-frame crop, no turning again)."""
         floor = self.config.min_score
         if floor is not None:
             found = [
@@ -439,6 +441,7 @@ class Unmasker:
         if (
             self.config.try_turned
             and self.config.masked_only
+            and self.config.detector_model == "blazeface"
             and not as_turned
             and not restored
             # A face left as upside down, or no face at all (nothing found, or only detections judged no face); a

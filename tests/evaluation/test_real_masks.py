@@ -535,11 +535,12 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
         "restored in the photo turned"
     )
 
-    # Nothing found turned (180 degrees, then 90 either way), --no-try-turned, or --all-faces (no decision to
-    # vouch for faces found turned): the photo stays as it is, its face left with the upside-down reason.
+    # Nothing found turned (180 degrees, then 90 either way), --no-try-turned, a dlib --detector, or --all-faces (no
+    # decision to vouch for faces found turned): the photo stays as it is, its face left with the upside-down reason.
     for chosen, tries in (
         (UnmaskConfig(crop_size=CROP, device="cpu", progress=False), 4),
         (UnmaskConfig(crop_size=CROP, device="cpu", progress=False, try_turned=False), 1),
+        (UnmaskConfig(crop_size=CROP, device="cpu", progress=False, detector_model="hog"), 1),
     ):
         unmasker = unmasker_for(chosen, [] if tries == 4 else [turned_face])
         result, restored, left = unmasker.unmask_with_refusals(photo)
