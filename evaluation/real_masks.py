@@ -304,7 +304,7 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
 
     row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
     row.faces_found = len(restored) + len(left)
-    row.faces_restored_turned = sum(bool(getattr(f, "turned", 0)) for f in restored)
+    row.faces_restored_turned = sum(bool(f.turned) for f in restored)
     judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
     if judged:
         best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
@@ -314,10 +314,9 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
     if left:
         row.reason = left_faces_reason(left)
     if row.faces_restored_turned:
-        from m2u.inference.unmask import turn_words
+        from m2u.inference.unmask import turned_reason
 
-        turn = turn_words(next(f.turned for f in restored if getattr(f, "turned", 0)))
-        row.reason = f"restored in the photo turned {turn}" + (f"; {row.reason}" if row.reason else "")
+        row.reason = turned_reason(restored) + (f"; {row.reason}" if row.reason else "")
     if not row.faces_found:
         row.status = "no_face"
         row.reason = (

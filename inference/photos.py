@@ -27,7 +27,7 @@ from m2u.inference.unmask import (
     FaceRestoration,
     UnmaskConfig,
     Unmasker,
-    turn_words,
+    turned_reason,
 )
 
 __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
@@ -190,11 +190,8 @@ def _unmask_one(
             row.reason = "no face found by the detector: the whole photo restored as one masked face crop" + (
                 f" ({row.reason})" if row.reason else ""
             )
-        if any(f.turned for f in faces):
-            row.reason = (
-                f"restored in the photo turned {turn_words(faces[0].turned)} (nothing was restored as it is)"
-                + (f"; {row.reason}" if row.reason else "")
-            )
+        if turned := turned_reason(faces):
+            row.reason = turned + (f"; {row.reason}" if row.reason else "")
         if any(f.alignment == "aligned-input-resized" for f in faces):
             size = unmasker.usage.require_crop_size()
             row.reason = (  # aligned inputs are never refused: nothing else to say

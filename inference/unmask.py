@@ -609,6 +609,14 @@ def turn_words(degrees: int) -> str:
     return {90: "90 degrees anticlockwise", 180: "180 degrees", 270: "90 degrees clockwise"}[degrees]
 
 
+def turned_reason(restored: list[FaceRestoration]) -> str:
+    """A photo's report reason when its faces were restored by the turned try ("" when they were not): the turn."""
+    turns = [f.turned for f in restored if f.turned]
+    if not turns:
+        return ""
+    return f"restored in the photo turned {turn_words(turns[0])} (nothing was restored as it is)"
+
+
 def _turn_matrix(quarter_turns: int, width: int, height: int) -> np.ndarray:
     """The 2x3 map of a width x height photo's pixels onto np.rot90(photo, quarter_turns)'s pixels."""
     return {
