@@ -26,8 +26,10 @@ Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turn
 restored in the photo as it is there is restored upside down (RealFaceDetectorConfig's orientation check and the
 decision should leave each one as it is); a photo with nothing restored, a face left as upside down or no face at
 all, is tried again turned (UnmaskConfig.try_turned: 180 degrees, then 90 either way), and the faces restored
-that way ("faces_restored_turned") are right side up. "real_masked_sideways": real-masked turned 90 degrees
-clockwise, as a photo stored sideways.
+that way ("faces_restored_turned") are right side up. "real_masked_sideways" and
+"real_masked_sideways_anticlockwise": real-masked turned 90 degrees clockwise and anticlockwise, as photos stored
+sideways; a photo whose restored faces all lean far from upright is also tried turned a quarter turn each way
+(UnmaskConfig.try_turned, SIDEWAYS_LEAN).
 """
 
 from __future__ import annotations
@@ -284,12 +286,17 @@ def main() -> None:
             "real_masked_turned": ([str(Path(tmp) / "real_masked_turned")], None),
             "real_mask_seg_turned": ([str(Path(tmp) / "real_mask_seg_turned")], None),
             "real_masked_sideways": ([str(Path(tmp) / "real_masked_sideways")], None),
+            "real_masked_sideways_anticlockwise": (
+                [str(Path(tmp) / "real_masked_sideways_anticlockwise")],
+                None,
+            ),
         }
         only = set(args.only.split(",")) if args.only else set(runs_of)
         for name, source, quarter_turns in (
             ("real_masked_turned", real_dir, 2),
             ("real_mask_seg_turned", seg_dir, 2),
             ("real_masked_sideways", real_dir, 3),
+            ("real_masked_sideways_anticlockwise", real_dir, 1),
         ):
             if name in only:
                 _write_turned(source, Path(tmp) / name, quarter_turns)

@@ -586,6 +586,95 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
     assert np.array_equal(result, photo)
 
 
+def test_a_photo_whose_restored_faces_lie_on_their_side_is_restored_turned_upright(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
+    from m2u.inference.unmask import SIDEWAYS_LEAN, _turn_matrix
+
+    mseg_path, gen_path = tiny_checkpoints
+    upright, (first,) = _photo_with_faces(1)
+    height, width = upright.shape[:2]
+    # The photo stored turned 90 degrees clockwise: its face lies on its side, found there with its points right.
+    photo = np.ascontiguousarray(np.rot90(upright, 3))
+    turn = _turn_matrix(3, width, height)
+    lying = Face.from_landmarks((first.landmarks @ turn[:, :2].T + turn[:, 2]).astype(np.float32), score=0.9)
+    # Turned back upright (a quarter turn anticlockwise) the face is found upright; turned the other way, upside
+    # down, where a face is "found" upright-looking on the wrong features (its points upright, where the face is).
+    centre = first.landmarks.mean(0)
+    upside_down = Face.from_landmarks(
+        first.landmarks - centre + (np.array([width - 1, height - 1], np.float32) - centre), score=0.9
+    )
+    lower = _crop_mask(CROP, 0.5, 0.95)
+
+    def unmasker_for(config, as_is, turned, doubts):
+        unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+        unmasker.detector = _Detector({photo.shape: as_is}, turned)
+        _steer_masks(unmasker, [lower.copy() for _ in range(3)])
+        _steer_probabilities(monkeypatch, [0.99] * 3)
+        answers = iter(doubts)  # the upside-down classifier: as it is, then each turn tried
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities",
+            lambda crops: np.full(len(crops), next(answers)),
+        )
+        return unmasker
+
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    unmasker = unmasker_for(config, [lying], {1: [first], 3: [upside_down]}, [0.0, 0.0, 0.3])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    # As it is, turned anticlockwise, turned clockwise: the upright view wins (the upside-down classifier surer).
+    assert unmasker.detector.calls == 3 and len(restored) == 1 and not left
+    face = restored[0]
+    assert face.turned == 90 and abs(face.lean) < 1.0
+    assert np.abs(np.subtract(face.box, lying.box)).max() <= 1
+    assert face.turned_because.startswith("as it is, its faces lie on their side, leaning 90 degrees")
+    # Only the face changed, in the stored photo's own pixels.
+    changed = np.any(result != photo, axis=2)
+    weight = cv2.warpAffine(face.weight, cv2.invertAffineTransform(face.matrix), photo.shape[1::-1])
+    assert (
+        changed.any() and not changed[cv2.dilate((weight > 0).astype(np.uint8), np.ones((3, 3))) == 0].any()
+    )
+    # Either way round: the sign of the lean orders the turns, the upside-down classifier chooses between them.
+    unmasker = unmasker_for(config, [lying], {1: [first], 3: [upside_down]}, [0.0, 0.2, 0.1])
+    _, restored, _ = unmasker.unmask_with_refusals(photo)
+    assert restored[0].turned == 270
+    # The file loop's report says why.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "lying.png"), photo[..., ::-1])
+    unmasker = unmasker_for(config, [lying], {1: [first], 3: []}, [0.0, 0.0])
+    (row,) = unmask_files([str(inputs)], None, None, tmp_path / "out", config, unmasker=unmasker)
+    assert row.reason.startswith(
+        "restored in the photo turned 90 degrees anticlockwise (as it is, its faces lie"
+    )
+    (line,) = [json.loads(t) for t in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
+    assert line["turned"] == 90 and line["restored"]
+
+    # Kept as it is: a turn that restores nothing, or its faces leaning as far, or --no-try-turned.
+    for turned, doubts, chosen, calls in (
+        ({}, [0.0], config, 3),
+        ({1: [lying], 3: [lying]}, [0.0, 0.0, 0.0], config, 3),
+        ({1: [first]}, [0.0], dataclasses.replace(config, try_turned=False), 1),
+    ):
+        unmasker = unmasker_for(chosen, [lying], turned, doubts)
+        result, restored, left = unmasker.unmask_with_refusals(photo)
+        assert unmasker.detector.calls == calls and len(restored) == 1 and restored[0].turned == 0
+        assert abs(abs(restored[0].lean) - 90.0) < 1.0
+    # A face leaning less than SIDEWAYS_LEAN is restored as it is, no turn tried.
+    angle = np.radians(SIDEWAYS_LEAN - 5.0)
+    rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]], np.float32)
+    leaning = Face.from_landmarks((first.landmarks - centre) @ rotation.T + centre, score=0.9)
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.detector = _Detector({upright.shape: [leaning]}, {1: [first], 3: [first]})
+    _steer_masks(unmasker, [lower.copy()])
+    _steer_probabilities(monkeypatch, [0.99])
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+    )
+    _, restored, _ = unmasker.unmask_with_refusals(upright)
+    assert unmasker.detector.calls == 1 and restored[0].turned == 0
+    assert SIDEWAYS_LEAN - 8.0 < abs(restored[0].lean) < SIDEWAYS_LEAN
+
+
 def test_the_turned_try_asks_blazeface_alone(tiny_checkpoints, monkeypatch):
     from m2u.masking.masked_faces import RealFaceDetector
 
