@@ -897,6 +897,18 @@ def test_a_photo_with_no_face_found_is_tried_as_one_face_crop(tmp_path, tiny_che
     config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
     unmasker = Unmasker.from_files(mseg_path, gen_path, config)
     lower = _crop_mask(CROP, 0.5, 0.95)
+    # The upside-down classifier, asked about the frame's crop and its three quarter turns (np.rot90), reads it most
+    # upright as it is; a landmarked face is read upright.
+    frame_readings = [0.1, 0.6, 0.9, 0.6]
+    turns_asked: list[bool] = []
+
+    def upside_down(crops):
+        if len(crops) != 4:
+            return np.zeros(len(crops))
+        turns_asked.append(all(np.array_equal(crops[k], np.rot90(crops[0], k)) for k in range(4)))
+        return np.array(frame_readings)
+
+    monkeypatch.setattr("m2u.inference.mask_presence.upside_down_probabilities", upside_down)
 
     # Nothing found, or only an uncertain detection judged no face: the photo is tried whole, and restored where
     # the classifier and M-Seg's mask shape both say masked face.
@@ -923,6 +935,18 @@ def test_a_photo_with_no_face_found_is_tried_as_one_face_crop(tmp_path, tiny_che
     assert (row.status, row.faces) == ("ok", 1) and "whole photo restored" in row.reason
     (line,) = [json.loads(t) for t in (tmp_path / "b" / "faces.jsonl").read_text().splitlines()]
     assert line["detector"] == "whole-frame" and line["restored"]
+
+    assert turns_asked and all(turns_asked) and line["upside_down_probability"] == 0.1
+
+    # A frame that reads more upright turned (a photo stored sideways with no face found) is not restored whole: a
+    # smear beside the face is what it gave. The turned try looks for the face instead (none found here).
+    frame_readings = [0.3, 0.2, 0.9, 0.6]
+    unmasker.detector = _Detector({photo.shape: []})
+    _steer_masks(unmasker, [lower])
+    _steer_probabilities(monkeypatch, [0.99])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert not restored and not left and np.array_equal(result, photo) and unmasker.detector.calls == 4
+    frame_readings = [0.1, 0.6, 0.9, 0.6]
 
     # A face found and left "not masked" is a face: the photo is not tried whole (no second M-Seg pass asked).
     unmasker.detector = _Detector({photo.shape: [face]})
