@@ -12,9 +12,10 @@ into the photo at its own resolution with a feathered edge: only pixels under th
 only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
-stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`). A photo in which nothing is restored and a face
-is left as upside down, or no face is found at all, is unmasked again turned (180 degrees, then 90 either way), and
-what is restored there is turned back (`UnmaskConfig.try_turned`).
+stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`) and the crop reads upright. A photo in which
+nothing is restored and a face is left as upside down, or no face is found at all, is unmasked again turned (180
+degrees, then 90 either way), and so is one whose restored faces all lie on their side (a quarter turn each way); what
+is restored there is turned back (`UnmaskConfig.try_turned`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -662,7 +663,7 @@ class Unmasker:
 TURNS: tuple[int, ...] = (2, 1, 3)
 NOTHING_RESTORED_AS_IT_IS = "nothing was restored as it is"
 # A photo whose restored faces all lean at least this far from upright (FaceRestoration.lean, degrees) is unmasked
-# again turned by the nearest quarter turn (Unmasker.unmask_found). Measured on the photos' restored faces
+# again a quarter turn each way, and a turn is taken only where its faces lean less (Unmasker.unmask_found). Measured on the photos' restored faces
 # (benchmarks/real_masks.py's sets, as they are): upright real-masked at most 28.7 (99th percentile 26.0), real-mask-seg
 # 20.5, real-masked turned 180 degrees 15.6; real-masked turned 90 degrees either way, 37 of its 63 faces restored as
 # they are at 42.3-77.9 (the rest lean under 23 degrees, their eyes found on the wrong features).
@@ -680,7 +681,8 @@ def turned_reason(restored: list[FaceRestoration]) -> str:
     turned = [f for f in restored if f.turned]
     if not turned:
         return ""
-    return f"restored in the photo turned {turn_words(turned[0].turned)} ({turned[0].turned_because})"
+    why = f" ({turned[0].turned_because})" if turned[0].turned_because else ""
+    return f"restored in the photo turned {turn_words(turned[0].turned)}{why}"
 
 
 def _turn_matrix(quarter_turns: int, width: int, height: int) -> np.ndarray:
