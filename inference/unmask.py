@@ -14,8 +14,8 @@ crops already: no detection, each resized to the model's size when it is not tha
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
 stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`) and the crop reads upright. A photo in which
 nothing is restored and a face is left as upside down, or no face is found at all, is unmasked again turned (180
-degrees, then 90 either way), and so is one whose restored faces all lie on their side (a quarter turn each way); what
-is restored there is turned back (`UnmaskConfig.try_turned`).
+degrees, then 90 either way), and so is one whose faces lie on their side (a quarter turn each way); what is
+restored there is turned back (`UnmaskConfig.try_turned`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -111,8 +111,9 @@ class UnmaskConfig:
     # detectors alone would cost seconds per turn on a photo with no face, and were not measured turned), and only
     # faces detected there (no whole-frame crop: on an upright photo it took a cap for a mask). Likewise a photo
     # whose restored faces all lean at least SIDEWAYS_LEAN degrees from upright (found lying on their side, their
-    # crops still leaning) is unmasked again a quarter turn each way, and the turn that finds them upright is taken.
-    # Measured in the README ("The turned try").
+    # crops still leaning) is unmasked again a quarter turn each way, and the turn that finds them upright is taken;
+    # so is one with nothing restored where BlazeFace's eye keypoints show a face lying on its side
+    # (SIDEWAYS_KEYPOINT_ROLL). Measured in the README ("The turned try").
     try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
@@ -473,44 +474,88 @@ class Unmasker:
             and self.config.detector_model == "blazeface"
             and not as_turned
         )
-        if (
+        # A face left as upside down, or no face at all (nothing found, or only detections judged no face); a photo
+        # whose faces are all left as not masked (or below --min-score) was read the right way up.
+        nothing_upright = (
             turning
             and not restored
-            # A face left as upside down, or no face at all (nothing found, or only detections judged no face); a
-            # photo whose faces are all left as not masked (or below --min-score) was read the right way up.
             and (
                 any(LOOKS_UPSIDE_DOWN in f.problem for f in refused + left)
                 or all(f.problem.startswith("no face") for f in refused + left)
             )
-        ):
+        )
+        if nothing_upright:
             for quarter_turns in TURNS:
                 turned = self._unmask_turned(image, quarter_turns, NOTHING_RESTORED_AS_IT_IS)
                 if turned is not None:
                     return turned
         if turning and restored and all(abs(f.lean) >= SIDEWAYS_LEAN for f in restored):
             # Faces lying on their side are restored poorly as they are: their 68 points are fitted on an upright
-            # box, so the crop still leans. Turned a quarter turn they are found and aligned as upright faces. Both
-            # quarter turns are tried (the lean's sign points the right way for all but one of the 37 measured
-            # faces, whose eyes were found on the wrong features), each taken only where it restores as many faces,
-            # each leaning less than SIDEWAYS_LEAN there, and of the two the one whose faces the upside-down
-            # classifier finds most surely upright.
+            # box, so the crop still leans. Turned a quarter turn they are found and aligned as upright faces.
             mean_lean = float(np.mean([f.lean for f in restored]))
-            because = f"as it is, its faces lie on their side, leaning {abs(mean_lean):.0f} degrees"
-            best, best_doubt = None, math.inf
-            for quarter_turns in (1, 3) if mean_lean < 0 else (3, 1):
-                turned = self._unmask_turned(image, quarter_turns, because)
-                if (
-                    turned is None
-                    or len(turned[1]) < len(restored)
-                    or max(abs(f.lean) for f in turned[1]) >= SIDEWAYS_LEAN
-                ):
-                    continue
-                doubt = max(f.evidence.get("upside_down_probability", 0.0) for f in turned[1])
-                if doubt < best_doubt:
-                    best, best_doubt = turned, doubt
-            if best is not None:
-                return best
+            upright = self._unmask_quarter_turned(
+                image,
+                len(restored),
+                clockwise_first=mean_lean > 0,
+                because=f"as it is, its faces lie on their side, leaning {abs(mean_lean):.0f} degrees",
+            )
+            if upright is not None:
+                return upright
+        rolls = [_keypoint_roll(f) for f in found if f.keypoints is not None and not f.retry]
+        lying = [roll for roll in rolls if abs(roll) >= SIDEWAYS_KEYPOINT_ROLL]
+        if turning and not restored and not nothing_upright and lying:
+            # Nothing restored, but BlazeFace saw a face lying on its side (its eye keypoints one above the other):
+            # its crop, aligned on eyes fitted on the wrong features, shows the decision no mask; a quarter turn
+            # shows it upright. (A photo whose faces were all left as not masked is not tried otherwise.) The
+            # weakest cause of a turn, so a face restored there must also show a mask's shape (the mouth covered,
+            # the eyes not): without that, one bare face of extras (keypoints 80 degrees from level) was restored
+            # turned, classifier 0.99 with M-Seg on 80 % of its eyes (benchmarks/real_masks.py, README).
+            upright = self._unmask_quarter_turned(
+                image,
+                1,
+                clockwise_first=lying[0] < 0,
+                because=f"as it is, a face found lies on its side, its eyes {abs(lying[0]):.0f} degrees from level",
+                mask_shaped=True,
+            )
+            if upright is not None:
+                return upright
         return result, restored, refused + left
+
+    def _unmask_quarter_turned(
+        self,
+        image: np.ndarray,
+        at_least: int,
+        clockwise_first: bool,
+        because: str,
+        mask_shaped: bool = False,
+    ) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
+        """`image` unmasked turned a quarter turn each way (`_unmask_turned`), for faces lying on their side: a turn
+        counts where it restores at least `at_least` faces, each leaning less than SIDEWAYS_LEAN there (and with
+        `mask_shaped`, each with a mask-shaped M-Seg mask by the sure-mask route's limits), and of two that count,
+        the one whose faces the upside-down classifier reads most surely upright (which way a face lies is a guess
+        where its eyes were found on the wrong features: for one of the 37 measured faces the lean's sign pointed
+        the wrong way); None where neither counts."""
+        rule = self.config.rule
+        best, best_doubt = None, math.inf
+        for quarter_turns in (3, 1) if clockwise_first else (1, 3):
+            turned = self._unmask_turned(image, quarter_turns, because)
+            if (
+                turned is None
+                or len(turned[1]) < at_least
+                or max(abs(f.lean) for f in turned[1]) >= SIDEWAYS_LEAN
+                or mask_shaped
+                and not all(
+                    rule.mask_shaped(
+                        f.evidence, rule.max_sure_route_eye_coverage, rule.min_sure_route_mouth_coverage
+                    )
+                    for f in turned[1]
+                )
+            ):
+                continue
+            doubt = max(f.evidence.get("upside_down_probability", 0.0) for f in turned[1])
+            if doubt < best_doubt:
+                best, best_doubt = turned, doubt
+        return best
 
     def _detect_turned(self, image: np.ndarray) -> list:
         """The faces of a photo turned by the turned try: BlazeFace's passes alone where the detector is the default
@@ -668,6 +713,19 @@ NOTHING_RESTORED_AS_IT_IS = "nothing was restored as it is"
 # 20.5, real-masked turned 180 degrees 15.6; real-masked turned 90 degrees either way, 37 of its 63 faces restored as
 # they are at 42.3-77.9 (the rest lean under 23 degrees, their eyes found on the wrong features).
 SIDEWAYS_LEAN = 35.0
+# A photo in which nothing is restored and BlazeFace's eye keypoints of a sure detection lie at least this far from
+# level (`_keypoint_roll`, degrees) is unmasked again a quarter turn each way (Unmasker.unmask_found). Measured on the
+# sure detections of benchmarks/real_masks.py's photos as they are: upright real-masked at most 47.7 (99th percentile
+# 31.8), the 200 CelebA photos 12.1, extras 80.2 once (a bare face lying down; 99th percentile 15.4); real-masked
+# turned 90 degrees clockwise, 21 of the 71 photos with nothing restored and a sure detection reach 60.
+SIDEWAYS_KEYPOINT_ROLL = 55.0
+
+
+def _keypoint_roll(face) -> float:
+    """The angle of BlazeFace's eye keypoints (a detector Face's, in its image) from level, degrees in (-180, 180]:
+    0 for an upright face, about +-90 for one lying on its side."""
+    (x0, y0), (x1, y1) = np.asarray(face.keypoints, np.float64)[:2]
+    return math.degrees(math.atan2(y1 - y0, x1 - x0))
 
 
 def turn_words(degrees: int) -> str:

@@ -675,6 +675,65 @@ def test_a_photo_whose_restored_faces_lie_on_their_side_is_restored_turned_uprig
     assert SIDEWAYS_LEAN - 8.0 < abs(restored[0].lean) < SIDEWAYS_LEAN
 
 
+def test_a_photo_with_a_face_left_whose_eye_keypoints_stand_one_above_the_other_is_tried_a_quarter_turn(
+    tiny_checkpoints, monkeypatch
+):
+    from m2u.inference.unmask import SIDEWAYS_KEYPOINT_ROLL
+
+    mseg_path, gen_path = tiny_checkpoints
+    upright, (first,) = _photo_with_faces(1)
+    photo = np.ascontiguousarray(np.rot90(upright, 3))  # stored turned 90 degrees clockwise
+    # Found as it is with its 68 points fitted upright on the wrong features (the crop shows no mask), BlazeFace's eye
+    # keypoints one above the other.
+    centre = first.landmarks.mean(0)
+    moved = np.array([photo.shape[1] - 1, photo.shape[0] - 1], np.float32) / 2 - centre
+
+    def found_with_eyes(roll_degrees: float) -> Face:
+        angle = np.radians(roll_degrees)
+        half = 15.0 * np.array([np.cos(angle), np.sin(angle)], np.float32)
+        middle = centre + moved
+        keypoints = np.stack([middle - half, middle + half, middle, middle, middle, middle]).astype(
+            np.float32
+        )
+        return dataclasses.replace(
+            Face.from_landmarks(first.landmarks + moved, score=0.9), keypoints=keypoints
+        )
+
+    nothing = np.zeros((CROP, CROP), np.uint8)
+    lower = _crop_mask(CROP, 0.5, 0.95)
+
+    def unmasker_for(as_is: Face, turned_mask: np.ndarray = lower) -> Unmasker:
+        config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+        unmasker.detector = _Detector({photo.shape: [as_is]}, {1: [first]})
+        # As it is (and its second look on BlazeFace's eyes): no mask; turned back upright: a mask.
+        _steer_masks(unmasker, [nothing, nothing, turned_mask])
+        _steer_probabilities(monkeypatch, [0.1, 0.1, 0.99])
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+        )
+        return unmasker
+
+    unmasker = unmasker_for(found_with_eyes(90.0))
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and restored[0].turned == 90 and not left
+    assert (
+        restored[0].turned_because
+        == "as it is, a face found lies on its side, its eyes 90 degrees from level"
+    )
+    assert not np.array_equal(result, photo)
+    # Turned, the face must show a mask's shape too: M-Seg over its eyes as well (the classifier sure) is no turn.
+    unmasker = unmasker_for(found_with_eyes(90.0), _crop_mask(CROP, 0.2, 0.95))
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 3 and not restored and np.array_equal(result, photo)
+    # Eyes nearer level than SIDEWAYS_KEYPOINT_ROLL: the face was read the right way up, never turned.
+    for roll in (0.0, SIDEWAYS_KEYPOINT_ROLL - 5.0):
+        unmasker = unmasker_for(found_with_eyes(roll))
+        result, restored, left = unmasker.unmask_with_refusals(photo)
+        assert unmasker.detector.calls == 1 and not restored and left[0].problem.startswith("not masked")
+        assert np.array_equal(result, photo)
+
+
 def test_the_turned_try_asks_blazeface_alone(tiny_checkpoints, monkeypatch):
     from m2u.masking.masked_faces import RealFaceDetector
 
