@@ -203,10 +203,12 @@ def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     their own temporary file (the dataset shards); everything else uses atomic_write."""
     path = Path(path)
     check_writable(path)
-    os.replace(temp, path)
-    # Recorded after the rename: a run killed in between leaves a file a rerun refuses (safe, and said), never a
-    # record naming a file that does not exist, which a later run would take for its own.
+    # Recorded before the rename: a writer killed between the two (a dataset build's pool kills its other workers
+    # when one dies, and one was caught there in CI) must not leave m2u's own finished file unrecorded, which every
+    # rerun would then refuse as not m2u's. Killed before the rename, the record names a file m2u was about to
+    # write where it may write (checked just above); the rename then never came, and a rerun writes it.
     _record(path.parent, path.name)
+    os.replace(temp, path)
     return path
 
 

@@ -39,6 +39,28 @@ def test_a_failing_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [RECORD_NAME, "out.bin"]
 
 
+def test_a_writer_killed_right_after_its_rename_leaves_a_file_m2u_may_replace(tmp_path, monkeypatch):
+    """A dataset build kills its other workers when one dies; one killed just after moving its shard into place
+    must not leave a file every rerun refuses as not m2u's."""
+    import m2u.core.fileio as fileio
+
+    target = tmp_path / "shard.tar"
+    real_replace = os.replace
+
+    def replace_then_die(source, destination):
+        real_replace(source, destination)
+        raise SystemExit(9)  # the process ends here: nothing after the rename runs
+
+    monkeypatch.setattr(fileio.os, "replace", replace_then_die)
+    with pytest.raises(SystemExit):
+        atomic_write_bytes(target, b"a finished shard")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"a finished shard"
+    assert fileio.replace_problem(target) == ""  # the rerun may write it again
+    atomic_write_bytes(target, b"the rerun's shard")
+    assert target.read_bytes() == b"the rerun's shard"
+
+
 def test_library_versions_records_missing_packages_instead_of_dropping_them():
     versions = library_versions(["numpy", "no-such-package-m2u"], platform_info=True)
     assert versions["no-such-package-m2u"] == "not installed"
