@@ -187,13 +187,15 @@ def open_append(path: str | os.PathLike[str], encoding: str = "utf-8"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_writable(path)
+    # Recorded before the file is created, as `commit` records before its rename: a process killed in between
+    # leaves no log of its own that the next run would refuse.
+    _record(path.parent, path.name)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OutputRefusedError(f"{path} is a symbolic link; m2u does not write through links") from None
         raise
-    _record(path.parent, path.name)
     return os.fdopen(fd, "a", encoding=encoding)
 
 

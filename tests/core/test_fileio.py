@@ -61,6 +61,31 @@ def test_a_writer_killed_right_after_its_rename_leaves_a_file_m2u_may_replace(tm
     assert target.read_bytes() == b"the rerun's shard"
 
 
+def test_a_log_opened_by_a_process_killed_right_after_creating_it_may_be_appended_to_again(
+    tmp_path, monkeypatch
+):
+    import m2u.core.fileio as fileio
+
+    log = tmp_path / "run.log"
+    real_open = os.open
+
+    def create_then_die(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if Path(path) != log:
+            return fd  # the record of names
+        os.close(fd)
+        raise SystemExit(9)  # the process ends right after the log exists
+
+    monkeypatch.setattr(fileio.os, "open", create_then_die)
+    with pytest.raises(SystemExit):
+        fileio.open_append(log)
+    monkeypatch.undo()
+    assert log.exists() and fileio.replace_problem(log) == ""
+    with fileio.open_append(log) as handle:
+        handle.write("the next run\n")
+    assert log.read_text() == "the next run\n"
+
+
 def test_library_versions_records_missing_packages_instead_of_dropping_them():
     versions = library_versions(["numpy", "no-such-package-m2u"], platform_info=True)
     assert versions["no-such-package-m2u"] == "not installed"
