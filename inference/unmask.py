@@ -445,7 +445,7 @@ class Unmasker:
         # A face only the detector's orientation check refuses is shown to the decision, which restores it only
         # when the mask classifier and the upside-down classifier both vouch for it (MaskedFaceRule.
         # overrules_upside_down_detection); otherwise it keeps the detector's reason.
-        from m2u.masking.detect import LOOKS_UPSIDE_DOWN, is_upside_down_problem
+        from m2u.masking.detect import LOOKS_UPSIDE_DOWN, eye_line_angle, is_upside_down_problem
 
         doubted = {
             id(f)
@@ -501,7 +501,7 @@ class Unmasker:
             )
             if upright is not None:
                 return upright
-        rolls = [_keypoint_roll(f) for f in found if f.keypoints is not None and not f.retry]
+        rolls = [eye_line_angle(f.keypoints) for f in found if f.keypoints is not None and not f.retry]
         lying = [roll for roll in rolls if abs(roll) >= SIDEWAYS_KEYPOINT_ROLL]
         if turning and not restored and not nothing_upright and lying:
             # Nothing restored, but BlazeFace saw a face lying on its side (its eye keypoints one above the other):
@@ -714,18 +714,12 @@ NOTHING_RESTORED_AS_IT_IS = "nothing was restored as it is"
 # they are at 42.3-77.9 (the rest lean under 23 degrees, their eyes found on the wrong features).
 SIDEWAYS_LEAN = 35.0
 # A photo in which nothing is restored and BlazeFace's eye keypoints of a sure detection lie at least this far from
-# level (`_keypoint_roll`, degrees) is unmasked again a quarter turn each way (Unmasker.unmask_found). Measured on the
-# sure detections of benchmarks/real_masks.py's photos as they are: upright real-masked at most 47.7 (99th percentile
+# level (m2u.masking.detect.eye_line_angle, degrees) is unmasked again a quarter turn each way
+# (Unmasker.unmask_found). Measured (a probe) on the sure detections of benchmarks/real_masks.py's photos as they
+# are: upright real-masked at most 47.7 (99th percentile
 # 31.8), the 200 CelebA photos 12.1, extras 80.2 once (in obama1, no mask; 99th percentile 15.4); real-masked
 # turned 90 degrees clockwise, 21 of the 71 photos with nothing restored and a sure detection reach 60.
 SIDEWAYS_KEYPOINT_ROLL = 55.0
-
-
-def _keypoint_roll(face) -> float:
-    """The angle of BlazeFace's eye keypoints (a detector Face's, in its image) from level, degrees in (-180, 180]:
-    0 for an upright face, about +-90 for one lying on its side."""
-    (x0, y0), (x1, y1) = np.asarray(face.keypoints, np.float64)[:2]
-    return math.degrees(math.atan2(y1 - y0, x1 - x0))
 
 
 def turn_words(degrees: int) -> str:

@@ -391,12 +391,19 @@ def keypoint_agreement(keypoints: np.ndarray, landmarks: np.ndarray) -> float:
     return float(np.hypot(*(ours - theirs).T).max() / eye_distance)
 
 
+def eye_line_angle(keypoints: np.ndarray) -> float:
+    """The angle of the line from BlazeFace's first eye keypoint to its second, degrees in (-180, 180]: 0 on an
+    upright face, about +-90 on one lying on its side (the eyes alone: under a mask the mouth keypoint is a guess)."""
+    eyes = np.asarray(keypoints, np.float64)[1] - np.asarray(keypoints, np.float64)[0]
+    return float(np.degrees(np.arctan2(eyes[1], eyes[0])))
+
+
 def blazeface_roll(keypoints: np.ndarray) -> float:
-    """The face's roll in degrees from BlazeFace's keypoints (0: upright; +-180: upside down): the eye vector's angle,
-    and beyond 90 degrees when the mouth lies above the eyes in the face's own frame."""
+    """The face's roll in degrees from BlazeFace's keypoints (0: upright; +-180: upside down): the eye line's angle
+    (`eye_line_angle`), and beyond 90 degrees when the mouth lies above the eyes in the face's own frame."""
     eyes = keypoints[1] - keypoints[0]
     down = keypoints[3] - (keypoints[0] + keypoints[1]) / 2
-    roll = float(np.degrees(np.arctan2(eyes[1], eyes[0])))
+    roll = eye_line_angle(keypoints)
     # Image y points down: the eye vector turned +90 degrees points from the eyes to the mouth on an upright face.
     if float(down @ np.array([-eyes[1], eyes[0]])) <= 0:
         roll = 180.0 - roll if roll >= 0 else -180.0 - roll
