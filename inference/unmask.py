@@ -14,8 +14,9 @@ crops already: no detection, each resized to the model's size when it is not tha
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
 stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`) and the crop reads upright. A photo in which
 nothing is restored and a face is left as upside down, or no face is found at all, is unmasked again turned (180
-degrees, then 90 either way), and so is one whose faces lie on their side (a quarter turn each way); what is
-restored there is turned back (`UnmaskConfig.try_turned`).
+degrees, then 90 either way), and so is one whose faces lie on their side, or whose restorations rest only on
+uncertain detections or the whole frame (a quarter turn each way, taken where it restores as many sure faces,
+upright); what is restored there is turned back (`UnmaskConfig.try_turned`).
 
 Every input file gets one row in `report.csv` (written by m2u.inference.photos): status `ok`, `no_face`, `not_masked` (faces found, none wears a
 mask), `refused` or `error` (m2u.core.outcome, the vocabulary m2u-mask and m2u-make-dataset use too), with the reason
@@ -113,7 +114,8 @@ class UnmaskConfig:
     # whose restored faces all lean at least SIDEWAYS_LEAN degrees from upright (found lying on their side, their
     # crops still leaning) is unmasked again a quarter turn each way, and the turn that finds them upright is taken;
     # so is one with nothing restored where BlazeFace's eye keypoints show a face lying on its side
-    # (SIDEWAYS_KEYPOINT_ROLL). Measured in the README ("The turned try").
+    # (SIDEWAYS_KEYPOINT_ROLL), and so is one whose restorations rest only on uncertain detections or the whole frame.
+    # Measured in the README ("The turned try").
     try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
@@ -192,6 +194,9 @@ class FaceRestoration:
     turned: int = 0
     # Why the photo was turned for it (turned_reason): nothing was restored as it is, or its faces lay on their side.
     turned_because: str = ""
+    # The detector was unsure it is a face at all (m2u.masking Face.retry: BlazeFace below its sure score, the dlib
+    # fallback): its mask was the evidence of a face.
+    uncertain: bool = False
 
     @property
     def lean(self) -> float:
@@ -214,6 +219,7 @@ class FaceRestoration:
             "restored": not self.problem,
             **({"problem": self.problem} if self.problem else {}),
             **({"turned": self.turned} if self.turned else {}),
+            **({"uncertain_detection": True} if self.uncertain else {}),
         }
 
 
@@ -356,7 +362,7 @@ class Unmasker:
             whole_frame = info.pop("whole_frame", False)
             detector_problem = info.pop("detector_problem", "")
             # mask and restored are filled in below (M-Seg's mask, the generator's composite).
-            face = FaceRestoration(crop, None, None, matrix, 0.0, **info)  # type: ignore[arg-type]
+            face = FaceRestoration(crop, None, None, matrix, 0.0, uncertain=uncertain, **info)  # type: ignore[arg-type]
             if masks is not None and mask_maps is not None:
                 face.mask = masks[k]
                 face.evidence = rule.evidence(masks[k], p, mask_maps[k])
@@ -467,7 +473,7 @@ class Unmasker:
         ):
             framed, framed_restored, _ = self._unmask_aligned(image, whole_frame=True)
             if framed_restored:
-                return framed, framed_restored, refused + left
+                result, restored = framed, framed_restored
         turning = (
             self.config.try_turned
             and self.config.masked_only
@@ -498,6 +504,24 @@ class Unmasker:
                 len(restored),
                 clockwise_first=mean_lean > 0,
                 because=f"as it is, its faces lie on their side, leaning {abs(mean_lean):.0f} degrees",
+            )
+            if upright is not None:
+                return upright
+        whole_frame = any(f.detector == "whole-frame" for f in restored)
+        if turning and restored and all(f.uncertain or whole_frame for f in restored):
+            # Restored only on detections the detector was unsure of, or as one whole-frame crop (masks the only
+            # evidence of faces): in a photo stored sideways that is how a face lying on its side is found, a box on
+            # its eyes or forehead where the restoration paints a smudge. A quarter turn shows the face upright to
+            # the sure passes, and a turn is taken only where those restore as many faces, upright (each leaning
+            # less than SIDEWAYS_LEAN); no upright photo measured restores any face turned so
+            # (benchmarks/real_masks.py, README).
+            upright = self._unmask_quarter_turned(
+                image,
+                len(restored),
+                clockwise_first=float(np.mean([f.lean for f in restored])) > 0,
+                because="as it is, no face was found and the whole photo was restored as one face crop"
+                if whole_frame
+                else "as it is, only detections the detector was unsure of were restored",
             )
             if upright is not None:
                 return upright

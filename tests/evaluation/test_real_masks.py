@@ -734,6 +734,53 @@ def test_a_photo_with_a_face_left_whose_eye_keypoints_stand_one_above_the_other_
         assert np.array_equal(result, photo)
 
 
+def test_a_photo_restored_only_on_uncertain_detections_is_tried_a_quarter_turn(tiny_checkpoints, monkeypatch):
+    mseg_path, gen_path = tiny_checkpoints
+    upright, (first,) = _photo_with_faces(1)
+    photo = np.ascontiguousarray(np.rot90(upright, 3))  # stored turned 90 degrees clockwise
+    moved = np.array([photo.shape[1] - 1, photo.shape[0] - 1], np.float32) / 2 - first.landmarks.mean(0)
+    lower = _crop_mask(CROP, 0.5, 0.95)
+
+    def unmasker_for(as_is: Face, turned: dict) -> Unmasker:
+        config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+        unmasker.detector = _Detector({photo.shape: [as_is]}, turned)
+        # A mask on the face found as it is, and on the face found turned back upright.
+        _steer_masks(unmasker, [lower, lower])
+        _steer_probabilities(monkeypatch, [0.99, 0.99])
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+        )
+        return unmasker
+
+    # As it is, BlazeFace unsure of a face (its box on the lying face's forehead, say) that the decision restores;
+    # turned a quarter turn, a sure face restored upright: that turn is taken.
+    unsure = dataclasses.replace(Face.from_landmarks(first.landmarks + moved, score=0.6), retry=True)
+    unmasker = unmasker_for(unsure, {1: [first]})
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and restored[0].turned == 90 and not restored[0].uncertain and not left
+    assert restored[0].turned_because == "as it is, only detections the detector was unsure of were restored"
+    assert not np.array_equal(result, photo)
+    # No face restored turned: the restoration as it is stands, and says its detection was uncertain.
+    unmasker = unmasker_for(unsure, {})
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 3 and len(restored) == 1 and restored[0].turned == 0
+    assert restored[0].record()["uncertain_detection"] is True
+    # A sure detection restored as it is is never turned.
+    unmasker = unmasker_for(dataclasses.replace(unsure, retry=False, score=0.9), {1: [first]})
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 1 and len(restored) == 1 and restored[0].turned == 0
+    assert "uncertain_detection" not in restored[0].record()
+    # No face found as it is, the whole photo restored as one face crop: the turn that restores a sure face wins.
+    unmasker = unmasker_for(unsure, {1: [first]})
+    unmasker.detector.faces_by_shape[photo.shape] = []
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and restored[0].turned == 90 and restored[0].detector != "whole-frame"
+    assert restored[0].turned_because == (
+        "as it is, no face was found and the whole photo was restored as one face crop"
+    )
+
+
 def test_the_turned_try_asks_blazeface_alone(tiny_checkpoints, monkeypatch):
     from m2u.masking.masked_faces import RealFaceDetector
 
