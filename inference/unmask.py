@@ -192,7 +192,8 @@ class FaceRestoration:
     # The turn of the photo in which the face was found and restored, in degrees anticlockwise (90, 180, 270;
     # UnmaskConfig.try_turned), 0 as it is; box and matrix are in the photo's own pixels either way.
     turned: int = 0
-    # Why the photo was turned for it (turned_reason): nothing was restored as it is, or its faces lay on their side.
+    # Why the photo was turned for it (turned_reason): nothing was restored as it is, its faces lay on their side, or
+    # what was restored as it is rested on no sure detection.
     turned_because: str = ""
     # The detector was unsure it is a face at all (m2u.masking Face.retry: BlazeFace below its sure score, the dlib
     # fallback): its mask was the evidence of a face.
