@@ -113,8 +113,8 @@ class UnmaskConfig:
     # faces detected there (no whole-frame crop: on an upright photo it took a cap for a mask). Likewise a photo
     # whose restored faces all lean at least SIDEWAYS_LEAN degrees from upright (found lying on their side, their
     # crops still leaning) is unmasked again a quarter turn each way, and the turn that finds them upright is taken;
-    # so is one with nothing restored where BlazeFace's eye keypoints show a face lying on its side
-    # (SIDEWAYS_KEYPOINT_ROLL), and so is one whose restorations rest only on uncertain detections or the whole frame.
+    # so is one where BlazeFace's eye keypoints show a face lying on its side (SIDEWAYS_KEYPOINT_ROLL), and so is one
+    # whose restorations rest only on uncertain detections or the whole frame.
     # Measured in the README ("The turned try").
     try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
@@ -528,16 +528,17 @@ class Unmasker:
                 return upright
         rolls = [eye_line_angle(f.keypoints) for f in found if f.keypoints is not None and not f.retry]
         lying = [roll for roll in rolls if abs(roll) >= SIDEWAYS_KEYPOINT_ROLL]
-        if turning and not restored and not nothing_upright and lying:
-            # Nothing restored, but BlazeFace saw a face lying on its side (its eye keypoints one above the other):
-            # its crop, aligned on eyes fitted on the wrong features, shows the decision no mask; a quarter turn
-            # shows it upright. (A photo whose faces were all left as not masked is not tried otherwise.) The
-            # weakest cause of a turn, so a face restored there must also show a mask's shape (the mouth covered,
-            # the eyes not): without that, one bare face of extras (keypoints 80 degrees from level) was restored
-            # turned, classifier 0.99 with M-Seg on 80 % of its eyes (benchmarks/real_masks.py, README).
+        if turning and not nothing_upright and lying:
+            # BlazeFace saw a face lying on its side (its eye keypoints one above the other): its crop, aligned on
+            # eyes fitted on the wrong features, shows the decision no mask, or is restored as a smear; a quarter
+            # turn shows it upright, and is taken where it restores at least as many faces as were restored as it is.
+            # (A photo whose faces were all left as not masked is not tried otherwise.) The weakest cause of a turn,
+            # so a face restored there must also show a mask's shape (the mouth covered, the eyes not): without
+            # that, one bare face of extras (keypoints 80 degrees from level) was restored turned, classifier 0.99
+            # with M-Seg on 80 % of its eyes (benchmarks/real_masks.py, README).
             upright = self._unmask_quarter_turned(
                 image,
-                1,
+                max(1, len(restored)),
                 clockwise_first=lying[0] < 0,
                 because=f"as it is, a face found lies on its side, its eyes {abs(lying[0]):.0f} degrees from level",
                 mask_shaped=True,
@@ -738,9 +739,9 @@ NOTHING_RESTORED_AS_IT_IS = "nothing was restored as it is"
 # 20.5, real-masked turned 180 degrees 15.6; real-masked turned 90 degrees either way, 37 of its 63 faces restored as
 # they are at 42.3-77.9 (the rest lean under 23 degrees, their eyes found on the wrong features).
 SIDEWAYS_LEAN = 35.0
-# A photo in which nothing is restored and BlazeFace's eye keypoints of a sure detection lie at least this far from
-# level (m2u.masking.detect.eye_line_angle, degrees) is unmasked again a quarter turn each way
-# (Unmasker.unmask_found). Measured (a probe) on the sure detections of benchmarks/real_masks.py's photos as they
+# A photo in which BlazeFace's eye keypoints of a sure detection lie at least this far from level
+# (m2u.masking.detect.eye_line_angle, degrees) is unmasked again a quarter turn each way (Unmasker.unmask_found; until
+# 2026-12-05 only where nothing was restored as it is). Measured (a probe) on the sure detections of benchmarks/real_masks.py's photos as they
 # are: upright real-masked at most 47.7 (99th percentile
 # 31.8), the 200 CelebA photos 12.1, extras 80.2 once (in obama1, no mask; 99th percentile 15.4); real-masked
 # turned 90 degrees clockwise, 21 of the 71 photos with nothing restored and a sure detection reach 60.

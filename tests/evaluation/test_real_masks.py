@@ -732,6 +732,15 @@ def test_a_photo_with_a_face_left_whose_eye_keypoints_stand_one_above_the_other_
         result, restored, left = unmasker.unmask_with_refusals(photo)
         assert unmasker.detector.calls == 1 and not restored and left[0].problem.startswith("not masked")
         assert np.array_equal(result, photo)
+    # The lying face restored as it is (a smear on a crop aligned on the wrong features): the turn that restores it
+    # upright, with a mask's shape, is taken; with its eyes nearer level, the restoration as it is stands.
+    for roll, turned in ((90.0, 90), (SIDEWAYS_KEYPOINT_ROLL - 5.0, 0)):
+        unmasker = unmasker_for(found_with_eyes(roll))
+        _steer_masks(unmasker, [lower, lower])
+        _steer_probabilities(monkeypatch, [0.99, 0.99])
+        result, restored, left = unmasker.unmask_with_refusals(photo)
+        assert len(restored) == 1 and restored[0].turned == turned and not left
+        assert unmasker.detector.calls == (3 if turned else 1)
 
 
 def test_a_photo_restored_only_on_uncertain_detections_is_tried_a_quarter_turn(tiny_checkpoints, monkeypatch):
