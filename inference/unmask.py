@@ -741,10 +741,10 @@ NOTHING_RESTORED_AS_IT_IS = "nothing was restored as it is"
 SIDEWAYS_LEAN = 35.0
 # A photo in which BlazeFace's eye keypoints of a sure detection lie at least this far from level
 # (m2u.masking.detect.eye_line_angle, degrees) is unmasked again a quarter turn each way (Unmasker.unmask_found; until
-# 2026-12-05 only where nothing was restored as it is). Measured (a probe) on the sure detections of benchmarks/real_masks.py's photos as they
-# are: upright real-masked at most 47.7 (99th percentile
-# 31.8), the 200 CelebA photos 12.1, extras 80.2 once (in obama1, no mask; 99th percentile 15.4); real-masked
-# turned 90 degrees clockwise, 21 of the 71 photos with nothing restored and a sure detection reach 60.
+# 2026-12-05 only where nothing was restored as it is). Measured (a probe) on the sure detections of
+# benchmarks/real_masks.py's photos as they are: upright real-masked at most 47.7 (99th percentile 31.8), the 200
+# CelebA photos 12.1, extras 80.2 once (in obama1, no mask; 99th percentile 15.4); real-masked turned 90 degrees
+# clockwise, 21 of the 71 photos with nothing restored and a sure detection reach 60.
 SIDEWAYS_KEYPOINT_ROLL = 55.0
 
 
