@@ -29,7 +29,8 @@ all, is tried again turned (UnmaskConfig.try_turned: 180 degrees, then 90 either
 that way ("faces_restored_turned") are right side up. "real_masked_sideways" and
 "real_masked_sideways_anticlockwise": real-masked turned 90 degrees clockwise and anticlockwise, as photos stored
 sideways; a photo whose restored faces all lean far from upright is also tried turned a quarter turn each way
-(UnmaskConfig.try_turned, SIDEWAYS_LEAN).
+(UnmaskConfig.try_turned, SIDEWAYS_LEAN); and every photo whose sure detections' boxes read turned to the box
+orientation net is tried turned that way (`--box-orientation FILE` measures a candidate net).
 """
 
 from __future__ import annotations
@@ -157,6 +158,11 @@ def main() -> None:
         help="an upside-down classifier file to measure instead of the shipped one",
     )
     parser.add_argument(
+        "--box-orientation",
+        type=Path,
+        help="a box orientation net file to measure instead of the shipped one",
+    )
+    parser.add_argument(
         "--min-mask-probability",
         type=float,
         help="the decision's classifier threshold (default: MaskedFaceRule's), as chosen for --classifier on the "
@@ -177,6 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     use_classifier(args.classifier)
     use_classifier(args.upside_down_classifier, "UPSIDE_DOWN_CLASSIFIER")
+    use_classifier(args.box_orientation, "BOX_ORIENTATION_NET")
     # One thread: on a shared machine torch's worker threads spin against each other (tests/evaluation/conftest.py).
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -329,6 +336,9 @@ def main() -> None:
         "upside_down_classifier": str(args.upside_down_classifier)
         if args.upside_down_classifier
         else "the shipped one (UPSIDE_DOWN_CLASSIFIER)",
+        "box_orientation_net": str(args.box_orientation)
+        if args.box_orientation
+        else "the shipped one (BOX_ORIENTATION_NET)",
         "sheets": str(args.sheets.resolve().relative_to(REPO))
         if args.sheets.resolve().is_relative_to(REPO)
         else str(args.sheets),
@@ -354,7 +364,7 @@ def _write_turned(source: Path, target: Path, quarter_turns: int) -> None:
 
 def use_classifier(path: Path | None, which: str = "MASK_CLASSIFIER") -> None:
     """Measure the classifier at `path` (a candidate) instead of the shipped file: `which` names the module's path
-    (MASK_CLASSIFIER or UPSIDE_DOWN_CLASSIFIER), read when the net is first loaded."""
+    (MASK_CLASSIFIER, UPSIDE_DOWN_CLASSIFIER or BOX_ORIENTATION_NET), read when the net is first loaded."""
     if path is None:
         return
     import m2u.inference.mask_presence as mask_presence

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 from m2u.inference.pretrained import (
+    BOX_ORIENTATION_FILE,
     CHECKSUMS_FILE,
     MASK_CLASSIFIER_FILE,
     UPSIDE_DOWN_FILE,
@@ -49,8 +50,12 @@ from m2u.inference.pretrained import (
 # at a candidate file to measure it instead (benchmarks/real_masks.py --classifier, --upside-down-classifier).
 MASK_CLASSIFIER = pretrained_dir() / MASK_CLASSIFIER_FILE
 UPSIDE_DOWN_CLASSIFIER = pretrained_dir() / UPSIDE_DOWN_FILE
-_SHIPPED = (MASK_CLASSIFIER, UPSIDE_DOWN_CLASSIFIER)
+BOX_ORIENTATION_NET = pretrained_dir() / BOX_ORIENTATION_FILE
+_SHIPPED = (MASK_CLASSIFIER, UPSIDE_DOWN_CLASSIFIER, BOX_ORIENTATION_NET)
 INPUT_SIZE = 64
+# The box orientation net's crop: the detector's box grown this much (the middle of its training's 1.25-1.55), so
+# the whole face is in it even where BlazeFace's box on a lying face sits off its middle.
+BOX_CROP_GROW = 1.4
 
 
 class MaskPresenceNet(nn.Module):
@@ -152,9 +157,38 @@ def load_mask_classifier(path: str | None = None) -> MaskPresenceNet | MaskPrese
 
 
 @functools.cache
+def load_box_orientation_net(path: str | None = None) -> MaskPresenceNet | MaskPresenceEnsemble:
+    """The shipped box orientation net (or the one at `path`), as `load_mask_classifier`."""
+    return _load(Path(path) if path else BOX_ORIENTATION_NET, "box orientation net")
+
+
+@functools.cache
 def load_upside_down_classifier(path: str | None = None) -> MaskPresenceNet | MaskPresenceEnsemble:
     """The shipped upside-down classifier (or the one at `path`), as `load_mask_classifier`."""
     return _load(Path(path) if path else UPSIDE_DOWN_CLASSIFIER, "upside-down classifier")
+
+
+def box_crop(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    grow: float = BOX_CROP_GROW,
+    shift: tuple[float, float] | np.ndarray = (0.0, 0.0),
+) -> np.ndarray:
+    """The square around a detector's `box` (left, top, right, bottom) grown `grow` times its longer side and moved by
+    `shift` (fractions of that side), as the box orientation net's 64 px input (uint8 RGB); the photo's edge pixels
+    repeat past its border."""
+    left, top, right, bottom = (float(v) for v in box)
+    side = max(right - left, bottom - top, 1.0) * grow
+    centre_x = (left + right) / 2 + shift[0] * side
+    centre_y = (top + bottom) / 2 + shift[1] * side
+    scale = INPUT_SIZE / side
+    matrix = np.array(
+        [[scale, 0, INPUT_SIZE / 2 - centre_x * scale], [0, scale, INPUT_SIZE / 2 - centre_y * scale]],
+        np.float32,
+    )
+    return cv2.warpAffine(
+        image, matrix, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 @torch.no_grad()
@@ -183,3 +217,30 @@ def upside_down_probabilities(
     if not crops:
         return np.zeros(0)
     return _mirror_averaged(crops, net or load_upside_down_classifier())
+
+
+@torch.no_grad()
+def box_orientations(
+    image: np.ndarray,
+    boxes: list[tuple[float, float, float, float]],
+    net: MaskPresenceNet | MaskPresenceEnsemble | None = None,
+) -> np.ndarray:
+    """For each detector box of `image`, how sure the box orientation net is that turning the photo 0, 1, 2 or 3
+    quarter turns anticlockwise (np.rot90) shows the face upright: (N, 4) float, each row summing to 1. The net gives
+    one logit per crop (`box_crop` turned each way), "not upright"; it was trained on the four turns of a crop
+    together (a softmax over them), so only their differences mean something, and a face and its mirror image lie
+    the same way up (the logits averaged over both)."""
+    if not boxes:
+        return np.zeros((0, 4))
+    net = net or load_box_orientation_net()
+    batch = to_input(
+        [
+            np.ascontiguousarray(np.rot90(box_crop(image, box), quarter_turns))
+            for box in boxes
+            for quarter_turns in range(4)
+        ]
+    )
+    members = net.members if isinstance(net, MaskPresenceEnsemble) else [net]
+    logits = torch.stack([m(torch.cat([batch, batch.flip(3)])) for m in members]).mean(0)
+    logits = logits.view(2, len(boxes), 4).mean(0)
+    return torch.softmax(-logits, dim=1).numpy().astype(np.float64)

@@ -114,7 +114,10 @@ class UnmaskConfig:
     # whose restored faces all lean at least SIDEWAYS_LEAN degrees from upright (found lying on their side, their
     # crops still leaning) is unmasked again a quarter turn each way, and the turn that finds them upright is taken;
     # so is one where BlazeFace's eye keypoints show a face lying on its side (SIDEWAYS_KEYPOINT_ROLL), and so is one
-    # whose restorations rest only on uncertain detections or the whole frame.
+    # whose restorations rest only on uncertain detections or the whole frame. Before those three, a photo whose sure
+    # detections' boxes read turned to the box orientation net (BOX_TURN_CONFIDENCE) is unmasked again turned that way
+    # (where nothing was restored, that turn is tried first); and no turned view is taken whose restored faces' boxes
+    # still read turned there.
     # Measured in the README ("The turned try").
     try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
@@ -337,6 +340,23 @@ class Unmasker:
         face.evidence["upside_down_probability"] = round(float(doubts[0]), 4)
         return int(np.argmin(doubts)) == 0
 
+    def _upside_down_unless_box_upright(
+        self, image: np.ndarray, face: FaceRestoration, upside_down_probability: float
+    ) -> str:
+        """The upside-down reason of a face with a mask that the upside-down classifier calls upside down, "" where
+        the box orientation net reads its detector box upright at BOX_TURN_CONFIDENCE or more (a sure detection
+        only): the classifier reads the aligned crop, and a cap pulled low or a hood (real-masked's 298 and
+        with_mask170) looks to it like the mask seen upside down, where the box, read before any landmark fit,
+        shows the face upright (its reading goes into the evidence)."""
+        from m2u.inference.mask_presence import box_orientations
+
+        reason = self.config.rule.upside_down_reason(upside_down_probability)
+        if face.uncertain:
+            return reason
+        (ways,) = box_orientations(image, [face.box])
+        face.evidence["box_upright_probability"] = round(float(ways[0]), 4)
+        return "" if ways[0] >= BOX_TURN_CONFIDENCE else reason
+
     def _restore_records(
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
     ) -> tuple[np.ndarray, list[FaceRestoration]]:
@@ -375,7 +395,8 @@ class Unmasker:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain, mask_maps[k])
                     if landmarked[k]:
                         face.evidence["upside_down_probability"] = round(float(turned[k]), 4)
-                        face.problem = face.problem or rule.upside_down_reason(turned[k])
+                        if not face.problem and rule.upside_down_reason(turned[k]):
+                            face.problem = self._upside_down_unless_box_upright(image, face, turned[k])
                     if detector_problem:
                         # Recorded either way: a restored face shows which refusal was overruled.
                         face.evidence["detector_problem"] = detector_problem
@@ -491,11 +512,27 @@ class Unmasker:
                 or all(f.problem.startswith("no face") for f in refused + left)
             )
         )
+        # Which way up the boxes of its sure detections show the faces (0: as it is, or not surely otherwise).
+        box_turn = self._box_turn(image, [f.box for f in found if not f.retry]) if turning else 0
         if nothing_upright:
-            for quarter_turns in TURNS:
+            # The turn the boxes read first, then the rest in their usual order.
+            for quarter_turns in sorted(TURNS, key=lambda turns: turns != box_turn):
                 turned = self._unmask_turned(image, quarter_turns, NOTHING_RESTORED_AS_IT_IS)
                 if turned is not None:
                     return turned
+        if box_turn and not nothing_upright:
+            # The box orientation net reads the faces turned (upside down, or lying on their side) where they were
+            # restored as they are or left as not masked: dlib's 68 points, fitted as if upright, land on the wrong
+            # features there, so the restoration is upside down or a smear, or the crop shows no mask. The turn is
+            # taken where it restores at least as many faces (at least one), upright; where nothing was restored as
+            # it is, each with a mask-shaped M-Seg mask (as the keypoint check below asks).
+            turned = self._unmask_turned(
+                image,
+                box_turn,
+                f"as it is, the box orientation net reads its faces upright turned {turn_words(90 * box_turn)}",
+            )
+            if self._turn_holds(turned, max(1, len(restored)), mask_shaped=not restored):
+                return turned  # type: ignore[return-value]
         if turning and restored and all(abs(f.lean) >= SIDEWAYS_LEAN for f in restored):
             # Faces lying on their side are restored poorly as they are: their 68 points are fitted on an upright
             # box, so the crop still leans. Turned a quarter turn they are found and aligned as upright faces.
@@ -547,6 +584,22 @@ class Unmasker:
                 return upright
         return result, restored, refused + left
 
+    @staticmethod
+    def _box_turn(image: np.ndarray, boxes: list) -> int:
+        """The quarter turns (np.rot90, anticlockwise) that show the faces in `boxes` (a detector's, of `image`: sure
+        detections only) upright to the box orientation net (m2u.inference.mask_presence.box_orientations); 0 where
+        it does not say so surely (BOX_TURN_CONFIDENCE): no box read turned so, or one read upright so. Where boxes
+        disagree, the turn most of them read."""
+        from m2u.inference.mask_presence import box_orientations
+
+        if not boxes:
+            return 0
+        ways = box_orientations(image, boxes)
+        chosen, confident = ways.argmax(1), ways.max(1) >= BOX_TURN_CONFIDENCE
+        if not confident.any() or (confident & (chosen == 0)).any():
+            return 0
+        return int(np.bincount(chosen[confident], minlength=4).argmax())
+
     def _unmask_quarter_turned(
         self,
         image: np.ndarray,
@@ -561,27 +614,37 @@ class Unmasker:
         the one whose faces the upside-down classifier reads most surely upright (which way a face lies is a guess
         where its eyes were found on the wrong features: for one of the 37 measured faces the lean's sign pointed
         the wrong way); None where neither counts."""
-        rule = self.config.rule
         best, best_doubt = None, math.inf
         for quarter_turns in (3, 1) if clockwise_first else (1, 3):
             turned = self._unmask_turned(image, quarter_turns, because)
-            if (
-                turned is None
-                or len(turned[1]) < at_least
-                or max(abs(f.lean) for f in turned[1]) >= SIDEWAYS_LEAN
-                or mask_shaped
-                and not all(
-                    rule.mask_shaped(
-                        f.evidence, rule.max_sure_route_eye_coverage, rule.min_sure_route_mouth_coverage
-                    )
-                    for f in turned[1]
-                )
-            ):
+            if turned is None or not self._turn_holds(turned, at_least, mask_shaped):
                 continue
             doubt = max(f.evidence.get("upside_down_probability", 0.0) for f in turned[1])
             if doubt < best_doubt:
                 best, best_doubt = turned, doubt
         return best
+
+    def _turn_holds(
+        self, turned: tuple[np.ndarray, list[FaceRestoration], list] | None, at_least: int, mask_shaped: bool
+    ) -> bool:
+        """Whether a photo unmasked turned (`_unmask_turned`) restores at least `at_least` faces, each leaning less
+        than SIDEWAYS_LEAN there (found upright), and with `mask_shaped` each with a mask-shaped M-Seg mask by the
+        sure-mask route's limits."""
+        rule = self.config.rule
+        return (
+            turned is not None
+            and len(turned[1]) >= at_least
+            and max(abs(f.lean) for f in turned[1]) < SIDEWAYS_LEAN
+            and (
+                not mask_shaped
+                or all(
+                    rule.mask_shaped(
+                        f.evidence, rule.max_sure_route_eye_coverage, rule.min_sure_route_mouth_coverage
+                    )
+                    for f in turned[1]
+                )
+            )
+        )
 
     def _detect_turned(self, image: np.ndarray) -> list:
         """The faces of a photo turned by the turned try: BlazeFace's passes alone where the detector is the default
@@ -610,7 +673,9 @@ class Unmasker:
             # uncertain ones too, 3 of the 57 faceless images had one restored; benchmarks/real_masks.py, README).
             found = [f for f in found if not f.retry]
         result, restored, left = self.unmask_found(turned, found, as_turned=True)
-        if not restored:
+        if not restored or self._box_turn(turned, [f.box for f in restored if not f.uncertain]):
+            # Nothing restored, or the restored faces' boxes read surely turned there too (a face restored lying on
+            # its side or upside down in this view: the turn that shows it upright is another).
             return None
         return (
             np.ascontiguousarray(np.rot90(result, -quarter_turns)),
@@ -746,6 +811,13 @@ SIDEWAYS_LEAN = 35.0
 # CelebA photos 12.1, extras 80.2 once (in obama1, no mask; 99th percentile 15.4); real-masked turned 90 degrees
 # clockwise, 21 of the 71 photos with nothing restored and a sure detection reach 60.
 SIDEWAYS_KEYPOINT_ROLL = 55.0
+# A photo whose sure detections' boxes read turned to the box orientation net (m2u.inference.mask_presence.
+# box_orientations: at least one this sure of a turn other than none, none this sure of none) is unmasked again turned
+# that way (Unmasker._box_turn, unmask_found); a turned view whose restored faces read turned so is refused; and a face
+# the upside-down classifier calls upside down is restored where its box reads upright this surely. 0.9 was set before
+# m2u-unmask was measured with the net; a probe of the net alone on the benchmark's sure detections had shown that at
+# 0.9 it reads 1 upright real-masked photo and 1 real-mask-seg crop turned, and no CelebA or extras photo (README).
+BOX_TURN_CONFIDENCE = 0.9
 
 
 def turn_words(degrees: int) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "GENERATOR_FILE",
     "MASK_CLASSIFIER_FILE",
     "UPSIDE_DOWN_FILE",
+    "BOX_ORIENTATION_FILE",
     "PretrainedDamaged",
     "PretrainedUnavailable",
     "available_models",
@@ -45,6 +46,8 @@ MASK_CLASSIFIER_FILE = (
 UPSIDE_DOWN_FILE = (
     "upside_down.safetensors"  # m2u.inference.mask_presence: which aligned faces are turned 180°
 )
+# m2u.inference.mask_presence: which way up the face in a detector's box is
+BOX_ORIENTATION_FILE = "box_orientation.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "card.json"
 CHECKSUMS_FILE = "checksums.json"
@@ -70,14 +73,18 @@ def file_sha256(path: Path) -> str:
 
 def write_checksums(folder: Path) -> Path:
     """Write `folder/checksums.json`: the SHA-256 of its two weight files and of the mask and upside-down
-    classifiers where the folder has them (the release recipe calls this)."""
+    classifiers and the box orientation net where the folder has them (the release recipe calls this)."""
     return atomic_write_text(folder / CHECKSUMS_FILE, checksum_record(folder))
 
 
 def checksum_record(folder: Path) -> str:
     """The text of `folder`'s checksums.json: the SHA-256 of each weight file it holds."""
     names = [MSEG_FILE, GENERATOR_FILE]
-    names += [name for name in (MASK_CLASSIFIER_FILE, UPSIDE_DOWN_FILE) if (folder / name).is_file()]
+    names += [
+        name
+        for name in (MASK_CLASSIFIER_FILE, UPSIDE_DOWN_FILE, BOX_ORIENTATION_FILE)
+        if (folder / name).is_file()
+    ]
     sums = {name: file_sha256(folder / name) for name in names}
     return json.dumps(sums, indent=2, sort_keys=True) + "\n"
 

@@ -24,6 +24,31 @@ from m2u.masking.detect import Face
 CROP = 32  # the tiny checkpoints' size (tests/evaluation/conftest.py)
 
 
+# Upright, but not surely (below BOX_TURN_CONFIDENCE): neither a turn nor an overrule of the upside-down classifier.
+UNSURE = [0.7, 0.1, 0.1, 0.1]
+
+
+def _boxes_read(monkeypatch, *readings) -> None:
+    """The box orientation net's reading of every box replaced by `readings` (each 4 numbers: how sure it is that
+    each number of quarter turns shows the face upright), one per call in order (the photo as it is, then each turned
+    view asked), then UNSURE."""
+    queue = list(readings)
+
+    def box_orientations(image, boxes, net=None):
+        ways = queue.pop(0) if queue else UNSURE
+        return np.tile(np.asarray(ways, float), (len(boxes), 1))
+
+    monkeypatch.setattr("m2u.inference.mask_presence.box_orientations", box_orientations)
+
+
+@pytest.fixture(autouse=True)
+def _boxes_read_upright(monkeypatch):
+    """Here the box orientation net reads every box upright, unsurely, unless a test says otherwise: the drawn faces are
+    nothing it was trained on, and the turned try's tests count the detector's calls. The shipped net is tested on a
+    real face by its own test."""
+    _boxes_read(monkeypatch)
+
+
 def _astronaut() -> np.ndarray:
     from skimage import data
 
@@ -312,6 +337,41 @@ def test_a_masked_face_that_looks_upside_down_keeps_every_pixel_with_its_reason(
     x0, y0, x1, y1 = left[0].box  # the second face
     assert np.array_equal(result[y0:y1, x0:x1], photo[y0:y1, x0:x1])  # not one pixel of it changed
     assert MaskedFaceRule().upside_down_reason(0.5) == "" and MaskedFaceRule().upside_down_reason(0.51)
+
+
+def test_a_face_called_upside_down_is_restored_where_its_box_reads_surely_upright(
+    tiny_checkpoints, monkeypatch
+):
+    from m2u.inference.unmask import BOX_TURN_CONFIDENCE
+
+    for box_upright, uncertain, restored in (
+        (BOX_TURN_CONFIDENCE, False, True),
+        (BOX_TURN_CONFIDENCE - 0.01, False, False),
+        (1.0, True, False),
+    ):
+        mseg_path, gen_path = tiny_checkpoints
+        photo, (first,) = _photo_with_faces(1)
+        unmasker = Unmasker.from_files(
+            mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        )
+        unmasker.detector = _Detector({photo.shape: [dataclasses.replace(first, retry=uncertain)]})
+        _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)], sure=[0.95])
+        _steer_probabilities(monkeypatch, [0.99])
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.full(len(crops), 0.9)
+        )
+        rest = (1.0 - box_upright) / 3
+        # The face's box (read where the upside-down classifier calls it so), then the photo's boxes for a turn.
+        _boxes_read(monkeypatch, [box_upright, rest, rest, rest], UNSURE)
+        result, kept, left = unmasker.unmask_with_refusals(photo)
+        if restored:
+            assert len(kept) == 1 and not left and not np.array_equal(result, photo)
+            record = kept[0].record()
+            assert record["upside_down_probability"] == 0.9
+            assert record["box_upright_probability"] == pytest.approx(box_upright)
+        else:
+            assert not kept and np.array_equal(result, photo)
+            assert left[0].problem.startswith("the face looks upside down")
 
 
 def _hog_doubted(face: Face, retry: bool = False) -> Face:
@@ -790,6 +850,87 @@ def test_a_photo_restored_only_on_uncertain_detections_is_tried_a_quarter_turn(t
     )
 
 
+def test_a_photo_whose_boxes_read_turned_is_unmasked_turned_that_way(tiny_checkpoints, monkeypatch):
+    mseg_path, gen_path = tiny_checkpoints
+    upright, (first,) = _photo_with_faces(1)
+    photo = np.ascontiguousarray(np.rot90(upright, 2))  # stored upside down
+    centre = np.array([photo.shape[1] - 1, photo.shape[0] - 1], np.float32) / 2
+    # As it is, a sure detection with its points fitted upright-looking on the wrong features (restored upside down).
+    as_is = Face.from_landmarks(first.landmarks - first.landmarks.mean(0) + centre, score=0.9)
+    lower = _crop_mask(CROP, 0.5, 0.95)
+
+    def unmask(ways, turned, probabilities=(0.99, 0.99), config=None):
+        """`ways`: the box reading as it is, or a list of readings (as it is, then the turned view)."""
+        unmasker = Unmasker.from_files(
+            mseg_path, gen_path, config or UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        )
+        unmasker.detector = _Detector({photo.shape: [as_is]}, turned)
+        _steer_masks(unmasker, [lower.copy(), lower.copy()])
+        _steer_probabilities(monkeypatch, list(probabilities))
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+        )
+        _boxes_read(monkeypatch, *(ways if isinstance(ways[0], list) else [ways]))
+        return unmasker, unmasker.unmask_with_refusals(photo)
+
+    # The box read upside down, surely: turned 180 degrees the face is found upright and restored there.
+    unmasker, (result, restored, left) = unmask([0.02, 0.02, 0.94, 0.02], {2: [first]})
+    assert len(restored) == 1 and restored[0].turned == 180 and not left
+    assert restored[0].turned_because == (
+        "as it is, the box orientation net reads its faces upright turned 180 degrees"
+    )
+    assert not np.array_equal(result, photo)
+    # Where the face restored turned still reads turned there (restored lying or upside down), that turn is not taken.
+    unmasker, (result, restored, left) = unmask([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]], {2: [first]})
+    assert unmasker.detector.calls == 2 and len(restored) == 1 and restored[0].turned == 0
+    # Not sure enough, or read upright: restored as it is, no turn tried.
+    for ways in ([0.1, 0.05, 0.8, 0.05], [0.92, 0.0, 0.08, 0.0]):
+        unmasker, (result, restored, left) = unmask(ways, {2: [first]})
+        assert unmasker.detector.calls == 1 and len(restored) == 1 and restored[0].turned == 0
+    # A turn that restores nothing keeps the restoration as it is; so does --no-try-turned.
+    unmasker, (result, restored, left) = unmask([0.0, 0.0, 1.0, 0.0], {})
+    assert unmasker.detector.calls == 2 and len(restored) == 1 and restored[0].turned == 0
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False, try_turned=False)
+    unmasker, (result, restored, left) = unmask([0.0, 0.0, 1.0, 0.0], {2: [first]}, config=config)
+    assert unmasker.detector.calls == 1 and restored[0].turned == 0
+    # Nothing restored as it is (the face left as not masked): the turn is taken where the face it restores has a
+    # mask's shape (the mouth covered, the eyes not), and not where M-Seg's mask covers the eyes.
+    unmasker, (result, restored, left) = unmask([0.0, 0.0, 1.0, 0.0], {2: [first]}, probabilities=(0.1, 0.99))
+    assert len(restored) == 1 and restored[0].turned == 180
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    unmasker.detector = _Detector({photo.shape: [as_is]}, {2: [first]})
+    _steer_masks(unmasker, [lower.copy(), _crop_mask(CROP, 0.2, 0.95)])
+    _steer_probabilities(monkeypatch, [0.1, 0.99])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert not restored and len(left) == 1 and np.array_equal(result, photo)
+
+
+def test_the_box_turn_needs_a_sure_box_and_no_box_surely_upright(monkeypatch):
+    from m2u.inference.unmask import BOX_TURN_CONFIDENCE
+
+    turn = Unmasker._box_turn
+    sure = Face.from_landmarks(_photo_with_faces(1)[1][0].landmarks)
+    readings: dict = {}
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.box_orientations",
+        lambda image, boxes, net=None: np.array([readings[b] for b in boxes], float),
+    )
+    image = np.zeros((10, 10, 3), np.uint8)
+    sideways = dataclasses.replace(sure, box=(1, 1, 2, 2))
+    readings.update({sure.box: [0.0, 0.0, 0.0, 1.0], sideways.box: [0.0, 1.0, 0.0, 0.0]})
+    assert turn(image, [sure.box]) == 3 and turn(image, []) == 0
+    readings[sure.box] = [0.0, 0.0, 1.0 - BOX_TURN_CONFIDENCE + 0.01, BOX_TURN_CONFIDENCE - 0.01]
+    assert turn(image, [sure.box]) == 0  # not sure enough
+    readings[sure.box] = [BOX_TURN_CONFIDENCE, 0.0, 0.0, 1.0 - BOX_TURN_CONFIDENCE]
+    assert turn(image, [sure.box, sideways.box]) == 0  # one box surely upright: no turn
+    readings[sure.box] = [0.0, 0.0, 0.0, 1.0]
+    third = dataclasses.replace(sure, box=(3, 3, 4, 4))
+    readings[third.box] = [0.0, 0.0, 0.0, 1.0]
+    assert turn(image, [sure.box, sideways.box, third.box]) == 3  # the turn most boxes read
+
+
 def test_the_turned_try_asks_blazeface_alone(tiny_checkpoints, monkeypatch):
     from m2u.masking.masked_faces import RealFaceDetector
 
@@ -857,6 +998,30 @@ def test_the_shipped_upside_down_classifier_tells_a_real_face_from_the_same_face
     ]
     upright, upside_down = upside_down_probabilities(crops)
     assert upright < 0.5 < upside_down, (upright, upside_down)
+
+
+def test_the_shipped_box_orientation_net_reads_which_way_up_a_real_face_lies(monkeypatch):
+    """The astronaut's face box, in her photo turned each quarter turn: the turn back reads surest."""
+    monkeypatch.undo()  # the real net, not this module's stand-in
+    from m2u.inference.mask_presence import box_orientations
+    from m2u.inference.unmask import _turn_matrix
+    from m2u.masking.masked_faces import RealFaceDetector
+
+    real_photo = _astronaut()
+    face = RealFaceDetector().detect(real_photo)[0]
+    height, width = real_photo.shape[:2]
+    corners = np.array([face.box[:2], face.box[2:]], np.float64)
+    for quarter_turns in range(4):
+        turned = np.ascontiguousarray(np.rot90(real_photo, quarter_turns))
+        if quarter_turns:
+            matrix = _turn_matrix(quarter_turns, width, height)
+            moved = corners @ matrix[:, :2].T + matrix[:, 2]
+        else:
+            moved = corners
+        box = (*moved.min(0), *moved.max(0))
+        (ways,) = box_orientations(turned, [box])
+        assert ways.sum() == pytest.approx(1.0)
+        assert int(ways.argmax()) == (4 - quarter_turns) % 4, (quarter_turns, ways)
 
 
 def test_min_score_leaves_low_scoring_faces_as_they_are(tiny_checkpoints):
