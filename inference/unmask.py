@@ -512,8 +512,13 @@ class Unmasker:
                 or all(f.problem.startswith("no face") for f in refused + left)
             )
         )
-        # Which way up the boxes of its sure detections show the faces (0: as it is, or not surely otherwise).
-        box_turn = self._box_turn(image, [f.box for f in found if not f.retry]) if turning else 0
+        # Which way up the faces lie to the box orientation net (0: as they are, or not surely otherwise), read on the
+        # boxes of the sure detections and of the uncertain ones restored (a face restored only so is the photo's
+        # likeliest face; in a photo stored sideways or upside down it is often the only one found, and restored
+        # lying or upside down). Other uncertain detections are not read: the faceless images' all are of that kind.
+        read = [f.box for f in found if not f.retry]
+        read += [f.box for f in restored if f.uncertain and f.detector != "whole-frame"]
+        box_turn = self._box_turn(image, read) if turning else 0
         if nothing_upright:
             # The turn the boxes read first, then the rest in their usual order.
             for quarter_turns in sorted(TURNS, key=lambda turns: turns != box_turn):
@@ -587,7 +592,7 @@ class Unmasker:
     @staticmethod
     def _box_turn(image: np.ndarray, boxes: list) -> int:
         """The quarter turns (np.rot90, anticlockwise) that show the faces in `boxes` (a detector's, of `image`: sure
-        detections only) upright to the box orientation net (m2u.inference.mask_presence.box_orientations); 0 where
+        detections, and uncertain ones restored) upright to the box orientation net (m2u.inference.mask_presence.box_orientations); 0 where
         it does not say so surely (BOX_TURN_CONFIDENCE): no box read turned so, or one read upright so. Where boxes
         disagree, the turn most of them read."""
         from m2u.inference.mask_presence import box_orientations

@@ -883,6 +883,18 @@ def test_a_photo_whose_boxes_read_turned_is_unmasked_turned_that_way(tiny_checkp
     # Where the face restored turned still reads turned there (restored lying or upside down), that turn is not taken.
     unmasker, (result, restored, left) = unmask([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]], {2: [first]})
     assert unmasker.detector.calls == 2 and len(restored) == 1 and restored[0].turned == 0
+    # An uncertain detection restored as it is is read too (the photo's only face may be found so).
+    unsure = dataclasses.replace(as_is, retry=True, score=0.6)
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    unmasker.detector = _Detector({photo.shape: [unsure]}, {2: [first]})
+    _steer_masks(unmasker, [lower.copy(), lower.copy()])
+    _steer_probabilities(monkeypatch, [0.99, 0.99])
+    _boxes_read(monkeypatch, [0.0, 0.0, 1.0, 0.0])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert len(restored) == 1 and restored[0].turned == 180 and not restored[0].uncertain
+    assert restored[0].turned_because.startswith("as it is, the box orientation net reads")
     # Not sure enough, or read upright: restored as it is, no turn tried.
     for ways in ([0.1, 0.05, 0.8, 0.05], [0.92, 0.0, 0.08, 0.0]):
         unmasker, (result, restored, left) = unmask(ways, {2: [first]})
