@@ -59,7 +59,7 @@ def train_listwise(
     upright one: a softmax over the group's four negated logits, cross-entropy (AdamW, one-cycle at 3e-3, 32 groups a
     batch). Why not each crop labelled alone: a net asked "is this crop upright?" learns what an upright CelebA
     face looks like and calls a real masked close-up unlike them "not upright" every way it is turned (the first
-    run: 1.00 on all four turns of most upside-down real-masked faces); asked which of the four is upright, it can
+    run: right for half the upside-down real-masked faces, most of the rest near 1.0 all four ways); asked which of the four is upright, it can
     only compare them. `augment(crop)`, where given, draws each training crop afresh every epoch; it gets the crop
     turned upright and its result is turned back, so that a mirror image (which swaps 90 and 270 degrees) keeps the
     label right."""

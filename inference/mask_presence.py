@@ -13,6 +13,11 @@ A second net of the same shape answers the other question the decision needs: is
 degrees (`upside_down_probabilities`, `UPSIDE_DOWN_CLASSIFIER`)? On an upside-down face the 68 points come out
 upright-looking on the wrong features, and the mask classifier takes the result (the mask above the "eyes") for a
 masked face; the detectors' HOG orientation check barely sees masked faces (benchmarks/train_orientation_classifier.py).
+
+A third net of the same shape reads the crop round a detector's box, before any landmark fit, in its four quarter
+turns, and says which shows the face upright (`box_orientations`, `BOX_ORIENTATION_NET`;
+benchmarks/train_box_orientation.py): a face lying on its side or upside down shows which way it lies there, where its
+68 points, fitted as if upright, do not.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ import torch
 from torch import nn
 
 __all__ = [
+    "BOX_ORIENTATION_NET",
     "MASK_CLASSIFIER",
     "UPSIDE_DOWN_CLASSIFIER",
+    "box_crop",
+    "box_orientations",
     "classifier_from_weights",
     "MaskPresenceEnsemble",
     "MaskPresenceNet",
+    "load_box_orientation_net",
     "load_mask_classifier",
     "load_upside_down_classifier",
     "mask_probabilities",
@@ -47,14 +56,15 @@ from m2u.inference.pretrained import (
 )
 
 # They ship in the shipped model's folder: m2u keeps every weight file it ships in one place. Benchmarks point these
-# at a candidate file to measure it instead (benchmarks/real_masks.py --classifier, --upside-down-classifier).
+# at a candidate file to measure it instead (benchmarks/real_masks.py --classifier, --upside-down-classifier,
+# --box-orientation).
 MASK_CLASSIFIER = pretrained_dir() / MASK_CLASSIFIER_FILE
 UPSIDE_DOWN_CLASSIFIER = pretrained_dir() / UPSIDE_DOWN_FILE
 BOX_ORIENTATION_NET = pretrained_dir() / BOX_ORIENTATION_FILE
 _SHIPPED = (MASK_CLASSIFIER, UPSIDE_DOWN_CLASSIFIER, BOX_ORIENTATION_NET)
 INPUT_SIZE = 64
-# The box orientation net's crop: the detector's box grown this much (the middle of its training's 1.25-1.55), so
-# the whole face is in it even where BlazeFace's box on a lying face sits off its middle.
+# The box orientation net's crop: the detector's box grown this much (its training draws 1.0-1.6), so the whole face
+# is in it even where BlazeFace's box on a lying face sits off its middle.
 BOX_CROP_GROW = 1.4
 
 
