@@ -108,7 +108,8 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
     show_default=True,
     help="A photo in which nothing is restored, with a face left because it looks upside down or no face found at "
     "all, is tried again turned (180 degrees, then 90 either way); so is a photo whose faces lie on their side, or "
-    "whose restorations rest only on uncertain detections or the whole frame (a quarter turn each way). Faces "
+    "whose restorations rest only on uncertain detections or the whole frame (a quarter turn each way), or whose "
+    "faces' boxes the box orientation net reads turned (that turn). Faces "
     "restored there (by the same decision) are turned back into the photo. With the default --detector only.",
 )
 @click.option(
