@@ -91,8 +91,9 @@ class MaskedFaceRule:
     # sure_route_mouth_table).
     min_sure_route_mouth_coverage: float = 0.7
     # A face the upside-down classifier (m2u.inference.mask_presence.upside_down_probabilities) gives more than this
-    # is left as it is whatever its mask evidence: its landmarks sit on the wrong features and the crop would be
-    # restored upside down.
+    # is left as it is whatever its mask evidence (its landmarks sit on the wrong features and the crop would be
+    # restored upside down), unless the box orientation net reads its detector box surely upright
+    # (m2u.inference.unmask.Unmasker._upside_down_unless_box_upright: a cap or a hood fools this classifier).
     max_upside_down_probability: float = 0.5
     # A face the detector's own orientation check refuses (HOG scores its crop higher turned 180 degrees: the
     # masking package's `is_upside_down_problem`) is restored only by the classifier route and only when the
