@@ -6,24 +6,33 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["feather_weight", "paste_feathered", "paste_region", "resize_matrix"]
+__all__ = ["feather_weight", "grow_region", "paste_feathered", "paste_region", "resize_matrix"]
 
 
-def feather_weight(mask: np.ndarray, dilate_px: int, feather_px: int) -> np.ndarray:
-    """Crop-space paste weight in [0, 1]: the mask grown by `dilate_px`, its edge softened over about
-    `feather_px`, and faded to 0 at the crop border so no crop edge shows in the photo."""
-    size = mask.shape[0]
-    region = (mask > 0).astype(np.uint8)
-    if dilate_px > 0:
-        region = cv2.dilate(region, np.ones((2 * dilate_px + 1,) * 2, np.uint8))
-    weight = region.astype(np.float32)
+def feather_weight(region: np.ndarray, feather_px: int) -> np.ndarray:
+    """Crop-space paste weight in [0, 1]: 1 on the `region` (> 0) the generator filled, fading to 0 over about
+    `feather_px` outside it, and faded to 0 at the crop border so no crop edge shows in the photo. The fade lies
+    outside the region: inside it every pixel is the generator's, so no pixel of what was restored (a mask's edge)
+    is blended back in."""
+    size = region.shape[0]
+    inside = (region > 0).astype(np.float32)
+    weight = inside
     if feather_px > 0:
         k = 2 * feather_px + 1
-        weight = cv2.GaussianBlur(weight, (k, k), sigmaX=feather_px / 2.0)
+        grown = grow_region(region, feather_px).astype(np.float32)
+        weight = np.maximum(cv2.GaussianBlur(grown, (k, k), sigmaX=feather_px / 2.0), inside)
         # The border fade: 0 at the edge, 1 from `feather_px` inwards.
         ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / float(feather_px), 0.0, 1.0)
         weight *= np.minimum.outer(ramp, ramp).astype(np.float32)
     return np.clip(weight, 0.0, 1.0)
+
+
+def grow_region(mask: np.ndarray, dilate_px: int) -> np.ndarray:
+    """The mask (> 0) grown by `dilate_px` pixels every way (a square neighbourhood): uint8 0/1."""
+    region = (mask > 0).astype(np.uint8)
+    if dilate_px > 0:
+        region = cv2.dilate(region, np.ones((2 * dilate_px + 1,) * 2, np.uint8))
+    return region
 
 
 def paste_region(

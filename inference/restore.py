@@ -28,6 +28,7 @@ __all__ = [
     "load_pretrained",
     "load_two_stage",
     "fill_mask_holes",
+    "inpaint_batch",
     "model_usage",
     "predict_masks",
     "predict_masks_and_probabilities",
@@ -217,7 +218,15 @@ def restore_batch(
     """The two-stage model on (B, 3, H, W) images in [0, 1]: (predicted mask, raw output, composite), the
     images in [0, 1]. `mask_threshold`: `model_usage(...).mask_threshold` (the M-Seg file's unless chosen);
     `mirror`, `fill_holes`: as `predict_masks`."""
-    x = to_model_range(masked01)
-    mask = predict_masks(mseg, x, mask_threshold, mirror, fill_holes)
-    raw = from_model_range(generator(x, mask))
-    return mask, raw, composite(raw, masked01, mask)
+    mask = predict_masks(mseg, to_model_range(masked01), mask_threshold, mirror, fill_holes)
+    raw, restored = inpaint_batch(generator, masked01, mask)
+    return mask, raw, restored
+
+
+def inpaint_batch(
+    generator: CARU2Net, masked01: torch.Tensor, region: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generator alone on (B, 3, H, W) images in [0, 1], filling `region` ((B, 1, H, W) {0, 1}: M-Seg's mask,
+    or the region a caller decided from it): (raw output, composite), in [0, 1]."""
+    raw = from_model_range(generator(to_model_range(masked01), region))
+    return raw, composite(raw, masked01, region)

@@ -41,9 +41,10 @@ from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
 from m2u.inference.masked_rule import MaskedFaceRule
-from m2u.inference.paste import feather_weight, paste_feathered, paste_region, resize_matrix
+from m2u.inference.paste import feather_weight, grow_region, paste_feathered, paste_region, resize_matrix
 from m2u.inference.restore import (
     TwoStageModel,
+    inpaint_batch,
     load_two_stage,
     model_usage,
     predict_masks_and_probabilities,
@@ -87,10 +88,14 @@ class UnmaskConfig:
 
     crop_size: int | None = None  # the aligned crop the models see; None: the size the model files record
     mask_threshold: float | None = None  # None: the threshold the M-Seg file records
-    dilate: float = (
-        0.02  # grow the predicted mask by this fraction of the crop before pasting (hides its rim)
+    # The region restored is the (refined) mask grown by this fraction of the crop (1 px at 128): the generator
+    # fills it and it is pasted back whole, so a real mask's rim that M-Seg's edge misses by a pixel is repainted
+    # too. Growing it further hides more of the rim and costs the synthetic masks, whose edge M-Seg finds exactly
+    # (the generator fills a larger region more blurrily): measured in the README ("The region restored").
+    dilate: float = 0.008
+    feather: float = (
+        0.03  # width of the pasted region's soft outer edge (feather_weight), fraction of the crop
     )
-    feather: float = 0.03  # width of the soft edge of the pasted region, fraction of the crop
     keep_crops: bool = False  # also write each aligned crop, its predicted mask and its restoration
     # "blazeface": MediaPipe's BlazeFace, then the dlib masked-face cascade where it finds nothing
     # (m2u.masking.masked_faces.RealFaceDetector); "masked": that dlib cascade alone (MASKED_CASCADE); "hog" /
@@ -186,7 +191,7 @@ class FaceRestoration:
     # Where the alignment's eye centres came from: "blazeface" (its eye keypoints) or "dlib" (the 68 points); "" for
     # an aligned input or a whole frame.
     eyes: str = ""
-    weight: np.ndarray | None = None  # crop-space paste weight (feathered, dilated mask)
+    weight: np.ndarray | None = None  # crop-space paste weight (1 on the region restored, feathered outside)
     precision: str = "fp32"  # of the forward pass that restored it (fp32 | bf16)
     # What MaskedFaceRule read off the mask (mask fraction, mouth and eye coverage).
     evidence: dict = field(default_factory=dict)
@@ -280,9 +285,12 @@ class Unmasker:
         return masks, composites
 
     @torch.no_grad()
-    def restore_passes(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def restore_passes(
+        self, crops: list[np.ndarray], regions: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """`restore_crops` plus each crop's precision: the crops go through the models together, in forward passes
-        of up to `max_batch` faces."""
+        of up to `max_batch` faces. `regions` (one (S, S) mask per crop, > 0 inside): the regions the generator
+        fills, already decided (the generator alone runs; the masks returned are these), else M-Seg's masks."""
         masks, composites, precisions = [], [], []
         step = self.config.max_batch
         for start in range(0, len(crops), step):
@@ -290,7 +298,12 @@ class Unmasker:
             precision = self.pass_precision(len(chunk))
             batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
+                if regions is None:
+                    mask, _, comp = restore_batch(self.mseg, self.generator, batch, self.usage.mask_threshold)
+                else:
+                    planes = np.stack(regions[start : start + step]) > 0
+                    mask = torch.from_numpy(planes[:, None]).float().to(self.device)
+                    _, comp = inpaint_batch(self.generator, batch, mask)
             masks.append((mask[:, 0].float().cpu().numpy() > 0.5).astype(np.uint8) * 255)
             composites.append(to_uint8_images(comp.float().cpu()))
             precisions += [precision] * len(chunk)
@@ -310,12 +323,20 @@ class Unmasker:
         masks = (mask[:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
         return masks, probability[:, 0].float().cpu().numpy()
 
+    def _dilate_px(self) -> int:
+        return round(self.config.dilate * self.usage.require_crop_size())
+
+    def restored_region(self, mask: np.ndarray) -> np.ndarray:
+        """The crop-space region the generator fills for a (refined) mask: the mask grown by `dilate`, uint8 0/1;
+        `paste_weight` pastes the same region back, feathered."""
+        return grow_region(mask, self._dilate_px())
+
     def paste_weight(self, mask: np.ndarray) -> np.ndarray:
-        """The crop-space weight a predicted mask is pasted back with (dilated, feathered)."""
+        """The crop-space weight a (refined) mask's restoration is pasted back with: 1 on `restored_region`,
+        feathered outside it."""
         size = self.usage.require_crop_size()
-        dilate_px = round(self.config.dilate * size)
         feather_px = max(1, round(self.config.feather * size)) if self.config.feather > 0 else 0
-        return feather_weight(mask, dilate_px, feather_px)
+        return feather_weight(self.restored_region(mask), feather_px)
 
     def _restore_into(
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
@@ -407,19 +428,25 @@ class Unmasker:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain, mask_maps[k])
             faces.append(face)
         kept = [f for f in faces if not f.problem]
-        if kept:
-            # The generator runs only on the faces to restore (in passes of up to max_batch faces).
-            kept_masks, composites, precisions = self.restore_passes([f.crop for f in kept])
-            for face, mask, comp, precision in zip(kept, kept_masks, composites, precisions, strict=True):
-                # The decision's mask where it was read (the same M-Seg on the same crop), else the restorer's.
-                face.mask = mask if face.mask is None else face.mask
-                face.restored, face.precision = comp, precision
+        unread = [f for f in kept if f.mask is None]
+        if unread:  # --all-faces: M-Seg has not read these crops for a decision
+            for face, mask in zip(unread, self.predict_masks_with_probabilities([f.crop for f in unread])[0]):
+                face.mask = mask
         for face in kept:
             if not face.evidence:
                 face.evidence = rule.evidence(face.mask, 1.0)
                 face.evidence.pop("mask_probability")  # not asked (--all-faces)
             # The evidence is M-Seg's own mask; the region restored is the refined one.
             face.mask = refine_mask(face.crop, face.mask, self.config.refine)
+        if kept:
+            # The generator runs only on the faces to restore (in passes of up to max_batch faces), and fills the
+            # region that is pasted back: the refined mask grown by `dilate`. (Filling M-Seg's own mask instead
+            # left what the refinement added and the grown rim showing the photo's own pixels, the mask's edge.)
+            _, composites, precisions = self.restore_passes(
+                [f.crop for f in kept], [self.restored_region(f.mask) for f in kept]
+            )
+            for face, comp, precision in zip(kept, composites, precisions, strict=True):
+                face.restored, face.precision = comp, precision
         result = image.copy()
         for face in faces:
             face.mask_fraction = float((face.mask > 0).mean())

@@ -19,17 +19,18 @@ from m2u.inference.unmask import UnmaskConfig, Unmasker
 CROP = 64
 
 
-def test_feather_weight_is_soft_inside_and_zero_at_the_crop_border():
-    mask = np.zeros((64, 64), np.uint8)
-    mask[30:60, 10:54] = 255
-    weight = feather_weight(mask, dilate_px=2, feather_px=4)
+def test_feather_weight_is_one_on_the_region_soft_outside_and_zero_at_the_crop_border():
+    region = np.zeros((64, 64), np.uint8)
+    region[30:60, 10:54] = 1
+    weight = feather_weight(region, feather_px=4)
     assert weight.dtype == np.float32 and weight.min() >= 0 and weight.max() <= 1
-    assert weight[45, 32] == pytest.approx(1.0)
-    assert weight[5, 32] == 0.0  # far from the mask
+    # Every pixel the generator filled is pasted whole (away from the crop border's fade).
+    assert (weight[30:60, 10:54][:, 4:-4] == 1.0).all()
+    assert weight[5, 32] == 0.0  # far from the region
     assert weight[63].max() == 0.0 and weight[:, 0].max() == 0.0  # crop border: no seam in the photo
-    edge = weight[30 - 2 - 2 : 30, 32]
-    assert edge.min() > 0 and edge.max() < 1  # a soft edge, not a step
-    hard = feather_weight(mask, dilate_px=0, feather_px=0)
+    outside = weight[30 - 4 : 30, 32]
+    assert outside.min() > 0 and outside.max() < 1  # a soft edge outside the region, not a step
+    hard = feather_weight(region, feather_px=0)
     assert set(np.unique(hard)) == {0.0, 1.0}
 
 
@@ -40,7 +41,7 @@ def test_paste_back_inverts_the_alignment():
     aligned = align_face(photo, landmarks, CROP)
     centre = np.zeros((CROP, CROP), np.uint8)
     centre[16:48, 16:48] = 255
-    weight = feather_weight(centre, 0, 2)
+    weight = feather_weight(centre, 2)
     # The unchanged crop pasted back reproduces the photo up to resampling blur.
     same = paste_feathered(photo, aligned.image, aligned.matrix, weight)
     changed = np.abs(same.astype(int) - photo.astype(int))
@@ -105,9 +106,62 @@ def test_unmask_real_photos_with_several_faces_and_sizes(extras_dir, tiny_checkp
     result, faces = unmasker.unmask_image(image)
     touched = np.zeros(image.shape[:2], np.float32)
     for face in faces:
-        weight = feather_weight(face.mask, round(config.dilate * CROP), max(1, round(config.feather * CROP)))
+        weight = unmasker.paste_weight(face.mask)
         touched += cv2.warpAffine(weight, cv2.invertAffineTransform(face.matrix), image.shape[1::-1])
     assert np.array_equal(result[touched == 0], image[touched == 0])
     assert (result[touched > 0.5] != image[touched > 0.5]).any()
     crop = cv2.imread(str(next((tmp_path / "crops").glob("*_input.png"))))
     assert crop.shape == (CROP, CROP, 3)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_the_generator_fills_the_region_pasted_back_rim_included(tiny_checkpoints, monkeypatch, refine):
+    """The region restored is the (refined) mask grown by `dilate`, and every pixel of it comes from the generator:
+    before, the generator filled M-Seg's own mask only, so the grown rim (and what GrabCut added) was pasted back
+    as the crop's own pixels, the mask's edge left showing."""
+    import torch
+
+    from m2u.inference.mask_refine import MaskRefineConfig
+    from m2u.inference.paste import grow_region
+
+    class PaintsGreen(torch.nn.Module):
+        def forward(self, x, mask):  # model range [-1, 1]: pure green
+            out = torch.full_like(x, -1.0)
+            out[:, 1] = 1.0
+            return out
+
+    mseg_path, gen_path = tiny_checkpoints
+    config = UnmaskConfig(
+        crop_size=CROP,
+        masked_only=False,
+        progress=False,
+        device="cpu",
+        dilate=0.05,
+        refine=MaskRefineConfig(enabled=refine),
+    )
+    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
+    unmasker.generator = PaintsGreen()
+    rng = np.random.default_rng(0)
+    crop = rng.integers(90, 160, (CROP, CROP, 3), dtype=np.uint8)
+    mask = np.zeros((CROP, CROP), np.uint8)
+    mask[30:50, 16:48] = 255
+    crop[mask > 0] = (20, 20, 30)  # a dark mask on grey-brown skin: GrabCut keeps it
+    monkeypatch.setattr(
+        unmasker,
+        "predict_masks_with_probabilities",
+        lambda crops: (np.stack([mask] * len(crops)), np.stack([mask / 255.0] * len(crops))),
+    )
+    result, faces = unmasker.unmask_aligned(crop)
+    (face,) = faces
+    region = grow_region(face.mask, round(config.dilate * CROP)) > 0
+    rim = region & (mask == 0)
+    assert rim.sum() > 100
+    green = np.array([0, 255, 0])
+    assert (face.restored[region] == green).all()  # the composite: the generator's pixels on the whole region
+    assert (face.restored[~region] == crop[~region]).all()  # and the crop's own elsewhere
+    # In the photo, too, the whole region is the generator's (the feathered edge lies outside it), and nothing
+    # beyond the weight's reach changes.
+    assert (result[region] == green).all()
+    weight = unmasker.paste_weight(face.mask)
+    assert (weight[region] == 1.0).all()
+    assert np.array_equal(result[weight == 0], crop[weight == 0])

@@ -102,16 +102,17 @@ def test_the_photo_changes_only_under_the_refined_mask_and_the_evidence_is_msegs
 
 
 @pytest.mark.parametrize(
-    "flag, enabled, whole_frame, turn",
+    "flag, enabled, whole_frame, turn, grow",
     [
-        ([], True, True, True),
-        (["--no-refine-mask"], False, True, True),
-        (["--no-whole-frame"], True, False, True),
-        (["--no-try-turned"], True, True, False),
+        ([], True, True, True, 0.008),
+        (["--no-refine-mask"], False, True, True, 0.008),
+        (["--no-whole-frame"], True, False, True, 0.008),
+        (["--no-try-turned"], True, True, False, 0.008),
+        (["--grow", "0.02"], True, True, True, 0.02),
     ],
 )
-def test_unmask_cli_passes_the_refine_whole_frame_and_turn_switches(
-    tmp_path, monkeypatch, flag, enabled, whole_frame, turn
+def test_unmask_cli_passes_the_refine_whole_frame_turn_and_grow_options(
+    tmp_path, monkeypatch, flag, enabled, whole_frame, turn, grow
 ):
     from click.testing import CliRunner
 
@@ -122,7 +123,7 @@ def test_unmask_cli_passes_the_refine_whole_frame_and_turn_switches(
 
     def fake_unmask_files(found, mseg, generator, out_dir, config):
         seen["refine"], seen["whole_frame"] = config.refine, config.whole_frame
-        seen["turn"] = config.try_turned
+        seen["turn"], seen["grow"] = config.try_turned, config.dilate
         return []
 
     monkeypatch.setattr(photos, "unmask_files", fake_unmask_files)
@@ -131,3 +132,4 @@ def test_unmask_cli_passes_the_refine_whole_frame_and_turn_switches(
     result = CliRunner().invoke(unmask_main, [str(photo), "-o", str(tmp_path / "out"), *flag])
     assert result.exit_code == 0, result.output
     assert seen["refine"].enabled is enabled and seen["whole_frame"] is whole_frame and seen["turn"] is turn
+    assert seen["grow"] == grow
