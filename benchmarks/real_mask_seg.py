@@ -9,7 +9,8 @@ Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/N
 paste-back); each restored face's M-Seg mask is warped back to the photo (inverse of its alignment) and the faces
 are united. Figures: faces found; Dice per photo averaged where a face was found and over all photos (a photo with
 no face found scores 0); precision and recall per photo averaged where found; remnants: the share of label pixels the output leaves exactly unchanged (pooled), where
-found and over all. `--whole-crop` skips detection (each crop resized to the model's size is the face): M-Seg
+found and over all, and the share it leaves within NEAR_UNCHANGED_LEVELS of the input (the photo's own pixels pasted
+back resampled look unchanged, the mask's edge showing: before 2026-12-05 the rim round the mask was pasted so). `--whole-crop` skips detection (each crop resized to the model's size is the face): M-Seg
 alone on real masks, apart from the detector. `--sheet` writes photo | predicted mask | restored rows (real photos: never commit it).
 `--refine-grid` also measures M-Seg's mask unrefined and under a grid of GrabCut seeds (m2u.inference.mask_refine),
 each with Dice over all photos on the two halves of the crops (alternate names), into the JSON's "refine_grid".
@@ -29,21 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "faces" / "real-mask-seg"
 
 
-def photo_mask(shape: tuple[int, int], faces) -> np.ndarray:
-    """The union of the faces' crop-space M-Seg masks warped back onto the photo (bool (H, W))."""
-    height, width = shape
-    out = np.zeros((height, width), bool)
-    for face in faces:
-        back = cv2.warpAffine(
-            face.mask, face.matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        )
-        out |= back >= 128
-    return out
-
-
-def dice(predicted: np.ndarray, label: np.ndarray) -> float:
-    total = predicted.sum() + label.sum()
-    return 1.0 if total == 0 else float(2 * (predicted & label).sum() / total)
+# Label pixels the output changes by at most this many levels per channel count as near remnants (summarize).
+NEAR_UNCHANGED_LEVELS = 12
 
 
 def _detections(unmasker, image: np.ndarray, name: str, cache: dict) -> list:
@@ -77,6 +65,7 @@ def evaluate(
     unmasker, data: Path, limit: int | None = None, sheet_rows: int = 0, cache_path: Path | None = None
 ):
     from m2u.core.imageio import read_image
+    from m2u.evaluation.real_masks import left_unchanged, mask_scores, photo_mask
 
     rows, tiles = [], []
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
@@ -96,18 +85,20 @@ def evaluate(
                 cache_path.write_text(json.dumps(cache))
             result, faces, _ = unmasker.unmask_found(image, found)
         predicted = photo_mask(image.shape[:2], faces)
-        unchanged = ~np.any(result != image, axis=2)
+        unchanged = left_unchanged(result, image)
+        near = left_unchanged(result, image, NEAR_UNCHANGED_LEVELS)
         rows.append(
             {
                 "name": path.name,
                 "found": bool(faces),
                 "faces": len(faces),
-                "dice": dice(predicted, label),
+                "dice": mask_scores(predicted, label, unchanged)[0],
                 # Per photo: the share of the predicted region that is mask, and of the mask that is predicted.
                 "precision": float((predicted & label).sum() / max(predicted.sum(), 1)),
                 "recall": float((predicted & label).sum() / max(label.sum(), 1)),
                 "label_pixels": int(label.sum()),
                 "remnant_pixels": int((unchanged & label).sum()),
+                "near_remnant_pixels": int((near & label).sum()),
             }
         )
         if len(tiles) < sheet_rows:
@@ -121,9 +112,9 @@ def evaluate(
 def summarize(rows: list[dict]) -> dict:
     found = [r for r in rows if r["found"]]
 
-    def remnants(subset: list[dict]) -> float | None:
+    def remnants(subset: list[dict], key: str = "remnant_pixels") -> float | None:
         label = sum(r["label_pixels"] for r in subset)
-        return round(sum(r["remnant_pixels"] for r in subset) / label, 4) if label else None
+        return round(sum(r[key] for r in subset) / label, 4) if label else None
 
     return {
         "photos": len(rows),
@@ -134,6 +125,8 @@ def summarize(rows: list[dict]) -> dict:
         "recall_where_found": round(float(np.mean([r["recall"] for r in found])), 4) if found else None,
         "remnants_where_found": remnants(found),
         "remnants_all": remnants(rows),
+        f"remnants_within_{NEAR_UNCHANGED_LEVELS}_levels_where_found": remnants(found, "near_remnant_pixels"),
+        f"remnants_within_{NEAR_UNCHANGED_LEVELS}_levels_all": remnants(rows, "near_remnant_pixels"),
     }
 
 

@@ -321,8 +321,9 @@ def main() -> None:
             summary["seconds"] = round(time.perf_counter() - t0, 1)
             evaluations[name] = summary
             print(f"{name}: {json.dumps(summary)}", flush=True)
-    if args.only and args.out.is_file():
-        evaluations = {**json.loads(args.out.read_text()).get("evaluations", {}), **evaluations}
+    earlier = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
+    if earlier:
+        evaluations = {**earlier.get("evaluations", {}), **evaluations}
     result["evaluations"] = evaluations
     result["decision_rule"] = {k: getattr(rule, k) for k in rule.__dataclass_fields__}
     result["protocol"] = {
@@ -345,6 +346,13 @@ def main() -> None:
         "machine": platform.platform(),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if args.only:
+        # A partial run: the other sets' figures come from the file, and so does the last full run's time.
+        earlier_protocol = earlier.get("protocol", {})
+        result["protocol"]["only"] = sorted(only)
+        result["protocol"]["full_run_seconds"] = earlier_protocol.get(
+            "full_run_seconds", None if "only" in earlier_protocol else earlier_protocol.get("seconds")
+        )
     _write_merged(args.out, result)
 
 

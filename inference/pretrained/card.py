@@ -282,7 +282,8 @@ def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:
             if real.get("mode", "").startswith("whole crop")
             else "through `m2u-unmask`'s own pipeline (masked-face cascade, the whole crop as the face where it finds "
             "none, alignment, M-Seg, the masked-face decision, "
-            "generator, paste-back of M-Seg's mask refined by GrabCut; "
+            "generator, paste-back of M-Seg's mask refined by GrabCut and grown by `--grow`, the region the generator "
+            "fills; "
         )
         + "`benchmarks/real_mask_seg.py`):",
         "",

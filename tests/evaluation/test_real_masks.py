@@ -15,7 +15,13 @@ from click.testing import CliRunner
 
 from m2u.datasets.synthetic import make_synthetic_sample
 from m2u.evaluation.cli import real_masks_main
-from m2u.evaluation.real_masks import RealMaskConfig, evaluate_real_masks, mask_scores, photo_mask
+from m2u.evaluation.real_masks import (
+    RealMaskConfig,
+    evaluate_real_masks,
+    left_unchanged,
+    mask_scores,
+    photo_mask,
+)
 from m2u.inference.masked_rule import MaskedFaceRule
 from m2u.inference.photos import unmask_files
 from m2u.inference.unmask import DETECTORS, FaceRestoration, UnmaskConfig, Unmasker
@@ -1061,6 +1067,17 @@ def test_mask_scores_against_a_label():
     unchanged[2:4, 2:6] = False  # 8 label pixels were changed
     dice, iou, remnant = mask_scores(predicted, label, unchanged)
     assert dice == pytest.approx(0.5) and iou == pytest.approx(8 / 24) and remnant == pytest.approx(0.5)
+
+
+def test_left_unchanged_exactly_or_within_a_tolerance():
+    image = np.full((2, 3, 3), 100, np.uint8)
+    result = image.copy()
+    result[0, 0] = (100, 100, 101)  # one level in one channel
+    result[0, 1] = (112, 88, 100)  # 12 levels: a resampled copy of itself
+    result[0, 2] = (113, 100, 100)  # repainted
+    result[1, 0] = (0, 255, 0)
+    assert left_unchanged(result, image).tolist() == [[False, False, False], [False, True, True]]
+    assert left_unchanged(result, image, 12).tolist() == [[True, True, False], [False, True, True]]
 
 
 class _FakeUnmasker:

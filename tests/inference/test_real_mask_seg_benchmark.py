@@ -20,24 +20,22 @@ def _module():
 
 
 def test_crop_mask_goes_back_to_the_photo_through_the_inverse_alignment():
-    bench = _module()
+    from m2u.evaluation.real_masks import photo_mask  # the benchmark's, shared with m2u-eval real-masks
+
     crop = np.zeros((16, 16), np.uint8)
     crop[8:, :] = 255  # the lower half of the crop
     # The crop is the photo's 32x32 box at (10, 20), scaled by 1/2.
     matrix = np.array([[0.5, 0.0, -5.0], [0.0, 0.5, -10.0]])
-    mask = bench.photo_mask((64, 64), [SimpleNamespace(mask=crop, matrix=matrix)])
+    mask = photo_mask((64, 64), [SimpleNamespace(mask=crop, matrix=matrix)])
     ys, xs = np.nonzero(mask)
     # Photo rows 36..51 and columns 10..41 (crop rows 8..15, columns 0..15), up to the half pixel at each edge.
     assert abs(ys.min() - 36) <= 1 and ys.max() == 51 and abs(xs.min() - 10) <= 1 and abs(xs.max() - 41) <= 1
     assert mask[40:50, 15:35].all() and not mask[:30].any()
-    assert not bench.photo_mask((64, 64), []).any()
+    assert not photo_mask((64, 64), []).any()
 
 
-def test_dice_and_summary_count_unfound_photos_as_zero():
+def test_summary_counts_unfound_photos_as_zero():
     bench = _module()
-    a = np.zeros((4, 4), bool)
-    a[:2] = True
-    assert bench.dice(a, a) == 1.0 and bench.dice(a, ~a) == 0.0 and bench.dice(a & False, a & False) == 1.0
     rows = [
         {
             "found": True,
@@ -46,6 +44,7 @@ def test_dice_and_summary_count_unfound_photos_as_zero():
             "recall": 1.0,
             "label_pixels": 100,
             "remnant_pixels": 10,
+            "near_remnant_pixels": 30,
         },
         {
             "found": False,
@@ -54,6 +53,7 @@ def test_dice_and_summary_count_unfound_photos_as_zero():
             "recall": 0.0,
             "label_pixels": 100,
             "remnant_pixels": 100,
+            "near_remnant_pixels": 100,
         },
     ]
     summary = bench.summarize(rows)
@@ -61,6 +61,10 @@ def test_dice_and_summary_count_unfound_photos_as_zero():
     assert summary["dice_all"] == pytest.approx(0.45)
     assert summary["remnants_where_found"] == pytest.approx(0.1) and summary["remnants_all"] == pytest.approx(
         0.55
+    )
+    near = f"remnants_within_{bench.NEAR_UNCHANGED_LEVELS}_levels"
+    assert summary[f"{near}_where_found"] == pytest.approx(0.3) and summary[f"{near}_all"] == pytest.approx(
+        0.65
     )
     # Precision and recall are averaged where a face was found only.
     assert summary["precision_where_found"] == pytest.approx(0.8) and summary["recall_where_found"] == 1.0
