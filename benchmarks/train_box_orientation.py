@@ -31,7 +31,6 @@ the labels of 90 and 270 degrees (held-out 0.95 falling to 0.85 as it trained).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -167,24 +166,15 @@ def make_crops(photos: list[Path], held_out: set[str], rng) -> tuple[tuple[list,
 
 
 def main() -> None:
-    from train_mask_classifier import Augmentation, photometric, save_net, training_photos
+    from train_mask_classifier import Augmentation, classifier_parser, photometric, save_net, training_photos
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    # The defaults are the shipped file's command.
-    parser.add_argument("--photos", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser = classifier_parser(__doc__, photos=2000, epochs=10, out_name="box_orientation.safetensors")
     parser.add_argument("--width", type=int, default=16, help="the net's base width (MaskPresenceNet)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument(
         "--crops",
         type=Path,
         help="an .npz of the crops: read where it exists, else written once they are made",
     )
-    # Never the shipped file by default: copy a checked result there by hand.
-    parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "box_orientation.safetensors")
     args = parser.parse_args()
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()

@@ -590,6 +590,21 @@ def save_net(net, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
 
 
+def classifier_parser(description: str, photos: int, epochs: int, out_name: str) -> argparse.ArgumentParser:
+    """The arguments every classifier-training script here takes, their defaults that script's shipped command:
+    --photos, --epochs, --seed, --shared and -o/--out, which is never the shipped file by default (a checked result
+    is copied there by hand)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--photos", type=int, default=photos)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / out_name)
+    return parser
+
+
 def training_photos(shared: Path, count: int, seed: int) -> tuple[np.random.Generator, list[Path], set[str]]:
     """The run's generator (torch seeded alike, 2 threads), `count` CelebA photos of the TRAIN split of the identity
     hash split (seed 0), and the names of the last tenth of them (held out)."""
@@ -610,22 +625,17 @@ def main() -> None:
 
     from m2u.masking import read_image
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--photos", type=int, default=1200)
+    parser = classifier_parser(__doc__, photos=1200, epochs=8, out_name="mask_presence.safetensors")
     parser.add_argument("--textures", type=int, default=1200)
     parser.add_argument("--variants", type=int, default=3, help="Augmented crops per face and class.")
     parser.add_argument(
         "--real-variants", type=int, default=8, help="Augmented crops per real-mask-seg face."
     )
-    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--width", type=int, default=16, help="the net's base width (MaskPresenceNet)")
     parser.add_argument(
         "--label-smoothing", type=float, default=0.0, help="targets pulled that far towards 0.5"
     )
     parser.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta parameter (0: no mixup)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--realism",
         type=Path,
@@ -700,7 +710,6 @@ def main() -> None:
         help="how far a hard negative's collar may rise over the chin, as a share of the nose-to-chin height (a "
         "turtleneck or scarf up to the lower lip; the lips stay bare)",
     )
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument(
         "--cache", type=Path, help="keep the aligned crops in this .npz (reruns skip m2u-mask)"
     )
@@ -710,8 +719,6 @@ def main() -> None:
         help="every crop of the run (training and held out) in this .npz: written after building them, read "
         "instead of building them when it exists (to compare training settings on the same crops)",
     )
-    # Never the shipped file by default: copy a checked result there by hand (MASK_CLASSIFIER).
-    parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "mask_presence.safetensors")
     args = parser.parse_args()
     for given in (args.cache, args.training_set):
         if given and given.suffix != ".npz":

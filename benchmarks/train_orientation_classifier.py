@@ -32,7 +32,6 @@ shipped file: 247 and 11).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -130,6 +129,7 @@ def headwear(image: np.ndarray, landmarks: np.ndarray, rng) -> np.ndarray:
 
 def main() -> None:
     from train_mask_classifier import (
+        classifier_parser,
         jittered_crop,
         photometric,
         realism_pairs,
@@ -143,14 +143,10 @@ def main() -> None:
     from m2u.masking import read_image
     from m2u.masking.masked_faces import RealFaceDetector, RealFaceDetectorConfig
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--photos", type=int, default=1200)
+    parser = classifier_parser(__doc__, photos=1200, epochs=6, out_name="upside_down.safetensors")
     parser.add_argument("--realism", type=Path, help="a dataset m2u-make-dataset built from CelebA")
     parser.add_argument("--realism-pairs", type=int, default=4000, help="at most this many of its pairs")
     parser.add_argument("--real-variants", type=int, default=8, help="crops per real-mask-seg face and way")
-    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument(
         "--detected",
         action="store_true",
@@ -164,10 +160,6 @@ def main() -> None:
         help="share of the CelebA and realism faces drawn with a cap, a surgical cap or a hood (`headwear`), both "
         "ways (0 draws nothing, so earlier commands make the same crops)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    # Never the shipped file by default: copy a checked result there by hand.
-    parser.add_argument("-o", "--out", type=Path, default=REPO / "runs" / "upside_down.safetensors")
     args = parser.parse_args()
     rng, photos, held_out = training_photos(args.shared, args.photos, args.seed)
     start = time.perf_counter()
