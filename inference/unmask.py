@@ -30,6 +30,7 @@ features); or it scores below `min_score`) keeps every pixel and is listed with 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -546,10 +547,22 @@ class Unmasker:
         read = [f.box for f in found if not f.retry]
         read += [f.box for f in restored if f.uncertain and f.detector != "whole-frame"]
         box_turn = self._box_turn(image, read) if turning else 0
+        # Each turn of the photo is unmasked at most once, whichever checks below ask for it.
+        views: dict[int, tuple[np.ndarray, list[FaceRestoration], list] | None] = {}
+
+        def view(quarter_turns: int, because: str) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
+            if quarter_turns not in views:
+                views[quarter_turns] = self._unmask_turned(image, quarter_turns)
+            unmasked = views[quarter_turns]
+            if unmasked is None:
+                return None
+            result, faces, left = unmasked
+            return result, [replace(f, turned_because=because) for f in faces], left
+
         if nothing_upright:
             # The turn the boxes read first, then the rest in their usual order.
             for quarter_turns in sorted(TURNS, key=lambda turns: turns != box_turn):
-                turned = self._unmask_turned(image, quarter_turns, NOTHING_RESTORED_AS_IT_IS)
+                turned = view(quarter_turns, NOTHING_RESTORED_AS_IT_IS)
                 if turned is not None:
                     return turned
         if box_turn and not nothing_upright:
@@ -558,8 +571,7 @@ class Unmasker:
             # features there, so the restoration is upside down or a smear, or the crop shows no mask. The turn is
             # taken where it restores at least as many faces (at least one), upright; where nothing was restored as
             # it is, each with a mask-shaped M-Seg mask (as the keypoint check below asks).
-            turned = self._unmask_turned(
-                image,
+            turned = view(
                 box_turn,
                 f"as it is, the box orientation net reads its faces upright turned {turn_words(90 * box_turn)}",
             )
@@ -570,7 +582,7 @@ class Unmasker:
             # box, so the crop still leans. Turned a quarter turn they are found and aligned as upright faces.
             mean_lean = float(np.mean([f.lean for f in restored]))
             upright = self._unmask_quarter_turned(
-                image,
+                view,
                 len(restored),
                 clockwise_first=mean_lean > 0,
                 because=f"as it is, its faces lie on their side, leaning {abs(mean_lean):.0f} degrees",
@@ -586,7 +598,7 @@ class Unmasker:
             # less than SIDEWAYS_LEAN); no upright photo measured restores any face turned so
             # (benchmarks/real_masks.py, README).
             upright = self._unmask_quarter_turned(
-                image,
+                view,
                 len(restored),
                 clockwise_first=float(np.mean([f.lean for f in restored])) > 0,
                 because="as it is, no face was found and the whole photo was restored as one face crop"
@@ -606,7 +618,7 @@ class Unmasker:
             # that, one bare face of extras (keypoints 80 degrees from level) was restored turned, classifier 0.99
             # with M-Seg on 80 % of its eyes (benchmarks/real_masks.py, README).
             upright = self._unmask_quarter_turned(
-                image,
+                view,
                 max(1, len(restored)),
                 clockwise_first=lying[0] < 0,
                 because=f"as it is, a face found lies on its side, its eyes {abs(lying[0]):.0f} degrees from level",
@@ -634,13 +646,14 @@ class Unmasker:
 
     def _unmask_quarter_turned(
         self,
-        image: np.ndarray,
+        view: Callable[[int, str], tuple[np.ndarray, list[FaceRestoration], list] | None],
         at_least: int,
         clockwise_first: bool,
         because: str,
         mask_shaped: bool = False,
     ) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
-        """`image` unmasked turned a quarter turn each way (`_unmask_turned`), for faces lying on their side: a turn
+        """The photo unmasked turned a quarter turn each way (`view`: its turned views, `_unmask_turned` with the
+        reason applied), for faces lying on their side: a turn
         counts where it restores at least `at_least` faces, each leaning less than SIDEWAYS_LEAN there (and with
         `mask_shaped`, each with a mask-shaped M-Seg mask by the sure-mask route's limits), and of two that count,
         the one whose faces the upside-down classifier reads most surely upright (which way a face lies is a guess
@@ -648,7 +661,7 @@ class Unmasker:
         the wrong way); None where neither counts."""
         best, best_doubt = None, math.inf
         for quarter_turns in (3, 1) if clockwise_first else (1, 3):
-            turned = self._unmask_turned(image, quarter_turns, because)
+            turned = view(quarter_turns, because)
             if turned is None or not self._turn_holds(turned, at_least, mask_shaped):
                 continue
             doubt = max(f.evidence.get("upside_down_probability", 0.0) for f in turned[1])
@@ -691,11 +704,11 @@ class Unmasker:
         return self.detector.detect(image)
 
     def _unmask_turned(
-        self, image: np.ndarray, quarter_turns: int, because: str
+        self, image: np.ndarray, quarter_turns: int
     ) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
         """`image` unmasked turned `quarter_turns` times 90 degrees anticlockwise, with its faces and result
         turned back; None when nothing is restored that way. The faces left there are reported as found there
-        (boxes in `image`'s pixels, their reasons saying so); `because` says why the photo was turned
+        (boxes in `image`'s pixels, their reasons saying so); the caller says why the photo was turned
         (FaceRestoration.turned_because)."""
         height, width = image.shape[:2]
         turned = np.ascontiguousarray(np.rot90(image, quarter_turns))
@@ -711,10 +724,7 @@ class Unmasker:
             return None
         return (
             np.ascontiguousarray(np.rot90(result, -quarter_turns)),
-            [
-                replace(_turned_back(f, quarter_turns, width, height), turned_because=because)
-                for f in restored
-            ],
+            [_turned_back(f, quarter_turns, width, height) for f in restored],
             [_turned_back(f, quarter_turns, width, height) for f in left],
         )
 

@@ -841,6 +841,12 @@ def test_a_photo_restored_only_on_uncertain_detections_is_tried_a_quarter_turn(t
     result, restored, left = unmasker.unmask_with_refusals(photo)
     assert unmasker.detector.calls == 3 and len(restored) == 1 and restored[0].turned == 0
     assert restored[0].record()["uncertain_detection"] is True
+    # A turn two checks ask for is unmasked once: the box reads the quarter turn anticlockwise, which restores
+    # nothing, and the uncertain-detection check asks for that turn again, and for the other.
+    unmasker = unmasker_for(unsure, {})
+    _boxes_read(monkeypatch, [0.0, 1.0, 0.0, 0.0])
+    result, restored, left = unmasker.unmask_with_refusals(photo)
+    assert unmasker.detector.calls == 3 and len(restored) == 1 and restored[0].turned == 0
     # A sure detection restored as it is is never turned.
     unmasker = unmasker_for(dataclasses.replace(unsure, retry=False, score=0.9), {1: [first]})
     result, restored, left = unmasker.unmask_with_refusals(photo)
