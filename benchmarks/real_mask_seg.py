@@ -9,7 +9,7 @@ Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/N
 paste-back); each restored face's M-Seg mask is warped back to the photo (inverse of its alignment) and the faces
 are united. Figures: faces found; Dice per photo averaged where a face was found and over all photos (a photo with
 no face found scores 0); precision and recall per photo averaged where found; remnants: the share of label pixels the output leaves exactly unchanged (pooled), where
-found and over all, and the share it leaves within NEAR_UNCHANGED_LEVELS of the input (the photo's own pixels pasted
+found and over all, and the share it leaves within RealMaskConfig.near_levels (12) of the input (the photo's own pixels pasted
 back resampled look unchanged, the mask's edge showing: before 2026-12-05 the rim round the mask was pasted so). `--whole-crop` skips detection (each crop resized to the model's size is the face): M-Seg
 alone on real masks, apart from the detector. `--sheet` writes photo | predicted mask | restored rows (real photos: never commit it).
 `--refine-grid` also measures M-Seg's mask unrefined and under a grid of GrabCut seeds (m2u.inference.mask_refine),
@@ -28,10 +28,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "faces" / "real-mask-seg"
-
-
-# Label pixels the output changes by at most this many levels per channel count as near remnants (summarize).
-NEAR_UNCHANGED_LEVELS = 12
 
 
 def _detections(unmasker, image: np.ndarray, name: str, cache: dict) -> list:
@@ -65,7 +61,7 @@ def evaluate(
     unmasker, data: Path, limit: int | None = None, sheet_rows: int = 0, cache_path: Path | None = None
 ):
     from m2u.core.imageio import read_image
-    from m2u.evaluation.real_masks import left_unchanged, mask_scores, photo_mask
+    from m2u.evaluation.real_masks import RealMaskConfig, left_unchanged, mask_scores, photo_mask
 
     rows, tiles = [], []
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
@@ -86,7 +82,7 @@ def evaluate(
             result, faces, _ = unmasker.unmask_found(image, found)
         predicted = photo_mask(image.shape[:2], faces)
         unchanged = left_unchanged(result, image)
-        near = left_unchanged(result, image, NEAR_UNCHANGED_LEVELS)
+        near = left_unchanged(result, image, RealMaskConfig.near_levels)
         rows.append(
             {
                 "name": path.name,
@@ -110,6 +106,9 @@ def evaluate(
 
 
 def summarize(rows: list[dict]) -> dict:
+    from m2u.evaluation.real_masks import RealMaskConfig
+
+    near = RealMaskConfig.near_levels
     found = [r for r in rows if r["found"]]
 
     def remnants(subset: list[dict], key: str = "remnant_pixels") -> float | None:
@@ -125,8 +124,8 @@ def summarize(rows: list[dict]) -> dict:
         "recall_where_found": round(float(np.mean([r["recall"] for r in found])), 4) if found else None,
         "remnants_where_found": remnants(found),
         "remnants_all": remnants(rows),
-        f"remnants_within_{NEAR_UNCHANGED_LEVELS}_levels_where_found": remnants(found, "near_remnant_pixels"),
-        f"remnants_within_{NEAR_UNCHANGED_LEVELS}_levels_all": remnants(rows, "near_remnant_pixels"),
+        f"remnants_within_{near}_levels_where_found": remnants(found, "near_remnant_pixels"),
+        f"remnants_within_{near}_levels_all": remnants(rows, "near_remnant_pixels"),
     }
 
 

@@ -13,7 +13,7 @@ every face found once (detections shared by all settings):
   groups (benchmarks/unmask.py's build_eval_set, seed 5); m2u-unmask's output against the unmasked original, PSNR over
   the masked face's box (mean and median over the faces restored; the masked photo's own PSNR for scale);
 - real: the 102 labelled crops of ../shared/faces/real-mask-seg; the share of label pixels the output leaves exactly
-  unchanged and within 12 levels (benchmarks/real_mask_seg.py's two remnant figures), pooled over the photos
+  unchanged and within 12 levels (RealMaskConfig.near_levels; benchmarks/real_mask_seg.py's two remnant figures), pooled over the photos
   restored, also for the two halves of the crops (alternate names).
 """
 
@@ -31,8 +31,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-
-NEAR_LEVELS = 12  # as benchmarks/real_mask_seg.py's NEAR_UNCHANGED_LEVELS
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,8 +67,9 @@ def labelled_crops(shared: Path) -> list[dict]:
 
 
 def measure(unmasker, synthetic: list[dict], real: list[dict]) -> dict:
-    from m2u.evaluation.real_masks import left_unchanged
+    from m2u.evaluation.real_masks import RealMaskConfig, left_unchanged
 
+    near_levels = RealMaskConfig.near_levels
     scores, masked_scores = [], []
     for photo in synthetic:
         result, restored, _ = unmasker.unmask_found(photo["masked"], photo["found"])
@@ -91,7 +90,7 @@ def measure(unmasker, synthetic: list[dict], real: list[dict]) -> dict:
         counts = (
             int(label.sum()),
             int((label & left_unchanged(result, crop["image"])).sum()),
-            int((label & left_unchanged(result, crop["image"], NEAR_LEVELS)).sum()),
+            int((label & left_unchanged(result, crop["image"], near_levels)).sum()),
         )
         for half in ("all", "even" if k % 2 == 0 else "odd"):
             pooled[half] = [a + b for a, b in zip(pooled[half], counts)]
@@ -106,7 +105,7 @@ def measure(unmasker, synthetic: list[dict], real: list[dict]) -> dict:
             for half, (label, exact, _) in pooled.items()
         },
         **{
-            f"real_remnants_within_{NEAR_LEVELS}_levels{'' if half == 'all' else '_' + half}": round(
+            f"real_remnants_within_{near_levels}_levels{'' if half == 'all' else '_' + half}": round(
                 near / label, 4
             )
             for half, (label, _, near) in pooled.items()

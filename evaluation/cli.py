@@ -224,7 +224,8 @@ def main(**kw) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def real_masks_main(**kw) -> None:
     """Run m2u-unmask on the PHOTOS (files, folders, globs) and score what it finds and touches: faces found,
-    mask fraction and, with --labels, Dice, IoU and remnant share (label pixels left unchanged) against each label.
+    mask fraction and, with --labels, Dice, IoU and remnant share (label pixels left unchanged; and the near remnant, left
+    within 12 levels) against each label.
     Writes REPORT/real_masks.csv (one row per photo), REPORT/faces.jsonl (one line per face found: its evidence and,
     if left, its reason), REPORT/summary.json and REPORT/index.html (a contact sheet: photo | predicted mask |
     restored | label)."""

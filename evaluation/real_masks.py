@@ -4,8 +4,9 @@ No ground-truth unmasked face exists for a real masked photo, so what can be mea
 touches: for each photo, the faces found (restored, or left as they are with the reason), M-Seg's predicted mask
 mapped back to the photo, and, where a binary label image of the mask is given (same name stem in the labels folder;
 JPEG labels are thresholded at `label_threshold`), Dice and IoU of the predicted mask against the label and the
-remnant share: the label pixels m2u-unmask left exactly unchanged in its output (mask left in the photo). A photo
-with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
+remnant share: the label pixels m2u-unmask left exactly unchanged in its output (mask left in the photo), and the
+near remnant share: those it changed by at most `near_levels` (a pixel pasted back as a resampled copy of itself still
+shows the mask). A photo with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
 
 Writes OUT/real_masks.csv (one row per photo), OUT/faces.jsonl (one line per face found: detector, box, the
 masked-face decision's evidence and, for a face left, its reason; as m2u-unmask writes it), OUT/summary.json and
@@ -48,10 +49,15 @@ class RealMaskConfig:
     thumb: int = 192
     # Rows on the contact sheet (every photo is in the CSV); None: every photo.
     sheet_rows: int | None = None
+    # A label pixel the output changes by at most this many levels per channel counts as a near remnant: pasted
+    # back as a resampled copy of itself, it shows the mask as before (`left_unchanged`).
+    near_levels: int = 12
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_threshold < 255:
             raise ValueError(f"label_threshold must be in 0..254, got {self.label_threshold}")
+        if not 0 <= self.near_levels < 255:
+            raise ValueError(f"near_levels must be in 0..254, got {self.near_levels}")
         if self.thumb < 16:
             raise ValueError(f"thumb must be at least 16, got {self.thumb}")
 
@@ -83,6 +89,7 @@ class PhotoScore:
     dice: float | None = None
     iou: float | None = None
     remnant: float | None = None  # share of label pixels left unchanged in the output
+    remnant_near: float | None = None  # share left within near_levels of the input (RealMaskConfig)
 
 
 def photo_mask(shape: tuple[int, int], faces: list) -> np.ndarray:
@@ -206,6 +213,8 @@ def summarize_scores(rows: list[PhotoScore]) -> dict:
         "dice_all_labelled": _mean([r.dice for r in labelled]),
         "iou_all_labelled": _mean([r.iou for r in labelled]),
         "remnant_all_labelled": _mean([r.remnant for r in labelled]),
+        "remnant_near_where_restored": _mean([r.remnant_near for r in labelled_found]),
+        "remnant_near_all_labelled": _mean([r.remnant_near for r in labelled]),
         "median_mask_probability": _median([r.mask_probability for r in readable]),
         "median_mseg_mouth_coverage": _median([r.mseg_mouth_coverage for r in readable]),
         "statuses": {s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})},
@@ -296,6 +305,8 @@ def _score_photo(
             label = _read_label(label_path, image.shape[:2], config.label_threshold)
             dice, iou, remnant = mask_scores(predicted, label, left_unchanged(result, image))
             row.dice, row.iou, row.remnant = round(dice, 4), round(iou, 4), round(remnant, 4)
+            near = mask_scores(predicted, label, left_unchanged(result, image, config.near_levels))[2]
+            row.remnant_near = round(near, 4)
             label_image = label
     if config.sheet_rows is not None and sheet_rows >= config.sheet_rows:
         return []
@@ -374,6 +385,7 @@ def _sheet_html(summary: dict, sheet: list[tuple[PhotoScore, list[str]]], labell
         figures = f"{html.escape(row.status)}<br>found {row.faces_found}, restored {row.faces_restored}"
         if row.dice is not None:
             figures += f"<br>Dice {row.dice:.3f}<br>IoU {row.iou:.3f}<br>remnant {row.remnant:.3f}"
+            figures += f" (near {row.remnant_near:.3f})"
         if row.reason:
             figures += f"<br><small>{html.escape(row.reason)}</small>"
         cells = "".join(f'<td><img src="{html.escape(n)}" loading="lazy"></td>' for n in names)

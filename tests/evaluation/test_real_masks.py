@@ -1108,7 +1108,10 @@ def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(t
     labels.mkdir()
     rng = np.random.default_rng(0)
     for name in ("a", "b", "c"):
-        cv2.imwrite(str(photos / f"{name}.png"), rng.integers(1, 255, (40, 30, 3), dtype=np.uint8))
+        image = rng.integers(1, 255, (40, 30, 3), dtype=np.uint8)
+        if name == "a":
+            image[20:25] = 5  # near black: the fake's black fill changes these rows by 5 levels only
+        cv2.imwrite(str(photos / f"{name}.png"), image)
     label = np.zeros((40, 30), np.uint8)
     label[20:] = 200  # exactly the fake's mask, on a label with soft grey values
     cv2.imwrite(str(labels / "a.png"), label)
@@ -1122,6 +1125,12 @@ def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(t
     assert float(rows["a.png"]["dice"]) == 1.0 and float(rows["a.png"]["remnant"]) == 0.0
     assert float(rows["b.png"]["dice"]) == pytest.approx(0.8, abs=0.01)
     assert float(rows["b.png"]["remnant"]) == pytest.approx(1 / 3, abs=0.01)  # the top rows were left
+    # Near remnants: also the label pixels the output changed by 12 levels or less (the near-black rows of a).
+    photo_a = cv2.imread(str(photos / "a.png"))
+    near_a = float((photo_a[20:].max(axis=2) <= 12).mean())
+    assert near_a >= 0.25 and float(rows["a.png"]["remnant_near"]) == pytest.approx(near_a, abs=1e-4)
+    assert float(rows["b.png"]["remnant_near"]) >= float(rows["b.png"]["remnant"])
+    assert summary["remnant_near_all_labelled"] >= summary["remnant_all_labelled"]
     assert rows["c.png"]["status"] == "no_label" and rows["broken.jpg"]["status"] == "unreadable"
     assert summary["labelled_photos"] == 2 and summary["photos_with_face_found"] == 3
     assert summary["dice_all_labelled"] == pytest.approx(0.9, abs=0.01)

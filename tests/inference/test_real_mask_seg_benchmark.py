@@ -62,7 +62,7 @@ def test_summary_counts_unfound_photos_as_zero():
     assert summary["remnants_where_found"] == pytest.approx(0.1) and summary["remnants_all"] == pytest.approx(
         0.55
     )
-    near = f"remnants_within_{bench.NEAR_UNCHANGED_LEVELS}_levels"
+    near = "remnants_within_12_levels"
     assert summary[f"{near}_where_found"] == pytest.approx(0.3) and summary[f"{near}_all"] == pytest.approx(
         0.65
     )
