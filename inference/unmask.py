@@ -6,10 +6,10 @@ cascade alone, or plain dlib HOG / CNN), align each with the dataset's transform
 placed from what a mask does not hide (eye centres, and a mouth centre estimated from the eye centres:
 `visible_anchor_points`), predict the mask with M-Seg, and decide from that mask whether the face wears one
 (`MaskedFaceRule`: it covers the mouth, not the eyes, and a real share of the face; a face left on dlib's eye centres
-gets a second look aligned on BlazeFace's eye keypoints). Faces that do are restored with
-the generator, composited (generator pixels only under the predicted mask), and the restored mask region pasted back
-into the photo at its own resolution with a feathered edge: only pixels under the warped, feathered mask change, and
-only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
+gets a second look aligned on BlazeFace's eye keypoints). Faces that do are restored: M-Seg's mask refined by the
+crop's colours and grown a pixel is the region the generator fills (the composite keeps every other pixel), and that
+region is pasted back into the photo at its own resolution, whole, with a feathered outer edge: only pixels under the
+warped paste weight change, and only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
 crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
 stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`) and the crop reads upright. A photo in which
@@ -94,9 +94,8 @@ class UnmaskConfig:
     # too. Growing it further hides more of the rim and costs the synthetic masks, whose edge M-Seg finds exactly
     # (the generator fills a larger region more blurrily): measured in the README ("The region restored").
     dilate: float = 0.008
-    feather: float = (
-        0.03  # width of the pasted region's soft outer edge (feather_weight), fraction of the crop
-    )
+    # Width of the pasted region's soft outer edge (feather_weight), fraction of the crop.
+    feather: float = 0.03
     keep_crops: bool = False  # also write each aligned crop, its predicted mask and its restoration
     # "blazeface": MediaPipe's BlazeFace, then the dlib masked-face cascade where it finds nothing
     # (m2u.masking.masked_faces.RealFaceDetector); "masked": that dlib cascade alone (MASKED_CASCADE); "hog" /
@@ -653,12 +652,11 @@ class Unmasker:
         mask_shaped: bool = False,
     ) -> tuple[np.ndarray, list[FaceRestoration], list] | None:
         """The photo unmasked turned a quarter turn each way (`view`: its turned views, `_unmask_turned` with the
-        reason applied), for faces lying on their side: a turn
-        counts where it restores at least `at_least` faces, each leaning less than SIDEWAYS_LEAN there (and with
-        `mask_shaped`, each with a mask-shaped M-Seg mask by the sure-mask route's limits), and of two that count,
-        the one whose faces the upside-down classifier reads most surely upright (which way a face lies is a guess
-        where its eyes were found on the wrong features: for one of the 37 measured faces the lean's sign pointed
-        the wrong way); None where neither counts."""
+        reason applied), for faces lying on their side: a turn counts where it restores at least `at_least` faces,
+        each leaning less than SIDEWAYS_LEAN there (and with `mask_shaped`, each with a mask-shaped M-Seg mask by the
+        sure-mask route's limits), and of two that count, the one whose faces the upside-down classifier reads most
+        surely upright (which way a face lies is a guess where its eyes were found on the wrong features: for one of
+        the 37 measured faces the lean's sign pointed the wrong way); None where neither counts."""
         best, best_doubt = None, math.inf
         for quarter_turns in (3, 1) if clockwise_first else (1, 3):
             turned = view(quarter_turns, because)
