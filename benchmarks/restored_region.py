@@ -3,6 +3,7 @@ synthetic masks (where the truth is known) and on real ones (where the rim M-Seg
 and writes benchmarks/results/restored_region.json.
 
     .venv/bin/python benchmarks/restored_region.py [--grow 0,0.008,0.016,0.02] [--celeba 90] [--shared ../shared]
+        [--model PACKAGE -o FILE]    # a candidate model package instead of the shipped one
 
 The generator fills the region and it is pasted back whole (its feathered edge outside it), so growing it repaints
 the rim of a real mask that M-Seg's edge misses, and on a synthetic mask, whose edge M-Seg finds exactly, repaints
@@ -116,6 +117,7 @@ def measure(unmasker, synthetic: list[dict], real: list[dict]) -> dict:
 def main() -> None:
     import torch
 
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
     from m2u.inference.unmask import UnmaskConfig, Unmasker
 
     parser = argparse.ArgumentParser(
@@ -126,6 +128,7 @@ def main() -> None:
     )
     parser.add_argument("--celeba", type=int, default=90, help="CelebA test-split photos to mask")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--model", type=Path, help="a model package folder (default: the shipped one)")
     parser.add_argument(
         "-o", "--out", type=Path, default=REPO / "benchmarks" / "results" / "restored_region.json"
     )
@@ -134,7 +137,8 @@ def main() -> None:
         raise SystemExit(f"no labelled real masks under {args.shared / 'faces'} (give --shared)")
     torch.set_num_threads(2)
     start = time.perf_counter()
-    unmasker = Unmasker.from_files(None, None, UnmaskConfig(device="cpu", progress=False))
+    files = (args.model / MSEG_FILE, args.model / GENERATOR_FILE) if args.model else (None, None)
+    unmasker = Unmasker.from_files(*files, UnmaskConfig(device="cpu", progress=False))
     real = labelled_crops(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = synthetic_photos(args.shared, args.celeba, Path(tmp))
@@ -151,6 +155,9 @@ def main() -> None:
         print(f"dilate {grow:g} ({pixels} px): {json.dumps(figures)}", flush=True)
     result = {
         "benchmark": "restored_region",
+        "model": str(args.model)
+        if args.model
+        else "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
         "shipped_dilate": shipped.dilate,
         "crop_size": unmasker.usage.require_crop_size(),
         "settings": settings,

@@ -335,3 +335,40 @@ def test_pack_classifier_ensemble_packs_members_in_order_and_never_overwrites(tm
     with pytest.raises(ValueError, match="at least two"):
         script.pack(files[:1], tmp_path / "one.safetensors")
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "one.safetensors").exists()
+
+
+def test_restored_region_scores_synthetic_psnr_and_pools_real_remnants_by_half(load_benchmark):
+    import numpy as np
+
+    bench = load_benchmark("restored_region")
+
+    class PaintsTheTopHalfBlack:
+        """A stand-in unmasker: restores one face, painting the top half of the photo black."""
+
+        def unmask_found(self, image, found):
+            result = image.copy()
+            result[: image.shape[0] // 2] = 0
+            return result, ["face"], []
+
+    original = np.full((4, 4, 3), 100, np.uint8)
+    masked = original.copy()
+    masked[:2] = 200
+    synthetic = [{"masked": masked, "original": original, "box": (0, 0, 4, 4), "found": []}]
+    label = np.zeros((4, 4), bool)
+    label[1:3] = True  # half of it in the painted top half
+    dark = np.full((4, 4, 3), 5, np.uint8)  # painted black: changed by 5 levels only
+    bright = np.full((4, 4, 3), 200, np.uint8)
+    real = [
+        {"name": "even.jpg", "image": bright, "label": label, "found": []},
+        {"name": "odd.jpg", "image": dark, "label": label, "found": []},
+    ]
+    figures = bench.measure(PaintsTheTopHalfBlack(), synthetic, real)
+    # Synthetic: the top half painted 0 against 100, the bottom half exact: MSE 5000 -> PSNR 10 log10(255^2 / 5000).
+    assert figures["synthetic_psnr_mean"] == pytest.approx(10 * np.log10(255**2 / 5000), abs=1e-3)
+    assert figures["synthetic_faces_restored"] == 1 and figures["real_crops_restored"] == 2
+    # Real: the label's lower row is left exactly in both crops (half of each label); the dark crop's painted row
+    # changed by 5 levels, a near remnant.
+    assert figures["real_remnants"] == 0.5 and figures["real_remnants_even"] == 0.5
+    assert figures["real_remnants_within_12_levels_even"] == 0.5
+    assert figures["real_remnants_within_12_levels_odd"] == 1.0
+    assert figures["real_remnants_within_12_levels"] == 0.75
