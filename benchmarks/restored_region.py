@@ -35,8 +35,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    error = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return 10.0 * np.log10(255.0**2 / max(error, 1e-12))
+    """PSNR in dB of two uint8 RGB images (m2u.evaluation.pixel.psnr_per_image, as m2u-eval computes it)."""
+    import torch
+
+    from m2u.evaluation.pixel import psnr_per_image
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+
+    return float(psnr_per_image(tensor(a), tensor(b), data_range=255.0)[0])
 
 
 def synthetic_photos(shared: Path, count: int, work: Path) -> list[dict]:

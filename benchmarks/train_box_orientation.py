@@ -63,6 +63,7 @@ def train_listwise(
     turned upright and its result is turned back, so that a mirror image (which swaps 90 and 270 degrees) keeps the
     label right."""
     import torch
+    from train_mask_classifier import optimiser_step
 
     from m2u.inference.mask_presence import MaskPresenceNet, to_input
 
@@ -91,11 +92,7 @@ def train_listwise(
             batch = order[k : k + 32]
             logits = net(x[batch].flatten(0, 1)).view(len(batch), 4)
             loss = torch.nn.functional.cross_entropy(-logits, y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(batch)
+            total += optimiser_step(optimiser, schedule, loss) * len(batch)
         net.eval()
         with torch.no_grad():
             chosen = (-net(test_x.flatten(0, 1)).view(len(test_y), 4)).argmax(1)

@@ -563,12 +563,7 @@ def train_net(
                 other = torch.randperm(len(batch))
                 inputs = share.view(-1, 1, 1, 1) * inputs + (1 - share.view(-1, 1, 1, 1)) * inputs[other]
                 targets = share * targets + (1 - share) * targets[other]
-            loss = loss_fn(net(inputs), targets)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(batch)
+            total += optimiser_step(optimiser, schedule, loss_fn(net(inputs), targets)) * len(batch)
         net.eval()
         with torch.no_grad():
             p = torch.sigmoid(net(to_input(test[0]))).numpy()
@@ -588,6 +583,15 @@ def save_net(net, out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
+
+
+def optimiser_step(optimiser, schedule, loss) -> float:
+    """One training step on `loss` (the optimiser, then its learning-rate schedule); returns the loss's value."""
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+    return float(loss.detach())
 
 
 def classifier_parser(description: str, photos: int, epochs: int, out_name: str) -> argparse.ArgumentParser:
