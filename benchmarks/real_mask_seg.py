@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/real_mask_seg.py --model runs/real/package \
         --sheet runs/real-sheet.png --json benchmarks/results/real_mask_seg_real.json
 
-Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/NAME.jpg thresholded at 127):
+Per labelled crop of ../shared/faces/real-mask-seg (image/NAME.jpg, label mask/NAME.jpg read by m2u-eval's `read_label`: brightest channel at least 127):
 `m2u-unmask`'s pipeline as it is (the masked-face cascade, visible-feature alignment, M-Seg, generator, feathered
 paste-back); each restored face's M-Seg mask is warped back to the photo (inverse of its alignment) and the faces
 are united. Figures: faces found; Dice per photo averaged where a face was found and over all photos (a photo with
@@ -61,17 +61,14 @@ def evaluate(
     unmasker, data: Path, limit: int | None = None, sheet_rows: int = 0, cache_path: Path | None = None
 ):
     from m2u.core.imageio import read_image
-    from m2u.evaluation.real_masks import RealMaskConfig, left_unchanged, mask_scores, photo_mask
+    from m2u.evaluation.real_masks import RealMaskConfig, left_unchanged, mask_scores, photo_mask, read_label
 
     rows, tiles = [], []
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
     images = sorted((data / "image").glob("*.jpg"))[:limit]
     for path in images:
         image = read_image(path)
-        label = cv2.imread(str(data / "mask" / path.name), cv2.IMREAD_GRAYSCALE)
-        if label.shape != image.shape[:2]:
-            label = cv2.resize(label, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        label = label > 127
+        label = read_label(data / "mask" / path.name, image.shape[:2])
         if unmasker.config.aligned:
             result, faces = unmasker.unmask_aligned(image)
         else:

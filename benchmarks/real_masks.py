@@ -88,10 +88,9 @@ def read_off(runs: dict, stages: list[list[tuple[str, float, float]]], min_side:
 
 
 def label_centre(path: Path) -> tuple[float, float] | None:
-    import cv2
+    from m2u.evaluation.real_masks import read_label
 
-    label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    ys, xs = np.nonzero(label >= 127)
+    ys, xs = np.nonzero(read_label(path))
     return (float(xs.mean()), float(ys.mean())) if len(xs) else None
 
 

@@ -60,16 +60,14 @@ def synthetic_photos(shared: Path, count: int, work: Path) -> list[dict]:
 
 
 def labelled_crops(shared: Path) -> list[dict]:
-    import cv2
-
+    from m2u.evaluation.real_masks import read_label
     from m2u.masking import read_image
 
     folder = shared / "faces" / "real-mask-seg"
     crops = []
     for path in sorted((folder / "image").glob("*.jpg")):
         image = read_image(path)
-        label = cv2.imread(str(folder / "mask" / path.name), cv2.IMREAD_GRAYSCALE)
-        label = cv2.resize(label, image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 127
+        label = read_label(folder / "mask" / path.name, image.shape[:2])
         crops.append({"name": path.name, "image": image, "label": label})
     return crops
 
@@ -172,7 +170,7 @@ def main() -> None:
             "celeba_photos": args.celeba,
             "celeba_selection": "test split of the identity hash split (seed 0), masked by m2u-mask (build_eval_set, seed 5)",
             "synthetic_psnr": "over the masked face's box, m2u-unmask's output against the unmasked original",
-            "real": "../shared/faces/real-mask-seg, labels thresholded at 127; halves: alternate names",
+            "real": "../shared/faces/real-mask-seg, labels read by m2u-eval's read_label (>= 127); halves: alternate names",
             "seconds": round(time.perf_counter() - start, 1),
         },
     }

@@ -372,6 +372,7 @@ def real_positives(folder: Path, variants: int, rng, aug: Augmentation) -> list[
     """Faces really wearing masks (the 102 tight crops of real-mask-seg), found and aligned as m2u-unmask does
     (RealFaceDetector, every detection), each in `variants` augmented crops: synthetic masks alone leave black,
     patterned and high-reaching real masks unrecognised."""
+    from m2u.evaluation.real_masks import read_label
     from m2u.masking import read_image
     from m2u.masking.masked_faces import RealFaceDetector
 
@@ -381,10 +382,10 @@ def real_positives(folder: Path, variants: int, rng, aug: Augmentation) -> list[
     crops = []
     for path in sorted(folder.iterdir()):
         image = read_image(path)
-        label = folder.parent / "mask" / path.name  # the hand-drawn mask (threshold at 127), for --recolour
+        label = folder.parent / "mask" / path.name  # the hand-drawn mask, for --recolour
         mask = None
         if aug.recolour > 0 and label.is_file():
-            mask = (cv2.imread(str(label), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
+            mask = read_label(label).astype(np.float32)
             mask = mask if mask.shape == image.shape[:2] else None
         for face in detector.detect(image)[:1]:
             for _ in range(variants):

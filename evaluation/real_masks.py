@@ -36,15 +36,17 @@ __all__ = [
     "left_unchanged",
     "mask_scores",
     "photo_mask",
+    "read_label",
 ]
 
 LABEL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The MFSD labels are JPEG: grey values round the edge, so a label pixel is one whose brightest channel is >= this.
+LABEL_THRESHOLD = 127
 
 
 @dataclass(frozen=True)
 class RealMaskConfig:
-    # The MFSD labels are JPEG: grey values round the edge, so a label pixel is one >= this.
-    label_threshold: int = 127
+    label_threshold: int = LABEL_THRESHOLD
     # Side of a contact-sheet cell (the photo scaled to fit it).
     thumb: int = 192
     # Rows on the contact sheet (every photo is in the CSV); None: every photo.
@@ -142,12 +144,17 @@ def _find_label(labels: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_label(path: Path, shape: tuple[int, int], threshold: int) -> np.ndarray:
+def read_label(
+    path: Path, shape: tuple[int, int] | None = None, threshold: int = LABEL_THRESHOLD
+) -> np.ndarray:
+    """A binary label image as a bool (H, W) array: True where its brightest channel is at least `threshold`. With
+    `shape` (height, width), a label at another resolution than its photo is resized to it first. The one reading
+    of a label image: m2u-eval and the benchmarks that score against labels all use it."""
     from m2u.masking import read_image
 
     grey = read_image(path).max(axis=2)
-    if grey.shape != shape:
-        # A label at another resolution than its photo: resized to it (nearest keeps it binary after thresholding).
+    if shape is not None and grey.shape != tuple(shape):
+        # Resized as grey values, then thresholded: the edge lands where the label's own edge is.
         grey = cv2.resize(grey, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return grey >= threshold
 
@@ -302,7 +309,7 @@ def _score_photo(
             row.status, row.reason = "no_label", f"no label named {path.stem}.* in {labels}"
         else:
             row.label = str(label_path)
-            label = _read_label(label_path, image.shape[:2], config.label_threshold)
+            label = read_label(label_path, image.shape[:2], config.label_threshold)
             dice, iou, remnant = mask_scores(predicted, label, left_unchanged(result, image))
             row.dice, row.iou, row.remnant = round(dice, 4), round(iou, 4), round(remnant, 4)
             near = mask_scores(predicted, label, left_unchanged(result, image, config.near_levels))[2]

@@ -21,6 +21,7 @@ from m2u.evaluation.real_masks import (
     left_unchanged,
     mask_scores,
     photo_mask,
+    read_label,
 )
 from m2u.inference.masked_rule import MaskedFaceRule
 from m2u.inference.photos import unmask_files
@@ -1084,6 +1085,21 @@ def test_left_unchanged_exactly_or_within_a_tolerance():
     result[1, 0] = (0, 255, 0)
     assert left_unchanged(result, image).tolist() == [[False, False, False], [False, True, True]]
     assert left_unchanged(result, image, 12).tolist() == [[True, True, False], [False, True, True]]
+
+
+def test_a_label_pixel_is_one_whose_brightest_channel_reaches_the_threshold(tmp_path):
+    label = np.zeros((4, 6, 3), np.uint8)
+    label[0, 0] = (127, 0, 0)  # at the threshold, in one channel: label
+    label[0, 1] = (126, 126, 126)  # just below: background
+    label[1, :] = 255
+    cv2.imwrite(str(tmp_path / "label.png"), label[..., ::-1])
+    read = read_label(tmp_path / "label.png")
+    assert read.dtype == bool and read.shape == (4, 6)
+    assert read[0, :2].tolist() == [True, False] and read[1].all() and not read[2:].any()
+    assert read_label(tmp_path / "label.png", threshold=128)[0, 0] == False  # noqa: E712 - numpy bool
+    # A label at another resolution than its photo is read at the photo's, still binary.
+    resized = read_label(tmp_path / "label.png", (8, 12))
+    assert resized.shape == (8, 12) and resized[2:4].all() and not resized[5:].any()
 
 
 class _FakeUnmasker:
