@@ -77,7 +77,7 @@ BF16_MIN_BATCH = 4
 # in eye distances (m2u.masking.detect.eye_disagreement): on unmasked CelebA faces of the tuning photos (test split,
 # offset 1), where dlib's fit is good, the median is 0.05 and 13 % of the faces are above 0.1; the masked faces an
 # ungated second look restored on real-masked were 0.24-2.8 apart, but for three at 0.05-0.08 (a second draw, not a
-# better crop). Measured by a probe (2026-12-05, README).
+# better crop). Measured by a probe (2026-12-05, docs/real-masks.md).
 SECOND_LOOK_MIN_EYE_SHIFT = 0.1
 # Why a photo tried whole (UnmaskConfig.whole_frame) gets nothing restored (the face's problem, report.csv's reason).
 WHOLE_FRAME_NOT_MASKED = "the whole photo, tried as one face crop, is not a masked face"
@@ -92,7 +92,7 @@ class UnmaskConfig:
     # The region restored is the (refined) mask grown by this fraction of the crop (1 px at 128): the generator
     # fills it and it is pasted back whole, so a real mask's rim that M-Seg's edge misses by a pixel is repainted
     # too. Growing it further hides more of the rim and costs the synthetic masks, whose edge M-Seg finds exactly
-    # (the generator fills a larger region more blurrily): measured in the README ("The region restored").
+    # (the generator fills a larger region more blurrily): measured in docs/real-masks.md ("The region restored").
     dilate: float = 0.008
     # Width of the pasted region's soft outer edge (feather_weight), fraction of the crop.
     feather: float = 0.03
@@ -123,7 +123,7 @@ class UnmaskConfig:
     # detections' boxes read turned to the box orientation net (BOX_TURN_CONFIDENCE) is unmasked again turned that way
     # (where nothing was restored, that turn is tried first); and no turned view is taken whose restored faces' boxes
     # still read turned there.
-    # Measured in the README ("The turned try").
+    # Measured in docs/real-masks.md ("The turned try").
     try_turned: bool = True
     # Restore only faces M-Seg finds a mask on (`rule`); False: every face found is restored.
     masked_only: bool = True
@@ -365,18 +365,24 @@ class Unmasker:
         self, image: np.ndarray, face: FaceRestoration, upside_down_probability: float
     ) -> str:
         """The upside-down reason of a face with a mask that the upside-down classifier calls upside down, "" where
-        the box orientation net reads its detector box upright at BOX_TURN_CONFIDENCE or more (a sure detection
-        only): the classifier reads the aligned crop, and a cap pulled low or a hood (real-masked's 298 and
-        with_mask170) looks to it like the mask seen upside down, where the box, read before any landmark fit,
-        shows the face upright (its reading goes into the evidence)."""
+        the box orientation net reads its detector box surely upright (`_box_reads_upright`): the classifier reads
+        the aligned crop, and a cap pulled low or a hood (real-masked's 298 and with_mask170) looks to it like the
+        mask seen upside down, where the box, read before any landmark fit, shows the face upright."""
+        reason = self.config.rule.upside_down_reason(upside_down_probability)
+        return "" if self._box_reads_upright(image, face) else reason
+
+    @staticmethod
+    def _box_reads_upright(image: np.ndarray, face: FaceRestoration) -> bool:
+        """Whether the box orientation net reads a sure detection's box upright at BOX_TURN_CONFIDENCE or more (its
+        reading goes into the evidence): what overrules either orientation check (the upside-down classifier's, or
+        the detector's HOG check) on a face the decision restores. Never for an uncertain detection."""
         from m2u.inference.mask_presence import box_orientations
 
-        reason = self.config.rule.upside_down_reason(upside_down_probability)
         if face.uncertain:
-            return reason
+            return False
         (ways,) = box_orientations(image, [face.box])
         face.evidence["box_upright_probability"] = round(float(ways[0]), 4)
-        return "" if ways[0] >= BOX_TURN_CONFIDENCE else reason
+        return bool(ways[0] >= BOX_TURN_CONFIDENCE)
 
     def _restore_records(
         self, image: np.ndarray, crops: list[np.ndarray], matrices: list[np.ndarray], meta: list[dict]
@@ -421,7 +427,15 @@ class Unmasker:
                     if detector_problem:
                         # Recorded either way: a restored face shows which refusal was overruled.
                         face.evidence["detector_problem"] = detector_problem
-                        if face.problem or not rule.overrules_upside_down_detection(face.evidence):
+                        # Overruled where both classifiers vouch, or where the upside-down classifier does not
+                        # call it so and the box reads surely upright (a printed mask fools HOG's check as a low cap
+                        # fools the classifier). Never on the box alone against both checks: measured, the box net
+                        # read one face of the turned real-masked set upright at 0.99 that both called upside down.
+                        if face.problem or not (
+                            rule.overrules_upside_down_detection(face.evidence)
+                            or not rule.upside_down_reason(turned[k])
+                            and self._box_reads_upright(image, face)
+                        ):
                             face.problem = detector_problem
                 elif uncertain and not rule.restores(face.evidence):
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
@@ -499,7 +513,8 @@ class Unmasker:
         ]
         # A face only the detector's orientation check refuses is shown to the decision, which restores it only
         # when the mask classifier and the upside-down classifier both vouch for it (MaskedFaceRule.
-        # overrules_upside_down_detection); otherwise it keeps the detector's reason.
+        # overrules_upside_down_detection) or the box orientation net reads its box surely upright
+        # (`_box_reads_upright`); otherwise it keeps the detector's reason.
         from m2u.masking.detect import LOOKS_UPSIDE_DOWN, eye_line_angle, is_upside_down_problem
 
         doubted = {
@@ -595,7 +610,7 @@ class Unmasker:
             # its eyes or forehead where the restoration paints a smudge. A quarter turn shows the face upright to
             # the sure passes, and a turn is taken only where those restore as many faces, upright (each leaning
             # less than SIDEWAYS_LEAN); no upright photo measured restores any face turned so
-            # (benchmarks/real_masks.py, README).
+            # (benchmarks/real_masks.py, docs/real-masks.md).
             upright = self._unmask_quarter_turned(
                 view,
                 len(restored),
@@ -615,7 +630,7 @@ class Unmasker:
             # (A photo whose faces were all left as not masked is not tried otherwise.) The weakest cause of a turn,
             # so a face restored there must also show a mask's shape (the mouth covered, the eyes not): without
             # that, one bare face of extras (keypoints 80 degrees from level) was restored turned, classifier 0.99
-            # with M-Seg on 80 % of its eyes (benchmarks/real_masks.py, README).
+            # with M-Seg on 80 % of its eyes (benchmarks/real_masks.py, docs/real-masks.md).
             upright = self._unmask_quarter_turned(
                 view,
                 max(1, len(restored)),
@@ -713,7 +728,7 @@ class Unmasker:
         found = self._detect_turned(turned)
         if quarter_turns % 2:
             # Sideways, only sure detections: each extra view is another chance of a face in a faceless image (with
-            # uncertain ones too, 3 of the 57 faceless images had one restored; benchmarks/real_masks.py, README).
+            # uncertain ones too, 3 of the 57 faceless images had one restored; benchmarks/real_masks.py, docs/real-masks.md).
             found = [f for f in found if not f.retry]
         result, restored, left = self.unmask_found(turned, found, as_turned=True)
         if not restored or self._box_turn(turned, [f.box for f in restored if not f.uncertain]):
@@ -750,7 +765,7 @@ class Unmasker:
         # predictor, which fits all 68 points at once, can pull its eye points onto the mask, and the crop then
         # shows no mask-shaped mask; BlazeFace's eye keypoints are right where dlib's are wrong, and sometimes wrong
         # where dlib's are right (tight crops), so they are the second look, not the first (benchmarks/real_masks.py,
-        # README). Only where the two disagree (SECOND_LOOK_MIN_EYE_SHIFT): where they agree the crop would be
+        # docs/real-masks.md). Only where the two disagree (SECOND_LOOK_MIN_EYE_SHIFT): where they agree the crop would be
         # nearly the same, and deciding on it again would only give the classifiers another draw.
         again = [
             k
@@ -856,7 +871,7 @@ SIDEWAYS_KEYPOINT_ROLL = 55.0
 # that way (Unmasker._box_turn, unmask_found); a turned view whose restored faces read turned so is refused; and a face
 # the upside-down classifier calls upside down is restored where its box reads upright this surely. 0.9 was set before
 # m2u-unmask was measured with the net; a probe of the net alone on the benchmark's sure detections had shown that at
-# 0.9 it reads 1 upright real-masked photo and 1 real-mask-seg crop turned, and no CelebA or extras photo (README).
+# 0.9 it reads 1 upright real-masked photo and 1 real-mask-seg crop turned, and no CelebA or extras photo (docs/real-masks.md).
 BOX_TURN_CONFIDENCE = 0.9
 
 
