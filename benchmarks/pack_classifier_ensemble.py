@@ -5,7 +5,7 @@ they read one net.
     .venv/bin/python benchmarks/pack_classifier_ensemble.py runs/seed0.safetensors runs/seed1.safetensors \\
         runs/seed2.safetensors -o runs/mask_presence.safetensors
 
-Measured on 2026-12-05 (README, "Three retrains averaged"; not shipped): the shipped mask classifier's command run with
+Measured on 2026-12-05 (docs/real-masks.md, "Three retrains averaged"; not shipped): the shipped mask classifier's command run with
 `--seed 1` and `--seed 2`, packed with the shipped file (seed 0), then `benchmarks/tune_masked_rule.py --classifier
 FILE` and `benchmarks/real_masks.py --classifier FILE --min-mouth-probability 0.95`.
 

@@ -22,7 +22,7 @@ colour casts, greyscale, blur, noise, JPEG, a mirror image). No real photo is us
 measured sets. The last 10 % of the photos are held out.
 
 The shipped file (sha256 3946a6a6...) is what `--photos 2000 --epochs 10` (now the defaults) made on 2026-12-05 (14,240 training crops,
-held-out way up right 0.993, 959 s on 2 cores). Two runs before it were measured and dropped (README, "The box
+held-out way up right 0.993, 959 s on 2 cores). Two runs before it were measured and dropped (docs/real-masks.md, "The box
 orientation net"): each crop labelled alone, upright or not (1,200 photos, held-out accuracy 0.994, yet on real
 upside-down faces right for half: it called most real close-ups "not upright" every way they were turned); and the
 listwise net with the photometric augmentation drawn before the crop was turned upright, whose mirror image swapped

@@ -11,7 +11,7 @@ became the `Augmentation` dataclass, 339 s):
         --painted-collars --print-negatives 1500 --real-variants 16 --recolour 0.5 --tight-depth 0.45 \
         --greyscale 0.3 --pastel 0.25 --collar-height 0.35 -o runs/mask_presence.safetensors
 
-It was chosen among six retrains on the tuning photos (README, "The mask classifier shipped on 2026-12-05"): the
+It was chosen among six retrains on the tuning photos (docs/real-masks.md, "The mask classifier shipped on 2026-12-05"): the
 others gave the tuning set's turtleneck or its thumb-at-the-mouth face 0.92-0.99 (1-2 bare tuning faces restored
 each). The one shipped before it (the second of 2026-12-04, sha256 4ace63b6...) is the same command without
 `--pastel` and `--collar-height` (byte for byte, checked then; the new flags' defaults draw nothing new).
@@ -24,7 +24,7 @@ where runs/real2/data was built by `m2u-make-dataset ../shared/faces/celeba -o r
 --split-by identity --identity-pattern '{identity}_{id}.jpg' --workers 2 --seed 0` on 2026-12-03 (train 8,318 pairs;
 later builds find faces with BlazeFace first and differ slightly). Then `benchmarks/tune_masked_rule.py --classifier
 FILE` on the tuning photos and `benchmarks/real_masks.py --classifier FILE` on the measured ones. The same command
-with `--low-res 0.3` made a candidate that was measured and not shipped (README, "The mask classifier shipped second
+with `--low-res 0.3` made a candidate that was measured and not shipped (docs/real-masks.md, "The mask classifier shipped second
 on 2026-12-04").
 
 Training data: CelebA photos of the TRAIN split of the hash split by identity with seed 0 (benchmarks/real_masks.py
@@ -52,12 +52,12 @@ those colours and prints (cloth below a bare mouth is no mask); `--print-negativ
 brought back to 64 px (small faces in full-body street photos, aligned up from a few dozen pixels; 0 by default);
 `--upside-down` gives that share of the masked faces (and of each real-mask-seg crop's variants, turned) one more
 negative: the face turned 180 degrees with its 68 points fitted as if upright (`upside_down_crop`; measured and not
-shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; README).
+shipped: the upside-down question has its own net, benchmarks/train_orientation_classifier.py; docs/real-masks.md).
 `--pastel` draws that share of those colours pale (pink, peach, lavender, mint) and `--collar-height` lets the hard
 negatives' collars rise that share of the nose-to-chin height over the chin (0.12 by default; the shipped file: 0.25
-and 0.35; README, "The mask classifier shipped on 2026-12-05"). `--width`, `--label-smoothing` and `--mixup` change
+and 0.35; docs/real-masks.md, "The mask classifier shipped on 2026-12-05"). `--width`, `--label-smoothing` and `--mixup` change
 the net and its training (measured on 2026-12-05 against the classifier's instability on real close-ups, with
-`--training-set` keeping one set of crops for every setting: not shipped; README, "The sure-mask route").
+`--training-set` keeping one set of crops for every setting: not shipped; docs/real-masks.md, "The sure-mask route").
 benchmarks/real_masks.py measures the decision on the 300 photos of real-masked, which the classifier never sees.
 Training photos are cut close round the face half the time (tight crops). The last 10 % of the CelebA photos (and
 of the realism pairs and the other negatives) are held out; the script prints their accuracy.

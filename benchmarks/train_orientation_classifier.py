@@ -8,7 +8,7 @@ Why: on real-masked turned 180 degrees (benchmarks/real_masks.py, "real_masked_t
 35 of the 300 photos. The detectors' orientation check (HOG's score as found and turned) barely sees masked faces, the
 68 points come out upright-looking on the wrong features, and the mask classifier, trained on upright crops only,
 takes the result (the mask above the "eyes", hair or brows below them) for a masked face (0.81-1.0). Teaching the
-mask classifier those crops as negatives (`train_mask_classifier.py --upside-down`) cost it upright masked faces (README);
+mask classifier those crops as negatives (`train_mask_classifier.py --upside-down`) cost it upright masked faces (docs/real-masks.md);
 a separate net with the one question keeps the two apart.
 
 The same small CNN as the mask classifier (MaskPresenceNet, 64 px). Label 1: a face turned 180 degrees, its 68 points
@@ -26,8 +26,8 @@ accuracy 0.998, 187 s on 2 cores), runs/real2/data built as benchmarks/train_mas
 is not byte-reproducible here: a rerun of the same command (same data, 20,212 crops) trained other weights (held-out
 accuracy 0.995), which benchmarks/real_masks.py measured at 246 upright real-masked photos restored and 8 turned (the
 shipped file: 247 and 11).
-`--detected` (with `--realism-pairs 2000`) made the candidate the README measures and did not ship; so did
-`--headwear 0.3` (also with `--seed 1`) and `--headwear 0.5` (README, "Two training probes").
+`--detected` (with `--realism-pairs 2000`) made the candidate docs/real-masks.md measures and did not ship; so did
+`--headwear 0.3` (also with `--seed 1`) and `--headwear 0.5` (docs/real-masks.md, "Two training probes").
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class MaskPresenceEnsemble(nn.Module):
     """Several MaskPresenceNets trained by one command with different seeds; their probabilities averaged. One small
     net is a lottery on the hard bare faces: the shipped command with seeds 0, 1 and 2 gives the tuning photos'
     white turtleneck 0.77, 1.00 and 0.98. A file of such nets (benchmarks/pack_classifier_ensemble.py) loads as one
-    classifier; the one measured was not shipped (README, "Three retrains averaged")."""
+    classifier; the one measured was not shipped (docs/real-masks.md, "Three retrains averaged")."""
 
     def __init__(self, members: list[MaskPresenceNet]):
         super().__init__()

@@ -1,12 +1,14 @@
-"""Every m2u command the README shows parses as written: each option exists under that spelling and each value is
-accepted (Click's own parsing, from the command objects). The commands' behaviour is tested beside each tool;
-here the README cannot drift from the option family."""
+"""Every m2u command the README and the docs/ pages it links to show parses as written: each option exists under
+that spelling and each value is accepted (Click's own parsing, from the command objects), and every folder those
+commands create in the repository root is ignored by git. The commands' behaviour is tested beside each tool; here the
+documentation cannot drift from the option family."""
 
 from __future__ import annotations
 
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import click
@@ -31,9 +33,13 @@ COMMANDS: dict[str, click.Command] = {
 }
 
 
-def readme_commands() -> list[str]:
-    """The m2u command lines of the README's bash blocks (continuations joined, comments dropped)."""
-    readme = (REPO / "README.md").read_text()
+# The pages whose commands a user copies: the README and the docs it links to.
+DOCUMENTATION = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+
+
+def readme_commands(pages: tuple[Path, ...] = DOCUMENTATION) -> list[str]:
+    """The m2u command lines of the pages' bash blocks (continuations joined, comments dropped)."""
+    readme = "\n".join(page.read_text() for page in pages)
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
@@ -54,7 +60,7 @@ def _placeholders(args: list[str], cwd: Path) -> None:
 
 
 def test_the_readme_shows_every_command():
-    shown = {line.split()[0] for line in readme_commands()}
+    shown = {line.split()[0] for line in readme_commands((REPO / "README.md",))}
     assert set(COMMANDS) <= shown, set(COMMANDS) - shown
 
 
@@ -79,3 +85,29 @@ def test_a_readme_command_parses_as_written(line, tmp_path, monkeypatch):
         command.make_context(name, list(args))
     except click.UsageError as error:
         pytest.fail(f"{line}: {error.format_message()}")
+
+
+# Options whose value is a folder (or file) a command creates.
+_OUTPUT_OPTIONS = r"(?:-o|--out|--work|--contact-sheet|--package)"
+
+
+def readme_outputs() -> set[str]:
+    """The top-level names the shell commands of the README and docs/ write into, relative to where they run."""
+    readme = "\n".join(page.read_text() for page in DOCUMENTATION)
+    outputs = set()
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for target in re.findall(_OUTPUT_OPTIONS + r"\s+(\S+)", block):
+            if target.startswith(("/", "..", "$", "s3://", "OUT", "REPORT", "RUN")) or "://" in target:
+                continue
+            outputs.add(target.split("/")[0])
+    return outputs
+
+
+def test_git_ignores_every_folder_the_readme_commands_create():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = readme_outputs()
+    assert {"runs", "data", "reports", "onnx", "masked", "out"} <= outputs  # the parser sees the commands
+    for name in sorted(outputs):
+        done = subprocess.run(["git", "check-ignore", "-q", f"{name}/x"], cwd=REPO)
+        assert done.returncode == 0, f"{name}/ (written by a README command) is not ignored by git"
