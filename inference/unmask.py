@@ -441,6 +441,7 @@ class Unmasker:
                     # With --all-faces too, an uncertain detection is a face only where the rule finds a mask.
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain, mask_maps[k])
             faces.append(face)
+        _drop_second_boxes(faces)
         kept = [f for f in faces if not f.problem]
         unread = [f for f in kept if f.mask is None]
         if unread:  # --all-faces: M-Seg has not read these crops for a decision
@@ -873,6 +874,42 @@ SIDEWAYS_KEYPOINT_ROLL = 55.0
 # m2u-unmask was measured with the net; a probe of the net alone on the benchmark's sure detections had shown that at
 # 0.9 it reads 1 upright real-masked photo and 1 real-mask-seg crop turned, and no CelebA or extras photo (docs/real-masks.md).
 BOX_TURN_CONFIDENCE = 0.9
+
+
+# A detection whose box lies more than this share inside another face's box (of the smaller of the two) is that face
+# again (`_drop_second_boxes`): two faces cannot share most of one's box.
+SAME_FACE_INSIDE = 0.6
+
+
+def _inside_share(a: tuple, b: tuple) -> float:
+    """The share of the smaller of two boxes (left, top, right, bottom) that lies inside the other."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return max(0, width) * max(0, height) / smaller if smaller > 0 else 0.0
+
+
+def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
+    """One face, one record: BlazeFace's passes (two networks, three borders) box a face at several scales and
+    places (the eyes only; the face and the chest) with an IoU small enough for the detector's merge to keep both, so
+    one person was restored twice (one paste over the other) or restored and also listed "not masked". Of faces whose
+    boxes overlap by more than SAME_FACE_INSIDE, the one the decision restores is kept (of two, the higher detector
+    score); each other becomes "no face: a second box on ...", neither restored nor counted as a face. Decided here,
+    after the evidence, rather than in the detector's merge: there the higher score wins, and an eyes-only box can
+    outscore the whole face (measured: a turned real-masked photo lost its restoration that way)."""
+    claimed: list[FaceRestoration] = []
+    for face in sorted(faces, key=lambda f: (bool(f.problem), -f.score)):
+        if face.problem.startswith("no face"):
+            continue
+        same = next((c for c in claimed if _inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
+        if same is None:
+            claimed.append(face)
+            continue
+        share = _inside_share(face.box, same.box)
+        face.problem = (
+            f"no face: a second box on the face at {tuple(same.box)} ({share:.1%} of the smaller box inside the "
+            "other)"
+        )
 
 
 def turn_words(degrees: int) -> str:

@@ -381,6 +381,42 @@ def test_a_face_called_upside_down_is_restored_where_its_box_reads_surely_uprigh
             assert left[0].problem.startswith("the face looks upside down")
 
 
+@pytest.mark.parametrize("inner_restored", [False, True])
+def test_a_second_box_on_one_face_is_no_face_and_never_a_second_restoration(
+    tiny_checkpoints, monkeypatch, inner_restored
+):
+    """BlazeFace boxes one face twice (the whole face, and its upper half inside it): one record restored, the other
+    "no face: a second box", counted as no face and never pasted. The face the decision restores wins; of two
+    restored, the higher detector score (the inner box here)."""
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (whole,) = _photo_with_faces(1)
+    x0, y0, x1, y1 = whole.box
+    inner = dataclasses.replace(whole, box=(x0 + 10, y0, x1 - 10, (y0 + y1) // 2), score=0.95)
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    unmasker.detector = _Detector({photo.shape: [whole, inner]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95), _crop_mask(CROP, 0.5, 0.95)])
+    _steer_probabilities(monkeypatch, [0.99, 0.99 if inner_restored else 0.01])
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+    )
+    result, kept, left = unmasker.unmask_with_refusals(photo)
+    assert len(kept) == 1 and not np.array_equal(result, photo)
+    assert kept[0].box == (inner.box if inner_restored else whole.box)
+    (second,) = left
+    assert second.box == (whole.box if inner_restored else inner.box)
+    assert second.problem.startswith(f"no face: a second box on the face at {tuple(kept[0].box)} (")
+    # The photo as restored from the kept face alone: the second box pasted nothing.
+    alone = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    alone.detector = _Detector({photo.shape: [inner if inner_restored else whole]})
+    _steer_masks(alone, [_crop_mask(CROP, 0.5, 0.95)])
+    _steer_probabilities(monkeypatch, [0.99])
+    assert np.array_equal(alone.unmask_with_refusals(photo)[0], result)
+
+
 def _hog_doubted(face: Face, retry: bool = False) -> Face:
     from dataclasses import replace
 
