@@ -288,13 +288,14 @@ def _score_photo(
 ) -> list[str]:
     """Unmask one photo and fill in its `row` (faces, decision evidence, label scores) and its faces' lines
     (`face_lines`); returns the contact sheet cells written for it ([] once the sheet has `config.sheet_rows` rows)."""
+    from m2u.inference.masked_rule import judged_no_face
     from m2u.inference.photos import face_record
     from m2u.masking import read_image
 
     image = read_image(path)
     result, restored, left = unmasker.unmask_with_refusals(image)
-    not_faces = [f for f in left if f.problem.startswith("no face")]
-    left = [f for f in left if not f.problem.startswith("no face")]
+    not_faces = [f for f in left if judged_no_face(f.problem)]
+    left = [f for f in left if not judged_no_face(f.problem)]
     _record_faces(row, restored, left, not_faces)
     face_lines += [
         {"photo": str(path), "face": k, **face_record(face)}

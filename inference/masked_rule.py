@@ -7,7 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["THRESHOLDS_TUNED_ON", "MaskedFaceRule"]
+__all__ = ["NO_FACE", "THRESHOLDS_TUNED_ON", "MaskedFaceRule", "judged_no_face"]
+
+
+# How the reason of a detection judged no face at all begins (an uncertain detection with no mask on it, a whole
+# frame that is no masked face, a second box on one face): the report's status, the evaluation's counts and the
+# turned try key on it (`judged_no_face`).
+NO_FACE = "no face: "
+
+
+def judged_no_face(reason: str) -> bool:
+    """Whether a face's reason (FaceRestoration.problem) says the detection is no face at all."""
+    return reason.startswith(NO_FACE)
 
 
 def _shown(value: float, spec: str, *limits: float) -> str:
@@ -188,7 +199,7 @@ class MaskedFaceRule:
         else:
             shown = _shown(probability, ".2f", self.min_mask_probability)
             found = f"mask classifier {shown}, below {self.min_mask_probability:g}"
-        return f"no face: an uncertain detection with no mask to restore on it ({found})"
+        return f"{NO_FACE}an uncertain detection with no mask to restore on it ({found})"
 
     def overrules_upside_down_detection(self, evidence: dict[str, float]) -> bool:
         """Whether a face the detector's orientation check refused is upright and masked after all (see

@@ -22,6 +22,7 @@ from m2u.core.imageio import write_image
 from m2u.core.inputs import Discovery
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
+from m2u.inference.masked_rule import judged_no_face
 from m2u.inference.unmask import (
     WHOLE_FRAME_NOT_MASKED,
     FaceRestoration,
@@ -235,7 +236,7 @@ def _left_rank(face) -> int:
     then one left for another reason (upside down, below --min-score), last an uncertain detection judged no face."""
     if isinstance(face, FaceRestoration) and face.problem.startswith("not masked"):
         return 0
-    return 2 if face.problem.startswith("no face") else 1
+    return 2 if judged_no_face(face.problem) else 1
 
 
 def left_faces_reason(left: list, where: str = "") -> str:

@@ -41,7 +41,7 @@ import torch
 from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
-from m2u.inference.masked_rule import MaskedFaceRule
+from m2u.inference.masked_rule import NO_FACE, MaskedFaceRule, judged_no_face
 from m2u.inference.paste import feather_weight, grow_region, paste_feathered, paste_region, resize_matrix
 from m2u.inference.restore import (
     TwoStageModel,
@@ -417,7 +417,7 @@ class Unmasker:
                 if whole_frame:
                     # With --all-faces too: the frame is a face only where it is a masked one, upright.
                     if not rule.frame_is_masked_face(face.evidence) or not self._frame_reads_upright(face):
-                        face.problem = f"no face: {WHOLE_FRAME_NOT_MASKED}"
+                        face.problem = f"{NO_FACE}{WHOLE_FRAME_NOT_MASKED}"
                 elif self.config.masked_only:
                     face.problem = rule.not_masked_reason(masks[k], p, uncertain, mask_maps[k])
                     if landmarked[k]:
@@ -507,7 +507,7 @@ class Unmasker:
         # An uncertain detection the detector also refuses (upside down, low score) is no face: it is never shown
         # to the classifier that could make it one.
         found = [
-            replace(f, problem=f"no face: an uncertain detection; {f.problem}")
+            replace(f, problem=f"{NO_FACE}an uncertain detection; {f.problem}")
             if f.problem and f.retry
             else f
             for f in found
@@ -534,7 +534,7 @@ class Unmasker:
             self.config.whole_frame
             and not as_turned
             and not restored
-            and all(f.problem.startswith("no face") for f in refused + left)
+            and all(judged_no_face(f.problem) for f in refused + left)
         ):
             framed, framed_restored, _ = self._unmask_aligned(image, whole_frame=True)
             if framed_restored:
@@ -552,7 +552,7 @@ class Unmasker:
             and not restored
             and (
                 any(LOOKS_UPSIDE_DOWN in f.problem for f in refused + left)
-                or all(f.problem.startswith("no face") for f in refused + left)
+                or all(judged_no_face(f.problem) for f in refused + left)
             )
         )
         # Which way up the faces lie to the box orientation net (0: as they are, or not surely otherwise), read on the
@@ -899,7 +899,7 @@ def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
     outscore the whole face (measured: a turned real-masked photo lost its restoration that way)."""
     claimed: list[FaceRestoration] = []
     for face in sorted(faces, key=lambda f: (bool(f.problem), -f.score)):
-        if face.problem.startswith("no face"):
+        if judged_no_face(face.problem):
             continue
         same = next((c for c in claimed if _inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
         if same is None:
@@ -907,7 +907,7 @@ def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
             continue
         share = _inside_share(face.box, same.box)
         face.problem = (
-            f"no face: a second box on the face at {tuple(same.box)} ({share:.1%} of the smaller box inside the "
+            f"{NO_FACE}a second box on the face at {tuple(same.box)} ({share:.1%} of the smaller box inside the "
             "other)"
         )
 
@@ -955,7 +955,11 @@ def _turned_back(face, quarter_turns: int, width: int, height: int):
     (x0, y0), (x1, y1) = np.rint(corners.min(axis=0)).astype(int), np.rint(corners.max(axis=0)).astype(int)
     box = (int(x0), int(y0), int(x1), int(y1))
     degrees = 90 * (quarter_turns % 4)
-    problem = f"in the photo turned {turn_words(degrees)}: {face.problem}" if face.problem else ""
+    where = f"in the photo turned {turn_words(degrees)}"
+    problem = f"{where}: {face.problem}" if face.problem else ""
+    if judged_no_face(face.problem):
+        # Still read as no face (the report's status, the evaluation's counts): the place goes after the verdict.
+        problem = f"{NO_FACE}{where}: {face.problem[len(NO_FACE) :]}"
     if isinstance(face, FaceRestoration):
         matrix = np.asarray(face.matrix, np.float64)
         composed = np.hstack([matrix[:, :2] @ forward[:, :2], matrix[:, :2] @ forward[:, 2:] + matrix[:, 2:]])

@@ -1065,6 +1065,11 @@ def test_faces_found_turned_and_left_are_reported_in_the_photos_own_pixels(quart
     degrees = {1: "90 degrees anticlockwise", 2: "180 degrees", 3: "90 degrees clockwise"}[quarter_turns]
     assert back.problem == f"in the photo turned {degrees}: not masked: a test"
     assert back.box == Face.from_landmarks(np.rint(points).astype(np.float32)).box
+    # A detection judged no face stays one where it was found turned: its reason still starts "no face: ".
+    no_face = _turned_back(
+        dataclasses.replace(found, problem="no face: a test"), quarter_turns, width, height
+    )
+    assert no_face.problem == f"no face: in the photo turned {degrees}: a test"
 
 
 def test_the_shipped_upside_down_classifier_tells_a_real_face_from_the_same_face_turned():
