@@ -91,14 +91,14 @@ class MaskedFaceRule:
     # The sure-mask route's eye limit: masks that reach up to the lower lids (respirators, masks worn high, a
     # profile) cover the lower part of `eye_region` (its band is a seventh of the crop high); M-Seg marking up to half
     # of it is such a mask, not a mask over the eyes. Chosen by looking at the real-masked faces the route left at
-    # 0.2 (seven masks reaching the lids, 24-49 %; docs/real-masks.md says so), checked against the tuning photos: no bare
-    # face there has a mask M-Seg is sure of at any eye coverage.
+    # 0.2 (seven masks reaching the lids, 24-49 %; docs/real-masks.md says so), checked against the tuning photos:
+    # no bare face there has a mask M-Seg is sure of at any eye coverage.
     max_sure_route_eye_coverage: float = 0.5
     # The sure-mask route's mouth limit: the mouth region is a fixed box of the template, and on a close-up aligned a
     # little off (the crop's mouth box reaching the mask's lower edge or past its side) a mask M-Seg is sure of covers
     # 75-85 % of it. Chosen by looking at the real-masked faces the route left at the M-Seg route's 0.9 (two white
-    # masks, sure at 0.85 and 0.90, mouth 0.84 and 0.78; docs/real-masks.md says so), checked against the tuning photos: no
-    # bare face there has a mask M-Seg is sure of at any mouth coverage (benchmarks/tune_masked_rule.py's
+    # masks, sure at 0.85 and 0.90, mouth 0.84 and 0.78; docs/real-masks.md says so), checked against the tuning
+    # photos: no bare face there has a mask M-Seg is sure of at any mouth coverage (benchmarks/tune_masked_rule.py's
     # sure_route_mouth_table).
     min_sure_route_mouth_coverage: float = 0.7
     # A face the upside-down classifier (m2u.inference.mask_presence.upside_down_probabilities) gives more than this

@@ -729,7 +729,8 @@ class Unmasker:
         found = self._detect_turned(turned)
         if quarter_turns % 2:
             # Sideways, only sure detections: each extra view is another chance of a face in a faceless image (with
-            # uncertain ones too, 3 of the 57 faceless images had one restored; benchmarks/real_masks.py, docs/real-masks.md).
+            # uncertain ones too, 3 of the 57 faceless images had one restored; benchmarks/real_masks.py,
+            # docs/real-masks.md).
             found = [f for f in found if not f.retry]
         result, restored, left = self.unmask_found(turned, found, as_turned=True)
         if not restored or self._box_turn(turned, [f.box for f in restored if not f.uncertain]):
@@ -766,8 +767,8 @@ class Unmasker:
         # predictor, which fits all 68 points at once, can pull its eye points onto the mask, and the crop then
         # shows no mask-shaped mask; BlazeFace's eye keypoints are right where dlib's are wrong, and sometimes wrong
         # where dlib's are right (tight crops), so they are the second look, not the first (benchmarks/real_masks.py,
-        # docs/real-masks.md). Only where the two disagree (SECOND_LOOK_MIN_EYE_SHIFT): where they agree the crop would be
-        # nearly the same, and deciding on it again would only give the classifiers another draw.
+        # docs/real-masks.md). Only where the two disagree (SECOND_LOOK_MIN_EYE_SHIFT): where they agree the crop
+        # would be nearly the same, and deciding on it again would only give the classifiers another draw.
         again = [
             k
             for k, (face, record) in enumerate(zip(faces, records, strict=True))
@@ -872,7 +873,8 @@ SIDEWAYS_KEYPOINT_ROLL = 55.0
 # that way (Unmasker._box_turn, unmask_found); a turned view whose restored faces read turned so is refused; and a face
 # the upside-down classifier calls upside down is restored where its box reads upright this surely. 0.9 was set before
 # m2u-unmask was measured with the net; a probe of the net alone on the benchmark's sure detections had shown that at
-# 0.9 it reads 1 upright real-masked photo and 1 real-mask-seg crop turned, and no CelebA or extras photo (docs/real-masks.md).
+# 0.9 it reads 1 upright real-masked photo and 1 real-mask-seg crop turned, and no CelebA or extras photo
+# (docs/real-masks.md).
 BOX_TURN_CONFIDENCE = 0.9
 
 
