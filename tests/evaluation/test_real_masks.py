@@ -426,11 +426,22 @@ def _hog_doubted(face: Face, retry: bool = False) -> Face:
 
 
 @pytest.mark.parametrize(
-    ("mask_probability", "turned", "restored"),
-    [(0.99, 0.01, True), (0.99, 0.2, False), (0.9, 0.01, False)],
+    ("mask_probability", "turned", "box_upright", "restored"),
+    [
+        (0.99, 0.01, None, True),  # both classifiers vouch
+        (0.99, 0.2, None, False),
+        (0.9, 0.01, None, False),
+        # The upside-down classifier does not vouch (0.2, above the overrule's 0.05) but does not call the face
+        # upside down either, and the box orientation net reads the box surely upright: the evidence that overrules
+        # the upside-down classifier overrules HOG. Against both checks (the classifier at 0.9) the box alone is not
+        # enough.
+        (0.99, 0.2, 0.95, True),
+        (0.99, 0.2, 0.89, False),
+        (0.99, 0.9, 0.95, False),
+    ],
 )
-def test_a_face_the_detector_finds_upside_down_is_restored_only_when_both_classifiers_vouch(
-    tiny_checkpoints, monkeypatch, mask_probability, turned, restored
+def test_a_face_the_detector_finds_upside_down_is_restored_only_where_the_evidence_vouches(
+    tiny_checkpoints, monkeypatch, mask_probability, turned, box_upright, restored
 ):
     mseg_path, gen_path = tiny_checkpoints
     photo, (first,) = _photo_with_faces(1)
@@ -443,49 +454,21 @@ def test_a_face_the_detector_finds_upside_down_is_restored_only_when_both_classi
     monkeypatch.setattr(
         "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.array([turned])
     )
+    if box_upright is not None:  # otherwise the box reads unsurely upright (UNSURE)
+        rest = (1.0 - box_upright) / 3
+        _boxes_read(monkeypatch, [box_upright, rest, rest, rest])
     result, kept, left = unmasker.unmask_with_refusals(photo)
     if restored:
         assert len(kept) == 1 and not left and not np.array_equal(result, photo)
-        assert (
-            kept[0].record()["detector_problem"] == doubted.problem
-        )  # the overruled refusal, in faces.jsonl
+        record = kept[0].record()
+        assert record["detector_problem"] == doubted.problem  # the overruled refusal, in faces.jsonl
+        if box_upright is not None:
+            assert record["box_upright_probability"] == pytest.approx(box_upright)
     else:
         # Left with the detector's own reason, every pixel as it was, the decision's evidence recorded.
         assert not kept and len(left) == 1 and left[0].problem == doubted.problem
         assert left[0].evidence["upside_down_probability"] == turned
         assert np.array_equal(result, photo)
-
-
-@pytest.mark.parametrize(
-    ("box_upright", "turned", "restored"), [(0.95, 0.2, True), (0.89, 0.2, False), (0.95, 0.9, False)]
-)
-def test_a_face_the_detector_finds_upside_down_is_restored_where_its_box_reads_surely_upright(
-    tiny_checkpoints, monkeypatch, box_upright, turned, restored
-):
-    """The upside-down classifier does not vouch (0.2, above the overrule's 0.05) but does not call the face upside
-    down either, and the box orientation net reads the box surely upright: the evidence that overrules the
-    upside-down classifier overrules HOG. Against both checks (the classifier at 0.9) the box alone is not enough."""
-    mseg_path, gen_path = tiny_checkpoints
-    photo, (first,) = _photo_with_faces(1)
-    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
-    unmasker = Unmasker.from_files(mseg_path, gen_path, config)
-    doubted = _hog_doubted(first)
-    unmasker.detector = _Detector({photo.shape: [doubted]})
-    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)])
-    _steer_probabilities(monkeypatch, [0.99])
-    monkeypatch.setattr(
-        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.array([turned])
-    )
-    rest = (1.0 - box_upright) / 3
-    _boxes_read(monkeypatch, [box_upright, rest, rest, rest])
-    result, kept, left = unmasker.unmask_with_refusals(photo)
-    if restored:
-        assert len(kept) == 1 and not left and not np.array_equal(result, photo)
-        record = kept[0].record()
-        assert record["detector_problem"] == doubted.problem
-        assert record["box_upright_probability"] == pytest.approx(box_upright)
-    else:
-        assert not kept and left[0].problem == doubted.problem and np.array_equal(result, photo)
 
 
 def test_the_detectors_upside_down_refusal_stands_for_uncertain_faces_and_all_faces(
