@@ -773,6 +773,9 @@ class Unmasker:
             k
             for k, (face, record) in enumerate(zip(faces, records, strict=True))
             if record.problem
+            and not judged_no_face(
+                record.problem
+            )  # a second box on a face restored: restoring it would paste twice
             and face.keypoints is not None
             and not face.retry
             and not face.problem

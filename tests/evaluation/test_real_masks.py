@@ -391,13 +391,19 @@ def test_a_second_box_on_one_face_is_no_face_and_never_a_second_restoration(
     mseg_path, gen_path = tiny_checkpoints
     photo, (whole,) = _photo_with_faces(1)
     x0, y0, x1, y1 = whole.box
-    inner = dataclasses.replace(whole, box=(x0 + 10, y0, x1 - 10, (y0 + y1) // 2), score=0.95)
+    # The inner box's BlazeFace eyes disagree with dlib's: a face left with them gets a second look (never a second box).
+    eyes = np.stack([whole.landmarks[36:42].mean(0), whole.landmarks[42:48].mean(0)])
+    shift = np.array([0.0, 0.2 * np.hypot(*(eyes[1] - eyes[0]))])
+    keypoints = np.vstack([eyes - shift, whole.landmarks[[30, 62, 0, 16]]]).astype(np.float32)
+    inner = dataclasses.replace(
+        whole, box=(x0 + 10, y0, x1 - 10, (y0 + y1) // 2), score=0.95, keypoints=keypoints
+    )
     unmasker = Unmasker.from_files(
         mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
     )
     unmasker.detector = _Detector({photo.shape: [whole, inner]})
-    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95), _crop_mask(CROP, 0.5, 0.95)])
-    _steer_probabilities(monkeypatch, [0.99, 0.99 if inner_restored else 0.01])
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95)] * 3)
+    _steer_probabilities(monkeypatch, [0.99, 0.99 if inner_restored else 0.01, 0.99])
     monkeypatch.setattr(
         "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
     )
@@ -407,6 +413,7 @@ def test_a_second_box_on_one_face_is_no_face_and_never_a_second_restoration(
     (second,) = left
     assert second.box == (whole.box if inner_restored else inner.box)
     assert second.problem.startswith(f"no face: a second box on the face at {tuple(kept[0].box)} (")
+    assert "second look" not in second.problem
     # The photo as restored from the kept face alone: the second box pasted nothing.
     alone = Unmasker.from_files(
         mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
