@@ -27,16 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from m2u.core.boxes import box_iou
+
 REPO = Path(__file__).resolve().parents[1]
 FIT_FILES = slice(2000, 2600)
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / max(union, 1e-9)
 
 
 def _eye_distance(landmarks: np.ndarray) -> float:
@@ -88,8 +82,8 @@ def _check_set(name: str, paths: list[Path], turned: bool, masks: bool) -> dict:
         counts["new_unmarked_faces"] += sum(not f.problem for f in new_faces)
         matched = set()
         for old in old_faces:
-            best = max(range(len(new_faces)), key=lambda k: _iou(old.box, new_faces[k].box), default=None)
-            if best is None or _iou(old.box, new_faces[best].box) < 0.3:
+            best = max(range(len(new_faces)), key=lambda k: box_iou(old.box, new_faces[k].box), default=None)
+            if best is None or box_iou(old.box, new_faces[best].box) < 0.3:
                 counts["ladder_faces_lost"] += 1
                 lost.append(
                     {
@@ -178,8 +172,8 @@ def _fit(paths: list[Path]) -> dict:
     for _, image in _images(paths, False):
         found = blazeface_detect(image, "short", 0.5)
         for face in ladder.detect(image):
-            best = max(found, key=lambda d: _iou(face.box, d.box), default=None)
-            if best is not None and _iou(face.box, best.box) >= 0.3:
+            best = max(found, key=lambda d: box_iou(face.box, d.box), default=None)
+            if best is not None and box_iou(face.box, best.box) >= 0.3:
                 pairs.append((best.keypoints.astype(np.float64), np.asarray(face.box, np.float64)))
                 points = face.landmarks.astype(np.float64)
                 eye_pairs.append(

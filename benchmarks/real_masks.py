@@ -63,27 +63,20 @@ def blaze_runs(image: np.ndarray) -> dict:
     }
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
-
-
 def read_off(runs: dict, stages: list[list[tuple[str, float, float]]], min_side: float) -> list:
-    """The boxes of the first stage with any detection (model, pad, threshold passes, merged by IoU 0.3)."""
+    """The boxes of the first stage with any detection (model, pad, threshold passes), merged as the shipped
+    detector merges a stage's passes (masked_faces.merge_detections)."""
+    from m2u.masking.masked_faces import merge_detections
+
     for stage in stages:
-        boxes = []
-        for model, pad, threshold in stage:
-            for box, score in runs[(model, pad)]:
-                if (
-                    score >= threshold
-                    and box[2] - box[0] >= min_side
-                    and all(_iou(box, b) <= 0.3 for b in boxes)
-                ):
-                    boxes.append(box)
-        if boxes:
-            return boxes
+        found = [
+            (box, score)
+            for model, pad, threshold in stage
+            for box, score in runs[(model, pad)]
+            if score >= threshold and box[2] - box[0] >= min_side
+        ]
+        if found:
+            return [box for box, _ in merge_detections(found)]
     return []
 
 

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from m2u.core.boxes import box_iou
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CROP = 256
@@ -254,13 +256,6 @@ class LazyRuns(dict):
         return self[name]
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
-
-
 def cascade(runs: dict, stages: list[list[tuple[str, float]]]) -> tuple[list, float]:
     """The merged boxes of the first stage that finds any, and the CPU time of the runs needed to get there."""
     from m2u.masking.masked_faces import merge_detections
@@ -290,12 +285,12 @@ def score_detections(images: list[dict], records: list[dict], detect) -> dict:
         seconds += t
         faces = by_file[item["masked"]]
         for face in faces:
-            hit = any(iou(b, face["box"]) >= IOU_MATCH for b in boxes)
+            hit = any(box_iou(b, face["box"]) >= IOU_MATCH for b in boxes)
             total[face["type"]] += 1
             total_g[face["group"]] += 1
             found[face["type"]] += hit
             found_g[face["group"]] += hit
-        unmatched += sum(not any(iou(b, f["box"]) >= IOU_MATCH for f in faces) for b in boxes)
+        unmatched += sum(not any(box_iou(b, f["box"]) >= IOU_MATCH for f in faces) for b in boxes)
     n = sum(total.values())
     return {
         "found": sum(found.values()),
@@ -364,8 +359,8 @@ def orientation_figures(detector, files: list[str], records: list[dict]) -> dict
             for r in by_file[name]:
                 box = r["box"] if view == "upright" else _turned_box(r["box"], width, height)
                 counts[f"{view}_faces"] += 1
-                best = max(faces, key=lambda f: iou(f.box, box), default=None)
-                if best is None or iou(best.box, box) < IOU_MATCH:
+                best = max(faces, key=lambda f: box_iou(f.box, box), default=None)
+                if best is None or box_iou(best.box, box) < IOU_MATCH:
                     continue
                 counts[f"{view}_found"] += 1
                 counts[f"{view}_refused"] += bool(best.problem)
@@ -626,8 +621,8 @@ def main() -> None:
         }
         matches = []
         for r in records:
-            best = max(detected[r["masked"]], key=lambda f: iou(f.box, r["box"]), default=None)
-            if best is not None and iou(best.box, r["box"]) >= IOU_MATCH:
+            best = max(detected[r["masked"]], key=lambda f: box_iou(f.box, r["box"]), default=None)
+            if best is not None and box_iou(best.box, r["box"]) >= IOU_MATCH:
                 matches.append((r, best.landmarks.astype(np.float64)))
         alignment = alignment_errors(matches)
         print(

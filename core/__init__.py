@@ -9,6 +9,7 @@ runtime     fields that change how a run goes, never what it writes (kept out of
 parallel    worker pools that stop cleanly, OpenCV threads in forked workers
 lazy        lazy public surfaces of package __init__ files
 drawing     text labels on image strips (contact sheets, grids)
+boxes       how two detection boxes overlap (IoU, the share of one inside the other)
 outcome     the status vocabulary (ok, no_face, refused, error) and reason of every per-file tool
 startup     what a console command settles before numpy loads (one BLAS thread per process)
 """

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import torch
 
+from m2u.core.boxes import inside_share
 from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
@@ -886,14 +887,6 @@ BOX_TURN_CONFIDENCE = 0.9
 SAME_FACE_INSIDE = 0.6
 
 
-def _inside_share(a: tuple, b: tuple) -> float:
-    """The share of the smaller of two boxes (left, top, right, bottom) that lies inside the other."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return max(0, width) * max(0, height) / smaller if smaller > 0 else 0.0
-
-
 def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
     """One face, one record: BlazeFace's passes (two networks, three borders) box a face at several scales and
     places (the eyes only; the face and the chest) with an IoU small enough for the detector's merge to keep both, so
@@ -906,11 +899,11 @@ def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
     for face in sorted(faces, key=lambda f: (bool(f.problem), -f.score)):
         if judged_no_face(face.problem):
             continue
-        same = next((c for c in claimed if _inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
+        same = next((c for c in claimed if inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
         if same is None:
             claimed.append(face)
             continue
-        share = _inside_share(face.box, same.box)
+        share = inside_share(face.box, same.box)
         face.problem = (
             f"{NO_FACE}a second box on the face at {tuple(same.box)} ({share:.1%} of the smaller box inside the "
             "other)"

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.boxes import box_ious
+
 __all__ = ["BLAZEFACE_MODELS", "BlazeDetection", "BlazeFaceModel", "blazeface_detect", "model_file"]
 
 
@@ -123,14 +125,6 @@ def _interpreter(name: str) -> _Interpreter:
     return _Interpreter(name)
 
 
-def _iou(a: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.minimum(a[2], boxes[:, 2]) - np.maximum(a[0], boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(a[3], boxes[:, 3]) - np.maximum(a[1], boxes[:, 1]), 0, None)
-    inter = ix * iy
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area - inter, 1e-12)
-
-
 def _weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, min_iou: float):
     """MediaPipe's "weighted" suppression: each kept detection is the score-weighted mean of the ones it
     overlaps by more than `min_iou`, with the highest score among them."""
@@ -141,7 +135,7 @@ def _weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, min
     for i in range(len(scores)):
         if not alive[i]:
             continue
-        group = alive & (_iou(boxes[i], boxes) > min_iou)
+        group = alive & (box_ious(boxes[i], boxes) > min_iou)
         group[i] = True
         w = scores[group][:, None]
         kept.append(

@@ -23,6 +23,7 @@ import cv2
 import dlib
 import numpy as np
 
+from m2u.core.boxes import box_iou
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import (
     LANDMARK_FITTERS,
@@ -140,19 +141,12 @@ class MaskedDetectorConfig:
         return tuple(p for stage in self.stages for p in stage)
 
 
-def _iou(a: tuple, b: tuple) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
-
-
 def merge_detections(found: list[tuple], min_iou: float = MERGE_IOU) -> list[tuple]:
     """(box, score, label, ...) from several passes, one per face: greedy by score, overlapping boxes dropped (a
     kept item keeps whatever it carries after its score)."""
     kept: list[tuple] = []
     for item in sorted(found, key=lambda f: -f[1]):
-        if all(_iou(item[0], k[0]) <= min_iou for k in kept):
+        if all(box_iou(item[0], k[0]) <= min_iou for k in kept):
             kept.append(item)
     return kept
 
@@ -161,7 +155,7 @@ def _pooled_keypoints(box: tuple, found: list[tuple]) -> np.ndarray:
     """The score-weighted mean keypoints of every detection (box, score, label, keypoints) that overlaps `box` as
     merge_detections counts one face: each pass (model, border) places them a little differently, and one pass's
     eye keypoints can be off on a masked face."""
-    same = [item for item in found if _iou(item[0], box) > MERGE_IOU]
+    same = [item for item in found if box_iou(item[0], box) > MERGE_IOU]
     weights = np.array([item[1] for item in same], np.float64)
     points = np.stack([np.asarray(item[3], np.float64) for item in same])
     return (points * weights[:, None, None]).sum(0) / weights.sum()

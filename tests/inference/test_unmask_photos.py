@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from m2u.core.boxes import box_iou
 from m2u.datasets.align import align_face, alignment_matrix
 from m2u.datasets.synthetic import make_synthetic_sample
 from m2u.inference.cli import unmask_main
@@ -357,7 +358,7 @@ def test_cascade_finds_masked_faces_that_plain_hog_misses(celeba_dir):
         masked = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1].copy()
         plain_found += bool(plain.detect(masked))
         found = cascade.detect(masked)
-        cascade_found += bool(found) and _iou(found[0].box, face.box) >= 0.3
+        cascade_found += bool(found) and box_iou(found[0].box, face.box) >= 0.3
     assert plain_found == 0
     assert cascade_found == len(HOG_MISSES)
 
@@ -382,13 +383,6 @@ def test_masked_faces_are_scored_upright_as_found_and_upside_down_turned(celeba_
         # The face where it is in the turned photo is refused. (The cascade may also find a "masked face" there
         # that the check passes: turned eyes over a plain forehead; benchmarks/unmask.py counts those.)
         assert "upside down" in cascade._orientation_problem(turned, turned_box), name
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union else 0.0
 
 
 @pytest.mark.shared
