@@ -126,17 +126,17 @@ def _unfinished(results: dict[str, Any], steps: int, name: str) -> bool:
 
 
 def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
-    """For a generator kept from --init-from (no run folder): its architecture, read from the model file."""
+    """For a network kept from --init-from (no run folder): its architecture, read from the model file, under the
+    network's name ("generator", "mseg")."""
     if "kept" not in results:
         return {}
     import dataclasses
 
     from m2u.training.checkpoint import load_model
 
-    return {
-        "generator": dataclasses.asdict(load_model(results["kept"])[0].config),
-        "kept_from": results["kept"],
-    }
+    model = load_model(results["kept"])[0]
+    name = "generator" if Path(results["kept"]).name == GENERATOR_FILE else "model"
+    return {name: dataclasses.asdict(model.config), "kept_from": results["kept"]}
 
 
 def train_mseg_stage(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any]:
@@ -144,6 +144,13 @@ def train_mseg_stage(args: argparse.Namespace, data: Path, run: Path) -> dict[st
     from m2u.training.models import MSegConfig
     from m2u.training.trainer import train_mseg
 
+    if args.mseg_steps == 0:
+        # Fine-tuning the generator alone: the M-Seg of --init-from is kept as it is (and frozen for the GAN).
+        if not args.init_from or args.mseg_soup_steps:
+            raise SystemExit(
+                "--mseg-steps 0 keeps the M-Seg of --init-from: give --init-from, no --mseg-soup-steps"
+            )
+        return {"steps": 0, "seconds": 0.0, "kept": str(Path(args.init_from) / MSEG_FILE)}
     done = _finished(run, args.mseg_steps)
     if done:
         return done
@@ -210,6 +217,7 @@ def train_gan_stage(args: argparse.Namespace, data: Path, mseg: Path, run: Path)
         generator=GeneratorConfig(width_multiplier=args.width_multiplier),
         mask_source="mseg",
         mseg_checkpoint=str(mseg),
+        hole_grow_px=args.hole_grow,
         perceptual_weight=args.perceptual_weight,
         vgg_weights=args.vgg_weights,
         init_weights=_init_weights(args, {"generator": GENERATOR_FILE}),
@@ -416,7 +424,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=0, help="use the first N photos (0: all)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--mseg-steps", type=int, default=1500)
+    parser.add_argument(
+        "--mseg-steps", type=int, default=1500, help="0 with --init-from: keep that package's M-Seg"
+    )
     parser.add_argument("--mseg-base-channels", type=int, default=8)
     parser.add_argument(
         "--bare-face-share",
@@ -446,6 +456,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--gan-steps", type=int, default=2200, help="0 with --init-from: keep that package's generator"
     )
     parser.add_argument("--width-multiplier", type=float, default=0.25)
+    parser.add_argument(
+        "--hole-grow",
+        type=int,
+        default=0,
+        help="the generator trains on holes grown by a random 0..N px each (GanTrainConfig.hole_grow_px)",
+    )
     parser.add_argument("--perceptual-weight", type=float, default=0.0, help="VGG19 term (needs weights)")
     parser.add_argument("--vgg-weights", default="imagenet")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -518,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mseg_results = train_mseg_stage(args, data, work / "mseg")
     if args.stop_after == "mseg" or _unfinished(mseg_results, args.mseg_steps, "M-Seg"):
         return report
-    mseg_path = work / "mseg" / MSEG_FILE
+    mseg_path = Path(mseg_results.get("kept", work / "mseg" / MSEG_FILE))
     soup_results: dict[str, Any] | None = None
     if args.mseg_soup_steps:
         mseg_path, soup_results = mseg_soup_stage(args, data, mseg_path, work / "mseg-soup")

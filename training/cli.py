@@ -293,6 +293,14 @@ def mseg_command(**options: Any) -> None:
     "--mask-source", type=click.Choice(MASK_SOURCES), default=GanTrainConfig.mask_source, show_default=True
 )
 @click.option(
+    "--hole-grow",
+    "hole_grow_px",
+    default=GanTrainConfig.hole_grow_px,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Train on holes grown by a random 0..N pixels each (m2u-unmask fills its mask grown by --grow).",
+)
+@click.option(
     "--stages",
     type=click.Choice(["3", "5"]),
     default=str(GeneratorConfig.stages),

@@ -125,9 +125,20 @@ class GanTrainConfig(GanLossConfig, RunConfig):
     mask_source: str = "mseg"  # "mseg": the frozen M-Seg's prediction feeds G; "gt": the dataset's mask
     mseg_checkpoint: str | None = None  # an M-Seg model file (save_model); required with mask_source="mseg"
     mask_threshold: float | None = None  # None: the M-Seg file's own threshold
+    # The hole the generator is trained to fill, grown by a random 0..hole_grow_px pixels per sample (a square
+    # neighbourhood): m2u-unmask fills M-Seg's mask grown by UnmaskConfig.dilate, so at inference the hole reaches
+    # past the mask's edge onto face the generator must repaint as it was. 0 (the paper's setting): the mask as it
+    # is, and no random draw is taken, so runs without it keep their batches.
+    hole_grow_px: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (
+            not isinstance(self.hole_grow_px, int)
+            or isinstance(self.hole_grow_px, bool)
+            or self.hole_grow_px < 0
+        ):
+            raise ValueError(f"hole_grow_px must be a whole number of pixels >= 0, got {self.hole_grow_px!r}")
         if isinstance(self.generator, dict):
             self.generator = GeneratorConfig(**self.generator)
         if isinstance(self.discriminator, dict):

@@ -4,6 +4,7 @@ reconstruction (L1 + SSIM) + VGG perceptual loss; the mask from a frozen M-Seg o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, unwrap_model
 from m2u.training.config import GanTrainConfig
@@ -20,6 +21,19 @@ from m2u.training.losses import (
 from m2u.training.models import CARU2Net, MSeg, PatchDiscriminator
 from m2u.training.ssim import psnr, ssim
 from m2u.training.task import TrainingTask, grid_rows
+
+
+def grow_holes(mask: torch.Tensor, most_px: int) -> torch.Tensor:
+    """Each sample's (B, 1, H, W) {0, 1} mask grown by its own random 0..`most_px` pixels every way (a square
+    neighbourhood, as m2u-unmask grows the region it restores: m2u.inference.paste.grow_region). The radii come
+    from torch's global generator, which the run seeds and its checkpoints capture (an exact --resume)."""
+    radii = torch.randint(0, most_px + 1, (mask.shape[0],))
+    grown = mask.clone()
+    for radius in radii.unique().tolist():
+        if radius:
+            chosen = (radii == radius).to(mask.device)
+            grown[chosen] = F.max_pool2d(mask[chosen], 2 * radius + 1, stride=1, padding=radius)
+    return grown
 
 
 class GanTask(TrainingTask):
@@ -70,6 +84,8 @@ class GanTask(TrainingTask):
         masked = to_model_range(self.to_device(batch["masked"]))
         real = to_model_range(self.to_device(batch["unmasked"]))
         mask = self.mask_for(masked, self.to_device(batch["mask"]))
+        if self.config.hole_grow_px:
+            mask = grow_holes(mask, self.config.hole_grow_px)
         generator, discriminator = self.wrapped["generator"], self.wrapped["discriminator"]
 
         # Discriminator step (eq. 5): real and fake in one forward (no normalisation layers in D, so this

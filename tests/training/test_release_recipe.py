@@ -73,6 +73,15 @@ def test_release_recipe_tiny_end_to_end_in_pieces(tmp_path, monkeypatch, load_be
     monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", package.parent)
     generator = load_pretrained("m2unet-tiny").generator
     assert generator.config.width_multiplier == 0.125
+    # The generator alone, fine-tuned from the package on grown holes: its M-Seg is kept (and frozen), none trained.
+    tune = ["--work", str(tmp_path / "tune"), "--data", str(tmp_path / "work" / "data"), "--init-from", str(package),
+            "--mseg-steps", "0", "--gan-steps", "2", "--hole-grow", "2", "--stop-after", "gan"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--init-from"):
+        recipe.main([*args, *tune[:4], "--mseg-steps", "0"])
+    recipe.main([*args, *tune])
+    tuned = json.loads((tmp_path / "tune" / "gan" / "config.json").read_text())
+    assert tuned["hole_grow_px"] == 2 and tuned["mseg_checkpoint"] == str(package / MSEG_FILE)
+    assert not (tmp_path / "tune" / "mseg").exists()
 
 
 def test_recipe_help_lists_the_budget(capsys, load_benchmark):

@@ -206,7 +206,7 @@ def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert set(mseg_results["test"]) == {"dice", "pixel_accuracy"}
     gan_args = [
         "gan", *common, "--out", str(tmp_path / "gan"), "--mseg", str(tmp_path / "mseg" / "mseg.safetensors"),
-        "--width-multiplier", "0.125", "--stages", "3", "--no-channel-attention",
+        "--width-multiplier", "0.125", "--stages", "3", "--no-channel-attention", "--hole-grow", "1",
     ]  # fmt: skip
 
     def offline(*args, **kwargs):
@@ -221,6 +221,7 @@ def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     generator = load_model(tmp_path / "gan" / "generator.safetensors").module
     assert generator.config.stages == 3 and not generator.config.channel_attention
+    assert json.loads((tmp_path / "gan" / "config.json").read_text())["hole_grow_px"] == 1
     log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
     assert {"val", "test"} <= {record.get("split") for record in log}
     assert any((tmp_path / "gan" / "tensorboard").iterdir())
