@@ -127,7 +127,7 @@ def _unfinished(results: dict[str, Any], steps: int, name: str) -> bool:
 
 def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
     """For a network kept from --init-from (no run folder): its architecture, read from the model file, under the
-    network's name ("generator", "mseg")."""
+    name its training config gives it ("generator"; "model" for M-Seg)."""
     if "kept" not in results:
         return {}
     import dataclasses

@@ -128,7 +128,8 @@ class GanTrainConfig(GanLossConfig, RunConfig):
     # The hole the generator is trained to fill, grown by a random 0..hole_grow_px pixels per sample (a square
     # neighbourhood): m2u-unmask fills M-Seg's mask grown by UnmaskConfig.dilate, so at inference the hole reaches
     # past the mask's edge onto face the generator must repaint as it was. 0 (the paper's setting): the mask as it
-    # is, and no random draw is taken, so runs without it keep their batches.
+    # is, and no random draw is taken, so runs without it keep their batches. Validation and the test figures read the
+    # mask as it is either way (the evaluator's setting).
     hole_grow_px: int = 0
 
     def __post_init__(self) -> None:
