@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="stop each training piece after this long (resume later)",
     )
     args = parser.parse_args(argv)
+    if args.hole_grow < 0:
+        parser.error(f"--hole-grow is a number of pixels >= 0, got {args.hole_grow}")
     if args.mseg_soup_lr is None:
         args.mseg_soup_lr = args.lr * 0.3
     if args.gan_lr is None:
