@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NO_FACE", "THRESHOLDS_TUNED_ON", "MaskedFaceRule", "judged_no_face"]
+__all__ = [
+    "NOT_MASKED",
+    "NO_FACE",
+    "THRESHOLDS_TUNED_ON",
+    "MaskedFaceRule",
+    "judged_no_face",
+    "judged_not_masked",
+]
 
 
 # How the reason of a detection judged no face at all begins (an uncertain detection with no mask on it, a whole
@@ -19,6 +26,16 @@ NO_FACE = "no face: "
 def judged_no_face(reason: str) -> bool:
     """Whether a face's reason (FaceRestoration.problem) says the detection is no face at all."""
     return reason.startswith(NO_FACE)
+
+
+# How the reason of a face the rule finds no mask on begins: the report's `not_masked` status and the run's summary
+# (which points such faces to --all-faces) key on it (`judged_not_masked`).
+NOT_MASKED = "not masked: "
+
+
+def judged_not_masked(reason: str) -> bool:
+    """Whether a face's reason (FaceRestoration.problem) says it is a face that wears no mask."""
+    return reason.startswith(NOT_MASKED)
 
 
 def _shown(value: float, spec: str, *limits: float) -> str:
@@ -246,7 +263,7 @@ class MaskedFaceRule:
         )
         if fraction < self.min_mask_fraction:
             return (
-                f"not masked: M-Seg marks {_shown(fraction, '.1%', self.min_mask_fraction)} of the face crop as "
+                f"{NOT_MASKED}M-Seg marks {_shown(fraction, '.1%', self.min_mask_fraction)} of the face crop as "
                 f"mask (at least {self.min_mask_fraction:.0%} to restore)"
             )
         mouth = _shown(
@@ -260,7 +277,7 @@ class MaskedFaceRule:
         )
         classifier = _shown(probability, ".2f", self.min_mask_probability, self.min_mouth_probability)
         return (
-            f"not masked: the mask classifier gives {classifier} "
+            f"{NOT_MASKED}the mask classifier gives {classifier} "
             f"(below {self.min_mask_probability:g}) and M-Seg covers {mouth} of the mouth, "
             f"{_shown(fraction, '.0%', self.min_mouth_route_fraction)} of the crop and "
             f"{eyes} of the eyes (the M-Seg route needs {self.min_mouth_coverage:.0%}, "

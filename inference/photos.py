@@ -22,7 +22,7 @@ from m2u.core.imageio import write_image
 from m2u.core.inputs import Discovery
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
-from m2u.inference.masked_rule import judged_no_face
+from m2u.inference.masked_rule import judged_no_face, judged_not_masked
 from m2u.inference.unmask import (
     WHOLE_FRAME_NOT_MASKED,
     FaceRestoration,
@@ -234,7 +234,7 @@ def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict])
 def _left_rank(face) -> int:
     """Which left face speaks for a photo (`_status_without_faces`' order): one the rule found not masked first,
     then one left for another reason (upside down, below --min-score), last an uncertain detection judged no face."""
-    if isinstance(face, FaceRestoration) and face.problem.startswith("not masked"):
+    if isinstance(face, FaceRestoration) and judged_not_masked(face.problem):
         return 0
     return 2 if judged_no_face(face.problem) else 1
 
@@ -285,12 +285,18 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
         line += f", {refused} left as they are (see faces.jsonl)"
     if faces_jsonl is not None and Path(faces_jsonl).is_file():
         by: dict[str, int] = {}
+        unmasked = 0
         for text in Path(faces_jsonl).read_text().splitlines():
             face = json.loads(text)
             if not face.get("restored", True):
+                unmasked += judged_not_masked(face.get("problem", ""))
                 continue
             key = f"{face['detector']}/{face['alignment']}"
             by[key] = by.get(key, 0) + 1
         if by:
             line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")"
+        if unmasked:
+            # The decision errs towards leaving a face (a bare face repainted is the worse mistake): a user whose
+            # photos are all masked faces gets the way to restore the ones it left.
+            line += f"; {unmasked} judged not masked: --all-faces restores every face found"
     return line

@@ -24,7 +24,7 @@ from m2u.evaluation.real_masks import (
     read_label,
 )
 from m2u.inference.masked_rule import MaskedFaceRule
-from m2u.inference.photos import unmask_files
+from m2u.inference.photos import summarize, unmask_files
 from m2u.inference.unmask import DETECTORS, FaceRestoration, UnmaskConfig, Unmasker
 from m2u.masking.detect import Face
 
@@ -326,6 +326,10 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
     )
     with open(out / "report.csv") as handle:
         assert {r["status"] for r in csv.DictReader(handle)} == {"not_masked", "ok"}
+    # The run's summary counts the faces judged not masked and names the way to restore them anyway.
+    assert "; 2 judged not masked: --all-faces restores every face found" in summarize(
+        list(results.values()), out / "faces.jsonl"
+    )
 
 
 def test_a_masked_face_that_looks_upside_down_keeps_every_pixel_with_its_reason(

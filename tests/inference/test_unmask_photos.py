@@ -219,7 +219,9 @@ def test_faces_marked_unusable_are_left_as_they_are_and_recorded(tmp_path, tiny_
     with open(out / "report.csv") as handle:
         rows = {Path(r["input"]).name: r for r in csv.DictReader(handle)}
     assert rows["lone.png"]["status"] == "refused" and rows["two.png"]["refused_faces"] == "1"
-    assert "1 faces restored, 2 left as they are" in summarize(results, out / "faces.jsonl")
+    summary = summarize(results, out / "faces.jsonl")
+    assert "1 faces restored, 2 left as they are" in summary
+    assert "judged not masked" not in summary  # both were left as upside down, neither as not masked
 
 
 def test_expected_mouth_follows_rotation_scale_and_translation():
