@@ -46,7 +46,24 @@ HEADROOM = 2 * 2**20
 # renderer shares the Face type with the detector); no model file is needed, landmarks come with the pack, so
 # face-recognition-models (a 100 MB sdist) stays behind and the identity metric is left for this machine.
 # simplejpeg (not in the image either) stays behind too: m2u.datasets.codecs falls back to OpenCV, same pixels.
-DEVICE_WHEELS = ("dlib-bin==20.0.1.post1", "webdataset==1.0.2", "braceexpand==0.1.7")
+# Their versions are the ones make setup installs here (constraints.txt), so the device runs what CI tested.
+DEVICE_PACKAGES = ("dlib-bin", "webdataset", "braceexpand")
+
+
+def constraint_pins(names: tuple[str, ...], path: Path = REPO / "constraints.txt") -> tuple[str, ...]:
+    """ "name==version" for each of `names` from the constraints file make setup installs with (pip -c)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if version:
+            pins[name.lower().replace("_", "-")] = f"{name}=={version}"
+    missing = [n for n in names if n not in pins]
+    if missing:
+        raise SystemExit(f"device-kit: {path} pins no version of {', '.join(missing)}")
+    return tuple(pins[n] for n in names)
+
+
+DEVICE_WHEELS = constraint_pins(DEVICE_PACKAGES)
 DEVICE_PYTHON = "3.12"
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                     "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip

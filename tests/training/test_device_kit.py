@@ -47,6 +47,20 @@ def test_kit_wheels_cover_every_requirement_the_device_lacks():
     )  # one version of each: pip --no-index is exact
 
 
+def test_kit_wheels_are_the_versions_make_setup_installs(tmp_path):
+    pinned = {
+        _name(line): line.strip()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    assert all(pinned[_name(pin)] == pin for pin in device_kit.DEVICE_WHEELS)
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("# pins\nWebDataset==9.9 # a comment\n")
+    assert device_kit.constraint_pins(("webdataset",), constraints) == ("WebDataset==9.9",)
+    with pytest.raises(SystemExit, match="pins no version of dlib-bin"):
+        device_kit.constraint_pins(("webdataset", "dlib-bin"), constraints)
+
+
 def test_link_site_gives_every_m2u_package(tmp_path):
     device_kit.link_site(tmp_path)
     linked = {p.name for p in (tmp_path / "m2u").iterdir()}
