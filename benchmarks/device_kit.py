@@ -27,6 +27,7 @@ import argparse
 import configparser
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -55,8 +56,8 @@ def constraint_pins(names: tuple[str, ...], path: Path = REPO / "constraints.txt
     pins = {}
     for line in path.read_text().splitlines():
         name, _, version = line.split("#", 1)[0].strip().partition("==")
-        if version:
-            pins[name.lower().replace("_", "-")] = f"{name}=={version}"
+        if version:  # keyed by the name's PEP 503 form, as pip compares them
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = f"{name}=={version}"
     missing = [n for n in names if n not in pins]
     if missing:
         raise SystemExit(f"device-kit: {path} pins no version of {', '.join(missing)}")

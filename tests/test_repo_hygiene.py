@@ -71,15 +71,12 @@ def test_building_the_package_gives_no_setuptools_warning(tmp_path):
 
 
 def _requirement_names(lines: str) -> set[str]:
-    """Normalised project names of requirement lines ("ray>=2.40", "moto[server]>=5.0" -> "ray", "moto")."""
-    import re
+    """Canonical project names of requirement lines ("ray>=2.40", "moto[server]>=5.0" -> "ray", "moto")."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
-    names = set()
-    for line in lines.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.add(re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", line).group(0)).lower())
-    return names
+    lines = (line.split("#", 1)[0].strip() for line in lines.splitlines())
+    return {canonicalize_name(Requirement(line).name) for line in lines if line}
 
 
 def test_every_dependency_is_pinned_in_the_constraints_make_setup_installs():
@@ -88,17 +85,21 @@ def test_every_dependency_is_pinned_in_the_constraints_make_setup_installs():
     import configparser
     import re
 
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     parser = configparser.ConfigParser()
     parser.read(REPO / "setup.cfg")
     wanted = _requirement_names(parser["options"]["install_requires"])
     wanted |= _requirement_names(parser["options.extras_require"]["test"])
-    pins = {}
+    pins = set()
     for line in (REPO / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version and re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"not an exact pin: {line}"
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+            pin = Requirement(line)
+            specifiers = list(pin.specifier)
+            assert len(specifiers) == 1 and specifiers[0].operator == "==", f"not an exact pin: {line}"
+            pins.add(canonicalize_name(pin.name))
     assert "torch" not in pins
-    assert sorted(wanted - {"torch"} - set(pins)) == []
+    assert sorted(wanted - {"torch"} - pins) == []
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"pip install -q \$\(if \$\(CONSTRAINTS\),-c \$\(CONSTRAINTS\)\) -e", makefile)
