@@ -18,6 +18,7 @@ followed. The record file itself is opened without following links.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import platform
 import secrets
@@ -26,10 +27,39 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
+# How m2u's text files (reports, logs) encode what UTF-8 cannot: a file name that is not UTF-8 reaches Python as
+# lone surrogates ("caf\udce9.jpg"), which are written as that escape rather than failing the whole report.
+REPORT_TEXT_ERRORS = "backslashreplace"
 RECORD_NAME = ".m2u-written"  # the names m2u wrote in a folder: the files it may replace there
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # Folder -> (the record's size when read, the names in it): a rerun replacing many files reads the record once.
 _RECORDS: dict[tuple[int, int], tuple[int, frozenset[str]]] = {}
+
+
+# The longest file name most file systems take (NAME_MAX), and what atomic_write's temporary name adds to a name
+# (".<name>.<8 hex>.tmp"): an output name must leave room for both.
+NAME_MAX_BYTES = 255
+_TEMP_NAME_EXTRA = 2 + 8 + len(TEMP_SUFFIX)
+
+
+def fit_stem(stem: str, room: int = 64) -> str:
+    """An output name's stem (an input's file name without its suffix) cut, where need be, so that it with `room`
+    bytes of suffixes after it (`_surgical_mask.png`, `-2`) and the temporary name round it is still a file name
+    the file system takes; a cut stem ends in a hash of the whole one, so long names that share a start stay
+    distinct. Names are measured in the file system's bytes (a non-ASCII letter takes several)."""
+    limit = NAME_MAX_BYTES - _TEMP_NAME_EXTRA - room
+    if len(os.fsencode(stem)) <= limit:
+        return stem
+    digest = hashlib.sha1(os.fsencode(stem)).hexdigest()[:12]
+    cut = stem
+    while len(os.fsencode(cut)) > limit - len(digest) - 1:
+        cut = cut[:-1]  # whole characters, never half of a multi-byte one
+    return f"{cut}-{digest}"
+
+
+def report_text(text: str) -> str:
+    """`text` as m2u's text outputs write it (REPORT_TEXT_ERRORS): valid UTF-8, for writers that take a str (Parquet)."""
+    return text.encode("utf-8", REPORT_TEXT_ERRORS).decode("utf-8")
 
 
 def cache_dir() -> Path:
@@ -74,7 +104,9 @@ def _read_record(folder: Path) -> frozenset[str]:
             return names
         # The record only grows (appends): read what was added since; anything else is read again whole.
         start = size if size < info.st_size else 0
-        added = os.pread(fd, info.st_size - start, start).decode("utf-8", "replace").splitlines()
+        # Names are the file system's bytes (a name need not be UTF-8): os.fsdecode gives back the str Python
+        # lists the folder with, so a name written under an undecodable name is found again.
+        added = map(os.fsdecode, os.pread(fd, info.st_size - start, start).splitlines())
         names = (names if start else frozenset()) | frozenset(added)
         _RECORDS[key] = (info.st_size, names)
         return names
@@ -88,7 +120,7 @@ def _record(folder: Path, name: str) -> None:
         return
     fd = os.open(folder / RECORD_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
     try:
-        os.write(fd, f"{name}\n".encode())
+        os.write(fd, os.fsencode(name) + b"\n")
     finally:
         os.close(fd)
 
@@ -196,7 +228,7 @@ def open_append(path: str | os.PathLike[str], encoding: str = "utf-8"):
         if exc.errno == errno.ELOOP:
             raise OutputRefusedError(f"{path} is a symbolic link; m2u does not write through links") from None
         raise
-    return os.fdopen(fd, "a", encoding=encoding)
+    return os.fdopen(fd, "a", encoding=encoding, errors=REPORT_TEXT_ERRORS)
 
 
 def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
@@ -231,6 +263,52 @@ def remove_temp_files(
     return removed
 
 
+def remove_written(folder: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """Delete the entries `names` of `folder` that m2u wrote (what `--overwrite` replaces): a file its folder's
+    record lists, or a folder (not a link) holding only such files, killed writers' temporary files and folders
+    of the same kind; a folder is removed once empty. Anything else there (a person's own file put into a split
+    folder, a link) is refused with OutputRefusedError before anything is deleted, naming the first few."""
+    folder = Path(folder)
+    files: list[Path] = []
+    folders: list[Path] = []  # deepest last: removed in reverse
+    problems: list[str] = []
+
+    def visit(path: Path) -> None:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            problems.append(f"{path} is a symbolic link")
+        elif stat.S_ISDIR(info.st_mode):
+            folders.append(path)
+            for entry in sorted(os.listdir(path)):
+                child = path / entry
+                if entry == RECORD_NAME or entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
+                    files.append(child)
+                else:
+                    visit(child)
+        elif stat.S_ISREG(info.st_mode) and path.name in _read_record(path.parent):
+            files.append(path)
+        else:
+            problems.append(f"{path} was not written by m2u")
+
+    for name in names:
+        visit(folder / name)
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise OutputRefusedError(
+            f"{'; '.join(problems[:3])}{more}: m2u replaces only what it wrote; move these away first"
+        )
+    for path in files:
+        if path.name == RECORD_NAME:
+            info = os.lstat(path)
+            _RECORDS.pop((info.st_dev, info.st_ino), None)  # a new record may reuse the inode
+        path.unlink(missing_ok=True)
+    for path in reversed(folders):
+        path.rmdir()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = False) -> Path:
     """`atomic_write` of `data`, written through the temporary file's own descriptor (m2u-mask writes three
     files per photo: every system call saved counts)."""
@@ -256,7 +334,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
 def atomic_write_text(
     path: str | os.PathLike[str], text: str, encoding: str = "utf-8", durable: bool = False
 ) -> Path:
-    return atomic_write(path, lambda temp: Path(temp).write_text(text, encoding=encoding), durable)
+    return atomic_write(
+        path, lambda temp: Path(temp).write_text(text, encoding=encoding, errors=REPORT_TEXT_ERRORS), durable
+    )
 
 
 def library_versions(packages: Iterable[str], platform_info: bool = False) -> dict[str, str]:

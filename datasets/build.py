@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import RECORD_NAME, atomic_write_text
+from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
 from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -90,7 +90,11 @@ class BuildPlan:
 
         digest = hashlib.sha256()
         for s in self.samples:
-            digest.update(f"{s.key}\x1f{s.source}\x1f{s.identity}\x1f{s.split}\x1f{s.shard_index}\n".encode())
+            digest.update(
+                f"{s.key}\x1f{s.source}\x1f{s.identity}\x1f{s.split}\x1f{s.shard_index}\n".encode(
+                    "utf-8", "surrogateescape"
+                )
+            )
         return {
             "arguments": config.output_arguments(),
             "plan_sha256": digest.hexdigest(),
@@ -143,14 +147,12 @@ def plan_build(
 
 
 def _clear_outputs(out_dir: Path) -> None:
-    import shutil
-
-    for name in _OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    """Remove the earlier build `overwrite` replaces: only what m2u wrote (a person's own file in a split folder
+    is refused, not deleted)."""
+    try:
+        remove_written(out_dir, sorted(_OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}))
+    except OutputRefusedError as exc:
+        raise BuildError(f"cannot replace the build in {out_dir}: {exc}") from None
 
 
 def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, Any]) -> bool:
@@ -210,7 +212,10 @@ def _shards_to_build(
     if config.progress and removed:
         print(f"removed {len(removed)} temporary file(s) left by an interrupted run", file=sys.stderr)
     if damaged:
-        print(f"rebuilding {len(damaged)} damaged shard(s): {'; '.join(damaged[:5])}", file=sys.stderr)
+        print(
+            f"rebuilding {len(damaged)} shard(s) damaged or with changed inputs: {'; '.join(damaged[:5])}",
+            file=sys.stderr,
+        )
     return todo, len(damaged)
 
 
@@ -263,9 +268,11 @@ def build_dataset(
     make_masker(config)  # fail early, before touching OUT, on a missing engine or bad mask options
     distributor = distributor or make_distributor(config)
     out = Path(out_dir)
+    # Planned before OUT is created: a refused input (none found, identities missing) leaves no empty folder.
+    # Discovery passes over OUT whether or not it exists yet, so a run writing there meanwhile changes nothing.
+    plan = plan_build(inputs, config, out, exclude)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, config.partition) as fds:
-        plan = plan_build(inputs, config, out, exclude)
         resumed = _prepare_out_dir(out, config, plan.fingerprint(config))
         todo, damaged = _shards_to_build(out, plan.tasks_of(config.partition), config)
         if config.finalize and todo:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from m2u.core import outcome
 from m2u.core.errors import SettingError
-from m2u.core.fileio import atomic_write
+from m2u.core.fileio import atomic_write, report_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Paper, section 4.1: "divided into 70% for training, 15% for validation, and 15% for testing".
@@ -258,7 +258,9 @@ def manifest_table(rows: Iterable[Mapping[str, Any]], sort: bool = True) -> pa.T
             raise ValueError(f"manifest row {row['key']!r}: bad status {status!r}")
         for name in MANIFEST_COLUMNS:
             value = row[name]
-            columns[name].append(None if value == "" else value)
+            columns[name].append(
+                None if value == "" else report_text(value) if isinstance(value, str) else value
+            )
     keys = columns["key"]
     if len(set(keys)) != len(keys):
         raise ValueError("manifest rows have duplicate keys")

@@ -13,6 +13,7 @@ order); the column meanings travel with them as Parquet field metadata (``m2u.da
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import atomic_write_text, report_text
 from m2u.datasets.layout import (
     MANIFEST_SCHEMA,
     MANIFEST_STATUSES,
@@ -115,15 +116,38 @@ def check_committed(out_dir: Path, task: ShardTask) -> str | None:
         return "its stats JSON is missing"
     sha256, expected_bytes = meta[SHA256_KEY].decode(), meta[BYTES_KEY].decode()
     tar = out_dir / task.relpath
-    if not sha256:
-        return None
-    if not tar.is_file():
-        return "the shard is missing"
-    size = tar.stat().st_size
-    if str(size) != expected_bytes:
-        return f"the shard has {size} bytes, {expected_bytes} were committed"
-    if file_digest(tar)[1] != sha256:
-        return "the shard's SHA-256 differs from the one committed"
+    if sha256:
+        if not tar.is_file():
+            return "the shard is missing"
+        size = tar.stat().st_size
+        if str(size) != expected_bytes:
+            return f"the shard has {size} bytes, {expected_bytes} were committed"
+        if file_digest(tar)[1] != sha256:
+            return "the shard's SHA-256 differs from the one committed"
+    return _changed_input(task, marker)
+
+
+def _changed_input(task: ShardTask, marker: Path) -> str | None:
+    """Which local input of a committed shard no longer holds the bytes it was built from (its SHA-256 differs
+    from the manifest's `source_sha256`; a file that could not be read then or now counts as None), or None.
+    Read as the build reads it, so a repaired or emptied photo rebuilds its shard on the next run. A URL's
+    inputs are not fetched again for this."""
+    from m2u.core.imageio import ImageReadError, read_input_bytes
+
+    table = pq.read_table(marker, columns=["key", "source_sha256"]).to_pydict()
+    recorded = dict(zip(table["key"], table["source_sha256"], strict=True))
+    current: dict[str, str | None] = {}
+    for sample in task.samples:
+        source = sample.source
+        if "://" in source:
+            continue
+        if source not in current:
+            try:
+                current[source] = hashlib.sha256(read_input_bytes(source)).hexdigest()
+            except ImageReadError:
+                current[source] = None
+        if current[source] != recorded.get(sample.key):
+            return f"its input {report_text(source)} changed since the shard was built"
     return None
 
 

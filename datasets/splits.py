@@ -22,13 +22,13 @@ class SplitBy(enum.StrEnum):
 
 def unit_hash(*parts: object) -> float:
     """A stable pseudo-random number in [0, 1) from the given parts (same parts → same number, any machine)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def derive_seed(global_seed: int, key: str) -> int:
     """The random seed of one sample: from (global seed, key), never from worker order. 63-bit, non-negative."""
-    digest = hashlib.sha256(f"seed\x1f{global_seed}\x1f{key}".encode()).digest()
+    digest = hashlib.sha256(f"seed\x1f{global_seed}\x1f{key}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 

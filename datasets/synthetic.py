@@ -10,7 +10,6 @@ Outside the mask, masked and unmasked are identical by construction. Meant for f
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from m2u.core.fileio import remove_written
 from m2u.datasets.codecs import DEFAULT_JPEG_QUALITY, ImageFormat
 from m2u.datasets.layout import (
     DEFAULT_SPLIT_FRACTIONS,
@@ -225,16 +225,11 @@ def write_synthetic_dataset(
 
 
 def _empty_out_dir(out: Path, overwrite: bool) -> Path:
-    """`out`, created; a non-empty one only with `overwrite` (then its splits, manifest and stats are removed)."""
+    """`out`, created; a non-empty one only with `overwrite` (then the splits, manifests and stats m2u wrote there are removed; anything else there is refused)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-        for name in (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_written(out, (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME))
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import atomic_write_text, fit_stem
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import write_image
 from m2u.core.inputs import Discovery
@@ -107,7 +107,7 @@ def unmask_files(
     # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
     # below sees every file the run can write.
     planned: set[str] = set()
-    names = [_unique_name(p.stem, planned) + output_suffix(p, config.output_format) for p in paths]
+    names = [_unique_name(fit_stem(p.stem), planned) + output_suffix(p, config.output_format) for p in paths]
     check_output_folder(
         out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"]
     )

@@ -29,7 +29,7 @@ import numpy as np
 
 from m2u.core.errors import SettingError
 from m2u.core.fileio import atomic_write_bytes as write_atomic
-from m2u.core.fileio import remove_temp_files
+from m2u.core.fileio import REPORT_TEXT_ERRORS, fit_stem, remove_temp_files
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
@@ -131,6 +131,7 @@ def output_stems(entries: list[InputEntry]) -> list[tuple[InputEntry, Path]]:
     result = []
     for entry in entries:
         stem = Path(entry.relative).with_suffix("")
+        stem = stem.with_name(fit_stem(stem.name))  # a long input name still gives names the disk takes
         candidate, n = stem, 2
         while candidate in used:
             candidate, n = stem.with_name(f"{stem.name}-{n}"), n + 1
@@ -151,7 +152,7 @@ def output_paths(out_dir: Path, stem: Path, mask_type: str) -> list[Path]:
 
 def face_seed(seed: int, stem: Path, index: int) -> int:
     """A per-face seed from the run seed and the file's output name: independent of worker scheduling."""
-    digest = hashlib.sha256(f"{seed}:{stem.as_posix()}:{index}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{stem.as_posix()}:{index}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -406,7 +407,7 @@ def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
+    write_atomic(path, buffer.getvalue().encode("utf-8", REPORT_TEXT_ERRORS))
 
 
 def mask_files(

@@ -64,10 +64,10 @@ def inputs_fingerprint(faces: list[str], exclude: Sequence[str | Path] = ()) -> 
 
     digest = hashlib.sha256()
     for entry in faces:
-        digest.update(str(entry).encode())
+        digest.update(str(entry).encode("utf-8", "surrogateescape"))
         for found in discover([entry], exclude=exclude).entries:
             size = found.path.stat().st_size if not found.problem else -1
-            digest.update(f"{found.relative}\0{size}\n".encode())
+            digest.update(f"{found.relative}\0{size}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

@@ -107,3 +107,35 @@ def test_a_cache_file_that_cannot_be_written_is_false_not_an_error(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     assert not write_cache_file(blocked / "derived.bin", lambda temp: Path(temp).write_bytes(b"x"))
+
+
+def test_remove_written_removes_only_what_m2u_wrote_and_refuses_before_deleting_anything(tmp_path):
+    from m2u.core.fileio import OutputRefusedError, remove_written
+
+    atomic_write_text(tmp_path / "manifest.parquet", "ours")
+    atomic_write_text(tmp_path / "train" / "train-000000.tar", "ours")
+    atomic_write_text(tmp_path / "train" / "deep" / "part.json", "ours")
+    (tmp_path / "train" / ".train-000001.tar.1a2b3c4d.tmp").write_text("a killed writer's")
+    (tmp_path / "notes.txt").write_text("a person's, not named")
+    (tmp_path / "train" / "mine.txt").write_text("a person's, inside a folder m2u wrote")
+    with pytest.raises(OutputRefusedError, match=r"train/mine\.txt was not written by m2u.*move these away"):
+        remove_written(tmp_path, ["manifest.parquet", "train", "absent"])
+    assert (tmp_path / "manifest.parquet").exists() and (tmp_path / "train" / "train-000000.tar").exists()
+
+    (tmp_path / "train" / "mine.txt").unlink()
+    remove_written(tmp_path, ["manifest.parquet", "train", "absent"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RECORD_NAME, "notes.txt"]
+    atomic_write_text(tmp_path / "train" / "train-000000.tar", "again")  # a new record, read afresh
+    assert (tmp_path / "train" / RECORD_NAME).read_text() == "train-000000.tar\n"
+
+
+def test_remove_written_refuses_a_link_and_never_follows_it(tmp_path):
+    from m2u.core.fileio import OutputRefusedError, remove_written
+
+    elsewhere = tmp_path / "elsewhere"
+    atomic_write_text(elsewhere / "train-000000.tar", "a shard m2u wrote, reached through a link")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train").symlink_to(elsewhere)
+    with pytest.raises(OutputRefusedError, match="is a symbolic link"):
+        remove_written(tmp_path / "out", ["train"])
+    assert (elsewhere / "train-000000.tar").exists()

@@ -65,6 +65,18 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
     assert build_dataset([photos], out, _config(seed=1)).stats["resumed"]
 
 
+def test_overwrite_replaces_only_what_the_build_wrote(tmp_path):
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config())
+    (out / "train").mkdir(exist_ok=True)
+    (out / "train" / "train-000005.tar").write_text("a person's own file in a split folder")
+    with pytest.raises(BuildError, match=r"cannot replace the build .*train-000005\.tar was not written by m2u"):
+        build_dataset([photos], out, _config(seed=1, overwrite=True))
+    assert (out / "train" / "train-000005.tar").exists() and (out / "manifest.parquet").exists()
+    (out / "train" / "train-000005.tar").unlink()
+    assert build_dataset([photos], out, _config(seed=1, overwrite=True)).stats["arguments"]["seed"] == 1
+
+
 def test_a_second_concurrent_run_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -94,6 +106,12 @@ def test_cli_reports_clear_errors(tmp_path):
     assert result.exit_code == 2 and "unknown mask type 'nonsense'" in result.output
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "m"), "--mask-option", "colour=red"])
     assert result.exit_code == 2 and "unknown mask option(s) ['colour']" in result.output
+    # A --pack that holds no masks.cfg is refused before any photo is read, and a refused run leaves no OUT
+    result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "p"), "--pack", str(photos)])
+    assert result.exit_code == 2 and "no masks.cfg at" in result.output and len(result.output.splitlines()) == 1
+    result = runner.invoke(cli_main, [str(tmp_path / "nothing-here"), "-o", str(tmp_path / "n")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not (tmp_path / "p").exists() and not (tmp_path / "n").exists()
     # A notebook's hidden checkpoint copy is passed over, and said to be.
     (photos / ".ipynb_checkpoints").mkdir()
     (photos / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"x")

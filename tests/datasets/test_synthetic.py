@@ -62,3 +62,7 @@ def test_refuses_non_empty_folder_without_overwrite(tmp_path):
     info = write_synthetic_dataset(tmp_path, 5, size=16, overwrite=True)
     assert sum(info.counts.values()) == 5
     assert pq.read_table(tmp_path / "manifest.parquet").num_rows == 5
+    (tmp_path / "train" / "mine.tar").write_text("a person's own file in a split folder")
+    with pytest.raises(ValueError, match=r"mine\.tar was not written by m2u"):
+        write_synthetic_dataset(tmp_path, 4, size=16, overwrite=True)
+    assert pq.read_table(tmp_path / "manifest.parquet").num_rows == 5

@@ -5,6 +5,7 @@ covers samples of another size. Long keys with variant suffixes and per-sample w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -64,10 +65,30 @@ def test_a_rerun_rebuilds_missing_and_damaged_shards(built, tmp_path, dataset_sn
     shards[2].write_bytes(shards[2].read_bytes()[:1024])  # cut short
     stats = build_dataset([listing], out, CONFIG).stats
     assert stats["shards_rebuilt_damaged"] == 3 and stats["shards_built"] == 3
-    assert "rebuilding 3 damaged shard(s)" in capfd.readouterr().err
+    assert "rebuilding 3 shard(s) damaged or with changed inputs" in capfd.readouterr().err
     assert dataset_snapshot(out) == snapshot
     # an intact dataset is verified and kept as it is
     assert build_dataset([listing], out, CONFIG).stats["shards_built"] == 0
+
+
+def test_a_rerun_rebuilds_the_shard_of_an_input_that_changed(tmp_path, capfd):
+    listing, out = _faces(tmp_path, 4), tmp_path / "out"
+    build_dataset([listing], out, CONFIG)
+    photo = Path(listing.read_text().split()[0])
+    good = photo.read_bytes()
+    key = read_manifest(out).set_index("source").loc[str(photo), "key"]
+
+    photo.write_bytes(good[:300])  # cut short after the build: its pair is stale now
+    stats = build_dataset([listing], out, CONFIG).stats
+    assert stats["shards_built"] == 1 and stats["shards_rebuilt_damaged"] == 1
+    assert f"its input {photo} changed since the shard was built" in capfd.readouterr().err
+    row = read_manifest(out).set_index("key").loc[key]
+    assert row["status"] == "error" and row["source_sha256"] == hashlib.sha256(good[:300]).hexdigest()
+
+    photo.write_bytes(good)  # repaired: built again
+    assert build_dataset([listing], out, CONFIG).stats["shards_built"] == 1
+    assert read_manifest(out).set_index("key").loc[key, "status"] == "ok"
+    assert build_dataset([listing], out, CONFIG).stats["shards_built"] == 0  # unchanged: kept
 
 
 def _loader_keys(dataset: Path, split: str = "train", **overrides) -> tuple[list[str], list[str]]:
