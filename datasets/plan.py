@@ -35,6 +35,14 @@ class InputItem:
     base_key: str  # the sample key of variant 0 (see variant_key)
     source: str  # path or URL as it will be recorded in the manifest
     identity: str = ""  # "" when unknown
+    # The key the input's own name gives (m2u.datasets.sources.make_key) before a hash is appended where names
+    # collide ("" = base_key). Splits and seeds read it, so neither changes when another file that collides
+    # with this one is added ("photo.png" beside "photo.jpg"): only the recorded key does.
+    name_key: str = ""
+
+    @property
+    def stable_key(self) -> str:
+        return self.name_key or self.base_key
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ def plan_samples(
     keys: dict[str, str] = {}
     for item in items:
         # Variants of one input share its split, so no face leaks between splits.
-        group = item.identity if split_by is SplitBy.IDENTITY else item.base_key
+        group = item.identity if split_by is SplitBy.IDENTITY else item.stable_key
         split = assign_split(group, seed, fractions)
         for variant in range(variants):
             key = validate_key(variant_key(item.base_key, variant, variants))
@@ -133,7 +141,7 @@ def plan_samples(
                     identity=item.identity,
                     variant=variant,
                     split=split,
-                    seed=derive_seed(seed, key),
+                    seed=derive_seed(seed, variant_key(item.stable_key, variant, variants)),
                     shard_index=position // shard_size,
                 )
             )

@@ -7,7 +7,9 @@ glob's fixed leading directory, a list file's by their path relative to the list
 when elsewhere). The key is that relative path without its extension, lower-cased, with "/" turned into "__" and
 any character outside ``[a-z0-9_-]`` into "-" (``10009_082483.jpg`` → ``10009_082483``); over-long keys are cut
 and suffixed with a hash. Inputs whose keys would collide ("a b.jpg" and "a-b.jpg", or two names of only
-non-ASCII letters) each get a hash of their relative path appended, so every input keeps a distinct key.
+non-ASCII letters) each get a hash of their relative path appended, so every input keeps a distinct key; their
+split and seed still come from the key before the hash (`InputItem.name_key`), so adding a colliding file changes
+only the key recorded.
 
 Identities come from, in order: an ``identity`` column of a CSV/Parquet list, an identity file (CelebA's
 ``identity_CelebA.txt``: "<file name> <identity>" per line), or a file-name pattern such as
@@ -55,7 +57,7 @@ def make_key(relative: str) -> str:
     if not key:
         key = "x"
     if len(key) > MAX_KEY_LENGTH:
-        digest = hashlib.sha1(relative.encode("utf-8")).hexdigest()[:12]
+        digest = hashlib.sha1(relative.encode("utf-8", "surrogateescape")).hexdigest()[:12]
         key = f"{key[: MAX_KEY_LENGTH - 13].rstrip('_-')}-{digest}"
     if not key[0].isalnum():
         key = f"x{key}"[:MAX_KEY_LENGTH]
@@ -183,13 +185,14 @@ def input_items(
     sources = sorted(unique)
     keys = _disambiguate([(unique[source][1], source) for source in sources])
     for source, key in zip(sources, keys, strict=True):
+        name_key = make_key(unique[source][1])
         path, relative, identity = unique[source]
         if not identity and path.name in by_name:
             identity = by_name[path.name]
         if not identity and pattern is not None:
             match = pattern.fullmatch(path.name)
             identity = match.group("identity") if match else ""
-        items.append(InputItem(base_key=key, source=source, identity=identity))
+        items.append(InputItem(base_key=key, source=source, identity=identity, name_key=name_key))
     if limit is not None:
         if limit < 1:
             raise SettingError("limit", f"must be >= 1, got {limit}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -87,6 +89,26 @@ def test_colliding_names_keep_distinct_keys(tmp_path):
     assert {i.source: i.base_key for i in again} == {i.source: i.base_key for i in items}
     # a name without a collision keeps its plain key
     assert "a_b" in keys
+
+
+def test_a_colliding_file_added_changes_only_the_recorded_key(tmp_path):
+    """Splits and seeds come from the key a file's own name gives: adding "-x.jpg" (or "x.png") beside "x.jpg"
+    appends a hash to x's recorded key but moves neither its split nor its seed (so not its mask either)."""
+    from m2u.datasets.plan import plan_samples
+
+    alone = _folder(tmp_path / "alone", ["x.jpg", "other.jpg"])
+    crowded = _folder(tmp_path / "crowded", ["x.jpg", "other.jpg", "-x.jpg", "x.png"])
+
+    def planned(folder):
+        samples = plan_samples(discover_inputs([folder]), seed=3, fractions=(0.34, 0.33, 0.33), variants=2)
+        return {(Path(s.source).name, s.variant): s for s in samples}
+
+    before, after = planned(alone), planned(crowded)
+    for variant in (0, 1):
+        x_before, x_after = before[("x.jpg", variant)], after[("x.jpg", variant)]
+        assert x_before.key != x_after.key  # the collision is told apart in the recorded key
+        assert (x_before.split, x_before.seed) == (x_after.split, x_after.seed)
+    assert len({s.key for s in after.values()}) == len(after)
 
 
 def test_hostile_keys_read_back_intact_through_webdataset(tmp_path):
