@@ -2,7 +2,7 @@
 
 - SIGTERM (``kill``, a batch scheduler, ``timeout``) ends a run the way Ctrl-C does: `Terminated` is raised in
   the main thread, every ``with`` block unwinds (worker pools terminate their workers, temporary files are
-  removed, locks released) and the command exits with 143. Worker processes set themselves to die with their
+  removed, locks released) and the command says so in one line and exits with 143 (Ctrl-C: 130). Worker processes set themselves to die with their
   parent (m2u.core.parallel.become_worker), so even a SIGKILL of the parent leaves no worker behind.
 - Failures of the machine or the file system (a full disk, a read-only or unwritable folder) and refused
   outputs (m2u.core.fileio.OutputRefusedError: a link or a file m2u did not write at an output's name) end in
@@ -26,6 +26,7 @@ import click
 from m2u.core.cli import Refused, cli_message
 from m2u.core.errors import SettingError
 from m2u.core.fileio import OutputRefusedError
+from m2u.core.startup import INTERRUPTED_EXIT_CODE  # not Click's "Aborted!" and 1
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -85,16 +86,20 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             return callback(*args, **kwargs)
-        except Terminated:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
             click.echo(
-                "stopped by SIGTERM: finished outputs were kept, nothing half-written was left", err=True
+                f"stopped by {by}: finished outputs were kept, nothing half-written was left", err=True
             )
             # The run has unwound (temporary files removed, locks released, workers told to stop): leave now,
             # without the interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe
             # of a pool the stop already tore down and print a traceback (seen in CI: EBADF in _python_exit).
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(TERMINATED_EXIT_CODE)
+            os._exit(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE)
+        except click.ClickException as error:
+            error.message = " ".join(error.message.split())  # one line, whatever a library's message held
+            raise
         except (OutputRefusedError, SettingError) as error:
             raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)
         except UserError as error:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
+
+# A command stopped by Ctrl-C exits with the shell's code for it (m2u.core.guard says so once the run has begun).
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 # numpy's bundled OpenBLAS reads these when it loads; a value the user set is kept.
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS",)
@@ -32,7 +36,12 @@ def entry_with_one_blas_thread(module: str, command: str) -> Callable[[], None]:
 
     def main() -> None:
         one_blas_thread()
-        getattr(importlib.import_module(module), command)()
+        try:
+            run = getattr(importlib.import_module(module), command)
+        except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback of an import
+            print("stopped by Ctrl-C before the run began: nothing was written", file=sys.stderr)
+            sys.exit(INTERRUPTED_EXIT_CODE)
+        run()
 
     main.__doc__ = f"{module}.{command} with one BLAS thread (m2u.core.startup)."
     return main

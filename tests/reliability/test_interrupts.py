@@ -46,14 +46,14 @@ def _ctrl_c_and_resume(tmp_path: Path, dataset_snapshot, inputs: int, tries: int
         command = [
             sys.executable,
             "-m",
-            "m2u.datasets.cli",
+            "m2u.datasets.launch",  # the console script's entry
             str(listing),
             "-o",
             str(interrupted),
             *BUILD_ARGS,
         ]
         process = subprocess.Popen(
-            [*command, "--workers", "2"], start_new_session=True, stderr=subprocess.DEVNULL
+            [*command, "--workers", "2"], start_new_session=True, stderr=subprocess.PIPE, text=True
         )
         # Wait until the build has planned (its state file exists: the workers start next), then a bit more.
         deadline = time.monotonic() + 60
@@ -62,17 +62,23 @@ def _ctrl_c_and_resume(tmp_path: Path, dataset_snapshot, inputs: int, tries: int
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is not None:
+            process.communicate()
             continue
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         sent = time.monotonic()
         try:
-            process.wait(timeout=STOP_WITHIN_S)
+            _, stderr = process.communicate(timeout=STOP_WITHIN_S)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             pytest.fail(f"the run was still going {STOP_WITHIN_S:.0f} s after Ctrl-C")
         stopped_mid_run += 1
         assert time.monotonic() - sent < STOP_WITHIN_S
+        # A stop is told apart from a run with unreadable inputs (1): the shell's code for Ctrl-C, one line.
+        # (Ctrl-C while the libraries still load is said too: "... before the run began".)
+        assert process.returncode == 130 and "stopped by Ctrl-C" in stderr and "Traceback" not in stderr, (
+            stderr
+        )
         assert _group_gone(process.pid), "a worker outlived the interrupted run"
     assert stopped_mid_run >= 1, "every run finished before its Ctrl-C: nothing was tested"
     build_dataset([listing], interrupted, CONFIG)
