@@ -76,9 +76,13 @@ def out_option(
     )
 
 
-def size_option(default: int | None, help: str) -> Callable:
+def size_option(default: int | None, help: str, minimum: int = 16, maximum: int | None = None) -> Callable:
     return _option(
-        "--size", default=default, show_default=default is not None, type=click.IntRange(16), help=help
+        "--size",
+        default=default,
+        show_default=default is not None,
+        type=click.IntRange(minimum, maximum),
+        help=help,
     )
 
 

@@ -74,6 +74,11 @@ class Discovery:
     no_image_suffix: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
     mask_files: int = 0  # m2u-mask's ground-truth masks (NAME_mask.png beside NAME.json): not photos
+    # Files in a folder below an input folder that m2u wrote into (it holds m2u.core.fileio's record): an earlier
+    # run's outputs kept inside the photos' folder (`m2u-mask in -o in/results`), which a later scan of that
+    # folder must not take for photos (masked photos read as unmasked ground truth). Given itself, such a folder
+    # is read (m2u-unmask on m2u-mask's outputs).
+    m2u_outputs: int = 0
     folders: list[Path] = field(default_factory=list)  # the input folders, as given
     per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
 
@@ -102,6 +107,11 @@ class Discovery:
             )
         if self.excluded:
             sentences.append(f"{self.excluded} file(s) inside the output folder were not read as inputs")
+        if self.m2u_outputs:
+            sentences.append(
+                f"{self.m2u_outputs} file(s) in folders an earlier m2u run wrote into (holding {RECORD_NAME}) inside "
+                "the input folders were not read; give such a folder itself to read it"
+            )
         return "; ".join(sentences)
 
 
@@ -138,6 +148,10 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
         root_path = Path(root)
         if exclude and _inside(_resolved(root_path), exclude):
             found.excluded += len(files)
+            dirs[:] = []
+            continue
+        if RECORD_NAME in files and root_path != folder:
+            found.m2u_outputs += len(files) - 1
             dirs[:] = []
             continue
         dirs.sort()

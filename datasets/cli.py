@@ -31,6 +31,7 @@ from m2u.core.parallel import WorkerStartError
 from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
 from m2u.datasets.codecs import ImageFormat
 from m2u.datasets.config import DISTRIBUTORS, BuildWriteError, parse_partition
+from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from m2u.datasets.splits import SplitBy, parse_fractions
 from m2u.datasets.storage import build_at_url, is_url
 
@@ -73,7 +74,7 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.command(context_settings=CONTEXT_SETTINGS)
 @inputs_argument
 @out_option("Dataset folder, or an fsspec URL (s3://bucket/prefix, gs://...; built locally, then uploaded).")
-@size_option(BuildConfig.size, "Side of the aligned square crop.")
+@size_option(BuildConfig.size, "Side of the aligned square crop.", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 @click.option(
     "--split",
     default=",".join(str(f) for f in BuildConfig.split),

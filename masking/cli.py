@@ -230,8 +230,11 @@ def _report(result) -> None:
     if result.skipped:
         click.echo(result.skipped, err=True)
     rows = len(result.rows)
+    inputs = len({row["path"] for row in result.rows})
+    # With several mask types (--mask-type all) each input gives one row per type: both counts are said.
+    counted = f"{inputs} inputs" if inputs == rows else f"{inputs} inputs ({rows} input and mask type pairs)"
     click.echo(
-        f"{rows} inputs: {result.count('ok')} masked ({result.faces} faces), {result.count('no_face')} without a "
+        f"{counted}: {result.count('ok')} masked ({result.faces} faces), {result.count('no_face')} without a "
         f"face, {result.count('refused')} refused, {result.count('error')} errors; {rows / max(result.seconds, 1e-9):.1f} images/s with "
         f"{result.workers} worker(s). Report: {result.report}",
         err=True,

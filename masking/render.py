@@ -111,8 +111,11 @@ class MaskConfig:
             raise ValueError(
                 f"unknown mask type {self.mask_type!r}; choose one of {', '.join(MASK_TYPES)}, random or all"
             )
-        if self.pack is not None and self.mask_type not in (RANDOM, ALL_TYPES):
-            object.__setattr__(self, "mask_type", load_template_pack(self.pack).resolve(self.mask_type))
+        if self.pack is not None:
+            # Loaded (once per process) whatever the type: a bad pack is refused here, before any photo is read.
+            pack = load_template_pack(self.pack)
+            if self.mask_type not in (RANDOM, ALL_TYPES):
+                object.__setattr__(self, "mask_type", pack.resolve(self.mask_type))
 
     def expand(self) -> tuple[MaskConfig, ...]:
         """The single-type configurations this one stands for: one per type (of the pack, or MASK_TYPES) for

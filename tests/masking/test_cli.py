@@ -107,3 +107,12 @@ def test_masks_real_faces_deterministically_with_two_workers(tmp_path, celeba_fi
         meta = json.loads((runs[0] / files[2]).read_text())
         face = meta["faces"][0]
         assert {"type", "color", "pattern", "anchors", "landmarks", "pose", "seed"} <= set(face)
+
+
+def test_the_summary_counts_inputs_and_pairs_apart_with_every_mask_type(tmp_path, celeba_first):
+    (photo,) = celeba_first(1)
+    out = tmp_path / "all"
+    result = CliRunner().invoke(main, [str(photo), "-o", str(out), "--mask-type", "all", "--quiet"])
+    assert result.exit_code == 0, result.output
+    pairs = len(_report(out))
+    assert pairs > 1 and f"1 inputs ({pairs} input and mask type pairs): {pairs} masked" in result.output
