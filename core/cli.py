@@ -13,6 +13,7 @@ Old spellings stay for one release as hidden aliases (`alias_option`), listed in
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -68,17 +69,42 @@ def inputs_argument(function: Callable) -> Callable:
     return click.argument("inputs", nargs=-1, type=click.Path())(function)
 
 
+def _checked_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An output folder that can be one: not "" (the current folder by accident), not a link to nothing."""
+    if value is None:
+        return value
+    given = ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+    if given and not value.strip():  # a config's "" default means "not set yet": its own check says so
+        raise click.BadParameter("is empty; name the output folder")
+    if os.path.islink(value) and not os.path.exists(value):
+        raise click.BadParameter(f"{value!r} is a symbolic link to nothing; remove it or name another folder")
+    return value
+
+
 def out_option(
     help: str, required: bool = True, dest: str = "out_dir", default: str | None = None
 ) -> Callable:
+    # No explicit default=None next to required=True: Click 8.5 takes that None for a given value, and a missing
+    # -o reached the command as None (a TypeError's traceback) instead of Click's "Missing option".
+    defaults = {} if default is None else {"default": default}
     return _option(
-        "-o", "--out", dest, default=default, required=required, type=click.Path(file_okay=False), help=help
+        "-o",
+        "--out",
+        dest,
+        required=required,
+        type=click.Path(file_okay=False),
+        callback=_checked_out,
+        help=help,
+        **defaults,
     )
 
 
-def size_option(default: int | None, help: str, minimum: int = 16, maximum: int | None = None) -> Callable:
+def size_option(
+    default: int | None, help: str, minimum: int = 16, maximum: int | None = None, dest: str = "size"
+) -> Callable:
     return _option(
         "--size",
+        dest,
         default=default,
         show_default=default is not None,
         type=click.IntRange(minimum, maximum),

@@ -98,7 +98,9 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.flush()
             os._exit(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE)
         except click.ClickException as error:
-            error.message = " ".join(error.message.split())  # one line, whatever a library's message held
+            # One line, whatever a library's message held (setattr: Click types `message` as final, and a new
+            # exception would lose the usage error's context).
+            setattr(error, "message", " ".join(error.message.split()))  # noqa: B010
             raise
         except (OutputRefusedError, SettingError) as error:
             raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)

@@ -79,6 +79,7 @@ class Discovery:
     # folder must not take for photos (masked photos read as unmasked ground truth). Given itself, such a folder
     # is read (m2u-unmask on m2u-mask's outputs).
     m2u_outputs: int = 0
+    repeated: int = 0  # files the arguments name more than once (one input each)
     folders: list[Path] = field(default_factory=list)  # the input folders, as given
     per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
 
@@ -107,6 +108,8 @@ class Discovery:
             )
         if self.excluded:
             sentences.append(f"{self.excluded} file(s) inside the output folder were not read as inputs")
+        if self.repeated:
+            sentences.append(f"{self.repeated} file(s) named more than once by the inputs were read once")
         if self.m2u_outputs:
             sentences.append(
                 f"{self.m2u_outputs} file(s) in folders an earlier m2u run wrote into (holding {RECORD_NAME}) inside "
@@ -254,6 +257,7 @@ def discover(
     ("no such file"); a list file that cannot be parsed raises InputError."""
     excluded = [_resolved(p) for p in exclude]
     found = Discovery()
+    seen: set[str] = set()
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
@@ -271,8 +275,16 @@ def discover(
                 raise InputError(f"list file {text} cannot be read: {exc}") from exc
         else:
             entries = [InputEntry(path, path.name, text, "", probe(path))]
-        found.per_input[text] = found.per_input.get(text, 0) + len(entries)
-        found.entries.extend(entries)
+        fresh = []
+        for entry in entries:  # a file named twice ("s3 ./s3", a folder and a photo in it) is one input
+            where = os.path.abspath(entry.path)
+            if where in seen:
+                found.repeated += 1
+            else:
+                seen.add(where)
+                fresh.append(entry)
+        found.per_input[text] = found.per_input.get(text, 0) + len(fresh)
+        found.entries.extend(fresh)
     return found
 
 

@@ -190,9 +190,7 @@ def main(**kw) -> None:
     "--label-threshold is mask). Without it: faces found and mask fraction only.",
 )
 @model_file_options
-@click.option(
-    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder."
-)
+@out_option("Report folder.")
 @click.option(
     "--label-threshold",
     default=RealMaskConfig.label_threshold,

@@ -28,6 +28,7 @@ from m2u.core.cli import (
 )
 from m2u.core.fileio import atomic_write_text
 from m2u.core.guard import guard_command
+from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from m2u.inference.export import ExportConfig
 from m2u.inference.mask_refine import MaskRefineConfig
 from m2u.inference.unmask import ALIGNMENTS, DETECTORS, OUTPUT_FORMATS, UnmaskConfig
@@ -56,6 +57,9 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
 @size_option(
     UnmaskConfig.crop_size,
     "Aligned crop size (default: the size the model files record; another is honoured with a warning).",
+    MIN_IMAGE_SIZE,
+    MAX_IMAGE_SIZE,
+    dest="crop_size",  # UnmaskConfig's field: a refusal names --size
 )
 @click.option(
     "--format",
@@ -157,7 +161,7 @@ def unmask_main(**kw) -> None:
         found = find_inputs(kw["inputs"], kw["out_dir"])
     except InputError as exc:
         raise click.UsageError(cli_message(exc)) from None
-    overrides = {"crop_size": kw["size"]} if kw["size"] is not None else {}
+    overrides = {"crop_size": kw["crop_size"]} if kw["crop_size"] is not None else {}
     try:
         config = UnmaskConfig(
             mask_threshold=kw["mask_threshold"],

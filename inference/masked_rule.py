@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "NOTHING_TO_RESTORE",
     "NOT_MASKED",
     "NO_FACE",
     "THRESHOLDS_TUNED_ON",
@@ -31,6 +32,11 @@ def judged_no_face(reason: str) -> bool:
 # How the reason of a face the rule finds no mask on begins: the report's `not_masked` status and the run's summary
 # (which points such faces to --all-faces) key on it (`judged_not_masked`).
 NOT_MASKED = "not masked: "
+
+
+# Why a face is left even with --all-faces (masked_only off): M-Seg marks nothing on it, so restoring it would
+# repaint nothing while counting it restored. A not-masked reason, which --all-faces cannot change.
+NOTHING_TO_RESTORE = "M-Seg marks nothing on it, so there is nothing to restore"
 
 
 def judged_not_masked(reason: str) -> bool:

@@ -4,13 +4,14 @@ not_masked, refused or error, with the reason) and `faces.jsonl` (one line per f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -19,10 +20,10 @@ from tqdm import tqdm
 from m2u.core.fileio import atomic_write_text, fit_stem
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import write_image
-from m2u.core.inputs import Discovery
+from m2u.core.inputs import Discovery, InputEntry
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
-from m2u.inference.masked_rule import judged_no_face, judged_not_masked
+from m2u.inference.masked_rule import NOTHING_TO_RESTORE, judged_no_face, judged_not_masked
 from m2u.inference.unmask import (
     WHOLE_FRAME_NOT_MASKED,
     FaceRestoration,
@@ -44,7 +45,17 @@ _SAME_SUFFIXES = {
     ".tif": ".tif",
     ".tiff": ".tif",
 }
-_WRITE_PARAMS = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+# JPEG without chroma subsampling: the photo is encoded again, and 4:2:0 moved pixels away from any restored
+# face by up to 90 levels at colour edges (4:4:4: at most 11 on the photos checked, files ~20 % larger).
+_WRITE_PARAMS = {
+    ".jpg": [
+        cv2.IMWRITE_JPEG_QUALITY,
+        95,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    ],
+    ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101],
+}
 
 
 def output_suffix(path: Path, output_format: str) -> str:
@@ -70,11 +81,17 @@ class FileResult:
     seconds: float = 0.0
 
 
-def _unique_name(stem: str, used: set[str]) -> str:
-    name, k = stem, 1
+def _output_name(entry: InputEntry, output_format: str, used: set[str]) -> str:
+    """The restored photo's path inside OUT: the input's own path below its input folder (subfolders kept, as
+    m2u-mask keeps them: a/x.jpg and b/x.jpg stay apart), with the format's suffix; a name taken already (x.jpg
+    and x.png written as PNG) gets -2, -3... in input order."""
+    relative = PurePosixPath(entry.relative)
+    stem = (relative.parent / fit_stem(relative.stem)).as_posix()
+    suffix = output_suffix(entry.path, output_format)
+    name, k = stem + suffix, 1
     while name in used:
         k += 1
-        name = f"{stem}-{k}"
+        name = f"{stem}-{k}{suffix}"
     used.add(name)
     return name
 
@@ -93,7 +110,8 @@ def unmask_files(
     *,
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
-    """Unmask every input photo into `out_dir` (same name stem; the format `config.output_format`) and write
+    """Unmask every input photo into `out_dir` (its path below its input folder; the format `config.output_format`:
+    `_output_name`) and write
     `out_dir/report.csv`. `inputs`: the arguments, or their `m2u.core.inputs.find_inputs` result (then not
     scanned again: m2u-unmask prints its `describe_skipped`)."""
     from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
@@ -103,19 +121,20 @@ def unmask_files(
     # Checked before the models load or anything is written: OUT is not an input folder and no output replaces
     # an input (m2u.core.inputs); OUT itself is never read as input.
     found = inputs if isinstance(inputs, Discovery) else discover(inputs, exclude=[out])
-    paths = [e.path for e in found.entries[: config.limit]]
-    # Each input's output name is fixed before any work (equal stems get -2, -3... in input order), so the check
-    # below sees every file the run can write.
+    entries = found.entries[: config.limit]
+    paths = [e.path for e in entries]
+    # Each input's output name is fixed before any work, so the check below sees every file the run can write.
     planned: set[str] = set()
-    names = [_unique_name(fit_stem(p.stem), planned) + output_suffix(p, config.output_format) for p in paths]
+    names = [_output_name(e, config.output_format, planned) for e in entries]
     check_output_folder(
         out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"]
     )
     if not paths:
         raise no_images_error(found)
+    # The models load (and the device is checked) before OUT is made: a bad model file or --device leaves none.
+    unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "m2u-unmask"):
-        unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
         return _unmask_paths(list(zip(paths, names, strict=True)), out, config, unmasker)
 
 
@@ -128,13 +147,20 @@ def _unmask_paths(
     face_lines: list[dict] = []
     # The worker pool of every m2u per-file job, in this process: the models are loaded once here, and a
     # photo's work is mostly PyTorch, which uses every core by itself.
-    with worker_pool(0) as pool:
-        rows = pool.imap(functools.partial(_unmask_row, out=out, config=config, unmasker=unmasker), paths)
-        for row, lines in tqdm(
-            rows, total=len(paths), unit="file", desc="unmask", disable=not config.progress
-        ):
-            results.append(row)
-            face_lines += lines
+    try:
+        with worker_pool(0) as pool:
+            rows = pool.imap(functools.partial(_unmask_row, out=out, config=config, unmasker=unmasker), paths)
+            for row, lines in tqdm(
+                rows, total=len(paths), unit="file", desc="unmask", disable=not config.progress
+            ):
+                results.append(row)
+                face_lines += lines
+    except BaseException:
+        # Stopped midway (Ctrl-C, SIGTERM, a full disk): the reports say what was finished, so OUT never keeps an
+        # earlier run's report beside this run's photos. On a full disk they may not fit either: the stop wins.
+        with contextlib.suppress(OSError):
+            _write_reports(out, results, face_lines)
+        raise
     _write_reports(out, results, face_lines)
     return results
 
@@ -186,7 +212,7 @@ def _unmask_one(
         target = out / name
         _write_rgb(target, result)
         row.output = str(target)
-        row.mask_fractions = " ".join(f"{f.mask_fraction:.3f}" for f in faces)
+        row.mask_fractions = " ".join(f"{f.mseg_fraction:.3f}" for f in faces)
         if any(f.alignment == "whole-frame" for f in faces):
             row.reason = "no face found by the detector: the whole photo restored as one masked face crop" + (
                 f" ({row.reason})" if row.reason else ""
@@ -207,7 +233,7 @@ def _unmask_one(
         for k, f in enumerate(refused, start=len(faces))
     ]
     if faces and config.keep_crops:
-        _write_crops(out / "crops", Path(name).stem, faces)
+        _write_crops(out / "crops", PurePosixPath(name).with_suffix("").as_posix(), faces)
     return lines
 
 
@@ -289,7 +315,8 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
         for text in Path(faces_jsonl).read_text().splitlines():
             face = json.loads(text)
             if not face.get("restored", True):
-                unmasked += judged_not_masked(face.get("problem", ""))
+                problem = face.get("problem", "")
+                unmasked += judged_not_masked(problem) and NOTHING_TO_RESTORE not in problem
                 continue
             key = f"{face['detector']}/{face['alignment']}"
             by[key] = by.get(key, 0) + 1

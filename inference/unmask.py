@@ -39,10 +39,11 @@ import numpy as np
 import torch
 
 from m2u.core.boxes import inside_share
+from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
-from m2u.inference.masked_rule import NO_FACE, MaskedFaceRule, judged_no_face
+from m2u.inference.masked_rule import NO_FACE, NOT_MASKED, NOTHING_TO_RESTORE, MaskedFaceRule, judged_no_face
 from m2u.inference.paste import feather_weight, grow_region, paste_feathered, paste_region, resize_matrix
 from m2u.inference.restore import (
     TwoStageModel,
@@ -153,6 +154,9 @@ class UnmaskConfig:
     limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        check_types(
+            self
+        )  # a NaN or infinite --grow, --feather or --min-score is refused here, before any work
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if self.limit is not None and self.limit < 1:
@@ -183,7 +187,9 @@ class FaceRestoration:
     mask: np.ndarray
     restored: np.ndarray
     matrix: np.ndarray
-    mask_fraction: float
+    mask_fraction: (
+        float  # share of the crop under the mask restored (M-Seg's, refined: `mseg_fraction` is its own)
+    )
     # The detection pass that found it ("hog0", "mhog0", "cnn1", ...; "none" for an aligned input).
     detector: str = ""
     score: float = 0.0
@@ -215,17 +221,24 @@ class FaceRestoration:
         degrees = math.degrees(math.atan2(self.matrix[1][0], self.matrix[0][0])) + self.turned
         return float(-((-degrees + 180.0) % 360.0 - 180.0))
 
+    @property
+    def mseg_fraction(self) -> float:
+        """The share of the crop M-Seg's own mask marks (what the decision read; report.csv's mask_fractions)."""
+        return float(self.evidence.get("mask_fraction", round(self.mask_fraction, 4)))
+
     def record(self) -> dict:
-        """The face's line in faces.jsonl (without the input's name)."""
+        """The face's line in faces.jsonl (without the input's name): `mask_fraction` is M-Seg's own mask, as in
+        report.csv, and a restored face's `restored_fraction` the refined mask the generator filled."""
         return {
             "detector": self.detector,
             "score": round(self.score, 4),
             "box": [int(v) for v in self.box],
             "alignment": self.alignment,
             **({"eyes": self.eyes} if self.eyes else {}),
-            "mask_fraction": round(self.mask_fraction, 4),
             "precision": self.precision,
             **self.evidence,
+            "mask_fraction": self.mseg_fraction,
+            **({} if self.problem else {"restored_fraction": round(self.mask_fraction, 4)}),
             "restored": not self.problem,
             **({"problem": self.problem} if self.problem else {}),
             **({"turned": self.turned} if self.turned else {}),
@@ -454,6 +467,9 @@ class Unmasker:
                 face.evidence.pop("mask_probability")  # not asked (--all-faces)
             # The evidence is M-Seg's own mask; the region restored is the refined one.
             face.mask = refine_mask(face.crop, face.mask, self.config.refine)
+            if not face.mask.any():  # --all-faces on a bare face: nothing would change, so it is not restored
+                face.problem = f"{NOT_MASKED}{NOTHING_TO_RESTORE}"
+        kept = [f for f in kept if not f.problem]
         if kept:
             # The generator runs only on the faces to restore (in passes of up to max_batch faces), and fills the
             # region that is pasted back: the refined mask grown by `dilate`. (Filling M-Seg's own mask instead

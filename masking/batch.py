@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 
 from m2u.core.errors import SettingError
-from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.fileio import REPORT_TEXT_ERRORS, fit_stem, remove_temp_files
+from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (

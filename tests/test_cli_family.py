@@ -155,7 +155,21 @@ def test_a_missing_input_is_a_usage_error_in_every_tool(tmp_path):
         result = CliRunner().invoke(command, [*args, "-q"])
         assert result.exit_code == 2, (name, result.output)
         assert "does not exist" in result.output, (name, result.output)
-        assert not (tmp_path / args[2]).exists() or name == "m2u-make-dataset", name
+        assert not (tmp_path / args[2]).exists(), name  # a refused run leaves no output folder
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_missing_empty_or_dangling_output_is_a_usage_error(name, tmp_path):
+    command = COMMANDS[name]
+    (out,) = [p for p in command.params if "--out" in getattr(p, "opts", ())]
+    if out.required:  # Click's own words, not a TypeError from a None that reached the command
+        result = CliRunner().invoke(command, [str(tmp_path)])
+        assert result.exit_code == 2 and "Missing option '-o' / '--out'" in result.output, result.output
+    result = CliRunner().invoke(command, [str(tmp_path), "-o", ""])
+    assert result.exit_code == 2 and "is empty; name the output folder" in result.output, result.output
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    result = CliRunner().invoke(command, [str(tmp_path), "-o", str(tmp_path / "gone")])
+    assert result.exit_code == 2 and "symbolic link to nothing" in result.output, result.output
 
 
 def test_an_empty_folder_is_one_message_and_exit_2_in_every_tool(tmp_path):

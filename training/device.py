@@ -31,8 +31,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise SettingError("device", f"{name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
-    if device.type != "cuda":
-        return device
+    if device.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the one CPU device
+    if device.type != "cuda":  # mps, xpu, meta...: torch parses them, m2u runs on none of them
+        raise SettingError("device", f"{name!r} is not a device m2u runs on: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise SettingError("device", f"{name!r} asked for, but CUDA is not available here")
     rank = _local_rank()

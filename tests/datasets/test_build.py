@@ -70,7 +70,9 @@ def test_overwrite_replaces_only_what_the_build_wrote(tmp_path):
     build_dataset([photos], out, _config())
     (out / "train").mkdir(exist_ok=True)
     (out / "train" / "train-000005.tar").write_text("a person's own file in a split folder")
-    with pytest.raises(BuildError, match=r"cannot replace the build .*train-000005\.tar was not written by m2u"):
+    with pytest.raises(
+        BuildError, match=r"cannot replace the build .*train-000005\.tar was not written by m2u"
+    ):
         build_dataset([photos], out, _config(seed=1, overwrite=True))
     assert (out / "train" / "train-000005.tar").exists() and (out / "manifest.parquet").exists()
     (out / "train" / "train-000005.tar").unlink()
@@ -108,7 +110,9 @@ def test_cli_reports_clear_errors(tmp_path):
     assert result.exit_code == 2 and "unknown mask option(s) ['colour']" in result.output
     # A --pack that holds no masks.cfg is refused before any photo is read, and a refused run leaves no OUT
     result = runner.invoke(cli_main, [str(photos), "-o", str(tmp_path / "p"), "--pack", str(photos)])
-    assert result.exit_code == 2 and "no masks.cfg at" in result.output and len(result.output.splitlines()) == 1
+    assert (
+        result.exit_code == 2 and "no masks.cfg at" in result.output and len(result.output.splitlines()) == 1
+    )
     result = runner.invoke(cli_main, [str(tmp_path / "nothing-here"), "-o", str(tmp_path / "n")])
     assert result.exit_code == 2 and "does not exist" in result.output
     assert not (tmp_path / "p").exists() and not (tmp_path / "n").exists()

@@ -266,9 +266,12 @@ def test_evaluate_config_rejects_bad_values(bad):
 def test_device_errors_are_clear():
     from m2u.training.device import resolve_device
 
-    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu" and resolve_device("cpu:0") == torch.device("cpu")
     with pytest.raises(ValueError, match="is not a device"):
         resolve_device("gpu0")
+    for parsed_by_torch in ("mps", "xpu", "meta"):  # torch knows them; m2u runs on none (it crashed later)
+        with pytest.raises(ValueError, match="is not a device m2u runs on"):
+            resolve_device(parsed_by_torch)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")

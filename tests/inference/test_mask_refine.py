@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
+from m2u.inference.masked_rule import NOTHING_TO_RESTORE
 
 SIZE = 128
 
@@ -92,13 +93,13 @@ def test_the_photo_changes_only_under_the_refined_mask_and_the_evidence_is_msegs
     assert (restored_before != sample.masked).any()  # the tiny M-Seg marks something on it
 
     monkeypatch.setattr(unmask, "refine_mask", refine_to_nothing)
-    result, faces = unmasker.unmask_faces(sample.masked, [face])
+    result, restored, left = unmasker._unmask_faces(sample.masked, [face])
     assert seen and seen[0] > 0
     assert np.array_equal(result, sample.masked)  # an empty refined mask: not one pixel changes
-    assert faces[0].mask_fraction == 0.0
-    assert faces[0].evidence["mask_fraction"] == pytest.approx(
-        seen[0], abs=1e-4
-    )  # recorded from M-Seg's mask
+    # ... and the face is not counted restored, even with every face asked for (masked_only=False)
+    assert not restored and NOTHING_TO_RESTORE in left[0].problem
+    assert left[0].mask_fraction == 0.0
+    assert left[0].record()["mask_fraction"] == pytest.approx(seen[0], abs=1e-4)  # M-Seg's own mask
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,11 @@ def _photo_with_faces(width: int, height: int, n: int, face_px: int = 160, seed:
     return photo, landmarks
 
 
+# Every face restored, the masked-face decision aside; the tiny model's threshold lowered so that M-Seg marks
+# something on each synthetic face (a face it marks nothing on is left even then: nothing to restore).
+EVERY_FACE = {"masked_only": False, "mask_threshold": 0.2}
+
+
 class _Detector:
     """Stands in for dlib: returns the faces it was given (so the paste-back test needs no real face)."""
 
@@ -66,7 +71,7 @@ def test_pixels_outside_the_predicted_mask_are_bit_identical(tiny_checkpoints):
     mseg_path, gen_path = tiny_checkpoints
     photo, landmarks = _photo_with_faces(700, 420, 6)
     unmasker = Unmasker.from_files(
-        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, **EVERY_FACE)
     )
     unmasker.detector = _Detector(landmarks)
     result, faces = unmasker.unmask_image(photo)
@@ -414,9 +419,66 @@ def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, ti
     assert face["detector"] == "mhog0" and face["alignment"] == "visible" and face["input"] == str(photo)
     assert face["eyes"] == "dlib"  # the dlib cascade gives no BlazeFace keypoints
     assert 0.0 <= face["mask_fraction"] <= 1.0 and len(face["box"]) == 4
+    # report.csv and faces.jsonl give one figure for M-Seg's mask; the refined region filled is its own field
+    assert (
+        rows[0]["mask_fractions"] == f"{face['mask_fraction']:.3f}" and 0.0 < face["restored_fraction"] <= 1.0
+    )
     assert (
         cv2.imread(str(out / "masked.jpg")).shape == masked.shape
     )  # a JPEG photo gives a JPEG (--format same)
+    from PIL import Image
+
+    with Image.open(
+        out / "masked.jpg"
+    ) as written:  # colour not subsampled: the rest of the photo moves least
+        assert [(h, v) for _, h, v, _ in written.layer] == [(1, 1)] * 3
+
+
+def test_an_interrupted_run_reports_the_photos_it_finished(tiny_checkpoints, tmp_path, monkeypatch):
+    from m2u.inference import photos
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"p{k}.png"), np.full((40, 40, 3), 60 * k, np.uint8))
+    finished = []
+    row_of = photos._unmask_row
+
+    def stopped_at_the_third(item, **kwargs):
+        if len(finished) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the third photo is worked on
+        finished.append(item)
+        return row_of(item, **kwargs)
+
+    monkeypatch.setattr(photos, "_unmask_row", stopped_at_the_third)
+    mseg_path, gen_path = tiny_checkpoints
+    config = UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        unmask_files([str(folder)], mseg_path, gen_path, tmp_path / "out", config)
+    with open(tmp_path / "out" / "report.csv") as handle:
+        assert [Path(r["input"]).name for r in csv.DictReader(handle)] == ["p0.png", "p1.png"]
+
+
+@pytest.mark.parametrize(
+    "option, said",
+    [
+        (["--device", "mps"], "'mps' is not a device m2u runs on"),
+        (["--grow", "nan"], "--grow: must be a finite number"),
+        (["--min-score", "inf"], "--min-score: must be a finite number"),
+        (["--size", "16"], "16 is not in the range 32<=x<=2048"),
+    ],
+)
+def test_bad_options_are_refused_before_the_output_folder_is_made(tiny_checkpoints, tmp_path, option, said):
+    mseg_path, gen_path = tiny_checkpoints
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.zeros((40, 40, 3), np.uint8))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out), *option],
+    )
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert not out.exists()
 
 
 def test_a_stage_merges_its_passes_into_one_detection_per_face():
@@ -443,7 +505,7 @@ def test_a_large_photo_with_24_faces_costs_one_copy_of_the_photo(tiny_checkpoint
     # memory stays near the one result copy of the photo (no per-face full-size warps or float images).
     mseg_path, gen_path = tiny_checkpoints
     unmasker = Unmasker.from_files(
-        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False)
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False, **EVERY_FACE)
     )
     photo, landmarks = _photo_with_faces(4000, 3000, 24, face_px=400)
     unmasker.detector = _Detector(landmarks)
@@ -482,7 +544,7 @@ def test_faces_of_a_photo_go_through_the_models_in_batches(tiny_checkpoints, mon
             mseg_path,
             gen_path,
             # Every face restored: the batching is under test, not the masked-face decision.
-            UnmaskConfig(crop_size=CROP, device="cpu", progress=False, masked_only=False, **config),
+            UnmaskConfig(crop_size=CROP, device="cpu", progress=False, **EVERY_FACE, **config),
         )
         unmasker.detector = _Detector(landmarks)
         calls = []
@@ -538,3 +600,22 @@ def test_a_photos_reason_is_that_of_the_face_that_gives_it_its_status():
     )
     assert left_faces_reason([no_face]) == f"1 face(s) left as they are: {no_face.problem}"
     assert _status_without_faces([no_face]) == "no_face" and _status_without_faces([]) == "no_face"
+
+
+def test_output_names_keep_subfolders_and_differ_only_where_they_would_clash():
+    from m2u.core.inputs import InputEntry
+    from m2u.inference.photos import _output_name
+
+    used: set[str] = set()
+    named = [
+        _output_name(InputEntry(Path(f"in/{relative}"), relative, "in"), output_format, used)
+        for relative, output_format in [
+            ("a/x.jpg", "same"),
+            ("b/x.jpg", "same"),
+            ("x.bmp", "same"),
+            ("x.tiff", "same"),
+            ("x.jpg", "png"),
+            ("x.png", "png"),
+        ]
+    ]
+    assert named == ["a/x.jpg", "b/x.jpg", "x.bmp", "x.tif", "x.png", "x-2.png"]

@@ -74,3 +74,27 @@ def test_m2u_unmask_discovers_once(folder, scans, tmp_path, tiny_models):
     result = CliRunner().invoke(unmask_main, [*args, "--device", "cpu", str(folder)])
     assert (tmp_path / "out" / "report.csv").is_file(), result.output
     _check(result, scans, folder)
+
+
+def test_a_file_named_twice_is_one_input_and_an_earlier_runs_outputs_inside_are_not_inputs(tmp_path):
+    from m2u.core.fileio import atomic_write_bytes
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture = np.full((8, 8, 3), 90, np.uint8)
+    Image.fromarray(picture).save(photos / "a.png")
+    Image.fromarray(picture).save(photos / "b.png")
+    # an earlier run wrote into photos/results (its record says so): masked photos, not bare ones
+    atomic_write_bytes(photos / "results" / "a_surgical.png", (photos / "a.png").read_bytes())
+    (photos / "nested" / "deeper").mkdir(parents=True)
+    Image.fromarray(picture).save(photos / "nested" / "deeper" / "c.png")  # a user's own subfolder: read
+
+    found = inputs.discover([str(photos), str(photos / "a.png")])
+    assert sorted(e.relative for e in found.entries) == ["a.png", "b.png", "nested/deeper/c.png"]
+    said = found.describe_skipped()
+    assert "1 file(s) named more than once by the inputs were read once" in said
+    assert "1 file(s) in folders an earlier m2u run wrote into (holding .m2u-written)" in said
+    again = inputs.discover([str(photos / "nested"), f"{photos}/./nested"])  # one folder, spelt two ways
+    assert [e.relative for e in again.entries] == ["deeper/c.png"] and again.repeated == 1
+    # given itself, such a folder is read (m2u-unmask on m2u-mask's outputs)
+    assert [e.relative for e in inputs.discover([str(photos / "results")]).entries] == ["a_surgical.png"]
