@@ -79,35 +79,57 @@ def describe_os_error(error: OSError) -> str:
     )
 
 
+def _stop_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (Terminated) that `error` is, or that was being handled when `error` was raised: a
+    library failing while the stop unwinds it is still that stop (torch's DataLoader raised "worker is killed by
+    signal: Terminated" as a SIGTERM sent to the whole process group unwound a backward pass)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+def _stopped(stop: KeyboardInterrupt) -> None:
+    by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+    click.echo(f"stopped by {by}: finished outputs were kept, nothing half-written was left", err=True)
+    # The run has unwound (temporary files removed, locks released, workers told to stop): leave now, without the
+    # interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe of a pool the stop
+    # already tore down and print a traceback (seen in CI: EBADF in _python_exit).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE)
+
+
+def _one_line_errors(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return callback(*args, **kwargs)
+    except click.ClickException as error:
+        # One line, whatever a library's message held (setattr: Click types `message` as final, and a new
+        # exception would lose the usage error's context).
+        setattr(error, "message", " ".join(error.message.split()))  # noqa: B010
+        raise
+    except (OutputRefusedError, SettingError) as error:
+        raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)
+    except UserError as error:
+        raise click.ClickException(one_line(error)) from None
+    except OSError as error:
+        raise click.ClickException(describe_os_error(error)) from None
+
+
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
-            return callback(*args, **kwargs)
-        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
-            by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
-            click.echo(
-                f"stopped by {by}: finished outputs were kept, nothing half-written was left", err=True
-            )
-            # The run has unwound (temporary files removed, locks released, workers told to stop): leave now,
-            # without the interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe
-            # of a pool the stop already tore down and print a traceback (seen in CI: EBADF in _python_exit).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE)
-        except click.ClickException as error:
-            # One line, whatever a library's message held (setattr: Click types `message` as final, and a new
-            # exception would lose the usage error's context).
-            setattr(error, "message", " ".join(error.message.split()))  # noqa: B010
-            raise
-        except (OutputRefusedError, SettingError) as error:
-            raise Refused(one_line(error)) from None  # a refusal: exit 2, as every refused run (m2u.core.cli)
-        except UserError as error:
-            raise click.ClickException(one_line(error)) from None
-        except OSError as error:
-            raise click.ClickException(describe_os_error(error)) from None
+            return _one_line_errors(callback, *args, **kwargs)
+        except BaseException as error:
+            stop = _stop_behind(error)  # Ctrl-C or SIGTERM, whatever else it set off on its way out
+            if stop is None:
+                raise
+            _stopped(stop)
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)

@@ -108,6 +108,18 @@ def become_worker(parent_pid: int | None = None) -> None:
         os._exit(1)
 
 
+def become_loader_worker(_: int = 0) -> None:
+    """Signal settings of a torch DataLoader worker (its worker_init_fn): stopping is the parent's. Ctrl-C and
+    SIGTERM sent to the whole process group (a terminal, `timeout`, a batch scheduler) are ignored here, so the
+    parent unwinds as every m2u command does (m2u.core.guard: one line, exit 130 or 143) instead of failing on
+    torch's "DataLoader worker is killed by signal" (measured: a traceback and exit 1 with --workers 2). The
+    worker leaves when the parent shuts its loader down, and dies with the parent (SIGKILL: it ignores SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
 def report(message: Any) -> None:
     """Send `message` from a running task to the caller's `on_message` (dropped when there is none)."""
     if _SEND is not None:
@@ -308,6 +320,7 @@ __all__ = [
     "ProcessPool",
     "WorkerDied",
     "WorkerStartError",
+    "become_loader_worker",
     "become_worker",
     "report",
     "stop_opencv_threads",

@@ -72,7 +72,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from m2u.core.parallel import stop_opencv_threads
+from m2u.core.parallel import become_loader_worker, stop_opencv_threads
 from m2u.datasets.batches import (
     BATCH_MEMBERS,
     BUFFER_SLOT_FIELD,
@@ -412,6 +412,7 @@ class PairedLoader:
                 pin_memory=self.config.pin_memory,
                 prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
                 persistent_workers=persistent,
+                worker_init_fn=become_loader_worker if workers > 0 else None,
             )
         self.skipped = list(self.dataset.excluded)
         return self._batches(self._loader)

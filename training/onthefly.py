@@ -134,9 +134,12 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(worker: int) -> None:
     import cv2
 
+    from m2u.core.parallel import become_loader_worker
+
+    become_loader_worker(worker)
     cv2.setNumThreads(1)  # the workers are the parallelism (safe here: the workers are spawned, not forked)
 
 

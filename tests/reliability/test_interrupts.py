@@ -108,3 +108,33 @@ def test_ctrl_c_with_two_workers_stops_and_resumes(tmp_path, dataset_snapshot):
 @pytest.mark.slow
 def test_ctrl_c_seven_times_with_two_workers(tmp_path, dataset_snapshot):
     _ctrl_c_and_resume(tmp_path, dataset_snapshot, inputs=120, tries=7, seed=4)
+
+
+@pytest.mark.parametrize(
+    "stop, code, said", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
+)
+def test_a_training_run_with_loader_workers_stops_in_one_line(tiny_dataset, tmp_path, stop, code, said):
+    """`timeout`, a terminal and batch schedulers signal the whole process group, DataLoader workers included:
+    those leave the stop to the parent, which unwinds in one line (a worker killed by the signal made torch's
+    "DataLoader worker is killed by signal" a traceback and exit 1)."""
+    run = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).parent / "m2u-train"),
+        "mseg",
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(run),
+    ]
+    command += ["--max-steps", "100000", "--batch-size", "2", "--workers", "2", "--base-channels", "2"]
+    command += ["--levels", "2", "--log-every", "1", "-q"]
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().count("\n") > 2:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the run never logged a step"
+        time.sleep(0.2)
+    os.killpg(process.pid, stop)  # the whole group, as `timeout` and a terminal do
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code and f"stopped by {said}" in stderr and "Traceback" not in stderr, stderr
+    assert _group_gone(process.pid, within_s=10), "a loader worker outlived the stopped run"
