@@ -109,13 +109,13 @@ def become_worker(parent_pid: int | None = None) -> None:
 
 
 def become_loader_worker(_: int = 0) -> None:
-    """Signal settings of a torch DataLoader worker (its worker_init_fn): stopping is the parent's. Ctrl-C and
-    SIGTERM sent to the whole process group (a terminal, `timeout`, a batch scheduler) are ignored here, so the
-    parent unwinds as every m2u command does (m2u.core.guard: one line, exit 130 or 143) instead of failing on
-    torch's "DataLoader worker is killed by signal" (measured: a traceback and exit 1 with --workers 2). The
-    worker leaves when the parent shuts its loader down, and dies with the parent (SIGKILL: it ignores SIGTERM)."""
+    """Signal settings of a torch DataLoader worker (its worker_init_fn): Ctrl-C is the parent's, as in every m2u
+    pool (become_worker), and the worker dies with its parent (SIGKILL at the parent's death). SIGTERM keeps
+    torch's handling: multiprocessing stops daemonic workers with it at exit and then waits for them (a worker
+    ignoring it hung a test session's exit). A SIGTERM sent to the whole process group (`timeout`, a batch
+    scheduler) kills the workers too, and torch's "DataLoader worker is killed by signal" raised while the
+    parent's stop unwinds is that stop to m2u.core.guard (one line, exit 143)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from m2u.core.fileio import check_writable
 from m2u.core.imageio import write_image
 from m2u.core.runtime import runtime_field
 from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
@@ -36,6 +37,7 @@ from m2u.evaluation.report import (
     GT_MASK_SUFFIX,
     PAPER_RESOLUTION,
     PAPER_TABLE1,
+    REPORT_FILES,
     sample_grid,
     write_per_sample,
     write_report,
@@ -355,9 +357,11 @@ def evaluate(
     data = local_dataset(data)  # a dataset URL (s3://...): its local copy, fetched before any model loads
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:  # refused now, not after the scoring (m2u.core.fileio: never a person's file)
+        check_writable(out_dir / name)
     _say(config, f"loading the models on {device}")
     models = load_two_stage(mseg_path, generator_path, device)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the models load: a refused model leaves no folder
     usage = model_usage(models, None, config.mask_threshold)
     if metric_suite is None:
         _say(config, "loading the metric networks (LPIPS, FID Inception, dlib face embeddings)")

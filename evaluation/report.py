@@ -297,6 +297,11 @@ def _html(report: dict[str, Any], out_dir: Path) -> str:
     )
 
 
+# Every file m2u-eval writes into its report folder (write_report, the grid and per-sample rows): checked before
+# any work (m2u.evaluation.evaluator.evaluate), so a person's own file there is refused before the models run.
+REPORT_FILES = ("metrics.json", "metrics.md", "index.html", "per_sample.csv", "grid.png")
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
     """metrics.json, metrics.md and index.html from a report dict."""
     out_dir = Path(out_dir)

@@ -26,10 +26,10 @@ from m2u.core.cli import (
     size_option,
     threshold_option,
 )
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import atomic_write_text, check_writable
 from m2u.core.guard import guard_command
 from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from m2u.inference.export import ExportConfig
+from m2u.inference.export import MIN_OPSET, ExportConfig
 from m2u.inference.mask_refine import MaskRefineConfig
 from m2u.inference.unmask import ALIGNMENTS, DETECTORS, OUTPUT_FORMATS, UnmaskConfig
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
@@ -225,15 +225,20 @@ def export_main() -> None:
 @out_option("Output folder: mseg.onnx, generator.onnx and export.json.")
 @size_option(ExportConfig.image_size, "Size of the tracing input (default: the size the model file records).")
 @alias_option("--image-size", target="size", type=click.IntRange(min=16))
-@click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=11))
+@click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=MIN_OPSET))
 @click.option(
-    "--atol", default=ExportConfig.atol, show_default=True, type=float, help="Accepted |onnxruntime - torch|."
+    "--atol",
+    default=ExportConfig.atol,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Accepted |onnxruntime - torch|.",
 )
 @click.option("--static-shape", is_flag=True, help="Fix batch, height and width to the tracing input.")
 def export_onnx_cmd(**kw) -> None:
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime, and
     OUT/export.json (each file's inputs and outputs: names, shapes, value ranges). Without --mseg/--generator:
     the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused."""
+    import dataclasses
     from dataclasses import asdict
 
     from m2u.inference.export import export_onnx, export_size, tensor_descriptions
@@ -249,6 +254,16 @@ def export_onnx_cmd(**kw) -> None:
         mseg_path, generator_path = (str(p) for p in pretrained_paths())
     summary = {}
     kinds = {"mseg": (MSeg, "an M-Seg model"), "generator": (CARU2Net, "a CARU2-Net generator")}
+    # Checked before any model loads or any file is written: the settings, and every output name (a person's
+    # own generator.onnx was refused only after mseg.onnx had been written).
+    base = ExportConfig(opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape)
+    outputs = [
+        Path(out_dir) / f"{name}.onnx"
+        for name, path in (("mseg", mseg_path), ("generator", generator_path))
+        if path
+    ]
+    for output in (*outputs, Path(out_dir) / "export.json"):
+        check_writable(output)
     try:
         models = {}
         for name, path in (("mseg", mseg_path), ("generator", generator_path)):
@@ -257,17 +272,18 @@ def export_onnx_cmd(**kw) -> None:
             model, info = load_model(path)
             cls, wanted = kinds[name]
             if not isinstance(model, cls):
-                raise Refused(
-                    f"--{name} {path} holds a {type(model).__name__}, not {wanted}; give it as "
-                    f"--{'generator' if name == 'mseg' else 'mseg'}"
+                other = "generator" if name == "mseg" else "mseg"
+                hint = (
+                    f"give it as --{other}"
+                    if isinstance(model, kinds[other][0])
+                    else "m2u-export exports neither"
                 )
+                raise Refused(f"--{name} {path} holds a {type(model).__name__}, not {wanted}; {hint}")
             models[name] = (path, model, info)
         for name, (path, model, info) in models.items():
             with model_warnings():
                 size = export_size(info, kw["size"], static_shape)
-            config = ExportConfig(
-                image_size=size, opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
-            )
+            config = dataclasses.replace(base, image_size=size)
             result = export_onnx(model, Path(out_dir) / f"{name}.onnx", config)
             summary[name] = {
                 "source": str(path),

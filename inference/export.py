@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from m2u.core.checks import check_types
+from m2u.core.errors import SettingError
 from m2u.core.fileio import atomic_write, check_writable
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
 from m2u.training.checkpoint import ModelInfo
@@ -42,6 +44,28 @@ class ExportConfig:
     opset: int = 17
     dynamic_axes: bool = True
     atol: float = 1e-4  # max |onnxruntime - torch| accepted by the parity check
+
+    def __post_init__(self) -> None:
+        check_types(self)  # a NaN atol is refused here
+        if not MIN_OPSET <= self.opset <= max_opset():
+            raise SettingError(
+                "opset",
+                f"must be from {MIN_OPSET} to {max_opset()} (this torch's exporter), got {self.opset}",
+            )
+        if self.atol < 0:
+            raise SettingError("atol", f"must be >= 0, got {self.atol}")
+
+
+# The oldest opset m2u's graphs export to (the CLI's lower bound).
+MIN_OPSET = 11
+
+
+def max_opset() -> int:
+    """The newest opset the TorchScript exporter (dynamo=False, as export_onnx uses) of this torch writes: above
+    it torch printed its whole graph before failing (m2u-export --opset 99)."""
+    from torch.onnx import _constants
+
+    return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
 
 
 def export_size(info: ModelInfo | None, image_size: int | None, static_shape: bool = False) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text, open_append
+from m2u.core.fileio import atomic_write_text, check_writable, open_append
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError
 from m2u.pipelines.config import PipelineConfig, config_as_dict
@@ -182,6 +182,8 @@ def run_pipeline(
     """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
     _check_inputs(config, until)
     run = Path(run_dir)
+    for name in ("config.json", "versions.json", "pipeline.log"):  # refused before anything is written
+        check_writable(run / name)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
     atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))

@@ -34,6 +34,12 @@ class OptimizerConfig:
         self.milestones = tuple(int(m) for m in self.milestones)
         if not 0 < self.learning_rate < float("inf"):  # NaN fails too
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        # The rate is multiplied by `decay` at each milestone: 0 or less would stop or reverse training (a
+        # negative rate is gradient ascent), more than 1 would raise it.
+        if not 0 < self.decay <= 1:  # NaN fails too
+            raise ValueError(f"decay must be a number in (0, 1], got {self.decay}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be steps >= 1, got {list(self.milestones)}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from m2u.core.fileio import atomic_write
+from m2u.core.fileio import atomic_write, check_writable
 from m2u.training.checkpoint import remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
@@ -28,7 +28,7 @@ from m2u.training.run_state import (
     read_checkpoint,
     write_checkpoint,
 )
-from m2u.training.runlog import RunLog, open_progress
+from m2u.training.runlog import LOG_NAME, METRICS_NAME, RunLog, open_progress
 from m2u.training.task import Task
 
 
@@ -114,6 +114,16 @@ class Trainer:
                 f"{self.out} already holds a run ({self.checkpoint_path}): resume it or choose another run folder"
             )
         if self.dist.is_main:
+            # Every file the run will write is checked now: a person's own metrics.json or mseg.safetensors in
+            # the run folder was refused only after the whole training (OutputRefusedError: one line, exit 2).
+            for path in (
+                self.out / "config.json",
+                self.out / LOG_NAME,
+                self.out / METRICS_NAME,
+                self.checkpoint_path,
+                *self.task.model_paths(self.out),
+            ):
+                check_writable(path)
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(
                 self.out / "config.json", lambda temp: Path(temp).write_text(self.config.to_json() + "\n")
@@ -128,7 +138,7 @@ class Trainer:
         self.task.set_train(True)
         try:
             stop_reason = self._train_epochs(started, progress)
-            self.task.finite_guard.check(self.dist)  # the steps since the last log line
+            self.task.check_finite_state(self.step)  # the steps since the last log line
         except NonFiniteLossError as error:
             raise self._non_finite_stop(error) from None
         finally:
@@ -266,7 +276,7 @@ class Trainer:
         due_checkpoint = step % config.checkpoint_every == 0
         if due_log or due_val or due_grid or due_checkpoint:
             # One host sync for the steps since the last one; nothing is logged or saved after a NaN.
-            self.task.finite_guard.check(self.dist)
+            self.task.check_finite_state(step)
         if due_log:
             averaged = self._running.means()
             record = {"split": "train", "step": step, "epoch": self.epoch, "lr": self.task.learning_rate()}

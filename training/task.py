@@ -20,7 +20,7 @@ from m2u.training.checkpoint import ModelInfo, current_model_info, save_model, u
 from m2u.training.config import RunConfig
 from m2u.training.device import resolve_precision
 from m2u.training.distributed import DistributedContext, ddp_device_ids, milestone_steps
-from m2u.training.guards import FiniteGuard
+from m2u.training.guards import FiniteGuard, NonFiniteLossError
 
 
 class Task(Protocol):
@@ -49,11 +49,17 @@ class Task(Protocol):
 
     def set_train(self, mode: bool) -> None: ...
 
+    def check_finite_state(self, step: int) -> None:
+        """Raise NonFiniteLossError where a loss or a weight has become NaN or infinite."""
+        ...
+
     def learning_rate(self) -> float: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def model_paths(self, out_dir: Path) -> list[Path]: ...
 
     def export_models(self, out_dir: Path, step: int | None = None) -> list[Path]: ...
 
@@ -139,6 +145,22 @@ class TrainingTask:
         """Record non-finite losses on the device (no host sync); `finite_guard.check` raises, once per log."""
         self.finite_guard.watch(step, losses)
 
+    def check_finite_state(self, step: int) -> None:
+        """Raise NonFiniteLossError where a loss was non-finite since the last check (`finite_guard`) or a
+        network's weights are: an update can overflow the weights while every loss stays finite (--lr 1e12: losses
+        of 1e23, then NaN weights), and a model saved then is one no m2u tool loads. One host sync per network;
+        every DDP rank holds the same weights, so each raises alike."""
+        self.finite_guard.check(self.dist)
+        for name, network in self.networks.items():
+            tensors = [
+                t.detach() for t in (*network.parameters(), *network.buffers()) if t.is_floating_point()
+            ]
+            if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+                raise NonFiniteLossError(
+                    f"the {name} network's weights became NaN or infinite by step {step} of the {self.name} run "
+                    "(its losses were finite: the learning rate is likely too high)"
+                )
+
     def optimise(self, name: str, loss: torch.Tensor) -> None:
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
@@ -193,12 +215,16 @@ class TrainingTask:
         }
         return current_model_info(self.crop_size, provenance=provenance)
 
+    def model_paths(self, out_dir: Path) -> list[Path]:
+        """Where `export_models` writes each network: `<name>.safetensors`."""
+        return [out_dir / f"{name}.safetensors" for name in self.networks]
+
     def export_models(self, out_dir: Path, step: int | None = None) -> list[Path]:
         """Write each network as `<name>.safetensors` (weights, config and ModelInfo) for evaluation and
         inference."""
         return [
-            save_model(out_dir / f"{name}.safetensors", module, self.model_info(name, step or 0))
-            for name, module in self.networks.items()
+            save_model(path, module, self.model_info(name, step or 0))
+            for path, (name, module) in zip(self.model_paths(out_dir), self.networks.items(), strict=True)
         ]
 
     # per task

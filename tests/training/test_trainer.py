@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -137,6 +138,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
     events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "non_finite_loss"
+
+
+def test_weights_that_overflow_while_the_losses_stay_finite_stop_the_run(tmp_path):
+    """--lr 1e12: the losses stay finite (1e23) while an update leaves NaN weights; the run stops instead of
+    writing a model no m2u tool loads."""
+    config = MSegTrainConfig(
+        out=str(tmp_path),
+        model=TINY_MSEG,
+        batch_size=2,
+        optimizer=OptimizerConfig(learning_rate=1e12),
+        **QUIET,
+    )
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    with pytest.raises(
+        NonFiniteLossError, match=r"mseg network's weights became NaN or infinite by step \d+"
+    ):
+        train_mseg(dataclasses.replace(config, max_steps=12), data)
+    assert not (tmp_path / "mseg.safetensors").exists() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"decay": -1.0}, {"decay": 0.0}, {"decay": float("nan")}, {"milestones": (-5,)}]
+)
+def test_a_learning_rate_schedule_that_would_reverse_training_is_refused(bad):
+    with pytest.raises(ValueError, match="decay must be a number in|milestones must be steps"):
+        OptimizerConfig(**bad)
 
 
 def test_bf16_autocast_and_channels_last_train_the_gan(tmp_path):
