@@ -138,3 +138,17 @@ def test_a_training_run_with_loader_workers_stops_in_one_line(tiny_dataset, tmp_
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code and f"stopped by {said}" in stderr and "Traceback" not in stderr, stderr
     assert _group_gone(process.pid, within_s=10), "a loader worker outlived the stopped run"
+
+
+def test_a_process_with_loader_workers_left_running_exits(tiny_dataset):
+    """multiprocessing stops daemonic workers with SIGTERM at exit and then waits for them: a DataLoader worker
+    that ignored SIGTERM hung the interpreter's exit (a test session hung there, its tests all passed)."""
+    script = (
+        "from m2u.datasets.loader import LoaderConfig, make_loader\n"
+        f"loader = make_loader({str(tiny_dataset)!r}, 'train', LoaderConfig(batch_size=2, num_workers=2,"
+        " persistent_workers=True))\n"
+        "batches = iter(loader)\n"
+        "next(batches)\n"  # the workers are busy prefetching when the interpreter exits
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
