@@ -11,6 +11,7 @@ label images of the masks where given (`real_masks_main`).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ from click.core import ParameterSource
 
 from m2u.core.cli import (
     CONTEXT_SETTINGS,
+    EXIT_SOME_FAILED,
     Refused,
     alias_option,
     apply_aliases,
@@ -245,11 +247,18 @@ def real_masks_main(**kw) -> None:
             summary = evaluate_real_masks(
                 kw["photos"], kw["out_dir"], unmasker, kw["labels_dir"], config, progress=not kw["quiet"]
             )
+    except OSError:
+        raise  # a full disk, a read-only folder: m2u.core.guard says which file, exit 1
     except user_errors() as exc:
-        raise click.ClickException(cli_message(exc)) from exc
+        raise Refused(cli_message(exc)) from exc  # a refusal: exit 2, as m2u-eval's and every command's
     for key, value in summary.items():
         click.echo(f"{key}: {value}")
     click.echo(f"report: {Path(kw['out_dir']) / 'index.html'}")
+    failed = sum(
+        n for status, n in summary["statuses"].items() if status in ("unreadable", "error", "bad_label")
+    )
+    if failed:  # as every per-file tool: some inputs (a photo or its label) could not be read
+        sys.exit(EXIT_SOME_FAILED)
 
 
 def entry() -> None:

@@ -20,6 +20,7 @@ import csv
 import html
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class PhotoScore:
     """One row of real_masks.csv."""
 
     photo: str
-    status: str  # ok | no_face | no_masked_face | no_label | unreadable | error
+    status: str  # ok | no_face | no_masked_face | no_label | bad_label | unreadable | error
     reason: str = ""
     faces_found: int = (
         0  # restored + left as they are (detections m2u-unmask judged to be no face not counted)
@@ -124,16 +125,30 @@ def left_unchanged(result: np.ndarray, image: np.ndarray, tolerance: int = 0) ->
 
 def mask_scores(
     predicted: np.ndarray, label: np.ndarray, unchanged: np.ndarray
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float | None]:
     """(Dice, IoU, remnant share) of a bool predicted mask against a bool label; `unchanged` marks the pixels the
-    output kept exactly. An empty label with an empty prediction scores 1, 1, 0."""
+    output kept exactly. An empty label with an empty prediction scores 1, 1; an empty label has no remnant share
+    (None: no label pixel to leave, so no perfect score either)."""
     inter = float(np.logical_and(predicted, label).sum())
     total = float(predicted.sum() + label.sum())
     union = float(np.logical_or(predicted, label).sum())
     dice = 2 * inter / total if total else 1.0
     iou = inter / union if union else 1.0
-    remnant = float(np.logical_and(label, unchanged).sum()) / float(label.sum()) if label.any() else 0.0
+    remnant = float(np.logical_and(label, unchanged).sum()) / float(label.sum()) if label.any() else None
     return dice, iou, remnant
+
+
+def _unmatched_labels(labels: Path | None, photos: list[Path]) -> list[str] | None:
+    """The label files in `labels` that no photo's stem names (a typo, a photo missing), sorted; None without
+    labels."""
+    if labels is None:
+        return None
+    stems = {p.stem for p in photos}
+    return sorted(
+        f.name
+        for f in labels.iterdir()
+        if f.is_file() and f.suffix.lower() in LABEL_SUFFIXES and f.stem not in stems
+    )
 
 
 def _find_label(labels: Path, stem: str) -> Path | None:
@@ -153,10 +168,47 @@ def read_label(
     from m2u.masking import read_image
 
     grey = read_image(path).max(axis=2)
+    problem = label_problem(grey, shape, threshold)
+    if problem:
+        raise LabelError(problem)
     if shape is not None and grey.shape != tuple(shape):
         # Resized as grey values, then thresholded: the edge lands where the label's own edge is.
         grey = cv2.resize(grey, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return grey >= threshold
+
+
+class LabelError(ValueError):
+    """A label image that cannot be a binary mask of its photo (see label_problem)."""
+
+
+# A label's ambiguous pixels (within AMBIGUOUS_LEVELS of the threshold: neither clearly mask nor clearly not; a
+# label may draw its mask in any clear grey, 200 as well as 255): JPEG labels' soft edges are a few at most (none
+# in ../shared/faces/real-mask-seg's labels), while its photos read as labels have 12 % and more, 43 % in the
+# median (real-masked's photos 14 % and more; measured), noise most of its pixels.
+AMBIGUOUS_LEVELS = 64
+MAX_MID_GREY_SHARE = 0.05
+# How far a label's width/height ratio may differ from its photo's (relative) and still be that photo's label,
+# resized: a label of another shape is another picture's, or a crop, and stretching it scores nonsense.
+MAX_ASPECT_DIFFERENCE = 0.02
+
+
+def label_problem(grey: np.ndarray, shape: tuple[int, int] | None, threshold: int = LABEL_THRESHOLD) -> str:
+    """Why the grey label image (read against `threshold`) cannot be a binary mask of a photo of `shape` (height,
+    width); "" when it can."""
+    mid = float((np.abs(grey.astype(np.int16) - threshold) < AMBIGUOUS_LEVELS).mean())
+    if mid > MAX_MID_GREY_SHARE:
+        return (
+            f"not a binary label: {mid:.0%} of its pixels are within {AMBIGUOUS_LEVELS} levels of the threshold "
+            f"{threshold}"
+        )
+    if shape is not None:
+        label_ratio, photo_ratio = grey.shape[1] / grey.shape[0], shape[1] / shape[0]
+        if abs(label_ratio / photo_ratio - 1) > MAX_ASPECT_DIFFERENCE:
+            return (
+                f"the label is {grey.shape[1]}x{grey.shape[0]} px, its photo {shape[1]}x{shape[0]}: another shape "
+                "(a label is resized to its photo only when their shapes match)"
+            )
+    return ""
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -241,7 +293,7 @@ def evaluate_real_masks(
     the label of the same stem. Returns the summary (also in OUT/summary.json)."""
     from tqdm import tqdm
 
-    from m2u.core.inputs import check_output_folder, discover, output_lock
+    from m2u.core.inputs import OutputFolderError, check_output_folder, discover, output_lock
     from m2u.masking import ImageReadError
 
     config = config or RealMaskConfig()
@@ -255,6 +307,8 @@ def evaluate_real_masks(
     labels = None if labels_dir is None else Path(labels_dir)
     if labels is not None and not labels.is_dir():
         raise ValueError(f"labels folder not found: {labels}")
+    if labels is not None and os.path.realpath(out) == os.path.realpath(labels):
+        raise OutputFolderError(f"`out_dir` {out} is the labels folder; the report would mix with the labels")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[PhotoScore] = []
     face_lines: list[dict] = []
@@ -272,7 +326,9 @@ def evaluate_real_masks(
             except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
                 row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
             rows.append(row)
-        return _write_outputs(out, rows, face_lines, sheet, labels is not None)
+        return _write_outputs(
+            out, rows, face_lines, sheet, labels is not None, _unmatched_labels(labels, paths)
+        )
 
 
 def _score_photo(
@@ -290,7 +346,7 @@ def _score_photo(
     (`face_lines`); returns the contact sheet cells written for it ([] once the sheet has `config.sheet_rows` rows)."""
     from m2u.inference.masked_rule import judged_no_face
     from m2u.inference.photos import face_record
-    from m2u.masking import read_image
+    from m2u.masking import ImageReadError, read_image
 
     image = read_image(path)
     result, restored, left = unmasker.unmask_with_refusals(image)
@@ -310,12 +366,19 @@ def _score_photo(
             row.status, row.reason = "no_label", f"no label named {path.stem}.* in {labels}"
         else:
             row.label = str(label_path)
-            label = read_label(label_path, image.shape[:2], config.label_threshold)
-            dice, iou, remnant = mask_scores(predicted, label, left_unchanged(result, image))
-            row.dice, row.iou, row.remnant = round(dice, 4), round(iou, 4), round(remnant, 4)
-            near = mask_scores(predicted, label, left_unchanged(result, image, config.near_levels))[2]
-            row.remnant_near = round(near, 4)
-            label_image = label
+            try:
+                label = read_label(label_path, image.shape[:2], config.label_threshold)
+            except (ImageReadError, LabelError) as exc:  # the label's fault, not the photo's: said so
+                row.status = "bad_label"
+                row.reason = f"label {label_path}: {exc.reason if isinstance(exc, ImageReadError) else exc}"
+                label = None
+            if label is not None:
+                dice, iou, remnant = mask_scores(predicted, label, left_unchanged(result, image))
+                near = mask_scores(predicted, label, left_unchanged(result, image, config.near_levels))[2]
+                row.dice, row.iou = round(dice, 4), round(iou, 4)
+                row.remnant = None if remnant is None else round(remnant, 4)
+                row.remnant_near = None if near is None else round(near, 4)
+                label_image = label
     if config.sheet_rows is not None and sheet_rows >= config.sheet_rows:
         return []
     cells = [
@@ -369,8 +432,10 @@ def _write_outputs(
     face_lines: list[dict],
     sheet: list[tuple[PhotoScore, list[str]]],
     labelled: bool,
+    unmatched_labels: list[str] | None = None,
 ) -> dict:
-    """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary."""
+    """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary.
+    `unmatched_labels`: the label files no photo is named like (counted, and the first few named)."""
     # Written whole or not at all, through m2u.core.fileio (which refuses a link planted at an output's name and
     # records what it wrote, so a later run may replace it), as m2u-unmask's and m2u-eval's reports are.
     table = io.StringIO(newline="")
@@ -381,6 +446,10 @@ def _write_outputs(
     atomic_write_text(out / "real_masks.csv", table.getvalue())
     atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
     summary = summarize_scores(rows)
+    if unmatched_labels is not None:
+        summary["labels_without_a_photo"] = len(unmatched_labels)
+        if unmatched_labels:
+            summary["labels_without_a_photo_e_g"] = unmatched_labels[:5]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "index.html", _sheet_html(summary, sheet, labelled))
     return summary
@@ -392,8 +461,11 @@ def _sheet_html(summary: dict, sheet: list[tuple[PhotoScore, list[str]]], labell
     for row, names in sheet:
         figures = f"{html.escape(row.status)}<br>found {row.faces_found}, restored {row.faces_restored}"
         if row.dice is not None:
-            figures += f"<br>Dice {row.dice:.3f}<br>IoU {row.iou:.3f}<br>remnant {row.remnant:.3f}"
-            figures += f" (near {row.remnant_near:.3f})"
+            if row.remnant is None:  # an empty label: no label pixel to leave
+                figures += f"<br>Dice {row.dice:.3f}<br>IoU {row.iou:.3f}<br>remnant: none (empty label)"
+            else:
+                figures += f"<br>Dice {row.dice:.3f}<br>IoU {row.iou:.3f}<br>remnant {row.remnant:.3f}"
+                figures += f" (near {row.remnant_near:.3f})"
         if row.reason:
             figures += f"<br><small>{html.escape(row.reason)}</small>"
         cells = "".join(f'<td><img src="{html.escape(n)}" loading="lazy"></td>' for n in names)

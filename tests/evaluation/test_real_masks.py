@@ -1155,18 +1155,18 @@ def test_left_unchanged_exactly_or_within_a_tolerance():
 
 
 def test_a_label_pixel_is_one_whose_brightest_channel_reaches_the_threshold(tmp_path):
-    label = np.zeros((4, 6, 3), np.uint8)
+    label = np.zeros((8, 12, 3), np.uint8)
     label[0, 0] = (127, 0, 0)  # at the threshold, in one channel: label
     label[0, 1] = (126, 126, 126)  # just below: background
     label[1, :] = 255
     cv2.imwrite(str(tmp_path / "label.png"), label[..., ::-1])
     read = read_label(tmp_path / "label.png")
-    assert read.dtype == bool and read.shape == (4, 6)
+    assert read.dtype == bool and read.shape == (8, 12)
     assert read[0, :2].tolist() == [True, False] and read[1].all() and not read[2:].any()
     assert read_label(tmp_path / "label.png", threshold=128)[0, 0] == False  # noqa: E712 - numpy bool
     # A label at another resolution than its photo is read at the photo's, still binary.
-    resized = read_label(tmp_path / "label.png", (8, 12))
-    assert resized.shape == (8, 12) and resized[2:4].all() and not resized[5:].any()
+    resized = read_label(tmp_path / "label.png", (16, 24))
+    assert resized.shape == (16, 24) and resized[2:4].all() and not resized[5:].any()
 
 
 class _FakeUnmasker:
@@ -1227,6 +1227,63 @@ def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(t
     # Without labels: faces found and mask fraction, no Dice.
     plain = evaluate_real_masks([str(photos)], tmp_path / "plain", _FakeUnmasker())
     assert plain["labelled_photos"] == 0 and plain["mean_mask_fraction_where_restored"] == 0.5
+
+
+def test_a_label_that_cannot_be_its_photos_mask_is_the_labels_fault_said_so(tmp_path):
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    photos.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("photo_as_label", "wide", "empty", "text", "fine"):
+        cv2.imwrite(str(photos / f"{name}.png"), rng.integers(1, 255, (40, 30, 3), dtype=np.uint8))
+    cv2.imwrite(str(labels / "photo_as_label.png"), rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    cv2.imwrite(str(labels / "wide.png"), np.full((10, 40), 255, np.uint8))  # 4:1, its photo 3:4
+    cv2.imwrite(str(labels / "empty.png"), np.zeros((40, 30), np.uint8))
+    (labels / "text.png").write_text("not an image")
+    fine = np.zeros((80, 60), np.uint8)  # twice the photo's size, same shape: resized
+    fine[40:] = 255
+    cv2.imwrite(str(labels / "fine.png"), fine)
+    cv2.imwrite(str(labels / "typo.png"), fine)  # names no photo
+    out = tmp_path / "report"
+    summary = evaluate_real_masks([str(photos)], out, _FakeUnmasker(), labels, RealMaskConfig(thumb=32))
+    with open(out / "real_masks.csv") as handle:
+        rows = {Path(r["photo"]).stem: r for r in csv.DictReader(handle)}
+    for name, said in (
+        ("photo_as_label", "not a binary label"),
+        ("wide", "the label is 40x10 px, its photo 30x40: another shape"),
+        ("text", "labels/text.png: not an image"),
+    ):
+        assert rows[name]["status"] == "bad_label" and said in rows[name]["reason"], rows[name]
+        assert rows[name]["faces_found"] == "1" and not rows[name]["dice"]  # the photo itself was read
+    # an empty label: Dice of the prediction against nothing, and no remnant share (no perfect 0)
+    assert (
+        rows["empty"]["status"] == "ok"
+        and float(rows["empty"]["dice"]) == 0.0
+        and rows["empty"]["remnant"] == ""
+    )
+    assert float(rows["fine"]["dice"]) == 1.0 and float(rows["fine"]["remnant"]) == 0.0
+    assert summary["remnant_all_labelled"] == 0.0  # the empty label is not averaged in
+    assert summary["labels_without_a_photo"] == 1 and summary["labels_without_a_photo_e_g"] == ["typo.png"]
+    assert summary["statuses"] == {"bad_label": 3, "ok": 2}
+
+
+def test_the_real_masks_command_says_a_refusal_with_2_and_unread_inputs_with_1(tmp_path, tiny_checkpoints):
+    mseg_path, gen_path = tiny_checkpoints
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    photos.mkdir()
+    labels.mkdir()
+    cv2.imwrite(str(photos / "face.png"), cv2.cvtColor(_astronaut(), cv2.COLOR_RGB2BGR))
+    models = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-q"]
+    into_labels = CliRunner().invoke(
+        real_masks_main, [str(photos), "--labels", str(labels), "-o", str(labels), *models]
+    )
+    assert into_labels.exit_code == 2 and "is the labels folder" in into_labels.output
+    swapped = ["--mseg", str(gen_path), "--generator", str(mseg_path), "-q"]
+    result = CliRunner().invoke(real_masks_main, [str(photos), "-o", str(tmp_path / "s"), *swapped])
+    assert result.exit_code == 2, result.output
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    result = CliRunner().invoke(real_masks_main, [str(photos), "-o", str(tmp_path / "r"), *models])
+    assert result.exit_code == 1 and "'unreadable': 1" in result.output, result.output
 
 
 def test_photo_mask_maps_crop_masks_back_through_the_alignment():
