@@ -131,7 +131,16 @@ def _stage_actions(
         build = dataclasses.replace(config.dataset, overwrite=False)
         # The run folder may lie inside a faces folder: none of its files is a face.
         result = build_dataset(config.faces, dirs["dataset"], build, exclude=[dirs["dataset"].parent])
-        return {"counts": result.stats.get("counts", {})}
+        counts = result.stats.get("counts", {})
+        trained_on = counts.get("by_split_and_status", {}).get("train", {}).get("ok", 0)
+        if not trained_on:  # not done: the mseg stage would only fail later on an empty split
+            by_status = counts.get("by_status", {})
+            raise PipelineError(
+                f"the dataset stage wrote no training pair ({by_status.get('ok', 0)} pairs in all, "
+                f"{by_status.get('no_face', 0)} inputs without a face, {by_status.get('error', 0)} errors): "
+                f"nothing to train on; the reasons are in {dirs['dataset'] / 'manifest.parquet'}"
+            )
+        return {"counts": counts}
 
     def mseg_action() -> dict:
         cfg = dataclasses.replace(config.mseg, data=str(dirs["dataset"]), out=str(dirs["mseg"]), resume=True)

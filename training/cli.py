@@ -174,6 +174,20 @@ def _checked(config: RunConfig) -> RunConfig:
     return config
 
 
+def _check_run_kind(binding: ConfigBinding, base: dict[str, Any], run: str | None) -> None:
+    """--resume of a run another command trained (m2u-train mseg on a GAN's run folder): one sentence saying so,
+    instead of the first of its options this command does not know."""
+    if not base:
+        return
+    foreign = sorted(set(base) - {f.name for f in dataclasses.fields(binding.cls)})
+    if foreign:
+        kind = "gan" if "adversarial_weight" in base else "mseg" if "bare_face_share" in base else "another"
+        raise click.UsageError(
+            f"--resume: {run} holds a run of m2u-train {kind}, not of this command (its config.json has "
+            f"{', '.join(foreign[:3])}); resume it with m2u-train {kind} or choose another --out"
+        )
+
+
 def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | None:
     """The config to train with: a new run from the options (and the config file, --set). --resume of a run
     with a saved config (RUN/config.json): that config, with what this command line gives applied over it, so
@@ -188,6 +202,10 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
         options["progress"] = False
         ctx.set_parameter_source("progress", click.core.ParameterSource.COMMANDLINE)
     base = read_run_config_dict(options["out"]) if options.get("resume") and options.get("out") else {}
+    _check_run_kind(binding, base, options["out"] if base else None)
+    if options.get("resume") and options.get("out") and not base and not options.get("print_config"):
+        # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
+        click.echo(f"--resume: no run in {options['out']} yet (no config.json); starting one", err=True)
     config = binding.build(options, base=base or None)
     if base:
         _refuse_architecture_changes(binding, config)

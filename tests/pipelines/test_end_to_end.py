@@ -127,3 +127,24 @@ def test_ablation_shares_data_and_mseg_and_writes_the_table(smoke_run, face_inpu
     markdown = (run / "ablation.md").read_text()
     assert VARIANTS[0].label in markdown and VARIANTS[-1].label in markdown
     assert json.loads((run / "ablation.json").read_text())["row"] == "m2u_composite"
+
+
+def test_faces_without_a_face_stop_the_pipeline_at_the_dataset_stage(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    faces = tmp_path / "nofaces"
+    faces.mkdir()
+    for k in range(3):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
+            faces / f"{k}.png"
+        )
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--faces", str(faces), "-o", str(run), *TINY_SETS]
+    )
+    assert result.exit_code != 0
+    assert (
+        "the dataset stage wrote no training pair (0 pairs in all, 3 inputs without a face" in result.output
+    )
+    assert not (run / "mseg").exists() and not (run / "stages" / "dataset.json").exists()

@@ -341,3 +341,19 @@ def test_cli_takes_a_config_file_and_set_overrides_and_names_a_bad_key(tmp_path)
     no_data = runner.invoke(train_main, ["mseg", "-o", str(tmp_path / "e")])
     assert no_data.exit_code == 2 and "--data" in no_data.output
     assert not any((tmp_path / name).exists() for name in "bcde")
+
+
+def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, tiny_dataset):
+    gan_run = tmp_path / "gan_run"
+    gan_run.mkdir()
+    (gan_run / "config.json").write_text(json.dumps({"adversarial_weight": 1.0, "batch_size": 2}))
+    result = CliRunner().invoke(train_main, ["mseg", "--out", str(gan_run), "--resume"])
+    assert result.exit_code == 2 and "holds a run of m2u-train gan, not of this command" in result.output
+
+    fresh = tmp_path / "fresh"
+    args = ["mseg", "--data", str(tiny_dataset), "--out", str(fresh), "--resume", "--max-steps", "1"]
+    result = CliRunner().invoke(
+        train_main, [*args, "--batch-size", "2", "--workers", "0", "--levels", "2", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"--resume: no run in {fresh} yet (no config.json); starting one" in result.output
