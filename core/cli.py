@@ -13,6 +13,7 @@ Old spellings stay for one release as hidden aliases (`alias_option`), listed in
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, MutableMapping
@@ -121,8 +122,21 @@ def seed_option(default: int, help: str = "Random seed: same seed and inputs, sa
     return _option("--seed", default=default, show_default=True, type=int, help=help)
 
 
+class FiniteFloat(click.ParamType):
+    """A float that is a number: NaN and infinity are refused where the option is read, naming it (a detector
+    score compared with NaN keeps nothing and says "below --min-score nan")."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, got {value!r}", param, ctx)
+        return number
+
+
 def min_score_option(default: float | None) -> Callable:
-    return _option("--min-score", default=default, type=float, help=MIN_SCORE_HELP)
+    return _option("--min-score", default=default, type=FiniteFloat(), help=MIN_SCORE_HELP)
 
 
 THRESHOLD_HELP = "M-Seg mask threshold (default: the one the M-Seg file records)."

@@ -22,8 +22,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 2**30
 
 # File suffixes the CLI and dataset builders treat as images (lower case, with the dot).
+# .jfif and .jpe: JPEG files under the names browsers and old cameras save them with (a folder scan passed them
+# over while the same file named on the command line was read).
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+    {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 
 

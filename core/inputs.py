@@ -162,8 +162,8 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
         # broken and looping links are in `files`, so they get a row with their problem.
         for name in sorted(files):
             path = root_path / name
-            if name == RECORD_NAME:
-                continue  # m2u's own record of what it wrote there (m2u.core.fileio), never an input
+            if name == RECORD_NAME or name.startswith(".m2u-"):
+                continue  # m2u's own record of what it wrote there (m2u.core.fileio) or lock: never an input
             if not is_image_entry(path):
                 suffix = path.suffix.lower() or "(none)"
                 found.no_image_suffix[suffix] = found.no_image_suffix.get(suffix, 0) + 1

@@ -39,6 +39,8 @@ __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "s
 _SAME_SUFFIXES = {
     ".jpg": ".jpg",
     ".jpeg": ".jpg",
+    ".jfif": ".jpg",
+    ".jpe": ".jpg",
     ".png": ".png",
     ".webp": ".webp",
     ".bmp": ".bmp",

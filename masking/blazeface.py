@@ -13,8 +13,12 @@ and the two ear tragions. Under a mask the nose tip and mouth are guesses: m2u a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +97,22 @@ def _anchors(name: str) -> np.ndarray:
     return np.asarray(centres, np.float32)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the duration: LiteRT's C++ logs its delegate at INFO level
+    straight to it, whatever Python's logging or TF_CPP_MIN_LOG_LEVEL say (checked), and `-q` must mean quiet.
+    Python-level errors still propagate as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class _Interpreter:
     """One LiteRT interpreter per model and process (loading takes milliseconds; invoking is not thread-safe)."""
 
@@ -105,7 +125,8 @@ class _Interpreter:
             ) from exc
         self.model = BLAZEFACE_MODELS[name]
         self.interpreter = Interpreter(model_path=str(model_file(name)), num_threads=1)
-        self.interpreter.allocate_tensors()
+        with _native_stderr_silenced():  # LiteRT's "INFO: Created ... XNNPACK delegate" line, on every run
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
         outputs = self.interpreter.get_output_details()
         # The regressors have 16 values per anchor (box 4 + 6 keypoints x 2), the classificators one.

@@ -201,3 +201,13 @@ def test_eval_checks_data_before_loading_any_model(tmp_path):
     result = CliRunner().invoke(eval_main, ["--data", str(not_a_dataset), "-o", str(tmp_path / "r")])
     assert result.exit_code == 2 and "is not a dataset" in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", [*OFFERS["min_score"], "m2u-unmask"])
+def test_a_min_score_that_is_no_number_is_refused_naming_the_option(name, tmp_path):
+    for value in ("nan", "inf"):
+        result = CliRunner().invoke(
+            COMMANDS[name], [str(tmp_path), "-o", str(tmp_path / "o"), "--min-score", value]
+        )
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--min-score': must be a finite number" in result.output

@@ -116,3 +116,22 @@ def test_the_summary_counts_inputs_and_pairs_apart_with_every_mask_type(tmp_path
     assert result.exit_code == 0, result.output
     pairs = len(_report(out))
     assert pairs > 1 and f"1 inputs ({pairs} input and mask type pairs): {pairs} masked" in result.output
+
+
+def test_quiet_means_one_summary_line_even_from_the_native_detector(tmp_path, celeba_first):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (photo,) = celeba_first(1)
+    tool = Path(sys.executable).parent / "m2u-mask"
+    done = subprocess.run(
+        [str(tool), str(photo), "-o", str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "XNNPACK" not in done.stderr and done.stderr.count("\n") == 1, (
+        done.stderr
+    )  # LiteRT's INFO line gone

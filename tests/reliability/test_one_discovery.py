@@ -98,3 +98,14 @@ def test_a_file_named_twice_is_one_input_and_an_earlier_runs_outputs_inside_are_
     assert [e.relative for e in again.entries] == ["deeper/c.png"] and again.repeated == 1
     # given itself, such a folder is read (m2u-unmask on m2u-mask's outputs)
     assert [e.relative for e in inputs.discover([str(photos / "results")]).entries] == ["a_surgical.png"]
+
+
+def test_jfif_and_jpe_photos_are_found_and_m2us_own_locks_are_not_counted(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jfif", "b.jpe", "c.jpg"):
+        Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(photos / name, format="JPEG")
+    (photos / ".m2u-unmask.lock").write_bytes(b"")  # an earlier run wrote into this folder itself
+    found = inputs.discover([str(photos)])
+    assert sorted(e.relative for e in found.entries) == ["a.jfif", "b.jpe", "c.jpg"]
+    assert found.describe_skipped() == ""
