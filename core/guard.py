@@ -50,8 +50,22 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: unwinds like Ctrl-C (every handler of KeyboardInterrupt treats it as a stop)."""
 
 
+# The stops signalled to this process, kept even where Python swallowed the exception its handler raised: a
+# Ctrl-C landing in an at-fork hook (a DataLoader starting its workers) is printed as "Exception ignored" and
+# lost, and the run then fails on "DataLoader worker exited unexpectedly" (its worker died of the same Ctrl-C).
+_SIGNALLED: list[KeyboardInterrupt] = []
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+    stop = Terminated()
+    _SIGNALLED.append(stop)
+    raise stop
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    stop = KeyboardInterrupt()
+    _SIGNALLED.append(stop)
+    raise stop
 
 
 _HINTS = {
@@ -122,17 +136,22 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+        _SIGNALLED.clear()
+        if main_thread:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
         try:
             return _one_line_errors(callback, *args, **kwargs)
         except BaseException as error:
-            stop = _stop_behind(error)  # Ctrl-C or SIGTERM, whatever else it set off on its way out
+            # Ctrl-C or SIGTERM, whatever else it set off on its way out, or one whose exception was swallowed
+            stop = _stop_behind(error) or (_SIGNALLED[-1] if _SIGNALLED else None)
             if stop is None:
                 raise
             _stopped(stop)
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGINT, previous_int)
 
     return run
 

@@ -13,6 +13,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -130,14 +131,30 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         hi = 1.0 if grey.max(initial=0.0) <= 1.0 else 255.0
         grey8 = np.clip(grey / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(grey8[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
+    if _has_alpha(img):
         # Transparent areas become white, as image viewers usually show them, instead of arbitrary colour.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     rgb = img.convert("RGB")
     return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    mode = img.mode
+    return mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+
+
+def read_image_and_alpha(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`read_image`, and the image's alpha channel (uint8 (H, W), upright as the RGB) or None when it has none:
+    for writers that give a transparent input its transparency back (m2u-unmask's PNG, WebP and TIFF outputs)."""
+    path = Path(path)
+    with open_regular(path) as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ImageReadError("empty file (0 bytes)", path)
+        return _decode(handle, path, max_pixels, with_alpha=True)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -160,7 +177,7 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, max_pixels:
     return _decode(io.BytesIO(data), path, max_pixels)
 
 
-def _decode(handle, path, max_pixels: int) -> np.ndarray:
+def _decode(handle, path, max_pixels: int, with_alpha: bool = False) -> Any:
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check replaces Pillow's decompression-bomb warning.
@@ -180,6 +197,11 @@ def _decode(handle, path, max_pixels: int) -> np.ndarray:
                 if img.format not in ("JPEG", "MPO") or "exif" in img.info:
                     upright = ImageOps.exif_transpose(img)
                 array = _to_rgb_array(upright)
+                alpha = (
+                    np.asarray(upright.convert("RGBA"))[..., 3].copy()
+                    if with_alpha and _has_alpha(upright)
+                    else None
+                )
     except ImageReadError:
         raise
     except UnidentifiedImageError as exc:
@@ -193,13 +215,13 @@ def _decode(handle, path, max_pixels: int) -> np.ndarray:
         raise ImageReadError("not enough memory to decode the image", path) from exc
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(f"unexpected decoded shape {array.shape}", path)
-    return array
+    return (array, alpha) if with_alpha else array
 
 
 def write_image(
     path: str | os.PathLike[str], image: np.ndarray, rgb: bool = True, params: list[int] | None = None
 ) -> Path:
-    """Encode `image` (RGB, or single-channel) in the format of `path`'s suffix and write it through
+    """Encode `image` (RGB, RGBA, or single-channel) in the format of `path`'s suffix and write it through
     m2u.core.fileio.atomic_write: complete or not at all (cv2.imwrite alone returns False on a full disk and
     leaves a truncated file), never through a link, never over a file m2u did not write."""
     import cv2
@@ -207,7 +229,10 @@ def write_image(
     from m2u.core.fileio import atomic_write_bytes
 
     path = Path(path)
-    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb and image.ndim == 3 else image
+    if rgb and image.ndim == 3:
+        pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    else:
+        pixels = image
     ok, encoded = cv2.imencode(path.suffix or ".png", pixels, params or [])
     if not ok:
         raise OSError(f"cannot encode {path} as {path.suffix or '.png'}")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from m2u.core.fileio import atomic_write_text, fit_stem
 from m2u.core.guard import stops_the_run
-from m2u.core.imageio import write_image
+from m2u.core.imageio import read_image_and_alpha, write_image
 from m2u.core.inputs import Discovery, InputEntry
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
@@ -47,6 +47,8 @@ _SAME_SUFFIXES = {
     ".tif": ".tif",
     ".tiff": ".tif",
 }
+# Output formats that keep an input's transparency.
+KEEPS_ALPHA = frozenset({".png", ".webp", ".tif"})
 # JPEG without chroma subsampling: the photo is encoded again, and 4:2:0 moved pixels away from any restored
 # face by up to 90 levels at colour edges (4:4:4: at most 11 on the photos checked, files ~20 % larger).
 _WRITE_PARAMS = {
@@ -193,12 +195,10 @@ def _unmask_one(
     path: Path, name: str, out: Path, config: UnmaskConfig, unmasker: Unmasker, row: FileResult
 ) -> list[dict]:
     """Unmask one photo into `out / name`, filling in its report `row`; returns its faces.jsonl lines."""
-    from m2u.masking import read_image
-
     if not path.exists() and not path.is_symlink():
         row.status, row.reason = Status.ERROR, "no such file"
         return []
-    image = read_image(path)
+    image, alpha = read_image_and_alpha(path)
     row.height, row.width = image.shape[:2]
     result, faces, refused = unmasker.unmask_with_refusals(image)
     row.faces, row.refused_faces = len(faces), len(refused)
@@ -212,7 +212,11 @@ def _unmask_one(
             row.reason += f"; {WHOLE_FRAME_NOT_MASKED}"
     else:
         target = out / name
-        _write_rgb(target, result)
+        if alpha is not None and target.suffix.lower() in KEEPS_ALPHA:
+            # A transparent PNG stays transparent: its alpha as it was, the restored colours under it.
+            write_image(target, np.dstack([result, alpha]))
+        else:
+            _write_rgb(target, result)
         row.output = str(target)
         row.mask_fractions = " ".join(f"{f.mseg_fraction:.3f}" for f in faces)
         if any(f.alignment == "whole-frame" for f in faces):

@@ -11,12 +11,20 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
+    import os, signal, time
     import click
     from m2u.core.guard import Terminated, guard_command
 
     @click.command()
     @click.argument("how")
     def main(how):
+        if how == "swallowed":
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, its exception swallowed (as in an at-fork hook)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly")
         try:
             raise Terminated() if how == "sigterm" else KeyboardInterrupt()
         finally:
@@ -31,7 +39,13 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "how, code, said", [("sigterm", 143, "SIGTERM"), ("ctrl-c", 130, "Ctrl-C"), ("plain", 130, "Ctrl-C")]
+    "how, code, said",
+    [
+        ("sigterm", 143, "SIGTERM"),
+        ("ctrl-c", 130, "Ctrl-C"),
+        ("plain", 130, "Ctrl-C"),
+        ("swallowed", 130, "Ctrl-C"),
+    ],
 )
 def test_a_stop_is_one_line_even_when_a_library_fails_on_its_way_out(how, code, said):
     done = subprocess.run([sys.executable, "-c", SCRIPT, how], capture_output=True, text=True, timeout=60)

@@ -464,7 +464,7 @@ def test_an_interrupted_run_reports_the_photos_it_finished(tiny_checkpoints, tmp
     [
         (["--device", "mps"], "'mps' is not a device m2u runs on"),
         (["--grow", "nan"], "--grow: must be a finite number"),
-        (["--min-score", "inf"], "--min-score: must be a finite number"),
+        (["--min-score", "inf"], "'--min-score': must be a finite number"),
         (["--size", "16"], "16 is not in the range 32<=x<=2048"),
     ],
 )
@@ -619,3 +619,30 @@ def test_output_names_keep_subfolders_and_differ_only_where_they_would_clash():
         ]
     ]
     assert named == ["a/x.jpg", "b/x.jpg", "x.bmp", "x.tif", "x.png", "x-2.png"]
+
+
+def test_a_transparent_png_keeps_its_transparency(celeba_dir, tiny_checkpoints, tmp_path):
+    from PIL import Image
+
+    from m2u.masking import FaceDetector, MaskConfig, apply_mask, read_image
+
+    mseg_path, gen_path = tiny_checkpoints
+    name, mask_type, seed = HOG_MISSES[0]
+    image = read_image(celeba_dir / name)
+    masked = apply_mask(
+        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
+    ).image
+    alpha = np.full(masked.shape[:2], 255, np.uint8)
+    alpha[:, :20] = 0  # a transparent strip at the left edge, away from the face
+    photo = tmp_path / "masked.png"
+    Image.fromarray(np.dstack([masked, alpha]), "RGBA").save(photo)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
+    )
+    assert result.exit_code == 0 and "1 faces restored" in result.output, result.output
+    with Image.open(out / "masked.png") as written:
+        assert written.mode == "RGBA"
+        assert np.array_equal(np.asarray(written)[..., 3], alpha)

@@ -19,6 +19,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from m2u.core.fileio import RECORD_NAME
 from m2u.training.checkpoint import (
     METADATA_CLASS_KEY,
     METADATA_CONFIG_KEY,
@@ -77,6 +78,8 @@ def test_resume_refuses_a_code_running_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     _malicious(run / "checkpoints" / "last.pt", marker)
+    # Listed as m2u's (an attacker can write the record too): the refusal must come from the reading itself.
+    (run / "checkpoints" / RECORD_NAME).write_text("last.pt\n")
     tensors = {
         "masked": torch.rand(4, 3, 32, 32),
         "unmasked": torch.rand(4, 3, 32, 32),
