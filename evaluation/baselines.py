@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from m2u.core.checks import check_types
+from m2u.core.errors import SettingError
 from m2u.training.imagespace import to_uint8_images
 
 __all__ = ["BaselineConfig", "BASELINES", "inpaint_opencv", "run_baseline"]
@@ -25,6 +27,13 @@ class BaselineConfig:
 
     radius: float = 3.0  # neighbourhood radius in pixels (OpenCV's documented example value)
     dilate_px: int = 0  # grow the mask before inpainting (0: exactly the mask the model gets)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.radius <= 0:
+            raise SettingError("radius", f"must be > 0 pixels, got {self.radius}")
+        if self.dilate_px < 0:
+            raise SettingError("dilate_px", f"must be >= 0 pixels, got {self.dilate_px}")
 
 
 _OPENCV_FLAGS = {"telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS}

@@ -14,6 +14,7 @@ index.html (the grid and the table), per_sample.csv (every per-image value, by s
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import sys
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from m2u.core.fileio import check_writable
 from m2u.core.imageio import write_image
+from m2u.core.inputs import OutputFolderError
 from m2u.core.runtime import runtime_field
 from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
 from m2u.evaluation.groups import group_means, sample_mask_attributes
@@ -357,6 +359,10 @@ def evaluate(
     data = local_dataset(data)  # a dataset URL (s3://...): its local copy, fetched before any model loads
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
+    if os.path.realpath(out_dir) == os.path.realpath(data):
+        raise OutputFolderError(
+            f"`out_dir` {out_dir} is the dataset folder; the report would mix with the dataset"
+        )
     for name in REPORT_FILES:  # refused now, not after the scoring (m2u.core.fileio: never a person's file)
         check_writable(out_dir / name)
     _say(config, f"loading the models on {device}")

@@ -112,3 +112,16 @@ def test_m2u_pipeline_refuses_a_persons_log_before_writing_anything(tmp_path):
     else:
         raise AssertionError("the run was not refused")
     assert sorted(p.name for p in run.iterdir()) == ["pipeline.log"]
+
+
+def test_m2u_eval_refuses_the_dataset_folder_as_its_report_and_a_negative_inpaint_radius(
+    tiny_dataset, tiny_checkpoints, tmp_path
+):
+    mseg, generator = tiny_checkpoints
+    models = ["--data", str(tiny_dataset), "--mseg", str(mseg), "--generator", str(generator), "-q"]
+    before = sorted(p.name for p in tiny_dataset.iterdir())
+    result = CliRunner().invoke(eval_main, [*models, "-o", str(tiny_dataset)])
+    assert result.exit_code == REFUSED and "is the dataset folder" in result.output, result.output
+    assert sorted(p.name for p in tiny_dataset.iterdir()) == before
+    result = CliRunner().invoke(eval_main, [*models, "-o", str(tmp_path / "r"), "--inpaint-radius", "-3"])
+    assert result.exit_code == REFUSED and "must be > 0 pixels" in result.output, result.output
