@@ -50,6 +50,30 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
     return MaskRefineConfig(enabled=enabled)
 
 
+# Options with no effect where another is given: said on stderr instead of silently ignored.
+_UNUSED_WITH_ALIGNED = ("detector_model", "alignment", "min_score", "whole_frame", "try_turned")
+
+
+def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
+    given = [
+        name
+        for name in _UNUSED_WITH_ALIGNED
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    if kw["aligned"] and given:
+        names = ", ".join(flags[name] for name in given)
+        click.echo(
+            f"warning: --aligned restores every input whole, without detection: {names} not used", err=True
+        )
+    elif "try_turned" in given and kw["try_turned"] and kw["detector_model"] != UnmaskConfig.detector_model:
+        click.echo(
+            f"warning: --try-turned works with --detector {UnmaskConfig.detector_model} only: not used with "
+            f"--detector {kw['detector_model']}",
+            err=True,
+        )
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
 @inputs_argument
 @model_file_options
@@ -156,6 +180,7 @@ def unmask_main(**kw) -> None:
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
+    _warn_unused_options(click.get_current_context(), kw)
     try:
         # The run's one discovery (a path that names nothing: a usage error before any model loads).
         found = find_inputs(kw["inputs"], kw["out_dir"])

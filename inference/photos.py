@@ -210,6 +210,8 @@ def _unmask_one(
         row.reason = row.reason or "no face found by the detector"
         if row.status == Status.NO_FACE and unmasker.config.whole_frame and not unmasker.config.aligned:
             row.reason += f"; {WHOLE_FRAME_NOT_MASKED}"
+        if (out / name).exists():  # kept (finished work is never deleted), but not passed off as this run's
+            row.reason += f"; {out / name} is an earlier run's output, left as it is"
     else:
         target = out / name
         if alpha is not None and target.suffix.lower() in KEEPS_ALPHA:

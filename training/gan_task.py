@@ -3,6 +3,8 @@ reconstruction (L1 + SSIM) + VGG perceptual loss; the mask from a frozen M-Seg o
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,7 @@ class GanTask(TrainingTask):
         if config.perceptual_weight > 0:
             self.perceptual = VGGPerceptualLoss(config.vgg_weights, config.perceptual_layers).to(device)
         self.mseg: MSeg | None = None
+        self.mseg_crop_size: int | None = None
         self.mask_threshold: float | None = None  # the frozen M-Seg's: the config's, else its file's
         if config.mask_source == "mseg":
             assert config.mseg_checkpoint is not None  # checked by the config
@@ -58,6 +61,7 @@ class GanTask(TrainingTask):
                     f"{config.mseg_checkpoint} holds a {type(model).__name__}, not an M-Seg model"
                 )
             self.mseg = model.eval().requires_grad_(False)
+            self.mseg_crop_size = info.crop_size  # warned against the training crops' (observe_batch)
             self.mask_threshold = (
                 info.mask_threshold_or_default() if config.mask_threshold is None else config.mask_threshold
             )
@@ -70,6 +74,18 @@ class GanTask(TrainingTask):
         if self.mseg is None or self.mask_threshold is None:
             return gt_mask
         return self.mseg.predict_mask(masked, self.mask_threshold)
+
+    def observe_batch(self, batch: dict) -> None:
+        first = self.crop_size is None
+        super().observe_batch(batch)
+        if first and self.mseg_crop_size is not None and self.mseg_crop_size != self.crop_size:
+            # As m2u-eval warns: a frozen M-Seg read at another size than it learned gives poorer masks.
+            warnings.warn(
+                f"the frozen M-Seg {self.config.mseg_checkpoint} was trained on {self.mseg_crop_size} px crops, "
+                f"this dataset's are {self.crop_size} px: its masks, which the generator learns to fill, may be "
+                "poorer at this size",
+                stacklevel=2,
+            )
 
     def model_info(self, name: str, step: int) -> ModelInfo:
         info = super().model_info(name, step)

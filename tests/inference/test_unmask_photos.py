@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from m2u.core.boxes import box_iou
+from m2u.core.imageio import write_image
 from m2u.datasets.align import align_face, alignment_matrix
 from m2u.datasets.synthetic import make_synthetic_sample
 from m2u.inference.cli import unmask_main
@@ -142,6 +143,9 @@ def test_aligned_inputs_are_all_restored_and_resizes_are_reported(tmp_path, tiny
     )
     assert result.exit_code == 0, result.output
     assert "4 files: 4 ok" in result.output
+    assert (
+        "warning" not in result.output
+    )  # --all-faces counts with --aligned (the rule still decides otherwise)
     with open(out / "report.csv") as handle:
         rows = {row["input"].split("/")[-1].split(".")[0]: row for row in csv.DictReader(handle)}
     assert set(rows) == set(shapes) and all(r["status"] == "ok" for r in rows.values())
@@ -177,6 +181,14 @@ def test_a_faceless_photo_gives_no_face_and_no_output_image(tmp_path, tiny_check
     # BlazeFace may see an uncertain "face" in the texture: it is recorded as no face, and nothing is restored.
     lines = [json.loads(t) for t in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
     assert all(not x["restored"] and x["problem"].startswith("no face") for x in lines)
+    # An earlier run's restoration under the photo's output name is kept, and said not to be this run's.
+    write_image(tmp_path / "out" / "texture.png", np.zeros((4, 4, 3), np.uint8))
+    (again,) = unmask_files([str(photo)], mseg_path, gen_path, tmp_path / "out", config)
+    assert (
+        again.status == "no_face"
+        and "out/texture.png is an earlier run's output, left as it is" in again.reason
+    )
+    assert (tmp_path / "out" / "texture.png").exists()
 
 
 class _ShapeDetector:
@@ -646,3 +658,34 @@ def test_a_transparent_png_keeps_its_transparency(celeba_dir, tiny_checkpoints, 
     with Image.open(out / "masked.png") as written:
         assert written.mode == "RGBA"
         assert np.array_equal(np.asarray(written)[..., 3], alpha)
+
+
+def test_options_that_do_nothing_beside_another_are_said_to(tiny_checkpoints, tmp_path):
+    mseg_path, gen_path = tiny_checkpoints
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.zeros((CROP, CROP, 3), np.uint8))
+    models = [
+        str(photo),
+        "--mseg",
+        str(mseg_path),
+        "--generator",
+        str(gen_path),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+    aligned = CliRunner().invoke(
+        unmask_main,
+        [*models, "-o", str(tmp_path / "a"), "--aligned", "--detector", "hog", "--min-score", "0.5"],
+    )
+    assert (
+        "warning: --aligned restores every input whole, without detection: --detector, --min-score not used"
+        in (aligned.output)
+    )
+    turned = CliRunner().invoke(
+        unmask_main, [*models, "-o", str(tmp_path / "t"), "--detector", "hog", "--try-turned"]
+    )
+    assert (
+        "warning: --try-turned works with --detector blazeface only: not used with --detector hog"
+        in turned.output
+    )

@@ -198,6 +198,18 @@ def test_gan_with_mseg_masks_and_wall_clock_budget(tmp_path):
     assert "mseg_dice" in results["val"]
 
 
+def test_a_frozen_mseg_trained_at_another_size_is_warned_about(tmp_path):
+    small = TensorDataSource({"train": _tensors(4)}, batch_size=2)
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, max_steps=1, **QUIET), small)
+    bigger = {name: torch.nn.functional.interpolate(t, scale_factor=2.0) for name, t in _tensors(4).items()}
+    config = _gan_config(
+        tmp_path / "gan", mask_source="mseg", mseg_checkpoint=str(tmp_path / "mseg" / "mseg.safetensors"),
+        max_steps=1, perceptual_weight=0.0, vgg_weights="imagenet",
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"trained on 32 px crops, this dataset's are 64 px"):
+        train_gan(config, TensorDataSource({"train": bigger}, batch_size=2))
+
+
 @pytest.mark.slow
 def test_torch_compile_trains_on_cpu(tmp_path):
     data = TensorDataSource({"train": _tensors(4)}, batch_size=2)
