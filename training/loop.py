@@ -8,13 +8,14 @@ and what one step, one evaluation and one grid do.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from m2u.core.fileio import atomic_write, check_writable
+from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written
 from m2u.training.checkpoint import remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
@@ -55,6 +56,7 @@ class Trainer:
         self._grid_batch: dict | None = None
         self._running = RunningMeans()
         self._started: float | None = None  # time.monotonic() when this process began training
+        self._made_folder = False  # this run created RUN (see _forget_unstarted_run)
 
     # The position's fields, as the loop and its tests read them.
     @property
@@ -124,6 +126,7 @@ class Trainer:
                 *self.task.model_paths(self.out),
             ):
                 check_writable(path)
+            self._made_folder = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(
                 self.out / "config.json", lambda temp: Path(temp).write_text(self.config.to_json() + "\n")
@@ -136,16 +139,34 @@ class Trainer:
         started = self._started = time.monotonic()
         progress = self._open_progress()
         self.task.set_train(True)
+        fresh = self.step == 0
         try:
             stop_reason = self._train_epochs(started, progress)
             self.task.check_finite_state(self.step)  # the steps since the last log line
         except NonFiniteLossError as error:
             raise self._non_finite_stop(error) from None
+        except BaseException:
+            if fresh and self.step == 0:
+                self._forget_unstarted_run()
+            raise
         finally:
             if progress is not None:
                 progress.close()
         self.save_checkpoint()
         return self._finish(stop_reason, started)
+
+    def _forget_unstarted_run(self) -> None:
+        """A new run that stopped before its first step (no batch of that size, an empty split, Ctrl-C while
+        loading) leaves no run behind for `--resume` to find: its config.json and log, and its folder where this
+        run made it, only what m2u wrote there (m2u.core.fileio.remove_written; anything else keeps it all)."""
+        if not self.dist.is_main:
+            return
+        self.runlog.close()
+        with contextlib.suppress(OutputRefusedError, OSError):
+            if self._made_folder:
+                remove_written(self.out.parent, [self.out.name])
+            else:
+                remove_written(self.out, ["config.json", LOG_NAME])
 
     def _clean_and_resume(self) -> None:
         if self.dist.is_main:

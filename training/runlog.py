@@ -29,15 +29,22 @@ class RunLog:
     def __init__(self, out: Path, task_name: str, is_main: bool) -> None:
         self.out, self.task_name, self.is_main = out, task_name, is_main
         self._writer: Any = None
+        self._tensorboard = False
 
     def open_tensorboard(self) -> None:
-        if not self.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is a dependency, but the JSONL log does not need it
-            return
-        self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+        """Write RUN/tensorboard too, from the first record or grid on: a run stopped before its first step
+        (no batch, Ctrl-C while loading) leaves no event file behind."""
+        self._tensorboard = self.is_main
+
+    def _tensorboard_writer(self) -> Any:
+        if self._writer is None and self._tensorboard:
+            self._tensorboard = False  # one try: without the package the JSONL log goes on alone
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but the JSONL log does not need it
+                return None
+            self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+        return self._writer
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -45,11 +52,12 @@ class RunLog:
         record = {"time": round(time.time(), 3), **record}
         with open_append(self.out / LOG_NAME) as handle:  # never through a link (m2u.core.fileio)
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        if self._writer is not None:
+        writer = self._tensorboard_writer()
+        if writer is not None:
             split = record.get("split", "train")
             for name, value in record.items():
                 if isinstance(value, float | int) and name not in ("step", "epoch", "time"):
-                    self._writer.add_scalar(f"{self.task_name}/{split}/{name}", value, record.get("step", 0))
+                    writer.add_scalar(f"{self.task_name}/{split}/{name}", value, record.get("step", 0))
 
     def save_grid(self, image: torch.Tensor, columns: tuple[str, ...], step: int) -> None:
         """`image` (3, H, W) in [0, 1] as RUN/grids/step-NNNNNNN.png, with the column names above it."""
@@ -64,8 +72,9 @@ class RunLog:
             array = np.vstack([column_header(array.shape[1], columns), array])
         path = self.out / GRID_DIR / f"step-{step:07d}.png"
         atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
-        if self._writer is not None:
-            self._writer.add_image(f"{self.task_name}/grid", image, step)
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            writer.add_image(f"{self.task_name}/grid", image, step)
 
     def write_metrics(self, results: dict[str, Any]) -> None:
         if not self.is_main:

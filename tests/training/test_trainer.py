@@ -369,3 +369,20 @@ def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, t
     )
     assert result.exit_code == 0, result.output
     assert f"--resume: no run in {fresh} yet (no config.json); starting one" in result.output
+
+
+def test_a_run_that_never_got_a_batch_leaves_no_run_behind(tmp_path):
+    from m2u.training.guards import EmptySplitError
+
+    data = TensorDataSource({"train": _tensors(2)}, batch_size=4)  # drop_last: no full batch at all
+    config = MSegTrainConfig(out=str(tmp_path / "run"), model=TINY_MSEG, batch_size=4, max_steps=2, **QUIET)
+    with pytest.raises(EmptySplitError, match="gave no batch"):
+        train_mseg(config, data)
+    assert not (tmp_path / "run").exists()  # made by this run, holding only what it wrote: gone
+    # A folder that was there before keeps what it held; only the run's own config.json goes.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a person's")
+    with pytest.raises(EmptySplitError):
+        train_mseg(dataclasses.replace(config, out=str(mine)), data)
+    assert sorted(p.name for p in mine.iterdir() if p.name != ".m2u-written") == ["notes.txt"]
