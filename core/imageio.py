@@ -140,6 +140,16 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
+def as_rgb_image(image: Any, what: str = "image") -> np.ndarray:
+    """`image` as a C-contiguous uint8 RGB array (H, W, 3) with at least one pixel, or ValueError: the one check
+    of every library call that takes a photo or a crop (detection, masking, unmasking)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{what} must be a uint8 RGB array of shape (H, W, 3)")
+    if not image.shape[0] or not image.shape[1]:
+        raise ValueError(f"{what} is empty: shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
 def _has_alpha(img: Image.Image) -> bool:
     mode = img.mode
     return mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)

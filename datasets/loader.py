@@ -72,6 +72,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from m2u.core.checks import check_types
 from m2u.core.parallel import become_loader_worker, stop_opencv_threads
 from m2u.datasets.batches import (
     BATCH_MEMBERS,
@@ -138,8 +139,18 @@ class LoaderConfig:
     members: tuple[str, ...] = ("masked", "unmasked", "mask")
 
     def __post_init__(self) -> None:
+        check_types(self)  # NaN, 2.5 workers, "no" for a flag: refused here, not inside a DataLoader worker
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        if (self.rank is None) != (self.world_size is None):
+            # One without the other read as rank 0 (or one process): every DDP rank read rank 0's share.
+            raise ValueError("rank and world_size are given together (or neither: from torch.distributed)")
+        if self.world_size is not None and not 0 <= self.rank < self.world_size:  # type: ignore[operator]
+            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members are named once each, got {self.members!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.shuffle_buffer < 0:
@@ -163,8 +174,8 @@ class LoaderConfig:
 
 
 def _dist_info(config: LoaderConfig) -> tuple[int, int]:
-    if config.rank is not None or config.world_size is not None:
-        rank, world = config.rank or 0, config.world_size or 1
+    if config.rank is not None and config.world_size is not None:  # given together (LoaderConfig checks)
+        rank, world = config.rank, config.world_size
     elif torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     else:

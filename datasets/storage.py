@@ -88,8 +88,8 @@ def fetch(url: str, local: Path | None = None, *, require_manifest: bool = True)
     local = local or cache_folder(url)
     try:
         remote = _remote_sizes(fs, root)
-    except OSError as error:
-        raise StorageError(f"{url} cannot be read: {error}") from error
+    except Exception as error:
+        raise StorageError(f"{url} cannot be read: {type(error).__name__}: {error}") from error
     if require_manifest and MANIFEST_NAME not in remote:
         raise StorageError(
             f"{url} holds no dataset (no {MANIFEST_NAME}); build one with m2u-make-dataset -o {url}"
@@ -141,8 +141,8 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
         fs, root = _filesystem(text)
         try:
             present = fs.exists(f"{root}/{MANIFEST_NAME}")
-        except OSError as error:
-            raise StorageError(f"`data` {text} cannot be read: {error}") from error
+        except Exception as error:
+            raise StorageError(f"`data` {text} cannot be read: {type(error).__name__}: {error}") from error
         if not present:
             raise StorageError(f"`data` {text} holds no dataset (no {MANIFEST_NAME})")
         return

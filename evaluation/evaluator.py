@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from m2u.core.checks import check_types
 from m2u.core.fileio import check_writable
 from m2u.core.imageio import write_image
 from m2u.core.inputs import OutputFolderError
@@ -86,6 +87,7 @@ class EvaluateConfig:
     progress: bool = runtime_field(default=True)
 
     def __post_init__(self) -> None:
+        check_types(self)  # NaN, infinity, 2.5 for a count: refused naming the field
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)}")

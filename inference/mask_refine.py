@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from m2u.core.checks import check_types
+
 __all__ = ["MaskRefineConfig", "refine_mask"]
 
 # Below this many mask pixels there is no core to learn the mask's colours from: the mask is kept as it is.
@@ -35,6 +37,7 @@ class MaskRefineConfig:
     iterations: int = 4
 
     def __post_init__(self) -> None:
+        check_types(self)  # NaN, infinity, 2.5 for a count: refused naming the field
         if not (0.0 <= self.sure_core < 0.5 and 0.0 < self.sure_outside < 0.5):
             raise ValueError(
                 f"sure_core must be within [0, 0.5) and sure_outside within (0, 0.5), got "

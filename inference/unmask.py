@@ -41,6 +41,7 @@ import torch
 from m2u.core.boxes import inside_share
 from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
+from m2u.core.imageio import as_rgb_image
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
 from m2u.inference.masked_rule import NO_FACE, NOT_MASKED, NOTHING_TO_RESTORE, MaskedFaceRule, judged_no_face
@@ -295,6 +296,9 @@ class Unmasker:
 
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
+        if not len(crops):
+            raise ValueError("restore_crops needs at least one crop")
+        crops = [as_rgb_image(crop, "each crop") for crop in crops]
         masks, composites, _ = self.restore_passes(crops)
         return masks, composites
 
@@ -502,6 +506,7 @@ class Unmasker:
         """As `unmask_image`, plus the faces found but left exactly as they are, each with its `problem`: the
         detector's (m2u.masking Face: it looks upside down), a score below `min_score` (Face), or the masked-face
         rule's (FaceRestoration: no mask found on it)."""
+        image = as_rgb_image(image)  # every way in: a float, RGBA or empty image is a ValueError here
         if self.config.aligned:
             result, restored, left = self._unmask_aligned(image)
             return result, restored, left
@@ -849,7 +854,7 @@ class Unmasker:
         """`image` is one aligned face crop: restored as a whole (resized to the model's size when it is not that
         size, and the restoration pasted back at the input's own size), unless the masked-face rule finds no mask
         on it (then nothing is restored and the image comes back unchanged)."""
-        result, restored, _ = self._unmask_aligned(image)
+        result, restored, _ = self._unmask_aligned(as_rgb_image(image))
         return result, restored
 
     def _unmask_aligned(

@@ -16,6 +16,7 @@ import numpy as np
 
 from m2u.core.checks import check_types
 from m2u.core.fileio import cache_dir, write_cache_file
+from m2u.core.imageio import as_rgb_image
 from m2u.core.runtime import runtime_field
 
 DetectorModel = Literal["hog", "cnn"]
@@ -411,9 +412,7 @@ def blazeface_roll(keypoints: np.ndarray) -> float:
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
-    return np.ascontiguousarray(image)
+    return as_rgb_image(image)
 
 
 class FaceDetector:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from m2u.core.checks import check_types
+from m2u.core.imageio import as_rgb_image
 from m2u.masking.appearance import (
     PATTERNS,
     PRINT,
@@ -441,8 +442,7 @@ def apply_mask(
     """Put a mask on one face. Works from the 68 landmarks alone (a Face or a (68, 2) array), so it runs equally
     on full photos and on aligned crops. Pure: the same inputs and seed give byte-identical outputs.
     Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError("image must be a uint8 RGB array of shape (H, W, 3)")
+    as_rgb_image(image)
     if config.mask_type == ALL_TYPES:
         raise ValueError("mask type 'all' stands for several masks: apply each of MaskConfig.expand()")
     if isinstance(face, Face) and face.problem:

@@ -41,6 +41,11 @@ def test_torch_hub_load_returns_the_ready_model():
         logits = mseg(torch.zeros(1, 3, size, size))
     assert logits.shape == (1, 1, size, size)
     assert type(generator).__name__ == "CARU2Net"
+    # As hub users pass them: a torch.device, an UnmaskConfig field the entry point also sets; a bad device named
+    loaded = torch.hub.load(str(REPO), "m2unet", source="local", device=torch.device("cpu"), progress=True)
+    assert loaded.config.progress and loaded.device.type == "cpu"
+    with pytest.raises(ValueError, match="is not a device m2u runs on"):
+        torch.hub.load(str(REPO), "m2unet_models", source="local", device="meta")
 
 
 def _front_matter(text: str) -> dict:

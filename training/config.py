@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2u.core.checks import check_types
 from m2u.core.configfile import config_from_dict
 from m2u.core.runtime import runtime_field
 from m2u.datasets.augment import AugmentConfig
@@ -117,6 +118,7 @@ class MSegTrainConfig(SegmentationLossConfig, RunConfig):
         super().__post_init__()
         if isinstance(self.model, dict):
             self.model = MSegConfig(**self.model)
+        check_types(self)  # epochs=nan trained 0 steps and saved an untrained model; NaN loss weights too
         check_mask_threshold(self.mask_threshold)
         if not 0.0 <= self.bare_face_share < 1.0:
             raise ValueError(f"bare_face_share must be within [0, 1), got {self.bare_face_share}")
@@ -150,6 +152,7 @@ class GanTrainConfig(GanLossConfig, RunConfig):
             self.generator = GeneratorConfig(**self.generator)
         if isinstance(self.discriminator, dict):
             self.discriminator = DiscriminatorConfig(**self.discriminator)
+        check_types(self)  # NaN or infinite loss weights, epochs=nan: refused before the run folder is made
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_source == "mseg" and not self.mseg_checkpoint:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from m2u.core.checks import check_types
 from m2u.training.models.blocks import CARU, CARUDilated, upsample_like
 
 Widths = tuple[int, int]
@@ -38,6 +39,7 @@ class GeneratorConfig:
     out_channels: int = 3
 
     def __post_init__(self) -> None:
+        check_types(self)  # NaN, infinity, 2.5 for a count: refused naming the field
         # JSON round trips give lists: store tuples so configs compare equal.
         for name in ("encoder1", "encoder2", "bottleneck", "decoder2", "decoder1"):
             value = tuple(int(v) for v in getattr(self, name))

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from m2u.core.checks import check_types
+
 
 @dataclass
 class DiscriminatorConfig:
@@ -21,6 +23,7 @@ class DiscriminatorConfig:
     spectral_norm: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self)  # NaN, infinity, 2.5 for a count: refused naming the field
         self.channels = tuple(int(c) for c in self.channels)
         self.strides = tuple(int(s) for s in self.strides)
         if len(self.channels) != len(self.strides) + 1:

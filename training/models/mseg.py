@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2u.core.checks import check_types
 from m2u.training.models.blocks import encode_pyramid
 
 # The one default of M-Seg's threshold (mask = sigmoid(logits) >= threshold). A trained M-Seg file records the
@@ -36,6 +37,7 @@ class MSegConfig:
     cbam_spatial_kernel: int = 7
 
     def __post_init__(self) -> None:
+        check_types(self)  # NaN, infinity, 2.5 for a count: refused naming the field
         if self.levels < 2:
             raise ValueError(f"MSegConfig.levels must be >= 2, got {self.levels}")
         if self.base_channels < 1:
