@@ -2,7 +2,7 @@
 #   make demo   - builds the environment, then restores the embedded default faces with the shipped model
 #                 (runs/demo/index.html); while no model ships, it says so and runs `make smoke` instead
 #   make smoke  - the `smoke` pipeline (every stage, minutes) on the default faces, into runs/smoke
-#   make test   - builds the environment, then runs ruff and the test suite
+#   make test   - builds the environment, then runs ruff, mypy and the test suite
 #   make test-eval - FID/LPIPS against torchmetrics, torch-fidelity and lpips, in a second environment
 #   make device-kit - wheels + face pack for a lent GPU machine into .kit/ (prints its size)
 #   make constraints - re-pins constraints.txt (the versions make setup installs) to the newest setup.cfg allows
@@ -21,13 +21,16 @@ setup: $(STAMP)
 # The versions installed are those of constraints.txt (what CI last passed with; `make constraints` re-pins them).
 CONSTRAINTS ?= constraints.txt
 
-# torch is installed first and pinned to the CPU build when no NVIDIA driver is present: an unpinned torch
-# pulls a multi-GB CUDA build. With a GPU, pip picks the default (CUDA) build of the same range.
+# torch is installed first: 2.13.0 when no NVIDIA driver is present (an unpinned torch pulls the newest multi-GB
+# CUDA build), the default build of the range with one. Which build of 2.13.0 comes is the package index's: PyPI's
+# Linux wheel carries CUDA; TORCH_INDEX=https://download.pytorch.org/whl/cpu (or pip's own find-links, as on CI)
+# gives the ~200 MB CPU build.
+TORCH_INDEX ?=
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
-	else $(BIN)/pip install -q "torch==2.13.0"; fi
+	else $(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"; fi
 	# setuptools says "Editable installation. Please be careful with folders..." on every editable install: the
 	# m2u.* mapping (setup.cfg) is what keeps the folders from shadowing anything, so the note is silenced.
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
@@ -106,7 +109,7 @@ gpu-check: $(STAMP)
 
 # The kit for a lent GPU machine with no network (issue 27): the wheels its image lacks and a face pack cut to
 # fit the 64 MiB upload, into .kit/ (git-ignored). Prints the kit's size. There: `bash benchmarks/device_run.sh`
-# with .kit carried (README, "Running on a GPU").
+# with .kit carried (README, "A lent GPU machine with no network").
 device-kit: $(STAMP)
 	$(BIN)/python benchmarks/device_kit.py prepare $(if $(FACES),--faces $(FACES))
 

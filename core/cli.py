@@ -197,7 +197,8 @@ def config_options(function: Callable) -> Callable:
         "sets",
         multiple=True,
         metavar="OPTION=VALUE",
-        help="Set one option by its config name (e.g. --set batch_size=4; nested groups dotted); "
+        help="Set one option by its config name (e.g. --set batch_size=4; nested groups dotted: m2u-pipeline's "
+        "stages are groups, --set gan.batch_size=4); "
         "repeatable; applied after the config file and the other options.",
     )(function)
     return _option(

@@ -11,6 +11,7 @@ import yaml
 
 from m2u.core.cli import (
     CONTEXT_SETTINGS,
+    Refused,
     alias_option,
     apply_aliases,
     cli_message,
@@ -35,10 +36,7 @@ def _resolve(
         if faces:
             extra["faces"] = list(faces)
         if demo is not None:
-            from m2u.pipelines.demo_faces import write_demo_faces
-
-            write_demo_faces(demo)
-            extra["faces"] = [str(demo)]
+            extra["faces"] = [str(demo)]  # written once the configuration holds (_prepare)
         return load_config(preset, config_file, extra)
     except ConfigError as error:
         raise click.UsageError(cli_message(error)) from error
@@ -81,6 +79,10 @@ def _prepare(kw: dict) -> PipelineConfig | None:
     if kw["print_config"]:
         click.echo(yaml.safe_dump(config_as_dict(config), sort_keys=False), nl=False)
         return None
+    if demo is not None:  # only now: a refused option or --print-config writes nothing
+        from m2u.pipelines.demo_faces import write_demo_faces
+
+        write_demo_faces(demo)
     return config
 
 
@@ -103,7 +105,7 @@ def run(until, **kw) -> None:
 
     A config file (-c, e.g. configs/pipeline.yaml) holds each stage's options under its name (dataset, mseg, gan,
     evaluation) and the inputs as `faces`; --print-config prints the resolved one."""
-    from m2u.pipelines.run import PipelineError, run_pipeline
+    from m2u.pipelines.run import PipelineError, PipelineRefused, run_pipeline
 
     run_dir = kw["run_dir"]
     config = _prepare(kw)
@@ -111,11 +113,14 @@ def run(until, **kw) -> None:
         return
     try:
         outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until)
+    except PipelineRefused as error:
+        raise Refused(cli_message(error)) from error  # before any stage: exit 2
     except PipelineError as error:
         raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
     evaluation = outcomes.get("evaluation")
     if evaluation is not None:
-        click.echo(f"report: {Path(run_dir) / 'evaluation' / 'metrics.md'}")
+        report = Path(run_dir) / "evaluation"
+        click.echo(f"report: {report / 'index.html'} (tables in {report / 'metrics.md'})")
         rows = evaluation.result.get("rows", {})
         if rows:
             click.echo(
@@ -130,7 +135,7 @@ def run(until, **kw) -> None:
 def ablate(**kw) -> None:
     """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json."""
     from m2u.pipelines.ablate import run_ablation
-    from m2u.pipelines.run import PipelineError
+    from m2u.pipelines.run import PipelineError, PipelineRefused
 
     run_dir = kw["run_dir"]
     config = _prepare(kw)
@@ -138,6 +143,8 @@ def ablate(**kw) -> None:
         return
     try:
         run_ablation(config, run_dir, echo=click.echo)
+    except PipelineRefused as error:
+        raise Refused(cli_message(error)) from error  # before any stage: exit 2
     except PipelineError as error:
         raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
     click.echo((Path(run_dir) / "ablation.md").read_text())

@@ -52,6 +52,11 @@ class PipelineError(UserError, RuntimeError):
     """A stage could not run (missing inputs, a stage failed); the message says which and why."""
 
 
+class PipelineRefused(PipelineError):
+    """The run was refused before any stage started (no faces given, inputs not found, weights missing): a usage
+    error, exit 2 on the command line, as every command's."""
+
+
 def library_versions() -> dict[str, str]:
     return versions_of(_VERSIONED, platform_info=True)
 
@@ -103,19 +108,21 @@ def check_stage_weights(config: PipelineConfig, until: str) -> None:
     try:
         VGGPerceptualLoss(gan.vgg_weights, gan.perceptual_layers)  # the same load the gan stage does
     except VGGWeightsUnavailable as error:
-        raise PipelineError(f"the gan stage cannot run (checked before any stage started): {error}") from None
+        raise PipelineRefused(
+            f"the gan stage cannot run (checked before any stage started): {error}"
+        ) from None
 
 
 def _check_inputs(config: PipelineConfig, until: str) -> None:
     if until not in STAGES:
-        raise PipelineError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
+        raise PipelineRefused(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     if not config.faces:
-        raise PipelineError(
+        raise PipelineRefused(
             "no face inputs: give `faces` (a folder, glob or list file) on the command line or in the config"
         )
     missing = [face for face in config.faces if not Path(face).exists() and not glob.glob(face)]
     if missing:
-        raise PipelineError(f"face inputs not found: {', '.join(missing)}")
+        raise PipelineRefused(f"face inputs not found: {', '.join(missing)}")
     check_stage_weights(config, until)
 
 

@@ -148,3 +148,18 @@ def test_faces_without_a_face_stop_the_pipeline_at_the_dataset_stage(tmp_path):
         "the dataset stage wrote no training pair (0 pairs in all, 3 inputs without a face" in result.output
     )
     assert not (run / "mseg").exists() and not (run / "stages" / "dataset.json").exists()
+
+
+def test_a_refused_or_print_only_run_writes_nothing_and_says_so_with_2(tmp_path):
+    run = tmp_path / "run"
+    missing = CliRunner().invoke(main, ["run", "--preset", "smoke", str(tmp_path / "none"), "-o", str(run)])
+    assert missing.exit_code == 2 and "face inputs not found" in missing.output
+    printed = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(run), "--print-config"]
+    )
+    assert printed.exit_code == 0 and "demo-faces" in printed.output
+    refused = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(run), "--set", "x=1"]
+    )
+    assert refused.exit_code == 2 and "unknown option 'x'" in refused.output
+    assert not run.exists()  # the demo faces are written only for a run that goes ahead
