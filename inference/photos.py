@@ -314,12 +314,10 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
         counts[r.status] = counts.get(r.status, 0) + 1
     line = f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     line += f"; {sum(r.faces for r in results)} faces restored"
-    refused = sum(r.refused_faces for r in results)
-    if refused:
-        line += f", {refused} left as they are (see faces.jsonl)"
+    left = sum(r.refused_faces for r in results)
+    unmasked = 0
     if faces_jsonl is not None and Path(faces_jsonl).is_file():
         by: dict[str, int] = {}
-        unmasked = 0
         for text in Path(faces_jsonl).read_text().splitlines():
             face = json.loads(text)
             if not face.get("restored", True):
@@ -328,10 +326,15 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
                 continue
             key = f"{face['detector']}/{face['alignment']}"
             by[key] = by.get(key, 0) + 1
-        if by:
+        if by:  # right after the count it breaks down: the restored faces' detection passes
             line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")"
-        if unmasked:
-            # The decision errs towards leaving a face (a bare face repainted is the worse mistake): a user whose
-            # photos are all masked faces gets the way to restore the ones it left.
-            line += f"; {unmasked} judged not masked: --all-faces restores every face found"
+    if left:
+        line += f", {left} left as they are (see faces.jsonl)"
+    if unmasked:
+        # The decision errs towards leaving a face (a bare face repainted is the worse mistake): a user whose
+        # photos are all masked faces gets the way to restore the ones it left, and is told what else it does.
+        line += (
+            f"; {unmasked} judged not masked: if they wear masks after all, --all-faces restores every face found "
+            "(bare ones too)"
+        )
     return line

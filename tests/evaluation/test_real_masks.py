@@ -327,8 +327,9 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
     with open(out / "report.csv") as handle:
         assert {r["status"] for r in csv.DictReader(handle)} == {"not_masked", "ok"}
     # The run's summary counts the faces judged not masked and names the way to restore them anyway.
-    assert "; 2 judged not masked: --all-faces restores every face found" in summarize(
-        list(results.values()), out / "faces.jsonl"
+    assert (
+        "; 2 judged not masked: if they wear masks after all, --all-faces restores every face found (bare ones too)"
+        in summarize(list(results.values()), out / "faces.jsonl")
     )
 
 

@@ -237,7 +237,7 @@ def test_faces_marked_unusable_are_left_as_they_are_and_recorded(tmp_path, tiny_
         rows = {Path(r["input"]).name: r for r in csv.DictReader(handle)}
     assert rows["lone.png"]["status"] == "refused" and rows["two.png"]["refused_faces"] == "1"
     summary = summarize(results, out / "faces.jsonl")
-    assert "1 faces restored, 2 left as they are" in summary
+    assert "1 faces restored (1 landmarks/visible), 2 left as they are" in summary
     assert "judged not masked" not in summary  # both were left as upside down, neither as not masked
 
 
