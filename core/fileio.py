@@ -125,6 +125,13 @@ def _record(folder: Path, name: str) -> None:
         os.close(fd)
 
 
+def mark_written(path: str | os.PathLike[str]) -> None:
+    """List `path` in its folder's record as m2u's: for files m2u makes without atomic_write (lock files), so
+    that `remove_written` may remove them with the rest."""
+    path = Path(path)
+    _record(path.parent, path.name)
+
+
 def replace_problem(path: str | os.PathLike[str]) -> str:
     """Why m2u must not write `path` ("" when it may): a link, not a regular file, or a file it did not write."""
     path = Path(path)

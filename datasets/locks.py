@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from m2u.core.fileio import mark_written
 from m2u.core.inputs import open_lock_file
 from m2u.datasets.config import BuildLockedError
 from m2u.datasets.layout import LOCK_NAME, STATE_DIR
@@ -102,6 +103,8 @@ def _partition_lock(out_dir: Path, partition: tuple[int, int]) -> int:
     state = out_dir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     # Checking for other partition counts and taking this partition's lock is one step for every partition run.
+    # The partition locks live in the build's state folder: listed as m2u's, so --overwrite removes them with it.
+    mark_written(state / "partitions.lock")
     gate = open_lock_file(state / "partitions.lock")
     try:
         fcntl.flock(gate, fcntl.LOCK_EX)
@@ -111,6 +114,7 @@ def _partition_lock(out_dir: Path, partition: tuple[int, int]) -> int:
                 f"partition run(s) {', '.join(others)} of another partition count are writing {out_dir}; "
                 f"every partition run of one build must use the same N (here {count})"
             )
+        mark_written(state / f"partition-{index}-of-{count}.lock")
         fd = open_lock_file(state / f"partition-{index}-of-{count}.lock")
         if not _flock(fd, fcntl.LOCK_EX):
             holder = _holder(fd)

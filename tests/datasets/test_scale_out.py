@@ -315,3 +315,12 @@ def test_progress_of_parts_is_replaced_by_the_shard_s_commit():
     progress.update(("train", 0), 8, {"ok": 7, "no_face": 1, "error": 0})
     assert progress._bar.n == 8 and progress.counts() == {"ok": 7, "no_face": 1, "refused": 0, "error": 0}
     progress.close()
+
+
+def test_overwrite_replaces_a_partitioned_build_with_its_lock_files(faces, tmp_path):
+    out = tmp_path / "out"
+    for index in range(2):
+        build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(index, 2)))
+    assert list((out / STATE_DIR).glob("partition-*-of-2.lock"))  # the partitions' own locks, made by m2u
+    result = build_dataset([faces], out, dataclasses.replace(CONFIG, seed=CONFIG.seed + 1, overwrite=True))
+    assert result.stats["arguments"]["seed"] == CONFIG.seed + 1 and not result.stats["resumed"]

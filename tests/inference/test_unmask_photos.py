@@ -404,16 +404,20 @@ def test_masked_faces_are_scored_upright_as_found_and_upside_down_turned(celeba_
         assert "upside down" in cascade._orientation_problem(turned, turned_box), name
 
 
-@pytest.mark.shared
-def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, tiny_checkpoints, tmp_path):
+def _engine_masked_face(celeba_dir) -> np.ndarray:
+    """A CelebA photo masked by m2u's engine (one the plain HOG detector misses): uint8 RGB."""
     from m2u.masking import FaceDetector, MaskConfig, apply_mask, read_image
 
-    mseg_path, gen_path = tiny_checkpoints
     name, mask_type, seed = HOG_MISSES[0]
     image = read_image(celeba_dir / name)
-    masked = apply_mask(
-        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
-    ).image
+    config = MaskConfig(mask_type=mask_type, realism=0.0)
+    return apply_mask(image, FaceDetector().detect(image)[0], config, seed=seed).image
+
+
+@pytest.mark.shared
+def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, tiny_checkpoints, tmp_path):
+    mseg_path, gen_path = tiny_checkpoints
+    masked = _engine_masked_face(celeba_dir)
     photo = tmp_path / "masked.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     out = tmp_path / "out"
@@ -633,17 +637,12 @@ def test_output_names_keep_subfolders_and_differ_only_where_they_would_clash():
     assert named == ["a/x.jpg", "b/x.jpg", "x.bmp", "x.tif", "x.png", "x-2.png"]
 
 
+@pytest.mark.shared
 def test_a_transparent_png_keeps_its_transparency(celeba_dir, tiny_checkpoints, tmp_path):
     from PIL import Image
 
-    from m2u.masking import FaceDetector, MaskConfig, apply_mask, read_image
-
     mseg_path, gen_path = tiny_checkpoints
-    name, mask_type, seed = HOG_MISSES[0]
-    image = read_image(celeba_dir / name)
-    masked = apply_mask(
-        image, FaceDetector().detect(image)[0], MaskConfig(mask_type=mask_type, realism=0.0), seed=seed
-    ).image
+    masked = _engine_masked_face(celeba_dir)
     alpha = np.full(masked.shape[:2], 255, np.uint8)
     alpha[:, :20] = 0  # a transparent strip at the left edge, away from the face
     photo = tmp_path / "masked.png"
