@@ -33,7 +33,11 @@ REPORT_TEXT_ERRORS = "backslashreplace"
 RECORD_NAME = ".m2u-written"  # the names m2u wrote in a folder: the files it may replace there
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # Folder -> (the record's size when read, the names in it): a rerun replacing many files reads the record once.
-_RECORDS: dict[tuple[int, int], tuple[int, frozenset[str]]] = {}
+# Keyed by the folder's name too, and each entry keeps the record's first bytes: a record deleted with its folder
+# and a new one on the reused inode (temporary folders, test after test) is told apart instead of being read as
+# the old one (seen as a flaky refusal of a dataset's own train.parquet in the full suite).
+_RECORDS: dict[tuple[int, int, str], tuple[int, bytes, frozenset[str]]] = {}
+_RECORD_PREFIX = 256
 
 
 # The longest file name most file systems take (NAME_MAX), and what atomic_write's temporary name adds to a name
@@ -98,8 +102,10 @@ def _read_record(folder: Path) -> frozenset[str]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OutputRefusedError(f"{path} is not a regular file")
-        key = (info.st_dev, info.st_ino)  # the record file itself, however its folder is named
-        size, names = _RECORDS.get(key, (0, frozenset()))
+        key = (info.st_dev, info.st_ino, os.fspath(folder))  # the record file, as this folder names it
+        size, prefix, names = _RECORDS.get(key, (0, b"", frozenset()))
+        if size and os.pread(fd, len(prefix), 0) != prefix:
+            size, names = 0, frozenset()  # another file on a reused inode
         if size == info.st_size:
             return names
         # The record only grows (appends): read what was added since; anything else is read again whole.
@@ -108,7 +114,7 @@ def _read_record(folder: Path) -> frozenset[str]:
         # lists the folder with, so a name written under an undecodable name is found again.
         added = map(os.fsdecode, os.pread(fd, info.st_size - start, start).splitlines())
         names = (names if start else frozenset()) | frozenset(added)
-        _RECORDS[key] = (info.st_size, names)
+        _RECORDS[key] = (info.st_size, os.pread(fd, _RECORD_PREFIX, 0), names)
         return names
     finally:
         os.close(fd)
@@ -310,7 +316,9 @@ def remove_written(folder: str | os.PathLike[str], names: Iterable[str]) -> None
     for path in files:
         if path.name == RECORD_NAME:
             info = os.lstat(path)
-            _RECORDS.pop((info.st_dev, info.st_ino), None)  # a new record may reuse the inode
+            _RECORDS.pop(
+                (info.st_dev, info.st_ino, os.fspath(path.parent)), None
+            )  # a new one may reuse the inode
         path.unlink(missing_ok=True)
     for path in reversed(folders):
         path.rmdir()

@@ -139,3 +139,25 @@ def test_remove_written_refuses_a_link_and_never_follows_it(tmp_path):
     with pytest.raises(OutputRefusedError, match="is a symbolic link"):
         remove_written(tmp_path / "out", ["train"])
     assert (elsewhere / "train-000000.tar").exists()
+
+
+def test_a_new_record_on_a_reused_inode_is_not_read_as_the_old_one(tmp_path, monkeypatch):
+    from m2u.core import fileio
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    atomic_write_text(old / "a.txt", "x")
+    atomic_write_text(old / "b.txt", "x")
+    assert fileio._read_record(old) == {"a.txt", "b.txt"}
+    (new).mkdir()
+    (new / RECORD_NAME).write_bytes(b"c.txt\nd.txt\n")  # the same size
+    stat_of = os.fstat
+    reused = os.stat(old / RECORD_NAME)
+
+    def same_inode(fd):  # as if the file system had given the new record the old one's inode
+        info = stat_of(fd)
+        return os.stat_result((info.st_mode, reused.st_ino, reused.st_dev, *info[3:10]))
+
+    monkeypatch.setattr(fileio.os, "fstat", same_inode)
+    assert fileio._read_record(new) == {"c.txt", "d.txt"}
+    (new / RECORD_NAME).write_bytes(b"a.txt\nz.txt\n")  # same size and first name, in the old record's folder
+    assert fileio._read_record(new) == {"a.txt", "z.txt"}
