@@ -56,13 +56,33 @@ class Terminated(KeyboardInterrupt):
 _SIGNALLED: list[KeyboardInterrupt] = []
 
 
+# The process that installed the handlers below. A forked child (a DataLoader or pool worker) inherits them and
+# may be signalled before it sets its own (m2u.core.parallel.become_worker): seen in CI, a worker starting for a
+# new epoch took the group's Ctrl-C as its parent's stop and printed a traceback.
+_HANDLERS_OWNER: list[int] = []
+
+
+def _in_a_forked_child(signum: int) -> bool:
+    """In a forked child, do what a worker does with the signal: leave Ctrl-C to the parent, die of SIGTERM."""
+    if not _HANDLERS_OWNER or os.getpid() == _HANDLERS_OWNER[-1]:
+        return False
+    if signum != signal.SIGINT:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return True
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    if _in_a_forked_child(signum):
+        return
     stop = Terminated()
     _SIGNALLED.append(stop)
     raise stop
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
+    if _in_a_forked_child(signum):
+        return
     stop = KeyboardInterrupt()
     _SIGNALLED.append(stop)
     raise stop
@@ -116,6 +136,22 @@ def _stopped(stop: KeyboardInterrupt) -> None:
     os._exit(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE)
 
 
+def _quiet_while_stopping(
+    previous: Callable[[Any], Any],
+) -> Callable[[Any], Any]:
+    """An unraisable-exception hook that says nothing of failures in destructors once a stop has arrived: they are
+    that stop's doing and the stop's one line says all (seen in CI: a DataLoader iterator collected while SIGTERM
+    unwound a run printed "Exception ignored in __del__" and its workers' "killed by signal" traceback). Before a
+    stop, such failures are reported as Python always does."""
+
+    def hook(unraisable: Any) -> None:
+        if _SIGNALLED or isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        previous(unraisable)
+
+    return hook
+
+
 def _one_line_errors(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return callback(*args, **kwargs)
@@ -138,8 +174,11 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
         main_thread = threading.current_thread() is threading.main_thread()
         _SIGNALLED.clear()
         if main_thread:
+            _HANDLERS_OWNER[:] = [os.getpid()]
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
             previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
+            previous_hook = sys.unraisablehook
+            sys.unraisablehook = _quiet_while_stopping(previous_hook)
         try:
             return _one_line_errors(callback, *args, **kwargs)
         except BaseException as error:
@@ -152,6 +191,7 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
                 signal.signal(signal.SIGINT, previous_int)
+                sys.unraisablehook = previous_hook
 
     return run
 

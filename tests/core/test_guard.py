@@ -3,6 +3,7 @@ fails while the stop unwinds it; library errors reach the user as one line."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,33 @@ SCRIPT = textwrap.dedent(
     import click
     from m2u.core.guard import Terminated, guard_command
 
+    class DataLoaderIterator:
+        def __del__(self):  # torch's iterator shuts its workers down here and finds them killed
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
     @click.command()
     @click.argument("how")
     def main(how):
+        if how in ("destructor", "destructor-unstopped"):
+            iterator = DataLoaderIterator()
+            try:
+                if how == "destructor":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1)
+                raise click.ClickException("failed")
+            finally:
+                del iterator  # collected while the stop (or, unstopped, the failure) unwinds
+        if how == "forked-child":  # a worker forked by the command, signalled before it set its own handlers
+            child = os.fork()
+            if child == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # the group's Ctrl-C: the parent's to handle
+                time.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGTERM)  # the group's SIGTERM: the worker ends
+                time.sleep(5)
+                os._exit(0)
+            _, status = os.waitpid(child, 0)
+            click.echo(f"child ended by signal {os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}")
+            return
         if how == "swallowed":
             try:
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, its exception swallowed (as in an at-fork hook)
@@ -45,6 +70,7 @@ SCRIPT = textwrap.dedent(
         ("ctrl-c", 130, "Ctrl-C"),
         ("plain", 130, "Ctrl-C"),
         ("swallowed", 130, "Ctrl-C"),
+        ("destructor", 143, "SIGTERM"),
     ],
 )
 def test_a_stop_is_one_line_even_when_a_library_fails_on_its_way_out(how, code, said):
@@ -53,6 +79,23 @@ def test_a_stop_is_one_line_even_when_a_library_fails_on_its_way_out(how, code, 
     assert (
         done.stderr.strip() == f"stopped by {said}: finished outputs were kept, nothing half-written was left"
     )
+
+
+def test_a_failing_destructor_is_still_reported_when_no_stop_arrived():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "destructor-unstopped"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "Exception ignored" in done.stderr and "killed by signal" in done.stderr
+    assert done.stderr.strip().endswith("Error: failed")
+
+
+def test_a_forked_child_does_not_take_the_parents_stop_as_its_own():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "forked-child"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"child ended by signal {int(signal.SIGTERM)}\n"
 
 
 def test_a_multi_line_library_message_is_one_line():
