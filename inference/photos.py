@@ -13,13 +13,11 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from m2u.core.fileio import atomic_write_text, fit_stem
 from m2u.core.guard import stops_the_run
-from m2u.core.imageio import read_image_and_alpha, write_image
+from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
 from m2u.core.inputs import Discovery, InputEntry
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
@@ -35,37 +33,12 @@ from m2u.inference.unmask import (
 __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
 
 
-# "same": the input's suffix where OpenCV writes it as it came (WebP written lossless); other inputs become PNG.
-_SAME_SUFFIXES = {
-    ".jpg": ".jpg",
-    ".jpeg": ".jpg",
-    ".jfif": ".jpg",
-    ".jpe": ".jpg",
-    ".png": ".png",
-    ".webp": ".webp",
-    ".bmp": ".bmp",
-    ".tif": ".tif",
-    ".tiff": ".tif",
-}
-# Output formats that keep an input's transparency.
-KEEPS_ALPHA = frozenset({".png", ".webp", ".tif"})
-# JPEG without chroma subsampling: the photo is encoded again, and 4:2:0 moved pixels away from any restored
-# face by up to 90 levels at colour edges (4:4:4: at most 11 on the photos checked, files ~20 % larger).
-_WRITE_PARAMS = {
-    ".jpg": [
-        cv2.IMWRITE_JPEG_QUALITY,
-        95,
-        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-    ],
-    ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101],
-}
-
-
+# "same": the input's own suffix where m2u.core.imageio.write_photo writes its format (WebP lossless); other inputs
+# (GIF, PPM, PGM) become PNG.
 def output_suffix(path: Path, output_format: str) -> str:
     """The suffix of the restored photo of `path`: its own for "same" (lossless inputs stay lossless)."""
     if output_format == "same":
-        return _SAME_SUFFIXES.get(path.suffix.lower(), ".png")
+        return path.suffix if photo_format(path.suffix) else ".png"
     return "." + output_format
 
 
@@ -98,11 +71,6 @@ def _output_name(entry: InputEntry, output_format: str, used: set[str]) -> str:
         name = f"{stem}-{k}{suffix}"
     used.add(name)
     return name
-
-
-def _write_rgb(path: Path, image: np.ndarray) -> None:
-    # Whole or not at all, never through a link or over a stranger's file (m2u.core.fileio).
-    write_image(path, image, params=_WRITE_PARAMS.get(path.suffix.lower(), []))
 
 
 def unmask_files(
@@ -198,9 +166,9 @@ def _unmask_one(
     if not path.exists() and not path.is_symlink():
         row.status, row.reason = Status.ERROR, "no such file"
         return []
-    image, alpha = read_image_and_alpha(path)
-    row.height, row.width = image.shape[:2]
-    result, faces, refused = unmasker.unmask_with_refusals(image)
+    photo = read_photo(path)
+    row.height, row.width = photo.rgb.shape[:2]
+    result, faces, refused = unmasker.unmask_with_refusals(photo.rgb)
     row.faces, row.refused_faces = len(faces), len(refused)
     if refused:
         row.reason = left_faces_reason(refused, "faces.jsonl")
@@ -214,11 +182,8 @@ def _unmask_one(
             row.reason += f"; {out / name} is an earlier run's output, left as it is"
     else:
         target = out / name
-        if alpha is not None and target.suffix.lower() in KEEPS_ALPHA:
-            # A transparent PNG stays transparent: its alpha as it was, the restored colours under it.
-            write_image(target, np.dstack([result, alpha]))
-        else:
-            _write_rgb(target, result)
+        # A copy of the photo: a transparent one stays transparent, its colour profile and EXIF kept.
+        write_photo(target, result, like=photo)
         row.output = str(target)
         row.mask_fractions = " ".join(f"{f.mseg_fraction:.3f}" for f in faces)
         if any(f.alignment == "whole-frame" for f in faces):
@@ -249,9 +214,9 @@ def _write_crops(folder: Path, stem: str, faces: list[FaceRestoration]) -> None:
     """Each restored face's aligned crop, predicted mask and restoration (--keep-crops)."""
     for k, face in enumerate(faces):
         base = folder / f"{stem}_face{k}"
-        _write_rgb(Path(f"{base}_input.png"), face.crop)
+        write_image(Path(f"{base}_input.png"), face.crop)
         write_image(Path(f"{base}_mask.png"), face.mask, rgb=False)
-        _write_rgb(Path(f"{base}_restored.png"), face.restored)
+        write_image(Path(f"{base}_restored.png"), face.restored)
 
 
 def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict]) -> None:

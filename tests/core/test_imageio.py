@@ -9,6 +9,8 @@ from PIL import Image
 from m2u.core.inputs import discover
 from m2u.masking import ImageReadError, read_image
 
+from ..conftest import SHARED
+
 
 @pytest.fixture()
 def photo() -> Image.Image:
@@ -118,3 +120,102 @@ def test_ignored_files_are_named_and_hidden_images_counted(tmp_path):
     assert discover([tmp_path / "sub"]).describe_skipped().startswith("1 image file(s)")
     # Files given one by one are all read, hidden or not: nothing to report.
     assert discover([tmp_path / "a.jpg"]).describe_skipped() == ""
+
+
+def _camera_exif(orientation: int, width: int, height: int) -> Image.Exif:
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make] = "m2u-camera"
+    exif[ExifTags.Base.DateTime] = "2026:12:06 10:00:00"
+    sizes = exif.get_ifd(ExifTags.IFD.Exif)
+    sizes[ExifTags.Base.ExifImageWidth], sizes[ExifTags.Base.ExifImageHeight] = width, height
+    return exif
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG", ".png", ".webp", ".tiff"])
+def test_a_written_copy_keeps_the_photos_profile_and_exif_upright(tmp_path, photo, suffix):
+    """A turned camera photo with a colour profile: the copy is upright, keeps the profile and the EXIF, says no
+    turn is left to apply and gives the sizes its pixels have."""
+    from PIL import ExifTags, ImageCms
+
+    from m2u.core.imageio import read_photo, write_photo
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    stored = photo.transpose(
+        Image.Transpose.ROTATE_90
+    )  # 30x40 stored; orientation 6 turns it back to 40 high
+    source = tmp_path / "camera.jpg"
+    stored.save(source, quality=98, icc_profile=profile, exif=_camera_exif(6, 40, 30).tobytes())
+
+    read = read_photo(source)
+    assert read.rgb.shape == (40, 30, 3) and read.alpha is None and read.icc_profile == profile
+    target = write_photo(tmp_path / f"copy{suffix}", read.rgb, like=read)
+
+    with Image.open(target) as written:
+        assert written.size == (30, 40) and written.info.get("icc_profile") == profile
+        exif = written.getexif()
+        assert (
+            ExifTags.Base.Orientation not in exif
+        )  # the pixels are upright: a viewer must not turn them again
+        assert (
+            exif[ExifTags.Base.Make] == "m2u-camera" and exif[ExifTags.Base.DateTime] == "2026:12:06 10:00:00"
+        )
+        sizes = exif.get_ifd(ExifTags.IFD.Exif)
+        assert (sizes[ExifTags.Base.ExifImageWidth], sizes[ExifTags.Base.ExifImageHeight]) == (30, 40)
+    assert np.abs(read_photo(target).rgb.astype(int) - read.rgb.astype(int)).max() <= (
+        6 if "j" in suffix.lower() else 0
+    )
+
+
+@pytest.mark.parametrize(
+    "suffix, keeps_alpha", [(".png", True), (".webp", True), (".tif", True), (".jpg", False)]
+)
+def test_a_written_copy_keeps_transparency_where_its_format_can(tmp_path, photo, suffix, keeps_alpha):
+    from m2u.core.imageio import read_photo, write_photo
+
+    alpha = np.full((40, 30), 255, np.uint8)
+    alpha[:, :7] = 0
+    source = tmp_path / "clear.png"
+    Image.fromarray(np.dstack([np.asarray(photo), alpha]), "RGBA").save(source)
+    read = read_photo(source)
+    assert read.alpha is not None and np.array_equal(read.alpha, alpha)
+    copy = read_photo(write_photo(tmp_path / f"copy{suffix}", read.rgb, like=read))
+    assert (copy.alpha is not None and np.array_equal(copy.alpha, alpha)) == keeps_alpha
+    assert keeps_alpha or copy.alpha is None
+
+
+def test_a_bmp_copy_and_an_unknown_suffix(tmp_path, photo):
+    from m2u.core.imageio import photo_format, read_photo, write_photo
+
+    photo.save(tmp_path / "a.png", icc_profile=b"not written to a BMP")
+    read = read_photo(tmp_path / "a.png")
+    assert np.array_equal(read_photo(write_photo(tmp_path / "a.bmp", read.rgb, like=read)).rgb, read.rgb)
+    assert photo_format(".GIF") is None and photo_format(".jfif") == "JPEG"
+    with pytest.raises(ValueError, match="cannot write a photo as .gif"):
+        write_photo(tmp_path / "a.gif", read.rgb)
+    assert not (tmp_path / "a.gif").exists()
+
+
+def test_the_thumbnail_showing_the_photo_as_it_was_is_not_kept():
+    """A camera's EXIF holds a small copy of the photo (IFD1): in a restored copy it would still show the mask."""
+    from PIL import ExifTags
+
+    from m2u.core.imageio import read_photo
+
+    folder = SHARED / "faces" / "real-masked"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    with_thumbnail = []
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as img:
+            if img.getexif().get_ifd(ExifTags.IFD.IFD1):
+                with_thumbnail.append(path)
+    assert with_thumbnail, "no photo there has an EXIF thumbnail: nothing to test"
+    for path in with_thumbnail:
+        with Image.open(path) as img:
+            make = img.getexif().get(ExifTags.Base.Make)
+        exif = Image.Exif()
+        exif.load(read_photo(path).exif)
+        assert not exif.get_ifd(ExifTags.IFD.IFD1) and exif.get(ExifTags.Base.Make) == make, path.name

@@ -630,11 +630,14 @@ def test_output_names_keep_subfolders_and_differ_only_where_they_would_clash():
             ("b/x.jpg", "same"),
             ("x.bmp", "same"),
             ("x.tiff", "same"),
+            ("y.JPEG", "same"),  # the input's own suffix, as it was spelled
+            ("y.jpg", "same"),
+            ("y.gif", "same"),  # a format not written: PNG
             ("x.jpg", "png"),
             ("x.png", "png"),
         ]
     ]
-    assert named == ["a/x.jpg", "b/x.jpg", "x.bmp", "x.tif", "x.png", "x-2.png"]
+    assert named == ["a/x.jpg", "b/x.jpg", "x.bmp", "x.tiff", "y.JPEG", "y.jpg", "y.png", "x.png", "x-2.png"]
 
 
 @pytest.mark.shared
@@ -657,6 +660,37 @@ def test_a_transparent_png_keeps_its_transparency(celeba_dir, tiny_checkpoints, 
     with Image.open(out / "masked.png") as written:
         assert written.mode == "RGBA"
         assert np.array_equal(np.asarray(written)[..., 3], alpha)
+
+
+@pytest.mark.shared
+def test_a_turned_camera_photo_is_restored_upright_with_its_profile_and_exif(
+    celeba_dir, tiny_checkpoints, tmp_path
+):
+    """A phone's photo: stored on its side with an orientation tag, a colour profile, its camera and date. The
+    restored copy (its own suffix, .jpeg) is upright, keeps profile and EXIF, and asks no viewer to turn it again."""
+    from PIL import ExifTags, Image, ImageCms
+
+    mseg_path, gen_path = tiny_checkpoints
+    masked = _engine_masked_face(celeba_dir)
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored turned a quarter anticlockwise: shown turned back
+    exif[ExifTags.Base.Make] = "m2u-phone"
+    photo = tmp_path / "phone.jpeg"
+    stored = Image.fromarray(masked).transpose(Image.Transpose.ROTATE_90)
+    stored.save(photo, quality=98, icc_profile=profile, exif=exif.tobytes())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
+    )
+    assert result.exit_code == 0 and "1 faces restored" in result.output, result.output
+    with Image.open(out / "phone.jpeg") as written:
+        assert written.format == "JPEG" and written.size == (masked.shape[1], masked.shape[0])
+        assert written.info.get("icc_profile") == profile
+        kept = written.getexif()
+        assert kept.get(ExifTags.Base.Make) == "m2u-phone" and ExifTags.Base.Orientation not in kept
 
 
 def test_options_that_do_nothing_beside_another_are_said_to(tiny_checkpoints, tmp_path):
