@@ -218,7 +218,7 @@ def unmask_main(**kw) -> None:
     except refused as exc:
         raise Refused(cli_message(exc)) from exc
     for r in results:
-        if r.status != "ok" or r.refused_faces:
+        if r.status != "ok" or r.left_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
     ignored = found.describe_skipped()

@@ -51,7 +51,9 @@ class FileResult:
     reason: str = ""
     output: str = ""
     faces: int = 0  # restored
-    refused_faces: int = 0  # found but left as they are (not masked, upside down, below --min-score)
+    # found and left as they are, whatever the reason (not masked, upside down, below --min-score): faces.jsonl
+    # gives each one's; not only the faces of a `refused` row
+    left_faces: int = 0
     mask_fractions: str = ""  # per face: the share of the crop M-Seg marked as mask
     width: int = 0
     height: int = 0
@@ -169,7 +171,7 @@ def _unmask_one(
     photo = read_photo(path)
     row.height, row.width = photo.rgb.shape[:2]
     result, faces, refused = unmasker.unmask_with_refusals(photo.rgb)
-    row.faces, row.refused_faces = len(faces), len(refused)
+    row.faces, row.left_faces = len(faces), len(refused)
     if refused:
         row.reason = left_faces_reason(refused, "faces.jsonl")
     lines: list[dict] = []
@@ -279,7 +281,7 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
         counts[r.status] = counts.get(r.status, 0) + 1
     line = f"{len(results)} files: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     line += f"; {sum(r.faces for r in results)} faces restored"
-    left = sum(r.refused_faces for r in results)
+    left = sum(r.left_faces for r in results)
     unmasked = 0
     if faces_jsonl is not None and Path(faces_jsonl).is_file():
         by: dict[str, int] = {}

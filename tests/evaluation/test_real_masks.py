@@ -306,14 +306,14 @@ def test_a_face_without_a_mask_keeps_every_pixel_with_its_reason_and_status(
     results = {
         Path(r.input).name: r for r in unmask_files([str(inputs)], None, None, out, config, unmasker=unmasker)
     }
-    assert (results["lone.png"].status, results["lone.png"].faces, results["lone.png"].refused_faces) == (
+    assert (results["lone.png"].status, results["lone.png"].faces, results["lone.png"].left_faces) == (
         "not_masked",
         0,
         1,
     )
     assert "not masked" in results["lone.png"].reason and not (out / "lone.png").exists()
     two = results["two.png"]
-    assert (two.status, two.faces, two.refused_faces) == ("ok", 1, 1)
+    assert (two.status, two.faces, two.left_faces) == ("ok", 1, 1)
     restored = cv2.imread(str(out / "two.png"))[..., ::-1]
     left, top, right, bottom = bare.box
     assert np.array_equal(restored[top:bottom, left:right], photo[top:bottom, left:right])  # untouched
@@ -577,7 +577,7 @@ def test_a_photo_whose_only_face_the_upside_down_classifier_refuses_is_reported_
         "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.array([0.9])
     )
     (row,) = unmask_files([str(inputs)], None, None, tmp_path / "out", config, unmasker=unmasker)
-    assert (row.status, row.faces, row.refused_faces) == ("refused", 0, 1)
+    assert (row.status, row.faces, row.left_faces) == ("refused", 0, 1)
     assert "upside-down classifier gives 0.90" in row.reason
 
 
@@ -647,7 +647,7 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
     cv2.imwrite(str(inputs / "turned.png"), photo[..., ::-1])
     unmasker = unmasker_for(config, [turned_face])
     (row,) = unmask_files([str(inputs)], None, None, tmp_path / "out", config, unmasker=unmasker)
-    assert (row.status, row.faces, row.refused_faces) == ("ok", 1, 0)
+    assert (row.status, row.faces, row.left_faces) == ("ok", 1, 0)
     assert row.reason.startswith("restored in the photo turned 180 degrees")
     (line,) = [json.loads(t) for t in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
     assert (
@@ -1330,7 +1330,7 @@ def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, t
     path = tmp_path / "p.png"
     cv2.imwrite(str(path), photo[..., ::-1])
     (row,) = unmask_files([str(path)], None, None, tmp_path / "a", config, unmasker=unmasker)
-    assert (row.status, row.faces, row.refused_faces) == (
+    assert (row.status, row.faces, row.left_faces) == (
         "no_face",
         0,
         1,

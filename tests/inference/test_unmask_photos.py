@@ -218,8 +218,8 @@ def test_faces_marked_unusable_are_left_as_they_are_and_recorded(tmp_path, tiny_
     results = unmask_files([str(inputs)], None, None, out, config, unmasker=unmasker)
     by_name = {Path(r.input).name: r for r in results}
     two, alone = by_name["two.png"], by_name["lone.png"]
-    assert (two.status, two.faces, two.refused_faces) == ("ok", 1, 1) and "upside down" in two.reason
-    assert (alone.status, alone.faces, alone.refused_faces) == ("refused", 0, 1) and alone.output == ""
+    assert (two.status, two.faces, two.left_faces) == ("ok", 1, 1) and "upside down" in two.reason
+    assert (alone.status, alone.faces, alone.left_faces) == ("refused", 0, 1) and alone.output == ""
     assert not (out / "lone.png").exists()
     restored = cv2.imread(str(out / "two.png"))[..., ::-1]
     left, top, right, bottom = bad.box
@@ -235,7 +235,7 @@ def test_faces_marked_unusable_are_left_as_they_are_and_recorded(tmp_path, tiny_
     assert all("upside down" in x["problem"] for x in lines if not x["restored"])
     with open(out / "report.csv") as handle:
         rows = {Path(r["input"]).name: r for r in csv.DictReader(handle)}
-    assert rows["lone.png"]["status"] == "refused" and rows["two.png"]["refused_faces"] == "1"
+    assert rows["lone.png"]["status"] == "refused" and rows["two.png"]["left_faces"] == "1"
     summary = summarize(results, out / "faces.jsonl")
     assert "1 faces restored (1 landmarks/visible), 2 left as they are" in summary
     assert "judged not masked" not in summary  # both were left as upside down, neither as not masked
