@@ -113,7 +113,7 @@ def describe_os_error(error: OSError) -> str:
     )
 
 
-def _stop_behind(error: BaseException) -> KeyboardInterrupt | None:
+def stop_behind(error: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM (Terminated) that `error` is, or that was being handled when `error` was raised: a
     library failing while the stop unwinds it is still that stop (torch's DataLoader raised "worker is killed by
     signal: Terminated" as a SIGTERM sent to the whole process group unwound a backward pass)."""
@@ -183,7 +183,7 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             return _one_line_errors(callback, *args, **kwargs)
         except BaseException as error:
             # Ctrl-C or SIGTERM, whatever else it set off on its way out, or one whose exception was swallowed
-            stop = _stop_behind(error) or (_SIGNALLED[-1] if _SIGNALLED else None)
+            stop = stop_behind(error) or (_SIGNALLED[-1] if _SIGNALLED else None)
             if stop is None:
                 raise
             _stopped(stop)

@@ -27,10 +27,10 @@ from typing import Any
 
 from m2u.core.fileio import atomic_write_text, check_writable, open_append
 from m2u.core.fileio import library_versions as versions_of
-from m2u.core.guard import UserError
+from m2u.core.guard import Terminated, UserError, one_line, stop_behind
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
-from m2u.pipelines.stages import StageOutcome, run_stage
+from m2u.pipelines.stages import RECORD_SUFFIX, StageOutcome, read_record, run_stage
 
 STAGES = ("dataset", "mseg", "gan", "evaluation")
 STAGE_RECORDS = "stages"
@@ -81,11 +81,26 @@ class _Logger:
         self.path = path
         self.echo = echo
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, echo: bool = True) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open_append(self.path) as handle:  # never through a link (m2u.core.fileio)
             handle.write(f"{stamp} {message}\n")
-        self.echo(message)
+        if echo:
+            self.echo(message)
+
+
+def _how_it_ended(error: BaseException) -> str:
+    """A stage's end by `error`, for pipeline.log (the command says it in its own line)."""
+    stop = stop_behind(error)
+    if stop is not None:
+        by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        return f"stopped by {by}: a rerun with the same configuration resumes it"
+    return f"failed: {one_line(error)}"
+
+
+def _stage_prefix(name: str) -> str:
+    """How `--set` names a stage's options: the dataset stage's configuration holds `faces` and `dataset` itself."""
+    return "" if name == "dataset" else f"{name}."
 
 
 def _stage_config(config: PipelineConfig, name: str) -> Any:
@@ -187,6 +202,24 @@ def _stage_actions(
     }
 
 
+def _note_stages_left_behind(run: Path, until: str, made_from: str, log: Callable[[str], None]) -> None:
+    """Says which finished stages after `until` were not made from the outputs now before them (an evaluation
+    report of an earlier generator, after `--until gan` retrained it; `made_from`: the fingerprint of `until`'s
+    output): left as they are, but not passed off as current."""
+    behind = False
+    for name in STAGES[STAGES.index(until) + 1 :]:
+        record = read_record(run / STAGE_RECORDS / f"{name}{RECORD_SUFFIX}")
+        if record is None:
+            break
+        behind = behind or (record.get("upstream") or [None])[-1] != made_from
+        if behind:
+            log(
+                f"[{name}] out of date: {run / name} was made from earlier stages and was left as it is "
+                f"(--until {until}); a run without --until brings it up to date"
+            )
+        made_from = record.get("fingerprint", "")
+
+
 def run_pipeline(
     config: PipelineConfig,
     run_dir: str | Path,
@@ -208,14 +241,25 @@ def run_pipeline(
     actions = _stage_actions(config, dirs, metric_suite)
     outcomes: dict[str, StageOutcome] = {}
     upstream = [inputs_fingerprint(config.faces, exclude=[run])]
-    for name in STAGES:
-        outcome = run_stage(
-            name, dirs[name], run / STAGE_RECORDS, _stage_config(config, name), upstream, actions[name], log
-        )
+    for name in STAGES[: STAGES.index(until) + 1]:
+        try:
+            outcome = run_stage(
+                name,
+                dirs[name],
+                run / STAGE_RECORDS,
+                _stage_config(config, name),
+                upstream,
+                actions[name],
+                log,
+                upstream_names=["the face inputs", *(f"the {stage} stage" for stage in STAGES)],
+                config_prefix=_stage_prefix(name),
+            )
+        except BaseException as error:
+            log(f"[{name}] {_how_it_ended(error)}", echo=False)
+            raise
         outcomes[name] = outcome
         upstream = [*upstream, outcome.fingerprint]
-        if name == until:
-            break
+    _note_stages_left_behind(run, until, upstream[-1], log)
     plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / "plots")
     if all(outcome.skipped for outcome in outcomes.values()):
         log("nothing to do: every stage is up to date")

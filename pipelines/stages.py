@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,44 @@ def move_aside(name: str, stage_dir: Path, records_dir: Path, paths: list[Path])
     return target
 
 
+def _flattened(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flattened(value, f"{prefix}{key}."))
+    return flat
+
+
+def describe_change(
+    record: dict,
+    config: Any,
+    upstream: list[str],
+    upstream_names: Sequence[str] = (),
+    config_prefix: str = "",
+    most: int = 3,
+) -> str:
+    """What differs between a stage's `record` and the run about to replace it, in the words of `--set`: the
+    options changed ("gan.lr 0.0002 -> 0.0001"), then the upstream stages whose output changed (`upstream_names`
+    names `upstream`'s entries in order); "" when neither can be told (a record of an older m2u)."""
+    before = _flattened(record.get("config", {}))
+    now = _flattened(json.loads(canonical_json(config, outputs_only=True)))
+    changed = [key for key in now if key not in before or before[key] != now[key]]
+    words = [
+        f"{config_prefix}{key} {json.dumps(before.get(key, 'unset'))} -> {json.dumps(now[key])}"
+        for key in changed[:most]
+    ]
+    if len(changed) > most:
+        words.append(f"{len(changed) - most} more options")
+    earlier = record.get("upstream") or []
+    words += [
+        f"{what} changed"
+        for what, old, new in zip(upstream_names, earlier, upstream, strict=False)
+        if old != new
+    ]
+    return ", ".join(words)
+
+
 def run_stage(
     name: str,
     stage_dir: Path,
@@ -106,6 +144,9 @@ def run_stage(
     upstream: list[str],
     action: Callable[[], dict],
     log: Callable[[str], None] = print,
+    *,
+    upstream_names: Sequence[str] = (),
+    config_prefix: str = "",
 ) -> StageOutcome:
     """Run `action` (which writes into `stage_dir`) unless its record says it completed with the same fingerprint.
 
@@ -124,7 +165,8 @@ def run_stage(
     if record is not None or (pending is not None and pending != key):
         moved = move_aside(name, stage_dir, records_dir, [stage_dir, record_path])
         where = f": its earlier output is kept in {moved}" if moved else ""
-        log(f"[{name}] configuration or inputs changed, re-running{where}")
+        what = describe_change(record, config, upstream, upstream_names, config_prefix) if record else ""
+        log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
     elif pending == key:
         log(f"[{name}] resuming an interrupted run")
     _write_atomic(pending_file, key)

@@ -135,3 +135,71 @@ def test_stage_wipes_partial_output_of_another_config_but_resumes_its_own(tmp_pa
         run_stage("s", stage_dir, records, {"a": 2}, [], crash, log=lambda _: None)
     run_stage("s", stage_dir, records, {"a": 3}, [], look, log=lambda _: None)  # another config: wiped first
     assert seen == [True, False]
+
+
+def test_a_rerun_says_which_options_and_which_earlier_stages_changed(tmp_path):
+    stage_dir, records = tmp_path / "s", tmp_path / "records"
+    said: list[str] = []
+    names = ["the face inputs", "the dataset stage"]
+    run_stage(
+        "gan", stage_dir, records, {"lr": 0.1, "loss": {"l1": 1}}, ["in", "d1"], Counter(), log=said.append
+    )
+    said.clear()
+    config = {"lr": 0.2, "loss": {"l1": 1}}
+    run_stage(
+        "gan",
+        stage_dir,
+        records,
+        config,
+        ["in", "d2"],
+        Counter(),
+        said.append,
+        upstream_names=names,
+        config_prefix="gan.",
+    )
+    assert said[0].startswith(
+        "[gan] configuration or inputs changed (gan.lr 0.1 -> 0.2, the dataset stage changed), re-running"
+    ), said
+    said.clear()
+    run_stage(
+        "gan",
+        stage_dir,
+        records,
+        {"lr": 0.2, "loss": {"l1": 2}, "new": True},
+        ["in", "d2"],
+        Counter(),
+        said.append,
+        config_prefix="gan.",
+    )
+    assert '(gan.loss.l1 1 -> 2, gan.new "unset" -> true)' in said[0], said
+
+
+@pytest.mark.parametrize(
+    "ending, said",
+    [
+        (KeyboardInterrupt, "[mseg] stopped by Ctrl-C: a rerun with the same configuration resumes it"),
+        (
+            RuntimeError("the loader found no shard\nin 3 lines"),
+            "[mseg] failed: the loader found no shard in 3 lines",
+        ),
+    ],
+)
+def test_pipeline_log_records_how_a_stage_ended(tmp_path, monkeypatch, ending, said):
+    """The log is the run's history: a stage stopped or failed is in it, not only on the terminal."""
+    from m2u.pipelines import run as pipeline_run
+
+    def ends():
+        raise ending
+
+    monkeypatch.setattr(
+        pipeline_run,
+        "_stage_actions",
+        lambda *_: {"dataset": lambda: {}, "mseg": ends, "gan": ends, "evaluation": ends},
+    )
+    config = load_config("smoke", extra={"faces": [str(tmp_path)]})
+    echoed: list[str] = []
+    with pytest.raises(type(ending) if isinstance(ending, BaseException) else ending):
+        pipeline_run.run_pipeline(config, tmp_path / "run", echo=echoed.append, until="mseg")
+    log = (tmp_path / "run" / "pipeline.log").read_text().splitlines()
+    assert log[-1].endswith(said) and "[mseg] running" in log[-2]
+    assert not any(said in line for line in echoed)  # the command says it in its own one line
