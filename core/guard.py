@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -62,9 +63,11 @@ _SIGNALLED: list[KeyboardInterrupt] = []
 _HANDLERS_OWNER: list[int] = []
 
 
-def _in_a_forked_child(signum: int) -> bool:
-    """In a forked child, do what a worker does with the signal: leave Ctrl-C to the parent, die of SIGTERM."""
-    if not _HANDLERS_OWNER or os.getpid() == _HANDLERS_OWNER[-1]:
+def _in_a_forked_child(signum: int, owner: int | None = None) -> bool:
+    """In a forked child of `owner` (default: the guarded command's process), do what a worker does with the
+    signal: leave Ctrl-C to the parent, die of SIGTERM."""
+    owner = owner if owner is not None else (_HANDLERS_OWNER[-1] if _HANDLERS_OWNER else None)
+    if owner is None or os.getpid() == owner:
         return False
     if signum != signal.SIGINT:
         signal.signal(signum, signal.SIG_DFL)
@@ -125,9 +128,63 @@ def stop_behind(error: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def stop_name(stop: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+
+
+class DeferredStops:
+    """The stop `defer_stops` recorded (`requested`), for a loop to act on at a point of its choosing."""
+
+    def __init__(self) -> None:
+        self.requested: KeyboardInterrupt | None = None
+
+    def _record(self, stop: KeyboardInterrupt, notice: str) -> None:
+        if self.requested is not None:
+            raise stop  # a second one: the user insists, stop at once
+        self.requested = stop
+        _SIGNALLED.append(stop)
+        # os.write, not print: the handler may run in the middle of another write to stderr (a progress bar).
+        with contextlib.suppress(OSError):
+            os.write(2, f"{stop_name(stop)}: {notice} ({stop_name(stop)} again stops at once)\n".encode())
+
+
+@contextlib.contextmanager
+def defer_stops(notice: str) -> Iterator[DeferredStops]:
+    """While active, Ctrl-C and SIGTERM are recorded instead of raised, `notice` saying what happens next ("stopping
+    after this step"), for a loop to stop where its state is whole (a training loop between two steps, so its
+    checkpoint holds every network after the same step, not one interrupted inside an optimizer step). A second
+    one raises at once. In another thread than the main one (no signal handlers there) nothing is deferred."""
+    stops = DeferredStops()
+    if threading.current_thread() is not threading.main_thread():
+        yield stops
+        return
+    owner = os.getpid()
+
+    def recorded(signum: int, frame: Any) -> None:
+        if _in_a_forked_child(signum, owner):
+            return
+        stops._record(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt(), notice)
+
+    # Only a signal that would raise is deferred: one a program handles its own way (or ignores, or lets kill the
+    # process: SIGTERM outside an m2u command) is left to that.
+    previous = {
+        signum: signal.signal(signum, recorded)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) in (signal.default_int_handler, _raise_interrupted, _raise_terminated)
+    }
+    try:
+        yield stops
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _stopped(stop: KeyboardInterrupt) -> None:
-    by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
-    click.echo(f"stopped by {by}: finished outputs were kept, nothing half-written was left", err=True)
+    done = f"{stop}; " if str(stop) else ""  # what the stopped work did about it (a checkpoint written)
+    click.echo(
+        f"stopped by {stop_name(stop)}: {done}finished outputs were kept, nothing half-written was left",
+        err=True,
+    )
     # The run has unwound (temporary files removed, locks released, workers told to stop): leave now, without the
     # interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe of a pool the stop
     # already tore down and print a traceback (seen in CI: EBADF in _python_exit).

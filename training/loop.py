@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written
+from m2u.core.guard import DeferredStops, Terminated, defer_stops, stop_name
 from m2u.training.checkpoint import remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
@@ -57,6 +58,8 @@ class Trainer:
         self._running = RunningMeans()
         self._started: float | None = None  # time.monotonic() when this process began training
         self._made_folder = False  # this run created RUN (see _forget_unstarted_run)
+        self._stops = DeferredStops()  # the Ctrl-C / SIGTERM recorded while the loop runs (see run)
+        self._checkpointed_step: int | None = None  # the step of the checkpoint last written or read
 
     # The position's fields, as the loop and its tests read them.
     @property
@@ -77,9 +80,11 @@ class Trainer:
             write_checkpoint(
                 self.checkpoint_path, self.task, self.position, self.config, self.training_seconds()
             )
+        self._checkpointed_step = self.step
 
     def load_checkpoint(self) -> None:
         self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task)
+        self._checkpointed_step = self.step
 
     def _save_grid(self) -> None:
         if not self.dist.is_main or self._grid_batch is None:
@@ -141,7 +146,9 @@ class Trainer:
         self.task.set_train(True)
         fresh = self.step == 0
         try:
-            stop_reason = self._train_epochs(started, progress)
+            # Ctrl-C or SIGTERM stops the run between two steps, with a checkpoint of that step (_stop_here).
+            with defer_stops("stopping after this training step, with a checkpoint") as self._stops:
+                stop_reason = self._train_epochs(started, progress)
             self.task.check_finite_state(self.step)  # the steps since the last log line
         except NonFiniteLossError as error:
             raise self._non_finite_stop(error) from None
@@ -214,7 +221,15 @@ class Trainer:
         produced = 0
         out_of_time = False
         while True:
-            batch = next(iterator, None)
+            self._stop_here_if_asked()
+            try:
+                batch = next(iterator, None)
+            except Exception as error:
+                # The same stop reached the loader's workers (SIGTERM to the process group): torch says its worker
+                # was killed. The networks are whole, after the last step: stop with their checkpoint.
+                if self._stops.requested is not None:
+                    self._stop_here(self._stops.requested, error)
+                raise
             # One host-side collective per step: ranks stop together (at an epoch's end or out of time).
             have_batch, in_time = self.dist.all_true(batch is not None, not out_of_time)
             if not in_time:
@@ -233,6 +248,27 @@ class Trainer:
                 f"(fewer samples per loader worker than the batch size {config.batch_size}?)"
             )
         return None
+
+    def _stop_here_if_asked(self) -> None:
+        """Between two steps: stop if a rank was asked to (one host-side collective per step in DDP, where every
+        rank stops at the same step)."""
+        requested = self._stops.requested
+        (carry_on,) = self.dist.all_true(requested is None)
+        if not carry_on:
+            self._stop_here(requested or Terminated("another rank was stopped"))
+
+    def _stop_here(self, stop: KeyboardInterrupt, cause: BaseException | None = None) -> None:
+        """Write the checkpoint of the last whole step (when it is not the last one written) and raise `stop`,
+        saying so: `--resume` continues from that step, not from the last periodic checkpoint."""
+        step = self.step
+        if step > 0 and self._checkpointed_step != step:
+            self.task.check_finite_state(step)  # never a checkpoint of diverged weights
+            self.save_checkpoint()
+        self.runlog.log({"event": "stopped", "by": stop_name(stop), "step": step})
+        said = (
+            f"checkpoint of step {step} in {self.checkpoint_path}: --resume continues from it" if step else ""
+        )
+        raise type(stop)(said) from cause
 
     def _train_one(self, batch: dict, progress: Any) -> None:
         if self._grid_batch is None and self.dist.is_main:

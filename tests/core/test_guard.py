@@ -111,3 +111,19 @@ def test_a_multi_line_library_message_is_one_line():
     result = CliRunner().invoke(guard_command(main), [])
     assert result.exit_code == 1
     assert result.output == "Error: File contains no section headers. file: 'x', line: 1 'hello'\n"
+
+
+def test_only_a_stop_that_would_raise_is_deferred():
+    """Outside an m2u command SIGTERM kills the process as always (a library caller's own handling is theirs):
+    only a signal whose handler raises is turned into a recorded stop, and each is put back after."""
+    import signal
+
+    from m2u.core.guard import defer_stops
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert before == (signal.SIG_DFL, signal.default_int_handler)
+    with defer_stops("stopping soon") as stops:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert stops.requested is None
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

@@ -115,7 +115,7 @@ def test_ctrl_c_seven_times_with_two_workers(tmp_path, dataset_snapshot):
 )
 def test_a_training_run_with_loader_workers_stops_in_one_line(tiny_dataset, tmp_path, stop, code, said):
     """`timeout`, a terminal and batch schedulers signal the whole process group, DataLoader workers included:
-    those leave the stop to the parent, which unwinds in one line (a worker killed by the signal made torch's
+    those leave the stop to the parent, which stops after the step under way and unwinds in one line (a worker killed by the signal made torch's
     "DataLoader worker is killed by signal" a traceback and exit 1)."""
     run = tmp_path / "run"
     command = [
@@ -137,6 +137,11 @@ def test_a_training_run_with_loader_workers_stops_in_one_line(tiny_dataset, tmp_
     os.killpg(process.pid, stop)  # the whole group, as `timeout` and a terminal do
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code and f"stopped by {said}" in stderr and "Traceback" not in stderr, stderr
+    # What the stop does first, then that it is done; nothing else (one line each).
+    lines = stderr.splitlines()
+    assert lines[0].startswith(f"{said}: stopping after this training step") and len(lines) == 2, stderr
+    if stop == signal.SIGINT:  # workers leave Ctrl-C to the parent: the step ends whole and is checkpointed
+        assert "--resume continues from it" in lines[-1], stderr
     assert _group_gone(process.pid, within_s=10), "a loader worker outlived the stopped run"
 
 

@@ -386,3 +386,54 @@ def test_a_run_that_never_got_a_batch_leaves_no_run_behind(tmp_path):
     with pytest.raises(EmptySplitError):
         train_mseg(dataclasses.replace(config, out=str(mine)), data)
     assert sorted(p.name for p in mine.iterdir() if p.name != ".m2u-written") == ["notes.txt"]
+
+
+class _SignalledAt(TensorDataSource):
+    """Sends this process `times` Ctrl-Cs as the training batch number `at` (from 1) is handed to the loop."""
+
+    def __init__(self, *args, at: int, times: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.times, self.handed = at, times, 0
+
+    def batches(self, split, epoch):
+        import os
+        import signal
+
+        for batch in super().batches(split, epoch):
+            if split == "train":
+                self.handed += 1
+                if self.handed == self.at:
+                    for _ in range(self.times):
+                        os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_stops_after_the_step_with_its_checkpoint_and_resume_is_exact(tmp_path):
+    """Ctrl-C while a step's batch is fetched: that step finishes, its checkpoint is written (none was due: every
+    100 steps), and the resumed run ends with the weights of a straight one."""
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    straight = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=6, **config), straight)
+    stopped = _SignalledAt({"train": _tensors(6)}, batch_size=2, seed=3, at=3)
+    with pytest.raises(KeyboardInterrupt, match="checkpoint of step 3 in .*: --resume continues from it"):
+        train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, **config), stopped)
+    assert load_training_state(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 3
+    events = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "stopped", "by": "Ctrl-C", "step": 3}.items() <= events[-1].items()
+    resumed = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, resume=True, **config), resumed)
+    a = load_training_state(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = load_training_state(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert _states_equal(a["networks"], b["networks"]) and _states_equal(a["optimizers"], b["optimizers"])
+    import signal
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the loop's deferral is undone
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    insisted = _SignalledAt({"train": _tensors(6)}, batch_size=2, seed=3, at=3, times=2)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, **config), insisted)
+    assert str(stopped.value) == ""  # raised where it landed, nothing written for it
+    assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
