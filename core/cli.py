@@ -238,6 +238,21 @@ def apply_aliases(params: MutableMapping[str, Any], ctx: click.Context | None = 
         ctx.set_parameter_source(target, ParameterSource.COMMANDLINE)
 
 
+def given_options(names: tuple[str, ...], ctx: click.Context | None = None) -> list[str]:
+    """The flags (`--mask-type`) of the parameters in `names` given on the command line, in `names`' order."""
+    ctx = ctx or click.get_current_context()
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [flags[n] for n in names if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
+
+
+def warn_unused(names: tuple[str, ...], because: str, ctx: click.Context | None = None) -> None:
+    """Options with no effect beside another are said on stderr ("warning: BECAUSE: --x, --y not used"), not
+    silently ignored; nothing is said when none of `names` was given."""
+    given = given_options(names, ctx)
+    if given:
+        click.echo(f"warning: {because}: {', '.join(given)} not used", err=True)
+
+
 def is_alias(param: click.Parameter) -> bool:
     return bool(param.name and param.name.startswith(_ALIAS_PREFIX))
 

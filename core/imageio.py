@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -249,7 +250,12 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
     except UnidentifiedImageError as exc:
         raise ImageReadError("not an image (unrecognised format)", path) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"image too large: {exc}", path) from exc
+        # Pillow refuses twice its own limit while opening, before our check sees the size: said in our words.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared.group(1)) / 1e6:.1f} MP" if declared else "its size"
+        raise ImageReadError(
+            f"image too large: {size} exceeds the limit of {max_pixels / 1e6:.1f} MP", path
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated or corrupt data as OSError ("image file is truncated", "broken data stream").
         raise ImageReadError(f"corrupt or truncated image ({exc})", path) from exc

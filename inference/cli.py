@@ -17,6 +17,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     device_option,
+    given_options,
     inputs_argument,
     limit_option,
     min_score_option,
@@ -25,6 +26,7 @@ from m2u.core.cli import (
     progress_options,
     size_option,
     threshold_option,
+    warn_unused,
 )
 from m2u.core.fileio import atomic_write_text, check_writable
 from m2u.core.guard import guard_command
@@ -55,18 +57,13 @@ _UNUSED_WITH_ALIGNED = ("detector_model", "alignment", "min_score", "whole_frame
 
 
 def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
-    given = [
-        name
-        for name in _UNUSED_WITH_ALIGNED
-        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-    ]
-    flags = {p.name: p.opts[0] for p in ctx.command.params}
-    if kw["aligned"] and given:
-        names = ", ".join(flags[name] for name in given)
-        click.echo(
-            f"warning: --aligned restores every input whole, without detection: {names} not used", err=True
-        )
-    elif "try_turned" in given and kw["try_turned"] and kw["detector_model"] != UnmaskConfig.detector_model:
+    if kw["aligned"]:
+        warn_unused(_UNUSED_WITH_ALIGNED, "--aligned restores every input whole, without detection", ctx)
+    elif (
+        given_options(("try_turned",), ctx)
+        and kw["try_turned"]
+        and kw["detector_model"] != UnmaskConfig.detector_model
+    ):
         click.echo(
             f"warning: --try-turned works with --detector {UnmaskConfig.detector_model} only: not used with "
             f"--detector {kw['detector_model']}",

@@ -23,6 +23,7 @@ from m2u.core.cli import (
     progress_of,
     progress_options,
     seed_option,
+    warn_unused,
     workers_option,
 )
 from m2u.core.guard import guard_command
@@ -40,20 +41,36 @@ _DETECTOR = DetectorConfig()
 _BATCH = BatchConfig()
 
 
+# What a contact sheet does not use: it shows every mask type and preset on one face of the first photo with one.
+_UNUSED_BY_CONTACT_SHEET = (
+    "mask_type",
+    "color",
+    "color_weight",
+    "pattern",
+    "pattern_weight",
+    "code",
+    "workers",
+    "limit",
+)
+
+
 def _contact_sheet(
-    found: Discovery, detector: DetectorConfig, target: Path, seed: int, pack: str | None
+    found: Discovery, detector: DetectorConfig, target: Path, seed: int, pack: str | None, max_pixels: int
 ) -> None:
     from m2u.core.fileio import check_writable
     from m2u.core.imageio import write_image
     from m2u.masking.sheet import render_contact_sheet
 
     check_writable(target)  # before any work: never an input, a link, or another file m2u did not write
+    unread: list[str] = []
     for entry in found.entries:
         if entry.problem:
+            unread.append(f"{entry.path}: {entry.problem}")
             continue
         try:
-            image = read_image(entry.path)
-        except ImageReadError:
+            image = read_image(entry.path, max_pixels=max_pixels)
+        except ImageReadError as exc:
+            unread.append(f"{entry.path}: {exc.reason}")
             continue
         faces = FaceDetector(detector).detect(image)
         if faces:
@@ -61,7 +78,8 @@ def _contact_sheet(
             write_image(target, sheet)
             click.echo(f"contact sheet of {entry.path} written to {target}", err=True)
             return
-    raise click.ClickException("no input image with a face for the contact sheet")
+    skipped = f" ({len(unread)} could not be read, first {unread[0]})" if unread else ""
+    raise click.ClickException(f"no input image with a face for the contact sheet{skipped}")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -203,7 +221,11 @@ def _mask(
         raise click.BadParameter(cli_message(exc)) from exc
     try:
         if contact_sheet is not None:
-            _contact_sheet(find_inputs(inputs, out_dir), config.detector, contact_sheet, seed, pack)
+            warn_unused(
+                _UNUSED_BY_CONTACT_SHEET, "--contact-sheet shows every mask type and preset on one face"
+            )
+            found = find_inputs(inputs, out_dir)
+            _contact_sheet(found, config.detector, contact_sheet, seed, pack, max_pixels)
             return
         result = mask_files(inputs, out_dir, config)
     except InputError as exc:

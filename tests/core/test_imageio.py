@@ -103,6 +103,28 @@ def test_pixel_limit_refuses_before_decoding(tmp_path, photo):
     assert read_image(tmp_path / "a.png", max_pixels=1200).shape == (40, 30, 3)
 
 
+def test_a_decompression_bomb_is_refused_in_the_same_words(tmp_path):
+    """Pillow refuses a declared size over twice its own limit while opening, before m2u's check runs: the reason
+    reads as m2u's own, not Pillow's "could be decompression bomb DOS attack"."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 15000, 15000, 8, 2, 0, 0, 0)  # 225 MP of RGB, declared only
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(ImageReadError) as refused:
+        read_image(tmp_path / "bomb.png")
+    assert refused.value.reason == "image too large: 225.0 MP exceeds the limit of 100.0 MP"
+
+
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(ImageReadError, match="cannot open"):
         read_image(tmp_path / "nope.jpg")
