@@ -147,3 +147,11 @@ def build_checked(cls: type, options: dict[str, Any], setting: str) -> Any:
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise SettingError(setting, str(exc)) from None
+
+
+def check_at_least(config: Any, minimums: dict[str, float]) -> None:
+    """Raise SettingError naming the first field of `config` in `minimums` below its minimum (None: unset, fine)."""
+    for name, low in minimums.items():
+        value = getattr(config, name)
+        if value is not None and value < low:
+            raise SettingError(name, f"must be >= {low}, got {value!r}")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from m2u.core.checks import check_types
+from m2u.core.checks import check_at_least, check_types
 from m2u.core.fileio import check_writable
 from m2u.core.imageio import write_image
 from m2u.core.inputs import OutputFolderError
@@ -93,8 +93,11 @@ class EvaluateConfig:
             raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)}")
         if self.baseline_mask not in BASELINE_MASKS:
             raise ValueError(f"baseline_mask must be one of {BASELINE_MASKS}, got {self.baseline_mask!r}")
-        if self.batch_size < 1 or (self.max_samples is not None and self.max_samples < 1):
-            raise ValueError("batch_size and max_samples must be >= 1")
+        # latency_repeats 0 failed only after every sample was scored (the median of no timings)
+        check_at_least(
+            self,
+            {"batch_size": 1, "max_samples": 1, "grid_rows": 0, "latency_warmup": 0, "latency_repeats": 1},
+        )
         check_mask_threshold(self.mask_threshold)
 
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2u.core.checks import check_types
+from m2u.core.checks import check_at_least, check_types
+from m2u.core.errors import SettingError
 
 # Landmark indices of the dlib 68-point scheme.
 JAW = slice(0, 17)
@@ -90,6 +91,15 @@ class PlacementConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        check_at_least(self, {"cols": 3, "rows": 2, "min_eye_distance_px": 1.0, "min_cell_area_ratio": 0.0})
+        if self.cols % 2 == 0:
+            raise SettingError(
+                "cols", f"must be odd (the middle column is the face's midline), got {self.cols}"
+            )
+        for name in ("area_range", "aspect_range"):
+            low, high = getattr(self, name)
+            if not 0 < low < high:
+                raise SettingError(name, f"must be (low, high) with 0 < low < high, got {(low, high)}")
 
 
 @dataclass(frozen=True)

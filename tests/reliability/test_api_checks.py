@@ -6,12 +6,15 @@ rank 0's share on every DDP process)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from m2u.datasets import LoaderConfig
 from m2u.evaluation.evaluator import EvaluateConfig
 from m2u.inference.mask_refine import MaskRefineConfig
+from m2u.masking.geometry import PlacementConfig
 from m2u.training.config import GanTrainConfig, MSegTrainConfig
 from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
 
@@ -37,6 +40,24 @@ NAN = float("nan")
 )
 def test_a_value_of_the_wrong_kind_is_refused_naming_its_field(make, field, value):
     with pytest.raises(ValueError, match=f"^{field}: must be"):
+        make(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "make, field, value, said",
+    [
+        (EvaluateConfig, "latency_repeats", 0, "must be >= 1, got 0"),  # failed after every sample was scored
+        (EvaluateConfig, "latency_warmup", -1, "must be >= 0, got -1"),
+        (EvaluateConfig, "grid_rows", -2, "must be >= 0, got -2"),
+        (EvaluateConfig, "max_samples", 0, "must be >= 1, got 0"),
+        (PlacementConfig, "cols", 0, "must be >= 3, got 0"),
+        (PlacementConfig, "cols", 16, "must be odd"),
+        (PlacementConfig, "rows", 1, "must be >= 2, got 1"),
+        (PlacementConfig, "area_range", (1.1, 0.4), "must be (low, high) with 0 < low < high"),
+    ],
+)
+def test_a_count_or_range_no_run_can_use_is_refused_naming_its_field(make, field, value, said):
+    with pytest.raises(ValueError, match=f"^{field}: {re.escape(said)}"):
         make(**{field: value})
 
 
