@@ -200,6 +200,20 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, max_pixels:
     return _decode(io.BytesIO(data), path, max_pixels)
 
 
+def _rgb_profile(icc: bytes | None) -> bytes | None:
+    """`icc` where it describes RGB pixels: a CMYK or greyscale photo's profile would mislabel the RGB copy (its
+    pixels were converted without it), and a profile that cannot be read is not passed on."""
+    if not icc:
+        return None
+    from PIL import ImageCms
+
+    try:
+        space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space
+    except (OSError, ValueError, TypeError):
+        return None
+    return icc if space.strip() == "RGB" else None
+
+
 def _exif_of_upright(img: Image.Image, width: int, height: int) -> bytes | None:
     # Only an EXIF block of its own (JPEG, PNG, WebP): a TIFF's tags are its image structure (strips, compression).
     exif = img.getexif() if "exif" in img.info else None
@@ -242,7 +256,7 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
                     photo = Photo(
                         array,
                         np.asarray(upright.convert("RGBA"))[..., 3].copy() if _has_alpha(upright) else None,
-                        img.info.get("icc_profile") or None,
+                        _rgb_profile(img.info.get("icc_profile")),
                         _exif_of_upright(img, *upright.size),
                     )
     except ImageReadError:

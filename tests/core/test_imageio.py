@@ -241,3 +241,21 @@ def test_the_thumbnail_showing_the_photo_as_it_was_is_not_kept():
         exif = Image.Exif()
         exif.load(read_photo(path).exif)
         assert not exif.get_ifd(ExifTags.IFD.IFD1) and exif.get(ExifTags.Base.Make) == make, path.name
+
+
+def test_a_profile_that_does_not_describe_the_rgb_copy_is_not_passed_on(tmp_path, photo):
+    """A CMYK photo's pixels are converted to RGB without its profile: the CMYK profile would mislabel the copy."""
+    from PIL import ImageCms
+
+    from m2u.core.imageio import read_photo
+
+    lab = ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("LAB")
+    ).tobytes()  # any profile of another colour space
+    photo.convert("CMYK").save(tmp_path / "print.jpg", icc_profile=lab)
+    photo.save(tmp_path / "broken.png", icc_profile=b"not a profile at all" * 8)
+    assert read_photo(tmp_path / "print.jpg").icc_profile is None
+    assert read_photo(tmp_path / "broken.png").icc_profile is None
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo.save(tmp_path / "rgb.png", icc_profile=srgb)
+    assert read_photo(tmp_path / "rgb.png").icc_profile == srgb
