@@ -12,13 +12,14 @@ import io
 import os
 import re
 import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # Files larger than this are refused before they are read into memory (a 100 MP 16-bit TIFF is ~600 MB).
@@ -119,7 +120,7 @@ def read_input_bytes(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to uint8 RGB (H, W, 3)."""
     mode = img.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in img.info:
         return np.array(img)  # one copy, straight from Pillow's buffer
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling, so scale ourselves.
@@ -153,21 +154,26 @@ def as_rgb_image(image: Any, what: str = "image") -> np.ndarray:
 
 
 def _has_alpha(img: Image.Image) -> bool:
-    mode = img.mode
-    return mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    # "transparency": a palette's transparent entries, or the one colour a grey or RGB PNG marks transparent (tRNS)
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 
 
 @dataclass(frozen=True)
 class Photo:
     """A photo as read for a copy of it to be written back (m2u-unmask): its upright pixels and what the copy keeps."""
 
-    rgb: np.ndarray  # uint8 (H, W, 3), EXIF orientation applied
+    rgb: (
+        np.ndarray
+    )  # uint8 (H, W, 3), EXIF orientation applied; a transparent photo shown on white (`read_image`)
     alpha: np.ndarray | None = None  # uint8 (H, W), upright as `rgb`; None for a photo without transparency
     # Its colour profile: without it a wide-gamut photo (a phone's Display P3) is shown with dull, shifted colours.
     icc_profile: bytes | None = None
     # Its EXIF (date, camera, place) without the orientation (the pixels are upright now) and without the embedded
     # thumbnail (it shows the photo as it was, the mask on).
     exif: bytes | None = None
+    # A transparent photo's own colours under its alpha (uint8 (H, W, 3)), which its copy keeps wherever `rgb` was
+    # not changed: `rgb` shown on white and given the alpha again would be blended twice (lighter edges).
+    colour: np.ndarray | None = None
 
 
 def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -214,18 +220,65 @@ def _rgb_profile(icc: bytes | None) -> bytes | None:
     return icc if space.strip() == "RGB" else None
 
 
+# What Pillow raises on EXIF it cannot parse or write back (a tag of the wrong type, a broken header).
+_EXIF_FAILURES = (
+    SyntaxError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    struct.error,
+    OSError,
+)
+
+
+# The turn that shows a photo upright, by its EXIF orientation (the EXIF specification's table). Applied here, not
+# by Pillow's ImageOps.exif_transpose: that also writes the EXIF back, and fails on a tag it cannot write (an
+# XResolution stored as text), which left such a photo lying on its side.
+_ORIENTATION_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """`img` turned as its EXIF (or XMP) orientation says; as stored where that cannot be read (a viewer shows
+    it as stored too)."""
+    # A JPEG keeps its orientation in info["exif"] or ["xmp"]: without either there is nothing to rotate, and
+    # looking costs about half as much as decoding a small photo.
+    if img.format in ("JPEG", "MPO") and "exif" not in img.info and "xmp" not in img.info:
+        return img
+    try:
+        turn = _ORIENTATION_TURNS.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except _EXIF_FAILURES:
+        return img
+    return img.transpose(turn) if turn is not None else img
+
+
 def _exif_of_upright(img: Image.Image, width: int, height: int) -> bytes | None:
+    """The EXIF a copy of the upright photo keeps (see Photo.exif); None where the photo's cannot be written back."""
     # Only an EXIF block of its own (JPEG, PNG, WebP): a TIFF's tags are its image structure (strips, compression).
-    exif = img.getexif() if "exif" in img.info else None
-    if not exif:
+    if "exif" not in img.info:
         return None
-    exif.pop(ExifTags.Base.Orientation, None)
-    # The sizes some cameras record, as the upright pixels have them (a photo turned on reading swaps them).
-    for ifd, tags in ((exif, _IFD0_SIZE_TAGS), (exif.get_ifd(ExifTags.IFD.Exif), _EXIF_SIZE_TAGS)):
-        for tag, value in zip(tags, (width, height), strict=True):
-            if tag in ifd:
-                ifd[tag] = value
-    return exif.tobytes()  # Pillow writes IFD0 and its sub-IFDs, not IFD1 (the thumbnail)
+    try:
+        exif = img.getexif()
+        if not exif:
+            return None
+        exif.pop(ExifTags.Base.Orientation, None)
+        # The sizes some cameras record, as the upright pixels have them (a photo turned on reading swaps them).
+        for ifd, tags in ((exif, _IFD0_SIZE_TAGS), (exif.get_ifd(ExifTags.IFD.Exif), _EXIF_SIZE_TAGS)):
+            for tag, value in zip(tags, (width, height), strict=True):
+                if tag in ifd:
+                    ifd[tag] = value
+        return exif.tobytes()  # Pillow writes IFD0 and its sub-IFDs, not IFD1 (the thumbnail)
+    except _EXIF_FAILURES:
+        return None  # a tag of the wrong type: the pixels are what matters, the copy goes without
 
 
 _IFD0_SIZE_TAGS = (ExifTags.Base.ImageWidth, ExifTags.Base.ImageLength)
@@ -246,18 +299,16 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
                         path,
                     )
                 img.load()
-                # A JPEG keeps its EXIF (orientation included) in info["exif"]: without it there is nothing to
-                # rotate, and looking for it costs about half as much as decoding a small photo.
-                upright: Image.Image = img
-                if img.format not in ("JPEG", "MPO") or "exif" in img.info:
-                    upright = ImageOps.exif_transpose(img)
+                upright = _upright(img)
                 array = _to_rgb_array(upright)
                 if whole_photo:
+                    rgba = np.asarray(upright.convert("RGBA")) if _has_alpha(upright) else None
                     photo = Photo(
                         array,
-                        np.asarray(upright.convert("RGBA"))[..., 3].copy() if _has_alpha(upright) else None,
+                        None if rgba is None else rgba[..., 3].copy(),
                         _rgb_profile(img.info.get("icc_profile")),
                         _exif_of_upright(img, *upright.size),
+                        None if rgba is None else rgba[..., :3].copy(),
                     )
     except ImageReadError:
         raise
@@ -335,16 +386,35 @@ def write_photo(path: str | os.PathLike[str], rgb: np.ndarray, like: Photo | Non
     format_name = photo_format(path.suffix)
     if format_name is None:
         raise ValueError(f"{path}: cannot write a photo as {path.suffix or 'a file without a suffix'}")
-    image = Image.fromarray(as_rgb_image(rgb, "the photo"))
+    rgb = as_rgb_image(rgb, "the photo")
+    if like is not None and like.rgb.shape != rgb.shape:
+        raise ValueError(
+            f"the photo is {rgb.shape[1]}x{rgb.shape[0]}, the one it copies {like.rgb.shape[1]}x"
+            f"{like.rgb.shape[0]}: a copy keeps its photo's size"
+        )
     options = dict(_PHOTO_SAVE_OPTIONS[format_name])
     if like is not None and like.alpha is not None and format_name in _KEEP_ALPHA:
-        image.putalpha(Image.fromarray(like.alpha))
+        # Its own colours under its alpha where nothing was restored (see Photo.colour), then the alpha.
+        colour = like.colour if like.colour is not None else like.rgb
+        kept = np.all(rgb == like.rgb, axis=2, keepdims=True)
+        image = Image.fromarray(np.dstack([np.where(kept, colour, rgb), like.alpha]), "RGBA")
+    else:
+        image = Image.fromarray(rgb)
     if like is not None and format_name in _KEEP_METADATA:
         options.update(
             {key: value for key, value in (("icc_profile", like.icc_profile), ("exif", like.exif)) if value}
         )
     encoded = io.BytesIO()
-    image.save(encoded, format=format_name, **options)
+    try:
+        image.save(encoded, format=format_name, **options)
+    except ValueError:
+        if "exif" not in options:
+            raise
+        # An EXIF block the format cannot hold (JPEG's is at most 64 KB; a PNG's can be larger): the copy goes
+        # without it rather than not at all.
+        options.pop("exif")
+        encoded = io.BytesIO()
+        image.save(encoded, format=format_name, **options)
     return atomic_write_bytes(path, encoded.getvalue())
 
 

@@ -109,7 +109,10 @@ def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
     help="Soft outer edge of the pasted region, fraction of the crop size.",
 )
 @click.option(
-    "--keep-crops", is_flag=True, help="Also write the aligned crops (input, predicted mask, restored)."
+    "--keep-crops",
+    is_flag=True,
+    help="Also write each restored face's aligned crop, predicted mask and restoration as "
+    "OUT/crops/<output name>_face<k>_{input,mask,restored}.png.",
 )
 @click.option(
     "--detector",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import glob
 import io
 import json
 import time
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from m2u.core.fileio import atomic_write_text, fit_stem
+from m2u.core.fileio import OutputRefusedError, atomic_write_text, fit_stem
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
 from m2u.core.inputs import Discovery, InputEntry
@@ -31,6 +32,9 @@ from m2u.inference.unmask import (
 )
 
 __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "summarize", "unmask_files"]
+
+
+CROPS = "crops"  # OUT/crops/: --keep-crops' aligned crops, masks and restorations
 
 
 # "same": the input's own suffix where m2u.core.imageio.write_photo writes its format (WebP lossless); other inputs
@@ -101,7 +105,14 @@ def unmask_files(
     planned: set[str] = set()
     names = [_output_name(e, config.output_format, planned) for e in entries]
     check_output_folder(
-        out, found, [*(out / name for name in names), out / "report.csv", out / "faces.jsonl"]
+        out,
+        found,
+        [
+            *(out / name for name in names),
+            out / "report.csv",
+            out / "faces.jsonl",
+            *_crops_there(out, names, config),
+        ],
     )
     if not paths:
         raise no_images_error(found)
@@ -116,7 +127,7 @@ def _unmask_paths(
     paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
 ) -> list[FileResult]:
     if config.keep_crops:
-        (out / "crops").mkdir(exist_ok=True)
+        (out / CROPS).mkdir(exist_ok=True)
     results: list[FileResult] = []
     face_lines: list[dict] = []
     # The worker pool of every m2u per-file job, in this process: the models are loaded once here, and a
@@ -152,13 +163,19 @@ def _unmask_row(
     try:
         lines = _unmask_one(path, name, out, config, unmasker, row)
     except ImageReadError as exc:
-        row.status, row.reason = Status.ERROR, exc.reason
+        row = _error_row(row, exc.reason)
     except Exception as exc:
         if stops_the_run(exc):
             raise  # a full disk or read-only folder: every later file would fail the same way
-        row.status, row.reason = Status.ERROR, f"{type(exc).__name__}: {exc}"
+        row = _error_row(row, f"{type(exc).__name__}: {exc}")
     row.seconds = round(time.perf_counter() - start, 4)
     return row, lines
+
+
+def _error_row(row: FileResult, reason: str) -> FileResult:
+    """The row of a photo that failed midway: nothing restored or written counts (faces found before the failure
+    had been counted, and the summary said them restored)."""
+    return FileResult(input=row.input, status=Status.ERROR, reason=reason, width=row.width, height=row.height)
 
 
 def _unmask_one(
@@ -184,6 +201,8 @@ def _unmask_one(
             row.reason += f"; {out / name} is an earlier run's output, left as it is"
     else:
         target = out / name
+        if config.keep_crops:  # before the photo: a crop refused leaves no photo its row does not report
+            _write_crops(out, name, faces)
         # A copy of the photo: a transparent one stays transparent, its colour profile and EXIF kept.
         write_photo(target, result, like=photo)
         row.output = str(target)
@@ -207,15 +226,38 @@ def _unmask_one(
         {"input": str(path), "output": row.output, "face": k, **face_record(f)}
         for k, f in enumerate(refused, start=len(faces))
     ]
-    if faces and config.keep_crops:
-        _write_crops(out / "crops", PurePosixPath(name).with_suffix("").as_posix(), faces)
     return lines
 
 
-def _write_crops(folder: Path, stem: str, faces: list[FaceRestoration]) -> None:
+def _crops_base(name: str) -> str:
+    """Where --keep-crops writes the crops of the photo written as `name`: OUT/crops/<name>_face<k>_*.png. The
+    output name is whole (suffix kept) as output names are unique: x.jpg's crops are not x.JPG's."""
+    return f"{CROPS}/{name}"
+
+
+def _crops_there(out: Path, names: list[str], config: UnmaskConfig) -> list[Path]:
+    """The files already at the crops' names of this run (checked before any work, as every output is), and a
+    refusal where a photo's own output would land among the crops."""
+    if not config.keep_crops:
+        return []
+    inside = [name for name in names if PurePosixPath(name).parts[0] == CROPS]
+    if inside:
+        raise OutputRefusedError(
+            f"{out / inside[0]}: an input's output would be written inside {out / CROPS}, where `keep_crops` "
+            "writes the crops; choose another output folder or leave `keep_crops` out"
+        )
+    folder = out / CROPS
+    return (
+        [path for name in names for path in folder.glob(f"{glob.escape(name)}_face*")]
+        if folder.is_dir()
+        else []
+    )
+
+
+def _write_crops(folder: Path, name: str, faces: list[FaceRestoration]) -> None:
     """Each restored face's aligned crop, predicted mask and restoration (--keep-crops)."""
     for k, face in enumerate(faces):
-        base = folder / f"{stem}_face{k}"
+        base = folder / f"{_crops_base(name)}_face{k}"
         write_image(Path(f"{base}_input.png"), face.crop)
         write_image(Path(f"{base}_mask.png"), face.mask, rgb=False)
         write_image(Path(f"{base}_restored.png"), face.restored)

@@ -259,3 +259,81 @@ def test_a_profile_that_does_not_describe_the_rgb_copy_is_not_passed_on(tmp_path
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     photo.save(tmp_path / "rgb.png", icc_profile=srgb)
     assert read_photo(tmp_path / "rgb.png").icc_profile == srgb
+
+
+def _exif_block(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """An EXIF block written by hand (little-endian TIFF, one IFD): entries of (tag, type, count, 4 value bytes),
+    for tags of a type Pillow would not write."""
+    import struct
+
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI4s", *entry) for entry in entries)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+def test_a_photo_whose_exif_cannot_be_written_back_is_still_turned_and_read(tmp_path, photo):
+    """A camera's EXIF with a tag of the wrong type (XResolution as text): Pillow reads it but cannot write it,
+    and its exif_transpose failed: the photo was refused or left on its side. It is turned; the copy goes
+    without that EXIF."""
+    import struct
+
+    from m2u.core.imageio import read_photo
+
+    wrong = _exif_block((0x011A, 2, 3, b"72\x00\x00"), (0x0112, 3, 1, struct.pack("<H", 6) + b"\x00\x00"))
+    photo.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "camera.jpg", quality=98, exif=wrong)
+    read = read_photo(tmp_path / "camera.jpg")
+    assert read.rgb.shape == (40, 30, 3) and read.exif is None
+    assert np.abs(read.rgb.astype(int) - np.asarray(photo).astype(int)).mean() < 3  # upright as stored before
+
+
+def test_an_exif_block_too_large_for_jpeg_is_left_out_not_the_photo(tmp_path, photo):
+    from PIL import ExifTags
+
+    from m2u.core.imageio import read_photo, write_photo
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "m2u-camera"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = (
+        "x" * 100_000
+    )  # a PNG holds it, a JPEG cannot
+    photo.save(tmp_path / "notes.png", exif=exif.tobytes())
+    read = read_photo(tmp_path / "notes.png")
+    assert read.exif is not None and len(read.exif) > 65_536
+    with Image.open(write_photo(tmp_path / "copy.jpg", read.rgb, like=read)) as copy:
+        assert copy.size == (30, 40) and "exif" not in copy.info
+    with Image.open(write_photo(tmp_path / "copy.png", read.rgb, like=read)) as copy:
+        assert copy.getexif()[ExifTags.Base.Make] == "m2u-camera"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
+def test_a_copy_keeps_half_transparent_pixels_as_they_were(tmp_path, photo, suffix):
+    """read_photo's RGB is the photo shown on white; given the alpha again it would be blended twice (lighter)."""
+    from m2u.core.imageio import read_photo, write_photo
+
+    alpha = np.full((40, 30), 255, np.uint8)
+    alpha[:, :10] = 128
+    Image.fromarray(np.dstack([np.asarray(photo), alpha]), "RGBA").save(
+        tmp_path / f"soft{suffix}", lossless=True
+    )
+    with Image.open(tmp_path / f"soft{suffix}") as source:
+        expected = np.asarray(source.convert("RGBA")).copy()
+    read = read_photo(tmp_path / f"soft{suffix}")
+    changed = read.rgb.copy()
+    changed[30:, 20:] = (0, 255, 0)  # a restored patch, in the opaque part
+    with Image.open(write_photo(tmp_path / f"copy{suffix}", changed, like=read)) as copy:
+        written = np.asarray(copy.convert("RGBA"))
+    expected[30:, 20:, :3] = (0, 255, 0)
+    assert np.array_equal(written, expected)
+
+
+def test_a_colour_marked_transparent_is_kept_transparent(tmp_path, photo):
+    """An RGB (or grey) PNG may mark one colour transparent (tRNS) instead of carrying an alpha channel."""
+    from m2u.core.imageio import read_photo, write_photo
+
+    pixels = np.asarray(photo).copy()
+    pixels[:5] = (1, 2, 3)
+    Image.fromarray(pixels).save(tmp_path / "keyed.png", transparency=(1, 2, 3))
+    read = read_photo(tmp_path / "keyed.png")
+    assert read.alpha is not None and (read.alpha[:5] == 0).all() and (read.alpha[5:] == 255).all()
+    assert (read.rgb[:5] == 255).all()  # shown on white, as a viewer shows it, to the detector and the model
+    with Image.open(write_photo(tmp_path / "copy.png", read.rgb, like=read)) as copy:
+        assert (np.asarray(copy.convert("RGBA"))[..., 3] == read.alpha).all()

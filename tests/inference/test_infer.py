@@ -100,7 +100,7 @@ def test_unmask_real_photos_with_several_faces_and_sizes(extras_dir, tiny_checkp
         original = read_image(photo)
         restored = cv2.cvtColor(cv2.imread(r.output), cv2.COLOR_BGR2RGB)
         assert restored.shape == original.shape
-        assert len(list((tmp_path / "crops").glob(f"{photo.stem}_face*_restored.png"))) == r.faces
+        assert len(list((tmp_path / "crops").glob(f"{photo.name}_face*_restored.png"))) == r.faces
     # Only the faces' mask regions change; the rest of the photo is byte-identical.
     image = read_image(photos[0])
     result, faces = unmasker.unmask_image(image)

@@ -722,3 +722,56 @@ def test_options_that_do_nothing_beside_another_are_said_to(tiny_checkpoints, tm
         "warning: --try-turned works with --detector blazeface only: not used with --detector hog"
         in turned.output
     )
+
+
+@pytest.mark.shared
+def test_crops_of_photos_whose_names_differ_only_in_their_suffix_stay_apart(
+    celeba_dir, tiny_checkpoints, tmp_path
+):
+    from PIL import Image
+
+    mseg_path, gen_path = tiny_checkpoints
+    masked = _engine_masked_face(celeba_dir)
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for name in ("x.jpg", "x.JPG"):
+        Image.fromarray(masked).save(photos / name, quality=95)
+    models = ["--mseg", str(mseg_path), "--generator", str(gen_path), "--size", str(CROP), "--quiet"]
+    models += ["--device", "cpu", "--detector", "masked", "--all-faces", "--keep-crops"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(unmask_main, [str(photos), "-o", str(out), *models])
+    assert result.exit_code == 0 and "2 faces restored" in result.output, result.output
+    for name in ("x.jpg", "x.JPG"):  # x.jpg's crops were overwritten by x.JPG's
+        assert {p.name for p in (out / "crops").glob(f"{name}_face0_*")} == {
+            f"{name}_face0_{part}.png" for part in ("input", "mask", "restored")
+        }
+    # A crop name taken by a file m2u did not write is refused before any work, as every output is.
+    theirs = tmp_path / "out2" / "crops" / "x.jpg_face0_mask.png"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"theirs")
+    refused = CliRunner().invoke(unmask_main, [str(photos), "-o", str(tmp_path / "out2"), *models])
+    assert refused.exit_code == 2 and "x.jpg_face0_mask.png" in refused.output, refused.output
+    assert sorted(p.name for p in (tmp_path / "out2").rglob("*")) == ["crops", "x.jpg_face0_mask.png"]
+    # An input whose output would land among the crops is refused too.
+    (photos / "crops").mkdir()
+    Image.fromarray(masked).save(photos / "crops" / "y.jpg")
+    inside = CliRunner().invoke(unmask_main, [str(photos), "-o", str(tmp_path / "out3"), *models])
+    assert inside.exit_code == 2 and "where --keep-crops writes the crops" in inside.output, inside.output
+
+
+def test_a_photo_that_fails_midway_counts_no_face_restored(tiny_checkpoints, tmp_path, monkeypatch):
+    """Its faces had been counted before the copy failed: the summary said them restored, with no output."""
+    from m2u.inference import photos
+
+    def fail(*args, **kwargs):
+        raise ValueError("EXIF data is too long")
+
+    monkeypatch.setattr(photos, "write_photo", fail)
+    mseg_path, gen_path = tiny_checkpoints
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), np.full((CROP, CROP, 3), 128, np.uint8))
+    config = UnmaskConfig(crop_size=CROP, progress=False, device="cpu", aligned=True, masked_only=False)
+    (row,) = photos.unmask_files([str(image)], mseg_path, gen_path, tmp_path / "out", config)
+    assert (row.status, row.faces, row.left_faces, row.output) == ("error", 0, 0, "")
+    assert row.reason == "ValueError: EXIF data is too long" and row.width == CROP
+    assert "0 faces restored" in photos.summarize([row], tmp_path / "out" / "faces.jsonl")
