@@ -10,13 +10,16 @@ import functools
 import glob
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, fields
+from html import escape
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 from tqdm import tqdm
 
-from m2u.core.fileio import OutputRefusedError, atomic_write_text, fit_stem
+from m2u.core.fileio import OutputRefusedError, atomic_write_text, fit_stem, report_text
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
 from m2u.core.inputs import Discovery, InputEntry
@@ -35,6 +38,7 @@ __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "s
 
 
 CROPS = "crops"  # OUT/crops/: --keep-crops' aligned crops, masks and restorations
+REPORTS = ("report.csv", "faces.jsonl", "index.html")  # OUT's reports, rewritten by every run
 
 
 # "same": the input's own suffix where m2u.core.imageio.write_photo writes its format (WebP lossless); other inputs
@@ -109,8 +113,7 @@ def unmask_files(
         found,
         [
             *(out / name for name in names),
-            out / "report.csv",
-            out / "faces.jsonl",
+            *(out / report for report in REPORTS),
             *_crops_there(out, names, config),
         ],
     )
@@ -272,6 +275,36 @@ def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict])
         writer.writerow(row.__dict__)
     atomic_write_text(out / "report.csv", report.getvalue())
     atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
+    atomic_write_text(out / "index.html", _index_html(out, results))
+
+
+def _link(out: Path, path: str) -> str:
+    """`path` as a link from OUT/index.html: relative (the page works wherever OUT and the inputs are moved
+    together), percent-encoded from the file name's bytes (a name that is not UTF-8 still finds its file)."""
+    return quote(os.fsencode(os.path.relpath(os.path.abspath(path), os.path.abspath(out))))
+
+
+def _index_html(out: Path, results: list[FileResult]) -> str:
+    """OUT/index.html: each photo beside its restored copy, with its status and reason, to look a run over in a
+    browser. The photos are linked, not copied."""
+    rows = []
+    for row in results:
+        before = f'<img src="{_link(out, row.input)}" loading="lazy">'
+        after = f'<img src="{_link(out, row.output)}" loading="lazy">' if row.output else ""
+        said = f"<b>{escape(row.status)}</b>: {row.faces} restored, {row.left_faces} left"
+        where = escape(report_text(os.path.basename(row.input)))
+        rows.append(
+            f"<tr><td>{before}</td><td>{after}</td><td>{said}<br><small>{where}<br>"
+            f"{escape(report_text(row.reason))}</small></td></tr>"
+        )
+    return f"""<!doctype html><meta charset="utf-8"><title>m2u-unmask: {len(results)} photos</title>
+<style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:4px}} img{{max-width:360px;max-height:360px}}</style>
+<p>{escape(summarize(results, out / "faces.jsonl"))}. Each photo, its restored copy (none where nothing was restored),
+its status and reason; every face's evidence is in faces.jsonl.</p>
+<table><tr><th>photo</th><th>restored</th><th></th></tr>
+{chr(10).join(rows)}
+</table>
+"""
 
 
 def _left_rank(face) -> int:

@@ -691,6 +691,13 @@ def test_a_turned_camera_photo_is_restored_upright_with_its_profile_and_exif(
         assert written.info.get("icc_profile") == profile
         kept = written.getexif()
         assert kept.get(ExifTags.Base.Make) == "m2u-phone" and ExifTags.Base.Orientation not in kept
+    # The run's page: the photo beside its copy, linked relative to OUT
+    page = (out / "index.html").read_text()
+    assert (
+        '<img src="../phone.jpeg"' in page
+        and '<img src="phone.jpeg"' in page
+        and "<b>ok</b>: 1 restored" in page
+    )
 
 
 def test_options_that_do_nothing_beside_another_are_said_to(tiny_checkpoints, tmp_path):
