@@ -116,6 +116,12 @@ def describe_os_error(error: OSError) -> str:
     )
 
 
+def stop_of(error: BaseException) -> KeyboardInterrupt | None:
+    """The stop that ended a run with `error`: the one `error` is or unwound from (`stop_behind`), else one
+    signalled to this process whose exception a library swallowed or turned into another error."""
+    return stop_behind(error) or (_SIGNALLED[-1] if _SIGNALLED else None)
+
+
 def stop_behind(error: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM (Terminated) that `error` is, or that was being handled when `error` was raised: a
     library failing while the stop unwinds it is still that stop (torch's DataLoader raised "worker is killed by
@@ -150,10 +156,15 @@ class DeferredStops:
 
 @contextlib.contextmanager
 def defer_stops(notice: str) -> Iterator[DeferredStops]:
-    """While active, Ctrl-C and SIGTERM are recorded instead of raised, `notice` saying what happens next ("stopping
-    after this step"), for a loop to stop where its state is whole (a training loop between two steps, so its
-    checkpoint holds every network after the same step, not one interrupted inside an optimizer step). A second
-    one raises at once. In another thread than the main one (no signal handlers there) nothing is deferred."""
+    """While active, Ctrl-C and SIGTERM are recorded instead of raised, `notice` saying what happens next
+    ("stopping after this step"), for a loop to stop where its state is whole (a
+    training loop between two steps, so its checkpoint holds every network after the same step, not one
+    interrupted inside an optimizer step). A second one raises at once. In another thread than the main one (no
+    signal handlers there) nothing is deferred.
+
+    Once SIGTERM is recorded, the SIGCHLD handler is set aside: a SIGTERM sent to the process group (`timeout`, a
+    batch scheduler) kills the worker processes too, and torch's DataLoader raises "worker killed" from its SIGCHLD
+    handler wherever the main thread is, inside the step the stop waits for."""
     stops = DeferredStops()
     if threading.current_thread() is not threading.main_thread():
         yield stops
@@ -163,6 +174,8 @@ def defer_stops(notice: str) -> Iterator[DeferredStops]:
     def recorded(signum: int, frame: Any) -> None:
         if _in_a_forked_child(signum, owner):
             return
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # first: the workers are dying of the same signal
         stops._record(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt(), notice)
 
     # Only a signal that would raise is deferred: one a program handles its own way (or ignores, or lets kill the
@@ -240,7 +253,7 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             return _one_line_errors(callback, *args, **kwargs)
         except BaseException as error:
             # Ctrl-C or SIGTERM, whatever else it set off on its way out, or one whose exception was swallowed
-            stop = stop_behind(error) or (_SIGNALLED[-1] if _SIGNALLED else None)
+            stop = stop_of(error)
             if stop is None:
                 raise
             _stopped(stop)

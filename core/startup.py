@@ -31,11 +31,14 @@ def one_blas_thread() -> bool:
     return True
 
 
-def entry_with_one_blas_thread(module: str, command: str) -> Callable[[], None]:
-    """A console-script entry: `one_blas_thread`, then `module.command` (a Click command) imported and run."""
+def console_entry(module: str, command: str, one_blas: bool = False) -> Callable[[], None]:
+    """A console-script entry: `one_blas_thread` first where `one_blas`, then `module.command` (a Click command)
+    imported and run. The command's libraries load here, inside the entry: a Ctrl-C while they load is one line,
+    not the traceback of an import (the console script itself imports only this light module)."""
 
     def main() -> None:
-        one_blas_thread()
+        if one_blas:
+            one_blas_thread()
         try:
             run = getattr(importlib.import_module(module), command)
         except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback of an import
@@ -43,5 +46,10 @@ def entry_with_one_blas_thread(module: str, command: str) -> Callable[[], None]:
             sys.exit(INTERRUPTED_EXIT_CODE)
         run()
 
-    main.__doc__ = f"{module}.{command} with one BLAS thread (m2u.core.startup)."
+    main.__doc__ = f"{module}.{command}{' with one BLAS thread' if one_blas else ''} (m2u.core.startup)."
     return main
+
+
+def entry_with_one_blas_thread(module: str, command: str) -> Callable[[], None]:
+    """`console_entry` with one BLAS thread: for the commands whose numpy work is small arrays."""
+    return console_entry(module, command, one_blas=True)

@@ -11,26 +11,25 @@ Modules: pixel (PSNR / SSIM / L1), lpips, fid, identity, suite, groups, baseline
 
 from __future__ import annotations
 
-from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
-from m2u.evaluation.evaluator import EvaluateConfig, evaluate
-from m2u.evaluation.fid import FIDConfig
-from m2u.evaluation.identity import IdentityConfig
-from m2u.evaluation.lpips import LPIPSConfig
-from m2u.evaluation.report import write_report
-from m2u.evaluation.suite import MetricsConfig, MetricSuite
-from m2u.evaluation.weights import MetricUnavailable
+from m2u.core.lazy import lazy_exports
 
-__all__ = [
-    "BASELINES",
-    "BaselineConfig",
-    "EvaluateConfig",
-    "FIDConfig",
-    "IdentityConfig",
-    "LPIPSConfig",
-    "MetricSuite",
-    "MetricUnavailable",
-    "MetricsConfig",
-    "evaluate",
-    "run_baseline",
-    "write_report",
-]
+# Resolved when first used: `import m2u.evaluation` (and m2u-eval's console entry, m2u.evaluation.launch) loads no
+# torch, so Ctrl-C while the libraries load stops in one line.
+_EXPORTS = {
+    "BASELINES": "baselines",
+    "BaselineConfig": "baselines",
+    "run_baseline": "baselines",
+    "EvaluateConfig": "evaluator",
+    "evaluate": "evaluator",
+    "FIDConfig": "fid",
+    "IdentityConfig": "identity",
+    "LPIPSConfig": "lpips",
+    "write_report": "report",
+    "MetricsConfig": "suite",
+    "MetricSuite": "suite",
+    "MetricUnavailable": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

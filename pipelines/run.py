@@ -27,7 +27,7 @@ from typing import Any
 
 from m2u.core.fileio import atomic_write_text, check_writable, open_append
 from m2u.core.fileio import library_versions as versions_of
-from m2u.core.guard import Terminated, UserError, one_line, stop_behind
+from m2u.core.guard import Terminated, UserError, one_line, stop_of
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import RECORD_SUFFIX, StageOutcome, read_record, run_stage
@@ -91,7 +91,9 @@ class _Logger:
 
 def _how_it_ended(error: BaseException) -> str:
     """A stage's end by `error`, for pipeline.log (the command says it in its own line)."""
-    stop = stop_behind(error)
+    stop = stop_of(
+        error
+    )  # also a stop whose exception a library turned into its own ("DataLoader worker killed")
     if stop is not None:
         by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         return f"stopped by {by}: a rerun with the same configuration resumes it"
@@ -207,17 +209,18 @@ def _note_stages_left_behind(run: Path, until: str, made_from: str, log: Callabl
     report of an earlier generator, after `--until gan` retrained it; `made_from`: the fingerprint of `until`'s
     output): left as they are, but not passed off as current."""
     behind = False
+    fingerprint: str | None = made_from
     for name in STAGES[STAGES.index(until) + 1 :]:
         record = read_record(run / STAGE_RECORDS / f"{name}{RECORD_SUFFIX}")
-        if record is None:
-            break
-        behind = behind or (record.get("upstream") or [None])[-1] != made_from
-        if behind:
-            log(
-                f"[{name}] out of date: {run / name} was made from earlier stages and was left as it is "
-                f"(--until {until}); a run without --until brings it up to date"
-            )
-        made_from = record.get("fingerprint", "")
+        if record is not None:
+            behind = behind or (record.get("upstream") or [None])[-1] != fingerprint
+            if behind:
+                log(
+                    f"[{name}] out of date: {run / name} was made from earlier stages and was left as it is "
+                    f"(--until {until}); a run without --until brings it up to date"
+                )
+        # A stage without a record (never run, or stopped midway) is not what any later stage was made from.
+        fingerprint = None if record is None else record.get("fingerprint", "")
 
 
 def run_pipeline(
@@ -262,7 +265,8 @@ def run_pipeline(
     _note_stages_left_behind(run, until, upstream[-1], log)
     plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / "plots")
     if all(outcome.skipped for outcome in outcomes.values()):
-        log("nothing to do: every stage is up to date")
+        last = until != STAGES[-1]
+        log(f"nothing to do: every stage{f' up to {until}' if last else ''} is up to date")
     for plot in plots:
         log(f"plot: {plot}")
     return outcomes

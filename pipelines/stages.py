@@ -99,7 +99,9 @@ def move_aside(name: str, stage_dir: Path, records_dir: Path, paths: list[Path])
 
 
 def _flattened(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
+    if (
+        not isinstance(tree, dict) or not tree
+    ):  # an empty mapping is a value of its own ({} where options were)
         return {prefix.rstrip("."): tree}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -120,9 +122,10 @@ def describe_change(
     names `upstream`'s entries in order); "" when neither can be told (a record of an older m2u)."""
     before = _flattened(record.get("config", {}))
     now = _flattened(json.loads(canonical_json(config, outputs_only=True)))
-    changed = [key for key in now if key not in before or before[key] != now[key]]
+    keys = [*now, *(key for key in before if key not in now)]  # an option gone counts as changed too
+    changed = [key for key in keys if key not in before or key not in now or before[key] != now[key]]
     words = [
-        f"{config_prefix}{key} {json.dumps(before.get(key, 'unset'))} -> {json.dumps(now[key])}"
+        f"{config_prefix}{key} {json.dumps(before.get(key, 'unset'))} -> {json.dumps(now.get(key, 'unset'))}"
         for key in changed[:most]
     ]
     if len(changed) > most:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written
-from m2u.core.guard import DeferredStops, Terminated, defer_stops, stop_name
+from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
 from m2u.training.checkpoint import remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
@@ -32,6 +32,10 @@ from m2u.training.run_state import (
 )
 from m2u.training.runlog import LOG_NAME, METRICS_NAME, RunLog, open_progress
 from m2u.training.task import Task
+
+# What a Ctrl-C or SIGTERM during training does, said when it arrives (before the first step nothing is written, and
+# a new run's folder is removed: the run's last line says which).
+STOP_NOTICE = "stopping once the training step under way is done, with its checkpoint"
 
 
 def planned_steps(config: RunConfig, data: DataSource) -> int | None:
@@ -147,8 +151,9 @@ class Trainer:
         fresh = self.step == 0
         try:
             # Ctrl-C or SIGTERM stops the run between two steps, with a checkpoint of that step (_stop_here).
-            with defer_stops("stopping after this training step, with a checkpoint") as self._stops:
+            with defer_stops(STOP_NOTICE) as self._stops:
                 stop_reason = self._train_epochs(started, progress)
+                self._stop_here_if_asked()  # a stop during the last step: its checkpoint, not the final evaluation
             self.task.check_finite_state(self.step)  # the steps since the last log line
         except NonFiniteLossError as error:
             raise self._non_finite_stop(error) from None
@@ -259,15 +264,25 @@ class Trainer:
 
     def _stop_here(self, stop: KeyboardInterrupt, cause: BaseException | None = None) -> None:
         """Write the checkpoint of the last whole step (when it is not the last one written) and raise `stop`,
-        saying so: `--resume` continues from that step, not from the last periodic checkpoint."""
+        saying so: a resumed run continues from that step, not from the last periodic checkpoint. What kept it
+        from being written is said instead (weights gone non-finite, a full disk)."""
         step = self.step
+        said = ""
         if step > 0 and self._checkpointed_step != step:
-            self.task.check_finite_state(step)  # never a checkpoint of diverged weights
-            self.save_checkpoint()
-        self.runlog.log({"event": "stopped", "by": stop_name(stop), "step": step})
-        said = (
-            f"checkpoint of step {step} in {self.checkpoint_path}: --resume continues from it" if step else ""
-        )
+            try:
+                self.task.check_finite_state(step)  # never a checkpoint of diverged weights
+                self.save_checkpoint()
+                said = (
+                    f"checkpoint of step {step} in {self.checkpoint_path}: resuming the run continues from it"
+                )
+            except NonFiniteLossError as error:
+                said = f"no checkpoint written: {self._non_finite_stop(error)}"
+            except OSError as error:
+                said = f"the checkpoint of step {step} could not be written: {describe_os_error(error)}"
+        elif step > 0:
+            said = f"the checkpoint of step {step} in {self.checkpoint_path} is up to date"
+        if step > 0:  # a run stopped before its first step is forgotten (see run): nothing to record
+            self.runlog.log({"event": "stopped", "by": stop_name(stop), "step": step})
         raise type(stop)(said) from cause
 
     def _train_one(self, batch: dict, progress: Any) -> None:

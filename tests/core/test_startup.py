@@ -61,3 +61,15 @@ def test_console_entries_set_it_before_their_cli_loads_numpy(launcher, entry):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "1 True"
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line(tmp_path):
+    """A command whose libraries are still loading when Ctrl-C arrives says so in one line, exit 130."""
+    (tmp_path / "slow_command.py").write_text("raise KeyboardInterrupt  # Ctrl-C while this module loads\n")
+    code = "from m2u.core.startup import console_entry\nconsole_entry('slow_command', 'main')()\n"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        130,
+        "stopped by Ctrl-C before the run began: nothing was written\n",
+    )

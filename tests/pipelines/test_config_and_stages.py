@@ -203,3 +203,42 @@ def test_pipeline_log_records_how_a_stage_ended(tmp_path, monkeypatch, ending, s
     log = (tmp_path / "run" / "pipeline.log").read_text().splitlines()
     assert log[-1].endswith(said) and "[mseg] running" in log[-2]
     assert not any(said in line for line in echoed)  # the command says it in its own one line
+
+
+def test_a_stage_after_one_stopped_midway_is_out_of_date(tmp_path):
+    """--until mseg after the gan stage was rerun and stopped: the evaluation was made from the generator moved to
+    stale/, and said so (the check had stopped at the first stage without a record)."""
+    from m2u.pipelines.run import _note_stages_left_behind
+
+    records = tmp_path / "stages"
+    records.mkdir()
+    (records / "mseg.json").write_text(json.dumps({"fingerprint": "m1", "upstream": ["in", "d1"]}))
+    (records / "gan.pending").write_text("g2")  # rerun under a new configuration, stopped: no record
+    (records / "evaluation.json").write_text(
+        json.dumps({"fingerprint": "e1", "upstream": ["in", "d1", "m1", "g1"]})
+    )
+    said: list[str] = []
+    _note_stages_left_behind(tmp_path, "mseg", "m1", said.append)
+    assert len(said) == 1 and said[0].startswith(f"[evaluation] out of date: {tmp_path / 'evaluation'}")
+
+
+def test_a_stop_a_library_turned_into_its_own_error_is_logged_as_the_stop(monkeypatch):
+    """A SIGTERM to the process group kills the loader's workers and torch raises "worker killed": the console
+    said "stopped by SIGTERM" and pipeline.log "failed"."""
+    from m2u.core import guard
+    from m2u.pipelines.run import _how_it_ended
+
+    monkeypatch.setattr(guard, "_SIGNALLED", [guard.Terminated()])
+    killed = RuntimeError("DataLoader worker (pid 7) is killed by signal: Terminated.")
+    assert _how_it_ended(killed) == "stopped by SIGTERM: a rerun with the same configuration resumes it"
+    monkeypatch.setattr(guard, "_SIGNALLED", [])
+    assert _how_it_ended(killed).startswith("failed: DataLoader worker (pid 7)")
+
+
+def test_an_option_emptied_or_removed_is_named_as_changed(tmp_path):
+    from m2u.pipelines.stages import describe_change
+
+    record = {"config": {"detector_options": {"upsample": 1}, "lr": 0.1}}
+    assert describe_change(record, {"detector_options": {}, "lr": 0.1}, []) == (
+        'detector_options "unset" -> {}, detector_options.upsample 1 -> "unset"'
+    )

@@ -399,6 +399,16 @@ class _SignalledAt(TensorDataSource):
         import os
         import signal
 
+        if (
+            self.at == 0 and split == "train"
+        ):  # while the epoch's batches are set up, before a step is under way
+            os.kill(os.getpid(), signal.SIGINT)
+        return self._handed_out(split, epoch)
+
+    def _handed_out(self, split, epoch):
+        import os
+        import signal
+
         for batch in super().batches(split, epoch):
             if split == "train":
                 self.handed += 1
@@ -415,7 +425,9 @@ def test_ctrl_c_stops_after_the_step_with_its_checkpoint_and_resume_is_exact(tmp
     straight = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
     train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=6, **config), straight)
     stopped = _SignalledAt({"train": _tensors(6)}, batch_size=2, seed=3, at=3)
-    with pytest.raises(KeyboardInterrupt, match="checkpoint of step 3 in .*: --resume continues from it"):
+    with pytest.raises(
+        KeyboardInterrupt, match="checkpoint of step 3 in .*: resuming the run continues from it"
+    ):
         train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, **config), stopped)
     assert load_training_state(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 3
     events = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
@@ -436,4 +448,45 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     with pytest.raises(KeyboardInterrupt) as stopped:
         train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, **config), insisted)
     assert str(stopped.value) == ""  # raised where it landed, nothing written for it
+    assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+
+
+def test_ctrl_c_in_the_last_step_stops_with_its_checkpoint_before_the_final_evaluation(tmp_path):
+    """The stop was ignored: the final evaluation ran and the command exited 0. The run resumed later does only
+    what was left, the final evaluation."""
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    last = _SignalledAt({"train": _tensors(6)}, batch_size=2, seed=3, at=4)
+    run = MSegTrainConfig(out=str(tmp_path / "b"), max_steps=4, **config)
+    with pytest.raises(KeyboardInterrupt, match="checkpoint of step 4"):
+        train_mseg(run, last)
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    results = train_mseg(
+        dataclasses.replace(run, resume=True), TensorDataSource({"train": _tensors(6)}, 2, seed=3)
+    )
+    assert results["steps"] == 4 and (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_a_stop_before_the_first_step_leaves_no_run(tmp_path, capfd):
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    first = _SignalledAt({"train": _tensors(6)}, batch_size=2, seed=3, at=0)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train_mseg(MSegTrainConfig(out=str(tmp_path / "new"), max_steps=4, **config), first)
+    assert str(stopped.value) == "" and not (tmp_path / "new").exists()
+    assert "Ctrl-C: stopping once the training step under way is done" in capfd.readouterr().err
+
+
+def test_weights_gone_non_finite_at_the_stop_are_said_not_checkpointed(tmp_path, monkeypatch):
+    from m2u.training.mseg_task import MSegTask
+
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    stopped_at = _SignalledAt({"train": _tensors(6)}, batch_size=2, seed=3, at=3)
+
+    def diverged(self, step):
+        if step >= 3:
+            raise NonFiniteLossError(f"non-finite weights after step {step}")
+
+    monkeypatch.setattr(MSegTask, "check_finite_state", diverged)
+    quiet = {**config, "log_every": 100}  # no check after each step: the stop's own finds the divergence
+    with pytest.raises(KeyboardInterrupt, match="^no checkpoint written: non-finite weights after step 3"):
+        train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, **quiet), stopped_at)
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
