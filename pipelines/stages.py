@@ -122,7 +122,8 @@ def describe_change(
     names `upstream`'s entries in order); "" when neither can be told (a record of an older m2u)."""
     before = _flattened(record.get("config", {}))
     now = _flattened(json.loads(canonical_json(config, outputs_only=True)))
-    keys = [*now, *(key for key in before if key not in now)]  # an option gone counts as changed too
+    every = _flattened(json.loads(canonical_json(config)))  # runtime settings too: the record holds them
+    keys = [*now, *(key for key in before if key not in every)]  # an option gone counts as changed too
     changed = [key for key in keys if key not in before or key not in now or before[key] != now[key]]
     words = [
         f"{config_prefix}{key} {json.dumps(before.get(key, 'unset'))} -> {json.dumps(now.get(key, 'unset'))}"
