@@ -414,18 +414,23 @@ def _engine_masked_face(celeba_dir) -> np.ndarray:
     return apply_mask(image, FaceDetector().detect(image)[0], config, seed=seed).image
 
 
+def _unmask_masked(inputs: Path, out: Path, checkpoints: tuple[Path, Path], *options: str):
+    """m2u-unmask as a user runs it on photos of masked faces (every face found restored), with the tiny models."""
+    mseg_path, gen_path = checkpoints
+    models = ["--mseg", str(mseg_path), "--generator", str(gen_path), "--size", str(CROP), "--device", "cpu"]
+    return CliRunner().invoke(
+        unmask_main,
+        [str(inputs), "-o", str(out), *models, "--quiet", "--detector", "masked", "--all-faces", *options],
+    )
+
+
 @pytest.mark.shared
 def test_cli_restores_an_engine_masked_photo_and_reports_its_face(celeba_dir, tiny_checkpoints, tmp_path):
-    mseg_path, gen_path = tiny_checkpoints
     masked = _engine_masked_face(celeba_dir)
     photo = tmp_path / "masked.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(masked, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        unmask_main,
-        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
-    )
+    result = _unmask_masked(photo, out, tiny_checkpoints)
     assert result.exit_code == 0, result.output
     assert "1 files: 1 ok; 1 faces restored (1 mhog0/visible)" in result.output
     with open(out / "report.csv") as handle:
@@ -644,18 +649,13 @@ def test_output_names_keep_subfolders_and_differ_only_where_they_would_clash():
 def test_a_transparent_png_keeps_its_transparency(celeba_dir, tiny_checkpoints, tmp_path):
     from PIL import Image
 
-    mseg_path, gen_path = tiny_checkpoints
     masked = _engine_masked_face(celeba_dir)
     alpha = np.full(masked.shape[:2], 255, np.uint8)
     alpha[:, :20] = 0  # a transparent strip at the left edge, away from the face
     photo = tmp_path / "masked.png"
     Image.fromarray(np.dstack([masked, alpha]), "RGBA").save(photo)
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        unmask_main,
-        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
-    )
+    result = _unmask_masked(photo, out, tiny_checkpoints)
     assert result.exit_code == 0 and "1 faces restored" in result.output, result.output
     with Image.open(out / "masked.png") as written:
         assert written.mode == "RGBA"
@@ -670,7 +670,6 @@ def test_a_turned_camera_photo_is_restored_upright_with_its_profile_and_exif(
     restored copy (its own suffix, .jpeg) is upright, keeps profile and EXIF, and asks no viewer to turn it again."""
     from PIL import ExifTags, Image, ImageCms
 
-    mseg_path, gen_path = tiny_checkpoints
     masked = _engine_masked_face(celeba_dir)
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()
@@ -680,11 +679,7 @@ def test_a_turned_camera_photo_is_restored_upright_with_its_profile_and_exif(
     stored = Image.fromarray(masked).transpose(Image.Transpose.ROTATE_90)
     stored.save(photo, quality=98, icc_profile=profile, exif=exif.tobytes())
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        unmask_main,
-        [str(photo), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-        + ["--size", str(CROP), "--quiet", "--device", "cpu", "--detector", "masked", "--all-faces"],
-    )
+    result = _unmask_masked(photo, out, tiny_checkpoints)
     assert result.exit_code == 0 and "1 faces restored" in result.output, result.output
     with Image.open(out / "phone.jpeg") as written:
         assert written.format == "JPEG" and written.size == (masked.shape[1], masked.shape[0])
@@ -737,16 +732,13 @@ def test_crops_of_photos_whose_names_differ_only_in_their_suffix_stay_apart(
 ):
     from PIL import Image
 
-    mseg_path, gen_path = tiny_checkpoints
     masked = _engine_masked_face(celeba_dir)
     photos = tmp_path / "in"
     photos.mkdir()
     for name in ("x.jpg", "x.JPG"):
         Image.fromarray(masked).save(photos / name, quality=95)
-    models = ["--mseg", str(mseg_path), "--generator", str(gen_path), "--size", str(CROP), "--quiet"]
-    models += ["--device", "cpu", "--detector", "masked", "--all-faces", "--keep-crops"]
     out = tmp_path / "out"
-    result = CliRunner().invoke(unmask_main, [str(photos), "-o", str(out), *models])
+    result = _unmask_masked(photos, out, tiny_checkpoints, "--keep-crops")
     assert result.exit_code == 0 and "2 faces restored" in result.output, result.output
     for name in ("x.jpg", "x.JPG"):  # x.jpg's crops were overwritten by x.JPG's
         assert {p.name for p in (out / "crops").glob(f"{name}_face0_*")} == {
@@ -756,13 +748,13 @@ def test_crops_of_photos_whose_names_differ_only_in_their_suffix_stay_apart(
     theirs = tmp_path / "out2" / "crops" / "x.jpg_face0_mask.png"
     theirs.parent.mkdir(parents=True)
     theirs.write_bytes(b"theirs")
-    refused = CliRunner().invoke(unmask_main, [str(photos), "-o", str(tmp_path / "out2"), *models])
+    refused = _unmask_masked(photos, tmp_path / "out2", tiny_checkpoints, "--keep-crops")
     assert refused.exit_code == 2 and "x.jpg_face0_mask.png" in refused.output, refused.output
     assert sorted(p.name for p in (tmp_path / "out2").rglob("*")) == ["crops", "x.jpg_face0_mask.png"]
     # An input whose output would land among the crops is refused too.
     (photos / "crops").mkdir()
     Image.fromarray(masked).save(photos / "crops" / "y.jpg")
-    inside = CliRunner().invoke(unmask_main, [str(photos), "-o", str(tmp_path / "out3"), *models])
+    inside = _unmask_masked(photos, tmp_path / "out3", tiny_checkpoints, "--keep-crops")
     assert inside.exit_code == 2 and "where --keep-crops writes the crops" in inside.output, inside.output
 
 
