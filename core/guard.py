@@ -149,9 +149,11 @@ class DeferredStops:
             raise stop  # a second one: the user insists, stop at once
         self.requested = stop
         _SIGNALLED.append(stop)
-        # os.write, not print: the handler may run in the middle of another write to stderr (a progress bar).
+        # os.write, not print: the handler may run in the middle of another write to stderr (a progress bar). On a
+        # terminal a progress bar's line has no end yet: the notice starts a line of its own.
+        line = f"{stop_name(stop)}: {notice} ({stop_name(stop)} again stops at once)\n"
         with contextlib.suppress(OSError):
-            os.write(2, f"{stop_name(stop)}: {notice} ({stop_name(stop)} again stops at once)\n".encode())
+            os.write(2, (("\n" if os.isatty(2) else "") + line).encode())
 
 
 @contextlib.contextmanager
