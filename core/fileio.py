@@ -61,6 +61,18 @@ def fit_stem(stem: str, room: int = 64) -> str:
     return f"{cut}-{digest}"
 
 
+def claim_name(stem: str, suffix: str, taken: set[str]) -> str:
+    """`stem + suffix`, or `stem-2 + suffix`, -3... where that name is taken already, added to `taken`: one run's
+    output names. Names that differ only in letter case are one name here, as they are one file on the disks of
+    macOS and Windows (x.jpg and x.JPG from a Linux disk)."""
+    name, k = stem + suffix, 1
+    while name.casefold() in taken:
+        k += 1
+        name = f"{stem}-{k}{suffix}"
+    taken.add(name.casefold())
+    return name
+
+
 def report_text(text: str) -> str:
     """`text` as m2u's text outputs write it (REPORT_TEXT_ERRORS): valid UTF-8, for writers that take a str (Parquet)."""
     return text.encode("utf-8", REPORT_TEXT_ERRORS).decode("utf-8")

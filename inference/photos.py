@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from tqdm import tqdm
 
-from m2u.core.fileio import OutputRefusedError, atomic_write_text, fit_stem, report_text
+from m2u.core.fileio import OutputRefusedError, atomic_write_text, claim_name, fit_stem, report_text
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
 from m2u.core.inputs import Discovery, InputEntry
@@ -71,16 +71,10 @@ class FileResult:
 def _output_name(entry: InputEntry, output_format: str, used: set[str]) -> str:
     """The restored photo's path inside OUT: the input's own path below its input folder (subfolders kept, as
     m2u-mask keeps them: a/x.jpg and b/x.jpg stay apart), with the format's suffix; a name taken already (x.jpg
-    and x.png written as PNG) gets -2, -3... in input order."""
+    and x.png written as PNG, or x.jpg and x.JPG) gets -2, -3... in input order (m2u.core.fileio.claim_name)."""
     relative = PurePosixPath(entry.relative)
     stem = (relative.parent / fit_stem(relative.stem)).as_posix()
-    suffix = output_suffix(entry.path, output_format)
-    name, k = stem + suffix, 1
-    while name in used:
-        k += 1
-        name = f"{stem}-{k}{suffix}"
-    used.add(name)
-    return name
+    return claim_name(stem, output_suffix(entry.path, output_format), used)
 
 
 def unmask_files(

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from m2u.core.errors import SettingError
-from m2u.core.fileio import REPORT_TEXT_ERRORS, fit_stem, remove_temp_files
+from m2u.core.fileio import REPORT_TEXT_ERRORS, claim_name, fit_stem, remove_temp_files
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
@@ -126,17 +126,13 @@ class BatchResult:
 
 def output_stems(entries: list[InputEntry]) -> list[tuple[InputEntry, Path]]:
     """(entry, output stem relative to OUT) per entry: the sub-folder below its input folder is kept, and equal
-    stems get -2, -3... in input order."""
-    used: set[Path] = set()
+    stems (also in all but letter case: m2u.core.fileio.claim_name) get -2, -3... in input order."""
+    taken: set[str] = set()
     result = []
     for entry in entries:
         stem = Path(entry.relative).with_suffix("")
         stem = stem.with_name(fit_stem(stem.name))  # a long input name still gives names the disk takes
-        candidate, n = stem, 2
-        while candidate in used:
-            candidate, n = stem.with_name(f"{stem.name}-{n}"), n + 1
-        used.add(candidate)
-        result.append((entry, candidate))
+        result.append((entry, Path(claim_name(stem.as_posix(), "", taken))))
     return result
 
 
