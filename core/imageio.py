@@ -162,9 +162,8 @@ def _has_alpha(img: Image.Image) -> bool:
 class Photo:
     """A photo as read for a copy of it to be written back (m2u-unmask): its upright pixels and what the copy keeps."""
 
-    rgb: (
-        np.ndarray
-    )  # uint8 (H, W, 3), EXIF orientation applied; a transparent photo shown on white (`read_image`)
+    # uint8 (H, W, 3), EXIF orientation applied; a transparent photo shown on white (as `read_image` gives it)
+    rgb: np.ndarray
     alpha: np.ndarray | None = None  # uint8 (H, W), upright as `rgb`; None for a photo without transparency
     # Its colour profile: without it a wide-gamut photo (a phone's Display P3) is shown with dull, shifted colours.
     icc_profile: bytes | None = None

@@ -228,7 +228,7 @@ def _unmask_one(
 
 def _crops_base(name: str) -> str:
     """Where --keep-crops writes the crops of the photo written as `name`: OUT/crops/<name>_face<k>_*.png. The
-    output name is whole (suffix kept) as output names are unique: x.jpg's crops are not x.JPG's."""
+    output name is whole (suffix kept) as output names are unique: x.jpg's crops are not x.png's."""
     return f"{CROPS}/{name}"
 
 
@@ -251,10 +251,10 @@ def _crops_there(out: Path, names: list[str], config: UnmaskConfig) -> list[Path
     )
 
 
-def _write_crops(folder: Path, name: str, faces: list[FaceRestoration]) -> None:
+def _write_crops(out: Path, name: str, faces: list[FaceRestoration]) -> None:
     """Each restored face's aligned crop, predicted mask and restoration (--keep-crops)."""
     for k, face in enumerate(faces):
-        base = folder / f"{_crops_base(name)}_face{k}"
+        base = out / f"{_crops_base(name)}_face{k}"
         write_image(Path(f"{base}_input.png"), face.crop)
         write_image(Path(f"{base}_mask.png"), face.mask, rgb=False)
         write_image(Path(f"{base}_restored.png"), face.restored)
