@@ -159,10 +159,9 @@ class DeferredStops:
 @contextlib.contextmanager
 def defer_stops(notice: str) -> Iterator[DeferredStops]:
     """While active, Ctrl-C and SIGTERM are recorded instead of raised, `notice` saying what happens next
-    ("stopping after this step"), for a loop to stop where its state is whole (a
-    training loop between two steps, so its checkpoint holds every network after the same step, not one
-    interrupted inside an optimizer step). A second one raises at once. In another thread than the main one (no
-    signal handlers there) nothing is deferred.
+    ("stopping after this step"), for a loop to stop where its state is whole (a training loop between two steps,
+    so its checkpoint holds every network after the same step, not one interrupted inside an optimizer step). A
+    second one raises at once. In another thread than the main one (no signal handlers there) nothing is deferred.
 
     Once SIGTERM is recorded, the SIGCHLD handler is set aside: a SIGTERM sent to the process group (`timeout`, a
     batch scheduler) kills the worker processes too, and torch's DataLoader raises "worker killed" from its SIGCHLD
