@@ -122,12 +122,15 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return np.array(img)  # one copy, straight from Pillow's buffer
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if mode in _WIDE_GREY:
         # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling, so scale ourselves.
         grey: np.ndarray = np.asarray(img).astype(np.uint32)
         if mode == "I" and grey.max(initial=0) > 65535:
             grey = grey >> 16
         grey8 = (grey >> 8).astype(np.uint8) if grey.max(initial=0) > 255 else grey.astype(np.uint8)
+        alpha = _keyed_alpha(img)
+        if alpha is not None:
+            grey8[alpha == 0] = 255  # its transparent grey level shown on white, as the other modes' alpha
         return np.repeat(grey8[:, :, None], 3, axis=2)
     if mode == "F":
         grey = np.asarray(img, dtype=np.float32)
@@ -151,6 +154,18 @@ def as_rgb_image(image: Any, what: str = "image") -> np.ndarray:
     if not image.shape[0] or not image.shape[1]:
         raise ValueError(f"{what} is empty: shape {image.shape}")
     return np.ascontiguousarray(image)
+
+
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _keyed_alpha(img: Image.Image) -> np.ndarray | None:
+    """The alpha of a 16-bit grey image whose one grey level is marked transparent (PNG tRNS), which Pillow's
+    convert("RGBA") ignores (it clips the levels); None for any other image."""
+    key = img.info.get("transparency")
+    if img.mode not in _WIDE_GREY or not isinstance(key, int):
+        return None
+    return np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -203,6 +218,11 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, max_pixels:
     if not data:
         raise ImageReadError("empty file (0 bytes)", path)
     return _decode(io.BytesIO(data), path, max_pixels)
+
+
+def _pixels(count: int) -> str:
+    """A pixel count as people say it: megapixels, or pixels where that would read 0.0 MP."""
+    return f"{count / 1e6:.1f} MP" if count >= 50_000 else f"{count} pixels"
 
 
 def _rgb_profile(icc: bytes | None) -> bytes | None:
@@ -287,39 +307,51 @@ _EXIF_SIZE_TAGS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
 def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
     try:
         with warnings.catch_warnings():
-            # Our own max_pixels check replaces Pillow's decompression-bomb warning.
+            # Our own max_pixels check replaces Pillow's decompression-bomb warning; EXIF it cannot parse leaves the
+            # photo as stored (`_upright`), without its file-less "Corrupt EXIF data" warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", message=".*EXIF", category=UserWarning)
             with Image.open(handle) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageReadError(
-                        f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
-                        f"exceeds the limit of {max_pixels / 1e6:.1f} MP",
+                        f"image too large: {width}x{height} = {_pixels(width * height)} "
+                        f"exceeds the limit of {_pixels(max_pixels)}",
                         path,
                     )
                 img.load()
                 upright = _upright(img)
                 array = _to_rgb_array(upright)
                 if whole_photo:
-                    rgba = np.asarray(upright.convert("RGBA")) if _has_alpha(upright) else None
+                    alpha = colour = None
+                    if _has_alpha(upright):
+                        alpha = _keyed_alpha(upright)
+                        if alpha is None:
+                            rgba = np.asarray(upright.convert("RGBA"))
+                            alpha, colour = rgba[..., 3].copy(), rgba[..., :3].copy()
                     photo = Photo(
                         array,
-                        None if rgba is None else rgba[..., 3].copy(),
+                        alpha,
                         _rgb_profile(img.info.get("icc_profile")),
                         _exif_of_upright(img, *upright.size),
-                        None if rgba is None else rgba[..., :3].copy(),
+                        colour,
                     )
     except ImageReadError:
         raise
     except UnidentifiedImageError as exc:
         raise ImageReadError("not an image (unrecognised format)", path) from exc
     except Image.DecompressionBombError as exc:
-        # Pillow refuses twice its own limit while opening, before our check sees the size: said in our words.
+        # Pillow refuses twice its own limit while opening, before our check sees the size: said in our words,
+        # with Pillow's ceiling where a limit above it was asked for.
         declared = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(declared.group(1)) / 1e6:.1f} MP" if declared else "its size"
-        raise ImageReadError(
-            f"image too large: {size} exceeds the limit of {max_pixels / 1e6:.1f} MP", path
-        ) from exc
+        size = _pixels(int(declared.group(1))) if declared else "its size"
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = (
+            f"the limit of {_pixels(max_pixels)}"
+            if max_pixels <= ceiling
+            else f"Pillow's ceiling of {_pixels(ceiling)} (the limit asked for: {_pixels(max_pixels)})"
+        )
+        raise ImageReadError(f"image too large: {size} exceeds {limit}", path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated or corrupt data as OSError ("image file is truncated", "broken data stream").
         raise ImageReadError(f"corrupt or truncated image ({exc})", path) from exc

@@ -147,13 +147,18 @@ def is_mask_file(path: Path) -> bool:
 
 def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
     entries = []
+    # Given an m2u output folder itself (m2u-mask's OUT to m2u-unmask), its subfolders are part of it, records and
+    # all; inside any other folder, a folder holding a record is an earlier run's output, not read.
+    output_tree = {folder} if (folder / RECORD_NAME).is_file() else set()
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
         if exclude and _inside(_resolved(root_path), exclude):
             found.excluded += len(files)
             dirs[:] = []
             continue
-        if RECORD_NAME in files and root_path != folder:
+        if root_path.parent in output_tree:
+            output_tree.add(root_path)
+        elif RECORD_NAME in files and root_path != folder:
             found.m2u_outputs += len(files) - 1
             dirs[:] = []
             continue

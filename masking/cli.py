@@ -43,6 +43,7 @@ _BATCH = BatchConfig()
 
 # What a contact sheet does not use: it shows every mask type and preset on one face of the first photo with one.
 _UNUSED_BY_CONTACT_SHEET = (
+    "out_dir",
     "mask_type",
     "color",
     "color_weight",
@@ -84,7 +85,7 @@ def _contact_sheet(
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @inputs_argument
-@out_option("Output folder.")
+@out_option("Output folder (not used by --contact-sheet).", required=False)
 @alias_option("--output", target="out_dir", type=click.Path(file_okay=False))
 @click.option(
     "--mask-type",
@@ -149,7 +150,7 @@ def _contact_sheet(
     "--contact-sheet",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Only render a PNG of all mask types and presets on the first face found.",
+    help="Only render an image (in its suffix's format) of all mask types and presets on the first face found.",
 )
 @progress_options
 def main(**kw) -> None:
@@ -166,6 +167,8 @@ def main(**kw) -> None:
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
+    if kw["out_dir"] is None and kw["contact_sheet"] is None:
+        raise click.UsageError("Missing option '-o' / '--out'.")
     _mask(**kw)
 
 
@@ -191,7 +194,7 @@ def _mask(
     limit,
     progress,
 ) -> None:
-    out_dir = Path(out_dir)
+    out_dir = None if out_dir is None else Path(out_dir)  # None: a contact sheet only
     try:
         config = _batch_config(
             MaskConfig(

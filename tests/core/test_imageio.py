@@ -123,6 +123,11 @@ def test_a_decompression_bomb_is_refused_in_the_same_words(tmp_path):
     with pytest.raises(ImageReadError) as refused:
         read_image(tmp_path / "bomb.png")
     assert refused.value.reason == "image too large: 225.0 MP exceeds the limit of 100.0 MP"
+    with pytest.raises(
+        ImageReadError
+    ) as refused:  # a limit asked for above Pillow's own: its ceiling is said
+        read_image(tmp_path / "bomb.png", max_pixels=500_000_000)
+    assert refused.value.reason.startswith("image too large: 225.0 MP exceeds Pillow's ceiling of 179.0 MP")
 
 
 def test_missing_file_and_folder(tmp_path):
@@ -337,3 +342,25 @@ def test_a_colour_marked_transparent_is_kept_transparent(tmp_path, photo):
     assert (read.rgb[:5] == 255).all()  # shown on white, as a viewer shows it, to the detector and the model
     with Image.open(write_photo(tmp_path / "copy.png", read.rgb, like=read)) as copy:
         assert (np.asarray(copy.convert("RGBA"))[..., 3] == read.alpha).all()
+
+
+def test_a_16_bit_grey_level_marked_transparent_is_transparency(tmp_path):
+    """Pillow's convert("RGBA") ignores a 16-bit grey PNG's transparent level (tRNS): shown grey, alpha lost."""
+    from m2u.core.imageio import read_photo
+
+    levels = np.full((20, 30), 40000, np.uint16)
+    levels[:4] = 1234
+    Image.fromarray(levels).save(tmp_path / "deep.png", transparency=1234)
+    assert (read_image(tmp_path / "deep.png")[:4] == 255).all()  # on white, as every other transparent pixel
+    alpha = read_photo(tmp_path / "deep.png").alpha
+    assert alpha is not None and (alpha[:4] == 0).all() and (alpha[4:] == 255).all()
+
+
+def test_exif_pillow_cannot_parse_leaves_the_photo_as_stored_without_a_warning(tmp_path, photo):
+    """Pillow's "Corrupt EXIF data" warning names no file and came once per run, whatever the files."""
+    import warnings
+
+    photo.save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00II*\x00" + b"\xff" * 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "odd.jpg").shape == (40, 30, 3)

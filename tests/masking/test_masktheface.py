@@ -224,16 +224,19 @@ def test_the_readme_table1_recipe_builds_with_the_checkouts_templates(checkout, 
 
 def test_contact_sheet_says_which_options_it_does_not_use(checkout, face_photo, tmp_path):
     sheet = tmp_path / "sheet.png"
-    command = [str(face_photo), "-o", str(tmp_path / "o"), "--contact-sheet", str(sheet)]
+    command = [str(face_photo), "--contact-sheet", str(sheet)]  # no -o: a contact sheet writes no folder
     plain = CliRunner().invoke(mask_cli.main, command)
-    assert plain.exit_code == 0 and "warning" not in plain.output, plain.output
+    assert plain.exit_code == 0 and sheet.is_file() and "warning" not in plain.output, plain.output
     sheet.unlink()
-    chosen = CliRunner().invoke(mask_cli.main, [*command, "--mask-type", "N95", "--workers", "2"])
+    chosen = CliRunner().invoke(
+        mask_cli.main, [*command, "-o", str(tmp_path / "o"), "--mask-type", "N95", "--workers", "2"]
+    )
     assert chosen.exit_code == 0 and sheet.is_file(), chosen.output
     assert (
-        "warning: --contact-sheet shows every mask type and preset on one face: --mask-type, --workers not used"
+        "warning: --contact-sheet shows every mask type and preset on one face: -o, --mask-type, --workers not used"
         in chosen.output
     )
+    assert not (tmp_path / "o").exists()
     too_large = CliRunner().invoke(mask_cli.main, [*command, "--max-pixels", "100"])  # honoured, as by a run
     assert too_large.exit_code == 1 and "no input image with a face" in too_large.output
     assert "(1 could not be read, first " in too_large.output and "image too large" in too_large.output

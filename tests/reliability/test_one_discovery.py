@@ -96,8 +96,12 @@ def test_a_file_named_twice_is_one_input_and_an_earlier_runs_outputs_inside_are_
     assert "1 file(s) in folders an earlier m2u run wrote into (holding .m2u-written)" in said
     again = inputs.discover([str(photos / "nested"), f"{photos}/./nested"])  # one folder, spelt two ways
     assert [e.relative for e in again.entries] == ["deeper/c.png"] and again.repeated == 1
-    # given itself, such a folder is read (m2u-unmask on m2u-mask's outputs)
-    assert [e.relative for e in inputs.discover([str(photos / "results")]).entries] == ["a_surgical.png"]
+    # given itself, such a folder is read (m2u-unmask on m2u-mask's outputs), its subfolders too: m2u-mask kept
+    # the inputs' subfolders and recorded what it wrote in each (they were passed over as earlier runs)
+    atomic_write_bytes(photos / "results" / "sub" / "d_surgical.png", (photos / "a.png").read_bytes())
+    given = inputs.discover([str(photos / "results")])
+    assert [e.relative for e in given.entries] == ["a_surgical.png", "sub/d_surgical.png"]
+    assert given.m2u_outputs == 0
 
 
 def test_jfif_and_jpe_photos_are_found_and_m2us_own_locks_are_not_counted(tmp_path):
