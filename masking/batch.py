@@ -50,7 +50,8 @@ from m2u.masking.render import MaskConfig, apply_mask, inputs_per_config, parse_
 REPORT_NAME = "report.csv"
 # status: ok, no_face, refused (faces found, but the mask could not be placed correctly on any: fold-over,
 # mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
-REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type")
+# `output`: the masked photo written (its _mask.png and .json beside it), "" where none was
+REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type", "output")
 # Every status but NOT_MASKED, which only m2u-unmask gives (faces found, none wears a mask).
 STATUSES = tuple(s for s in Status if s is not Status.NOT_MASKED)
 JPEG_QUALITY = 95
@@ -340,7 +341,7 @@ def _mask_and_write(
     }
     # One line: json's C encoder (indent makes it fall back to pure Python, ~10x slower on the landmark lists).
     write_atomic(meta, json.dumps(info, sort_keys=True).encode() + b"\n")
-    row["status"] = "ok"
+    row["status"], row["output"] = "ok", str(jpg)
     return row
 
 

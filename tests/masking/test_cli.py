@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,8 +116,13 @@ def test_the_summary_counts_inputs_and_pairs_apart_with_every_mask_type(tmp_path
     out = tmp_path / "all"
     result = CliRunner().invoke(main, [str(photo), "-o", str(out), "--mask-type", "all", "--quiet"])
     assert result.exit_code == 0, result.output
-    pairs = len(_report(out))
+    rows = _report(out)
+    pairs = len(rows)
     assert pairs > 1 and f"1 inputs ({pairs} input and mask type pairs): {pairs} masked" in result.output
+    # each row names the photo it wrote (names may carry -2: the report is how a row finds its files)
+    outputs = [Path(row["output"]) for row in rows]
+    assert len(set(outputs)) == pairs and all(p.is_file() and p.suffix == ".jpg" for p in outputs)
+    assert all(row["mask_type"] in p.name for row, p in zip(rows, outputs, strict=True))
 
 
 def test_quiet_means_one_summary_line_even_from_the_native_detector(tmp_path, celeba_first):
