@@ -221,6 +221,7 @@ def main(**kw) -> None:
     help="Sheet cell px.",
 )
 @click.option("--device", default=UnmaskConfig.device, show_default=True)
+@limit_option()
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def real_masks_main(**kw) -> None:
     """Run m2u-unmask on the PHOTOS (files, folders, globs) and score what it finds and touches: faces found,
@@ -241,7 +242,7 @@ def real_masks_main(**kw) -> None:
             device=kw["device"],
             progress=False,
         )
-        config = RealMaskConfig(label_threshold=kw["label_threshold"], thumb=kw["thumb"])
+        config = RealMaskConfig(label_threshold=kw["label_threshold"], thumb=kw["thumb"], limit=kw["limit"])
         with model_warnings():
             unmasker = Unmasker.from_files(kw["mseg_path"], kw["generator_path"], unmask_config)
             summary = evaluate_real_masks(

@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.checks import check_at_least
 from m2u.core.fileio import atomic_write_text
 from m2u.core.imageio import write_image
 
@@ -55,6 +56,7 @@ class RealMaskConfig:
     # A label pixel the output changes by at most this many levels per channel counts as a near remnant: pasted
     # back as a resampled copy of itself, it shows the mask as before (`left_unchanged`).
     near_levels: int = 12
+    limit: int | None = None  # the first N photos found (in the order found); None: every one
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_threshold < 255:
@@ -63,6 +65,7 @@ class RealMaskConfig:
             raise ValueError(f"near_levels must be in 0..254, got {self.near_levels}")
         if self.thumb < 16:
             raise ValueError(f"thumb must be at least 16, got {self.thumb}")
+        check_at_least(self, {"limit": 1})
 
 
 @dataclass
@@ -299,7 +302,8 @@ def evaluate_real_masks(
     config = config or RealMaskConfig()
     out = Path(out_dir)
     found = discover(photos, exclude=[out])
-    paths = [e.path for e in found.entries]
+    every = [e.path for e in found.entries]
+    paths = every[: config.limit]
     written = ("real_masks.csv", "faces.jsonl", "summary.json", "index.html")
     check_output_folder(out, found, [out / name for name in written])
     if not paths:
@@ -327,7 +331,7 @@ def evaluate_real_masks(
                 row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
             rows.append(row)
         return _write_outputs(
-            out, rows, face_lines, sheet, labels is not None, _unmatched_labels(labels, paths)
+            out, rows, face_lines, sheet, labels is not None, _unmatched_labels(labels, every)
         )
 
 

@@ -1312,6 +1312,13 @@ def test_real_masks_command_runs_unmask_and_writes_its_report(tmp_path, tiny_che
     assert (
         line["restored"] == (summary["faces_restored"] == 1) and bool(line.get("problem")) != line["restored"]
     )
+    # --limit N: the first N photos found, as every per-file command takes it
+    cv2.imwrite(str(photos / "later.png"), cv2.cvtColor(_astronaut(), cv2.COLOR_RGB2BGR))
+    limited = CliRunner().invoke(
+        real_masks_main, [*args[:-3], "-o", str(tmp_path / "one"), "-q", "--limit", "1"]
+    )
+    assert limited.exit_code == 0, limited.output
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["photos"] == 1
 
 
 def test_an_uncertain_detection_is_a_face_only_where_a_mask_is_found(tmp_path, tiny_checkpoints, monkeypatch):
