@@ -27,7 +27,7 @@ from typing import Any
 
 from m2u.core.fileio import atomic_write_text, check_writable, open_append
 from m2u.core.fileio import library_versions as versions_of
-from m2u.core.guard import Terminated, UserError, one_line, stop_of
+from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import RECORD_SUFFIX, StageOutcome, read_record, run_stage
@@ -91,12 +91,10 @@ class _Logger:
 
 def _how_it_ended(error: BaseException) -> str:
     """A stage's end by `error`, for pipeline.log (the command says it in its own line)."""
-    stop = stop_of(
-        error
-    )  # also a stop whose exception a library turned into its own ("DataLoader worker killed")
+    # also a stop whose exception a library turned into its own ("DataLoader worker killed")
+    stop = stop_of(error)
     if stop is not None:
-        by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
-        return f"stopped by {by}: a rerun with the same configuration resumes it"
+        return f"stopped by {stop_name(stop)}: a rerun with the same configuration resumes it"
     return f"failed: {one_line(error)}"
 
 
