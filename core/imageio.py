@@ -282,8 +282,9 @@ def _upright(img: Image.Image) -> Image.Image:
 
 def _exif_of_upright(img: Image.Image, width: int, height: int) -> bytes | None:
     """The EXIF a copy of the upright photo keeps (see Photo.exif); None where the photo's cannot be written back."""
-    # Only an EXIF block of its own (JPEG, PNG, WebP): a TIFF's tags are its image structure (strips, compression).
-    if "exif" not in img.info:
+    # Only an EXIF block of its own (JPEG, PNG, WebP; ImageMagick writes a PNG's as hex text): a TIFF's tags are its
+    # image structure (strips, compression).
+    if "exif" not in img.info and _PNG_TEXT_EXIF not in img.info:
         return None
     try:
         exif = img.getexif()
@@ -300,6 +301,7 @@ def _exif_of_upright(img: Image.Image, width: int, height: int) -> bytes | None:
         return None  # a tag of the wrong type: the pixels are what matters, the copy goes without
 
 
+_PNG_TEXT_EXIF = "Raw profile type exif"  # the text chunk ImageMagick keeps a PNG's EXIF in (Pillow reads it)
 _IFD0_SIZE_TAGS = (ExifTags.Base.ImageWidth, ExifTags.Base.ImageLength)
 _EXIF_SIZE_TAGS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
 

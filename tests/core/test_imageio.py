@@ -196,6 +196,29 @@ def test_a_written_copy_keeps_the_photos_profile_and_exif_upright(tmp_path, phot
     )
 
 
+def test_a_png_with_imagemagicks_text_exif_is_turned_and_its_copy_keeps_that_exif(tmp_path, photo):
+    """ImageMagick keeps a PNG's EXIF as hex in a "Raw profile type exif" text chunk, not an eXIf chunk: the photo
+    is turned by it and the copy carries it, without the orientation."""
+    from PIL import ExifTags, PngImagePlugin
+
+    from m2u.core.imageio import read_photo, write_photo
+
+    block = b"Exif\x00\x00" + _camera_exif(6, 40, 30).tobytes()
+    hex_text = block.hex()
+    lines = "\n".join(hex_text[i : i + 72] for i in range(0, len(hex_text), 72))
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(block):8d}\n{lines}\n")
+    source = tmp_path / "magick.png"
+    photo.transpose(Image.Transpose.ROTATE_90).save(source, pnginfo=text)
+
+    read = read_photo(source)
+    assert np.array_equal(read.rgb, np.asarray(photo))
+    assert read.exif is not None
+    with Image.open(write_photo(tmp_path / "copy.png", read.rgb, like=read)) as written:
+        exif = written.getexif()
+        assert ExifTags.Base.Orientation not in exif and exif[ExifTags.Base.Make] == "m2u-camera"
+
+
 @pytest.mark.parametrize(
     "suffix, keeps_alpha", [(".png", True), (".webp", True), (".tif", True), (".jpg", False)]
 )
