@@ -28,9 +28,11 @@ from typing import Any
 from m2u.core.fileio import atomic_write_text, check_writable, open_append
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
+from m2u.core.runtime import runtime_field
+from m2u.datasets.build import BuildConfig
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
-from m2u.pipelines.stages import RECORD_SUFFIX, StageOutcome, read_record, run_stage
+from m2u.pipelines.stages import RECORD_SUFFIX, StageOutcome, fingerprint, read_record, run_stage
 
 STAGES = ("dataset", "mseg", "gan", "evaluation")
 STAGE_RECORDS = "stages"
@@ -61,15 +63,18 @@ def library_versions() -> dict[str, str]:
     return versions_of(_VERSIONED, platform_info=True)
 
 
-def inputs_fingerprint(faces: list[str], exclude: Sequence[str | Path] = ()) -> str:
-    """Names and sizes of the face files the dataset stage reads (m2u.core.inputs.discover, nothing under an
-    `exclude` folder: a run folder inside the faces folder never counts its own outputs as inputs): cheap, and
-    changes when the face set changes."""
+def inputs_fingerprint(faces: list[str], exclude: Sequence[str | Path] = (), *, spelled: bool = False) -> str:
+    """The face inputs' identity: the names (below each folder, glob base or list file's folder) and sizes of the
+    files the dataset stage reads (m2u.core.inputs.discover, nothing under an `exclude` folder: a run folder inside
+    the faces folder never counts its own outputs as inputs). Cheap, and changes when the face set changes; not
+    with the inputs' spelling: `faces`, `./faces/` and its absolute path, or the folder of a finished run moved to
+    another machine, are the same faces. `spelled`: each input as given is hashed too, as m2u did before
+    2026-12-06 (what the records of earlier runs hold)."""
     from m2u.core.inputs import discover
 
     digest = hashlib.sha256()
     for entry in faces:
-        digest.update(str(entry).encode("utf-8", "surrogateescape"))
+        digest.update(str(entry).encode("utf-8", "surrogateescape") if spelled else b"\x1e")
         for found in discover([entry], exclude=exclude).entries:
             size = found.path.stat().st_size if not found.problem else -1
             digest.update(f"{found.relative}\0{size}\n".encode("utf-8", "surrogateescape"))
@@ -103,10 +108,44 @@ def _stage_prefix(name: str) -> str:
     return "" if name == "dataset" else f"{name}."
 
 
+@dataclasses.dataclass
+class DatasetStageConfig:
+    """The dataset stage's configuration: the face inputs and the build's options."""
+
+    # Recorded, not fingerprinted: the inputs' identity is upstream of the stage (inputs_fingerprint), which a
+    # respelling of the same folder leaves alone.
+    faces: list[str] = runtime_field(default_factory=list)
+    dataset: BuildConfig = dataclasses.field(default_factory=BuildConfig)
+
+
 def _stage_config(config: PipelineConfig, name: str) -> Any:
     if name == "dataset":
-        return {"faces": config.faces, "dataset": config.dataset}
+        return DatasetStageConfig(config.faces, config.dataset)
     return getattr(config, name)
+
+
+def _input_locations(faces: list[str]) -> str:
+    """Where the faces are, as a dataset build records its inputs (absolute paths): a build stopped midway resumes
+    only from the same files (the same faces found elsewhere start it again; finished, it stays finished)."""
+    return hashlib.sha256(
+        "\0".join(os.path.abspath(face) for face in faces).encode("utf-8", "surrogateescape")
+    ).hexdigest()
+
+
+def _inputs_identity(config: PipelineConfig, run: Path) -> tuple[list[str], Callable[[str], Any]]:
+    """The first upstream fingerprint of the chain and the stage configurations to fingerprint: those of this m2u,
+    or of m2u before 2026-12-06 where the dataset stage's record was made by one (the faces as spelled then were
+    part of it): a finished run made before stays finished."""
+    inputs = inputs_fingerprint(config.faces, exclude=[run])
+    record = read_record(run / STAGE_RECORDS / f"dataset{RECORD_SUFFIX}")
+    if record is not None and record.get("fingerprint") != fingerprint(
+        _stage_config(config, "dataset"), [inputs]
+    ):
+        spelled = inputs_fingerprint(config.faces, exclude=[run], spelled=True)
+        earlier = {"faces": config.faces, "dataset": config.dataset}
+        if record.get("fingerprint") == fingerprint(earlier, [spelled]):
+            return [spelled], lambda name: earlier if name == "dataset" else _stage_config(config, name)
+    return [inputs], lambda name: _stage_config(config, name)
 
 
 def check_stage_weights(config: PipelineConfig, until: str) -> None:
@@ -207,18 +246,18 @@ def _note_stages_left_behind(run: Path, until: str, made_from: str, log: Callabl
     report of an earlier generator, after `--until gan` retrained it; `made_from`: the fingerprint of `until`'s
     output): left as they are, but not passed off as current."""
     behind = False
-    fingerprint: str | None = made_from
+    expected: str | None = made_from
     for name in STAGES[STAGES.index(until) + 1 :]:
         record = read_record(run / STAGE_RECORDS / f"{name}{RECORD_SUFFIX}")
         if record is not None:
-            behind = behind or (record.get("upstream") or [None])[-1] != fingerprint
+            behind = behind or (record.get("upstream") or [None])[-1] != expected
             if behind:
                 log(
                     f"[{name}] out of date: {run / name} was made from earlier stages and was left as it is "
                     f"(--until {until}); a run without --until brings it up to date"
                 )
         # A stage without a record (never run, or stopped midway) is not what any later stage was made from.
-        fingerprint = None if record is None else record.get("fingerprint", "")
+        expected = None if record is None else record.get("fingerprint", "")
 
 
 def run_pipeline(
@@ -241,19 +280,20 @@ def run_pipeline(
     dirs = {name: run / name for name in STAGES}
     actions = _stage_actions(config, dirs, metric_suite)
     outcomes: dict[str, StageOutcome] = {}
-    upstream = [inputs_fingerprint(config.faces, exclude=[run])]
+    upstream, stage_config = _inputs_identity(config, run)
     for name in STAGES[: STAGES.index(until) + 1]:
         try:
             outcome = run_stage(
                 name,
                 dirs[name],
                 run / STAGE_RECORDS,
-                _stage_config(config, name),
+                stage_config(name),
                 upstream,
                 actions[name],
                 log,
                 upstream_names=["the face inputs", *(f"the {stage} stage" for stage in STAGES)],
                 config_prefix=_stage_prefix(name),
+                resumes_with=_input_locations(config.faces) if name == "dataset" else "",
             )
         except BaseException as error:
             log(f"[{name}] {_how_it_ended(error)}", echo=False)

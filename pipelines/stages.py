@@ -151,29 +151,32 @@ def run_stage(
     *,
     upstream_names: Sequence[str] = (),
     config_prefix: str = "",
+    resumes_with: str = "",
 ) -> StageOutcome:
     """Run `action` (which writes into `stage_dir`) unless its record says it completed with the same fingerprint.
 
     The record is written last (atomically), so a stage killed midway is never mistaken for a finished one; the
-    action itself is expected to resume from whatever partial output it finds.
+    action itself is expected to resume from whatever partial output it finds. `resumes_with`: what else partial
+    output must have been made with to be resumed (the absolute paths a dataset build records of its inputs).
     """
     records_dir.mkdir(parents=True, exist_ok=True)
     record_path = records_dir / f"{name}{RECORD_SUFFIX}"
     pending_file = records_dir / f"{name}{PENDING_SUFFIX}"
     key = fingerprint(config, upstream)
+    started_as = f"{key} {resumes_with}" if resumes_with else key
     record = read_record(record_path)
     if record is not None and record.get("fingerprint") == key:
         log(f"[{name}] up to date ({key[:12]}), skipped")
         return StageOutcome(name, key, True, 0.0, record.get("result", {}))
     pending = pending_file.read_text().strip() if pending_file.exists() else None
-    if record is not None or (pending is not None and pending != key):
+    if record is not None or (pending is not None and pending != started_as):
         moved = move_aside(name, stage_dir, records_dir, [stage_dir, record_path])
         where = f": its earlier output is kept in {moved}" if moved else ""
         what = describe_change(record, config, upstream, upstream_names, config_prefix) if record else ""
         log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
-    elif pending == key:
+    elif pending == started_as:
         log(f"[{name}] resuming an interrupted run")
-    _write_atomic(pending_file, key)
+    _write_atomic(pending_file, started_as)
     log(f"[{name}] running")
     start = time.perf_counter()
     result = action()

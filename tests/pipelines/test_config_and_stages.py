@@ -242,3 +242,103 @@ def test_an_option_emptied_or_removed_is_named_as_changed(tmp_path):
     assert describe_change(record, {"detector_options": {}, "lr": 0.1}, []) == (
         'detector_options "unset" -> {}, detector_options.upsample 1 -> "unset"'
     )
+
+
+def _stubbed_stages(monkeypatch, calls: list[str], stop_in: str = ""):
+    """run_pipeline with each stage's action replaced by one that records its call (and stops in `stop_in`)."""
+    from m2u.pipelines import run as pipeline_run
+
+    def action(name):
+        def act():
+            calls.append(name)
+            if name == stop_in:
+                raise KeyboardInterrupt
+            return {}
+
+        return act
+
+    monkeypatch.setattr(
+        pipeline_run, "_stage_actions", lambda *_: {n: action(n) for n in pipeline_run.STAGES}
+    )
+    return pipeline_run
+
+
+def test_the_same_faces_spelled_another_way_leave_a_finished_run_finished(tmp_path, monkeypatch):
+    """`faces`, `./faces/` and the absolute path are one set of faces: a finished run is not rerun (every stage
+    was, the dataset's record holding the spelling)."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    pipeline_run.run_pipeline(load_config("smoke", extra={"faces": ["faces"]}), run, echo=lambda _: None)
+    assert calls == list(pipeline_run.STAGES)
+    for spelling in ("./faces/", str(faces)):
+        said: list[str] = []
+        config = load_config("smoke", extra={"faces": [spelling]})
+        pipeline_run.run_pipeline(config, run, echo=said.append)
+        assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
+    (faces / "b.jpg").write_bytes(b"y" * 10)  # other faces do rerun it
+    said = []
+    pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(faces)]}), run, echo=said.append)
+    assert calls[4:] == list(pipeline_run.STAGES)
+    assert "[dataset] configuration or inputs changed (the face inputs changed)" in said[0], said
+
+
+def test_a_run_recorded_with_the_faces_as_spelled_before_stays_finished(tmp_path, monkeypatch):
+    """Records made before the spelling left the fingerprint (the faces as given were hashed): still up to date."""
+    import json
+
+    from m2u.pipelines.stages import fingerprint
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    # The records as m2u wrote them before: the chain starts from the spelled inputs and the dataset's plain dict.
+    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], spelled=True)]
+    for name in pipeline_run.STAGES:
+        stage = (
+            {"faces": config.faces, "dataset": config.dataset} if name == "dataset" else getattr(config, name)
+        )
+        path = run / "stages" / f"{name}.json"
+        record = json.loads(path.read_text())
+        record["fingerprint"], record["upstream"] = fingerprint(stage, upstream), upstream
+        path.write_text(json.dumps(record))
+        upstream = [*upstream, record["fingerprint"]]
+    said: list[str] = []
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
+    gan = load_config("smoke", extra={"faces": [str(faces)], "gan": {"max_steps": 3}})
+    pipeline_run.run_pipeline(gan, run, echo=lambda _: None)  # a later change reruns from there on, as before
+    assert calls[4:] == ["gan", "evaluation"]
+
+
+def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_path, monkeypatch):
+    """The same faces copied elsewhere are the same inputs once built, but a build stopped midway recorded where
+    they were: from the copy it starts again (its partial output moved aside), from the same place it resumes."""
+    faces, copy = tmp_path / "faces", tmp_path / "copy"
+    for folder in (faces, copy):
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls, stop_in="dataset")
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(
+            load_config("smoke", extra={"faces": [str(faces)]}), run, echo=lambda _: None
+        )
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
+    assert said[0] == "[dataset] configuration or inputs changed, re-running", said
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
+    assert said[0] == "[dataset] resuming an interrupted run", said
