@@ -95,7 +95,14 @@ COLUMNS: tuple[tuple[str, pa.DataType, bool, str, tuple[str, ...]], ...] = (
         "sample key, `[a-z0-9][a-z0-9_-]*`; the tar members' name prefix",
         (_MANIFEST, _SPLIT),
     ),
-    ("split", pa.string(), False, "`train`, `val` or `test`", (_MANIFEST,)),
+    (
+        "split",
+        pa.string(),
+        False,
+        "`train`, `val` or `test`; drawn for every input before it is read, so rows not `ok` carry one too "
+        "(the samples of a split: `status` `ok` as well)",
+        (_MANIFEST,),
+    ),
     (
         "shard",
         pa.string(),
@@ -112,7 +119,13 @@ COLUMNS: tuple[tuple[str, pa.DataType, bool, str, tuple[str, ...]], ...] = (
         (_MANIFEST,),
     ),
     ("identity", pa.string(), True, "the person's identity; null when unknown", (_MANIFEST, _SPLIT)),
-    ("status", pa.string(), False, "`ok`, `no_face` or `error`", (_MANIFEST,)),
+    (
+        "status",
+        pa.string(),
+        False,
+        "`ok`, `no_face`, `refused` (faces found, every one refused by the placement checks) or `error`",
+        (_MANIFEST,),
+    ),
     ("reason", pa.string(), True, "why the sample was not written; null when `ok`", (_MANIFEST,)),
     (
         "mask_type",
