@@ -24,7 +24,7 @@ import platform
 import secrets
 import stat
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 TEMP_SUFFIX = ".tmp"
 # How m2u's text files (reports, logs) encode what UTF-8 cannot: a file name that is not UTF-8 reaches Python as
@@ -288,11 +288,17 @@ def remove_temp_files(
     return removed
 
 
-def remove_written(folder: str | os.PathLike[str], names: Iterable[str]) -> None:
+def remove_written(
+    folder: str | os.PathLike[str],
+    names: Iterable[str],
+    ours: Callable[[PurePosixPath], bool] | None = None,
+) -> None:
     """Delete the entries `names` of `folder` that m2u wrote (what `--overwrite` replaces): a file its folder's
     record lists, or a folder (not a link) holding only such files, killed writers' temporary files and folders
     of the same kind; a folder is removed once empty. Anything else there (a person's own file put into a split
-    folder, a link) is refused with OutputRefusedError before anything is deleted, naming the first few."""
+    folder, a link) is refused with OutputRefusedError before anything is deleted, naming the first few.
+    `ours`: which files (by their path below `folder`) the tool replacing them writes; the record is shared by
+    every m2u tool, so without it an m2u-eval report written into a dataset's split folder would go too."""
     folder = Path(folder)
     files: list[Path] = []
     folders: list[Path] = []  # deepest last: removed in reverse
@@ -313,10 +319,12 @@ def remove_written(folder: str | os.PathLike[str], names: Iterable[str]) -> None
                     files.append(child)
                 else:
                     visit(child)
-        elif stat.S_ISREG(info.st_mode) and path.name in _read_record(path.parent):
-            files.append(path)
-        else:
+        elif not stat.S_ISREG(info.st_mode) or path.name not in _read_record(path.parent):
             problems.append(f"{path} was not written by m2u")
+        elif ours is not None and not ours(PurePosixPath(path.relative_to(folder).as_posix())):
+            problems.append(f"{path} is another m2u tool's output")
+        else:
+            files.append(path)
 
     for name in names:
         visit(folder / name)

@@ -38,6 +38,7 @@ from m2u.datasets.layout import (
     SPLITS,
     STATE_DIR,
     STATS_NAME,
+    is_build_file,
     split_manifest_name,
 )
 from m2u.datasets.locks import build_lock
@@ -150,7 +151,7 @@ def _clear_outputs(out_dir: Path) -> None:
     """Remove the earlier build `overwrite` replaces: only what m2u wrote (a person's own file in a split folder
     is refused, not deleted)."""
     try:
-        remove_written(out_dir, sorted(_OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}))
+        remove_written(out_dir, sorted(_OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}), ours=is_build_file)
     except OutputRefusedError as exc:
         raise BuildError(f"cannot replace the build in {out_dir}: {exc}") from None
 

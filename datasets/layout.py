@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -231,6 +231,26 @@ def stats_path_of(shard_path: str | os.PathLike[str]) -> Path:
     """The stats JSON beside a shard (``train/train-000003.tar`` → ``train/train-000003_stats.json``)."""
     path = Path(shard_path)
     return path.with_name(path.name.removesuffix(SHARD_SUFFIX) + SHARD_STATS_SUFFIX)
+
+
+def is_build_file(relative: PurePosixPath) -> bool:
+    """Whether a file at `relative` (below a dataset folder) is one a build writes: the manifests and stats,
+    the shards and their stats in the split folders, the build state. What else m2u writes there (an m2u-eval
+    report put into a split folder) is not the build's to replace."""
+    top = relative.parts[0]
+    if top == STATE_DIR:
+        return True
+    if len(relative.parts) == 1:
+        return top in {MANIFEST_NAME, STATS_NAME, *(split_manifest_name(split) for split in SPLITS)}
+    if len(relative.parts) == 2 and top in SPLITS:
+        index = rf"{top}-\d{{{SHARD_INDEX_DIGITS}}}"
+        return (
+            re.fullmatch(
+                rf"{index}({re.escape(SHARD_SUFFIX)}|{re.escape(SHARD_STATS_SUFFIX)})", relative.name
+            )
+            is not None
+        )
+    return False
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -27,6 +27,7 @@ from m2u.datasets.layout import (
     SPLITS,
     STATS_NAME,
     Status,
+    is_build_file,
     shard_name,
     shard_relpath,
     split_manifest_name,
@@ -229,7 +230,11 @@ def _empty_out_dir(out: Path, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
-        remove_written(out, (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME))
+        remove_written(
+            out,
+            (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME),
+            ours=is_build_file,
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 

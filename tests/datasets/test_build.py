@@ -79,6 +79,24 @@ def test_overwrite_replaces_only_what_the_build_wrote(tmp_path):
     assert build_dataset([photos], out, _config(seed=1, overwrite=True)).stats["arguments"]["seed"] == 1
 
 
+def test_overwrite_leaves_another_m2u_tools_output_in_a_split_folder(tmp_path):
+    """m2u-eval's report written into a split folder is m2u's (the folder's record lists it) but not the build's:
+    `overwrite` refuses it by name instead of deleting it with the shards."""
+    from m2u.core.fileio import atomic_write_text
+
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config())
+    atomic_write_text(out / "train" / "train-000000_stats.json", "{}")  # the build's kind of file
+    atomic_write_text(out / "train" / "metrics.json", "{}")  # as m2u-eval -o OUT/train writes it
+    with pytest.raises(BuildError, match=r"train/metrics\.json is another m2u tool's output"):
+        build_dataset([photos], out, _config(seed=1, overwrite=True))
+    assert (out / "train" / "metrics.json").exists() and (out / "manifest.parquet").exists()
+    (out / "train" / "metrics.json").unlink()
+    build_dataset([photos], out, _config(seed=1, overwrite=True))
+    stats = out / "train" / "train-000000_stats.json"
+    assert not stats.exists() or stats.read_text() != "{}"  # replaced with the rest of the build
+
+
 def test_a_second_concurrent_run_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
