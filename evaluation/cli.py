@@ -188,8 +188,8 @@ def main(**kw) -> None:
     "--labels",
     "labels_dir",
     type=click.Path(exists=True, file_okay=False),
-    help="Folder of binary label images of the masks, named as the photos (any image format; grey >= "
-    "--label-threshold is mask). Without it: faces found and mask fraction only.",
+    help="Folder of binary label images of the masks, each at its photo's path below the photo folder (any image "
+    "format; grey >= --label-threshold is mask). Without it: faces found and mask fraction only.",
 )
 @model_file_options
 @out_option("Report folder.")
@@ -230,7 +230,7 @@ def real_masks_main(**kw) -> None:
     Writes REPORT/real_masks.csv (one row per photo), REPORT/faces.jsonl (one line per face found: its evidence and,
     if left, its reason), REPORT/summary.json and REPORT/index.html (a contact sheet: photo | predicted mask |
     restored | label)."""
-    from m2u.evaluation.real_masks import evaluate_real_masks
+    from m2u.evaluation.real_masks import evaluate_real_masks, plan_real_masks
     from m2u.inference.unmask import Unmasker
 
     try:
@@ -243,6 +243,9 @@ def real_masks_main(**kw) -> None:
             progress=False,
         )
         config = RealMaskConfig(label_threshold=kw["label_threshold"], thumb=kw["thumb"], limit=kw["limit"])
+        plan_real_masks(
+            kw["photos"], kw["out_dir"], kw["labels_dir"], config
+        )  # refusals before the model loads
         with model_warnings():
             unmasker = Unmasker.from_files(kw["mseg_path"], kw["generator_path"], unmask_config)
             summary = evaluate_real_masks(
@@ -267,8 +270,15 @@ def entry() -> None:
     dataset evaluation keeps its command line, CONFIG_FILE first)."""
     import sys
 
-    if sys.argv[1:2] == ["real-masks"]:
-        real_masks_main(args=sys.argv[2:], prog_name="m2u-eval real-masks")
+    args = sys.argv[1:]
+    # The subcommand where a person puts it: after flags both commands know too (`m2u-eval -q real-masks ...`).
+    first = next((k for k, arg in enumerate(args) if not arg.startswith("-")), None)
+    if (
+        first is not None
+        and args[first] == "real-masks"
+        and all(a in ("-q", "--quiet") for a in args[:first])
+    ):
+        real_masks_main(args=args[:first] + args[first + 1 :], prog_name="m2u-eval real-masks")
     else:
         main()
 

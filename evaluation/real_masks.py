@@ -2,8 +2,8 @@
 
 No ground-truth unmasked face exists for a real masked photo, so what can be measured is what m2u-unmask finds and
 touches: for each photo, the faces found (restored, or left as they are with the reason), M-Seg's predicted mask
-mapped back to the photo, and, where a binary label image of the mask is given (same name stem in the labels folder;
-JPEG labels are thresholded at `label_threshold`), Dice and IoU of the predicted mask against the label and the
+mapped back to the photo, and, where a binary label image of the mask is given (the photo's path below its folder,
+any image suffix, in the labels folder; JPEG labels are thresholded at `label_threshold`), Dice and IoU of the predicted mask against the label and the
 remnant share: the label pixels m2u-unmask left exactly unchanged in its output (mask left in the photo), and the
 near remnant share: those it changed by at most `near_levels` (a pixel pasted back as a resampled copy of itself still
 shows the mask). A photo with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
@@ -41,7 +41,6 @@ __all__ = [
     "read_label",
 ]
 
-LABEL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The MFSD labels are JPEG: grey values round the edge, so a label pixel is one whose brightest channel is >= this.
 LABEL_THRESHOLD = 127
 
@@ -90,7 +89,7 @@ class PhotoScore:
     mask_probability: float | None = None
     mseg_mouth_coverage: float | None = None
     mseg_mask_confidence: float | None = None
-    mask_fraction: float = 0.0  # share of the photo under the predicted mask
+    mask_fraction: float | None = None  # share of the photo under the predicted mask; None: not scored
     label: str = ""
     dice: float | None = None
     iou: float | None = None
@@ -141,25 +140,21 @@ def mask_scores(
     return dice, iou, remnant
 
 
-def _unmatched_labels(labels: Path | None, photos: list[Path]) -> list[str] | None:
-    """The label files in `labels` that no photo's stem names (a typo, a photo missing), sorted; None without
-    labels."""
-    if labels is None:
-        return None
-    stems = {p.stem for p in photos}
-    return sorted(
-        f.name
-        for f in labels.iterdir()
-        if f.is_file() and f.suffix.lower() in LABEL_SUFFIXES and f.stem not in stems
-    )
+def label_key(relative: str) -> str:
+    """What pairs a photo with its label: its path below its folder (posix) without the suffix, so
+    `a/x.jpg`'s label is `LABELS/a/x.png` (any image suffix), never `b/x.jpg`'s."""
+    return relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
 
 
-def _find_label(labels: Path, stem: str) -> Path | None:
-    for suffix in LABEL_SUFFIXES:
-        for candidate in (labels / f"{stem}{suffix}", labels / f"{stem}{suffix.upper()}"):
-            if candidate.is_file():
-                return candidate
-    return None
+def label_index(labels: Path, exclude: list[Path]) -> dict[str, list[Path]]:
+    """The label images below `labels` (found as m2u finds images: any image suffix, in subfolders too; nothing
+    under an `exclude` folder) by `label_key`."""
+    from m2u.core.inputs import discover
+
+    index: dict[str, list[Path]] = {}
+    for entry in discover([labels], exclude=exclude).entries:  # a broken one too: read_label says why
+        index.setdefault(label_key(entry.relative), []).append(entry.path)
+    return index
 
 
 def read_label(
@@ -187,7 +182,8 @@ class LabelError(ValueError):
 # A label's ambiguous pixels (within AMBIGUOUS_LEVELS of the threshold: neither clearly mask nor clearly not; a
 # label may draw its mask in any clear grey, 200 as well as 255): JPEG labels' soft edges are a few at most (none
 # in ../shared/faces/real-mask-seg's labels), while its photos read as labels have 12 % and more, 43 % in the
-# median (real-masked's photos 14 % and more; measured), noise most of its pixels.
+# median (real-masked's photos 14 % and more; measured), noise most of its pixels. Near either end of the range
+# the band narrows to half the threshold's distance to that end: at 200, a label's 255 is clearly mask.
 AMBIGUOUS_LEVELS = 64
 MAX_MID_GREY_SHARE = 0.05
 # How far a label's width/height ratio may differ from its photo's (relative) and still be that photo's label,
@@ -195,15 +191,18 @@ MAX_MID_GREY_SHARE = 0.05
 MAX_ASPECT_DIFFERENCE = 0.02
 
 
+def ambiguous_band(threshold: int) -> int:
+    """How close to `threshold` a label pixel is ambiguous (see AMBIGUOUS_LEVELS)."""
+    return min(AMBIGUOUS_LEVELS, (threshold + 1) // 2, (256 - threshold) // 2)
+
+
 def label_problem(grey: np.ndarray, shape: tuple[int, int] | None, threshold: int = LABEL_THRESHOLD) -> str:
     """Why the grey label image (read against `threshold`) cannot be a binary mask of a photo of `shape` (height,
     width); "" when it can."""
-    mid = float((np.abs(grey.astype(np.int16) - threshold) < AMBIGUOUS_LEVELS).mean())
+    band = ambiguous_band(threshold)
+    mid = float((np.abs(grey.astype(np.int16) - threshold) < band).mean())
     if mid > MAX_MID_GREY_SHARE:
-        return (
-            f"not a binary label: {mid:.0%} of its pixels are within {AMBIGUOUS_LEVELS} levels of the threshold "
-            f"{threshold}"
-        )
+        return f"not a binary label: {mid:.0%} of its pixels are within {band} levels of the threshold {threshold}"
     if shape is not None:
         label_ratio, photo_ratio = grey.shape[1] / grey.shape[0], shape[1] / shape[0]
         if abs(label_ratio / photo_ratio - 1) > MAX_ASPECT_DIFFERENCE:
@@ -293,53 +292,121 @@ def evaluate_real_masks(
 ) -> dict:
     """Run `unmasker` (an m2u.inference.Unmasker: detection, the masked-face decision, M-Seg, generator, as
     m2u-unmask runs them) on every photo of `photos` (files, folders, globs) and score it; with `labels_dir`, against
-    the label of the same stem. Returns the summary (also in OUT/summary.json)."""
+    the label of the same path below its folder. Returns the summary (also in OUT/summary.json)."""
     from tqdm import tqdm
 
-    from m2u.core.inputs import OutputFolderError, check_output_folder, discover, output_lock
+    from m2u.core.inputs import output_lock
     from m2u.masking import ImageReadError
 
     config = config or RealMaskConfig()
-    out = Path(out_dir)
-    found = discover(photos, exclude=[out])
-    every = [e.path for e in found.entries]
-    paths = every[: config.limit]
-    written = ("real_masks.csv", "faces.jsonl", "summary.json", "index.html")
-    check_output_folder(out, found, [out / name for name in written])
-    if not paths:
-        raise ValueError("no input images found")
-    labels = None if labels_dir is None else Path(labels_dir)
-    if labels is not None and not labels.is_dir():
-        raise ValueError(f"labels folder not found: {labels}")
-    if labels is not None and os.path.realpath(out) == os.path.realpath(labels):
-        raise OutputFolderError(f"`out_dir` {out} is the labels folder; the report would mix with the labels")
+    run = plan_real_masks(photos, out_dir, labels_dir, config)
+    out, labels = run.out, run.labels
     out.mkdir(parents=True, exist_ok=True)
     rows: list[PhotoScore] = []
     face_lines: list[dict] = []
     sheet: list[tuple[PhotoScore, list[str]]] = []
     with output_lock(out, "m2u-eval-real-masks"):
         (out / "sheet").mkdir(exist_ok=True)
-        for index, path in enumerate(tqdm(paths, unit="photo", desc="real masks", disable=not progress)):
-            row = PhotoScore(photo=str(path), status="ok")
+        for index, entry in enumerate(
+            tqdm(run.photos, unit="photo", desc="real masks", disable=not progress)
+        ):
+            row = PhotoScore(photo=str(entry.path), status="ok")
+            lines = len(face_lines)
             try:
-                names = _score_photo(row, path, unmasker, labels, config, out, index, len(sheet), face_lines)
+                key = label_key(entry.relative)
+                label_paths = None if labels is None else run.labels_of.get(key, [])
+                where = "" if labels is None else f"{labels / key}.*"
+                names = _score_photo(
+                    row, entry.path, unmasker, label_paths, where, config, out, index, len(sheet), face_lines
+                )
                 if names:
                     sheet.append((row, names))
             except ImageReadError as exc:
                 row.status, row.reason = "unreadable", exc.reason
             except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
                 row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
+            if row.status in ("unreadable", "error"):
+                del face_lines[lines:]  # a photo's faces are counted with its row or not at all
             rows.append(row)
-        return _write_outputs(
-            out, rows, face_lines, sheet, labels is not None, _unmatched_labels(labels, every)
+        return _write_outputs(out, rows, face_lines, sheet, labels is not None, run.unmatched_labels())
+
+
+SHEET_KINDS = ("photo", "predicted", "restored", "label")
+
+
+def sheet_name(index: int, kind: str) -> str:
+    return f"sheet/{index:05d}_{kind}.png"
+
+
+@dataclass
+class RealMaskRun:
+    """What `evaluate_real_masks` will read and write, checked before any photo is unmasked (`plan_real_masks`)."""
+
+    out: Path
+    photos: list  # the m2u.core.inputs.InputEntry of each photo to score, in the order found
+    every: list  # every photo found (`photos` is the first RealMaskConfig.limit of them)
+    labels: Path | None
+    labels_of: dict[str, list[Path]]  # label_index
+
+    def unmatched_labels(self) -> list[str] | None:
+        """The label files no photo found is named like (a typo, a photo missing), sorted; None without labels."""
+        if self.labels is None:
+            return None
+        keys = {label_key(entry.relative) for entry in self.every}
+        return sorted(
+            path.relative_to(self.labels).as_posix()
+            for key, paths in self.labels_of.items()
+            if key not in keys
+            for path in paths
         )
+
+
+def plan_real_masks(
+    photos: list[str] | tuple[str, ...],
+    out_dir: str | Path,
+    labels_dir: str | Path | None = None,
+    config: RealMaskConfig | None = None,
+) -> RealMaskRun:
+    """The photos, their labels and the report's files, with every refusal a run can meet before its first photo
+    (m2u-eval real-masks calls it before loading the model): an input that does not exist, no photo, a labels
+    folder that is missing or is a photo folder, an output folder that is an input or labels folder, a file of
+    someone else's at a report or contact-sheet name."""
+    from m2u.core.inputs import OutputFolderError, check_arguments, check_output_folder, discover
+
+    config = config or RealMaskConfig()
+    out = Path(out_dir)
+    check_arguments(photos)
+    labels = None if labels_dir is None else Path(labels_dir)
+    if labels is not None and not labels.is_dir():
+        raise ValueError(f"labels folder not found: {labels}")
+    # A labels folder inside a photo folder holds no photos, and a photo folder inside the labels no labels.
+    found = discover(photos, exclude=[out] if labels is None else [out, labels])
+    if labels is not None:
+        for folder in found.folders:
+            if os.path.realpath(folder) == os.path.realpath(labels):
+                raise ValueError(
+                    f"the labels folder {labels} is the photo folder {folder}: its labels would be scored as "
+                    "photos; keep the labels in a folder of their own"
+                )
+    every = list(found.entries)
+    chosen = every[: config.limit]
+    written = [out / name for name in ("real_masks.csv", "faces.jsonl", "summary.json", "index.html")]
+    written += [out / sheet_name(index, kind) for index in range(len(chosen)) for kind in SHEET_KINDS]
+    check_output_folder(out, found, written)
+    if not chosen:
+        raise ValueError("no input images found")
+    if labels is not None and os.path.realpath(out) == os.path.realpath(labels):
+        raise OutputFolderError(f"`out_dir` {out} is the labels folder; the report would mix with the labels")
+    labels_of = {} if labels is None else label_index(labels, [out, *found.folders])
+    return RealMaskRun(out, chosen, every, labels, labels_of)
 
 
 def _score_photo(
     row: PhotoScore,
     path: Path,
     unmasker,
-    labels: Path | None,
+    label_paths: list[Path] | None,
+    label_where: str,
     config: RealMaskConfig,
     out: Path,
     index: int,
@@ -364,11 +431,16 @@ def _score_photo(
     predicted = photo_mask(image.shape[:2], restored)
     row.mask_fraction = round(float(predicted.mean()), 4)
     label_image = None
-    if labels is not None:
-        label_path = _find_label(labels, path.stem)
-        if label_path is None:
-            row.status, row.reason = "no_label", f"no label named {path.stem}.* in {labels}"
+    if label_paths is not None:
+        if not label_paths:
+            row.status, row.reason = "no_label", f"no label {label_where} (any image suffix)"
+        elif len(label_paths) > 1:
+            row.status = "bad_label"
+            row.reason = (
+                f"{len(label_paths)} labels for it ({', '.join(p.name for p in label_paths)}): keep one"
+            )
         else:
+            (label_path,) = label_paths
             row.label = str(label_path)
             try:
                 label = read_label(label_path, image.shape[:2], config.label_threshold)
@@ -393,8 +465,8 @@ def _score_photo(
     if label_image is not None:
         cells.append(_fit((label_image * 255).astype(np.uint8), config.thumb))
     names = []
-    for kind, cell in zip(("photo", "predicted", "restored", "label"), cells):
-        name = f"sheet/{index:05d}_{kind}.png"
+    for kind, cell in zip(SHEET_KINDS, cells):
+        name = sheet_name(index, kind)
         write_image(out / name, cell)
         names.append(name)
     return names

@@ -1623,3 +1623,123 @@ def test_real_masks_evaluation_runs_again_into_its_own_report_and_never_over_a_u
         evaluate_real_masks([str(photos)], other, _FakeUnmasker())
     assert (other / "faces.jsonl").read_text() == "the user's own file\n"
     assert not (other / "real_masks.csv").exists()
+
+
+class _CountingUnmasker(_FakeUnmasker):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def unmask_with_refusals(self, image):
+        self.calls += 1
+        return super().unmask_with_refusals(image)
+
+
+def _half_label(path: Path, value: int = 255) -> None:
+    label = np.zeros((40, 30), np.uint8)
+    label[20:] = value
+    from PIL import Image
+
+    Image.fromarray(label).save(path, format="GIF" if path.suffix == ".gif" else "PNG")
+
+
+def test_a_label_is_found_at_its_photos_path_with_any_suffix_and_never_at_another_photos(tmp_path):
+    """a/x.png and b/x.png have one stem: each is scored against its own LABELS/a/x.*, LABELS/b/x.*, never a
+    flat LABELS/x.* (another person's); .gif and upper-case suffixes count; two labels for a photo are said."""
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    rng = np.random.default_rng(3)
+    for name in ("a/x", "b/x", "c/x", "g", "twice"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(photos / f"{name}.png"), rng.integers(1, 255, (40, 30, 3), dtype=np.uint8))
+    (labels / "a").mkdir(parents=True)
+    (labels / "b").mkdir()
+    _half_label(labels / "a" / "x.Jpg")
+    _half_label(labels / "b" / "x.gif")
+    _half_label(labels / "x.png")  # names no photo: c/x has no label
+    _half_label(labels / "g.png")
+    _half_label(labels / "twice.png")
+    _half_label(labels / "twice.jpg")
+    out = tmp_path / "report"
+    summary = evaluate_real_masks([str(photos)], out, _FakeUnmasker(), labels, RealMaskConfig(thumb=32))
+    with open(out / "real_masks.csv") as handle:
+        rows = {Path(r["photo"]).relative_to(photos).as_posix(): r for r in csv.DictReader(handle)}
+    assert rows["a/x.png"]["label"].endswith("labels/a/x.Jpg") and float(rows["a/x.png"]["dice"]) == 1.0
+    assert rows["b/x.png"]["label"].endswith("labels/b/x.gif") and float(rows["b/x.png"]["dice"]) == 1.0
+    assert rows["c/x.png"]["status"] == "no_label" and f"{labels}/c/x.*" in rows["c/x.png"]["reason"]
+    assert rows["twice.png"]["status"] == "bad_label" and "2 labels for it" in rows["twice.png"]["reason"]
+    assert rows["g.png"]["status"] == "ok"
+    assert summary["labels_without_a_photo_e_g"] == ["x.png"]
+
+
+@pytest.mark.parametrize("threshold", [1, 50, 127, 200, 254])
+def test_every_label_threshold_reads_a_clean_label(tmp_path, threshold):
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    photos.mkdir()
+    labels.mkdir()
+    cv2.imwrite(str(photos / "p.png"), np.full((40, 30, 3), 90, np.uint8))
+    _half_label(labels / "p.png")
+    summary = evaluate_real_masks(
+        [str(photos)], tmp_path / "r", _FakeUnmasker(), labels, RealMaskConfig(label_threshold=threshold)
+    )
+    assert summary["statuses"] == {"ok": 1} and summary["dice_all_labelled"] == 1.0
+
+
+def test_refusals_come_before_any_photo_is_unmasked(tmp_path):
+    """A labels folder that is the photo folder, a missing input, a file of someone else's at a contact-sheet
+    name: refused before the first photo (the unmasker never runs); a labels folder inside the photo folder holds
+    labels, not photos."""
+    from m2u.core.inputs import InputError, OutputFolderError
+
+    photos = tmp_path / "photos"
+    (photos / "labels").mkdir(parents=True)
+    for name in ("a", "b"):
+        cv2.imwrite(str(photos / f"{name}.png"), np.full((40, 30, 3), 90, np.uint8))
+        _half_label(photos / "labels" / f"{name}.png")
+    unmasker = _CountingUnmasker()
+    with pytest.raises(ValueError, match="is the photo folder"):
+        evaluate_real_masks([str(photos)], tmp_path / "r", unmasker, photos)
+    with pytest.raises(InputError, match="'missing' does not exist"):
+        evaluate_real_masks([str(photos), "missing"], tmp_path / "r", unmasker)
+    (tmp_path / "mine" / "sheet").mkdir(parents=True)
+    (tmp_path / "mine" / "sheet" / "00001_photo.png").write_text("someone's")
+    with pytest.raises(OutputFolderError, match="00001_photo.png"):
+        evaluate_real_masks([str(photos)], tmp_path / "mine", unmasker)
+    assert (
+        unmasker.calls == 0 and (tmp_path / "mine" / "sheet" / "00001_photo.png").read_text() == "someone's"
+    )
+    summary = evaluate_real_masks([str(photos)], tmp_path / "r", unmasker, photos / "labels")
+    assert (
+        summary["photos"] == 2 and summary["statuses"] == {"ok": 2} and summary["labels_without_a_photo"] == 0
+    )
+
+
+def test_a_photo_that_fails_leaves_no_face_lines_and_no_mask_fraction(tmp_path):
+    class Failing(_FakeUnmasker):
+        def unmask_with_refusals(self, image):
+            if image[0, 0, 0] == 7:
+                raise RuntimeError("boom")
+            return super().unmask_with_refusals(image)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.full((40, 30, 3), 7, np.uint8))
+    cv2.imwrite(str(photos / "b.png"), np.full((40, 30, 3), 90, np.uint8))
+    (photos / "c.png").write_bytes(b"not an image")
+    out = tmp_path / "r"
+    summary = evaluate_real_masks([str(photos)], out, Failing())
+    with open(out / "real_masks.csv") as handle:
+        rows = {Path(r["photo"]).name: r for r in csv.DictReader(handle)}
+    assert rows["a.png"]["status"] == "error" and rows["a.png"]["mask_fraction"] == ""
+    assert rows["c.png"]["status"] == "unreadable" and rows["c.png"]["mask_fraction"] == ""
+    lines = (out / "faces.jsonl").read_text().splitlines()
+    assert len(lines) == summary["faces_found"] == 1 and "b.png" in lines[0]
+
+
+def test_the_quiet_flag_may_come_before_the_subcommand(tmp_path, monkeypatch, capsys):
+    from m2u.evaluation.cli import entry
+
+    monkeypatch.setattr("sys.argv", ["m2u-eval", "-q", "real-masks", str(tmp_path / "missing"), "-o", "r"])
+    with pytest.raises(SystemExit) as ended:
+        entry()
+    assert (
+        ended.value.code == 2 and f"input '{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
+    )
