@@ -146,6 +146,38 @@ def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tin
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_a_sample_limit_scores_the_first_samples_stored_whatever_the_loader_workers(
+    tiny_checkpoints, tmp_path
+):
+    """The workers' batches interleave: "the first N" was whichever N came first (another set, other figures, with
+    --workers 3). Now the first N of the split as stored, the same for 0, 2 or 3 workers and from a glob."""
+    from m2u.datasets.shardcheck import split_keys
+    from m2u.datasets.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 40, size=32, seed=1, split=(0.0, 0.0, 1.0), shard_size=4)
+    stored = [
+        k for b in make_loader(data, "test", LoaderConfig.for_evaluation(num_workers=0)) for k in b["key"]
+    ]
+    assert split_keys(data, "test") == stored and len(stored) == 40
+    mseg_path, gen_path = tiny_checkpoints
+    suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    scored = {}
+    for workers, source in ((0, data), (1, data), (2, data), (2, f"{data}/test/*.tar")):
+        out = tmp_path / f"r{workers}{'glob' if isinstance(source, str) else ''}"
+        config = _quiet(
+            max_samples=6, batch_size=3, num_workers=workers, grid_rows=0, baselines=(), paper_size_cost=False
+        )
+        report = evaluate(source, mseg_path, gen_path, out, config, metric_suite=suite)
+        with open(out / "per_sample.csv") as handle:
+            scored[out.name] = (
+                sorted(r["key"] for r in csv.DictReader(handle)),
+                report["rows"]["m2u_raw"]["psnr"],
+            )
+    for keys, psnr in scored.values():
+        assert keys == sorted(stored[:6]) and psnr == pytest.approx(scored["r0"][1], abs=1e-4)
+
+
 def test_eval_cli_reports_unavailable_metrics_and_bad_checkpoints(tiny_dataset, tiny_checkpoints, tmp_path):
     mseg_path, gen_path = tiny_checkpoints
     runner = CliRunner()
