@@ -300,7 +300,7 @@ def _first_samples(data, config: EvaluateConfig) -> tuple[set[str] | None, int]:
 
 def _only(batch: dict, keep: list[int]) -> dict:
     """The samples `keep` (their indices) of a batch."""
-    picked = {}
+    picked: dict[str, Any] = {}
     for name, value in batch.items():
         if isinstance(value, torch.Tensor):
             picked[name] = value[keep]
