@@ -417,9 +417,9 @@ def evaluate(
     report = _report(data, (mseg_path, generator_path), models, suite, state, config)
     report.update(_cost(models, state.image_size, config))
     report["links"] = dict(links or {})
+    report["grid"] = "grid.png" if state.grid_rows else None
     if state.grid_rows:
-        grid = sample_grid(state.grid_rows)
-        write_image(out_dir / "grid.png", grid)
+        write_image(out_dir / "grid.png", sample_grid(state.grid_rows))
     write_report(report, out_dir)
     write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
     return report

@@ -255,7 +255,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html(report: dict[str, Any], out_dir: Path) -> str:
+def _html(report: dict[str, Any]) -> str:
     esc = html.escape
     mq = report["mask_quality"]
     parts = [
@@ -285,7 +285,7 @@ def _html(report: dict[str, Any], out_dir: Path) -> str:
     if links:
         items = "".join(f'<li><a href="{esc(path)}">{esc(title)}</a></li>' for title, path in links.items())
         parts.append(f"<h2>Training curves</h2><ul>{items}</ul>")
-    if (out_dir / "grid.png").exists():
+    if report.get("grid"):  # this run's grid (one left by an earlier run in the folder is not this run's)
         parts += [
             "<h2>Samples</h2><p>masked | predicted mask | output (composited) | ground truth</p>",
             '<img src="grid.png" alt="masked | predicted mask | output | ground truth">',
@@ -309,4 +309,4 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
         out_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
     )
     atomic_write_text(out_dir / "metrics.md", _markdown(report))
-    atomic_write_text(out_dir / "index.html", _html(report, out_dir))
+    atomic_write_text(out_dir / "index.html", _html(report))

@@ -144,6 +144,12 @@ def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tin
     assert rows["telea_gt_mask"]["l1"] < rows["telea_gt_mask"]["l1_masked"]
     assert report["unavailable"] == {"lpips": "disabled", "fid": "disabled", "identity": "disabled"}
     assert not (tmp_path / "grid.png").exists()
+    # A grid an earlier run left in the folder is not this run's: the page does not show it.
+    from m2u.core.fileio import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "grid.png", b"an earlier run's")
+    evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config, metric_suite=suite)
+    assert "grid.png" not in (tmp_path / "index.html").read_text()
 
 
 def test_a_sample_limit_scores_the_first_samples_stored_whatever_the_loader_workers(
