@@ -46,6 +46,7 @@ from m2u.datasets.manifest import check_committed, commit_shard, marker_path, un
 from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_samples
 from m2u.datasets.shards import remove_stray_temp_files
 from m2u.datasets.sources import find_dataset_inputs, input_items
+from m2u.datasets.storage import local_location
 from m2u.datasets.work import FAULT_ENV, BuildJob, ShardTask, make_masker, process_input
 from m2u.datasets.writer import count_rows, library_versions, write_stats
 
@@ -268,7 +269,7 @@ def build_dataset(
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     make_masker(config)  # fail early, before touching OUT, on a missing engine or bad mask options
     distributor = distributor or make_distributor(config)
-    out = Path(out_dir)
+    out = Path(local_location(out_dir))
     # Planned before OUT is created: a refused input (none found, identities missing) leaves no empty folder.
     # Discovery passes over OUT whether or not it exists yet, so a run writing there meanwhile changes nothing.
     plan = plan_build(inputs, config, out, exclude)

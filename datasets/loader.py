@@ -98,7 +98,7 @@ from m2u.datasets.shardcheck import (
     verify_shards,
 )
 from m2u.datasets.splits import unit_hash
-from m2u.datasets.storage import local_dataset
+from m2u.datasets.storage import local_dataset, local_location
 from m2u.datasets.tarread import is_stream_url, iter_raw_samples
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
@@ -453,7 +453,11 @@ def make_loader(
     is checked against its committed size and SHA-256 first."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} or None")
-    if isinstance(source, str | os.PathLike) and is_dataset_url(os.fspath(source)):
+    if isinstance(source, str | os.PathLike):
+        source = local_location(source)
+    else:
+        source = [local_location(item) for item in source]
+    if isinstance(source, str) and is_dataset_url(source):
         source = local_dataset(source)  # a dataset folder at a URL (s3://bucket/prefix): its local copy
     folder = Path(os.fspath(source)) if isinstance(source, str | os.PathLike) else None
     if folder is not None and not is_stream_url(str(folder)) and folder.is_dir():

@@ -38,7 +38,18 @@ class StorageError(ValueError):
 def is_url(text: str | os.PathLike[str]) -> bool:
     """A URL with a scheme fsspec handles (`s3://...`); `file://` and plain paths are local."""
     text = os.fspath(text)
-    return "://" in text and not text.startswith("file://")
+    return "://" in text and not text.startswith(FILE_SCHEME)
+
+
+FILE_SCHEME = "file://"
+
+
+def local_location(text: str | os.PathLike[str]) -> str:
+    """`text` as a local path where it is a `file://` URL (`file:///data/ds` -> `/data/ds`, as fsspec reads it):
+    read and written in place, with no copy; anything else unchanged. Every place that takes a dataset location
+    calls it first (a `file://` text taken as a path made a folder named `file:`)."""
+    text = os.fspath(text)
+    return text[len(FILE_SCHEME) :] if text.startswith(FILE_SCHEME) else text
 
 
 def cache_folder(url: str) -> Path:
@@ -130,13 +141,13 @@ def upload(local: Path, url: str) -> int:
 
 def local_dataset(data: str | os.PathLike[str]) -> str:
     """`data` itself when local; for a URL, its local copy (fetched as needed)."""
-    text = os.fspath(data)
+    text = local_location(data)
     return str(fetch(text)) if is_url(text) else text
 
 
 def check_dataset(data: str | os.PathLike[str]) -> None:
     """ValueError with one line when `data` is not a dataset m2u can read (checked before any model loads)."""
-    text = os.fspath(data)
+    text = local_location(data)
     if is_url(text):
         fs, root = _filesystem(text)
         try:

@@ -262,3 +262,26 @@ def test_real_masking_engine_pairs_are_deterministic_and_exact_outside_the_mask(
     # the two variants of a face are different masks on the same aligned crop
     assert any(len(m) == 2 and not np.array_equal(*m) for m in masks_by_input.values())
     assert second.stats["counts"] == first.stats["counts"]
+
+
+def test_a_file_url_is_the_local_folder_it_names(tmp_path, monkeypatch):
+    """`-o file:///abs/out` made a folder named `file:` under the current folder and failed to commit its first
+    shard; the loader and m2u-eval's check called `file://` datasets missing or corrupt."""
+    from m2u.datasets.storage import check_dataset
+    from m2u.datasets.synthetic import write_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    result = CliRunner().invoke(
+        cli_main, [str(photos), "-o", f"file://{out}", "--mask-engine", "synthetic", "--quiet"]
+    )
+    assert result.exit_code == 1, result.output  # broken.jpg: some inputs failed, the build finished
+    assert (out / "manifest.parquet").is_file() and not (tmp_path / "file:").exists()
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 12, size=32, seed=0)
+    check_dataset(f"file://{data}")
+    keys = [
+        k for b in make_loader(f"file://{data}", "train", LoaderConfig.for_evaluation()) for k in b["key"]
+    ]
+    assert keys == [k for b in make_loader(data, "train", LoaderConfig.for_evaluation()) for k in b["key"]]
+    assert keys
