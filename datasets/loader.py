@@ -12,13 +12,19 @@ Each batch is a dict::
 
 (``LoaderConfig(members=("masked", "mask"))``: only those members, the others not decoded.)
 
-Every epoch yields every sample of the split exactly once across all DataLoader workers and DDP ranks:
+Every epoch yields every sample of the split exactly once across all DataLoader workers and DDP ranks, and the
+batches do not depend on the number of workers:
 
-* the shard list is shuffled with (seed, epoch) — the same permutation on every rank — then either each global
-  worker (rank × workers + worker) takes every N-th shard (``split_by="shard"``, the default when there are at
-  least as many shards as global workers), or each global worker reads all shards and keeps every N-th sample
-  (``split_by="sample"``: exact for any shard count, costs N reads of the tar bytes, used for small sets);
-* a seeded shuffle buffer (raw bytes, before decoding) reorders samples within each worker;
+* the shard list is shuffled with (seed, epoch) — the same permutation on every rank — then either each rank
+  takes every N-th shard (``split_by="shard"``, the default when there are at least as many shards as ranks), or
+  each rank reads all shards and keeps every N-th sample (``split_by="sample"``: exact for any shard count, costs
+  N reads of the tar bytes, used for small sets);
+* a shuffle buffer seeded with (seed, epoch, rank) reorders the rank's samples (raw bytes, before decoding);
+* batch b of that order is decoded by worker b mod num_workers, and DataLoader takes the workers' batches in
+  turn: 0, 1 or 8 workers give the same batches in the same order, so trained weights do not depend on the
+  worker count (each worker reads its rank's tar bytes and decodes only its own batches; with
+  ``worker_split="shard"`` each worker reads only its own shards instead, split with the ranks by ``split_by``:
+  less reading for streamed sources, an order that depends on the worker count);
 * a horizontal flip is drawn per (seed, epoch, key) and applied to the three members together.
 
 Ranks can get different numbers of batches in an epoch (the shard or sample count need not divide evenly):
@@ -102,6 +108,7 @@ from m2u.datasets.storage import local_dataset, local_location
 from m2u.datasets.tarread import is_stream_url, iter_raw_samples
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
+WORKER_SPLIT_CHOICES = ("batch", "shard")
 ON_ERROR_CHOICES = ("raise", "skip")
 SKIPPED_FIELD = "skipped"  # raw-batch field: what a worker left out since its previous batch
 
@@ -114,8 +121,13 @@ class LoaderConfig:
     shuffle_shards: bool = True
     hflip_prob: float = 0.5  # the same flip for masked, unmasked and mask
     seed: int = 0
-    drop_last: bool = False  # per worker: a worker's last partial batch
-    split_by: str = "auto"  # "shard", "sample" or "auto" (see the module docstring)
+    drop_last: bool = False  # the last partial batch (of each rank; of each worker with worker_split="shard")
+    split_by: str = "auto"  # "shard", "sample" or "auto": how ranks share the data (see the module docstring)
+    # How a rank's DataLoader workers share its samples: "batch", each reads the rank's shards and decodes every
+    # num_workers-th batch of the one seeded order, so any worker count gives the same batches in the same order
+    # (trained weights do not depend on it); "shard", each reads only its own shards (split_by then splits among
+    # every worker of every rank): less reading for streamed sources, an order that depends on the worker count.
+    worker_split: str = "batch"
     pin_memory: bool = False
     prefetch_factor: int = 2
     # Keep the workers alive between epochs (they read the epoch number from shared memory).
@@ -159,6 +171,8 @@ class LoaderConfig:
             raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
         if self.split_by not in SPLIT_BY_CHOICES:
             raise ValueError(f"split_by must be one of {SPLIT_BY_CHOICES}, got {self.split_by!r}")
+        if self.worker_split not in WORKER_SPLIT_CHOICES:
+            raise ValueError(f"worker_split must be one of {WORKER_SPLIT_CHOICES}, got {self.worker_split!r}")
         if not self.members or any(m not in BATCH_MEMBERS for m in self.members):
             raise ValueError(f"members must be a non-empty subset of {BATCH_MEMBERS}, got {self.members!r}")
         if self.on_error not in ON_ERROR_CHOICES:
@@ -183,6 +197,19 @@ def _dist_info(config: LoaderConfig) -> tuple[int, int]:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in [0, world_size={world})")
     return rank, world
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One worker's place: the reader whose samples it takes (a rank; a worker of a rank with worker_split="shard")
+    of `readers`, how the readers split the data (`mode`), and which of the reader's batches are this worker's
+    (`batch_worker` of `batch_workers`)."""
+
+    reader: int
+    readers: int
+    mode: str
+    batch_worker: int
+    batch_workers: int
 
 
 class PairedShardDataset(IterableDataset):
@@ -231,19 +258,22 @@ class PairedShardDataset(IterableDataset):
         state, so a dataset used with workers under DDP must be bound before iterating (PairedLoader does it)."""
         self._rank_world = _dist_info(self.config)
 
-    def _layout(self) -> tuple[int, int, str]:
-        """(this worker's global id, number of global workers, split mode). Hand-written rather than webdataset's
-        split_by_node / split_by_worker: those split only the shard list (fewer shards than workers leaves some
-        idle and ranks uneven; tests/datasets/test_loader_split.py) and read the rank from the process group,
-        which DataLoader workers do not have."""
+    def _layout(self) -> _Layout:
+        """Who reads what. Hand-written rather than webdataset's split_by_node / split_by_worker: those split only
+        the shard list (fewer shards than workers leaves some idle and ranks uneven;
+        tests/datasets/test_loader_split.py) and read the rank from the process group, which DataLoader workers do
+        not have."""
         rank, world = self._rank_world or _dist_info(self.config)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        total = world * workers
+        if self.config.worker_split == "batch":
+            reader, readers, batch_worker, batch_workers = rank, world, worker, workers
+        else:
+            reader, readers, batch_worker, batch_workers = rank * workers + worker, world * workers, 0, 1
         mode = self.config.split_by
         if mode == "auto":
-            mode = "shard" if len(self.shards) >= total else "sample"
-        return rank * workers + worker, total, mode
+            mode = "shard" if len(self.shards) >= readers else "sample"
+        return _Layout(reader, readers, mode, batch_worker, batch_workers)
 
     def _epoch_shards(self) -> list[str]:
         shards = list(self.shards)
@@ -279,28 +309,29 @@ class PairedShardDataset(IterableDataset):
         if expected is not None and count != expected:
             self._fail(f"shard {url} holds {count} samples, the manifest lists {expected}", None, report)
 
-    def _my_raw_samples(self) -> Iterator[dict[str, Any]]:
-        gid, total, mode = self._layout()
+    def _my_raw_samples(self, layout: _Layout) -> Iterator[dict[str, Any]]:
+        """The raw samples of this worker's reader (its rank, or itself with worker_split="shard")."""
         shards = self._epoch_shards()
-        if mode == "shard":
-            for url in shards[gid::total]:
-                yield from self._read_shard(url, report=True)
+        # A damaged shard is reported once: by the first worker of the one reader that reads it.
+        first = layout.batch_worker == 0
+        if layout.mode == "shard":
+            for url in shards[layout.reader :: layout.readers]:
+                yield from self._read_shard(url, report=first)
         else:
             index = 0
             for url in shards:
-                # Every worker reads every shard here: only worker 0 reports a damaged shard, once.
-                for sample in self._read_shard(url, report=gid == 0):
-                    if index % total == gid:
+                for sample in self._read_shard(url, report=first and layout.reader == 0):
+                    if index % layout.readers == layout.reader:
                         yield sample
                     index += 1
 
-    def _shuffled(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _shuffled(self, samples: Iterator[dict[str, Any]], reader: int) -> Iterator[dict[str, Any]]:
         size = self.config.shuffle_buffer
         if size <= 1:
             yield from samples
             return
-        gid, _, _ = self._layout()
-        rng = random.Random(f"{self.config.seed}/{self.epoch}/{gid}/buffer")
+        # Seeded by the reader: every worker of a rank draws the same order and keeps its own batches of it.
+        rng = random.Random(f"{self.config.seed}/{self.epoch}/{reader}/buffer")
         buffer: list[dict[str, Any]] = []
         for sample in samples:
             if len(buffer) < size:
@@ -364,12 +395,20 @@ class PairedShardDataset(IterableDataset):
         self._skipped = []
         self._iter_epoch = self.epoch  # read from shared memory once per epoch, not per sample
         size = self.config.batch_size
+        layout = self._layout()
         batch = BatchBuffer(size, self._size, self.config.members, self.buffer_ring)
-        for sample in self._shuffled(self._my_raw_samples()):
-            self._decode_into(sample, batch)
-            if len(batch) == size:
+        # Batch b is the reader's samples b*size .. (b+1)*size - 1 of its one order, decoded by worker b mod W:
+        # DataLoader takes the workers' batches in turn, so the batches come in that order for any W. A sample
+        # skipped as damaged leaves its batch one shorter (for any W alike).
+        index = -1
+        for index, sample in enumerate(self._shuffled(self._my_raw_samples(layout), layout.reader)):
+            mine = (index // size) % layout.batch_workers == layout.batch_worker
+            if mine:
+                self._decode_into(sample, batch)
+            if mine and index % size == size - 1 and len(batch):
                 yield self._with_skips(batch.take())
-        if len(batch) and not self.config.drop_last:
+        last_mine = (index // size) % layout.batch_workers == layout.batch_worker
+        if index >= 0 and index % size != size - 1 and last_mine and len(batch) and not self.config.drop_last:
             yield self._with_skips(batch.take())
         if self._skipped:  # no batch left to carry them: a batch-less record (PairedLoader drops it)
             yield self._with_skips({"key": []})

@@ -120,3 +120,25 @@ def test_two_ranks_two_workers_every_training_sample_once(synthetic_dataset, tmp
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(per_rank)
     assert sorted(per_rank[0] + per_rank[1]) == _train_keys(synthetic_dataset)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_batches_do_not_depend_on_the_number_of_workers(synthetic_dataset, world):
+    """Shuffled shards, a shuffle buffer and flips: 0, 1, 2 or 3 workers give the same batches in the same order
+    on every rank (the trained weights depended on --workers: each worker shuffled its own share)."""
+    epochs = {}
+    for workers in (0, 1, 2, 3):
+        for rank in range(world):
+            config = LoaderConfig(
+                batch_size=3, num_workers=workers, shuffle_buffer=7, seed=4, rank=rank, world_size=world
+            )
+            loader = make_loader(synthetic_dataset, "train", config)
+            epochs[(workers, rank)] = [
+                [(batch["key"], batch["masked"].sum().item()) for batch in loader] for _ in range(2)
+            ]
+    for rank in range(world):
+        assert all(epochs[(w, rank)] == epochs[(0, rank)] for w in (1, 2, 3)), rank
+        first, second = epochs[(0, rank)]
+        assert first != second  # a new epoch reshuffles
+    keys = [k for rank in range(world) for batch in epochs[(0, rank)][0] for k in batch[0]]
+    assert sorted(keys) == _train_keys(synthetic_dataset)
