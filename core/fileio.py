@@ -21,6 +21,7 @@ import errno
 import hashlib
 import os
 import platform
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable
@@ -271,18 +272,33 @@ def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     return path
 
 
+# The names m2u's writers give their temporary files: atomic_write's ".<name>.<8 hex>.tmp" and the shard
+# writer's "<name>.<pid>-<8 hex>.tmp" (m2u.datasets.shards). Only these are a killed writer's leftovers: a
+# person's own "notes.tmp" or ".draft.tmp" beside m2u's outputs is theirs.
+_HIDDEN_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+_WRITER_TEMP_NAME = re.compile(r".+\.\d+-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def is_temp_name(name: str, hidden_only: bool = False) -> bool:
+    """Whether `name` is one m2u's writers give a temporary file (see _HIDDEN_TEMP_NAME)."""
+    if _HIDDEN_TEMP_NAME.fullmatch(name):
+        return True
+    return not hidden_only and _WRITER_TEMP_NAME.fullmatch(name) is not None
+
+
 def remove_temp_files(
     folder: str | os.PathLike[str], *, recursive: bool = False, hidden_only: bool = False
 ) -> list[Path]:
-    """Delete the temporary files killed writers left in ``folder`` (``*.tmp``; ``.*.tmp`` with
-    ``hidden_only``; in every subfolder too with ``recursive``); returns what was removed, sorted."""
+    """Delete the temporary files killed writers left in ``folder`` (m2u's temporary names only, `is_temp_name`;
+    atomic_write's hidden ones alone with ``hidden_only``; in every subfolder too with ``recursive``); returns
+    what was removed, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     pattern = (".*" if hidden_only else "*") + TEMP_SUFFIX
     removed = []
     for path in sorted(folder.rglob(pattern) if recursive else folder.glob(pattern)):
-        if path.is_file():
+        if is_temp_name(path.name, hidden_only) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -315,7 +331,7 @@ def remove_written(
             folders.append(path)
             for entry in sorted(os.listdir(path)):
                 child = path / entry
-                if entry == RECORD_NAME or entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
+                if entry == RECORD_NAME or is_temp_name(entry):
                     files.append(child)
                 else:
                     visit(child)

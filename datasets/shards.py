@@ -20,8 +20,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from m2u.core.fileio import TEMP_SUFFIX, commit, open_new
-from m2u.datasets.layout import validate_key
+from m2u.core.fileio import TEMP_SUFFIX, commit, is_temp_name, open_new
+from m2u.datasets.layout import SHARD_SUFFIX, validate_key
 
 # Fixed tar header fields: the bytes of a shard depend only on its samples.
 MEMBER_MTIME = 0
@@ -43,6 +43,8 @@ def remove_stray_temp_files(
     folder = Path(folder)
     if folder.is_dir():
         for path in sorted(folder.rglob(f"*{TEMP_SUFFIX}")):
+            if not (is_temp_name(path.name) or path.name.endswith(_OLDER_SHARD_TEMP)):
+                continue  # a person's own *.tmp file
             if names is not None and _final_name(path.name) not in names:
                 continue
             if path.is_file():
@@ -52,6 +54,9 @@ def remove_stray_temp_files(
 
 
 _WRITER_TAG = re.compile(r"\.\d+-[0-9a-f]{8}$")
+_OLDER_SHARD_TEMP = (
+    SHARD_SUFFIX + TEMP_SUFFIX
+)  # "train-000001.tar.tmp", as m2u named them before the writer tag
 
 
 def _final_name(temp_name: str) -> str:

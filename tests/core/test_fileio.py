@@ -161,3 +161,26 @@ def test_a_new_record_on_a_reused_inode_is_not_read_as_the_old_one(tmp_path, mon
     assert fileio._read_record(new) == {"c.txt", "d.txt"}
     (new / RECORD_NAME).write_bytes(b"a.txt\nz.txt\n")  # same size and first name, in the old record's folder
     assert fileio._read_record(new) == {"a.txt", "z.txt"}
+
+
+def test_only_m2us_own_temporary_names_are_cleared_as_leftovers(tmp_path):
+    """A person's `.notes.tmp` or `draft.tmp` beside m2u's outputs is theirs: m2u-train's start-up, the dataset
+    build's and `--overwrite` removed every `.*.tmp` / `*.tmp` there."""
+    from m2u.core.fileio import OutputRefusedError, remove_temp_files, remove_written
+    from m2u.datasets.shards import remove_stray_temp_files
+
+    killed = [".mseg.safetensors.0a1b2c3d.tmp", "train-000001.tar.4242-0a1b2c3d.tmp", "train-000002.tar.tmp"]
+    mine = [".notes.tmp", "draft.tmp", ".x.NOTHEX00.tmp"]
+    for name in killed + mine:
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in remove_temp_files(tmp_path, hidden_only=True)] == [killed[0]]
+    (tmp_path / killed[0]).write_text("x")
+    assert sorted(p.name for p in remove_temp_files(tmp_path)) == sorted(killed[:2])
+    for name in killed:
+        (tmp_path / name).write_text("x")
+    assert sorted(p.name for p in remove_stray_temp_files(tmp_path)) == sorted(killed)
+    assert all((tmp_path / name).read_text() == "x" for name in mine)
+    atomic_write_text(tmp_path / "out" / "train" / "train-000000.tar", "ours")
+    (tmp_path / "out" / "train" / ".notes.tmp").write_text("a person's")
+    with pytest.raises(OutputRefusedError, match=r"\.notes\.tmp was not written by m2u"):
+        remove_written(tmp_path / "out", ["train"])
