@@ -179,12 +179,21 @@ def _check_run_kind(binding: ConfigBinding, base: dict[str, Any], run: str | Non
     instead of the first of its options this command does not know."""
     if not base:
         return
-    foreign = sorted(set(base) - {f.name for f in dataclasses.fields(binding.cls)})
+    known = {f.name for f in dataclasses.fields(binding.cls)}
+    foreign = sorted(set(base) - known)
     if foreign:
-        kind = "gan" if "adversarial_weight" in base else "mseg" if "bare_face_share" in base else "another"
+        own = "gan" if "adversarial_weight" in known else "mseg"
+        kind = "gan" if "adversarial_weight" in base else "mseg" if "bare_face_share" in base else None
+        if kind is not None and kind != own:
+            raise click.UsageError(
+                f"--resume: {run} holds a run of m2u-train {kind}, not of this command (its config.json has "
+                f"{', '.join(foreign[:3])}); resume it with m2u-train {kind} or choose another --out"
+            )
+        # The run's own kind (or none told) with options this m2u does not know: another version's, or edited.
         raise click.UsageError(
-            f"--resume: {run} holds a run of m2u-train {kind}, not of this command (its config.json has "
-            f"{', '.join(foreign[:3])}); resume it with m2u-train {kind} or choose another --out"
+            f"--resume: {run}/config.json has options m2u-train {own} does not know ({', '.join(foreign[:3])}): "
+            "written by another m2u version, or edited; remove them from it (the rest is kept) or choose another "
+            "--out"
         )
 
 

@@ -124,6 +124,19 @@ class Trainer:
             raise FileExistsError(
                 f"{self.out} already holds a run ({self.checkpoint_path}): resume it or choose another run folder"
             )
+        # A run whose checkpoint is gone (deleted to save space: the GAN's is 34 MB) still holds its trained
+        # model and log: a run from step 0 would replace them, so it is refused, with --resume too.
+        earlier = [p for p in (*self.task.model_paths(self.out), self.out / LOG_NAME) if p.exists()]
+        if earlier and not self.checkpoint_path.exists():
+            asked = (
+                "--resume has no checkpoint to continue from"
+                if self.config.resume
+                else "it already holds a run"
+            )
+            raise FileExistsError(
+                f"{self.out}: {asked} ({self.checkpoint_path} is missing) and a new run would replace "
+                f"{earlier[0]}; choose another run folder (or move the earlier run's files away)"
+            )
         if self.dist.is_main:
             # Every file the run will write is checked now: a person's own metrics.json or mseg.safetensors in
             # the run folder was refused only after the whole training (OutputRefusedError: one line, exit 2).

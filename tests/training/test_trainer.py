@@ -108,6 +108,22 @@ def test_resume_on_tensors_is_exact_and_refuses_to_overwrite(tmp_path):
     assert _states_equal(model.state_dict(), b["networks"]["mseg"])
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_finished_run_whose_checkpoint_was_deleted_is_not_trained_over(tmp_path, resume):
+    """Deleting last.pt to save space left the run's model unprotected: a run from step 0 replaced it (exit 0,
+    with --resume too)."""
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **config), data)
+    (run / "checkpoints" / "last.pt").unlink()
+    model = (run / "mseg.safetensors").read_bytes()
+    said = "--resume has no checkpoint to continue from" if resume else "it already holds a run"
+    with pytest.raises(FileExistsError, match=f"{said} .*last.pt is missing.*replace .*mseg.safetensors"):
+        train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=resume, **config), data)
+    assert (run / "mseg.safetensors").read_bytes() == model
+
+
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     from m2u.training.checkpoint import save_training_state
 
@@ -376,6 +392,13 @@ def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, t
     (gan_run / "config.json").write_text(json.dumps({"adversarial_weight": 1.0, "batch_size": 2}))
     result = CliRunner().invoke(train_main, ["mseg", "--out", str(gan_run), "--resume"])
     assert result.exit_code == 2 and "holds a run of m2u-train gan, not of this command" in result.output
+    # A run of this command whose config.json has an option this m2u does not know (an older m2u's name):
+    # said so, not "a run of m2u-train another ... resume it with m2u-train another".
+    for config in ({"threshold": 0.5, "batch_size": 2}, {"bare_face_share": 0.1, "threshold": 0.5}):
+        (gan_run / "config.json").write_text(json.dumps(config))
+        result = CliRunner().invoke(train_main, ["mseg", "--out", str(gan_run), "--resume"])
+        assert result.exit_code == 2 and "has options m2u-train mseg does not know (threshold)" in result.output
+        assert "m2u-train another" not in result.output
 
     fresh = tmp_path / "fresh"
     args = ["mseg", "--data", str(tiny_dataset), "--out", str(fresh), "--resume", "--max-steps", "1"]
