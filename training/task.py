@@ -8,6 +8,7 @@ everything else. The paper's two tasks live in `mseg_task` (M-Seg) and `gan_task
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,6 +200,32 @@ class TrainingTask:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.crop_size = state.get("crop_size", self.crop_size)
+        self._follow_configured_schedule()
+
+    def _follow_configured_schedule(self) -> None:
+        """A run resumed with another learning rate, decay, milestones or betas (`--resume --lr ...`, which
+        config.json then records): the checkpoint's optimisers and schedulers hold the run's earlier ones, so the
+        configured ones take over from the step the run is at (the rate decayed by every milestone passed). Left
+        alone when nothing changed: a resumed run stays bit-exact with a straight one."""
+        wanted = self.config.optimizer
+        milestones = Counter(milestone_steps(wanted.milestones, self.dist.world_size))
+        for name, scheduler in self.schedulers.items():
+            optimizer = self.optimizers[name]
+            if (
+                isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
+                and all(base == wanted.learning_rate for base in scheduler.base_lrs)
+                and scheduler.milestones == milestones
+                and scheduler.gamma == wanted.decay
+                and all(tuple(group["betas"]) == tuple(wanted.betas) for group in optimizer.param_groups)
+            ):
+                continue
+            scheduler.base_lrs = [wanted.learning_rate for _ in optimizer.param_groups]
+            scheduler.milestones, scheduler.gamma = milestones, wanted.decay  # type: ignore[attr-defined]
+            passed = sum(count for step, count in milestones.items() if step <= scheduler.last_epoch)
+            for group in optimizer.param_groups:
+                group["initial_lr"] = wanted.learning_rate
+                group["lr"] = wanted.learning_rate * wanted.decay**passed
+                group["betas"] = tuple(wanted.betas)
 
     def observe_batch(self, batch: dict) -> None:
         """Remember the training crop size (called by train_step on every batch: a cheap shape read)."""

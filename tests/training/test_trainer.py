@@ -124,6 +124,27 @@ def test_a_finished_run_whose_checkpoint_was_deleted_is_not_trained_over(tmp_pat
     assert (run / "mseg.safetensors").read_bytes() == model
 
 
+def test_a_learning_rate_given_on_resume_is_the_one_trained_with(tmp_path):
+    """`--resume --lr 1e-9` recorded 1e-9 in config.json but trained on at the checkpoint's rate; milestones and
+    decay likewise. The configured schedule now takes over from the step the run is at."""
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **config), data)
+    before = load_training_state(run / "checkpoints" / "last.pt")
+    slow = OptimizerConfig(learning_rate=1e-9, milestones=(4,), decay=0.5, betas=(0.9, 0.99))
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=5, resume=True, optimizer=slow, **config), data)
+    after = load_training_state(run / "checkpoints" / "last.pt")
+    group = after["optimizers"]["mseg"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(0.5e-9) and tuple(group["betas"]) == (0.9, 0.99)  # decayed at step 4
+    moved = max(
+        (after["networks"]["mseg"][k].float() - before["networks"]["mseg"][k].float()).abs().max().item()
+        for k in before["networks"]["mseg"]
+        if before["networks"]["mseg"][k].is_floating_point() and "running" not in k
+    )
+    assert moved < 1e-6  # two Adam steps of at most ~1e-9 each
+
+
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     from m2u.training.checkpoint import save_training_state
 
