@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,18 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 1")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, default=str)
+        """The config as the run folder records it, with the local files it names as absolute paths: a run
+        resumed from another working folder (`--out ../run --resume`) finds its dataset and M-Seg again."""
+        values = asdict(self)
+        for name in _PATH_FIELDS:
+            value = values.get(name)
+            if isinstance(value, str) and value and "://" not in value and os.path.exists(value):
+                values[name] = os.path.abspath(value)
+        return json.dumps(values, sort_keys=True, default=str)
+
+
+# The fields that name local files or folders (a name such as "random" or a URL is left as it is).
+_PATH_FIELDS = ("data", "mseg_checkpoint", "vgg_weights")
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 
 from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
+from m2u.core.inputs import output_lock
 from m2u.training.checkpoint import remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
@@ -35,6 +36,7 @@ from m2u.training.task import Task
 
 # What a Ctrl-C or SIGTERM during training does, said when it arrives (before the first step nothing is written, and
 # a new run's folder is removed: the run's last line says which).
+RUN_LOCK_TOOL = "m2u-train"  # RUN/.m2u-train.lock (m2u.core.inputs.output_lock)
 STOP_NOTICE = "stopping once the training step under way is done, with its checkpoint"
 
 
@@ -64,6 +66,7 @@ class Trainer:
         self._made_folder = False  # this run created RUN (see _forget_unstarted_run)
         self._stops = DeferredStops()  # the Ctrl-C / SIGTERM recorded while the loop runs (see run)
         self._checkpointed_step: int | None = None  # the step of the checkpoint last written or read
+        self._lock = contextlib.ExitStack()  # the run folder's lock while the run writes it (main process)
 
     # The position's fields, as the loop and its tests read them.
     @property
@@ -150,12 +153,21 @@ class Trainer:
                 check_writable(path)
             self._made_folder = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
+            # Held until the run ends, taken before anything is written: a second run on this folder (a --resume
+            # while it trains) is refused instead of interleaving its log, checkpoints and config.json.
+            self._lock.enter_context(output_lock(self.out, RUN_LOCK_TOOL))
             atomic_write(
                 self.out / "config.json", lambda temp: Path(temp).write_text(self.config.to_json() + "\n")
             )
 
     def run(self) -> dict[str, Any]:
-        self._prepare_run_folder()
+        try:
+            self._prepare_run_folder()
+            return self._run_in_folder()
+        finally:
+            self._lock.close()
+
+    def _run_in_folder(self) -> dict[str, Any]:
         self._clean_and_resume()
         self.runlog.open_tensorboard()
         started = self._started = time.monotonic()
@@ -187,7 +199,9 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.runlog.close()
+        self._lock.close()
         with contextlib.suppress(OutputRefusedError, OSError):
+            (self.out / f".{RUN_LOCK_TOOL}.lock").unlink(missing_ok=True)  # the lock this run held
             if self._made_folder:
                 remove_written(self.out.parent, [self.out.name])
             else:

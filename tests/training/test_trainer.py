@@ -145,6 +145,22 @@ def test_a_learning_rate_given_on_resume_is_the_one_trained_with(tmp_path):
     assert moved < 1e-6  # two Adam steps of at most ~1e-9 each
 
 
+def test_a_second_run_on_a_folder_being_trained_is_refused_before_it_writes(tmp_path):
+    """Two runs on one folder (a --resume while it trains) both wrote it: the log held every line twice."""
+    from m2u.core.inputs import OutputFolderError, output_lock
+
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **config), data)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with output_lock(run, "m2u-train"):  # as the first run holds it while it trains
+        with pytest.raises(OutputFolderError, match="another m2u-train run is writing"):
+            train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)  # once it is done
+
+
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     from m2u.training.checkpoint import save_training_state
 
@@ -418,7 +434,9 @@ def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, t
     for config in ({"threshold": 0.5, "batch_size": 2}, {"bare_face_share": 0.1, "threshold": 0.5}):
         (gan_run / "config.json").write_text(json.dumps(config))
         result = CliRunner().invoke(train_main, ["mseg", "--out", str(gan_run), "--resume"])
-        assert result.exit_code == 2 and "has options m2u-train mseg does not know (threshold)" in result.output
+        assert (
+            result.exit_code == 2 and "has options m2u-train mseg does not know (threshold)" in result.output
+        )
         assert "m2u-train another" not in result.output
 
     fresh = tmp_path / "fresh"
@@ -428,6 +446,27 @@ def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, t
     )
     assert result.exit_code == 0, result.output
     assert f"--resume: no run in {fresh} yet (no config.json); starting one" in result.output
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path, tiny_dataset, monkeypatch):
+    """config.json kept `--data ds` as typed: `--out ../run --resume` from a subfolder found no dataset."""
+    import shutil
+
+    shutil.copytree(tiny_dataset, tmp_path / "ds")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    common = ["--batch-size", "2", "--workers", "0", "--levels", "2", "--base-channels", "4", "-q"]
+    first = CliRunner().invoke(
+        train_main, ["mseg", "--data", "ds", "--out", "run", "--max-steps", "1", *common]
+    )
+    assert first.exit_code == 0, first.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(tmp_path / "ds")
+    monkeypatch.chdir(tmp_path / "sub")
+    resumed = CliRunner().invoke(
+        train_main, ["mseg", "--out", "../run", "--resume", "--max-steps", "2", "-q"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert load_training_state(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_a_run_that_never_got_a_batch_leaves_no_run_behind(tmp_path):
