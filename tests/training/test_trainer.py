@@ -154,9 +154,11 @@ def test_a_second_run_on_a_folder_being_trained_is_refused_before_it_writes(tmp_
     run = tmp_path / "run"
     train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **config), data)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    with output_lock(run, "m2u-train"):  # as the first run holds it while it trains
-        with pytest.raises(OutputFolderError, match="another m2u-train run is writing"):
-            train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
+    with (
+        output_lock(run, "m2u-train"),  # as the first run holds it while it trains
+        pytest.raises(OutputFolderError, match="another m2u-train run is writing"),
+    ):
+        train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)  # once it is done
 
