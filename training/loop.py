@@ -9,6 +9,7 @@ and what one step, one evaluation and one grid do.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from m2u.training.run_state import (
     read_checkpoint,
     write_checkpoint,
 )
-from m2u.training.runlog import LOG_NAME, METRICS_NAME, RunLog, open_progress
+from m2u.training.runlog import GRID_DIR, LOG_NAME, METRICS_NAME, TENSORBOARD_DIR, RunLog, open_progress
 from m2u.training.task import Task
 
 # What a Ctrl-C or SIGTERM during training does, said when it arrives (before the first step nothing is written, and
@@ -123,6 +124,14 @@ class Trainer:
         return {name: total / count for name, (total, count) in zip(names, values.tolist()) if count > 0}
 
     def _prepare_run_folder(self) -> None:
+        data = self.config.data
+        if data and "://" not in data and Path(data).is_dir():
+            inside = Path(os.path.realpath(self.out))
+            if Path(os.path.realpath(data)) in (inside, *inside.parents):
+                raise FileExistsError(
+                    f"the run folder {self.out} is inside the dataset {data}: its files would mix with the "
+                    "dataset's (a later m2u-make-dataset --overwrite refuses them); choose another run folder"
+                )
         if self.checkpoint_path.exists() and not self.config.resume:
             raise FileExistsError(
                 f"{self.out} already holds a run ({self.checkpoint_path}): resume it or choose another run folder"
@@ -141,6 +150,14 @@ class Trainer:
                 f"{earlier[0]}; choose another run folder (or move the earlier run's files away)"
             )
         if self.dist.is_main:
+            # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by
+            # default), every step before it lost.
+            for folder in (self.checkpoint_path.parent, self.out / GRID_DIR, self.out / TENSORBOARD_DIR):
+                if os.path.lexists(folder) and not folder.is_dir():
+                    raise FileExistsError(
+                        f"{folder} is in the way of the folder the run writes there; move it away or choose "
+                        "another run folder"
+                    )
             # Every file the run will write is checked now: a person's own metrics.json or mseg.safetensors in
             # the run folder was refused only after the whole training (OutputRefusedError: one line, exit 2).
             for path in (

@@ -17,6 +17,7 @@ from m2u.core.fileio import atomic_write, open_append
 LOG_NAME = "log.jsonl"
 METRICS_NAME = "metrics.json"
 GRID_DIR = "grids"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -43,7 +44,7 @@ class RunLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency, but the JSONL log does not need it
                 return None
-            self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+            self._writer = SummaryWriter(log_dir=str(self.out / TENSORBOARD_DIR))
         return self._writer
 
     def log(self, record: dict[str, Any]) -> None:

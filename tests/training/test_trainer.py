@@ -163,6 +163,29 @@ def test_a_second_run_on_a_folder_being_trained_is_refused_before_it_writes(tmp_
     train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)  # once it is done
 
 
+@pytest.mark.parametrize("name", ["grids", "tensorboard", "checkpoints"])
+def test_a_file_in_the_way_of_a_run_folder_is_refused_before_training(tmp_path, name):
+    """A file named `grids` stopped the run at its first grid (step 1000 by default), every step lost."""
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("a person's")
+    config = MSegTrainConfig(out=str(run), model=TINY_MSEG, batch_size=2, max_steps=2, grid_every=1, **QUIET)
+    with pytest.raises(FileExistsError, match=f"{name} is in the way"):
+        train_mseg(config, data)
+    assert sorted(p.name for p in run.iterdir()) == [name]
+
+
+def test_a_run_folder_inside_its_dataset_is_refused(tmp_path, tiny_dataset):
+    for out in (tiny_dataset, tiny_dataset / "train"):
+        config = MSegTrainConfig(data=str(tiny_dataset), out=str(out), model=TINY_MSEG, max_steps=1, **QUIET)
+        with pytest.raises(FileExistsError, match="is inside the dataset"):
+            train_mseg(config)
+    assert (
+        not (tiny_dataset / "config.json").exists() and not (tiny_dataset / "train" / "config.json").exists()
+    )
+
+
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     from m2u.training.checkpoint import save_training_state
 
