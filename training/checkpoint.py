@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -342,4 +343,12 @@ def load_training_state(path: str | os.PathLike, map_location: str | torch.devic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read training state {path}: {error}") from error
+        # torch's own words run to paragraphs of advice (weights_only=False) that do not apply here: its first
+        # line, with what it means for the run.
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        if isinstance(error, pickle.UnpicklingError):
+            first = "not a torch checkpoint"  # torch's text is advice about weights_only, not what is wrong
+        raise CheckpointError(
+            f"cannot read training state {path}: damaged or not a checkpoint m2u-train wrote "
+            f"({type(error).__name__}{': ' + first if first else ''})"
+        ) from error

@@ -121,7 +121,20 @@ def load_vgg19_state_dict(weights: str) -> dict[str, torch.Tensor]:
     path = Path(os.path.expanduser(weights))
     if not path.is_file():
         raise VGGWeightsUnavailable(f"VGG19 weights file not found: {path}")
-    return _read_state_dict(path)
+    try:
+        state = _read_state_dict(path)
+    except Exception as error:  # noqa: BLE001 - a text file, a JPEG, a truncated file: each its own error type
+        kind = (
+            error.strerror or str(error) if isinstance(error, OSError) else "not a torch or safetensors file"
+        )
+        raise VGGWeightsUnavailable(
+            f"VGG19 weights {path} cannot be read ({kind}): not a torchvision vgg19"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise VGGWeightsUnavailable(
+            f"VGG19 weights {path} hold no state dict of tensors: not a torchvision vgg19"
+        )
+    return state
 
 
 class VGGPerceptualLoss(nn.Module):

@@ -16,6 +16,8 @@ from m2u.training.task import Task
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 STATE_FORMAT = 1
+# What read_checkpoint needs of a state beyond the task's own parts.
+_STATE_KEYS = ("step", "epoch", "batch_in_epoch", "rng", "networks", "optimizers", "schedulers")
 
 
 def last_checkpoint_path(out: str | Path) -> Path:
@@ -56,9 +58,27 @@ def write_checkpoint(
 def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any]]:
     """Load the state at `path` into `task`; (the loop's position, the RNG state to restore when it resumes)."""
     state = load_training_state(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a checkpoint m2u-train wrote (it holds a {type(state).__name__})"
+        )
     if state.get("task") != task.name:
         raise CheckpointError(f"{path} is a {state.get('task')!r} run, not {task.name!r}")
-    task.load_state_dict(state)
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {state.get('format')!r}; this m2u reads format {STATE_FORMAT}"
+        )
+    missing = [key for key in _STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is damaged: it lacks {', '.join(missing)}")
+    try:
+        task.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        # A state of other shapes (a checkpoint of a run with another --base-channels copied in) or parts.
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CheckpointError(
+            f"{path} does not fit this run's networks (a checkpoint of another run?): {first}"
+        ) from error
     # Checkpoints written before the time was recorded count as 0 s.
     seconds = float(state.get("seconds", 0.0))
     return LoopPosition(state["step"], state["epoch"], state["batch_in_epoch"], seconds), state["rng"]
@@ -66,7 +86,12 @@ def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any
 
 def checkpoint_step(path: Path) -> int | None:
     """The step of the checkpoint at `path`, None when there is none."""
-    return load_training_state(path)["step"] if path.exists() else None
+    if not path.exists():
+        return None
+    state = load_training_state(path)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path} is not a checkpoint m2u-train wrote (no step in it)")
+    return state["step"]
 
 
 def check_resume(config: RunConfig) -> None:

@@ -197,3 +197,15 @@ def test_the_paper_loss_weights_live_in_one_config_the_losses_read():
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     assert out["bce"].item() == pytest.approx(bce.item())
     assert out["loss"].item() == pytest.approx(2 * bce.item() + 3 * out["dice_loss"].item())
+
+
+@pytest.mark.parametrize("content", [b"junk", b"\xff\xd8\xff\xe0 a JPEG's start", b""])
+def test_vgg_weights_that_are_no_weights_file_are_one_clear_refusal(tmp_path, content):
+    """`--vgg-weights notes.txt` gave KeyError: 101; a JPEG gave torch's UnpicklingError page."""
+    from m2u.training.losses import VGGPerceptualLoss, VGGWeightsUnavailable
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(VGGWeightsUnavailable, match="cannot be read .*not a torchvision vgg19") as refused:
+        VGGPerceptualLoss(str(path))
+    assert "weights_only" not in str(refused.value)

@@ -186,6 +186,41 @@ def test_a_run_folder_inside_its_dataset_is_refused(tmp_path, tiny_dataset):
     )
 
 
+def test_a_damaged_or_foreign_checkpoint_is_one_clear_refusal(tmp_path):
+    """A checkpoint without its step or RNG state, a list, another format, another run's networks, cut short:
+    one sentence naming the file (KeyError, AttributeError, a size-mismatch page, or format 99 taken silently)."""
+    from m2u.training.checkpoint import CheckpointError, save_training_state
+
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **config), data)
+    wider = tmp_path / "wider"
+    train_mseg(
+        MSegTrainConfig(
+            out=str(wider), max_steps=1, **{**config, "model": MSegConfig(base_channels=8, levels=3)}
+        ),
+        data,
+    )
+    path = run / "checkpoints" / "last.pt"
+    good = load_training_state(path)
+    cases = {
+        "lacks rng": {k: v for k, v in good.items() if k != "rng"},
+        "holds a list": [1, 2],
+        "of format 99": {**good, "format": 99},
+        "does not fit this run's networks": load_training_state(wider / "checkpoints" / "last.pt"),
+    }
+    for said, state in cases.items():
+        save_training_state(path, state)
+        with pytest.raises(CheckpointError, match=said) as refused:
+            train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **config), data)
+        assert "\n" not in str(refused.value)
+    path.write_bytes(b"\x80\x02 not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="damaged or not a checkpoint m2u-train wrote") as refused:
+        train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **config), data)
+    assert "weights_only" not in str(refused.value)
+
+
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     from m2u.training.checkpoint import save_training_state
 
