@@ -248,8 +248,13 @@ def export_main() -> None:
     help="CARU2-Net model file (default, with no --mseg either: the model shipped with m2u).",
 )
 @out_option("Output folder: mseg.onnx, generator.onnx and export.json.")
-@size_option(ExportConfig.image_size, "Size of the tracing input (default: the size the model file records).")
-@alias_option("--image-size", target="size", type=click.IntRange(min=16))
+@size_option(
+    ExportConfig.image_size,
+    "Size of the tracing input (default: the size the model file records).",
+    minimum=MIN_IMAGE_SIZE,
+    maximum=MAX_IMAGE_SIZE,
+)
+@alias_option("--image-size", target="size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
 @click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=MIN_OPSET))
 @click.option(
     "--atol",

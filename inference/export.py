@@ -19,7 +19,7 @@ from torch import nn
 from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
 from m2u.core.fileio import atomic_write, check_writable
-from m2u.datasets.layout import DEFAULT_IMAGE_SIZE
+from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.checkpoint import ModelInfo
 from m2u.training.models import CARU2Net, MSeg
 
@@ -47,6 +47,10 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         check_types(self)  # a NaN atol is refused here
+        if self.image_size is not None:
+            # The sizes every m2u network takes (below, ONNX's shape check fails inside onnxruntime; above, the
+            # tracing input alone took 120 GB at 99999).
+            check_image_size(self.image_size, "image_size")
         if not MIN_OPSET <= self.opset <= max_opset():
             raise SettingError(
                 "opset",

@@ -19,6 +19,7 @@ from m2u.evaluation.evaluator import EvaluateConfig, evaluate
 from m2u.evaluation.lpips import LPIPS, build_lpips_trunk
 from m2u.evaluation.suite import MetricsConfig, MetricSuite
 from m2u.inference.cli import export_main
+from m2u.inference.export import ExportConfig
 from m2u.training.checkpoint import load_model
 from m2u.training.flops import count_params
 
@@ -291,6 +292,14 @@ def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
     not_a_model.write_bytes(b"junk")
     bad = runner.invoke(export_main, ["onnx", "--mseg", str(not_a_model), "-o", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "not a readable safetensors model file" in bad.output
+    # The sizes m2u's networks take, as everywhere (16 failed inside onnxruntime, 99999 asked for 120 GB).
+    for size in ("16", "99999"):
+        out_of_range = runner.invoke(
+            export_main, ["onnx", "--mseg", str(mseg_path), "-o", str(tmp_path / "z"), "--size", size]
+        )
+        assert out_of_range.exit_code == 2 and "32<=x<=2048" in out_of_range.output
+    with pytest.raises(ValueError, match="from 32 to 2048"):
+        ExportConfig(image_size=16)
 
 
 @pytest.mark.parametrize(
