@@ -469,7 +469,7 @@ class PairedLoader:
 
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         device = self.config.device
-        for raw in loader:
+        for raw in _worker_errors_in_their_own_words(loader):
             self.skipped.extend(raw.pop(SKIPPED_FIELD, []))
             if not raw["key"]:  # a batch-less record of skips (never a ring slot)
                 continue
@@ -478,6 +478,20 @@ class PairedLoader:
             if slot is not None and ring is not None:  # copied out above: its worker may fill it again
                 ring.release(*slot)
             yield batch
+
+
+def _worker_errors_in_their_own_words(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The loader's batches; a ShardError raised in a worker is raised here with its own message: torch re-raises
+    it with "Caught ShardError in DataLoader worker process 0. Original Traceback (...)" and the worker's whole
+    traceback in the message, which every command would print as the error's one line."""
+    try:
+        yield from loader
+    except ShardError as error:
+        text = str(error)
+        if "Original Traceback" not in text:
+            raise
+        own = text.rstrip().rsplit("ShardError: ", 1)[-1]
+        raise ShardError(own) from None
 
 
 def make_loader(

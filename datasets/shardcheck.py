@@ -40,11 +40,14 @@ def resolve_shards(
 ) -> list[str]:
     """Turn a dataset folder, glob, brace pattern, URL or list of those into a list of shard paths/URLs."""
     if not isinstance(source, str | os.PathLike):  # a list or tuple of sources
-        shards = [s for item in source for s in resolve_shards(item, None)]
+        # A shard named twice (a glob and its folder, or a typo'd list) is read once: its samples once an epoch.
+        shards = list(dict.fromkeys(s for item in source for s in resolve_shards(item, None)))
     else:
         text = os.fspath(source)
         path = Path(text)
         if not is_stream_url(text) and path.is_dir():
+            if split is None and (path / MANIFEST_NAME).is_file():
+                raise ValueError(f"{text} is a dataset: name the split to read (train, val or test)")
             if split is not None and (path / validate_split(split)).is_dir():
                 shards = [str(p) for p in split_shards(path, split)]
             elif split is not None and (path / MANIFEST_NAME).is_file():

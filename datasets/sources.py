@@ -110,7 +110,8 @@ def identity_pattern_regex(pattern: str) -> re.Pattern[str]:
 
 def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """CelebA-style identity file: "<file name> <identity>" per line → {file name: identity}."""
-    mapping = {}
+    mapping: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     try:
         text = read_input_bytes(path).decode("utf-8")  # a regular file only: a FIFO would block the build
     except ImageReadError as exc:
@@ -122,7 +123,15 @@ def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
         fields = line.split()
         if len(fields) < 2:
             raise ValueError(f"{path}:{number}: expected '<file name> <identity>', got {line!r}")
-        mapping[fields[0]] = fields[1]
+        name, identity = fields[0], fields[1]
+        if mapping.get(name, identity) != identity:
+            # Which one is right cannot be told, and the wrong one can put a person in two splits.
+            raise ValueError(
+                f"{path}:{number}: {name} has identity {identity}, but {mapping[name]} on line {first_line[name]}; "
+                "give each file one identity"
+            )
+        mapping[name] = identity
+        first_line.setdefault(name, number)
     return mapping
 
 

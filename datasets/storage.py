@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from m2u.core.errors import SettingError
-from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME
+from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME, STATE_DIR
 
 CACHE_ENV = "M2U_CACHE"
 
@@ -165,6 +165,12 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
             "data", f"{text} is not a folder (a dataset is the folder m2u-make-dataset -o wrote)"
         )
     if not (path / MANIFEST_NAME).is_file():
+        if (path / STATE_DIR).is_dir():
+            raise SettingError(
+                "data",
+                f"{text} is a dataset whose build has not finished (its {MANIFEST_NAME} is written last): rerun "
+                "the m2u-make-dataset command that built it, or after --partition runs, the same with --finalize",
+            )
         raise SettingError(
             "data", f"{text} is not a dataset (no {MANIFEST_NAME}; build one with m2u-make-dataset)"
         )

@@ -285,3 +285,20 @@ def test_a_file_url_is_the_local_folder_it_names(tmp_path, monkeypatch):
     ]
     assert keys == [k for b in make_loader(data, "train", LoaderConfig.for_evaluation()) for k in b["key"]]
     assert keys
+
+
+def test_a_dataset_still_being_built_is_said_so_where_it_is_read(tmp_path):
+    """After `--partition` runs and before `--finalize`, m2u-eval and m2u-train said "not a dataset ... build one
+    with m2u-make-dataset"; a dataset named without its split read as "no shards found"."""
+    from m2u.core.errors import SettingError
+    from m2u.datasets.storage import check_dataset
+    from m2u.datasets.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 12, size=32, seed=0)
+    with pytest.raises(ValueError, match="is a dataset: name the split"):
+        make_loader(data, None)
+    (data / "manifest.parquet").unlink()
+    (data / STATE_DIR).mkdir(exist_ok=True)
+    with pytest.raises(SettingError, match="build has not finished.*--finalize"):
+        check_dataset(data)

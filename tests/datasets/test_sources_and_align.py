@@ -47,6 +47,10 @@ def test_folders_globs_and_lists(tmp_path):
     (tmp_path / "ids.txt").write_text("p1_1.jpg 7\np1_2.png 7\n")
     by_file = discover_inputs([tmp_path / "a"], identity_file=tmp_path / "ids.txt")
     assert [i.identity for i in by_file] == ["7", "7", ""]
+    # One file given two identities cannot be told right (the wrong one can put a person in two splits).
+    (tmp_path / "ids.txt").write_text("p1_1.jpg 7\np1_2.png 7\np1_1.jpg 7\np1_1.jpg 9\n")
+    with pytest.raises(ValueError, match=r"ids.txt:4: p1_1.jpg has identity 9, but 7 on line 1"):
+        discover_inputs([tmp_path / "a"], identity_file=tmp_path / "ids.txt")
 
     (tmp_path / "list.csv").write_text("path,identity\na/p1_1.jpg,x\na/missing.jpg,y\n")
     listed = discover_inputs([tmp_path / "list.csv"])

@@ -75,6 +75,16 @@ def test_a_damaged_shard_is_an_error_naming_it(dataset, how):
     assert clean, "the undamaged dataset reads"
 
 
+def test_a_damaged_shard_read_in_a_worker_is_said_in_its_own_words(dataset):
+    """torch re-raises a worker's error with the worker's traceback in its message: the command printed that
+    as the error's "one line"."""
+    shard = split_shards(dataset, "train")[1]
+    _damage(shard, "garbage-image")
+    with pytest.raises(ShardError, match=str(shard)) as raised:
+        _keys(dataset, workers=2, verify=False)
+    assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)
+
+
 @pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize(("workers", "split_by"), [(0, "auto"), (2, "shard"), (2, "sample")])
 def test_skip_mode_leaves_out_and_counts_the_damage(pristine, dataset, how, workers, split_by):
