@@ -9,6 +9,7 @@ Unknown keys are refused with an error that names the key (its dotted path) and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import typing
@@ -118,7 +119,9 @@ def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> set[str]:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in values:
         if key not in names:
-            raise ConfigError(f"unknown option {where + str(key)!r}; known here: {sorted(names)}")
+            close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.75)
+            hint = f"did you mean {where + close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown option {where + str(key)!r}; {hint}known here: {sorted(names)}")
     return names
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,17 @@ class Trainer:
         if self.config.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             self.runlog.log({"event": "resume", "step": self.step, "epoch": self.epoch})
+            if self.dist.is_main:
+                limit = self.config.max_steps
+                left = (
+                    f": nothing left to train (max_steps {limit}); its models are written again"
+                    if limit is not None and self.step >= limit
+                    else ""
+                )
+                print(
+                    f"m2u-train: resuming {self.out} at step {self.step} (epoch {self.epoch}){left}",
+                    file=sys.stderr,
+                )
 
     def _open_progress(self) -> Any:
         if not (self.config.progress and self.dist.is_main):

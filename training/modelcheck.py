@@ -2,7 +2,7 @@
 m2u-unmask, m2u-export, m2u-eval, m2u-train --mseg and the shipped model refuse a damaged or foreign file in one
 sentence instead of restoring nothing (output = input), a black mouth or a blurry square.
 
-In order: a training checkpoint (RUN/last.pt, torch's zip) given as a model file; the recorded ModelInfo (crop
+In order: a training checkpoint (RUN/checkpoints/last.pt, torch's zip) given as a model file; the recorded ModelInfo (crop
 size within the dataset's limits before anything is allocated from it, threshold in (0, 1)); the stored dtypes
 (a floating-point weight stored as integers was cast and lost its values); then, once read, non-finite weights
 and weights no training produces (a flipped exponent bit makes a value like 1e30). Bytes flipped without any of
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# torch.save writes a zip archive: what m2u-train's RUN/last.pt (the training state) is.
+# torch.save writes a zip archive: what m2u-train's RUN/checkpoints/last.pt (the training state) is.
 _ZIP_MAGIC = b"PK\x03\x04"
 # No m2u network trained with the paper's recipe holds a weight or statistic near this (the shipped model's
 # largest magnitude is far below it: tests/reliability/test_model_files.py); corrupted exponents land far above.
@@ -34,7 +34,7 @@ def refuse_training_state(path: Path, error: type[Exception]) -> None:
         return  # the caller's own "not found / unreadable" message is better
     if head == _ZIP_MAGIC:
         raise error(
-            f"{path} is a training checkpoint (m2u-train's RUN/last.pt: optimiser state and all), not a model "
+            f"{path} is a training checkpoint (m2u-train's RUN/checkpoints/last.pt: optimiser state and all), not a model "
             "file: give the run's mseg.safetensors or generator.safetensors instead"
         )
 

@@ -221,6 +221,19 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_refusal(tmp_path):
     assert "weights_only" not in str(refused.value)
 
 
+def test_a_resume_says_where_it_continues_and_when_nothing_is_left(tmp_path, capsys):
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **config), data)
+    capsys.readouterr()
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
+    assert f"m2u-train: resuming {run} at step 3 (epoch 0)\n" in capsys.readouterr().err
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **config), data)
+    assert "at step 4 (epoch 1): nothing left to train (max_steps 2)" in capsys.readouterr().err
+    assert load_training_state(run / "checkpoints" / "last.pt")["step"] == 4
+
+
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     from m2u.training.checkpoint import save_training_state
 
@@ -474,7 +487,7 @@ def test_cli_takes_a_config_file_and_set_overrides_and_names_a_bad_key(tmp_path)
     assert bad_set.exit_code == 2 and "'model.widht'" in bad_set.output and "Traceback" not in bad_set.output
     config_file.write_text(f"data: {data_dir}\nbatchsize: 2\n")
     bad_file = runner.invoke(train_main, ["mseg", str(config_file), "-o", str(tmp_path / "c")])
-    assert bad_file.exit_code == 2 and "'batchsize'" in bad_file.output
+    assert bad_file.exit_code == 2 and "'batchsize'; did you mean 'batch_size'?" in bad_file.output
     config_file.write_text("base: &b 1\nseed: *b\n")
     alias = runner.invoke(train_main, ["mseg", str(config_file), "-o", str(tmp_path / "d")])
     assert alias.exit_code == 2 and "aliases" in alias.output
