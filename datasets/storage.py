@@ -168,8 +168,8 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
         if (path / STATE_DIR).is_dir():
             raise SettingError(
                 "data",
-                f"{text} is a dataset whose build has not finished (its {MANIFEST_NAME} is written last): rerun "
-                "the m2u-make-dataset command that built it, or after --partition runs, the same with --finalize",
+                f"{text} is a dataset whose build has not finished (its {MANIFEST_NAME} is written last): run the "
+                "build that made it again, or finalise it (`finalize`) after its partitions",
             )
         raise SettingError(
             "data", f"{text} is not a dataset (no {MANIFEST_NAME}; build one with m2u-make-dataset)"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written
+from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written, replace_problem
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
 from m2u.core.inputs import output_lock
 from m2u.training.checkpoint import remove_stale_temp_files
@@ -131,7 +131,7 @@ class Trainer:
             if Path(os.path.realpath(data)) in (inside, *inside.parents):
                 raise FileExistsError(
                     f"the run folder {self.out} is inside the dataset {data}: its files would mix with the "
-                    "dataset's (a later m2u-make-dataset --overwrite refuses them); choose another run folder"
+                    "dataset's (a later rebuild with `overwrite` refuses them); choose another run folder"
                 )
         if self.checkpoint_path.exists() and not self.config.resume:
             raise FileExistsError(
@@ -139,7 +139,11 @@ class Trainer:
             )
         # A run whose checkpoint is gone (deleted to save space: the GAN's is 34 MB) still holds its trained
         # model and log: a run from step 0 would replace them, so it is refused, with --resume too.
-        earlier = [p for p in (*self.task.model_paths(self.out), self.out / LOG_NAME) if p.exists()]
+        earlier = [
+            path
+            for path in (*self.task.model_paths(self.out), self.out / LOG_NAME)
+            if path.exists() and not replace_problem(path)  # m2u's own (a person's file is refused below)
+        ]
         if earlier and not self.checkpoint_path.exists():
             asked = (
                 "--resume has no checkpoint to continue from"

@@ -300,5 +300,5 @@ def test_a_dataset_still_being_built_is_said_so_where_it_is_read(tmp_path):
         make_loader(data, None)
     (data / "manifest.parquet").unlink()
     (data / STATE_DIR).mkdir(exist_ok=True)
-    with pytest.raises(SettingError, match="build has not finished.*--finalize"):
+    with pytest.raises(SettingError, match="build has not finished.*`finalize`"):
         check_dataset(data)

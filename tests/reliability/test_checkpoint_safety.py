@@ -275,7 +275,7 @@ def test_resume_removes_the_temporary_files_of_a_killed_checkpoint_write(tmp_pat
     data = TensorDataSource({"train": tensors}, batch_size=2)
     train_mseg(MSegTrainConfig(max_steps=1, **options), data)
     # what SIGKILL during atomic_write leaves: a hidden, partly written temporary file beside the checkpoint
-    stray = tmp_path / "checkpoints" / ".last.pt.k1ll3d.tmp"
+    stray = tmp_path / "checkpoints" / ".last.pt.0bad1dea.tmp"
     stray.write_bytes(b"partial")
     train_mseg(MSegTrainConfig(max_steps=2, resume=True, **options), data)
     assert load_training_state(tmp_path / "checkpoints" / "last.pt")["step"] == 2

@@ -42,7 +42,7 @@ def dataset64(tmp_path_factory) -> Path:
 def _train(args: list[str]) -> dict:
     result = CliRunner().invoke(train_main, args)
     assert result.exit_code == 0, result.output
-    return json.loads(result.output[result.output.index("{") :])
+    return json.loads(result.stdout[result.stdout.index("{") :])  # stderr says where a resume continues
 
 
 FAST = ["--batch-size", "4", "--num-workers", "0", "--no-progress", "--no-test", "--val-batches", "1"]
