@@ -96,7 +96,13 @@ def cpu_description() -> str:
 
 
 def summary() -> str:
-    lines = [f"CPU: {cpu_description()}", "", "| benchmark | figure | value |", "|---|---|---|"]
+    lines = [
+        "Each figure is from its script's own run (its JSON says when and on what); this table was made on: "
+        f"{cpu_description()}",
+        "",
+        "| benchmark | figure | value |",
+        "|---|---|---|",
+    ]
     for name, rows in HEADLINES.items():
         path = RESULTS / f"{name}.json"
         if not path.exists():
