@@ -361,7 +361,7 @@ def open_lock_file(path: str | os.PathLike[str]) -> int:
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
+def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_dir") -> Iterator[None]:
     """Hold an exclusive lock on OUT/.<tool>.lock while a run writes OUT (filelock's flock, opened with
     O_NOFOLLOW and never truncated; the kernel releases it even after SIGKILL): a second run on the same OUT is
     refused at once instead of interleaving its files and report."""
@@ -376,7 +376,7 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         raise OutputFolderError(
-            f"another {tool} run is writing {out_dir}; wait for it to finish or choose another `out_dir`"
+            f"another {tool} run is writing {out_dir}; wait for it to finish or choose another `{setting}`"
         ) from None
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None

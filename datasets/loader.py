@@ -405,13 +405,19 @@ class PairedShardDataset(IterableDataset):
             mine = (index // size) % layout.batch_workers == layout.batch_worker
             if mine:
                 self._decode_into(sample, batch)
-            if mine and index % size == size - 1 and len(batch):
-                yield self._with_skips(batch.take())
+            if mine and index % size == size - 1:
+                yield self._turn(batch)
         last_mine = (index // size) % layout.batch_workers == layout.batch_worker
-        if index >= 0 and index % size != size - 1 and last_mine and len(batch) and not self.config.drop_last:
-            yield self._with_skips(batch.take())
+        if index >= 0 and index % size != size - 1 and last_mine and not self.config.drop_last:
+            yield self._turn(batch)
         if self._skipped:  # no batch left to carry them: a batch-less record (PairedLoader drops it)
             yield self._with_skips({"key": []})
+
+    def _turn(self, batch: BatchBuffer) -> dict[str, Any]:
+        """This worker's batch for its turn; every sample of it skipped as damaged, a batch-less record in its
+        place (PairedLoader drops it): DataLoader takes the workers' results in turn, so a worker that let a turn
+        pass would put every later batch out of order."""
+        return self._with_skips(batch.take() if len(batch) else {"key": []})
 
     def _with_skips(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Attach what was skipped since the last batch, so the iterating process can count it across workers."""

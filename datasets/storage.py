@@ -49,7 +49,10 @@ def local_location(text: str | os.PathLike[str]) -> str:
     read and written in place, with no copy; anything else unchanged. Every place that takes a dataset location
     calls it first (a `file://` text taken as a path made a folder named `file:`)."""
     text = os.fspath(text)
-    return text[len(FILE_SCHEME) :] if text.startswith(FILE_SCHEME) else text
+    if not text.startswith(FILE_SCHEME):
+        return text
+    path = text[len(FILE_SCHEME) :]
+    return path[len("localhost") :] if path.startswith("localhost/") else path  # file://localhost/data/ds
 
 
 def cache_folder(url: str) -> Path:

@@ -313,11 +313,9 @@ def evaluate_real_masks(
             row = PhotoScore(photo=str(entry.path), status="ok")
             lines = len(face_lines)
             try:
-                key = label_key(entry.relative)
-                label_paths = None if labels is None else run.labels_of.get(key, [])
-                where = "" if labels is None else f"{labels / key}.*"
+                lookup = run.label_lookup(entry)
                 names = _score_photo(
-                    row, entry.path, unmasker, label_paths, where, config, out, index, len(sheet), face_lines
+                    row, entry.path, unmasker, lookup, config, out, index, len(sheet), face_lines
                 )
                 if names:
                     sheet.append((row, names))
@@ -338,6 +336,16 @@ def sheet_name(index: int, kind: str) -> str:
     return f"sheet/{index:05d}_{kind}.png"
 
 
+@dataclass(frozen=True)
+class LabelLookup:
+    """Where one photo's label was looked for (`where`, LABELS/<its path below its folder>.*), what is there,
+    and another photo scored in the run that looks in the same place (then neither label can be told)."""
+
+    where: str
+    paths: list[Path]
+    shared_with: str = ""
+
+
 @dataclass
 class RealMaskRun:
     """What `evaluate_real_masks` will read and write, checked before any photo is unmasked (`plan_real_masks`)."""
@@ -347,6 +355,16 @@ class RealMaskRun:
     every: list  # every photo found (`photos` is the first RealMaskConfig.limit of them)
     labels: Path | None
     labels_of: dict[str, list[Path]]  # label_index
+    photos_of_key: dict[str, list[Path]]  # the photos scored, by label_key (two under one key: no label told)
+
+    def label_lookup(self, entry) -> LabelLookup | None:
+        """Where the photo of `entry` finds its label; None without labels."""
+        if self.labels is None:
+            return None
+        key = label_key(entry.relative)
+        others = [str(path) for path in self.photos_of_key.get(key, []) if path != entry.path]
+        where = f"{self.labels / key}.*"
+        return LabelLookup(where, self.labels_of.get(key, []), others[0] if others else "")
 
     def unmatched_labels(self) -> list[str] | None:
         """The label files no photo found is named like (a typo, a photo missing), sorted; None without labels."""
@@ -398,15 +416,17 @@ def plan_real_masks(
     if labels is not None and os.path.realpath(out) == os.path.realpath(labels):
         raise OutputFolderError(f"`out_dir` {out} is the labels folder; the report would mix with the labels")
     labels_of = {} if labels is None else label_index(labels, [out, *found.folders])
-    return RealMaskRun(out, chosen, every, labels, labels_of)
+    photos_of_key: dict[str, list[Path]] = {}
+    for entry in chosen:
+        photos_of_key.setdefault(label_key(entry.relative), []).append(entry.path)
+    return RealMaskRun(out, chosen, every, labels, labels_of, photos_of_key)
 
 
 def _score_photo(
     row: PhotoScore,
     path: Path,
     unmasker,
-    label_paths: list[Path] | None,
-    label_where: str,
+    lookup: LabelLookup | None,
     config: RealMaskConfig,
     out: Path,
     index: int,
@@ -431,9 +451,16 @@ def _score_photo(
     predicted = photo_mask(image.shape[:2], restored)
     row.mask_fraction = round(float(predicted.mean()), 4)
     label_image = None
-    if label_paths is not None:
-        if not label_paths:
-            row.status, row.reason = "no_label", f"no label {label_where} (any image suffix)"
+    if lookup is not None:
+        label_paths = lookup.paths
+        if lookup.shared_with:
+            row.status = "bad_label"
+            row.reason = (
+                f"its label cannot be told: {lookup.shared_with} also looks for {lookup.where} (photos of "
+                "two folders with one path below them: give them in one folder, whose subfolders tell them apart)"
+            )
+        elif not label_paths:
+            row.status, row.reason = "no_label", f"no label {lookup.where} (any image suffix)"
         elif len(label_paths) > 1:
             row.status = "bad_label"
             row.reason = (

@@ -130,8 +130,8 @@ class ShardDataSource:
         return iter(loader)
 
     def steps_per_epoch(self, split: str) -> int | None:
-        """From the manifest's sample count: an upper bound, as each loader worker drops its last partial
-        training batch (an epoch may end a few steps earlier); None without a readable manifest."""
+        """From the manifest's sample count: full batches per rank (each rank drops its last partial training
+        batch; ranks of uneven shards may end an epoch a step apart); None without a readable manifest."""
         from m2u.datasets.loader import count_samples
 
         try:

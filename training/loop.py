@@ -20,6 +20,7 @@ import torch
 from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written, replace_problem
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
 from m2u.core.inputs import output_lock
+from m2u.datasets.storage import local_location
 from m2u.training.checkpoint import remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
@@ -69,6 +70,8 @@ class Trainer:
         self._stops = DeferredStops()  # the Ctrl-C / SIGTERM recorded while the loop runs (see run)
         self._checkpointed_step: int | None = None  # the step of the checkpoint last written or read
         self._lock = contextlib.ExitStack()  # the run folder's lock while the run writes it (main process)
+        self._locked = False
+        self._lock_file_made = False  # this run created the lock file (removed again if it is refused)
 
     # The position's fields, as the loop and its tests read them.
     @property
@@ -125,7 +128,7 @@ class Trainer:
         return {name: total / count for name, (total, count) in zip(names, values.tolist()) if count > 0}
 
     def _prepare_run_folder(self) -> None:
-        data = self.config.data
+        data = local_location(self.config.data) if self.config.data else ""  # file:// too
         if data and "://" not in data and Path(data).is_dir():
             inside = Path(os.path.realpath(self.out))
             if Path(os.path.realpath(data)) in (inside, *inside.parents):
@@ -133,6 +136,10 @@ class Trainer:
                     f"the run folder {self.out} is inside the dataset {data}: its files would mix with the "
                     "dataset's (a later rebuild with `overwrite` refuses them); choose another run folder"
                 )
+        if self.dist.is_main and self.out.is_dir():
+            # Taken before the run folder is read: a second run on a folder being trained is told so, not what
+            # the first run's files would make of it.
+            self._hold_lock()
         if self.checkpoint_path.exists() and not self.config.resume:
             raise FileExistsError(
                 f"{self.out} already holds a run ({self.checkpoint_path}): resume it or choose another run folder"
@@ -177,17 +184,41 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             # Held until the run ends, taken before anything is written: a second run on this folder (a --resume
             # while it trains) is refused instead of interleaving its log, checkpoints and config.json.
-            self._lock.enter_context(output_lock(self.out, RUN_LOCK_TOOL))
+            self._hold_lock()
             atomic_write(
                 self.out / "config.json", lambda temp: Path(temp).write_text(self.config.to_json() + "\n")
             )
 
+    def _hold_lock(self) -> None:
+        """Take the run folder's lock unless this run holds it already (kept until `_release_lock`)."""
+        if not self._locked:
+            self._lock_file_made = not os.path.lexists(self._lock_path())
+            self._lock.enter_context(output_lock(self.out, RUN_LOCK_TOOL, setting="out"))
+            self._locked = True
+
+    def _release_lock(self, leave_no_file: bool = False) -> None:
+        """Release the lock; `leave_no_file`: a run refused before it wrote anything also takes away the lock
+        file it made (a person's folder keeps only what was there)."""
+        held = self._locked
+        self._lock.close()
+        self._locked = False
+        if held and leave_no_file and self._lock_file_made:
+            with contextlib.suppress(OSError):
+                self._lock_path().unlink(missing_ok=True)
+
+    def _lock_path(self) -> Path:
+        return self.out / f".{RUN_LOCK_TOOL}.lock"
+
     def run(self) -> dict[str, Any]:
         try:
             self._prepare_run_folder()
+        except BaseException:
+            self._release_lock(leave_no_file=True)
+            raise
+        try:
             return self._run_in_folder()
         finally:
-            self._lock.close()
+            self._release_lock()
 
     def _run_in_folder(self) -> dict[str, Any]:
         self._clean_and_resume()
@@ -221,9 +252,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.runlog.close()
-        self._lock.close()
+        self._release_lock(leave_no_file=True)
         with contextlib.suppress(OutputRefusedError, OSError):
-            (self.out / f".{RUN_LOCK_TOOL}.lock").unlink(missing_ok=True)  # the lock this run held
             if self._made_folder:
                 remove_written(self.out.parent, [self.out.name])
             else:
@@ -239,9 +269,9 @@ class Trainer:
             self.load_checkpoint()
             self.runlog.log({"event": "resume", "step": self.step, "epoch": self.epoch})
             if self.dist.is_main:
-                limit = self.config.max_steps
+                limit = planned_steps(self.config, self.data)  # max_steps, or the epochs' steps
                 left = (
-                    f": nothing left to train (max_steps {limit}); its models are written again"
+                    f": nothing left to train ({limit} steps planned); its models are written again"
                     if limit is not None and self.step >= limit
                     else ""
                 )
@@ -310,7 +340,7 @@ class Trainer:
         if produced == 0 and self.position.batch_in_epoch == 0:
             raise EmptySplitError(
                 f"the training split of {config.data or 'the data source'} gave no batch "
-                f"(fewer samples per loader worker than the batch size {config.batch_size}?)"
+                f"(fewer samples per rank than the batch size {config.batch_size}?)"
             )
         return None
 

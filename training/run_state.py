@@ -58,10 +58,9 @@ def write_checkpoint(
 def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any]]:
     """Load the state at `path` into `task`; (the loop's position, the RNG state to restore when it resumes)."""
     state = load_training_state(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"{path} is not a checkpoint m2u-train wrote (it holds a {type(state).__name__})"
-        )
+    if not isinstance(state, dict) or "task" not in state:
+        held = "no task" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{path} is not a checkpoint m2u-train wrote (it holds {held})")
     if state.get("task") != task.name:
         raise CheckpointError(f"{path} is a {state.get('task')!r} run, not {task.name!r}")
     if state.get("format") != STATE_FORMAT:
@@ -71,6 +70,14 @@ def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any
     missing = [key for key in _STATE_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{path} is damaged: it lacks {', '.join(missing)}")
+    bad = [
+        key
+        for key in ("step", "epoch", "batch_in_epoch")
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0
+    ]
+    if bad:
+        values = ", ".join(f"{key} {state[key]!r}" for key in bad)
+        raise CheckpointError(f"{path} is damaged: {values} (whole numbers >= 0)")
     try:
         task.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as error:

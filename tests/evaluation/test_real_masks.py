@@ -1743,3 +1743,24 @@ def test_the_quiet_flag_may_come_before_the_subcommand(tmp_path, monkeypatch, ca
     assert (
         ended.value.code == 2 and f"input '{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
     )
+
+
+def test_photos_of_two_folders_with_one_path_below_them_get_no_label_told(tmp_path):
+    """`real-masks a b --labels L`, a/x.png and b/x.png: both looked for L/x.* and both were scored against it."""
+    photos_a, photos_b, labels = tmp_path / "a", tmp_path / "b", tmp_path / "labels"
+    for folder in (photos_a, photos_b, labels):
+        folder.mkdir()
+    for folder in (photos_a, photos_b):
+        cv2.imwrite(str(folder / "x.png"), np.full((40, 30, 3), 90, np.uint8))
+        cv2.imwrite(str(folder / f"only_{folder.name}.png"), np.full((40, 30, 3), 90, np.uint8))
+    for name in ("x", "only_a", "only_b"):
+        _half_label(labels / f"{name}.png")
+    out = tmp_path / "r"
+    summary = evaluate_real_masks([str(photos_a), str(photos_b)], out, _FakeUnmasker(), labels)
+    with open(out / "real_masks.csv") as handle:
+        rows = {Path(r["photo"]).relative_to(tmp_path).as_posix(): r for r in csv.DictReader(handle)}
+    for name, other in (("a/x.png", "b/x.png"), ("b/x.png", "a/x.png")):
+        assert rows[name]["status"] == "bad_label" and not rows[name]["dice"]
+        assert f"{tmp_path / other} also looks for {labels / 'x'}.*" in rows[name]["reason"]
+    assert rows["a/only_a.png"]["status"] == rows["b/only_b.png"]["status"] == "ok"
+    assert summary["labelled_photos"] == 2

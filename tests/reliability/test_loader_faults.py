@@ -85,6 +85,20 @@ def test_a_damaged_shard_read_in_a_worker_is_said_in_its_own_words(dataset):
     assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)
 
 
+def test_a_batch_wholly_skipped_as_damaged_keeps_the_other_batches_in_order(dataset):
+    """A worker whose whole batch was damaged yielded nothing, so DataLoader's turns put every later batch out
+    of order: the batches differed between 0 and 2 workers from there on."""
+    shard = split_shards(dataset, "train")[1]
+    _damage(shard, "garbage-image")
+    epochs = {}
+    for workers in (0, 2):
+        config = LoaderConfig(batch_size=1, num_workers=workers, shuffle_buffer=6, on_error="skip")
+        with pytest.warns(RuntimeWarning) if workers == 0 else contextlib.nullcontext():
+            loader = make_loader(dataset, "train", config)
+            epochs[workers] = ([b["key"] for b in loader], len(loader.skipped))
+    assert epochs[0] == epochs[2] and epochs[0][1] == 1
+
+
 @pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize(("workers", "split_by"), [(0, "auto"), (2, "shard"), (2, "sample")])
 def test_skip_mode_leaves_out_and_counts_the_damage(pristine, dataset, how, workers, split_by):

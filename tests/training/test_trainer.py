@@ -160,6 +160,16 @@ def test_a_second_run_on_a_folder_being_trained_is_refused_before_it_writes(tmp_
     ):
         train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # Before the first run's first checkpoint (its log there, no last.pt): still "another run is writing", not
+    # "--resume has no checkpoint to continue from".
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "log.jsonl").write_text("")
+    with (
+        output_lock(fresh, "m2u-train"),
+        pytest.raises(OutputFolderError, match="another m2u-train run is writing .*choose another `out`"),
+    ):
+        train_mseg(MSegTrainConfig(out=str(fresh), max_steps=4, resume=True, **config), data)
     train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)  # once it is done
 
 
@@ -177,13 +187,13 @@ def test_a_file_in_the_way_of_a_run_folder_is_refused_before_training(tmp_path, 
 
 
 def test_a_run_folder_inside_its_dataset_is_refused(tmp_path, tiny_dataset):
-    for out in (tiny_dataset, tiny_dataset / "train"):
-        config = MSegTrainConfig(data=str(tiny_dataset), out=str(out), model=TINY_MSEG, max_steps=1, **QUIET)
+    spellings = [(str(tiny_dataset), tiny_dataset), (str(tiny_dataset), tiny_dataset / "train")]
+    for data, out in [*spellings, (f"file://{tiny_dataset}", tiny_dataset)]:  # file:// slipped past
+        config = MSegTrainConfig(data=data, out=str(out), model=TINY_MSEG, max_steps=1, **QUIET)
         with pytest.raises(FileExistsError, match="is inside the dataset"):
             train_mseg(config)
-    assert (
-        not (tiny_dataset / "config.json").exists() and not (tiny_dataset / "train" / "config.json").exists()
-    )
+    for folder in (tiny_dataset, tiny_dataset / "train"):
+        assert not (folder / "config.json").exists() and not (folder / ".m2u-train.lock").exists()
 
 
 def test_a_damaged_or_foreign_checkpoint_is_one_clear_refusal(tmp_path):
@@ -207,6 +217,9 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_refusal(tmp_path):
     cases = {
         "lacks rng": {k: v for k, v in good.items() if k != "rng"},
         "holds a list": [1, 2],
+        "holds no task": {"step": 1},
+        "step 2.5": {**good, "step": 2.5},
+        "step -5": {**good, "step": -5},
         "of format 99": {**good, "format": 99},
         "does not fit this run's networks": load_training_state(wider / "checkpoints" / "last.pt"),
     }
@@ -230,7 +243,10 @@ def test_a_resume_says_where_it_continues_and_when_nothing_is_left(tmp_path, cap
     train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
     assert f"m2u-train: resuming {run} at step 3 (epoch 0)\n" in capsys.readouterr().err
     train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **config), data)
-    assert "at step 4 (epoch 1): nothing left to train (max_steps 2)" in capsys.readouterr().err
+    assert "at step 4 (epoch 1): nothing left to train (2 steps planned)" in capsys.readouterr().err
+    finished = MSegTrainConfig(out=str(run), max_steps=None, epochs=1, resume=True, **config)  # 3 steps an epoch
+    train_mseg(finished, data)
+    assert "nothing left to train (3 steps planned)" in capsys.readouterr().err
     assert load_training_state(run / "checkpoints" / "last.pt")["step"] == 4
 
 
