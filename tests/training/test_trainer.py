@@ -244,7 +244,9 @@ def test_a_resume_says_where_it_continues_and_when_nothing_is_left(tmp_path, cap
     assert f"m2u-train: resuming {run} at step 3 (epoch 0)\n" in capsys.readouterr().err
     train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **config), data)
     assert "at step 4 (epoch 1): nothing left to train (2 steps planned)" in capsys.readouterr().err
-    finished = MSegTrainConfig(out=str(run), max_steps=None, epochs=1, resume=True, **config)  # 3 steps an epoch
+    finished = MSegTrainConfig(
+        out=str(run), max_steps=None, epochs=1, resume=True, **config
+    )  # 3 steps an epoch
     train_mseg(finished, data)
     assert "nothing left to train (3 steps planned)" in capsys.readouterr().err
     assert load_training_state(run / "checkpoints" / "last.pt")["step"] == 4
