@@ -61,6 +61,7 @@ demo: $(STAMP)
 
 smoke: $(STAMP)
 	$(BIN)/m2u-pipeline run --preset smoke $(if $(FACES),$(FACES),--demo-faces) -o runs/smoke
+	@echo "make smoke: every stage ran, on a model trained for seconds: its figures check the pipeline, not the method (expect no real restoration; runs/smoke/evaluation/index.html says why)"
 
 PACKAGES = core masking datasets training inference evaluation pipelines
 

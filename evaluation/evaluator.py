@@ -46,7 +46,14 @@ from m2u.evaluation.report import (
     write_report,
 )
 from m2u.evaluation.suite import MetricsConfig, MetricSuite
-from m2u.inference.restore import ModelUsageWarning, TwoStageModel, load_two_stage, model_usage, restore_batch
+from m2u.inference.restore import (
+    IMPLAUSIBLE_MASK_SHARE,
+    ModelUsageWarning,
+    TwoStageModel,
+    load_two_stage,
+    model_usage,
+    restore_batch,
+)
 from m2u.training.device import resolve_device
 from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.imagespace import to_uint8_images
@@ -168,7 +175,7 @@ def _baseline_runs(
 
 # M-Seg's predicted mask covering more than this fraction of the image on average, or less than the low one, is
 # almost surely broken (a constant output), whatever its Dice says: the report shows a warning.
-COVERAGE_WARNING = (0.02, 0.9)
+COVERAGE_WARNING = (0.02, IMPLAUSIBLE_MASK_SHARE)
 
 
 class _MaskQuality:

@@ -175,7 +175,7 @@ def unmask_main(**kw) -> None:
     Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
     processed; 2 usage error or refused."""
     from m2u.core.inputs import InputError, OutputFolderError, find_inputs
-    from m2u.inference.photos import summarize, unmask_files
+    from m2u.inference.photos import implausible_masks_warning, summarize, unmask_files
 
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
@@ -221,6 +221,9 @@ def unmask_main(**kw) -> None:
         if r.status != "ok" or r.left_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
+    warning = implausible_masks_warning(Path(kw["out_dir"]) / "faces.jsonl")
+    if warning:
+        click.secho(warning, err=True, fg="red")
     ignored = found.describe_skipped()
     if ignored:
         click.echo(ignored, err=True)

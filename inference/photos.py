@@ -26,6 +26,7 @@ from m2u.core.inputs import Discovery, InputEntry
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
 from m2u.inference.masked_rule import NOTHING_TO_RESTORE, judged_no_face, judged_not_masked
+from m2u.inference.restore import IMPLAUSIBLE_MASK_SHARE
 from m2u.inference.unmask import (
     WHOLE_FRAME_NOT_MASKED,
     FaceRestoration,
@@ -341,6 +342,24 @@ def face_record(face) -> dict:
         "restored": False,
         "problem": face.problem,
     }
+
+
+def implausible_masks_warning(faces_jsonl: str | Path) -> str:
+    """A warning when the restored faces' M-Seg masks cover nearly their whole crops ("" otherwise): every face
+    was painted over, and the statuses still read ok."""
+    path = Path(faces_jsonl)
+    if not path.is_file():
+        return ""
+    restored = [json.loads(text) for text in path.read_text().splitlines()]
+    shares = [face.get("mask_fraction", 0.0) for face in restored if face.get("restored", True)]
+    broad = sum(share > IMPLAUSIBLE_MASK_SHARE for share in shares)
+    if not broad:
+        return ""
+    return (
+        f"warning: on {broad} of the {len(shares)} faces restored M-Seg's mask covers more than "
+        f"{IMPLAUSIBLE_MASK_SHARE:.0%} of the face crop (a mask covers about a third): that M-Seg model is not "
+        "trustworthy (trained too briefly?), and those faces were painted over whole"
+    )
 
 
 def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) -> str:

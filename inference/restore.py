@@ -22,6 +22,7 @@ from m2u.training.models import CARU2Net, MSeg
 from m2u.training.models.mseg import check_mask_threshold
 
 __all__ = [
+    "IMPLAUSIBLE_MASK_SHARE",
     "ModelUsage",
     "ModelUsageWarning",
     "TwoStageModel",
@@ -34,6 +35,12 @@ __all__ = [
     "predict_masks_and_probabilities",
     "restore_batch",
 ]
+
+
+# A face mask never covers this share of an aligned face crop (the shipped M-Seg marks about a third on real
+# masks): an M-Seg that marks more is broken (trained for seconds, say), whatever a run reports. m2u-unmask warns
+# of it, m2u-eval's coverage warning uses it as its upper bound.
+IMPLAUSIBLE_MASK_SHARE = 0.9
 
 
 @dataclass

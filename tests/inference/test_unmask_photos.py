@@ -777,3 +777,23 @@ def test_a_photo_that_fails_midway_counts_no_face_restored(tiny_checkpoints, tmp
     assert (row.status, row.faces, row.left_faces, row.output) == ("error", 0, 0, "")
     assert row.reason == "ValueError: EXIF data is too long" and row.width == CROP
     assert "0 faces restored" in photos.summarize([row], tmp_path / "out" / "faces.jsonl")
+
+
+def test_restored_faces_under_masks_covering_their_whole_crops_are_warned_about(tmp_path):
+    """A briefly trained M-Seg marks the whole crop: m2u-unmask painted yellow squares over the heads and said
+    "4 ok" (m2u-eval warned, m2u-unmask did not)."""
+    import json
+
+    from m2u.inference.photos import implausible_masks_warning
+
+    faces = tmp_path / "faces.jsonl"
+    lines = [{"restored": True, "mask_fraction": f} for f in (1.0, 0.97, 0.3)] + [
+        {"restored": False, "mask_fraction": 1.0}  # a face left: not painted over
+    ]
+    faces.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert implausible_masks_warning(faces).startswith(
+        "warning: on 2 of the 3 faces restored M-Seg's mask covers"
+    )
+    faces.write_text(json.dumps({"restored": True, "mask_fraction": 0.31}) + "\n")
+    assert implausible_masks_warning(faces) == ""
+    assert implausible_masks_warning(tmp_path / "absent.jsonl") == ""
