@@ -62,6 +62,7 @@ def test_dry_run_trains_every_setting_and_reports(tmp_path):
     assert isinstance(report["summary"]["gpu_waits_for_data"], bool)
     table = (tmp_path / "check.md").read_text()
     assert "train-gan bf16" in table and "best vs fp32" in table
+    assert "no paper-preset projection from a dry run" in table and "paper preset 0" not in table
 
 
 @pytest.mark.slow
