@@ -7,8 +7,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from m2u.core.guard import UserError
 from m2u.datasets.layout import (
     MANIFEST_NAME,
@@ -16,7 +14,6 @@ from m2u.datasets.layout import (
     Status,
     read_json,
     read_manifest,
-    split_manifest_name,
     split_shards,
     stats_path_of,
     validate_split,
@@ -161,15 +158,6 @@ def dataset_image_size(dataset_dir: str | os.PathLike[str]) -> int | None:
     stats = read_json(Path(dataset_dir) / STATS_NAME) or {}
     size = stats.get("arguments", {}).get("size")
     return int(size) if isinstance(size, int) else None
-
-
-def split_keys(dataset_dir: str | os.PathLike[str], split: str) -> list[str] | None:
-    """The keys of ``split``'s written samples in stored order (shard by shard, as each tar holds them), from the
-    dataset's ``<split>.parquet``; None when ``dataset_dir`` is not a local dataset folder with one."""
-    path = Path(dataset_dir) / split_manifest_name(split)
-    if not path.is_file():
-        return None
-    return [str(key) for key in pq.read_table(path, columns=["key"]).column("key").to_pylist()]
 
 
 def count_samples(source: str | os.PathLike[str], split: str) -> int:

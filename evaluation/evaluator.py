@@ -290,44 +290,16 @@ def _update_batch(
         state.grid_rows += list(zip(*(to_uint8_images(c) for c in columns), strict=True))
 
 
-def _first_samples(data, config: EvaluateConfig) -> tuple[set[str] | None, int]:
-    """Which samples `max_samples` keeps: the first N of the split in stored order, whatever the number of loader
-    workers (their batches interleave). By key from a dataset folder's split table; from another source (a glob,
-    a URL) the loader reads in this process instead (no workers), where the stored order is the order read.
-    Returns (the keys or None, the loader workers to use)."""
-    from m2u.datasets.shardcheck import split_keys
-
-    if config.max_samples is None:
-        return None, config.num_workers
-    keys = split_keys(data, config.split)
-    if keys is None:
-        return None, 0
-    return set(keys[: config.max_samples]), config.num_workers
-
-
-def _only(batch: dict, keep: list[int]) -> dict:
-    """The samples `keep` (their indices) of a batch."""
-    picked: dict[str, Any] = {}
-    for name, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            picked[name] = value[keep]
-        elif isinstance(value, list | tuple):
-            picked[name] = [value[i] for i in keep]
-        else:
-            picked[name] = value
-    return picked
-
-
 @torch.no_grad()
 def _score_split(data, models, usage, suite: MetricSuite, config: EvaluateConfig) -> _Samples:
-    """One pass over the split (exactly once, up to max_samples: the first ones stored)."""
+    """One pass over the split (exactly once, up to max_samples: the first ones stored, as the loader yields the
+    stored order for any number of workers)."""
     from m2u.datasets.loader import LoaderConfig, make_loader
 
-    wanted, workers = _first_samples(data, config)
     loader = make_loader(
         data,
         config.split,
-        LoaderConfig.for_evaluation(batch_size=config.batch_size, num_workers=workers),
+        LoaderConfig.for_evaluation(batch_size=config.batch_size, num_workers=config.num_workers),
     )
     state = _Samples(usage=usage)
     bar = tqdm(
@@ -337,18 +309,12 @@ def _score_split(data, models, usage, suite: MetricSuite, config: EvaluateConfig
         disable=not config.progress,
     )
     for batch in loader:
-        if wanted is not None:
-            keep = [i for i, key in enumerate(batch["key"]) if key in wanted]
-            if len(keep) < len(batch["key"]):
-                batch = _only(batch, keep)
-            wanted.difference_update(batch["key"])
         left = len(batch["key"]) if config.max_samples is None else config.max_samples - state.seen
-        take = min(len(batch["key"]), left)
-        if take > 0:
-            _update_batch(state, batch, take, models, suite, config)
-            bar.update(take)
-        if config.max_samples is not None and (state.seen >= config.max_samples or wanted == set()):
+        if left <= 0:
             break
+        take = min(len(batch["key"]), left)
+        _update_batch(state, batch, take, models, suite, config)
+        bar.update(take)
     bar.close()
     if state.seen == 0:
         raise ValueError(f"split {config.split!r} of {data} has no samples to evaluate")

@@ -158,7 +158,6 @@ def test_a_sample_limit_scores_the_first_samples_stored_whatever_the_loader_work
 ):
     """The workers' batches interleave: "the first N" was whichever N came first (another set, other figures, with
     --workers 3). Now the first N of the split as stored, the same for 0, 2 or 3 workers and from a glob."""
-    from m2u.datasets.shardcheck import split_keys
     from m2u.datasets.synthetic import write_synthetic_dataset
 
     data = tmp_path / "data"
@@ -166,7 +165,7 @@ def test_a_sample_limit_scores_the_first_samples_stored_whatever_the_loader_work
     stored = [
         k for b in make_loader(data, "test", LoaderConfig.for_evaluation(num_workers=0)) for k in b["key"]
     ]
-    assert split_keys(data, "test") == stored and len(stored) == 40
+    assert len(stored) == 40
     mseg_path, gen_path = tiny_checkpoints
     suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
     scored = {}
