@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import configparser
 import functools
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,14 @@ from m2u.masking.templates import TEXTURE_HEIGHT, TEXTURE_WIDTH, Template
 
 ANCHOR_NAMES = ("a", "b", "c", "d", "e", "f")
 POSE_SUFFIXES = ("_left", "_right")
+# A section's name is a mask type on the command line and part of every output's file name: letters, digits, "_"
+# and "-" only ("../x" wrote outside the output folder), and not one of m2u-mask's own words for several types.
+SECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = ("random", "all")
+# The anchors must span this share of the template each way (six equal points drew nothing a face could wear),
+# and lie within this share of a side beyond its edges (MaskTheFace's own reach 12 % beyond, on gas_left).
+MIN_ANCHOR_SPAN = 0.1
+ANCHOR_REACH = 0.25
 
 
 # MaskTheFace's templates are under 1,500 pixels a side; a template is scaled down to the face anyway.
@@ -111,6 +121,7 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
     except configparser.Error as exc:
         raise TemplatePackError(f"{cfg_file}: not a valid masks.cfg ({exc})") from exc
     templates, skipped = {}, []
+    _check_section_names(cfg_file, parser.sections())
     for section in parser.sections():
         where = f"{cfg_file} [{section}]"
         entries = parser[section]
@@ -131,11 +142,62 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         rgba = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
         if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4:
             raise TemplatePackError(f"{where}: {image_path} is not an RGBA image")
+        if (
+            rgba.dtype != np.uint8
+        ):  # a 16-bit PNG: its levels brought to 8 bits (read as 0..255 it was flat white)
+            rgba = np.round(rgba.astype(np.float64) * 255.0 / np.iinfo(rgba.dtype).max).astype(np.uint8)
+        if not rgba[..., 3].any():
+            raise TemplatePackError(f"{where}: {image_path} is transparent everywhere: no mask to draw")
+        _check_anchors(where, anchors, rgba.shape[1], rgba.shape[0])
         rgba = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
         templates[section] = template_from_image(section, rgba, anchors)
     if not templates:
         raise TemplatePackError(f"{cfg_file}: no templates")
+    for name in templates:
+        base = next((name.removesuffix(p) for p in POSE_SUFFIXES if name.endswith(p)), None)
+        if base is not None and base not in templates:
+            raise TemplatePackError(
+                f"{cfg_file} [{name}]: a pose variant of [{base}], which the pack lacks (the type would be dropped)"
+            )
     return TemplatePack(cfg_file, templates, tuple(skipped))
+
+
+def _check_section_names(cfg_file: Path, sections: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for section in sections:
+        if not SECTION_NAME.fullmatch(section):
+            raise TemplatePackError(
+                f"{cfg_file} [{section}]: a section's name is a mask type and part of file names: letters, "
+                "digits, '_' and '-' only (at most 64)"
+            )
+        if section.lower() in RESERVED_NAMES:
+            raise TemplatePackError(
+                f"{cfg_file} [{section}]: {section.lower()!r} is m2u-mask's word for several mask types; rename it"
+            )
+        if section.lower() in seen:
+            raise TemplatePackError(
+                f"{cfg_file}: [{seen[section.lower()]}] and [{section}] differ only in case (mask types are "
+                "matched in any case); rename one"
+            )
+        seen[section.lower()] = section
+
+
+def _check_anchors(where: str, anchors: dict[str, tuple[float, float]], width: int, height: int) -> None:
+    """Anchors a-f on or near the template image (ANCHOR_REACH) and spread over it: others drew a distorted mask,
+    reported ok, or none at all, blamed on every face."""
+    reach_x, reach_y = ANCHOR_REACH * width, ANCHOR_REACH * height
+    for key, (x, y) in anchors.items():
+        near = -reach_x <= x <= width + reach_x and -reach_y <= y <= height + reach_y
+        if not (math.isfinite(x) and math.isfinite(y)) or not near:
+            raise TemplatePackError(
+                f"{where}: mask_{key} ({x:g}, {y:g}) lies far outside the {width}x{height} template image"
+            )
+    xs, ys = [p[0] for p in anchors.values()], [p[1] for p in anchors.values()]
+    if max(xs) - min(xs) < MIN_ANCHOR_SPAN * width or max(ys) - min(ys) < MIN_ANCHOR_SPAN * height:
+        raise TemplatePackError(
+            f"{where}: anchors a-f span {max(xs) - min(xs):g} x {max(ys) - min(ys):g} px of the {width}x{height} "
+            "template: too close together to lay it on a face"
+        )
 
 
 def load_template_pack(path: str | os.PathLike) -> TemplatePack:

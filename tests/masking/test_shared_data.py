@@ -118,6 +118,62 @@ def test_pack_errors_name_the_section(tmp_path):
         load_template_pack(tmp_path)
 
 
+def _pack_with(folder: Path, sections: str, template: np.ndarray | None = None) -> Path:
+    """A pack folder: one 200x100 RGBA template (an opaque band unless `template` is given) and `sections`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if template is None:
+        template = np.zeros((100, 200, 4), np.uint8)
+        template[20:80, 10:190] = (200, 180, 160, 255)
+    assert cv2.imwrite(str(folder / "t.png"), template)
+    (folder / "masks.cfg").write_text(sections)
+    return folder
+
+
+ANCHORS = (
+    "mask_a: 10, 20\nmask_b: 100, 10\nmask_c: 190, 20\nmask_d: 10, 80\nmask_e: 100, 90\nmask_f: 190, 80\n"
+)
+
+
+@pytest.mark.parametrize(
+    "sections, said",
+    [
+        (
+            f"[../../outside]\ntemplate: t.png\n{ANCHORS}",
+            "letters, digits",
+        ),  # wrote outside the output folder
+        (f"[a/b]\ntemplate: t.png\n{ANCHORS}", "letters, digits"),
+        (f"[Random]\ntemplate: t.png\n{ANCHORS}", "'random' is m2u-mask's word"),
+        (f"[cloth]\ntemplate: t.png\n{ANCHORS}[Cloth]\ntemplate: t.png\n{ANCHORS}", "differ only in case"),
+        (f"[gas_left]\ntemplate: t.png\n{ANCHORS}", "a pose variant of \\[gas\\], which the pack lacks"),
+        (f"[m]\ntemplate: t.png\n{ANCHORS.replace('10, 20', '-5000, 97000', 1)}", "mask_a .* far outside"),
+        (f"[m]\ntemplate: t.png\n{ANCHORS.replace('10, 20', 'nan, 20', 1)}", "mask_a .* far outside"),
+        ("[m]\ntemplate: t.png\n" + "".join(f"mask_{k}: 50, 50\n" for k in "abcdef"), "too close together"),
+    ],
+)
+def test_a_pack_that_cannot_draw_a_mask_is_refused_when_it_loads(tmp_path, sections, said):
+    """Each was accepted and then wrote outside -o, overwrote an output, drew a distorted mask reported ok, or
+    refused every face blaming the face."""
+    with pytest.raises(TemplatePackError, match=said):
+        load_template_pack(_pack_with(tmp_path / "pack", sections))
+
+
+def test_a_pack_template_in_16_bits_or_transparent_everywhere(tmp_path):
+    band = np.zeros((100, 200, 4), np.uint16)
+    band[20:80, 10:190] = (30000, 40000, 50000, 65535)
+    wide = load_template_pack(_pack_with(tmp_path / "wide", f"[m]\ntemplate: t.png\n{ANCHORS}", band))
+    eight = load_template_pack(
+        _pack_with(tmp_path / "eight", f"[m]\ntemplate: t.png\n{ANCHORS}", (band // 257).astype(np.uint8))
+    )
+    # Read as 0..255 the 16-bit levels were flat white: the same colours as the 8-bit copy now.
+    assert np.abs(wide.get("m").rgb - eight.get("m").rgb).max() < 0.01
+    with pytest.raises(TemplatePackError, match="transparent everywhere"):
+        load_template_pack(
+            _pack_with(
+                tmp_path / "clear", f"[m]\ntemplate: t.png\n{ANCHORS}", np.zeros((100, 200, 4), np.uint8)
+            )
+        )
+
+
 def _faces(paths: list[Path]):
     detector = FaceDetector()
     for path in paths:
