@@ -364,6 +364,17 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
     return photo if whole_photo else array
 
 
+def image_suffix_problem(path: str | os.PathLike[str]) -> str:
+    """Why `write_image` cannot write an image at `path` by its suffix ("" when it can): checked before the work
+    that makes the image (a contact sheet named .txt failed in OpenCV's encoder after rendering)."""
+    import cv2
+
+    suffix = Path(path).suffix
+    if suffix and not cv2.haveImageWriter(f"x{suffix}"):
+        return f"{path}: no image format writes {suffix!r} (give .png, .jpg, .webp, .tif or .bmp)"
+    return ""
+
+
 def write_image(
     path: str | os.PathLike[str], image: np.ndarray, rgb: bool = True, params: list[int] | None = None
 ) -> Path:
@@ -375,6 +386,9 @@ def write_image(
     from m2u.core.fileio import atomic_write_bytes
 
     path = Path(path)
+    problem = image_suffix_problem(path)
+    if problem:
+        raise ValueError(problem)
     if rgb and image.ndim == 3:
         pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     else:

@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
 from m2u.core.fileio import REPORT_TEXT_ERRORS, claim_name, fit_stem, remove_temp_files
 from m2u.core.fileio import atomic_write_bytes as write_atomic
@@ -74,6 +75,8 @@ class BatchConfig:
     limit: int | None = None  # only the first N inputs found (--limit)
 
     def __post_init__(self) -> None:
+        # A seed of 7.0 gave other bytes than 7, a limit of 2.5 or a mask given as a dict failed deep inside.
+        check_types(self)
         if self.limit is not None and self.limit < 1:
             raise SettingError("limit", f"must be >= 1, got {self.limit}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:

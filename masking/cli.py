@@ -59,10 +59,13 @@ def _contact_sheet(
     found: Discovery, detector: DetectorConfig, target: Path, seed: int, pack: str | None, max_pixels: int
 ) -> None:
     from m2u.core.fileio import check_writable
-    from m2u.core.imageio import write_image
+    from m2u.core.imageio import image_suffix_problem, write_image
     from m2u.masking.sheet import render_contact_sheet
 
     check_writable(target)  # before any work: never an input, a link, or another file m2u did not write
+    problem = image_suffix_problem(target)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--contact-sheet")
     unread: list[str] = []
     for entry in found.entries:
         if entry.problem:

@@ -157,3 +157,31 @@ def test_progress_steps_file_by_file_within_a_group(photos, tmp_path, monkeypatc
     assert steps_before == list(
         range(len(files))
     )  # each file's step comes as it finishes, not with the group
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"seed": 7.0}, "seed"),  # other bytes than seed 7
+        ({"seed": "7"}, "seed"),
+        ({"limit": 2.5}, "limit"),  # failed in mask_files slicing the inputs
+        ({"mask": {"mask_type": "cloth"}}, "mask"),  # 'dict' object has no attribute 'expand'
+        ({"detector": None}, "detector"),
+    ],
+)
+def test_a_batch_config_of_the_wrong_types_is_refused_naming_the_field(bad, field):
+    from m2u.core.errors import SettingError
+    from m2u.masking.batch import BatchConfig
+
+    with pytest.raises(SettingError, match=f"^{field}: must be"):
+        BatchConfig(**bad)
+
+
+def test_a_contact_sheet_named_with_no_image_suffix_is_refused_before_rendering(tmp_path):
+    from click.testing import CliRunner
+
+    from m2u.masking.cli import main
+
+    result = CliRunner().invoke(main, [str(tmp_path), "--contact-sheet", str(tmp_path / "sheet.txt")])
+    assert result.exit_code == 2 and "no image format writes '.txt'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "sheet.txt").exists()
