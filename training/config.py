@@ -42,6 +42,9 @@ class OptimizerConfig:
             raise ValueError(f"decay must be a number in (0, 1], got {self.decay}")
         if any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be steps >= 1, got {list(self.milestones)}")
+        # Adam's two decay rates: checked here, not by torch's "Invalid beta parameter at index 0" at the start.
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):  # NaN fails too
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
 
 
 @dataclass

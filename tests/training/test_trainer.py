@@ -318,10 +318,21 @@ def test_weights_that_overflow_while_the_losses_stay_finite_stop_the_run(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "bad", [{"decay": -1.0}, {"decay": 0.0}, {"decay": float("nan")}, {"milestones": (-5,)}]
+    "bad",
+    [
+        {"decay": -1.0},
+        {"decay": 0.0},
+        {"decay": float("nan")},
+        {"milestones": (-5,)},
+        {"betas": ()},  # an IndexError inside torch's Adam
+        {"betas": (1.5, 0.9)},  # torch's "Invalid beta parameter at index 0", naming no setting
+        {"betas": (0.9, float("nan"))},
+    ],
 )
 def test_a_learning_rate_schedule_that_would_reverse_training_is_refused(bad):
-    with pytest.raises(ValueError, match="decay must be a number in|milestones must be steps"):
+    with pytest.raises(
+        ValueError, match="decay must be a number in|milestones must be steps|betas must be two"
+    ):
         OptimizerConfig(**bad)
 
 
