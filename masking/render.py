@@ -49,14 +49,13 @@ from m2u.masking.templates import (
     ALL_TYPES,
     COLORS,
     MASK_TYPES,
+    RANDOM,
     Template,
     canonical_mask_type,
     get_template,
 )
 from m2u.masking.templates_pack import load_template_pack
 from m2u.masking.warp import grid_point, warp_texture
-
-RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,15 @@ class MaskConfig:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
         if not 0.0 < self.coverage_threshold < 1.0:
             raise ValueError(f"coverage_threshold must be within (0, 1), got {self.coverage_threshold}")
+        # m2u-mask's words in any case, as mask types are ("Random", "Dots"); a pattern file keeps its name.
+        if isinstance(self.color, str) and self.color.lower() == RANDOM:
+            object.__setattr__(self, "color", RANDOM)
+        if (
+            isinstance(self.pattern, str)
+            and self.pattern.lower() in (RANDOM, *PATTERNS)
+            and not os.path.isfile(self.pattern)
+        ):
+            object.__setattr__(self, "pattern", self.pattern.lower())
         if self.color not in (None, RANDOM):
             parse_color(self.color)
         if (

@@ -40,12 +40,14 @@ _SUPERSAMPLE = 2  # outlines are drawn at twice the size and area-downsampled: a
 MASK_TYPES: tuple[str, ...] = ("surgical", "surgical_blue", "surgical_green", "n95", "kn95", "cloth", "gas")
 # Mask type meaning "every type, one output each per face" (MaskTheFace's `--mask_type all`).
 ALL_TYPES = "all"
+RANDOM = "random"  # a real mask type chosen with the seed (m2u.masking.render)
 
 
 def canonical_mask_type(name: str) -> str:
-    """One of MASK_TYPES for a name spelled in any case (MaskTheFace writes `N95`, `KN95`); other names as given."""
+    """One of MASK_TYPES (or "all", "random") for a name spelled in any case (MaskTheFace writes `N95`, `KN95`);
+    other names as given."""
     lowered = name.lower()
-    return lowered if lowered in MASK_TYPES or lowered == ALL_TYPES else name
+    return lowered if lowered in (*MASK_TYPES, ALL_TYPES, RANDOM) else name
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,8 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         parser.read(cfg_file, encoding="utf-8")
     except configparser.Error as exc:
         raise TemplatePackError(f"{cfg_file}: not a valid masks.cfg ({exc})") from exc
+    except UnicodeDecodeError as exc:  # its message named a byte, not the file
+        raise TemplatePackError(f"{cfg_file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     templates, skipped = {}, []
     _check_section_names(cfg_file, parser.sections())
     for section in parser.sections():

@@ -219,3 +219,16 @@ def test_geometry_on_60_celeba_faces(celeba_first):
 def test_geometry_on_500_celeba_and_all_extras(celeba_first, extras_dir):
     extras = sorted(p for p in extras_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     _check_geometry(celeba_first(500) + extras, 0.97)
+
+
+def test_a_masks_cfg_that_is_not_utf8_is_named(tmp_path):
+    pack = _pack_with(tmp_path / "pack", "")
+    (pack / "masks.cfg").write_bytes(f"[caf\xe9]\ntemplate: t.png\n{ANCHORS}".encode("latin-1"))
+    with pytest.raises(TemplatePackError, match=r"masks.cfg: not UTF-8 text \(byte 4"):
+        load_template_pack(pack)
+
+
+def test_m2u_masks_own_words_are_taken_in_any_case():
+    """`--mask-type ALL` and `N95` were matched in any case, `RANDOM`, `--color Random` and `--pattern Dots` not."""
+    config = MaskConfig(mask_type="RANDOM", color="Random", pattern="Dots")
+    assert (config.mask_type, config.color, config.pattern) == ("random", "random", "dots")
