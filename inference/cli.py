@@ -221,7 +221,7 @@ def unmask_main(**kw) -> None:
         if r.status != "ok" or r.left_faces:
             click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
-    warning = implausible_masks_warning(Path(kw["out_dir"]) / "faces.jsonl")
+    warning = implausible_masks_warning(results)
     if warning:
         click.secho(warning, err=True, fg="red")
     ignored = found.describe_skipped()

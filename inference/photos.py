@@ -344,14 +344,10 @@ def face_record(face) -> dict:
     }
 
 
-def implausible_masks_warning(faces_jsonl: str | Path) -> str:
+def implausible_masks_warning(results: list[FileResult]) -> str:
     """A warning when the restored faces' M-Seg masks cover nearly their whole crops ("" otherwise): every face
-    was painted over, and the statuses still read ok."""
-    path = Path(faces_jsonl)
-    if not path.is_file():
-        return ""
-    restored = [json.loads(text) for text in path.read_text().splitlines()]
-    shares = [face.get("mask_fraction", 0.0) for face in restored if face.get("restored", True)]
+    was painted over, and the statuses still read ok. From the rows' own mask fractions (report.csv's)."""
+    shares = [float(share) for r in results for share in r.mask_fractions.split()]
     broad = sum(share > IMPLAUSIBLE_MASK_SHARE for share in shares)
     if not broad:
         return ""

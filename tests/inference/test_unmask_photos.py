@@ -779,21 +779,18 @@ def test_a_photo_that_fails_midway_counts_no_face_restored(tiny_checkpoints, tmp
     assert "0 faces restored" in photos.summarize([row], tmp_path / "out" / "faces.jsonl")
 
 
-def test_restored_faces_under_masks_covering_their_whole_crops_are_warned_about(tmp_path):
+def test_restored_faces_under_masks_covering_their_whole_crops_are_warned_about():
     """A briefly trained M-Seg marks the whole crop: m2u-unmask painted yellow squares over the heads and said
     "4 ok" (m2u-eval warned, m2u-unmask did not)."""
-    import json
+    from m2u.inference.photos import FileResult, implausible_masks_warning
 
-    from m2u.inference.photos import implausible_masks_warning
-
-    faces = tmp_path / "faces.jsonl"
-    lines = [{"restored": True, "mask_fraction": f} for f in (1.0, 0.97, 0.3)] + [
-        {"restored": False, "mask_fraction": 1.0}  # a face left: not painted over
+    rows = [  # report.csv's mask_fractions: the restored faces' only (a face left has none)
+        FileResult("a.jpg", "ok", faces=2, mask_fractions="1.000 0.970"),
+        FileResult("b.jpg", "ok", faces=1, left_faces=1, mask_fractions="0.300"),
+        FileResult("c.jpg", "error"),
     ]
-    faces.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert implausible_masks_warning(faces).startswith(
+    assert implausible_masks_warning(rows).startswith(
         "warning: on 2 of the 3 faces restored M-Seg's mask covers"
     )
-    faces.write_text(json.dumps({"restored": True, "mask_fraction": 0.31}) + "\n")
-    assert implausible_masks_warning(faces) == ""
-    assert implausible_masks_warning(tmp_path / "absent.jsonl") == ""
+    assert implausible_masks_warning([FileResult("d.jpg", "ok", faces=1, mask_fractions="0.310")]) == ""
+    assert implausible_masks_warning([]) == ""
