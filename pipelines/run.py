@@ -63,22 +63,86 @@ def library_versions() -> dict[str, str]:
     return versions_of(_VERSIONED, platform_info=True)
 
 
-def inputs_fingerprint(faces: list[str], exclude: Sequence[str | Path] = (), *, spelled: bool = False) -> str:
-    """The face inputs' identity: the names (below each folder, glob base or list file's folder) and sizes of the
-    files the dataset stage reads (m2u.core.inputs.discover, nothing under an `exclude` folder: a run folder inside
-    the faces folder never counts its own outputs as inputs). Cheap, and changes when the face set changes; not
-    with the inputs' spelling: `faces`, `./faces/` and its absolute path, or the folder of a finished run moved to
-    another machine, are the same faces. `spelled`: each input as given is hashed too, as m2u did before
-    2026-12-06 (what the records of earlier runs hold)."""
+FACE_HASHES = "face-hashes.tsv"  # in RUN/stages/: the faces' content digests, by path and file status
+_HASH_CACHE_HEADER = "# m2u face hashes: sha256, size, mtime_ns, ctime_ns, inode, path\n"
+
+
+def inputs_fingerprint(
+    faces: list[str],
+    exclude: Sequence[str | Path] = (),
+    *,
+    identity: str = "content",
+    hash_cache: Path | None = None,
+) -> str:
+    """The face inputs' identity: the names (below each folder, glob base or list file's folder) of the files the
+    dataset stage reads (m2u.core.inputs.discover, nothing under an `exclude` folder: a run folder inside the
+    faces folder never counts its own outputs as inputs) and a SHA-256 of each one's bytes. Not with the inputs'
+    spelling: `faces`, `./faces/` and its absolute path, or the folder of a finished run moved to another machine,
+    are the same faces; a face replaced by another, of any size, is not.
+
+    `hash_cache`: a file of the digests of an earlier call, by path, size, modification and change times and
+    inode (as git's index keeps them), so only files changed since are read again; rewritten with this call's.
+    `identity` "sizes": names and sizes instead of the bytes, as m2u recorded on 2026-12-06; "spelled": sizes
+    and each input as given, as before (what the records of earlier runs hold)."""
     from m2u.core.inputs import discover
 
+    if identity not in ("content", "sizes", "spelled"):
+        raise ValueError(f"`identity` must be content, sizes or spelled, not {identity!r}")
+    known = _read_hash_cache(hash_cache) if hash_cache is not None else {}
+    seen: dict[str, tuple[str, str]] = {}
     digest = hashlib.sha256()
     for entry in faces:
-        digest.update(str(entry).encode("utf-8", "surrogateescape") if spelled else b"\x1e")
+        digest.update(str(entry).encode("utf-8", "surrogateescape") if identity == "spelled" else b"\x1e")
         for found in discover([entry], exclude=exclude).entries:
-            size = found.path.stat().st_size if not found.problem else -1
-            digest.update(f"{found.relative}\0{size}\n".encode("utf-8", "surrogateescape"))
+            if found.problem:
+                mark = "-1"  # counted, never read (a FIFO or device would hang or fill the memory)
+            elif identity == "content":
+                mark = _content_digest(found.path, known, seen)
+            else:
+                mark = str(found.path.stat().st_size)
+            digest.update(f"{found.relative}\0{mark}\n".encode("utf-8", "surrogateescape"))
+    if hash_cache is not None and identity == "content" and seen != known:
+        lines = "".join(f"{d}\t{s}\t{where}\n" for where, (d, s) in sorted(seen.items()))
+        hash_cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(hash_cache, _HASH_CACHE_HEADER + lines)
     return digest.hexdigest()
+
+
+def _read_hash_cache(path: Path) -> dict[str, tuple[str, str]]:
+    """path -> (digest, file status) from an earlier call; an unreadable or damaged cache is only slower."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return {}
+    known = {}
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 6 and len(fields[0]) == 64:
+            known[fields[5]] = (fields[0], "\t".join(fields[1:5]))
+    return known
+
+
+def _content_digest(path: Path, known: dict[str, tuple[str, str]], seen: dict[str, tuple[str, str]]) -> str:
+    """The SHA-256 of a face file's bytes, taken from `known` while its status is the one recorded there."""
+    from m2u.core.imageio import ImageReadError, open_regular
+
+    where = os.path.abspath(path)
+    try:
+        info = os.stat(where)
+    except OSError:
+        return "-1"
+    status = f"{info.st_size}\t{info.st_mtime_ns}\t{info.st_ctime_ns}\t{info.st_ino}"
+    earlier = known.get(where)
+    if earlier is not None and earlier[1] == status:
+        seen[where] = earlier
+        return earlier[0]
+    try:
+        with open_regular(where) as handle:
+            value = hashlib.file_digest(handle, "sha256").hexdigest()
+    except (ImageReadError, OSError):
+        return "-1"  # the dataset stage reports it; its bytes are no part of the faces
+    seen[where] = (value, status)
+    return value
 
 
 class _Logger:
@@ -134,14 +198,17 @@ def _input_locations(faces: list[str]) -> str:
 
 def _inputs_identity(config: PipelineConfig, run: Path) -> tuple[list[str], Callable[[str], Any]]:
     """The first upstream fingerprint of the chain and the stage configurations to fingerprint: those of this m2u,
-    or of m2u before 2026-12-06 where the dataset stage's record was made by one (the faces as spelled then were
-    part of it): a finished run made before stays finished."""
-    inputs = inputs_fingerprint(config.faces, exclude=[run])
+    or of an earlier m2u where the dataset stage's record was made by one (the faces by names and sizes on
+    2026-12-06; before, also as spelled): a finished run made before stays finished."""
+    inputs = inputs_fingerprint(config.faces, exclude=[run], hash_cache=run / STAGE_RECORDS / FACE_HASHES)
     record = read_record(run / STAGE_RECORDS / f"dataset{RECORD_SUFFIX}")
     if record is not None and record.get("fingerprint") != fingerprint(
         _stage_config(config, "dataset"), [inputs]
     ):
-        spelled = inputs_fingerprint(config.faces, exclude=[run], spelled=True)
+        sized = inputs_fingerprint(config.faces, exclude=[run], identity="sizes")
+        if record.get("fingerprint") == fingerprint(_stage_config(config, "dataset"), [sized]):
+            return [sized], lambda name: _stage_config(config, name)
+        spelled = inputs_fingerprint(config.faces, exclude=[run], identity="spelled")
         earlier = {"faces": config.faces, "dataset": config.dataset}
         if record.get("fingerprint") == fingerprint(earlier, [spelled]):
             return [spelled], lambda name: earlier if name == "dataset" else _stage_config(config, name)
@@ -271,8 +338,8 @@ def run_pipeline(
     """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
     _check_inputs(config, until)
     run = Path(run_dir)
-    for name in ("config.json", "versions.json", "pipeline.log"):  # refused before anything is written
-        check_writable(run / name)
+    for name in ("config.json", "versions.json", "pipeline.log", f"{STAGE_RECORDS}/{FACE_HASHES}"):
+        check_writable(run / name)  # refused before anything is written
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
     atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))

@@ -302,7 +302,7 @@ def test_a_run_recorded_with_the_faces_as_spelled_before_stays_finished(tmp_path
     config = load_config("smoke", extra={"faces": [str(faces)]})
     pipeline_run.run_pipeline(config, run, echo=lambda _: None)
     # The records as m2u wrote them before: the chain starts from the spelled inputs and the dataset's plain dict.
-    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], spelled=True)]
+    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], identity="spelled")]
     for name in pipeline_run.STAGES:
         stage = (
             {"faces": config.faces, "dataset": config.dataset} if name == "dataset" else getattr(config, name)
@@ -342,3 +342,86 @@ def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
     assert said[0] == "[dataset] resuming an interrupted run", said
+
+
+def test_a_face_replaced_by_another_of_the_same_size_reruns_the_stages(tmp_path, monkeypatch):
+    """The faces count by their bytes: a face swapped for another of the same size (an EXIF edit in place, a
+    retouched photo) is other faces, while the same files copied elsewhere are not."""
+    import shutil
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    (faces / "b.jpg").write_bytes(b"z" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(faces)]}), run, echo=lambda _: None)
+    assert calls == list(pipeline_run.STAGES)
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(faces, copy)  # new inodes and times, the same bytes
+    said: list[str] = []
+    pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
+    assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
+    (copy / "a.jpg").write_bytes(b"y" * 10)
+    said = []
+    pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
+    assert calls[4:] == list(pipeline_run.STAGES)
+    assert "[dataset] configuration or inputs changed (the face inputs changed)" in said[0], said
+
+
+def test_the_face_hashes_are_read_again_only_for_files_changed_since(tmp_path, monkeypatch):
+    import hashlib
+
+    from m2u.pipelines.run import inputs_fingerprint
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for name in ("a", "b", "c"):
+        (faces / f"{name}.jpg").write_bytes(name.encode() * 20)
+    cache = tmp_path / "run" / "stages" / "face-hashes.tsv"
+    reads: list[str] = []
+    real = hashlib.file_digest
+
+    def counted(handle, name):
+        reads.append(handle.name)
+        return real(handle, name)
+
+    monkeypatch.setattr(hashlib, "file_digest", counted)
+    first = inputs_fingerprint([str(faces)], hash_cache=cache)
+    assert len(reads) == 3 and cache.is_file()
+    assert inputs_fingerprint([str(faces)], hash_cache=cache) == first and len(reads) == 3
+    (faces / "b.jpg").write_bytes(b"B" * 20)
+    changed = inputs_fingerprint([str(faces)], hash_cache=cache)
+    assert changed != first and len(reads) == 4
+    # the cache only saves reading: without it, or with it damaged, the identity is the same
+    assert inputs_fingerprint([str(faces)]) == changed
+    cache.write_text("garbage\nmore\tgarbage\n")
+    assert inputs_fingerprint([str(faces)], hash_cache=cache) == changed
+
+
+def test_a_run_recorded_with_the_faces_by_names_and_sizes_stays_finished(tmp_path, monkeypatch):
+    """Records made on 2026-12-06 (the faces by names and sizes) are still up to date."""
+    import json
+
+    from m2u.pipelines.stages import fingerprint
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], identity="sizes")]
+    for name in pipeline_run.STAGES:
+        path = run / "stages" / f"{name}.json"
+        record = json.loads(path.read_text())
+        record["fingerprint"] = fingerprint(pipeline_run._stage_config(config, name), upstream)
+        record["upstream"] = upstream
+        path.write_text(json.dumps(record))
+        upstream = [*upstream, record["fingerprint"]]
+    said: list[str] = []
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
