@@ -15,6 +15,7 @@ import dlib
 import numpy as np
 
 from m2u.core.checks import check_types
+from m2u.core.errors import SettingError
 from m2u.core.fileio import cache_dir, write_cache_file
 from m2u.core.imageio import as_rgb_image
 from m2u.core.runtime import runtime_field
@@ -193,26 +194,53 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if not 0 < self.blazeface_threshold < 1:
-            raise ValueError(f"blazeface_threshold must be in (0, 1), got {self.blazeface_threshold}")
-        if not 0 < self.blazeface_trusted_score <= 1:
-            raise ValueError(f"blazeface_trusted_score must be in (0, 1], got {self.blazeface_trusted_score}")
-        if not 0 < self.blazeface_max_roll < 90:
-            raise ValueError(f"blazeface_max_roll must be in (0, 90) degrees, got {self.blazeface_max_roll}")
-        if not self.blazeface_max_keypoint_error > 0:
-            raise ValueError(
-                f"blazeface_max_keypoint_error must be positive, got {self.blazeface_max_keypoint_error}"
-            )
         if self.model not in DETECTOR_MODELS:
-            raise ValueError(f"unknown detector model {self.model!r}; choose one of {DETECTOR_MODELS}")
-        if not 0 <= self.upsample <= 4 or not 0 <= self.max_upsample <= 4:
-            raise ValueError(
-                f"upsample and max_upsample must be in 0..4, got {self.upsample}, {self.max_upsample}"
+            raise SettingError(
+                "model", f"unknown detector model {self.model!r}; choose one of {DETECTOR_MODELS}"
+            )
+        for name in ("upsample", "max_upsample"):
+            # Each step doubles the image: 4 is already 256 times the pixels.
+            if not 0 <= getattr(self, name) <= 4:
+                raise SettingError(name, f"must be within 0..4, got {getattr(self, name)}")
+        if self.max_upsample < self.upsample:
+            # The ladder retries with more upsampling up to max_upsample: below upsample it would silently not.
+            raise SettingError(
+                "max_upsample", f"must be at least `upsample` ({self.upsample}), got {self.max_upsample}"
+            )
+        if self.retry_threshold > self.hog_threshold:
+            # The retry pass lowers the first pass's threshold: a higher one would find nothing more, silently.
+            raise SettingError(
+                "retry_threshold",
+                f"must be at most `hog_threshold` ({self.hog_threshold}), got {self.retry_threshold}",
             )
         if self.max_side < 64:
-            raise ValueError(f"max_side must be at least 64, got {self.max_side}")
+            raise SettingError("max_side", f"must be at least 64, got {self.max_side}")
         if not 0.25 <= self.coarse_scale <= 1.0:
-            raise ValueError(f"coarse_scale must be within 0.25..1, got {self.coarse_scale}")
+            raise SettingError("coarse_scale", f"must be within 0.25..1, got {self.coarse_scale}")
+        if self.upside_down_margin < 0:
+            # Below 0 a face scoring higher as found than turned would be called upside down.
+            raise SettingError("upside_down_margin", f"must be >= 0, got {self.upside_down_margin}")
+        if self.blazeface_max_side < 1:
+            raise SettingError(
+                "blazeface_max_side",
+                f"must be at least 1 (`blazeface_first` false turns BlazeFace off), got {self.blazeface_max_side}",
+            )
+        if not 0 < self.blazeface_threshold < 1:
+            raise SettingError("blazeface_threshold", f"must be in (0, 1), got {self.blazeface_threshold}")
+        if not 0 < self.blazeface_trusted_score <= 1:
+            raise SettingError(
+                "blazeface_trusted_score", f"must be in (0, 1], got {self.blazeface_trusted_score}"
+            )
+        if not 0 < self.blazeface_max_roll < 90:
+            raise SettingError(
+                "blazeface_max_roll", f"must be in (0, 90) degrees, got {self.blazeface_max_roll}"
+            )
+        if not self.blazeface_max_keypoint_error > 0:
+            raise SettingError(
+                "blazeface_max_keypoint_error", f"must be positive, got {self.blazeface_max_keypoint_error}"
+            )
+        # hog_threshold, retry_threshold, min_score and orientation_trusted_score are detector scores (HOG margins,
+        # BlazeFace probabilities, CNN confidences): any finite value is one (check_types).
 
     def for_photos(self, count: int) -> DetectorConfig:
         """This configuration for a run of `count` photos: "auto" landmarks resolved by the run's size."""

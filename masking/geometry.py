@@ -91,7 +91,32 @@ class PlacementConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        check_at_least(self, {"cols": 3, "rows": 2, "min_eye_distance_px": 1.0, "min_cell_area_ratio": 0.0})
+        # Margins and clearances push the mask outwards (past the jaw, below the eyes, past nose and mouth):
+        # negative ones would pull it onto the features they keep it clear of.
+        check_at_least(
+            self,
+            {
+                "jaw_margin": 0.0,
+                "eye_clearance": 0.0,
+                "top_drop": 0.0,
+                "feature_clearance": 0.0,
+                "cols": 3,
+                "rows": 2,
+                "min_eye_distance_px": 1.0,
+                "min_cell_area_ratio": 0.0,
+            },
+        )
+        # jaw_margin 1 already doubles the jaw's distance from the nose tip; bridge_fraction is a share of the
+        # span from landmark 27 to the nose tip; a cell ratio of 1 would call every mesh but a uniform one collapsed.
+        for name, high, closed in (
+            ("jaw_margin", 1.0, True),
+            ("bridge_fraction", 1.0, True),
+            ("min_cell_area_ratio", 1.0, False),
+        ):
+            value = getattr(self, name)
+            if not (0.0 <= value <= high if closed else 0.0 <= value < high):
+                span = f"0..{high:g}" if closed else f"[0, {high:g})"
+                raise SettingError(name, f"must be within {span}, got {value!r}")
         if self.cols % 2 == 0:
             raise SettingError(
                 "cols", f"must be odd (the middle column is the face's midline), got {self.cols}"
@@ -100,6 +125,8 @@ class PlacementConfig:
             low, high = getattr(self, name)
             if not 0 < low < high:
                 raise SettingError(name, f"must be (low, high) with 0 < low < high, got {(low, high)}")
+            # A list from a config file becomes a tuple: the configuration stays hashable (render caches by it).
+            object.__setattr__(self, name, (low, high))
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-from m2u.core.checks import check_types
+from m2u.core.checks import build_checked, check_types
+from m2u.core.errors import SettingError
 from m2u.core.imageio import as_rgb_image
 from m2u.masking.appearance import (
     PATTERNS,
@@ -65,11 +67,15 @@ class MaskConfig:
     type: `expand()` gives one configuration per type; apply_mask takes only single types). `color` is a name from
     COLORS, #rrggbb, "random" or None (the template's own colours); `pattern` one of PATTERNS ("print": a
     multi-colour print drawn for each face; "print-<seed>" redraws one), an image file, "random" or None. Weights
-    blend them into the fabric (0..1)."""
+    blend them into the fabric (0..1). `placement` may be given as a mapping of PlacementConfig's fields (a config
+    file's or `mask_options`' nested keys)."""
 
     mask_type: str = "surgical"
     color: str | None = None
-    color_weight: float = 0.5
+    # How strongly the colour dyes the fabric (0..1). None: DEFAULT_COLOR_WEIGHT for a named colour, and for
+    # color="random" with realism each mask's own realistic weight (0.85..1, realism.real_color). A value given is
+    # used for every colour, random ones included.
+    color_weight: float | None = None
     pattern: str | None = None
     pattern_weight: float = 0.5
     # How strongly the face's own shading (brightness and its gradient under the mask) is carried onto the mask.
@@ -87,10 +93,15 @@ class MaskConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.placement, Mapping):
+            # A config file or `mask_options` nests placement as a mapping: built here (before the type check),
+            # unknown keys and bad values refused naming `placement`.
+            placement = build_checked(PlacementConfig, dict(self.placement), "placement")
+            object.__setattr__(self, "placement", placement)
         check_types(self)
         for name in ("color_weight", "pattern_weight", "lighting", "realism"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
         if not 0.0 < self.coverage_threshold < 1.0:
             raise ValueError(f"coverage_threshold must be within (0, 1), got {self.coverage_threshold}")
@@ -249,6 +260,8 @@ def _placement_fields(placement: PlacementConfig) -> tuple[tuple[str, Any], ...]
 
 
 Resolved = tuple[str, tuple | None, str | None, float, float]
+# The colour weight of a named colour when MaskConfig.color_weight is None (the weight of earlier versions).
+DEFAULT_COLOR_WEIGHT = 0.5
 _SINGLE_INK = tuple(p for p in PATTERNS if p != PRINT)  # the patterns of realism=0 (and of earlier versions)
 
 
@@ -263,9 +276,13 @@ def _resolve(config: MaskConfig, rng: np.random.Generator) -> Resolved:
         mask_type = str(choices[int(rng.integers(len(choices)))])
     else:
         mask_type = config.mask_type
-    color_name, color_weight = config.color, config.color_weight
+    color_name = config.color
+    color_weight = DEFAULT_COLOR_WEIGHT if config.color_weight is None else config.color_weight
     if color_name == RANDOM and config.realism > 0:
-        color_name, color_weight = real_color(rng)
+        # The weight is drawn whatever is configured, so the draws after it (and the outputs of defaults) stay.
+        color_name, real_weight = real_color(rng)
+        if config.color_weight is None:
+            color_weight = real_weight
     elif color_name == RANDOM:
         names = sorted(COLORS)
         color_name = names[int(rng.integers(len(names)))]
@@ -444,12 +461,21 @@ def _dyed(rgb: tuple[float, float, float], color: tuple, weight: float) -> tuple
     return (r, g, b)
 
 
+def check_seed(seed: object) -> int:
+    """`seed` as an int for numpy's generator; SettingError naming `seed` unless it is an integer >= 0 (numpy's
+    own refusal names neither the setting nor the rule, and a float seed would give other bytes than its int)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise SettingError("seed", f"must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
 def apply_mask(
     image: np.ndarray, face: Face | np.ndarray, config: MaskConfig = MaskConfig(), seed: int = 0
 ) -> MaskResult:
     """Put a mask on one face. Works from the 68 landmarks alone (a Face or a (68, 2) array), so it runs equally
-    on full photos and on aligned crops. Pure: the same inputs and seed give byte-identical outputs.
-    Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
+    on full photos and on aligned crops. Pure: the same inputs and seed (an integer >= 0) give byte-identical
+    outputs. Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
+    seed = check_seed(seed)
     as_rgb_image(image)
     if config.mask_type == ALL_TYPES:
         raise ValueError("mask type 'all' stands for several masks: apply each of MaskConfig.expand()")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.detect import Face
 from m2u.masking.geometry import MaskingError
-from m2u.masking.render import MaskConfig, apply_mask
+from m2u.masking.render import MaskConfig, apply_mask, check_seed
 from m2u.masking.templates import MASK_TYPES
 
 # Beyond the plain types: a few colours on the surgical mask, every pattern on the cloth mask.
@@ -41,6 +42,35 @@ def _crop_box(face: Face, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return int(x0), int(y0), x1, y1
 
 
+def sheet_face(faces: Sequence[Face]) -> Face | None:
+    """The face a sheet shows: the largest whose landmarks can be used (no `problem`, e.g. upside down), else the
+    largest (its tiles then say why it failed); None without faces."""
+    usable = [face for face in faces if not face.problem]
+    return (usable or list(faces) or [None])[0]
+
+
+def face_caution(face: Face) -> str:
+    """What a sheet drawn on `face` must say about it ("" when nothing): a face only the low-threshold retry found
+    may be no face at all (m2u-mask's report says so of such faces too)."""
+    if face.retry:
+        return f"found only by the low-threshold retry (score {face.score:.3f}): may not be a face"
+    return ""
+
+
+def _banner(caution: str, width: int) -> np.ndarray:
+    """A strip above the tiles saying `caution` (black on amber, wrapped to the sheet's width)."""
+    per_line = max(10, width // 9)  # about 9 px per character at this font scale
+    words, lines = caution.split(), [""]
+    for word in words:
+        if lines[-1] and len(lines[-1]) + 1 + len(word) > per_line:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {word}".strip()
+    strip = np.full((8 + 22 * len(lines), width, 3), (255, 191, 0), np.uint8)
+    for k, line in enumerate(lines):
+        cv2.putText(strip, line, (8, 22 + 22 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
 def pack_variants(pack: str) -> tuple[tuple[str, MaskConfig], ...]:
     """Every template of a MaskTheFace-style pack, then a few colours and patterns on its first template."""
     plain = tuple((c.mask_type, c) for c in MaskConfig(mask_type="all", pack=pack).expand())
@@ -60,7 +90,9 @@ def render_contact_sheet(
     image: np.ndarray, face: Face, tile: int = 256, columns: int = 5, seed: int = 0, pack: str | None = None
 ) -> np.ndarray:
     """RGB sheet of SHEET_VARIANTS (or, with `pack`, of the pack's templates: `pack_variants`) on one face, each
-    tile labelled (a failed variant shows its reason)."""
+    tile labelled (a failed variant shows its reason). A face that may be no face (`face_caution`) gets a banner
+    above the tiles saying so."""
+    check_seed(seed)  # before any tile: one sentence naming `seed`
     x0, y0, x1, y1 = _crop_box(face, image.shape)
     tiles = []
     for label, config in SHEET_VARIANTS if pack is None else pack_variants(pack):
@@ -78,4 +110,7 @@ def render_contact_sheet(
     while len(tiles) % columns:
         tiles.append(np.full((tile, tile, 3), 255, np.uint8))
     rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    caution = face_caution(face)
+    if caution:
+        rows.insert(0, _banner(f"Face {caution}", rows[0].shape[1]))
     return np.vstack(rows)
