@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ from m2u.core.cli import (
     threshold_option,
     warn_unused,
 )
-from m2u.core.fileio import atomic_write_text, check_writable
 from m2u.core.guard import guard_command
 from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from m2u.inference.export import MIN_OPSET, ExportConfig
@@ -267,14 +265,18 @@ def export_main() -> None:
     help="Accepted |onnxruntime - torch|.",
 )
 @click.option("--static-shape", is_flag=True, help="Fix batch, height and width to the tracing input.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Remove the files of an earlier export in OUT that this export does not replace (only files m2u "
+    "wrote); without it they are refused.",
+)
 def export_onnx_cmd(**kw) -> None:
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime, and
     OUT/export.json (each file's inputs and outputs: names, shapes, value ranges). Without --mseg/--generator:
-    the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused."""
-    import dataclasses
-    from dataclasses import asdict
-
-    from m2u.inference.export import export_onnx, export_size, tensor_descriptions
+    the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused, and so
+    is an earlier export's file in OUT that this export does not replace (unless --overwrite)."""
+    from m2u.inference.export import check_export_folder, export_models
     from m2u.training.checkpoint import load_model
     from m2u.training.models import CARU2Net, MSeg
 
@@ -285,23 +287,17 @@ def export_onnx_cmd(**kw) -> None:
         from m2u.inference.pretrained import pretrained_paths
 
         mseg_path, generator_path = (str(p) for p in pretrained_paths())
-    summary = {}
     kinds = {"mseg": (MSeg, "an M-Seg model"), "generator": (CARU2Net, "a CARU2-Net generator")}
-    # Checked before any model loads or any file is written: the settings, and every output name (a person's
-    # own generator.onnx was refused only after mseg.onnx had been written).
-    base = ExportConfig(opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape)
-    outputs = [
-        Path(out_dir) / f"{name}.onnx"
-        for name, path in (("mseg", mseg_path), ("generator", generator_path))
-        if path
-    ]
-    for output in (*outputs, Path(out_dir) / "export.json"):
-        check_writable(output)
+    sources = {name: path for name, path in (("mseg", mseg_path), ("generator", generator_path)) if path}
     try:
+        # Checked before any model loads or any file is written: the settings, every output name (a person's
+        # own generator.onnx was refused only after mseg.onnx had been written) and an earlier export's files.
+        config = ExportConfig(
+            image_size=kw["size"], opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
+        )
+        check_export_folder(out_dir, list(sources), kw["overwrite"])
         models = {}
-        for name, path in (("mseg", mseg_path), ("generator", generator_path)):
-            if not path:
-                continue
+        for name, path in sources.items():
             model, info = load_model(path)
             cls, wanted = kinds[name]
             if not isinstance(model, cls):
@@ -313,27 +309,18 @@ def export_onnx_cmd(**kw) -> None:
                 )
                 raise Refused(f"--{name} {path} holds a {type(model).__name__}, not {wanted}; {hint}")
             models[name] = (path, model, info)
-        for name, (path, model, info) in models.items():
-            with model_warnings():
-                size = export_size(info, kw["size"], static_shape)
-            config = dataclasses.replace(base, image_size=size)
-            result = export_onnx(model, Path(out_dir) / f"{name}.onnx", config)
-            summary[name] = {
-                "source": str(path),
-                "onnx": str(result.path),
-                **tensor_descriptions(model, size, not static_shape),
-                "max_abs_diff_vs_torch": result.max_abs_diff,
-                "image_size": size,
-                "model_info": asdict(info),
-            }
-            click.echo(f"{name}: {result.path} (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
+        with model_warnings():
+            summary = export_models(models, out_dir, config, overwrite=kw["overwrite"])
     except Refused:
         raise
     except user_errors() as exc:
         raise Refused(cli_message(exc)) from exc
     except RuntimeError as exc:  # the exported graph disagrees with PyTorch: the export ran and failed
         raise click.ClickException(cli_message(exc)) from exc
-    atomic_write_text(Path(out_dir) / "export.json", json.dumps(summary, indent=2) + "\n")
+    for name, entry in summary.items():
+        click.echo(
+            f"{name}: {entry['onnx']} (max |onnxruntime - torch| = {entry['max_abs_diff_vs_torch']:.2e})"
+        )
 
 
 # SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).

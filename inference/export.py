@@ -8,8 +8,11 @@ M-Seg: `image` (B, 3, H, W) -> `mask_logits` (B, 1, H, W); generator: `masked` (
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,14 @@ from torch import nn
 
 from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
-from m2u.core.fileio import atomic_write, check_writable
+from m2u.core.fileio import (
+    OutputRefusedError,
+    atomic_write,
+    atomic_write_text,
+    check_writable,
+    remove_written,
+    replace_problem,
+)
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.checkpoint import ModelInfo
 from m2u.training.models import CARU2Net, MSeg
@@ -26,6 +36,10 @@ from m2u.training.models import CARU2Net, MSeg
 __all__ = [
     "ExportConfig",
     "ExportResult",
+    "EXPORT_NAMES",
+    "EXPORT_SUMMARY",
+    "check_export_folder",
+    "export_models",
     "model_io_names",
     "example_inputs",
     "export_onnx",
@@ -220,3 +234,78 @@ def export_onnx(
     atomic_write(path, write_checked)
     diff = diffs[0]
     return ExportResult(path=path, input_names=input_names, output_names=output_names, max_abs_diff=diff)
+
+
+# What an export folder holds (m2u-export onnx, `export_models`): `<name>.onnx` for each of these models, and
+# EXPORT_SUMMARY describing the ones this export wrote.
+EXPORT_NAMES = ("mseg", "generator")
+EXPORT_SUMMARY = "export.json"
+
+
+def check_export_folder(out_dir: str | Path, names: Sequence[str], overwrite: bool = False) -> list[Path]:
+    """Check, before anything is written, that an export of the models `names` may write into `out_dir`; returns
+    the files of an earlier export there that it would not replace, for `export_models` to remove (with
+    `overwrite`) once the new files are written. Without `overwrite` they are refused: a generator.onnx left from
+    an earlier export beside a new mseg.onnx looks like part of the new export. An earlier export's file is one
+    of m2u's export names that m2u wrote (its folder's record, m2u.core.fileio); a person's own file of that
+    name is theirs, and is neither refused nor removed."""
+    out = Path(out_dir)
+    unknown = sorted(set(names) - set(EXPORT_NAMES))
+    if unknown or not names:
+        raise ValueError(f"an export holds {' and/or '.join(EXPORT_NAMES)}, got {list(names)}")
+    for path in (*(out / f"{name}.onnx" for name in names), out / EXPORT_SUMMARY):
+        check_writable(path)
+    stale = [
+        path
+        for path in (out / f"{name}.onnx" for name in EXPORT_NAMES if name not in names)
+        if os.path.lexists(path) and not replace_problem(path)  # there, and written by m2u
+    ]
+    if stale and not overwrite:
+        raise OutputRefusedError(
+            f"{out} holds {' and '.join(path.name for path in stale)} of an earlier export, which this export "
+            f"({', '.join(names)}) would not replace and would leave looking like part of it; choose another "
+            "`out_dir`, or use `overwrite` to remove it"
+        )
+    return stale
+
+
+def export_models(
+    models: Mapping[str, tuple[str | Path, nn.Module, ModelInfo | None]],
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, dict]:
+    """Export an export folder: `models` maps "mseg" and/or "generator" to (the model file it came from, the
+    module, its ModelInfo); each is written to `out_dir/<name>.onnx` (checked against PyTorch, `export_onnx`),
+    then `out_dir/export.json` describes them (returned as a dict). A model of the wrong kind for its name is a
+    ValueError. An earlier export's file this one would not replace is refused, or removed with `overwrite`
+    (`check_export_folder`); `config.image_size` None: each model's recorded size (`export_size`)."""
+    config = config or ExportConfig()
+    out = Path(out_dir)
+    kinds = {"mseg": MSeg, "generator": CARU2Net}
+    for name, (_, model, _) in models.items():
+        if name in kinds and not isinstance(model, kinds[name]):
+            raise ValueError(
+                f"the {name} to export is a {type(model).__name__}, not a {kinds[name].__name__}"
+            )
+    stale = check_export_folder(out, list(models), overwrite)
+    static = not config.dynamic_axes
+    summary: dict[str, dict] = {}
+    for name, (source, model, info) in models.items():
+        size = export_size(info, config.image_size, static)
+        result = export_onnx(model, out / f"{name}.onnx", dataclasses.replace(config, image_size=size))
+        summary[name] = {
+            "source": str(source),
+            "onnx": str(result.path),
+            **tensor_descriptions(model, size, not static),
+            "max_abs_diff_vs_torch": result.max_abs_diff,
+            "image_size": size,
+            "model_info": asdict(info) if info is not None else None,
+        }
+    if stale:
+        # Only once the new files are written: an export that fails removes nothing.
+        remove_written(
+            out, [path.name for path in stale], ours=lambda path: path.name in {p.name for p in stale}
+        )
+    atomic_write_text(out / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -200,16 +201,44 @@ def _with_sorted_header(payload: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + payload[8 + length :]
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_model_path(path: Path) -> None:
+    """One sentence for a path that cannot be a model file: missing, or not a regular file. Checked before any
+    byte is read: /dev/zero was reported as "not found", and a named pipe would block the reader."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"model file not found: {path}") from None
+    except OSError as error:
+        raise CheckpointError(f"model file {path} cannot be read: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+        raise CheckpointError(f"{path} is not a regular file ({kind}), so not an m2u model file")
+
+
 def _read_metadata(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")
+    check_model_path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path} is not a readable safetensors model file: {error}") from error
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CheckpointError(
+            f"{path} is not an m2u model file (not a readable safetensors model file: {first})"
+        ) from error
     if METADATA_CLASS_KEY not in metadata or METADATA_CONFIG_KEY not in metadata:
-        raise CheckpointError(f"{path} has no m2u model metadata (was it written by m2u's save_model?)")
+        raise CheckpointError(
+            f"{path} is not an m2u model file: a safetensors file without m2u's model metadata (not written by "
+            "m2u's save_model)"
+        )
     return metadata
 
 
@@ -292,6 +321,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Rebuild the model class named in the file from its stored config and load the weights (eval mode);
     `module, info = load_model(path)`."""
     path = Path(path)
+    check_model_path(path)  # before refuse_training_state opens it (a named pipe would block there)
     refuse_training_state(path, CheckpointError)
     class_name, config_dict = read_model_metadata(path)
     info = read_model_info(path)
@@ -339,7 +369,9 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"training state not found: {path}")
+        # A folder or device at the name is said as such, not as "not found".
+        problem = "is not a regular file" if os.path.lexists(path) else "not found"
+        raise CheckpointError(f"training state {problem}: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -215,7 +216,8 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
     if options.get("resume") and options.get("out") and not base and not options.get("print_config"):
         # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
         click.echo(f"--resume: no run in {options['out']} yet (no config.json); starting one", err=True)
-    config = binding.build(options, base=base or None)
+    saved = f"the run's saved config {Path(options['out']) / 'config.json'}" if base else None
+    config = binding.build(options, base=base or None, base_source=saved)
     if base:
         _refuse_architecture_changes(binding, config)
     if options.get("print_config"):

@@ -146,8 +146,12 @@ class ConfigBinding:
             _set_path(tree, path, value)
         return tree
 
-    def translate(self, command: click.Command, values: Mapping[str, Any]) -> tuple[dict, dict]:
-        """A config file's (or --set's) mapping with option-name keys → (config field tree, other options)."""
+    def translate(
+        self, command: click.Command, values: Mapping[str, Any], origins: dict[str, str] | None = None
+    ) -> tuple[dict, dict]:
+        """A config file's (or --set's) mapping with option-name keys → (config field tree, other options).
+        `origins`, when given, is filled with each field path set → the key that set it (`lr` for
+        optimizer.learning_rate; a group's keys by their dotted path), for errors to say where a value came from."""
         keys = self.keys(command)
         tree: dict[str, Any] = {}
         others: dict[str, Any] = {}
@@ -163,43 +167,76 @@ class ConfigBinding:
                 if isinstance(value, Mapping):
                     value = dict(value)
                 _set_path(tree, path, value)
+                if origins is not None:
+                    origins[path] = str(raw_key)
             else:
                 tree = _merge(tree, {key: value})
+                if origins is not None:
+                    origins.update({path: path for path in _paths(key, value)})
         return tree, others
 
-    def build(self, params: dict[str, Any], base: Mapping[str, Any] | None = None) -> Any:
-        """The config from `base` (fixed values), CONFIG_FILE, the given options and --set; one clear error.
+    def build(
+        self, params: dict[str, Any], base: Mapping[str, Any] | None = None, base_source: str | None = None
+    ) -> Any:
+        """The config from `base` (fixed values: a resumed run's saved config, read from `base_source`),
+        CONFIG_FILE, the given options and --set; one clear error, saying where the values it names came from.
         Options in `other` a config file or --set gives fill `params` where the command line did not."""
         from m2u.core.configfile import ConfigError, config_from_dict, parse_overrides, read_config_file
 
         ctx = click.get_current_context()
         config_file = params.get("config_file") or params.get("legacy_config_file")
+        sources = ValueSources(config_file=str(config_file) if config_file else None, base_source=base_source)
         try:
+            # An error here is about the file or a --set item itself, and names it: no suffix.
             from_file, file_others = self.translate(
-                ctx.command, read_config_file(config_file) if config_file else {}
+                ctx.command, read_config_file(config_file) if config_file else {}, sources.file_keys
             )
-            from_sets, set_others = self.translate(ctx.command, parse_overrides(params.get("sets", ())))
-            for name, value in {**file_others, **set_others}.items():
-                if name in set_others or ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
-                    params[name] = value
+            from_sets, set_others = self.translate(
+                ctx.command, parse_overrides(params.get("sets", ())), sources.set_keys
+            )
+        except ValueError as error:  # ConfigError included
+            raise click.UsageError(cli_message(error)) from None
+        for name, value in {**file_others, **set_others}.items():
+            if name in set_others or ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+                params[name] = value
+        sources.base_keys = {path: path for key, value in (base or {}).items() for path in _paths(key, value)}
+        try:
             values = _merge(base or {}, from_file, self.given(ctx, params), from_sets)
             return config_from_dict(self.cls, values)
         except ConfigError as error:
-            raise click.UsageError(f"{cli_message(error)}{self.flags_named(ctx, str(error))}") from None
+            suffix = self.sources_named(ctx, str(error), sources)
+            raise click.UsageError(f"{cli_message(error)}{suffix}") from None
         except ValueError as error:
             raise click.UsageError(cli_message(error)) from None
 
-    def flags_named(self, ctx: click.Context, message: str) -> str:
-        """The suffix " (on the command line: --mseg, ...)" for the config fields a library message names: library
-        errors speak of settings, the user of a command types options."""
-        flags = []
+    def sources_named(self, ctx: click.Context, message: str, sources: ValueSources) -> str:
+        """The suffix saying where the values a library message names came from: " (batch_size: from FILE, key
+        batch_size)", "(lr: from --set lr)", "(seed: from the command line, --seed)", "(epochs: the default,
+        --epochs sets it)". Library errors speak of settings; the user gave them in a file, a --set or an option
+        (the suffix said "on the command line: --batch-size" for a value read from a config file)."""
+        # An unknown key is the file's or a --set's: where it was written, not the fields listed as known.
+        unknown = re.match(r"unknown option '([^']+)'", message)
+        if unknown:
+            where = sources.place_of_key(unknown.group(1))
+            return f" ({where})" if where else ""
+        text = re.sub(r"'[^']*'", "", message)  # the values quoted in it ('abc') name no setting
+        named: dict[str, click.Option | None] = {}
         for param in ctx.command.params:
             if not isinstance(param, click.Option) or param.name is None:
                 continue
-            field_path = self.path_of(param.name)[0]
-            if re.search(rf"\b{re.escape(field_path.rsplit('.', 1)[-1])}\b", message):
-                flags.append(max(param.opts, key=len))
-        return f" (on the command line: {', '.join(flags)})" if flags else ""
+            if param.name in self.other or param.name in _CONFIG_PARAMETERS:
+                continue
+            path = self.path_of(param.name)[0]
+            if _mentions(text, path):
+                named.setdefault(path, param)
+        # Fields no option sets (optimizer.betas), as a config file or --set wrote them.
+        for keys in (sources.set_keys, sources.file_keys):
+            for path in keys:
+                leaf = not any(other.startswith(f"{path}.") for other in keys)  # not a group of them
+                if leaf and _mentions(text, path):
+                    named.setdefault(path, None)
+        parts = [f"{path}: {sources.source_of(ctx, path, param)}" for path, param in named.items()]
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def as_options(self, command: click.Command, config: Any, others: Mapping[str, Any]) -> dict[str, Any]:
         """`config` as a config file: every option by its key (options first, in --help order), then the fields
@@ -232,6 +269,70 @@ class ConfigBinding:
         import yaml
 
         click.echo(yaml.safe_dump(self.as_options(command, config, others), sort_keys=False), nl=False)
+
+
+@dataclass
+class ValueSources:
+    """Where the values of one `ConfigBinding.build` came from, for its error messages: the config file's keys
+    and --set's (field path → the key written there), a resumed run's saved config (`base`); what none of them
+    set is the command line's or the default."""
+
+    config_file: str | None = None
+    base_source: str | None = None
+    file_keys: dict[str, str] = field(default_factory=dict)
+    set_keys: dict[str, str] = field(default_factory=dict)
+    base_keys: dict[str, str] = field(default_factory=dict)
+
+    def place_of_key(self, path: str) -> str:
+        """Where the key `path` (dotted) was written: "from --set KEY", "in FILE", "" when unknown."""
+        if path in self.set_keys:
+            return f"from --set {self.set_keys[path]}"
+        if path in self.file_keys:
+            return f"in {self.config_file}"
+        if path in self.base_keys:
+            return f"in {self.base_source or 'the resumed run'}"
+        return ""
+
+    def source_of(self, ctx: click.Context, path: str, param: click.Option | None) -> str:
+        """Where the value of the field `path` came from, by precedence: --set, the command line, the config file,
+        the resumed run's saved config, the default."""
+        flag = max(param.opts, key=len) if param is not None else None
+        if _key_for(self.set_keys, path):
+            return f"from --set {_key_for(self.set_keys, path)}"
+        if param is not None and ctx.get_parameter_source(str(param.name)) not in (
+            None,
+            ParameterSource.DEFAULT,
+        ):
+            return f"from the command line, {flag}"
+        if _key_for(self.file_keys, path):
+            return f"from {self.config_file}, key {_key_for(self.file_keys, path)}"
+        if _key_for(self.base_keys, path):
+            return f"from {self.base_source or 'the resumed run'}"
+        return f"the default, {flag} sets it" if flag else "the default"
+
+
+def _key_for(keys: Mapping[str, str], path: str) -> str | None:
+    """The key that set the field `path`, or a group holding it (`model` for model.levels)."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        key = keys.get(".".join(parts[:end]))
+        if key is not None:
+            return key
+    return None
+
+
+def _paths(key: str, value: Any) -> list[str]:
+    """`key` and the dotted paths of everything under it where `value` is a mapping (a config group)."""
+    paths = [key]
+    if isinstance(value, Mapping):
+        for child, inner in value.items():
+            paths += _paths(f"{key}.{child}", inner)
+    return paths
+
+
+def _mentions(message: str, path: str) -> bool:
+    """Whether `message` names the field `path` (its last part, as a word)."""
+    return re.search(rf"\b{re.escape(path.rsplit('.', 1)[-1])}\b", message) is not None
 
 
 def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:

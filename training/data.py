@@ -24,7 +24,8 @@ class DataSource(Protocol):
 
 
 # A source may also say how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
-# progress bar's total and ETA); the trainer works without it.
+# progress bar's total and ETA), and the side of its samples, `crop_size() -> int | None` (a resumed run on
+# crops of another size is refused before it starts); the trainer works without them.
 
 
 def check_batch(batch: dict) -> None:
@@ -73,6 +74,11 @@ class TensorDataSource:
         """Full batches of the rank with the fewest samples (the trainer keeps ranks in step)."""
         count = self.splits[split]["masked"].shape[0] if split in self.splits else 0
         return count // self.world_size // self.batch_size
+
+    def crop_size(self) -> int | None:
+        """The side of the training samples (None without a training split)."""
+        train = self.splits.get("train")
+        return int(train["masked"].shape[-1]) if train is not None else None
 
     def _iterate(self, tensors: dict, order: torch.Tensor, split: str, drop_last: bool) -> Iterator[dict]:
         for start in range(0, len(order), self.batch_size):
@@ -139,6 +145,15 @@ class ShardDataSource:
         except (OSError, ValueError, KeyError):
             return None
 
+    def crop_size(self) -> int | None:
+        """The side of the dataset's samples, from its stats.json (None when it does not say)."""
+        from m2u.datasets.loader import dataset_image_size
+
+        try:
+            return dataset_image_size(self.root)
+        except (OSError, ValueError, AttributeError):  # a stats.json of another shape: not known
+            return None
+
     def _make_loader(self, split: str) -> Any:
         from m2u.datasets.loader import LoaderConfig, make_loader
 
@@ -181,6 +196,11 @@ class AugmentedSource:
         if split != "train":
             return batches
         return (self._augment(batch, epoch, index) for index, batch in enumerate(batches))
+
+    def crop_size(self) -> int | None:
+        """The wrapped source's (augmentation keeps the size)."""
+        crop_size = getattr(self.source, "crop_size", None)
+        return crop_size() if callable(crop_size) else None
 
     def _augment(self, batch: dict, epoch: int, index: int) -> dict:
         import numpy as np

@@ -21,7 +21,7 @@ from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, re
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
 from m2u.core.inputs import output_lock
 from m2u.datasets.storage import local_location
-from m2u.training.checkpoint import remove_stale_temp_files
+from m2u.training.checkpoint import load_training_state, remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
 from m2u.training.distributed import DistributedContext, collective_device
@@ -29,6 +29,7 @@ from m2u.training.guards import EmptySplitError, NonFiniteLossError, RunningMean
 from m2u.training.rng import restore_rng_state
 from m2u.training.run_state import (
     LoopPosition,
+    check_resume_crop_size,
     checkpoint_step,
     last_checkpoint_path,
     read_checkpoint,
@@ -69,6 +70,7 @@ class Trainer:
         self._made_folder = False  # this run created RUN (see _forget_unstarted_run)
         self._stops = DeferredStops()  # the Ctrl-C / SIGTERM recorded while the loop runs (see run)
         self._checkpointed_step: int | None = None  # the step of the checkpoint last written or read
+        self._resume_state: dict[str, Any] | None = None  # the checkpoint, read once to check it (see there)
         self._lock = contextlib.ExitStack()  # the run folder's lock while the run writes it (main process)
         self._locked = False
         self._lock_file_made = False  # this run created the lock file (removed again if it is refused)
@@ -95,7 +97,8 @@ class Trainer:
         self._checkpointed_step = self.step
 
     def load_checkpoint(self) -> None:
-        self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task)
+        state, self._resume_state = self._resume_state, None
+        self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task, state)
         self._checkpointed_step = self.step
 
     def _save_grid(self) -> None:
@@ -161,6 +164,11 @@ class Trainer:
                 f"{self.out}: {asked} ({self.checkpoint_path} is missing) and a new run would replace "
                 f"{earlier[0]}; choose another run folder (or move the earlier run's files away)"
             )
+        if self.config.resume and self.checkpoint_path.exists():
+            # Before config.json records this resume's settings: a resume refused for its dataset's crop size
+            # leaves the run as it was (a later plain --resume must not read the refused dataset back).
+            self._resume_state = load_training_state(self.checkpoint_path)
+            check_resume_crop_size(self._resume_state, self.data, self.config)
         if self.dist.is_main:
             # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by
             # default), every step before it lost.

@@ -11,7 +11,7 @@ from typing import Any
 from m2u.training.checkpoint import CheckpointError, load_training_state, save_training_state
 from m2u.training.config import RunConfig, architecture_conflicts, read_run_config
 from m2u.training.rng import capture_rng_state
-from m2u.training.task import Task
+from m2u.training.task import Task, resume_crop_size_error
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -55,9 +55,12 @@ def write_checkpoint(
     task.export_models(path.parent.parent, position.step)
 
 
-def read_checkpoint(path: Path, task: Task) -> tuple[LoopPosition, dict[str, Any]]:
-    """Load the state at `path` into `task`; (the loop's position, the RNG state to restore when it resumes)."""
-    state = load_training_state(path)
+def read_checkpoint(
+    path: Path, task: Task, state: dict[str, Any] | None = None
+) -> tuple[LoopPosition, dict[str, Any]]:
+    """Load the state at `path` into `task`; (the loop's position, the RNG state to restore when it resumes).
+    `state`: the file's content when the caller has read it already (`load_training_state`)."""
+    state = load_training_state(path) if state is None else state
     if not isinstance(state, dict) or "task" not in state:
         held = "no task" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise CheckpointError(f"{path} is not a checkpoint m2u-train wrote (it holds {held})")
@@ -115,3 +118,15 @@ def check_resume(config: RunConfig) -> None:
             f"resume: the run in {config.out} was trained with another architecture ({'; '.join(conflicts)}); "
             "leave the architecture as the run has it (resuming reads it from the run) or choose another run folder"
         )
+
+
+def check_resume_crop_size(state: Any, data: Any, config: RunConfig) -> None:
+    """A resumed run on a data source of another crop size than its checkpoint's (`state`, read with
+    `load_training_state`) is refused before it starts: its models would be relabelled with a size they never
+    learned. Only where both tell their size (`crop_size` of the state; the source's `crop_size()`); the task
+    refuses the first batch of another size in any case (TrainingTask.observe_batch)."""
+    trained = state.get("crop_size") if isinstance(state, dict) else None
+    crop_size = getattr(data, "crop_size", None)
+    given = crop_size() if callable(crop_size) else None
+    if isinstance(trained, int) and given is not None and given != trained:
+        raise resume_crop_size_error(trained, given, config)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from m2u.core.errors import SettingError
-from m2u.training.checkpoint import ModelInfo, current_model_info, save_model, unwrap_model
+from m2u.training.checkpoint import CheckpointError, ModelInfo, current_model_info, save_model, unwrap_model
 from m2u.training.config import RunConfig
 from m2u.training.device import resolve_precision
 from m2u.training.distributed import DistributedContext, ddp_device_ids, milestone_steps
@@ -87,6 +87,9 @@ class TrainingTask:
         self.finite_guard = FiniteGuard(self.name)
         self._compiled_frozen: dict[str, nn.Module] = {}
         self.crop_size: int | None = None  # the side of the training crops (model files record it)
+        # The crop size a resumed run's checkpoint records: its networks learned that size, so batches of
+        # another are refused (observe_batch) rather than the models relabelled with it.
+        self.resumed_crop_size: int | None = None
 
     # set-up helpers
     def add_network(self, name: str, module: nn.Module) -> None:
@@ -200,6 +203,7 @@ class TrainingTask:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.crop_size = state.get("crop_size", self.crop_size)
+        self.resumed_crop_size = self.crop_size
         self._follow_configured_schedule()
 
     def _follow_configured_schedule(self) -> None:
@@ -228,8 +232,13 @@ class TrainingTask:
                 group["betas"] = tuple(wanted.betas)
 
     def observe_batch(self, batch: dict) -> None:
-        """Remember the training crop size (called by train_step on every batch: a cheap shape read)."""
-        self.crop_size = int(batch["masked"].shape[-1])
+        """Remember the training crop size (called by train_step on every batch: a cheap shape read); a resumed
+        run refuses crops of another size than its checkpoint's (`resume_crop_size_error`). The loop checks the
+        data source's size before the run starts where the source tells it; this holds for any source."""
+        size = int(batch["masked"].shape[-1])
+        if self.resumed_crop_size is not None and size != self.resumed_crop_size:
+            raise resume_crop_size_error(self.resumed_crop_size, size, self.config)
+        self.crop_size = size
 
     def model_info(self, name: str, step: int) -> ModelInfo:
         """What `<name>.safetensors` records about how to use it and where it came from."""
@@ -273,6 +282,17 @@ class TrainingTask:
 
     # What the grid's columns show, left to right (written above them in the saved PNG).
     grid_columns: tuple[str, ...] = ()
+
+
+def resume_crop_size_error(trained: int, given: int, config: RunConfig) -> CheckpointError:
+    """The one sentence refusing to resume a run on crops of another size than its models learned: they would be
+    recorded (and then used by m2u-unmask, m2u-eval, m2u-export) as trained at the new size."""
+    data = config.data or "the data source"
+    return CheckpointError(
+        f"resume: the run in {config.out} was trained on {trained} px crops, but {data} gives {given} px crops; "
+        f"a resumed run keeps the crop size its models learned: resume with a dataset of {trained} px crops "
+        f"(`data`), or start a new run from its model files (`init_weights`) to train at {given} px"
+    )
 
 
 def grid_rows(columns: list[torch.Tensor], rows: int = 4) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""m2u-export's output folder and model-file arguments: an earlier export's file this export does not replace is
+refused (or removed with `overwrite`, only what m2u wrote), and a path that is no model file is said as such."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from m2u.core.fileio import OutputRefusedError
+from m2u.inference.cli import export_main
+from m2u.inference.export import ExportConfig, export_models
+from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, save_model
+from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """Tiny M-Seg and generator files (a few kB of weights: each exports in about a second)."""
+    root = tmp_path_factory.mktemp("models")
+    info = ModelInfo(crop_size=SIZE)
+    mseg = save_model(root / "mseg.safetensors", MSeg(MSegConfig(base_channels=4, levels=3)), info)
+    generator = CARU2Net(GeneratorConfig(stages=3, width_multiplier=0.125))
+    return {"mseg": mseg, "generator": save_model(root / "generator.safetensors", generator, info)}
+
+
+def _export(out: Path, *args: str):
+    return CliRunner().invoke(export_main, ["onnx", *args, "-o", str(out)])
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_an_earlier_exports_file_this_export_would_not_replace_is_refused_or_removed_with_overwrite(
+    model_files, tmp_path
+):
+    out = tmp_path / "onnx"
+    both = _export(out, "--mseg", str(model_files["mseg"]), "--generator", str(model_files["generator"]))
+    assert both.exit_code == 0, both.output
+    before = _snapshot(out)
+
+    # The stale generator.onnx would sit beside the new mseg.onnx, looking like part of this export: refused,
+    # named, before anything is written.
+    refused = _export(out, "--mseg", str(model_files["mseg"]))
+    assert refused.exit_code == 2, refused.output
+    assert (
+        "generator.onnx" in refused.output and "--overwrite" in refused.output and "--out" in refused.output
+    )
+    assert "Traceback" not in refused.output and "`" not in refused.output
+    assert _snapshot(out) == before
+
+    # The same export again replaces its own files, as before.
+    again = _export(out, "--mseg", str(model_files["mseg"]), "--generator", str(model_files["generator"]))
+    assert again.exit_code == 0, again.output
+
+    replaced = _export(out, "--mseg", str(model_files["mseg"]), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert not (out / "generator.onnx").exists() and (out / "mseg.onnx").is_file()
+    assert list(json.loads((out / "export.json").read_text())) == ["mseg"]
+
+
+def test_the_library_refuses_too_and_never_touches_a_persons_own_file(model_files, tmp_path):
+    mseg, info = load_model(model_files["mseg"])
+    generator, generator_info = load_model(model_files["generator"])
+    config = ExportConfig(image_size=SIZE)
+    out = tmp_path / "onnx"
+    export_models({"mseg": ("m", mseg, info), "generator": ("g", generator, generator_info)}, out, config)
+    with pytest.raises(OutputRefusedError, match=r"generator\.onnx of an earlier export.*`overwrite`"):
+        export_models({"mseg": ("m", mseg, info)}, out, config)
+    summary = export_models({"mseg": ("m", mseg, info)}, out, config, overwrite=True)
+    assert list(summary) == ["mseg"] and not (out / "generator.onnx").exists()
+
+    # A generator.onnx m2u did not write is the person's: neither refused nor removed, even with overwrite.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "generator.onnx").write_bytes(b"mine")
+    export_models({"mseg": ("m", mseg, info)}, own, config, overwrite=True)
+    assert (own / "generator.onnx").read_bytes() == b"mine"
+    assert list(json.loads((own / "export.json").read_text())) == ["mseg"]
+
+
+def test_a_path_that_is_no_model_file_says_what_it_is(model_files, tmp_path):
+    device = _export(tmp_path / "a", "--mseg", os.devnull)
+    assert device.exit_code == 2
+    assert "not a regular file (a character device)" in device.output and "not found" not in device.output
+    assert "Traceback" not in device.output and len(device.output.strip().splitlines()) == 1
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"junk")
+    not_a_model = _export(tmp_path / "b", "--generator", str(junk))
+    assert not_a_model.exit_code == 2 and "is not an m2u model file" in not_a_model.output
+    assert len(not_a_model.output.strip().splitlines()) == 1
+
+    with pytest.raises(CheckpointError, match=r"not a regular file \(a folder\)"):
+        load_model(tmp_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match=r"not a regular file \(a named pipe\)"):
+        load_model(fifo)  # said at once, not a reader blocked on the pipe
+    with pytest.raises(CheckpointError, match="model file not found"):
+        load_model(tmp_path / "missing.safetensors")
