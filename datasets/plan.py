@@ -35,7 +35,7 @@ class InputItem:
     base_key: str  # the sample key of variant 0 (see variant_key)
     source: str  # path or URL as it will be recorded in the manifest
     identity: str = ""  # "" when unknown
-    # The key the input's own name gives (m2u.datasets.sources.make_key) before a hash is appended where names
+    # The key the input's own name gives (m2u.datasets.sources.split_key) before a hash is appended where names
     # collide ("" = base_key). Splits and seeds read it, so neither changes when another file that collides
     # with this one is added ("photo.png" beside "photo.jpg"): only the recorded key does.
     name_key: str = ""

@@ -8,8 +8,9 @@ when elsewhere). The key is that relative path without its extension, lower-case
 any character outside ``[a-z0-9_-]`` into "-" (``10009_082483.jpg`` → ``10009_082483``); over-long keys are cut
 and suffixed with a hash. Inputs whose keys would collide ("a b.jpg" and "a-b.jpg", or two names of only
 non-ASCII letters) each get a hash of their relative path appended, so every input keeps a distinct key; their
-split and seed still come from the key before the hash (`InputItem.name_key`), so adding a colliding file changes
-only the key recorded.
+split and seed still come from the key before the hash (`InputItem.name_key`, `split_key`), so adding a colliding
+file changes only the key recorded; a name with letters or digits outside ASCII, which the key loses, has its
+split and seed drawn with a hash of the name too.
 
 Identities come from, in order: an ``identity`` column of a CSV/Parquet list, an identity file (CelebA's
 ``identity_CelebA.txt``: "<file name> <identity>" per line), or a file-name pattern such as
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +48,7 @@ __all__ = [
     "input_items",
     "make_key",
     "read_identity_file",
+    "split_key",
 ]
 
 
@@ -62,6 +65,21 @@ def make_key(relative: str) -> str:
     if not key[0].isalnum():
         key = f"x{key}"[:MAX_KEY_LENGTH]
     return key
+
+
+def split_key(relative: str) -> str:
+    """The key an input's split and mask seed are drawn from: its sample key before any collision hash
+    (`make_key`), so adding a colliding file moves no other; but where the key has lost letters or digits of the
+    name (any outside ASCII: `фото_а.jpg`, `日本語.jpg` and `x.jpg` all key as "x", `josé` and `josè` as "jos"),
+    with a hash of the name as well (Unicode NFC, as macOS and Linux spell it alike): such names would otherwise
+    share one split and one mask."""
+    if relative.isascii():
+        return make_key(relative)
+    name = unicodedata.normalize("NFC", relative.replace("\\", "/"))
+    key = make_key(name)
+    if not any(ch.isalnum() and not ch.isascii() for ch in name):
+        return key  # only marks or symbols outside ASCII: the key keeps every letter and digit
+    return _with_digest(key, name)
 
 
 def _with_digest(key: str, text: str) -> str:
@@ -109,7 +127,8 @@ def identity_pattern_regex(pattern: str) -> re.Pattern[str]:
 
 
 def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """CelebA-style identity file: "<file name> <identity>" per line → {file name: identity}."""
+    """CelebA-style identity file: "<file name> <identity>" per line → {file name: identity}. The identity is the
+    line's last field, so a file name may hold spaces."""
     mapping: dict[str, str] = {}
     first_line: dict[str, int] = {}
     try:
@@ -120,10 +139,10 @@ def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        fields = line.split()
+        fields = line.rsplit(None, 1)
         if len(fields) < 2:
             raise ValueError(f"{path}:{number}: expected '<file name> <identity>', got {line!r}")
-        name, identity = fields[0], fields[1]
+        name, identity = fields
         if mapping.get(name, identity) != identity:
             # Which one is right cannot be told, and the wrong one can put a person in two splits.
             raise ValueError(
@@ -194,7 +213,7 @@ def input_items(
     sources = sorted(unique)
     keys = _disambiguate([(unique[source][1], source) for source in sources])
     for source, key in zip(sources, keys, strict=True):
-        name_key = make_key(unique[source][1])
+        name_key = split_key(unique[source][1])
         path, relative, identity = unique[source]
         if not identity and path.name in by_name:
             identity = by_name[path.name]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pyarrow as pa
@@ -51,6 +53,14 @@ def test_folders_globs_and_lists(tmp_path):
     (tmp_path / "ids.txt").write_text("p1_1.jpg 7\np1_2.png 7\np1_1.jpg 7\np1_1.jpg 9\n")
     with pytest.raises(ValueError, match=r"ids.txt:4: p1_1.jpg has identity 9, but 7 on line 1"):
         discover_inputs([tmp_path / "a"], identity_file=tmp_path / "ids.txt")
+    # The identity is the last field: a file name may hold spaces.
+    _touch_images(tmp_path / "sp", ["with space.jpg", "plain.jpg"])
+    (tmp_path / "ids2.txt").write_text("with space.jpg 7\nplain.jpg 8\n")
+    spaced = discover_inputs([tmp_path / "sp"], identity_file=tmp_path / "ids2.txt")
+    assert sorted((Path(i.source).name, i.identity) for i in spaced) == [
+        ("plain.jpg", "8"),
+        ("with space.jpg", "7"),
+    ]
 
     (tmp_path / "list.csv").write_text("path,identity\na/p1_1.jpg,x\na/missing.jpg,y\n")
     listed = discover_inputs([tmp_path / "list.csv"])

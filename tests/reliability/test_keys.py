@@ -165,3 +165,40 @@ def test_a_long_name_with_variants_builds(tmp_path):
 
     rows = read_manifest(out / "manifest.parquet")
     assert len(rows) == 4 and rows["key"].str.len().max() <= MAX_KEY_LENGTH
+
+
+def test_names_outside_ascii_get_their_own_split_and_mask_seed(tmp_path):
+    """Names of only non-ASCII letters all key as "x" (and `josé`/`josè` alike): their split and seed are drawn
+    with a hash of the name too, so a folder of Cyrillic or Chinese names is split 70/15/15 with a mask each,
+    not all put in one split with one mask; ASCII names keep the split and seed they had."""
+    from collections import Counter
+
+    from m2u.datasets.plan import plan_samples
+
+    names = [f"фото_{chr(0x430 + k)}.jpg" for k in range(24)] + [
+        "日本語.jpg",
+        "中文.jpg",
+        "josé.jpg",
+        "josè.jpg",
+    ]
+    folder = _folder(tmp_path / "unicode", names)
+    samples = plan_samples(discover_inputs([folder]), seed=0, fractions=(0.7, 0.15, 0.15), variants=1)
+    assert len(samples) == len(names)
+    assert len({s.key for s in samples}) == len(samples)
+    assert len({s.seed for s in samples}) == len(samples)  # one seed (so one mask draw) each
+    splits = Counter(s.split for s in samples)
+    assert splits["train"] >= 12 and len(splits) >= 2, splits
+    # ASCII names: the split key is the plain key, as before
+    ascii_items = discover_inputs([_folder(tmp_path / "ascii", ["a b.jpg", "10009_082483.jpg"])])
+    assert sorted(i.name_key for i in ascii_items) == ["10009_082483", "a-b"]
+
+
+def test_a_name_spelled_in_nfd_splits_as_in_nfc():
+    """macOS spells `é` as e + a combining accent, Linux as one letter: one photo, one split and seed."""
+    import unicodedata
+
+    from m2u.datasets.sources import split_key
+
+    name = "josé/photo.jpg"
+    assert split_key(unicodedata.normalize("NFD", name)) == split_key(unicodedata.normalize("NFC", name))
+    assert split_key("josé.jpg") != split_key("josè.jpg")
