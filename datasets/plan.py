@@ -39,6 +39,9 @@ class InputItem:
     # collide ("" = base_key). Splits and seeds read it, so neither changes when another file that collides
     # with this one is added ("photo.png" beside "photo.jpg"): only the recorded key does.
     name_key: str = ""
+    # The split key of an earlier input (by source path) with the same bytes ("" = none): the same photo under
+    # two names goes to one split, so no test photo is also a training photo. Its seed stays its own.
+    same_as: str = ""
 
     @property
     def stable_key(self) -> str:
@@ -117,7 +120,7 @@ def plan_samples(
     keys: dict[str, str] = {}
     for item in items:
         # Variants of one input share its split, so no face leaks between splits.
-        group = item.identity if split_by is SplitBy.IDENTITY else item.stable_key
+        group = item.identity if split_by is SplitBy.IDENTITY else item.same_as or item.stable_key
         split = assign_split(group, seed, fractions)
         for variant in range(variants):
             key = validate_key(variant_key(item.base_key, variant, variants))

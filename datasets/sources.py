@@ -19,15 +19,17 @@ Identities come from, in order: an ``identity`` column of a CSV/Parquet list, an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 from m2u.core.errors import SettingError
-from m2u.core.imageio import ImageReadError, read_input_bytes
+from m2u.core.imageio import ImageReadError, open_regular, read_input_bytes
 from m2u.core.inputs import (
     IMAGE_SUFFIXES,
     LIST_SUFFIXES,
@@ -225,4 +227,32 @@ def input_items(
         if limit < 1:
             raise SettingError("limit", f"must be >= 1, got {limit}")
         items = items[:limit]
-    return items
+    return _with_duplicates_joined(items)
+
+
+def _with_duplicates_joined(items: list[InputItem]) -> list[InputItem]:
+    """`items` with each input whose bytes equal an earlier one's (by source path) pointing at that input's split
+    key (`InputItem.same_as`). Only files sharing a size with another are read (a SHA-256 each)."""
+    by_size: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        try:
+            info = os.stat(item.source)
+        except OSError:
+            continue  # the build reports it
+        if stat.S_ISREG(info.st_mode):
+            by_size.setdefault(info.st_size, []).append(index)
+    joined = list(items)
+    for indices in by_size.values():
+        if len(indices) < 2:
+            continue
+        first_of: dict[str, InputItem] = {}
+        for index in indices:
+            try:
+                with open_regular(items[index].source) as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            except (ImageReadError, OSError):
+                continue
+            first = first_of.setdefault(digest, items[index])
+            if first is not items[index]:
+                joined[index] = dataclasses.replace(items[index], same_as=first.same_as or first.stable_key)
+    return joined

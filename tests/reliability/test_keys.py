@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -52,10 +53,12 @@ def test_every_name_gives_a_plain_key(name):
 
 def _folder(tmp_path, names):
     folder = tmp_path / "in"
-    for name in names:
+    for number, name in enumerate(names):
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path.with_suffix(".png")), np.zeros((4, 4, 3), np.uint8))
+        # distinct photos: the same bytes under two names would share a split (test_the_same_photo_...)
+        pixels = np.random.default_rng(number).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        cv2.imwrite(str(path.with_suffix(".png")), pixels)
         path.with_suffix(".png").rename(path)
     return folder
 
@@ -202,3 +205,33 @@ def test_a_name_spelled_in_nfd_splits_as_in_nfc():
     name = "josé/photo.jpg"
     assert split_key(unicodedata.normalize("NFD", name)) == split_key(unicodedata.normalize("NFC", name))
     assert split_key("josé.jpg") != split_key("josè.jpg")
+
+
+def test_the_same_photo_under_two_names_goes_to_one_split(tmp_path):
+    """A photo copied under another name would otherwise sit in train and in test (its name draws the split):
+    every copy joins the split of the first by source path, each keeping its own seed; files that only share a
+    size stay apart."""
+    from m2u.datasets.plan import plan_samples
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(40):
+        photo = bytes([k]) * 64
+        (folder / f"a{k:02d}.jpg").write_bytes(photo)
+        (folder / f"copy_{k:02d}.jpg").write_bytes(photo)
+        (folder / f"other_{k:02d}.jpg").write_bytes(bytes([k]) * 63 + b"\xff")  # same size, other bytes
+    items = discover_inputs([folder])
+    samples = {Path(s.source).name: s for s in plan_samples(items, seed=0, fractions=(0.5, 0.25, 0.25))}
+    assert len(samples) == 120
+    for k in range(40):
+        original, copy = samples[f"a{k:02d}.jpg"], samples[f"copy_{k:02d}.jpg"]
+        assert copy.split == original.split and copy.seed != original.seed
+    # the copies would have been split by their own names: some would have left their original's split
+    plain = [i for i in items if not i.same_as]
+    assert len(plain) == 80
+    apart = plan_samples(
+        [dataclasses.replace(i, same_as="") for i in items], seed=0, fractions=(0.5, 0.25, 0.25)
+    )
+    moved = {Path(s.source).name: s.split for s in apart}
+    assert any(moved[f"copy_{k:02d}.jpg"] != samples[f"a{k:02d}.jpg"].split for k in range(40))
+    assert all(moved[f"other_{k:02d}.jpg"] == samples[f"other_{k:02d}.jpg"].split for k in range(40))
