@@ -33,7 +33,7 @@ from m2u.datasets.codecs import ImageFormat
 from m2u.datasets.config import DISTRIBUTORS, BuildWriteError, parse_partition
 from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from m2u.datasets.splits import SplitBy, parse_fractions
-from m2u.datasets.storage import build_at_url, is_url
+from m2u.datasets.storage import UploadError, build_at_url, is_url
 
 # Shorthand options → m2u.masking.MaskConfig field names.
 MASK_SHORTHANDS = {"mask_type": "mask_type", "mask_color": "color", "mask_pattern": "pattern", "pack": "pack"}
@@ -181,6 +181,13 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
     options.pop("progress")
     if not inputs:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
+    if is_url(out_dir) and options["partition"] is not None:
+        # Partitions share one folder (its locks, commit markers and .m2u-written records); each URL build has
+        # its own local copy, and their uploads would overwrite each other's records at the URL.
+        raise Refused(
+            f"--partition needs OUT to be a folder every partition writes into, not a URL ({out_dir}): build to a "
+            "URL in one run (--workers, or --distributor ray), or build partitions into a shared folder"
+        )
     mask_options, detector_options = _masking_options(options)
     options["workers"] = max(options["workers"], 1)  # 0 and 1: in this process
     try:
@@ -188,10 +195,12 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
             **options, mask_options=mask_options, detector_options=detector_options, progress=progress
         )
         if is_url(out_dir):
-            result = build_at_url(out_dir, lambda local: build_dataset(list(inputs), local, config))
+            result = build_at_url(  # in_process_ok=False: memory:// would keep nothing once the command exits
+                out_dir, lambda local: build_dataset(list(inputs), local, config), in_process_ok=False
+            )
         else:
             result = build_dataset(list(inputs), out_dir, config)
-    except BuildWriteError as exc:  # the run started and could not write (a full disk): exit 1
+    except (BuildWriteError, UploadError) as exc:  # the run started and could not write (a full disk): exit 1
         raise click.ClickException(cli_message(exc)) from None
     except WorkerStartError as exc:
         raise click.ClickException(cli_message(exc)) from None

@@ -330,3 +330,23 @@ def read_manifest(path: str | os.PathLike[str]):
     if not path.is_file():
         raise FileNotFoundError(f"no dataset manifest at {path}")
     return pq.read_table(path, schema=MANIFEST_SCHEMA).to_pandas()
+
+
+FILE_SCHEME = "file://"
+
+
+def is_url(text: str | os.PathLike[str]) -> bool:
+    """A URL with a scheme fsspec handles (`s3://...`); `file://` and plain paths are local."""
+    text = os.fspath(text)
+    return "://" in text and not text.startswith(FILE_SCHEME)
+
+
+def local_location(text: str | os.PathLike[str]) -> str:
+    """`text` as a local path where it is a `file://` URL (`file:///data/ds` -> `/data/ds`, as fsspec reads it):
+    read and written in place, with no copy; anything else unchanged. Every place that takes a dataset location
+    calls it first (a `file://` text taken as a path made a folder named `file:`)."""
+    text = os.fspath(text)
+    if not text.startswith(FILE_SCHEME):
+        return text
+    path = text[len(FILE_SCHEME) :]
+    return path[len("localhost") :] if path.startswith("localhost/") else path  # file://localhost/data/ds

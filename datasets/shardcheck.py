@@ -12,6 +12,7 @@ from m2u.datasets.layout import (
     MANIFEST_NAME,
     STATS_NAME,
     Status,
+    is_url,
     read_json,
     read_manifest,
     split_shards,
@@ -19,7 +20,6 @@ from m2u.datasets.layout import (
     validate_split,
 )
 from m2u.datasets.shards import file_digest
-from m2u.datasets.storage import is_url
 from m2u.datasets.tarread import TAR_BLOCK, TAR_END, is_stream_url
 
 

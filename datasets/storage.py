@@ -4,11 +4,22 @@ A dataset at a URL is the same files as a local one (shards, their stats, manife
 reads it through a local copy, kept in a cache folder per URL (``$M2U_CACHE`` or ``~/.cache/m2u``, then
 ``datasets/<sha of the URL>``):
 
-- `m2u-make-dataset -o URL` first fetches what the URL already holds (a build another machine started), builds
-  (or resumes) locally exactly as for a local folder, then uploads every file whose size differs from the
-  remote one: the bytes at the URL are those of a local build, and a rerun resumes both the build and the upload.
-- `--data URL` (loader, m2u-eval, m2u-train) fetches the dataset once (files already in the cache with their
-  remote size are kept) and reads the local copy, with the same checks as any local dataset.
+- `m2u-make-dataset -o URL` first checks that the URL can be written (a small probe object, written and removed),
+  fetches what the URL already holds (a build another machine started), builds (or resumes) locally exactly as
+  for a local folder, then uploads: the bytes at the URL are those of the local build, every file compared by
+  its SHA-256, and the files an earlier m2u upload put there that this build no longer has are removed (never a
+  file m2u did not write). A build that stops (Ctrl-C, SIGTERM, a failure) uploads what it committed, without
+  ``manifest.parquet``: a rerun, here or on another machine, resumes from it, and no reader takes it as finished.
+- `--data URL` (loader, m2u-eval, m2u-train) fetches the dataset (a cached file is kept only when it holds the
+  bytes the URL's upload record lists) and reads the local copy, with the same checks as any local dataset.
+
+The upload record, ``.m2u-uploaded.json`` at the URL (never in a local folder): the size and SHA-256 of every file
+an upload put there, and the names of the other files m2u wrote there. An upload first removes the URL's
+``manifest.parquet`` and lists the files it is about to replace as of unknown content; the complete record goes
+up once everything else has, and ``manifest.parquet`` after it: the URL holds a finished dataset exactly when it
+holds a manifest the record lists. What this machine knows of a local copy (the SHA-256 of its files by size,
+mtime and inode, and what the URL held when it last fetched or uploaded each file) is kept in the cache beside the
+copies (``datasets/<sha>.sync.json``), so a file is hashed once, not on every start.
 
 Why a local copy instead of streaming: every dataset check (shard sizes and SHA-256 against their stats, the
 manifest's counts) and the resumable build run unchanged, and the local path is not touched at all. fsspec does
@@ -18,15 +29,36 @@ the transport (s3fs for s3://, gcsfs for gs://); the build lock and the atomic c
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import secrets
+import sys
+import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from m2u.core.errors import SettingError
-from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME, STATE_DIR
+from m2u.core.fileio import RECORD_NAME, is_temp_name, write_cache_file
+
+# is_url and local_location live with the layout (the shard checks read them too); kept importable from here.
+from m2u.datasets.layout import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    STATE_DIR,
+    is_build_file,
+    is_url,
+    local_location,
+)
 
 CACHE_ENV = "M2U_CACHE"
+# At the URL: the upload record (see the module docstring), and the probe object a build writes and removes first.
+UPLOAD_RECORD_NAME = ".m2u-uploaded.json"
+PROBE_PREFIX = ".m2u-probe-"
+# fsspec filesystems whose files live in the Python process itself: gone when it exits.
+IN_PROCESS_PROTOCOLS = frozenset({"memory"})
+# How often a long upload re-uploads its record (so that a stopped upload does not send its files again).
+RECORD_FLUSH_S = 30.0
 
 T = TypeVar("T")
 
@@ -35,24 +67,8 @@ class StorageError(ValueError):
     """A dataset URL that cannot be used (no fsspec driver, unreachable, not a dataset)."""
 
 
-def is_url(text: str | os.PathLike[str]) -> bool:
-    """A URL with a scheme fsspec handles (`s3://...`); `file://` and plain paths are local."""
-    text = os.fspath(text)
-    return "://" in text and not text.startswith(FILE_SCHEME)
-
-
-FILE_SCHEME = "file://"
-
-
-def local_location(text: str | os.PathLike[str]) -> str:
-    """`text` as a local path where it is a `file://` URL (`file:///data/ds` -> `/data/ds`, as fsspec reads it):
-    read and written in place, with no copy; anything else unchanged. Every place that takes a dataset location
-    calls it first (a `file://` text taken as a path made a folder named `file:`)."""
-    text = os.fspath(text)
-    if not text.startswith(FILE_SCHEME):
-        return text
-    path = text[len(FILE_SCHEME) :]
-    return path[len("localhost") :] if path.startswith("localhost/") else path  # file://localhost/data/ds
+class UploadError(StorageError):
+    """A build finished locally and its upload failed: the build is kept in the local cache for a rerun."""
 
 
 def cache_folder(url: str) -> Path:
@@ -75,6 +91,15 @@ def _filesystem(url: str):
     return fs, root
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _is_in_process(fs) -> bool:
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protocols & IN_PROCESS_PROTOCOLS)
+
+
 def _remote_sizes(fs, root: str) -> dict[str, int]:
     """Relative path -> size of every file under `root` (none when it does not exist)."""
     try:
@@ -95,57 +120,384 @@ def _is_lock(relative: str) -> bool:
     return relative == LOCK_NAME or relative.endswith(".lock")
 
 
-def fetch(url: str, local: Path | None = None, *, require_manifest: bool = True) -> Path:
-    """The dataset at `url` as a local folder (the cache, or `local`): every remote file not there with the same
-    size is downloaded. StorageError when the URL holds no dataset (`require_manifest`) or cannot be read."""
-    fs, root = _filesystem(url)
-    local = local or cache_folder(url)
+def _travels(relative: str) -> bool:
+    """Whether a file goes between a local copy and the URL: not a lock (locks stay local), the upload record
+    (read on its own), a probe, a partial download or a killed writer's temporary file."""
+    name = relative.rsplit("/", 1)[-1]
+    return not (
+        _is_lock(relative)
+        or relative == UPLOAD_RECORD_NAME
+        or name.startswith(PROBE_PREFIX)
+        or name.endswith(".part")
+        or is_temp_name(name)
+    )
+
+
+def _read_upload_record(fs, root: str) -> dict[str, dict[str, Any]]:
+    """The files of the URL's upload record (relative path -> {"bytes", "sha256"}, either None when unknown)."""
     try:
-        remote = _remote_sizes(fs, root)
+        data = json.loads(fs.cat_file(f"{root}/{UPLOAD_RECORD_NAME}"))
+    except FileNotFoundError:
+        return {}
+    except ValueError:  # unreadable: every file there counts as of unknown content
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return {str(k): v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
+
+
+def _recorded_sha(record: dict[str, dict[str, Any]] | None, relative: str, size: int | None) -> str | None:
+    """The SHA-256 the upload record lists for a remote file of `size` bytes; None when unknown."""
+    entry = (record or {}).get(relative) or {}
+    sha = entry.get("sha256")
+    return sha if isinstance(sha, str) and size is not None and entry.get("bytes") == size else None
+
+
+class _SyncState:
+    """What this machine knows of a local copy of a URL's dataset: the SHA-256 of its files (by size, mtime and
+    inode: a file is hashed once) and, per file, the SHA-256 the URL held when this machine last fetched or
+    uploaded it. Kept in the cache folder beside the copies, never in the dataset folder (which is uploaded)."""
+
+    def __init__(self, url: str, local: Path):
+        self.local = local
+        folder = os.fspath(local.resolve())
+        named = f"{url.rstrip('/')}\0{folder}".encode("utf-8", "surrogateescape")
+        key = hashlib.sha256(named).hexdigest()[:16]
+        self.path = cache_folder(url).parent / f"{key}.sync.json"
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data = data if isinstance(data, dict) and data.get("folder") == folder else {}
+        self.folder = folder
+        # relative path -> [size, mtime_ns, inode, SHA-256] of the local file; -> the SHA-256 the URL held.
+        self.digests: dict[str, list] = dict(data.get("digests") or {})
+        self.synced: dict[str, str] = dict(data.get("synced") or {})
+
+    def digest(self, relative: str) -> str | None:
+        """The SHA-256 of the local file (None when there is none)."""
+        from m2u.datasets.shards import file_digest
+
+        path = self.local / relative
+        try:
+            info = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            self.digests.pop(relative, None)
+            return None
+        key = [info.st_size, info.st_mtime_ns, info.st_ino]
+        memo = self.digests.get(relative)
+        if isinstance(memo, list) and len(memo) == 4 and memo[:3] == key:
+            return memo[3]
+        sha = file_digest(path)[1]
+        self.digests[relative] = [*key, sha]
+        return sha
+
+    def save(self) -> None:
+        text = json.dumps({"folder": self.folder, "digests": self.digests, "synced": self.synced})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_cache_file(self.path, lambda temp: Path(temp).write_text(text))  # a cache: never fails the run
+
+
+def check_output_url(url: str, *, in_process_ok: bool = True) -> None:
+    """StorageError with one line unless a build can write to `url`: a small probe object is written there and
+    removed (a missing bucket, missing credentials or no write permission are found before the build, not after
+    it). `in_process_ok=False` also refuses a filesystem that lives in this process only (memory://)."""
+    fs, root = _filesystem(url)
+    if not in_process_ok and _is_in_process(fs):
+        raise StorageError(
+            f"`out_dir` {url} is in this process's memory only: the dataset would be gone when the command exits; "
+            "give a bucket URL (s3://bucket/prefix) or a folder"
+        )
+    probe = f"{root}/{PROBE_PREFIX}{secrets.token_hex(4)}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
     except Exception as error:
-        raise StorageError(f"{url} cannot be read: {type(error).__name__}: {error}") from error
+        raise StorageError(
+            f"`out_dir` {url} cannot be written ({_one_line(error)}); check that the bucket exists and that these "
+            "credentials may write and delete there"
+        ) from error
+
+
+def fetch(
+    url: str, local: Path | None = None, *, require_manifest: bool = True, keep_local_changes: bool = False
+) -> Path:
+    """The dataset at `url` as a local folder (the cache, or `local`): every remote file is downloaded unless the
+    local copy holds the bytes the URL's upload record lists (the same size, for a URL m2u uploaded to before it
+    kept that record); files this machine fetched or uploaded that the URL no longer holds are removed.
+    `keep_local_changes` (a build resuming): a local file changed since this machine last synced it while the
+    URL's copy did not change is kept (a build not uploaded yet). StorageError when the URL holds no finished
+    dataset (`require_manifest`) or cannot be read."""
+    return _fetch(url, local, require_manifest=require_manifest, keep_local_changes=keep_local_changes)[0]
+
+
+def _fetch(
+    url: str, local: Path | None, *, require_manifest: bool, keep_local_changes: bool
+) -> tuple[Path, bool]:
+    """fetch; also whether the URL has an upload record (its files were compared by content)."""
+    fs, root = _filesystem(url)
+    local = Path(local or cache_folder(url))
+    try:
+        listing = _remote_sizes(fs, root)
+        record = _read_upload_record(fs, root) if UPLOAD_RECORD_NAME in listing else None
+    except Exception as error:
+        raise StorageError(f"{url} cannot be read: {_one_line(error)}") from error
+    remote = {relative: size for relative, size in listing.items() if _travels(relative)}
     if require_manifest and MANIFEST_NAME not in remote:
         raise StorageError(
             f"{url} holds no dataset (no {MANIFEST_NAME}); build one with m2u-make-dataset -o {url}"
         )
-    for relative, size in sorted(remote.items()):
-        target = local / relative
-        if target.is_file() and target.stat().st_size == size:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # DDP ranks may fetch at once
+    if (
+        require_manifest
+        and record is not None
+        and _recorded_sha(record, MANIFEST_NAME, remote[MANIFEST_NAME]) is None
+    ):
+        raise StorageError(
+            f"{url} holds a dataset whose upload has not finished ({UPLOAD_RECORD_NAME} there does not list its "
+            f"{MANIFEST_NAME}): wait for the upload, or rerun the build that writes it"
+        )
+    state = _SyncState(url, local)
+    try:
+        for relative, size in sorted(remote.items()):
+            expected = _recorded_sha(record, relative, size)
+            target = local / relative
+            if target.is_file():
+                if expected is not None:
+                    have = state.digest(relative)
+                    if have == expected:
+                        state.synced[relative] = expected
+                        continue
+                    if keep_local_changes and state.synced.get(relative) == expected:
+                        continue  # the URL holds what it held when synced: the local file is newer work
+                elif (keep_local_changes and record is not None) or target.stat().st_size == size:
+                    continue  # content unknown: a file an upload was replacing (the local one is newer), or sizes
+            _download(fs, root, url, relative, target)
+            if expected is None:
+                state.synced.pop(relative, None)
+                continue
+            if state.digest(relative) != expected:
+                raise StorageError(
+                    f"{url}/{relative} does not hold what {UPLOAD_RECORD_NAME} there lists (SHA-256 differs): it "
+                    "was changed after m2u uploaded it, or is being uploaded now; rerun the build that writes it"
+                )
+            state.synced[relative] = expected
+        _remove_dropped(local, remote, state)
+    finally:
+        state.save()
+    return local, record is not None
+
+
+def _download(fs, root: str, url: str, relative: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # DDP ranks may fetch at once
+    try:
         fs.get_file(f"{root}/{relative}", str(partial))
-        os.replace(partial, target)
-    return local
+    except Exception as error:
+        partial.unlink(missing_ok=True)
+        raise StorageError(f"{url}/{relative} cannot be fetched: {_one_line(error)}") from error
+    os.replace(partial, target)
 
 
-def upload(local: Path, url: str) -> int:
-    """Upload every file of the local dataset folder whose remote copy is missing or of another size (the
-    manifests and stats.json last, so a reader never sees a manifest naming shards not there yet). The build's
-    state folder goes too (another machine resumes from it); its locks stay local. Returns the number of files
-    uploaded."""
-    fs, root = _filesystem(url)
-    remote = _remote_sizes(fs, root)
-    files = sorted(
-        p.relative_to(local).as_posix()
-        for p in local.rglob("*")
-        if p.is_file() and not p.name.endswith(".part")
-    )
-    files = [f for f in files if not _is_lock(f)]
-    last = [f for f in files if "/" not in f and not f.endswith(".tar")]  # manifests, stats.json
-    uploaded = 0
-    for relative in [f for f in files if f not in last] + last:
-        if remote.get(relative) == (local / relative).stat().st_size:
+def _remove_dropped(local: Path, remote: dict[str, int], state: _SyncState) -> None:
+    """Remove the local files the URL held when this machine last synced them and holds no more (a rebuild there
+    dropped them), unchanged since; a folder's ``.m2u-written`` goes only with the last file beside it."""
+    dropped = [relative for relative in state.synced if relative not in remote]
+    records = []
+    for relative in sorted(dropped):
+        sha = state.synced.pop(relative)
+        if state.digest(relative) != sha:
+            continue  # changed here since: not the URL's copy any more
+        if relative.rsplit("/", 1)[-1] == RECORD_NAME:
+            records.append(relative)
             continue
+        (local / relative).unlink(missing_ok=True)
+        state.digests.pop(relative, None)
+    for relative in records:
+        folder = (local / relative).parent
+        if not any(p.name != RECORD_NAME for p in folder.iterdir()):
+            (local / relative).unlink(missing_ok=True)
+            state.digests.pop(relative, None)
+            if folder != local and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _remote_written(
+    fs, root: str, remote: dict[str, int], record: dict[str, dict[str, Any]] | None
+) -> set[str]:
+    """The files at the URL that m2u wrote: those its upload record lists and those the `.m2u-written` records
+    uploaded with the folders name (a URL uploaded to before the upload record existed)."""
+    ours = set(record or ())
+    for relative in remote:
+        folder, _, name = relative.rpartition("/")
+        if name != RECORD_NAME:
+            continue
+        ours.add(relative)
+        prefix = f"{folder}/" if folder else ""
+        for line in fs.cat_file(f"{root}/{relative}").splitlines():
+            if line.strip():
+                ours.add(prefix + os.fsdecode(line))
+    return ours
+
+
+def upload(local: Path, url: str, *, finished: bool = True) -> int:
+    """Make the URL hold the local dataset folder's build files (the shards and their stats, the manifests,
+    stats.json, the build state, m2u's `.m2u-written` records): every file whose remote copy is missing or not the
+    same bytes (by the SHA-256 of the URL's upload record) is uploaded, shards first, then the other files, then
+    the record, ``manifest.parquet`` last (while anything changes the URL holds no manifest, so a reader never
+    takes a half-uploaded dataset as finished); the files an earlier m2u upload or build put there that the
+    folder no longer has are removed (only the build's files m2u wrote there: never another file). The build's
+    state folder goes too (another machine resumes from it); its locks stay local. `finished=False` (a build
+    that stopped): ``manifest.parquet`` is not uploaded. Returns the number of files uploaded."""
+    local = Path(local)
+    fs, root = _filesystem(url)
+    listing = _remote_sizes(fs, root)
+    record = _read_upload_record(fs, root) if UPLOAD_RECORD_NAME in listing else None
+    remote = {relative: size for relative, size in listing.items() if _travels(relative)}
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    files = [f for f in files if _travels(f) and _is_build_output(f) and (finished or f != MANIFEST_NAME)]
+    state = _SyncState(url, local)
+    try:
+        known: dict[str, dict[str, Any]] = {
+            f: {"bytes": (local / f).stat().st_size, "sha256": state.digest(f)} for f in files
+        }
+        changed = [
+            f
+            for f in files
+            if remote.get(f) != known[f]["bytes"]
+            or _recorded_sha(record, f, remote.get(f)) != known[f]["sha256"]
+        ]
+        # A stopped build's upload leaves the URL's manifest alone unless something else changes (then it goes
+        # first): a build refused at once (other arguments) must not turn a finished dataset there into none.
+        candidates = [r for r in remote if r not in known and (finished or r != MANIFEST_NAME)]
+        ours = _remote_written(fs, root, remote, record) if candidates else set(record or ())
+        stale = _stale(candidates, ours, remote, set(files))
+        for f in files:
+            if f not in changed:
+                state.synced[f] = known[f]["sha256"]
+        if not changed and not stale:
+            return 0  # the URL's record already lists every file as it is here
+        return _upload_changes(fs, root, local, remote, known, changed, stale, ours, finished, state)
+    finally:
+        state.save()
+
+
+_UNKNOWN: dict[str, Any] = {"bytes": None, "sha256": None}
+
+
+def _is_build_output(relative: str) -> bool:
+    """A file a dataset build writes (m2u.datasets.layout.is_build_file) or a folder's `.m2u-written` record: what
+    an upload sends. Anything else in the local copy (a person's file fetched from beside the dataset) is not the
+    build's to put back."""
+    return relative.rsplit("/", 1)[-1] == RECORD_NAME or is_build_file(PurePosixPath(relative))
+
+
+def _stale(candidates: list[str], ours: set[str], remote: dict[str, int], local: set[str]) -> list[str]:
+    """The remote files to remove: a build's files m2u wrote there that the local folder does not have; a
+    folder's `.m2u-written` only when nothing else stays in that folder, after the files."""
+    files = [r for r in candidates if r in ours and is_build_file(PurePosixPath(r))]
+    gone = set(files)
+    for relative in candidates:
+        folder, _, name = relative.rpartition("/")
+        if name != RECORD_NAME or relative not in ours:
+            continue
+        prefix = f"{folder}/" if folder else ""
+        stays = [
+            r
+            for r in [*remote, *local]
+            if r.startswith(prefix) and "/" not in r[len(prefix) :] and r not in gone and r != relative
+        ]
+        if not stays:
+            files.append(relative)
+    return files
+
+
+def _put_record(fs, root: str, entries: dict[str, dict[str, Any]]) -> None:
+    text = json.dumps({"generator": "m2u.datasets.storage", "files": entries}, indent=1, sort_keys=True)
+    fs.pipe_file(f"{root}/{UPLOAD_RECORD_NAME}", text.encode())
+
+
+def _upload_changes(
+    fs,
+    root: str,
+    local: Path,
+    remote: dict[str, int],
+    known: dict[str, dict[str, Any]],
+    changed: list[str],
+    stale: list[str],
+    ours: set[str],
+    finished: bool,
+    state: _SyncState,
+) -> int:
+    """upload's work once something differs (see upload for the order)."""
+    entries = {r: _UNKNOWN for r in ours if r in remote}  # m2u's files there, content not vouched for yet
+    entries.update({f: known[f] for f in known if f not in changed})
+    entries.update({f: _UNKNOWN for f in changed})
+    entries.pop(MANIFEST_NAME, None)
+    if MANIFEST_NAME in remote:
+        fs.rm_file(f"{root}/{MANIFEST_NAME}")  # from now on the URL holds no finished dataset
+        state.synced.pop(MANIFEST_NAME, None)
+    _put_record(fs, root, entries)
+    manifest = finished and MANIFEST_NAME in known
+    first = [f for f in changed if "/" in f or f.endswith(".tar")]  # shards, their stats, the build state
+    # Then the split manifests, stats.json and the records; manifest.parquet after the upload record.
+    last = [f for f in changed if f not in first and f != MANIFEST_NAME]
+    uploaded, flushed = 0, time.monotonic()
+    for relative in first:
         fs.put_file(str(local / relative), f"{root}/{relative}")
+        entries[relative] = known[relative]
+        state.synced[relative] = known[relative]["sha256"]
+        uploaded += 1
+        if time.monotonic() - flushed > RECORD_FLUSH_S:
+            _put_record(fs, root, entries)
+            flushed = time.monotonic()
+    for relative in stale:
+        fs.rm_file(f"{root}/{relative}")
+        entries.pop(relative, None)
+        state.synced.pop(relative, None)
+    for relative in last:
+        fs.put_file(str(local / relative), f"{root}/{relative}")
+        entries[relative] = known[relative]
+        state.synced[relative] = known[relative]["sha256"]
+        uploaded += 1
+    if manifest:
+        entries[MANIFEST_NAME] = known[MANIFEST_NAME]
+    _put_record(fs, root, entries)
+    if manifest:
+        fs.put_file(str(local / MANIFEST_NAME), f"{root}/{MANIFEST_NAME}")
+        state.synced[MANIFEST_NAME] = known[MANIFEST_NAME]["sha256"]
         uploaded += 1
     return uploaded
 
 
 def local_dataset(data: str | os.PathLike[str]) -> str:
-    """`data` itself when local; for a URL, its local copy (fetched as needed)."""
+    """`data` itself when local; for a URL, its local copy (fetched as needed). A copy fetched from a URL without
+    an upload record (compared by size only) whose shards disagree with their records is refused as stale."""
     text = local_location(data)
-    return str(fetch(text)) if is_url(text) else text
+    if not is_url(text):
+        return text
+    local, by_content = _fetch(text, None, require_manifest=True, keep_local_changes=False)
+    if not by_content:
+        problem = _copy_problem(local)
+        if problem:
+            raise StorageError(
+                f"the local copy of {text} in {local} is stale ({problem}): it holds files fetched before the "
+                f"dataset there was rebuilt; delete that folder and run again to fetch it anew"
+            )
+    return str(local)
+
+
+def _copy_problem(local: Path) -> str | None:
+    """The first shard of the local copy that disagrees with its stats or commit record (sizes, no hashing)."""
+    from m2u.datasets.layout import Status, read_manifest
+    from m2u.datasets.shardcheck import verify_shards
+
+    try:
+        manifest = read_manifest(local)
+    except Exception:  # noqa: BLE001 - the loader's own checks say what is wrong with a manifest
+        return None
+    written = manifest[manifest["status"] == Status.OK.value]
+    shards = sorted({str(local / shard) for shard in written["shard"].dropna().unique()})
+    problems = verify_shards(shards, digest=False)
+    return next(iter(problems.values()), None)
 
 
 def check_dataset(data: str | os.PathLike[str]) -> None:
@@ -179,11 +531,49 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
         )
 
 
-def build_at_url(url: str, build: Callable[[str], T]) -> T:
-    """Run `build(local_folder)` for a dataset that lives at `url`: fetch what is there, build or resume
-    locally, upload what changed. The result of `build` is returned."""
+def build_at_url(url: str, build: Callable[[str], T], *, in_process_ok: bool = True) -> T:
+    """Run `build(local_folder)` for a dataset that lives at `url`: check that the URL can be written, fetch what
+    is there, build or resume locally, upload. A build that stops uploads what it committed (not the manifest)
+    before the stop propagates. UploadError when the final upload fails (the build stays in the local cache).
+    `in_process_ok=False` refuses memory:// (see check_output_url). The result of `build` is returned."""
+    check_output_url(url, in_process_ok=in_process_ok)
     local = cache_folder(url)
-    fetch(url, local, require_manifest=False)
-    result = build(str(local))
-    upload(local, url)
+    fetch(url, local, require_manifest=False, keep_local_changes=True)
+    try:
+        result = build(str(local))
+    except BaseException:
+        _upload_stopped(local, url)
+        raise
+    try:
+        upload(local, url)
+    except Exception as error:
+        raise UploadError(
+            f"uploading the dataset to {url} failed ({_one_line(error)}); the build is kept in the local cache "
+            f"{local}: run the same build again to upload it"
+        ) from error
     return result
+
+
+def _upload_stopped(local: Path, url: str) -> None:
+    """After a build stopped: upload what it committed (never the manifest), so that a preempted machine's work
+    reaches the URL; a failure here is said, never raised over the stop itself."""
+    from m2u.datasets.config import BuildLockedError
+
+    error = sys.exc_info()[1]
+    if isinstance(error, BuildLockedError) or not local.is_dir():
+        return  # another run builds in this cache: it uploads its own work
+    try:
+        count = upload(local, url, finished=False)
+    except Exception as failure:  # noqa: BLE001 - said, never raised over the stop itself
+        print(
+            f"the stopped build's committed shards could not be uploaded to {url} ({_one_line(failure)}); they "
+            f"are kept in the local cache {local} and a rerun uploads them",
+            file=sys.stderr,
+        )
+        return
+    if count:
+        print(
+            f"uploaded {count} file(s) the stopped build committed to {url}: a rerun resumes from them (here or on "
+            "another machine)",
+            file=sys.stderr,
+        )

@@ -72,7 +72,7 @@ def _remote_snapshot(fs, prefix: str) -> dict[str, bytes]:
     return {
         path[len(root) + 1 :]: fs.cat(path)
         for path in sorted(fs.find(root))
-        if not path.endswith(("stats.json", ".lock", "/.m2u-written"))
+        if not path.endswith(("stats.json", ".lock", "/.m2u-written", "/.m2u-uploaded.json"))
     }
 
 
@@ -139,3 +139,15 @@ def test_loader_and_m2u_eval_read_data_from_s3(s3, tmp_path):
 
     missing = CliRunner().invoke(eval_main, ["--data", f"s3://{BUCKET}/nothing", "-o", str(tmp_path / "r2")])
     assert missing.exit_code == 2 and "holds no dataset" in missing.output
+
+
+def test_make_dataset_to_a_missing_bucket_is_refused_before_the_build(s3, tmp_path):
+    faces = _faces(tmp_path)
+    url = "s3://m2u-no-such-bucket/datasets/demo"
+    result = CliRunner().invoke(
+        make_dataset_main, [str(faces), "-o", url, "--mask-engine", "synthetic", "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot be written" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # refused before anything was built
+    assert not s3.exists("m2u-no-such-bucket")  # and the check made no bucket

@@ -1,0 +1,249 @@
+"""A dataset at a URL stays the bytes of its local build (m2u.datasets.storage): an `overwrite` build replaces
+every file whose content changed (tars pad to 10,240-byte records, so a rebuilt one often has the old size) and
+removes the earlier build's files it no longer has, never a person's own; a reader's cache re-fetches what
+changed; a stopped build uploads what it committed (without the manifest); and m2u-make-dataset refuses a URL
+output it cannot use before any work. The bucket is fsspec's in-process memory:// filesystem (Python API) or a
+local folder through fsspec's local:// (the CLI, which refuses memory://)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fsspec
+import pytest
+from click.testing import CliRunner
+
+from m2u.datasets import storage
+from m2u.datasets.build import BuildConfig, BuildError, build_dataset
+from m2u.datasets.cli import main as make_dataset_main
+from m2u.datasets.storage import (
+    UPLOAD_RECORD_NAME,
+    StorageError,
+    build_at_url,
+    cache_folder,
+    fetch,
+    local_dataset,
+)
+
+# The faces' key order does not matter here: a few samples, several shards per split.
+FACES = 12
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    folder = tmp_path_factory.mktemp("faces")
+    write_demo_faces(folder, count=FACES)
+    return folder
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """A memory:// URL of this test's own (the memory filesystem is one per process), and a cache of its own."""
+    monkeypatch.setenv("M2U_CACHE", str(tmp_path / "cache"))
+    url = f"memory://m2u-{tmp_path.name}/datasets/demo"
+    yield url
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _build(url: str, faces: Path, **options):
+    config = BuildConfig(mask_engine="synthetic", size=64, workers=1, progress=False, **options)
+    return build_at_url(url, lambda local: build_dataset([str(faces)], local, config))
+
+
+def _remote(url: str) -> dict[str, bytes]:
+    fs, root = fsspec.core.url_to_fs(url)
+    return {path[len(root) + 1 :]: fs.cat_file(path) for path in sorted(fs.find(root))}
+
+
+def _local(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+def _mirrors(url: str, local: Path) -> None:
+    remote = _remote(url)
+    remote.pop(UPLOAD_RECORD_NAME, None)
+    expected = _local(local)
+    assert sorted(remote) == sorted(expected)
+    differ = [name for name in expected if remote[name] != expected[name]]
+    assert not differ, f"the URL holds other bytes than the local build: {differ}"
+
+
+def test_an_overwrite_build_leaves_the_url_holding_exactly_the_new_build(bucket, faces):
+    fs, root = fsspec.core.url_to_fs(bucket)
+    _build(bucket, faces, shard_size=2)
+    local = cache_folder(bucket)
+    _mirrors(bucket, local)
+    fs.pipe_file(f"{root}/notes.txt", b"a person's own file beside the dataset")
+    old_tars = {name: data for name, data in _remote(bucket).items() if name.endswith(".tar")}
+
+    # Another seed: other masks in shards of the same size (tars pad to 10,240-byte records).
+    _build(bucket, faces, shard_size=2, seed=1, overwrite=True)
+    _mirrors(bucket, local)
+    new = _remote(bucket)
+    assert any(
+        len(new[name]) == len(data) and new[name] != data for name, data in old_tars.items() if name in new
+    )
+
+    # Bigger shards: fewer of them; the earlier build's extra shards, stats and markers go from the URL too.
+    _build(bucket, faces, shard_size=5, seed=1, overwrite=True)
+    _mirrors(bucket, local)
+    remote = _remote(bucket)
+    assert remote["notes.txt"] == b"a person's own file beside the dataset"  # not m2u's: kept
+    assert "train/train-000003.tar" in old_tars and "train/train-000003.tar" not in remote
+    assert ".m2u-build/train-000003.parquet" not in remote
+    record = json.loads(remote[UPLOAD_RECORD_NAME])["files"]
+    assert "notes.txt" not in record and record["manifest.parquet"]["sha256"]
+
+    # A rerun with nothing changed uploads nothing; one refused (other arguments) leaves the dataset there as it is.
+    assert storage.upload(local, bucket) == 0
+    with pytest.raises(BuildError, match="different arguments"):
+        _build(bucket, faces, shard_size=3, seed=1)
+    assert _remote(bucket) == remote
+
+
+def test_a_reader_cache_refetches_what_a_rebuild_changed(bucket, faces, tmp_path, monkeypatch):
+    from m2u.datasets import LoaderConfig, make_loader
+
+    _build(bucket, faces, shard_size=2)
+    reader_cache = tmp_path / "reader-cache"
+    monkeypatch.setenv("M2U_CACHE", str(reader_cache))
+    first = Path(local_dataset(bucket))
+    assert first == cache_folder(bucket) and first.is_relative_to(reader_cache)
+
+    # Another machine rebuilds the dataset there; this reader's cache holds the old files.
+    monkeypatch.setenv("M2U_CACHE", str(tmp_path / "cache"))
+    _build(bucket, faces, shard_size=2, seed=1, overwrite=True)
+    monkeypatch.setenv("M2U_CACHE", str(reader_cache))
+    assert Path(local_dataset(bucket)) == first
+    remote = _remote(bucket)
+    remote.pop(UPLOAD_RECORD_NAME, None)
+    assert _local(first) == remote
+    batches = list(make_loader(bucket, "train", LoaderConfig(batch_size=4, num_workers=0, verify=True)))
+    assert sum(len(b["key"]) for b in batches) > 0
+
+
+def test_a_cache_found_inconsistent_is_named_stale_not_a_dataset_to_rebuild(
+    bucket, faces, tmp_path, monkeypatch
+):
+    """A URL without an upload record (written by an m2u before it kept one) is fetched by sizes: a cached copy
+    whose shards disagree with their records is the cache's fault, and the message says where it is."""
+    _build(bucket, faces, shard_size=5)
+    fs, root = fsspec.core.url_to_fs(bucket)
+    if fs.exists(f"{root}/{UPLOAD_RECORD_NAME}"):
+        fs.rm_file(f"{root}/{UPLOAD_RECORD_NAME}")
+    monkeypatch.setenv("M2U_CACHE", str(tmp_path / "reader-cache"))
+    local = Path(local_dataset(bucket))
+    stats_name = "train/train-000000_stats.json"
+    stats = json.loads((local / stats_name).read_text())
+    stats["sha256"] = "0" * 64
+    fs.pipe_file(f"{root}/{stats_name}", json.dumps(stats, indent=4).encode())  # another size: fetched again
+    with pytest.raises(StorageError, match=r"the local copy of .* in .* is stale") as caught:
+        local_dataset(bucket)
+    assert str(local) in str(caught.value) and "rebuil" not in str(caught.value).split("stale")[0]
+
+
+def test_a_stopped_build_uploads_what_it_committed_and_a_rerun_elsewhere_resumes(
+    bucket, faces, tmp_path, monkeypatch
+):
+    import m2u.datasets.build as build_module
+
+    commit_shard, commits = build_module.commit_shard, []
+
+    def commit_then_stop(*args, **kwargs):
+        result = commit_shard(*args, **kwargs)
+        commits.append(result)
+        if len(commits) == 2:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(build_module, "commit_shard", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _build(bucket, faces, shard_size=2)
+    remote = _remote(bucket)
+    assert sum(name.endswith(".tar") for name in remote) == 2
+    assert sum(name.startswith(".m2u-build/") and name.endswith("0.parquet") for name in remote) >= 1
+    assert "manifest.parquet" not in remote  # never a half build as finished
+    assert "manifest.parquet" not in json.loads(remote[UPLOAD_RECORD_NAME])["files"]
+    with pytest.raises(StorageError, match="holds no dataset"):
+        fetch(bucket, tmp_path / "reader")
+
+    monkeypatch.setattr(build_module, "commit_shard", commit_shard)
+    monkeypatch.setenv("M2U_CACHE", str(tmp_path / "other-machine"))
+    result = _build(bucket, faces, shard_size=2)
+    assert result.stats["resumed"] is True and result.stats["shards_kept"] == 2
+    _mirrors(bucket, cache_folder(bucket))
+    assert (fetch(bucket, tmp_path / "reader") / "manifest.parquet").is_file()
+
+
+@pytest.fixture
+def local_bucket(tmp_path, monkeypatch) -> Path:
+    """A folder standing in for a bucket, as local:// (fsspec creating the folders a file needs, as S3 does)."""
+    monkeypatch.setenv("M2U_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(fsspec.config.conf, "local", {"auto_mkdir": True})
+    return tmp_path / "bucket"
+
+
+def _cli(faces: Path, url: str, *extra: str):
+    options = ["--mask-engine", "synthetic", "--size", "64", "--shard-size", "5", "--workers", "1", "-q"]
+    return CliRunner().invoke(make_dataset_main, [str(faces), "-o", url, *options, *extra])
+
+
+def _one_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_a_partition_build_to_a_url_is_refused_before_any_work(faces, local_bucket, tmp_path):
+    result = _cli(faces, f"local://{local_bucket}/ds", "--partition", "0/2")
+    assert result.exit_code == 2, result.output
+    assert "--partition" in _one_line(result.output) and "URL" in result.output
+    assert not (tmp_path / "cache").exists() and not local_bucket.exists()
+
+
+def test_an_output_url_that_cannot_be_written_is_refused_before_the_build(faces, local_bucket, tmp_path):
+    local_bucket.parent.mkdir(exist_ok=True)
+    local_bucket.write_text("a file where the bucket's folder would be")
+    result = _cli(faces, f"local://{local_bucket}/ds")
+    assert result.exit_code == 2, result.output
+    assert "cannot be written" in _one_line(result.output)
+    assert not (tmp_path / "cache").exists()  # nothing was built
+
+
+def test_an_upload_that_fails_after_the_build_says_where_the_build_is_kept(faces, local_bucket, monkeypatch):
+    url = f"local://{local_bucket}/ds"
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the bucket is unreachable")
+
+    monkeypatch.setattr(storage, "upload", unreachable)
+    result = _cli(faces, url)
+    assert result.exit_code == 1, result.output
+    line = _one_line(result.output)
+    assert str(cache_folder(url)) in line and "the bucket is unreachable" in line and "again" in line
+    assert (cache_folder(url) / "manifest.parquet").is_file()
+
+    monkeypatch.undo()  # the bucket is back: the rerun builds nothing and uploads the kept build
+    monkeypatch.setitem(fsspec.config.conf, "local", {"auto_mkdir": True})
+    monkeypatch.setenv("M2U_CACHE", str(local_bucket.parent / "cache"))
+    rerun = _cli(faces, url)
+    assert rerun.exit_code == 0, rerun.output
+    assert (local_bucket / "ds" / "manifest.parquet").is_file()
+    assert json.loads((local_bucket / "ds" / "stats.json").read_text())["shards_built"] == 0
+
+
+def test_an_in_process_memory_url_is_refused_as_output(faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("M2U_CACHE", str(tmp_path / "cache"))
+    result = _cli(faces, "memory://m2u-kept-nowhere/ds")
+    assert result.exit_code == 2, result.output
+    assert "memory" in _one_line(result.output)
+    assert not (tmp_path / "cache").exists()
