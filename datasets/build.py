@@ -177,7 +177,13 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             for k in set(previous["arguments"]) | set(fingerprint["arguments"])
             if previous["arguments"].get(k) != fingerprint["arguments"].get(k)
         )
-        what = f"different arguments ({', '.join(changed)})" if changed else "a different set of inputs"
+        # Same arguments, another plan: other inputs, or the same ones planned otherwise by another m2u version
+        # (names outside ASCII, duplicate photos joined in one split).
+        what = (
+            f"different arguments ({', '.join(changed)})"
+            if changed
+            else "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
+        )
         raise BuildError(f"{out_dir} holds a build made with {what}; use `overwrite` to replace it")
     elif previous is None and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME)):
         raise BuildError(f"{out_dir} holds a dataset without build state; use `overwrite` to replace it")

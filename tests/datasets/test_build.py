@@ -63,6 +63,10 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
     assert result.stats["arguments"]["seed"] == 1
     assert not result.stats["resumed"]
     assert build_dataset([photos], out, _config(seed=1)).stats["resumed"]
+    # the same arguments over other inputs: said as another plan, not as arguments
+    cv2.imwrite(str(photos / "noise_new.png"), np.full((48, 48, 3), 7, np.uint8))
+    with pytest.raises(BuildError, match=r"another plan of samples \(other inputs.*`overwrite`"):
+        build_dataset([photos], out, _config(seed=1))
 
 
 def test_overwrite_replaces_only_what_the_build_wrote(tmp_path):
