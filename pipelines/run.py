@@ -247,6 +247,34 @@ def _check_inputs(config: PipelineConfig, until: str) -> None:
     check_stage_weights(config, until)
 
 
+def _with_budget_left(run: Any) -> Any:
+    """A training stage's `max_seconds` is the stage's training time: resumed after a stop, it gets what its
+    earlier processes left (m2u-train's own `max_seconds` is each process's budget), so a stopped and rerun stage
+    trains about as long as one that ran through."""
+    from m2u.training.checkpoint import load_training_state
+    from m2u.training.run_state import last_checkpoint_path
+
+    last = last_checkpoint_path(run.out)
+    if run.max_seconds is None or not last.is_file():
+        return run
+    spent = load_training_state(last).get("seconds", 0.0)
+    spent = float(spent) if isinstance(spent, (int, float)) else 0.0
+    return dataclasses.replace(run, max_seconds=max(run.max_seconds - spent, 0.0))
+
+
+def _partial_output(name: str, stage_dir: Path) -> bool:
+    """Whether an interrupted stage left anything to resume from: a training run's checkpoint, a dataset build's
+    state folder; an evaluation starts again."""
+    from m2u.datasets.layout import STATE_DIR
+    from m2u.training.run_state import last_checkpoint_path
+
+    if name == "dataset":
+        return (stage_dir / STATE_DIR).is_dir()
+    if name in ("mseg", "gan"):
+        return last_checkpoint_path(stage_dir).is_file()
+    return False
+
+
 def _stage_actions(
     config: PipelineConfig, dirs: dict[str, Path], metric_suite: Any
 ) -> dict[str, Callable[[], dict]]:
@@ -272,7 +300,7 @@ def _stage_actions(
 
     def mseg_action() -> dict:
         cfg = dataclasses.replace(config.mseg, data=str(dirs["dataset"]), out=str(dirs["mseg"]), resume=True)
-        return train_mseg(cfg)
+        return train_mseg(_with_budget_left(cfg))
 
     def gan_action() -> dict:
         cfg = dataclasses.replace(
@@ -282,7 +310,7 @@ def _stage_actions(
             resume=True,
             mseg_checkpoint=str(dirs["mseg"] / MSEG_WEIGHTS) if config.gan.mask_source == "mseg" else None,
         )
-        return train_gan(cfg)
+        return train_gan(_with_budget_left(cfg))
 
     def evaluation_action() -> dict:
         # The training curves first, so the report can link to them.
@@ -361,6 +389,7 @@ def run_pipeline(
                 upstream_names=["the face inputs", *(f"the {stage} stage" for stage in STAGES)],
                 config_prefix=_stage_prefix(name),
                 resumes_with=_input_locations(config.faces) if name == "dataset" else "",
+                resumable=_partial_output(name, dirs[name]),
             )
         except BaseException as error:
             log(f"[{name}] {_how_it_ended(error)}", echo=False)

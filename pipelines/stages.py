@@ -152,12 +152,14 @@ def run_stage(
     upstream_names: Sequence[str] = (),
     config_prefix: str = "",
     resumes_with: str = "",
+    resumable: bool = True,
 ) -> StageOutcome:
     """Run `action` (which writes into `stage_dir`) unless its record says it completed with the same fingerprint.
 
     The record is written last (atomically), so a stage killed midway is never mistaken for a finished one; the
     action itself is expected to resume from whatever partial output it finds. `resumes_with`: what else partial
     output must have been made with to be resumed (the absolute paths a dataset build records of its inputs).
+    `resumable`: whether the stage's folder holds partial output to resume from (said in the log).
     """
     records_dir.mkdir(parents=True, exist_ok=True)
     record_path = records_dir / f"{name}{RECORD_SUFFIX}"
@@ -174,8 +176,10 @@ def run_stage(
         where = f": its earlier output is kept in {moved}" if moved else ""
         what = describe_change(record, config, upstream, upstream_names, config_prefix) if record else ""
         log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
-    elif pending == started_as:
+    elif pending == started_as and resumable:
         log(f"[{name}] resuming an interrupted run")
+    elif pending == started_as:
+        log(f"[{name}] starting again: the interrupted run saved nothing to resume from")
     _write_atomic(pending_file, started_as)
     log(f"[{name}] running")
     start = time.perf_counter()

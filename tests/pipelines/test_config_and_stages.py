@@ -341,7 +341,30 @@ def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_pat
     said = []
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
+    # the stubbed build saved nothing: it is not said to resume
+    assert said[0] == "[dataset] starting again: the interrupted run saved nothing to resume from", said
+    (run / "dataset" / ".m2u-build").mkdir(parents=True)  # what a stopped build leaves
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
     assert said[0] == "[dataset] resuming an interrupted run", said
+
+
+def test_a_resumed_training_stage_gets_the_time_its_budget_has_left(tmp_path):
+    """`max_seconds` of a pipeline stage is the stage's training time: stopped after 5 of 8 s, the rerun trains
+    for 3 (m2u-train's own budget is per process)."""
+    from m2u.pipelines.run import _with_budget_left
+    from m2u.training.checkpoint import save_training_state
+    from m2u.training.config import MSegTrainConfig
+
+    run = MSegTrainConfig(out=str(tmp_path / "mseg"), max_seconds=8.0)
+    assert _with_budget_left(run) == run  # nothing trained yet
+    save_training_state(tmp_path / "mseg" / "checkpoints" / "last.pt", {"seconds": 5.0})
+    assert _with_budget_left(run).max_seconds == pytest.approx(3.0)
+    save_training_state(tmp_path / "mseg" / "checkpoints" / "last.pt", {"seconds": 9.5})
+    assert _with_budget_left(run).max_seconds == 0.0
+    unbounded = MSegTrainConfig(out=str(tmp_path / "mseg"))
+    assert _with_budget_left(unbounded) == unbounded
 
 
 def test_a_face_replaced_by_another_of_the_same_size_reruns_the_stages(tmp_path, monkeypatch):
