@@ -79,6 +79,91 @@ PRECISION_SETTINGS = ("fp32", "bf16", "fp16")
 PAPER = {"photos": 12_000, "train_fraction": 0.7, "batch_size": 8, "epochs": 100, "iterations": 105_000}
 
 
+COMPILE_SKIPPED = "torch.compile is not run in the dry run (minutes on CPU): --with-compile"
+# Each path (a step, or one setting of a training step) ends as one of these; "ok" stays true for a skipped one
+# (it did not fail), and its "status" says it did not run.
+PASSED, SKIPPED, FAILED = "passed", "skipped", "failed"
+
+
+def _skipped(reason: str) -> dict[str, Any]:
+    return {"ok": True, "status": SKIPPED, "skipped": reason}
+
+
+def status_of(result: dict[str, Any]) -> str:
+    """passed, skipped or failed: a path with a `skipped` reason did not run, whatever its `ok`; a step made of
+    settings is skipped when every one of them was."""
+    if not result.get("ok"):
+        return FAILED
+    if result.get("skipped"):
+        return SKIPPED
+    settings = result.get("settings")
+    if settings and all(status_of(r) == SKIPPED for r in settings.values()):
+        return SKIPPED
+    return PASSED
+
+
+def path_statuses(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every path the check knows, as the table lists them ("train-gan/fp16", "ddp"): its status, and why it
+    was skipped or failed."""
+    paths: dict[str, dict[str, Any]] = {}
+    for name, result in results.items():
+        settings = result.get("settings")
+        entries = {f"{name}/{s}": r for s, r in settings.items()} if settings else {name: result}
+        if settings and not result.get("ok") and all(r.get("ok") for r in settings.values()):
+            entries[name] = result  # the step failed around its settings (a timeout after the last one)
+        for path, r in entries.items():
+            status = status_of(r)
+            entry: dict[str, Any] = {"status": status}
+            if status == SKIPPED:
+                entry["reason"] = r["skipped"]
+            elif status == FAILED:
+                entry["error"] = str(r.get("error", ""))[:300]
+            paths[path] = entry
+    return paths
+
+
+def mark_statuses(results: dict[str, Any]) -> None:
+    """Write each path's status into its result (the JSON carries it beside `ok`)."""
+    for result in results.values():
+        for setting in result.get("settings", {}).values():
+            setting["status"] = status_of(setting)
+        result["status"] = status_of(result)
+
+
+def status_line(result: dict[str, Any]) -> str:
+    """A step's outcome as the progress lines say it: "ok", "ok (2 of 6 settings skipped)", "skipped: why",
+    "FAILED"."""
+    status = status_of(result)
+    settings = result.get("settings", {})
+    if status == FAILED:
+        return "FAILED"
+    if status == SKIPPED:
+        reasons = sorted({r.get("skipped", "") for r in settings.values()} or {result.get("skipped", "")})
+        return f"skipped: {'; '.join(reasons)}"
+    skipped = sum(status_of(r) == SKIPPED for r in settings.values())
+    return f"ok ({skipped} of {len(settings)} settings skipped)" if skipped else "ok"
+
+
+def count_statuses(paths: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {
+        status: sum(e["status"] == status for e in paths.values()) for status in (PASSED, SKIPPED, FAILED)
+    }
+
+
+def verdict(paths: dict[str, dict[str, Any]], dry_run: bool) -> str:
+    """The last line: how many paths ran and passed, how many were skipped (never "every path passed" when
+    some did not run)."""
+    counts = count_statuses(paths)
+    failed = [path for path, e in paths.items() if e["status"] == FAILED]
+    where = " (dry run)" if dry_run else ""
+    passed = f"{counts[PASSED]} path{'s' if counts[PASSED] != 1 else ''} passed"
+    if failed:
+        return f"gpu_check: FAILED: {', '.join(failed)} ({passed}, {counts[SKIPPED]} skipped{where})"
+    if counts[SKIPPED]:
+        return f"gpu_check: {passed}, {counts[SKIPPED]} skipped{where}"
+    return f"gpu_check: every path passed ({counts[PASSED]} paths{where})"
+
+
 # --------------------------------------------------------------------------------------------- plan
 def make_plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Everything a child needs, as JSON: sizes, device, which settings."""
@@ -268,12 +353,9 @@ def train_setting(plan: dict[str, Any], task_name: str, setting: dict[str, Any])
     from m2u.training.rng import seed_everything
 
     if setting["precision"] == "fp16" and plan["device"] != "cuda":
-        return {"ok": True, "skipped": "fp16 autocast needs CUDA"}
+        return _skipped("fp16 autocast needs CUDA")
     if setting["compile"] and not plan["with_compile"]:
-        return {
-            "ok": True,
-            "skipped": "torch.compile is not run in the dry run (minutes on CPU): --with-compile",
-        }
+        return _skipped(COMPILE_SKIPPED)
     device = resolve_device(plan["device"])
     bind_device(device)
     _reset_peak(device)
@@ -699,24 +781,33 @@ def failures(results: dict[str, Any]) -> list[str]:
     return failed
 
 
+WORDS = {PASSED: "ok", SKIPPED: "skipped", FAILED: "FAILED"}  # the table's result column
+
+
+def _train_figures(result: dict[str, Any]) -> str:
+    """Speed, and peak memory where it was measured (CUDA; a CPU run has none)."""
+    figures = f"{result['images_per_second']} img/s, {result['step_seconds'] * 1000:.1f} ms/step"
+    peak = result.get("peak_memory_gib")
+    return figures if peak is None else f"{figures}, peak {peak} GiB"
+
+
 def table(results: dict[str, Any], summary: dict[str, Any]) -> str:
     lines = ["| path | result | figures |", "|---|---|---|"]
     for name, result in results.items():
-        status = "ok" if result.get("ok") else "FAILED"
+        status = WORDS[status_of(result)]
         for setting, r in result.get("settings", {}).items():
             figures = r.get("skipped") or (
-                f"{r['images_per_second']} img/s, {r['step_seconds'] * 1000:.1f} ms/step, peak "
-                f"{r.get('peak_memory_gib')} GiB"
-                if r.get("step_seconds")
-                else r.get("error", "")[:120]
+                _train_figures(r) if r.get("step_seconds") else r.get("error", "")[:120]
             )
-            lines.append(f"| {name} {setting} | {'ok' if r.get('ok') else 'FAILED'} | {figures} |")
+            lines.append(f"| {name} {setting} | {WORDS[status_of(r)]} | {figures} |")
         if "settings" in result:
             continue
         figures = result.get("error", "")[:160].replace("\n", " ")
         if name == "env":
             devices = ", ".join(f"{d['name']} {d['memory_gib']} GiB" for d in result.get("devices", []))
             figures = f"torch {result.get('torch')}, CUDA {result.get('cuda_runtime')}, {devices or 'no GPU'}"
+        elif name == "dataset" and result.get("ok"):
+            figures = ", ".join(f"{count} {split}" for split, count in result.get("counts", {}).items())
         elif name == "latency" and result.get("ok"):
             figures = ", ".join(
                 f"{k} {v['seconds_per_image'] * 1000:.1f} ms/img"
@@ -807,12 +898,17 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(results, plan)
     _loader_verdict(results, summary)
     failed = failures(results)
+    mark_statuses(results)
+    paths = path_statuses(results)
     report = {
         "plan": {k: v for k, v in plan.items() if k != "work"},
         "gpu_found": has_cuda,
         "results": results,
         "summary": summary,
         "failed": failed,
+        "paths": paths,  # every path: passed, skipped (with its reason) or failed
+        "counts": count_statuses(paths),
+        "skipped": [path for path, entry in paths.items() if entry["status"] == SKIPPED],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
@@ -820,11 +916,8 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(text)
     print(text)
     print(f"gpu_check: wrote {out} and {out.with_suffix('.md')}")
-    if failed:
-        print(f"gpu_check: FAILED: {', '.join(failed)}")
-        return 1
-    print("gpu_check: every path passed")
-    return 0
+    print(verdict(paths, args.dry_run))
+    return 1 if failed else 0
 
 
 def run_steps(
@@ -851,11 +944,10 @@ def run_steps(
         groups.insert(1 if groups and groups[0] == ["env"] else 0, ["dataset"])
     for group in groups:
         if group[0].startswith("compile-") and not plan["with_compile"]:
-            skipped = {
-                "ok": True,
-                "skipped": "torch.compile is not run in the dry run (minutes on CPU): --with-compile",
-            }
-            results.update({name: {"ok": True, "settings": {"compile": skipped}} for name in group})
+            settings = {setting_name(s): _skipped(COMPILE_SKIPPED) for s in plan["settings"]["compile"]}
+            results.update({name: {"ok": True, "settings": dict(settings)} for name in group})
+            for name in group:
+                print(f"gpu_check:   {name}: {status_line(results[name])}", flush=True)
             continue
         left = budget.left()
         limit = min(sum(LIMITS[name] for name in group) if not dry_run else left, left)
@@ -869,7 +961,7 @@ def run_steps(
         else:
             results.update(run_children(group, plan, plan_path, limit))
         for name in group:
-            print(f"gpu_check:   {name}: {'ok' if results[name].get('ok') else 'FAILED'}", flush=True)
+            print(f"gpu_check:   {name}: {status_line(results[name])}", flush=True)
     return results
 
 

@@ -285,27 +285,40 @@ def parameter_bytes(model: nn.Module) -> int:
     return sum(t.numel() * 4 for t in tensors if t.is_floating_point())
 
 
+def shape_differences(
+    expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]], other: str = "config"
+) -> str | None:
+    """How the tensors a file stores (`stored`, name -> shape) differ from those a model has (`expected`), as
+    one phrase naming the counts and the first one or two of each kind ("2 tensors of another shape (e.g. a:
+    file (8, 3), config (4, 3); b: ...)"); `other` names the model's side. None when they fit."""
+    missing = [k for k in expected if k not in stored]  # in the model's order: its first layers first
+    unexpected = [k for k in stored if k not in expected]
+    wrong = [k for k in expected if k in stored and expected[k] != stored[k]]
+    if not (missing or unexpected or wrong):
+        return None
+    detail = []
+    if wrong:
+        shown = "; ".join(f"{k}: file {stored[k]}, {other} {expected[k]}" for k in wrong[:2])
+        detail.append(f"{len(wrong)} tensors of another shape (e.g. {shown})")
+    if missing:
+        detail.append(f"{len(missing)} missing (e.g. {', '.join(missing[:2])})")
+    if unexpected:
+        detail.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})")
+    return ", ".join(detail)
+
+
+def tensor_shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """name -> shape of a state dict (meta tensors included)."""
+    return {name: tuple(t.shape) for name, t in tensors.items()}
+
+
 def _check_shapes(path: Path, class_name: str, model: nn.Module, handle: Any) -> None:
     """One sentence when the file's tensors do not fit the model its config describes."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
-    if missing or unexpected or wrong:
-        detail = []
-        if wrong:
-            k = wrong[0]
-            detail.append(
-                f"{len(wrong)} tensors of another shape (e.g. {k}: file {stored[k]}, config {expected[k]})"
-            )
-        if missing:
-            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    detail = shape_differences(tensor_shapes(model.state_dict()), stored)
+    if detail:
         raise CheckpointError(
-            f"{path}: the {class_name} config in its metadata does not match its weights: "
-            + ", ".join(detail)
+            f"{path}: the {class_name} config in its metadata does not match its weights: {detail}"
         )
 
 

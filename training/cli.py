@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     device_option,
+    flag_of,
     out_option,
     progress_options,
     seed_option,
@@ -217,16 +219,30 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
         # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
         click.echo(f"--resume: no run in {options['out']} yet (no config.json); starting one", err=True)
     saved = f"the run's saved config {Path(options['out']) / 'config.json'}" if base else None
-    config = binding.build(options, base=base or None, base_source=saved)
+    # The saved recipe is left out of the build: what `recipe` holds after it is the one this command gives
+    # (a config file's or --set's; no option sets it), "" when it gives none.
+    started = str(base.get("recipe") or "") if base else ""
+    config = binding.build(options, base={**base, "recipe": ""} if base else None, base_source=saved)
     if base:
         _refuse_architecture_changes(binding, config)
     if options.get("print_config"):
-        binding.print_config(ctx.command, config, {})
+        binding.print_config(ctx.command, _with(config, config.recipe or started), {})
         return None
-    recipe = _recipe()
-    if base and base.get("recipe") and options.get("resume"):
-        recipe = f"{base['recipe']} (resumed: {recipe})"
-    return _checked(dataclasses.replace(config, recipe=recipe))
+    return _checked(_with(config, _recorded_recipe(config.recipe, started)))
+
+
+def _with(config: RunConfig, recipe: str) -> RunConfig:
+    return dataclasses.replace(config, recipe=recipe)
+
+
+def _recorded_recipe(given: str, started: str) -> str:
+    """The recipe the run records (config.json, each model file's provenance): the one given (a config file's
+    or --set's `recipe`), else this command line, quoted so that it runs again. A resumed run keeps the recipe
+    that started it and says how it went on: "STARTED (resumed: THIS)"."""
+    recipe = given or _recipe()
+    if started and started != recipe:
+        return f"{started} (resumed: {recipe})"
+    return recipe
 
 
 def _refuse_architecture_changes(binding: ConfigBinding, config: RunConfig) -> None:
@@ -246,11 +262,24 @@ def _refuse_architecture_changes(binding: ConfigBinding, config: RunConfig) -> N
 
 
 def _recipe() -> str:
-    """The command line that trained the model: model files record it as provenance."""
-    return " ".join(["m2u-train", *sys.argv[1:]])
+    """The command line that trained the model, shell-quoted (an argument with a space stays one argument), so
+    that it can be run again: model files record it as provenance when no recipe is given."""
+    return shlex.join(["m2u-train", *sys.argv[1:]])
 
 
-def _run(train: Callable[[Any], dict], config: Any) -> None:
+def _message(error: BaseException, binding: ConfigBinding) -> str:
+    """cli_message, with the nested settings this command has an option for said as that option
+    (`generator.width_multiplier`: --width-multiplier); other nested settings stay the `--set` keys they are."""
+    text = cli_message(error)
+    for name, path in binding.paths.items():
+        path = path.lstrip("!")
+        flag = flag_of(name) if "." in path else None
+        if flag:
+            text = text.replace(f"`{path}`", flag)
+    return text
+
+
+def _run(train: Callable[[Any], dict], config: Any, binding: ConfigBinding) -> None:
     from m2u.training.checkpoint import CheckpointError
     from m2u.training.distributed import is_main_process
     from m2u.training.guards import NonFiniteLossError
@@ -259,9 +288,9 @@ def _run(train: Callable[[Any], dict], config: Any) -> None:
     try:
         results = train(config)
     except NonFiniteLossError as error:  # the run started and failed
-        raise click.ClickException(cli_message(error)) from None
+        raise click.ClickException(_message(error, binding)) from None
     except (VGGWeightsUnavailable, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
-        raise Refused(cli_message(error)) from None
+        raise Refused(_message(error, binding)) from None
     if is_main_process():  # under torchrun every rank returns the results: one copy is printed
         click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 
@@ -310,7 +339,7 @@ def mseg_command(**options: Any) -> None:
 
     config = _resolve(MSEG_BINDING, options)
     if config is not None:
-        _run(train_mseg, config)
+        _run(train_mseg, config, MSEG_BINDING)
 
 
 @train_main.command("gan")
@@ -395,7 +424,7 @@ def gan_command(**options: Any) -> None:
 
     config = _resolve(GAN_BINDING, options)
     if config is not None:
-        _run(train_gan, config)
+        _run(train_gan, config, GAN_BINDING)
 
 
 # SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).

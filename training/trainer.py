@@ -9,10 +9,14 @@ grids and metrics in `runlog`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
-from m2u.training.checkpoint import CheckpointError, load_model
+from torch import nn
+
+from m2u.training.checkpoint import CheckpointError, load_model, shape_differences, tensor_shapes
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
 from m2u.training.data import AugmentedSource, DataSource, ShardDataSource
 from m2u.training.device import resolve_device
@@ -73,15 +77,79 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
 
 
 def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
-    """Fine-tuning: each named network starts from a model file's weights (save_model / a shipped package)."""
+    """Fine-tuning: each named network starts from a model file's weights (save_model / a shipped package).
+    A file that does not fit its network is one sentence: how many tensors differ (the first one or two), the
+    settings the file was trained with that this run sets otherwise (model files record their config), and what
+    to do; not torch's list of every parameter."""
     for name, path in files.items():
         if name not in task.networks:
             raise ValueError(f"init_weights names {name!r}; this run trains {', '.join(task.networks)}")
         model, _ = load_model(path, map_location="cpu")
+        network = task.networks[name]
+        misfit = initial_weights_misfit(task.config, name, network, model)
+        if misfit:
+            raise CheckpointError(f"{path} does not fit the {name} network of this run: {misfit}")
         try:
-            task.networks[name].load_state_dict(model.state_dict())
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} does not fit the {name} network of this run: {exc}") from None
+            network.load_state_dict(model.state_dict())
+        except RuntimeError as exc:  # shapes and names fit: torch's first line, not its paragraphs
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CheckpointError(f"{path} does not fit the {name} network of this run: {first}") from None
+
+
+def initial_weights_misfit(config: RunConfig, name: str, network: nn.Module, model: nn.Module) -> str | None:
+    """Why the weights of `model` (a model file, loaded) cannot start the network `name` of the run `config`;
+    None when they fit."""
+    ours, theirs = type(network).__name__, type(model).__name__
+    if ours != theirs:
+        return f"it holds {_a(theirs)} model, not {_a(ours)}; name {_a(ours)} model file in `init_weights.{name}`"
+    detail = shape_differences(
+        tensor_shapes(network.state_dict()), tensor_shapes(model.state_dict()), "this run"
+    )
+    if detail is None:
+        return None
+    setting = _config_field(config, network)
+    differences = _config_differences(getattr(model, "config", None), getattr(network, "config", None))
+    if not differences or setting is None:
+        return f"{detail}; the file holds another architecture than this run's"
+    if len(differences) == 1:
+        key, filed, used = differences[0]
+        trained = f"`{setting}.{key}` {_shown(filed)}, this run uses {_shown(used)}: use the file's value"
+    else:
+        pairs = [
+            f"`{setting}.{key}` {_shown(filed)} (this run: {_shown(used)})"
+            for key, filed, used in differences
+        ]
+        trained = f"{', '.join(pairs[:-1])} and {pairs[-1]}: use the file's values"
+    return f"{detail}; the file was trained with {trained} to fine-tune from it, or leave out `init_weights.{name}`"
+
+
+def _a(class_name: str) -> str:
+    """The class name with its article, as said aloud ("an MSeg", "a CARU2Net")."""
+    return f"{'an' if class_name[0] in 'AEFHILMNORSX' else 'a'} {class_name}"
+
+
+def _config_field(config: RunConfig, network: nn.Module) -> str | None:
+    """The run config's field that holds the network's architecture (`generator`; `model` for M-Seg)."""
+    own = getattr(network, "config", None)
+    if own is None:
+        return None
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    same = [key for key, value in values.items() if value is own]
+    alike = [key for key, value in values.items() if type(value) is type(own)]
+    return next(iter(same or alike), None)
+
+
+def _config_differences(filed: Any, used: Any) -> list[tuple[str, Any, Any]]:
+    """(field, the file's value, this run's value) for each architecture field the two configs set otherwise."""
+    if not hasattr(filed, "to_dict") or not hasattr(used, "to_dict"):
+        return []
+    theirs = json.loads(json.dumps(filed.to_dict()))  # tuples and lists compare alike
+    ours = json.loads(json.dumps(used.to_dict()))
+    return [(key, theirs.get(key), ours[key]) for key in ours if theirs.get(key) != ours[key]]
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(str(v) for v in value).join("()") if isinstance(value, list) else str(value)
 
 
 def train_mseg(config: MSegTrainConfig, data: DataSource | None = None) -> dict[str, Any]:
