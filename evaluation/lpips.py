@@ -198,8 +198,11 @@ def load_lpips(config: LPIPSConfig | None = None) -> LPIPS:
         head_sd = hub_state_dict(LPIPS_HEAD_URLS[config.net], config.allow_download)
     heads = {k: v for k, v in head_sd.items() if k.startswith("lin")}
     state = {**{f"trunk.{k}": v for k, v in features.items()}, **heads}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise MetricUnavailable(f"LPIPS weights do not fit the {config.net} network: {exc}") from exc
+    from m2u.training.checkpoint import shape_differences, tensor_shapes
+
+    # torch's own refusal lists every tensor (kilobytes on one line): one phrase naming the first few instead.
+    misfit = shape_differences(tensor_shapes(model.state_dict()), tensor_shapes(state), other="network")
+    if misfit:
+        raise MetricUnavailable(f"LPIPS weights do not fit the {config.net} network: {misfit}")
+    model.load_state_dict(state, strict=True)
     return model.eval()

@@ -157,7 +157,16 @@ def _load(file: Path, what: str) -> MaskPresenceNet | MaskPresenceEnsemble:
     # weights are; a candidate file elsewhere has no record to be checked against.
     if file in _SHIPPED or (file.parent / CHECKSUMS_FILE).is_file():
         verify_checksums(file.parent, (file.name,))
-    return classifier_from_weights(load_file(str(file))).eval()
+    weights = load_file(str(file))
+    try:
+        return classifier_from_weights(weights).eval()
+    except (
+        RuntimeError,
+        KeyError,
+        ValueError,
+    ) as error:  # torch's refusal lists every tensor: its first line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{file} is not a {what} m2u can load: {first}") from None
 
 
 @functools.cache

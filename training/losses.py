@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2u.training.checkpoint import shape_differences, tensor_shapes
 from m2u.training.imagespace import from_model_range
 from m2u.training.ssim import ssim
 
@@ -164,7 +165,13 @@ class VGGPerceptualLoss(nn.Module):
                 raise VGGWeightsUnavailable(
                     f"VGG19 weights {weights} lack {missing[:4]}: not a torchvision vgg19"
                 )
-            self.features.load_state_dict({key: wanted[key] for key in own})
+            chosen = {key: wanted[key] for key in own}
+            misfit = shape_differences(tensor_shapes(own), tensor_shapes(chosen), other="VGG19")
+            if misfit:  # torch's own refusal would list every tensor
+                raise VGGWeightsUnavailable(
+                    f"VGG19 weights {weights} are not a torchvision vgg19's: {misfit}"
+                )
+            self.features.load_state_dict(chosen)
         self.features.requires_grad_(False)
         self.features.eval()
         self.mean: torch.Tensor

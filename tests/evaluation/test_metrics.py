@@ -288,3 +288,19 @@ def test_fid_inception_is_loaded_through_torchmetrics_with_the_path_option(monke
         "dtype": torch.uint8,
     }
     assert torch.allclose(feats, torch.full((2, 3), 128.0))  # 0.5 -> 128 on the uint8 scale
+
+
+def test_lpips_weights_of_another_shape_are_one_short_sentence(tmp_path):
+    """torch's refusal listed every tensor; the message names the count and the first ones."""
+    trunk = build_lpips_trunk("alex")
+    wrong = tmp_path / "wide.pth"
+    torch.save({k: torch.zeros(*(2 * d for d in v.shape)) for k, v in trunk.state_dict().items()}, wrong)
+    heads = tmp_path / "heads.pth"
+    torch.save(
+        {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(trunk.channels)}, heads
+    )
+    with pytest.raises(
+        MetricUnavailable, match=r"do not fit the alex network: \d+ tensors of another shape"
+    ) as info:
+        load_lpips(LPIPSConfig(net="alex", trunk_weights=str(wrong), head_weights=str(heads)))
+    assert len(str(info.value)) < 600 and "\n" not in str(info.value)

@@ -1574,6 +1574,12 @@ def test_an_ensemble_classifier_file_loads_and_answers_its_members_mean(tmp_path
     save_file(gap, str(tmp_path / "gap.safetensors"))
     with pytest.raises(ValueError, match=r"numbered \[0, 2\]"):
         load_mask_classifier(str(tmp_path / "gap.safetensors"))
+    narrow = {k: v.contiguous() for k, v in MaskPresenceNet(8).state_dict().items()}
+    narrow["head.weight" if "head.weight" in narrow else next(iter(narrow))] = torch.zeros(3, 3)
+    save_file(narrow, str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ValueError, match=r"narrow.safetensors is not a mask classifier m2u can load") as info:
+        load_mask_classifier(str(tmp_path / "narrow.safetensors"))
+    assert "\n" not in str(info.value)  # torch's first line, not its list of every tensor
 
 
 def test_the_rules_reasons_never_round_a_figure_onto_its_threshold():

@@ -209,3 +209,17 @@ def test_vgg_weights_that_are_no_weights_file_are_one_clear_refusal(tmp_path, co
     with pytest.raises(VGGWeightsUnavailable, match="cannot be read .*not a torchvision vgg19") as refused:
         VGGPerceptualLoss(str(path))
     assert "weights_only" not in str(refused.value)
+
+
+def test_vgg_weights_of_another_shape_are_one_short_sentence(tmp_path):
+    """A file with every key of a vgg19 but other shapes: named in one phrase, not torch's list of every tensor."""
+    from m2u.training.losses import VGGPerceptualLoss, VGGWeightsUnavailable
+
+    own = build_vgg19_features(max(VGG19_LAYER_INDICES.values()) + 1).state_dict()
+    wrong = tmp_path / "vgg.pth"
+    torch.save({f"features.{k}": torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in own.items()}, wrong)
+    with pytest.raises(
+        VGGWeightsUnavailable, match=r"not a torchvision vgg19's: \d+ tensors of another shape"
+    ) as info:
+        VGGPerceptualLoss(str(wrong))
+    assert len(str(info.value)) < 600
