@@ -60,7 +60,7 @@ def test_progress_bar_counts_to_the_planned_total(tmp_path, capsys):
 @pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
 def test_only_rank_zero_prints_the_results(monkeypatch, capsys, rank, printed):
     monkeypatch.setenv("RANK", rank)
-    training_cli._run(lambda config: {"task": "mseg", "steps": 3}, None)
+    training_cli._run(lambda config: {"task": "mseg", "steps": 3}, None, training_cli.MSEG_BINDING)
     out = capsys.readouterr().out
     assert (json.loads(out)["steps"] == 3) if printed else out == ""
 
