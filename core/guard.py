@@ -141,14 +141,17 @@ def stop_name(stop: KeyboardInterrupt) -> str:
 class DeferredStops:
     """The stop `defer_stops` recorded (`requested`), for a loop to act on at a point of its choosing."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.requested: KeyboardInterrupt | None = None
+        self.quiet = quiet
 
     def _record(self, stop: KeyboardInterrupt, notice: str) -> None:
         if self.requested is not None:
             raise stop  # a second one: the user insists, stop at once
         self.requested = stop
         _SIGNALLED.append(stop)
+        if self.quiet:
+            return
         # os.write, not print: the handler may run in the middle of another write to stderr (a progress bar). On a
         # terminal a progress bar's line has no end yet: the notice starts a line of its own.
         line = f"{stop_name(stop)}: {notice} ({stop_name(stop)} again stops at once)\n"
@@ -157,16 +160,18 @@ class DeferredStops:
 
 
 @contextlib.contextmanager
-def defer_stops(notice: str) -> Iterator[DeferredStops]:
+def defer_stops(notice: str, *, quiet: bool = False) -> Iterator[DeferredStops]:
     """While active, Ctrl-C and SIGTERM are recorded instead of raised, `notice` saying what happens next
     ("stopping after this step"), for a loop to stop where its state is whole (a training loop between two steps,
     so its checkpoint holds every network after the same step, not one interrupted inside an optimizer step). A
     second one raises at once. In another thread than the main one (no signal handlers there) nothing is deferred.
+    `quiet`: the stop is recorded without the notice (a DDP rank other than 0: the terminal signals every rank,
+    and rank 0's notice speaks for the run).
 
     Once SIGTERM is recorded, the SIGCHLD handler is set aside: a SIGTERM sent to the process group (`timeout`, a
     batch scheduler) kills the worker processes too, and torch's DataLoader raises "worker killed" from its SIGCHLD
     handler wherever the main thread is, inside the step the stop waits for."""
-    stops = DeferredStops()
+    stops = DeferredStops(quiet)
     if threading.current_thread() is not threading.main_thread():
         yield stops
         return
@@ -193,12 +198,18 @@ def defer_stops(notice: str) -> Iterator[DeferredStops]:
             signal.signal(signum, handler)
 
 
+def _another_rank() -> bool:
+    """A process torchrun started as a rank other than 0 (it sets RANK): its stop line would repeat rank 0's."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def _stopped(stop: KeyboardInterrupt) -> None:
     done = f"{stop}; " if str(stop) else ""  # what the stopped work did about it (a checkpoint written)
-    click.echo(
-        f"stopped by {stop_name(stop)}: {done}finished outputs were kept, nothing half-written was left",
-        err=True,
-    )
+    if not _another_rank():
+        click.echo(
+            f"stopped by {stop_name(stop)}: {done}finished outputs were kept, nothing half-written was left",
+            err=True,
+        )
     # The run has unwound (temporary files removed, locks released, workers told to stop): leave now, without the
     # interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe of a pool the stop
     # already tore down and print a traceback (seen in CI: EBADF in _python_exit).

@@ -30,9 +30,12 @@ from m2u.training.rng import restore_rng_state
 from m2u.training.run_state import (
     LoopPosition,
     check_resume_crop_size,
+    check_resume_layout,
     checkpoint_step,
     last_checkpoint_path,
     read_checkpoint,
+    read_running_means,
+    read_steps_by_world_size,
     write_checkpoint,
 )
 from m2u.training.runlog import GRID_DIR, LOG_NAME, METRICS_NAME, TENSORBOARD_DIR, RunLog, open_progress
@@ -42,6 +45,20 @@ from m2u.training.task import Task
 # a new run's folder is removed: the run's last line says which).
 RUN_LOCK_TOOL = "m2u-train"  # RUN/.m2u-train.lock (m2u.core.inputs.output_lock)
 STOP_NOTICE = "stopping once the training step under way is done, with its checkpoint"
+
+
+def precision_note(setting: str, resolved: str, device: torch.device) -> str | None:
+    """The start-up line saying what `precision` auto chose, and why (m2u.training.device.resolve_precision
+    decides); None for a precision that was named."""
+    if setting != "auto":
+        return None
+    if device.type == "cuda":
+        why = "this GPU supports bf16" if resolved == "bf16" else "this GPU has no bf16"
+    elif resolved == "bf16":
+        why = "this CPU has native bf16"
+    else:
+        why = "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would be far slower there"
+    return f"m2u-train: precision auto -> {resolved} ({why})"
 
 
 def planned_steps(config: RunConfig, data: DataSource) -> int | None:
@@ -74,6 +91,15 @@ class Trainer:
         self._lock = contextlib.ExitStack()  # the run folder's lock while the run writes it (main process)
         self._locked = False
         self._lock_file_made = False  # this run created the lock file (removed again if it is refused)
+        # A change of world size or batch size at an epoch's start, harmless (check_resume_layout), said on resume.
+        self._resume_note: str | None = None
+        # The steps each DDP world size trained before this process (from the checkpoint) and the step it began at.
+        self._steps_by_world_before: dict[str, int] = {}
+        self._first_step = 0
+        # The last validation (step, values) this process ran, and the steps whose val / test record the log holds
+        # already (a resumed finished run): the final evaluation at that step is logged once.
+        self._last_val: tuple[int, dict[str, float]] | None = None
+        self._logged: dict[str, int] = {}
 
     # The position's fields, as the loop and its tests read them.
     @property
@@ -92,14 +118,51 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
             write_checkpoint(
-                self.checkpoint_path, self.task, self.position, self.config, self.training_seconds()
+                self.checkpoint_path,
+                self.task,
+                self.position,
+                self.config,
+                self.training_seconds(),
+                self._loop_state(),
             )
         self._checkpointed_step = self.step
 
+    def _loop_state(self) -> dict[str, Any]:
+        """What the checkpoint keeps of the loop beside its position: the loss sums since the last log line (a
+        stop between two log lines loses none of their steps), the DDP world size it trained with (a resume
+        mid-epoch on another is refused: check_resume_layout) and the steps of each world size."""
+        running = self._running
+        return {
+            "running_means": {
+                "count": running.count,
+                "sums": {name: value.detach().cpu().clone() for name, value in running.sums.items()},
+            },
+            "world_size": self.dist.world_size,
+            "steps_by_world_size": self.steps_by_world_size(),
+        }
+
+    def steps_by_world_size(self) -> dict[str, int]:
+        """The steps the run trained at each DDP world size, over every process that trained it ({"2": 800,
+        "1": 200}; "unknown" for those of a checkpoint written before this was recorded)."""
+        counts = dict(self._steps_by_world_before)
+        trained = self.step - self._first_step
+        if trained > 0:
+            key = str(self.dist.world_size)
+            counts[key] = counts.get(key, 0) + trained
+        return counts
+
     def load_checkpoint(self) -> None:
         state, self._resume_state = self._resume_state, None
+        if state is None:
+            state = load_training_state(self.checkpoint_path)
         self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task, state)
         self._checkpointed_step = self.step
+        sums, count = read_running_means(self.checkpoint_path, state)
+        device = getattr(self.task, "device", torch.device("cpu"))
+        self._running.sums = {name: value.to(device) for name, value in sums.items()}
+        self._running.count = count
+        self._steps_by_world_before = read_steps_by_world_size(state)
+        self._first_step = self.step
 
     def _save_grid(self) -> None:
         if not self.dist.is_main or self._grid_batch is None:
@@ -169,6 +232,7 @@ class Trainer:
             # leaves the run as it was (a later plain --resume must not read the refused dataset back).
             self._resume_state = load_training_state(self.checkpoint_path)
             check_resume_crop_size(self._resume_state, self.data, self.config)
+            self._resume_note = check_resume_layout(self._resume_state, self.config, self.dist.world_size)
         if self.dist.is_main:
             # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by
             # default), every step before it lost.
@@ -230,14 +294,17 @@ class Trainer:
 
     def _run_in_folder(self) -> dict[str, Any]:
         self._clean_and_resume()
-        self.runlog.open_tensorboard()
+        # A resumed run's TensorBoard points from the step after its checkpoint replace the earlier processes'.
+        self.runlog.open_tensorboard(self.step + 1 if self._checkpointed_step is not None else None)
+        self._say_precision()
         started = self._started = time.monotonic()
         progress = self._open_progress()
         self.task.set_train(True)
         fresh = self.step == 0
         try:
             # Ctrl-C or SIGTERM stops the run between two steps, with a checkpoint of that step (_stop_here).
-            with defer_stops(STOP_NOTICE) as self._stops:
+            # Rank 0's notice speaks for every rank (the terminal signals them all).
+            with defer_stops(STOP_NOTICE, quiet=not self.dist.is_main) as self._stops:
                 stop_reason = self._train_epochs(started, progress)
                 self._stop_here_if_asked()  # a stop during the last step: its checkpoint, not the final evaluation
             self.task.check_finite_state(self.step)  # the steps since the last log line
@@ -275,7 +342,20 @@ class Trainer:
                     self.runlog.log({"event": "removed_stale_temp_file", "path": str(stale)})
         if self.config.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
-            self.runlog.log({"event": "resume", "step": self.step, "epoch": self.epoch})
+            # What a process killed after this checkpoint logged (SIGKILL, a crash) is trained and logged again.
+            for record in self.runlog.keep_records_through(self.step):
+                split, step = record.get("split"), record.get("step")
+                if split in ("val", "test") and isinstance(step, int):
+                    self._logged[split] = max(step, self._logged.get(split, -1))
+            self.runlog.log(
+                {
+                    "event": "resume",
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "precision": self._precision(),
+                    "world_size": self.dist.world_size,
+                }
+            )
             if self.dist.is_main:
                 limit = planned_steps(self.config, self.data)  # max_steps, or the epochs' steps
                 left = (
@@ -287,6 +367,21 @@ class Trainer:
                     f"m2u-train: resuming {self.out} at step {self.step} (epoch {self.epoch}){left}",
                     file=sys.stderr,
                 )
+                if self._resume_note:
+                    print(f"m2u-train: {self._resume_note}", file=sys.stderr)
+
+    def _precision(self) -> str:
+        """The precision this process trains in (`precision` auto resolved by the task)."""
+        return str(getattr(self.task, "precision", self.config.precision))
+
+    def _say_precision(self) -> None:
+        """What `precision` auto chose, once, on rank 0, unless the run is quiet (no progress bar)."""
+        if not (self.dist.is_main and self.config.progress):
+            return
+        device = getattr(self.task, "device", torch.device("cpu"))
+        note = precision_note(self.config.precision, self._precision(), device)
+        if note:
+            print(note, file=sys.stderr, flush=True)
 
     def _open_progress(self) -> Any:
         if not (self.config.progress and self.dist.is_main):
@@ -381,6 +476,8 @@ class Trainer:
             said = f"the checkpoint of step {step} in {self.checkpoint_path} is up to date"
         if step > 0:  # a run stopped before its first step is forgotten (see run): nothing to record
             self.runlog.log({"event": "stopped", "by": stop_name(stop), "step": step})
+        if not self.dist.is_main:
+            said = ""  # rank 0 wrote the checkpoint and says so: another rank claims none
         raise type(stop)(said) from cause
 
     def _train_one(self, batch: dict, progress: Any) -> None:
@@ -423,17 +520,30 @@ class Trainer:
             "stop_reason": stop_reason,
             "seconds": round(self.training_seconds(), 3),  # over every piece of a resumed run
             "seconds_this_process": round(time.monotonic() - started, 3),
-            "world_size": self.dist.world_size,  # processes that trained (DDP ranks)
+            "world_size": self.dist.world_size,  # processes that trained in this process's piece (DDP ranks)
+            # Over the whole run: a run resumed on another number of ranks trained its steps on several.
+            "steps_by_world_size": self.steps_by_world_size(),
+            "precision": self._precision(),  # what `precision` (auto: the hardware) gave
         }
-        results["val"] = self.evaluate("val", self.config.val_batches)
-        self.runlog.log({"split": "val", "step": self.step, **results["val"]})
+        if self._last_val is not None and self._last_val[0] == self.step:
+            results["val"] = self._last_val[1]  # validated at this very step (val_every divides it): once
+        else:
+            results["val"] = self.evaluate("val", self.config.val_batches)
+            self._log_once("val", results["val"])
         if self.config.evaluate_test:
             results["test"] = self.evaluate("test", None)
-            self.runlog.log({"split": "test", "step": self.step, **results["test"]})
+            self._log_once("test", results["test"])
         self._save_grid()
         self.runlog.write_metrics(results)
         self.runlog.close()
         return results
+
+    def _log_once(self, split: str, values: dict[str, float]) -> None:
+        """The final `split` record, unless the log holds one of this step already (a finished run resumed: its
+        models are written again, its results are not logged twice)."""
+        if self._logged.get(split) != self.step:
+            self.runlog.log({"split": split, "step": self.step, **values})
+            self._logged[split] = self.step
 
     def _first_batch(self, split: str) -> dict | None:
         return next(iter(self.data.batches(split, 0)), None)
@@ -454,7 +564,10 @@ class Trainer:
             if progress is not None:
                 progress.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if "loss" in k})
         if due_val:
-            self.runlog.log({"split": "val", "step": step, **self.evaluate("val", config.val_batches)})
+            values = self.evaluate("val", config.val_batches)
+            self._last_val = (step, values)
+            self.runlog.log({"split": "val", "step": step, **values})
+            self._logged["val"] = step
         if due_grid:
             self._save_grid()
         if due_checkpoint:

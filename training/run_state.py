@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from m2u.training.checkpoint import CheckpointError, load_training_state, save_training_state
 from m2u.training.config import RunConfig, architecture_conflicts, read_run_config
 from m2u.training.rng import capture_rng_state
@@ -36,10 +38,18 @@ class LoopPosition:
 
 
 def write_checkpoint(
-    path: Path, task: Task, position: LoopPosition, config: RunConfig, seconds: float = 0.0
+    path: Path,
+    task: Task,
+    position: LoopPosition,
+    config: RunConfig,
+    seconds: float = 0.0,
+    loop_state: dict[str, Any] | None = None,
 ) -> None:
     """The training state to `path`, then the task's model files into the run folder (path's grandparent).
-    `seconds`: the run's training time so far, over every process that trained it."""
+    `seconds`: the run's training time so far, over every process that trained it. `loop_state`: the loop's own
+    parts beside the position ("running_means": the running loss sums since the last log line; "world_size":
+    the DDP world size the position was reached with, beside `batch_size`; "steps_by_world_size"). Checkpoints
+    written before these parts were recorded lack them (see `read_running_means`, `check_resume_layout`)."""
     state = {
         "format": STATE_FORMAT,
         "task": task.name,
@@ -49,6 +59,8 @@ def write_checkpoint(
         "seconds": float(seconds),
         "rng": capture_rng_state(),
         "config": config.to_json(),
+        "batch_size": config.batch_size,
+        **(loop_state or {}),
         **task.state_dict(),
     }
     save_training_state(path, state)
@@ -92,6 +104,68 @@ def read_checkpoint(
     # Checkpoints written before the time was recorded count as 0 s.
     seconds = float(state.get("seconds", 0.0))
     return LoopPosition(state["step"], state["epoch"], state["batch_in_epoch"], seconds), state["rng"]
+
+
+def read_running_means(path: Path, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], int]:
+    """The loss sums and the step count since the last log line a checkpoint records (the loop's RunningMeans,
+    so a resumed run's next train record averages the same steps as a straight run's); none in a checkpoint
+    written before they were recorded."""
+    running = state.get("running_means")
+    if running is None:
+        return {}, 0
+    count = running.get("count") if isinstance(running, dict) else None
+    sums = running.get("sums") if isinstance(running, dict) else None
+    if (
+        not isinstance(count, int)
+        or isinstance(count, bool)
+        or count < 0
+        or not isinstance(sums, dict)
+        or not all(isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in sums.items())
+    ):
+        raise CheckpointError(f"{path} is damaged: its running_means are not loss sums and a step count")
+    return dict(sums), count
+
+
+def read_steps_by_world_size(state: dict[str, Any]) -> dict[str, int]:
+    """The steps a checkpoint's run trained at each DDP world size ({"2": 800, "1": 200}); a checkpoint written
+    before they were recorded gives its steps as "unknown"."""
+    counts = state.get("steps_by_world_size")
+    if isinstance(counts, dict) and all(
+        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
+        for key, value in counts.items()
+    ):
+        return dict(counts)
+    step = state.get("step")
+    return {"unknown": step} if isinstance(step, int) and step > 0 else {}
+
+
+def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str | None:
+    """A run resumed mid-epoch (`batch_in_epoch` > 0) with another DDP world size or batch size than its
+    checkpoint's is refused in one sentence: the skip to its place in the epoch counts batches of the earlier
+    layout, so it would land on other samples (some seen twice, others never). At an epoch's start the change is
+    harmless: the sentence saying so is returned (None when nothing changed). Checkpoints written before these
+    were recorded resume as before."""
+    if not isinstance(state, dict):
+        return None
+    changes = []
+    saved_world, saved_batch = state.get("world_size"), state.get("batch_size")
+    if isinstance(saved_world, int) and saved_world != world_size:
+        changes.append(f"DDP world size {saved_world} -> {world_size}")
+    if isinstance(saved_batch, int) and saved_batch != config.batch_size:
+        changes.append(f"`batch_size` {saved_batch} -> {config.batch_size}")
+    if not changes:
+        return None
+    epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
+    if batch == 0:
+        return f"resuming at the start of epoch {epoch} with {' and '.join(changes)}"
+    was = f"DDP world size {saved_world if isinstance(saved_world, int) else world_size}"
+    was += f" and `batch_size` {saved_batch if isinstance(saved_batch, int) else config.batch_size}"
+    raise CheckpointError(
+        f"resume: the run in {config.out} stopped in the middle of epoch {epoch} (after {batch} of its batches) with "
+        f"{was}, but this run has DDP world size {world_size} and `batch_size` {config.batch_size}: skipping "
+        "to its place in the epoch would land on other samples; resume it with the same world size and "
+        "`batch_size`, or start a new run from its model files (`init_weights`)"
+    )
 
 
 def checkpoint_step(path: Path) -> int | None:

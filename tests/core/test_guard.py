@@ -81,6 +81,17 @@ def test_a_stop_is_one_line_even_when_a_library_fails_on_its_way_out(how, code, 
     )
 
 
+def test_a_ddp_rank_other_than_zero_ends_a_stop_without_the_line():
+    """Under torchrun every rank gets the terminal's Ctrl-C: only rank 0 says it (RANK is torchrun's)."""
+    import os
+
+    env = {**os.environ, "RANK": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "ctrl-c"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (done.returncode, done.stderr) == (130, "")
+
+
 def test_a_failing_destructor_is_still_reported_when_no_stop_arrived():
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, "destructor-unstopped"], capture_output=True, text=True, timeout=60

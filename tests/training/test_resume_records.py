@@ -1,0 +1,305 @@
+"""What a resumed (or stopped) run records: each step once in RUN/log.jsonl and TensorBoard after a kill, the
+loss sums between two log lines kept across a stop, the DDP world size and batch size checked on resume, the
+precision `auto` chose, the final validation logged once, and the stop said by rank 0 only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2u.training.checkpoint import CheckpointError, load_training_state, save_training_state
+from m2u.training.config import MSegTrainConfig
+from m2u.training.data import TensorDataSource
+from m2u.training.distributed import DistributedContext
+from m2u.training.loop import Trainer
+from m2u.training.models import MSegConfig
+from m2u.training.mseg_task import MSegTask
+from m2u.training.rng import seed_everything
+from m2u.training.trainer import train_mseg
+
+TINY = {
+    "model": MSegConfig(base_channels=4, levels=3),
+    "batch_size": 2,
+    "evaluate_test": False,
+    "progress": False,
+    "val_every": 0,
+    "log_every": 1,
+    "checkpoint_every": 100,
+    "num_workers": 0,
+    "precision": "fp32",
+}
+_BOOKKEEPING = {"time", "step", "epoch", "split", "lr"}
+
+
+def _tensors(count: int, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    unmasked = torch.rand(count, 3, size, size, generator=generator)
+    mask = torch.zeros(count, 1, size, size)
+    mask[:, :, size // 2 :] = 1
+    return {"masked": unmasked * (1 - mask), "unmasked": unmasked, "mask": mask}
+
+
+def _source(source_class: type = TensorDataSource, batch_size: int = 2, **kwargs) -> TensorDataSource:
+    splits = {"train": _tensors(6), "val": _tensors(2, seed=1), "test": _tensors(2, seed=2)}
+    return source_class(splits, batch_size=batch_size, seed=3, **kwargs)
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _steps(records: list[dict], split: str) -> list[int]:
+    return [r["step"] for r in records if r.get("split") == split]
+
+
+def _losses(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in _BOOKKEEPING}
+
+
+class _FailsAt(TensorDataSource):
+    """Hands out training batches until the batch number `at` (from 1), then fails as a killed process ends: no
+    checkpoint of the stop, the log as it was."""
+
+    def __init__(self, *args, at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.handed = at, 0
+
+    def batches(self, split, epoch):
+        for batch in super().batches(split, epoch):
+            if split == "train":
+                self.handed += 1
+                if self.handed == self.at:
+                    raise RuntimeError("killed")
+            yield batch
+
+
+class _SignalledAt(TensorDataSource):
+    """Sends this process a Ctrl-C as the training batch number `at` (from 1) is handed to the loop."""
+
+    def __init__(self, *args, at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.handed = at, 0
+
+    def batches(self, split, epoch):
+        for batch in super().batches(split, epoch):
+            if split == "train":
+                self.handed += 1
+                if self.handed == self.at:
+                    os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def _trainer(config: MSegTrainConfig, data, dist: DistributedContext | None = None) -> Trainer:
+    dist = dist or DistributedContext()
+    seed_everything(config.seed)
+    return Trainer(MSegTask(config, torch.device("cpu"), dist), data, config, dist)
+
+
+def _scalar_steps(run: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_a_run_killed_after_its_checkpoint_logs_each_step_once_when_resumed(tmp_path):
+    """Killed after logging steps 6 and 9 with its last checkpoint at step 5: the resumed run logged steps 6 and
+    9 again (log.jsonl: train 3, val 5, train 6, train 9, resume 5, train 6, train 9, ...; two TensorBoard points
+    at each). The killed process's records after the checkpoint are dropped and TensorBoard purges its points."""
+    run = tmp_path / "run"
+    config = MSegTrainConfig(
+        out=str(run), max_steps=12, **{**TINY, "log_every": 3, "val_every": 5, "checkpoint_every": 5}
+    )
+    killed = _trainer(config, _source(_FailsAt, at=10))
+    with pytest.raises(RuntimeError, match="killed"):
+        killed.run()
+    killed.runlog.close()  # what it had logged reached TensorBoard's file before the kill
+    assert load_training_state(run / "checkpoints" / "last.pt")["step"] == 5
+    assert _steps(_records(run), "train") == [3, 6, 9]
+
+    train_mseg(dataclasses.replace(config, resume=True), _source())
+    records = _records(run)
+    assert _steps(records, "train") == [3, 6, 9, 12]
+    assert _steps(records, "val") == [5, 10, 12]
+    assert [(r["event"], r["step"]) for r in records if "event" in r] == [("resume", 5)]
+    pairs = Counter((r.get("split"), r["step"]) for r in records if "split" in r)
+    assert max(pairs.values()) == 1, pairs
+    assert _scalar_steps(run, "mseg/train/loss") == [3, 6, 9, 12]
+    assert _scalar_steps(run, "mseg/val/dice") == [5, 10, 12]
+
+
+def test_the_log_keeps_events_and_earlier_resumes_and_drops_a_line_cut_short(tmp_path):
+    from m2u.core.fileio import open_append
+    from m2u.training.runlog import RunLog
+
+    run = tmp_path / "run"
+    log = RunLog(run, "mseg", is_main=True)
+    for record in (
+        {"split": "train", "step": 2},
+        {"event": "resume", "step": 2},
+        {"split": "train", "step": 4},
+        {"event": "stopped", "by": "Ctrl-C", "step": 4},
+        {"event": "removed_stale_temp_file", "path": "x"},
+        {"split": "val", "step": 5},
+    ):
+        log.log(record)
+    with open_append(run / "log.jsonl") as handle:
+        handle.write('{"split": "train", "st')  # killed mid-write
+    kept = log.keep_records_through(3)
+    assert [(r.get("event"), r.get("split"), r.get("step")) for r in kept] == [
+        (None, "train", 2),
+        ("resume", None, 2),
+        ("stopped", None, 4),
+        ("removed_stale_temp_file", None, None),
+    ]
+    assert [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] == kept
+    # Nothing to drop: the file is left as it is.
+    before = (run / "log.jsonl").stat().st_mtime_ns
+    assert log.keep_records_through(3) == kept and (run / "log.jsonl").stat().st_mtime_ns == before
+    assert RunLog(run, "mseg", is_main=False).keep_records_through(0) == []  # another rank reads nothing
+
+
+def test_a_stop_between_log_lines_keeps_their_losses_for_the_next_record(tmp_path):
+    """The loss sums since the last log line were not in the checkpoint: a run stopped at step 4 (log every 3
+    steps) and resumed logged at step 6 the mean of steps 5 and 6 alone. Now the same record as a straight run's."""
+    every_3 = {**TINY, "log_every": 3}
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "straight"), max_steps=6, **every_3), _source())
+    stopped = MSegTrainConfig(out=str(tmp_path / "stopped"), max_steps=6, **every_3)
+    with pytest.raises(KeyboardInterrupt, match="checkpoint of step 4"):
+        train_mseg(stopped, _source(_SignalledAt, at=4))
+    state = load_training_state(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert state["running_means"]["count"] == 1 and "loss" in state["running_means"]["sums"]
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "stopped"), max_steps=6, resume=True, **every_3), _source())
+
+    def train(run: str) -> list[dict]:
+        return [_losses(r) for r in _records(tmp_path / run) if r.get("split") == "train"]
+
+    assert train("stopped") == train("straight") and len(train("straight")) == 2
+
+
+def test_a_checkpoint_without_the_loops_new_parts_still_resumes(tmp_path):
+    """Checkpoints written before the running sums, world size and batch size were recorded load as before: a
+    resume mid-epoch with another batch size goes on (nothing to compare with) and its steps count as unknown."""
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **TINY), _source())
+    path = run / "checkpoints" / "last.pt"
+    state = load_training_state(path)
+    assert state["world_size"] == 1 and state["batch_size"] == 2 and state["batch_in_epoch"] == 2
+    for key in ("running_means", "world_size", "batch_size", "steps_by_world_size"):
+        del state[key]
+    save_training_state(path, state)
+    results = train_mseg(
+        MSegTrainConfig(out=str(run), max_steps=3, resume=True, **{**TINY, "batch_size": 3}),
+        _source(batch_size=3),
+    )
+    assert results["steps"] == 3 and results["steps_by_world_size"] == {"unknown": 2, "1": 1}
+
+
+def test_resuming_mid_epoch_with_another_batch_size_or_world_size_is_refused(tmp_path):
+    """The skip to the run's place in the epoch (`batch_in_epoch`) counts batches of the checkpoint's layout: on
+    another world size or batch size it landed on other samples, silently."""
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **TINY), _source())  # 3 batches an epoch: mid-epoch
+    log = (run / "log.jsonl").read_bytes()
+    with pytest.raises(
+        CheckpointError, match=r"`batch_size` 2, but this run has .*`batch_size` 3"
+    ) as refused:
+        train_mseg(
+            MSegTrainConfig(out=str(run), max_steps=4, resume=True, **{**TINY, "batch_size": 3}),
+            _source(batch_size=3),
+        )
+    message = str(refused.value)
+    assert "\n" not in message and "--" not in message and "DDP world size 1" in message
+    assert (run / "log.jsonl").read_bytes() == log  # refused before anything was written
+
+    path = run / "checkpoints" / "last.pt"
+    save_training_state(path, {**load_training_state(path), "world_size": 2})
+    with pytest.raises(CheckpointError, match=r"with DDP world size 2 .* this run has DDP world size 1"):
+        train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **TINY), _source())
+
+
+def test_a_new_world_size_at_an_epochs_start_is_allowed_and_counted(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **TINY), _source())
+    path = run / "checkpoints" / "last.pt"
+    state = load_training_state(path)
+    # As if two ranks had trained the first epoch (3 steps) and stopped as the next one began.
+    save_training_state(
+        path, {**state, "world_size": 2, "steps_by_world_size": {"2": 3}, "epoch": 1, "batch_in_epoch": 0}
+    )
+    capsys.readouterr()
+    results = train_mseg(MSegTrainConfig(out=str(run), max_steps=5, resume=True, **TINY), _source())
+    assert (
+        "m2u-train: resuming at the start of epoch 1 with DDP world size 2 -> 1\n" in capsys.readouterr().err
+    )
+    assert results["world_size"] == 1 and results["steps_by_world_size"] == {"2": 3, "1": 2}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps_by_world_size"] == {"2": 3, "1": 2}
+    resumed = [r for r in _records(run) if r.get("event") == "resume"]
+    assert resumed[-1]["world_size"] == 1
+
+
+def test_precision_auto_says_what_it_chose_and_records_it(tmp_path, capsys, monkeypatch):
+    import m2u.training.device as device
+
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: False)
+    run = tmp_path / "run"
+    auto = {**TINY, "precision": "auto"}
+    results = train_mseg(MSegTrainConfig(out=str(run), max_steps=1, **{**auto, "progress": True}), _source())
+    said = capsys.readouterr().err
+    assert "m2u-train: precision auto -> fp32 (this CPU has no native bf16" in said
+    assert results["precision"] == "fp32"
+    assert json.loads((run / "metrics.json").read_text())["precision"] == "fp32"
+    # Quiet (no progress bar): not said, still recorded, in the resume record too.
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **auto), _source())
+    assert "precision auto" not in capsys.readouterr().err
+    assert [r["precision"] for r in _records(run) if r.get("event") == "resume"] == ["fp32"]
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: True)
+    train_mseg(
+        MSegTrainConfig(out=str(tmp_path / "bf16"), max_steps=1, **{**auto, "progress": True}), _source()
+    )
+    assert "m2u-train: precision auto -> bf16 (this CPU has native bf16)\n" in capsys.readouterr().err
+    # A precision named is not announced.
+    train_mseg(
+        MSegTrainConfig(out=str(tmp_path / "named"), max_steps=1, **{**TINY, "progress": True}), _source()
+    )
+    assert "precision auto" not in capsys.readouterr().err
+
+
+def test_the_final_validation_is_logged_once_also_when_a_finished_run_is_resumed(tmp_path):
+    """val_every dividing the last step logged its validation twice at that step, and once more on each resume
+    of the finished run (which writes its models again)."""
+    run = tmp_path / "run"
+    config = {**TINY, "val_every": 2, "evaluate_test": True}
+    first = train_mseg(MSegTrainConfig(out=str(run), max_steps=4, **config), _source())
+    records = _records(run)
+    assert _steps(records, "val") == [2, 4] and _steps(records, "test") == [4]
+    assert _losses([r for r in records if r.get("split") == "val"][-1]) == first["val"]
+    again = train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), _source())
+    records = _records(run)
+    assert _steps(records, "val") == [2, 4] and _steps(records, "test") == [4]
+    assert again["val"] == pytest.approx(first["val"]) and again["test"] == pytest.approx(first["test"])
+
+
+def test_another_rank_says_nothing_of_the_stop_and_claims_no_checkpoint(tmp_path, capfd):
+    """Under torchrun every rank said "stopping..." and "checkpoint of step 4 in ..." (rank 1 wrote none)."""
+    config = MSegTrainConfig(out=str(tmp_path / "run"), max_steps=6, **TINY)
+    rank1 = _trainer(config, _source(_SignalledAt, at=3), DistributedContext(rank=1, world_size=1))
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        rank1.run()
+    assert str(stopped.value) == ""
+    assert "stopping" not in capfd.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # rank 0 writes it, not this one
+    # Rank 0 says it (the one notice of the run) and names its checkpoint.
+    rank0 = _trainer(config, _source(_SignalledAt, at=3))
+    with pytest.raises(KeyboardInterrupt, match="checkpoint of step 3 in "):
+        rank0.run()
+    assert "Ctrl-C: stopping once the training step under way is done" in capfd.readouterr().err
