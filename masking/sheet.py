@@ -46,7 +46,8 @@ def sheet_face(faces: Sequence[Face]) -> Face | None:
     """The face a sheet shows: the largest whose landmarks can be used (no `problem`, e.g. upside down), else the
     largest (its tiles then say why it failed); None without faces."""
     usable = [face for face in faces if not face.problem]
-    return (usable or list(faces) or [None])[0]
+    candidates = usable or list(faces)
+    return candidates[0] if candidates else None
 
 
 def face_caution(face: Face) -> str:
