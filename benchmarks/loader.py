@@ -195,6 +195,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     results: dict[str, Any] = {
+        "quick": args.quick,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

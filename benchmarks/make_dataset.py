@@ -6,11 +6,12 @@
     .venv/bin/python benchmarks/make_dataset.py --ray-overhead-only   # Ray against multiprocessing, 1,000 photos
 
 Needs ../shared/faces/celeba. Each build runs as its own `m2u-make-dataset` process (default arguments: 256 px,
-JPEG q95, random mask types) so its peak memory (largest resident set among the main process and its workers) is
-measured cleanly. Also times each stage per photo in one process (read + SHA-256, detection + landmarks,
-alignment, masking, encoding) and the HOG detector alone at upsample 0 on the full image versus downscaled
-images (CelebA faces are ~90 px wide; HOG's window is 80 px). Writes benchmarks/results/make_dataset.json;
-ratios are against the same run's 1-worker figure.
+JPEG q95, random mask types) so that its own peak memory is measured cleanly (`peak_rss_mib_largest_process`: the
+largest resident set among that build's main process and its workers, read by a small launcher process of that
+build's own; not a maximum over the builds so far). Also times each stage per photo in one process (read + SHA-256,
+detection + landmarks, alignment, masking, encoding) and the HOG detector alone at upsample 0 on the full image
+versus downscaled images (CelebA faces are ~90 px wide; HOG's window is 80 px). Writes
+benchmarks/results/make_dataset.json; ratios are against the same run's 1-worker figure.
 
 ``--ray`` (or ``--ray-overhead-only``, which skips everything else) also builds the subset with
 ``--distributor ray`` (a local Ray instance with the same number of CPUs, started by that build, so its start-up is
@@ -26,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,11 +59,7 @@ def _run_build(
     ]
     command += ["--quiet", "--overwrite"] + (["--limit", str(limit)] if limit else []) + (extra or [])
     out.parent.mkdir(parents=True, exist_ok=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=out.parent)
-    wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    wall, peak_kib = run_measured(command, cwd=out.parent)
     stats = json.loads((out / "stats.json").read_text())
     return {
         "photos": stats["inputs"],
@@ -75,9 +71,36 @@ def _run_build(
         "pairs_per_cpu_s": stats["timings"].get("pairs_per_cpu_s"),
         "counts": stats["counts"]["by_status"],
         "samples": stats["counts"]["samples"],
-        # ru_maxrss of children is the largest single process so far (KiB on Linux); a later run only raises it.
-        "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
+        # This build's own peak: the largest resident set of its main process and the workers it waited for.
+        "peak_rss_mib_largest_process": round(peak_kib / 1024, 1),
     }
+
+
+# Runs the command given after the file name and writes the largest ru_maxrss (KiB) of it and the descendants it
+# waited for into that file. A small process of its own because Linux gives an exec'd child, as its starting
+# ru_maxrss, the peak of the memory it was forked from: a build started straight from this process (models loaded
+# by _stage_times) would report at least this process's size.
+_MEASURING_LAUNCHER = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[2:]).returncode; "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
+)
+
+
+def run_measured(command: list[str], cwd: Path | None = None) -> tuple[float, int]:
+    """Run `command`; return its wall seconds and ITS peak resident set in KiB: the largest ru_maxrss of that
+    process and of the descendants it waited for (a build's workers), in KiB on Linux.
+
+    Not this process's RUSAGE_CHILDREN, which is the largest of every child so far and so only rises from one build
+    to the next; and measured from a small launcher (_MEASURING_LAUNCHER), not from a child of this process.
+    """
+    with tempfile.TemporaryDirectory(prefix="m2u-peak-rss-") as tmp:
+        record = Path(tmp) / "maxrss_kib"
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _MEASURING_LAUNCHER, str(record), *command], cwd=cwd)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, command)
+        return wall, int(record.read_text())
 
 
 def _stage_times(files: list[Path]) -> dict[str, Any]:
@@ -213,11 +236,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"needs the photos at {args.faces}")
     subset = 100 if args.quick else args.subset
     results: dict[str, Any] = {
+        "quick": args.quick,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg(),
-        }
+        },
     }
     if args.ray or args.ray_overhead_only:
         with tempfile.TemporaryDirectory(prefix="m2u-make-dataset-ray-") as tmp:

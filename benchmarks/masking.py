@@ -1,8 +1,9 @@
-"""Masking throughput on the first 500 CelebA files: m2u-mask with 1 worker and with all cores, peak memory, and
-apply_mask alone on 256x256 aligned crops. Prints the figures and writes them into benchmarks/results/masking.json
-(the keys the other modes below write are kept).
+"""Masking throughput on the first --files CelebA files (default 500): m2u-mask with 1 worker and with all cores,
+peak memory, and apply_mask alone on 256x256 aligned crops. Prints the figures and writes them into
+benchmarks/results/masking.json (the keys the other modes below write are kept).
 
     .venv/bin/python benchmarks/masking.py [--files 500] [--repeats 3] [--shared ../shared]
+    .venv/bin/python benchmarks/masking.py --files 200 --repeats 3   # the run recorded in results/masking.json
 
 Baselines: MaskTheFace itself with `--peer` (below), and a same-run stand-in that needs no checkout: MaskTheFace's
 per-image procedure re-implemented here for timing only (grey HOG detection at upsample 1, 68 landmarks, six anchors, the RGBA template read from disk for
@@ -494,8 +495,10 @@ def _apply_mask_speed(files: list[Path], n: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=500)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument(
+        "--files", type=int, default=500, help="the first N CelebA files (default: %(default)s)"
+    )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "masking.json")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians are reported)")

@@ -234,7 +234,7 @@ def _fit_eyes(eye_pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--turned", type=int, default=500)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")

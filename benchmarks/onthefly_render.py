@@ -105,7 +105,7 @@ def loader_rate(pack: Path, workers: int, batches: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--kit", type=Path, default=REPO / ".kit")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--sizes", default="256,224,192,160")

@@ -9,13 +9,14 @@ Measured on 2026-12-05 (docs/real-masks.md, "Three retrains averaged"; not shipp
 `--seed 1` and `--seed 2`, packed with the shipped file (seed 0), then `benchmarks/tune_masked_rule.py --classifier
 FILE` and `benchmarks/real_masks.py --classifier FILE --min-mouth-probability 0.95`.
 
-The members are packed in the order given; an ensemble given as a member is unpacked into its nets. An existing
-output file is never overwritten.
+The members are packed in the order given; an ensemble given as a member is unpacked into its nets. A member given
+twice (the same file, or a byte-identical copy) is refused. An existing output file is never overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 
@@ -31,9 +32,15 @@ def pack(members: list[Path], out: Path) -> int:
             f"{out} exists: give another output file (an ensemble is never written over a file)"
         )
     nets = []
+    seen: dict[str, Path] = {}  # sha256 of each member's bytes -> the member
     for member in members:
         if not member.is_file():
             raise FileNotFoundError(f"no classifier file at {member}")
+        digest = hashlib.sha256(member.read_bytes()).hexdigest()
+        if digest in seen:  # the same file twice (or a copy of it): one net counted twice, not an ensemble
+            same = "the same file" if seen[digest].resolve() == member.resolve() else "a copy of"
+            raise ValueError(f"{member} is {same} {seen[digest]}: give each member once")
+        seen[digest] = member
         try:
             net = classifier_from_weights(load_file(str(member)))
         # Not a safetensors file, or the weights of another net (keys or shapes that do not fit): say which file.

@@ -4,6 +4,7 @@ and writes benchmarks/results/restored_region.json.
 
     .venv/bin/python benchmarks/restored_region.py [--grow 0,0.008,0.016,0.02] [--celeba 90] [--shared ../shared]
         [--model PACKAGE -o FILE]    # a candidate model package instead of the shipped one
+        [--limit N]                  # only the first N real crops: a quick, partial run ("partial": true)
 
 The generator fills the region and it is pasted back whole (its feathered edge outside it), so growing it repaints
 the rim of a real mask that M-Seg's edge misses, and on a synthetic mask, whose edge M-Seg finds exactly, repaints
@@ -13,7 +14,7 @@ every face found once (detections shared by all settings):
 - synthetic: CelebA photos of the TEST split of the identity hash split (seed 0), masked by m2u-mask in its three
   groups (benchmarks/unmask.py's build_eval_set, seed 5); m2u-unmask's output against the unmasked original, PSNR over
   the masked face's box (mean and median over the faces restored; the masked photo's own PSNR for scale);
-- real: the 102 labelled crops of ../shared/faces/real-mask-seg; the share of label pixels the output leaves exactly
+- real: the 102 labelled crops of ../shared/faces/real-mask-seg (the first N in name order with --limit N); the share of label pixels the output leaves exactly
   unchanged and within 12 levels (RealMaskConfig.near_levels; benchmarks/real_mask_seg.py's two remnant figures), pooled over the photos
   restored, also for the two halves of the crops (alternate names).
 """
@@ -59,13 +60,20 @@ def synthetic_photos(shared: Path, count: int, work: Path) -> list[dict]:
     ]
 
 
-def labelled_crops(shared: Path) -> list[dict]:
+def real_crop_files(shared: Path) -> list[Path]:
+    """The labelled real-mask crops, in name order."""
+    return sorted((shared / "faces" / "real-mask-seg" / "image").glob("*.jpg"))
+
+
+def labelled_crops(shared: Path, limit: int = 0) -> list[dict]:
+    """The first `limit` labelled crops in name order (0: all) with their labels."""
     from m2u.evaluation.real_masks import read_label
     from m2u.masking import read_image
 
     folder = shared / "faces" / "real-mask-seg"
     crops = []
-    for path in sorted((folder / "image").glob("*.jpg")):
+    files = real_crop_files(shared)
+    for path in files[:limit] if limit > 0 else files:
         image = read_image(path)
         label = read_label(folder / "mask" / path.name, image.shape[:2])
         crops.append({"name": path.name, "image": image, "label": label})
@@ -119,7 +127,7 @@ def measure(unmasker, synthetic: list[dict], real: list[dict]) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import torch
 
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
@@ -137,14 +145,24 @@ def main() -> None:
     parser.add_argument(
         "-o", "--out", type=Path, default=REPO / "benchmarks" / "results" / "restored_region.json"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="only the first N real-mask-seg crops (name order; 0: all): a partial run, marked so in the JSON",
+    )
+    args = parser.parse_args(argv)
+    if args.limit < 0:
+        parser.error("--limit: 0 (all) or more")
     if not (args.shared / "faces" / "real-mask-seg" / "image").is_dir():
         raise SystemExit(f"no labelled real masks under {args.shared / 'faces'} (give --shared)")
     torch.set_num_threads(2)
     start = time.perf_counter()
     files = (args.model / MSEG_FILE, args.model / GENERATOR_FILE) if args.model else (None, None)
     unmasker = Unmasker.from_files(*files, UnmaskConfig(device="cpu", progress=False))
-    real = labelled_crops(args.shared)
+    available = len(real_crop_files(args.shared))
+    real = labelled_crops(args.shared, args.limit)
+    partial = len(real) < available
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = synthetic_photos(args.shared, args.celeba, Path(tmp))
     for item in synthetic:
@@ -160,6 +178,8 @@ def main() -> None:
         print(f"dilate {grow:g} ({pixels} px): {json.dumps(figures)}", flush=True)
     result = {
         "benchmark": "restored_region",
+        # --limit: the real figures are over the first crops only, not comparable with a whole run's.
+        "partial": partial,
         "model": str(args.model)
         if args.model
         else "the shipped model (m2u.inference.pretrained.DEFAULT_MODEL)",
@@ -168,6 +188,11 @@ def main() -> None:
         "settings": settings,
         "protocol": {
             "celeba_photos": args.celeba,
+            "real_crops": len(real),
+            "real_crops_available": available,
+            "real_selection": f"the first {len(real)} of {available} in name order (--limit {args.limit})"
+            if partial
+            else f"all {available}",
             "celeba_selection": "test split of the identity hash split (seed 0), masked by m2u-mask (build_eval_set, seed 5)",
             "synthetic_psnr": "over the masked face's box, m2u-unmask's output against the unmasked original",
             "real": "../shared/faces/real-mask-seg, labels read by m2u-eval's read_label (>= 127); halves: alternate names",

@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/run_all.py            # the record runs (tens of minutes on 2 CPU cores)
     .venv/bin/python benchmarks/run_all.py --quick    # each script's smoke mode (not for the record)
-    .venv/bin/python benchmarks/run_all.py --summary  # only the table, from the JSON already in results/
+    .venv/bin/python benchmarks/run_all.py --summary  # only print the table, from the JSON already in results/
 
-Each script writes benchmarks/results/<name>.json; the table is written to benchmarks/results/summary.md.
+The record run: each script writes benchmarks/results/<name>.json, and the table is written to
+benchmarks/results/summary.md. --quick writes each script's JSON into --out-dir (default: a fresh temporary folder,
+printed), never into benchmarks/results/, and writes no summary.md: the table is only printed. --summary writes
+nothing. With --out-dir a record run writes its JSON and summary.md there instead.
 The fixed-budget CelebA training run (benchmarks/celeba_cpu_run.py, ~30 min) is not included: run it by hand.
 """
 
@@ -15,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -95,16 +99,17 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores; flags: {' '.join(relevant) or 'none of avx/amx/fma'}"
 
 
-def summary() -> str:
+def summary(results: Path = RESULTS) -> str:
+    """The table of the headline figures of the JSON files in `results`."""
     lines = [
-        "Each figure is from its script's own run (its JSON says when and on what); this table was made on: "
+        "Each figure is from its script's own run (the README's benchmark section says when and on which machine); this table was made on: "
         f"{cpu_description()}",
         "",
         "| benchmark | figure | value |",
         "|---|---|---|",
     ]
     for name, rows in HEADLINES.items():
-        path = RESULTS / f"{name}.json"
+        path = results / f"{name}.json"
         if not path.exists():
             lines.append(f"| {name} | (no results yet) | |")
             continue
@@ -115,28 +120,59 @@ def summary() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def command_for(name: str, quick: bool, out_dir: Path) -> list[str]:
+    """The command that runs benchmark `name`, writing its JSON to out_dir/<name>.json."""
+    command = [sys.executable, str(HERE / f"{name}.py")]
+    if quick:
+        command += ["--files", "50"] if name == "masking" else ["--quick"]
+    return [*command, "--out", str(out_dir / f"{name}.json")]
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="each script's smoke mode")
-    parser.add_argument("--summary", action="store_true", help="only print the table")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick", action="store_true", help="each script's smoke mode, into --out-dir (not for the record)"
+    )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="only print the table (from --out-dir's JSON, default benchmarks/results); writes nothing",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="where each script writes its JSON (default: benchmarks/results; with --quick a fresh temporary "
+        "folder, never benchmarks/results)",
+    )
+    args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.out_dir or RESULTS))
+        return 0
+    if args.quick:
+        if args.out_dir is not None and args.out_dir.resolve() == RESULTS.resolve():
+            parser.error(
+                "--quick: smoke runs are not for the record; give an --out-dir other than benchmarks/results"
+            )
+        out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="m2u-bench-quick-"))
+        print(f"--quick: the JSON goes to {out_dir} (not benchmarks/results)", flush=True)
+    else:
+        out_dir = args.out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
     failed = []
-    if not args.summary:
-        for name in HEADLINES:
-            command = [sys.executable, str(HERE / f"{name}.py")]
-            if args.quick and name != "masking":
-                command.append("--quick")
-            if args.quick and name == "masking":
-                command += ["--files", "50"]
-            print(f"== {' '.join(command[1:])}", flush=True)
-            if subprocess.run(command).returncode != 0:
-                failed.append(name)
-    table = summary()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "summary.md").write_text(table)
+    for name in HEADLINES:
+        command = command_for(name, args.quick, out_dir)
+        print(f"== {' '.join(command[1:])}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            failed.append(name)
+    table = summary(out_dir)
+    if not args.quick:  # the record run's table beside its JSON
+        (out_dir / "summary.md").write_text(table)
     print(table)
+    if args.quick:
+        print(f"--quick: the smoke runs' JSON is in {out_dir}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -1,7 +1,11 @@
 """Train the masked-face HOG detector that m2u-unmask's cascade ships (masking/models/masked_face_hog.svm).
 
     .venv/bin/python benchmarks/train_masked_detector.py [--photos 1500] [--C 15] [--shared ../shared]
-                                                          [-o masking/models/masked_face_hog.svm]
+                                                          [-o runs/masked_face_hog.svm] [--install]
+
+Writes the detector to -o (default runs/masked_face_hog.svm); the shipped one (masking/models/masked_face_hog.svm)
+is replaced only with --install, which copies the new file over it once training has finished (as
+benchmarks/release_recipe.py --install does with the model package). -o naming the shipped file is refused.
 
 Training data: CelebA photos (`{identity}_{imageid}.jpg`) of the TRAIN split of the hash split by identity with
 seed 0 (`m2u.datasets.splits.assign_split`; benchmarks/unmask.py evaluates on the test split, so no identity is
@@ -23,13 +27,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+DEFAULT_OUT = REPO / "runs" / "masked_face_hog.svm"
 
 
-def main() -> None:
-    import dlib
-    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
+def install_detector(trained: Path, target: Path) -> Path:
+    """Copy a trained detector over `target` (the shipped model), atomically: a partial copy never replaces it."""
+    import shutil
 
-    from m2u.masking import read_image
+    temporary = target.with_name(f".{target.name}.installing")
+    shutil.copyfile(trained, temporary)
+    temporary.replace(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
     from m2u.masking.masked_faces import MASKED_HOG_MODEL
 
     parser = argparse.ArgumentParser(
@@ -39,8 +50,28 @@ def main() -> None:
     parser.add_argument("--C", type=float, default=15.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    parser.add_argument("-o", "--out", type=Path, default=MASKED_HOG_MODEL)
-    args = parser.parse_args()
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="where to write the detector (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help=f"also replace the shipped detector ({MASKED_HOG_MODEL}) with the new one",
+    )
+    args = parser.parse_args(argv)
+    if args.out.resolve() == Path(MASKED_HOG_MODEL).resolve():
+        parser.error(
+            f"-o {args.out} is the shipped detector: write elsewhere and pass --install to replace it"
+        )
+    import dlib
+    from unmask import build_eval_set, split_photos  # benchmarks/unmask.py
+
+    from m2u.masking import read_image
+
     photos = split_photos(args.shared / "faces" / "celeba", args.photos, "train")
     if not photos:
         raise SystemExit(f"no CelebA photos under {args.shared / 'faces' / 'celeba'} (give --shared)")
@@ -73,6 +104,8 @@ def main() -> None:
         "training_set_recall": round(on_training.recall, 4),
         "model": str(args.out),
     }
+    if args.install:
+        summary["installed_as"] = str(install_detector(args.out, Path(MASKED_HOG_MODEL)))
     print(json.dumps(summary, indent=2))
 
 

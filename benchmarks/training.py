@@ -1,7 +1,7 @@
 """Training-side benchmark: CARU2-Net size and cost, forward latency, G+D training throughput.
 
     .venv/bin/python benchmarks/training.py                  # full run (~10-15 min on 2 shared CPU cores)
-    .venv/bin/python benchmarks/training.py --quick          # tiny smoke run, not for the record
+    .venv/bin/python benchmarks/training.py --quick          # tiny smoke run (well under a minute), not for the record
 
 Writes benchmarks/results/training.json:
 - parameters of G, D, M-Seg; multiply-accumulates (MACs; FLOPs = 2 x MACs) of G at 1x4x256x256 and of D;
@@ -165,7 +165,12 @@ def train_throughput(
     return {"seconds_per_step": round(seconds, 3), "images_per_second": round(batch_size / seconds, 3)}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+# --quick's comparison: no torch.compile (its compilation alone takes minutes) unless --options names it.
+QUICK_OPTIONS = ("fp32", "channels_last")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; --quick's defaults (1 round, 1 step, fp32 and channels_last only) where none was given."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -173,32 +178,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sizes", default="64,128,256")
     parser.add_argument(
-        "--steps", type=int, default=2, help="measured training steps (after 1 warm-up) below 256"
+        "--steps",
+        type=int,
+        default=None,
+        help="measured training steps (after 1 warm-up) below 256 (default 2; 1 with --quick)",
     )
-    parser.add_argument("--latency-repeats", type=int, default=3)
+    parser.add_argument("--latency-repeats", type=int, default=None, help="default 3; 1 with --quick")
     parser.add_argument(
         "--bf16-train",
         action="store_true",
         help="also time a bf16 training step (very slow without native bf16)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="tiny widths and sizes: a smoke test, not a result"
+        "--quick",
+        action="store_true",
+        help="tiny widths and sizes, 1 round, options fp32,channels_last only: a smoke test, not a result",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--options-size", type=int, default=128, help="size of the speed-option comparison")
     parser.add_argument(
         "--options-width", type=float, default=0.25, help="generator width of that comparison"
     )
-    parser.add_argument("--options-rounds", type=int, default=3, help="interleaved rounds of that comparison")
+    parser.add_argument(
+        "--options-rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds of that comparison (default 3; 1 with --quick)",
+    )
     parser.add_argument("--options-only", action="store_true", help="only the speed-option comparison")
     parser.add_argument(
-        "--options", default=",".join(OPTIONS), help=f"options compared (of {','.join(OPTIONS)})"
+        "--options",
+        default=None,
+        help=f"options compared (of {','.join(OPTIONS)}; default all, {','.join(QUICK_OPTIONS)} with --quick)",
     )
     args = parser.parse_args(argv)
+    if args.options is None:
+        args.options = ",".join(QUICK_OPTIONS if args.quick else OPTIONS)
+    if args.options_rounds is None:
+        args.options_rounds = 1 if args.quick else 3
+    if args.steps is None:
+        args.steps = 1 if args.quick else 2
+    if args.latency_repeats is None:
+        args.latency_repeats = 1 if args.quick else 3
     args.options = tuple(o for o in args.options.split(",") if o)
     unknown = sorted(set(args.options) - set(OPTIONS))
     if unknown:
         parser.error(f"--options: unknown {unknown}; choose from {','.join(OPTIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.options_only:
         return _options_main(args, argv)

@@ -152,10 +152,12 @@ def main() -> None:
         "mseg_route_classifier_table": route_table,
         "faces": sets,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:
         handle.write(json.dumps(result, indent=1) + "\n")
     Path(handle.name).chmod(0o644)  # a results file, not a private one (NamedTemporaryFile makes 0600)
     Path(handle.name).replace(args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

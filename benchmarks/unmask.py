@@ -2,7 +2,7 @@
 and per-face time. Prints the figures and writes benchmarks/results/unmask.json.
 
     .venv/bin/python benchmarks/unmask.py [--faces 300] [--shared ../shared]
-    .venv/bin/python benchmarks/unmask.py --quick      # 24 photos, a smoke run, not for the record
+    .venv/bin/python benchmarks/unmask.py --quick      # 24 photos, 3 candidates, 8 faceless images: a smoke run
 
 The evaluation set: CelebA photos (`{identity}_{imageid}.jpg`) whose identity falls in the test split of the hash
 split by identity with seed 0 (`m2u.datasets.splits.assign_split`), every k-th of them in name order, in three equal
@@ -109,6 +109,16 @@ CANDIDATES: dict[str, list[list[tuple[str, float]]]] = {
         [("cnn1", 0.0)],
     ],
 }
+# --quick (a smoke run): these candidates only (HOG passes and the shipped cascade, whose CNN stage runs only where
+# the HOG stages find nothing), every QUICK_FACELESS_STEP-th faceless image, the first dlib example photo and 2
+# photos for the pipeline timing.
+QUICK_CANDIDATES = (
+    "hog upsample 0",
+    "mhog upsample 0",
+    "shipped: hog0+mhog0 > hog0@-0.4+mhog0@-0.2 > hog1+mhog1 > cnn1",
+)
+QUICK_FACELESS_STEP = 8
+QUICK_PIPELINE_PHOTOS = 2
 FACELESS_SKIMAGE = (
     "brick", "grass", "gravel", "moon", "page", "text", "horse", "hubble_deep_field", "immunohistochemistry",
     "retina", "coins", "clock", "logo", "checkerboard", "colorwheel", "chelsea", "coffee", "rocket",
@@ -116,6 +126,11 @@ FACELESS_SKIMAGE = (
 )  # fmt: skip
 # scikit-image draws binary_blobs at random unless given a seed: seeded, every run measures the same image.
 FACELESS_ARGS = {"binary_blobs": {"rng": 0}}
+
+
+def quick_candidates() -> list[tuple[str, list[list[tuple[str, float]]]]]:
+    """The candidates --quick scores (QUICK_CANDIDATES, in CANDIDATES' order)."""
+    return [(name, passes) for name, passes in CANDIDATES.items() if name in QUICK_CANDIDATES]
 
 
 def split_photos(celeba: Path, n: int, split: str = "test", offset: int = 0) -> list[Path]:
@@ -521,7 +536,12 @@ def main() -> None:
         help="start of the every-k-th selection (0: the set the cascade was tuned on)",
     )
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    parser.add_argument("--quick", action="store_true", help="24 photos; a smoke run, not for the record")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run, not for the record (about a minute): 24 photos, {len(QUICK_CANDIDATES)} candidates, "
+        f"every {QUICK_FACELESS_STEP}th faceless image, 1 dlib example photo, {QUICK_PIPELINE_PHOTOS} pipeline photos",
+    )
     parser.add_argument("--pipeline-photos", type=int, default=8)
     parser.add_argument(
         "--orientation-only",
@@ -570,13 +590,16 @@ def main() -> None:
             _write_json(args.out, merged)
             print(json.dumps({k: v for k, v in figures.items() if k != "margins"}, indent=1))
             return
-        negatives = [(name, image, LazyRuns(image)) for name, image in faceless_images()]
+        faceless = faceless_images()
+        if args.quick:
+            faceless = faceless[::QUICK_FACELESS_STEP]
+        negatives = [(name, image, LazyRuns(image)) for name, image in faceless]
         dogs = args.shared / "faces" / "extras" / "dlib-examples" / "dogs.jpg"
-        if dogs.is_file():
+        if dogs.is_file() and not args.quick:
             image = read_image(dogs)
             negatives.append(("dlib example dogs.jpg", image, LazyRuns(image)))
         candidates = {}
-        for name, passes in CANDIDATES.items():
+        for name, passes in quick_candidates() if args.quick else CANDIDATES.items():
             result = score_detections(images, records, lambda item, p=passes: cascade(item["runs"], p))
             result["detections_on_faceless_images"] = sum(
                 len(cascade(runs, passes)[0]) for _, _, runs in negatives
@@ -610,6 +633,7 @@ def main() -> None:
         from m2u.masking import FaceDetector
 
         extras = sorted((args.shared / "faces" / "extras" / "dlib-examples").glob("*.jpg"))
+        extras = [p for p in extras if p.name != "dogs.jpg"][: 1 if args.quick else None]
         plain = FaceDetector()  # m2u-mask's detector, for comparison (no ground truth on these photos)
         shipped["faces_on_dlib_example_photos"] = {
             p.name: {
@@ -617,7 +641,6 @@ def main() -> None:
                 "m2u-mask ladder": len(plain.detect(read_image(p))),
             }
             for p in extras
-            if p.name != "dogs.jpg"
         }
         matches = []
         for r in records:
@@ -641,7 +664,10 @@ def main() -> None:
             f"upside-down check: {orientation['upright_refused']}/{orientation['upright_found']} upright faces "
             f"refused, {orientation['turned_refused']}/{orientation['turned_found']} found turned 180 degrees refused"
         )
-        pipeline = pipeline_seconds_per_face(files, min(args.pipeline_photos, len(files) - 1))
+        pipeline_photos = (
+            min(QUICK_PIPELINE_PHOTOS, args.pipeline_photos) if args.quick else args.pipeline_photos
+        )
+        pipeline = pipeline_seconds_per_face(files, min(pipeline_photos, len(files) - 1))
         print(
             f"pipeline: {pipeline['cpu_s_per_face']:.3f} CPU s per face ({pipeline['faces_per_cpu_s']:.2f}/s)"
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -372,3 +374,176 @@ def test_restored_region_scores_synthetic_psnr_and_pools_real_remnants_by_half(l
     assert figures["real_remnants_within_12_levels_even"] == 0.5
     assert figures["real_remnants_within_12_levels_odd"] == 1.0
     assert figures["real_remnants_within_12_levels"] == 0.75
+
+
+def _fake_benchmark_runs(monkeypatch, module, results):
+    """run_all with benchmarks/results replaced by `results` and each script's run replaced by a recorder that writes
+    the JSON file its --out names; returns the list the commands are recorded in."""
+    import subprocess
+
+    commands: list[list[str]] = []
+
+    def run(command, *args, **kwargs):
+        commands.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(module, "RESULTS", results)
+    monkeypatch.setattr(module.subprocess, "run", run)
+    return commands
+
+
+def test_run_all_quick_writes_into_a_temporary_folder_never_the_record(
+    tmp_path, monkeypatch, capsys, load_benchmark
+):
+    """--quick: every script writes its JSON into a fresh temporary folder (printed), none into benchmarks/results,
+    and no summary.md is written; --summary only prints; the record run writes results/ and summary.md."""
+    import tempfile
+
+    run_all = load_benchmark("run_all")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "training.json").write_text(json.dumps({"params": {"generator": 123}}))
+    record = {p.name: p.read_text() for p in results.iterdir()}
+    commands = _fake_benchmark_runs(monkeypatch, run_all, results)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    assert run_all.main(["--quick"]) == 0
+    assert {p.name: p.read_text() for p in results.iterdir()} == record  # the record untouched, no summary.md
+    assert len(commands) == len(run_all.HEADLINES)
+    (out_dir,) = scratch.iterdir()
+    assert str(out_dir) in capsys.readouterr().out
+    for command, name in zip(commands, run_all.HEADLINES):
+        assert command[command.index("--out") + 1] == str(out_dir / f"{name}.json")
+        assert ("--quick" in command) == (name != "masking")
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{n}.json" for n in run_all.HEADLINES)
+
+    commands.clear()
+    given = tmp_path / "given"
+    assert run_all.main(["--quick", "--out-dir", str(given)]) == 0
+    assert all(c[c.index("--out") + 1].startswith(str(given)) for c in commands)
+    assert not (given / "summary.md").exists()
+    with pytest.raises(SystemExit):
+        run_all.main(["--quick", "--out-dir", str(results)])
+
+    commands.clear()
+    assert run_all.main(["--summary"]) == 0
+    assert commands == [] and {p.name: p.read_text() for p in results.iterdir()} == record
+    assert "| training | generator params | 123 |" in capsys.readouterr().out
+
+    assert run_all.main([]) == 0  # the record run (make bench): benchmarks/results, summary.md beside
+    assert all(c[c.index("--out") + 1].startswith(str(results)) for c in commands)
+    assert "| benchmark | figure | value |" in (results / "summary.md").read_text()
+
+
+def test_make_dataset_measures_each_builds_own_peak_memory(load_benchmark):
+    """run_measured: a process's own peak resident set (its waited-for workers included), not the largest of every
+    child so far (RUSAGE_CHILDREN, which a large earlier build would keep reporting)."""
+    import sys
+
+    script = load_benchmark("make_dataset")
+    allocate = "b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096])"  # ~300 MiB, touched
+    in_a_worker = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {allocate!r}], check=True)"
+    _, large_kib = script.run_measured([sys.executable, "-c", in_a_worker])
+    _, small_kib = script.run_measured([sys.executable, "-c", "pass"])
+    assert large_kib / 1024 > 250  # the worker's memory is counted
+    assert small_kib / 1024 < 150  # the later, small process's own peak
+    with pytest.raises(subprocess.CalledProcessError):
+        script.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_training_quick_defaults_leave_out_compile_and_extra_rounds(load_benchmark):
+    script = load_benchmark("training")
+    quick = script.parse_args(["--quick"])
+    assert quick.options == ("fp32", "channels_last") and quick.options_rounds == 1
+    assert quick.steps == 1 and quick.latency_repeats == 1
+    full = script.parse_args([])
+    assert full.options == script.OPTIONS and full.options_rounds == 3 and full.steps == 2
+    assert full.latency_repeats == 3
+    named = script.parse_args(["--quick", "--options", "fp32,compile", "--options-rounds", "2"])
+    assert named.options == ("fp32", "compile") and named.options_rounds == 2
+
+
+def test_restored_region_limit_takes_the_first_crops(tmp_path, load_benchmark):
+    import numpy as np
+
+    from m2u.core.imageio import write_image
+
+    bench = load_benchmark("restored_region")
+    folder = tmp_path / "faces" / "real-mask-seg"
+    (folder / "image").mkdir(parents=True)
+    (folder / "mask").mkdir()
+    for name in ("c.jpg", "a.jpg", "b.jpg"):
+        image = np.full((16, 16, 3), 90, np.uint8)
+        label = np.zeros((16, 16, 3), np.uint8)
+        label[8:] = 255
+        write_image(folder / "image" / name, image)
+        write_image(folder / "mask" / name, label)
+    assert [c["name"] for c in bench.labelled_crops(tmp_path, 2)] == ["a.jpg", "b.jpg"]
+    assert [c["name"] for c in bench.labelled_crops(tmp_path)] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert bench.labelled_crops(tmp_path, 1)[0]["label"][8:].all()
+
+
+def test_train_masked_detector_never_writes_the_shipped_model_without_install(tmp_path, load_benchmark):
+    from m2u.masking.masked_faces import MASKED_HOG_MODEL
+
+    script = load_benchmark("train_masked_detector")
+    assert "runs" in script.DEFAULT_OUT.parts and Path(MASKED_HOG_MODEL) != script.DEFAULT_OUT
+    shipped = Path(MASKED_HOG_MODEL).read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        script.main(["-o", str(MASKED_HOG_MODEL), "--shared", str(tmp_path)])
+    assert refused.value.code == 2  # refused before any data is read or anything trained
+    assert Path(MASKED_HOG_MODEL).read_bytes() == shipped
+    trained, target = tmp_path / "new.svm", tmp_path / "models" / "masked_face_hog.svm"
+    trained.write_bytes(b"new")
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    assert script.install_detector(trained, target) == target
+    assert target.read_bytes() == b"new" and [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_pack_classifier_ensemble_refuses_a_member_given_twice(tmp_path, load_benchmark):
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from m2u.inference.mask_presence import MaskPresenceNet
+
+    script = load_benchmark("pack_classifier_ensemble")
+    files = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        file = tmp_path / f"seed{seed}.safetensors"
+        save_file({k: v.contiguous() for k, v in MaskPresenceNet(8).state_dict().items()}, str(file))
+        files.append(file)
+    with pytest.raises(ValueError, match="the same file"):
+        script.pack([files[0], files[1], files[0]], tmp_path / "x.safetensors")
+    copy = tmp_path / "copy.safetensors"
+    shutil.copyfile(files[1], copy)
+    with pytest.raises(ValueError, match="a copy of"):
+        script.pack([files[1], copy], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "ends"),
+    [
+        ("masking", "the other modes below write are kept)."),
+        ("masking_faces", "writes benchmarks/results/masking_faces.json."),
+        ("onthefly_render", "the figures behind the device kit's design."),
+    ],
+)
+def test_benchmark_help_shows_the_whole_first_paragraph(name, ends):
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert " ".join(ends.split()) in " ".join(done.stdout.split())

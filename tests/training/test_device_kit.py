@@ -141,3 +141,34 @@ def test_rehearsal_runs_the_device_command_end_to_end(tmp_path):
     assert comparison["new_256_at_256"]["samples"] == 8 and comparison["shipped_128_at_128"]["psnr"] > 0
     assert json.loads((out / "gpu_check.json").read_text())["gpu_found"] is False
     assert "device_run: wheels installed" in (out / "log.txt").read_text()
+
+
+def test_device_run_help_and_a_missing_kit_create_nothing(tmp_path):
+    """bash benchmarks/device_run.sh --help prints its usage and exits 0; bad options and a missing kit exit 2; none
+    of them makes $OUT (default runs/device), which is made only once the options and the kit are checked."""
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "M2U_KIT": str(tmp_path / "nokit"),
+    }
+    default_out = REPO / "runs" / "device"
+    existed = default_out.exists()
+
+    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess:
+        command = ["bash", str(REPO / "benchmarks" / "device_run.sh"), *args]
+        return subprocess.run(command, env={**env, **overrides}, capture_output=True, text=True, timeout=120)
+
+    shown = run("--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "usage: bash benchmarks/device_run.sh" in shown.stdout and "--budget" in shown.stdout
+    assert run("--budgt", "5").returncode == 2  # device_kit.py run's parser refuses it
+    missing = run("--budget", "5")
+    assert missing.returncode == 2 and "no kit at" in missing.stderr
+    assert not (tmp_path / "out").exists()
+    without_out = {k: v for k, v in env.items() if k != "OUT"}
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "device_run.sh"), "--help"], env=without_out, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and default_out.exists() == existed
