@@ -39,9 +39,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from m2u.core.errors import SettingError
-from m2u.core.fileio import RECORD_NAME, is_temp_name, write_cache_file
+from m2u.core.fileio import RECORD_NAME, is_temp_name, replace_problem, write_cache_file
+from m2u.core.guard import stop_of
 
 # is_url and local_location live with the layout (the shard checks read them too); kept importable from here.
+from m2u.datasets.config import BuildError
 from m2u.datasets.layout import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -243,6 +245,11 @@ def _fetch(
         raise StorageError(f"{url} cannot be read: {_one_line(error)}") from error
     remote = {relative: size for relative, size in listing.items() if _travels(relative)}
     if require_manifest and MANIFEST_NAME not in remote:
+        if any(relative.startswith(f"{STATE_DIR}/") for relative in remote):
+            raise StorageError(
+                f"{url} holds no dataset yet: a build there has not finished (no {MANIFEST_NAME}); rerun that "
+                f"build (m2u-make-dataset -o {url}, here or on another machine) to finish it"
+            )
         raise StorageError(
             f"{url} holds no dataset (no {MANIFEST_NAME}); build one with m2u-make-dataset -o {url}"
         )
@@ -353,7 +360,9 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
     record = _read_upload_record(fs, root) if UPLOAD_RECORD_NAME in listing else None
     remote = {relative: size for relative, size in listing.items() if _travels(relative)}
     files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
-    files = [f for f in files if _travels(f) and _is_build_output(f) and (finished or f != MANIFEST_NAME)]
+    files = [
+        f for f in files if _travels(f) and _is_build_output(local, f) and (finished or f != MANIFEST_NAME)
+    ]
     state = _SyncState(url, local)
     try:
         known: dict[str, dict[str, Any]] = {
@@ -383,11 +392,14 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
 _UNKNOWN: dict[str, Any] = {"bytes": None, "sha256": None}
 
 
-def _is_build_output(relative: str) -> bool:
-    """A file a dataset build writes (m2u.datasets.layout.is_build_file) or a folder's `.m2u-written` record: what
-    an upload sends. Anything else in the local copy (a person's file fetched from beside the dataset) is not the
-    build's to put back."""
-    return relative.rsplit("/", 1)[-1] == RECORD_NAME or is_build_file(PurePosixPath(relative))
+def _is_build_output(local: Path, relative: str) -> bool:
+    """A file a dataset build writes (m2u.datasets.layout.is_build_file) that m2u did write (its folder's record
+    lists it), or a folder's `.m2u-written` record: what an upload sends. Anything else in the local copy (a
+    person's file fetched from beside the dataset, even one named like a shard) is not the build's to put back,
+    nor to list in the upload record as m2u's."""
+    if relative.rsplit("/", 1)[-1] == RECORD_NAME:
+        return True
+    return is_build_file(PurePosixPath(relative)) and not replace_problem(local / relative)
 
 
 def _stale(candidates: list[str], ours: set[str], remote: dict[str, int], local: set[str]) -> list[str]:
@@ -541,8 +553,15 @@ def build_at_url(url: str, build: Callable[[str], T], *, in_process_ok: bool = T
     fetch(url, local, require_manifest=False, keep_local_changes=True)
     try:
         result = build(str(local))
-    except BaseException:
-        _upload_stopped(local, url)
+    except BaseException as error:
+        if (
+            stop_of(error) is not None
+        ):  # a stop (Ctrl-C, SIGTERM: a preempted machine), not a refusal or failure
+            _upload_stopped(local, url)
+        elif isinstance(
+            error, BuildError
+        ):  # its paths are the cache's: say them at the URL, where the user acts
+            raise type(error)(str(error).replace(str(local), url.rstrip("/"))) from None
         raise
     try:
         upload(local, url)
@@ -555,13 +574,11 @@ def build_at_url(url: str, build: Callable[[str], T], *, in_process_ok: bool = T
 
 
 def _upload_stopped(local: Path, url: str) -> None:
-    """After a build stopped: upload what it committed (never the manifest), so that a preempted machine's work
-    reaches the URL; a failure here is said, never raised over the stop itself."""
-    from m2u.datasets.config import BuildLockedError
-
-    error = sys.exc_info()[1]
-    if isinstance(error, BuildLockedError) or not local.is_dir():
-        return  # another run builds in this cache: it uploads its own work
+    """After a build stopped (Ctrl-C, SIGTERM): upload what it committed (never the manifest), so that a preempted
+    machine's work reaches the URL; a failure here is said, never raised over the stop itself. A build refused
+    (another run holds the cache, other arguments) or failed leaves the URL as it was."""
+    if not local.is_dir():
+        return
     try:
         count = upload(local, url, finished=False)
     except Exception as failure:  # noqa: BLE001 - said, never raised over the stop itself

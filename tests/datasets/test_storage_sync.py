@@ -173,7 +173,7 @@ def test_a_stopped_build_uploads_what_it_committed_and_a_rerun_elsewhere_resumes
     assert sum(name.startswith(".m2u-build/") and name.endswith("0.parquet") for name in remote) >= 1
     assert "manifest.parquet" not in remote  # never a half build as finished
     assert "manifest.parquet" not in json.loads(remote[UPLOAD_RECORD_NAME])["files"]
-    with pytest.raises(StorageError, match="holds no dataset"):
+    with pytest.raises(StorageError, match="holds no dataset yet: a build there has not finished"):
         fetch(bucket, tmp_path / "reader")
 
     monkeypatch.setattr(build_module, "commit_shard", commit_shard)
@@ -247,3 +247,21 @@ def test_an_in_process_memory_url_is_refused_as_output(faces, tmp_path, monkeypa
     assert result.exit_code == 2, result.output
     assert "memory" in _one_line(result.output)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_refused_build_leaves_the_url_alone_and_a_persons_shard_named_file_is_never_claimed(bucket, faces):
+    """A person's file named like a shard in the bucket: an `overwrite` build is refused (as for a local folder)
+    naming it at the URL, and the URL keeps its finished dataset; a plain rerun never lists it as m2u's."""
+    fs, root = fsspec.core.url_to_fs(bucket)
+    _build(bucket, faces, shard_size=2)
+    fs.pipe_file(f"{root}/train/train-000009.tar", b"mine\n")
+    before = _remote(bucket)
+    with pytest.raises(
+        BuildError, match=rf"{bucket.split('://')[1]}/train/train-000009.tar was not written by m2u"
+    ):
+        _build(bucket, faces, shard_size=3, seed=1, overwrite=True)
+    assert _remote(bucket) == before  # the manifest stays, nothing uploaded
+    _build(bucket, faces, shard_size=2)  # the same build again: nothing to do
+    record = json.loads(_remote(bucket)[UPLOAD_RECORD_NAME])["files"]
+    assert "train/train-000009.tar" not in record
+    assert _remote(bucket)["train/train-000009.tar"] == b"mine\n"
