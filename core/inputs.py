@@ -82,6 +82,8 @@ class Discovery:
     repeated: int = 0  # files the arguments name more than once (one input each)
     folders: list[Path] = field(default_factory=list)  # the input folders, as given
     per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
+    # per argument, the files it names that an earlier argument named already (read once, under the earlier one)
+    repeated_per_input: dict[str, int] = field(default_factory=dict)
 
     def describe_skipped(self) -> str:
         """A sentence naming what the folder scans passed over, so a user sees why fewer rows than files came
@@ -285,6 +287,7 @@ def discover(
             where = os.path.abspath(entry.path)
             if where in seen:
                 found.repeated += 1
+                found.repeated_per_input[text] = found.repeated_per_input.get(text, 0) + 1
             else:
                 seen.add(where)
                 fresh.append(entry)

@@ -42,6 +42,9 @@ class InputItem:
     # The split key of an earlier input (by source path) with the same bytes ("" = none): the same photo under
     # two names goes to one split, so no test photo is also a training photo. Its seed stays its own.
     same_as: str = ""
+    # That input's identity: under an identity split the copy goes with it too (the same bytes are one person,
+    # whatever identity a list gives the copy); "" = none.
+    same_identity_as: str = ""
 
     @property
     def stable_key(self) -> str:
@@ -96,7 +99,8 @@ def _check_inputs(items: Sequence[InputItem], split_by: SplitBy) -> None:
         raise SettingError(
             "split_by",
             f"identity: {len(missing_identity)} input(s) have no identity, e.g. {missing_identity[0]}; "
-            "give an `identity_file` or an `identity_pattern` that matches every input",
+            "give an `identity_file` (a line '<file name> <identity>' per input, the identity its last field) or an "
+            "`identity_pattern` that matches every input",
         )
 
 
@@ -120,7 +124,10 @@ def plan_samples(
     keys: dict[str, str] = {}
     for item in items:
         # Variants of one input share its split, so no face leaks between splits.
-        group = item.identity if split_by is SplitBy.IDENTITY else item.same_as or item.stable_key
+        if split_by is SplitBy.IDENTITY:
+            group = item.same_identity_as or item.identity
+        else:
+            group = item.same_as or item.stable_key
         split = assign_split(group, seed, fractions)
         for variant in range(variants):
             key = validate_key(variant_key(item.base_key, variant, variants))

@@ -144,7 +144,7 @@ def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
         fields = line.rsplit(None, 1)
         if len(fields) < 2:
             raise ValueError(f"{path}:{number}: expected '<file name> <identity>', got {line!r}")
-        name, identity = fields
+        name, identity = unicodedata.normalize("NFC", fields[0]), fields[1]  # a macOS name as a Linux one
         if mapping.get(name, identity) != identity:
             # Which one is right cannot be told, and the wrong one can put a person in two splits.
             raise ValueError(
@@ -191,7 +191,7 @@ def find_dataset_inputs(
     if not found.entries:
         raise ValueError(str(no_images_error(found)))  # the words of every m2u tool
     for text, count in found.per_input.items():
-        if not count:
+        if not count and not found.repeated_per_input.get(text):
             raise ValueError(f"input {text!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return found
 
@@ -217,8 +217,8 @@ def input_items(
     for source, key in zip(sources, keys, strict=True):
         name_key = split_key(unique[source][1])
         path, relative, identity = unique[source]
-        if not identity and path.name in by_name:
-            identity = by_name[path.name]
+        if not identity and by_name:
+            identity = by_name.get(unicodedata.normalize("NFC", path.name), "")
         if not identity and pattern is not None:
             match = pattern.fullmatch(path.name)
             identity = match.group("identity") if match else ""
@@ -254,5 +254,9 @@ def _with_duplicates_joined(items: list[InputItem]) -> list[InputItem]:
                 continue
             first = first_of.setdefault(digest, items[index])
             if first is not items[index]:
-                joined[index] = dataclasses.replace(items[index], same_as=first.same_as or first.stable_key)
+                joined[index] = dataclasses.replace(
+                    items[index],
+                    same_as=first.same_as or first.stable_key,
+                    same_identity_as=first.same_identity_as or first.identity,
+                )
     return joined

@@ -81,6 +81,9 @@ def test_bad_inputs_have_clear_errors(tmp_path):
     (tmp_path / "full" / "a.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="holds no images"):
         discover_inputs([tmp_path / "full", tmp_path / "empty"])
+    # a list file naming only photos an earlier input gave is no empty input: each photo is read once
+    (tmp_path / "again.txt").write_text("full/a.png\n")
+    assert len(discover_inputs([tmp_path / "full", tmp_path / "again.txt"])) == 1
     (tmp_path / "bad.csv").write_text("name,other\nx,y\n")
     with pytest.raises(ValueError, match="no path column"):
         discover_inputs([tmp_path / "bad.csv"])

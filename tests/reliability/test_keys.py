@@ -235,3 +235,38 @@ def test_the_same_photo_under_two_names_goes_to_one_split(tmp_path):
     moved = {Path(s.source).name: s.split for s in apart}
     assert any(moved[f"copy_{k:02d}.jpg"] != samples[f"a{k:02d}.jpg"].split for k in range(40))
     assert all(moved[f"other_{k:02d}.jpg"] == samples[f"other_{k:02d}.jpg"].split for k in range(40))
+
+
+def test_a_copy_goes_with_its_original_under_an_identity_split_too(tmp_path):
+    """An identity list that gives a photo's byte-copy another identity would put the same photo in two splits:
+    the copy follows its original's identity group (its recorded identity stays the list's)."""
+    from m2u.datasets.plan import plan_samples
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = []
+    for k in range(30):
+        (folder / f"p{k:02d}.jpg").write_bytes(bytes([k]) * 32)
+        (folder / f"q{k:02d}.jpg").write_bytes(bytes([k]) * 32)  # the same photo, given identity 100 + k
+        lines += [f"p{k:02d}.jpg {k}", f"q{k:02d}.jpg {100 + k}"]
+    (tmp_path / "ids.txt").write_text("\n".join(lines) + "\n")
+    items = discover_inputs([folder], identity_file=tmp_path / "ids.txt")
+    samples = {
+        Path(s.source).name: s
+        for s in plan_samples(items, seed=0, fractions=(0.5, 0.25, 0.25), split_by="identity")
+    }
+    for k in range(30):
+        original, copy = samples[f"p{k:02d}.jpg"], samples[f"q{k:02d}.jpg"]
+        assert copy.split == original.split and copy.identity == str(100 + k)
+
+
+def test_an_identity_file_finds_a_name_spelled_the_other_unicode_way(tmp_path):
+    """A macOS file name (e + a combining accent) is found in an identity file written on Linux (one letter)."""
+    import unicodedata
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / unicodedata.normalize("NFD", "josé.jpg")).write_bytes(b"a" * 10)
+    (tmp_path / "ids.txt").write_text(unicodedata.normalize("NFC", "josé.jpg 200\n"))
+    (item,) = discover_inputs([folder], identity_file=tmp_path / "ids.txt")
+    assert item.identity == "200"
