@@ -241,7 +241,9 @@ def _check_inputs(config: PipelineConfig, until: str) -> None:
         raise PipelineRefused(
             "no face inputs: give `faces` (a folder, glob or list file) on the command line or in the config"
         )
-    missing = [face for face in config.faces if not Path(face).exists() and not glob.glob(face)]
+    missing = [
+        face for face in config.faces if not Path(face).exists() and not glob.glob(face, recursive=True)
+    ]
     if missing:
         raise PipelineRefused(f"face inputs not found: {', '.join(missing)}")
     check_stage_weights(config, until)

@@ -93,8 +93,9 @@ class RunConfig:
             self.augment = AugmentConfig(**self.augment)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be >= 1")
+        for name in ("batch_size", "epochs"):  # each named alone: the message names the one that is wrong
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
         for name in ("checkpoint_every", "log_every", "grid_every"):

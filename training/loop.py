@@ -61,6 +61,12 @@ def precision_note(setting: str, resolved: str, device: torch.device) -> str | N
     return f"m2u-train: precision auto -> {resolved} ({why})"
 
 
+def _epoch_batches(data: DataSource) -> int | None:
+    """The training split's batches per epoch for this rank, where the source knows them (`steps_per_epoch`)."""
+    steps_per_epoch = getattr(data, "steps_per_epoch", None)
+    return steps_per_epoch("train") if callable(steps_per_epoch) else None
+
+
 def planned_steps(config: RunConfig, data: DataSource) -> int | None:
     """The steps this run will take, for the progress bar's total and ETA: max_steps, or fewer when the source
     knows its epoch length (`steps_per_epoch`) and the epochs end first; None when nothing bounds it."""
@@ -139,6 +145,9 @@ class Trainer:
             },
             "world_size": self.dist.world_size,
             "steps_by_world_size": self.steps_by_world_size(),
+            # The epoch's batches in this layout where the source knows them: a run stopped after its last batch
+            # stopped at the epoch's end, where another layout may take over (check_resume_layout).
+            "epoch_batches": _epoch_batches(self.data),
         }
 
     def steps_by_world_size(self) -> dict[str, int]:

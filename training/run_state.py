@@ -156,7 +156,8 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str |
     if not changes:
         return None
     epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
-    if batch == 0:
+    if batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")):
+        # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
         return f"resuming at the start of epoch {epoch} with {' and '.join(changes)}"
     was = f"DDP world size {saved_world if isinstance(saved_world, int) else world_size}"
     was += f" and `batch_size` {saved_batch if isinstance(saved_batch, int) else config.batch_size}"

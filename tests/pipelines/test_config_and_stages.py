@@ -448,3 +448,15 @@ def test_a_run_recorded_with_the_faces_by_names_and_sizes_stays_finished(tmp_pat
     said: list[str] = []
     pipeline_run.run_pipeline(config, run, echo=said.append)
     assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
+
+
+def test_a_recursive_glob_of_faces_is_found_as_the_build_finds_it(tmp_path, monkeypatch):
+    """`faces/**/*.jpg` with the photos right in `faces` was "face inputs not found" (glob without recursive)."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    config = load_config("smoke", extra={"faces": [str(faces / "**" / "*.jpg")]})
+    pipeline_run.run_pipeline(config, tmp_path / "run", echo=lambda _: None)
+    assert calls == list(pipeline_run.STAGES)

@@ -34,8 +34,20 @@ def test_a_value_from_the_config_file_names_the_file_and_its_key(tmp_path):
     line = _error(train_main, ["mseg", "-c", str(config), "--print-config"])
     assert f"batch_size: from {config}, key batch_size" in line
     assert "on the command line" not in line and "--batch-size" not in line
-    # A field the file did not set is the default's, with the option that sets it.
-    assert "epochs: the default, --epochs sets it" in line
+    assert "epochs" not in line  # only the setting that is wrong is named
+    # The other one, from --set.
+    line = _error(
+        train_main,
+        [
+            "mseg",
+            "-c",
+            str(_config(tmp_path, "lr: 0.001\n", "ok.yaml")),
+            "--set",
+            "epochs=0",
+            "--print-config",
+        ],
+    )
+    assert "epochs: from --set epochs" in line and "batch_size" not in line
     # The key as the file wrote it: `lr` sets optimizer.learning_rate.
     line = _error(
         train_main, ["mseg", "-c", str(_config(tmp_path, "lr: abc\n", "lr.yaml")), "--print-config"]

@@ -303,3 +303,23 @@ def test_another_rank_says_nothing_of_the_stop_and_claims_no_checkpoint(tmp_path
     with pytest.raises(KeyboardInterrupt, match="checkpoint of step 3 in "):
         rank0.run()
     assert "Ctrl-C: stopping once the training step under way is done" in capfd.readouterr().err
+
+
+def test_a_run_stopped_after_an_epochs_last_batch_may_resume_with_another_batch_size(tmp_path, capsys):
+    """6 training pairs at batch 2 are 3 batches an epoch: stopped by max_steps 3, after the epoch's last batch,
+    the run is at an epoch's boundary, where another batch size takes over (it was refused as mid-epoch)."""
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **TINY), _source())
+    state = load_training_state(run / "checkpoints" / "last.pt")
+    assert state["batch_in_epoch"] in (0, state["epoch_batches"]) and state["epoch_batches"] == 3
+    capsys.readouterr()
+    wider = {**TINY, "batch_size": 3}
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=5, resume=True, **wider), _source(batch_size=3))
+    assert "resuming at the start of epoch" in capsys.readouterr().err
+    # one batch into the next epoch is mid-epoch: refused, as before
+    train_mseg(MSegTrainConfig(out=str(tmp_path / "mid"), max_steps=4, **TINY), _source())
+    with pytest.raises(CheckpointError, match="in the middle of epoch"):
+        train_mseg(
+            MSegTrainConfig(out=str(tmp_path / "mid"), max_steps=6, resume=True, **wider),
+            _source(batch_size=3),
+        )
