@@ -349,15 +349,37 @@ def remove_written(
         raise OutputRefusedError(
             f"{'; '.join(problems[:3])}{more}: m2u replaces only what it wrote; move these away first"
         )
+    gone: dict[Path, set[str]] = {}
     for path in files:
         if path.name == RECORD_NAME:
             info = os.lstat(path)
             _RECORDS.pop(
                 (info.st_dev, info.st_ino, os.fspath(path.parent)), None
             )  # a new one may reuse the inode
+        else:
+            gone.setdefault(path.parent, set()).add(path.name)
         path.unlink(missing_ok=True)
+    for parent, names_gone in gone.items():
+        _forget(parent, names_gone)
     for path in reversed(folders):
         path.rmdir()
+
+
+def _forget(folder: Path, names: set[str]) -> None:
+    """Take `names` out of the folder's record once their files are deleted: a person's file put there later under
+    one of them is theirs, not m2u's to replace (the record is rewritten beside and renamed over itself)."""
+    record = folder / RECORD_NAME
+    if not os.path.lexists(record):
+        return  # removed with its folder
+    kept = [name for name in sorted(_read_record(folder)) if name not in names]
+    fd, temp = _new_temp(record)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"".join(os.fsencode(name) + b"\n" for name in kept))
+        os.replace(temp, record)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = False) -> Path:

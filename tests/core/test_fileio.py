@@ -184,3 +184,17 @@ def test_only_m2us_own_temporary_names_are_cleared_as_leftovers(tmp_path):
     (tmp_path / "out" / "train" / ".notes.tmp").write_text("a person's")
     with pytest.raises(OutputRefusedError, match=r"\.notes\.tmp was not written by m2u"):
         remove_written(tmp_path / "out", ["train"])
+
+
+def test_a_name_removed_by_overwrite_is_a_persons_again(tmp_path):
+    """`--overwrite` deleted m2u's file but left its name in the record: a person's file put there later under
+    that name was then taken for m2u's and replaced without a word."""
+    from m2u.core.fileio import OutputRefusedError, atomic_write_text, check_writable, remove_written
+
+    atomic_write_text(tmp_path / "generator.onnx", "m2u's")
+    atomic_write_text(tmp_path / "mseg.onnx", "m2u's")
+    remove_written(tmp_path, ["generator.onnx"])
+    (tmp_path / "generator.onnx").write_text("a person's own")
+    with pytest.raises(OutputRefusedError, match="not written by m2u"):
+        check_writable(tmp_path / "generator.onnx")
+    check_writable(tmp_path / "mseg.onnx")  # the other name stays m2u's
