@@ -250,6 +250,8 @@ def check_export_folder(out_dir: str | Path, names: Sequence[str], overwrite: bo
     of m2u's export names that m2u wrote (its folder's record, m2u.core.fileio); a person's own file of that
     name is theirs, and is neither refused nor removed."""
     out = Path(out_dir)
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputRefusedError(f"`out_dir` {out} is not a folder")
     unknown = sorted(set(names) - set(EXPORT_NAMES))
     if unknown or not names:
         raise ValueError(f"an export holds {' and/or '.join(EXPORT_NAMES)}, got {list(names)}")

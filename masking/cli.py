@@ -33,7 +33,7 @@ from m2u.core.parallel import WorkerStartError
 from m2u.masking.appearance import PATTERNS
 from m2u.masking.batch import BatchConfig, mask_files
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
-from m2u.masking.render import DEFAULT_COLOR_WEIGHT, MaskConfig, check_seed
+from m2u.masking.render import DEFAULT_COLOR_WEIGHT, DEFAULT_PATTERN_WEIGHT, MaskConfig
 from m2u.masking.templates import ALL_TYPES, MASK_TYPES
 
 _MASK = MaskConfig()
@@ -116,7 +116,11 @@ def _contact_sheet(
     "--pattern", default=_MASK.pattern, help=f"One of {', '.join(PATTERNS)}, an image file, or random."
 )
 @click.option(
-    "--pattern-weight", default=_MASK.pattern_weight, show_default=True, type=click.FloatRange(0, 1)
+    "--pattern-weight",
+    default=_MASK.pattern_weight,
+    type=click.FloatRange(0, 1),
+    help=f"How strongly --pattern covers the fabric (0..1). Default: {DEFAULT_PATTERN_WEIGHT:g}; with --pattern "
+    "random a drawn print its own opaque weight. Given, it holds for every pattern, drawn prints included.",
 )
 @click.option(
     "--pack",
@@ -236,8 +240,6 @@ def _mask(
             progress=progress,
             limit=limit,
         )
-        if contact_sheet is not None:
-            check_seed(seed)  # the sheet seeds apply_mask with it directly (mask_files hashes it per face)
     except ValueError as exc:
         raise click.BadParameter(cli_message(exc)) from exc
     try:

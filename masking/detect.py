@@ -137,8 +137,9 @@ class DetectorConfig:
     model: DetectorModel = "hog"
     # Times the image is doubled before detection: 0 finds faces down to ~80 px, each step halves that.
     upsample: int = 0
-    # When nothing is found, retry with more upsampling up to this (small faces in large photos).
-    max_upsample: int = 1
+    # When nothing is found, retry with more upsampling up to this (small faces in large photos). None:
+    # max(upsample, 1), as m2u-mask's --upsample sets it, so `upsample` alone is a whole setting.
+    max_upsample: int | None = None
     # dlib's HOG score threshold for the first pass, and the lower one for the retry pass (HOG only).
     hog_threshold: float = 0.0
     retry_threshold: float = -0.4
@@ -194,6 +195,8 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.max_upsample is None:
+            object.__setattr__(self, "max_upsample", max(self.upsample, 1))
         if self.model not in DETECTOR_MODELS:
             raise SettingError(
                 "model", f"unknown detector model {self.model!r}; choose one of {DETECTOR_MODELS}"
@@ -202,7 +205,7 @@ class DetectorConfig:
             # Each step doubles the image: 4 is already 256 times the pixels.
             if not 0 <= getattr(self, name) <= 4:
                 raise SettingError(name, f"must be within 0..4, got {getattr(self, name)}")
-        if self.max_upsample < self.upsample:
+        if self.ladder_top < self.upsample:
             # The ladder retries with more upsampling up to max_upsample: below upsample it would silently not.
             raise SettingError(
                 "max_upsample", f"must be at least `upsample` ({self.upsample}), got {self.max_upsample}"
@@ -253,9 +256,14 @@ class DetectorConfig:
         for dlib's CNN and gets it)."""
         return self.blazeface_first and self.model == "hog" and max(height, width) <= self.blazeface_max_side
 
+    @property
+    def ladder_top(self) -> int:
+        """The most upsampling the ladder tries (`max_upsample`, resolved at construction)."""
+        return max(self.upsample, 1) if self.max_upsample is None else self.max_upsample
+
     def passes(self) -> list[tuple[str, int, float]]:
         """The detection ladder as (model, upsample, threshold) tuples, tried in order."""
-        more = range(self.upsample + 1, self.max_upsample + 1)
+        more = range(self.upsample + 1, self.ladder_top + 1)
         floor = -np.inf if self.min_score is None else self.min_score
         if self.model == "cnn":
             return [("cnn", u, max(0.0, floor)) for u in (self.upsample, *more)]

@@ -77,7 +77,10 @@ class MaskConfig:
     # used for every colour, random ones included.
     color_weight: float | None = None
     pattern: str | None = None
-    pattern_weight: float = 0.5
+    # How strongly the pattern covers the fabric (0..1). None: DEFAULT_PATTERN_WEIGHT, and for a print drawn by
+    # pattern="random" with realism the opaque print's own weight (REAL_PRINT_WEIGHT). A value given holds for
+    # every pattern, drawn prints included.
+    pattern_weight: float | None = None
     # How strongly the face's own shading (brightness and its gradient under the mask) is carried onto the mask.
     lighting: float = 0.7
     straps: bool = True  # ear loops / head straps
@@ -95,9 +98,18 @@ class MaskConfig:
     def __post_init__(self) -> None:
         if isinstance(self.placement, Mapping):
             # A config file or `mask_options` nests placement as a mapping: built here (before the type check),
-            # unknown keys and bad values refused naming `placement`.
-            placement = build_checked(PlacementConfig, dict(self.placement), "placement")
+            # unknown keys and bad values refused naming `placement`. A ValueError, not a SettingError: no command
+            # has a --placement flag to name (it comes in `mask_options`, m2u-make-dataset's --mask-option).
+            try:
+                placement = build_checked(PlacementConfig, dict(self.placement), "placement")
+            except SettingError as error:
+                raise ValueError(f"`placement`: {error.message}") from None
             object.__setattr__(self, "placement", placement)
+        elif not isinstance(self.placement, PlacementConfig):
+            raise ValueError(
+                f'`placement` must be a mapping of PlacementConfig\'s fields such as {{"eye_clearance": 0.2}}, '
+                f"got {self.placement!r}"
+            )
         check_types(self)
         for name in ("color_weight", "pattern_weight", "lighting", "realism"):
             value = getattr(self, name)
@@ -262,6 +274,8 @@ def _placement_fields(placement: PlacementConfig) -> tuple[tuple[str, Any], ...]
 Resolved = tuple[str, tuple | None, str | None, float, float]
 # The colour weight of a named colour when MaskConfig.color_weight is None (the weight of earlier versions).
 DEFAULT_COLOR_WEIGHT = 0.5
+# The pattern weight when MaskConfig.pattern_weight is None (the weight of earlier versions).
+DEFAULT_PATTERN_WEIGHT = 0.5
 _SINGLE_INK = tuple(p for p in PATTERNS if p != PRINT)  # the patterns of realism=0 (and of earlier versions)
 
 
@@ -286,7 +300,8 @@ def _resolve(config: MaskConfig, rng: np.random.Generator) -> Resolved:
     elif color_name == RANDOM:
         names = sorted(COLORS)
         color_name = names[int(rng.integers(len(names)))]
-    pattern, pattern_weight = config.pattern, config.pattern_weight
+    pattern = config.pattern
+    pattern_weight = DEFAULT_PATTERN_WEIGHT if config.pattern_weight is None else config.pattern_weight
     if pattern == RANDOM and config.realism == 0:
         pattern = _SINGLE_INK[int(rng.integers(len(_SINGLE_INK)))]
     elif pattern == RANDOM:
@@ -295,7 +310,9 @@ def _resolve(config: MaskConfig, rng: np.random.Generator) -> Resolved:
         pattern = pick if printed else None
         if printed and rng.random() < REAL_PRINT_SHARE:
             # Printed cloth is opaque: its inks replace the fabric's colour (the template's shading stays).
-            pattern, pattern_weight = print_pattern(rng), REAL_PRINT_WEIGHT
+            pattern = print_pattern(rng)
+            if config.pattern_weight is None:
+                pattern_weight = REAL_PRINT_WEIGHT
     if pattern == PRINT:
         pattern = print_pattern(rng)
     color = None if color_name is None else parse_color(color_name)
@@ -462,11 +479,12 @@ def _dyed(rgb: tuple[float, float, float], color: tuple, weight: float) -> tuple
 
 
 def check_seed(seed: object) -> int:
-    """`seed` as an int for numpy's generator; SettingError naming `seed` unless it is an integer >= 0 (numpy's
-    own refusal names neither the setting nor the rule, and a float seed would give other bytes than its int)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise SettingError("seed", f"must be an integer >= 0, got {seed!r}")
-    return int(seed)
+    """`seed` as an int for numpy's generator: any integer, as every m2u command takes it (m2u-mask and
+    m2u-make-dataset hash theirs per face); a negative one is taken modulo 2**64, numpy's generators taking none.
+    SettingError naming `seed` for anything else (a float seed would give other bytes than its int)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise SettingError("seed", f"must be an integer, got {seed!r}")
+    return int(seed) % 2**64
 
 
 def apply_mask(

@@ -105,3 +105,13 @@ def test_a_path_that_is_no_model_file_says_what_it_is(model_files, tmp_path):
         load_model(fifo)  # said at once, not a reader blocked on the pipe
     with pytest.raises(CheckpointError, match="model file not found"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_an_export_folder_that_is_a_file_is_one_line(tmp_path):
+    from m2u.core.fileio import OutputRefusedError
+    from m2u.inference.export import check_export_folder
+
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", "/dev/zero"):
+        with pytest.raises(OutputRefusedError, match="is not a folder"):
+            check_export_folder(out, ["mseg"])
