@@ -108,6 +108,42 @@ def open_regular(path: str | os.PathLike[str], max_bytes: int | None = None):
         raise
 
 
+def file_status(info: os.stat_result) -> str:
+    """A file's size, modification and change times and inode as one text: the same while the file is unchanged
+    (what git's index compares; an edit that restores the modification time still changes the change time)."""
+    return f"{info.st_size}\t{info.st_mtime_ns}\t{info.st_ctime_ns}\t{info.st_ino}"
+
+
+class DigestCache:
+    """SHA-256s of regular files, each kept with the file status it was taken at (`file_status`), so a file is
+    read again only once it changed. `entries` (key -> (sha256, status)) is what a caller saves and gives back
+    next time; `used` holds the entries of this run's calls (what to save when the files seen are all that
+    matter). One mechanism for every cache of file digests (m2u-pipeline's faces, a URL dataset's local copy)."""
+
+    def __init__(self, entries: dict[str, tuple[str, str]] | None = None) -> None:
+        self.entries: dict[str, tuple[str, str]] = dict(entries or {})
+        self.used: dict[str, tuple[str, str]] = {}
+
+    def sha256(self, path: str | os.PathLike[str], key: str | None = None) -> str:
+        """The SHA-256 of the regular file at `path` (kept under `key`, default its absolute path); OSError or
+        ImageReadError when it cannot be read (never through a FIFO or a device: open_regular)."""
+        import hashlib
+
+        key = key if key is not None else os.path.abspath(path)
+        status = file_status(os.stat(path))
+        memo = self.entries.get(key)
+        if memo is None or memo[1] != status:
+            with open_regular(path) as handle:
+                memo = (hashlib.file_digest(handle, "sha256").hexdigest(), status)
+            self.entries[key] = memo
+        self.used[key] = memo
+        return memo[0]
+
+    def forget(self, key: str) -> None:
+        self.entries.pop(key, None)
+        self.used.pop(key, None)
+
+
 def read_input_bytes(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
     """The bytes of a regular input file (see open_regular): never blocks on a FIFO, never reads a device."""
     with open_regular(path, max_bytes) as handle:

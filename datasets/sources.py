@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m2u.core.errors import SettingError
-from m2u.core.imageio import ImageReadError, open_regular, read_input_bytes
+from m2u.core.imageio import DigestCache, ImageReadError, read_input_bytes
 from m2u.core.inputs import (
     IMAGE_SUFFIXES,
     LIST_SUFFIXES,
@@ -242,14 +242,14 @@ def _with_duplicates_joined(items: list[InputItem]) -> list[InputItem]:
         if stat.S_ISREG(info.st_mode):
             by_size.setdefault(info.st_size, []).append(index)
     joined = list(items)
+    digests = DigestCache()
     for indices in by_size.values():
         if len(indices) < 2:
             continue
         first_of: dict[str, InputItem] = {}
         for index in indices:
             try:
-                with open_regular(items[index].source) as handle:
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                digest = digests.sha256(items[index].source)
             except (ImageReadError, OSError):
                 continue
             first = first_of.setdefault(digest, items[index])

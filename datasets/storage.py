@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from m2u.core.errors import SettingError
 from m2u.core.fileio import RECORD_NAME, is_temp_name, replace_problem, write_cache_file
 from m2u.core.guard import stop_of
+from m2u.core.imageio import DigestCache
 
 # is_url and local_location live with the layout (the shard checks read them too); kept importable from here.
 from m2u.datasets.config import BuildError
@@ -155,8 +156,8 @@ def _recorded_sha(record: dict[str, dict[str, Any]] | None, relative: str, size:
 
 
 class _SyncState:
-    """What this machine knows of a local copy of a URL's dataset: the SHA-256 of its files (by size, mtime and
-    inode: a file is hashed once) and, per file, the SHA-256 the URL held when this machine last fetched or
+    """What this machine knows of a local copy of a URL's dataset: the SHA-256 of its files (by file status: a
+    file is hashed once) and, per file, the SHA-256 the URL held when this machine last fetched or
     uploaded it. Kept in the cache folder beside the copies, never in the dataset folder (which is uploaded)."""
 
     def __init__(self, url: str, local: Path):
@@ -171,30 +172,27 @@ class _SyncState:
             data = {}
         data = data if isinstance(data, dict) and data.get("folder") == folder else {}
         self.folder = folder
-        # relative path -> [size, mtime_ns, inode, SHA-256] of the local file; -> the SHA-256 the URL held.
-        self.digests: dict[str, list] = dict(data.get("digests") or {})
+        # relative path -> (SHA-256, file status) of the local file (m2u.core.imageio.DigestCache); -> the SHA-256
+        # the URL held when this machine last synced it.
+        kept = data.get("digests") or {}
+        self.digests = DigestCache(
+            {
+                k: (v[0], v[1]) for k, v in kept.items() if isinstance(v, list) and len(v) == 2
+            }  # earlier: hashed anew
+        )
         self.synced: dict[str, str] = dict(data.get("synced") or {})
 
     def digest(self, relative: str) -> str | None:
         """The SHA-256 of the local file (None when there is none)."""
-        from m2u.datasets.shards import file_digest
-
-        path = self.local / relative
         try:
-            info = path.stat()
+            return self.digests.sha256(self.local / relative, relative)
         except (FileNotFoundError, NotADirectoryError):
-            self.digests.pop(relative, None)
+            self.digests.forget(relative)
             return None
-        key = [info.st_size, info.st_mtime_ns, info.st_ino]
-        memo = self.digests.get(relative)
-        if isinstance(memo, list) and len(memo) == 4 and memo[:3] == key:
-            return memo[3]
-        sha = file_digest(path)[1]
-        self.digests[relative] = [*key, sha]
-        return sha
 
     def save(self) -> None:
-        text = json.dumps({"folder": self.folder, "digests": self.digests, "synced": self.synced})
+        digests = {k: list(v) for k, v in self.digests.entries.items()}
+        text = json.dumps({"folder": self.folder, "digests": digests, "synced": self.synced})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_cache_file(self.path, lambda temp: Path(temp).write_text(text))  # a cache: never fails the run
 
@@ -317,12 +315,12 @@ def _remove_dropped(local: Path, remote: dict[str, int], state: _SyncState) -> N
             records.append(relative)
             continue
         (local / relative).unlink(missing_ok=True)
-        state.digests.pop(relative, None)
+        state.digests.forget(relative)
     for relative in records:
         folder = (local / relative).parent
         if not any(p.name != RECORD_NAME for p in folder.iterdir()):
             (local / relative).unlink(missing_ok=True)
-            state.digests.pop(relative, None)
+            state.digests.forget(relative)
             if folder != local and not any(folder.iterdir()):
                 folder.rmdir()
 

@@ -28,6 +28,7 @@ from typing import Any
 from m2u.core.fileio import atomic_write_text, check_writable, open_append
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
+from m2u.core.imageio import DigestCache
 from m2u.core.runtime import runtime_field
 from m2u.datasets.build import BuildConfig
 from m2u.pipelines.config import PipelineConfig, config_as_dict
@@ -89,7 +90,7 @@ def inputs_fingerprint(
     if identity not in ("content", "sizes", "spelled"):
         raise ValueError(f"`identity` must be content, sizes or spelled, not {identity!r}")
     known = _read_hash_cache(hash_cache) if hash_cache is not None else {}
-    seen: dict[str, tuple[str, str]] = {}
+    digests = DigestCache(known)
     digest = hashlib.sha256()
     for entry in faces:
         digest.update(str(entry).encode("utf-8", "surrogateescape") if identity == "spelled" else b"\x1e")
@@ -97,12 +98,13 @@ def inputs_fingerprint(
             if found.problem:
                 mark = "-1"  # counted, never read (a FIFO or device would hang or fill the memory)
             elif identity == "content":
-                mark = _content_digest(found.path, known, seen)
+                mark = _content_digest(found.path, digests)
             else:
                 mark = str(found.path.stat().st_size)
             digest.update(f"{found.relative}\0{mark}\n".encode("utf-8", "surrogateescape"))
-    if hash_cache is not None and identity == "content" and seen != known:
-        lines = "".join(f"{d}\t{s}\t{where}\n" for where, (d, s) in sorted(seen.items()))
+    if hash_cache is not None and identity == "content" and digests.used != known:
+        # the faces of this call only: a face gone from the inputs leaves the cache
+        lines = "".join(f"{d}\t{s}\t{where}\n" for where, (d, s) in sorted(digests.used.items()))
         hash_cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(hash_cache, _HASH_CACHE_HEADER + lines)
     return digest.hexdigest()
@@ -122,27 +124,14 @@ def _read_hash_cache(path: Path) -> dict[str, tuple[str, str]]:
     return known
 
 
-def _content_digest(path: Path, known: dict[str, tuple[str, str]], seen: dict[str, tuple[str, str]]) -> str:
-    """The SHA-256 of a face file's bytes, taken from `known` while its status is the one recorded there."""
-    from m2u.core.imageio import ImageReadError, open_regular
+def _content_digest(path: Path, digests: DigestCache) -> str:
+    """The SHA-256 of a face file's bytes ("-1" when it cannot be read: the dataset stage reports it)."""
+    from m2u.core.imageio import ImageReadError
 
-    where = os.path.abspath(path)
     try:
-        info = os.stat(where)
-    except OSError:
-        return "-1"
-    status = f"{info.st_size}\t{info.st_mtime_ns}\t{info.st_ctime_ns}\t{info.st_ino}"
-    earlier = known.get(where)
-    if earlier is not None and earlier[1] == status:
-        seen[where] = earlier
-        return earlier[0]
-    try:
-        with open_regular(where) as handle:
-            value = hashlib.file_digest(handle, "sha256").hexdigest()
+        return digests.sha256(path)
     except (ImageReadError, OSError):
-        return "-1"  # the dataset stage reports it; its bytes are no part of the faces
-    seen[where] = (value, status)
-    return value
+        return "-1"
 
 
 class _Logger:

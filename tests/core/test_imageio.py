@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -387,3 +389,26 @@ def test_exif_pillow_cannot_parse_leaves_the_photo_as_stored_without_a_warning(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_image(tmp_path / "odd.jpg").shape == (40, 30, 3)
+
+
+def test_the_digest_cache_reads_a_file_again_only_once_it_changed(tmp_path, monkeypatch):
+    """One mechanism for every cache of file digests (m2u-pipeline's faces, a URL dataset's local copy)."""
+    import hashlib
+
+    from m2u.core.imageio import DigestCache
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"one")
+    reads = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda handle, name: reads.append(1) or real(handle, name))
+    cache = DigestCache()
+    first = cache.sha256(path)
+    assert first == hashlib.sha256(b"one").hexdigest() and len(reads) == 1
+    again = DigestCache(cache.entries)  # as a caller saves and gives it back
+    assert again.sha256(path) == first and len(reads) == 1
+    path.write_bytes(b"two")  # same size, other bytes
+    assert again.sha256(path) == hashlib.sha256(b"two").hexdigest() and len(reads) == 2
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ImageReadError):
+        again.sha256(tmp_path / "fifo")  # never blocks on a FIFO
