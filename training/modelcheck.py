@@ -32,11 +32,28 @@ def refuse_training_state(path: Path, error: type[Exception]) -> None:
             head = handle.read(4)
     except OSError:
         return  # the caller's own "not found / unreadable" message is better
-    if head == _ZIP_MAGIC:
-        raise error(
-            f"{path} is a training checkpoint (m2u-train's RUN/checkpoints/last.pt: optimiser state and all), not a model "
-            "file: give the run's mseg.safetensors or generator.safetensors instead"
-        )
+    if head == b"":
+        raise error(f"{path} is empty (0 bytes), not a model file")
+    if head != _ZIP_MAGIC:
+        return
+    if not _is_torch_save(path):  # a zip of photos, say: only torch.save's zip holds a data.pkl
+        raise error(f"{path} is a zip archive, not a model file (m2u's model files are .safetensors)")
+    raise error(
+        f"{path} is a PyTorch file saved with torch.save, such as a training checkpoint (m2u-train's "
+        "RUN/checkpoints/last.pt: optimiser state and all), not a model file: give the run's mseg.safetensors or "
+        "generator.safetensors instead"
+    )
+
+
+def _is_torch_save(path: Path) -> bool:
+    """Whether the zip at `path` is one torch.save wrote (a `<name>/data.pkl` entry); only its directory is read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def check_info(path: Path, info: Any, error: type[Exception]) -> None:

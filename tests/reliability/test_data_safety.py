@@ -361,7 +361,15 @@ def test_damaged_model_files_are_refused_in_one_sentence(tmp_path, tiny_models):
     )
     state = tmp_path / "last.pt"
     save_training_state(state, {"step": 1})
-    cases["training checkpoint"] = (state, "training checkpoint")
+    cases["training checkpoint"] = (state, "saved with torch.save, such as a training checkpoint")
+    # a zip of photos is no training checkpoint; an empty file is said empty
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+        archive.writestr("a.jpg", b"x")
+    cases["zip"] = (tmp_path / "photos.zip", "is a zip archive, not a model file")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    cases["empty"] = (tmp_path / "empty.safetensors", r"is empty \(0 bytes\)")
     for what, (path, message) in cases.items():
         with pytest.raises(CheckpointError, match=message) as refused:
             load_model(path)
