@@ -47,7 +47,7 @@ from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_sam
 from m2u.datasets.shards import remove_stray_temp_files
 from m2u.datasets.sources import find_dataset_inputs, input_items
 from m2u.datasets.storage import local_location
-from m2u.datasets.work import FAULT_ENV, BuildJob, ShardTask, make_masker, process_input
+from m2u.datasets.work import FAULT_ENV, BuildJob, ShardTask, make_detector, make_masker, process_input
 from m2u.datasets.writer import count_rows, library_versions, write_stats
 
 BUILD_STATE_NAME = "build.json"
@@ -273,7 +273,9 @@ def build_dataset(
     """Build (or resume, or finalise) the dataset in ``out_dir`` from ``inputs`` (folders, globs, images, list
     files); see the module docstring. Raises BuildError (or BuildLockedError) with a message for the user."""
     started, cpu_started = time.perf_counter(), _cpu_seconds()
-    make_masker(config)  # fail early, before touching OUT, on a missing engine or bad mask options
+    # Fail early, before touching OUT, on a missing engine or detector or on bad mask options.
+    make_masker(config)
+    make_detector(config)
     distributor = distributor or make_distributor(config)
     out = Path(local_location(out_dir))
     # Planned before OUT is created: a refused input (none found, identities missing) leaves no empty folder.

@@ -123,11 +123,16 @@ def init_worker(config: BuildConfig, inherited_fds: Sequence[int] = ()) -> None:
             os.close(fd)
     import cv2
 
+    cv2.setNumThreads(1)
+    _STATE = _WorkerState(config, make_masker(config), make_detector(config))
+
+
+def make_detector(config: BuildConfig) -> Any:
+    """The FaceDetector ``config.detector_options`` configure; one this install cannot run (BlazeFace's files
+    missing) raises at once."""
     from m2u.masking import DetectorConfig, FaceDetector
 
-    cv2.setNumThreads(1)
-    detector = FaceDetector(DetectorConfig(**config.detector_options))
-    _STATE = _WorkerState(config, make_masker(config), detector)
+    return FaceDetector(DetectorConfig(**config.detector_options))
 
 
 def ensure_worker(config: BuildConfig) -> None:

@@ -430,9 +430,10 @@ def mask_files(
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
     if not files:
         raise no_images_error(found)
+    detector = config.detector.for_photos(len(files))
+    FaceDetector(detector)  # a detector this install cannot run is refused before OUT is made
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
-    detector = config.detector.for_photos(len(files))
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []

