@@ -55,7 +55,10 @@ __all__ = [
 
 
 def make_key(relative: str) -> str:
-    """The sample key of an input from its relative path (see the module docstring)."""
+    """The sample key of an input from its relative path (see the module docstring); a name's two Unicode
+    spellings (macOS writes NFD, most else NFC) key alike."""
+    if not relative.isascii():
+        relative = unicodedata.normalize("NFC", relative)
     stem = relative.replace("\\", "/")
     stem = stem.rsplit(".", 1)[0] if "." in Path(stem).name else stem
     key = re.sub(r"[^a-z0-9_/-]", "-", stem.lower()).replace("/", "__").strip("_-")

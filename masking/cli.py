@@ -131,7 +131,8 @@ def _contact_sheet(
 @click.option(
     "--code",
     default=_BATCH.mask_code,
-    help="MaskTheFace's --code: comma-separated type[-#rrggbb|-colour|-pattern or texture] entries, cycled "
+    help="MaskTheFace's --code: comma-separated type[-#rrggbb|-colour|-pattern or texture|-random_color|"
+    "-random_pattern] entries, cycled "
     "over the inputs (input i gets entry i mod N); replaces --mask-type, and an entry's colour or pattern "
     "replaces --color or --pattern.",
 )

@@ -158,9 +158,15 @@ class MaskConfig:
         return tuple(dataclasses.replace(self, mask_type=t) for t in types)
 
 
+# m2u's own `--code` extras (MaskTheFace has no random draws): a bare `random` would be ambiguous.
+RANDOM_COLOR_CODE = "random_color"
+RANDOM_PATTERN_CODE = "random_pattern"
+
+
 def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskConfig, ...]:
     """MaskTheFace's `--code`: comma-separated `type`, `type-#rrggbb` / `type-<colour name>` or
-    `type-<pattern or texture image>` entries, each a configuration of its own (the other fields from `base`).
+    `type-<pattern or texture image>` entries, each a configuration of its own (the other fields from `base`);
+    also `type-random_color` and `type-random_pattern` (a bare `random` is refused: it could be either).
     A texture path that is not a file as given is also looked up relative to the MaskTheFace checkout holding
     `base.pack` (its `--code` examples name `masks/textures/...`). ValueError names a bad entry."""
     entries = [entry.strip() for entry in code.split(",") if entry.strip()]
@@ -172,8 +178,19 @@ def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskCon
         if mask_type.strip().lower() == ALL_TYPES:
             raise ValueError(f"mask code entry {entry!r}: 'all' is not one mask; list the types instead")
         color, pattern = base.color, base.pattern
-        if extra.startswith("#") or extra.lower() in COLORS:
-            color = extra.lower()
+        lowered = extra.strip().lower()
+        if lowered == RANDOM:
+            # Both a colour and a pattern may be random: reading it as either would surprise half the users.
+            raise ValueError(
+                f"mask code entry {entry!r}: 'random' could be a colour or a pattern; write "
+                f"'{mask_type.strip()}-{RANDOM_COLOR_CODE}' or '{mask_type.strip()}-{RANDOM_PATTERN_CODE}'"
+            )
+        if lowered == RANDOM_COLOR_CODE:
+            color = RANDOM
+        elif lowered == RANDOM_PATTERN_CODE:
+            pattern = RANDOM
+        elif extra.startswith("#") or lowered in COLORS:
+            color = lowered
         elif extra:
             pattern = _code_texture(extra, base.pack)
         try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,8 @@ def test_keys_are_webdataset_safe():
     assert make_key("Person A/img.01.PNG") == "person-a__img-01"
     long = make_key("x" * 300 + ".jpg")
     assert len(long) <= 80 and long != make_key("x" * 301 + ".jpg")
+    for name in ("José/foto.jpg", "é" * 100 + "x" * 200 + ".jpg"):  # short, and long enough for the digest
+        assert make_key(unicodedata.normalize("NFD", name)) == make_key(unicodedata.normalize("NFC", name))
 
 
 def test_identity_pattern():

@@ -94,6 +94,16 @@ def test_mask_code_entries_and_cycling(tmp_path):
         parse_mask_code("cloth, all")
 
 
+def test_mask_code_random_says_whether_colour_or_pattern():
+    colour, pattern = parse_mask_code("surgical-random_color, cloth-Random_Pattern")
+    assert (colour.mask_type, colour.color, colour.pattern) == ("surgical", "random", None)
+    assert (pattern.mask_type, pattern.color, pattern.pattern) == ("cloth", None, "random")
+    with pytest.raises(
+        ValueError, match="'random' could be a colour or a pattern; write 'surgical-random_color'"
+    ):
+        parse_mask_code("surgical-random")
+
+
 def test_make_dataset_refuses_all_with_a_clear_message():
     from m2u.datasets.build import BuildConfig, BuildError, make_masker
 
