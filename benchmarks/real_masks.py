@@ -26,7 +26,9 @@ Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turn
 restored in the photo as it is there is restored upside down (RealFaceDetectorConfig's orientation check and the
 decision should leave each one as it is); a photo with nothing restored, a face left as upside down or no face at
 all, is tried again turned (UnmaskConfig.try_turned: 180 degrees, then 90 either way), and the faces restored
-that way ("faces_restored_turned") are right side up. "real_masked_sideways" and
+that way ("faces_restored_turned") are right side up; per set, "photos_restored_right_side_up" counts the photos
+restored in the turn that undoes the set's own and "photos_restored_wrong_way_up" the rest (as they are, or turned
+another way). "real_masked_sideways" and
 "real_masked_sideways_anticlockwise": real-masked turned 90 degrees clockwise and anticlockwise, as photos stored
 sideways; a photo whose restored faces all lean far from upright is also tried turned a quarter turn each way
 (UnmaskConfig.try_turned, SIDEWAYS_LEAN); and every photo whose sure detections' boxes read turned to the box
@@ -291,12 +293,13 @@ def main() -> None:
             ),
         }
         only = set(args.only.split(",")) if args.only else set(runs_of)
-        for name, source, quarter_turns in (
-            ("real_masked_turned", real_dir, 2),
-            ("real_mask_seg_turned", seg_dir, 2),
-            ("real_masked_sideways", real_dir, 3),
-            ("real_masked_sideways_anticlockwise", real_dir, 1),
-        ):
+        turned_sets = {
+            "real_masked_turned": (real_dir, 2),
+            "real_mask_seg_turned": (seg_dir, 2),
+            "real_masked_sideways": (real_dir, 3),
+            "real_masked_sideways_anticlockwise": (real_dir, 1),
+        }
+        for name, (source, quarter_turns) in turned_sets.items():
             if name in only:
                 _write_turned(source, Path(tmp) / name, quarter_turns)
         for name, (inputs, labels) in runs_of.items():
@@ -310,6 +313,7 @@ def main() -> None:
             t0 = time.perf_counter()
             chosen = every_face if name.endswith("every_face") else unmasker
             summary = evaluate_real_masks(inputs, out, chosen, labels, config)
+            summary.update(right_side_up(summary, turned_sets.get(name, (None, 0))[1]))
             summary["seconds"] = round(time.perf_counter() - t0, 1)
             evaluations[name] = summary
             print(f"{name}: {json.dumps(summary)}", flush=True)
@@ -346,6 +350,17 @@ def main() -> None:
             "full_run_seconds", None if "only" in earlier_protocol else earlier_protocol.get("seconds")
         )
     _write_merged(args.out, result)
+
+
+def right_side_up(summary: dict, quarter_turns: int) -> dict:
+    """For a set whose photos were turned `quarter_turns` times 90 degrees anticlockwise: the photos restored in
+    the turn that undoes it (right side up), and those restored in any other (as they are, or turned wrongly)."""
+    by_turn = summary["photos_restored_by_turn"]
+    right = by_turn.get(str((360 - 90 * quarter_turns) % 360), 0)
+    return {
+        "photos_restored_right_side_up": right,
+        "photos_restored_wrong_way_up": sum(by_turn.values()) - right,
+    }
 
 
 def _write_turned(source: Path, target: Path, quarter_turns: int) -> None:

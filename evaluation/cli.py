@@ -197,7 +197,7 @@ def main(**kw) -> None:
     "--label-threshold",
     default=RealMaskConfig.label_threshold,
     show_default=True,
-    type=click.IntRange(0, 254),
+    type=click.IntRange(1, 254),
     help="Label pixels at or above this grey value are mask (JPEG labels have soft edges).",
 )
 @click.option(

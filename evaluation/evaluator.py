@@ -372,9 +372,17 @@ def evaluate(
     data = local_dataset(data)  # a dataset URL (s3://...): its local copy, fetched before any model loads
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
-    if os.path.realpath(out_dir) == os.path.realpath(data):
+    # `data` is a local folder here (a URL's local copy). A report inside it (a split folder, say) would land
+    # among the shards and in the dataset's own record of what it wrote, as much as one in the folder itself.
+    out_real, data_real = Path(os.path.realpath(out_dir)), Path(os.path.realpath(data))
+    if out_real == data_real:
         raise OutputFolderError(
             f"`out_dir` {out_dir} is the dataset folder; the report would mix with the dataset"
+        )
+    if data_real in out_real.parents:
+        raise OutputFolderError(
+            f"`out_dir` {out_dir} is inside the dataset folder {data}; the report would mix with the dataset: "
+            "choose a folder outside it"
         )
     for name in REPORT_FILES:  # refused now, not after the scoring (m2u.core.fileio: never a person's file)
         check_writable(out_dir / name)

@@ -3,10 +3,14 @@
 No ground-truth unmasked face exists for a real masked photo, so what can be measured is what m2u-unmask finds and
 touches: for each photo, the faces found (restored, or left as they are with the reason), M-Seg's predicted mask
 mapped back to the photo, and, where a binary label image of the mask is given (the photo's path below its folder,
-any image suffix, in the labels folder; JPEG labels are thresholded at `label_threshold`), Dice and IoU of the predicted mask against the label and the
+any image suffix, in the labels folder; JPEG labels are thresholded at `label_threshold`; a label with transparency
+is read as shown on black: its transparent pixels are background, `read_label`), Dice and IoU of the predicted mask
+against the label and the
 remnant share: the label pixels m2u-unmask left exactly unchanged in its output (mask left in the photo), and the
 near remnant share: those it changed by at most `near_levels` (a pixel pasted back as a resampled copy of itself still
-shows the mask). A photo with no face found scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched).
+shows the mask). A photo with no face restored (none found, or every face left as it is) has an empty predicted
+mask: against a label with mask pixels it scores Dice 0, IoU 0 and remnant 1 (nothing of its mask was touched);
+against an empty label (the photo shows no mask) Dice 1 and IoU 1, a correct prediction, and no remnant share.
 
 Writes OUT/real_masks.csv (one row per photo), OUT/faces.jsonl (one line per face found: detector, box, the
 masked-face decision's evidence and, for a face left, its reason; as m2u-unmask writes it), OUT/summary.json and
@@ -16,11 +20,13 @@ predicted mask | restored | label, at thumbnail size.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import io
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -58,8 +64,9 @@ class RealMaskConfig:
     limit: int | None = None  # the first N photos found (in the order found); None: every one
 
     def __post_init__(self) -> None:
-        if not 0 <= self.label_threshold < 255:
-            raise ValueError(f"label_threshold must be in 0..254, got {self.label_threshold}")
+        # 0 would make every pixel of every label mask.
+        if not 1 <= self.label_threshold < 255:
+            raise ValueError(f"`label_threshold` must be in 1..254, got {self.label_threshold}")
         if not 0 <= self.near_levels < 255:
             raise ValueError(f"near_levels must be in 0..254, got {self.near_levels}")
         if self.thumb < 16:
@@ -72,7 +79,9 @@ class PhotoScore:
     """One row of real_masks.csv."""
 
     photo: str
-    status: str  # ok | no_face | no_masked_face | no_label | bad_label | unreadable | error
+    # ok | no_face | no_masked_face | no_label | bad_label | unreadable | error. A label status (no_label, bad_label)
+    # takes precedence over the face status (no_face, no_masked_face), whose reason then follows the label's.
+    status: str
     reason: str = ""
     faces_found: int = (
         0  # restored + left as they are (detections m2u-unmask judged to be no face not counted)
@@ -82,6 +91,8 @@ class PhotoScore:
     # Of faces_restored, those restored in the photo turned (m2u-unmask's try of a photo stored upside down or
     # sideways: UnmaskConfig.try_turned), right side up.
     faces_restored_turned: int = 0
+    # The turn (degrees anticlockwise) of the photo those faces were restored in; 0: restored as it is.
+    turned_degrees: int = 0
     not_faces: int = 0  # uncertain detections without a mask: no face
     # The evidence of the face with the highest mask probability (restored or left): the mask classifier's
     # probability, the share of the mouth region M-Seg marks and the share of M-Seg's mask it is sure of
@@ -160,12 +171,25 @@ def label_index(labels: Path, exclude: list[Path]) -> dict[str, list[Path]]:
 def read_label(
     path: Path, shape: tuple[int, int] | None = None, threshold: int = LABEL_THRESHOLD
 ) -> np.ndarray:
-    """A binary label image as a bool (H, W) array: True where its brightest channel is at least `threshold`. With
+    """A binary label image as a bool (H, W) array: True where its brightest channel is at least `threshold`. A
+    label with transparency is read as shown on black: a transparent pixel is background, a half transparent one
+    half its value (a white mask on a transparent or a transparent black background reads as the mask). With
     `shape` (height, width), a label at another resolution than its photo is resized to it first. The one reading
     of a label image: m2u-eval and the benchmarks that score against labels all use it."""
-    from m2u.masking import read_image
+    from m2u.core.imageio import read_photo
 
-    grey = read_image(path).max(axis=2)
+    photo = read_photo(path)
+    grey = photo.rgb.max(axis=2)
+    if photo.alpha is not None and (photo.alpha < 255).any():
+        # read_image shows transparent pixels on white, which would make a transparent background all mask.
+        colour = photo.colour if photo.colour is not None else photo.rgb
+        shown = (colour.max(axis=2).astype(np.uint32) * photo.alpha + 127) // 255
+        grey = shown.astype(np.uint8)
+        if not (grey >= threshold).any() and (photo.alpha == 255).any():
+            raise LabelError(
+                "its opaque pixels are all darker than the threshold: a mask drawn dark on a transparent "
+                "background? draw it light (white), or save the label as white on black"
+            )
     problem = label_problem(grey, shape, threshold)
     if problem:
         raise LabelError(problem)
@@ -199,6 +223,9 @@ def ambiguous_band(threshold: int) -> int:
 def label_problem(grey: np.ndarray, shape: tuple[int, int] | None, threshold: int = LABEL_THRESHOLD) -> str:
     """Why the grey label image (read against `threshold`) cannot be a binary mask of a photo of `shape` (height,
     width); "" when it can."""
+    if grey.max(initial=0) == 1:
+        # An index mask (0 background, 1 mask) would read as an empty label: Dice 0, silently, in every mean.
+        return "its values are only 0 and 1 (an index mask?); save the mask as 0/255 (white on black)"
     band = ambiguous_band(threshold)
     mid = float((np.abs(grey.astype(np.int16) - threshold) < band).mean())
     if mid > MAX_MID_GREY_SHARE:
@@ -264,6 +291,11 @@ def summarize_scores(rows: list[PhotoScore]) -> dict:
         "faces_found": sum(r.faces_found for r in readable),
         "faces_restored": sum(r.faces_restored for r in readable),
         "faces_restored_turned": sum(r.faces_restored_turned for r in readable),
+        # Photos with a face restored, by the turn they were restored in (degrees anticlockwise; "0": as it is).
+        "photos_restored_by_turn": {
+            str(d): sum(r.turned_degrees == d for r in restored)
+            for d in sorted({r.turned_degrees for r in restored})
+        },
         "faces_left": sum(r.faces_left for r in readable),
         "detections_judged_no_face": sum(r.not_faces for r in readable),
         "mean_mask_fraction_where_restored": _mean([r.mask_fraction for r in restored]),
@@ -304,32 +336,55 @@ def evaluate_real_masks(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[PhotoScore] = []
     face_lines: list[dict] = []
-    sheet: list[tuple[PhotoScore, list[str]]] = []
+    sheet: list[SheetRow] = []
+    finished_lines = 0  # the face lines of the photos in `rows`
     with output_lock(out, "m2u-eval-real-masks"):
         (out / "sheet").mkdir(exist_ok=True)
-        for index, entry in enumerate(
-            tqdm(run.photos, unit="photo", desc="real masks", disable=not progress)
-        ):
-            row = PhotoScore(photo=str(entry.path), status="ok")
-            lines = len(face_lines)
-            try:
-                lookup = run.label_lookup(entry)
-                names = _score_photo(
-                    row, entry.path, unmasker, lookup, config, out, index, len(sheet), face_lines
-                )
-                if names:
-                    sheet.append((row, names))
-            except ImageReadError as exc:
-                row.status, row.reason = "unreadable", exc.reason
-            except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
-                row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
-            if row.status in ("unreadable", "error"):
-                del face_lines[lines:]  # a photo's faces are counted with its row or not at all
-            rows.append(row)
+        try:
+            for index, entry in enumerate(
+                tqdm(run.photos, unit="photo", desc="real masks", disable=not progress)
+            ):
+                row = PhotoScore(photo=str(entry.path), status="ok")
+                names: list[str] = []
+                try:
+                    lookup = run.label_lookup(entry)
+                    names = _score_photo(
+                        row, entry.path, unmasker, lookup, config, out, index, len(sheet), face_lines
+                    )
+                except ImageReadError as exc:
+                    row.status, row.reason = "unreadable", exc.reason
+                except Exception as exc:  # noqa: BLE001 - one bad photo is recorded, the rest still run
+                    row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
+                failed = row.status in ("unreadable", "error")
+                if failed:
+                    del face_lines[finished_lines:]  # a photo's faces are counted with its row or not at all
+                rows.append(row)
+                finished_lines = len(face_lines)
+                # A failed photo has a row too (its reason, no cells), while the sheet has room.
+                if names or (failed and (config.sheet_rows is None or len(sheet) < config.sheet_rows)):
+                    sheet.append(SheetRow(row, names, entry.relative))
+        except BaseException:
+            # Stopped midway (Ctrl-C, SIGTERM): the reports say what was finished, as m2u-unmask's do, so OUT never
+            # keeps an earlier run's report beside this run's sheet. On a full disk they may not fit: the stop wins.
+            del face_lines[finished_lines:]
+            with contextlib.suppress(OSError):
+                _write_outputs(out, rows, face_lines, sheet, labels is not None, run.unmatched_labels())
+            raise
         return _write_outputs(out, rows, face_lines, sheet, labels is not None, run.unmatched_labels())
 
 
 SHEET_KINDS = ("photo", "predicted", "restored", "label")
+SHEET_CELL = re.compile(r"\d{5,}_(?:photo|predicted|restored|label)\.png")  # sheet_name's names, in sheet/
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    """One row of the contact sheet: the photo's CSV row, its cells (none for a photo that failed) and its path
+    below its input folder (what tells a/x.jpg from b/x.jpg)."""
+
+    row: PhotoScore
+    cells: list[str]
+    name: str
 
 
 def sheet_name(index: int, kind: str) -> str:
@@ -454,17 +509,19 @@ def _score_photo(
     if lookup is not None:
         label_paths = lookup.paths
         if lookup.shared_with:
-            row.status = "bad_label"
-            row.reason = (
+            _label_status(
+                row,
+                "bad_label",
                 f"its label cannot be told: {lookup.shared_with} also looks for {lookup.where} (photos of "
-                "two folders with one path below them: give them in one folder, whose subfolders tell them apart)"
+                "two folders with one path below them: give them in one folder, whose subfolders tell them apart)",
             )
         elif not label_paths:
-            row.status, row.reason = "no_label", f"no label {lookup.where} (any image suffix)"
+            _label_status(row, "no_label", f"no label {lookup.where} (any image suffix)")
         elif len(label_paths) > 1:
-            row.status = "bad_label"
-            row.reason = (
-                f"{len(label_paths)} labels for it ({', '.join(p.name for p in label_paths)}): keep one"
+            _label_status(
+                row,
+                "bad_label",
+                f"{len(label_paths)} labels for it ({', '.join(p.name for p in label_paths)}): keep one",
             )
         else:
             (label_path,) = label_paths
@@ -472,8 +529,8 @@ def _score_photo(
             try:
                 label = read_label(label_path, image.shape[:2], config.label_threshold)
             except (ImageReadError, LabelError) as exc:  # the label's fault, not the photo's: said so
-                row.status = "bad_label"
-                row.reason = f"label {label_path}: {exc.reason if isinstance(exc, ImageReadError) else exc}"
+                said = exc.reason if isinstance(exc, ImageReadError) else exc
+                _label_status(row, "bad_label", f"label {label_path}: {said}")
                 label = None
             if label is not None:
                 dice, iou, remnant = mask_scores(predicted, label, left_unchanged(result, image))
@@ -499,6 +556,13 @@ def _score_photo(
     return names
 
 
+def _label_status(row: PhotoScore, status: str, reason: str) -> None:
+    """A label status into `row`: it is the row's status, and the faces' reason (no face found, faces left) stays
+    after the label's, so the row still says what the photo's faces came to."""
+    row.status = status
+    row.reason = reason + (f"; {row.reason}" if row.reason else "")
+
+
 def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) -> None:
     """The photo's face counts, the masked-face decision's evidence and its status into `row`."""
     from m2u.inference.photos import left_faces_reason
@@ -506,6 +570,7 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
     row.faces_restored, row.faces_left, row.not_faces = len(restored), len(left), len(not_faces)
     row.faces_found = len(restored) + len(left)
     row.faces_restored_turned = sum(bool(f.turned) for f in restored)
+    row.turned_degrees = max((f.turned for f in restored), default=0)  # one turn per photo
     judged = [f for f in (*restored, *left) if getattr(f, "evidence", None)]
     if judged:
         best = max(judged, key=lambda f: f.evidence.get("mask_probability", -1.0)).evidence
@@ -533,7 +598,7 @@ def _write_outputs(
     out: Path,
     rows: list[PhotoScore],
     face_lines: list[dict],
-    sheet: list[tuple[PhotoScore, list[str]]],
+    sheet: list[SheetRow],
     labelled: bool,
     unmatched_labels: list[str] | None = None,
 ) -> dict:
@@ -555,13 +620,32 @@ def _write_outputs(
             summary["labels_without_a_photo_e_g"] = unmatched_labels[:5]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "index.html", _sheet_html(summary, sheet, labelled))
+    _remove_earlier_cells(out / "sheet", {name for entry in sheet for name in entry.cells})
     return summary
 
 
-def _sheet_html(summary: dict, sheet: list[tuple[PhotoScore, list[str]]], labelled: bool) -> str:
+def _remove_earlier_cells(folder: Path, kept: set[str]) -> None:
+    """Delete the contact-sheet cells an earlier run wrote into `folder` that this run's sheet (`kept`: its cells,
+    as sheet_name names them) does not show: only files m2u recorded as written, at a cell's name; a person's
+    file there stays."""
+    from m2u.core.fileio import remove_written, replace_problem
+
+    stale = [
+        name
+        for name in sorted(os.listdir(folder))
+        if SHEET_CELL.fullmatch(name)
+        and f"sheet/{name}" not in kept
+        and os.path.lexists(folder / name)
+        and not replace_problem(folder / name)  # a regular file m2u wrote
+    ]
+    if stale:
+        remove_written(folder, stale, ours=lambda path: SHEET_CELL.fullmatch(path.name) is not None)
+
+
+def _sheet_html(summary: dict, sheet: list[SheetRow], labelled: bool) -> str:
     heads = ["photo", "predicted mask", "restored"] + (["label"] if labelled else []) + ["figures"]
     lines = []
-    for row, names in sheet:
+    for row, names, name in ((entry.row, entry.cells, entry.name) for entry in sheet):
         figures = f"{html.escape(row.status)}<br>found {row.faces_found}, restored {row.faces_restored}"
         if row.dice is not None:
             if row.remnant is None:  # an empty label: no label pixel to leave
@@ -571,14 +655,19 @@ def _sheet_html(summary: dict, sheet: list[tuple[PhotoScore, list[str]]], labell
                 figures += f" (near {row.remnant_near:.3f})"
         if row.reason:
             figures += f"<br><small>{html.escape(row.reason)}</small>"
+        title = f"<td><small>{html.escape(name)}</small></td>"
+        if not names:  # unreadable, or failed: its status and reason, no pictures
+            lines.append(
+                f'<tr class="failed">{title}<td colspan="{len(heads) - 1}"></td><td>{figures}</td></tr>'
+            )
+            continue
         cells = "".join(f'<td><img src="{html.escape(n)}" loading="lazy"></td>' for n in names)
         if labelled and len(names) == 3:
             cells += "<td></td>"
-        lines.append(
-            f"<tr><td><small>{html.escape(Path(row.photo).name)}</small></td>{cells}<td>{figures}</td></tr>"
-        )
+        lines.append(f"<tr>{title}{cells}<td>{figures}</td></tr>")
     keys = ", ".join(f"{k}: {v}" for k, v in summary.items() if k != "statuses")
     return f"""<!doctype html><meta charset="utf-8"><title>m2u-eval real-masks</title>
+<style>tr.failed td {{background: #fde8e8}}</style>
 <h1>m2u-eval real-masks</h1>
 <p>{html.escape(keys)}</p>
 <p>Boxes on the photo: green restored, orange left as it is (see the reason), grey an uncertain detection judged no

@@ -582,7 +582,7 @@ def test_a_photo_whose_only_face_the_upside_down_classifier_refuses_is_reported_
 
 
 def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_back(
-    tmp_path, tiny_checkpoints, monkeypatch
+    tmp_path, tiny_checkpoints, monkeypatch, load_benchmark
 ):
     from m2u.datasets.align import alignment_matrix
     from m2u.masking.masked_faces import visible_anchor_points
@@ -659,10 +659,26 @@ def test_a_photo_whose_faces_all_look_upside_down_is_unmasked_turned_and_turned_
         [str(inputs)], tmp_path / "report", unmasker, None, RealMaskConfig(thumb=64)
     )
     assert (summary["faces_restored"], summary["faces_restored_turned"]) == (1, 1)
+    assert summary["photos_restored_by_turn"] == {"180": 1}
     with open(tmp_path / "report" / "real_masks.csv") as handle:
         (scored,) = csv.DictReader(handle)
     assert scored["faces_restored_turned"] == "1" and scored["reason"].startswith(
         "restored in the photo turned"
+    )
+    assert scored["turned_degrees"] == "180"
+    # benchmarks/real_masks.py: a set turned 180 degrees is right side up when restored turned 180 degrees, a set
+    # turned 90 degrees clockwise (3 quarter turns anticlockwise) when restored turned 90 anticlockwise.
+    right_side_up = load_benchmark("real_masks").right_side_up
+    assert right_side_up(summary, 2) == {
+        "photos_restored_right_side_up": 1,
+        "photos_restored_wrong_way_up": 0,
+    }
+    assert right_side_up(summary, 3) == {
+        "photos_restored_right_side_up": 0,
+        "photos_restored_wrong_way_up": 1,
+    }
+    assert (
+        right_side_up({"photos_restored_by_turn": {"0": 4, "90": 2}}, 3)["photos_restored_right_side_up"] == 2
     )
 
     # Nothing found turned (180 degrees, then 90 either way), --no-try-turned, a dlib --detector, or --all-faces (no

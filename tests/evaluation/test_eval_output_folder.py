@@ -1,0 +1,68 @@
+"""m2u-eval's report folder: never the dataset folder nor a folder inside it (a split folder), refused before any
+model loads, by the CLI and the Python API alike; beside it or above it is fine, and so is data at a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from m2u.core.inputs import OutputFolderError
+from m2u.evaluation.cli import main as eval_main
+from m2u.evaluation.evaluator import evaluate
+
+REFUSED = 2  # exit code of a refusal (m2u.core.cli.Refused)
+
+
+class _PastTheChecks(Exception):
+    """Raised where the models would load: the output folder was accepted."""
+
+
+@pytest.fixture
+def models_never_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise _PastTheChecks
+
+    monkeypatch.setattr("m2u.evaluation.evaluator.load_two_stage", refuse)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_a_report_inside_the_dataset_folder_is_refused_on_the_command_line(tiny_dataset):
+    before = _files(tiny_dataset)
+    split = next(p for p in sorted(tiny_dataset.iterdir()) if p.is_dir())
+    for out in (split, split / "report"):
+        result = CliRunner().invoke(eval_main, ["--data", str(tiny_dataset), "-o", str(out), "-q"])
+        assert result.exit_code == REFUSED, result.output
+        assert "is inside the dataset folder" in result.output and "Traceback" not in result.output
+    assert _files(tiny_dataset) == before  # no report, no record of one
+
+
+def test_the_api_refuses_a_report_inside_the_dataset_and_accepts_one_beside_or_above_it(
+    tmp_path, models_never_load
+):
+    data = tmp_path / "ds"
+    (data / "test").mkdir(parents=True)
+    with pytest.raises(OutputFolderError, match="is inside the dataset folder"):
+        evaluate(data, None, None, data / "test")
+    with pytest.raises(OutputFolderError, match="is the dataset folder"):
+        evaluate(data, None, None, data / "test" / "..")
+    # A sibling whose name starts like the dataset's, and the folder holding the dataset: the report's files land
+    # beside the dataset, never among its shards.
+    for out in (tmp_path / "ds-report", tmp_path):
+        with pytest.raises(_PastTheChecks):
+            evaluate(data, None, None, out)
+    assert _files(data) == ["test"]
+
+
+def test_data_at_a_url_is_checked_against_its_local_copy(tmp_path, monkeypatch, models_never_load):
+    local = tmp_path / "cache" / "ds"
+    (local / "test").mkdir(parents=True)
+    monkeypatch.setattr("m2u.datasets.storage.local_dataset", lambda data: str(local))
+    with pytest.raises(_PastTheChecks):
+        evaluate("s3://bucket/ds", None, None, tmp_path / "report")
+    with pytest.raises(OutputFolderError, match="is inside the dataset folder"):
+        evaluate("s3://bucket/ds", None, None, local / "test")
