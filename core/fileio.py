@@ -5,10 +5,12 @@ A file is written under a hidden temporary name beside its target (``.<name>.XXX
 O_EXCL, so never through a link) and renamed to its real name only once complete: a killed run or a full disk
 never leaves a truncated file under the real name (an interrupted file simply does not exist yet), and
 concurrent writers never see each other's half-written bytes. Leftovers of killed writers match both ``*.tmp``
-and ``.*.tmp`` (what the dataset build and the trainer clear at start-up).
+and ``.*.tmp``: the dataset build clears them at start-up, and every command that locks its output folder
+(m2u.core.inputs.output_lock: m2u-mask, m2u-unmask, m2u-eval, the trainer) once it holds the lock.
 
 Only what is ours is replaced. Each folder m2u writes into keeps a record, ``.m2u-written``, of the names m2u
-wrote there (one per line, appended); a name about to be replaced must be a regular file listed in that record.
+wrote there (one per line, appended: `_record_line`); a name about to be replaced must be a regular file listed in
+that record.
 A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
 person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
 The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
@@ -123,14 +125,39 @@ def _read_record(folder: Path) -> frozenset[str]:
             return names
         # The record only grows (appends): read what was added since; anything else is read again whole.
         start = size if size < info.st_size else 0
-        # Names are the file system's bytes (a name need not be UTF-8): os.fsdecode gives back the str Python
-        # lists the folder with, so a name written under an undecodable name is found again.
-        added = map(os.fsdecode, os.pread(fd, info.st_size - start, start).splitlines())
-        names = (names if start else frozenset()) | frozenset(added)
+        # Lines end at "\n" alone (not splitlines): a "\r" is part of a name written by an earlier version.
+        added = frozenset(map(_record_name, os.pread(fd, info.st_size - start, start).split(b"\n"))) - {""}
+        names = (names if start else frozenset()) | added
         _RECORDS[key] = (info.st_size, os.pread(fd, _RECORD_PREFIX, 0), names)
         return names
     finally:
         os.close(fd)
+
+
+# A record line is a name as it is, or, for a name holding a line break (which would split it into two lines), "/"
+# and the name with backslash, newline and carriage return escaped as \\, \n and \r. No file name holds "/", so
+# the two never meet: the plain names of records written before (one per line, backslashes and all) read as
+# they always did, and a name that needs no escape is written as they were.
+_ESCAPED = b"/"
+_ESCAPES = {b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r"}
+_UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_UNESCAPES = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
+
+
+def _record_line(name: str) -> bytes:
+    """`name`'s line in a record (newline included): see _ESCAPED."""
+    raw = os.fsencode(name)
+    if b"\n" in raw or b"\r" in raw:
+        raw = _ESCAPED + re.sub(rb"[\\\n\r]", lambda m: _ESCAPES[m.group()], raw)
+    return raw + b"\n"
+
+
+def _record_name(line: bytes) -> str:
+    """The name a record `line` (without its newline) lists. Names are the file system's bytes (a name need not be
+    UTF-8): os.fsdecode gives back the str Python lists the folder with, so an undecodable name is found again."""
+    if line.startswith(_ESCAPED):
+        line = _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group()), line[1:])
+    return os.fsdecode(line)
 
 
 def _record(folder: Path, name: str) -> None:
@@ -139,7 +166,7 @@ def _record(folder: Path, name: str) -> None:
         return
     fd = os.open(folder / RECORD_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
     try:
-        os.write(fd, os.fsencode(name) + b"\n")
+        os.write(fd, _record_line(name))
     finally:
         os.close(fd)
 
@@ -375,7 +402,7 @@ def _forget(folder: Path, names: set[str]) -> None:
     fd, temp = _new_temp(record)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(os.fsencode(name) + b"\n" for name in kept))
+            handle.write(b"".join(map(_record_line, kept)))
         os.replace(temp, record)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m2u.core.fileio import RECORD_NAME, replace_problem
+from m2u.core.fileio import RECORD_NAME, remove_temp_files, replace_problem
 from m2u.core.imageio import (
     DEFAULT_MAX_FILE_BYTES,
     IMAGE_SUFFIXES,
@@ -80,6 +80,9 @@ class Discovery:
     # is read (m2u-unmask on m2u-mask's outputs).
     m2u_outputs: int = 0
     repeated: int = 0  # files the arguments name more than once (one input each)
+    # Symbolic links to folders inside the input folders: not followed (a link can loop back, `loop -> ..`, or
+    # lead anywhere), and counted so that a user sees why the files behind them were not read.
+    linked_folders: int = 0
     folders: list[Path] = field(default_factory=list)  # the input folders, as given
     per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
     # per argument, the files it names that an earlier argument named already (read once, under the earlier one)
@@ -112,6 +115,11 @@ class Discovery:
             sentences.append(f"{self.excluded} file(s) inside the output folder were not read as inputs")
         if self.repeated:
             sentences.append(f"{self.repeated} file(s) named more than once by the inputs were read once")
+        if self.linked_folders:
+            sentences.append(
+                f"{self.linked_folders} symbolic link(s) to folders in the input folders were not followed; give "
+                "such a folder itself to read it"
+            )
         if self.m2u_outputs:
             sentences.append(
                 f"{self.m2u_outputs} file(s) in folders an earlier m2u run wrote into (holding {RECORD_NAME}) inside "
@@ -164,9 +172,11 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
             found.m2u_outputs += len(files) - 1
             dirs[:] = []
             continue
-        dirs.sort()
-        # Symbolic links to folders are listed in `dirs` and not followed (as rglob does not follow them);
-        # broken and looping links are in `files`, so they get a row with their problem.
+        # Symbolic links to folders are listed in `dirs` and not followed (as rglob does not follow them), only
+        # counted; broken and looping links are in `files`, so they get a row with their problem.
+        linked = [name for name in dirs if os.path.islink(os.path.join(root, name))]
+        found.linked_folders += len(linked)
+        dirs[:] = sorted(set(dirs) - set(linked))
         for name in sorted(files):
             path = root_path / name
             if name == RECORD_NAME or name.startswith(".m2u-"):
@@ -307,6 +317,25 @@ class OutputFolderError(ValueError):
     another run is writing."""
 
 
+def output_location_problem(out_dir: str | os.PathLike[str], setting: str = "out_dir") -> str:
+    """Why the output folder `out_dir` cannot be written ("" when it can): it exists and is not a folder, or the
+    nearest folder above it that exists is a file or cannot be written into (a read-only disk, /proc). Found
+    before any work, so the run stops with one sentence instead of an error number at its first write."""
+    path = Path(out_dir)
+    there = path  # as the user wrote it: the message names the file they know
+    while not os.path.lexists(there) and there != there.parent:
+        there = there.parent
+    made = "" if there == path else f" cannot be made: {there}"
+    if not os.path.isdir(there):  # a file, a broken link, a FIFO
+        if made:
+            return f"`{setting}` {out_dir}{made} is not a folder; choose another output folder"
+        return f"`{setting}` {out_dir} exists and is not a folder; choose another output folder"
+    effective = os.access in os.supports_effective_ids
+    if not os.access(there, os.W_OK | os.X_OK, effective_ids=effective):
+        return f"`{setting}` {out_dir}{made} is not writable; choose another output folder"
+    return ""
+
+
 def check_output_folder(
     out_dir: str | os.PathLike[str],
     found: Discovery,
@@ -317,6 +346,9 @@ def check_output_folder(
     run will write) that would replace an input file. Inputs inside the output folder are excluded by
     `discover(..., exclude=[out_dir])`, so an output folder inside an input folder is fine. The messages name
     the output folder's `setting` in backticks (m2u.core.errors: a CLI says its flag)."""
+    problem = output_location_problem(out_dir, setting)
+    if problem:
+        raise OutputFolderError(problem)
     out = _resolved(out_dir)
     for folder in found.folders:
         if _resolved(folder) == out:
@@ -363,11 +395,54 @@ def open_lock_file(path: str | os.PathLike[str]) -> int:
         ) from None
 
 
+LOCK_PREFIX, LOCK_SUFFIX = ".m2u-", ".lock"  # every run's lock: OUT/.<tool>.lock (tools are named m2u-...)
+
+
+def _lock_held_elsewhere(path: Path) -> bool:
+    """Whether another process holds the lock file `path` (shared or exclusive): probed with a non-blocking
+    exclusive flock, released at once."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor drops the probe's lock
+    return False
+
+
+def remove_killed_writes(out_dir: str | os.PathLike[str], own_lock: str) -> list[Path]:
+    """Delete the temporary files that writes killed midway (kill -9, a power loss) left in the output folder
+    `out_dir` and its subfolders: atomic_write's hidden ``.<name>.<8 hex>.tmp`` names only (a person's own
+    ``notes.tmp`` stays), links never followed. Called with the run's lock `own_lock` held (output_lock), so no
+    run of this tool is writing them; a folder another tool's run holds locked (its lock file there) is left
+    alone, as is a subfolder holding any run's lock (another output folder: its own run clears it). Returns what
+    was removed, sorted."""
+    removed = []
+    for root, dirs, files in os.walk(out_dir):  # os.walk does not follow links to folders
+        locks = [n for n in files if n.startswith(LOCK_PREFIX) and n.endswith(LOCK_SUFFIX) and n != own_lock]
+        if root != os.fspath(out_dir) and (locks or own_lock in files):
+            dirs[:] = []
+            continue
+        if any(_lock_held_elsewhere(Path(root, name)) for name in locks):
+            dirs[:] = []
+            continue
+        removed += remove_temp_files(root, hidden_only=True)
+    return sorted(removed)
+
+
 @contextlib.contextmanager
-def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_dir") -> Iterator[None]:
+def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_dir") -> Iterator[list[Path]]:
     """Hold an exclusive lock on OUT/.<tool>.lock while a run writes OUT (filelock's flock, opened with
     O_NOFOLLOW and never truncated; the kernel releases it even after SIGKILL): a second run on the same OUT is
-    refused at once instead of interleaving its files and report."""
+    refused at once instead of interleaving its files and report. Once it is held, the temporary files of an
+    earlier run's writes killed midway are removed (`remove_killed_writes`; yielded): every command that locks
+    its output folder starts clean, and none removes what a run still writing owns."""
     import filelock
 
     path = Path(out_dir) / f".{tool}.lock"
@@ -384,7 +459,7 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
     try:
-        yield
+        yield remove_killed_writes(out_dir, path.name)
     finally:
         lock.release()
 
@@ -417,7 +492,9 @@ __all__ = [
     "open_lock_file",
     "no_images_error",
     "open_regular",
+    "output_location_problem",
     "output_lock",
     "probe",
     "read_input_bytes",
+    "remove_killed_writes",
 ]

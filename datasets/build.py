@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
+from m2u.core.inputs import output_location_problem
 from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -281,6 +282,9 @@ def build_dataset(
     # Planned before OUT is created: a refused input (none found, identities missing) leaves no empty folder.
     # Discovery passes over OUT whether or not it exists yet, so a run writing there meanwhile changes nothing.
     plan = plan_build(inputs, config, out, exclude)
+    problem = output_location_problem(out)  # a file in the way, a read-only disk: one sentence, not an errno
+    if problem:
+        raise BuildError(problem)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, config.partition) as fds:
         resumed = _prepare_out_dir(out, config, plan.fingerprint(config))

@@ -19,7 +19,14 @@ from urllib.parse import quote
 
 from tqdm import tqdm
 
-from m2u.core.fileio import OutputRefusedError, atomic_write_text, claim_name, fit_stem, report_text
+from m2u.core.fileio import (
+    OutputRefusedError,
+    atomic_write_text,
+    claim_name,
+    fit_stem,
+    remove_written,
+    report_text,
+)
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
 from m2u.core.inputs import Discovery, InputEntry
@@ -40,6 +47,10 @@ __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "s
 
 CROPS = "crops"  # OUT/crops/: --keep-crops' aligned crops, masks and restorations
 REPORTS = ("report.csv", "faces.jsonl", "index.html")  # OUT's reports, rewritten by every run
+# How often (seconds of wall time) a run rewrites its reports for the photos finished so far: a run killed outright
+# (kill -9, a power loss) loses at most this much of its report, and each rewrite (the whole report, a few ms per
+# thousand photos) costs next to nothing at this pace.
+REPORT_INTERVAL_S = 60.0
 
 
 # "same": the input's own suffix where m2u.core.imageio.write_photo writes its format (WebP lossless); other inputs
@@ -124,10 +135,15 @@ def unmask_files(
 def _unmask_paths(
     paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
 ) -> list[FileResult]:
+    # An earlier run's reports describe its photos, not this run's: removed before the first photo is written, so
+    # a run killed before it writes its own leaves none that misleads. Only m2u's own (m2u.core.fileio); a
+    # person's file at a report's name was refused before any work (check_output_folder).
+    remove_written(out, REPORTS)
     if config.keep_crops:
         (out / CROPS).mkdir(exist_ok=True)
     results: list[FileResult] = []
     face_lines: list[dict] = []
+    reported = time.monotonic()
     # The worker pool of every m2u per-file job, in this process: the models are loaded once here, and a
     # photo's work is mostly PyTorch, which uses every core by itself.
     try:
@@ -138,6 +154,9 @@ def _unmask_paths(
             ):
                 results.append(row)
                 face_lines += lines
+                if time.monotonic() - reported >= REPORT_INTERVAL_S:
+                    _write_reports(out, results, face_lines)
+                    reported = time.monotonic()
     except BaseException:
         # Stopped midway (Ctrl-C, SIGTERM, a full disk): the reports say what was finished, so OUT never keeps an
         # earlier run's report beside this run's photos. On a full disk they may not fit either: the stop wins.

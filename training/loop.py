@@ -96,6 +96,7 @@ class Trainer:
         self._resume_state: dict[str, Any] | None = None  # the checkpoint, read once to check it (see there)
         self._lock = contextlib.ExitStack()  # the run folder's lock while the run writes it (main process)
         self._locked = False
+        self._removed_on_lock: list[Path] = []  # temporary files output_lock cleared (_hold_lock)
         self._lock_file_made = False  # this run created the lock file (removed again if it is refused)
         # A change of world size or batch size at an epoch's start, harmless (check_resume_layout), said on resume.
         self._resume_note: str | None = None
@@ -274,7 +275,10 @@ class Trainer:
         """Take the run folder's lock unless this run holds it already (kept until `_release_lock`)."""
         if not self._locked:
             self._lock_file_made = not os.path.lexists(self._lock_path())
-            self._lock.enter_context(output_lock(self.out, RUN_LOCK_TOOL, setting="out"))
+            # The lock clears what writes killed midway left in the run folder: logged in _clean_and_resume.
+            self._removed_on_lock += self._lock.enter_context(
+                output_lock(self.out, RUN_LOCK_TOOL, setting="out")
+            )
             self._locked = True
 
     def _release_lock(self, leave_no_file: bool = False) -> None:
@@ -346,9 +350,10 @@ class Trainer:
     def _clean_and_resume(self) -> None:
         if self.dist.is_main:
             # What a write killed midway left behind (the files it meant to replace are intact).
-            for folder in (self.out, self.checkpoint_path.parent):
-                for stale in remove_stale_temp_files(folder):
-                    self.runlog.log({"event": "removed_stale_temp_file", "path": str(stale)})
+            stale = [*self._removed_on_lock, *remove_stale_temp_files(self.checkpoint_path.parent)]
+            for path in stale:
+                self.runlog.log({"event": "removed_stale_temp_file", "path": str(path)})
+            self._removed_on_lock = []
         if self.config.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             # What a process killed after this checkpoint logged (SIGKILL, a crash) is trained and logged again.

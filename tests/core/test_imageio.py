@@ -151,6 +151,22 @@ def test_ignored_files_are_named_and_hidden_images_counted(tmp_path):
     assert discover([tmp_path / "a.jpg"]).describe_skipped() == ""
 
 
+def test_links_to_folders_are_counted_not_followed(tmp_path):
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "elsewhere" / "b.jpg").write_bytes(b"x")
+    (tmp_path / "photos" / "loop").symlink_to("..")  # a loop: never walked round
+    (tmp_path / "photos" / "sub" / "out").symlink_to(tmp_path / "elsewhere")
+    found = discover([tmp_path / "photos"])
+    assert [e.relative for e in found.entries] == ["a.jpg"]
+    skipped = found.describe_skipped()
+    assert (
+        skipped
+        == "2 symbolic link(s) to folders in the input folders were not followed; give such a folder itself to read it"
+    )
+
+
 def _camera_exif(orientation: int, width: int, height: int) -> Image.Exif:
     from PIL import ExifTags
 

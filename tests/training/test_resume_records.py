@@ -323,3 +323,19 @@ def test_a_run_stopped_after_an_epochs_last_batch_may_resume_with_another_batch_
             MSegTrainConfig(out=str(tmp_path / "mid"), max_steps=6, resume=True, **wider),
             _source(batch_size=3),
         )
+
+
+def test_what_killed_writes_left_in_the_run_folder_is_removed_and_logged(tmp_path):
+    """The run folder's lock (m2u.core.inputs.output_lock) clears a killed write's temporary file before the run
+    starts; the trainer logs each one it or the lock removed, a person's own `notes.tmp` stays."""
+    run = tmp_path / "run"
+    config = MSegTrainConfig(out=str(run), max_steps=2, **TINY)
+    train_mseg(config, _source())
+    killed = [run / ".config.json.0123abcd.tmp", run / "checkpoints" / ".last.pt.89abcdef.tmp"]
+    for path in killed:
+        path.write_bytes(b"half")
+    (run / "notes.tmp").write_text("mine")
+    train_mseg(dataclasses.replace(config, resume=True, max_steps=3), _source())
+    assert not any(path.exists() for path in killed) and (run / "notes.tmp").read_text() == "mine"
+    logged = {r["path"] for r in _records(run) if r.get("event") == "removed_stale_temp_file"}
+    assert logged == {str(path) for path in killed}
