@@ -155,13 +155,13 @@ def _unmask_paths(
                 results.append(row)
                 face_lines += lines
                 if time.monotonic() - reported >= REPORT_INTERVAL_S:
-                    _write_reports(out, results, face_lines)
+                    _write_reports(out, results, face_lines, f"in progress: {len(results)} of {len(paths)}")
                     reported = time.monotonic()
     except BaseException:
         # Stopped midway (Ctrl-C, SIGTERM, a full disk): the reports say what was finished, so OUT never keeps an
         # earlier run's report beside this run's photos. On a full disk they may not fit either: the stop wins.
         with contextlib.suppress(OSError):
-            _write_reports(out, results, face_lines)
+            _write_reports(out, results, face_lines, f"stopped after {len(results)} of {len(paths)}")
         raise
     _write_reports(out, results, face_lines)
     return results
@@ -280,8 +280,11 @@ def _write_crops(out: Path, name: str, faces: list[FaceRestoration]) -> None:
         write_image(Path(f"{base}_restored.png"), face.restored)
 
 
-def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict]) -> None:
-    """report.csv (one row per input) and faces.jsonl (one line per face), each written whole."""
+def _write_reports(
+    out: Path, results: list[FileResult], face_lines: list[dict], unfinished: str = ""
+) -> None:
+    """report.csv (one row per input) and faces.jsonl (one line per face), each written whole; `unfinished` says
+    on index.html how far a run that has not finished got ("stopped after 6 of 30")."""
     report = io.StringIO(newline="")
     writer = csv.DictWriter(report, fieldnames=[f.name for f in fields(FileResult)])
     writer.writeheader()
@@ -289,7 +292,7 @@ def _write_reports(out: Path, results: list[FileResult], face_lines: list[dict])
         writer.writerow(row.__dict__)
     atomic_write_text(out / "report.csv", report.getvalue())
     atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
-    atomic_write_text(out / "index.html", _index_html(out, results))
+    atomic_write_text(out / "index.html", _index_html(out, results, unfinished))
 
 
 def _link(out: Path, path: str) -> str:
@@ -298,9 +301,9 @@ def _link(out: Path, path: str) -> str:
     return quote(os.fsencode(os.path.relpath(os.path.abspath(path), os.path.abspath(out))))
 
 
-def _index_html(out: Path, results: list[FileResult]) -> str:
+def _index_html(out: Path, results: list[FileResult], unfinished: str = "") -> str:
     """OUT/index.html: each photo beside its restored copy, with its status and reason, to look a run over in a
-    browser. The photos are linked, not copied."""
+    browser. The photos are linked, not copied. A run that has not finished says so first (`unfinished`)."""
     rows = []
     for row in results:
         before = f'<img src="{_link(out, row.input)}" loading="lazy">'
@@ -313,7 +316,7 @@ def _index_html(out: Path, results: list[FileResult]) -> str:
         )
     return f"""<!doctype html><meta charset="utf-8"><title>m2u-unmask: {len(results)} photos</title>
 <style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:4px}} img{{max-width:360px;max-height:360px}}</style>
-<p>{escape(summarize(results, out / "faces.jsonl"))}. Each photo, its restored copy (none where nothing was restored),
+<p>{f"<b>Not finished: {escape(unfinished)} photos.</b> " if unfinished else ""}{escape(summarize(results, out / "faces.jsonl"))}. Each photo, its restored copy (none where nothing was restored),
 its status and reason; every face's evidence is in faces.jsonl.</p>
 <table><tr><th>photo</th><th>restored</th><th></th></tr>
 {chr(10).join(rows)}

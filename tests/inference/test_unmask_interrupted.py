@@ -75,10 +75,12 @@ def test_a_killed_run_never_leaves_an_earlier_runs_report_beside_its_photos(tmp_
     else:  # reports rewritten as it goes: they say the photos it finished
         assert _reported(out) == ["p0.png", "p1.png"]
         assert (out / "faces.jsonl").read_text().count("\n") == 2
-        assert "p1.png" in (out / "index.html").read_text()
+        page = (out / "index.html").read_text()
+        assert "p1.png" in page and "Not finished: in progress: 2 of 3 photos." in page
     # The next run into OUT is not refused, and its finished reports are what a run always wrote.
     assert _run(tmp_path / "new", out) == 0
     assert _reported(out) == ["p0.png", "p1.png", "p2.png"]
+    assert "Not finished" not in (out / "index.html").read_text()
 
 
 def test_the_next_run_clears_what_writes_killed_midway_left(tmp_path):

@@ -478,6 +478,7 @@ def test_an_interrupted_run_reports_the_photos_it_finished(tiny_checkpoints, tmp
         unmask_files([str(folder)], mseg_path, gen_path, tmp_path / "out", config)
     with open(tmp_path / "out" / "report.csv") as handle:
         assert [Path(r["input"]).name for r in csv.DictReader(handle)] == ["p0.png", "p1.png"]
+    assert "Not finished: stopped after 2 of " in (tmp_path / "out" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(
