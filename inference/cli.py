@@ -51,7 +51,7 @@ def refine_config(enabled: bool) -> MaskRefineConfig:
 
 
 # Options with no effect where another is given: said on stderr instead of silently ignored.
-_UNUSED_WITH_ALIGNED = ("detector_model", "alignment", "min_score", "whole_frame", "try_turned")
+_UNUSED_WITH_ALIGNED = ("detector_model", "tiles", "alignment", "min_score", "whole_frame", "try_turned")
 
 
 def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
@@ -121,6 +121,13 @@ def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
     help="blazeface: MediaPipe's BlazeFace (short and full range), then the masked cascade where it finds nothing; "
     "masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
     "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
+)
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="With --detector blazeface: also look for faces too small to find in the whole photo (a crowd, a wide "
+    "strip) on overlapping tiles. Slower on such photos, and off by default: on group photos of bare faces it "
+    "found faces the masked-face decision then restored (see the README).",
 )
 @min_score_option(UnmaskConfig.min_score)
 @click.option(
@@ -192,6 +199,7 @@ def unmask_main(**kw) -> None:
             feather=kw["feather"],
             keep_crops=kw["keep_crops"],
             detector_model=kw["detector_model"],
+            tiles=kw["tiles"],
             min_score=kw["min_score"],
             masked_only=not kw["all_faces"],
             refine=refine_config(kw["refine_mask"]),

@@ -47,6 +47,9 @@ __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "s
 
 CROPS = "crops"  # OUT/crops/: --keep-crops' aligned crops, masks and restorations
 REPORTS = ("report.csv", "faces.jsonl", "index.html")  # OUT's reports, rewritten by every run
+# A photo's reason where faces too small for one look at the whole photo may be missed (a crowd, a wide strip) and
+# tiles are off (Unmasker.faces_may_hide); the run's last line counts them.
+SMALL_FACES_MAY_HIDE = "smaller faces may be missed: tiles are off"
 # How often (seconds of wall time) a run rewrites its reports for the photos finished so far: a run killed outright
 # (kill -9, a power loss) loses at most this much of its report, and each rewrite (the whole report, a few ms per
 # thousand photos) costs next to nothing at this pace.
@@ -239,6 +242,8 @@ def _unmask_one(
         lines += [
             {"input": str(path), "output": str(target), "face": k, **f.record()} for k, f in enumerate(faces)
         ]
+    if unmasker.faces_may_hide(photo.rgb.shape, [f.box for f in (*faces, *refused)]):
+        row.reason += f"{'; ' if row.reason else ''}{SMALL_FACES_MAY_HIDE}"
     lines += [
         {"input": str(path), "output": row.output, "face": k, **face_record(f)}
         for k, f in enumerate(refused, start=len(faces))
@@ -403,6 +408,10 @@ def summarize(results: list[FileResult], faces_jsonl: str | Path | None = None) 
             line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")"
     if left:
         line += f", {left} left as they are (see faces.jsonl)"
+    if hidden := sum(SMALL_FACES_MAY_HIDE in r.reason for r in results):
+        line += (
+            f"; {hidden} photo(s) may hold faces too small to find at once: --tiles looks over tiles (slower)"
+        )
     if unmasked:
         # The decision errs towards leaving a face (a bare face repainted is the worse mistake): a user whose
         # photos are all masked faces gets the way to restore the ones it left, and is told what else it does.

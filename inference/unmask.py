@@ -104,6 +104,9 @@ class UnmaskConfig:
     # (m2u.masking.masked_faces.RealFaceDetector); "masked": that dlib cascade alone (MASKED_CASCADE); "hog" /
     # "cnn": one dlib pass ladder as m2u-mask uses (DetectorConfig).
     detector_model: str = "blazeface"
+    # With "blazeface": also look for faces too small for the whole-photo pass (a crowd, a wide strip) on
+    # overlapping tiles (RealFaceDetectorConfig.tiles: off by default there, measured; slower on such photos).
+    tiles: bool = False
     # Faces the detector scores below this are left as they are (recorded), as m2u-mask's --min-score ignores
     # them. Scores are the detector's own: BlazeFace a probability, dlib's HOG a margin, its CNN a confidence.
     min_score: float | None = None
@@ -175,6 +178,10 @@ class UnmaskConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
+        if self.tiles and self.detector_model != "blazeface":
+            raise SettingError(
+                "tiles", f"tiles are BlazeFace's; `detector_model` {self.detector_model} has none"
+            )
 
 
 OUTPUT_FORMATS = ("same", "png", "jpg")
@@ -252,7 +259,7 @@ class Unmasker:
 
     def __init__(self, models: TwoStageModel, config: UnmaskConfig | None = None):
         from m2u.masking import DetectorConfig, FaceDetector
-        from m2u.masking.masked_faces import MaskedFaceDetector, RealFaceDetector
+        from m2u.masking.masked_faces import MaskedFaceDetector, RealFaceDetector, RealFaceDetectorConfig
 
         self.config = config or UnmaskConfig()
         self.device = next(models.generator.parameters()).device
@@ -265,7 +272,7 @@ class Unmasker:
         self.detector: RealFaceDetector | MaskedFaceDetector | FaceDetector
         self._blazeface_only: RealFaceDetector | None = None  # the turned try's detector (_detect_turned)
         if self.config.detector_model == "blazeface":
-            self.detector = RealFaceDetector()
+            self.detector = RealFaceDetector(RealFaceDetectorConfig(tiles=self.config.tiles))
         elif self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()
         else:
@@ -501,6 +508,16 @@ class Unmasker:
         """Every usable face of `image` (uint8 RGB) restored and pasted back; the faces in detection order."""
         result, restored, _ = self.unmask_with_refusals(image)
         return result, restored
+
+    def faces_may_hide(self, shape: tuple[int, ...], boxes: list) -> bool:
+        """Whether a photo of `shape` whose faces were found at `boxes` may hold faces too small for the default
+        detector's whole-photo pass, with its tiles off (RealFaceDetectorConfig.may_hide_faces)."""
+        from m2u.masking.masked_faces import RealFaceDetector
+
+        detector = self.detector
+        if not isinstance(detector, RealFaceDetector) or detector.config.tiles or self.config.aligned:
+            return False
+        return detector.config.may_hide_faces(shape[0], shape[1], boxes)
 
     def unmask_with_refusals(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRestoration], list]:
         """As `unmask_image`, plus the faces found but left exactly as they are, each with its `problem`: the

@@ -16,6 +16,7 @@ the mouth centre is placed from the eye centres by `expected_mouth` (a relation 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import cv2
 import dlib
 import numpy as np
 
-from m2u.core.boxes import box_iou
+from m2u.core.boxes import box_iou, box_ious, inside_share
+from m2u.core.errors import SettingError
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import (
     LANDMARK_FITTERS,
@@ -370,6 +372,41 @@ class RealFaceDetectorConfig:
     # are few and its work per face (M-Seg, the generator) thousands of times the fit's, so the converted model's
     # start (~0.05 CPU-seconds against dlib's ~0.5) wins at any number of photos.
     landmarks: LandmarkFitter = runtime_field(default="converted")
+    # Tiles: BlazeFace sees the whole photo letterboxed to its 128 or 192 px input, so in a wide strip or a crowd
+    # every face shrinks below what it finds. Where that can hide faces, the BlazeFace stages also run on
+    # overlapping square tiles (`tile_sides`); a tile's face is added only where it overlaps no face already found
+    # (the whole photo's faces stay exactly as they are), labelled "<pass>+tile". Off by default: in a run on the
+    # shared sets (an earlier version of the gating below, tile_portrait_share 0.3) tiles found 8 more faces in the
+    # group photos of ../shared/faces/extras and m2u-unmask's decision restored 2 of them, bare faces, where the
+    # whole photo restores none; on crowd and strip collages of real masked faces they found 45-49 of 49 where the
+    # whole photo found 2. Where they could help and are off, m2u-unmask says so (`may_hide_faces`).
+    tiles: bool = False
+    # The smallest face BlazeFace finds reliably, as a share of its input's side (the letterboxed photo or tile):
+    # 0.2 is 38 px of the full-range network's 192 and 26 of the short-range's 128. Measured on 24 real-masked
+    # faces shrunk onto a blank square: at 0.2 of its side the full-range network finds 20 (short range 19), at 0.12
+    # 10 (6), at 0.08 6 (0). A tile of side S therefore shows faces down to `tile_face_share` * S.
+    tile_face_share: float = 0.2
+    # The smallest face (BlazeFace box side, photo pixels) tiles look for: the smallest tile is this over
+    # `tile_face_share` (240 px), and a photo whose longer side is at most that (CelebA's 178x218 crops, 175 of
+    # the 300 real-masked photos) already shows such a face at the useful share and is never tiled.
+    tile_min_face: int = 48
+    # A photo whose whole-photo pass found faces, all at least this share of its longer side, is a portrait: the
+    # faces that pass can miss are under `tile_face_share` of the side, and it is not tiled (measured: of the 125
+    # real-masked photos over 240 px, 109 are passed over this way; scikit-image's 512 px astronaut, her face 0.19
+    # of the side, is one, where tiles found a flag patch). A crowd or a strip has its faces below the pass's
+    # reliable size (0.17 and less in the strips and crowds measured), and one where it found nothing is tiled too.
+    tile_portrait_share: float = 0.15
+    # Tiles look at a photo many times over, and each look can mistake a texture for a face: on the 58 faceless
+    # images of benchmarks/real_masks.py the tiles found 65 "faces" (9 scoring 0.72-0.82: galaxies, dogs), where
+    # the whole photo finds none at `sure_score`. A tile's face counts only where at least `tile_min_passes` of the
+    # stage's passes (model and border, in any tile) found it (65 became 23 there; on the crowd and strip photos of
+    # real-masked faces 106 became 101), and it is sure only from `tile_sure_score`: below it m2u-unmask's
+    # masked-face rule decides, as for the whole photo's uncertain faces (0.85: above the faceless images' best).
+    tile_min_passes: int = 2
+    tile_sure_score: float = 0.85
+    # At most this many tiles per photo (each runs every pass of a stage, ~3 ms a pass): on a very large photo the
+    # finest tile sizes are left out, so the smallest face sought grows.
+    tile_max_tiles: int = 300
 
     def __post_init__(self) -> None:
         from m2u.masking.blazeface import BLAZEFACE_MODELS
@@ -388,6 +425,53 @@ class RealFaceDetectorConfig:
             raise ValueError(f"upside_down_margin must be a finite number, got {self.upside_down_margin}")
         if not 0 < self.sure_score <= 1:
             raise ValueError(f"sure_score must be in (0, 1], got {self.sure_score}")
+        # Below 0.05 a tile would be over 20 face sides wide (few faces per tile, many tiles); at 0.5 and above a
+        # tile's half-tile overlap no longer holds every face it can show whole.
+        if not 0.05 <= self.tile_face_share < 0.5:
+            raise SettingError("tile_face_share", f"must be in [0.05, 0.5), got {self.tile_face_share}")
+        if self.tile_min_face < 8:
+            raise SettingError("tile_min_face", f"must be at least 8 (pixels), got {self.tile_min_face}")
+        if not 0 < self.tile_portrait_share <= 1:
+            raise SettingError("tile_portrait_share", f"must be in (0, 1], got {self.tile_portrait_share}")
+        if self.tile_min_passes < 1:
+            raise SettingError("tile_min_passes", f"must be at least 1, got {self.tile_min_passes}")
+        if not self.sure_score <= self.tile_sure_score <= 1:
+            raise SettingError(
+                "tile_sure_score",
+                f"must be within `sure_score` ({self.sure_score})..1, got {self.tile_sure_score}",
+            )
+        if self.tile_max_tiles < 1:
+            raise SettingError("tile_max_tiles", f"must be at least 1, got {self.tile_max_tiles}")
+
+    def may_hide_faces(self, height: int, width: int, boxes: Sequence[Sequence[float]]) -> bool:
+        """Whether a photo whose whole-photo pass found faces in `boxes` (left, top, right, bottom) may hold faces
+        too small for that pass: it is large enough to hide a face of `tile_min_face`, and it is no portrait
+        (`tile_portrait_share`). Tiles run there when on; m2u-unmask says so when they are off."""
+        if not self.tile_sides(height, width):
+            return False
+        smallest = min((box[2] - box[0] for box in boxes), default=0.0)
+        return not boxes or smallest < self.tile_portrait_share * max(height, width)
+
+    def tile_sides(self, height: int, width: int) -> list[int]:
+        """The tile sides for a photo, largest first ([] where the whole photo already shows faces of
+        `tile_min_face`). A tile of side S, its neighbours S/2 apart, holds every face up to S/2 whole and shows it
+        at `tile_face_share` from S * `tile_face_share`: each side is at least 2 * `tile_face_share` times the one
+        before (the whole photo's longer side first), so the sizes chain without a gap down to `tile_min_face`."""
+        share, longer, shorter = self.tile_face_share, max(height, width), min(height, width)
+        smallest = self.tile_min_face / share
+        if longer <= smallest:
+            return []
+        # As few sizes as the chain allows, evenly spaced in scale, the last one exactly `smallest`.
+        count = int(np.ceil(np.log(longer / smallest) / np.log(1 / (2 * share)) - 1e-9))
+        ratio = (smallest / longer) ** (1 / count)
+        sides = [longer * ratio**k for k in range(1, count + 1)]
+        # A size whose smallest face would not fit the photo's shorter side finds nothing.
+        sides = [round(side) for side in sides if side * share <= shorter]
+        while sides and sum(len(_tile_origins(height, s)) * len(_tile_origins(width, s)) for s in sides) > (
+            self.tile_max_tiles
+        ):
+            sides.pop()
+        return sides
 
 
 class RealFaceDetector:
@@ -419,19 +503,10 @@ class RealFaceDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces sorted by box area, largest first (ties by position)."""
-        from m2u.masking.blazeface import blazeface_detect
-
         image = _as_rgb_uint8(image)
-        found: list[tuple] = []
-        for stage in self.config.blaze_stages:
-            for p in stage:
-                found += [
-                    (d.box, d.score, p.label, d.keypoints)
-                    for d in blazeface_detect(image, p.model, p.threshold, pad=p.pad)
-                ]
-            if found:
-                found = [(*kept[:3], _pooled_keypoints(kept[0], found)) for kept in merge_detections(found)]
-                break
+        found = self._blaze_cascade(image)
+        if self._tiles_may_help(image.shape[:2], found):
+            found = found + self._tile_detections(image, found)
         if not found:
             if self._fallback is None:
                 return []
@@ -463,7 +538,9 @@ class RealFaceDetector:
                 # confident HOG detection too.
                 if turned >= self.config.upside_down_min_turned:
                     problem = upside_down_problem(as_found, turned, self.config.upside_down_margin)
-            uncertain = score < self.config.sure_score
+            uncertain = score < (
+                self.config.tile_sure_score if label.endswith("+tile") else self.config.sure_score
+            )
             faces.append(
                 Face(
                     corners,
@@ -477,3 +554,76 @@ class RealFaceDetector:
             )
         faces.sort(key=lambda f: (-(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), f.box[1], f.box[0]))
         return faces
+
+    def _blaze_cascade(self, image: np.ndarray, merge: bool = True) -> list[tuple]:
+        """(box, score, label, keypoints) per face from the first BlazeFace stage that finds any (merge False: every
+        pass's detections of that stage as they are)."""
+        from m2u.masking.blazeface import blazeface_detect
+
+        found: list[tuple] = []
+        for stage in self.config.blaze_stages:
+            for p in stage:
+                found += [
+                    (d.box, d.score, p.label, d.keypoints)
+                    for d in blazeface_detect(image, p.model, p.threshold, pad=p.pad)
+                ]
+            if found:
+                if not merge:
+                    return found
+                return [(*kept[:3], _pooled_keypoints(kept[0], found)) for kept in merge_detections(found)]
+        return []
+
+    def _tiles_may_help(self, shape: tuple[int, ...], found: list[tuple]) -> bool:
+        """Whether tiles are on and can add faces (`RealFaceDetectorConfig.may_hide_faces`)."""
+        return self.config.tiles and self.config.may_hide_faces(
+            shape[0], shape[1], [box for box, *_ in found]
+        )
+
+    def _tile_detections(self, image: np.ndarray, found: list[tuple]) -> list[tuple]:
+        """Faces the tiles find (the same stages, labels ending "+tile") that overlap none of `found`, nor each
+        other, in photo coordinates: the highest score first where tiles overlap (a face cut by one tile's edge is
+        whole in a neighbour), each found by at least `tile_min_passes` passes, its keypoints pooled over them."""
+        height, width = image.shape[:2]
+        candidates: list[tuple] = []
+        for side in self.config.tile_sides(height, width):
+            for top in _tile_origins(height, side):
+                for left in _tile_origins(width, side):
+                    tile = np.ascontiguousarray(image[top : top + side, left : left + side])
+                    shift = np.array([left, top], np.float32)
+                    candidates += [
+                        (
+                            (box[0] + left, box[1] + top, box[2] + left, box[3] + top),
+                            score,
+                            label,
+                            keypoints + shift,
+                        )
+                        for box, score, label, keypoints in self._blaze_cascade(tile, merge=False)
+                    ]
+        if not candidates:
+            return []
+        boxes = np.array([item[0] for item in candidates], np.float64)
+        scores = np.array([item[1] for item in candidates], np.float64)
+        labels = [item[2] for item in candidates]
+        points = np.stack([np.asarray(item[3], np.float64) for item in candidates])
+        kept = list(found)
+        for i in np.argsort(-scores, kind="stable"):
+            # inside_share, not IoU: a face cut at a tile's edge is a small box inside the whole face's.
+            if any(inside_share(boxes[i], other[0]) > MERGE_IOU for other in kept):
+                continue
+            # As merge_detections and _pooled_keypoints count one face.
+            same = np.flatnonzero(box_ious(boxes[i], boxes) > MERGE_IOU)
+            if len({labels[j] for j in same}) >= self.config.tile_min_passes:
+                weights = scores[same]
+                keypoints = (points[same] * weights[:, None, None]).sum(0) / weights.sum()
+                box = tuple(float(v) for v in boxes[i])
+                kept.append((box, float(scores[i]), f"{labels[i]}+tile", keypoints))
+        return kept[len(found) :]
+
+
+def _tile_origins(length: int, side: int) -> list[int]:
+    """Where tiles of `side` start along a photo side of `length`: at most `side` / 2 apart (so every face up to
+    `side` / 2 lies whole in one), the first at 0 and the last flush with the far edge."""
+    if length <= side:
+        return [0]
+    count = int(np.ceil((length - side) / (side / 2))) + 1
+    return [round(k * (length - side) / (count - 1)) for k in range(count)]
