@@ -314,11 +314,15 @@ def is_temp_name(name: str, hidden_only: bool = False) -> bool:
 
 
 def remove_temp_files(
-    folder: str | os.PathLike[str], *, recursive: bool = False, hidden_only: bool = False
+    folder: str | os.PathLike[str],
+    *,
+    recursive: bool = False,
+    hidden_only: bool = False,
+    older_than: float | None = None,
 ) -> list[Path]:
     """Delete the temporary files killed writers left in ``folder`` (m2u's temporary names only, `is_temp_name`;
-    atomic_write's hidden ones alone with ``hidden_only``; in every subfolder too with ``recursive``); returns
-    what was removed, sorted."""
+    atomic_write's hidden ones alone with ``hidden_only``; in every subfolder too with ``recursive``; with
+    ``older_than`` (a time.time() value) only those last modified before it); returns what was removed, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -326,9 +330,18 @@ def remove_temp_files(
     removed = []
     for path in sorted(folder.rglob(pattern) if recursive else folder.glob(pattern)):
         if is_temp_name(path.name, hidden_only) and path.is_file():
+            if older_than is not None and not _modified_before(path, older_than):
+                continue
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _modified_before(path: Path, when: float) -> bool:
+    try:
+        return path.stat().st_mtime < when
+    except FileNotFoundError:  # its writer finished (renamed it) meanwhile
+        return False
 
 
 def remove_written(

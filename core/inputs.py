@@ -27,6 +27,7 @@ import csv
 import glob
 import io
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,41 +399,26 @@ def open_lock_file(path: str | os.PathLike[str]) -> int:
 LOCK_PREFIX, LOCK_SUFFIX = ".m2u-", ".lock"  # every run's lock: OUT/.<tool>.lock (tools are named m2u-...)
 
 
-def _lock_held_elsewhere(path: Path) -> bool:
-    """Whether another process holds the lock file `path` (shared or exclusive): probed with a non-blocking
-    exclusive flock, released at once."""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing the descriptor drops the probe's lock
-    return False
+# A temporary file this many seconds old is a killed write's: a write in progress adds to its file within seconds.
+# Younger ones are left to a later run: they may be another run's, writing into a folder above or below this one
+# or taking no lock (m2u-export), whose file removed midway would fail its rename.
+KILLED_WRITE_AGE_S = 600.0
 
 
-def remove_killed_writes(out_dir: str | os.PathLike[str], own_lock: str) -> list[Path]:
+def remove_killed_writes(out_dir: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files that writes killed midway (kill -9, a power loss) left in the output folder
     `out_dir` and its subfolders: atomic_write's hidden ``.<name>.<8 hex>.tmp`` names only (a person's own
-    ``notes.tmp`` stays), links never followed. Called with the run's lock `own_lock` held (output_lock), so no
-    run of this tool is writing them; a folder another tool's run holds locked (its lock file there) is left
-    alone, as is a subfolder holding any run's lock (another output folder: its own run clears it). Returns what
-    was removed, sorted."""
+    ``notes.tmp`` stays), at least KILLED_WRITE_AGE_S old, links never followed, and not in a subfolder holding
+    a run's lock file (another output folder: its own run clears it). Called with the run's lock held
+    (output_lock). Returns what was removed, sorted."""
     removed = []
+    now = time.time()
     for root, dirs, files in os.walk(out_dir):  # os.walk does not follow links to folders
-        locks = [n for n in files if n.startswith(LOCK_PREFIX) and n.endswith(LOCK_SUFFIX) and n != own_lock]
-        if root != os.fspath(out_dir) and (locks or own_lock in files):
+        locks = [n for n in files if n.startswith(LOCK_PREFIX) and n.endswith(LOCK_SUFFIX)]
+        if root != os.fspath(out_dir) and locks:
             dirs[:] = []
             continue
-        if any(_lock_held_elsewhere(Path(root, name)) for name in locks):
-            dirs[:] = []
-            continue
-        removed += remove_temp_files(root, hidden_only=True)
+        removed += remove_temp_files(root, hidden_only=True, older_than=now - KILLED_WRITE_AGE_S)
     return sorted(removed)
 
 
@@ -459,7 +445,7 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
     try:
-        yield remove_killed_writes(out_dir, path.name)
+        yield remove_killed_writes(out_dir)
     finally:
         lock.release()
 

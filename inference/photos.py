@@ -138,10 +138,12 @@ def unmask_files(
 def _unmask_paths(
     paths: list[tuple[Path, str]], out: Path, config: UnmaskConfig, unmasker: Unmasker
 ) -> list[FileResult]:
-    # An earlier run's reports describe its photos, not this run's: removed before the first photo is written, so
-    # a run killed before it writes its own leaves none that misleads. Only m2u's own (m2u.core.fileio); a
-    # person's file at a report's name was refused before any work (check_output_folder).
-    remove_written(out, REPORTS)
+    # An earlier m2u-unmask run's reports describe its photos, not this run's: removed before the first photo is
+    # written, so a run killed before it writes its own leaves none that misleads. Only an m2u-unmask report (its
+    # report.csv header): another m2u tool's reports in a shared folder are replaced only at the end, as before;
+    # a person's file at a report's name was refused before any work (check_output_folder).
+    if _is_unmask_report(out / REPORTS[0]):
+        remove_written(out, REPORTS)
     if config.keep_crops:
         (out / CROPS).mkdir(exist_ok=True)
     results: list[FileResult] = []
@@ -168,6 +170,16 @@ def _unmask_paths(
         raise
     _write_reports(out, results, face_lines)
     return results
+
+
+def _is_unmask_report(path: Path) -> bool:
+    """Whether `path` is a report.csv m2u-unmask wrote (its header row: FileResult's fields)."""
+    header = ",".join(f.name for f in fields(FileResult))
+    try:
+        with open(path, newline="") as handle:
+            return handle.readline().rstrip("\r\n") == header
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _unmask_row(

@@ -272,6 +272,10 @@ class Unmasker:
         self.detector: RealFaceDetector | MaskedFaceDetector | FaceDetector
         self._blazeface_only: RealFaceDetector | None = None  # the turned try's detector (_detect_turned)
         if self.config.detector_model == "blazeface":
+            if not self.config.aligned:  # aligned crops are never detected: no BlazeFace needed
+                from m2u.masking.blazeface import check_available
+
+                check_available()  # a missing install: one line before any photo, not an error row for each
             self.detector = RealFaceDetector(RealFaceDetectorConfig(tiles=self.config.tiles))
         elif self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()

@@ -155,6 +155,7 @@ def _contact_sheet(
 )
 @click.option(
     "--blazeface/--no-blazeface",
+    "blazeface_first",  # the DetectorConfig key: a library message naming `blazeface_first` reads as this flag
     default=_DETECTOR.blazeface_first,
     show_default=True,
     help="BlazeFace first on photos up to 256 px (HOG where it finds nothing); --no-blazeface: HOG alone.",
@@ -208,7 +209,7 @@ def _mask(
     detector,
     upsample,
     cnn_fallback,
-    blazeface,
+    blazeface_first,
     min_score,
     max_pixels,
     contact_sheet,
@@ -232,7 +233,7 @@ def _mask(
                 max_upsample=max(upsample, 1),
                 cnn_fallback=cnn_fallback,
                 min_score=min_score,
-                blazeface_first=blazeface,
+                blazeface_first=blazeface_first,
             ),
             code,
             seed,

@@ -460,9 +460,14 @@ class FaceDetector:
     def __init__(self, config: DetectorConfig | None = None):
         self.config = config or DetectorConfig()
         if self.config.blazeface_first and self.config.model == "hog":
-            from m2u.masking.blazeface import check_available
+            from m2u.masking.blazeface import BlazeFaceUnavailable, check_available
 
-            check_available()
+            try:
+                check_available()
+            except BlazeFaceUnavailable as exc:  # dlib's detectors alone need none of it: say how to use them
+                raise BlazeFaceUnavailable(
+                    f"{exc}; or turn `blazeface_first` off (dlib's detectors alone)"
+                ) from None
 
     def load_models(self) -> FaceDetector:
         """Load the models this configuration can use now (e.g. in a parent process before forking workers, which

@@ -485,10 +485,7 @@ class RealFaceDetector:
     ones (below `sure_score`, or from the dlib fallback)."""
 
     def __init__(self, config: RealFaceDetectorConfig | None = None):
-        from m2u.masking.blazeface import check_available
-
         self.config = config or RealFaceDetectorConfig()
-        check_available()
         self._fallback = None if self.config.fallback is None else MaskedFaceDetector(self.config.fallback)
 
     def load_models(self) -> RealFaceDetector:
@@ -605,6 +602,9 @@ class RealFaceDetector:
         scores = np.array([item[1] for item in candidates], np.float64)
         labels = [item[2] for item in candidates]
         points = np.stack([np.asarray(item[3], np.float64) for item in candidates])
+        # Every whole-photo detection hides a tile's face, the uncertain ones too. Letting a tile's higher-scoring
+        # face replace an uncertain one found a masked face that a false upside-down detection had hidden, but also
+        # had the decision repaint a bare 45 px face of the extras (2008_002079.jpg): not kept.
         kept = list(found)
         for i in np.argsort(-scores, kind="stable"):
             # inside_share, not IoU: a face cut at a tile's edge is a small box inside the whole face's.

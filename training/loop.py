@@ -350,7 +350,12 @@ class Trainer:
     def _clean_and_resume(self) -> None:
         if self.dist.is_main:
             # What a write killed midway left behind (the files it meant to replace are intact).
-            stale = [*self._removed_on_lock, *remove_stale_temp_files(self.checkpoint_path.parent)]
+            # The lock leaves young ones (another run's, maybe): the run folder and its checkpoints are this run's.
+            stale = [
+                *self._removed_on_lock,
+                *remove_stale_temp_files(self.out),
+                *remove_stale_temp_files(self.checkpoint_path.parent),
+            ]
             for path in stale:
                 self.runlog.log({"event": "removed_stale_temp_file", "path": str(path)})
             self._removed_on_lock = []

