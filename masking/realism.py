@@ -55,7 +55,8 @@ REAL_PATTERN_SHARE = 0.3
 REAL_PRINT_SHARE = 0.6
 REAL_PRINT_WEIGHT = 0.95
 # Types whose front may carry an exhalation valve, and types that may have a nose wire added (surgical has its own).
-VALVE_TYPES = ("n95", "kn95", "cloth")
+# Not n95: its template draws its own valve (m2u.masking.templates), and a second beside it looked like two.
+VALVE_TYPES = ("kn95", "cloth")
 WIRE_TYPES = ("kn95", "cloth")
 
 

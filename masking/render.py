@@ -293,7 +293,8 @@ Resolved = tuple[str, tuple | None, str | None, float, float]
 DEFAULT_COLOR_WEIGHT = 0.5
 # The pattern weight when MaskConfig.pattern_weight is None (the weight of earlier versions).
 DEFAULT_PATTERN_WEIGHT = 0.5
-_SINGLE_INK = tuple(p for p in PATTERNS if p != PRINT)  # the patterns of realism=0 (and of earlier versions)
+_SINGLE_INK = tuple(p for p in PATTERNS if p != PRINT)
+GAS_TYPE = "gas"  # the patterns of realism=0 (and of earlier versions)
 
 
 def _resolve(config: MaskConfig, rng: np.random.Generator) -> Resolved:
@@ -332,6 +333,11 @@ def _resolve(config: MaskConfig, rng: np.random.Generator) -> Resolved:
                 pattern_weight = REAL_PRINT_WEIGHT
     if pattern == PRINT:
         pattern = print_pattern(rng)
+    if mask_type == GAS_TYPE and config.realism > 0:
+        # Respirators are moulded rubber in the template's own dark grey: a drawn pastel or print looked like a toy
+        # (drawn all the same above, so every other face's draws stay as they were).
+        color_name = None if config.color == RANDOM else color_name
+        pattern = None if config.pattern == RANDOM else pattern
     color = None if color_name is None else parse_color(color_name)
     return mask_type, color, pattern, color_weight, pattern_weight
 

@@ -86,6 +86,8 @@ def test_draws_are_seeded_and_scaled_by_strength():
     assert any(f.hair[0] > 0 for f in finishes) and any(f.hair[1] > 0 for f in finishes)
     packs = [draw_finish(np.random.default_rng(s), "kn95", 1.0, False) for s in range(50)]
     assert not any(f.valve or f.wire for f in packs)
+    # The N95 template has a valve of its own: a second one drawn beside it read as two valves.
+    assert not any(draw_finish(np.random.default_rng(s), "n95", 1.0, True).valve for s in range(200))
 
 
 def test_realistic_masks_keep_the_mask_exact_and_are_byte_reproducible(synthetic_landmarks, skin_image):
@@ -173,3 +175,17 @@ def test_realistic_random_patterns_include_prints_and_realism_zero_keeps_the_sin
     prints = [p for p in seen["real"] if p and p.startswith("print-")]
     assert len(prints) >= 2 and None in seen["real"]  # mostly plain, some printed, some of them prints
     assert all(p in ("stripes", "dots", "check", "camo", "floral") for p in seen["clean"])
+
+
+def test_a_drawn_gas_mask_keeps_its_own_rubber_grey():
+    """Pastel and printed respirators looked like toys: with realism a drawn colour or print never reaches a gas
+    mask (one the user names still does), while the other types keep their draws."""
+    from m2u.masking.render import MaskConfig, _resolve
+
+    drawn = MaskConfig(mask_type="gas", color="random", pattern="random")
+    assert drawn.realism > 0
+    assert all(_resolve(drawn, np.random.default_rng(s))[1:3] == (None, None) for s in range(40))
+    named = MaskConfig(mask_type="gas", color="red", pattern="dots")
+    assert _resolve(named, np.random.default_rng(0))[1:3] != (None, None)
+    cloth = MaskConfig(mask_type="cloth", color="random", pattern="random")
+    assert any(_resolve(cloth, np.random.default_rng(s))[1] is not None for s in range(40))
