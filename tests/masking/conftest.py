@@ -71,3 +71,20 @@ def skin_image():
     """A 256x256 warm-grey image with a left-to-right light gradient (a stand-in for a face photo)."""
     ramp = np.linspace(0.6, 1.0, 256)[None, :, None]
     return np.clip(np.array([190, 150, 130]) * ramp, 0, 255).astype(np.uint8).repeat(256, axis=0)
+
+
+@pytest.fixture(scope="session")
+def astronaut_portrait() -> np.ndarray:
+    """A 200x200 head-and-shoulders crop around the face of scikit-image's astronaut (public domain, shipped with
+    the package): BlazeFace's size range, no shared data needed."""
+    import cv2
+    import skimage.data
+
+    from m2u.masking import DetectorConfig, FaceDetector
+
+    image = skimage.data.astronaut()
+    (face,) = FaceDetector(DetectorConfig(blazeface_first=False)).detect(image)
+    left, top, right, bottom = face.box
+    cx, cy, half = (left + right) // 2, (top + bottom) // 2, right - left
+    crop = image[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half]
+    return np.ascontiguousarray(cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA))

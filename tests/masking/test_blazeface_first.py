@@ -13,16 +13,8 @@ from m2u.masking.detect import blazeface_dlib_box, blazeface_roll, keypoint_agre
 
 
 @pytest.fixture(scope="module")
-def small_portrait() -> np.ndarray:
-    """A 200x200 head-and-shoulders crop around the astronaut's face (BlazeFace's size range)."""
-    import skimage.data
-
-    image = skimage.data.astronaut()
-    (face,) = FaceDetector(DetectorConfig(blazeface_first=False)).detect(image)
-    left, top, right, bottom = face.box
-    cx, cy, half = (left + right) // 2, (top + bottom) // 2, right - left
-    crop = image[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half]
-    return np.ascontiguousarray(cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA))
+def small_portrait(astronaut_portrait) -> np.ndarray:
+    return astronaut_portrait
 
 
 def test_a_small_photo_is_decided_by_blazeface_with_landmarks_where_hog_puts_them(small_portrait):

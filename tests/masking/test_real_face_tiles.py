@@ -10,7 +10,6 @@ import pytest
 
 from m2u.core.boxes import inside_share
 from m2u.core.errors import SettingError
-from m2u.masking import DetectorConfig, FaceDetector
 from m2u.masking.masked_faces import RealFaceDetector, RealFaceDetectorConfig
 
 WHOLE_PHOTO_ONLY = RealFaceDetectorConfig()  # tiles are off by default
@@ -18,16 +17,8 @@ TILED = RealFaceDetectorConfig(tiles=True)
 
 
 @pytest.fixture(scope="module")
-def portrait() -> np.ndarray:
-    """A 200x200 head-and-shoulders crop around the astronaut's face."""
-    import skimage.data
-
-    image = skimage.data.astronaut()
-    (face,) = FaceDetector(DetectorConfig(blazeface_first=False)).detect(image)
-    left, top, right, bottom = face.box
-    cx, cy, half = (left + right) // 2, (top + bottom) // 2, right - left
-    crop = image[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half]
-    return np.ascontiguousarray(cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA))
+def portrait(astronaut_portrait) -> np.ndarray:
+    return astronaut_portrait
 
 
 @pytest.fixture
@@ -158,3 +149,14 @@ def test_tiles_are_blazefaces():
 
     with pytest.raises(SettingError, match="`detector_model` hog"):
         UnmaskConfig(tiles=True, detector_model="hog")
+
+
+def test_the_tiles_benchmark_collage_fits_each_photo_in_its_cell(load_benchmark):
+    tiles = load_benchmark("tiles")
+    photos = [np.full((10, 20, 3), 10 * (k + 1), np.uint8) for k in range(5)]
+    sheet = tiles.collage(photos, 2, 30, 40)
+    assert sheet.shape == (120, 60, 3)  # 3 rows of 2 cells, the last cell grey
+    assert (sheet[80:, 30:] == 128).all()
+    # 10x20 fitted into 30x40 (aspect kept): 15 rows of 30 px, centred, grey above and below.
+    first = sheet[:40, :30, 0]
+    assert (first[12:27] == 10).all() and (first[:12] == 128).all() and (first[27:] == 128).all()
