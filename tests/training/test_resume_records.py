@@ -63,37 +63,37 @@ def _losses(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in _BOOKKEEPING}
 
 
-class _FailsAt(TensorDataSource):
-    """Hands out training batches until the batch number `at` (from 1), then fails as a killed process ends: no
-    checkpoint of the stop, the log as it was."""
+class _AtBatch(TensorDataSource):
+    """Hands out training batches and, as the batch number `at` (from 1) is handed to the loop, does `act()`."""
 
     def __init__(self, *args, at: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.at, self.handed = at, 0
+
+    def act(self) -> None:
+        raise NotImplementedError
 
     def batches(self, split, epoch):
         for batch in super().batches(split, epoch):
             if split == "train":
                 self.handed += 1
                 if self.handed == self.at:
-                    raise RuntimeError("killed")
+                    self.act()
             yield batch
 
 
-class _SignalledAt(TensorDataSource):
-    """Sends this process a Ctrl-C as the training batch number `at` (from 1) is handed to the loop."""
+class _FailsAt(_AtBatch):
+    """Fails as a killed process ends: no checkpoint of the stop, the log as it was."""
 
-    def __init__(self, *args, at: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.at, self.handed = at, 0
+    def act(self) -> None:
+        raise RuntimeError("killed")
 
-    def batches(self, split, epoch):
-        for batch in super().batches(split, epoch):
-            if split == "train":
-                self.handed += 1
-                if self.handed == self.at:
-                    os.kill(os.getpid(), signal.SIGINT)
-            yield batch
+
+class _SignalledAt(_AtBatch):
+    """Sends this process a Ctrl-C."""
+
+    def act(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _trainer(config: MSegTrainConfig, data, dist: DistributedContext | None = None) -> Trainer:
