@@ -136,7 +136,11 @@ TENSOR_RANGES = {
     "image": "float32 RGB in [-1, 1] (pixel / 127.5 - 1)",
     "masked": "float32 RGB in [-1, 1] (pixel / 127.5 - 1), the masked face",
     "mask": "float32 in {0, 1}, 1 where the mask is",
-    "mask_logits": "float32 logits; mask = sigmoid(logits) >= the M-Seg threshold",
+    "mask_logits": (
+        "float32 logits. m2u's mask: p = mean of sigmoid(logits) of the crop and of its mirror image (the latter "
+        "mirrored back); mask = p >= the M-Seg threshold, then the background regions it encloses (not reaching "
+        "the crop's edge) filled (m2u.inference.restore.predict_masks)"
+    ),
     "output": "float32 RGB in [-1, 1] (tanh); pixel = (x + 1) * 127.5",
 }
 

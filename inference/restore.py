@@ -58,6 +58,10 @@ def load_two_stage(
 ) -> TwoStageModel:
     """Load and type-check the two model files (a swapped pair gets a clear error). Neither path given: the
     model shipped with m2u (`m2u.inference.pretrained.DEFAULT_MODEL`)."""
+    from m2u.training.device import resolve_device
+
+    # Every way in names devices alike: "auto", "cuda" without a GPU or "mps" get m2u's one sentence, not torch's.
+    device = resolve_device(str(device))
     if mseg_path is None and generator_path is None:
         mseg_path, generator_path = pretrained_paths()
     elif mseg_path is None or generator_path is None:
@@ -74,7 +78,8 @@ def load_two_stage(
 
 
 def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> TwoStageModel:
-    """The shipped two-stage model, ready to use (eval mode, on `device`), with what its files record."""
+    """The shipped two-stage model, ready to use (eval mode, on `device`: a name as every m2u command takes it,
+    "auto" included, or a torch.device), with what its files record."""
     mseg_path, generator_path = pretrained_paths(name)
     return load_two_stage(mseg_path, generator_path, device)
 

@@ -270,6 +270,26 @@ def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
     assert image["name"] == "image" and image["shape"] == ["batch", 3, "height", "width"]
     assert "[-1, 1]" in image["range"] and logits["name"] == "mask_logits" and "sigmoid" in logits["range"]
     assert summary["mseg"]["max_abs_diff_vs_torch"] <= 1e-4
+    # The recipe export.json gives for m2u's mask from the logits (mirror mean, threshold, holes filled) is what
+    # m2u-unmask computes: a reimplementation from export.json alone gets m2u's masks.
+    assert "mirror" in logits["range"] and "filled" in logits["range"]
+    import onnxruntime
+    from scipy.ndimage import binary_fill_holes
+
+    from m2u.inference.restore import load_two_stage, predict_masks
+
+    mseg = load_two_stage(mseg_path, tiny_checkpoints[1]).mseg
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    session = onnxruntime.InferenceSession(str(tmp_path / "mseg.onnx"))
+
+    def probability(images: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-session.run(None, {"image": images})[0]))
+
+    mean = (probability(x.numpy()) + probability(x.numpy()[..., ::-1].copy())[..., ::-1]) / 2
+    for threshold in (0.3, 0.5, 0.7):
+        recipe = np.stack([binary_fill_holes(plane) for plane in (mean[:, 0] >= threshold)])
+        m2u = predict_masks(mseg, x, threshold)[:, 0].numpy() > 0.5
+        assert np.mean(recipe != m2u) < 1e-3  # float rounding at the threshold only
     assert (tmp_path / "mseg.onnx").stat().st_size > 0
     static = runner.invoke(
         export_main,

@@ -114,6 +114,12 @@ def test_load_pretrained_returns_the_ready_two_stage_model(shipped):
     assert not mseg.training and models.generator_info.crop_size == SIZE
     assert next(generator.parameters()).dtype == torch.float32  # fp16 file, fp32 model
     assert pretrained.available_models() == [pretrained.DEFAULT_MODEL]
+    # Devices are named as every m2u command takes them: "auto", and one sentence for one m2u cannot use.
+    assert next(load_pretrained(device="auto").mseg.parameters()).device.type in ("cpu", "cuda")
+    from m2u.core.errors import SettingError
+
+    with pytest.raises(SettingError, match="'mps' is not a device m2u runs on"):
+        load_pretrained(device="mps")
 
 
 def test_unmask_without_model_options_restores_a_real_photo_with_the_shipped_model(shipped, tmp_path):

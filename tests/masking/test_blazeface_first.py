@@ -190,3 +190,16 @@ def test_aligned_crops_and_dlib_detectors_need_no_blazeface(tmp_path, monkeypatc
     )  # 1: no face in grey
     result = CliRunner().invoke(mask_main, [str(photo), "-o", str(tmp_path / "m2")])
     assert "or turn --blazeface off" in result.output
+
+
+def test_blazeface_may_be_called_from_two_threads_at_once(small_portrait):
+    """One LiteRT interpreter per process: two threads invoking it at once failed most calls ("at least 1 reference
+    to internal data"); each call now holds its lock, and every thread gets what one thread alone gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from m2u.masking.blazeface import blazeface_detect
+
+    alone = [(d.box, d.score) for d in blazeface_detect(small_portrait, "short", 0.5)]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: blazeface_detect(small_portrait, "short", 0.5), range(40)))
+    assert alone and all([(d.box, d.score) for d in run] == alone for run in runs)
