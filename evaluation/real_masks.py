@@ -367,8 +367,11 @@ def evaluate_real_masks(
             # Stopped midway (Ctrl-C, SIGTERM): the reports say what was finished, as m2u-unmask's do, so OUT never
             # keeps an earlier run's report beside this run's sheet. On a full disk they may not fit: the stop wins.
             del face_lines[finished_lines:]
+            stopped = f"after {len(rows)} of {len(run.photos)} photos"
             with contextlib.suppress(OSError):
-                _write_outputs(out, rows, face_lines, sheet, labels is not None, run.unmatched_labels())
+                _write_outputs(
+                    out, rows, face_lines, sheet, labels is not None, run.unmatched_labels(), stopped=stopped
+                )
             raise
         return _write_outputs(out, rows, face_lines, sheet, labels is not None, run.unmatched_labels())
 
@@ -601,9 +604,12 @@ def _write_outputs(
     sheet: list[SheetRow],
     labelled: bool,
     unmatched_labels: list[str] | None = None,
+    stopped: str = "",
 ) -> dict:
     """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary.
-    `unmatched_labels`: the label files no photo is named like (counted, and the first few named)."""
+    `unmatched_labels`: the label files no photo is named like (counted, and the first few named); `stopped`: how
+    far a run stopped midway got (summary.json's "stopped", said first on the sheet), so its figures are not read as
+    a whole run's."""
     # Written whole or not at all, through m2u.core.fileio (which refuses a link planted at an output's name and
     # records what it wrote, so a later run may replace it), as m2u-unmask's and m2u-eval's reports are.
     table = io.StringIO(newline="")
@@ -618,6 +624,8 @@ def _write_outputs(
         summary["labels_without_a_photo"] = len(unmatched_labels)
         if unmatched_labels:
             summary["labels_without_a_photo_e_g"] = unmatched_labels[:5]
+    if stopped:
+        summary = {"stopped": stopped, **summary}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "index.html", _sheet_html(summary, sheet, labelled))
     _remove_earlier_cells(out / "sheet", {name for entry in sheet for name in entry.cells})

@@ -4,6 +4,7 @@ a label status beside the face outcome, and the contact sheet (paths, failed pho
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -191,4 +192,6 @@ def test_a_run_stopped_midway_reports_the_photos_it_finished(tmp_path):
         evaluate_real_masks([str(photos)], out, _LowerHalf(stop_at=2), config=RealMaskConfig(thumb=16))
     assert list(_rows(out)) == ["a.png"]
     assert len((out / "faces.jsonl").read_text().splitlines()) == 1
-    assert "a.png" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "a.png" in page and "stopped: after 1 of 3 photos" in page
+    assert json.loads((out / "summary.json").read_text())["stopped"] == "after 1 of 3 photos"
