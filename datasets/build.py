@@ -98,11 +98,16 @@ class BuildPlan:
                     "utf-8", "surrogateescape"
                 )
             )
-        return {
+        fingerprint = {
             "arguments": config.output_arguments(),
             "plan_sha256": digest.hexdigest(),
             "samples": len(self.samples),
         }
+        if config.mask_engine == "m2u":
+            from m2u.masking.render import RENDER_VERSION
+
+            fingerprint["render_version"] = RENDER_VERSION
+        return fingerprint
 
     def tasks_of(self, partition: tuple[int, int] | None) -> list[ShardTask]:
         """The shards of partition (I, N): the k-th shard of the plan (in (split, index) order) when k mod N = I."""
@@ -169,6 +174,9 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
     if previous is not None and previous != fingerprint and not any((out_dir / STATE_DIR).glob("*.parquet")):
         previous = None  # an earlier run that committed no shard (stopped or refused at once) binds nothing
+    if previous is not None and "render_version" in fingerprint:
+        # Build states written before render versions were drawn by the first engine.
+        previous.setdefault("render_version", 1)
     if config.overwrite:
         _clear_outputs(out_dir)
         previous = None
@@ -180,11 +188,15 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
         )
         # Same arguments, another plan: other inputs, or the same ones planned otherwise by another m2u version
         # (names outside ASCII, duplicate photos joined in one split).
-        what = (
-            f"different arguments ({', '.join(changed)})"
-            if changed
-            else "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
-        )
+        if changed:
+            what = f"different arguments ({', '.join(changed)})"
+        elif previous.get("render_version") != fingerprint.get("render_version"):
+            what = (
+                f"mask engine version {previous.get('render_version')}, and this m2u draws version "
+                f"{fingerprint.get('render_version')} (other pixels for the same faces and seeds)"
+            )
+        else:
+            what = "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
         raise BuildError(f"{out_dir} holds a build made with {what}; use `overwrite` to replace it")
     elif previous is None and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME)):
         raise BuildError(f"{out_dir} holds a dataset without build state; use `overwrite` to replace it")

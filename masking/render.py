@@ -59,6 +59,12 @@ from m2u.masking.templates import (
 from m2u.masking.templates_pack import load_template_pack
 from m2u.masking.warp import grid_point, warp_texture
 
+# Which drawing of the masks this code makes: raised whenever the same face, configuration and seed would give other
+# pixels, so a dataset build never resumes across engines (m2u.datasets.build fingerprints it) and every result says
+# which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
+# and wider over the cheeks, where real masks sit (PlacementConfig's defaults).
+RENDER_VERSION = 2
+
 
 @dataclass(frozen=True)
 class MaskConfig:
@@ -492,6 +498,7 @@ def _result_meta(
         "placement": dict(_placement_fields(config.placement)),  # a dict of its own for each result
         "realism": config.realism,
         "finish": None if finish is None else finish.record(),
+        "render_version": RENDER_VERSION,
     }
 
 

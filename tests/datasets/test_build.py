@@ -69,6 +69,35 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
         build_dataset([photos], out, _config(seed=1))
 
 
+def test_a_build_drawn_by_another_mask_engine_is_not_resumed(tmp_path):
+    """A build begun by an m2u whose masks came out otherwise (an earlier RENDER_VERSION, or a state file from before
+    render versions) is not continued with this engine's masks: said as such, and `overwrite` replaces it."""
+    from m2u.datasets.build import BUILD_STATE_NAME
+    from m2u.masking.render import RENDER_VERSION
+
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config(mask_engine="m2u"))
+    state_file = out / STATE_DIR / BUILD_STATE_NAME
+    state = json.loads(state_file.read_text())
+    assert state["render_version"] == RENDER_VERSION
+    assert build_dataset([photos], out, _config(mask_engine="m2u")).stats["resumed"]
+    before_versions = {k: v for k, v in state.items() if k != "render_version"}
+    earlier_states = (
+        ({**state, "render_version": RENDER_VERSION - 1}, RENDER_VERSION - 1),
+        (before_versions, 1),
+    )
+    for earlier, version in earlier_states:
+        state_file.write_text(json.dumps(earlier))
+        message = rf"mask engine version {version}, and this m2u draws version {RENDER_VERSION}"
+        with pytest.raises(BuildError, match=message):
+            build_dataset([photos], out, _config(mask_engine="m2u"))
+    assert not build_dataset([photos], out, _config(mask_engine="m2u", overwrite=True)).stats["resumed"]
+    # the synthetic engine draws no templates: its builds carry no render version
+    synthetic = tmp_path / "synthetic"
+    build_dataset([photos], synthetic, _config())
+    assert "render_version" not in json.loads((synthetic / STATE_DIR / BUILD_STATE_NAME).read_text())
+
+
 def test_overwrite_replaces_only_what_the_build_wrote(tmp_path):
     photos, out = _faceless_folder(tmp_path), tmp_path / "out"
     build_dataset([photos], out, _config())

@@ -37,6 +37,36 @@ def test_every_type_covers_nose_and_mouth_not_eyes(mask_type, synthetic_landmark
     assert result.meta["type"] == mask_type and len(result.meta["landmarks"]) == 68
 
 
+@pytest.mark.parametrize("mask_type", ["surgical", "cloth", "kn95", "n95"])
+def test_masks_reach_up_the_nose_and_under_the_eyes_as_real_ones_do(
+    mask_type, synthetic_landmarks, skin_image
+):
+    """PlacementConfig's defaults (render version 2) put the top edge where real masks' labels have it
+    (benchmarks/mask_placement.py): over the upper nose bridge and close under the eyes, which the earlier
+    defaults left bare, and never over an eye."""
+    from m2u.masking.geometry import PlacementConfig
+    from m2u.masking.render import RENDER_VERSION
+
+    landmarks = synthetic_landmarks()  # eye distance 60 px, origin between the eyes
+    eye_distance = float(np.hypot(*(landmarks[42:48].mean(0) - landmarks[36:42].mean(0))))
+    upper_bridge = landmarks[27] + 0.4 * (landmarks[30] - landmarks[27])
+    under_eyes = landmarks[[40, 47]] + [0.0, 0.2 * eye_distance]  # below the lower eyelids
+    probes = np.round(np.vstack([upper_bridge, under_eyes])).astype(int)
+
+    def covered(placement):
+        config = MaskConfig(mask_type=mask_type, straps=False, placement=placement)
+        result = apply_mask(skin_image, landmarks, config, seed=3)
+        _assert_geometry(result, landmarks)
+        return result.mask[probes[:, 1], probes[:, 0]] > 0, result.meta
+
+    now, meta = covered(PlacementConfig())
+    earlier, _ = covered(
+        {"jaw_margin": 0.07, "bridge_fraction": 0.42, "eye_clearance": 0.16, "top_drop": 0.06}
+    )
+    assert now.all() and not earlier.any()
+    assert meta["render_version"] == RENDER_VERSION and meta["placement"]["bridge_fraction"] == 0.2
+
+
 @pytest.mark.parametrize("roll, yaw", [(30.0, 0.0), (-25.0, 0.0), (0.0, 0.5), (0.0, -0.6), (15.0, 0.4)])
 def test_rolled_and_turned_faces(roll, yaw, synthetic_landmarks, skin_image):
     landmarks = synthetic_landmarks(roll_degrees=roll, yaw=yaw)
