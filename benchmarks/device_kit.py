@@ -121,6 +121,23 @@ def code_bytes() -> int:
     return sum((REPO / name).stat().st_size for name in listed if name and (REPO / name).is_file())
 
 
+def stale_engine(source: Path, pack: Path) -> None:
+    """Exit when the kit's dataset or pack (kept from an earlier prepare) was drawn by another mask engine than this
+    m2u's: the GPU run would train on masks placed otherwise than its test pairs."""
+    from m2u.datasets.facepack import FacePack, source_render_version
+    from m2u.masking.render import RENDER_VERSION
+
+    drawn = {source: source_render_version(source)}
+    if (pack / "pack.json").is_file():
+        drawn[pack] = FacePack(pack).render_version
+    for folder, version in drawn.items():
+        if version is not None and version != RENDER_VERSION:
+            raise SystemExit(
+                f"{folder} was drawn by mask engine version {version}, and this m2u draws version {RENDER_VERSION}: "
+                f"remove {source} and {pack} to prepare the kit again"
+            )
+
+
 def build_source(args: argparse.Namespace, source: Path) -> None:
     if (source / "stats.json").is_file():
         return
@@ -171,6 +188,7 @@ def prepare(args: argparse.Namespace) -> int:
     source = kit / "source"
     build_source(args, source)
     pack = kit / "pack"
+    stale_engine(source, pack)
     if not (pack / "pack.json").is_file():
         budget = args.max_bytes or (UPLOAD_LIMIT - HEADROOM - code_bytes() - wheels["bytes"])
         log(f"cutting the face pack: {budget / 2**20:.1f} MiB for faces and test pairs")

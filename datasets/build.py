@@ -48,7 +48,15 @@ from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_sam
 from m2u.datasets.shards import remove_stray_temp_files
 from m2u.datasets.sources import find_dataset_inputs, input_items
 from m2u.datasets.storage import local_location
-from m2u.datasets.work import FAULT_ENV, BuildJob, ShardTask, make_detector, make_masker, process_input
+from m2u.datasets.work import (
+    FAULT_ENV,
+    BuildJob,
+    ShardTask,
+    engine_version,
+    make_detector,
+    make_masker,
+    process_input,
+)
 from m2u.datasets.writer import count_rows, library_versions, write_stats
 
 BUILD_STATE_NAME = "build.json"
@@ -103,10 +111,8 @@ class BuildPlan:
             "plan_sha256": digest.hexdigest(),
             "samples": len(self.samples),
         }
-        if config.mask_engine == "m2u":
-            from m2u.masking.render import RENDER_VERSION
-
-            fingerprint["render_version"] = RENDER_VERSION
+        if engine_version(config) is not None:
+            fingerprint["render_version"] = engine_version(config)
         return fingerprint
 
     def tasks_of(self, partition: tuple[int, int] | None) -> list[ShardTask]:
@@ -172,6 +178,9 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new `out_dir`"
         )
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
+    # A state that binds nothing and no manifest: an earlier run stopped before its first commit (its split folders
+    # hold nothing committed), not a finished dataset whose build state is gone.
+    stopped_early = previous is not None and not (out_dir / MANIFEST_NAME).exists()
     if previous is not None and previous != fingerprint and not any((out_dir / STATE_DIR).glob("*.parquet")):
         previous = None  # an earlier run that committed no shard (stopped or refused at once) binds nothing
     if previous is not None and "render_version" in fingerprint:
@@ -186,19 +195,33 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             for k in set(previous["arguments"]) | set(fingerprint["arguments"])
             if previous["arguments"].get(k) != fingerprint["arguments"].get(k)
         )
-        # Same arguments, another plan: other inputs, or the same ones planned otherwise by another m2u version
-        # (names outside ASCII, duplicate photos joined in one split).
-        if changed:
-            what = f"different arguments ({', '.join(changed)})"
-        elif previous.get("render_version") != fingerprint.get("render_version"):
-            what = (
+        # Every difference at once, so fixing one does not meet a second refusal.
+        reasons = [f"different arguments ({', '.join(changed)})"] if changed else []
+        if "mask_engine" not in changed and previous.get("render_version") != fingerprint.get(
+            "render_version"
+        ):
+            reasons.append(
                 f"mask engine version {previous.get('render_version')}, and this m2u draws version "
                 f"{fingerprint.get('render_version')} (other pixels for the same faces and seeds)"
             )
-        else:
-            what = "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
-        raise BuildError(f"{out_dir} holds a build made with {what}; use `overwrite` to replace it")
-    elif previous is None and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME)):
+        if not reasons:
+            # Same arguments and engine, another plan: other inputs, or the same ones planned otherwise by another
+            # m2u version (names outside ASCII, duplicate photos joined in one split).
+            reasons.append(
+                "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
+            )
+        # `overwrite` would delete every partition's shards: a finalising run is pointed back at the build's own.
+        remedy = (
+            "finalize with the m2u and the arguments that built it, or rebuild it with `overwrite`"
+            if config.finalize
+            else "use `overwrite` to replace it"
+        )
+        raise BuildError(f"{out_dir} holds a build made with {' and '.join(reasons)}; {remedy}")
+    elif (
+        previous is None
+        and not stopped_early
+        and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME))
+    ):
         raise BuildError(f"{out_dir} holds a dataset without build state; use `overwrite` to replace it")
     (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
     if previous is None:
@@ -223,7 +246,7 @@ def _shards_to_build(
     removed = remove_stray_temp_files(out_dir, None if config.partition is None else names)
     todo, damaged = [], []
     for task in tasks:
-        problem = check_committed(out_dir, task)
+        problem = check_committed(out_dir, task, engine_version(config))
         if problem is None:
             continue
         if problem != "not committed":
@@ -263,6 +286,13 @@ def _run_tasks(
                 raise BuildError(
                     f"the worker {output.worker} wrote {tar} where this process cannot see it: with Ray on several"
                     " machines, `out_dir` must be a folder every node mounts under the same path"
+                )
+            if output.render_version != engine_version(config):
+                # A Ray node (or a part's worker) with another m2u: its shard is not committed, so a rerun on
+                # matching nodes draws it again.
+                raise BuildError(
+                    f"the worker {output.worker} drew {tar.name} with mask engine version {output.render_version}, "
+                    f"and this build draws version {engine_version(config)}: install the same m2u on every node"
                 )
             try:
                 stats = commit_shard(out_dir, output, planned[shard_id])
@@ -406,4 +436,5 @@ def _stats(
             "inputs": [os.fspath(i) for i in inputs],
         },
         "versions": library_versions(),
+        "render_version": engine_version(config),  # the mask engine that drew the pairs (None: synthetic)
     }

@@ -182,6 +182,13 @@ def _assemble(job: BuildJob, parts: list[ShardOutput]) -> ShardOutput:
     from m2u.datasets.shards import assemble_shard
 
     first = parts[0]
+    versions = sorted({p.render_version for p in parts}, key=str)
+    if len(versions) > 1:
+        raise BuildError(
+            f"the parts of shard {first.split}-{first.index:06d} were drawn by mask engine versions "
+            f"{', '.join(map(str, versions))} ({', '.join(sorted({p.worker for p in parts}))}): install the same m2u "
+            "on every node"
+        )
     files = [Path(p.part_file) for p in parts if p.part_file is not None]
     target = Path(job.out_dir) / first.split / shard_name(first.split, first.index)
     started = time.perf_counter()
@@ -195,6 +202,7 @@ def _assemble(job: BuildJob, parts: list[ShardOutput]) -> ShardOutput:
         process_s=round(sum(p.process_s for p in parts), 3),
         write_s=round(sum(p.write_s for p in parts) + time.perf_counter() - started, 3),
         worker=",".join(sorted({p.worker for p in parts})),
+        render_version=first.render_version,
     )
 
 

@@ -135,6 +135,17 @@ def _copy_test_split(dataset: Path, out: Path, shards: int) -> dict[str, Any]:
     return {"samples": written, "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
 
 
+def source_render_version(dataset: str | Path) -> int | None:
+    """The mask engine version that drew a dataset folder's pairs, from its stats.json (m2u.masking.render's
+    RENDER_VERSION; a dataset of the m2u engine from before render versions: 1; None: the synthetic engine)."""
+    from m2u.datasets.layout import STATS_NAME
+
+    stats = json.loads((Path(dataset) / STATS_NAME).read_text())
+    if "render_version" in stats:
+        return stats["render_version"]
+    return 1 if stats.get("arguments", {}).get("mask_engine", "m2u") == "m2u" else None
+
+
 def write_face_pack(
     dataset: str | Path,
     out: str | Path,
@@ -169,6 +180,8 @@ def write_face_pack(
         "store_size": config.store_size,
         "quality": config.quality,
         "source": str(dataset),
+        # The engine that drew the test pairs; the trainer draws the training pairs with its own (the same one).
+        "render_version": source_render_version(dataset),
         "splits": splits,
         "test": test,
         "bytes": sum(p.stat().st_size for p in temp.rglob("*") if p.is_file()),
@@ -236,6 +249,11 @@ class FacePack:
         self.store_size = int(self.info["store_size"])
         self._index: dict[str, dict[str, np.ndarray]] = {}
         self._blobs: dict[str, bytes] = {}
+
+    @property
+    def render_version(self) -> int | None:
+        """The mask engine that drew the pack's test pairs (a pack from before render versions: 1)."""
+        return self.info.get("render_version", 1)
 
     @property
     def test_dataset(self) -> Path:

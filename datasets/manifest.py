@@ -45,6 +45,9 @@ from m2u.datasets.shards import file_digest
 # Schema metadata of a commit marker: the committed tar's size and SHA-256 ("" when the shard has no tar).
 BYTES_KEY = b"m2u.shard_bytes"
 SHA256_KEY = b"m2u.shard_sha256"
+# The mask engine that drew the shard (ShardOutput.render_version); absent: the synthetic engine, or an m2u from
+# before render versions (the first engine).
+RENDER_VERSION_KEY = b"m2u.render_version"
 
 
 def marker_path(out_dir: Path, split: str, index: int) -> Path:
@@ -92,13 +95,16 @@ def commit_shard(out_dir: Path, output: ShardOutput, planned: int) -> dict[str, 
         BYTES_KEY: str(output.bytes or ""),
         SHA256_KEY: output.sha256 or "",
     }
+    if output.render_version is not None:
+        metadata[RENDER_VERSION_KEY] = str(output.render_version)
     marker = marker_path(out_dir, output.split, output.index)
     write_parquet_atomic(table.replace_schema_metadata(metadata), marker)
     return stats
 
 
-def check_committed(out_dir: Path, task: ShardTask) -> str | None:
-    """None when the shard is committed and its files hold what the commit recorded; else what is wrong."""
+def check_committed(out_dir: Path, task: ShardTask, render_version: int | None = None) -> str | None:
+    """None when the shard is committed and its files hold what the commit recorded (with `render_version`: drawn by
+    that mask engine); else what is wrong."""
     marker = marker_path(out_dir, task.split, task.index)
     if not marker.is_file():
         return "not committed"
@@ -112,6 +118,9 @@ def check_committed(out_dir: Path, task: ShardTask) -> str | None:
         return f"commit marker {marker.name} lists {rows} samples, the plan {len(task.samples)}"
     if SHA256_KEY not in meta:
         return "committed by an older m2u without a checksum (rebuilt once to record one)"
+    drawn = int(meta.get(RENDER_VERSION_KEY, b"1"))
+    if render_version is not None and drawn != render_version:
+        return f"drawn by mask engine version {drawn}, and this build draws version {render_version}"
     if not (out_dir / shard_stats_relpath(task.split, task.index)).is_file():
         return "its stats JSON is missing"
     sha256, expected_bytes = meta[SHA256_KEY].decode(), meta[BYTES_KEY].decode()

@@ -208,3 +208,6 @@ class ShardOutput:
     part: int = 0
     parts: int = 1
     part_file: str | None = None
+    # The mask engine that drew its samples (m2u.masking.render.RENDER_VERSION of the worker; None: the synthetic
+    # engine): committed with the shard, so no build mixes engines (a Ray node or a partition with another m2u).
+    render_version: int | None = None

@@ -63,6 +63,15 @@ class BuildJob:
     fault_dir: str | None = None
 
 
+def engine_version(config: BuildConfig) -> int | None:
+    """The render version of the masks this process draws for ``config`` (None for the synthetic engine)."""
+    if config.mask_engine != "m2u":
+        return None
+    from m2u.masking.render import RENDER_VERSION
+
+    return RENDER_VERSION
+
+
 def make_masker(config: BuildConfig) -> Masker:
     """The masker ``config.mask_engine`` names, configured with ``config.mask_options``."""
     if config.mask_engine == "synthetic":
@@ -346,6 +355,7 @@ def build_shard(
 
     written = writer.count > 0
     return ShardOutput(
+        render_version=engine_version(job.config),
         split=task.split,
         index=task.index,
         rows=rows,

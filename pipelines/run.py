@@ -185,6 +185,16 @@ def _input_locations(faces: list[str]) -> str:
     ).hexdigest()
 
 
+def _dataset_resumes_with(config: PipelineConfig) -> str:
+    """What a stopped dataset stage must have been started with to be resumed: the same input files and the same
+    mask engine (a build of another engine is set aside and built again, where the build itself would refuse it)."""
+    from m2u.datasets.work import engine_version
+
+    version = engine_version(config.dataset)
+    locations = _input_locations(config.faces)
+    return locations if version is None else f"{locations} mask-engine-{version}"
+
+
 def _inputs_identity(config: PipelineConfig, run: Path) -> tuple[list[str], Callable[[str], Any]]:
     """The first upstream fingerprint of the chain and the stage configurations to fingerprint: those of this m2u,
     or of an earlier m2u where the dataset stage's record was made by one (the faces by names and sizes on
@@ -379,7 +389,7 @@ def run_pipeline(
                 log,
                 upstream_names=["the face inputs", *(f"the {stage} stage" for stage in STAGES)],
                 config_prefix=_stage_prefix(name),
-                resumes_with=_input_locations(config.faces) if name == "dataset" else "",
+                resumes_with=_dataset_resumes_with(config) if name == "dataset" else "",
                 resumable=_partial_output(name, dirs[name]),
             )
         except BaseException as error:

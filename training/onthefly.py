@@ -36,6 +36,18 @@ def sample_seed(seed: int, split: str, epoch: int, index: int, attempt: int = 0)
     return np.random.SeedSequence([int(seed), SPLIT_IDS[split], int(epoch), int(index), int(attempt)])
 
 
+def check_pack_engine(pack: Any) -> None:
+    """ValueError when the pack's test pairs were drawn by another mask engine than the one this m2u trains with:
+    the run would be tested on masks placed otherwise than those it learns."""
+    from m2u.masking.render import RENDER_VERSION
+
+    if pack.render_version is not None and pack.render_version != RENDER_VERSION:
+        raise ValueError(
+            f"face pack {pack.root}: its test pairs were drawn by mask engine version {pack.render_version}, and this "
+            f"m2u draws version {RENDER_VERSION} for training; cut a new pack from a dataset built by this m2u"
+        )
+
+
 class RenderedPairs(Dataset):
     """Map-style dataset over one split of a face pack: item i of epoch e is the face with a freshly rendered
     mask, as the shard loader's raw uint8 sample (CHW masked/unmasked 0..255, mask 0/1)."""
@@ -53,6 +65,7 @@ class RenderedPairs(Dataset):
         from m2u.datasets.facepack import FacePack
 
         self.pack = pack if isinstance(pack, FacePack) else FacePack(pack)
+        check_pack_engine(self.pack)
         if split not in SPLIT_IDS:
             raise ValueError(f"on-the-fly pairs exist for {sorted(SPLIT_IDS)}, not {split!r}")
         self.split, self.seed, self.epoch, self.flip = split, seed, epoch, flip

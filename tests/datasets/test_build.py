@@ -98,6 +98,78 @@ def test_a_build_drawn_by_another_mask_engine_is_not_resumed(tmp_path):
     assert "render_version" not in json.loads((synthetic / STATE_DIR / BUILD_STATE_NAME).read_text())
 
 
+def test_a_shard_drawn_by_another_mask_engine_is_rebuilt_or_never_committed(tmp_path):
+    """Each commit records the engine that drew the shard: a shard of another engine (a partition or a Ray node with
+    another m2u) is drawn again on resume, and a worker's shard of another engine is not committed at all."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from m2u.datasets.distributors import make_distributor
+    from m2u.datasets.manifest import RENDER_VERSION_KEY, marker_path
+    from m2u.masking.render import RENDER_VERSION
+
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    config = _config(mask_engine="m2u")
+    build_dataset([photos], out, config)
+    marker = marker_path(out, "train", 0)
+    table = pq.read_table(marker)
+    assert table.schema.metadata[RENDER_VERSION_KEY] == str(RENDER_VERSION).encode()
+    older = {**table.schema.metadata, RENDER_VERSION_KEY: str(RENDER_VERSION - 1).encode()}
+    pq.write_table(table.replace_schema_metadata(older), marker)
+    assert build_dataset([photos], out, config).stats["shards_rebuilt_damaged"] == 1
+    assert pq.read_schema(marker).metadata[RENDER_VERSION_KEY] == str(RENDER_VERSION).encode()
+
+    class OtherEngineNode:
+        """Runs the shards as usual, but they come back as drawn by another m2u."""
+
+        def run(self, job, tasks, progress, inherited_fds=()):
+            for output in make_distributor(config).run(job, tasks, progress, inherited_fds):
+                yield dataclasses.replace(output, render_version=RENDER_VERSION - 1)
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(
+        BuildError, match=rf"with mask engine version {RENDER_VERSION - 1}.*same m2u on every node"
+    ):
+        build_dataset([photos], fresh, config, distributor=OtherEngineNode())
+    assert not list((fresh / STATE_DIR).glob("*.parquet"))  # nothing committed
+
+
+def test_a_refused_rerun_names_every_difference_and_a_finalize_is_not_told_to_overwrite(tmp_path):
+    from m2u.datasets.build import BUILD_STATE_NAME
+
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config(mask_engine="m2u"))
+    state_file = out / STATE_DIR / BUILD_STATE_NAME
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "render_version": 1}))
+    with pytest.raises(
+        BuildError, match=r"different arguments \(seed\) and mask engine version 1.*`overwrite`"
+    ):
+        build_dataset([photos], out, _config(mask_engine="m2u", seed=5))
+    with pytest.raises(
+        BuildError, match=r"mask engine version 1.*; finalize with the m2u and the arguments that built it"
+    ):
+        build_dataset([photos], out, _config(mask_engine="m2u", finalize=True))
+
+
+def test_a_build_stopped_before_its_first_commit_binds_nothing(tmp_path):
+    """An earlier run (other arguments) stopped before it committed a shard, leaving its state and an empty split
+    folder: a new build starts there, and is not told the folder holds a dataset without build state."""
+
+    class StoppedAtOnce:
+        def run(self, job, tasks, progress, inherited_fds=()):
+            (Path(job.out_dir) / "train").mkdir(exist_ok=True)  # as a shard writer leaves it
+            raise KeyboardInterrupt
+            yield
+
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset([photos], out, _config(seed=9), distributor=StoppedAtOnce())
+    assert (out / "train").is_dir() and not list((out / STATE_DIR).glob("*.parquet"))
+    result = build_dataset([photos], out, _config())
+    assert not result.stats["resumed"] and (out / "manifest.parquet").is_file()
+
+
 def test_overwrite_replaces_only_what_the_build_wrote(tmp_path):
     photos, out = _faceless_folder(tmp_path), tmp_path / "out"
     build_dataset([photos], out, _config())

@@ -350,6 +350,32 @@ def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_pat
     assert said[0] == "[dataset] resuming an interrupted run", said
 
 
+def test_a_dataset_stage_stopped_midway_is_not_resumed_by_another_mask_engine(tmp_path, monkeypatch):
+    """A build stopped midway by an m2u whose mask engine draws otherwise (another RENDER_VERSION) is moved aside
+    and built again, where resuming it would meet the build's own refusal (a run cannot pass `overwrite`)."""
+    import m2u.masking.render
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls, stop_in="dataset")
+    run, config = tmp_path / "run", load_config("smoke", extra={"faces": [str(faces)]})
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    (run / "dataset" / ".m2u-build").mkdir(parents=True)  # what a stopped build leaves
+    monkeypatch.setattr(m2u.masking.render, "RENDER_VERSION", m2u.masking.render.RENDER_VERSION + 1)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert said[0].startswith("[dataset] configuration or inputs changed, re-running"), said
+    (run / "dataset" / ".m2u-build").mkdir(parents=True)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert said[0] == "[dataset] resuming an interrupted run", said
+
+
 def test_a_resumed_training_stage_gets_the_time_its_budget_has_left(tmp_path):
     """`max_seconds` of a pipeline stage is the stage's training time: stopped after 5 of 8 s, the rerun trains
     for 3 (m2u-train's own budget is per process)."""

@@ -53,6 +53,30 @@ def test_pack_holds_the_training_faces_and_a_readable_test_split(pack, source_da
         write_face_pack(source_dataset, pack, PackConfig(), log=lambda _: None)
 
 
+def test_a_pack_whose_test_pairs_another_mask_engine_drew_is_refused_for_training(pack, tmp_path):
+    """The pack records the engine of its test pairs (from the dataset's stats.json); training draws its pairs with
+    this m2u's, so a pack of another engine (or from before engines were recorded: 1) is refused, not mixed."""
+    import json
+    import shutil
+
+    from m2u.masking.render import RENDER_VERSION
+
+    assert FacePack(pack).render_version == RENDER_VERSION
+    RenderedPairs(pack, "train")
+    older = tmp_path / "older"
+    shutil.copytree(pack, older)
+    info = json.loads((older / "pack.json").read_text())
+    before_versions = {k: v for k, v in info.items() if k != "render_version"}
+    for stale, version in (
+        ({**info, "render_version": RENDER_VERSION - 1}, RENDER_VERSION - 1),
+        (before_versions, 1),
+    ):
+        (older / "pack.json").write_text(json.dumps(stale))
+        message = rf"drawn by mask engine version {version}, and this m2u draws version {RENDER_VERSION}"
+        with pytest.raises(ValueError, match=message):
+            RenderedPairs(older, "train")
+
+
 def test_pack_respects_its_byte_budget(source_dataset, tmp_path):
     info = write_face_pack(source_dataset, tmp_path / "p", PackConfig(max_bytes=40_000, test_shards=0),
                            log=lambda _: None)  # fmt: skip
