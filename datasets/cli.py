@@ -110,8 +110,16 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     help="m2u: the masking engine; synthetic: a procedural stand-in for tests and smoke runs.",
 )
 @click.option("--mask-type", help="Mask type passed to the masking engine.")
-@color_option(None, "Mask colour: a name or #rrggbb (or random); default: the template's own colours.")
-@click.option("--pattern", help="Mask pattern passed to the masking engine (as m2u-mask's --pattern).")
+@color_option(
+    None,
+    "Mask colour: a name, #rrggbb or random (the default: with realism, real masks' colour mix); "
+    "--mask-option color=null keeps the template's own colours.",
+)
+@click.option(
+    "--pattern",
+    help="Mask pattern, as m2u-mask's --pattern (default: random, a print on some masks); "
+    "--mask-option pattern=null draws none.",
+)
 @alias_option("--mask-color", target="color")
 @alias_option("--mask-pattern", target="pattern")
 @click.option(

@@ -141,14 +141,20 @@ def test_unmask_without_model_options_restores_a_real_photo_with_the_shipped_mod
     assert changed[region].mean() > 0.5
     # ... and the rest of the photo is unchanged: away from the face crop every pixel is the input's.
     from m2u.datasets.align import align_face
-    from m2u.masking.masked_faces import RealFaceDetector
+    from m2u.masking.masked_faces import RealFaceDetector, visible_anchor_points
 
     footprint = np.zeros(masked.shape[:2], np.float32)
     for face in RealFaceDetector().detect(masked):  # m2u-unmask's default detector
-        matrix = align_face(masked, face.landmarks, SIZE).matrix
-        footprint += cv2.warpAffine(
-            np.ones((SIZE, SIZE), np.float32), cv2.invertAffineTransform(matrix), masked.shape[1::-1]
-        )
+        # The crop of each alignment m2u-unmask may use: the visible features' (its default, on dlib's or
+        # BlazeFace's eyes) and the 68 landmarks'.
+        anchors = [None, visible_anchor_points(face.landmarks, None)]
+        if face.keypoints is not None:
+            anchors.append(visible_anchor_points(face.landmarks, face.keypoints))
+        for anchor in anchors:
+            matrix = align_face(masked, face.landmarks, SIZE, anchor).matrix
+            footprint += cv2.warpAffine(
+                np.ones((SIZE, SIZE), np.float32), cv2.invertAffineTransform(matrix), masked.shape[1::-1]
+            )
     outside = footprint == 0
     assert outside.any()
     assert np.array_equal(restored[outside], masked[outside])
