@@ -14,6 +14,7 @@ broken links) are error rows and are never opened.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -29,7 +30,14 @@ import numpy as np
 
 from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
-from m2u.core.fileio import REPORT_TEXT_ERRORS, claim_name, fit_stem, remove_temp_files
+from m2u.core.fileio import (
+    REPORT_TEXT_ERRORS,
+    OutputRefusedError,
+    claim_name,
+    fit_stem,
+    remove_temp_files,
+    remove_written,
+)
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
@@ -402,6 +410,22 @@ def _collect(pool, tasks: list, total: int, progress: bool) -> list:
         return [result for group in pool.imap(_run_group, tasks, on_message=bar.update) for result in group]
 
 
+def _remove_earlier_outputs(out: Path, rows: list[dict[str, str | int]], stems: list[Path]) -> None:
+    """An input that gets no output this run (no face, every mask refused, an error) loses the outputs an earlier
+    run into `out` wrote for it, so the folder holds what report.csv says. Only m2u's files go (the folder's record);
+    anything else at those names stays."""
+    earlier = [
+        path.relative_to(out).as_posix()
+        for row, stem in zip(rows, stems, strict=True)
+        if row["status"] != "ok"
+        for path in output_paths(out, stem, str(row["mask_type"]))
+        if path.exists()
+    ]
+    for name in earlier:
+        with contextlib.suppress(OutputRefusedError):  # not written by m2u: never ours to remove
+            remove_written(out, [name])
+
+
 def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, extrasaction="ignore")
@@ -437,6 +461,7 @@ def mask_files(
     with output_lock(out, LOCK_TOOL):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
+        stems: list[Path] = []  # each row's output name
         try:
             if config.mask_code is None and len(groups) > 1:
                 # Every file gets every configuration ("all"): read and detect each file once for all of them.
@@ -444,15 +469,18 @@ def mask_files(
                 job = Job(out, masks[0], detector, config.seed, config.max_pixels)
                 done = run(files, job, workers, progress=config.progress, masks=masks)
                 rows += [{**row, "mask_type": masks[k // len(files)].mask_type} for k, row in enumerate(done)]
+                stems += [files[k % len(files)][1] for k in range(len(done))]
             else:
                 for mask, indices in groups:
                     job = Job(out, mask, detector, config.seed, config.max_pixels)
                     done = run([files[i] for i in indices], job, workers, progress=config.progress)
                     rows += [{**row, "mask_type": mask.mask_type} for row in done]
+                    stems += [files[i][1] for i in indices]
         except BaseException:
             # Stopped (SIGTERM, Ctrl-C, a full disk): the workers are gone; what they were writing is removed.
             remove_temp_files(out, recursive=True, hidden_only=True)
             raise
         seconds = time.perf_counter() - start
+        _remove_earlier_outputs(out, rows, stems)
         write_report(rows, out / REPORT_NAME)
     return BatchResult(out, rows, workers, seconds, found.describe_skipped())

@@ -40,6 +40,25 @@ def test_bad_and_faceless_inputs_get_rows_and_exit_1(tmp_path):
     assert "3 inputs" in result.output
 
 
+def test_an_input_that_gets_no_output_this_run_loses_an_earlier_runs_outputs(tmp_path, astronaut_portrait):
+    """The same output folder again, where photos that were masked before now have no face: their earlier outputs
+    go (m2u's own, by the folder's record), so the folder holds what report.csv says."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(astronaut_portrait).save(src / "face.png")
+    Image.fromarray(astronaut_portrait).save(src / "other.png")
+    assert CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"]).exit_code == 0
+    outputs = sorted(p.name for p in out.iterdir() if p.name.startswith("face_"))
+    assert outputs == ["face_surgical.jpg", "face_surgical.json", "face_surgical_mask.png"], outputs
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(src / "face.png")  # no face any more
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(src / "other.png")
+    (out / "other_surgical.json").unlink()  # one of them gone already
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
+    rows = {Path(r["path"]).name: r for r in _report(out)}
+    assert rows["face.png"]["status"] == rows["other.png"]["status"] == "no_face", result.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["report.csv"]
+
+
 def test_nothing_readable_exits_1(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     result = CliRunner().invoke(main, [str(tmp_path / "a.jpg"), "-o", str(tmp_path / "out"), "--quiet"])
