@@ -111,8 +111,9 @@ class BuildPlan:
             "plan_sha256": digest.hexdigest(),
             "samples": len(self.samples),
         }
-        if engine_version(config) is not None:
-            fingerprint["render_version"] = engine_version(config)
+        version = engine_version(config)
+        if version is not None:
+            fingerprint["render_version"] = version
         return fingerprint
 
     def tasks_of(self, partition: tuple[int, int] | None) -> list[ShardTask]:
@@ -184,8 +185,9 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
     if previous is not None and previous != fingerprint and not any((out_dir / STATE_DIR).glob("*.parquet")):
         previous = None  # an earlier run that committed no shard (stopped or refused at once) binds nothing
     if previous is not None and "render_version" in fingerprint:
-        # Build states written before render versions were drawn by the first engine.
-        previous.setdefault("render_version", 1)
+        from m2u.masking.render import FIRST_RENDER_VERSION
+
+        previous.setdefault("render_version", FIRST_RENDER_VERSION)
     if config.overwrite:
         _clear_outputs(out_dir)
         previous = None

@@ -139,11 +139,12 @@ def source_render_version(dataset: str | Path) -> int | None:
     """The mask engine version that drew a dataset folder's pairs, from its stats.json (m2u.masking.render's
     RENDER_VERSION; a dataset of the m2u engine from before render versions: 1; None: the synthetic engine)."""
     from m2u.datasets.layout import STATS_NAME
+    from m2u.masking.render import FIRST_RENDER_VERSION
 
     stats = json.loads((Path(dataset) / STATS_NAME).read_text())
     if "render_version" in stats:
         return stats["render_version"]
-    return 1 if stats.get("arguments", {}).get("mask_engine", "m2u") == "m2u" else None
+    return FIRST_RENDER_VERSION if stats.get("arguments", {}).get("mask_engine", "m2u") == "m2u" else None
 
 
 def write_face_pack(
@@ -253,7 +254,9 @@ class FacePack:
     @property
     def render_version(self) -> int | None:
         """The mask engine that drew the pack's test pairs (a pack from before render versions: 1)."""
-        return self.info.get("render_version", 1)
+        from m2u.masking.render import FIRST_RENDER_VERSION
+
+        return self.info.get("render_version", FIRST_RENDER_VERSION)
 
     @property
     def test_dataset(self) -> Path:

@@ -118,9 +118,12 @@ def check_committed(out_dir: Path, task: ShardTask, render_version: int | None =
         return f"commit marker {marker.name} lists {rows} samples, the plan {len(task.samples)}"
     if SHA256_KEY not in meta:
         return "committed by an older m2u without a checksum (rebuilt once to record one)"
-    drawn = int(meta.get(RENDER_VERSION_KEY, b"1"))
-    if render_version is not None and drawn != render_version:
-        return f"drawn by mask engine version {drawn}, and this build draws version {render_version}"
+    if render_version is not None:
+        from m2u.masking.render import FIRST_RENDER_VERSION
+
+        drawn = int(meta.get(RENDER_VERSION_KEY, FIRST_RENDER_VERSION))
+        if drawn != render_version:
+            return f"drawn by mask engine version {drawn}, and this build draws version {render_version}"
     if not (out_dir / shard_stats_relpath(task.split, task.index)).is_file():
         return "its stats JSON is missing"
     sha256, expected_bytes = meta[SHA256_KEY].decode(), meta[BYTES_KEY].decode()

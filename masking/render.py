@@ -64,6 +64,8 @@ from m2u.masking.warp import grid_point, warp_texture
 # which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
 # and wider over the cheeks, where real masks sit (PlacementConfig's defaults).
 RENDER_VERSION = 2
+# What a record written before render versions existed (a build state, a commit marker, a face pack) was drawn by.
+FIRST_RENDER_VERSION = 1
 
 
 @dataclass(frozen=True)
