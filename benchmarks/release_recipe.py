@@ -61,6 +61,18 @@ def build_dataset(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             command += ["--limit", str(args.limit)]
         print("$", shlex.join(command), flush=True)
         subprocess.run(command, check=True)
+    else:
+        from m2u.datasets.facepack import source_render_version
+        from m2u.masking.render import RENDER_VERSION
+
+        drawn = source_render_version(data)
+        if drawn is not None and drawn != RENDER_VERSION:
+            # Kept (the run's stages were trained on it), but said: a rerun after an upgrade trains on older masks.
+            print(
+                f"note: {data} was drawn by mask engine version {drawn}, and this m2u draws version {RENDER_VERSION}: "
+                "the models train on the older masks (a new --work or --data builds with this engine)",
+                flush=True,
+            )
     return json.loads(stats.read_text())
 
 

@@ -172,3 +172,25 @@ def test_device_run_help_and_a_missing_kit_create_nothing(tmp_path):
         text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0 and default_out.exists() == existed
+
+
+def test_a_kit_prepared_by_another_mask_engine_is_not_reused(tmp_path):
+    """prepare keeps .kit/source and .kit/pack from an earlier run: one drawn by another mask engine (a dataset
+    from before render versions counts as the first) would train version-N masks against version-1 test pairs."""
+    from m2u.masking.render import RENDER_VERSION
+
+    source, pack = tmp_path / "source", tmp_path / "pack"
+    source.mkdir()
+    (source / "stats.json").write_text(json.dumps({"arguments": {"mask_engine": "m2u"}}))
+    with pytest.raises(
+        SystemExit, match=rf"drawn by mask engine version 1, and this m2u draws version {RENDER_VERSION}"
+    ):
+        device_kit.stale_engine(source, pack)
+    (source / "stats.json").write_text(
+        json.dumps({"arguments": {"mask_engine": "m2u"}, "render_version": RENDER_VERSION})
+    )
+    device_kit.stale_engine(source, pack)  # the current engine's source, no pack yet: kept
+    pack.mkdir()
+    (pack / "pack.json").write_text(json.dumps({"format": 1, "size": 64, "store_size": 48}))
+    with pytest.raises(SystemExit, match=r"pack was drawn by mask engine version 1"):
+        device_kit.stale_engine(source, pack)
