@@ -124,10 +124,11 @@ def code_bytes() -> int:
 def stale_engine(source: Path, pack: Path) -> None:
     """Exit when the kit's dataset or pack (kept from an earlier prepare) was drawn by another mask engine than this
     m2u's: the GPU run would train on masks placed otherwise than its test pairs."""
-    from m2u.datasets.facepack import FacePack, source_render_version
+    from m2u.datasets.facepack import FacePack
+    from m2u.datasets.layout import dataset_render_version
     from m2u.masking.render import RENDER_VERSION
 
-    drawn = {source: source_render_version(source)}
+    drawn = {source: dataset_render_version(source)}
     if (pack / "pack.json").is_file():
         drawn[pack] = FacePack(pack).render_version
     for folder, version in drawn.items():

@@ -62,10 +62,10 @@ def build_dataset(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         print("$", shlex.join(command), flush=True)
         subprocess.run(command, check=True)
     else:
-        from m2u.datasets.facepack import source_render_version
+        from m2u.datasets.layout import dataset_render_version
         from m2u.masking.render import RENDER_VERSION
 
-        drawn = source_render_version(data)
+        drawn = dataset_render_version(data)
         if drawn is not None and drawn != RENDER_VERSION:
             # Kept (the run's stages were trained on it), but said: a rerun after an upgrade trains on older masks.
             print(

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from m2u.core.fileio import atomic_write
+from m2u.datasets.layout import dataset_render_version
 
 PACK_FORMAT = 1
 PACK_NAME = "pack.json"
@@ -135,18 +136,6 @@ def _copy_test_split(dataset: Path, out: Path, shards: int) -> dict[str, Any]:
     return {"samples": written, "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
 
 
-def source_render_version(dataset: str | Path) -> int | None:
-    """The mask engine version that drew a dataset folder's pairs, from its stats.json (m2u.masking.render's
-    RENDER_VERSION; a dataset of the m2u engine from before render versions: 1; None: the synthetic engine)."""
-    from m2u.datasets.layout import STATS_NAME
-    from m2u.masking.render import FIRST_RENDER_VERSION
-
-    stats = json.loads((Path(dataset) / STATS_NAME).read_text())
-    if "render_version" in stats:
-        return stats["render_version"]
-    return FIRST_RENDER_VERSION if stats.get("arguments", {}).get("mask_engine", "m2u") == "m2u" else None
-
-
 def write_face_pack(
     dataset: str | Path,
     out: str | Path,
@@ -182,7 +171,7 @@ def write_face_pack(
         "quality": config.quality,
         "source": str(dataset),
         # The engine that drew the test pairs; the trainer draws the training pairs with its own (the same one).
-        "render_version": source_render_version(dataset),
+        "render_version": dataset_render_version(dataset),
         "splits": splits,
         "test": test,
         "bytes": sum(p.stat().st_size for p in temp.rglob("*") if p.is_file()),

@@ -18,6 +18,7 @@ Each sample in a shard is four tar members sharing a key: ``<key>.masked.<ext>``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -225,6 +226,17 @@ def shard_relpath(split: str, index: int) -> str:
 def shard_stats_relpath(split: str, index: int) -> str:
     """The per-shard stats file beside the shard, relative to the dataset folder."""
     return f"{split}/{shard_name(split, index).removesuffix(SHARD_SUFFIX)}{SHARD_STATS_SUFFIX}"
+
+
+def dataset_render_version(dataset: str | Path) -> int | None:
+    """The mask engine version that drew a dataset folder's pairs, from its stats.json (m2u.masking.render's
+    RENDER_VERSION; a dataset of the m2u engine from before render versions: 1; None: the synthetic engine)."""
+    from m2u.masking.render import FIRST_RENDER_VERSION
+
+    stats = json.loads((Path(dataset) / STATS_NAME).read_text())
+    if "render_version" in stats:
+        return stats["render_version"]
+    return FIRST_RENDER_VERSION if stats.get("arguments", {}).get("mask_engine", "m2u") == "m2u" else None
 
 
 def stats_path_of(shard_path: str | os.PathLike[str]) -> Path:
