@@ -8,9 +8,13 @@ concurrent writers never see each other's half-written bytes. Leftovers of kille
 and ``.*.tmp``: the dataset build clears them at start-up, and every command that locks its output folder
 (m2u.core.inputs.output_lock: m2u-mask, m2u-unmask, m2u-eval, the trainer) once it holds the lock.
 
-Only what is ours is replaced. Each folder m2u writes into keeps a record, ``.m2u-written``, of the names m2u
-wrote there (one per line, appended: `_record_line`); a name about to be replaced must be a regular file listed in
-that record.
+Only what is ours is replaced. Each folder m2u writes into keeps a record, ``.m2u-written``, of the files m2u
+wrote there: a line per file written (appended: `_record_line`), its name and a stamp of what was written (size,
+modification time, SHA-256). A name about to be replaced must be a regular file listed in that record and still be
+a file m2u wrote there: the same size and either the same modification time or the same bytes (a folder copied
+or synced elsewhere keeps its bytes, not always its times). A person's file put back at a name m2u wrote earlier
+is theirs. Files m2u appends to (logs) or that lock libraries write (lock files) are recorded by name alone, as
+every file was before the stamps (such lines in older records still read so).
 A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
 person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
 The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
@@ -27,6 +31,7 @@ import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 TEMP_SUFFIX = ".tmp"
@@ -35,12 +40,43 @@ TEMP_SUFFIX = ".tmp"
 REPORT_TEXT_ERRORS = "backslashreplace"
 RECORD_NAME = ".m2u-written"  # the names m2u wrote in a folder: the files it may replace there
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# Folder -> (the record's size when read, the names in it): a rerun replacing many files reads the record once.
+# Folder -> (the record's size when read, its entries): a rerun replacing many files reads the record once.
 # Keyed by the folder's name too, and each entry keeps the record's first bytes: a record deleted with its folder
 # and a new one on the reused inode (temporary folders, test after test) is told apart instead of being read as
 # the old one (seen as a flaky refusal of a dataset's own train.parquet in the full suite).
-_RECORDS: dict[tuple[int, int, str], tuple[int, bytes, frozenset[str]]] = {}
+_RECORDS: dict[tuple[int, int, str], tuple[int, bytes, dict[str, frozenset[Stamp] | None]]] = {}
 _RECORD_PREFIX = 256
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What m2u wrote at a name: the file's size, modification time (ns) and SHA-256 (hex)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    def text(self) -> str:
+        return f"{self.size}:{self.mtime_ns}:{self.sha256}"
+
+    @classmethod
+    def parse(cls, text: str) -> Stamp | None:
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            return None
+        return cls(int(parts[0]), int(parts[1]), parts[2])
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _stamp_of(path: str | os.PathLike[str], sha256: str | None = None) -> Stamp:
+    """The stamp of the finished file at `path` (its digest read from the file unless the writer knows it)."""
+    info = os.lstat(path)
+    return Stamp(info.st_size, info.st_mtime_ns, sha256 or content_digest(path))
 
 
 # The longest file name most file systems take (NAME_MAX), and what atomic_write's temporary name adds to a name
@@ -89,11 +125,11 @@ def cache_dir() -> Path:
 
 
 def write_cache_file(path: str | os.PathLike[str], write: Callable[[str], object]) -> bool:
-    """`atomic_write` of a file m2u derives and keeps in its cache folder (cache_dir); False when it cannot be
-    written (a read-only folder, or a file at that name m2u's record does not list): a cache is only a faster start,
-    so it never fails the command."""
+    """`atomic_write` of a file m2u derives and keeps in a cache (cache_dir, a run's digests); False when it cannot
+    be written (a read-only folder, or a file at that name m2u's record does not list): a cache is only a faster
+    start, so it never fails the command. A damaged cache file m2u wrote is written again (`by_name`)."""
     try:
-        atomic_write(path, write)
+        atomic_write(path, write, by_name=True)
     except (OSError, OutputRefusedError):
         return False
     return True
@@ -103,12 +139,18 @@ class OutputRefusedError(ValueError):
     """An output name m2u must not write: a symbolic link, not a regular file, or a file m2u did not write."""
 
 
-def _read_record(folder: Path) -> frozenset[str]:
+# A record's entries: name -> the stamps of the files m2u wrote at it, or None where any file at the name is m2u's
+# (a line without a stamp: appended logs, lock files, records of earlier versions).
+Entries = dict[str, frozenset[Stamp] | None]
+
+
+def _read_record(folder: Path) -> Entries:
+    """The folder's record (read-only: the mapping is shared by later reads)."""
     path = folder / RECORD_NAME
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        return frozenset()
+        return {}
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OutputRefusedError(f"{path} is a symbolic link; m2u does not write through links") from None
@@ -118,57 +160,110 @@ def _read_record(folder: Path) -> frozenset[str]:
         if not stat.S_ISREG(info.st_mode):
             raise OutputRefusedError(f"{path} is not a regular file")
         key = (info.st_dev, info.st_ino, os.fspath(folder))  # the record file, as this folder names it
-        size, prefix, names = _RECORDS.get(key, (0, b"", frozenset()))
+        size, prefix, entries = _RECORDS.get(key, (0, b"", {}))
         if size and os.pread(fd, len(prefix), 0) != prefix:
-            size, names = 0, frozenset()  # another file on a reused inode
+            size, entries = 0, {}  # another file on a reused inode
         if size == info.st_size:
-            return names
+            return entries
         # The record only grows (appends): read what was added since; anything else is read again whole.
         start = size if size < info.st_size else 0
-        # Lines end at "\n" alone (not splitlines): a "\r" is part of a name written by an earlier version.
-        added = frozenset(map(_record_name, os.pread(fd, info.st_size - start, start).split(b"\n"))) - {""}
-        names = (names if start else frozenset()) | added
-        _RECORDS[key] = (info.st_size, os.pread(fd, _RECORD_PREFIX, 0), names)
-        return names
+        entries = _with_lines(entries if start else {}, os.pread(fd, info.st_size - start, start))
+        _RECORDS[key] = (info.st_size, os.pread(fd, _RECORD_PREFIX, 0), entries)
+        return entries
     finally:
         os.close(fd)
 
 
 # A record line is a name as it is, or, for a name holding a line break (which would split it into two lines), "/"
-# and the name with backslash, newline and carriage return escaped as \\, \n and \r. No file name holds "/", so
-# the two never meet: the plain names of records written before (one per line, backslashes and all) read as
-# they always did, and a name that needs no escape is written as they were.
+# and the name with backslash, newline and carriage return escaped as \\, \n and \r; then, for a file whose stamp
+# is recorded, "/" and the stamp (`Stamp.text`). No file name holds "/", so none of these meet: the plain names of
+# records written before (one per line, backslashes and all) read as they always did.
 _ESCAPED = b"/"
 _ESCAPES = {b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r"}
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPES = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
 
 
-def _record_line(name: str) -> bytes:
+def _record_line(name: str, stamp: Stamp | None = None) -> bytes:
     """`name`'s line in a record (newline included): see _ESCAPED."""
     raw = os.fsencode(name)
     if b"\n" in raw or b"\r" in raw:
         raw = _ESCAPED + re.sub(rb"[\\\n\r]", lambda m: _ESCAPES[m.group()], raw)
+    if stamp is not None:
+        raw += b"/" + stamp.text().encode()
     return raw + b"\n"
 
 
-def _record_name(line: bytes) -> str:
-    """The name a record `line` (without its newline) lists. Names are the file system's bytes (a name need not be
-    UTF-8): os.fsdecode gives back the str Python lists the folder with, so an undecodable name is found again."""
-    if line.startswith(_ESCAPED):
-        line = _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group()), line[1:])
-    return os.fsdecode(line)
+def _parse_line(line: bytes) -> tuple[str, Stamp | None] | None:
+    """The name and stamp a record `line` (without its newline) lists; None for a line that lists nothing (empty,
+    or a stamp m2u cannot read: nothing is taken for m2u's on it). Names are the file system's bytes (a name need
+    not be UTF-8): os.fsdecode gives back the str Python lists the folder with, so an undecodable name is found
+    again."""
+    escaped = line.startswith(_ESCAPED)
+    body = line[1:] if escaped else line
+    stamp = None
+    if b"/" in body:
+        body, stamp_text = body.rsplit(b"/", 1)
+        stamp = Stamp.parse(stamp_text.decode("ascii", "replace"))
+        if stamp is None:
+            return None
+    if escaped:
+        body = _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group()), body)
+    return (os.fsdecode(body), stamp) if body else None
 
 
-def _record(folder: Path, name: str) -> None:
-    """Append `name` to the folder's record (one O_APPEND write: concurrent writers do not interleave)."""
-    if name in _read_record(folder):
-        return
+def _with_lines(entries: Entries, data: bytes) -> Entries:
+    """`entries` with the record lines of `data` added in order: a stamp adds to the name's stamps (narrowing a
+    name recorded without one to what was written), a line without a stamp makes any file at the name m2u's."""
+    merged = dict(entries)
+    # Lines end at "\n" alone (not splitlines): a "\r" is part of a name written by an earlier version.
+    for line in data.split(b"\n"):
+        parsed = _parse_line(line)
+        if parsed is None:
+            continue
+        name, stamp = parsed
+        merged[name] = None if stamp is None else (merged.get(name) or frozenset()) | {stamp}
+    return merged
+
+
+def recorded_names(data: bytes) -> set[str]:
+    """The names a record's bytes list (a record fetched from object storage)."""
+    return set(_with_lines({}, data))
+
+
+def _record(folder: Path, name: str, stamp: Stamp | None = None) -> None:
+    """Append `name` (with the `stamp` of what was written at it) to the folder's record (one O_APPEND write:
+    concurrent writers do not interleave). Without a stamp (a log about to be appended to, a lock) the name is
+    m2u's whatever it holds from then on."""
+    entries = _read_record(folder)
+    if name in entries:
+        stamps = entries[name]
+        if stamps is None if stamp is None else (stamps is not None and stamp in stamps):
+            return
     fd = os.open(folder / RECORD_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
     try:
-        os.write(fd, _record_line(name))
+        os.write(fd, _record_line(name, stamp))
     finally:
         os.close(fd)
+
+
+def _written_problem(path: Path, info: os.stat_result, by_name: bool = False) -> str:
+    """Why the regular file at `path` (its lstat `info`) is not m2u's to replace ("" when it is): not in its
+    folder's record, or not what m2u wrote there (another size, or both another time and other bytes). `by_name`:
+    listed is enough, for files only m2u puts at their names and that a rerun must replace when damaged (caches,
+    a dataset's shards and build files)."""
+    entries = _read_record(path.parent)
+    if path.name not in entries:
+        return "was not written by m2u"
+    stamps = entries[path.name]
+    if stamps is None or by_name:
+        return ""
+    sized = [stamp for stamp in stamps if stamp.size == info.st_size]
+    if any(stamp.mtime_ns == info.st_mtime_ns for stamp in sized):
+        return ""
+    if sized and content_digest(path) in {stamp.sha256 for stamp in sized}:
+        return ""  # copied or synced: the times changed, the bytes are m2u's
+    return "is not the file m2u wrote there (changed or put there since)"
 
 
 def mark_written(path: str | os.PathLike[str]) -> None:
@@ -178,8 +273,9 @@ def mark_written(path: str | os.PathLike[str]) -> None:
     _record(path.parent, path.name)
 
 
-def replace_problem(path: str | os.PathLike[str]) -> str:
-    """Why m2u must not write `path` ("" when it may): a link, not a regular file, or a file it did not write."""
+def replace_problem(path: str | os.PathLike[str], by_name: bool = False) -> str:
+    """Why m2u must not write `path` ("" when it may): a link, not a regular file, or a file it did not write
+    (`by_name`: see _written_problem)."""
     path = Path(path)
     try:
         info = os.lstat(path)
@@ -189,22 +285,26 @@ def replace_problem(path: str | os.PathLike[str]) -> str:
         return f"{path} is a symbolic link; m2u does not write through links (remove the link or choose another output)"
     if not stat.S_ISREG(info.st_mode):
         return f"{path} exists and is not a regular file"
-    if path.name not in _read_record(path.parent):
-        return (
-            f"{path} exists and was not written by m2u (it is not in {path.parent / RECORD_NAME}); "
-            "move it away or choose another output"
-        )
+    problem = _written_problem(path, info, by_name)
+    if problem:
+        return f"{path} exists and {problem} (see {path.parent / RECORD_NAME}); move it away or choose another output"
     return ""
 
 
-def check_writable(path: str | os.PathLike[str]) -> None:
+def check_writable(path: str | os.PathLike[str], by_name: bool = False) -> None:
     """Raise OutputRefusedError when `path` may not be written (see replace_problem)."""
-    problem = replace_problem(path)
+    problem = replace_problem(path, by_name)
     if problem:
         raise OutputRefusedError(problem)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], durable: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[str], object],
+    durable: bool = False,
+    *,
+    by_name: bool = False,
+) -> Path:
     """Call ``write(temp_path)`` for a hidden temporary file beside ``path``, then rename it to ``path``.
 
     ``path`` must be new or a regular file m2u wrote there before (OutputRefusedError otherwise, checked before
@@ -217,7 +317,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], d
     the umask gives any new file.
     """
     path = Path(path)
-    check_writable(path)
+    check_writable(path, by_name)
     fd, temp = _new_temp(path)
     os.close(fd)
     try:
@@ -229,7 +329,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object], d
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)
-        _commit_temp(temp, path)
+        _commit_temp(temp, path, by_name=by_name)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -253,11 +353,11 @@ def _new_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
-def _commit_temp(temp: str, path: Path) -> None:
+def _commit_temp(temp: str, path: Path, sha256: str | None = None, by_name: bool = False) -> None:
     info = os.lstat(temp)
     if not stat.S_ISREG(info.st_mode):
         raise OutputRefusedError(f"the temporary file for {path} was replaced while it was written")
-    commit(temp, path)
+    commit(temp, path, sha256, by_name=by_name)
 
 
 def open_new(path: str | os.PathLike[str], mode: int = 0o644):
@@ -284,17 +384,26 @@ def open_append(path: str | os.PathLike[str], encoding: str = "utf-8"):
     return os.fdopen(fd, "a", encoding=encoding, errors=REPORT_TEXT_ERRORS)
 
 
-def commit(temp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+def commit(
+    temp: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    sha256: str | None = None,
+    *,
+    by_name: bool = False,
+) -> Path:
     """Rename the finished temporary file `temp` to `path` if `path` may be replaced (checked again here: a link
-    planted while the file was written is refused), recording the name as m2u's. For writers that stream into
-    their own temporary file (the dataset shards); everything else uses atomic_write."""
+    planted while the file was written is refused), recording the name and the file's stamp as m2u's (`sha256`:
+    its digest where the writer hashed it on the way, else it is read back). For writers that stream into their own
+    temporary file (the dataset shards); everything else uses atomic_write. `by_name`: see _written_problem."""
     path = Path(path)
-    check_writable(path)
+    check_writable(path, by_name)
     # Recorded before the rename: a writer killed between the two (a dataset build's pool kills its other workers
     # when one dies, and one was caught there in CI) must not leave m2u's own finished file unrecorded, which every
     # rerun would then refuse as not m2u's. Killed before the rename, the record names a file m2u was about to
-    # write where it may write (checked just above); the rename then never came, and a rerun writes it.
-    _record(path.parent, path.name)
+    # write where it may write (checked just above); the rename then never came, and a rerun writes it. (The
+    # file m2u wrote there before keeps its own stamp in the record: each write adds one.) A rename keeps the
+    # temporary file's size and time, so its stamp is the finished file's.
+    _record(path.parent, path.name, _stamp_of(temp, sha256))
     os.replace(temp, path)
     return path
 
@@ -348,13 +457,16 @@ def remove_written(
     folder: str | os.PathLike[str],
     names: Iterable[str],
     ours: Callable[[PurePosixPath], bool] | None = None,
+    *,
+    by_name: bool = False,
 ) -> None:
     """Delete the entries `names` of `folder` that m2u wrote (what `--overwrite` replaces): a file its folder's
     record lists, or a folder (not a link) holding only such files, killed writers' temporary files and folders
     of the same kind; a folder is removed once empty. Anything else there (a person's own file put into a split
     folder, a link) is refused with OutputRefusedError before anything is deleted, naming the first few.
     `ours`: which files (by their path below `folder`) the tool replacing them writes; the record is shared by
-    every m2u tool, so without it an m2u-eval report written into a dataset's split folder would go too."""
+    every m2u tool, so without it an m2u-eval report written into a dataset's split folder would go too.
+    `by_name`: a listed file goes whatever it holds now (see _written_problem)."""
     folder = Path(folder)
     files: list[Path] = []
     folders: list[Path] = []  # deepest last: removed in reverse
@@ -375,8 +487,10 @@ def remove_written(
                     files.append(child)
                 else:
                     visit(child)
-        elif not stat.S_ISREG(info.st_mode) or path.name not in _read_record(path.parent):
+        elif not stat.S_ISREG(info.st_mode):
             problems.append(f"{path} was not written by m2u")
+        elif problem := _written_problem(path, info, by_name):
+            problems.append(f"{path} {problem}")
         elif ours is not None and not ours(PurePosixPath(path.relative_to(folder).as_posix())):
             problems.append(f"{path} is another m2u tool's output")
         else:
@@ -411,11 +525,17 @@ def _forget(folder: Path, names: set[str]) -> None:
     record = folder / RECORD_NAME
     if not os.path.lexists(record):
         return  # removed with its folder
-    kept = [name for name in sorted(_read_record(folder)) if name not in names]
+    entries = _read_record(folder)
+    kept = []
+    for name in sorted(set(entries) - names):
+        stamps = entries[name]
+        kept += [_record_line(name, stamp) for stamp in sorted(stamps or (), key=Stamp.text)] or [
+            _record_line(name)
+        ]
     fd, temp = _new_temp(record)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(map(_record_line, kept)))
+            handle.write(b"".join(kept))
         os.replace(temp, record)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -427,6 +547,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
     files per photo: every system call saved counts)."""
     path = Path(path)
     check_writable(path)
+    sha256 = hashlib.sha256(data).hexdigest()
     fd, temp = _new_temp(path)
     try:
         try:
@@ -437,7 +558,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
                 os.fsync(fd)
         finally:
             os.close(fd)
-        _commit_temp(temp, path)
+        _commit_temp(temp, path, sha256)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

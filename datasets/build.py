@@ -165,7 +165,9 @@ def _clear_outputs(out_dir: Path) -> None:
     """Remove the earlier build `overwrite` replaces: only what m2u wrote (a person's own file in a split folder
     is refused, not deleted)."""
     try:
-        remove_written(out_dir, sorted(_OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}), ours=is_build_file)
+        remove_written(
+            out_dir, sorted(_OWN_ENTRIES - {LOCK_NAME, RECORD_NAME}), ours=is_build_file, by_name=True
+        )
     except OutputRefusedError as exc:
         raise BuildError(f"cannot replace the build in {out_dir}: {exc}") from None
 

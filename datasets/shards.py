@@ -170,7 +170,7 @@ class ShardWriter:
         self.size, self.sha256 = self._hashing.size, self._hashing.digest.hexdigest()
         self._tar = self._file = self._hashing = None
         if not self.part:
-            commit(self._tmp, self.path)
+            commit(self._tmp, self.path, self.sha256, by_name=True)
 
     def abort(self) -> None:
         """Drop the temporary file. Closing may fail again (a full disk fails the closing blocks too): the file
@@ -221,7 +221,7 @@ def assemble_shard(path: str | os.PathLike[str], parts: list[Path]) -> tuple[int
             out.write(_end_of_archive(out.size))
             raw.flush()
             os.fsync(raw.fileno())
-        commit(tmp, path)
+        commit(tmp, path, out.digest.hexdigest(), by_name=True)
     finally:
         tmp.unlink(missing_ok=True)
     for part in parts:

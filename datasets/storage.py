@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from m2u.core.errors import SettingError
-from m2u.core.fileio import RECORD_NAME, is_temp_name, replace_problem, write_cache_file
+from m2u.core.fileio import RECORD_NAME, is_temp_name, recorded_names, replace_problem, write_cache_file
 from m2u.core.guard import stop_of
 from m2u.core.imageio import DigestCache
 
@@ -337,9 +337,7 @@ def _remote_written(
             continue
         ours.add(relative)
         prefix = f"{folder}/" if folder else ""
-        for line in fs.cat_file(f"{root}/{relative}").splitlines():
-            if line.strip():
-                ours.add(prefix + os.fsdecode(line))
+        ours.update(prefix + name for name in recorded_names(fs.cat_file(f"{root}/{relative}")))
     return ours
 
 

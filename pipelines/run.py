@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text, check_writable, open_append
+from m2u.core.fileio import atomic_write_text, check_writable, open_append, write_cache_file
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.core.imageio import DigestCache
@@ -106,7 +106,10 @@ def inputs_fingerprint(
         # the faces of this call only: a face gone from the inputs leaves the cache
         lines = "".join(f"{d}\t{s}\t{where}\n" for where, (d, s) in sorted(digests.used.items()))
         hash_cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(hash_cache, _HASH_CACHE_HEADER + lines)
+        text = _HASH_CACHE_HEADER + lines
+        write_cache_file(
+            hash_cache, lambda temp: Path(temp).write_text(text, encoding="utf-8", errors="surrogateescape")
+        )
     return digest.hexdigest()
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from m2u.core.fileio import RECORD_NAME, atomic_write, atomic_write_bytes, atomic_write_text, library_versions
+from m2u.core.fileio import (
+    RECORD_NAME,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    library_versions,
+    recorded_names,
+)
 
 
 def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):
@@ -126,7 +133,7 @@ def test_remove_written_removes_only_what_m2u_wrote_and_refuses_before_deleting_
     remove_written(tmp_path, ["manifest.parquet", "train", "absent"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [RECORD_NAME, "notes.txt"]
     atomic_write_text(tmp_path / "train" / "train-000000.tar", "again")  # a new record, read afresh
-    assert (tmp_path / "train" / RECORD_NAME).read_text() == "train-000000.tar\n"
+    assert recorded_names((tmp_path / "train" / RECORD_NAME).read_bytes()) == {"train-000000.tar"}
 
 
 def test_remove_written_refuses_a_link_and_never_follows_it(tmp_path):
@@ -145,9 +152,11 @@ def test_a_new_record_on_a_reused_inode_is_not_read_as_the_old_one(tmp_path, mon
     from m2u.core import fileio
 
     old, new = tmp_path / "old", tmp_path / "new"
-    atomic_write_text(old / "a.txt", "x")
-    atomic_write_text(old / "b.txt", "x")
-    assert fileio._read_record(old) == {"a.txt", "b.txt"}
+    old.mkdir()
+    (old / RECORD_NAME).write_bytes(
+        b"a.txt\nb.txt\n"
+    )  # names alone, as logs and earlier versions record them
+    assert set(fileio._read_record(old)) == {"a.txt", "b.txt"}
     (new).mkdir()
     (new / RECORD_NAME).write_bytes(b"c.txt\nd.txt\n")  # the same size
     stat_of = os.fstat
@@ -158,9 +167,9 @@ def test_a_new_record_on_a_reused_inode_is_not_read_as_the_old_one(tmp_path, mon
         return os.stat_result((info.st_mode, reused.st_ino, reused.st_dev, *info[3:10]))
 
     monkeypatch.setattr(fileio.os, "fstat", same_inode)
-    assert fileio._read_record(new) == {"c.txt", "d.txt"}
+    assert set(fileio._read_record(new)) == {"c.txt", "d.txt"}
     (new / RECORD_NAME).write_bytes(b"a.txt\nz.txt\n")  # same size and first name, in the old record's folder
-    assert fileio._read_record(new) == {"a.txt", "z.txt"}
+    assert set(fileio._read_record(new)) == {"a.txt", "z.txt"}
 
 
 def test_only_m2us_own_temporary_names_are_cleared_as_leftovers(tmp_path):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from m2u.core.fileio import RECORD_NAME, atomic_write_text, check_writable, remove_written
+from m2u.core.fileio import RECORD_NAME, atomic_write_text, check_writable, recorded_names, remove_written
 
 NAMES = ["new\nline.jpg", "carriage\rreturn.jpg", "back\\slash.jpg", "both\\n\n\\.jpg"]
 if os.fsencode(os.fsdecode(b"caf\xe9.jpg")) == b"caf\xe9.jpg":  # surrogateescape names (a POSIX file system)
@@ -40,7 +40,12 @@ def test_records_written_before_read_as_they_always_did(tmp_path):
     for name in names:
         (tmp_path / name).write_text("an earlier run's")
         check_writable(tmp_path / name)
-    atomic_write_text(tmp_path / "plain2.jpg", "x")  # a plain name is still written as earlier versions did
-    assert (tmp_path / RECORD_NAME).read_bytes().endswith(b"\ntrailing\\\nplain2.jpg\n")
+    # A plain name is still written as earlier versions did, its stamp after it; the earlier lines stay as they were.
+    atomic_write_text(tmp_path / "plain2.jpg", "x")
+    lines = (tmp_path / RECORD_NAME).read_bytes().split(b"\n")
+    assert lines[: len(names)] == [os.fsencode(n) for n in names] and lines[len(names)].startswith(
+        b"plain2.jpg/"
+    )
     atomic_write_text(tmp_path / "back\\slash2.jpg", "x")
-    assert (tmp_path / RECORD_NAME).read_bytes().endswith(b"\nback\\slash2.jpg\n")
+    assert (tmp_path / RECORD_NAME).read_bytes().split(b"\n")[-2].startswith(b"back\\slash2.jpg/")
+    assert recorded_names((tmp_path / RECORD_NAME).read_bytes()) == {*names, "plain2.jpg", "back\\slash2.jpg"}

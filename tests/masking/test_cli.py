@@ -53,6 +53,17 @@ def test_an_input_that_gets_no_output_this_run_loses_an_earlier_runs_outputs(tmp
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(src / "face.png")  # no face any more
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(src / "other.png")
     (out / "other_surgical.json").unlink()  # one of them gone already
+    # One replaced by hand with a person's own file (m2u's record still names it): theirs, so the run is refused
+    # before anything is written or removed.
+    (out / "other_surgical.jpg").unlink()
+    (out / "other_surgical.jpg").write_bytes(b"a person's own picture")
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
+    assert (
+        result.exit_code == 2 and "other_surgical.jpg exists and is not the file m2u wrote" in result.output
+    )
+    assert (out / "other_surgical.jpg").read_bytes() == b"a person's own picture"
+    assert (out / "face_surgical.jpg").exists()
+    (out / "other_surgical.jpg").unlink()
     result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
     rows = {Path(r["path"]).name: r for r in _report(out)}
     assert rows["face.png"]["status"] == rows["other.png"]["status"] == "no_face", result.output
