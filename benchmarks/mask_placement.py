@@ -4,8 +4,8 @@
 
 Real: the hand-drawn labels of ../shared/faces/real-mask-seg (102 masked crops; read by m2u-eval's `read_label`).
 Synthetic: m2u's masks on the first --faces CelebA photos of ../shared/faces/celeba with the dataset's default mask
-options, each face's own seed, drawn with PlacementConfig's defaults and with the defaults of render version 1
-(`EARLIER_PLACEMENT`). Both are measured the same way, from the masked image alone: BlazeFace's eye, nose-tip and
+options, each face's own seed, drawn with PlacementConfig's defaults, with those of render version 2
+(`VERSION_2_PLACEMENT`: no per-face height) and with those of render version 1 (`EARLIER_PLACEMENT`). Both are measured the same way, from the masked image alone: BlazeFace's eye, nose-tip and
 mouth keypoints on it give a face frame (origin between the eyes, x along the eyes, unit = the eye distance; the
 landmarks m2u places masks with play no part), and in that frame, on the mask with its ear loops and slivers opened
 away (a disc of 6 % of the image side, the largest piece kept):
@@ -13,7 +13,8 @@ away (a disc of 6 % of the image side, the largest piece kept):
 - `top_cheeks`: the same under the eye centres (x = -0.5 and 0.5, averaged);
 - `width_at_nose`, `width_at_mouth`: the mask's width at the height of the nose-tip and mouth keypoints.
 Quartiles over near-frontal faces (the nose keypoint within 0.15 eye distances of the eyes' midpoint, sideways);
-the real labels' medians are what the defaults were chosen to meet. Skips cleanly when ../shared is absent.
+the real labels' quartiles are what the defaults were chosen to meet (version 2: the medians; version 3 also the
+spread). Skips cleanly when ../shared is absent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ SHARED = REPO.parent / "shared" / "faces"
 FRONTAL = 0.15  # |nose keypoint - eye midpoint| sideways, eye distances
 MEASURES = ("top_midline", "top_cheeks", "width_at_nose", "width_at_mouth")
 # PlacementConfig's defaults up to render version 1 (m2u.masking.render.RENDER_VERSION).
-EARLIER_PLACEMENT = {"jaw_margin": 0.07, "bridge_fraction": 0.42, "eye_clearance": 0.16, "top_drop": 0.06}
+EARLIER_PLACEMENT = {
+    "jaw_margin": 0.07,
+    "bridge_fraction": 0.42,
+    "eye_clearance": 0.16,
+    "top_drop": 0.06,
+    "height_spread": (0.0, 0.0),
+}
+# PlacementConfig's defaults of render version 2 (no per-face shift of the top edge).
+VERSION_2_PLACEMENT = {"bridge_fraction": 0.2, "eye_clearance": 0.06, "height_spread": (0.0, 0.0)}
 
 
 def frame_measures(mask: np.ndarray, keypoints: np.ndarray) -> dict[str, float] | None:
@@ -173,16 +182,18 @@ def main() -> None:
         "earlier_placement_defaults": EARLIER_PLACEMENT,
         "real_labels": quartiles(real_rows(labelled)),
         "synthetic_defaults": quartiles(synthetic_rows(celeba, args.faces, None)),
+        "synthetic_version_2": quartiles(synthetic_rows(celeba, args.faces, VERSION_2_PLACEMENT)),
         "synthetic_earlier_defaults": quartiles(synthetic_rows(celeba, args.faces, EARLIER_PLACEMENT)),
     }
     figures["seconds"] = round(time.perf_counter() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"quartiles over near-frontal faces, eye distances ({args.json}):")
-    for key in ("real_labels", "synthetic_defaults", "synthetic_earlier_defaults"):
+    for key in ("real_labels", "synthetic_defaults", "synthetic_version_2", "synthetic_earlier_defaults"):
         row = figures[key]
         print(
-            f"  {key:27s} n={row['near_frontal']:3d}  " + "  ".join(f"{m} {row[m][1]:.3f}" for m in MEASURES)
+            f"  {key:27s} n={row['near_frontal']:3d}  "
+            + "  ".join(f"{m} {'/'.join(f'{q:.3f}' for q in row[m])}" for m in MEASURES)
         )
 
 

@@ -34,6 +34,7 @@ from m2u.masking.geometry import (
     Mesh,
     PlacementConfig,
     build_mesh,
+    draw_top_shift,
 )
 from m2u.masking.realism import (
     REAL_PATTERN_SHARE,
@@ -62,8 +63,11 @@ from m2u.masking.warp import grid_point, warp_texture
 # Which drawing of the masks this code makes: raised whenever the same face, configuration and seed would give other
 # pixels, so a dataset build never resumes across engines (m2u.datasets.build fingerprints it) and every result says
 # which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
-# and wider over the cheeks, where real masks sit (PlacementConfig's defaults).
-RENDER_VERSION = 2
+# and wider over the cheeks, where real masks sit (PlacementConfig's defaults); 3: each face's mask worn higher or
+# lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread.
+RENDER_VERSION = 3
+# The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
+PLACEMENT_STREAM = 1
 # What a record written before render versions existed (a build state, a commit marker, a face pack) was drawn by.
 FIRST_RENDER_VERSION = 1
 
@@ -495,6 +499,7 @@ def _result_meta(
         "yaw": round(mesh.yaw, 3),
         "roll_degrees": round(mesh.roll_degrees, 2),
         "fallback": mesh.fallback,
+        "top_shift": mesh.top_shift,
         "mask_pixels": int(np.count_nonzero(mask)),
         "seed": int(seed),
         "placement": dict(_placement_fields(config.placement)),  # a dict of its own for each result
@@ -537,7 +542,10 @@ def apply_mask(
     rng = np.random.default_rng(seed)
     resolved = mask_type, color, pattern, color_weight, pattern_weight = _resolve(config, rng)
     finish = draw_finish(rng, mask_type, config.realism, not config.pack) if config.realism > 0 else None
-    mesh = build_mesh(landmarks, config.placement)
+    # From a stream of its own: the ground-truth mask depends on the geometry alone, never on which colour or print
+    # the appearance draws took, and a seed keeps the appearance it drew before render version 3.
+    top_shift = draw_top_shift(np.random.default_rng([seed, PLACEMENT_STREAM]), config.placement)
+    mesh = build_mesh(landmarks, config.placement, top_shift)
     if config.pack:
         template = load_template_pack(config.pack).get(mask_type, mesh.pose)
     else:

@@ -41,9 +41,9 @@ def test_every_type_covers_nose_and_mouth_not_eyes(mask_type, synthetic_landmark
 def test_masks_reach_up_the_nose_and_under_the_eyes_as_real_ones_do(
     mask_type, synthetic_landmarks, skin_image
 ):
-    """PlacementConfig's defaults (render version 2) put the top edge where real masks' labels have it
-    (benchmarks/mask_placement.py): over the upper nose bridge and close under the eyes, which the earlier
-    defaults left bare, and never over an eye."""
+    """PlacementConfig's defaults (render version 2 on; its middle, without the per-face height of version 3) put
+    the top edge where real masks' labels have it (benchmarks/mask_placement.py): over the upper nose bridge and
+    close under the eyes, which the earlier defaults left bare, and never over an eye."""
     from m2u.masking.geometry import PlacementConfig
     from m2u.masking.render import RENDER_VERSION
 
@@ -59,12 +59,18 @@ def test_masks_reach_up_the_nose_and_under_the_eyes_as_real_ones_do(
         _assert_geometry(result, landmarks)
         return result.mask[probes[:, 1], probes[:, 0]] > 0, result.meta
 
-    now, meta = covered(PlacementConfig())
+    now, meta = covered(PlacementConfig(height_spread=(0.0, 0.0)))
     earlier, _ = covered(
-        {"jaw_margin": 0.07, "bridge_fraction": 0.42, "eye_clearance": 0.16, "top_drop": 0.06}
+        {
+            "jaw_margin": 0.07,
+            "bridge_fraction": 0.42,
+            "eye_clearance": 0.16,
+            "top_drop": 0.06,
+            "height_spread": [0, 0],
+        }
     )
     assert now.all() and not earlier.any()
-    assert meta["render_version"] == RENDER_VERSION and meta["placement"]["bridge_fraction"] == 0.2
+    assert meta["render_version"] == RENDER_VERSION and meta["placement"]["bridge_fraction"] == 0.14
 
 
 @pytest.mark.parametrize("roll, yaw", [(30.0, 0.0), (-25.0, 0.0), (0.0, 0.5), (0.0, -0.6), (15.0, 0.4)])
@@ -236,3 +242,41 @@ def test_straps_of_two_colours_keep_their_colours_and_the_coverage(
         assert differs.sum() > 50
         pixels = mixed.image[differs].astype(int)
         assert (pixels[:, colour_channel] - pixels[:, other_channel]).mean() > 40
+
+
+def test_each_face_wears_its_mask_higher_or_lower_by_its_seed(synthetic_landmarks, skin_image):
+    """Render version 3: how high a face wears its mask is drawn from its seed (PlacementConfig.height_spread), the
+    same for the same seed, spread both ways and further down than up. Worn lower the whole top edge drops; worn
+    higher only the middle rides up the bridge (never above the eyes' centre line), the cheeks stay; no spread is
+    the middle itself."""
+    from m2u.masking.geometry import PlacementConfig, draw_top_shift
+
+    landmarks = synthetic_landmarks()  # upright: image y is the face's y
+    config = MaskConfig(mask_type="surgical", straps=False)
+    shifts = [apply_mask(skin_image, landmarks, config, seed=seed).meta["top_shift"] for seed in range(60)]
+    assert shifts[:5] == [
+        apply_mask(skin_image, landmarks, config, seed=s).meta["top_shift"] for s in range(5)
+    ]
+    above, below = PlacementConfig().height_spread
+    assert -2.5 * above <= min(shifts) < 0 < max(shifts) <= 2.5 * below
+    assert np.percentile(shifts, 90) > -np.percentile(shifts, 10)  # further down than up
+    assert draw_top_shift(np.random.default_rng(7), PlacementConfig(height_spread=(0, 0))) == 0.0
+    for bad in ((-0.1, 0.1), (0.1,), (0.1, 0.2, 0.3)):
+        with pytest.raises(ValueError, match="height_spread"):
+            PlacementConfig(height_spread=bad)
+
+    placement = PlacementConfig()
+    eye_x = landmarks[36:42, 0].mean()
+    middle_x = landmarks[27, 0]
+
+    def top_edge(shift):
+        top = build_mesh(landmarks, placement, shift).grid[0]  # the top row, a -> b -> c, left to right
+        return float(np.interp(middle_x, top[:, 0], top[:, 1])), float(np.interp(eye_x, top[:, 0], top[:, 1]))
+
+    middle, cheek = top_edge(0.0)
+    lower_middle, lower_cheek = top_edge(0.2)
+    higher_middle, higher_cheek = top_edge(-0.2)
+    eye_distance = 60.0
+    assert lower_middle > middle + 0.15 * eye_distance and lower_cheek > cheek + 0.15 * eye_distance
+    assert higher_middle < middle - 0.05 * eye_distance and abs(higher_cheek - cheek) < 0.05 * eye_distance
+    assert top_edge(-1.0)[0] >= landmarks[36:48, 1].mean() - 0.5  # never above the eyes' centre line
