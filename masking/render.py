@@ -499,7 +499,7 @@ def _result_meta(
         "yaw": round(mesh.yaw, 3),
         "roll_degrees": round(mesh.roll_degrees, 2),
         "fallback": mesh.fallback,
-        "top_shift": mesh.top_shift,
+        "top_shift": round(mesh.top_shift, 4),
         "mask_pixels": int(np.count_nonzero(mask)),
         "seed": int(seed),
         "placement": dict(_placement_fields(config.placement)),  # a dict of its own for each result

@@ -247,8 +247,8 @@ def test_straps_of_two_colours_keep_their_colours_and_the_coverage(
 def test_each_face_wears_its_mask_higher_or_lower_by_its_seed(synthetic_landmarks, skin_image):
     """Render version 3: how high a face wears its mask is drawn from its seed (PlacementConfig.height_spread), the
     same for the same seed, spread both ways and further down than up. Worn lower the whole top edge drops; worn
-    higher only the middle rides up the bridge (never above the eyes' centre line), the cheeks stay; no spread is
-    the middle itself."""
+    higher only the middle rides up the bridge (never nearer the inner eye corners than the clearance), the cheeks
+    stay; worn lower it stops where the nose's wings would show; no spread is the middle itself."""
     from m2u.masking.geometry import PlacementConfig, draw_top_shift
 
     landmarks = synthetic_landmarks()  # upright: image y is the face's y
@@ -279,4 +279,8 @@ def test_each_face_wears_its_mask_higher_or_lower_by_its_seed(synthetic_landmark
     eye_distance = 60.0
     assert lower_middle > middle + 0.15 * eye_distance and lower_cheek > cheek + 0.15 * eye_distance
     assert higher_middle < middle - 0.05 * eye_distance and abs(higher_cheek - cheek) < 0.05 * eye_distance
-    assert top_edge(-1.0)[0] >= landmarks[36:48, 1].mean() - 0.5  # never above the eyes' centre line
+    # Never nearer the inner eye corners than the clearance, never past the nose's wings (as far as they clear it).
+    inner_corners = landmarks[[39, 42], 1].max() + placement.eye_clearance * eye_distance
+    assert top_edge(-1.0)[0] >= inner_corners - 0.5
+    nose_limit = landmarks[31:36, 1].min() - placement.feature_clearance * eye_distance
+    assert lower_middle < top_edge(2.0)[0] <= nose_limit + 0.5
