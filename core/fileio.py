@@ -14,7 +14,8 @@ modification time, SHA-256). A name about to be replaced must be a regular file 
 a file m2u wrote there: the same size and either the same modification time or the same bytes (a folder copied
 or synced elsewhere keeps its bytes, not always its times). A person's file put back at a name m2u wrote earlier
 is theirs. Files m2u appends to (logs) or that lock libraries write (lock files) are recorded by name alone, as
-every file was before the stamps (such lines in older records still read so).
+every file was before the stamps (such lines in older records still read so). The record is only ever
+appended to: a name whose file m2u deleted is taken out by a line of its own (`_forget`).
 A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
 person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
 The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
@@ -68,9 +69,18 @@ class Stamp:
 
 
 def content_digest(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 (hex) of a file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    """The SHA-256 (hex) of a regular file's bytes; opened without following a link or waiting on a FIFO swapped in
+    at the name (OSError for anything but a regular file)."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def _stamp_of(path: str | os.PathLike[str], sha256: str | None = None) -> Stamp:
@@ -179,32 +189,36 @@ def _read_record(folder: Path) -> Entries:
 # is recorded, "/" and the stamp (`Stamp.text`). No file name holds "/", so none of these meet: the plain names of
 # records written before (one per line, backslashes and all) read as they always did.
 _ESCAPED = b"/"
+_FORGOTTEN = b"-"  # in a stamp's place: the name is no longer m2u's (`_forget`)
 _ESCAPES = {b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r"}
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPES = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
 
 
-def _record_line(name: str, stamp: Stamp | None = None) -> bytes:
-    """`name`'s line in a record (newline included): see _ESCAPED."""
+def _record_line(name: str, stamp: Stamp | None = None, forgotten: bool = False) -> bytes:
+    """`name`'s line in a record (newline included): see _ESCAPED. `forgotten`: the line that takes the name out
+    (its file was deleted)."""
     raw = os.fsencode(name)
     if b"\n" in raw or b"\r" in raw:
         raw = _ESCAPED + re.sub(rb"[\\\n\r]", lambda m: _ESCAPES[m.group()], raw)
-    if stamp is not None:
+    if forgotten:
+        raw += b"/" + _FORGOTTEN
+    elif stamp is not None:
         raw += b"/" + stamp.text().encode()
     return raw + b"\n"
 
 
-def _parse_line(line: bytes) -> tuple[str, Stamp | None] | None:
-    """The name and stamp a record `line` (without its newline) lists; None for a line that lists nothing (empty,
-    or a stamp m2u cannot read: nothing is taken for m2u's on it). Names are the file system's bytes (a name need
-    not be UTF-8): os.fsdecode gives back the str Python lists the folder with, so an undecodable name is found
-    again."""
+def _parse_line(line: bytes) -> tuple[str, Stamp | bytes | None] | None:
+    """The name and stamp a record `line` (without its newline) lists (`_FORGOTTEN` for a line that takes the name
+    out); None for a line that lists nothing (empty, or a stamp m2u cannot read: nothing is taken for m2u's on
+    it). Names are the file system's bytes (a name need not be UTF-8): os.fsdecode gives back the str Python lists
+    the folder with, so an undecodable name is found again."""
     escaped = line.startswith(_ESCAPED)
     body = line[1:] if escaped else line
-    stamp = None
+    stamp: Stamp | bytes | None = None
     if b"/" in body:
         body, stamp_text = body.rsplit(b"/", 1)
-        stamp = Stamp.parse(stamp_text.decode("ascii", "replace"))
+        stamp = _FORGOTTEN if stamp_text == _FORGOTTEN else Stamp.parse(stamp_text.decode("ascii", "replace"))
         if stamp is None:
             return None
     if escaped:
@@ -216,13 +230,25 @@ def _with_lines(entries: Entries, data: bytes) -> Entries:
     """`entries` with the record lines of `data` added in order: a stamp adds to the name's stamps (narrowing a
     name recorded without one to what was written), a line without a stamp makes any file at the name m2u's."""
     merged = dict(entries)
+    growing: dict[str, set[Stamp]] = {}  # names given stamps here: sets grown in place, frozen at the end
     # Lines end at "\n" alone (not splitlines): a "\r" is part of a name written by an earlier version.
     for line in data.split(b"\n"):
         parsed = _parse_line(line)
         if parsed is None:
             continue
         name, stamp = parsed
-        merged[name] = None if stamp is None else (merged.get(name) or frozenset()) | {stamp}
+        if isinstance(stamp, Stamp):
+            if name not in growing:
+                growing[name] = set(merged.get(name) or ())
+            growing[name].add(stamp)
+            merged[name] = frozenset()  # a placeholder, filled below
+            continue
+        growing.pop(name, None)
+        if stamp is None:
+            merged[name] = None
+        else:
+            merged.pop(name, None)
+    merged.update((name, frozenset(stamps)) for name, stamps in growing.items())
     return merged
 
 
@@ -261,9 +287,17 @@ def _written_problem(path: Path, info: os.stat_result, by_name: bool = False) ->
     sized = [stamp for stamp in stamps if stamp.size == info.st_size]
     if any(stamp.mtime_ns == info.st_mtime_ns for stamp in sized):
         return ""
-    if sized and content_digest(path) in {stamp.sha256 for stamp in sized}:
+    if sized and _digest_or_none(path) in {stamp.sha256 for stamp in sized}:
         return ""  # copied or synced: the times changed, the bytes are m2u's
     return "is not the file m2u wrote there (changed or put there since)"
+
+
+def _digest_or_none(path: Path) -> str | None:
+    """content_digest, or None where the name no longer holds a regular file (replaced meanwhile)."""
+    try:
+        return content_digest(path)
+    except OSError:
+        return None
 
 
 def mark_written(path: str | os.PathLike[str]) -> None:
@@ -521,32 +555,32 @@ def remove_written(
 
 def _forget(folder: Path, names: set[str]) -> None:
     """Take `names` out of the folder's record once their files are deleted: a person's file put there later under
-    one of them is theirs, not m2u's to replace (the record is rewritten beside and renamed over itself)."""
+    one of them is theirs, not m2u's to replace. Appended (one O_APPEND write, as every record line), never
+    rewritten: a rewrite would lose the lines another m2u process appends meanwhile, and with them its files."""
     record = folder / RECORD_NAME
     if not os.path.lexists(record):
         return  # removed with its folder
-    entries = _read_record(folder)
-    kept = []
-    for name in sorted(set(entries) - names):
-        stamps = entries[name]
-        kept += [_record_line(name, stamp) for stamp in sorted(stamps or (), key=Stamp.text)] or [
-            _record_line(name)
-        ]
-    fd, temp = _new_temp(record)
+    listed = _read_record(folder)
+    lines = b"".join(_record_line(name, forgotten=True) for name in sorted(names) if name in listed)
+    if not lines:
+        return
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(kept))
-        os.replace(temp, record)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        fd = os.open(record, os.O_WRONLY | os.O_APPEND | _NOFOLLOW)
+    except FileNotFoundError:
+        return  # removed meanwhile, with its folder
+    try:
+        os.write(fd, lines)
+    finally:
+        os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = False) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, durable: bool = False, *, by_name: bool = False
+) -> Path:
     """`atomic_write` of `data`, written through the temporary file's own descriptor (m2u-mask writes three
     files per photo: every system call saved counts)."""
     path = Path(path)
-    check_writable(path)
+    check_writable(path, by_name)
     sha256 = hashlib.sha256(data).hexdigest()
     fd, temp = _new_temp(path)
     try:
@@ -558,7 +592,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
                 os.fsync(fd)
         finally:
             os.close(fd)
-        _commit_temp(temp, path, sha256)
+        _commit_temp(temp, path, sha256, by_name)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -566,10 +600,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
 
 
 def atomic_write_text(
-    path: str | os.PathLike[str], text: str, encoding: str = "utf-8", durable: bool = False
+    path: str | os.PathLike[str],
+    text: str,
+    encoding: str = "utf-8",
+    durable: bool = False,
+    *,
+    by_name: bool = False,
 ) -> Path:
     return atomic_write(
-        path, lambda temp: Path(temp).write_text(text, encoding=encoding, errors=REPORT_TEXT_ERRORS), durable
+        path,
+        lambda temp: Path(temp).write_text(text, encoding=encoding, errors=REPORT_TEXT_ERRORS),
+        durable,
+        by_name=by_name,
     )
 
 

@@ -229,7 +229,7 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
         raise BuildError(f"{out_dir} holds a dataset without build state; use `overwrite` to replace it")
     (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
     if previous is None:
-        atomic_write_text(state_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(state_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", by_name=True)
     return previous is not None
 
 

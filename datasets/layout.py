@@ -320,11 +320,15 @@ def split_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
-    """Write a Parquet file under a temporary name, then rename it: readers never see a partial file."""
+    """Write a Parquet file under a temporary name, then rename it: readers never see a partial file. A dataset's
+    files are m2u's by name (`by_name`): a damaged manifest or marker is written again by a rerun."""
     path = Path(path)
     # No statistics timestamps exist in Parquet; fixed compression keeps the bytes reproducible.
     atomic_write(
-        path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True), durable=True
+        path,
+        lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True),
+        durable=True,
+        by_name=True,
     )
 
 

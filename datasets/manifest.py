@@ -82,7 +82,9 @@ def write_shard_stats(out_dir: Path, output: ShardOutput, planned: int) -> dict[
     stats = shard_stats(output, planned)
     stats_path = out_dir / shard_stats_relpath(output.split, output.index)
     stats_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n", durable=True)
+    atomic_write_text(
+        stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n", durable=True, by_name=True
+    )
     return stats
 
 

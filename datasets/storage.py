@@ -395,7 +395,7 @@ def _is_build_output(local: Path, relative: str) -> bool:
     nor to list in the upload record as m2u's."""
     if relative.rsplit("/", 1)[-1] == RECORD_NAME:
         return True
-    return is_build_file(PurePosixPath(relative)) and not replace_problem(local / relative)
+    return is_build_file(PurePosixPath(relative)) and not replace_problem(local / relative, by_name=True)
 
 
 def _stale(candidates: list[str], ours: set[str], remote: dict[str, int], local: set[str]) -> list[str]:

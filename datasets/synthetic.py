@@ -234,6 +234,7 @@ def _empty_out_dir(out: Path, overwrite: bool) -> Path:
             out,
             (*SPLITS, *(split_manifest_name(s) for s in SPLITS), MANIFEST_NAME, STATS_NAME),
             ours=is_build_file,
+            by_name=True,
         )
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -251,4 +251,4 @@ def library_versions() -> dict[str, str]:
 def write_stats(out_dir: str | os.PathLike[str], stats: Mapping[str, Any]) -> Path:
     """Write ``stats.json`` atomically (human-readable, indented)."""
     path = Path(out_dir) / STATS_NAME
-    return atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True) + "\n", by_name=True)

@@ -370,8 +370,9 @@ def run_pipeline(
     """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
     _check_inputs(config, until)
     run = Path(run_dir)
-    for name in ("config.json", "versions.json", "pipeline.log", f"{STAGE_RECORDS}/{FACE_HASHES}"):
+    for name in ("config.json", "versions.json", "pipeline.log"):
         check_writable(run / name)  # refused before anything is written
+    check_writable(run / STAGE_RECORDS / FACE_HASHES, by_name=True)  # a cache: a damaged one is written again
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
     atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))

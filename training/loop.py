@@ -255,20 +255,24 @@ class Trainer:
             # Every file the run will write is checked now: a person's own metrics.json or mseg.safetensors in
             # the run folder was refused only after the whole training (OutputRefusedError: one line, exit 2).
             for path in (
-                self.out / "config.json",
                 self.out / LOG_NAME,
                 self.out / METRICS_NAME,
                 self.checkpoint_path,
                 *self.task.model_paths(self.out),
             ):
                 check_writable(path)
+            # The run's config.json is m2u's by name: --resume reads it back, edited by hand or not, and
+            # rewrites it.
+            check_writable(self.out / "config.json", by_name=True)
             self._made_folder = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             # Held until the run ends, taken before anything is written: a second run on this folder (a --resume
             # while it trains) is refused instead of interleaving its log, checkpoints and config.json.
             self._hold_lock()
             atomic_write(
-                self.out / "config.json", lambda temp: Path(temp).write_text(self.config.to_json() + "\n")
+                self.out / "config.json",
+                lambda temp: Path(temp).write_text(self.config.to_json() + "\n"),
+                by_name=True,
             )
 
     def _hold_lock(self) -> None:

@@ -17,6 +17,7 @@ from m2u.core.fileio import (
     check_writable,
     mark_written,
     open_append,
+    recorded_names,
     remove_written,
 )
 
@@ -98,3 +99,22 @@ def test_a_record_line_whose_stamp_cannot_be_read_lists_nothing(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"whose?")
     with pytest.raises(OutputRefusedError, match="was not written by m2u"):
         check_writable(tmp_path / "photo.jpg")
+
+
+def test_names_are_forgotten_by_appending_so_no_other_writers_line_is_lost(tmp_path):
+    """remove_written takes a name out of the record with a line of its own: the record is never rewritten, so a
+    line another m2u process appends meanwhile (its own output) cannot be lost."""
+    atomic_write_bytes(tmp_path / "gone.jpg", b"m2u's")
+    atomic_write_bytes(tmp_path / "kept.jpg", b"m2u's too")
+    before = (tmp_path / RECORD_NAME).read_bytes()
+    remove_written(tmp_path, ["gone.jpg"])
+    after = (tmp_path / RECORD_NAME).read_bytes()
+    assert after.startswith(before) and after[len(before) :] == b"gone.jpg/-\n"
+    assert recorded_names(after) == {"kept.jpg"}
+    (tmp_path / "gone.jpg").write_bytes(b"a person's, under the name m2u removed")
+    with pytest.raises(OutputRefusedError, match="was not written by m2u"):
+        check_writable(tmp_path / "gone.jpg")
+    (tmp_path / "gone.jpg").unlink()
+    atomic_write_bytes(tmp_path / "gone.jpg", b"m2u's again")  # written again: listed again
+    check_writable(tmp_path / "gone.jpg")
+    check_writable(tmp_path / "kept.jpg")

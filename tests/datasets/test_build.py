@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from m2u.datasets.build import STATE_DIR, BuildConfig, BuildError, BuildLockedError, build_dataset, build_lock
 from m2u.datasets.cli import main as cli_main
 from m2u.datasets.codecs import decode_image, decode_mask
-from m2u.datasets.layout import MANIFEST_COLUMNS, SPLITS, read_manifest, split_shards
+from m2u.datasets.layout import MANIFEST_COLUMNS, MANIFEST_NAME, SPLITS, read_manifest, split_shards
 from m2u.datasets.loader import LoaderConfig, make_loader
 
 
@@ -407,3 +407,21 @@ def test_a_dataset_still_being_built_is_said_so_where_it_is_read(tmp_path):
     (data / STATE_DIR).mkdir(exist_ok=True)
     with pytest.raises(SettingError, match="build has not finished.*`finalize`"):
         check_dataset(data)
+
+
+def test_a_builds_own_files_damaged_or_edited_are_written_again_by_a_rerun(tmp_path):
+    """A dataset's build files (manifests, stats, build state, shards) are m2u's by name (fileio's `by_name`):
+    only m2u puts them there, and a rerun or --overwrite must replace a damaged one rather than refuse it."""
+    import pyarrow.parquet as pq
+
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config())
+    rows = pq.read_table(out / MANIFEST_NAME).num_rows
+    (out / MANIFEST_NAME).write_bytes(b"damaged")
+    (out / "stats.json").write_text("{}")
+    build_dataset([photos], out, _config())
+    assert pq.read_table(out / MANIFEST_NAME).num_rows == rows
+    assert json.loads((out / "stats.json").read_text()) != {}
+    (out / "stats.json").write_text("edited by hand")
+    assert not build_dataset([photos], out, _config(overwrite=True)).stats["resumed"]
+    assert json.loads((out / "stats.json").read_text()) != {}
