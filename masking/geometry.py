@@ -382,22 +382,23 @@ def _frame_mesh(
     jaw = _clear_features(jaw, np.vstack([lm[NOSTRILS], lm[MOUTH]]), config.feature_clearance)
     b = lm[NOSE_BRIDGE_TOP] + config.bridge_fraction * (nose_tip - lm[NOSE_BRIDGE_TOP])
     lids = float(lm[LEFT_EYE][:, 1].max()), float(lm[RIGHT_EYE][:, 1].max())  # the lowest eyelid points
+    unshifted = max(b[1], min(lids) + config.eye_clearance)  # the middle with no shift (version 2's)
     if top_shift > 0:
         # Worn lower, the top edge still clears the nose's wings by `feature_clearance`: the shift stops where the
-        # unshifted middle would reach that (without this 4 of 12,000 CelebA faces had a nostril wing bare and
-        # were refused).
+        # middle would reach that (without this 4 of 12,000 CelebA faces had a nostril wing bare and were refused).
         nose_limit = float(lm[NOSTRILS][:, 1].min()) - config.feature_clearance
-        middle = max(b[1], min(lids) + config.eye_clearance)
-        top_shift = min(top_shift, max(0.0, nose_limit - middle))
+        top_shift = min(top_shift, max(0.0, nose_limit - unshifted))
     b[1] += top_shift
     clearance = config.eye_clearance + max(0.0, top_shift)  # under the eyes a mask only ever sits lower
     left_eye_low, right_eye_low = (lid + clearance for lid in lids)
-    # Worn higher, the middle rides up the bridge between the eyes (a nose wire pinched there), never above the
-    # eyes' centre line nor nearer the inner eye corners than the clearance (up to the centre line, 14 of 12,000
-    # CelebA faces had an inner corner covered and were refused).
-    inner_corners = float(lm[INNER_EYE_CORNERS][:, 1].max()) + config.eye_clearance
-    eye_line = float(lm[EYES][:, 1].mean())
-    b[1] = max(b[1], min(left_eye_low, right_eye_low) + min(0.0, top_shift), eye_line, inner_corners)
+    b[1] = max(b[1], min(left_eye_low, right_eye_low) + min(0.0, top_shift))
+    if top_shift < 0:
+        # Worn higher, the middle rides up the bridge between the eyes (a nose wire pinched there), never above
+        # the eyes' centre line nor nearer the inner eye corners than the clearance (up to the centre line, 14 of
+        # 12,000 CelebA faces had an inner corner covered and were refused).
+        inner_corners = float(lm[INNER_EYE_CORNERS][:, 1].max()) + config.eye_clearance
+        b[1] = max(b[1], float(lm[EYES][:, 1].mean()), min(inner_corners, unshifted))
+    top_shift = float(b[1] - unshifted)  # what the middle moved: the shift used
     # Under each eye the top edge keeps its clearance; it meets the jaw a little lower still.
     q_left_y = max(b[1] + config.top_drop, left_eye_low)
     q_right_y = max(b[1] + config.top_drop, right_eye_low)

@@ -545,6 +545,29 @@ def apply_mask(
     # From a stream of its own: the ground-truth mask depends on the geometry alone, never on which colour or print
     # the appearance draws took, and a seed keeps the appearance it drew before render version 3.
     top_shift = draw_top_shift(np.random.default_rng([seed, PLACEMENT_STREAM]), config.placement)
+    try:
+        return _draw(image, landmarks, config, seed, resolved, finish, top_shift)
+    except MaskingError:
+        if not top_shift:
+            raise
+    # A face whose shifted mask fails the render checks (an eye landmark covered or a nostril left bare, mostly on
+    # faces a few pixels across) gets the unshifted mask before it is refused, as a failed mesh does in build_mesh.
+    result = _draw(image, landmarks, config, seed, resolved, finish, 0.0)
+    result.meta["fallback"] = "unshifted"
+    return result
+
+
+def _draw(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    config: MaskConfig,
+    seed: int,
+    resolved: tuple,
+    finish: Finish | None,
+    top_shift: float,
+) -> MaskResult:
+    """apply_mask's drawing of the resolved mask with the top edge shifted by `top_shift`."""
+    mask_type, color, pattern, color_weight, pattern_weight = resolved
     mesh = build_mesh(landmarks, config.placement, top_shift)
     if config.pack:
         template = load_template_pack(config.pack).get(mask_type, mesh.pose)

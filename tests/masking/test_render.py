@@ -282,5 +282,38 @@ def test_each_face_wears_its_mask_higher_or_lower_by_its_seed(synthetic_landmark
     # Never nearer the inner eye corners than the clearance, never past the nose's wings (as far as they clear it).
     inner_corners = landmarks[[39, 42], 1].max() + placement.eye_clearance * eye_distance
     assert top_edge(-1.0)[0] >= inner_corners - 0.5
+    # The shift recorded is the one used: what the middle moved, after those limits.
+    flat, raised = build_mesh(landmarks, placement, 0.0), build_mesh(landmarks, placement, -1.0)
+    assert -1.0 < raised.top_shift < 0 and flat.top_shift == 0.0
+    moved = raised.anchors["b"][1] - flat.anchors["b"][1]
+    assert abs(moved - raised.top_shift * eye_distance) < 0.01
     nose_limit = landmarks[31:36, 1].min() - placement.feature_clearance * eye_distance
     assert lower_middle < top_edge(2.0)[0] <= nose_limit + 0.5
+
+
+def test_a_shifted_mask_that_fails_the_render_checks_is_drawn_unshifted_before_the_face_is_refused(
+    synthetic_landmarks, skin_image, monkeypatch
+):
+    import m2u.masking.render as render
+
+    landmarks = synthetic_landmarks()
+    config = MaskConfig(mask_type="surgical", straps=False)
+    seed = next(s for s in range(50) if apply_mask(skin_image, landmarks, config, seed=s).meta["top_shift"])
+    shifted = apply_mask(skin_image, landmarks, config, seed=seed)
+    checked = []
+    real_verify = render._verify
+
+    def fails_first(mask, points, box):
+        checked.append(1)
+        if len(checked) == 1:
+            raise MaskingError("mask covers eye landmarks [39]")
+        real_verify(mask, points, box)
+
+    monkeypatch.setattr(render, "_verify", fails_first)
+    retried = apply_mask(skin_image, landmarks, config, seed=seed)
+    assert len(checked) == 2 and retried.meta["fallback"] == "unshifted" and retried.meta["top_shift"] == 0.0
+    assert retried.mask.tobytes() != shifted.mask.tobytes()
+    assert retried.meta["color"] == shifted.meta["color"]  # the same draws otherwise
+    monkeypatch.setattr(render, "_verify", lambda *a: (_ for _ in ()).throw(MaskingError("always")))
+    with pytest.raises(MaskingError, match="always"):
+        apply_mask(skin_image, landmarks, config, seed=seed)
