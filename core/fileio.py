@@ -228,7 +228,8 @@ def _parse_line(line: bytes) -> tuple[str, Stamp | bytes | None] | None:
 
 def _with_lines(entries: Entries, data: bytes) -> Entries:
     """`entries` with the record lines of `data` added in order: a stamp adds to the name's stamps (narrowing a
-    name recorded without one to what was written), a line without a stamp makes any file at the name m2u's."""
+    name recorded without one to what was written), a line without a stamp makes any file at the name m2u's, a
+    forgotten line (`_forget`) takes the name out."""
     merged = dict(entries)
     growing: dict[str, set[Stamp]] = {}  # names given stamps here: sets grown in place, frozen at the end
     # Lines end at "\n" alone (not splitlines): a "\r" is part of a name written by an earlier version.

@@ -263,6 +263,20 @@ def _stubbed_stages(monkeypatch, calls: list[str], stop_in: str = ""):
     return pipeline_run
 
 
+def _finished_stubbed_run(tmp_path, monkeypatch):
+    """A run of stubbed stages (`_stubbed_stages`) over one face, finished: (the pipeline module, the run folder,
+    its config, the stage calls so far)."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    return pipeline_run, run, config, calls
+
+
 def test_the_same_faces_spelled_another_way_leave_a_finished_run_finished(tmp_path, monkeypatch):
     """`faces`, `./faces/` and the absolute path are one set of faces: a finished run is not rerun (every stage
     was, the dataset's record holding the spelling)."""
@@ -290,14 +304,7 @@ def test_the_same_faces_spelled_another_way_leave_a_finished_run_finished(tmp_pa
 def test_a_damaged_face_hash_cache_never_fails_a_rerun(tmp_path, monkeypatch):
     """RUN/stages/face-hashes.tsv is a cache (m2u's by name): damaged or edited, it is read as far as it goes and
     written again, and the finished run stays finished."""
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    (faces / "a.jpg").write_bytes(b"x" * 10)
-    calls: list[str] = []
-    pipeline_run = _stubbed_stages(monkeypatch, calls)
-    run = tmp_path / "run"
-    config = load_config("smoke", extra={"faces": [str(faces)]})
-    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    pipeline_run, run, config, calls = _finished_stubbed_run(tmp_path, monkeypatch)
     cache = run / "stages" / "face-hashes.tsv"
     written = cache.read_text()
     cache.write_text("garbage\n")
@@ -313,14 +320,7 @@ def test_a_run_recorded_with_the_faces_as_spelled_before_stays_finished(tmp_path
 
     from m2u.pipelines.stages import fingerprint
 
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    (faces / "a.jpg").write_bytes(b"x" * 10)
-    calls: list[str] = []
-    pipeline_run = _stubbed_stages(monkeypatch, calls)
-    run = tmp_path / "run"
-    config = load_config("smoke", extra={"faces": [str(faces)]})
-    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    pipeline_run, run, config, calls = _finished_stubbed_run(tmp_path, monkeypatch)
     # The records as m2u wrote them before: the chain starts from the spelled inputs and the dataset's plain dict.
     upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], identity="spelled")]
     for name in pipeline_run.STAGES:
@@ -335,7 +335,7 @@ def test_a_run_recorded_with_the_faces_as_spelled_before_stays_finished(tmp_path
     said: list[str] = []
     pipeline_run.run_pipeline(config, run, echo=said.append)
     assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
-    gan = load_config("smoke", extra={"faces": [str(faces)], "gan": {"max_steps": 3}})
+    gan = load_config("smoke", extra={"faces": config.faces, "gan": {"max_steps": 3}})
     pipeline_run.run_pipeline(gan, run, echo=lambda _: None)  # a later change reruns from there on, as before
     assert calls[4:] == ["gan", "evaluation"]
 
@@ -475,14 +475,7 @@ def test_a_run_recorded_with_the_faces_by_names_and_sizes_stays_finished(tmp_pat
 
     from m2u.pipelines.stages import fingerprint
 
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    (faces / "a.jpg").write_bytes(b"x" * 10)
-    calls: list[str] = []
-    pipeline_run = _stubbed_stages(monkeypatch, calls)
-    run = tmp_path / "run"
-    config = load_config("smoke", extra={"faces": [str(faces)]})
-    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    pipeline_run, run, config, calls = _finished_stubbed_run(tmp_path, monkeypatch)
     upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], identity="sizes")]
     for name in pipeline_run.STAGES:
         path = run / "stages" / f"{name}.json"
