@@ -31,6 +31,7 @@ from m2u.datasets.layout import (
     SPLITS,
     STATE_DIR,
     manifest_table,
+    read_json,
     shard_name,
     shard_relpath,
     shard_stats_relpath,
@@ -126,9 +127,15 @@ def check_committed(out_dir: Path, task: ShardTask, render_version: int | None =
         drawn = int(meta.get(RENDER_VERSION_KEY, FIRST_RENDER_VERSION))
         if drawn != render_version:
             return f"drawn by mask engine version {drawn}, and this build draws version {render_version}"
-    if not (out_dir / shard_stats_relpath(task.split, task.index)).is_file():
-        return "its stats JSON is missing"
     sha256, expected_bytes = meta[SHA256_KEY].decode(), meta[BYTES_KEY].decode()
+    # The stats JSON is what the loader checks a shard against: one damaged or edited must rebuild the shard here,
+    # or the loader's "rerun m2u-make-dataset" would find nothing to redo.
+    stats = read_json(out_dir / shard_stats_relpath(task.split, task.index))
+    if not isinstance(stats, dict):
+        return "its stats JSON is missing or unreadable"
+    recorded = (stats.get("sha256") or "", "" if stats.get("bytes") is None else str(stats["bytes"]))
+    if recorded != (sha256, expected_bytes):  # an empty shard records neither
+        return "its stats JSON does not hold the size and SHA-256 the commit recorded"
     tar = out_dir / task.relpath
     if sha256:
         if not tar.is_file():
