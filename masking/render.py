@@ -540,14 +540,14 @@ def apply_mask(
         )  # e.g. the detector found it upside down: its landmarks are not usable
     landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    resolved = mask_type, color, pattern, color_weight, pattern_weight = _resolve(config, rng)
-    finish = draw_finish(rng, mask_type, config.realism, not config.pack) if config.realism > 0 else None
+    resolved = _resolve(config, rng)
+    finish = draw_finish(rng, resolved[0], config.realism, not config.pack) if config.realism > 0 else None
     # From a stream of its own: the ground-truth mask depends on the geometry alone, never on which colour or print
     # the appearance draws took, and a seed keeps the appearance it drew before render version 3.
     top_shift = draw_top_shift(np.random.default_rng([seed, PLACEMENT_STREAM]), config.placement)
     try:
         return _draw(image, landmarks, config, seed, resolved, finish, top_shift)
-    except MaskingError:
+    except _RenderCheckError:
         if not top_shift:
             raise
     # A face whose shifted mask fails the render checks (an eye landmark covered or a nostril left bare, mostly on
@@ -555,6 +555,11 @@ def apply_mask(
     result = _draw(image, landmarks, config, seed, resolved, finish, 0.0)
     result.meta["fallback"] = "unshifted"
     return result
+
+
+class _RenderCheckError(MaskingError):
+    """A drawn mask that fails `_verify`: the one refusal a shift of the top edge can cause and apply_mask retries
+    unshifted (build_mesh retries its own mesh checks; a face too small or implausible fails either way)."""
 
 
 def _draw(
@@ -596,6 +601,9 @@ def _draw(
     colour, alpha = _body_over_straps(body, _strap_layers(straps, origin, shape), config.coverage_threshold)
     out, mask = _paint(image, box, colour, alpha, config, mesh.eye_distance)
     if config.verify:
-        _verify(mask, landmarks, box)
+        try:
+            _verify(mask, landmarks, box)
+        except MaskingError as error:
+            raise _RenderCheckError(error.reason) from None
     meta = _result_meta(config, seed, resolved, template, mesh, landmarks, mask, finish)
     return MaskResult(out, mask, meta)
