@@ -16,9 +16,12 @@ Every epoch yields every sample of the split exactly once across all DataLoader 
 batches do not depend on the number of workers:
 
 * the shard list is shuffled with (seed, epoch) — the same permutation on every rank — then either each rank
-  takes every N-th shard (``split_by="shard"``, the default when there are at least as many shards as ranks), or
-  each rank reads all shards and keeps every N-th sample (``split_by="sample"``: exact for any shard count, costs
-  N reads of the tar bytes, used for small sets);
+  reads its own run of shards (``split_by="shard"``, the default when the manifest gives each shard's sample count
+  or there are at least as many shards as ranks), or each rank reads all shards and keeps every N-th sample
+  (``split_by="sample"``: costs N reads of the tar bytes). Where the manifest gives the counts (a dataset folder),
+  the shard split is even: the epoch's shards, end to end, are cut into N runs of samples whose sizes differ by at
+  most one, and a rank reads only the shards its run touches (a shard cut between two ranks is read by both, each
+  keeping its part); without the counts (shard URLs or a glob) each rank takes every N-th shard;
 * a shuffle buffer seeded with (seed, epoch, rank) reorders the rank's samples (raw bytes, before decoding);
 * batch b of that order is decoded by worker b mod num_workers, and DataLoader takes the workers' batches in
   turn: 0, 1 or 8 workers give the same batches in the same order, so trained weights do not depend on the
@@ -27,9 +30,9 @@ batches do not depend on the number of workers:
   less reading for streamed sources, an order that depends on the worker count);
 * a horizontal flip is drawn per (seed, epoch, key) and applied to the three members together.
 
-Ranks can get different numbers of batches in an epoch (the shard or sample count need not divide evenly):
-for DDP training without a collective per step that is harmless; otherwise make the shard count a multiple of
-world_size × num_workers. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
+Ranks get numbers of samples that differ by at most one, except under a shard split without the manifest's
+counts (shard URLs or a glob), where they can differ by a shard: m2u's trainer keeps its ranks in step either way
+(one host-side collective per step), but the longer ranks' extra samples go unseen that epoch. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
 
 Damaged shards never shorten an epoch silently: a local shard without its end-of-archive blocks (cut short, even
 exactly between two members), an unreadable tar, a sample with a missing or undecodable member or of another size
@@ -272,8 +275,30 @@ class PairedShardDataset(IterableDataset):
             reader, readers, batch_worker, batch_workers = rank * workers + worker, world * workers, 0, 1
         mode = self.config.split_by
         if mode == "auto":
-            mode = "shard" if len(self.shards) >= readers else "sample"
+            mode = "shard" if len(self.shards) >= readers or self._counts_known() else "sample"
         return _Layout(reader, readers, mode, batch_worker, batch_workers)
+
+    def _counts_known(self) -> bool:
+        return all(url in self.expected_counts for url in self.shards)
+
+    def _even_runs(self, shards: list[str], layout: _Layout) -> list[tuple[str, int, int, bool]]:
+        """The reader's part of the epoch under the even shard split: (shard, first, stop, reports) per shard it
+        reads, keeping the shard's samples first..stop-1. The epoch's samples, shards end to end in the epoch's
+        order, are cut into `readers` runs differing by at most one; the reader whose run holds a shard's first
+        sample `reports` it: it reads the whole shard, so a damaged or short shard is found by exactly one reader
+        (an empty shard too), where the others stop once past their run."""
+        total = sum(self.expected_counts[url] for url in shards)
+        readers, reader = layout.readers, layout.reader
+        low, high = reader * total // readers, (reader + 1) * total // readers
+        runs, offset = [], 0
+        for url in shards:
+            count = self.expected_counts[url]
+            owner = min(readers - 1, ((offset + 1) * readers - 1) // total) if total else 0
+            first, stop = max(low, offset) - offset, min(high, offset + count) - offset
+            if owner == reader or first < stop:
+                runs.append((url, first, max(first, stop), owner == reader))
+            offset += count
+        return runs
 
     def _epoch_shards(self) -> list[str]:
         shards = list(self.shards)
@@ -314,7 +339,14 @@ class PairedShardDataset(IterableDataset):
         shards = self._epoch_shards()
         # A damaged shard is reported once: by the first worker of the one reader that reads it.
         first = layout.batch_worker == 0
-        if layout.mode == "shard":
+        if layout.mode == "shard" and self._counts_known():
+            for url, start, stop, reports in self._even_runs(shards, layout):
+                for position, sample in enumerate(self._read_shard(url, report=first and reports)):
+                    if start <= position < stop:
+                        yield sample
+                    elif position >= stop and not reports:
+                        break
+        elif layout.mode == "shard":
             for url in shards[layout.reader :: layout.readers]:
                 yield from self._read_shard(url, report=first)
         else:

@@ -137,7 +137,7 @@ class ShardDataSource:
 
     def steps_per_epoch(self, split: str) -> int | None:
         """From the manifest's sample count: full batches per rank (each rank drops its last partial training
-        batch; ranks of uneven shards may end an epoch a step apart); None without a readable manifest."""
+        batch; the loader's ranks hold shares differing by at most one sample); None without a readable manifest."""
         from m2u.datasets.loader import count_samples
 
         try:

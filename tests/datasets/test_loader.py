@@ -142,3 +142,48 @@ def test_the_batches_do_not_depend_on_the_number_of_workers(synthetic_dataset, w
         assert first != second  # a new epoch reshuffles
     keys = [k for rank in range(world) for batch in epochs[(0, rank)][0] for k in batch[0]]
     assert sorted(keys) == _train_keys(synthetic_dataset)
+
+
+@pytest.mark.parametrize(("world", "workers"), [(2, 0), (3, 2)])
+def test_the_shard_split_gives_ranks_even_shares_reading_only_their_own_shards(
+    synthetic_dataset, world, workers, monkeypatch
+):
+    """Shards of 4 samples: every N-th shard gave one rank 16 samples and the other 12 (DDP training left the
+    longer rank's extra samples unseen each epoch). With the manifest's counts the ranks' shares differ by at
+    most one, together every sample once, and a rank reads only the shards its run touches."""
+    from m2u.datasets.loader import PairedShardDataset
+
+    read: list[str] = []
+    original = PairedShardDataset._read_shard
+
+    def recording(self, url, report):
+        read.append(url)
+        return original(self, url, report)
+
+    monkeypatch.setattr(PairedShardDataset, "_read_shard", recording)
+    shards = resolve_shards(synthetic_dataset, "train")
+    shares, reads = [], []
+    for rank in range(world):
+        read.clear()
+        config = LoaderConfig(
+            batch_size=1, num_workers=0, shuffle_buffer=3, split_by="shard", rank=rank, world_size=world
+        )
+        shares.append(_epoch_keys(make_loader(synthetic_dataset, "train", config)))
+        reads.append(len(set(read)))
+    assert sorted(key for share in shares for key in share) == _train_keys(synthetic_dataset)
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1, [len(s) for s in shares]
+    assert sum(reads) <= len(shards) + world - 1, reads  # only the cut shards are read twice
+    # With DataLoader workers the ranks keep the same shares.
+    if workers:
+        for rank in range(world):
+            config = LoaderConfig(
+                batch_size=2,
+                num_workers=workers,
+                shuffle_buffer=3,
+                split_by="shard",
+                rank=rank,
+                world_size=world,
+            )
+            assert sorted(_epoch_keys(make_loader(synthetic_dataset, "train", config))) == sorted(
+                shares[rank]
+            )
