@@ -442,17 +442,24 @@ class Trainer:
         produced = 0
         out_of_time = False
         while True:
-            self._stop_here_if_asked()
-            try:
-                batch = next(iterator, None)
-            except Exception as error:
-                # The same stop reached the loader's workers (SIGTERM to the process group): torch says its worker
-                # was killed. The networks are whole, after the last step: stop with their checkpoint.
-                if self._stops.requested is not None:
-                    self._stop_here(self._stops.requested, error)
-                raise
-            # One host-side collective per step: ranks stop together (at an epoch's end or out of time).
-            have_batch, in_time = self.dist.all_true(batch is not None, not out_of_time)
+            # Read before the fetch, as a stop asked for while a batch is fetched lets that batch's step finish.
+            # A rank asked to stop fetches no further batch; the others learn of it in the collective below.
+            requested, batch = self._stops.requested, None
+            if requested is None:
+                try:
+                    batch = next(iterator, None)
+                except Exception as error:
+                    # The same stop reached the loader's workers (SIGTERM to the process group): torch says its
+                    # worker was killed. The networks are whole, after the last step: stop with their checkpoint.
+                    if self._stops.requested is not None:
+                        self._stop_here(self._stops.requested, error)
+                    raise
+            # One host-side collective per step: ranks stop together (asked to, at an epoch's end or out of time).
+            carry_on, have_batch, in_time = self.dist.all_true(
+                requested is None, batch is not None, not out_of_time
+            )
+            if not carry_on:
+                self._stop_here(requested or Terminated("another rank was stopped"))
             if not in_time:
                 return "max_seconds"
             if batch is None or not have_batch:
@@ -471,8 +478,8 @@ class Trainer:
         return None
 
     def _stop_here_if_asked(self) -> None:
-        """Between two steps: stop if a rank was asked to (one host-side collective per step in DDP, where every
-        rank stops at the same step)."""
+        """After the last step: stop if a rank was asked to (one host-side collective, so every DDP rank stops
+        alike; during the epochs the step's own collective carries this flag)."""
         requested = self._stops.requested
         (carry_on,) = self.dist.all_true(requested is None)
         if not carry_on:

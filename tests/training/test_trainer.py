@@ -690,3 +690,22 @@ def test_weights_gone_non_finite_at_the_stop_are_said_not_checkpointed(tmp_path,
     with pytest.raises(KeyboardInterrupt, match="^no checkpoint written: non-finite weights after step 3"):
         train_mseg(MSegTrainConfig(out=str(tmp_path / "b"), max_steps=6, **quiet), stopped_at)
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+
+
+def test_one_host_collective_per_training_step(tmp_path, monkeypatch):
+    """Ranks agree on stopping, on a batch being left and on time being left in one collective per step (there
+    were two: the stop check, then the batch and time flags)."""
+    calls = []
+    original = DistributedContext.all_true
+
+    def counted(self, *flags):
+        calls.append(len(flags))
+        return original(self, *flags)
+
+    monkeypatch.setattr(DistributedContext, "all_true", counted)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    result = train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=6, **config), data)
+    assert result["steps"] == 6
+    # 6 steps over two epochs of 3 batches: a collective per step, one at the first epoch's end, one at the finish.
+    assert len(calls) <= 6 + 2, calls
