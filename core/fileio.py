@@ -15,7 +15,8 @@ a file m2u wrote there: the same size and either the same modification time or t
 or synced elsewhere keeps its bytes, not always its times). A person's file put back at a name m2u wrote earlier
 is theirs. Files m2u appends to (logs) or that lock libraries write (lock files) are recorded by name alone, as
 every file was before the stamps (such lines in older records still read so). The record is only ever
-appended to: a name whose file m2u deleted is taken out by a line of its own (`_forget`).
+appended to: a name whose file m2u deleted is taken out by a line of its own (`_forget`), naming the stamps it
+takes out, so a stamp another m2u process records at that name meanwhile stays.
 A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
 person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
 The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
@@ -189,47 +190,54 @@ def _read_record(folder: Path) -> Entries:
 # is recorded, "/" and the stamp (`Stamp.text`). No file name holds "/", so none of these meet: the plain names of
 # records written before (one per line, backslashes and all) read as they always did.
 _ESCAPED = b"/"
-_FORGOTTEN = b"-"  # in a stamp's place: the name is no longer m2u's (`_forget`)
+# In a stamp's place: the name is no longer m2u's (`_forget`); followed by a stamp, only that stamp is taken out.
+_FORGOTTEN = b"-"
 _ESCAPES = {b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r"}
 _UNESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPES = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
 
 
 def _record_line(name: str, stamp: Stamp | None = None, forgotten: bool = False) -> bytes:
-    """`name`'s line in a record (newline included): see _ESCAPED. `forgotten`: the line that takes the name out
-    (its file was deleted)."""
+    """`name`'s line in a record (newline included): see _ESCAPED. `forgotten`: the line that takes `stamp` out of
+    the name's stamps (its file was deleted), or without a stamp the whole name."""
     raw = os.fsencode(name)
     if b"\n" in raw or b"\r" in raw:
         raw = _ESCAPED + re.sub(rb"[\\\n\r]", lambda m: _ESCAPES[m.group()], raw)
     if forgotten:
-        raw += b"/" + _FORGOTTEN
+        raw += b"/" + _FORGOTTEN + (stamp.text().encode() if stamp is not None else b"")
     elif stamp is not None:
         raw += b"/" + stamp.text().encode()
     return raw + b"\n"
 
 
-def _parse_line(line: bytes) -> tuple[str, Stamp | bytes | None] | None:
-    """The name and stamp a record `line` (without its newline) lists (`_FORGOTTEN` for a line that takes the name
-    out); None for a line that lists nothing (empty, or a stamp m2u cannot read: nothing is taken for m2u's on
-    it). Names are the file system's bytes (a name need not be UTF-8): os.fsdecode gives back the str Python lists
+def _parse_line(line: bytes) -> tuple[str, Stamp | None, bool] | None:
+    """The name, stamp and whether it is taken out (`_forget`) that a record `line` (without its newline) lists;
+    None for a line that lists nothing (empty, or a stamp m2u cannot read: nothing is taken for m2u's on it, nor
+    taken out). Names are the file system's bytes (a name need not be UTF-8): os.fsdecode gives back the str Python lists
     the folder with, so an undecodable name is found again."""
     escaped = line.startswith(_ESCAPED)
     body = line[1:] if escaped else line
-    stamp: Stamp | bytes | None = None
+    stamp: Stamp | None = None
+    forgotten = False
     if b"/" in body:
         body, stamp_text = body.rsplit(b"/", 1)
-        stamp = _FORGOTTEN if stamp_text == _FORGOTTEN else Stamp.parse(stamp_text.decode("ascii", "replace"))
-        if stamp is None:
-            return None
+        forgotten = stamp_text.startswith(_FORGOTTEN)
+        if forgotten:
+            stamp_text = stamp_text[len(_FORGOTTEN) :]
+        if stamp_text:
+            stamp = Stamp.parse(stamp_text.decode("ascii", "replace"))
+            if stamp is None:
+                return None
     if escaped:
         body = _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group()), body)
-    return (os.fsdecode(body), stamp) if body else None
+    return (os.fsdecode(body), stamp, forgotten) if body else None
 
 
 def _with_lines(entries: Entries, data: bytes) -> Entries:
     """`entries` with the record lines of `data` added in order: a stamp adds to the name's stamps (narrowing a
     name recorded without one to what was written), a line without a stamp makes any file at the name m2u's, a
-    forgotten line (`_forget`) takes the name out."""
+    forgotten line (`_forget`) takes its stamp out of the name's (the name goes with its last stamp), or without
+    a stamp the whole name."""
     merged = dict(entries)
     growing: dict[str, set[Stamp]] = {}  # names given stamps here: sets grown in place, frozen at the end
     # Lines end at "\n" alone (not splitlines): a "\r" is part of a name written by an earlier version.
@@ -237,18 +245,27 @@ def _with_lines(entries: Entries, data: bytes) -> Entries:
         parsed = _parse_line(line)
         if parsed is None:
             continue
-        name, stamp = parsed
-        if isinstance(stamp, Stamp):
+        name, stamp, forgotten = parsed
+        if stamp is not None and forgotten:
+            if name in merged and merged[name] is not None:
+                if name not in growing:
+                    growing[name] = set(merged[name] or ())
+                growing[name].discard(stamp)
+                if not growing[name]:
+                    growing.pop(name)
+                    merged.pop(name)
+            continue
+        if stamp is not None:
             if name not in growing:
                 growing[name] = set(merged.get(name) or ())
             growing[name].add(stamp)
             merged[name] = frozenset()  # a placeholder, filled below
             continue
         growing.pop(name, None)
-        if stamp is None:
-            merged[name] = None
-        else:
+        if forgotten:
             merged.pop(name, None)
+        else:
+            merged[name] = None
     merged.update((name, frozenset(stamps)) for name, stamps in growing.items())
     return merged
 
@@ -557,12 +574,24 @@ def remove_written(
 def _forget(folder: Path, names: set[str]) -> None:
     """Take `names` out of the folder's record once their files are deleted: a person's file put there later under
     one of them is theirs, not m2u's to replace. Appended (one O_APPEND write, as every record line), never
-    rewritten: a rewrite would lose the lines another m2u process appends meanwhile, and with them its files."""
+    rewritten: a rewrite would lose the lines another m2u process appends meanwhile, and with them its files. Each
+    line names a stamp taken out (the ones read here), not the name: a stamp another process records at the name
+    after this read (it wrote the name again) stays, and its file stays m2u's."""
     record = folder / RECORD_NAME
     if not os.path.lexists(record):
         return  # removed with its folder
     listed = _read_record(folder)
-    lines = b"".join(_record_line(name, forgotten=True) for name in sorted(names) if name in listed)
+    lines = b""
+    for name in sorted(names):
+        if name not in listed:
+            continue
+        stamps = listed[name]
+        if stamps is None:  # listed by name alone: the name goes
+            lines += _record_line(name, forgotten=True)
+        else:
+            lines += b"".join(
+                _record_line(name, stamp, forgotten=True) for stamp in sorted(stamps, key=Stamp.text)
+            )
     if not lines:
         return
     try:

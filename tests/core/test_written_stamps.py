@@ -109,7 +109,7 @@ def test_names_are_forgotten_by_appending_so_no_other_writers_line_is_lost(tmp_p
     before = (tmp_path / RECORD_NAME).read_bytes()
     remove_written(tmp_path, ["gone.jpg"])
     after = (tmp_path / RECORD_NAME).read_bytes()
-    assert after.startswith(before) and after[len(before) :] == b"gone.jpg/-\n"
+    assert after.startswith(before) and after[len(before) :].startswith(b"gone.jpg/-5:")
     assert recorded_names(after) == {"kept.jpg"}
     (tmp_path / "gone.jpg").write_bytes(b"a person's, under the name m2u removed")
     with pytest.raises(OutputRefusedError, match="was not written by m2u"):
@@ -118,3 +118,32 @@ def test_names_are_forgotten_by_appending_so_no_other_writers_line_is_lost(tmp_p
     atomic_write_bytes(tmp_path / "gone.jpg", b"m2u's again")  # written again: listed again
     check_writable(tmp_path / "gone.jpg")
     check_writable(tmp_path / "kept.jpg")
+
+
+def test_a_name_written_again_by_another_process_while_it_is_forgotten_stays_m2us(tmp_path, monkeypatch):
+    """remove_written reads the record, deletes, then appends its forget line: another m2u process that writes the
+    name again in between records its own stamp before that line. The line takes out only the stamps it read, so
+    the other process's file stays m2u's (a forget line naming the whole name made it a refusal later)."""
+    atomic_write_bytes(tmp_path / "photo.jpg", b"m2u's first")
+    original_read, original_forget = fileio._read_record, fileio._forget
+    armed = []
+
+    def read_then_race(folder):
+        entries = original_read(folder)
+        if armed:
+            armed.clear()
+            atomic_write_bytes(tmp_path / "photo.jpg", b"another m2u process's")  # after this read
+        return entries
+
+    def forget(folder, names):
+        armed.append(True)
+        original_forget(folder, names)
+
+    monkeypatch.setattr(fileio, "_read_record", read_then_race)
+    monkeypatch.setattr(fileio, "_forget", forget)
+    remove_written(tmp_path, ["photo.jpg"])
+    monkeypatch.undo()
+    assert (tmp_path / "photo.jpg").read_bytes() == b"another m2u process's"
+    check_writable(tmp_path / "photo.jpg")
+    remove_written(tmp_path, ["photo.jpg"])  # and forgotten in turn
+    assert recorded_names((tmp_path / RECORD_NAME).read_bytes()) == set()
