@@ -5,6 +5,15 @@
                                                       # and packages a 256x256 full-width model into $OUT
     bash benchmarks/device_run.sh --rehearsal --budget 120   # here, on CPU: the same path at tiny sizes
 
+For real masks (issue 23: the masked faces m2u-unmask skips are mostly ones M-Seg marks too little of), M-Seg alone
+fine-tuned from the shipped model on the realism engine's masks with the photometric augmentation, for as many
+steps as the lease allows; its file comes back in OUT to be measured here (`benchmarks/real_mask_seg.py --mseg`,
+`benchmarks/real_masks.py --mseg`):
+
+    python benchmarks/device_kit.py prepare --size 128 --store-size 128          # here, once: a 128 px pack
+    bash benchmarks/device_run.sh --networks mseg --init-from inference/pretrained/m2unet-celeba-128 \
+        --augment --lr 5e-4 --batch-size 64 --check-seconds 0                     # there
+
 `prepare` (what `make device-kit` runs; resumable, nothing it finished is redone):
   1. wheels for the device's Python 3.12 of what its image lacks (DEVICE_WHEELS) into .kit/wheels (carried), and
      the same packages for this machine's Python into .kit/wheels-here (the rehearsal's; never carried);
@@ -18,7 +27,8 @@
 benchmarks/gpu_check.py), M-Seg then the GAN on on-the-fly pairs within the wall-clock budget, evaluation on
 the pack's test pairs at 256 and downscaled to 128 next to the shipped 128 model, and the package
 (m2unet-celeba-256: fp16 weights + model card). $OUT gets at most 8 files: device_run.json, gpu_check.json, log.txt
-(device_run.sh), grid.png and the package's four files.
+(device_run.sh), grid.png and the package's four files. With `--networks mseg`: M-Seg alone, its test Dice on the
+pack's pairs next to the starting model's (`--init-from`), and OUT/mseg.safetensors.
 """
 
 from __future__ import annotations
@@ -139,6 +149,25 @@ def stale_engine(source: Path, pack: Path) -> None:
             )
 
 
+def other_sizes(args: argparse.Namespace, source: Path, pack: Path) -> None:
+    """Exit when the kit's dataset or pack (kept from an earlier prepare) has other sizes than this prepare asks
+    for: `prepare --size 128` over a 256 kit would keep the 256 pack and say nothing."""
+    from m2u.datasets.shardcheck import dataset_image_size
+
+    asked = {
+        source: ("size", args.size, dataset_image_size(source) if (source / "stats.json").is_file() else None)
+    }
+    if (pack / "pack.json").is_file():
+        info = json.loads((pack / "pack.json").read_text())
+        asked[pack] = ("store size", args.store_size, info.get("store_size"))
+    for folder, (what, wanted, kept) in asked.items():
+        if kept is not None and kept != wanted:
+            raise SystemExit(
+                f"{folder} was prepared with {what} {kept}, and this prepare asks for {wanted}: remove {source} and "
+                f"{pack}, or prepare into another --kit"
+            )
+
+
 def build_source(args: argparse.Namespace, source: Path) -> None:
     if (source / "stats.json").is_file():
         return
@@ -187,8 +216,9 @@ def prepare(args: argparse.Namespace) -> int:
     wheels = fetch_wheels(kit)
     log(f"wheels: {', '.join(wheels['files'])} ({wheels['bytes'] / 2**20:.2f} MiB)")
     source = kit / "source"
-    build_source(args, source)
     pack = kit / "pack"
+    other_sizes(args, source, pack)
+    build_source(args, source)
     stale_engine(source, pack)
     if not (pack / "pack.json").is_file():
         budget = args.max_bytes or (UPLOAD_LIMIT - HEADROOM - code_bytes() - wheels["bytes"])
@@ -275,9 +305,31 @@ def gpu_check(args: argparse.Namespace, work: Path, out: Path, seconds: float) -
     return result
 
 
+def _init_files(args: argparse.Namespace) -> dict[str, Path]:
+    """--init-from PACKAGE: the model files each network starts from (fine-tuning); {} without it."""
+    from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE
+
+    if not args.init_from:
+        return {}
+    files = {"mseg": args.init_from / MSEG_FILE, "generator": args.init_from / GENERATOR_FILE}
+    return {name: path for name, path in files.items() if name in _networks(args)}
+
+
+def _networks(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("mseg",) if args.networks == "mseg" else ("mseg", "generator")
+
+
 def _models(args: argparse.Namespace) -> dict[str, Any]:
+    from m2u.training.checkpoint import read_model_metadata
     from m2u.training.models import DiscriminatorConfig, GeneratorConfig, MSegConfig
 
+    if args.init_from:  # fine-tuning: the networks take the shapes of the files they start from
+        shapes = {name: read_model_metadata(path)[1] for name, path in _init_files(args).items()}
+        return {
+            "mseg": MSegConfig(**shapes["mseg"]),
+            "generator": GeneratorConfig(**shapes["generator"]) if "generator" in shapes else None,
+            "discriminator": DiscriminatorConfig(),
+        }
     if args.tiny:  # the rehearsal: the same code path, networks small enough for seconds on a CPU
         return {
             "mseg": MSegConfig(base_channels=4, levels=3),
@@ -294,6 +346,7 @@ def _models(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _common(args: argparse.Namespace, run: Path, seconds: float) -> dict[str, Any]:
+    from m2u.datasets.augment import AugmentConfig
     from m2u.training.config import OptimizerConfig
 
     steps = args.max_steps or None
@@ -324,6 +377,7 @@ def _common(args: argparse.Namespace, run: Path, seconds: float) -> dict[str, An
         "progress": False,
         "evaluate_test": False,
         "recipe": args.command,
+        "augment": AugmentConfig(enabled=args.augment, low_res=args.low_res),
     }
 
 
@@ -360,14 +414,22 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
     from m2u.training.trainer import train_gan, train_mseg
 
     models = _models(args)
-    mseg_seconds = seconds * args.mseg_share
+    init = {name: str(path) for name, path in _init_files(args).items()}
+    mseg_seconds = seconds * (args.mseg_share if args.networks == "both" else 1.0)
     data = _data_source(args)
-    mseg_config = MSegTrainConfig(model=models["mseg"], **_common(args, work / "mseg", mseg_seconds))
+    mseg_config = MSegTrainConfig(
+        model=models["mseg"],
+        init_weights={"mseg": init["mseg"]} if "mseg" in init else {},
+        **_common(args, work / "mseg", mseg_seconds),
+    )
     mseg = _training_figures(train_mseg(mseg_config, data), data)
     data.close()
     log(
         f"M-Seg: {mseg['steps']} steps, {mseg['steps_per_second']} steps/s, data wait {mseg['data_wait_share']}"
     )
+    if args.networks == "mseg":
+        return {"mseg": mseg, "workers": args.workers, "batch_size": args.batch_size,
+                "models": {"mseg": str(models["mseg"])}, "init_from": init}  # fmt: skip
     left = seconds - mseg["seconds"]
     data = _data_source(args)
     gan_config = GanTrainConfig(
@@ -376,6 +438,7 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
         mask_source="mseg",
         mseg_checkpoint=str(work / "mseg" / "mseg.safetensors"),
         perceptual_weight=0.0,  # the VGG19 weights are not on the device (nothing is downloaded at run time)
+        init_weights={"generator": init["generator"]} if "generator" in init else {},
         **_common(args, work / "gan", left),
     )
     gan = _training_figures(train_gan(gan_config, data), data)
@@ -383,6 +446,59 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
     log(f"GAN: {gan['steps']} steps, {gan['steps_per_second']} steps/s, data wait {gan['data_wait_share']}")
     return {"mseg": mseg, "gan": gan, "workers": args.workers, "batch_size": args.batch_size,
             "models": {k: str(v) for k, v in models.items()}}  # fmt: skip
+
+
+def mseg_test_dice(test: Path, mseg: Path, device: str, max_samples: int) -> dict[str, Any]:
+    """Hard Dice of an M-Seg file's mask (its own threshold) against the pack's test pairs' masks: mean over the
+    pairs and the pooled figure (every pixel of the split together)."""
+    import torch
+
+    from m2u.datasets.loader import LoaderConfig, make_loader, to_float_batch
+    from m2u.training.checkpoint import load_model
+    from m2u.training.losses import dice_score
+
+    model, info = load_model(mseg, map_location=device)
+    threshold = info.mask_threshold_or_default()
+    per_image: list[float] = []
+    overlap = total = 0.0
+    batch_size = min(16, max_samples or 16)
+    loader = make_loader(
+        test, "test", LoaderConfig.for_evaluation(batch_size=batch_size, num_workers=0, as_uint8=True)
+    )
+    with torch.no_grad():
+        for raw in loader:
+            batch = to_float_batch(raw, device)
+            keep = max_samples - len(per_image) if max_samples else len(batch["mask"])
+            predicted = model.predict_mask(batch["masked"][:keep] * 2 - 1, threshold)  # M-Seg reads [-1, 1]
+            truth = batch["mask"][:keep]
+            per_image += dice_score(predicted, truth).tolist()
+            overlap += float((predicted * truth).sum())
+            total += float(predicted.sum() + truth.sum())
+            if max_samples and len(per_image) >= max_samples:
+                break
+    return {
+        "samples": len(per_image),
+        "dice_mean": round(sum(per_image) / max(1, len(per_image)), 4),
+        "dice_pooled": round(2 * overlap / total, 4) if total else None,
+    }
+
+
+def evaluate_mseg(args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
+    """--networks mseg: the trained M-Seg's test Dice on the pack's pairs next to the starting model's (the same
+    pairs, the same threshold rule), and its file into OUT (what the real-photo benchmarks measure here)."""
+    import torch
+
+    from m2u.datasets.facepack import FacePack
+
+    test = FacePack(args.kit / "pack").test_dataset
+    device = "cpu" if args.rehearsal or not torch.cuda.is_available() else "cuda"
+    trained = work / "mseg" / "mseg.safetensors"
+    result = {"trained": mseg_test_dice(test, trained, device, args.max_test_samples)}
+    start = _init_files(args).get("mseg")
+    if start is not None:
+        result["init_from"] = mseg_test_dice(test, start, device, args.max_test_samples)
+    shutil.copy2(trained, out / "mseg.safetensors")
+    return result
 
 
 def evaluate_pack(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -549,6 +665,11 @@ def run(args: argparse.Namespace) -> int:
         report["training_seconds_planned"] = round(training_seconds, 1)
         report["training"] = phases.run("training", train, args, work, training_seconds)
         save()
+        if args.networks == "mseg":
+            report["evaluation"] = phases.run("evaluation", evaluate_mseg, args, work, out)
+            save()
+            summary(report)
+            return 0
         _copy_grid(work, out)
         report["evaluation"] = phases.run("evaluation", evaluate_pack, args, work)
         save()
@@ -564,6 +685,13 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(report: dict[str, Any]) -> None:
     training, evaluation = report["training"], report["evaluation"]
+    if "gan" not in training:  # --networks mseg
+        t = training["mseg"]
+        print(f"\ndevice run summary (M-Seg alone)\n  mseg: {t['steps']} steps in {t['seconds']} s "
+              f"({t['steps_per_second']} steps/s), data wait share {t['data_wait_share']}")  # fmt: skip
+        for name, row in evaluation.items():
+            print(f"  test Dice, {name}: {row}")
+        return
     rows = evaluation["at_256"].get("rows", {})
     print("\ndevice run summary")
     print("  phases (s): " + ", ".join(f"{k} {v}" for k, v in report["phases"].items())
@@ -651,9 +779,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0: default)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--rehearsal", action="store_true", help="CPU, tiny networks: proves the path, not speed")
+    r.add_argument(
+        "--networks",
+        choices=("both", "mseg"),
+        default="both",
+        help="mseg: M-Seg alone, its test Dice and its file into OUT (a real-mask candidate)",
+    )
+    r.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="a model package folder (e.g. inference/pretrained/m2unet-celeba-128): the networks start from its "
+        "files and take their shapes",
+    )
+    r.add_argument(
+        "--augment",
+        action="store_true",
+        help="augment the training pairs (m2u.datasets.augment, photometric + crops)",
+    )
+    r.add_argument(
+        "--low-res", type=float, default=0.0, help="with --augment: share of pairs shrunk and brought back"
+    )
     args = parser.parse_args(argv)
     if args.verb == "run":
-        args.tiny = args.rehearsal
+        if args.init_from is not None and not args.init_from.is_dir():
+            parser.error(f"--init-from {args.init_from}: not a model package folder")
+        args.tiny = args.rehearsal and args.init_from is None  # fine-tuning keeps the package's shapes
         args.command = shlex.join(
             ["benchmarks/device_run.sh", *(argv[1:] if argv is not None else sys.argv[2:])]
         )

@@ -194,3 +194,23 @@ def test_a_kit_prepared_by_another_mask_engine_is_not_reused(tmp_path):
     (pack / "pack.json").write_text(json.dumps({"format": 1, "size": 64, "store_size": 48}))
     with pytest.raises(SystemExit, match=r"pack was drawn by mask engine version 1"):
         device_kit.stale_engine(source, pack)
+
+
+def test_a_kit_prepared_at_other_sizes_is_not_reused(tmp_path):
+    """prepare keeps .kit/source and .kit/pack: `prepare --size 128` over a 256 kit (the real-mask M-Seg run wants
+    128) kept the 256 pack and said nothing."""
+    import argparse
+
+    source, pack = tmp_path / "source", tmp_path / "pack"
+    source.mkdir()
+    (source / "stats.json").write_text(json.dumps({"arguments": {"size": 256}}))
+    asked = argparse.Namespace(size=128, store_size=128)
+    with pytest.raises(SystemExit, match=r"source was prepared with size 256, and this prepare asks for 128"):
+        device_kit.other_sizes(asked, source, pack)
+    device_kit.other_sizes(argparse.Namespace(size=256, store_size=128), source, pack)  # the same size: kept
+    pack.mkdir()
+    (pack / "pack.json").write_text(json.dumps({"store_size": 256}))
+    with pytest.raises(
+        SystemExit, match=r"pack was prepared with store size 256, and this prepare asks for 128"
+    ):
+        device_kit.other_sizes(argparse.Namespace(size=256, store_size=128), source, pack)

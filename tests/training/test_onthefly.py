@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,39 @@ def test_training_runs_on_the_data_source(pack, tmp_path):
                              progress=False, evaluate_test=False, device="cpu")  # fmt: skip
     results = train_mseg(config, source)
     assert results["steps"] == 2 and source.train_batches == 2 and "dice" in results["val"]
+
+
+def test_the_device_runs_m_seg_alone_from_a_package_and_brings_its_file_back(pack, tmp_path):
+    """`device_run.sh --networks mseg --init-from PACKAGE --augment` (the real-mask candidate a lent GPU trains):
+    M-Seg alone, started from the package's M-Seg in its shapes, its test Dice next to the starting model's on the
+    pack's pairs, and its file in OUT; no generator is trained. Here for 3 steps on the CPU."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import device_kit
+
+    from m2u.inference.pretrained import MSEG_FILE, pretrained_dir
+    from m2u.training.checkpoint import read_model_metadata
+
+    shipped = pretrained_dir()
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    (kit / "pack").symlink_to(pack)
+    out = tmp_path / "out"
+    argv = ["run", "--kit", str(kit), "--out", str(out), "--work", str(tmp_path / "work"), "--rehearsal",
+            "--networks", "mseg", "--init-from", str(shipped), "--augment", "--max-steps", "3", "--budget", "120",
+            "--check-seconds", "0", "--eval-seconds", "10", "--package-seconds", "0", "--workers", "0",
+            "--batch-size", "2", "--max-test-samples", "4"]  # fmt: skip
+    assert device_kit.main(argv) == 0
+    report = json.loads((out / "device_run.json").read_text())
+    assert report["training"]["mseg"]["steps"] == 3 and "gan" not in report["training"]
+    assert set(report["evaluation"]) == {"trained", "init_from"}
+    assert all(0 <= row["dice_mean"] <= 1 and row["samples"] == 4 for row in report["evaluation"].values())
+    assert sorted(p.name for p in out.iterdir()) == ["device_run.json", "mseg.safetensors"]
+    # Fine-tuned from the shipped M-Seg: its shapes, its weights moved by the 3 steps.
+    assert read_model_metadata(out / "mseg.safetensors")[1] == read_model_metadata(shipped / MSEG_FILE)[1]
+    trained, start = load_file(out / "mseg.safetensors"), load_file(shipped / MSEG_FILE)
+    assert trained.keys() == start.keys()
+    assert any(not torch.equal(trained[k].float(), start[k].float()) for k in trained)
+    config = json.loads((tmp_path / "work" / "mseg" / "config.json").read_text())
+    assert config["augment"]["enabled"] and config["init_weights"] == {"mseg": str(shipped / MSEG_FILE)}
