@@ -7,12 +7,12 @@
 
 For real masks (issue 23: the masked faces m2u-unmask skips are mostly ones M-Seg marks too little of), M-Seg alone
 fine-tuned from the shipped model on the realism engine's masks with the photometric augmentation, for as many
-steps as the lease allows; its file comes back in OUT to be measured here (`benchmarks/real_mask_seg.py --mseg`,
-`benchmarks/real_masks.py --mseg`):
+steps as the lease allows; its file comes back in OUT to be measured here (`benchmarks/real_mask_seg.py --mseg`;
+`benchmarks/real_masks.py --model` takes a package folder holding it beside the shipped generator):
 
     python benchmarks/device_kit.py prepare --size 128 --store-size 128          # here, once: a 128 px pack
     bash benchmarks/device_run.sh --networks mseg --init-from inference/pretrained/m2unet-celeba-128 \
-        --augment --lr 5e-4 --batch-size 64 --check-seconds 0                     # there
+        --augment --lr 2e-4 --batch-size 64 --check-seconds 0                     # there
 
 `prepare` (what `make device-kit` runs; resumable, nothing it finished is redone):
   1. wheels for the device's Python 3.12 of what its image lacks (DEVICE_WHEELS) into .kit/wheels (carried), and
@@ -157,10 +157,12 @@ def other_sizes(args: argparse.Namespace, source: Path, pack: Path) -> None:
     asked = {
         source: ("size", args.size, dataset_image_size(source) if (source / "stats.json").is_file() else None)
     }
+    checks = list(asked.items())
     if (pack / "pack.json").is_file():
         info = json.loads((pack / "pack.json").read_text())
-        asked[pack] = ("store size", args.store_size, info.get("store_size"))
-    for folder, (what, wanted, kept) in asked.items():
+        checks += [(pack, ("size", args.size, info.get("size"))),
+                   (pack, ("store size", args.store_size, info.get("store_size")))]  # fmt: skip
+    for folder, (what, wanted, kept) in checks:
         if kept is not None and kept != wanted:
             raise SystemExit(
                 f"{folder} was prepared with {what} {kept}, and this prepare asks for {wanted}: remove {source} and "
@@ -659,7 +661,8 @@ def run(args: argparse.Namespace) -> int:
         if args.check_seconds > 0:
             report["gpu_check"] = phases.run("gpu_check", gpu_check, args, work, out, args.check_seconds)
             save()
-        training_seconds = args.budget - phases.elapsed() - args.eval_seconds - args.package_seconds
+        packaging = args.package_seconds if args.networks == "both" else 0.0  # M-Seg alone: no package
+        training_seconds = args.budget - phases.elapsed() - args.eval_seconds - packaging
         if training_seconds < 10:
             raise SystemExit(f"device-kit: {training_seconds:.0f} s left for training: raise --budget")
         report["training_seconds_planned"] = round(training_seconds, 1)
@@ -804,6 +807,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.verb == "run":
         if args.init_from is not None and not args.init_from.is_dir():
             parser.error(f"--init-from {args.init_from}: not a model package folder")
+        if args.init_from is not None and (args.width_multiplier != 1.0 or args.mseg_base_channels):
+            parser.error("--init-from: the networks take the package files' shapes; leave out --width-multiplier "
+                         "and --mseg-base-channels")  # fmt: skip
+        if args.low_res and not args.augment:
+            parser.error("--low-res is part of the augmentation: give --augment too")
+        if not 0.0 <= args.low_res <= 1.0:
+            parser.error(f"--low-res is a share within [0, 1], got {args.low_res}")
         args.tiny = args.rehearsal and args.init_from is None  # fine-tuning keeps the package's shapes
         args.command = shlex.join(
             ["benchmarks/device_run.sh", *(argv[1:] if argv is not None else sys.argv[2:])]

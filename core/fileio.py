@@ -523,6 +523,9 @@ def remove_written(
     files: list[Path] = []
     folders: list[Path] = []  # deepest last: removed in reverse
     problems: list[str] = []
+    # What each file's record listed for it when it was checked, before anything is deleted: the stamps to take out
+    # (a stamp another m2u process records at the name from then on is its own, and stays).
+    seen: dict[Path, frozenset[Stamp] | None] = {}
 
     def visit(path: Path) -> None:
         try:
@@ -547,6 +550,11 @@ def remove_written(
             problems.append(f"{path} is another m2u tool's output")
         else:
             files.append(path)
+            entries = _read_record(path.parent)
+            if (
+                path.name in entries
+            ):  # (checked just above; a forget by another process meanwhile leaves it out)
+                seen[path] = entries[path.name]
 
     for name in names:
         visit(folder / name)
@@ -555,15 +563,15 @@ def remove_written(
         raise OutputRefusedError(
             f"{'; '.join(problems[:3])}{more}: m2u replaces only what it wrote; move these away first"
         )
-    gone: dict[Path, set[str]] = {}
+    gone: dict[Path, dict[str, frozenset[Stamp] | None]] = {}
     for path in files:
         if path.name == RECORD_NAME:
             info = os.lstat(path)
             _RECORDS.pop(
                 (info.st_dev, info.st_ino, os.fspath(path.parent)), None
             )  # a new one may reuse the inode
-        else:
-            gone.setdefault(path.parent, set()).add(path.name)
+        elif path in seen:  # a listed file (temporary files are not listed)
+            gone.setdefault(path.parent, {})[path.name] = seen[path]
         path.unlink(missing_ok=True)
     for parent, names_gone in gone.items():
         _forget(parent, names_gone)
@@ -571,12 +579,13 @@ def remove_written(
         path.rmdir()
 
 
-def _forget(folder: Path, names: set[str]) -> None:
+def _forget(folder: Path, names: dict[str, frozenset[Stamp] | None]) -> None:
     """Take `names` out of the folder's record once their files are deleted: a person's file put there later under
     one of them is theirs, not m2u's to replace. Appended (one O_APPEND write, as every record line), never
     rewritten: a rewrite would lose the lines another m2u process appends meanwhile, and with them its files. Each
-    line names a stamp taken out (the ones read here), not the name: a stamp another process records at the name
-    after this read (it wrote the name again) stays, and its file stays m2u's."""
+    line names a stamp taken out (`names`: name -> the stamps the record listed when the file was checked, before it
+    was deleted; None for a name listed without one, which goes whole), not the name: a stamp another process
+    records at the name after that check (it wrote the name again) stays, and its file stays m2u's."""
     record = folder / RECORD_NAME
     if not os.path.lexists(record):
         return  # removed with its folder
@@ -585,7 +594,7 @@ def _forget(folder: Path, names: set[str]) -> None:
     for name in sorted(names):
         if name not in listed:
             continue
-        stamps = listed[name]
+        stamps = names[name]
         if stamps is None:  # listed by name alone: the name goes
             lines += _record_line(name, forgotten=True)
         else:

@@ -121,29 +121,25 @@ def test_names_are_forgotten_by_appending_so_no_other_writers_line_is_lost(tmp_p
 
 
 def test_a_name_written_again_by_another_process_while_it_is_forgotten_stays_m2us(tmp_path, monkeypatch):
-    """remove_written reads the record, deletes, then appends its forget line: another m2u process that writes the
-    name again in between records its own stamp before that line. The line takes out only the stamps it read, so
-    the other process's file stays m2u's (a forget line naming the whole name made it a refusal later)."""
+    """remove_written checks each file against the record, deletes them all, then appends its forget lines: another
+    m2u process that writes a name again in between records its own stamp before those lines. They take out only
+    the stamps the check read, so the other process's file stays m2u's (a forget line naming the whole name, or
+    every stamp listed by then, made it a refusal later)."""
     atomic_write_bytes(tmp_path / "photo.jpg", b"m2u's first")
-    original_read, original_forget = fileio._read_record, fileio._forget
-    armed = []
+    atomic_write_bytes(tmp_path / "other.jpg", b"m2u's other")
+    original_forget = fileio._forget
 
-    def read_then_race(folder):
-        entries = original_read(folder)
-        if armed:
-            armed.clear()
-            atomic_write_bytes(tmp_path / "photo.jpg", b"another m2u process's")  # after this read
-        return entries
-
-    def forget(folder, names):
-        armed.append(True)
+    def written_again_first(folder, names):
+        atomic_write_bytes(
+            tmp_path / "photo.jpg", b"another m2u process's"
+        )  # after the deletion, before the lines
         original_forget(folder, names)
 
-    monkeypatch.setattr(fileio, "_read_record", read_then_race)
-    monkeypatch.setattr(fileio, "_forget", forget)
-    remove_written(tmp_path, ["photo.jpg"])
+    monkeypatch.setattr(fileio, "_forget", written_again_first)
+    remove_written(tmp_path, ["photo.jpg", "other.jpg"])
     monkeypatch.undo()
     assert (tmp_path / "photo.jpg").read_bytes() == b"another m2u process's"
     check_writable(tmp_path / "photo.jpg")
+    assert recorded_names((tmp_path / RECORD_NAME).read_bytes()) == {"photo.jpg"}
     remove_written(tmp_path, ["photo.jpg"])  # and forgotten in turn
     assert recorded_names((tmp_path / RECORD_NAME).read_bytes()) == set()

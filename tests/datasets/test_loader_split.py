@@ -1,7 +1,8 @@
 """Why the loader splits shards among ranks and workers itself instead of with webdataset's split_by_node /
 split_by_worker: theirs only split the shard list, so with fewer shards than ranks x workers some workers get
-nothing and ranks run different numbers of steps; ours splits among ranks by sample where there are fewer shards
-than ranks, and a rank's workers take turns at its batches, so every worker of every rank gets its share."""
+nothing and ranks run different numbers of steps; ours cuts a dataset folder's samples into even runs among the
+ranks (shards cut between two where needed), and a rank's workers take turns at its batches, so every worker of every
+rank gets its share."""
 
 from __future__ import annotations
 

@@ -214,3 +214,18 @@ def test_a_kit_prepared_at_other_sizes_is_not_reused(tmp_path):
         SystemExit, match=r"pack was prepared with store size 256, and this prepare asks for 128"
     ):
         device_kit.other_sizes(argparse.Namespace(size=256, store_size=128), source, pack)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--low-res", "0.3"],  # the augmentation's share without the augmentation
+        ["--augment", "--low-res", "1.5"],
+        ["--init-from", "inference/pretrained/m2unet-celeba-128", "--width-multiplier", "0.5"],
+        ["--init-from", "no/such/package"],
+    ],
+)
+def test_run_options_that_would_be_ignored_or_are_out_of_range_are_refused(extra, capsys):
+    with pytest.raises(SystemExit) as refused:
+        device_kit.parse_args(["run", *extra])
+    assert refused.value.code == 2 and "error:" in capsys.readouterr().err

@@ -709,3 +709,24 @@ def test_one_host_collective_per_training_step(tmp_path, monkeypatch):
     assert result["steps"] == 6
     # 6 steps over two epochs of 3 batches: a collective per step, one at the first epoch's end, one at the finish.
     assert len(calls) <= 6 + 2, calls
+
+
+def test_a_stop_on_another_rank_reaches_this_one_in_the_steps_collective(tmp_path, monkeypatch):
+    """The step's one collective carries the stop flag: when another rank was asked to stop (its flag False in the
+    reduction), this rank stops after the same step, with its checkpoint, and trains no further batch."""
+    from m2u.core.guard import Terminated
+
+    calls = []
+    original = DistributedContext.all_true
+
+    def another_rank_stops_at_the_fourth(self, *flags):
+        calls.append(flags)
+        result = original(self, *flags)
+        return (False, *result[1:]) if len(calls) == 4 and len(flags) == 3 else result
+
+    monkeypatch.setattr(DistributedContext, "all_true", another_rank_stops_at_the_fourth)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    with pytest.raises(Terminated, match="checkpoint of step 3"):
+        train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=6, **config), data)
+    assert load_training_state(tmp_path / "a" / "checkpoints" / "last.pt")["step"] == 3
