@@ -451,12 +451,15 @@ def train(args: argparse.Namespace, work: Path, seconds: float) -> dict[str, Any
 
 
 def mseg_test_dice(test: Path, mseg: Path, device: str, max_samples: int) -> dict[str, Any]:
-    """Hard Dice of an M-Seg file's mask (its own threshold) against the pack's test pairs' masks: mean over the
-    pairs and the pooled figure (every pixel of the split together)."""
+    """Hard Dice of an M-Seg file's masks, as m2u-unmask and m2u-eval make them (`predict_masks`: mirror-averaged,
+    holes filled, the file's threshold), against the pack's test pairs' masks: mean over the pairs and the pooled
+    figure (every pixel of the split together)."""
     import torch
 
     from m2u.datasets.loader import LoaderConfig, make_loader, to_float_batch
+    from m2u.inference.restore import predict_masks
     from m2u.training.checkpoint import load_model
+    from m2u.training.imagespace import to_model_range
     from m2u.training.losses import dice_score
 
     model, info = load_model(mseg, map_location=device)
@@ -471,7 +474,7 @@ def mseg_test_dice(test: Path, mseg: Path, device: str, max_samples: int) -> dic
         for raw in loader:
             batch = to_float_batch(raw, device)
             keep = max_samples - len(per_image) if max_samples else len(batch["mask"])
-            predicted = model.predict_mask(batch["masked"][:keep] * 2 - 1, threshold)  # M-Seg reads [-1, 1]
+            predicted = predict_masks(model, to_model_range(batch["masked"][:keep]), threshold)
             truth = batch["mask"][:keep]
             per_image += dice_score(predicted, truth).tolist()
             overlap += float((predicted * truth).sum())
