@@ -111,6 +111,9 @@ from m2u.datasets.storage import local_dataset, local_location
 from m2u.datasets.tarread import is_stream_url, iter_raw_samples
 
 SPLIT_BY_CHOICES = ("auto", "shard", "sample")
+# How the ranks share a dataset folder's samples (`PairedShardDataset._even_runs`), as training checkpoints record it:
+# a DDP run resumed mid-epoch from a checkpoint of another split continues that epoch on other samples.
+RANK_SPLIT = "even-runs"
 WORKER_SPLIT_CHOICES = ("batch", "shard")
 ON_ERROR_CHOICES = ("raise", "skip")
 SKIPPED_FIELD = "skipped"  # raw-batch field: what a worker left out since its previous batch

@@ -33,6 +33,7 @@ from m2u.training.run_state import (
     check_resume_layout,
     checkpoint_step,
     last_checkpoint_path,
+    rank_split,
     read_checkpoint,
     read_running_means,
     read_steps_by_world_size,
@@ -145,6 +146,7 @@ class Trainer:
                 "sums": {name: value.detach().cpu().clone() for name, value in running.sums.items()},
             },
             "world_size": self.dist.world_size,
+            "rank_split": rank_split(),
             "steps_by_world_size": self.steps_by_world_size(),
             # The epoch's batches in this layout where the source knows them: a run stopped after its last batch
             # stopped at the epoch's end, where another layout may take over (check_resume_layout).

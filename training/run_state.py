@@ -139,12 +139,22 @@ def read_steps_by_world_size(state: dict[str, Any]) -> dict[str, int]:
     return {"unknown": step} if isinstance(step, int) and step > 0 else {}
 
 
+def rank_split() -> str:
+    """How this m2u's loader shares a dataset among DDP ranks (m2u.datasets.loader.RANK_SPLIT), as checkpoints
+    record it."""
+    from m2u.datasets.loader import RANK_SPLIT
+
+    return RANK_SPLIT
+
+
 def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str | None:
     """A run resumed mid-epoch (`batch_in_epoch` > 0) with another DDP world size or batch size than its
     checkpoint's is refused in one sentence: the skip to its place in the epoch counts batches of the earlier
     layout, so it would land on other samples (some seen twice, others never). At an epoch's start the change is
     harmless: the sentence saying so is returned (None when nothing changed). Checkpoints written before these
-    were recorded resume as before."""
+    were recorded resume as before. A DDP run resumed mid-epoch from a checkpoint of a loader that shared the
+    samples among the ranks otherwise (`rank_split`, not recorded before the even split) resumes, with a sentence
+    saying what that costs."""
     if not isinstance(state, dict):
         return None
     changes = []
@@ -153,9 +163,17 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str |
         changes.append(f"DDP world size {saved_world} -> {world_size}")
     if isinstance(saved_batch, int) and saved_batch != config.batch_size:
         changes.append(f"`batch_size` {saved_batch} -> {config.batch_size}")
-    if not changes:
-        return None
     epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
+    if not changes:
+        mid_epoch = isinstance(batch, int) and batch > 0 and batch != state.get("epoch_batches")
+        if world_size > 1 and mid_epoch and state.get("rank_split") != rank_split():
+            # Not refused: an upgrade must not strand a run; only the rest of this one epoch is affected.
+            return (
+                f"resuming in the middle of epoch {epoch} with DDP world size {world_size}, from a checkpoint of an "
+                "m2u whose loader shared a dataset's samples among the ranks otherwise: the rest of this epoch may "
+                "see some samples twice and others not (every later epoch sees each once)"
+            )
+        return None
     if batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")):
         # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
         return f"resuming at the start of epoch {epoch} with {' and '.join(changes)}"

@@ -339,3 +339,33 @@ def test_what_killed_writes_left_in_the_run_folder_is_removed_and_logged(tmp_pat
     assert not any(path.exists() for path in killed) and (run / "notes.tmp").read_text() == "mine"
     logged = {r["path"] for r in _records(run) if r.get("event") == "removed_stale_temp_file"}
     assert logged == {str(path) for path in killed}
+
+
+def test_a_ddp_resume_mid_epoch_from_another_rank_split_says_so(tmp_path):
+    """Checkpoints record how the loader shared a dataset among the ranks: one written before the even split
+    (or by another) resumes mid-epoch on other samples for the rest of that epoch, which the resume says; one of
+    this split, one process, or an epoch's start says nothing."""
+    from m2u.training.run_state import check_resume_layout, rank_split
+
+    config = MSegTrainConfig(out=str(tmp_path / "run"), **TINY)
+    earlier = {
+        "world_size": 2,
+        "batch_size": config.batch_size,
+        "epoch": 3,
+        "batch_in_epoch": 5,
+        "epoch_batches": 9,
+    }
+    note = check_resume_layout(earlier, config, world_size=2)
+    assert note is not None and "middle of epoch 3" in note and "some samples twice" in note
+    assert check_resume_layout({**earlier, "rank_split": rank_split()}, config, world_size=2) is None
+    assert check_resume_layout({**earlier, "world_size": 1}, config, world_size=1) is None
+    assert check_resume_layout({**earlier, "batch_in_epoch": 0}, config, world_size=2) is None
+    assert check_resume_layout({**earlier, "batch_in_epoch": 9}, config, world_size=2) is None
+
+
+def test_checkpoints_record_the_rank_split(tmp_path):
+    from m2u.training.run_state import rank_split
+
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=1, **TINY), _source())
+    assert load_training_state(run / "checkpoints" / "last.pt")["rank_split"] == rank_split()
