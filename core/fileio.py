@@ -550,10 +550,9 @@ def remove_written(
             problems.append(f"{path} is another m2u tool's output")
         else:
             files.append(path)
+            # Listed (checked just above), unless another process forgot it meanwhile: then nothing to take out.
             entries = _read_record(path.parent)
-            if (
-                path.name in entries
-            ):  # (checked just above; a forget by another process meanwhile leaves it out)
+            if path.name in entries:
                 seen[path] = entries[path.name]
 
     for name in names:

@@ -32,7 +32,8 @@ batches do not depend on the number of workers:
 
 Ranks get numbers of samples that differ by at most one, except under a shard split without the manifest's
 counts (shard URLs or a glob), where they can differ by a shard: m2u's trainer keeps its ranks in step either way
-(one host-side collective per step), but the longer ranks' extra samples go unseen that epoch. ``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
+(one host-side collective per step), but the longer ranks' extra samples go unseen that epoch.
+``LoaderConfig.for_evaluation()`` gives the exact, unshuffled, unflipped order.
 
 Damaged shards never shorten an epoch silently: a local shard without its end-of-archive blocks (cut short, even
 exactly between two members), an unreadable tar, a sample with a missing or undecodable member or of another size

@@ -164,9 +164,15 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str |
     if isinstance(saved_batch, int) and saved_batch != config.batch_size:
         changes.append(f"`batch_size` {saved_batch} -> {config.batch_size}")
     epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
+    # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
+    mid_epoch = not (batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")))
     if not changes:
-        mid_epoch = isinstance(batch, int) and batch > 0 and batch != state.get("epoch_batches")
-        if world_size > 1 and mid_epoch and state.get("rank_split") != rank_split():
+        if (
+            world_size > 1
+            and mid_epoch
+            and isinstance(batch, int)
+            and state.get("rank_split") != rank_split()
+        ):
             # Not refused: an upgrade must not strand a run; only the rest of this one epoch is affected.
             return (
                 f"resuming in the middle of epoch {epoch} with DDP world size {world_size}, from a checkpoint of an "
@@ -174,8 +180,7 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str |
                 "see some samples twice and others not (every later epoch sees each once)"
             )
         return None
-    if batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")):
-        # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
+    if not mid_epoch:
         return f"resuming at the start of epoch {epoch} with {' and '.join(changes)}"
     was = f"DDP world size {saved_world if isinstance(saved_world, int) else world_size}"
     was += f" and `batch_size` {saved_batch if isinstance(saved_batch, int) else config.batch_size}"
