@@ -139,16 +139,21 @@ def _unfinished(results: dict[str, Any], steps: int, name: str) -> bool:
 
 def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
     """For a network kept from --init-from (no run folder): its architecture, read from the model file, under the
-    name its training config gives it ("generator"; "model" for M-Seg)."""
+    name its training config gives it ("generator"; "model" for M-Seg), and the provenance the file records (the
+    card names the recipe that trained it)."""
     if "kept" not in results:
         return {}
     import dataclasses
 
     from m2u.training.checkpoint import load_model
 
-    model = load_model(results["kept"])[0]
+    model, info = load_model(results["kept"])
     name = "generator" if Path(results["kept"]).name == GENERATOR_FILE else "model"
-    return {name: dataclasses.asdict(model.config), "kept_from": results["kept"]}
+    return {
+        name: dataclasses.asdict(model.config),
+        "kept_from": results["kept"],
+        "kept_provenance": dict(info.provenance),
+    }
 
 
 def train_mseg_stage(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any]:

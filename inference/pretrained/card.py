@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +207,27 @@ def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _kept_recipe(config: dict[str, Any]) -> str:
+    """The recipe recorded in the model file a network was kept from ('' when it records none)."""
+    recipe = config.get("kept_provenance", {}).get("recipe") if config.get("kept_from") else None
+    return recipe if isinstance(recipe, str) else ""
+
+
+def _augmented(config: dict[str, Any]) -> bool:
+    """Whether a network was trained through camera augmentation: by this recipe's run, or, for a network kept from
+    an earlier release, by the release recipe its file records (where the flag is the recipe's `--augment`)."""
+    if config.get("augment", {}).get("enabled"):
+        return True
+    recipe = _kept_recipe(config)
+    return "release_recipe.py" in recipe and "--augment" in shlex.split(recipe)
+
+
 def _real_mask_note(training: dict[str, Any]) -> str:
     """Which networks saw camera augmentation (tight crops, camera effects) in training, as a clause."""
     augmented = [
         {"mseg": "M-Seg", "mseg-soup": "M-Seg", "gan": "the generator"}.get(name, name)
         for name, run in training.items()
-        if run.get("config", {}).get("augment", {}).get("enabled")
+        if _augmented(run.get("config", {}))
     ]
     if not augmented:
         return ""
@@ -260,7 +276,11 @@ def _tuning(config: dict[str, Any]) -> str:
     """', fine-tuned from X, with camera augmentation' for a fine-tuned run ('' for one trained from scratch)."""
     parts = []
     if config.get("kept_from"):
-        parts.append(f"kept as it is from {config['kept_from']}")
+        recipe = _kept_recipe(config)
+        # The kept file's own training is a release of its own: name it, or the card hides most of the model's past.
+        parts.append(
+            f"kept as it is from {config['kept_from']}" + (f" (trained by `{recipe}`)" if recipe else "")
+        )
     for name, path in config.get("init_weights", {}).items():
         parts.append(f"{name} fine-tuned from {path}")
     if config.get("augment", {}).get("enabled"):

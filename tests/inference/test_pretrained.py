@@ -269,3 +269,31 @@ def test_model_card_of_a_fine_tuned_model_has_its_real_photo_section(tmp_path):
     assert "mseg fine-tuned from P/mseg.safetensors" in text and "kept as it is from P/generator" in text
     assert "m2u.datasets.augment" in text
     assert "## Real masked photos" not in render_model_card({**card, "real_photos": None})
+
+
+def test_model_card_names_the_recipe_of_a_network_kept_from_an_earlier_release():
+    recipe = "benchmarks/release_recipe.py --work runs/old --augment --mseg-steps 2000 --gan-steps 0"
+    kept = {
+        "model": {},
+        "kept_from": "P/mseg.safetensors",
+        "kept_provenance": {"recipe": recipe, "steps": 2000},
+    }
+    card = {
+        "name": "m2unet-test-kept",
+        "recipe_command": "benchmarks/release_recipe.py --work runs/x --init-from P --mseg-steps 0 --gan-steps 9",
+        "data": {"faces": "celeba", "photos": 12, "split_by": "identity", "size": 64, "samples": {"test": 3}},
+        "training": {
+            "mseg": {"steps": 0, "seconds": 0.0, "config": kept},
+            "gan": {"steps": 9, "seconds": 1.0, "config": {"generator": {"width_multiplier": 0.25}}},
+        },
+        "evaluation": {"split": "test", "samples": 3, "mask_quality": {"dice": 0.98}, "rows": {}},
+    }
+    text = render_model_card(card)
+    assert f"kept as it is from P/mseg.safetensors (trained by `{recipe}`)" in text
+    # The kept M-Seg was trained through the camera augmentation by its own recipe: the card still says so.
+    assert "M-Seg also trained through camera augmentation for real photos" in text
+    without_flag = {**kept, "kept_provenance": {"recipe": recipe.replace(" --augment", "")}}
+    plain = render_model_card(
+        {**card, "training": {**card["training"], "mseg": {"steps": 0, "config": without_flag}}}
+    )
+    assert "camera augmentation for real photos" not in plain and "(trained by `" in plain
