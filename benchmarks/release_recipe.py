@@ -152,7 +152,7 @@ def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
     return {
         name: dataclasses.asdict(model.config),
         "kept_from": results["kept"],
-        "kept_provenance": dict(info.provenance),
+        "kept_provenance": dict(info.provenance) if isinstance(info.provenance, dict) else {},
     }
 
 

@@ -207,19 +207,32 @@ def _figures(rows: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _kept_provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """The provenance recorded in the model file a network was kept from ({} when there is none)."""
+    provenance = config.get("kept_provenance") if config.get("kept_from") else None
+    return provenance if isinstance(provenance, dict) else {}
+
+
 def _kept_recipe(config: dict[str, Any]) -> str:
     """The recipe recorded in the model file a network was kept from ('' when it records none)."""
-    recipe = config.get("kept_provenance", {}).get("recipe") if config.get("kept_from") else None
+    recipe = _kept_provenance(config).get("recipe")
     return recipe if isinstance(recipe, str) else ""
 
 
 def _augmented(config: dict[str, Any]) -> bool:
     """Whether a network was trained through camera augmentation: by this recipe's run, or, for a network kept from
-    an earlier release, by the release recipe its file records (where the flag is the recipe's `--augment`)."""
+    an earlier release, by the release recipe its file records (`--augment`; for the generator, without
+    `--no-gan-augment`, which kept its pairs as built)."""
     if config.get("augment", {}).get("enabled"):
         return True
     recipe = _kept_recipe(config)
-    return "release_recipe.py" in recipe and "--augment" in shlex.split(recipe)
+    try:
+        words = shlex.split(recipe)
+    except ValueError:  # not a command line m2u wrote (m2u records them with shlex.join)
+        return False
+    if not any(word.endswith("release_recipe.py") for word in words) or "--augment" not in words:
+        return False
+    return not (_kept_provenance(config).get("task") == "gan" and "--no-gan-augment" in words)
 
 
 def _real_mask_note(training: dict[str, Any]) -> str:

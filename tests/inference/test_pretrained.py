@@ -297,3 +297,17 @@ def test_model_card_names_the_recipe_of_a_network_kept_from_an_earlier_release()
         {**card, "training": {**card["training"], "mseg": {"steps": 0, "config": without_flag}}}
     )
     assert "camera augmentation for real photos" not in plain and "(trained by `" in plain
+    # A kept generator whose recipe trained it on the pairs as built (`--no-gan-augment`) saw no augmentation.
+    gan_recipe = "benchmarks/release_recipe.py --work runs/old --augment --no-gan-augment --gan-steps 800"
+    kept_gan = {
+        "kept_from": "P/generator.safetensors",
+        "kept_provenance": {"recipe": gan_recipe, "task": "gan"},
+    }
+    training = {"mseg": {"steps": 9, "config": {}}, "gan": {"steps": 0, "config": kept_gan}}
+    assert "the generator also trained" not in render_model_card({**card, "training": training})
+    with_gan_augment = {**kept_gan, "kept_provenance": {"recipe": gan_recipe.replace(" --no-gan-augment", ""),
+                                                        "task": "gan"}}  # fmt: skip
+    training["gan"] = {"steps": 0, "config": with_gan_augment}
+    assert "the generator also trained through camera augmentation" in render_model_card(
+        {**card, "training": training}
+    )

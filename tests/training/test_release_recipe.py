@@ -88,3 +88,25 @@ def test_recipe_help_lists_the_budget(capsys, load_benchmark):
     with pytest.raises(SystemExit):
         load_benchmark("release_recipe").main(["--help"])
     assert "2 hours" in capsys.readouterr().out
+
+
+def test_a_kept_network_carries_the_provenance_its_file_records(tmp_path, load_benchmark):
+    """The card names the recipe of a network kept from an earlier release: the recipe reads it from the file."""
+    from m2u.training.checkpoint import current_model_info, save_model
+    from m2u.training.models import MSeg, MSegConfig
+
+    recipe = load_benchmark("release_recipe")
+    provenance = {
+        "recipe": "benchmarks/release_recipe.py --work runs/old --augment",
+        "steps": 7,
+        "task": "mseg",
+    }
+    path = save_model(
+        tmp_path / MSEG_FILE,
+        MSeg(MSegConfig(base_channels=4, levels=3)),
+        current_model_info(32, 0.5, provenance=provenance),
+    )
+    config = recipe._kept_config({"kept": str(path)})
+    assert config["kept_from"] == str(path) and config["kept_provenance"] == provenance
+    assert config["model"]["base_channels"] == 4
+    assert recipe._kept_config({"steps": 3}) == {}
