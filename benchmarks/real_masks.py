@@ -20,7 +20,10 @@ trained on these crops, so its gate is measured on real-masked instead).
 The decision (item 5): the same evaluation without labels, counting faces restored and left as they are, on CelebA
 photos of the test split of the identity split (every k-th, offset 0: `--celeba` of them), on every photo of
 ../shared/faces/extras, on the faceless images and on real-masked. The decision's thresholds were chosen on other
-photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg).
+photos (MaskedFaceRule's docstring: CelebA at offset 1 and real-mask-seg). Which faces left on real-masked are
+masked faces the decision skipped, and which are bare faces, no face or a second box on one face, only a person can
+tell: `--face-labels` (benchmarks/labels/real_masked_left_faces.json, labelled by eye) gives "left_faces_by_eye" in
+its figures, with the masked faces still skipped, those restored since and the left faces nobody has labelled yet.
 
 Upside down: real-masked and real-mask-seg turned 180 degrees ("real_masked_turned", "real_mask_seg_turned"): a face
 restored in the photo as it is there is restored upside down (RealFaceDetectorConfig's orientation check and the
@@ -52,6 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 RESULTS = REPO / "benchmarks" / "results"
 SHEETS = REPO / "runs" / "real_masks"
+# Which faces left on real-masked are masked faces the decision skipped (item 5), looked at once and kept as boxes.
+FACE_LABELS = REPO / "benchmarks" / "labels" / "real_masked_left_faces.json"
 LOW = 0.2  # every BlazeFace run keeps scores down to this; candidates filter higher
 
 
@@ -171,6 +176,13 @@ def main() -> None:
         "--no-try-turned",
         action="store_true",
         help="without m2u-unmask's turned try (UnmaskConfig.try_turned), to measure what it adds",
+    )
+    parser.add_argument(
+        "--face-labels",
+        type=Path,
+        default=FACE_LABELS,
+        help="by-eye labels of the faces left on real-masked (m2u.evaluation.face_labels): which are masked faces "
+        "the decision skipped",
     )
     parser.add_argument("--sheets", type=Path, default=SHEETS, help="where the contact sheets go")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
@@ -314,6 +326,8 @@ def main() -> None:
             chosen = every_face if name.endswith("every_face") else unmasker
             summary = evaluate_real_masks(inputs, out, chosen, labels, config)
             summary.update(right_side_up(summary, turned_sets.get(name, (None, 0))[1]))
+            if name == "real_masked" and args.face_labels.is_file():
+                summary["left_faces_by_eye"] = left_faces_by_eye(out / "faces.jsonl", args.face_labels)
             summary["seconds"] = round(time.perf_counter() - t0, 1)
             evaluations[name] = summary
             print(f"{name}: {json.dumps(summary)}", flush=True)
@@ -350,6 +364,19 @@ def main() -> None:
             "full_run_seconds", None if "only" in earlier_protocol else earlier_protocol.get("seconds")
         )
     _write_merged(args.out, result)
+
+
+def left_faces_by_eye(faces_jsonl: Path, labels: Path) -> dict:
+    """The run's faces (`faces_jsonl`) against the by-eye labels: masked faces skipped, restored since they were
+    labelled or no longer found, and the left faces by label (m2u.evaluation.face_labels.check_left_faces)."""
+    from m2u.evaluation.face_labels import check_left_faces, read_face_labels
+
+    rows = [json.loads(line) for line in faces_jsonl.read_text().splitlines() if line.strip()]
+    checked = check_left_faces(rows, read_face_labels(labels))
+    checked["labels"] = (
+        str(labels.resolve().relative_to(REPO)) if labels.resolve().is_relative_to(REPO) else str(labels)
+    )
+    return checked
 
 
 def right_side_up(summary: dict, quarter_turns: int) -> dict:
