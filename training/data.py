@@ -24,8 +24,10 @@ class DataSource(Protocol):
 
 
 # A source may also say how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
-# progress bar's total and ETA), and the side of its samples, `crop_size() -> int | None` (a resumed run on
-# crops of another size is refused before it starts); the trainer works without them.
+# progress bar's total and ETA), the side of its samples, `crop_size() -> int | None` (a resumed run on
+# crops of another size is refused before it starts), and how it shares its samples among DDP ranks,
+# `rank_split() -> str` (checkpoints record it; a source without it takes every world_size-th sample,
+# m2u.training.run_state.EVERY_NTH); the trainer works without them.
 
 
 def check_batch(batch: dict) -> None:
@@ -144,6 +146,12 @@ class ShardDataSource:
             return count_samples(self.root, split) // (self.world_size * self.batch_size)
         except (OSError, ValueError, KeyError):
             return None
+
+    def rank_split(self) -> str:
+        """How the loader shares the dataset among DDP ranks (m2u.datasets.loader.RANK_SPLIT)."""
+        from m2u.datasets.loader import RANK_SPLIT
+
+        return RANK_SPLIT
 
     def crop_size(self) -> int | None:
         """The side of the dataset's samples, from its stats.json (None when it does not say)."""

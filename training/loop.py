@@ -146,7 +146,7 @@ class Trainer:
                 "sums": {name: value.detach().cpu().clone() for name, value in running.sums.items()},
             },
             "world_size": self.dist.world_size,
-            "rank_split": rank_split(),
+            "rank_split": rank_split(self.data),
             "steps_by_world_size": self.steps_by_world_size(),
             # The epoch's batches in this layout where the source knows them: a run stopped after its last batch
             # stopped at the epoch's end, where another layout may take over (check_resume_layout).
@@ -244,7 +244,9 @@ class Trainer:
             # leaves the run as it was (a later plain --resume must not read the refused dataset back).
             self._resume_state = load_training_state(self.checkpoint_path)
             check_resume_crop_size(self._resume_state, self.data, self.config)
-            self._resume_note = check_resume_layout(self._resume_state, self.config, self.dist.world_size)
+            self._resume_note = check_resume_layout(
+                self._resume_state, self.config, self.dist.world_size, rank_split(self.data)
+            )
         if self.dist.is_main:
             # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by
             # default), every step before it lost.

@@ -139,22 +139,28 @@ def read_steps_by_world_size(state: dict[str, Any]) -> dict[str, int]:
     return {"unknown": step} if isinstance(step, int) and step > 0 else {}
 
 
-def rank_split() -> str:
-    """How this m2u's loader shares a dataset among DDP ranks (m2u.datasets.loader.RANK_SPLIT), as checkpoints
-    record it."""
-    from m2u.datasets.loader import RANK_SPLIT
+# Each rank takes every world_size-th sample (or shard): how every source shared its samples before checkpoints
+# recorded it, and how a source that does not say otherwise (TensorDataSource, OnTheFlyDataSource) still does. A
+# checkpoint without "rank_split" is read as this, so only a source whose split changed since (the dataset folder's
+# loader: m2u.datasets.loader.RANK_SPLIT) gets the resume's sentence.
+EVERY_NTH = "every-nth"
 
-    return RANK_SPLIT
+
+def rank_split(source: Any) -> str:
+    """How `source` shares its samples among DDP ranks, as checkpoints record it: its own `rank_split()`
+    (ShardDataSource: the loader's), EVERY_NTH for a source without one."""
+    own = getattr(source, "rank_split", None)
+    return str(own()) if callable(own) else EVERY_NTH
 
 
-def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str | None:
+def check_resume_layout(state: Any, config: RunConfig, world_size: int, split: str = EVERY_NTH) -> str | None:
     """A run resumed mid-epoch (`batch_in_epoch` > 0) with another DDP world size or batch size than its
     checkpoint's is refused in one sentence: the skip to its place in the epoch counts batches of the earlier
     layout, so it would land on other samples (some seen twice, others never). At an epoch's start the change is
     harmless: the sentence saying so is returned (None when nothing changed). Checkpoints written before these
     were recorded resume as before. A DDP run resumed mid-epoch from a checkpoint of a loader that shared the
-    samples among the ranks otherwise (`rank_split`, not recorded before the even split) resumes, with a sentence
-    saying what that costs."""
+    samples among the ranks otherwise than `split` does now (`rank_split`; a checkpoint without it: EVERY_NTH)
+    resumes, with a sentence saying what that costs."""
     if not isinstance(state, dict):
         return None
     changes = []
@@ -171,7 +177,7 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int) -> str |
             world_size > 1
             and mid_epoch
             and isinstance(batch, int)
-            and state.get("rank_split") != rank_split()
+            and state.get("rank_split", EVERY_NTH) != split
         ):
             # Not refused: an upgrade must not strand a run; only the rest of this one epoch is affected.
             return (

@@ -342,10 +342,12 @@ def test_what_killed_writes_left_in_the_run_folder_is_removed_and_logged(tmp_pat
 
 
 def test_a_ddp_resume_mid_epoch_from_another_rank_split_says_so(tmp_path):
-    """Checkpoints record how the loader shared a dataset among the ranks: one written before the even split
-    (or by another) resumes mid-epoch on other samples for the rest of that epoch, which the resume says; one of
-    this split, one process, or an epoch's start says nothing."""
-    from m2u.training.run_state import check_resume_layout, rank_split
+    """Checkpoints record how the source shared its samples among the ranks: one written before the loader's even
+    split (no record: every n-th) or by another resumes a dataset folder mid-epoch on other samples for the rest of
+    that epoch, which the resume says; one of this split, one process, or an epoch's start says nothing. A source
+    whose split never changed (every n-th: in memory, on the fly) says nothing for a checkpoint without the record."""
+    from m2u.datasets.loader import RANK_SPLIT
+    from m2u.training.run_state import EVERY_NTH, check_resume_layout
 
     config = MSegTrainConfig(out=str(tmp_path / "run"), **TINY)
     earlier = {
@@ -355,17 +357,38 @@ def test_a_ddp_resume_mid_epoch_from_another_rank_split_says_so(tmp_path):
         "batch_in_epoch": 5,
         "epoch_batches": 9,
     }
-    note = check_resume_layout(earlier, config, world_size=2)
+    note = check_resume_layout(earlier, config, world_size=2, split=RANK_SPLIT)
     assert note is not None and "middle of epoch 3" in note and "some samples twice" in note
-    assert check_resume_layout({**earlier, "rank_split": rank_split()}, config, world_size=2) is None
-    assert check_resume_layout({**earlier, "world_size": 1}, config, world_size=1) is None
-    assert check_resume_layout({**earlier, "batch_in_epoch": 0}, config, world_size=2) is None
-    assert check_resume_layout({**earlier, "batch_in_epoch": 9}, config, world_size=2) is None
+    ours = {**earlier, "rank_split": RANK_SPLIT}
+    assert check_resume_layout(ours, config, world_size=2, split=RANK_SPLIT) is None
+    assert check_resume_layout(ours, config, world_size=2, split=EVERY_NTH) is not None
+    assert check_resume_layout(earlier, config, world_size=2, split=EVERY_NTH) is None
+    assert check_resume_layout({**earlier, "world_size": 1}, config, world_size=1, split=RANK_SPLIT) is None
+    assert (
+        check_resume_layout({**earlier, "batch_in_epoch": 0}, config, world_size=2, split=RANK_SPLIT) is None
+    )
+    assert (
+        check_resume_layout({**earlier, "batch_in_epoch": 9}, config, world_size=2, split=RANK_SPLIT) is None
+    )
+
+
+def test_each_source_says_its_own_rank_split():
+    """A dataset folder's source says the loader's split; a source that does not say (in memory, on the fly) shares
+    every n-th sample, as every source did before checkpoints recorded it."""
+    from m2u.datasets.loader import RANK_SPLIT
+    from m2u.training.data import ShardDataSource
+    from m2u.training.onthefly import OnTheFlyDataSource
+    from m2u.training.run_state import EVERY_NTH, rank_split
+
+    assert rank_split(ShardDataSource.__new__(ShardDataSource)) == RANK_SPLIT != EVERY_NTH
+    assert rank_split(_source()) == EVERY_NTH
+    # The face pack's on-the-fly source (the device kit's) shares every n-th sample and always did.
+    assert rank_split(OnTheFlyDataSource.__new__(OnTheFlyDataSource)) == EVERY_NTH
 
 
 def test_checkpoints_record_the_rank_split(tmp_path):
-    from m2u.training.run_state import rank_split
+    from m2u.training.run_state import EVERY_NTH
 
     run = tmp_path / "run"
     train_mseg(MSegTrainConfig(out=str(run), max_steps=1, **TINY), _source())
-    assert load_training_state(run / "checkpoints" / "last.pt")["rank_split"] == rank_split()
+    assert load_training_state(run / "checkpoints" / "last.pt")["rank_split"] == EVERY_NTH
