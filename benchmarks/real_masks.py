@@ -187,6 +187,12 @@ def main() -> None:
     parser.add_argument("--sheets", type=Path, default=SHEETS, help="where the contact sheets go")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS / "real_masks.json")
     args = parser.parse_args()
+    from m2u.evaluation.face_labels import FaceLabelError, read_face_labels
+
+    try:  # read before the runs: a bad labels file must not cost a run's minutes first
+        face_labels = read_face_labels(args.face_labels)
+    except FaceLabelError as error:
+        parser.error(str(error))
     use_classifier(args.classifier)
     use_classifier(args.upside_down_classifier, "UPSIDE_DOWN_CLASSIFIER")
     use_classifier(args.box_orientation, "BOX_ORIENTATION_NET")
@@ -326,8 +332,9 @@ def main() -> None:
             chosen = every_face if name.endswith("every_face") else unmasker
             summary = evaluate_real_masks(inputs, out, chosen, labels, config)
             summary.update(right_side_up(summary, turned_sets.get(name, (None, 0))[1]))
-            if name == "real_masked" and args.face_labels.is_file():
-                summary["left_faces_by_eye"] = left_faces_by_eye(out / "faces.jsonl", args.face_labels)
+            if name == "real_masked":
+                summary["left_faces_by_eye"] = left_faces_by_eye(out / "faces.jsonl", face_labels)
+                summary["left_faces_by_eye"]["labels"] = shown_path(args.face_labels)
             summary["seconds"] = round(time.perf_counter() - t0, 1)
             evaluations[name] = summary
             print(f"{name}: {json.dumps(summary)}", flush=True)
@@ -366,17 +373,18 @@ def main() -> None:
     _write_merged(args.out, result)
 
 
-def left_faces_by_eye(faces_jsonl: Path, labels: Path) -> dict:
+def left_faces_by_eye(faces_jsonl: Path, labels: list) -> dict:
     """The run's faces (`faces_jsonl`) against the by-eye labels: masked faces skipped, restored since they were
-    labelled or no longer found, and the left faces by label (m2u.evaluation.face_labels.check_left_faces)."""
-    from m2u.evaluation.face_labels import check_left_faces, read_face_labels
+    labelled or no longer found, and the boxes left by label (m2u.evaluation.face_labels.check_left_faces)."""
+    from m2u.evaluation.face_labels import check_left_faces
 
     rows = [json.loads(line) for line in faces_jsonl.read_text().splitlines() if line.strip()]
-    checked = check_left_faces(rows, read_face_labels(labels))
-    checked["labels"] = (
-        str(labels.resolve().relative_to(REPO)) if labels.resolve().is_relative_to(REPO) else str(labels)
-    )
-    return checked
+    return check_left_faces(rows, labels)
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the repository where it lies in it."""
+    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 
 
 def right_side_up(summary: dict, quarter_turns: int) -> dict:

@@ -14,6 +14,7 @@ when a detector changes: those are listed to be looked at, never guessed).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,9 @@ LABELS = ("masked", "bare", "no face", "same face", "unclear")
 # A left face is the labelled one where their boxes overlap by at least this IoU (a detector's box on the same face
 # moves by a few pixels between versions; two faces side by side overlap far less).
 MATCH_IOU = 0.5
-# A labelled masked face counts as restored where a restored face's box overlaps it by at least this share of the
-# smaller box: the face restored through another box of it (an eye-and-brow box left, the whole face restored).
+# A labelled masked face counts as restored where a restored face's box covers at least this share of the labelled
+# box: the face restored through another box of it (an eye-and-brow box left, the whole face restored). A share of
+# the labelled box, not of the smaller one: a small restored neighbour inside a large labelled box restores nothing.
 RESTORED_OVERLAP = 0.3
 
 
@@ -50,20 +52,34 @@ def read_face_labels(path: Path) -> list[FaceLabel]:
         entries = json.loads(Path(path).read_text(encoding="utf-8"))["faces"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise FaceLabelError(f"{path}: not a face labels file ({error})") from None
-    labels = []
+    if not isinstance(entries, list):
+        raise FaceLabelError(f'{path}: not a face labels file ("faces" is no list)')
+    labels: list[FaceLabel] = []
+    seen: set[tuple[str, tuple[float, ...]]] = set()
     for k, entry in enumerate(entries):
-        try:
-            box = tuple(float(v) for v in entry["box"])
-            label = FaceLabel(str(entry["photo"]), box, str(entry["label"]), str(entry.get("note", "")))  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as error:
-            raise FaceLabelError(f"{path}: entry {k}: {error!r}") from None
-        if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
-            raise FaceLabelError(f"{path}: entry {k}: box {list(box)} is not [left, top, right, bottom]")
-        if label.label not in LABELS:
-            raise FaceLabelError(
-                f"{path}: entry {k}: label {label.label!r} is not one of {', '.join(LABELS)}"
-            )
-        labels.append(label)
+        where = f"{path}: entry {k}"
+        if not isinstance(entry, dict) or not all(key in entry for key in ("photo", "box", "label")):
+            raise FaceLabelError(f'{where}: needs "photo", "box" and "label"')
+        raw = entry["box"]
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw)
+            and raw[2] > raw[0]
+            and raw[3] > raw[1]
+        ):
+            raise FaceLabelError(f"{where}: box {raw!r} is not [left, top, right, bottom] in pixels")
+        box = (float(raw[0]), float(raw[1]), float(raw[2]), float(raw[3]))
+        photo = entry["photo"]
+        # Runs' rows are matched by file name: a label with a folder in it would never match anything.
+        if not isinstance(photo, str) or not photo or Path(photo).name != photo:
+            raise FaceLabelError(f"{where}: photo {photo!r} is not a file name (no folder)")
+        if entry["label"] not in LABELS:
+            raise FaceLabelError(f"{where}: label {entry['label']!r} is not one of {', '.join(LABELS)}")
+        if (photo, box) in seen:
+            raise FaceLabelError(f"{where}: {photo} {raw} is labelled twice (it would be counted twice)")
+        seen.add((photo, box))
+        labels.append(FaceLabel(photo, box, entry["label"], str(entry.get("note", ""))))
     return labels
 
 
@@ -81,9 +97,10 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _inside_share(a, b) -> float:
-    smaller = min(_area(a), _area(b))
-    return _intersection(a, b) / smaller if smaller > 0 else 0.0
+def _covered_share(label_box, box) -> float:
+    """The share of `label_box` that `box` covers."""
+    area = _area(label_box)
+    return _intersection(label_box, box) / area if area > 0 else 0.0
 
 
 def _name(row: dict) -> str:
@@ -96,9 +113,10 @@ def _where(photo: str, box) -> str:
 
 def check_left_faces(face_rows: list[dict], labels: list[FaceLabel]) -> dict:
     """A run's faces (faces.jsonl rows of m2u-unmask or m2u-eval real-masks: "photo" or "input", "box", "restored")
-    against `labels`. Every left face is matched to the label whose box overlaps it most (IoU at least MATCH_IOU, same
-    photo) and counted by that label ("left_by_label"), or listed as unlabelled. Every face labelled masked is then
-    restored (a restored face overlaps it, RESTORED_OVERLAP), skipped (a left face matches it: the decision left a
+    against `labels`. In each photo the boxes left (faces left as they are and detections judged no face) and the
+    labels are paired one to one, the most overlapping pair first (IoU at least MATCH_IOU); a paired box is counted by
+    its label ("left_by_label"), an unpaired one listed as unlabelled. Every face labelled masked is then restored (a
+    restored face covers RESTORED_OVERLAP of its box), skipped (a box left is paired with it: the decision left a
     masked face) or not found (neither: the detector no longer reports it)."""
     by_photo: dict[str, list[dict]] = {}
     for row in face_rows:
@@ -107,32 +125,44 @@ def check_left_faces(face_rows: list[dict], labels: list[FaceLabel]) -> dict:
     for label in labels:
         labels_of.setdefault(label.photo, []).append(label)
     left_by_label = dict.fromkeys(LABELS, 0)
-    unlabelled = []
+    unlabelled: list[str] = []
+    paired: set[int] = set()
     for photo, rows in sorted(by_photo.items()):
-        for row in rows:
-            if row.get("restored"):
-                continue
-            box = tuple(float(v) for v in row["box"])
-            best = max(labels_of.get(photo, []), key=lambda lab: _iou(lab.box, box), default=None)
-            if best is None or _iou(best.box, box) < MATCH_IOU:
-                unlabelled.append(_where(photo, box))
-            else:
-                left_by_label[best.label] += 1
+        boxes = [tuple(float(v) for v in row["box"]) for row in rows if not row.get("restored")]
+        candidates = labels_of.get(photo, [])
+        pairs = sorted(
+            (
+                (_iou(label.box, box), b, k)
+                for b, box in enumerate(boxes)
+                for k, label in enumerate(candidates)
+                if _iou(label.box, box) >= MATCH_IOU
+            ),
+            reverse=True,
+        )
+        boxes_paired: set[int] = set()
+        labels_paired: set[int] = set()
+        for _, b, k in pairs:
+            if b not in boxes_paired and k not in labels_paired:
+                boxes_paired.add(b)
+                labels_paired.add(k)
+                left_by_label[candidates[k].label] += 1
+                paired.add(id(candidates[k]))
+        unlabelled += [_where(photo, box) for b, box in enumerate(boxes) if b not in boxes_paired]
     skipped, restored, not_found = [], [], []
     for label in labels:
         if label.label != "masked":
             continue
-        rows = by_photo.get(label.photo, [])
         where = _where(label.photo, label.box) + (f": {label.note}" if label.note else "")
-        boxes = [(bool(r.get("restored")), tuple(float(v) for v in r["box"])) for r in rows]
-        if any(done and _inside_share(label.box, box) >= RESTORED_OVERLAP for done, box in boxes):
+        done = [tuple(float(v) for v in r["box"]) for r in by_photo.get(label.photo, []) if r.get("restored")]
+        if any(_covered_share(label.box, box) >= RESTORED_OVERLAP for box in done):
             restored.append(where)
-        elif any(not done and _iou(label.box, box) >= MATCH_IOU for done, box in boxes):
+        elif id(label) in paired:
             skipped.append(where)
         else:
             not_found.append(where)
     return {
-        "faces_left": sum(left_by_label.values()) + len(unlabelled),
+        # Boxes left: faces left as they are and detections judged no face (m2u-eval's "faces_left": the former).
+        "boxes_left": sum(left_by_label.values()) + len(unlabelled),
         "left_by_label": left_by_label,
         "left_unlabelled": len(unlabelled),
         "unlabelled_left_faces": unlabelled,

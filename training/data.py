@@ -210,6 +210,20 @@ class AugmentedSource:
         crop_size = getattr(self.source, "crop_size", None)
         return crop_size() if callable(crop_size) else None
 
+    # Augmentation changes each pair, never how many batches there are nor which rank reads which samples: the
+    # wrapped source's figures hold (without them an augmented run had no progress total, checkpoints no epoch length,
+    # and a dataset folder's run recorded the every-nth split its loader does not use).
+    def steps_per_epoch(self, split: str) -> int | None:
+        """The wrapped source's (None where it does not say)."""
+        steps_per_epoch = getattr(self.source, "steps_per_epoch", None)
+        return steps_per_epoch(split) if callable(steps_per_epoch) else None
+
+    def rank_split(self) -> str:
+        """The wrapped source's (m2u.training.run_state.rank_split)."""
+        from m2u.training.run_state import rank_split
+
+        return rank_split(self.source)
+
     def _augment(self, batch: dict, epoch: int, index: int) -> dict:
         import numpy as np
 

@@ -245,7 +245,7 @@ class Trainer:
             self._resume_state = load_training_state(self.checkpoint_path)
             check_resume_crop_size(self._resume_state, self.data, self.config)
             self._resume_note = check_resume_layout(
-                self._resume_state, self.config, self.dist.world_size, rank_split(self.data)
+                self._resume_state, self.config, self.dist.world_size, split=rank_split(self.data)
             )
         if self.dist.is_main:
             # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by

@@ -153,7 +153,7 @@ def rank_split(source: Any) -> str:
     return str(own()) if callable(own) else EVERY_NTH
 
 
-def check_resume_layout(state: Any, config: RunConfig, world_size: int, split: str = EVERY_NTH) -> str | None:
+def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split: str) -> str | None:
     """A run resumed mid-epoch (`batch_in_epoch` > 0) with another DDP world size or batch size than its
     checkpoint's is refused in one sentence: the skip to its place in the epoch counts batches of the earlier
     layout, so it would land on other samples (some seen twice, others never). At an epoch's start the change is

@@ -375,8 +375,9 @@ def test_a_ddp_resume_mid_epoch_from_another_rank_split_says_so(tmp_path):
 def test_each_source_says_its_own_rank_split():
     """A dataset folder's source says the loader's split; a source that does not say (in memory, on the fly) shares
     every n-th sample, as every source did before checkpoints recorded it."""
+    from m2u.datasets.augment import AugmentConfig
     from m2u.datasets.loader import RANK_SPLIT
-    from m2u.training.data import ShardDataSource
+    from m2u.training.data import AugmentedSource, ShardDataSource
     from m2u.training.onthefly import OnTheFlyDataSource
     from m2u.training.run_state import EVERY_NTH, rank_split
 
@@ -384,6 +385,15 @@ def test_each_source_says_its_own_rank_split():
     assert rank_split(_source()) == EVERY_NTH
     # The face pack's on-the-fly source (the device kit's) shares every n-th sample and always did.
     assert rank_split(OnTheFlyDataSource.__new__(OnTheFlyDataSource)) == EVERY_NTH
+    # Augmentation (the release recipe's --augment) keeps the wrapped source's split and epoch length.
+    shards = ShardDataSource.__new__(ShardDataSource)
+    assert rank_split(AugmentedSource(shards, AugmentConfig())) == RANK_SPLIT
+    tensors = _source(batch_size=2)
+    assert (
+        AugmentedSource(tensors, AugmentConfig()).steps_per_epoch("train")
+        == tensors.steps_per_epoch("train")
+        == 3
+    )
 
 
 def test_checkpoints_record_the_rank_split(tmp_path):
