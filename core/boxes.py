@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["box_iou", "box_ious", "inside_share"]
+__all__ = ["box_iou", "box_ious", "covered_share", "inside_share"]
 
 
 def box_ious(box: Sequence[float] | np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -36,3 +36,12 @@ def inside_share(a: Sequence[float], b: Sequence[float]) -> float:
     height = min(a[3], b[3]) - max(a[1], b[1])
     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
     return float(max(0, width) * max(0, height) / smaller) if smaller > 0 else 0.0
+
+
+def covered_share(box: Sequence[float], by: Sequence[float]) -> float:
+    """The share of `box` that `by` covers (0 where `box` is empty): unlike `inside_share`, a small `by` inside a
+    large `box` covers little of it."""
+    width = min(box[2], by[2]) - max(box[0], by[0])
+    height = min(box[3], by[3]) - max(box[1], by[1])
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return float(max(0, width) * max(0, height) / area) if area > 0 else 0.0

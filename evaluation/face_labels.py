@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2u.core.boxes import box_iou, covered_share
+
 __all__ = ["LABELS", "FaceLabel", "FaceLabelError", "check_left_faces", "read_face_labels"]
 
 # "masked": a face wearing a mask over its mouth (the decision should restore it); "bare": a face with no mask over
@@ -83,26 +85,6 @@ def read_face_labels(path: Path) -> list[FaceLabel]:
     return labels
 
 
-def _area(box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _intersection(a, b) -> float:
-    return _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-
-
-def _iou(a, b) -> float:
-    inter = _intersection(a, b)
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _covered_share(label_box, box) -> float:
-    """The share of `label_box` that `box` covers."""
-    area = _area(label_box)
-    return _intersection(label_box, box) / area if area > 0 else 0.0
-
-
 def _name(row: dict) -> str:
     return Path(str(row.get("photo") or row.get("input") or "")).name
 
@@ -130,15 +112,12 @@ def check_left_faces(face_rows: list[dict], labels: list[FaceLabel]) -> dict:
     for photo, rows in sorted(by_photo.items()):
         boxes = [tuple(float(v) for v in row["box"]) for row in rows if not row.get("restored")]
         candidates = labels_of.get(photo, [])
-        pairs = sorted(
-            (
-                (_iou(label.box, box), b, k)
-                for b, box in enumerate(boxes)
-                for k, label in enumerate(candidates)
-                if _iou(label.box, box) >= MATCH_IOU
-            ),
-            reverse=True,
-        )
+        overlaps = [
+            (box_iou(label.box, box), b, k)
+            for b, box in enumerate(boxes)
+            for k, label in enumerate(candidates)
+        ]
+        pairs = sorted((pair for pair in overlaps if pair[0] >= MATCH_IOU), reverse=True)
         boxes_paired: set[int] = set()
         labels_paired: set[int] = set()
         for _, b, k in pairs:
@@ -154,7 +133,7 @@ def check_left_faces(face_rows: list[dict], labels: list[FaceLabel]) -> dict:
             continue
         where = _where(label.photo, label.box) + (f": {label.note}" if label.note else "")
         done = [tuple(float(v) for v in r["box"]) for r in by_photo.get(label.photo, []) if r.get("restored")]
-        if any(_covered_share(label.box, box) >= RESTORED_OVERLAP for box in done):
+        if any(covered_share(label.box, box) >= RESTORED_OVERLAP for box in done):
             restored.append(where)
         elif id(label) in paired:
             skipped.append(where)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m2u.core.boxes import box_iou, box_ious, inside_share
+from m2u.core.boxes import box_iou, box_ious, covered_share, inside_share
 
 
 @pytest.mark.parametrize(
@@ -44,3 +44,11 @@ def test_inside_share_measures_the_smaller_box():
     assert inside_share(face, (50, 0, 150, 100)) == pytest.approx(0.5)
     assert inside_share(face, (200, 200, 300, 300)) == 0.0
     assert inside_share(face, (10, 10, 10, 40)) == 0.0  # an empty box lies in nothing
+
+
+def test_covered_share_measures_the_first_box():
+    face, eyes = (0, 0, 100, 100), (20, 20, 80, 50)
+    assert covered_share(eyes, face) == pytest.approx(1.0)  # the eyes' box lies wholly in the face's
+    assert covered_share(face, eyes) == pytest.approx(60 * 30 / 100**2)  # the eyes cover little of the face
+    assert covered_share(face, (50, 0, 150, 100)) == pytest.approx(0.5)
+    assert covered_share((3, 3, 3, 3), face) == 0.0  # an empty box is covered by nothing
