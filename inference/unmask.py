@@ -936,20 +936,28 @@ def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
     boxes overlap by more than SAME_FACE_INSIDE, the one the decision restores is kept (of two, the higher detector
     score); each other becomes "no face: a second box on ...", neither restored nor counted as a face. Decided here,
     after the evidence, rather than in the detector's merge: there the higher score wins, and an eyes-only box can
-    outscore the whole face (measured: a turned real-masked photo lost its restoration that way)."""
+    outscore the whole face (measured: a turned real-masked photo lost its restoration that way). A detection the
+    rule already judged no face (an uncertain box with no mask on it) that lies on a face kept is named a second box
+    too: the status is the same, and the reason says which face it doubles."""
     claimed: list[FaceRestoration] = []
+    already_no_face = [f for f in faces if judged_no_face(f.problem)]
     for face in sorted(faces, key=lambda f: (bool(f.problem), -f.score)):
         if judged_no_face(face.problem):
             continue
         same = next((c for c in claimed if inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
         if same is None:
             claimed.append(face)
-            continue
-        share = inside_share(face.box, same.box)
-        face.problem = (
-            f"{NO_FACE}a second box on the face at {tuple(same.box)} ({share:.1%} of the smaller box inside the "
-            "other)"
-        )
+        else:
+            face.problem = _second_box_reason(face, same)
+    for face in already_no_face:
+        same = next((c for c in claimed if inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
+        if same is not None:
+            face.problem = _second_box_reason(face, same)
+
+
+def _second_box_reason(face: FaceRestoration, kept: FaceRestoration) -> str:
+    share = inside_share(face.box, kept.box)
+    return f"{NO_FACE}a second box on the face at {tuple(kept.box)} ({share:.1%} of the smaller box inside the other)"
 
 
 def turn_words(degrees: int) -> str:

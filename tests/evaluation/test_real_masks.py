@@ -429,6 +429,37 @@ def test_a_second_box_on_one_face_is_no_face_and_never_a_second_restoration(
     assert np.array_equal(alone.unmask_with_refusals(photo)[0], result)
 
 
+def test_an_uncertain_box_with_no_mask_on_a_face_kept_is_named_a_second_box(tiny_checkpoints, monkeypatch):
+    """An uncertain detection the rule judges no face (no mask on it) that lies on a face kept says which face it
+    doubles, rather than that it is an uncertain detection with no mask: the status is no face either way."""
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (whole,) = _photo_with_faces(1)
+    x0, y0, x1, y1 = whole.box
+    inner = dataclasses.replace(whole, box=(x0 + 10, y0, x1 - 10, (y0 + y1) // 2), score=0.4, retry=True)
+    unmasker = Unmasker.from_files(
+        mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+    )
+    unmasker.detector = _Detector({photo.shape: [whole, inner]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95), np.zeros((CROP, CROP), np.uint8)])
+    _steer_probabilities(monkeypatch, [0.99, 0.01])
+    monkeypatch.setattr(
+        "m2u.inference.mask_presence.upside_down_probabilities", lambda crops: np.zeros(len(crops))
+    )
+    result, kept, left = unmasker.unmask_with_refusals(photo)
+    assert [f.box for f in kept] == [whole.box]
+    (second,) = left
+    assert second.box == inner.box
+    assert second.problem.startswith(f"no face: a second box on the face at {whole.box} (")
+    # An uncertain box with no mask elsewhere in the photo keeps its own reason.
+    apart = dataclasses.replace(inner, box=(x1 - 4, y0, x1 + 4, y0 + 8))  # half of it on the face
+    unmasker.detector = _Detector({photo.shape: [whole, apart]})
+    _steer_masks(unmasker, [_crop_mask(CROP, 0.5, 0.95), np.zeros((CROP, CROP), np.uint8)])
+    _steer_probabilities(monkeypatch, [0.99, 0.01])
+    _, kept, left = unmasker.unmask_with_refusals(photo)
+    assert [f.box for f in kept] == [whole.box]
+    assert left[0].problem.startswith("no face: an uncertain detection with no mask to restore on it")
+
+
 def _hog_doubted(face: Face, retry: bool = False) -> Face:
     from dataclasses import replace
 
