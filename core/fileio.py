@@ -14,9 +14,11 @@ modification time, SHA-256). A name about to be replaced must be a regular file 
 a file m2u wrote there: the same size and either the same modification time or the same bytes (a folder copied
 or synced elsewhere keeps its bytes, not always its times). A person's file put back at a name m2u wrote earlier
 is theirs. Files m2u appends to (logs) or that lock libraries write (lock files) are recorded by name alone, as
-every file was before the stamps (such lines in older records still read so). The record is only ever
-appended to: a name whose file m2u deleted is taken out by a line of its own (`_forget`), naming the stamps it
-takes out, so a stamp another m2u process records at that name meanwhile stays.
+every file was before the stamps (such lines in older records still read so). Writers only ever append to the
+record: a name whose file m2u deleted is taken out by a line of its own (`_forget`), naming the stamps it takes out,
+so a stamp another m2u process records at that name meanwhile stays. A record that has grown well past what it still
+needs to say is rewritten without the stamps no file there can match any more (`_compact_record`), under a lock
+every appender takes, so that no appended line is lost.
 A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
 person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
 The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
@@ -25,6 +27,7 @@ followed. The record file itself is opened without following links.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -48,6 +51,12 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # the old one (seen as a flaky refusal of a dataset's own train.parquet in the full suite).
 _RECORDS: dict[tuple[int, int, str], tuple[int, bytes, dict[str, frozenset[Stamp] | None]]] = {}
 _RECORD_PREFIX = 256
+# A record is compacted (`_compact_record`) once it is at least this large and twice the size it had when this
+# process last compacted or measured it: a rerun that writes every file again adds a line per file, so without it a
+# folder rewritten ten times keeps ten stamps per name. Doubling keeps the cost (a read and a stat per name) in
+# proportion to what was appended.
+COMPACT_RECORD_FROM = 1 << 16
+_COMPACT_AT: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -275,18 +284,153 @@ def recorded_names(data: bytes) -> set[str]:
     return set(_with_lines({}, data))
 
 
-def _record(folder: Path, name: str, stamp: Stamp | None = None) -> None:
+def _record(folder: Path, name: str, stamp: Stamp | None = None) -> int:
     """Append `name` (with the `stamp` of what was written at it) to the folder's record (one O_APPEND write:
     concurrent writers do not interleave). Without a stamp (a log about to be appended to, a lock) the name is
-    m2u's whatever it holds from then on."""
+    m2u's whatever it holds from then on. Returns the record's size after the write (0: already listed so)."""
     entries = _read_record(folder)
     if name in entries:
         stamps = entries[name]
         if stamps is None if stamp is None else (stamps is not None and stamp in stamps):
-            return
-    fd = os.open(folder / RECORD_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+            return 0
+    return _append_to_record(folder, _record_line(name, stamp), create=True) or 0
+
+
+def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int | None:
+    """Append `lines` to the folder's record in one O_APPEND write, holding a shared lock on it so that a compaction
+    (which holds it exclusively) never replaces the file between this write and its own read. A record replaced
+    while the lock was awaited is opened again. Returns the record's size after the write; None where there is no
+    record and `create` is false (removed with its folder)."""
+    path = folder / RECORD_NAME
+    flags = os.O_WRONLY | os.O_APPEND | _NOFOLLOW | (os.O_CREAT if create else 0)
+    while True:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        try:
+            if _lock_record(fd, exclusive=False) and not _still_at(fd, path):
+                continue  # compacted meanwhile: this file is no longer the record
+            os.write(fd, lines)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _lock_record(fd: int, exclusive: bool, wait: bool = True) -> bool:
+    """flock `fd` (released when it is closed). False where the platform has no flock or, without `wait`, another
+    process holds it: a record is then appended to without the lock (as records always were) and never compacted."""
     try:
-        os.write(fd, _record_line(name, stamp))
+        import fcntl
+    except ImportError:  # not POSIX
+        return False
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the one at `path` (not replaced by a compaction, nor removed)."""
+    info = os.fstat(fd)
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino)
+
+
+def _compact_if_grown(folder: Path, size: int) -> None:
+    """Compact the folder's record where it has grown past COMPACT_RECORD_FROM and twice its size when this process
+    last compacted or measured it (see COMPACT_RECORD_FROM)."""
+    if size < COMPACT_RECORD_FROM:
+        return
+    key = os.fspath(folder)
+    if size < _COMPACT_AT.get(key, 0):
+        return
+    try:
+        compacted = _compact_record(folder)
+    except OSError:
+        compacted = (
+            None  # a record that cannot be rewritten (read-only folder): it stays as it is, appendable
+        )
+    _COMPACT_AT[key] = 2 * max(COMPACT_RECORD_FROM, compacted if compacted is not None else size)
+
+
+def _compact_lines(folder: Path, data: bytes) -> bytes:
+    """The lines of a record whose bytes are `data` (the record of `folder`), saying no more than is still needed: a
+    line per name listed without a stamp; per stamped name, the stamp appended last (`commit` records a stamp before
+    it renames the file into place, so the last may be a file about to arrive) and each stamp a file at the name
+    could still match (a regular file there of the stamp's size: its bytes may be m2u's where its time is not, as in
+    a copied folder), one per digest. A name left without a stamp is left out: no file there can be m2u's. Dropping
+    a stamp never makes m2u's any file that was not; it can only make a file m2u wrote there once, put back, a
+    person's."""
+    entries = _with_lines({}, data)
+    last: dict[str, Stamp] = {}
+    for line in data.split(b"\n"):
+        parsed = _parse_line(line)
+        if parsed is not None and parsed[1] is not None and not parsed[2]:
+            last[parsed[0]] = parsed[1]
+    lines = []
+    for name in sorted(entries):
+        stamps = entries[name]
+        if stamps is None:
+            lines.append(_record_line(name))
+            continue
+        try:
+            info = os.lstat(folder / name)
+            size, mtime = (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else (None, None)
+        except (FileNotFoundError, NotADirectoryError):
+            size = mtime = None
+        kept = {last[name]} & stamps if name in last else set()
+        # Of the stamps of one size and digest (reruns writing the same bytes again), one says what the others do:
+        # the one with the file's time (its quick check), else the newest.
+        same_bytes: dict[str, Stamp] = {}
+        for stamp in sorted(
+            (s for s in stamps if s.size == size), key=lambda s: (s.mtime_ns == mtime, s.mtime_ns)
+        ):
+            same_bytes[stamp.sha256] = stamp
+        kept.update(same_bytes.values())
+        lines += [_record_line(name, s) for s in sorted(kept, key=Stamp.text)]
+    return b"".join(lines)
+
+
+def _compact_record(folder: Path) -> int | None:
+    """Rewrite the folder's record as `_compact_lines` has it, holding its exclusive lock (every appender holds the
+    shared one while it writes, so no line is appended to the file being replaced; an appender that waited opens the
+    new file). Skipped (None) where another process holds the lock, the platform has no flock, or the rewrite would
+    not halve it; otherwise the new size. Written under a temporary name and renamed over the record: a compaction
+    killed midway leaves the old record whole."""
+    path = folder / RECORD_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        if not _lock_record(fd, exclusive=True, wait=False) or not _still_at(fd, path):
+            return None
+        info = os.fstat(fd)
+        data = os.pread(fd, info.st_size, 0)
+        lines = _compact_lines(folder, data)
+        if 2 * len(lines) > len(data):
+            return None
+        temp_fd, temp = _new_temp(path)
+        try:
+            with os.fdopen(temp_fd, "wb") as handle:
+                handle.write(lines)
+            os.chmod(temp, stat.S_IMODE(info.st_mode))
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        _RECORDS.pop((info.st_dev, info.st_ino, os.fspath(folder)), None)
+        return len(lines)
     finally:
         os.close(fd)
 
@@ -455,8 +599,10 @@ def commit(
     # write where it may write (checked just above); the rename then never came, and a rerun writes it. (The
     # file m2u wrote there before keeps its own stamp in the record: each write adds one.) A rename keeps the
     # temporary file's size and time, so its stamp is the finished file's.
-    _record(path.parent, path.name, _stamp_of(temp, sha256))
+    size = _record(path.parent, path.name, _stamp_of(temp, sha256))
     os.replace(temp, path)
+    # After the rename, so that this file matches its stamp when the compaction looks.
+    _compact_if_grown(path.parent, size)
     return path
 
 
@@ -569,6 +715,7 @@ def remove_written(
             _RECORDS.pop(
                 (info.st_dev, info.st_ino, os.fspath(path.parent)), None
             )  # a new one may reuse the inode
+            _COMPACT_AT.pop(os.fspath(path.parent), None)  # a new record there starts small
         elif path in seen:  # a listed file (temporary files are not listed)
             gone.setdefault(path.parent, {})[path.name] = seen[path]
         path.unlink(missing_ok=True)
@@ -580,8 +727,8 @@ def remove_written(
 
 def _forget(folder: Path, names: dict[str, frozenset[Stamp] | None]) -> None:
     """Take `names` out of the folder's record once their files are deleted: a person's file put there later under
-    one of them is theirs, not m2u's to replace. Appended (one O_APPEND write, as every record line), never
-    rewritten: a rewrite would lose the lines another m2u process appends meanwhile, and with them its files. Each
+    one of them is theirs, not m2u's to replace. Appended (one O_APPEND write, as every record line), not rewritten
+    here: a rewrite without the compaction's lock would lose the lines another m2u process appends meanwhile. Each
     line names a stamp taken out (`names`: name -> the stamps the record listed when the file was checked, before it
     was deleted; None for a name listed without one, which goes whole), not the name: a stamp another process
     records at the name after that check (it wrote the name again) stays, and its file stays m2u's."""
@@ -600,16 +747,8 @@ def _forget(folder: Path, names: dict[str, frozenset[Stamp] | None]) -> None:
             lines += b"".join(
                 _record_line(name, stamp, forgotten=True) for stamp in sorted(stamps, key=Stamp.text)
             )
-    if not lines:
-        return
-    try:
-        fd = os.open(record, os.O_WRONLY | os.O_APPEND | _NOFOLLOW)
-    except FileNotFoundError:
-        return  # removed meanwhile, with its folder
-    try:
-        os.write(fd, lines)
-    finally:
-        os.close(fd)
+    if lines:
+        _append_to_record(folder, lines)  # None: removed meanwhile, with its folder
 
 
 def atomic_write_bytes(

@@ -102,7 +102,7 @@ def test_a_record_line_whose_stamp_cannot_be_read_lists_nothing(tmp_path):
 
 
 def test_names_are_forgotten_by_appending_so_no_other_writers_line_is_lost(tmp_path):
-    """remove_written takes a name out of the record with a line of its own: the record is never rewritten, so a
+    """remove_written takes a name out of the record with a line of its own: it does not rewrite the record, so a
     line another m2u process appends meanwhile (its own output) cannot be lost."""
     atomic_write_bytes(tmp_path / "gone.jpg", b"m2u's")
     atomic_write_bytes(tmp_path / "kept.jpg", b"m2u's too")
