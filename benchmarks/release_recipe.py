@@ -137,6 +137,21 @@ def _unfinished(results: dict[str, Any], steps: int, name: str) -> bool:
     return False
 
 
+def _with_starts(config: dict[str, Any], run: Path) -> dict[str, Any]:
+    """A run's saved config with, under "init_from", what each network it fine-tuned records of its start (the file
+    and its SHA-256, read when training began: the card names the file by its digest, since --install may have
+    replaced the package at that path since)."""
+    from m2u.training.checkpoint import read_model_info
+
+    starts = {}
+    for network in config.get("init_weights") or {}:
+        path = run / f"{network}.safetensors"
+        start = read_model_info(path).provenance.get("init_from") if path.is_file() else None
+        if isinstance(start, dict):
+            starts[network] = start
+    return {**config, "init_from": starts} if starts else config
+
+
 def _kept_config(results: dict[str, Any]) -> dict[str, Any]:
     """For a network kept from --init-from (no run folder): its architecture, read from the model file, under the
     name its training config gives it ("generator"; "model" for M-Seg), and the provenance the file records (the
@@ -586,7 +601,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "steps": results["steps"],
                     "seconds": results.get("seconds"),
                     "val": results.get("val"),
-                    "config": read_run_config_dict(work / name) or _kept_config(results),
+                    "config": _with_starts(read_run_config_dict(work / name), work / name)
+                    or _kept_config(results),
                 }
                 for name, results in (
                     ("mseg", mseg_results),

@@ -151,6 +151,9 @@ class Trainer:
             # The epoch's batches in this layout where the source knows them: a run stopped after its last batch
             # stopped at the epoch's end, where another layout may take over (check_resume_layout).
             "epoch_batches": _epoch_batches(self.data),
+            # Where each fine-tuned network started (TrainingTask.initial_weights): a resume does not read the
+            # starting files again, and its model files still name them.
+            "initial_weights": {name: dict(record) for name, record in self.task.initial_weights.items()},
         }
 
     def steps_by_world_size(self) -> dict[str, int]:
@@ -175,6 +178,9 @@ class Trainer:
         self._running.count = count
         self._steps_by_world_before = read_steps_by_world_size(state)
         self._first_step = self.step
+        recorded = state.get("initial_weights")
+        if isinstance(recorded, dict):  # older checkpoints: the paths of the run's config alone
+            self.task.initial_weights = {name: dict(record) for name, record in recorded.items()}
 
     def _save_grid(self) -> None:
         if not self.dist.is_main or self._grid_batch is None:

@@ -32,6 +32,7 @@ class Task(Protocol):
     finite_guard: FiniteGuard
     grid_columns: tuple[str, ...]  # what the grid's columns show, left to right
     precision: str  # what the run trains in: fp32, bf16 or fp16 (`precision` auto resolved at start-up)
+    initial_weights: dict[str, dict[str, str]]  # where each fine-tuned network started (TrainingTask's)
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One optimisation step; the loss terms as detached 0-d tensors on the device (no host sync)."""
@@ -91,6 +92,9 @@ class TrainingTask:
         # The crop size a resumed run's checkpoint records: its networks learned that size, so batches of
         # another are refused (observe_batch) rather than the models relabelled with it.
         self.resumed_crop_size: int | None = None
+        # Where each fine-tuned network started (`load_initial_weights`: the file and its SHA-256, read when it was
+        # loaded; a resumed run reads it back from its checkpoint): each model file's provenance names its start.
+        self.initial_weights: dict[str, dict[str, str]] = {}
 
     # set-up helpers
     def add_network(self, name: str, module: nn.Module) -> None:
@@ -243,13 +247,16 @@ class TrainingTask:
 
     def model_info(self, name: str, step: int) -> ModelInfo:
         """What `<name>.safetensors` records about how to use it and where it came from."""
-        provenance = {
+        provenance: dict[str, Any] = {
             "data": self.config.data,
             "steps": step,
             "task": self.name,
             "recipe": self.config.recipe,
             "precision": self.precision,
         }
+        if name in self.initial_weights:
+            # A path names whatever is there when read; the digest names the file this network started from.
+            provenance["init_from"] = dict(self.initial_weights[name])
         return current_model_info(self.crop_size, provenance=provenance)
 
     def model_paths(self, out_dir: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from m2u.core.fileio import content_digest
 from m2u.training.checkpoint import CheckpointError, load_model, shape_differences, tensor_shapes
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
 from m2u.training.data import AugmentedSource, DataSource, ShardDataSource
@@ -26,7 +27,7 @@ from m2u.training.guards import NonFiniteLossError
 from m2u.training.loop import Trainer
 from m2u.training.mseg_task import MSegTask
 from m2u.training.rng import seed_everything
-from m2u.training.run_state import check_resume
+from m2u.training.run_state import check_resume, last_checkpoint_path
 from m2u.training.task import TrainingTask
 
 
@@ -64,7 +65,12 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
     seed_everything(config.seed)
     task = task_class(config, device, dist)
-    load_initial_weights(task, config.init_weights)
+    if config.resume and last_checkpoint_path(config.out).exists():
+        # The checkpoint holds every weight: the starting files are not read again (a resume failed where one had
+        # been moved or reinstalled since). Where they came from is read back from the checkpoint (the loop).
+        task.initial_weights = {name: {"file": str(path)} for name, path in config.init_weights.items()}
+    else:
+        load_initial_weights(task, config.init_weights)
     if data is None:
         on_gpu = device.type == "cuda"  # pinned uint8 batches, converted on the GPU (_on_device)
         data = ShardDataSource(
@@ -94,6 +100,7 @@ def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
         except RuntimeError as exc:  # shapes and names fit: torch's first line, not its paragraphs
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointError(f"{path} does not fit the {name} network of this run: {first}") from None
+        task.initial_weights[name] = {"file": str(path), "sha256": content_digest(path)}
 
 
 def initial_weights_misfit(config: RunConfig, name: str, network: nn.Module, model: nn.Module) -> str | None:

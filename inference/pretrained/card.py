@@ -290,15 +290,26 @@ def _tuning(config: dict[str, Any]) -> str:
     parts = []
     if config.get("kept_from"):
         recipe = _kept_recipe(config)
+        start = _start_digest(_kept_provenance(config).get("init_from"))
         # The kept file's own training is a release of its own: name it, or the card hides most of the model's past.
-        parts.append(
-            f"kept as it is from {config['kept_from']}" + (f" (trained by `{recipe}`)" if recipe else "")
-        )
+        trained = f"trained by `{recipe}`" if recipe else ""
+        if start:
+            trained += f"{', ' if trained else ''}starting from a file of {start}"
+        parts.append(f"kept as it is from {config['kept_from']}" + (f" ({trained})" if trained else ""))
+    starts = config.get("init_from") or {}
     for name, path in config.get("init_weights", {}).items():
-        parts.append(f"{name} fine-tuned from {path}")
+        digest = _start_digest(starts.get(name))
+        parts.append(f"{name} fine-tuned from {path}" + (f" ({digest})" if digest else ""))
     if config.get("augment", {}).get("enabled"):
         parts.append("trained through m2u.datasets.augment (tight crops, scale jitter, camera effects)")
     return "".join(f", {p}" for p in parts)
+
+
+def _start_digest(start: Any) -> str:
+    """'SHA-256 <12 hex>' of the start a model file records (`init_from`: the file a fine-tune started from and its
+    digest; a path alone names whatever is there now, as a package reinstalled over it); '' where none is recorded."""
+    digest = start.get("sha256") if isinstance(start, dict) else None
+    return f"SHA-256 {digest[:12]}" if isinstance(digest, str) and digest else ""
 
 
 def _real_photo_lines(real: dict[str, Any] | None) -> list[str]:

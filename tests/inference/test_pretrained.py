@@ -267,6 +267,16 @@ def test_model_card_of_a_fine_tuned_model_has_its_real_photo_section(tmp_path):
     text = render_model_card(card)
     assert "## Real masked photos" in text and "47 of 102" in text and "0.812" in text and "7.1 %" in text
     assert "mseg fine-tuned from P/mseg.safetensors" in text and "kept as it is from P/generator" in text
+    assert "mseg fine-tuned from P/mseg.safetensors," in text  # no start digest recorded: none said
+    mseg = card["training"]["mseg"]
+    recorded = {
+        **mseg["config"],
+        "init_from": {"mseg": {"file": "P/mseg.safetensors", "sha256": "0123456789ab" * 5}},
+    }
+    started = render_model_card(
+        {**card, "training": {**card["training"], "mseg": {**mseg, "config": recorded}}}
+    )
+    assert "mseg fine-tuned from P/mseg.safetensors (SHA-256 0123456789ab)," in started
     assert "m2u.datasets.augment" in text
     assert "## Real masked photos" not in render_model_card({**card, "real_photos": None})
 
@@ -290,6 +300,16 @@ def test_model_card_names_the_recipe_of_a_network_kept_from_an_earlier_release()
     }
     text = render_model_card(card)
     assert f"kept as it is from P/mseg.safetensors (trained by `{recipe}`)" in text
+    # Where the kept file records the file its own training started from, the card names that file by its digest:
+    # its path (often the package installed then) names another file today.
+    started = {
+        **kept,
+        "kept_provenance": {"recipe": recipe, "init_from": {"file": "P/old", "sha256": "ab" * 32}},
+    }
+    text = render_model_card(
+        {**card, "training": {**card["training"], "mseg": {"steps": 0, "config": started}}}
+    )
+    assert f"(trained by `{recipe}`, starting from a file of SHA-256 {'ab' * 6})" in text
     # The kept M-Seg was trained through the camera augmentation by its own recipe: the card still says so.
     assert "M-Seg also trained through camera augmentation for real photos" in text
     without_flag = {**kept, "kept_provenance": {"recipe": recipe.replace(" --augment", "")}}

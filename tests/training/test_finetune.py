@@ -52,6 +52,27 @@ def test_init_weights_starts_from_the_file_and_refuses_a_misfit(tmp_path):
         train_mseg(wider, _data())
 
 
+def test_a_fine_tune_names_its_starting_file_and_resumes_without_it(tmp_path):
+    """Each model file of a fine-tune records the file it started from and that file's SHA-256 (a path names
+    whatever is there later: a package reinstalled over the one a release started from). A resume reads every weight
+    from its checkpoint, so it neither needs the starting file nor loses that record."""
+    from m2u.core.fileio import content_digest
+    from m2u.training.trainer import train_mseg
+
+    first = _run(tmp_path / "first")
+    digest = content_digest(first)
+    tuned = _run(tmp_path / "tuned", init_weights={"mseg": str(first)})
+    assert load_model(tuned)[1].provenance["init_from"] == {"file": str(first), "sha256": digest}
+    assert "init_from" not in load_model(first)[1].provenance  # trained from scratch
+    (tmp_path / "first").rename(tmp_path / "moved")  # reinstalled, or moved away
+    resumed = MSegTrainConfig(
+        out=str(tmp_path / "tuned"), model=TINY, batch_size=2, max_steps=4, resume=True,
+        init_weights={"mseg": str(first)}, **QUIET,
+    )  # fmt: skip
+    assert train_mseg(resumed, _data())["steps"] == 4
+    assert load_model(tuned)[1].provenance["init_from"] == {"file": str(first), "sha256": digest}
+
+
 def test_augmented_training_is_reproducible_and_differs_from_plain(tmp_path):
     augment = AugmentConfig(enabled=True, crop=1.0, noise=1.0)
     a = load_model(_run(tmp_path / "a", augment=augment))[0].state_dict()

@@ -16,7 +16,7 @@ from m2u.training.trainer import load_initial_weights
 
 
 def _task(config, **networks):
-    return SimpleNamespace(config=config, networks=networks)
+    return SimpleNamespace(config=config, networks=networks, initial_weights={})
 
 
 def _one_short_sentence(message: str) -> None:

@@ -110,3 +110,20 @@ def test_a_kept_network_carries_the_provenance_its_file_records(tmp_path, load_b
     assert config["kept_from"] == str(path) and config["kept_provenance"] == provenance
     assert config["model"]["base_channels"] == 4
     assert recipe._kept_config({"steps": 3}) == {}
+
+
+def test_the_card_config_of_a_fine_tune_carries_the_start_its_model_file_records(tmp_path, load_benchmark):
+    from m2u.training.checkpoint import current_model_info, save_model
+    from m2u.training.models import MSeg, MSegConfig
+
+    recipe = load_benchmark("release_recipe")
+    start = {"file": "inference/pretrained/x/mseg.safetensors", "sha256": "cd" * 32}
+    save_model(
+        tmp_path / MSEG_FILE,
+        MSeg(MSegConfig(base_channels=4, levels=3)),
+        current_model_info(32, 0.5, provenance={"task": "mseg", "init_from": start}),
+    )
+    config = {"init_weights": {"mseg": start["file"]}, "lr": 1}
+    assert recipe._with_starts(config, tmp_path) == {**config, "init_from": {"mseg": start}}
+    assert recipe._with_starts({"lr": 1}, tmp_path) == {"lr": 1}  # trained from scratch
+    assert recipe._with_starts(config, tmp_path / "elsewhere") == config  # no model file (yet)
