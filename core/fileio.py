@@ -17,8 +17,8 @@ is theirs. Files m2u appends to (logs) or that lock libraries write (lock files)
 every file was before the stamps (such lines in older records still read so). Writers only ever append to the
 record: a name whose file m2u deleted is taken out by a line of its own (`_forget`), naming the stamps it takes out,
 so a stamp another m2u process records at that name meanwhile stays. A record that has grown well past what it still
-needs to say is rewritten without the stamps no file there can match any more (`_compact_record`), under a lock
-every appender takes, so that no appended line is lost.
+needs to say is rewritten without the stamps no file there can match any more and that cannot be a file about to
+arrive (`_compact_record`), under a lock every appender of this version takes, so that none of their lines is lost.
 A symbolic link planted at an output's name, a folder or FIFO there, or a file m2u did not write (another
 person's photo that happens to have the output's name) is refused with `OutputRefusedError` and left as it is.
 The rename replaces a name, never writes through it, so a link planted after the check is replaced, not
@@ -35,6 +35,7 @@ import platform
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -57,6 +58,16 @@ _RECORD_PREFIX = 256
 # proportion to what was appended.
 COMPACT_RECORD_FROM = 1 << 16
 _COMPACT_AT: dict[str, int] = {}
+# A stamp written this shortly before the record last changed is kept whatever the file at its name holds: it may be
+# a file another process is about to rename into place (`commit` records first, and a large file's digest is read
+# between the end of its writing, the stamp's time, and the record line). Measured against the record's own
+# modification time, so that the file system's clock is compared with itself.
+IN_FLIGHT_NS = 60 * 10**9
+# The first line of a compacted record. It lists nothing (a stamp no version reads), and its random token tells a
+# record on a reused inode from the one a process has cached (`_read_record` compares the first bytes).
+_COMPACTED_MARK = b"//m2u-compacted-"
+# How often an appender opens the record again when a compaction replaced it while the appender waited.
+_APPEND_TRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -302,8 +313,9 @@ def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int |
     while the lock was awaited is opened again. Returns the record's size after the write; None where there is no
     record and `create` is false (removed with its folder)."""
     path = folder / RECORD_NAME
-    flags = os.O_WRONLY | os.O_APPEND | _NOFOLLOW | (os.O_CREAT if create else 0)
-    while True:
+    # Opened for reading too: where flock is emulated by byte-range locks (NFS), a shared lock needs read access.
+    flags = os.O_RDWR | os.O_APPEND | _NOFOLLOW | (os.O_CREAT if create else 0)
+    for _ in range(_APPEND_TRIES):
         try:
             fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
@@ -311,12 +323,23 @@ def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int |
                 raise
             return None
         try:
-            if _lock_record(fd, exclusive=False) and not _still_at(fd, path):
+            locked = _lock_record(fd, exclusive=False)
+            if locked and not _still_at(fd, path):
                 continue  # compacted meanwhile: this file is no longer the record
-            os.write(fd, lines)
+            try:
+                os.write(fd, lines)
+            except PermissionError:
+                if not locked:
+                    raise
+                # Where locks are mandatory byte-range locks (SMB), a shared lock forbids writing even through its
+                # own descriptor: written unlocked, as records always were, and this process never compacts there.
+                _unlock_record(fd)
+                os.write(fd, lines)
+                _COMPACT_AT[os.fspath(folder)] = sys.maxsize
             return os.fstat(fd).st_size
         finally:
             os.close(fd)  # releases the lock
+    raise OSError(f"{path} was replaced {_APPEND_TRIES} times while m2u waited to add a line to it")
 
 
 def _lock_record(fd: int, exclusive: bool, wait: bool = True) -> bool:
@@ -331,6 +354,12 @@ def _lock_record(fd: int, exclusive: bool, wait: bool = True) -> bool:
     except OSError:
         return False
     return True
+
+
+def _unlock_record(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _still_at(fd: int, path: Path) -> bool:
@@ -351,30 +380,52 @@ def _compact_if_grown(folder: Path, size: int) -> None:
     key = os.fspath(folder)
     if size < _COMPACT_AT.get(key, 0):
         return
+    compacted = None
     try:
-        compacted = _compact_record(folder)
-    except OSError:
-        compacted = (
-            None  # a record that cannot be rewritten (read-only folder): it stays as it is, appendable
-        )
+        # A compaction keeps at least a stamp per name (the last): a record that cannot halve even so (most names
+        # written once) is not read and stat-ed name by name (a new process's first write into a large folder
+        # would pay for that every time).
+        if 2 * _shortest_length(_read_record(folder)) <= size:
+            compacted = _compact_record(folder)
+    except (OSError, ValueError):
+        # A record that cannot be rewritten (a read-only folder), or a name no file can have (a NUL byte in a
+        # damaged record): it stays as it is, and every write still goes on.
+        compacted = None
     _COMPACT_AT[key] = 2 * max(COMPACT_RECORD_FROM, compacted if compacted is not None else size)
 
 
-def _compact_lines(folder: Path, data: bytes) -> bytes:
-    """The lines of a record whose bytes are `data` (the record of `folder`), saying no more than is still needed: a
-    line per name listed without a stamp; per stamped name, the stamp appended last (`commit` records a stamp before
-    it renames the file into place, so the last may be a file about to arrive) and each stamp a file at the name
-    could still match (a regular file there of the stamp's size: its bytes may be m2u's where its time is not, as in
-    a copied folder), one per digest. A name left without a stamp is left out: no file there can be m2u's. Dropping
-    a stamp never makes m2u's any file that was not; it can only make a file m2u wrote there once, put back, a
-    person's."""
+def _shortest_length(entries: Entries) -> int:
+    """About the bytes of a record listing `entries` with one stamp per stamped name: the least a compaction can
+    leave of them."""
+    total = 0
+    for name, stamps in entries.items():
+        total += len(os.fsencode(name)) + 2  # the separator and newline; escapes would only add
+        if stamps:
+            stamp = next(iter(stamps))
+            total += 66 + len(str(stamp.size)) + len(str(stamp.mtime_ns))  # two colons and 64 hex digits
+    return total
+
+
+def _compact_lines(folder: Path, data: bytes, in_flight_from: int) -> bytes:
+    """The lines of a record whose bytes are `data` (the record of `folder`), saying no more than is still needed.
+    Kept: a line per name listed without a stamp; every line this version cannot read, as it is (a later version's);
+    per stamped name, the stamp appended last and every stamp from `in_flight_from` on (files that may be about to
+    arrive: IN_FLIGHT_NS), and of the stamps the file at the name could match, those of its size and time where there
+    are such (the file is that one), else one per digest of its size (its bytes may be m2u's where its time is not, as
+    in a copied folder). A name left without a stamp is left out: no file there can be m2u's. A stamp dropped is one
+    no file now at its name can match: compacting never makes m2u's a file that was not, and can only make a person's
+    a file m2u once wrote there and that is put back later."""
     entries = _with_lines({}, data)
     last: dict[str, Stamp] = {}
+    unread: set[bytes] = set()
     for line in data.split(b"\n"):
         parsed = _parse_line(line)
-        if parsed is not None and parsed[1] is not None and not parsed[2]:
+        if parsed is None:
+            if line and not line.startswith(_COMPACTED_MARK):
+                unread.add(line)
+        elif parsed[1] is not None and not parsed[2]:
             last[parsed[0]] = parsed[1]
-    lines = []
+    lines = [line + b"\n" for line in sorted(unread)]
     for name in sorted(entries):
         stamps = entries[name]
         if stamps is None:
@@ -383,17 +434,18 @@ def _compact_lines(folder: Path, data: bytes) -> bytes:
         try:
             info = os.lstat(folder / name)
             size, mtime = (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else (None, None)
-        except (FileNotFoundError, NotADirectoryError):
+        except (OSError, ValueError):  # no file there, or a name no file can have (a damaged record's)
             size = mtime = None
-        kept = {last[name]} & stamps if name in last else set()
-        # Of the stamps of one size and digest (reruns writing the same bytes again), one says what the others do:
-        # the one with the file's time (its quick check), else the newest.
-        same_bytes: dict[str, Stamp] = {}
-        for stamp in sorted(
-            (s for s in stamps if s.size == size), key=lambda s: (s.mtime_ns == mtime, s.mtime_ns)
-        ):
-            same_bytes[stamp.sha256] = stamp
-        kept.update(same_bytes.values())
+        kept = {s for s in stamps if s.mtime_ns >= in_flight_from or s == last.get(name)}
+        sized = [s for s in stamps if s.size == size]
+        exact = [s for s in sized if s.mtime_ns == mtime]
+        if exact:
+            kept.update(exact)
+        else:
+            newest: dict[str, Stamp] = {}
+            for stamp in sorted(sized, key=lambda s: s.mtime_ns):
+                newest[stamp.sha256] = stamp
+            kept.update(newest.values())
         lines += [_record_line(name, s) for s in sorted(kept, key=Stamp.text)]
     return b"".join(lines)
 
@@ -401,22 +453,24 @@ def _compact_lines(folder: Path, data: bytes) -> bytes:
 def _compact_record(folder: Path) -> int | None:
     """Rewrite the folder's record as `_compact_lines` has it, holding its exclusive lock (every appender holds the
     shared one while it writes, so no line is appended to the file being replaced; an appender that waited opens the
-    new file). Skipped (None) where another process holds the lock, the platform has no flock, or the rewrite would
-    not halve it; otherwise the new size. Written under a temporary name and renamed over the record: a compaction
-    killed midway leaves the old record whole."""
+    new file). Skipped (None) where another process holds a lock on it, the platform has no flock, another user owns
+    it (the new file would be this user's), or the rewrite would not halve it; otherwise the new size. Written under
+    a temporary name and renamed over the record: a compaction killed midway leaves the old record whole."""
     path = folder / RECORD_NAME
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             return None
         if not _lock_record(fd, exclusive=True, wait=False) or not _still_at(fd, path):
             return None
         info = os.fstat(fd)
         data = os.pread(fd, info.st_size, 0)
-        lines = _compact_lines(folder, data)
+        mark = _COMPACTED_MARK + secrets.token_hex(8).encode() + b"\n"
+        lines = mark + _compact_lines(folder, data, info.st_mtime_ns - IN_FLIGHT_NS)
         if 2 * len(lines) > len(data):
             return None
         temp_fd, temp = _new_temp(path)
@@ -424,6 +478,9 @@ def _compact_record(folder: Path) -> int | None:
             with os.fdopen(temp_fd, "wb") as handle:
                 handle.write(lines)
             os.chmod(temp, stat.S_IMODE(info.st_mode))
+            if not _still_at(fd, path):  # removed meanwhile (with its folder): not brought back
+                os.unlink(temp)
+                return None
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):

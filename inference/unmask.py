@@ -937,8 +937,9 @@ def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
     score); each other becomes "no face: a second box on ...", neither restored nor counted as a face. Decided here,
     after the evidence, rather than in the detector's merge: there the higher score wins, and an eyes-only box can
     outscore the whole face (measured: a turned real-masked photo lost its restoration that way). A detection the
-    rule already judged no face (an uncertain box with no mask on it) that lies on a face kept is named a second box
-    too: the status is the same, and the reason says which face it doubles."""
+    rule already judged no face (an uncertain box with no mask on it) that overlaps a face kept as a face (restored,
+    or left as not masked or upside down) as much is named a second box too, before the rule's own words: the status
+    is the same, and the reason says which face it doubles."""
     claimed: list[FaceRestoration] = []
     already_no_face = [f for f in faces if judged_no_face(f.problem)]
     for face in sorted(faces, key=lambda f: (bool(f.problem), -f.score)):
@@ -951,8 +952,8 @@ def _drop_second_boxes(faces: list[FaceRestoration]) -> None:
             face.problem = _second_box_reason(face, same)
     for face in already_no_face:
         same = next((c for c in claimed if inside_share(face.box, c.box) > SAME_FACE_INSIDE), None)
-        if same is not None:
-            face.problem = _second_box_reason(face, same)
+        if same is not None:  # the verdict first, then what the rule had found on the box
+            face.problem = f"{_second_box_reason(face, same)}; {face.problem[len(NO_FACE) :]}"
 
 
 def _second_box_reason(face: FaceRestoration, kept: FaceRestoration) -> str:

@@ -1,9 +1,14 @@
 """m2u.core.fileio compacts a folder's record (.m2u-written) once reruns have bloated it with stamps no file can match
-any more, without losing a line another process appends meanwhile, and without making anything m2u's that was not."""
+any more, without losing a line another process appends meanwhile, and without making anything m2u's that was not.
+
+Stamps are mostly recorded here with chosen times (`_record`), not by writing the same file again: where a file
+system's times are coarse, two writes in a row can share one time and so one stamp."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import threading
 import time
 
@@ -17,16 +22,38 @@ from m2u.core.fileio import (
     atomic_write_bytes,
     check_writable,
     recorded_names,
+    remove_written,
 )
 
 fcntl = pytest.importorskip("fcntl")
 
+PAST = 1_600_000_000 * 10**9  # 2020: long before any record line these tests append
+
 
 def _lines(folder) -> list[bytes]:
-    return (folder / RECORD_NAME).read_bytes().splitlines()
+    """The record's lines, less a compaction's mark (which lists nothing)."""
+    lines = (folder / RECORD_NAME).read_bytes().splitlines()
+    return [line for line in lines if not line.startswith(fileio._COMPACTED_MARK)]
 
 
-def test_reruns_keep_the_record_bounded_and_every_file_m2us(tmp_path, monkeypatch):
+def _stamp(data: bytes, mtime_ns: int) -> Stamp:
+    return Stamp(len(data), mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+def _stale(folder, name: str = "old.jpg", count: int = 20) -> None:
+    """Stamps of files long replaced at `name` (none of them the size of a file there): what reruns leave."""
+    for k in range(count):
+        fileio._record(folder, name, Stamp(1000 + k, PAST + k, "e" * 64))
+    atomic_write_bytes(folder / name, b"the file there now")
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """No stamp counts as a file about to arrive: every one no file matches may go."""
+    monkeypatch.setattr(fileio, "IN_FLIGHT_NS", 0)
+
+
+def test_reruns_keep_the_record_bounded_and_every_file_m2us(tmp_path, monkeypatch, settled):
     monkeypatch.setattr(fileio, "COMPACT_RECORD_FROM", 2000)
     names = ["a.jpg", "b.jpg", "line\nbreak.jpg", "d.jpg"]
     for rerun in range(40):
@@ -41,41 +68,107 @@ def test_reruns_keep_the_record_bounded_and_every_file_m2us(tmp_path, monkeypatc
     assert len(_lines(tmp_path)) == len(names)  # one stamp per name: the file there now
 
 
-def test_a_compaction_keeps_what_may_still_be_m2us_and_drops_the_rest(tmp_path):
-    for content in (b"first run", b"second run, longer", b"second run, longer", b"second run, longer"):
-        for name in ("photo.jpg", "touched.jpg", "theirs.jpg"):
-            atomic_write_bytes(tmp_path / name, content)
-    fileio.mark_written(tmp_path / "run.log")  # recorded by name alone: any file there is m2u's
+def test_a_compaction_keeps_what_may_still_be_m2us_and_drops_the_rest(tmp_path, settled):
+    first, last = b"first run", b"second run, longer"
+    for name in ("photo.jpg", "touched.jpg", "theirs.jpg"):
+        fileio._record(tmp_path, name, _stamp(first, PAST))
+        fileio._record(tmp_path, name, _stamp(last, PAST + 1))  # the same bytes, written again later
+        atomic_write_bytes(tmp_path / name, last)
+    real = {
+        n: max(fileio._read_record(tmp_path)[n], key=lambda s: s.mtime_ns)
+        for n in ("touched.jpg", "theirs.jpg")
+    }
     os.utime(tmp_path / "touched.jpg", ns=(1, 1))  # copied or synced: another time, m2u's bytes
     (tmp_path / "theirs.jpg").unlink()
     (tmp_path / "theirs.jpg").write_bytes(b"a person's photo, 25 bytes")  # neither size m2u wrote
-    # Without a compaction, the first run's bytes put back at any of these names would count as m2u's.
+    fileio.mark_written(tmp_path / "run.log")  # recorded by name alone: any file there is m2u's
+    # Taken out: its last stamp forgotten (m2u deleted that file), the one before it matches no file there.
+    fileio._record(tmp_path, "gone.jpg", Stamp(5, PAST, "a" * 64))
+    fileio._record(tmp_path, "gone.jpg", Stamp(6, PAST + 1, "b" * 64))
+    fileio._forget(tmp_path, {"gone.jpg": frozenset({Stamp(6, PAST + 1, "b" * 64)})})
+    with open(tmp_path / RECORD_NAME, "ab") as record:
+        record.write(b"later.jpg/a stamp this version cannot read\n")  # a later version's line
     before = (tmp_path / RECORD_NAME).read_bytes()
     assert fileio._compact_record(tmp_path) == len((tmp_path / RECORD_NAME).read_bytes()) < len(before) / 2
-    assert recorded_names((tmp_path / RECORD_NAME).read_bytes()) == recorded_names(before)
-    assert len(_lines(tmp_path)) == 4  # one stamp each (the last run's: the same bytes each rerun), the log
+    after = (tmp_path / RECORD_NAME).read_bytes()
+    assert recorded_names(after) == {"photo.jpg", "touched.jpg", "theirs.jpg", "run.log"}
+    assert b"\nlater.jpg/a stamp this version cannot read\n" in after
+    listed = fileio._read_record(tmp_path)
+    assert len(listed["photo.jpg"]) == 1  # the stamp of its size and time: the file there
+    assert listed["touched.jpg"] == {real["touched.jpg"]}  # of its size, one per digest: the newest
+    assert listed["theirs.jpg"] == {real["theirs.jpg"]}  # no file of its size there: the stamp appended last
     for name in ("photo.jpg", "touched.jpg", "run.log"):
         check_writable(tmp_path / name)
     for name in ("theirs.jpg", "photo.jpg"):
-        (tmp_path / name).write_bytes(b"first run")  # bytes m2u wrote there once, and no longer lists
+        (tmp_path / name).write_bytes(first)  # bytes m2u wrote there once, and no longer lists
         with pytest.raises(OutputRefusedError, match="is not the file m2u wrote there"):
             check_writable(tmp_path / name)
+    (tmp_path / "gone.jpg").write_bytes(b"a" * 5)  # the size of the stamp left: still not listed
+    with pytest.raises(OutputRefusedError, match="was not written by m2u"):
+        check_writable(tmp_path / "gone.jpg")
 
 
-def test_the_stamp_recorded_last_stays_for_the_file_about_to_arrive(tmp_path):
+def test_the_stamp_recorded_last_stays_for_the_file_about_to_arrive(tmp_path, settled):
     """`commit` records a stamp before it renames the file into place: a compaction in between keeps it."""
     for size in range(1, 30):
-        fileio._record(tmp_path, "arriving.jpg", Stamp(size, 1000 + size, "0" * 64))
+        fileio._record(tmp_path, "arriving.jpg", Stamp(size, PAST + size, "0" * 64))
     fileio._compact_record(tmp_path)
-    assert fileio._read_record(tmp_path)["arriving.jpg"] == {Stamp(29, 1029, "0" * 64)}
+    assert fileio._read_record(tmp_path)["arriving.jpg"] == {Stamp(29, PAST + 29, "0" * 64)}
     (tmp_path / "arriving.jpg").write_bytes(b"x" * 29)  # the rename
-    os.utime(tmp_path / "arriving.jpg", ns=(1029, 1029))
+    os.utime(tmp_path / "arriving.jpg", ns=(PAST + 29, PAST + 29))
     check_writable(tmp_path / "arriving.jpg")
 
 
-def test_no_compaction_while_another_process_holds_the_record(tmp_path, monkeypatch):
-    for rerun in range(10):
-        atomic_write_bytes(tmp_path / "photo.jpg", b"x" * (rerun + 1))
+def test_another_writers_stamp_of_the_same_name_stays_while_its_file_may_arrive(tmp_path):
+    """Two processes write one name: A records its stamp, B records its own, renames its file and compacts, then A's
+    rename lands. A's stamp is neither the last nor its file's yet, but recent: it stays, and A's file is m2u's."""
+    _stale(tmp_path)
+    mine = b"process A's photo, written first"
+    stamp_a = _stamp(mine, time.time_ns())
+    fileio._record(tmp_path, "photo.jpg", stamp_a)
+    atomic_write_bytes(tmp_path / "photo.jpg", b"process B's photo")
+    assert fileio._compact_record(tmp_path) is not None
+    (tmp_path / "photo.jpg").write_bytes(mine)  # A's rename
+    os.utime(tmp_path / "photo.jpg", ns=(stamp_a.mtime_ns, stamp_a.mtime_ns))
+    check_writable(tmp_path / "photo.jpg")
+
+
+def test_the_file_there_keeps_the_stamp_of_its_own_time(tmp_path, settled):
+    """Writes killed between recording their stamps and renaming their files (the same bytes, then others): the
+    file there keeps the stamp with its own time, so it stays m2u's without being read again."""
+    photo = tmp_path / "photo.jpg"
+    data = b"m2u's bytes"
+    photo.write_bytes(data)
+    os.utime(photo, ns=(PAST, PAST))
+    there = _stamp(data, PAST)
+    pending = [_stamp(data, PAST + 10**9), Stamp(99, PAST + 2 * 10**9, "f" * 64)]
+    for stamp in (there, *pending):
+        fileio._record(tmp_path, "photo.jpg", stamp)
+    _stale(tmp_path)
+    assert fileio._compact_record(tmp_path) is not None
+    assert fileio._read_record(tmp_path)["photo.jpg"] == {there, pending[1]}
+    check_writable(photo)
+
+
+def test_a_record_that_would_not_halve_or_is_another_users_is_left_as_it_is(tmp_path, monkeypatch, settled):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        atomic_write_bytes(tmp_path / name, name.encode())
+    before = (tmp_path / RECORD_NAME).read_bytes()
+    assert fileio._compact_record(tmp_path) is None  # nothing to drop
+    _stale(tmp_path)
+    before = (tmp_path / RECORD_NAME).read_bytes()
+    monkeypatch.setattr(fileio.os, "geteuid", lambda: os.stat(tmp_path / RECORD_NAME).st_uid + 1)
+    assert fileio._compact_record(tmp_path) is None  # the new file would be this user's, not its owner's
+    assert (tmp_path / RECORD_NAME).read_bytes() == before
+    monkeypatch.undo()
+    monkeypatch.setattr(fileio, "IN_FLIGHT_NS", 0)
+    os.chmod(tmp_path / RECORD_NAME, 0o600)
+    assert fileio._compact_record(tmp_path) is not None
+    assert (tmp_path / RECORD_NAME).stat().st_mode & 0o777 == 0o600  # its mode kept
+
+
+def test_no_compaction_while_another_process_holds_the_record(tmp_path, settled):
+    _stale(tmp_path)
     before = (tmp_path / RECORD_NAME).read_bytes()
     with open(tmp_path / RECORD_NAME, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another compaction under way
@@ -84,46 +177,111 @@ def test_no_compaction_while_another_process_holds_the_record(tmp_path, monkeypa
     assert fileio._compact_record(tmp_path) is not None and len(_lines(tmp_path)) == 1
 
 
-def test_a_line_appended_while_a_compaction_runs_lands_in_the_new_record(tmp_path, monkeypatch):
-    """An appender waits on the compaction's lock; the record it opened is then replaced, and it must write to the
-    new one (written to the old file, the line would vanish with it, and its file would be refused as not m2u's)."""
-    for rerun in range(10):
-        atomic_write_bytes(tmp_path / "photo.jpg", b"x" * (rerun + 1))
+@pytest.mark.parametrize("change", ["write", "forget"])
+def test_a_line_appended_while_a_compaction_runs_lands_in_the_new_record(
+    tmp_path, monkeypatch, settled, change
+):
+    """An appender (a write, or remove_written's forget lines) waits on the compaction's lock; the record it opened
+    is then replaced, and it must write to the new one: written to the old file, the line would vanish with it (a
+    write's file refused later as not m2u's, a forgotten name m2u's again)."""
+    _stale(tmp_path)
+    atomic_write_bytes(tmp_path / "photo.jpg", b"m2u's")
     record = tmp_path / RECORD_NAME
-    compacting = threading.Event()
-    real_lines = fileio._compact_lines
+    old = os.open(record, os.O_RDONLY)  # the file the compaction replaces
+    compacting, reopened = threading.Event(), []
+    real_lines, real_still_at = fileio._compact_lines, fileio._still_at
 
-    def slow_lines(folder, data):
+    def slow_lines(folder, data, in_flight_from):
         compacting.set()
         time.sleep(0.3)  # the other writer opens the old record and waits on its lock meanwhile
-        return real_lines(folder, data)
+        return real_lines(folder, data, in_flight_from)
+
+    def still_at(fd, path):
+        there = real_still_at(fd, path)
+        reopened.append(not there)
+        return there
 
     monkeypatch.setattr(fileio, "_compact_lines", slow_lines)
     compaction = threading.Thread(target=fileio._compact_record, args=(tmp_path,))
     compaction.start()
     assert compacting.wait(5)
-    atomic_write_bytes(tmp_path / "new.jpg", b"written during the compaction")
+    monkeypatch.setattr(fileio, "_still_at", still_at)
+    if change == "write":
+        atomic_write_bytes(tmp_path / "new.jpg", b"written during the compaction")
+    else:
+        remove_written(tmp_path, ["photo.jpg"])
     compaction.join()
-    assert recorded_names(record.read_bytes()) == {"photo.jpg", "new.jpg"}
-    check_writable(tmp_path / "new.jpg")
-    assert len(_lines(tmp_path)) == 2
+    assert any(reopened)  # it did wait, and opened the new record
+    assert b"new.jpg" not in os.pread(old, 1 << 20, 0) and b"photo.jpg/-" not in os.pread(old, 1 << 20, 0)
+    os.close(old)
+    if change == "write":
+        assert recorded_names(record.read_bytes()) == {"old.jpg", "photo.jpg", "new.jpg"}
+        check_writable(tmp_path / "new.jpg")
+    else:
+        assert recorded_names(record.read_bytes()) == {"old.jpg"}
 
 
-def test_the_file_there_keeps_its_own_stamp_when_later_writes_never_arrived(tmp_path):
-    """Writes killed between recording their stamps and renaming their files (one of the same bytes, one of others):
-    the file still there keeps the stamp with its own time, so it stays m2u's without being read again."""
-    photo = tmp_path / "photo.jpg"
+def test_a_name_no_file_can_have_does_not_stop_writes(tmp_path, monkeypatch, settled):
+    """A damaged record (a NUL byte in a name) is compacted without that name, and every write goes on."""
+    monkeypatch.setattr(fileio, "COMPACT_RECORD_FROM", 500)
+    with open(tmp_path / RECORD_NAME, "ab") as record:
+        record.write(b"bad\x00name/5:1:" + b"0" * 64 + b"\n")
+    for rerun in range(20):
+        atomic_write_bytes(tmp_path / "photo.jpg", b"x" * (rerun + 1))
+    assert "photo.jpg" in recorded_names((tmp_path / RECORD_NAME).read_bytes())
+    assert (tmp_path / RECORD_NAME).stat().st_size < 1000  # compacted: 20 writes make about 2 KB
+    check_writable(tmp_path / "photo.jpg")
+
+
+def test_where_a_lock_forbids_writing_the_line_is_written_unlocked_and_never_compacted(tmp_path, monkeypatch):
+    """SMB's mandatory byte-range locks refuse a write under a shared lock, even through its own descriptor."""
+    real_write, refused = os.write, []
+
+    def write(fd, data):
+        if not refused and bytes(data).startswith(b"photo.jpg/"):
+            refused.append(fd)
+            raise PermissionError(13, "Permission denied")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(fileio.os, "write", write)
+    atomic_write_bytes(tmp_path / "photo.jpg", b"m2u's")
+    monkeypatch.undo()
+    assert refused and recorded_names((tmp_path / RECORD_NAME).read_bytes()) == {"photo.jpg"}
+    check_writable(tmp_path / "photo.jpg")
+    assert fileio._COMPACT_AT[os.fspath(tmp_path)] == sys.maxsize
+
+
+def test_a_record_of_names_written_once_is_not_read_name_by_name(tmp_path, monkeypatch):
+    """Most names stamped once: no compaction could halve it, so a write does not pay for reading and stat-ing every
+    name (a new process's first write into a large folder would, each time)."""
+    monkeypatch.setattr(fileio, "COMPACT_RECORD_FROM", 2000)
+    tried = []
+    monkeypatch.setattr(fileio, "_compact_record", lambda folder: tried.append(folder))
+    for k in range(60):
+        atomic_write_bytes(tmp_path / f"photo{k}.jpg", b"m2u's")
+    assert (tmp_path / RECORD_NAME).stat().st_size > 4000 and not tried
     for _ in range(3):
-        atomic_write_bytes(photo, b"m2u's bytes")
-    there = next(
-        s for s in fileio._read_record(tmp_path)["photo.jpg"] if s.mtime_ns == photo.stat().st_mtime_ns
-    )
-    pending = [
-        Stamp(there.size, there.mtime_ns + 10**9, there.sha256),
-        Stamp(99, there.mtime_ns + 2 * 10**9, "f" * 64),
-    ]
-    for stamp in pending:
-        fileio._record(tmp_path, "photo.jpg", stamp)
-    assert fileio._compact_record(tmp_path) is not None
-    assert fileio._read_record(tmp_path)["photo.jpg"] == {there, pending[1]}
-    check_writable(photo)
+        for k in range(60):
+            atomic_write_bytes(tmp_path / f"photo{k}.jpg", b"m2u's, again")
+    assert tried  # reruns: now it could halve
+
+
+def test_a_record_replaced_before_the_lock_is_taken_is_not_compacted_from_the_old_one(
+    tmp_path, monkeypatch, settled
+):
+    """Another compaction replaces the record between this one's open and its lock: compacting the old file's lines
+    over the new record would lose whatever was appended to the new one since."""
+    _stale(tmp_path)
+    real_lock = fileio._lock_record
+
+    def replaced_first(fd, exclusive, wait=True):
+        if exclusive:
+            data = (tmp_path / RECORD_NAME).read_bytes()
+            (tmp_path / "swap").write_bytes(data)
+            os.replace(tmp_path / "swap", tmp_path / RECORD_NAME)  # the other compaction's new file
+            fileio._record(tmp_path, "new.jpg", Stamp(3, PAST, "c" * 64))  # and a line appended to it
+        return real_lock(fd, exclusive, wait)
+
+    monkeypatch.setattr(fileio, "_lock_record", replaced_first)
+    assert fileio._compact_record(tmp_path) is None
+    assert "new.jpg" in recorded_names((tmp_path / RECORD_NAME).read_bytes())

@@ -450,6 +450,8 @@ def test_an_uncertain_box_with_no_mask_on_a_face_kept_is_named_a_second_box(tiny
     (second,) = left
     assert second.box == inner.box
     assert second.problem.startswith(f"no face: a second box on the face at {whole.box} (")
+    # The rule's evidence kept after the verdict.
+    assert "; an uncertain detection with no mask to restore on it (" in second.problem
     # An uncertain box with no mask elsewhere in the photo keeps its own reason.
     apart = dataclasses.replace(inner, box=(x1 - 4, y0, x1 + 4, y0 + 8))  # half of it on the face
     unmasker.detector = _Detector({photo.shape: [whole, apart]})
