@@ -68,6 +68,8 @@ IN_FLIGHT_NS = 60 * 10**9
 _COMPACTED_MARK = b"//m2u-compacted-"
 # How often an appender opens the record again when a compaction replaced it while the appender waited.
 _APPEND_TRIES = 1000
+# Folders whose file system refused a write under the record's lock (see `_append_to_record`).
+_UNLOCKED_FOLDERS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int |
                 raise
             return None
         try:
-            locked = _lock_record(fd, exclusive=False)
+            locked = os.fspath(folder) not in _UNLOCKED_FOLDERS and _lock_record(fd, exclusive=False)
             if locked and not _still_at(fd, path):
                 continue  # compacted meanwhile: this file is no longer the record
             try:
@@ -332,10 +334,12 @@ def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int |
                 if not locked:
                     raise
                 # Where locks are mandatory byte-range locks (SMB), a shared lock forbids writing even through its
-                # own descriptor: written unlocked, as records always were, and this process never compacts there.
+                # own descriptor: written unlocked, as records always were, and from then on this process neither
+                # locks nor compacts there (its lock would block the other writers' lines).
                 _unlock_record(fd)
-                os.write(fd, lines)
+                _UNLOCKED_FOLDERS.add(os.fspath(folder))
                 _COMPACT_AT[os.fspath(folder)] = sys.maxsize
+                os.write(fd, lines)
             return os.fstat(fd).st_size
         finally:
             os.close(fd)  # releases the lock
@@ -436,7 +440,7 @@ def _compact_lines(folder: Path, data: bytes, in_flight_from: int) -> bytes:
             size, mtime = (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else (None, None)
         except (OSError, ValueError):  # no file there, or a name no file can have (a damaged record's)
             size = mtime = None
-        kept = {s for s in stamps if s.mtime_ns >= in_flight_from or s == last.get(name)}
+        kept = {s for s in stamps if s.mtime_ns > in_flight_from or s == last.get(name)}
         sized = [s for s in stamps if s.size == size]
         exact = [s for s in sized if s.mtime_ns == mtime]
         if exact:
@@ -463,7 +467,8 @@ def _compact_record(folder: Path) -> int | None:
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        owner = getattr(os, "geteuid", None)  # not POSIX: no flock either, so never compacted (below)
+        if not stat.S_ISREG(info.st_mode) or (owner is not None and info.st_uid != owner()):
             return None
         if not _lock_record(fd, exclusive=True, wait=False) or not _still_at(fd, path):
             return None
@@ -473,7 +478,12 @@ def _compact_record(folder: Path) -> int | None:
         lines = mark + _compact_lines(folder, data, info.st_mtime_ns - IN_FLIGHT_NS)
         if 2 * len(lines) > len(data):
             return None
-        temp_fd, temp = _new_temp(path)
+        temp = os.fspath(folder / f".{RECORD_NAME}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            # Not _new_temp: a folder removed meanwhile (with its record) must not be made again.
+            temp_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        except FileNotFoundError:
+            return None
         try:
             with os.fdopen(temp_fd, "wb") as handle:
                 handle.write(lines)

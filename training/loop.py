@@ -180,7 +180,12 @@ class Trainer:
         self._first_step = self.step
         recorded = state.get("initial_weights")
         if isinstance(recorded, dict):  # older checkpoints: the paths of the run's config alone
-            self.task.initial_weights = {name: dict(record) for name, record in recorded.items()}
+            # Provenance only: a damaged entry is left out rather than stopping the run.
+            self.task.initial_weights = {
+                str(name): {key: value for key, value in record.items() if isinstance(value, str)}
+                for name, record in recorded.items()
+                if isinstance(record, dict)
+            }
 
     def _save_grid(self) -> None:
         if not self.dist.is_main or self._grid_batch is None:

@@ -68,6 +68,7 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
     if config.resume and last_checkpoint_path(config.out).exists():
         # The checkpoint holds every weight: the starting files are not read again (a resume failed where one had
         # been moved or reinstalled since). Where they came from is read back from the checkpoint (the loop).
+        check_initial_weight_names(task, config.init_weights)
         task.initial_weights = {name: {"file": str(path)} for name, path in config.init_weights.items()}
     else:
         load_initial_weights(task, config.init_weights)
@@ -87,9 +88,8 @@ def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
     A file that does not fit its network is one sentence: how many tensors differ (the first one or two), the
     settings the file was trained with that this run sets otherwise (model files record their config), and what
     to do; not torch's list of every parameter."""
+    check_initial_weight_names(task, files)
     for name, path in files.items():
-        if name not in task.networks:
-            raise ValueError(f"init_weights names {name!r}; this run trains {', '.join(task.networks)}")
         model, _ = load_model(path, map_location="cpu")
         network = task.networks[name]
         misfit = initial_weights_misfit(task.config, name, network, model)
@@ -101,6 +101,13 @@ def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointError(f"{path} does not fit the {name} network of this run: {first}") from None
         task.initial_weights[name] = {"file": str(path), "sha256": content_digest(path)}
+
+
+def check_initial_weight_names(task: TrainingTask, files: dict[str, str]) -> None:
+    """ValueError where `init_weights` names a network this run does not train (checked on a resume too)."""
+    for name in files:
+        if name not in task.networks:
+            raise ValueError(f"init_weights names {name!r}; this run trains {', '.join(task.networks)}")
 
 
 def initial_weights_misfit(config: RunConfig, name: str, network: nn.Module, model: nn.Module) -> str | None:

@@ -298,7 +298,10 @@ def _tuning(config: dict[str, Any]) -> str:
         parts.append(f"kept as it is from {config['kept_from']}" + (f" ({trained})" if trained else ""))
     starts = config.get("init_from") or {}
     for name, path in config.get("init_weights", {}).items():
-        digest = _start_digest(starts.get(name))
+        started = starts.get(name)
+        if isinstance(started, dict) and isinstance(started.get("file"), str):
+            path = started["file"]  # what the run started from (a resume's config may name another file)
+        digest = _start_digest(started)
         parts.append(f"{name} fine-tuned from {path}" + (f" ({digest})" if digest else ""))
     if config.get("augment", {}).get("enabled"):
         parts.append("trained through m2u.datasets.augment (tight crops, scale jitter, camera effects)")

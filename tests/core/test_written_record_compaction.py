@@ -110,12 +110,14 @@ def test_a_compaction_keeps_what_may_still_be_m2us_and_drops_the_rest(tmp_path, 
 
 def test_the_stamp_recorded_last_stays_for_the_file_about_to_arrive(tmp_path, settled):
     """`commit` records a stamp before it renames the file into place: a compaction in between keeps it."""
-    for size in range(1, 30):
-        fileio._record(tmp_path, "arriving.jpg", Stamp(size, PAST + size, "0" * 64))
+    # Whole seconds: a file system keeping coarse times still holds them exactly.
+    stamps = [_stamp(b"x" * size, PAST + size * 10**9) for size in range(1, 30)]
+    for stamp in stamps:
+        fileio._record(tmp_path, "arriving.jpg", stamp)
     fileio._compact_record(tmp_path)
-    assert fileio._read_record(tmp_path)["arriving.jpg"] == {Stamp(29, PAST + 29, "0" * 64)}
+    assert fileio._read_record(tmp_path)["arriving.jpg"] == {stamps[-1]}
     (tmp_path / "arriving.jpg").write_bytes(b"x" * 29)  # the rename
-    os.utime(tmp_path / "arriving.jpg", ns=(PAST + 29, PAST + 29))
+    os.utime(tmp_path / "arriving.jpg", ns=(stamps[-1].mtime_ns,) * 2)
     check_writable(tmp_path / "arriving.jpg")
 
 
@@ -162,9 +164,9 @@ def test_a_record_that_would_not_halve_or_is_another_users_is_left_as_it_is(tmp_
     assert (tmp_path / RECORD_NAME).read_bytes() == before
     monkeypatch.undo()
     monkeypatch.setattr(fileio, "IN_FLIGHT_NS", 0)
-    os.chmod(tmp_path / RECORD_NAME, 0o600)
+    os.chmod(tmp_path / RECORD_NAME, 0o640)
     assert fileio._compact_record(tmp_path) is not None
-    assert (tmp_path / RECORD_NAME).stat().st_mode & 0o777 == 0o600  # its mode kept
+    assert (tmp_path / RECORD_NAME).stat().st_mode & 0o777 == 0o640  # its mode kept
 
 
 def test_no_compaction_while_another_process_holds_the_record(tmp_path, settled):
@@ -222,7 +224,8 @@ def test_a_line_appended_while_a_compaction_runs_lands_in_the_new_record(
 
 
 def test_a_name_no_file_can_have_does_not_stop_writes(tmp_path, monkeypatch, settled):
-    """A damaged record (a NUL byte in a name) is compacted without that name, and every write goes on."""
+    """A damaged record (a NUL byte in a name: no file can have it, and lstat refuses it) is compacted, keeping that
+    name's last stamp as any name's, and every write goes on."""
     monkeypatch.setattr(fileio, "COMPACT_RECORD_FROM", 500)
     with open(tmp_path / RECORD_NAME, "ab") as record:
         record.write(b"bad\x00name/5:1:" + b"0" * 64 + b"\n")
@@ -237,18 +240,32 @@ def test_where_a_lock_forbids_writing_the_line_is_written_unlocked_and_never_com
     """SMB's mandatory byte-range locks refuse a write under a shared lock, even through its own descriptor."""
     real_write, refused = os.write, []
 
-    def write(fd, data):
-        if not refused and bytes(data).startswith(b"photo.jpg/"):
-            refused.append(fd)
+    def locked_somewhere(path) -> bool:
+        probe = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(probe)
+
+    def write(fd, data):  # a record line written while any lock is held on the record is refused
+        if bytes(data).endswith(b"\n") and locked_somewhere(tmp_path / RECORD_NAME):
+            refused.append(bytes(data))
             raise PermissionError(13, "Permission denied")
         return real_write(fd, data)
 
+    atomic_write_bytes(tmp_path / "first.jpg", b"m2u's")  # the record exists: the probe can open it
     monkeypatch.setattr(fileio.os, "write", write)
-    atomic_write_bytes(tmp_path / "photo.jpg", b"m2u's")
+    for name in ("photo.jpg", "other.jpg"):
+        atomic_write_bytes(tmp_path / name, b"m2u's")
     monkeypatch.undo()
-    assert refused and recorded_names((tmp_path / RECORD_NAME).read_bytes()) == {"photo.jpg"}
+    assert len(refused) == 1  # the second write did not take the lock at all
+    assert recorded_names((tmp_path / RECORD_NAME).read_bytes()) == {"first.jpg", "photo.jpg", "other.jpg"}
     check_writable(tmp_path / "photo.jpg")
     assert fileio._COMPACT_AT[os.fspath(tmp_path)] == sys.maxsize
+    fileio._UNLOCKED_FOLDERS.discard(os.fspath(tmp_path))
 
 
 def test_a_record_of_names_written_once_is_not_read_name_by_name(tmp_path, monkeypatch):
@@ -262,7 +279,7 @@ def test_a_record_of_names_written_once_is_not_read_name_by_name(tmp_path, monke
     assert (tmp_path / RECORD_NAME).stat().st_size > 4000 and not tried
     for _ in range(3):
         for k in range(60):
-            atomic_write_bytes(tmp_path / f"photo{k}.jpg", b"m2u's, again")
+            atomic_write_bytes(tmp_path / f"photo{k}.jpg", f"m2u's, rerun {_}".encode())  # new stamps
     assert tried  # reruns: now it could halve
 
 
@@ -285,3 +302,48 @@ def test_a_record_replaced_before_the_lock_is_taken_is_not_compacted_from_the_ol
     monkeypatch.setattr(fileio, "_lock_record", replaced_first)
     assert fileio._compact_record(tmp_path) is None
     assert "new.jpg" in recorded_names((tmp_path / RECORD_NAME).read_bytes())
+
+
+def test_each_compaction_leaves_one_mark_of_its_own(tmp_path, settled):
+    """The first line tells a compacted record from an earlier one on a reused inode (the cache compares first
+    bytes): a new token each time, and never two marks."""
+    marks = []
+    for _ in range(2):
+        _stale(tmp_path, count=30)
+        assert fileio._compact_record(tmp_path) is not None
+        lines = (tmp_path / RECORD_NAME).read_bytes().splitlines()
+        assert sum(line.startswith(fileio._COMPACTED_MARK) for line in lines) == 1
+        marks.append(lines[0])
+    assert marks[0] != marks[1]
+
+
+@pytest.mark.parametrize("removed", ["record", "folder"])
+def test_a_record_removed_during_a_compaction_is_not_brought_back(tmp_path, monkeypatch, settled, removed):
+    """remove_written (--overwrite) takes the record out, and the folder with it where nothing else is left."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for k in range(20):
+        fileio._record(folder, "gone.jpg", Stamp(k + 1, PAST + k, "e" * 64))
+    real_lines = fileio._compact_lines
+
+    def removed_meanwhile(folder_, data, in_flight_from):
+        lines = real_lines(folder_, data, in_flight_from)
+        (folder / RECORD_NAME).unlink()
+        if removed == "folder":
+            folder.rmdir()
+        return lines
+
+    monkeypatch.setattr(fileio, "_compact_lines", removed_meanwhile)
+    assert fileio._compact_record(folder) is None
+    assert not os.path.lexists(folder / RECORD_NAME)
+    assert folder.exists() == (removed == "record")
+    if removed == "record":
+        assert os.listdir(folder) == []  # nor its temporary file left
+
+
+def test_an_appender_gives_up_on_a_record_replaced_endlessly(tmp_path, monkeypatch):
+    atomic_write_bytes(tmp_path / "photo.jpg", b"m2u's")
+    monkeypatch.setattr(fileio, "_APPEND_TRIES", 3)
+    monkeypatch.setattr(fileio, "_still_at", lambda fd, path: False)
+    with pytest.raises(OSError, match="replaced 3 times"):
+        atomic_write_bytes(tmp_path / "other.jpg", b"m2u's")

@@ -277,6 +277,10 @@ def test_model_card_of_a_fine_tuned_model_has_its_real_photo_section(tmp_path):
         {**card, "training": {**card["training"], "mseg": {**mseg, "config": recorded}}}
     )
     assert "mseg fine-tuned from P/mseg.safetensors (SHA-256 0123456789ab)," in started
+    # A resumed run's config may name another file than the one it started from: the record's file is named.
+    moved = {**recorded, "init_weights": {"mseg": "Q/other.safetensors"}}
+    started = render_model_card({**card, "training": {**card["training"], "mseg": {**mseg, "config": moved}}})
+    assert "mseg fine-tuned from P/mseg.safetensors (SHA-256 0123456789ab)," in started
     assert "m2u.datasets.augment" in text
     assert "## Real masked photos" not in render_model_card({**card, "real_photos": None})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,20 @@ def test_a_fine_tune_names_its_starting_file_and_resumes_without_it(tmp_path):
     )  # fmt: skip
     assert train_mseg(resumed, _data())["steps"] == 4
     assert load_model(tuned)[1].provenance["init_from"] == {"file": str(first), "sha256": digest}
+    with pytest.raises(ValueError, match="init_weights names 'generator'"):  # still checked on a resume
+        train_mseg(dataclasses.replace(resumed, init_weights={"generator": str(first)}, max_steps=5), _data())
+
+
+def test_a_first_run_asked_to_resume_starts_from_its_files(tmp_path):
+    """`resume` with no checkpoint yet (a pipeline's first run) starts from init_weights as a new run does."""
+    first = _run(tmp_path / "first")
+    tuned = _run(
+        tmp_path / "tuned", init_weights={"mseg": str(first)}, resume=True, optimizer={"learning_rate": 1e-12}
+    )
+    start, after = (load_model(p)[0].state_dict() for p in (first, tuned))
+    weights = [k for k in start if k.endswith("weight")]  # (normalisation statistics move with any step)
+    assert weights and all(torch.allclose(after[k].float(), start[k].float(), atol=1e-6) for k in weights)
+    assert load_model(tuned)[1].provenance["init_from"]["file"] == str(first)
 
 
 def test_augmented_training_is_reproducible_and_differs_from_plain(tmp_path):
