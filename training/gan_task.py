@@ -4,10 +4,12 @@ reconstruction (L1 + SSIM) + VGG perceptual loss; the mask from a frozen M-Seg o
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from m2u.core.fileio import content_digest
 from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, unwrap_model
 from m2u.training.config import GanTrainConfig
 from m2u.training.distributed import DistributedContext
@@ -51,6 +53,7 @@ class GanTask(TrainingTask):
         if config.perceptual_weight > 0:
             self.perceptual = VGGPerceptualLoss(config.vgg_weights, config.perceptual_layers).to(device)
         self.mseg: MSeg | None = None
+        self.mseg_sha256: str | None = None
         self.mseg_crop_size: int | None = None
         self.mask_threshold: float | None = None  # the frozen M-Seg's: the config's, else its file's
         if config.mask_source == "mseg":
@@ -61,6 +64,8 @@ class GanTask(TrainingTask):
                     f"{config.mseg_checkpoint} holds a {type(model).__name__}, not an M-Seg model"
                 )
             self.mseg = model.eval().requires_grad_(False)
+            # Its checkpoint does not hold the frozen M-Seg: a resume reads the file again, and must read the same.
+            self.mseg_sha256 = content_digest(config.mseg_checkpoint)
             self.mseg_crop_size = info.crop_size  # warned against the training crops' (observe_batch)
             self.mask_threshold = (
                 info.mask_threshold_or_default() if config.mask_threshold is None else config.mask_threshold
@@ -92,8 +97,27 @@ class GanTask(TrainingTask):
         info.provenance["mask_source"] = self.config.mask_source
         if self.mseg is not None:
             info.provenance["mseg"] = self.config.mseg_checkpoint
+            info.provenance["mseg_sha256"] = self.mseg_sha256
             info.provenance["mask_threshold"] = self.mask_threshold
         return info
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.mseg_sha256 is not None:
+            state["frozen_mseg_sha256"] = self.mseg_sha256
+        return state
+
+    def resume_problem(self, state: dict[str, Any]) -> str:
+        """A resume whose frozen M-Seg file is not the one the run began with (a package reinstalled at its path):
+        the generator would go on learning to fill another network's masks."""
+        began = state.get("frozen_mseg_sha256")
+        if not isinstance(began, str) or self.mseg_sha256 is None or began == self.mseg_sha256:
+            return ""
+        return (
+            f"resume: the frozen M-Seg {self.config.mseg_checkpoint} is not the file this run began with "
+            f"(SHA-256 {self.mseg_sha256[:12]} now, {began[:12]} then); put that file back at the path, or start "
+            "a new run to train against this one"
+        )
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         self.observe_batch(batch)

@@ -21,7 +21,7 @@ from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, re
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
 from m2u.core.inputs import output_lock
 from m2u.datasets.storage import local_location
-from m2u.training.checkpoint import load_training_state, remove_stale_temp_files
+from m2u.training.checkpoint import CheckpointError, load_training_state, remove_stale_temp_files
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
 from m2u.training.distributed import DistributedContext, collective_device
@@ -255,6 +255,10 @@ class Trainer:
             # leaves the run as it was (a later plain --resume must not read the refused dataset back).
             self._resume_state = load_training_state(self.checkpoint_path)
             check_resume_crop_size(self._resume_state, self.data, self.config)
+            if isinstance(self._resume_state, dict) and (
+                problem := self.task.resume_problem(self._resume_state)
+            ):
+                raise CheckpointError(problem)
             self._resume_note = check_resume_layout(
                 self._resume_state, self.config, self.dist.world_size, split=rank_split(self.data)
             )

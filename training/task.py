@@ -62,6 +62,10 @@ class Task(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def resume_problem(self, state: dict[str, Any]) -> str:
+        """Why this task cannot resume from the checkpoint `state` ("" when it can)."""
+        ...
+
     def model_paths(self, out_dir: Path) -> list[Path]: ...
 
     def export_models(self, out_dir: Path, step: int | None = None) -> list[Path]: ...
@@ -197,6 +201,11 @@ class TrainingTask:
             "scaler": self.scaler.state_dict(),
             "crop_size": self.crop_size,
         }
+
+    def resume_problem(self, state: dict[str, Any]) -> str:
+        """Why this task cannot resume from the checkpoint `state` ("" when it can): nothing here; a task reading
+        files its checkpoint does not hold says so (GanTask: the frozen M-Seg)."""
+        return ""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, module in self.networks.items():

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
-from m2u.training.checkpoint import load_model, load_training_state
+from m2u.training.checkpoint import CheckpointError, load_model, load_training_state
 from m2u.training.cli import train_main
 from m2u.training.config import MSegTrainConfig, OptimizerConfig
 from m2u.training.data import TensorDataSource
@@ -366,6 +366,37 @@ def test_gan_with_mseg_masks_and_wall_clock_budget(tmp_path):
     )  # fmt: skip
     assert results["stop_reason"] == "max_seconds" and results["steps"] == 1
     assert "mseg_dice" in results["val"]
+
+
+def test_a_gan_resume_refuses_a_frozen_mseg_changed_since_the_run_began(tmp_path):
+    """The checkpoint does not hold the frozen M-Seg: a resume reads its file again. Another file there (a package
+    reinstalled at the path) is refused in one sentence before anything is written; the same file resumes."""
+    from m2u.core.fileio import content_digest
+
+    data = TensorDataSource({"train": _tensors(4)}, batch_size=2)
+    mseg = tmp_path / "mseg" / "mseg.safetensors"
+    train_mseg(MSegTrainConfig(out=str(mseg.parent), model=TINY_MSEG, max_steps=1, **QUIET), data)
+    original = mseg.read_bytes()
+    config = _gan_config(
+        tmp_path / "gan", mask_source="mseg", mseg_checkpoint=str(mseg), max_steps=1, perceptual_weight=0.0,
+        vgg_weights="imagenet",
+    )  # fmt: skip
+    train_gan(config, data)
+    info = load_model(tmp_path / "gan" / "generator.safetensors")[1]
+    assert info.provenance["mseg_sha256"] == content_digest(mseg)
+    train_mseg(
+        MSegTrainConfig(out=str(tmp_path / "other"), model=TINY_MSEG, max_steps=1, seed=7, **QUIET), data
+    )
+    mseg.write_bytes((tmp_path / "other" / "mseg.safetensors").read_bytes())  # reinstalled
+    before = (tmp_path / "gan" / "config.json").read_bytes()
+    resumed = dataclasses.replace(config, max_steps=2, resume=True)
+    with pytest.raises(
+        CheckpointError, match=r"^resume: the frozen M-Seg .* is not the file this run began with"
+    ):
+        train_gan(resumed, data)
+    assert (tmp_path / "gan" / "config.json").read_bytes() == before
+    mseg.write_bytes(original)
+    assert train_gan(resumed, data)["steps"] == 2
 
 
 def test_a_frozen_mseg_trained_at_another_size_is_warned_about(tmp_path):
