@@ -297,22 +297,22 @@ def recorded_names(data: bytes) -> set[str]:
     return set(_with_lines({}, data))
 
 
-def _record(folder: Path, name: str, stamp: Stamp | None = None) -> int:
+def _record(folder: Path, name: str, stamp: Stamp | None = None) -> os.stat_result | None:
     """Append `name` (with the `stamp` of what was written at it) to the folder's record (one O_APPEND write:
     concurrent writers do not interleave). Without a stamp (a log about to be appended to, a lock) the name is
-    m2u's whatever it holds from then on. Returns the record's size after the write (0: already listed so)."""
+    m2u's whatever it holds from then on. Returns the record's status after the write (None: already listed so)."""
     entries = _read_record(folder)
     if name in entries:
         stamps = entries[name]
         if stamps is None if stamp is None else (stamps is not None and stamp in stamps):
-            return 0
-    return _append_to_record(folder, _record_line(name, stamp), create=True) or 0
+            return None
+    return _append_to_record(folder, _record_line(name, stamp), create=True)
 
 
-def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int | None:
+def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> os.stat_result | None:
     """Append `lines` to the folder's record in one O_APPEND write, holding a shared lock on it so that a compaction
     (which holds it exclusively) never replaces the file between this write and its own read. A record replaced
-    while the lock was awaited is opened again. Returns the record's size after the write; None where there is no
+    while the lock was awaited is opened again. Returns the record's status after the write; None where there is no
     record and `create` is false (removed with its folder)."""
     path = folder / RECORD_NAME
     # Opened for reading too: where flock is emulated by byte-range locks (NFS), a shared lock needs read access.
@@ -340,7 +340,7 @@ def _append_to_record(folder: Path, lines: bytes, create: bool = False) -> int |
                 _UNLOCKED_FOLDERS.add(os.fspath(folder))
                 _COMPACT_AT[os.fspath(folder)] = sys.maxsize
                 os.write(fd, lines)
-            return os.fstat(fd).st_size
+            return os.fstat(fd)
         finally:
             os.close(fd)  # releases the lock
     raise OSError(f"{path} was replaced {_APPEND_TRIES} times while m2u waited to add a line to it")
@@ -376,20 +376,21 @@ def _still_at(fd: int, path: Path) -> bool:
     return (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino)
 
 
-def _compact_if_grown(folder: Path, size: int) -> None:
-    """Compact the folder's record where it has grown past COMPACT_RECORD_FROM and twice its size when this process
-    last compacted or measured it (see COMPACT_RECORD_FROM)."""
-    if size < COMPACT_RECORD_FROM:
+def _compact_if_grown(folder: Path, record: os.stat_result | None) -> None:
+    """Compact the folder's record (its status after a write: `record`) where it has grown past COMPACT_RECORD_FROM
+    and twice its size when this process last compacted or measured it (see COMPACT_RECORD_FROM)."""
+    size = record.st_size if record is not None else 0
+    if record is None or size < COMPACT_RECORD_FROM:
         return
     key = os.fspath(folder)
     if size < _COMPACT_AT.get(key, 0):
         return
     compacted = None
     try:
-        # A compaction keeps at least a stamp per name (the last): a record that cannot halve even so (most names
-        # written once) is not read and stat-ed name by name (a new process's first write into a large folder
-        # would pay for that every time).
-        if 2 * _shortest_length(_read_record(folder)) <= size:
+        # A compaction keeps at least the last stamp per name and every stamp in flight: a record that cannot halve
+        # even so (most names written once, or reruns within the minute) is not read and stat-ed name by name (a new
+        # process's first write into a large folder would pay for that every time).
+        if 2 * _shortest_length(_read_record(folder), record.st_mtime_ns - IN_FLIGHT_NS) <= size:
             compacted = _compact_record(folder)
     except (OSError, ValueError):
         # A record that cannot be rewritten (a read-only folder), or a name no file can have (a NUL byte in a
@@ -398,15 +399,18 @@ def _compact_if_grown(folder: Path, size: int) -> None:
     _COMPACT_AT[key] = 2 * max(COMPACT_RECORD_FROM, compacted if compacted is not None else size)
 
 
-def _shortest_length(entries: Entries) -> int:
-    """About the bytes of a record listing `entries` with one stamp per stamped name: the least a compaction can
-    leave of them."""
+def _shortest_length(entries: Entries, in_flight_from: int) -> int:
+    """About the bytes of a record listing of `entries` one stamp per stamped name, or all its stamps from
+    `in_flight_from` on where there are more: the least a compaction can leave of them (`_compact_lines`)."""
     total = 0
     for name, stamps in entries.items():
-        total += len(os.fsencode(name)) + 2  # the separator and newline; escapes would only add
-        if stamps:
-            stamp = next(iter(stamps))
-            total += 66 + len(str(stamp.size)) + len(str(stamp.mtime_ns))  # two colons and 64 hex digits
+        line = len(os.fsencode(name)) + 2  # the separator and newline; escapes would only add
+        if not stamps:
+            total += line
+            continue
+        kept = [s for s in stamps if s.mtime_ns > in_flight_from] or [next(iter(stamps))]
+        # Two colons and 64 hex digits per stamp.
+        total += sum(line + 66 + len(str(s.size)) + len(str(s.mtime_ns)) for s in kept)
     return total
 
 
@@ -666,10 +670,10 @@ def commit(
     # write where it may write (checked just above); the rename then never came, and a rerun writes it. (The
     # file m2u wrote there before keeps its own stamp in the record: each write adds one.) A rename keeps the
     # temporary file's size and time, so its stamp is the finished file's.
-    size = _record(path.parent, path.name, _stamp_of(temp, sha256))
+    record = _record(path.parent, path.name, _stamp_of(temp, sha256))
     os.replace(temp, path)
     # After the rename, so that this file matches its stamp when the compaction looks.
-    _compact_if_grown(path.parent, size)
+    _compact_if_grown(path.parent, record)
     return path
 
 

@@ -269,17 +269,26 @@ def test_where_a_lock_forbids_writing_the_line_is_written_unlocked_and_never_com
 
 
 def test_a_record_of_names_written_once_is_not_read_name_by_name(tmp_path, monkeypatch):
-    """Most names stamped once: no compaction could halve it, so a write does not pay for reading and stat-ing every
-    name (a new process's first write into a large folder would, each time)."""
+    """Most names stamped once, or reruns within the minute (their stamps in flight): no compaction could halve it,
+    so a write does not pay for reading and stat-ing every name (a new process's first write into a large folder
+    would, each time)."""
     monkeypatch.setattr(fileio, "COMPACT_RECORD_FROM", 2000)
     tried = []
     monkeypatch.setattr(fileio, "_compact_record", lambda folder: tried.append(folder))
     for k in range(60):
         atomic_write_bytes(tmp_path / f"photo{k}.jpg", b"m2u's")
     assert (tmp_path / RECORD_NAME).stat().st_size > 4000 and not tried
-    for _ in range(3):
+
+    def rerun(text: str) -> None:
+        fileio._COMPACT_AT.clear()  # a new process
         for k in range(60):
-            atomic_write_bytes(tmp_path / f"photo{k}.jpg", f"m2u's, rerun {_}".encode())  # new stamps
+            atomic_write_bytes(tmp_path / f"photo{k}.jpg", text.encode())  # new stamps
+
+    for k in range(3):
+        rerun(f"m2u's, rerun {k}")
+    assert not tried  # every stamp written within the minute: none could go
+    monkeypatch.setattr(fileio, "IN_FLIGHT_NS", 0)  # the reruns a minute apart
+    rerun("m2u's, a later rerun")
     assert tried  # reruns: now it could halve
 
 
@@ -347,3 +356,21 @@ def test_an_appender_gives_up_on_a_record_replaced_endlessly(tmp_path, monkeypat
     monkeypatch.setattr(fileio, "_still_at", lambda fd, path: False)
     with pytest.raises(OSError, match="replaced 3 times"):
         atomic_write_bytes(tmp_path / "other.jpg", b"m2u's")
+
+
+def test_the_benchmark_measures_the_record_with_and_without_the_compaction(
+    tmp_path, monkeypatch, load_benchmark
+):
+    """benchmarks/written_record.py --quick, with the compaction's threshold lowered to the quick run's size."""
+    import json
+
+    monkeypatch.setattr(fileio, "COMPACT_RECORD_FROM", 4000)
+    bench = load_benchmark("written_record")
+    assert bench.main(["--quick", "-o", str(tmp_path / "record.json")]) == 0
+    report = json.loads((tmp_path / "record.json").read_text())
+    sizes = report["record_bytes_after_each_rerun"]
+    assert sizes["off"] == sizes["back to back"] == sizes["off again"]  # within the minute: nothing can go
+    assert sizes["off"][0] < sizes["off"][1] < sizes["off"][2]
+    assert sizes["apart"][:2] == sizes["off"][:2] and sizes["apart"][2] < sizes["off"][2]
+    assert set(report["time_per_write_vs_off"]) == set(bench.SETTINGS) and report["quick"] is True
+    assert fileio.COMPACT_RECORD_FROM == 4000  # each setting's changes undone
