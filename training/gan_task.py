@@ -58,7 +58,15 @@ class GanTask(TrainingTask):
         self.mask_threshold: float | None = None  # the frozen M-Seg's: the config's, else its file's
         if config.mask_source == "mseg":
             assert config.mseg_checkpoint is not None  # checked by the config
-            model, info = load_model(config.mseg_checkpoint, map_location=device)
+            try:
+                model, info = load_model(config.mseg_checkpoint, map_location=device)
+            except CheckpointError as error:
+                # A resume reads it again (its checkpoint does not hold it): a moved file is found by its new path,
+                # and the digest check (resume_problem) makes sure it is the same file.
+                raise CheckpointError(
+                    f"the frozen M-Seg (`mseg_checkpoint`, m2u-train gan --mseg): {error}; if it was moved, give "
+                    "its new path"
+                ) from None
             if not isinstance(model, MSeg):
                 raise CheckpointError(
                     f"{config.mseg_checkpoint} holds a {type(model).__name__}, not an M-Seg model"

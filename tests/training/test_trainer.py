@@ -397,6 +397,16 @@ def test_a_gan_resume_refuses_a_frozen_mseg_changed_since_the_run_began(tmp_path
     assert (tmp_path / "gan" / "config.json").read_bytes() == before
     mseg.write_bytes(original)
     assert train_gan(resumed, data)["steps"] == 2
+    # Moved: the error says which file and what to do; the same file at its new path resumes.
+    moved = tmp_path / "moved.safetensors"
+    mseg.rename(moved)
+    with pytest.raises(
+        CheckpointError, match=r"^the frozen M-Seg \(`mseg_checkpoint`.*not found.*give its new path"
+    ):
+        train_gan(dataclasses.replace(resumed, max_steps=3), data)
+    assert (
+        train_gan(dataclasses.replace(resumed, max_steps=3, mseg_checkpoint=str(moved)), data)["steps"] == 3
+    )
 
 
 def test_a_frozen_mseg_trained_at_another_size_is_warned_about(tmp_path):
