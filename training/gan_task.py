@@ -64,8 +64,7 @@ class GanTask(TrainingTask):
                 # A resume reads it again (its checkpoint does not hold it): a moved file is found by its new path,
                 # and the digest check (resume_problem) makes sure it is the same file.
                 raise CheckpointError(
-                    f"the frozen M-Seg (`mseg_checkpoint`, m2u-train gan --mseg): {error}; if it was moved, give "
-                    "its new path"
+                    f"the frozen M-Seg (`mseg_checkpoint`): {error}; if it was moved, give its new path"
                 ) from None
             if not isinstance(model, MSeg):
                 raise CheckpointError(
