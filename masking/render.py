@@ -57,7 +57,7 @@ from m2u.masking.templates import (
     canonical_mask_type,
     get_template,
 )
-from m2u.masking.templates_pack import load_template_pack
+from m2u.masking.templates_pack import load_template_pack, pack_paths
 from m2u.masking.warp import grid_point, warp_texture
 
 # Which drawing of the masks this code makes: raised whenever the same face, configuration and seed would give other
@@ -217,11 +217,9 @@ def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskCon
 def _code_texture(text: str, pack: str | None) -> str:
     if text in PATTERNS or os.path.isfile(text) or pack is None:
         return text
-    cfg = load_template_pack(pack).path  # masks.cfg; a checkout's root is its parent's parent
-    for root in (cfg.parent, cfg.parent.parent):
-        if (root / text).is_file():
-            return str(root / text)
-    return text
+    cfg = load_template_pack(pack).path  # masks.cfg
+    found = next((path for path in pack_paths(cfg.parent, text) if path.is_file()), None)
+    return text if found is None else str(found)
 
 
 def inputs_per_config(configs: Sequence[MaskConfig], n_inputs: int) -> list[tuple[MaskConfig, list[int]]]:

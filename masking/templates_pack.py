@@ -36,14 +36,24 @@ class TemplatePackError(ValueError):
     """A masks.cfg pack that cannot be loaded; the message says which section and why."""
 
 
+def pack_paths(cfg_dir: Path, written: str) -> list[Path]:
+    """Where a path written in a pack (a section's `template`, a `--code` texture) may lie, in the order tried, all
+    inside the pack's folder. MaskTheFace's own repository writes such paths relative to the repository root
+    (`masks/templates/surgical.png` in `masks/masks.cfg`), so a path that starts with the pack folder's own name is
+    also read from that folder; packs laid out flat keep the image next to masks.cfg. Never a folder above the pack:
+    searching those picked up whatever file of that name lay there (a template of another checkout, a user's file)."""
+    relative = Path(written)
+    candidates = [cfg_dir / relative]
+    if len(relative.parts) > 1 and relative.parts[0] == cfg_dir.name:
+        candidates.append(cfg_dir.joinpath(*relative.parts[1:]))
+    return candidates
+
+
 def _pack_image(cfg_dir: Path, template_path: str) -> Path:
-    """The image a section's `template` names. MaskTheFace's own repository writes these paths relative to the
-    repository root (`masks/templates/surgical.png` in `masks/masks.cfg`); packs laid out flat keep the image next
-    to masks.cfg. Tried in that order: next to masks.cfg, relative to each of its two parent folders, then the
-    bare file name next to masks.cfg or in its `templates` folder."""
-    relative = Path(template_path)
-    candidates = [cfg_dir / relative, *(parent / relative for parent in list(cfg_dir.parents)[:2])]
-    candidates += [cfg_dir / relative.name, cfg_dir / "templates" / relative.name]
+    """The image a section's `template` names: where `pack_paths` says, then the bare file name next to masks.cfg or
+    in its `templates` folder."""
+    name = Path(template_path).name
+    candidates = [*pack_paths(cfg_dir, template_path), cfg_dir / name, cfg_dir / "templates" / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

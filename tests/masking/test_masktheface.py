@@ -21,10 +21,10 @@ from m2u.masking import batch as mask_batch
 from m2u.masking import cli as mask_cli
 from m2u.masking.detect import DetectorConfig
 from m2u.masking.geometry import MaskingError
-from m2u.masking.render import MaskConfig, inputs_per_config, parse_mask_code
+from m2u.masking.render import MaskConfig, _code_texture, inputs_per_config, parse_mask_code
 from m2u.masking.sheet import pack_variants
 from m2u.masking.templates import MASK_TYPES
-from m2u.masking.templates_pack import load_template_pack
+from m2u.masking.templates_pack import TemplatePackError, load_template_pack
 
 
 @pytest.fixture
@@ -250,3 +250,25 @@ def test_contact_sheet_says_which_options_it_does_not_use(checkout, face_photo, 
     too_large = CliRunner().invoke(mask_cli.main, [*command, "--max-pixels", "100"])  # honoured, as by a run
     assert too_large.exit_code == 1 and "no input image with a face" in too_large.output
     assert "(1 could not be read, first " in too_large.output and "image too large" in too_large.output
+
+
+def test_pack_paths_never_reach_a_folder_above_the_pack(checkout, tmp_path):
+    """A pack copied flat into a folder of its own (masks.cfg next to its images' folder under another name) names its
+    images `masks/templates/...`; a MaskTheFace checkout beside it holds files by those names. Only the pack's own
+    folder is searched: the checkout's files, one folder above the pack, are never taken for the pack's."""
+    pack = checkout / "mine"
+    (pack / "art").mkdir(parents=True)
+    section = (checkout / "masks" / "masks.cfg").read_text().split("\n\n")[0]
+    assert section.startswith("[surgical]") and "masks/templates/surgical.png" in section
+    (pack / "masks.cfg").write_text(section.replace("[surgical]", "[mine]") + "\n")
+    with pytest.raises(TemplatePackError, match=r"'masks/templates/surgical.png' not found") as refused:
+        load_template_pack(pack)
+    assert str(checkout / "masks" / "templates") not in str(refused.value)
+    # Next to masks.cfg it is found, by its name.
+    shutil.copy(checkout / "masks" / "templates" / "surgical.png", pack / "surgical.png")
+    assert load_template_pack(pack / "masks.cfg").names == ("mine",)
+    # A --code texture written from the checkout's root is not looked up above the pack either.
+    assert _code_texture("masks/textures/check/check_1.png", str(pack)) == "masks/textures/check/check_1.png"
+    assert _code_texture("masks/textures/check/check_1.png", str(checkout)) == str(
+        checkout.resolve() / "masks" / "textures" / "check" / "check_1.png"
+    )
