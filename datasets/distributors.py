@@ -290,13 +290,19 @@ class RayDistributor:
                     task = refs.pop(ref)
                     yield self._result(ray, ref, task)
         finally:
-            for ref in refs:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
             with contextlib.suppress(Exception):
                 ray.kill(board)
             if started:
+                # Ending the Ray connection this call made ends its job, and Ray stops every task of it. Cancelling
+                # them first raced Ray's own bookkeeping of a task finishing that moment: on Ctrl-C the process
+                # aborted in Ray's C++ core ("Tried to complete task that was not pending"), left Ray's agents
+                # running and exited without m2u's stop line.
                 ray.shutdown()
+            else:
+                # A Ray the caller started stays up, so the tasks are stopped one by one (that race remains here).
+                for ref in refs:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
 
     def _result(self, ray: Any, ref: Any, task: ShardTask) -> ShardOutput:
         try:
