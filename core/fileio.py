@@ -491,7 +491,12 @@ def _compact_record(folder: Path) -> int | None:
         try:
             with os.fdopen(temp_fd, "wb") as handle:
                 handle.write(lines)
-            os.chmod(temp, stat.S_IMODE(info.st_mode))
+                # The record's group too (a shared folder's group, which a setgid folder gives new files anyway);
+                # a group this user is not in cannot be given, and the record then takes this user's.
+                if hasattr(os, "fchown"):  # POSIX only
+                    with contextlib.suppress(OSError):
+                        os.fchown(handle.fileno(), -1, info.st_gid)
+            os.chmod(temp, stat.S_IMODE(info.st_mode))  # after the chown, which may clear setgid bits
             if not _still_at(fd, path):  # removed meanwhile (with its folder): not brought back
                 os.unlink(temp)
                 return None

@@ -169,6 +169,25 @@ def test_a_record_that_would_not_halve_or_is_another_users_is_left_as_it_is(tmp_
     assert (tmp_path / RECORD_NAME).stat().st_mode & 0o777 == 0o640  # its mode kept
 
 
+def _another_group() -> int | None:
+    """A group this process may give its files other than its own: any, as root; else one it is a member of."""
+    if os.geteuid() == 0:
+        return os.getegid() + 4242
+    return next((gid for gid in os.getgroups() if gid != os.getegid()), None)
+
+
+def test_a_compacted_record_keeps_its_group(tmp_path, settled):
+    group = _another_group()
+    if group is None:
+        pytest.skip("this user is in no group but its own")
+    _stale(tmp_path)
+    os.chown(tmp_path / RECORD_NAME, -1, group)
+    os.chmod(tmp_path / RECORD_NAME, 0o664)  # written by a team sharing the folder
+    assert fileio._compact_record(tmp_path) is not None
+    info = (tmp_path / RECORD_NAME).stat()
+    assert (info.st_gid, info.st_mode & 0o777) == (group, 0o664)
+
+
 def test_no_compaction_while_another_process_holds_the_record(tmp_path, settled):
     _stale(tmp_path)
     before = (tmp_path / RECORD_NAME).read_bytes()
