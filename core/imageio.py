@@ -224,6 +224,34 @@ class Photo:
     # A transparent photo's own colours under its alpha (uint8 (H, W, 3)), which its copy keeps wherever `rgb` was
     # not changed: `rgb` shown on white and given the alpha again would be blended twice (lighter edges).
     colour: np.ndarray | None = None
+    # Stored in a grey mode (L, 1, 16-bit or float grey): its copy is written grey too.
+    grey: bool = False
+    # What its copy cannot keep, each said in the copy's report row: more than 8 bits a channel, frames after the first.
+    losses: tuple[str, ...] = ()
+
+
+# Pillow's grey modes: a photo stored so is written back grey.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *("I;16", "I;16L", "I;16B", "I;16N", "I")})
+
+
+def _copy_losses(img: Image.Image) -> tuple[str, ...]:
+    """What a copy of `img` (opened, not yet loaded) written by `write_photo` loses: m2u works in 8 bits a channel
+    and writes one frame."""
+    losses = []
+    raw_modes = []
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw_modes.append(
+            args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+        )
+    if img.mode in ("F", "I", "I;16", "I;16L", "I;16B", "I;16N") or any(
+        isinstance(raw, str) and ";16" in raw for raw in raw_modes
+    ):
+        losses.append("a 16-bit image, written with 8 bits a channel")
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        losses.append(f"frame 1 of {frames} restored and written; the other frames are not in the copy")
+    return tuple(losses)
 
 
 def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -357,6 +385,7 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
                         f"exceeds the limit of {_pixels(max_pixels)}",
                         path,
                     )
+                losses = _copy_losses(img) if whole_photo else ()
                 img.load()
                 upright = _upright(img)
                 array = _to_rgb_array(upright)
@@ -373,6 +402,8 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
                         _rgb_profile(img.info.get("icc_profile")),
                         _exif_of_upright(img, *upright.size),
                         colour,
+                        grey=upright.mode in _GREY_MODES,
+                        losses=losses,
                     )
     except ImageReadError:
         raise
@@ -483,6 +514,9 @@ def write_photo(path: str | os.PathLike[str], rgb: np.ndarray, like: Photo | Non
         image = Image.fromarray(np.dstack([np.where(kept, colour, rgb), like.alpha]), "RGBA")
     else:
         image = Image.fromarray(rgb)
+    if like is not None and like.grey and not np.any(rgb[..., :1] != rgb[..., 1:]):
+        # A grey photo's copy is grey too (its restored pixels were made grey: m2u.inference.paste).
+        image = image.convert("LA" if image.mode == "RGBA" else "L")
     if like is not None and format_name in _KEEP_METADATA:
         options.update(
             {key: value for key, value in (("icc_profile", like.icc_profile), ("exif", like.exif)) if value}

@@ -6,7 +6,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["feather_weight", "grow_region", "paste_feathered", "paste_region", "resize_matrix"]
+__all__ = [
+    "GREY_SPREAD",
+    "feather_weight",
+    "grow_region",
+    "is_black_and_white",
+    "keep_black_and_white",
+    "paste_feathered",
+    "paste_region",
+    "resize_matrix",
+]
+
+# A photo whose three channels lie at most this many levels apart at every pixel is black and white: a greyscale
+# file is read with equal channels, and a black-and-white photo saved as RGB comes within a few levels (4 such
+# photos in ../shared/faces/real-masked: 0-3 apart; colour photos there reach 100 and more).
+GREY_SPREAD = 4
 
 
 def feather_weight(region: np.ndarray, feather_px: int) -> np.ndarray:
@@ -89,3 +103,28 @@ def paste_feathered(
 def resize_matrix(width: int, height: int, size: int) -> np.ndarray:
     """The 2x3 matrix that maps an input of width x height onto the size x size crop (a plain resize)."""
     return np.array([[size / width, 0.0, 0.0], [0.0, size / height, 0.0]])
+
+
+def is_black_and_white(image: np.ndarray) -> bool:
+    """Whether `image` (uint8 RGB) is a black-and-white photo (`GREY_SPREAD`): checked on a sparse grid first, so a
+    colour photo is told in a fraction of the whole check."""
+    for view in (image[::16, ::16], image):
+        spread = view.max(axis=2).astype(np.int16) - view.min(axis=2)
+        if int(spread.max(initial=0)) > GREY_SPREAD:
+            return False
+    return True
+
+
+def keep_black_and_white(original: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """`result` with every pixel that differs from `original` turned grey (its luma), where `original` is a
+    black-and-white photo: the generator learnt colour faces and paints a skin-coloured lower face into a
+    black-and-white one. Pixels equal to `original` keep their exact values."""
+    if result is original or not is_black_and_white(original):
+        return result
+    changed = np.any(result != original, axis=2)
+    if not changed.any():
+        return result
+    grey = cv2.cvtColor(result, cv2.COLOR_RGB2GRAY)
+    kept = result.copy()
+    kept[changed] = grey[changed][:, None]
+    return kept

@@ -238,6 +238,8 @@ def _unmask_one(
         # A copy of the photo: a transparent one stays transparent, its colour profile and EXIF kept.
         write_photo(target, result, like=photo)
         row.output = str(target)
+        if photo.losses:
+            row.reason = "; ".join((*photo.losses, *([row.reason] if row.reason else [])))
         row.mask_fractions = " ".join(f"{f.mseg_fraction:.3f}" for f in faces)
         if any(f.alignment == "whole-frame" for f in faces):
             row.reason = "no face found by the detector: the whole photo restored as one masked face crop" + (

@@ -45,7 +45,14 @@ from m2u.core.imageio import as_rgb_image
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.inference.mask_refine import MaskRefineConfig, refine_mask
 from m2u.inference.masked_rule import NO_FACE, NOT_MASKED, NOTHING_TO_RESTORE, MaskedFaceRule, judged_no_face
-from m2u.inference.paste import feather_weight, grow_region, paste_feathered, paste_region, resize_matrix
+from m2u.inference.paste import (
+    feather_weight,
+    grow_region,
+    keep_black_and_white,
+    paste_feathered,
+    paste_region,
+    resize_matrix,
+)
 from m2u.inference.restore import (
     TwoStageModel,
     inpaint_batch,
@@ -530,7 +537,7 @@ class Unmasker:
         image = as_rgb_image(image)  # every way in: a float, RGBA or empty image is a ValueError here
         if self.config.aligned:
             result, restored, left = self._unmask_aligned(image)
-            return result, restored, left
+            return keep_black_and_white(image, result), restored, left
         return self.unmask_found(image, self.detect(image))
 
     def unmask_found(
@@ -538,7 +545,14 @@ class Unmasker:
     ) -> tuple[np.ndarray, list[FaceRestoration], list]:
         """As `unmask_with_refusals` for the faces `found` in `image` by this unmasker's detector (m2u.masking Face
         objects, refused ones included), e.g. detections cached by a benchmark. `as_turned`: `image` is a photo
-        turned by `_unmask_turned` (no whole-frame crop, no turning again)."""
+        turned by `_unmask_turned` (no whole-frame crop, no turning again). A black-and-white photo is restored in
+        grey (`keep_black_and_white`)."""
+        result, restored, left = self._unmask_found(image, found, as_turned)
+        return keep_black_and_white(image, result), restored, left
+
+    def _unmask_found(
+        self, image: np.ndarray, found: list, as_turned: bool
+    ) -> tuple[np.ndarray, list[FaceRestoration], list]:
         floor = self.config.min_score
         if floor is not None:
             found = [

@@ -795,3 +795,71 @@ def test_restored_faces_under_masks_covering_their_whole_crops_are_warned_about(
     )
     assert implausible_masks_warning([FileResult("d.jpg", "ok", faces=1, mask_fractions="0.310")]) == ""
     assert implausible_masks_warning([]) == ""
+
+
+def test_a_black_and_white_photo_is_restored_grey_and_a_grey_file_written_grey(tmp_path, tiny_checkpoints):
+    """The generator learnt colour faces: on a black-and-white photo it painted a skin-coloured lower face (found on
+    real-masked's black-and-white photos). Restored pixels are made grey there, untouched ones keep their values; a
+    grey file is written grey, a colour one stays colour; a 16-bit or animated input's row says what its copy lost."""
+    from PIL import Image
+
+    mseg_path, gen_path = tiny_checkpoints
+    folder = tmp_path / "in"
+    folder.mkdir()
+    colour = make_synthetic_sample(CROP, seed=3).masked
+    grey = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
+    Image.fromarray(grey).save(folder / "grey.png")  # a grey file
+    Image.fromarray(np.dstack([grey] * 3)).save(folder / "bw_as_rgb.png")  # black and white stored as RGB
+    Image.fromarray(colour).save(folder / "colour.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "deep.png")  # 16-bit grey
+    Image.fromarray(colour).save(
+        folder / "anim.gif", save_all=True, append_images=[Image.fromarray(colour[::-1])]
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(folder), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu", "--all-faces"],
+    )
+    assert result.exit_code == 0, result.output
+    with open(out / "report.csv") as handle:
+        reasons = {Path(row["input"]).name: row["reason"] for row in csv.DictReader(handle)}
+    written = {
+        name: Image.open(out / name) for name in ("grey.png", "bw_as_rgb.png", "colour.png", "deep.png")
+    }
+    assert {name: image.mode for name, image in written.items()} == {
+        "grey.png": "L",
+        "bw_as_rgb.png": "RGB",
+        "colour.png": "RGB",
+        "deep.png": "L",
+    }
+    assert not np.array_equal(np.asarray(written["grey.png"]), grey)  # restored
+    as_rgb = np.asarray(written["bw_as_rgb.png"])
+    changed = np.any(as_rgb != np.dstack([grey] * 3), axis=2)
+    assert changed.any() and np.ptp(as_rgb, axis=2).max() == 0  # restored, every pixel grey
+    restored_colour = np.asarray(written["colour.png"])
+    assert (
+        np.ptp(restored_colour[np.any(restored_colour != colour, axis=2)], axis=1).max() > 4
+    )  # still colour
+    assert reasons["deep.png"].startswith("a 16-bit image, written with 8 bits a channel")
+    assert reasons["anim.gif"].startswith("frame 1 of 2 restored and written")
+    assert reasons["grey.png"] == reasons["colour.png"] == ""
+
+
+def test_only_changed_pixels_of_a_black_and_white_photo_are_made_grey():
+    from m2u.inference.paste import GREY_SPREAD, is_black_and_white, keep_black_and_white
+
+    rng = np.random.default_rng(0)
+    level = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    near_grey = np.dstack([level, level, np.clip(level.astype(int) + GREY_SPREAD, 0, 255).astype(np.uint8)])
+    assert is_black_and_white(near_grey)
+    result = near_grey.copy()
+    result[10:20, 10:20] = (200, 120, 90)  # a skin-coloured restoration
+    kept = keep_black_and_white(near_grey, result)
+    assert np.array_equal(kept[:10], near_grey[:10])  # untouched pixels keep their exact (near-grey) values
+    assert np.ptp(kept[10:20, 10:20], axis=2).max() == 0  # grey: its luma
+    assert abs(int(kept[15, 15, 0]) - (0.299 * 200 + 0.587 * 120 + 0.114 * 90)) <= 1
+    colourful = near_grey.copy()
+    colourful[0, 0] = (0, 0, GREY_SPREAD + 1)
+    assert not is_black_and_white(colourful)
+    assert keep_black_and_white(colourful, result) is result
