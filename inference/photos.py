@@ -283,6 +283,11 @@ def _crops_there(out: Path, names: list[str], config: UnmaskConfig) -> list[Path
             "writes the crops; choose another output folder or leave `keep_crops` out"
         )
     folder = out / CROPS
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise OutputRefusedError(
+            f"{folder} is {'a link' if folder.is_symlink() else 'a file'}, not a folder: `keep_crops` writes the "
+            "crops in a folder of that name; move it or choose another output folder"
+        )
     return (
         [path for name in names for path in folder.glob(f"{glob.escape(name)}_face*")]
         if folder.is_dir()

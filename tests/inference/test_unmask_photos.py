@@ -863,3 +863,21 @@ def test_only_changed_pixels_of_a_black_and_white_photo_are_made_grey():
     colourful[0, 0] = (0, 0, GREY_SPREAD + 1)
     assert not is_black_and_white(colourful)
     assert keep_black_and_white(colourful, result) is result
+
+
+def test_a_file_where_the_crops_folder_goes_is_refused_in_one_line_and_kept(tmp_path, tiny_checkpoints):
+    mseg_path, gen_path = tiny_checkpoints
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "face.png"), make_synthetic_sample(CROP, seed=1).masked)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "crops").write_text("mine")
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(folder), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu", "--keep-crops"],
+    )
+    assert result.exit_code == 2 and "Errno" not in result.output, result.output
+    assert f"{out / 'crops'} is a file, not a folder: --keep-crops writes the crops" in result.output
+    assert (out / "crops").read_text() == "mine" and not (out / "face.png").exists()
