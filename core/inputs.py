@@ -26,7 +26,9 @@ import contextlib
 import csv
 import glob
 import io
+import json
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -422,17 +424,58 @@ def remove_killed_writes(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(removed)
 
 
+def _reports_of_lock(path: Path) -> list[str]:
+    """The report names a run recorded in its lock file (`output_lock`'s `reports`); [] for a lock of a run that
+    recorded none (training, or an m2u from before the record) or one that cannot be read."""
+    try:
+        with open(
+            path, "rb", opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NOFOLLOW", 0))
+        ) as f:
+            text = f.read(65536)
+        names = json.loads(text)["reports"] if text.strip() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def report_clash(out_dir: str | os.PathLike[str], tool: str, reports: Iterable[str]) -> str:
+    """Why `tool` must not write its `reports` into `out_dir` ("" when it may): another m2u command's run there
+    wrote reports of the same names that are still there (m2u-unmask's and m2u-eval real-masks' faces.jsonl and
+    index.html; m2u-mask's and m2u-unmask's report.csv), which this run would replace with its own, and the folder
+    would hold one command's outputs beside the other's reports. Each run records its report names in its lock file,
+    so any command can tell, whichever package it lives in."""
+    out = Path(out_dir)
+    ours = set(reports)
+    if not ours or not out.is_dir():
+        return ""
+    for entry in sorted(os.listdir(out)):
+        if not (entry.startswith(LOCK_PREFIX) and entry.endswith(LOCK_SUFFIX)) or entry == f".{tool}.lock":
+            continue
+        theirs = [name for name in _reports_of_lock(out / entry) if name in ours and (out / name).exists()]
+        if theirs:
+            other = entry[1 : -len(LOCK_SUFFIX)]
+            return (
+                f"{out} holds an {other} run's {', '.join(theirs)}, which this {tool} run would replace with its own; "
+                "choose another output folder (or move that run's files)"
+            )
+    return ""
+
+
 @contextlib.contextmanager
-def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_dir") -> Iterator[list[Path]]:
+def output_lock(
+    out_dir: str | os.PathLike[str], tool: str, setting: str = "out_dir", reports: Sequence[str] = ()
+) -> Iterator[list[Path]]:
     """Hold an exclusive lock on OUT/.<tool>.lock while a run writes OUT (filelock's flock, opened with
     O_NOFOLLOW and never truncated; the kernel releases it even after SIGKILL): a second run on the same OUT is
     refused at once instead of interleaving its files and report. Once it is held, the temporary files of an
     earlier run's writes killed midway are removed (`remove_killed_writes`; yielded): every command that locks
-    its output folder starts clean, and none removes what a run still writing owns."""
+    its output folder starts clean, and none removes what a run still writing owns. `reports`: the names of the
+    reports the run writes at OUT's top, recorded in the lock file; a folder holding another command's reports
+    of those names is refused (`report_clash`)."""
     import filelock
 
     path = Path(out_dir) / f".{tool}.lock"
-    problem = lock_problem(path)
+    problem = lock_problem(path) or report_clash(out_dir, tool, reports)
     if problem:
         raise OutputFolderError(problem)
     lock = filelock.UnixFileLock(str(path), timeout=0)
@@ -445,9 +488,30 @@ def output_lock(out_dir: str | os.PathLike[str], tool: str, setting: str = "out_
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
     try:
+        if reports:
+            _record_reports(path, reports)
         yield remove_killed_writes(out_dir)
     finally:
         lock.release()
+
+
+def _record_reports(path: Path, reports: Sequence[str]) -> None:
+    """Write the run's report names into its lock file, which it holds. Only into a lock file that is m2u's: a
+    regular file with one name (a hard link planted at the lock's name would be another file's bytes) that is empty
+    or holds such a record; otherwise nothing is recorded, and nothing of the file is lost."""
+    record = json.dumps({"reports": list(reports)}).encode()
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > 65536:
+            return
+        held = os.read(fd, 65536)
+        if held.strip() and not _reports_of_lock(path):
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+    finally:
+        os.close(fd)
 
 
 def find_inputs(

@@ -11,6 +11,7 @@ label images of the masks where given (`real_masks_main`).
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -230,7 +231,7 @@ def real_masks_main(**kw) -> None:
     Writes REPORT/real_masks.csv (one row per photo), REPORT/faces.jsonl (one line per face found: its evidence and,
     if left, its reason), REPORT/summary.json and REPORT/index.html (a contact sheet: photo | predicted mask |
     restored | label)."""
-    from m2u.evaluation.real_masks import evaluate_real_masks, plan_real_masks
+    from m2u.evaluation.real_masks import INPUT_PROBLEMS, evaluate_real_masks, plan_real_masks
     from m2u.inference.unmask import Unmasker
 
     try:
@@ -256,7 +257,15 @@ def real_masks_main(**kw) -> None:
     except user_errors() as exc:
         raise Refused(cli_message(exc)) from exc  # a refusal: exit 2, as m2u-eval's and every command's
     for key, value in summary.items():
-        click.echo(f"{key}: {value}")
+        if key != "passed_over":
+            click.echo(f"{key}: {value}")
+    # One line per photo or label that could not be scored as given, as m2u-unmask says its failed photos.
+    with open(Path(kw["out_dir"]) / "real_masks.csv", newline="") as table:
+        for row in csv.DictReader(table):
+            if row["status"] in INPUT_PROBLEMS:
+                click.echo(f"{row['status']}: {row['photo']}: {row['reason']}", err=True)
+    for sentence in summary.get("passed_over", []):
+        click.echo(sentence, err=True)
     click.echo(f"report: {Path(kw['out_dir']) / 'index.html'}")
     failed = sum(
         n for status, n in summary["statuses"].items() if status in ("unreadable", "error", "bad_label")

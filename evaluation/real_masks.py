@@ -27,7 +27,7 @@ import io
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import cv2
@@ -160,12 +160,19 @@ def label_key(relative: str) -> str:
 def label_index(labels: Path, exclude: list[Path]) -> dict[str, list[Path]]:
     """The label images below `labels` (found as m2u finds images: any image suffix, in subfolders too; nothing
     under an `exclude` folder) by `label_key`."""
+    return _found_labels(labels, exclude)[0]
+
+
+def _found_labels(labels: Path, exclude: list[Path]) -> tuple[dict[str, list[Path]], str]:
+    """`label_index`, and the sentence saying which files of the labels folder were passed over ("" if none)."""
     from m2u.core.inputs import discover
 
+    found = discover([labels], exclude=exclude)
     index: dict[str, list[Path]] = {}
-    for entry in discover([labels], exclude=exclude).entries:  # a broken one too: read_label says why
+    for entry in found.entries:  # a broken one too: read_label says why
         index.setdefault(label_key(entry.relative), []).append(entry.path)
-    return index
+    skipped = found.describe_skipped()
+    return index, skipped.replace("in the input folders", "in the labels folder")
 
 
 def read_label(
@@ -226,6 +233,15 @@ def label_problem(grey: np.ndarray, shape: tuple[int, int] | None, threshold: in
     if grey.max(initial=0) == 1:
         # An index mask (0 background, 1 mask) would read as an empty label: Dice 0, silently, in every mean.
         return "its values are only 0 and 1 (an index mask?); save the mask as 0/255 (white on black)"
+    levels = np.unique(grey)
+    if len(levels) == 2 and not levels[0] < threshold <= levels[1]:
+        # A clean two-level label drawn darker or lighter than the threshold reads as empty (Dice 0) or whole.
+        low, high = int(levels[0]), int(levels[1])
+        return (
+            f"its only values are {low} and {high}, both {'below' if high < threshold else 'at or above'} the "
+            f"threshold {threshold}: give a threshold between them (`label_threshold`, m2u-eval's "
+            f"--label-threshold; e.g. {(low + high + 1) // 2})"
+        )
     band = ambiguous_band(threshold)
     mid = float((np.abs(grey.astype(np.int16) - threshold) < band).mean())
     if mid > MAX_MID_GREY_SHARE:
@@ -338,7 +354,7 @@ def evaluate_real_masks(
     face_lines: list[dict] = []
     sheet: list[SheetRow] = []
     finished_lines = 0  # the face lines of the photos in `rows`
-    with output_lock(out, "m2u-eval-real-masks"):
+    with output_lock(out, EVAL_TOOL, reports=REPORTS):
         (out / "sheet").mkdir(exist_ok=True)
         try:
             for index, entry in enumerate(
@@ -370,13 +386,38 @@ def evaluate_real_masks(
             stopped = f"after {len(rows)} of {len(run.photos)} photos"
             with contextlib.suppress(OSError):
                 _write_outputs(
-                    out, rows, face_lines, sheet, labels is not None, run.unmatched_labels(), stopped=stopped
+                    out,
+                    rows,
+                    face_lines,
+                    sheet,
+                    labels is not None,
+                    run.unmatched_labels(),
+                    stopped=stopped,
+                    passed_over=run.passed_over,
                 )
             raise
-        return _write_outputs(out, rows, face_lines, sheet, labels is not None, run.unmatched_labels())
+        return _write_outputs(
+            out,
+            rows,
+            face_lines,
+            sheet,
+            labels is not None,
+            run.unmatched_labels(),
+            passed_over=run.passed_over,
+        )
 
 
 SHEET_KINDS = ("photo", "predicted", "restored", "label")
+REPORTS = (
+    "real_masks.csv",
+    "faces.jsonl",
+    "summary.json",
+    "index.html",
+)  # OUT's reports, rewritten by every run
+EVAL_TOOL = "m2u-eval-real-masks"  # its output lock's name
+# The statuses of a photo or label that could not be scored as given: said one line each on stderr, flagged on the
+# sheet, and the command exits 1 when any occurs (bad_label, unreadable, error; no_label is said, not failed).
+INPUT_PROBLEMS = ("unreadable", "error", "bad_label", "no_label")
 SHEET_CELL = re.compile(r"\d{5,}_(?:photo|predicted|restored|label)\.png")  # sheet_name's names, in sheet/
 
 
@@ -414,6 +455,9 @@ class RealMaskRun:
     labels: Path | None
     labels_of: dict[str, list[Path]]  # label_index
     photos_of_key: dict[str, list[Path]]  # the photos scored, by label_key (two under one key: no label told)
+    # What the folder scans passed over, photos' and labels' (a file without an image suffix, a hidden one...),
+    # each a sentence: the report says it, so fewer rows than files is never unexplained.
+    passed_over: list[str] = field(default_factory=list)
 
     def label_lookup(self, entry) -> LabelLookup | None:
         """Where the photo of `entry` finds its label; None without labels."""
@@ -447,7 +491,13 @@ def plan_real_masks(
     (m2u-eval real-masks calls it before loading the model): an input that does not exist, no photo, a labels
     folder that is missing or is a photo folder, an output folder that is an input or labels folder, a file of
     someone else's at a report or contact-sheet name."""
-    from m2u.core.inputs import OutputFolderError, check_arguments, check_output_folder, discover
+    from m2u.core.inputs import (
+        OutputFolderError,
+        check_arguments,
+        check_output_folder,
+        discover,
+        report_clash,
+    )
 
     config = config or RealMaskConfig()
     out = Path(out_dir)
@@ -466,18 +516,22 @@ def plan_real_masks(
                 )
     every = list(found.entries)
     chosen = every[: config.limit]
-    written = [out / name for name in ("real_masks.csv", "faces.jsonl", "summary.json", "index.html")]
+    written = [out / name for name in REPORTS]
     written += [out / sheet_name(index, kind) for index in range(len(chosen)) for kind in SHEET_KINDS]
     check_output_folder(out, found, written)
+    clash = report_clash(out, EVAL_TOOL, REPORTS)
+    if clash:
+        raise OutputFolderError(clash)
     if not chosen:
         raise ValueError("no input images found")
     if labels is not None and os.path.realpath(out) == os.path.realpath(labels):
         raise OutputFolderError(f"`out_dir` {out} is the labels folder; the report would mix with the labels")
-    labels_of = {} if labels is None else label_index(labels, [out, *found.folders])
+    labels_of, labels_skipped = ({}, "") if labels is None else _found_labels(labels, [out, *found.folders])
     photos_of_key: dict[str, list[Path]] = {}
     for entry in chosen:
         photos_of_key.setdefault(label_key(entry.relative), []).append(entry.path)
-    return RealMaskRun(out, chosen, every, labels, labels_of, photos_of_key)
+    passed_over = [sentence for sentence in (found.describe_skipped(), labels_skipped) if sentence]
+    return RealMaskRun(out, chosen, every, labels, labels_of, photos_of_key, passed_over)
 
 
 def _score_photo(
@@ -605,6 +659,7 @@ def _write_outputs(
     labelled: bool,
     unmatched_labels: list[str] | None = None,
     stopped: str = "",
+    passed_over: list[str] | None = None,
 ) -> dict:
     """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary.
     `unmatched_labels`: the label files no photo is named like (counted, and the first few named); `stopped`: how
@@ -624,6 +679,8 @@ def _write_outputs(
         summary["labels_without_a_photo"] = len(unmatched_labels)
         if unmatched_labels:
             summary["labels_without_a_photo_e_g"] = unmatched_labels[:5]
+    if passed_over:
+        summary["passed_over"] = passed_over
     if stopped:
         summary = {"stopped": stopped, **summary}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -672,12 +729,17 @@ def _sheet_html(summary: dict, sheet: list[SheetRow], labelled: bool) -> str:
         cells = "".join(f'<td><img src="{html.escape(n)}" loading="lazy"></td>' for n in names)
         if labelled and len(names) == 3:
             cells += "<td></td>"
-        lines.append(f"<tr>{title}{cells}<td>{figures}</td></tr>")
-    keys = ", ".join(f"{k}: {v}" for k, v in summary.items() if k != "statuses")
+        flagged = ' class="failed"' if row.status in INPUT_PROBLEMS else ""
+        lines.append(f"<tr{flagged}>{title}{cells}<td>{figures}</td></tr>")
+    keys = ", ".join(f"{k}: {v}" for k, v in summary.items() if k not in ("statuses", "passed_over"))
+    statuses = ", ".join(f"{status} {n}" for status, n in summary.get("statuses", {}).items())
+    passed = "".join(f"<p>{html.escape(sentence)}</p>" for sentence in summary.get("passed_over", []))
     return f"""<!doctype html><meta charset="utf-8"><title>m2u-eval real-masks</title>
 <style>tr.failed td {{background: #fde8e8}}</style>
 <h1>m2u-eval real-masks</h1>
 <p>{html.escape(keys)}</p>
+<p><b>photos by status:</b> {html.escape(statuses)}</p>
+{passed}
 <p>Boxes on the photo: green restored, orange left as it is (see the reason), grey an uncertain detection judged no
 face. Predicted mask: M-Seg's, mapped back to the photo (restored faces only).</p>
 <table border="1" cellpadding="2"><tr><th>name</th>{"".join(f"<th>{h}</th>" for h in heads)}</tr>

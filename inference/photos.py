@@ -47,6 +47,7 @@ __all__ = ["FileResult", "face_record", "left_faces_reason", "output_suffix", "s
 
 CROPS = "crops"  # OUT/crops/: --keep-crops' aligned crops, masks and restorations
 REPORTS = ("report.csv", "faces.jsonl", "index.html")  # OUT's reports, rewritten by every run
+UNMASK_TOOL = "m2u-unmask"  # its output lock's name (OUT/.m2u-unmask.lock)
 # A photo's reason where faces too small for one look at the whole photo may be missed (a crowd, a wide strip) and
 # tiles are off (Unmasker.faces_may_hide); the run's last line counts them.
 SMALL_FACES_MAY_HIDE = "smaller faces may be missed: tiles are off"
@@ -105,7 +106,14 @@ def unmask_files(
     `_output_name`) and write
     `out_dir/report.csv`. `inputs`: the arguments, or their `m2u.core.inputs.find_inputs` result (then not
     scanned again: m2u-unmask prints its `describe_skipped`)."""
-    from m2u.core.inputs import check_output_folder, discover, no_images_error, output_lock
+    from m2u.core.inputs import (
+        OutputFolderError,
+        check_output_folder,
+        discover,
+        no_images_error,
+        output_lock,
+        report_clash,
+    )
 
     config = config or UnmaskConfig()
     out = Path(out_dir)
@@ -128,10 +136,13 @@ def unmask_files(
     )
     if not paths:
         raise no_images_error(found)
+    clash = report_clash(out, UNMASK_TOOL, REPORTS)
+    if clash:
+        raise OutputFolderError(clash)
     # The models load (and the device is checked) before OUT is made: a bad model file or --device leaves none.
     unmasker = unmasker or Unmasker.from_files(mseg_path, generator_path, config)
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out, "m2u-unmask"):
+    with output_lock(out, UNMASK_TOOL, reports=REPORTS):
         return _unmask_paths(list(zip(paths, names, strict=True)), out, config, unmasker)
 
 

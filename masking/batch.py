@@ -44,10 +44,12 @@ from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
+    OutputFolderError,
     check_output_folder,
     find_inputs,
     no_images_error,
     output_lock,
+    report_clash,
 )
 from m2u.core.outcome import Outcome, Status
 from m2u.core.parallel import report, worker_pool
@@ -443,7 +445,7 @@ def mask_files(
 
     `inputs`: the arguments, or their `m2u.core.inputs.find_inputs` result (then not scanned again).
     Raises InputError (no inputs), OutputFolderError (OUT is an input folder, would replace an input, or another
-    run is writing it) before any output is written."""
+    run is writing it, or it holds another command's report.csv) before any output is written."""
     out = Path(out_dir)
     found = find_inputs(inputs, out)
     files = output_stems(found.entries[: config.limit])
@@ -452,13 +454,16 @@ def mask_files(
         p for mask, indices in groups for i in indices for p in output_paths(out, files[i][1], mask.mask_type)
     ]
     check_output_folder(out, found, [*targets, out / REPORT_NAME])
+    clash = report_clash(out, LOCK_TOOL, (REPORT_NAME,))
+    if clash:
+        raise OutputFolderError(clash)
     if not files:
         raise no_images_error(found)
     detector = config.detector.for_photos(len(files))
     FaceDetector(detector)  # a detector this install cannot run is refused before OUT is made
     out.mkdir(parents=True, exist_ok=True)
     workers = config.resolved_workers()
-    with output_lock(out, LOCK_TOOL):
+    with output_lock(out, LOCK_TOOL, reports=(REPORT_NAME,)):
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
         stems: list[Path] = []  # each row's output name

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -1251,8 +1252,15 @@ def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(t
     label[:10] = 255  # 10 more rows: Dice 2*20/(20+30) = 0.8
     cv2.imwrite(str(labels / "b.jpg"), label)
     (photos / "broken.jpg").write_bytes(b"not an image")
+    (photos / "notes.txt").write_text("not a photo")  # passed over, and said to be
+    (photos / "no_suffix").write_bytes((photos / "a.png").read_bytes())
+    (labels / ".hidden.png").write_bytes((labels / "a.png").read_bytes())
     out = tmp_path / "report"
     summary = evaluate_real_masks([str(photos)], out, _FakeUnmasker(), labels, RealMaskConfig(thumb=32))
+    assert summary["passed_over"] == [
+        "2 file(s) in the input folders have no image suffix and were not read ((none) 1, .txt 1)",
+        "1 image file(s) in the labels folder are hidden (a name or folder starting with '.') and were not read",
+    ]
     with open(out / "real_masks.csv") as handle:
         rows = {Path(r["photo"]).name: r for r in csv.DictReader(handle)}
     assert float(rows["a.png"]["dice"]) == 1.0 and float(rows["a.png"]["remnant"]) == 0.0
@@ -1268,7 +1276,10 @@ def test_real_masks_evaluation_scores_photos_against_labels_and_writes_a_sheet(t
     assert summary["labelled_photos"] == 2 and summary["photos_with_face_found"] == 3
     assert summary["dice_all_labelled"] == pytest.approx(0.9, abs=0.01)
     page = (out / "index.html").read_text()
-    assert page.count("<tr>") == 4 and "label" in page  # header + three readable photos
+    assert page.count("<tr>") == 3 and "label" in page  # header + the two photos scored against labels
+    assert page.count('<tr class="failed">') == 2  # c.png has no label, broken.jpg cannot be read
+    assert "<b>photos by status:</b> no_label 1, ok 2, unreadable 1" in page
+    assert "1 image file(s) in the labels folder are hidden" in page
     assert len(list((out / "sheet").glob("*_label.png"))) == 2
     # One line per face found, named by its photo (the unreadable photo has none).
     lines = [json.loads(t) for t in (out / "faces.jsonl").read_text().splitlines()]
@@ -1284,11 +1295,16 @@ def test_a_label_that_cannot_be_its_photos_mask_is_the_labels_fault_said_so(tmp_
     photos.mkdir()
     labels.mkdir()
     rng = np.random.default_rng(1)
-    for name in ("photo_as_label", "wide", "empty", "text", "fine"):
+    for name in ("photo_as_label", "wide", "empty", "text", "fine", "dark", "faint"):
         cv2.imwrite(str(photos / f"{name}.png"), rng.integers(1, 255, (40, 30, 3), dtype=np.uint8))
     cv2.imwrite(str(labels / "photo_as_label.png"), rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
     cv2.imwrite(str(labels / "wide.png"), np.full((10, 40), 255, np.uint8))  # 4:1, its photo 3:4
     cv2.imwrite(str(labels / "empty.png"), np.zeros((40, 30), np.uint8))
+    two_levels = np.zeros((40, 30), np.uint8)
+    two_levels[20:] = 100  # a clean mask drawn in dark grey: all of it under the threshold 127
+    cv2.imwrite(str(labels / "dark.png"), two_levels)
+    two_levels[20:] = 40  # fainter, not near the threshold: read as an empty label (Dice 0) before
+    cv2.imwrite(str(labels / "faint.png"), two_levels)
     (labels / "text.png").write_text("not an image")
     fine = np.zeros((80, 60), np.uint8)  # twice the photo's size, same shape: resized
     fine[40:] = 255
@@ -1302,6 +1318,11 @@ def test_a_label_that_cannot_be_its_photos_mask_is_the_labels_fault_said_so(tmp_
         ("photo_as_label", "not a binary label"),
         ("wide", "the label is 40x10 px, its photo 30x40: another shape"),
         ("text", "labels/text.png: not an image"),
+        (
+            "dark",
+            "its only values are 0 and 100, both below the threshold 127: give a threshold between them",
+        ),
+        ("faint", "its only values are 0 and 40, both below the threshold 127"),
     ):
         assert rows[name]["status"] == "bad_label" and said in rows[name]["reason"], rows[name]
         assert rows[name]["faces_found"] == "1" and not rows[name]["dice"]  # the photo itself was read
@@ -1314,7 +1335,7 @@ def test_a_label_that_cannot_be_its_photos_mask_is_the_labels_fault_said_so(tmp_
     assert float(rows["fine"]["dice"]) == 1.0 and float(rows["fine"]["remnant"]) == 0.0
     assert summary["remnant_all_labelled"] == 0.0  # the empty label is not averaged in
     assert summary["labels_without_a_photo"] == 1 and summary["labels_without_a_photo_e_g"] == ["typo.png"]
-    assert summary["statuses"] == {"bad_label": 3, "ok": 2}
+    assert summary["statuses"] == {"bad_label": 5, "ok": 2}
 
 
 def test_the_real_masks_command_says_a_refusal_with_2_and_unread_inputs_with_1(tmp_path, tiny_checkpoints):
@@ -1334,6 +1355,8 @@ def test_the_real_masks_command_says_a_refusal_with_2_and_unread_inputs_with_1(t
     (photos / "broken.jpg").write_bytes(b"not an image")
     result = CliRunner().invoke(real_masks_main, [str(photos), "-o", str(tmp_path / "r"), *models])
     assert result.exit_code == 1 and "'unreadable': 1" in result.output, result.output
+    # ... and names it in one line, as m2u-unmask names the photos it could not read
+    assert f"unreadable: {photos / 'broken.jpg'}: not an image (unrecognised format)" in result.output
 
 
 def test_photo_mask_maps_crop_masks_back_through_the_alignment():
@@ -1819,3 +1842,56 @@ def test_photos_of_two_folders_with_one_path_below_them_get_no_label_told(tmp_pa
         assert f"{tmp_path / other} also looks for {labels / 'x'}.*" in rows[name]["reason"]
     assert rows["a/only_a.png"]["status"] == rows["b/only_b.png"]["status"] == "ok"
     assert summary["labelled_photos"] == 2
+
+
+def test_an_unmask_run_and_a_real_masks_report_never_replace_each_others_reports(tmp_path, tiny_checkpoints):
+    """Both write faces.jsonl and index.html at their folder's top: the second command into a folder holding the
+    first's reports is refused in one line before any work, and the first's files are left as they were. Each run
+    records its report names in its lock file, which is how the other command knows."""
+    from m2u.inference.cli import unmask_main
+
+    mseg_path, gen_path = tiny_checkpoints
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "face.png"), cv2.cvtColor(_astronaut(), cv2.COLOR_RGB2BGR))
+    models = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-q"]
+    shared = tmp_path / "shared"
+    unmasked = CliRunner().invoke(unmask_main, [str(photos), "-o", str(shared), *models, "--device", "cpu"])
+    assert unmasked.exit_code in (0, 1) and (shared / "faces.jsonl").is_file(), unmasked.output
+    before = {p.name: p.read_bytes() for p in shared.iterdir() if p.is_file()}
+    evaluated = CliRunner().invoke(real_masks_main, [str(photos), "-o", str(shared), *models])
+    assert evaluated.exit_code == 2, evaluated.output
+    assert f"{shared} holds an m2u-unmask run's faces.jsonl, index.html" in evaluated.output
+    assert {p.name: p.read_bytes() for p in shared.iterdir() if p.is_file()} == before
+    # The other way round, and each command still reruns into its own folder.
+    report = tmp_path / "report"
+    assert CliRunner().invoke(real_masks_main, [str(photos), "-o", str(report), *models]).exit_code == 0
+    refused = CliRunner().invoke(unmask_main, [str(photos), "-o", str(report), *models, "--device", "cpu"])
+    assert (
+        refused.exit_code == 2
+        and "holds an m2u-eval-real-masks run's faces.jsonl, index.html" in refused.output
+    )
+    again = CliRunner().invoke(unmask_main, [str(photos), "-o", str(shared), *models, "--device", "cpu"])
+    assert again.exit_code == unmasked.exit_code, again.output
+
+
+def test_a_lock_file_that_is_not_m2us_is_never_written_into(tmp_path):
+    from m2u.core.inputs import output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = tmp_path / "precious.txt"
+    theirs.write_text("a person's file")
+    os.link(theirs, out / ".m2u-unmask.lock")  # a hard link planted at the lock's name
+    with output_lock(out, "m2u-unmask", reports=("report.csv",)):
+        pass
+    assert theirs.read_text() == "a person's file"
+    empty = tmp_path / "empty.txt"  # an empty file of theirs stays empty too
+    empty.touch()
+    os.link(empty, out / ".m2u-mask.lock")
+    with output_lock(out, "m2u-mask", reports=("report.csv",)):
+        pass
+    assert empty.read_bytes() == b""
+    with output_lock(tmp_path, "m2u-unmask", reports=("report.csv",)):
+        pass
+    assert json.loads((tmp_path / ".m2u-unmask.lock").read_text()) == {"reports": ["report.csv"]}
