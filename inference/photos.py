@@ -12,6 +12,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from html import escape
 from pathlib import Path, PurePosixPath
@@ -136,7 +137,7 @@ def unmask_files(
     )
     if not paths:
         raise no_images_error(found)
-    clash = report_clash(out, UNMASK_TOOL, REPORTS)
+    clash = report_clash(out, UNMASK_TOOL, REPORTS) or _another_photos_restoration(out, zip(paths, names))
     if clash:
         raise OutputFolderError(clash)
     # The models load (and the device is checked) before OUT is made: a bad model file or --device leaves none.
@@ -181,6 +182,43 @@ def _unmask_paths(
         raise
     _write_reports(out, results, face_lines)
     return results
+
+
+def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) -> str:
+    """Why this run must not write its outputs ("" when it may): one of them would replace the restoration of
+    another photo, which an earlier run's report.csv names as that output's input and which is still there (a
+    rerun of the same photo replaces its own restoration; one whose photo was moved or deleted may be replaced).
+    Outputs are named by their path below their input folder, so two folders' x.jpg land at one name."""
+    report = out / REPORTS[0]
+    if not _is_unmask_report(report):
+        return ""
+    sources: dict[
+        tuple[int, int], str
+    ] = {}  # earlier outputs, by file identity: the paths were given as typed
+    with open(report, newline="") as handle:
+        for row in csv.DictReader(handle):
+            with contextlib.suppress(OSError):
+                if row.get("output"):
+                    info = os.stat(row["output"])
+                    sources[(info.st_dev, info.st_ino)] = row["input"]
+    for path, name in planned:
+        try:
+            info = os.stat(out / name)
+        except OSError:
+            continue
+        source = sources.get((info.st_dev, info.st_ino))
+        if source is None:
+            continue
+        try:
+            if os.path.samefile(source, path):
+                continue
+        except OSError:
+            continue  # its photo is gone (moved, deleted): nothing left that it restores
+        return (
+            f"{out / name} is the restoration of {source} (an earlier run's report.csv), which this run would "
+            f"replace with {path}'s; choose another `out_dir`"
+        )
+    return ""
 
 
 def _is_unmask_report(path: Path) -> bool:

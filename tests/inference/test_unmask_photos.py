@@ -881,3 +881,29 @@ def test_a_file_where_the_crops_folder_goes_is_refused_in_one_line_and_kept(tmp_
     assert result.exit_code == 2 and "Errno" not in result.output, result.output
     assert f"{out / 'crops'} is a file, not a folder: --keep-crops writes the crops" in result.output
     assert (out / "crops").read_text() == "mine" and not (out / "face.png").exists()
+
+
+def test_a_run_never_replaces_another_photos_restoration_of_the_same_name(tmp_path, tiny_checkpoints):
+    """Outputs are named by their path below their input folder, so A/x.png and B/x.png land at one name: B's run
+    into A's output folder is refused in one line before any work while A/x.png is there. A rerun of A replaces its
+    own restoration, and so may a run whose earlier photo was moved away."""
+    mseg_path, gen_path = tiny_checkpoints
+    for folder, seed in (("A", 1), ("B", 2)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), make_synthetic_sample(CROP, seed=seed).masked)
+    out = tmp_path / "out"
+    options = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+    options += ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu"]
+
+    def run(folder: str):
+        return CliRunner().invoke(unmask_main, [str(tmp_path / folder), *options])
+
+    assert run("A").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    refused = run("B")
+    assert refused.exit_code == 2, refused.output
+    assert f"{out / 'x.png'} is the restoration of {tmp_path / 'A' / 'x.png'}" in refused.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # reports too
+    assert run("A").exit_code == 0  # its own rerun
+    (tmp_path / "A").rename(tmp_path / "A-moved")
+    assert run("B").exit_code == 0  # A's photo is gone: its name may be taken
