@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -153,7 +154,9 @@ def mask_scores(
 
 def label_key(relative: str) -> str:
     """What pairs a photo with its label: its path below its folder (posix) without the suffix, so
-    `a/x.jpg`'s label is `LABELS/a/x.png` (any image suffix), never `b/x.jpg`'s."""
+    `a/x.jpg`'s label is `LABELS/a/x.png` (any image suffix), never `b/x.jpg`'s. In Unicode NFC: macOS writes names
+    decomposed (NFD), so "José.png" saved there names the photo "José.jpg" written elsewhere."""
+    relative = unicodedata.normalize("NFC", relative)
     return relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
 
 
@@ -443,6 +446,9 @@ class LabelLookup:
     where: str
     paths: list[Path]
     shared_with: str = ""
+    # Labels whose names differ from the photo's only in letter case (not paired: two such labels could be two
+    # photos'), named in a missing label's reason.
+    case_only: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -458,6 +464,7 @@ class RealMaskRun:
     # What the folder scans passed over, photos' and labels' (a file without an image suffix, a hidden one...),
     # each a sentence: the report says it, so fewer rows than files is never unexplained.
     passed_over: list[str] = field(default_factory=list)
+    _casefolded: dict[str, list[str]] | None = field(default=None, repr=False)
 
     def label_lookup(self, entry) -> LabelLookup | None:
         """Where the photo of `entry` finds its label; None without labels."""
@@ -466,7 +473,18 @@ class RealMaskRun:
         key = label_key(entry.relative)
         others = [str(path) for path in self.photos_of_key.get(key, []) if path != entry.path]
         where = f"{self.labels / key}.*"
-        return LabelLookup(where, self.labels_of.get(key, []), others[0] if others else "")
+        paths = self.labels_of.get(key, [])
+        case_only = [] if paths else self._labels_by_casefold().get(key.casefold(), [])
+        return LabelLookup(where, paths, others[0] if others else "", case_only)
+
+    def _labels_by_casefold(self) -> dict[str, list[str]]:
+        """The label files by their key in lower case, once per run."""
+        if self._casefolded is None:
+            self._casefolded = {}
+            for key, paths in self.labels_of.items():
+                for path in paths:
+                    self._casefolded.setdefault(key.casefold(), []).append(path.name)
+        return self._casefolded
 
     def unmatched_labels(self) -> list[str] | None:
         """The label files no photo found is named like (a typo, a photo missing), sorted; None without labels."""
@@ -573,7 +591,8 @@ def _score_photo(
                 "two folders with one path below them: give them in one folder, whose subfolders tell them apart)",
             )
         elif not label_paths:
-            _label_status(row, "no_label", f"no label {lookup.where} (any image suffix)")
+            near = f"; {', '.join(lookup.case_only)} differs only in letter case" if lookup.case_only else ""
+            _label_status(row, "no_label", f"no label {lookup.where} (any image suffix){near}")
         elif len(label_paths) > 1:
             _label_status(
                 row,

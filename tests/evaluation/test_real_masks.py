@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import unicodedata
 import os
 from pathlib import Path
 
@@ -1895,3 +1896,24 @@ def test_a_lock_file_that_is_not_m2us_is_never_written_into(tmp_path):
     with output_lock(tmp_path, "m2u-unmask", reports=("report.csv",)):
         pass
     assert json.loads((tmp_path / ".m2u-unmask.lock").read_text()) == {"reports": ["report.csv"]}
+
+
+def test_a_label_in_decomposed_unicode_is_its_photos_and_one_in_another_case_is_named(tmp_path):
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    photos.mkdir()
+    labels.mkdir()
+    image = np.random.default_rng(0).integers(1, 255, (40, 30, 3), dtype=np.uint8)
+    label = np.zeros((40, 30), np.uint8)
+    label[20:] = 255  # the fake's mask
+    for name in ("café.png", "P01_Case.png"):
+        cv2.imwrite(str(photos / name), image)
+    cv2.imwrite(str(labels / unicodedata.normalize("NFD", "café.png")), label)  # as macOS writes the name
+    cv2.imwrite(str(labels / "p01_case.png"), label)
+    evaluate_real_masks([str(photos)], tmp_path / "r", _FakeUnmasker(), labels, RealMaskConfig(thumb=32))
+    with open(tmp_path / "r" / "real_masks.csv") as handle:
+        rows = {unicodedata.normalize("NFC", Path(r["photo"]).name): r for r in csv.DictReader(handle)}
+    assert rows["café.png"]["status"] == "ok" and float(rows["café.png"]["dice"]) == 1.0
+    assert rows["P01_Case.png"]["status"] == "no_label"
+    assert rows["P01_Case.png"]["reason"].endswith(
+        "(any image suffix); p01_case.png differs only in letter case"
+    )
