@@ -591,8 +591,8 @@ def _score_photo(
                 "two folders with one path below them: give them in one folder, whose subfolders tell them apart)",
             )
         elif not label_paths:
-            near = f"; {', '.join(lookup.case_only)} differs only in letter case" if lookup.case_only else ""
-            _label_status(row, "no_label", f"no label {lookup.where} (any image suffix){near}")
+            case = f"; {', '.join(lookup.case_only)} differs only in letter case" if lookup.case_only else ""
+            _label_status(row, "no_label", f"no label {lookup.where} (any image suffix){case}")
         elif len(label_paths) > 1:
             _label_status(
                 row,
