@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import unicodedata
 import os
+import unicodedata
 from pathlib import Path
 
 import cv2
