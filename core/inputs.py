@@ -239,19 +239,32 @@ def _list_rows(list_file: Path) -> list[tuple[str, str]]:
     rows = []
     for record in records:
         value = None if identity_column is None else record[identity_column]
-        rows.append((str(record[path_column]), "" if value is None else str(value)))
+        path = record[path_column]  # None: a Parquet null, which str() would make a file named "None"
+        rows.append(("" if path is None else str(path), "" if value is None else str(value)))
     return rows
 
 
 def _scan_list(list_file: Path) -> list[InputEntry]:
     root = list_file.parent.resolve()
     entries = []
-    for text, identity in _list_rows(list_file):
+    for row, (text, identity) in enumerate(_list_rows(list_file), start=1):
+        if (
+            not text.strip()
+        ):  # an empty cell of a CSV or Parquet list: a row of its own, never the list's folder
+            where = f"{list_file.stem}-row{row}"
+            problem = f"an empty path (row {row} of {list_file.name})"
+            entries.append(InputEntry(list_file.parent / where, where, str(list_file), identity, problem))
+            continue
         path = Path(text) if Path(text).is_absolute() else list_file.parent / text
         try:
             relative = path.resolve().relative_to(root).as_posix()
         except (ValueError, OSError, RuntimeError):
             relative = path.name
+        if relative in (
+            "",
+            ".",
+        ):  # the list's folder or a root ("." or "/"): no name to key or write outputs by
+            relative = f"{list_file.stem}-row{row}"
         entries.append(InputEntry(path, relative, str(list_file), identity, probe(path)))
     return entries
 

@@ -113,3 +113,32 @@ def test_jfif_and_jpe_photos_are_found_and_m2us_own_locks_are_not_counted(tmp_pa
     found = inputs.discover([str(photos)])
     assert sorted(e.relative for e in found.entries) == ["a.jfif", "b.jpe", "c.jpg"]
     assert found.describe_skipped() == ""
+
+
+def test_an_empty_or_folder_entry_of_a_list_file_is_an_error_row_never_a_crash_nor_a_file_named_none(
+    tmp_path,
+):
+    """A Parquet null became a file named "None"; an empty CSV cell, "." or "/" crashed m2u-mask (a path with no
+    name to write outputs by). Each is now a row of its own with its reason, beside the photos listed."""
+    import pandas as pd
+
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "None").write_bytes((folder / "a.png").read_bytes())  # what a null would have been read as
+    (folder / "l.csv").write_text('path\na.png\n""\n')
+    (folder / "l.txt").write_text("a.png\n.\n/\n")
+    pd.DataFrame({"path": ["a.png", None]}).to_parquet(folder / "l.parquet")
+    for name, reasons in (
+        ("l.csv", ["an empty path (row 2 of l.csv)"]),
+        ("l.txt", ["not a regular file (a folder)"] * 2),
+        ("l.parquet", ["an empty path (row 2 of l.parquet)"]),
+    ):
+        out = tmp_path / f"out-{name}"
+        result = CliRunner().invoke(mask_main, [str(folder / name), "-o", str(out), "-q"])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        rows = (out / "report.csv").read_text().splitlines()[1:]
+        assert len(rows) == 1 + len(reasons) and rows[0].startswith(f"{folder / 'a.png'},")
+        assert all(reason in row for reason, row in zip(reasons, rows[1:], strict=True)), rows
+        assert not any("None" in row for row in rows)
