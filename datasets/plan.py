@@ -122,10 +122,11 @@ def plan_samples(
     _check_inputs(items, split_by)
     per_split: dict[str, list[tuple[float, str, InputItem, int]]] = {split: [] for split in SPLITS}
     keys: dict[str, str] = {}
+    people = _identities_joined_by_shared_photos(items) if split_by is SplitBy.IDENTITY else {}
     for item in items:
         # Variants of one input share its split, so no face leaks between splits.
         if split_by is SplitBy.IDENTITY:
-            group = item.same_identity_as or item.identity
+            group = people.get(item.identity, item.identity)
         else:
             group = item.same_as or item.stable_key
         split = assign_split(group, seed, fractions)
@@ -156,6 +157,27 @@ def plan_samples(
                 )
             )
     return plan
+
+
+def _identities_joined_by_shared_photos(items: Sequence[InputItem]) -> dict[str, str]:
+    """Each identity's split group under an identity split: identities that share a photo (the same bytes under
+    two identities, `InputItem.same_identity_as`) are one group, named by its first identity in sorted order, so
+    neither the photo nor any identity lands in two splits (a copy that only followed the other file's split left
+    the rest of its own identity elsewhere). Identities sharing nothing keep their own name, so their splits are
+    as before."""
+    parent: dict[str, str] = {}
+
+    def root(identity: str) -> str:
+        while parent.get(identity, identity) != identity:
+            identity = parent[identity]
+        return identity
+
+    for item in items:
+        if item.same_identity_as and item.same_identity_as != item.identity:
+            first, second = sorted((root(item.identity), root(item.same_identity_as)))
+            if first != second:
+                parent[second] = first
+    return {identity: root(identity) for identity in parent}
 
 
 def group_by_shard(plan: Sequence[PlannedSample]) -> dict[tuple[str, int], list[PlannedSample]]:

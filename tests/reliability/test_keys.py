@@ -260,6 +260,33 @@ def test_a_copy_goes_with_its_original_under_an_identity_split_too(tmp_path):
         assert copy.split == original.split and copy.identity == str(100 + k)
 
 
+def test_identities_that_share_a_photo_go_to_one_split_whole(tmp_path):
+    """Identity 99 holds its own photos and a byte-copy of a photo of identity k: a copy that only followed its
+    original's split left identity 99 in two splits. Identities joined by a shared photo are one group now, so no
+    identity and no photo is in two splits."""
+    from m2u.datasets.plan import plan_samples
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = []
+    for k in range(12):
+        for j in range(3):
+            (folder / f"p{k:02d}_{j}.jpg").write_bytes(bytes([k, j]) * 32)
+            lines.append(f"p{k:02d}_{j}.jpg {k}")
+        (folder / f"z{k:02d}.jpg").write_bytes(bytes([k, 0]) * 32)  # a copy of p{k}_0, listed as identity 99
+        lines.append(f"z{k:02d}.jpg 99")
+        (folder / f"own{k:02d}.jpg").write_bytes(bytes([200, k]) * 32)  # identity 99's own photos
+        lines.append(f"own{k:02d}.jpg 99")
+    (tmp_path / "ids.txt").write_text("\n".join(lines) + "\n")
+    items = discover_inputs([folder], identity_file=tmp_path / "ids.txt")
+    samples = plan_samples(items, seed=0, fractions=(0.5, 0.25, 0.25), split_by="identity")
+    splits_of: dict[str, set[str]] = {}
+    for sample in samples:
+        splits_of.setdefault(sample.identity, set()).add(sample.split)
+    assert all(len(splits) == 1 for splits in splits_of.values()), splits_of
+    assert len({split for splits in splits_of.values() for split in splits}) == 1  # all joined through 99
+
+
 def test_an_identity_file_finds_a_name_spelled_the_other_unicode_way(tmp_path):
     """A macOS file name (e + a combining accent) is found in an identity file written on Linux (one letter)."""
     import unicodedata
