@@ -278,12 +278,13 @@ def flag_of(setting: str, ctx: click.Context | None = None) -> str | None:
 
 def cli_message(error: BaseException, ctx: click.Context | None = None) -> str:
     """The message of a library error for a CLI user: a SettingError's setting (m2u.core.errors) becomes its flag
-    (the key spelled as one, ``identity_file`` → ``--identity-file``, where the command has no such option), and
-    so do the settings a message names in backticks that the command has options for; other text is kept."""
+    (the key itself, in backticks, where the command has no option for it: a key given through `--mask-option`,
+    `--set` or a config file; spelled as a flag it named an option that does not exist), and so do the settings a
+    message names in backticks that the command has options for; other text is kept."""
     from m2u.core.errors import SettingError
 
     text = str(error)
     if isinstance(error, SettingError):
-        flag = flag_of(error.setting, ctx) or "--" + error.setting.replace("_", "-")
+        flag = flag_of(error.setting, ctx) or f"`{error.setting}`"
         text = f"{flag}: {error.message}"
     return _SETTING_MENTION.sub(lambda match: flag_of(match.group(1), ctx) or match.group(0), text)

@@ -88,8 +88,9 @@ def test_the_cli_says_the_flag_of_the_running_command():
     # a repeatable option that fills a dict setting, and a setting whose flag is spelled otherwise
     assert cli_message(SettingError("detector_options", "x"), dataset) == "--detector-option: x"
     assert cli_message(SettingError("mask_threshold", "x"), unmask) == "--threshold: x"
-    # a setting the command has no option for: the key spelled as a flag
-    assert cli_message(SettingError("max_pixels", "x"), unmask) == "--max-pixels: x"
+    # a setting the command has no option for (set by --mask-option, --set, a config file): the key itself, never
+    # a flag the command does not have
+    assert cli_message(SettingError("max_pixels", "x"), unmask) == "`max_pixels`: x"
     # settings a message mentions in backticks become the command's flags; other backticked words stay
     error = OutputFolderError("`out_dir` runs/x holds a build; use `overwrite` to replace it (`ray start`)")
     assert (
