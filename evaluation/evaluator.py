@@ -32,7 +32,7 @@ from tqdm import tqdm
 from m2u.core.checks import check_at_least, check_types
 from m2u.core.fileio import check_writable
 from m2u.core.imageio import write_image
-from m2u.core.inputs import OutputFolderError
+from m2u.core.inputs import OutputFolderError, output_lock, report_clash
 from m2u.core.runtime import runtime_field
 from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
 from m2u.evaluation.groups import group_means, sample_mask_attributes
@@ -70,6 +70,8 @@ __all__ = [
 
 GROUPED_ROW = "m2u_composite"  # the row the per-mask-type tables break down (what m2u-unmask shows)
 BASELINE_MASKS = ("predicted", "ground_truth", "both")
+
+EVAL_TOOL = "m2u-eval"  # its output lock's name (OUT/.m2u-eval.lock), which records its report names
 
 
 @dataclass
@@ -386,6 +388,9 @@ def evaluate(
         )
     for name in REPORT_FILES:  # refused now, not after the scoring (m2u.core.fileio: never a person's file)
         check_writable(out_dir / name)
+    clash = report_clash(out_dir, EVAL_TOOL, REPORT_FILES)  # another command's metrics.json, index.html...
+    if clash:
+        raise OutputFolderError(clash)
     _say(config, f"loading the models on {device}")
     models = load_two_stage(mseg_path, generator_path, device)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the models load: a refused model leaves no folder
@@ -399,10 +404,13 @@ def evaluate(
     report.update(_cost(models, state.image_size, config))
     report["links"] = dict(links or {})
     report["grid"] = "grid.png" if state.grid_rows else None
-    if state.grid_rows:
-        write_image(out_dir / "grid.png", sample_grid(state.grid_rows))
-    write_report(report, out_dir)
-    write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
+    # The lock records the report names (other commands refuse this folder then) and refuses a command that
+    # wrote such names here meanwhile.
+    with output_lock(out_dir, EVAL_TOOL, reports=REPORT_FILES):
+        if state.grid_rows:
+            write_image(out_dir / "grid.png", sample_grid(state.grid_rows))
+        write_report(report, out_dir)
+        write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
     return report
 
 

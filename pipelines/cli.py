@@ -105,6 +105,7 @@ def run(until, **kw) -> None:
 
     A config file (-c, e.g. configs/pipeline.yaml) holds each stage's options under its name (dataset, mseg, gan,
     evaluation) and the inputs as `faces`; --print-config prints the resolved one."""
+    from m2u.core.inputs import OutputFolderError
     from m2u.pipelines.run import PipelineError, PipelineRefused, run_pipeline
 
     run_dir = kw["run_dir"]
@@ -113,8 +114,8 @@ def run(until, **kw) -> None:
         return
     try:
         outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until)
-    except PipelineRefused as error:
-        raise Refused(cli_message(error)) from error  # before any stage: exit 2
+    except (PipelineRefused, OutputFolderError) as error:
+        raise Refused(cli_message(error)) from error  # before any stage (the run folder's lock too): exit 2
     except PipelineError as error:
         raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
     evaluation = outcomes.get("evaluation")
@@ -134,6 +135,7 @@ def run(until, **kw) -> None:
 @_common
 def ablate(**kw) -> None:
     """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json."""
+    from m2u.core.inputs import OutputFolderError
     from m2u.pipelines.ablate import run_ablation
     from m2u.pipelines.run import PipelineError, PipelineRefused
 
@@ -143,8 +145,8 @@ def ablate(**kw) -> None:
         return
     try:
         run_ablation(config, run_dir, echo=click.echo)
-    except PipelineRefused as error:
-        raise Refused(cli_message(error)) from error  # before any stage: exit 2
+    except (PipelineRefused, OutputFolderError) as error:
+        raise Refused(cli_message(error)) from error  # before any stage (the run folder's lock too): exit 2
     except PipelineError as error:
         raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
     click.echo((Path(run_dir) / "ablation.md").read_text())

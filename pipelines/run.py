@@ -29,6 +29,7 @@ from m2u.core.fileio import atomic_write_text, check_writable, open_append, writ
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.core.imageio import DigestCache
+from m2u.core.inputs import discover, no_images_error, output_lock, report_clash
 from m2u.core.runtime import runtime_field
 from m2u.datasets.build import BuildConfig
 from m2u.pipelines.config import PipelineConfig, config_as_dict
@@ -248,6 +249,9 @@ def _check_inputs(config: PipelineConfig, until: str) -> None:
     ]
     if missing:
         raise PipelineRefused(f"face inputs not found: {', '.join(missing)}")
+    found = discover(config.faces)
+    if not found.entries:  # said now in one line, not as the dataset stage's traceback
+        raise PipelineRefused(str(no_images_error(found)))
     check_stage_weights(config, until)
 
 
@@ -370,10 +374,25 @@ def run_pipeline(
     """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
     _check_inputs(config, until)
     run = Path(run_dir)
-    for name in ("config.json", "versions.json", "pipeline.log"):
+    for name in PIPELINE_REPORTS:
         check_writable(run / name)  # refused before anything is written
+    clash = report_clash(run, PIPELINE_TOOL, PIPELINE_REPORTS)  # an m2u-train run's config.json, say
+    if clash:
+        raise PipelineRefused(clash)
     check_writable(run / STAGE_RECORDS / FACE_HASHES, by_name=True)  # a cache: a damaged one is written again
     run.mkdir(parents=True, exist_ok=True)
+    with output_lock(run, PIPELINE_TOOL, reports=PIPELINE_REPORTS):
+        return _run_stages(config, run, echo, until, metric_suite)
+
+
+# RUN's own files, at its top; recorded in its lock, so no other command writing such names there replaces them.
+PIPELINE_REPORTS = ("config.json", "versions.json", "pipeline.log")
+PIPELINE_TOOL = "m2u-pipeline"
+
+
+def _run_stages(
+    config: PipelineConfig, run: Path, echo: Callable[[str], None], until: str, metric_suite: Any
+) -> dict[str, StageOutcome]:
     atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
     atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))
     log = _Logger(run / "pipeline.log", echo)

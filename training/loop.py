@@ -45,6 +45,9 @@ from m2u.training.task import Task
 # What a Ctrl-C or SIGTERM during training does, said when it arrives (before the first step nothing is written, and
 # a new run's folder is removed: the run's last line says which).
 RUN_LOCK_TOOL = "m2u-train"  # RUN/.m2u-train.lock (m2u.core.inputs.output_lock)
+# The run's files at its folder's top that other commands write by the same names (m2u-pipeline's config.json,
+# m2u-eval's metrics.json): recorded in its lock, so neither command replaces the other's.
+RUN_REPORTS = ("config.json", "metrics.json")
 STOP_NOTICE = "stopping once the training step under way is done, with its checkpoint"
 
 
@@ -300,7 +303,7 @@ class Trainer:
             self._lock_file_made = not os.path.lexists(self._lock_path())
             # The lock clears what writes killed midway left in the run folder: logged in _clean_and_resume.
             self._removed_on_lock += self._lock.enter_context(
-                output_lock(self.out, RUN_LOCK_TOOL, setting="out")
+                output_lock(self.out, RUN_LOCK_TOOL, setting="out", reports=RUN_REPORTS)
             )
             self._locked = True
 

@@ -196,7 +196,10 @@ def test_pipeline_log_records_how_a_stage_ended(tmp_path, monkeypatch, ending, s
         "_stage_actions",
         lambda *_: {"dataset": lambda: {}, "mseg": ends, "gan": ends, "evaluation": ends},
     )
-    config = load_config("smoke", extra={"faces": [str(tmp_path)]})
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)  # a face input (never read: the stages are stubs)
+    config = load_config("smoke", extra={"faces": [str(faces)]})
     echoed: list[str] = []
     with pytest.raises(type(ending) if isinstance(ending, BaseException) else ending):
         pipeline_run.run_pipeline(config, tmp_path / "run", echo=echoed.append, until="mseg")
@@ -499,3 +502,57 @@ def test_a_recursive_glob_of_faces_is_found_as_the_build_finds_it(tmp_path, monk
     config = load_config("smoke", extra={"faces": [str(faces / "**" / "*.jpg")]})
     pipeline_run.run_pipeline(config, tmp_path / "run", echo=lambda _: None)
     assert calls == list(pipeline_run.STAGES)
+
+
+def test_a_pipeline_run_a_training_run_and_an_evaluation_never_replace_each_others_files(
+    tmp_path, monkeypatch
+):
+    """m2u-pipeline and m2u-train both write config.json at their folder's top, m2u-train and m2u-eval
+    metrics.json: each records those names in its lock, and the other command is refused in one line before it
+    writes anything (a pipeline run into a finished training run replaced its config.json, and the run could no
+    longer be resumed)."""
+    from m2u.core.fileio import atomic_write_text
+    from m2u.core.inputs import OutputFolderError, output_lock
+    from m2u.evaluation.evaluator import evaluate
+    from m2u.training.loop import RUN_LOCK_TOOL, RUN_REPORTS
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    trained = tmp_path / "trained"  # what an m2u-train run leaves at its top
+    trained.mkdir()
+    with output_lock(trained, RUN_LOCK_TOOL, setting="out", reports=RUN_REPORTS):
+        for name in RUN_REPORTS:
+            atomic_write_text(trained / name, "{}")
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    with pytest.raises(pipeline_run.PipelineRefused, match=f"{trained} holds an m2u-train run's config.json"):
+        pipeline_run.run_pipeline(config, trained, echo=lambda _: None)
+    with pytest.raises(OutputFolderError, match=f"{trained} holds an m2u-train run's metrics.json"):
+        evaluate(str(tmp_path / "data"), None, None, trained)
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before and not calls
+    # The other way round: a pipeline run's folder refuses a training run's lock.
+    run = tmp_path / "run"
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    assert calls == list(pipeline_run.STAGES)
+    refused = f"{run} holds an m2u-pipeline run's config.json"
+    with (
+        pytest.raises(OutputFolderError, match=refused),
+        output_lock(run, RUN_LOCK_TOOL, setting="out", reports=RUN_REPORTS),
+    ):
+        pass
+
+
+def test_faces_without_an_image_are_refused_in_one_line_before_any_stage(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "notes.txt").write_text("no photo")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (
+        "no image files found in the inputs (1 file(s) in the input folders have no image suffix"
+        in result.output
+    )
+    assert not (tmp_path / "run").exists()
