@@ -45,6 +45,8 @@ from m2u.training.task import Task
 # What a Ctrl-C or SIGTERM during training does, said when it arrives (before the first step nothing is written, and
 # a new run's folder is removed: the run's last line says which).
 RUN_LOCK_TOOL = "m2u-train"  # RUN/.m2u-train.lock (m2u.core.inputs.output_lock)
+# Why a run in a folder holding an earlier run's log and nothing else starts from step 0.
+RESTARTED_OVER = "the earlier run there stopped before its first checkpoint, so nothing of it can be resumed"
 # The run's files at its folder's top that other commands write by the same names (m2u-pipeline's config.json,
 # m2u-eval's metrics.json): recorded in its lock, so neither command replaces the other's.
 RUN_REPORTS = ("config.json", "metrics.json")
@@ -104,6 +106,7 @@ class Trainer:
         self._lock_file_made = False  # this run created the lock file (removed again if it is refused)
         # A change of world size or batch size at an epoch's start, harmless (check_resume_layout), said on resume.
         self._resume_note: str | None = None
+        self._restarted_over = False
         # The steps each DDP world size trained before this process (from the checkpoint) and the step it began at.
         self._steps_by_world_before: dict[str, int] = {}
         self._first_step = 0
@@ -240,9 +243,16 @@ class Trainer:
         # model and log: a run from step 0 would replace them, so it is refused, with --resume too.
         earlier = [
             path
-            for path in (*self.task.model_paths(self.out), self.out / LOG_NAME)
+            for path in (*self.task.model_paths(self.out), self.out / METRICS_NAME)
             if path.exists() and not replace_problem(path)  # m2u's own (a person's file is refused below)
         ]
+        log = self.out / LOG_NAME
+        # Only a log: a run killed before its first checkpoint (SIGKILL, a crash) saved nothing a new run could
+        # lose, and neither a rerun nor --resume could go on (a pipeline stage was stuck there). It starts from
+        # step 0, the log keeping the earlier run's events and a line saying why (`_restarted_over`).
+        self._restarted_over = (
+            not earlier and not self.checkpoint_path.exists() and log.is_file() and not replace_problem(log)
+        )
         if earlier and not self.checkpoint_path.exists():
             asked = (
                 "--resume has no checkpoint to continue from"
@@ -385,6 +395,10 @@ class Trainer:
             for path in stale:
                 self.runlog.log({"event": "removed_stale_temp_file", "path": str(path)})
             self._removed_on_lock = []
+        if self._restarted_over and self.dist.is_main:
+            self.runlog.keep_records_through(0)  # its steps' records are gone with the weights that made them
+            self.runlog.log({"event": "restart", "reason": RESTARTED_OVER})
+            print(f"m2u-train: starting {self.out} from step 0: {RESTARTED_OVER}", file=sys.stderr)
         if self.config.resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             # What a process killed after this checkpoint logged (SIGKILL, a crash) is trained and logged again.

@@ -124,6 +124,29 @@ def test_a_finished_run_whose_checkpoint_was_deleted_is_not_trained_over(tmp_pat
     assert (run / "mseg.safetensors").read_bytes() == model
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_killed_before_its_first_checkpoint_starts_again_from_step_0(tmp_path, resume, capsys):
+    """A run killed (SIGKILL) before its first checkpoint leaves only its log: a rerun and --resume were both
+    refused ("a new run would replace log.jsonl"), so a pipeline stage could never go on. Nothing was saved, so
+    the run starts from step 0, says so, and its log keeps the earlier run's events but not its lost steps."""
+    import json
+
+    data = TensorDataSource({"train": _tensors(6)}, batch_size=2, seed=3)
+    config = {"model": TINY_MSEG, "batch_size": 2, "checkpoint_every": 100, "evaluate_test": False, **QUIET}
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **config), data)
+    for path in (run / "checkpoints" / "last.pt", run / "mseg.safetensors", run / "metrics.json"):
+        path.unlink()  # what a kill before the first checkpoint leaves: the log of steps that are lost
+    assert (run / "log.jsonl").is_file()
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=resume, **config), data)
+    assert "from step 0: the earlier run there stopped before its first checkpoint" in capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    restart = next(k for k, r in enumerate(records) if r.get("event") == "restart")
+    assert not any("event" not in r and r.get("step", 0) > 0 for r in records[:restart])  # lost steps dropped
+    assert max(r["step"] for r in records if "event" not in r and "step" in r) == 2
+    assert (run / "mseg.safetensors").is_file()
+
+
 def test_a_learning_rate_given_on_resume_is_the_one_trained_with(tmp_path):
     """`--resume --lr 1e-9` recorded 1e-9 in config.json but trained on at the checkpoint's rate; milestones and
     decay likewise. The configured schedule now takes over from the step the run is at."""
