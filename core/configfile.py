@@ -75,7 +75,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid: {error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values")
-    return data
+    return _nested(data, path)
+
+
+def _nested(data: dict[str, Any], path: Path, above: str = "") -> dict[str, Any]:
+    """`data` with its dotted keys as groups (`optimizer.betas: [0.5, 0.9]` is `optimizer: {betas: [...]}`), as
+    `--set` takes them and the example configs say a file may write them; a value given both ways is refused."""
+    tree: dict[str, Any] = {}
+    for key, value in data.items():
+        parts = key.split(".") if isinstance(key, str) else [key]
+        if not all(parts):
+            raise ConfigError(f"{path}: {above}{key!r} is not a dotted option name")
+        node = tree
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: {above}{'.'.join(parts[: depth + 1])} is a value, not a group")
+        leaf = parts[-1]
+        if isinstance(value, dict):
+            value = _nested(value, path, f"{above}{key}.")
+            if isinstance(node.get(leaf), dict):
+                shared = sorted(set(node[leaf]) & set(value))
+                if shared:
+                    raise ConfigError(f"{path}: {above}{key}.{shared[0]} is given twice")
+                node[leaf].update(value)
+                continue
+        if leaf in node:
+            raise ConfigError(f"{path}: {above}{key} is given twice")
+        node[leaf] = value
+    return tree
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -101,6 +101,15 @@ class RunConfig:
         for name in ("checkpoint_every", "log_every", "grid_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        # Checked here, where every way in passes (options, --set, config files): the options' own ranges said
+        # them on the command line only, and `--set max_seconds=-1` trained a step, `val_batches=0` validated
+        # nothing and wrote empty figures.
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be >= 0 (0: no periodic validation), got {self.val_every}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ValueError(f"val_batches must be >= 1 (or null: the whole split), got {self.val_batches}")
+        if self.max_seconds is not None and not self.max_seconds >= 0:  # NaN fails too
+            raise ValueError(f"max_seconds must be >= 0, got {self.max_seconds}")
 
     def to_json(self) -> str:
         """The config as the run folder records it, with the local files it names as absolute paths: a run
