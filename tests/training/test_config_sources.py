@@ -122,7 +122,8 @@ def test_a_config_file_takes_dotted_keys_as_set_does(tmp_path):
     result = CliRunner().invoke(train_main, ["mseg", "-c", str(config), "--print-config"])
     assert result.exit_code == 0, result.output
     printed = yaml.safe_load(result.output)
-    assert printed["optimizer"]["betas"] == [0.5, 0.9] and printed["levels"] == 4  # printed by its option name
+    assert printed["optimizer"]["betas"] == [0.5, 0.9]
+    assert printed["levels"] == 4  # printed by its option name
     assert printed["batch_size"] == 2
     twice = _config(tmp_path, "optimizer.betas: [0.5, 0.9]\noptimizer:\n  betas: [0.1, 0.2]\n", "twice.yaml")
     assert "optimizer.betas is given twice" in _error(
