@@ -18,6 +18,8 @@ from m2u.core.cli import (
     config_options,
     inputs_argument,
     out_option,
+    progress_of,
+    progress_options,
 )
 from m2u.core.configfile import CONFIG_SUFFIXES, ConfigError, parse_overrides
 from m2u.core.guard import guard_command
@@ -54,6 +56,7 @@ def _common(function):
             help="Use the embedded demo portrait variants (a fresh clone without CelebA).",
         ),
         out_option("Run folder.", dest="run_dir"),
+        progress_options,  # off: every stage's `progress` false (a --set item still wins)
     ]
     for option in reversed(options):
         function = option(function)
@@ -75,7 +78,11 @@ def _prepare(kw: dict) -> PipelineConfig | None:
     ):
         config_file, inputs = inputs[0], []
     demo = Path(kw["run_dir"]) / "demo-faces" if kw["demo_faces"] else None
-    config = _resolve(config_file, kw["preset"], tuple(inputs), demo, kw["sets"])
+    # -q / --no-progress as every command has them: each stage's progress off, before the --set items (which win).
+    from m2u.pipelines.run import STAGES
+
+    quiet = () if progress_of(kw) else tuple(f"{stage}.progress=false" for stage in STAGES)
+    config = _resolve(config_file, kw["preset"], tuple(inputs), demo, (*quiet, *kw["sets"]))
     if kw["print_config"]:
         click.echo(yaml.safe_dump(config_as_dict(config), sort_keys=False), nl=False)
         return None

@@ -556,3 +556,24 @@ def test_faces_without_an_image_are_refused_in_one_line_before_any_stage(tmp_pat
         in result.output
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_quiet_turns_every_stages_progress_off_and_a_set_item_still_wins(tmp_path):
+    import yaml
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    base = ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run"), "--print-config"]
+    for extra, expected in (
+        ([], {"dataset": True, "mseg": True, "gan": True, "evaluation": True}),
+        (["-q"], {"dataset": False, "mseg": False, "gan": False, "evaluation": False}),
+        (
+            ["-q", "--set", "gan.progress=true"],
+            {"dataset": False, "mseg": False, "gan": True, "evaluation": False},
+        ),
+    ):
+        result = CliRunner().invoke(main, [*base, *extra])
+        assert result.exit_code == 0, result.output
+        printed = yaml.safe_load(result.output)
+        assert {stage: printed[stage]["progress"] for stage in expected} == expected
