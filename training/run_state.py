@@ -4,6 +4,7 @@ beside it; read back for an exact --resume."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,10 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split
         changes.append(f"DDP world size {saved_world} -> {world_size}")
     if isinstance(saved_batch, int) and saved_batch != config.batch_size:
         changes.append(f"`batch_size` {saved_batch} -> {config.batch_size}")
+    # The seed orders each epoch's samples (m2u.training.data): the skip lands on other samples under another.
+    saved_seed = _saved_seed(state)
+    if saved_seed is not None and saved_seed != config.seed:
+        changes.append(f"`seed` {saved_seed} -> {config.seed}")
     epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
     # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
     mid_epoch = not (batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")))
@@ -189,13 +194,23 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split
     if not mid_epoch:
         return f"resuming at the start of epoch {epoch} with {' and '.join(changes)}"
     was = f"DDP world size {saved_world if isinstance(saved_world, int) else world_size}"
-    was += f" and `batch_size` {saved_batch if isinstance(saved_batch, int) else config.batch_size}"
+    was += f", `batch_size` {saved_batch if isinstance(saved_batch, int) else config.batch_size}"
+    was += f" and `seed` {config.seed if saved_seed is None else saved_seed}"
     raise CheckpointError(
         f"resume: the run in {config.out} stopped in the middle of epoch {epoch} (after {batch} of its batches) with "
-        f"{was}, but this run has DDP world size {world_size} and `batch_size` {config.batch_size}: skipping "
-        "to its place in the epoch would land on other samples; resume it with the same world size and "
-        "`batch_size`, or start a new run from its model files (`init_weights`)"
+        f"{was}, but this run has DDP world size {world_size}, `batch_size` {config.batch_size} and `seed` "
+        f"{config.seed}: skipping to its place in the epoch would land on other samples; resume it with the same "
+        "world size, `batch_size` and `seed`, or start a new run from its model files (`init_weights`)"
     )
+
+
+def _saved_seed(state: dict) -> int | None:
+    """The seed a checkpoint's run trained with (its recorded config); None where it cannot be read."""
+    try:
+        seed = json.loads(state.get("config") or "{}").get("seed")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def checkpoint_step(path: Path) -> int | None:

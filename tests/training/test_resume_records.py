@@ -210,7 +210,7 @@ def test_resuming_mid_epoch_with_another_batch_size_or_world_size_is_refused(tmp
     train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **TINY), _source())  # 3 batches an epoch: mid-epoch
     log = (run / "log.jsonl").read_bytes()
     with pytest.raises(
-        CheckpointError, match=r"`batch_size` 2, but this run has .*`batch_size` 3"
+        CheckpointError, match=r"`batch_size` 2 and `seed` 0, but this run has .*`batch_size` 3"
     ) as refused:
         train_mseg(
             MSegTrainConfig(out=str(run), max_steps=4, resume=True, **{**TINY, "batch_size": 3}),
@@ -219,10 +219,14 @@ def test_resuming_mid_epoch_with_another_batch_size_or_world_size_is_refused(tmp
     message = str(refused.value)
     assert "\n" not in message and "--" not in message and "DDP world size 1" in message
     assert (run / "log.jsonl").read_bytes() == log  # refused before anything was written
+    # Another seed orders the epoch's samples otherwise: refused the same way (it was taken, silently).
+    with pytest.raises(CheckpointError, match=r"`seed` 0, but this run has .*`seed` 5: skipping"):
+        train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **{**TINY, "seed": 5}), _source())
+    assert (run / "log.jsonl").read_bytes() == log
 
     path = run / "checkpoints" / "last.pt"
     save_training_state(path, {**load_training_state(path), "world_size": 2})
-    with pytest.raises(CheckpointError, match=r"with DDP world size 2 .* this run has DDP world size 1"):
+    with pytest.raises(CheckpointError, match=r"with DDP world size 2, .* this run has DDP world size 1"):
         train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **TINY), _source())
 
 
