@@ -351,7 +351,7 @@ def evaluate_real_masks(
 
     config = config or RealMaskConfig()
     run = plan_real_masks(photos, out_dir, labels_dir, config)
-    out, labels = run.out, run.labels
+    out = run.out
     out.mkdir(parents=True, exist_ok=True)
     rows: list[PhotoScore] = []
     face_lines: list[dict] = []
@@ -388,26 +388,9 @@ def evaluate_real_masks(
             del face_lines[finished_lines:]
             stopped = f"after {len(rows)} of {len(run.photos)} photos"
             with contextlib.suppress(OSError):
-                _write_outputs(
-                    out,
-                    rows,
-                    face_lines,
-                    sheet,
-                    labels is not None,
-                    run.unmatched_labels(),
-                    stopped=stopped,
-                    passed_over=run.passed_over,
-                )
+                _write_outputs(run, rows, face_lines, sheet, stopped=stopped)
             raise
-        return _write_outputs(
-            out,
-            rows,
-            face_lines,
-            sheet,
-            labels is not None,
-            run.unmatched_labels(),
-            passed_over=run.passed_over,
-        )
+        return _write_outputs(run, rows, face_lines, sheet)
 
 
 SHEET_KINDS = ("photo", "predicted", "restored", "label")
@@ -671,19 +654,13 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
 
 
 def _write_outputs(
-    out: Path,
-    rows: list[PhotoScore],
-    face_lines: list[dict],
-    sheet: list[SheetRow],
-    labelled: bool,
-    unmatched_labels: list[str] | None = None,
-    stopped: str = "",
-    passed_over: list[str] | None = None,
+    run: RealMaskRun, rows: list[PhotoScore], face_lines: list[dict], sheet: list[SheetRow], stopped: str = ""
 ) -> dict:
-    """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html; returns the summary.
-    `unmatched_labels`: the label files no photo is named like (counted, and the first few named); `stopped`: how
-    far a run stopped midway got (summary.json's "stopped", said first on the sheet), so its figures are not read as
-    a whole run's."""
+    """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html of `run`; returns the summary,
+    with the label files no photo is named like (counted, and the first few named) and what the scans passed over.
+    `stopped`: how far a run stopped midway got (summary.json's "stopped", said first on the sheet), so its figures
+    are not read as a whole run's."""
+    out, unmatched_labels, labelled = run.out, run.unmatched_labels(), run.labels is not None
     # Written whole or not at all, through m2u.core.fileio (which refuses a link planted at an output's name and
     # records what it wrote, so a later run may replace it), as m2u-unmask's and m2u-eval's reports are.
     table = io.StringIO(newline="")
@@ -698,8 +675,8 @@ def _write_outputs(
         summary["labels_without_a_photo"] = len(unmatched_labels)
         if unmatched_labels:
             summary["labels_without_a_photo_e_g"] = unmatched_labels[:5]
-    if passed_over:
-        summary["passed_over"] = passed_over
+    if run.passed_over:
+        summary["passed_over"] = run.passed_over
     if stopped:
         summary = {"stopped": stopped, **summary}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
