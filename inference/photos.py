@@ -152,8 +152,8 @@ def _unmask_paths(
 ) -> list[FileResult]:
     # An earlier m2u-unmask run's reports describe its photos, not this run's: removed before the first photo is
     # written, so a run killed before it writes its own leaves none that misleads. Only an m2u-unmask report (its
-    # report.csv header): another m2u tool's reports in a shared folder are replaced only at the end, as before;
-    # a person's file at a report's name was refused before any work (check_output_folder).
+    # report.csv header); another command's reports of these names were refused before any work (report_clash,
+    # for folders its lock records them in), and so was a person's file at a report's name (check_output_folder).
     if _is_unmask_report(out / REPORTS[0]):
         remove_written(out, REPORTS)
     if config.keep_crops:
