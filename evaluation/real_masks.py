@@ -160,14 +160,10 @@ def label_key(relative: str) -> str:
     return relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
 
 
-def label_index(labels: Path, exclude: list[Path]) -> dict[str, list[Path]]:
+def label_index(labels: Path, exclude: list[Path]) -> tuple[dict[str, list[Path]], str]:
     """The label images below `labels` (found as m2u finds images: any image suffix, in subfolders too; nothing
-    under an `exclude` folder) by `label_key`."""
-    return _found_labels(labels, exclude)[0]
-
-
-def _found_labels(labels: Path, exclude: list[Path]) -> tuple[dict[str, list[Path]], str]:
-    """`label_index`, and the sentence saying which files of the labels folder were passed over ("" if none)."""
+    under an `exclude` folder) by `label_key`, and the sentence saying which files of the labels folder were passed
+    over ("" if none)."""
     from m2u.core.inputs import discover
 
     found = discover([labels], exclude=exclude)
@@ -527,7 +523,7 @@ def plan_real_masks(
         raise ValueError("no input images found")
     if labels is not None and os.path.realpath(out) == os.path.realpath(labels):
         raise OutputFolderError(f"`out_dir` {out} is the labels folder; the report would mix with the labels")
-    labels_of, labels_skipped = ({}, "") if labels is None else _found_labels(labels, [out, *found.folders])
+    labels_of, labels_skipped = ({}, "") if labels is None else label_index(labels, [out, *found.folders])
     photos_of_key: dict[str, list[Path]] = {}
     for entry in chosen:
         photos_of_key.setdefault(label_key(entry.relative), []).append(entry.path)
