@@ -35,6 +35,25 @@ class _AliasRefused(yaml.YAMLError):
         self.line = line
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"line {line}: {key!r} is given twice")
+
+
+class _JsonDuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads, like PyYAML, keeps the last of two equal keys silently
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _JsonDuplicateKey(f"{key!r} is given twice")
+        data[key] = value
+    return data
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader without anchors/aliases: a config is plain data (and alias bombs cannot expand)."""
 
@@ -43,6 +62,17 @@ class _NoAliasLoader(yaml.SafeLoader):
             event = self.peek_event()
             raise _AliasRefused(event.anchor, event.start_mark.line + 1)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        # PyYAML keeps the last of two equal keys without a word; a config that says a thing twice is refused
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _load_yaml(text: str) -> Any:
@@ -66,11 +96,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         elif path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_json_keys)
         else:
             raise ConfigError(f"{path}: config files are {', '.join(CONFIG_SUFFIXES)}")
-    except _AliasRefused as error:
+    except (_AliasRefused, _DuplicateKey) as error:
         raise ConfigError(f"{path}, {error}") from error
+    except _JsonDuplicateKey as error:
+        raise ConfigError(f"{path}: {error}") from error
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{path} is not valid: {error}") from error
     if not isinstance(data, dict):

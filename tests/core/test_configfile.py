@@ -45,6 +45,23 @@ def test_the_three_file_formats_give_the_same_config(tmp_path, name, text):
     assert config.max_steps == 4 and config.model.levels == 3 and config.model.base_channels == 16
 
 
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        ("top.yaml", "max_steps: 4\nmax_steps: 8\n", r"top\.yaml, line 2: 'max_steps' is given twice"),
+        ("deep.yaml", "model:\n  levels: 3\n  levels: 4\n", r"deep\.yaml, line 3: 'levels' is given twice"),
+        ("top.json", '{"max_steps": 4, "max_steps": 8}', r"top\.json: 'max_steps' is given twice"),
+        ("deep.json", '{"model": {"levels": 3, "levels": 4}}', r"deep\.json: 'levels' is given twice"),
+        ("top.toml", "max_steps = 4\nmax_steps = 8\n", r"top\.toml is not valid"),
+    ],
+)
+def test_a_key_given_twice_in_a_file_is_refused_not_overwritten(tmp_path, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=where):
+        read_config_file(path)
+
+
 def test_bad_files_and_keys_are_named(tmp_path):
     aliased = tmp_path / "a.yaml"
     aliased.write_text("base: &b {levels: 3}\nmodel: *b\n")
