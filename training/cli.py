@@ -39,7 +39,7 @@ from m2u.core.cli import (
     workers_option,
 )
 from m2u.core.guard import guard_command
-from m2u.training.cliutil import ConfigBinding, config_file_options
+from m2u.training.cliutil import ConfigBinding, config_file_options, model_warnings
 from m2u.training.config import (
     MASK_SOURCES,
     PRECISIONS,
@@ -286,7 +286,8 @@ def _run(train: Callable[[Any], dict], config: Any, binding: ConfigBinding) -> N
     from m2u.training.losses import VGGWeightsUnavailable
 
     try:
-        results = train(config)
+        with model_warnings():
+            results = train(config)
     except NonFiniteLossError as error:  # the run started and failed
         raise click.ClickException(_message(error, binding)) from None
     except (VGGWeightsUnavailable, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:

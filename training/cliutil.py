@@ -351,7 +351,7 @@ def model_warnings() -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ModelUsageWarning):
-            click.echo(f"warning: {message}", err=True)
+            click.echo(f"warning: {cli_message(message)}", err=True)  # settings said as this command's flags
         else:
             previous(message, category, filename, lineno, file, line)
 

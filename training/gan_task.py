@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from m2u.core.fileio import content_digest
-from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, unwrap_model
+from m2u.training.checkpoint import CheckpointError, ModelInfo, ModelUsageWarning, load_model, unwrap_model
 from m2u.training.config import GanTrainConfig
 from m2u.training.distributed import DistributedContext
 from m2u.training.imagespace import composite, from_model_range, to_model_range
@@ -77,6 +77,18 @@ class GanTask(TrainingTask):
             self.mask_threshold = (
                 info.mask_threshold_or_default() if config.mask_threshold is None else config.mask_threshold
             )
+        elif config.mseg_checkpoint or config.mask_threshold is not None:
+            # Said, not refused: the README's `--mseg FILE [--mask-source gt]` keeps one command for both sources.
+            unused = [
+                f"`mseg_checkpoint` {config.mseg_checkpoint}" if config.mseg_checkpoint else "",
+                "`mask_threshold`" if config.mask_threshold is not None else "",
+            ]
+            warnings.warn(
+                f"{' and '.join(u for u in unused if u)} not read: with `mask_source` 'gt' the generator is given "
+                "the dataset's masks",
+                ModelUsageWarning,
+                stacklevel=2,
+            )
         self.add_network("generator", CARU2Net(config.generator))
         self.add_network("discriminator", PatchDiscriminator(config.discriminator))
 
@@ -96,6 +108,7 @@ class GanTask(TrainingTask):
                 f"the frozen M-Seg {self.config.mseg_checkpoint} was trained on {self.mseg_crop_size} px crops, "
                 f"this dataset's are {self.crop_size} px: its masks, which the generator learns to fill, may be "
                 "poorer at this size",
+                ModelUsageWarning,
                 stacklevel=2,
             )
 

@@ -502,6 +502,16 @@ def test_cli_trains_mseg_then_gan_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert missing.exit_code != 0 and "mseg_checkpoint" in missing.output and "--mseg" in missing.output
 
 
+def test_a_gan_on_the_datasets_masks_says_it_does_not_read_the_given_mseg_file(tmp_path):
+    config = _gan_config(
+        tmp_path, max_steps=1, mask_source="gt", mseg_checkpoint=str(tmp_path / "typo.safetensors")
+    )
+    with pytest.warns(
+        UserWarning, match=r"`mseg_checkpoint` .*typo\.safetensors not read: with `mask_source` 'gt'"
+    ):
+        GanTask(config, torch.device("cpu"), DistributedContext())
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     mp.spawn(
