@@ -113,6 +113,7 @@ class Trainer:
         # The last validation (step, values) this process ran, and the steps whose val / test record the log holds
         # already (a resumed finished run): the final evaluation at that step is logged once.
         self._last_val: tuple[int, dict[str, float]] | None = None
+        self._said_empty: set[str] = set()  # the splits that gave no batch (said once)
         self._logged: dict[str, int] = {}
 
     # The position's fields, as the loop and its tests read them.
@@ -220,7 +221,18 @@ class Trainer:
         names = sorted(set(sums) | set(self.task.eval_metric_names()))
         values = torch.tensor([sums.get(name, [0.0, 0.0]) for name in names], dtype=torch.float64)
         values = self.dist.all_reduce_sum(values.to(collective_device())).cpu()
-        return {name: total / count for name, (total, count) in zip(names, values.tolist()) if count > 0}
+        figures = {name: total / count for name, (total, count) in zip(names, values.tolist()) if count > 0}
+        if not figures and split not in self._said_empty:
+            # An empty split (a dataset built with a 0 fraction, or too small to give it a sample) gives no
+            # figures: said once, so an empty "val" in metrics.json is not taken for a fault.
+            self._said_empty.add(split)
+            self.runlog.log({"event": "empty_split", "split": split})
+            if self.dist.is_main:
+                print(
+                    f"m2u-train: the dataset's {split} split has no samples: no {split} figures",
+                    file=sys.stderr,
+                )
+        return figures
 
     def _prepare_run_folder(self) -> None:
         data = local_location(self.config.data) if self.config.data else ""  # file:// too

@@ -512,6 +512,22 @@ def test_a_gan_on_the_datasets_masks_says_it_does_not_read_the_given_mseg_file(t
         GanTask(config, torch.device("cpu"), DistributedContext())
 
 
+def test_an_empty_validation_split_is_said_once_not_passed_over(tmp_path):
+    from m2u.datasets import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 8, size=32, seed=0, split=(0.75, 0.0, 0.25))
+    args = ["mseg", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--max-steps", "2"]
+    args += ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--val-every", "1"]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("the dataset's val split has no samples: no val figures") == 1
+    assert "test split" not in result.stderr  # the test split has samples
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["split"] for e in events if e.get("event") == "empty_split"] == ["val"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val"] == {} and metrics["test"]
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     mp.spawn(
