@@ -167,13 +167,21 @@ def _run_options(function: Callable) -> Callable:
     return function
 
 
-def _checked(config: RunConfig) -> RunConfig:
+def _checked(config: RunConfig, nothing_to_resume: bool = False) -> RunConfig:
+    """`config` when it names its data and run folder; `nothing_to_resume`: --resume found no run in --out."""
+    if nothing_to_resume and config.out and not config.data:
+        raise click.UsageError(
+            f"--resume: no run in {config.out} to continue (no config.json); give --data to start one there"
+        )
     for name in ("data", "out"):
         if not getattr(config, name):
             flag = "--out/-o" if name == "out" else "--data"
             raise click.UsageError(
                 f"{flag} is required (or `{name}:` in the config file; --data may be left out with --resume)"
             )
+    if nothing_to_resume:
+        # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
+        click.echo(f"--resume: no run in {config.out} yet (no config.json); starting one", err=True)
     return config
 
 
@@ -215,9 +223,7 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
         ctx.set_parameter_source("progress", click.core.ParameterSource.COMMANDLINE)
     base = read_run_config_dict(options["out"]) if options.get("resume") and options.get("out") else {}
     _check_run_kind(binding, base, options["out"] if base else None)
-    if options.get("resume") and options.get("out") and not base and not options.get("print_config"):
-        # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
-        click.echo(f"--resume: no run in {options['out']} yet (no config.json); starting one", err=True)
+    nothing_to_resume = bool(options.get("resume") and options.get("out") and not base)
     saved = f"the run's saved config {Path(options['out']) / 'config.json'}" if base else None
     # The saved recipe is left out of the build: what `recipe` holds after it is the one this command gives
     # (a config file's or --set's; no option sets it), "" when it gives none.
@@ -228,7 +234,7 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
     if options.get("print_config"):
         binding.print_config(ctx.command, _with(config, config.recipe or started), {})
         return None
-    return _checked(_with(config, _recorded_recipe(config.recipe, started)))
+    return _checked(_with(config, _recorded_recipe(config.recipe, started)), nothing_to_resume)
 
 
 def _with(config: RunConfig, recipe: str) -> RunConfig:

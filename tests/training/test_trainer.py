@@ -638,6 +638,14 @@ def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, t
     )
     assert result.exit_code == 0, result.output
     assert f"--resume: no run in {fresh} yet (no config.json); starting one" in result.output
+    # Without --data there is nothing to start: said as that, not "--data may be left out with --resume".
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(train_main, ["mseg", "--out", str(empty), "--resume"])
+    assert result.exit_code == 2 and "starting one" not in result.output
+    assert (
+        f"--resume: no run in {empty} to continue (no config.json); give --data to start one" in result.output
+    )
 
 
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path, tiny_dataset, monkeypatch):
