@@ -47,6 +47,27 @@ class PipelineConfig:
     evaluation: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
+# The settings the pipeline gives each stage itself (its run folder's paths, resuming, the M-Seg it trained);
+# a value given for one would be silently replaced, so it is refused.
+PIPELINE_SETS = {
+    "dataset": ("overwrite", "partition", "finalize"),
+    "mseg": ("data", "out", "resume"),
+    "gan": ("data", "out", "resume", "mseg_checkpoint"),
+}
+
+
+def _check_pipeline_sets(config: PipelineConfig) -> None:
+    defaults = PipelineConfig()
+    for stage, names in PIPELINE_SETS.items():
+        for name in names:
+            value = getattr(getattr(config, stage), name)
+            if value != getattr(getattr(defaults, stage), name):
+                raise ConfigError(
+                    f"`{stage}.{name}` is set by the pipeline for each stage (its run folder, resuming, the M-Seg "
+                    f"it trained), so {value!r} would not be used; leave it out"
+                )
+
+
 def preset_overrides(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -65,6 +86,7 @@ def load_config(
     ):
         if overrides:
             config = apply_overrides(config, overrides)
+    _check_pipeline_sets(config)
     return config
 
 

@@ -46,6 +46,34 @@ def test_invalid_value_reports_the_stage():
         apply_overrides(load_config("smoke"), {"gan": {"precision": "fp8"}})
 
 
+@pytest.mark.parametrize(
+    "stage, key, value",
+    [
+        ("mseg", "out", "/elsewhere/mseg"),
+        ("mseg", "data", "data/other"),
+        ("gan", "mseg_checkpoint", "runs/mseg/mseg.safetensors"),
+        ("gan", "resume", True),
+        ("dataset", "overwrite", True),
+    ],
+)
+def test_a_setting_the_pipeline_gives_each_stage_itself_is_refused_not_ignored(stage, key, value):
+    with pytest.raises(ConfigError, match=rf"`{stage}\.{key}` is set by the pipeline .* would not be used"):
+        load_config("smoke", None, {stage: {key: value}})
+
+
+def test_a_printed_pipeline_config_loads_back_unchanged(tmp_path):
+    runner = CliRunner()
+    printed = runner.invoke(
+        main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(tmp_path / "r"), "--print-config"]
+    )
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "printed.yaml").write_text(printed.output)
+    again = runner.invoke(
+        main, ["run", "-c", str(tmp_path / "printed.yaml"), "-o", str(tmp_path / "r"), "--print-config"]
+    )
+    assert again.exit_code == 0 and again.output == printed.output
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
 def test_config_files_in_every_format_override_the_preset(tmp_path, suffix):
     path = tmp_path / f"config{suffix}"
