@@ -303,6 +303,9 @@ class Trainer:
                 self.out / METRICS_NAME,
                 self.checkpoint_path,
                 *self.task.model_paths(self.out),
+                # The grids already there that a step may write again (any step can be the last): a person's own
+                # file of that name was found only at that step's grid, the steps before it lost.
+                *sorted((self.out / GRID_DIR).glob("step-*.png")),
             ):
                 check_writable(path)
             # The run's config.json is m2u's by name: --resume reads it back, edited by hand or not, and

@@ -26,9 +26,9 @@ def _mine(folder, name):
 
 
 def test_m2u_train_refuses_a_persons_file_before_training(tiny_dataset, tmp_path):
-    for name in ("metrics.json", "mseg.safetensors"):
-        run = tmp_path / name
-        mine = _mine(run, name)
+    for name in ("metrics.json", "mseg.safetensors", "grids/step-0000002.png"):
+        run = tmp_path / name.replace("/", "_")
+        mine = _mine(run / name.rpartition("/")[0], name.rpartition("/")[2])
         args = [
             "mseg",
             "--data",
@@ -44,7 +44,8 @@ def test_m2u_train_refuses_a_persons_file_before_training(tiny_dataset, tmp_path
             train_main, [*args, "--workers", "0", "--base-channels", "2", "--levels", "2"]
         )
         assert result.exit_code == REFUSED and "was not written by m2u" in result.output, result.output
-        assert sorted(p.name for p in run.iterdir()) == [name] and mine.read_text() == "a person's own file"
+        assert sorted(p.name for p in run.iterdir()) == [name.partition("/")[0]]  # not a line of log
+        assert mine.read_text() == "a person's own file"
 
 
 def test_m2u_eval_refuses_a_persons_file_before_scoring(tiny_dataset, tiny_checkpoints, tmp_path):
