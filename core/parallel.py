@@ -224,6 +224,23 @@ class ProcessPool:
             raise self._died(sorted(futures.values())) from None
         waiting, finished = set(futures), {}
         unfinished = set(futures.values())  # not handed to the caller yet
+        try:
+            yield from self._results(futures, waiting, finished, unfinished, ordered, on_message)
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM, a caller's error): the messages already sent still reach the caller (a
+            # file a worker finished is reported as finished).
+            self._drain(on_message)
+            raise
+
+    def _results(
+        self,
+        futures: dict[cf.Future, int],
+        waiting: set[cf.Future],
+        finished: dict[int, Any],
+        unfinished: set[int],
+        ordered: bool,
+        on_message: Callable[[Any], None] | None,
+    ) -> Iterator[Any]:
         while waiting:
             done, waiting = cf.wait(waiting, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
             self._drain(on_message)  # before the results: a task's last message comes before its result

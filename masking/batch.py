@@ -21,9 +21,11 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,7 +41,7 @@ from m2u.core.fileio import (
     remove_written,
 )
 from m2u.core.fileio import atomic_write_bytes as write_atomic
-from m2u.core.guard import stops_the_run
+from m2u.core.guard import describe_os_error, stop_of, stops_the_run
 from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from m2u.core.inputs import (
     Discovery,
@@ -192,37 +194,39 @@ def process_file(job: Job, file: Path, stem: Path, problem: str = "") -> dict[st
 # GROUP_PIXELS decoded pixels (~24 MB of RGB). FaceDetector.detect_many's phases pay off more the longer each
 # runs: groups of 64 took ~3 % less CPU than groups of 16 on 200 CelebA photos (2026-12-04).
 GROUP_FILES = 64
+FILE_DONE = "file done"  # the message a task sends as each file's rows are final: (FILE_DONE, stem, rows)
 GROUP_PIXELS = 8_000_000
 
 
 def process_files(
-    job: Job, masks: tuple[MaskConfig, ...], items: list[tuple[Path, Path, str]], progress: bool = False
+    job: Job, masks: tuple[MaskConfig, ...], items: list[tuple[Path, Path, str]]
 ) -> list[list[dict[str, str | int]]]:
     """`process_file` for several files (file, stem, problem) and several mask configurations (`--mask-type
     all`): each file is read and its faces found once, then each configuration masks them from the same image;
     per file, one report row per configuration. The files are taken in groups (GROUP_FILES, GROUP_PIXELS): the
     group's photos are read, then their faces found together (FaceDetector.detect_many: each model's work in one
-    run), then masked and written. A failure of ours is an error row for its file alone."""
+    run), then masked and written. A failure of ours is an error row for its file alone. Each file's rows are
+    also sent (m2u.core.parallel.report) as it is finished: the progress bar's step, and what a run stopped midway
+    has finished."""
     global _DETECTOR
     if _DETECTOR is None or _DETECTOR.config != job.detector_config:
         _DETECTOR = FaceDetector(job.detector_config)
     rows: list[list[dict[str, str | int]]] = []
     group: list[tuple[int, dict[str, str | int], np.ndarray]] = []
     pixels = 0
-    for file, _, problem in items:
+    for file, stem, problem in items:
         read = _guarded(file, masks, _read, job, masks, file, problem)
         if isinstance(read, list):
             rows.append(read)
-            if progress:
-                report(1)
+            report((FILE_DONE, str(stem), read))
             continue
         rows.append([])  # filled in when the group is masked
         group.append((len(rows) - 1, *read))
         pixels += read[1].shape[0] * read[1].shape[1]
         if pixels >= GROUP_PIXELS or len(group) >= GROUP_FILES:
-            _mask_group(job, masks, items, group, rows, progress)
+            _mask_group(job, masks, items, group, rows)
             group, pixels = [], 0
-    _mask_group(job, masks, items, group, rows, progress)
+    _mask_group(job, masks, items, group, rows)
     return rows
 
 
@@ -255,7 +259,6 @@ def _mask_group(
     items: list[tuple[Path, Path, str]],
     group: list[tuple[int, dict[str, str | int], np.ndarray]],
     rows: list[list[dict[str, str | int]]],
-    progress: bool,
 ) -> None:
     """Find the faces of the group's photos together, then mask and write each; fills in their `rows`."""
     if not group:
@@ -271,8 +274,7 @@ def _mask_group(
         file, stem, _ = items[index]
         faces = found[k] if found is not None else None
         rows[index] = _guarded(file, masks, _mask_faces, job, masks, image, faces, file, stem, row)
-        if progress:
-            report(1)
+        report((FILE_DONE, str(stem), rows[index]))
 
 
 def _mask_faces(
@@ -365,7 +367,7 @@ def _detection(face) -> dict[str, object]:
 
 
 def _run_group(
-    args: tuple[Job, tuple[MaskConfig, ...], list[tuple[Path, Path, str]], bool],
+    args: tuple[Job, tuple[MaskConfig, ...], list[tuple[Path, Path, str]]],
 ) -> list[list[dict]]:
     return process_files(*args)
 
@@ -376,21 +378,23 @@ def run(
     workers: int,
     progress: bool = True,
     masks: tuple[MaskConfig, ...] | None = None,
+    finished: dict[str, list[dict[str, str | int]]] | None = None,
 ) -> list[dict[str, str | int]]:
     """Process every entry (in order of the list) with `workers` processes; returns the report rows. With `masks`
     (several configurations for every file) each file is read and detected once, and the rows come back grouped by
-    configuration, in the order of `masks`."""
+    configuration, in the order of `masks`. `finished` gets each file's rows (one per mask) by its output name as
+    the file is done, in whatever order: what a run stopped midway has finished."""
     global _DETECTOR
     masks = masks or (job.mask_config,)
     items = [(entry.path, stem, entry.problem) for entry, stem in files]
     size = group_size(len(items), workers)
-    tasks = [(job, masks, items[i : i + size], progress) for i in range(0, len(items), size)]
+    tasks = [(job, masks, items[i : i + size]) for i in range(0, len(items), size)]
     # Models and templates are loaded once here; forked workers inherit them instead of each loading its own.
     _DETECTOR = FaceDetector(job.detector_config).load_models()
     for mask in masks:
         warm_templates(mask)
     with worker_pool(workers, _init_worker) as pool:  # 0 or 1: in this process
-        per_file = _collect(pool, tasks, len(items), progress)
+        per_file = _collect(pool, tasks, len(items), progress, {} if finished is None else finished)
     return [rows[k] for k in range(len(masks)) for rows in per_file]
 
 
@@ -401,15 +405,49 @@ def group_size(files: int, workers: int) -> int:
     return max(1, min(GROUP_FILES, files // (4 * workers)))
 
 
-def _collect(pool, tasks: list, total: int, progress: bool) -> list:
-    """The per-file results of every task, in order, with a progress bar stepped as each file finishes (tqdm is
-    imported only then: a quiet run does not pay for it)."""
-    if not progress:
-        return [result for group in pool.imap(_run_group, tasks) for result in group]
-    from tqdm import tqdm
+def _collect(pool, tasks: list, total: int, progress: bool, finished: dict) -> list:
+    """The per-file results of every task, in order; `finished` gets each file's rows as the file is done, and a
+    progress bar steps with it (tqdm is imported only then: a quiet run does not pay for it)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
 
-    with tqdm(total=total, unit="img", file=sys.stderr) as bar:
-        return [result for group in pool.imap(_run_group, tasks, on_message=bar.update) for result in group]
+        bar = tqdm(total=total, unit="img", file=sys.stderr)
+
+    def file_done(message: Any) -> None:
+        if isinstance(message, tuple) and message and message[0] == FILE_DONE:
+            finished[message[1]] = message[2]
+            if bar is not None:
+                bar.update(1)
+
+    try:
+        return [result for group in pool.imap(_run_group, tasks, on_message=file_done) for result in group]
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _folder_clock(folder: Path) -> int:
+    """The folder's file-system clock now (ns): a file written there later has at least this mtime, however
+    coarse that clock is."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".m2u-clock-") as probe:
+        return os.fstat(probe.fileno()).st_mtime_ns
+
+
+def _remove_unreported_outputs(
+    out: Path, masks: tuple[MaskConfig, ...], stems: list[Path], reported: set[str], began: int
+) -> None:
+    """A run stopped midway: the outputs this run wrote for a file whose rows never reached it (a worker stopped
+    between its last write and its message) go, so the folder holds what report.csv says; an earlier run's
+    outputs of the files this run did not reach stay."""
+    for stem in stems:
+        if str(stem) in reported:
+            continue
+        for mask in masks:
+            for path in output_paths(out, stem, mask.mask_type):
+                with contextlib.suppress(OSError, OutputRefusedError):
+                    if path.stat().st_mtime_ns >= began:
+                        remove_written(out, [path.relative_to(out).as_posix()])
 
 
 def _remove_earlier_outputs(out: Path, rows: list[dict[str, str | int]], stems: list[Path]) -> None:
@@ -467,24 +505,58 @@ def mask_files(
         start = time.perf_counter()
         rows: list[dict[str, str | int]] = []
         stems: list[Path] = []  # each row's output name
+        finished: dict[str, list[dict[str, str | int]]] = {}  # the run under way: each finished file's rows
+        under_way: tuple[MaskConfig, ...] = ()  # its masks, in the order of each file's rows
+        under_way_stems: list[Path] = []  # its files' output names
+        began = _folder_clock(out)
         try:
             if config.mask_code is None and len(groups) > 1:
                 # Every file gets every configuration ("all"): read and detect each file once for all of them.
-                masks = tuple(mask for mask, _ in groups)
-                job = Job(out, masks[0], detector, config.seed, config.max_pixels)
-                done = run(files, job, workers, progress=config.progress, masks=masks)
-                rows += [{**row, "mask_type": masks[k // len(files)].mask_type} for k, row in enumerate(done)]
+                under_way = tuple(mask for mask, _ in groups)
+                under_way_stems = [stem for _, stem in files]
+                job = Job(out, under_way[0], detector, config.seed, config.max_pixels)
+                done = run(files, job, workers, progress=config.progress, masks=under_way, finished=finished)
+                rows += [
+                    {**row, "mask_type": under_way[k // len(files)].mask_type} for k, row in enumerate(done)
+                ]
                 stems += [files[k % len(files)][1] for k in range(len(done))]
+                finished, under_way = {}, ()
             else:
                 for mask, indices in groups:
                     job = Job(out, mask, detector, config.seed, config.max_pixels)
-                    done = run([files[i] for i in indices], job, workers, progress=config.progress)
+                    finished, under_way, under_way_stems = {}, (mask,), [files[i][1] for i in indices]
+                    done = run(
+                        [files[i] for i in indices], job, workers, progress=config.progress, finished=finished
+                    )
                     rows += [{**row, "mask_type": mask.mask_type} for row in done]
                     stems += [files[i][1] for i in indices]
-        except BaseException:
+                    finished, under_way = {}, ()
+        except BaseException as error:
             # Stopped (SIGTERM, Ctrl-C, a full disk): the workers are gone; what they were writing is removed.
             remove_temp_files(out, recursive=True, hidden_only=True)
-            raise
+            stop = stop_of(error)
+            if stop is None:
+                raise
+            # The report lists what this run finished, as a finished run's does (the outputs of the inputs it did
+            # not reach stay as they were), so an earlier run's report.csv no longer describes this run's files.
+            reached = [stem for stem in under_way_stems if str(stem) in finished]
+            rows += [
+                {**finished[str(stem)][k], "mask_type": mask.mask_type}
+                for k, mask in enumerate(under_way)
+                for stem in reached
+            ]
+            stems += [stem for _ in under_way for stem in reached]
+            try:
+                _remove_unreported_outputs(out, under_way, under_way_stems, set(finished), began)
+                _remove_earlier_outputs(out, rows, stems)
+                write_report(rows, out / REPORT_NAME)
+            except OSError as unwritten:  # a full disk: the stop is still what is said
+                said = f"{out / REPORT_NAME} could not be written: {describe_os_error(unwritten)}"
+                raise type(stop)(said) from error
+            planned = sum(len(indices) for _, indices in groups)
+            raise type(stop)(
+                f"{out / REPORT_NAME} lists the {len(rows)} of {planned} outputs finished"
+            ) from error
         seconds = time.perf_counter() - start
         _remove_earlier_outputs(out, rows, stems)
         write_report(rows, out / REPORT_NAME)

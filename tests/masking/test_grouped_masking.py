@@ -130,7 +130,7 @@ def test_progress_steps_file_by_file_within_a_group(photos, tmp_path, monkeypatc
     files = sorted(src.iterdir())
     items = [(f, Path(f.stem), "") for f in files] + [(src / "missing.png", Path("missing"), "")]
     job = batch_module.Job(tmp_path / "out", MaskConfig(mask_type="surgical"), DetectorConfig(), 0, 10**8)
-    messages: list[int] = []
+    messages: list[tuple] = []
     steps_before: list[int] = []
     mask_faces = batch_module._mask_faces
 
@@ -139,19 +139,20 @@ def test_progress_steps_file_by_file_within_a_group(photos, tmp_path, monkeypatc
         return mask_faces(*args)
 
     monkeypatch.setattr(batch_module, "_mask_faces", counting)
-    for progress, expected in ((True, [1] * len(items)), (False, [])):
-        messages.clear()
-        steps_before.clear()
-        task = (job, (job.mask_config,), items, progress)
-        (rows,) = InProcessPool().imap(batch_module._run_group, [task], on_message=messages.append)
-        assert messages == expected  # one step per file, the unreadable one included
-        assert len(rows) == len(items) and rows[-1][0]["status"] == "error"
-    assert steps_before == [0] * len(files)  # quiet: nothing sent
+    task = (job, (job.mask_config,), items)
+    (rows,) = InProcessPool().imap(batch_module._run_group, [task], on_message=messages.append)
+    # One message per file as it is finished (the unreadable one included), with its rows: the progress bar's
+    # step, and what a run stopped midway reports as finished.
+    assert [m[0] for m in messages] == [batch_module.FILE_DONE] * len(items)
+    assert sorted(m[1] for m in messages) == sorted(str(stem) for _, stem, _ in items)
+    assert {m[1]: m[2] for m in messages} == {str(stem): row for (_, stem, _), row in zip(items, rows)}
+    assert len(rows) == len(items) and rows[-1][0]["status"] == "error"
+    assert steps_before == list(range(1, len(files) + 1))  # the unreadable file's, at its reading, then each
     messages.clear()
     steps_before.clear()
     list(
         InProcessPool().imap(
-            batch_module._run_group, [(job, (job.mask_config,), items[:-1], True)], on_message=messages.append
+            batch_module._run_group, [(job, (job.mask_config,), items[:-1])], on_message=messages.append
         )
     )
     assert steps_before == list(

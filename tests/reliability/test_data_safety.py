@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -566,6 +568,15 @@ def test_sigterm_to_a_tool_takes_its_workers_with_it(tool, tmp_path):
         time.sleep(0.2)
     assert not any(_alive(p) for p in workers), "a worker outlived its terminated parent"
     assert not list((tmp_path / "out").rglob("*.tmp")), "no temporary file left"
+    if tool == "m2u-mask":
+        # Its report.csv says what the stopped run finished, and the folder holds exactly those outputs.
+        with open(tmp_path / "out" / "report.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        said = re.search(r"report\.csv lists the (\d+) of (\d+) outputs finished", stderr)
+        inputs = len(list(faces.iterdir()))
+        assert said and int(said.group(1)) == len(rows) < int(said.group(2)) == inputs, stderr
+        written = {str(path) for path in (tmp_path / "out").rglob("*.jpg")}
+        assert written == {row["output"] for row in rows if row["status"] == "ok"}
 
 
 def test_a_worker_dies_with_its_parent_even_after_sigkill(tmp_path):
