@@ -66,7 +66,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         # PyYAML keeps the last of two equal keys without a word; a config that says a thing twice is refused
         if isinstance(node, yaml.MappingNode):
-            seen: set = set()
+            seen = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, typing.Hashable) and key in seen:

@@ -222,7 +222,8 @@ class ProcessPool:
         except cf.process.BrokenProcessPool:  # broken while the tasks were submitted
             self._drain(on_message)
             raise self._died(sorted(futures.values())) from None
-        waiting, finished = set(futures), {}
+        waiting = set(futures)
+        finished: dict[int, Any] = {}
         unfinished = set(futures.values())  # not handed to the caller yet
         try:
             yield from self._results(futures, waiting, finished, unfinished, ordered, on_message)
