@@ -28,13 +28,14 @@ the transport (s3fs for s3://, gcsfs for gs://); the build lock and the atomic c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -74,10 +75,35 @@ class UploadError(StorageError):
     """A build finished locally and its upload failed: the build is kept in the local cache for a rerun."""
 
 
-def cache_folder(url: str) -> Path:
+def cache_folder(url: str, *, reading: bool = False) -> Path:
+    """This machine's local copy of the dataset at `url`: a build's (built, resumed and uploaded from), or, with
+    `reading`, the readers' (m2u-train, m2u-eval, the loader). Two folders: a reader's fetch never changes the
+    files a build on this machine is writing or has kept for a rerun's upload."""
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "m2u")
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-    return root / "datasets" / digest
+    return root / "datasets" / (f"{digest}-read" if reading else digest)
+
+
+@contextlib.contextmanager
+def _cache_lock(local: Path, url: str, *, wait: bool) -> Iterator[None]:
+    """Hold the lock of a cache folder (a file beside it: locks never travel). A build takes it before fetching,
+    so a second build into the same cache is refused before it changes anything; readers wait for each other (DDP
+    ranks fetching at once) instead of downloading into one folder together."""
+    import filelock
+
+    local.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.UnixFileLock(str(local.with_name(f"{local.name}.lock")), timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise StorageError(
+            f"another m2u-make-dataset run on this machine is building {url} (in its cache {local}); wait for it "
+            "to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _filesystem(url: str):
@@ -265,6 +291,13 @@ def _fetch(
         for relative, size in sorted(remote.items()):
             expected = _recorded_sha(record, relative, size)
             target = local / relative
+            if (
+                keep_local_changes
+                and expected is not None
+                and not target.exists()
+                and state.synced.get(relative) == expected
+            ):
+                continue  # synced here, since removed here (an `overwrite` build not uploaded yet): newer work
             if target.is_file():
                 if expected is not None:
                     have = state.digest(relative)
@@ -482,7 +515,9 @@ def local_dataset(data: str | os.PathLike[str]) -> str:
     text = local_location(data)
     if not is_url(text):
         return text
-    local, by_content = _fetch(text, None, require_manifest=True, keep_local_changes=False)
+    local = cache_folder(text, reading=True)
+    with _cache_lock(local, text, wait=True):
+        local, by_content = _fetch(text, local, require_manifest=True, keep_local_changes=False)
     if not by_content:
         problem = _copy_problem(local)
         if problem:
@@ -546,6 +581,11 @@ def build_at_url(url: str, build: Callable[[str], T], *, in_process_ok: bool = T
     `in_process_ok=False` refuses memory:// (see check_output_url). The result of `build` is returned."""
     check_output_url(url, in_process_ok=in_process_ok)
     local = cache_folder(url)
+    with _cache_lock(local, url, wait=False):
+        return _build_locked(url, local, build)
+
+
+def _build_locked(url: str, local: Path, build: Callable[[str], T]) -> T:
     fetch(url, local, require_manifest=False, keep_local_changes=True)
     try:
         result = build(str(local))

@@ -117,7 +117,7 @@ def test_a_reader_cache_refetches_what_a_rebuild_changed(bucket, faces, tmp_path
     reader_cache = tmp_path / "reader-cache"
     monkeypatch.setenv("M2U_CACHE", str(reader_cache))
     first = Path(local_dataset(bucket))
-    assert first == cache_folder(bucket) and first.is_relative_to(reader_cache)
+    assert first == cache_folder(bucket, reading=True) and first.is_relative_to(reader_cache)
 
     # Another machine rebuilds the dataset there; this reader's cache holds the old files.
     monkeypatch.setenv("M2U_CACHE", str(tmp_path / "cache"))
@@ -265,3 +265,31 @@ def test_a_refused_build_leaves_the_url_alone_and_a_persons_shard_named_file_is_
     record = json.loads(_remote(bucket)[UPLOAD_RECORD_NAME])["files"]
     assert "train/train-000009.tar" not in record
     assert _remote(bucket)["train/train-000009.tar"] == b"mine\n"
+
+
+def test_a_reader_never_changes_the_copy_a_build_keeps(bucket, faces, monkeypatch):
+    """A build whose upload failed keeps its build in its cache for the rerun; a reader on the same machine (the
+    URL still holding the earlier build) fetches into a folder of its own, so the rerun still has it to upload."""
+    _build(bucket, faces, shard_size=2)
+    kept = cache_folder(bucket)
+    monkeypatch.setattr(storage, "upload", lambda *a, **k: (_ for _ in ()).throw(OSError("the network dropped")))
+    with pytest.raises(StorageError, match="kept in the local cache"):
+        _build(bucket, faces, shard_size=3, overwrite=True)
+    before = _local(kept)
+    read = Path(local_dataset(bucket))
+    assert read == cache_folder(bucket, reading=True) != kept
+    assert _local(kept) == before  # the kept build is as it was
+    monkeypatch.undo()
+    monkeypatch.setenv("M2U_CACHE", str(kept.parents[1]))
+    _build(bucket, faces, shard_size=3)  # the rerun the failed upload advised: resumes and uploads it
+    _mirrors(bucket, kept)
+
+
+def test_a_second_build_into_one_cache_is_refused_before_it_fetches(bucket, faces, monkeypatch):
+    _build(bucket, faces, shard_size=2)
+    fetched = []
+    monkeypatch.setattr(storage, "fetch", lambda *a, **k: fetched.append(a))
+    with storage._cache_lock(cache_folder(bucket), bucket, wait=False):
+        with pytest.raises(StorageError, match="another m2u-make-dataset run on this machine is building"):
+            _build(bucket, faces, shard_size=2, overwrite=True)
+    assert fetched == []  # refused before it changed anything in the cache
