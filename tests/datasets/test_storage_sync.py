@@ -289,7 +289,8 @@ def test_a_second_build_into_one_cache_is_refused_before_it_fetches(bucket, face
     _build(bucket, faces, shard_size=2)
     fetched = []
     monkeypatch.setattr(storage, "fetch", lambda *a, **k: fetched.append(a))
-    with storage._cache_lock(cache_folder(bucket), bucket, wait=False):
-        with pytest.raises(StorageError, match="another m2u-make-dataset run on this machine is building"):
-            _build(bucket, faces, shard_size=2, overwrite=True)
+    held = storage._cache_lock(cache_folder(bucket), bucket, wait=False)
+    refused = pytest.raises(StorageError, match="another m2u-make-dataset run on this machine is building")
+    with held, refused:
+        _build(bucket, faces, shard_size=2, overwrite=True)
     assert fetched == []  # refused before it changed anything in the cache
