@@ -272,7 +272,9 @@ def test_a_reader_never_changes_the_copy_a_build_keeps(bucket, faces, monkeypatc
     URL still holding the earlier build) fetches into a folder of its own, so the rerun still has it to upload."""
     _build(bucket, faces, shard_size=2)
     kept = cache_folder(bucket)
-    monkeypatch.setattr(storage, "upload", lambda *a, **k: (_ for _ in ()).throw(OSError("the network dropped")))
+    monkeypatch.setattr(
+        storage, "upload", lambda *a, **k: (_ for _ in ()).throw(OSError("the network dropped"))
+    )
     with pytest.raises(StorageError, match="kept in the local cache"):
         _build(bucket, faces, shard_size=3, overwrite=True)
     before = _local(kept)
