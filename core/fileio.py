@@ -625,6 +625,15 @@ def _new_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def new_temp_file(path: str | os.PathLike[str]) -> str:
+    """The name of a new, empty hidden temporary file beside `path` (atomic_write's kind), for a writer that
+    stages several files and `commit`s them together once all are written; `path` must be one m2u may write."""
+    check_writable(path)
+    fd, temp = _new_temp(Path(path))
+    os.close(fd)
+    return temp
+
+
 def _commit_temp(temp: str, path: Path, sha256: str | None = None, by_name: bool = False) -> None:
     info = os.lstat(temp)
     if not stat.S_ISREG(info.st_mode):

@@ -264,7 +264,13 @@ def export_main() -> None:
     maximum=MAX_IMAGE_SIZE,
 )
 @alias_option("--image-size", target="size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
-@click.option("--opset", default=ExportConfig.opset, show_default=True, type=click.IntRange(min=MIN_OPSET))
+@click.option(
+    "--opset",
+    default=ExportConfig.opset,
+    show_default=True,
+    type=click.IntRange(min=MIN_OPSET),
+    help="ONNX opset: from 11 up to the newest this torch's exporter writes (a newer one is refused, naming it).",
+)
 @click.option(
     "--atol",
     default=ExportConfig.atol,
@@ -315,13 +321,21 @@ def export_onnx_cmd(**kw) -> None:
                     if isinstance(model, kinds[other][0])
                     else "m2u-export exports neither"
                 )
-                raise Refused(f"--{name} {path} holds a {type(model).__name__}, not {wanted}; {hint}")
+                held = next(
+                    (w for c, w in kinds.values() if isinstance(model, c)), f"a {type(model).__name__}"
+                )
+                raise Refused(f"--{name} {path} holds {held}, not {wanted}; {hint}")
             models[name] = (path, model, info)
-        with model_warnings():
-            summary = export_models(models, out_dir, config, overwrite=kw["overwrite"])
     except Refused:
         raise
     except user_errors() as exc:
+        raise Refused(cli_message(exc)) from exc
+    try:
+        with model_warnings():
+            summary = export_models(models, out_dir, config, overwrite=kw["overwrite"])
+    except OSError:
+        raise  # a full disk, a read-only folder: the export ran and failed, said in one line (m2u.core.guard)
+    except user_errors() as exc:  # refused before anything was written (a second export, a person's file)
         raise Refused(cli_message(exc)) from exc
     except RuntimeError as exc:  # the exported graph disagrees with PyTorch: the export ran and failed
         raise click.ClickException(cli_message(exc)) from exc

@@ -7,6 +7,7 @@ M-Seg: `image` (B, 3, H, W) -> `mask_logits` (B, 1, H, W); generator: `masked` (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,11 +27,14 @@ from m2u.core.fileio import (
     atomic_write,
     atomic_write_text,
     check_writable,
+    commit,
+    new_temp_file,
     remove_written,
     replace_problem,
 )
+from m2u.core.inputs import output_location_problem, output_lock
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
-from m2u.training.checkpoint import ModelInfo
+from m2u.training.checkpoint import ModelInfo, ModelUsageWarning
 from m2u.training.models import CARU2Net, MSeg
 
 __all__ = [
@@ -89,7 +93,6 @@ def max_opset() -> int:
 def export_size(info: ModelInfo | None, image_size: int | None, static_shape: bool = False) -> int:
     """The tracing size: the model file's training size (`info`, from `load_model`) unless given. A given size
     that differs is honoured with a warning (a static-shape graph at another size only runs at that size)."""
-    from m2u.inference.restore import ModelUsageWarning
 
     trained = info.crop_size if info is not None else None
     if image_size is None:
@@ -176,7 +179,10 @@ def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: tuple[torch.Ten
     """Max absolute difference between onnxruntime's and PyTorch's outputs on `inputs`."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    # Its errors come back as exceptions, said in one line by the caller: not also as a coloured log line.
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
     (ort_out,) = session.run(None, feed)
     with torch.no_grad():
@@ -192,7 +198,26 @@ def export_onnx(
     `info` (the model file's record) gives."""
     config = config or ExportConfig()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)  # before the export: never through a link, never over a file m2u did not write
+    written: list[ExportResult] = []
+    # A file that fails the parity check, or a full disk, never appears under `path` (m2u.core.fileio).
+    atomic_write(path, lambda temp: written.append(_export_checked(model, temp, config, info)))
+    return dataclasses.replace(written[0], path=path)
+
+
+def check_sizes(size: int, dynamic: bool, trained: int | None = None) -> list[int]:
+    """The sizes an export traced at `size` is checked at: that size for a static graph; for a dynamic one half
+    of it, one above it, and the model's training size: a branch on the input's shape (CARU's resize of an odd
+    skip) is traced as whichever way it went at the tracing size, and only a size past it shows a wrong one."""
+    if not dynamic:
+        return [size]
+    return sorted({max(32, size // 2), size + 32, *([trained] if trained else [])})
+
+
+def _export_checked(
+    model: nn.Module, temp: str | Path, config: ExportConfig, info: ModelInfo | None
+) -> ExportResult:
+    """`model` exported into the file `temp` and checked there against PyTorch (see export_onnx)."""
     model = model.cpu().eval()
     input_names, output_names = model_io_names(model)
     size = (
@@ -200,50 +225,55 @@ def export_onnx(
         if config.image_size is not None
         else export_size(info, None, not config.dynamic_axes)
     )
-    config = dataclasses.replace(config, image_size=size)
     inputs = example_inputs(model, size)
     dynamic = None
     if config.dynamic_axes:
         dynamic = {name: {0: "batch", 2: "height", 3: "width"} for name in input_names + output_names}
-    check_size = size if not config.dynamic_axes else max(32, size // 2)
-    # A static graph takes exactly the tracing shape (batch 1): it is checked at that shape.
-    check_inputs = example_inputs(model, check_size, batch=2 if config.dynamic_axes else 1, seed=1)
-    diffs: list[float] = []
-
-    def write_checked(temp: str) -> None:
-        """Export into the writer's temporary file and check it there: a file that fails the parity check, or a
-        full disk, never appears under `path` (m2u.core.fileio)."""
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                model,
-                inputs,
-                temp,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic,
-                opset_version=config.opset,
-                dynamo=False,
-            )
-        # Checked on a different batch and size from the tracing inputs, so the dynamic axes are exercised too.
-        diffs.append(onnx_parity(model, temp, check_inputs))
-        if not diffs[0] <= config.atol:
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript. Its tracer
+        # warnings (a branch on a shape) are answered by the checks below, at sizes on both sides of the tracing one.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            inputs,
+            str(temp),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=config.opset,
+            dynamo=False,
+        )
+    # A static graph takes exactly the tracing shape (batch 1); a dynamic one is checked on another batch and
+    # other sizes than the tracing inputs, so the dynamic axes are exercised too.
+    trained = info.crop_size if info is not None else None
+    diff = 0.0
+    for check_size in check_sizes(size, config.dynamic_axes, trained):
+        batch = 2 if config.dynamic_axes else 1
+        try:
+            diff = max(diff, onnx_parity(model, temp, example_inputs(model, check_size, batch=batch, seed=1)))
+        except Exception as error:  # onnxruntime refuses the graph at this size: a shape fixed by the tracing
+            if isinstance(error, (KeyboardInterrupt, MemoryError)):
+                raise
             raise RuntimeError(
-                f"ONNX export of {type(model).__name__} differs from PyTorch by {diffs[0]:.3g} > {config.atol}"
+                f"ONNX export of {type(model).__name__} traced at {size} px does not run at {check_size} px "
+                f"({' '.join(str(error).split())[:200]}); export a static graph at the size you need (`static_shape`)"
+            ) from None
+        if not diff <= config.atol:
+            raise RuntimeError(
+                f"ONNX export of {type(model).__name__} differs from PyTorch by {diff:.3g} > {config.atol} "
+                f"(at {check_size} px)"
             )
-
-    check_writable(path)  # before the export: never through a link, never over a file m2u did not write
-    atomic_write(path, write_checked)
-    diff = diffs[0]
-    return ExportResult(path=path, input_names=input_names, output_names=output_names, max_abs_diff=diff)
+    return ExportResult(
+        path=Path(temp), input_names=input_names, output_names=output_names, max_abs_diff=diff
+    )
 
 
 # What an export folder holds (m2u-export onnx, `export_models`): `<name>.onnx` for each of these models, and
 # EXPORT_SUMMARY describing the ones this export wrote.
 EXPORT_NAMES = ("mseg", "generator")
 EXPORT_SUMMARY = "export.json"
+EXPORT_LOCK_TOOL = "m2u-export"  # the export folder's lock: OUT/.m2u-export.lock
 
 
 def check_export_folder(out_dir: str | Path, names: Sequence[str], overwrite: bool = False) -> list[Path]:
@@ -254,8 +284,9 @@ def check_export_folder(out_dir: str | Path, names: Sequence[str], overwrite: bo
     of m2u's export names that m2u wrote (its folder's record, m2u.core.fileio); a person's own file of that
     name is theirs, and is neither refused nor removed."""
     out = Path(out_dir)
-    if os.path.lexists(out) and not out.is_dir():
-        raise OutputRefusedError(f"`out_dir` {out} is not a folder")
+    problem = output_location_problem(out)  # a file in its way, a read-only disk: said before any export
+    if problem:
+        raise OutputRefusedError(problem)
     unknown = sorted(set(names) - set(EXPORT_NAMES))
     if unknown or not names:
         raise ValueError(f"an export holds {' and/or '.join(EXPORT_NAMES)}, got {list(names)}")
@@ -285,7 +316,12 @@ def export_models(
     module, its ModelInfo); each is written to `out_dir/<name>.onnx` (checked against PyTorch, `export_onnx`),
     then `out_dir/export.json` describes them (returned as a dict). A model of the wrong kind for its name is a
     ValueError. An earlier export's file this one would not replace is refused, or removed with `overwrite`
-    (`check_export_folder`); `config.image_size` None: each model's recorded size (`export_size`)."""
+    (`check_export_folder`); `config.image_size` None: each model's recorded size (`export_size`).
+
+    The folder is locked while it is written (a second export into it is refused), and it changes only once every
+    file is exported and checked: the earlier export.json goes first, then the files take their names, then the
+    new export.json is written. A failed or stopped export leaves the earlier export as it was, or (stopped in
+    those last renames) files without an export.json, never an export.json describing other files."""
     config = config or ExportConfig()
     out = Path(out_dir)
     kinds = {"mseg": MSeg, "generator": CARU2Net}
@@ -296,22 +332,50 @@ def export_models(
             )
     stale = check_export_folder(out, list(models), overwrite)
     static = not config.dynamic_axes
-    summary: dict[str, dict] = {}
-    for name, (source, model, info) in models.items():
-        size = export_size(info, config.image_size, static)
-        result = export_onnx(model, out / f"{name}.onnx", dataclasses.replace(config, image_size=size))
-        summary[name] = {
-            "source": str(source),
-            "onnx": str(result.path),
-            **tensor_descriptions(model, size, not static),
-            "max_abs_diff_vs_torch": result.max_abs_diff,
-            "image_size": size,
-            "model_info": asdict(info) if info is not None else None,
-        }
-    if stale:
-        # Only once the new files are written: an export that fails removes nothing.
-        remove_written(
-            out, [path.name for path in stale], ours=lambda path: path.name in {p.name for p in stale}
+    sizes = {name: export_size(info, config.image_size, static) for name, (_, _, info) in models.items()}
+    if len(set(sizes.values())) > 1:
+        warnings.warn(
+            f"the models are exported at different sizes (M-Seg {sizes['mseg']}, generator {sizes['generator']}): "
+            "the generator takes the M-Seg's mask at its own size, so resize between them (or give one `image_size`)",
+            ModelUsageWarning,
+            stacklevel=2,
         )
-    atomic_write_text(out / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, str] = {}
+    try:
+        with output_lock(out, EXPORT_LOCK_TOOL):
+            summary: dict[str, dict] = {}
+            for name, (source, model, info) in models.items():
+                staged[name] = new_temp_file(out / f"{name}.onnx")
+                result = _export_checked(
+                    model, staged[name], dataclasses.replace(config, image_size=sizes[name]), info
+                )
+                summary[name] = {
+                    "source": str(source),
+                    "onnx": str(out / f"{name}.onnx"),
+                    **tensor_descriptions(model, sizes[name], not static),
+                    "max_abs_diff_vs_torch": result.max_abs_diff,
+                    "image_size": sizes[name],
+                    "model_info": asdict(info) if info is not None else None,
+                }
+            if os.path.lexists(out / EXPORT_SUMMARY) and not replace_problem(out / EXPORT_SUMMARY):
+                remove_written(out, [EXPORT_SUMMARY])  # never left describing files it does not
+            for name in list(staged):
+                commit(staged.pop(name), out / f"{name}.onnx")
+            if stale:
+                remove_written(
+                    out, [path.name for path in stale], ours=lambda path: path.name in {p.name for p in stale}
+                )
+            atomic_write_text(out / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    except BaseException:
+        for temp in staged.values():
+            Path(temp).unlink(missing_ok=True)
+        if (
+            made
+        ):  # a folder this export made and wrote nothing into goes, with its lock (rmdir: only when empty)
+            with contextlib.suppress(OSError):
+                (out / f".{EXPORT_LOCK_TOOL}.lock").unlink(missing_ok=True)
+                out.rmdir()
+        raise
     return summary

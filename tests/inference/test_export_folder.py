@@ -115,3 +115,62 @@ def test_an_export_folder_that_is_a_file_is_one_line(tmp_path):
     for out in (tmp_path / "file", "/dev/zero"):
         with pytest.raises(OutputRefusedError, match="is not a folder"):
             check_export_folder(out, ["mseg"])
+
+
+def _both(model_files) -> list[str]:
+    return ["--mseg", str(model_files["mseg"]), "--generator", str(model_files["generator"])]
+
+
+def test_a_failed_export_leaves_the_earlier_export_as_it_was_and_a_new_folder_not_at_all(
+    model_files, tmp_path
+):
+    out = tmp_path / "onnx"
+    assert _export(out, *_both(model_files)).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    # The generator's parity check fails after the M-Seg was exported and checked: nothing of it reaches the
+    # folder (before, mseg.onnx was replaced and the old export.json still described the old one).
+    failed = _export(out, *_both(model_files), "--size", "48", "--atol", "1e-12")
+    assert failed.exit_code == 1 and "differs from PyTorch" in failed.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    fresh = tmp_path / "fresh"
+    assert _export(fresh, *_both(model_files), "--atol", "1e-12").exit_code == 1
+    assert not fresh.exists()  # made by the export, left empty: removed with its lock
+
+
+def test_a_second_export_into_a_folder_being_written_is_refused(model_files, tmp_path):
+    from m2u.core.inputs import output_lock
+    from m2u.inference.export import EXPORT_LOCK_TOOL
+
+    out = tmp_path / "onnx"
+    out.mkdir()
+    with output_lock(out, EXPORT_LOCK_TOOL):
+        refused = _export(out, *_both(model_files))
+    assert refused.exit_code == 2 and "another m2u-export run is writing" in refused.output
+    assert sorted(p.name for p in out.iterdir()) == [f".{EXPORT_LOCK_TOOL}.lock"]
+
+
+def test_a_dynamic_graph_is_checked_past_its_tracing_size(model_files, tmp_path, monkeypatch):
+    from m2u.inference import export
+
+    checked: list[int] = []
+    parity = export.onnx_parity
+
+    def recording(model, path, inputs):
+        checked.append(inputs[0].shape[-1])
+        return parity(model, path, inputs)
+
+    monkeypatch.setattr(export, "onnx_parity", recording)
+    assert _export(tmp_path / "onnx", "--mseg", str(model_files["mseg"]), "--size", "48").exit_code == 0
+    # Half the tracing size (at least 32, here also the trained size) and one past it (48 + 32).
+    assert checked == [32, 80]
+
+
+def test_models_exported_at_different_sizes_are_said_to_need_a_resize(model_files, tmp_path):
+    info = ModelInfo(crop_size=64)
+    generator = save_model(
+        tmp_path / "g64.safetensors", CARU2Net(GeneratorConfig(stages=3, width_multiplier=0.125)), info
+    )
+    result = _export(tmp_path / "onnx", "--mseg", str(model_files["mseg"]), "--generator", str(generator))
+    assert result.exit_code == 0, result.output
+    assert "warning: the models are exported at different sizes (M-Seg 32, generator 64)" in result.output
