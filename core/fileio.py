@@ -625,6 +625,12 @@ def _new_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def arrow_path(path: str | os.PathLike[str]) -> str:
+    """`path` for pyarrow's readers and writers: absolute, since pyarrow takes a relative path with a colon in it
+    (`ds:1/manifest.parquet`) for a URI of an unknown file system."""
+    return os.path.abspath(os.fspath(path))
+
+
 def new_temp_file(path: str | os.PathLike[str]) -> str:
     """The name of a new, empty hidden temporary file beside `path` (atomic_write's kind), for a writer that
     stages several files and `commit`s them together once all are written; `path` must be one m2u may write."""

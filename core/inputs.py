@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m2u.core.fileio import RECORD_NAME, remove_temp_files, replace_problem
+from m2u.core.fileio import RECORD_NAME, arrow_path, remove_temp_files, replace_problem
 from m2u.core.imageio import (
     DEFAULT_MAX_FILE_BYTES,
     IMAGE_SUFFIXES,
@@ -229,7 +229,7 @@ def _list_rows(list_file: Path) -> list[tuple[str, str]]:
     else:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(list_file)
+        table = pq.read_table(arrow_path(list_file))
         columns, records = table.column_names, table.to_pylist()
     lowered = {c.lower(): c for c in columns}
     path_column = next((lowered[c] for c in PATH_COLUMNS if c in lowered), None)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from m2u.core import outcome
 from m2u.core.errors import SettingError
-from m2u.core.fileio import atomic_write, report_text
+from m2u.core.fileio import arrow_path, atomic_write, report_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Paper, section 4.1: "divided into 70% for training, 15% for validation, and 15% for testing".
@@ -326,7 +326,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     # No statistics timestamps exist in Parquet; fixed compression keeps the bytes reproducible.
     atomic_write(
         path,
-        lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True),
+        lambda tmp: pq.write_table(table, arrow_path(tmp), compression="zstd", write_statistics=True),
         durable=True,
         by_name=True,
     )
@@ -345,7 +345,7 @@ def read_manifest(path: str | os.PathLike[str]):
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no dataset manifest at {path}")
-    return pq.read_table(path, schema=MANIFEST_SCHEMA).to_pandas()
+    return pq.read_table(arrow_path(path), schema=MANIFEST_SCHEMA).to_pandas()
 
 
 FILE_SCHEME = "file://"

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from m2u.core.fileio import atomic_write_text, report_text
+from m2u.core.fileio import arrow_path, atomic_write_text, report_text
 from m2u.datasets.layout import (
     MANIFEST_SCHEMA,
     MANIFEST_STATUSES,
@@ -155,7 +155,7 @@ def _changed_input(task: ShardTask, marker: Path) -> str | None:
     inputs are not fetched again for this."""
     from m2u.core.imageio import ImageReadError, read_input_bytes
 
-    table = pq.read_table(marker, columns=["key", "source_sha256"]).to_pydict()
+    table = pq.read_table(arrow_path(marker), columns=["key", "source_sha256"]).to_pydict()
     recorded = dict(zip(table["key"], table["source_sha256"], strict=True))
     current: dict[str, str | None] = {}
     for sample in task.samples:
@@ -179,7 +179,10 @@ def uncommit(out_dir: Path, task: ShardTask) -> None:
 
 def read_rows(out_dir: Path, tasks: Iterable[ShardTask]) -> list[dict[str, Any]]:
     """The committed rows of ``tasks``, shard after shard, each shard in plan order."""
-    tables = [pq.read_table(marker_path(out_dir, t.split, t.index), schema=MANIFEST_SCHEMA) for t in tasks]
+    tables = [
+        pq.read_table(arrow_path(marker_path(out_dir, t.split, t.index)), schema=MANIFEST_SCHEMA)
+        for t in tasks
+    ]
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 

@@ -62,3 +62,24 @@ def test_ray_missing_or_unreachable_is_one_clear_sentence(tmp_path, monkeypatch,
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     result = CliRunner().invoke(cli_main, [*args, "--ray-address", "auto"])  # no cluster runs here
     assert result.exit_code == 2 and "--ray-address auto: no Ray cluster there" in result.output
+
+
+def test_a_relative_dataset_folder_with_a_colon_in_its_name_is_a_folder_not_a_uri(tmp_path, monkeypatch):
+    """pyarrow took `ds:1/manifest.parquet` for a URI of an unknown file system: the build failed after its work."""
+    from m2u.core.inputs import find_inputs
+    from m2u.datasets import write_synthetic_dataset
+    from m2u.datasets.layout import read_manifest
+    from m2u.datasets.loader import count_samples
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_dataset("ds:1", 8, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    assert len(read_manifest("ds:1")) == 8 and count_samples("ds:1", "train") == 4
+    import pyarrow as pa
+    from PIL import Image
+
+    photos = [tmp_path / f"{i}.png" for i in range(2)]
+    for photo in photos:
+        Image.new("RGB", (8, 8)).save(photo)
+    pq.write_table(pa.table({"path": [str(p) for p in photos]}), tmp_path / "list:1.parquet")
+    found = find_inputs(["list:1.parquet"], tmp_path / "out")  # a list file of that kind too
+    assert [entry.path for entry in found.entries] == photos
