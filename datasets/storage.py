@@ -310,7 +310,11 @@ def _fetch(
                     continue  # content unknown: a file an upload was replacing (the local one is newer), or sizes
             _download(fs, root, url, relative, target)
             if expected is None:
-                state.synced.pop(relative, None)
+                # Not in the upload record (a person's file beside the dataset, a dataset uploaded by hand): what
+                # was fetched is tracked all the same, so it goes from the copy once it goes from the URL.
+                digest = state.digest(relative)
+                if digest is not None:
+                    state.synced[relative] = digest
                 continue
             if state.digest(relative) != expected:
                 raise StorageError(
@@ -349,6 +353,7 @@ def _remove_dropped(local: Path, remote: dict[str, int], state: _SyncState) -> N
             continue
         (local / relative).unlink(missing_ok=True)
         state.digests.forget(relative)
+        _remove_empty_folders(local, (local / relative).parent)
     for relative in records:
         folder = (local / relative).parent
         if not any(p.name != RECORD_NAME for p in folder.iterdir()):
@@ -356,6 +361,17 @@ def _remove_dropped(local: Path, remote: dict[str, int], state: _SyncState) -> N
             state.digests.forget(relative)
             if folder != local and not any(folder.iterdir()):
                 folder.rmdir()
+
+
+def _remove_empty_folders(local: Path, folder: Path) -> None:
+    """`folder` and the folders above it inside `local`, as long as each is empty (a dropped file's folder is the
+    URL's too: an empty one left in a build's copy reads as other files in its way)."""
+    while folder != local and folder.is_relative_to(local):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): what is above it stays too
+            return
+        folder = folder.parent
 
 
 def _remote_written(

@@ -296,3 +296,16 @@ def test_a_second_build_into_one_cache_is_refused_before_it_fetches(bucket, face
     with held, refused:
         _build(bucket, faces, shard_size=2, overwrite=True)
     assert fetched == []  # refused before it changed anything in the cache
+
+
+def test_a_file_removed_from_the_url_leaves_the_local_copy_too(bucket, faces):
+    """A person's file under the prefix was fetched into the cache and kept there after it left the URL: every
+    later build was refused as "already holds other files", naming a file the URL no longer held."""
+    fs, root = fsspec.core.url_to_fs(bucket)
+    fs.pipe_file(f"{root}/other/file.txt", b"a person's file")
+    with pytest.raises(BuildError, match="other"):
+        _build(bucket, faces, shard_size=2)
+    fs.rm(f"{root}/other/file.txt")
+    _build(bucket, faces, shard_size=2)
+    assert not (cache_folder(bucket) / "other").exists()
+    _mirrors(bucket, cache_folder(bucket))
