@@ -129,8 +129,10 @@ def _is_in_process(fs) -> bool:
     return bool(protocols & IN_PROCESS_PROTOCOLS)
 
 
-def _remote_sizes(fs, root: str) -> dict[str, int]:
-    """Relative path -> size of every file under `root` (none when it does not exist)."""
+def _remote_sizes(fs, root: str, versions: dict[str, str] | None = None) -> dict[str, int]:
+    """Relative path -> size of every file under `root` (none when it does not exist); `versions` gets each
+    file's version as the file system tells it (an ETag, a modification time): it changes when the file is
+    written again, also with the same size."""
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
@@ -142,7 +144,16 @@ def _remote_sizes(fs, root: str) -> dict[str, int]:
         relative = path[len(root) :].lstrip("/")
         if relative:
             sizes[relative] = int(info.get("size") or 0)
+            if versions is not None:
+                versions[relative] = _version(info)
     return sizes
+
+
+def _version(info: dict[str, Any]) -> str:
+    for key in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return f"{key}={info[key]}"
+    return ""
 
 
 def _is_lock(relative: str) -> bool:
@@ -207,6 +218,11 @@ class _SyncState:
             }  # earlier: hashed anew
         )
         self.synced: dict[str, str] = dict(data.get("synced") or {})
+        # relative path -> the URL's version of the file (`_version`) when this machine last found it holding
+        # the synced bytes; and the files the URL was found to hold other bytes of than its record says (written
+        # there by hand: same size or not): the next upload sends them again.
+        self.seen: dict[str, str] = dict(data.get("seen") or {})
+        self.altered: set[str] = set(data.get("altered") or ())
 
     def digest(self, relative: str) -> str | None:
         """The SHA-256 of the local file (None when there is none)."""
@@ -216,9 +232,22 @@ class _SyncState:
             self.digests.forget(relative)
             return None
 
+    def sent(self, relative: str) -> None:
+        """`relative` was just uploaded: its new version at the URL is read once the upload is done."""
+        self.seen.pop(relative, None)
+        self.altered.discard(relative)
+
     def save(self) -> None:
         digests = {k: list(v) for k, v in self.digests.entries.items()}
-        text = json.dumps({"folder": self.folder, "digests": digests, "synced": self.synced})
+        text = json.dumps(
+            {
+                "folder": self.folder,
+                "digests": digests,
+                "synced": self.synced,
+                "seen": self.seen,
+                "altered": sorted(self.altered),
+            }
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_cache_file(self.path, lambda temp: Path(temp).write_text(text))  # a cache: never fails the run
 
@@ -262,8 +291,9 @@ def _fetch(
     """fetch; also whether the URL has an upload record (its files were compared by content)."""
     fs, root = _filesystem(url)
     local = Path(local or cache_folder(url))
+    versions: dict[str, str] = {}
     try:
-        listing = _remote_sizes(fs, root)
+        listing = _remote_sizes(fs, root, versions)
         record = _read_upload_record(fs, root) if UPLOAD_RECORD_NAME in listing else None
     except Exception as error:
         raise StorageError(f"{url} cannot be read: {_one_line(error)}") from error
@@ -301,8 +331,13 @@ def _fetch(
             if target.is_file():
                 if expected is not None:
                     have = state.digest(relative)
-                    if have == expected:
+                    rewritten = state.seen.get(relative, versions[relative]) != versions[relative]
+                    if have == expected and rewritten and keep_local_changes:
+                        state.altered.add(relative)  # the URL's copy was written again since: sent again
+                        continue
+                    if have == expected and not rewritten:
                         state.synced[relative] = expected
+                        state.seen[relative] = versions[relative]
                         continue
                     if keep_local_changes and state.synced.get(relative) == expected:
                         continue  # the URL holds what it held when synced: the local file is newer work
@@ -316,12 +351,21 @@ def _fetch(
                 if digest is not None:
                     state.synced[relative] = digest
                 continue
+            if state.digest(relative) != expected and keep_local_changes:
+                # A build: the URL holds other bytes than its record says (changed by hand). Not taken: the build
+                # makes the file again (a shard without its file is rebuilt), and its upload sends it.
+                (local / relative).unlink(missing_ok=True)
+                state.digests.forget(relative)
+                state.synced.pop(relative, None)
+                state.altered.add(relative)
+                continue
             if state.digest(relative) != expected:
                 raise StorageError(
                     f"{url}/{relative} does not hold what {UPLOAD_RECORD_NAME} there lists (SHA-256 differs): it "
                     "was changed after m2u uploaded it, or is being uploaded now; rerun the build that writes it"
                 )
             state.synced[relative] = expected
+            state.seen[relative] = versions[relative]
         _remove_dropped(local, remote, state)
     finally:
         state.save()
@@ -401,7 +445,8 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
     that stopped): ``manifest.parquet`` is not uploaded. Returns the number of files uploaded."""
     local = Path(local)
     fs, root = _filesystem(url)
-    listing = _remote_sizes(fs, root)
+    versions: dict[str, str] = {}
+    listing = _remote_sizes(fs, root, versions)
     record = _read_upload_record(fs, root) if UPLOAD_RECORD_NAME in listing else None
     remote = {relative: size for relative, size in listing.items() if _travels(relative)}
     files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
@@ -418,6 +463,9 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
             for f in files
             if remote.get(f) != known[f]["bytes"]
             or _recorded_sha(record, f, remote.get(f)) != known[f]["sha256"]
+            or f in state.altered
+            or state.seen.get(f, versions.get(f))
+            != versions.get(f)  # written again there since this machine saw it
         ]
         # A stopped build's upload leaves the URL's manifest alone unless something else changes (then it goes
         # first): a build refused at once (other arguments) must not turn a finished dataset there into none.
@@ -427,6 +475,7 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
         for f in files:
             if f not in changed:
                 state.synced[f] = known[f]["sha256"]
+                state.seen[f] = versions[f]
         if not changed and not stale:
             return 0  # the URL's record already lists every file as it is here
         return _upload_changes(fs, root, local, remote, known, changed, stale, ours, finished, state)
@@ -502,6 +551,7 @@ def _upload_changes(
         fs.put_file(str(local / relative), f"{root}/{relative}")
         entries[relative] = known[relative]
         state.synced[relative] = known[relative]["sha256"]
+        state.sent(relative)
         uploaded += 1
         if time.monotonic() - flushed > RECORD_FLUSH_S:
             _put_record(fs, root, entries)
@@ -514,6 +564,7 @@ def _upload_changes(
         fs.put_file(str(local / relative), f"{root}/{relative}")
         entries[relative] = known[relative]
         state.synced[relative] = known[relative]["sha256"]
+        state.sent(relative)
         uploaded += 1
     if manifest:
         entries[MANIFEST_NAME] = known[MANIFEST_NAME]
@@ -521,7 +572,14 @@ def _upload_changes(
     if manifest:
         fs.put_file(str(local / MANIFEST_NAME), f"{root}/{MANIFEST_NAME}")
         state.synced[MANIFEST_NAME] = known[MANIFEST_NAME]["sha256"]
+        state.sent(MANIFEST_NAME)
         uploaded += 1
+    # The versions the URL gives the files just sent: a later change there (by hand, same size) is told by them.
+    versions: dict[str, str] = {}
+    _remote_sizes(fs, root, versions)
+    for relative in [*first, *last, *([MANIFEST_NAME] if manifest else [])]:
+        if relative in versions:
+            state.seen[relative] = versions[relative]
     return uploaded
 
 
