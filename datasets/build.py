@@ -42,7 +42,7 @@ from m2u.datasets.layout import (
     is_build_file,
     split_manifest_name,
 )
-from m2u.datasets.locks import build_lock
+from m2u.datasets.locks import build_lock, running_partitions
 from m2u.datasets.manifest import check_committed, commit_shard, marker_path, uncommit, write_manifests
 from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_samples
 from m2u.datasets.shards import remove_stray_temp_files
@@ -172,6 +172,13 @@ def _clear_outputs(out_dir: Path) -> None:
         raise BuildError(f"cannot replace the build in {out_dir}: {exc}") from None
 
 
+def _other_partitions_running(out_dir: Path, partition: tuple[int, int] | None) -> bool:
+    if partition is None:
+        return False  # a run without partitions holds OUT alone
+    own = f"{partition[0]}/{partition[1]}"
+    return any(running.split(" ")[0] != own for running in running_partitions(out_dir))
+
+
 def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, Any]) -> bool:
     """Check OUT against this build; returns True when an earlier run with the same arguments is resumed."""
     state_file = out_dir / STATE_DIR / BUILD_STATE_NAME
@@ -184,8 +191,15 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
     # A state that binds nothing and no manifest: an earlier run stopped before its first commit (its split folders
     # hold nothing committed), not a finished dataset whose build state is gone.
     stopped_early = previous is not None and not (out_dir / MANIFEST_NAME).exists()
-    if previous is not None and previous != fingerprint and not any((out_dir / STATE_DIR).glob("*.parquet")):
-        previous = None  # an earlier run that committed no shard (stopped or refused at once) binds nothing
+    if (
+        previous is not None
+        and previous != fingerprint
+        and not any((out_dir / STATE_DIR).glob("*.parquet"))
+        and not _other_partitions_running(out_dir, config.partition)
+    ):
+        # An earlier run that committed no shard (stopped or refused at once) binds nothing; a partition still
+        # running binds the others before its first commit too (started together, they mixed two builds).
+        previous = None
     if previous is not None and "render_version" in fingerprint:
         from m2u.masking.render import FIRST_RENDER_VERSION
 

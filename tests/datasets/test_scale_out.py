@@ -210,6 +210,19 @@ def test_partition_locks(faces, tmp_path):
         build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(2, 3)))
 
 
+def test_a_running_partition_binds_the_others_before_its_first_commit(faces, tmp_path):
+    """Partitions started together with other arguments each found a build state that "binds nothing" (no shard
+    committed yet), and a folder of mixed shard sizes came out."""
+    out = tmp_path / "out"
+    build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(0, 2)))
+    for marker in (out / STATE_DIR).glob("*.parquet"):  # partition 0/2 as it is before its first commit
+        marker.unlink()
+    other = dataclasses.replace(CONFIG, partition=(1, 2), shard_size=CONFIG.shard_size + 1)
+    with build_lock(out, (0, 2)), pytest.raises(BuildError, match=r"different arguments \(shard_size\)"):
+        build_dataset([faces], out, other)
+    build_dataset([faces], out, other)  # once it has stopped, a state that committed nothing binds nothing
+
+
 def test_partition_options_are_checked():
     with pytest.raises(ValueError, match="I/N"):
         BuildConfig(partition="3")
