@@ -234,6 +234,13 @@ def apply_aliases(params: MutableMapping[str, Any], ctx: click.Context | None = 
             continue
         if isinstance(value, tuple) and isinstance(params.get(target), tuple):
             value = params[target] + value
+        elif ctx.get_parameter_source(target) is ParameterSource.COMMANDLINE and params.get(target) != value:
+            # Both spellings, two values: which one was meant is not for m2u to guess (the alias won silently).
+            flags = {p.name: p.opts[0] for p in ctx.command.params}
+            raise click.UsageError(
+                f"{flags.get(target, target)} {params.get(target)} and its other spelling {flags.get(name, name)} "
+                f"{value} are both given; give one"
+            )
         params[target] = value
         ctx.set_parameter_source(target, ParameterSource.COMMANDLINE)
 

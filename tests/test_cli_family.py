@@ -139,6 +139,13 @@ def test_old_spellings_still_work():
     printed = _print_config(eval_main, "--max-samples", "5", "--skip-paper-size-cost", "--num-workers", "0")
     assert "limit: 5" in printed and "paper_size_cost: false" in printed and "workers: 0" in printed
     assert "progress: false" in _print_config(eval_main, "-q")
+    # Both spellings with one value is that value; with two, neither wins silently (the old one did).
+    assert "workers: 3" in _print_config(train_main, "mseg", "--workers", "3", "--num-workers", "3")
+    both = CliRunner().invoke(train_main, ["mseg", "--workers", "2", "--num-workers", "3", "--print-config"])
+    assert (
+        both.exit_code == 2
+        and "--workers 2 and its other spelling --num-workers 3 are both given" in both.output
+    )
 
 
 def test_a_missing_input_is_a_usage_error_in_every_tool(tmp_path):
