@@ -185,6 +185,20 @@ class Trainer:
         self._running.count = count
         self._steps_by_world_before = read_steps_by_world_size(state)
         self._first_step = self.step
+        world = self.dist.world_size
+        earlier = self._steps_by_world_before
+        if earlier and "unknown" not in earlier and set(earlier) != {str(world)}:
+            # Steps of other world sizes saw other numbers of samples: the LR schedule counts in this one's steps.
+            self.task.rebase_schedule(sum(int(size) * steps for size, steps in earlier.items()) // world)
+        saved_world, saved_batch = state.get("world_size"), state.get("batch_size")
+        ended = self.position.batch_in_epoch > 0 and self.position.batch_in_epoch == state.get(
+            "epoch_batches"
+        )
+        if ended and (saved_world, saved_batch) != (world, self.config.batch_size):
+            # The epoch was finished in another layout: skipping its batch count in this one would train the rest
+            # of that epoch again (more batches on fewer ranks).
+            self.position.epoch += 1
+            self.position.batch_in_epoch = 0
         recorded = state.get("initial_weights")
         if isinstance(recorded, dict):  # older checkpoints: the paths of the run's config alone
             # Provenance only: a damaged entry is left out rather than stopping the run.
@@ -510,7 +524,7 @@ class Trainer:
                 requested is None, batch is not None, not out_of_time
             )
             if not carry_on:
-                self._stop_here(requested or Terminated("another rank was stopped"))
+                self._stop_here(requested or Terminated("another rank was stopped"), together=True)
             if not in_time:
                 return "max_seconds"
             if batch is None or not have_batch:
@@ -534,12 +548,16 @@ class Trainer:
         requested = self._stops.requested
         (carry_on,) = self.dist.all_true(requested is None)
         if not carry_on:
-            self._stop_here(requested or Terminated("another rank was stopped"))
+            self._stop_here(requested or Terminated("another rank was stopped"), together=True)
 
-    def _stop_here(self, stop: KeyboardInterrupt, cause: BaseException | None = None) -> None:
+    def _stop_here(
+        self, stop: KeyboardInterrupt, cause: BaseException | None = None, together: bool = False
+    ) -> None:
         """Write the checkpoint of the last whole step (when it is not the last one written) and raise `stop`,
         saying so: a resumed run continues from that step, not from the last periodic checkpoint. What kept it
-        from being written is said instead (weights gone non-finite, a full disk)."""
+        from being written is said instead (weights gone non-finite, a full disk). `together`: every DDP rank stops
+        here at once (the step's collective told them), and none leaves before rank 0's checkpoint is written:
+        a rank that exited first made torchrun terminate rank 0 in the middle of writing it."""
         step = self.step
         said = ""
         if step > 0 and self._checkpointed_step != step:
@@ -557,6 +575,8 @@ class Trainer:
             said = f"the checkpoint of step {step} in {self.checkpoint_path} is up to date"
         if step > 0:  # a run stopped before its first step is forgotten (see run): nothing to record
             self.runlog.log({"event": "stopped", "by": stop_name(stop), "step": step})
+        if together and self.dist.enabled:
+            self.dist.all_true(True)  # the barrier: rank 0 has written the checkpoint
         if not self.dist.is_main:
             said = ""  # rank 0 wrote the checkpoint and says so: another rank claims none
         raise type(stop)(said) from cause

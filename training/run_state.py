@@ -192,7 +192,11 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split
             )
         return None
     if not mid_epoch:
-        return f"resuming at the start of epoch {epoch} with {' and '.join(changes)}"
+        ended = (
+            isinstance(batch, int) and batch > 0 and isinstance(epoch, int)
+        )  # after the epoch's last batch
+        start = epoch + 1 if ended else epoch  # type: ignore[operator]
+        return f"resuming at the start of epoch {start} with {' and '.join(changes)}"
     was = f"DDP world size {saved_world if isinstance(saved_world, int) else world_size}"
     was += f", `batch_size` {saved_batch if isinstance(saved_batch, int) else config.batch_size}"
     was += f" and `seed` {config.seed if saved_seed is None else saved_seed}"

@@ -220,6 +220,19 @@ class TrainingTask:
         self.resumed_crop_size = self.crop_size
         self._follow_configured_schedule()
 
+    def rebase_schedule(self, step: int) -> None:
+        """Put the LR schedules at optimiser step `step` of this world size (the rate decayed by every milestone
+        at or before it): a run resumed on another number of ranks counted its earlier steps in other units, and
+        the milestones of this world size fall at the same number of samples seen only in this one's."""
+        for name, scheduler in self.schedulers.items():
+            if not isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+                continue
+            passed = sum(count for milestone, count in scheduler.milestones.items() if milestone <= step)
+            scheduler.last_epoch = step
+            for group, base in zip(self.optimizers[name].param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * scheduler.gamma**passed
+            scheduler._last_lr = [group["lr"] for group in self.optimizers[name].param_groups]
+
     def _follow_configured_schedule(self) -> None:
         """A run resumed with another learning rate, decay, milestones or betas (`--resume --lr ...`, which
         config.json then records): the checkpoint's optimisers and schedulers hold the run's earlier ones, so the

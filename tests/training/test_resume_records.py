@@ -251,6 +251,47 @@ def test_a_new_world_size_at_an_epochs_start_is_allowed_and_counted(tmp_path, ca
     assert resumed[-1]["world_size"] == 1
 
 
+def test_a_run_resumed_on_another_world_size_keeps_its_lr_decays_at_the_same_samples(tmp_path):
+    """The schedulers counted steps of every world size alike: 3 steps on 2 ranks (12 samples) then a resume on
+    one rank put the decays at 1-rank step counts, late here, and (the other way) all at once."""
+    from m2u.training.config import OptimizerConfig
+
+    run = tmp_path / "run"
+    schedule = {**TINY, "optimizer": OptimizerConfig(learning_rate=1e-3, milestones=(4, 6), decay=0.1)}
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **schedule), _source())
+    path = run / "checkpoints" / "last.pt"
+    state = load_training_state(path)
+    # As if two ranks had trained the 3 steps (6 one-rank iterations: both milestones passed) and the next epoch began.
+    save_training_state(
+        path, {**state, "world_size": 2, "steps_by_world_size": {"2": 3}, "epoch": 1, "batch_in_epoch": 0}
+    )
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **schedule), _source())
+    (group,) = load_training_state(path)["optimizers"]["mseg"]["param_groups"]
+    assert group["lr"] == pytest.approx(
+        1e-3 * 0.1**2
+    )  # decayed at 4 and 6 samples-equivalent steps; not at 4 only
+    lrs = [r["lr"] for r in _records(run) if r.get("split", "train") == "train" and "lr" in r]
+    assert lrs[-1] == pytest.approx(1e-5)
+
+
+def test_an_epoch_finished_on_another_world_size_is_not_trained_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=1, **TINY), _source())
+    path = run / "checkpoints" / "last.pt"
+    # As if two ranks had finished epoch 0 (6 samples: one batch of 2 on each) and stopped there.
+    state = load_training_state(path)
+    save_training_state(
+        path,
+        {**state, "world_size": 2, "steps_by_world_size": {"2": 1}, "epoch_batches": 1, "batch_in_epoch": 1},
+    )
+    capsys.readouterr()
+    results = train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **TINY), _source())
+    assert "resuming at the start of epoch 1 with DDP world size 2 -> 1" in capsys.readouterr().err
+    (trained,) = [r for r in _records(run) if r.get("split") == "train" and r.get("step") == 2]
+    assert trained["epoch"] == 1  # not a second pass over epoch 0
+    assert results["epoch"] == 1
+
+
 def test_precision_auto_says_what_it_chose_and_records_it(tmp_path, capsys, monkeypatch):
     import m2u.training.device as device
 
