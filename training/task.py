@@ -62,6 +62,9 @@ class Task(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def rebase_schedule(self, step: int) -> None:
+        """Put the LR schedules at optimiser step `step` of this world size (a resume on another one)."""
+
     def resume_problem(self, state: dict[str, Any]) -> str:
         """Why this task cannot resume from the checkpoint `state` ("" when it can)."""
         ...
