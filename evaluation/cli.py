@@ -174,8 +174,10 @@ def main(**kw) -> None:
     try:
         with model_warnings():
             report = evaluate(kw["data"], kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
+    except OSError:
+        raise  # a full disk, a read-only folder: m2u.core.guard says which file, exit 1
     except user_errors() as exc:
-        raise Refused(cli_message(exc)) from exc
+        raise Refused(EVAL_BINDING.message(exc)) from exc
     out = Path(kw["out_dir"])
     click.echo((out / "metrics.md").read_text())
     click.echo(f"report: {out / 'index.html'}")

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from m2u.core.checks import check_at_least, check_types
-from m2u.core.fileio import check_writable
+from m2u.core.fileio import check_writable, remove_written
 from m2u.core.imageio import write_image
 from m2u.core.inputs import OutputFolderError, output_lock, report_clash
 from m2u.core.runtime import runtime_field
@@ -100,6 +100,9 @@ class EvaluateConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)}")
+        twice = sorted({b for b in self.baselines if self.baselines.count(b) > 1})
+        if twice:  # one row per baseline: a second scoring under its name mixed two samples' values per row
+            raise ValueError(f"`baselines` names {', '.join(twice)} more than once; name each once")
         if self.baseline_mask not in BASELINE_MASKS:
             raise ValueError(f"baseline_mask must be one of {BASELINE_MASKS}, got {self.baseline_mask!r}")
         # latency_repeats 0 failed only after every sample was scored (the median of no timings)
@@ -394,24 +397,38 @@ def evaluate(
     _say(config, f"loading the models on {device}")
     models = load_two_stage(mseg_path, generator_path, device)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the models load: a refused model leaves no folder
-    usage = model_usage(models, None, config.mask_threshold)
-    if metric_suite is None:
-        _say(config, "loading the metric networks (LPIPS, FID Inception, dlib face embeddings)")
-    suite = metric_suite or MetricSuite(config.metrics, device=device)
-    state = _score_split(data, models, usage, suite, config)
-    assert state.image_size is not None
-    report = _report(data, (mseg_path, generator_path), models, suite, state, config)
-    report.update(_cost(models, state.image_size, config))
-    report["links"] = dict(links or {})
-    report["grid"] = "grid.png" if state.grid_rows else None
-    # The lock records the report names (other commands refuse this folder then) and refuses a command that
-    # wrote such names here meanwhile.
+    # Held from before the scoring: a second evaluation into this folder is refused at once, not after its own
+    # scoring (the two then replaced each other's reports). It records the report names (other commands refuse
+    # this folder then).
     with output_lock(out_dir, EVAL_TOOL, reports=REPORT_FILES):
-        if state.grid_rows:
-            write_image(out_dir / "grid.png", sample_grid(state.grid_rows))
-        write_report(report, out_dir)
-        write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
+        usage = model_usage(models, None, config.mask_threshold)
+        if metric_suite is None:
+            _say(config, "loading the metric networks (LPIPS, FID Inception, dlib face embeddings)")
+        suite = metric_suite or MetricSuite(config.metrics, device=device)
+        state = _score_split(data, models, usage, suite, config)
+        assert state.image_size is not None
+        report = _report(data, (mseg_path, generator_path), models, suite, state, config)
+        report.update(_cost(models, state.image_size, config))
+        report["links"] = dict(links or {})
+        report["grid"] = "grid.png" if state.grid_rows else None
+        _write_all(out_dir, report, state, suite)
     return report
+
+
+# The files a reader opens first: removed before the report is written and written last, so a report that could
+# not be written whole (a full disk) never looks finished beside files of another run.
+_ENTRY_FILES = ("index.html", "metrics.json")
+
+
+def _write_all(out_dir: Path, report: dict[str, Any], state: Any, suite: MetricSuite) -> None:
+    earlier = [name for name in (*_ENTRY_FILES, "grid.png") if (out_dir / name).exists()]
+    remove_written(
+        out_dir, earlier
+    )  # m2u's own (checked before the scoring); a grid this report has not: gone
+    if state.grid_rows:
+        write_image(out_dir / "grid.png", sample_grid(state.grid_rows))
+    write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
+    write_report(report, out_dir)  # metrics.md, then metrics.json and index.html
 
 
 def _report(

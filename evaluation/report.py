@@ -305,8 +305,8 @@ REPORT_FILES = ("metrics.json", "metrics.md", "index.html", "per_sample.csv", "g
 def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
     """metrics.json, metrics.md and index.html from a report dict."""
     out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "metrics.md", _markdown(report))
     atomic_write_text(
         out_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
     )
-    atomic_write_text(out_dir / "metrics.md", _markdown(report))
-    atomic_write_text(out_dir / "index.html", _html(report))
+    atomic_write_text(out_dir / "index.html", _html(report))  # last: the report's entry

@@ -76,14 +76,33 @@ class MetricSuite:
         self.config = config or MetricsConfig()
         self.device = torch.device(device)
         self.unavailable: dict[str, str] = {}
+        lpips_files = (
+            "metrics.lpips.trunk_weights"
+            if self.config.lpips.trunk_weights
+            else "metrics.lpips.head_weights"
+            if self.config.lpips.head_weights
+            else None
+        )
         self.lpips = self._network(
-            "lpips", lpips, self.config.enable_lpips, lambda: load_lpips(self.config.lpips)
+            "lpips",
+            lpips,
+            self.config.enable_lpips,
+            lambda: load_lpips(self.config.lpips),
+            named=lpips_files,
         )
         self.fid_features = self._network(
-            "fid", fid_features, self.config.enable_fid, lambda: load_fid_inception(self.config.fid)
+            "fid",
+            fid_features,
+            self.config.enable_fid,
+            lambda: load_fid_inception(self.config.fid),
+            named="metrics.fid.weights_path" if self.config.fid.weights_path else None,
         )
         self.identity = self._network(
-            "identity", identity, self.config.enable_identity, lambda: IdentityEmbedder(self.config.identity)
+            "identity",
+            identity,
+            self.config.enable_identity,
+            lambda: IdentityEmbedder(self.config.identity),
+            named="metrics.identity.models_dir" if self.config.identity.models_dir else None,
         )
         if self.lpips is not None:
             self.lpips.to(self.device)
@@ -94,8 +113,10 @@ class MetricSuite:
         self._identity_queue: list[tuple[_MethodAccumulator, np.ndarray, np.ndarray]] = []
         self._feature_cache: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def _network(self, name: str, given, enabled: bool, load: Callable[[], Any]):
-        """A network passed in, else loaded when enabled; when it cannot be had, the reason is recorded."""
+    def _network(self, name: str, given, enabled: bool, load: Callable[[], Any], named: str | None = None):
+        """A network passed in, else loaded when enabled; when it cannot be had, the reason is recorded. `named`:
+        the setting through which the user named its weights: a file they named that cannot be used is refused
+        (ValueError, one line) before any scoring, not reported as a metric merely unavailable after it."""
         if given is not None:
             return given
         if not enabled:
@@ -104,7 +125,10 @@ class MetricSuite:
         try:
             return load()
         except MetricUnavailable as exc:
-            self.unavailable[name] = exc.reason
+            reason = exc.reason.strip().splitlines()[0] if exc.reason.strip() else exc.reason
+            if named:
+                raise ValueError(f"`{named}`: {reason}") from None
+            self.unavailable[name] = reason
             return None
 
     @torch.no_grad()
@@ -195,9 +219,11 @@ class MetricSuite:
             for name, values in acc.values.items():
                 arr = np.asarray(values, np.float64)
                 finite = arr[np.isfinite(arr)]
-                if name.startswith("psnr"):
-                    # Identical images give inf dB: keep them in the mean only if every image is finite.
-                    finite = arr[~np.isnan(arr)]
+                identical = int(np.isposinf(arr).sum()) if name.startswith("psnr") else 0
+                if identical:
+                    # Identical images give inf dB (a sample whose mask is empty, for the masked input): left out
+                    # of the mean and counted, as NaN entries are; an inf mean said nothing of the other images.
+                    row[f"n_{name}_identical"] = identical
                 row[name] = float(finite.mean()) if finite.size else None
             if self.fid_features is not None:
                 for key, real, fake in (

@@ -32,8 +32,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: say which and why
-        raise MetricUnavailable(f"cannot read weights {path}: {exc}") from exc
+    except Exception as exc:  # a corrupt or foreign file: say which and why, in one line
+        said = " ".join(str(exc).split())
+        if said.startswith("Weights only load failed"):  # torch's paragraph advises loading it unsafely
+            said = "not a plain state dict of tensors (torch.load with weights_only refuses it)"
+        raise MetricUnavailable(f"cannot read weights {path}: {said[:200]}") from exc
 
 
 def hub_state_dict(url: str, allow_download: bool) -> dict[str, torch.Tensor]:

@@ -29,9 +29,7 @@ from m2u.core.cli import (
     Refused,
     alias_option,
     apply_aliases,
-    cli_message,
     device_option,
-    flag_of,
     out_option,
     progress_options,
     seed_option,
@@ -274,15 +272,7 @@ def _recipe() -> str:
 
 
 def _message(error: BaseException, binding: ConfigBinding) -> str:
-    """cli_message, with the nested settings this command has an option for said as that option
-    (`generator.width_multiplier`: --width-multiplier); other nested settings stay the `--set` keys they are."""
-    text = cli_message(error)
-    for name, path in binding.paths.items():
-        path = path.lstrip("!")
-        flag = flag_of(name) if "." in path else None
-        if flag:
-            text = text.replace(f"`{path}`", flag)
-    return text
+    return binding.message(error)
 
 
 def _run(train: Callable[[Any], dict], config: Any, binding: ConfigBinding) -> None:

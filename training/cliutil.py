@@ -111,6 +111,19 @@ class ConfigBinding:
     paths: Mapping[str, str] = field(default_factory=dict)
     other: frozenset[str] = frozenset()
 
+    def message(self, error: BaseException) -> str:
+        """cli_message, with the nested settings this command has an option for said as that option
+        (`generator.width_multiplier`: --width-multiplier); other nested settings stay the `--set` keys they are."""
+        from m2u.core.cli import flag_of
+
+        text = cli_message(error)
+        for name, path in self.paths.items():
+            path = path.lstrip("!")
+            flag = flag_of(name) if "." in path else None
+            if flag:
+                text = text.replace(f"`{path}`", flag)
+        return text
+
     def path_of(self, name: str) -> tuple[str, bool]:
         path = self.paths.get(name, name)
         return path.lstrip("!"), path.startswith("!")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import cv2
@@ -322,7 +323,13 @@ def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(baselines=("gimp",)), dict(baseline_mask="mine"), dict(mask_threshold=1.5)]
+    "bad",
+    [
+        dict(baselines=("gimp",)),
+        dict(baseline_mask="mine"),
+        dict(mask_threshold=1.5),
+        dict(baselines=("telea", "telea")),  # scored twice under one row, mixing samples in per_sample.csv
+    ],
 )
 def test_evaluate_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
@@ -389,3 +396,44 @@ def test_each_faces_own_print_is_grouped_as_one_print_pattern(tmp_path):
     }
     table = group_means(list(patterns), {"psnr": [20.0, 30.0, 25.0, 10.0]}, attributes, ("psnr",))["pattern"]
     assert table["print"] == {"n": 2, "psnr": 25.0}
+
+
+def test_a_second_evaluation_into_a_folder_being_written_is_refused_before_scoring(
+    tiny_dataset, tiny_checkpoints, tmp_path
+):
+    from m2u.core.inputs import OutputFolderError, output_lock
+    from m2u.evaluation.evaluator import EVAL_TOOL
+
+    mseg_path, gen_path = tiny_checkpoints
+    scored = []
+    suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    suite.update = lambda *a, **k: scored.append(a)  # type: ignore[method-assign]
+    with output_lock(tmp_path, EVAL_TOOL), pytest.raises(OutputFolderError, match="another m2u-eval run"):
+        evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, _quiet(), metric_suite=suite)
+    assert scored == []  # refused before any sample was scored
+
+
+def test_a_report_that_cannot_be_written_whole_does_not_look_finished(
+    tiny_dataset, tiny_checkpoints, tmp_path, monkeypatch
+):
+    """A full disk after the first files left the earlier run's index.html and metrics.json beside new files."""
+    import errno
+
+    from m2u.evaluation import evaluator
+
+    mseg_path, gen_path = tiny_checkpoints
+    config = _quiet(metrics=MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, dataclasses.replace(config, grid_rows=2))
+    assert (tmp_path / "index.html").exists() and (tmp_path / "grid.png").exists()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluator, "write_per_sample", full)
+    with pytest.raises(OSError):
+        evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, dataclasses.replace(config, grid_rows=0))
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "grid.png").exists()  # the earlier run's grid: not this report's
+    monkeypatch.undo()
+    evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config)
+    assert (tmp_path / "index.html").exists() and (tmp_path / "metrics.json").exists()

@@ -304,3 +304,42 @@ def test_lpips_weights_of_another_shape_are_one_short_sentence(tmp_path):
     ) as info:
         load_lpips(LPIPSConfig(net="alex", trunk_weights=str(wrong), head_weights=str(heads)))
     assert len(str(info.value)) < 600 and "\n" not in str(info.value)
+
+
+def test_an_identical_pair_is_counted_not_averaged_into_an_infinite_psnr():
+    """One identical pair (a sample with an empty mask, for the masked input) made the row's mean PSNR inf, and
+    metrics.json then held `Infinity` (not JSON)."""
+    import json
+
+    suite = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 16, 16, generator=gen)
+    output = target.clone()
+    output[1] = (output[1] + 0.1).clamp(0, 1)
+    suite.update("row", output, target, torch.ones(2, 1, 16, 16))
+    row = suite.summary()["row"]
+    # The second image alone: the expected mean.
+    alone = MetricSuite(MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
+    alone.update("row", output[1:], target[1:], torch.ones(1, 1, 16, 16))
+    assert row["psnr"] == pytest.approx(alone.summary()["row"]["psnr"]) and math.isfinite(row["psnr"])
+    assert row["n_psnr_identical"] == 1
+    json.loads(json.dumps(row), parse_constant=lambda name: pytest.fail(f"{name} in the row"))
+
+
+def test_a_weights_file_the_user_named_that_cannot_be_used_is_refused_not_passed_over(tmp_path):
+    """A bogus --lpips-trunk-weights file ran the whole evaluation and reported LPIPS "unavailable" in a six-line
+    torch message; weights merely absent (none named) stay an unavailable metric."""
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_bytes(b"garbage")
+    config = MetricsConfig(
+        enable_fid=False, enable_identity=False, lpips=LPIPSConfig(trunk_weights=str(bogus))
+    )
+    with pytest.raises(
+        ValueError, match=r"^`metrics\.lpips\.trunk_weights`: cannot read weights .*bogus\.pth"
+    ) as info:
+        MetricSuite(config)
+    assert "\n" not in str(info.value) and "weights_only` set to `False" not in str(info.value)
+    absent = LPIPSConfig(trunk_weights=None, head_weights=None, allow_download=False)
+    suite = MetricSuite(MetricsConfig(enable_fid=False, enable_identity=False, lpips=absent))  # no refusal
+    if suite.lpips is None:  # no cached weights on this machine: said as unavailable, in one line
+        assert "\n" not in suite.unavailable["lpips"]
