@@ -248,6 +248,26 @@ def _one_line_errors(callback: Callable[..., Any], *args: Any, **kwargs: Any) ->
         raise click.ClickException(one_line(error)) from None
     except OSError as error:
         raise click.ClickException(describe_os_error(error)) from None
+    except RuntimeError as error:
+        if _lost_another_rank(error):
+            # Its own message (a refusal, a damaged sample) is above, from that rank: this one's traceback of a
+            # closed connection would bury it.
+            rank = os.environ.get("RANK", "?")
+            raise click.ClickException(
+                f"rank {rank}: another rank of this run ended, so this one stops too (its reason is above)"
+            ) from None
+        raise
+
+
+# What gloo and NCCL say when a peer process is gone (it exited or was killed) during a collective.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
+def _lost_another_rank(error: RuntimeError) -> bool:
+    """A collective failed because another rank of a torchrun job ended (WORLD_SIZE > 1)."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return False
+    return type(error).__name__ == "DistBackendError" or any(text in str(error) for text in _PEER_GONE)
 
 
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:

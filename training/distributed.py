@@ -44,6 +44,15 @@ class DistributedContext:
         values = self.all_reduce_host(values, torch_dist.ReduceOp.MIN)
         return tuple(bool(value > 0.5) for value in values.tolist())
 
+    def share_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers of `module` (BatchNorm's running statistics): DDP copies them from rank 0
+        only at each wrapped forward, after which each rank updates them from its own batch, so an evaluation on
+        the unwrapped module scored rank 1's share with statistics the checkpoint (rank 0's) does not hold."""
+        if not self.enabled:
+            return
+        for buffer in module.buffers():
+            torch_dist.broadcast(buffer.data, src=0)
+
     def all_reduce_host(self, values: torch.Tensor, op: Any) -> torch.Tensor:
         """All-reduce a small CPU tensor without touching the GPU (the control group; default group on gloo)."""
         if not self.enabled:

@@ -21,7 +21,12 @@ from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, re
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
 from m2u.core.inputs import output_lock
 from m2u.datasets.storage import local_location
-from m2u.training.checkpoint import CheckpointError, load_training_state, remove_stale_temp_files
+from m2u.training.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    remove_stale_temp_files,
+    unwrap_model,
+)
 from m2u.training.config import RunConfig
 from m2u.training.data import DataSource, check_batch
 from m2u.training.distributed import DistributedContext, collective_device
@@ -218,6 +223,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str, max_batches: int | None) -> dict[str, float]:
+        for network in self.task.networks.values():  # the figures of the weights the checkpoint holds
+            self.dist.share_buffers(unwrap_model(network))
         self.task.set_train(False)
         sums: dict[str, list[float]] = {}
         try:

@@ -33,6 +33,7 @@ class Task(Protocol):
     grid_columns: tuple[str, ...]  # what the grid's columns show, left to right
     precision: str  # what the run trains in: fp32, bf16 or fp16 (`precision` auto resolved at start-up)
     initial_weights: dict[str, dict[str, str]]  # where each fine-tuned network started (TrainingTask's)
+    networks: dict[str, nn.Module]  # the trained networks, unwrapped, by name
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One optimisation step; the loss terms as detached 0-d tensors on the device (no host sync)."""

@@ -124,6 +124,33 @@ def test_a_multi_line_library_message_is_one_line():
     assert result.output == "Error: File contains no section headers. file: 'x', line: 1 'hello'\n"
 
 
+def test_a_rank_whose_peer_ended_says_so_in_one_line_not_a_gloo_traceback(monkeypatch):
+    """Rank 0 refused the run in one line; rank 1, waiting in a collective, printed 60 lines of gloo's
+    "Connection closed by peer". Outside a torchrun job the same error is not taken for that."""
+    import click
+    from click.testing import CliRunner
+
+    from m2u.core.guard import guard_command
+
+    @click.command()
+    def main():
+        raise RuntimeError(
+            "[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [::1]:1"
+        )
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(guard_command(main), [])
+    assert result.exit_code == 1
+    assert (
+        result.output
+        == "Error: rank 1: another rank of this run ended, so this one stops too (its reason is above)\n"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    alone = CliRunner().invoke(guard_command(main), [])
+    assert isinstance(alone.exception, RuntimeError)
+
+
 def test_only_a_stop_that_would_raise_is_deferred():
     """Outside an m2u command SIGTERM kills the process as always (a library caller's own handling is theirs):
     only a signal whose handler raises is turned into a recorded stop, and each is put back after."""

@@ -61,10 +61,12 @@ def ddp_worker(rank: int, world_size: int, init_file: str, out: str) -> None:
         context = DistributedContext(rank, world_size)
         task = GanTask(config, torch.device("cpu"), context)
         Trainer(task, data, config, context).run()
+        # Buffers too (BatchNorm's running statistics): the final evaluation scores every rank's share with rank
+        # 0's, the ones the checkpoint holds.
         parameters = {
             f"{name}.{key}": value.detach().clone()
             for name, module in task.networks.items()
-            for key, value in module.named_parameters()
+            for key, value in (*module.named_parameters(), *module.named_buffers())
         }
         # The paper's LR milestones (iterations of one process) in steps of this world size: same samples seen.
         parameters["schedule.milestones"] = torch.tensor(sorted(task.schedulers["generator"].milestones))
