@@ -39,6 +39,7 @@ from m2u.core.fileio import (
     fit_stem,
     remove_temp_files,
     remove_written,
+    replace_problem,
 )
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import describe_os_error, stop_of, stops_the_run
@@ -123,6 +124,9 @@ class BatchResult:
     workers: int
     seconds: float
     skipped: str  # what the folder scans passed over, as a sentence ("" when nothing)
+    # Outputs an earlier run wrote into this folder for inputs this run had not (an input removed, or renamed by
+    # its position among equal names): kept, as finished work, but not in report.csv.
+    earlier: tuple[Path, ...] = ()
 
     @property
     def report(self) -> Path:
@@ -560,4 +564,26 @@ def mask_files(
         seconds = time.perf_counter() - start
         _remove_earlier_outputs(out, rows, stems)
         write_report(rows, out / REPORT_NAME)
-    return BatchResult(out, rows, workers, seconds, found.describe_skipped())
+        produced = {
+            output_paths(out, stem, str(row["mask_type"]))[2] for row, stem in zip(rows, stems, strict=True)
+        }
+        earlier = _outputs_not_in(out, produced)
+    return BatchResult(out, rows, workers, seconds, found.describe_skipped(), earlier)
+
+
+def _outputs_not_in(out: Path, produced: set[Path]) -> tuple[Path, ...]:
+    """The metadata files (`<name>_<type>.json`) of outputs m2u wrote into `out` that this run's rows do not name:
+    an earlier run's, for inputs this run had not. Hidden folders (the build's, a cache) are not searched."""
+    found = []
+    for folder, folders, files in os.walk(out):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            if (
+                name.endswith(".json")
+                and path not in produced
+                and Path(f"{str(path)[:-5]}.jpg").exists()
+                and not replace_problem(path)  # m2u's
+            ):
+                found.append(path)
+    return tuple(sorted(found))

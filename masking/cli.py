@@ -286,6 +286,14 @@ def _report(result) -> None:
         f"{result.workers} worker(s). Report: {result.report}",
         err=True,
     )
+    if result.earlier:
+        named = ", ".join(str(path.with_suffix(".jpg")) for path in result.earlier[:3])
+        more = f" and {len(result.earlier) - 3} more" if len(result.earlier) > 3 else ""
+        click.echo(
+            f"note: {len(result.earlier)} output(s) of an earlier run here are kept but not in this report (its "
+            f"inputs were not given this time, or took other names): {named}{more}",
+            err=True,
+        )
     if not result.anything_read:
         click.echo("nothing could be read", err=True)
     if not result.anything_read or result.count("error"):

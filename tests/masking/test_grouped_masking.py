@@ -186,3 +186,27 @@ def test_a_contact_sheet_named_with_no_image_suffix_is_refused_before_rendering(
     result = CliRunner().invoke(main, [str(tmp_path), "--contact-sheet", str(tmp_path / "sheet.txt")])
     assert result.exit_code == 2 and "no image format writes '.txt'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "sheet.txt").exists()
+
+
+def test_outputs_of_an_earlier_run_that_the_report_does_not_list_are_kept_and_said(photos, tmp_path):
+    """An input removed between two runs left its outputs in the folder, listed by no report.csv, without a word."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from m2u.masking.cli import main as mask_main
+
+    src = Path(_folder(tmp_path, {k: photos[k] for k in ("a_small", "b_mirrored")}))
+    out = tmp_path / "out"
+    config = BatchConfig(MaskConfig(mask_type="surgical"), workers=0, progress=False)
+    first = mask_files([str(src)], out, config)
+    assert first.count("ok") == 2 and first.earlier == ()
+    (src / "b_mirrored.png").unlink()
+    again = mask_files([str(src)], out, config)
+    assert [p.name for p in again.earlier] == ["b_mirrored_surgical.json"]
+    assert (out / "b_mirrored_surgical.jpg").exists()  # finished work: kept
+    said = CliRunner().invoke(mask_main, [str(src), "-o", str(out), "-q", "--workers", "0"])
+    assert (
+        said.exit_code == 0
+        and "note: 1 output(s) of an earlier run here are kept but not in this report" in said.output
+    )
