@@ -180,7 +180,7 @@ def unmask_main(**kw) -> None:
     Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
     processed; 2 usage error or refused."""
     from m2u.core.inputs import InputError, OutputFolderError, find_inputs
-    from m2u.inference.photos import implausible_masks_warning, summarize, unmask_files
+    from m2u.inference.photos import earlier_restorations, implausible_masks_warning, summarize, unmask_files
 
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
@@ -233,6 +233,16 @@ def unmask_main(**kw) -> None:
     ignored = found.describe_skipped()
     if ignored:
         click.echo(ignored, err=True)
+    earlier = earlier_restorations(kw["out_dir"], results)
+    if earlier:
+        named = ", ".join(str(path) for path in earlier[:3]) + (
+            f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        )
+        click.echo(
+            f"note: {len(earlier)} restoration(s) of an earlier run here are kept but not in this report (their photos "
+            f"were not given this time): {named}",
+            err=True,
+        )
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
     if any(r.status in ("unreadable", "missing", "error") for r in results):
         sys.exit(EXIT_SOME_FAILED)

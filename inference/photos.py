@@ -26,6 +26,7 @@ from m2u.core.fileio import (
     claim_name,
     fit_stem,
     remove_written,
+    replace_problem,
     report_text,
 )
 from m2u.core.guard import stops_the_run
@@ -182,6 +183,28 @@ def _unmask_paths(
         raise
     _write_reports(out, results, face_lines)
     return results
+
+
+def earlier_restorations(out: str | Path, results: Iterable[FileResult]) -> list[Path]:
+    """The restorations m2u wrote into `out` that this run's `results` do not name: an earlier run's, of photos this
+    run had not (kept, as finished work; m2u-unmask names them). Reports, `crops/` and hidden files are not outputs."""
+    out = Path(out)
+    produced = {os.path.normpath(r.output) for r in results if r.output}
+    found = []
+    for folder, folders, files in os.walk(out):
+        at_top = Path(folder) == out
+        folders[:] = [n for n in folders if not n.startswith(".") and not (at_top and n == CROPS)]
+        for name in files:
+            path = Path(folder) / name
+            if (
+                name.startswith(".")
+                or (at_top and name in REPORTS)
+                or os.path.normpath(path) in produced
+                or replace_problem(path)  # not m2u's
+            ):
+                continue
+            found.append(path)
+    return sorted(found)
 
 
 def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) -> str:

@@ -907,3 +907,20 @@ def test_a_run_never_replaces_another_photos_restoration_of_the_same_name(tmp_pa
     assert run("A").exit_code == 0  # its own rerun
     (tmp_path / "A").rename(tmp_path / "A-moved")
     assert run("B").exit_code == 0  # A's photo is gone: its name may be taken
+
+
+def test_earlier_restorations_are_the_m2u_outputs_this_run_does_not_name(tmp_path):
+    """A photo removed between two runs into one folder left its restoration there, in no report, without a word:
+    m2u-unmask names such files (kept: finished work)."""
+    from m2u.core.fileio import atomic_write_bytes
+    from m2u.inference.photos import CROPS, FileResult, earlier_restorations
+
+    for name in ("a.jpg", "sub/b.png", "gone.jpg", "sub/gone.png", "report.csv", f"{CROPS}/x.png"):
+        atomic_write_bytes(tmp_path / name, b"m2u's")
+    (tmp_path / "mine.jpg").write_bytes(b"a person's own")  # not m2u's: not an output of any run
+    results = [
+        FileResult(input="in/a.jpg", status="ok", output=str(tmp_path / "a.jpg")),
+        FileResult(input="in/sub/b.png", status="ok", output=str(tmp_path / "sub" / "b.png")),
+        FileResult(input="in/c.jpg", status="no_face"),
+    ]
+    assert earlier_restorations(tmp_path, results) == [tmp_path / "gone.jpg", tmp_path / "sub" / "gone.png"]
