@@ -120,7 +120,12 @@ def _run_options(function: Callable) -> Callable:
         click.option("--lr-decay", "decay", default=OptimizerConfig.decay, show_default=True, type=float),
         click.option("--val-every", default=RunConfig.val_every, show_default=True, type=click.IntRange(0)),
         click.option(
-            "--val-batches", default=RunConfig.val_batches, show_default=True, type=click.IntRange(1)
+            "--val-batches",
+            default=RunConfig.val_batches,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Batches each validation reads on each rank: the first of each rank's share of the split, so N "
+            "DDP ranks read N times as many (the test split is always read whole).",
         ),
         click.option("--grid-every", default=RunConfig.grid_every, show_default=True, type=click.IntRange(1)),
         click.option(
