@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +391,9 @@ def evaluate(
         )
     for name in REPORT_FILES:  # refused now, not after the scoring (m2u.core.fileio: never a person's file)
         check_writable(out_dir / name)
+    if _expected_count(data, replace(config, max_samples=None)) == 0:
+        # Said before the models and metric networks load, and before the report folder is made.
+        raise ValueError(f"split {config.split!r} of {data} has no samples to evaluate")
     clash = report_clash(out_dir, EVAL_TOOL, REPORT_FILES)  # another command's metrics.json, index.html...
     if clash:
         raise OutputFolderError(clash)

@@ -437,3 +437,18 @@ def test_a_report_that_cannot_be_written_whole_does_not_look_finished(
     monkeypatch.undo()
     evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config)
     assert (tmp_path / "index.html").exists() and (tmp_path / "metrics.json").exists()
+
+
+def test_an_empty_split_is_refused_before_any_model_loads_or_folder_is_made(tmp_path):
+    from m2u.datasets import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", 8, size=32, seed=0, split=(0.75, 0.0, 0.25))
+    with pytest.raises(ValueError, match=r"split 'val' of .* has no samples to evaluate"):
+        evaluate(
+            tmp_path / "data",
+            tmp_path / "no.safetensors",
+            tmp_path / "no.safetensors",
+            tmp_path / "r",
+            _quiet(split="val"),
+        )
+    assert not (tmp_path / "r").exists()
