@@ -273,17 +273,32 @@ def is_list_file(path: Path) -> bool:
     return path.suffix.lower() in LIST_SUFFIXES and path.is_file()
 
 
-def check_arguments(inputs: Iterable[str | os.PathLike[str]]) -> None:
+def input_list(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[str | os.PathLike[str]]:
+    """The inputs as a list: one path (a `str` or `PathLike`) is one input. A string is also an iterable, of its
+    characters: `unmask_files("photo.jpg", ...)` read "p", "h", ... and "." (the whole working folder), and "/"
+    (the whole file system)."""
+    if isinstance(inputs, str | os.PathLike):
+        return [inputs]
+    if isinstance(inputs, bytes):
+        raise TypeError("inputs are paths as str or os.PathLike (or a list of them), not bytes")
+    return list(inputs)
+
+
+def check_arguments(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> None:
     """Raise InputError naming the first argument that names nothing: neither an existing path (a broken link
     counts as existing: it gets a row) nor a glob."""
-    for item in inputs:
+    for item in input_list(inputs):
         text = os.fspath(item)
         if not os.path.lexists(text) and not glob.has_magic(text):
             raise InputError(f"input {text!r} does not exist")
 
 
 def discover(
-    inputs: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str | os.PathLike[str]] = ()
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    exclude: Iterable[str | os.PathLike[str]] = (),
 ) -> Discovery:
     """Every input entry of `inputs` (see the module docstring), in argument order, each argument's entries
     sorted; nothing under an `exclude` folder is taken. Arguments that do not exist are entries with a problem
@@ -291,7 +306,7 @@ def discover(
     excluded = [_resolved(p) for p in exclude]
     found = Discovery()
     seen: set[str] = set()
-    for item in inputs:
+    for item in input_list(inputs):
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
@@ -528,14 +543,15 @@ def _record_reports(path: Path, reports: Sequence[str]) -> None:
 
 
 def find_inputs(
-    inputs: Iterable[str | os.PathLike[str]] | Discovery, out_dir: str | os.PathLike[str] | None
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | Discovery,
+    out_dir: str | os.PathLike[str] | None,
 ) -> Discovery:
     """The one discovery of a per-file command (m2u-mask, m2u-unmask): the inputs of a run writing `out_dir`
     (never read as input). InputError when an argument names nothing. A `Discovery` is returned as it is: a caller
     that found the inputs already (to print `describe_skipped`, or for a contact sheet) never scans them twice."""
     if isinstance(inputs, Discovery):
         return inputs
-    inputs = list(inputs)
+    inputs = input_list(inputs)
     check_arguments(inputs)
     return discover(inputs, exclude=[] if out_dir is None else [out_dir])
 

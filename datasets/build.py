@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
-from m2u.core.inputs import output_location_problem
+from m2u.core.inputs import input_list, output_location_problem
 from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -132,7 +132,7 @@ class BuildResult:
 
 
 def plan_build(
-    inputs: Sequence[str | os.PathLike[str]],
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     config: BuildConfig,
     out_dir: str | os.PathLike[str] | None = None,
     exclude: Sequence[str | os.PathLike[str]] = (),
@@ -325,7 +325,7 @@ def _run_tasks(
 
 
 def build_dataset(
-    inputs: Sequence[str | os.PathLike[str]],
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     config: BuildConfig = BuildConfig(),
     distributor: Distributor | None = None,
@@ -334,6 +334,7 @@ def build_dataset(
     """Build (or resume, or finalise) the dataset in ``out_dir`` from ``inputs`` (folders, globs, images, list
     files); see the module docstring. Raises BuildError (or BuildLockedError) with a message for the user."""
     started, cpu_started = time.perf_counter(), _cpu_seconds()
+    inputs = input_list(inputs)  # one path is one input, not its characters
     # Fail early, before touching OUT, on a missing engine or detector or on bad mask options.
     make_masker(config)
     make_detector(config)

@@ -93,7 +93,7 @@ def verify_shards(shards: Sequence[str], digest: bool = True) -> dict[str, str]:
     JSON and the build's commit marker record (an edited stats JSON disagrees with the marker). The size checks
     cost a stat per shard, so every loader of a dataset folder runs them; ``digest`` re-reads every shard."""
     problems = {}
-    for url in shards:
+    for url in [shards] if isinstance(shards, str) else shards:  # one shard, not its characters
         path = Path(url)
         if not path.is_file():
             problems[url] = f"shard {url} is listed in the manifest but missing"

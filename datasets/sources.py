@@ -37,6 +37,7 @@ from m2u.core.inputs import (
     InputError,
     check_arguments,
     discover,
+    input_list,
     no_images_error,
 )
 from m2u.datasets.layout import MAX_KEY_LENGTH
@@ -160,7 +161,7 @@ def read_identity_file(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def discover_inputs(
-    inputs: Sequence[str | os.PathLike[str]],
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     identity_file: str | os.PathLike[str] | None = None,
     identity_pattern: str | None = None,
@@ -174,13 +175,16 @@ def discover_inputs(
 
 
 def find_dataset_inputs(
-    inputs: Sequence[str | os.PathLike[str]], *, exclude: Sequence[str | os.PathLike[str]] = ()
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> Discovery:
     """The build's one discovery: ``m2u.core.inputs.discover`` (the rules of every m2u tool; nothing under an
     ``exclude`` folder). Every entry is kept, also a missing, unreadable or non-regular one (a FIFO, a device): the
     build records it as an error row, and reads it only after checking on the open file that it is a regular file.
     FileNotFoundError when an argument names nothing; ValueError when the inputs hold no image, or one argument
     of several holds none (a dataset is not built without it)."""
+    inputs = input_list(inputs)  # one path is one input, not its characters
     if not inputs:
         raise ValueError("no inputs given")
     try:

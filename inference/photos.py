@@ -96,7 +96,7 @@ def _output_name(entry: InputEntry, output_format: str, used: set[str]) -> str:
 
 
 def unmask_files(
-    inputs: list[str] | tuple[str, ...] | Discovery,
+    inputs: str | os.PathLike[str] | list[str] | tuple[str, ...] | Discovery,
     mseg_path: str | Path | None,
     generator_path: str | Path | None,
     out_dir: str | Path,

@@ -479,7 +479,7 @@ def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
 
 
 def mask_files(
-    inputs: list[str] | tuple[str, ...] | Discovery,
+    inputs: str | os.PathLike[str] | list[str] | tuple[str, ...] | Discovery,
     out_dir: str | os.PathLike[str],
     config: BatchConfig = BatchConfig(),
 ) -> BatchResult:

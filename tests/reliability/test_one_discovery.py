@@ -142,3 +142,27 @@ def test_an_empty_or_folder_entry_of_a_list_file_is_an_error_row_never_a_crash_n
         assert len(rows) == 1 + len(reasons) and rows[0].startswith(f"{folder / 'a.png'},")
         assert all(reason in row for reason, row in zip(reasons, rows[1:], strict=True)), rows
         assert not any("None" in row for row in rows)
+
+
+def test_one_path_given_as_a_string_is_one_input_not_its_characters(folder, scans, tmp_path, monkeypatch):
+    """`unmask_files("photo.png", ...)` iterated the string: "p", "h", ... and "." (the whole working folder; "/"
+    for an absolute path: the whole file system)."""
+    from pathlib import Path
+
+    from m2u.core.inputs import discover, find_inputs
+    from m2u.datasets.build import BuildConfig, plan_build
+    from m2u.datasets.sources import discover_inputs
+    from m2u.datasets.shardcheck import verify_shards
+
+    monkeypatch.chdir(folder)
+    photo = "p0.png"
+    assert [e.path.name for e in discover(photo).entries] == ["p0.png"]
+    assert [e.path.name for e in find_inputs(Path(photo), tmp_path / "out").entries] == ["p0.png"]
+    assert [e.path.name for e in discover(str(folder)).entries] == ["p0.png", "p1.png"]
+    assert scans == [folder]  # the folder given as one string: scanned once, as a folder
+    config = BuildConfig(mask_engine="synthetic", size=64, workers=1, progress=False)
+    assert [Path(item.source).name for item in discover_inputs(photo)] == ["p0.png"]
+    assert len(plan_build(photo, config).items) == 1
+    assert list(verify_shards(str(tmp_path / "none.tar"))) == [str(tmp_path / "none.tar")]
+    with pytest.raises(TypeError, match="not bytes"):
+        discover(b"p0.png")
