@@ -151,8 +151,8 @@ def test_one_path_given_as_a_string_is_one_input_not_its_characters(folder, scan
 
     from m2u.core.inputs import discover, find_inputs
     from m2u.datasets.build import BuildConfig, plan_build
-    from m2u.datasets.sources import discover_inputs
     from m2u.datasets.shardcheck import verify_shards
+    from m2u.datasets.sources import discover_inputs
 
     monkeypatch.chdir(folder)
     photo = "p0.png"
