@@ -16,7 +16,7 @@ import torch
 
 from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
-from m2u.training.imagespace import to_uint8_images
+from m2u.training.imagespace import checked_images01, to_uint8_images
 
 __all__ = ["BaselineConfig", "BASELINES", "inpaint_opencv", "run_baseline"]
 
@@ -96,4 +96,5 @@ def run_baseline(
         raise ValueError(
             f"mask must be (B, 1, H, W) matching {tuple(masked01.shape)}, got {tuple(mask.shape)}"
         )
+    masked01 = checked_images01(masked01)  # uint8 or 0..255 values gave an all-white "restoration"
     return BASELINES[name](masked01, mask, config or BaselineConfig())

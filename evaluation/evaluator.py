@@ -97,6 +97,10 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_types(self)  # NaN, infinity, 2.5 for a count: refused naming the field
+        from m2u.datasets.layout import SPLITS
+
+        if self.split not in SPLITS:  # found only after the models and the metric networks had loaded
+            raise ValueError(f"`split` must be one of {', '.join(SPLITS)}, got {self.split!r}")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)}")

@@ -2,8 +2,9 @@
 
 Public surface (imported lazily: torch loads only when a name is used)::
 
-    load_two_stage(mseg_path, generator_path, device) -> (MSeg, CARU2Net); load_pretrained(name) (the shipped one)
-    restore_batch(mseg, generator, masked01, threshold) -> (mask, raw, composite)
+    load_two_stage(mseg_path, generator_path, device) -> TwoStageModel (.mseg, .generator, their ModelInfo);
+    load_pretrained(name) -> TwoStageModel (the shipped one)
+    restore_batch(mseg, generator, masked01, mask_threshold) -> (mask, raw, composite)
     Unmasker, UnmaskConfig, FileResult, unmask_files(inputs, mseg_path, generator_path, out_dir, config)
     ExportConfig, export_onnx(model, path, config)
 """

@@ -8,6 +8,7 @@ M-Seg: `image` (B, 3, H, W) -> `mask_logits` (B, 1, H, W); generator: `masked` (
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -217,8 +218,9 @@ def check_sizes(size: int, dynamic: bool, trained: int | None = None) -> list[in
 def _export_checked(
     model: nn.Module, temp: str | Path, config: ExportConfig, info: ModelInfo | None
 ) -> ExportResult:
-    """`model` exported into the file `temp` and checked there against PyTorch (see export_onnx)."""
-    model = model.cpu().eval()
+    """`model` exported into the file `temp` and checked there against PyTorch (see export_onnx). A copy is
+    exported: the caller's model keeps its device and its train or eval mode."""
+    model = copy.deepcopy(model).cpu().eval()
     input_names, output_names = model_io_names(model)
     size = (
         config.image_size

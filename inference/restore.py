@@ -17,7 +17,7 @@ import torch
 
 from m2u.inference.pretrained import DEFAULT_MODEL, pretrained_paths
 from m2u.training.checkpoint import ModelInfo, ModelUsageWarning, load_model
-from m2u.training.imagespace import composite, from_model_range, to_model_range
+from m2u.training.imagespace import checked_images01, composite, from_model_range, to_model_range
 from m2u.training.models import CARU2Net, MSeg
 from m2u.training.models.mseg import check_mask_threshold
 
@@ -230,6 +230,7 @@ def restore_batch(
     """The two-stage model on (B, 3, H, W) images in [0, 1]: (predicted mask, raw output, composite), the
     images in [0, 1]. `mask_threshold`: `model_usage(...).mask_threshold` (the M-Seg file's unless chosen);
     `mirror`, `fill_holes`: as `predict_masks`."""
+    masked01 = checked_images01(masked01, next(mseg.parameters()).dtype)
     mask = predict_masks(mseg, to_model_range(masked01), mask_threshold, mirror, fill_holes)
     raw, restored = inpaint_batch(generator, masked01, mask)
     return mask, raw, restored

@@ -35,3 +35,18 @@ def to_uint8_images(x01: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected (B, 3, H, W) images, got shape {tuple(x01.shape)}")
     arr = (x01.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
     return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def checked_images01(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`images` as floats of `dtype`, refused (ValueError) unless they are floating-point images in [0, 1]: uint8
+    or 0..255 values ran through the networks and came back as a wrong mask and a composite of mixed ranges."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        kind = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(
+            f"images must be a floating-point tensor in [0, 1] (divide uint8 by 255), got {kind}"
+        )
+    if images.numel() and (float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3):
+        raise ValueError(
+            f"images must lie in [0, 1], got values from {float(images.min()):.3g} to {float(images.max()):.3g}"
+        )
+    return images.to(dtype)

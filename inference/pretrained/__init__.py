@@ -1,8 +1,9 @@
 """The models that ship with m2u, loaded by name.
 
     from m2u.inference import load_pretrained           # (m2u.inference.restore; this package only finds files)
-    mseg, generator = load_pretrained()                 # the default model, ready (eval mode)
-    mseg, generator = load_pretrained("m2unet-celeba-128", device="cpu")
+    model = load_pretrained()                           # the default model, ready (eval mode): a TwoStageModel
+    model = load_pretrained("m2unet-celeba-128", device="cpu")
+    model.mseg, model.generator, model.mseg_info.crop_size
 
 Each model is one folder in this package, `<name>/` with `mseg.safetensors`, `generator.safetensors` (fp16;
 `load_model` reads them back in fp32), `MODEL_CARD.md`, `card.json` (the measured figures the card is made

@@ -329,6 +329,7 @@ def test_export_cli_writes_checked_onnx_files(tiny_checkpoints, tmp_path):
         dict(baseline_mask="mine"),
         dict(mask_threshold=1.5),
         dict(baselines=("telea", "telea")),  # scored twice under one row, mixing samples in per_sample.csv
+        dict(split="validation"),  # refused only after the models and metric networks had loaded
     ],
 )
 def test_evaluate_config_rejects_bad_values(bad):

@@ -7,6 +7,7 @@ import csv
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from m2u.datasets.align import align_face
@@ -165,3 +166,30 @@ def test_the_generator_fills_the_region_pasted_back_rim_included(tiny_checkpoint
     weight = unmasker.paste_weight(face.mask)
     assert (weight[region] == 1.0).all()
     assert np.array_equal(result[weight == 0], crop[weight == 0])
+
+
+def test_images_outside_0_1_are_refused_at_the_api_not_restored_into_garbage(tiny_checkpoints):
+    """uint8 or 0..255 images ran through the networks: a wrong mask and a composite mixing two ranges."""
+    from m2u.evaluation.baselines import run_baseline
+    from m2u.inference.restore import load_two_stage, restore_batch
+
+    model = load_two_stage(*tiny_checkpoints, "cpu")
+    images = torch.rand(1, 3, 32, 32)
+    mask = torch.zeros(1, 1, 32, 32)
+    for bad, said in (((images * 255).to(torch.uint8), "floating-point"), (images * 255, r"lie in \[0, 1\]")):
+        with pytest.raises(ValueError, match=said):
+            restore_batch(model.mseg, model.generator, bad, 0.5)
+        with pytest.raises(ValueError, match=said):
+            run_baseline("telea", bad, mask)
+    restored = restore_batch(model.mseg, model.generator, images.double(), 0.5)[2]  # float64: taken as floats
+    assert restored.dtype == torch.float32
+
+
+def test_export_leaves_the_callers_model_as_it_was(tiny_checkpoints, tmp_path):
+    from m2u.inference.export import export_onnx
+    from m2u.training.checkpoint import load_model
+
+    model, info = load_model(tiny_checkpoints[0])
+    model.train()
+    export_onnx(model, tmp_path / "m.onnx", info=info)
+    assert model.training  # not switched to eval behind the caller's back
