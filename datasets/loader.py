@@ -159,6 +159,17 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         check_types(self)  # NaN, 2.5 workers, "no" for a flag: refused here, not inside a DataLoader worker
+        if self.device is not None:
+            # Refused here, not at the first batch with torch's own message (an assertion for "cuda" on a CPU-only
+            # build, a list of every device type torch knows for "gpu").
+            try:
+                kind = torch.device(self.device).type
+            except RuntimeError:
+                raise ValueError(f"device {self.device!r} is not a device: use cpu, cuda or cuda:N") from None
+            if kind not in ("cpu", "cuda"):
+                raise ValueError(f"device {self.device!r}: the loader converts batches on cpu or cuda only")
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device {self.device!r} asked for, but CUDA is not available here")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.prefetch_factor < 1:

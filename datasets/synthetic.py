@@ -193,8 +193,20 @@ def write_synthetic_dataset(
     Keys are ``synth-NNNNNN``, identities ``synth-id-NNNN`` (four faces each), sources ``synthetic://<key>``.
     The same arguments always give byte-identical shards and manifest.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    # Every argument is checked before the folder is made: a refused call left a split folder that the corrected
+    # retry then refused as "not empty".
+    for name, value, least in (
+        ("n_samples", n_samples, 1),
+        ("size", size, 16),
+        ("shard_size", shard_size, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
+        if value < least:
+            what = "synthetic faces need size" if name == "size" else name + " must be"
+            raise ValueError(f"{what} >= {least}, got {value}")
+    if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be a whole number in 1..100, got {quality!r}")
     started = time.perf_counter()
     fractions = parse_fractions(split)
     fmt = ImageFormat(image_format)

@@ -187,3 +187,10 @@ def test_the_shard_split_gives_ranks_even_shares_reading_only_their_own_shards(
             assert sorted(_epoch_keys(make_loader(synthetic_dataset, "train", config))) == sorted(
                 shares[rank]
             )
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", *([] if torch.cuda.is_available() else ["cuda"])])
+def test_a_loader_device_it_cannot_use_is_refused_with_its_config(device):
+    """Found at the first batch, in torch's words (an assertion, a list of every device type torch knows)."""
+    with pytest.raises(ValueError, match=f"device '{device}'"):
+        LoaderConfig(device=device)

@@ -66,3 +66,23 @@ def test_refuses_non_empty_folder_without_overwrite(tmp_path):
     with pytest.raises(ValueError, match=r"mine\.tar was not written by m2u"):
         write_synthetic_dataset(tmp_path, 4, size=16, overwrite=True)
     assert pq.read_table(tmp_path / "manifest.parquet").num_rows == 5
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (dict(size=15), ValueError),
+        (dict(size=32.0), TypeError),
+        (dict(n_samples=8.5), TypeError),
+        (dict(quality=0, image_format="jpg"), ValueError),
+        (dict(shard_size=0), ValueError),
+    ],
+)
+def test_a_refused_call_makes_no_folder_that_a_corrected_retry_would_meet(tmp_path, bad, error):
+    """A refused call left `train/` behind; the corrected call then refused the folder as not empty."""
+    from m2u.datasets import write_synthetic_dataset
+
+    with pytest.raises(error):
+        write_synthetic_dataset(tmp_path / "ds", **{"n_samples": 4, "size": 32, **bad})
+    assert not (tmp_path / "ds").exists()
+    write_synthetic_dataset(tmp_path / "ds", 4, size=32)
