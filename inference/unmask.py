@@ -270,6 +270,16 @@ class Unmasker:
 
         self.config = config or UnmaskConfig()
         self.device = next(models.generator.parameters()).device
+        if self.config.device != "auto":
+            # The models run where they are: a `device` that says otherwise was ignored without a word.
+            wanted = resolve_device(
+                self.config.device
+            )  # a name torch does not know, or no CUDA: SettingError
+            if wanted != self.device:
+                raise ValueError(
+                    f"`device` is {self.config.device} but the models are on {self.device}: load them there "
+                    "(Unmasker.from_files, load_pretrained(device=...)) or leave `device` auto"
+                )
         self.mseg = models.mseg.eval()
         self.generator = models.generator.eval()
         # Crop size and threshold from the model files unless the config names them (then with a warning).

@@ -193,3 +193,18 @@ def test_export_leaves_the_callers_model_as_it_was(tiny_checkpoints, tmp_path):
     model.train()
     export_onnx(model, tmp_path / "m.onnx", info=info)
     assert model.training  # not switched to eval behind the caller's back
+
+
+def test_an_unmasker_given_models_honours_or_refuses_its_device_setting(tiny_checkpoints):
+    """UnmaskConfig.device was read by Unmasker.from_files only: Unmasker(models, config) ignored it unchecked."""
+    from m2u.core.errors import SettingError
+    from m2u.inference import UnmaskConfig, Unmasker
+    from m2u.inference.restore import load_two_stage
+
+    model = load_two_stage(*tiny_checkpoints, "cpu")
+    assert Unmasker(model, UnmaskConfig(device="cpu")).device.type == "cpu"
+    with pytest.raises(SettingError, match="is not a device"):
+        Unmasker(model, UnmaskConfig(device="nonsense-device"))
+    if not torch.cuda.is_available():
+        with pytest.raises(SettingError, match="CUDA is not available"):
+            Unmasker(model, UnmaskConfig(device="cuda"))
