@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text, check_writable, open_append, write_cache_file
+from m2u.core.fileio import atomic_write_text, check_writable, content_digest, open_append, write_cache_file
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.core.imageio import DigestCache
@@ -34,7 +34,14 @@ from m2u.core.runtime import runtime_field
 from m2u.datasets.build import BuildConfig
 from m2u.pipelines.config import PipelineConfig, config_as_dict
 from m2u.pipelines.plots import plot_training_curves
-from m2u.pipelines.stages import RECORD_SUFFIX, StageOutcome, fingerprint, read_record, run_stage
+from m2u.pipelines.stages import (
+    RECORD_SUFFIX,
+    StageOutcome,
+    chain_of,
+    fingerprint,
+    read_record,
+    run_stage,
+)
 
 STAGES = ("dataset", "mseg", "gan", "evaluation")
 STAGE_RECORDS = "stages"
@@ -270,6 +277,62 @@ def _with_budget_left(run: Any) -> Any:
     return dataclasses.replace(run, max_seconds=max(run.max_seconds - spent, 0.0))
 
 
+# The file each stage's output is known by: its digest is recorded and chained into the later stages.
+_KEY_OUTPUTS = {
+    "dataset": "manifest.parquet",
+    "mseg": MSEG_WEIGHTS,
+    "gan": GENERATOR_WEIGHTS,
+    "evaluation": "metrics.json",
+}
+
+
+def _output_digest(name: str, stage_dir: Path) -> Callable[[], str]:
+    """The digest of the stage's key output ("" when it made none)."""
+
+    def digest() -> str:
+        key = stage_dir / _KEY_OUTPUTS[name]
+        return content_digest(key) if key.is_file() else ""
+
+    return digest
+
+
+def _output_problem(name: str, stage_dir: Path) -> Callable[[dict], str]:
+    """What is wrong with a finished stage's output now ("" when nothing): its key file gone or not the bytes its
+    record made (a record of an older m2u, without a digest: the file is there), a dataset's shards gone or cut, an
+    evaluation report without its page. Checked where the record holds the output's digest (this m2u's records)."""
+
+    def problem(record: dict) -> str:
+        digest = record.get("output_digest")
+        if not digest:  # a record of an older m2u: trusted as that m2u trusted it
+            return ""
+        key = stage_dir / _KEY_OUTPUTS[name]
+        if not key.is_file():
+            return f"{key} is missing"
+        if content_digest(key) != digest:
+            return f"{key} is not the file this stage made"
+        if name == "evaluation" and not (stage_dir / "index.html").is_file():
+            return f"{stage_dir / 'index.html'} is missing"
+        if name == "dataset":
+            return _dataset_problem(stage_dir)
+        return ""
+
+    return problem
+
+
+def _dataset_problem(folder: Path) -> str:
+    """The first shard of a built dataset that is missing or not the size its build recorded ("" when none)."""
+    from m2u.datasets.layout import Status, read_manifest
+    from m2u.datasets.shardcheck import verify_shards
+
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError) as error:
+        return f"its manifest cannot be read ({one_line(error)})"
+    written = manifest[manifest["status"] == Status.OK.value]
+    shards = sorted({str(folder / shard) for shard in written["shard"].dropna().unique()})
+    return next(iter(verify_shards(shards, digest=False).values()), "")  # each problem names its shard
+
+
 def _partial_output(name: str, stage_dir: Path) -> bool:
     """Whether an interrupted stage left anything to resume from: a training run's checkpoint, a dataset build's
     state folder; an evaluation starts again."""
@@ -360,7 +423,7 @@ def _note_stages_left_behind(run: Path, until: str, made_from: str, log: Callabl
                     f"(--until {until}); a run without --until brings it up to date"
                 )
         # A stage without a record (never run, or stopped midway) is not what any later stage was made from.
-        expected = None if record is None else record.get("fingerprint", "")
+        expected = None if record is None else chain_of(record)
 
 
 def run_pipeline(
@@ -374,6 +437,14 @@ def run_pipeline(
     """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
     _check_inputs(config, until)
     run = Path(run_dir)
+    faces_here = [
+        face for face in config.faces if Path(face).is_dir() and Path(face).resolve() == run.resolve()
+    ]
+    if faces_here:  # the run's own grids, plots and shards would be read back as faces at every rerun
+        raise PipelineRefused(
+            f"the run folder {run} is the faces folder {faces_here[0]}; choose another run folder (one inside the "
+            "faces folder is fine: it is never read as faces)"
+        )
     for name in PIPELINE_REPORTS:
         check_writable(run / name)  # refused before anything is written
     clash = report_clash(run, PIPELINE_TOOL, PIPELINE_REPORTS)  # an m2u-train run's config.json, say
@@ -414,12 +485,14 @@ def _run_stages(
                 config_prefix=_stage_prefix(name),
                 resumes_with=_dataset_resumes_with(config) if name == "dataset" else "",
                 resumable=_partial_output(name, dirs[name]),
+                output_problem=_output_problem(name, dirs[name]),
+                output_digest=_output_digest(name, dirs[name]),
             )
         except BaseException as error:
             log(f"[{name}] {_how_it_ended(error)}", echo=False)
             raise
         outcomes[name] = outcome
-        upstream = [*upstream, outcome.fingerprint]
+        upstream = [*upstream, outcome.chain]
     _note_stages_left_behind(run, until, upstream[-1], log)
     plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / "plots")
     if all(outcome.skipped for outcome in outcomes.values()):

@@ -71,6 +71,16 @@ class StageOutcome:
     skipped: bool
     seconds: float
     result: dict
+    # What the later stages are made from: the fingerprint, and the digest of the output the stage made (a stage
+    # run again with the same configuration need not make the same bytes: a wall-clock budget, a GPU).
+    chain: str = ""
+
+
+def chain_of(record: dict) -> str:
+    """A stage record's link in the chain its later stages record as upstream (`StageOutcome.chain`); a record of
+    an m2u that kept no output digest: its fingerprint alone, as that m2u's later stages recorded it."""
+    digest = record.get("output_digest")
+    return f"{record.get('fingerprint', '')}:{digest[:16]}" if digest else str(record.get("fingerprint", ""))
 
 
 def read_record(record_path: Path) -> dict | None:
@@ -153,6 +163,8 @@ def run_stage(
     config_prefix: str = "",
     resumes_with: str = "",
     resumable: bool = True,
+    output_problem: Callable[[dict], str] | None = None,
+    output_digest: Callable[[], str] | None = None,
 ) -> StageOutcome:
     """Run `action` (which writes into `stage_dir`) unless its record says it completed with the same fingerprint.
 
@@ -160,6 +172,9 @@ def run_stage(
     action itself is expected to resume from whatever partial output it finds. `resumes_with`: what else partial
     output must have been made with to be resumed (the absolute paths a dataset build records of its inputs).
     `resumable`: whether the stage's folder holds partial output to resume from (said in the log).
+    `output_problem(record)`: what is wrong with the stage's output now ("" when nothing): a stage whose record
+    matches but whose output was deleted or changed by hand runs again, instead of being skipped and failing the
+    stages after it. `output_digest()`: the digest of the output just made, recorded and chained downstream.
     """
     records_dir.mkdir(parents=True, exist_ok=True)
     record_path = records_dir / f"{name}{RECORD_SUFFIX}"
@@ -167,15 +182,21 @@ def run_stage(
     key = fingerprint(config, upstream)
     started_as = f"{key} {resumes_with}" if resumes_with else key
     record = read_record(record_path)
+    damaged = ""
     if record is not None and record.get("fingerprint") == key:
-        log(f"[{name}] up to date ({key[:12]}), skipped")
-        return StageOutcome(name, key, True, 0.0, record.get("result", {}))
+        damaged = output_problem(record) if output_problem is not None else ""
+        if not damaged:
+            log(f"[{name}] up to date ({key[:12]}), skipped")
+            return StageOutcome(name, key, True, 0.0, record.get("result", {}), chain_of(record))
     pending = pending_file.read_text().strip() if pending_file.exists() else None
     if record is not None or (pending is not None and pending != started_as):
         moved = move_aside(name, stage_dir, records_dir, [stage_dir, record_path])
         where = f": its earlier output is kept in {moved}" if moved else ""
-        what = describe_change(record, config, upstream, upstream_names, config_prefix) if record else ""
-        log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
+        if damaged:
+            log(f"[{name}] its output is not what its record says ({damaged}), re-running{where}")
+        else:
+            what = describe_change(record, config, upstream, upstream_names, config_prefix) if record else ""
+            log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
     elif pending == started_as and resumable:
         log(f"[{name}] resuming an interrupted run")
     elif pending == started_as:
@@ -185,21 +206,18 @@ def run_stage(
     start = time.perf_counter()
     result = action()
     seconds = time.perf_counter() - start
-    _write_atomic(
-        record_path,
-        json.dumps(
-            {
-                "stage": name,
-                "fingerprint": key,
-                "upstream": upstream,
-                "config": json.loads(canonical_json(config)),
-                "seconds": round(seconds, 3),
-                "result": result,
-            },
-            indent=2,
-            default=str,
-        ),
-    )
+    made = {
+        "stage": name,
+        "fingerprint": key,
+        "upstream": upstream,
+        "config": json.loads(canonical_json(config)),
+        "seconds": round(seconds, 3),
+        "result": result,
+    }
+    digest = output_digest() if output_digest is not None else ""
+    if digest:
+        made["output_digest"] = digest
+    _write_atomic(record_path, json.dumps(made, indent=2, default=str))
     pending_file.unlink()
     log(f"[{name}] done in {seconds:.1f} s")
-    return StageOutcome(name, key, False, seconds, result)
+    return StageOutcome(name, key, False, seconds, result, chain_of(made))

@@ -605,3 +605,34 @@ def test_quiet_turns_every_stages_progress_off_and_a_set_item_still_wins(tmp_pat
         assert result.exit_code == 0, result.output
         printed = yaml.safe_load(result.output)
         assert {stage: printed[stage]["progress"] for stage in expected} == expected
+
+
+def test_a_stage_whose_output_is_gone_runs_again_and_its_new_output_reaches_later_stages(tmp_path):
+    """The record alone decided: a stage whose output was deleted was "up to date", and the stages after it failed
+    on every rerun; and a stage run again with the same configuration but other bytes (a wall-clock budget) left
+    the later stages' records describing its earlier output."""
+    import hashlib
+
+    stage_dir, records = tmp_path / "s", tmp_path / "records"
+    made = iter([b"first", b"second"])
+    logs: list[str] = []
+
+    def action():
+        stage_dir.mkdir(exist_ok=True)
+        (stage_dir / "out.bin").write_bytes(next(made))
+        return {}
+
+    checks = {
+        "output_problem": lambda record: "" if (stage_dir / "out.bin").is_file() else "out.bin is missing",
+        "output_digest": lambda: hashlib.sha256((stage_dir / "out.bin").read_bytes()).hexdigest(),
+    }
+    first = run_stage("s", stage_dir, records, {"a": 1}, [], action, log=logs.append, **checks)
+    again = run_stage("s", stage_dir, records, {"a": 1}, [], action, log=logs.append, **checks)
+    assert again.skipped and again.chain == first.chain != first.fingerprint
+    (stage_dir / "out.bin").unlink()
+    third = run_stage("s", stage_dir, records, {"a": 1}, [], action, log=logs.append, **checks)
+    assert not third.skipped and third.fingerprint == first.fingerprint
+    assert any(
+        "its output is not what its record says (out.bin is missing), re-running" in line for line in logs
+    )
+    assert third.chain != first.chain  # other bytes: every later stage's upstream changes

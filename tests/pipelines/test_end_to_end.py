@@ -188,3 +188,34 @@ def test_a_report_left_behind_by_until_is_said_to_be_out_of_date(smoke_run, face
         and "[gan] out of date" in again.output
         and "[evaluation] out of date" in again.output
     )
+
+
+def test_a_deleted_stage_output_is_made_again_not_trusted_to_the_record(smoke_run, face_inputs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run, symlinks=True)
+    args = ["run", "--preset", "smoke", "--faces", face_inputs, "-o", str(run), *TINY_SETS]
+    assert (
+        CliRunner().invoke(main, args).exit_code == 0
+    )  # up to date with these settings (other tests change them)
+    (run / "gan" / "generator.safetensors").unlink()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "[gan] its output is not what its record says" in result.output
+        and "safetensors is missing" in result.output
+    )
+    assert (run / "gan" / "generator.safetensors").is_file()
+    # Trained again on the CPU with the same seed: the same bytes, so the report still describes it and stays.
+    assert "[evaluation] up to date" in result.output
+    assert "nothing to do" in CliRunner().invoke(main, args).output  # and up to date again
+
+
+def test_the_faces_folder_is_refused_as_the_run_folder(tmp_path):
+    """Its own grids, plots and shards were read back as faces: every rerun ran every stage again."""
+    faces = write_demo_faces(tmp_path / "faces", count=4)[0].parent
+    before = sorted(p.name for p in faces.iterdir())
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--faces", str(faces), "-o", str(faces)])
+    assert result.exit_code == 2 and "is the faces folder" in result.output
+    assert sorted(p.name for p in faces.iterdir()) == before
