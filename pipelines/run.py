@@ -244,6 +244,26 @@ def check_stage_weights(config: PipelineConfig, until: str) -> None:
         ) from None
 
 
+def check_stage_devices(config: PipelineConfig, until: str) -> None:
+    """Pre-flight: each stage's device and precision up to `until`, as the stage would resolve them (`evaluation.device
+    cuda` on a machine without CUDA was found only after the three training stages had run)."""
+    from m2u.core.errors import SettingError
+    from m2u.training.device import resolve_device, resolve_precision
+
+    for name in STAGES[1 : STAGES.index(until) + 1]:
+        stage = getattr(config, name)
+        try:
+            device = resolve_device(stage.device)
+            fp16 = name != "evaluation" and resolve_precision(stage.precision, device) == "fp16"
+            if fp16 and device.type != "cuda":
+                raise SettingError("precision", "fp16 autocast needs CUDA; on CPU use bf16 or fp32")
+        except SettingError as error:
+            raise PipelineRefused(
+                f"the {name} stage cannot run (checked before any stage started): `{name}.{error.setting}`: "
+                f"{error.message}"
+            ) from None
+
+
 def _check_inputs(config: PipelineConfig, until: str) -> None:
     if until not in STAGES:
         raise PipelineRefused(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
@@ -260,6 +280,7 @@ def _check_inputs(config: PipelineConfig, until: str) -> None:
     if not found.entries:  # said now in one line, not as the dataset stage's traceback
         raise PipelineRefused(str(no_images_error(found)))
     check_stage_weights(config, until)
+    check_stage_devices(config, until)
 
 
 def _with_budget_left(run: Any) -> Any:

@@ -636,3 +636,21 @@ def test_a_stage_whose_output_is_gone_runs_again_and_its_new_output_reaches_late
         "its output is not what its record says (out.bin is missing), re-running" in line for line in logs
     )
     assert third.chain != first.chain  # other bytes: every later stage's upstream changes
+
+
+@pytest.mark.parametrize(
+    "stage, key, value",
+    [("gan", "precision", "fp16"), ("evaluation", "device", "tpu"), ("mseg", "device", "gpu")],
+)
+def test_a_stage_device_or_precision_no_stage_could_use_is_refused_before_the_first_stage(stage, key, value):
+    """`evaluation.device cuda` on a CPU machine was found after the dataset, M-Seg and GAN had trained."""
+    import torch
+
+    from m2u.pipelines.run import PipelineRefused, check_stage_devices
+
+    if torch.cuda.is_available() and value == "fp16":
+        pytest.skip("fp16 runs on this machine's CUDA")
+    config = load_config("smoke", None, {stage: {key: value}})
+    with pytest.raises(PipelineRefused, match=rf"the {stage} stage cannot run .*`{stage}\.{key}`"):
+        check_stage_devices(config, "evaluation")
+    check_stage_devices(config, "dataset")  # a stage after --until is not checked
