@@ -119,6 +119,17 @@ def verify_shards(shards: Sequence[str], digest: bool = True) -> dict[str, str]:
     return problems
 
 
+def first_shard_problem(folder: str | os.PathLike[str]) -> str | None:
+    """The first shard the manifest of the dataset `folder` lists that is missing or disagrees with its stats or
+    commit record (`verify_shards` by size, no hashing), said with the shard's name; None when every one agrees. A
+    manifest that cannot be read raises (OSError, ValueError)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    written = manifest[manifest["status"] == Status.OK.value]
+    shards = sorted({str(folder / shard) for shard in written["shard"].dropna().unique()})
+    return next(iter(verify_shards(shards, digest=False).values()), None)
+
+
 def _committed_record(shard: Path) -> tuple[int, str] | None:
     """(bytes, SHA-256) the build's commit marker (OUT/.m2u-build/<split>-NNNNNN.parquet) records for `shard`;
     None when there is no marker (a dataset copied without its build state)."""

@@ -604,17 +604,12 @@ def local_dataset(data: str | os.PathLike[str]) -> str:
 
 def _copy_problem(local: Path) -> str | None:
     """The first shard of the local copy that disagrees with its stats or commit record (sizes, no hashing)."""
-    from m2u.datasets.layout import Status, read_manifest
-    from m2u.datasets.shardcheck import verify_shards
+    from m2u.datasets.shardcheck import first_shard_problem
 
     try:
-        manifest = read_manifest(local)
+        return first_shard_problem(local)
     except Exception:  # noqa: BLE001 - the loader's own checks say what is wrong with a manifest
         return None
-    written = manifest[manifest["status"] == Status.OK.value]
-    shards = sorted({str(local / shard) for shard in written["shard"].dropna().unique()})
-    problems = verify_shards(shards, digest=False)
-    return next(iter(problems.values()), None)
 
 
 def check_dataset(data: str | os.PathLike[str]) -> None:

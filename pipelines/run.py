@@ -248,15 +248,14 @@ def check_stage_devices(config: PipelineConfig, until: str) -> None:
     """Pre-flight: each stage's device and precision up to `until`, as the stage would resolve them (`evaluation.device
     cuda` on a machine without CUDA was found only after the three training stages had run)."""
     from m2u.core.errors import SettingError
-    from m2u.training.device import resolve_device, resolve_precision
+    from m2u.training.device import resolve_device, usable_precision
 
     for name in STAGES[1 : STAGES.index(until) + 1]:
         stage = getattr(config, name)
         try:
             device = resolve_device(stage.device)
-            fp16 = name != "evaluation" and resolve_precision(stage.precision, device) == "fp16"
-            if fp16 and device.type != "cuda":
-                raise SettingError("precision", "fp16 autocast needs CUDA; on CPU use bf16 or fp32")
+            if name != "evaluation":  # the training stages, as TrainingTask checks them
+                usable_precision(stage.precision, device)
         except SettingError as error:
             raise PipelineRefused(
                 f"the {name} stage cannot run (checked before any stage started): `{name}.{error.setting}`: "
@@ -342,16 +341,12 @@ def _output_problem(name: str, stage_dir: Path) -> Callable[[dict], str]:
 
 def _dataset_problem(folder: Path) -> str:
     """The first shard of a built dataset that is missing or not the size its build recorded ("" when none)."""
-    from m2u.datasets.layout import Status, read_manifest
-    from m2u.datasets.shardcheck import verify_shards
+    from m2u.datasets.shardcheck import first_shard_problem
 
     try:
-        manifest = read_manifest(folder)
+        return first_shard_problem(folder) or ""
     except (OSError, ValueError) as error:
         return f"its manifest cannot be read ({one_line(error)})"
-    written = manifest[manifest["status"] == Status.OK.value]
-    shards = sorted({str(folder / shard) for shard in written["shard"].dropna().unique()})
-    return next(iter(verify_shards(shards, digest=False).values()), "")  # each problem names its shard
 
 
 def _partial_output(name: str, stage_dir: Path) -> bool:

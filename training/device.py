@@ -9,7 +9,7 @@ import torch
 
 from m2u.core.errors import SettingError
 
-__all__ = ["cpu_native_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["cpu_native_bf16", "resolve_device", "resolve_precision", "usable_precision"]
 
 
 def _local_rank() -> int | None:
@@ -65,6 +65,14 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def usable_precision(precision: str, device: torch.device) -> str:
+    """`resolve_precision`, refused (SettingError) where it cannot train: fp16 autocast off CUDA."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp16" and device.type != "cuda":
+        raise SettingError("precision", "fp16 autocast needs CUDA; on CPU use bf16 or fp32")
+    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -16,10 +16,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from m2u.core.errors import SettingError
 from m2u.training.checkpoint import CheckpointError, ModelInfo, current_model_info, save_model, unwrap_model
 from m2u.training.config import RunConfig
-from m2u.training.device import resolve_precision
+from m2u.training.device import usable_precision
 from m2u.training.distributed import DistributedContext, ddp_device_ids, milestone_steps
 from m2u.training.guards import FiniteGuard, NonFiniteLossError
 
@@ -85,9 +84,7 @@ class TrainingTask:
         self.config = config
         self.device = device
         self.dist = dist
-        self.precision = resolve_precision(config.precision, device)  # "auto": the hardware decides
-        if self.precision == "fp16" and device.type != "cuda":
-            raise SettingError("precision", "fp16 autocast needs CUDA; on CPU use bf16 or fp32")
+        self.precision = usable_precision(config.precision, device)  # "auto": the hardware decides
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.networks: dict[str, nn.Module] = {}
