@@ -625,6 +625,22 @@ def _new_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def written_files_not_in(
+    out: str | os.PathLike[str], produced: set[Path], take: Callable[[Path], bool] = lambda path: True
+) -> list[Path]:
+    """The files under `out` that m2u wrote (their folders' records) and that `produced` (this run's outputs) does
+    not hold, among those `take` accepts; hidden files and folders are not searched: an earlier run's outputs,
+    which a per-file command keeps (finished work) and names."""
+    found = []
+    for folder, folders, files in os.walk(out):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            if not name.startswith(".") and path not in produced and take(path) and not replace_problem(path):
+                found.append(path)
+    return sorted(found)
+
+
 def arrow_path(path: str | os.PathLike[str]) -> str:
     """`path` for pyarrow's readers and writers: absolute, since pyarrow takes a relative path with a colon in it
     (`ds:1/manifest.parquet`) for a URI of an unknown file system."""

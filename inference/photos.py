@@ -26,8 +26,8 @@ from m2u.core.fileio import (
     claim_name,
     fit_stem,
     remove_written,
-    replace_problem,
     report_text,
+    written_files_not_in,
 )
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
@@ -187,24 +187,15 @@ def _unmask_paths(
 
 def earlier_restorations(out: str | Path, results: Iterable[FileResult]) -> list[Path]:
     """The restorations m2u wrote into `out` that this run's `results` do not name: an earlier run's, of photos this
-    run had not (kept, as finished work; m2u-unmask names them). Reports, `crops/` and hidden files are not outputs."""
+    run had not (kept, as finished work; m2u-unmask names them). Reports and `crops/` are not outputs."""
     out = Path(out)
-    produced = {os.path.normpath(r.output) for r in results if r.output}
-    found = []
-    for folder, folders, files in os.walk(out):
-        at_top = Path(folder) == out
-        folders[:] = [n for n in folders if not n.startswith(".") and not (at_top and n == CROPS)]
-        for name in files:
-            path = Path(folder) / name
-            if (
-                name.startswith(".")
-                or (at_top and name in REPORTS)
-                or os.path.normpath(path) in produced
-                or replace_problem(path)  # not m2u's
-            ):
-                continue
-            found.append(path)
-    return sorted(found)
+    produced = {Path(os.path.normpath(r.output)) for r in results if r.output}
+
+    def is_restoration(path: Path) -> bool:
+        parts = path.relative_to(out).parts
+        return not (len(parts) == 1 and parts[0] in REPORTS) and parts[0] != CROPS
+
+    return written_files_not_in(out, produced, is_restoration)
 
 
 def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) -> str:

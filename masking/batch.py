@@ -39,7 +39,7 @@ from m2u.core.fileio import (
     fit_stem,
     remove_temp_files,
     remove_written,
-    replace_problem,
+    written_files_not_in,
 )
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import describe_os_error, stop_of, stops_the_run
@@ -573,17 +573,9 @@ def mask_files(
 
 def _outputs_not_in(out: Path, produced: set[Path]) -> tuple[Path, ...]:
     """The metadata files (`<name>_<type>.json`) of outputs m2u wrote into `out` that this run's rows do not name:
-    an earlier run's, for inputs this run had not. Hidden folders (the build's, a cache) are not searched."""
-    found = []
-    for folder, folders, files in os.walk(out):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        for name in files:
-            path = Path(folder) / name
-            if (
-                name.endswith(".json")
-                and path not in produced
-                and Path(f"{str(path)[:-5]}.jpg").exists()
-                and not replace_problem(path)  # m2u's
-            ):
-                found.append(path)
-    return tuple(sorted(found))
+    an earlier run's, for inputs this run had not."""
+
+    def is_output(path: Path) -> bool:
+        return path.suffix == ".json" and path.with_suffix(".jpg").exists()
+
+    return tuple(written_files_not_in(out, produced, is_output))
