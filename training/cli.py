@@ -276,10 +276,6 @@ def _recipe() -> str:
     return shlex.join(["m2u-train", *sys.argv[1:]])
 
 
-def _message(error: BaseException, binding: ConfigBinding) -> str:
-    return binding.message(error)
-
-
 def _run(train: Callable[[Any], dict], config: Any, binding: ConfigBinding) -> None:
     from m2u.training.checkpoint import CheckpointError
     from m2u.training.distributed import is_main_process
@@ -290,9 +286,9 @@ def _run(train: Callable[[Any], dict], config: Any, binding: ConfigBinding) -> N
         with model_warnings():
             results = train(config)
     except NonFiniteLossError as error:  # the run started and failed
-        raise click.ClickException(_message(error, binding)) from None
+        raise click.ClickException(binding.message(error)) from None
     except (VGGWeightsUnavailable, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
-        raise Refused(_message(error, binding)) from None
+        raise Refused(binding.message(error)) from None
     if is_main_process():  # under torchrun every rank returns the results: one copy is printed
         click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 

@@ -55,6 +55,13 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+def _rewrite_checkpoint(run: Path, **changes) -> Path:
+    """The run's last checkpoint with `changes` to its state (as other ranks or another layout would write it)."""
+    path = run / "checkpoints" / "last.pt"
+    save_training_state(path, {**load_training_state(path), **changes})
+    return path
+
+
 def _steps(records: list[dict], split: str) -> list[int]:
     return [r["step"] for r in records if r.get("split") == split]
 
@@ -224,8 +231,7 @@ def test_resuming_mid_epoch_with_another_batch_size_or_world_size_is_refused(tmp
         train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **{**TINY, "seed": 5}), _source())
     assert (run / "log.jsonl").read_bytes() == log
 
-    path = run / "checkpoints" / "last.pt"
-    save_training_state(path, {**load_training_state(path), "world_size": 2})
+    _rewrite_checkpoint(run, world_size=2)
     with pytest.raises(CheckpointError, match=r"with DDP world size 2, .* this run has DDP world size 1"):
         train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **TINY), _source())
 
@@ -233,12 +239,8 @@ def test_resuming_mid_epoch_with_another_batch_size_or_world_size_is_refused(tmp
 def test_a_new_world_size_at_an_epochs_start_is_allowed_and_counted(tmp_path, capsys):
     run = tmp_path / "run"
     train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **TINY), _source())
-    path = run / "checkpoints" / "last.pt"
-    state = load_training_state(path)
     # As if two ranks had trained the first epoch (3 steps) and stopped as the next one began.
-    save_training_state(
-        path, {**state, "world_size": 2, "steps_by_world_size": {"2": 3}, "epoch": 1, "batch_in_epoch": 0}
-    )
+    _rewrite_checkpoint(run, world_size=2, steps_by_world_size={"2": 3}, epoch=1, batch_in_epoch=0)
     capsys.readouterr()
     results = train_mseg(MSegTrainConfig(out=str(run), max_steps=5, resume=True, **TINY), _source())
     assert (
@@ -259,12 +261,8 @@ def test_a_run_resumed_on_another_world_size_keeps_its_lr_decays_at_the_same_sam
     run = tmp_path / "run"
     schedule = {**TINY, "optimizer": OptimizerConfig(learning_rate=1e-3, milestones=(4, 6), decay=0.1)}
     train_mseg(MSegTrainConfig(out=str(run), max_steps=3, **schedule), _source())
-    path = run / "checkpoints" / "last.pt"
-    state = load_training_state(path)
     # As if two ranks had trained the 3 steps (6 one-rank iterations: both milestones passed) and the next epoch began.
-    save_training_state(
-        path, {**state, "world_size": 2, "steps_by_world_size": {"2": 3}, "epoch": 1, "batch_in_epoch": 0}
-    )
+    path = _rewrite_checkpoint(run, world_size=2, steps_by_world_size={"2": 3}, epoch=1, batch_in_epoch=0)
     train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **schedule), _source())
     (group,) = load_training_state(path)["optimizers"]["mseg"]["param_groups"]
     assert group["lr"] == pytest.approx(
@@ -277,13 +275,8 @@ def test_a_run_resumed_on_another_world_size_keeps_its_lr_decays_at_the_same_sam
 def test_an_epoch_finished_on_another_world_size_is_not_trained_again(tmp_path, capsys):
     run = tmp_path / "run"
     train_mseg(MSegTrainConfig(out=str(run), max_steps=1, **TINY), _source())
-    path = run / "checkpoints" / "last.pt"
     # As if two ranks had finished epoch 0 (6 samples: one batch of 2 on each) and stopped there.
-    state = load_training_state(path)
-    save_training_state(
-        path,
-        {**state, "world_size": 2, "steps_by_world_size": {"2": 1}, "epoch_batches": 1, "batch_in_epoch": 1},
-    )
+    _rewrite_checkpoint(run, world_size=2, steps_by_world_size={"2": 1}, epoch_batches=1, batch_in_epoch=1)
     capsys.readouterr()
     results = train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **TINY), _source())
     assert "resuming at the start of epoch 1 with DDP world size 2 -> 1" in capsys.readouterr().err
