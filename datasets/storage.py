@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import secrets
 import sys
 import time
@@ -264,7 +265,7 @@ def check_output_url(url: str, *, in_process_ok: bool = True) -> None:
         )
     probe = f"{root}/{PROBE_PREFIX}{secrets.token_hex(4)}"
     try:
-        fs.pipe_file(probe, b"")
+        _send(fs, probe, data=b"")
         fs.rm_file(probe)
     except Exception as error:
         raise StorageError(
@@ -518,7 +519,27 @@ def _stale(candidates: list[str], ours: set[str], remote: dict[str, int], local:
 
 def _put_record(fs, root: str, entries: dict[str, dict[str, Any]]) -> None:
     text = json.dumps({"generator": "m2u.datasets.storage", "files": entries}, indent=1, sort_keys=True)
-    fs.pipe_file(f"{root}/{UPLOAD_RECORD_NAME}", text.encode())
+    _send(fs, f"{root}/{UPLOAD_RECORD_NAME}", data=text.encode())
+
+
+def _send(fs, target: str, *, data: bytes | None = None, source: Path | None = None) -> None:
+    """Write one file at the URL (`data`, or the local file `source`). Object stores have no folders, but file
+    systems that do (local://, sftp://, hdfs://) refuse a file whose folder is missing: the folder is made on that
+    FileNotFoundError and the write tried once more, so object stores pay no extra request per file."""
+
+    def write() -> None:
+        if source is None:
+            fs.pipe_file(target, data)
+        else:
+            fs.put_file(str(source), target)
+
+    try:
+        write()
+    except FileNotFoundError:
+        if source is not None and not source.is_file():
+            raise  # the local file is what is missing
+        fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        write()
 
 
 def _upload_changes(
@@ -548,7 +569,7 @@ def _upload_changes(
     last = [f for f in changed if f not in first and f != MANIFEST_NAME]
     uploaded, flushed = 0, time.monotonic()
     for relative in first:
-        fs.put_file(str(local / relative), f"{root}/{relative}")
+        _send(fs, f"{root}/{relative}", source=local / relative)
         entries[relative] = known[relative]
         state.synced[relative] = known[relative]["sha256"]
         state.sent(relative)
@@ -561,7 +582,7 @@ def _upload_changes(
         entries.pop(relative, None)
         state.synced.pop(relative, None)
     for relative in last:
-        fs.put_file(str(local / relative), f"{root}/{relative}")
+        _send(fs, f"{root}/{relative}", source=local / relative)
         entries[relative] = known[relative]
         state.synced[relative] = known[relative]["sha256"]
         state.sent(relative)
@@ -570,7 +591,7 @@ def _upload_changes(
         entries[MANIFEST_NAME] = known[MANIFEST_NAME]
     _put_record(fs, root, entries)
     if manifest:
-        fs.put_file(str(local / MANIFEST_NAME), f"{root}/{MANIFEST_NAME}")
+        _send(fs, f"{root}/{MANIFEST_NAME}", source=local / MANIFEST_NAME)
         state.synced[MANIFEST_NAME] = known[MANIFEST_NAME]["sha256"]
         state.sent(MANIFEST_NAME)
         uploaded += 1

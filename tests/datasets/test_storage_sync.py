@@ -186,9 +186,8 @@ def test_a_stopped_build_uploads_what_it_committed_and_a_rerun_elsewhere_resumes
 
 @pytest.fixture
 def local_bucket(tmp_path, monkeypatch) -> Path:
-    """A folder standing in for a bucket, as local:// (fsspec creating the folders a file needs, as S3 does)."""
+    """A folder standing in for a bucket, as local:// (fsspec's own settings: it makes no folders for a file)."""
     monkeypatch.setenv("M2U_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(fsspec.config.conf, "local", {"auto_mkdir": True})
     return tmp_path / "bucket"
 
 
@@ -208,6 +207,19 @@ def test_a_partition_build_to_a_url_is_refused_before_any_work(faces, local_buck
     assert result.exit_code == 2, result.output
     assert "--partition" in _one_line(result.output) and "URL" in result.output
     assert not (tmp_path / "cache").exists() and not local_bucket.exists()
+
+
+def test_a_build_to_a_file_system_with_folders_makes_the_folders_its_files_need(
+    faces, local_bucket, tmp_path
+):
+    # local:// (like sftp:// or hdfs://) refuses a file whose folder is missing; object stores have no folders.
+    url = f"local://{local_bucket}/nested/ds"
+    result = _cli(faces, url)
+    assert result.exit_code == 0, result.output
+    remote = local_bucket / "nested" / "ds"
+    assert (remote / "manifest.parquet").is_file() and list((remote / "train").glob("*.tar"))
+    assert json.loads((remote / UPLOAD_RECORD_NAME).read_text())["files"]
+    assert local_dataset(url) == str(cache_folder(url, reading=True))
 
 
 def test_an_output_url_that_cannot_be_written_is_refused_before_the_build(faces, local_bucket, tmp_path):
@@ -233,7 +245,6 @@ def test_an_upload_that_fails_after_the_build_says_where_the_build_is_kept(faces
     assert (cache_folder(url) / "manifest.parquet").is_file()
 
     monkeypatch.undo()  # the bucket is back: the rerun builds nothing and uploads the kept build
-    monkeypatch.setitem(fsspec.config.conf, "local", {"auto_mkdir": True})
     monkeypatch.setenv("M2U_CACHE", str(local_bucket.parent / "cache"))
     rerun = _cli(faces, url)
     assert rerun.exit_code == 0, rerun.output
