@@ -97,6 +97,7 @@ from m2u.datasets.layout import MANIFEST_NAME, MASK_FIELD, MASKED_FIELD, SPLITS,
 
 # Re-exported: the loader's public names (m2u.datasets.loader.ShardError, ...) stay where users import them.
 from m2u.datasets.shardcheck import (
+    FROM_PYTHON_SKIP,
     ShardError,
     check_dataset_record,
     check_shard_complete,
@@ -585,7 +586,7 @@ def make_loader(
     if excluded and config.on_error == "raise":
         raise ShardError(
             f"split {split!r} of {folder} does not hold what its manifest says: {'; '.join(excluded)}; rebuild "
-            "it (rerun m2u-make-dataset with the same arguments) or pass LoaderConfig(on_error='skip')"
+            f"it (rerun m2u-make-dataset with the same arguments){FROM_PYTHON_SKIP}"
         )
     for message in excluded:
         warnings.warn(f"skipped: {message}", RuntimeWarning, stacklevel=2)

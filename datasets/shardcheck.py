@@ -63,6 +63,12 @@ def resolve_shards(
     return shards
 
 
+# The other way past a damaged shard, said only as the Python setting it is: m2u's commands read every dataset
+# with on_error="raise" (a model trained or scored on part of a split must not pass for the whole), so their
+# users are told to rebuild, and told that the skip is a library setting, not an option they missed.
+FROM_PYTHON_SKIP = "; from Python, LoaderConfig(on_error='skip') leaves out what is damaged"
+
+
 def check_shard_complete(path: str) -> None:
     """Raise ShardError unless the local tar ``path`` ends with its end-of-archive blocks."""
     try:
@@ -75,7 +81,7 @@ def check_shard_complete(path: str) -> None:
     if size % TAR_BLOCK or tail != TAR_END:
         raise ShardError(
             f"shard {path} is truncated ({size} bytes, no end-of-archive marker); rebuild it (rerun "
-            "m2u-make-dataset) or pass LoaderConfig(on_error='skip') to leave it out"
+            f"m2u-make-dataset with the same arguments){FROM_PYTHON_SKIP}"
         )
 
 

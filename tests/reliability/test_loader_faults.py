@@ -133,8 +133,11 @@ def test_a_shard_with_fewer_samples_than_the_manifest_is_not_a_short_epoch(datas
     # Its size already disagrees with the stats record committed with it (checked by every loader of a folder).
     with pytest.raises(ShardError, match=r"holds 3 samples, the manifest lists 4|bytes, \d+ were committed"):
         _keys(dataset, verify=False)
-    with pytest.raises(ShardError, match="does not hold what its manifest says"):
+    with pytest.raises(ShardError, match="does not hold what its manifest says") as refused:
         _keys(dataset)  # the exact mode refuses the split before reading it
+    # m2u's commands have no skip option: the message says the skip is a Python setting, not a missed option
+    assert "rerun m2u-make-dataset" in str(refused.value)
+    assert "from Python, LoaderConfig(on_error='skip')" in str(refused.value)
     # a glob has no manifest to compare with: the well-formed shard is read as it is
     keys, _ = _keys_from_glob(dataset)
     assert first_key not in keys
