@@ -453,3 +453,24 @@ def test_an_empty_split_is_refused_before_any_model_loads_or_folder_is_made(tmp_
             _quiet(split="val"),
         )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("stored", "trained"), [(32, 64), (64, 32)])
+def test_a_resized_pairs_mask_covers_every_pixel_its_mask_colour_reaches(stored, trained):
+    from m2u.evaluation.evaluator import _resize_batch
+
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, stored, stored, generator=generator) * 0.5 + 0.5
+    mask = torch.zeros(2, 1, stored, stored)
+    mask[:, :, stored // 3 : stored // 2 + 3, stored // 4 : 3 * stored // 4 + 1] = 1.0
+    masked = truth * (1 - mask)  # a black mask
+    masked_r, truth_r, mask_r = _resize_batch(masked, truth, mask, trained)
+    assert mask_r.shape == (2, 1, trained, trained) and set(mask_r.unique().tolist()) == {0.0, 1.0}
+    outside = mask_r.expand_as(masked_r) == 0
+    # The ground-truth-mask baselines keep every pixel outside the mask: none of them may hold mask colour.
+    assert torch.allclose(masked_r[outside], truth_r[outside], atol=1e-5)
+    # and the mask does not grow past the filter's reach (one source pixel each way)
+    assert (
+        mask_r.mean()
+        <= ((stored // 2 + 3 - stored // 3 + 2) * (3 * stored // 4 + 1 - stored // 4 + 2)) / stored**2
+    )
