@@ -58,7 +58,7 @@ EVAL_BINDING = ConfigBinding(
         "lpips_net": "metrics.lpips.net",
         "lpips_trunk_weights": "metrics.lpips.trunk_weights",
         "lpips_head_weights": "metrics.lpips.head_weights",
-        "download": "metrics.lpips.allow_download",
+        "download": "metrics.allow_download",
         "fid_weights": "metrics.fid.weights_path",
         "identity_box": "metrics.identity.box",
         "lpips": "metrics.enable_lpips",
@@ -123,9 +123,9 @@ EVAL_BINDING = ConfigBinding(
 )
 @click.option(
     "--download/--no-download",
-    default=LPIPSConfig.allow_download,
+    default=MetricsConfig.allow_download,
     show_default=True,
-    help="--no-download: use only local / cached weights.",
+    help="--no-download: the metric networks (LPIPS, FID) use only the files named and the torch.hub cache.",
 )
 @click.option(
     "--identity-box", default=IdentityConfig.box, show_default=True, type=click.Choice(["detect", "frame"])

@@ -11,9 +11,14 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from m2u.evaluation.weights import MetricUnavailable
+from m2u.evaluation.weights import MetricUnavailable, hub_cached_path
 
 __all__ = ["FIDConfig", "FeatureStatistics", "frechet_distance", "load_fid_inception"]
+
+
+# torch-fidelity's release of the FID Inception (pt_inception-2015-12-05), which it downloads through the torch.hub
+# cache when no file is given: written here so that a run without downloads can look for it before asking.
+FID_INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
 
 def frechet_distance(
@@ -91,10 +96,11 @@ class _UInt8Inception(nn.Module):
         return self.inception((x01.clamp(0, 1) * 255).round().to(torch.uint8)).flatten(1)
 
 
-def load_fid_inception(config: FIDConfig | None = None) -> nn.Module:
+def load_fid_inception(config: FIDConfig | None = None, *, allow_download: bool = True) -> nn.Module:
     """FID's Inception-v3 feature extractor (via torchmetrics / torch-fidelity, which fetch the standard
     weights through the torch.hub cache, or from `weights_path`). Takes (B, 3, H, W) in [0, 1], gives (B, D).
-    Raises `MetricUnavailable` when the library or the weights are missing."""
+    Raises `MetricUnavailable` when the library or the weights are missing; with `allow_download=False` also
+    when neither `weights_path` nor the torch.hub cache holds them (torch-fidelity would download them)."""
     config = config or FIDConfig()
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -102,13 +108,21 @@ def load_fid_inception(config: FIDConfig | None = None) -> nn.Module:
         raise MetricUnavailable(
             f"FID needs torchmetrics[image] (torch-fidelity): {type(exc).__name__}: {exc}"
         ) from exc
-    if config.weights_path and not Path(config.weights_path).is_file():
-        raise MetricUnavailable(f"FID Inception weights not found: {config.weights_path}")
+    weights_path = config.weights_path
+    if weights_path and not Path(weights_path).is_file():
+        raise MetricUnavailable(f"FID Inception weights not found: {weights_path}")
+    if not weights_path and not allow_download:
+        cached = hub_cached_path(FID_INCEPTION_URL)
+        if not cached.is_file():
+            raise MetricUnavailable(
+                f"weights not in the torch.hub cache ({cached}) and downloads are disabled"
+            )
+        weights_path = str(cached)  # read from there: torch-fidelity is never asked to fetch it
     try:
         net = NoTrainInceptionV3(
             name="inception-v3-compat",
             features_list=[str(config.feature_dim)],
-            feature_extractor_weights_path=config.weights_path,
+            feature_extractor_weights_path=weights_path,
         )
     except Exception as exc:
         raise MetricUnavailable(

@@ -43,7 +43,6 @@ class LPIPSConfig:
     net: str = "alex"  # "alex" (the LPIPS default) or "vgg16"
     trunk_weights: str | None = None  # torchvision state dict (.pth); None: torch.hub cache / download
     head_weights: str | None = None  # LPIPS v0.1 linear heads (.pth); None: the `lpips` package, then the hub
-    allow_download: bool = True
 
 
 class LPIPSTrunk(nn.Module):
@@ -179,9 +178,10 @@ def _lpips_package_heads(net: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_lpips(config: LPIPSConfig | None = None) -> LPIPS:
+def load_lpips(config: LPIPSConfig | None = None, *, allow_download: bool = True) -> LPIPS:
     """The standard LPIPS network with its published weights; raises `MetricUnavailable` when they cannot be
-    had (never returns a network with random weights)."""
+    had (never returns a network with random weights). `allow_download=False`: only files named in `config`,
+    the `lpips` package's and the torch.hub cache's."""
     config = config or LPIPSConfig()
     if config.net not in TORCHVISION_TRUNK_URLS:
         raise ValueError(f"unknown LPIPS network {config.net!r}: use 'alex' or 'vgg16'")
@@ -189,13 +189,13 @@ def load_lpips(config: LPIPSConfig | None = None) -> LPIPS:
     if config.trunk_weights:
         trunk_sd = load_state_dict_file(config.trunk_weights)
     else:
-        trunk_sd = hub_state_dict(TORCHVISION_TRUNK_URLS[config.net], config.allow_download)
+        trunk_sd = hub_state_dict(TORCHVISION_TRUNK_URLS[config.net], allow_download)
     features = {k: v for k, v in trunk_sd.items() if k.startswith("features.")}
     head_path = config.head_weights or _lpips_package_heads(config.net)
     if head_path is not None:
         head_sd = load_state_dict_file(head_path)
     else:
-        head_sd = hub_state_dict(LPIPS_HEAD_URLS[config.net], config.allow_download)
+        head_sd = hub_state_dict(LPIPS_HEAD_URLS[config.net], allow_download)
     heads = {k: v for k, v in head_sd.items() if k.startswith("lin")}
     state = {**{f"trunk.{k}": v for k, v in features.items()}, **heads}
     from m2u.training.checkpoint import shape_differences, tensor_shapes

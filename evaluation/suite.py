@@ -41,6 +41,9 @@ class MetricsConfig:
     enable_lpips: bool = True
     enable_fid: bool = True
     enable_identity: bool = True
+    # Whether a metric network whose weights are not here (LPIPS's, FID's Inception) may be downloaded; False:
+    # only the files named above and the torch.hub cache.
+    allow_download: bool = True
 
 
 class _MethodAccumulator:
@@ -87,14 +90,14 @@ class MetricSuite:
             "lpips",
             lpips,
             self.config.enable_lpips,
-            lambda: load_lpips(self.config.lpips),
+            lambda: load_lpips(self.config.lpips, allow_download=self.config.allow_download),
             named=lpips_files,
         )
         self.fid_features = self._network(
             "fid",
             fid_features,
             self.config.enable_fid,
-            lambda: load_fid_inception(self.config.fid),
+            lambda: load_fid_inception(self.config.fid, allow_download=self.config.allow_download),
             named="metrics.fid.weights_path" if self.config.fid.weights_path else None,
         )
         self.identity = self._network(

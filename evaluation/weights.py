@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MetricUnavailable", "load_state_dict_file", "hub_state_dict"]
+__all__ = ["MetricUnavailable", "load_state_dict_file", "hub_cached_path", "hub_state_dict"]
 
 
 class MetricUnavailable(RuntimeError):
@@ -39,8 +39,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise MetricUnavailable(f"cannot read weights {path}: {said[:200]}") from exc
 
 
+def hub_cached_path(url: str) -> Path:
+    """Where torch.hub keeps the file it downloads from `url` (whether or not it is there)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
 def hub_state_dict(url: str, allow_download: bool) -> dict[str, torch.Tensor]:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    cached = hub_cached_path(url)
     if cached.is_file():
         return load_state_dict_file(cached)
     if not allow_download:

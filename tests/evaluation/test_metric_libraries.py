@@ -122,7 +122,7 @@ def test_m2u_lpips_equals_the_lpips_package_with_torchvisions_alexnet(tmp_path):
     trunk_file = tmp_path / "alexnet-test.pth"
     torch.save(alexnet.state_dict(), trunk_file)
     # m2u's loading path: the trunk from an explicit torchvision-format file, the heads from the lpips package.
-    ours = load_lpips(LPIPSConfig(net="alex", trunk_weights=str(trunk_file), allow_download=False)).eval()
+    ours = load_lpips(LPIPSConfig(net="alex", trunk_weights=str(trunk_file)), allow_download=False).eval()
     reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
     # The package keeps torchvision's layer indices inside its slices: slice2.3.weight is features.3.weight.
     features = alexnet.features.state_dict()

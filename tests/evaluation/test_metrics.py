@@ -138,14 +138,12 @@ def test_lpips_reports_unavailable_instead_of_faking(tmp_path, monkeypatch):
         load_lpips(LPIPSConfig(trunk_weights=str(tmp_path / "missing.pth")))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(MetricUnavailable, match="downloads are disabled"):
-        load_lpips(LPIPSConfig(allow_download=False))
+        load_lpips(LPIPSConfig(), allow_download=False)
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, wrong)
     with pytest.raises(MetricUnavailable, match="do not fit"):
         load_lpips(LPIPSConfig(trunk_weights=str(wrong), head_weights=str(wrong)))
-    suite = MetricSuite(
-        MetricsConfig(lpips=LPIPSConfig(allow_download=False), enable_fid=False, enable_identity=False)
-    )
+    suite = MetricSuite(MetricsConfig(allow_download=False, enable_fid=False, enable_identity=False))
     assert "downloads are disabled" in suite.unavailable["lpips"]
     x, y = _pair()
     suite.update("m", x, y, torch.ones(3, 1, 48, 48))
@@ -339,7 +337,44 @@ def test_a_weights_file_the_user_named_that_cannot_be_used_is_refused_not_passed
     ) as info:
         MetricSuite(config)
     assert "\n" not in str(info.value) and "weights_only` set to `False" not in str(info.value)
-    absent = LPIPSConfig(trunk_weights=None, head_weights=None, allow_download=False)
-    suite = MetricSuite(MetricsConfig(enable_fid=False, enable_identity=False, lpips=absent))  # no refusal
+    absent = LPIPSConfig(trunk_weights=None, head_weights=None)
+    suite = MetricSuite(
+        MetricsConfig(enable_fid=False, enable_identity=False, lpips=absent, allow_download=False)
+    )  # no refusal
     if suite.lpips is None:  # no cached weights on this machine: said as unavailable, in one line
         assert "\n" not in suite.unavailable["lpips"]
+
+
+def test_fid_without_downloads_reads_the_hub_cache_or_is_unavailable(monkeypatch, tmp_path):
+    """`allow_download=False` (m2u-eval --no-download) reaches FID too: torch-fidelity would fetch its Inception
+    when no file is given, so the loader looks in the torch.hub cache first and hands that file over."""
+    import sys
+    import types
+
+    from m2u.evaluation.fid import FID_INCEPTION_URL
+
+    made = []
+
+    class RecordingInception(nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            made.append(feature_extractor_weights_path)
+
+    fake = types.ModuleType("torchmetrics.image.fid")
+    fake.NoTrainInceptionV3 = RecordingInception
+    for name in ("torchmetrics", "torchmetrics.image"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", fake)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(MetricUnavailable, match="downloads are disabled"):
+        load_fid_inception(FIDConfig(), allow_download=False)
+    assert made == []  # the network that would download was never built
+    suite = MetricSuite(MetricsConfig(allow_download=False, enable_lpips=False, enable_identity=False))
+    assert "downloads are disabled" in suite.unavailable["fid"] and made == []
+    cached = tmp_path / "hub" / "checkpoints" / FID_INCEPTION_URL.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    load_fid_inception(FIDConfig(), allow_download=False)
+    assert made == [str(cached)]
+    load_fid_inception(FIDConfig())  # downloads allowed: torch-fidelity's own way, as before
+    assert made[-1] is None
