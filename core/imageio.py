@@ -186,7 +186,8 @@ def as_rgb_image(image: Any, what: str = "image") -> np.ndarray:
     """`image` as a C-contiguous uint8 RGB array (H, W, 3) with at least one pixel, or ValueError: the one check
     of every library call that takes a photo or a crop (detection, masking, unmasking)."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{what} must be a uint8 RGB array of shape (H, W, 3)")
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"{what} must be a uint8 RGB array of shape (H, W, 3), got {got}")
     if not image.shape[0] or not image.shape[1]:
         raise ValueError(f"{what} is empty: shape {image.shape}")
     return np.ascontiguousarray(image)

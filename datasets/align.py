@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from m2u.core.imageio import as_rgb_image
 from m2u.masking.geometry import LEFT_EYE, MOUTH, RIGHT_EYE
 
 # Template points as fractions of the crop side: left eye, right eye, mouth centre.
@@ -131,16 +132,28 @@ def align_face(
 def paste_face(
     original: np.ndarray, crop: np.ndarray, matrix: np.ndarray, region: np.ndarray | None = None
 ) -> np.ndarray:
-    """Put ``crop`` (from ``align_face`` with ``matrix``) back into a copy of ``original``.
+    """Put ``crop`` (from ``align_face`` with ``matrix``) back into a copy of ``original``: both uint8 RGB
+    (H, W, 3), as ``align_face`` takes and gives them, and so is the result.
 
     ``region`` (uint8 or bool, crop-sized) limits the pasted pixels, e.g. to the mask; by default the whole crop
     is pasted. Edges are blended over one pixel by the warped coverage, so no seam of border pixels appears.
     """
+    # Refused here: floats in [0, 1] came back as a near-black uint8 photo, a wrong-sized region was warped to the
+    # wrong place, and a grey or RGBA image failed in numpy's broadcasting words.
+    original = as_rgb_image(original, "`original`")
+    crop = as_rgb_image(crop, "`crop`")
     height, width = original.shape[:2]
     size = crop.shape[0]
     if crop.shape[:2] != (size, size):
-        raise ValueError(f"crop must be square, got {crop.shape}")
-    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+        raise ValueError(f"`crop` must be square, got {crop.shape}")
+    matrix = np.asarray(matrix, np.float64)
+    if matrix.shape != (2, 3) or not np.isfinite(matrix).all():
+        raise ValueError(
+            f"`matrix` must be a finite 2x3 affine matrix (align_face's), got shape {matrix.shape}"
+        )
+    if region is not None and np.shape(region) != (size, size):
+        raise ValueError(f"`region` must be crop-sized ({size}, {size}), got {np.shape(region)}")
+    inverse = cv2.invertAffineTransform(matrix)
     warped = cv2.warpAffine(
         crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )

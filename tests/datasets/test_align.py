@@ -59,3 +59,43 @@ def test_crops_are_byte_identical_to_the_linear_fit(monkeypatch):
 def test_degenerate_points_are_one_value_error(points):
     with pytest.raises(ValueError, match="degenerate landmarks"):
         similarity_matrix(points, ALIGN_TEMPLATE * 128)
+
+
+_PASTE_MATRIX = np.array([[0.5, 0.0, 4.0], [0.0, 0.5, 4.0]])
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        # floats in [0, 1] came back as a near-black uint8 photo, without a word
+        (
+            lambda o, c: (o / 255.0, c, _PASTE_MATRIX, None),
+            r"`original` must be a uint8 RGB .* got float64 \(48, 48, 3\)",
+        ),
+        (
+            lambda o, c: (o, c / 255.0, _PASTE_MATRIX, None),
+            r"`crop` must be a uint8 RGB .* got float64 \(32, 32, 3\)",
+        ),
+        (
+            lambda o, c: (o[..., 0], c, _PASTE_MATRIX, None),
+            r"`original` must be a uint8 RGB .* got uint8 \(48, 48\)",
+        ),
+        (lambda o, c: (o, c[:, :16], _PASTE_MATRIX, None), r"`crop` must be square"),
+        (lambda o, c: (o, c, np.eye(3), None), r"`matrix` must be a finite 2x3 affine matrix"),
+        # a region of another size than the crop was warped to the wrong place, without a word
+        (
+            lambda o, c: (o, c, _PASTE_MATRIX, np.ones((16, 16), np.uint8)),
+            r"`region` must be crop-sized \(32, 32\)",
+        ),
+    ],
+    ids=["float-original", "float-crop", "grey-original", "oblong-crop", "3x3-matrix", "small-region"],
+)
+def test_paste_face_refuses_what_it_would_paste_wrongly_naming_the_argument(make, said):
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    crop = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=said):
+        align.paste_face(*make(original, crop))
+    # what align_face takes and gives is pasted as before: photo pixel (20, 20) is crop pixel (14, 14)
+    pasted = align.paste_face(original, crop, _PASTE_MATRIX, np.ones((32, 32), bool))
+    assert pasted.dtype == np.uint8 and np.array_equal(pasted[20, 20], crop[14, 14])
