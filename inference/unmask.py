@@ -323,12 +323,26 @@ class Unmasker:
         return "bf16" if native and faces >= BF16_MIN_BATCH else "fp32"
 
     def restore_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned uint8 crops -> (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
+        """Aligned uint8 crops of the models' size S (`usage.crop_size`; `align_face(image, landmarks, S)`) ->
+        (masks uint8 0/255 (N, S, S), composites uint8 (N, S, S, 3))."""
         if not len(crops):
             raise ValueError("restore_crops needs at least one crop")
-        crops = [as_rgb_image(crop, "each crop") for crop in crops]
-        masks, composites, _ = self.restore_passes(crops)
+        masks, composites, _ = self.restore_passes(self._checked_crops(crops))
         return masks, composites
+
+    def _checked_crops(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """`crops` as uint8 RGB arrays of the models' crop size, or one ValueError: crops of another size ran at
+        that size (a poorer restoration, without a word), and crops of different sizes failed in numpy's words."""
+        size = self.usage.require_crop_size()
+        checked = [as_rgb_image(crop, "each crop") for crop in crops]
+        for index, crop in enumerate(checked):
+            if crop.shape[:2] != (size, size):
+                raise ValueError(
+                    f"each crop must be {size}x{size}, the models' crop size (`crop_size`), but crop {index} is "
+                    f"{crop.shape[1]}x{crop.shape[0]}: align faces at that size (align_face(image, landmarks, "
+                    f"{size})) or pass a crop of any size to unmask_aligned, which resizes it"
+                )
+        return checked
 
     @torch.no_grad()
     def restore_passes(
@@ -362,6 +376,7 @@ class Unmasker:
         they are cost no generator pass; the probabilities give the rule's mask confidence)."""
         from m2u.training.imagespace import to_model_range
 
+        crops = self._checked_crops(crops)
         batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
         mask, probability = predict_masks_and_probabilities(
             self.mseg, to_model_range(batch), self.usage.mask_threshold

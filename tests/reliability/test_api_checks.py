@@ -107,3 +107,32 @@ def test_an_object_store_that_cannot_be_read_is_a_storage_error(monkeypatch, tmp
         StorageError, match="cannot be read: NoCredentialsError"
     ):  # botocore's own, no OSError
         make_loader("s3://no-such-bucket-m2u/ds", "train")
+
+
+def test_restore_crops_refuses_crops_not_of_the_models_crop_size():
+    from m2u.inference.restore import TwoStageModel
+    from m2u.inference.unmask import UnmaskConfig, Unmasker
+    from m2u.training.checkpoint import ModelInfo
+    from m2u.training.models import CARU2Net, GeneratorConfig, MSeg, MSegConfig
+
+    models = TwoStageModel(
+        MSeg(MSegConfig(base_channels=4, levels=3)),
+        CARU2Net(GeneratorConfig(width_multiplier=0.125)),
+        ModelInfo(crop_size=32),
+        ModelInfo(crop_size=32),
+    )
+    unmasker = Unmasker(models, UnmaskConfig(device="cpu", progress=False, aligned=True))
+    crop = np.zeros((32, 32, 3), np.uint8)
+    # 48 px crops ran at 48 px (a poorer restoration, without a word); mixed sizes failed in numpy's words
+    for crops, said in (
+        ([np.zeros((48, 48, 3), np.uint8)], "crop 0 is 48x48"),
+        ([crop, crop[:16, :16]], "crop 1 is 16x16"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"^each crop must be 32x32, the models' crop size \(`crop_size`\), but {said}"
+        ):
+            unmasker.restore_crops(crops)
+        with pytest.raises(ValueError, match=said):
+            unmasker.predict_masks_with_probabilities(crops)
+    masks, composites = unmasker.restore_crops([crop, crop])
+    assert masks.shape == (2, 32, 32) and composites.shape == (2, 32, 32, 3)
