@@ -37,8 +37,9 @@ counts (shard URLs or a glob), where they can differ by a shard: m2u's trainer k
 
 Damaged shards never shorten an epoch silently: a local shard without its end-of-archive blocks (cut short, even
 exactly between two members), an unreadable tar, a sample with a missing or undecodable member or of another size
-than the dataset's, or (for a dataset folder, whose manifest lists its shards and how many samples each holds) a
-missing shard or a shard with another sample count raise ``ShardError`` naming the shard and sample. With
+than the dataset's (its manifest's; for shards without one, the first sample's in the shards' given order, the same
+for every worker and rank), or (for a dataset folder, whose manifest lists its shards and how many samples each
+holds) a missing shard or a shard with another sample count raise ``ShardError`` naming the shard and sample. With
 ``LoaderConfig(verify=True)`` (set by ``for_evaluation()``) every listed shard is also checked against the size and
 SHA-256 recorded when it was built, before the first batch. ``LoaderConfig(on_error="skip")`` instead leaves out the rest of that
 shard (or that one sample), warns, and lists it in ``PairedLoader.skipped`` for the epoch (across workers).
@@ -254,7 +255,7 @@ class PairedShardDataset(IterableDataset):
         self.expected_counts = dict(expected_counts or {})
         # Shared memory: persistent DataLoader workers see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        # Every sample must be image_size x image_size (None: the size of the first sample each worker reads).
+        # Every sample must be image_size x image_size (None: decided once from the shards, `decide_image_size`).
         self.image_size = image_size
         # Shards left out before reading (verification under on_error="skip"): reported in every epoch's skipped.
         self.excluded = list(excluded)
@@ -271,6 +272,30 @@ class PairedShardDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = int(epoch)
+
+    def decide_image_size(self) -> int | None:
+        """The side every sample must have: ``image_size`` (a dataset folder's manifest), else that of the first
+        sample that decodes, in the shards' given order (not an epoch's). Every worker of every rank decides it
+        alike (PairedLoader once, before its workers start): each worker took the size of the first sample it
+        decoded itself, so with samples of mixed sizes under on_error="skip" the samples an epoch kept depended on
+        the worker count and the rank. None: no sample decodes (every one is then skipped or raised, as damaged)."""
+        if self._size is None:
+            self._size = self._first_sample_size()
+        return self._size
+
+    def _first_sample_size(self) -> int | None:
+        for url in self.shards:
+            # Damage is reported by the epoch that reads it (report=False); under on_error="raise" it is raised now,
+            # as the epoch would.
+            for sample in self._read_shard(url, report=False):
+                try:
+                    images = self._decoded_members(sample, None)
+                except Exception as exc:  # as _decode_into: a missing member, undecodable bytes
+                    if self.config.on_error == "raise":
+                        raise ShardError(self._unreadable(sample, exc)) from exc
+                    continue
+                return int(next(iter(images.values())).shape[0])
+        return None
 
     def bind_distributed(self) -> None:
         """Read rank and world size now, in the main process: DataLoader workers do not see torch.distributed's
@@ -398,20 +423,23 @@ class PairedShardDataset(IterableDataset):
             self._decode(sample, batch)
             return True
         except Exception as exc:  # noqa: BLE001 - a missing member, undecodable bytes, mismatched sizes
-            key, url = sample.get("__key__"), sample.get("__url__")
-            self._fail(f"sample {key!r} in shard {url} is unreadable: {exc}", exc)
+            self._fail(self._unreadable(sample, exc), exc)
             return False
 
-    def _decode(self, sample: dict[str, Any], batch: BatchBuffer) -> None:
-        key = sample["__key__"]
-        scratch, wanted = batch.scratch, self.config.members
+    @staticmethod
+    def _unreadable(sample: dict[str, Any], error: BaseException) -> str:
+        return f"sample {sample.get('__key__')!r} in shard {sample.get('__url__')} is unreadable: {error}"
+
+    def _decoded_members(self, sample: dict[str, Any], scratch: Any) -> dict[str, Any]:
+        """The members asked for, decoded (into ``scratch``'s buffers when given) and of one size among them."""
+        key, wanted = sample["__key__"], self.config.members
         # Decoded into reused buffers (no fresh image per member), in OpenCV's BGR order: the copy into the batch's
         # channel planes reverses the channels anyway. Every member asked for is decoded and checked; the sizes
         # of the others are not known without decoding them, so they are not checked.
         images = {}
         for name, field, buffer in (
-            ("masked", MASKED_FIELD, scratch.masked),
-            ("unmasked", UNMASKED_FIELD, scratch.unmasked),
+            ("masked", MASKED_FIELD, scratch.masked if scratch else None),
+            ("unmasked", UNMASKED_FIELD, scratch.unmasked if scratch else None),
         ):
             if name in wanted:
                 images[name] = decode_image(image_field(sample, field), rgb=False, buffer=buffer)
@@ -426,9 +454,12 @@ class PairedShardDataset(IterableDataset):
                 f"sample {key!r}: members differ in size "
                 + " ".join(str(images[n].shape) for n in BATCH_MEMBERS if n in images)
             )
-        height, width = next(iter(shapes.values()))
-        if self._size is None:
-            self._size = height
+        return images
+
+    def _decode(self, sample: dict[str, Any], batch: BatchBuffer) -> None:
+        key = sample["__key__"]
+        images = self._decoded_members(sample, batch.scratch)
+        height, width = next(iter(images.values())).shape[:2]
         if (height, width) != (self._size, self._size):
             raise ValueError(
                 f"sample {key!r} is {width}x{height}, the dataset's samples are {self._size}x{self._size}"
@@ -444,7 +475,9 @@ class PairedShardDataset(IterableDataset):
         self._iter_epoch = self.epoch  # read from shared memory once per epoch, not per sample
         size = self.config.batch_size
         layout = self._layout()
-        batch = BatchBuffer(size, self._size, self.config.members, self.buffer_ring)
+        # Decided already where PairedLoader iterates; a DataLoader of this dataset's own decides it in each worker
+        # the same way.
+        batch = BatchBuffer(size, self.decide_image_size(), self.config.members, self.buffer_ring)
         # Batch b is the reader's samples b*size .. (b+1)*size - 1 of its one order, decoded by worker b mod W:
         # DataLoader takes the workers' batches in turn, so the batches come in that order for any W. A sample
         # skipped as damaged leaves its batch one shorter (for any W alike).
@@ -491,6 +524,7 @@ class PairedLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.set_epoch(self.epoch)
         self.dataset.bind_distributed()
+        self.dataset.decide_image_size()  # here, once, not in each worker (the same answer, one read)
         self.epoch += 1
         workers = self.config.num_workers
         persistent = self.config.persistent_workers and workers > 0

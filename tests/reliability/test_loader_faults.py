@@ -7,6 +7,7 @@ import contextlib
 import io
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,55 @@ def _keys_from_glob(dataset: Path) -> tuple[list[str], list[str]]:
 def test_on_error_is_validated():
     with pytest.raises(ValueError, match="on_error"):
         LoaderConfig(on_error="ignore")
+
+
+def _mixed_size_shards(folder: Path) -> str:
+    """Two shards (no manifest) of samples at 32 and 16 px, so a worker or rank that starts later in the stream
+    meets a 16 px sample first; the glob of them."""
+    from m2u.datasets.shards import ShardWriter
+    from m2u.datasets.synthetic import make_synthetic_sample
+    from m2u.datasets.writer import sample_members
+
+    for name, sizes in {"a": (32, 32, 16, 16), "b": (16, 16, 32, 32)}.items():
+        with ShardWriter(folder / f"shard-{name}.tar") as writer:
+            for index, size in enumerate(sizes):
+                sample = make_synthetic_sample(size, index)
+                members = sample_members(
+                    masked=sample.masked,
+                    unmasked=sample.unmasked,
+                    mask=sample.mask,
+                    meta={},
+                    image_format="png",
+                    quality=95,
+                )
+                writer.write(f"{name}{index}-{size}", members)
+    return str(folder / "*.tar")
+
+
+def test_skip_mode_keeps_the_same_samples_of_mixed_sizes_for_any_worker_count_and_rank(tmp_path):
+    """Each worker took the size of the first sample it decoded itself: with 2 workers the second kept the
+    16 px samples and the first the 32 px ones (and a rank reading shard b alone kept its 16 px samples)."""
+    shards = _mixed_size_shards(tmp_path)
+    kept = {}
+    for workers, split in ((0, "batch"), (1, "batch"), (2, "batch"), (2, "shard")):
+        config = LoaderConfig.for_evaluation(
+            batch_size=2, num_workers=workers, worker_split=split, on_error="skip"
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the skipped samples (counted below)
+            loader = make_loader(shards, None, config)
+            kept[workers, split] = (
+                tuple(sorted(k for batch in loader for k in batch["key"])),
+                len(loader.skipped),
+            )
+    # the first sample of the first shard decides: 32 px
+    assert set(kept.values()) == {(("a0-32", "a1-32", "b2-32", "b3-32"), 4)}, kept
+    by_rank = []
+    for rank in (0, 1):
+        config = LoaderConfig.for_evaluation(
+            batch_size=2, num_workers=0, on_error="skip", split_by="shard", rank=rank, world_size=2
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            by_rank += [k for batch in make_loader(shards, None, config) for k in batch["key"]]
+    assert sorted(by_rank) == ["a0-32", "a1-32", "b2-32", "b3-32"]
