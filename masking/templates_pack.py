@@ -61,25 +61,75 @@ def _pack_image(cfg_dir: Path, template_path: str) -> Path:
     raise TemplatePackError(f"template image {template_path!r} not found (tried {tried})")
 
 
+ANCHOR_QUADS = (("a", "b", "e", "d"), ("b", "c", "f", "e"))
+
+
+def _turns(corners: np.ndarray) -> np.ndarray:
+    """The sign of the turn at each corner of a quad walked in order (0 where three corners are in line)."""
+    arriving = corners - np.roll(corners, 1, axis=0)
+    leaving = np.roll(corners, -1, axis=0) - corners
+    return np.sign(arriving[:, 0] * leaving[:, 1] - arriving[:, 1] * leaving[:, 0])
+
+
+def _reflex_corner(corners: np.ndarray) -> int | None:
+    """The index of a simple quad's one corner that turns against the other three (None when it is convex)."""
+    turns = _turns(corners)
+    for sign in (1, -1):
+        if int(np.sum(turns == sign)) == 1 and int(np.sum(turns == -sign)) == 3:
+            return int(np.flatnonzero(turns == sign)[0])
+    return None
+
+
+def _warp_quad(premul: np.ndarray, src: np.ndarray, dst: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One quad of the template image onto one half of texture space. A convex quad by its homography; a
+    concave one (MaskTheFace's KN95_left at d, KN95_right at f) by two triangles split on the diagonal from its
+    reflex corner, each by its affine map. A homography takes a concave quad's reflex corner across its horizon:
+    a wedge of the half sampled outside the quad, a transparent gap down the middle of the mask that left the
+    mouth bare (`m2u-mask --mask-type KN95` refused 54 of 121 CelebA photos for it)."""
+    reflex = _reflex_corner(src)
+    if reflex is None:
+        h = cv2.getPerspectiveTransform(src, dst)
+        return cv2.warpPerspective(premul, h, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT)
+    opposite = (reflex + 2) % 4
+    first = [reflex, (reflex + 1) % 4, opposite]
+    second = [opposite, (reflex + 3) % 4, reflex]
+    warped = [
+        cv2.warpAffine(
+            premul,
+            cv2.getAffineTransform(src[corners], dst[corners]),
+            size,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        for corners in (first, second)
+    ]
+    # Each texture pixel from exactly one triangle: the side of the split diagonal it lies on (pixel (x, y) at
+    # (x, y), as OpenCV's warps place it).
+    start, end = dst[reflex], dst[opposite]
+    xs, ys = np.meshgrid(np.arange(size[0]), np.arange(size[1]))
+    side = (end[0] - start[0]) * (ys - start[1]) - (end[1] - start[1]) * (xs - start[0])
+    beside_first = np.sign(side) == np.sign(
+        (end[0] - start[0]) * (dst[first[1]][1] - start[1])
+        - (end[1] - start[1]) * (dst[first[1]][0] - start[0])
+    )
+    return np.where(beside_first[..., None], warped[0], warped[1])
+
+
 def template_from_image(name: str, rgba: np.ndarray, anchors: dict[str, tuple[float, float]]) -> Template:
     """Resample an RGBA template image into texture space: the quads a-b-e-d and b-c-f-e become the left and right
-    halves of the (u, v) square (a, b, c at the top; d, e, f at the bottom), each by a homography."""
+    halves of the (u, v) square (a, b, c at the top; d, e, f at the bottom), each by a homography (or, for a
+    concave quad, two affine triangles: `_warp_quad`)."""
     if rgba.ndim != 3 or rgba.shape[2] != 4:
         raise TemplatePackError(f"{name}: template image must be RGBA")
     img = rgba.astype(np.float32) / 255.0
     alpha = img[..., 3]
     premul = np.dstack([img[..., :3] * alpha[..., None], alpha])
     half = TEXTURE_WIDTH // 2
-    out = []
-    for quad in (("a", "b", "e", "d"), ("b", "c", "f", "e")):
-        src = np.array([anchors[k] for k in quad], np.float32)
-        dst = np.array([(0, 0), (half, 0), (half, TEXTURE_HEIGHT), (0, TEXTURE_HEIGHT)], np.float32)
-        h = cv2.getPerspectiveTransform(src, dst)
-        out.append(
-            cv2.warpPerspective(
-                premul, h, (half, TEXTURE_HEIGHT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT
-            )
-        )
+    dst = np.array([(0, 0), (half, 0), (half, TEXTURE_HEIGHT), (0, TEXTURE_HEIGHT)], np.float32)
+    out = [
+        _warp_quad(premul, np.array([anchors[k] for k in quad], np.float32), dst, (half, TEXTURE_HEIGHT))
+        for quad in ANCHOR_QUADS
+    ]
     tex = np.hstack(out)
     a = np.clip(tex[..., 3], 0.0, 1.0)
     rgb = np.where(a[..., None] > 1e-4, tex[..., :3] / np.maximum(a[..., None], 1e-4), 0.0)
@@ -203,6 +253,13 @@ def _check_anchors(where: str, anchors: dict[str, tuple[float, float]], width: i
         if not (math.isfinite(x) and math.isfinite(y)) or not near:
             raise TemplatePackError(
                 f"{where}: mask_{key} ({x:g}, {y:g}) lies far outside the {width}x{height} template image"
+            )
+    for quad in ANCHOR_QUADS:
+        turns = _turns(np.array([anchors[k] for k in quad], np.float64))
+        if np.sum(turns > 0) == 2 and np.sum(turns < 0) == 2:  # a bow tie: no map lays it on a face unfolded
+            raise TemplatePackError(
+                f"{where}: anchors {'-'.join(quad)} cross each other: walked in that order they must go round the "
+                "half of the mask they enclose"
             )
     xs, ys = [p[0] for p in anchors.values()], [p[1] for p in anchors.values()]
     if max(xs) - min(xs) < MIN_ANCHOR_SPAN * width or max(ys) - min(ys) < MIN_ANCHOR_SPAN * height:
