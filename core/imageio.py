@@ -449,9 +449,16 @@ def write_image(
     """Encode `image` (RGB, RGBA, or single-channel) in the format of `path`'s suffix and write it through
     m2u.core.fileio.atomic_write: complete or not at all (cv2.imwrite alone returns False on a full disk and
     leaves a truncated file), never through a link, never over a file m2u did not write."""
-    import cv2
-
     from m2u.core.fileio import atomic_write_bytes
+
+    return atomic_write_bytes(path, encode_image(path, image, rgb, params))
+
+
+def encode_image(
+    path: str | os.PathLike[str], image: np.ndarray, rgb: bool = True, params: list[int] | None = None
+) -> bytes:
+    """The bytes `write_image` writes at `path` for `image` (a caller can compare them with a file already there)."""
+    import cv2
 
     path = Path(path)
     problem = image_suffix_problem(path)
@@ -464,7 +471,7 @@ def write_image(
     ok, encoded = cv2.imencode(path.suffix or ".png", pixels, params or [])
     if not ok:
         raise OSError(f"cannot encode {path} as {path.suffix or '.png'}")
-    return atomic_write_bytes(path, encoded.tobytes())
+    return encoded.tobytes()
 
 
 # How `write_photo` saves each format it writes, by Pillow's format name. JPEG: quality 95, colour not subsampled

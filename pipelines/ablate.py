@@ -15,7 +15,7 @@ from typing import Any
 
 from m2u.core.fileio import atomic_write_text
 from m2u.pipelines.config import PipelineConfig
-from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_pipeline
+from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_pipeline, with_demo_faces
 from m2u.pipelines.stages import RECORD_SUFFIX
 
 COMPOSITE_ROW = "m2u_composite"  # m2u.evaluation.evaluator's row for G(x)·m + x·(1−m)
@@ -74,10 +74,16 @@ def _link_shared_stages(run: Path, variant_dir: Path) -> None:
 
 
 def run_ablation(
-    config: PipelineConfig, run_dir: str | Path, *, variants: tuple[Variant, ...] = VARIANTS, **kwargs: Any
+    config: PipelineConfig,
+    run_dir: str | Path,
+    *,
+    variants: tuple[Variant, ...] = VARIANTS,
+    demo_faces: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     run = Path(run_dir)
-    run_pipeline(config, run, until="mseg", **kwargs)
+    config = with_demo_faces(config, run) if demo_faces else config  # RUN's, which the variants read too
+    run_pipeline(config, run, until="mseg", demo_faces=demo_faces, **kwargs)
     rows: dict[str, dict[str, Any]] = {}
     for variant in variants:
         variant_dir = run / "ablation" / variant.name

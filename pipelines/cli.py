@@ -38,7 +38,7 @@ def _resolve(
         if faces:
             extra["faces"] = list(faces)
         if demo is not None:
-            extra["faces"] = [str(demo)]  # written once the configuration holds (_prepare)
+            extra["faces"] = [str(demo)]  # written by the run, once every check has passed (run_folder)
         return load_config(preset, config_file, extra)
     except ConfigError as error:
         raise click.UsageError(cli_message(error)) from error
@@ -77,19 +77,16 @@ def _prepare(kw: dict) -> PipelineConfig | None:
         and Path(inputs[0]).is_file()
     ):
         config_file, inputs = inputs[0], []
-    demo = Path(kw["run_dir"]) / "demo-faces" if kw["demo_faces"] else None
+    from m2u.pipelines.run import DEMO_FACES, STAGES
+
+    demo = Path(kw["run_dir"]) / DEMO_FACES if kw["demo_faces"] else None
     # -q / --no-progress as every command has them: each stage's progress off, before the --set items (which win).
-    from m2u.pipelines.run import STAGES
 
     quiet = () if progress_of(kw) else tuple(f"{stage}.progress=false" for stage in STAGES)
     config = _resolve(config_file, kw["preset"], tuple(inputs), demo, (*quiet, *kw["sets"]))
     if kw["print_config"]:
         click.echo(yaml.safe_dump(config_as_dict(config), sort_keys=False), nl=False)
         return None
-    if demo is not None:  # only now: a refused option or --print-config writes nothing
-        from m2u.pipelines.demo_faces import write_demo_faces
-
-        write_demo_faces(demo)
     return config
 
 
@@ -120,7 +117,7 @@ def run(until, **kw) -> None:
     if config is None:
         return
     try:
-        outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until)
+        outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until, demo_faces=kw["demo_faces"])
     except (PipelineRefused, OutputFolderError) as error:
         raise Refused(cli_message(error)) from error  # before any stage (the run folder's lock too): exit 2
     except PipelineError as error:
@@ -151,7 +148,7 @@ def ablate(**kw) -> None:
     if config is None:
         return
     try:
-        run_ablation(config, run_dir, echo=click.echo)
+        run_ablation(config, run_dir, echo=click.echo, demo_faces=kw["demo_faces"])
     except (PipelineRefused, OutputFolderError) as error:
         raise Refused(cli_message(error)) from error  # before any stage (the run folder's lock too): exit 2
     except PipelineError as error:

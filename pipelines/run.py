@@ -15,13 +15,14 @@ Run folder layout (self-describing)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,21 +264,30 @@ def check_stage_devices(config: PipelineConfig, until: str) -> None:
             ) from None
 
 
-def _check_inputs(config: PipelineConfig, until: str) -> None:
+def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = None) -> None:
+    """Every check of the configuration and the faces that refuses a run before anything is written. `demo_faces`:
+    the folder the run writes the embedded demo faces into (the faces to check: those already there)."""
     if until not in STAGES:
         raise PipelineRefused(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
-    if not config.faces:
+    if demo_faces is not None:
+        from m2u.pipelines.demo_faces import demo_faces_problem
+
+        problem = demo_faces_problem(demo_faces)
+        if problem:
+            raise PipelineRefused(problem)
+    elif not config.faces:
         raise PipelineRefused(
             "no face inputs: give `faces` (a folder, glob or list file) on the command line or in the config"
         )
-    missing = [
-        face for face in config.faces if not Path(face).exists() and not glob.glob(face, recursive=True)
-    ]
-    if missing:
-        raise PipelineRefused(f"face inputs not found: {', '.join(missing)}")
-    found = discover(config.faces)
-    if not found.entries:  # said now in one line, not as the dataset stage's traceback
-        raise PipelineRefused(str(no_images_error(found)))
+    else:
+        missing = [
+            face for face in config.faces if not Path(face).exists() and not glob.glob(face, recursive=True)
+        ]
+        if missing:
+            raise PipelineRefused(f"face inputs not found: {', '.join(missing)}")
+        found = discover(config.faces)
+        if not found.entries:  # said now in one line, not as the dataset stage's traceback
+            raise PipelineRefused(str(no_images_error(found)))
     check_stage_weights(config, until)
     check_stage_devices(config, until)
 
@@ -449,10 +459,30 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     until: str = "evaluation",
     metric_suite: Any = None,
+    demo_faces: bool = False,
 ) -> dict[str, StageOutcome]:
-    """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome."""
-    _check_inputs(config, until)
+    """Run (or resume, or skip) each stage up to `until`; returns each stage's outcome. `demo_faces`: the faces are
+    the embedded demo faces, in RUN/demo-faces (written there once the run goes ahead, reused by later runs)."""
     run = Path(run_dir)
+    config = with_demo_faces(config, run) if demo_faces else config
+    with run_folder(config, run, until, demo_faces=demo_faces):
+        return _run_stages(config, run, echo, until, metric_suite)
+
+
+DEMO_FACES = "demo-faces"  # RUN/demo-faces: the embedded demo faces (`demo_faces`)
+
+
+def with_demo_faces(config: PipelineConfig, run: Path) -> PipelineConfig:
+    """`config` whose faces are the run folder's demo faces."""
+    return dataclasses.replace(config, faces=[str(run / DEMO_FACES)])
+
+
+@contextlib.contextmanager
+def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: bool = False) -> Iterator[None]:
+    """The run folder `run`, held (its lock) while the body writes it: every check that refuses the run is made
+    before anything is written, the demo faces (`demo_faces`) too, which are written, where missing, only then."""
+    demo = run / DEMO_FACES if demo_faces else None
+    _check_inputs(config, until, demo)
     faces_here = [
         face for face in config.faces if Path(face).is_dir() and Path(face).resolve() == run.resolve()
     ]
@@ -469,7 +499,14 @@ def run_pipeline(
     check_writable(run / STAGE_RECORDS / FACE_HASHES, by_name=True)  # a cache: a damaged one is written again
     run.mkdir(parents=True, exist_ok=True)
     with output_lock(run, PIPELINE_TOOL, reports=PIPELINE_REPORTS):
-        return _run_stages(config, run, echo, until, metric_suite)
+        if demo is not None:  # under the lock: never beside another run reading them
+            from m2u.pipelines.demo_faces import DemoFacesChanged, ensure_demo_faces
+
+            try:
+                ensure_demo_faces(demo)
+            except DemoFacesChanged as error:  # changed since the check above
+                raise PipelineRefused(str(error)) from None
+        yield
 
 
 # RUN's own files, at its top; recorded in its lock, so no other command writing such names there replaces them.

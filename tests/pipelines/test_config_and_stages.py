@@ -654,3 +654,33 @@ def test_a_stage_device_or_precision_no_stage_could_use_is_refused_before_the_fi
     with pytest.raises(PipelineRefused, match=rf"the {stage} stage cannot run .*`{stage}\.{key}`"):
         check_stage_devices(config, "evaluation")
     check_stage_devices(config, "dataset")  # a stage after --until is not checked
+
+
+def test_demo_faces_are_written_only_for_a_run_that_goes_ahead_and_never_rewritten(tmp_path, monkeypatch):
+    """--demo-faces wrote RUN/demo-faces before the run folder was checked (a refused run left 40 files) and wrote
+    them again at every run; a face changed since is refused by name, not replaced."""
+    import os
+
+    calls: list[str] = []
+    _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("a person's file")  # not m2u's: the run is refused
+    command = ["run", "--preset", "smoke", "--demo-faces", "-o", str(run)]
+    refused = CliRunner().invoke(main, command)
+    assert refused.exit_code == 2 and "config.json exists and was not written by m2u" in refused.output
+    assert not (run / "demo-faces").exists() and not calls
+    (run / "config.json").unlink()
+    assert CliRunner().invoke(main, command).exit_code == 0 and len(calls) == 4
+    faces = sorted((run / "demo-faces").glob("*.jpg"))
+    assert len(faces) == 40
+    for face in faces:
+        os.utime(face, ns=(10**9, 10**9))  # a rewrite would show as a new time
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    assert {face.stat().st_mtime_ns for face in faces} == {10**9}
+    faces[1].write_bytes(b"someone's edit")
+    changed = CliRunner().invoke(main, command)
+    assert changed.exit_code == 2 and len(calls) == 4, changed.output
+    assert f"{faces[1]} is not the demo face m2u writes there" in changed.output
+    assert faces[1].read_bytes() == b"someone's edit"
