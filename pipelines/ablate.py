@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m2u.core.fileio import atomic_write_text
 from m2u.pipelines.config import PipelineConfig
-from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_pipeline, with_demo_faces
+from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_folder, run_pipeline, run_stages, with_demo_faces
 from m2u.pipelines.stages import RECORD_SUFFIX
 
 COMPOSITE_ROW = "m2u_composite"  # m2u.evaluation.evaluator's row for G(x)·m + x·(1−m)
@@ -79,16 +80,33 @@ def run_ablation(
     *,
     variants: tuple[Variant, ...] = VARIANTS,
     demo_faces: bool = False,
-    **kwargs: Any,
+    echo: Callable[[str], None] = print,
+    metric_suite: Any = None,
 ) -> dict[str, Any]:
     run = Path(run_dir)
     config = with_demo_faces(config, run) if demo_faces else config  # RUN's, which the variants read too
-    run_pipeline(config, run, until="mseg", demo_faces=demo_faces, **kwargs)
+    # RUN is held from the first check to the table: every variant trains on the shared dataset and M-Seg, which
+    # another run on RUN would otherwise replace between variants. Checked up to the evaluation: a variant's
+    # stage that cannot run is refused before the shared stages train, not after.
+    with run_folder(config, run, "evaluation", demo_faces=demo_faces):
+        run_stages(config, run, echo, "mseg", metric_suite)
+        return _run_variants(config, run, variants, echo, metric_suite)
+
+
+def _run_variants(
+    config: PipelineConfig,
+    run: Path,
+    variants: tuple[Variant, ...],
+    echo: Callable[[str], None],
+    metric_suite: Any,
+) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for variant in variants:
         variant_dir = run / "ablation" / variant.name
         _link_shared_stages(run, variant_dir)
-        outcomes = run_pipeline(variant_config(config, variant), variant_dir, **kwargs)
+        outcomes = run_pipeline(
+            variant_config(config, variant), variant_dir, echo=echo, metric_suite=metric_suite
+        )
         report = json.loads((variant_dir / "evaluation" / "metrics.json").read_text())
         rows[variant.name] = {
             "label": variant.label,

@@ -466,7 +466,7 @@ def run_pipeline(
     run = Path(run_dir)
     config = with_demo_faces(config, run) if demo_faces else config
     with run_folder(config, run, until, demo_faces=demo_faces):
-        return _run_stages(config, run, echo, until, metric_suite)
+        return run_stages(config, run, echo, until, metric_suite)
 
 
 DEMO_FACES = "demo-faces"  # RUN/demo-faces: the embedded demo faces (`demo_faces`)
@@ -514,9 +514,10 @@ PIPELINE_REPORTS = ("config.json", "versions.json", "pipeline.log")
 PIPELINE_TOOL = "m2u-pipeline"
 
 
-def _run_stages(
+def run_stages(
     config: PipelineConfig, run: Path, echo: Callable[[str], None], until: str, metric_suite: Any
 ) -> dict[str, StageOutcome]:
+    """Each stage up to `until`, in the run folder `run`, which the caller holds (`run_folder`)."""
     atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
     atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))
     log = _Logger(run / "pipeline.log", echo)

@@ -684,3 +684,58 @@ def test_demo_faces_are_written_only_for_a_run_that_goes_ahead_and_never_rewritt
     assert changed.exit_code == 2 and len(calls) == 4, changed.output
     assert f"{faces[1]} is not the demo face m2u writes there" in changed.output
     assert faces[1].read_bytes() == b"someone's edit"
+
+
+def test_an_ablation_holds_the_run_folder_from_its_shared_stages_to_its_table(tmp_path, monkeypatch):
+    """`ablate` locked RUN only while the shared dataset and M-Seg ran: between variants another run on RUN could
+    replace the M-Seg the later variants train with."""
+    from m2u.core.inputs import OutputFolderError, output_lock
+    from m2u.pipelines import run as pipeline_run
+    from m2u.pipelines.ablate import VARIANTS, run_ablation
+
+    run = tmp_path / "run"
+    another_run: list[str] = []
+
+    def gan() -> dict:
+        try:
+            with output_lock(run, pipeline_run.PIPELINE_TOOL):  # what a second m2u-pipeline run on RUN takes
+                another_run.append("went ahead")
+        except OutputFolderError as error:
+            another_run.append(str(error))
+        return {}
+
+    def stages(config, dirs, metric_suite):
+        def evaluation() -> dict:
+            dirs["evaluation"].mkdir(parents=True, exist_ok=True)
+            report = {"rows": {"m2u_composite": {"psnr": 30.0}}}
+            (dirs["evaluation"] / "metrics.json").write_text(json.dumps(report))
+            return {}
+
+        return {"dataset": dict, "mseg": dict, "gan": gan, "evaluation": evaluation}
+
+    monkeypatch.setattr(pipeline_run, "_stage_actions", stages)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    table = run_ablation(config, run, variants=VARIANTS[:2], echo=lambda _: None)
+    assert set(table["variants"]) == {VARIANTS[0].name, VARIANTS[1].name}
+    refused = f"another m2u-pipeline run is writing {run};"
+    assert len(another_run) == 2 and all(said.startswith(refused) for said in another_run), another_run
+    with output_lock(run, pipeline_run.PIPELINE_TOOL):  # and given back at the end
+        pass
+
+
+def test_an_ablation_whose_variants_cannot_run_is_refused_before_the_shared_stages(tmp_path, monkeypatch):
+    """The shared stages were checked only up to M-Seg: a device no evaluation can use was found after they ran."""
+    from m2u.pipelines.ablate import run_ablation
+
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    config = load_config("smoke", extra={"faces": [str(faces)], "evaluation": {"device": "tpu"}})
+    with pytest.raises(pipeline_run.PipelineRefused, match=r"`evaluation\.device`"):
+        run_ablation(config, tmp_path / "run", echo=lambda _: None)
+    assert not calls and not (tmp_path / "run").exists()
