@@ -2,8 +2,11 @@
 
 Run folder layout (self-describing)::
 
-    RUN/config.json        the resolved configuration (every option of every stage)
-    RUN/versions.json      library versions and the machine
+    RUN/config.json        the resolved configuration (every option of every stage) of the last run through every
+                           stage that made anything: what the report was made with (a config file that remakes it)
+    RUN/versions.json      that run's library versions and machine
+    RUN/config.latest.json the same two of the latest run, whatever it did (--until, stopped, failed)
+    RUN/versions.latest.json
     RUN/pipeline.log       what each invocation did (ran, skipped, resumed)
     RUN/dataset/           m2u-make-dataset output (+ stage.json)
     RUN/mseg/              M-Seg run: mseg.safetensors, checkpoints/, log.jsonl, tensorboard, grids
@@ -510,7 +513,11 @@ def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: boo
 
 
 # RUN's own files, at its top; recorded in its lock, so no other command writing such names there replaces them.
-PIPELINE_REPORTS = ("config.json", "versions.json", "pipeline.log")
+# The record of the last run through every stage (what the report was made with), and the latest run's, whatever it
+# did: a run stopped by --until, a stop or a failure never replaces the former (`run_stages`).
+FULL_RUN_RECORD = ("config.json", "versions.json")
+LATEST_RUN_RECORD = ("config.latest.json", "versions.latest.json")
+PIPELINE_REPORTS = (*FULL_RUN_RECORD, *LATEST_RUN_RECORD, "pipeline.log")
 PIPELINE_TOOL = "m2u-pipeline"
 
 
@@ -518,8 +525,9 @@ def run_stages(
     config: PipelineConfig, run: Path, echo: Callable[[str], None], until: str, metric_suite: Any
 ) -> dict[str, StageOutcome]:
     """Each stage up to `until`, in the run folder `run`, which the caller holds (`run_folder`)."""
-    atomic_write_text(run / "config.json", json.dumps(config_as_dict(config), indent=2))
-    atomic_write_text(run / "versions.json", json.dumps(library_versions(), indent=2))
+    record = (json.dumps(config_as_dict(config), indent=2), json.dumps(library_versions(), indent=2))
+    for name, text in zip(LATEST_RUN_RECORD, record, strict=True):
+        atomic_write_text(run / name, text)
     log = _Logger(run / "pipeline.log", echo)
     dirs = {name: run / name for name in STAGES}
     actions = _stage_actions(config, dirs, metric_suite)
@@ -547,9 +555,16 @@ def run_stages(
             raise
         outcomes[name] = outcome
         upstream = [*upstream, outcome.chain]
+    # A whole record of what made the outputs, rather than one merged stage by stage: config.json loads back as a
+    # config file that remakes them. Left alone when nothing ran (a rerun on another machine made nothing there).
+    whole = until == STAGES[-1]
+    made = not all(outcome.skipped for outcome in outcomes.values())
+    if whole and (made or not all((run / name).exists() for name in FULL_RUN_RECORD)):
+        for name, text in zip(FULL_RUN_RECORD, record, strict=True):
+            atomic_write_text(run / name, text)
     _note_stages_left_behind(run, until, upstream[-1], log)
     plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / "plots")
-    if all(outcome.skipped for outcome in outcomes.values()):
+    if not made:
         last = until != STAGES[-1]
         log(f"nothing to do: every stage{f' up to {until}' if last else ''} is up to date")
     for plot in plots:

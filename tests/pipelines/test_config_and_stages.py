@@ -739,3 +739,31 @@ def test_an_ablation_whose_variants_cannot_run_is_refused_before_the_shared_stag
     with pytest.raises(pipeline_run.PipelineRefused, match=r"`evaluation\.device`"):
         run_ablation(config, tmp_path / "run", echo=lambda _: None)
     assert not calls and not (tmp_path / "run").exists()
+
+
+def test_a_partial_or_stopped_run_keeps_the_record_of_the_last_full_run(tmp_path, monkeypatch):
+    """config.json and versions.json were written at every run's start: an --until run or one stopped midway
+    replaced the configuration the report was made with by its own."""
+    pipeline_run, run, _, calls = _finished_stubbed_run(tmp_path, monkeypatch)
+    faces = str(tmp_path / "faces")
+    full = {name: (run / name).read_bytes() for name in ("config.json", "versions.json")}
+    monkeypatch.setattr(pipeline_run, "library_versions", lambda: {"machine": "another"})
+    partial = load_config("smoke", extra={"faces": [faces], "mseg": {"max_steps": 7}})
+    pipeline_run.run_pipeline(partial, run, echo=lambda _: None, until="mseg")
+    assert json.loads((run / "config.latest.json").read_text())["mseg"]["max_steps"] == 7
+    assert json.loads((run / "versions.latest.json").read_text()) == {"machine": "another"}
+    stopped = load_config("smoke", extra={"faces": [faces], "gan": {"max_steps": 9}})
+    _stubbed_stages(monkeypatch, calls, stop_in="gan")
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(stopped, run, echo=lambda _: None)
+    assert json.loads((run / "config.latest.json").read_text())["gan"]["max_steps"] == 9
+    assert {name: (run / name).read_bytes() for name in full} == full
+    _stubbed_stages(monkeypatch, calls)
+    pipeline_run.run_pipeline(stopped, run, echo=lambda _: None)  # through every stage: now the full run's
+    assert json.loads((run / "config.json").read_text())["gan"]["max_steps"] == 9
+    assert json.loads((run / "versions.json").read_text()) == {"machine": "another"}
+    monkeypatch.setattr(pipeline_run, "library_versions", lambda: {"machine": "a third"})
+    said: list[str] = []
+    pipeline_run.run_pipeline(stopped, run, echo=said.append)
+    assert said[-1] == "nothing to do: every stage is up to date"
+    assert json.loads((run / "versions.json").read_text()) == {"machine": "another"}  # nothing was made here
