@@ -81,7 +81,6 @@ def _prepare(kw: dict) -> PipelineConfig | None:
 
     demo = Path(kw["run_dir"]) / DEMO_FACES if kw["demo_faces"] else None
     # -q / --no-progress as every command has them: each stage's progress off, before the --set items (which win).
-
     quiet = () if progress_of(kw) else tuple(f"{stage}.progress=false" for stage in STAGES)
     config = _resolve(config_file, kw["preset"], tuple(inputs), demo, (*quiet, *kw["sets"]))
     if kw["print_config"]:
