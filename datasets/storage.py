@@ -522,10 +522,20 @@ def _put_record(fs, root: str, entries: dict[str, dict[str, Any]]) -> None:
     _send(fs, f"{root}/{UPLOAD_RECORD_NAME}", data=text.encode())
 
 
+# fsspec protocols of file systems with real folders, which refuse a file whose folder is missing. Object stores
+# have none, and must never be asked to make one: s3fs's makedirs creates a missing bucket.
+FOLDER_PROTOCOLS = frozenset({"file", "local", "sftp", "ssh", "ftp", "smb", "hdfs", "arrow_hdfs"})
+
+
+def _has_folders(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(protocol in FOLDER_PROTOCOLS for protocol in protocols)
+
+
 def _send(fs, target: str, *, data: bytes | None = None, source: Path | None = None) -> None:
-    """Write one file at the URL (`data`, or the local file `source`). Object stores have no folders, but file
-    systems that do (local://, sftp://, hdfs://) refuse a file whose folder is missing: the folder is made on that
-    FileNotFoundError and the write tried once more, so object stores pay no extra request per file."""
+    """Write one file at the URL (`data`, or the local file `source`). On a file system with folders (local://,
+    sftp://, hdfs://) a write refused for a missing folder makes the folder and is tried once more (object stores
+    pay no extra request, and a missing bucket stays missing: its error is the caller's)."""
 
     def write() -> None:
         if source is None:
@@ -536,8 +546,8 @@ def _send(fs, target: str, *, data: bytes | None = None, source: Path | None = N
     try:
         write()
     except FileNotFoundError:
-        if source is not None and not source.is_file():
-            raise  # the local file is what is missing
+        if not _has_folders(fs) or (source is not None and not source.is_file()):
+            raise  # a missing bucket, or the local file is what is missing
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
         write()
 
