@@ -159,11 +159,17 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     if mode == "RGB" and "transparency" not in img.info:
         return np.array(img)  # one copy, straight from Pillow's buffer
     if mode in _WIDE_GREY:
-        # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling, so scale ourselves.
+        # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling, so scale ourselves. A 16-bit file
+        # (I;16*) is scaled from 16 bits whatever its values: guessing 8 bits when none exceeded 255 made a dark
+        # 16-bit photo 256 times brighter, and one pixel of 256 turned it black. Mode I (32-bit integers, e.g. a
+        # TIFF) declares no range, so there its values still decide.
         grey: np.ndarray = np.asarray(img).astype(np.uint32)
-        if mode == "I" and grey.max(initial=0) > 65535:
-            grey = grey >> 16
-        grey8 = (grey >> 8).astype(np.uint8) if grey.max(initial=0) > 255 else grey.astype(np.uint8)
+        if mode == "I":
+            if grey.max(initial=0) > 65535:
+                grey = grey >> 16
+            grey8 = (grey >> 8).astype(np.uint8) if grey.max(initial=0) > 255 else grey.astype(np.uint8)
+        else:
+            grey8 = (grey >> 8).astype(np.uint8)
         alpha = _keyed_alpha(img)
         if alpha is not None:
             grey8[alpha == 0] = 255  # its transparent grey level shown on white, as the other modes' alpha

@@ -428,3 +428,18 @@ def test_the_digest_cache_reads_a_file_again_only_once_it_changed(tmp_path, monk
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(ImageReadError):
         again.sha256(tmp_path / "fifo")  # never blocks on a FIFO
+
+
+def test_a_16_bit_grey_file_is_scaled_from_16_bits_whatever_its_values(tmp_path):
+    """A dark 16-bit photo (no level above 255) was read as 8 bits, 256 times brighter; one level of 256 more and
+    the same photo came out black: the scale is the file's bit depth, not a guess from its values."""
+    levels = (np.arange(20 * 30).reshape(20, 30) % 250).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "dark.png")
+    levels[0, 0] = 256
+    Image.fromarray(levels).save(tmp_path / "one_brighter.png")
+    dark, brighter = read_image(tmp_path / "dark.png"), read_image(tmp_path / "one_brighter.png")
+    assert dark.max() == 0  # 249 of 65535: black in 8 bits
+    assert np.array_equal(dark[1:], brighter[1:])  # one pixel does not rescale the others
+    bright = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
+    Image.fromarray(bright).save(tmp_path / "bright.png")
+    assert np.array_equal(read_image(tmp_path / "bright.png")[..., 0], (bright >> 8).astype(np.uint8))
