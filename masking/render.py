@@ -64,8 +64,9 @@ from m2u.masking.warp import grid_point, warp_texture
 # pixels, so a dataset build never resumes across engines (m2u.datasets.build fingerprints it) and every result says
 # which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
 # and wider over the cheeks, where real masks sit (PlacementConfig's defaults); 3: each face's mask worn higher or
-# lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread.
-RENDER_VERSION = 3
+# lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread; 4: the 68 points of a
+# face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright).
+RENDER_VERSION = 4
 # The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
 PLACEMENT_STREAM = 1
 # What a record written before render versions existed (a build state, a commit marker, a face pack) was drawn by.

@@ -36,7 +36,8 @@ def test_the_hog_ladder_decides_when_blazeface_finds_nothing(small_portrait, mon
 
     monkeypatch.setattr("m2u.masking.blazeface.blazeface_detect", nothing)
     (face,) = FaceDetector().detect(small_portrait)
-    assert calls == ["short"] and face.detector == "hog"
+    # the detection pass once; then the roll of the face HOG found is read on its box (`box_roll`)
+    assert calls == ["short", "short"] and face.detector == "hog"
 
 
 def test_the_hog_ladder_decides_when_the_landmarks_disagree_with_the_keypoints(small_portrait):
