@@ -186,8 +186,9 @@ def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskCon
     if not entries:
         raise ValueError("the mask code is empty: give entries like 'cloth-#e54294, N95, surgical_blue'")
     configs = []
+    names = load_template_pack(base.pack).names if base.pack else MASK_TYPES
     for entry in entries:
-        mask_type, _, extra = entry.partition("-")
+        mask_type, extra = _split_code_entry(entry, names)
         if mask_type.strip().lower() == ALL_TYPES:
             raise ValueError(f"mask code entry {entry!r}: 'all' is not one mask; list the types instead")
         color, pattern = base.color, base.pattern
@@ -213,6 +214,18 @@ def parse_mask_code(code: str, base: MaskConfig = MaskConfig()) -> tuple[MaskCon
         except ValueError as exc:
             raise ValueError(f"mask code entry {entry!r}: {exc}") from None
     return tuple(configs)
+
+
+def _split_code_entry(entry: str, names: Sequence[str]) -> tuple[str, str]:
+    """A `--code` entry as (type, what follows its "-"): after the longest type name it starts with (in any case;
+    a pack's section names may hold "-" themselves, so "surgical-v2-#ff0000" is type "surgical-v2"), else at its
+    first "-" (the type then refused by name if there is none such)."""
+    lowered = entry.lower()
+    for name in sorted(names, key=len, reverse=True):
+        if lowered == name.lower() or lowered.startswith(name.lower() + "-"):
+            return entry[: len(name)], entry[len(name) + 1 :]
+    mask_type, _, extra = entry.partition("-")
+    return mask_type, extra
 
 
 def _code_texture(text: str, pack: str | None) -> str:

@@ -274,14 +274,18 @@ def test_pack_paths_never_reach_a_folder_above_the_pack(checkout, tmp_path):
     )
 
 
-def _opaque_pack(folder: Path, anchors: dict[str, tuple[int, int]]) -> Path:
-    """A pack of one opaque 200 x 200 template with the anchors given."""
+def _opaque_pack(
+    folder: Path, anchors: dict[str, tuple[int, int]], sections: tuple[str, ...] = ("tpl",)
+) -> Path:
+    """A pack of one opaque 200 x 200 template with the anchors given, under each section name given."""
     folder.mkdir(parents=True)
     image = np.full((200, 200, 4), 255, np.uint8)
     image[..., :3] = (np.indices((200, 200)).sum(0)[..., None] * 255 // 398).astype(np.uint8)  # a smooth ramp
     cv2.imwrite(str(folder / "tpl.png"), image)
     entries = "".join(f"mask_{k} = {x}, {y}\n" for k, (x, y) in anchors.items())
-    (folder / "masks.cfg").write_text(f"[tpl]\ntemplate = tpl.png\n{entries}")
+    (folder / "masks.cfg").write_text(
+        "".join(f"[{name}]\ntemplate = tpl.png\n{entries}\n" for name in sections)
+    )
     return folder
 
 
@@ -321,3 +325,20 @@ def test_masktheface_kn95_pose_variants_have_no_gap_down_the_middle(checkout):
         alpha = pack.templates[name].alpha
         middle = alpha.shape[1] // 2
         assert float(alpha[20:-20, middle - 4 : middle + 4].min()) > 0.99, name
+
+
+def test_mask_code_takes_pack_names_that_hold_a_dash(tmp_path):
+    """`--code` split each entry at its first "-", so a pack's "surgical-v2" was read as type "surgical"."""
+    square = {"a": (15, 20), "b": (100, 20), "c": (190, 20), "d": (15, 180), "e": (100, 180), "f": (190, 180)}
+    pack = str(_opaque_pack(tmp_path / "pack", square, ("surgical", "surgical-v2")))
+    configs = parse_mask_code(
+        "surgical-v2, SURGICAL-V2-#ff0000, surgical-#00ff00, surgical", MaskConfig(pack=pack)
+    )
+    assert [(c.mask_type, c.color) for c in configs] == [
+        ("surgical-v2", MaskConfig().color),
+        ("surgical-v2", "#ff0000"),
+        ("surgical", "#00ff00"),
+        ("surgical", MaskConfig().color),
+    ]
+    with pytest.raises(ValueError, match="'surgical-v3'|surgical-v3"):
+        parse_mask_code("surgical-v3-#ff0000", MaskConfig(pack=pack))
