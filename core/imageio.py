@@ -242,8 +242,8 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *("I;16", "I;16L", "I;16B", 
 
 
 def _copy_losses(img: Image.Image) -> tuple[str, ...]:
-    """What a copy of `img` (opened, not yet loaded) written by `write_photo` loses: m2u works in 8 bits a channel
-    and writes one frame."""
+    """What a copy of `img` (opened, not yet loaded) written by m2u loses: m2u works in 8 bits a channel and
+    writes one frame."""
     losses = []
     raw_modes = []
     for tile in getattr(img, "tile", None) or ():
@@ -257,7 +257,7 @@ def _copy_losses(img: Image.Image) -> tuple[str, ...]:
         losses.append("a 16-bit image, written with 8 bits a channel")
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > 1:
-        losses.append(f"frame 1 of {frames} restored and written; the other frames are not in the copy")
+        losses.append(f"frame 1 of {frames} only: the other frames are not in the copy")
     return tuple(losses)
 
 

@@ -43,7 +43,7 @@ from m2u.core.fileio import (
 )
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import describe_os_error, stop_of, stops_the_run
-from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_photo
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
@@ -66,6 +66,8 @@ REPORT_NAME = "report.csv"
 # mask off the mouth...), error (unreadable input or a failure of ours). mask_type: the type asked for.
 # `output`: the masked photo written (its _mask.png and .json beside it), "" where none was
 REPORT_FIELDS = ("path", "status", "faces", "reason", "mask_type", "output")
+# The outputs are a JPEG and a mask: a transparent photo's masked copy shows its transparent areas white.
+TRANSPARENCY_LOST = "transparency: written as a JPEG, its transparent areas white"
 # Every status but NOT_MASKED, which only m2u-unmask gives (faces found, none wears a mask).
 STATUSES = tuple(s for s in Status if s is not Status.NOT_MASKED)
 JPEG_QUALITY = 95
@@ -248,12 +250,17 @@ def _read(
     }
     if not problem:
         try:
-            image = read_image(file, max_pixels=job.max_pixels)
+            photo = read_photo(file, max_pixels=job.max_pixels)
         except ImageReadError as exc:
             row["reason"] = exc.reason
         else:
             row["read"] = 1
-            return row, image
+            # Not a report column either: what the outputs cannot keep of the photo, said in the rows that write
+            # them (m2u-unmask's rows say the same of its copies).
+            row["losses"] = "; ".join(
+                (*photo.losses, *([TRANSPARENCY_LOST] if photo.alpha is not None else []))
+            )
+            return row, photo.rgb
     return [dict(row) for _ in masks]
 
 
@@ -334,7 +341,7 @@ def _mask_and_write(
         for m in metas
         if m["retry"]
     ]
-    row["reason"] = "; ".join(failures + low)
+    row["reason"] = "; ".join([*([str(row["losses"])] if row.get("losses") else []), *failures, *low])
     if not metas:
         row["status"] = (
             Status.REFUSED.value

@@ -65,7 +65,8 @@ from m2u.masking.warp import grid_point, warp_texture
 # which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
 # and wider over the cheeks, where real masks sit (PlacementConfig's defaults); 3: each face's mask worn higher or
 # lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread; 4: the 68 points of a
-# face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright).
+# face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright), and
+# a black-and-white photo's mask drawn grey.
 RENDER_VERSION = 4
 # The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
 PLACEMENT_STREAM = 1
@@ -569,6 +570,11 @@ def apply_mask(
     return result
 
 
+def _is_grey(image: np.ndarray) -> bool:
+    """Whether every pixel of an RGB image has three equal channels (a black-and-white photo)."""
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+
+
 class _RenderCheckError(MaskingError):
     """A drawn mask that fails `_verify`: the one refusal a shift of the top edge can cause and apply_mask retries
     unshifted (build_mesh retries its own mesh checks; a face too small or implausible fails either way)."""
@@ -612,6 +618,11 @@ def _draw(
     body = warp_texture(texture, mesh.grid, origin, shape, cylinder_gain(texture.shape[1], mesh.yaw))
     colour, alpha = _body_over_straps(body, _strap_layers(straps, origin, shape), config.coverage_threshold)
     out, mask = _paint(image, box, colour, alpha, config, mesh.eye_distance)
+    if _is_grey(image):
+        # A black-and-white photo gets a grey mask: a coloured one made a pair no camera takes (and a dataset's
+        # masked side the only one in colour). Its grey pixels keep their level (OpenCV's weights sum to 1).
+        region = out[y0:y1, x0:x1]
+        region[:] = cv2.cvtColor(cv2.cvtColor(region, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     if config.verify:
         try:
             _verify(mask, landmarks, box)

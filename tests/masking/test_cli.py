@@ -172,3 +172,35 @@ def test_quiet_means_one_summary_line_even_from_the_native_detector(tmp_path, ce
     assert "XNNPACK" not in done.stderr and done.stderr.count("\n") == 1, (
         done.stderr
     )  # LiteRT's INFO line gone
+
+
+def test_the_rows_say_what_the_outputs_cannot_keep_and_a_grey_photo_stays_grey(tmp_path, astronaut_portrait):
+    """m2u-mask wrote a transparent PNG's copy as a JPEG on white and an animated GIF's first frame without a word,
+    and drew colour masks on black-and-white photos (a pair no camera takes)."""
+    import cv2
+
+    from m2u.masking.batch import TRANSPARENCY_LOST
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rgba = np.dstack([astronaut_portrait, np.full((200, 200), 255, np.uint8)])
+    rgba[:20, :20, 3] = 0
+    Image.fromarray(rgba).save(src / "clear.png")
+    frames = [Image.fromarray(astronaut_portrait), Image.fromarray(astronaut_portrait[:, ::-1].copy())]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    grey = cv2.cvtColor(astronaut_portrait, cv2.COLOR_RGB2GRAY)
+    Image.fromarray(grey).save(src / "grey.png")
+    Image.fromarray(astronaut_portrait).save(src / "plain.png")
+    assert CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet", "--color", "red"]).exit_code == 0
+    rows = {Path(r["path"]).name: r for r in _report(out)}
+    assert {name: row["status"] for name, row in rows.items()} == dict.fromkeys(rows, "ok")
+    assert rows["clear.png"]["reason"] == TRANSPARENCY_LOST
+    assert rows["anim.gif"]["reason"].startswith("frame 1 of 2 only")
+    assert rows["plain.png"]["reason"] == rows["grey.png"]["reason"] == ""
+    greyed = np.asarray(Image.open(out / "grey_surgical_mask.png")) > 0
+    masked = np.asarray(Image.open(out / "grey_surgical.jpg")).astype(int)
+    assert greyed.any() and np.abs(masked[..., 0] - masked[..., 2])[greyed].max() <= 3  # JPEG's rounding only
+    coloured = np.asarray(Image.open(out / "plain_surgical.jpg")).astype(int)
+    assert (
+        np.abs(coloured[..., 0] - coloured[..., 2])[greyed].mean() > 50
+    )  # red where the colour photo is masked
