@@ -527,17 +527,14 @@ class FaceDetector:
             ]
         )
         # Rolled faces fitted again upright, by BlazeFace's own roll (its keypoints hold at any roll).
-        rolled = [
-            (i, j, blazeface_roll(d.keypoints))
-            for i, detections in enumerate(found)
-            for j, d in enumerate(detections)
-            if abs(blazeface_roll(d.keypoints)) > UPRIGHT_FIT_ROLL
+        fitted = [
+            refit_rolled(
+                fit,
+                [(image, blazeface_dlib_box(d.keypoints), p, d.keypoints) for d, p in zip(found_, points)],
+                self.config.blazeface_max_keypoint_error,
+            )
+            for image, found_, points in zip(images, found, fitted)
         ]
-        refits = fit_upright(
-            fit, [(images[i], blazeface_dlib_box(found[i][j].keypoints), roll) for i, j, roll in rolled]
-        )
-        for (i, j, _), refit in zip(rolled, refits, strict=True):
-            fitted[i][j] = refit
         results = []
         for image, detections, points in zip(images, found, fitted):
             faces = self._blazeface_faces(image, detections, points) if detections else []
@@ -590,13 +587,12 @@ class FaceDetector:
         ]
         fit = landmark_fit(self.config.landmarks)
         fitted = fit([(image, boxes)])[0]
-        # Rolled faces fitted again upright (`box_roll`: the first fit on a rolled face leans back towards upright).
-        rolled = [(k, box_roll(image, boxes[k], points)) for k, points in enumerate(fitted)]
-        rolled = [(k, roll) for k, roll in rolled if abs(roll) > UPRIGHT_FIT_ROLL]
-        for (k, _), points in zip(
-            rolled, fit_upright(fit, [(image, boxes[k], roll) for k, roll in rolled]), strict=True
-        ):
-            fitted[k] = points
+        # Rolled faces fitted again upright, by BlazeFace's keypoints on each box (HOG gives none).
+        fitted = refit_rolled(
+            fit,
+            [(image, box, points, box_keypoints(image, box)) for box, points in zip(boxes, fitted)],
+            self.config.blazeface_max_keypoint_error,
+        )
         faces = []
         for (_, score), corners, points in zip(found, boxes, fitted):
             retry = model == "hog" and threshold < first_threshold
@@ -661,10 +657,10 @@ def landmark_roll(points: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(eyes[1], eyes[0])))
 
 
-def box_roll(image: np.ndarray, box: Box, points: np.ndarray) -> float:
-    """The roll of the face in `box` (degrees, as `landmark_roll`): BlazeFace's, run on a square twice the box's
-    side around it (its keypoints hold at any roll), else that of the 68 points `points` fitted in the box, which
-    on a rolled face lean back towards upright (CelebA photos turned 45 degrees: fits rolled 2-15 degrees)."""
+def box_keypoints(image: np.ndarray, box: Box) -> np.ndarray | None:
+    """BlazeFace's six keypoints (image pixels) of the face in `box`, run on a square twice the box's side around it
+    (its keypoints hold at any roll): the detection whose eyes' midpoint lies in the box, upright or rolled, never
+    upside down (the orientation check's question, not the fit's); None where it finds none such."""
     from m2u.masking.blazeface import BlazeFaceUnavailable, blazeface_detect
 
     left, top, right, bottom = box
@@ -678,14 +674,38 @@ def box_roll(image: np.ndarray, box: Box, points: np.ndarray) -> float:
         found = blazeface_detect(np.ascontiguousarray(square), _BLAZEFACE_MODEL, 0.5)
     except BlazeFaceUnavailable:
         found = []
-    # The detection of this face: its eyes' midpoint inside the box; upright or rolled, never upside down (that is
-    # the orientation check's question, not the fit's).
     for detection in found:
-        eyes = (detection.keypoints[0] + detection.keypoints[1]) / 2 + origin
-        inside = left <= eyes[0] <= right and top <= eyes[1] <= bottom
-        if inside and abs(blazeface_roll(detection.keypoints)) < 90:
-            return blazeface_roll(detection.keypoints)
-    return landmark_roll(points)
+        keypoints = detection.keypoints + origin
+        eyes = (keypoints[0] + keypoints[1]) / 2
+        if left <= eyes[0] <= right and top <= eyes[1] <= bottom and abs(blazeface_roll(keypoints)) < 90:
+            return keypoints
+    return None
+
+
+def refit_rolled(
+    fit: Fit, faces: Sequence[tuple[np.ndarray, Box, np.ndarray, np.ndarray | None]], max_error: float
+) -> list[np.ndarray]:
+    """Each face's 68 points (image, box, first fit, BlazeFace's keypoints or None), fitted again upright
+    (`fit_upright`) where it is rolled by more than UPRIGHT_FIT_ROLL: by its keypoints' roll, else by the first
+    fit's (which on a rolled face leans back towards upright: CelebA photos turned 45 degrees gave fits rolled
+    2-15 degrees). The refit is kept unless it misses the keypoints by more than `max_error` eye distances
+    (`keypoint_agreement`, DetectorConfig.blazeface_max_keypoint_error) where the first fit did not: where
+    BlazeFace's keypoints tilt a face that is upright (one CelebA face in 121: 16 degrees against dlib's 0.8),
+    turning it put the refit off them, and lost the face. (Not "the one nearer the keypoints": they are 0.1 eye
+    distances from the true points at best, too coarse to choose between two good fits.)"""
+    rolls = [
+        blazeface_roll(keypoints) if keypoints is not None else landmark_roll(points)
+        for _, _, points, keypoints in faces
+    ]
+    rolled = [k for k, roll in enumerate(rolls) if abs(roll) > UPRIGHT_FIT_ROLL]
+    refits = fit_upright(fit, [(faces[k][0], faces[k][1], rolls[k]) for k in rolled])
+    points = [first for _, _, first, _ in faces]
+    for k, refit in zip(rolled, refits, strict=True):
+        keypoints = faces[k][3]
+        lost = keypoints is not None and keypoint_agreement(keypoints, refit) > max_error
+        if not lost or keypoint_agreement(keypoints, points[k]) > max_error:
+            points[k] = refit
+    return points
 
 
 def fit_upright(fit: Fit, faces: Sequence[tuple[np.ndarray, Box, float]]) -> list[np.ndarray]:

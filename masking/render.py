@@ -558,16 +558,29 @@ def apply_mask(
     # From a stream of its own: the ground-truth mask depends on the geometry alone, never on which colour or print
     # the appearance draws took, and a seed keeps the appearance it drew before render version 3.
     top_shift = draw_top_shift(np.random.default_rng([seed, PLACEMENT_STREAM]), config.placement)
-    try:
-        return _draw(image, landmarks, config, seed, resolved, finish, top_shift)
-    except _RenderCheckError:
-        if not top_shift:
-            raise
     # A face whose shifted mask fails the render checks (an eye landmark covered or a nostril left bare, mostly on
     # faces a few pixels across) gets the unshifted mask before it is refused, as a failed mesh does in build_mesh.
-    result = _draw(image, landmarks, config, seed, resolved, finish, 0.0)
-    result.meta["fallback"] = "unshifted"
-    return result
+    # A pack's side view (`<name>_left` / `_right`) is then tried as its front template: MaskTheFace's side views
+    # put their outer anchors past the ear loops, so their mask ends short of the near jaw, and on 20 of 144 turned
+    # CelebA faces left the mouth or a nostril bare (the front one, on m2u's turned mesh, covers them).
+    attempts = [(top_shift, True), *([(0.0, True)] if top_shift else [])]
+    if config.pack:
+        attempts += [(shift, False) for shift, _ in attempts]
+    for attempt, (shift, side_view) in enumerate(attempts):
+        try:
+            result = _draw(image, landmarks, config, seed, resolved, finish, shift, side_view)
+        except _RenderCheckError:
+            if attempt == len(attempts) - 1:
+                raise
+            continue
+        fallback = [
+            *(["unshifted"] if shift != top_shift else []),
+            *([] if side_view else ["front template"]),
+        ]
+        if fallback:  # after the mesh's own (build_mesh's), if it took one
+            result.meta["fallback"] = ", ".join([*filter(None, [result.meta.get("fallback")]), *fallback])
+        return result
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _is_grey(image: np.ndarray) -> bool:
@@ -588,12 +601,14 @@ def _draw(
     resolved: tuple,
     finish: Finish | None,
     top_shift: float,
+    side_view: bool = True,
 ) -> MaskResult:
-    """apply_mask's drawing of the resolved mask with the top edge shifted by `top_shift`."""
+    """apply_mask's drawing of the resolved mask with the top edge shifted by `top_shift`; `side_view=False`
+    draws a pack's front template whatever the face's pose."""
     mask_type, color, pattern, color_weight, pattern_weight = resolved
     mesh = build_mesh(landmarks, config.placement, top_shift)
     if config.pack:
-        template = load_template_pack(config.pack).get(mask_type, mesh.pose)
+        template = load_template_pack(config.pack).get(mask_type, mesh.pose if side_view else "front")
     else:
         template = get_template(mask_type)
 

@@ -342,3 +342,23 @@ def test_mask_code_takes_pack_names_that_hold_a_dash(tmp_path):
     ]
     with pytest.raises(ValueError, match="'surgical-v3'|surgical-v3"):
         parse_mask_code("surgical-v3-#ff0000", MaskConfig(pack=pack))
+
+
+def test_a_side_view_that_leaves_the_mouth_bare_falls_back_to_the_front_template(checkout, celeba_dir):
+    """MaskTheFace's surgical side views end short of the near jaw (their outer anchors lie past the ear loops):
+    on this turned face all three left a mouth corner bare and were refused. The front template is drawn instead,
+    and the result says so."""
+    from m2u.masking import apply_mask, read_image
+    from m2u.masking.detect import FaceDetector
+
+    photo = celeba_dir / "3026_006167.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not in the shared photos")
+    image = read_image(photo)
+    face = FaceDetector(DetectorConfig()).detect(image)[0]
+    for mask_type in ("surgical", "surgical_blue", "surgical_green"):
+        result = apply_mask(image, face, MaskConfig(mask_type=mask_type, pack=str(checkout)), seed=0)
+        assert result.meta["template"] == mask_type and "front template" in result.meta["fallback"]
+    # where the side view fits, it is drawn as before
+    result = apply_mask(image, face, MaskConfig(mask_type="cloth", pack=str(checkout)), seed=0)
+    assert result.meta["template"] == "cloth_left" and "front" not in (result.meta.get("fallback") or "")
