@@ -702,8 +702,11 @@ def refit_rolled(
     points = [first for _, _, first, _ in faces]
     for k, refit in zip(rolled, refits, strict=True):
         keypoints = faces[k][3]
-        lost = keypoints is not None and keypoint_agreement(keypoints, refit) > max_error
-        if not lost or keypoint_agreement(keypoints, points[k]) > max_error:
+        if (
+            keypoints is None
+            or keypoint_agreement(keypoints, refit) <= max_error
+            or keypoint_agreement(keypoints, points[k]) > max_error
+        ):
             points[k] = refit
     return points
 
