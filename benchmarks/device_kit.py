@@ -10,9 +10,9 @@ fine-tuned from the shipped model on the realism engine's masks with the photome
 steps as the lease allows; its file comes back in OUT to be measured here (`benchmarks/real_mask_seg.py --mseg`;
 `benchmarks/real_masks.py --model` takes a package folder holding it beside the shipped generator):
 
-    python benchmarks/device_kit.py prepare --size 128 --store-size 128          # here, once: a 128 px pack
-    bash benchmarks/device_run.sh --networks mseg --init-from inference/pretrained/m2unet-celeba-128 \
-        --augment --lr 2e-4 --batch-size 64 --check-seconds 0                     # there
+    python benchmarks/device_kit.py prepare --kit .kit128 --size 128 --store-size 128   # here, once: a 128 px kit
+    M2U_KIT=.kit128 bash benchmarks/device_run.sh --networks mseg \
+        --init-from inference/pretrained/m2unet-celeba-128 --augment --lr 2e-4 --batch-size 64 --check-seconds 0
 
 `prepare` (what `make device-kit` runs; resumable, nothing it finished is redone):
   1. wheels for the device's Python 3.12 of what its image lacks (DEVICE_WHEELS) into .kit/wheels (carried), and
@@ -26,8 +26,9 @@ steps as the lease allows; its file comes back in OUT to be measured here (`benc
 `run` (what device_run.sh runs after installing the wheels): preflight, the GPU check (a subset of
 benchmarks/gpu_check.py), M-Seg then the GAN on on-the-fly pairs within the wall-clock budget, evaluation on
 the pack's test pairs at 256 and downscaled to 128 next to the shipped 128 model, and the package
-(m2unet-celeba-256: fp16 weights + model card). $OUT gets at most 8 files: device_run.json, gpu_check.json, log.txt
-(device_run.sh), grid.png and the package's four files. With `--networks mseg`: M-Seg alone, its test Dice on the
+(m2unet-celeba-256: fp16 weights + model card). $OUT gets 5 files, of the 8 a device sends back: device_run.json,
+gpu_check.json, log.txt (device_run.sh), grid.png and the package as one tar, m2unet-celeba-256.tar (its five files
+and m2u's record as a folder would be 10: `tar -xf m2unet-celeba-256.tar` here gives the folder). With `--networks mseg`: M-Seg alone, its test Dice on the
 pack's pairs next to the starting model's (`--init-from`), and OUT/mseg.safetensors.
 """
 
@@ -42,6 +43,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -592,12 +594,13 @@ def compare_with_shipped(
 
 
 def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """fp16 weights + model card into OUT/m2unet-celeba-256 (the shipped package's layout)."""
+    """fp16 weights + model card in the shipped package's layout (WORK/m2unet-celeba-256), sent as one tar,
+    OUT/m2unet-celeba-256.tar: a device sends back at most 8 files, and the folder alone holds 6."""
     from m2u.inference.pretrained import GENERATOR_FILE, MSEG_FILE, write_checksums
     from m2u.inference.pretrained.card import evaluation_section, write_model_card
     from m2u.training.checkpoint import load_model, m2u_version, read_run_config_dict, save_model
 
-    folder = out / PACKAGE_NAME
+    folder = work / PACKAGE_NAME
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, source in ((MSEG_FILE, work / "mseg" / "mseg.safetensors"),
@@ -628,7 +631,12 @@ def package(args: argparse.Namespace, work: Path, out: Path, report: dict[str, A
     }
     write_model_card(folder, card)
     write_checksums(folder)  # verified whenever the shipped model loads
-    return {"folder": str(folder), "files": files}
+    archive = out / f"{PACKAGE_NAME}.tar"
+    with tarfile.open(archive, "w") as tar:  # uncompressed: fp16 weights do not shrink
+        for path in sorted(folder.iterdir()):
+            if not path.name.startswith("."):  # m2u's record of what it wrote there stays behind
+                tar.add(path, arcname=f"{PACKAGE_NAME}/{path.name}")
+    return {"archive": str(archive), "files": files}
 
 
 def _copy_grid(work: Path, out: Path) -> None:

@@ -240,7 +240,7 @@ def unmask_main(**kw) -> None:
         )
         click.echo(
             f"note: {len(earlier)} restoration(s) of an earlier run here are kept but not in this report (their photos "
-            f"were not given this time): {named}",
+            f"were not given this time, or were written under other names, e.g. in another --format): {named}",
             err=True,
         )
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")

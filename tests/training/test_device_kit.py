@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,11 @@ def test_rehearsal_runs_the_device_command_end_to_end(tmp_path):
     assert all(p.stat().st_size < 16 * 2**20 for p in files)
     names = {p.relative_to(out).as_posix() for p in files}
     package = device_kit.PACKAGE_NAME
-    assert {"device_run.json", "gpu_check.json", "log.txt", f"{package}/generator.safetensors",
-            f"{package}/mseg.safetensors", f"{package}/MODEL_CARD.md", f"{package}/card.json"} <= names  # fmt: skip
+    assert {"device_run.json", "gpu_check.json", "log.txt", f"{package}.tar"} <= names
+    with tarfile.open(out / f"{package}.tar") as tar:
+        members = set(tar.getnames())
+    assert {f"{package}/{name}" for name in ("generator.safetensors", "mseg.safetensors", "MODEL_CARD.md",
+            "card.json", "checksums.json")} == members  # fmt: skip
     report = json.loads((out / "device_run.json").read_text())
     assert "error" not in report
     assert set(report["phases"]) == {"preflight", "gpu_check", "training", "evaluation", "package"}
