@@ -65,8 +65,9 @@ from m2u.masking.warp import grid_point, warp_texture
 # which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
 # and wider over the cheeks, where real masks sit (PlacementConfig's defaults); 3: each face's mask worn higher or
 # lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread; 4: the 68 points of a
-# face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright), and
-# a black-and-white photo's mask drawn grey.
+# face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright), a
+# black-and-white photo's mask drawn grey, straps ending short of the eyes, a pack's side view that fails the checks
+# drawn as its front template.
 RENDER_VERSION = 4
 # The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
 PLACEMENT_STREAM = 1
@@ -267,6 +268,7 @@ def _strap_polylines(
     """Image-space polylines (points, width px, rgb) for the template's straps on the visible sides; `hidden`: per
     side, the share of each strap near the ear that hair covers (not drawn)."""
     frame = mesh.frame
+    eyes = frame.to_frame(landmarks[EYES])
     out = []
     for strap, ends in zip(template.straps, template.strap_ends):
         if ends is None:
@@ -281,8 +283,24 @@ def _strap_polylines(
             length = float(np.hypot(*(end - start)))
             control = 0.5 * (start + end) + np.array([0.0, strap.bow * length])
             curve = cut_strap(_STRAP_BASIS @ np.stack([start, control, end]), hidden[side])
-            out.append((frame.to_image(curve), strap.width * frame.scale, strap.rgb))
+            curve = _short_of_the_eyes(curve, eyes, strap.width)
+            if len(curve) >= 2:
+                out.append((frame.to_image(curve), strap.width * frame.scale, strap.rgb))
     return out
+
+
+# How near an eye landmark a strap may come, in eye distances (the face frame's unit) beyond its half width: a head
+# strap bound for the far ear of a half-turned face ran to the outer eye corner (16 of 200 CelebA gas masks had
+# strap pixels within 0.15 eye distances of an eye's outline, 1 N95; at 0.15 here still 14, at 0.25 none).
+STRAP_EYE_CLEARANCE = 0.25
+
+
+def _short_of_the_eyes(curve: np.ndarray, eyes: np.ndarray, width: float) -> np.ndarray:
+    """A strap polyline (face frame, from the mask outwards) ending before its first point within
+    STRAP_EYE_CLEARANCE (plus half its width) of an eye landmark: there it passes behind the head."""
+    distance = np.hypot(*(curve[:, None, :] - eyes[None, :, :]).transpose(2, 0, 1)).min(axis=1)
+    near = np.flatnonzero(distance < STRAP_EYE_CLEARANCE + width / 2)
+    return curve if not len(near) else curve[: near[0]]
 
 
 def _keep_attached(coverage: np.ndarray, body_alpha: np.ndarray, threshold: float) -> np.ndarray | None:

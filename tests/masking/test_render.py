@@ -317,3 +317,31 @@ def test_a_shifted_mask_that_fails_the_render_checks_is_drawn_unshifted_before_t
     monkeypatch.setattr(render, "_verify", lambda *a: (_ for _ in ()).throw(MaskingError("always")))
     with pytest.raises(MaskingError, match="always"):
         apply_mask(skin_image, landmarks, config, seed=seed)
+
+
+@pytest.mark.parametrize("name", ["3055_005574", "2138_011302"])
+def test_a_head_strap_stops_short_of_the_eyes(celeba_dir, name):
+    """On these half-turned faces the gas mask's head strap bound for the far ear ran to the outer eye corner."""
+    from pathlib import Path
+
+    from m2u.masking import DetectorConfig, FaceDetector, read_image
+    from m2u.masking.batch import face_seed
+
+    photo = celeba_dir / f"{name}.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not in the shared photos")
+    image = read_image(photo)
+    face = FaceDetector(DetectorConfig()).detect(image)[0]
+    seed = face_seed(0, Path(name), 0)
+    config = MaskConfig(mask_type="gas", color="random")
+    straps = (apply_mask(image, face, config, seed).mask > 0) & ~(
+        apply_mask(image, face, dataclasses.replace(config, straps=False), seed).mask > 0
+    )
+    points = face.landmarks
+    eye_distance = float(np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0)))
+    eyes = np.zeros(image.shape[:2], np.uint8)
+    for eye in (points[36:42], points[42:48]):
+        cv2.fillConvexPoly(eyes, cv2.convexHull(eye.astype(np.float32)).astype(np.int32), 1)
+    reach = int(0.3 * eye_distance) | 1
+    near = cv2.dilate(eyes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))) > 0
+    assert straps.any() and not (straps & near).any()
