@@ -651,9 +651,10 @@ def _draw(
     body = warp_texture(texture, mesh.grid, origin, shape, cylinder_gain(texture.shape[1], mesh.yaw))
     colour, alpha = _body_over_straps(body, _strap_layers(straps, origin, shape), config.coverage_threshold)
     out, mask = _paint(image, box, colour, alpha, config, mesh.eye_distance)
-    if _is_grey(image):
-        # A black-and-white photo gets a grey mask: a coloured one made a pair no camera takes (and a dataset's
-        # masked side the only one in colour). Its grey pixels keep their level (OpenCV's weights sum to 1).
+    if _is_grey(image[y0:y1, x0:x1]):
+        # A black-and-white photo (around this face: a grey print pasted in a colour collage too) gets a grey mask:
+        # a coloured one made a pair no camera takes (and a dataset's masked side the only one in colour). Its grey
+        # pixels keep their level (OpenCV's weights sum to 1).
         region = out[y0:y1, x0:x1]
         region[:] = cv2.cvtColor(cv2.cvtColor(region, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     if config.verify:
