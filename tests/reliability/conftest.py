@@ -192,3 +192,19 @@ def photo_list(tmp_path: Path, count: int, noise_side: int = 40) -> Path:
     listing = tmp_path / "inputs.txt"
     listing.write_text("".join(f"{f}\n" for f in files))
     return listing
+
+
+def synthetic_members(size: int, seed: int) -> dict[str, bytes]:
+    """A synthetic pair's shard members (PNG, no metadata) at `size` px: a sample for shards the tests write by hand."""
+    from m2u.datasets.synthetic import make_synthetic_sample
+    from m2u.datasets.writer import sample_members
+
+    sample = make_synthetic_sample(size, seed)
+    return sample_members(
+        masked=sample.masked,
+        unmasked=sample.unmasked,
+        mask=sample.mask,
+        meta={},
+        image_format="png",
+        quality=95,
+    )

@@ -158,22 +158,13 @@ def _mixed_size_shards(folder: Path) -> str:
     """Two shards (no manifest) of samples at 32 and 16 px, so a worker or rank that starts later in the stream
     meets a 16 px sample first; the glob of them."""
     from m2u.datasets.shards import ShardWriter
-    from m2u.datasets.synthetic import make_synthetic_sample
-    from m2u.datasets.writer import sample_members
+
+    from .conftest import synthetic_members
 
     for name, sizes in {"a": (32, 32, 16, 16), "b": (16, 16, 32, 32)}.items():
         with ShardWriter(folder / f"shard-{name}.tar") as writer:
             for index, size in enumerate(sizes):
-                sample = make_synthetic_sample(size, index)
-                members = sample_members(
-                    masked=sample.masked,
-                    unmasked=sample.unmasked,
-                    mask=sample.mask,
-                    meta={},
-                    image_format="png",
-                    quality=95,
-                )
-                writer.write(f"{name}{index}-{size}", members)
+                writer.write(f"{name}{index}-{size}", synthetic_members(size, index))
     return str(folder / "*.tar")
 
 

@@ -22,8 +22,9 @@ from m2u.datasets.build import BuildConfig, build_dataset
 from m2u.datasets.layout import MAX_KEY_LENGTH, SPLITS, read_manifest, split_shards, stats_path_of
 from m2u.datasets.loader import LoaderConfig, ShardError, make_loader
 from m2u.datasets.shards import file_digest
-from m2u.datasets.synthetic import make_synthetic_sample, write_synthetic_dataset
-from m2u.datasets.writer import sample_members
+from m2u.datasets.synthetic import write_synthetic_dataset
+
+from .conftest import synthetic_members
 
 CONFIG = BuildConfig(
     mask_engine="synthetic", size=64, shard_size=2, image_format="png", workers=1, progress=False
@@ -136,15 +137,7 @@ def _replace_sample_size(shard: Path, size: int) -> str:
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     key = members[4][0].name.split(".", 1)[0]
-    sample = make_synthetic_sample(size, 1)
-    small = sample_members(
-        masked=sample.masked,
-        unmasked=sample.unmasked,
-        mask=sample.mask,
-        meta={},
-        image_format="png",
-        quality=95,
-    )
+    small = synthetic_members(size, 1)
     with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
         for member, data in members:
             field = member.name.split(".", 1)[1]
