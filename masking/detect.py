@@ -667,9 +667,15 @@ def box_keypoints(image: np.ndarray, box: Box) -> np.ndarray | None:
     side = max(right - left, bottom - top, 1)
     centre = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
     origin = np.round(centre - side).astype(int)
-    square = cv2.copyMakeBorder(image, 2 * side, 2 * side, 2 * side, 2 * side, cv2.BORDER_REPLICATE)[
-        origin[1] + 2 * side : origin[1] + 4 * side, origin[0] + 2 * side : origin[0] + 4 * side
-    ]
+    (x0, y0), (x1, y1) = origin, origin + 2 * side
+    height, width = image.shape[:2]
+    inside = image[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)]
+    if not inside.size:
+        return None
+    # Only the square is copied (its edges repeated where it overhangs the photo), not the whole photo per face.
+    square = cv2.copyMakeBorder(
+        inside, max(-y0, 0), max(y1 - height, 0), max(-x0, 0), max(x1 - width, 0), cv2.BORDER_REPLICATE
+    )
     try:
         found = blazeface_detect(np.ascontiguousarray(square), _BLAZEFACE_MODEL, 0.5)
     except BlazeFaceUnavailable:
