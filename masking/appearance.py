@@ -134,6 +134,27 @@ def _palette(rng: np.random.Generator, count: int) -> np.ndarray:
     return rgb.astype(np.float32) / 255.0
 
 
+def nearest_centre_cells(centres: np.ndarray, values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(height, width) map of `values[k]` of the centre k nearest each pixel (centres in base-texture pixels,
+    TEXTURE_WIDTH x TEXTURE_HEIGHT): a patchwork's cells, with straight edges at any size."""
+    # OpenCV's distance transform labels every pixel by its nearest seed in one pass (a centre-by-pixel distance
+    # table is hundreds of MB at 768 px). Until render version 5 the cells were found on a grid of 8-pixel steps
+    # and enlarged, and their edges were staircases of 8-pixel blocks.
+    seeds = np.ones((height, width), np.uint8)
+    at = np.minimum(
+        (centres * (width / TEXTURE_WIDTH, height / TEXTURE_HEIGHT)).astype(int), (width - 1, height - 1)
+    )
+    seeds[at[:, 1], at[:, 0]] = 0
+    _, labels = cv2.distanceTransformWithLabels(
+        seeds, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    value_of = np.zeros(int(labels.max()) + 1, np.int64)
+    # In order: of two centres on one pixel, the later's value (as the nearest-centre search before it chose).
+    for (x, y), value in zip(at, values, strict=True):
+        value_of[labels[y, x]] = value
+    return value_of[labels]
+
+
 def _printed(seed: int, width: int, height: int) -> np.ndarray:
     """A bold multi-colour print (H, W, 3) in 0..1 drawn from `seed`: real masks in photos carry patchwork, camouflage
     and paisley blotches, scattered motifs (flags, dots, flowers) on a dark or light ground, and bands of colour,
@@ -147,11 +168,7 @@ def _printed(seed: int, width: int, height: int) -> np.ndarray:
         count = max(4, int(TEXTURE_WIDTH * TEXTURE_HEIGHT / scale**2 / 2))
         centres = rng.uniform(0, 1, (count, 2)) * (TEXTURE_WIDTH, TEXTURE_HEIGHT)
         colours = rng.integers(len(palette), size=count)
-        # Nearest centre on a grid of 8-pixel steps, then enlarged: cells are far larger than 8 pixels.
-        gx, gy = _uv(max(1, width // 8), max(1, height // 8))
-        distance = (gx[..., None] - centres[:, 0]) ** 2 + (gy[..., None] - centres[:, 1]) ** 2
-        cells = colours[distance.argmin(-1)].astype(np.uint8)
-        out = palette[cv2.resize(cells, (width, height), interpolation=cv2.INTER_NEAREST)]
+        out = palette[nearest_centre_cells(centres, colours, width, height)]
     elif style == "blotches":  # smooth noise cut into the palette's bands (camouflage, paisley-like blotches)
         cells = (max(2, int(TEXTURE_HEIGHT / scale)), max(2, int(TEXTURE_WIDTH / scale)))
         noise = cv2.resize(

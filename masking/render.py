@@ -67,8 +67,9 @@ from m2u.masking.warp import grid_point, warp_texture
 # lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread; 4: the 68 points of a
 # face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright), a
 # black-and-white photo's mask drawn grey, straps ending short of the eyes, a pack's side view that fails the checks
-# drawn as its front template.
-RENDER_VERSION = 4
+# drawn as its front template; 5: a patchwork print's cells with straight edges at full size (they were 8-pixel
+# staircases).
+RENDER_VERSION = 5
 # The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
 PLACEMENT_STREAM = 1
 # What a record written before render versions existed (a build state, a commit marker, a face pack) was drawn by.

@@ -189,3 +189,21 @@ def test_a_drawn_gas_mask_keeps_its_own_rubber_grey():
     assert _resolve(named, np.random.default_rng(0))[1:3] != (None, None)
     cloth = MaskConfig(mask_type="cloth", color="random", pattern="random")
     assert any(_resolve(cloth, np.random.default_rng(s))[1] is not None for s in range(40))
+
+
+def test_patchwork_cells_have_straight_edges_at_full_size():
+    from m2u.masking.appearance import TEXTURE_HEIGHT, TEXTURE_WIDTH, nearest_centre_cells
+
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0, 1, (40, 2)) * (TEXTURE_WIDTH, TEXTURE_HEIGHT)
+    cells = nearest_centre_cells(centres, np.arange(40), 384, 256)
+    # Every pixel takes the value of a centre as near as its nearest one, give or take a pixel: OpenCV's labels
+    # follow a 5x5 distance mask, so an edge may wander by up to two pixels (checked against a brute-force search).
+    y, x = np.mgrid[0:256, 0:384]
+    at = (centres * (384 / TEXTURE_WIDTH, 256 / TEXTURE_HEIGHT)).astype(int)
+    distance = np.hypot(x[..., None] - at[:, 0], y[..., None] - at[:, 1])
+    taken = np.take_along_axis(distance, cells[..., None], axis=-1)[..., 0]
+    assert (taken - distance.min(-1)).max() <= 2.0 and (cells == distance.argmin(-1)).mean() > 0.97
+    # Edges cross the rows anywhere, not only every 8 pixels (the enlarged coarse grid of render version 4).
+    steps = np.flatnonzero(np.diff(cells, axis=1).any(axis=0)) + 1
+    assert len(steps) > 100 and (steps % 8 == 0).mean() < 0.3
