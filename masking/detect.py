@@ -128,11 +128,12 @@ def landmark_fit(fitter: LandmarkFitter = "dlib") -> Fit:
 class DetectorConfig:
     """How faces are found.
 
-    Detection runs a ladder of passes and stops at the first that finds a face: HOG at `upsample`, HOG again with
-    the lower `retry_threshold`, HOG with more upsampling up to `max_upsample`, then optionally the CNN. Measured on
-    the first 500 CelebA files: HOG at upsample 0 finds 483 at ~97 images/s, MaskTheFace's upsample 1 only 478 at
-    ~36 images/s; the low-threshold retry recovers 8 of the remaining 17 (it costs nothing extra: both thresholds
-    are read off one detector run), the CNN 15 at ~350 ms each.
+    Detection runs a ladder of passes and stops at the first that finds a face (see `confirm_retry` for the retry
+    pass): HOG at `upsample`, HOG again with the lower `retry_threshold`, HOG with more upsampling up to
+    `max_upsample`, then optionally the CNN. Measured on the first 500 CelebA files: HOG at upsample 0 finds 483
+    at ~97 images/s, MaskTheFace's upsample 1 only 478 at ~36 images/s; the low-threshold retry recovers 8 of the
+    remaining 17 (it costs nothing extra: both thresholds are read off one detector run), the CNN 15 at ~350 ms
+    each.
     """
 
     model: DetectorModel = "hog"
@@ -158,6 +159,11 @@ class DetectorConfig:
     # records its score and whether only the retry found it (`Face.retry`), so a run can be filtered afterwards
     # or rerun with a minimum score.
     min_score: float | None = None
+    # A pass of the low-threshold retry whose every face BlazeFace does not confirm (`box_keypoints`: no face with
+    # its eyes in the box, on the box's square) does not stop the ladder: its faces are kept only when no later pass
+    # finds any. In an extras group photo (2007_007763) the retry's one "face", a branch on a wall, had stopped the
+    # ladder before the upsampled pass that finds seven of its people (benchmarks/retry_confirmation.py: both ways).
+    confirm_retry: bool = True
     # Landmarks are fitted assuming an upright face: on an upside-down face (which the low-threshold retry can find)
     # they come out upright-looking but on the wrong features, and a mask would go on the forehead. Each face is
     # therefore scored by HOG as found and turned 180°; it is marked (Face.problem) when turned scores at least
@@ -559,6 +565,8 @@ class FaceDetector:
         scaled: dict[float, np.ndarray] = {}
         found, model, scale, threshold = [], self.config.model, full, 0.0
         first_threshold = ladder[0][3]
+        # The first retry pass's faces, where BlazeFace confirmed none of them: kept only as a last resort.
+        unconfirmed: tuple | None = None
         for scale, model, upsample, threshold in ladder:
             key = (scale, model, upsample)
             if key not in runs:
@@ -574,8 +582,15 @@ class FaceDetector:
                     )
                 runs[key] = self._boxes(scaled[scale], model, upsample, lowest[key])
             found = [(rect, score) for rect, score in runs[key] if score >= threshold]
+            retry_pass = model == "hog" and threshold < first_threshold
+            confirming = found and retry_pass and self.config.confirm_retry
+            if confirming and not self._any_confirmed(image, found, scale):
+                unconfirmed = unconfirmed or (found, scale, model, threshold)
+                found = []
             if found:
                 break
+        if not found and unconfirmed:
+            found, scale, model, threshold = unconfirmed
         boxes = [
             (
                 round(rect.left() / scale),
@@ -602,6 +617,23 @@ class FaceDetector:
             problem = self._orientation_problem(image, corners) if checked else ""
             faces.append(Face(corners, points, float(score), model, retry, problem))
         return _by_size(faces)
+
+    @staticmethod
+    def _any_confirmed(image: np.ndarray, found: list[tuple[dlib.rectangle, float]], scale: float) -> bool:
+        """Whether BlazeFace finds a face in the box of any of a pass's detections (at `scale` of `image`)."""
+        return any(
+            box_keypoints(
+                image,
+                (
+                    round(rect.left() / scale),
+                    round(rect.top() / scale),
+                    round(rect.right() / scale),
+                    round(rect.bottom() / scale),
+                ),
+            )
+            is not None
+            for rect, _ in found
+        )
 
     def _blazeface_detections(self, image: np.ndarray) -> list:
         """BlazeFace's detections for the first pass (see DetectorConfig), or [] when the ladder must decide."""

@@ -204,3 +204,38 @@ def test_blazeface_may_be_called_from_two_threads_at_once(small_portrait):
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: blazeface_detect(small_portrait, "short", 0.5), range(40)))
     assert alone and all([(d.box, d.score) for d in run] == alone for run in runs)
+
+
+def _with_a_false_retry_face(monkeypatch):
+    """HOG's upsample-0 run also returns a "face" at the retry's score on the flat grey corner of the photo (as the
+    retry found a branch on a wall in an extras group photo)."""
+    import dlib
+
+    real_boxes = FaceDetector._boxes
+
+    def boxes(small, model, upsample, threshold):
+        found = real_boxes(small, model, upsample, threshold)
+        return found + [(dlib.rectangle(40, 40, 110, 110), -0.3)] if upsample == 0 else found
+
+    monkeypatch.setattr(FaceDetector, "_boxes", staticmethod(boxes))
+
+
+@pytest.mark.parametrize("with_a_person", [True, False])
+def test_a_false_retry_face_does_not_hide_the_real_ones_and_is_kept_when_alone(with_a_person, monkeypatch):
+    import skimage.data
+
+    canvas = np.full((600, 600, 3), 128, np.uint8)  # over BlazeFace's first-pass size: the HOG ladder decides
+    if with_a_person:
+        # A face HOG finds only upsampled (about 36 px), in the corner away from the false box.
+        small = cv2.resize(skimage.data.astronaut(), None, fx=0.35, fy=0.35, interpolation=cv2.INTER_AREA)
+        canvas[-small.shape[0] :, -small.shape[1] :] = small
+    _with_a_false_retry_face(monkeypatch)
+    faces = FaceDetector().detect(canvas)
+    unconfirmed = FaceDetector(DetectorConfig(confirm_retry=False)).detect(canvas)
+    # Unconfirmed, the retry's face stopped the ladder before the upsampled pass.
+    assert [(f.box, f.retry) for f in unconfirmed] == [((40, 40, 110, 110), True)]
+    if with_a_person:
+        (face,) = faces
+        assert not face.retry and face.box[0] > 400 and face.box[1] > 400
+    else:  # nothing else found: the retry's face is kept, marked as the retry's (never dropped unsaid)
+        assert [(f.box, f.retry) for f in faces] == [((40, 40, 110, 110), True)]
