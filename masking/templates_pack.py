@@ -30,6 +30,15 @@ ANCHOR_REACH = 0.25
 
 # MaskTheFace's templates are under 1,500 pixels a side; a template is scaled down to the face anyway.
 MAX_TEMPLATE_SIDE = 4096
+# A pose variant's anchors on its near side (where the face's ear is in view: MaskTheFace's `_left` c and f, `_right`
+# a and d) mark where its ear loops end (gas masks: a point past the near filter), 18-28 % of the a-c span beyond the
+# mask body. m2u lays a and d, c and f on the face's jaw, so the body came out shrunk (about 0.7 of the front
+# template's area on the same face) and left the near cheek bare. Such anchors are moved to the body's edge: the
+# body is what stays opaque after an opening by BODY_OPENING of the span (loops and straps are thinner), and a side
+# is moved when both its anchors lie more than OUTER_SLACK of the span beyond it (the far sides of MaskTheFace's
+# variants lie within 0.5 %; the N95 front template's sides, not moved, 9 %).
+BODY_OPENING = 0.05
+OUTER_SLACK = 0.12
 
 
 class TemplatePackError(ValueError):
@@ -80,6 +89,16 @@ def _reflex_corner(corners: np.ndarray) -> int | None:
     return None
 
 
+def _orientation(corners: np.ndarray) -> int:
+    """+1 or -1, the way a simple quad (convex, or concave at one corner) is walked; 0 for a bow tie or a quad with
+    corners in line."""
+    turns = _turns(corners)
+    for sign in (1, -1):
+        if int(np.sum(turns == sign)) >= 3 and not np.any(turns == 0):
+            return sign
+    return 0
+
+
 def _warp_quad(premul: np.ndarray, src: np.ndarray, dst: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One quad of the template image onto one half of texture space. A convex quad by its homography; a
     concave one (MaskTheFace's KN95_left at d, KN95_right at f) by two triangles split on the diagonal from its
@@ -113,6 +132,44 @@ def _warp_quad(premul: np.ndarray, src: np.ndarray, dst: np.ndarray, size: tuple
         - (end[1] - start[1]) * (dst[first[1]][0] - start[0])
     )
     return np.where(beside_first[..., None], warped[0], warped[1])
+
+
+def _body_extent(alpha: np.ndarray, span: float) -> tuple[int, int] | None:
+    """The first and last column of a template's mask body: its largest opaque piece once an opening as wide as
+    BODY_OPENING of the anchors' span has removed loops and straps (None when nothing that thick is left)."""
+    size = max(3, round(BODY_OPENING * span)) | 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    body = cv2.morphologyEx((alpha >= 128).view(np.uint8), cv2.MORPH_OPEN, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
+    if count < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    left = int(stats[largest, cv2.CC_STAT_LEFT])
+    return left, left + int(stats[largest, cv2.CC_STAT_WIDTH]) - 1
+
+
+def side_view_anchors(
+    anchors: dict[str, tuple[float, float]], alpha: np.ndarray
+) -> dict[str, tuple[float, float]]:
+    """A pose variant's anchors with an outer side (a and d, or c and f, both beyond the body by more than
+    OUTER_SLACK of the a-c span) moved across to the body's outermost column, heights kept: the body's edge then
+    meets m2u's outline of the face, as a front template's side does. Unchanged where nothing lies that far out,
+    or where the move would fold a quad."""
+    span = math.dist(anchors["a"], anchors["c"])
+    extent = _body_extent(alpha, span)
+    if extent is None:
+        return anchors
+    left, right = extent
+    moved = dict(anchors)
+    for pair, edge, beyond in ((("a", "d"), left, -1.0), (("c", "f"), right, 1.0)):
+        if all(beyond * (anchors[k][0] - edge) > OUTER_SLACK * span for k in pair):
+            for k in pair:
+                moved[k] = (float(edge), anchors[k][1])
+    for quad in ANCHOR_QUADS:
+        before, after = (np.array([points[k] for k in quad], np.float64) for points in (anchors, moved))
+        if _orientation(after) != _orientation(before):
+            return anchors  # folded, flattened or mirrored by the move: the pack's own anchors, as written
+    return moved
 
 
 def template_from_image(name: str, rgba: np.ndarray, anchors: dict[str, tuple[float, float]]) -> Template:
@@ -211,6 +268,8 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         if not rgba[..., 3].any():
             raise TemplatePackError(f"{where}: {image_path} is transparent everywhere: no mask to draw")
         _check_anchors(where, anchors, rgba.shape[1], rgba.shape[0])
+        if section.endswith(POSE_SUFFIXES):
+            anchors = side_view_anchors(anchors, rgba[..., 3])
         rgba = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
         templates[section] = template_from_image(section, rgba, anchors)
     if not templates:

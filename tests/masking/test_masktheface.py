@@ -6,6 +6,7 @@ The pack tests arrange a copy of ../shared/mask-templates/maskthefacE like MaskT
 
 from __future__ import annotations
 
+import configparser
 import csv
 import json
 import math
@@ -344,10 +345,125 @@ def test_mask_code_takes_pack_names_that_hold_a_dash(tmp_path):
         parse_mask_code("surgical-v3-#ff0000", MaskConfig(pack=pack))
 
 
-def test_a_side_view_that_leaves_the_mouth_bare_falls_back_to_the_front_template(checkout, celeba_dir):
-    """MaskTheFace's surgical side views end short of the near jaw (their outer anchors lie past the ear loops):
-    on this turned face all three left a mouth corner bare and were refused. The front template is drawn instead,
-    and the result says so."""
+def _side_view_pack(folder: Path, slot: bool = False) -> Path:
+    """A tiny pack shaped like MaskTheFace's side views: an opaque front template [tpl] (anchors on its edges) and
+    [tpl_left] / [tpl_right], whose body ends 60 px short of the outer anchors, which mark the ends of two thin
+    loops. `slot`: the side views also have a transparent slot up the middle of the body, where the mouth goes."""
+    folder.mkdir(parents=True)
+    front = np.zeros((120, 200, 4), np.uint8)
+    front[10:110, 10:190] = (90, 140, 200, 255)
+    cv2.imwrite(str(folder / "front.png"), front)
+    side = np.zeros((120, 200, 4), np.uint8)
+    side[10:110, 10:130] = (90, 140, 200, 255)
+    for start, end in (((129, 25), (190, 15)), ((129, 95), (190, 105))):
+        cv2.line(side, start, end, (250, 250, 250, 255), 3)
+    if slot:
+        side[45:110, 30:75] = 0
+    cv2.imwrite(str(folder / "left.png"), side)
+    cv2.imwrite(str(folder / "right.png"), side[:, ::-1])
+    left = {"a": (10, 10), "b": (50, 10), "c": (190, 15), "d": (10, 109), "e": (50, 109), "f": (190, 105)}
+    # Mirrored: x -> 199 - x, and the left and right anchors swap.
+    swap = {"a": "c", "b": "b", "c": "a", "d": "f", "e": "e", "f": "d"}
+    right = {k: (199 - left[swap[k]][0], left[swap[k]][1]) for k in left}
+    sections = {
+        "tpl": (
+            "front.png",
+            {"a": (10, 10), "b": (100, 10), "c": (189, 10), "d": (10, 109), "e": (100, 109), "f": (189, 109)},
+        ),
+        "tpl_left": ("left.png", left),
+        "tpl_right": ("right.png", right),
+    }
+    (folder / "masks.cfg").write_text(
+        "".join(
+            f"[{name}]\ntemplate = {image}\n"
+            + "".join(f"mask_{k} = {x}, {y}\n" for k, (x, y) in anchors.items())
+            for name, (image, anchors) in sections.items()
+        )
+    )
+    return folder
+
+
+@pytest.mark.parametrize("yaw, side", [(-0.6, "tpl_left"), (0.6, "tpl_right")])
+def test_a_side_view_covers_the_face_as_its_front_template_does(
+    yaw, side, tmp_path, synthetic_landmarks, skin_image
+):
+    """A side view's outer anchors mark where its loops end, past the mask body: laid on the jaw, they shrank the
+    body to about 0.7 of the front template's area (MaskTheFace's pack on turned CelebA faces) and left the near
+    cheek bare. The loader moves them to the body's edge: the side view covers what the front template covers."""
+    from m2u.masking import apply_mask
+
+    pack = _side_view_pack(tmp_path / "pack")
+    landmarks = synthetic_landmarks(yaw=yaw)
+    config = MaskConfig(mask_type="tpl", pack=str(pack))
+    result = apply_mask(skin_image, landmarks, config, seed=3)
+    assert result.meta["template"] == side and result.meta["fallback"] is None
+    (tmp_path / "front").mkdir()
+    front_only = tmp_path / "front" / "masks.cfg"  # the same pack without its side views
+    front_only.write_text((pack / "masks.cfg").read_text().split("[tpl_left]")[0])
+    shutil.copy(pack / "front.png", tmp_path / "front" / "front.png")
+    front = apply_mask(skin_image, landmarks, MaskConfig(mask_type="tpl", pack=str(front_only)), seed=3)
+    assert front.meta["template"] == "tpl"
+    assert 0.95 <= result.meta["mask_pixels"] / front.meta["mask_pixels"] <= 1.05
+    # the body fills the whole texture: the near half is not cut short at the loops' share
+    alpha = load_template_pack(pack).templates[side].alpha
+    assert float(alpha[4:-4, 4:-4].mean()) > 0.97
+    # and the draw stays seeded: the same seed gives the same bytes
+    again = apply_mask(skin_image, landmarks, config, seed=3)
+    assert again.image.tobytes() == result.image.tobytes() and again.mask.tobytes() == result.mask.tobytes()
+
+
+def test_front_templates_keep_their_anchors_as_written(tmp_path):
+    """Only pose variants are moved: a front template with the same loops past its body draws as it did."""
+    from m2u.masking.templates_pack import template_from_image
+
+    pack = _side_view_pack(tmp_path / "pack")
+    text = (pack / "masks.cfg").read_text()
+    (pack / "masks.cfg").write_text(
+        text + "\n" + text.split("[tpl_right]")[0].split("[tpl_left]")[1].join(["[loops]", ""])
+    )
+    rgba = cv2.cvtColor(cv2.imread(str(pack / "left.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+    written = {"a": (10, 10), "b": (50, 10), "c": (190, 15), "d": (10, 109), "e": (50, 109), "f": (190, 105)}
+    loaded = load_template_pack(pack).templates["loops"]
+    assert np.array_equal(loaded.alpha, template_from_image("loops", rgba, written).alpha)
+    assert float(loaded.alpha[:, -60:].mean()) < 0.2  # the loops' share of the texture stays as drawn
+
+
+def test_side_view_anchors_stay_as_written_unless_past_the_body_and_safe_to_move():
+    from m2u.masking.templates_pack import side_view_anchors
+
+    alpha = np.zeros((120, 200), np.uint8)
+    alpha[10:110, 10:130] = 255
+    cv2.line(alpha, (129, 25), (190, 15), 255, 3)  # a loop: thinner than the body, not part of it
+    past = {"a": (10, 10), "b": (50, 10), "c": (190, 15), "d": (10, 109), "e": (50, 109), "f": (190, 105)}
+    moved = side_view_anchors(past, alpha)
+    # across to the body's last column (129; the loop's root may add a pixel), heights kept, the rest as written
+    assert {k: moved[k] for k in "abde"} == {k: past[k] for k in "abde"}
+    assert moved["c"][0] == moved["f"][0] and 129 <= moved["c"][0] <= 130
+    assert (moved["c"][1], moved["f"][1]) == (15, 105)
+    on_the_body = {**past, "c": (129, 15), "f": (126, 105)}
+    assert side_view_anchors(on_the_body, alpha) == on_the_body
+    # b and e beyond the body's edge: moving c and f there would mirror the quad b-c-f-e
+    folding = {**past, "b": (150, 10), "e": (150, 109)}
+    assert side_view_anchors(folding, alpha) == folding
+
+
+def test_a_side_view_that_leaves_the_mouth_bare_falls_back_to_the_front_template(
+    tmp_path, synthetic_landmarks, skin_image
+):
+    """A side view whose own shape leaves the mouth bare (here a slot up its middle) is drawn as the pack's front
+    template, and the result says so."""
+    from m2u.masking import apply_mask
+
+    pack = _side_view_pack(tmp_path / "pack", slot=True)
+    result = apply_mask(
+        skin_image, synthetic_landmarks(yaw=-0.6), MaskConfig(mask_type="tpl", pack=str(pack)), seed=0
+    )
+    assert result.meta["template"] == "tpl" and "front template" in result.meta["fallback"]
+
+
+def test_masktheface_side_views_cover_a_turned_face_as_the_front_template(checkout, celeba_dir, tmp_path):
+    """On this turned CelebA face MaskTheFace's surgical side views (outer anchors past the ear loops) left a mouth
+    corner bare and fell back to the front template; cloth's was drawn at 0.7 of the front one's area."""
     from m2u.masking import apply_mask, read_image
     from m2u.masking.detect import FaceDetector
 
@@ -356,9 +472,22 @@ def test_a_side_view_that_leaves_the_mouth_bare_falls_back_to_the_front_template
         pytest.skip(f"{photo} not in the shared photos")
     image = read_image(photo)
     face = FaceDetector(DetectorConfig()).detect(image)[0]
-    for mask_type in ("surgical", "surgical_blue", "surgical_green"):
-        result = apply_mask(image, face, MaskConfig(mask_type=mask_type, pack=str(checkout)), seed=0)
-        assert result.meta["template"] == mask_type and "front template" in result.meta["fallback"]
-    # where the side view fits, it is drawn as before
-    result = apply_mask(image, face, MaskConfig(mask_type="cloth", pack=str(checkout)), seed=0)
-    assert result.meta["template"] == "cloth_left" and "front" not in (result.meta.get("fallback") or "")
+    parser = configparser.ConfigParser()
+    parser.read(checkout / "masks" / "masks.cfg")
+    for section in parser.sections():
+        if section not in (
+            "surgical",
+            "cloth",
+        ):  # the front templates compared with, without their side views
+            parser.remove_section(section)
+    front_only = tmp_path / "front" / "masks.cfg"
+    front_only.parent.mkdir()
+    with front_only.open("w") as handle:
+        parser.write(handle)
+    shutil.copytree(checkout / "masks" / "templates", front_only.parent / "templates")
+    for mask_type in ("surgical", "cloth"):
+        side = apply_mask(image, face, MaskConfig(mask_type=mask_type, pack=str(checkout)), seed=0)
+        front = apply_mask(image, face, MaskConfig(mask_type=mask_type, pack=str(front_only)), seed=0)
+        assert side.meta["template"] == f"{mask_type}_left" and side.meta["fallback"] is None
+        assert front.meta["template"] == mask_type
+        assert 0.85 <= side.meta["mask_pixels"] / front.meta["mask_pixels"] <= 1.15, mask_type
