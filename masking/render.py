@@ -580,9 +580,10 @@ def apply_mask(
     top_shift = draw_top_shift(np.random.default_rng([seed, PLACEMENT_STREAM]), config.placement)
     # A face whose shifted mask fails the render checks (an eye landmark covered or a nostril left bare, mostly on
     # faces a few pixels across) gets the unshifted mask before it is refused, as a failed mesh does in build_mesh.
-    # A pack's side view (`<name>_left` / `_right`) is then tried as its front template: MaskTheFace's side views
-    # put their outer anchors past the ear loops, so their mask ends short of the near jaw, and on 20 of 144 turned
-    # CelebA faces left the mouth or a nostril bare (the front one, on m2u's turned mesh, covers them).
+    # A pack's side view (`<name>_left` / `_right`) is then tried as its front template: a side view's own shape
+    # may leave the mouth or a nostril bare where the front one, on m2u's turned mesh, covers them (MaskTheFace's
+    # did on 20 of 144 turned CelebA faces while their outer anchors, past the ear loops, were laid on the jaw; the
+    # loader now moves those to the body's edge, templates_pack.side_view_anchors, and none of 139 falls back).
     attempts = [(top_shift, True), *([(0.0, True)] if top_shift else [])]
     if config.pack:
         attempts += [(shift, False) for shift, _ in attempts]

@@ -31,12 +31,12 @@ ANCHOR_REACH = 0.25
 # MaskTheFace's templates are under 1,500 pixels a side; a template is scaled down to the face anyway.
 MAX_TEMPLATE_SIDE = 4096
 # A pose variant's anchors on its near side (where the face's ear is in view: MaskTheFace's `_left` c and f, `_right`
-# a and d) mark where its ear loops end (gas masks: a point past the near filter), 18-28 % of the a-c span beyond the
+# a and d) mark where its ear loops end (gas masks: a point past the near filter), 16-30 % of the a-c span beyond the
 # mask body. m2u lays a and d, c and f on the face's jaw, so the body came out shrunk (about 0.7 of the front
 # template's area on the same face) and left the near cheek bare. Such anchors are moved to the body's edge: the
 # body is what stays opaque after an opening by BODY_OPENING of the span (loops and straps are thinner), and a side
 # is moved when both its anchors lie more than OUTER_SLACK of the span beyond it (the far sides of MaskTheFace's
-# variants lie within 0.5 %; the N95 front template's sides, not moved, 9 %).
+# variants lie within 0.5 %; the N95 front template's sides, not moved, 8-9 %).
 BODY_OPENING = 0.05
 OUTER_SLACK = 0.12
 
