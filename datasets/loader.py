@@ -330,7 +330,7 @@ class PairedShardDataset(IterableDataset):
         (an empty shard too), where the others stop once past their run."""
         total = sum(self.expected_counts[url] for url in shards)
         readers, reader = layout.readers, layout.reader
-        low, high = reader * total // readers, (reader + 1) * total // readers
+        low, high = even_run(total, reader, readers)
         runs, offset = [], 0
         for url in shards:
             count = self.expected_counts[url]
@@ -568,6 +568,21 @@ class PairedLoader:
             yield batch
 
 
+def even_run(total: int, reader: int, readers: int) -> tuple[int, int]:
+    """The samples [first, stop) of an epoch's `total` (its shards end to end, in the epoch's order) that reader
+    `reader` of `readers` reads under the even shard split (RANK_SPLIT): runs that differ by at most one sample."""
+    return reader * total // readers, (reader + 1) * total // readers
+
+
+def leading_share(samples: int, total: int, rank: int, world_size: int) -> int:
+    """How many of the first `samples` samples of a dataset folder's split (`total` samples), in the order one
+    process reads it unshuffled (``LoaderConfig.for_evaluation()``), rank `rank` of `world_size` reads: the even
+    split gives each rank one run of that order, so they are the first samples of its own order, and ranks that
+    each stop after their share read exactly those samples together (the trainer's `val_batches`)."""
+    first, stop = even_run(total, rank, world_size)
+    return max(0, min(samples, stop) - first)
+
+
 def _worker_errors_in_their_own_words(loader: DataLoader) -> Iterator[dict[str, Any]]:
     """The loader's batches; a ShardError raised in a worker is raised here with its own message: torch re-raises
     it with "Caught ShardError in DataLoader worker process 0. Original Traceback (...)" and the worker's whole
@@ -641,7 +656,9 @@ __all__ = [
     "check_dataset_record",
     "check_shard_complete",
     "dataset_image_size",
+    "even_run",
     "is_dataset_url",
+    "leading_share",
     "count_samples",
     "make_loader",
     "resolve_shards",

@@ -124,8 +124,9 @@ def _run_options(function: Callable) -> Callable:
             default=RunConfig.val_batches,
             show_default=True,
             type=click.IntRange(1),
-            help="Batches each validation reads on each rank: the first of each rank's share of the split, so N "
-            "DDP ranks read N times as many (the test split is always read whole).",
+            help="Batches each validation reads: the val split's first N batches as one process reads them, the "
+            "same samples (and figures) on any number of DDP ranks, each evaluating its part (the test split is "
+            "always read whole).",
         ),
         click.option("--grid-every", default=RunConfig.grid_every, show_default=True, type=click.IntRange(1)),
         click.option(

@@ -61,7 +61,9 @@ class RunConfig:
     )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     val_every: int = 1000  # steps; 0 disables periodic validation
-    val_batches: int | None = 50  # per validation; None = the whole split
+    # Per validation: the split's first N batches of one process, the same samples on any DDP world size (each
+    # rank evaluates its part: m2u.training.loop.Trainer.evaluate); None = the whole split.
+    val_batches: int | None = 50
     grid_every: int = 1000  # steps; PNG grids (masked | mask | output | ground truth)
     checkpoint_every: int = 1000  # steps
     log_every: int = runtime_field(default=50)  # steps

@@ -27,7 +27,23 @@ class DataSource(Protocol):
 # progress bar's total and ETA), the side of its samples, `crop_size() -> int | None` (a resumed run on
 # crops of another size is refused before it starts), and how it shares its samples among DDP ranks,
 # `rank_split() -> str` (checkpoints record it; a source without it takes every world_size-th sample,
-# m2u.training.run_state.EVERY_NTH); the trainer works without them.
+# m2u.training.run_state.EVERY_NTH), and which of a split's first batches its rank holds, `leading_share(split,
+# batches) -> int | None` (`val_batches`: see there); the trainer works without them.
+
+
+def leading_share(split_size: int, samples: int, rank: int, world_size: int) -> int:
+    """For a source whose rank takes every world_size-th sample of an unshuffled split of `split_size`: how many
+    of the split's first `samples` samples (one process's order) this rank holds, the first ones of its own."""
+    return len(range(rank, min(samples, split_size), world_size))
+
+
+def batch_head(batch: dict, rows: int) -> dict:
+    """The first `rows` samples of `batch`: every field with one entry per sample (tensors, the key list) cut."""
+    size = batch["masked"].shape[0]
+    return {
+        name: value[:rows] if isinstance(value, torch.Tensor | list | tuple) and len(value) == size else value
+        for name, value in batch.items()
+    }
 
 
 def check_batch(batch: dict) -> None:
@@ -71,6 +87,12 @@ class TensorDataSource:
         order = order[self.rank :: self.world_size]
         drop_last = split == "train"
         return self._iterate(tensors, order, split, drop_last)
+
+    def leading_share(self, split: str, batches: int) -> int:
+        """The samples of the split's first `batches` batches (one process's order) this rank holds: the first of
+        its own, as the ranks take every world_size-th sample of that order."""
+        count = self.splits[split]["masked"].shape[0] if split in self.splits else 0
+        return leading_share(count, batches * self.batch_size, self.rank, self.world_size)
 
     def steps_per_epoch(self, split: str) -> int:
         """Full batches of the rank with the fewest samples (the trainer keeps ranks in step)."""
@@ -147,6 +169,18 @@ class ShardDataSource:
         except (OSError, ValueError, KeyError):
             return None
 
+    def leading_share(self, split: str, batches: int) -> int | None:
+        """The samples of the split's first `batches` batches (one process's order: the stored one, as val and
+        test are read) this rank holds, the first of its own run (m2u.datasets.loader.leading_share); None without
+        a readable manifest (shards without their counts are not split into even runs)."""
+        from m2u.datasets.loader import count_samples, leading_share
+
+        try:
+            total = count_samples(self.root, split)
+        except (OSError, ValueError, KeyError):
+            return None
+        return leading_share(batches * self.batch_size, total, self.rank, self.world_size)
+
     def rank_split(self) -> str:
         """How the loader shares the dataset among DDP ranks (m2u.datasets.loader.RANK_SPLIT)."""
         from m2u.datasets.loader import RANK_SPLIT
@@ -217,6 +251,11 @@ class AugmentedSource:
         """The wrapped source's (None where it does not say)."""
         steps_per_epoch = getattr(self.source, "steps_per_epoch", None)
         return steps_per_epoch(split) if callable(steps_per_epoch) else None
+
+    def leading_share(self, split: str, batches: int) -> int | None:
+        """The wrapped source's (None where it does not say)."""
+        leading_share = getattr(self.source, "leading_share", None)
+        return leading_share(split, batches) if callable(leading_share) else None
 
     def rank_split(self) -> str:
         """The wrapped source's (m2u.training.run_state.rank_split)."""

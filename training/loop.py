@@ -28,7 +28,7 @@ from m2u.training.checkpoint import (
     unwrap_model,
 )
 from m2u.training.config import RunConfig
-from m2u.training.data import DataSource, check_batch
+from m2u.training.data import DataSource, batch_head, check_batch
 from m2u.training.distributed import DistributedContext, collective_device
 from m2u.training.guards import EmptySplitError, NonFiniteLossError, RunningMeans
 from m2u.training.rng import restore_rng_state
@@ -221,21 +221,43 @@ class Trainer:
         self.task.set_train(True)
         self.runlog.save_grid(image, self.task.grid_columns, self.step)
 
+    def _evaluated_share(self, split: str, max_batches: int) -> tuple[int | None, int | None]:
+        """(samples, batches) this rank evaluates of `split` limited to `max_batches` batches, one of the two
+        None. These are the first `max_batches` batches of one process, whatever the number of ranks: each rank
+        evaluates its part of them, the first samples of its own order (the source's `leading_share`). Counting
+        batches per rank read world_size x as many, so a DDP run's val figures were another run's. A source that
+        does not say how it deals its samples: `max_batches` batches in all, the ranks taking turns."""
+        leading_share = getattr(self.data, "leading_share", None)
+        samples = leading_share(split, max_batches) if callable(leading_share) else None
+        if samples is not None:
+            return samples, None
+        return None, len(range(self.dist.rank, max_batches, self.dist.world_size))
+
     @torch.no_grad()
     def evaluate(self, split: str, max_batches: int | None) -> dict[str, float]:
         for network in self.task.networks.values():  # the figures of the weights the checkpoint holds
             self.dist.share_buffers(unwrap_model(network))
+        samples, batches = (None, None) if max_batches is None else self._evaluated_share(split, max_batches)
         self.task.set_train(False)
         sums: dict[str, list[float]] = {}
         try:
-            for index, batch in enumerate(self.data.batches(split, 0)):
-                if max_batches is not None and index >= max_batches:
-                    break
+            # A rank whose share is none reads nothing (not even the split's loader) and sends zeros below.
+            source = () if 0 in (samples, batches) else self.data.batches(split, 0)
+            seen = 0
+            for index, batch in enumerate(source):
                 check_batch(batch)
+                if samples is not None and seen + batch["masked"].shape[0] > samples:
+                    batch = batch_head(batch, samples - seen)  # the share ends inside this batch
+                seen += batch["masked"].shape[0]
                 for name, (total, count) in self.task.eval_batch(self._on_device(batch)).items():
                     entry = sums.setdefault(name, [0.0, 0.0])
                     entry[0] += total
                     entry[1] += count
+                # Stopped here, not at the next batch: that one would be read and decoded for nothing.
+                if (batches is not None and index + 1 >= batches) or (
+                    samples is not None and seen >= samples
+                ):
+                    break
         finally:
             self.task.set_train(True)
         # Every rank reduces the same names in the same order; a rank without batches sends zeros.

@@ -214,6 +214,22 @@ class OnTheFlyDataSource:
         loader.sampler.epoch = epoch if split == "train" else 0  # val: always the same renders
         return self._timed(iter(loader)) if split == "train" else iter(loader)
 
+    def leading_share(self, split: str, batches: int) -> int | None:
+        """The samples of the split's first `batches` batches (one process's order) this rank holds, the first of
+        its own (`m2u.training.data.leading_share`); the test split's, from its shard loader."""
+        from m2u.training.data import leading_share
+
+        if split == "test":
+            test = self._test_source()
+            return 0 if test is None else test.leading_share("test", batches)
+        if split not in SPLIT_IDS:
+            return 0
+        if split not in self._loaders:
+            self._loaders[split] = self._make_loader(split)
+        loader = self._loaders[split]
+        count = 0 if loader is None else len(loader.dataset)
+        return leading_share(count, batches * self.batch_size, self.rank, self.world_size)
+
     def _make_loader(self, split: str) -> DataLoader | None:
         dataset = RenderedPairs(self.pack, split, self.seed, mask_options=self.mask_options)
         if len(dataset) == 0:
@@ -251,17 +267,22 @@ class OnTheFlyDataSource:
             yield batch
 
     def _test_batches(self) -> Iterator[dict]:
+        test = self._test_source()
+        return iter(()) if test is None else iter(test.batches("test", 0))
+
+    def _test_source(self) -> Any:
+        """The pack's pre-rendered test split as a ShardDataSource; None where the pack has none."""
         from m2u.datasets.facepack import FacePack
         from m2u.training.data import ShardDataSource
 
         folder = FacePack(self.pack).test_dataset
         if not folder.is_dir():
-            return iter(())
+            return None
         if self._test is None:
             self._test = ShardDataSource(
                 str(folder), self.batch_size, self.seed, 0, self.rank, self.world_size
             )
-        return iter(self._test.batches("test", 0))
+        return self._test
 
 
 __all__ = ["OnTheFlyDataSource", "RenderedPairs", "sample_seed"]
