@@ -8,6 +8,9 @@
   outputs (m2u.core.fileio.OutputRefusedError: a link or a file m2u did not write at an output's name) end in
   one line naming the file, not a traceback. Outputs are written whole or not at all (m2u.core.fileio), so the
   line can say that nothing half-written was left.
+- Under torchrun (m2u-train's DDP), a refusal every rank meets (a bad option, a missing dataset, a run folder
+  holding a run) is said once, by rank 0, and every rank still exits with its code; a rank whose refusal is not
+  rank 0's (a file only it reads) says its own (`_said_by_rank_zero`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -298,11 +303,97 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+# How long a rank other than 0 waits for rank 0's refusal before saying its own: ranks started together meet
+# the same refusal within moments; one that only this rank meets is said this much later.
+RANK_ZERO_WAIT_SECONDS = 10.0
+_REFUSAL_KEY = "m2u/refusal/rank0"
+
+
+def _torchrun_worker() -> bool:
+    """A rank of a torchrun job of several (torchrun's agent holds a key-value store for its workers)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return world not in ("", "0", "1") and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def _said_by_rank_zero(line: str) -> bool:
+    """Whether rank 0 of this torchrun job says `line` itself, so this rank need not: rank 0 records the refusal it
+    says in the job's key-value store (torchrun's agent holds one for its workers, TORCHELASTIC_USE_AGENT_STORE)
+    and another rank compares its own with it, waiting RANK_ZERO_WAIT_SECONDS at most. False wherever that cannot
+    be told (no torchrun store, rank 0 says nothing, or another line): a line said twice beats one not said."""
+    if not _torchrun_worker():
+        return False
+    rank = os.environ.get("RANK", "0")
+    try:
+        from torch.distributed import TCPStore
+
+        wait = timedelta(seconds=RANK_ZERO_WAIT_SECONDS)
+        store = TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=wait
+        )
+        # The agent's store lives as long as the job; a restarted job (--max-restarts) has a new key.
+        job, attempt = (
+            os.environ.get("TORCHELASTIC_RUN_ID", ""),
+            os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
+        )
+        key = f"{_REFUSAL_KEY}/{job}/{attempt}"
+        if rank in ("", "0"):
+            store.set(key, line)
+            return False
+        # Polled: the store's own wait logs a socket warning when it times out, a line more to read.
+        deadline = time.monotonic() + RANK_ZERO_WAIT_SECONDS
+        while not store.check([key]):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return bool(store.get(key).decode() == line)
+    except Exception:  # noqa: BLE001 - no store, a timeout, no torch: this rank says its line
+        return False
+
+
+def _once_across_ranks(error: click.ClickException) -> None:
+    """Make Click's printing of `error` (its `show`) leave the line to rank 0 where rank 0 says the same."""
+    if getattr(error, "_m2u_once", False):
+        return
+    show = error.show
+    line = f"{type(error).__name__} {error.exit_code} {error.format_message()}"
+
+    def show_once(file: Any = None) -> None:
+        if _torchrun_worker():
+            # This rank's exit status is the refusal's from here on: torchrun terminates the other ranks once one
+            # has exited, and a rank still on its way out then ended by SIGTERM, not with the refusal's code
+            # (2 of 6 two-rank runs refusing a missing dataset or a run folder holding a run).
+            with contextlib.suppress(ValueError):  # not the main thread: no handler to change
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not _said_by_rank_zero(line):
+            show(file)
+
+    setattr(error, "show", show_once)  # noqa: B010 - this one exception's, not the class's
+    setattr(error, "_m2u_once", True)  # noqa: B010
+
+
+def _refusals_once(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except click.ClickException as error:
+            _once_across_ranks(error)
+            raise
+
+    return run
+
+
 def guard_command(command: click.Command) -> click.Command:
     """Wrap the callback of `command` and of every subcommand of a group with the guarantees above; returns it."""
     if command.callback is not None and not getattr(command.callback, "_m2u_guarded", False):
         command.callback = _guarded(command.callback)
         command.callback._m2u_guarded = True  # type: ignore[attr-defined]
+    if not getattr(command, "_m2u_refusals_once", False):
+        # Where Click reads the options (a bad value is refused there, before any callback) and runs the command:
+        # what either raises, Click prints in its main. Wrapped on this object, which main calls them on.
+        setattr(command, "make_context", _refusals_once(command.make_context))  # noqa: B010
+        setattr(command, "invoke", _refusals_once(command.invoke))  # noqa: B010
+        setattr(command, "_m2u_refusals_once", True)  # noqa: B010
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             guard_command(sub)

@@ -165,3 +165,81 @@ def test_only_a_stop_that_would_raise_is_deferred():
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         assert stops.requested is None
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+@pytest.fixture
+def torchrun_store(monkeypatch):
+    """This process as a rank of a 2-rank torchrun job, whose agent's key-value store the fixture hosts."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
+    for name, value in {
+        "WORLD_SIZE": "2",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(store.port),
+        "TORCHELASTIC_RUN_ID": "test",
+    }.items():
+        monkeypatch.setenv(name, value)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield store
+    signal.signal(signal.SIGTERM, sigterm)  # a refusing rank ignores SIGTERM until it exits
+
+
+def test_a_refusal_every_rank_meets_is_said_by_rank_zero_alone(torchrun_store, monkeypatch):
+    """Under torchrun every rank printed the same refusal line (a bad option value, a missing dataset): rank 0 says
+    it; another rank meeting the same says nothing, and every rank exits with the refusal's code."""
+    import click
+    from click.testing import CliRunner
+
+    from m2u.core.cli import Refused
+    from m2u.core.guard import guard_command
+
+    @click.command()
+    @click.option("--count", type=click.IntRange(1), default=1)
+    @click.option("--data", default="")
+    def main(count, data):
+        raise Refused(f"dataset folder not found: {data}")
+
+    guard_command(main)
+    for args, line in (
+        (["--data", "/nowhere"], "Error: dataset folder not found: /nowhere\n"),
+        (["--count", "0"], "Error: Invalid value for '--count': 0 is not in the range x>=1.\n"),
+    ):
+        torchrun_store.delete_key("m2u/refusal/rank0/test/0")  # each case a job of its own
+        monkeypatch.setenv("RANK", "0")
+        said = CliRunner().invoke(main, args)
+        assert said.exit_code == 2 and said.output.endswith(line)
+        monkeypatch.setenv("RANK", "1")
+        quiet = CliRunner().invoke(main, args)
+        assert (quiet.exit_code, quiet.output) == (2, "")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # exits with 2, not by torchrun's SIGTERM
+
+
+def test_a_refusal_rank_zero_does_not_say_is_said_by_its_rank(torchrun_store, monkeypatch):
+    """A rank whose refusal differs from rank 0's, or that rank 0 does not meet (a file only that rank reads), says
+    it: rank 0's line does not speak for it."""
+    import click
+    from click.testing import CliRunner
+
+    from m2u.core import guard
+    from m2u.core.cli import Refused
+
+    monkeypatch.setattr(guard, "RANK_ZERO_WAIT_SECONDS", 0.2, raising=False)
+
+    @click.command()
+    @click.argument("name")
+    def main(name):
+        raise Refused(f"cannot read {name}")
+
+    guard.guard_command(main)
+    monkeypatch.setenv("RANK", "1")
+    alone = CliRunner().invoke(main, ["rank1.cache"])  # rank 0 has said nothing: said after the wait
+    assert (alone.exit_code, alone.output) == (2, "Error: cannot read rank1.cache\n")
+    monkeypatch.setenv("RANK", "0")
+    assert CliRunner().invoke(main, ["rank0.cache"]).output == "Error: cannot read rank0.cache\n"
+    monkeypatch.setenv("RANK", "1")
+    other = CliRunner().invoke(main, ["rank1.cache"])  # another line than rank 0's
+    assert (other.exit_code, other.output) == (2, "Error: cannot read rank1.cache\n")
