@@ -120,3 +120,42 @@ def test_a_source_that_does_not_say_how_it_deals_gives_n_batches_in_all(tmp_path
     for world_size in (2, 3):
         keys, _ = _evaluate(_Untold, world_size, val_batches, tmp_path)
         assert len(keys) == len(set(keys)) == min(7, 2 * val_batches)  # not N per rank
+
+
+@pytest.mark.slow
+def test_torchrun_validates_a_trained_run_as_one_process_does(tmp_path, val_in_three_shards):
+    """One run's weights, validated again (--resume of the finished run) by 1 process and by torchrun's 2: the
+    same figures (2 ranks read 4 batches for --val-batches 2 before, and their figures differed)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from m2u.training.cli import train_main
+
+    common = ["--batch-size", "2", "--num-workers", "0", "--no-progress", "--no-test", "--val-every", "0"]
+    common += ["--val-batches", "2"]
+    first = ["mseg", "--data", str(val_in_three_shards), "--out", str(tmp_path / "one"), "--epochs", "1"]
+    trained = CliRunner().invoke(train_main, [*first, "--levels", "2", "--base-channels", "4", *common])
+    assert trained.exit_code == 0, trained.output
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    alone = CliRunner().invoke(train_main, ["mseg", "--out", str(tmp_path / "one"), "--resume", *common])
+    assert alone.exit_code == 0, alone.output
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+    command = [
+        *torchrun,
+        "-m",
+        "m2u.training.cli",
+        "mseg",
+        "--out",
+        str(tmp_path / "two"),
+        "--resume",
+        *common,
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
+    assert two["world_size"] == 2 and set(one["val"]) == {"dice", "pixel_accuracy"}
+    assert two["val"] == pytest.approx(one["val"], rel=1e-6)
