@@ -64,6 +64,8 @@ PROBE_PREFIX = ".m2u-probe-"
 IN_PROCESS_PROTOCOLS = frozenset({"memory"})
 # How often a long upload re-uploads its record (so that a stopped upload does not send its files again).
 RECORD_FLUSH_S = 30.0
+# At the URL while a build runs: who builds there (see _UrlLease). Never travels, never in the upload record.
+LEASE_NAME = ".m2u-build-lease.json"
 
 T = TypeVar("T")
 
@@ -163,11 +165,12 @@ def _is_lock(relative: str) -> bool:
 
 def _travels(relative: str) -> bool:
     """Whether a file goes between a local copy and the URL: not a lock (locks stay local), the upload record
-    (read on its own), a probe, a partial download or a killed writer's temporary file."""
+    (read on its own), the build lease (the URL's own), a probe, a partial download or a killed writer's
+    temporary file."""
     name = relative.rsplit("/", 1)[-1]
     return not (
         _is_lock(relative)
-        or relative == UPLOAD_RECORD_NAME
+        or relative in (UPLOAD_RECORD_NAME, LEASE_NAME)
         or name.startswith(PROBE_PREFIX)
         or name.endswith(".part")
         or is_temp_name(name)

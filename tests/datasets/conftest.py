@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,20 @@ def demo_faces(tmp_path_factory: pytest.TempPathFactory):
         return path
 
     return listing
+
+
+def lease_of_another_build(renewed_ago_s: float, *, host: str = "build-host-2", pid: int = 4242) -> bytes:
+    """The bytes of a build lease another machine's build wrote (m2u.datasets.storage.LEASE_NAME), last renewed
+    `renewed_ago_s` seconds ago."""
+
+    def iso(ago_s: float) -> str:
+        return datetime.fromtimestamp(time.time() - ago_s, UTC).isoformat()
+
+    fields = {
+        "token": "0" * 32,
+        "host": host,
+        "pid": pid,
+        "started": iso(renewed_ago_s + 60),
+        "renewed": iso(renewed_ago_s),
+    }
+    return json.dumps(fields).encode()

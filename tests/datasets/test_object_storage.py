@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +16,11 @@ moto_server = pytest.importorskip("moto.server")
 
 from m2u.datasets.cli import main as make_dataset_main  # noqa: E402
 
+from .conftest import lease_of_another_build  # noqa: E402
+
 BUCKET = "m2u-test"
+# m2u.datasets.storage.LEASE_NAME, spelled out: what a build leaves at the URL is part of its contract.
+LEASE = ".m2u-build-lease.json"
 
 
 def _free_port() -> int:
@@ -151,3 +156,18 @@ def test_make_dataset_to_a_missing_bucket_is_refused_before_the_build(s3, tmp_pa
     assert "cannot be written" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()  # refused before anything was built
     assert not s3.exists("m2u-no-such-bucket")  # and the check made no bucket
+
+
+def test_readers_never_fetch_the_lease_of_a_build_running_at_the_url(s3, tmp_path):
+    from m2u.datasets import LoaderConfig, make_loader, write_synthetic_dataset
+    from m2u.datasets.storage import check_dataset, local_dataset, upload
+
+    write_synthetic_dataset(tmp_path / "ds", 8, size=32, seed=0, split=(0.5, 0.25, 0.25))
+    url = f"s3://{BUCKET}/ds"
+    upload(tmp_path / "ds", url)
+    s3.pipe(f"{BUCKET}/ds/{LEASE}", lease_of_another_build(0))  # a rebuild on another machine has started
+    check_dataset(url)
+    copy = Path(local_dataset(url))
+    assert not (copy / LEASE).exists()
+    batches = list(make_loader(url, "train", LoaderConfig(batch_size=2, num_workers=0)))
+    assert sum(len(b["key"]) for b in batches) == 4
