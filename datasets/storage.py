@@ -5,7 +5,8 @@ reads it through a local copy, kept in a cache folder per URL (``$M2U_CACHE`` or
 ``datasets/<sha of the URL>``):
 
 - `m2u-make-dataset -o URL` first checks that the URL can be written (a small probe object, written and removed),
-  fetches what the URL already holds (a build another machine started), builds (or resumes) locally exactly as
+  takes the URL's build lease (``.m2u-build-lease.json``: one build at a time per URL, on any machine; see
+  _UrlLease), fetches what the URL already holds (a build another machine started), builds (or resumes) locally exactly as
   for a local folder, then uploads: the bytes at the URL are those of the local build, every file compared by
   its SHA-256, and the files an earlier m2u upload put there that this build no longer has are removed (never a
   file m2u did not write). A build that stops (Ctrl-C, SIGTERM, a failure) uploads what it committed, without
@@ -34,9 +35,13 @@ import json
 import os
 import posixpath
 import secrets
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -66,6 +71,16 @@ IN_PROCESS_PROTOCOLS = frozenset({"memory"})
 RECORD_FLUSH_S = 30.0
 # At the URL while a build runs: who builds there (see _UrlLease). Never travels, never in the upload record.
 LEASE_NAME = ".m2u-build-lease.json"
+# The lease is renewed this often: ten renewals fit in the staleness limit, so a few failed ones (a network blip,
+# throttling) never make a live build look dead.
+LEASE_RENEW_S = 60.0
+# A lease not renewed for this long is a dead build's (killed, its machine gone) and is taken over. Long enough to
+# absorb some clock skew between machines (staleness compares this machine's clock with the holder's), short
+# enough that a URL is free again soon after a crash.
+LEASE_STALE_S = 600.0
+# Between writing the lease and reading it back: longer than one write takes, so that a build that found no lease
+# at the same moment as this one has written its own by then, and of the two only the last writer reads its token.
+LEASE_SETTLE_S = 2.0
 
 T = TypeVar("T")
 
@@ -535,12 +550,23 @@ def _has_folders(fs) -> bool:
     return any(protocol in FOLDER_PROTOCOLS for protocol in protocols)
 
 
-def _send(fs, target: str, *, data: bytes | None = None, source: Path | None = None) -> None:
+def _send(
+    fs, target: str, *, data: bytes | None = None, source: Path | None = None, exclusive: bool = False
+) -> None:
     """Write one file at the URL (`data`, or the local file `source`). On a file system with folders (local://,
     sftp://, hdfs://) a write refused for a missing folder makes the folder and is tried once more (object stores
-    pay no extra request, and a missing bucket stays missing: its error is the caller's)."""
+    pay no extra request, and a missing bucket stays missing: its error is the caller's). `exclusive` (`data`
+    only): FileExistsError when a file is there, where the file system can create exclusively (a local disk,
+    S3's conditional write); elsewhere a plain write."""
 
     def write() -> None:
+        if exclusive:
+            try:
+                with fs.open(target, "xb") as handle:
+                    handle.write(data)
+                return
+            except (ValueError, NotImplementedError):  # no exclusive create here
+                pass
         if source is None:
             fs.pipe_file(target, data)
         else:
@@ -678,17 +704,18 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
 
 
 def build_at_url(url: str, build: Callable[[str], T], *, in_process_ok: bool = True) -> T:
-    """Run `build(local_folder)` for a dataset that lives at `url`: check that the URL can be written, fetch what
-    is there, build or resume locally, upload. A build that stops uploads what it committed (not the manifest)
-    before the stop propagates. UploadError when the final upload fails (the build stays in the local cache).
+    """Run `build(local_folder)` for a dataset that lives at `url`: check that the URL can be written, take its
+    build lease (StorageError while another build holds it), fetch what is there, build or resume locally, upload,
+    give the lease back. A build that stops uploads what it committed (not the manifest) before the stop
+    propagates. UploadError when the final upload fails (the build stays in the local cache).
     `in_process_ok=False` refuses memory:// (see check_output_url). The result of `build` is returned."""
     check_output_url(url, in_process_ok=in_process_ok)
     local = cache_folder(url)
-    with _cache_lock(local, url, wait=False):
-        return _build_locked(url, local, build)
+    with _cache_lock(local, url, wait=False), _url_lease(url) as lease:
+        return _build_locked(url, local, build, lease)
 
 
-def _build_locked(url: str, local: Path, build: Callable[[str], T]) -> T:
+def _build_locked(url: str, local: Path, build: Callable[[str], T], lease: _UrlLease) -> T:
     fetch(url, local, require_manifest=False, keep_local_changes=True)
     try:
         result = build(str(local))
@@ -696,13 +723,14 @@ def _build_locked(url: str, local: Path, build: Callable[[str], T]) -> T:
         if (
             stop_of(error) is not None
         ):  # a stop (Ctrl-C, SIGTERM: a preempted machine), not a refusal or failure
-            _upload_stopped(local, url)
+            _upload_stopped(local, url, lease)
         elif isinstance(
             error, BuildError
         ):  # its paths are the cache's: say them at the URL, where the user acts
             raise type(error)(str(error).replace(str(local), url.rstrip("/"))) from None
         raise
     try:
+        lease.confirm()
         upload(local, url)
     except Exception as error:
         raise UploadError(
@@ -712,13 +740,210 @@ def _build_locked(url: str, local: Path, build: Callable[[str], T]) -> T:
     return result
 
 
-def _upload_stopped(local: Path, url: str) -> None:
+@dataclass(frozen=True)
+class _LeaseHolder:
+    """What a build lease at a URL says (None for a field it does not hold: an unreadable lease)."""
+
+    token: str | None
+    host: str | None = None
+    pid: int | None = None
+    started: float | None = None
+    renewed: float | None = None
+
+    @classmethod
+    def parse(cls, data: bytes) -> _LeaseHolder:
+        try:
+            fields = json.loads(data)
+            return cls(
+                token=str(fields["token"]),
+                host=str(fields["host"]),
+                pid=int(fields["pid"]),
+                started=datetime.fromisoformat(fields["started"]).timestamp(),
+                renewed=datetime.fromisoformat(fields["renewed"]).timestamp(),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):  # written halfway, or not by m2u
+            return cls(token=None)
+
+    def stale(self) -> bool:
+        return self.renewed is None or time.time() - self.renewed > LEASE_STALE_S
+
+    def described(self) -> str:
+        if self.token is None:
+            return "an unreadable lease"
+        return f"host {self.host}, pid {self.pid}, started {_utc(self.started)}"
+
+
+def _utc(seconds: float | None) -> str:
+    if seconds is None:
+        return "at an unknown time"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+class _UrlLease:
+    """The build lease at a URL (``LEASE_NAME``): one build at a time per URL, across machines. The cache lock
+    only sees builds on this machine; two machines uploading to one URL at once each removed the other's files.
+
+    Object stores have no lock, and not all have an atomic create: a build checks that no live lease of another
+    build is there, writes its own (an exclusive create where the file system has one), waits LEASE_SETTLE_S and
+    reads the lease back: of builds that wrote at once, only the last writer reads its own token and proceeds. A
+    daemon thread renews it every LEASE_RENEW_S; one not renewed for LEASE_STALE_S is a dead build's and is taken
+    over. The upload checks that the lease is still this build's before it changes anything at the URL."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.fs, root = _filesystem(url)
+        self.path = f"{root}/{LEASE_NAME}"
+        self.token = secrets.token_hex(16)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started = time.time()
+        # Held while renewing: once `release` has it, no renewal can write the lease again after it is removed.
+        self._writing = threading.Lock()
+        self._released = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _read(self) -> _LeaseHolder | None:
+        """The lease at the URL; None when there is none."""
+        try:
+            return _LeaseHolder.parse(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+
+    def _write(self, *, exclusive: bool) -> bool:
+        """Write this build's lease; False when `exclusive` and a lease appeared meanwhile."""
+        text = json.dumps(
+            {
+                "generator": "m2u.datasets.storage",
+                "token": self.token,
+                "host": self.host,
+                "pid": self.pid,
+                "started": _iso(self.started),
+                "renewed": _iso(time.time()),
+            },
+            indent=1,
+        )
+        try:
+            _send(self.fs, self.path, data=text.encode(), exclusive=exclusive)
+        except FileExistsError:
+            return False
+        return True
+
+    def _refusal(self, holder: _LeaseHolder | None) -> StorageError:
+        if holder is None or holder.token is None:  # another build is writing it right now
+            return StorageError(
+                f"another m2u-make-dataset run is taking the build lease of {self.url} at this moment; run again "
+                f"once it has finished (its lease is {self.url}/{LEASE_NAME})"
+            )
+        stale_at = _utc((holder.renewed or 0) + LEASE_STALE_S)
+        return StorageError(
+            f"another m2u-make-dataset run is building {self.url} ({holder.described()}); wait for it to finish, "
+            f"or, if that run is dead, run again after {stale_at}, when its lease ({LEASE_NAME}, renewed every "
+            f"{LEASE_RENEW_S:g} s while it runs) is stale and is taken over"
+        )
+
+    def take(self) -> None:
+        """Take the lease, or StorageError with one line naming the build that holds it."""
+        holder = self._read()
+        if holder is not None and holder.token is None:
+            time.sleep(LEASE_SETTLE_S)  # perhaps written halfway by a build taking it now: read once more
+            holder = self._read()
+        if holder is not None and not holder.stale():
+            raise self._refusal(holder)
+        try:
+            if not self._write(exclusive=holder is None):
+                time.sleep(LEASE_SETTLE_S)  # the build that created it first has written it by then
+                raise self._refusal(self._read())
+            time.sleep(LEASE_SETTLE_S)
+            read_back = self._read()
+            if read_back is None or read_back.token != self.token:
+                raise self._refusal(read_back)
+        except BaseException as error:
+            if not isinstance(error, StorageError):  # stopped halfway (Ctrl-C): leave no lease of ours behind
+                with contextlib.suppress(Exception):  # the error that stopped it is the one to say
+                    self._remove_if_ours()
+            raise
+        if holder is not None:
+            last = f"renewed {_utc(holder.renewed)}" if holder.token is not None else "unreadable"
+            print(
+                f"took over the build lease of {self.url}: the build that held it ({holder.described()}; {last}) "
+                f"had not renewed it for over {LEASE_STALE_S / 60:g} minutes and is taken as dead",
+                file=sys.stderr,
+            )
+        self._renewer = threading.Thread(
+            target=self._renew_until_released, name="m2u-lease-renewal", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_until_released(self) -> None:
+        while not self._released.wait(LEASE_RENEW_S):
+            with self._writing:
+                if self._released.is_set():
+                    return
+                try:
+                    holder = self._read()
+                    if holder is None or holder.token != self.token:
+                        return  # taken over (or removed): never written over; the upload's check refuses
+                    self._write(exclusive=False)
+                except Exception:  # noqa: BLE001 - tried again at the next renewal, well before it is stale
+                    continue
+
+    def confirm(self) -> None:
+        """StorageError unless the URL's lease is still this build's (checked before anything there changes)."""
+        holder = self._read()
+        if holder is None:
+            what = "is gone (removed by hand, or by a build that took it over and has finished)"
+        elif holder.token != self.token:
+            what = (
+                f"was taken over by another build ({holder.described()}): this build could not renew it for over "
+                f"{LEASE_STALE_S / 60:g} minutes"
+            )
+        else:
+            return
+        raise StorageError(f"this build's lease {self.url}/{LEASE_NAME} {what}; nothing was uploaded")
+
+    def _remove_if_ours(self) -> None:
+        holder = self._read()
+        if holder is not None and holder.token == self.token:
+            self.fs.rm_file(self.path)
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease (if still this build's). A failure is said, never raised: the build
+        itself is done, and the lease becomes stale."""
+        self._released.set()
+        with self._writing:
+            try:
+                self._remove_if_ours()
+            except Exception as error:  # noqa: BLE001 - said; the run's own outcome stands
+                print(
+                    f"the build lease {self.url}/{LEASE_NAME} could not be removed ({_one_line(error)}); the next "
+                    f"build there takes it over after {_utc(time.time() + LEASE_STALE_S)}",
+                    file=sys.stderr,
+                )
+
+
+@contextlib.contextmanager
+def _url_lease(url: str) -> Iterator[_UrlLease]:
+    """Hold the build lease of `url` (see _UrlLease) while the block runs, however it ends."""
+    lease = _UrlLease(url)
+    lease.take()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def _upload_stopped(local: Path, url: str, lease: _UrlLease) -> None:
     """After a build stopped (Ctrl-C, SIGTERM): upload what it committed (never the manifest), so that a preempted
     machine's work reaches the URL; a failure here is said, never raised over the stop itself. A build refused
     (another run holds the cache, other arguments) or failed leaves the URL as it was."""
     if not local.is_dir():
         return
     try:
+        lease.confirm()
         count = upload(local, url, finished=False)
     except Exception as failure:  # noqa: BLE001 - said, never raised over the stop itself
         print(

@@ -38,6 +38,15 @@ def demo_faces(tmp_path_factory: pytest.TempPathFactory):
     return listing
 
 
+@pytest.fixture(autouse=True)
+def no_lease_settle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build to a URL waits LEASE_SETTLE_S after writing its lease, for a build racing it; none races here
+    (the race tests set their own delay)."""
+    from m2u.datasets import storage
+
+    monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.0, raising=False)
+
+
 def lease_of_another_build(renewed_ago_s: float, *, host: str = "build-host-2", pid: int = 4242) -> bytes:
     """The bytes of a build lease another machine's build wrote (m2u.datasets.storage.LEASE_NAME), last renewed
     `renewed_ago_s` seconds ago."""

@@ -8,6 +8,10 @@ local folder through fsspec's local:// (the CLI, which refuses memory://)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+from datetime import datetime
 from pathlib import Path
 
 import fsspec
@@ -20,14 +24,19 @@ from m2u.datasets.cli import main as make_dataset_main
 from m2u.datasets.storage import (
     UPLOAD_RECORD_NAME,
     StorageError,
+    UploadError,
     build_at_url,
     cache_folder,
     fetch,
     local_dataset,
 )
 
+from .conftest import lease_of_another_build
+
 # The faces' key order does not matter here: a few samples, several shards per split.
 FACES = 12
+# m2u.datasets.storage.LEASE_NAME, spelled out: what a build leaves at the URL is part of its contract.
+LEASE = ".m2u-build-lease.json"
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +358,73 @@ def test_a_file_changed_at_the_url_with_its_size_kept_is_repaired_by_a_rerun(
     _mirrors(bucket, cache_folder(bucket))
     monkeypatch.setenv("M2U_CACHE", str(cache_folder(bucket).parents[1].with_name("reader")))
     assert Path(local_dataset(bucket)).is_dir()  # the reader takes it now
+
+
+def _lease(url: str) -> dict | None:
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        return json.loads(fs.cat_file(f"{root}/{LEASE}"))
+    except FileNotFoundError:
+        return None
+
+
+def test_a_build_holds_the_urls_lease_while_it_runs_and_removes_it_however_it_ends(bucket, faces):
+    config = BuildConfig(mask_engine="synthetic", size=64, workers=1, progress=False, shard_size=2)
+    seen: list[dict | None] = []
+
+    def build_then(ending: BaseException | None):
+        def build(local: str):
+            seen.append(_lease(bucket))
+            if ending is not None:
+                raise ending
+            return build_dataset([str(faces)], local, config)
+
+        return build
+
+    build_at_url(bucket, build_then(None))
+    assert (
+        seen[-1] is not None and seen[-1]["host"] == socket.gethostname() and seen[-1]["pid"] == os.getpid()
+    )
+    assert LEASE not in _remote(bucket) and "manifest.parquet" in _remote(bucket)
+    from m2u.core.guard import Terminated  # what SIGTERM raises in an m2u command
+
+    for ending in (RuntimeError("the build failed"), KeyboardInterrupt(), Terminated()):
+        with pytest.raises(type(ending)):
+            build_at_url(bucket, build_then(ending))
+        assert seen[-1] is not None and seen[-1]["token"] != seen[0]["token"]
+        assert LEASE not in _remote(bucket), type(ending).__name__
+
+
+def test_the_lease_is_renewed_while_the_build_runs(bucket, monkeypatch):
+    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.05, raising=False)
+
+    def slow_build(local: str):
+        Path(local).mkdir(parents=True, exist_ok=True)
+        first = _lease(bucket)
+        time.sleep(0.5)
+        return first, _lease(bucket)
+
+    first, later = build_at_url(bucket, slow_build)
+    assert first is not None and later is not None and later["token"] == first["token"]
+    assert datetime.fromisoformat(later["renewed"]) > datetime.fromisoformat(first["renewed"])
+    assert later["started"] == first["started"]
+
+
+def test_a_build_whose_lease_was_taken_over_meanwhile_uploads_nothing(bucket, faces):
+    """Its renewals failed for longer than the staleness limit and another machine's build took the URL over:
+    its upload would remove that build's files."""
+    fs, root = fsspec.core.url_to_fs(bucket)
+    config = BuildConfig(mask_engine="synthetic", size=64, workers=1, progress=False, shard_size=2)
+    taken_over = lease_of_another_build(0)
+
+    def build_then_lose_the_lease(local: str):
+        result = build_dataset([str(faces)], local, config)
+        fs.pipe_file(f"{root}/{LEASE}", taken_over)
+        return result
+
+    with pytest.raises(
+        UploadError, match=r"taken over by another build \(host build-host-2, pid 4242"
+    ) as caught:
+        build_at_url(bucket, build_then_lose_the_lease)
+    assert str(cache_folder(bucket)) in str(caught.value)  # kept for a rerun
+    assert _remote(bucket) == {LEASE: taken_over}  # nothing uploaded; the other build's lease stays
