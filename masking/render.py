@@ -68,7 +68,7 @@ from m2u.masking.warp import grid_point, warp_texture
 # face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright), a
 # black-and-white photo's mask drawn grey, straps ending short of the eyes, a pack's side view that fails the checks
 # drawn as its front template; 5: a patchwork print's cells with straight edges at full size (they were 8-pixel
-# staircases).
+# staircases), a pack's side view with its outer anchors on its body's edge (templates_pack.side_view_anchors).
 RENDER_VERSION = 5
 # The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
 PLACEMENT_STREAM = 1
@@ -587,11 +587,15 @@ def apply_mask(
     attempts = [(top_shift, True), *([(0.0, True)] if top_shift else [])]
     if config.pack:
         attempts += [(shift, False) for shift, _ in attempts]
+    drew_a_side_view = False
     for attempt, (shift, side_view) in enumerate(attempts):
         try:
             result = _draw(image, landmarks, config, seed, resolved, finish, shift, side_view)
-        except _RenderCheckError:
-            if attempt == len(attempts) - 1:
+        except _RenderCheckError as error:
+            drew_a_side_view |= error.side_view
+            # The front-template attempts redraw only what a side view drew: a front face's would be its first
+            # attempts again, refused again (two wasted draws per refusal).
+            if attempt == len(attempts) - 1 or (not attempts[attempt + 1][1] and not drew_a_side_view):
                 raise
             continue
         fallback = [
@@ -611,7 +615,12 @@ def _is_grey(image: np.ndarray) -> bool:
 
 class _RenderCheckError(MaskingError):
     """A drawn mask that fails `_verify`: the one refusal a shift of the top edge can cause and apply_mask retries
-    unshifted (build_mesh retries its own mesh checks; a face too small or implausible fails either way)."""
+    unshifted (build_mesh retries its own mesh checks; a face too small or implausible fails either way).
+    `side_view`: whether the mask drawn was a pack's pose variant (apply_mask then tries the front template)."""
+
+    def __init__(self, reason: str, side_view: bool = False):
+        super().__init__(reason)
+        self.side_view = side_view
 
 
 def _draw(
@@ -629,9 +638,11 @@ def _draw(
     mask_type, color, pattern, color_weight, pattern_weight = resolved
     mesh = build_mesh(landmarks, config.placement, top_shift)
     if config.pack:
-        template = load_template_pack(config.pack).get(mask_type, mesh.pose if side_view else "front")
+        pack = load_template_pack(config.pack)
+        template = pack.get(mask_type, mesh.pose if side_view else "front")
+        drawn_side_view = template is not pack.get(mask_type, "front")
     else:
-        template = get_template(mask_type)
+        template, drawn_side_view = get_template(mask_type), False
 
     height, width = image.shape[:2]
     straps = []
@@ -664,6 +675,6 @@ def _draw(
         try:
             _verify(mask, landmarks, box)
         except MaskingError as error:
-            raise _RenderCheckError(error.reason) from None
+            raise _RenderCheckError(error.reason, drawn_side_view) from None
     meta = _result_meta(config, seed, resolved, template, mesh, landmarks, mask, finish)
     return MaskResult(out, mask, meta)

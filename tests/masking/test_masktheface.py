@@ -461,6 +461,37 @@ def test_a_side_view_that_leaves_the_mouth_bare_falls_back_to_the_front_template
     assert result.meta["template"] == "tpl" and "front template" in result.meta["fallback"]
 
 
+def test_a_front_face_refused_by_the_checks_is_not_drawn_again_as_the_front_template(
+    tmp_path, synthetic_landmarks, skin_image, monkeypatch
+):
+    """The front-template retries are for side views: a front face whose pack template fails the checks is refused
+    after its own attempts (shifted, unshifted), not drawn twice more as the same template."""
+    import m2u.masking.render as render
+    from m2u.masking import MaskingError, apply_mask
+
+    pack = _side_view_pack(tmp_path / "pack")
+    front = cv2.imread(str(pack / "front.png"), cv2.IMREAD_UNCHANGED)
+    front[45:110, 70:130] = 0  # a slot up the middle, where the mouth goes
+    cv2.imwrite(str(pack / "front.png"), front)
+    draws: list[bool] = []
+    real_draw = render._draw
+
+    def counted(*args, **kwargs):
+        draws.append(args[-1] if len(args) == 8 else kwargs.get("side_view", True))
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(render, "_draw", counted)
+    config = MaskConfig(mask_type="tpl", pack=str(pack))
+    seed = next(
+        s
+        for s in range(50)
+        if render.draw_top_shift(np.random.default_rng([s, render.PLACEMENT_STREAM]), config.placement)
+    )
+    with pytest.raises(MaskingError):
+        apply_mask(skin_image, synthetic_landmarks(yaw=0.0), config, seed=seed)
+    assert draws == [True, True]  # shifted, unshifted: both the front template, nothing redrawn
+
+
 def test_masktheface_side_views_cover_a_turned_face_as_the_front_template(checkout, celeba_dir, tmp_path):
     """On this turned CelebA face MaskTheFace's surgical side views (outer anchors past the ear loops) left a mouth
     corner bare and fell back to the front template; cloth's was drawn at 0.75 of the front one's area (now 0.93)."""
