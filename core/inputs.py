@@ -18,6 +18,8 @@ file swapped for a FIFO after discovery is refused too.
 A tool's own output folder is passed as `exclude`: a rerun never reads its earlier outputs back as inputs
 (``m2u-mask photos -o photos/masked``). `check_output_folder` refuses an output folder that is an input folder
 or whose outputs would replace an input; `output_lock` keeps two runs from writing one output folder at once.
+`claim_output_names` names the outputs of the per-file tools (m2u-mask, m2u-unmask) so that a rerun gives each
+input the name the earlier run gave it, whatever the order of the inputs (m2u-make-dataset keys by content).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import glob
 import io
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m2u.core.fileio import RECORD_NAME, arrow_path, remove_temp_files, replace_problem
+from m2u.core.fileio import RECORD_NAME, arrow_path, claim_name, remove_temp_files, replace_problem
 from m2u.core.imageio import (
     DEFAULT_MAX_FILE_BYTES,
     IMAGE_SUFFIXES,
@@ -343,6 +346,67 @@ def no_images_error(found: Discovery) -> InputError:
     return InputError("no image files found in the inputs" + (f" ({said})" if said else ""))
 
 
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def earlier_names(out_dir: str | os.PathLike[str], rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(input, output name inside `out_dir`) of an earlier run's report rows (input, output path as written: OUT
+    as that run was given it); rows without an output, or whose output is not inside `out_dir`, are left out."""
+    out = _resolved(out_dir)
+    names = []
+    for source, output in rows:
+        if not source or not output:
+            continue
+        where = _resolved(output)
+        if out in where.parents:
+            names.append((source, where.relative_to(out).as_posix()))
+    return names
+
+
+def claim_output_names(
+    entries: Sequence[InputEntry],
+    wanted: Sequence[tuple[str, str]],
+    earlier: Iterable[tuple[str, str]] = (),
+) -> list[str]:
+    """Each entry's output name inside OUT, from its `wanted` (stem, suffix): `stem + suffix`, or -2, -3... where
+    that name is taken (m2u.core.fileio.claim_name), handed out in input order.
+
+    `earlier`: (input, output name) pairs an earlier run's report into the same OUT gave (`earlier_names`). Names
+    handed out in input order alone would depend on that order (a/x.jpg and b/X.jpg given as "a b" and as "b a"
+    swap x.jpg and X-2.jpg), so a rerun in another order would replace each restoration with another photo's.
+    An input that run named keeps its name, whatever the order now, where it is still a name this input could get
+    (a changed suffix, as with another output format, gives a new one); the names that run gave to photos that
+    still exist are handed to no other input, so a new input whose name clashes gets a fresh one and no earlier
+    output is renamed or replaced. Inputs are matched by file identity: the report holds the paths as typed."""
+    held: dict[tuple[int, int], str] = {}
+    taken: set[str] = set()
+    for source, name in earlier:
+        identity = _identity(source)
+        if identity is not None:  # a photo moved or deleted since holds no name
+            held.setdefault(identity, name)
+            taken.add(name.casefold())
+    names: list[str | None] = []
+    for entry, (stem, suffix) in zip(entries, wanted, strict=True):
+        identity = None if entry.problem else _identity(entry.path)
+        # pop: a file given twice under two names (a hard link) keeps its name once
+        kept = held.pop(identity, None) if identity is not None else None
+        names.append(kept if kept is not None and _may_be_named(kept, stem, suffix) else None)
+    return [
+        given if given is not None else claim_name(stem, suffix, taken)
+        for given, (stem, suffix) in zip(names, wanted, strict=True)
+    ]
+
+
+def _may_be_named(name: str, stem: str, suffix: str) -> bool:
+    """Whether claim_name can give `name` to an input that wants (stem, suffix): `stem+suffix` or `stem-k+suffix`."""
+    return re.fullmatch(re.escape(stem) + r"(-([2-9]|[1-9][0-9]+))?" + re.escape(suffix), name) is not None
+
+
 class OutputFolderError(ValueError):
     """An output folder a run must not write: an input folder, one whose outputs would replace inputs, or one
     another run is writing."""
@@ -566,7 +630,9 @@ __all__ = [
     "OutputFolderError",
     "check_arguments",
     "check_output_folder",
+    "claim_output_names",
     "discover",
+    "earlier_names",
     "find_inputs",
     "open_lock_file",
     "no_images_error",

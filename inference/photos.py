@@ -23,15 +23,15 @@ from tqdm import tqdm
 from m2u.core.fileio import (
     OutputRefusedError,
     atomic_write_text,
-    claim_name,
     fit_stem,
     remove_written,
+    replace_problem,
     report_text,
     written_files_not_in,
 )
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
-from m2u.core.inputs import Discovery, InputEntry
+from m2u.core.inputs import Discovery, InputEntry, claim_output_names, earlier_names
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
 from m2u.inference.masked_rule import NOTHING_TO_RESTORE, judged_no_face, judged_not_masked
@@ -86,13 +86,20 @@ class FileResult:
     seconds: float = 0.0
 
 
-def _output_name(entry: InputEntry, output_format: str, used: set[str]) -> str:
-    """The restored photo's path inside OUT: the input's own path below its input folder (subfolders kept, as
+def _output_names(entries: list[InputEntry], output_format: str, out: Path | None = None) -> list[str]:
+    """The restored photos' paths inside OUT: each input's own path below its input folder (subfolders kept, as
     m2u-mask keeps them: a/x.jpg and b/x.jpg stay apart), with the format's suffix; a name taken already (x.jpg
-    and x.png written as PNG, or x.jpg and x.JPG) gets -2, -3... in input order (m2u.core.fileio.claim_name)."""
-    relative = PurePosixPath(entry.relative)
-    stem = (relative.parent / fit_stem(relative.stem)).as_posix()
-    return claim_name(stem, output_suffix(entry.path, output_format), used)
+    and x.png written as PNG, or x.jpg and x.JPG) gets -2, -3... in input order. An input an earlier run's
+    report.csv in `out` named keeps that name, in any order (m2u.core.inputs.claim_output_names)."""
+    wanted = []
+    for entry in entries:
+        relative = PurePosixPath(entry.relative)
+        stem = (relative.parent / fit_stem(relative.stem)).as_posix()
+        wanted.append((stem, output_suffix(entry.path, output_format)))
+    if out is None:
+        return claim_output_names(entries, wanted)
+    earlier = earlier_names(out, [(row["input"], row["output"]) for row in _report_rows(out)])
+    return claim_output_names(entries, wanted, earlier)
 
 
 def unmask_files(
@@ -105,7 +112,7 @@ def unmask_files(
     unmasker: Unmasker | None = None,
 ) -> list[FileResult]:
     """Unmask every input photo into `out_dir` (its path below its input folder; the format `config.output_format`:
-    `_output_name`) and write
+    `_output_names`) and write
     `out_dir/report.csv`. `inputs`: the arguments, or their `m2u.core.inputs.find_inputs` result (then not
     scanned again: m2u-unmask prints its `describe_skipped`)."""
     from m2u.core.inputs import (
@@ -125,8 +132,7 @@ def unmask_files(
     entries = found.entries[: config.limit]
     paths = [e.path for e in entries]
     # Each input's output name is fixed before any work, so the check below sees every file the run can write.
-    planned: set[str] = set()
-    names = [_output_name(e, config.output_format, planned) for e in entries]
+    names = _output_names(entries, config.output_format, out)
     check_output_folder(
         out,
         found,
@@ -202,19 +208,16 @@ def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) 
     """Why this run must not write its outputs ("" when it may): one of them would replace the restoration of
     another photo, which an earlier run's report.csv names as that output's input and which is still there (a
     rerun of the same photo replaces its own restoration; one whose photo was moved or deleted may be replaced).
-    Outputs are named by their path below their input folder, so two folders' x.jpg land at one name."""
-    report = out / REPORTS[0]
-    if not _is_unmask_report(report):
-        return ""
+    `_output_names` hands no input a name the report gives another photo still there: this is a last guard, in
+    case the two ever disagree."""
     sources: dict[
         tuple[int, int], str
     ] = {}  # earlier outputs, by file identity: the paths were given as typed
-    with open(report, newline="") as handle:
-        for row in csv.DictReader(handle):
-            with contextlib.suppress(OSError):
-                if row.get("output"):
-                    info = os.stat(row["output"])
-                    sources[(info.st_dev, info.st_ino)] = row["input"]
+    for row in _report_rows(out):
+        with contextlib.suppress(OSError):
+            if row.get("output"):
+                info = os.stat(row["output"])
+                sources[(info.st_dev, info.st_ino)] = row["input"]
     for path, name in planned:
         try:
             info = os.stat(out / name)
@@ -233,6 +236,17 @@ def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) 
             f"replace with {path}'s; choose another `out_dir`"
         )
     return ""
+
+
+def _report_rows(out: Path) -> list[dict[str, str]]:
+    """The rows of the report.csv an earlier m2u-unmask run wrote into `out`; [] when there is none. Read before
+    check_output_folder refuses what m2u must not replace, so only a regular file m2u wrote is opened (a FIFO at
+    the name would hang the run)."""
+    report = out / REPORTS[0]
+    if not report.exists() or replace_problem(report) or not _is_unmask_report(report):
+        return []
+    with open(report, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _is_unmask_report(path: Path) -> bool:

@@ -35,10 +35,10 @@ from m2u.core.errors import SettingError
 from m2u.core.fileio import (
     REPORT_TEXT_ERRORS,
     OutputRefusedError,
-    claim_name,
     fit_stem,
     remove_temp_files,
     remove_written,
+    replace_problem,
     written_files_not_in,
 )
 from m2u.core.fileio import atomic_write_bytes as write_atomic
@@ -49,6 +49,8 @@ from m2u.core.inputs import (
     InputEntry,
     OutputFolderError,
     check_output_folder,
+    claim_output_names,
+    earlier_names,
     find_inputs,
     no_images_error,
     output_lock,
@@ -146,16 +148,36 @@ class BatchResult:
         return any(r["read"] for r in self.rows)
 
 
-def output_stems(entries: list[InputEntry]) -> list[tuple[InputEntry, Path]]:
+def output_stems(entries: list[InputEntry], out: Path | None = None) -> list[tuple[InputEntry, Path]]:
     """(entry, output stem relative to OUT) per entry: the sub-folder below its input folder is kept, and equal
-    stems (also in all but letter case: m2u.core.fileio.claim_name) get -2, -3... in input order."""
-    taken: set[str] = set()
-    result = []
+    stems (also in all but letter case: m2u.core.fileio.claim_name) get -2, -3... in input order. An input an
+    earlier run's report.csv in `out` named keeps its stem, in any order (m2u.core.inputs.claim_output_names)."""
+    wanted = []
     for entry in entries:
         stem = Path(entry.relative).with_suffix("")
         stem = stem.with_name(fit_stem(stem.name))  # a long input name still gives names the disk takes
-        result.append((entry, Path(claim_name(stem.as_posix(), "", taken))))
-    return result
+        wanted.append((stem.as_posix(), ""))
+    earlier = [] if out is None else _earlier_stems(out)
+    return [(e, Path(n)) for e, n in zip(entries, claim_output_names(entries, wanted, earlier), strict=True)]
+
+
+def _earlier_stems(out: Path) -> list[tuple[str, str]]:
+    """(input, output stem) of the rows of the report.csv an earlier m2u-mask run wrote into `out` (its outputs are
+    <stem>_<mask type>.jpg ...). Only a regular file m2u wrote is read: check_output_folder refuses others later."""
+    report = out / REPORT_NAME
+    if not report.exists() or replace_problem(report):
+        return []
+    try:
+        with open(report, newline="", encoding="utf-8", errors="replace") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return []
+    stems = []
+    for row in rows:
+        output, ending = row.get("output") or "", f"_{row.get('mask_type')}.jpg"
+        if output.endswith(ending):  # OUT/<stem>_<mask type>.jpg: the stem's path
+            stems.append((row.get("path") or "", output[: -len(ending)]))
+    return earlier_names(out, stems)
 
 
 def output_base(out_dir: Path, stem: Path, mask_type: str) -> Path:
@@ -497,7 +519,7 @@ def mask_files(
     run is writing it, or it holds another command's report.csv) before any output is written."""
     out = Path(out_dir)
     found = find_inputs(inputs, out)
-    files = output_stems(found.entries[: config.limit])
+    files = output_stems(found.entries[: config.limit], out)
     groups = config.groups(len(files))
     targets = [
         p for mask, indices in groups for i in indices for p in output_paths(out, files[i][1], mask.mask_type)

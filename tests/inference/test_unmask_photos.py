@@ -626,27 +626,26 @@ def test_a_photos_reason_is_that_of_the_face_that_gives_it_its_status():
 
 def test_output_names_keep_subfolders_and_differ_only_where_they_would_clash():
     from m2u.core.inputs import InputEntry
-    from m2u.inference.photos import _output_name
+    from m2u.inference.photos import _output_names
 
-    used: set[str] = set()
-    named = [
-        _output_name(InputEntry(Path(f"in/{relative}"), relative, "in"), output_format, used)
-        for relative, output_format in [
-            ("a/x.jpg", "same"),
-            ("b/x.jpg", "same"),
-            ("x.bmp", "same"),
-            ("x.tiff", "same"),
-            ("y.JPEG", "same"),  # the input's own suffix, as it was spelled
-            ("y.jpg", "same"),
-            ("y.gif", "same"),  # a format not written: PNG
-            ("x.jpg", "png"),
-            ("x.png", "png"),
-            ("Y.jpg", "same"),  # one file with y.jpg on the disks of macOS and Windows
-        ]
+    def named(relatives: list[str], output_format: str) -> list[str]:
+        entries = [InputEntry(Path(f"in/{relative}"), relative, "in") for relative in relatives]
+        return _output_names(entries, output_format)
+
+    same = ["a/x.jpg", "b/x.jpg", "x.bmp", "x.tiff", "y.JPEG", "y.jpg", "y.gif", "Y.jpg"]
+    # y.JPEG keeps its suffix as it was spelled; y.gif, a format not written, becomes PNG; Y.jpg is one file with
+    # y.jpg on the disks of macOS and Windows
+    assert named(same, "same") == [
+        "a/x.jpg",
+        "b/x.jpg",
+        "x.bmp",
+        "x.tiff",
+        "y.JPEG",
+        "y.jpg",
+        "y.png",
+        "Y-2.jpg",
     ]
-    assert named == [
-        *("a/x.jpg", "b/x.jpg", "x.bmp", "x.tiff", "y.JPEG", "y.jpg", "y.png", "x.png", "x-2.png", "Y-2.jpg")
-    ]
+    assert named(["x.jpg", "x.png"], "png") == ["x.png", "x-2.png"]
 
 
 @pytest.mark.shared
@@ -884,29 +883,59 @@ def test_a_file_where_the_crops_folder_goes_is_refused_in_one_line_and_kept(tmp_
 
 
 def test_a_run_never_replaces_another_photos_restoration_of_the_same_name(tmp_path, tiny_checkpoints):
-    """Outputs are named by their path below their input folder, so A/x.png and B/x.png land at one name: B's run
-    into A's output folder is refused in one line before any work while A/x.png is there. A rerun of A replaces its
-    own restoration, and so may a run whose earlier photo was moved away."""
+    """Outputs are named by their path below their input folder, so A/x.png and B/x.png want one name: B's run
+    into A's output folder gives B's photo a name of its own while A/x.png is there, and A's restoration stays as
+    it was. A rerun of A replaces its own restoration, and a run whose earlier photo was moved away may take its
+    name."""
     mseg_path, gen_path = tiny_checkpoints
     for folder, seed in (("A", 1), ("B", 2)):
         (tmp_path / folder).mkdir()
         cv2.imwrite(str(tmp_path / folder / "x.png"), make_synthetic_sample(CROP, seed=seed).masked)
     out = tmp_path / "out"
     options = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
-    options += ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu"]
+    options += ["--size", str(CROP), "--aligned", "--all-faces", "--quiet", "--device", "cpu"]
 
-    def run(folder: str):
-        return CliRunner().invoke(unmask_main, [str(tmp_path / folder), *options])
+    def run(folder: str) -> list[str]:
+        result = CliRunner().invoke(unmask_main, [str(tmp_path / folder), *options])
+        assert result.exit_code == 0, result.output
+        with open(out / "report.csv", newline="") as handle:
+            return [Path(row["output"]).name for row in csv.DictReader(handle)]
 
-    assert run("A").exit_code == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    refused = run("B")
-    assert refused.exit_code == 2, refused.output
-    assert f"{out / 'x.png'} is the restoration of {tmp_path / 'A' / 'x.png'}" in refused.output
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # reports too
-    assert run("A").exit_code == 0  # its own rerun
+    assert run("A") == ["x.png"]
+    restored_a = (out / "x.png").read_bytes()
+    assert run("B") == ["x-2.png"]
+    assert (out / "x.png").read_bytes() == restored_a
+    assert run("A") == ["x.png"]  # its own rerun
+    assert (out / "x-2.png").is_file()  # B's restoration stays
     (tmp_path / "A").rename(tmp_path / "A-moved")
-    assert run("B").exit_code == 0  # A's photo is gone: its name may be taken
+    assert run("B") == ["x.png"]  # the photo the report names at x.png is gone: its name may be taken
+
+
+def test_a_rerun_in_another_order_gives_each_photo_its_output_and_a_new_photo_a_fresh_name(
+    tmp_path, tiny_checkpoints
+):
+    """a/x.png, b/X.png and b/x.png want one name (one file on macOS and Windows): a rerun with the folders in the
+    other order replaces each photo's own restoration (it was refused: the names followed the order), and a new
+    photo of that name gets a name of its own without renaming the others'."""
+    mseg_path, gen_path = tiny_checkpoints
+    for seed, relative in enumerate(("a/x.png", "b/X.png", "b/x.png", "c/x.png")):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / relative), make_synthetic_sample(CROP, seed=seed).masked)
+    out = tmp_path / "out"
+    options = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+    options += ["--size", str(CROP), "--aligned", "--all-faces", "--quiet", "--device", "cpu"]
+
+    def run(*folders: str) -> dict[str, str]:
+        result = CliRunner().invoke(unmask_main, [*(str(tmp_path / f) for f in folders), *options])
+        assert result.exit_code == 0, result.output
+        with open(out / "report.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return {Path(r["input"]).relative_to(tmp_path).as_posix(): Path(r["output"]).name for r in rows}
+
+    first = {"a/x.png": "x.png", "b/X.png": "X-2.png", "b/x.png": "x-3.png"}
+    assert run("a", "b") == first
+    assert run("b", "a") == first
+    assert run("c", "b", "a") == {**first, "c/x.png": "x-4.png"}
 
 
 def test_earlier_restorations_are_the_m2u_outputs_this_run_does_not_name(tmp_path):

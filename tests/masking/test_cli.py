@@ -95,6 +95,35 @@ def test_discover_keeps_subfolders_and_deduplicates_names(tmp_path):
     assert stems == ["x", "y", "Y-2", "x-2"]
 
 
+def test_a_rerun_in_another_order_keeps_each_inputs_output_stem(tmp_path):
+    """Equal stems are numbered in input order; an input named by the earlier run's report.csv in OUT keeps its
+    stem whatever the order (its outputs are replaced, not another input's), and a new one gets a fresh stem."""
+    from m2u.masking.batch import output_paths, write_report
+
+    for rel in ("a/x.jpg", "b/x.jpg", "c/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def stems(*folders: str) -> dict[str, str]:
+        found = discover([str(tmp_path / f) for f in folders], exclude=[out])
+        named = output_stems(found.entries, out)
+        return {e.path.parent.name: s.as_posix() for e, s in named}
+
+    first = stems("a", "b")
+    assert first == {"a": "x", "b": "x-2"}
+    rows = [
+        {"path": str(tmp_path / f / "x.jpg"), "status": "ok", "mask_type": mask, "output": str(jpg)}
+        for f, stem in first.items()
+        for mask in ("cloth", "surgical")
+        for jpg in output_paths(out, Path(stem), mask)[:1]
+    ]
+    write_report(rows, out / "report.csv")
+    assert stems("b", "a") == first
+    assert stems("c", "b", "a") == {**first, "c": "x-3"}
+
+
 @pytest.mark.shared
 def test_masks_real_faces_deterministically_with_two_workers(tmp_path, celeba_first):
     src = tmp_path / "in"
