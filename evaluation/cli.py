@@ -27,7 +27,6 @@ from m2u.core.cli import (
     cli_message,
     device_option,
     limit_option,
-    min_score_option,
     out_option,
     progress_options,
     threshold_option,
@@ -40,8 +39,7 @@ from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig, MetricsConf
 from m2u.evaluation.identity import IdentityConfig
 from m2u.evaluation.lpips import LPIPSConfig
 from m2u.evaluation.real_masks import RealMaskConfig
-from m2u.inference.cli import refine_config, refine_mask_option
-from m2u.inference.unmask import DETECTORS, UnmaskConfig
+from m2u.inference.cli import restoration_config, restoration_options
 from m2u.training.cliutil import (
     ConfigBinding,
     config_file_options,
@@ -204,32 +202,19 @@ def main(**kw) -> None:
     help="Label pixels at or above this grey value are mask (JPEG labels have soft edges).",
 )
 @click.option(
-    "--detector",
-    "detector_model",
-    default=UnmaskConfig.detector_model,
-    show_default=True,
-    type=click.Choice(DETECTORS),
-    help="As m2u-unmask's --detector.",
-)
-@min_score_option(UnmaskConfig.min_score)
-@click.option(
-    "--all-faces", is_flag=True, help="As m2u-unmask's --all-faces: restore faces found without a mask."
-)
-@refine_mask_option()
-@click.option(
     "--thumb",
     default=RealMaskConfig.thumb,
     show_default=True,
     type=click.IntRange(min=16),
     help="Sheet cell px.",
 )
-@click.option("--device", default=UnmaskConfig.device, show_default=True)
 @limit_option()
+@restoration_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def real_masks_main(**kw) -> None:
-    """Run m2u-unmask on the PHOTOS (files, folders, globs) and score what it finds and touches: faces found,
-    mask fraction and, with --labels, Dice, IoU and remnant share (label pixels left unchanged; and the near remnant, left
-    within 12 levels) against each label.
+    """Run m2u-unmask on the PHOTOS (files, folders, globs), with m2u-unmask's restoration options, and score what
+    it finds and touches: faces found, mask fraction and, with --labels, Dice, IoU and remnant share (label pixels
+    left unchanged; and the near remnant, left within 12 levels) against each label.
     Writes REPORT/real_masks.csv (one row per photo), REPORT/faces.jsonl (one line per face found: its evidence and,
     if left, its reason), REPORT/summary.json and REPORT/index.html (a contact sheet: photo | predicted mask |
     restored | label)."""
@@ -237,14 +222,7 @@ def real_masks_main(**kw) -> None:
     from m2u.inference.unmask import Unmasker
 
     try:
-        unmask_config = UnmaskConfig(
-            detector_model=kw["detector_model"],
-            min_score=kw["min_score"],
-            masked_only=not kw["all_faces"],
-            refine=refine_config(kw["refine_mask"]),
-            device=kw["device"],
-            progress=False,
-        )
+        unmask_config = restoration_config(kw, progress=False)
         config = RealMaskConfig(label_threshold=kw["label_threshold"], thumb=kw["thumb"], limit=kw["limit"])
         plan_real_masks(
             kw["photos"], kw["out_dir"], kw["labels_dir"], config

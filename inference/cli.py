@@ -69,17 +69,134 @@ def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
         )
 
 
+# How a photo is restored: m2u-unmask's options that m2u-eval real-masks ("m2u-unmask on the PHOTOS, scored") takes
+# too. Defined once, here, so the two commands cannot drift apart in names, defaults, ranges or help; each command
+# adds its own output options (--format, --keep-crops, --limit; --labels ...).
+_RESTORATION_OPTIONS: tuple[Callable, ...] = (
+    size_option(
+        UnmaskConfig.crop_size,
+        "Aligned crop size (default: the size the model files record; another is honoured with a warning).",
+        MIN_IMAGE_SIZE,
+        MAX_IMAGE_SIZE,
+        dest="crop_size",  # UnmaskConfig's field: a refusal names --size
+    ),
+    threshold_option(UnmaskConfig.mask_threshold, "mask_threshold"),
+    click.option(
+        "--grow",
+        "dilate",
+        default=UnmaskConfig.dilate,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="How far the restored region reaches past the predicted mask, fraction of the crop size (0.008: 1 px "
+        "at 128). More repaints more of a real mask's rim that M-Seg misses (0.02: 3 px), and blurs more face "
+        "around it.",
+    ),
+    click.option(
+        "--feather",
+        default=UnmaskConfig.feather,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="Soft outer edge of the pasted region, fraction of the crop size.",
+    ),
+    click.option(
+        "--detector",
+        "detector_model",
+        default=UnmaskConfig.detector_model,
+        show_default=True,
+        type=click.Choice(DETECTORS),
+        help="blazeface: MediaPipe's BlazeFace (short and full range), then the masked cascade where it finds "
+        "nothing; masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at "
+        "lower thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
+    ),
+    click.option(
+        "--tiles",
+        is_flag=True,
+        help="With --detector blazeface: also look for faces too small to find in the whole photo (a crowd, a wide "
+        "strip) on overlapping tiles. Slower on such photos, and off by default: on group photos of bare faces it "
+        "found faces the masked-face decision then restored (see the README).",
+    ),
+    min_score_option(UnmaskConfig.min_score),
+    click.option(
+        "--all-faces",
+        is_flag=True,
+        help="Restore every face found, even where no mask is found on it (default: such faces are left exactly "
+        "as they are, with the reason in faces.jsonl).",
+    ),
+    refine_mask_option(),
+    click.option(
+        "--whole-frame/--no-whole-frame",
+        default=UnmaskConfig.whole_frame,
+        show_default=True,
+        help="A photo in which no face is found is tried as one face crop (a tight crop cut at the forehead or "
+        "chin), restored only where the mask classifier and M-Seg's mask shape both say it is a masked face.",
+    ),
+    click.option(
+        "--try-turned/--no-try-turned",
+        default=UnmaskConfig.try_turned,
+        show_default=True,
+        help="A photo in which nothing is restored, with a face left because it looks upside down or no face found "
+        "at all, is tried again turned (180 degrees, then 90 either way); so is a photo whose faces lie on their "
+        "side, or whose restorations rest only on uncertain detections or the whole frame (a quarter turn each "
+        "way), or whose faces' boxes the box orientation net reads turned (that turn). Faces restored there (by "
+        "the same decision) are turned back into the photo. With the default --detector only.",
+    ),
+    click.option(
+        "--alignment",
+        default=UnmaskConfig.alignment,
+        show_default=True,
+        type=click.Choice(ALIGNMENTS),
+        help="visible: dlib's eye centres + a mouth centre placed from them (fitted on unmasked faces), and a face "
+        "left as not masked is looked at again aligned on BlazeFace's eye keypoints; visible-dlib: without that "
+        "second look; landmarks: the 68-point mouth (guessed under a mask).",
+    ),
+    click.option(
+        "--aligned",
+        is_flag=True,
+        default=UnmaskConfig.aligned,
+        help="Inputs are aligned face crops already: no detection, each restored whole (resized to --size if "
+        "needed).",
+    ),
+    device_option(UnmaskConfig.device),
+)
+
+
+def restoration_options(function: Callable) -> Callable:
+    """The restoration options (`_RESTORATION_OPTIONS`) of m2u-unmask and m2u-eval real-masks, in that order;
+    `restoration_config` reads them back."""
+    for option in reversed(_RESTORATION_OPTIONS):
+        function = option(function)
+    return function
+
+
+def restoration_config(kw: dict, **settings) -> UnmaskConfig:
+    """The UnmaskConfig of the `restoration_options` in a command's parameters `kw`, with the command's own
+    `settings` (output format, limit, progress...); options with no effect beside another are said on stderr.
+    ValueError where UnmaskConfig refuses a value."""
+    _warn_unused_options(click.get_current_context(), kw)
+    overrides = {"crop_size": kw["crop_size"]} if kw["crop_size"] is not None else {}
+    return UnmaskConfig(
+        mask_threshold=kw["mask_threshold"],
+        dilate=kw["dilate"],
+        feather=kw["feather"],
+        detector_model=kw["detector_model"],
+        tiles=kw["tiles"],
+        min_score=kw["min_score"],
+        masked_only=not kw["all_faces"],
+        refine=refine_config(kw["refine_mask"]),
+        whole_frame=kw["whole_frame"],
+        try_turned=kw["try_turned"],
+        alignment=kw["alignment"],
+        aligned=kw["aligned"],
+        device=kw["device"],
+        **overrides,
+        **settings,
+    )
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
 @inputs_argument
 @model_file_options
 @out_option("Output folder.")
-@size_option(
-    UnmaskConfig.crop_size,
-    "Aligned crop size (default: the size the model files record; another is honoured with a warning).",
-    MIN_IMAGE_SIZE,
-    MAX_IMAGE_SIZE,
-    dest="crop_size",  # UnmaskConfig's field: a refusal names --size
-)
 @click.option(
     "--format",
     "output_format",
@@ -89,87 +206,13 @@ def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
     help="Restored photos' format: same = the input's own (a PNG stays lossless PNG, a JPEG stays JPEG), png, jpg.",
 )
 @limit_option()
-@threshold_option(UnmaskConfig.mask_threshold, "mask_threshold")
-@click.option(
-    "--grow",
-    "dilate",
-    default=UnmaskConfig.dilate,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="How far the restored region reaches past the predicted mask, fraction of the crop size (0.008: 1 px at "
-    "128). More repaints more of a real mask's rim that M-Seg misses (0.02: 3 px), and blurs more face around it.",
-)
-@click.option(
-    "--feather",
-    default=UnmaskConfig.feather,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Soft outer edge of the pasted region, fraction of the crop size.",
-)
 @click.option(
     "--keep-crops",
     is_flag=True,
     help="Also write each restored face's aligned crop, predicted mask and restoration as "
     "OUT/crops/<output name>_face<k>_{input,mask,restored}.png.",
 )
-@click.option(
-    "--detector",
-    "detector_model",
-    default=UnmaskConfig.detector_model,
-    show_default=True,
-    type=click.Choice(DETECTORS),
-    help="blazeface: MediaPipe's BlazeFace (short and full range), then the masked cascade where it finds nothing; "
-    "masked: the masked-face cascade (dlib's HOG with a HOG trained on masked faces, then both at lower "
-    "thresholds, then at upsample 1, then dlib's CNN); hog / cnn: dlib's plain detector ladder.",
-)
-@click.option(
-    "--tiles",
-    is_flag=True,
-    help="With --detector blazeface: also look for faces too small to find in the whole photo (a crowd, a wide "
-    "strip) on overlapping tiles. Slower on such photos, and off by default: on group photos of bare faces it "
-    "found faces the masked-face decision then restored (see the README).",
-)
-@min_score_option(UnmaskConfig.min_score)
-@click.option(
-    "--all-faces",
-    is_flag=True,
-    help="Restore every face found, even where no mask is found on it (default: such faces are left exactly as "
-    "they are, with the reason in faces.jsonl).",
-)
-@refine_mask_option()
-@click.option(
-    "--whole-frame/--no-whole-frame",
-    default=UnmaskConfig.whole_frame,
-    show_default=True,
-    help="A photo in which no face is found is tried as one face crop (a tight crop cut at the forehead or chin), "
-    "restored only where the mask classifier and M-Seg's mask shape both say it is a masked face.",
-)
-@click.option(
-    "--try-turned/--no-try-turned",
-    default=UnmaskConfig.try_turned,
-    show_default=True,
-    help="A photo in which nothing is restored, with a face left because it looks upside down or no face found at "
-    "all, is tried again turned (180 degrees, then 90 either way); so is a photo whose faces lie on their side, or "
-    "whose restorations rest only on uncertain detections or the whole frame (a quarter turn each way), or whose "
-    "faces' boxes the box orientation net reads turned (that turn). Faces "
-    "restored there (by the same decision) are turned back into the photo. With the default --detector only.",
-)
-@click.option(
-    "--alignment",
-    default=UnmaskConfig.alignment,
-    show_default=True,
-    type=click.Choice(ALIGNMENTS),
-    help="visible: dlib's eye centres + a mouth centre placed from them (fitted on unmasked faces), and a face left "
-    "as not masked is looked at again aligned on BlazeFace's eye keypoints; visible-dlib: without that second look; "
-    "landmarks: the 68-point mouth (guessed under a mask).",
-)
-@click.option(
-    "--aligned",
-    is_flag=True,
-    default=UnmaskConfig.aligned,
-    help="Inputs are aligned face crops already: no detection, each restored whole (resized to --size if needed).",
-)
-@device_option(UnmaskConfig.device)
+@restoration_options
 @progress_options
 def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.<format> plus OUT/report.csv
@@ -185,33 +228,18 @@ def unmask_main(**kw) -> None:
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
-    _warn_unused_options(click.get_current_context(), kw)
     try:
         # The run's one discovery (a path that names nothing: a usage error before any model loads).
         found = find_inputs(kw["inputs"], kw["out_dir"])
     except InputError as exc:
         raise click.UsageError(cli_message(exc)) from None
-    overrides = {"crop_size": kw["crop_size"]} if kw["crop_size"] is not None else {}
     try:
-        config = UnmaskConfig(
-            mask_threshold=kw["mask_threshold"],
-            dilate=kw["dilate"],
-            feather=kw["feather"],
+        config = restoration_config(
+            kw,
             keep_crops=kw["keep_crops"],
-            detector_model=kw["detector_model"],
-            tiles=kw["tiles"],
-            min_score=kw["min_score"],
-            masked_only=not kw["all_faces"],
-            refine=refine_config(kw["refine_mask"]),
-            whole_frame=kw["whole_frame"],
-            try_turned=kw["try_turned"],
-            alignment=kw["alignment"],
-            aligned=kw["aligned"],
-            device=kw["device"],
             progress=kw["progress"],
             output_format=kw["output_format"],
             limit=kw["limit"],
-            **overrides,
         )
     except ValueError as exc:
         raise click.UsageError(cli_message(exc)) from None
