@@ -56,7 +56,9 @@ _UNUSED_WITH_ALIGNED = ("detector_model", "tiles", "alignment", "min_score", "wh
 
 def _warn_unused_options(ctx: click.Context, kw: dict) -> None:
     if kw["aligned"]:
-        warn_unused(_UNUSED_WITH_ALIGNED, "--aligned restores every input whole, without detection", ctx)
+        warn_unused(
+            _UNUSED_WITH_ALIGNED, "--aligned takes every input whole as one face, without detection", ctx
+        )
     elif (
         given_options(("try_turned",), ctx)
         and kw["try_turned"]
@@ -153,8 +155,9 @@ _RESTORATION_OPTIONS: tuple[Callable, ...] = (
         "--aligned",
         is_flag=True,
         default=UnmaskConfig.aligned,
-        help="Inputs are aligned face crops already: no detection, each restored whole (resized to --size if "
-        "needed).",
+        help="Inputs are aligned face crops already: no detection; each is taken whole as one face (resized to "
+        "--size if needed) and restored where the masked-face decision finds a mask on it, as a detected face is; "
+        "one judged bare is left as it is (not_masked, no output) unless --all-faces.",
     ),
     device_option(UnmaskConfig.device),
 )

@@ -10,7 +10,8 @@ gets a second look aligned on BlazeFace's eye keypoints). Faces that do are rest
 crop's colours and grown a pixel is the region the generator fills (the composite keeps every other pixel), and that
 region is pasted back into the photo at its own resolution, whole, with a feathered outer edge: only pixels under the
 warped paste weight change, and only each face's bounding region of the photo is warped (bicubic). With `aligned=True` the inputs are taken as aligned
-crops already: no detection, each resized to the model's size when it is not that size. A photo in which no face is
+crops already: no detection, each resized to the model's size when it is not that size and decided as a detected face
+is (`masked_only`: restored only where a mask is found on it). A photo in which no face is
 found is tried that way as one face crop (`UnmaskConfig.whole_frame`) and restored only where the masked-face rule's
 stricter whole-frame test holds (`MaskedFaceRule.frame_is_masked_face`) and the crop reads upright. A photo in which
 nothing is restored and a face is left as upside down, or no face is found at all, is unmasked again turned (180
@@ -150,7 +151,8 @@ class UnmaskConfig:
     # centres only, no second look (the default until 2026-12-05); "landmarks": the 68-point predictor's mouth points
     # (guessed under a mask), as the dataset aligns.
     alignment: str = "visible"
-    # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection.
+    # The inputs are aligned crops already (a dataset's masked members, cropped faces): no detection; each crop is one
+    # face, decided as a detected one is (masked_only).
     aligned: bool = False
     device: str = "auto"
     # The faces of a photo go through M-Seg and the generator together, up to this many per forward pass.
