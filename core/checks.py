@@ -155,3 +155,13 @@ def check_at_least(config: Any, minimums: dict[str, float]) -> None:
         value = getattr(config, name)
         if value is not None and value < low:
             raise SettingError(name, f"must be >= {low}, got {value!r}")
+
+
+def check_at_most(config: Any, maximums: dict[str, float]) -> None:
+    """Raise SettingError naming the first field of `config` in `maximums` above its maximum (None: unset, fine):
+    a value too large to work with (a kernel or a picture of that size) is refused before any work, not met as a
+    MemoryError on every file."""
+    for name, high in maximums.items():
+        value = getattr(config, name)
+        if value is not None and value > high:
+            raise SettingError(name, f"must be <= {high}, got {value!r}")

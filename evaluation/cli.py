@@ -38,7 +38,7 @@ from m2u.evaluation.baselines import BASELINES, BaselineConfig
 from m2u.evaluation.evaluator import BASELINE_MASKS, EvaluateConfig, MetricsConfig
 from m2u.evaluation.identity import IdentityConfig
 from m2u.evaluation.lpips import LPIPSConfig
-from m2u.evaluation.real_masks import RealMaskConfig
+from m2u.evaluation.real_masks import MAX_THUMB, RealMaskConfig
 from m2u.inference.cli import restoration_config, restoration_options
 from m2u.training.cliutil import (
     ConfigBinding,
@@ -205,7 +205,7 @@ def main(**kw) -> None:
     "--thumb",
     default=RealMaskConfig.thumb,
     show_default=True,
-    type=click.IntRange(min=16),
+    type=click.IntRange(16, MAX_THUMB),
     help="Sheet cell px.",
 )
 @limit_option()

@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from m2u.core.checks import check_at_least
+from m2u.core.checks import check_at_least, check_at_most
 from m2u.core.fileio import atomic_write_text
 from m2u.core.imageio import write_image
 
@@ -50,6 +50,9 @@ __all__ = [
 
 # The MFSD labels are JPEG: grey values round the edge, so a label pixel is one whose brightest channel is >= this.
 LABEL_THRESHOLD = 127
+# The largest contact-sheet cell side (RealMaskConfig.thumb): a photo's four cells at 1024 px are 12 MB and fill a
+# screen; unchecked, --thumb 30000 asked about 10 GB per photo and failed every one (a MemoryError row each).
+MAX_THUMB = 1024
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,8 @@ class RealMaskConfig:
             raise ValueError(f"`label_threshold` must be in 1..254, got {self.label_threshold}")
         if not 0 <= self.near_levels < 255:
             raise ValueError(f"near_levels must be in 0..254, got {self.near_levels}")
-        if self.thumb < 16:
-            raise ValueError(f"thumb must be at least 16, got {self.thumb}")
-        check_at_least(self, {"limit": 1})
+        check_at_least(self, {"thumb": 16, "limit": 1})
+        check_at_most(self, {"thumb": MAX_THUMB})
 
 
 @dataclass
@@ -373,6 +375,9 @@ def evaluate_real_masks(
                 failed = row.status in ("unreadable", "error")
                 if failed:
                     del face_lines[finished_lines:]  # a photo's faces are counted with its row or not at all
+                    # and so are its figures: a photo failing after its scores (writing its sheet cells) kept its
+                    # Dice in a row the summary counts as not read
+                    row = PhotoScore(photo=row.photo, status=row.status, reason=row.reason, label=row.label)
                 rows.append(row)
                 finished_lines = len(face_lines)
                 # A failed photo has a row too (its reason, no cells), while the sheet has room.

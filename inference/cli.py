@@ -31,7 +31,7 @@ from m2u.core.guard import guard_command
 from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from m2u.inference.export import MIN_OPSET, ExportConfig
 from m2u.inference.mask_refine import MaskRefineConfig
-from m2u.inference.unmask import ALIGNMENTS, DETECTORS, OUTPUT_FORMATS, UnmaskConfig
+from m2u.inference.unmask import ALIGNMENTS, DETECTORS, MAX_DILATE, MAX_FEATHER, OUTPUT_FORMATS, UnmaskConfig
 from m2u.training.cliutil import model_file_options, model_warnings, user_errors
 
 
@@ -88,7 +88,7 @@ _RESTORATION_OPTIONS: tuple[Callable, ...] = (
         "dilate",
         default=UnmaskConfig.dilate,
         show_default=True,
-        type=click.FloatRange(min=0),
+        type=click.FloatRange(0, MAX_DILATE),
         help="How far the restored region reaches past the predicted mask, fraction of the crop size (0.008: 1 px "
         "at 128). More repaints more of a real mask's rim that M-Seg misses (0.02: 3 px), and blurs more face "
         "around it.",
@@ -97,7 +97,7 @@ _RESTORATION_OPTIONS: tuple[Callable, ...] = (
         "--feather",
         default=UnmaskConfig.feather,
         show_default=True,
-        type=click.FloatRange(min=0),
+        type=click.FloatRange(0, MAX_FEATHER),
         help="Soft outer edge of the pasted region, fraction of the crop size.",
     ),
     click.option(

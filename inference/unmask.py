@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from m2u.core.boxes import inside_share
-from m2u.core.checks import check_types
+from m2u.core.checks import check_at_most, check_types
 from m2u.core.errors import SettingError
 from m2u.core.imageio import as_rgb_image
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
@@ -92,6 +92,11 @@ BF16_MIN_BATCH = 4
 SECOND_LOOK_MIN_EYE_SHIFT = 0.1
 # Why a photo tried whole (UnmaskConfig.whole_frame) gets nothing restored (the face's problem, report.csv's reason).
 WHOLE_FRAME_NOT_MASKED = "the whole photo, tried as one face crop, is not a masked face"
+# The largest `dilate` and `feather` (fractions of the crop): a mask grown by a whole crop covers the whole crop, and a
+# feather of half the crop fades the paste down to its centre, so larger values change nothing more; unchecked, a
+# value like 1e6 asked a kernel of petabytes on every photo (a MemoryError row each) instead of one refusal.
+MAX_DILATE = 1.0
+MAX_FEATHER = 0.5
 
 
 @dataclass
@@ -179,6 +184,7 @@ class UnmaskConfig:
         check_mask_threshold(self.mask_threshold)
         if self.dilate < 0 or self.feather < 0:
             raise ValueError("dilate and feather must be >= 0")
+        check_at_most(self, {"dilate": MAX_DILATE, "feather": MAX_FEATHER})
         if self.detector_model not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector_model!r}")
         if self.max_batch < 1:

@@ -195,3 +195,43 @@ def test_a_run_stopped_midway_reports_the_photos_it_finished(tmp_path):
     page = (out / "index.html").read_text()
     assert "a.png" in page and "stopped: after 1 of 3 photos" in page
     assert json.loads((out / "summary.json").read_text())["stopped"] == "after 1 of 3 photos"
+
+
+def test_a_photo_failing_after_its_scores_keeps_none_of_them(tmp_path, monkeypatch):
+    """A photo whose contact-sheet cell cannot be made (--thumb 30000: a MemoryError) after its Dice was scored
+    kept that Dice and its face counts in an `error` row the summary counted as not read."""
+    import m2u.evaluation.real_masks as real_masks
+
+    photos, labels = tmp_path / "photos", tmp_path / "labels"
+    _photo(photos / "p.png")
+    labels.mkdir()
+    _transparent_label(labels / "p.png", (0, 0, 0))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 2.5 GiB")
+
+    monkeypatch.setattr(real_masks, "write_image", out_of_memory)
+    summary = evaluate_real_masks(
+        [str(photos)], tmp_path / "r", _LowerHalf(), labels, RealMaskConfig(thumb=16)
+    )
+    row = _rows(tmp_path / "r")["p.png"]
+    assert row["status"] == "error" and row["reason"].startswith("MemoryError")
+    figures = ("dice", "iou", "remnant", "remnant_near", "mask_fraction", "mask_probability")
+    assert [row[name] for name in figures] == [""] * len(figures)
+    assert (row["faces_found"], row["faces_restored"]) == ("0", "0")
+    assert (
+        summary["readable"] == 0 and summary["labelled_photos"] == 0 and summary["dice_all_labelled"] is None
+    )
+
+
+def test_a_sheet_cell_too_large_is_refused_before_any_work(tmp_path):
+    from m2u.core.errors import SettingError
+
+    with pytest.raises(SettingError, match=r"thumb: must be <= 1024, got 30000"):
+        RealMaskConfig(thumb=30000)
+    _photo(tmp_path / "photos" / "p.png")
+    said = CliRunner().invoke(
+        real_masks_main, [str(tmp_path / "photos"), "-o", str(tmp_path / "r"), "--thumb", "30000"]
+    )
+    assert said.exit_code == 2 and "30000 is not in the range 16<=x<=1024" in said.output
+    assert not (tmp_path / "r").exists()

@@ -973,3 +973,27 @@ def test_earlier_restorations_are_the_m2u_outputs_this_run_does_not_name(tmp_pat
         FileResult(input="in/c.jpg", status="no_face"),
     ]
     assert earlier_restorations(tmp_path, results) == [tmp_path / "gone.jpg", tmp_path / "sub" / "gone.png"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "field", "high"), [("--grow", "dilate", 1.0), ("--feather", "feather", 0.5)]
+)
+def test_a_grow_or_feather_too_large_is_refused_before_any_work(tmp_path, flag, field, high):
+    """`--grow 1e6` passed the option check, then failed every photo with a MemoryError row ("58.2 PiB")."""
+    from m2u.core.configfile import ConfigError, config_from_dict
+    from m2u.core.errors import SettingError
+
+    UnmaskConfig(**{field: high})  # the bound itself is a value
+    with pytest.raises(SettingError, match=rf"^{field}: must be <= {high}, got 1000000.0$"):
+        UnmaskConfig(**{field: 1e6})
+    with pytest.raises(ConfigError, match=rf"{field}: must be <= {high}"):
+        config_from_dict(UnmaskConfig, {field: "1e6"})  # a config file's value, read as YAML 1.1 text
+    cv2.imwrite(str(tmp_path / "p.png"), np.full((20, 20, 3), 90, np.uint8))
+    said = CliRunner().invoke(unmask_main, [str(tmp_path / "p.png"), "-o", str(tmp_path / "o"), flag, "1e6"])
+    assert (
+        said.exit_code == 2
+        and f"Invalid value for '{flag}': 1000000.0 is not in the range 0<=x<={high}"
+        in (" ".join(said.output.split()))
+    )
+    assert not (tmp_path / "o").exists()
+
