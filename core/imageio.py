@@ -14,7 +14,7 @@ import re
 import stat
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,11 @@ class Photo:
     # Stored in a grey mode (L, 1, 16-bit or float grey): its copy is written grey too.
     grey: bool = False
     # What its copy cannot keep, each said in the copy's report row: more than 8 bits a channel, frames after the first.
+    # What a copy in another format loses besides (transparency, losslessness) is `copy_losses`'.
     losses: tuple[str, ...] = ()
+    # The format its data is in (Pillow's name: "PNG", "JPEG"), whatever its file's name says, and that name's suffix.
+    format: str | None = None
+    suffix: str = ""
 
 
 # Pillow's grey modes: a photo stored so is written back grey.
@@ -268,7 +272,28 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if os.fstat(handle.fileno()).st_size == 0:
             raise ImageReadError("empty file (0 bytes)", path)
         photo: Photo = _decode(handle, path, max_pixels, whole_photo=True)
-        return photo
+        return replace(photo, suffix=path.suffix)
+
+
+# Formats whose files keep every pixel as it was written: one of these written as JPEG is no longer lossless.
+_LOSSLESS = frozenset({"PNG", "BMP", "GIF", "TIFF", "PPM", "TGA"})
+
+
+def copy_losses(photo: Photo, path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """What the copy of `photo` that `write_photo` writes at `path` cannot keep, each a phrase for its report row:
+    the photo's own (`Photo.losses`: 16 bits, frames), its transparency where the copy's format has none, and its
+    losslessness where lossless data is written as JPEG because its file's name says JPEG (a PNG named x.jpg). By
+    the data's own format, not its name."""
+    written = photo_format(Path(path).suffix)
+    losses = list(photo.losses)
+    if photo.alpha is not None and (photo.alpha < 255).any() and written not in _KEEP_ALPHA:
+        losses.append(f"transparency: {written} has none, so transparent areas are written as shown on white")
+    if written == "JPEG" and photo.format in _LOSSLESS and photo_format(photo.suffix) == written:
+        losses.append(
+            f"{photo.format} data in a file named {photo.suffix}: written as JPEG, as its name says, so no longer "
+            "lossless (output format png keeps it so)"
+        )
+    return tuple(losses)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -411,6 +436,7 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
                         colour,
                         grey=upright.mode in _GREY_MODES,
                         losses=losses,
+                        format=img.format,
                     )
     except ImageReadError:
         raise

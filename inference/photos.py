@@ -30,7 +30,7 @@ from m2u.core.fileio import (
     written_files_not_in,
 )
 from m2u.core.guard import stops_the_run
-from m2u.core.imageio import photo_format, read_photo, write_image, write_photo
+from m2u.core.imageio import copy_losses, photo_format, read_photo, write_image, write_photo
 from m2u.core.inputs import Discovery, InputEntry, claim_output_names, earlier_names
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
@@ -315,8 +315,8 @@ def _unmask_one(
         # A copy of the photo: a transparent one stays transparent, its colour profile and EXIF kept.
         write_photo(target, result, like=photo)
         row.output = str(target)
-        if photo.losses:
-            row.reason = "; ".join((*photo.losses, *([row.reason] if row.reason else [])))
+        if losses := copy_losses(photo, target):
+            row.reason = "; ".join((*losses, *([row.reason] if row.reason else [])))
         row.mask_fractions = " ".join(f"{f.mseg_fraction:.3f}" for f in faces)
         if any(f.alignment == "whole-frame" for f in faces):
             row.reason = "no face found by the detector: the whole photo restored as one masked face crop" + (

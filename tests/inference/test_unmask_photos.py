@@ -997,3 +997,40 @@ def test_a_grow_or_feather_too_large_is_refused_before_any_work(tmp_path, flag, 
     )
     assert not (tmp_path / "o").exists()
 
+
+@pytest.mark.parametrize("output_format", ["same", "jpg"])
+def test_a_copy_written_as_jpeg_says_what_it_loses_by_the_data_not_the_name(
+    tmp_path, tiny_checkpoints, output_format
+):
+    """An RGBA PNG written as JPEG lost its transparency, and PNG data in a file named .jpg became lossy JPEG under
+    --format same, both with an empty reason; a true JPEG and an opaque PNG lose nothing worth a word."""
+    from PIL import Image
+
+    mseg_path, gen_path = tiny_checkpoints
+    folder = tmp_path / "in"
+    folder.mkdir()
+    colour = make_synthetic_sample(CROP, seed=3).masked
+    alpha = np.full((CROP, CROP), 255, np.uint8)
+    alpha[:4] = 0  # a transparent strip
+    Image.fromarray(np.dstack([colour, alpha]), "RGBA").save(folder / "clear.png")
+    Image.fromarray(colour).save(folder / "png_named.jpg", format="PNG")
+    Image.fromarray(colour).save(folder / "true.jpg", format="JPEG")
+    Image.fromarray(colour).save(folder / "opaque.png")
+    config = UnmaskConfig(
+        crop_size=CROP,
+        progress=False,
+        device="cpu",
+        aligned=True,
+        masked_only=False,
+        output_format=output_format,
+    )
+    rows = {
+        Path(r.input).name: r
+        for r in unmask_files([str(folder)], mseg_path, gen_path, tmp_path / "o", config)
+    }
+    assert all(row.status == "ok" for row in rows.values())
+    transparency = "transparency: JPEG has none, so transparent areas are written as shown on white"
+    lossy = "PNG data in a file named .jpg: written as JPEG, as its name says, so no longer lossless"
+    assert (transparency in rows["clear.png"].reason) == (output_format == "jpg")
+    assert rows["png_named.jpg"].reason.startswith(lossy)
+    assert rows["true.jpg"].reason == rows["opaque.png"].reason == ""
