@@ -33,7 +33,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,9 @@ class Discovery:
     hidden: int = 0
     no_image_suffix: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
+    # Of `excluded`, how many under each excluded folder, by what that folder is ("output folder", "labels folder"):
+    # the sentence names the folder the files are in (a labels folder inside the photos' was called the output's).
+    excluded_in: dict[str, int] = field(default_factory=dict)
     mask_files: int = 0  # m2u-mask's ground-truth masks (NAME_mask.png beside NAME.json): not photos
     # Files in a folder below an input folder that m2u wrote into (it holds m2u.core.fileio's record): an earlier
     # run's outputs kept inside the photos' folder (`m2u-mask in -o in/results`), which a later scan of that
@@ -117,8 +120,9 @@ class Discovery:
                 f"{self.mask_files} mask file(s) written by m2u-mask (NAME_mask.png beside NAME.json) were not "
                 "read as photos"
             )
-        if self.excluded:
-            sentences.append(f"{self.excluded} file(s) inside the output folder were not read as inputs")
+        for role, count in (self.excluded_in or {OUTPUT_FOLDER: self.excluded}).items():
+            if count:
+                sentences.append(f"{count} file(s) inside the {role} were not read as inputs")
         if self.repeated:
             sentences.append(f"{self.repeated} file(s) named more than once by the inputs were read once")
         if self.linked_folders:
@@ -134,8 +138,26 @@ class Discovery:
         return "; ".join(sentences)
 
 
+OUTPUT_FOLDER = "output folder"  # what an excluded folder is unless `discover`'s `roles` says otherwise
+
+
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
     return any(path == folder or folder in path.parents for folder in folders)
+
+
+def _count_excluded(
+    found: Discovery, path: Path, folders: Sequence[Path], roles: Mapping[Path, str], n: int
+) -> None:
+    """Count `n` files at `path` (resolved) passed over as inside one of the excluded `folders`, under that
+    folder's role (the innermost folder's, where one excluded folder holds another)."""
+    inside = [folder for folder in folders if path == folder or folder in path.parents]
+    role = (
+        roles.get(max(inside, key=lambda folder: len(folder.parts)), OUTPUT_FOLDER)
+        if inside
+        else OUTPUT_FOLDER
+    )
+    found.excluded += n
+    found.excluded_in[role] = found.excluded_in.get(role, 0) + n
 
 
 def _below(base: str | os.PathLike[str], exclude: Sequence[Path]) -> list[Path]:
@@ -161,7 +183,9 @@ def is_mask_file(path: Path) -> bool:
     return path.with_name(name[: -len(MASK_FILE_SUFFIX)] + ".json").is_file()
 
 
-def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
+def _scan_folder(
+    folder: Path, origin: str, exclude: Sequence[Path], found: Discovery, roles: Mapping[Path, str]
+) -> list[InputEntry]:
     entries = []
     # Given an m2u output folder itself (m2u-mask's OUT to m2u-unmask), its subfolders are part of it, records and
     # all; inside any other folder, a folder holding a record is an earlier run's output, not read.
@@ -169,7 +193,7 @@ def _scan_folder(folder: Path, origin: str, exclude: Sequence[Path], found: Disc
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
         if exclude and _inside(_resolved(root_path), exclude):
-            found.excluded += len(files)
+            _count_excluded(found, _resolved(root_path), exclude, roles, len(files))
             dirs[:] = []
             continue
         if root_path.parent in output_tree:
@@ -206,7 +230,9 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _scan_glob(pattern: str, exclude: Sequence[Path], found: Discovery) -> list[InputEntry]:
+def _scan_glob(
+    pattern: str, exclude: Sequence[Path], found: Discovery, roles: Mapping[Path, str]
+) -> list[InputEntry]:
     base = _glob_base(pattern)
     entries = []
     for match in sorted(glob.glob(pattern, recursive=True)):
@@ -214,7 +240,7 @@ def _scan_glob(pattern: str, exclude: Sequence[Path], found: Discovery) -> list[
         if not is_image_entry(path):
             continue
         if exclude and _inside(_resolved(path), exclude):
-            found.excluded += 1
+            _count_excluded(found, _resolved(path), exclude, roles, 1)
             continue
         entries.append(InputEntry(path, path.relative_to(base).as_posix(), pattern, "", probe(path)))
     return entries
@@ -302,11 +328,14 @@ def discover(
     inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
     exclude: Iterable[str | os.PathLike[str]] = (),
+    roles: Mapping[str | os.PathLike[str], str] | None = None,
 ) -> Discovery:
     """Every input entry of `inputs` (see the module docstring), in argument order, each argument's entries
-    sorted; nothing under an `exclude` folder is taken. Arguments that do not exist are entries with a problem
-    ("no such file"); a list file that cannot be parsed raises InputError."""
+    sorted; nothing under an `exclude` folder is taken. `roles`: what an excluded folder is, for the sentence
+    saying what was passed over ("labels folder"; default "output folder"). Arguments that do not exist are entries
+    with a problem ("no such file"); a list file that cannot be parsed raises InputError."""
     excluded = [_resolved(p) for p in exclude]
+    said = {_resolved(folder): role for folder, role in (roles or {}).items()}
     found = Discovery()
     seen: set[str] = set()
     for item in input_list(inputs):
@@ -314,9 +343,9 @@ def discover(
         path = Path(text)
         if path.is_dir():
             found.folders.append(path)
-            entries = _scan_folder(path, text, _below(path, excluded), found)
+            entries = _scan_folder(path, text, _below(path, excluded), found, said)
         elif glob.has_magic(text) and not path.exists():
-            entries = _scan_glob(text, _below(_glob_base(text), excluded), found)
+            entries = _scan_glob(text, _below(_glob_base(text), excluded), found, said)
         elif is_list_file(path):
             try:
                 entries = _scan_list(path)

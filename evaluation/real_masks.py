@@ -164,11 +164,11 @@ def label_key(relative: str) -> str:
 
 def label_index(labels: Path, exclude: list[Path]) -> tuple[dict[str, list[Path]], str]:
     """The label images below `labels` (found as m2u finds images: any image suffix, in subfolders too; nothing
-    under an `exclude` folder) by `label_key`, and the sentence saying which files of the labels folder were passed
-    over ("" if none)."""
+    under an `exclude` folder: the output folder, then the photo folders) by `label_key`, and the sentence saying
+    which files of the labels folder were passed over ("" if none)."""
     from m2u.core.inputs import discover
 
-    found = discover([labels], exclude=exclude)
+    found = discover([labels], exclude=exclude, roles={folder: "photo folder" for folder in exclude[1:]})
     index: dict[str, list[Path]] = {}
     for entry in found.entries:  # a broken one too: read_label says why
         index.setdefault(label_key(entry.relative), []).append(entry.path)
@@ -508,7 +508,11 @@ def plan_real_masks(
     if labels is not None and not labels.is_dir():
         raise ValueError(f"labels folder not found: {labels}")
     # A labels folder inside a photo folder holds no photos, and a photo folder inside the labels no labels.
-    found = discover(photos, exclude=[out] if labels is None else [out, labels])
+    found = discover(
+        photos,
+        exclude=[out] if labels is None else [out, labels],
+        roles={labels: "labels folder"} if labels else None,
+    )
     if labels is not None:
         for folder in found.folders:
             if os.path.realpath(folder) == os.path.realpath(labels):

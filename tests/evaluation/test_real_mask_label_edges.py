@@ -235,3 +235,22 @@ def test_a_sheet_cell_too_large_is_refused_before_any_work(tmp_path):
     )
     assert said.exit_code == 2 and "30000 is not in the range 16<=x<=1024" in said.output
     assert not (tmp_path / "r").exists()
+
+
+def test_files_passed_over_are_said_to_be_in_the_folder_they_are_in(tmp_path):
+    """`real-masks IMG --labels IMG/labels -o OUT` said the labels were "inside the output folder"."""
+    from m2u.evaluation.real_masks import plan_real_masks
+
+    photos = tmp_path / "img"
+    _photo(photos / "p.png")
+    for name in ("p.png", "q.png"):
+        _photo(photos / "labels" / name)
+    _photo(photos / "out" / "old.png")  # an earlier report folder inside the photos' folder
+    run = plan_real_masks([str(photos)], photos / "out", photos / "labels")
+    assert run.passed_over == [
+        "2 file(s) inside the labels folder were not read as inputs; "
+        "1 file(s) inside the output folder were not read as inputs"
+    ]
+    _photo(tmp_path / "labels" / "shots" / "x.png")  # a photo folder inside the labels folder
+    run = plan_real_masks([str(tmp_path / "labels" / "shots")], tmp_path / "r", tmp_path / "labels")
+    assert run.passed_over == ["1 file(s) inside the photo folder were not read as inputs"]
