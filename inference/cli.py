@@ -252,6 +252,8 @@ def unmask_main(**kw) -> None:
             results = unmask_files(found, kw["mseg_path"], kw["generator_path"], kw["out_dir"], config)
     except InputError as exc:
         raise click.UsageError(cli_message(exc)) from None
+    except OSError:
+        raise  # a full disk, a folder that cannot be made: m2u.core.guard says which file in words, exit 1
     except refused as exc:
         raise Refused(cli_message(exc)) from exc
     for r in results:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -1034,3 +1035,19 @@ def test_a_copy_written_as_jpeg_says_what_it_loses_by_the_data_not_the_name(
     assert (transparency in rows["clear.png"].reason) == (output_format == "jpg")
     assert rows["png_named.jpg"].reason.startswith(lossy)
     assert rows["true.jpg"].reason == rows["opaque.png"].reason == ""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir() or os.statvfs("/proc").f_blocks != 0,
+    reason="Linux /proc: a file system of no files",
+)
+def test_an_output_folder_that_cannot_be_made_is_said_in_words(tmp_path, tiny_checkpoints):
+    """`-o /proc/m2u_out` printed a bare "[Errno 2] No such file or directory: '/proc/m2u_out'" (exit 2)."""
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.full((CROP, CROP, 3), 90, np.uint8))
+    said = _unmask_masked(photo, Path("/proc/m2u_test_out"), tiny_checkpoints)
+    assert said.exit_code == 1, said.output
+    assert "/proc/m2u_test_out: cannot be made there: /proc is on a file system that stores no files" in (
+        " ".join(said.output.split())
+    )
+    assert "[Errno" not in said.output
