@@ -226,7 +226,13 @@ def unmask_main(**kw) -> None:
     Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
     processed; 2 usage error or refused."""
     from m2u.core.inputs import InputError, OutputFolderError, find_inputs
-    from m2u.inference.photos import earlier_restorations, implausible_masks_warning, summarize, unmask_files
+    from m2u.inference.photos import (
+        earlier_restorations,
+        implausible_masks_warning,
+        kept_for_photos_not_restored,
+        summarize,
+        unmask_files,
+    )
 
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:
@@ -267,18 +273,30 @@ def unmask_main(**kw) -> None:
     if ignored:
         click.echo(ignored, err=True)
     earlier = earlier_restorations(kw["out_dir"], results)
-    if earlier:
-        named = ", ".join(str(path) for path in earlier[:3]) + (
-            f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
-        )
+    given = kept_for_photos_not_restored(earlier, results)
+    if given:
         click.echo(
-            f"note: {len(earlier)} restoration(s) of an earlier run here are kept but not in this report (their photos "
-            f"were not given this time, or were written under other names, e.g. in another --format): {named}",
+            f"note: {len(given)} restoration(s) of an earlier run here are kept, though their photos were given and "
+            f"not restored this time (each row's reason says why): {_some(given)}",
+            err=True,
+        )
+    others = [path for path in earlier if path not in given]
+    if others:
+        click.echo(
+            f"note: {len(others)} restoration(s) of an earlier run here are kept but not in this report (their photos "
+            f"were not given this time, or were written under other names, e.g. in another --format): {_some(others)}",
             err=True,
         )
     click.echo(f"report: {Path(kw['out_dir']) / 'report.csv'}")
     if any(r.status in ("unreadable", "missing", "error") for r in results):
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _some(paths: list[Path]) -> str:
+    """The first three of `paths`, and how many more."""
+    return ", ".join(str(path) for path in paths[:3]) + (
+        f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -57,6 +57,8 @@ SMALL_FACES_MAY_HIDE = "smaller faces may be missed: tiles are off"
 # (kill -9, a power loss) loses at most this much of its report, and each rewrite (the whole report, a few ms per
 # thousand photos) costs next to nothing at this pace.
 REPORT_INTERVAL_S = 60.0
+# A photo not restored this time whose earlier restoration is at its output name: said after that path in its reason.
+EARLIER_OUTPUT_KEPT = "is an earlier run's output, left as it is"
 
 
 # "same": the input's own suffix where m2u.core.imageio.write_photo writes its format (WebP lossless); other inputs
@@ -204,6 +206,13 @@ def earlier_restorations(out: str | Path, results: Iterable[FileResult]) -> list
     return written_files_not_in(out, produced, is_restoration)
 
 
+def kept_for_photos_not_restored(earlier: Iterable[Path], results: Iterable[FileResult]) -> list[Path]:
+    """Of `earlier` (earlier_restorations), those at the output name of a photo this run was given and did not
+    restore (a rerun with a higher --min-score): its row's reason names the restoration kept there."""
+    said = [r.reason for r in results if not r.output and EARLIER_OUTPUT_KEPT in r.reason]
+    return [path for path in earlier if any(f"{path} {EARLIER_OUTPUT_KEPT}" in reason for reason in said)]
+
+
 def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) -> str:
     """Why this run must not write its outputs ("" when it may): one of them would replace the restoration of
     another photo, which an earlier run's report.csv names as that output's input and which is still there (a
@@ -307,7 +316,7 @@ def _unmask_one(
         if row.status == Status.NO_FACE and unmasker.config.whole_frame and not unmasker.config.aligned:
             row.reason += f"; {WHOLE_FRAME_NOT_MASKED}"
         if (out / name).exists():  # kept (finished work is never deleted), but not passed off as this run's
-            row.reason += f"; {out / name} is an earlier run's output, left as it is"
+            row.reason += f"; {out / name} {EARLIER_OUTPUT_KEPT}"
     else:
         target = out / name
         if config.keep_crops:  # before the photo: a crop refused leaves no photo its row does not report

@@ -1051,3 +1051,32 @@ def test_an_output_folder_that_cannot_be_made_is_said_in_words(tmp_path, tiny_ch
         " ".join(said.output.split())
     )
     assert "[Errno" not in said.output
+
+
+def test_a_rerun_that_leaves_a_given_photo_says_its_earlier_restoration_is_kept_for_that(
+    tmp_path, tiny_checkpoints, monkeypatch
+):
+    """A photo given again and not restored this time (`--min-score 0.99` into the same folder) was said to be "not
+    given this time, or written under other names"."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for name in ("kept.png", "gone.png"):
+        cv2.imwrite(str(folder / name), np.full((CROP, CROP, 3), 90, np.uint8))
+    mseg_path, gen_path = tiny_checkpoints
+    models = ["--mseg", str(mseg_path), "--generator", str(gen_path), "--size", str(CROP), "--device", "cpu"]
+    args = [str(folder), "-o", str(out), *models, "--quiet", "--aligned", "--all-faces"]
+    assert CliRunner().invoke(unmask_main, args).exit_code == 0
+    (folder / "gone.png").unlink()
+    monkeypatch.setattr(Unmasker, "unmask_with_refusals", lambda self, image: (image, [], []))
+    said = CliRunner().invoke(unmask_main, args)
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    assert (
+        f"note: 1 restoration(s) of an earlier run here are kept, though their photos were given and not restored "
+        f"this time (each row's reason says why): {out / 'kept.png'}"
+    ) in text
+    assert (
+        f"were not given this time, or were written under other names, e.g. in another --format): {out / 'gone.png'}"
+        in text
+    )
+    assert str(out / "kept.png") not in text.split("were not given this time")[1]
