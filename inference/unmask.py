@@ -823,9 +823,11 @@ class Unmasker:
             # docs/real-masks.md).
             found = [f for f in found if not f.retry]
         result, restored, left = self.unmask_found(turned, found, as_turned=True)
-        if not restored or self._box_turn(turned, [f.box for f in restored if not f.uncertain]):
+        if not restored or self._box_turn(turned, [f.box for f in restored]):
             # Nothing restored, or the restored faces' boxes read surely turned there too (a face restored lying on
-            # its side or upside down in this view: the turn that shows it upright is another).
+            # its side or upside down in this view: the turn that shows it upright is another). Uncertain detections
+            # restored are read too, as they are before the turn: a close-up stretched sideways, its only face an
+            # uncertain detection called upside down, was restored turned 180 degrees, its hair repainted.
             return None
         return (
             np.ascontiguousarray(np.rot90(result, -quarter_turns)),

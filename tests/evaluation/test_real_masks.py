@@ -1046,6 +1046,43 @@ def test_a_photo_whose_boxes_read_turned_is_unmasked_turned_that_way(tiny_checkp
     assert not restored and len(left) == 1 and np.array_equal(result, photo)
 
 
+def test_a_turned_view_whose_uncertain_face_still_reads_turned_is_not_taken(tiny_checkpoints, monkeypatch):
+    """An upright close-up whose only face is an uncertain detection called upside down: turned 180 degrees, the
+    face found there is restored only where its box does not read turned there too (a stretched close-up was
+    restored turned, its hair repainted, when only sure detections' boxes were read)."""
+    mseg_path, gen_path = tiny_checkpoints
+    photo, (first,) = _photo_with_faces(1)
+    unsure = dataclasses.replace(first, retry=True, score=0.6)
+    lower = _crop_mask(CROP, 0.5, 0.95)
+
+    def unmask(turned_view_reads):
+        unmasker = Unmasker.from_files(
+            mseg_path, gen_path, UnmaskConfig(crop_size=CROP, device="cpu", progress=False)
+        )
+        unmasker.detector = _Detector({photo.shape: [unsure]}, {2: [unsure]})
+        _steer_masks(unmasker, [lower.copy(), lower.copy()])
+        _steer_probabilities(monkeypatch, [0.99, 0.99])
+        upside_down = [0.99, 0.0]  # as it is: called upside down; turned: upright to the classifier
+
+        def upside_down_probabilities(crops):
+            chosen = upside_down[: len(crops)]
+            del upside_down[: len(crops)]
+            return np.array(chosen)
+
+        monkeypatch.setattr(
+            "m2u.inference.mask_presence.upside_down_probabilities", upside_down_probabilities
+        )
+        _boxes_read(monkeypatch, turned_view_reads)
+        return unmasker.unmask_with_refusals(photo)
+
+    # The turned view's box reads turned there too: that view is not taken, the photo is left as it is.
+    result, restored, left = unmask([0.0, 0.0, 1.0, 0.0])
+    assert not restored and np.array_equal(result, photo)
+    # Read upright there (or not surely otherwise): the turn is taken.
+    result, restored, left = unmask([0.95, 0.0, 0.05, 0.0])
+    assert len(restored) == 1 and restored[0].turned == 180
+
+
 def test_the_box_turn_needs_a_sure_box_and_no_box_surely_upright(monkeypatch):
     from m2u.inference.unmask import BOX_TURN_CONFIDENCE
 
