@@ -40,6 +40,7 @@ from m2u.datasets.layout import (
     STATE_DIR,
     STATS_NAME,
     is_build_file,
+    is_url,
     split_manifest_name,
 )
 from m2u.datasets.locks import build_lock, running_partitions
@@ -47,7 +48,7 @@ from m2u.datasets.manifest import check_committed, commit_shard, marker_path, un
 from m2u.datasets.plan import InputItem, PlannedSample, group_by_shard, plan_samples
 from m2u.datasets.shards import remove_stray_temp_files
 from m2u.datasets.sources import find_dataset_inputs, input_items
-from m2u.datasets.storage import local_location
+from m2u.datasets.storage import build_at_url, local_location
 from m2u.datasets.work import (
     FAULT_ENV,
     BuildJob,
@@ -324,6 +325,16 @@ def _run_tasks(
     return progress.counts()
 
 
+def url_partition_problem(url: str) -> str:
+    """Why a partition run cannot build to a URL: partitions share one folder (its locks, commit markers and
+    .m2u-written records); each URL build has its own local copy, and their uploads would overwrite each other's
+    records at the URL."""
+    return (
+        f"--partition needs OUT to be a folder every partition writes into, not a URL ({url}): build to a URL in "
+        "one run (--workers, or --distributor ray), or build partitions into a shared folder"
+    )
+
+
 def build_dataset(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -333,6 +344,14 @@ def build_dataset(
 ) -> BuildResult:
     """Build (or resume, or finalise) the dataset in ``out_dir`` from ``inputs`` (folders, globs, images, list
     files); see the module docstring. Raises BuildError (or BuildLockedError) with a message for the user."""
+    if is_url(out_dir):
+        # A URL (s3://...) is built in a local cache and uploaded, as m2u-make-dataset -o URL does (its lease and
+        # upload record); taken as a path it made a local folder named "s3:" and uploaded nothing.
+        if config.partition is not None:
+            raise BuildError(url_partition_problem(os.fspath(out_dir)))
+        return build_at_url(
+            os.fspath(out_dir), lambda local: build_dataset(inputs, local, config, distributor, exclude)
+        )
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     inputs = input_list(inputs)  # one path is one input, not its characters
     # Fail early, before touching OUT, on a missing engine or detector or on bad mask options.

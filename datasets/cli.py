@@ -28,7 +28,7 @@ from m2u.core.cli import (
 )
 from m2u.core.guard import guard_command
 from m2u.core.parallel import WorkerStartError
-from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset
+from m2u.datasets.build import MASK_ENGINES, BuildConfig, BuildError, build_dataset, url_partition_problem
 from m2u.datasets.codecs import ImageFormat
 from m2u.datasets.config import DISTRIBUTORS, BuildWriteError, parse_partition
 from m2u.datasets.layout import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
@@ -190,12 +190,9 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
     if not inputs:
         raise click.UsageError("give at least one input (an image, a folder, a glob or a list file)")
     if is_url(out_dir) and options["partition"] is not None:
-        # Partitions share one folder (its locks, commit markers and .m2u-written records); each URL build has
-        # its own local copy, and their uploads would overwrite each other's records at the URL.
         raise Refused(
-            f"--partition needs OUT to be a folder every partition writes into, not a URL ({out_dir}): build to a "
-            "URL in one run (--workers, or --distributor ray), or build partitions into a shared folder"
-        )
+            url_partition_problem(out_dir)
+        )  # before any option is read further (build_dataset says it too)
     mask_options, detector_options = _masking_options(options)
     options["workers"] = max(options["workers"], 1)  # 0 and 1: in this process
     try:

@@ -428,3 +428,17 @@ def test_a_build_whose_lease_was_taken_over_meanwhile_uploads_nothing(bucket, fa
         build_at_url(bucket, build_then_lose_the_lease)
     assert str(cache_folder(bucket)) in str(caught.value)  # kept for a rerun
     assert _remote(bucket) == {LEASE: taken_over}  # nothing uploaded; the other build's lease stays
+
+
+def test_the_librarys_build_to_a_url_uploads_as_the_command_does(bucket, faces, tmp_path, monkeypatch):
+    """build_dataset(inputs, URL) builds in the cache and uploads, as m2u-make-dataset -o URL: it took the URL for a
+    path, made a local folder named "memory:" (or "s3:") and uploaded nothing."""
+    monkeypatch.chdir(tmp_path)
+    config = BuildConfig(mask_engine="synthetic", size=64, workers=1, progress=False, shard_size=4)
+    result = build_dataset([str(faces)], bucket, config)
+    assert result.out_dir == cache_folder(bucket)
+    _mirrors(bucket, cache_folder(bucket))
+    assert "manifest.parquet" in _remote(bucket) and LEASE not in _remote(bucket)
+    assert not any(p.name.endswith(":") for p in tmp_path.iterdir())  # no folder named after the scheme
+    with pytest.raises(BuildError, match="--partition needs OUT to be a folder"):
+        build_dataset([str(faces)], bucket, BuildConfig(mask_engine="synthetic", size=64, partition=(0, 2)))
