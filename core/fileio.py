@@ -915,3 +915,15 @@ def library_versions(packages: Iterable[str], platform_info: bool = False) -> di
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def folder_storing_no_files(path: str | os.PathLike[str]) -> str:
+    """The nearest existing folder above `path` where its file system stores no files (no blocks: the kernel's
+    /proc and /sys, which refuse to make anything with "No such file or directory"); "" elsewhere."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return folder if os.statvfs(folder).f_blocks == 0 else ""
+    except OSError:
+        return ""

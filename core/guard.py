@@ -31,7 +31,7 @@ import click
 
 from m2u.core.cli import Refused, cli_message
 from m2u.core.errors import SettingError
-from m2u.core.fileio import OutputRefusedError
+from m2u.core.fileio import OutputRefusedError, folder_storing_no_files
 from m2u.core.startup import INTERRUPTED_EXIT_CODE  # not Click's "Aborted!" and 1
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
@@ -111,25 +111,13 @@ def stops_the_run(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-def _on_a_file_system_without_files(path: str | os.PathLike[str]) -> str:
-    """The nearest existing folder above `path` where its file system stores no files (no blocks: the kernel's
-    /proc and /sys, which refuse to make anything with "No such file or directory"); "" elsewhere."""
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
-        folder = os.path.dirname(folder)
-    try:
-        return folder if os.statvfs(folder).f_blocks == 0 else ""
-    except OSError:
-        return ""
-
-
 def describe_os_error(error: OSError) -> str:
     """One line for a file-system failure: the file, what went wrong, and that no output was left half-written."""
     where = f"{error.filename}: " if error.filename else ""
     what = _HINTS.get(error.errno or 0) or error.strerror or str(error)
     if error.errno == errno.ENOENT and isinstance(error.filename, str | bytes | os.PathLike):
         # A bare "No such file or directory" for a folder that m2u was making read as if m2u had lost a file.
-        folder = _on_a_file_system_without_files(os.fsdecode(error.filename))
+        folder = folder_storing_no_files(os.fsdecode(error.filename))
         if folder:
             what = f"cannot be made there: {folder} is on a file system that stores no files (the kernel's, as /proc is)"
     return (

@@ -37,7 +37,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m2u.core.fileio import RECORD_NAME, arrow_path, claim_name, remove_temp_files, replace_problem
+from m2u.core.fileio import (
+    RECORD_NAME,
+    arrow_path,
+    claim_name,
+    folder_storing_no_files,
+    remove_temp_files,
+    replace_problem,
+)
 from m2u.core.imageio import (
     DEFAULT_MAX_FILE_BYTES,
     IMAGE_SUFFIXES,
@@ -457,6 +464,14 @@ def output_location_problem(out_dir: str | os.PathLike[str], setting: str = "out
     effective = os.access in os.supports_effective_ids
     if not os.access(there, os.W_OK | os.X_OK, effective_ids=effective):
         return f"`{setting}` {out_dir}{made} is not writable; choose another output folder"
+    storing_nothing = folder_storing_no_files(path / "x") if made else ""
+    if (
+        storing_nothing
+    ):  # writable to root, yet nothing can be made there: refused now, not at the first write
+        return (
+            f"`{setting}` {out_dir} cannot be made: {storing_nothing} is on a file system that stores no files (the "
+            "kernel's, as /proc is); choose another output folder"
+        )
     return ""
 
 

@@ -1042,15 +1042,20 @@ def test_a_copy_written_as_jpeg_says_what_it_loses_by_the_data_not_the_name(
     reason="Linux /proc: a file system of no files",
 )
 def test_an_output_folder_that_cannot_be_made_is_said_in_words(tmp_path, tiny_checkpoints):
-    """`-o /proc/m2u_out` printed a bare "[Errno 2] No such file or directory: '/proc/m2u_out'" (exit 2)."""
+    """`-o /proc/m2u_out` printed a bare "[Errno 2] No such file or directory: '/proc/m2u_out'" (exit 2): it is
+    refused before any work, in words, and the guard says the same of any such error met later (every tool)."""
+    from m2u.core.guard import describe_os_error
+
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), np.full((CROP, CROP, 3), 90, np.uint8))
     said = _unmask_masked(photo, Path("/proc/m2u_test_out"), tiny_checkpoints)
-    assert said.exit_code == 1, said.output
-    assert "/proc/m2u_test_out: cannot be made there: /proc is on a file system that stores no files" in (
+    assert said.exit_code == 2, said.output
+    assert "/proc/m2u_test_out cannot be made: /proc is on a file system that stores no files" in (
         " ".join(said.output.split())
     )
     assert "[Errno" not in said.output
+    error = FileNotFoundError(2, "No such file or directory", "/proc/m2u_test_out/x.png")
+    assert "cannot be made there: /proc is on a file system that stores no files" in describe_os_error(error)
 
 
 def test_a_rerun_that_leaves_a_given_photo_says_its_earlier_restoration_is_kept_for_that(
