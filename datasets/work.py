@@ -246,6 +246,7 @@ def _from_faces(
 ) -> list[SampleResult]:
     """The results of one decoded input from its detection."""
     from m2u.masking import Face
+    from m2u.masking.detect import retry_note
 
     assert _STATE is not None
     if isinstance(faces, Exception):
@@ -263,14 +264,26 @@ def _from_faces(
         crop_face = Face.from_landmarks(aligned.landmarks, score=face.score)
     except (ValueError, RuntimeError) as exc:
         return [(_row(s, **common, reason=f"alignment failed: {exc}"), None) for s in samples]
-    return [_mask_variant(_STATE, planned, aligned, crop_face, common) for planned in samples]
+    # The pair is built, and its row says how the face was found: the retry's false positives (a dog's "face")
+    # were ok rows no one could find again (--min-score 0 leaves such faces out).
+    note = f"{retry_note(face.score)}: it may be no face (--min-score 0 leaves it out)" if face.retry else ""
+    return [_mask_variant(_STATE, planned, aligned, crop_face, common, note) for planned in samples]
 
 
 def _mask_variant(
-    state: _WorkerState, planned: PlannedSample, aligned: AlignedFace, crop_face: Any, common: dict[str, Any]
+    state: _WorkerState,
+    planned: PlannedSample,
+    aligned: AlignedFace,
+    crop_face: Any,
+    common: dict[str, Any],
+    note: str = "",
 ) -> SampleResult:
-    """One planned variant of an aligned face: masked and encoded into its tar members, or its error row."""
+    """One planned variant of an aligned face: masked and encoded into its tar members, or its error row. `note`:
+    what the row's reason says of the face whatever becomes of it (how it was found)."""
     from m2u.masking import MaskingError
+
+    def said(reason: str | None) -> str | None:
+        return "; ".join(filter(None, [reason, note])) or None
 
     config, masker = state.config, state.masker
     try:
@@ -278,7 +291,7 @@ def _mask_variant(
     except Exception as exc:  # noqa: BLE001 - MaskingError and friends: recorded per variant
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         status = Status.REFUSED if isinstance(exc, MaskingError) else Status.ERROR
-        return (_row(planned, **common, status=status.value, reason=f"masking failed: {reason}"), None)
+        return (_row(planned, **common, status=status.value, reason=said(f"masking failed: {reason}")), None)
     mask = pair_mask(masked, aligned.image, mask)
     mask_type = str(mask_meta.get("type", "")) or None
     try:
@@ -292,9 +305,9 @@ def _mask_variant(
             quality=config.quality,
         )
     except Exception as exc:  # noqa: BLE001 - one variant that cannot be encoded is that variant's row
-        return (_row(planned, **common, reason=f"encoding failed: {type(exc).__name__}: {exc}"), None)
+        return (_row(planned, **common, reason=said(f"encoding failed: {type(exc).__name__}: {exc}")), None)
     shard = shard_relpath(planned.split, planned.shard_index)
-    row = _row(planned, **common, status=Status.OK.value, mask_type=mask_type, shard=shard)
+    row = _row(planned, **common, status=Status.OK.value, mask_type=mask_type, shard=shard, reason=said(None))
     return (row, members)
 
 

@@ -108,11 +108,17 @@ def check_pattern_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     from m2u.core.imageio import ImageReadError, open_regular
 
     try:
-        with open_regular(path) as handle, Image.open(handle) as image:
-            width, height = image.size
+        with open_regular(path) as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise ImageReadError("empty file (0 bytes)", path)
+            with Image.open(handle) as image:
+                width, height = image.size
     except ImageReadError as exc:
         raise SettingError("pattern", f"{path}: {exc.reason}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own text names its file object ("<_io.BufferedReader name=3>"): said as the inputs' reader says it.
+        raise SettingError("pattern", f"{path}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise SettingError("pattern", f"{path} is not a readable image ({exc})") from None
     if max(width, height) > PATTERN_MAX_SIDE or max(width, height) > PATTERN_MAX_ASPECT * max(
         1, min(width, height)

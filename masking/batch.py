@@ -59,7 +59,7 @@ from m2u.core.inputs import (
 from m2u.core.outcome import Outcome, Status
 from m2u.core.parallel import report, worker_pool
 from m2u.core.runtime import runtime_field
-from m2u.masking.detect import DetectorConfig, FaceDetector
+from m2u.masking.detect import DetectorConfig, FaceDetector, retry_note
 from m2u.masking.geometry import MaskingError
 from m2u.masking.render import MaskConfig, apply_mask, inputs_per_config, parse_mask_code, warm_templates
 
@@ -358,11 +358,7 @@ def _mask_and_write(
         metas.append({"face": index, "box": list(face.box), "score": face.score, **_detection(face)})
         metas[-1].update(result.meta)
     row["faces"] = len(metas)
-    low = [
-        f"face {m['face']} found by the low-threshold retry (score {m['score']:.3f})"
-        for m in metas
-        if m["retry"]
-    ]
+    low = [f"face {m['face']} {retry_note(m['score'])}" for m in metas if m["retry"]]
     row["reason"] = "; ".join([*([str(row["losses"])] if row.get("losses") else []), *failures, *low])
     if not metas:
         row["status"] = (

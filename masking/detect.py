@@ -26,6 +26,12 @@ DETECTOR_MODELS: tuple[str, ...] = ("hog", "cnn")
 N_LANDMARKS = 68
 
 
+def retry_note(score: float) -> str:
+    """What a report says of a face only the low-threshold retry pass found (`Face.retry`): the false positives
+    (a dog's "face") come from there."""
+    return f"found by the low-threshold retry (score {score:.3f})"
+
+
 class ModelFileError(RuntimeError):
     """A dlib model file (from the face-recognition-models package) is missing."""
 

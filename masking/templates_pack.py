@@ -246,9 +246,25 @@ def _parse_point(text: str, where: str) -> tuple[float, float]:
 def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
     parser = configparser.ConfigParser()
     try:
-        parser.read(cfg_file, encoding="utf-8")
+        parser.read(
+            os.fspath(cfg_file), encoding="utf-8"
+        )  # a str: configparser's messages show a Path's repr
+    except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as exc:
+        twice = (
+            f"[{exc.section}]"
+            if isinstance(exc, configparser.DuplicateSectionError)
+            else (f"{exc.option} in [{exc.section}]")
+        )
+        raise TemplatePackError(
+            f"{cfg_file}: not a valid masks.cfg ({twice} is given twice, line {exc.lineno})"
+        ) from None
+    except configparser.MissingSectionHeaderError as exc:
+        # configparser's own text repeats the path as a PosixPath(...) and the line as a Python string.
+        raise TemplatePackError(
+            f"{cfg_file}: not a valid masks.cfg (line {exc.lineno} comes before any [section] header)"
+        ) from None
     except configparser.Error as exc:
-        raise TemplatePackError(f"{cfg_file}: not a valid masks.cfg ({exc})") from exc
+        raise TemplatePackError(f"{cfg_file}: not a valid masks.cfg ({exc.message})") from exc
     except UnicodeDecodeError as exc:  # its message named a byte, not the file
         raise TemplatePackError(f"{cfg_file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     templates, skipped = {}, []

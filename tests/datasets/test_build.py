@@ -425,3 +425,32 @@ def test_a_builds_own_files_damaged_or_edited_are_written_again_by_a_rerun(tmp_p
     (out / "stats.json").write_text("edited by hand")
     assert not build_dataset([photos], out, _config(overwrite=True)).stats["resumed"]
     assert json.loads((out / "stats.json").read_text()) != {}
+
+
+def test_a_face_only_the_low_threshold_retry_found_is_said_so_in_its_row(tmp_path, monkeypatch):
+    """The retry's false positives (a dog's "face") became ok pairs with nothing in the manifest to find them by;
+    m2u-mask's report said so. Each such row's reason now says how the face was found."""
+    import dataclasses
+
+    from m2u.masking import FaceDetector
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    photos, out = tmp_path / "faces", tmp_path / "out"
+    photos.mkdir()
+    write_demo_faces(photos, count=2)
+    build_dataset([photos], out, _config(mask_engine="m2u"))
+    assert read_manifest(out)["reason"].isna().all()  # faces the first pass found: nothing to say
+    found = FaceDetector.detect_many
+
+    def only_by_the_retry(self, images, largest_only=False):
+        return [
+            [dataclasses.replace(f, retry=True, score=-0.3) for f in faces]
+            for faces in found(self, images, largest_only)
+        ]
+
+    monkeypatch.setattr(FaceDetector, "detect_many", only_by_the_retry)
+    build_dataset([photos], tmp_path / "retry", _config(mask_engine="m2u"))
+    manifest = read_manifest(tmp_path / "retry")
+    assert (manifest["status"] == "ok").all() and len(manifest) == 2
+    assert manifest["reason"].str.startswith("found by the low-threshold retry (score -0.300)").all()
+    assert manifest["reason"].str.contains("--min-score 0").all()

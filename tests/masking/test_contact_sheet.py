@@ -74,3 +74,15 @@ def test_the_cli_says_when_the_sheet_face_came_from_the_retry(
     assert said == retry and (height > ROWS * TILE) == retry
     if retry:
         assert "--min-score 0" in result.output
+
+
+def test_a_sheet_named_like_an_input_is_refused_as_one(tmp_path):
+    """It was refused naming m2u's record of written files (which did not exist), not the input it would replace."""
+    from m2u.masking import cli
+
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (120, 90, 80)).save(photo)
+    before = photo.read_bytes()
+    result = CliRunner().invoke(cli.main, [str(tmp_path), "--contact-sheet", str(photo)])
+    assert result.exit_code == 2 and "is one of the inputs" in result.output
+    assert photo.read_bytes() == before

@@ -522,3 +522,33 @@ def test_masktheface_side_views_cover_a_turned_face_as_the_front_template(checko
         assert side.meta["template"] == f"{mask_type}_left" and side.meta["fallback"] is None
         assert front.meta["template"] == mask_type
         assert 0.85 <= side.meta["mask_pixels"] / front.meta["mask_pixels"] <= 1.15, mask_type
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("hello\n", "line 1 comes before any [section] header"),
+        ("[a]\ntemplate = a.png\n[a]\n", "[a] is given twice, line 3"),
+        ("[a]\ntemplate = a.png\ntemplate = b.png\n", "template in [a] is given twice, line 3"),
+    ],
+)
+def test_a_broken_masks_cfg_is_said_in_words(tmp_path, text, said):
+    """configparser's own text showed `PosixPath('...')` and Python string reprs."""
+    from m2u.masking.templates_pack import TemplatePackError
+
+    (tmp_path / "masks.cfg").write_text(text)
+    with pytest.raises(TemplatePackError) as refused:
+        load_template_pack(tmp_path)
+    assert f"not a valid masks.cfg ({said})" in str(refused.value) and "PosixPath" not in str(refused.value)
+
+
+@pytest.mark.parametrize("content, said", [(b"", "empty file (0 bytes)"), (b"hello", "not an image")])
+def test_a_pattern_file_that_is_no_image_is_said_in_words(tmp_path, content, said):
+    """Pillow's own text named its file object (`<_io.BufferedReader name=3>`)."""
+    from m2u.masking.appearance import check_pattern_image
+
+    path = tmp_path / "pattern.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as refused:
+        check_pattern_image(path)
+    assert said in str(refused.value) and "_io." not in str(refused.value)
