@@ -163,7 +163,7 @@ def test_every_writing_tool_refuses_a_link_or_a_stranger_at_an_output_name(tmp_p
 
     before = a.read_bytes()
     code, output = _invoke(mask, [str(a), "-o", str(tmp_path / "o"), "--contact-sheet", str(a)])
-    assert code != 0 and "not written by m2u" in _one_line_error(output) and a.read_bytes() == before
+    assert code != 0 and "is one of the inputs" in _one_line_error(output) and a.read_bytes() == before
 
     u = tmp_path / "u"
     (p,) = _faces(u, 1)
