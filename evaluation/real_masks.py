@@ -68,13 +68,10 @@ class RealMaskConfig:
     limit: int | None = None  # the first N photos found (in the order found); None: every one
 
     def __post_init__(self) -> None:
-        # 0 would make every pixel of every label mask.
-        if not 1 <= self.label_threshold < 255:
-            raise ValueError(f"`label_threshold` must be in 1..254, got {self.label_threshold}")
-        if not 0 <= self.near_levels < 255:
-            raise ValueError(f"near_levels must be in 0..254, got {self.near_levels}")
-        check_at_least(self, {"thumb": 16, "limit": 1})
-        check_at_most(self, {"thumb": MAX_THUMB})
+        # A label threshold of 0 would make every pixel of every label mask. SettingErrors: a command line, a config
+        # file and `--set` each name the setting as the user wrote it.
+        check_at_least(self, {"label_threshold": 1, "near_levels": 0, "thumb": 16, "limit": 1})
+        check_at_most(self, {"label_threshold": 254, "near_levels": 254, "thumb": MAX_THUMB})
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from m2u.core.errors import SettingError
 from m2u.evaluation.cli import real_masks_main
 from m2u.evaluation.real_masks import RealMaskConfig, evaluate_real_masks, read_label
 from m2u.inference.unmask import FaceRestoration
@@ -108,12 +109,15 @@ def test_an_index_mask_label_is_a_bad_label_and_threshold_0_is_refused(tmp_path)
     row = _rows(tmp_path / "r")["p.png"]
     assert row["status"] == "bad_label" and "only 0 and 1" in row["reason"] and row["dice"] == ""
     assert summary["labelled_photos"] == 0 and summary["dice_all_labelled"] is None
-    with pytest.raises(ValueError, match="`label_threshold` must be in 1..254"):
+    with pytest.raises(SettingError, match="label_threshold: must be >= 1, got 0"):
         RealMaskConfig(label_threshold=0)
+    with pytest.raises(SettingError, match="near_levels: must be <= 254, got 300"):
+        RealMaskConfig(near_levels=300)
     result = CliRunner().invoke(
         real_masks_main, [str(photos), "-o", str(tmp_path / "c"), "--label-threshold", "0"]
     )
     assert result.exit_code == 2 and not (tmp_path / "c").exists(), result.output
+    assert "--label-threshold" in result.output
 
 
 def test_no_face_scores_1_against_an_empty_label_and_0_with_remnant_1_against_a_mask(tmp_path):
