@@ -464,10 +464,9 @@ def output_location_problem(out_dir: str | os.PathLike[str], setting: str = "out
     effective = os.access in os.supports_effective_ids
     if not os.access(there, os.W_OK | os.X_OK, effective_ids=effective):
         return f"`{setting}` {out_dir}{made} is not writable; choose another output folder"
+    # Writable to root, yet nothing can be made there (/proc): refused now, not at the first write.
     storing_nothing = folder_storing_no_files(path / "x") if made else ""
-    if (
-        storing_nothing
-    ):  # writable to root, yet nothing can be made there: refused now, not at the first write
+    if storing_nothing:
         return (
             f"`{setting}` {out_dir} cannot be made: {storing_nothing} is on a file system that stores no files (the "
             "kernel's, as /proc is); choose another output folder"
