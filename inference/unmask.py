@@ -236,6 +236,9 @@ class FaceRestoration:
     # The detector was unsure it is a face at all (m2u.masking Face.retry: BlazeFace below its sure score, the dlib
     # fallback): its mask was the evidence of a face.
     uncertain: bool = False
+    # The share of the crop the generator filled and the photo got back: the refined mask grown by --grow
+    # (`Unmasker.restored_region`); None for a face left as it is.
+    restored_fraction: float | None = None
 
     @property
     def lean(self) -> float:
@@ -251,7 +254,8 @@ class FaceRestoration:
 
     def record(self) -> dict:
         """The face's line in faces.jsonl (without the input's name): `mask_fraction` is M-Seg's own mask, as in
-        report.csv, and a restored face's `restored_fraction` the refined mask the generator filled."""
+        report.csv, and a restored face's `restored_fraction` the region the generator filled (the refined mask
+        grown by --grow)."""
         return {
             "detector": self.detector,
             "score": round(self.score, 4),
@@ -261,7 +265,11 @@ class FaceRestoration:
             "precision": self.precision,
             **self.evidence,
             "mask_fraction": self.mseg_fraction,
-            **({} if self.problem else {"restored_fraction": round(self.mask_fraction, 4)}),
+            **(
+                {}
+                if self.problem or self.restored_fraction is None
+                else {"restored_fraction": round(self.restored_fraction, 4)}
+            ),
             "restored": not self.problem,
             **({"problem": self.problem} if self.problem else {}),
             **({"turned": self.turned} if self.turned else {}),
@@ -539,6 +547,7 @@ class Unmasker:
             face.mask_fraction = float((face.mask > 0).mean())
             if face.problem:
                 continue  # not one pixel of the photo changes for it
+            face.restored_fraction = float(self.restored_region(face.mask).mean())
             face.weight = self.paste_weight(face.mask)
             # Only the masked region is pasted back: elsewhere the crop is a resampled copy of the photo.
             paste_region(result, face.restored, face.matrix, face.weight)

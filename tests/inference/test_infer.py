@@ -166,6 +166,9 @@ def test_the_generator_fills_the_region_pasted_back_rim_included(tiny_checkpoint
     weight = unmasker.paste_weight(face.mask)
     assert (weight[region] == 1.0).all()
     assert np.array_equal(result[weight == 0], crop[weight == 0])
+    # faces.jsonl's restored_fraction is that region (grown), not the refined mask before --grow
+    assert face.record()["restored_fraction"] == pytest.approx(region.mean(), abs=1e-4)
+    assert face.record()["restored_fraction"] > (face.mask > 0).mean() + 0.01
 
 
 def test_images_outside_0_1_are_refused_at_the_api_not_restored_into_garbage(tiny_checkpoints):
