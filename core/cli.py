@@ -252,12 +252,21 @@ def given_options(names: tuple[str, ...], ctx: click.Context | None = None) -> l
     return [flags[n] for n in names if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
 
 
+def notice(line: str) -> None:
+    """Say `line` on stderr once per run. Under torchrun every rank runs the command with the same options and files,
+    so a notice about them would be said once per rank: only rank 0 says it (rank-specific lines are not notices)."""
+    several_ranks = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+    if several_ranks and os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    click.echo(line, err=True)
+
+
 def warn_unused(names: tuple[str, ...], because: str, ctx: click.Context | None = None) -> None:
     """Options with no effect beside another are said on stderr ("warning: BECAUSE: --x, --y not used"), not
     silently ignored; nothing is said when none of `names` was given."""
     given = given_options(names, ctx)
     if given:
-        click.echo(f"warning: {because}: {', '.join(given)} not used", err=True)
+        notice(f"warning: {because}: {', '.join(given)} not used")
 
 
 def is_alias(param: click.Parameter) -> bool:

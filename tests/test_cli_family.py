@@ -218,3 +218,32 @@ def test_a_min_score_that_is_no_number_is_refused_naming_the_option(name, tmp_pa
         )
         assert result.exit_code == 2, result.output
         assert "Invalid value for '--min-score': must be a finite number" in result.output
+
+
+@pytest.mark.parametrize(("rank", "world", "said"), [("1", "2", False), ("0", "2", True), ("1", "1", True)])
+def test_notices_are_said_once_per_torchrun_job_by_rank_zero(rank, world, said):
+    """Every rank of a torchrun job printed the same notices (an option not used, a model file's warning, --resume
+    starting a run): rank 0 alone says them; a single process always does."""
+    import warnings
+
+    from m2u.core.cli import notice, warn_unused
+    from m2u.training.checkpoint import ModelUsageWarning
+    from m2u.training.cliutil import model_warnings
+
+    @click.command()
+    @click.option("--unused-here")
+    def command(unused_here):
+        warn_unused(("unused_here",), "because of this")
+        notice("starting one")
+        with model_warnings():
+            warnings.warn("a model file's warning", ModelUsageWarning, stacklevel=1)
+
+    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank}
+    result = CliRunner().invoke(command, ["--unused-here", "x"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = (
+        "warning: because of this: --unused-here not used",
+        "starting one",
+        "warning: a model file's warning",
+    )
+    assert [line in result.output for line in lines] == [said] * 3

@@ -30,6 +30,7 @@ from m2u.core.cli import (
     alias_option,
     apply_aliases,
     device_option,
+    notice,
     out_option,
     progress_options,
     seed_option,
@@ -185,7 +186,7 @@ def _checked(config: RunConfig, nothing_to_resume: bool = False) -> RunConfig:
             )
     if nothing_to_resume:
         # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
-        click.echo(f"--resume: no run in {config.out} yet (no config.json); starting one", err=True)
+        notice(f"--resume: no run in {config.out} yet (no config.json); starting one")
     return config
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from m2u.core.cli import cli_message
+from m2u.core.cli import cli_message, notice
 
 # Errors a user can cause with bad arguments or files: shown as one clean line, not a traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, OSError)
@@ -364,7 +364,7 @@ def model_warnings() -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ModelUsageWarning):
-            click.echo(f"warning: {cli_message(message)}", err=True)  # settings said as this command's flags
+            notice(f"warning: {cli_message(message)}")  # settings said as this command's flags, by rank 0
         else:
             previous(message, category, filename, lineno, file, line)
 
