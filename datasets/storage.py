@@ -453,7 +453,9 @@ def _remote_written(
     return ours
 
 
-def upload(local: Path, url: str, *, finished: bool = True) -> int:
+def upload(
+    local: Path, url: str, *, finished: bool = True, before_change: Callable[[], None] | None = None
+) -> int:
     """Make the URL hold the local dataset folder's build files (the shards and their stats, the manifests,
     stats.json, the build state, m2u's `.m2u-written` records): every file whose remote copy is missing or not the
     same bytes (by the SHA-256 of the URL's upload record) is uploaded, shards first, then the other files, then
@@ -461,7 +463,8 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
     takes a half-uploaded dataset as finished); the files an earlier m2u upload or build put there that the
     folder no longer has are removed (only the build's files m2u wrote there: never another file). The build's
     state folder goes too (another machine resumes from it); its locks stay local. `finished=False` (a build
-    that stopped): ``manifest.parquet`` is not uploaded. Returns the number of files uploaded."""
+    that stopped): ``manifest.parquet`` is not uploaded. `before_change` is called before each change at the URL
+    (a build's lease check: it raises to stop the upload there). Returns the number of files uploaded."""
     local = Path(local)
     fs, root = _filesystem(url)
     versions: dict[str, str] = {}
@@ -497,7 +500,19 @@ def upload(local: Path, url: str, *, finished: bool = True) -> int:
                 state.seen[f] = versions[f]
         if not changed and not stale:
             return 0  # the URL's record already lists every file as it is here
-        return _upload_changes(fs, root, local, remote, known, changed, stale, ours, finished, state)
+        return _upload_changes(
+            fs,
+            root,
+            local,
+            remote,
+            known,
+            changed,
+            stale,
+            ours,
+            finished,
+            state,
+            before_change or (lambda: None),
+        )
     finally:
         state.save()
 
@@ -592,12 +607,14 @@ def _upload_changes(
     ours: set[str],
     finished: bool,
     state: _SyncState,
+    before_change: Callable[[], None],
 ) -> int:
     """upload's work once something differs (see upload for the order)."""
     entries = {r: _UNKNOWN for r in ours if r in remote}  # m2u's files there, content not vouched for yet
     entries.update({f: known[f] for f in known if f not in changed})
     entries.update({f: _UNKNOWN for f in changed})
     entries.pop(MANIFEST_NAME, None)
+    before_change()
     if MANIFEST_NAME in remote:
         fs.rm_file(f"{root}/{MANIFEST_NAME}")  # from now on the URL holds no finished dataset
         state.synced.pop(MANIFEST_NAME, None)
@@ -608,6 +625,7 @@ def _upload_changes(
     last = [f for f in changed if f not in first and f != MANIFEST_NAME]
     uploaded, flushed = 0, time.monotonic()
     for relative in first:
+        before_change()
         _send(fs, f"{root}/{relative}", source=local / relative)
         entries[relative] = known[relative]
         state.synced[relative] = known[relative]["sha256"]
@@ -617,10 +635,12 @@ def _upload_changes(
             _put_record(fs, root, entries)
             flushed = time.monotonic()
     for relative in stale:
+        before_change()
         fs.rm_file(f"{root}/{relative}")
         entries.pop(relative, None)
         state.synced.pop(relative, None)
     for relative in last:
+        before_change()
         _send(fs, f"{root}/{relative}", source=local / relative)
         entries[relative] = known[relative]
         state.synced[relative] = known[relative]["sha256"]
@@ -628,6 +648,7 @@ def _upload_changes(
         uploaded += 1
     if manifest:
         entries[MANIFEST_NAME] = known[MANIFEST_NAME]
+    before_change()
     _put_record(fs, root, entries)
     if manifest:
         _send(fs, f"{root}/{MANIFEST_NAME}", source=local / MANIFEST_NAME)
@@ -731,7 +752,7 @@ def _build_locked(url: str, local: Path, build: Callable[[str], T], lease: _UrlL
         raise
     try:
         lease.confirm()
-        upload(local, url)
+        upload(local, url, before_change=lease.check_held)
     except Exception as error:
         raise UploadError(
             f"uploading the dataset to {url} failed ({_one_line(error)}); the build is kept in the local cache "
@@ -791,7 +812,10 @@ class _UrlLease:
     build is there, writes its own (an exclusive create where the file system has one), waits LEASE_SETTLE_S and
     reads the lease back: of builds that wrote at once, only the last writer reads its own token and proceeds. A
     daemon thread renews it every LEASE_RENEW_S; one not renewed for LEASE_STALE_S is a dead build's and is taken
-    over. The upload checks that the lease is still this build's before it changes anything at the URL."""
+    over. The upload checks that the lease is still this build's before it changes anything at the URL, and, between
+    files, that the renewals have not found it taken over or failed for LEASE_STALE_S (`check_held`): a long upload
+    stops there rather than remove the files of a build that took the URL over. Renewals failing for half that long
+    are said once on stderr."""
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
@@ -805,6 +829,8 @@ class _UrlLease:
         self._writing = threading.Lock()
         self._released = threading.Event()
         self._renewer: threading.Thread | None = None
+        # Set by the renewals: why the lease is no longer this build's ("" while it is).
+        self.lost = ""
 
     def _read(self) -> _LeaseHolder | None:
         """The lease at the URL; None when there is none."""
@@ -879,6 +905,10 @@ class _UrlLease:
         self._renewer.start()
 
     def _renew_until_released(self) -> None:
+        failing_since: float | None = (
+            None  # when the renewals began to fail (monotonic), None while they work
+        )
+        said = False
         while not self._released.wait(LEASE_RENEW_S):
             with self._writing:
                 if self._released.is_set():
@@ -886,23 +916,54 @@ class _UrlLease:
                 try:
                     holder = self._read()
                     if holder is None or holder.token != self.token:
-                        return  # taken over (or removed): never written over; the upload's check refuses
+                        # Taken over (or removed): never written over; the upload stops at its next file.
+                        self.lost = self._lost(holder)
+                        return
                     self._write(exclusive=False)
-                except Exception:  # noqa: BLE001 - tried again at the next renewal, well before it is stale
-                    continue
+                    failing_since, said = None, False
+                except Exception as error:  # noqa: BLE001 - tried again at the next renewal
+                    now = time.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    if now - failing_since >= LEASE_STALE_S:
+                        # Another build may have found it stale and taken the URL: this one no longer holds it.
+                        self.lost = (
+                            f"could not be renewed for over {LEASE_STALE_S / 60:g} minutes ({_one_line(error)}), "
+                            "so another build may have taken the URL over"
+                        )
+                        return
+                    if not said and now - failing_since >= LEASE_STALE_S / 2:
+                        said = True
+                        print(
+                            f"the build lease {self.url}/{LEASE_NAME} could not be renewed for "
+                            f"{(now - failing_since) / 60:.0f} minutes ({_one_line(error)}); retrying every "
+                            f"{LEASE_RENEW_S:g} s: after {LEASE_STALE_S / 60:g} minutes another build may take the "
+                            "URL over and this one will not upload",
+                            file=sys.stderr,
+                        )
+
+    def _lost(self, holder: _LeaseHolder | None) -> str:
+        """How the lease stopped being this build's, given what is at the URL now."""
+        if holder is None:
+            return "is gone (removed by hand, or by a build that took it over and has finished)"
+        return (
+            f"was taken over by another build ({holder.described()}): this build could not renew it for over "
+            f"{LEASE_STALE_S / 60:g} minutes"
+        )
+
+    def check_held(self) -> None:
+        """StorageError when the renewals found the lease no longer this build's (no read at the URL: called
+        between the files of an upload)."""
+        if self.lost:
+            raise StorageError(
+                f"this build's lease {self.url}/{LEASE_NAME} {self.lost}; the upload stopped there"
+            )
 
     def confirm(self) -> None:
         """StorageError unless the URL's lease is still this build's (checked before anything there changes)."""
         holder = self._read()
-        if holder is None:
-            what = "is gone (removed by hand, or by a build that took it over and has finished)"
-        elif holder.token != self.token:
-            what = (
-                f"was taken over by another build ({holder.described()}): this build could not renew it for over "
-                f"{LEASE_STALE_S / 60:g} minutes"
-            )
-        else:
+        if holder is not None and holder.token == self.token and not self.lost:
             return
+        what = self._lost(holder) if holder is None or holder.token != self.token else self.lost
         raise StorageError(f"this build's lease {self.url}/{LEASE_NAME} {what}; nothing was uploaded")
 
     def _remove_if_ours(self) -> None:
@@ -944,7 +1005,7 @@ def _upload_stopped(local: Path, url: str, lease: _UrlLease) -> None:
         return
     try:
         lease.confirm()
-        count = upload(local, url, finished=False)
+        count = upload(local, url, finished=False, before_change=lease.check_held)
     except Exception as failure:  # noqa: BLE001 - said, never raised over the stop itself
         print(
             f"the stopped build's committed shards could not be uploaded to {url} ({_one_line(failure)}); they "

@@ -430,6 +430,57 @@ def test_a_build_whose_lease_was_taken_over_meanwhile_uploads_nothing(bucket, fa
     assert _remote(bucket) == {LEASE: taken_over}  # nothing uploaded; the other build's lease stays
 
 
+def test_an_upload_stops_at_the_next_file_once_the_lease_is_found_taken_over(bucket, faces, monkeypatch):
+    """The lease was checked once, before the upload: a build taking the URL over during a long upload (this one's
+    renewals having failed) had its files removed or replaced by the rest of it."""
+    fs, root = fsspec.core.url_to_fs(bucket)
+    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.02, raising=False)
+    config = BuildConfig(mask_engine="synthetic", size=64, workers=1, progress=False, shard_size=2)
+    taken_over = lease_of_another_build(0)
+    send, sent = storage._send, []
+
+    def send_then_lose_the_lease(fs_, target, **options):
+        send(fs_, target, **options)
+        if not target.endswith(".tar"):
+            return  # the URL's probe, this build's own lease, the upload's other files
+        sent.append(target)
+        if len(sent) == 1:  # the first shard is up; another machine's build takes the URL
+            fs.pipe_file(f"{root}/{LEASE}", taken_over)
+            time.sleep(0.3)  # this build's next renewal reads it
+
+    monkeypatch.setattr(storage, "_send", send_then_lose_the_lease)
+    with pytest.raises(
+        UploadError, match=r"taken over by another build \(host build-host-2.*upload stopped there"
+    ):
+        build_at_url(bucket, lambda local: build_dataset([str(faces)], local, config))
+    remote = _remote(bucket)
+    shards = [name for name in remote if name.endswith(".tar")]
+    assert len(sent) == len(shards) == 1 and "manifest.parquet" not in remote and remote[LEASE] == taken_over
+
+
+def test_renewals_failing_are_said_once_and_past_the_stale_limit_stop_the_upload(bucket, monkeypatch, capsys):
+    monkeypatch.setattr(storage, "LEASE_RENEW_S", 0.01, raising=False)
+    monkeypatch.setattr(storage, "LEASE_STALE_S", 0.3, raising=False)
+    lease = storage._UrlLease(bucket)
+    lease.take()
+    try:
+        lease.check_held()  # held: nothing raised
+        monkeypatch.setattr(lease, "_write", lambda **_: (_ for _ in ()).throw(OSError("throttled")))
+        deadline = time.monotonic() + 5
+        while not lease.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        said = [line for line in capsys.readouterr().err.splitlines() if "could not be renewed" in line]
+        assert len(said) == 1 and "throttled" in said[0] and "will not upload" in said[0]
+        with pytest.raises(
+            storage.StorageError, match=r"could not be renewed for over .*upload stopped there"
+        ):
+            lease.check_held()
+        with pytest.raises(storage.StorageError, match="nothing was uploaded"):
+            lease.confirm()
+    finally:
+        lease.release()
+
+
 def test_the_librarys_build_to_a_url_uploads_as_the_command_does(bucket, faces, tmp_path, monkeypatch):
     """build_dataset(inputs, URL) builds in the cache and uploads, as m2u-make-dataset -o URL: it took the URL for a
     path, made a local folder named "memory:" (or "s3:") and uploaded nothing."""
