@@ -580,7 +580,11 @@ def _send(
                 with fs.open(target, "xb") as handle:
                     handle.write(data)
                 return
-            except (ValueError, NotImplementedError):  # no exclusive create here
+            except (FileExistsError, FileNotFoundError, PermissionError):
+                raise
+            # No exclusive create here: drivers refuse mode "xb" each their own way (ValueError,
+            # NotImplementedError, TypeError...). A plain write follows; the lease's read-back settles races.
+            except Exception:  # noqa: BLE001
                 pass
         if source is None:
             fs.pipe_file(target, data)

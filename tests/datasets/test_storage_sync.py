@@ -481,6 +481,26 @@ def test_renewals_failing_are_said_once_and_past_the_stale_limit_stop_the_upload
         lease.release()
 
 
+@pytest.mark.parametrize("refusal", [ValueError, NotImplementedError, TypeError, OSError])
+def test_a_driver_refusing_exclusive_create_its_own_way_gets_a_plain_write(bucket, monkeypatch, refusal):
+    """Only ValueError and NotImplementedError were taken as "no exclusive create here": a driver raising another
+    type for mode "xb" failed every build to its URLs at the lease."""
+    fs, root = fsspec.core.url_to_fs(bucket)
+    open_file = fs.open
+
+    def no_exclusive_create(path, mode="rb", **options):
+        if mode == "xb":
+            raise refusal("mode 'xb' is not supported")
+        return open_file(path, mode, **options)
+
+    monkeypatch.setattr(fs, "open", no_exclusive_create)
+    storage._send(fs, f"{root}/file.json", data=b"{}", exclusive=True)
+    assert fs.cat_file(f"{root}/file.json") == b"{}"
+    with pytest.raises(FileExistsError):  # where the create is exclusive, a file there still stops it
+        monkeypatch.setattr(fs, "open", open_file)
+        storage._send(fs, f"{root}/file.json", data=b"[]", exclusive=True)
+
+
 def test_the_librarys_build_to_a_url_uploads_as_the_command_does(bucket, faces, tmp_path, monkeypatch):
     """build_dataset(inputs, URL) builds in the cache and uploads, as m2u-make-dataset -o URL: it took the URL for a
     path, made a local folder named "memory:" (or "s3:") and uploaded nothing."""
