@@ -40,6 +40,7 @@ from pathlib import Path
 from m2u.core.fileio import (
     RECORD_NAME,
     arrow_path,
+    atomic_write_text,
     claim_name,
     folder_storing_no_files,
     remove_temp_files,
@@ -404,6 +405,41 @@ def earlier_names(out_dir: str | os.PathLike[str], rows: Iterable[tuple[str, str
     return names
 
 
+def names_ledger(out_dir: str | os.PathLike[str], tool: str) -> Path:
+    """The file in OUT where `tool` (m2u-unmask, m2u-mask) keeps which input each of its output names belongs to,
+    over all its runs into OUT (`remember_output_names`): hidden, never an input, never a listed output."""
+    return Path(out_dir) / f".{tool}-names.json"
+
+
+def read_names_ledger(out_dir: str | os.PathLike[str], tool: str) -> list[tuple[str, str]]:
+    """(input, output name inside OUT) of every earlier run of `tool` into OUT; [] when there is none, or when the
+    file there is not one m2u wrote (check_output_folder refuses it later) or cannot be read."""
+    path = names_ledger(out_dir, tool)
+    if not path.is_file() or replace_problem(path):
+        return []
+    try:
+        pairs = json.loads(path.read_text(encoding="utf-8"))["names"]
+        return [(str(source), str(name)) for source, name in pairs]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a damaged ledger holds no names: report.csv still gives the last run's
+
+
+def remember_output_names(
+    out_dir: str | os.PathLike[str], tool: str, pairs: Iterable[tuple[str, str]]
+) -> None:
+    """Add this run's (input, output name) `pairs` to `tool`'s ledger in OUT, keeping the earlier runs' pairs
+    whose input still exists. The last run's report.csv alone was the memory: a photo not given in that run lost
+    its name, and a later run's photo of the same name replaced its restoration."""
+    kept: dict[tuple[str, str], None] = {}
+    for source, name in [*((os.path.abspath(s), n) for s, n in pairs), *read_names_ledger(out_dir, tool)]:
+        if _identity(source) is not None:  # a photo moved or deleted since holds no name
+            kept.setdefault((source, name), None)
+    lines = ",\n".join(
+        json.dumps(list(pair)) for pair in kept
+    )  # one input a line: a ledger a person can read
+    atomic_write_text(names_ledger(out_dir, tool), f'{{"generator": "m2u", "names": [\n{lines}\n]}}\n')
+
+
 def claim_output_names(
     entries: Sequence[InputEntry],
     wanted: Sequence[tuple[str, str]],
@@ -412,9 +448,10 @@ def claim_output_names(
     """Each entry's output name inside OUT, from its `wanted` (stem, suffix): `stem + suffix`, or -2, -3... where
     that name is taken (m2u.core.fileio.claim_name), handed out in input order.
 
-    `earlier`: (input, output name) pairs an earlier run's report into the same OUT gave (`earlier_names`). Names
-    handed out in input order alone would depend on that order (a/x.jpg and b/X.jpg given as "a b" and as "b a"
-    swap x.jpg and X-2.jpg), so a rerun in another order would replace each restoration with another photo's.
+    `earlier`: (input, output name) pairs earlier runs into the same OUT gave (`earlier_names` of the last run's
+    report, and `read_names_ledger`: every run's). Names handed out in input order alone would depend on that order
+    (a/x.jpg and b/X.jpg given as "a b" and as "b a" swap x.jpg and X-2.jpg), so a rerun in another order would
+    replace each restoration with another photo's.
     An input that run named keeps its name, whatever the order now, where it is still a name this input could get
     (a changed suffix, as with another output format, gives a new one); the names that run gave to photos that
     still exist are handed to no other input, so a new input whose name clashes gets a fresh one and no earlier
@@ -676,6 +713,9 @@ __all__ = [
     "claim_output_names",
     "discover",
     "earlier_names",
+    "names_ledger",
+    "read_names_ledger",
+    "remember_output_names",
     "find_inputs",
     "open_lock_file",
     "no_images_error",

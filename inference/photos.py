@@ -31,7 +31,15 @@ from m2u.core.fileio import (
 )
 from m2u.core.guard import stops_the_run
 from m2u.core.imageio import copy_losses, photo_format, read_photo, write_image, write_photo
-from m2u.core.inputs import Discovery, InputEntry, claim_output_names, earlier_names
+from m2u.core.inputs import (
+    Discovery,
+    InputEntry,
+    claim_output_names,
+    earlier_names,
+    names_ledger,
+    read_names_ledger,
+    remember_output_names,
+)
 from m2u.core.outcome import Status
 from m2u.core.parallel import worker_pool
 from m2u.inference.masked_rule import NOTHING_TO_RESTORE, judged_no_face, judged_not_masked
@@ -100,8 +108,14 @@ def _output_names(entries: list[InputEntry], output_format: str, out: Path | Non
         wanted.append((stem, output_suffix(entry.path, output_format)))
     if out is None:
         return claim_output_names(entries, wanted)
-    earlier = earlier_names(out, [(row["input"], row["output"]) for row in _report_rows(out)])
-    return claim_output_names(entries, wanted, earlier)
+    return claim_output_names(entries, wanted, _earlier_outputs(out))
+
+
+def _earlier_outputs(out: Path) -> list[tuple[str, str]]:
+    """(input, output name) of the earlier m2u-unmask runs into `out`: the last run's report.csv, then the names
+    ledger of every run (m2u.core.inputs.remember_output_names)."""
+    report = earlier_names(out, [(row["input"], row["output"]) for row in _report_rows(out)])
+    return report + read_names_ledger(out, UNMASK_TOOL)
 
 
 def unmask_files(
@@ -141,6 +155,7 @@ def unmask_files(
         [
             *(out / name for name in names),
             *(out / report for report in REPORTS),
+            names_ledger(out, UNMASK_TOOL),
             *_crops_there(out, names, config),
         ],
     )
@@ -215,18 +230,18 @@ def kept_for_photos_not_restored(earlier: Iterable[Path], results: Iterable[File
 
 def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) -> str:
     """Why this run must not write its outputs ("" when it may): one of them would replace the restoration of
-    another photo, which an earlier run's report.csv names as that output's input and which is still there (a
+    another photo, which an earlier run (its report.csv, the names ledger) names as that output's input and which is
+    still there (a
     rerun of the same photo replaces its own restoration; one whose photo was moved or deleted may be replaced).
     `_output_names` hands no input a name the report gives another photo still there: this is a last guard, in
     case the two ever disagree."""
     sources: dict[
         tuple[int, int], str
     ] = {}  # earlier outputs, by file identity: the paths were given as typed
-    for row in _report_rows(out):
+    for earlier_source, name in reversed(_earlier_outputs(out)):  # the last run's report wins
         with contextlib.suppress(OSError):
-            if row.get("output"):
-                info = os.stat(row["output"])
-                sources[(info.st_dev, info.st_ino)] = row["input"]
+            info = os.stat(out / name)
+            sources[(info.st_dev, info.st_ino)] = earlier_source
     for path, name in planned:
         try:
             info = os.stat(out / name)
@@ -241,7 +256,7 @@ def _another_photos_restoration(out: Path, planned: Iterable[tuple[Path, str]]) 
         except OSError:
             continue  # its photo is gone (moved, deleted): nothing left that it restores
         return (
-            f"{out / name} is the restoration of {source} (an earlier run's report.csv), which this run would "
+            f"{out / name} is the restoration of {source} (an earlier run's), which this run would "
             f"replace with {path}'s; choose another `out_dir`"
         )
     return ""
@@ -403,6 +418,7 @@ def _write_reports(
     atomic_write_text(out / "report.csv", report.getvalue())
     atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
     atomic_write_text(out / "index.html", _index_html(out, results, unfinished))
+    remember_output_names(out, UNMASK_TOOL, earlier_names(out, [(r.input, r.output) for r in results]))
 
 
 def _link(out: Path, path: str) -> str:

@@ -52,8 +52,11 @@ from m2u.core.inputs import (
     claim_output_names,
     earlier_names,
     find_inputs,
+    names_ledger,
     no_images_error,
     output_lock,
+    read_names_ledger,
+    remember_output_names,
     report_clash,
 )
 from m2u.core.outcome import Outcome, Status
@@ -162,21 +165,27 @@ def output_stems(entries: list[InputEntry], out: Path | None = None) -> list[tup
 
 
 def _earlier_stems(out: Path) -> list[tuple[str, str]]:
-    """(input, output stem) of the rows of the report.csv an earlier m2u-mask run wrote into `out` (its outputs are
-    <stem>_<mask type>.jpg ...). Only a regular file m2u wrote is read: check_output_folder refuses others later."""
+    """(input, output stem) of the earlier m2u-mask runs into `out`: the rows of the last run's report.csv (its
+    outputs are <stem>_<mask type>.jpg ...), then the names ledger of every run (m2u.core.inputs.
+    remember_output_names). Only a regular file m2u wrote is read: check_output_folder refuses others later."""
     report = out / REPORT_NAME
-    if not report.exists() or replace_problem(report):
-        return []
-    try:
-        with open(report, newline="", encoding="utf-8", errors="replace") as handle:
+    rows: list[dict[str, str]] = []
+    if report.exists() and not replace_problem(report):
+        with (
+            contextlib.suppress(OSError, csv.Error),
+            open(report, newline="", encoding="utf-8", errors="replace") as handle,
+        ):
             rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error):
-        return []
+    return _row_stems(out, rows) + read_names_ledger(out, LOCK_TOOL)
+
+
+def _row_stems(out: Path, rows: list[dict[str, str]] | list[dict[str, str | int]]) -> list[tuple[str, str]]:
+    """(input, output stem inside `out`) of report rows with an output."""
     stems = []
     for row in rows:
-        output, ending = row.get("output") or "", f"_{row.get('mask_type')}.jpg"
+        output, ending = str(row.get("output") or ""), f"_{row.get('mask_type')}.jpg"
         if output.endswith(ending):  # OUT/<stem>_<mask type>.jpg: the stem's path
-            stems.append((row.get("path") or "", output[: -len(ending)]))
+            stems.append((str(row.get("path") or ""), output[: -len(ending)]))
     return earlier_names(out, stems)
 
 
@@ -501,6 +510,7 @@ def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buffer.getvalue().encode("utf-8", REPORT_TEXT_ERRORS))
+    remember_output_names(path.parent, LOCK_TOOL, _row_stems(path.parent, rows))
 
 
 def mask_files(
@@ -520,7 +530,7 @@ def mask_files(
     targets = [
         p for mask, indices in groups for i in indices for p in output_paths(out, files[i][1], mask.mask_type)
     ]
-    check_output_folder(out, found, [*targets, out / REPORT_NAME])
+    check_output_folder(out, found, [*targets, out / REPORT_NAME, names_ledger(out, LOCK_TOOL)])
     clash = report_clash(out, LOCK_TOOL, (REPORT_NAME,))
     if clash:
         raise OutputFolderError(clash)

@@ -929,7 +929,10 @@ def test_a_run_never_replaces_another_photos_restoration_of_the_same_name(tmp_pa
     assert run("A") == ["x.png"]  # its own rerun
     assert (out / "x-2.png").is_file()  # B's restoration stays
     (tmp_path / "A").rename(tmp_path / "A-moved")
-    assert run("B") == ["x.png"]  # the photo the report names at x.png is gone: its name may be taken
+    assert run("B") == ["x-2.png"]  # B keeps its own name (every run's names are kept, not the last report's)
+    (tmp_path / "C").mkdir()
+    cv2.imwrite(str(tmp_path / "C" / "x.png"), make_synthetic_sample(CROP, seed=3).masked)
+    assert run("C") == ["x.png"]  # the photo named at x.png is gone: its name may be taken
 
 
 def test_a_rerun_in_another_order_gives_each_photo_its_output_and_a_new_photo_a_fresh_name(
@@ -957,6 +960,39 @@ def test_a_rerun_in_another_order_gives_each_photo_its_output_and_a_new_photo_a_
     assert run("a", "b") == first
     assert run("b", "a") == first
     assert run("c", "b", "a") == {**first, "c/x.png": "x-4.png"}
+
+
+def test_a_photo_not_given_in_the_last_run_keeps_its_restoration_from_a_new_photo_of_its_name(
+    tmp_path, tiny_checkpoints
+):
+    """The memory of output names was the last run's report.csv: A/x.png restored, then B/y.png alone, then C/x.png
+    replaced A's restoration with C's (A was in no report any more). Every run's names are kept (the names
+    ledger): C gets x-2.png, A's rerun its own x.png."""
+    mseg_path, gen_path = tiny_checkpoints
+    for seed, relative in enumerate(("A/x.png", "B/y.png", "C/x.png")):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / relative), make_synthetic_sample(CROP, seed=seed).masked)
+    out = tmp_path / "out"
+    options = ["--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out)]
+    options += ["--size", str(CROP), "--aligned", "--all-faces", "--quiet", "--device", "cpu"]
+
+    def run(folder: str) -> str:
+        result = CliRunner().invoke(unmask_main, [str(tmp_path / folder), *options])
+        assert result.exit_code == 0, result.output
+        with open(out / "report.csv", newline="") as handle:
+            (row,) = csv.DictReader(handle)
+        return Path(row["output"]).name
+
+    assert run("A") == "x.png"
+    restored_a = (out / "x.png").read_bytes()
+    assert run("B") == "y.png"
+    assert run("C") == "x-2.png"
+    assert (out / "x.png").read_bytes() == restored_a
+    assert run("A") == "x.png" and run("C") == "x-2.png"  # each its own, in any later run
+    from m2u.inference.photos import earlier_restorations
+
+    # the ledger is OUT's own file, never taken for a restoration kept from an earlier run
+    assert [p.name for p in earlier_restorations(out, [])] == ["x-2.png", "x.png", "y.png"]
 
 
 def test_earlier_restorations_are_the_m2u_outputs_this_run_does_not_name(tmp_path):

@@ -124,6 +124,30 @@ def test_a_rerun_in_another_order_keeps_each_inputs_output_stem(tmp_path):
     assert stems("c", "b", "a") == {**first, "c": "x-3"}
 
 
+def test_an_input_not_given_in_the_last_run_keeps_its_stem_from_a_new_input_of_its_name(tmp_path):
+    """The last run's report.csv was the only memory: a/x.jpg masked, then b/y.jpg alone, then c/x.jpg took a's
+    stem and replaced a's outputs. Every run's stems are kept (write_report adds them to the names ledger)."""
+    from m2u.masking.batch import output_paths, write_report
+
+    for rel in ("a/x.jpg", "b/y.jpg", "c/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run(folder: str) -> str:
+        found = discover([str(tmp_path / folder)], exclude=[out])
+        ((entry, stem),) = output_stems(found.entries, out)
+        jpg = output_paths(out, stem, "surgical")[0]
+        write_report(
+            [{"path": str(entry.path), "status": "ok", "mask_type": "surgical", "output": str(jpg)}],
+            out / "report.csv",
+        )
+        return stem.as_posix()
+
+    assert [run("a"), run("b"), run("c"), run("a"), run("c")] == ["x", "y", "x-2", "x", "x-2"]
+
+
 @pytest.mark.shared
 def test_masks_real_faces_deterministically_with_two_workers(tmp_path, celeba_first):
     src = tmp_path / "in"
