@@ -376,7 +376,39 @@ def average_models(paths: list[str | os.PathLike]) -> LoadedModel:
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write a training-state dict (tensors and plain Python values only) atomically."""
-    return atomic_write(path, lambda temp: torch.save(state, temp))
+    return atomic_write(path, lambda temp: _torch_save(state, temp))
+
+
+class _WriteErrorKept:
+    """A file's writes, keeping the OSError one of them raised."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return int(self.handle.write(data))
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(state: dict[str, Any], path: str) -> None:
+    """torch.save to `path`. Its zip writer reports a failed write (a full disk) as a RuntimeError ("unexpected pos
+    704 vs 598"), which m2u's commands cannot tell from a bug: the OSError behind it is raised instead, so the run
+    ends in the one line every disk error gets (m2u.core.guard)."""
+    with open(path, "wb") as handle:
+        writes = _WriteErrorKept(handle)
+        try:
+            torch.save(state, writes)  # type: ignore[arg-type]  # a file object: write and flush are what it uses
+        except RuntimeError as error:
+            if writes.error is None:
+                raise
+            raise writes.error from error
 
 
 def load_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -95,3 +95,26 @@ def test_training_state_refuses_arbitrary_pickles(tmp_path):
     torch.save({"object": datetime.date(2020, 1, 1)}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError):
         load_training_state(tmp_path / "evil.pt")
+
+
+def test_a_full_disk_while_the_training_state_is_written_is_an_oserror_not_torchs_runtimeerror(
+    tmp_path, monkeypatch
+):
+    """torch's zip writer says a failed write as `RuntimeError: ... unexpected pos 704 vs 598`: m2u-train ended in
+    a 60-line traceback on a full disk, where every other disk error is one line (m2u.core.guard)."""
+    import errno
+    import io
+
+    from m2u.training import checkpoint
+
+    class FillsUp(io.BytesIO):  # a disk with room for 4 KB
+        def write(self, data):
+            if self.tell() + len(data) > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode: FillsUp(), raising=False)
+    with pytest.raises(OSError) as caught:
+        save_training_state(tmp_path / "state.pt", {"weights": torch.ones(100_000)})
+    assert caught.value.errno == errno.ENOSPC
+    assert not list(tmp_path.iterdir())  # nothing half-written left
