@@ -174,10 +174,7 @@ def _run_options(function: Callable) -> Callable:
 
 def _checked(config: RunConfig, nothing_to_resume: bool = False) -> RunConfig:
     """`config` when it names its data and run folder; `nothing_to_resume`: --resume found no run in --out."""
-    if nothing_to_resume and config.out and not config.data:
-        raise click.UsageError(
-            f"--resume: no run in {config.out} to continue (no config.json); give --data to start one there"
-        )
+    _check_something_to_resume(config, nothing_to_resume)
     for name in ("data", "out"):
         if not getattr(config, name):
             flag = "--out/-o" if name == "out" else "--data"
@@ -188,6 +185,15 @@ def _checked(config: RunConfig, nothing_to_resume: bool = False) -> RunConfig:
         # A script that always passes --resume (a batch job requeued) starts the run the first time: said so.
         notice(f"--resume: no run in {config.out} yet (no config.json); starting one")
     return config
+
+
+def _check_something_to_resume(config: RunConfig, nothing_to_resume: bool) -> None:
+    """--resume on a folder without a run, and no --data to start one: refused (--print-config too, which printed a
+    config with no data that could not train)."""
+    if nothing_to_resume and config.out and not config.data:
+        raise click.UsageError(
+            f"--resume: no run in {config.out} to continue (no config.json); give --data to start one there"
+        )
 
 
 def _check_run_kind(binding: ConfigBinding, base: dict[str, Any], run: str | None) -> None:
@@ -219,14 +225,19 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
     `--resume` alone continues the run as it was started; an architecture option that differs from the run's
     is refused before anything is built (one sentence). The run's config.json then records this merged
     configuration, and its recipe keeps the command that started the run. None after --print-config."""
-    from m2u.training.checkpoint import read_run_config_dict
+    from m2u.training.checkpoint import CheckpointError, read_run_config_dict
 
     ctx = click.get_current_context()
     apply_aliases(options, ctx)
     if options.pop("quiet", False):
         options["progress"] = False
         ctx.set_parameter_source("progress", click.core.ParameterSource.COMMANDLINE)
-    base = read_run_config_dict(options["out"]) if options.get("resume") and options.get("out") else {}
+    try:
+        base = read_run_config_dict(options["out"]) if options.get("resume") and options.get("out") else {}
+    except (
+        CheckpointError
+    ) as error:  # a damaged config.json refuses the run as a bad value in it does (exit 2)
+        raise Refused(str(error)) from None
     _check_run_kind(binding, base, options["out"] if base else None)
     nothing_to_resume = bool(options.get("resume") and options.get("out") and not base)
     saved = f"the run's saved config {Path(options['out']) / 'config.json'}" if base else None
@@ -237,6 +248,7 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
     if base:
         _refuse_architecture_changes(binding, config)
     if options.get("print_config"):
+        _check_something_to_resume(config, nothing_to_resume)
         binding.print_config(ctx.command, _with(config, config.recipe or started), {})
         return None
     return _checked(_with(config, _recorded_recipe(config.recipe, started)), nothing_to_resume)

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from m2u.core.errors import SettingError
 from m2u.core.fileio import content_digest
 from m2u.training.checkpoint import CheckpointError, load_model, shape_differences, tensor_shapes
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
@@ -80,7 +81,21 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
         )  # fmt: skip
     if config.augment.enabled:
         data = AugmentedSource(data, config.augment, config.seed, dist.rank)
+    _check_a_batch_per_epoch(data, config)
     return Trainer(task, data, config, dist).run()
+
+
+def _check_a_batch_per_epoch(data: DataSource, config: RunConfig) -> None:
+    """Refuse, before the run folder is touched, a batch size the training split cannot fill once per rank (the
+    last partial batch is dropped): found only after the first epoch, it ended as a failure (exit 1) with a "?"."""
+    steps_per_epoch = getattr(data, "steps_per_epoch", None)
+    if callable(steps_per_epoch) and steps_per_epoch("train") == 0:
+        where = f"the training split of {config.data}" if config.data else "the training data"
+        raise SettingError(
+            "batch_size",
+            f"{config.batch_size} is more than {where} holds per process (the last partial batch is dropped): "
+            "no batch to train on; give a smaller batch size or more data",
+        )
 
 
 def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:

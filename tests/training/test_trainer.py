@@ -646,6 +646,16 @@ def test_resume_says_which_run_a_folder_holds_and_when_there_is_none(tmp_path, t
     assert (
         f"--resume: no run in {empty} to continue (no config.json); give --data to start one" in result.output
     )
+    # A damaged config.json is refused as a bad value in it is (exit 2; it was 1, "some inputs failed")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text("{not json")
+    result = CliRunner().invoke(train_main, ["mseg", "--out", str(damaged), "--resume"])
+    assert result.exit_code == 2 and "(the run's saved config) cannot be read" in result.output
+    # --print-config said nothing of it: it printed a config with `data: ''` (rc 0) that could not train
+    result = CliRunner().invoke(train_main, ["mseg", "--out", str(empty), "--resume", "--print-config"])
+    assert result.exit_code == 2 and "data: ''" not in result.output
+    assert f"--resume: no run in {empty} to continue" in result.output
 
 
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path, tiny_dataset, monkeypatch):
@@ -669,10 +679,34 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path,
     assert load_training_state(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 
+class _LengthUnknown(TensorDataSource):
+    """A source that does not say its epoch's length (a stream): an empty split is found by training."""
+
+    def steps_per_epoch(self, split):
+        return None
+
+
+def test_a_batch_size_the_training_split_cannot_fill_is_refused_before_the_run_begins(tmp_path, tiny_dataset):
+    """It was found after the first epoch and ended as a failure (exit 1): "gave no batch (fewer samples per rank
+    than the batch size 32?)"."""
+    from m2u.core.errors import SettingError
+
+    data = TensorDataSource({"train": _tensors(2)}, batch_size=4)  # drop_last: no full batch at all
+    config = MSegTrainConfig(out=str(tmp_path / "run"), model=TINY_MSEG, batch_size=4, max_steps=2, **QUIET)
+    with pytest.raises(SettingError, match="^batch_size: 4 is more than the training data holds per process"):
+        train_mseg(config, data)
+    assert not (tmp_path / "run").exists()
+    out = tmp_path / "cli-run"
+    args = ["mseg", "--data", str(tiny_dataset), "--out", str(out), "--batch-size", "1000", "--workers", "0"]
+    result = CliRunner().invoke(train_main, [*args, "--levels", "2", "-q"])
+    assert result.exit_code == 2 and not out.exists(), result.output
+    assert f"--batch-size: 1000 is more than the training split of {tiny_dataset} holds" in result.output
+
+
 def test_a_run_that_never_got_a_batch_leaves_no_run_behind(tmp_path):
     from m2u.training.guards import EmptySplitError
 
-    data = TensorDataSource({"train": _tensors(2)}, batch_size=4)  # drop_last: no full batch at all
+    data = _LengthUnknown({"train": _tensors(2)}, batch_size=4)  # drop_last: no full batch at all
     config = MSegTrainConfig(out=str(tmp_path / "run"), model=TINY_MSEG, batch_size=4, max_steps=2, **QUIET)
     with pytest.raises(EmptySplitError, match="gave no batch"):
         train_mseg(config, data)
