@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from m2u.core.checks import field_hint, field_problem, number_from_text
+from m2u.core.errors import SettingError
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 CONFIG_MAX_BYTES = 1_000_000  # a configuration is a few kB; anything this large is not one
@@ -27,6 +28,22 @@ CONFIG_MAX_BYTES = 1_000_000  # a configuration is a few kB; anything this large
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the configuration dataclass."""
+
+
+class ConfigSettingError(ConfigError, SettingError):
+    """A dataclass's own refusal of one setting (a SettingError from its validation), with the setting's dotted
+    path in the config: a command says it as that setting's option (m2u.core.cli.cli_message), not as "invalid
+    value under the top level: mseg_checkpoint: ..."."""
+
+    def __init__(self, setting: str, message: str):
+        SettingError.__init__(self, setting, message)
+
+
+def _refusal(error: ValueError | TypeError, where: str) -> ConfigError:
+    """What config_from_dict and apply_overrides raise for a value the dataclass rejects."""
+    if isinstance(error, SettingError):
+        return ConfigSettingError(f"{where}{error.setting}", error.message)
+    return ConfigError(f"invalid value under {where.rstrip('.') or 'the top level'}: {error}")
 
 
 class _AliasRefused(yaml.YAMLError):
@@ -220,7 +237,7 @@ def config_from_dict(cls: type, values: Mapping[str, Any], where: str = "") -> A
     except (TypeError, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
-        raise ConfigError(f"invalid value under {where.rstrip('.') or 'the top level'}: {error}") from error
+        raise _refusal(error, where) from error
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any], where: str = "") -> Any:
@@ -242,4 +259,4 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any], where: str = "") 
     except (TypeError, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
-        raise ConfigError(f"invalid value under {where.rstrip('.') or 'the top level'}: {error}") from error
+        raise _refusal(error, where) from error

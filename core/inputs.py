@@ -408,7 +408,9 @@ def earlier_names(out_dir: str | os.PathLike[str], rows: Iterable[tuple[str, str
 def names_ledger(out_dir: str | os.PathLike[str], tool: str) -> Path:
     """The file in OUT where `tool` (m2u-unmask, m2u-mask) keeps which input each of its output names belongs to,
     over all its runs into OUT (`remember_output_names`): hidden, never an input, never a listed output."""
-    return Path(out_dir) / f".{tool}-names.json"
+    return (
+        Path(out_dir) / f".{tool}.names"
+    )  # JSON, named off `*.json`: a glob for the outputs' metadata misses it
 
 
 def read_names_ledger(out_dir: str | os.PathLike[str], tool: str) -> list[tuple[str, str]]:

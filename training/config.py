@@ -10,6 +10,7 @@ from typing import Any
 
 from m2u.core.checks import check_types
 from m2u.core.configfile import config_from_dict
+from m2u.core.errors import SettingError
 from m2u.core.runtime import runtime_field
 from m2u.datasets.augment import AugmentConfig
 from m2u.training.losses import (
@@ -183,8 +184,9 @@ class GanTrainConfig(GanLossConfig, RunConfig):
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_source == "mseg" and not self.mseg_checkpoint:
-            raise ValueError(
-                "mask_source 'mseg' needs an M-Seg model file (mseg_checkpoint), or use mask_source 'gt'"
+            raise SettingError(
+                "mseg_checkpoint",
+                "an M-Seg model file is needed where `mask_source` is 'mseg' (or set `mask_source` to 'gt')",
             )
         check_mask_threshold(self.mask_threshold)
 

@@ -49,10 +49,22 @@ def check_model_sizes(config: RunConfig) -> None:
         if needed > available:
             parameters = sum(p.numel() for p in model.parameters())
             raise ValueError(
-                f"the {field_name} config ({getattr(config, field_name)}) gives {parameters / 1e6:.0f} M "
-                f"parameters, {needed / 2**30:.1f} GiB to train before any activation: more than this "
-                f"machine's {available / 2**30:.1f} GiB of memory"
+                f"the {'M-Seg' if field_name == 'model' else field_name} ({_settings_changed(getattr(config, field_name), field_name)}) has "
+                f"{parameters / 1e6:,.0f} M parameters, {needed / 2**30:,.1f} GiB to train before any activation: "
+                f"more than this machine's {available / 2**30:.1f} GiB of memory"
             )
+
+
+def _settings_changed(network_config: Any, field_name: str) -> str:
+    """The settings of a network's config that differ from its defaults, each as `field.setting` value (a command
+    says them as its options): the message printed the whole dataclass, a dozen fields the user never set."""
+    default = type(network_config)()
+    changed = [
+        f"`{field_name}.{f.name}` {getattr(network_config, f.name)!r}"
+        for f in dataclasses.fields(network_config)
+        if getattr(network_config, f.name) != getattr(default, f.name)
+    ]
+    return ", ".join(changed) or "its default settings"
 
 
 def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource | None) -> dict[str, Any]:

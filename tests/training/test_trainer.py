@@ -862,3 +862,16 @@ def test_a_stop_on_another_rank_reaches_this_one_in_the_steps_collective(tmp_pat
     with pytest.raises(Terminated, match="checkpoint of step 3"):
         train_mseg(MSegTrainConfig(out=str(tmp_path / "a"), max_steps=6, **config), data)
     assert load_training_state(tmp_path / "a" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_refusals_name_the_options_the_user_gave(tmp_path, tiny_dataset):
+    """A GAN without --mseg said "invalid value under the top level: mask_source 'mseg' needs an M-Seg model file
+    (mseg_checkpoint)", and a network too large for memory printed its whole config dataclass."""
+    base = ["gan", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--vgg-weights", "random"]
+    result = CliRunner().invoke(train_main, base)
+    assert result.exit_code == 2 and "under the top level" not in result.output, result.output
+    assert "Error: --mseg: an M-Seg model file is needed where --mask-source is 'mseg'" in result.output
+    result = CliRunner().invoke(train_main, [*base, "--mask-source", "gt", "--width-multiplier", "1e6"])
+    assert result.exit_code == 2 and "GeneratorConfig(" not in result.output, result.output
+    assert "the generator (--width-multiplier 1000000.0) has" in result.output
+    assert not (tmp_path / "run").exists()
