@@ -350,7 +350,8 @@ def export_onnx_cmd(**kw) -> None:
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime, and
     OUT/export.json (each file's inputs and outputs: names, shapes, value ranges). Without --mseg/--generator:
     the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused, and so
-    is an earlier export's file in OUT that this export does not replace (unless --overwrite)."""
+    is an earlier export's file in OUT that this export does not replace (unless --overwrite). export.json
+    records absolute paths."""
     from m2u.inference.export import check_export_folder, export_models
     from m2u.training.checkpoint import load_model
     from m2u.training.models import CARU2Net, MSeg

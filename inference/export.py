@@ -354,8 +354,10 @@ def export_models(
                     model, staged[name], dataclasses.replace(config, image_size=sizes[name]), info
                 )
                 summary[name] = {
-                    "source": str(source),
-                    "onnx": str(out / f"{name}.onnx"),
+                    # Absolute, as a run's config.json records its files: read from anywhere, not only from the
+                    # folder the export was run in.
+                    "source": os.path.abspath(source) if os.path.exists(source) else str(source),
+                    "onnx": os.path.abspath(out / f"{name}.onnx"),
                     **tensor_descriptions(model, sizes[name], not static),
                     "max_abs_diff_vs_torch": result.max_abs_diff,
                     "image_size": sizes[name],

@@ -174,3 +174,15 @@ def test_models_exported_at_different_sizes_are_said_to_need_a_resize(model_file
     result = _export(tmp_path / "onnx", "--mseg", str(model_files["mseg"]), "--generator", str(generator))
     assert result.exit_code == 0, result.output
     assert "warning: the models are exported at different sizes (M-Seg 32, generator 64)" in result.output
+
+
+def test_export_json_records_absolute_paths(model_files, tmp_path, monkeypatch):
+    """Relative paths as typed resolved only from the shell's folder at export time."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mseg.safetensors").write_bytes(model_files["mseg"].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export_main, ["onnx", "--mseg", "run/mseg.safetensors", "-o", "onnx mine"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "onnx mine" / "export.json").read_text())["mseg"]
+    assert entry["source"] == str(tmp_path / "run" / "mseg.safetensors")
+    assert entry["onnx"] == str(tmp_path / "onnx mine" / "mseg.onnx")
