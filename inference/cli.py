@@ -344,14 +344,15 @@ def export_main() -> None:
     "--overwrite",
     is_flag=True,
     help="Remove the files of an earlier export in OUT that this export does not replace (only files m2u "
-    "wrote); without it they are refused.",
+    "wrote), and replace an earlier export of other model files; without it both are refused (the same model "
+    "files again replace their export).",
 )
 def export_onnx_cmd(**kw) -> None:
     """ONNX files OUT/mseg.onnx and OUT/generator.onnx, each checked against PyTorch with onnxruntime, and
     OUT/export.json (each file's inputs and outputs: names, shapes, value ranges). Without --mseg/--generator:
     the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused, and so
-    is an earlier export's file in OUT that this export does not replace (unless --overwrite). export.json
-    records absolute paths."""
+    is an earlier export's file in OUT that this export does not replace, or an earlier export of other model
+    files (unless --overwrite). export.json records absolute paths."""
     from m2u.inference.export import check_export_folder, export_models
     from m2u.training.checkpoint import load_model
     from m2u.training.models import CARU2Net, MSeg
@@ -371,7 +372,7 @@ def export_onnx_cmd(**kw) -> None:
         config = ExportConfig(
             image_size=kw["size"], opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
         )
-        check_export_folder(out_dir, list(sources), kw["overwrite"])
+        check_export_folder(out_dir, list(sources), kw["overwrite"], sources)
         models = {}
         for name, path in sources.items():
             model, info = load_model(path)

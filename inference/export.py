@@ -29,6 +29,7 @@ from m2u.core.fileio import (
     atomic_write_text,
     check_writable,
     commit,
+    content_digest,
     new_temp_file,
     remove_written,
     replace_problem,
@@ -278,13 +279,20 @@ EXPORT_SUMMARY = "export.json"
 EXPORT_LOCK_TOOL = "m2u-export"  # the export folder's lock: OUT/.m2u-export.lock
 
 
-def check_export_folder(out_dir: str | Path, names: Sequence[str], overwrite: bool = False) -> list[Path]:
+def check_export_folder(
+    out_dir: str | Path,
+    names: Sequence[str],
+    overwrite: bool = False,
+    sources: Mapping[str, str | Path] | None = None,
+) -> list[Path]:
     """Check, before anything is written, that an export of the models `names` may write into `out_dir`; returns
     the files of an earlier export there that it would not replace, for `export_models` to remove (with
     `overwrite`) once the new files are written. Without `overwrite` they are refused: a generator.onnx left from
     an earlier export beside a new mseg.onnx looks like part of the new export. An earlier export's file is one
     of m2u's export names that m2u wrote (its folder's record, m2u.core.fileio); a person's own file of that
-    name is theirs, and is neither refused nor removed."""
+    name is theirs, and is neither refused nor removed. `sources` (name -> the model file to export): an earlier
+    export of other model files (`other_export`) is refused too without `overwrite`; the same files again are a
+    rerun and replace it."""
     out = Path(out_dir)
     problem = output_location_problem(out)  # a file in its way, a read-only disk: said before any export
     if problem:
@@ -305,7 +313,50 @@ def check_export_folder(out_dir: str | Path, names: Sequence[str], overwrite: bo
             f"({', '.join(names)}) would not replace and would leave looking like part of it; choose another "
             "`out_dir`, or use `overwrite` to remove it"
         )
+    other = None if overwrite or sources is None else other_export(out, sources)
+    if other:
+        raise OutputRefusedError(
+            f"{out} holds an earlier export of other model files ({other}), which this export would replace; "
+            "choose another `out_dir`, or use `overwrite` to replace it"
+        )
     return stale
+
+
+def source_digest(source: str | Path) -> str | None:
+    """The SHA-256 of the model file `source` (export.json's `source_sha256`); None where it is no readable file
+    (a library caller's label for a model held in memory)."""
+    try:
+        # The file a link names: content_digest opens no link itself, and a linked model file is still one.
+        return content_digest(os.path.realpath(source)) if os.path.isfile(source) else None
+    except OSError:
+        return None
+
+
+def other_export(out: Path, sources: Mapping[str, str | Path]) -> str | None:
+    """What `out` holds of an earlier export of other model files than `sources` (name -> model file), which an
+    export of them would replace: "mseg.onnx of /runs/a/mseg.safetensors"; None when there is none. A file of
+    the earlier export (an `<name>.onnx` m2u wrote, that its export.json describes) is the same export when
+    export.json records the SHA-256 of the same model file (a rerun); one its export.json does not identify (an
+    m2u from before `source_sha256`) is another's. Files without an export.json are an export stopped before it
+    finished (`export_models`), not finished work: its rerun completes it."""
+    summary_path = out / EXPORT_SUMMARY
+    if not summary_path.is_file() or replace_problem(summary_path):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    others = []
+    for name, source in sources.items():
+        onnx = out / f"{name}.onnx"
+        if not os.path.lexists(onnx) or replace_problem(onnx):
+            continue
+        entry = summary.get(name) if isinstance(summary, dict) else None
+        recorded = entry.get("source_sha256") if isinstance(entry, dict) else None
+        if recorded is None or recorded != source_digest(source):
+            earlier = entry.get("source") if isinstance(entry, dict) else None
+            others.append(f"{onnx.name} of {earlier or 'model files its export.json does not name'}")
+    return "; ".join(others) or None
 
 
 def export_models(
@@ -332,7 +383,9 @@ def export_models(
             raise ValueError(
                 f"the {name} to export is a {type(model).__name__}, not a {kinds[name].__name__}"
             )
-    stale = check_export_folder(out, list(models), overwrite)
+    stale = check_export_folder(
+        out, list(models), overwrite, {name: source for name, (source, _, _) in models.items()}
+    )
     static = not config.dynamic_axes
     sizes = {name: export_size(info, config.image_size, static) for name, (_, _, info) in models.items()}
     if len(set(sizes.values())) > 1:
@@ -357,6 +410,7 @@ def export_models(
                     # Absolute, as a run's config.json records its files: read from anywhere, not only from the
                     # folder the export was run in.
                     "source": os.path.abspath(source) if os.path.exists(source) else str(source),
+                    "source_sha256": source_digest(source),  # what a rerun compares (other_export)
                     "onnx": os.path.abspath(out / f"{name}.onnx"),
                     **tensor_descriptions(model, sizes[name], not static),
                     "max_abs_diff_vs_torch": result.max_abs_diff,

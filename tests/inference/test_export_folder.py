@@ -3,11 +3,13 @@ refused (or removed with `overwrite`, only what m2u wrote), and a path that is n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from m2u.core.fileio import OutputRefusedError
@@ -176,6 +178,34 @@ def test_models_exported_at_different_sizes_are_said_to_need_a_resize(model_file
     assert "warning: the models are exported at different sizes (M-Seg 32, generator 64)" in result.output
 
 
+def test_an_export_of_other_model_files_is_refused_and_the_same_files_again_replace_it(model_files, tmp_path):
+    """An export is finished work: another model's export into its folder replaced it without a word. The same
+    model files again (by content: a copy elsewhere is the same) are a rerun; other ones need --overwrite."""
+    out = tmp_path / "onnx"
+    assert _export(out, "--mseg", str(model_files["mseg"])).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    torch.manual_seed(1)
+    other = save_model(tmp_path / "other.safetensors", MSeg(MSegConfig(base_channels=4, levels=3)))
+    refused = _export(out, "--mseg", str(other))
+    assert refused.exit_code == 2, refused.output
+    assert f"mseg.onnx of {model_files['mseg']}" in refused.output and "--overwrite" in refused.output
+    assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(model_files["mseg"].read_bytes())
+    assert _export(out, "--mseg", str(copy)).exit_code == 0  # the same model file: a rerun
+    replaced = _export(out, "--mseg", str(other), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "export.json").read_text())["mseg"]["source"] == str(other)
+
+    # An export.json of an m2u from before `source_sha256` does not say which model it came from: refused too.
+    summary = json.loads((out / "export.json").read_text())
+    del summary["mseg"]["source_sha256"]
+    (out / "export.json").write_text(json.dumps(summary))
+    assert _export(out, "--mseg", str(other)).exit_code == 2
+
+
 def test_export_json_records_absolute_paths(model_files, tmp_path, monkeypatch):
     """Relative paths as typed resolved only from the shell's folder at export time."""
     (tmp_path / "run").mkdir()
@@ -186,3 +216,4 @@ def test_export_json_records_absolute_paths(model_files, tmp_path, monkeypatch):
     entry = json.loads((tmp_path / "onnx mine" / "export.json").read_text())["mseg"]
     assert entry["source"] == str(tmp_path / "run" / "mseg.safetensors")
     assert entry["onnx"] == str(tmp_path / "onnx mine" / "mseg.onnx")
+    assert entry["source_sha256"] == hashlib.sha256(model_files["mseg"].read_bytes()).hexdigest()
