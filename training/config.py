@@ -120,13 +120,21 @@ class RunConfig:
         values = asdict(self)
         for name in _PATH_FIELDS:
             value = values.get(name)
-            if isinstance(value, str) and value and "://" not in value and os.path.exists(value):
-                values[name] = os.path.abspath(value)
+            if isinstance(value, str):
+                values[name] = recorded_path(value)
         return json.dumps(values, sort_keys=True, default=str)
 
 
 # The fields that name local files or folders (a name such as "random" or a URL is left as it is).
 _PATH_FIELDS = ("data", "mseg_checkpoint", "vgg_weights")
+
+
+def recorded_path(value: str) -> str:
+    """`value` as a run records a local file or folder it names: absolute where it exists (found again from
+    another working folder); a URL, a name or a missing path as it is."""
+    if value and "://" not in value and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
 
 
 @dataclass

@@ -28,7 +28,9 @@ class DataSource(Protocol):
 # crops of another size is refused before it starts), and how it shares its samples among DDP ranks,
 # `rank_split() -> str` (checkpoints record it; a source without it takes every world_size-th sample,
 # m2u.training.run_state.EVERY_NTH), and which of a split's first batches its rank holds, `leading_share(split,
-# batches) -> int | None` (`val_batches`: see there); the trainer works without them.
+# batches) -> int | None` (`val_batches`: see there), and which dataset it reads by content, `dataset_digest() ->
+# str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused); the trainer works without
+# them.
 
 
 def leading_share(split_size: int, samples: int, rank: int, world_size: int) -> int:
@@ -149,6 +151,7 @@ class ShardDataSource:
         self.rank, self.world_size = rank, world_size
         self.pin_memory, self.uint8 = pin_memory, uint8
         self._loaders: dict[str, Any] = {}  # split -> loader, kept when its workers persist
+        self._digest: tuple[str | None] | None = None  # dataset_digest's, read once
 
     def batches(self, split: str, epoch: int) -> Iterable[dict]:
         loader = self._loaders.get(split) or self._make_loader(split)
@@ -186,6 +189,19 @@ class ShardDataSource:
         from m2u.datasets.loader import RANK_SPLIT
 
         return RANK_SPLIT
+
+    def dataset_digest(self) -> str | None:
+        """The SHA-256 of the dataset's manifest.parquet (every sample's key, split and source digest): the
+        dataset by content, wherever it lies (moved, or the local copy of a URL); None without a readable one."""
+        from m2u.core.fileio import content_digest
+        from m2u.datasets.layout import MANIFEST_NAME
+
+        if self._digest is None:
+            try:
+                self._digest = (content_digest(self.root / MANIFEST_NAME),)
+            except OSError:
+                self._digest = (None,)
+        return self._digest[0]
 
     def crop_size(self) -> int | None:
         """The side of the dataset's samples, from its stats.json (None when it does not say)."""
@@ -256,6 +272,11 @@ class AugmentedSource:
         """The wrapped source's (None where it does not say)."""
         leading_share = getattr(self.source, "leading_share", None)
         return leading_share(split, batches) if callable(leading_share) else None
+
+    def dataset_digest(self) -> str | None:
+        """The wrapped source's (None where it does not say)."""
+        dataset_digest = getattr(self.source, "dataset_digest", None)
+        return dataset_digest() if callable(dataset_digest) else None
 
     def rank_split(self) -> str:
         """The wrapped source's (m2u.training.run_state.rank_split)."""

@@ -37,11 +37,13 @@ from m2u.training.run_state import (
     check_resume_crop_size,
     check_resume_layout,
     checkpoint_step,
+    dataset_digest,
     last_checkpoint_path,
     rank_split,
     read_checkpoint,
     read_running_means,
     read_steps_by_world_size,
+    trained_datasets,
     write_checkpoint,
 )
 from m2u.training.runlog import GRID_DIR, LOG_NAME, METRICS_NAME, TENSORBOARD_DIR, RunLog, open_progress
@@ -166,6 +168,8 @@ class Trainer:
             # Where each fine-tuned network started (TrainingTask.initial_weights): a resume does not read the
             # starting files again, and its model files still name them.
             "initial_weights": {name: dict(record) for name, record in self.task.initial_weights.items()},
+            # Every dataset the run trained on (trained_datasets): a resume mid-epoch on another is refused.
+            "datasets": [dict(record) for record in self.task.datasets],
         }
 
     def steps_by_world_size(self) -> dict[str, int]:
@@ -212,6 +216,7 @@ class Trainer:
                 for name, record in recorded.items()
                 if isinstance(record, dict)
             }
+        self.task.datasets = trained_datasets(state, self.config.data, dataset_digest(self.data), self.step)
 
     def _save_grid(self) -> None:
         if not self.dist.is_main or self._grid_batch is None:
@@ -328,7 +333,11 @@ class Trainer:
             ):
                 raise CheckpointError(problem)
             self._resume_note = check_resume_layout(
-                self._resume_state, self.config, self.dist.world_size, split=rank_split(self.data)
+                self._resume_state,
+                self.config,
+                self.dist.world_size,
+                split=rank_split(self.data),
+                digest=dataset_digest(self.data),
             )
         if self.dist.is_main:
             # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by
@@ -486,6 +495,8 @@ class Trainer:
                 )
                 if self._resume_note:
                     print(f"m2u-train: {self._resume_note}", file=sys.stderr)
+        else:
+            self.task.datasets = trained_datasets(None, self.config.data, dataset_digest(self.data), 0)
 
     def _precision(self) -> str:
         """The precision this process trains in (`precision` auto resolved by the task)."""

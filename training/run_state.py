@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from m2u.training.checkpoint import CheckpointError, load_training_state, save_training_state
-from m2u.training.config import RunConfig, architecture_conflicts, read_run_config
+from m2u.training.config import RunConfig, architecture_conflicts, read_run_config, recorded_path
 from m2u.training.rng import capture_rng_state
 from m2u.training.task import Task, resume_crop_size_error
 
@@ -154,14 +154,57 @@ def rank_split(source: Any) -> str:
     return str(own()) if callable(own) else EVERY_NTH
 
 
-def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split: str) -> str | None:
+def dataset_digest(source: Any) -> str | None:
+    """Which dataset `source` reads, by content: its own `dataset_digest()` (ShardDataSource: its manifest's
+    SHA-256); None for a source without one (not checked on resume)."""
+    own = getattr(source, "dataset_digest", None)
+    return own() if callable(own) else None
+
+
+def dataset_record(data: str, digest: str | None, from_step: int) -> dict[str, Any]:
+    """One entry of a run's `datasets` (checkpoints and model files' provenance): the dataset as given (absolute
+    where local), its manifest's SHA-256 (None where unknown) and the step the run began training on it."""
+    return {"data": recorded_path(data), "manifest_sha256": digest, "from_step": from_step}
+
+
+def _recorded_datasets(state: Any) -> list[dict[str, Any]]:
+    """The `datasets` a checkpoint records; for one written before they were recorded, its config's `data` with
+    no digest (the same dataset is then told by its path); [] where neither says."""
+    recorded = state.get("datasets") if isinstance(state, dict) else None
+    if isinstance(recorded, list) and all(isinstance(record, dict) for record in recorded):
+        return [dict(record) for record in recorded]
+    data = _saved_config_value(state, "data") if isinstance(state, dict) else None
+    return [dataset_record(data, None, 0)] if isinstance(data, str) and data else []
+
+
+def _same_dataset(record: dict[str, Any], data: str, digest: str | None) -> bool:
+    """Whether `record` names the dataset at `data` of `digest`: by content where both digests are known (moved
+    or fetched again, it is the same), else by path."""
+    if isinstance(record.get("manifest_sha256"), str) and digest is not None:
+        return bool(record["manifest_sha256"] == digest)
+    return bool(record.get("data") == recorded_path(data))
+
+
+def trained_datasets(state: Any, data: str, digest: str | None, step: int) -> list[dict[str, Any]]:
+    """Every dataset a run has trained on, in order, once this process trains on `data` (`digest`) from `step`:
+    its checkpoint's (`state`; None for a new run) and this one where it is another than the last."""
+    datasets = _recorded_datasets(state)
+    if data and not (datasets and _same_dataset(datasets[-1], data, digest)):
+        datasets.append(dataset_record(data, digest, step))
+    return datasets
+
+
+def check_resume_layout(
+    state: Any, config: RunConfig, world_size: int, *, split: str, digest: str | None = None
+) -> str | None:
     """A run resumed mid-epoch (`batch_in_epoch` > 0) with another DDP world size or batch size than its
     checkpoint's is refused in one sentence: the skip to its place in the epoch counts batches of the earlier
-    layout, so it would land on other samples (some seen twice, others never). At an epoch's start the change is
-    harmless: the sentence saying so is returned (None when nothing changed). Checkpoints written before these
-    were recorded resume as before. A DDP run resumed mid-epoch from a checkpoint of a loader that shared the
-    samples among the ranks otherwise than `split` does now (`rank_split`; a checkpoint without it: EVERY_NTH)
-    resumes, with a sentence saying what that costs."""
+    layout, so it would land on other samples (some seen twice, others never). So is one on another dataset than
+    the one it stopped on (`digest`: this run's, `dataset_digest`; by path where either is unknown). At an epoch's
+    start the change is harmless: the sentence saying so is returned (None when nothing changed). Checkpoints
+    written before these were recorded resume as before. A DDP run resumed mid-epoch from a checkpoint of a loader
+    that shared the samples among the ranks otherwise than `split` does now (`rank_split`; a checkpoint without
+    it: EVERY_NTH) resumes, with a sentence saying what that costs."""
     if not isinstance(state, dict):
         return None
     changes = []
@@ -177,6 +220,19 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split
     epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
     # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
     mid_epoch = not (batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")))
+    # A checkpoint written before `datasets` were recorded names its dataset by path alone: not checked (a dataset
+    # moved since is the same one).
+    stopped_on = _recorded_datasets(state)[-1:] if "datasets" in state else []
+    if config.data and stopped_on and not _same_dataset(stopped_on[0], config.data, digest):
+        if mid_epoch:
+            # The skip counts batches of the epoch's order of that dataset's samples: here it lands on others'.
+            raise CheckpointError(
+                f"resume: the run in {config.out} stopped in the middle of epoch {epoch} (after {batch} of its "
+                f"batches) on the dataset {stopped_on[0].get('data')}, but `data` {config.data} is another dataset: "
+                "skipping to its place in the epoch would land on other samples; resume "
+                "it on its dataset, or start a new run from its model files (`init_weights`)"
+            )
+        changes.append(f"another dataset ({recorded_path(config.data)})")
     if not changes:
         if (
             world_size > 1
@@ -210,11 +266,16 @@ def check_resume_layout(state: Any, config: RunConfig, world_size: int, *, split
 
 def _saved_seed(state: dict) -> int | None:
     """The seed a checkpoint's run trained with (its recorded config); None where it cannot be read."""
+    seed = _saved_config_value(state, "seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _saved_config_value(state: dict, name: str) -> Any:
+    """The value of `name` in a checkpoint's recorded config; None where it cannot be read."""
     try:
-        seed = json.loads(state.get("config") or "{}").get("seed")
+        return json.loads(state.get("config") or "{}").get(name)
     except (TypeError, ValueError, AttributeError):
         return None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -32,6 +32,7 @@ class Task(Protocol):
     grid_columns: tuple[str, ...]  # what the grid's columns show, left to right
     precision: str  # what the run trains in: fp32, bf16 or fp16 (`precision` auto resolved at start-up)
     initial_weights: dict[str, dict[str, str]]  # where each fine-tuned network started (TrainingTask's)
+    datasets: list[dict[str, Any]]  # every dataset the run trained on (TrainingTask's)
     networks: dict[str, nn.Module]  # the trained networks, unwrapped, by name
 
     def train_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -100,6 +101,9 @@ class TrainingTask:
         # Where each fine-tuned network started (`load_initial_weights`: the file and its SHA-256, read when it was
         # loaded; a resumed run reads it back from its checkpoint): each model file's provenance names its start.
         self.initial_weights: dict[str, dict[str, str]] = {}
+        # Every dataset the run trained on, in order (the loop's `trained_datasets`: a run resumed on another at an
+        # epoch's start trained on both): each model file's provenance names them all, not only `data`, the last.
+        self.datasets: list[dict[str, Any]] = []
 
     # set-up helpers
     def add_network(self, name: str, module: nn.Module) -> None:
@@ -280,6 +284,8 @@ class TrainingTask:
         if name in self.initial_weights:
             # A path names whatever is there when read; the digest names the file this network started from.
             provenance["init_from"] = dict(self.initial_weights[name])
+        if self.datasets:
+            provenance["datasets"] = [dict(record) for record in self.datasets]
         return current_model_info(self.crop_size, provenance=provenance)
 
     def model_paths(self, out_dir: Path) -> list[Path]:

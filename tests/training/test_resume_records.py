@@ -440,3 +440,70 @@ def test_checkpoints_record_the_rank_split(tmp_path):
     run = tmp_path / "run"
     train_mseg(MSegTrainConfig(out=str(run), max_steps=1, **TINY), _source())
     assert load_training_state(run / "checkpoints" / "last.pt")["rank_split"] == EVERY_NTH
+
+
+class _Dataset(TensorDataSource):
+    """Says which dataset it reads by content, as a dataset folder's source does (its manifest's SHA-256)."""
+
+    def __init__(self, *args, digest: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.digest = digest
+
+    def dataset_digest(self) -> str:
+        return self.digest
+
+
+def test_resuming_mid_epoch_on_another_dataset_is_refused_and_at_an_epochs_start_recorded(tmp_path, capsys):
+    """The skip to the run's place in the epoch landed on another dataset's samples, silently, and the model files
+    named only the last dataset. The same dataset elsewhere (same content) is the same; at an epoch's start
+    another may take over, and the provenance keeps both."""
+    from m2u.training.checkpoint import read_model_info
+
+    run = tmp_path / "run"
+    config = {**TINY, "out": str(run)}
+    train_mseg(MSegTrainConfig(data="dsA", max_steps=2, **config), _source(_Dataset, digest="a"))  # mid-epoch
+    log = (run / "log.jsonl").read_bytes()
+    with pytest.raises(
+        CheckpointError, match=r"on the dataset dsA, but `data` dsB is another dataset"
+    ) as refused:
+        train_mseg(
+            MSegTrainConfig(data="dsB", max_steps=3, resume=True, **config), _source(_Dataset, digest="b")
+        )
+    assert "\n" not in str(refused.value) and "would land on other samples" in str(refused.value)
+    assert (run / "log.jsonl").read_bytes() == log  # refused before anything was written
+
+    # dsA moved: the same content, the same dataset; it ends the epoch (3 batches).
+    train_mseg(
+        MSegTrainConfig(data="moved", max_steps=3, resume=True, **config), _source(_Dataset, digest="a")
+    )
+    capsys.readouterr()
+    train_mseg(MSegTrainConfig(data="dsB", max_steps=5, resume=True, **config), _source(_Dataset, digest="b"))
+    assert "resuming at the start of epoch 1 with another dataset (dsB)" in capsys.readouterr().err
+    provenance = read_model_info(run / "mseg.safetensors").provenance
+    assert provenance["data"] == "dsB" and provenance["datasets"] == [
+        {"data": "dsA", "manifest_sha256": "a", "from_step": 0},
+        {"data": "dsB", "manifest_sha256": "b", "from_step": 3},
+    ]
+
+
+def test_m2u_train_names_data_when_a_resume_mid_epoch_is_on_another_dataset_folder(tmp_path):
+    """The dataset folder is told by its manifest's content, not its path: a copy resumes, another is refused."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from m2u.datasets.synthetic import write_synthetic_dataset
+    from m2u.training.cli import train_main
+
+    for name, seed in (("a", 0), ("b", 1)):
+        write_synthetic_dataset(tmp_path / name, 12, size=32, seed=seed, split=(1.0, 0.0, 0.0))
+    shutil.copytree(tmp_path / "a", tmp_path / "a copy")
+    run, tiny = str(tmp_path / "run"), ["--base-channels", "4", "--levels", "3", "--workers", "0", "-q"]
+    first = ["mseg", "--data", str(tmp_path / "a"), "--out", run, "--max-steps", "1", "--batch-size", "2"]
+    assert CliRunner().invoke(train_main, [*first, *tiny]).exit_code == 0
+    resume = ["mseg", "--out", run, "--resume", "--max-steps", "2", "-q", "--data"]
+    refused = CliRunner().invoke(train_main, [*resume, str(tmp_path / "b")])
+    assert refused.exit_code == 2 and f"--data {tmp_path / 'b'} is another dataset" in refused.output
+    assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+    resumed = CliRunner().invoke(train_main, [*resume, str(tmp_path / "a copy")])
+    assert resumed.exit_code == 0, resumed.output
