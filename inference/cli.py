@@ -323,8 +323,9 @@ def export_main() -> None:
     "Size of the tracing input (default: the size the model file records).",
     minimum=MIN_IMAGE_SIZE,
     maximum=MAX_IMAGE_SIZE,
+    dest="image_size",  # ExportConfig's name: the library's messages about `image_size` are said as --size
 )
-@alias_option("--image-size", target="size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
+@alias_option("--image-size", target="image_size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
 @click.option(
     "--opset",
     default=ExportConfig.opset,
@@ -370,7 +371,7 @@ def export_onnx_cmd(**kw) -> None:
         # Checked before any model loads or any file is written: the settings, every output name (a person's
         # own generator.onnx was refused only after mseg.onnx had been written) and an earlier export's files.
         config = ExportConfig(
-            image_size=kw["size"], opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
+            image_size=kw["image_size"], opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
         )
         check_export_folder(out_dir, list(sources), kw["overwrite"], sources)
         models = {}

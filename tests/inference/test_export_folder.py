@@ -176,6 +176,7 @@ def test_models_exported_at_different_sizes_are_said_to_need_a_resize(model_file
     result = _export(tmp_path / "onnx", "--mseg", str(model_files["mseg"]), "--generator", str(generator))
     assert result.exit_code == 0, result.output
     assert "warning: the models are exported at different sizes (M-Seg 32, generator 64)" in result.output
+    assert "(or give one --size)" in result.output  # the option, not ExportConfig's `image_size`
 
 
 def test_an_export_of_other_model_files_is_refused_and_the_same_files_again_replace_it(model_files, tmp_path):
