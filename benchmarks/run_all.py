@@ -87,13 +87,13 @@ def _dig(data: object, path: tuple[str, ...]) -> object:
 
 def cpu_description() -> str:
     """The CPU's model and the flags the figures depend on (vector width, native bf16), from /proc/cpuinfo."""
-    model, flags = "unknown CPU", set()
+    from m2u.training.device import cpu_model_name
+
+    model, flags = cpu_model_name(), set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
+            if line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     relevant = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
     return f"{model}, {os.cpu_count()} cores; flags: {' '.join(relevant) or 'none of avx/amx/fma'}"

@@ -15,7 +15,6 @@ index.html (the grid and the table), per_sample.csv (every per-image value, by s
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -54,7 +53,7 @@ from m2u.inference.restore import (
     model_usage,
     restore_batch,
 )
-from m2u.training.device import resolve_device
+from m2u.training.device import cpu_model_name, resolve_device
 from m2u.training.flops import count_macs, count_params, ptflops_macs
 from m2u.training.imagespace import to_uint8_images
 from m2u.training.models.mseg import DEFAULT_MASK_THRESHOLD, check_mask_threshold
@@ -140,9 +139,7 @@ def measure_latency(
             times.append(time.perf_counter() - start)
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
         "torch_threads": torch.get_num_threads(),
         "image_size": size,
         "batch": 1,

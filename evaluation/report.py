@@ -6,6 +6,7 @@ import csv
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,37 @@ def _cost_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _latency_lines(report: dict[str, Any]) -> list[str]:
-    return [
-        f"Latency ({name}, {lat['device_name']}, {lat['torch_threads']} threads, batch 1, {lat['image_size']}²): "
-        f"median {lat['median_s'] * 1000:.1f} ms over {lat['repeats']} runs (M-Seg + generator + composite); "
-        f"paper: {PAPER_TABLE1['inference_s']} s on an RTX 3090 at 256²."
-        for name, lat in report["latency"].items()
-    ]
+    lines = []
+    for name, lat in report["latency"].items():
+        device = name if lat["device_name"] in (name, "") else f"{name}: {lat['device_name']}"
+        runs = "1 run" if lat["repeats"] == 1 else f"{lat['repeats']} runs"
+        lines.append(
+            f"Latency ({device}, {lat['torch_threads']} threads, batch 1, {lat['image_size']}²): median "
+            f"{lat['median_s'] * 1000:.1f} ms over {runs} (M-Seg + generator + composite); paper: "
+            f"{PAPER_TABLE1['inference_s']} s on an RTX 3090 at 256²."
+        )
+    return lines
+
+
+def _baseline_note(which: str) -> str:
+    """Which mask the baselines' rows inpaint under (EvaluateConfig.baseline_mask)."""
+    return {
+        "predicted": "Baselines inpaint under M-Seg's predicted mask",
+        "ground_truth": f"Baselines inpaint under the ground-truth mask, their rows ending in `{GT_MASK_SUFFIX}`",
+        "both": f"Baselines inpaint under M-Seg's predicted mask, rows ending in `{GT_MASK_SUFFIX}` under the "
+        "ground-truth mask",
+    }.get(which, "Baselines inpaint under M-Seg's predicted mask") + f" (--baseline-mask {which})."
+
+
+def _identity_note(report: dict[str, Any]) -> str:
+    """How many ground-truth images the identity metric found no face on ("" when none)."""
+    first: dict[str, Any] = next(iter(report["rows"].values()), {})
+    if not first.get("n_identity_no_face"):
+        return ""
+    return (
+        f"Identity: no face found on {first['n_identity_no_face']} of {first['n_images']} ground-truth images "
+        "(left out of the mean)."
+    )
 
 
 def _mask_quality_line(mq: dict[str, Any]) -> str:
@@ -201,8 +227,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# m2u-eval: {report['data']} ({report['split']}, {report['n_samples']} images, {size}×{size})",
         "",
-        "▣ = on the ground-truth mask region only. Baselines inpaint under M-Seg's predicted mask, "
-        f"rows ending in `{GT_MASK_SUFFIX}` under the ground-truth mask (--baseline-mask {report['baseline_mask']}).",
+        f"▣ = on the ground-truth mask region only. {_baseline_note(report['baseline_mask'])}",
         "",
         *_md_table(header, _table_rows(report)),
         "",
@@ -213,12 +238,8 @@ def _markdown(report: dict[str, Any]) -> str:
     if report["unavailable"]:
         lines += ["", "## Unavailable metrics", ""]
         lines += [f"- **{name}**: {reason}" for name, reason in report["unavailable"].items()]
-    first: dict[str, Any] = next(iter(report["rows"].values()), {})
-    if first.get("n_identity_no_face"):
-        lines += [
-            "",
-            f"Identity: no face found on {first['n_identity_no_face']} of {first['n_images']} ground-truth images (left out of the mean).",
-        ]
+    if _identity_note(report):
+        lines += ["", _identity_note(report)]
     mq = report["mask_quality"]
     lines += ["", "## M-Seg mask vs ground truth", "", _mask_quality_line(mq)]
     if mq.get("warning"):
@@ -255,6 +276,11 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_text(text: str) -> str:
+    """Markdown-lite prose as HTML: escaped, `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _html(report: dict[str, Any]) -> str:
     esc = html.escape
     mq = report["mask_quality"]
@@ -262,16 +288,20 @@ def _html(report: dict[str, Any]) -> str:
         f"<h1>m2u-eval: {esc(str(report['data']))} ({esc(report['split'])}, {report['n_samples']} images, "
         f"{report['image_size']}×{report['image_size']})</h1>",
         f'<p class="warning">Warning: {esc(mq["warning"])}.</p>' if mq.get("warning") else "",
-        '<p>&#9635; = on the ground-truth mask region only. Full numbers: <a href="metrics.json">metrics.json</a>, '
-        '<a href="metrics.md">metrics.md</a>, <a href="per_sample.csv">per_sample.csv</a>.</p>',
+        f"<p>&#9635; = on the ground-truth mask region only. {_html_text(_baseline_note(report['baseline_mask']))} "
+        'Full numbers: <a href="metrics.json">metrics.json</a>, <a href="metrics.md">metrics.md</a>, '
+        '<a href="per_sample.csv">per_sample.csv</a>.</p>',
         _html_table(["method"] + [t for _, t, _ in _COLUMNS], _table_rows(report)),
         f"<p>Paper (Table 1, CelebA 256×256): PSNR {PAPER_TABLE1['psnr']}, SSIM {PAPER_TABLE1['ssim']}.</p>",
-        "<h2>M-Seg mask vs ground truth</h2>",
-        f"<p>{esc(_mask_quality_line(mq))}</p>",
+        f"<p>{_html_text(_DEFINITIONS)}</p>",
     ]
+    # The same notes as metrics.md, in its order (the page left out the identity count and the definitions).
     if report["unavailable"]:
         items = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in report["unavailable"].items())
         parts.append(f"<h2>Unavailable metrics</h2><ul>{items}</ul>")
+    if _identity_note(report):
+        parts.append(f"<p>{esc(_identity_note(report))}</p>")
+    parts += ["<h2>M-Seg mask vs ground truth</h2>", f"<p>{esc(_mask_quality_line(mq))}</p>"]
     groups = _group_tables(report.get("by_mask", {}))
     if groups:
         parts.append(f'<h2>By mask ({esc(str(report["by_mask"].get("method")))})</h2><div class="tables">')

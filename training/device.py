@@ -51,15 +51,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text ("" where there is none: not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def cpu_model_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model ("AMD EPYC 9B14"), from /proc/cpuinfo's first "model name", else Python's
+    platform.processor() (empty on most Linux machines, where the report said "cpu, cpu"), else "unknown CPU"."""
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip() or "unknown CPU"
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags). Without
     them PyTorch's CPU bf16 convolutions take a reference path measured ~100x slower than fp32."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            return False
+        cpuinfo = _cpuinfo()
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):

@@ -152,6 +152,24 @@ def test_baselines_on_the_ground_truth_mask_and_a_sample_limit(tiny_dataset, tin
     atomic_write_bytes(tmp_path / "grid.png", b"an earlier run's")
     evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config, metric_suite=suite)
     assert "grid.png" not in (tmp_path / "index.html").read_text()
+    # Both pages say which mask the baselines used (the note said "under M-Seg's predicted mask" whatever it was),
+    # and the page says what metrics.md says: the definitions and the identity count were left out of it.
+    from m2u.evaluation.report import write_report
+
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    report["rows"]["m2u_raw"].update(n_identity_no_face=1, n_images=4)
+    write_report(report, tmp_path / "again")
+    md, page = ((tmp_path / "again" / name).read_text() for name in ("metrics.md", "index.html"))
+    for text in (md, page):
+        assert (
+            "Baselines inpaint under the ground-truth mask" in text and "under M-Seg's predicted" not in text
+        )
+        assert "Identity: no face found on 1 of 4 ground-truth images" in text and "Definitions:" in text
+    # One timed run is "1 run", and a device whose name is its kind is named once ("Latency (cpu, cpu, ...").
+    report["latency"]["cpu"].update(repeats=1, device_name="cpu", torch_threads=2)
+    write_report(report, tmp_path / "again")
+    assert "Latency (cpu, 2 threads" in (tmp_path / "again" / "metrics.md").read_text()
+    assert "over 1 run (" in (tmp_path / "again" / "index.html").read_text()
 
 
 def test_a_sample_limit_scores_the_first_samples_stored_whatever_the_loader_workers(

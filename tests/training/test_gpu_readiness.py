@@ -231,3 +231,12 @@ def test_pipeline_checks_the_gan_weights_before_any_stage(tmp_path):
     from m2u.pipelines.run import check_stage_weights
 
     check_stage_weights(config, "mseg")
+
+
+def test_the_cpus_model_is_read_from_cpuinfo_and_said_even_without_one():
+    """m2u-eval's latency line said "cpu, cpu": Python's platform.processor() is empty on most Linux machines."""
+    from m2u.training.device import cpu_model_name
+
+    cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t\t: avx2\n"
+    assert cpu_model_name(cpuinfo) == "AMD EPYC 9B14"
+    assert cpu_model_name("processor\t: 0\n") not in ("", "cpu")
