@@ -280,6 +280,16 @@ def _lost_another_rank(error: RuntimeError) -> bool:
     return type(error).__name__ == "DistBackendError" or any(text in str(error) for text in _PEER_GONE)
 
 
+def _unless_ignored(signum: int, handler: Callable[..., Any]) -> Any:
+    """Install `handler` for `signum` and return the handler it replaces, unless the signal is ignored: a process
+    started with SIGINT ignored (a background job of a non-interactive shell, nohup's SIGHUP alike) is meant to
+    run through it, and installing the handler made it stop at a Ctrl-C sent after start-up only."""
+    current = signal.getsignal(signum)
+    if current is signal.SIG_IGN:
+        return current
+    return signal.signal(signum, handler)
+
+
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -287,8 +297,8 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
         _SIGNALLED.clear()
         if main_thread:
             _HANDLERS_OWNER[:] = [os.getpid()]
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
-            previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
+            previous = _unless_ignored(signal.SIGTERM, _raise_terminated)
+            previous_int = _unless_ignored(signal.SIGINT, _raise_interrupted)
             previous_hook = sys.unraisablehook
             sys.unraisablehook = _quiet_while_stopping(previous_hook)
         try:

@@ -81,6 +81,39 @@ def test_a_stop_is_one_line_even_when_a_library_fails_on_its_way_out(how, code, 
     )
 
 
+IGNORING = textwrap.dedent(
+    """
+    import os, signal, time
+    import click
+    from m2u.core.guard import guard_command
+
+    @click.command()
+    def main():
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after start-up, to a process started ignoring it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        click.echo("ran through")
+
+    guard_command(main)
+    main()
+    """
+)
+
+
+def test_signals_the_process_was_started_ignoring_stay_ignored():
+    """A background job of a non-interactive shell starts with SIGINT ignored: it ignored a Ctrl-C during its
+    first seconds (start-up) and stopped at one later, once the command had installed its handler."""
+
+    def ignore() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [sys.executable, "-c", IGNORING], capture_output=True, text=True, timeout=60, preexec_fn=ignore
+    )
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ran through", "")
+
+
 def test_a_ddp_rank_other_than_zero_ends_a_stop_without_the_line():
     """Under torchrun every rank gets the terminal's Ctrl-C: only rank 0 says it (RANK is torchrun's)."""
     import os
