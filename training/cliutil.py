@@ -218,9 +218,20 @@ class ConfigBinding:
             return config_from_dict(self.cls, values)
         except ConfigError as error:
             suffix = self.sources_named(ctx, str(error), sources)
-            raise click.UsageError(f"{cli_message(error)}{suffix}") from None
+            raise click.UsageError(f"{self._said(error, sources)}{suffix}") from None
         except ValueError as error:
             raise click.UsageError(cli_message(error)) from None
+
+    @staticmethod
+    def _said(error: ValueError, sources: ValueSources) -> str:
+        """A config's refusal of one setting (ConfigSettingError) is said as its option, unless a config file, --set
+        or the resumed run gave the value: then as the key written there (the suffix says where)."""
+        from m2u.core.errors import SettingError
+
+        written = {**sources.file_keys, **sources.set_keys, **sources.base_keys}
+        if isinstance(error, SettingError) and error.setting in written:
+            return cli_message(ValueError(str(error)))
+        return cli_message(error)
 
     def sources_named(self, ctx: click.Context, message: str, sources: ValueSources) -> str:
         """The suffix saying where the values a library message names came from: " (batch_size: from FILE, key
