@@ -209,7 +209,7 @@ def test_m2u_train_never_writes_its_run_files_through_links(tmp_path):
     code, output = _invoke(
         train_main,
         ["mseg", "--data", str(data), "-o", str(run), "--max-steps", "1", "--device", "cpu", "--no-progress"]
-        + ["--base-channels", "4", "--levels", "2", "--workers", "0", "--no-test"],
+        + ["--base-channels", "4", "--levels", "2", "--workers", "0", "--no-test", "--batch-size", "2"],
     )
     assert code != 0 and "symbolic link" in _one_line_error(output)
     assert victim.read_text() == PRECIOUS
@@ -651,7 +651,8 @@ def test_a_full_disk_leaves_every_output_complete_or_absent_and_says_so_in_one_l
     code, output = _invoke(
         train_main,
         ["mseg", "--data", str(data), "-o", str(tmp_path / "t"), "--max-steps", "1", "--device", "cpu"]
-        + ["--base-channels", "4", "--levels", "2", "--workers", "0", "--no-progress", "--no-test"],
+        + ["--base-channels", "4", "--levels", "2", "--workers", "0", "--no-progress", "--no-test"]
+        + ["--batch-size", "2"],
     )
     assert code != 0 and "disk is full" in _one_line_error(output)
 
