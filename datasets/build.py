@@ -180,11 +180,19 @@ def _other_partitions_running(out_dir: Path, partition: tuple[int, int] | None) 
     return any(running.split(" ")[0] != own for running in running_partitions(out_dir))
 
 
+def foreign_entries(out_dir: Path) -> list[str]:
+    """The names in the existing folder OUT that a build refuses to write beside (sorted): entries that are not a
+    build's own, in a folder without a build state (an earlier build's folder may hold other files)."""
+    if (out_dir / STATE_DIR / BUILD_STATE_NAME).exists():
+        return []
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in _OWN_ENTRIES)
+
+
 def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, Any]) -> bool:
     """Check OUT against this build; returns True when an earlier run with the same arguments is resumed."""
     state_file = out_dir / STATE_DIR / BUILD_STATE_NAME
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OWN_ENTRIES)
-    if foreign and not state_file.exists():
+    foreign = foreign_entries(out_dir)
+    if foreign:
         raise BuildError(
             f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new `out_dir`"
         )

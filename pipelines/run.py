@@ -11,8 +11,11 @@ Run folder layout (self-describing)::
     RUN/dataset/           m2u-make-dataset output (+ stage.json)
     RUN/mseg/              M-Seg run: mseg.safetensors, checkpoints/, log.jsonl, tensorboard, grids
     RUN/gan/               GAN run: generator.safetensors, ...
-    RUN/evaluation/        metrics.json, metrics.md, grid.png, index.html
-    RUN/plots/             loss and validation curves (PNG)
+    RUN/evaluation/        metrics.json, metrics.md, grid.png, index.html, plots/ (the curves of the models it
+                           evaluated, which index.html links)
+    RUN/plots/             loss and validation curves (PNG) of the training stages as they are now
+    RUN/stale/             a stage's earlier output, moved aside when the stage ran again (taken back when a
+                           run's settings are again those it was made with)
     RUN/stages/            one record per finished stage: fingerprint, configuration, seconds, result
 """
 
@@ -49,6 +52,9 @@ from m2u.pipelines.stages import (
 
 STAGES = ("dataset", "mseg", "gan", "evaluation")
 STAGE_RECORDS = "stages"
+# RUN/plots: the training curves of the training stages as they are now; the report keeps its own copy of those of
+# the models it evaluated in RUN/evaluation/plots (what its page links).
+PLOTS = "plots"
 MSEG_WEIGHTS = "mseg.safetensors"
 GENERATOR_WEIGHTS = "generator.safetensors"
 _VERSIONED = (
@@ -267,6 +273,102 @@ def check_stage_devices(config: PipelineConfig, until: str) -> None:
             ) from None
 
 
+def _before_any_stage(name: str, error: BaseException, setting: str = "") -> PipelineRefused:
+    """The refusal of a stage that cannot run, said before any stage started (`setting`: the option at fault, as
+    `--set` names it)."""
+    said = one_line(error)
+    return PipelineRefused(
+        f"the {name} stage cannot run (checked before any stage started): {f'`{setting}`: ' if setting else ''}{said}"
+    )
+
+
+def check_stage_settings(config: PipelineConfig, until: str) -> None:
+    """Pre-flight: what each stage up to `until` would refuse at its start, found before the first stage starts
+    (and before any stage's earlier output is moved aside): the dataset stage's mask options and detector (the
+    masking engine's own checks, `make_masker`: an unknown option, a missing mask pack), the training stages'
+    `init_weights` model files (found, m2u model files, fitting the network), and the model files named for the
+    evaluation's metrics (loaded as the evaluation loads them)."""
+    from m2u.core.errors import SettingError
+    from m2u.datasets.work import make_detector, make_masker
+    from m2u.masking.detect import ModelFileError
+
+    try:
+        make_masker(config.dataset)
+    except SettingError as error:  # MaskConfig's own setting (`color`, `pattern`)
+        raise _before_any_stage(
+            "dataset", ValueError(error.message), f"dataset.mask_options.{error.setting}"
+        ) from None
+    except UserError as error:
+        said = one_line(error).removeprefix("mask options: ")
+        raise _before_any_stage("dataset", ValueError(said), "dataset.mask_options") from None
+    try:
+        make_detector(config.dataset)
+    except (UserError, ModelFileError, OSError) as error:
+        raise _before_any_stage("dataset", error, "dataset.detector_options") from None
+    for name in ("mseg", "gan")[: max(0, STAGES.index(until))]:
+        _check_init_weights(name, getattr(config, name))
+    if until == "evaluation":
+        _check_metric_files(config)
+
+
+# Each training stage's networks, by the name `init_weights` gives them: (model class, the config field).
+_NETWORKS = {
+    "mseg": {"mseg": ("MSeg", "model")},
+    "gan": {"generator": ("CARU2Net", "generator"), "discriminator": ("PatchDiscriminator", "discriminator")},
+}
+
+
+def _check_init_weights(name: str, run: Any) -> None:
+    """The model files a training stage's `init_weights` names, checked as the trainer loads them
+    (`load_initial_weights`), on networks that allocate nothing."""
+    from m2u.training.checkpoint import build_model, load_model
+    from m2u.training.trainer import initial_weights_misfit
+
+    networks = _NETWORKS[name]
+    for network_name, path in run.init_weights.items():
+        setting = f"{name}.init_weights.{network_name}"
+        if network_name not in networks:
+            raise _before_any_stage(
+                name,
+                ValueError(f"the {name} stage trains {', '.join(networks)}, not {network_name!r}"),
+                setting,
+            )
+        class_name, field_name = networks[network_name]
+        try:
+            model, _ = load_model(path, map_location="cpu")
+            network = build_model(class_name, getattr(run, field_name), f"the {field_name} config")
+            misfit = initial_weights_misfit(run, network_name, network, model)
+        except (UserError, ValueError, OSError) as error:
+            raise _before_any_stage(name, error, setting) from None
+        if misfit:
+            raise _before_any_stage(name, ValueError(f"{path} does not fit this network: {misfit}"), setting)
+
+
+def _check_metric_files(config: PipelineConfig) -> None:
+    """The files the evaluation's settings name for its metric networks, loaded as the evaluation loads them
+    (`MetricSuite`): a file named there that cannot be used is refused by the evaluation (not reported as a
+    metric unavailable), so it is refused now. Only the networks whose files are named are loaded."""
+    from m2u.evaluation.suite import MetricSuite
+
+    metrics = config.evaluation.metrics
+    named = dataclasses.replace(
+        metrics,
+        enable_lpips=metrics.enable_lpips and bool(metrics.lpips.trunk_weights or metrics.lpips.head_weights),
+        enable_fid=metrics.enable_fid and bool(metrics.fid.weights_path),
+        enable_identity=metrics.enable_identity and bool(metrics.identity.models_dir),
+    )
+    if not (named.enable_lpips or named.enable_fid or named.enable_identity):
+        return
+    try:
+        MetricSuite(named, device="cpu")
+    except ValueError as error:  # "`metrics.lpips.trunk_weights`: weights file not found: ..."
+        said = one_line(error)
+        raise PipelineRefused(
+            "the evaluation stage cannot run (checked before any stage started): "
+            + (f"`evaluation.{said[1:]}" if said.startswith("`metrics.") else said)
+        ) from None
+
+
 def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = None) -> None:
     """Every check of the configuration and the faces that refuses a run before anything is written. `demo_faces`:
     the folder the run writes the embedded demo faces into (the faces to check: those already there)."""
@@ -293,6 +395,7 @@ def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = 
             raise PipelineRefused(str(no_images_error(found)))
     check_stage_weights(config, until)
     check_stage_devices(config, until)
+    check_stage_settings(config, until)
 
 
 def _with_budget_left(run: Any) -> Any:
@@ -329,12 +432,13 @@ def _output_digest(name: str, stage_dir: Path) -> Callable[[], str]:
     return digest
 
 
-def _output_problem(name: str, stage_dir: Path) -> Callable[[dict], str]:
-    """What is wrong with a finished stage's output now ("" when nothing): its key file gone or not the bytes its
-    record made (a record of an older m2u, without a digest: the file is there), a dataset's shards gone or cut, an
-    evaluation report without its page. Checked where the record holds the output's digest (this m2u's records)."""
+def _output_problem(name: str) -> Callable[[dict, Path], str]:
+    """What is wrong with a finished stage's output in `stage_dir` now ("" when nothing): its key file gone or not
+    the bytes its record made (a record of an older m2u, without a digest: the file is there), a dataset's shards
+    gone or cut, an evaluation report without its page. Checked where the record holds the output's digest (this
+    m2u's records)."""
 
-    def problem(record: dict) -> str:
+    def problem(record: dict, stage_dir: Path) -> str:
         digest = record.get("output_digest")
         if not digest:  # a record of an older m2u: trusted as that m2u trusted it
             return ""
@@ -413,10 +517,9 @@ def _stage_actions(
         return train_gan(_with_budget_left(cfg))
 
     def evaluation_action() -> dict:
-        # The training curves first, so the report can link to them.
-        curves = plot_training_curves(
-            {n: dirs[n] for n in ("mseg", "gan")}, dirs["evaluation"].parent / "plots"
-        )
+        # The training curves first, so the report can link to them: its own copy, in the report's folder, so
+        # they stay those of the models it evaluated (moved aside with it; RUN/plots follows the latest training).
+        curves = plot_training_curves({n: dirs[n] for n in ("mseg", "gan")}, dirs["evaluation"] / PLOTS)
         report = evaluate(
             dirs["dataset"],
             dirs["mseg"] / MSEG_WEIGHTS,
@@ -499,6 +602,8 @@ def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: boo
     clash = report_clash(run, PIPELINE_TOOL, PIPELINE_REPORTS)  # an m2u-train run's config.json, say
     if clash:
         raise PipelineRefused(clash)
+    _check_run_folder_place(run)  # a dataset folder, another command's output folder
+    check_stage_outputs(run, until)
     check_writable(run / STAGE_RECORDS / FACE_HASHES, by_name=True)  # a cache: a damaged one is written again
     run.mkdir(parents=True, exist_ok=True)
     with output_lock(run, PIPELINE_TOOL, reports=PIPELINE_REPORTS):
@@ -510,6 +615,90 @@ def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: boo
             except DemoFacesChanged as error:  # changed since the check above
                 raise PipelineRefused(str(error)) from None
         yield
+
+
+def _refused_output(problem: str) -> PipelineRefused:
+    """A refused output name (m2u.core.fileio's words), said as the run folder's option."""
+    return PipelineRefused(
+        f"{problem.removesuffix('; move it away or choose another output')}; move it away or choose another run folder (-o)"
+    )
+
+
+def _check_run_folder_place(run: Path) -> None:
+    """A run folder that is, or lies inside, a dataset folder (its shards, manifests and build state) would mix its
+    stages with the dataset's files, as m2u-eval refuses a report there; one that holds another m2u command's
+    output (an m2u-eval report, an m2u-train run) would mix with it."""
+    from m2u.core.inputs import LOCK_PREFIX, LOCK_SUFFIX
+    from m2u.datasets.layout import LOCK_NAME, MANIFEST_NAME, STATE_DIR
+
+    place = Path(os.path.realpath(run))
+    for folder in (place, *place.parents):
+        if any(os.path.lexists(folder / name) for name in (STATE_DIR, LOCK_NAME, MANIFEST_NAME)):
+            where = "is the dataset folder" if folder == place else f"is inside the dataset folder {folder}"
+            raise PipelineRefused(
+                f"the run folder {run} {where}; the run would mix with the dataset: choose another run folder (-o)"
+            )
+    if place.is_dir():
+        own = f".{PIPELINE_TOOL}{LOCK_SUFFIX}"
+        other = sorted(
+            entry
+            for entry in os.listdir(place)
+            if entry.startswith(LOCK_PREFIX) and entry.endswith(LOCK_SUFFIX) and entry != own
+        )
+        if other:
+            tool = other[0][1 : -len(LOCK_SUFFIX)]  # .m2u-eval.lock: m2u-eval
+            raise PipelineRefused(
+                f"the run folder {run} holds an {tool} run's output ({other[0]}); the run would mix with it: "
+                "choose another run folder (-o)"
+            )
+
+
+def check_stage_outputs(run: Path, until: str) -> None:
+    """Pre-flight: every name the stages up to `until` write in the run folder, checked before the first stage
+    starts (a person's file at RUN/evaluation/index.html was found only after the three training stages): a file
+    m2u did not write at an output's name, a file where a stage's folder goes, other files in a dataset folder
+    without a build (the build refuses them). A stage's own files from an earlier run pass."""
+    from m2u.core.fileio import replace_problem
+    from m2u.datasets.build import foreign_entries
+    from m2u.evaluation.report import REPORT_FILES
+    from m2u.training.run_state import last_checkpoint_path
+    from m2u.training.runlog import GRID_DIR, LOG_NAME, METRICS_NAME, TENSORBOARD_DIR
+
+    stages = STAGES[: STAGES.index(until) + 1]
+    for name in stages:
+        folder = run / name
+        if os.path.lexists(folder) and not folder.is_dir() and not folder.is_symlink():  # ablate links stages
+            raise PipelineRefused(
+                f"{folder} is in the way of the {name} stage's folder; move it away or choose another run folder (-o)"
+            )
+    dataset = run / "dataset"
+    foreign = foreign_entries(dataset) if dataset.is_dir() else []
+    if foreign:
+        raise PipelineRefused(
+            f"{dataset} holds files that are not a dataset build's ({', '.join(foreign[:5])}); move them away or "
+            "choose another run folder (-o)"
+        )
+    checked: list[tuple[Path, bool]] = []  # (path, m2u's by name)
+    for name in ("mseg", "gan")[: max(0, STAGES.index(until))]:
+        folder = run / name
+        for sub in (last_checkpoint_path(folder).parent, folder / GRID_DIR, folder / TENSORBOARD_DIR):
+            if os.path.lexists(sub) and not sub.is_dir():
+                raise PipelineRefused(
+                    f"{sub} is in the way of the folder the {name} stage writes there; move it away or choose "
+                    "another run folder (-o)"
+                )
+        models = [f"{network}.safetensors" for network in _NETWORKS[name]]
+        checked += [(folder / n, False) for n in (LOG_NAME, METRICS_NAME, *models)]
+        checked += [(last_checkpoint_path(folder), False), (folder / "config.json", True)]
+        checked += [(run / PLOTS / f"{name}_train.png", False)]
+    if until == "evaluation":
+        report = run / "evaluation"
+        checked += [(report / n, False) for n in REPORT_FILES]
+        checked += [(report / PLOTS / f"{n}_train.png", False) for n in ("mseg", "gan")]
+    for path, by_name in checked:
+        problem = replace_problem(path, by_name)
+        if problem:
+            raise _refused_output(problem)
 
 
 # RUN's own files, at its top; recorded in its lock, so no other command writing such names there replaces them.
@@ -547,7 +736,7 @@ def run_stages(
                 config_prefix=_stage_prefix(name),
                 resumes_with=_dataset_resumes_with(config) if name == "dataset" else "",
                 resumable=_partial_output(name, dirs[name]),
-                output_problem=_output_problem(name, dirs[name]),
+                output_problem=_output_problem(name),
                 output_digest=_output_digest(name, dirs[name]),
             )
         except BaseException as error:
@@ -558,12 +747,12 @@ def run_stages(
     # A whole record of what made the outputs, rather than one merged stage by stage: config.json loads back as a
     # config file that remakes them. Left alone when nothing ran (a rerun on another machine made nothing there).
     whole = until == STAGES[-1]
-    made = not all(outcome.skipped for outcome in outcomes.values())
+    made = not all(outcome.skipped and not outcome.taken_back for outcome in outcomes.values())
     if whole and (made or not all((run / name).exists() for name in FULL_RUN_RECORD)):
         for name, text in zip(FULL_RUN_RECORD, record, strict=True):
             atomic_write_text(run / name, text)
     _note_stages_left_behind(run, until, upstream[-1], log)
-    plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / "plots")
+    plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / PLOTS)
     if not made:
         last = until != STAGES[-1]
         log(f"nothing to do: every stage{f' up to {until}' if last else ''} is up to date")

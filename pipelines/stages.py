@@ -7,11 +7,15 @@ counts, progress bars, log cadence) are left out, so a finished run moved to ano
 ``--set gan.log_every=10``, is still finished.
 
 Finished or partial work is never deleted: when a stage has to run again under a new fingerprint, its folder and
-record are moved to ``RUN/stale/<stage>-<time>/`` (the log says where), for the user to delete when sure.
+record are moved to ``RUN/stale/<stage>-<time>/`` (the log says where), for the user to delete when sure. A stage
+whose fingerprint matches a finished output kept there (its record and its output's digest intact) takes that output
+back instead of running: a stage that failed after its earlier output was moved aside (a model file not found when
+training started), or a setting tried and put back, never costs the finished work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -74,6 +78,8 @@ class StageOutcome:
     # What the later stages are made from: the fingerprint, and the digest of the output the stage made (a stage
     # run again with the same configuration need not make the same bytes: a wall-clock budget, a GPU).
     chain: str = ""
+    # Not run: its finished output of this configuration taken back from RUN/stale/ (the run folder changed).
+    taken_back: bool = False
 
 
 def chain_of(record: dict) -> str:
@@ -106,6 +112,30 @@ def move_aside(name: str, stage_dir: Path, records_dir: Path, paths: list[Path])
     for path in present:
         os.replace(path, target / path.name)
     return target
+
+
+def find_stale(
+    name: str, stage_dir: Path, records_dir: Path, key: str, output_problem: Callable[[dict, Path], str]
+) -> tuple[Path, dict] | None:
+    """The newest folder of RUN/stale/ holding a finished output of `name` made with the fingerprint `key` whose
+    output is still the one its record describes (`output_problem(record, folder)` says nothing): (that folder, its
+    record); None when there is none. Only a record holding its output's digest counts (one of an older m2u is
+    trusted where it lies, not taken back from stale/)."""
+    stale_root = records_dir.parent / STALE_DIR
+    if not stale_root.is_dir():
+        return None
+    found = []
+    for folder in stale_root.glob(f"{name}-*"):
+        record = read_record(folder / f"{name}{RECORD_SUFFIX}")
+        kept = folder / stage_dir.name
+        if record is None or record.get("fingerprint") != key or not record.get("output_digest"):
+            continue
+        if kept.is_dir() and not kept.is_symlink():
+            found.append((folder.stat().st_mtime, folder, record))
+    for _, folder, record in sorted(found, key=lambda item: item[0], reverse=True):
+        if not output_problem(record, folder / stage_dir.name):
+            return folder, record
+    return None
 
 
 def _flattened(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -163,7 +193,7 @@ def run_stage(
     config_prefix: str = "",
     resumes_with: str = "",
     resumable: bool = True,
-    output_problem: Callable[[dict], str] | None = None,
+    output_problem: Callable[[dict, Path], str] | None = None,
     output_digest: Callable[[], str] | None = None,
 ) -> StageOutcome:
     """Run `action` (which writes into `stage_dir`) unless its record says it completed with the same fingerprint.
@@ -172,9 +202,11 @@ def run_stage(
     action itself is expected to resume from whatever partial output it finds. `resumes_with`: what else partial
     output must have been made with to be resumed (the absolute paths a dataset build records of its inputs).
     `resumable`: whether the stage's folder holds partial output to resume from (said in the log).
-    `output_problem(record)`: what is wrong with the stage's output now ("" when nothing): a stage whose record
-    matches but whose output was deleted or changed by hand runs again, instead of being skipped and failing the
-    stages after it. `output_digest()`: the digest of the output just made, recorded and chained downstream.
+    `output_problem(record, folder)`: what is wrong with the stage's output in `folder` (`stage_dir`, or a copy
+    kept in RUN/stale/) now ("" when nothing): a stage whose record matches but whose output was deleted or changed
+    by hand runs again, instead of being skipped and failing the stages after it; with it, a finished output of the
+    same fingerprint kept in RUN/stale/ is taken back instead of running the stage (`find_stale`).
+    `output_digest()`: the digest of the output just made, recorded and chained downstream.
     """
     records_dir.mkdir(parents=True, exist_ok=True)
     record_path = records_dir / f"{name}{RECORD_SUFFIX}"
@@ -184,11 +216,16 @@ def run_stage(
     record = read_record(record_path)
     damaged = ""
     if record is not None and record.get("fingerprint") == key:
-        damaged = output_problem(record) if output_problem is not None else ""
+        damaged = output_problem(record, stage_dir) if output_problem is not None else ""
         if not damaged:
             log(f"[{name}] up to date ({key[:12]}), skipped")
             return StageOutcome(name, key, True, 0.0, record.get("result", {}), chain_of(record))
     pending = pending_file.read_text().strip() if pending_file.exists() else None
+    kept = (
+        find_stale(name, stage_dir, records_dir, key, output_problem) if output_problem is not None else None
+    )
+    if kept is not None:
+        return _take_back(name, stage_dir, records_dir, key, kept, log)
     if record is not None or (pending is not None and pending != started_as):
         moved = move_aside(name, stage_dir, records_dir, [stage_dir, record_path])
         where = f": its earlier output is kept in {moved}" if moved else ""
@@ -221,3 +258,30 @@ def run_stage(
     pending_file.unlink()
     log(f"[{name}] done in {seconds:.1f} s")
     return StageOutcome(name, key, False, seconds, result, chain_of(made))
+
+
+def _take_back(
+    name: str,
+    stage_dir: Path,
+    records_dir: Path,
+    key: str,
+    kept: tuple[Path, dict],
+    log: Callable[[str], None],
+) -> StageOutcome:
+    """Put the finished output `kept` (a RUN/stale/ folder, its record) back as the stage's output; what is in its
+    place now (another configuration's output, or what a failed run left) is moved aside first."""
+    folder, record = kept
+    record_path = records_dir / f"{name}{RECORD_SUFFIX}"
+    moved = move_aside(name, stage_dir, records_dir, [stage_dir, record_path])
+    os.replace(folder / stage_dir.name, stage_dir)
+    os.replace(folder / record_path.name, record_path)
+    with contextlib.suppress(OSError):  # only if nothing else was kept there
+        folder.rmdir()
+    (records_dir / f"{name}{PENDING_SUFFIX}").unlink(
+        missing_ok=True
+    )  # that of a run whose output was moved aside
+    where = f"; what was there is kept in {moved}" if moved else ""
+    log(
+        f"[{name}] up to date ({key[:12]}): its finished output of this configuration was taken back from {folder}{where}"
+    )
+    return StageOutcome(name, key, True, 0.0, record.get("result", {}), chain_of(record), taken_back=True)

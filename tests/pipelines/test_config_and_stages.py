@@ -623,7 +623,9 @@ def test_a_stage_whose_output_is_gone_runs_again_and_its_new_output_reaches_late
         return {}
 
     checks = {
-        "output_problem": lambda record: "" if (stage_dir / "out.bin").is_file() else "out.bin is missing",
+        "output_problem": lambda record, folder: (
+            "" if (folder / "out.bin").is_file() else "out.bin is missing"
+        ),
         "output_digest": lambda: hashlib.sha256((stage_dir / "out.bin").read_bytes()).hexdigest(),
     }
     first = run_stage("s", stage_dir, records, {"a": 1}, [], action, log=logs.append, **checks)

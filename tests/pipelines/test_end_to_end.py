@@ -69,12 +69,14 @@ def test_smoke_preset_runs_every_stage(smoke_run):
     assert json.loads((run / "config.json").read_text())["dataset"]["limit"] == 16
     assert "torch" in json.loads((run / "versions.json").read_text())
     assert {p.name for p in (run / "plots").glob("*.png")} >= {"mseg_train.png", "gan_train.png"}
-    # The report links to the curves (relative to the report folder) and lists them in metrics.json.
+    # The report links to its own copy of the curves (relative to the report folder: they move with it and stay
+    # those of the models it evaluated) and lists them in metrics.json.
     assert metrics["links"] == {
-        "mseg_train": "../plots/mseg_train.png",
-        "gan_train": "../plots/gan_train.png",
+        "mseg_train": "plots/mseg_train.png",
+        "gan_train": "plots/gan_train.png",
     }
-    assert '<a href="../plots/gan_train.png">gan_train</a>' in (run / "evaluation" / "index.html").read_text()
+    assert '<a href="plots/gan_train.png">gan_train</a>' in (run / "evaluation" / "index.html").read_text()
+    assert all((run / "evaluation" / link).is_file() for link in metrics["links"].values())
 
 
 def test_rerun_does_nothing_and_says_so(smoke_run, face_inputs):
@@ -182,12 +184,17 @@ def test_a_report_left_behind_by_until_is_said_to_be_out_of_date(smoke_run, face
     assert (run / "evaluation" / "metrics.json").read_bytes() == report
     assert "[evaluation] out of date" in (run / "pipeline.log").read_text()
     # M-Seg retrained alone: the generator and the report on disk were made from the earlier one
+    curves = {p.name: p.read_bytes() for p in (run / "evaluation" / "plots").glob("*.png")}
     again = CliRunner().invoke(main, [*command, "--until", "mseg", "--set=mseg.max_steps=3"])
     assert (
         again.exit_code == 0
         and "[gan] out of date" in again.output
         and "[evaluation] out of date" in again.output
     )
+    # The kept report still links the curves of the models it evaluated (RUN/plots was rewritten in place, and
+    # the report's ../plots/mseg_train.png showed the new M-Seg's)
+    assert {p.name: p.read_bytes() for p in (run / "evaluation" / "plots").glob("*.png")} == curves
+    assert (run / "plots" / "mseg_train.png").read_bytes() != curves["mseg_train.png"]
 
 
 def test_a_deleted_stage_output_is_made_again_not_trusted_to_the_record(smoke_run, face_inputs, tmp_path):
@@ -207,6 +214,11 @@ def test_a_deleted_stage_output_is_made_again_not_trusted_to_the_record(smoke_ru
         and "safetensors is missing" in result.output
     )
     assert (run / "gan" / "generator.safetensors").is_file()
+    # A model file records the folder of the dataset it trained on: the copy's generator differs from the run it
+    # was copied from. Made again here, in the copy, it is the same bytes.
+    (run / "gan" / "generator.safetensors").unlink()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "[gan] running" in result.output, result.output
     # Trained again on the CPU with the same seed: the same bytes, so the report still describes it and stays.
     assert "[evaluation] up to date" in result.output
     assert "nothing to do" in CliRunner().invoke(main, args).output  # and up to date again
@@ -219,3 +231,20 @@ def test_the_faces_folder_is_refused_as_the_run_folder(tmp_path):
     result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--faces", str(faces), "-o", str(faces)])
     assert result.exit_code == 2 and "is the faces folder" in result.output
     assert sorted(p.name for p in faces.iterdir()) == before
+
+
+def test_a_bad_setting_on_a_finished_run_is_refused_and_moves_nothing_aside(smoke_run, face_inputs, tmp_path):
+    """`--set gan.init_weights={generator: missing}` moved the finished gan into stale/ before the trainer found
+    the file missing (exit 1); the original settings then retrained it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run, symlinks=True)
+    args = ["run", "--preset", "smoke", "--faces", face_inputs, "-o", str(run), *TINY_SETS]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    stale = sorted(p.name for p in (run / "stale").iterdir()) if (run / "stale").exists() else []
+    result = CliRunner().invoke(main, [*args, "--set=gan.init_weights={generator: /tmp/nope.safetensors}"])
+    assert result.exit_code == 2, result.output
+    assert "`gan.init_weights.generator`: model file not found: /tmp/nope.safetensors" in result.output
+    assert (sorted(p.name for p in (run / "stale").iterdir()) if (run / "stale").exists() else []) == stale
+    assert "nothing to do" in CliRunner().invoke(main, args).output
