@@ -30,7 +30,7 @@ from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
 from m2u.core.inputs import input_list, output_location_problem
-from m2u.datasets.config import MASK_ENGINES, BuildConfig, BuildError, BuildLockedError
+from m2u.datasets.config import MASK_ENGINES, BuildClashError, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
     LOCK_NAME,
@@ -77,6 +77,7 @@ __all__ = [
     "MASK_ENGINES",
     "STATE_DIR",
     "BuildConfig",
+    "BuildClashError",
     "BuildError",
     "BuildLockedError",
     "BuildPlan",
@@ -237,19 +238,19 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
             reasons.append(
                 "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
             )
+        held = f"{out_dir} holds a build made with {' and '.join(reasons)}"
+        if not config.finalize:
+            raise BuildClashError(held)
         # `overwrite` would delete every partition's shards: a finalising run is pointed back at the build's own.
-        remedy = (
-            "finalize with the m2u and the arguments that built it, or rebuild it with `overwrite`"
-            if config.finalize
-            else "use `overwrite` to replace it"
+        raise BuildError(
+            f"{held}; finalize with the m2u and the arguments that built it, or rebuild it with `overwrite`"
         )
-        raise BuildError(f"{out_dir} holds a build made with {' and '.join(reasons)}; {remedy}")
     elif (
         previous is None
         and not stopped_early
         and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME))
     ):
-        raise BuildError(f"{out_dir} holds a dataset without build state; use `overwrite` to replace it")
+        raise BuildClashError(f"{out_dir} holds a dataset without build state")
     (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
     if previous is None:
         atomic_write_text(state_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", by_name=True)

@@ -33,6 +33,15 @@ class BuildLockedError(BuildError):
     pass
 
 
+class BuildClashError(BuildError):
+    """OUT holds a build this one would not resume (`held`: what it holds, as a sentence); the message says to
+    replace it with `overwrite`."""
+
+    def __init__(self, held: str):
+        super().__init__(f"{held}; use `overwrite` to replace it")
+        self.held = held
+
+
 def parse_partition(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``"1/3"`` (or ``(1, 3)``) -> ``(1, 3)``: partition 1 of 3, numbered from 0."""
     if value is None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -11,6 +13,7 @@ import yaml
 
 from m2u.core.cli import (
     CONTEXT_SETTINGS,
+    EXIT_SOME_FAILED,
     Refused,
     alias_option,
     apply_aliases,
@@ -23,7 +26,7 @@ from m2u.core.cli import (
 )
 from m2u.core.configfile import CONFIG_SUFFIXES, ConfigError, parse_overrides
 from m2u.core.guard import guard_command
-from m2u.pipelines.config import PRESETS, PipelineConfig, config_as_dict, load_config
+from m2u.pipelines.config import PRESETS, PipelineConfig, config_as_dict, in_stage_words, load_config
 
 
 def _resolve(
@@ -35,6 +38,11 @@ def _resolve(
 ) -> PipelineConfig:
     try:
         extra = parse_overrides(sets)
+        if demo is not None and (faces or "faces" in extra):  # the demo faces would silently replace them
+            given = "INPUTS" if faces else "--set faces"
+            raise click.UsageError(
+                f"--demo-faces uses the embedded demo faces, and {given} gave faces too: give one or the other"
+            )
         if faces:
             extra["faces"] = list(faces)
         if demo is not None:
@@ -55,7 +63,7 @@ def _common(function):
             is_flag=True,
             help="Use the embedded demo portrait variants (a fresh clone without CelebA).",
         ),
-        out_option("Run folder.", dest="run_dir"),
+        out_option("Run folder."),  # out_dir: so a library message naming `out_dir` names -o/--out
         progress_options,  # off: every stage's `progress` false (a --set item still wins)
     ]
     for option in reversed(options):
@@ -79,7 +87,7 @@ def _prepare(kw: dict) -> PipelineConfig | None:
         config_file, inputs = inputs[0], []
     from m2u.pipelines.run import DEMO_FACES, STAGES
 
-    demo = Path(kw["run_dir"]) / DEMO_FACES if kw["demo_faces"] else None
+    demo = Path(kw["out_dir"]) / DEMO_FACES if kw["demo_faces"] else None
     # -q / --no-progress as every command has them: each stage's progress off, before the --set items (which win).
     quiet = () if progress_of(kw) else tuple(f"{stage}.progress=false" for stage in STAGES)
     config = _resolve(config_file, kw["preset"], tuple(inputs), demo, (*quiet, *kw["sets"]))
@@ -92,6 +100,102 @@ def _prepare(kw: dict) -> PipelineConfig | None:
 @click.group(context_settings=CONTEXT_SETTINGS)
 def main() -> None:
     """Raw faces → dataset → M-Seg → GAN → evaluation report, each stage cached and resumable."""
+
+
+@contextlib.contextmanager
+def _said_in_one_line() -> Iterator[None]:
+    """A library error of the run as one line, with the exit code the other m2u commands give it: a refusal (a
+    run refused before any stage, a stage's library refusing its settings or files, as m2u-make-dataset, m2u-train
+    and m2u-eval refuse them) 2; a stage that ran and failed (a full disk, a loss gone NaN) 1. A stage's settings
+    are named as the pipeline's keys (`gan.vgg_weights`)."""
+    from m2u.core.inputs import OutputFolderError
+    from m2u.core.parallel import WorkerStartError
+    from m2u.datasets.config import BuildError, BuildWriteError
+    from m2u.pipelines.run import PipelineError, PipelineRefused
+    from m2u.training.cliutil import user_errors
+    from m2u.training.guards import NonFiniteLossError
+    from m2u.training.losses import VGGWeightsUnavailable
+
+    try:
+        yield
+    except (PipelineRefused, OutputFolderError) as error:
+        raise Refused(_message(error)) from error  # before any stage (the run folder's lock too): exit 2
+    except (BuildWriteError, WorkerStartError, NonFiniteLossError) as error:
+        raise click.ClickException(_message(error)) from None  # the stage ran and could not finish: exit 1
+    except (BuildError, VGGWeightsUnavailable) as error:
+        raise Refused(_message(error)) from None
+    except PipelineError as error:
+        raise click.ClickException(_message(error)) from error  # a stage ran and failed: exit 1
+    except OSError:
+        raise  # a full disk, a read-only folder: m2u.core.guard says which file, exit 1
+    except user_errors() as error:  # ValueError, a missing file, a damaged checkpoint
+        raise Refused(_message(error)) from None
+
+
+def _message(error: BaseException) -> str:
+    """cli_message, in the words of the stage `error` ended (its settings as `--set` names them)."""
+    from m2u.core.errors import SettingError
+    from m2u.datasets.build import BuildClashError
+    from m2u.pipelines.run import failed_stage
+
+    stage = failed_stage(error)
+    if stage is None:
+        return cli_message(error)
+    if isinstance(error, BuildClashError):  # `dataset.overwrite` is the pipeline's: the user moves the folder
+        text = f"{error.held}; move it out of the run folder (or delete it) and rerun"
+    elif isinstance(error, SettingError):
+        text = f"`{error.setting}`: {error.message}"
+    else:
+        text = str(error)
+    return cli_message(ValueError(f"the {stage} stage: {in_stage_words(text, stage)}"))
+
+
+def _dataset_summary(out_dir: str, result: dict | None) -> bool:
+    """The dataset stage's summary, as m2u-make-dataset says it (from the stage's record on a rerun that skips it):
+    its pairs, the inputs without a face and those that could not be read, and what the folder scans passed over.
+    Returns whether some inputs could not be read."""
+    if result is None:
+        return False
+    counts = result.get("counts", {})
+    samples, statuses = counts.get("samples", {}), counts.get("by_status", {})
+    errors = statuses.get("error", 0)
+    where = Path(out_dir) / "dataset"
+    reasons = f": the reasons are in {where / 'manifest.parquet'}" if errors else ""
+    click.echo(
+        f"[dataset] {where}: train {samples.get('train', 0)}, val {samples.get('val', 0)}, test "
+        f"{samples.get('test', 0)} pairs; {statuses.get('no_face', 0)} without a face, "
+        f"{statuses.get('refused', 0)} refused by the masking checks, {errors} errors{reasons}"
+    )
+    if result.get("passed_over"):
+        click.echo(result["passed_over"], err=True)
+    return bool(errors)
+
+
+def _recorded_dataset(out_dir: str) -> dict | None:
+    """The dataset stage's result, from its record in the run folder (None when it has none)."""
+    from m2u.pipelines.run import STAGE_RECORDS
+    from m2u.pipelines.stages import RECORD_SUFFIX, read_record
+
+    record = read_record(Path(out_dir) / STAGE_RECORDS / f"dataset{RECORD_SUFFIX}")
+    return None if record is None else record.get("result")
+
+
+@contextlib.contextmanager
+def _dataset_said(out_dir: str) -> Iterator[list[bool]]:
+    """Says the dataset stage's summary once the run has ended: done, or failed in a later stage. Yields a list the
+    body sets to [True] once the run is done; the command then exits 1 where some inputs could not be read."""
+    from m2u.pipelines.run import failed_stage
+
+    done: list[bool] = []
+    try:
+        yield done
+    except Exception as error:
+        if failed_stage(error) not in (None, "dataset"):
+            _dataset_summary(out_dir, _recorded_dataset(out_dir))
+        raise
+    if done and _dataset_summary(out_dir, _recorded_dataset(out_dir)):
+        click.echo("some inputs could not be read: the run went on without them", err=True)
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @main.command()
@@ -107,52 +211,49 @@ def run(until, **kw) -> None:
     """Run every stage (skipping those already done with the same configuration) on the face photos INPUTS.
 
     A config file (-c, e.g. configs/pipeline.yaml) holds each stage's options under its name (dataset, mseg, gan,
-    evaluation) and the inputs as `faces`; --print-config prints the resolved one."""
-    from m2u.core.inputs import OutputFolderError
-    from m2u.pipelines.run import PipelineError, PipelineRefused, run_pipeline
+    evaluation) and the inputs as `faces`; --print-config prints the resolved one.
 
-    run_dir = kw["run_dir"]
+    Exit code: 0 done; 1 some inputs could not be read (the dataset stage's summary says how many; the run goes on
+    without them) or a stage failed; 2 usage error or refused."""
+    from m2u.pipelines.run import run_pipeline
+
+    out_dir = kw["out_dir"]
     config = _prepare(kw)
     if config is None:
         return
-    try:
-        outcomes = run_pipeline(config, run_dir, echo=click.echo, until=until, demo_faces=kw["demo_faces"])
-    except (PipelineRefused, OutputFolderError) as error:
-        raise Refused(cli_message(error)) from error  # before any stage (the run folder's lock too): exit 2
-    except PipelineError as error:
-        raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
-    evaluation = outcomes.get("evaluation")
-    if evaluation is not None:
-        report = Path(run_dir) / "evaluation"
-        click.echo(f"report: {report / 'index.html'} (tables in {report / 'metrics.md'})")
-        rows = evaluation.result.get("rows", {})
-        if rows:
-            click.echo(
-                json.dumps(
-                    {name: {k: row.get(k) for k in ("psnr", "ssim")} for name, row in rows.items()}, indent=1
+    with _said_in_one_line(), _dataset_said(out_dir) as done:
+        outcomes = run_pipeline(config, out_dir, echo=click.echo, until=until, demo_faces=kw["demo_faces"])
+        evaluation = outcomes.get("evaluation")
+        if evaluation is not None:
+            report = Path(out_dir) / "evaluation"
+            click.echo(f"report: {report / 'index.html'} (tables in {report / 'metrics.md'})")
+            rows = evaluation.result.get("rows", {})
+            if rows:
+                click.echo(
+                    json.dumps(
+                        {name: {k: row.get(k) for k in ("psnr", "ssim")} for name, row in rows.items()},
+                        indent=1,
+                    )
                 )
-            )
+        done.append(True)
 
 
 @main.command()
 @_common
 def ablate(**kw) -> None:
-    """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json."""
-    from m2u.core.inputs import OutputFolderError
-    from m2u.pipelines.ablate import run_ablation
-    from m2u.pipelines.run import PipelineError, PipelineRefused
+    """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json.
 
-    run_dir = kw["run_dir"]
+    Exit code as `run`'s."""
+    from m2u.pipelines.ablate import run_ablation
+
+    out_dir = kw["out_dir"]
     config = _prepare(kw)
     if config is None:
         return
-    try:
-        run_ablation(config, run_dir, echo=click.echo, demo_faces=kw["demo_faces"])
-    except (PipelineRefused, OutputFolderError) as error:
-        raise Refused(cli_message(error)) from error  # before any stage (the run folder's lock too): exit 2
-    except PipelineError as error:
-        raise click.ClickException(cli_message(error)) from error  # a stage ran and failed: exit 1
-    click.echo((Path(run_dir) / "ablation.md").read_text())
+    with _said_in_one_line(), _dataset_said(out_dir) as done:
+        run_ablation(config, out_dir, echo=click.echo, demo_faces=kw["demo_faces"])
+        click.echo((Path(out_dir) / "ablation.md").read_text())
+        done.append(True)
 
 
 # SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).

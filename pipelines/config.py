@@ -7,7 +7,8 @@ holds overrides: any field it does not name keeps the stage's default (the paper
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,27 @@ def _check_pipeline_sets(config: PipelineConfig) -> None:
                     f"`{stage}.{name}` is set by the pipeline for each stage (its run folder, resuming, the M-Seg "
                     f"it trained), so {value!r} would not be used; leave it out"
                 )
+
+
+_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def in_stage_words(text: str, stage: str) -> str:
+    """A message of a stage's library (its settings named by their keys in backticks, m2u.core.errors) in the
+    pipeline's words: each setting of that stage as the key a config file and `--set` give it (`vgg_weights`:
+    `gan.vgg_weights`); other text is kept."""
+    stages = {
+        "dataset": BuildConfig,
+        "mseg": MSegTrainConfig,
+        "gan": GanTrainConfig,
+        "evaluation": EvaluateConfig,
+    }
+    names = {f.name for f in fields(stages[stage])}
+
+    def key(match: re.Match[str]) -> str:
+        return f"`{stage}.{match.group(1)}`" if match.group(1) in names else match.group(0)
+
+    return _MENTION.sub(key, text)
 
 
 def preset_overrides(name: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from m2u.core.imageio import DigestCache
 from m2u.core.inputs import discover, no_images_error, output_lock, report_clash
 from m2u.core.runtime import runtime_field
 from m2u.datasets.build import BuildConfig
-from m2u.pipelines.config import PipelineConfig, config_as_dict
+from m2u.pipelines.config import PipelineConfig, config_as_dict, in_stage_words
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import (
     RECORD_SUFFIX,
@@ -250,7 +250,7 @@ def check_stage_weights(config: PipelineConfig, until: str) -> None:
         VGGPerceptualLoss(gan.vgg_weights, gan.perceptual_layers)  # the same load the gan stage does
     except VGGWeightsUnavailable as error:
         raise PipelineRefused(
-            f"the gan stage cannot run (checked before any stage started): {error}"
+            f"the gan stage cannot run (checked before any stage started): {in_stage_words(str(error), 'gan')}"
         ) from None
 
 
@@ -367,6 +367,47 @@ def _check_metric_files(config: PipelineConfig) -> None:
             "the evaluation stage cannot run (checked before any stage started): "
             + (f"`evaluation.{said[1:]}" if said.startswith("`metrics.") else said)
         ) from None
+
+
+_FAILED_STAGE = "_m2u_pipeline_stage"
+
+
+def failed_stage(error: BaseException) -> str | None:
+    """The stage whose run ended in `error` (None for an error raised before or between stages), for a message in
+    the words of that stage's options (`in_stage_words`)."""
+    stage = getattr(error, _FAILED_STAGE, None)
+    return stage if isinstance(stage, str) else None
+
+
+def check_dataset_plan(config: PipelineConfig, run: Path, until: str) -> None:
+    """Pre-flight: the dataset stage's plan of samples, as the build makes it (no image is read): its identities
+    (`dataset.split_by` identity) and that each split a later stage up to `until` reads gets samples (an evaluation
+    split the split fractions leave empty was found only after M-Seg and the GAN had trained)."""
+    from collections import Counter
+
+    from m2u.core.errors import SettingError
+    from m2u.datasets.build import plan_build
+
+    before = "the dataset stage cannot run (checked before any stage started)"
+    try:
+        plan = plan_build(config.faces, config.dataset, exclude=[run])
+    except SettingError as error:
+        setting = in_stage_words(f"`{error.setting}`", "dataset")
+        raise PipelineRefused(f"{before}: {setting}: {in_stage_words(error.message, 'dataset')}") from None
+    except (ValueError, FileNotFoundError) as error:
+        raise PipelineRefused(f"{before}: {in_stage_words(one_line(error), 'dataset')}") from None
+    planned = Counter(sample.split for sample in plan.samples)
+    needs = {"mseg": "train", "evaluation": config.evaluation.split}
+    for stage, split in needs.items():
+        if STAGES.index(until) < STAGES.index(stage) or planned[split]:
+            continue
+        where = ", ".join(f"{name} {planned[name]}" for name in ("train", "val", "test"))
+        other = " or another `evaluation.split`" if stage == "evaluation" else ""
+        raise PipelineRefused(
+            f"the {stage} stage cannot run (checked before any stage started): the {split} split has no samples: "
+            f"`dataset.split` {list(config.dataset.split)} splits the {len(plan.samples)} samples planned as "
+            f"{where}; choose other fractions{other}"
+        )
 
 
 def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = None) -> None:
@@ -500,7 +541,8 @@ def _stage_actions(
                 f"{by_status.get('no_face', 0)} inputs without a face, {by_status.get('error', 0)} errors): "
                 f"nothing to train on; the reasons are in {dirs['dataset'] / 'manifest.parquet'}"
             )
-        return {"counts": counts}
+        # What the folder scans passed over (a readme.txt), kept with the counts: said again by a rerun that skips.
+        return {"counts": counts, "passed_over": result.skipped}
 
     def mseg_action() -> dict:
         cfg = dataclasses.replace(config.mseg, data=str(dirs["dataset"]), out=str(dirs["mseg"]), resume=True)
@@ -597,6 +639,8 @@ def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: boo
             f"the run folder {run} is the faces folder {faces_here[0]}; choose another run folder (one inside the "
             "faces folder is fine: it is never read as faces)"
         )
+    if demo is None:  # the demo faces' plan gives every split samples
+        check_dataset_plan(config, run, until)
     for name in PIPELINE_REPORTS:
         check_writable(run / name)  # refused before anything is written
     clash = report_clash(run, PIPELINE_TOOL, PIPELINE_REPORTS)  # an m2u-train run's config.json, say
@@ -741,6 +785,7 @@ def run_stages(
             )
         except BaseException as error:
             log(f"[{name}] {_how_it_ended(error)}", echo=False)
+            setattr(error, _FAILED_STAGE, name)  # for the command to say it in the stage's words
             raise
         outcomes[name] = outcome
         upstream = [*upstream, outcome.chain]

@@ -1,0 +1,230 @@
+"""What `m2u-pipeline` says and which exit code it gives: a stage's library error as one line in the pipeline's words,
+refusals before any stage, the dataset stage's failed and passed-over inputs, options that cannot go together."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from m2u.pipelines.cli import main
+
+
+def _faces(folder, count=30):
+    """`count` files a plan counts as faces, each its own bytes (no image is read before the dataset stage)."""
+    folder.mkdir()
+    for k in range(count):
+        (folder / f"{k}.jpg").write_bytes(b"x%d" % k)
+    return folder
+
+
+def _stub_stages(monkeypatch, failing: dict | None = None, dataset_result: dict | None = None):
+    """Each stage's action replaced: `failing` maps a stage to the error it raises; the dataset stage returns
+    `dataset_result`; the plan of the (fake) faces is not checked."""
+    from m2u.pipelines import run as pipeline_run
+
+    def action(name):
+        def act():
+            if name in (failing or {}):
+                raise failing[name]
+            return dataset_result or {} if name == "dataset" else {}
+
+        return act
+
+    monkeypatch.setattr(
+        pipeline_run, "_stage_actions", lambda *_: {n: action(n) for n in pipeline_run.STAGES}
+    )
+    monkeypatch.setattr(pipeline_run, "check_dataset_plan", lambda *_: None)
+    return pipeline_run
+
+
+@pytest.mark.parametrize(
+    "stage, error, code, said",
+    [
+        (
+            "evaluation",
+            ValueError("split 'val' of R/dataset has no samples to evaluate"),
+            2,
+            "Error: the evaluation stage: split 'val' of R/dataset has no samples to evaluate",
+        ),
+        (
+            "dataset",
+            "setting",
+            2,
+            "Error: the dataset stage: `dataset.split_by`: identity: no identity; give an "
+            "`dataset.identity_file`",
+        ),
+        ("gan", "checkpoint", 2, "Error: the gan stage: x.pt is not a checkpoint"),
+        ("mseg", "nan", 1, "Error: the mseg stage: the loss is NaN at step 3"),  # it ran and failed: 1
+    ],
+)
+def test_a_stage_library_error_is_one_line_in_the_pipelines_words(
+    tmp_path, monkeypatch, stage, error, code, said
+):
+    """`--set evaluation.split=val` on a dataset with an empty val split ended in a traceback after training."""
+    from m2u.core.errors import SettingError
+    from m2u.training.checkpoint import CheckpointError
+
+    if error == "nan":
+        from m2u.training.guards import NonFiniteLossError
+
+        error = NonFiniteLossError("the loss is NaN at step 3")
+    if error == "checkpoint":
+        error = CheckpointError("x.pt is not a checkpoint")
+    if error == "setting":
+        error = SettingError("split_by", "identity: no identity; give an `identity_file`")
+    _stub_stages(monkeypatch, failing={stage: error})
+    faces = _faces(tmp_path / "faces")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run")])
+    assert result.exit_code == code, result.output
+    assert said in result.output and "Traceback" not in result.output, result.output
+    assert not isinstance(result.exception, (ValueError, OSError)), result.exception
+
+
+@pytest.mark.parametrize(
+    "sets, said",
+    [
+        (
+            ["--set", "dataset.split=[1,0,0]"],
+            "the evaluation stage cannot run (checked before any stage started): the test split has no samples: "
+            "`dataset.split` [1.0, 0.0, 0.0] splits the 30 samples planned as train 30, val 0, test 0; choose "
+            "other fractions or another `evaluation.split`",
+        ),
+        (
+            ["--set", "dataset.split=[0,0.5,0.5]"],
+            "the mseg stage cannot run (checked before any stage started): the train split has no samples",
+        ),
+        (
+            ["--set", "dataset.split_by=identity"],
+            "the dataset stage cannot run (checked before any stage started): `dataset.split_by`: identity: 30 "
+            "input(s) have no identity",
+        ),
+        (
+            ["--set", "dataset.split_by=identity", "--set", "dataset.identity_file=none.txt"],
+            "the dataset stage cannot run (checked before any stage started): `dataset.identity_file`: none.txt",
+        ),
+    ],
+)
+def test_a_split_no_sample_reaches_is_refused_before_any_stage(tmp_path, sets, said):
+    """An evaluation split the split fractions leave empty was found after M-Seg and the GAN had trained."""
+    faces = _faces(tmp_path / "faces")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(run), *sets])
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert not run.exists()
+    if "split=" in sets[-1]:  # a run that stops before the stage that would read the empty split goes ahead
+        assert (
+            "the evaluation stage"
+            not in CliRunner()
+            .invoke(
+                main, ["run", "--preset", "smoke", str(faces), "-o", str(run), *sets, "--until", "dataset"]
+            )
+            .output
+        )
+
+
+def test_the_dataset_stages_failed_and_passed_over_inputs_are_said_and_exit_1(tmp_path):
+    """A zero-byte .jpg, a text file named .jpg and a readme.txt were never mentioned, and the run exited 0."""
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    faces = write_demo_faces(tmp_path / "faces", count=4)[0].parent
+    (faces / "zero.jpg").write_bytes(b"")
+    (faces / "text.jpg").write_text("not a photo")
+    (faces / "readme.txt").write_text("about these faces")
+    run = tmp_path / "run"
+    command = ["run", "--preset", "smoke", str(faces), "-o", str(run), "-q", "--until", "dataset"]
+    for time in ("first", "rerun"):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, (time, result.output)
+        line = next(
+            line for line in result.output.splitlines() if line.startswith(f"[dataset] {run / 'dataset'}:")
+        )
+        stats = json.loads((run / "dataset" / "stats.json").read_text())["counts"]["by_status"]
+        assert stats["error"] == 2
+        assert f"{stats['no_face']} without a face" in line and "2 errors" in line, line
+        assert "have no image suffix and were not read (.txt 1)" in result.output
+    assert "[dataset] up to date" in result.output  # the rerun said it from the stage's record
+
+
+def test_a_dataset_stage_whose_inputs_were_all_read_says_its_summary_and_exits_0(tmp_path, monkeypatch):
+    counts = {"samples": {"train": 8, "val": 1, "test": 1}, "by_status": {"ok": 10, "no_face": 0, "error": 0}}
+    _stub_stages(monkeypatch, dataset_result={"counts": counts, "passed_over": ""})
+    faces = _faces(tmp_path / "faces")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"[dataset] {run / 'dataset'}: train 8, val 1, test 1 pairs; 0 without a face" in result.output
+
+
+def test_the_dataset_summary_is_said_when_a_later_stage_fails(tmp_path, monkeypatch):
+    counts = {"samples": {"train": 8, "val": 1, "test": 1}, "by_status": {"ok": 10, "no_face": 0, "error": 3}}
+    _stub_stages(
+        monkeypatch,
+        failing={"gan": ValueError("bad")},
+        dataset_result={"counts": counts, "passed_over": "1 file(s) ... (.txt 1)"},
+    )
+    faces = _faces(tmp_path / "faces")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "the gan stage: bad" in result.output
+    assert "3 errors" in result.output and "(.txt 1)" in result.output
+
+
+def test_demo_faces_and_inputs_together_are_a_usage_error(tmp_path):
+    """--demo-faces silently replaced the faces INPUTS gave."""
+    faces = _faces(tmp_path / "faces")
+    run = tmp_path / "run"
+    for given in ([str(faces)], ["--faces", str(faces)], ["--set", f"faces=[{faces}]"]):
+        result = CliRunner().invoke(
+            main, ["run", "--preset", "smoke", *given, "--demo-faces", "-o", str(run)]
+        )
+        assert result.exit_code == 2 and "--demo-faces uses the embedded demo faces" in result.output, (
+            result.output
+        )
+        assert not run.exists()
+
+
+def test_another_run_on_the_run_folder_is_named_by_the_option_the_user_typed(tmp_path):
+    from m2u.core.inputs import output_lock
+    from m2u.pipelines.run import PIPELINE_TOOL
+
+    faces = _faces(tmp_path / "faces")
+    run = tmp_path / "run"
+    run.mkdir()
+    with output_lock(run, PIPELINE_TOOL):
+        result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(run)])
+    assert result.exit_code == 2 and "or choose another --out" in result.output, result.output
+    assert "out_dir" not in result.output
+
+
+def test_vgg_weights_missing_are_named_by_the_gan_stages_keys(tmp_path, monkeypatch):
+    import torch
+
+    def unreachable(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", unreachable)
+    faces = _faces(tmp_path / "faces")
+    sets = ["--set", "gan.perceptual_weight=1", "--set", "gan.vgg_weights=imagenet"]
+    result = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "r"), *sets]
+    )
+    assert result.exit_code == 2, result.output
+    assert "pass its path with `gan.vgg_weights` PATH, or set `gan.perceptual_weight` 0" in result.output
+
+
+def test_a_dataset_the_run_folder_holds_without_its_record_names_what_the_user_can_do(tmp_path):
+    """It said "use `overwrite` to replace it", and `--set dataset.overwrite=true` is refused as the pipeline's."""
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    faces = write_demo_faces(tmp_path / "faces", count=3)[0].parent
+    run = tmp_path / "run"
+    command = ["run", "--preset", "smoke", str(faces), "-o", str(run), "-q", "--until", "dataset"]
+    assert CliRunner().invoke(main, command).exit_code == 0
+    (run / "stages" / "dataset.json").unlink()
+    result = CliRunner().invoke(main, [*command, "--set", "dataset.size=32"])
+    assert result.exit_code == 2, result.output
+    assert (
+        "holds a build made with different arguments (size); move it out of the run folder" in result.output
+    )
+    assert "overwrite" not in result.output
