@@ -69,6 +69,29 @@ def _check_pipeline_sets(config: PipelineConfig) -> None:
                 )
 
 
+def as_stage_fields(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` with the mseg and gan stages' keys as m2u-train's config files and `--set` give them (its long
+    option names: `lr`, `workers`, `stages`, `mseg`) as the fields they set (`optimizer.learning_rate`,
+    `num_workers`, `generator.stages`, `mseg_checkpoint`): a block of `m2u-train gan --print-config` is the gan
+    stage's block here. The fields' own dotted names still work."""
+    from m2u.training.cli import GAN_BINDING, MSEG_BINDING, train_main
+
+    translated = dict(overrides)
+    for stage, binding in (("mseg", MSEG_BINDING), ("gan", GAN_BINDING)):
+        block = overrides.get(stage)
+        if isinstance(block, dict):
+            tree, others = binding.translate(train_main.commands[stage], block)
+            # A setting the pipeline gives the stage, left unset as m2u-train leaves it (`mseg: null`, `resume:
+            # false`), is the pipeline's; a value is refused (`_check_pipeline_sets`).
+            unset = {f.name: f.default for f in fields(binding.cls)}
+            translated[stage] = {
+                key: value
+                for key, value in {**tree, **others}.items()
+                if not (key in PIPELINE_SETS[stage] and value == unset.get(key))
+            }
+    return translated
+
+
 _MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
@@ -107,7 +130,7 @@ def load_config(
         extra,
     ):
         if overrides:
-            config = apply_overrides(config, overrides)
+            config = apply_overrides(config, as_stage_fields(overrides))
     _check_pipeline_sets(config)
     return config
 

@@ -228,3 +228,52 @@ def test_a_dataset_the_run_folder_holds_without_its_record_names_what_the_user_c
         "holds a build made with different arguments (size); move it out of the run folder" in result.output
     )
     assert "overwrite" not in result.output
+
+
+def test_the_training_stages_take_m2u_trains_config_keys(tmp_path):
+    """README: "`--lr` is `lr`"; `--set gan.lr=...` was refused as an unknown option, and so was a `gan:` block
+    copied from `m2u-train gan --print-config`."""
+    import yaml
+
+    from m2u.pipelines.config import load_config
+    from m2u.training.cli import train_main
+
+    config = load_config("smoke", extra={"gan": {"lr": 0.0002, "stages": 3}, "mseg": {"workers": 0}})
+    assert config.gan.optimizer.learning_rate == 0.0002 and config.gan.generator.stages == 3
+    assert config.mseg.num_workers == 0
+    assert (
+        load_config("smoke", extra={"gan": {"optimizer": {"learning_rate": 0.5}}}).gan.optimizer.learning_rate
+        == 0.5
+    )
+    printed = CliRunner().invoke(
+        train_main,
+        ["gan", "--data", "d", "--out", "o", "--mask-source", "gt", "--lr", "0.003", "--print-config"],
+    )
+    assert printed.exit_code == 0, printed.output
+    block = {k: v for k, v in yaml.safe_load(printed.output).items() if k not in ("data", "out")}
+    assert block["mseg"] is None and block["resume"] is False  # m2u-train's "not given": the pipeline's own
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"gan": block}))
+    copied = load_config("smoke", tmp_path / "p.yaml")
+    assert copied.gan.optimizer.learning_rate == 0.003 and copied.gan.mask_source == "gt"
+    faces = _faces(tmp_path / "faces")
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--preset",
+            "smoke",
+            str(faces),
+            "-o",
+            str(tmp_path / "r"),
+            "--set",
+            "gan.lr=0.0002",
+            "--print-config",
+        ],
+    )
+    assert (
+        result.exit_code == 0 and yaml.safe_load(result.output)["gan"]["optimizer"]["learning_rate"] == 0.0002
+    )
+    refused = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "r"), "--set", "gan.mseg=x.pt"]
+    )
+    assert refused.exit_code == 2 and "is set by the pipeline" in refused.output
