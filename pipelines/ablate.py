@@ -105,7 +105,10 @@ def _run_variants(
         variant_dir = run / "ablation" / variant.name
         _link_shared_stages(run, variant_dir)
         outcomes = run_pipeline(
-            variant_config(config, variant), variant_dir, echo=echo, metric_suite=metric_suite
+            variant_config(config, variant),
+            variant_dir,
+            echo=_said_as(variant, echo),
+            metric_suite=metric_suite,
         )
         report = json.loads((variant_dir / "evaluation" / "metrics.json").read_text())
         rows[variant.name] = {
@@ -121,6 +124,15 @@ def _run_variants(
     atomic_write_text(run / "ablation.json", json.dumps(table, indent=2))
     atomic_write_text(run / "ablation.md", ablation_markdown(table))
     return table
+
+
+def _said_as(variant: Variant, echo: Callable[[str], None]) -> Callable[[str], None]:
+    """`echo` for a variant's stages: each line names its variant ("[m2unet] [gan] running"), six variants apart."""
+
+    def said(line: str) -> None:
+        echo(f"[{variant.name}] {line}")
+
+    return said
 
 
 def _cell(value: Any) -> str:
@@ -142,10 +154,16 @@ def ablation_markdown(table: dict[str, Any]) -> str:
             f"| {row['label']} | {'✓' if row['segmentation'] else '–'} | {'✓' if row['attention'] else '–'} "
             f"| {row['stages']} | " + " | ".join(cells) + " |"
         )
-    missing = sorted({name for row in table["variants"].values() for name in row["unavailable"]})
+    # The table's columns only: a metric it does not show (identity) is in each metrics.json.
+    columns = dict(TABLE_METRICS)
+    missing = sorted(
+        {name for row in table["variants"].values() for name in row["unavailable"] if name in columns}
+    )
     if missing:
         lines += [
             "",
-            "n/a: " + "; ".join(f"{name} unavailable" for name in missing) + " (see each metrics.json).",
+            "n/a: "
+            + "; ".join(f"{columns[name].split()[0]} unavailable" for name in missing)
+            + " (see each metrics.json).",
         ]
     return "\n".join(lines) + "\n"

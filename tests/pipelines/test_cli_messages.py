@@ -277,3 +277,41 @@ def test_the_training_stages_take_m2u_trains_config_keys(tmp_path):
         main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "r"), "--set", "gan.mseg=x.pt"]
     )
     assert refused.exit_code == 2 and "is set by the pipeline" in refused.output
+
+
+def test_an_ablations_stage_lines_name_their_variant_and_its_note_only_the_tables_columns(
+    tmp_path, monkeypatch
+):
+    """ "[gan] running / [evaluation] done" repeated six times without the variant, and the n/a note listed
+    "identity unavailable", which is no column of the table."""
+    from m2u.pipelines import run as pipeline_run
+    from m2u.pipelines.ablate import VARIANTS, run_ablation
+    from m2u.pipelines.config import load_config
+
+    def stages(config, dirs, metric_suite):
+        def evaluation() -> dict:
+            dirs["evaluation"].mkdir(parents=True, exist_ok=True)
+            report = {
+                "rows": {"m2u_composite": {"psnr": 30.0}},
+                "unavailable": {"identity": "no", "fid": "no"},
+            }
+            (dirs["evaluation"] / "metrics.json").write_text(json.dumps(report))
+            return {}
+
+        return {"dataset": dict, "mseg": dict, "gan": dict, "evaluation": evaluation}
+
+    monkeypatch.setattr(pipeline_run, "_stage_actions", stages)
+    monkeypatch.setattr(pipeline_run, "check_dataset_plan", lambda *_: None)
+    faces = _faces(tmp_path / "faces")
+    said: list[str] = []
+    run = tmp_path / "run"
+    run_ablation(
+        load_config("smoke", extra={"faces": [str(faces)]}), run, variants=VARIANTS[:2], echo=said.append
+    )
+    for variant in VARIANTS[:2]:
+        assert (
+            f"[{variant.name}] [gan] running" in said and f"[{variant.name}] [evaluation] running" in said
+        ), said
+    assert not any(line.startswith(("[gan]", "[evaluation]")) for line in said), said
+    markdown = (run / "ablation.md").read_text()
+    assert "n/a: FID unavailable (see each metrics.json)." in markdown and "identity" not in markdown
