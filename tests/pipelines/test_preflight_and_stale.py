@@ -129,7 +129,8 @@ def test_what_a_stage_would_refuse_at_its_start_is_refused_before_any_stage(stag
 
 @pytest.fixture
 def faces(tmp_path):
-    return str(write_demo_faces(tmp_path / "faces", count=4)[0].parent)
+    # enough faces that the default split plans a test sample (the plan is checked before the folder is)
+    return str(write_demo_faces(tmp_path / "faces", count=12)[0].parent)
 
 
 def test_a_bad_mask_option_is_refused_before_the_run_folder_is_written(tmp_path, faces):
