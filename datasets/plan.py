@@ -99,8 +99,8 @@ def _check_inputs(items: Sequence[InputItem], split_by: SplitBy) -> None:
         raise SettingError(
             "split_by",
             f"identity: {len(missing_identity)} input(s) have no identity, e.g. {missing_identity[0]}; "
-            "give an `identity_file` (a line '<file name> <identity>' per input, the identity its last field) or an "
-            "`identity_pattern` that matches every input",
+            "give them in `identity_file` (a line '<file name> <identity>' per input, the identity its last field) "
+            "or by `identity_pattern`, matching every input",
         )
 
 
