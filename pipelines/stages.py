@@ -277,9 +277,8 @@ def _take_back(
     os.replace(folder / record_path.name, record_path)
     with contextlib.suppress(OSError):  # only if nothing else was kept there
         folder.rmdir()
-    (records_dir / f"{name}{PENDING_SUFFIX}").unlink(
-        missing_ok=True
-    )  # that of a run whose output was moved aside
+    # The pending mark of the run whose output was just moved aside: that run is not resumed over this output.
+    (records_dir / f"{name}{PENDING_SUFFIX}").unlink(missing_ok=True)
     where = f"; what was there is kept in {moved}" if moved else ""
     log(
         f"[{name}] up to date ({key[:12]}): its finished output of this configuration was taken back from {folder}{where}"
