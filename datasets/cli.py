@@ -245,17 +245,14 @@ def _echo_summary(out_dir: str, stats: dict[str, Any]) -> None:
             "with --finalize instead of --partition"
         )
         return
-    samples = stats["counts"]["samples"]
+    from m2u.datasets.writer import describe_counts
+
     statuses = stats["counts"]["by_status"]
     timings = stats["timings"]
     # The rate counts every sample this run processed, written or not (a photo without a face costs its
     # detection too); a run that only finalised or found everything built processed none.
     rate = f", {timings['pairs_per_s']:.1f} samples processed/s" if timings.get("pairs_per_s") else ""
-    click.echo(
-        f"{out_dir}: train {samples['train']}, val {samples['val']}, test {samples['test']} pairs; "
-        f"{statuses['no_face']} without a face, {statuses.get('refused', 0)} refused by the masking checks, "
-        f"{statuses['error']} errors; {timings['total_s']:.1f} s{rate}"
-    )
+    click.echo(f"{out_dir}: {describe_counts(stats['counts'])}; {timings['total_s']:.1f} s{rate}")
     if statuses["ok"] == 0:
         click.echo("no pair was written: see the reason column of manifest.parquet", err=True)
     if statuses["ok"] == 0 or statuses["error"]:

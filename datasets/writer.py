@@ -231,6 +231,16 @@ def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def describe_counts(counts: Mapping[str, Any]) -> str:
+    """`count_rows`'s counts as the build's summary says them (m2u-make-dataset, m2u-pipeline's dataset stage)."""
+    samples, statuses = counts["samples"], counts["by_status"]
+    return (
+        f"train {samples['train']}, val {samples['val']}, test {samples['test']} pairs; "
+        f"{statuses['no_face']} without a face, {statuses.get('refused', 0)} refused by the masking checks, "
+        f"{statuses['error']} errors"
+    )
+
+
 # The libraries whose versions a dataset's stats.json records (m2u.core.fileio.library_versions).
 VERSIONED_LIBRARIES = (
     "m2u",

@@ -154,18 +154,16 @@ def _dataset_summary(out_dir: str, result: dict | None) -> bool:
     """The dataset stage's summary, as m2u-make-dataset says it (from the stage's record on a rerun that skips it):
     its pairs, the inputs without a face and those that could not be read, and what the folder scans passed over.
     Returns whether some inputs could not be read."""
-    if result is None:
+    from m2u.datasets.writer import describe_counts
+
+    result = result or {}
+    counts = result.get("counts")
+    if not counts:
         return False
-    counts = result.get("counts", {})
-    samples, statuses = counts.get("samples", {}), counts.get("by_status", {})
-    errors = statuses.get("error", 0)
+    errors = counts["by_status"]["error"]
     where = Path(out_dir) / "dataset"
     reasons = f": the reasons are in {where / 'manifest.parquet'}" if errors else ""
-    click.echo(
-        f"[dataset] {where}: train {samples.get('train', 0)}, val {samples.get('val', 0)}, test "
-        f"{samples.get('test', 0)} pairs; {statuses.get('no_face', 0)} without a face, "
-        f"{statuses.get('refused', 0)} refused by the masking checks, {errors} errors{reasons}"
-    )
+    click.echo(f"[dataset] {where}: {describe_counts(counts)}{reasons}")
     if result.get("passed_over"):
         click.echo(result["passed_over"], err=True)
     return bool(errors)
