@@ -702,11 +702,10 @@ def check_stage_outputs(run: Path, until: str) -> None:
     starts (a person's file at RUN/evaluation/index.html was found only after the three training stages): a file
     m2u did not write at an output's name, a file where a stage's folder goes, other files in a dataset folder
     without a build (the build refuses them). A stage's own files from an earlier run pass."""
-    from m2u.core.fileio import replace_problem
+    from m2u.core.fileio import OutputRefusedError, replace_problem
     from m2u.datasets.build import foreign_entries
     from m2u.evaluation.report import REPORT_FILES
-    from m2u.training.run_state import last_checkpoint_path
-    from m2u.training.runlog import GRID_DIR, LOG_NAME, METRICS_NAME, TENSORBOARD_DIR
+    from m2u.training.loop import check_run_outputs
 
     stages = STAGES[: STAGES.index(until) + 1]
     for name in stages:
@@ -725,15 +724,12 @@ def check_stage_outputs(run: Path, until: str) -> None:
     checked: list[tuple[Path, bool]] = []  # (path, m2u's by name)
     for name in ("mseg", "gan")[: max(0, STAGES.index(until))]:
         folder = run / name
-        for sub in (last_checkpoint_path(folder).parent, folder / GRID_DIR, folder / TENSORBOARD_DIR):
-            if os.path.lexists(sub) and not sub.is_dir():
-                raise PipelineRefused(
-                    f"{sub} is in the way of the folder the {name} stage writes there; move it away or choose "
-                    "another run folder (-o)"
-                )
-        models = [f"{network}.safetensors" for network in _NETWORKS[name]]
-        checked += [(folder / n, False) for n in (LOG_NAME, METRICS_NAME, *models)]
-        checked += [(last_checkpoint_path(folder), False), (folder / "config.json", True)]
+        try:  # what m2u-train checks before its run, found before the first stage
+            check_run_outputs(folder, [folder / f"{network}.safetensors" for network in _NETWORKS[name]])
+        except FileExistsError as error:
+            raise PipelineRefused(f"{str(error).removesuffix(' run folder')} run folder (-o)") from None
+        except OutputRefusedError as error:
+            raise _refused_output(str(error)) from None
         checked += [(run / PLOTS / f"{name}_train.png", False)]
     if until == "evaluation":
         report = run / "evaluation"

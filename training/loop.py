@@ -90,6 +90,35 @@ def planned_steps(config: RunConfig, data: DataSource) -> int | None:
     return min(bounds) if bounds else None
 
 
+def check_run_outputs(out: Path, model_paths: list[Path]) -> None:
+    """Every file and folder a run writes in its folder `out` (its model files `model_paths`), checked before the
+    run writes anything (m2u-pipeline checks its training stages' folders with it before the first stage):
+    FileExistsError for a file where a folder goes, OutputRefusedError for a person's file or a link at an
+    output's name."""
+    # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by default),
+    # every step before it lost.
+    for folder in (last_checkpoint_path(out).parent, out / GRID_DIR, out / TENSORBOARD_DIR):
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise FileExistsError(
+                f"{folder} is in the way of the folder the run writes there; move it away or choose another run "
+                "folder"
+            )
+    # Every file the run will write: a person's own metrics.json or mseg.safetensors in the run folder was refused
+    # only after the whole training (OutputRefusedError: one line, exit 2).
+    for path in (
+        out / LOG_NAME,
+        out / METRICS_NAME,
+        last_checkpoint_path(out),
+        *model_paths,
+        # The grids already there that a step may write again (any step can be the last): a person's own file of
+        # that name was found only at that step's grid, the steps before it lost.
+        *sorted((out / GRID_DIR).glob("step-*.png")),
+    ):
+        check_writable(path)
+    # The run's config.json is m2u's by name: --resume reads it back, edited by hand or not, and rewrites it.
+    check_writable(out / "config.json", by_name=True)
+
+
 class Trainer:
     """Runs a task over a data source; see the module docstring."""
 
@@ -340,29 +369,7 @@ class Trainer:
                 digest=dataset_digest(self.data),
             )
         if self.dist.is_main:
-            # The folders the run fills as it goes: a file in the way was found at the first grid (step 1000 by
-            # default), every step before it lost.
-            for folder in (self.checkpoint_path.parent, self.out / GRID_DIR, self.out / TENSORBOARD_DIR):
-                if os.path.lexists(folder) and not folder.is_dir():
-                    raise FileExistsError(
-                        f"{folder} is in the way of the folder the run writes there; move it away or choose "
-                        "another run folder"
-                    )
-            # Every file the run will write is checked now: a person's own metrics.json or mseg.safetensors in
-            # the run folder was refused only after the whole training (OutputRefusedError: one line, exit 2).
-            for path in (
-                self.out / LOG_NAME,
-                self.out / METRICS_NAME,
-                self.checkpoint_path,
-                *self.task.model_paths(self.out),
-                # The grids already there that a step may write again (any step can be the last): a person's own
-                # file of that name was found only at that step's grid, the steps before it lost.
-                *sorted((self.out / GRID_DIR).glob("step-*.png")),
-            ):
-                check_writable(path)
-            # The run's config.json is m2u's by name: --resume reads it back, edited by hand or not, and
-            # rewrites it.
-            check_writable(self.out / "config.json", by_name=True)
+            check_run_outputs(self.out, self.task.model_paths(self.out))
             self._made_folder = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             # Held until the run ends, taken before anything is written: a second run on this folder (a --resume
