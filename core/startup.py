@@ -41,13 +41,29 @@ def console_entry(module: str, command: str, one_blas: bool = False) -> Callable
             one_blas_thread()
         try:
             run = getattr(importlib.import_module(module), command)
-        except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback of an import
+        except BaseException as error:
+            if not _ctrl_c_behind(error):
+                raise
+            # Ctrl-C while the libraries load: no traceback of an import
             print("stopped by Ctrl-C before the run began: nothing was written", file=sys.stderr)
             sys.exit(INTERRUPTED_EXIT_CODE)
         run()
 
     main.__doc__ = f"{module}.{command}{' with one BLAS thread' if one_blas else ''} (m2u.core.startup)."
     return main
+
+
+def _ctrl_c_behind(error: BaseException) -> bool:
+    """Whether `error` is a Ctrl-C or was raised by one: a C extension interrupted while it initialises says so as
+    its own error (dlib: "ImportError: initialization failed", raised from the KeyboardInterrupt)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def entry_with_one_blas_thread(module: str, command: str) -> Callable[[], None]:

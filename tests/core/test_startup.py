@@ -73,3 +73,27 @@ def test_ctrl_c_while_a_command_loads_is_one_line(tmp_path):
         130,
         "stopped by Ctrl-C before the run began: nothing was written\n",
     )
+
+
+@pytest.mark.parametrize("how", ["plain", "extension", "other"])
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, how):
+    """dlib's extension interrupted while it initialises raises "ImportError: initialization failed" from the
+    KeyboardInterrupt: a Ctrl-C at that moment ended in the traceback of an import and exit 1."""
+    (tmp_path / "slow_module.py").write_text(
+        {
+            "plain": "raise KeyboardInterrupt\n",
+            "extension": "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt as e:\n"
+            "    raise ImportError('initialization failed') from e\n",
+            "other": "raise ImportError('no such library')\n",
+        }[how]
+    )
+    code = "from m2u.core.startup import console_entry; console_entry('slow_module', 'main')()"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    if how == "other":  # not a stop: Python's own report
+        assert done.returncode == 1 and "no such library" in done.stderr
+    else:
+        assert (done.returncode, done.stderr) == (
+            130,
+            "stopped by Ctrl-C before the run began: nothing was written\n",
+        )
