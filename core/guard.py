@@ -43,9 +43,15 @@ class UserError(Exception):
 
 
 def one_line(error: BaseException) -> str:
-    """The message of `error` as one line; an error re-raised from a DataLoader worker carries the worker's whole
-    traceback in its message, whose last line is the original error."""
-    text = cli_message(error).strip()  # settings named as the command's flags (m2u.core.errors)
+    """The message of `error` as one line (`as_one_line`), its settings named as the command's flags
+    (m2u.core.errors)."""
+    return as_one_line(cli_message(error))
+
+
+def as_one_line(text: str) -> str:
+    """An error's message as one line; an error re-raised from a DataLoader or pool worker carries the worker's
+    whole traceback in its message, whose last line is the original error."""
+    text = text.strip()
     if "Traceback" in text:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last

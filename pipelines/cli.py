@@ -135,19 +135,21 @@ def _said_in_one_line() -> Iterator[None]:
 def _message(error: BaseException) -> str:
     """cli_message, in the words of the stage `error` ended (its settings as `--set` names them)."""
     from m2u.core.errors import SettingError
+    from m2u.core.guard import as_one_line, one_line
     from m2u.datasets.build import BuildClashError
     from m2u.pipelines.run import failed_stage
 
     stage = failed_stage(error)
     if stage is None:
-        return cli_message(error)
+        return one_line(error)
     if isinstance(error, BuildClashError):  # `dataset.overwrite` is the pipeline's: the user moves the folder
         text = f"{error.held}; move it out of the run folder (or delete it) and rerun"
     elif isinstance(error, SettingError):
         text = f"`{error.setting}`: {error.message}"
     else:
         text = str(error)
-    return cli_message(ValueError(f"the {stage} stage: {in_stage_words(text, stage)}"))
+    # Shortened before the stage's name goes in front: a worker's traceback in the text ends in its error's line.
+    return cli_message(ValueError(f"the {stage} stage: {in_stage_words(as_one_line(text), stage)}"))
 
 
 def _dataset_summary(out_dir: str, result: dict | None) -> bool:

@@ -82,6 +82,34 @@ def test_a_stage_library_error_is_one_line_in_the_pipelines_words(
     assert not isinstance(result.exception, (ValueError, OSError)), result.exception
 
 
+# What torch's DataLoader raises for an error in a worker: the worker's traceback in the message (ExceptionWrapper).
+_WORKER_TRACEBACK = (
+    "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+    '  File "worker.py", line 3, in fetch\n    raise ValueError("shard 3 is damaged")\n'
+    "ValueError: shard 3 is damaged\n"
+)
+
+
+@pytest.mark.parametrize(
+    "stage, error_class, code",
+    [("dataset", "BuildError", 2), ("mseg", "ValueError", 2), ("gan", "PipelineError", 1)],
+)
+def test_a_stage_error_carrying_a_workers_traceback_is_said_as_its_last_line(
+    tmp_path, monkeypatch, stage, error_class, code
+):
+    """The one line held the worker's whole traceback, flattened ("... Traceback (most recent call last): File ...")."""
+    from m2u.datasets.config import BuildError
+    from m2u.pipelines.run import PipelineError
+
+    error = {"BuildError": BuildError, "ValueError": ValueError, "PipelineError": PipelineError}[error_class]
+    _stub_stages(monkeypatch, failing={stage: error(_WORKER_TRACEBACK)})
+    faces = _faces(tmp_path / "faces")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run")])
+    assert result.exit_code == code, result.output
+    assert result.output.splitlines()[-1] == f"Error: the {stage} stage: shard 3 is damaged", result.output
+    assert "Traceback" not in result.output and "worker.py" not in result.output
+
+
 @pytest.mark.parametrize(
     "sets, said",
     [
