@@ -108,10 +108,11 @@ def _said_in_one_line() -> Iterator[None]:
     run refused before any stage, a stage's library refusing its settings or files, as m2u-make-dataset, m2u-train
     and m2u-eval refuse them) 2; a stage that ran and failed (a full disk, a loss gone NaN) 1. A stage's settings
     are named as the pipeline's keys (`gan.vgg_weights`)."""
+    from m2u.core.guard import UserError
     from m2u.core.inputs import OutputFolderError
     from m2u.core.parallel import WorkerStartError
     from m2u.datasets.config import BuildError, BuildWriteError
-    from m2u.pipelines.run import PipelineError, PipelineRefused
+    from m2u.pipelines.run import PipelineError, PipelineRefused, failed_stage
     from m2u.training.cliutil import user_errors
     from m2u.training.guards import NonFiniteLossError
     from m2u.training.losses import VGGWeightsUnavailable
@@ -126,16 +127,20 @@ def _said_in_one_line() -> Iterator[None]:
         raise Refused(_message(error)) from None
     except PipelineError as error:
         raise click.ClickException(_message(error)) from error  # a stage ran and failed: exit 1
-    except OSError:
-        raise  # a full disk, a read-only folder: m2u.core.guard says which file, exit 1
-    except user_errors() as error:  # ValueError, a missing file, a damaged checkpoint
+    except OSError as error:
+        if failed_stage(error) is None:
+            raise  # before any stage: m2u.core.guard says which file, exit 1
+        raise click.ClickException(_message(error)) from None  # the guard's line and exit 1, with the stage
+    except user_errors() as error:  # ValueError, a damaged checkpoint
         raise Refused(_message(error)) from None
+    except UserError as error:  # a damaged shard, an empty split: the guard's exit 1, with the stage
+        raise click.ClickException(_message(error)) from None
 
 
 def _message(error: BaseException) -> str:
     """cli_message, in the words of the stage `error` ended (its settings as `--set` names them)."""
     from m2u.core.errors import SettingError
-    from m2u.core.guard import as_one_line, one_line
+    from m2u.core.guard import as_one_line, describe_os_error, one_line
     from m2u.datasets.build import BuildClashError
     from m2u.pipelines.run import failed_stage
 
@@ -146,6 +151,8 @@ def _message(error: BaseException) -> str:
         text = f"{error.held}; move it out of the run folder (or delete it) and rerun"
     elif isinstance(error, SettingError):
         text = f"`{error.setting}`: {error.message}"
+    elif isinstance(error, OSError):  # which file and what went wrong, as every command says it
+        text = describe_os_error(error)
     else:
         text = str(error)
     # Shortened before the stage's name goes in front: a worker's traceback in the text ends in its error's line.

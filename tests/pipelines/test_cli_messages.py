@@ -82,6 +82,40 @@ def test_a_stage_library_error_is_one_line_in_the_pipelines_words(
     assert not isinstance(result.exception, (ValueError, OSError)), result.exception
 
 
+@pytest.mark.parametrize(
+    "stage, error, said",
+    [
+        (
+            "gan",
+            FileNotFoundError(2, "No such file or directory", "R/mseg/mseg.safetensors"),
+            "the gan stage: R/mseg/mseg.safetensors: No such file or directory (FileNotFoundError); outputs are",
+        ),
+        (
+            "dataset",
+            OSError(28, "No space left on device", "R/dataset/train-000000.tar"),
+            "the dataset stage: R/dataset/train-000000.tar: the disk is full (OSError); outputs are",
+        ),
+        (
+            "mseg",
+            "shard",
+            "the mseg stage: R/dataset/train-000003.tar is damaged",
+        ),  # a UserError: the guard's 1
+    ],
+)
+def test_a_file_system_error_in_a_stage_names_the_stage(tmp_path, monkeypatch, stage, error, said):
+    """A stage's OSError (and a UserError no branch named) reached m2u.core.guard, whose line named no stage."""
+    from m2u.datasets.shardcheck import ShardError
+
+    if error == "shard":
+        error = ShardError("R/dataset/train-000003.tar is damaged")
+    _stub_stages(monkeypatch, failing={stage: error})
+    faces = _faces(tmp_path / "faces")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output  # it ran and failed, as every command's file-system error
+    last = result.output.splitlines()[-1]
+    assert last.startswith(f"Error: {said}") and "Traceback" not in result.output, result.output
+
+
 # What torch's DataLoader raises for an error in a worker: the worker's traceback in the message (ExceptionWrapper).
 _WORKER_TRACEBACK = (
     "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
