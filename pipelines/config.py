@@ -48,39 +48,59 @@ class PipelineConfig:
     evaluation: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
-# The settings the pipeline gives each stage itself (its run folder's paths, resuming, the M-Seg it trained);
-# a value given for one would be silently replaced, so it is refused.
-PIPELINE_SETS = {
-    "dataset": ("overwrite", "partition", "finalize"),
-    "mseg": ("data", "out", "resume"),
-    "gan": ("data", "out", "resume", "mseg_checkpoint"),
+# The settings the pipeline gives each stage itself, and why: a value given for one would be silently replaced, so
+# it is refused.
+_OWN_FOLDER = "each stage writes to its own folder of the run folder"
+PIPELINE_SETS: dict[str, dict[str, str]] = {
+    "dataset": {
+        "overwrite": "a stage run again moves its earlier output aside to RUN/stale itself",
+        "partition": "the dataset stage builds every shard itself",
+        "finalize": "the dataset stage builds every shard itself",
+    },
+    "mseg": {
+        "data": "the mseg stage trains on the dataset stage's output",
+        "out": _OWN_FOLDER,
+        "resume": "the pipeline resumes a stopped stage itself",
+    },
+    "gan": {
+        "data": "the gan stage trains on the dataset stage's output",
+        "out": _OWN_FOLDER,
+        "resume": "the pipeline resumes a stopped stage itself",
+        "mseg_checkpoint": "the gan stage uses the M-Seg the mseg stage trained",
+    },
 }
 
 
-def _check_pipeline_sets(config: PipelineConfig) -> None:
+def _check_pipeline_sets(config: PipelineConfig, written: dict[str, str]) -> None:
+    """`written`: each setting's dotted field path -> the key a config file or --set wrote (`gan.mseg`), which
+    the refusal names: the field (`gan.mseg_checkpoint`) is not what the user typed."""
     defaults = PipelineConfig()
-    for stage, names in PIPELINE_SETS.items():
-        for name in names:
+    for stage, settings in PIPELINE_SETS.items():
+        for name, why in settings.items():
             value = getattr(getattr(config, stage), name)
             if value != getattr(getattr(defaults, stage), name):
+                key = written.get(f"{stage}.{name}", f"{stage}.{name}")
                 raise ConfigError(
-                    f"`{stage}.{name}` is set by the pipeline for each stage (its run folder, resuming, the M-Seg "
-                    f"it trained), so {value!r} would not be used; leave it out"
+                    f"`{key}` is set by the pipeline itself: {why}, so {value!r} would not be used; leave it out"
                 )
 
 
-def as_stage_fields(overrides: dict[str, Any]) -> dict[str, Any]:
+def as_stage_fields(overrides: dict[str, Any], written: dict[str, str] | None = None) -> dict[str, Any]:
     """`overrides` with the mseg and gan stages' keys as m2u-train's config files and `--set` give them (its long
     option names: `lr`, `workers`, `stages`, `mseg`) as the fields they set (`optimizer.learning_rate`,
     `num_workers`, `generator.stages`, `mseg_checkpoint`): a block of `m2u-train gan --print-config` is the gan
-    stage's block here. The fields' own dotted names still work."""
+    stage's block here. The fields' own dotted names still work. `written`, when given, is filled with each field
+    set (`gan.mseg_checkpoint`) -> the key that set it (`gan.mseg`)."""
     from m2u.training.cli import GAN_BINDING, MSEG_BINDING, train_main
 
     translated = dict(overrides)
     for stage, binding in (("mseg", MSEG_BINDING), ("gan", GAN_BINDING)):
         block = overrides.get(stage)
         if isinstance(block, dict):
-            tree, others = binding.translate(train_main.commands[stage], block)
+            origins: dict[str, str] = {}
+            tree, others = binding.translate(train_main.commands[stage], block, origins)
+            if written is not None:
+                written.update({f"{stage}.{path}": f"{stage}.{key}" for path, key in origins.items()})
             # A setting the pipeline gives the stage, left unset as m2u-train leaves it (`mseg: null`, `resume:
             # false`), is the pipeline's; a value is refused (`_check_pipeline_sets`).
             unset = {f.name: f.default for f in fields(binding.cls)}
@@ -124,14 +144,15 @@ def load_config(
 ) -> PipelineConfig:
     """Defaults, then the preset, then the config file, then `extra` (command-line) overrides."""
     config = PipelineConfig()
+    written: dict[str, str] = {}  # a later layer's key wins, as its value does
     for overrides in (
         preset_overrides(preset) if preset else None,
         read_config_file(config_file) if config_file else None,
         extra,
     ):
         if overrides:
-            config = apply_overrides(config, as_stage_fields(overrides))
-    _check_pipeline_sets(config)
+            config = apply_overrides(config, as_stage_fields(overrides, written))
+    _check_pipeline_sets(config, written)
     return config
 
 

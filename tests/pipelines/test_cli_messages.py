@@ -338,7 +338,8 @@ def test_the_training_stages_take_m2u_trains_config_keys(tmp_path):
     refused = CliRunner().invoke(
         main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "r"), "--set", "gan.mseg=x.pt"]
     )
-    assert refused.exit_code == 2 and "is set by the pipeline" in refused.output
+    assert refused.exit_code == 2 and "`gan.mseg` is set by the pipeline" in refused.output, refused.output
+    assert "mseg_checkpoint" not in refused.output  # the field it sets: not what was typed
 
 
 def test_an_ablations_stage_lines_name_their_variant_and_its_note_only_the_tables_columns(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -59,6 +60,26 @@ def test_invalid_value_reports_the_stage():
 def test_a_setting_the_pipeline_gives_each_stage_itself_is_refused_not_ignored(stage, key, value):
     with pytest.raises(ConfigError, match=rf"`{stage}\.{key}` is set by the pipeline .* would not be used"):
         load_config("smoke", None, {stage: {key: value}})
+
+
+@pytest.mark.parametrize(
+    "key, value, why",
+    [
+        ("gan.mseg", "x.pt", "the gan stage uses the M-Seg the mseg stage trained"),  # m2u-train's key
+        ("gan.mseg_checkpoint", "x.pt", "the gan stage uses the M-Seg the mseg stage trained"),  # the field's
+        ("mseg.out", "elsewhere", "each stage writes to its own folder of the run folder"),
+    ],
+)
+def test_a_refused_pipeline_setting_is_named_as_written_with_why(tmp_path, key, value, why):
+    """`--set gan.mseg=x.pt` was refused as `gan.mseg_checkpoint`, a key the user had not typed, without the why."""
+    stage, name = key.split(".")
+    said = rf"^`{re.escape(key)}` is set by the pipeline itself: {why}, so '{value}' would not be used; leave it out$"
+    with pytest.raises(ConfigError, match=said):
+        load_config("smoke", None, {stage: {name: value}})  # --set
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(f"{stage}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=said):
+        load_config("smoke", config_file)
 
 
 def test_a_printed_pipeline_config_loads_back_unchanged(tmp_path):
