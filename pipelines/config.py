@@ -98,7 +98,10 @@ def as_stage_fields(overrides: dict[str, Any], written: dict[str, str] | None = 
         block = overrides.get(stage)
         if isinstance(block, dict):
             origins: dict[str, str] = {}
-            tree, others = binding.translate(train_main.commands[stage], block, origins)
+            try:
+                tree, others = binding.translate(train_main.commands[stage], block, origins)
+            except ValueError as error:  # `optimizer: 3` beside `lr`, which sets optimizer.learning_rate
+                raise ConfigError(f"invalid value under {stage}: {error}") from None
             if written is not None:
                 written.update({f"{stage}.{path}": f"{stage}.{key}" for path, key in origins.items()})
             # A setting the pipeline gives the stage, left unset as m2u-train leaves it (`mseg: null`, `resume:

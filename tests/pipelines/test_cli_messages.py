@@ -342,6 +342,23 @@ def test_the_training_stages_take_m2u_trains_config_keys(tmp_path):
     assert "mseg_checkpoint" not in refused.output  # the field it sets: not what was typed
 
 
+@pytest.mark.parametrize("given", ["sets", "file"])
+def test_a_stage_blocks_keys_that_cannot_go_together_are_one_line_naming_the_block(tmp_path, given):
+    """`gan.optimizer` given a value beside `gan.lr` (which sets gan.optimizer.learning_rate) ended in a ValueError
+    traceback naming no block: "optimizer.learning_rate: optimizer is a value, not a group"."""
+    run = tmp_path / "r"
+    if given == "sets":
+        args = ["--set", "gan.optimizer=3", "--set", "gan.lr=0.001"]
+    else:
+        (tmp_path / "pipeline.yaml").write_text("gan:\n  optimizer: 3\n  lr: 0.001\n")
+        args = ["-c", str(tmp_path / "pipeline.yaml")]
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(run), *args])
+    assert result.exit_code == 2, result.output
+    said = "Error: invalid value under gan: optimizer.learning_rate: optimizer is a value, not a group"
+    assert result.output.splitlines()[-1] == said and "Traceback" not in result.output, result.output
+    assert not run.exists()
+
+
 def test_an_ablations_stage_lines_name_their_variant_and_its_note_only_the_tables_columns(
     tmp_path, monkeypatch
 ):
