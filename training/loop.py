@@ -672,6 +672,8 @@ class Trainer:
             # Over the whole run: a run resumed on another number of ranks trained its steps on several.
             "steps_by_world_size": self.steps_by_world_size(),
             "precision": self._precision(),  # what `precision` (auto: the hardware) gave
+            # Every dataset the run trained on, the record its checkpoint and model files keep (trained_datasets).
+            "datasets": [dict(record) for record in self.task.datasets],
         }
         if self._last_val is not None and self._last_val[0] == self.step:
             results["val"] = self._last_val[1]  # validated at this very step (val_every divides it): once

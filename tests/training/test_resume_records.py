@@ -486,6 +486,24 @@ def test_resuming_mid_epoch_on_another_dataset_is_refused_and_at_an_epochs_start
     ]
 
 
+def test_metrics_json_lists_the_datasets_the_checkpoint_and_model_files_record(tmp_path):
+    """metrics.json named no dataset while the checkpoint and the model files' provenance listed every one the run
+    trained on: it carries the same record."""
+    from m2u.training.checkpoint import read_model_info
+
+    run = tmp_path / "run"
+    config = {**TINY, "out": str(run)}
+    train_mseg(MSegTrainConfig(data="dsA", max_steps=3, **config), _source(_Dataset, digest="a"))  # one epoch
+    train_mseg(MSegTrainConfig(data="dsB", max_steps=4, resume=True, **config), _source(_Dataset, digest="b"))
+    datasets = json.loads((run / "metrics.json").read_text())["datasets"]
+    assert [(d["data"], d["manifest_sha256"], d["from_step"]) for d in datasets] == [
+        ("dsA", "a", 0),
+        ("dsB", "b", 3),
+    ]
+    assert datasets == read_model_info(run / "mseg.safetensors").provenance["datasets"]
+    assert datasets == load_training_state(run / "checkpoints" / "last.pt")["datasets"]
+
+
 def test_m2u_train_names_data_when_a_resume_mid_epoch_is_on_another_dataset_folder(tmp_path):
     """The dataset folder is told by its manifest's content, not its path: a copy resumes, another is refused."""
     import shutil
