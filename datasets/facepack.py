@@ -22,6 +22,7 @@ for fewer bytes; the reader scales image and landmarks back up to ``size``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tarfile
@@ -33,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from m2u.core.fileio import atomic_write
+from m2u.core.fileio import atomic_write, content_digest
 from m2u.datasets.layout import dataset_render_version
 
 PACK_FORMAT = 1
@@ -250,6 +251,17 @@ class FacePack:
     @property
     def test_dataset(self) -> Path:
         return self.root / TEST_FOLDER
+
+    def digest(self) -> str:
+        """The pack by content, as a training run records the dataset it trained on: one SHA-256 over pack.json
+        and each split's index. The index pins every face (its key, landmarks and the length of its JPEG), so
+        the JPEG blobs, most of the pack's bytes, are not read; the same pack copied or fetched again gives the
+        same digest, another cut another. OSError where a file cannot be read."""
+        combined = hashlib.sha256()
+        for path in (self.root / PACK_NAME, *(_index_path(self.root, split) for split in TRAIN_SPLITS)):
+            part = content_digest(path) if path.exists() else "absent"  # a split without faces
+            combined.update(f"{path.name} {part}\n".encode())
+        return combined.hexdigest()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_blobs": {}}  # each worker reads the blob itself

@@ -29,8 +29,8 @@ class DataSource(Protocol):
 # `rank_split() -> str` (checkpoints record it; a source without it takes every world_size-th sample,
 # m2u.training.run_state.EVERY_NTH), and which of a split's first batches its rank holds, `leading_share(split,
 # batches) -> int | None` (`val_batches`: see there), and which dataset it reads by content, `dataset_digest() ->
-# str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused); the trainer works without
-# them.
+# str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused; without it the dataset is
+# told by its path, and a resume mid-epoch says it could not check it); the trainer works without them.
 
 
 def leading_share(split_size: int, samples: int, rank: int, world_size: int) -> int:

@@ -44,6 +44,7 @@ from m2u.training.run_state import (
     read_running_means,
     read_steps_by_world_size,
     trained_datasets,
+    unchecked_dataset_note,
     write_checkpoint,
 )
 from m2u.training.runlog import GRID_DIR, LOG_NAME, METRICS_NAME, TENSORBOARD_DIR, RunLog, open_progress
@@ -140,8 +141,9 @@ class Trainer:
         self._locked = False
         self._removed_on_lock: list[Path] = []  # temporary files output_lock cleared (_hold_lock)
         self._lock_file_made = False  # this run created the lock file (removed again if it is refused)
-        # A change of world size or batch size at an epoch's start, harmless (check_resume_layout), said on resume.
-        self._resume_note: str | None = None
+        # Said on resume: a change of world size or batch size at an epoch's start, harmless (check_resume_layout);
+        # a dataset that could not be told by content (unchecked_dataset_note).
+        self._resume_notes: list[str] = []
         self._restarted_over = False
         # The steps each DDP world size trained before this process (from the checkpoint) and the step it began at.
         self._steps_by_world_before: dict[str, int] = {}
@@ -361,13 +363,18 @@ class Trainer:
                 problem := self.task.resume_problem(self._resume_state)
             ):
                 raise CheckpointError(problem)
-            self._resume_note = check_resume_layout(
-                self._resume_state,
-                self.config,
-                self.dist.world_size,
-                split=rank_split(self.data),
-                digest=dataset_digest(self.data),
+            digest = dataset_digest(self.data)
+            notes = (
+                check_resume_layout(
+                    self._resume_state,
+                    self.config,
+                    self.dist.world_size,
+                    split=rank_split(self.data),
+                    digest=digest,
+                ),
+                unchecked_dataset_note(self._resume_state, self.config.data, digest),
             )
+            self._resume_notes = [note for note in notes if note]
         if self.dist.is_main:
             check_run_outputs(self.out, self.task.model_paths(self.out))
             self._made_folder = not self.out.exists()
@@ -500,8 +507,8 @@ class Trainer:
                     f"m2u-train: resuming {self.out} at step {self.step} (epoch {self.epoch}){left}",
                     file=sys.stderr,
                 )
-                if self._resume_note:
-                    print(f"m2u-train: {self._resume_note}", file=sys.stderr)
+                for note in self._resume_notes:
+                    print(f"m2u-train: {note}", file=sys.stderr)
         else:
             self.task.datasets = trained_datasets(None, self.config.data, dataset_digest(self.data), 0)
 

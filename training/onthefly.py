@@ -190,6 +190,7 @@ class OnTheFlyDataSource:
     refused_renders: int = 0
     _test: Any = field(default=None, repr=False)
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
+    _digest: tuple[str | None] | None = field(default=None, repr=False)  # dataset_digest's, read once
 
     def order(self, split: str, epoch: int, count: int) -> list[int]:
         if split == "train":
@@ -229,6 +230,18 @@ class OnTheFlyDataSource:
         loader = self._loaders[split]
         count = 0 if loader is None else len(loader.dataset)
         return leading_share(count, batches * self.batch_size, self.rank, self.world_size)
+
+    def dataset_digest(self) -> str | None:
+        """The face pack by content (`FacePack.digest`): checkpoints record it, so a resume mid-epoch on another
+        pack is refused and the same one moved resumes; None where the pack cannot be read."""
+        from m2u.datasets.facepack import FacePack
+
+        if self._digest is None:
+            try:
+                self._digest = (FacePack(self.pack).digest(),)
+            except (OSError, ValueError, KeyError):  # not a readable pack: its batches say why
+                self._digest = (None,)
+        return self._digest[0]
 
     def _make_loader(self, split: str) -> DataLoader | None:
         dataset = RenderedPairs(self.pack, split, self.seed, mask_options=self.mask_options)

@@ -156,14 +156,16 @@ def rank_split(source: Any) -> str:
 
 def dataset_digest(source: Any) -> str | None:
     """Which dataset `source` reads, by content: its own `dataset_digest()` (ShardDataSource: its manifest's
-    SHA-256); None for a source without one (not checked on resume)."""
+    SHA-256; OnTheFlyDataSource: its face pack's, `FacePack.digest`); None for a source without one (checked by
+    path on resume, and said: `unchecked_dataset_note`)."""
     own = getattr(source, "dataset_digest", None)
     return own() if callable(own) else None
 
 
 def dataset_record(data: str, digest: str | None, from_step: int) -> dict[str, Any]:
     """One entry of a run's `datasets` (checkpoints and model files' provenance): the dataset as given (absolute
-    where local), its manifest's SHA-256 (None where unknown) and the step the run began training on it."""
+    where local), its manifest's SHA-256 (a face pack's digest; None where unknown) and the step the run began
+    training on it."""
     return {"data": recorded_path(data), "manifest_sha256": digest, "from_step": from_step}
 
 
@@ -218,10 +220,9 @@ def check_resume_layout(
     if saved_seed is not None and saved_seed != config.seed:
         changes.append(f"`seed` {saved_seed} -> {config.seed}")
     epoch, batch = state.get("epoch"), state.get("batch_in_epoch")
-    # Stopped before the epoch's first batch or after its last (max_steps at the epoch's end): no place to skip to.
-    mid_epoch = not (batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")))
+    mid_epoch = _stopped_mid_epoch(state)
     # A checkpoint written before `datasets` were recorded names its dataset by path alone: not checked (a dataset
-    # moved since is the same one).
+    # moved since is the same one); unchecked_dataset_note says so.
     stopped_on = _recorded_datasets(state)[-1:] if "datasets" in state else []
     if config.data and stopped_on and not _same_dataset(stopped_on[0], config.data, digest):
         if mid_epoch:
@@ -261,6 +262,37 @@ def check_resume_layout(
         f"{was}, but this run has DDP world size {world_size}, `batch_size` {config.batch_size} and `seed` "
         f"{config.seed}: skipping to its place in the epoch would land on other samples; resume it with the same "
         "world size, `batch_size` and `seed`, or start a new run from its model files (`init_weights`)"
+    )
+
+
+def _stopped_mid_epoch(state: dict) -> bool:
+    """Whether a checkpoint's run stopped inside an epoch: not before the epoch's first batch nor after its last
+    (max_steps at the epoch's end), where there is no place to skip to."""
+    batch = state.get("batch_in_epoch")
+    return not (batch == 0 or (isinstance(batch, int) and batch == state.get("epoch_batches")))
+
+
+def unchecked_dataset_note(state: Any, data: str, digest: str | None) -> str | None:
+    """The sentence a resume mid-epoch says where `check_resume_layout` could not tell by content that `data`
+    (`digest`: this run's, `dataset_digest`) is the dataset the run stopped on: its checkpoint records none (an
+    earlier m2u's) or one side has no digest (a dataset folder without manifest.parquet; an in-memory source), so
+    only the path was compared. None where it could tell, at an epoch's start (any dataset may take over) and for
+    a run on unnamed data."""
+    if not (isinstance(state, dict) and data and _stopped_mid_epoch(state)):
+        return None
+    stopped_on = _recorded_datasets(state)[-1:] if "datasets" in state else []
+    if not stopped_on:
+        why = "its checkpoint does not record which dataset that was (an earlier m2u's)"
+    elif digest is None:
+        why = "it gives no content digest to compare (a dataset folder without manifest.parquet has none), only the same path"
+    elif not isinstance(stopped_on[0].get("manifest_sha256"), str):
+        why = "its checkpoint records no content digest of that dataset, only the same path"
+    else:
+        return None
+    # Said, not refused: a dataset the run did stop on must still resume; another would skip to other samples.
+    return (
+        f"could not check that `data` {data} is the dataset the run stopped on in the middle of epoch "
+        f"{state.get('epoch')}: {why}; resumed on another, the rest of this epoch lands on other samples"
     )
 
 

@@ -504,6 +504,82 @@ def test_metrics_json_lists_the_datasets_the_checkpoint_and_model_files_record(t
     assert datasets == load_training_state(run / "checkpoints" / "last.pt")["datasets"]
 
 
+def test_a_resume_mid_epoch_whose_dataset_cannot_be_told_by_content_says_so_once(tmp_path, capsys):
+    """A checkpoint from before `datasets` were recorded, or a source without a content digest (here in memory),
+    resumed mid-epoch without a word: whether it was the same dataset was never checked. Now it is said once; at an
+    epoch's start (any dataset may take over) nothing is said."""
+    unchecked = "could not check that `data` dsA is the dataset the run stopped on in the middle of epoch 0"
+    for name, source, digest in (("earlier", _Dataset, "a"), ("no-digest", TensorDataSource, None)):
+        run = tmp_path / name
+        config = {**TINY, "out": str(run), "data": "dsA"}
+        extra = {"digest": digest} if digest else {}
+        train_mseg(MSegTrainConfig(max_steps=1, **config), _source(source, **extra))  # mid-epoch (3 batches)
+        if name == "earlier":
+            state = load_training_state(run / "checkpoints" / "last.pt")
+            del state["datasets"]
+            save_training_state(run / "checkpoints" / "last.pt", state)
+        capsys.readouterr()
+        train_mseg(MSegTrainConfig(max_steps=3, resume=True, **config), _source(source, **extra))
+        said = capsys.readouterr().err
+        assert said.count(unchecked) == 1, said
+        why = "does not record which dataset" if name == "earlier" else "gives no content digest to compare"
+        assert why in said
+        # Finished the epoch (3 batches): another dataset may take over, nothing to check.
+        train_mseg(MSegTrainConfig(max_steps=4, resume=True, **config), _source(source, **extra))
+        assert "could not check" not in capsys.readouterr().err
+
+
+def _fake_pack(folder: Path, keys: list[bytes]) -> Path:
+    """A face pack's pack.json and index files (no faces: only what tells the pack by content)."""
+    import numpy as np
+
+    folder.mkdir()
+    (folder / "pack.json").write_text(json.dumps({"format": 1, "size": 16, "store_size": 16}))
+    for split in ("train", "val"):
+        np.savez(folder / f"{split}.index.npz", keys=np.asarray(keys, dtype=bytes))
+    return folder
+
+
+def test_a_face_pack_and_a_dataset_folder_without_manifest_are_checked_as_far_as_they_can_be(tmp_path):
+    """The on-the-fly source (a face pack) gave no content digest: a resume mid-epoch on another pack at the same
+    path went on, and one on the same pack moved was refused. It is now told by its pack.json and indexes; a
+    dataset folder without manifest.parquet has none, which the resume says."""
+    import shutil
+
+    from m2u.training.data import ShardDataSource
+    from m2u.training.onthefly import OnTheFlyDataSource
+    from m2u.training.run_state import (
+        check_resume_layout,
+        dataset_digest,
+        dataset_record,
+        unchecked_dataset_note,
+    )
+
+    pack_a = _fake_pack(tmp_path / "a", [b"k1", b"k2"])
+    pack_b = _fake_pack(tmp_path / "b", [b"k1", b"k3"])
+    shutil.copytree(pack_a, tmp_path / "a moved")
+    digest = {
+        name: dataset_digest(OnTheFlyDataSource(str(tmp_path / name), 2)) for name in ("a", "b", "a moved")
+    }
+    assert digest["a"] is not None and digest["a"] == digest["a moved"] != digest["b"]
+
+    state = {"epoch": 1, "batch_in_epoch": 2, "datasets": [dataset_record(str(pack_a), digest["a"], 0)]}
+    with pytest.raises(CheckpointError, match=r"`data` .*b is another dataset"):
+        check_resume_layout(
+            state, MSegTrainConfig(data=str(pack_b), **TINY), 1, split="every-nth", digest=digest["b"]
+        )
+    moved = MSegTrainConfig(data=str(tmp_path / "a moved"), **TINY)
+    assert check_resume_layout(state, moved, 1, split="every-nth", digest=digest["a moved"]) is None
+    assert unchecked_dataset_note(state, moved.data, digest["a moved"]) is None
+
+    folder = tmp_path / "shards"
+    (folder / "train").mkdir(parents=True)  # shards without manifest.parquet
+    assert dataset_digest(ShardDataSource(str(folder), 2)) is None
+    state = {"epoch": 1, "batch_in_epoch": 2, "datasets": [dataset_record(str(folder), None, 0)]}
+    note = unchecked_dataset_note(state, str(folder), None)
+    assert note is not None and "without manifest.parquet" in note and "\n" not in note
+
+
 def test_m2u_train_names_data_when_a_resume_mid_epoch_is_on_another_dataset_folder(tmp_path):
     """The dataset folder is told by its manifest's content, not its path: a copy resumes, another is refused."""
     import shutil
