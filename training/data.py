@@ -23,7 +23,8 @@ class DataSource(Protocol):
     def batches(self, split: str, epoch: int) -> Iterable[dict]: ...
 
 
-# A source may also say how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
+# A source may also say the size of its batches, `batch_size` (an int; one other than the run's `batch_size` is
+# refused: the run's records would say the config's), how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
 # progress bar's total and ETA), the side of its samples, `crop_size() -> int | None` (a resumed run on
 # crops of another size is refused before it starts), and how it shares its samples among DDP ranks,
 # `rank_split() -> str` (checkpoints record it; a source without it takes every world_size-th sample,
@@ -31,6 +32,12 @@ class DataSource(Protocol):
 # batches) -> int | None` (`val_batches`: see there), and which dataset it reads by content, `dataset_digest() ->
 # str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused; without it the dataset is
 # told by its path, and a resume mid-epoch says it could not check it); the trainer works without them.
+
+
+def source_batch_size(source: Any) -> int | None:
+    """The batch size `source` gives, where it says (`batch_size`: every source here); None where it does not."""
+    size = getattr(source, "batch_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def leading_share(split_size: int, samples: int, rank: int, world_size: int) -> int:
@@ -254,6 +261,11 @@ class AugmentedSource:
         if split != "train":
             return batches
         return (self._augment(batch, epoch, index) for index, batch in enumerate(batches))
+
+    @property
+    def batch_size(self) -> int | None:
+        """The wrapped source's (None where it does not say)."""
+        return source_batch_size(self.source)
 
     def crop_size(self) -> int | None:
         """The wrapped source's (augmentation keeps the size)."""

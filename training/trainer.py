@@ -20,7 +20,7 @@ from m2u.core.errors import SettingError
 from m2u.core.fileio import content_digest
 from m2u.training.checkpoint import CheckpointError, load_model, shape_differences, tensor_shapes
 from m2u.training.config import GanTrainConfig, MSegTrainConfig, RunConfig
-from m2u.training.data import AugmentedSource, DataSource, ShardDataSource
+from m2u.training.data import AugmentedSource, DataSource, ShardDataSource, source_batch_size
 from m2u.training.device import resolve_device
 from m2u.training.distributed import bind_device, init_distributed
 from m2u.training.gan_task import GanTask
@@ -93,8 +93,22 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
         )  # fmt: skip
     if config.augment.enabled:
         data = AugmentedSource(data, config.augment, config.seed, dist.rank)
+    _check_source_batch_size(data, config)
     _check_a_batch_per_epoch(data, config)
     return Trainer(task, data, config, dist).run()
+
+
+def _check_source_batch_size(data: DataSource, config: RunConfig) -> None:
+    """Refuse, before the run folder is touched, a data source whose batches are of another size than the config's
+    `batch_size`: the run trained on the source's batches while its checkpoint, config.json and the resume checks
+    said the config's (a source that does not say its size is taken at the config's word)."""
+    given = source_batch_size(data)
+    if given is not None and given != config.batch_size:
+        raise SettingError(
+            "batch_size",
+            f"{config.batch_size}, but the data source gives batches of {given}: the run's records would say "
+            f"{config.batch_size}; give the source's batch size, or a source of batches of {config.batch_size}",
+        )
 
 
 def _check_a_batch_per_epoch(data: DataSource, config: RunConfig) -> None:

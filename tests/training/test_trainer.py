@@ -379,7 +379,9 @@ def test_bf16_autocast_and_channels_last_train_the_gan(tmp_path):
 
 def test_gan_with_mseg_masks_and_wall_clock_budget(tmp_path):
     data = TensorDataSource({"train": _tensors(4), "val": _tensors(2, seed=1)}, batch_size=2)
-    train_mseg(MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, max_steps=1, **QUIET), data)
+    train_mseg(
+        MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, batch_size=2, max_steps=1, **QUIET), data
+    )
     results = train_gan(
         _gan_config(
             tmp_path / "gan", mask_source="mseg", mseg_checkpoint=str(tmp_path / "mseg" / "mseg.safetensors"),
@@ -398,7 +400,9 @@ def test_a_gan_resume_refuses_a_frozen_mseg_changed_since_the_run_began(tmp_path
 
     data = TensorDataSource({"train": _tensors(4)}, batch_size=2)
     mseg = tmp_path / "mseg" / "mseg.safetensors"
-    train_mseg(MSegTrainConfig(out=str(mseg.parent), model=TINY_MSEG, max_steps=1, **QUIET), data)
+    train_mseg(
+        MSegTrainConfig(out=str(mseg.parent), model=TINY_MSEG, batch_size=2, max_steps=1, **QUIET), data
+    )
     original = mseg.read_bytes()
     config = _gan_config(
         tmp_path / "gan", mask_source="mseg", mseg_checkpoint=str(mseg), max_steps=1, perceptual_weight=0.0,
@@ -408,7 +412,10 @@ def test_a_gan_resume_refuses_a_frozen_mseg_changed_since_the_run_began(tmp_path
     info = load_model(tmp_path / "gan" / "generator.safetensors")[1]
     assert info.provenance["mseg_sha256"] == content_digest(mseg)
     train_mseg(
-        MSegTrainConfig(out=str(tmp_path / "other"), model=TINY_MSEG, max_steps=1, seed=7, **QUIET), data
+        MSegTrainConfig(
+            out=str(tmp_path / "other"), model=TINY_MSEG, batch_size=2, max_steps=1, seed=7, **QUIET
+        ),
+        data,
     )
     mseg.write_bytes((tmp_path / "other" / "mseg.safetensors").read_bytes())  # reinstalled
     before = (tmp_path / "gan" / "config.json").read_bytes()
@@ -434,7 +441,10 @@ def test_a_gan_resume_refuses_a_frozen_mseg_changed_since_the_run_began(tmp_path
 
 def test_a_frozen_mseg_trained_at_another_size_is_warned_about(tmp_path):
     small = TensorDataSource({"train": _tensors(4)}, batch_size=2)
-    train_mseg(MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, max_steps=1, **QUIET), small)
+    train_mseg(
+        MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, batch_size=2, max_steps=1, **QUIET),
+        small,
+    )
     bigger = {name: torch.nn.functional.interpolate(t, scale_factor=2.0) for name, t in _tensors(4).items()}
     config = _gan_config(
         tmp_path / "gan", mask_source="mseg", mseg_checkpoint=str(tmp_path / "mseg" / "mseg.safetensors"),
@@ -447,7 +457,9 @@ def test_a_frozen_mseg_trained_at_another_size_is_warned_about(tmp_path):
 @pytest.mark.slow
 def test_torch_compile_trains_on_cpu(tmp_path):
     data = TensorDataSource({"train": _tensors(4)}, batch_size=2)
-    config = MSegTrainConfig(out=str(tmp_path), model=TINY_MSEG, max_steps=2, compile=True, **QUIET)
+    config = MSegTrainConfig(
+        out=str(tmp_path), model=TINY_MSEG, batch_size=2, max_steps=2, compile=True, **QUIET
+    )
     results = train_mseg(config, data)
     assert results["steps"] == 2
     assert load_model(tmp_path / "mseg.safetensors").module.config == TINY_MSEG
@@ -701,6 +713,26 @@ def test_a_batch_size_the_training_split_cannot_fill_is_refused_before_the_run_b
     result = CliRunner().invoke(train_main, [*args, "--levels", "2", "-q"])
     assert result.exit_code == 2 and not out.exists(), result.output
     assert f"--batch-size: 1000 is more than the training split of {tiny_dataset} holds" in result.output
+
+
+def test_a_data_source_of_another_batch_size_than_the_configs_is_refused_before_the_run_begins(tmp_path):
+    """train_mseg and train_gan trained on the source's batches of 2 while the checkpoint, config.json and the
+    resume checks said the config's 8. Now refused in one line naming both, nothing written; augmentation keeps
+    the wrapped source's size."""
+    from m2u.core.errors import SettingError
+    from m2u.datasets.augment import AugmentConfig
+
+    data = TensorDataSource({"train": _tensors(4)}, batch_size=2)
+    mseg = MSegTrainConfig(out=str(tmp_path / "mseg"), model=TINY_MSEG, max_steps=1, **QUIET)
+    said = r"^batch_size: 8, but the data source gives batches of 2: "
+    with pytest.raises(SettingError, match=said) as refused:
+        train_mseg(mseg, data)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(SettingError, match=said):
+        train_mseg(dataclasses.replace(mseg, augment=AugmentConfig(enabled=True)), data)
+    with pytest.raises(SettingError, match=said):
+        train_gan(_gan_config(tmp_path / "gan", batch_size=8, max_steps=1), data)
+    assert not (tmp_path / "mseg").exists() and not (tmp_path / "gan").exists()
 
 
 def test_a_run_that_never_got_a_batch_leaves_no_run_behind(tmp_path):
