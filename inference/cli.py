@@ -354,7 +354,7 @@ def export_onnx_cmd(**kw) -> None:
     the model shipped with m2u. A model file of the other kind (a generator given as --mseg) is refused, and so
     is an earlier export's file in OUT that this export does not replace, or an earlier export of other model
     files (unless --overwrite). export.json records absolute paths."""
-    from m2u.inference.export import check_export_folder, export_models
+    from m2u.inference.export import check_export_folder, export_models, source_digests
     from m2u.training.checkpoint import load_model
     from m2u.training.models import CARU2Net, MSeg
 
@@ -373,7 +373,8 @@ def export_onnx_cmd(**kw) -> None:
         config = ExportConfig(
             image_size=kw["image_size"], opset=kw["opset"], atol=kw["atol"], dynamic_axes=not static_shape
         )
-        check_export_folder(out_dir, list(sources), kw["overwrite"], sources)
+        digests = source_digests(sources)  # read once: this check, the export's own and export.json's record
+        check_export_folder(out_dir, list(sources), kw["overwrite"], sources, digests)
         models = {}
         for name, path in sources.items():
             model, info = load_model(path)
@@ -396,7 +397,7 @@ def export_onnx_cmd(**kw) -> None:
         raise Refused(cli_message(exc)) from exc
     try:
         with model_warnings():
-            summary = export_models(models, out_dir, config, overwrite=kw["overwrite"])
+            summary = export_models(models, out_dir, config, overwrite=kw["overwrite"], digests=digests)
     except OSError:
         raise  # a full disk, a read-only folder: the export ran and failed, said in one line (m2u.core.guard)
     except user_errors() as exc:  # refused before anything was written (a second export, a person's file)

@@ -46,6 +46,7 @@ __all__ = [
     "EXPORT_SUMMARY",
     "check_export_folder",
     "export_models",
+    "source_digests",
     "model_io_names",
     "example_inputs",
     "export_onnx",
@@ -284,6 +285,7 @@ def check_export_folder(
     names: Sequence[str],
     overwrite: bool = False,
     sources: Mapping[str, str | Path] | None = None,
+    digests: Mapping[str, str | None] | None = None,
 ) -> list[Path]:
     """Check, before anything is written, that an export of the models `names` may write into `out_dir`; returns
     the files of an earlier export there that it would not replace, for `export_models` to remove (with
@@ -292,7 +294,8 @@ def check_export_folder(
     of m2u's export names that m2u wrote (its folder's record, m2u.core.fileio); a person's own file of that
     name is theirs, and is neither refused nor removed. `sources` (name -> the model file to export): an earlier
     export of other model files (`other_export`) is refused too without `overwrite`; the same files again are a
-    rerun and replace it."""
+    rerun and replace it. `digests`: the sources' SHA-256 where the caller has them (`source_digests`), else read
+    here."""
     out = Path(out_dir)
     problem = output_location_problem(out)  # a file in its way, a read-only disk: said before any export
     if problem:
@@ -313,7 +316,7 @@ def check_export_folder(
             f"({', '.join(names)}) would not replace and would leave looking like part of it; choose another "
             "`out_dir`, or use `overwrite` to remove it"
         )
-    other = None if overwrite or sources is None else other_export(out, sources)
+    other = None if overwrite or sources is None else other_export(out, sources, digests)
     if other:
         raise OutputRefusedError(
             f"{out} holds an earlier export of other model files ({other}), which this export would replace; "
@@ -332,13 +335,24 @@ def source_digest(source: str | Path) -> str | None:
         return None
 
 
-def other_export(out: Path, sources: Mapping[str, str | Path]) -> str | None:
+def source_digests(
+    sources: Mapping[str, str | Path], known: Mapping[str, str | None] | None = None
+) -> dict[str, str | None]:
+    """`source_digest` of each model file (name -> file), those in `known` as given: read once for both the check
+    of an earlier export and export.json's record (a model file is hundreds of MB)."""
+    known = known or {}
+    return {name: known[name] if name in known else source_digest(source) for name, source in sources.items()}
+
+
+def other_export(
+    out: Path, sources: Mapping[str, str | Path], digests: Mapping[str, str | None] | None = None
+) -> str | None:
     """What `out` holds of an earlier export of other model files than `sources` (name -> model file), which an
     export of them would replace: "mseg.onnx of /runs/a/mseg.safetensors"; None when there is none. A file of
     the earlier export (an `<name>.onnx` m2u wrote, that its export.json describes) is the same export when
     export.json records the SHA-256 of the same model file (a rerun); one its export.json does not identify (an
     m2u from before `source_sha256`) is another's. Files without an export.json are an export stopped before it
-    finished (`export_models`), not finished work: its rerun completes it."""
+    finished (`export_models`), not finished work: its rerun completes it. `digests`: as `check_export_folder`'s."""
     summary_path = out / EXPORT_SUMMARY
     if not summary_path.is_file() or replace_problem(summary_path):
         return None
@@ -353,7 +367,7 @@ def other_export(out: Path, sources: Mapping[str, str | Path]) -> str | None:
             continue
         entry = summary.get(name) if isinstance(summary, dict) else None
         recorded = entry.get("source_sha256") if isinstance(entry, dict) else None
-        if recorded is None or recorded != source_digest(source):
+        if recorded is None or recorded != source_digests({name: source}, digests)[name]:
             earlier = entry.get("source") if isinstance(entry, dict) else None
             others.append(f"{onnx.name} of {earlier or 'model files its export.json does not name'}")
     return "; ".join(others) or None
@@ -364,12 +378,14 @@ def export_models(
     out_dir: str | Path,
     config: ExportConfig | None = None,
     overwrite: bool = False,
+    digests: Mapping[str, str | None] | None = None,
 ) -> dict[str, dict]:
     """Export an export folder: `models` maps "mseg" and/or "generator" to (the model file it came from, the
     module, its ModelInfo); each is written to `out_dir/<name>.onnx` (checked against PyTorch, `export_onnx`),
     then `out_dir/export.json` describes them (returned as a dict). A model of the wrong kind for its name is a
     ValueError. An earlier export's file this one would not replace is refused, or removed with `overwrite`
-    (`check_export_folder`); `config.image_size` None: each model's recorded size (`export_size`).
+    (`check_export_folder`); `config.image_size` None: each model's recorded size (`export_size`). `digests`: the
+    model files' SHA-256 where the caller read them already (`source_digests`: m2u-export's pre-flight check).
 
     The folder is locked while it is written (a second export into it is refused), and it changes only once every
     file is exported and checked: the earlier export.json goes first, then the files take their names, then the
@@ -383,9 +399,9 @@ def export_models(
             raise ValueError(
                 f"the {name} to export is a {type(model).__name__}, not a {kinds[name].__name__}"
             )
-    stale = check_export_folder(
-        out, list(models), overwrite, {name: source for name, (source, _, _) in models.items()}
-    )
+    sources = {name: source for name, (source, _, _) in models.items()}
+    digests = source_digests(sources, digests)  # for the check of an earlier export and the record alike
+    stale = check_export_folder(out, list(models), overwrite, sources, digests)
     static = not config.dynamic_axes
     sizes = {name: export_size(info, config.image_size, static) for name, (_, _, info) in models.items()}
     if len(set(sizes.values())) > 1:
@@ -410,7 +426,7 @@ def export_models(
                     # Absolute, as a run's config.json records its files: read from anywhere, not only from the
                     # folder the export was run in.
                     "source": os.path.abspath(source) if os.path.exists(source) else str(source),
-                    "source_sha256": source_digest(source),  # what a rerun compares (other_export)
+                    "source_sha256": digests[name],  # what a rerun compares (other_export)
                     "onnx": os.path.abspath(out / f"{name}.onnx"),
                     **tensor_descriptions(model, sizes[name], not static),
                     "max_abs_diff_vs_torch": result.max_abs_diff,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from m2u.core.fileio import OutputRefusedError
+from m2u.core.fileio import OutputRefusedError, content_digest
 from m2u.inference.cli import export_main
 from m2u.inference.export import ExportConfig, export_models
 from m2u.training.checkpoint import CheckpointError, ModelInfo, load_model, save_model
@@ -205,6 +205,28 @@ def test_an_export_of_other_model_files_is_refused_and_the_same_files_again_repl
     del summary["mseg"]["source_sha256"]
     (out / "export.json").write_text(json.dumps(summary))
     assert _export(out, "--mseg", str(other)).exit_code == 2
+
+
+def test_each_model_file_is_hashed_once_per_export(model_files, tmp_path, monkeypatch):
+    """A rerun into its own export read each model file (hundreds of MB) for the check of an earlier export and
+    again for export.json's record (m2u-export: three times, its pre-flight check too). Once now, the record
+    unchanged."""
+    import m2u.inference.export as export
+
+    read = []
+    monkeypatch.setattr(export, "content_digest", lambda path: read.append(path) or content_digest(path))
+    mseg = str(model_files["mseg"])
+    out = tmp_path / "onnx"
+    assert _export(out, "--mseg", mseg).exit_code == 0 and len(read) == 1
+    read.clear()
+    rerun = _export(out, "--mseg", mseg)  # an earlier export there: checked, then recorded
+    assert rerun.exit_code == 0, rerun.output
+    assert len(read) == 1
+    assert json.loads((out / "export.json").read_text())["mseg"]["source_sha256"] == content_digest(mseg)
+    model, info = load_model(mseg)
+    read.clear()
+    summary = export_models({"mseg": (mseg, model, info)}, out, ExportConfig(image_size=SIZE))
+    assert len(read) == 1 and summary["mseg"]["source_sha256"] == content_digest(mseg)
 
 
 def test_export_json_records_absolute_paths(model_files, tmp_path, monkeypatch):
