@@ -138,6 +138,10 @@ def test_training_runs_on_the_data_source(pack, tmp_path):
                              progress=False, evaluate_test=False, device="cpu")  # fmt: skip
     results = train_mseg(config, source)
     assert results["steps"] == 2 and source.train_batches == 2 and "dice" in results["val"]
+    # The run records the pack by content (a resume mid-epoch on another pack is refused).
+    assert results["datasets"] == [
+        {"data": str(pack), "manifest_sha256": FacePack(pack).digest(), "from_step": 0}
+    ]
 
 
 def test_the_device_runs_m_seg_alone_from_a_package_and_brings_its_file_back(pack, tmp_path):
