@@ -25,14 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from m2u.core.cli import Refused, cli_message
 from m2u.core.errors import SettingError
 from m2u.core.fileio import OutputRefusedError, folder_storing_no_files
-from m2u.core.startup import INTERRUPTED_EXIT_CODE  # not Click's "Aborted!" and 1
+from m2u.core.startup import INTERRUPTED_EXIT_CODE, leave_stopped  # not Click's "Aborted!" and 1
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -219,19 +219,16 @@ def _another_rank() -> bool:
     return os.environ.get("RANK", "0") not in ("", "0")
 
 
-def _stopped(stop: KeyboardInterrupt) -> None:
+def _stopped(stop: KeyboardInterrupt) -> NoReturn:
     done = f"{stop}; " if str(stop) else ""  # what the stopped work did about it (a checkpoint written)
-    if not _another_rank():
-        click.echo(
-            f"stopped by {stop_name(stop)}: {done}finished outputs were kept, nothing half-written was left",
-            err=True,
-        )
+    line = f"stopped by {stop_name(stop)}: {done}finished outputs were kept, nothing half-written was left"
     # The run has unwound (temporary files removed, locks released, workers told to stop): leave now, without the
     # interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe of a pool the stop
     # already tore down and print a traceback (seen in CI: EBADF in _python_exit).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE)
+    leave_stopped(
+        TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE,
+        None if _another_rank() else line,
+    )
 
 
 def _quiet_while_stopping(

@@ -6,11 +6,13 @@ imports its Click layer, which loads numpy.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 # A command stopped by Ctrl-C exits with the shell's code for it (m2u.core.guard says so once the run has begun).
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
@@ -45,12 +47,35 @@ def console_entry(module: str, command: str, one_blas: bool = False) -> Callable
             if not _ctrl_c_behind(error):
                 raise
             # Ctrl-C while the libraries load: no traceback of an import
-            print("stopped by Ctrl-C before the run began: nothing was written", file=sys.stderr)
-            sys.exit(INTERRUPTED_EXIT_CODE)
+            leave_stopped(
+                INTERRUPTED_EXIT_CODE, "stopped by Ctrl-C before the run began: nothing was written"
+            )
         run()
 
     main.__doc__ = f"{module}.{command}{' with one BLAS thread' if one_blas else ''} (m2u.core.startup)."
     return main
+
+
+def leave_stopped(code: int, line: str | None) -> NoReturn:
+    """End a stopped command at once with `code`, after saying `line` (its one line; None where another process
+    says it: a DDP rank other than 0). For every stop, before its run (here) or during it (m2u.core.guard).
+
+    A further Ctrl-C is ignored from here: raised while the line is written, it made a traceback of it. The
+    process ends by os._exit, not by SystemExit and the interpreter's exit: CPython (3.11) takes a
+    KeyboardInterrupt that leaves code run by exec() or eval() of a string as uncaught, even where code around
+    them catches it (dataclasses make their methods so as they are imported), and a `python -m` run then ends
+    killed by SIGINT (-2), not with `code`, SIGINT ignored or not. The stopped work has unwound by now; the
+    streams are flushed here."""
+    with contextlib.suppress(ValueError):  # not the main thread, which alone sets handlers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A closed or broken stream fails the line or its flush: the exit code still says it.
+    if line is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _ctrl_c_behind(error: BaseException) -> bool:

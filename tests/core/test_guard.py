@@ -12,7 +12,7 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import os, signal, time
+    import os, signal, sys, time
     import click
     from m2u.core.guard import Terminated, guard_command
 
@@ -43,6 +43,20 @@ SCRIPT = textwrap.dedent(
             _, status = os.waitpid(child, 0)
             click.echo(f"child ended by signal {os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}")
             return
+        if how == "again":  # the user presses Ctrl-C again as the stop's line is written
+            class Terminal:
+                def __init__(self, stream):
+                    self.stream = stream
+
+                def write(self, text):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return self.stream.write(text)
+
+                def __getattr__(self, name):
+                    return getattr(self.stream, name)
+
+            sys.stderr = Terminal(sys.stderr)
+            raise KeyboardInterrupt()
         if how == "swallowed":
             try:
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, its exception swallowed (as in an at-fork hook)
@@ -70,6 +84,7 @@ SCRIPT = textwrap.dedent(
         ("ctrl-c", 130, "Ctrl-C"),
         ("plain", 130, "Ctrl-C"),
         ("swallowed", 130, "Ctrl-C"),
+        ("again", 130, "Ctrl-C"),
         ("destructor", 143, "SIGTERM"),
     ],
 )
