@@ -11,8 +11,8 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 # A command stopped by Ctrl-C exits with the shell's code for it (m2u.core.guard says so once the run has begun).
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
@@ -41,12 +41,15 @@ def console_entry(module: str, command: str, one_blas: bool = False) -> Callable
     def main() -> None:
         if one_blas:
             one_blas_thread()
-        try:
-            run = getattr(importlib.import_module(module), command)
-        except BaseException as error:
-            if not _ctrl_c_behind(error):
-                raise
-            # Ctrl-C while the libraries load: no traceback of an import
+        with _ctrl_c_recorded() as arrived:
+            try:
+                run = getattr(importlib.import_module(module), command)
+            except BaseException as error:
+                if not (arrived or _ctrl_c_behind(error)):
+                    raise
+                run = None
+        if run is None or arrived:
+            # Ctrl-C while the libraries load, even one they swallowed: no traceback of an import
             leave_stopped(
                 INTERRUPTED_EXIT_CODE, "stopped by Ctrl-C before the run began: nothing was written"
             )
@@ -76,6 +79,32 @@ def leave_stopped(code: int, line: str | None) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
+
+
+@contextlib.contextmanager
+def _ctrl_c_recorded() -> Iterator[list[KeyboardInterrupt]]:
+    """While active, a Ctrl-C raises as always and is also kept in the list given: a C extension interrupted while
+    it initialises may put an error of its own in the KeyboardInterrupt's place, without it (CPython's import of
+    _ssl: "TypeError: expected a message argument", a traceback and exit 1), or swallow it. A SIGINT the process
+    ignores, or that a program handles its own way, is left as it is."""
+    arrived: list[KeyboardInterrupt] = []
+
+    def record(signum: int, frame: Any) -> None:
+        arrived.append(KeyboardInterrupt())
+        raise arrived[-1]
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield arrived
+        return
+    try:
+        signal.signal(signal.SIGINT, record)
+    except ValueError:  # not the main thread, which alone sets handlers and gets the signal's exception
+        yield arrived
+        return
+    try:
+        yield arrived
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _ctrl_c_behind(error: BaseException) -> bool:

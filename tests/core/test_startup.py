@@ -143,3 +143,31 @@ def test_ctrl_c_again_while_the_stop_is_said_keeps_the_one_line(tmp_path):
         130,
         "stopped by Ctrl-C before the run began: nothing was written\n",
     )
+
+
+@pytest.mark.parametrize("then", ["another error", "swallowed"])
+def test_ctrl_c_an_extension_loses_while_it_loads_is_still_the_stop(tmp_path, then):
+    """CPython's import of _ssl, interrupted, put "TypeError: expected a message argument" in the place of the
+    KeyboardInterrupt: a traceback and exit 1. A library that swallows it ran the command on."""
+    (tmp_path / "slow_command.py").write_text(
+        "import os, signal, time\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
+        + (
+            "raise TypeError('expected a message argument')\n"
+            if then == "another error"
+            else "def main():\n    print('ran')\n"
+        )
+    )
+    code = "from m2u.core.startup import console_entry\nconsole_entry('slow_command', 'main')()\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        130,
+        "",
+        "stopped by Ctrl-C before the run began: nothing was written\n",
+    )
