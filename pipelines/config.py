@@ -148,15 +148,53 @@ def load_config(
     """Defaults, then the preset, then the config file, then `extra` (command-line) overrides."""
     config = PipelineConfig()
     written: dict[str, str] = {}  # a later layer's key wins, as its value does
-    for overrides in (
-        preset_overrides(preset) if preset else None,
-        read_config_file(config_file) if config_file else None,
-        extra,
+    for source, overrides in (
+        (f"the preset {preset}", preset_overrides(preset) if preset else None),
+        (str(config_file), read_config_file(config_file) if config_file else None),
+        ("--set", extra),
     ):
         if overrides:
-            config = apply_overrides(config, as_stage_fields(overrides, written))
+            layer: dict[str, str] = {}
+            try:
+                config = apply_overrides(config, as_stage_fields(overrides, layer))
+            except ConfigError as error:
+                raise _said_where(error, layer, source) from None
+            written.update(layer)
     _check_pipeline_sets(config, written)
     return config
+
+
+def _said_where(error: ConfigError, keys: dict[str, str], source: str) -> ConfigError:
+    """`error` with where the value it names was written, as m2u-train says it (" (gan.optimizer.learning_rate:
+    from --set gan.lr)"): a stage block's key (`gan.lr`) sets a field of another name, which the check names."""
+    from m2u.core.configfile import ConfigSettingError
+
+    message = error.message if isinstance(error, ConfigSettingError) else str(error)
+    text = re.sub(r"'[^']*'", "", message)  # the values quoted in it ('abc') name no setting
+    # A field is named by its whole path or, under its block ("invalid value under gan.optimizer: learning_rate
+    # ..."), by its last part beside its stage's name.
+    named = sorted(
+        (
+            path
+            for path in keys
+            if re.search(rf"(?<![\w.]){re.escape(path)}\b", text)
+            or all(
+                re.search(rf"\b{re.escape(part)}\b", text)
+                for part in (path.split(".")[0], path.split(".")[-1])
+            )
+        ),
+        key=len,
+    )
+    if not named:
+        return error
+    path = named[-1]
+    where = f"from --set {keys[path]}" if source == "--set" else f"from {source}, key {keys[path]}"
+    said = f"{message} ({path}: {where})"
+    return (
+        ConfigSettingError(error.setting, said)
+        if isinstance(error, ConfigSettingError)
+        else ConfigError(said)
+    )
 
 
 def config_as_dict(config: PipelineConfig) -> dict[str, Any]:

@@ -395,3 +395,27 @@ def test_an_ablations_stage_lines_name_their_variant_and_its_note_only_the_table
     assert not any(line.startswith(("[gan]", "[evaluation]")) for line in said), said
     markdown = (run / "ablation.md").read_text()
     assert "n/a: FID unavailable (see each metrics.json)." in markdown and "identity" not in markdown
+
+
+@pytest.mark.parametrize(
+    ("items", "file_text", "said"),
+    [
+        (["gan.lr=abc"], None, "got 'abc' (gan.optimizer.learning_rate: from --set gan.lr)"),
+        (["mseg.lr=0.001", "gan.lr=-1"], None, "got -1 (gan.optimizer.learning_rate: from --set gan.lr)"),
+        ([], "gan:\n  lr: abc\n", "got 'abc' (gan.optimizer.learning_rate: from {file}, key gan.lr)"),
+        (["mseg.epochs=0"], None, "got 0 (mseg.epochs: from --set mseg.epochs)"),
+    ],
+)
+def test_a_refused_stage_value_says_the_key_that_gave_it(tmp_path, items, file_text, said):
+    """`--set gan.lr=abc` was refused as "gan.optimizer.learning_rate must be a finite number", a key the user had
+    not typed and that said nothing of where it came from (m2u-train says "(... : from --set lr)")."""
+    run = tmp_path / "r"
+    args = [arg for item in items for arg in ("--set", item)]
+    if file_text is not None:
+        (tmp_path / "pipeline.yaml").write_text(file_text)
+        args += ["-c", str(tmp_path / "pipeline.yaml")]
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(run), *args])
+    assert result.exit_code == 2, result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith("Error: ") and last.endswith(said.format(file=tmp_path / "pipeline.yaml")), last
+    assert not run.exists()
