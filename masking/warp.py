@@ -57,6 +57,11 @@ def warp_texture(
     lo = np.maximum(np.floor(grid.min(axis=(0, 1)) - origin - 3), 0).astype(int)
     hi = np.minimum(np.ceil(grid.max(axis=(0, 1)) - origin + 4), (shape[1], shape[0])).astype(int)
     sub = (int(hi[1] - lo[1]), int(hi[0] - lo[0]))
+    if min(sub) <= 0:
+        # The mesh lies wholly outside the box: a face at the image's edge whose mask body is beyond it while its
+        # straps reach in (the box is the image's part of both). Nothing of the body is drawn; the band index of
+        # an empty or negative shape raised ValueError or OpenCV's layout error instead.
+        return np.zeros((*shape, 4), np.float32)
     local = grid - origin - lo
     fixed = np.round(local * 16).astype(np.int32)
     row = _band_index(sub, fixed)

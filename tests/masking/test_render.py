@@ -132,6 +132,24 @@ def test_folded_jaw_is_refused_or_repaired_never_broken(synthetic_landmarks, ski
         _assert_geometry(result, folded)
 
 
+@pytest.mark.parametrize("center", [(128, 250), (255, 255)])
+def test_a_face_whose_mask_body_lies_beyond_the_image_edge_is_drawn_or_refused_never_a_crash(
+    center, synthetic_landmarks, skin_image
+):
+    """Eyes on the bottom (or bottom-right) edge: the mask body lies below the image while its straps reach in.
+    The warp of a mesh wholly outside the box raised ValueError ("negative dimensions") or OpenCV's layout error
+    for seeds 1 and 5 of these (an error row for the whole photo in m2u-mask, its other faces lost)."""
+    landmarks = synthetic_landmarks(center=center)
+    for seed in range(6):
+        try:
+            result = apply_mask(skin_image, landmarks, MaskConfig(), seed=seed)
+        except MaskingError as exc:
+            assert exc.reason
+            continue
+        changed = np.any(result.image != skin_image, axis=2)
+        assert not np.any((result.mask > 0) & ~changed)
+
+
 def test_mesh_has_no_fold_overs_and_records_anchors(synthetic_landmarks):
     from m2u.masking.geometry import cell_areas
 
