@@ -56,19 +56,21 @@ def pack_paths(cfg_dir: Path, written: str) -> list[Path]:
     candidates = [cfg_dir / relative]
     if len(relative.parts) > 1 and relative.parts[0] == cfg_dir.name:
         candidates.append(cfg_dir.joinpath(*relative.parts[1:]))
-    return candidates
+    # An absolute path, or one climbing out with "..", named a file outside the pack ("../other/x.png",
+    # "/home/me/x.png" were read as written): only what stays inside the folder, as written, is tried.
+    return [c for c in candidates if Path(os.path.normpath(c)).is_relative_to(os.path.normpath(cfg_dir))]
 
 
-def _pack_image(cfg_dir: Path, template_path: str) -> Path:
+def _pack_image(cfg_dir: Path, template_path: str, where: str) -> Path:
     """The image a section's `template` names: where `pack_paths` says, then the bare file name next to masks.cfg or
-    in its `templates` folder."""
+    in its `templates` folder. TemplatePackError, said of `where` (masks.cfg and the section), when none is a file."""
     name = Path(template_path).name
     candidates = [*pack_paths(cfg_dir, template_path), cfg_dir / name, cfg_dir / "templates" / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
-    raise TemplatePackError(f"template image {template_path!r} not found (tried {tried})")
+    raise TemplatePackError(f"{where}: template image {template_path!r} not found (tried {tried})")
 
 
 ANCHOR_QUADS = (("a", "b", "e", "d"), ("b", "c", "f", "e"))
@@ -271,7 +273,14 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
     _check_section_names(cfg_file, parser.sections())
     for section in parser.sections():
         where = f"{cfg_file} [{section}]"
-        entries = parser[section]
+        try:
+            # Read here, with MaskTheFace's interpolation ("%(name)s"): a bare "%" in a file name raised
+            # configparser's InterpolationSyntaxError, naming neither the file nor the section.
+            entries = dict(parser[section])
+        except configparser.InterpolationError as exc:
+            raise TemplatePackError(
+                f"{where}: {exc.option}: {exc.message.splitlines()[0]} (a '%' is written '%%' in masks.cfg)"
+            ) from None
         if not entries:
             # MaskTheFace lists pseudo-types ("empty", "inpaint") as bare sections: they are not templates.
             skipped.append(section)
@@ -282,7 +291,7 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         if missing:
             raise TemplatePackError(f"{where}: missing anchors {', '.join('mask_' + k for k in missing)}")
         anchors = {k: _parse_point(entries[f"mask_{k}"], where) for k in ANCHOR_NAMES}
-        image_path = _pack_image(cfg_file.parent, entries["template"])
+        image_path = _pack_image(cfg_file.parent, entries["template"], where)
         problem = header_problem(image_path, MAX_TEMPLATE_SIDE)  # from the header, before decoding
         if problem:
             raise TemplatePackError(f"{where}: {image_path}: {problem}")

@@ -290,6 +290,39 @@ def _opaque_pack(
     return folder
 
 
+_SQUARE = {"a": (15, 20), "b": (100, 20), "c": (190, 20), "d": (15, 180), "e": (100, 180), "f": (190, 180)}
+
+
+@pytest.mark.parametrize("written", ["../beside/tpl.png", "{beside}/tpl.png"])
+def test_a_template_path_out_of_the_pack_is_not_read_and_the_error_names_the_section(tmp_path, written):
+    """`..` or an absolute path reached a file outside the pack's folder (read as written), though the README
+    promises never a folder above the pack; the refusal named neither masks.cfg nor the section."""
+    beside = _opaque_pack(tmp_path / "beside", _SQUARE)
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    cfg = (beside / "masks.cfg").read_text().replace("tpl.png", written.format(beside=beside))
+    (pack / "masks.cfg").write_text(cfg)
+    with pytest.raises(TemplatePackError, match=r"masks.cfg \[tpl\]: template image .* not found") as refused:
+        load_template_pack(pack)
+    assert str(beside) not in str(refused.value).split("(tried")[1]
+    # The pack's own copy, by its file name, is what it draws.
+    shutil.copy(beside / "tpl.png", pack / "tpl.png")
+    assert load_template_pack(pack / "masks.cfg").names == ("tpl",)
+
+
+def test_a_percent_sign_in_masks_cfg_is_a_pack_error_naming_the_section(tmp_path):
+    """MaskTheFace's ConfigParser interpolation reads "%": a bare one (a file "100%.png") raised configparser's
+    InterpolationSyntaxError, not a TemplatePackError (m2u-mask --pack printed a traceback)."""
+    pack = _opaque_pack(tmp_path / "pack", _SQUARE)
+    (pack / "tpl.png").rename(pack / "100%.png")
+    cfg = (pack / "masks.cfg").read_text()
+    (pack / "masks.cfg").write_text(cfg.replace("tpl.png", "100%.png"))
+    with pytest.raises(TemplatePackError, match=r"\[tpl\]: template: '%' must be followed by .*'%%'"):
+        load_template_pack(pack)
+    (pack / "masks.cfg").write_text(cfg.replace("tpl.png", "100%%.png"))  # written as configparser reads it
+    assert load_template_pack(pack).names == ("tpl",)
+
+
 def test_a_concave_anchor_quad_is_laid_out_without_a_gap(tmp_path):
     """MaskTheFace's KN95_left / KN95_right have a concave quad a-b-e-d (d inside the triangle a-b-e's reach): a
     homography took d across its horizon and left a transparent wedge down the middle of the texture, so the
