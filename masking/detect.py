@@ -471,6 +471,8 @@ class FaceDetector:
     """
 
     def __init__(self, config: DetectorConfig | None = None):
+        if config is not None and not isinstance(config, DetectorConfig):  # a dict failed with AttributeError
+            raise SettingError("config", f"must be DetectorConfig or None, got {config!r}")
         self.config = config or DetectorConfig()
         if self.config.blazeface_first and self.config.model == "hog":
             from m2u.masking.blazeface import BlazeFaceUnavailable, check_available

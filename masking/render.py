@@ -565,6 +565,8 @@ def apply_mask(
     outputs. Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
     seed = check_seed(seed)
     as_rgb_image(image)
+    if not isinstance(config, MaskConfig):  # a dict or None failed deep inside with AttributeError
+        raise SettingError("config", f"must be MaskConfig, got {config!r}")
     if config.mask_type == ALL_TYPES:
         raise ValueError("mask type 'all' stands for several masks: apply each of MaskConfig.expand()")
     if isinstance(face, Face) and face.problem:

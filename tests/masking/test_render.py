@@ -228,6 +228,20 @@ def test_bad_config_and_image_are_clear_errors(synthetic_landmarks):
         apply_mask(np.zeros((64, 64), np.uint8), synthetic_landmarks(), MaskConfig(), seed=0)
 
 
+@pytest.mark.parametrize("config", [None, {"mask_type": "n95"}, "n95"])
+def test_a_config_that_is_not_a_config_object_is_a_setting_error(config, synthetic_landmarks, skin_image):
+    """apply_mask(image, face, None) or a dict of options, and FaceDetector({"model": "hog"}), failed deep inside
+    with AttributeError ('dict' object has no attribute 'mask_type')."""
+    from m2u.core.errors import SettingError
+    from m2u.masking import FaceDetector
+
+    with pytest.raises(SettingError, match="config: must be MaskConfig, got"):
+        apply_mask(skin_image, synthetic_landmarks(), config, seed=0)
+    if config is not None:  # None is the default detector
+        with pytest.raises(SettingError, match="config: must be DetectorConfig or None, got"):
+            FaceDetector(config)
+
+
 def test_straps_of_two_colours_keep_their_colours_and_the_coverage(
     synthetic_landmarks, skin_image, monkeypatch
 ):
