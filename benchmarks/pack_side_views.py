@@ -169,7 +169,7 @@ def main() -> int:
     move = templates_pack.side_view_anchors
     templates_pack.side_view_anchors = lambda anchors, alpha: anchors  # the baseline: the anchors as written
     templates_pack._load_pack_cached.cache_clear()
-    shading._TEXTURES.clear()  # keyed by the template's id, which a reloaded template may reuse
+    shading._TEXTURES.clear()  # the first pass's textures (each entry holds its template) go
     try:
         baseline = measure(faces, types)
     finally:

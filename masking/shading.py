@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import cv2
@@ -23,9 +24,13 @@ def premultiplied_texture(
     rgb, shade, tint, alpha = template.level(width_px)
     key = (id(template), rgb.shape, color, color_weight, pattern, pattern_weight)
     cached = _TEXTURES.get(key)
-    if cached is not None:
-        _TEXTURES.move_to_end(key)
-        return cached
+    # The entry holds its template: while it is cached, no other template can be given its id. Without that, a
+    # template dropped by its process (two threads' first calls each drawing or loading one; a reloaded pack) left
+    # its texture to whichever template Python next gave its id, another type's or pose's.
+    if cached is not None and cached[0] is template:
+        with contextlib.suppress(KeyError):  # another thread may have evicted it since
+            _TEXTURES.move_to_end(key)
+        return cached[1]
     fabric = rgb
     tint3 = tint[..., None]
     if color is not None:
@@ -40,13 +45,14 @@ def premultiplied_texture(
             fabric = fabric * (1.0 - pattern_weight * tint3) + texture * (pattern_weight * tint3)
     shaded = np.clip(fabric * shade[..., None], 0.0, 1.0)
     texture = np.ascontiguousarray(np.dstack([shaded * alpha[..., None], alpha]), dtype=np.float32)
-    _TEXTURES[key] = texture
-    if len(_TEXTURES) > 64:
-        _TEXTURES.popitem(last=False)
+    _TEXTURES[key] = (template, texture)
+    while len(_TEXTURES) > 64:
+        with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
+            _TEXTURES.popitem(last=False)
     return texture
 
 
-_TEXTURES: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_TEXTURES: OrderedDict[tuple, tuple[Template, np.ndarray]] = OrderedDict()
 
 
 def cylinder_gain(tex_w: int, yaw: float) -> np.ndarray:

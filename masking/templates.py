@@ -97,17 +97,21 @@ class Template:
 
     def level(self, width_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(rgb, shade, tint, alpha) at the smallest pyramid level still at least `width_px` wide."""
-        if not self._levels:
+        levels = self._levels
+        if not levels:
+            # Built whole, then published: a thread that appended level by level let another thread calling
+            # apply_mask meanwhile take a coarser level than it would have (other bytes for the same seed).
             level = (self.rgb, self.shade, self.tint, self.alpha)
-            self._levels.append(level)
+            levels = [level]
             while level[0].shape[1] >= 64:
                 rgb, shade, tint, alpha = (cv2.pyrDown(x) for x in level)
                 level = (rgb, shade, tint, alpha)
-                self._levels.append(level)
-        for level in reversed(self._levels):
+                levels.append(level)
+            self._levels = levels
+        for level in reversed(levels):
             if level[0].shape[1] >= width_px:
                 return level
-        return self._levels[0]
+        return levels[0]
 
 
 def _uv(width: int = TEXTURE_WIDTH, height: int = TEXTURE_HEIGHT) -> tuple[np.ndarray, np.ndarray]:

@@ -87,3 +87,42 @@ def test_a_damaged_file_m2u_did_not_write_is_left_and_the_template_drawn(cache):
     template = templates.get_template("surgical")
     assert template.alpha.shape == (templates.TEXTURE_HEIGHT, templates.TEXTURE_WIDTH)
     assert path.read_bytes() == b"not a template"
+
+
+def _flat_template(name: str, value: float, width: int = 256) -> templates.Template:
+    plane = np.full((width // 2, width), value, np.float32)
+    return templates.Template(name, np.dstack([plane] * 3), plane + 1 - value, plane * 0, plane * 0 + 1)
+
+
+def test_a_pyramid_being_built_is_not_read_half_built(monkeypatch):
+    """Template.level appended its pyramid's levels one by one: a second thread asking for a small level meanwhile
+    took the full-size one (apply_mask in a thread pool drew other bytes for the same seed on its first calls).
+    The interleaving is made here: the second call comes while the first builds its second level."""
+    template = _flat_template("t", 0.5)
+    pyr_down = templates.cv2.pyrDown
+    inside: list = []
+
+    def pyr_down_with_a_second_caller(image):
+        if not inside:
+            inside.append(None)
+            inside[0] = template.level(40)[0].shape  # the other thread, between two levels
+        return pyr_down(image)
+
+    monkeypatch.setattr(templates.cv2, "pyrDown", pyr_down_with_a_second_caller)
+    first = template.level(40)[0].shape
+    assert inside == [first] and first[1] == 64
+
+
+def test_a_cached_texture_is_never_another_templates(monkeypatch):
+    """The texture cache was keyed by id(template): a template dropped (two threads' first calls each loading one,
+    a reloaded pack) left its texture to the next object given its id. Two templates given one id stand for that."""
+    from m2u.masking import shading
+
+    monkeypatch.setattr(shading, "_TEXTURES", type(shading._TEXTURES)())
+    monkeypatch.setattr(
+        shading, "id", lambda _: 1, raising=False
+    )  # both templates get one id, as a reused one
+    dark, light = _flat_template("dark", 0.2), _flat_template("light", 0.8)
+    args = (200.0, None, 0.5, None, 0.5)
+    assert float(shading.premultiplied_texture(dark, *args)[..., 0].mean()) == pytest.approx(0.2)
+    assert float(shading.premultiplied_texture(light, *args)[..., 0].mean()) == pytest.approx(0.8)
