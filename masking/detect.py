@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,9 +55,34 @@ def model_path(name: str) -> Path:
     return path
 
 
+class SharedDetector:
+    """A dlib face detector shared by the threads of a process, run by one at a time. dlib's detectors keep working
+    state in the instance (its documentation: concurrent use of one is not safe): FaceDetector.detect from 8 threads
+    at once found other boxes and then aborted the process ("corrupted double-linked list", a segmentation fault).
+    BlazeFace's interpreter is held the same way (m2u.masking.blazeface); forked workers each have their own."""
+
+    def __init__(self, model):
+        self.model = model
+        self.lock = threading.Lock()
+
+    def run(self, image: np.ndarray, upsample: int, threshold: float):
+        """The HOG detector's run: (rectangles, scores, sub-detector indices)."""
+        with self.lock:
+            return self.model.run(image, upsample, threshold)
+
+    def __call__(self, image: np.ndarray, upsample: int):
+        """The CNN detector's detections."""
+        with self.lock:
+            return self.model(image, upsample)
+
+
 # One instance of each model per process: loading the 68-point predictor takes ~0.8 s and 100 MB.
 @functools.cache
-def _hog_detector():
+def _hog_detector() -> SharedDetector:
+    return SharedDetector(_load_hog_detector())
+
+
+def _load_hog_detector():
     # dlib builds its frontal detector from an embedded, encoded copy (~0.7 s, half of m2u-mask's start-up);
     # the same detector saved once in dlib's own format loads in milliseconds and detects identically.
     cached = cache_dir() / f"dlib-{dlib.__version__}-frontal-face-detector.svm"
@@ -73,8 +99,8 @@ def _hog_detector():
 
 
 @functools.cache
-def _cnn_detector():
-    return dlib.cnn_face_detection_model_v1(str(model_path("mmod_human_face_detector.dat")))
+def _cnn_detector() -> SharedDetector:
+    return SharedDetector(dlib.cnn_face_detection_model_v1(str(model_path("mmod_human_face_detector.dat"))))
 
 
 @functools.cache

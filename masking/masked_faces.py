@@ -32,6 +32,7 @@ from m2u.masking.detect import (
     Face,
     LandmarkFitter,
     ModelFileError,
+    SharedDetector,
     _as_rgb_uint8,
     _cnn_detector,
     _hog_detector,
@@ -64,7 +65,7 @@ MODELS: tuple[str, ...] = ("hog", "mhog", "cnn")
 def _masked_hog_detector():
     if not MASKED_HOG_MODEL.is_file():
         raise ModelFileError(f"masked-face detector model not found: {MASKED_HOG_MODEL} (a broken install?)")
-    return dlib.fhog_object_detector(str(MASKED_HOG_MODEL))
+    return SharedDetector(dlib.fhog_object_detector(str(MASKED_HOG_MODEL)))
 
 
 @dataclass(frozen=True)

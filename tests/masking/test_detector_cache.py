@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
 import dlib
 import numpy as np
 import pytest
 from skimage import data
 
-from m2u.masking import FaceDetector
+from m2u.masking import DetectorConfig, FaceDetector
 from m2u.masking import detect as detect_module
 
 
@@ -60,3 +63,24 @@ def test_a_damaged_file_m2u_did_not_write_is_left_and_the_detector_built(fresh_c
     detector = detect_module._hog_detector()
     assert len(detector.run(np.ascontiguousarray(data.astronaut()), 0, 0.0)[0]) >= 1
     assert _cached_file(fresh_cache).read_bytes() == b"not a detector"
+
+
+def test_threads_sharing_the_detectors_find_what_one_thread_finds():
+    """dlib's detectors keep working state in the instance: FaceDetector.detect from 8 threads at once (one HOG
+    detector per process) found other boxes, then aborted the process ("corrupted double-linked list")."""
+    astronaut = np.ascontiguousarray(data.astronaut())
+    images = [
+        np.ascontiguousarray(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+        for image in (astronaut, astronaut[:, ::-1])
+        for scale in (0.4, 0.5, 0.6)
+    ]
+    detector = FaceDetector(DetectorConfig(blazeface_first=False))
+
+    def found(image):
+        return [(face.box, face.score, face.landmarks.tobytes()) for face in detector.detect(image)]
+
+    alone = [found(image) for image in images]
+    assert all(alone)
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(2):
+            assert list(pool.map(found, images * 2)) == alone * 2
