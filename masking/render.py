@@ -550,7 +550,8 @@ def _dyed(rgb: tuple[float, float, float], color: tuple, weight: float) -> tuple
 
 def check_seed(seed: object) -> int:
     """`seed` as an int for numpy's generator: any integer, as every m2u command takes it (m2u-mask and
-    m2u-make-dataset hash theirs per face); a negative one is taken modulo 2**64, numpy's generators taking none.
+    m2u-make-dataset hash theirs per face), taken modulo 2**64 (numpy's generators take no negative one; 2**64 draws
+    as 0).
     SettingError naming `seed` for anything else (a float seed would give other bytes than its int)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise SettingError("seed", f"must be an integer, got {seed!r}")
@@ -561,7 +562,7 @@ def apply_mask(
     image: np.ndarray, face: Face | np.ndarray, config: MaskConfig = MaskConfig(), seed: int = 0
 ) -> MaskResult:
     """Put a mask on one face. Works from the 68 landmarks alone (a Face or a (68, 2) array), so it runs equally
-    on full photos and on aligned crops. Pure: the same inputs and seed (an integer >= 0) give byte-identical
+    on full photos and on aligned crops. Pure: the same inputs and seed (any integer, check_seed) give byte-identical
     outputs. Raises MaskingError (with `.reason`) when the mask cannot be placed correctly."""
     seed = check_seed(seed)
     as_rgb_image(image)
