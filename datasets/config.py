@@ -24,6 +24,10 @@ DISTRIBUTORS = ("multiprocessing", "ray")
 class BuildError(UserError, RuntimeError):
     """A build that cannot start or finish; the message says what to do."""
 
+    def with_path_said_as(self, path: str, said: str) -> BuildError:
+        """The same error, of the same type, with `path` written `said` (a URL build's cache folder as its URL)."""
+        return type(self)(str(self).replace(path, said))
+
 
 class BuildWriteError(BuildError):
     """The build ran and could not write its output (a full disk, a quota): exit code 1, not a refusal."""
@@ -40,6 +44,10 @@ class BuildClashError(BuildError):
     def __init__(self, held: str):
         super().__init__(f"{held}; use `overwrite` to replace it")
         self.held = held
+
+    def with_path_said_as(self, path: str, said: str) -> BuildClashError:
+        # From `held`: the whole message given to __init__ said the advice twice.
+        return BuildClashError(self.held.replace(path, said))
 
 
 def parse_partition(value: str | tuple[int, int] | None) -> tuple[int, int] | None:

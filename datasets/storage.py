@@ -752,7 +752,7 @@ def _build_locked(url: str, local: Path, build: Callable[[str], T], lease: _UrlL
         elif isinstance(
             error, BuildError
         ):  # its paths are the cache's: say them at the URL, where the user acts
-            raise type(error)(str(error).replace(str(local), url.rstrip("/"))) from None
+            raise error.with_path_said_as(str(local), url.rstrip("/")) from None
         raise
     try:
         lease.confirm()

@@ -231,6 +231,19 @@ def test_a_build_to_a_file_system_with_folders_makes_the_folders_its_files_need(
     assert local_dataset(url) == str(cache_folder(url, reading=True))
 
 
+def test_a_build_at_a_url_of_other_arguments_is_refused_in_the_urls_words_once(faces, local_bucket):
+    """The refusal named the URL, not the cache, and said "use --overwrite to replace it" twice (the error was
+    made again from its whole message)."""
+    url = f"local://{local_bucket}/ds"
+    assert _cli(faces, url).exit_code == 0
+    result = _cli(faces, url, "--seed", "3")
+    assert result.exit_code == 2, result.output
+    line = _one_line(result.output)
+    assert line.count("--overwrite") == 1, line
+    assert f"{url} holds a build made with different arguments (seed)" in line
+    assert str(cache_folder(url)) not in line
+
+
 def test_an_output_url_that_cannot_be_written_is_refused_before_the_build(faces, local_bucket, tmp_path):
     local_bucket.parent.mkdir(exist_ok=True)
     local_bucket.write_text("a file where the bucket's folder would be")
