@@ -236,16 +236,17 @@ def _masking_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 def _echo_summary(out_dir: str, stats: dict[str, Any]) -> None:
     """The build's one-line summary; exits EXIT_SOME_FAILED when no pair was written or some inputs failed."""
+    from m2u.datasets.writer import describe_counts, describe_failures
+
     if stats["partition"] is not None:
         built = stats["built_by_status"]
         click.echo(
             f"{out_dir}: partition {stats['partition']}: {stats['shards_built']} shard(s) built "
-            f"({built['ok']} pairs, {built['no_face']} without a face, {built['error']} errors), "
+            f"({built['ok']} pairs; {describe_failures(built)}), "
             f"{stats['shards_kept']} already committed; once every partition is done, run the same command "
             "with --finalize instead of --partition"
         )
         return
-    from m2u.datasets.writer import describe_counts
 
     statuses = stats["counts"]["by_status"]
     timings = stats["timings"]

@@ -233,9 +233,16 @@ def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 def describe_counts(counts: Mapping[str, Any]) -> str:
     """`count_rows`'s counts as the build's summary says them (m2u-make-dataset, m2u-pipeline's dataset stage)."""
-    samples, statuses = counts["samples"], counts["by_status"]
+    samples = counts["samples"]
     return (
         f"train {samples['train']}, val {samples['val']}, test {samples['test']} pairs; "
+        f"{describe_failures(counts['by_status'])}"
+    )
+
+
+def describe_failures(statuses: Mapping[str, int]) -> str:
+    """The samples not written, by status, as every build summary says them (a partition's too)."""
+    return (
         f"{statuses['no_face']} without a face, {statuses.get('refused', 0)} refused by the masking checks, "
         f"{statuses['error']} errors"
     )

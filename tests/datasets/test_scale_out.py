@@ -235,6 +235,18 @@ def test_partition_options_are_checked():
     assert BuildConfig(partition="1/4").partition == (1, 4)
 
 
+def test_a_partitions_summary_counts_every_status(capsys):
+    """A partition's line said pairs, faces not found and errors, never the faces the masking checks refused (a
+    sample gone from the tars without a word until --finalize)."""
+    from m2u.datasets.cli import _echo_summary
+
+    built = {"ok": 97, "no_face": 1, "refused": 2, "error": 3}
+    stats = {"partition": "1/2", "built_by_status": built, "shards_built": 10, "shards_kept": 0}
+    _echo_summary("OUT", stats)
+    line = capsys.readouterr().out
+    assert "97 pairs; 1 without a face, 2 refused by the masking checks, 3 errors" in line, line
+
+
 def test_split_manifests_and_shard_stats(faces, tmp_path):
     out = tmp_path / "out"
     build_dataset([faces], out, CONFIG)
