@@ -85,6 +85,29 @@ LEASE_SETTLE_S = 2.0
 T = TypeVar("T")
 
 
+def _this_machine() -> str | None:
+    """Which running system this process is in, as a build lease records it: the kernel's boot id and the process
+    namespace, so that a pid named by a lease of the same value is a pid here (a container sharing the host's
+    kernel has a namespace of its own). None where the system does not say (no /proc)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot} {namespace}" if boot and namespace else None
+
+
+def _process_gone(pid: int) -> bool:
+    """True only when no process `pid` exists here (one that exists, also another user's, is not gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class StorageError(ValueError):
     """A dataset URL that cannot be used (no fsspec driver, unreachable, not a dataset)."""
 
@@ -774,6 +797,7 @@ class _LeaseHolder:
     pid: int | None = None
     started: float | None = None
     renewed: float | None = None
+    machine: str | None = None  # _this_machine() of the build that wrote it (None: not said, an older m2u)
 
     @classmethod
     def parse(cls, data: bytes) -> _LeaseHolder:
@@ -785,12 +809,25 @@ class _LeaseHolder:
                 pid=int(fields["pid"]),
                 started=datetime.fromisoformat(fields["started"]).timestamp(),
                 renewed=datetime.fromisoformat(fields["renewed"]).timestamp(),
+                machine=str(fields["machine"]) if fields.get("machine") else None,
             )
         except (ValueError, TypeError, KeyError, AttributeError):  # written halfway, or not by m2u
             return cls(token=None)
 
     def stale(self) -> bool:
         return self.renewed is None or time.time() - self.renewed > LEASE_STALE_S
+
+    def dead_here(self) -> bool:
+        """The lease of a build on this machine whose process is gone (killed with SIGKILL, by the OOM killer): no
+        renewal can come, so waiting for it to go stale would only keep the URL refused."""
+        machine = _this_machine()
+        return (
+            self.pid is not None
+            and machine is not None
+            and self.machine == machine
+            and self.host == socket.gethostname()
+            and _process_gone(self.pid)
+        )
 
     def described(self) -> str:
         if self.token is None:
@@ -816,7 +853,7 @@ class _UrlLease:
     build is there, writes its own (an exclusive create where the file system has one), waits LEASE_SETTLE_S and
     reads the lease back: of builds that wrote at once, only the last writer reads its own token and proceeds. A
     daemon thread renews it every LEASE_RENEW_S; one not renewed for LEASE_STALE_S is a dead build's and is taken
-    over. The upload checks that the lease is still this build's before it changes anything at the URL, and, between
+    over, and so, at once, is one a build on this machine wrote whose process is gone (`_LeaseHolder.dead_here`). The upload checks that the lease is still this build's before it changes anything at the URL, and, between
     files, that the renewals have not found it taken over or failed for LEASE_STALE_S (`check_held`): a long upload
     stops there rather than remove the files of a build that took the URL over. Renewals failing for half that long
     are said once on stderr."""
@@ -828,6 +865,7 @@ class _UrlLease:
         self.token = secrets.token_hex(16)
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.machine = _this_machine()
         self.started = time.time()
         # Held while renewing: once `release` has it, no renewal can write the lease again after it is removed.
         self._writing = threading.Lock()
@@ -851,6 +889,7 @@ class _UrlLease:
                 "token": self.token,
                 "host": self.host,
                 "pid": self.pid,
+                "machine": self.machine,
                 "started": _iso(self.started),
                 "renewed": _iso(time.time()),
             },
@@ -881,7 +920,8 @@ class _UrlLease:
         if holder is not None and holder.token is None:
             time.sleep(LEASE_SETTLE_S)  # perhaps written halfway by a build taking it now: read once more
             holder = self._read()
-        if holder is not None and not holder.stale():
+        dead_here = holder is not None and holder.dead_here()
+        if holder is not None and not holder.stale() and not dead_here:
             raise self._refusal(holder)
         try:
             if not self._write(exclusive=holder is None):
@@ -898,9 +938,14 @@ class _UrlLease:
             raise
         if holder is not None:
             last = f"renewed {_utc(holder.renewed)}" if holder.token is not None else "unreadable"
+            why = (
+                "ran on this machine and its process is gone"
+                if dead_here
+                else f"had not renewed it for over {LEASE_STALE_S / 60:g} minutes and is taken as dead"
+            )
             print(
                 f"took over the build lease of {self.url}: the build that held it ({holder.described()}; {last}) "
-                f"had not renewed it for over {LEASE_STALE_S / 60:g} minutes and is taken as dead",
+                f"{why}",
                 file=sys.stderr,
             )
         self._renewer = threading.Thread(

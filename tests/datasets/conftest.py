@@ -47,9 +47,11 @@ def no_lease_settle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.0, raising=False)
 
 
-def lease_of_another_build(renewed_ago_s: float, *, host: str = "build-host-2", pid: int = 4242) -> bytes:
+def lease_of_another_build(
+    renewed_ago_s: float, *, host: str = "build-host-2", pid: int = 4242, machine: str | None = None
+) -> bytes:
     """The bytes of a build lease another machine's build wrote (m2u.datasets.storage.LEASE_NAME), last renewed
-    `renewed_ago_s` seconds ago."""
+    `renewed_ago_s` seconds ago (`machine`: the system it says it ran in; none said by default)."""
 
     def iso(ago_s: float) -> str:
         return datetime.fromtimestamp(time.time() - ago_s, UTC).isoformat()
@@ -61,4 +63,6 @@ def lease_of_another_build(renewed_ago_s: float, *, host: str = "build-host-2", 
         "started": iso(renewed_ago_s + 60),
         "renewed": iso(renewed_ago_s),
     }
+    if machine is not None:
+        fields["machine"] = machine
     return json.dumps(fields).encode()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -406,6 +408,38 @@ def test_a_build_holds_the_urls_lease_while_it_runs_and_removes_it_however_it_en
             build_at_url(bucket, build_then(ending))
         assert seen[-1] is not None and seen[-1]["token"] != seen[0]["token"]
         assert LEASE not in _remote(bucket), type(ending).__name__
+
+
+def test_a_lease_whose_build_died_on_this_machine_is_taken_over_at_once(bucket, faces, capsys):
+    """A build killed with SIGKILL (the OOM killer) left a lease renewed a moment ago: its rerun on the same machine
+    was refused for 10 minutes, though the lease names a process that is gone here. A live process here, or a
+    dead pid of another machine (or of a lease that does not say its machine), still holds the URL."""
+    fs, root = fsspec.core.url_to_fs(bucket)
+    here = storage._this_machine()
+    if here is None:
+        pytest.skip("this system does not say its boot id and process namespace")
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        for refused in (
+            lease_of_another_build(5, host=host, pid=alive.pid, machine=here),
+            lease_of_another_build(5, host=host, pid=finished.pid, machine="another-boot pid:[1]"),
+            lease_of_another_build(5, host=host, pid=finished.pid),
+        ):
+            fs.pipe_file(f"{root}/{LEASE}", refused)
+            with pytest.raises(StorageError, match="another m2u-make-dataset run is building"):
+                _build(bucket, faces, shard_size=4)
+    finally:
+        alive.kill()
+        alive.wait()
+    fs.pipe_file(f"{root}/{LEASE}", lease_of_another_build(5, host=host, pid=finished.pid, machine=here))
+    capsys.readouterr()
+    _build(bucket, faces, shard_size=4)
+    said = capsys.readouterr().err
+    assert f"pid {finished.pid}" in said and "ran on this machine and its process is gone" in said, said
+    assert _lease(bucket) is None and fs.exists(f"{root}/manifest.parquet")
 
 
 def test_the_lease_is_renewed_while_the_build_runs(bucket, monkeypatch):
