@@ -474,6 +474,8 @@ def _stats(
         "generator": "m2u.datasets.build",
         "counts": count_rows(rows),
         "inputs": len(plan.items),
+        # What the folder scans did not read (no image suffix, hidden, ...), as the run said it; null: nothing.
+        "passed_over": plan.skipped or None,
         "planned_samples": len(plan.samples),
         "shards": shards,
         "timings": {**run["timings"], "total_s": round(time.perf_counter() - started, 3)},

@@ -54,6 +54,27 @@ def test_every_input_is_in_the_manifest_even_without_a_face(tmp_path):
     assert json.loads((out / "stats.json").read_text())["arguments"]["seed"] == 0
 
 
+def test_stats_json_records_what_the_folder_scans_passed_over(tmp_path):
+    """A photo in a format m2u does not read (.heic) or a hidden one was said on stderr only: the build's record
+    (stats.json) had no trace of it once the job's log was gone."""
+    photos = _faceless_folder(tmp_path)
+    (photos / "photo.heic").write_bytes(b"HEIC bytes")
+    cv2.imwrite(str(photos / ".hidden.png"), np.zeros((40, 40, 3), np.uint8))
+    out = tmp_path / "out"
+    result = build_dataset([photos], out, _config())
+    passed_over = json.loads((out / "stats.json").read_text())["passed_over"]
+    assert passed_over == result.skipped
+    assert (
+        "(.heic 1, .txt 1)" in passed_over
+        and "1 image file(s) in the input folders are hidden" in passed_over
+    )
+    clean = tmp_path / "clean"
+    (clean / "sub").mkdir(parents=True)
+    cv2.imwrite(str(clean / "sub" / "flat.png"), np.full((40, 40, 3), 128, np.uint8))
+    build_dataset([clean], tmp_path / "out2", _config())
+    assert json.loads((tmp_path / "out2" / "stats.json").read_text())["passed_over"] is None
+
+
 def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
     photos, out = _faceless_folder(tmp_path), tmp_path / "out"
     build_dataset([photos], out, _config())
