@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
@@ -189,14 +189,29 @@ def foreign_entries(out_dir: Path) -> list[str]:
     return sorted(p.name for p in out_dir.iterdir() if p.name not in _OWN_ENTRIES)
 
 
+def _other_files_error(out_dir: Path, names: Sequence[str]) -> BuildError:
+    return BuildError(
+        f"{out_dir} already holds other files ({', '.join(names[:5])}); choose an empty or new `out_dir`"
+    )
+
+
+def _held_without_state(out_dir: Path) -> list[str]:
+    """The files (relative, sorted) that OUT's split folders and manifest hold, where OUT has no build state."""
+    held = [MANIFEST_NAME] if (out_dir / MANIFEST_NAME).exists() else []
+    for split in SPLITS:
+        if (out_dir / split).is_dir():
+            held += sorted(
+                p.relative_to(out_dir).as_posix() for p in (out_dir / split).rglob("*") if not p.is_dir()
+            )
+    return held
+
+
 def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, Any]) -> bool:
     """Check OUT against this build; returns True when an earlier run with the same arguments is resumed."""
     state_file = out_dir / STATE_DIR / BUILD_STATE_NAME
     foreign = foreign_entries(out_dir)
     if foreign:
-        raise BuildError(
-            f"{out_dir} already holds other files ({', '.join(foreign[:5])}); choose an empty or new `out_dir`"
-        )
+        raise _other_files_error(out_dir, foreign)
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
     # A state that binds nothing and no manifest: an earlier run stopped before its first commit (its split folders
     # hold nothing committed), not a finished dataset whose build state is gone.
@@ -250,6 +265,13 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
         and not stopped_early
         and any((out_dir / name).exists() for name in (*SPLITS, MANIFEST_NAME))
     ):
+        files = _held_without_state(out_dir)
+        if not any(is_build_file(PurePosixPath(name)) for name in files):
+            # A person's own files in a folder named like a split (`train/notes.txt`): no dataset to `overwrite`
+            # (which refuses them as not m2u's).
+            raise _other_files_error(
+                out_dir, files or [f"{name}/" for name in SPLITS if (out_dir / name).exists()]
+            )
         raise BuildClashError(f"{out_dir} holds a dataset without build state")
     (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
     if previous is None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,6 +222,26 @@ def test_overwrite_leaves_another_m2u_tools_output_in_a_split_folder(tmp_path):
     build_dataset([photos], out, _config(seed=1, overwrite=True))
     stats = out / "train" / "train-000000_stats.json"
     assert not stats.exists() or stats.read_text() != "{}"  # replaced with the rest of the build
+
+
+def test_a_persons_files_in_a_split_named_folder_are_not_called_a_dataset(tmp_path):
+    """OUT/train/notes.txt alone was "a dataset without build state; use `overwrite`", and `overwrite` then
+    refused the file as not m2u's: the user was sent round. It is refused as other files, naming them."""
+    photos = _faceless_folder(tmp_path)
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "notes.txt").write_text("mine")
+    with pytest.raises(BuildError, match=r"already holds other files \(train/notes\.txt\)") as refused:
+        build_dataset([photos], out, _config())
+    assert "overwrite" not in str(refused.value)
+    (out / "train" / "notes.txt").unlink()
+    with pytest.raises(BuildError, match=r"already holds other files \(train/\)"):
+        build_dataset([photos], out, _config())
+    # A dataset whose build state is gone is still one: `overwrite` replaces it.
+    build_dataset([photos], tmp_path / "ds", _config())
+    shutil.rmtree(tmp_path / "ds" / STATE_DIR)
+    with pytest.raises(BuildError, match="holds a dataset without build state; use `overwrite`"):
+        build_dataset([photos], tmp_path / "ds", _config())
 
 
 def test_a_second_concurrent_run_is_refused(tmp_path):
