@@ -127,7 +127,14 @@ COLUMNS: tuple[tuple[str, pa.DataType, bool, str, tuple[str, ...]], ...] = (
         "`ok`, `no_face`, `refused` (faces found, every one refused by the placement checks) or `error`",
         (_MANIFEST,),
     ),
-    ("reason", pa.string(), True, "why the sample was not written; null when `ok`", (_MANIFEST,)),
+    (
+        "reason",
+        pa.string(),
+        True,
+        "why the sample was not written; null when `ok`, unless only the detector's low-threshold retry found "
+        "the face (any status: a note saying so, as the face may be none)",
+        (_MANIFEST,),
+    ),
     (
         "mask_type",
         pa.string(),

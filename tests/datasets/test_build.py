@@ -496,3 +496,11 @@ def test_a_face_only_the_low_threshold_retry_found_is_said_so_in_its_row(tmp_pat
     assert (manifest["status"] == "ok").all() and len(manifest) == 2
     assert manifest["reason"].str.startswith("found by the low-threshold retry (score -0.300)").all()
     assert manifest["reason"].str.contains("--min-score 0").all()
+    # The column's meaning, as the file carries it (and README's table), says an ok row may hold that note: it
+    # said "null when `ok`".
+    import pyarrow.parquet as pq
+
+    meaning = (
+        pq.read_schema(tmp_path / "retry" / MANIFEST_NAME).field("reason").metadata[b"description"].decode()
+    )
+    assert "low-threshold retry" in meaning, meaning
