@@ -853,10 +853,11 @@ class _UrlLease:
     build is there, writes its own (an exclusive create where the file system has one), waits LEASE_SETTLE_S and
     reads the lease back: of builds that wrote at once, only the last writer reads its own token and proceeds. A
     daemon thread renews it every LEASE_RENEW_S; one not renewed for LEASE_STALE_S is a dead build's and is taken
-    over, and so, at once, is one a build on this machine wrote whose process is gone (`_LeaseHolder.dead_here`). The upload checks that the lease is still this build's before it changes anything at the URL, and, between
-    files, that the renewals have not found it taken over or failed for LEASE_STALE_S (`check_held`): a long upload
-    stops there rather than remove the files of a build that took the URL over. Renewals failing for half that long
-    are said once on stderr."""
+    over, and so, at once, is one a build on this machine wrote whose process is gone (`_LeaseHolder.dead_here`). The
+    upload checks that the lease is still this build's before it changes anything at the URL, and, between files, that
+    the renewals have not found it taken over or failed for LEASE_STALE_S (`check_held`): a long upload stops there
+    rather than remove the files of a build that took the URL over. Renewals failing for half that long are said once on
+    stderr."""
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
