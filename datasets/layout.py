@@ -330,6 +330,11 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Write a Parquet file under a temporary name, then rename it: readers never see a partial file. A dataset's
     files are m2u's by name (`by_name`): a damaged manifest or marker is written again by a rerun."""
     path = Path(path)
+    if _holds_table(path, table):
+        # The same rows are there already: their bytes stay (a rerun on a finished dataset wrote them again, and
+        # another m2u's column notes or pyarrow's version changed the manifest's SHA-256, by which m2u-train tells
+        # the dataset on a resume).
+        return
     # No statistics timestamps exist in Parquet; fixed compression keeps the bytes reproducible.
     atomic_write(
         path,
@@ -337,6 +342,19 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
         durable=True,
         by_name=True,
     )
+
+
+def _holds_table(path: Path, table: pa.Table) -> bool:
+    """Whether `path` is a Parquet file m2u may write (m2u.core.fileio) holding `table`'s rows and columns."""
+    from m2u.core.fileio import replace_problem
+
+    if not path.is_file() or replace_problem(path, by_name=True):
+        return False
+    try:
+        kept = pq.read_table(arrow_path(path), schema=table.schema)
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return bool(kept.equals(table))
 
 
 def write_manifest(out_dir: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:

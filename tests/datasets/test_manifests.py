@@ -83,3 +83,30 @@ def test_a_relative_dataset_folder_with_a_colon_in_its_name_is_a_folder_not_a_ur
     pq.write_table(pa.table({"path": [str(p) for p in photos]}), tmp_path / "list:1.parquet")
     found = find_inputs(["list:1.parquet"], tmp_path / "out")  # a list file of that kind too
     assert [entry.path for entry in found.entries] == photos
+
+
+def test_a_manifest_holding_the_same_rows_keeps_its_bytes(synthetic_dataset, tmp_path):
+    """A rerun on a finished dataset wrote manifest.parquet again: by another m2u (other column notes) or another
+    pyarrow the bytes changed though no row did, and m2u-train tells a dataset by its manifest's SHA-256 on a
+    resume (it would refuse the same dataset as another)."""
+    import shutil
+
+    import pyarrow as pa
+
+    from m2u.datasets.layout import write_parquet_atomic
+
+    folder = tmp_path / "ds"
+    shutil.copytree(synthetic_dataset, folder)
+    path = folder / "manifest.parquet"
+    before = path.read_bytes()
+    table = pq.read_table(path)
+    noted = pa.schema(
+        [field.with_metadata({b"description": b"another m2u's note"}) for field in table.schema],
+        metadata={**(table.schema.metadata or {}), b"written_by": b"another pyarrow"},
+    )
+    write_parquet_atomic(table.cast(noted), path)
+    assert path.read_bytes() == before
+    keys = table.column("key").to_pylist()
+    changed = table.set_column(table.schema.get_field_index("key"), "key", pa.array([*keys[:-1], "other"]))
+    write_parquet_atomic(changed, path)
+    assert path.read_bytes() != before and pq.read_table(path).column("key").to_pylist()[-1] == "other"
