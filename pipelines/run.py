@@ -626,6 +626,24 @@ def with_demo_faces(config: PipelineConfig, run: Path) -> PipelineConfig:
 
 
 @contextlib.contextmanager
+def _faces_to_plan(config: PipelineConfig, *, demo_faces: bool) -> Iterator[PipelineConfig]:
+    """`config` as the dataset plan's check before anything is written reads it: with `demo_faces`, its faces a
+    scratch copy of the demo faces (the run's own copy is written later, under its lock). The plan reads names and
+    bytes alone, so the copy plans as the run's folder will: `dataset.split` or `dataset.limit` can leave a split of
+    the demo faces empty too, and that is refused before M-Seg and the GAN train, as it is for other faces."""
+    if not demo_faces:
+        yield config
+        return
+    import tempfile
+
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    with tempfile.TemporaryDirectory(prefix="m2u-demo-plan-") as scratch:
+        write_demo_faces(scratch)
+        yield dataclasses.replace(config, faces=[scratch])
+
+
+@contextlib.contextmanager
 def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: bool = False) -> Iterator[None]:
     """The run folder `run`, held (its lock) while the body writes it: every check that refuses the run is made
     before anything is written, the demo faces (`demo_faces`) too, which are written, where missing, only then."""
@@ -639,8 +657,8 @@ def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: boo
             f"the run folder {run} is the faces folder {faces_here[0]}; choose another run folder (one inside the "
             "faces folder is fine: it is never read as faces)"
         )
-    if demo is None:  # the demo faces' plan gives every split samples
-        check_dataset_plan(config, run, until)
+    with _faces_to_plan(config, demo_faces=demo is not None) as planned:
+        check_dataset_plan(planned, run, until)
     for name in PIPELINE_REPORTS:
         check_writable(run / name)  # refused before anything is written
     clash = report_clash(run, PIPELINE_TOOL, PIPELINE_REPORTS)  # an m2u-train run's config.json, say

@@ -144,6 +144,21 @@ def test_a_bad_mask_option_is_refused_before_the_run_folder_is_written(tmp_path,
     assert not run.exists()
 
 
+@pytest.mark.parametrize("split, evaluated", [("[0.9,0.1,0]", "test"), ("[0.9,0,0.1]", "val")])
+def test_an_empty_split_of_the_demo_faces_is_refused_before_any_stage(tmp_path, split, evaluated):
+    """The README's own example, `dataset.split [0.9,0.1,0]` with the test split evaluated, was refused before any
+    stage for faces given as INPUTS but, with --demo-faces, only after the dataset, M-Seg and the GAN had run (exit 2,
+    "split 'test' of RUN/dataset has no samples to evaluate"): the demo faces' plan was taken to fill every split.
+    (From a review, 2026-12-07.)"""
+    run = tmp_path / "run"
+    settings = ["--set", f"dataset.split={split}", "--set", f"evaluation.split={evaluated}"]
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(run), *settings])
+    assert result.exit_code == 2, result.output
+    assert "the evaluation stage cannot run (checked before any stage started)" in result.output
+    assert f"the {evaluated} split has no samples" in result.output
+    assert not run.exists()
+
+
 @pytest.mark.parametrize(
     "where", ["evaluation/index.html", "plots/mseg_train.png", "mseg/mseg.safetensors", "gan/metrics.json",
               "evaluation/plots/gan_train.png", "dataset/notes.txt"],
