@@ -269,6 +269,13 @@ def _load_pack_cached(cfg_file: Path, mtime: float) -> TemplatePack:
         raise TemplatePackError(f"{cfg_file}: not a valid masks.cfg ({exc.message})") from exc
     except UnicodeDecodeError as exc:  # its message named a byte, not the file
         raise TemplatePackError(f"{cfg_file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if parser.defaults():
+        # configparser lends a [DEFAULT] section's keys to every section: a bare pseudo-type ("empty") became a
+        # template, and one lacking a key was blamed on the wrong section. MaskTheFace's format has none.
+        raise TemplatePackError(
+            f"{cfg_file}: not a valid masks.cfg (a [DEFAULT] section: its keys would be lent to every section; "
+            "give each section its own template and anchors)"
+        )
     templates, skipped = {}, []
     _check_section_names(cfg_file, parser.sections())
     for section in parser.sections():

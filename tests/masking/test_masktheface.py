@@ -585,3 +585,22 @@ def test_a_pattern_file_that_is_no_image_is_said_in_words(tmp_path, content, sai
     with pytest.raises(ValueError) as refused:
         check_pattern_image(path)
     assert said in str(refused.value) and "_io." not in str(refused.value)
+
+
+@pytest.mark.parametrize("default", ["template = tpl.png", "mask_a = 15, 20"])
+def test_a_default_section_in_masks_cfg_is_refused_naming_the_file(tmp_path, default):
+    """configparser lends [DEFAULT]'s keys to every section: with a template there, MaskTheFace's bare pseudo-type
+    [empty] was loaded as a template; with an anchor there, [empty] was refused as "missing 'template'"."""
+    plain = _opaque_pack(tmp_path / "plain", _SQUARE)
+    cfg = (plain / "masks.cfg").read_text() + "[empty]\n"
+    (plain / "masks.cfg").write_text(cfg)
+    assert load_template_pack(plain).skipped == ("empty",)
+    pack = _opaque_pack(tmp_path / "pack", _SQUARE)
+    (pack / "masks.cfg").write_text(f"[DEFAULT]\n{default}\n\n{cfg}")
+    with pytest.raises(TemplatePackError) as refused:
+        load_template_pack(pack)
+    said = str(refused.value)
+    assert (
+        said.startswith(f"{pack / 'masks.cfg'}: not a valid masks.cfg (a [DEFAULT] section")
+        and "\n" not in said
+    )
