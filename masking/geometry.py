@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -494,17 +495,42 @@ def estimate_yaw(lm_frame: np.ndarray) -> float:
     return float(np.clip((left - right) / total, -1.0, 1.0))
 
 
+# Landmarks are image pixels, and no image m2u reads is this many pixels across (m2u.core.imageio's cap is 1e8
+# pixels): beyond it the drawing's casts to integers overflowed (numpy's RuntimeWarning) before the face was refused.
+MAX_LANDMARK_COORDINATE = 1e9
+
+
+def check_landmarks(landmarks: object) -> np.ndarray:
+    """`landmarks` as a (68, 2) float64 array of image pixels, or MaskingError saying in one line what they are
+    not: numbers (a string failed with numpy's "could not convert string to float"), of that shape, finite, or
+    within MAX_LANDMARK_COORDINATE of the origin."""
+    try:
+        raw = np.asarray(landmarks)  # ValueError for ragged lists
+        if raw.dtype.kind not in "biufO":  # text, bytes, dates, complex numbers
+            raise TypeError
+        points = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        what = " ".join(reprlib.repr(landmarks).split())
+        raise MaskingError(f"expected 68 landmarks of shape (68, 2) as numbers, got {what}") from None
+    if points.shape != (68, 2):
+        raise MaskingError(f"expected 68 landmarks of shape (68, 2), got {points.shape}")
+    if not np.all(np.isfinite(points)):
+        raise MaskingError("landmarks contain NaN or infinite values")
+    if np.abs(points).max() > MAX_LANDMARK_COORDINATE:
+        raise MaskingError(
+            f"landmarks contain coordinates beyond {MAX_LANDMARK_COORDINATE:g} px from the origin (no image is that "
+            "large)"
+        )
+    return points
+
+
 def build_mesh(
     landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(), top_shift: float = 0.0
 ) -> Mesh:
     """The image-space mesh for a face, or MaskingError with the reason it cannot be placed. `top_shift`: the
     face's shift of the top edge (`draw_top_shift`); a mesh that fails the checks with it is built again without it
     before the face is refused (fallback "unshifted")."""
-    landmarks = np.asarray(landmarks, dtype=np.float64)
-    if landmarks.shape != (68, 2):
-        raise MaskingError(f"expected 68 landmarks of shape (68, 2), got {landmarks.shape}")
-    if not np.all(np.isfinite(landmarks)):
-        raise MaskingError("landmarks contain NaN or infinite values")
+    landmarks = check_landmarks(landmarks)
     frame = face_frame(landmarks)
     if frame.scale < config.min_eye_distance_px:
         raise MaskingError(

@@ -34,6 +34,7 @@ from m2u.masking.geometry import (
     Mesh,
     PlacementConfig,
     build_mesh,
+    check_landmarks,
     draw_top_shift,
 )
 from m2u.masking.realism import (
@@ -574,7 +575,8 @@ def apply_mask(
         raise MaskingError(
             face.problem
         )  # e.g. the detector found it upside down: its landmarks are not usable
-    landmarks = np.asarray(face.landmarks if isinstance(face, Face) else face, dtype=np.float64)
+    # Checked here, before any drawing: the drawing casts them to integers (an overflow warning for huge ones).
+    landmarks = check_landmarks(face.landmarks if isinstance(face, Face) else face)
     rng = np.random.default_rng(seed)
     resolved = _resolve(config, rng)
     finish = draw_finish(rng, resolved[0], config.realism, not config.pack) if config.realism > 0 else None

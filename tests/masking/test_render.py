@@ -118,6 +118,28 @@ def test_degenerate_landmarks_raise_with_a_reason(damage, reason, synthetic_land
         apply_mask(skin_image, damage(synthetic_landmarks()), MaskConfig(), seed=0)
 
 
+@pytest.mark.parametrize(
+    "landmarks, said",
+    [
+        ("hello", "expected 68 landmarks of shape (68, 2) as numbers, got 'hello'"),
+        (np.full((68, 2), "1.5"), "expected 68 landmarks of shape (68, 2) as numbers, got array("),
+        ([{"x": 1}] * 68, "expected 68 landmarks of shape (68, 2) as numbers, got [{'x': 1}, "),
+        ("huge", "landmarks contain coordinates beyond 1e+09 px from the origin"),
+    ],
+)
+def test_landmarks_that_are_no_pixels_are_one_line_before_any_drawing(
+    landmarks, said, synthetic_landmarks, skin_image, recwarn
+):
+    """A string gave numpy's own "could not convert string to float: 'hello'", and landmarks about 1e20 numpy's
+    RuntimeWarning (an overflowing cast to int) before the mask was refused as falling outside the image."""
+    if isinstance(landmarks, str) and landmarks == "huge":
+        landmarks = synthetic_landmarks().astype(np.float64) * 1e20
+    with pytest.raises(MaskingError) as refused:
+        apply_mask(skin_image, landmarks, MaskConfig(), seed=0)
+    assert str(refused.value).startswith(said) and "\n" not in str(refused.value)
+    assert not recwarn.list, [str(w.message) for w in recwarn.list]
+
+
 def test_folded_jaw_is_refused_or_repaired_never_broken(synthetic_landmarks, skin_image):
     landmarks = synthetic_landmarks()
     # Swap the two halves of the jaw: the contour crosses itself, as a failed landmark fit can.
