@@ -513,6 +513,19 @@ def output_location_problem(out_dir: str | os.PathLike[str], setting: str = "out
     return ""
 
 
+def input_folder_problem(
+    out_dir: str | os.PathLike[str], folders: Iterable[str | os.PathLike[str]], setting: str = "out_dir"
+) -> str:
+    """ "`setting` OUT is the input folder F" when the output folder `out_dir` is one of the input `folders`
+    (Discovery.folders; the same folder however written: `x/../photos`, a link), else "". The caller says what
+    would go wrong there."""
+    out = _resolved(out_dir)
+    for folder in folders:
+        if _resolved(folder) == out:
+            return f"`{setting}` {out_dir} is the input folder {folder}"
+    return ""
+
+
 def check_output_folder(
     out_dir: str | os.PathLike[str],
     found: Discovery,
@@ -526,13 +539,11 @@ def check_output_folder(
     problem = output_location_problem(out_dir, setting)
     if problem:
         raise OutputFolderError(problem)
-    out = _resolved(out_dir)
-    for folder in found.folders:
-        if _resolved(folder) == out:
-            raise OutputFolderError(
-                f"`{setting}` {out_dir} is the input folder {folder}: outputs would be mixed with (and could "
-                "replace) the photos; choose another output folder"
-            )
+    problem = input_folder_problem(out_dir, found.folders, setting)
+    if problem:
+        raise OutputFolderError(
+            f"{problem}: outputs would be mixed with (and could replace) the photos; choose another output folder"
+        )
     inputs = {_resolved(e.path) for e in found.entries if not e.problem}
     for target in outputs:
         if _resolved(target) in inputs:
@@ -719,6 +730,7 @@ __all__ = [
     "read_names_ledger",
     "remember_output_names",
     "find_inputs",
+    "input_folder_problem",
     "open_lock_file",
     "no_images_error",
     "open_regular",

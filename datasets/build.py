@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
-from m2u.core.inputs import input_list, output_location_problem
+from m2u.core.inputs import input_folder_problem, input_list, output_location_problem
 from m2u.datasets.config import MASK_ENGINES, BuildClashError, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -143,6 +143,12 @@ def plan_build(
     (step 1)."""
     # The run's one discovery. A dataset written inside an input folder is never read back as input.
     found = find_dataset_inputs(inputs, exclude=[*([out_dir] if out_dir is not None else []), *exclude])
+    # OUT one of the input folders: said so, not as a folder that "already holds other files" (the photos).
+    problem = "" if out_dir is None else input_folder_problem(out_dir, found.folders)
+    if problem:
+        raise BuildError(
+            f"{problem}: the dataset would be written among the photos; choose another output folder"
+        )
     items = input_items(
         found,
         identity_file=config.identity_file,

@@ -254,6 +254,21 @@ def test_a_second_concurrent_run_is_refused(tmp_path):
         build_dataset([_faceless_folder(tmp_path)], out, _config())
 
 
+def test_an_out_that_is_the_input_folder_is_said_to_be_it(tmp_path):
+    """`m2u-make-dataset photos -o photos` was refused as "already holds other files (broken.jpg, ...)", though
+    m2u-mask and m2u-unmask say that OUT is the input folder; so does it now, however the folder is written."""
+    photos = _faceless_folder(tmp_path)
+    before = sorted(p.relative_to(photos) for p in photos.rglob("*"))
+    for out in (photos, photos / "sub" / ".."):
+        result = CliRunner().invoke(cli_main, [str(photos), "-o", str(out), "--mask-engine", "synthetic"])
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"Error: --out {out} is the input folder {photos}: the dataset would be written among the photos; "
+            "choose another output folder\n"
+        )
+    assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before
+
+
 def test_cli_reports_clear_errors(tmp_path):
     photos = _faceless_folder(tmp_path)
     foreign = tmp_path / "foreign"
