@@ -140,8 +140,17 @@ def make_detector(config: BuildConfig) -> Any:
     """The FaceDetector ``config.detector_options`` configure; one this install cannot run (BlazeFace's files
     missing) raises at once."""
     from m2u.masking import DetectorConfig, FaceDetector
+    from m2u.masking.blazeface import BlazeFaceUnavailable, check_available
 
-    return FaceDetector(DetectorConfig(**config.detector_options))
+    detector = DetectorConfig(**config.detector_options)
+    if detector.needs_blazeface:
+        try:
+            check_available()
+        except BlazeFaceUnavailable as exc:  # how to do without, in the build's own setting (the CLI's flag)
+            raise BlazeFaceUnavailable(
+                f"{exc}; or give `detector_options` blazeface_first=false (dlib's detectors alone)"
+            ) from None
+    return FaceDetector(detector)
 
 
 def ensure_worker(config: BuildConfig) -> None:

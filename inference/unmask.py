@@ -306,9 +306,14 @@ class Unmasker:
         self._blazeface_only: RealFaceDetector | None = None  # the turned try's detector (_detect_turned)
         if self.config.detector_model == "blazeface":
             if not self.config.aligned:  # aligned crops are never detected: no BlazeFace needed
-                from m2u.masking.blazeface import check_available
+                from m2u.masking.blazeface import BlazeFaceUnavailable, check_available
 
-                check_available()  # a missing install: one line before any photo, not an error row for each
+                try:
+                    check_available()  # a missing install: one line before any photo, not an error row for each
+                except BlazeFaceUnavailable as exc:  # the masked cascade needs none of it: say how to use it
+                    raise BlazeFaceUnavailable(
+                        f"{exc}; or give `detector_model` masked (dlib's masked-face cascade alone)"
+                    ) from None
             self.detector = RealFaceDetector(RealFaceDetectorConfig(tiles=self.config.tiles))
         elif self.config.detector_model == "masked":
             self.detector = MaskedFaceDetector()

@@ -290,10 +290,16 @@ class DetectorConfig:
             return self
         return replace(self, landmarks="converted" if count < CONVERTED_LANDMARKS_BELOW else "dlib")
 
+    @property
+    def needs_blazeface(self) -> bool:
+        """Whether this configuration runs BlazeFace first on some photos (with the HOG ladder: `model` "cnn" asks
+        for dlib's CNN and gets it), so needs its install (m2u.masking.blazeface.check_available)."""
+        return self.blazeface_first and self.model == "hog"
+
     def uses_blazeface(self, height: int, width: int) -> bool:
-        """Whether a photo of this size gets the BlazeFace first pass (with the HOG ladder: `model` "cnn" asks
-        for dlib's CNN and gets it)."""
-        return self.blazeface_first and self.model == "hog" and max(height, width) <= self.blazeface_max_side
+        """Whether a photo of this size gets the BlazeFace first pass (`needs_blazeface`, up to
+        `blazeface_max_side`)."""
+        return self.needs_blazeface and max(height, width) <= self.blazeface_max_side
 
     @property
     def ladder_top(self) -> int:
@@ -500,7 +506,7 @@ class FaceDetector:
         if config is not None and not isinstance(config, DetectorConfig):  # a dict failed with AttributeError
             raise SettingError("config", f"must be DetectorConfig or None, got {config!r}")
         self.config = config or DetectorConfig()
-        if self.config.blazeface_first and self.config.model == "hog":
+        if self.config.needs_blazeface:
             from m2u.masking.blazeface import BlazeFaceUnavailable, check_available
 
             try:
@@ -514,7 +520,7 @@ class FaceDetector:
         """Load the models this configuration can use now (e.g. in a parent process before forking workers, which
         then share them instead of each loading its own)."""
         models = {model for model, _, _ in self.config.passes()}
-        if self.config.blazeface_first and self.config.model == "hog":
+        if self.config.needs_blazeface:
             from m2u.masking.blazeface import _interpreter
 
             _interpreter(_BLAZEFACE_MODEL)

