@@ -121,20 +121,27 @@ def _anchors(name: str) -> np.ndarray:
     return np.asarray(centres, np.float32)
 
 
+# File descriptor 2 is the process's, not a thread's: one thread at a time points it elsewhere and back.
+_STDERR_SWAP = threading.Lock()
+
+
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
     """File descriptor 2 pointed at /dev/null for the duration: LiteRT's C++ logs its delegate at INFO level
     straight to it, whatever Python's logging or TF_CPP_MIN_LOG_LEVEL say (checked), and `-q` must mean quiet.
-    Python-level errors still propagate as exceptions."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    Python-level errors still propagate as exceptions. Held by one thread at a time: two overlapping (threads of a
+    service making their first detections at once) each saved what fd 2 was, the second saving /dev/null, and the
+    last to leave put /dev/null back for good: the process's stderr was lost (seen 1 run in 4 of 8 threads)."""
+    with _STDERR_SWAP:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class _Interpreter:
@@ -167,9 +174,18 @@ class _Interpreter:
         return raw, logits
 
 
-@functools.cache
+_INTERPRETERS: dict[str, _Interpreter] = {}
+_INTERPRETERS_BUILT = threading.Lock()
+
+
 def _interpreter(name: str) -> _Interpreter:
-    return _Interpreter(name)
+    """The process's one interpreter of model `name`, built by the first call: threads making their first detection
+    at once built one each (functools.cache does not hold others back while it builds), not the one per model and
+    process the lock in each relies on."""
+    with _INTERPRETERS_BUILT:
+        if name not in _INTERPRETERS:
+            _INTERPRETERS[name] = _Interpreter(name)
+        return _INTERPRETERS[name]
 
 
 def _weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, min_iou: float):

@@ -236,6 +236,68 @@ def test_blazeface_may_be_called_from_two_threads_at_once(small_portrait):
     assert alone and all([(d.box, d.score) for d in run] == alone for run in runs)
 
 
+def test_threads_silencing_litert_at_once_leave_stderr_where_it_was():
+    """fd 2 is the process's: two threads building their interpreters at once each pointed it at /dev/null and
+    back, the second saving /dev/null as what to restore, and the last to leave left it there (a service's stderr
+    lost for good, 1 run in 4 of 8 threads on their first photos). The interleaving forced: B enters while A is in,
+    A leaves first. Now B waits for A (A's wait for B times out) and fd 2 is what it was."""
+    import os
+    import threading
+
+    from m2u.masking.blazeface import _native_stderr_silenced
+
+    before = os.fstat(2)
+    b_inside, a_left = threading.Event(), threading.Event()
+
+    def a():
+        with _native_stderr_silenced():
+            b_inside.wait(0.3)
+        a_left.set()
+
+    def b():
+        with _native_stderr_silenced():
+            b_inside.set()
+            a_left.wait(0.3)
+
+    first = threading.Thread(target=a)
+    first.start()
+    second = threading.Thread(target=b)
+    second.start()
+    first.join()
+    second.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_threads_making_their_first_detection_at_once_share_one_interpreter(monkeypatch):
+    """One interpreter per model and process, however many threads ask for it first at once: functools.cache let
+    each build its own meanwhile (and swap fd 2 each time, above)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from m2u.masking import blazeface
+
+    built = []
+
+    class SlowToBuild:
+        def __init__(self, name):
+            built.append(name)
+            time.sleep(0.05)
+
+    monkeypatch.setattr(blazeface, "_Interpreter", SlowToBuild)
+    monkeypatch.setattr(blazeface, "_INTERPRETERS", {}, raising=False)
+    gate = threading.Barrier(4)
+
+    def first_call(_):
+        gate.wait()
+        return blazeface._interpreter("short")
+
+    with ThreadPoolExecutor(4) as pool:
+        interpreters = list(pool.map(first_call, range(4)))
+    assert built == ["short"] and all(i is interpreters[0] for i in interpreters)
+
+
 def _with_a_false_retry_face(monkeypatch):
     """HOG's upsample-0 run also returns a "face" at the retry's score on the flat grey corner of the photo (as the
     retry found a branch on a wall in an extras group photo)."""
