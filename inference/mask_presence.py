@@ -22,7 +22,6 @@ benchmarks/train_box_orientation.py): a face lying on its side or upside down sh
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import cv2
@@ -46,6 +45,7 @@ __all__ = [
     "upside_down_probabilities",
 ]
 
+from m2u.core.lazy import loaded_once
 from m2u.inference.pretrained import (
     BOX_ORIENTATION_FILE,
     CHECKSUMS_FILE,
@@ -169,19 +169,19 @@ def _load(file: Path, what: str) -> MaskPresenceNet | MaskPresenceEnsemble:
         raise ValueError(f"{file} is not a {what} m2u can load: {first}") from None
 
 
-@functools.cache
+@loaded_once
 def load_mask_classifier(path: str | None = None) -> MaskPresenceNet | MaskPresenceEnsemble:
     """The shipped classifier (or the one at `path`), on the CPU, in eval mode; loaded once per process."""
     return _load(Path(path) if path else MASK_CLASSIFIER, "mask classifier")
 
 
-@functools.cache
+@loaded_once
 def load_box_orientation_net(path: str | None = None) -> MaskPresenceNet | MaskPresenceEnsemble:
     """The shipped box orientation net (or the one at `path`), as `load_mask_classifier`."""
     return _load(Path(path) if path else BOX_ORIENTATION_NET, "box orientation net")
 
 
-@functools.cache
+@loaded_once
 def load_upside_down_classifier(path: str | None = None) -> MaskPresenceNet | MaskPresenceEnsemble:
     """The shipped upside-down classifier (or the one at `path`), as `load_mask_classifier`."""
     return _load(Path(path) if path else UPSIDE_DOWN_CLASSIFIER, "upside-down classifier")

@@ -28,6 +28,7 @@ import numpy as np
 
 from m2u.core.boxes import box_ious
 from m2u.core.guard import UserError
+from m2u.core.lazy import loaded_once
 
 __all__ = [
     "BLAZEFACE_MODELS",
@@ -174,18 +175,9 @@ class _Interpreter:
         return raw, logits
 
 
-_INTERPRETERS: dict[str, _Interpreter] = {}
-_INTERPRETERS_BUILT = threading.Lock()
-
-
+@loaded_once  # threads making their first detection at once each built one with functools.cache
 def _interpreter(name: str) -> _Interpreter:
-    """The process's one interpreter of model `name`, built by the first call: threads making their first detection
-    at once built one each (functools.cache does not hold others back while it builds), not the one per model and
-    process the lock in each relies on."""
-    with _INTERPRETERS_BUILT:
-        if name not in _INTERPRETERS:
-            _INTERPRETERS[name] = _Interpreter(name)
-        return _INTERPRETERS[name]
+    return _Interpreter(name)
 
 
 def _weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, min_iou: float):

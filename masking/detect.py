@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import threading
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from m2u.core.checks import check_types
 from m2u.core.errors import SettingError
 from m2u.core.fileio import cache_dir, write_cache_file
 from m2u.core.imageio import as_rgb_image
+from m2u.core.lazy import loaded_once
 from m2u.core.runtime import runtime_field
 from m2u.masking.geometry import LEFT_EYE, RIGHT_EYE
 
@@ -77,7 +77,7 @@ class SharedDetector:
 
 
 # One instance of each model per process: loading the 68-point predictor takes ~0.8 s and 100 MB.
-@functools.cache
+@loaded_once
 def _hog_detector() -> SharedDetector:
     return SharedDetector(_load_hog_detector())
 
@@ -98,12 +98,12 @@ def _load_hog_detector():
     return detector
 
 
-@functools.cache
+@loaded_once
 def _cnn_detector() -> SharedDetector:
     return SharedDetector(dlib.cnn_face_detection_model_v1(str(model_path("mmod_human_face_detector.dat"))))
 
 
-@functools.cache
+@loaded_once
 def _shape_predictor():
     return dlib.shape_predictor(str(model_path("shape_predictor_68_face_landmarks.dat")))
 
@@ -119,7 +119,7 @@ Box = tuple[int, int, int, int]
 Fit = Callable[[Sequence[tuple[np.ndarray, Sequence[Box]]]], list[list[np.ndarray]]]
 
 
-@functools.cache
+@loaded_once
 def landmark_fit(fitter: LandmarkFitter = "dlib") -> Fit:
     """`fit([(image, boxes), ...])`: per RGB uint8 image, dlib's 68 points (float32 (68, 2), image pixels) for each
     of its boxes (left, top, right, bottom). "dlib" (and "auto", where no run size decides it): dlib's own predictor

@@ -15,7 +15,6 @@ the mouth centre is placed from the eye centres by `expected_mouth` (a relation 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from m2u.core.boxes import box_iou, box_ious, inside_share
 from m2u.core.errors import SettingError
+from m2u.core.lazy import loaded_once
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import (
     LANDMARK_FITTERS,
@@ -61,7 +61,7 @@ MASKED_HOG_MODEL = Path(__file__).resolve().parent / "models" / "masked_face_hog
 MODELS: tuple[str, ...] = ("hog", "mhog", "cnn")
 
 
-@functools.cache
+@loaded_once
 def _masked_hog_detector():
     if not MASKED_HOG_MODEL.is_file():
         raise ModelFileError(f"masked-face detector model not found: {MASKED_HOG_MODEL} (a broken install?)")
