@@ -24,14 +24,15 @@ class DataSource(Protocol):
 
 
 # A source may also say the size of its batches, `batch_size` (an int; one other than the run's `batch_size` is
-# refused: the run's records would say the config's), how many training steps an epoch gives, `steps_per_epoch(split) -> int | None` (the
-# progress bar's total and ETA), the side of its samples, `crop_size() -> int | None` (a resumed run on
-# crops of another size is refused before it starts), and how it shares its samples among DDP ranks,
-# `rank_split() -> str` (checkpoints record it; a source without it takes every world_size-th sample,
-# m2u.training.run_state.EVERY_NTH), and which of a split's first batches its rank holds, `leading_share(split,
-# batches) -> int | None` (`val_batches`: see there), and which dataset it reads by content, `dataset_digest() ->
-# str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused; without it the dataset is
-# told by its path, and a resume mid-epoch says it could not check it); the trainer works without them.
+# refused: the run's records would say the config's), how many training steps an epoch gives,
+# `steps_per_epoch(split) -> int | None` (the progress bar's total and ETA), the side of its samples,
+# `crop_size() -> int | None` (a resumed run on crops of another size is refused before it starts), and how it shares
+# its samples among DDP ranks, `rank_split() -> str` (checkpoints record it; a source without it takes every
+# world_size-th sample, m2u.training.run_state.EVERY_NTH), and which of a split's first batches its rank holds,
+# `leading_share(split, batches) -> int | None` (`val_batches`: see there), and which dataset it reads by content,
+# `dataset_digest() -> str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused; without
+# it the dataset is told by its path, and a resume mid-epoch says it could not check it); the trainer works without
+# them.
 
 
 def source_batch_size(source: Any) -> int | None:

@@ -284,7 +284,10 @@ def unchecked_dataset_note(state: Any, data: str, digest: str | None) -> str | N
     if not stopped_on:
         why = "its checkpoint does not record which dataset that was (an earlier m2u's)"
     elif digest is None:
-        why = "it gives no content digest to compare (a dataset folder without manifest.parquet has none), only the same path"
+        why = (
+            "it gives no content digest to compare (a dataset folder without manifest.parquet has none), "
+            "only the same path"
+        )
     elif not isinstance(stopped_on[0].get("manifest_sha256"), str):
         why = "its checkpoint records no content digest of that dataset, only the same path"
     else:
