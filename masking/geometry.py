@@ -530,7 +530,15 @@ def build_mesh(
     """The image-space mesh for a face, or MaskingError with the reason it cannot be placed. `top_shift`: the
     face's shift of the top edge (`draw_top_shift`); a mesh that fails the checks with it is built again without it
     before the face is refused (fallback "unshifted")."""
-    landmarks = check_landmarks(landmarks)
+    return build_checked_mesh(check_landmarks(landmarks), config, top_shift)
+
+
+def build_checked_mesh(
+    landmarks: np.ndarray, config: PlacementConfig = PlacementConfig(), top_shift: float = 0.0
+) -> Mesh:
+    """build_mesh for `landmarks` that check_landmarks has returned: apply_mask checks a face's 68 points once
+    and builds up to four meshes from them (a shifted and an unshifted top edge, a pack's side view and its front
+    template), which checked them again each time. Points not from check_landmarks are build_mesh's to take."""
     frame = face_frame(landmarks)
     if frame.scale < config.min_eye_distance_px:
         raise MaskingError(

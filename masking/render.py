@@ -33,7 +33,7 @@ from m2u.masking.geometry import (
     MaskingError,
     Mesh,
     PlacementConfig,
-    build_mesh,
+    build_checked_mesh,
     check_landmarks,
     draw_top_shift,
 )
@@ -641,7 +641,7 @@ def _draw(
     """apply_mask's drawing of the resolved mask with the top edge shifted by `top_shift`; `side_view=False`
     draws a pack's front template whatever the face's pose."""
     mask_type, color, pattern, color_weight, pattern_weight = resolved
-    mesh = build_mesh(landmarks, config.placement, top_shift)
+    mesh = build_checked_mesh(landmarks, config.placement, top_shift)  # checked once, by apply_mask
     if config.pack:
         pack = load_template_pack(config.pack)
         template = pack.get(mask_type, mesh.pose if side_view else "front")

@@ -399,3 +399,48 @@ def test_a_head_strap_stops_short_of_the_eyes(celeba_dir, name):
     reach = int(0.3 * eye_distance) | 1
     near = cv2.dilate(eyes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))) > 0
     assert straps.any() and not (straps & near).any()
+
+
+def test_a_draw_checks_the_landmarks_once_and_build_mesh_still_checks_its_own(
+    synthetic_landmarks, skin_image, monkeypatch
+):
+    """apply_mask checked the 68 points, then build_mesh checked them again in each of its attempts (a shifted
+    and an unshifted top edge: three checks of one face here). Once per draw now; build_mesh, public, still
+    refuses points it is given that are not landmarks."""
+    import m2u.masking.geometry as geometry
+    import m2u.masking.render as render
+
+    landmarks = synthetic_landmarks()
+    config = MaskConfig(mask_type="surgical")
+    seed = next(s for s in range(50) if apply_mask(skin_image, landmarks, config, seed=s).meta["top_shift"])
+    calls = []
+    real_check = geometry.check_landmarks
+
+    def counted(points):
+        calls.append(1)
+        return real_check(points)
+
+    monkeypatch.setattr(geometry, "check_landmarks", counted)
+    monkeypatch.setattr(render, "check_landmarks", counted)
+    real_verify = render._verify
+    verified = []
+
+    def fails_first(mask, points, box):  # the shifted mask refused: the unshifted one is drawn (two meshes)
+        verified.append(1)
+        if len(verified) == 1:
+            raise MaskingError("mask covers eye landmarks [39]")
+        real_verify(mask, points, box)
+
+    monkeypatch.setattr(render, "_verify", fails_first)
+    result = apply_mask(skin_image, landmarks, config, seed=seed)
+    assert result.meta["fallback"] == "unshifted" and len(verified) == 2
+    assert len(calls) == 1
+    calls.clear()
+    build_mesh(landmarks)
+    assert len(calls) == 1
+    broken = landmarks.astype(np.float64)
+    broken[30] = np.nan
+    with pytest.raises(MaskingError, match="NaN"):
+        build_mesh(broken)
+    with pytest.raises(MaskingError, match=r"shape \(68, 2\)"):
+        build_mesh(landmarks[:60])
