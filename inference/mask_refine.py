@@ -10,6 +10,8 @@ whether a face wears a mask (MaskedFaceRule) reads M-Seg's own mask; this refine
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -52,10 +54,28 @@ def _square_kernel(fraction: float, size: int) -> np.ndarray:
     return np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
 
 
+@contextlib.contextmanager
+def _own_opencv_rng() -> Iterator[None]:
+    """OpenCV's random generator of this thread (GrabCut's k-means start draws from it) seeded with 0 for the
+    duration, and then seeded from a draw of the caller's generator taken before: OpenCV gives Python no way to read
+    or restore its state, and the seed alone left every caller's later cv2.randu / kmeans draws on the sequence m2u
+    chose, whatever they had seeded. The caller's generator moves on by one draw instead: a program that seeds
+    OpenCV still gets the same draws on every run, and different seeds keep different draws."""
+    caller = np.empty(2, np.uint16)
+    cv2.randu(caller, 0, 1 << 16)
+    try:
+        cv2.setRNGSeed(0)
+        yield
+    finally:
+        # setRNGSeed takes a C int: the two 16-bit draws as one signed 32-bit seed.
+        cv2.setRNGSeed((int(caller[0]) << 16 | int(caller[1])) - (1 << 31))
+
+
 def refine_mask(crop: np.ndarray, mask: np.ndarray, config: MaskRefineConfig | None = None) -> np.ndarray:
     """M-Seg's `mask` (uint8 0/255, (S, S)) on the aligned uint8 RGB `crop`, re-labelled by the crop's colours:
     uint8 0/255. Unchanged when refinement is off, the mask is too small to learn from, or nothing lies surely
-    outside it. Deterministic: OpenCV's random generator (GrabCut's k-means start) is seeded per call."""
+    outside it. Deterministic: OpenCV's random generator (GrabCut's k-means start) is seeded per call, and seeded
+    again from the caller's own draw afterwards (`_own_opencv_rng`)."""
     config = config or MaskRefineConfig()
     marked = mask > 0
     if not config.enabled or marked.sum() < _MIN_PIXELS:
@@ -68,16 +88,16 @@ def refine_mask(crop: np.ndarray, mask: np.ndarray, config: MaskRefineConfig | N
     seeds[~near] = cv2.GC_BGD
     if not core.any() or near.all():
         return mask
-    cv2.setRNGSeed(0)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    # Channel order does not matter to GrabCut (colour distances and per-channel mixtures): the RGB crop as it is.
-    cv2.grabCut(
-        np.ascontiguousarray(crop),
-        seeds,
-        None,
-        background,
-        foreground,
-        config.iterations,
-        cv2.GC_INIT_WITH_MASK,
-    )
+    with _own_opencv_rng():
+        # Channel order does not matter to GrabCut (colour distances and per-channel mixtures): the RGB crop as is.
+        cv2.grabCut(
+            np.ascontiguousarray(crop),
+            seeds,
+            None,
+            background,
+            foreground,
+            config.iterations,
+            cv2.GC_INIT_WITH_MASK,
+        )
     return np.where((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)

@@ -51,6 +51,37 @@ def test_refinement_is_deterministic_whatever_opencvs_random_state():
     assert np.array_equal(refine_mask(crop, over), first)
 
 
+def _opencv_draws() -> bytes:
+    draws = np.empty((4, 4), np.float32)
+    cv2.randu(draws, 0, 1)
+    return draws.tobytes()
+
+
+def test_refinement_leaves_the_callers_opencv_generator_on_a_sequence_of_its_own_seed():
+    """refine_mask seeded OpenCV's generator with 0 and left it there: whatever a caller had seeded, its cv2.randu
+    or kmeans draws afterwards were one fixed sequence. Now they follow from the caller's own state: the same seed
+    gives the same draws (a seeded program stays reproducible), another seed other draws, neither m2u's."""
+    crop, truth = _face_with_mask(seed=3)
+    over = cv2.dilate(truth, np.ones((11, 11), np.uint8))
+    after = {}
+    for seed in (12345, 777, 12345):
+        cv2.setRNGSeed(seed)
+        refined = refine_mask(crop, over)
+        after.setdefault(seed, []).append(_opencv_draws())
+    assert after[12345][0] == after[12345][1]  # reproducible for the caller
+    assert after[12345][0] != after[777][0]  # not one sequence whatever the caller seeded
+    cv2.setRNGSeed(0)
+    assert _opencv_draws() not in (after[12345][0], after[777][0])  # not the seed refine_mask uses
+    cv2.setRNGSeed(12345)
+    assert np.array_equal(refine_mask(crop, over), refined)  # and the refinement itself is unchanged
+    # A mask it returns unchanged does not touch the generator at all.
+    cv2.setRNGSeed(99)
+    untouched = _opencv_draws()
+    cv2.setRNGSeed(99)
+    refine_mask(crop, over, MaskRefineConfig(enabled=False))
+    assert _opencv_draws() == untouched
+
+
 def test_masks_it_cannot_learn_from_are_returned_unchanged():
     crop, truth = _face_with_mask()
     off = refine_mask(crop, truth, MaskRefineConfig(enabled=False))
