@@ -102,6 +102,14 @@ def source_region(matrix: np.ndarray, size: int, shape: tuple[int, ...], margin:
     return x0, y0, max(x0, x1), max(y0, y1)
 
 
+def photo_outline(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Where a source image of ``shape`` lies in the crop of ``matrix``: its outline (pixel centres at integers),
+    (4, 2) crop pixels; the crop's other pixels are border fill (replicated edge pixels)."""
+    height, width = shape[:2]
+    corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [width - 0.5, height - 0.5], [-0.5, height - 0.5]])
+    return transform_points(np.asarray(matrix, np.float64), corners)
+
+
 def align_face(
     image: np.ndarray, landmarks: np.ndarray, size: int, anchors: np.ndarray | None = None
 ) -> AlignedFace:

@@ -320,10 +320,11 @@ __all__ = ["SyntheticDatasetInfo", "make_synthetic_sample", "write_synthetic_dat
 
 
 def synthetic_masker(
-    image: np.ndarray, face: Any, seed: int
+    image: np.ndarray, face: Any, seed: int, photo: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A stand-in for the masking engine with the build's masker signature: the synthetic polygon/ellipse mask
-    drawn from ``face.landmarks``. Lets the build run (in tests, or before the engine exists) without templates."""
+    drawn from ``face.landmarks``. Lets the build run (in tests, or before the engine exists) without templates.
+    ``photo`` (where the photo lies in the crop) is not used: it draws on the crop as it is."""
     sample = draw_mask(
         SyntheticFace(image=image, landmarks=np.asarray(face.landmarks, np.float32)),
         np.random.default_rng(seed),

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from m2u.core.errors import SettingError
-from m2u.datasets.align import AlignedFace, align_face
+from m2u.datasets.align import AlignedFace, align_face, photo_outline
 from m2u.datasets.config import BuildConfig, BuildError, BuildWriteError
 from m2u.datasets.layout import MANIFEST_STATUSES, Status, shard_name, shard_relpath
 
@@ -45,8 +45,9 @@ from m2u.datasets.writer import sample_members, sample_metadata
 # "<folder>/<split>-NNNNNN.killed"; retries then run normally. The driver reads it and passes it with the job.
 FAULT_ENV = "M2U_TEST_KILL_FIRST_ATTEMPT_DIR"
 
-# A masker maps (aligned image, Face in crop coordinates, seed) to (masked image, mask 0/255, JSON-able meta).
-Masker = Callable[[np.ndarray, Any, int], tuple[np.ndarray, np.ndarray, dict[str, Any]]]
+# A masker maps (aligned image, Face in crop coordinates, seed) to (masked image, mask 0/255, JSON-able meta); a
+# keyword `photo` may say where the photo lies in the crop (align.photo_outline: the rest is border fill).
+Masker = Callable[..., tuple[np.ndarray, np.ndarray, dict[str, Any]]]
 SampleResult = tuple[dict[str, Any], dict[str, bytes] | None]
 # progress(samples done in this shard, counts per status so far)
 Progress = Callable[[int, dict[str, int]], None]
@@ -100,8 +101,10 @@ def make_masker(config: BuildConfig) -> Masker:
             "mask type 'all' is several masks per face: use `variants` K with `mask_type` random"
         )
 
-    def mask(image: np.ndarray, face: Any, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        result = apply_mask(image, face, mask_config, seed)
+    def mask(
+        image: np.ndarray, face: Any, seed: int, photo: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        result = apply_mask(image, face, mask_config, seed, photo=photo)
         return result.image, result.mask, dict(result.meta)
 
     return mask
@@ -276,7 +279,8 @@ def _from_faces(
     # The pair is built, and its row says how the face was found: the retry's false positives (a dog's "face")
     # were ok rows no one could find again (--min-score 0 leaves such faces out).
     note = f"{retry_note(face.score)}: it may be no face (--min-score 0 leaves it out)" if face.retry else ""
-    return [_mask_variant(_STATE, planned, aligned, crop_face, common, note) for planned in samples]
+    photo = photo_outline(aligned.matrix, image.shape)
+    return [_mask_variant(_STATE, planned, aligned, crop_face, common, note, photo) for planned in samples]
 
 
 def _mask_variant(
@@ -286,9 +290,11 @@ def _mask_variant(
     crop_face: Any,
     common: dict[str, Any],
     note: str = "",
+    photo: np.ndarray | None = None,
 ) -> SampleResult:
     """One planned variant of an aligned face: masked and encoded into its tar members, or its error row. `note`:
-    what the row's reason says of the face whatever becomes of it (how it was found)."""
+    what the row's reason says of the face whatever becomes of it (how it was found); `photo`: where the photo lies
+    in the crop (align.photo_outline; the rest is border fill, on which the mask's body may not lie)."""
     from m2u.masking import MaskingError
 
     def said(reason: str | None) -> str | None:
@@ -296,7 +302,7 @@ def _mask_variant(
 
     config, masker = state.config, state.masker
     try:
-        masked, mask, mask_meta = masker(aligned.image, crop_face, planned.seed)
+        masked, mask, mask_meta = masker(aligned.image, crop_face, planned.seed, photo=photo)
     except Exception as exc:  # noqa: BLE001 - MaskingError and friends: recorded per variant
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         status = Status.REFUSED if isinstance(exc, MaskingError) else Status.ERROR

@@ -18,11 +18,13 @@ def test_masking_refusals_are_counted_as_refused(celeba_first, tmp_path, monkeyp
     real = synthetic.synthetic_masker
     calls = []
 
-    def refuse_first(image, face, seed):
+    def refuse_first(
+        image, face, seed, photo=None
+    ):  # the build's masker signature (m2u.datasets.work.Masker)
         calls.append(seed)
         if len(calls) == 1:
             raise MaskingError("fold-over: 4 mesh triangles flipped")
-        return real(image, face, seed)
+        return real(image, face, seed, photo=photo)
 
     monkeypatch.setattr(synthetic, "synthetic_masker", refuse_first)
     config = BuildConfig(mask_engine="synthetic", workers=1, progress=False, size=64, shard_size=4)

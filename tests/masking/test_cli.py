@@ -257,3 +257,37 @@ def test_the_rows_say_what_the_outputs_cannot_keep_and_a_grey_photo_stays_grey(t
     assert (
         np.abs(coloured[..., 0] - coloured[..., 2])[greyed].mean() > 50
     )  # red where the colour photo is masked
+
+
+def test_a_face_whose_mask_would_lie_beyond_the_photos_edge_is_refused_by_m2u_mask_and_the_dataset_build(
+    tmp_path, astronaut_portrait
+):
+    """The astronaut cut a little below the nose tip: BlazeFace still finds the face, and m2u-mask wrote a
+    "masked" photo whose mask was a sliver at the bottom edge with its ear loops, the dataset build a pair whose
+    mask lay on the aligned crop's border fill (the photo's last row, replicated). Both now refuse the face and say
+    why (report.csv, the manifest), and the whole portrait is masked as before."""
+    from m2u.datasets.cli import main as dataset_main
+    from m2u.datasets.layout import read_manifest
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.ascontiguousarray(astronaut_portrait[:99])).save(src / "cut.png")
+    Image.fromarray(astronaut_portrait).save(src / "whole.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: r for r in _report(out)}
+    assert rows["whole.png"]["status"] == "ok"
+    assert rows["cut.png"]["status"] == "refused", rows["cut.png"]
+    assert "of the mask's body lies inside the image" in rows["cut.png"]["reason"]
+    assert not (out / "cut_surgical.jpg").exists()
+    dataset = tmp_path / "dataset"
+    result = CliRunner().invoke(
+        dataset_main, [str(src), "-o", str(dataset), "--workers", "0", "--split", "1,0,0", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(dataset)
+    status = dict(zip(manifest["source"].map(lambda s: Path(s).name), manifest["status"], strict=True))
+    reasons = dict(zip(manifest["source"].map(lambda s: Path(s).name), manifest["reason"], strict=True))
+    assert status == {"whole.png": "ok", "cut.png": "refused"}, manifest
+    assert "of the mask's body lies inside the image" in reasons["cut.png"]

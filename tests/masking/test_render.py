@@ -444,3 +444,57 @@ def test_a_draw_checks_the_landmarks_once_and_build_mesh_still_checks_its_own(
         build_mesh(broken)
     with pytest.raises(MaskingError, match=r"shape \(68, 2\)"):
         build_mesh(landmarks[:60])
+
+
+def test_a_face_whose_mask_body_is_mostly_beyond_the_image_edge_is_refused_not_drawn_as_straps(
+    synthetic_landmarks, skin_image
+):
+    """A face at the image's bottom edge, cut just below the nose tip: the mask's body lay mostly below the image
+    and apply_mask drew what was left of it, or only an ear loop, as a masked face (a pair whose "mask" is a
+    strap). Now refused when less than MIN_VISIBLE_BODY of the body lies inside, and a body wholly outside (the
+    straps alone) is refused even with `verify` off."""
+    from m2u.masking.geometry import build_mesh
+    from m2u.masking.render import MIN_VISIBLE_BODY, image_outline, visible_body_share
+
+    landmarks = synthetic_landmarks()
+    config = MaskConfig(mask_type="surgical")
+    for bottom, body in (
+        (int(landmarks[30, 1]), r"only \d+% of the mask's body"),
+        (int(landmarks[EYES, 1].max()) + 1, "only its straps"),
+    ):
+        cut = np.ascontiguousarray(skin_image[:bottom])
+        share = visible_body_share(build_mesh(landmarks).grid, image_outline(cut.shape[1], bottom))
+        assert share < MIN_VISIBLE_BODY
+        for seed in range(4):
+            with pytest.raises(MaskingError, match=body):
+                apply_mask(cut, landmarks, config, seed=seed)
+        if body == "only its straps":
+            with pytest.raises(MaskingError, match=body):
+                apply_mask(cut, landmarks, dataclasses.replace(config, verify=False), seed=0)
+        else:  # unchecked, what lies inside is drawn
+            drawn = apply_mask(cut, landmarks, dataclasses.replace(config, verify=False), seed=0)
+            assert drawn.mask.any()
+    # Mostly inside (cut below the mouth): drawn.
+    bottom = int(landmarks[57, 1]) + 4
+    cut = np.ascontiguousarray(skin_image[:bottom])
+    assert MIN_VISIBLE_BODY < visible_body_share(build_mesh(landmarks).grid, image_outline(256, bottom)) < 1
+    result = apply_mask(cut, landmarks, config, seed=0)
+    whole = apply_mask(skin_image, landmarks, config, seed=0)
+    assert result.meta["mask_pixels"] > 0.5 * whole.meta["mask_pixels"]
+
+
+def test_the_visible_share_of_a_body_is_its_area_on_the_photo():
+    from m2u.masking.render import image_outline, visible_body_share
+
+    rows, cols = np.meshgrid(np.linspace(10, 30, 5), np.linspace(-10.5, 29.5, 9), indexing="ij")
+    grid = np.stack([cols, rows], axis=-1)  # a 40 x 20 px rectangle, x -10.5..29.5, y 10..30
+    assert visible_body_share(grid, image_outline(100, 100)) == pytest.approx(
+        0.75
+    )  # the image starts at -0.5
+    assert visible_body_share(grid, image_outline(100, 20.5)) == pytest.approx(0.75 * 0.5)  # and ends at 20
+    assert visible_body_share(grid + [200, 0], image_outline(100, 100)) == 0.0
+    # A photo's outline turned by 45 degrees (an aligned crop's), either way round: x + y = 20 and x - y = 20 cut
+    # a corner of 50 px² each off it.
+    diamond = np.array([[20.0, 0], [120, 100], [20, 200], [-80, 100]])
+    for photo in (diamond, diamond[::-1]):
+        assert visible_body_share(grid + [10.5, 0], photo) == pytest.approx(1 - 2 * 50 / 800)
