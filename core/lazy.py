@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
+
+from m2u.core.locks import ForkSafeLock
 
 R = TypeVar("R")
 
@@ -51,7 +52,8 @@ class LoadedOnce(Generic[R]):
 
     def __init__(self, load: Callable[..., R]):
         self._cached = functools.cache(load)
-        self._lock = threading.RLock()
+        # A child forked while another thread loads finds it unlocked (and loads its own: the load never finished).
+        self._lock = ForkSafeLock(reentrant=True)
         functools.update_wrapper(self, load)
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:

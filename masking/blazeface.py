@@ -29,6 +29,7 @@ import numpy as np
 from m2u.core.boxes import box_ious
 from m2u.core.guard import UserError
 from m2u.core.lazy import loaded_once
+from m2u.core.locks import ForkSafeLock
 
 __all__ = [
     "BLAZEFACE_MODELS",
@@ -123,7 +124,23 @@ def _anchors(name: str) -> np.ndarray:
 
 
 # File descriptor 2 is the process's, not a thread's: one thread at a time points it elsewhere and back.
-_STDERR_SWAP = threading.Lock()
+_STDERR_SWAP = ForkSafeLock()
+# While fd 2 points at /dev/null: (the swapping thread's ident, the descriptor of what fd 2 was).
+_swapped: tuple[int, int] | None = None
+
+
+def _restore_stderr_in_child() -> None:
+    """After a fork in the middle of another thread's swap: the child's fd 2 is /dev/null, and the thread that would
+    have put it back does not exist there. Put back (the lock is made anew, m2u.core.locks)."""
+    global _swapped
+    if _swapped is not None and _swapped[0] != threading.get_ident():
+        os.dup2(_swapped[1], 2)
+        os.close(_swapped[1])
+        _swapped = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_stderr_in_child)
 
 
 @contextlib.contextmanager
@@ -133,15 +150,18 @@ def _native_stderr_silenced() -> Iterator[None]:
     Python-level errors still propagate as exceptions. Held by one thread at a time: two overlapping (threads of a
     service making their first detections at once) each saved what fd 2 was, the second saving /dev/null, and the
     last to leave put /dev/null back for good: the process's stderr was lost (seen 1 run in 4 of 8 threads)."""
+    global _swapped
     with _STDERR_SWAP:
         sys.stderr.flush()
         saved = os.dup(2)
+        _swapped = (threading.get_ident(), saved)
         try:
             with open(os.devnull, "wb") as null:
                 os.dup2(null.fileno(), 2)
             yield
         finally:
             os.dup2(saved, 2)
+            _swapped = None
             os.close(saved)
 
 
@@ -156,7 +176,7 @@ class _Interpreter:
         except ImportError as exc:  # pragma: no cover - an install without the runtime
             raise BlazeFaceUnavailable(_RUNTIME_MISSING) from exc
         self.model = BLAZEFACE_MODELS[name]
-        self.lock = threading.Lock()
+        self.lock = ForkSafeLock()  # a child forked while another thread invokes it can invoke it too
         self.interpreter = Interpreter(model_path=str(model_file(name)), num_threads=1)
         with _native_stderr_silenced():  # LiteRT's "INFO: Created ... XNNPACK delegate" line, on every run
             self.interpreter.allocate_tensors()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from m2u.core.errors import SettingError
 from m2u.core.fileio import cache_dir, write_cache_file
 from m2u.core.imageio import as_rgb_image
 from m2u.core.lazy import loaded_once
+from m2u.core.locks import ForkSafeLock
 from m2u.core.runtime import runtime_field
 from m2u.masking.geometry import LEFT_EYE, RIGHT_EYE
 
@@ -63,7 +63,7 @@ class SharedDetector:
 
     def __init__(self, model):
         self.model = model
-        self.lock = threading.Lock()
+        self.lock = ForkSafeLock()  # a child forked while another thread runs the model can run it too
 
     def run(self, image: np.ndarray, upsample: int, threshold: float):
         """The HOG detector's run: (rectangles, scores, sub-detector indices)."""
