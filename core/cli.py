@@ -273,13 +273,14 @@ def is_alias(param: click.Parameter) -> bool:
     return bool(param.name and param.name.startswith(_ALIAS_PREFIX))
 
 
-_SETTING_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+# A setting a message names in backticks ("`overwrite`"), and a boolean one with its value ("`blazeface_first`=false",
+# what a library user passes), said to a CLI user as its flag and as the switch that gives that value
+# ("--no-blazeface").
+_SETTING_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`(?:=(true|false)\b)?")
 
 
-def flag_of(setting: str, ctx: click.Context | None = None) -> str | None:
-    """The flag that sets the configuration key `setting` in the running command: the long option of the
-    parameter of that name (``mask_threshold`` → ``--threshold``; a repeatable ``--detector-option`` sets
-    ``detector_options``); None when the command has none."""
+def _option_of(setting: str, ctx: click.Context | None = None) -> tuple[click.Option, str] | None:
+    """The running command's option that sets the configuration key `setting`, with its first long flag."""
     ctx = ctx or click.get_current_context(silent=True)
     params = [] if ctx is None else [p for p in ctx.command.params if not is_alias(p)]
     for param in params:
@@ -288,7 +289,35 @@ def flag_of(setting: str, ctx: click.Context | None = None) -> str | None:
         # batch_size; m2u.training.cliutil).
         keys = {param.name, *(o[2:].replace("-", "_") for o in longs)}
         if longs and keys & {setting, setting.removesuffix("s")}:
-            return longs[0]
+            assert isinstance(param, click.Option)
+            return param, longs[0]
+    return None
+
+
+def flag_of(setting: str, ctx: click.Context | None = None) -> str | None:
+    """The flag that sets the configuration key `setting` in the running command: the long option of the
+    parameter of that name (``mask_threshold`` → ``--threshold``; a repeatable ``--detector-option`` sets
+    ``detector_options``); None when the command has none."""
+    found = _option_of(setting, ctx)
+    return None if found is None else found[1]
+
+
+def flag_giving(setting: str, value: bool, ctx: click.Context | None = None) -> str | None:
+    """What the running command's user types to give the boolean `setting` `value`: the switch of an on/off pair
+    (``blazeface_first`` false → ``--no-blazeface``; true → ``--blazeface``), "--flag true/false" for an option
+    that takes a boolean; None when the command has no option for it (or only a switch that cannot give it)."""
+    found = _option_of(setting, ctx)
+    if found is None:
+        return None
+    option, flag = found
+    if option.is_flag and option.is_bool_flag:
+        on = bool(option.flag_value)  # a lone `--no-x` flag sets False
+        switches = [flag, *(o for o in option.secondary_opts if o.startswith("--"))]
+        if value == on:
+            return switches[0]
+        return switches[1] if len(switches) > 1 else None
+    if isinstance(option.type, click.types.BoolParamType):
+        return f"{flag} {str(value).lower()}"
     return None
 
 
@@ -296,11 +325,18 @@ def cli_message(error: BaseException, ctx: click.Context | None = None) -> str:
     """The message of a library error for a CLI user: a SettingError's setting (m2u.core.errors) becomes its flag
     (the key itself, in backticks, where the command has no option for it: a key given through `--mask-option`,
     `--set` or a config file; spelled as a flag it named an option that does not exist), and so do the settings a
-    message names in backticks that the command has options for; other text is kept."""
+    message names in backticks that the command has options for; a boolean setting named with its value
+    ("`blazeface_first`=false") becomes the switch that gives it ("--no-blazeface"); other text is kept."""
     from m2u.core.errors import SettingError
 
     text = str(error)
     if isinstance(error, SettingError):
         flag = flag_of(error.setting, ctx) or f"`{error.setting}`"
         text = f"{flag}: {error.message}"
-    return _SETTING_MENTION.sub(lambda match: flag_of(match.group(1), ctx) or match.group(0), text)
+
+    def said(match: re.Match[str]) -> str:
+        setting, value = match.group(1), match.group(2)
+        flag = flag_of(setting, ctx) if value is None else flag_giving(setting, value == "true", ctx)
+        return flag or match.group(0)  # a key with a value no switch gives keeps both ("`quiet`=false")
+
+    return _SETTING_MENTION.sub(said, text)

@@ -165,6 +165,7 @@ def _contact_sheet(
 @click.option(
     "--blazeface/--no-blazeface",
     "blazeface_first",  # the DetectorConfig key: a library message naming `blazeface_first` reads as this flag
+    # (and "`blazeface_first`=false" as --no-blazeface: m2u.core.cli.cli_message)
     default=_DETECTOR.blazeface_first,
     show_default=True,
     help="BlazeFace first on photos up to 256 px (HOG where it finds nothing); --no-blazeface: HOG alone.",

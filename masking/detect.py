@@ -265,7 +265,7 @@ class DetectorConfig:
         if self.blazeface_max_side < 1:
             raise SettingError(
                 "blazeface_max_side",
-                f"must be at least 1 (`blazeface_first` false turns BlazeFace off), got {self.blazeface_max_side}",
+                f"must be at least 1 (`blazeface_first`=false turns BlazeFace off), got {self.blazeface_max_side}",
             )
         if not 0 < self.blazeface_threshold < 1:
             raise SettingError("blazeface_threshold", f"must be in (0, 1), got {self.blazeface_threshold}")
@@ -513,7 +513,7 @@ class FaceDetector:
                 check_available()
             except BlazeFaceUnavailable as exc:  # dlib's detectors alone need none of it: say how to use them
                 raise BlazeFaceUnavailable(
-                    f"{exc}; or turn `blazeface_first` off (dlib's detectors alone)"
+                    f"{exc}; or give `blazeface_first`=false (dlib's detectors alone)"
                 ) from None
 
     def load_models(self) -> FaceDetector:

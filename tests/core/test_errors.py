@@ -111,3 +111,31 @@ def test_a_setting_error_reaches_the_user_as_the_flag(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert "--detector-option: upsample" in result.output and "detector_options" not in result.output
+
+
+def test_a_boolean_setting_named_with_its_value_reaches_the_user_as_the_switch_that_gives_it():
+    """A library message says how to do without BlazeFace as "give `blazeface_first`=false"; m2u-mask said "turn
+    --blazeface off" (the flag that turns it on). Each command now says the switch it has for that value, and a
+    command without one keeps the key and value."""
+    from m2u.datasets.cli import main as make_dataset_main
+    from m2u.masking.cli import main as mask_main
+
+    mask, dataset = _context(mask_main), _context(make_dataset_main)
+    error = ValueError("BlazeFace needs x; or give `blazeface_first`=false (dlib's detectors alone)")
+    assert cli_message(error, mask) == "BlazeFace needs x; or give --no-blazeface (dlib's detectors alone)"
+    assert cli_message(ValueError("give `blazeface_first`=true"), mask) == "give --blazeface"
+    assert cli_message(error, dataset) == str(
+        error
+    )  # no such option there: the key and value, as typed in a file
+
+    @click.command()
+    @click.option("--strict", type=bool, default=True)
+    @click.option("--quiet", is_flag=True)
+    def probe(strict, quiet):  # pragma: no cover - only its options are read
+        pass
+
+    context = _context(probe)
+    assert cli_message(ValueError("or `strict`=false"), context) == "or --strict false"
+    assert cli_message(ValueError("or `quiet`=true"), context) == "or --quiet"
+    # A lone switch cannot give the other value: the key and value stay (never the switch that does the opposite).
+    assert cli_message(ValueError("or `quiet`=false"), context) == "or `quiet`=false"

@@ -147,7 +147,7 @@ def test_a_missing_blazeface_install_is_one_line_before_any_work(
     # Each says how to do without BlazeFace as its user types it (m2u-make-dataset said "turn `blazeface_first`
     # off", a key without the option that sets it).
     for command, args, without in (
-        (mask_main, [str(photo), "-o", str(tmp_path / "masked")], "or turn --blazeface off"),
+        (mask_main, [str(photo), "-o", str(tmp_path / "masked")], "or give --no-blazeface (dlib"),
         (
             dataset_main,
             [str(photo), "-o", str(tmp_path / "dataset")],
@@ -220,7 +220,7 @@ def test_aligned_crops_and_dlib_detectors_need_no_blazeface(tmp_path, monkeypatc
         result.output
     )  # 1: no face in grey
     result = CliRunner().invoke(mask_main, [str(photo), "-o", str(tmp_path / "m2")])
-    assert "or turn --blazeface off" in result.output
+    assert "or give --no-blazeface (dlib" in result.output
 
 
 def test_blazeface_may_be_called_from_two_threads_at_once(small_portrait):
