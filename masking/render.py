@@ -63,15 +63,17 @@ from m2u.masking.templates_pack import load_template_pack, pack_paths
 from m2u.masking.warp import grid_point, warp_texture
 
 # Which drawing of the masks this code makes: raised whenever the same face, configuration and seed would give other
-# pixels, so a dataset build never resumes across engines (m2u.datasets.build fingerprints it) and every result says
-# which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed higher on the nose
-# and wider over the cheeks, where real masks sit (PlacementConfig's defaults); 3: each face's mask worn higher or
-# lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread; 4: the 68 points of a
-# face rolled by more than 15 degrees fitted again on the face turned upright (m2u.masking.detect.fit_upright), a
-# black-and-white photo's mask drawn grey, straps ending short of the eyes, a pack's side view that fails the checks
-# drawn as its front template; 5: a patchwork print's cells with straight edges at full size (they were 8-pixel
-# staircases), a pack's side view with its outer anchors on its body's edge (templates_pack.side_view_anchors).
-RENDER_VERSION = 5
+# pixels or another refusal, so a dataset build never resumes across engines (m2u.datasets.build fingerprints it) and
+# every result says which one drew it (meta["render_version"]). 1: every engine before 2026-12-06; 2: masks placed
+# higher on the nose and wider over the cheeks, where real masks sit (PlacementConfig's defaults); 3: each face's mask
+# worn higher or lower on the nose by a seeded draw (PlacementConfig.height_spread), as real masks spread; 4: the 68
+# points of a face rolled by more than 15 degrees fitted again on the face turned upright
+# (m2u.masking.detect.fit_upright), a black-and-white photo's mask drawn grey, straps ending short of the eyes, a
+# pack's side view that fails the checks drawn as its front template; 5: a patchwork print's cells with straight edges
+# at full size (they were 8-pixel staircases), a pack's side view with its outer anchors on its body's edge
+# (templates_pack.side_view_anchors); 6: a face whose mask body lies mostly beyond the photo's edge refused
+# (MIN_VISIBLE_BODY), where 5 drew its straps (every face drawn has 5's pixels).
+RENDER_VERSION = 6
 # The seed's second stream (np.random.default_rng([seed, PLACEMENT_STREAM])): the placement's own draws.
 PLACEMENT_STREAM = 1
 # What a record written before render versions existed (a build state, a commit marker, a face pack) was drawn by.
