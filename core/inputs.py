@@ -17,9 +17,10 @@ file swapped for a FIFO after discovery is refused too.
 
 A tool's own output folder is passed as `exclude`: a rerun never reads its earlier outputs back as inputs
 (``m2u-mask photos -o photos/masked``). `check_output_folder` refuses an output folder that is an input folder
-or whose outputs would replace an input; `output_lock` keeps two runs from writing one output folder at once.
-`claim_output_names` names the outputs of the per-file tools (m2u-mask, m2u-unmask) so that a rerun gives each
-input the name the earlier run gave it, whatever the order of the inputs (m2u-make-dataset keys by content).
+or an input glob's folder (``photos`` for ``photos/*.jpg``), or whose outputs would replace an input;
+`output_lock` keeps two runs from writing one output folder at once. `claim_output_names` names the outputs of
+the per-file tools (m2u-mask, m2u-unmask) so that a rerun gives each input the name the earlier run gave it,
+whatever the order of the inputs (m2u-make-dataset keys by content).
 """
 
 from __future__ import annotations
@@ -101,9 +102,20 @@ class Discovery:
     # lead anywhere), and counted so that a user sees why the files behind them were not read.
     linked_folders: int = 0
     folders: list[Path] = field(default_factory=list)  # the input folders, as given
+    globs: list[str] = field(default_factory=list)  # the input globs, as given (folders: `input_folders`)
     per_input: dict[str, int] = field(default_factory=dict)  # entries found per argument
     # per argument, the files it names that an earlier argument named already (read once, under the earlier one)
     repeated_per_input: dict[str, int] = field(default_factory=dict)
+
+    def input_folders(self) -> list[tuple[Path, str]]:
+        """Every folder the inputs read from as a whole, each with how the user named it: the input folders ("the
+        input folder F") and each glob's fixed leading folder ("the folder F of the input glob P": ``photos`` for
+        ``photos/*.jpg``, ``.`` for ``*.jpg``), which holds its matches and any file a later match may be."""
+        named = [(folder, f"the input folder {folder}") for folder in self.folders]
+        return named + [
+            (_glob_base(pattern), f"the folder {_glob_base(pattern)} of the input glob {pattern}")
+            for pattern in self.globs
+        ]
 
     def describe_skipped(self) -> str:
         """A sentence naming what the folder scans passed over, so a user sees why fewer rows than files came
@@ -353,6 +365,7 @@ def discover(
             found.folders.append(path)
             entries = _scan_folder(path, text, _below(path, excluded), found, said)
         elif glob.has_magic(text) and not path.exists():
+            found.globs.append(text)
             entries = _scan_glob(text, _below(_glob_base(text), excluded), found, said)
         elif is_list_file(path):
             try:
@@ -513,16 +526,15 @@ def output_location_problem(out_dir: str | os.PathLike[str], setting: str = "out
     return ""
 
 
-def input_folder_problem(
-    out_dir: str | os.PathLike[str], folders: Iterable[str | os.PathLike[str]], setting: str = "out_dir"
-) -> str:
-    """ "`setting` OUT is the input folder F" when the output folder `out_dir` is one of the input `folders`
-    (Discovery.folders; the same folder however written: `x/../photos`, a link), else "". The caller says what
-    would go wrong there."""
+def input_folder_problem(out_dir: str | os.PathLike[str], found: Discovery, setting: str = "out_dir") -> str:
+    """ "`setting` OUT is the input folder F" when the output folder `out_dir` is one of the input folders, or
+    "`setting` OUT is the folder F of the input glob P" when it is a glob's fixed folder (`Discovery.input_folders`:
+    ``m2u-unmask 'photos/*.jpg' -o photos`` writes among the photos as ``m2u-unmask photos -o photos`` would; the
+    same folder however written: `x/../photos`, a link), else "". The caller says what would go wrong there."""
     out = _resolved(out_dir)
-    for folder in folders:
+    for folder, named in found.input_folders():
         if _resolved(folder) == out:
-            return f"`{setting}` {out_dir} is the input folder {folder}"
+            return f"`{setting}` {out_dir} is {named}"
     return ""
 
 
@@ -532,14 +544,15 @@ def check_output_folder(
     outputs: Iterable[str | os.PathLike[str]] = (),
     setting: str = "out_dir",
 ) -> None:
-    """Refuse (OutputFolderError) an output folder that is one of the input folders, or `outputs` (the paths the
-    run will write) that would replace an input file. Inputs inside the output folder are excluded by
-    `discover(..., exclude=[out_dir])`, so an output folder inside an input folder is fine. The messages name
-    the output folder's `setting` in backticks (m2u.core.errors: a CLI says its flag)."""
+    """Refuse (OutputFolderError) an output folder that is one of the input folders or an input glob's folder
+    (`input_folder_problem`), or `outputs` (the paths the run will write) that would replace an input file. Inputs
+    inside the output folder are excluded by `discover(..., exclude=[out_dir])`, so an output folder inside an
+    input folder (or a glob's folder) is fine. The messages name the output folder's `setting` in backticks
+    (m2u.core.errors: a CLI says its flag)."""
     problem = output_location_problem(out_dir, setting)
     if problem:
         raise OutputFolderError(problem)
-    problem = input_folder_problem(out_dir, found.folders, setting)
+    problem = input_folder_problem(out_dir, found, setting)
     if problem:
         raise OutputFolderError(
             f"{problem}: outputs would be mixed with (and could replace) the photos; choose another output folder"

@@ -144,7 +144,7 @@ def plan_build(
     # The run's one discovery. A dataset written inside an input folder is never read back as input.
     found = find_dataset_inputs(inputs, exclude=[*([out_dir] if out_dir is not None else []), *exclude])
     # OUT one of the input folders: said so, not as a folder that "already holds other files" (the photos).
-    problem = "" if out_dir is None else input_folder_problem(out_dir, found.folders)
+    problem = "" if out_dir is None else input_folder_problem(out_dir, found)
     if problem:
         raise BuildError(
             f"{problem}: the dataset would be written among the photos; choose another output folder"

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from m2u.core.inputs import output_lock
+from m2u.datasets.cli import main as dataset_main
+from m2u.evaluation.cli import real_masks_main
 from m2u.inference.cli import unmask_main
 from m2u.masking.cli import main as mask_main
 
@@ -49,6 +51,65 @@ def test_the_input_folder_is_refused_as_output(tmp_path, tiny_models, tool):
         assert result.exit_code != 0
         assert "-o" in result.output and "input folder" in result.output, result.output
     assert _hashes(folder) == before, "nothing written, nothing changed"
+
+
+def _run_tool(tool: str, tiny_models, out: Path, *inputs: Path):
+    if tool == "m2u-mask":
+        return _mask(out, *inputs)
+    if tool == "m2u-unmask":
+        return _unmask(tiny_models, out, *inputs)
+    if tool == "m2u-make-dataset":
+        args = [*map(str, inputs), "-o", str(out), "--mask-engine", "synthetic", "--quiet"]
+        return CliRunner().invoke(dataset_main, args)
+    mseg, generator = tiny_models  # m2u-eval real-masks: refused before its models load
+    args = [*map(str, inputs), "-o", str(out), "--mseg", str(mseg), "--generator", str(generator), "-q"]
+    return CliRunner().invoke(real_masks_main, args)
+
+
+GLOB_TOOLS = ["m2u-mask", "m2u-unmask", "m2u-make-dataset", "m2u-eval real-masks"]
+
+
+@pytest.mark.parametrize("tool", GLOB_TOOLS)
+def test_the_folder_of_an_input_glob_is_refused_as_output(tmp_path, tiny_models, tool, monkeypatch):
+    """`m2u-unmask 'photos/*.png' -o photos` wrote the results among the photos (and a rerun of the glob read them
+    back as photos): the glob's fixed folder is checked as an input folder is, for every command taking globs."""
+    folder = tmp_path / "photos"
+    before = _photos(folder)
+    monkeypatch.chdir(tmp_path)
+    for pattern, out, base in (
+        (folder / "*.png", folder, folder),
+        (
+            folder / "**" / "*.png",
+            tmp_path / "." / "photos",
+            folder,
+        ),  # recursive, the folder written otherwise
+        # The glob's folder is the working folder: the outputs, named by their path below it, would land in photos/.
+        (Path("*") / "*.png", Path("."), Path(".")),
+    ):
+        result = _run_tool(tool, tiny_models, out, pattern)
+        assert result.exit_code == 2, result.output
+        assert f"is the folder {base} of the input glob {pattern}" in result.output, result.output
+    assert _hashes(folder) == before, "nothing written, nothing changed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+@pytest.mark.parametrize("tool", GLOB_TOOLS)
+def test_an_output_folder_inside_an_input_globs_folder_is_accepted(tmp_path, tiny_models, tool):
+    """As inside an input folder: `-o photos/out` with `photos/**/*.png` is no input glob's folder, and a rerun
+    never reads the first run's outputs as inputs."""
+    folder = tmp_path / "photos"
+    _photos(folder)
+    out = folder / "out"
+    for _ in range(2):
+        result = _run_tool(tool, tiny_models, out, folder / "**" / "*.png")
+        assert "input glob" not in result.output, result.output
+    if tool in ("m2u-mask", "m2u-unmask"):
+        assert result.exit_code == 0, result.output
+        column = "path" if tool == "m2u-mask" else "input"
+        with (out / "report.csv").open(newline="") as handle:
+            assert sorted(row[column] for row in csv.DictReader(handle)) == sorted(
+                str(p) for p in folder.rglob("*.png") if out not in p.parents
+            )
 
 
 def test_m2u_unmask_refuses_an_output_that_would_replace_an_input(tmp_path, tiny_models):
