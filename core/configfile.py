@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,30 @@ class ConfigSettingError(ConfigError, SettingError):
 
     def __init__(self, setting: str, message: str):
         SettingError.__init__(self, setting, message)
+
+
+def written_at(source: str, key: str) -> str:
+    """Where a config file, a preset or `--set` wrote the value of a setting, as every command's messages say it
+    (m2u-train's and m2u-eval's ValueSources, m2u-pipeline's config): "from --set KEY" (`source` "--set"), else
+    "from SOURCE, key KEY" (SOURCE a config file's path, "the preset smoke"). KEY as the user wrote it."""
+    return f"from --set {key}" if source == "--set" else f"from {source}, key {key}"
+
+
+def as_written(message: str, field: str, key: str) -> str:
+    """`message`, a refusal naming the config field `field` (its dotted path, or "invalid value under GROUP: LEAF"
+    or "...: CLASS.LEAF" where GROUP.LEAF is that path), naming instead the key `key` the user wrote for it: `--set gan.lr=abc` sets
+    gan.optimizer.learning_rate, and "gan.optimizer.learning_rate must be a finite number, got 'abc'" becomes
+    "gan.lr must be a finite number, got 'abc'". Quoted values ('abc') are kept as they are."""
+    group, _, leaf = field.rpartition(".")
+    # "invalid value under mseg.model: MSegConfig.levels must be >= 2": the leaf may carry its class's name
+    under = rf"invalid value under {re.escape(group)}: (?:[A-Z]\w*\.)?{re.escape(leaf)}\b" if group else None
+    whole = rf"(?<![\w.]){re.escape(field)}(?![\w])"
+    pieces = re.split(r"('[^']*')", message)  # odd pieces are quoted values
+    for index in range(0, len(pieces), 2):
+        if under is not None:
+            pieces[index] = re.sub(under, lambda _: key, pieces[index])
+        pieces[index] = re.sub(whole, lambda _: key, pieces[index])
+    return "".join(pieces)
 
 
 def _refusal(error: ValueError | TypeError, where: str) -> ConfigError:

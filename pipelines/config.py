@@ -154,7 +154,11 @@ def load_config(
         ("--set", extra),
     ):
         if overrides:
-            layer: dict[str, str] = {}
+            # Each field set -> the key that set it: the key itself, but for the mseg and gan stages' own names
+            # (`gan.lr` sets gan.optimizer.learning_rate), which as_stage_fields fills in.
+            layer = {
+                path: path for path in _leaf_paths(overrides) if path.split(".")[0] not in ("mseg", "gan")
+            }
             try:
                 config = apply_overrides(config, as_stage_fields(overrides, layer))
             except ConfigError as error:
@@ -164,10 +168,21 @@ def load_config(
     return config
 
 
+def _leaf_paths(values: dict[str, Any], above: str = "") -> list[str]:
+    """The dotted paths of the values in nested mappings (`dataset.split` for {"dataset": {"split": ...}})."""
+    paths = []
+    for key, value in values.items():
+        path = f"{above}{key}"
+        paths += _leaf_paths(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return paths
+
+
 def _said_where(error: ConfigError, keys: dict[str, str], source: str) -> ConfigError:
-    """`error` with where the value it names was written, as m2u-train says it (" (gan.optimizer.learning_rate:
-    from --set gan.lr)"): a stage block's key (`gan.lr`) sets a field of another name, which the check names."""
-    from m2u.core.configfile import ConfigSettingError
+    """`error` in the words of the key the user wrote, saying where it was written (`--set gan.lr=abc`: "gan.lr must
+    be a finite number, got 'abc' (gan.lr: from --set gan.lr)"; a config file's: "(gan.lr: from FILE, key gan.lr)"):
+    a stage block's key (`gan.lr`) sets a field of another name (gan.optimizer.learning_rate), which the check
+    names."""
+    from m2u.core.configfile import ConfigSettingError, as_written, written_at
 
     message = error.message if isinstance(error, ConfigSettingError) else str(error)
     text = re.sub(r"'[^']*'", "", message)  # the values quoted in it ('abc') name no setting
@@ -185,16 +200,18 @@ def _said_where(error: ConfigError, keys: dict[str, str], source: str) -> Config
         ),
         key=len,
     )
+    if isinstance(error, ConfigSettingError) and error.setting in keys:
+        named.append(
+            error.setting
+        )  # the setting the stage's check refused, whether or not its message names it
     if not named:
         return error
     path = named[-1]
-    where = f"from --set {keys[path]}" if source == "--set" else f"from {source}, key {keys[path]}"
-    said = f"{message} ({path}: {where})"
-    return (
-        ConfigSettingError(error.setting, said)
-        if isinstance(error, ConfigSettingError)
-        else ConfigError(said)
-    )
+    key = keys[path]
+    said = f"{as_written(message, path, key)} ({key}: {written_at(source, key)})"  # as m2u-train says it
+    if isinstance(error, ConfigSettingError):
+        return ConfigSettingError(key if error.setting == path else error.setting, said)
+    return ConfigError(said)
 
 
 def config_as_dict(config: PipelineConfig) -> dict[str, Any]:

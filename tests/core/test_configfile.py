@@ -86,3 +86,26 @@ def test_bad_files_and_keys_are_named(tmp_path):
 def test_layers_merge_key_by_key():
     merged = merge_overrides({"a": 1, "m": {"x": 1, "y": 2}}, None, {"m": {"y": 3}}, {"b": 2})
     assert merged == {"a": 1, "m": {"x": 1, "y": 3}, "b": 2}
+
+
+def test_a_refusal_is_said_in_the_key_written_and_where_it_was_written():
+    """m2u-train and m2u-pipeline say a value's source in one wording, and a refusal naming the field a key sets
+    (optimizer.learning_rate for `lr`) speaks of the key typed; a quoted value is never rewritten."""
+    from m2u.core.configfile import as_written, written_at
+
+    assert written_at("--set", "gan.lr") == "from --set gan.lr"
+    assert written_at("run.yaml", "gan.lr") == "from run.yaml, key gan.lr"
+    field = "gan.optimizer.learning_rate"
+    assert as_written(f"{field} must be a finite number, got '{field}'", field, "gan.lr") == (
+        f"gan.lr must be a finite number, got '{field}'"
+    )
+    assert as_written("invalid value under gan.optimizer: learning_rate must be > 0", field, "gan.lr") == (
+        "gan.lr must be > 0"
+    )
+    assert as_written(
+        "invalid value under mseg.model: MSegConfig.levels must be >= 2", "mseg.model.levels", "mseg.levels"
+    ) == ("mseg.levels must be >= 2")
+    assert (
+        as_written("xgan.optimizer.learning_rate_max is 1", field, "gan.lr")
+        == "xgan.optimizer.learning_rate_max is 1"
+    )
