@@ -217,8 +217,8 @@ class ConfigBinding:
             values = _merge(base or {}, from_file, self.given(ctx, params), from_sets)
             return config_from_dict(self.cls, values)
         except ConfigError as error:
-            suffix = self.sources_named(ctx, str(error), sources)
-            raise click.UsageError(f"{self._said(error, sources)}{suffix}") from None
+            said, suffix = self.sources_named(ctx, self._said(error, sources), sources)
+            raise click.UsageError(f"{said}{suffix}") from None
         except ValueError as error:
             raise click.UsageError(cli_message(error)) from None
 
@@ -233,16 +233,18 @@ class ConfigBinding:
             return cli_message(ValueError(str(error)))
         return cli_message(error)
 
-    def sources_named(self, ctx: click.Context, message: str, sources: ValueSources) -> str:
-        """The suffix saying where the values a library message names came from: " (batch_size: from FILE, key
-        batch_size)", "(lr: from --set lr)", "(seed: from the command line, --seed)", "(epochs: the default,
-        --epochs sets it)". Library errors speak of settings; the user gave them in a file, a --set or an option
-        (the suffix said "on the command line: --batch-size" for a value read from a config file)."""
+    def sources_named(self, ctx: click.Context, message: str, sources: ValueSources) -> tuple[str, str]:
+        """`message` speaking of the keys a config file or --set wrote, and the suffix saying where the values it
+        names came from: " (batch_size: from FILE, key batch_size)", "(lr: from --set lr)" (the message's
+        optimizer.learning_rate said as `lr`, the key the user typed), "(seed: from the command line, --seed)",
+        "(epochs: the default, --epochs sets it)". Library errors speak of settings; the user gave them in a file,
+        a --set or an option (the suffix said "on the command line: --batch-size" for a value read from a config
+        file)."""
         # An unknown key is the file's or a --set's: where it was written, not the fields listed as known.
         unknown = re.match(r"unknown option '([^']+)'", message)
         if unknown:
             where = sources.place_of_key(unknown.group(1))
-            return f" ({where})" if where else ""
+            return message, f" ({where})" if where else ""
         text = re.sub(r"'[^']*'", "", message)  # the values quoted in it ('abc') name no setting
         named: dict[str, click.Option | None] = {}
         for param in ctx.command.params:
@@ -259,8 +261,14 @@ class ConfigBinding:
                 leaf = not any(other.startswith(f"{path}.") for other in keys)  # not a group of them
                 if leaf and _mentions(text, path):
                     named.setdefault(path, None)
-        parts = [f"{path}: {sources.source_of(ctx, path, param)}" for path, param in named.items()]
-        return f" ({'; '.join(parts)})" if parts else ""
+        from m2u.core.configfile import as_written
+
+        parts = []
+        for path, param in named.items():
+            name, where = sources.source_of(ctx, path, param)
+            message = as_written(message, path, name) if name != path else message
+            parts.append(f"{name}: {where}")
+        return message, f" ({'; '.join(parts)})" if parts else ""
 
     def as_options(self, command: click.Command, config: Any, others: Mapping[str, Any]) -> dict[str, Any]:
         """`config` as a config file: every option by its key (options first, in --help order), then the fields
@@ -309,30 +317,37 @@ class ValueSources:
 
     def place_of_key(self, path: str) -> str:
         """Where the key `path` (dotted) was written: "from --set KEY", "in FILE", "" when unknown."""
+        from m2u.core.configfile import written_at
+
         if path in self.set_keys:
-            return f"from --set {self.set_keys[path]}"
+            return written_at("--set", self.set_keys[path])
         if path in self.file_keys:
             return f"in {self.config_file}"
         if path in self.base_keys:
             return f"in {self.base_source or 'the resumed run'}"
         return ""
 
-    def source_of(self, ctx: click.Context, path: str, param: click.Option | None) -> str:
-        """Where the value of the field `path` came from, by precedence: --set, the command line, the config file,
-        the resumed run's saved config, the default."""
+    def source_of(self, ctx: click.Context, path: str, param: click.Option | None) -> tuple[str, str]:
+        """What to call the field `path` and where its value came from, by precedence: --set, the command line,
+        the config file, the resumed run's saved config, the default. A value a config file or --set wrote under
+        a key of its own (`lr` for optimizer.learning_rate) is called by that key."""
+        from m2u.core.configfile import written_at
+
         flag = max(param.opts, key=len) if param is not None else None
         if _key_for(self.set_keys, path):
-            return f"from --set {_key_for(self.set_keys, path)}"
+            return self.set_keys.get(path, path), written_at("--set", str(_key_for(self.set_keys, path)))
         if param is not None and ctx.get_parameter_source(str(param.name)) not in (
             None,
             ParameterSource.DEFAULT,
         ):
-            return f"from the command line, {flag}"
+            return path, f"from the command line, {flag}"
         if _key_for(self.file_keys, path):
-            return f"from {self.config_file}, key {_key_for(self.file_keys, path)}"
+            return self.file_keys.get(path, path), written_at(
+                str(self.config_file), str(_key_for(self.file_keys, path))
+            )
         if _key_for(self.base_keys, path):
-            return f"from {self.base_source or 'the resumed run'}"
-        return f"the default, {flag} sets it" if flag else "the default"
+            return path, f"from {self.base_source or 'the resumed run'}"
+        return path, f"the default, {flag} sets it" if flag else "the default"
 
 
 def _key_for(keys: Mapping[str, str], path: str) -> str | None:

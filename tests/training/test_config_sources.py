@@ -52,13 +52,19 @@ def test_a_value_from_the_config_file_names_the_file_and_its_key(tmp_path):
     line = _error(
         train_main, ["mseg", "-c", str(_config(tmp_path, "lr: abc\n", "lr.yaml")), "--print-config"]
     )
-    assert "optimizer.learning_rate: from " in line and "lr.yaml, key lr)" in line and "--lr" not in line
+    assert line.endswith(
+        f"lr must be a finite number, got 'abc' (lr: from {tmp_path / 'lr.yaml'}, key lr)"
+    ), line
+    assert "learning_rate" not in line and "--lr" not in line
 
 
 def test_a_value_from_set_names_the_set(tmp_path):
     config = _config(tmp_path, "batch_size: 0\n")
     line = _error(train_main, ["mseg", "-c", str(config), "--set", "batch_size=-1", "--print-config"])
     assert "batch_size: from --set batch_size" in line and str(config) not in line
+    # The key typed, not the field it sets (optimizer.learning_rate), as m2u-pipeline says it (`gan.lr`).
+    line = _error(train_main, ["gan", "--set", "lr=abc", "--print-config"])
+    assert line == "Error: lr must be a finite number, got 'abc' (lr: from --set lr)", line
     line = _error(train_main, ["mseg", "--set", "optimizer.betas=[1, 2, 3]", "--print-config"])
     assert "(optimizer.betas: from --set optimizer.betas)" in line
 
