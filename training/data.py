@@ -9,7 +9,7 @@ the CUDA path); the trainer converts it on its device with `m2u.datasets.loader.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,24 @@ class DataSource(Protocol):
 # `dataset_digest() -> str | None` (checkpoints record it: a resume mid-epoch on another dataset is refused; without
 # it the dataset is told by its path, and a resume mid-epoch says it could not check it); the trainer works without
 # them.
+
+
+class DigestOnce:
+    """A source's `dataset_digest()` read once (ShardDataSource: its manifest's SHA-256; OnTheFlyDataSource: its
+    face pack's): the trainer asks at the start, on resume and at every checkpoint, and reading it again would hash
+    the files again. `get(read, unreadable)`: `read()`'s value the first time, then the same; None, kept too, when
+    `read` raised one of `unreadable` (a dataset without a readable manifest or pack)."""
+
+    def __init__(self) -> None:
+        self._value: tuple[str | None] | None = None
+
+    def get(self, read: Callable[[], str], unreadable: tuple[type[Exception], ...]) -> str | None:
+        if self._value is None:
+            try:
+                self._value = (read(),)
+            except unreadable:
+                self._value = (None,)
+        return self._value[0]
 
 
 def source_batch_size(source: Any) -> int | None:
@@ -159,7 +177,7 @@ class ShardDataSource:
         self.rank, self.world_size = rank, world_size
         self.pin_memory, self.uint8 = pin_memory, uint8
         self._loaders: dict[str, Any] = {}  # split -> loader, kept when its workers persist
-        self._digest: tuple[str | None] | None = None  # dataset_digest's, read once
+        self._digest = DigestOnce()
 
     def batches(self, split: str, epoch: int) -> Iterable[dict]:
         loader = self._loaders.get(split) or self._make_loader(split)
@@ -204,12 +222,7 @@ class ShardDataSource:
         from m2u.core.fileio import content_digest
         from m2u.datasets.layout import MANIFEST_NAME
 
-        if self._digest is None:
-            try:
-                self._digest = (content_digest(self.root / MANIFEST_NAME),)
-            except OSError:
-                self._digest = (None,)
-        return self._digest[0]
+        return self._digest.get(lambda: content_digest(self.root / MANIFEST_NAME), (OSError,))
 
     def crop_size(self) -> int | None:
         """The side of the dataset's samples, from its stats.json (None when it does not say)."""

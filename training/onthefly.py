@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from m2u.training.data import DigestOnce
+
 SPLIT_IDS = {"train": 0, "val": 1}
 MAX_ATTEMPTS = 8
 
@@ -190,7 +192,7 @@ class OnTheFlyDataSource:
     refused_renders: int = 0
     _test: Any = field(default=None, repr=False)
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
-    _digest: tuple[str | None] | None = field(default=None, repr=False)  # dataset_digest's, read once
+    _digest: DigestOnce = field(default_factory=DigestOnce, repr=False, compare=False)
 
     def order(self, split: str, epoch: int, count: int) -> list[int]:
         if split == "train":
@@ -236,12 +238,8 @@ class OnTheFlyDataSource:
         pack is refused and the same one moved resumes; None where the pack cannot be read."""
         from m2u.datasets.facepack import FacePack
 
-        if self._digest is None:
-            try:
-                self._digest = (FacePack(self.pack).digest(),)
-            except (OSError, ValueError, KeyError):  # not a readable pack: its batches say why
-                self._digest = (None,)
-        return self._digest[0]
+        # not a readable pack: None (its batches say why)
+        return self._digest.get(lambda: FacePack(self.pack).digest(), (OSError, ValueError, KeyError))
 
     def _make_loader(self, split: str) -> DataLoader | None:
         dataset = RenderedPairs(self.pack, split, self.seed, mask_options=self.mask_options)

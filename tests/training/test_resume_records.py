@@ -601,3 +601,35 @@ def test_m2u_train_names_data_when_a_resume_mid_epoch_is_on_another_dataset_fold
     assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
     resumed = CliRunner().invoke(train_main, [*resume, str(tmp_path / "a copy")])
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_both_data_sources_read_their_dataset_digest_once_through_one_cache(tmp_path, monkeypatch):
+    """ShardDataSource and OnTheFlyDataSource each kept their digest in a one-tuple of their own; both keep it in
+    m2u.training.data.DigestOnce now: read once, and a dataset that cannot be read is None, not read again."""
+    from m2u.datasets.facepack import FacePack
+    from m2u.training.data import DigestOnce, ShardDataSource
+    from m2u.training.onthefly import OnTheFlyDataSource
+
+    reads: list[str] = []
+
+    def read(what: str, fails: bool = False) -> str:
+        reads.append(what)
+        if fails:
+            raise OSError("unreadable")
+        return f"digest of {what}"
+
+    monkeypatch.setattr("m2u.core.fileio.content_digest", lambda path: read("manifest"))
+    monkeypatch.setattr(FacePack, "digest", lambda self: read("pack"))
+    folder = tmp_path / "shards"
+    (folder / "train").mkdir(parents=True)
+    shards, pack = ShardDataSource(str(folder), 2), OnTheFlyDataSource(str(tmp_path / "pack"), 2)
+    monkeypatch.setattr(FacePack, "__init__", lambda self, root: None)
+    for source, what in ((shards, "manifest"), (pack, "pack")):
+        assert isinstance(source._digest, DigestOnce)
+        assert source.dataset_digest() == source.dataset_digest() == f"digest of {what}"
+    assert reads == ["manifest", "pack"]
+
+    once = DigestOnce()
+    assert once.get(lambda: read("gone", fails=True), (OSError,)) is None
+    assert once.get(lambda: read("gone"), (OSError,)) is None
+    assert reads[2:] == ["gone"]
