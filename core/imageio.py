@@ -300,7 +300,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """Read an image file as uint8 RGB (H, W, 3) with its EXIF orientation applied.
 
     Raises ImageReadError for missing, non-regular (FIFO, device: never read), zero-byte, truncated, non-image or
-    over-limit (`max_pixels`) files.
+    over-limit (`max_pixels`) files. A JPEG lacking only its end marker is whole, and read
+    (`jpeg_lacking_only_its_end`).
     """
     path = Path(path)
     with open_regular(path) as handle:
@@ -402,6 +403,90 @@ _IFD0_SIZE_TAGS = (ExifTags.Base.ImageWidth, ExifTags.Base.ImageLength)
 _EXIF_SIZE_TAGS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
 
 
+JPEG_END = b"\xff\xd9"  # a JPEG's end marker (EOI)
+# The frame markers of Huffman-coded JPEGs (baseline, extended sequential, progressive): libjpeg-turbo warns when
+# such a scan's data ends early. An arithmetic-coded scan cut short is padded with zeros without a warning.
+_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+
+
+def _jpeg_scans(data: bytes) -> tuple[int, list[int], list[tuple[list[int], int, int, int]]] | None:
+    """A JPEG's frame marker, its component ids and its scans (each: the component ids, first and last coefficient,
+    the successive-approximation low bit Al), read from the marker segments of a JPEG that ends inside the
+    entropy-coded data of its last scan; None for any other (an end marker before its end: an MPO's first image, a
+    file cut inside a marker segment), or where they cannot be read."""
+    frame, components, scans, i, size = 0, [], [], 2, len(data)
+    while i + 4 <= size:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return None
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a segment
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        segment = data[i + 4 : i + 2 + length]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if len(segment) < 6 or len(segment) < 6 + 3 * segment[5]:
+                return None
+            frame, components = marker, [segment[6 + 3 * k] for k in range(segment[5])]
+        elif marker == 0xDA:  # a scan: its header, then entropy-coded data up to the next marker
+            count = segment[0] if segment else 0
+            if len(segment) < 4 + 2 * count:
+                return None
+            ids = [segment[1 + 2 * k] for k in range(count)]
+            scans.append((ids, segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count] & 15))
+            i += 2 + length
+            while True:  # to the first FF that is neither a stuffed data byte (FF 00) nor a restart marker
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= size:  # the data ends in this scan (a last lone FF: EOI's first byte)
+                    return (frame, components, scans) if frame else None
+                if data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7:
+                    break
+                i += 2
+            continue
+        i += 2 + length
+    return None
+
+
+def _with_end(data: bytes) -> bytes:
+    """`data` with the JPEG end marker appended (its last byte only, where it ends in the first)."""
+    return data + (JPEG_END[1:] if data.endswith(JPEG_END[:1]) else JPEG_END)
+
+
+def jpeg_lacking_only_its_end(data: bytes) -> bool:
+    """Whether `data` is a whole JPEG but for its end marker (EOI, FF D9; or its last byte), as some cameras,
+    scanners and scripts leave them: it ends in its last scan's data, its scans hold every coefficient of every
+    component to full precision (so no later scan of a progressive JPEG is missing), and libjpeg-turbo decodes it,
+    the marker appended, without the warning it gives where a scan's data ends early. Pillow cannot tell such a
+    file from one cut anywhere: with the marker appended it decodes a cut file too, the missing part grey. A file
+    cut anywhere else, at a progressive scan's end included, is not one (every cut of baseline, progressive,
+    restart-marker, greyscale and 4:4:4 JPEGs checked); nor is an arithmetic-coded JPEG, whose cut scans libjpeg
+    pads without a warning."""
+    if not data.startswith(b"\xff\xd8") or data.endswith(JPEG_END):
+        return False
+    parsed = _jpeg_scans(data)
+    if parsed is None or parsed[0] not in _HUFFMAN_FRAMES:
+        return False
+    _, components, scans = parsed
+    for component in components:
+        for k in range(64):
+            if not any(
+                component in ids and first <= k <= last and low == 0 for ids, first, last, low in scans
+            ):
+                return False
+    import simplejpeg
+
+    try:  # CMYK and YCCK (4 components) decode as CMYK: libjpeg-turbo gives no RGB of them
+        simplejpeg.decode_jpeg(_with_end(data), "CMYK" if len(components) == 4 else "RGB", strict=True)
+    except ValueError:  # "Corrupt JPEG data: premature end of data segment", "... must resync ..."
+        return False
+    return True
+
+
 def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
     try:
         with warnings.catch_warnings():
@@ -456,6 +541,12 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
         raise ImageReadError(f"image too large: {size} exceeds {limit}", path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated or corrupt data as OSError ("image file is truncated", "broken data stream").
+        # A JPEG whole but for its end marker is read as the whole file it is (Pillow refuses it as cut).
+        if str(exc).startswith("image file is truncated"):
+            handle.seek(0)
+            data = handle.read()
+            if jpeg_lacking_only_its_end(data):
+                return _decode(io.BytesIO(_with_end(data)), path, max_pixels, whole_photo)
         raise ImageReadError(f"corrupt or truncated image ({exc})", path) from exc
     except MemoryError as exc:
         raise ImageReadError("not enough memory to decode the image", path) from exc

@@ -90,6 +90,33 @@ def test_unreadable_files_raise_with_a_reason(tmp_path, content, reason):
     assert info.value.reason and info.value.path == str(path)
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"progressive": True}, {"restart_marker_blocks": 2}, {"subsampling": 0}], ids=str
+)
+def test_a_jpeg_lacking_only_its_end_marker_is_read_whole_and_every_cut_one_refused(tmp_path, photo, options):
+    """A JPEG whole but for its end marker (FF D9), as some cameras and scripts leave them, was refused as cut:
+    Pillow cannot tell the two apart (with the marker appended it decodes a cut file too, grey below the cut).
+    Such a file reads as the whole file (its EXIF turn too); every file cut anywhere else is refused, a
+    progressive one cut at the end of one of its scans (libjpeg-turbo alone decodes it without a warning) too."""
+    from m2u.core.imageio import decode_image, jpeg_lacking_only_its_end, read_photo
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: turned a quarter
+    photo.resize((48, 64)).save(tmp_path / "full.jpg", quality=90, exif=exif, **options)
+    data = (tmp_path / "full.jpg").read_bytes()
+    whole = read_image(tmp_path / "full.jpg")
+    assert whole.shape == (48, 64, 3)
+    for end in (2, 1):  # the marker missing, or its last byte
+        (tmp_path / "open.jpg").write_bytes(data[:-end])
+        assert np.array_equal(read_image(tmp_path / "open.jpg"), whole)
+        assert np.array_equal(read_photo(tmp_path / "open.jpg").rgb, whole)
+    cuts = [n for n in range(3, len(data) - 2) if jpeg_lacking_only_its_end(data[:n])]
+    assert cuts == [], "a cut file taken for a whole one"
+    for n in (len(data) - 3, len(data) // 2):
+        with pytest.raises(ImageReadError, match="truncated"):
+            decode_image(data[:n])
+
+
 def test_truncated_jpeg(tmp_path, photo):
     photo.resize((300, 400)).save(tmp_path / "full.jpg", quality=90)
     data = (tmp_path / "full.jpg").read_bytes()
