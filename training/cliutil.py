@@ -264,8 +264,8 @@ class ConfigBinding:
         from m2u.core.configfile import as_written
 
         parts = []
-        for path, param in named.items():
-            name, where = sources.source_of(ctx, path, param)
+        for path, option in named.items():
+            name, where = sources.source_of(ctx, path, option)
             message = as_written(message, path, name) if name != path else message
             parts.append(f"{name}: {where}")
         return message, f" ({'; '.join(parts)})" if parts else ""
