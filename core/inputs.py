@@ -107,13 +107,14 @@ class Discovery:
     # per argument, the files it names that an earlier argument named already (read once, under the earlier one)
     repeated_per_input: dict[str, int] = field(default_factory=dict)
 
-    def input_folders(self) -> list[tuple[Path, str]]:
+    def input_folders(self, role: str = "input") -> list[tuple[Path, str]]:
         """Every folder the inputs read from as a whole, each with how the user named it: the input folders ("the
         input folder F") and each glob's fixed leading folder ("the folder F of the input glob P": ``photos`` for
-        ``photos/*.jpg``, ``.`` for ``*.jpg``), which holds its matches and any file a later match may be."""
-        named = [(folder, f"the input folder {folder}") for folder in self.folders]
+        ``photos/*.jpg``, ``.`` for ``*.jpg``), which holds its matches and any file a later match may be. `role`:
+        what the inputs are ("faces": "the faces folder F")."""
+        named = [(folder, f"the {role} folder {folder}") for folder in self.folders]
         return named + [
-            (_glob_base(pattern), f"the folder {_glob_base(pattern)} of the input glob {pattern}")
+            (_glob_base(pattern), f"the folder {_glob_base(pattern)} of the {role} glob {pattern}")
             for pattern in self.globs
         ]
 
@@ -526,16 +527,23 @@ def output_location_problem(out_dir: str | os.PathLike[str], setting: str = "out
     return ""
 
 
-def input_folder_problem(out_dir: str | os.PathLike[str], found: Discovery, setting: str = "out_dir") -> str:
-    """ "`setting` OUT is the input folder F" when the output folder `out_dir` is one of the input folders, or
-    "`setting` OUT is the folder F of the input glob P" when it is a glob's fixed folder (`Discovery.input_folders`:
-    ``m2u-unmask 'photos/*.jpg' -o photos`` writes among the photos as ``m2u-unmask photos -o photos`` would; the
-    same folder however written: `x/../photos`, a link), else "". The caller says what would go wrong there."""
+def input_folder_named(out_dir: str | os.PathLike[str], found: Discovery, role: str = "input") -> str:
+    """How the user named the input folder or glob folder (`Discovery.input_folders`) that the output folder
+    `out_dir` is ("the input folder F", "the folder F of the input glob P"; the same folder however written:
+    `x/../photos`, a link), else "". ``m2u-unmask 'photos/*.jpg' -o photos`` writes among the photos as
+    ``m2u-unmask photos -o photos`` would, and a rerun of the glob reads the outputs back as inputs."""
     out = _resolved(out_dir)
-    for folder, named in found.input_folders():
+    for folder, named in found.input_folders(role):
         if _resolved(folder) == out:
-            return f"`{setting}` {out_dir} is {named}"
+            return named
     return ""
+
+
+def input_folder_problem(out_dir: str | os.PathLike[str], found: Discovery, setting: str = "out_dir") -> str:
+    """ "`setting` OUT is the input folder F" (or "... is the folder F of the input glob P") when the output folder
+    `out_dir` is one (`input_folder_named`), else "". The caller says what would go wrong there."""
+    named = input_folder_named(out_dir, found)
+    return f"`{setting}` {out_dir} is {named}" if named else ""
 
 
 def check_output_folder(
@@ -743,6 +751,7 @@ __all__ = [
     "read_names_ledger",
     "remember_output_names",
     "find_inputs",
+    "input_folder_named",
     "input_folder_problem",
     "open_lock_file",
     "no_images_error",

@@ -36,7 +36,14 @@ from m2u.core.fileio import atomic_write_text, check_writable, content_digest, o
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.core.imageio import DigestCache
-from m2u.core.inputs import discover, no_images_error, output_lock, report_clash
+from m2u.core.inputs import (
+    Discovery,
+    discover,
+    input_folder_named,
+    no_images_error,
+    output_lock,
+    report_clash,
+)
 from m2u.core.runtime import runtime_field
 from m2u.datasets.build import BuildConfig
 from m2u.pipelines.config import PipelineConfig, config_as_dict, in_stage_words
@@ -410,11 +417,13 @@ def check_dataset_plan(config: PipelineConfig, run: Path, until: str) -> None:
         )
 
 
-def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = None) -> None:
+def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = None) -> Discovery | None:
     """Every check of the configuration and the faces that refuses a run before anything is written. `demo_faces`:
-    the folder the run writes the embedded demo faces into (the faces to check: those already there)."""
+    the folder the run writes the embedded demo faces into (the faces to check: those already there). Returns the
+    faces found (None for the demo faces)."""
     if until not in STAGES:
         raise PipelineRefused(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
+    found = None
     if demo_faces is not None:
         from m2u.pipelines.demo_faces import demo_faces_problem
 
@@ -437,6 +446,7 @@ def _check_inputs(config: PipelineConfig, until: str, demo_faces: Path | None = 
     check_stage_weights(config, until)
     check_stage_devices(config, until)
     check_stage_settings(config, until)
+    return found
 
 
 def _with_budget_left(run: Any) -> Any:
@@ -648,14 +658,14 @@ def run_folder(config: PipelineConfig, run: Path, until: str, *, demo_faces: boo
     """The run folder `run`, held (its lock) while the body writes it: every check that refuses the run is made
     before anything is written, the demo faces (`demo_faces`) too, which are written, where missing, only then."""
     demo = run / DEMO_FACES if demo_faces else None
-    _check_inputs(config, until, demo)
-    faces_here = [
-        face for face in config.faces if Path(face).is_dir() and Path(face).resolve() == run.resolve()
-    ]
-    if faces_here:  # the run's own grids, plots and shards would be read back as faces at every rerun
+    found = _check_inputs(config, until, demo)
+    # The run's own grids, plots and shards would be read back as faces at every rerun (a faces folder's, or a
+    # faces glob's: `faces/*.jpg` with -o faces).
+    named = "" if found is None else input_folder_named(run, found, "faces")
+    if named:
         raise PipelineRefused(
-            f"the run folder {run} is the faces folder {faces_here[0]}; choose another run folder (one inside the "
-            "faces folder is fine: it is never read as faces)"
+            f"the run folder {run} is {named}; choose another run folder (one inside the faces folder is fine: it "
+            "is never read as faces)"
         )
     with _faces_to_plan(config, demo_faces=demo is not None) as planned:
         check_dataset_plan(planned, run, until)

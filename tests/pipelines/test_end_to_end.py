@@ -230,6 +230,11 @@ def test_the_faces_folder_is_refused_as_the_run_folder(tmp_path):
     before = sorted(p.name for p in faces.iterdir())
     result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--faces", str(faces), "-o", str(faces)])
     assert result.exit_code == 2 and "is the faces folder" in result.output
+    # A glob's folder too (m2u.core.inputs.input_folder_named): `--faces 'faces/*.jpg' -o faces` was run.
+    pattern = str(faces / "*.jpg")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", "--faces", pattern, "-o", str(faces)])
+    assert result.exit_code == 2, result.output
+    assert f"the run folder {faces} is the folder {faces} of the faces glob {pattern};" in result.output
     assert sorted(p.name for p in faces.iterdir()) == before
 
 
