@@ -495,6 +495,7 @@ def plan_real_masks(
         check_arguments,
         check_output_folder,
         discover,
+        input_folder_named,
         report_clash,
     )
 
@@ -510,13 +511,13 @@ def plan_real_masks(
         exclude=[out] if labels is None else [out, labels],
         roles={labels: "labels folder"} if labels else None,
     )
-    if labels is not None:
-        for folder in found.folders:
-            if os.path.realpath(folder) == os.path.realpath(labels):
-                raise ValueError(
-                    f"the labels folder {labels} is the photo folder {folder}: its labels would be scored as "
-                    "photos; keep the labels in a folder of their own"
-                )
+    # A photo glob's folder too ('labels/*.jpg' --labels labels): each photo would be its own label.
+    named = "" if labels is None else input_folder_named(labels, found, "photo")
+    if named:
+        raise ValueError(
+            f"the labels folder {labels} is {named}: its labels would be scored as photos; keep the labels in a "
+            "folder of their own"
+        )
     every = list(found.entries)
     chosen = every[: config.limit]
     written = [out / name for name in REPORTS]

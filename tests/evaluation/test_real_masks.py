@@ -1813,6 +1813,10 @@ def test_refusals_come_before_any_photo_is_unmasked(tmp_path):
     unmasker = _CountingUnmasker()
     with pytest.raises(ValueError, match="is the photo folder"):
         evaluate_real_masks([str(photos)], tmp_path / "r", unmasker, photos)
+    with pytest.raises(
+        ValueError, match=f"is the folder {photos} of the photo glob {photos}/\\*.png: its labels"
+    ):
+        evaluate_real_masks([str(photos / "*.png")], tmp_path / "r", unmasker, photos)
     with pytest.raises(InputError, match="'missing' does not exist"):
         evaluate_real_masks([str(photos), "missing"], tmp_path / "r", unmasker)
     (tmp_path / "mine" / "sheet").mkdir(parents=True)
