@@ -49,9 +49,9 @@ def written_at(source: str, key: str) -> str:
 
 def as_written(message: str, field: str, key: str) -> str:
     """`message`, a refusal naming the config field `field` (its dotted path, or "invalid value under GROUP: LEAF"
-    or "...: CLASS.LEAF" where GROUP.LEAF is that path), naming instead the key `key` the user wrote for it: `--set gan.lr=abc` sets
-    gan.optimizer.learning_rate, and "gan.optimizer.learning_rate must be a finite number, got 'abc'" becomes
-    "gan.lr must be a finite number, got 'abc'". Quoted values ('abc') are kept as they are."""
+    or "...: CLASS.LEAF" where GROUP.LEAF is that path), naming instead the key `key` the user wrote for it:
+    `--set gan.lr=abc` sets gan.optimizer.learning_rate, and "gan.optimizer.learning_rate must be a finite number,
+    got 'abc'" becomes "gan.lr must be a finite number, got 'abc'". Quoted values ('abc') are kept as they are."""
     group, _, leaf = field.rpartition(".")
     # "invalid value under mseg.model: MSegConfig.levels must be >= 2": the leaf may carry its class's name
     under = rf"invalid value under {re.escape(group)}: (?:[A-Z]\w*\.)?{re.escape(leaf)}\b" if group else None

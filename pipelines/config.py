@@ -200,10 +200,9 @@ def _said_where(error: ConfigError, keys: dict[str, str], source: str) -> Config
         ),
         key=len,
     )
+    # The setting a stage's own check refused, whether or not its message names it ("must be >= 1, got 0").
     if isinstance(error, ConfigSettingError) and error.setting in keys:
-        named.append(
-            error.setting
-        )  # the setting the stage's check refused, whether or not its message names it
+        named.append(error.setting)
     if not named:
         return error
     path = named[-1]
