@@ -478,8 +478,10 @@ def jpeg_lacking_only_its_end(data: bytes) -> bool:
                 component in ids and first <= k <= last and low == 0 for ids, first, last, low in scans
             ):
                 return False
-    import simplejpeg
-
+    try:
+        import simplejpeg
+    except ImportError:  # an install without it (a device kit's): refused as cut, as before this check
+        return False
     try:  # CMYK and YCCK (4 components) decode as CMYK: libjpeg-turbo gives no RGB of them
         simplejpeg.decode_jpeg(_with_end(data), "CMYK" if len(components) == 4 else "RGB", strict=True)
     except ValueError:  # "Corrupt JPEG data: premature end of data segment", "... must resync ..."

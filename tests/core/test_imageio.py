@@ -117,6 +117,18 @@ def test_a_jpeg_lacking_only_its_end_marker_is_read_whole_and_every_cut_one_refu
             decode_image(data[:n])
 
 
+def test_a_jpeg_lacking_its_end_marker_is_refused_as_cut_without_simplejpeg(tmp_path, photo, monkeypatch):
+    """Without simplejpeg (an install that left it out, as the device kit does) the check cannot decode strictly:
+    such a file is refused as truncated, as before the check, not an ImportError from inside the refusal."""
+    import sys
+
+    photo.resize((48, 64)).save(tmp_path / "full.jpg", quality=90)
+    (tmp_path / "open.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:-2])
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import simplejpeg raises ImportError
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(tmp_path / "open.jpg")
+
+
 def test_truncated_jpeg(tmp_path, photo):
     photo.resize((300, 400)).save(tmp_path / "full.jpg", quality=90)
     data = (tmp_path / "full.jpg").read_bytes()
