@@ -36,7 +36,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -897,6 +897,126 @@ def atomic_write_text(
         durable,
         by_name=by_name,
     )
+
+
+class StagedFiles:
+    """The files of one report (its rows, pages, images) written under hidden temporary names beside their targets
+    (atomic_write's kind) and published together by `publish`: until then the files at the targets' names (an
+    earlier run's finished report) are left as they are, so a rerun stopped midway (Ctrl-C, SIGTERM, an error, a
+    full disk) leaves the earlier report whole, never a mix of the two runs. `staged_files` removes whatever was
+    not published. Each target must be one m2u may write (checked when it is staged, and again at `publish`)."""
+
+    def __init__(self) -> None:
+        self._temps: dict[Path, str] = {}  # target -> its temporary file, in the order staged
+        self._removals: list[tuple[Path, list[str], Callable[[PurePosixPath], bool] | None]] = []
+
+    def write(self, path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
+        """Stage `path`: ``write(temp_path)`` writes its content (a library writing to a file name)."""
+        path = Path(path)
+        temp = new_temp_file(path)
+        previous = self._temps.pop(path, None)  # staged again: the last content wins
+        if previous is not None:
+            Path(previous).unlink(missing_ok=True)
+        self._temps[path] = temp
+        write(temp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # `write` may have replaced the file: the mode any new file gets
+        return path
+
+    def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> Path:
+        return self.write(path, lambda temp: Path(temp).write_bytes(data))
+
+    def write_text(self, path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+        return self.write(
+            path, lambda temp: Path(temp).write_text(text, encoding=encoding, errors=REPORT_TEXT_ERRORS)
+        )
+
+    def remove_at_publish(
+        self,
+        folder: str | os.PathLike[str],
+        names: Iterable[str],
+        ours: Callable[[PurePosixPath], bool] | None = None,
+    ) -> None:
+        """Delete `names` of `folder` (m2u's own: `remove_written`) when the report is published: an earlier run's
+        file this report has not (its grid, its contact-sheet cells), which goes with the earlier report, not
+        before it."""
+        names = [name for name in names if os.path.lexists(Path(folder) / name)]
+        if names:
+            self._removals.append((Path(folder), names, ours))
+
+    def publish(self) -> list[Path]:
+        """Put every staged file at its name, in the order staged (the report's entry last), and delete what
+        `remove_at_publish` named; returns the files published. Ctrl-C and SIGTERM are held off meanwhile (they
+        arrive once it is done): the renames take moments, and a report half replaced would mix two runs. Every
+        name is recorded as m2u's before the first rename, so a full disk meets the record, not a half-published
+        report."""
+        with _stops_held():
+            staged = list(self._temps.items())
+            for path, temp in staged:
+                info = os.lstat(temp)
+                if not stat.S_ISREG(info.st_mode):
+                    raise OutputRefusedError(
+                        f"the temporary file for {path} was replaced while it was written"
+                    )
+                check_writable(path)
+            records = [_record(path.parent, path.name, _stamp_of(temp)) for path, temp in staged]
+            for path, temp in staged:
+                os.replace(temp, path)
+                del self._temps[path]
+            for (path, _), record in zip(staged, records, strict=True):  # once every file matches its stamp
+                _compact_if_grown(path.parent, record)
+            for folder, names, ours in self._removals:
+                remove_written(folder, names, ours)
+            self._removals.clear()
+        return [path for path, _ in staged]
+
+    def discard(self) -> None:
+        """Remove the staged files not published (the targets keep what they held)."""
+        for temp in self._temps.values():
+            Path(temp).unlink(missing_ok=True)
+        self._temps.clear()
+        self._removals.clear()
+
+
+@contextlib.contextmanager
+def staged_files() -> Iterator[StagedFiles]:
+    """A `StagedFiles` whose files not published when the block ends (an exception, Ctrl-C) are removed."""
+    staged = StagedFiles()
+    try:
+        yield staged
+    finally:
+        staged.discard()
+
+
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held off: recorded while the block runs and raised again as it ends, to the handler they
+    had (m2u.core.guard's, Python's own). Handlers, not a signal mask: a signal sent to the process goes to any of
+    its threads that does not block it (torch's, OpenMP's), and Python then runs the handler in the main thread
+    anyway. Only the main thread sets handlers: elsewhere nothing changes; an ignored signal stays ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        arrived.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # None: a handler not set from Python
+            previous[signum] = signal.signal(signum, record)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 def library_versions(packages: Iterable[str], platform_info: bool = False) -> dict[str, str]:

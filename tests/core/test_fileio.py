@@ -207,3 +207,61 @@ def test_a_name_removed_by_overwrite_is_a_persons_again(tmp_path):
     with pytest.raises(OutputRefusedError, match="not written by m2u"):
         check_writable(tmp_path / "generator.onnx")
     check_writable(tmp_path / "mseg.onnx")  # the other name stays m2u's
+
+
+def test_staged_files_leave_the_earlier_files_until_published(tmp_path):
+    """A report of several files is replaced whole: until `publish` the earlier files stay as they were, and files
+    not published (an exception, Ctrl-C) are removed."""
+    from m2u.core.fileio import atomic_write_text, staged_files
+
+    for name in ("rows.csv", "index.html", "old.png"):
+        atomic_write_text(tmp_path / name, f"earlier {name}")
+    with pytest.raises(KeyboardInterrupt), staged_files() as staged:
+        staged.write_text(tmp_path / "rows.csv", "new rows")
+        raise KeyboardInterrupt
+    assert [p.name for p in sorted(tmp_path.iterdir()) if not p.name.startswith(".m2u")] == [
+        "index.html",
+        "old.png",
+        "rows.csv",
+    ]
+    assert (tmp_path / "rows.csv").read_text() == "earlier rows.csv"
+    with staged_files() as staged:
+        staged.write_text(tmp_path / "rows.csv", "new rows")
+        staged.write_text(tmp_path / "index.html", "new page")
+        staged.remove_at_publish(tmp_path, ["old.png"])
+        assert (tmp_path / "index.html").read_text() == "earlier index.html" and (
+            tmp_path / "old.png"
+        ).exists()
+        staged.publish()
+    assert (tmp_path / "rows.csv").read_text() == "new rows" and (
+        tmp_path / "index.html"
+    ).read_text() == "new page"
+    assert not (tmp_path / "old.png").exists() and not list(tmp_path.glob("*.tmp")) + list(
+        tmp_path.glob(".*.tmp")
+    )
+    atomic_write_text(tmp_path / "index.html", "m2u may replace what it published")
+
+
+def test_ctrl_c_while_staged_files_are_published_arrives_once_all_are(tmp_path, monkeypatch):
+    import signal
+
+    from m2u.core.fileio import staged_files
+
+    renames = []
+    replace = os.replace
+
+    def replace_then_ctrl_c(source, target):
+        replace(source, target)
+        renames.append(target)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first of three renames
+
+    with staged_files() as staged:
+        for name in ("a.csv", "b.json", "index.html"):
+            staged.write_text(tmp_path / name, name)
+        monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            staged.publish()
+    assert len(renames) == 3 and all(
+        (tmp_path / name).read_text() == name for name in ("a.csv", "b.json", "index.html")
+    )
