@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from m2u.core.checks import check_at_least, check_types
-from m2u.core.fileio import check_writable, remove_written
-from m2u.core.imageio import write_image
+from m2u.core.fileio import check_writable, staged_files
+from m2u.core.imageio import encode_image
 from m2u.core.inputs import OutputFolderError, output_lock, report_clash
 from m2u.core.runtime import runtime_field
 from m2u.evaluation.baselines import BASELINES, BaselineConfig, run_baseline
@@ -427,20 +427,21 @@ def evaluate(
     return report
 
 
-# The files a reader opens first: removed before the report is written and written last, so a report that could
-# not be written whole (a full disk) never looks finished beside files of another run.
-_ENTRY_FILES = ("index.html", "metrics.json")
-
-
 def _write_all(out_dir: Path, report: dict[str, Any], state: Any, suite: MetricSuite) -> None:
-    earlier = [name for name in (*_ENTRY_FILES, "grid.png") if (out_dir / name).exists()]
-    remove_written(
-        out_dir, earlier
-    )  # m2u's own (checked before the scoring); a grid this report has not: gone
-    if state.grid_rows:
-        write_image(out_dir / "grid.png", sample_grid(state.grid_rows))
-    write_per_sample(out_dir / "per_sample.csv", state.keys, suite)
-    write_report(report, out_dir)  # metrics.md, then metrics.json and index.html
+    """The report's files staged whole, then published together (m2u.core.fileio.StagedFiles): a rerun stopped or
+    failing while it writes them (Ctrl-C, a full disk) leaves the earlier report as it was, never a mix of two runs
+    nor a report half deleted. An earlier grid this report has not goes when it is published."""
+    with staged_files() as staged:
+        grid = out_dir / "grid.png"
+        if state.grid_rows:
+            staged.write_bytes(grid, encode_image(grid, sample_grid(state.grid_rows)))
+        else:
+            staged.remove_at_publish(out_dir, [grid.name])  # m2u's own (checked before the scoring)
+        write_per_sample(out_dir / "per_sample.csv", state.keys, suite, staged)
+        write_report(
+            report, out_dir, staged
+        )  # metrics.md, then metrics.json and index.html (the entry, last)
+        staged.publish()
 
 
 def _report(

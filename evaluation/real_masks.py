@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from m2u.core.checks import check_at_least, check_at_most
-from m2u.core.fileio import atomic_write_text
-from m2u.core.imageio import write_image
+from m2u.core.fileio import StagedFiles, staged_files
+from m2u.core.imageio import encode_image
 
 __all__ = [
     "RealMaskConfig",
@@ -352,8 +352,11 @@ def evaluate_real_masks(
     face_lines: list[dict] = []
     sheet: list[SheetRow] = []
     finished_lines = 0  # the face lines of the photos in `rows`
-    with output_lock(out, EVAL_TOOL, reports=REPORTS):
+    # The report (its rows, pages and contact-sheet cells) is staged as it is made and published once whole
+    # (m2u.core.fileio.StagedFiles): until then an earlier run's finished report in OUT is left as it was.
+    with output_lock(out, EVAL_TOOL, reports=REPORTS), staged_files() as staged:
         (out / "sheet").mkdir(exist_ok=True)
+        earlier = any(os.path.lexists(out / name) for name in REPORTS)
         try:
             for index, entry in enumerate(
                 tqdm(run.photos, unit="photo", desc="real masks", disable=not progress)
@@ -363,7 +366,7 @@ def evaluate_real_masks(
                 try:
                     lookup = run.label_lookup(entry)
                     names = _score_photo(
-                        row, entry.path, unmasker, lookup, config, out, index, len(sheet), face_lines
+                        row, entry.path, unmasker, lookup, config, out, index, len(sheet), face_lines, staged
                     )
                 except ImageReadError as exc:
                     row.status, row.reason = "unreadable", exc.reason
@@ -381,14 +384,16 @@ def evaluate_real_masks(
                 if names or (failed and (config.sheet_rows is None or len(sheet) < config.sheet_rows)):
                     sheet.append(SheetRow(row, names, entry.relative))
         except BaseException:
-            # Stopped midway (Ctrl-C, SIGTERM): the reports say what was finished, as m2u-unmask's do, so OUT never
-            # keeps an earlier run's report beside this run's sheet. On a full disk they may not fit: the stop wins.
-            del face_lines[finished_lines:]
-            stopped = f"after {len(rows)} of {len(run.photos)} photos"
-            with contextlib.suppress(OSError):
-                _write_outputs(run, rows, face_lines, sheet, stopped=stopped)
+            # Stopped midway (Ctrl-C, SIGTERM, an error): an earlier run's finished report stays whole (what was
+            # staged goes); where there is none, the reports say what this run finished, marked as stopped. On a
+            # full disk they may not fit: the stop wins.
+            if not earlier:
+                del face_lines[finished_lines:]
+                stopped = f"after {len(rows)} of {len(run.photos)} photos"
+                with contextlib.suppress(OSError):
+                    _write_outputs(run, rows, face_lines, sheet, staged, stopped=stopped)
             raise
-        return _write_outputs(run, rows, face_lines, sheet)
+        return _write_outputs(run, rows, face_lines, sheet, staged)
 
 
 SHEET_KINDS = ("photo", "predicted", "restored", "label")
@@ -548,6 +553,7 @@ def _score_photo(
     index: int,
     sheet_rows: int,
     face_lines: list[dict],
+    staged: StagedFiles,
 ) -> list[str]:
     """Unmask one photo and fill in its `row` (faces, decision evidence, label scores) and its faces' lines
     (`face_lines`); returns the contact sheet cells written for it ([] once the sheet has `config.sheet_rows` rows)."""
@@ -613,7 +619,7 @@ def _score_photo(
     names = []
     for kind, cell in zip(SHEET_KINDS, cells):
         name = sheet_name(index, kind)
-        write_image(out / name, cell)
+        staged.write_bytes(out / name, encode_image(out / name, cell))  # published with the report
         names.append(name)
     return names
 
@@ -657,22 +663,27 @@ def _record_faces(row: PhotoScore, restored: list, left: list, not_faces: list) 
 
 
 def _write_outputs(
-    run: RealMaskRun, rows: list[PhotoScore], face_lines: list[dict], sheet: list[SheetRow], stopped: str = ""
+    run: RealMaskRun,
+    rows: list[PhotoScore],
+    face_lines: list[dict],
+    sheet: list[SheetRow],
+    staged: StagedFiles,
+    stopped: str = "",
 ) -> dict:
     """real_masks.csv, faces.jsonl, summary.json and the contact sheet's index.html of `run`; returns the summary,
     with the label files no photo is named like (counted, and the first few named) and what the scans passed over.
     `stopped`: how far a run stopped midway got (summary.json's "stopped", said first on the sheet), so its figures
     are not read as a whole run's."""
     out, unmatched_labels, labelled = run.out, run.unmatched_labels(), run.labels is not None
-    # Written whole or not at all, through m2u.core.fileio (which refuses a link planted at an output's name and
-    # records what it wrote, so a later run may replace it), as m2u-unmask's and m2u-eval's reports are.
+    # Staged, then published with the sheet's cells (m2u.core.fileio.StagedFiles, which refuses a link planted at
+    # an output's name and records what it wrote, so a later run may replace it), as m2u-eval's reports are.
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(PhotoScore)])
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
-    atomic_write_text(out / "real_masks.csv", table.getvalue())
-    atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
+    staged.write_text(out / "real_masks.csv", table.getvalue())
+    staged.write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
     summary = summarize_scores(rows)
     if unmatched_labels is not None:
         summary["labels_without_a_photo"] = len(unmatched_labels)
@@ -682,17 +693,18 @@ def _write_outputs(
         summary["passed_over"] = run.passed_over
     if stopped:
         summary = {"stopped": stopped, **summary}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "index.html", _sheet_html(summary, sheet, labelled))
-    _remove_earlier_cells(out / "sheet", {name for entry in sheet for name in entry.cells})
+    staged.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    staged.write_text(out / "index.html", _sheet_html(summary, sheet, labelled))  # the entry: last
+    _remove_earlier_cells(out / "sheet", {name for entry in sheet for name in entry.cells}, staged)
+    staged.publish()
     return summary
 
 
-def _remove_earlier_cells(folder: Path, kept: set[str]) -> None:
-    """Delete the contact-sheet cells an earlier run wrote into `folder` that this run's sheet (`kept`: its cells,
-    as sheet_name names them) does not show: only files m2u recorded as written, at a cell's name; a person's
-    file there stays."""
-    from m2u.core.fileio import remove_written, replace_problem
+def _remove_earlier_cells(folder: Path, kept: set[str], staged: StagedFiles) -> None:
+    """Delete, when `staged` is published, the contact-sheet cells an earlier run wrote into `folder` that this
+    run's sheet (`kept`: its cells, as sheet_name names them) does not show: only files m2u recorded as written, at
+    a cell's name; a person's file there stays."""
+    from m2u.core.fileio import replace_problem
 
     stale = [
         name
@@ -703,7 +715,7 @@ def _remove_earlier_cells(folder: Path, kept: set[str]) -> None:
         and not replace_problem(folder / name)  # a regular file m2u wrote
     ]
     if stale:
-        remove_written(folder, stale, ours=lambda path: SHEET_CELL.fullmatch(path.name) is not None)
+        staged.remove_at_publish(folder, stale, ours=lambda path: SHEET_CELL.fullmatch(path.name) is not None)
 
 
 def _sheet_html(summary: dict, sheet: list[SheetRow], labelled: bool) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from m2u.core.drawing import HEADER_HEIGHT, column_header, draw_labels
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import StagedFiles, atomic_write_text, staged_files
 from m2u.evaluation.suite import MetricSuite
 
 __all__ = [
@@ -69,8 +69,11 @@ def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return canvas
 
 
-def write_per_sample(path: Path, keys: list[str], suite: MetricSuite) -> None:
-    """One row per sample: every per-image metric of every method (to find the failures behind a mean)."""
+def write_per_sample(
+    path: Path, keys: list[str], suite: MetricSuite, staged: StagedFiles | None = None
+) -> None:
+    """One row per sample: every per-image metric of every method (to find the failures behind a mean); staged in
+    `staged` (published with the rest of the report) where given, else written at once."""
     columns: list[tuple[str, str]] = []
     for method in suite.methods():
         columns += [(method, name) for name in suite.per_image(method)]
@@ -80,7 +83,7 @@ def write_per_sample(path: Path, keys: list[str], suite: MetricSuite) -> None:
     writer.writerow(["key"] + [f"{method}.{name}" for method, name in columns])
     for i, key in enumerate(keys):
         writer.writerow([key] + [f"{values[m][n][i]:.6g}" for m, n in columns])
-    atomic_write_text(path, buffer.getvalue())
+    (staged.write_text if staged is not None else atomic_write_text)(path, buffer.getvalue())
 
 
 # (key in a row, column title, format) — the table's columns, whole image first, then the mask region.
@@ -332,11 +335,17 @@ def _html(report: dict[str, Any]) -> str:
 REPORT_FILES = ("metrics.json", "metrics.md", "index.html", "per_sample.csv", "grid.png")
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
-    """metrics.json, metrics.md and index.html from a report dict."""
+def write_report(report: dict[str, Any], out_dir: str | Path, staged: StagedFiles | None = None) -> None:
+    """metrics.json, metrics.md and index.html from a report dict, published together (an earlier report there
+    stays whole until then); staged in `staged` where given, for its caller to publish with its other files."""
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "metrics.md", _markdown(report))
-    atomic_write_text(
+    if staged is None:
+        with staged_files() as own:
+            write_report(report, out_dir, own)
+            own.publish()
+        return
+    staged.write_text(out_dir / "metrics.md", _markdown(report))
+    staged.write_text(
         out_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
     )
-    atomic_write_text(out_dir / "index.html", _html(report))  # last: the report's entry
+    staged.write_text(out_dir / "index.html", _html(report))  # last: the report's entry

@@ -432,10 +432,13 @@ def test_a_second_evaluation_into_a_folder_being_written_is_refused_before_scori
     assert scored == []  # refused before any sample was scored
 
 
-def test_a_report_that_cannot_be_written_whole_does_not_look_finished(
-    tiny_dataset, tiny_checkpoints, tmp_path, monkeypatch
+@pytest.mark.parametrize("stop", ["full disk", "ctrl-c"])
+def test_a_rerun_that_cannot_write_its_report_whole_leaves_the_earlier_one(
+    tiny_dataset, tiny_checkpoints, tmp_path, monkeypatch, stop
 ):
-    """A full disk after the first files left the earlier run's index.html and metrics.json beside new files."""
+    """A full disk (or Ctrl-C) after the first files of a rerun's report deleted the earlier run's index.html,
+    metrics.json and grid and left the new metrics.md: neither report was whole. Now the earlier one stays as it
+    was until the new one is published whole."""
     import errno
 
     from m2u.evaluation import evaluator
@@ -443,19 +446,23 @@ def test_a_report_that_cannot_be_written_whole_does_not_look_finished(
     mseg_path, gen_path = tiny_checkpoints
     config = _quiet(metrics=MetricsConfig(enable_lpips=False, enable_fid=False, enable_identity=False))
     evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, dataclasses.replace(config, grid_rows=2))
-    assert (tmp_path / "index.html").exists() and (tmp_path / "grid.png").exists()
+    report = ("index.html", "metrics.json", "metrics.md", "per_sample.csv", "grid.png")
+    before = {name: (tmp_path / name).read_bytes() for name in report}
 
-    def full(*args, **kwargs):
+    def stopped(*args, **kwargs):
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(evaluator, "write_per_sample", full)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(evaluator, "write_report", stopped)  # after the grid and rows are made
+    with pytest.raises(KeyboardInterrupt if stop == "ctrl-c" else OSError):
         evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, dataclasses.replace(config, grid_rows=0))
-    assert not (tmp_path / "index.html").exists() and not (tmp_path / "metrics.json").exists()
-    assert not (tmp_path / "grid.png").exists()  # the earlier run's grid: not this report's
+    assert {name: (tmp_path / name).read_bytes() for name in report} == before
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing staged is left
     monkeypatch.undo()
-    evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, config)
+    evaluate(tiny_dataset, mseg_path, gen_path, tmp_path, dataclasses.replace(config, grid_rows=0))
     assert (tmp_path / "index.html").exists() and (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "grid.png").exists()  # the earlier run's grid: not this report's, gone with it
 
 
 def test_an_empty_split_is_refused_before_any_model_loads_or_folder_is_made(tmp_path):

@@ -201,6 +201,51 @@ def test_a_run_stopped_midway_reports_the_photos_it_finished(tmp_path):
     assert json.loads((out / "summary.json").read_text())["stopped"] == "after 1 of 3 photos"
 
 
+def _report_files(out: Path) -> dict[str, bytes]:
+    """Every file of a real-masks report folder (its hidden record and lock aside), by path, with its bytes."""
+    return {
+        str(path.relative_to(out)): path.read_bytes()
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+    }
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "full disk"])
+def test_a_rerun_stopped_midway_leaves_the_earlier_report_whole(tmp_path, monkeypatch, stop):
+    """Ctrl-C during a rerun into a folder holding a finished report replaced its rows, summary and page with the
+    stopped run's, and its contact-sheet cells one by one as the rerun went; a full disk while the reports were
+    written left some of them new and some old."""
+    import errno
+
+    import m2u.evaluation.real_masks as real_masks
+
+    photos, out = tmp_path / "photos", tmp_path / "r"
+    for name in ("a", "b", "c"):
+        _photo(photos / f"{name}.png")
+    evaluate_real_masks([str(photos)], out, _LowerHalf(), config=RealMaskConfig(thumb=16))
+    before = _report_files(out)
+    assert "sheet/00002_restored.png" in before and "index.html" in before
+    _photo(photos / "a.png", 200)  # the rerun's first photo differs: its row and cells would too
+    if stop == "ctrl-c":
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_real_masks([str(photos)], out, _LowerHalf(stop_at=3), config=RealMaskConfig(thumb=16))
+    else:
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(real_masks, "_sheet_html", full)  # the page, after the rows and summary
+        with pytest.raises(OSError):
+            evaluate_real_masks([str(photos)], out, _LowerHalf(), config=RealMaskConfig(thumb=16))
+        monkeypatch.undo()
+    assert _report_files(out) == before
+    assert not list(out.rglob("*.tmp"))  # nothing staged is left
+    # The next run replaces it whole.
+    evaluate_real_masks([str(photos)], out, _LowerHalf(), config=RealMaskConfig(thumb=16))
+    after = _report_files(out)
+    assert after.keys() == before.keys() and after["sheet/00000_photo.png"] != before["sheet/00000_photo.png"]
+
+
 def test_a_photo_failing_after_its_scores_keeps_none_of_them(tmp_path, monkeypatch):
     """A photo whose contact-sheet cell cannot be made (--thumb 30000: a MemoryError) after its Dice was scored
     kept that Dice and its face counts in an `error` row the summary counted as not read."""
@@ -214,7 +259,7 @@ def test_a_photo_failing_after_its_scores_keeps_none_of_them(tmp_path, monkeypat
     def out_of_memory(*args, **kwargs):
         raise MemoryError("Unable to allocate 2.5 GiB")
 
-    monkeypatch.setattr(real_masks, "write_image", out_of_memory)
+    monkeypatch.setattr(real_masks, "encode_image", out_of_memory)
     summary = evaluate_real_masks(
         [str(photos)], tmp_path / "r", _LowerHalf(), labels, RealMaskConfig(thumb=16)
     )
