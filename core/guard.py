@@ -32,7 +32,11 @@ import click
 from m2u.core.cli import Refused, cli_message
 from m2u.core.errors import SettingError
 from m2u.core.fileio import OutputRefusedError, folder_storing_no_files
-from m2u.core.startup import INTERRUPTED_EXIT_CODE, leave_stopped  # not Click's "Aborted!" and 1
+from m2u.core.startup import (  # not Click's "Aborted!" and 1
+    INTERRUPTED_EXIT_CODE,
+    leave_stopped,
+    run_begins,
+)
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -293,7 +297,11 @@ def _unless_ignored(signum: int, handler: Callable[..., Any]) -> Any:
     return signal.signal(signum, handler)
 
 
-def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
+def _guarded(callback: Callable[..., Any], work: bool = True) -> Callable[..., Any]:
+    """`callback` with the guarantees above; `work`: it is a command's own work (not a group's, after which Click
+    reads a subcommand's options), whose beginning m2u.core.startup is told of (a Ctrl-C its entry meets from then
+    on came after the run)."""
+
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:
         main_thread = threading.current_thread() is threading.main_thread()
@@ -304,6 +312,8 @@ def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
             previous_int = _unless_ignored(signal.SIGINT, _raise_interrupted)
             previous_hook = sys.unraisablehook
             sys.unraisablehook = _quiet_while_stopping(previous_hook)
+        if work:
+            run_begins()  # once its handlers are set: a Ctrl-C from here on is said by `_stopped`
         try:
             return _one_line_errors(callback, *args, **kwargs)
         except BaseException as error:
@@ -404,7 +414,7 @@ def _refusals_once(method: Callable[..., Any]) -> Callable[..., Any]:
 def guard_command(command: click.Command) -> click.Command:
     """Wrap the callback of `command` and of every subcommand of a group with the guarantees above; returns it."""
     if command.callback is not None and not getattr(command.callback, "_m2u_guarded", False):
-        command.callback = _guarded(command.callback)
+        command.callback = _guarded(command.callback, work=not isinstance(command, click.Group))
         command.callback._m2u_guarded = True  # type: ignore[attr-defined]
     if not getattr(command, "_m2u_refusals_once", False):
         # Where Click reads the options (a bad value is refused there, before any callback) and runs the command:

@@ -33,10 +33,35 @@ def one_blas_thread() -> bool:
     return True
 
 
+# What a command's one line says of a Ctrl-C that came before its run began (while its libraries loaded or Click
+# read its options: nothing of it was written) and after its run ended (as Click ended the command).
+STOPPED_BEFORE_THE_RUN = "stopped by Ctrl-C before the run began: nothing was written"
+STOPPED_AFTER_THE_RUN = "stopped by Ctrl-C as the command ended: finished outputs were kept"
+
+# Whether a command's own work (its callback, m2u.core.guard) has begun in this process: a Ctrl-C outside it
+# from then on came after it.
+_RUN_BEGAN: list[bool] = []
+
+
+def run_begins() -> None:
+    """Said by m2u.core.guard as a command's own work begins (its callback): a Ctrl-C that the entry meets from
+    then on is one after its run, not before it."""
+    _RUN_BEGAN[:] = [True]
+
+
+class CtrlCOutsideTheRun(BaseException):
+    """A Ctrl-C while a console command is not running its own work (Click reading its options, or ending it):
+    raised instead of KeyboardInterrupt, which Click's standalone mode turns into click.Abort ("Aborted!" and exit
+    1), so that it reaches the entry, which ends the command as every stop (`leave_stopped`, exit 130). Inside the
+    work, m2u.core.guard's own handler raises KeyboardInterrupt, for the work to unwind as it always does."""
+
+
 def console_entry(module: str, command: str, one_blas: bool = False) -> Callable[[], None]:
     """A console-script entry: `one_blas_thread` first where `one_blas`, then `module.command` (a Click command)
     imported and run. The command's libraries load here, inside the entry: a Ctrl-C while they load is one line,
-    not the traceback of an import (the console script itself imports only this light module)."""
+    not the traceback of an import (the console script itself imports only this light module). So is one while
+    Click reads the options, before m2u.core.guard takes over, or after the run as Click ends the command: exit
+    130 with the stop's one line, as every stop, never Click's "Aborted!" and exit 1."""
 
     def main() -> None:
         if one_blas:
@@ -50,10 +75,20 @@ def console_entry(module: str, command: str, one_blas: bool = False) -> Callable
                 run = None
         if run is None or arrived:
             # Ctrl-C while the libraries load, even one they swallowed: no traceback of an import
-            leave_stopped(
-                INTERRUPTED_EXIT_CODE, "stopped by Ctrl-C before the run began: nothing was written"
-            )
-        run()
+            leave_stopped(INTERRUPTED_EXIT_CODE, STOPPED_BEFORE_THE_RUN)
+        # From here to the command's end, a Ctrl-C outside its work (m2u.core.guard sets its own handler for that)
+        # is not a KeyboardInterrupt: Click's standalone mode would make it "Aborted!" and exit 1.
+        with _ctrl_c_recorded(CtrlCOutsideTheRun) as arrived:
+            try:
+                run()
+            except BaseException as error:
+                # SystemExit included: a command ending after a Ctrl-C something swallowed was still stopped
+                if not (arrived or _ctrl_c_behind(error)):
+                    raise
+            else:
+                if not arrived:
+                    return
+        leave_stopped(INTERRUPTED_EXIT_CODE, STOPPED_AFTER_THE_RUN if _RUN_BEGAN else STOPPED_BEFORE_THE_RUN)
 
     main.__doc__ = f"{module}.{command}{' with one BLAS thread' if one_blas else ''} (m2u.core.startup)."
     return main
@@ -82,15 +117,19 @@ def leave_stopped(code: int, line: str | None) -> NoReturn:
 
 
 @contextlib.contextmanager
-def _ctrl_c_recorded() -> Iterator[list[KeyboardInterrupt]]:
-    """While active, a Ctrl-C raises as always and is also kept in the list given: a C extension interrupted while
-    it initialises may put an error of its own in the KeyboardInterrupt's place, without it (CPython's import of
-    _ssl: "TypeError: expected a message argument", a traceback and exit 1), or swallow it. A SIGINT the process
-    ignores, or that a program handles its own way, is left as it is."""
-    arrived: list[KeyboardInterrupt] = []
+def _ctrl_c_recorded(
+    raising: type[BaseException] = KeyboardInterrupt,
+) -> Iterator[list[BaseException]]:
+    """While active, a Ctrl-C raises (KeyboardInterrupt, as always, or `raising`) and is also kept in the list
+    given: a C extension interrupted while it initialises may put an error of its own in the KeyboardInterrupt's
+    place, without it (CPython's import of _ssl: "TypeError: expected a message argument", a traceback and exit 1),
+    or swallow it. A SIGINT the process ignores, or that a program handles its own way, is left as it is; so is one
+    handled by a handler set meanwhile (m2u.core.guard's, while the command's work runs): the one before it is put
+    back as it ends."""
+    arrived: list[BaseException] = []
 
     def record(signum: int, frame: Any) -> None:
-        arrived.append(KeyboardInterrupt())
+        arrived.append(raising())
         raise arrived[-1]
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
@@ -113,7 +152,7 @@ def _ctrl_c_behind(error: BaseException) -> bool:
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
+        if isinstance(current, KeyboardInterrupt | CtrlCOutsideTheRun):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__

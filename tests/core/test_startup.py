@@ -171,3 +171,105 @@ def test_ctrl_c_an_extension_loses_while_it_loads_is_still_the_stop(tmp_path, th
         "",
         "stopped by Ctrl-C before the run began: nothing was written\n",
     )
+
+
+_CLICK_COMMAND = """
+import os, signal, click
+from m2u.core.guard import guard_command
+
+def ctrl_c(ctx=None, param=None, value=True):
+    if value:
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, here and now
+    return value
+
+@click.group()
+def group():
+    pass
+
+@group.command()
+@click.option("--slow", is_flag=True, callback=ctrl_c, help="Ctrl-C while Click reads this option.")
+@click.option("--end", is_flag=True, help="Ctrl-C once the run is done, as Click ends the command.")
+def work(slow, end):
+    print("ran", flush=True)
+    if end:
+        click.get_current_context().call_on_close(ctrl_c)
+
+main = click.command()(work.callback)
+main.params = work.params
+guard_command(group)
+guard_command(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "said", "printed"),
+    [
+        ("main", ["--slow"], "stopped by Ctrl-C before the run began: nothing was written\n", ""),
+        ("group", ["work", "--slow"], "stopped by Ctrl-C before the run began: nothing was written\n", ""),
+        ("main", ["--end"], "stopped by Ctrl-C as the command ended: finished outputs were kept\n", "ran\n"),
+    ],
+)
+def test_ctrl_c_while_click_reads_the_options_or_ends_is_the_stops_one_line(
+    tmp_path, command, args, said, printed
+):
+    """After the libraries loaded and before m2u.core.guard took over (Click reading the options, a group's
+    subcommand's too), or after the run as Click ended the command, a Ctrl-C was Click's: "Aborted!" and exit 1."""
+    (tmp_path / "click_command.py").write_text(_CLICK_COMMAND)
+    code = (
+        "import sys\nfrom m2u.core.startup import console_entry\n"
+        f"sys.argv = ['cmd', *{args!r}]\nconsole_entry('click_command', {command!r})()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, printed, said)
+
+
+_EVERY_ENTRY = """
+import importlib, json, os, signal, sys, tempfile
+import click.core
+
+for cli in ("masking", "datasets", "training", "evaluation", "inference", "pipelines"):
+    importlib.import_module(f"m2u.{cli}.cli")  # loaded once here, for the forked runs below
+read = click.core.Command.parse_args
+
+def parse_args(self, ctx, args):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as Click reads the options
+    return read(self, ctx, args)
+
+click.core.Command.parse_args = parse_args
+results = {}
+for name, target in json.loads(sys.argv[1]).items():
+    module, attr = target.split(":")
+    entry = getattr(importlib.import_module(module), attr)
+    with tempfile.TemporaryFile() as said:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(said.fileno(), 2)
+            sys.argv = [name, "--help"]
+            entry()
+            os._exit(99)  # the entry returned: not a stop
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        said.seek(0)
+        results[name] = [code, said.read().decode()]
+print(json.dumps(results))
+"""
+
+
+def test_every_console_command_stops_in_one_line_while_click_reads_its_options():
+    """Every console script of setup.cfg, Ctrl-C as Click reads its options: exit 130 and the stop's one line."""
+    import configparser
+    from pathlib import Path
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parents[2] / "setup.cfg")
+    scripts = dict(
+        line.replace(" ", "").split("=")
+        for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    assert len(scripts) == 7, scripts
+    done = subprocess.run(
+        [sys.executable, "-c", _EVERY_ENTRY, json.dumps(scripts)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    said = [130, "stopped by Ctrl-C before the run began: nothing was written\n"]
+    assert json.loads(done.stdout.splitlines()[-1]) == {name: said for name in scripts}
