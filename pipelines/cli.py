@@ -19,6 +19,7 @@ from m2u.core.cli import (
     apply_aliases,
     cli_message,
     config_options,
+    exit_codes_help,
     inputs_argument,
     out_option,
     progress_of,
@@ -205,7 +206,14 @@ def _dataset_said(out_dir: str) -> Iterator[list[bool]]:
         sys.exit(EXIT_SOME_FAILED)
 
 
-@main.command()
+# run's and ablate's.
+PIPELINE_EXIT_CODES = exit_codes_help(
+    failed="some inputs could not be read (the dataset stage's summary says how many; the run goes on without "
+    "them) or a stage failed"
+)
+
+
+@main.command(epilog=PIPELINE_EXIT_CODES)
 @_common
 @click.option(
     "--until",
@@ -218,10 +226,7 @@ def run(until, **kw) -> None:
     """Run every stage (skipping those already done with the same configuration) on the face photos INPUTS.
 
     A config file (-c, e.g. configs/pipeline.yaml) holds each stage's options under its name (dataset, mseg, gan,
-    evaluation) and the inputs as `faces`; --print-config prints the resolved one.
-
-    Exit code: 0 done; 1 some inputs could not be read (the dataset stage's summary says how many; the run goes on
-    without them) or a stage failed; 2 usage error or refused."""
+    evaluation) and the inputs as `faces`; --print-config prints the resolved one."""
     from m2u.pipelines.run import run_pipeline
 
     out_dir = kw["out_dir"]
@@ -245,12 +250,10 @@ def run(until, **kw) -> None:
         done.append(True)
 
 
-@main.command()
+@main.command(epilog=PIPELINE_EXIT_CODES)
 @_common
 def ablate(**kw) -> None:
-    """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json.
-
-    Exit code as `run`'s."""
+    """Train and evaluate the six section 4.3 variants on the same data; writes ablation.md/json."""
     from m2u.pipelines.ablate import run_ablation
 
     out_dir = kw["out_dir"]
