@@ -932,6 +932,11 @@ class StagedFiles:
             path, lambda temp: Path(temp).write_text(text, encoding=encoding, errors=REPORT_TEXT_ERRORS)
         )
 
+    def staged_path(self, path: str | os.PathLike[str]) -> str | None:
+        """Where the content staged for `path` is until it is published (None: nothing staged for it), for a
+        writer whose next file reads it (a page summing up the rows)."""
+        return self._temps.get(Path(path))
+
     def remove_at_publish(
         self,
         folder: str | os.PathLike[str],

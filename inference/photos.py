@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from html import escape
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from m2u.core.fileio import (
     OutputRefusedError,
-    atomic_write_text,
     fit_stem,
     remove_written,
     replace_problem,
     report_text,
+    staged_files,
     written_files_not_in,
 )
 from m2u.core.guard import stops_the_run
@@ -178,6 +178,9 @@ def _unmask_paths(
     # written, so a run killed before it writes its own leaves none that misleads. Only an m2u-unmask report (its
     # report.csv header); another command's reports of these names were refused before any work (report_clash,
     # for folders its lock records them in), and so was a person's file at a report's name (check_output_folder).
+    # Its rows are read first: a report this run writes before it has finished (in progress, stopped by Ctrl-C or
+    # an error) keeps the earlier row of each of its photos not reached yet, whose output is still the earlier one.
+    earlier = _EarlierReport.read(out)
     if _is_unmask_report(out / REPORTS[0]):
         remove_written(out, REPORTS)
     if config.keep_crops:
@@ -196,13 +199,26 @@ def _unmask_paths(
                 results.append(row)
                 face_lines += lines
                 if time.monotonic() - reported >= REPORT_INTERVAL_S:
-                    _write_reports(out, results, face_lines, f"in progress: {len(results)} of {len(paths)}")
+                    _write_reports(
+                        out,
+                        results,
+                        face_lines,
+                        f"in progress: {len(results)} of {len(paths)}",
+                        earlier.rows_for(out, paths[len(results) :]),
+                    )
                     reported = time.monotonic()
     except BaseException:
-        # Stopped midway (Ctrl-C, SIGTERM, a full disk): the reports say what was finished, so OUT never keeps an
-        # earlier run's report beside this run's photos. On a full disk they may not fit either: the stop wins.
+        # Stopped midway (Ctrl-C, SIGTERM, a full disk): the reports say what was finished, and the earlier run's
+        # rows of the photos not reached (their outputs are its), so OUT never keeps an earlier run's report beside
+        # this run's photos, nor loses the rows of its photos. On a full disk they may not fit either: the stop wins.
         with contextlib.suppress(OSError):
-            _write_reports(out, results, face_lines, f"stopped after {len(results)} of {len(paths)}")
+            _write_reports(
+                out,
+                results,
+                face_lines,
+                f"stopped after {len(results)} of {len(paths)}",
+                earlier.rows_for(out, paths[len(results) :]),
+            )
         raise
     _write_reports(out, results, face_lines)
     return results
@@ -405,19 +421,83 @@ def _write_crops(out: Path, name: str, faces: list[FaceRestoration]) -> None:
         write_image(Path(f"{base}_restored.png"), face.restored)
 
 
+@dataclass(frozen=True)
+class _EarlierReport:
+    """The rows and face lines of the report an earlier m2u-unmask run left in OUT (read before this run removes
+    it), for the reports this run writes before it has finished: a photo of this run not reached yet keeps its
+    earlier row and lines, as it keeps its earlier output."""
+
+    by_name: dict[str, dict[str, str]]  # output name inside OUT -> row
+    by_input: dict[str, dict[str, str]]  # input as given -> row (rows with no output: no face, an error)
+    lines: dict[str, list[dict]]  # input -> its faces.jsonl lines
+
+    @classmethod
+    def read(cls, out: Path) -> _EarlierReport:
+        rows = _report_rows(out)
+        lines: dict[str, list[dict]] = {}
+        faces = out / REPORTS[1]
+        if rows and faces.is_file() and not replace_problem(faces):
+            with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+                for text in faces.read_text().splitlines():
+                    line = json.loads(text)
+                    if isinstance(line, dict):
+                        lines.setdefault(str(line.get("input", "")), []).append(line)
+        by_input = {row["input"]: row for row in rows if row.get("input")}
+        named = earlier_names(out, [(row.get("input", ""), row.get("output", "")) for row in rows])
+        return cls({name: by_input[source] for source, name in named if source in by_input}, by_input, lines)
+
+    def rows_for(self, out: Path, pending: list[tuple[Path, str]]) -> list[tuple[FileResult, list[dict]]]:
+        """The earlier row (as a FileResult) and face lines of each photo of `pending` (path, output name) that
+        the earlier report has, by its output name or else by its input, in `pending`'s order."""
+        carried = []
+        for path, name in pending:
+            values = self.by_name.get(name) or self.by_input.get(str(path))
+            row = _report_row(values) if values is not None else None
+            if row is not None:
+                carried.append((row, self.lines.get(row.input, [])))
+        return carried
+
+
+def _report_row(values: dict[str, str]) -> FileResult | None:
+    """A report.csv row read back as a FileResult; None where a value is not of its column's kind."""
+    typed: dict[str, object] = {}
+    for column in fields(FileResult):
+        text = values.get(column.name) or ""
+        default = column.default
+        try:
+            typed[column.name] = (
+                text if default is MISSING or isinstance(default, str) else type(default)(text or default)
+            )
+        except (TypeError, ValueError):
+            return None
+    return FileResult(**typed)  # type: ignore[arg-type]
+
+
 def _write_reports(
-    out: Path, results: list[FileResult], face_lines: list[dict], unfinished: str = ""
+    out: Path,
+    results: list[FileResult],
+    face_lines: list[dict],
+    unfinished: str = "",
+    earlier: list[tuple[FileResult, list[dict]]] | None = None,
 ) -> None:
-    """report.csv (one row per input) and faces.jsonl (one line per face), each written whole; `unfinished` says
-    on index.html how far a run that has not finished got ("stopped after 6 of 30")."""
+    """report.csv (one row per input), faces.jsonl (one line per face) and index.html, published together (a stop
+    while they are written leaves the last ones whole); `unfinished` says on index.html how far a run that has not
+    finished got ("stopped after 6 of 30"), and `earlier` holds the earlier run's rows and face lines of the photos
+    it has not reached (`_EarlierReport.rows_for`), reported after its own."""
+    earlier = earlier or []
+    rows = [*results, *(row for row, _ in earlier)]
+    lines = [*face_lines, *(line for _, kept in earlier for line in kept)]
     report = io.StringIO(newline="")
     writer = csv.DictWriter(report, fieldnames=[f.name for f in fields(FileResult)])
     writer.writeheader()
-    for row in results:
+    for row in rows:
         writer.writerow(row.__dict__)
-    atomic_write_text(out / "report.csv", report.getvalue())
-    atomic_write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in face_lines))
-    atomic_write_text(out / "index.html", _index_html(out, results, unfinished))
+    with staged_files() as staged:
+        staged.write_text(out / "report.csv", report.getvalue())
+        staged.write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+        page = _index_html(out, rows, unfinished, staged.staged_path(out / "faces.jsonl"), len(earlier))
+        staged.write_text(out / "index.html", page)
+        staged.publish()
     remember_output_names(out, UNMASK_TOOL, earlier_names(out, [(r.input, r.output) for r in results]))
 
 
@@ -427,9 +507,22 @@ def _link(out: Path, path: str) -> str:
     return quote(os.fsencode(os.path.relpath(os.path.abspath(path), os.path.abspath(out))))
 
 
-def _index_html(out: Path, results: list[FileResult], unfinished: str = "") -> str:
+def _index_html(
+    out: Path,
+    results: list[FileResult],
+    unfinished: str = "",
+    faces_jsonl: str | Path | None = None,
+    earlier: int = 0,
+) -> str:
     """OUT/index.html: each photo beside its restored copy, with its status and reason, to look a run over in a
-    browser. The photos are linked, not copied. A run that has not finished says so first (`unfinished`)."""
+    browser. The photos are linked, not copied. A run that has not finished says so first (`unfinished`), and how
+    many of the rows (the last `earlier`) are an earlier run's. `faces_jsonl`: where the faces' lines are (default
+    OUT/faces.jsonl)."""
+    kept = (
+        f"<b>The last {earlier} photos, not reached yet, keep the earlier run's rows and outputs.</b> "
+        if earlier
+        else ""
+    )
     rows = []
     for row in results:
         before = f'<img src="{_link(out, row.input)}" loading="lazy">'
@@ -442,7 +535,7 @@ def _index_html(out: Path, results: list[FileResult], unfinished: str = "") -> s
         )
     return f"""<!doctype html><meta charset="utf-8"><title>m2u-unmask: {len(results)} photos</title>
 <style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:4px}} img{{max-width:360px;max-height:360px}}</style>
-<p>{f"<b>Not finished: {escape(unfinished)} photos.</b> " if unfinished else ""}{escape(summarize(results, out / "faces.jsonl"))}. Each photo, its restored copy (none where nothing was restored),
+<p>{f"<b>Not finished: {escape(unfinished)} photos.</b> " if unfinished else ""}{kept}{escape(summarize(results, faces_jsonl or out / "faces.jsonl"))}. Each photo, its restored copy (none where nothing was restored),
 its status and reason; every face's evidence is in faces.jsonl.</p>
 <table><tr><th>photo</th><th>restored</th><th></th></tr>
 {chr(10).join(rows)}

@@ -154,3 +154,55 @@ def test_another_tools_report_in_the_folder_is_not_removed_before_the_run_replac
     atomic_write_text(out / "report.csv", "input,status,mask_type\nx.jpg,ok,surgical\n")  # m2u-mask's, say
     assert _run(_photos(tmp_path / "in", "p0.png", "p1.png"), out, "p1.png", 3600.0) == -9
     assert (out / "report.csv").read_text().startswith("input,status,mask_type")
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "error"])
+def test_a_rerun_stopped_midway_keeps_the_earlier_rows_of_the_photos_it_did_not_reach(
+    tmp_path, monkeypatch, stop
+):
+    """Ctrl-C (or an error that stops the run) during a rerun: its reports said only the photos it finished, and
+    the earlier run's rows and face lines of the others (whose outputs are still the earlier run's) were gone."""
+    import json
+
+    from m2u.core.fileio import atomic_write_bytes
+    from m2u.inference import photos
+    from m2u.inference.unmask import UnmaskConfig
+
+    def run(faces: int, stop_at: str = "") -> None:
+        def row(item, *, out, config, unmasker):
+            path, name = item
+            if path.name == stop_at:
+                raise KeyboardInterrupt if stop == "ctrl-c" else OSError(28, "No space left on device")
+            atomic_write_bytes(out / name, b"restored %d" % faces)
+            result = photos.FileResult(input=str(path), status="ok", output=str(out / name), faces=faces)
+            return result, [
+                {"input": str(path), "face": k, "restored": False, "problem": "stood in", "run": faces}
+                for k in range(faces)
+            ]
+
+        monkeypatch.setattr(photos, "_unmask_row", row)
+        config = UnmaskConfig(progress=False, device="cpu")
+        photos.unmask_files([str(photos_in)], None, None, out, config, unmasker=object())
+
+    photos_in, out = _photos(tmp_path / "in", "p0.png", "p1.png", "p2.png"), tmp_path / "out"
+    run(faces=1)
+    with pytest.raises(KeyboardInterrupt if stop == "ctrl-c" else OSError):
+        run(faces=2, stop_at="p2.png")
+    with open(out / "report.csv", newline="") as handle:
+        rows = {Path(r["input"]).name: r["faces"] for r in csv.DictReader(handle)}
+    assert rows == {"p0.png": "2", "p1.png": "2", "p2.png": "1"}  # p2's output is still the earlier run's
+    assert (out / "p2.png").read_bytes() == b"restored 1"
+    lines = [json.loads(text) for text in (out / "faces.jsonl").read_text().splitlines()]
+    assert [(Path(line["input"]).name, line["run"]) for line in lines] == [
+        ("p0.png", 2),
+        ("p0.png", 2),
+        ("p1.png", 2),
+        ("p1.png", 2),
+        ("p2.png", 1),
+    ]
+    page = (out / "index.html").read_text()
+    assert "stopped after 2 of 3" in page and "keep the earlier run's rows and outputs" in page
+    run(faces=3)  # the next run's finished report is its own alone
+    with open(out / "report.csv", newline="") as handle:
+        assert [r["faces"] for r in csv.DictReader(handle)] == ["3", "3", "3"]
+    assert "earlier run" not in (out / "index.html").read_text()
