@@ -899,6 +899,15 @@ def atomic_write_text(
     )
 
 
+def folder_clock(folder: str | os.PathLike[str]) -> int:
+    """The folder's file-system clock now (ns): a file written there later has at least this mtime, however
+    coarse that clock is (what a run stopped midway compares to tell its own writes from an earlier run's)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".m2u-clock-") as probe:
+        return os.fstat(probe.fileno()).st_mtime_ns
+
+
 class StagedFiles:
     """The files of one report (its rows, pages, images) written under hidden temporary names beside their targets
     (atomic_write's kind) and published together by `publish`: until then the files at the targets' names (an

@@ -21,7 +21,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from m2u.core.fileio import (
     REPORT_TEXT_ERRORS,
     OutputRefusedError,
     fit_stem,
+    folder_clock,
     remove_temp_files,
     remove_written,
     replace_problem,
@@ -168,6 +168,11 @@ def _earlier_stems(out: Path) -> list[tuple[str, str]]:
     """(input, output stem) of the earlier m2u-mask runs into `out`: the rows of the last run's report.csv (its
     outputs are <stem>_<mask type>.jpg ...), then the names ledger of every run (m2u.core.inputs.
     remember_output_names). Only a regular file m2u wrote is read: check_output_folder refuses others later."""
+    return _row_stems(out, _report_rows(out)) + read_names_ledger(out, LOCK_TOOL)
+
+
+def _report_rows(out: Path) -> list[dict[str, str]]:
+    """The rows of the report.csv an earlier run left in `out` ([] when none); only a regular file m2u wrote."""
     report = out / REPORT_NAME
     rows: list[dict[str, str]] = []
     if report.exists() and not replace_problem(report):
@@ -176,7 +181,30 @@ def _earlier_stems(out: Path) -> list[tuple[str, str]]:
             open(report, newline="", encoding="utf-8", errors="replace") as handle,
         ):
             rows = list(csv.DictReader(handle))
-    return _row_stems(out, rows) + read_names_ledger(out, LOCK_TOOL)
+    return rows
+
+
+def _earlier_rows_kept(
+    earlier: list[dict[str, str]], planned: list[tuple[str, str]], reported: set[tuple[str, str]], began: int
+) -> list[dict[str, str | int]]:
+    """A run stopped midway: the earlier run's rows (`earlier`, its report.csv) of the (input, mask type) pairs
+    this run planned (`planned`) and did not report, in `planned`'s order, whose outputs are still that run's
+    (none written since this run `began`): its report keeps them, as the folder keeps their outputs."""
+    by_pair = {(row.get("path", ""), row.get("mask_type", "")): row for row in earlier}
+    kept: list[dict[str, str | int]] = []
+    for pair in planned:
+        row = by_pair.get(pair)
+        if row is None or pair in reported:
+            continue
+        output = Path(row.get("output") or "")
+        if row.get("output"):
+            try:
+                if output.stat().st_mtime_ns >= began:  # rewritten by this run: no longer the earlier one's
+                    continue
+            except OSError:
+                continue
+        kept.append(dict(row))
+    return kept
 
 
 def _row_stems(out: Path, rows: list[dict[str, str]] | list[dict[str, str | int]]) -> list[tuple[str, str]]:
@@ -465,13 +493,6 @@ def _collect(pool, tasks: list, total: int, progress: bool, finished: dict) -> l
             bar.close()
 
 
-def _folder_clock(folder: Path) -> int:
-    """The folder's file-system clock now (ns): a file written there later has at least this mtime, however
-    coarse that clock is."""
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".m2u-clock-") as probe:
-        return os.fstat(probe.fileno()).st_mtime_ns
-
-
 def _remove_unreported_outputs(
     out: Path, masks: tuple[MaskConfig, ...], stems: list[Path], reported: set[str], began: int
 ) -> None:
@@ -547,7 +568,8 @@ def mask_files(
         finished: dict[str, list[dict[str, str | int]]] = {}  # the run under way: each finished file's rows
         under_way: tuple[MaskConfig, ...] = ()  # its masks, in the order of each file's rows
         under_way_stems: list[Path] = []  # its files' output names
-        began = _folder_clock(out)
+        began = folder_clock(out)
+        earlier_rows = _report_rows(out)  # kept for the inputs a stopped run does not reach
         try:
             if config.mask_code is None and len(groups) > 1:
                 # Every file gets every configuration ("all"): read and detect each file once for all of them.
@@ -576,8 +598,9 @@ def mask_files(
             stop = stop_of(error)
             if stop is None:
                 raise
-            # The report lists what this run finished, as a finished run's does (the outputs of the inputs it did
-            # not reach stay as they were), so an earlier run's report.csv no longer describes this run's files.
+            # The report lists what this run finished, as a finished run's does, so an earlier run's report.csv no
+            # longer describes this run's files; the outputs of the inputs it did not reach stay as they were, and
+            # so do the earlier report's rows of them.
             reached = [stem for stem in under_way_stems if str(stem) in finished]
             rows += [
                 {**finished[str(stem)][k], "mask_type": mask.mask_type}
@@ -588,13 +611,19 @@ def mask_files(
             try:
                 _remove_unreported_outputs(out, under_way, under_way_stems, set(finished), began)
                 _remove_earlier_outputs(out, rows, stems)
-                write_report(rows, out / REPORT_NAME)
+                planned = [
+                    (str(files[i][0].path), mask.mask_type) for mask, indices in groups for i in indices
+                ]
+                kept = _earlier_rows_kept(
+                    earlier_rows, planned, {(str(r["path"]), str(r["mask_type"])) for r in rows}, began
+                )
+                write_report(rows + kept, out / REPORT_NAME)
             except OSError as unwritten:  # a full disk: the stop is still what is said
                 said = f"{out / REPORT_NAME} could not be written: {describe_os_error(unwritten)}"
                 raise type(stop)(said) from error
-            planned = sum(len(indices) for _, indices in groups)
+            also = f", and the earlier run's rows of {len(kept)} it did not reach" if kept else ""
             raise type(stop)(
-                f"{out / REPORT_NAME} lists the {len(rows)} of {planned} outputs finished"
+                f"{out / REPORT_NAME} lists the {len(rows)} of {len(planned)} outputs finished{also}"
             ) from error
         seconds = time.perf_counter() - start
         _remove_earlier_outputs(out, rows, stems)

@@ -291,3 +291,44 @@ def test_a_face_whose_mask_would_lie_beyond_the_photos_edge_is_refused_by_m2u_ma
     reasons = dict(zip(manifest["source"].map(lambda s: Path(s).name), manifest["reason"], strict=True))
     assert status == {"whole.png": "ok", "cut.png": "refused"}, manifest
     assert "of the mask's body lies inside the image" in reasons["cut.png"]
+
+
+def test_a_rerun_stopped_midway_keeps_the_earlier_rows_of_the_inputs_it_did_not_reach(
+    tmp_path, astronaut_portrait, monkeypatch
+):
+    """Ctrl-C during a rerun: its report.csv listed only the inputs it finished, and the earlier run's rows of the
+    others were gone, though their outputs (an earlier run's masked photo) stayed in OUT."""
+    import os
+    import time
+
+    from m2u.masking import batch
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(src / name)
+    Image.fromarray(astronaut_portrait).save(src / "c.png")
+    config = batch.BatchConfig(workers=0, progress=False)
+    batch.mask_files([str(src)], out, config)
+    assert {Path(r["path"]).name: r["status"] for r in _report(out)} == {
+        "a.png": "no_face",
+        "b.png": "no_face",
+        "c.png": "ok",
+    }
+    for path in out.glob("c_*"):  # written well before the rerun, whatever the clock's grain
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    read = batch._read
+
+    def ctrl_c_at_c(job, masks, file, problem):
+        if file.name == "c.png":
+            raise KeyboardInterrupt
+        return read(job, masks, file, problem)
+
+    monkeypatch.setattr(batch, "_read", ctrl_c_at_c)
+    before = _report(out)
+    # The files are read a group at a time: the stop at c.png came before a.png and b.png were finished.
+    said = "lists the 0 of 3 outputs finished, and the earlier run's rows of 3 it did not reach"
+    with pytest.raises(KeyboardInterrupt, match=said):
+        batch.mask_files([str(src)], out, config)
+    assert _report(out) == before  # the outputs are all the earlier run's, and so are the rows
+    assert all(Path(row["output"]).exists() for row in before if row["status"] == "ok")
