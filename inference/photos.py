@@ -23,6 +23,7 @@ from tqdm import tqdm
 from m2u.core.fileio import (
     OutputRefusedError,
     fit_stem,
+    folder_clock,
     remove_written,
     replace_problem,
     report_text,
@@ -181,6 +182,7 @@ def _unmask_paths(
     # Its rows are read first: a report this run writes before it has finished (in progress, stopped by Ctrl-C or
     # an error) keeps the earlier row of each of its photos not reached yet, whose output is still the earlier one.
     earlier = _EarlierReport.read(out)
+    began = folder_clock(out)
     if _is_unmask_report(out / REPORTS[0]):
         remove_written(out, REPORTS)
     if config.keep_crops:
@@ -204,7 +206,7 @@ def _unmask_paths(
                         results,
                         face_lines,
                         f"in progress: {len(results)} of {len(paths)}",
-                        earlier.rows_for(out, paths[len(results) :]),
+                        earlier.rows_for(paths[len(results) :], began),
                     )
                     reported = time.monotonic()
     except BaseException:
@@ -217,7 +219,7 @@ def _unmask_paths(
                 results,
                 face_lines,
                 f"stopped after {len(results)} of {len(paths)}",
-                earlier.rows_for(out, paths[len(results) :]),
+                earlier.rows_for(paths[len(results) :], began),
             )
         raise
     _write_reports(out, results, face_lines)
@@ -446,15 +448,24 @@ class _EarlierReport:
         named = earlier_names(out, [(row.get("input", ""), row.get("output", "")) for row in rows])
         return cls({name: by_input[source] for source, name in named if source in by_input}, by_input, lines)
 
-    def rows_for(self, out: Path, pending: list[tuple[Path, str]]) -> list[tuple[FileResult, list[dict]]]:
+    def rows_for(self, pending: list[tuple[Path, str]], began: int) -> list[tuple[FileResult, list[dict]]]:
         """The earlier row (as a FileResult) and face lines of each photo of `pending` (path, output name) that
-        the earlier report has, by its output name or else by its input, in `pending`'s order."""
+        the earlier report has, by its output name or else by its input, in `pending`'s order; not where its
+        output is gone or was written since this run `began` (the photo under way when it stopped: its output is
+        this run's now)."""
         carried = []
         for path, name in pending:
             values = self.by_name.get(name) or self.by_input.get(str(path))
             row = _report_row(values) if values is not None else None
-            if row is not None:
-                carried.append((row, self.lines.get(row.input, [])))
+            if row is None:
+                continue
+            if row.output:
+                try:
+                    if os.stat(row.output).st_mtime_ns >= began:
+                        continue
+                except OSError:
+                    continue
+            carried.append((row, self.lines.get(row.input, [])))
         return carried
 
 
