@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text
+from m2u.core.fileio import staged_files
 from m2u.pipelines.config import PipelineConfig
 from m2u.pipelines.run import STAGE_RECORDS, STAGES, run_folder, run_pipeline, run_stages, with_demo_faces
 from m2u.pipelines.stages import RECORD_SUFFIX
@@ -121,8 +121,10 @@ def _run_variants(
             "retrained": not outcomes["gan"].skipped,
         }
     table = {"split": config.evaluation.split, "row": COMPOSITE_ROW, "variants": rows}
-    atomic_write_text(run / "ablation.json", json.dumps(table, indent=2))
-    atomic_write_text(run / "ablation.md", ablation_markdown(table))
+    with staged_files() as staged:  # the two published together: a stop between them never leaves them apart
+        staged.write_text(run / "ablation.json", json.dumps(table, indent=2))
+        staged.write_text(run / "ablation.md", ablation_markdown(table))
+        staged.publish()
     return table
 
 

@@ -32,7 +32,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from m2u.core.fileio import atomic_write_text, check_writable, content_digest, open_append, write_cache_file
+from m2u.core.fileio import (
+    check_writable,
+    content_digest,
+    open_append,
+    staged_files,
+    write_cache_file,
+)
 from m2u.core.fileio import library_versions as versions_of
 from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.core.imageio import DigestCache
@@ -778,13 +784,21 @@ PIPELINE_REPORTS = (*FULL_RUN_RECORD, *LATEST_RUN_RECORD, "pipeline.log")
 PIPELINE_TOOL = "m2u-pipeline"
 
 
+def _publish_together(run: Path, names: tuple[str, ...], texts: tuple[str, ...]) -> None:
+    """A record's files (a configuration and its library versions), published together (m2u.core.fileio.
+    StagedFiles): a stop while they are written leaves the earlier pair whole, never one of each run."""
+    with staged_files() as staged:
+        for name, text in zip(names, texts, strict=True):
+            staged.write_text(run / name, text)
+        staged.publish()
+
+
 def run_stages(
     config: PipelineConfig, run: Path, echo: Callable[[str], None], until: str, metric_suite: Any
 ) -> dict[str, StageOutcome]:
     """Each stage up to `until`, in the run folder `run`, which the caller holds (`run_folder`)."""
     record = (json.dumps(config_as_dict(config), indent=2), json.dumps(library_versions(), indent=2))
-    for name, text in zip(LATEST_RUN_RECORD, record, strict=True):
-        atomic_write_text(run / name, text)
+    _publish_together(run, LATEST_RUN_RECORD, record)
     log = _Logger(run / "pipeline.log", echo)
     dirs = {name: run / name for name in STAGES}
     actions = _stage_actions(config, dirs, metric_suite)
@@ -818,8 +832,7 @@ def run_stages(
     whole = until == STAGES[-1]
     made = not all(outcome.skipped and not outcome.taken_back for outcome in outcomes.values())
     if whole and (made or not all((run / name).exists() for name in FULL_RUN_RECORD)):
-        for name, text in zip(FULL_RUN_RECORD, record, strict=True):
-            atomic_write_text(run / name, text)
+        _publish_together(run, FULL_RUN_RECORD, record)
     _note_stages_left_behind(run, until, upstream[-1], log)
     plots = plot_training_curves({n: dirs[n] for n in ("mseg", "gan") if n in outcomes}, run / PLOTS)
     if not made:

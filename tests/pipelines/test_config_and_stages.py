@@ -793,3 +793,75 @@ def test_a_partial_or_stopped_run_keeps_the_record_of_the_last_full_run(tmp_path
     pipeline_run.run_pipeline(stopped, run, echo=said.append)
     assert said[-1] == "nothing to do: every stage is up to date"
     assert json.loads((run / "versions.json").read_text()) == {"machine": "another"}  # nothing was made here
+
+
+def test_ctrl_c_while_a_run_record_is_written_leaves_both_its_files_of_one_run(tmp_path, monkeypatch):
+    """config.latest.json and versions.latest.json were written one after the other: a Ctrl-C between the two left
+    this run's configuration beside the previous run's library versions."""
+    import os
+    import signal
+    from pathlib import Path
+
+    pipeline_run, run, _, calls = _finished_stubbed_run(tmp_path, monkeypatch)
+    monkeypatch.setattr(pipeline_run, "library_versions", lambda: {"machine": "another"})
+    replace = os.replace
+
+    def replace_then_ctrl_c(source, target):
+        replace(source, target)
+        if Path(target).name == "config.latest.json":
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, right after the record's first file
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    config = load_config("smoke", extra={"faces": [str(tmp_path / "faces")], "mseg": {"max_steps": 7}})
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(config, run, echo=lambda _: None, until="mseg")
+    monkeypatch.setattr(os, "replace", replace)
+    assert json.loads((run / "config.latest.json").read_text())["mseg"]["max_steps"] == 7
+    assert json.loads((run / "versions.latest.json").read_text()) == {"machine": "another"}
+
+
+def test_ctrl_c_while_the_ablation_table_is_written_leaves_its_two_files_of_one_run(tmp_path, monkeypatch):
+    """ablation.json and ablation.md were written one after the other: a Ctrl-C between them left the new table
+    beside the previous run's page."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from m2u.pipelines import run as pipeline_run
+    from m2u.pipelines.ablate import VARIANTS, run_ablation
+
+    psnr = [30.0]
+
+    def stages(config, dirs, metric_suite):
+        def evaluation() -> dict:
+            dirs["evaluation"].mkdir(parents=True, exist_ok=True)
+            report = {"rows": {"m2u_composite": {"psnr": psnr[0]}}}
+            (dirs["evaluation"] / "metrics.json").write_text(json.dumps(report))
+            return {}
+
+        return {"dataset": dict, "mseg": dict, "gan": dict, "evaluation": evaluation}
+
+    monkeypatch.setattr(pipeline_run, "_stage_actions", stages)
+    monkeypatch.setattr(pipeline_run, "check_dataset_plan", lambda *_: None)  # no dataset is built
+    faces, run = tmp_path / "faces", tmp_path / "run"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    run_ablation(config, run, variants=VARIANTS[:1], echo=lambda _: None)
+    before = {name: (run / name).read_bytes() for name in ("ablation.json", "ablation.md")}
+    psnr[0] = 31.5
+    for evaluation in run.rglob("evaluation"):  # evaluated again, to a new figure
+        (evaluation / "metrics.json").unlink()
+    replace = os.replace
+
+    def replace_then_ctrl_c(source, target):
+        replace(source, target)
+        if Path(target).name == "ablation.json":
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, right after the table's first file
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(config, run, variants=VARIANTS[:1], echo=lambda _: None)
+    monkeypatch.setattr(os, "replace", replace)
+    after = {name: (run / name).read_bytes() for name in ("ablation.json", "ablation.md")}
+    assert after != before and all(b"31.5" in text for text in after.values()), after
