@@ -21,8 +21,8 @@ from typing import Any
 import click
 import numpy as np
 
-from m2u.core.fileio import atomic_write_text
-from m2u.core.imageio import write_image
+from m2u.core.fileio import StagedFiles, staged_files
+from m2u.core.imageio import encode_image
 
 __all__ = ["run_demo"]
 
@@ -64,11 +64,12 @@ def _scores(images: Any, original: Any) -> dict[str, float]:
     }
 
 
-def _write_grid(path: Path, columns: list[Any]) -> None:
-    """(B, 3, H, W) tensors in [0, 1] side by side, one sample per row, as a PNG."""
+def _write_grid(path: Path, columns: list[Any], staged: StagedFiles) -> None:
+    """(B, 3, H, W) tensors in [0, 1] side by side, one sample per row, as a PNG (staged, published with the
+    report: m2u.core.fileio, whole or not at all, never through a link)."""
     tiles = [(x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for x in columns]
     grid = np.concatenate([np.concatenate(list(row), axis=1) for row in zip(*tiles)], axis=0)
-    write_image(path, grid)  # m2u.core.fileio: whole or not at all, never through a link
+    staged.write_bytes(path, encode_image(path, grid))
 
 
 def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> dict[str, Any]:
@@ -105,32 +106,55 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
     truth = torch.from_numpy(np.stack([s[2] for s in samples])).float()[:, None]
     intersection = (predicted * truth).sum(dim=(1, 2, 3))
     dice = (2 * intersection / (predicted.sum(dim=(1, 2, 3)) + truth.sum(dim=(1, 2, 3))).clamp_min(1)).mean()
-    _write_grid(out / "demo.png", [masked, predicted.repeat(1, 3, 1, 1), restored, original])
-    info = models.generator_info
-    report = {
+    # The grid, demo.json and index.html are published together: a stop leaves an earlier demo's whole.
+    with staged_files() as staged:
+        _write_grid(out / "demo.png", [masked, predicted.repeat(1, 3, 1, 1), restored, original], staged)
+        _write_report(out, name, usage.crop_size, samples, float(dice), rows, models.generator_info, staged)
+        staged.publish()
+    return {
         "model": name,
         "crop_size": usage.crop_size,
         "faces": len(samples),
         "mseg_dice": float(dice),
         "rows": rows,
+        "provenance": models.generator_info.provenance,
+    }
+
+
+def _write_report(
+    out: Path,
+    name: str,
+    crop_size: int,
+    samples: list,
+    dice: float,
+    rows: dict[str, dict[str, float]],
+    info: Any,
+    staged: StagedFiles,
+) -> None:
+    """demo.json and index.html, staged in `staged`."""
+    report = {
+        "model": name,
+        "crop_size": crop_size,
+        "faces": len(samples),
+        "mseg_dice": dice,
+        "rows": rows,
         "provenance": info.provenance,
     }
-    atomic_write_text(out / "demo.json", json.dumps(report, indent=2) + "\n")
+    staged.write_text(out / "demo.json", json.dumps(report, indent=2) + "\n")
     table = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v['psnr']:.2f}</td><td>{v['ssim']:.3f}</td><td>{v['l1']:.4f}</td></tr>"
         for k, v in rows.items()
     )
     page = f"""<!doctype html><meta charset="utf-8"><title>m2u demo: {html.escape(name)}</title>
 <h1>m2u demo: the shipped model {html.escape(name)}</h1>
-<p>{len(samples)} embedded faces (variants of a public-domain portrait), aligned at {usage.crop_size}x{usage.crop_size},
-masked by m2u's engine. Columns: masked | predicted mask | restored | original. M-Seg Dice {float(dice):.3f}.</p>
+<p>{len(samples)} embedded faces (variants of a public-domain portrait), aligned at {crop_size}x{crop_size},
+masked by m2u's engine. Columns: masked | predicted mask | restored | original. M-Seg Dice {dice:.3f}.</p>
 <table border="1" cellpadding="4"><tr><th>method</th><th>PSNR (dB)</th><th>SSIM</th><th>L1</th></tr>{table}</table>
 <p>Telea fills the same predicted mask. One portrait is not a benchmark: see the model card for the test-split
 figures.</p>
 <img src="demo.png" alt="masked | predicted mask | restored | original">
 """
-    atomic_write_text(out / "index.html", page)
-    return report
+    staged.write_text(out / "index.html", page)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

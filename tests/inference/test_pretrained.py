@@ -228,6 +228,27 @@ def test_demo_page_shows_the_shipped_model_against_telea(shipped, tmp_path):
     assert "predicted mask" in (tmp_path / "demo" / "index.html").read_text()
 
 
+def test_a_demo_rerun_stopped_midway_leaves_the_earlier_demo_whole(shipped, tmp_path, monkeypatch):
+    """Ctrl-C as the page was made: the rerun's grid and demo.json stood beside the earlier run's index.html."""
+    from m2u.pipelines import demo
+
+    out = tmp_path / "demo"
+    assert CliRunner().invoke(demo.main, ["-o", str(out), "--count", "2"]).exit_code == 0
+    files = ("demo.png", "demo.json", "index.html")
+    before = {name: (out / name).read_bytes() for name in files}
+
+    class Stopped:
+        @staticmethod
+        def escape(text, quote=True):
+            raise KeyboardInterrupt  # the user's Ctrl-C while the page is made
+
+    monkeypatch.setattr(demo, "html", Stopped)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out, count=1)
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert not list(out.glob(".*.tmp"))
+
+
 def test_demo_check_says_when_no_model_ships(tmp_path, monkeypatch):
     from m2u.pipelines.demo import main as demo_main
 
