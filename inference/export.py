@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import os
 import warnings
@@ -26,13 +27,10 @@ from m2u.core.errors import SettingError
 from m2u.core.fileio import (
     OutputRefusedError,
     atomic_write,
-    atomic_write_text,
     check_writable,
-    commit,
     content_digest,
-    new_temp_file,
-    remove_written,
     replace_problem,
+    staged_files,
 )
 from m2u.core.inputs import output_location_problem, output_lock
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
@@ -373,6 +371,13 @@ def other_export(
     return "; ".join(others) or None
 
 
+def _export_into(
+    checked: list[ExportResult], model: nn.Module, temp: str, *, config: ExportConfig, info: ModelInfo | None
+) -> None:
+    """`_export_checked` of `model` into the staged file `temp`, its parity result appended to `checked`."""
+    checked.append(_export_checked(model, temp, config, info))
+
+
 def export_models(
     models: Mapping[str, tuple[str | Path, nn.Module, ModelInfo | None]],
     out_dir: str | Path,
@@ -388,9 +393,9 @@ def export_models(
     model files' SHA-256 where the caller read them already (`source_digests`: m2u-export's pre-flight check).
 
     The folder is locked while it is written (a second export into it is refused), and it changes only once every
-    file is exported and checked: the earlier export.json goes first, then the files take their names, then the
-    new export.json is written. A failed or stopped export leaves the earlier export as it was, or (stopped in
-    those last renames) files without an export.json, never an export.json describing other files."""
+    file is exported and checked: the files and the new export.json are staged, then published together
+    (m2u.core.fileio.StagedFiles, Ctrl-C and SIGTERM held off while they take their names). A failed or stopped
+    export leaves the earlier export as it was, never an export.json describing other files."""
     config = config or ExportConfig()
     out = Path(out_dir)
     kinds = {"mseg": MSeg, "generator": CARU2Net}
@@ -413,15 +418,17 @@ def export_models(
         )
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, str] = {}
     try:
-        with output_lock(out, EXPORT_LOCK_TOOL):
+        with output_lock(out, EXPORT_LOCK_TOOL), staged_files() as staged:
             summary: dict[str, dict] = {}
             for name, (source, model, info) in models.items():
-                staged[name] = new_temp_file(out / f"{name}.onnx")
-                result = _export_checked(
-                    model, staged[name], dataclasses.replace(config, image_size=sizes[name]), info
+                checked: list[ExportResult] = []
+                settings = dataclasses.replace(config, image_size=sizes[name])
+                staged.write(
+                    out / f"{name}.onnx",
+                    functools.partial(_export_into, checked, model, config=settings, info=info),
                 )
+                result = checked[0]
                 summary[name] = {
                     # Absolute, as a run's config.json records its files: read from anywhere, not only from the
                     # folder the export was run in.
@@ -433,18 +440,13 @@ def export_models(
                     "image_size": sizes[name],
                     "model_info": asdict(info) if info is not None else None,
                 }
-            if os.path.lexists(out / EXPORT_SUMMARY) and not replace_problem(out / EXPORT_SUMMARY):
-                remove_written(out, [EXPORT_SUMMARY])  # never left describing files it does not
-            for name in list(staged):
-                commit(staged.pop(name), out / f"{name}.onnx")
             if stale:
-                remove_written(
+                staged.remove_at_publish(
                     out, [path.name for path in stale], ours=lambda path: path.name in {p.name for p in stale}
                 )
-            atomic_write_text(out / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
+            staged.write_text(out / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: the entry
+            staged.publish()  # the files and export.json together, Ctrl-C held off while they take their names
     except BaseException:
-        for temp in staged.values():
-            Path(temp).unlink(missing_ok=True)
         if (
             made
         ):  # a folder this export made and wrote nothing into goes, with its lock (rmdir: only when empty)

@@ -140,6 +140,38 @@ def test_a_failed_export_leaves_the_earlier_export_as_it_was_and_a_new_folder_no
     assert not fresh.exists()  # made by the export, left empty: removed with its lock
 
 
+def test_ctrl_c_as_an_export_takes_its_names_leaves_one_whole_export(model_files, tmp_path, monkeypatch):
+    """A Ctrl-C once the first new file had taken its name left it beside the earlier export's other file, with no
+    export.json (removed first): an export of neither run."""
+    import signal
+
+    mseg, info = load_model(model_files["mseg"])
+    generator, generator_info = load_model(model_files["generator"])
+    models = {
+        "mseg": (model_files["mseg"], mseg, info),
+        "generator": (model_files["generator"], generator, generator_info),
+    }
+    out = tmp_path / "onnx"
+    export_models(models, out, ExportConfig(image_size=SIZE))
+    before = {name: (out / f"{name}.onnx").stat().st_ino for name in ("mseg", "generator")}
+    replace = os.replace
+
+    def replace_then_ctrl_c(source, target):
+        replace(source, target)
+        if Path(target).name == "mseg.onnx":
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, right after the first file took its name
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        export_models(models, out, ExportConfig(image_size=48))
+    monkeypatch.setattr(os, "replace", replace)
+    summary = json.loads((out / "export.json").read_text())
+    assert {name: entry["image_size"] for name, entry in summary.items()} == {"mseg": 48, "generator": 48}
+    assert all(
+        (out / f"{name}.onnx").read_bytes() != before[name] for name in before
+    )  # both of the new export
+
+
 def test_a_second_export_into_a_folder_being_written_is_refused(model_files, tmp_path):
     from m2u.core.inputs import output_lock
     from m2u.inference.export import EXPORT_LOCK_TOOL
