@@ -1029,8 +1029,8 @@ def _stops_held() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(arrived):
-            signal.raise_signal(signum)
+        for received in dict.fromkeys(arrived):
+            signal.raise_signal(received)
 
 
 def library_versions(packages: Iterable[str], platform_info: bool = False) -> dict[str, str]:

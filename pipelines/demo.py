@@ -124,7 +124,7 @@ def run_demo(out_dir: str | Path, count: int = 8, model: str | None = None) -> d
 def _write_report(
     out: Path,
     name: str,
-    crop_size: int,
+    crop_size: int | None,
     samples: list,
     dice: float,
     rows: dict[str, dict[str, float]],
