@@ -598,9 +598,7 @@ def atomic_write(
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
         # `write` may have replaced the file (a library writing to the name): the mode any new file gets.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
+        os.chmod(temp, new_file_mode())
         _commit_temp(temp, path, by_name=by_name)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -645,6 +643,22 @@ def arrow_path(path: str | os.PathLike[str]) -> str:
     """`path` for pyarrow's readers and writers: absolute, since pyarrow takes a relative path with a colon in it
     (`ds:1/manifest.parquet`) for a URI of an unknown file system."""
     return os.path.abspath(os.fspath(path))
+
+
+def new_file_mode() -> int:
+    """The mode a new file gets in this process (0o666 less the umask). Read from /proc where Linux says it: the
+    only other way, setting the umask and setting it back, leaves every other thread a moment in which the files
+    it creates get umask 0 (world-writable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)  # no /proc (macOS) or a kernel before 4.7: the swap, as Python itself offers no read
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def new_temp_file(path: str | os.PathLike[str]) -> str:
@@ -928,9 +942,7 @@ class StagedFiles:
             Path(previous).unlink(missing_ok=True)
         self._temps[path] = temp
         write(temp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # `write` may have replaced the file: the mode any new file gets
+        os.chmod(temp, new_file_mode())  # `write` may have replaced the file: the mode any new file gets
         return path
 
     def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> Path:

@@ -28,6 +28,30 @@ def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the umask from Linux's /proc")
+def test_a_write_takes_the_new_file_mode_without_setting_the_umask(tmp_path, monkeypatch):
+    """Setting the umask to read it (and back) left other threads a moment of umask 0, their new files
+    world-writable: the mode is read from /proc, and the process's umask (0o027 here) is honoured."""
+    from m2u.core.fileio import StagedFiles
+
+    previous = os.umask(0o027)
+    try:
+
+        def refuse(mask: int) -> int:
+            raise AssertionError(f"os.umask({mask:o}) called while writing")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        atomic_write_text(tmp_path / "one.txt", "x")
+        staged = StagedFiles()
+        staged.write_text(tmp_path / "two.txt", "y")
+        staged.publish()
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    for name in ("one.txt", "two.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
 def test_a_failing_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
     target = tmp_path / "out.bin"
     atomic_write_bytes(target, b"finished work")  # an earlier run's output: m2u may replace it
