@@ -26,10 +26,12 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _describe(hint: Any) -> str:
+def _describe(hint: Any, written: bool = False) -> str:
+    """`hint` in words; `written`: as a config file or --set gives it (a group of options is a mapping there, not
+    the Python class a caller of the library passes)."""
     origin, args = get_origin(hint), get_args(hint)
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(_describe(a, written) for a in args)
     if hint is type(None):
         return "None"
     if origin is Literal:
@@ -44,8 +46,17 @@ def _describe(hint: Any) -> str:
         return "a string"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}"
-        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+            return f"a list of {_describe(args[0], written)}"
+        return f"a list of {len(args)} values ({', '.join(_describe(a, written) for a in args)})"
+    # In a config file's words, not Python's: `gan: 3` "must be a mapping of options", not "GanTrainConfig".
+    if written and isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return "a mapping of options (key: value)"
+    if origin is list or hint is list:
+        return "a list"
+    if origin is dict or hint is dict:
+        return "a mapping (key: value)"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in hint)
     return getattr(hint, "__name__", str(hint))
 
 
@@ -116,7 +127,7 @@ def number_from_text(value: Any, hint: Any) -> Any:
 def field_problem(cls: type, name: str, value: Any) -> str:
     """What is wrong with `value` for the field `name` of the dataclass `cls` ("" when it fits its type)."""
     hint = _hints(cls).get(name, Any)
-    return "" if _matches(value, hint) else f"must be {_describe(hint)}, got {value!r}"
+    return "" if _matches(value, hint) else f"must be {_describe(hint, written=True)}, got {value!r}"
 
 
 def field_hint(cls: type, name: str) -> Any:

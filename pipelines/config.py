@@ -156,8 +156,11 @@ def load_config(
         if overrides:
             # Each field set -> the key that set it: the key itself, but for the mseg and gan stages' own names
             # (`gan.lr` sets gan.optimizer.learning_rate), which as_stage_fields fills in.
+            # A stage block that is not a mapping (`gan: 3`) is a key of its own, said as every other.
             layer = {
-                path: path for path in _leaf_paths(overrides) if path.split(".")[0] not in ("mseg", "gan")
+                path: path
+                for path in _leaf_paths(overrides)
+                if path.split(".")[0] not in ("mseg", "gan") or "." not in path
             }
             try:
                 config = apply_overrides(config, as_stage_fields(overrides, layer))

@@ -109,3 +109,21 @@ def test_a_refusal_is_said_in_the_key_written_and_where_it_was_written():
         as_written("xgan.optimizer.learning_rate_max is 1", field, "gan.lr")
         == "xgan.optimizer.learning_rate_max is 1"
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"model": 3}, "model must be a mapping of options (key: value), got 3"),
+        ({"init_weights": ["a.pt"]}, "init_weights must be a mapping (key: value), got ['a.pt']"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_said_in_a_config_files_words(values, said):
+    """`model: 3` was refused as "model must be MSegConfig, got 3": a Python class name the config file never
+    shows. A group of options is "a mapping of options", a dict field "a mapping", as for apply_overrides."""
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict(MSegTrainConfig, values)
+    assert str(refused.value) == said
+    with pytest.raises(ConfigError) as refused:
+        apply_overrides(MSegTrainConfig(), values)
+    assert str(refused.value) == said

@@ -430,6 +430,23 @@ def test_an_ablations_stage_lines_name_their_variant_and_its_note_only_the_table
             None,
             "Error: `dataset.shard_size`: must be >= 1, got 0 (dataset.shard_size: from --set dataset.shard_size)",
         ),
+        # A stage block that is not a mapping: said in a config file's words (was "gan must be GanTrainConfig,
+        # got 3", without where it came from), as every other block is.
+        (
+            [],
+            "gan: 3\n",
+            "Error: gan must be a mapping of options (key: value), got 3 (gan: from {file}, key gan)",
+        ),
+        (
+            ["mseg=3"],
+            None,
+            "Error: mseg must be a mapping of options (key: value), got 3 (mseg: from --set mseg)",
+        ),
+        (
+            [],
+            "dataset: [1]\n",
+            "Error: dataset must be a mapping of options (key: value), got [1] (dataset: from {file}, key dataset)",
+        ),
     ],
 )
 def test_a_refused_stage_value_says_the_key_that_gave_it(tmp_path, items, file_text, said):
