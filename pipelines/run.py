@@ -56,6 +56,7 @@ from m2u.pipelines.config import PipelineConfig, config_as_dict, in_stage_words
 from m2u.pipelines.plots import plot_training_curves
 from m2u.pipelines.stages import (
     RECORD_SUFFIX,
+    STALE_DIR,
     StageOutcome,
     chain_of,
     fingerprint,
@@ -741,6 +742,14 @@ def check_stage_outputs(run: Path, until: str) -> None:
     from m2u.evaluation.report import REPORT_FILES
     from m2u.training.loop import check_run_outputs
 
+    # The run's own folders: a file of someone else's at RUN/stale failed a stage's rerun only once it had to move
+    # the earlier output aside (exit 1, "Not a directory"), after every stage before it had run.
+    for name, role in ((STALE_DIR, "earlier outputs"), (STAGE_RECORDS, "stage records"), (PLOTS, "plots")):
+        folder = run / name
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise PipelineRefused(
+                f"{folder} is in the way of the run's folder of {role}; move it away or choose another run folder (-o)"
+            )
     stages = STAGES[: STAGES.index(until) + 1]
     for name in stages:
         folder = run / name

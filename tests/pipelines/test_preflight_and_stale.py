@@ -175,6 +175,22 @@ def test_a_persons_file_in_a_stage_folder_is_refused_before_any_stage_naming_o(t
     assert not (run / "stages").exists() and (run / where).read_text() == "mine"
 
 
+@pytest.mark.parametrize("name", [STALE_DIR, "stages", "plots"])
+def test_a_persons_file_at_a_run_folders_own_folder_is_refused_before_any_stage(tmp_path, faces, name):
+    """A file at RUN/stale failed the first stage that had to move its earlier output aside, "Not a directory" with
+    exit 1, after the stages before it had run; one at RUN/plots failed after M-Seg had trained, and one at
+    RUN/stages was "stages/face-hashes.tsv: Not a directory", exit 1: none said what to do."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("mine")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", faces, "-o", str(run)])
+    assert result.exit_code == 2, result.output
+    said = result.output.strip().splitlines()[-1]
+    assert said.startswith(f"Error: {run / name} is in the way of the run's folder of"), said
+    assert said.endswith("move it away or choose another run folder (-o)"), said
+    assert (run / name).read_text() == "mine" and sorted(p.name for p in run.iterdir()) == [name]
+
+
 @pytest.mark.parametrize("mark", [".m2u-build", "manifest.parquet"])
 def test_a_dataset_folder_or_one_inside_it_is_refused_as_the_run_folder(tmp_path, faces, mark):
     data = tmp_path / "data"
