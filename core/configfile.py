@@ -217,13 +217,24 @@ def merge_overrides(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
+# A configuration class's keys beside its fields' names: m2u-train's config files take its long option names (`lr`
+# for optimizer.learning_rate, `workers` for num_workers), which an unknown key is matched against and listed with.
+OPTION_KEYS: dict[type, frozenset[str]] = {}
+
+
+def register_option_keys(cls: type, keys: Iterable[str]) -> None:
+    """Record `keys` (a command's long option names, as its config files give them) as keys of `cls`."""
+    OPTION_KEYS[cls] = frozenset(keys)
+
+
 def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> set[str]:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in values:
         if key not in names:
-            close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.75)
+            known = sorted(names | OPTION_KEYS.get(cls, frozenset()))
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
             hint = f"did you mean {where + close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown option {where + str(key)!r}; {hint}known here: {sorted(names)}")
+            raise ConfigError(f"unknown option {where + str(key)!r}; {hint}known here: {known}")
     return names
 
 

@@ -188,6 +188,9 @@ def _said_where(error: ConfigError, keys: dict[str, str], source: str) -> Config
     from m2u.core.configfile import ConfigSettingError, as_written, written_at
 
     message = error.message if isinstance(error, ConfigSettingError) else str(error)
+    unknown = re.match(r"unknown option '([^']+)'", message)
+    if unknown:  # where the key was written, as m2u-train says it (the keys listed as known are no setting's)
+        return ConfigError(f"{message} ({written_at(source, unknown.group(1))})")
     text = re.sub(r"'[^']*'", "", message)  # the values quoted in it ('abc') name no setting
     # A field is named by its whole path or, under its block ("invalid value under gan.optimizer: learning_rate
     # ..."), by its last part beside its stage's name.

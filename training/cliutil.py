@@ -165,7 +165,12 @@ class ConfigBinding:
         """A config file's (or --set's) mapping with option-name keys → (config field tree, other options).
         `origins`, when given, is filled with each field path set → the key that set it (`lr` for
         optimizer.learning_rate; a group's keys by their dotted path), for errors to say where a value came from."""
+        from m2u.core.configfile import register_option_keys
+
         keys = self.keys(command)
+        register_option_keys(
+            self.cls, keys
+        )  # an unknown key is matched against them too (`workerz`: `workers`)
         tree: dict[str, Any] = {}
         others: dict[str, Any] = {}
         for raw_key, value in values.items():

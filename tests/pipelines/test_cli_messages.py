@@ -464,3 +464,33 @@ def test_a_refused_stage_value_says_the_key_that_gave_it(tmp_path, items, file_t
     last = result.output.splitlines()[-1]
     assert last == said.format(file=tmp_path / "pipeline.yaml"), last
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "meant", "where"),
+    [
+        (["--set", "gan.workerz=1"], "did you mean 'gan.workers'?", "(from --set gan.workerz)"),
+        (["--set", "mseg.lrr=0.1"], "did you mean 'mseg.lr'?", "(from --set mseg.lrr)"),
+        (["-c", "{file}"], "did you mean 'dataset.limit'?", "(from {file}, key dataset.limt)"),
+    ],
+)
+def test_an_unknown_key_is_matched_against_the_keys_a_stage_block_takes_and_says_where_it_was(
+    tmp_path, args, meant, where
+):
+    """`--set gan.workerz=1` suggested nothing and listed only the fields' names ('num_workers'), not `workers`, `lr`
+    or `stages`, the m2u-train keys the README says the block takes; and no unknown key said where it was written."""
+    from m2u.training.cli import train_main
+
+    file = tmp_path / "p.yaml"
+    file.write_text("dataset:\n  limt: 4\n")
+    args = [arg.format(file=file) for arg in args]
+    result = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(tmp_path / "r"), *args]
+    )
+    assert result.exit_code == 2, result.output
+    last = result.output.splitlines()[-1]
+    assert meant in last and last.endswith(where.format(file=file)), last
+    if "gan.workerz" in where:
+        assert "'workers'" in last.split("known here: ")[1], last
+        trained = CliRunner().invoke(train_main, ["gan", "--set", "workerz=1", "--print-config"])
+        assert trained.exit_code == 2 and "did you mean 'workers'?" in trained.output, trained.output
