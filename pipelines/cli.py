@@ -44,7 +44,9 @@ def _resolve(
             raise click.UsageError(
                 f"--demo-faces uses the embedded demo faces, and {given} gave faces too: give one or the other"
             )
-        if faces:
+        if (
+            faces and "faces" not in extra
+        ):  # `--set faces=...` wins over INPUTS, as over every option (README)
             extra["faces"] = list(faces)
         if demo is not None:
             extra["faces"] = [str(demo)]  # written by the run, once every check has passed (run_folder)

@@ -133,6 +133,19 @@ def test_cli_set_and_print_config(tmp_path):
     assert bad.exit_code != 0 and "unknown option 'nope'" in bad.output
 
 
+def test_set_faces_wins_over_the_inputs_as_over_every_option(tmp_path):
+    """`m2u-pipeline run a -o r --set faces=[b]` ran on `a`: the INPUTS replaced the --set item, against the
+    README's precedence (options on the command line < --set)."""
+    import yaml
+
+    args = ["run", "--preset", "smoke", str(tmp_path / "a"), "-o", str(tmp_path / "r"), "--print-config"]
+    result = CliRunner().invoke(main, [*args, "--set", f"faces=[{tmp_path / 'b'}]"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["faces"] == [str(tmp_path / "b")]
+    alone = CliRunner().invoke(main, args)
+    assert yaml.safe_load(alone.output)["faces"] == [str(tmp_path / "a")]
+
+
 def test_missing_faces_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(
         main, ["run", "--preset", "smoke", "--faces", str(tmp_path / "absent"), "-o", str(tmp_path / "run")]
