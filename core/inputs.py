@@ -644,15 +644,30 @@ def _reports_of_lock(path: Path) -> list[str]:
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
 
 
+# Commands whose run owns its whole output folder (m2u-pipeline's RUN: its stages, records and stale outputs), not
+# only its reports: any other command's run there is refused (`m2u-eval -o RUN` wrote its report beside the stages,
+# and the pipeline then refused its own run folder as holding an m2u-eval run's output).
+WHOLE_FOLDER_TOOLS = ("m2u-pipeline",)
+
+
 def report_clash(out_dir: str | os.PathLike[str], tool: str, reports: Iterable[str]) -> str:
     """Why `tool` must not write its `reports` into `out_dir` ("" when it may): another m2u command's run there
     wrote reports of the same names that are still there (m2u-unmask's and m2u-eval real-masks' faces.jsonl and
     index.html; m2u-mask's and m2u-unmask's report.csv), which this run would replace with its own, and the folder
     would hold one command's outputs beside the other's reports. Each run records its report names in its lock file,
-    so any command can tell, whichever package it lives in."""
+    so any command can tell, whichever package it lives in. A folder a WHOLE_FOLDER_TOOLS run owns is refused to
+    every other command, whatever its reports' names."""
     out = Path(out_dir)
     ours = set(reports)
-    if not ours or not out.is_dir():
+    if not out.is_dir():
+        return ""
+    for owner in WHOLE_FOLDER_TOOLS:
+        if owner != tool and os.path.lexists(out / f".{owner}{LOCK_SUFFIX}"):
+            return (
+                f"{out} is an {owner} run folder, every file of which is that run's; this {tool} run would mix with "
+                "it: choose another output folder (-o)"
+            )
+    if not ours:
         return ""
     for entry in sorted(os.listdir(out)):
         if not (entry.startswith(LOCK_PREFIX) and entry.endswith(LOCK_SUFFIX)) or entry == f".{tool}.lock":

@@ -66,3 +66,25 @@ def test_data_at_a_url_is_checked_against_its_local_copy(tmp_path, monkeypatch, 
         evaluate("s3://bucket/ds", None, None, tmp_path / "report")
     with pytest.raises(OutputFolderError, match="is inside the dataset folder"):
         evaluate("s3://bucket/ds", None, None, local / "test")
+
+
+def test_a_pipeline_run_folder_is_refused_as_the_report_folder(tiny_dataset, tmp_path, models_never_load):
+    """`m2u-eval -o RUN` (an m2u-pipeline run folder) wrote its report beside the stages, and the next
+    `m2u-pipeline run -o RUN` refused its own run folder as "holding an m2u-eval run's output". The pipeline owns
+    its whole folder (m2u.core.inputs.WHOLE_FOLDER_TOOLS): every other command is refused there, before any model
+    loads; the pipeline itself is not."""
+    from m2u.core.inputs import report_clash
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".m2u-pipeline.lock").write_text("")
+    result = CliRunner().invoke(eval_main, ["--data", str(tiny_dataset), "-o", str(run), "-q"])
+    assert result.exit_code == REFUSED, result.output
+    said = result.output.strip().splitlines()[-1]
+    assert said == (
+        f"Error: {run} is an m2u-pipeline run folder, every file of which is that run's; this m2u-eval run would "
+        "mix with it: choose another output folder (-o)"
+    ), said
+    assert _files(run) == [".m2u-pipeline.lock"]
+    assert report_clash(run, "m2u-pipeline", ("pipeline.log",)) == ""
+    assert "m2u-unmask run would mix" in report_clash(run, "m2u-unmask", ())
