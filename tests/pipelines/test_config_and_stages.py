@@ -597,11 +597,12 @@ def test_a_pipeline_run_a_training_run_and_an_evaluation_never_replace_each_othe
     with pytest.raises(OutputFolderError, match=f"{trained} holds an m2u-train run's metrics.json"):
         evaluate(str(tmp_path / "data"), None, None, trained)
     assert {p.name: p.read_bytes() for p in trained.iterdir()} == before and not calls
-    # The other way round: a pipeline run's folder refuses a training run's lock.
+    # The other way round: a pipeline run's folder refuses a training run's lock (the pipeline owns its whole
+    # folder: refused as such, before its config.json is found as a clash of names).
     run = tmp_path / "run"
     pipeline_run.run_pipeline(config, run, echo=lambda _: None)
     assert calls == list(pipeline_run.STAGES)
-    refused = f"{run} holds an m2u-pipeline run's config.json"
+    refused = f"{run} is an m2u-pipeline run folder, every file of which is that run's; this m2u-train run would mix"
     with (
         pytest.raises(OutputFolderError, match=refused),
         output_lock(run, RUN_LOCK_TOOL, setting="out", reports=RUN_REPORTS),
