@@ -826,6 +826,7 @@ def run_stages(
                 upstream_names=["the face inputs", *(f"the {stage} stage" for stage in STAGES)],
                 config_prefix=_stage_prefix(name),
                 resumes_with=_dataset_resumes_with(config) if name == "dataset" else "",
+                resumes_with_said="on the faces found elsewhere or with another mask engine",
                 resumable=_partial_output(name, dirs[name]),
                 output_problem=_output_problem(name),
                 output_digest=_output_digest(name, dirs[name]),

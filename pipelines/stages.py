@@ -192,6 +192,7 @@ def run_stage(
     upstream_names: Sequence[str] = (),
     config_prefix: str = "",
     resumes_with: str = "",
+    resumes_with_said: str = "on other terms",
     resumable: bool = True,
     output_problem: Callable[[dict, Path], str] | None = None,
     output_digest: Callable[[], str] | None = None,
@@ -200,7 +201,8 @@ def run_stage(
 
     The record is written last (atomically), so a stage killed midway is never mistaken for a finished one; the
     action itself is expected to resume from whatever partial output it finds. `resumes_with`: what else partial
-    output must have been made with to be resumed (the absolute paths a dataset build records of its inputs).
+    output must have been made with to be resumed (the absolute paths a dataset build records of its inputs);
+    `resumes_with_said`: how an interrupted run started otherwise is said ("on other input files ...").
     `resumable`: whether the stage's folder holds partial output to resume from (said in the log).
     `output_problem(record, folder)`: what is wrong with the stage's output in `folder` (`stage_dir`, or a copy
     kept in RUN/stale/) now ("" when nothing): a stage whose record matches but whose output was deleted or changed
@@ -231,9 +233,20 @@ def run_stage(
         where = f": its earlier output is kept in {moved}" if moved else ""
         if damaged:
             log(f"[{name}] its output is not what its record says ({damaged}), re-running{where}")
-        else:
-            what = describe_change(record, config, upstream, upstream_names, config_prefix) if record else ""
+        elif record is not None:
+            what = describe_change(record, config, upstream, upstream_names, config_prefix)
             log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
+        else:
+            # No finished output, an interrupted run's partial one: "configuration or inputs changed" said of the
+            # same faces copied elsewhere, and said nothing of what was set aside.
+            assert pending is not None
+            why = (
+                f"it was started {resumes_with_said}"
+                if pending.split(" ", 1)[0] == key
+                else "it was of another configuration or other inputs"
+            )
+            partial = f": its partial output is kept in {moved}" if moved else ""
+            log(f"[{name}] the interrupted run is not resumed ({why}), starting again{partial}")
     elif pending == started_as and resumable:
         log(f"[{name}] resuming an interrupted run")
     elif pending == started_as:

@@ -424,7 +424,11 @@ def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_pat
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
-    assert said[0] == "[dataset] configuration or inputs changed, re-running", said
+    # not "configuration or inputs changed": the faces are the same, and no finished output was set aside
+    assert said[0] == (
+        "[dataset] the interrupted run is not resumed (it was started on the faces found elsewhere or with another "
+        "mask engine), starting again"
+    ), said
     said = []
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
@@ -435,6 +439,31 @@ def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
     assert said[0] == "[dataset] resuming an interrupted run", said
+
+
+def test_a_stage_stopped_midway_and_rerun_with_other_settings_says_so(tmp_path, monkeypatch):
+    """A first run stopped midway, rerun with another setting, said "configuration or inputs changed, re-running:
+    its earlier output is kept in ...", as of a finished output, naming no change: it is the interrupted run's
+    partial output that is set aside."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "a.jpg").write_bytes(b"x" * 10)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls, stop_in="dataset")
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(
+            load_config("smoke", extra={"faces": [str(faces)]}), run, echo=lambda _: None
+        )
+    (run / "dataset" / ".m2u-build").mkdir(parents=True)  # what a stopped build leaves
+    said: list[str] = []
+    other = load_config("smoke", extra={"faces": [str(faces)], "dataset": {"size": 32}})
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_run.run_pipeline(other, run, echo=said.append)
+    assert said[0].startswith(
+        "[dataset] the interrupted run is not resumed (it was of another configuration or other inputs), starting "
+        f"again: its partial output is kept in {run / 'stale'}"
+    ), said
 
 
 def test_a_dataset_stage_stopped_midway_is_not_resumed_by_another_mask_engine(tmp_path, monkeypatch):
@@ -455,7 +484,10 @@ def test_a_dataset_stage_stopped_midway_is_not_resumed_by_another_mask_engine(tm
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(config, run, echo=said.append)
-    assert said[0].startswith("[dataset] configuration or inputs changed, re-running"), said
+    assert said[0].startswith(
+        "[dataset] the interrupted run is not resumed (it was started on the faces found elsewhere or with another "
+        f"mask engine), starting again: its partial output is kept in {run / 'stale'}"
+    ), said
     (run / "dataset" / ".m2u-build").mkdir(parents=True)
     said = []
     with pytest.raises(KeyboardInterrupt):
