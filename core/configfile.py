@@ -68,7 +68,11 @@ def _refusal(error: ValueError | TypeError, where: str) -> ConfigError:
     """What config_from_dict and apply_overrides raise for a value the dataclass rejects."""
     if isinstance(error, SettingError):
         return ConfigSettingError(f"{where}{error.setting}", error.message)
-    return ConfigError(f"invalid value under {where.rstrip('.') or 'the top level'}: {error}")
+    if (
+        not where
+    ):  # the class's own words, which name the setting ("--split must be one of ..."); no "top level"
+        return ConfigError(str(error))
+    return ConfigError(f"invalid value under {where.rstrip('.')}: {error}")
 
 
 class _AliasRefused(yaml.YAMLError):

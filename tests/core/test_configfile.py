@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from m2u.core.configfile import (
@@ -127,3 +129,32 @@ def test_a_value_of_the_wrong_kind_is_said_in_a_config_files_words(values, said)
     with pytest.raises(ConfigError) as refused:
         apply_overrides(MSegTrainConfig(), values)
     assert str(refused.value) == said
+
+
+@dataclasses.dataclass
+class _Inner:
+    split: str = "test"
+
+    def __post_init__(self):
+        if self.split not in ("train", "test"):
+            raise ValueError(f"`split` must be train or test, got {self.split!r}")
+
+
+@dataclasses.dataclass
+class _Outer:  # a top-level setting its class refuses with a plain ValueError, as m2u-eval's EvalConfig does
+    split: str = "test"
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+    def __post_init__(self):
+        _Inner(self.split)
+
+
+def test_a_top_level_value_the_class_refuses_is_said_without_a_top_level():
+    """`m2u-eval --set split=foo` said "invalid value under the top level: --split must be one of train, val,
+    test, got 'foo'": the words "under the top level" name no place a user writes. A nested one keeps its group."""
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict(_Outer, {"split": "foo"})
+    assert str(refused.value) == "`split` must be train or test, got 'foo'"
+    with pytest.raises(ConfigError) as refused:
+        apply_overrides(_Outer(), {"inner": {"split": "foo"}})
+    assert str(refused.value) == "invalid value under inner: `split` must be train or test, got 'foo'"
