@@ -232,7 +232,12 @@ def real_masks_main(**kw) -> None:
     Writes REPORT/real_masks.csv (one row per photo), REPORT/faces.jsonl (one line per face found: its evidence and,
     if left, its reason), REPORT/summary.json and REPORT/index.html (a contact sheet: photo | predicted mask |
     restored | label)."""
-    from m2u.evaluation.real_masks import INPUT_PROBLEMS, evaluate_real_masks, plan_real_masks
+    from m2u.evaluation.real_masks import (
+        INPUT_PROBLEMS,
+        evaluate_real_masks,
+        plan_real_masks,
+        summary_figures,
+    )
     from m2u.inference.unmask import Unmasker
 
     try:
@@ -250,9 +255,9 @@ def real_masks_main(**kw) -> None:
         raise  # a full disk, a read-only folder: m2u.core.guard says which file, exit 1
     except user_errors() as exc:
         raise Refused(cli_message(exc)) from exc  # a refusal: exit 2, as m2u-eval's and every command's
-    for key, value in summary.items():
-        if key != "passed_over":
-            click.echo(f"{key}: {value}")
+    for key, text in summary_figures(summary):
+        click.echo(f"{key}: {text}")
+    click.echo("statuses: " + ", ".join(f"{status} {n}" for status, n in summary["statuses"].items()))
     # One line per photo or label that could not be scored as given, as m2u-unmask says its failed photos.
     with open(Path(kw["out_dir"]) / "real_masks.csv", newline="") as table:
         for row in csv.DictReader(table):

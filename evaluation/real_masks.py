@@ -30,6 +30,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -718,6 +719,25 @@ def _remove_earlier_cells(folder: Path, kept: set[str], staged: StagedFiles) -> 
         staged.remove_at_publish(folder, stale, ours=lambda path: SHEET_CELL.fullmatch(path.name) is not None)
 
 
+def summary_figures(summary: dict) -> list[tuple[str, str]]:
+    """The summary's figures as (key, text) for a person to read (the command's lines, the contact sheet's head):
+    those with no value here left out (Dice, IoU and the remnants without labels), a mapping as "key value, ..."
+    and a list as "a, b" (not Python's braces and quotes); statuses and passed_over are said on their own lines."""
+
+    def said(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{key} {said(item)}" for key, item in value.items())
+        if isinstance(value, list | tuple):
+            return ", ".join(said(item) for item in value)
+        return str(value)
+
+    return [
+        (key, said(value))
+        for key, value in summary.items()
+        if key not in ("statuses", "passed_over") and value is not None and value != {}
+    ]
+
+
 def _sheet_html(summary: dict, sheet: list[SheetRow], labelled: bool) -> str:
     heads = ["photo", "predicted mask", "restored"] + (["label"] if labelled else []) + ["figures"]
     lines = []
@@ -742,7 +762,7 @@ def _sheet_html(summary: dict, sheet: list[SheetRow], labelled: bool) -> str:
             cells += "<td></td>"
         flagged = ' class="failed"' if row.status in INPUT_PROBLEMS else ""
         lines.append(f"<tr{flagged}>{title}{cells}<td>{figures}</td></tr>")
-    keys = ", ".join(f"{k}: {v}" for k, v in summary.items() if k not in ("statuses", "passed_over"))
+    keys = ", ".join(f"{key}: {text}" for key, text in summary_figures(summary))
     statuses = ", ".join(f"{status} {n}" for status, n in summary.get("statuses", {}).items())
     passed = "".join(f"<p>{html.escape(sentence)}</p>" for sentence in summary.get("passed_over", []))
     return f"""<!doctype html><meta charset="utf-8"><title>m2u-eval real-masks</title>
