@@ -42,8 +42,10 @@ from m2u.training.run_state import (
     rank_split,
     read_checkpoint,
     read_running_means,
+    read_steps_by_precision,
     read_steps_by_world_size,
     trained_datasets,
+    trained_precision,
     unchecked_dataset_note,
     write_checkpoint,
 )
@@ -147,6 +149,8 @@ class Trainer:
         self._restarted_over = False
         # The steps each DDP world size trained before this process (from the checkpoint) and the step it began at.
         self._steps_by_world_before: dict[str, int] = {}
+        # The steps each precision trained before this process (from the checkpoint; see trained_precision).
+        self._steps_by_precision_before: dict[str, int] = {}
         self._first_step = 0
         # The last validation (step, values) this process ran, and the steps whose val / test record the log holds
         # already (a resumed finished run): the final evaluation at that step is logged once.
@@ -169,6 +173,9 @@ class Trainer:
         return self.position.seconds_before + now
 
     def save_checkpoint(self) -> None:
+        # The model files record the precision their steps trained in, not this process's alone (a finished
+        # run resumed with --precision fp32 writes its models again: they were still trained in bf16).
+        self.task.trained_precision = self.trained_precision()
         if self.dist.is_main:
             write_checkpoint(
                 self.checkpoint_path,
@@ -193,6 +200,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "rank_split": rank_split(self.data),
             "steps_by_world_size": self.steps_by_world_size(),
+            "steps_by_precision": self.steps_by_precision(),
             # The epoch's batches in this layout where the source knows them: a run stopped after its last batch
             # stopped at the epoch's end, where another layout may take over (check_resume_layout).
             "epoch_batches": _epoch_batches(self.data),
@@ -213,6 +221,21 @@ class Trainer:
             counts[key] = counts.get(key, 0) + trained
         return counts
 
+    def steps_by_precision(self) -> dict[str, int]:
+        """The steps the run trained in each precision, over every process that trained it ({"bf16": 800,
+        "fp32": 200}; "unknown" for those of a checkpoint written before this was recorded)."""
+        counts = dict(self._steps_by_precision_before)
+        trained = self.step - self._first_step
+        if trained > 0:
+            key = self._precision()
+            counts[key] = counts.get(key, 0) + trained
+        return counts
+
+    def trained_precision(self) -> str:
+        """The precision the run's steps trained in: one name ("bf16"), the names in the order the run used them
+        where its processes differed ("bf16 then fp32"), this process's before any step."""
+        return trained_precision(self.steps_by_precision(), self._precision())
+
     def load_checkpoint(self) -> None:
         state, self._resume_state = self._resume_state, None
         if state is None:
@@ -224,6 +247,7 @@ class Trainer:
         self._running.sums = {name: value.to(device) for name, value in sums.items()}
         self._running.count = count
         self._steps_by_world_before = read_steps_by_world_size(state)
+        self._steps_by_precision_before = read_steps_by_precision(state)
         self._first_step = self.step
         world = self.dist.world_size
         earlier = self._steps_by_world_before
@@ -678,7 +702,9 @@ class Trainer:
             "world_size": self.dist.world_size,  # processes that trained in this process's piece (DDP ranks)
             # Over the whole run: a run resumed on another number of ranks trained its steps on several.
             "steps_by_world_size": self.steps_by_world_size(),
-            "precision": self._precision(),  # what `precision` (auto: the hardware) gave
+            # What `precision` (auto: the hardware) gave the run's steps, over every process that trained it.
+            "precision": self.trained_precision(),
+            "steps_by_precision": self.steps_by_precision(),
             # Every dataset the run trained on, the record its checkpoint and model files keep (trained_datasets).
             "datasets": [dict(record) for record in self.task.datasets],
         }

@@ -140,6 +140,26 @@ def read_steps_by_world_size(state: dict[str, Any]) -> dict[str, int]:
     return {"unknown": step} if isinstance(step, int) and step > 0 else {}
 
 
+def read_steps_by_precision(state: dict[str, Any]) -> dict[str, int]:
+    """The steps a checkpoint's run trained in each precision ({"bf16": 800}); a checkpoint written before they
+    were recorded gives its steps as "unknown"."""
+    counts = state.get("steps_by_precision")
+    if isinstance(counts, dict) and all(
+        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
+        for key, value in counts.items()
+    ):
+        return dict(counts)
+    step = state.get("step")
+    return {"unknown": step} if isinstance(step, int) and step > 0 else {}
+
+
+def trained_precision(steps_by_precision: dict[str, int], current: str) -> str:
+    """What a run records as its precision: that of its steps ("bf16"; "bf16 then fp32" when its processes
+    trained in several, in that order), `current` (this process's) before any step."""
+    names = [name for name, steps in steps_by_precision.items() if steps > 0]
+    return " then ".join(names) if names else current
+
+
 # Each rank takes every world_size-th sample (or shard): how every source shared its samples before checkpoints
 # recorded it, and how a source that does not say otherwise (TensorDataSource, OnTheFlyDataSource) still does. A
 # checkpoint without "rank_split" is read as this, so only a source whose split changed since (the dataset folder's

@@ -31,6 +31,7 @@ class Task(Protocol):
     finite_guard: FiniteGuard
     grid_columns: tuple[str, ...]  # what the grid's columns show, left to right
     precision: str  # what the run trains in: fp32, bf16 or fp16 (`precision` auto resolved at start-up)
+    trained_precision: str | None  # what model files record: the precision of the run's steps (loop's)
     initial_weights: dict[str, dict[str, str]]  # where each fine-tuned network started (TrainingTask's)
     datasets: list[dict[str, Any]]  # every dataset the run trained on (TrainingTask's)
     networks: dict[str, nn.Module]  # the trained networks, unwrapped, by name
@@ -88,6 +89,8 @@ class TrainingTask:
         self.precision = usable_precision(config.precision, device)  # "auto": the hardware decides
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        # What the model files record: the precision of the run's steps, over every process (the loop sets it).
+        self.trained_precision: str | None = None
         self.networks: dict[str, nn.Module] = {}
         self.wrapped: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -279,7 +282,7 @@ class TrainingTask:
             "steps": step,
             "task": self.name,
             "recipe": self.config.recipe,
-            "precision": self.precision,
+            "precision": self.trained_precision or self.precision,
         }
         if name in self.initial_weights:
             # A path names whatever is there when read; the digest names the file this network started from.

@@ -312,6 +312,27 @@ def test_precision_auto_says_what_it_chose_and_records_it(tmp_path, capsys, monk
     assert "precision auto" not in capsys.readouterr().err
 
 
+def test_the_recorded_precision_is_that_of_the_runs_steps_over_every_process(tmp_path):
+    """A finished bf16 run resumed with --precision fp32 (nothing left to train: its models are written again)
+    recorded fp32 in its model files and metrics.json, though no step trained in fp32; a run continued in
+    another precision recorded only the last process's."""
+    from m2u.training.checkpoint import read_model_info
+
+    run = tmp_path / "run"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **{**TINY, "precision": "bf16"}), _source())
+    again = train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **TINY), _source())
+    assert again["precision"] == "bf16" and again["steps_by_precision"] == {"bf16": 2}
+    assert read_model_info(run / "mseg.safetensors").provenance["precision"] == "bf16"
+    more = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **TINY), _source())
+    assert more["precision"] == "bf16 then fp32" and more["steps_by_precision"] == {"bf16": 2, "fp32": 1}
+    assert read_model_info(run / "mseg.safetensors").provenance["precision"] == "bf16 then fp32"
+    assert json.loads((run / "metrics.json").read_text())["precision"] == "bf16 then fp32"
+    # A checkpoint from before the record: its steps' precision is unknown, not this process's.
+    _rewrite_checkpoint(run, steps_by_precision=None)
+    older = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **TINY), _source())
+    assert older["precision"] == "unknown" and older["steps_by_precision"] == {"unknown": 3}
+
+
 def test_the_final_validation_is_logged_once_also_when_a_finished_run_is_resumed(tmp_path):
     """val_every dividing the last step logged its validation twice at that step, and once more on each resume
     of the finished run (which writes its models again)."""
