@@ -240,7 +240,10 @@ class Trainer:
         state, self._resume_state = self._resume_state, None
         if state is None:
             state = load_training_state(self.checkpoint_path)
-        self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task, state)
+        try:
+            self.position, self._pending_rng = read_checkpoint(self.checkpoint_path, self.task, state)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}; {self._unusable_checkpoint_advice()}") from error
         self._checkpointed_step = self.step
         sums, count = read_running_means(self.checkpoint_path, state)
         device = getattr(self.task, "device", torch.device("cpu"))
@@ -381,7 +384,10 @@ class Trainer:
         if self.config.resume and self.checkpoint_path.exists():
             # Before config.json records this resume's settings: a resume refused for its dataset's crop size
             # leaves the run as it was (a later plain --resume must not read the refused dataset back).
-            self._resume_state = load_training_state(self.checkpoint_path)
+            try:
+                self._resume_state = load_training_state(self.checkpoint_path)
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; {self._unusable_checkpoint_advice()}") from error
             check_resume_crop_size(self._resume_state, self.data, self.config)
             if isinstance(self._resume_state, dict) and (
                 problem := self.task.resume_problem(self._resume_state)
@@ -411,6 +417,20 @@ class Trainer:
                 lambda temp: Path(temp).write_text(self.config.to_json() + "\n"),
                 by_name=True,
             )
+
+    def _unusable_checkpoint_advice(self) -> str:
+        """What to do when --resume cannot read the run's checkpoint (damaged, cut short, another run's)."""
+        models = [path for path in self.task.model_paths(self.out) if path.is_file()]
+        start = (
+            "start a new run in another folder from this run's model files ("
+            + ", ".join(f"--set init_weights.{path.stem}={path}" for path in models)
+            + ")"
+            if models
+            else "start the run again in another folder"
+        )
+        return (
+            f"--resume cannot continue from it: put back an intact copy of {self.checkpoint_path}, or {start}"
+        )
 
     def _hold_lock(self) -> None:
         """Take the run folder's lock unless this run holds it already (kept until `_release_lock`)."""

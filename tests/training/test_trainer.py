@@ -236,7 +236,11 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_refusal(tmp_path):
         data,
     )
     path = run / "checkpoints" / "last.pt"
-    good = load_training_state(path)
+    good, good_bytes = load_training_state(path), path.read_bytes()
+    advice = (
+        f"; --resume cannot continue from it: put back an intact copy of {path}, or start a new run in another "
+        f"folder from this run's model files (--set init_weights.mseg={run / 'mseg.safetensors'})"
+    )
     cases = {
         "lacks rng": {k: v for k, v in good.items() if k != "rng"},
         "holds a list": [1, 2],
@@ -251,10 +255,17 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_refusal(tmp_path):
         with pytest.raises(CheckpointError, match=said) as refused:
             train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **config), data)
         assert "\n" not in str(refused.value)
+        # Each says what to do: the run's model files are still there to start from.
+        assert str(refused.value).endswith(advice), said
     path.write_bytes(b"\x80\x02 not a checkpoint at all")
     with pytest.raises(CheckpointError, match="damaged or not a checkpoint m2u-train wrote") as refused:
         train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **config), data)
     assert "weights_only" not in str(refused.value)
+    assert str(refused.value).endswith(advice)
+    path.write_bytes(good_bytes[: len(good_bytes) // 2])  # cut short
+    with pytest.raises(CheckpointError, match="damaged or not a checkpoint m2u-train wrote") as refused:
+        train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **config), data)
+    assert str(refused.value).endswith(advice)
 
 
 def test_a_resume_says_where_it_continues_and_when_nothing_is_left(tmp_path, capsys):
