@@ -5,6 +5,7 @@ beside it; read back for an exact --resume."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -357,6 +358,55 @@ def check_resume(config: RunConfig) -> None:
             f"resume: the run in {config.out} was trained with another architecture ({'; '.join(conflicts)}); "
             "leave the architecture as the run has it (resuming reads it from the run) or choose another run folder"
         )
+
+
+def check_resume_init_weights(config: RunConfig) -> None:
+    """A resume that names other starting files (`init_weights`) than its run was started from is refused: every
+    weight of a resumed run comes from its checkpoint, so the file would not be read, yet config.json would name it
+    as the one the run started from (and --print-config reproduce the run from it). The same file by content or
+    real path is the same (a relative path given from another folder, the file moved or copied)."""
+    saved = read_run_config(type(config), config.out)
+    if saved is None:
+        return
+    changed = sorted(
+        name
+        for name in {*saved.init_weights, *config.init_weights}
+        if not _same_starting_file(
+            config.out, name, saved.init_weights.get(name), config.init_weights.get(name)
+        )
+    )
+    if changed:
+        said = "; ".join(
+            f"init_weights.{name} {saved.init_weights.get(name, 'none')} -> {config.init_weights.get(name, 'none')}"
+            for name in changed
+        )
+        raise CheckpointError(
+            f"resume: the run in {config.out} reads every weight from its checkpoint, so another starting file "
+            f"would not be used ({said}); leave init_weights as the run has it (resuming reads it from the run) "
+            "or start a new run in another folder from that file"
+        )
+
+
+def _same_starting_file(out: str, name: str, saved: str | None, given: str | None) -> bool:
+    """Whether `given` names the file the run's network `name` started from (`saved`, as the run was given it):
+    the same path, or by content the file the run's model file records (`init_from`: a relative path given from
+    another folder, the file moved or copied), else the same file by its real path."""
+    if saved == given:
+        return True
+    if saved is None or given is None:
+        return False
+    from m2u.core.fileio import content_digest
+    from m2u.training.checkpoint import read_model_info
+
+    try:
+        recorded = (
+            read_model_info(Path(out) / f"{name}.safetensors").provenance.get("init_from", {}).get("sha256")
+        )
+        if recorded and Path(given).is_file():
+            return bool(content_digest(given) == recorded)
+    except (CheckpointError, OSError, AttributeError):
+        pass
+    return os.path.realpath(saved) == os.path.realpath(given)
 
 
 def check_resume_crop_size(state: Any, data: Any, config: RunConfig) -> None:

@@ -28,7 +28,7 @@ from m2u.training.guards import NonFiniteLossError
 from m2u.training.loop import Trainer
 from m2u.training.mseg_task import MSegTask
 from m2u.training.rng import seed_everything
-from m2u.training.run_state import check_resume, last_checkpoint_path
+from m2u.training.run_state import check_resume, check_resume_init_weights, last_checkpoint_path
 from m2u.training.task import TrainingTask
 
 
@@ -82,6 +82,7 @@ def _train(task_class: type[TrainingTask], config: RunConfig, data: DataSource |
         # The checkpoint holds every weight: the starting files are not read again (a resume failed where one had
         # been moved or reinstalled since). Where they came from is read back from the checkpoint (the loop).
         check_initial_weight_names(task, config.init_weights)
+        check_resume_init_weights(config)
         task.initial_weights = {name: {"file": str(path)} for name, path in config.init_weights.items()}
     else:
         load_initial_weights(task, config.init_weights)

@@ -76,6 +76,26 @@ def test_a_fine_tune_names_its_starting_file_and_resumes_without_it(tmp_path):
         train_mseg(dataclasses.replace(resumed, init_weights={"generator": str(first)}, max_steps=5), _data())
 
 
+def test_a_resume_naming_another_starting_file_is_refused_and_the_same_file_elsewhere_is_not(tmp_path):
+    """A resume reads no starting file: one naming another was trained on silently, and config.json then named
+    that file as the one the run started from (--print-config reproduced the run from it)."""
+    first, other = _run(tmp_path / "first"), _run(tmp_path / "other", seed=7)
+    _run(tmp_path / "tuned", init_weights={"mseg": str(first)})
+    resumed = MSegTrainConfig(
+        out=str(tmp_path / "tuned"), model=TINY, batch_size=2, max_steps=3, resume=True,
+        init_weights={"mseg": str(other)}, **QUIET,
+    )  # fmt: skip
+    config_json = (tmp_path / "tuned" / "config.json").read_text()
+    for given in ({"mseg": str(other)}, {}):
+        with pytest.raises(CheckpointError, match="another starting file would not be used") as refused:
+            train_mseg(dataclasses.replace(resumed, init_weights=given), _data())
+        assert f"init_weights.mseg {first} -> {given.get('mseg', 'none')}" in str(refused.value)
+        assert (tmp_path / "tuned" / "config.json").read_text() == config_json  # the run as it was
+    copy = tmp_path / "copy.safetensors"  # the same file by content, under another name
+    copy.write_bytes(first.read_bytes())
+    assert train_mseg(dataclasses.replace(resumed, init_weights={"mseg": str(copy)}), _data())["steps"] == 3
+
+
 def test_a_first_run_asked_to_resume_starts_from_its_files(tmp_path):
     """`resume` with no checkpoint yet (a pipeline's first run) starts from init_weights as a new run does."""
     first = _run(tmp_path / "first")
