@@ -246,7 +246,7 @@ def _resolve(binding: ConfigBinding, options: dict[str, Any]) -> RunConfig | Non
     started = str(base.get("recipe") or "") if base else ""
     config = binding.build(options, base={**base, "recipe": ""} if base else None, base_source=saved)
     if base:
-        _refuse_architecture_changes(binding, config)
+        _refuse_architecture_changes(binding, config, options)
     if options.get("print_config"):
         _check_something_to_resume(config, nothing_to_resume)
         binding.print_config(ctx.command, _with(config, config.recipe or started), {})
@@ -268,20 +268,42 @@ def _recorded_recipe(given: str, started: str) -> str:
     return recipe
 
 
-def _refuse_architecture_changes(binding: ConfigBinding, config: RunConfig) -> None:
-    """--resume with an option that changes the run's architecture: one sentence naming the option."""
+def _refuse_architecture_changes(binding: ConfigBinding, config: RunConfig, options: dict[str, Any]) -> None:
+    """--resume with a value that changes the run's architecture: one sentence naming where it was given (the
+    option, the --set key or the config file's key: "drop the option" sent a user who wrote it in a config file
+    looking for an option the command line did not have)."""
     from m2u.training.config import architecture_conflicts, read_run_config
 
     saved = read_run_config(type(config), config.out)
     conflicts = architecture_conflicts(saved, config) if saved is not None else []
     if not conflicts:
         return
-    flags = {path.lstrip("!"): "--" + name.replace("_", "-") for name, path in binding.paths.items()}
-    named = [f"{flags.get(c.split(' ')[0], c.split(' ')[0])} ({c})" for c in conflicts]
+    names = {path.lstrip("!"): name for name, path in binding.paths.items()}
+    named = [f"{_given_as(names, c.split(' ')[0], options)} ({c})" for c in conflicts]
     raise click.UsageError(
-        f"--resume: {', '.join(named)} would change the architecture of the run in {config.out}; drop the "
-        "option (--resume reads it from the run) or choose another --out"
+        f"--resume: {', '.join(named)} would change the architecture of the run in {config.out}; drop {'them' if len(named) > 1 else 'it'} "
+        "(--resume reads it from the run) or choose another --out"
     )
+
+
+def _given_as(names: dict[str, str], path: str, options: dict[str, Any]) -> str:
+    """How the user gave the field `path`: its option ("--base-channels"), the --set key ("--set base_channels")
+    or the config file's key ("base_channels in c.yaml"), by precedence (--set over the command line over the
+    file)."""
+    name = names.get(path)
+    keys = [key for key in (name, path) if key]
+    groups = [path.rsplit(".", 1)[0]] if "." in path else []  # --set model={...} sets model.levels too
+    for item in reversed(tuple(options.get("sets") or ())):
+        key = str(item).split("=", 1)[0].strip()
+        if key in keys or key in groups:
+            return f"--set {key}"
+    ctx = click.get_current_context()
+    if name and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+        return "--" + name.replace("_", "-")
+    config_file = options.get("config_file") or options.get("legacy_config_file")
+    if config_file:
+        return f"{name or path} in {config_file}"
+    return "--" + name.replace("_", "-") if name else path
 
 
 def _recipe() -> str:

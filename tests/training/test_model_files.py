@@ -143,6 +143,19 @@ def test_resume_with_another_architecture_is_one_line_and_writes_nothing(run64):
     assert "--base-channels" in result.output and "architecture" in result.output
     assert "Traceback" not in result.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # Given in a config file or by --set, it is named as given there ("drop the option --base-channels" sent the
+    # user looking for an option the command line did not have).
+    config_file = run64["root"] / "wider.yaml"
+    config_file.write_text("base_channels: 8\n")
+    for given, said in [
+        (["-c", str(config_file)], f"--resume: base_channels in {config_file} (model.base_channels 4 -> 8)"),
+        (["--set", "base_channels=8"], "--resume: --set base_channels (model.base_channels 4 -> 8)"),
+        (["--set", "model.levels=4"], "--resume: --set model.levels (model.levels 3 -> 4)"),
+    ]:
+        result = CliRunner().invoke(train_main, ["mseg", "--out", str(out), "--resume", *given, *FAST])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert "drop it (--resume reads it from the run)" in result.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_a_model_trained_at_64_is_used_at_64_by_unmask_eval_and_export(run64, dataset64, tmp_path):
