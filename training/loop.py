@@ -702,10 +702,13 @@ class Trainer:
 
     def _non_finite_stop(self, error: NonFiniteLossError) -> NonFiniteLossError:
         last = checkpoint_step(self.checkpoint_path)
+        # What to do: a resume repeats the run's steps exactly, so as it was it meets the same loss again.
+        lower = "a lower --lr" + ("" if self._precision() == "fp32" else " or --precision fp32")
         message = (
-            f"{error}. Stopped; the last good checkpoint is {self.checkpoint_path} (step {last})"
+            f"{error}. Stopped; the last good checkpoint is {self.checkpoint_path} (step {last}): resume it "
+            f"with {lower} (resumed as it is, the run repeats the same steps)"
             if last is not None
-            else f"{error}. Stopped; no checkpoint had been written yet"
+            else f"{error}. Stopped; no checkpoint had been written yet: run it again with {lower}"
         )
         self.runlog.log({"event": "non_finite_loss", "step": self.step, "message": message})
         return NonFiniteLossError(message)

@@ -320,9 +320,22 @@ class _PoisonedSource:
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = MSegTrainConfig(out=str(tmp_path), model=TINY_MSEG, batch_size=2, checkpoint_every=2, **QUIET)
-    with pytest.raises(NonFiniteLossError, match=r"step 3.*last good checkpoint.*step 2"):
+    config = MSegTrainConfig(
+        out=str(tmp_path), model=TINY_MSEG, batch_size=2, checkpoint_every=2, precision="fp32", **QUIET
+    )
+    with pytest.raises(NonFiniteLossError, match=r"step 3.*last good checkpoint.*step 2") as stopped:
         train_mseg(config, _PoisonedSource(poison_at=2))
+    # It says what to do (a resume as it is repeats the same steps).
+    assert str(stopped.value).endswith(
+        "(step 2): resume it with a lower --lr (resumed as it is, the run repeats the same steps)"
+    )
+    fresh = tmp_path / "fresh"
+    with pytest.raises(
+        NonFiniteLossError, match=r"written yet: run it again with a lower --lr or --precision fp32$"
+    ):
+        train_mseg(
+            dataclasses.replace(config, out=str(fresh), precision="bf16"), _PoisonedSource(poison_at=0)
+        )
     state = load_training_state(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 2
     weights = state["networks"]["mseg"]
