@@ -264,7 +264,8 @@ def _export_checked(
         if not diff <= config.atol:
             raise RuntimeError(
                 f"ONNX export of {type(model).__name__} differs from PyTorch by {diff:.3g} > {config.atol} "
-                f"(at {check_size} px)"
+                f"(at {check_size} px); nothing was written: export with another `opset`, or with an `atol` of "
+                f"at least {diff:.3g} if that difference is acceptable"
             )
     return ExportResult(
         path=Path(temp), input_names=input_names, output_names=output_names, max_abs_diff=diff

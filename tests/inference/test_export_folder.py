@@ -133,6 +133,10 @@ def test_a_failed_export_leaves_the_earlier_export_as_it_was_and_a_new_folder_no
     # folder (before, mseg.onnx was replaced and the old export.json still described the old one).
     failed = _export(out, *_both(model_files), "--size", "48", "--atol", "1e-12")
     assert failed.exit_code == 1 and "differs from PyTorch" in failed.output
+    # It says what to do, as the options that do it.
+    assert (
+        "; nothing was written: export with another --opset, or with an --atol of at least" in failed.output
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     fresh = tmp_path / "fresh"
