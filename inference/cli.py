@@ -385,7 +385,8 @@ def export_onnx_cmd(**kw) -> None:
                 hint = (
                     f"give it as --{other}"
                     if isinstance(model, kinds[other][0])
-                    else "m2u-export exports neither"
+                    else "m2u-export exports only M-Seg and generator model files (a run's mseg.safetensors and "
+                    "generator.safetensors)"
                 )
                 held = next(
                     (w for c, w in kinds.values() if isinstance(model, c)), f"a {type(model).__name__}"

@@ -96,7 +96,10 @@ def test_m2u_export_does_not_send_a_discriminator_to_the_other_flag(tmp_path):
     result = CliRunner().invoke(
         export_main.commands["onnx"], ["--generator", str(disc), "-o", str(tmp_path / "o")]
     )
-    assert result.exit_code == REFUSED and "m2u-export exports neither" in result.output
+    assert result.exit_code == REFUSED and (
+        "holds a PatchDiscriminator, not a CARU2-Net generator; m2u-export exports only M-Seg and generator model "
+        "files (a run's mseg.safetensors and generator.safetensors)"
+    ) in " ".join(result.output.split())
     assert "give it as --mseg" not in result.output
 
 
