@@ -232,7 +232,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
     except Exception as error:  # safetensors raises its own error types for corrupt headers
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise CheckpointError(
-            f"{path} is not an m2u model file (not a readable safetensors model file: {first})"
+            f"{path} is not an m2u model file (not a readable safetensors model file: {first}): damaged, cut "
+            "short or of another format; give a whole copy of a model file m2u-train wrote (a run's "
+            "mseg.safetensors or generator.safetensors)"
         ) from error
     if METADATA_CLASS_KEY not in metadata or METADATA_CONFIG_KEY not in metadata:
         raise CheckpointError(

@@ -3,6 +3,7 @@ reconstruction (L1 + SSIM) + VGG perceptual loss; the mask from a frozen M-Seg o
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -63,9 +64,10 @@ class GanTask(TrainingTask):
             except CheckpointError as error:
                 # A resume reads it again (its checkpoint does not hold it): a moved file is found by its new path,
                 # and the digest check (resume_problem) makes sure it is the same file.
-                raise CheckpointError(
-                    f"the frozen M-Seg (`mseg_checkpoint`): {error}; if it was moved, give its new path"
-                ) from None
+                moved = (
+                    "" if os.path.lexists(config.mseg_checkpoint) else "; if it was moved, give its new path"
+                )
+                raise CheckpointError(f"the frozen M-Seg (`mseg_checkpoint`): {error}{moved}") from None
             if not isinstance(model, MSeg):
                 raise CheckpointError(
                     f"{config.mseg_checkpoint} holds a {type(model).__name__}, not an M-Seg model"

@@ -458,6 +458,11 @@ def test_a_gan_resume_refuses_a_frozen_mseg_changed_since_the_run_began(tmp_path
         CheckpointError, match=r"^the frozen M-Seg \(`mseg_checkpoint`.*not found.*give its new path"
     ):
         train_gan(dataclasses.replace(resumed, max_steps=3), data)
+    # A copy cut short at its path is not said to be moved: what is wrong with it, and what to give instead.
+    mseg.write_bytes(original[: len(original) // 2])
+    with pytest.raises(CheckpointError, match=r"cut short or of another format; give a whole copy") as cut:
+        train_gan(dataclasses.replace(resumed, max_steps=3), data)
+    assert "give its new path" not in str(cut.value)
     assert (
         train_gan(dataclasses.replace(resumed, max_steps=3, mseg_checkpoint=str(moved)), data)["steps"] == 3
     )
