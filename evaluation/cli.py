@@ -73,7 +73,9 @@ EVAL_BINDING = ConfigBinding(
 @click.command(
     context_settings=CONTEXT_SETTINGS,
     epilog=exit_codes_help(
-        "a metric that cannot be computed here is listed as unavailable in the report", None
+        "a metric that cannot be computed here, e.g. LPIPS without its weights, is said and left out",
+        None,
+        "a model file of the wrong kind, an output folder holding another command's reports",
     ),
 )
 @config_file_options

@@ -305,7 +305,13 @@ def export_main() -> None:
     """Export trained models."""
 
 
-@export_main.command("onnx")
+@export_main.command(
+    "onnx",
+    epilog=exit_codes_help(
+        failed="an ONNX file differs from PyTorch beyond --atol (nothing of this export is written)",
+        refused="a model file of the wrong kind, an earlier export in OUT",
+    ),
+)
 @click.option(
     "--mseg",
     "mseg_path",

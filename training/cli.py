@@ -30,6 +30,7 @@ from m2u.core.cli import (
     alias_option,
     apply_aliases,
     device_option,
+    exit_codes_help,
     notice,
     out_option,
     progress_options,
@@ -329,12 +330,21 @@ def _run(train: Callable[[Any], dict], config: Any, binding: ConfigBinding) -> N
         click.echo(json.dumps(results, indent=2, sort_keys=True, default=str))
 
 
+# mseg's and gan's.
+TRAIN_EXIT_CODES = exit_codes_help(
+    "trained, or nothing left to train",
+    "the run failed (a non-finite loss)",
+    "a bad option, a run folder holding another run, a model file of the wrong kind",
+    "after the step under way, with its checkpoint: --resume continues",
+)
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
 def train_main() -> None:
     """Train M-Seg and the M2UNet GAN on shards written by m2u-make-dataset."""
 
 
-@train_main.command("mseg")
+@train_main.command("mseg", epilog=TRAIN_EXIT_CODES)
 @_run_options
 @click.option(
     "--base-channels",
@@ -376,7 +386,7 @@ def mseg_command(**options: Any) -> None:
         _run(train_mseg, config, MSEG_BINDING)
 
 
-@train_main.command("gan")
+@train_main.command("gan", epilog=TRAIN_EXIT_CODES)
 @_run_options
 @click.option(
     "--mseg", "mseg_checkpoint", type=click.Path(dir_okay=False), help="M-Seg model file (mseg.safetensors)."
