@@ -9,6 +9,7 @@ and what one step, one evaluation and one grid do.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -739,10 +740,24 @@ class Trainer:
         if self.config.evaluate_test:
             results["test"] = self.evaluate("test", None)
             self._log_once("test", results["test"])
+        elif (earlier := self._earlier_test(self.out / METRICS_NAME)) is not None:
+            results["test"] = earlier  # a finished run resumed with --no-test keeps its models' test figures
         self._save_grid()
         self.runlog.write_metrics(results)
         self.runlog.close()
         return results
+
+    def _earlier_test(self, path: Path) -> dict[str, Any] | None:
+        """The test figures metrics.json holds for this very step (a finished run's, written again by a resume
+        with nothing left to train), else None: the same checkpoint, the same models, the same figures."""
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(earlier, dict) or earlier.get("steps") != self.step:
+            return None
+        test = earlier.get("test")
+        return test if isinstance(test, dict) and self._logged.get("test") == self.step else None
 
     def _log_once(self, split: str, values: dict[str, float]) -> None:
         """The final `split` record, unless the log holds one of this step already (a finished run resumed: its

@@ -348,6 +348,20 @@ def test_the_final_validation_is_logged_once_also_when_a_finished_run_is_resumed
     assert again["val"] == pytest.approx(first["val"]) and again["test"] == pytest.approx(first["test"])
 
 
+def test_a_finished_run_resumed_without_the_test_keeps_its_test_figures(tmp_path):
+    """A finished run resumed with evaluate_test off (--no-test) and nothing left to train wrote its metrics.json
+    again without the test figures of its models (kept only in log.jsonl); trained on, it has none of its own."""
+    run = tmp_path / "run"
+    config = {**TINY, "evaluate_test": True}
+    first = train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **config), _source())
+    untested = {**config, "evaluate_test": False}
+    again = train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **untested), _source())
+    assert again["test"] == first["test"]
+    assert json.loads((run / "metrics.json").read_text())["test"] == pytest.approx(first["test"])
+    more = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **untested), _source())
+    assert "test" not in more and "test" not in json.loads((run / "metrics.json").read_text())
+
+
 def test_another_rank_says_nothing_of_the_stop_and_claims_no_checkpoint(tmp_path, capfd):
     """Under torchrun every rank said "stopping..." and "checkpoint of step 4 in ..." (rank 1 wrote none)."""
     config = MSegTrainConfig(out=str(tmp_path / "run"), max_steps=6, **TINY)
