@@ -43,8 +43,7 @@ from m2u.training.run_state import (
     rank_split,
     read_checkpoint,
     read_running_means,
-    read_steps_by_precision,
-    read_steps_by_world_size,
+    read_steps_by,
     trained_datasets,
     trained_precision,
     unchecked_dataset_note,
@@ -250,8 +249,8 @@ class Trainer:
         device = getattr(self.task, "device", torch.device("cpu"))
         self._running.sums = {name: value.to(device) for name, value in sums.items()}
         self._running.count = count
-        self._steps_by_world_before = read_steps_by_world_size(state)
-        self._steps_by_precision_before = read_steps_by_precision(state)
+        self._steps_by_world_before = read_steps_by(state, "steps_by_world_size")
+        self._steps_by_precision_before = read_steps_by(state, "steps_by_precision")
         self._first_step = self.step
         world = self.dist.world_size
         earlier = self._steps_by_world_before

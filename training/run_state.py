@@ -128,26 +128,14 @@ def read_running_means(path: Path, state: dict[str, Any]) -> tuple[dict[str, tor
     return dict(sums), count
 
 
-def read_steps_by_world_size(state: dict[str, Any]) -> dict[str, int]:
-    """The steps a checkpoint's run trained at each DDP world size ({"2": 800, "1": 200}); a checkpoint written
-    before they were recorded gives its steps as "unknown"."""
-    counts = state.get("steps_by_world_size")
+def read_steps_by(state: dict[str, Any], key: str) -> dict[str, int]:
+    """The steps a checkpoint's run trained under each value of what `key` records ("steps_by_world_size":
+    {"2": 800, "1": 200}; "steps_by_precision": {"bf16": 800}); a checkpoint written before it was recorded gives
+    its steps as "unknown"."""
+    counts = state.get(key)
     if isinstance(counts, dict) and all(
-        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
-        for key, value in counts.items()
-    ):
-        return dict(counts)
-    step = state.get("step")
-    return {"unknown": step} if isinstance(step, int) and step > 0 else {}
-
-
-def read_steps_by_precision(state: dict[str, Any]) -> dict[str, int]:
-    """The steps a checkpoint's run trained in each precision ({"bf16": 800}); a checkpoint written before they
-    were recorded gives its steps as "unknown"."""
-    counts = state.get("steps_by_precision")
-    if isinstance(counts, dict) and all(
-        isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
-        for key, value in counts.items()
+        isinstance(name, str) and isinstance(value, int) and not isinstance(value, bool)
+        for name, value in counts.items()
     ):
         return dict(counts)
     step = state.get("step")
