@@ -345,6 +345,24 @@ def test_each_face_wears_its_mask_higher_or_lower_by_its_seed(synthetic_landmark
     assert lower_middle < top_edge(2.0)[0] <= nose_limit + 0.5
 
 
+def _verify_refusing_first(monkeypatch) -> list[int]:
+    """render._verify made to refuse its first mask (as covering an eye) and check the rest as it does; the list
+    returned gains an item per check."""
+    from m2u.masking import render
+
+    real_verify = render._verify
+    checked: list[int] = []
+
+    def refuses_first(mask, points, box):
+        checked.append(1)
+        if len(checked) == 1:
+            raise MaskingError("mask covers eye landmarks [39]")
+        real_verify(mask, points, box)
+
+    monkeypatch.setattr(render, "_verify", refuses_first)
+    return checked
+
+
 def test_a_shifted_mask_that_fails_the_render_checks_is_drawn_unshifted_before_the_face_is_refused(
     synthetic_landmarks, skin_image, monkeypatch
 ):
@@ -354,16 +372,7 @@ def test_a_shifted_mask_that_fails_the_render_checks_is_drawn_unshifted_before_t
     config = MaskConfig(mask_type="surgical", straps=False)
     seed = next(s for s in range(50) if apply_mask(skin_image, landmarks, config, seed=s).meta["top_shift"])
     shifted = apply_mask(skin_image, landmarks, config, seed=seed)
-    checked = []
-    real_verify = render._verify
-
-    def fails_first(mask, points, box):
-        checked.append(1)
-        if len(checked) == 1:
-            raise MaskingError("mask covers eye landmarks [39]")
-        real_verify(mask, points, box)
-
-    monkeypatch.setattr(render, "_verify", fails_first)
+    checked = _verify_refusing_first(monkeypatch)
     retried = apply_mask(skin_image, landmarks, config, seed=seed)
     assert len(checked) == 2 and retried.meta["fallback"] == "unshifted" and retried.meta["top_shift"] == 0.0
     assert retried.mask.tobytes() != shifted.mask.tobytes()
@@ -422,16 +431,7 @@ def test_a_draw_checks_the_landmarks_once_and_build_mesh_still_checks_its_own(
 
     monkeypatch.setattr(geometry, "check_landmarks", counted)
     monkeypatch.setattr(render, "check_landmarks", counted)
-    real_verify = render._verify
-    verified = []
-
-    def fails_first(mask, points, box):  # the shifted mask refused: the unshifted one is drawn (two meshes)
-        verified.append(1)
-        if len(verified) == 1:
-            raise MaskingError("mask covers eye landmarks [39]")
-        real_verify(mask, points, box)
-
-    monkeypatch.setattr(render, "_verify", fails_first)
+    verified = _verify_refusing_first(monkeypatch)  # the shifted mask refused: the unshifted one is drawn
     result = apply_mask(skin_image, landmarks, config, seed=seed)
     assert result.meta["fallback"] == "unshifted" and len(verified) == 2
     assert len(calls) == 1

@@ -407,20 +407,26 @@ def test_a_run_recorded_with_the_faces_as_spelled_before_stays_finished(tmp_path
     assert calls[4:] == ["gan", "evaluation"]
 
 
-def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_path, monkeypatch):
-    """The same faces copied elsewhere are the same inputs once built, but a build stopped midway recorded where
-    they were: from the copy it starts again (its partial output moved aside), from the same place it resumes."""
-    faces, copy = tmp_path / "faces", tmp_path / "copy"
-    for folder in (faces, copy):
+def _dataset_stage_stopped_once(tmp_path, monkeypatch, *folders: str):
+    """Faces folders (each holding a.jpg) and a smoke run with stubbed stages whose dataset stage is stopped by
+    Ctrl-C, run once on the first folder: (the stubbed m2u.pipelines.run, the run folder, the folders)."""
+    made = [tmp_path / name for name in folders]
+    for folder in made:
         folder.mkdir()
         (folder / "a.jpg").write_bytes(b"x" * 10)
-    calls: list[str] = []
-    pipeline_run = _stubbed_stages(monkeypatch, calls, stop_in="dataset")
+    pipeline_run = _stubbed_stages(monkeypatch, [], stop_in="dataset")
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(
-            load_config("smoke", extra={"faces": [str(faces)]}), run, echo=lambda _: None
+            load_config("smoke", extra={"faces": [str(made[0])]}), run, echo=lambda _: None
         )
+    return pipeline_run, run, made
+
+
+def test_a_dataset_stage_stopped_midway_resumes_only_from_the_same_files(tmp_path, monkeypatch):
+    """The same faces copied elsewhere are the same inputs once built, but a build stopped midway recorded where
+    they were: from the copy it starts again (its partial output moved aside), from the same place it resumes."""
+    pipeline_run, run, (faces, copy) = _dataset_stage_stopped_once(tmp_path, monkeypatch, "faces", "copy")
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
@@ -445,16 +451,7 @@ def test_a_stage_stopped_midway_and_rerun_with_other_settings_says_so(tmp_path, 
     """A first run stopped midway, rerun with another setting, said "configuration or inputs changed, re-running:
     its earlier output is kept in ...", as of a finished output, naming no change: it is the interrupted run's
     partial output that is set aside."""
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    (faces / "a.jpg").write_bytes(b"x" * 10)
-    calls: list[str] = []
-    pipeline_run = _stubbed_stages(monkeypatch, calls, stop_in="dataset")
-    run = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        pipeline_run.run_pipeline(
-            load_config("smoke", extra={"faces": [str(faces)]}), run, echo=lambda _: None
-        )
+    pipeline_run, run, (faces,) = _dataset_stage_stopped_once(tmp_path, monkeypatch, "faces")
     (run / "dataset" / ".m2u-build").mkdir(parents=True)  # what a stopped build leaves
     said: list[str] = []
     other = load_config("smoke", extra={"faces": [str(faces)], "dataset": {"size": 32}})
@@ -471,14 +468,8 @@ def test_a_dataset_stage_stopped_midway_is_not_resumed_by_another_mask_engine(tm
     and built again, where resuming it would meet the build's own refusal (a run cannot pass `overwrite`)."""
     import m2u.masking.render
 
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    (faces / "a.jpg").write_bytes(b"x" * 10)
-    calls: list[str] = []
-    pipeline_run = _stubbed_stages(monkeypatch, calls, stop_in="dataset")
-    run, config = tmp_path / "run", load_config("smoke", extra={"faces": [str(faces)]})
-    with pytest.raises(KeyboardInterrupt):
-        pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    pipeline_run, run, (faces,) = _dataset_stage_stopped_once(tmp_path, monkeypatch, "faces")
+    config = load_config("smoke", extra={"faces": [str(faces)]})
     (run / "dataset" / ".m2u-build").mkdir(parents=True)  # what a stopped build leaves
     monkeypatch.setattr(m2u.masking.render, "RENDER_VERSION", m2u.masking.render.RENDER_VERSION + 1)
     said: list[str] = []
