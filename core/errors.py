@@ -20,4 +20,10 @@ class SettingError(ValueError):
         self.setting, self.message = setting, message
 
 
-__all__ = ["SettingError"]
+class UserError(Exception):
+    """An error whose message tells the user all there is to say (a damaged shard, a dataset without its
+    manifest): every command prints it as one line (m2u.core.guard, which the library's modules below it cannot
+    import: m2u.core.fileio)."""
+
+
+__all__ = ["SettingError", "UserError"]

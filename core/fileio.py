@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from m2u.core.errors import UserError
+
 TEMP_SUFFIX = ".tmp"
 # How m2u's text files (reports, logs) encode what UTF-8 cannot: a file name that is not UTF-8 reaches Python as
 # lone surrogates ("caf\udce9.jpg"), which are written as that escape rather than failing the whole report.
@@ -611,7 +613,7 @@ def _new_temp(path: Path) -> tuple[int, str]:
     with O_EXCL and without following links, mode 0o666 less the umask; the parent folder is created when
     missing. (tempfile.mkstemp would leave it 0600, costing two umask calls and a chmod per file.)"""
     for attempt in range(100):
-        temp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        temp = _temp_name(path)
         try:
             return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666), temp
         except FileExistsError:
@@ -621,6 +623,12 @@ def _new_temp(path: Path) -> tuple[int, str]:
                 raise
             path.parent.mkdir(parents=True, exist_ok=True)
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _temp_name(path: Path) -> str:
+    """A random hidden temporary name beside `path` (``.<name>.XXXXXXXX.tmp``: `_HIDDEN_TEMP_NAME`); its maker
+    creates it exclusively and draws again when it is taken."""
+    return os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 def written_files_not_in(
@@ -936,13 +944,19 @@ class StagedFiles:
     def write(self, path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
         """Stage `path`: ``write(temp_path)`` writes its content (a library writing to a file name)."""
         path = Path(path)
-        temp = new_temp_file(path)
-        previous = self._temps.pop(path, None)  # staged again: the last content wins
-        if previous is not None:
-            Path(previous).unlink(missing_ok=True)
-        self._temps[path] = temp
-        write(temp)
-        os.chmod(temp, new_file_mode())  # `write` may have replaced the file: the mode any new file gets
+        try:
+            temp = new_temp_file(path)
+            previous = self._temps.pop(path, None)  # staged again: the last content wins
+            if previous is not None:
+                Path(previous).unlink(missing_ok=True)
+            self._temps[path] = temp
+            write(temp)
+            os.chmod(temp, new_file_mode())  # `write` may have replaced the file: the mode any new file gets
+        except BaseException:
+            # A report missing one file (a full disk, a refusal) must not be published as the rest of it: nothing
+            # staged so far is kept, and a later `publish` puts only what is staged after this.
+            self.discard()
+            raise
         return path
 
     def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> Path:
@@ -975,8 +989,8 @@ class StagedFiles:
         """Put every staged file at its name, in the order staged (the report's entry last), and delete what
         `remove_at_publish` named; returns the files published. Ctrl-C and SIGTERM are held off meanwhile (they
         arrive once it is done): the renames take moments, and a report half replaced would mix two runs. Every
-        name is recorded as m2u's before the first rename, so a full disk meets the record, not a half-published
-        report."""
+        name is recorded as m2u's before the first rename, and a rename that fails (a full disk) puts back the files
+        already replaced (`_replace_all`): the targets hold the whole new report or the whole earlier one."""
         with _stops_held():
             staged = list(self._temps.items())
             for path, temp in staged:
@@ -987,9 +1001,8 @@ class StagedFiles:
                     )
                 check_writable(path)
             records = [_record(path.parent, path.name, _stamp_of(temp)) for path, temp in staged]
-            for path, temp in staged:
-                os.replace(temp, path)
-                del self._temps[path]
+            _replace_all(staged)
+            self._temps.clear()
             for (path, _), record in zip(staged, records, strict=True):  # once every file matches its stamp
                 _compact_if_grown(path.parent, record)
             for folder, names, ours in self._removals:
@@ -1003,6 +1016,90 @@ class StagedFiles:
             Path(temp).unlink(missing_ok=True)
         self._temps.clear()
         self._removals.clear()
+
+
+# What os.link says on a file system without hard links (FAT, some network shares): the earlier file is then moved
+# aside instead of linked (`_replace_all`).
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV}
+)
+
+
+def _replace_all(pairs: list[tuple[Path, str]]) -> None:
+    """Rename each temporary file of `pairs` (target, temporary) to its target, all or none: the file at a target
+    is kept under a hidden temporary name (a hard link: the target never goes missing) until every rename is
+    done, and a rename that fails (a full disk, any OSError) puts those back and removes the targets that had no
+    file, then raises one line naming the target. Backups are temporary names, so a process killed meanwhile
+    leaves them for the next run's clean-up of temporary files."""
+    backups: list[tuple[Path, str]] = []  # target -> where its earlier file is kept meanwhile
+    created: list[Path] = []  # targets that had no file
+    try:
+        for path, temp in pairs:
+            if os.path.lexists(path):  # checked by `publish`: a regular file m2u wrote
+                backups.append((path, _back_up(path)))
+                os.replace(temp, path)
+            else:
+                os.replace(temp, path)
+                created.append(path)
+    except OSError as error:
+        failed = next((path for path, temp in pairs if os.path.lexists(temp)), pairs[-1][0])
+        _put_back(backups, created, failed, error)
+        raise OSError(
+            error.errno,
+            f"{error.strerror or error}; nothing was published: the files replaced before it were put back",
+            os.fspath(failed),
+        ) from error
+    for _, backup in backups:
+        with contextlib.suppress(OSError):
+            os.unlink(backup)
+
+
+def _back_up(path: Path) -> str:
+    """A new hidden temporary name holding the file at `path`: a hard link to it, or, where the file system has
+    none, the file itself moved there (the target is then missing until the rename that follows)."""
+    for _ in range(100):
+        backup = _temp_name(path)
+        try:
+            os.link(path, backup, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise
+            os.rename(path, backup)  # a free name: one not taken a moment ago
+        return backup
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _put_back(backups: list[tuple[Path, str]], created: list[Path], failed: Path, error: OSError) -> None:
+    """Undo the renames `_replace_all` made before `error`: each earlier file back at its target, each target that
+    had none removed. One that cannot be put back keeps its earlier file under the backup name, which the error
+    names (the next run's clean-up would take it for a killed writer's temporary file)."""
+    stuck = []
+    for path, backup in reversed(backups):
+        try:
+            if _same_file(backup, path):  # not replaced yet; rename(2) would leave both links of one file
+                os.unlink(backup)
+            else:
+                os.replace(backup, path)
+        except OSError:
+            stuck.append(f"{path} (its earlier file is {backup})")
+    for path in created:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    if stuck:
+        # Not an OSError: the guard's line for one says nothing half-written was left, which is not so here.
+        raise UserError(
+            f"{failed}: {error.strerror or error} while the report was published, and these could not be put back "
+            f"as they were: {'; '.join(stuck)}"
+        ) from error
+
+
+def _same_file(one: str | Path, other: str | Path) -> bool:
+    try:
+        return os.path.samestat(os.lstat(one), os.lstat(other))
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager

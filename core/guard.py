@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 import click
 
 from m2u.core.cli import Refused, cli_message
-from m2u.core.errors import SettingError
+from m2u.core.errors import SettingError, UserError  # UserError: long imported from here too
 from m2u.core.fileio import OutputRefusedError, folder_storing_no_files
 from m2u.core.startup import (  # not Click's "Aborted!" and 1
     INTERRUPTED_EXIT_CODE,
@@ -39,11 +39,6 @@ from m2u.core.startup import (  # not Click's "Aborted!" and 1
 )
 
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
-
-
-class UserError(Exception):
-    """An error whose message tells the user all there is to say (a damaged shard, a dataset without its
-    manifest): every command prints it as one line."""
 
 
 def one_line(error: BaseException) -> str:

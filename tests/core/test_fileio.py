@@ -289,3 +289,165 @@ def test_ctrl_c_while_staged_files_are_published_arrives_once_all_are(tmp_path, 
     assert len(renames) == 3 and all(
         (tmp_path / name).read_text() == name for name in ("a.csv", "b.json", "index.html")
     )
+
+
+def _earlier_report(folder: Path) -> dict[str, str]:
+    """An earlier run's report (two of its three files: the third name is new in this run) and the new content."""
+    for name in ("rows.csv", "index.html"):
+        atomic_write_text(folder / name, f"earlier {name}")
+    return {"rows.csv": "new rows", "faces.jsonl": "new faces", "index.html": "new page"}
+
+
+def _left_as_earlier(folder: Path) -> None:
+    assert (folder / "rows.csv").read_text() == "earlier rows.csv"
+    assert (folder / "index.html").read_text() == "earlier index.html"
+    assert not (folder / "faces.jsonl").exists()
+    assert not list(folder.glob("*.tmp")) + list(folder.glob(".*.tmp"))  # neither staged files nor backups
+
+
+def _fails_at(real, position: int):
+    """`real` (os.replace, os.link) raising a full disk on its `position`-th call (1-based), passing the rest."""
+    import errno
+
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == position:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), args[0], args[1])
+        return real(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("position", [1, 2, 3])
+def test_a_full_disk_while_staged_files_are_published_puts_back_those_already_replaced(
+    tmp_path, monkeypatch, position
+):
+    """A rename failing midway (a full disk) used to leave the first files new and the rest old: every target is
+    now as it was, the new name that had no file is gone, and the error names the target in one line."""
+    from m2u.core.fileio import staged_files
+    from m2u.core.guard import describe_os_error
+
+    new = _earlier_report(tmp_path)
+    with staged_files() as staged:
+        for name, text in new.items():
+            staged.write_text(tmp_path / name, text)
+        monkeypatch.setattr(os, "replace", _fails_at(os.replace, position))
+        with pytest.raises(OSError) as caught:
+            staged.publish()
+    monkeypatch.undo()
+    _left_as_earlier(tmp_path)
+    failed = tmp_path / list(new)[position - 1]
+    assert describe_os_error(caught.value).startswith(f"{failed}: the disk is full (OSError)")
+    assert "put back" in str(caught.value) and "\n" not in str(caught.value)
+    with staged_files() as staged:  # the rerun, once there is room, publishes the whole report
+        for name, text in new.items():
+            staged.write_text(tmp_path / name, text)
+        staged.publish()
+    assert {name: (tmp_path / name).read_text() for name in new} == new
+
+
+@pytest.mark.parametrize("position", [1, 2])
+def test_a_full_disk_while_an_earlier_file_is_kept_aside_puts_back_the_rest(tmp_path, monkeypatch, position):
+    """The earlier file's backup (a hard link) itself failing: the targets replaced before it are put back."""
+    from m2u.core.fileio import staged_files
+
+    new = _earlier_report(tmp_path)
+    with staged_files() as staged:
+        for name, text in new.items():
+            staged.write_text(tmp_path / name, text)
+        monkeypatch.setattr(os, "link", _fails_at(os.link, position))
+        with pytest.raises(OSError, match="put back"):
+            staged.publish()
+    monkeypatch.undo()
+    _left_as_earlier(tmp_path)
+
+
+def test_without_hard_links_the_earlier_files_are_moved_aside_and_put_back(tmp_path, monkeypatch):
+    """A file system without hard links (os.link: EPERM): the earlier file is moved aside, and put back as well."""
+    import errno
+
+    from m2u.core.fileio import staged_files
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    new = _earlier_report(tmp_path)
+    monkeypatch.setattr(os, "link", no_links)
+    with staged_files() as staged:
+        for name, text in new.items():
+            staged.write_text(tmp_path / name, text)
+        monkeypatch.setattr(os, "replace", _fails_at(os.replace, 3))
+        with pytest.raises(OSError, match="put back"):
+            staged.publish()
+    monkeypatch.undo()
+    _left_as_earlier(tmp_path)
+    monkeypatch.setattr(os, "link", no_links)
+    with staged_files() as staged:
+        for name, text in new.items():
+            staged.write_text(tmp_path / name, text)
+        staged.publish()
+    monkeypatch.undo()
+    assert {name: (tmp_path / name).read_text() for name in new} == new
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("position", [1, 2, 3])
+def test_a_full_disk_while_files_are_staged_removes_every_staged_file(tmp_path, position):
+    """A write failing while the report is staged: the targets are untouched, every file staged so far is removed
+    at once (not only when the block ends), and a `publish` after it publishes none of them."""
+    import errno
+
+    from m2u.core.fileio import StagedFiles
+
+    new = _earlier_report(tmp_path)
+    staged = StagedFiles()
+    with pytest.raises(OSError):
+        for k, (name, text) in enumerate(new.items(), 1):
+            if k == position:
+
+                def full(temp: str) -> None:
+                    Path(temp).write_text("half")
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), temp)
+
+                staged.write(tmp_path / name, full)
+            else:
+                staged.write_text(tmp_path / name, text)
+    _left_as_earlier(tmp_path)
+    assert staged.publish() == []
+    _left_as_earlier(tmp_path)
+
+
+def test_an_earlier_file_that_cannot_be_put_back_is_named_and_kept(tmp_path, monkeypatch):
+    """The rename that would put an earlier file back failing too: the error names the target and where its
+    earlier file is, and that file is kept (not taken for a leftover and removed)."""
+    import errno
+
+    from m2u.core.errors import UserError
+    from m2u.core.fileio import staged_files
+
+    new = _earlier_report(tmp_path)
+    replace = os.replace
+
+    def full_from_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) >= 2:  # faces.jsonl's rename, then putting rows.csv's earlier file back
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), args[0], args[1])
+        return replace(*args, **kwargs)
+
+    calls: list[tuple] = []
+    with staged_files() as staged:
+        for name, text in new.items():
+            staged.write_text(tmp_path / name, text)
+        monkeypatch.setattr(os, "replace", full_from_the_second)
+        with pytest.raises(
+            UserError, match=r"could not be put back as they were: .*rows\.csv \(its earlier file is"
+        ):
+            staged.publish()
+    monkeypatch.undo()
+    (backup,) = tmp_path.glob(".rows.csv.*.tmp")
+    assert backup.read_text() == "earlier rows.csv" and (tmp_path / "rows.csv").read_text() == "new rows"
+    assert (tmp_path / "index.html").read_text() == "earlier index.html" and not (
+        tmp_path / "faces.jsonl"
+    ).exists()
