@@ -23,6 +23,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from m2u.core.startup import another_rank
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -280,8 +282,7 @@ def given_options(names: tuple[str, ...], ctx: click.Context | None = None) -> l
 def notice(line: str) -> None:
     """Say `line` on stderr once per run. Under torchrun every rank runs the command with the same options and files,
     so a notice about them would be said once per rank: only rank 0 says it (rank-specific lines are not notices)."""
-    several_ranks = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
-    if several_ranks and os.environ.get("RANK", "0") not in ("", "0"):
+    if another_rank():
         return
     click.echo(line, err=True)
 

@@ -213,21 +213,13 @@ def defer_stops(notice: str, *, quiet: bool = False) -> Iterator[DeferredStops]:
             signal.signal(signum, handler)
 
 
-def _another_rank() -> bool:
-    """A process torchrun started as a rank other than 0 (it sets RANK): its stop line would repeat rank 0's."""
-    return os.environ.get("RANK", "0") not in ("", "0")
-
-
 def _stopped(stop: KeyboardInterrupt) -> NoReturn:
     done = f"{stop}; " if str(stop) else ""  # what the stopped work did about it (a checkpoint written)
     line = f"stopped by {stop_name(stop)}: {done}finished outputs were kept, nothing half-written was left"
     # The run has unwound (temporary files removed, locks released, workers told to stop): leave now, without the
     # interpreter's exit handlers. concurrent.futures' handler may write to the wake-up pipe of a pool the stop
     # already tore down and print a traceback (seen in CI: EBADF in _python_exit).
-    leave_stopped(
-        TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE,
-        None if _another_rank() else line,
-    )
+    leave_stopped(TERMINATED_EXIT_CODE if isinstance(stop, Terminated) else INTERRUPTED_EXIT_CODE, line)
 
 
 def _quiet_while_stopping(

@@ -94,9 +94,18 @@ def console_entry(module: str, command: str, one_blas: bool = False) -> Callable
     return main
 
 
+def another_rank() -> bool:
+    """A process started as a rank other than 0 of several (torchrun, or any launcher setting RANK and WORLD_SIZE):
+    what every rank would say alike about the run (its stop, a notice about its options) is left to rank 0."""
+    several_ranks = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+    return several_ranks and os.environ.get("RANK", "0") not in ("", "0")
+
+
 def leave_stopped(code: int, line: str | None) -> NoReturn:
     """End a stopped command at once with `code`, after saying `line` (its one line; None where another process
-    says it: a DDP rank other than 0). For every stop, before its run (here) or during it (m2u.core.guard).
+    says it). For every stop, before its run (here) or during it (m2u.core.guard). A DDP rank other than 0 says
+    no line (`another_rank`): the terminal signals every rank, and rank 0's line speaks for the run; the rank's
+    exit status still says it stopped.
 
     A further Ctrl-C is ignored from here: raised while the line is written, it made a traceback of it. The
     process ends by os._exit, not by SystemExit and the interpreter's exit: CPython (3.11) takes a
@@ -107,7 +116,7 @@ def leave_stopped(code: int, line: str | None) -> NoReturn:
     with contextlib.suppress(ValueError):  # not the main thread, which alone sets handlers
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A closed or broken stream fails the line or its flush: the exit code still says it.
-    if line is not None:
+    if line is not None and not another_rank():
         with contextlib.suppress(OSError, ValueError):
             print(line, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):

@@ -133,7 +133,7 @@ def test_a_ddp_rank_other_than_zero_ends_a_stop_without_the_line():
     """Under torchrun every rank gets the terminal's Ctrl-C: only rank 0 says it (RANK is torchrun's)."""
     import os
 
-    env = {**os.environ, "RANK": "1"}
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, "ctrl-c"], capture_output=True, text=True, timeout=60, env=env
     )

@@ -224,6 +224,29 @@ def test_ctrl_c_while_click_reads_the_options_or_ends_is_the_stops_one_line(
     assert (done.returncode, done.stdout, done.stderr) == (130, printed, said)
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--slow"], "stopped by Ctrl-C before the run began: nothing was written\n"),
+        (["--end"], "stopped by Ctrl-C as the command ended: finished outputs were kept\n"),
+    ],
+)
+def test_a_stop_outside_the_run_is_said_by_rank_zero_alone(tmp_path, args, said):
+    """Under torchrun the terminal's Ctrl-C reaches every rank: each printed the entry's stop line, once per rank.
+    Rank 0 says it for the run; another rank exits 130 without it; a single process (WORLD_SIZE 1) says it."""
+    (tmp_path / "click_command.py").write_text(_CLICK_COMMAND)
+    code = (
+        "import sys\nfrom m2u.core.startup import console_entry\n"
+        f"sys.argv = ['cmd', *{args!r}]\nconsole_entry('click_command', 'main')()\n"
+    )
+    for rank, world, line in (("1", "2", ""), ("0", "2", said), ("1", "1", said)):
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "RANK": rank, "WORLD_SIZE": world}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert (done.returncode, done.stderr) == (130, line), (rank, world)
+
+
 _EVERY_ENTRY = """
 import importlib, json, os, signal, sys, tempfile
 import click.core

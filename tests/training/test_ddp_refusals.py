@@ -1,5 +1,5 @@
 """m2u-train under torchrun (2 CPU processes): a refusal every rank meets is said once, by rank 0, and every rank
-exits with the refusal's code; a refusal only another rank meets is still said, by that rank."""
+exits with the refusal's code; a refusal only another rank meets is still said, by that rank; a stop is said once."""
 
 from __future__ import annotations
 
@@ -65,3 +65,15 @@ def test_a_refusal_only_another_rank_meets_is_said_by_that_rank(tmp_path):
     stderr, codes = _torchrun([str(script)], tmp_path)
     assert stderr.count("Error: rank 1 cannot read its cache") == 1, stderr[-3000:]
     assert codes == [2], stderr[-3000:]  # rank 0 exited 0: torchrun lists the failed rank alone
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_every_rank_loads_is_said_once(tmp_path):
+    """A console entry (m2u-train's kind) under torchrun, the terminal's Ctrl-C reaching every rank while its libraries
+    load (m2u.core.startup.console_entry): each rank printed the stop's line; rank 0 says it, both exit 130."""
+    (tmp_path / "loading.py").write_text("raise KeyboardInterrupt  # Ctrl-C while this module loads\n")
+    script = tmp_path / "entry.py"
+    script.write_text("from m2u.core.startup import console_entry\nconsole_entry('loading', 'main')()\n")
+    stderr, codes = _torchrun([str(script)], tmp_path)
+    assert stderr.count("stopped by Ctrl-C before the run began: nothing was written") == 1, stderr[-3000:]
+    assert codes == [130, 130], stderr[-3000:]
