@@ -12,10 +12,11 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
 from html import escape
 from pathlib import Path, PurePosixPath
+from typing import Any, get_type_hints
 from urllib.parse import quote
 
 from tqdm import tqdm
@@ -95,6 +96,51 @@ class FileResult:
     width: int = 0
     height: int = 0
     seconds: float = 0.0
+
+
+def _bool_cell(text: str) -> bool:
+    """A bool cell as `_CELL_KINDS` writes it; any other text is not of the column's kind."""
+    if text not in ("true", "false"):
+        raise ValueError(f"not a true/false cell: {text!r}")
+    return text == "true"
+
+
+# How report.csv writes each kind of cell and reads it back, one pair per type a FileResult field may have, so that a
+# cell reads back as the value written: csv's default, str(), would write a bool as "True"/"False", which a reader
+# taking the type from the field's default (bool(text)) reads as true either way.
+_CELL_KINDS: dict[type, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    str: (str, str),
+    int: (str, int),
+    float: (repr, float),  # the shortest text that reads back as the same float
+    bool: (lambda value: "true" if value else "false", _bool_cell),
+}
+
+
+def _columns_of(row_type: type) -> dict[str, type]:
+    """Each field of `row_type` in order and the type its cells hold (the field's annotation); a field of a type
+    `_CELL_KINDS` has no pair for is refused."""
+    hints = get_type_hints(row_type)
+    columns = {field.name: hints[field.name] for field in fields(row_type)}
+    for name, kind in columns.items():
+        if kind not in _CELL_KINDS:
+            raise TypeError(f"report.csv's column {name} holds {kind}, a type _CELL_KINDS does not write")
+    return columns
+
+
+# report.csv's schema, what its rows are written and read back with: taken as this module loads, so that a column of
+# a type report.csv cannot write back fails at once, not in a run's report.
+_REPORT_COLUMNS = _columns_of(FileResult)
+
+
+def _report_columns(row_type: type = FileResult) -> dict[str, type]:
+    return _REPORT_COLUMNS if row_type is FileResult else _columns_of(row_type)
+
+
+def _report_cells(row: FileResult) -> dict[str, str]:
+    """`row` as report.csv's cells (`_report_columns`)."""
+    return {
+        name: _CELL_KINDS[kind][0](getattr(row, name)) for name, kind in _report_columns(type(row)).items()
+    }
 
 
 def _output_names(entries: list[InputEntry], output_format: str, out: Path | None = None) -> list[str]:
@@ -293,7 +339,7 @@ def _report_rows(out: Path) -> list[dict[str, str]]:
 
 def _is_unmask_report(path: Path) -> bool:
     """Whether `path` is a report.csv m2u-unmask wrote (its header row: FileResult's fields)."""
-    header = ",".join(f.name for f in fields(FileResult))
+    header = ",".join(_report_columns())
     try:
         with open(path, newline="") as handle:
             return handle.readline().rstrip("\r\n") == header
@@ -469,19 +515,21 @@ class _EarlierReport:
         return carried
 
 
-def _report_row(values: dict[str, str]) -> FileResult | None:
-    """A report.csv row read back as a FileResult; None where a value is not of its column's kind."""
-    typed: dict[str, object] = {}
-    for column in fields(FileResult):
-        text = values.get(column.name) or ""
-        default = column.default
+def _report_row(values: dict[str, str], row_type: type[FileResult] = FileResult) -> FileResult | None:
+    """A report.csv row read back as a FileResult (`_report_columns`); None where a value is not of its column's
+    kind. An empty cell (a column an earlier m2u did not write) is the field's default."""
+    typed: dict[str, Any] = {}
+    columns = _report_columns(row_type)
+    for field in fields(row_type):
+        text = values.get(field.name) or ""
         try:
-            typed[column.name] = (
-                text if default is MISSING or isinstance(default, str) else type(default)(text or default)
-            )
+            if text or field.default is MISSING:
+                typed[field.name] = _CELL_KINDS[columns[field.name]][1](text)
+            else:
+                typed[field.name] = field.default
         except (TypeError, ValueError):
             return None
-    return FileResult(**typed)  # type: ignore[arg-type]
+    return row_type(**typed)
 
 
 def _write_reports(
@@ -499,10 +547,10 @@ def _write_reports(
     rows = [*results, *(row for row, _ in earlier)]
     lines = [*face_lines, *(line for _, kept in earlier for line in kept)]
     report = io.StringIO(newline="")
-    writer = csv.DictWriter(report, fieldnames=[f.name for f in fields(FileResult)])
+    writer = csv.DictWriter(report, fieldnames=list(_report_columns()))
     writer.writeheader()
     for row in rows:
-        writer.writerow(row.__dict__)
+        writer.writerow(_report_cells(row))
     with staged_files() as staged:
         staged.write_text(out / "report.csv", report.getvalue())
         staged.write_text(out / "faces.jsonl", "".join(json.dumps(line) + "\n" for line in lines))

@@ -1121,3 +1121,36 @@ def test_a_rerun_that_leaves_a_given_photo_says_its_earlier_restoration_is_kept_
         in text
     )
     assert str(out / "kept.png") not in text.split("were not given this time")[1]
+
+
+# A value of each cell type unlike its field's default (text a csv cell must quote; a float str() would shorten).
+_CELL_SAMPLES: dict[type, object] = {str: 'a, "b"\nc é', int: 7, float: 0.1 + 0.2, bool: True}
+
+
+def test_report_csv_reads_back_every_column_as_written(tmp_path):
+    """report.csv's cells were written by csv's default (str) and read back by a type taken from each field's
+    default: a bool column would be written "False" and read back true. Both now go through one schema
+    (`_report_columns`, the fields' own types): every column, a bool one too, reads back as the value written."""
+    from m2u.inference.photos import (
+        FileResult,
+        _report_cells,
+        _report_columns,
+        _report_row,
+        _report_rows,
+        _write_reports,
+    )
+
+    row = FileResult(**{name: _CELL_SAMPLES[kind] for name, kind in _report_columns().items()})
+    _write_reports(tmp_path, [row, FileResult("b.jpg", "no_face")], [])
+    read = [_report_row(values) for values in _report_rows(tmp_path)]
+    assert read == [row, FileResult("b.jpg", "no_face")]
+
+    @dataclasses.dataclass
+    class Retried(FileResult):  # a future column of a kind report.csv has not held yet
+        retried: bool = False
+
+    for retried in (True, False):
+        cells = _report_cells(Retried("c.jpg", "ok", retried=retried))
+        assert _report_row(cells, Retried) == Retried("c.jpg", "ok", retried=retried)
+    assert _report_row({**cells, "retried": "1"}, Retried) is None  # not a cell this schema writes
+    assert _report_row({**cells, "retried": ""}, Retried) == Retried("c.jpg", "ok")  # an earlier m2u's row
