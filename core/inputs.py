@@ -645,9 +645,38 @@ def _reports_of_lock(path: Path) -> list[str]:
 
 
 # Commands whose run owns its whole output folder (m2u-pipeline's RUN: its stages, records and stale outputs), not
-# only its reports: any other command's run there is refused (`m2u-eval -o RUN` wrote its report beside the stages,
-# and the pipeline then refused its own run folder as holding an m2u-eval run's output).
+# only its reports: any other command's run there, or any run in a folder inside it, is refused (`m2u-eval -o RUN`
+# wrote its report beside the stages, and `m2u-eval -o RUN/evaluation` replaced the pipeline's finished report).
 WHOLE_FOLDER_TOOLS = ("m2u-pipeline",)
+
+# The run folders (real paths) that this process's WHOLE_FOLDER_TOOLS runs hold (`output_lock`): their stages write
+# inside them through the other commands' libraries (RUN/evaluation through m2u-eval's `evaluate`), which a run
+# of another process must not.
+_HELD_WHOLE_FOLDERS: set[str] = set()
+
+
+def whole_folder_problem(out_dir: str | os.PathLike[str], tool: str) -> str:
+    """Why `tool` must not write into `out_dir` ("" when it may): `out_dir` is a WHOLE_FOLDER_TOOLS run folder of
+    another command, or lies inside such a run folder at any depth (the same folder however written: a link, `..`),
+    unless this process's run holds that folder (its own stages). A run folder is known by its lock file."""
+    out = Path(out_dir)
+    place = Path(os.path.realpath(out))
+    for folder in (place, *place.parents):
+        if str(folder) in _HELD_WHOLE_FOLDERS:
+            return ""
+        for owner in WHOLE_FOLDER_TOOLS:
+            if not os.path.lexists(folder / f".{owner}{LOCK_SUFFIX}") or (folder == place and owner == tool):
+                continue
+            if folder == place:
+                return (
+                    f"{out} is an {owner} run folder, every file of which is that run's; this {tool} run would mix "
+                    "with it: choose another output folder (-o)"
+                )
+            return (
+                f"{out} is inside the {owner} run folder {folder}, every file of which is that run's; this {tool} "
+                "run would mix with it: choose an output folder outside it (-o)"
+            )
+    return ""
 
 
 def report_clash(out_dir: str | os.PathLike[str], tool: str, reports: Iterable[str]) -> str:
@@ -655,18 +684,13 @@ def report_clash(out_dir: str | os.PathLike[str], tool: str, reports: Iterable[s
     wrote reports of the same names that are still there (m2u-unmask's and m2u-eval real-masks' faces.jsonl and
     index.html; m2u-mask's and m2u-unmask's report.csv), which this run would replace with its own, and the folder
     would hold one command's outputs beside the other's reports. Each run records its report names in its lock file,
-    so any command can tell, whichever package it lives in. A folder a WHOLE_FOLDER_TOOLS run owns is refused to
-    every other command, whatever its reports' names."""
+    so any command can tell, whichever package it lives in. A WHOLE_FOLDER_TOOLS run folder, and every folder inside
+    it, is refused to every other run, whatever its reports' names (`whole_folder_problem`)."""
     out = Path(out_dir)
     ours = set(reports)
-    if not out.is_dir():
-        return ""
-    for owner in WHOLE_FOLDER_TOOLS:
-        if owner != tool and os.path.lexists(out / f".{owner}{LOCK_SUFFIX}"):
-            return (
-                f"{out} is an {owner} run folder, every file of which is that run's; this {tool} run would mix with "
-                "it: choose another output folder (-o)"
-            )
+    problem = whole_folder_problem(out, tool)
+    if problem or not out.is_dir():
+        return problem
     if not ours:
         return ""
     for entry in sorted(os.listdir(out)):
@@ -708,11 +732,16 @@ def output_lock(
         ) from None
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
+    held = os.path.realpath(out_dir) if tool in WHOLE_FOLDER_TOOLS else None
     try:
         if reports:
             _record_reports(path, reports)
+        if held is not None:
+            _HELD_WHOLE_FOLDERS.add(held)
         yield remove_killed_writes(out_dir)
     finally:
+        if held is not None:
+            _HELD_WHOLE_FOLDERS.discard(held)
         lock.release()
 
 
@@ -776,4 +805,6 @@ __all__ = [
     "probe",
     "read_input_bytes",
     "remove_killed_writes",
+    "report_clash",
+    "whole_folder_problem",
 ]

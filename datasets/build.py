@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
-from m2u.core.inputs import input_folder_problem, input_list, output_location_problem
+from m2u.core.inputs import input_folder_problem, input_list, output_location_problem, whole_folder_problem
 from m2u.datasets.config import MASK_ENGINES, BuildClashError, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -61,6 +61,7 @@ from m2u.datasets.work import (
 from m2u.datasets.writer import count_rows, library_versions, write_stats
 
 BUILD_STATE_NAME = "build.json"
+BUILD_TOOL = "m2u-make-dataset"  # as refusals name the command (m2u.core.inputs.whole_folder_problem)
 _OWN_ENTRIES = frozenset(
     {
         *SPLITS,
@@ -399,7 +400,8 @@ def build_dataset(
     # Planned before OUT is created: a refused input (none found, identities missing) leaves no empty folder.
     # Discovery passes over OUT whether or not it exists yet, so a run writing there meanwhile changes nothing.
     plan = plan_build(inputs, config, out, exclude)
-    problem = output_location_problem(out)  # a file in the way, a read-only disk: one sentence, not an errno
+    # A file in the way, a read-only disk: one sentence, not an errno; an m2u-pipeline run folder (or one inside it).
+    problem = output_location_problem(out) or whole_folder_problem(out, BUILD_TOOL)
     if problem:
         raise BuildError(problem)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from m2u.core.fileio import (
     replace_problem,
     staged_files,
 )
-from m2u.core.inputs import output_location_problem, output_lock
+from m2u.core.inputs import output_location_problem, output_lock, whole_folder_problem
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.checkpoint import ModelInfo, ModelUsageWarning
 from m2u.training.models import CARU2Net, MSeg
@@ -296,7 +296,8 @@ def check_export_folder(
     rerun and replace it. `digests`: the sources' SHA-256 where the caller has them (`source_digests`), else read
     here."""
     out = Path(out_dir)
-    problem = output_location_problem(out)  # a file in its way, a read-only disk: said before any export
+    # A file in its way, a read-only disk, an m2u-pipeline run folder: said before any export.
+    problem = output_location_problem(out) or whole_folder_problem(out, EXPORT_LOCK_TOOL)
     if problem:
         raise OutputRefusedError(problem)
     unknown = sorted(set(names) - set(EXPORT_NAMES))

@@ -20,7 +20,7 @@ import torch
 
 from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written, replace_problem
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
-from m2u.core.inputs import output_lock
+from m2u.core.inputs import OutputFolderError, output_lock, whole_folder_problem
 from m2u.datasets.storage import local_location
 from m2u.training.checkpoint import (
     CheckpointError,
@@ -341,6 +341,10 @@ class Trainer:
         return figures
 
     def _prepare_run_folder(self) -> None:
+        # An m2u-pipeline run folder (or one inside it) is refused before the run folder is made, not at its lock.
+        problem = whole_folder_problem(self.out, RUN_LOCK_TOOL)
+        if problem:
+            raise OutputFolderError(problem)
         data = local_location(self.config.data) if self.config.data else ""  # file:// too
         if data and "://" not in data and Path(data).is_dir():
             inside = Path(os.path.realpath(self.out))

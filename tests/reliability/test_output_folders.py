@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from m2u.core.fileio import atomic_write_text
 from m2u.core.inputs import output_lock
 from m2u.datasets.cli import main as dataset_main
 from m2u.evaluation.cli import real_masks_main
@@ -169,3 +170,68 @@ def test_an_output_folder_above_the_input_folder_still_sees_the_inputs(tmp_path,
     for _ in range(2):  # `m2u-mask photos -o .`, twice: the outputs land beside photos/, never inside it
         result = _mask(Path("."), Path("photos"))
         assert result.exit_code == 0 and "3 inputs" in result.output, result.output
+
+
+def _command_writing(tool: str, out: Path, photos: Path, tiny_models, tiny_dataset):
+    """`tool` run with the output folder `out` (every command that takes -o), as far as its output folder checks."""
+    from m2u.evaluation.cli import main as eval_main
+    from m2u.inference.cli import export_main
+    from m2u.pipelines.cli import main as pipeline_main
+    from m2u.training.cli import train_main
+
+    mseg, generator = tiny_models
+    models = ["--mseg", str(mseg), "--generator", str(generator)]
+    if tool == "m2u-eval":
+        return CliRunner().invoke(eval_main, ["--data", str(tiny_dataset), *models, "-o", str(out), "-q"])
+    if tool == "m2u-train":
+        args = [
+            "mseg",
+            "--data",
+            str(tiny_dataset),
+            "-o",
+            str(out),
+            "-q",
+            "--max-steps",
+            "1",
+            "--workers",
+            "0",
+        ]
+        return CliRunner().invoke(train_main, args)
+    if tool == "m2u-export":
+        return CliRunner().invoke(export_main, ["onnx", *models, "-o", str(out)])
+    if tool == "m2u-pipeline":
+        args = ["run", str(photos), "-o", str(out), "--until", "dataset", "-q"]
+        return CliRunner().invoke(pipeline_main, [*args, "--set", "dataset.mask_engine=synthetic"])
+    return _run_tool(tool, tiny_models, out, photos)
+
+
+@pytest.mark.parametrize("tool", [*GLOB_TOOLS, "m2u-eval", "m2u-train", "m2u-export", "m2u-pipeline"])
+def test_no_command_writes_inside_a_pipeline_run_folder(tmp_path, tiny_models, tiny_dataset, tool):
+    """`m2u-eval ... -o RUN/evaluation` replaced the pipeline's finished report: only the run folder itself was
+    refused. A folder inside an m2u-pipeline run folder, at any depth and however written (a link), is refused to
+    every command that takes -o, the pipeline itself included, in one line and before anything is written."""
+    photos = tmp_path / "photos"
+    _photos(photos)
+    run = tmp_path / "run"
+    (run / "evaluation").mkdir(parents=True)
+    (run / ".m2u-pipeline.lock").write_text("")
+    atomic_write_text(run / "evaluation" / "metrics.json", "{}")  # the pipeline's finished report, m2u's own
+    (tmp_path / "link").symlink_to(run / "evaluation", target_is_directory=True)
+    before = _hashes(run)
+    for out, folder in (
+        (run / "evaluation", run),
+        (run / "evaluation" / "deeper" / "new", run),
+        (tmp_path / "link" / "new", run),
+    ):
+        result = _command_writing(tool, out, photos, tiny_models, tiny_dataset)
+        assert result.exit_code == 2, result.output
+        said = result.output.strip().splitlines()[-1]
+        assert said.startswith("Error: ") and f"is inside the m2u-pipeline run folder {folder}," in said, said
+        assert "choose an output folder outside it (-o)" in said, said
+    assert _hashes(run) == before, "nothing written, nothing changed"
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == [
+        ".m2u-pipeline.lock",
+        "evaluation",
+        "evaluation/.m2u-written",
+        "evaluation/metrics.json",
+    ]
