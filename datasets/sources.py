@@ -51,6 +51,7 @@ __all__ = [
     "input_items",
     "make_key",
     "read_identity_file",
+    "read_sources",
     "split_key",
 ]
 
@@ -203,6 +204,15 @@ def find_dataset_inputs(
     return found
 
 
+def read_sources(found: Discovery, limit: int | None = None) -> list[str]:
+    """The absolute paths of the inputs of a discovery that a build reads, in its order: each file once, sorted by
+    path; `limit` keeps the first N (the one rule of `limit`: m2u-pipeline fingerprints these files alone)."""
+    if limit is not None and limit < 1:
+        raise SettingError("limit", f"must be >= 1, got {limit}")
+    sources = sorted({os.path.abspath(e.path) for e in found.entries})
+    return sources if limit is None else sources[:limit]
+
+
 def input_items(
     found: Discovery,
     *,
@@ -231,9 +241,8 @@ def input_items(
             identity = match.group("identity") if match else ""
         items.append(InputItem(base_key=key, source=source, identity=identity, name_key=name_key))
     if limit is not None:
-        if limit < 1:
-            raise SettingError("limit", f"must be >= 1, got {limit}")
-        items = items[:limit]
+        read = set(read_sources(found, limit))
+        items = [item for item in items if item.source in read]
     return _with_duplicates_joined(items)
 
 

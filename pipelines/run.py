@@ -59,6 +59,7 @@ from m2u.pipelines.stages import (
     STALE_DIR,
     StageOutcome,
     chain_of,
+    describe_change,
     fingerprint,
     read_record,
     run_stage,
@@ -98,6 +99,74 @@ def library_versions() -> dict[str, str]:
 
 FACE_HASHES = "face-hashes.tsv"  # in RUN/stages/: the faces' content digests, by path and file status
 _HASH_CACHE_HEADER = "# m2u face hashes: sha256, size, mtime_ns, ctime_ns, inode, path\n"
+FaceMark = tuple[int, str, str]  # (index of the `faces` input, the face's name below it, its mark)
+
+
+def face_marks(
+    faces: list[str],
+    exclude: Sequence[str | Path] = (),
+    *,
+    identity: str = "content",
+    hash_cache: Path | None = None,
+    limit: int | None = None,
+) -> list[FaceMark]:
+    """The files the dataset stage reads (m2u.core.inputs.discover, nothing under an `exclude` folder: a run folder
+    inside the faces folder never counts its own outputs as inputs), each as (index of its `faces` input, its name
+    below that input's folder, glob base or list file's folder, a mark): the SHA-256 of its bytes ("-1": counted,
+    never read), or with `identity` "sizes" or "spelled" its size. `limit` (`dataset.limit`): only the files the
+    build's limit keeps (m2u.datasets.sources.read_sources): a face beyond it is not read, so it is no input.
+
+    `hash_cache`: a file of the digests of an earlier call, by path, size, modification and change times and
+    inode (as git's index keeps them), so only files changed since are read again; rewritten with this call's
+    (and the digests it held of the faces found beyond `limit`: a record made before the limit counted them
+    checks them again, `_inputs_identity`)."""
+    from m2u.core.inputs import discover
+    from m2u.datasets.sources import read_sources
+
+    if identity not in ("content", "sizes", "spelled"):
+        raise ValueError(f"`identity` must be content, sizes or spelled, not {identity!r}")
+    read = None if limit is None else set(read_sources(discover(faces, exclude=exclude), limit))
+    known = _read_hash_cache(hash_cache) if hash_cache is not None else {}
+    digests = DigestCache(known)
+    beyond: set[str] = set()
+    marks: list[FaceMark] = []
+    for index, entry in enumerate(faces):
+        for found in discover([entry], exclude=exclude).entries:
+            if read is not None and os.path.abspath(found.path) not in read:
+                beyond.add(os.path.abspath(found.path))
+                continue
+            if found.problem:
+                mark = "-1"  # counted, never read (a FIFO or device would hang or fill the memory)
+            elif identity == "content":
+                mark = _content_digest(found.path, digests)
+            else:
+                mark = str(found.path.stat().st_size)
+            marks.append((index, found.relative, mark))
+    kept = {where: known[where] for where in beyond if where in known}
+    if hash_cache is not None and identity == "content" and {**kept, **digests.used} != known:
+        # the faces of this call only: a face gone from the inputs leaves the cache
+        lines = "".join(f"{d}\t{s}\t{where}\n" for where, (d, s) in sorted({**kept, **digests.used}.items()))
+        hash_cache.parent.mkdir(parents=True, exist_ok=True)
+        text = _HASH_CACHE_HEADER + lines
+        write_cache_file(
+            hash_cache, lambda temp: Path(temp).write_text(text, encoding="utf-8", errors="surrogateescape")
+        )
+    return marks
+
+
+def marks_fingerprint(faces: list[str], marks: list[FaceMark], identity: str = "content") -> str:
+    """The face inputs' identity: the names and marks of the faces (`face_marks`), by input. Not with the inputs'
+    spelling: `faces`, `./faces/` and its absolute path, or the folder of a finished run moved to another machine,
+    are the same faces; a face replaced by another, of any size, is not. `identity` "spelled": each input as given
+    too, as before 2026-12-06 (what the records of earlier runs hold)."""
+    digest = hashlib.sha256()
+    at = 0
+    for index, entry in enumerate(faces):
+        digest.update(str(entry).encode("utf-8", "surrogateescape") if identity == "spelled" else b"\x1e")
+        while at < len(marks) and marks[at][0] == index:
+            digest.update(f"{marks[at][1]}\0{marks[at][2]}\n".encode("utf-8", "surrogateescape"))
+            at += 1
+    return digest.hexdigest()
 
 
 def inputs_fingerprint(
@@ -106,43 +175,13 @@ def inputs_fingerprint(
     *,
     identity: str = "content",
     hash_cache: Path | None = None,
+    limit: int | None = None,
 ) -> str:
-    """The face inputs' identity: the names (below each folder, glob base or list file's folder) of the files the
-    dataset stage reads (m2u.core.inputs.discover, nothing under an `exclude` folder: a run folder inside the
-    faces folder never counts its own outputs as inputs) and a SHA-256 of each one's bytes. Not with the inputs'
-    spelling: `faces`, `./faces/` and its absolute path, or the folder of a finished run moved to another machine,
-    are the same faces; a face replaced by another, of any size, is not.
-
-    `hash_cache`: a file of the digests of an earlier call, by path, size, modification and change times and
-    inode (as git's index keeps them), so only files changed since are read again; rewritten with this call's.
-    `identity` "sizes": names and sizes instead of the bytes, as m2u recorded on 2026-12-06; "spelled": sizes
-    and each input as given, as before (what the records of earlier runs hold)."""
-    from m2u.core.inputs import discover
-
-    if identity not in ("content", "sizes", "spelled"):
-        raise ValueError(f"`identity` must be content, sizes or spelled, not {identity!r}")
-    known = _read_hash_cache(hash_cache) if hash_cache is not None else {}
-    digests = DigestCache(known)
-    digest = hashlib.sha256()
-    for entry in faces:
-        digest.update(str(entry).encode("utf-8", "surrogateescape") if identity == "spelled" else b"\x1e")
-        for found in discover([entry], exclude=exclude).entries:
-            if found.problem:
-                mark = "-1"  # counted, never read (a FIFO or device would hang or fill the memory)
-            elif identity == "content":
-                mark = _content_digest(found.path, digests)
-            else:
-                mark = str(found.path.stat().st_size)
-            digest.update(f"{found.relative}\0{mark}\n".encode("utf-8", "surrogateescape"))
-    if hash_cache is not None and identity == "content" and digests.used != known:
-        # the faces of this call only: a face gone from the inputs leaves the cache
-        lines = "".join(f"{d}\t{s}\t{where}\n" for where, (d, s) in sorted(digests.used.items()))
-        hash_cache.parent.mkdir(parents=True, exist_ok=True)
-        text = _HASH_CACHE_HEADER + lines
-        write_cache_file(
-            hash_cache, lambda temp: Path(temp).write_text(text, encoding="utf-8", errors="surrogateescape")
-        )
-    return digest.hexdigest()
+    """The face inputs' identity (`marks_fingerprint`) of the files the dataset stage reads (`face_marks`).
+    `identity` "sizes": names and sizes instead of the bytes, as m2u recorded on 2026-12-06; "spelled": sizes and
+    each input as given, as before (what the records of earlier runs hold)."""
+    marks = face_marks(faces, exclude, identity=identity, hash_cache=hash_cache, limit=limit)
+    return marks_fingerprint(faces, marks, identity)
 
 
 def _read_hash_cache(path: Path) -> dict[str, tuple[str, str]]:
@@ -230,23 +269,36 @@ def _dataset_resumes_with(config: PipelineConfig) -> str:
     return locations if version is None else f"{locations} mask-engine-{version}"
 
 
-def _inputs_identity(config: PipelineConfig, run: Path) -> tuple[list[str], Callable[[str], Any]]:
-    """The first upstream fingerprint of the chain and the stage configurations to fingerprint: those of this m2u,
-    or of an earlier m2u where the dataset stage's record was made by one (the faces by names and sizes on
+def _inputs_identity(
+    config: PipelineConfig, run: Path
+) -> tuple[list[str], Callable[[str], Any], list[FaceMark]]:
+    """The first upstream fingerprint of the chain, the stage configurations to fingerprint, and the faces the
+    dataset stage reads (`face_marks`): those of this m2u, or of an earlier m2u where the dataset stage's record was
+    made by one (every face found, beyond `dataset.limit` too, until 2026-12-08; the faces by names and sizes on
     2026-12-06; before, also as spelled): a finished run made before stays finished."""
-    inputs = inputs_fingerprint(config.faces, exclude=[run], hash_cache=run / STAGE_RECORDS / FACE_HASHES)
+    cache = run / STAGE_RECORDS / FACE_HASHES
+    marks = face_marks(config.faces, exclude=[run], hash_cache=cache, limit=config.dataset.limit)
+    inputs = marks_fingerprint(config.faces, marks)
     record = read_record(run / STAGE_RECORDS / f"dataset{RECORD_SUFFIX}")
-    if record is not None and record.get("fingerprint") != fingerprint(
-        _stage_config(config, "dataset"), [inputs]
-    ):
+    dataset = _stage_config(config, "dataset")
+    if record is not None and record.get("fingerprint") != fingerprint(dataset, [inputs]):
+        # Read only where no option of the stage changed (it reruns then whatever its faces): every face found.
+        if config.dataset.limit is not None and not describe_change(record, dataset, []):
+            every = inputs_fingerprint(config.faces, exclude=[run], hash_cache=cache)
+            if record.get("fingerprint") == fingerprint(dataset, [every]):
+                return [every], lambda name: _stage_config(config, name), marks
         sized = inputs_fingerprint(config.faces, exclude=[run], identity="sizes")
-        if record.get("fingerprint") == fingerprint(_stage_config(config, "dataset"), [sized]):
-            return [sized], lambda name: _stage_config(config, name)
+        if record.get("fingerprint") == fingerprint(dataset, [sized]):
+            return [sized], lambda name: _stage_config(config, name), marks
         spelled = inputs_fingerprint(config.faces, exclude=[run], identity="spelled")
         earlier = {"faces": config.faces, "dataset": config.dataset}
         if record.get("fingerprint") == fingerprint(earlier, [spelled]):
-            return [spelled], lambda name: earlier if name == "dataset" else _stage_config(config, name)
-    return [inputs], lambda name: _stage_config(config, name)
+            return (
+                [spelled],
+                lambda name: earlier if name == "dataset" else _stage_config(config, name),
+                marks,
+            )
+    return [inputs], lambda name: _stage_config(config, name), marks
 
 
 def check_stage_weights(config: PipelineConfig, until: str) -> None:
@@ -812,7 +864,7 @@ def run_stages(
     dirs = {name: run / name for name in STAGES}
     actions = _stage_actions(config, dirs, metric_suite)
     outcomes: dict[str, StageOutcome] = {}
-    upstream, stage_config = _inputs_identity(config, run)
+    upstream, stage_config, _ = _inputs_identity(config, run)
     for name in STAGES[: STAGES.index(until) + 1]:
         try:
             outcome = run_stage(

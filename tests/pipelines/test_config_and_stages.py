@@ -902,3 +902,57 @@ def test_ctrl_c_while_the_ablation_table_is_written_leaves_its_two_files_of_one_
     monkeypatch.setattr(os, "replace", replace)
     after = {name: (run / name).read_bytes() for name in ("ablation.json", "ablation.md")}
     assert after != before and all(b"31.5" in text for text in after.values()), after
+
+
+def _faces_folder(tmp_path, names=("a.jpg", "b.jpg", "c.jpg")):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for name in names:
+        (faces / name).write_bytes(name.encode() * 10)
+    return faces
+
+
+def test_a_face_beyond_the_dataset_limit_leaves_the_dataset_stage_finished(tmp_path, monkeypatch):
+    """The dataset stage reads the first `dataset.limit` photos (by path): a photo added beyond them is read by no
+    stage, yet it made the next run rebuild the dataset and retrain everything after it. One the limit keeps (one
+    sorting before them) is a new input."""
+    faces = _faces_folder(tmp_path)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    config = load_config("smoke", extra={"faces": [str(faces)], "dataset": {"limit": 2}})
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    assert calls == list(pipeline_run.STAGES)
+    (faces / "z.jpg").write_bytes(b"z" * 10)  # beyond the limit: a.jpg and b.jpg are still the two read
+    said: list[str] = []
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date", said
+    (faces / "0.jpg").write_bytes(b"0" * 10)  # kept by the limit: 0.jpg and a.jpg are read now
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert calls[4:] == list(pipeline_run.STAGES)
+
+
+def test_a_run_that_counted_every_face_beyond_the_limit_stays_finished(tmp_path, monkeypatch):
+    """Records made before 2026-12-08 counted every face found, beyond `dataset.limit` too: while those faces are
+    unchanged, such a run is still up to date (not rebuilt and retrained for the new identity)."""
+    import json
+
+    from m2u.pipelines.stages import fingerprint
+
+    faces = _faces_folder(tmp_path)
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    config = load_config("smoke", extra={"faces": [str(faces)], "dataset": {"limit": 2}})
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run])]  # every face, as recorded then
+    for name in pipeline_run.STAGES:
+        path = run / "stages" / f"{name}.json"
+        record = json.loads(path.read_text())
+        record["fingerprint"] = fingerprint(pipeline_run._stage_config(config, name), upstream)
+        record["upstream"] = upstream
+        path.write_text(json.dumps(record))
+        upstream = [*upstream, record["fingerprint"]]
+    said: list[str] = []
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date", said
