@@ -99,6 +99,10 @@ def library_versions() -> dict[str, str]:
 
 FACE_HASHES = "face-hashes.tsv"  # in RUN/stages/: the faces' content digests, by path and file status
 _HASH_CACHE_HEADER = "# m2u face hashes: sha256, size, mtime_ns, ctime_ns, inode, path\n"
+# In RUN/stages/: the faces the dataset stage's output is of (`face_marks`), to say which changed when it reruns.
+DATASET_FACES = "dataset-faces.tsv"
+_DATASET_FACES_HEADER = "# m2u dataset faces: input index, mark (sha256), name below the input\n"
+
 FaceMark = tuple[int, str, str]  # (index of the `faces` input, the face's name below it, its mark)
 
 
@@ -182,6 +186,49 @@ def inputs_fingerprint(
     each input as given, as before (what the records of earlier runs hold)."""
     marks = face_marks(faces, exclude, identity=identity, hash_cache=hash_cache, limit=limit)
     return marks_fingerprint(faces, marks, identity)
+
+
+def remember_dataset_faces(run: Path, marks: list[FaceMark]) -> None:
+    """Keep the faces the dataset stage's output is now of (RUN/stages/dataset-faces.tsv), for a later rerun to
+    say which changed; only where they differ from those kept. Never fails the run: it only words a message."""
+    path = run / STAGE_RECORDS / DATASET_FACES
+    text = _DATASET_FACES_HEADER + "".join(f"{index}\t{mark}\t{name}\n" for index, name, mark in marks)
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8", errors="surrogateescape") == text:
+            return
+    write_cache_file(
+        path, lambda temp: Path(temp).write_text(text, encoding="utf-8", errors="surrogateescape")
+    )
+
+
+def faces_changed(run: Path, marks: list[FaceMark], most: int = 3) -> str:
+    """Which faces differ between the dataset stage's output (RUN/stages/dataset-faces.tsv) and `marks`, briefly:
+    "2 photos added, 1 changed: a.jpg, b.jpg, c.jpg"; "" when that cannot be told (no such file: a run of an
+    earlier m2u) or nothing differs by name and mark."""
+    try:
+        lines = (run / STAGE_RECORDS / DATASET_FACES).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return ""
+    before = {}
+    for line in lines.splitlines():
+        fields = line.split("\t", 2)
+        if len(fields) == 3 and fields[0].isdigit():
+            before[(int(fields[0]), fields[2])] = fields[1]
+    now = {(index, name): mark for index, name, mark in marks}
+    kinds = {
+        "added": sorted(key for key in now if key not in before),
+        "changed": sorted(key for key in now if key in before and before[key] != now[key]),
+        "removed": sorted(key for key in before if key not in now),
+    }
+    counted = [(kind, keys) for kind, keys in kinds.items() if keys]
+    if not counted:
+        return ""
+    first, first_keys = counted[0]
+    counts = [f"{len(first_keys)} photo{'s' if len(first_keys) > 1 else ''} {first}"]
+    counts += [f"{len(keys)} {kind}" for kind, keys in counted[1:]]
+    names = [name for _, keys in counted for _, name in keys]
+    more = f" (and {len(names) - most} more)" if len(names) > most else ""
+    return f"{', '.join(counts)}: {', '.join(names[:most])}{more}"
 
 
 def _read_hash_cache(path: Path) -> dict[str, tuple[str, str]]:
@@ -864,7 +911,7 @@ def run_stages(
     dirs = {name: run / name for name in STAGES}
     actions = _stage_actions(config, dirs, metric_suite)
     outcomes: dict[str, StageOutcome] = {}
-    upstream, stage_config, _ = _inputs_identity(config, run)
+    upstream, stage_config, faces = _inputs_identity(config, run)
     for name in STAGES[: STAGES.index(until) + 1]:
         try:
             outcome = run_stage(
@@ -882,12 +929,16 @@ def run_stages(
                 resumable=_partial_output(name, dirs[name]),
                 output_problem=_output_problem(name),
                 output_digest=_output_digest(name, dirs[name]),
+                # which faces changed, as far as the faces the dataset stage's output is of were kept
+                upstream_detail=lambda index: faces_changed(run, faces) if index == 0 else "",
             )
         except BaseException as error:
             log(f"[{name}] {_how_it_ended(error)}", echo=False)
             setattr(error, _FAILED_STAGE, name)  # for the command to say it in the stage's words
             raise
         outcomes[name] = outcome
+        if name == "dataset":  # its output is of these faces now (made, taken back or up to date)
+            remember_dataset_faces(run, faces)
         upstream = [*upstream, outcome.chain]
     # A whole record of what made the outputs, rather than one merged stage by stage: config.json loads back as a
     # config file that remakes them. Left alone when nothing ran (a rerun on another machine made nothing there).

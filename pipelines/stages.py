@@ -156,10 +156,12 @@ def describe_change(
     upstream_names: Sequence[str] = (),
     config_prefix: str = "",
     most: int = 3,
+    upstream_detail: Callable[[int], str] | None = None,
 ) -> str:
     """What differs between a stage's `record` and the run about to replace it, in the words of `--set`: the
     options changed ("gan.lr 0.0002 -> 0.0001"), then the upstream stages whose output changed (`upstream_names`
-    names `upstream`'s entries in order); "" when neither can be told (a record of an older m2u)."""
+    names `upstream`'s entries in order), each with what `upstream_detail(index)` says changed in it ("the face
+    inputs changed: 1 photo added: b.jpg"); "" when neither can be told (a record of an older m2u)."""
     before = _flattened(record.get("config", {}))
     now = _flattened(json.loads(canonical_json(config, outputs_only=True)))
     every = _flattened(json.loads(canonical_json(config)))  # runtime settings too: the record holds them
@@ -172,11 +174,10 @@ def describe_change(
     if len(changed) > most:
         words.append(f"{len(changed) - most} more options")
     earlier = record.get("upstream") or []
-    words += [
-        f"{what} changed"
-        for what, old, new in zip(upstream_names, earlier, upstream, strict=False)
-        if old != new
-    ]
+    for index, (what, old, new) in enumerate(zip(upstream_names, earlier, upstream, strict=False)):
+        if old != new:
+            detail = upstream_detail(index) if upstream_detail is not None else ""
+            words.append(f"{what} changed{f': {detail}' if detail else ''}")
     return ", ".join(words)
 
 
@@ -196,6 +197,7 @@ def run_stage(
     resumable: bool = True,
     output_problem: Callable[[dict, Path], str] | None = None,
     output_digest: Callable[[], str] | None = None,
+    upstream_detail: Callable[[int], str] | None = None,
 ) -> StageOutcome:
     """Run `action` (which writes into `stage_dir`) unless its record says it completed with the same fingerprint.
 
@@ -209,6 +211,7 @@ def run_stage(
     by hand runs again, instead of being skipped and failing the stages after it; with it, a finished output of the
     same fingerprint kept in RUN/stale/ is taken back instead of running the stage (`find_stale`).
     `output_digest()`: the digest of the output just made, recorded and chained downstream.
+    `upstream_detail(index)`: what changed in the upstream entry `index`, said when the stage reruns for it.
     """
     records_dir.mkdir(parents=True, exist_ok=True)
     record_path = records_dir / f"{name}{RECORD_SUFFIX}"
@@ -234,7 +237,9 @@ def run_stage(
         if damaged:
             log(f"[{name}] its output is not what its record says ({damaged}), re-running{where}")
         elif record is not None:
-            what = describe_change(record, config, upstream, upstream_names, config_prefix)
+            what = describe_change(
+                record, config, upstream, upstream_names, config_prefix, upstream_detail=upstream_detail
+            )
             log(f"[{name}] configuration or inputs changed{f' ({what})' if what else ''}, re-running{where}")
         else:
             # No finished output, an interrupted run's partial one: "configuration or inputs changed" said of the

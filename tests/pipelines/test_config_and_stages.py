@@ -365,7 +365,9 @@ def test_the_same_faces_spelled_another_way_leave_a_finished_run_finished(tmp_pa
     said = []
     pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(faces)]}), run, echo=said.append)
     assert calls[4:] == list(pipeline_run.STAGES)
-    assert "[dataset] configuration or inputs changed (the face inputs changed)" in said[0], said
+    assert (
+        "[dataset] configuration or inputs changed (the face inputs changed: 1 photo added: b.jpg)" in said[0]
+    ), said
 
 
 def test_a_damaged_face_hash_cache_never_fails_a_rerun(tmp_path, monkeypatch):
@@ -526,7 +528,10 @@ def test_a_face_replaced_by_another_of_the_same_size_reruns_the_stages(tmp_path,
     said = []
     pipeline_run.run_pipeline(load_config("smoke", extra={"faces": [str(copy)]}), run, echo=said.append)
     assert calls[4:] == list(pipeline_run.STAGES)
-    assert "[dataset] configuration or inputs changed (the face inputs changed)" in said[0], said
+    assert (
+        "[dataset] configuration or inputs changed (the face inputs changed: 1 photo changed: a.jpg)"
+        in said[0]
+    ), said
 
 
 def test_the_face_hashes_are_read_again_only_for_files_changed_since(tmp_path, monkeypatch):
@@ -956,3 +961,28 @@ def test_a_run_that_counted_every_face_beyond_the_limit_stays_finished(tmp_path,
     said: list[str] = []
     pipeline_run.run_pipeline(config, run, echo=said.append)
     assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date", said
+
+
+def test_the_dataset_stage_says_which_faces_changed(tmp_path, monkeypatch):
+    """ "configuration or inputs changed (the face inputs changed)" named no face: it now says how many were added,
+    changed and removed, and the first few names."""
+    faces = _faces_folder(tmp_path, ("a.jpg", "b.jpg"))
+    calls: list[str] = []
+    pipeline_run = _stubbed_stages(monkeypatch, calls)
+    run = tmp_path / "run"
+    config = load_config("smoke", extra={"faces": [str(faces)]})
+    pipeline_run.run_pipeline(config, run, echo=lambda _: None)
+    (faces / "a.jpg").write_bytes(b"A" * 10)
+    (faces / "b.jpg").unlink()
+    for name in ("c.jpg", "d.jpg", "e.jpg", "f.jpg"):
+        (faces / name).write_bytes(name.encode() * 10)
+    said: list[str] = []
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert said[0].startswith(
+        "[dataset] configuration or inputs changed (the face inputs changed: 4 photos added, 1 changed, 1 removed: "
+        "c.jpg, d.jpg, e.jpg (and 3 more)), re-running"
+    ), said
+    (faces / "c.jpg").write_bytes(b"C" * 10)  # against the faces of the dataset just made
+    said = []
+    pipeline_run.run_pipeline(config, run, echo=said.append)
+    assert "(the face inputs changed: 1 photo changed: c.jpg)" in said[0], said
