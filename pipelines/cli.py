@@ -66,7 +66,9 @@ def _common(function):
             is_flag=True,
             help="Use the embedded demo portrait variants (a fresh clone without CelebA).",
         ),
-        out_option("Run folder."),  # out_dir: so a library message naming `out_dir` names -o/--out
+        # out_dir: so a library message naming `out_dir` names -o/--out. Not required by Click: --print-config
+        # needs no run folder (as m2u-train's and m2u-eval's); a run is refused without one (`_prepare`).
+        out_option("Run folder; required to run.", required=False),
         progress_options,  # off: every stage's `progress` false (a --set item still wins)
     ]
     for option in reversed(options):
@@ -90,6 +92,10 @@ def _prepare(kw: dict) -> PipelineConfig | None:
         config_file, inputs = inputs[0], []
     from m2u.pipelines.run import DEMO_FACES, STAGES
 
+    if kw["out_dir"] is None and (kw["demo_faces"] or not kw["print_config"]):
+        # The demo faces' folder is the run folder's: without one, a printed config would name no faces.
+        with_demo = " (--demo-faces puts its faces in the run folder)" if kw["print_config"] else ""
+        raise click.UsageError(f"-o/--out is required{with_demo}: name the run folder")
     demo = Path(kw["out_dir"]) / DEMO_FACES if kw["demo_faces"] else None
     # -q / --no-progress as every command has them: each stage's progress off, before the --set items (which win).
     quiet = () if progress_of(kw) else tuple(f"{stage}.progress=false" for stage in STAGES)

@@ -95,6 +95,25 @@ def test_a_printed_pipeline_config_loads_back_unchanged(tmp_path):
     assert again.exit_code == 0 and again.output == printed.output
 
 
+@pytest.mark.parametrize("command", ["run", "ablate"])
+def test_print_config_needs_no_run_folder(tmp_path, command):
+    """`m2u-pipeline run --print-config` refused to print without -o ("Missing option '-o'"), unlike m2u-train's
+    and m2u-eval's: printing writes nothing. A run still needs its folder, and so does a printed config of the
+    demo faces, whose folder is the run folder's."""
+    import yaml
+
+    runner = CliRunner()
+    printed = runner.invoke(main, [command, "--preset", "smoke", str(tmp_path / "faces"), "--print-config"])
+    assert printed.exit_code == 0, printed.output
+    assert yaml.safe_load(printed.output)["faces"] == [str(tmp_path / "faces")]
+    for extra in ([], ["--demo-faces", "--print-config"]):
+        faces = [] if extra else [str(tmp_path / "faces")]
+        refused = runner.invoke(main, [command, "--preset", "smoke", *faces, *extra])
+        said = refused.output.strip().splitlines()[-1]
+        assert refused.exit_code == 2 and said.startswith("Error: -o/--out is required"), refused.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
 def test_config_files_in_every_format_override_the_preset(tmp_path, suffix):
     path = tmp_path / f"config{suffix}"
