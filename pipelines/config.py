@@ -39,7 +39,8 @@ def _default_gan() -> GanTrainConfig:
 
 @dataclass
 class PipelineConfig:
-    """Every option of every stage. `faces` are the raw inputs (folders, globs, list files)."""
+    """Every option of every stage. `faces` are the raw inputs (folders, globs, list files); a config file or
+    `--set` may give one as a string (`load_config`)."""
 
     faces: list[str] = field(default_factory=list)
     dataset: BuildConfig = field(default_factory=BuildConfig)
@@ -154,6 +155,7 @@ def load_config(
         ("--set", extra),
     ):
         if overrides:
+            overrides = _faces_listed(overrides)
             # Each field set -> the key that set it: the key itself, but for the mseg and gan stages' own names
             # (`gan.lr` sets gan.optimizer.learning_rate), which as_stage_fields fills in.
             # A stage block that is not a mapping (`gan: 3`) is a key of its own, said as every other.
@@ -169,6 +171,13 @@ def load_config(
             written.update(layer)
     _check_pipeline_sets(config, written)
     return config
+
+
+def _faces_listed(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` with `faces: DIR` (one input written as a string, in a config file or `--set faces=DIR`) as the
+    list of that one input, as the command line's INPUTS give it."""
+    faces = overrides.get("faces")
+    return {**overrides, "faces": [faces]} if isinstance(faces, str) and faces else overrides
 
 
 def _leaf_paths(values: dict[str, Any], above: str = "") -> list[str]:

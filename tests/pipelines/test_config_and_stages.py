@@ -114,6 +114,21 @@ def test_print_config_needs_no_run_folder(tmp_path, command):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_faces_may_be_one_folder_written_as_a_string(tmp_path):
+    """`faces: DIR` in a pipeline config was refused ("faces must be a list, got 'DIR'"), though `faces` takes
+    one input as well as several: a string is that one input, in a config file as with --set."""
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"faces: {tmp_path / 'faces'}\n")
+    assert load_config("smoke", path).faces == [str(tmp_path / "faces")]
+    printed = CliRunner().invoke(main, ["run", "-c", str(path), "--set", "faces=other", "--print-config"])
+    assert printed.exit_code == 0, printed.output
+    assert yaml.safe_load(printed.output)["faces"] == ["other"]
+    with pytest.raises(ConfigError, match="faces must be a list, got 5"):  # not a string: still refused
+        load_config("smoke", extra={"faces": 5})
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
 def test_config_files_in_every_format_override_the_preset(tmp_path, suffix):
     path = tmp_path / f"config{suffix}"
