@@ -70,6 +70,14 @@ PIPELINE_SETS: dict[str, dict[str, str]] = {
         "mseg_checkpoint": "the gan stage uses the M-Seg the mseg stage trained",
     },
 }
+# m2u-eval's options that are no field of the evaluation's configuration (its files), by their config keys: the
+# pipeline gives them too, so a value for one is refused as it is read (`as_stage_fields`).
+PIPELINE_EVALUATION_FILES = {
+    "data": "the evaluation stage evaluates the dataset stage's output",
+    "out": _OWN_FOLDER,
+    "mseg": "the evaluation stage evaluates the M-Seg the mseg stage trained",
+    "generator": "the evaluation stage evaluates the generator the gan stage trained",
+}
 
 
 def _check_pipeline_sets(config: PipelineConfig, written: dict[str, str]) -> None:
@@ -88,30 +96,45 @@ def _check_pipeline_sets(config: PipelineConfig, written: dict[str, str]) -> Non
 
 def as_stage_fields(overrides: dict[str, Any], written: dict[str, str] | None = None) -> dict[str, Any]:
     """`overrides` with the mseg and gan stages' keys as m2u-train's config files and `--set` give them (its long
-    option names: `lr`, `workers`, `stages`, `mseg`) as the fields they set (`optimizer.learning_rate`,
-    `num_workers`, `generator.stages`, `mseg_checkpoint`): a block of `m2u-train gan --print-config` is the gan
-    stage's block here. The fields' own dotted names still work. `written`, when given, is filled with each field
-    set (`gan.mseg_checkpoint`) -> the key that set it (`gan.mseg`)."""
+    option names: `lr`, `workers`, `stages`, `mseg`), and the evaluation stage's as m2u-eval's (`workers`, `limit`,
+    `threshold`), as the fields they set (`optimizer.learning_rate`, `num_workers`, `generator.stages`,
+    `mseg_checkpoint`, `max_samples`): a block of `m2u-train gan --print-config` is the gan stage's block here, and
+    one key (`workers`) sets the worker count of every stage as of every command. The fields' own dotted names still
+    work. `written`, when given, is filled with each field set (`gan.mseg_checkpoint`) -> the key that set it
+    (`gan.mseg`)."""
+    from m2u.evaluation.cli import EVAL_BINDING
+    from m2u.evaluation.cli import main as eval_main
     from m2u.training.cli import GAN_BINDING, MSEG_BINDING, train_main
 
     translated = dict(overrides)
-    for stage, binding in (("mseg", MSEG_BINDING), ("gan", GAN_BINDING)):
+    for stage, binding, command in (
+        ("mseg", MSEG_BINDING, train_main.commands["mseg"]),
+        ("gan", GAN_BINDING, train_main.commands["gan"]),
+        ("evaluation", EVAL_BINDING, eval_main),
+    ):
         block = overrides.get(stage)
         if isinstance(block, dict):
             origins: dict[str, str] = {}
             try:
-                tree, others = binding.translate(train_main.commands[stage], block, origins)
+                tree, others = binding.translate(command, block, origins)
             except ValueError as error:  # `optimizer: 3` beside `lr`, which sets optimizer.learning_rate
                 raise ConfigError(f"invalid value under {stage}: {error}") from None
             if written is not None:
                 written.update({f"{stage}.{path}": f"{stage}.{key}" for path, key in origins.items()})
+            keys = {name: key for key, name in binding.keys(command).items()}
+            for name, value in others.items():  # m2u-eval's files; left unset (`data: null`), the pipeline's
+                if value is not None:
+                    key = keys[name]
+                    raise ConfigError(
+                        f"`{stage}.{key}` is set by the pipeline itself: {PIPELINE_EVALUATION_FILES[key]}, so "
+                        f"{value!r} would not be used; leave it out"
+                    )
             # A setting the pipeline gives the stage, left unset as m2u-train leaves it (`mseg: null`, `resume:
             # false`), is the pipeline's; a value is refused (`_check_pipeline_sets`).
             unset = {f.name: f.default for f in fields(binding.cls)}
+            own = PIPELINE_SETS.get(stage, {})
             translated[stage] = {
-                key: value
-                for key, value in {**tree, **others}.items()
-                if not (key in PIPELINE_SETS[stage] and value == unset.get(key))
+                key: value for key, value in tree.items() if not (key in own and value == unset.get(key))
             }
     return translated
 

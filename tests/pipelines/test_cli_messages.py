@@ -342,6 +342,36 @@ def test_the_training_stages_take_m2u_trains_config_keys(tmp_path):
     assert "mseg_checkpoint" not in refused.output  # the field it sets: not what was typed
 
 
+def test_the_evaluation_stage_takes_m2u_evals_config_keys(tmp_path):
+    """The dataset block, the training blocks (m2u-train's keys) and m2u-eval say `workers`, but the evaluation
+    block took only its field's name: `--set evaluation.workers=2` was an unknown option. It takes m2u-eval's
+    config keys now, as the training blocks take m2u-train's; its files are the pipeline's, refused by their key."""
+    import yaml
+
+    from m2u.evaluation.cli import main as eval_main
+    from m2u.pipelines.config import load_config
+
+    config = load_config("smoke", extra={"evaluation": {"workers": 3, "limit": 5}})
+    assert (config.evaluation.num_workers, config.evaluation.max_samples) == (3, 5)
+    assert (
+        load_config("smoke", extra={"evaluation": {"num_workers": 2}}).evaluation.num_workers == 2
+    )  # its field
+    printed = CliRunner().invoke(eval_main, ["--workers", "2", "--no-fid", "--print-config"])
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"evaluation": yaml.safe_load(printed.output)}))
+    copied = load_config("smoke", tmp_path / "p.yaml")  # a block of m2u-eval --print-config
+    assert copied.evaluation.num_workers == 2 and copied.evaluation.metrics.enable_fid is False
+    run = tmp_path / "r"
+    refused = CliRunner().invoke(
+        main, ["run", "--preset", "smoke", "--demo-faces", "-o", str(run), "--set", "evaluation.data=d"]
+    )
+    said = refused.output.strip().splitlines()[-1]
+    assert refused.exit_code == 2 and said.startswith(
+        "Error: `evaluation.data` is set by the pipeline itself: "
+    ), said
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("given", ["sets", "file"])
 def test_a_stage_blocks_keys_that_cannot_go_together_are_one_line_naming_the_block(tmp_path, given):
     """`gan.optimizer` given a value beside `gan.lr` (which sets gan.optimizer.learning_rate) ended in a ValueError
