@@ -93,6 +93,20 @@ def planned_steps(config: RunConfig, data: DataSource) -> int | None:
     return min(bounds) if bounds else None
 
 
+def nothing_left(state: Any, config: RunConfig, data: DataSource) -> bool:
+    """Whether a run resumed from the checkpoint `state` has no step left to train, as the loop would find it: at
+    `max_steps`, or in no epoch below `epochs` (a run stopped after an epoch's last batch is at the next epoch)."""
+    if not isinstance(state, dict):
+        return False
+    step, epoch, batch = (state.get(key) for key in ("step", "epoch", "batch_in_epoch"))
+    if not (isinstance(step, int) and isinstance(epoch, int) and isinstance(batch, int)):
+        return False  # read_checkpoint refuses it
+    if config.max_steps is not None and step >= config.max_steps:
+        return True
+    ended = batch > 0 and batch in (state.get("epoch_batches"), _epoch_batches(data))
+    return epoch + int(ended) >= config.epochs
+
+
 def check_run_outputs(out: Path, model_paths: list[Path]) -> None:
     """Every file and folder a run writes in its folder `out` (its model files `model_paths`), checked before the
     run writes anything (m2u-pipeline checks its training stages' folders with it before the first stage):
@@ -139,6 +153,9 @@ class Trainer:
         self._stops = DeferredStops()  # the Ctrl-C / SIGTERM recorded while the loop runs (see run)
         self._checkpointed_step: int | None = None  # the step of the checkpoint last written or read
         self._resume_state: dict[str, Any] | None = None  # the checkpoint, read once to check it (see there)
+        # A finished run resumed with nothing to train: its metrics.json, returned as the run's results and nothing
+        # written (_finished_results).
+        self._finished: dict[str, Any] | None = None
         self._lock = contextlib.ExitStack()  # the run folder's lock while the run writes it (main process)
         self._locked = False
         self._removed_on_lock: list[Path] = []  # temporary files output_lock cleared (_hold_lock)
@@ -409,6 +426,13 @@ class Trainer:
                 unchecked_dataset_note(self._resume_state, self.config.data, digest),
             )
             self._resume_notes = [note for note in notes if note]
+        if self._resume_state is not None:  # every rank resumes from the checkpoint alike
+            # One collective: every rank leaves here (none trains or writes) or none does.
+            finished = self._finished_results()
+            (done,) = self.dist.all_true(finished is not None)
+            if done:
+                self._finished = finished
+                return
         if self.dist.is_main:
             check_run_outputs(self.out, self.task.model_paths(self.out))
             self._made_folder = not self.out.exists()
@@ -421,6 +445,36 @@ class Trainer:
                 lambda temp: Path(temp).write_text(self.config.to_json() + "\n"),
                 by_name=True,
             )
+
+    def _finished_results(self) -> dict[str, Any] | None:
+        """A finished run resumed with nothing left to train (`nothing_left`): its metrics.json of its checkpoint's
+        step, with its model files there, else None. Its files were written again before (models, metrics.json,
+        log, config.json): nothing is trained, so they are left byte for byte as they are. A run stopped before
+        its final records (killed during the final evaluation) is not finished: the resume writes them."""
+        state = self._resume_state
+        if not (self.config.resume and nothing_left(state, self.config, self.data)):
+            return None
+        assert isinstance(state, dict)
+        metrics = self.out / METRICS_NAME
+        if replace_problem(metrics) or not all(path.is_file() for path in self.task.model_paths(self.out)):
+            return None
+        try:
+            results = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(results, dict) or results.get("steps") != state.get("step"):
+            return None
+        if self.dist.is_main:
+            limit = planned_steps(self.config, self.data)
+            planned = f"of {limit}" if limit == results["steps"] else f"({limit} steps planned)"
+            if limit is None:  # epochs of unknown length
+                planned = f"(epoch {state.get('epoch')} of {self.config.epochs})"
+            print(
+                f"m2u-train: {self.out} finished at step {results['steps']} {planned}: nothing to train; its "
+                "files are left as they are",
+                file=sys.stderr,
+            )
+        return results
 
     def _unusable_checkpoint_advice(self) -> str:
         """What to do when --resume cannot read the run's checkpoint (damaged, cut short, another run's)."""
@@ -465,6 +519,9 @@ class Trainer:
         except BaseException:
             self._release_lock(leave_no_file=True)
             raise
+        if self._finished is not None:
+            self._release_lock(leave_no_file=True)  # a lock file this call made goes too: nothing else was
+            return self._finished
         try:
             return self._run_in_folder()
         finally:
@@ -547,7 +604,8 @@ class Trainer:
             if self.dist.is_main:
                 limit = planned_steps(self.config, self.data)  # max_steps, or the epochs' steps
                 left = (
-                    f": nothing left to train ({limit} steps planned); its models are written again"
+                    f": nothing left to train ({limit} steps planned); its final records (models, evaluation, "
+                    "metrics.json) are written"
                     if limit is not None and self.step >= limit
                     else ""
                 )

@@ -327,10 +327,12 @@ def test_the_recorded_precision_is_that_of_the_runs_steps_over_every_process(tmp
     assert more["precision"] == "bf16 then fp32" and more["steps_by_precision"] == {"bf16": 2, "fp32": 1}
     assert read_model_info(run / "mseg.safetensors").provenance["precision"] == "bf16 then fp32"
     assert json.loads((run / "metrics.json").read_text())["precision"] == "bf16 then fp32"
-    # A checkpoint from before the record: its steps' precision is unknown, not this process's.
+    # A checkpoint from before the record: its steps' precision is unknown, not this process's (trained on: a
+    # finished run resumed with nothing to train is left as it is).
     _rewrite_checkpoint(run, steps_by_precision=None)
-    older = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **TINY), _source())
-    assert older["precision"] == "unknown" and older["steps_by_precision"] == {"unknown": 3}
+    older = train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **TINY), _source())
+    assert older["precision"] == "unknown then fp32"
+    assert older["steps_by_precision"] == {"unknown": 3, "fp32": 1}
 
 
 def test_the_final_validation_is_logged_once_also_when_a_finished_run_is_resumed(tmp_path):
@@ -360,6 +362,56 @@ def test_a_finished_run_resumed_without_the_test_keeps_its_test_figures(tmp_path
     assert json.loads((run / "metrics.json").read_text())["test"] == pytest.approx(first["test"])
     more = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **untested), _source())
     assert "test" not in more and "test" not in json.loads((run / "metrics.json").read_text())
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder (its hidden lock and written-record too), by relative path."""
+    return {
+        path.relative_to(run).as_posix(): path.read_bytes()
+        for path in sorted(run.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_finished_run_resumed_with_nothing_to_train_leaves_its_files_as_they_are(tmp_path, capsys):
+    """A finished run resumed with nothing left to train wrote its models, metrics.json, log and config.json again,
+    the last with this resume's settings (--precision, --no-test, --lr): none of its files changes now, the
+    resume says so in one line and gives the run's results."""
+    run = tmp_path / "run"
+    config = {**TINY, "evaluate_test": True, "val_every": 2}
+    first = train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **config), _source())
+    before = _files(run)
+    capsys.readouterr()
+    other = {**config, "precision": "bf16", "evaluate_test": False, "val_batches": 1}
+    resumed = MSegTrainConfig(out=str(run), max_steps=2, resume=True, **other)
+    again = train_mseg(
+        dataclasses.replace(resumed, optimizer=dataclasses.replace(resumed.optimizer, learning_rate=1e-5)),
+        _source(),
+    )
+    assert capsys.readouterr().err == (
+        f"m2u-train: {run} finished at step 2 of 2: nothing to train; its files are left as they are\n"
+    )
+    assert _files(run) == before
+    assert again == json.loads((run / "metrics.json").read_text()) and again["test"] == first["test"]
+
+
+def test_m2u_train_resuming_a_finished_run_exits_0_and_writes_nothing(tmp_path, tiny_dataset):
+    from click.testing import CliRunner
+
+    from m2u.training.cli import train_main
+
+    run = tmp_path / "run"
+    common = ["mseg", "-o", str(run), "--max-steps", "2", "--workers", "0", "-q", "--val-every", "0"]
+    tiny = ["--data", str(tiny_dataset), "--base-channels", "4", "--levels", "2", "--batch-size", "4"]
+    assert CliRunner().invoke(train_main, [*common, *tiny]).exit_code == 0
+    before = _files(run)
+    done = CliRunner().invoke(train_main, [*common, "--resume", "--no-test", "--precision", "bf16"])
+    assert done.exit_code == 0, done.output
+    assert (
+        f"m2u-train: {run} finished at step 2 of 2: nothing to train; its files are left as they are\n"
+        in (done.stderr)
+    )
+    assert _files(run) == before
 
 
 def test_another_rank_says_nothing_of_the_stop_and_claims_no_checkpoint(tmp_path, capfd):

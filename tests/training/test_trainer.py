@@ -277,13 +277,22 @@ def test_a_resume_says_where_it_continues_and_when_nothing_is_left(tmp_path, cap
     train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **config), data)
     assert f"m2u-train: resuming {run} at step 3 (epoch 0)\n" in capsys.readouterr().err
     train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **config), data)
-    assert "at step 4 (epoch 1): nothing left to train (2 steps planned)" in capsys.readouterr().err
+    assert (
+        f"m2u-train: {run} finished at step 4 (2 steps planned): nothing to train" in capsys.readouterr().err
+    )
     finished = MSegTrainConfig(
         out=str(run), max_steps=None, epochs=1, resume=True, **config
     )  # 3 steps an epoch
     train_mseg(finished, data)
-    assert "nothing left to train (3 steps planned)" in capsys.readouterr().err
+    assert f"{run} finished at step 4 (3 steps planned): nothing to train" in capsys.readouterr().err
     assert load_training_state(run / "checkpoints" / "last.pt")["step"] == 4
+    # Stopped before its final records (killed in the final evaluation): the resume writes them.
+    (run / "metrics.json").unlink()
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, resume=True, **config), data)
+    assert "at step 4 (epoch 1): nothing left to train (2 steps planned); its final records" in (
+        capsys.readouterr().err
+    )
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4
 
 
 def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):

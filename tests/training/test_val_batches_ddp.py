@@ -124,8 +124,9 @@ def test_a_source_that_does_not_say_how_it_deals_gives_n_batches_in_all(tmp_path
 
 @pytest.mark.slow
 def test_torchrun_validates_a_trained_run_as_one_process_does(tmp_path, val_in_three_shards):
-    """One run's weights, validated again (--resume of the finished run) by 1 process and by torchrun's 2: the
-    same figures (2 ranks read 4 batches for --val-batches 2 before, and their figures differed)."""
+    """One run's weights, validated again (--resume of the finished run without its metrics.json, which writes its
+    final records) by 1 process and by torchrun's 2: the same figures (2 ranks read 4 batches for --val-batches 2
+    before, and their figures differed)."""
     import json
     import shutil
     import subprocess
@@ -140,6 +141,8 @@ def test_torchrun_validates_a_trained_run_as_one_process_does(tmp_path, val_in_t
     first = ["mseg", "--data", str(val_in_three_shards), "--out", str(tmp_path / "one"), "--epochs", "1"]
     trained = CliRunner().invoke(train_main, [*first, "--levels", "2", "--base-channels", "4", *common])
     assert trained.exit_code == 0, trained.output
+    # With its metrics.json the run is finished: a resume would leave it as it is, validating nothing.
+    (tmp_path / "one" / "metrics.json").unlink()
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     alone = CliRunner().invoke(train_main, ["mseg", "--out", str(tmp_path / "one"), "--resume", *common])
     assert alone.exit_code == 0, alone.output
