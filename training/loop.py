@@ -44,6 +44,7 @@ from m2u.training.run_state import (
     read_checkpoint,
     read_running_means,
     read_steps_by,
+    read_steps_by_precision,
     trained_datasets,
     trained_precision,
     unchecked_dataset_note,
@@ -267,7 +268,9 @@ class Trainer:
         self._running.sums = {name: value.to(device) for name, value in sums.items()}
         self._running.count = count
         self._steps_by_world_before = read_steps_by(state, "steps_by_world_size")
-        self._steps_by_precision_before = read_steps_by(state, "steps_by_precision")
+        self._steps_by_precision_before = read_steps_by_precision(
+            state, self.out, self.task.model_paths(self.out)
+        )
         self._first_step = self.step
         world = self.dist.world_size
         earlier = self._steps_by_world_before

@@ -4,6 +4,7 @@ beside it; read back for an exact --resume."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from typing import Any
 
 import torch
 
-from m2u.training.checkpoint import CheckpointError, load_training_state, save_training_state
-from m2u.training.config import RunConfig, architecture_conflicts, read_run_config, recorded_path
+from m2u.training.checkpoint import CheckpointError, load_training_state, read_model_info, save_training_state
+from m2u.training.config import PRECISIONS, RunConfig, architecture_conflicts, read_run_config, recorded_path
 from m2u.training.rng import capture_rng_state
+from m2u.training.runlog import LOG_NAME
 from m2u.training.task import Task, resume_crop_size_error
 
 CHECKPOINT_DIR = "checkpoints"
@@ -140,6 +142,45 @@ def read_steps_by(state: dict[str, Any], key: str) -> dict[str, int]:
         return dict(counts)
     step = state.get("step")
     return {"unknown": step} if isinstance(step, int) and step > 0 else {}
+
+
+def read_steps_by_precision(state: dict[str, Any], out: Path, model_paths: list[Path]) -> dict[str, int]:
+    """`read_steps_by(state, "steps_by_precision")`, and for a checkpoint written before that record the
+    precision its steps trained in where the run tells it: a run its log shows trained in one process (no resume
+    event) trained them all as the process that wrote the checkpoint did, whose config the checkpoint records: its
+    `precision`, for `auto` the one its model files record at that step (written with it, as resolved). A run
+    resumed before (its earlier processes' precision not recorded) or without its log keeps "unknown"."""
+    counts = read_steps_by(state, "steps_by_precision")
+    if set(counts) != {"unknown"}:
+        return counts
+    precision = _single_process_precision(state, out, model_paths)
+    return {precision: counts["unknown"]} if precision else counts
+
+
+def _single_process_precision(state: dict[str, Any], out: Path, model_paths: list[Path]) -> str | None:
+    try:
+        with (out / LOG_NAME).open(encoding="utf-8", errors="replace") as log:
+            for line in log:
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("event") == "resume":
+                        return None
+    except OSError:
+        return None
+    named = _saved_config_value(state, "precision")
+    resolved = [precision for precision in PRECISIONS if precision != "auto"]
+    if named in resolved:
+        return str(named)
+    if named != "auto":
+        return None
+    for path in model_paths:
+        try:
+            provenance = read_model_info(path).provenance
+        except (CheckpointError, OSError):
+            continue
+        if provenance.get("steps") == state.get("step") and provenance.get("precision") in resolved:
+            return str(provenance["precision"])
+    return None
 
 
 def trained_precision(steps_by_precision: dict[str, int], current: str) -> str:

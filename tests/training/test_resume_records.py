@@ -327,12 +327,38 @@ def test_the_recorded_precision_is_that_of_the_runs_steps_over_every_process(tmp
     assert more["precision"] == "bf16 then fp32" and more["steps_by_precision"] == {"bf16": 2, "fp32": 1}
     assert read_model_info(run / "mseg.safetensors").provenance["precision"] == "bf16 then fp32"
     assert json.loads((run / "metrics.json").read_text())["precision"] == "bf16 then fp32"
-    # A checkpoint from before the record: its steps' precision is unknown, not this process's (trained on: a
+    # A checkpoint from before the record, of a run resumed before (its log's resume events), whose earlier
+    # processes' precision nothing recorded: its steps' precision is unknown, not this process's (trained on: a
     # finished run resumed with nothing to train is left as it is).
     _rewrite_checkpoint(run, steps_by_precision=None)
     older = train_mseg(MSegTrainConfig(out=str(run), max_steps=4, resume=True, **TINY), _source())
     assert older["precision"] == "unknown then fp32"
     assert older["steps_by_precision"] == {"unknown": 3, "fp32": 1}
+
+
+def test_an_older_checkpoint_of_a_run_in_one_process_resumes_with_the_precision_it_trained_in(
+    tmp_path, monkeypatch
+):
+    """A checkpoint written before `steps_by_precision` resumed with its steps recorded as "unknown", though the
+    run trained in one process, as its checkpoint's config says (`precision` bf16) or, for `auto`, its model
+    files written with it (bf16 on a CPU with native bf16)."""
+    import m2u.training.device as device
+    from m2u.training.checkpoint import read_model_info
+
+    run = tmp_path / "named"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **{**TINY, "precision": "bf16"}), _source())
+    _rewrite_checkpoint(run, steps_by_precision=None)
+    more = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **TINY), _source())
+    assert more["steps_by_precision"] == {"bf16": 2, "fp32": 1} and more["precision"] == "bf16 then fp32"
+    assert read_model_info(run / "mseg.safetensors").provenance["precision"] == "bf16 then fp32"
+    auto = {**TINY, "precision": "auto"}
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: True)
+    run = tmp_path / "auto"
+    train_mseg(MSegTrainConfig(out=str(run), max_steps=2, **auto), _source())
+    _rewrite_checkpoint(run, steps_by_precision=None)
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: False)  # resumed on another CPU
+    more = train_mseg(MSegTrainConfig(out=str(run), max_steps=3, resume=True, **auto), _source())
+    assert more["steps_by_precision"] == {"bf16": 2, "fp32": 1}
 
 
 def test_the_final_validation_is_logged_once_also_when_a_finished_run_is_resumed(tmp_path):
