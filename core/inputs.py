@@ -679,6 +679,22 @@ def whole_folder_problem(out_dir: str | os.PathLike[str], tool: str) -> str:
     return ""
 
 
+# What marks a folder m2u-export wrote: its record of the export, written last (m2u.inference.export's
+# EXPORT_SUMMARY). Here, below inference, so that the commands that refuse to write into one (m2u-train) can tell.
+EXPORT_RECORD = "export.json"
+
+
+def export_folder_problem(out_dir: str | os.PathLike[str]) -> str:
+    """ "OUT is an m2u-export folder (export.json, mseg.onnx)" where m2u-export wrote an export into `out_dir` (its
+    export.json, m2u's by the folder's record: a person's own file of that name is not), else ""."""
+    out = Path(out_dir)
+    record = out / EXPORT_RECORD
+    if not record.is_file() or replace_problem(record):
+        return ""
+    onnx = sorted(path.name for path in out.glob("*.onnx"))
+    return f"{out} is an m2u-export folder ({', '.join([EXPORT_RECORD, *onnx])})"
+
+
 def report_clash(out_dir: str | os.PathLike[str], tool: str, reports: Iterable[str]) -> str:
     """Why `tool` must not write its `reports` into `out_dir` ("" when it may): another m2u command's run there
     wrote reports of the same names that are still there (m2u-unmask's and m2u-eval real-masks' faces.jsonl and
@@ -789,6 +805,7 @@ __all__ = [
     "check_arguments",
     "check_output_folder",
     "claim_output_names",
+    "export_folder_problem",
     "discover",
     "earlier_names",
     "names_ledger",

@@ -32,7 +32,7 @@ from m2u.core.fileio import (
     replace_problem,
     staged_files,
 )
-from m2u.core.inputs import output_location_problem, output_lock, whole_folder_problem
+from m2u.core.inputs import EXPORT_RECORD, output_location_problem, output_lock, whole_folder_problem
 from m2u.datasets.layout import DEFAULT_IMAGE_SIZE, check_image_size
 from m2u.training.checkpoint import ModelInfo, ModelUsageWarning
 from m2u.training.models import CARU2Net, MSeg
@@ -275,7 +275,9 @@ def _export_checked(
 # What an export folder holds (m2u-export onnx, `export_models`): `<name>.onnx` for each of these models, and
 # EXPORT_SUMMARY describing the ones this export wrote.
 EXPORT_NAMES = ("mseg", "generator")
-EXPORT_SUMMARY = "export.json"
+EXPORT_SUMMARY = (
+    EXPORT_RECORD  # m2u-train refuses a folder holding one (m2u.core.inputs.export_folder_problem)
+)
 EXPORT_LOCK_TOOL = "m2u-export"  # the export folder's lock: OUT/.m2u-export.lock
 
 

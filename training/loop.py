@@ -20,7 +20,7 @@ import torch
 
 from m2u.core.fileio import OutputRefusedError, atomic_write, check_writable, remove_written, replace_problem
 from m2u.core.guard import DeferredStops, Terminated, defer_stops, describe_os_error, stop_name
-from m2u.core.inputs import OutputFolderError, output_lock, whole_folder_problem
+from m2u.core.inputs import OutputFolderError, export_folder_problem, output_lock, whole_folder_problem
 from m2u.datasets.storage import local_location
 from m2u.training.checkpoint import (
     CheckpointError,
@@ -373,6 +373,12 @@ class Trainer:
                     f"the run folder {self.out} is inside the dataset {data}: its files would mix with the "
                     "dataset's (a later rebuild with `overwrite` refuses them); choose another run folder"
                 )
+        if not self.checkpoint_path.exists() and (problem := export_folder_problem(self.out)):
+            # A new run there would put its checkpoints, log and model files among the ONNX files an export.json
+            # describes (a run folder an export was written into afterwards still resumes).
+            raise FileExistsError(
+                f"the run folder {problem}: the run's files would mix with the export's; choose another run folder"
+            )
         if self.dist.is_main and self.out.is_dir():
             # Taken before the run folder is read: a second run on a folder being trained is told so, not what
             # the first run's files would make of it.

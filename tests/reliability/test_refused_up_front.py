@@ -48,6 +48,36 @@ def test_m2u_train_refuses_a_persons_file_before_training(tiny_dataset, tmp_path
         assert mine.read_text() == "a person's own file"
 
 
+def test_m2u_train_refuses_a_folder_m2u_export_wrote_before_training(
+    tiny_dataset, tiny_checkpoints, tmp_path
+):
+    """A new run into an export folder (export.json and its ONNX files) was trained there, its checkpoints, log
+    and model files among the export's."""
+    mseg, _ = tiny_checkpoints
+    out = tmp_path / "onnx"
+    exported = CliRunner().invoke(export_main, ["onnx", "--mseg", str(mseg), "--size", "32", "-o", str(out)])
+    assert exported.exit_code == 0, exported.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    train = ["mseg", "--data", str(tiny_dataset), "--out", str(out), "--max-steps", "1", "--batch-size", "2"]
+    result = CliRunner().invoke(
+        train_main, [*train, "--workers", "0", "--base-channels", "2", "--levels", "2"]
+    )
+    assert result.exit_code == REFUSED, result.output
+    assert result.output == (
+        f"Error: the run folder {out} is an m2u-export folder (export.json, mseg.onnx): the run's files would mix "
+        "with the export's; choose another run folder\n"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A person's own export.json is no export: the run trains beside it.
+    mine = _mine(tmp_path / "mine", "export.json")
+    result = CliRunner().invoke(
+        train_main,
+        [*train[:4], str(mine.parent), *train[5:], "--workers", "0", "--base-channels", "2", "--levels", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    assert mine.read_text() == "a person's own file"
+
+
 def test_m2u_eval_refuses_a_persons_file_before_scoring(tiny_dataset, tiny_checkpoints, tmp_path):
     mseg, generator = tiny_checkpoints
     report = tmp_path / "report"
