@@ -139,7 +139,7 @@ def as_stage_fields(overrides: dict[str, Any], written: dict[str, str] | None = 
     return translated
 
 
-_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+_MENTION = re.compile(r"`([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)`")
 
 
 def in_stage_words(text: str, stage: str) -> str:
@@ -153,11 +153,31 @@ def in_stage_words(text: str, stage: str) -> str:
         "evaluation": EvaluateConfig,
     }
     names = {f.name for f in fields(stages[stage])}
+    keys = _nested_option_keys(stage)
 
     def key(match: re.Match[str]) -> str:
-        return f"`{stage}.{match.group(1)}`" if match.group(1) in names else match.group(0)
+        setting = match.group(1)
+        if setting.split(".")[0] not in names:
+            return match.group(0)
+        return f"`{stage}.{keys.get(setting, setting)}`"
 
     return _MENTION.sub(key, text)
+
+
+def _nested_option_keys(stage: str) -> dict[str, str]:
+    """A training stage's nested settings that m2u-train has an option for, each as the key a pipeline config or
+    --set gives it (as_stage_fields: `optimizer.learning_rate` is `lr`); {} for the other stages."""
+    if stage not in ("mseg", "gan"):
+        return {}
+    from m2u.training.cli import GAN_BINDING, MSEG_BINDING, train_main
+
+    binding = MSEG_BINDING if stage == "mseg" else GAN_BINDING
+    found = {}
+    for key, name in binding.keys(train_main.commands[stage]).items():
+        path, negated = binding.path_of(name)
+        if "." in path and not negated:
+            found[path] = key
+    return found
 
 
 def preset_overrides(name: str) -> dict[str, Any]:

@@ -773,8 +773,12 @@ class Trainer:
 
     def _non_finite_stop(self, error: NonFiniteLossError) -> NonFiniteLossError:
         last = checkpoint_step(self.checkpoint_path)
-        # What to do: a resume repeats the run's steps exactly, so as it was it meets the same loss again.
-        lower = "a lower --lr" + ("" if self._precision() == "fp32" else " or --precision fp32")
+        # What to do: a resume repeats the run's steps exactly, so as it was it meets the same loss again. The
+        # settings by their config keys, which each way in says as its user gives them (m2u-train: --lr,
+        # m2u.training.cliutil.ConfigBinding.message; m2u-pipeline: `mseg.lr`, m2u.pipelines.config.in_stage_words).
+        lower = "a lower `optimizer.learning_rate`" + (
+            "" if self._precision() == "fp32" else " or `precision` fp32"
+        )
         message = (
             f"{error}. Stopped; the last good checkpoint is {self.checkpoint_path} (step {last}): resume it "
             f"with {lower} (resumed as it is, the run repeats the same steps)"

@@ -82,6 +82,36 @@ def test_a_stage_library_error_is_one_line_in_the_pipelines_words(
     assert not isinstance(result.exception, (ValueError, OSError)), result.exception
 
 
+def test_a_stage_stopped_for_a_non_finite_loss_names_its_settings_as_the_pipeline_does(tmp_path, monkeypatch):
+    """The mseg stage's non-finite loss advice said "resume it with a lower --lr", an option the pipeline does not
+    have: its users give `--set mseg.lr=...` (and `mseg.precision`)."""
+    import torch
+
+    from m2u.training.config import MSegTrainConfig
+    from m2u.training.data import TensorDataSource
+    from m2u.training.guards import NonFiniteLossError
+    from m2u.training.models import MSegConfig
+    from m2u.training.trainer import train_mseg
+
+    nan = torch.full((4, 3, 16, 16), float("nan"))
+    data = TensorDataSource(
+        {"train": {"masked": nan, "unmasked": nan, "mask": torch.zeros(4, 1, 16, 16)}}, 2, 0
+    )
+    config = MSegTrainConfig(
+        out=str(tmp_path / "mseg"), model=MSegConfig(base_channels=4, levels=2), batch_size=2, precision="bf16",
+        progress=False, val_every=0, num_workers=0,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as stopped:  # the loop's own error, advice and all
+        train_mseg(config, data)
+    _stub_stages(monkeypatch, failing={"mseg": stopped.value})
+    faces = _faces(tmp_path / "faces")
+    result = CliRunner().invoke(main, ["run", "--preset", "smoke", str(faces), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "Error: the mseg stage: non-finite loss" in result.output
+    assert "run it again with a lower `mseg.lr` or `mseg.precision` fp32" in result.output
+    assert "--lr" not in result.output and "--precision" not in result.output
+
+
 @pytest.mark.parametrize(
     "stage, error, said",
     [

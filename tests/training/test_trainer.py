@@ -313,6 +313,38 @@ def test_a_run_resumed_in_pieces_reports_its_whole_training_time(tmp_path):
     assert 3600.0 < load_training_state(checkpoint)["seconds"] <= resumed["seconds"]
 
 
+def test_m2u_train_names_the_options_of_the_non_finite_loss_advice_as_its_own(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    """The advice named --lr in the library's message, which m2u-pipeline said too (its users give `mseg.lr`): the
+    message names settings by their config keys, and m2u-train says them as its options."""
+    import m2u.training.trainer as trainer
+
+    config = MSegTrainConfig(
+        out=str(tmp_path / "run"),
+        model=TINY_MSEG,
+        batch_size=2,
+        checkpoint_every=2,
+        precision="bf16",
+        **QUIET,
+    )
+    with pytest.raises(NonFiniteLossError) as stopped:  # the loop's own error, advice and all
+        train_mseg(config, _PoisonedSource(poison_at=2))
+    error = stopped.value
+
+    def failing(config):
+        raise error
+
+    monkeypatch.setattr(trainer, "train_mseg", failing)
+    args = ["mseg", "--data", str(tiny_dataset), "-o", str(tmp_path / "other"), "--workers", "0", "-q"]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 1, result.output
+    assert "(step 2): resume it with a lower --lr or --precision fp32 (resumed as it is, the run repeats" in (
+        result.output
+    )
+    assert "`" not in result.output
+
+
 class _PoisonedSource:
     """Clean batches, then NaN inputs from batch `poison_at` on."""
 
@@ -334,13 +366,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     )
     with pytest.raises(NonFiniteLossError, match=r"step 3.*last good checkpoint.*step 2") as stopped:
         train_mseg(config, _PoisonedSource(poison_at=2))
-    # It says what to do (a resume as it is repeats the same steps).
+    # It says what to do (a resume as it is repeats the same steps), the settings by their config keys.
     assert str(stopped.value).endswith(
-        "(step 2): resume it with a lower --lr (resumed as it is, the run repeats the same steps)"
+        "(step 2): resume it with a lower `optimizer.learning_rate` (resumed as it is, the run repeats the same "
+        "steps)"
     )
     fresh = tmp_path / "fresh"
     with pytest.raises(
-        NonFiniteLossError, match=r"written yet: run it again with a lower --lr or --precision fp32$"
+        NonFiniteLossError,
+        match=r"written yet: run it again with a lower `optimizer.learning_rate` or `precision` fp32$",
     ):
         train_mseg(
             dataclasses.replace(config, out=str(fresh), precision="bf16"), _PoisonedSource(poison_at=0)
