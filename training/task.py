@@ -8,6 +8,7 @@ everything else. The paper's two tasks live in `mseg_task` (M-Seg) and `gan_task
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from m2u.training.checkpoint import CheckpointError, ModelInfo, current_model_info, save_model, unwrap_model
+from m2u.training.checkpoint import (
+    CheckpointError,
+    ModelInfo,
+    ModelUsageWarning,
+    current_model_info,
+    save_model,
+    unwrap_model,
+)
 from m2u.training.config import RunConfig
 from m2u.training.device import usable_precision
 from m2u.training.distributed import DistributedContext, ddp_device_ids, milestone_steps
@@ -104,6 +112,9 @@ class TrainingTask:
         # Where each fine-tuned network started (`load_initial_weights`: the file and its SHA-256, read when it was
         # loaded; a resumed run reads it back from its checkpoint): each model file's provenance names its start.
         self.initial_weights: dict[str, dict[str, str]] = {}
+        # The crop size each starting file records (`load_initial_weights`), said once against the training crops'
+        # (observe_batch): network name -> (file, size).
+        self.initial_crop_sizes: dict[str, tuple[str, int]] = {}
         # Every dataset the run trained on, in order (the loop's `trained_datasets`: a run resumed on another at an
         # epoch's start trained on both): each model file's provenance names them all, not only `data`, the last.
         self.datasets: list[dict[str, Any]] = []
@@ -273,7 +284,21 @@ class TrainingTask:
         size = int(batch["masked"].shape[-1])
         if self.resumed_crop_size is not None and size != self.resumed_crop_size:
             raise resume_crop_size_error(self.resumed_crop_size, size, self.config)
+        first = self.crop_size is None
         self.crop_size = size
+        if not first:
+            return
+        for name, (path, trained) in self.initial_crop_sizes.items():
+            if trained != size:
+                # Said, not refused: fine-tuning at another size is a choice, but the model files then record
+                # only this one, and a starting file of the wrong size given by mistake would go unnoticed.
+                warnings.warn(
+                    f"`init_weights.{name}` {path} was trained on {trained} px crops, this run's are {size} px: "
+                    f"fine-tuning starts from weights learned at another size (this run's model files record "
+                    f"{size} px)",
+                    ModelUsageWarning,
+                    stacklevel=2,
+                )
 
     def model_info(self, name: str, step: int) -> ModelInfo:
         """What `<name>.safetensors` records about how to use it and where it came from."""

@@ -132,7 +132,7 @@ def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
     to do; not torch's list of every parameter."""
     check_initial_weight_names(task, files)
     for name, path in files.items():
-        model, _ = load_model(path, map_location="cpu")
+        model, info = load_model(path, map_location="cpu")
         network = task.networks[name]
         misfit = initial_weights_misfit(task.config, name, network, model)
         if misfit:
@@ -143,6 +143,8 @@ def load_initial_weights(task: TrainingTask, files: dict[str, str]) -> None:
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointError(f"{path} does not fit the {name} network of this run: {first}") from None
         task.initial_weights[name] = {"file": str(path), "sha256": content_digest(path)}
+        if info.crop_size is not None:  # files from before the record say nothing
+            task.initial_crop_sizes[name] = (str(path), info.crop_size)
 
 
 def check_initial_weight_names(task: TrainingTask, files: dict[str, str]) -> None:

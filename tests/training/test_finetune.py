@@ -53,6 +53,61 @@ def test_init_weights_starts_from_the_file_and_refuses_a_misfit(tmp_path):
         train_mseg(wider, _data())
 
 
+def test_a_fine_tune_from_a_file_of_another_crop_size_says_so_once(tmp_path, tiny_dataset):
+    """A starting file trained at another size than the run's crops was fine-tuned from without a word (the model
+    files then record only the new size): one warning naming both sizes, as m2u-train's one line."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from m2u.training.checkpoint import ModelUsageWarning
+    from m2u.training.cli import train_main
+
+    first = _run(tmp_path / "first")  # 32 px crops
+    config = MSegTrainConfig(
+        out=str(tmp_path / "large"), model=TINY, batch_size=2, max_steps=3, init_weights={"mseg": str(first)},
+        **QUIET,
+    )  # fmt: skip
+    with pytest.warns(ModelUsageWarning) as said:
+        train_mseg(config, _data(size=64))
+    assert [str(w.message) for w in said] == [
+        f"`init_weights.mseg` {first} was trained on 32 px crops, this run's are 64 px: fine-tuning starts from "
+        "weights learned at another size (this run's model files record 64 px)"
+    ]
+    with warnings.catch_warnings():  # the same size: nothing to say
+        warnings.simplefilter("error", ModelUsageWarning)
+        _run(tmp_path / "same", init_weights={"mseg": str(first)})
+    large = tmp_path / "large" / "mseg.safetensors"
+    args = [
+        "mseg",
+        "--data",
+        str(tiny_dataset),
+        "-o",
+        str(tmp_path / "cli"),
+        "--max-steps",
+        "2",
+        "--workers",
+        "0",
+    ]
+    args += [
+        "-q",
+        "--no-test",
+        "--base-channels",
+        "4",
+        "--levels",
+        "3",
+        "--set",
+        f"init_weights.mseg={large}",
+    ]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: ") == 1
+    assert (
+        f"warning: `init_weights.mseg` {large} was trained on 64 px crops, this run's are 32 px"
+        in result.stderr
+    )
+
+
 def test_a_fine_tune_names_its_starting_file_and_resumes_without_it(tmp_path):
     """Each model file of a fine-tune records the file it started from and that file's SHA-256 (a path names
     whatever is there later: a package reinstalled over the one a release started from). A resume reads every weight
