@@ -149,6 +149,15 @@ class BuildConfig:
                 "cannot be combined with `overwrite` or `finalize`: partitions share OUT; "
                 "finalize with a run without `partition`",
             )
+        if self.finalize and self.overwrite:
+            # `overwrite` removes the build first: every partition's committed shards, which `finalize` is to
+            # record, were deleted before the refusal that nothing is committed.
+            raise SettingError(
+                "finalize",
+                "cannot be combined with `overwrite`: `finalize` writes the manifests of the shards the "
+                "partitions built, which `overwrite` would delete first; finalize without `overwrite`, or "
+                "rebuild everything with `overwrite` alone",
+            )
 
     def output_arguments(self) -> dict[str, Any]:
         """The arguments that decide the output bytes (the runtime fields: workers, distributor, partition... do

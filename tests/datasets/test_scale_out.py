@@ -195,6 +195,25 @@ def test_finalize_refuses_while_shards_are_missing(faces, tmp_path):
     assert 0 < stats["shards_built"] < stats["shards_in_scope"]
 
 
+def test_finalize_with_overwrite_is_refused_before_the_partitions_shards_are_touched(faces, tmp_path):
+    """`--finalize --overwrite` deleted every partition's committed shards, then refused to finalise as "N shard(s)
+    are not committed yet": the job array's work was gone."""
+    from click.testing import CliRunner
+
+    from m2u.datasets.cli import main as cli_main
+
+    out = tmp_path / "out"
+    build_dataset([faces], out, dataclasses.replace(CONFIG, partition=(0, 2)))
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert any(name.endswith(".tar") for name in before)
+    result = CliRunner().invoke(cli_main, _cli(faces, out, "--finalize", "--overwrite")[3:])
+    assert result.exit_code == 2
+    assert "Error: --finalize: cannot be combined with --overwrite" in result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == before
+    with pytest.raises(ValueError, match="finalize: cannot be combined with `overwrite`"):
+        BuildConfig(finalize=True, overwrite=True)
+
+
 def test_partition_locks(faces, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
