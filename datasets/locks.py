@@ -43,6 +43,11 @@ def _mark(fd: int) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
+def built_in_partitions(out_dir: Path) -> bool:
+    """Whether a `partition` run has built into OUT (its lock file stays in the build state once it has ended)."""
+    return any(_PARTITION_LOCK.match(p.name) for p in (out_dir / STATE_DIR).glob("partition-*-of-*.lock"))
+
+
 def running_partitions(out_dir: Path, except_count: int | None = None) -> list[str]:
     """The partitions whose lock is held right now, as "I/N (pid P)"; with ``except_count``, other N only."""
     found = []

@@ -156,17 +156,26 @@ def check_dataset_record(folder: Path) -> None:
     manifest.parquet (deleted, or a --partition build not finalised yet) is refused rather than read as whatever
     shards are left. A folder of shards m2u did not build (no build state, no stats.json) is read as it is."""
     from m2u.datasets.layout import STATE_DIR, STATS_NAME
+    from m2u.datasets.locks import built_in_partitions
 
     if (folder / MANIFEST_NAME).is_file():
         return
     if (folder / STATE_DIR).is_dir() or (folder / STATS_NAME).is_file():
         unfinished = (folder / STATE_DIR).is_dir() and not (folder / STATS_NAME).is_file()
-        why = (
-            "its build is not finalised (a `partition` build: run the last partition, or rerun without "
-            "`partition`, to write it)"
-            if unfinished
-            else "it was deleted: rebuild it (rerun m2u-make-dataset with the same arguments)"
-        )
+        if not unfinished:
+            why = "it was deleted: rebuild it (rerun m2u-make-dataset with the same arguments)"
+        elif built_in_partitions(folder):
+            # Only a run without --partition writes the manifests: --finalize, or a plain run building the rest.
+            why = (
+                "its build in partitions is not finalised: once every partition is done, run m2u-make-dataset "
+                "with the same arguments and --finalize (without --partition) to write it"
+            )
+        else:
+            # A run stopped (Ctrl-C, a crash) before its manifests: a rerun resumes it from its committed shards.
+            why = (
+                "its build did not finish (it was stopped before writing its manifests): rerun m2u-make-dataset "
+                "with the same arguments to finish it"
+            )
         raise ShardError(f"the dataset {folder} has no {MANIFEST_NAME}, the record of what it holds; {why}")
 
 

@@ -214,6 +214,33 @@ def test_finalize_with_overwrite_is_refused_before_the_partitions_shards_are_tou
         BuildConfig(finalize=True, overwrite=True)
 
 
+def test_a_reader_of_an_unfinished_build_is_told_how_to_finish_it(faces, tmp_path):
+    """A build stopped before its manifests (Ctrl-C) was read as "a `partition` build: run the last partition, or
+    rerun without `partition`": no such build, and no partition is "last". A build in partitions is finalised
+    with --finalize; a stopped build is finished by rerunning it."""
+    from m2u.datasets.distributors import make_distributor
+    from m2u.datasets.loader import LoaderConfig, ShardError, make_loader
+
+    class StoppedAfterOneShard:
+        def run(self, job, tasks, progress, inherited_fds=()):
+            yield next(iter(make_distributor(CONFIG).run(job, tasks, progress, inherited_fds)))
+            raise KeyboardInterrupt
+
+    stopped, partitioned = tmp_path / "stopped", tmp_path / "partitioned"
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset([faces], stopped, CONFIG, distributor=StoppedAfterOneShard())
+    assert list((stopped / STATE_DIR).glob("*.parquet")), "the stopped build committed a shard"
+    build_dataset([faces], partitioned, dataclasses.replace(CONFIG, partition=(0, 2)))
+    config = LoaderConfig(num_workers=0, batch_size=2)
+    with pytest.raises(
+        ShardError, match="did not finish.*rerun m2u-make-dataset with the same arguments"
+    ) as info:
+        make_loader(stopped, "train", config)
+    assert "partition" not in str(info.value)
+    with pytest.raises(ShardError, match=r"in partitions is not finalised.*same arguments and --finalize"):
+        make_loader(partitioned, "train", config)
+
+
 def test_partition_locks(faces, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
