@@ -192,6 +192,13 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _named_place(path: Path) -> str:
+    """The file an input entry names, for "named more than once": its folder resolved (a folder reached through a
+    link or `..` is the same folder: `photos_link/a.jpg` and `photos/a.jpg` were two inputs, one photo read twice,
+    a duplicate sample), its own name as it is (a link to a photo is an input of its own, named by the link)."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
 MASK_FILE_SUFFIX = "_mask.png"  # m2u-mask writes NAME_mask.png and NAME.json beside the masked photo
 
 
@@ -379,7 +386,7 @@ def discover(
             entries = [InputEntry(path, path.name, text, "", probe(path))]
         fresh = []
         for entry in entries:  # a file named twice ("s3 ./s3", a folder and a photo in it) is one input
-            where = os.path.abspath(entry.path)
+            where = _named_place(entry.path)
             if where in seen:
                 found.repeated += 1
                 found.repeated_per_input[text] = found.repeated_per_input.get(text, 0) + 1

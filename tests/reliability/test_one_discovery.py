@@ -104,6 +104,23 @@ def test_a_file_named_twice_is_one_input_and_an_earlier_runs_outputs_inside_are_
     assert given.m2u_outputs == 0
 
 
+def test_a_photo_named_through_a_linked_folder_and_directly_is_one_input(tmp_path):
+    """`photos_link photos/a.png` (photos_link -> photos) gave two inputs of one photo: m2u-make-dataset built it
+    twice, a duplicate sample. The folder is resolved; a link to a photo stays an input of its own."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, value in (("a.png", 90), ("b.png", 120)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(photos / name)
+    (tmp_path / "photos_link").symlink_to(photos, target_is_directory=True)
+    (photos / "alias.png").symlink_to(photos / "a.png")
+    found = inputs.discover(
+        [str(tmp_path / "photos_link"), str(photos / "a.png"), f"{photos}/../photos/b.png"]
+    )
+    assert [e.relative for e in found.entries] == ["a.png", "alias.png", "b.png"]
+    assert found.repeated == 2
+    assert "2 file(s) named more than once by the inputs were read once" in found.describe_skipped()
+
+
 def test_jfif_and_jpe_photos_are_found_and_m2us_own_locks_are_not_counted(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
