@@ -100,7 +100,10 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     "--identity-file", type=click.Path(dir_okay=False, exists=True), help="CelebA-style '<file> <id>' file."
 )
 @click.option("--identity-pattern", help="File-name pattern with {identity}, e.g. '{identity}_{id}.jpg'.")
-@limit_option()
+@limit_option(
+    "Use only the first N inputs by path (the inputs sorted by full path, in whatever order they are given: "
+    "the same N photos on every run)."
+)
 @click.option(
     "--variants",
     default=BuildConfig.variants,

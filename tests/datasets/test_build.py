@@ -55,6 +55,30 @@ def test_every_input_is_in_the_manifest_even_without_a_face(tmp_path):
     assert json.loads((out / "stats.json").read_text())["arguments"]["seed"] == 0
 
 
+def test_limit_keeps_the_first_inputs_by_path_as_its_help_says(tmp_path):
+    """--help said "the first N inputs (in the order they are found)", but the build keeps the first N by path:
+    `b.png a.png --limit 1` builds a.png. The help now says which N photos a run reads."""
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    later, earlier = photos / "noise_2.png", photos / "noise_0.png"
+    args = [
+        str(later),
+        str(earlier),
+        "-o",
+        str(out),
+        "--limit",
+        "1",
+        "--mask-engine",
+        "synthetic",
+        "--workers",
+        "1",
+    ]
+    result = CliRunner().invoke(cli_main, [*args, "--size", "64", "-q"])
+    assert result.exit_code == 1 and "no pair was written" in result.output, result.output  # no face in noise
+    assert list(read_manifest(out)["source"]) == [str(earlier)]
+    (limit,) = [p for p in cli_main.params if p.name == "limit"]
+    assert "first N inputs by path" in (limit.help or "") and "order they are found" not in (limit.help or "")
+
+
 def test_stats_json_records_what_the_folder_scans_passed_over(tmp_path):
     """A photo in a format m2u does not read (.heic) or a hidden one was said on stderr only: the build's record
     (stats.json) had no trace of it once the job's log was gone."""
