@@ -740,12 +740,12 @@ def check_dataset(data: str | os.PathLike[str]) -> None:
             "data", f"{text} is not a folder (a dataset is the folder m2u-make-dataset -o wrote)"
         )
     if not (path / MANIFEST_NAME).is_file():
-        if (path / STATE_DIR).is_dir():
-            raise SettingError(
-                "data",
-                f"{text} is a dataset whose build has not finished (its {MANIFEST_NAME} is written last): run the "
-                "build that made it again, or finalise it (`finalize`) after its partitions",
-            )
+        from m2u.datasets.shardcheck import ShardError, check_dataset_record
+
+        try:
+            check_dataset_record(path)  # an unfinished or damaged build: the readers' words, how to finish it
+        except ShardError as exc:
+            raise SettingError("data", str(exc)) from None
         raise SettingError(
             "data", f"{text} is not a dataset (no {MANIFEST_NAME}; build one with m2u-make-dataset)"
         )

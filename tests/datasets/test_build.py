@@ -485,8 +485,17 @@ def test_a_dataset_still_being_built_is_said_so_where_it_is_read(tmp_path):
     with pytest.raises(ValueError, match="is a dataset: name the split"):
         make_loader(data, None)
     (data / "manifest.parquet").unlink()
+    (data / "stats.json").unlink()  # written with the manifests, last
     (data / STATE_DIR).mkdir(exist_ok=True)
-    with pytest.raises(SettingError, match="build has not finished.*`finalize`"):
+    # m2u-eval said "run the build that made it again, or finalise it (`finalize`) after its partitions", other
+    # words than the loader's (and m2u-train's) for the same dataset: now one message, the loader's, for both cases.
+    with pytest.raises(
+        SettingError, match=r"did not finish \(it was stopped.*rerun m2u-make-dataset"
+    ) as info:
+        check_dataset(data)
+    assert "partition" not in str(info.value)
+    (data / STATE_DIR / "partition-0-of-2.lock").write_text("")  # as a --partition run leaves it
+    with pytest.raises(SettingError, match="in partitions is not finalised.*same arguments and --finalize"):
         check_dataset(data)
 
 
