@@ -213,8 +213,30 @@ def _held_without_state(out_dir: Path) -> list[str]:
     return held
 
 
-def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, Any]) -> bool:
-    """Check OUT against this build; returns True when an earlier run with the same arguments is resumed."""
+def _inputs_changed(out_dir: Path, sources: Sequence[str]) -> str:
+    """How this build's inputs (`sources`, absolute paths) differ from those of the finished build in OUT (its
+    manifest): "2 added, 1 removed: a.jpg, ..."; "" when the same, or when OUT has no readable manifest."""
+    import pyarrow.parquet as pq
+
+    try:
+        earlier = set(pq.read_table(out_dir / MANIFEST_NAME, columns=["source"]).column("source").to_pylist())
+    except Exception:  # noqa: BLE001 - no manifest (a build stopped early) or not one of m2u's: nothing to say
+        return ""
+    now = set(sources)
+    added, removed = sorted(now - earlier), sorted(earlier - now)
+    if not added and not removed:
+        return ""
+    counts = [f"{len(paths)} {word}" for paths, word in ((added, "added"), (removed, "removed")) if paths]
+    named = [*added, *removed]
+    more = f" (and {len(named) - 3} more)" if len(named) > 3 else ""
+    return f"{', '.join(counts)}: {', '.join(named[:3])}{more}"
+
+
+def _prepare_out_dir(
+    out_dir: Path, config: BuildConfig, fingerprint: dict[str, Any], sources: Sequence[str] = ()
+) -> bool:
+    """Check OUT against this build; returns True when an earlier run with the same arguments is resumed.
+    `sources`: the inputs this build reads, to say which changed when the plan differs."""
     state_file = out_dir / STATE_DIR / BUILD_STATE_NAME
     foreign = foreign_entries(out_dir)
     if foreign:
@@ -257,8 +279,12 @@ def _prepare_out_dir(out_dir: Path, config: BuildConfig, fingerprint: dict[str, 
         if not reasons:
             # Same arguments and engine, another plan: other inputs, or the same ones planned otherwise by another
             # m2u version (names outside ASCII, duplicate photos joined in one split).
+            changed_inputs = _inputs_changed(out_dir, sources)
             reasons.append(
-                "another plan of samples (other inputs or identities, or an m2u version that plans them otherwise)"
+                f"other inputs (since then {changed_inputs})"
+                if changed_inputs
+                else "another plan of samples (other inputs or identities, or an m2u version that plans them "
+                "otherwise)"
             )
         held = f"{out_dir} holds a build made with {' and '.join(reasons)}"
         if not config.finalize:
@@ -406,7 +432,9 @@ def build_dataset(
         raise BuildError(problem)
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, config.partition) as fds:
-        resumed = _prepare_out_dir(out, config, plan.fingerprint(config))
+        resumed = _prepare_out_dir(
+            out, config, plan.fingerprint(config), [item.source for item in plan.items]
+        )
         todo, damaged = _shards_to_build(out, plan.tasks_of(config.partition), config)
         if config.finalize and todo:
             raise BuildError(

@@ -109,9 +109,11 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
     assert result.stats["arguments"]["seed"] == 1
     assert not result.stats["resumed"]
     assert build_dataset([photos], out, _config(seed=1)).stats["resumed"]
-    # the same arguments over other inputs: said as another plan, not as arguments
+    # the same arguments over other inputs: said as other inputs, naming them, not as arguments
     cv2.imwrite(str(photos / "noise_new.png"), np.full((48, 48, 3), 7, np.uint8))
-    with pytest.raises(BuildError, match=r"another plan of samples \(other inputs.*`overwrite`"):
+    with pytest.raises(
+        BuildError, match=r"other inputs \(since then 1 added: .*noise_new\.png\).*`overwrite`"
+    ):
         build_dataset([photos], out, _config(seed=1))
 
 
@@ -196,6 +198,18 @@ def test_a_refused_rerun_names_every_difference_and_a_finalize_is_not_told_to_ov
         BuildError, match=r"mask engine version 1.*; finalize with the m2u and the arguments that built it"
     ):
         build_dataset([photos], out, _config(mask_engine="m2u", finalize=True))
+
+
+def test_a_rerun_refused_for_other_inputs_names_the_photos_added_and_removed(tmp_path):
+    """A rerun after photos were added to (or removed from) the inputs was refused as "another plan of samples
+    (other inputs or identities, or an m2u version that plans them otherwise)": which, the user had to find out."""
+    photos, out = _faceless_folder(tmp_path), tmp_path / "out"
+    build_dataset([photos], out, _config())
+    shutil.copyfile(photos / "noise_1.png", photos / "sub" / "new.png")
+    (photos / "noise_0.png").unlink()
+    with pytest.raises(BuildError, match=r"made with other inputs \(since then 1 added, 1 removed: ") as info:
+        build_dataset([photos], out, _config())
+    assert f"{photos / 'sub' / 'new.png'}, {photos / 'noise_0.png'}); use `overwrite`" in str(info.value)
 
 
 def test_a_build_stopped_before_its_first_commit_binds_nothing(tmp_path):
