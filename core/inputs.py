@@ -398,6 +398,21 @@ def discover(
     return found
 
 
+def changes_in_words(changes: Mapping[str, Sequence[str]], most: int = 3) -> str:
+    """Inputs that differ from an earlier run's, briefly, for the line saying why it is rerun or refused:
+    `changes` maps a kind ("added", "changed", "removed") to its names, in the order said: "2 photos added,
+    1 removed: a.jpg, b.jpg, c.jpg"; the first `most` names, then "(and N more)"; "" when none differ."""
+    counted = [(kind, list(names)) for kind, names in changes.items() if names]
+    if not counted:
+        return ""
+    (first, first_names), rest = counted[0], counted[1:]
+    counts = [f"{len(first_names)} photo{'s' if len(first_names) > 1 else ''} {first}"]
+    counts += [f"{len(names)} {kind}" for kind, names in rest]
+    named = [name for _, names in counted for name in names]
+    more = f" (and {len(named) - most} more)" if len(named) > most else ""
+    return f"{', '.join(counts)}: {', '.join(named[:most])}{more}"
+
+
 def no_images_error(found: Discovery) -> InputError:
     """The one error every tool gives when its inputs hold no image file, saying what was passed over."""
     said = found.describe_skipped()

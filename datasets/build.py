@@ -29,7 +29,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from m2u.core.fileio import RECORD_NAME, OutputRefusedError, atomic_write_text, remove_written
-from m2u.core.inputs import input_folder_problem, input_list, output_location_problem, whole_folder_problem
+from m2u.core.inputs import (
+    changes_in_words,
+    input_folder_problem,
+    input_list,
+    output_location_problem,
+    whole_folder_problem,
+)
 from m2u.datasets.config import MASK_ENGINES, BuildClashError, BuildConfig, BuildError, BuildLockedError
 from m2u.datasets.distributors import Distributor, make_distributor
 from m2u.datasets.layout import (
@@ -215,7 +221,7 @@ def _held_without_state(out_dir: Path) -> list[str]:
 
 def _inputs_changed(out_dir: Path, sources: Sequence[str]) -> str:
     """How this build's inputs (`sources`, absolute paths) differ from those of the finished build in OUT (its
-    manifest): "2 added, 1 removed: a.jpg, ..."; "" when the same, or when OUT has no readable manifest."""
+    manifest): "2 photos added, 1 removed: a.jpg, ..."; "" when the same, or when OUT has no readable manifest."""
     import pyarrow.parquet as pq
 
     try:
@@ -223,13 +229,7 @@ def _inputs_changed(out_dir: Path, sources: Sequence[str]) -> str:
     except Exception:  # noqa: BLE001 - no manifest (a build stopped early) or not one of m2u's: nothing to say
         return ""
     now = set(sources)
-    added, removed = sorted(now - earlier), sorted(earlier - now)
-    if not added and not removed:
-        return ""
-    counts = [f"{len(paths)} {word}" for paths, word in ((added, "added"), (removed, "removed")) if paths]
-    named = [*added, *removed]
-    more = f" (and {len(named) - 3} more)" if len(named) > 3 else ""
-    return f"{', '.join(counts)}: {', '.join(named[:3])}{more}"
+    return changes_in_words({"added": sorted(now - earlier), "removed": sorted(earlier - now)})
 
 
 def _prepare_out_dir(

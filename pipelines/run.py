@@ -44,6 +44,7 @@ from m2u.core.guard import UserError, one_line, stop_name, stop_of
 from m2u.core.imageio import DigestCache
 from m2u.core.inputs import (
     Discovery,
+    changes_in_words,
     discover,
     input_folder_named,
     no_images_error,
@@ -220,15 +221,7 @@ def faces_changed(run: Path, marks: list[FaceMark], most: int = 3) -> str:
         "changed": sorted(key for key in now if key in before and before[key] != now[key]),
         "removed": sorted(key for key in before if key not in now),
     }
-    counted = [(kind, keys) for kind, keys in kinds.items() if keys]
-    if not counted:
-        return ""
-    first, first_keys = counted[0]
-    counts = [f"{len(first_keys)} photo{'s' if len(first_keys) > 1 else ''} {first}"]
-    counts += [f"{len(keys)} {kind}" for kind, keys in counted[1:]]
-    names = [name for _, keys in counted for _, name in keys]
-    more = f" (and {len(names) - most} more)" if len(names) > most else ""
-    return f"{', '.join(counts)}: {', '.join(names[:most])}{more}"
+    return changes_in_words({kind: [name for _, name in keys] for kind, keys in kinds.items()}, most)
 
 
 def _read_hash_cache(path: Path) -> dict[str, tuple[str, str]]:

@@ -112,7 +112,7 @@ def test_changed_arguments_are_refused_unless_overwrite(tmp_path):
     # the same arguments over other inputs: said as other inputs, naming them, not as arguments
     cv2.imwrite(str(photos / "noise_new.png"), np.full((48, 48, 3), 7, np.uint8))
     with pytest.raises(
-        BuildError, match=r"other inputs \(since then 1 added: .*noise_new\.png\).*`overwrite`"
+        BuildError, match=r"other inputs \(since then 1 photo added: .*noise_new\.png\).*`overwrite`"
     ):
         build_dataset([photos], out, _config(seed=1))
 
@@ -207,7 +207,9 @@ def test_a_rerun_refused_for_other_inputs_names_the_photos_added_and_removed(tmp
     build_dataset([photos], out, _config())
     shutil.copyfile(photos / "noise_1.png", photos / "sub" / "new.png")
     (photos / "noise_0.png").unlink()
-    with pytest.raises(BuildError, match=r"made with other inputs \(since then 1 added, 1 removed: ") as info:
+    with pytest.raises(
+        BuildError, match=r"made with other inputs \(since then 1 photo added, 1 removed: "
+    ) as info:
         build_dataset([photos], out, _config())
     assert f"{photos / 'sub' / 'new.png'}, {photos / 'noise_0.png'}); use `overwrite`" in str(info.value)
 
