@@ -6,6 +6,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+# A rerun's input that gets no output this time (no face, refused, an error) whose earlier output is at its output
+# name: said after that path in its row's reason. Finished work is never deleted (m2u-unmask and m2u-mask alike).
+EARLIER_OUTPUT_KEPT = "is an earlier run's output, left as it is"
+
 
 class Status(enum.StrEnum):
     OK = "ok"

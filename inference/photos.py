@@ -42,7 +42,7 @@ from m2u.core.inputs import (
     read_names_ledger,
     remember_output_names,
 )
-from m2u.core.outcome import Status
+from m2u.core.outcome import EARLIER_OUTPUT_KEPT, Status
 from m2u.core.parallel import worker_pool
 from m2u.inference.masked_rule import NOTHING_TO_RESTORE, judged_no_face, judged_not_masked
 from m2u.inference.restore import IMPLAUSIBLE_MASK_SHARE
@@ -67,8 +67,6 @@ SMALL_FACES_MAY_HIDE = "smaller faces may be missed: tiles are off"
 # (kill -9, a power loss) loses at most this much of its report, and each rewrite (the whole report, a few ms per
 # thousand photos) costs next to nothing at this pace.
 REPORT_INTERVAL_S = 60.0
-# A photo not restored this time whose earlier restoration is at its output name: said after that path in its reason.
-EARLIER_OUTPUT_KEPT = "is an earlier run's output, left as it is"
 
 
 # "same": the input's own suffix where m2u.core.imageio.write_photo writes its format (WebP lossless); other inputs

@@ -59,7 +59,7 @@ from m2u.core.inputs import (
     remember_output_names,
     report_clash,
 )
-from m2u.core.outcome import Outcome, Status
+from m2u.core.outcome import EARLIER_OUTPUT_KEPT, Outcome, Status
 from m2u.core.parallel import report, worker_pool
 from m2u.core.runtime import runtime_field
 from m2u.masking.detect import DetectorConfig, FaceDetector, retry_note
@@ -134,6 +134,9 @@ class BatchResult:
     # Outputs an earlier run wrote into this folder for inputs this run had not (an input removed, or renamed by
     # its position among equal names): kept, as finished work, but not in report.csv.
     earlier: tuple[Path, ...] = ()
+    # The masked photos of an earlier run kept for inputs this run was given and gave no output (each row's reason
+    # names its own); `earlier` names their metadata files too.
+    kept: tuple[Path, ...] = ()
 
     @property
     def report(self) -> Path:
@@ -509,20 +512,21 @@ def _remove_unreported_outputs(
                         remove_written(out, [path.relative_to(out).as_posix()])
 
 
-def _remove_earlier_outputs(out: Path, rows: list[dict[str, str | int]], stems: list[Path]) -> None:
-    """An input that gets no output this run (no face, every mask refused, an error) loses the outputs an earlier
-    run into `out` wrote for it, so the folder holds what report.csv says. Only m2u's files go (the folder's record);
-    anything else at those names stays."""
-    earlier = [
-        path.relative_to(out).as_posix()
-        for row, stem in zip(rows, stems, strict=True)
-        if row["status"] != "ok"
-        for path in output_paths(out, stem, str(row["mask_type"]))
-        if path.exists()
-    ]
-    for name in earlier:
-        with contextlib.suppress(OutputRefusedError):  # not written by m2u: never ours to remove
-            remove_written(out, [name])
+def _say_earlier_outputs_kept(out: Path, rows: list[dict[str, str | int]], stems: list[Path]) -> list[Path]:
+    """An input that gets no output this run (no face, every mask refused, an error, a higher --min-score) keeps the
+    outputs an earlier run into `out` wrote for it: finished work is never deleted (as m2u-unmask keeps an earlier
+    restoration). Its row's reason names the masked photo kept, so report.csv says what the folder holds; the masked
+    photos so kept are returned."""
+    kept = []
+    for row, stem in zip(rows, stems, strict=True):
+        if row["status"] == "ok":
+            continue
+        photo = output_paths(out, stem, str(row["mask_type"]))[0]
+        if photo.exists():
+            reason = f"{photo} {EARLIER_OUTPUT_KEPT}"
+            row["reason"] = f"{row['reason']}; {reason}" if row["reason"] else reason
+            kept.append(photo)
+    return kept
 
 
 def write_report(rows: list[dict[str, str | int]], path: Path) -> None:
@@ -610,7 +614,7 @@ def mask_files(
             stems += [stem for _ in under_way for stem in reached]
             try:
                 _remove_unreported_outputs(out, under_way, under_way_stems, set(finished), began)
-                _remove_earlier_outputs(out, rows, stems)
+                _say_earlier_outputs_kept(out, rows, stems)
                 planned = [
                     (str(files[i][0].path), mask.mask_type) for mask, indices in groups for i in indices
                 ]
@@ -626,13 +630,13 @@ def mask_files(
                 f"{out / REPORT_NAME} lists the {len(rows)} of {len(planned)} outputs finished{also}"
             ) from error
         seconds = time.perf_counter() - start
-        _remove_earlier_outputs(out, rows, stems)
+        kept_outputs = _say_earlier_outputs_kept(out, rows, stems)
         write_report(rows, out / REPORT_NAME)
         produced = {
             output_paths(out, stem, str(row["mask_type"]))[2] for row, stem in zip(rows, stems, strict=True)
         }
         earlier = _outputs_not_in(out, produced)
-    return BatchResult(out, rows, workers, seconds, found.describe_skipped(), earlier)
+    return BatchResult(out, rows, workers, seconds, found.describe_skipped(), earlier, tuple(kept_outputs))
 
 
 def _outputs_not_in(out: Path, produced: set[Path]) -> tuple[Path, ...]:

@@ -297,18 +297,31 @@ def _report(result) -> None:
         f"{result.workers} worker(s). Report: {result.report}",
         err=True,
     )
-    if result.earlier:
-        named = ", ".join(str(path.with_suffix(".jpg")) for path in result.earlier[:3])
-        more = f" and {len(result.earlier) - 3} more" if len(result.earlier) > 3 else ""
+    if result.kept:
         click.echo(
-            f"note: {len(result.earlier)} output(s) of an earlier run here are kept but not in this report (its "
-            f"inputs were not given this time, or took other names): {named}{more}",
+            f"note: {len(result.kept)} output(s) of an earlier run here are kept, though their inputs were given and "
+            f"got none this time (each row's reason says why): {_some(result.kept)}",
+            err=True,
+        )
+    kept = {path.with_suffix(".json") for path in result.kept}
+    others = [path.with_suffix(".jpg") for path in result.earlier if path not in kept]
+    if others:
+        click.echo(
+            f"note: {len(others)} output(s) of an earlier run here are kept but not in this report (its "
+            f"inputs were not given this time, or took other names): {_some(others)}",
             err=True,
         )
     if not result.anything_read:
         click.echo("nothing could be read", err=True)
     if not result.anything_read or result.count("error"):
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _some(paths: list[Path] | tuple[Path, ...]) -> str:
+    """The first three of `paths`, and how many more."""
+    return ", ".join(str(path) for path in paths[:3]) + (
+        f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    )
 
 
 # SIGTERM takes the workers with it; a full disk or a refused output is one line (m2u.core.guard).

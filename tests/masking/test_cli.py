@@ -40,9 +40,11 @@ def test_bad_and_faceless_inputs_get_rows_and_exit_1(tmp_path):
     assert "3 inputs" in result.output
 
 
-def test_an_input_that_gets_no_output_this_run_loses_an_earlier_runs_outputs(tmp_path, astronaut_portrait):
-    """The same output folder again, where photos that were masked before now have no face: their earlier outputs
-    go (m2u's own, by the folder's record), so the folder holds what report.csv says."""
+def test_an_input_that_gets_no_output_this_run_keeps_an_earlier_runs_outputs(tmp_path, astronaut_portrait):
+    """The same output folder again, where photos that were masked before now get no output (a rerun with a
+    mistyped --min-score, or the photos changed): the earlier run's outputs were deleted, finished work lost without
+    a word. They stay (as m2u-unmask keeps an earlier restoration), each row's reason names its masked photo kept,
+    and the run's note counts them."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     Image.fromarray(astronaut_portrait).save(src / "face.png")
@@ -50,24 +52,31 @@ def test_an_input_that_gets_no_output_this_run_loses_an_earlier_runs_outputs(tmp
     assert CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"]).exit_code == 0
     outputs = sorted(p.name for p in out.iterdir() if p.name.startswith("face_"))
     assert outputs == ["face_surgical.jpg", "face_surgical.json", "face_surgical_mask.png"], outputs
-    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(src / "face.png")  # no face any more
-    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(src / "other.png")
-    (out / "other_surgical.json").unlink()  # one of them gone already
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("face_", "other_"))}
     # One replaced by hand with a person's own file (m2u's record still names it): theirs, so the run is refused
     # before anything is written or removed.
     (out / "other_surgical.jpg").unlink()
     (out / "other_surgical.jpg").write_bytes(b"a person's own picture")
-    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet", "--min-score", "5"])
     assert (
         result.exit_code == 2 and "other_surgical.jpg exists and is not the file m2u wrote" in result.output
     )
     assert (out / "other_surgical.jpg").read_bytes() == b"a person's own picture"
-    assert (out / "face_surgical.jpg").exists()
-    (out / "other_surgical.jpg").unlink()
-    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"])
+    (out / "other_surgical.jpg").write_bytes(before["other_surgical.jpg"])  # put back: m2u's own again
+    # A score no detection reaches: no output for either photo this time.
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet", "--min-score", "5"])
     rows = {Path(r["path"]).name: r for r in _report(out)}
     assert rows["face.png"]["status"] == rows["other.png"]["status"] == "no_face", result.output
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["report.csv"]
+    assert rows["face.png"]["output"] == ""
+    assert rows["face.png"]["reason"].endswith(
+        f"{out / 'face_surgical.jpg'} is an earlier run's output, left as it is"
+    )
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("face_", "other_"))}
+    assert after == before  # every earlier output kept, byte for byte
+    assert (
+        "note: 2 output(s) of an earlier run here are kept, though their inputs were given" in result.output
+    )
+    assert "not in this report" not in result.output  # they were given: not said as inputs left out
 
 
 def test_nothing_readable_exits_1(tmp_path):
