@@ -287,6 +287,12 @@ def notice(line: str) -> None:
     click.echo(line, err=True)
 
 
+def input_line(status: str, path: object, reason: str) -> None:
+    """One input's line on stderr, as every per-file tool says it ("error: x.jpg: not an image ..."): an input that
+    could not be used is named where the run is watched, not only in its report's row."""
+    click.echo(f"{status}: {path}: {reason}", err=True)
+
+
 def warn_unused(names: tuple[str, ...], because: str, ctx: click.Context | None = None) -> None:
     """Options with no effect beside another are said on stderr ("warning: BECAUSE: --x, --y not used"), not
     silently ignored; nothing is said when none of `names` was given."""

@@ -18,6 +18,7 @@ from m2u.core.cli import (
     device_option,
     exit_codes_help,
     given_options,
+    input_line,
     inputs_argument,
     limit_option,
     min_score_option,
@@ -265,7 +266,7 @@ def unmask_main(**kw) -> None:
         raise Refused(cli_message(exc)) from exc
     for r in results:
         if r.status != "ok" or r.left_faces:
-            click.echo(f"{r.status}: {r.input}: {r.reason}", err=True)
+            input_line(r.status, r.input, r.reason)
     click.echo(summarize(results, Path(kw["out_dir"]) / "faces.jsonl"))
     warning = implausible_masks_warning(results)
     if warning:

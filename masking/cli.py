@@ -18,6 +18,7 @@ from m2u.core.cli import (
     cli_message,
     color_option,
     exit_codes_help,
+    input_line,
     inputs_argument,
     limit_option,
     min_score_option,
@@ -285,6 +286,11 @@ def _batch_config(
 def _report(result) -> None:
     """The run's summary line on stderr; exits EXIT_SOME_FAILED when nothing could be read or some inputs
     failed."""
+    said = set()
+    for row in result.rows:  # one line per input that could not be used (--mask-type all: one row per type)
+        if row["status"] == "error" and row["path"] not in said:
+            said.add(row["path"])
+            input_line("error", row["path"], str(row["reason"]))
     if result.skipped:
         click.echo(result.skipped, err=True)
     rows = len(result.rows)

@@ -38,6 +38,12 @@ def test_bad_and_faceless_inputs_get_rows_and_exit_1(tmp_path):
     assert rows["text.png"]["status"] == "error" and rows["text.png"]["reason"]
     assert rows["blank.png"]["status"] == "no_face"
     assert "3 inputs" in result.output
+    # Each input that could not be used is named on stderr, as m2u-unmask names it, not only counted ("2 errors").
+    said = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert said == [
+        f"error: {src / 'empty.jpg'}: {rows['empty.jpg']['reason']}",
+        f"error: {src / 'text.png'}: {rows['text.png']['reason']}",
+    ], result.output
 
 
 def test_an_input_that_gets_no_output_this_run_keeps_an_earlier_runs_outputs(tmp_path, astronaut_portrait):
