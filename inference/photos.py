@@ -412,10 +412,11 @@ def _unmask_one(
             row.reason = turned + (f"; {row.reason}" if row.reason else "")
         if any(f.alignment == "aligned-input-resized" for f in faces):
             size = unmasker.usage.require_crop_size()
-            row.reason = (  # aligned inputs are never refused: nothing else to say
+            resized = (  # aligned inputs are never refused: what the copy lost is all there is besides
                 f"aligned input resized from {row.width}x{row.height} to {size}x{size} for the model "
                 "(restoration pasted back at the input's size)"
             )
+            row.reason = resized + (f"; {row.reason}" if row.reason else "")
         lines += [
             {"input": str(path), "output": str(target), "face": k, **f.record()} for k, f in enumerate(faces)
         ]

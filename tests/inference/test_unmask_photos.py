@@ -1154,3 +1154,46 @@ def test_report_csv_reads_back_every_column_as_written(tmp_path):
         assert _report_row(cells, Retried) == Retried("c.jpg", "ok", retried=retried)
     assert _report_row({**cells, "retried": "1"}, Retried) is None  # not a cell this schema writes
     assert _report_row({**cells, "retried": ""}, Retried) == Retried("c.jpg", "ok")  # an earlier m2u's row
+
+
+def test_an_aligned_crop_resized_for_the_model_still_says_what_its_copy_lost(tmp_path, tiny_checkpoints):
+    """--aligned with a crop of another size than the model's: the row's reason said only "aligned input resized",
+    dropping what the copy could not keep (a 16-bit image's depth, a transparent photo's alpha in a JPEG) that the
+    README promises each row says. Both are said now."""
+    from PIL import Image
+
+    mseg_path, gen_path = tiny_checkpoints
+    folder = tmp_path / "in"
+    folder.mkdir()
+    side = CROP + 8  # not the model's size: resized
+    colour = make_synthetic_sample(side, seed=3).masked
+    grey = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "deep.png")  # 16-bit grey
+    rgba = np.dstack([colour, np.full(colour.shape[:2], 255, np.uint8)])
+    rgba[:4, :, 3] = 0  # a transparent top edge
+    Image.fromarray(rgba).save(folder / "clear.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [
+            str(folder),
+            "--mseg",
+            str(mseg_path),
+            "--generator",
+            str(gen_path),
+            "-o",
+            str(out),
+            "--format",
+            "jpg",
+        ]
+        + ["--size", str(CROP), "--aligned", "--quiet", "--device", "cpu", "--all-faces"],
+    )
+    assert result.exit_code == 0, result.output
+    with open(out / "report.csv") as handle:
+        rows = {Path(row["input"]).name: row for row in csv.DictReader(handle)}
+    assert rows["deep.png"]["status"] == rows["clear.png"]["status"] == "ok", rows
+    resized = f"aligned input resized from {side}x{side} to {CROP}x{CROP} for the model"
+    assert rows["deep.png"]["reason"].startswith(resized), rows["deep.png"]["reason"]
+    assert "a 16-bit image, written with 8 bits a channel" in rows["deep.png"]["reason"]
+    assert rows["clear.png"]["reason"].startswith(resized), rows["clear.png"]["reason"]
+    assert "transparency: JPEG has none" in rows["clear.png"]["reason"]
