@@ -258,13 +258,17 @@ def _from_faces(
 ) -> list[SampleResult]:
     """The results of one decoded input from its detection."""
     from m2u.masking import Face
-    from m2u.masking.detect import retry_note
+    from m2u.masking.detect import no_face_reason, retry_note
 
     assert _STATE is not None
     if isinstance(faces, Exception):
         return [(_row(s, **common, reason=f"detection failed: {faces}"), None) for s in samples]
     if not faces:
-        no_face = {"status": Status.NO_FACE.value, "reason": "no face found", "n_faces": 0}
+        no_face = {
+            "status": Status.NO_FACE.value,
+            "reason": no_face_reason(_STATE.detector.config),
+            "n_faces": 0,
+        }
         return [(_row(s, **common, **no_face), None) for s in samples]
     face = faces[0]  # largest
     common = {**common, "n_faces": len(faces)}

@@ -62,7 +62,7 @@ from m2u.core.inputs import (
 from m2u.core.outcome import EARLIER_OUTPUT_KEPT, Outcome, Status
 from m2u.core.parallel import report, worker_pool
 from m2u.core.runtime import runtime_field
-from m2u.masking.detect import DetectorConfig, FaceDetector, retry_note
+from m2u.masking.detect import DetectorConfig, FaceDetector, no_face_reason, retry_note
 from m2u.masking.geometry import MaskingError
 from m2u.masking.render import MaskConfig, apply_mask, inputs_per_config, parse_mask_code, warm_templates
 
@@ -364,7 +364,7 @@ def _mask_faces(
         assert _DETECTOR is not None
         faces = _DETECTOR.detect(image)
     if not faces:
-        row.update(Outcome(Status.NO_FACE, "no face found").fields())
+        row.update(Outcome(Status.NO_FACE, no_face_reason(job.detector_config)).fields())
         return [dict(row) for _ in masks]
     return [_mask_and_write(job, mask, image, faces, file, stem, dict(row)) for mask in masks]
 

@@ -33,6 +33,14 @@ def retry_note(score: float) -> str:
     return f"found by the low-threshold retry (score {score:.3f})"
 
 
+def no_face_reason(config: DetectorConfig) -> str:
+    """What a report says of a photo in which `config`'s detector found no face: with --min-score, the floor it
+    searched at ("no face found" alone read as if no face were there, where --min-score had left it out)."""
+    if config.min_score is None:
+        return "no face found"
+    return f"no face found scoring at least --min-score {config.min_score:g} (the detector's own score)"
+
+
 class ModelFileError(RuntimeError):
     """A dlib model file (from the face-recognition-models package) is missing."""
 

@@ -568,3 +568,19 @@ def test_a_face_only_the_low_threshold_retry_found_is_said_so_in_its_row(tmp_pat
         pq.read_schema(tmp_path / "retry" / MANIFEST_NAME).field("reason").metadata[b"description"].decode()
     )
     assert "low-threshold retry" in meaning, meaning
+
+
+def test_a_photo_whose_faces_score_below_min_score_says_so_in_the_manifest(tmp_path):
+    """A build with --min-score above every face's score listed each photo as "no face found": the manifest's
+    reason now names the floor (m2u.masking.detect.no_face_reason, as m2u-mask's report)."""
+    from m2u.pipelines.demo_faces import write_demo_faces
+
+    photos, out = tmp_path / "faces", tmp_path / "out"
+    photos.mkdir()
+    write_demo_faces(photos, count=1)
+    build_dataset([photos], out, _config(mask_engine="m2u", detector_options={"min_score": 5.0}))
+    manifest = read_manifest(out)
+    assert (manifest["status"] == "no_face").all() and len(manifest) == 1
+    assert (
+        manifest["reason"] == "no face found scoring at least --min-score 5 (the detector's own score)"
+    ).all()

@@ -347,3 +347,18 @@ def test_a_rerun_stopped_midway_keeps_the_earlier_rows_of_the_inputs_it_did_not_
         batch.mask_files([str(src)], out, config)
     assert _report(out) == before  # the outputs are all the earlier run's, and so are the rows
     assert all(Path(row["output"]).exists() for row in before if row["status"] == "ok")
+
+
+def test_a_photo_whose_faces_score_below_min_score_says_so(tmp_path, astronaut_portrait):
+    """`--min-score 5` on a portrait gave "no face found", as if the photo held none: the row now names the floor the
+    detector searched at, so a mistyped score is seen in the report."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(astronaut_portrait).save(src / "face.png")
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet", "--min-score", "5"])
+    (row,) = _report(out)
+    assert row["status"] == "no_face", result.output
+    assert row["reason"] == "no face found scoring at least --min-score 5 (the detector's own score)"
+    assert CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"]).exit_code == 0
+    (row,) = _report(out)
+    assert row["status"] == "ok" and row["reason"] == ""
