@@ -666,6 +666,28 @@ def _reports_of_lock(path: Path) -> list[str]:
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
 
 
+def _lock_held(path: Path) -> bool:
+    """Whether a run holds the lock file `path` now (`output_lock`'s flock): asked with a shared lock, which the
+    holder's exclusive one refuses; never through a link. A lock that cannot be opened or asked is not held."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 # Commands whose run owns its whole output folder (m2u-pipeline's RUN: its stages, records and stale outputs), not
 # only its reports: any other command's run there, or any run in a folder inside it, is refused (`m2u-eval -o RUN`
 # wrote its report beside the stages, and `m2u-eval -o RUN/evaluation` replaced the pipeline's finished report).
@@ -734,9 +756,15 @@ def report_clash(out_dir: str | os.PathLike[str], tool: str, reports: Iterable[s
     for entry in sorted(os.listdir(out)):
         if not (entry.startswith(LOCK_PREFIX) and entry.endswith(LOCK_SUFFIX)) or entry == f".{tool}.lock":
             continue
-        theirs = [name for name in _reports_of_lock(out / entry) if name in ours and (out / name).exists()]
+        recorded = [name for name in _reports_of_lock(out / entry) if name in ours]
+        other = entry[1 : -len(LOCK_SUFFIX)]
+        if recorded and _lock_held(out / entry):  # still writing: its reports are not there yet, but will be
+            return (
+                f"another {other} run is writing {out} (its {', '.join(recorded)}, which this {tool} run would "
+                "replace with its own); wait for it to finish and choose another output folder"
+            )
+        theirs = [name for name in recorded if (out / name).exists()]
         if theirs:
-            other = entry[1 : -len(LOCK_SUFFIX)]
             return (
                 f"{out} holds an {other} run's {', '.join(theirs)}, which this {tool} run would replace with its own; "
                 "choose another output folder (or move that run's files)"
@@ -770,6 +798,12 @@ def output_lock(
         ) from None
     except OSError as exc:
         raise OutputFolderError(f"cannot lock {path}: {lock_problem(path) or exc.strerror or exc}") from None
+    # Asked again once held: another command's run that started beside this one, both past the check above before
+    # either held its lock, is seen by one of them (or both, and neither writes).
+    problem = report_clash(out_dir, tool, reports)
+    if problem:
+        lock.release()
+        raise OutputFolderError(problem)
     held = os.path.realpath(out_dir) if tool in WHOLE_FOLDER_TOOLS else None
     try:
         if reports:

@@ -163,6 +163,24 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, tiny_models
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize(("tool", "other"), [("m2u-mask", "m2u-unmask"), ("m2u-unmask", "m2u-mask")])
+def test_a_run_of_another_command_writing_the_output_folder_is_waited_for(tmp_path, tiny_models, tool, other):
+    """m2u-mask into a folder m2u-unmask was still writing (its report.csv not written yet) ran beside it, and the
+    unmask run's report.csv then replaced the finished mask run's: only reports already there were seen. A run of
+    another command holding the folder, whose reports this run would replace, is now refused in one line."""
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    _photos(folder)
+    out.mkdir()
+    with output_lock(out, other, reports=("report.csv",)):  # as that run in progress holds it
+        result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
+    assert result.exit_code == 2, result.output
+    assert f"another {other} run is writing {out} (its report.csv, which this {tool} run" in result.output
+    assert not (out / "report.csv").exists()
+    # Once that run is over (its report.csv not there: stopped before it), the folder is this run's to write.
+    result = _mask(out, folder) if tool == "m2u-mask" else _unmask(tiny_models, out, folder)
+    assert result.exit_code == 0 and (out / "report.csv").exists(), result.output
+
+
 def test_an_output_folder_above_the_input_folder_still_sees_the_inputs(tmp_path, monkeypatch):
     folder = tmp_path / "photos"
     _photos(folder)
