@@ -54,6 +54,11 @@ class ImageReadError(Exception):
         super().__init__(reason if path is None else f"{path}: {reason}")
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image over the `max_pixels` asked for (or Pillow's own ceiling): each command says what to do of it (where
+    it has --max-pixels, that option; else to scale the photo down)."""
+
+
 def probe(path: str | os.PathLike[str]) -> str:
     """Why `path` cannot be read as an input file, from `stat` alone (nothing is opened); "" when it is a
     readable regular file."""
@@ -499,7 +504,7 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
             with Image.open(handle) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageReadError(
+                    raise ImageTooLargeError(
                         f"image too large: {width}x{height} = {_pixels(width * height)} "
                         f"exceeds the limit of {_pixels(max_pixels)}",
                         path,
@@ -540,7 +545,7 @@ def _decode(handle, path, max_pixels: int, whole_photo: bool = False) -> Any:
             if max_pixels <= ceiling
             else f"Pillow's ceiling of {_pixels(ceiling)} (the limit asked for: {_pixels(max_pixels)})"
         )
-        raise ImageReadError(f"image too large: {size} exceeds {limit}", path) from exc
+        raise ImageTooLargeError(f"image too large: {size} exceeds {limit}", path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated or corrupt data as OSError ("image file is truncated", "broken data stream").
         # A JPEG whole but for its end marker is read as the whole file it is (Pillow refuses it as cut).

@@ -349,6 +349,7 @@ def _unmask_row(
     item: tuple[Path, str], *, out: Path, config: UnmaskConfig, unmasker: Unmasker
 ) -> tuple[FileResult, list[dict]]:
     """One photo's report row and faces.jsonl lines; an unreadable photo or a failure of ours is an error row."""
+    from m2u.core.imageio import ImageTooLargeError
     from m2u.masking import ImageReadError
 
     path, name = item
@@ -357,6 +358,10 @@ def _unmask_row(
     lines: list[dict] = []
     try:
         lines = _unmask_one(path, name, out, config, unmasker, row)
+    except (
+        ImageTooLargeError
+    ) as exc:  # no option raises m2u-unmask's limit (a guard against decompression bombs)
+        row = _error_row(row, f"{exc.reason} (scale the photo down first)")
     except ImageReadError as exc:
         row = _error_row(row, exc.reason)
     except Exception as exc:

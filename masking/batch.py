@@ -43,7 +43,7 @@ from m2u.core.fileio import (
 )
 from m2u.core.fileio import atomic_write_bytes as write_atomic
 from m2u.core.guard import describe_os_error, stop_of, stops_the_run
-from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_photo
+from m2u.core.imageio import DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, read_photo
 from m2u.core.inputs import (
     Discovery,
     InputEntry,
@@ -76,6 +76,8 @@ TRANSPARENCY_LOST = "transparency: written as a JPEG, its transparent areas whit
 # Every status but NOT_MASKED, which only m2u-unmask gives (faces found, none wears a mask).
 STATUSES = tuple(s for s in Status if s is not Status.NOT_MASKED)
 JPEG_QUALITY = 95
+# What an image over --max-pixels is told (its row's reason, the contact sheet's line).
+MAX_PIXELS_HINT = "--max-pixels raises the limit"
 LOCK_TOOL = "m2u-mask"
 
 
@@ -313,6 +315,8 @@ def _read(
     if not problem:
         try:
             photo = read_photo(file, max_pixels=job.max_pixels)
+        except ImageTooLargeError as exc:
+            row["reason"] = f"{exc.reason} ({MAX_PIXELS_HINT})"
         except ImageReadError as exc:
             row["reason"] = exc.reason
         else:

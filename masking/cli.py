@@ -30,11 +30,11 @@ from m2u.core.cli import (
     workers_option,
 )
 from m2u.core.guard import guard_command
-from m2u.core.imageio import ImageReadError, read_image
+from m2u.core.imageio import ImageReadError, ImageTooLargeError, read_image
 from m2u.core.inputs import Discovery, InputError, OutputFolderError, find_inputs
 from m2u.core.parallel import WorkerStartError
 from m2u.masking.appearance import PATTERNS
-from m2u.masking.batch import BatchConfig, mask_files
+from m2u.masking.batch import MAX_PIXELS_HINT, BatchConfig, mask_files
 from m2u.masking.detect import DETECTOR_MODELS, DetectorConfig, FaceDetector
 from m2u.masking.render import DEFAULT_COLOR_WEIGHT, DEFAULT_PATTERN_WEIGHT, MaskConfig
 from m2u.masking.templates import ALL_TYPES, MASK_TYPES
@@ -83,6 +83,9 @@ def _contact_sheet(
             continue
         try:
             image = read_image(entry.path, max_pixels=max_pixels)
+        except ImageTooLargeError as exc:
+            unread.append(f"{entry.path}: {exc.reason} ({MAX_PIXELS_HINT})")
+            continue
         except ImageReadError as exc:
             unread.append(f"{entry.path}: {exc.reason}")
             continue

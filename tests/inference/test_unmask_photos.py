@@ -1197,3 +1197,36 @@ def test_an_aligned_crop_resized_for_the_model_still_says_what_its_copy_lost(tmp
     assert "a 16-bit image, written with 8 bits a channel" in rows["deep.png"]["reason"]
     assert rows["clear.png"]["reason"].startswith(resized), rows["clear.png"]["reason"]
     assert "transparency: JPEG has none" in rows["clear.png"]["reason"]
+
+
+def test_a_photo_over_the_pixel_limit_is_told_to_be_scaled_down(tmp_path, tiny_checkpoints):
+    """m2u-unmask refused a photo over 100 MP with "image too large ... exceeds the limit" and no word of what to do
+    (it has no --max-pixels): its row now says to scale the photo down."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    header = struct.pack(">IIBBBBB", 11000, 11000, 8, 2, 0, 0, 0)  # 121 MP of RGB, declared only
+    (folder / "big.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    mseg_path, gen_path = tiny_checkpoints
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        unmask_main,
+        [str(folder), "--mseg", str(mseg_path), "--generator", str(gen_path), "-o", str(out), "--quiet"]
+        + ["--device", "cpu"],
+    )
+    assert result.exit_code == 1, result.output
+    with open(out / "report.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["status"] == "error" and row["reason"] == (
+        "image too large: 11000x11000 = 121.0 MP exceeds the limit of 100.0 MP (scale the photo down first)"
+    ), row

@@ -362,3 +362,18 @@ def test_a_photo_whose_faces_score_below_min_score_says_so(tmp_path, astronaut_p
     assert CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet"]).exit_code == 0
     (row,) = _report(out)
     assert row["status"] == "ok" and row["reason"] == ""
+
+
+def test_an_image_over_max_pixels_is_told_the_option_that_raises_the_limit(tmp_path):
+    """ "image too large: ... exceeds the limit of ..." said nothing of what to do: m2u-mask's row (and its stderr line)
+    now names --max-pixels."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(src / "big.png")  # 400 pixels
+    result = CliRunner().invoke(main, [str(src), "-o", str(out), "--quiet", "--max-pixels", "100"])
+    (row,) = _report(out)
+    assert result.exit_code == 1 and row["status"] == "error", result.output
+    assert (
+        row["reason"]
+        == "image too large: 20x20 = 400 pixels exceeds the limit of 100 pixels (--max-pixels raises the limit)"
+    )

@@ -251,6 +251,7 @@ def test_contact_sheet_says_which_options_it_does_not_use(checkout, face_photo, 
     too_large = CliRunner().invoke(mask_cli.main, [*command, "--max-pixels", "100"])  # honoured, as by a run
     assert too_large.exit_code == 1 and "no input image with a face" in too_large.output
     assert "(1 could not be read, first " in too_large.output and "image too large" in too_large.output
+    assert "(--max-pixels raises the limit)" in too_large.output  # what to do, as a run's row says it
 
 
 def test_pack_paths_never_reach_a_folder_above_the_pack(checkout, tmp_path):
