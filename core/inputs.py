@@ -349,6 +349,11 @@ def check_arguments(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[
     for item in input_list(inputs):
         text = os.fspath(item)
         if not os.path.lexists(text) and not glob.has_magic(text):
+            if text == "-":  # the Unix habit for standard input: said what to give instead
+                raise InputError(
+                    "input '-' does not exist: inputs are not read from standard input; write the paths into a list "
+                    "file (paths.txt, one a line) and give that"
+                )
             raise InputError(f"input {text!r} does not exist")
 
 

@@ -88,3 +88,20 @@ def test_m2u_unmask_reports_odd_names(odd_folder, tiny_models, tmp_path):
     rows = _report(out / "report.csv", "input")
     assert set(rows) == {LATIN1_SHOWN, LONG_NAME, "plain.jpg"}
     assert len({row["status"] for row in rows.values()}) == 1
+
+
+@pytest.mark.parametrize("tool", ["m2u-mask", "m2u-unmask", "m2u-make-dataset"])
+def test_a_dash_for_standard_input_is_told_what_to_give_instead(tmp_path, tiny_models, tool, monkeypatch):
+    """`ls *.jpg | m2u-unmask - -o out` said only "input '-' does not exist": the line now says inputs are not read
+    from standard input and to give a list file, for every command that takes INPUTS (m2u.core.inputs)."""
+    monkeypatch.chdir(tmp_path)  # no file named '-' here
+    mseg, generator = tiny_models
+    command, extra = {
+        "m2u-mask": (mask_main, []),
+        "m2u-unmask": (unmask_main, ["--mseg", str(mseg), "--generator", str(generator)]),
+        "m2u-make-dataset": (make_dataset_main, []),
+    }[tool]
+    result = CliRunner().invoke(command, ["-", "-o", str(tmp_path / "out"), *extra], input="a.jpg\n")
+    assert result.exit_code == 2, result.output
+    assert "inputs are not read from standard input; write the paths into a list file" in result.output
+    assert not (tmp_path / "out").exists()
