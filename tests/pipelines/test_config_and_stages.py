@@ -598,14 +598,12 @@ def test_the_face_hashes_are_read_again_only_for_files_changed_since(tmp_path, m
     assert inputs_fingerprint([str(faces)], hash_cache=cache) == changed
 
 
-def test_a_run_recorded_with_the_faces_by_names_and_sizes_stays_finished(tmp_path, monkeypatch):
-    """Records made on 2026-12-06 (the faces by names and sizes) are still up to date."""
+def _record_stages_as_made_with(pipeline_run, run, config, upstream: list[str]) -> None:
+    """Rewrite a finished run's stage records as an earlier m2u made them, the faces' identity being `upstream`."""
     import json
 
     from m2u.pipelines.stages import fingerprint
 
-    pipeline_run, run, config, calls = _finished_stubbed_run(tmp_path, monkeypatch)
-    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], identity="sizes")]
     for name in pipeline_run.STAGES:
         path = run / "stages" / f"{name}.json"
         record = json.loads(path.read_text())
@@ -613,6 +611,13 @@ def test_a_run_recorded_with_the_faces_by_names_and_sizes_stays_finished(tmp_pat
         record["upstream"] = upstream
         path.write_text(json.dumps(record))
         upstream = [*upstream, record["fingerprint"]]
+
+
+def test_a_run_recorded_with_the_faces_by_names_and_sizes_stays_finished(tmp_path, monkeypatch):
+    """Records made on 2026-12-06 (the faces by names and sizes) are still up to date."""
+    pipeline_run, run, config, calls = _finished_stubbed_run(tmp_path, monkeypatch)
+    upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run], identity="sizes")]
+    _record_stages_as_made_with(pipeline_run, run, config, upstream)
     said: list[str] = []
     pipeline_run.run_pipeline(config, run, echo=said.append)
     assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date"
@@ -974,10 +979,6 @@ def test_a_face_beyond_the_dataset_limit_leaves_the_dataset_stage_finished(tmp_p
 def test_a_run_that_counted_every_face_beyond_the_limit_stays_finished(tmp_path, monkeypatch):
     """Records made before 2026-12-08 counted every face found, beyond `dataset.limit` too: while those faces are
     unchanged, such a run is still up to date (not rebuilt and retrained for the new identity)."""
-    import json
-
-    from m2u.pipelines.stages import fingerprint
-
     faces = _faces_folder(tmp_path)
     calls: list[str] = []
     pipeline_run = _stubbed_stages(monkeypatch, calls)
@@ -985,13 +986,7 @@ def test_a_run_that_counted_every_face_beyond_the_limit_stays_finished(tmp_path,
     config = load_config("smoke", extra={"faces": [str(faces)], "dataset": {"limit": 2}})
     pipeline_run.run_pipeline(config, run, echo=lambda _: None)
     upstream = [pipeline_run.inputs_fingerprint(config.faces, exclude=[run])]  # every face, as recorded then
-    for name in pipeline_run.STAGES:
-        path = run / "stages" / f"{name}.json"
-        record = json.loads(path.read_text())
-        record["fingerprint"] = fingerprint(pipeline_run._stage_config(config, name), upstream)
-        record["upstream"] = upstream
-        path.write_text(json.dumps(record))
-        upstream = [*upstream, record["fingerprint"]]
+    _record_stages_as_made_with(pipeline_run, run, config, upstream)
     said: list[str] = []
     pipeline_run.run_pipeline(config, run, echo=said.append)
     assert calls == list(pipeline_run.STAGES) and said[-1] == "nothing to do: every stage is up to date", said
